@@ -1,1 +1,7 @@
-//! See README.md.
+//! Network offload for the DPU agent: a native OVSDB (RFC 7047) client, a native
+//! OpenFlow 1.4 codec and client, and a private Open vSwitch sandbox used by
+//! `dpu-agent dev` and by tests. See README.md.
+
+pub mod openflow;
+pub mod ovsdb;
+pub mod sandbox;

@@ -1,0 +1,1 @@
+//! OpenFlow 1.4 codec and client (see README.md).

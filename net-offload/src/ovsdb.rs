@@ -1,0 +1,1 @@
+//! Native OVSDB (RFC 7047) client (see README.md).
