@@ -1,1 +1,19 @@
-//! See README.md.
+//! The v1 management API of the DPU agent, shared by the agent, `dpuctl`, the
+//! host stub and the end-to-end tests: the object model ([`object`], [`spec`],
+//! [`kind`]), validation as pure functions ([`validate`]), RFC 9457 errors
+//! ([`problem`]), roles from SPIFFE IDs ([`identity`]) and an async client
+//! with mutual TLS ([`client`]). See README.md.
+
+pub mod client;
+pub mod identity;
+pub mod kind;
+pub mod object;
+pub mod problem;
+pub mod spec;
+pub mod validate;
+
+pub use kind::Kind;
+pub use object::{Condition, ConditionStatus, Event, EventType, Object, ObjectKey, Phase, Status};
+pub use problem::Problem;
+pub use spec::Spec;
+pub use validate::FieldError;

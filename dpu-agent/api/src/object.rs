@@ -1,0 +1,297 @@
+//! The object envelope, status and conditions, watch events, and the bodies of
+//! the apply, plan and inventory endpoints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::kind::Kind;
+
+/// A stored object as the API returns it. `spec` is the kind's spec with
+/// write-only fields replaced by `<field>_set: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Object {
+    pub kind: Kind,
+    pub id: String,
+    pub tenant: String,
+    pub generation: u64,
+    pub spec: Value,
+    #[serde(default)]
+    pub status: Status,
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: self.kind,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// Identifies an object: ids are unique within a kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub id: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, id: impl Into<String>) -> Self {
+        ObjectKey {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.path(), self.id)
+    }
+}
+
+/// Where a controller has got an object to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Ready,
+    Degraded,
+    Failed,
+    Deleting,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Phase::Pending => "Pending",
+            Phase::Ready => "Ready",
+            Phase::Degraded => "Degraded",
+            Phase::Failed => "Failed",
+            Phase::Deleting => "Deleting",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Status written by the object's controller. Kind-specific fields (`vf`,
+/// `ofport`, `usage`, ...) sit beside the common ones.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(default)]
+    pub observed_generation: u64,
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+impl Status {
+    /// Sets a condition, keeping its `last_transition` when its status did not
+    /// change.
+    pub fn set_condition(&mut self, mut cond: Condition) {
+        if let Some(old) = self.conditions.iter_mut().find(|c| c.type_ == cond.type_) {
+            if old.status == cond.status {
+                cond.last_transition = old.last_transition.clone();
+            }
+            *old = cond;
+        } else {
+            self.conditions.push(cond);
+        }
+    }
+
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339 UTC timestamp of the last change of `status`.
+    pub last_transition: String,
+}
+
+/// The body of `PUT /v1/{kind}/{id}`. `kind` and `id` may be given (so that
+/// what a GET returned minus server fields can be sent back) and must then
+/// match the path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub spec: Value,
+}
+
+/// One object in an apply or plan body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectWrite {
+    pub kind: String,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub spec: Value,
+}
+
+/// `POST /v1/apply` and `POST /v1/plan`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub objects: Vec<ObjectWrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<Prune>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prune {
+    pub tenant: String,
+}
+
+/// What a write did to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteOutcome {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub kind: Kind,
+    pub id: String,
+    pub outcome: WriteOutcome,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub revision: u64,
+    pub results: Vec<ApplyResult>,
+}
+
+/// One planned change to one object, with what its controller would do to
+/// the world for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedObject {
+    pub kind: Kind,
+    pub id: String,
+    pub tenant: String,
+    pub outcome: WriteOutcome,
+    /// Backend actions in the backend's own human syntax (OVSDB operations,
+    /// flows in `ovs-ofctl` syntax, RPC calls, ...).
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanResponse {
+    /// The store revision the plan was computed against.
+    pub revision: u64,
+    pub objects: Vec<PlannedObject>,
+}
+
+/// A watch event, one per line of `GET /v1/watch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    #[serde(rename = "type")]
+    pub type_: EventType,
+    pub object: Object,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+    Status,
+}
+
+/// A list response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectList {
+    pub revision: u64,
+    pub items: Vec<Object>,
+}
+
+/// What a host stub reports about the host's PCI functions.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostInventory {
+    /// Filled in by the agent from the caller's certificate; a value sent by
+    /// the host is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub devices: Vec<HostDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostDevice {
+    /// PCI address, `dddd:bb:dd.f`.
+    pub pci_address: String,
+    /// `pf`, `vf`, `nvme`, `virtio-net`, `virtio-blk` or `other`.
+    pub class: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// For a VF, the PF's PCI address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physfn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf_index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netdev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommu_group: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<i32>,
+}
+
+/// A host's last report, as `GET /v1/inventory` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostReport {
+    pub host: String,
+    /// RFC 3339 UTC time of the report.
+    pub reported_at: String,
+    pub devices: Vec<HostDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    /// DPU-local facts: the agent's version, backends and their state.
+    pub dpu: BTreeMap<String, Value>,
+    pub hosts: Vec<HostReport>,
+}

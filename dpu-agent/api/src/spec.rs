@@ -1,0 +1,490 @@
+//! Typed specs of every kind. Parsing rejects unknown fields; the values are
+//! checked by [`crate::validate`], so addresses stay strings here and the
+//! validator names the field that is wrong.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::kind::Kind;
+use crate::validate::FieldError;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Quotas>,
+}
+
+/// Upper bounds on what a tenant may own; an absent bound is unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnels: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FunctionType {
+    Net,
+    Nvme,
+    VirtioBlk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    Kernel,
+    Vfio,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    #[serde(rename = "type")]
+    pub type_: FunctionType,
+    pub pf: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<Attach>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tx_rate_mbps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spoof_check: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    Vxlan,
+    Geneve,
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub vni: u32,
+    pub cidr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    pub encap: Encap,
+}
+
+impl NetworkSpec {
+    pub const DEFAULT_MTU: u16 = 1450;
+
+    pub fn mtu(&self) -> u16 {
+        self.mtu.unwrap_or(Self::DEFAULT_MTU)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityRule {
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// `"80"` or `"1000-2000"`; only for tcp and udp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<String>,
+}
+
+/// Stateful security groups: with no rules, ingress is denied and egress
+/// allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    #[serde(default)]
+    pub ingress: Vec<SecurityRule>,
+    /// `None` means "allow all egress"; `Some(rules)` allows only those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<SecurityRule>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortQos {
+    pub max_rate_mbps: u32,
+    pub burst_kb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub network: String,
+    pub function: String,
+    pub mac: String,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<Security>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<PortQos>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub network: String,
+    pub mac: String,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    pub vtep: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NvmeofTransport {
+    Tcp,
+    Rdma,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvmeofSource {
+    pub transport: NvmeofTransport,
+    pub address: String,
+    pub port: u16,
+    pub subnqn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostnqn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSource {
+    pub size_mib: u64,
+}
+
+/// Exactly one of the two sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum VolumeSource {
+    Nvmeof(NvmeofSource),
+    Local(LocalSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeQos {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_iops: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mbps: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsid: Option<u32>,
+    pub source: VolumeSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<VolumeQos>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpsecMode {
+    Tunnel,
+    Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cipher {
+    #[serde(rename = "aes-gcm-128")]
+    AesGcm128,
+    #[serde(rename = "aes-gcm-256")]
+    AesGcm256,
+}
+
+impl Cipher {
+    /// Key length in bytes, without the 4-byte salt.
+    pub fn key_len(self) -> usize {
+        match self {
+            Cipher::AesGcm128 => 16,
+            Cipher::AesGcm256 => 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadRequest {
+    Auto,
+    Packet,
+    Crypto,
+    None,
+}
+
+/// An IPsec tunnel. `key_in` and `key_out` are write-only secrets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpsecTunnelSpec {
+    pub local: String,
+    pub remote: String,
+    #[serde(default)]
+    pub local_subnets: Vec<String>,
+    #[serde(default)]
+    pub remote_subnets: Vec<String>,
+    pub mode: IpsecMode,
+    pub cipher: Cipher,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    /// Hex: key followed by the 4-byte salt.
+    pub key_in: String,
+    pub key_out: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_window: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub esn: Option<bool>,
+    pub offload: OffloadRequest,
+}
+
+impl std::fmt::Debug for IpsecTunnelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpsecTunnelSpec")
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("local_subnets", &self.local_subnets)
+            .field("remote_subnets", &self.remote_subnets)
+            .field("mode", &self.mode)
+            .field("cipher", &self.cipher)
+            .field("spi_in", &self.spi_in)
+            .field("spi_out", &self.spi_out)
+            .field("key_in", &"<redacted>")
+            .field("key_out", &"<redacted>")
+            .field("replay_window", &self.replay_window)
+            .field("esn", &self.esn)
+            .field("offload", &self.offload)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ktls {
+    Auto,
+    Off,
+}
+
+/// TLS terminated on the DPU. `private_key_pem` is a write-only secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerSpec {
+    pub listen: String,
+    pub upstream: String,
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
+    pub ktls: Ktls,
+}
+
+impl std::fmt::Debug for TlsListenerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListenerSpec")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("certificate_pem", &"<pem>")
+            .field("private_key_pem", &"<redacted>")
+            .field(
+                "client_ca_pem",
+                &self.client_ca_pem.as_ref().map(|_| "<pem>"),
+            )
+            .field("alpn", &self.alpn)
+            .field("ktls", &self.ktls)
+            .finish()
+    }
+}
+
+/// A spec of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    Tenant(TenantSpec),
+    Function(FunctionSpec),
+    Network(NetworkSpec),
+    Port(PortSpec),
+    Endpoint(EndpointSpec),
+    Volume(VolumeSpec),
+    IpsecTunnel(IpsecTunnelSpec),
+    TlsListener(TlsListenerSpec),
+}
+
+impl Spec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::Tenant(_) => Kind::Tenant,
+            Spec::Function(_) => Kind::Function,
+            Spec::Network(_) => Kind::Network,
+            Spec::Port(_) => Kind::Port,
+            Spec::Endpoint(_) => Kind::Endpoint,
+            Spec::Volume(_) => Kind::Volume,
+            Spec::IpsecTunnel(_) => Kind::IpsecTunnel,
+            Spec::TlsListener(_) => Kind::TlsListener,
+        }
+    }
+
+    /// Parses a JSON spec of `kind`, naming the offending field (as
+    /// `spec.<path>`) on an unknown field, a missing one or a wrong type.
+    pub fn parse(kind: Kind, value: &Value) -> Result<Spec, FieldError> {
+        fn de<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, FieldError> {
+            serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." || path.is_empty() {
+                    "spec".to_string()
+                } else {
+                    format!("spec.{path}")
+                };
+                let inner = e.into_inner().to_string();
+                // serde names the missing field in the message, not the path.
+                let field = match missing_field(&inner) {
+                    Some(name) if field == "spec" => format!("spec.{name}"),
+                    Some(name) => format!("{field}.{name}"),
+                    None => field,
+                };
+                FieldError::new(field, inner)
+            })
+        }
+        if !value.is_object() {
+            return Err(FieldError::new("spec", "must be a JSON object"));
+        }
+        Ok(match kind {
+            Kind::Tenant => Spec::Tenant(de(value)?),
+            Kind::Function => Spec::Function(de(value)?),
+            Kind::Network => Spec::Network(de(value)?),
+            Kind::Port => Spec::Port(de(value)?),
+            Kind::Endpoint => Spec::Endpoint(de(value)?),
+            Kind::Volume => Spec::Volume(de(value)?),
+            Kind::IpsecTunnel => Spec::IpsecTunnel(de(value)?),
+            Kind::TlsListener => Spec::TlsListener(de(value)?),
+        })
+    }
+
+    /// The objects this spec references by id, with the field that names
+    /// each (all within the same tenant).
+    pub fn references(&self) -> Vec<(&'static str, Kind, &str)> {
+        match self {
+            Spec::Port(p) => vec![
+                ("spec.network", Kind::Network, p.network.as_str()),
+                ("spec.function", Kind::Function, p.function.as_str()),
+            ],
+            Spec::Endpoint(e) => vec![("spec.network", Kind::Network, e.network.as_str())],
+            Spec::Volume(v) => vec![("spec.function", Kind::Function, v.function.as_str())],
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        let v = match self {
+            Spec::Tenant(s) => serde_json::to_value(s),
+            Spec::Function(s) => serde_json::to_value(s),
+            Spec::Network(s) => serde_json::to_value(s),
+            Spec::Port(s) => serde_json::to_value(s),
+            Spec::Endpoint(s) => serde_json::to_value(s),
+            Spec::Volume(s) => serde_json::to_value(s),
+            Spec::IpsecTunnel(s) => serde_json::to_value(s),
+            Spec::TlsListener(s) => serde_json::to_value(s),
+        };
+        // Plain structs of strings, numbers and enums always serialize.
+        v.unwrap_or(Value::Null)
+    }
+}
+
+fn missing_field(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Spec::parse(
+            Kind::Network,
+            &json!({"vni": 5, "cidr": "10.0.0.0/24", "encap": "vxlan", "colour": 1}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.colour");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let err = Spec::parse(
+            Kind::Network,
+            &json!({"cidr": "10.0.0.0/24", "encap": "vxlan"}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.vni");
+        let err = Spec::parse(
+            Kind::Volume,
+            &json!({"function": "f", "source": {"nvmeof": {"transport": "tcp", "address": "1.2.3.4", "port": 4420}}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.source.nvmeof.subnqn");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Spec::parse(
+            Kind::Network,
+            &json!({"vni": "five", "cidr": "10.0.0.0/24", "encap": "vxlan"}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.vni");
+        let err = Spec::parse(
+            Kind::Port,
+            &json!({"network": "n", "function": "f", "mac": "02:00:00:00:00:01",
+                    "security": {"ingress": [{"protocol": "sctp"}]}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.security.ingress[0].protocol");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let spec = Spec::parse(
+            Kind::IpsecTunnel,
+            &json!({"local": "192.0.2.1", "remote": "192.0.2.2", "mode": "tunnel",
+                    "cipher": "aes-gcm-128", "spi_in": 256, "spi_out": 257,
+                    "key_in": "00112233445566778899aabbccddeeff01020304",
+                    "key_out": "00112233445566778899aabbccddeeff01020305", "offload": "auto"}),
+        )
+        .unwrap();
+        let dbg = format!("{spec:?}");
+        assert!(!dbg.contains("00112233"), "{dbg}");
+    }
+}

@@ -1,0 +1,707 @@
+//! Validation as pure functions. Each check returns the first problem as a
+//! [`FieldError`] naming the field by its path in the request body
+//! (`spec.vni`, `spec.ips[1]`, `id`).
+//!
+//! [`validate_spec`] checks one spec on its own; [`validate_in_context`] checks
+//! what depends on other objects of the same tenant (references, addresses
+//! inside the network, duplicate MACs and IPs), given a read-only view of them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::kind::Kind;
+use crate::spec::*;
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with `prefix.` in front of the field (for objects inside
+    /// an apply body: `objects[3].spec.vni`).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+type Check = Result<(), FieldError>;
+
+fn fail(field: impl Into<String>, message: impl Into<String>) -> Check {
+    Err(FieldError::new(field, message))
+}
+
+/// A DNS label: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
+pub fn check_label(field: &str, s: &str) -> Check {
+    let b = s.as_bytes();
+    let ok_char = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = !b.is_empty()
+        && b.len() <= 63
+        && ok_char(&b[0])
+        && ok_char(&b[b.len() - 1])
+        && b.iter().all(|c| ok_char(c) || *c == b'-');
+    if valid {
+        Ok(())
+    } else {
+        fail(
+            field,
+            format!(
+                "{s:?} is not a DNS label (1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
+            ),
+        )
+    }
+}
+
+/// A unicast MAC address `xx:xx:xx:xx:xx:xx`.
+pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], FieldError> {
+    let bad = || {
+        FieldError::new(
+            field,
+            format!("{s:?} is not a MAC address like 02:00:00:00:00:01"),
+        )
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(FieldError::new(
+            field,
+            format!("{s} is a multicast address; a unicast MAC is required"),
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(FieldError::new(
+            field,
+            "the all-zero MAC address is not allowed",
+        ));
+    }
+    Ok(mac)
+}
+
+pub fn parse_ipv4(field: &str, s: &str) -> Result<Ipv4Addr, FieldError> {
+    s.parse::<Ipv4Addr>()
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not an IPv4 address")))
+}
+
+pub fn parse_ip(field: &str, s: &str) -> Result<IpAddr, FieldError> {
+    s.parse::<IpAddr>()
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not an IP address")))
+}
+
+/// A CIDR whose host bits are zero (`10.0.0.0/24`, not `10.0.0.1/24`).
+pub fn parse_cidr(field: &str, s: &str) -> Result<IpNet, FieldError> {
+    let net = s
+        .parse::<IpNet>()
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not a CIDR like 10.0.0.0/24")))?;
+    if net.trunc() != net {
+        return Err(FieldError::new(
+            field,
+            format!("{s} has host bits set; did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+pub fn parse_ipv4_cidr(field: &str, s: &str) -> Result<Ipv4Net, FieldError> {
+    match parse_cidr(field, s)? {
+        IpNet::V4(n) => Ok(n),
+        IpNet::V6(_) => Err(FieldError::new(field, "only IPv4 networks are supported")),
+    }
+}
+
+/// `"80"` or `"1000-2000"`, within 1..=65535 and ascending.
+pub fn parse_port_range(field: &str, s: &str) -> Result<(u16, u16), FieldError> {
+    let bad = || {
+        FieldError::new(
+            field,
+            format!("{s:?} is not a port (\"80\") or range (\"1000-2000\") in 1-65535"),
+        )
+    };
+    let one = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p != 0);
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (one(a).ok_or_else(bad)?, one(b).ok_or_else(bad)?),
+        None => {
+            let p = one(s).ok_or_else(bad)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(FieldError::new(field, format!("range {s} runs backwards")));
+    }
+    Ok((lo, hi))
+}
+
+/// `ip:port` with a non-zero port.
+pub fn parse_socket_addr(field: &str, s: &str) -> Result<SocketAddr, FieldError> {
+    let addr = s.parse::<SocketAddr>().map_err(|_| {
+        FieldError::new(field, format!("{s:?} is not an address like 10.0.0.5:443"))
+    })?;
+    if addr.port() == 0 {
+        return Err(FieldError::new(field, "port 0 is not allowed"));
+    }
+    Ok(addr)
+}
+
+/// Hex of `key_len` key bytes and a 4-byte salt.
+pub fn check_hex_key(field: &str, s: &str, cipher: Cipher) -> Check {
+    let want = (cipher.key_len() + 4) * 2;
+    if s.len() != want || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        // Never echo the key itself.
+        return fail(
+            field,
+            format!(
+                "must be {want} hex digits ({} key bytes and a 4-byte salt for {})",
+                cipher.key_len(),
+                cipher_name(cipher)
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn cipher_name(c: Cipher) -> &'static str {
+    match c {
+        Cipher::AesGcm128 => "aes-gcm-128",
+        Cipher::AesGcm256 => "aes-gcm-256",
+    }
+}
+
+/// The number of PEM blocks of `label` (e.g. `CERTIFICATE`) in `pem`; an
+/// error when there is none or the PEM does not parse.
+pub fn check_pem(field: &str, pem: &str, want: PemWant) -> Result<usize, FieldError> {
+    let mut reader = std::io::BufReader::new(pem.as_bytes());
+    let mut count = 0;
+    for item in rustls_pemfile::read_all(&mut reader) {
+        let item = item.map_err(|_| FieldError::new(field, "is not valid PEM"))?;
+        let matches = match (&item, want) {
+            (rustls_pemfile::Item::X509Certificate(der), PemWant::Certificates) => {
+                x509_parser::parse_x509_certificate(der).map_err(|_| {
+                    FieldError::new(
+                        field,
+                        format!("certificate {} does not parse as X.509", count + 1),
+                    )
+                })?;
+                true
+            }
+            (
+                rustls_pemfile::Item::Pkcs1Key(_)
+                | rustls_pemfile::Item::Pkcs8Key(_)
+                | rustls_pemfile::Item::Sec1Key(_),
+                PemWant::PrivateKey,
+            ) => true,
+            _ => false,
+        };
+        if matches {
+            count += 1;
+        }
+    }
+    match (want, count) {
+        (PemWant::Certificates, 0) => Err(FieldError::new(field, "contains no PEM certificate")),
+        (PemWant::PrivateKey, 0) => Err(FieldError::new(field, "contains no PEM private key")),
+        (PemWant::PrivateKey, n) if n > 1 => {
+            Err(FieldError::new(field, "contains more than one private key"))
+        }
+        (_, n) => Ok(n),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemWant {
+    Certificates,
+    PrivateKey,
+}
+
+/// Checks the envelope: kind-independent rules for `id` and `tenant`.
+pub fn validate_envelope(kind: Kind, id: &str, tenant: &str) -> Check {
+    check_label("id", id)?;
+    check_label("tenant", tenant)?;
+    if kind.is_tenant() && tenant != id {
+        return fail(
+            "tenant",
+            format!("a tenant's tenant must be its own id {id:?}"),
+        );
+    }
+    Ok(())
+}
+
+/// Checks one spec on its own.
+pub fn validate_spec(spec: &Spec) -> Check {
+    match spec {
+        Spec::Tenant(t) => {
+            if let Some(d) = &t.description {
+                if d.len() > 1024 {
+                    return fail("spec.description", "must be at most 1024 bytes");
+                }
+            }
+            Ok(())
+        }
+        Spec::Function(f) => validate_function(f),
+        Spec::Network(n) => validate_network(n),
+        Spec::Port(p) => validate_port(p),
+        Spec::Endpoint(e) => validate_endpoint(e),
+        Spec::Volume(v) => validate_volume(v),
+        Spec::IpsecTunnel(t) => validate_ipsec(t),
+        Spec::TlsListener(t) => validate_tls(t),
+    }
+}
+
+fn validate_function(f: &FunctionSpec) -> Check {
+    let pf_ok = f.pf.len() <= 15
+        && !f.pf.is_empty()
+        && f.pf
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+    if !pf_ok {
+        return fail(
+            "spec.pf",
+            format!("{:?} is not a physical function name like pf0", f.pf),
+        );
+    }
+    if let Some(host) = &f.host {
+        check_label("spec.host", host)?;
+    }
+    let net_only = [
+        ("spec.mac", f.mac.is_some()),
+        ("spec.vlan", f.vlan.is_some()),
+        ("spec.max_tx_rate_mbps", f.max_tx_rate_mbps.is_some()),
+        ("spec.trust", f.trust.is_some()),
+        ("spec.spoof_check", f.spoof_check.is_some()),
+    ];
+    match f.type_ {
+        FunctionType::Net => {
+            match &f.mac {
+                Some(mac) => {
+                    parse_mac("spec.mac", mac)?;
+                }
+                None => return fail("spec.mac", "is required for a net function"),
+            }
+            if let Some(vlan) = f.vlan {
+                if !(1..=4094).contains(&vlan) {
+                    return fail("spec.vlan", format!("{vlan} is outside 1-4094"));
+                }
+            }
+            if f.max_tx_rate_mbps == Some(0) {
+                return fail(
+                    "spec.max_tx_rate_mbps",
+                    "must be positive; leave it out for no limit",
+                );
+            }
+        }
+        FunctionType::Nvme | FunctionType::VirtioBlk => {
+            if let Some((field, _)) = net_only.iter().find(|(_, set)| *set) {
+                return fail(*field, "only applies to net functions");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_network(n: &NetworkSpec) -> Check {
+    if !(1..=16_777_215).contains(&n.vni) {
+        return fail("spec.vni", format!("{} is outside 1-16777215", n.vni));
+    }
+    let net = parse_ipv4_cidr("spec.cidr", &n.cidr)?;
+    if net.prefix_len() > 30 {
+        return fail(
+            "spec.cidr",
+            "needs at least 4 addresses (prefix /30 or shorter)",
+        );
+    }
+    if let Some(mtu) = n.mtu {
+        if !(576..=9000).contains(&mtu) {
+            return fail("spec.mtu", format!("{mtu} is outside 576-9000"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_ips(field: &str, ips: &[String]) -> Check {
+    for (i, ip) in ips.iter().enumerate() {
+        parse_ipv4(&format!("{field}[{i}]"), ip)?;
+        if ips[..i].contains(ip) {
+            return fail(format!("{field}[{i}]"), format!("{ip} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_rules(field: &str, rules: &[SecurityRule]) -> Check {
+    for (i, r) in rules.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if let Some(cidr) = &r.cidr {
+            parse_ipv4_cidr(&format!("{f}.cidr"), cidr)?;
+        }
+        if let Some(ports) = &r.ports {
+            if !matches!(r.protocol, Protocol::Tcp | Protocol::Udp) {
+                return fail(format!("{f}.ports"), "ports apply only to tcp and udp");
+            }
+            parse_port_range(&format!("{f}.ports"), ports)?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_port(p: &PortSpec) -> Check {
+    check_label("spec.network", &p.network)?;
+    check_label("spec.function", &p.function)?;
+    parse_mac("spec.mac", &p.mac)?;
+    validate_ips("spec.ips", &p.ips)?;
+    if let Some(sec) = &p.security {
+        validate_rules("spec.security.ingress", &sec.ingress)?;
+        if let Some(egress) = &sec.egress {
+            validate_rules("spec.security.egress", egress)?;
+        }
+    }
+    if let Some(q) = &p.qos {
+        if q.max_rate_mbps == 0 {
+            return fail("spec.qos.max_rate_mbps", "must be positive");
+        }
+        if q.burst_kb == 0 {
+            return fail("spec.qos.burst_kb", "must be positive");
+        }
+    }
+    Ok(())
+}
+
+fn validate_endpoint(e: &EndpointSpec) -> Check {
+    check_label("spec.network", &e.network)?;
+    parse_mac("spec.mac", &e.mac)?;
+    validate_ips("spec.ips", &e.ips)?;
+    let vtep = parse_ipv4("spec.vtep", &e.vtep)?;
+    if vtep.is_unspecified() || vtep.is_broadcast() || vtep.is_multicast() {
+        return fail("spec.vtep", format!("{vtep} is not a unicast address"));
+    }
+    Ok(())
+}
+
+/// An NVMe Qualified Name: `nqn.yyyy-mm.reverse.domain:...` or the UUID form,
+/// at most 223 bytes.
+pub fn check_nqn(field: &str, s: &str) -> Check {
+    let well_formed = s.len() <= 223
+        && s.starts_with("nqn.")
+        && s.len() > 12
+        && s.as_bytes()[4..8].iter().all(u8::is_ascii_digit)
+        && s.as_bytes()[8] == b'-'
+        && s.as_bytes()[9..11].iter().all(u8::is_ascii_digit)
+        && s.as_bytes()[11] == b'.'
+        && !s
+            .bytes()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control());
+    if well_formed {
+        Ok(())
+    } else {
+        fail(
+            field,
+            format!("{s:?} is not an NQN like nqn.2014-08.org.example:vol1 (at most 223 bytes)"),
+        )
+    }
+}
+
+fn validate_volume(v: &VolumeSpec) -> Check {
+    check_label("spec.function", &v.function)?;
+    if v.nsid == Some(0) || v.nsid == Some(u32::MAX) {
+        return fail("spec.nsid", "must be between 1 and 4294967294");
+    }
+    match &v.source {
+        VolumeSource::Nvmeof(n) => {
+            parse_ip("spec.source.nvmeof.address", &n.address)?;
+            if n.port == 0 {
+                return fail("spec.source.nvmeof.port", "port 0 is not allowed");
+            }
+            check_nqn("spec.source.nvmeof.subnqn", &n.subnqn)?;
+            if let Some(h) = &n.hostnqn {
+                check_nqn("spec.source.nvmeof.hostnqn", h)?;
+            }
+        }
+        VolumeSource::Local(l) => {
+            if l.size_mib == 0 || l.size_mib > 16 * 1024 * 1024 {
+                return fail(
+                    "spec.source.local.size_mib",
+                    "must be between 1 and 16777216 (16 TiB)",
+                );
+            }
+        }
+    }
+    if let Some(q) = &v.qos {
+        if q.max_iops == Some(0) {
+            return fail(
+                "spec.qos.max_iops",
+                "must be positive; leave it out for no limit",
+            );
+        }
+        if q.max_mbps == Some(0) {
+            return fail(
+                "spec.qos.max_mbps",
+                "must be positive; leave it out for no limit",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn validate_ipsec(t: &IpsecTunnelSpec) -> Check {
+    let local = parse_ipv4("spec.local", &t.local)?;
+    let remote = parse_ipv4("spec.remote", &t.remote)?;
+    if local == remote {
+        return fail("spec.remote", "must differ from spec.local");
+    }
+    for (field, list) in [
+        ("spec.local_subnets", &t.local_subnets),
+        ("spec.remote_subnets", &t.remote_subnets),
+    ] {
+        for (i, s) in list.iter().enumerate() {
+            parse_ipv4_cidr(&format!("{field}[{i}]"), s)?;
+        }
+    }
+    if t.mode == IpsecMode::Tunnel {
+        if t.local_subnets.is_empty() {
+            return fail(
+                "spec.local_subnets",
+                "a tunnel-mode tunnel needs at least one subnet",
+            );
+        }
+        if t.remote_subnets.is_empty() {
+            return fail(
+                "spec.remote_subnets",
+                "a tunnel-mode tunnel needs at least one subnet",
+            );
+        }
+    }
+    // SPIs 0-255 are reserved by IANA (RFC 4303 §2.1).
+    if t.spi_in < 256 {
+        return fail("spec.spi_in", "SPIs 0-255 are reserved");
+    }
+    if t.spi_out < 256 {
+        return fail("spec.spi_out", "SPIs 0-255 are reserved");
+    }
+    check_hex_key("spec.key_in", &t.key_in, t.cipher)?;
+    check_hex_key("spec.key_out", &t.key_out, t.cipher)?;
+    if let Some(w) = t.replay_window {
+        if w > 4096 {
+            return fail("spec.replay_window", "must be at most 4096");
+        }
+    }
+    Ok(())
+}
+
+fn validate_tls(t: &TlsListenerSpec) -> Check {
+    parse_socket_addr("spec.listen", &t.listen)?;
+    parse_socket_addr("spec.upstream", &t.upstream)?;
+    check_pem(
+        "spec.certificate_pem",
+        &t.certificate_pem,
+        PemWant::Certificates,
+    )?;
+    check_pem(
+        "spec.private_key_pem",
+        &t.private_key_pem,
+        PemWant::PrivateKey,
+    )?;
+    if let Some(ca) = &t.client_ca_pem {
+        check_pem("spec.client_ca_pem", ca, PemWant::Certificates)?;
+    }
+    if let Some(alpn) = &t.alpn {
+        for (i, p) in alpn.iter().enumerate() {
+            if p.is_empty() || p.len() > 255 {
+                return fail(format!("spec.alpn[{i}]"), "must be 1-255 bytes");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read-only view of the other stored objects, for checks that span objects.
+pub trait ObjectLookup {
+    /// The tenant and spec of an object.
+    fn get(&self, kind: Kind, id: &str) -> Option<(String, Spec)>;
+    /// Every object of `kind` in `tenant` (all tenants when `None`), with
+    /// its id.
+    fn list(&self, kind: Kind, tenant: Option<&str>) -> Vec<(String, Spec)>;
+}
+
+/// Checks what depends on other objects: references exist within the tenant,
+/// addresses fall inside the network, MACs and IPs are unique in a network,
+/// VNIs are unique on the DPU.
+pub fn validate_in_context(
+    id: &str,
+    tenant: &str,
+    spec: &Spec,
+    objects: &dyn ObjectLookup,
+) -> Check {
+    for (field, kind, ref_id) in spec.references() {
+        match objects.get(kind, ref_id) {
+            Some((t, _)) if t == tenant => {}
+            _ => {
+                return fail(
+                    field,
+                    format!("no {} {ref_id:?} in tenant {tenant:?}", kind.name()),
+                );
+            }
+        }
+    }
+    if !spec.kind().is_tenant() && objects.get(Kind::Tenant, tenant).is_none() {
+        return fail(
+            "tenant",
+            format!("tenant {tenant:?} does not exist; create it first"),
+        );
+    }
+    match spec {
+        Spec::Network(n) => {
+            // VNIs are the DPU-wide tunnel key: two networks must not share one.
+            for (other_id, other) in objects.list(Kind::Network, None) {
+                if let Spec::Network(o) = other {
+                    if o.vni == n.vni && other_id != id {
+                        return fail(
+                            "spec.vni",
+                            format!("VNI {} is already used by network {other_id:?}", n.vni),
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Spec::Port(p) => {
+            check_addresses_in_network(id, tenant, &p.network, &p.mac, &p.ips, objects)?;
+            for (other_id, other) in objects.list(Kind::Port, Some(tenant)) {
+                if let Spec::Port(o) = other {
+                    if other_id != id && o.function == p.function {
+                        return fail(
+                            "spec.function",
+                            format!(
+                                "function {:?} is already attached by port {other_id:?}",
+                                p.function
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some((_, Spec::Function(f))) = objects.get(Kind::Function, &p.function) {
+                if f.type_ != FunctionType::Net {
+                    return fail(
+                        "spec.function",
+                        format!("function {:?} is not a net function", p.function),
+                    );
+                }
+            }
+            Ok(())
+        }
+        Spec::Endpoint(e) => {
+            check_addresses_in_network(id, tenant, &e.network, &e.mac, &e.ips, objects)
+        }
+        Spec::Volume(v) => {
+            if let Some((_, Spec::Function(f))) = objects.get(Kind::Function, &v.function) {
+                if f.type_ == FunctionType::Net {
+                    return fail(
+                        "spec.function",
+                        format!(
+                            "function {:?} is a net function; volumes need nvme or virtio-blk",
+                            v.function
+                        ),
+                    );
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Ports and endpoints of one network: IPs inside the CIDR, not the network
+/// or broadcast address, and no MAC or IP used twice in the network.
+fn check_addresses_in_network(
+    id: &str,
+    tenant: &str,
+    network: &str,
+    mac: &str,
+    ips: &[String],
+    objects: &dyn ObjectLookup,
+) -> Check {
+    let Some((_, Spec::Network(net))) = objects.get(Kind::Network, network) else {
+        return Ok(());
+    };
+    let Ok(cidr) = parse_ipv4_cidr("spec.cidr", &net.cidr) else {
+        return Ok(());
+    };
+    for (i, ip) in ips.iter().enumerate() {
+        let field = format!("spec.ips[{i}]");
+        let addr = parse_ipv4(&field, ip)?;
+        if !cidr.contains(&addr) {
+            return fail(
+                field,
+                format!("{ip} is outside network {network:?} ({cidr})"),
+            );
+        }
+        if addr == cidr.network() || addr == cidr.broadcast() {
+            return fail(
+                field,
+                format!("{ip} is the network or broadcast address of {cidr}"),
+            );
+        }
+    }
+    let my_mac = mac.to_ascii_lowercase();
+    let peers = objects
+        .list(Kind::Port, Some(tenant))
+        .into_iter()
+        .filter_map(|(oid, s)| match s {
+            Spec::Port(p) if p.network == network => Some((Kind::Port, oid, p.mac, p.ips)),
+            _ => None,
+        })
+        .chain(
+            objects
+                .list(Kind::Endpoint, Some(tenant))
+                .into_iter()
+                .filter_map(|(oid, s)| match s {
+                    Spec::Endpoint(e) if e.network == network => {
+                        Some((Kind::Endpoint, oid, e.mac, e.ips))
+                    }
+                    _ => None,
+                }),
+        );
+    for (kind, oid, omac, oips) in peers {
+        if oid == id {
+            continue;
+        }
+        if omac.to_ascii_lowercase() == my_mac {
+            return fail(
+                "spec.mac",
+                format!(
+                    "{mac} is already used in network {network:?} by {} {oid:?}",
+                    kind.name()
+                ),
+            );
+        }
+        for (i, ip) in ips.iter().enumerate() {
+            if oips.contains(ip) {
+                return fail(
+                    format!("spec.ips[{i}]"),
+                    format!(
+                        "{ip} is already used in network {network:?} by {} {oid:?}",
+                        kind.name()
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,0 @@
-//! Native OVSDB (RFC 7047) client (see README.md).
