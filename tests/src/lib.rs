@@ -1,1 +1,2 @@
 //! See README.md.
+pub mod vm;

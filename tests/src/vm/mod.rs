@@ -1,0 +1,167 @@
+//! A QEMU VM rig for kernel paths this sandbox's kernel lacks (ESP, kernel TLS,
+//! nvmet, SR-IOV, VLAN, vfio, the openvswitch datapath).
+//!
+//! A test describes the VM with [`Vm::builder`]: emulated devices, kernel
+//! modules to load, Debian packages and project binaries to copy in, and a
+//! shell script. The rig boots Debian's stock amd64 kernel from a busybox
+//! initramfs under `qemu-system-x86_64 -M q35`, runs the script with a
+//! timeout and hands back its exit status, stdout, stderr and the files it
+//! wrote to `$DPU_VM_OUT`, through a virtio-9p share.
+//!
+//! Limits: the guest has no udev and no network beyond QEMU's user-mode
+//! networking with `restrict=on`; drivers are loaded only when asked for
+//! (directly or as a device's default). Packages come from the host's apt
+//! lists (`tests/vm/setup.sh` sets them up); the rig never installs anything
+//! on the host. See `tests/README.md`, section "VM rig".
+
+mod apt;
+mod builder;
+mod initramfs;
+mod kernel;
+mod qemu;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use builder::{RunningVm, Vm, VmBuilder, VmOutput};
+
+/// The environment variable that turns the VM tests on.
+pub const ENABLE_VAR: &str = "DPU_VM_TESTS";
+
+/// True when `DPU_VM_TESTS=1`; otherwise prints why the calling test is skipped.
+///
+/// VM tests boot QEMU under TCG and download Debian packages on first use, so
+/// a developer's plain `cargo test` skips them; CI's VM stage sets the variable.
+pub fn enabled() -> bool {
+    if std::env::var(ENABLE_VAR).is_ok_and(|v| v == "1") {
+        return true;
+    }
+    println!("skipped: set {ENABLE_VAR}=1 (and run tests/vm/setup.sh once)");
+    false
+}
+
+/// Where the rig keeps downloaded and unpacked packages between runs:
+/// `$DPU_VM_CACHE`, or `.cache/vm` at the workspace root (git-ignored).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DPU_VM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    workspace_root().join(".cache").join("vm")
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Path of a static x86-64 musl build of one of this crate's binaries
+/// (`src/bin/NAME.rs`), as built by `tests/vm/run.sh`:
+/// `cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin NAME`.
+///
+/// Looks in `$CARGO_TARGET_DIR` (or the target dir this test binary lives in),
+/// release before debug.
+pub fn musl_binary(name: &str) -> Result<PathBuf, VmError> {
+    let mut roots = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        roots.push(PathBuf::from(dir));
+    }
+    // A test binary lives in TARGET/<profile>/deps/.
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(target) = exe.ancestors().nth(3)
+    {
+        roots.push(target.to_path_buf());
+    }
+    roots.push(workspace_root().join("target"));
+    let mut tried = Vec::new();
+    for root in roots {
+        for profile in ["release", "debug"] {
+            let path = root
+                .join("x86_64-unknown-linux-musl")
+                .join(profile)
+                .join(name);
+            if path.is_file() {
+                return Ok(path);
+            }
+            tried.push(path);
+        }
+    }
+    Err(VmError::BinaryMissing {
+        name: name.to_string(),
+        tried,
+    })
+}
+
+/// Everything that can stop a VM run. Messages say what to do; the cause, if
+/// any, is in [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(
+        "`{binary}` not found on PATH: run tests/vm/setup.sh (installs QEMU >= 8 from bookworm-backports)"
+    )]
+    QemuMissing { binary: String },
+    #[error("{version} has no `{device}` device (needs QEMU >= 8): run tests/vm/setup.sh")]
+    QemuLacksDevice { version: String, device: String },
+    #[error(
+        "apt has no installable package `{name}`: run tests/vm/setup.sh (apt-get update) or check the name"
+    )]
+    PackageNotFound { name: String },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("could not run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel {kernel} has no module `{module}` (neither loadable nor built in)")]
+    ModuleNotFound { module: String, kernel: String },
+    #[error("kernel package {package} holds no {what}")]
+    KernelLayout { package: String, what: String },
+    #[error(
+        "static binary `{name}` not built; run `cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin {name}` (tried {tried:?})"
+    )]
+    BinaryMissing { name: String, tried: Vec<PathBuf> },
+    #[error("{path}: {what}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid VM description: {0}")]
+    Invalid(String),
+    #[error("VM still running after {after:?}, killed; last console lines:\n{console_tail}")]
+    Timeout {
+        after: Duration,
+        console_tail: String,
+    },
+    #[error("guest setup failed: {message}; last console lines:\n{console_tail}")]
+    GuestSetup {
+        message: String,
+        console_tail: String,
+    },
+    #[error(
+        "VM stopped ({qemu_status}) without reporting the script's result; last console lines:\n{console_tail}"
+    )]
+    NoResult {
+        qemu_status: String,
+        console_tail: String,
+    },
+}
+
+impl VmError {
+    fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| VmError::Io { what, path, source }
+    }
+}
+
+/// The last `n` lines of a console log, for error messages.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
