@@ -1,1 +1,0 @@
-//! OpenFlow 1.4 codec and client (see README.md).
