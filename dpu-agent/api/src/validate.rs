@@ -79,7 +79,8 @@ pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], FieldError> {
     }
     let mut mac = [0u8; 6];
     for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
+        // from_str_radix alone would take a sign: "+2" is not a MAC octet.
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(bad());
         }
         mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
@@ -138,7 +139,14 @@ pub fn parse_port_range(field: &str, s: &str) -> Result<(u16, u16), FieldError> 
             format!("{s:?} is not a port (\"80\") or range (\"1000-2000\") in 1-65535"),
         )
     };
-    let one = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p != 0);
+    // Digits only: `str::parse` would also take "+80", and " 80" is not
+    // what the flow compiler should see.
+    let one = |p: &str| {
+        (!p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
+            .filter(|p| *p != 0)
+    };
     let (lo, hi) = match s.split_once('-') {
         Some((a, b)) => (one(a).ok_or_else(bad)?, one(b).ok_or_else(bad)?),
         None => {
@@ -249,10 +257,10 @@ pub fn validate_envelope(kind: Kind, id: &str, tenant: &str) -> Check {
 pub fn validate_spec(spec: &Spec) -> Check {
     match spec {
         Spec::Tenant(t) => {
-            if let Some(d) = &t.description {
-                if d.len() > 1024 {
-                    return fail("spec.description", "must be at most 1024 bytes");
-                }
+            if let Some(d) = &t.description
+                && d.len() > 1024
+            {
+                return fail("spec.description", "must be at most 1024 bytes");
             }
             Ok(())
         }
@@ -296,10 +304,10 @@ fn validate_function(f: &FunctionSpec) -> Check {
                 }
                 None => return fail("spec.mac", "is required for a net function"),
             }
-            if let Some(vlan) = f.vlan {
-                if !(1..=4094).contains(&vlan) {
-                    return fail("spec.vlan", format!("{vlan} is outside 1-4094"));
-                }
+            if let Some(vlan) = f.vlan
+                && !(1..=4094).contains(&vlan)
+            {
+                return fail("spec.vlan", format!("{vlan} is outside 1-4094"));
             }
             if f.max_tx_rate_mbps == Some(0) {
                 return fail(
@@ -328,10 +336,10 @@ fn validate_network(n: &NetworkSpec) -> Check {
             "needs at least 4 addresses (prefix /30 or shorter)",
         );
     }
-    if let Some(mtu) = n.mtu {
-        if !(576..=9000).contains(&mtu) {
-            return fail("spec.mtu", format!("{mtu} is outside 576-9000"));
-        }
+    if let Some(mtu) = n.mtu
+        && !(576..=9000).contains(&mtu)
+    {
+        return fail("spec.mtu", format!("{mtu} is outside 576-9000"));
     }
     Ok(())
 }
@@ -497,10 +505,10 @@ fn validate_ipsec(t: &IpsecTunnelSpec) -> Check {
     }
     check_hex_key("spec.key_in", &t.key_in, t.cipher)?;
     check_hex_key("spec.key_out", &t.key_out, t.cipher)?;
-    if let Some(w) = t.replay_window {
-        if w > 4096 {
-            return fail("spec.replay_window", "must be at most 4096");
-        }
+    if let Some(w) = t.replay_window
+        && w > 4096
+    {
+        return fail("spec.replay_window", "must be at most 4096");
     }
     Ok(())
 }
@@ -570,13 +578,14 @@ pub fn validate_in_context(
         Spec::Network(n) => {
             // VNIs are the DPU-wide tunnel key: two networks must not share one.
             for (other_id, other) in objects.list(Kind::Network, None) {
-                if let Spec::Network(o) = other {
-                    if o.vni == n.vni && other_id != id {
-                        return fail(
-                            "spec.vni",
-                            format!("VNI {} is already used by network {other_id:?}", n.vni),
-                        );
-                    }
+                if let Spec::Network(o) = other
+                    && o.vni == n.vni
+                    && other_id != id
+                {
+                    return fail(
+                        "spec.vni",
+                        format!("VNI {} is already used by network {other_id:?}", n.vni),
+                    );
                 }
             }
             Ok(())
@@ -584,25 +593,26 @@ pub fn validate_in_context(
         Spec::Port(p) => {
             check_addresses_in_network(id, tenant, &p.network, &p.mac, &p.ips, objects)?;
             for (other_id, other) in objects.list(Kind::Port, Some(tenant)) {
-                if let Spec::Port(o) = other {
-                    if other_id != id && o.function == p.function {
-                        return fail(
-                            "spec.function",
-                            format!(
-                                "function {:?} is already attached by port {other_id:?}",
-                                p.function
-                            ),
-                        );
-                    }
-                }
-            }
-            if let Some((_, Spec::Function(f))) = objects.get(Kind::Function, &p.function) {
-                if f.type_ != FunctionType::Net {
+                if let Spec::Port(o) = other
+                    && other_id != id
+                    && o.function == p.function
+                {
                     return fail(
                         "spec.function",
-                        format!("function {:?} is not a net function", p.function),
+                        format!(
+                            "function {:?} is already attached by port {other_id:?}",
+                            p.function
+                        ),
                     );
                 }
+            }
+            if let Some((_, Spec::Function(f))) = objects.get(Kind::Function, &p.function)
+                && f.type_ != FunctionType::Net
+            {
+                return fail(
+                    "spec.function",
+                    format!("function {:?} is not a net function", p.function),
+                );
             }
             Ok(())
         }
@@ -610,16 +620,16 @@ pub fn validate_in_context(
             check_addresses_in_network(id, tenant, &e.network, &e.mac, &e.ips, objects)
         }
         Spec::Volume(v) => {
-            if let Some((_, Spec::Function(f))) = objects.get(Kind::Function, &v.function) {
-                if f.type_ == FunctionType::Net {
-                    return fail(
-                        "spec.function",
-                        format!(
-                            "function {:?} is a net function; volumes need nvme or virtio-blk",
-                            v.function
-                        ),
-                    );
-                }
+            if let Some((_, Spec::Function(f))) = objects.get(Kind::Function, &v.function)
+                && f.type_ == FunctionType::Net
+            {
+                return fail(
+                    "spec.function",
+                    format!(
+                        "function {:?} is a net function; volumes need nvme or virtio-blk",
+                        v.function
+                    ),
+                );
             }
             Ok(())
         }
