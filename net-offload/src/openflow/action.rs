@@ -71,7 +71,13 @@ pub struct Ct {
 
 impl Default for Ct {
     fn default() -> Self {
-        Ct { commit: false, force: false, zone: CtZone::Imm(0), table: None, alg: 0 }
+        Ct {
+            commit: false,
+            force: false,
+            zone: CtZone::Imm(0),
+            table: None,
+            alg: 0,
+        }
     }
 }
 
@@ -88,20 +94,37 @@ pub struct RegMove {
 impl RegMove {
     /// Moves a whole field into another of the same width.
     pub fn whole(src: Field, dst: Field) -> Self {
-        RegMove { src, src_ofs: 0, dst, dst_ofs: 0, n_bits: src.bits().min(dst.bits()) }
+        RegMove {
+            src,
+            src_ofs: 0,
+            dst,
+            dst_ofs: 0,
+            n_bits: src.bits().min(dst.bits()),
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Action {
     /// `output:PORT`; `max_len` matters only for `CONTROLLER`.
-    Output { port: u32, max_len: u16 },
-    SetField { field: Field, value: u64 },
-    PushVlan { ethertype: u16 },
+    Output {
+        port: u32,
+        max_len: u16,
+    },
+    SetField {
+        field: Field,
+        value: u64,
+    },
+    PushVlan {
+        ethertype: u16,
+    },
     PopVlan,
     DecTtl,
     /// `resubmit(PORT,TABLE)`; `port` is 16-bit, [`port::IN_PORT_16`] for `resubmit(,T)`.
-    Resubmit { port: u16, table: u8 },
+    Resubmit {
+        port: u16,
+        table: u8,
+    },
     Ct(Ct),
     Move(RegMove),
     /// An action outside the supported subset, kept verbatim (whole TLV).
@@ -116,11 +139,17 @@ impl Action {
 
     /// `resubmit(,table)`.
     pub fn resubmit(table: u8) -> Self {
-        Action::Resubmit { port: port::IN_PORT_16, table }
+        Action::Resubmit {
+            port: port::IN_PORT_16,
+            table,
+        }
     }
 
     pub fn set_field(field: Field, value: u64) -> Self {
-        Action::SetField { field, value: value & field.full_mask() }
+        Action::SetField {
+            field,
+            value: value & field.full_mask(),
+        }
     }
 
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
@@ -203,7 +232,10 @@ impl Action {
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let len = usize::from(r.peek_u16(2)?);
         if len < 8 || !len.is_multiple_of(8) {
-            return Err(DecodeError::BadLength { what: "action", length: len });
+            return Err(DecodeError::BadLength {
+                what: "action",
+                length: len,
+            });
         }
         let tlv = r.bytes(len)?;
         Ok(decode_known(tlv).unwrap_or_else(|| Action::Raw(Bytes::copy_from_slice(tlv))))
@@ -224,8 +256,13 @@ fn decode_known(tlv: &[u8]) -> Option<Action> {
     let action_type = r.u16().ok()?;
     let len = r.u16().ok()?;
     let action = match (action_type, len) {
-        (OFPAT_OUTPUT, 16) => Action::Output { port: r.u32().ok()?, max_len: r.u16().ok()? },
-        (OFPAT_PUSH_VLAN, 8) => Action::PushVlan { ethertype: r.u16().ok()? },
+        (OFPAT_OUTPUT, 16) => Action::Output {
+            port: r.u32().ok()?,
+            max_len: r.u16().ok()?,
+        },
+        (OFPAT_PUSH_VLAN, 8) => Action::PushVlan {
+            ethertype: r.u16().ok()?,
+        },
         (OFPAT_POP_VLAN, 8) => Action::PopVlan,
         (OFPAT_DEC_NW_TTL, 8) => Action::DecTtl,
         (OFPAT_SET_FIELD, _) => {
@@ -256,7 +293,11 @@ fn decode_known(tlv: &[u8]) -> Option<Action> {
                         if zone_src != field.move_header().ok()? {
                             return None;
                         }
-                        CtZone::Field { field, ofs: zone_val >> 6, n_bits: (zone_val & 0x3f) + 1 }
+                        CtZone::Field {
+                            field,
+                            ofs: zone_val >> 6,
+                            n_bits: (zone_val & 0x3f) + 1,
+                        }
                     };
                     let recirc = r.u8().ok()?;
                     r.skip(3).ok()?;
@@ -280,7 +321,13 @@ fn decode_known(tlv: &[u8]) -> Option<Action> {
                     if src.move_header().ok()? != src_h || dst.move_header().ok()? != dst_h {
                         return None;
                     }
-                    Action::Move(RegMove { src, src_ofs, dst, dst_ofs, n_bits })
+                    Action::Move(RegMove {
+                        src,
+                        src_ofs,
+                        dst,
+                        dst_ofs,
+                        n_bits,
+                    })
                 }
                 _ => return None,
             }

@@ -47,7 +47,10 @@ impl BundleCtrlType {
             6 => DiscardRequest,
             7 => DiscardReply,
             other => {
-                return Err(DecodeError::Unsupported { what: "bundle control type", value: other.into() });
+                return Err(DecodeError::Unsupported {
+                    what: "bundle control type",
+                    value: other.into(),
+                });
             }
         })
     }
@@ -110,7 +113,10 @@ impl BundleAdd {
         let flags = r.u16()?;
         let inner = Header::decode(r.rest())?;
         if inner.msg_type != msg_type::FLOW_MOD {
-            return Err(DecodeError::Unsupported { what: "bundled message type", value: inner.msg_type.into() });
+            return Err(DecodeError::Unsupported {
+                what: "bundled message type",
+                value: inner.msg_type.into(),
+            });
         }
         if inner.version != version.wire() {
             return Err(DecodeError::UnsupportedVersion(inner.version));
@@ -118,6 +124,10 @@ impl BundleAdd {
         let inner_bytes = r.bytes(usize::from(inner.length))?;
         // Trailing bundle properties, if any, are ignored.
         let flow_mod = FlowMod::decode_body(version, &inner_bytes[super::header::HEADER_LEN..])?;
-        Ok(BundleAdd { bundle_id, flags, flow_mod })
+        Ok(BundleAdd {
+            bundle_id,
+            flags,
+            flow_mod,
+        })
     }
 }

@@ -25,7 +25,9 @@ use super::flow_mod::FlowMod;
 use super::header::{Header, Version, frame_len, msg_type};
 use super::message::{Message, OUR_VERSIONS, SwitchFeatures, decode, encode, negotiate};
 use super::meter::MeterMod;
-use super::multipart::{FlowEntry, FlowStatsRequest, MultipartReplyBody, MultipartRequest, REPLY_MORE};
+use super::multipart::{
+    FlowEntry, FlowStatsRequest, MultipartReplyBody, MultipartRequest, REPLY_MORE,
+};
 
 /// Encoded bytes are handed to the writer task in chunks of about this size.
 const CHUNK: usize = 256 * 1024;
@@ -73,11 +75,23 @@ pub enum OpenFlowError {
         source: EncodeError,
     },
     #[error("{endpoint} did not answer {request} within {timeout:?}")]
-    Timeout { endpoint: String, request: &'static str, timeout: Duration },
+    Timeout {
+        endpoint: String,
+        request: &'static str,
+        timeout: Duration,
+    },
     #[error("{endpoint} rejected {request}: {error}")]
-    Rejected { endpoint: String, request: &'static str, error: SwitchError },
+    Rejected {
+        endpoint: String,
+        request: &'static str,
+        error: SwitchError,
+    },
     #[error("{endpoint} answered {request} with unexpected message type {msg_type}")]
-    Unexpected { endpoint: String, request: &'static str, msg_type: u8 },
+    Unexpected {
+        endpoint: String,
+        request: &'static str,
+        msg_type: u8,
+    },
     #[error("{}", describe_flow_failures(endpoint, *bundle, *total, failures))]
     FlowsRejected {
         endpoint: String,
@@ -159,7 +173,10 @@ impl OpenFlowClient {
         let endpoint = format!("unix:{}", path.as_ref().display());
         let stream = tokio::net::UnixStream::connect(path.as_ref())
             .await
-            .map_err(|source| OpenFlowError::Connect { endpoint: endpoint.clone(), source })?;
+            .map_err(|source| OpenFlowError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
         let (rd, wr) = stream.into_split();
         Self::handshake(endpoint, Box::new(rd), Box::new(wr)).await
     }
@@ -169,11 +186,16 @@ impl OpenFlowClient {
         let endpoint = format!("tcp:{addr}");
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|source| OpenFlowError::Connect { endpoint: endpoint.clone(), source })?;
-        stream.set_nodelay(true).map_err(|source| OpenFlowError::Connect {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+            .map_err(|source| OpenFlowError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| OpenFlowError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
         let (rd, wr) = stream.into_split();
         Self::handshake(endpoint, Box::new(rd), Box::new(wr)).await
     }
@@ -200,7 +222,13 @@ impl OpenFlowClient {
             buf: BytesMut::with_capacity(CHUNK * 2),
         };
         let xid = client.xid();
-        client.push(&Message::Hello { versions: Some(OUR_VERSIONS) }, xid, "hello")?;
+        client.push(
+            &Message::Hello {
+                versions: Some(OUR_VERSIONS),
+            },
+            xid,
+            "hello",
+        )?;
         client.flush()?;
         let deadline = Instant::now() + client.timeout;
         let (header, msg) = client.recv(deadline, "hello").await?;
@@ -208,7 +236,10 @@ impl OpenFlowClient {
             Message::Hello { versions } => {
                 let offered = versions.unwrap_or(1 << header.version.min(31));
                 client.version = negotiate(OUR_VERSIONS, header.version, versions).ok_or(
-                    OpenFlowError::NoCommonVersion { endpoint: client.endpoint.clone(), offered },
+                    OpenFlowError::NoCommonVersion {
+                        endpoint: client.endpoint.clone(),
+                        offered,
+                    },
                 )?;
                 tracing::debug!(endpoint = %client.endpoint, version = ?client.version, "OpenFlow connected");
                 Ok(client)
@@ -245,8 +276,10 @@ impl OpenFlowClient {
 
     /// Encodes `msg` into the pending buffer, flushing a full chunk to the writer.
     fn push(&mut self, msg: &Message, xid: u32, what: &str) -> Result<(), OpenFlowError> {
-        encode(msg, self.version, xid, &mut self.buf)
-            .map_err(|source| OpenFlowError::Encode { what: what.to_string(), source })?;
+        encode(msg, self.version, xid, &mut self.buf).map_err(|source| OpenFlowError::Encode {
+            what: what.to_string(),
+            source,
+        })?;
         if self.buf.len() >= CHUNK {
             self.flush()?;
         }
@@ -259,7 +292,9 @@ impl OpenFlowClient {
         }
         let chunk = self.buf.split().freeze();
         self.buf.reserve(CHUNK * 2);
-        self.out_tx.send(chunk).map_err(|_| OpenFlowError::Closed { endpoint: self.endpoint.clone() })
+        self.out_tx.send(chunk).map_err(|_| OpenFlowError::Closed {
+            endpoint: self.endpoint.clone(),
+        })
     }
 
     /// The next message from the switch.
@@ -277,13 +312,23 @@ impl OpenFlowClient {
                 timeout: self.timeout,
             })?;
         match incoming {
-            Some(Incoming::Frame(frame)) => decode(&frame)
-                .map_err(|source| OpenFlowError::Decode { endpoint: endpoint.clone(), source }),
-            Some(Incoming::Io(source)) => Err(OpenFlowError::Io { endpoint: endpoint.clone(), source }),
-            Some(Incoming::Decode(source)) => {
-                Err(OpenFlowError::Decode { endpoint: endpoint.clone(), source })
+            Some(Incoming::Frame(frame)) => {
+                decode(&frame).map_err(|source| OpenFlowError::Decode {
+                    endpoint: endpoint.clone(),
+                    source,
+                })
             }
-            Some(Incoming::Closed) | None => Err(OpenFlowError::Closed { endpoint: endpoint.clone() }),
+            Some(Incoming::Io(source)) => Err(OpenFlowError::Io {
+                endpoint: endpoint.clone(),
+                source,
+            }),
+            Some(Incoming::Decode(source)) => Err(OpenFlowError::Decode {
+                endpoint: endpoint.clone(),
+                source,
+            }),
+            Some(Incoming::Closed) | None => Err(OpenFlowError::Closed {
+                endpoint: endpoint.clone(),
+            }),
         }
     }
 
@@ -296,7 +341,11 @@ impl OpenFlowClient {
     }
 
     fn rejected(&self, request: &'static str, error: SwitchError) -> OpenFlowError {
-        OpenFlowError::Rejected { endpoint: self.endpoint.clone(), request, error }
+        OpenFlowError::Rejected {
+            endpoint: self.endpoint.clone(),
+            request,
+            error,
+        }
     }
 
     /// Sends one request and waits for the reply with its xid.
@@ -312,7 +361,11 @@ impl OpenFlowClient {
         loop {
             let (header, msg) = self.recv(deadline, request).await?;
             if header.xid != xid {
-                tracing::trace!(xid = header.xid, msg_type = header.msg_type, "ignoring OpenFlow message");
+                tracing::trace!(
+                    xid = header.xid,
+                    msg_type = header.msg_type,
+                    "ignoring OpenFlow message"
+                );
                 continue;
             }
             return match msg {
@@ -325,7 +378,10 @@ impl OpenFlowClient {
     /// Round-trip time of an ECHO request.
     pub async fn echo(&mut self) -> Result<Duration, OpenFlowError> {
         let start = Instant::now();
-        match self.request(&Message::EchoRequest(Bytes::new()), "echo").await? {
+        match self
+            .request(&Message::EchoRequest(Bytes::new()), "echo")
+            .await?
+        {
             (_, Message::EchoReply(_)) => Ok(start.elapsed()),
             (h, _) => Err(self.unexpected("echo", &h)),
         }
@@ -365,9 +421,11 @@ impl OpenFlowClient {
             match msg {
                 Message::BarrierReply if header.xid == barrier => break,
                 Message::Error(error) => match flow_index(xids, first, header.xid) {
-                    Some(index) => {
-                        failures.push(FlowFailure { index, flow_mod: mods[index].clone(), error })
-                    }
+                    Some(index) => failures.push(FlowFailure {
+                        index,
+                        flow_mod: mods[index].clone(),
+                        error,
+                    }),
                     None if header.xid == barrier => return Err(self.rejected("barrier", error)),
                     None => tracing::debug!(%error, "OpenFlow error for an unknown request"),
                 },
@@ -388,7 +446,11 @@ impl OpenFlowClient {
 
     /// Encodes FLOW_MODs (or, with a bundle id, BUNDLE_ADD_MESSAGEs) with
     /// consecutive xids; returns the xid range `(first, count)`.
-    fn push_flow_mods(&mut self, mods: &[FlowMod], bundle_id: Option<u32>) -> Result<usize, OpenFlowError> {
+    fn push_flow_mods(
+        &mut self,
+        mods: &[FlowMod],
+        bundle_id: Option<u32>,
+    ) -> Result<usize, OpenFlowError> {
         for (i, fm) in mods.iter().enumerate() {
             let xid = self.xid();
             let msg = match bundle_id {
@@ -399,9 +461,11 @@ impl OpenFlowClient {
                     flow_mod: fm.clone(),
                 }),
             };
-            encode(&msg, self.version, xid, &mut self.buf).map_err(|source| OpenFlowError::Encode {
-                what: format!("flow #{i} `{fm}`"),
-                source,
+            encode(&msg, self.version, xid, &mut self.buf).map_err(|source| {
+                OpenFlowError::Encode {
+                    what: format!("flow #{i} `{fm}`"),
+                    source,
+                }
             })?;
             if self.buf.len() >= CHUNK {
                 self.flush()?;
@@ -421,7 +485,13 @@ impl OpenFlowClient {
         let bundle_id = self.next_bundle_id;
         self.next_bundle_id = self.next_bundle_id.wrapping_add(1);
         let flags = bundle_flags::ATOMIC | bundle_flags::ORDERED;
-        let control = |ctrl_type| Message::BundleControl(BundleControl { bundle_id, ctrl_type, flags });
+        let control = |ctrl_type| {
+            Message::BundleControl(BundleControl {
+                bundle_id,
+                ctrl_type,
+                flags,
+            })
+        };
 
         let open = self.xid();
         self.push(&control(BundleCtrlType::OpenRequest), open, "bundle open")?;
@@ -440,9 +510,11 @@ impl OpenFlowClient {
                 Message::BarrierReply if header.xid == barrier => break,
                 Message::Error(error) if header.xid == open => open_error = Some(error),
                 Message::Error(error) => match flow_index(count, first, header.xid) {
-                    Some(index) => {
-                        failures.push(FlowFailure { index, flow_mod: mods[index].clone(), error })
-                    }
+                    Some(index) => failures.push(FlowFailure {
+                        index,
+                        flow_mod: mods[index].clone(),
+                        error,
+                    }),
                     None => tracing::debug!(%error, "OpenFlow error for an unknown request"),
                 },
                 _ => {}
@@ -453,14 +525,21 @@ impl OpenFlowClient {
         }
         if !failures.is_empty() {
             // Best effort: the switch may already have dropped the bundle.
-            if let Err(e) = self.request(&control(BundleCtrlType::DiscardRequest), "bundle discard").await {
+            if let Err(e) = self
+                .request(&control(BundleCtrlType::DiscardRequest), "bundle discard")
+                .await
+            {
                 tracing::debug!(error = %e, "bundle discard after failed add");
             }
             return Err(self.flows_rejected(mods.len(), failures));
         }
 
         let commit = self.xid();
-        self.push(&control(BundleCtrlType::CommitRequest), commit, "bundle commit")?;
+        self.push(
+            &control(BundleCtrlType::CommitRequest),
+            commit,
+            "bundle commit",
+        )?;
         self.flush()?;
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -481,7 +560,11 @@ impl OpenFlowClient {
                 }
                 Message::Error(error) => {
                     if let Some(index) = flow_index(count, first, header.xid) {
-                        failures.push(FlowFailure { index, flow_mod: mods[index].clone(), error });
+                        failures.push(FlowFailure {
+                            index,
+                            flow_mod: mods[index].clone(),
+                            error,
+                        });
                     }
                 }
                 _ if header.xid == commit => return Err(self.unexpected("bundle commit", &header)),
@@ -491,13 +574,25 @@ impl OpenFlowClient {
     }
 
     fn flows_rejected(&self, total: usize, failures: Vec<FlowFailure>) -> OpenFlowError {
-        OpenFlowError::FlowsRejected { endpoint: self.endpoint.clone(), bundle: true, total, failures }
+        OpenFlowError::FlowsRejected {
+            endpoint: self.endpoint.clone(),
+            bundle: true,
+            total,
+            failures,
+        }
     }
 
     /// Every flow matching `request`, following multipart continuations.
-    pub async fn dump_flows(&mut self, request: &FlowStatsRequest) -> Result<Vec<FlowEntry>, OpenFlowError> {
+    pub async fn dump_flows(
+        &mut self,
+        request: &FlowStatsRequest,
+    ) -> Result<Vec<FlowEntry>, OpenFlowError> {
         let xid = self.xid();
-        self.push(&Message::MultipartRequest(MultipartRequest::Flow(request.clone())), xid, "flow stats request")?;
+        self.push(
+            &Message::MultipartRequest(MultipartRequest::Flow(request.clone())),
+            xid,
+            "flow stats request",
+        )?;
         self.flush()?;
         let deadline = Instant::now() + self.timeout;
         let mut entries = Vec::new();

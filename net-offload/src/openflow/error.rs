@@ -12,7 +12,11 @@ use super::header::{Header, ONF_EXPERIMENTER};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("message truncated: {what} needs {needed} bytes, {available} left")]
-    Truncated { what: &'static str, needed: usize, available: usize },
+    Truncated {
+        what: &'static str,
+        needed: usize,
+        available: usize,
+    },
     #[error("bad length {length} in {what}")]
     BadLength { what: &'static str, length: usize },
     #[error("unsupported OpenFlow version {0:#04x}")]
@@ -164,7 +168,11 @@ impl fmt::Display for SwitchError {
             (None, Some(exp)) => write!(f, "experimenter {exp:#x} error {}", self.code)?,
             (None, None) => write!(f, "{} code {}", self.error_type.name(), self.code)?,
         }
-        write!(f, " (type {}, code {}, xid {:#x})", self.type_code, self.code, self.xid)
+        write!(
+            f,
+            " (type {}, code {}, xid {:#x})",
+            self.type_code, self.code, self.xid
+        )
     }
 }
 

@@ -119,7 +119,12 @@ impl FlowMod {
     pub fn delete_strict(table: u8, priority: u16, matches: Match) -> Self {
         Self::new(
             FlowModCommand::DeleteStrict,
-            Flow { table, priority, matches, ..Flow::default() },
+            Flow {
+                table,
+                priority,
+                matches,
+                ..Flow::default()
+            },
         )
     }
 
@@ -133,11 +138,18 @@ impl FlowMod {
             cookie,
             ..Flow::default()
         };
-        FlowMod { cookie_mask, ..Self::new(FlowModCommand::Delete, flow) }
+        FlowMod {
+            cookie_mask,
+            ..Self::new(FlowModCommand::Delete, flow)
+        }
     }
 
     /// Encodes the body (after the header).
-    pub(crate) fn encode_body(&self, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode_body(
+        &self,
+        version: Version,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         let f = &self.flow;
         out.put_u64(f.cookie);
         out.put_u64(self.cookie_mask);
@@ -150,7 +162,11 @@ impl FlowMod {
         out.put_u32(self.out_port);
         out.put_u32(self.out_group);
         out.put_u16(self.flags);
-        out.put_u16(if version >= Version::Of14 { self.importance } else { 0 });
+        out.put_u16(if version >= Version::Of14 {
+            self.importance
+        } else {
+            0
+        });
         f.matches.encode(out)?;
         f.instructions.encode(out)
     }
@@ -169,12 +185,24 @@ impl FlowMod {
         let out_group = r.u32()?;
         let flags = r.u16()?;
         let importance = r.u16()?;
-        let importance = if version >= Version::Of14 { importance } else { 0 };
+        let importance = if version >= Version::Of14 {
+            importance
+        } else {
+            0
+        };
         let matches = Match::decode(&mut r)?;
         let instructions = Instructions::decode(r.rest())?;
         Ok(FlowMod {
             command,
-            flow: Flow { table, priority, cookie, idle_timeout, hard_timeout, matches, instructions },
+            flow: Flow {
+                table,
+                priority,
+                cookie,
+                idle_timeout,
+                hard_timeout,
+                matches,
+                instructions,
+            },
             cookie_mask,
             buffer_id,
             out_port,

@@ -69,9 +69,17 @@ pub struct Header {
 impl Header {
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf, "header");
-        let header = Header { version: r.u8()?, msg_type: r.u8()?, length: r.u16()?, xid: r.u32()? };
+        let header = Header {
+            version: r.u8()?,
+            msg_type: r.u8()?,
+            length: r.u16()?,
+            xid: r.u32()?,
+        };
         if usize::from(header.length) < HEADER_LEN {
-            return Err(DecodeError::BadLength { what: "header", length: header.length.into() });
+            return Err(DecodeError::BadLength {
+                what: "header",
+                length: header.length.into(),
+            });
         }
         Ok(header)
     }
@@ -84,7 +92,10 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     }
     let length = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
     if length < HEADER_LEN {
-        return Err(DecodeError::BadLength { what: "header", length });
+        return Err(DecodeError::BadLength {
+            what: "header",
+            length,
+        });
     }
     Ok((buf.len() >= length).then_some(length))
 }

@@ -36,7 +36,10 @@ pub struct Instructions {
 impl Instructions {
     /// Only APPLY_ACTIONS with `actions`.
     pub fn apply(actions: Vec<Action>) -> Self {
-        Instructions { apply: actions, ..Default::default() }
+        Instructions {
+            apply: actions,
+            ..Default::default()
+        }
     }
 
     pub fn is_drop(&self) -> bool {
@@ -85,11 +88,17 @@ impl Instructions {
             let kind = r.peek_u16(0)?;
             let len = usize::from(r.peek_u16(2)?);
             if len < 8 || !len.is_multiple_of(8) {
-                return Err(DecodeError::BadLength { what: "instruction", length: len });
+                return Err(DecodeError::BadLength {
+                    what: "instruction",
+                    length: len,
+                });
             }
             let tlv = r.bytes(len)?;
             let mut t = Reader::new(&tlv[4..], "instruction");
-            let dup = |what| DecodeError::Unsupported { what, value: u64::from(kind) };
+            let dup = |what| DecodeError::Unsupported {
+                what,
+                value: u64::from(kind),
+            };
             match (kind, len) {
                 (OFPIT_METER, 8) if ins.meter.is_none() => ins.meter = Some(t.u32()?),
                 (OFPIT_APPLY_ACTIONS, _) if !seen_apply => {
@@ -99,12 +108,16 @@ impl Instructions {
                 }
                 (OFPIT_WRITE_METADATA, 24) if ins.write_metadata.is_none() => {
                     t.skip(4)?;
-                    ins.write_metadata = Some(WriteMetadata { value: t.u64()?, mask: t.u64()? });
+                    ins.write_metadata = Some(WriteMetadata {
+                        value: t.u64()?,
+                        mask: t.u64()?,
+                    });
                 }
-                (OFPIT_GOTO_TABLE, 8) if ins.goto_table.is_none() => {
-                    ins.goto_table = Some(t.u8()?)
-                }
-                (OFPIT_METER | OFPIT_APPLY_ACTIONS | OFPIT_WRITE_METADATA | OFPIT_GOTO_TABLE, _) => {
+                (OFPIT_GOTO_TABLE, 8) if ins.goto_table.is_none() => ins.goto_table = Some(t.u8()?),
+                (
+                    OFPIT_METER | OFPIT_APPLY_ACTIONS | OFPIT_WRITE_METADATA | OFPIT_GOTO_TABLE,
+                    _,
+                ) => {
                     return Err(dup("duplicate or malformed instruction"));
                 }
                 _ => ins.raw.push(Bytes::copy_from_slice(tlv)),

@@ -31,7 +31,9 @@ pub struct SwitchFeatures {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// HELLO with an optional version bitmap element.
-    Hello { versions: Option<u32> },
+    Hello {
+        versions: Option<u32>,
+    },
     Error(SwitchError),
     EchoRequest(Bytes),
     EchoReply(Bytes),
@@ -46,7 +48,10 @@ pub enum Message {
     BundleControl(BundleControl),
     BundleAdd(BundleAdd),
     /// Any other message type (e.g. PORT_STATUS), body undecoded.
-    Other { msg_type: u8, body: Bytes },
+    Other {
+        msg_type: u8,
+        body: Bytes,
+    },
 }
 
 /// Appends the encoding of `msg` with `version` and `xid` to `out`. On error
@@ -154,11 +159,17 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message), DecodeError> {
     let header = Header::decode(buf)?;
     let len = usize::from(header.length);
     if buf.len() < len {
-        return Err(DecodeError::Truncated { what: "message", needed: len, available: buf.len() });
+        return Err(DecodeError::Truncated {
+            what: "message",
+            needed: len,
+            available: buf.len(),
+        });
     }
     let body = &buf[HEADER_LEN..len];
     let msg = match header.msg_type {
-        msg_type::HELLO => Message::Hello { versions: decode_hello(body)? },
+        msg_type::HELLO => Message::Hello {
+            versions: decode_hello(body)?,
+        },
         msg_type::ERROR => Message::Error(decode_error(header.xid, body)?),
         _ => {
             let version = Version::from_wire(header.version)?;
@@ -173,7 +184,10 @@ fn decode_versioned(version: Version, header: Header, body: &[u8]) -> Result<Mes
         if body.is_empty() {
             Ok(msg)
         } else {
-            Err(DecodeError::BadLength { what: "empty message", length: body.len() + HEADER_LEN })
+            Err(DecodeError::BadLength {
+                what: "empty message",
+                length: body.len() + HEADER_LEN,
+            })
         }
     };
     Ok(match header.msg_type {
@@ -229,16 +243,26 @@ fn decode_versioned(version: Version, header: Header, body: &[u8]) -> Result<Mes
                 },
             }
         }
-        other => Message::Other { msg_type: other, body: Bytes::copy_from_slice(body) },
+        other => Message::Other {
+            msg_type: other,
+            body: Bytes::copy_from_slice(body),
+        },
     })
 }
 
-fn decode_bundle_add(version: Version, header: Header, body: &[u8]) -> Result<BundleAdd, DecodeError> {
+fn decode_bundle_add(
+    version: Version,
+    header: Header,
+    body: &[u8],
+) -> Result<BundleAdd, DecodeError> {
     let add = BundleAdd::decode_body(version, body)?;
     // The inner xid must equal the outer one; BundleAdd cannot represent anything else.
     let inner = Header::decode(body.get(8..).unwrap_or_default())?;
     if inner.xid != header.xid {
-        return Err(DecodeError::Unsupported { what: "bundled message xid", value: inner.xid.into() });
+        return Err(DecodeError::Unsupported {
+            what: "bundled message xid",
+            value: inner.xid.into(),
+        });
     }
     Ok(add)
 }
@@ -251,7 +275,10 @@ fn decode_hello(body: &[u8]) -> Result<Option<u32>, DecodeError> {
         let el_type = r.u16()?;
         let el_len = usize::from(r.u16()?);
         if el_len < 4 {
-            return Err(DecodeError::BadLength { what: "hello element", length: el_len });
+            return Err(DecodeError::BadLength {
+                what: "hello element",
+                length: el_len,
+            });
         }
         let payload = r.bytes(el_len - 4)?;
         let padded = el_len.div_ceil(8) * 8;
@@ -273,7 +300,11 @@ fn decode_error(xid: u32, body: &[u8]) -> Result<SwitchError, DecodeError> {
     let type_code = r.u16()?;
     let code = r.u16()?;
     let error_type = ErrorType::from_wire(type_code);
-    let experimenter = if error_type == ErrorType::Experimenter { Some(r.u32()?) } else { None };
+    let experimenter = if error_type == ErrorType::Experimenter {
+        Some(r.u32()?)
+    } else {
+        None
+    };
     Ok(SwitchError {
         xid,
         error_type,

@@ -41,16 +41,34 @@ pub struct MeterMod {
 
 impl MeterMod {
     /// A kbit/s drop meter; `burst_kbits` > 0 sets the BURST flag.
-    pub fn drop_kbps(command: MeterCommand, meter_id: u32, rate_kbps: u32, burst_kbits: u32) -> Self {
+    pub fn drop_kbps(
+        command: MeterCommand,
+        meter_id: u32,
+        rate_kbps: u32,
+        burst_kbits: u32,
+    ) -> Self {
         let mut flags = meter_flags::KBPS;
         if burst_kbits > 0 {
             flags |= meter_flags::BURST;
         }
-        MeterMod { command, flags, meter_id, bands: vec![DropBand { rate: rate_kbps, burst_size: burst_kbits }] }
+        MeterMod {
+            command,
+            flags,
+            meter_id,
+            bands: vec![DropBand {
+                rate: rate_kbps,
+                burst_size: burst_kbits,
+            }],
+        }
     }
 
     pub fn delete(meter_id: u32) -> Self {
-        MeterMod { command: MeterCommand::Delete, flags: 0, meter_id, bands: Vec::new() }
+        MeterMod {
+            command: MeterCommand::Delete,
+            flags: 0,
+            meter_id,
+            bands: Vec::new(),
+        }
     }
 
     pub(crate) fn encode_body(&self, out: &mut BytesMut) {
@@ -76,7 +94,12 @@ impl MeterMod {
             0 => MeterCommand::Add,
             1 => MeterCommand::Modify,
             2 => MeterCommand::Delete,
-            other => return Err(DecodeError::Unsupported { what: "meter command", value: other.into() }),
+            other => {
+                return Err(DecodeError::Unsupported {
+                    what: "meter command",
+                    value: other.into(),
+                });
+            }
         };
         let flags = r.u16()?;
         let meter_id = r.u32()?;
@@ -85,16 +108,27 @@ impl MeterMod {
             let band_type = r.u16()?;
             let len = r.u16()?;
             if band_type != OFPMBT_DROP {
-                return Err(DecodeError::Unsupported { what: "meter band type", value: band_type.into() });
+                return Err(DecodeError::Unsupported {
+                    what: "meter band type",
+                    value: band_type.into(),
+                });
             }
             if len != 16 {
-                return Err(DecodeError::BadLength { what: "meter band", length: len.into() });
+                return Err(DecodeError::BadLength {
+                    what: "meter band",
+                    length: len.into(),
+                });
             }
             let rate = r.u32()?;
             let burst_size = r.u32()?;
             r.skip(4)?;
             bands.push(DropBand { rate, burst_size });
         }
-        Ok(MeterMod { command, flags, meter_id, bands })
+        Ok(MeterMod {
+            command,
+            flags,
+            meter_id,
+            bands,
+        })
     }
 }

@@ -35,6 +35,8 @@ pub use header::{Header, Version};
 pub use instruction::{Instructions, WriteMetadata};
 pub use message::{Message, SwitchFeatures, decode, encode};
 pub use meter::{DropBand, MeterCommand, MeterMod, meter_flags};
-pub use multipart::{FlowEntry, FlowStatsRequest, MultipartReply, MultipartReplyBody, MultipartRequest};
+pub use multipart::{
+    FlowEntry, FlowStatsRequest, MultipartReply, MultipartReplyBody, MultipartRequest,
+};
 pub use oxm::{Field, FieldMatch, Match, RawOxm, ct_state, mac, mac_octets};
 pub use text::TextError;

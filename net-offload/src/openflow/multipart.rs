@@ -45,7 +45,12 @@ impl Default for FlowStatsRequest {
 impl FlowStatsRequest {
     /// All flows of `table` (`None` = every table) whose cookie matches under `cookie_mask`.
     pub fn new(table: Option<u8>, cookie: u64, cookie_mask: u64) -> Self {
-        FlowStatsRequest { table: table.unwrap_or(TABLE_ALL), cookie, cookie_mask, ..Self::default() }
+        FlowStatsRequest {
+            table: table.unwrap_or(TABLE_ALL),
+            cookie,
+            cookie_mask,
+            ..Self::default()
+        }
     }
 
     pub(crate) fn encode_body(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
@@ -71,7 +76,14 @@ impl FlowStatsRequest {
         let cookie = r.u64()?;
         let cookie_mask = r.u64()?;
         let matches = Match::decode(r)?;
-        Ok(FlowStatsRequest { table, out_port, out_group, cookie, cookie_mask, matches })
+        Ok(FlowStatsRequest {
+            table,
+            out_port,
+            out_group,
+            cookie,
+            cookie_mask,
+            matches,
+        })
     }
 }
 
@@ -89,7 +101,10 @@ pub struct FlowEntry {
 
 impl FlowEntry {
     pub fn duration(&self) -> Duration {
-        Duration::new(u64::from(self.duration_sec), self.duration_nsec.min(999_999_999))
+        Duration::new(
+            u64::from(self.duration_sec),
+            self.duration_nsec.min(999_999_999),
+        )
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
@@ -104,7 +119,11 @@ impl FlowEntry {
         out.put_u16(f.idle_timeout);
         out.put_u16(f.hard_timeout);
         out.put_u16(self.flags);
-        out.put_u16(if version >= Version::Of14 { self.importance } else { 0 });
+        out.put_u16(if version >= Version::Of14 {
+            self.importance
+        } else {
+            0
+        });
         out.put_u16(0);
         out.put_u64(f.cookie);
         out.put_u64(self.packet_count);
@@ -120,7 +139,10 @@ impl FlowEntry {
     fn decode(version: Version, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let length = usize::from(r.peek_u16(0)?);
         if length < 56 {
-            return Err(DecodeError::BadLength { what: "flow stats", length });
+            return Err(DecodeError::BadLength {
+                what: "flow stats",
+                length,
+            });
         }
         let mut e = Reader::new(r.bytes(length)?, "flow stats");
         e.skip(2)?;
@@ -133,7 +155,11 @@ impl FlowEntry {
         let hard_timeout = e.u16()?;
         let flags = e.u16()?;
         let importance = e.u16()?;
-        let importance = if version >= Version::Of14 { importance } else { 0 };
+        let importance = if version >= Version::Of14 {
+            importance
+        } else {
+            0
+        };
         e.skip(2)?;
         let cookie = e.u64()?;
         let packet_count = e.u64()?;
@@ -141,7 +167,15 @@ impl FlowEntry {
         let matches = Match::decode(&mut e)?;
         let instructions = Instructions::decode(e.rest())?;
         Ok(FlowEntry {
-            flow: Flow { table, priority, cookie, idle_timeout, hard_timeout, matches, instructions },
+            flow: Flow {
+                table,
+                priority,
+                cookie,
+                idle_timeout,
+                hard_timeout,
+                matches,
+                instructions,
+            },
             duration_sec,
             duration_nsec,
             flags,
@@ -155,7 +189,11 @@ impl FlowEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MultipartRequest {
     Flow(FlowStatsRequest),
-    Other { mp_type: u16, flags: u16, body: Bytes },
+    Other {
+        mp_type: u16,
+        flags: u16,
+        body: Bytes,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -175,7 +213,11 @@ impl MultipartRequest {
     pub(crate) fn encode_body(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             MultipartRequest::Flow(req) => req.encode_body(out),
-            MultipartRequest::Other { mp_type, flags, body } => {
+            MultipartRequest::Other {
+                mp_type,
+                flags,
+                body,
+            } => {
                 out.put_u16(*mp_type);
                 out.put_u16(*flags);
                 out.put_u32(0);
@@ -193,17 +235,28 @@ impl MultipartRequest {
         if mp_type == OFPMP_FLOW {
             let req = FlowStatsRequest::decode_body(&mut r)?;
             if !r.is_empty() {
-                return Err(DecodeError::BadLength { what: "flow stats request", length: body.len() });
+                return Err(DecodeError::BadLength {
+                    what: "flow stats request",
+                    length: body.len(),
+                });
             }
             Ok(MultipartRequest::Flow(req))
         } else {
-            Ok(MultipartRequest::Other { mp_type, flags, body: Bytes::copy_from_slice(r.rest()) })
+            Ok(MultipartRequest::Other {
+                mp_type,
+                flags,
+                body: Bytes::copy_from_slice(r.rest()),
+            })
         }
     }
 }
 
 impl MultipartReply {
-    pub(crate) fn encode_body(&self, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode_body(
+        &self,
+        version: Version,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         match &self.body {
             MultipartReplyBody::Flow(entries) => {
                 out.put_u16(OFPMP_FLOW);
@@ -233,7 +286,10 @@ impl MultipartReply {
             }
             MultipartReplyBody::Flow(entries)
         } else {
-            MultipartReplyBody::Other { mp_type, body: Bytes::copy_from_slice(r.rest()) }
+            MultipartReplyBody::Other {
+                mp_type,
+                body: Bytes::copy_from_slice(r.rest()),
+            }
         };
         Ok(MultipartReply { flags, body })
     }

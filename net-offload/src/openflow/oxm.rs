@@ -380,7 +380,10 @@ impl Match {
     }
 
     pub fn get(&self, field: Field) -> Option<&FieldMatch> {
-        self.fields.binary_search_by(|f| f.field.cmp(&field)).ok().map(|i| &self.fields[i])
+        self.fields
+            .binary_search_by(|f| f.field.cmp(&field))
+            .ok()
+            .map(|i| &self.fields[i])
     }
 
     /// The supported fields, in canonical order.
@@ -427,7 +430,10 @@ impl Match {
             return Err(DecodeError::BadMatchType(match_type));
         }
         if length < 4 {
-            return Err(DecodeError::BadLength { what: "match", length });
+            return Err(DecodeError::BadLength {
+                what: "match",
+                length,
+            });
         }
         let padded = length.div_ceil(8) * 8;
         let body = r.bytes(length)?;
@@ -443,7 +449,10 @@ impl Match {
             let known = Field::from_header(class, ((header >> 9) & 0x7f) as u8)
                 .filter(|(_, w)| usize::from(len) == usize::from(*w) * (1 + usize::from(has_mask)));
             let Some((field, width)) = known else {
-                m.raw.push(RawOxm { header, payload: Bytes::copy_from_slice(payload) });
+                m.raw.push(RawOxm {
+                    header,
+                    payload: Bytes::copy_from_slice(payload),
+                });
                 continue;
             };
             let w = usize::from(width);

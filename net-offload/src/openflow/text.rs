@@ -43,7 +43,10 @@ pub enum TextError {
 }
 
 fn invalid(what: &'static str, text: &str) -> TextError {
-    TextError::Invalid { what, text: text.to_string() }
+    TextError::Invalid {
+        what,
+        text: text.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------- printing
@@ -61,7 +64,11 @@ fn fmt_ipv4(f: &mut impl fmt::Write, v: u64) -> fmt::Result {
 
 fn fmt_mac(f: &mut impl fmt::Write, v: u64) -> fmt::Result {
     let o = mac_octets(v);
-    write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3], o[4], o[5])
+    write!(
+        f,
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        o[0], o[1], o[2], o[3], o[4], o[5]
+    )
 }
 
 /// Writes a value (not a match) of `field`.
@@ -135,8 +142,14 @@ fn match_name(field: Field, l4_implied: bool) -> String {
 
 /// Writes the match as comma-separated items (each preceded by `sep` except the first).
 fn fmt_match_items(m: &Match, items: &mut Vec<String>) {
-    let eth = m.get(Field::EthType).filter(|f| f.mask.is_none()).map(|f| f.value);
-    let proto = m.get(Field::IpProto).filter(|f| f.mask.is_none()).map(|f| f.value);
+    let eth = m
+        .get(Field::EthType)
+        .filter(|f| f.mask.is_none())
+        .map(|f| f.value);
+    let proto = m
+        .get(Field::IpProto)
+        .filter(|f| f.mask.is_none())
+        .map(|f| f.value);
     let (shorthand, eth_used, proto_used) = match (eth, proto) {
         (Some(ETH_TYPE_IP), Some(6)) => (Some("tcp"), true, true),
         (Some(ETH_TYPE_IP), Some(17)) => (Some("udp"), true, true),
@@ -294,7 +307,11 @@ impl fmt::Display for Action {
                     69 => args.push("alg=tftp".into()),
                     n => args.push(format!("alg={n}")),
                 }
-                if args.is_empty() { f.write_str("ct") } else { write!(f, "ct({})", args.join(",")) }
+                if args.is_empty() {
+                    f.write_str("ct")
+                } else {
+                    write!(f, "ct({})", args.join(","))
+                }
             }
             Action::Move(m) => {
                 f.write_str("move:")?;
@@ -426,7 +443,9 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn parse_num<T: TryFrom<u64>>(what: &'static str, s: &str) -> Result<T, TextError> {
-    parse_u64(s).and_then(|v| T::try_from(v).ok()).ok_or_else(|| invalid(what, s))
+    parse_u64(s)
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| invalid(what, s))
 }
 
 fn parse_mac(s: &str) -> Option<u64> {
@@ -455,15 +474,22 @@ fn parse_value(field: Field, s: &str) -> Result<u64, TextError> {
     let v = match field.format() {
         ValueFormat::Port => parse_port(s).map(u64::from),
         ValueFormat::Mac => parse_mac(s),
-        ValueFormat::Ipv4 => s.parse::<Ipv4Addr>().ok().map(|ip| u64::from(u32::from(ip))),
+        ValueFormat::Ipv4 => s
+            .parse::<Ipv4Addr>()
+            .ok()
+            .map(|ip| u64::from(u32::from(ip))),
         _ => parse_u64(s),
     };
-    v.filter(|v| v & !field.full_mask() == 0).ok_or_else(|| invalid("value", s))
+    v.filter(|v| v & !field.full_mask() == 0)
+        .ok_or_else(|| invalid("value", s))
 }
 
 fn parse_ct_state(s: &str) -> Result<(u64, u64), TextError> {
     if let Some((v, m)) = s.split_once('/') {
-        return Ok((parse_u64(v).ok_or_else(|| invalid("ct_state", s))?, parse_u64(m).ok_or_else(|| invalid("ct_state", s))?));
+        return Ok((
+            parse_u64(v).ok_or_else(|| invalid("ct_state", s))?,
+            parse_u64(m).ok_or_else(|| invalid("ct_state", s))?,
+        ));
     }
     if let Some(v) = parse_u64(s) {
         return Ok((v, 0xffff_ffff));
@@ -505,10 +531,20 @@ fn parse_field_match(field: Field, s: &str) -> Result<(u64, Option<u64>), TextEr
     let value = parse_value(field, v)?;
     let mask = match field.format() {
         ValueFormat::Ipv4 if !m.contains('.') => {
-            let bits: u32 = m.parse().ok().filter(|b| *b <= 32).ok_or_else(|| invalid("prefix", m))?;
-            u64::from(if bits == 0 { 0 } else { u32::MAX << (32 - bits) })
+            let bits: u32 = m
+                .parse()
+                .ok()
+                .filter(|b| *b <= 32)
+                .ok_or_else(|| invalid("prefix", m))?;
+            u64::from(if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            })
         }
-        ValueFormat::Port => return Err(TextError::Unsupported(format!("masked {}", field.name()))),
+        ValueFormat::Port => {
+            return Err(TextError::Unsupported(format!("masked {}", field.name())));
+        }
         _ => parse_value(field, m)?,
     };
     Ok((value, Some(mask)))
@@ -552,17 +588,22 @@ fn subfield_field(name: &str) -> Option<Field> {
     if let Some(f) = field_by_name(name) {
         return Some(f);
     }
-    Field::all().find(|f| subfield_name(*f) == name).or(match name {
-        "OXM_OF_IN_PORT" => Some(Field::InPort),
-        "OXM_OF_TUNNEL_ID" => Some(Field::TunnelId),
-        _ => None,
-    })
+    Field::all()
+        .find(|f| subfield_name(*f) == name)
+        .or(match name {
+            "OXM_OF_IN_PORT" => Some(Field::InPort),
+            "OXM_OF_TUNNEL_ID" => Some(Field::TunnelId),
+            _ => None,
+        })
 }
 
 /// Parses `NAME[]`, `NAME[a..b]`, `NAME[a]` into (field, ofs, n_bits).
 fn parse_subfield(s: &str) -> Result<(Field, u16, u16), TextError> {
     let (name, range) = match s.split_once('[') {
-        Some((n, r)) => (n, r.strip_suffix(']').ok_or_else(|| invalid("subfield", s))?),
+        Some((n, r)) => (
+            n,
+            r.strip_suffix(']').ok_or_else(|| invalid("subfield", s))?,
+        ),
         None => (s, ""),
     };
     let field = subfield_field(name).ok_or_else(|| invalid("field", name))?;
@@ -609,8 +650,10 @@ fn parse_hex_bytes(s: &str) -> Result<Bytes, TextError> {
     if !s.len().is_multiple_of(2) || s.len() < 16 {
         return Err(invalid("hex", s));
     }
-    let v: Option<Vec<u8>> =
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
+    let v: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
     v.map(Bytes::from).ok_or_else(|| invalid("hex", s))
 }
 
@@ -677,9 +720,17 @@ impl FromStr for Action {
                 };
                 Ok(Action::set_field(field, parse_value(field, v)?))
             }
-            ("mod_dl_src", Some(v)) => Ok(Action::set_field(Field::EthSrc, parse_value(Field::EthSrc, v)?)),
-            ("mod_dl_dst", Some(v)) => Ok(Action::set_field(Field::EthDst, parse_value(Field::EthDst, v)?)),
-            ("push_vlan", Some(v)) => Ok(Action::PushVlan { ethertype: parse_num("ethertype", v)? }),
+            ("mod_dl_src", Some(v)) => Ok(Action::set_field(
+                Field::EthSrc,
+                parse_value(Field::EthSrc, v)?,
+            )),
+            ("mod_dl_dst", Some(v)) => Ok(Action::set_field(
+                Field::EthDst,
+                parse_value(Field::EthDst, v)?,
+            )),
+            ("push_vlan", Some(v)) => Ok(Action::PushVlan {
+                ethertype: parse_num("ethertype", v)?,
+            }),
             ("pop_vlan" | "strip_vlan", None) => Ok(Action::PopVlan),
             ("dec_ttl", None) => Ok(Action::DecTtl),
             ("move", Some(a)) => {
@@ -689,21 +740,39 @@ impl FromStr for Action {
                 if n_bits != dst_bits {
                     return Err(invalid("move (source and destination widths differ)", s));
                 }
-                Ok(Action::Move(RegMove { src, src_ofs, dst, dst_ofs, n_bits }))
+                Ok(Action::Move(RegMove {
+                    src,
+                    src_ofs,
+                    dst,
+                    dst_ofs,
+                    n_bits,
+                }))
             }
             ("resubmit", Some(p)) => Ok(Action::Resubmit {
                 port: parse_resubmit_port(p)?,
                 table: TABLE_ALL,
             }),
             ("raw", Some(hex)) => Ok(Action::Raw(parse_hex_bytes(hex)?)),
-            ("CONTROLLER" | "controller", Some(m)) => {
-                Ok(Action::Output { port: port::CONTROLLER, max_len: parse_num("max_len", m)? })
-            }
+            ("CONTROLLER" | "controller", Some(m)) => Ok(Action::Output {
+                port: port::CONTROLLER,
+                max_len: parse_num("max_len", m)?,
+            }),
             (_, None) => {
-                if let Some(args) = s.strip_prefix("resubmit(").and_then(|r| r.strip_suffix(')')) {
+                if let Some(args) = s
+                    .strip_prefix("resubmit(")
+                    .and_then(|r| r.strip_suffix(')'))
+                {
                     let (p, t) = args.split_once(',').ok_or_else(|| invalid("resubmit", s))?;
-                    let port = if p.trim().is_empty() { port::IN_PORT_16 } else { parse_resubmit_port(p)? };
-                    let table = if t.trim().is_empty() { TABLE_ALL } else { parse_num("table", t)? };
+                    let port = if p.trim().is_empty() {
+                        port::IN_PORT_16
+                    } else {
+                        parse_resubmit_port(p)?
+                    };
+                    let table = if t.trim().is_empty() {
+                        TABLE_ALL
+                    } else {
+                        parse_num("table", t)?
+                    };
                     return Ok(Action::Resubmit { port, table });
                 }
                 if s == "ct" {
@@ -744,12 +813,17 @@ fn parse_instructions(s: &str) -> Result<Instructions, TextError> {
             ins.goto_table = Some(parse_num("goto_table", t)?);
         } else if let Some(wm) = item.strip_prefix("write_metadata:") {
             let (v, m) = wm.split_once('/').unwrap_or((wm, "0xffffffffffffffff"));
-            ins.write_metadata =
-                Some(WriteMetadata { value: parse_num("metadata", v)?, mask: parse_num("metadata mask", m)? });
+            ins.write_metadata = Some(WriteMetadata {
+                value: parse_num("metadata", v)?,
+                mask: parse_num("metadata mask", m)?,
+            });
         } else if let Some(hex) = item.strip_prefix("raw_instruction:") {
             ins.raw.push(parse_hex_bytes(hex)?);
         } else if item == "drop" {
-            return Err(TextError::Invalid { what: "actions (drop must stand alone)", text: s.into() });
+            return Err(TextError::Invalid {
+                what: "actions (drop must stand alone)",
+                text: s.into(),
+            });
         } else {
             ins.apply.push(item.parse()?);
         }
@@ -759,9 +833,9 @@ fn parse_instructions(s: &str) -> Result<Instructions, TextError> {
 
 /// Finds `actions=` at the start of a key (start, after ',' or whitespace).
 fn find_actions(s: &str) -> Option<usize> {
-    s.match_indices("actions=").map(|(i, _)| i).find(|&i| {
-        i == 0 || s[..i].ends_with(|c: char| c == ',' || c.is_whitespace())
-    })
+    s.match_indices("actions=")
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || s[..i].ends_with(|c: char| c == ',' || c.is_whitespace()))
 }
 
 const IGNORED_KEYS: [&str; 11] = [
@@ -785,11 +859,18 @@ impl FromStr for Flow {
     fn from_str(s: &str) -> Result<Self, TextError> {
         let at = find_actions(s).ok_or_else(|| invalid("flow (no actions=)", s))?;
         let (head, actions) = (&s[..at], &s[at + "actions=".len()..]);
-        let mut flow = Flow { priority: 0x8000, instructions: parse_instructions(actions.trim())?, ..Flow::default() };
+        let mut flow = Flow {
+            priority: 0x8000,
+            instructions: parse_instructions(actions.trim())?,
+            ..Flow::default()
+        };
         let mut seen: Vec<&str> = Vec::new();
         let mut pending_ports: Vec<(&str, &str)> = Vec::new();
         let mut m = Match::new();
-        for token in head.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()) {
+        for token in head
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+        {
             let (key, value) = match token.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (token, None),
@@ -839,18 +920,27 @@ impl FromStr for Flow {
                 }
                 ("vlan_tci", Some(v)) => {
                     let (val, mask) = match v.split_once('/') {
-                        Some((a, b)) => (parse_num::<u16>("vlan_tci", a)?, parse_num::<u16>("vlan_tci", b)?),
+                        Some((a, b)) => (
+                            parse_num::<u16>("vlan_tci", a)?,
+                            parse_num::<u16>("vlan_tci", b)?,
+                        ),
                         None => (parse_num::<u16>("vlan_tci", v)?, 0xffff),
                     };
                     if mask & 0xe000 != 0 && mask != 0xffff {
                         return Err(TextError::Unsupported(format!("VLAN PCP match `{token}`")));
                     }
                     let mask = if mask == 0xffff { 0x1fff } else { mask };
-                    m.set(Field::VlanVid, u64::from(val & 0x1fff), Some(u64::from(mask)));
+                    m.set(
+                        Field::VlanVid,
+                        u64::from(val & 0x1fff),
+                        Some(u64::from(mask)),
+                    );
                 }
                 (name, Some(v)) => {
-                    let field = field_by_name(name).ok_or_else(|| TextError::UnknownKey(name.into()))?;
-                    if field != Field::EthType && field != Field::IpProto && m.get(field).is_some() {
+                    let field =
+                        field_by_name(name).ok_or_else(|| TextError::UnknownKey(name.into()))?;
+                    if field != Field::EthType && field != Field::IpProto && m.get(field).is_some()
+                    {
                         return Err(TextError::Duplicate(name.into()));
                     }
                     let (value, mask) = parse_field_match(field, v)?;
@@ -885,7 +975,9 @@ impl FromStr for Flow {
 pub fn parse_dump_flows(text: &str) -> Result<Vec<Flow>, TextError> {
     text.lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("cookie=") || l.starts_with("table=") || l.starts_with("priority="))
+        .filter(|l| {
+            l.starts_with("cookie=") || l.starts_with("table=") || l.starts_with("priority=")
+        })
         .map(Flow::from_str)
         .collect()
 }
