@@ -1,0 +1,260 @@
+//! Backend-level types: what a volume needs from a backend (the desired
+//! side, built by the volumes controller from the API objects), what a
+//! backend reports it has (the observed side), and the names the agent gives
+//! every object it creates.
+//!
+//! Names carry the owning volume's identity (tenant and volume id), so a
+//! restarted agent finds its own objects, removes orphans, and leaves
+//! everything else alone. Tenant and volume ids are DNS labels (`a-z0-9-`),
+//! so `_` and `:` separate them unambiguously.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use dpu_api::spec::{FunctionType, VolumeSpec};
+
+/// The NQN prefix of every NVMe object the agent creates.
+pub const NQN_PREFIX: &str = "nqn.2026-11.dev.dpu-agent:";
+
+/// The prefix of SPDK/SNAP object names (bdevs, controllers) the agent
+/// creates.
+pub const NAME_PREFIX: &str = "dpu_";
+
+/// Identity of a volume: its tenant and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeKey {
+    pub tenant: String,
+    pub id: String,
+}
+
+impl VolumeKey {
+    pub fn new(tenant: impl Into<String>, id: impl Into<String>) -> Self {
+        VolumeKey {
+            tenant: tenant.into(),
+            id: id.into(),
+        }
+    }
+
+    /// `nqn.2026-11.dev.dpu-agent:<tenant>:<volume>`: the subsystem that
+    /// presents the volume.
+    pub fn subsystem_nqn(&self) -> String {
+        format!("{NQN_PREFIX}{}:{}", self.tenant, self.id)
+    }
+
+    /// The host NQN the agent uses to reach a remote source when the volume
+    /// does not name one.
+    pub fn initiator_nqn(&self) -> String {
+        format!("{NQN_PREFIX}{}:{}:initiator", self.tenant, self.id)
+    }
+
+    /// `dpu_<tenant>_<volume>_<role>`: SPDK controller, bdev and SNAP
+    /// controller names. The role says which object of the volume it is.
+    pub fn object_name(&self, role: &str) -> String {
+        format!("{NAME_PREFIX}{}_{}_{role}", self.tenant, self.id)
+    }
+
+    /// The bdev holding the volume's data: a malloc bdev of this name, or
+    /// the bdev_nvme controller of this name whose first namespace is
+    /// [`source_bdev`](Self::source_bdev).
+    pub fn source_name(&self) -> String {
+        self.object_name("src")
+    }
+
+    /// The bdev of the source. SPDK names a controller's bdevs
+    /// `<controller>n<nsid>`; the remote namespace used is nsid 1.
+    pub fn source_bdev(&self, source_is_remote: bool) -> String {
+        if source_is_remote {
+            format!("{}n1", self.source_name())
+        } else {
+            self.source_name()
+        }
+    }
+
+    /// Parses a subsystem NQN made by [`subsystem_nqn`](Self::subsystem_nqn).
+    pub fn from_subsystem_nqn(nqn: &str) -> Option<Self> {
+        let rest = nqn.strip_prefix(NQN_PREFIX)?;
+        let (tenant, id) = rest.split_once(':')?;
+        (is_label(tenant) && is_label(id)).then(|| VolumeKey::new(tenant, id))
+    }
+
+    /// Parses an initiator NQN made by [`initiator_nqn`](Self::initiator_nqn).
+    pub fn from_initiator_nqn(nqn: &str) -> Option<Self> {
+        let rest = nqn.strip_prefix(NQN_PREFIX)?.strip_suffix(":initiator")?;
+        let (tenant, id) = rest.split_once(':')?;
+        (is_label(tenant) && is_label(id)).then(|| VolumeKey::new(tenant, id))
+    }
+
+    /// Parses an SPDK/SNAP name made by [`object_name`](Self::object_name)
+    /// (including SPDK's `n<nsid>` suffix on bdevs of a controller).
+    pub fn from_object_name(name: &str) -> Option<Self> {
+        let mut parts = name.strip_prefix(NAME_PREFIX)?.splitn(3, '_');
+        let (tenant, id, role) = (parts.next()?, parts.next()?, parts.next()?);
+        (is_label(tenant) && is_label(id) && !role.is_empty()).then(|| VolumeKey::new(tenant, id))
+    }
+}
+
+impl fmt::Display for VolumeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.id)
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    dpu_api::validate::check_label("", s).is_ok()
+}
+
+/// The function a volume is shown on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionTarget {
+    /// The function object's id.
+    pub id: String,
+    pub type_: FunctionType,
+    /// Physical function index (`pf0` → 0).
+    pub pf: u32,
+    pub vf: Option<u32>,
+    /// The NVMe host NQN allowed to connect, for backends that present over
+    /// a fabric (nvmet, SPDK nvmf). Usually [`function_host_nqn`].
+    pub host_nqn: String,
+}
+
+/// The host NQN the agent assigns to a function's host side.
+pub fn function_host_nqn(tenant: &str, function: &str) -> String {
+    format!("{NQN_PREFIX}{tenant}:fn:{function}")
+}
+
+/// One volume as a backend must realize it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredVolume {
+    pub key: VolumeKey,
+    pub spec: VolumeSpec,
+    pub function: FunctionTarget,
+}
+
+impl DesiredVolume {
+    /// The namespace id on the function: the spec's, else 1.
+    pub fn nsid(&self) -> u32 {
+        self.spec.nsid.unwrap_or(1)
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.spec.read_only.unwrap_or(false)
+    }
+}
+
+/// QoS as a backend applies it; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Qos {
+    pub max_iops: Option<u64>,
+    pub max_mbps: Option<u64>,
+}
+
+impl Qos {
+    pub fn of(spec: &VolumeSpec) -> Qos {
+        spec.qos
+            .as_ref()
+            .map(|q| Qos {
+                max_iops: q.max_iops,
+                max_mbps: q.max_mbps,
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.max_iops.is_none() && self.max_mbps.is_none()
+    }
+}
+
+/// Which backend a plan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// NVIDIA SNAP on a BlueField: emulated NVMe and virtio-blk functions.
+    Snap,
+    /// Plain SPDK (no DPU): NVMe functions as NVMe-oF/TCP subsystems,
+    /// virtio-blk functions as vhost-user-blk controllers.
+    SpdkNvmf,
+    /// The Linux kernel: nvmet over configfs, the NVMe/TCP initiator.
+    Nvmet,
+}
+
+impl BackendKind {
+    /// Why this backend cannot present a function of `type_`, if it cannot.
+    pub fn unsupported(self, type_: FunctionType) -> Option<&'static str> {
+        match (self, type_) {
+            (_, FunctionType::Net) => Some("a net function cannot show a volume"),
+            (BackendKind::Nvmet, FunctionType::VirtioBlk) => {
+                Some("the kernel nvmet backend presents NVMe only, not virtio-blk")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Everything per volume the SPDK backends observed, keyed by owner.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpdkObserved {
+    /// Bdev name → current limits (all bdevs, ours or not).
+    pub bdevs: BTreeMap<String, crate::spdk::methods::QosLimits>,
+    /// Names of attached bdev_nvme controllers.
+    pub nvme_controllers: Vec<String>,
+    /// nvmf subsystems (SpdkNvmf) or SNAP NVMe subsystems, by NQN.
+    pub subsystems: BTreeMap<String, ObservedSubsystem>,
+    /// vhost controllers (SpdkNvmf) or SNAP controllers, by name.
+    pub controllers: Vec<String>,
+    /// nvmf transport types present (`TCP`, `RDMA`), SpdkNvmf only.
+    pub nvmf_transports: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedSubsystem {
+    pub hosts: Vec<String>,
+    /// nsid → bdev name.
+    pub namespaces: BTreeMap<u32, String>,
+    pub listeners: Vec<crate::spdk::methods::ListenAddress>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let k = VolumeKey::new("acme-prod", "db-1");
+        assert_eq!(
+            k.subsystem_nqn(),
+            "nqn.2026-11.dev.dpu-agent:acme-prod:db-1"
+        );
+        assert_eq!(
+            VolumeKey::from_subsystem_nqn(&k.subsystem_nqn()),
+            Some(k.clone())
+        );
+        assert_eq!(
+            VolumeKey::from_initiator_nqn(&k.initiator_nqn()),
+            Some(k.clone())
+        );
+        assert_eq!(k.source_name(), "dpu_acme-prod_db-1_src");
+        assert_eq!(k.source_bdev(true), "dpu_acme-prod_db-1_srcn1");
+        assert_eq!(
+            VolumeKey::from_object_name("dpu_acme-prod_db-1_src"),
+            Some(k.clone())
+        );
+        assert_eq!(
+            VolumeKey::from_object_name("dpu_acme-prod_db-1_srcn1"),
+            Some(k)
+        );
+    }
+
+    #[test]
+    fn foreign_names_are_not_ours() {
+        assert_eq!(VolumeKey::from_object_name("Malloc0"), None);
+        assert_eq!(VolumeKey::from_object_name("dpu_Bad_x_src"), None);
+        assert_eq!(VolumeKey::from_object_name("dpu_t_v"), None);
+        assert_eq!(
+            VolumeKey::from_subsystem_nqn("nqn.2016-06.io.spdk:cnode1"),
+            None
+        );
+        assert_eq!(
+            VolumeKey::from_subsystem_nqn("nqn.2026-11.dev.dpu-agent:t:fn:f"),
+            None
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! The kernel backend: the NVMe target (`nvmet`) programmed through configfs,
+//! the NVMe/TCP initiator driven through `/dev/nvme-fabrics` and sysfs, and
+//! QoS through cgroup v2 `io.max`.
+//!
+//! Paths are configurable ([`KernelPaths`]) so the same code runs against the
+//! real kernel and against a temporary directory in tests. Needs root and the
+//! `nvmet`, `nvmet-tcp` and `nvme-tcp` modules on a real system.
+
+pub mod configfs;
+pub mod fabrics;
+pub mod qos;
+
+use std::path::PathBuf;
+
+pub use configfs::{ConfigfsExecutor, ConfigfsMode, ConfigfsOp, DeviceRef, NvmetObserved};
+pub use fabrics::{ConnectOptions, FabricsController};
+pub use qos::IoMax;
+
+/// Where the kernel interfaces live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelPaths {
+    /// `/sys/kernel/config/nvmet`
+    pub nvmet: PathBuf,
+    /// `/dev/nvme-fabrics`
+    pub fabrics: PathBuf,
+    /// `/sys/class/nvme`
+    pub sys_class_nvme: PathBuf,
+    /// `/sys/class/block`, to read a block device's `dev` (major:minor).
+    pub sys_class_block: PathBuf,
+    /// `/dev`, where block devices appear.
+    pub dev: PathBuf,
+}
+
+impl Default for KernelPaths {
+    fn default() -> Self {
+        KernelPaths {
+            nvmet: "/sys/kernel/config/nvmet".into(),
+            fabrics: "/dev/nvme-fabrics".into(),
+            sys_class_nvme: "/sys/class/nvme".into(),
+            sys_class_block: "/sys/class/block".into(),
+            dev: "/dev".into(),
+        }
+    }
+}
+
+impl KernelPaths {
+    /// Every path under `root`, same layout; for tests.
+    pub fn under(root: &std::path::Path) -> Self {
+        KernelPaths {
+            nvmet: root.join("sys/kernel/config/nvmet"),
+            fabrics: root.join("dev/nvme-fabrics"),
+            sys_class_nvme: root.join("sys/class/nvme"),
+            sys_class_block: root.join("sys/class/block"),
+            dev: root.join("dev"),
+        }
+    }
+}

@@ -1,0 +1,1327 @@
+//! Pure planning: (desired volumes, observed backend state) → ordered
+//! actions. No I/O; every function here is unit-tested.
+//!
+//! Order: teardown first, in reverse (unpresent → delete device → detach
+//! source), then setup (attach source → create device → present), then QoS
+//! changes, which are made in place. Objects whose names carry our prefix but
+//! belong to no desired volume are orphans and are removed; anything else on
+//! the backend is foreign and untouched.
+//!
+//! Each action renders as one line for `dpuctl plan`: the RPC with its
+//! params, the configfs write, or the kernel call.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+use dpu_api::spec::{FunctionType, NvmeofTransport, VolumeSource};
+
+use crate::model::{BackendKind, DesiredVolume, NQN_PREFIX, Qos, SpdkObserved, VolumeKey};
+use crate::nvmet::configfs::{self, ConfigfsOp, DeviceRef, NvmetObserved, PortConfig};
+use crate::nvmet::{ConnectOptions, IoMax};
+use crate::spdk::methods::{self as m, ListenAddress, QosLimits};
+use crate::spdk::snap;
+use crate::spdk::{RpcMethod, RpcRequest};
+
+/// Where in a volume's life an action belongs; plans are sorted by phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Unpresent,
+    DeleteDevice,
+    DetachSource,
+    AttachSource,
+    CreateDevice,
+    Present,
+    Qos,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Unpresent => "unpresent",
+            Phase::DeleteDevice => "delete-device",
+            Phase::DetachSource => "detach-source",
+            Phase::AttachSource => "attach-source",
+            Phase::CreateDevice => "create-device",
+            Phase::Present => "present",
+            Phase::Qos => "qos",
+        })
+    }
+}
+
+/// Whose object an action touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A desired volume.
+    Volume(VolumeKey),
+    /// Left over from a volume that is no longer desired.
+    Orphan(VolumeKey),
+    /// Shared by all volumes (an nvmf transport, an nvmet port).
+    Shared,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Volume(k) => write!(f, "volume {k}"),
+            Owner::Orphan(k) => write!(f, "orphan {k}"),
+            Owner::Shared => f.write_str("shared"),
+        }
+    }
+}
+
+/// One backend operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// An SPDK or SNAP JSON-RPC call.
+    Rpc(RpcRequest),
+    /// An nvmet configfs operation.
+    Configfs(ConfigfsOp),
+    /// Connect the kernel NVMe-oF initiator.
+    FabricsConnect(ConnectOptions),
+    /// Delete kernel controller `nvme<instance>`.
+    FabricsDisconnect {
+        instance: u32,
+    },
+    /// A sparse file holding a local volume (kernel backend).
+    CreateBackingFile {
+        path: PathBuf,
+        size_bytes: u64,
+    },
+    RemoveBackingFile {
+        path: PathBuf,
+    },
+    /// cgroup v2 `io.max` for the source device.
+    SetIoMax {
+        cgroup: PathBuf,
+        device: DeviceRef,
+        limits: IoMax,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Rpc(r) => write!(f, "rpc {r}"),
+            Op::Configfs(c) => write!(f, "{c}"),
+            Op::FabricsConnect(o) => write!(f, "echo {o} > /dev/nvme-fabrics"),
+            Op::FabricsDisconnect { instance } => {
+                write!(
+                    f,
+                    "echo 1 > /sys/class/nvme/nvme{instance}/delete_controller"
+                )
+            }
+            Op::CreateBackingFile { path, size_bytes } => {
+                write!(f, "truncate -s {size_bytes} {}", path.display())
+            }
+            Op::RemoveBackingFile { path } => write!(f, "rm {}", path.display()),
+            Op::SetIoMax {
+                cgroup,
+                device,
+                limits,
+            } => write!(
+                f,
+                "echo \"<MAJ:MIN of {device}> {limits}\" > {}",
+                cgroup.join("io.max").display()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub owner: Owner,
+    pub phase: Phase,
+    pub op: Op,
+}
+
+/// `volume acme/db [attach-source] rpc bdev_nvme_attach_controller {...}`
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] {}", self.owner, self.phase, self.op)
+    }
+}
+
+/// Volumes this backend cannot realize, with the reason; the planners skip
+/// them, and the controller reports the reason in their status.
+pub fn unsupported(kind: BackendKind, desired: &[DesiredVolume]) -> Vec<(VolumeKey, &'static str)> {
+    desired
+        .iter()
+        .filter_map(|d| {
+            kind.unsupported(d.function.type_)
+                .map(|r| (d.key.clone(), r))
+        })
+        .collect()
+}
+
+fn sorted(mut actions: Vec<Action>) -> Vec<Action> {
+    // Stable: within a phase, emission order is the required order.
+    actions.sort_by_key(|a| a.phase);
+    actions
+}
+
+struct Out(Vec<Action>);
+
+impl Out {
+    fn rpc<M: RpcMethod>(&mut self, owner: &Owner, phase: Phase, params: M) {
+        self.0.push(Action {
+            owner: owner.clone(),
+            phase,
+            op: Op::Rpc(RpcRequest::new(&params)),
+        });
+    }
+
+    fn op(&mut self, owner: &Owner, phase: Phase, op: Op) {
+        self.0.push(Action {
+            owner: owner.clone(),
+            phase,
+            op,
+        });
+    }
+
+    fn configfs(&mut self, owner: &Owner, phase: Phase, ops: Vec<ConfigfsOp>) {
+        for c in ops {
+            self.op(owner, phase, Op::Configfs(c));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- SPDK / SNAP
+
+/// Settings of the SPDK planners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpdkPlanConfig {
+    /// [`BackendKind::Snap`] or [`BackendKind::SpdkNvmf`].
+    pub kind: BackendKind,
+    /// Where nvmf subsystems listen (SpdkNvmf).
+    pub listen: ListenAddress,
+    /// Block size of local (malloc) volumes.
+    pub local_block_size: u32,
+}
+
+impl Default for SpdkPlanConfig {
+    fn default() -> Self {
+        SpdkPlanConfig {
+            kind: BackendKind::SpdkNvmf,
+            listen: ListenAddress {
+                trtype: "TCP".into(),
+                adrfam: Some("IPv4".into()),
+                traddr: "127.0.0.1".into(),
+                trsvcid: Some("4420".into()),
+            },
+            local_block_size: 4096,
+        }
+    }
+}
+
+fn adrfam(address: &str) -> &'static str {
+    if address.contains(':') {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
+}
+
+fn trtype(t: NvmeofTransport) -> &'static str {
+    match t {
+        NvmeofTransport::Tcp => "tcp",
+        NvmeofTransport::Rdma => "rdma",
+    }
+}
+
+/// SPDK limits for a volume's QoS; 0 is unlimited.
+pub fn spdk_limits(q: &Qos) -> QosLimits {
+    QosLimits {
+        rw_ios_per_sec: q.max_iops.unwrap_or(0),
+        rw_mbytes_per_sec: q.max_mbps.unwrap_or(0),
+        r_mbytes_per_sec: 0,
+        w_mbytes_per_sec: 0,
+    }
+}
+
+/// Serial numbers are at most 20 ASCII characters; derive a stable one.
+fn serial_of(key: &VolumeKey) -> String {
+    // FNV-1a over the identity: stable across restarts and versions.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key.tenant.bytes().chain([b'/']).chain(key.id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("DPU{h:016X}")
+}
+
+const MODEL: &str = "dpu-agent volume";
+
+/// Plans an SPDK backend: SNAP emulation on a BlueField or plain SPDK
+/// (nvmf + vhost).
+pub fn plan_spdk(
+    desired: &[DesiredVolume],
+    observed: &SpdkObserved,
+    cfg: &SpdkPlanConfig,
+) -> Vec<Action> {
+    let mut out = Out(Vec::new());
+    let snap = cfg.kind == BackendKind::Snap;
+    let wanted: BTreeSet<&VolumeKey> = desired
+        .iter()
+        .filter(|d| cfg.kind.unsupported(d.function.type_).is_none())
+        .map(|d| &d.key)
+        .collect();
+
+    // Orphans, in reverse order of creation.
+    for ctrl in &observed.controllers {
+        let Some(key) = VolumeKey::from_object_name(ctrl) else {
+            continue;
+        };
+        if wanted.contains(&key) {
+            continue;
+        }
+        let owner = Owner::Orphan(key);
+        let ctrl = ctrl.clone();
+        if !snap {
+            out.rpc(
+                &owner,
+                Phase::Unpresent,
+                m::VhostDeleteController { ctrlr: ctrl },
+            );
+        } else if ctrl.ends_with("_vblk") {
+            out.rpc(
+                &owner,
+                Phase::Unpresent,
+                snap::VirtioBlkControllerDestroy { ctrl },
+            );
+        } else {
+            out.rpc(
+                &owner,
+                Phase::Unpresent,
+                snap::NvmeControllerDestroy { ctrl },
+            );
+        }
+    }
+    for (nqn, sub) in &observed.subsystems {
+        let Some(key) = VolumeKey::from_subsystem_nqn(nqn) else {
+            continue;
+        };
+        if wanted.contains(&key) {
+            continue;
+        }
+        let owner = Owner::Orphan(key);
+        if snap {
+            for nsid in sub.namespaces.keys() {
+                out.rpc(
+                    &owner,
+                    Phase::DeleteDevice,
+                    snap::NvmeNamespaceDestroy {
+                        nqn: nqn.clone(),
+                        nsid: *nsid,
+                    },
+                );
+            }
+            out.rpc(
+                &owner,
+                Phase::DeleteDevice,
+                snap::NvmeSubsystemDestroy { nqn: nqn.clone() },
+            );
+        } else {
+            out.rpc(
+                &owner,
+                Phase::DeleteDevice,
+                m::NvmfDeleteSubsystem { nqn: nqn.clone() },
+            );
+        }
+    }
+    for name in &observed.nvme_controllers {
+        let Some(key) = VolumeKey::from_object_name(name) else {
+            continue;
+        };
+        if !wanted.contains(&key) {
+            out.rpc(
+                &Owner::Orphan(key),
+                Phase::DetachSource,
+                m::BdevNvmeDetachController { name: name.clone() },
+            );
+        }
+    }
+    for name in observed.bdevs.keys() {
+        let Some(key) = VolumeKey::from_object_name(name) else {
+            continue;
+        };
+        // Only malloc bdevs carry exactly the source name; bdevs of an
+        // nvme controller go with the controller.
+        if *name == key.source_name() && !wanted.contains(&key) {
+            out.rpc(
+                &Owner::Orphan(key),
+                Phase::DetachSource,
+                m::BdevMallocDelete { name: name.clone() },
+            );
+        }
+    }
+
+    // The nvmf transport, once, if any volume is presented over nvmf.
+    let needs_transport = !snap
+        && desired
+            .iter()
+            .any(|d| wanted.contains(&d.key) && d.function.type_ == FunctionType::Nvme);
+    if needs_transport
+        && !observed
+            .nvmf_transports
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&cfg.listen.trtype))
+    {
+        out.rpc(
+            &Owner::Shared,
+            Phase::CreateDevice,
+            m::NvmfCreateTransport {
+                trtype: cfg.listen.trtype.clone(),
+                ..Default::default()
+            },
+        );
+    }
+
+    for d in desired.iter().filter(|d| wanted.contains(&d.key)) {
+        plan_spdk_volume(&mut out, d, observed, cfg);
+    }
+    sorted(out.0)
+}
+
+fn plan_spdk_volume(out: &mut Out, d: &DesiredVolume, obs: &SpdkObserved, cfg: &SpdkPlanConfig) {
+    let owner = Owner::Volume(d.key.clone());
+    let key = &d.key;
+    let src = key.source_name();
+    let remote = matches!(d.spec.source, VolumeSource::Nvmeof(_));
+    let bdev = key.source_bdev(remote);
+    let mut fresh = false;
+
+    match &d.spec.source {
+        VolumeSource::Nvmeof(n) if !obs.nvme_controllers.contains(&src) => {
+            fresh = true;
+            out.rpc(
+                &owner,
+                Phase::AttachSource,
+                m::BdevNvmeAttachController {
+                    name: src.clone(),
+                    trtype: trtype(n.transport).into(),
+                    traddr: n.address.clone(),
+                    adrfam: Some(adrfam(&n.address).into()),
+                    trsvcid: Some(n.port.to_string()),
+                    subnqn: Some(n.subnqn.clone()),
+                    hostnqn: Some(n.hostnqn.clone().unwrap_or_else(|| key.initiator_nqn())),
+                    ..Default::default()
+                },
+            );
+        }
+        VolumeSource::Local(l) if !obs.bdevs.contains_key(&src) => {
+            fresh = true;
+            let bs = u64::from(cfg.local_block_size.max(512));
+            out.rpc(
+                &owner,
+                Phase::AttachSource,
+                m::BdevMallocCreate {
+                    name: Some(src.clone()),
+                    block_size: cfg.local_block_size.max(512),
+                    num_blocks: l.size_mib.saturating_mul(1024 * 1024) / bs,
+                    ..Default::default()
+                },
+            );
+        }
+        _ => {}
+    }
+
+    let nqn = key.subsystem_nqn();
+    let nsid = d.nsid();
+    let sub = obs.subsystems.get(&nqn);
+    let has_ns = sub.is_some_and(|s| s.namespaces.get(&nsid) == Some(&bdev));
+    match (cfg.kind, d.function.type_) {
+        (BackendKind::Snap, FunctionType::Nvme) => {
+            if sub.is_none() {
+                out.rpc(
+                    &owner,
+                    Phase::CreateDevice,
+                    snap::NvmeSubsystemCreate {
+                        nqn: nqn.clone(),
+                        serial_number: Some(serial_of(key)),
+                        model_number: Some(MODEL.into()),
+                    },
+                );
+            }
+            if !has_ns {
+                out.rpc(
+                    &owner,
+                    Phase::CreateDevice,
+                    snap::NvmeNamespaceCreate {
+                        nqn: nqn.clone(),
+                        nsid,
+                        bdev_name: bdev.clone(),
+                        uuid: None,
+                    },
+                );
+            }
+            let ctrl = key.object_name("ctrl");
+            let has_ctrl = obs.controllers.contains(&ctrl);
+            if !has_ctrl {
+                out.rpc(
+                    &owner,
+                    Phase::Present,
+                    snap::NvmeControllerCreate {
+                        nqn: nqn.clone(),
+                        ctrl: ctrl.clone(),
+                        pf_id: d.function.pf,
+                        vf_id: d.function.vf,
+                        num_queues: None,
+                    },
+                );
+            }
+            if !has_ctrl || !has_ns {
+                out.rpc(
+                    &owner,
+                    Phase::Present,
+                    snap::NvmeControllerAttachNs { ctrl, nsid },
+                );
+            }
+        }
+        (BackendKind::Snap, FunctionType::VirtioBlk) => {
+            let ctrl = key.object_name("vblk");
+            if !obs.controllers.contains(&ctrl) {
+                out.rpc(
+                    &owner,
+                    Phase::Present,
+                    snap::VirtioBlkControllerCreate {
+                        ctrl,
+                        pf_id: d.function.pf,
+                        vf_id: d.function.vf,
+                        bdev: bdev.clone(),
+                        num_queues: None,
+                    },
+                );
+            }
+        }
+        (_, FunctionType::Nvme) => {
+            if sub.is_none() {
+                out.rpc(
+                    &owner,
+                    Phase::CreateDevice,
+                    m::NvmfCreateSubsystem {
+                        nqn: nqn.clone(),
+                        serial_number: Some(serial_of(key)),
+                        model_number: Some(MODEL.into()),
+                        allow_any_host: Some(false),
+                        ..Default::default()
+                    },
+                );
+            }
+            if !has_ns {
+                out.rpc(
+                    &owner,
+                    Phase::CreateDevice,
+                    m::NvmfSubsystemAddNs {
+                        nqn: nqn.clone(),
+                        namespace: m::NvmfNamespace {
+                            bdev_name: bdev.clone(),
+                            nsid: Some(nsid),
+                            uuid: None,
+                        },
+                    },
+                );
+            }
+            if !sub.is_some_and(|s| s.hosts.contains(&d.function.host_nqn)) {
+                out.rpc(
+                    &owner,
+                    Phase::Present,
+                    m::NvmfSubsystemAddHost {
+                        nqn: nqn.clone(),
+                        host: d.function.host_nqn.clone(),
+                    },
+                );
+            }
+            let listening = sub.is_some_and(|s| {
+                s.listeners.iter().any(|l| {
+                    l.traddr == cfg.listen.traddr
+                        && l.trsvcid == cfg.listen.trsvcid
+                        && l.trtype.eq_ignore_ascii_case(&cfg.listen.trtype)
+                })
+            });
+            if !listening {
+                out.rpc(
+                    &owner,
+                    Phase::Present,
+                    m::NvmfSubsystemAddListener {
+                        nqn,
+                        listen_address: cfg.listen.clone(),
+                    },
+                );
+            }
+        }
+        (_, FunctionType::VirtioBlk) => {
+            let ctrlr = key.object_name("vhost");
+            if !obs.controllers.contains(&ctrlr) {
+                out.rpc(
+                    &owner,
+                    Phase::Present,
+                    m::VhostCreateBlkController {
+                        ctrlr,
+                        dev_name: bdev.clone(),
+                        readonly: d.spec.read_only,
+                        cpumask: None,
+                    },
+                );
+            }
+        }
+        (_, FunctionType::Net) => {}
+    }
+
+    let want = spdk_limits(&Qos::of(&d.spec));
+    let have = obs.bdevs.get(&bdev).cloned().unwrap_or_default();
+    let limited = want != QosLimits::default();
+    if (fresh && limited)
+        || (!fresh
+            && (have.rw_ios_per_sec, have.rw_mbytes_per_sec)
+                != (want.rw_ios_per_sec, want.rw_mbytes_per_sec))
+    {
+        out.rpc(
+            &owner,
+            Phase::Qos,
+            m::BdevSetQosLimit {
+                name: bdev,
+                rw_ios_per_sec: Some(want.rw_ios_per_sec),
+                rw_mbytes_per_sec: Some(want.rw_mbytes_per_sec),
+                ..Default::default()
+            },
+        );
+    }
+}
+
+// ---------------------------------------------------------------- nvmet
+
+/// Settings of the kernel planner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NvmetPlanConfig {
+    /// The port every volume's subsystem listens on; the agent owns this id.
+    pub port: PortConfig,
+    /// Where backing files of local volumes live.
+    pub backing_dir: PathBuf,
+    /// The cgroup whose `io.max` carries volume QoS; none disables QoS.
+    pub qos_cgroup: Option<PathBuf>,
+}
+
+/// The backing file of a local volume on the kernel backend.
+pub fn backing_file_name(key: &VolumeKey) -> String {
+    key.object_name("img")
+}
+
+/// Plans the kernel backend.
+pub fn plan_nvmet(
+    desired: &[DesiredVolume],
+    observed: &NvmetObserved,
+    cfg: &NvmetPlanConfig,
+) -> Vec<Action> {
+    let mut out = Out(Vec::new());
+    let desired: Vec<&DesiredVolume> = desired
+        .iter()
+        .filter(|d| BackendKind::Nvmet.unsupported(d.function.type_).is_none())
+        .collect();
+    let wanted: BTreeSet<&VolumeKey> = desired.iter().map(|d| &d.key).collect();
+    let port_id = cfg.port.id;
+    let port = observed.ports.get(&port_id);
+
+    // Orphan subsystems: unlink from ports, remove namespaces and host links.
+    for (nqn, sub) in &observed.subsystems {
+        let Some(key) = VolumeKey::from_subsystem_nqn(nqn) else {
+            continue;
+        };
+        if wanted.contains(&key) {
+            continue;
+        }
+        let owner = Owner::Orphan(key);
+        for (id, p) in &observed.ports {
+            if p.subsystems.contains(nqn) {
+                out.configfs(
+                    &owner,
+                    Phase::Unpresent,
+                    vec![configfs::unlink_port(*id, nqn)],
+                );
+            }
+        }
+        for nsid in sub.namespaces.keys() {
+            out.configfs(
+                &owner,
+                Phase::Unpresent,
+                configfs::remove_namespace(nqn, *nsid),
+            );
+        }
+        for h in &sub.allowed_hosts {
+            out.configfs(
+                &owner,
+                Phase::Unpresent,
+                vec![configfs::disallow_host(nqn, h)],
+            );
+        }
+        out.configfs(
+            &owner,
+            Phase::Unpresent,
+            vec![configfs::remove_subsystem(nqn)],
+        );
+    }
+    // Our host entries nobody will reference any more.
+    let referenced: BTreeSet<&str> = desired
+        .iter()
+        .map(|d| d.function.host_nqn.as_str())
+        .chain(
+            observed
+                .subsystems
+                .iter()
+                .filter(|(nqn, _)| VolumeKey::from_subsystem_nqn(nqn).is_none())
+                .flat_map(|(_, s)| s.allowed_hosts.iter().map(String::as_str)),
+        )
+        .collect();
+    for h in &observed.hosts {
+        if h.starts_with(NQN_PREFIX) && !referenced.contains(h.as_str()) {
+            out.configfs(
+                &Owner::Shared,
+                Phase::Unpresent,
+                vec![configfs::remove_host(h)],
+            );
+        }
+    }
+    // Orphan initiator connections and backing files.
+    for c in &observed.controllers {
+        let Some(key) = VolumeKey::from_initiator_nqn(&c.hostnqn) else {
+            continue;
+        };
+        let still_used = desired.iter().any(|d| source_matches(d, c));
+        if !wanted.contains(&key) || !still_used {
+            out.op(
+                &Owner::Orphan(key),
+                Phase::DetachSource,
+                Op::FabricsDisconnect {
+                    instance: c.instance,
+                },
+            );
+        }
+    }
+    for f in &observed.backing_files {
+        let Some(key) = VolumeKey::from_object_name(f) else {
+            continue;
+        };
+        if *f == backing_file_name(&key) && !wanted.contains(&key) {
+            out.op(
+                &Owner::Orphan(key),
+                Phase::DetachSource,
+                Op::RemoveBackingFile {
+                    path: cfg.backing_dir.join(f),
+                },
+            );
+        }
+    }
+
+    // The port: create it, or fix its address if only our subsystems use it.
+    let mut linked: BTreeSet<String> = BTreeSet::new();
+    match port {
+        None if !desired.is_empty() => {
+            out.configfs(
+                &Owner::Shared,
+                Phase::Present,
+                configfs::create_port(&cfg.port, false),
+            );
+        }
+        None => {}
+        Some(p) => {
+            let same = p.trtype == cfg.port.trtype
+                && p.adrfam == cfg.port.adrfam
+                && p.traddr == cfg.port.traddr
+                && p.trsvcid == cfg.port.trsvcid;
+            let all_ours = p
+                .subsystems
+                .iter()
+                .all(|n| VolumeKey::from_subsystem_nqn(n).is_some());
+            if same || !all_ours {
+                // A port with foreign subsystems is left as it is.
+                linked.extend(p.subsystems.iter().cloned());
+            } else {
+                for n in &p.subsystems {
+                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
+                        && wanted.contains(&k)
+                    {
+                        out.configfs(
+                            &Owner::Volume(k),
+                            Phase::Unpresent,
+                            vec![configfs::unlink_port(port_id, n)],
+                        );
+                    }
+                }
+                out.configfs(
+                    &Owner::Shared,
+                    Phase::Present,
+                    configfs::create_port(&cfg.port, true),
+                );
+            }
+        }
+    }
+
+    let mut hosts: BTreeSet<String> = observed.hosts.iter().cloned().collect();
+    for d in &desired {
+        plan_nvmet_volume(&mut out, d, observed, cfg, &linked, &mut hosts);
+    }
+    sorted(out.0)
+}
+
+fn source_matches(d: &DesiredVolume, c: &crate::nvmet::FabricsController) -> bool {
+    match &d.spec.source {
+        VolumeSource::Nvmeof(n) => {
+            c.subnqn == n.subnqn && c.traddr == n.address && c.trsvcid == n.port.to_string()
+        }
+        VolumeSource::Local(_) => false,
+    }
+}
+
+fn plan_nvmet_volume(
+    out: &mut Out,
+    d: &DesiredVolume,
+    obs: &NvmetObserved,
+    cfg: &NvmetPlanConfig,
+    linked: &BTreeSet<String>,
+    hosts: &mut BTreeSet<String>,
+) {
+    let owner = Owner::Volume(d.key.clone());
+    let key = &d.key;
+    let nqn = key.subsystem_nqn();
+
+    // Attach the source; know which device the namespace must point at.
+    let (device, device_now): (DeviceRef, Option<String>) = match &d.spec.source {
+        VolumeSource::Nvmeof(n) => {
+            let conn = obs.controllers.iter().find(|c| source_matches(d, c));
+            if conn.is_none() {
+                out.op(
+                    &owner,
+                    Phase::AttachSource,
+                    Op::FabricsConnect(ConnectOptions {
+                        transport: trtype(n.transport).into(),
+                        traddr: n.address.clone(),
+                        trsvcid: n.port.to_string(),
+                        nqn: n.subnqn.clone(),
+                        hostnqn: n.hostnqn.clone().unwrap_or_else(|| key.initiator_nqn()),
+                    }),
+                );
+            }
+            (
+                DeviceRef::Fabrics {
+                    subnqn: n.subnqn.clone(),
+                    traddr: n.address.clone(),
+                    trsvcid: n.port.to_string(),
+                },
+                conn.and_then(|c| c.block_devices.first())
+                    .map(|b| format!("/dev/{b}")),
+            )
+        }
+        VolumeSource::Local(l) => {
+            let name = backing_file_name(key);
+            let path = cfg.backing_dir.join(&name);
+            if !obs.backing_files.contains(&name) {
+                out.op(
+                    &owner,
+                    Phase::AttachSource,
+                    Op::CreateBackingFile {
+                        path: path.clone(),
+                        size_bytes: l.size_mib.saturating_mul(1024 * 1024),
+                    },
+                );
+            }
+            let now = path.to_string_lossy().into_owned();
+            (DeviceRef::Path(path), Some(now))
+        }
+    };
+
+    // The subsystem, its host and its namespace.
+    let sub = obs.subsystems.get(&nqn);
+    let host = &d.function.host_nqn;
+    match sub {
+        None => out.configfs(
+            &owner,
+            Phase::CreateDevice,
+            configfs::create_subsystem(&nqn),
+        ),
+        Some(s) if s.allow_any_host => out.configfs(
+            &owner,
+            Phase::CreateDevice,
+            vec![ConfigfsOp::Write {
+                attr: PathBuf::from("subsystems")
+                    .join(&nqn)
+                    .join("attr_allow_any_host"),
+                value: "0".into(),
+            }],
+        ),
+        Some(_) => {}
+    }
+    let nsid = d.nsid();
+    if let Some(s) = sub {
+        for (n, ns) in &s.namespaces {
+            let stale = *n != nsid || device_now.as_deref() != Some(ns.device_path.as_str());
+            if stale {
+                out.configfs(
+                    &owner,
+                    Phase::Unpresent,
+                    configfs::remove_namespace(&nqn, *n),
+                );
+            }
+        }
+        for h in s.allowed_hosts.iter().filter(|h| *h != host) {
+            out.configfs(
+                &owner,
+                Phase::Unpresent,
+                vec![configfs::disallow_host(&nqn, h)],
+            );
+        }
+    }
+    let ns_ok = sub.is_some_and(|s| {
+        s.namespaces
+            .get(&nsid)
+            .is_some_and(|ns| ns.enabled && device_now.as_deref() == Some(ns.device_path.as_str()))
+    });
+    if !ns_ok {
+        let exists_disabled = sub.is_some_and(|s| {
+            s.namespaces
+                .get(&nsid)
+                .is_some_and(|ns| device_now.as_deref() == Some(ns.device_path.as_str()))
+        });
+        if exists_disabled {
+            out.configfs(
+                &owner,
+                Phase::CreateDevice,
+                vec![ConfigfsOp::Write {
+                    attr: PathBuf::from("subsystems")
+                        .join(&nqn)
+                        .join("namespaces")
+                        .join(nsid.to_string())
+                        .join("enable"),
+                    value: "1".into(),
+                }],
+            );
+        } else {
+            out.configfs(
+                &owner,
+                Phase::CreateDevice,
+                configfs::create_namespace(&nqn, nsid, device.clone()),
+            );
+        }
+    }
+    if !sub.is_some_and(|s| s.allowed_hosts.contains(host)) {
+        let exists = hosts.contains(host);
+        out.configfs(
+            &owner,
+            Phase::CreateDevice,
+            configfs::allow_host(&nqn, host, exists),
+        );
+        hosts.insert(host.clone());
+    }
+
+    if !linked.contains(&nqn) {
+        out.configfs(
+            &owner,
+            Phase::Present,
+            vec![configfs::link_port(cfg.port.id, &nqn)],
+        );
+    }
+
+    // QoS: only block devices can carry io.max; backing files cannot.
+    if let (Some(cgroup), VolumeSource::Nvmeof(_)) = (&cfg.qos_cgroup, &d.spec.source) {
+        let want = IoMax::from_qos(&Qos::of(&d.spec));
+        let have = device_now
+            .as_ref()
+            .and_then(|p| obs.io_max.get(p))
+            .copied()
+            .unwrap_or_default();
+        if want != have {
+            out.op(
+                &owner,
+                Phase::Qos,
+                Op::SetIoMax {
+                    cgroup: cgroup.clone(),
+                    device,
+                    limits: want,
+                },
+            );
+        }
+    }
+}
+
+/// Groups actions by owner, for a per-volume view.
+pub fn by_owner(actions: &[Action]) -> BTreeMap<String, Vec<&Action>> {
+    let mut m: BTreeMap<String, Vec<&Action>> = BTreeMap::new();
+    for a in actions {
+        m.entry(a.owner.to_string()).or_default().push(a);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FunctionTarget, ObservedSubsystem, function_host_nqn};
+    use crate::nvmet::FabricsController;
+    use crate::nvmet::configfs::{ObservedNamespace, ObservedNvmetSubsystem, ObservedPort};
+    use dpu_api::spec::{LocalSource, NvmeofSource, VolumeQos, VolumeSpec};
+
+    fn remote(tenant: &str, id: &str, type_: FunctionType) -> DesiredVolume {
+        DesiredVolume {
+            key: VolumeKey::new(tenant, id),
+            spec: VolumeSpec {
+                function: "f1".into(),
+                nsid: None,
+                source: VolumeSource::Nvmeof(NvmeofSource {
+                    transport: NvmeofTransport::Tcp,
+                    address: "192.0.2.1".into(),
+                    port: 4420,
+                    subnqn: "nqn.2014-08.org.example:remote".into(),
+                    hostnqn: None,
+                }),
+                qos: None,
+                read_only: None,
+            },
+            function: FunctionTarget {
+                id: "f1".into(),
+                type_,
+                pf: 0,
+                vf: Some(3),
+                host_nqn: function_host_nqn(tenant, "f1"),
+            },
+        }
+    }
+
+    fn local(tenant: &str, id: &str) -> DesiredVolume {
+        let mut d = remote(tenant, id, FunctionType::Nvme);
+        d.spec.source = VolumeSource::Local(LocalSource { size_mib: 64 });
+        d
+    }
+
+    fn lines(a: &[Action]) -> Vec<String> {
+        a.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn nvmf_cfg() -> SpdkPlanConfig {
+        SpdkPlanConfig::default()
+    }
+
+    #[test]
+    fn spdk_nvmf_fresh_remote_volume_in_order() {
+        let mut d = remote("acme", "db", FunctionType::Nvme);
+        d.spec.qos = Some(VolumeQos {
+            max_iops: Some(1000),
+            max_mbps: None,
+        });
+        let plan = plan_spdk(&[d], &SpdkObserved::default(), &nvmf_cfg());
+        assert_eq!(
+            lines(&plan),
+            [
+                "volume acme/db [attach-source] rpc bdev_nvme_attach_controller \
+                 {\"adrfam\":\"ipv4\",\"hostnqn\":\"nqn.2026-11.dev.dpu-agent:acme:db:initiator\",\
+                 \"name\":\"dpu_acme_db_src\",\"subnqn\":\"nqn.2014-08.org.example:remote\",\
+                 \"traddr\":\"192.0.2.1\",\"trsvcid\":\"4420\",\"trtype\":\"tcp\"}",
+                "shared [create-device] rpc nvmf_create_transport {\"trtype\":\"TCP\"}",
+                "volume acme/db [create-device] rpc nvmf_create_subsystem \
+                 {\"allow_any_host\":false,\"model_number\":\"dpu-agent volume\",\
+                 \"nqn\":\"nqn.2026-11.dev.dpu-agent:acme:db\",\"serial_number\":\"DPU79FCB66C7F2049AA\"}",
+                "volume acme/db [create-device] rpc nvmf_subsystem_add_ns \
+                 {\"namespace\":{\"bdev_name\":\"dpu_acme_db_srcn1\",\"nsid\":1},\
+                 \"nqn\":\"nqn.2026-11.dev.dpu-agent:acme:db\"}",
+                "volume acme/db [present] rpc nvmf_subsystem_add_host \
+                 {\"host\":\"nqn.2026-11.dev.dpu-agent:acme:fn:f1\",\
+                 \"nqn\":\"nqn.2026-11.dev.dpu-agent:acme:db\"}",
+                "volume acme/db [present] rpc nvmf_subsystem_add_listener \
+                 {\"listen_address\":{\"adrfam\":\"IPv4\",\"traddr\":\"127.0.0.1\",\
+                 \"trsvcid\":\"4420\",\"trtype\":\"TCP\"},\
+                 \"nqn\":\"nqn.2026-11.dev.dpu-agent:acme:db\"}",
+                "volume acme/db [qos] rpc bdev_set_qos_limit \
+                 {\"name\":\"dpu_acme_db_srcn1\",\"rw_ios_per_sec\":1000,\"rw_mbytes_per_sec\":0}",
+            ]
+        );
+    }
+
+    fn converged_nvmf(d: &DesiredVolume, limits: QosLimits) -> SpdkObserved {
+        let k = &d.key;
+        let mut obs = SpdkObserved {
+            nvme_controllers: vec![k.source_name()],
+            nvmf_transports: vec!["TCP".into()],
+            ..Default::default()
+        };
+        obs.bdevs.insert(k.source_bdev(true), limits);
+        obs.bdevs.insert("Malloc0".into(), QosLimits::default());
+        obs.subsystems.insert(
+            k.subsystem_nqn(),
+            ObservedSubsystem {
+                hosts: vec![d.function.host_nqn.clone()],
+                namespaces: [(1, k.source_bdev(true))].into(),
+                listeners: vec![nvmf_cfg().listen],
+            },
+        );
+        obs.subsystems.insert(
+            "nqn.2016-06.io.spdk:cnode1".into(),
+            ObservedSubsystem::default(),
+        );
+        obs
+    }
+
+    #[test]
+    fn converged_spdk_state_plans_nothing_and_foreign_objects_stay() {
+        let d = remote("acme", "db", FunctionType::Nvme);
+        let obs = converged_nvmf(&d, QosLimits::default());
+        assert_eq!(plan_spdk(&[d], &obs, &nvmf_cfg()), []);
+    }
+
+    #[test]
+    fn qos_change_is_made_in_place() {
+        let mut d = remote("acme", "db", FunctionType::Nvme);
+        let obs = converged_nvmf(
+            &d,
+            QosLimits {
+                rw_ios_per_sec: 1000,
+                ..Default::default()
+            },
+        );
+        d.spec.qos = Some(VolumeQos {
+            max_iops: None,
+            max_mbps: Some(200),
+        });
+        assert_eq!(
+            lines(&plan_spdk(&[d], &obs, &nvmf_cfg())),
+            ["volume acme/db [qos] rpc bdev_set_qos_limit \
+              {\"name\":\"dpu_acme_db_srcn1\",\"rw_ios_per_sec\":0,\"rw_mbytes_per_sec\":200}"]
+        );
+    }
+
+    #[test]
+    fn removed_volume_is_torn_down_in_reverse() {
+        let d = remote("acme", "db", FunctionType::Nvme);
+        let mut obs = converged_nvmf(&d, QosLimits::default());
+        obs.bdevs
+            .insert("dpu_acme_old_src".into(), QosLimits::default());
+        obs.controllers.push("dpu_acme_old_vhost".into());
+        obs.controllers.push("foreign-vhost".into());
+        let plan = plan_spdk(&[], &obs, &nvmf_cfg());
+        assert_eq!(
+            lines(&plan),
+            [
+                "orphan acme/old [unpresent] rpc vhost_delete_controller {\"ctrlr\":\"dpu_acme_old_vhost\"}",
+                "orphan acme/db [delete-device] rpc nvmf_delete_subsystem \
+                 {\"nqn\":\"nqn.2026-11.dev.dpu-agent:acme:db\"}",
+                "orphan acme/db [detach-source] rpc bdev_nvme_detach_controller {\"name\":\"dpu_acme_db_src\"}",
+                "orphan acme/old [detach-source] rpc bdev_malloc_delete {\"name\":\"dpu_acme_old_src\"}",
+            ]
+        );
+    }
+
+    #[test]
+    fn snap_nvme_and_virtio_blk() {
+        let cfg = SpdkPlanConfig {
+            kind: BackendKind::Snap,
+            ..Default::default()
+        };
+        let n = local("t", "a");
+        let mut v = remote("t", "b", FunctionType::VirtioBlk);
+        v.function.vf = None;
+        let plan = plan_spdk(&[n, v], &SpdkObserved::default(), &cfg);
+        let methods: Vec<_> = plan
+            .iter()
+            .map(|a| match &a.op {
+                Op::Rpc(r) => r.method.as_str(),
+                _ => "",
+            })
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                "bdev_malloc_create",
+                "bdev_nvme_attach_controller",
+                "nvme_subsystem_create",
+                "nvme_namespace_create",
+                "nvme_controller_create",
+                "nvme_controller_attach_ns",
+                "virtio_blk_controller_create",
+            ]
+        );
+        assert_eq!(
+            plan[0].to_string(),
+            "volume t/a [attach-source] rpc bdev_malloc_create \
+             {\"block_size\":4096,\"name\":\"dpu_t_a_src\",\"num_blocks\":16384}"
+        );
+        assert_eq!(
+            plan[4].to_string(),
+            "volume t/a [present] rpc nvme_controller_create \
+             {\"ctrl\":\"dpu_t_a_ctrl\",\"nqn\":\"nqn.2026-11.dev.dpu-agent:t:a\",\"pf_id\":0,\"vf_id\":3}"
+        );
+    }
+
+    #[test]
+    fn unsupported_functions_are_reported_not_planned() {
+        let d = remote("t", "v", FunctionType::VirtioBlk);
+        assert_eq!(
+            unsupported(BackendKind::Nvmet, std::slice::from_ref(&d)).len(),
+            1
+        );
+        assert_eq!(
+            plan_nvmet(&[d], &NvmetObserved::default(), &nvmet_cfg()),
+            []
+        );
+    }
+
+    fn nvmet_cfg() -> NvmetPlanConfig {
+        NvmetPlanConfig {
+            port: PortConfig {
+                id: 1,
+                trtype: "tcp".into(),
+                adrfam: "ipv4".into(),
+                traddr: "192.0.2.10".into(),
+                trsvcid: "4420".into(),
+            },
+            backing_dir: "/var/lib/dpu-agent/volumes".into(),
+            qos_cgroup: Some("/sys/fs/cgroup/dpu-volumes".into()),
+        }
+    }
+
+    #[test]
+    fn nvmet_fresh_remote_volume() {
+        let mut d = remote("acme", "db", FunctionType::Nvme);
+        d.spec.qos = Some(VolumeQos {
+            max_iops: Some(500),
+            max_mbps: None,
+        });
+        let plan = plan_nvmet(&[d], &NvmetObserved::default(), &nvmet_cfg());
+        let s = "/sys/kernel/config/nvmet/subsystems/nqn.2026-11.dev.dpu-agent:acme:db";
+        let h = "nqn.2026-11.dev.dpu-agent:acme:fn:f1";
+        let dev = "<namespace 1 of nqn.2014-08.org.example:remote at 192.0.2.1:4420>";
+        assert_eq!(
+            lines(&plan),
+            [
+                "volume acme/db [attach-source] echo transport=tcp,traddr=192.0.2.1,trsvcid=4420,\
+                 nqn=nqn.2014-08.org.example:remote,hostnqn=nqn.2026-11.dev.dpu-agent:acme:db:initiator \
+                 > /dev/nvme-fabrics".to_string(),
+                format!("volume acme/db [create-device] mkdir {s}"),
+                format!("volume acme/db [create-device] echo 0 > {s}/attr_allow_any_host"),
+                format!("volume acme/db [create-device] mkdir {s}/namespaces/1"),
+                format!("volume acme/db [create-device] echo {dev} > {s}/namespaces/1/device_path"),
+                format!("volume acme/db [create-device] echo 1 > {s}/namespaces/1/enable"),
+                format!("volume acme/db [create-device] mkdir /sys/kernel/config/nvmet/hosts/{h}"),
+                format!(
+                    "volume acme/db [create-device] ln -s /sys/kernel/config/nvmet/hosts/{h} \
+                     {s}/allowed_hosts/{h}"
+                ),
+                "shared [present] mkdir /sys/kernel/config/nvmet/ports/1".into(),
+                "shared [present] echo tcp > /sys/kernel/config/nvmet/ports/1/addr_trtype".into(),
+                "shared [present] echo ipv4 > /sys/kernel/config/nvmet/ports/1/addr_adrfam".into(),
+                "shared [present] echo 192.0.2.10 > /sys/kernel/config/nvmet/ports/1/addr_traddr"
+                    .into(),
+                "shared [present] echo 4420 > /sys/kernel/config/nvmet/ports/1/addr_trsvcid".into(),
+                format!(
+                    "volume acme/db [present] ln -s {s} \
+                     /sys/kernel/config/nvmet/ports/1/subsystems/nqn.2026-11.dev.dpu-agent:acme:db"
+                ),
+                format!(
+                    "volume acme/db [qos] echo \"<MAJ:MIN of {dev}> riops=500 wiops=500 rbps=max \
+                     wbps=max\" > /sys/fs/cgroup/dpu-volumes/io.max"
+                ),
+            ]
+        );
+    }
+
+    fn converged_nvmet(d: &DesiredVolume) -> NvmetObserved {
+        let nqn = d.key.subsystem_nqn();
+        let mut obs = NvmetObserved {
+            hosts: vec![d.function.host_nqn.clone(), "nqn.foreign-host".into()],
+            controllers: vec![FabricsController {
+                instance: 1,
+                transport: "tcp".into(),
+                traddr: "192.0.2.1".into(),
+                trsvcid: "4420".into(),
+                subnqn: "nqn.2014-08.org.example:remote".into(),
+                hostnqn: d.key.initiator_nqn(),
+                block_devices: vec!["nvme1n1".into()],
+            }],
+            ..Default::default()
+        };
+        obs.subsystems.insert(
+            nqn.clone(),
+            ObservedNvmetSubsystem {
+                allow_any_host: false,
+                allowed_hosts: vec![d.function.host_nqn.clone()],
+                namespaces: [(
+                    1,
+                    ObservedNamespace {
+                        device_path: "/dev/nvme1n1".into(),
+                        enabled: true,
+                    },
+                )]
+                .into(),
+            },
+        );
+        obs.subsystems
+            .insert("nqn.foreign".into(), ObservedNvmetSubsystem::default());
+        obs.ports.insert(
+            1,
+            ObservedPort {
+                trtype: "tcp".into(),
+                adrfam: "ipv4".into(),
+                traddr: "192.0.2.10".into(),
+                trsvcid: "4420".into(),
+                subsystems: vec![nqn],
+            },
+        );
+        obs
+    }
+
+    #[test]
+    fn converged_nvmet_plans_nothing() {
+        let d = remote("acme", "db", FunctionType::Nvme);
+        let obs = converged_nvmet(&d);
+        assert_eq!(plan_nvmet(&[d], &obs, &nvmet_cfg()), []);
+    }
+
+    #[test]
+    fn nvmet_orphan_teardown_is_reverse_and_spares_foreign() {
+        let d = remote("acme", "db", FunctionType::Nvme);
+        let mut obs = converged_nvmet(&d);
+        obs.backing_files = vec!["dpu_acme_db_img".into(), "other.img".into()];
+        let s = "/sys/kernel/config/nvmet/subsystems/nqn.2026-11.dev.dpu-agent:acme:db";
+        let h = "nqn.2026-11.dev.dpu-agent:acme:fn:f1";
+        assert_eq!(
+            lines(&plan_nvmet(&[], &obs, &nvmet_cfg())),
+            [
+                "orphan acme/db [unpresent] rm \
+                 /sys/kernel/config/nvmet/ports/1/subsystems/nqn.2026-11.dev.dpu-agent:acme:db"
+                    .to_string(),
+                format!("orphan acme/db [unpresent] echo 0 > {s}/namespaces/1/enable"),
+                format!("orphan acme/db [unpresent] rmdir {s}/namespaces/1"),
+                format!("orphan acme/db [unpresent] rm {s}/allowed_hosts/{h}"),
+                format!("orphan acme/db [unpresent] rmdir {s}"),
+                format!("shared [unpresent] rmdir /sys/kernel/config/nvmet/hosts/{h}"),
+                "orphan acme/db [detach-source] echo 1 > /sys/class/nvme/nvme1/delete_controller"
+                    .into(),
+                "orphan acme/db [detach-source] rm /var/lib/dpu-agent/volumes/dpu_acme_db_img"
+                    .into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn nvmet_local_volume_uses_a_backing_file_and_no_io_max() {
+        let d = local("t", "a");
+        let plan = plan_nvmet(&[d], &NvmetObserved::default(), &nvmet_cfg());
+        assert_eq!(
+            plan[0].to_string(),
+            "volume t/a [attach-source] truncate -s 67108864 \
+             /var/lib/dpu-agent/volumes/dpu_t_a_img"
+        );
+        assert!(plan.iter().all(|a| a.phase != Phase::Qos));
+    }
+
+    #[test]
+    fn nvmet_port_with_wrong_address_is_relinked() {
+        let d = remote("acme", "db", FunctionType::Nvme);
+        let mut obs = converged_nvmet(&d);
+        obs.ports.get_mut(&1).unwrap().traddr = "192.0.2.99".into();
+        let l = lines(&plan_nvmet(&[d], &obs, &nvmet_cfg()));
+        assert!(
+            l[0].ends_with("ports/1/subsystems/nqn.2026-11.dev.dpu-agent:acme:db"),
+            "{l:?}"
+        );
+        assert!(l[0].contains("[unpresent] rm "));
+        assert!(l.iter().any(|x| x.contains("echo 192.0.2.10 > ")));
+        assert!(l.last().unwrap().contains("[present] ln -s "));
+    }
+}
