@@ -1,1 +1,624 @@
-//! A private Open vSwitch (ovsdb-server + ovs-vswitchd, userspace datapath) in a directory.
+//! A private Open vSwitch (ovsdb-server + ovs-vswitchd, userspace datapath)
+//! in one directory, started exactly as RIG.md §1 shows: used by
+//! `dpu-agent dev` and by tests.
+//!
+//! Everything lives in the directory: `conf.db`, `db.sock`, pid files, logs,
+//! unixctl sockets, and `<bridge>.mgmt` (OpenFlow management socket), because
+//! both daemons run with `OVS_RUNDIR`/`OVS_LOGDIR`/`OVS_DBDIR`/`OVS_SYSCONFDIR`
+//! set to it. The root row of the database is created with our own OVSDB
+//! client, not ovs-vsctl. Each daemon can be stopped, killed (SIGKILL) and
+//! restarted on its own; dropping the sandbox stops both.
+//!
+//! The daemons run with `--detach`, which returns only once they are ready, so
+//! they are not our children: they are tracked through their pid files and
+//! awaited by polling `/proc`.
+//!
+//! Network namespace of ovs-vswitchd ([`Netns`]): the userspace datapath
+//! creates tap devices (`ovs-netdev`, one per bridge and internal port) whose
+//! names are global to a namespace, so two sandboxes in one namespace collide.
+//! [`Netns::Private`] (what tests use) gives ovs-vswitchd a fresh namespace of
+//! its own (`unshare(2)` before exec; its taps vanish with it);
+//! [`Netns::Path`] enters a named one (`setns(2)`, e.g. `/run/netns/dpu1`,
+//! for two-"DPU" setups joined by a veth).
+//!
+//! Limits: Linux only; OVS 2.x/3.x command lines; the directory path must be
+//! short enough for unix socket names (~100 bytes).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::ovsdb::{ClientConfig, Endpoint, OvsdbClient, OvsdbError, VswitchError};
+
+/// The schema OVS installs (Debian `openvswitch-common`).
+pub const DEFAULT_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+
+const INSTALL_HINT: &str = "install Open vSwitch: apt-get install openvswitch-switch";
+
+/// Errors of the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "{program} not found in PATH, /usr/sbin, /usr/bin or /usr/lib/openvswitch-switch; {INSTALL_HINT}"
+    )]
+    NotInstalled { program: &'static str },
+    #[error("OVS schema {0} not found; {INSTALL_HINT}")]
+    SchemaMissing(PathBuf),
+    #[error("cannot create sandbox directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}; see {log}")]
+    Failed {
+        program: &'static str,
+        status: std::process::ExitStatus,
+        stderr: String,
+        log: PathBuf,
+    },
+    #[error("{daemon} did not become ready within {timeout:?}; see {log}")]
+    NotReady {
+        daemon: &'static str,
+        timeout: Duration,
+        log: PathBuf,
+    },
+    #[error("{daemon} (pid {pid}) did not exit within {timeout:?} even after SIGKILL")]
+    StopTimeout {
+        daemon: &'static str,
+        pid: i32,
+        timeout: Duration,
+    },
+    #[error("cannot open network namespace {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot initialize the Open_vSwitch database at {socket}")]
+    InitDb {
+        socket: PathBuf,
+        #[source]
+        source: Box<VswitchError>,
+    },
+}
+
+impl From<(PathBuf, OvsdbError)> for SandboxError {
+    fn from((socket, e): (PathBuf, OvsdbError)) -> Self {
+        SandboxError::InitDb {
+            socket,
+            source: Box::new(e.into()),
+        }
+    }
+}
+
+/// One of the two daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    OvsdbServer,
+    Vswitchd,
+}
+
+impl Daemon {
+    pub fn program(self) -> &'static str {
+        match self {
+            Daemon::OvsdbServer => "ovsdb-server",
+            Daemon::Vswitchd => "ovs-vswitchd",
+        }
+    }
+
+    fn stem(self) -> &'static str {
+        match self {
+            Daemon::OvsdbServer => "ovsdb",
+            Daemon::Vswitchd => "vswitchd",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Daemon::OvsdbServer => 0,
+            Daemon::Vswitchd => 1,
+        }
+    }
+}
+
+/// The network namespace ovs-vswitchd runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Netns {
+    /// The caller's namespace, as RIG.md §1 does by hand.
+    #[default]
+    Host,
+    /// A new, unnamed namespace per ovs-vswitchd start (parallel tests). A
+    /// restart gets a new empty namespace; ovs-vswitchd recreates its taps.
+    Private,
+    /// An existing namespace file, e.g. `/run/netns/NAME`.
+    Path(PathBuf),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Holds the database, sockets, pid files and logs; created if absent.
+    /// An existing `conf.db` is reused.
+    pub dir: PathBuf,
+    /// Where ovs-vswitchd runs (default: the caller's namespace).
+    pub netns: Netns,
+    /// Where to look first for the OVS programs.
+    pub bin_dir: Option<PathBuf>,
+    pub schema: PathBuf,
+    /// Bound on each daemon's start and stop.
+    pub timeout: Duration,
+}
+
+impl SandboxConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SandboxConfig {
+            dir: dir.into(),
+            netns: Netns::Host,
+            bin_dir: None,
+            schema: PathBuf::from(DEFAULT_SCHEMA),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Paths of the OVS programs.
+#[derive(Debug, Clone)]
+struct Programs {
+    ovsdb_server: PathBuf,
+    vswitchd: PathBuf,
+    ovsdb_tool: PathBuf,
+}
+
+fn find_program(name: &'static str, first: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    first
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(path_dirs)
+        .chain(
+            [
+                "/usr/sbin",
+                "/usr/bin",
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/lib/openvswitch-switch",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(SandboxError::NotInstalled { program: name })
+}
+
+/// A running private Open vSwitch. Dropping it stops both daemons.
+#[derive(Debug)]
+pub struct OvsSandbox {
+    config: SandboxConfig,
+    programs: Programs,
+    /// Pids of the daemons we started and have not stopped, by [`Daemon`].
+    pids: Mutex<[Option<i32>; 2]>,
+}
+
+impl OvsSandbox {
+    /// Creates the database if absent, starts ovsdb-server, creates the root
+    /// row with our OVSDB client, then starts ovs-vswitchd.
+    pub async fn start(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let programs = Programs {
+            ovsdb_server: find_program("ovsdb-server", config.bin_dir.as_deref())?,
+            vswitchd: find_program("ovs-vswitchd", config.bin_dir.as_deref())?,
+            ovsdb_tool: find_program("ovsdb-tool", config.bin_dir.as_deref())?,
+        };
+        std::fs::create_dir_all(&config.dir).map_err(|source| SandboxError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
+        // Absolute paths: the daemons chdir to / when they detach.
+        let dir = std::fs::canonicalize(&config.dir).map_err(|source| SandboxError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
+        let config = SandboxConfig { dir, ..config };
+        let sandbox = OvsSandbox {
+            config,
+            programs,
+            pids: Mutex::new([None, None]),
+        };
+        sandbox.create_db().await?;
+        sandbox.start_daemon(Daemon::OvsdbServer).await?;
+        sandbox.init_db().await?;
+        sandbox.start_daemon(Daemon::Vswitchd).await?;
+        Ok(sandbox)
+    }
+
+    /// [`OvsSandbox::start`] with defaults in `dir`.
+    pub async fn start_in(dir: impl Into<PathBuf>) -> Result<Self, SandboxError> {
+        Self::start(SandboxConfig::new(dir)).await
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.dir.join("conf.db")
+    }
+
+    pub fn db_socket(&self) -> PathBuf {
+        self.config.dir.join("db.sock")
+    }
+
+    pub fn db_endpoint(&self) -> Endpoint {
+        Endpoint::Unix(self.db_socket())
+    }
+
+    /// A client configuration for this sandbox's database.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.db_endpoint())
+    }
+
+    /// The OpenFlow management socket of `bridge` (`unix:` this path).
+    pub fn mgmt_socket(&self, bridge: &str) -> PathBuf {
+        self.config.dir.join(format!("{bridge}.mgmt"))
+    }
+
+    pub fn pid_file(&self, daemon: Daemon) -> PathBuf {
+        self.config.dir.join(format!("{}.pid", daemon.stem()))
+    }
+
+    pub fn log_file(&self, daemon: Daemon) -> PathBuf {
+        self.config.dir.join(format!("{}.log", daemon.stem()))
+    }
+
+    pub fn unixctl_socket(&self, daemon: Daemon) -> PathBuf {
+        self.config.dir.join(format!("{}.ctl", daemon.stem()))
+    }
+
+    /// The pid of a daemon this sandbox started and that is still alive.
+    pub fn pid(&self, daemon: Daemon) -> Option<i32> {
+        self.lock_pids()[daemon.index()].filter(|&p| alive(p))
+    }
+
+    fn lock_pids(&self) -> std::sync::MutexGuard<'_, [Option<i32>; 2]> {
+        self.pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn command(&self, program: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        for var in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+            cmd.env(var, &self.config.dir);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(
+        &self,
+        program: &'static str,
+        mut cmd: tokio::process::Command,
+        path: &Path,
+        log: PathBuf,
+    ) -> Result<(), SandboxError> {
+        let run = tokio::time::timeout(self.config.timeout, cmd.output());
+        let output = match run.await {
+            Ok(out) => out.map_err(|source| SandboxError::Spawn {
+                program: path.to_path_buf(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(SandboxError::NotReady {
+                    daemon: program,
+                    timeout: self.config.timeout,
+                    log,
+                });
+            }
+        };
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(SandboxError::Failed {
+                program,
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                log,
+            })
+        }
+    }
+
+    async fn create_db(&self) -> Result<(), SandboxError> {
+        if self.db_path().exists() {
+            return Ok(());
+        }
+        if !self.config.schema.is_file() {
+            return Err(SandboxError::SchemaMissing(self.config.schema.clone()));
+        }
+        let mut cmd = self.command(&self.programs.ovsdb_tool);
+        cmd.arg("create")
+            .arg(self.db_path())
+            .arg(&self.config.schema);
+        self.run("ovsdb-tool", cmd, &self.programs.ovsdb_tool, self.db_path())
+            .await
+    }
+
+    async fn init_db(&self) -> Result<(), SandboxError> {
+        let socket = self.db_socket();
+        let mut config = self.client_config();
+        config.connect_timeout = self.config.timeout;
+        let client = OvsdbClient::connect(config)
+            .await
+            .map_err(|e| SandboxError::from((socket.clone(), e)))?;
+        client
+            .init_open_vswitch()
+            .await
+            .map_err(|source| SandboxError::InitDb {
+                socket,
+                source: Box::new(source),
+            })?;
+        Ok(())
+    }
+
+    /// Starts one daemon (no-op if it is running) and waits until it is ready.
+    pub async fn start_daemon(&self, daemon: Daemon) -> Result<(), SandboxError> {
+        if self.pid(daemon).is_some() {
+            return Ok(());
+        }
+        let dir = &self.config.dir;
+        let pid_file = self.pid_file(daemon);
+        let log = self.log_file(daemon);
+        let path = match daemon {
+            Daemon::OvsdbServer => &self.programs.ovsdb_server,
+            Daemon::Vswitchd => &self.programs.vswitchd,
+        };
+        let mut cmd = self.command(path);
+        match daemon {
+            Daemon::OvsdbServer => {
+                cmd.arg(self.db_path())
+                    .arg(arg("--remote=punix:", &self.db_socket()));
+            }
+            Daemon::Vswitchd => {
+                cmd.arg(arg("unix:", &self.db_socket()));
+            }
+        }
+        cmd.arg(arg("--pidfile=", &pid_file))
+            .arg("--detach")
+            .arg(arg("--log-file=", &log))
+            .arg(arg("--unixctl=", &self.unixctl_socket(daemon)));
+        // Kept open until the child has been spawned.
+        let _netns = match daemon {
+            Daemon::Vswitchd => set_netns_before_exec(&mut cmd, &self.config.netns)?,
+            Daemon::OvsdbServer => None,
+        };
+        tracing::debug!(daemon = daemon.program(), dir = %dir.display(), "starting");
+        self.run(daemon.program(), cmd, path, log.clone()).await?;
+        // --detach returns once the daemon is ready and has written its pid.
+        let pid = read_pid(&pid_file)
+            .filter(|&p| alive(p))
+            .ok_or(SandboxError::NotReady {
+                daemon: daemon.program(),
+                timeout: self.config.timeout,
+                log,
+            })?;
+        self.lock_pids()[daemon.index()] = Some(pid);
+        Ok(())
+    }
+
+    /// Stops a daemon with SIGTERM (SIGKILL after the timeout) and waits for
+    /// it to exit.
+    pub async fn stop_daemon(&self, daemon: Daemon) -> Result<(), SandboxError> {
+        self.signal_and_wait(daemon, libc::SIGTERM).await
+    }
+
+    /// Kills a daemon with SIGKILL (a crash, for tests) and waits for it.
+    pub async fn kill_daemon(&self, daemon: Daemon) -> Result<(), SandboxError> {
+        self.signal_and_wait(daemon, libc::SIGKILL).await
+    }
+
+    /// Stops (SIGTERM) and starts a daemon again with the same files.
+    pub async fn restart_daemon(&self, daemon: Daemon) -> Result<(), SandboxError> {
+        self.stop_daemon(daemon).await?;
+        self.start_daemon(daemon).await
+    }
+
+    async fn signal_and_wait(&self, daemon: Daemon, signal: i32) -> Result<(), SandboxError> {
+        let Some(pid) = self.lock_pids()[daemon.index()].take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.config.timeout;
+        send_signal(pid, signal);
+        let mut killed = signal == libc::SIGKILL;
+        while alive(pid) {
+            if Instant::now() >= deadline {
+                if killed {
+                    return Err(SandboxError::StopTimeout {
+                        daemon: daemon.program(),
+                        pid,
+                        timeout: self.config.timeout,
+                    });
+                }
+                tracing::warn!(
+                    daemon = daemon.program(),
+                    pid,
+                    "no exit after SIGTERM; sending SIGKILL"
+                );
+                send_signal(pid, libc::SIGKILL);
+                killed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops both daemons, ovs-vswitchd first.
+    pub async fn stop(&self) -> Result<(), SandboxError> {
+        self.stop_daemon(Daemon::Vswitchd).await?;
+        self.stop_daemon(Daemon::OvsdbServer).await
+    }
+}
+
+impl Drop for OvsSandbox {
+    fn drop(&mut self) {
+        // Synchronous: Drop may run outside any runtime or on a runtime thread
+        // that is shutting down.
+        let pids = *self.lock_pids();
+        for daemon in [Daemon::Vswitchd, Daemon::OvsdbServer] {
+            let Some(pid) = pids[daemon.index()] else {
+                continue;
+            };
+            send_signal(pid, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if alive(pid) {
+                send_signal(pid, libc::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
+
+fn arg(prefix: &str, path: &Path) -> std::ffi::OsString {
+    let mut s = std::ffi::OsString::from(prefix);
+    s.push(path.as_os_str());
+    s
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// True while the process exists and is not a zombie (a detached daemon is
+/// not our child, so whoever adopted it may reap it late or never).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a positive
+    // pid read from a pid file this sandbox's daemon wrote.
+    if pid > 0 && unsafe { libc::kill(pid, signal) } != 0 {
+        tracing::debug!(pid, signal, error = %std::io::Error::last_os_error(), "kill failed");
+    }
+}
+
+/// Makes the child switch network namespace before exec. Returns the open
+/// namespace file, which must stay open until the child is spawned.
+fn set_netns_before_exec(
+    cmd: &mut tokio::process::Command,
+    netns: &Netns,
+) -> Result<Option<File>, SandboxError> {
+    let path = match netns {
+        Netns::Host => return Ok(None),
+        Netns::Private => {
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls unshare(2), which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::unshare(libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+            return Ok(None);
+        }
+        Netns::Path(path) => path,
+    };
+    let file = File::open(path).map_err(|source| SandboxError::Netns {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let fd = file.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setns(2), which is async-signal-safe; `fd` stays open in the parent
+    // (the returned File) until the spawn has completed.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(Some(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn missing_program_names_the_package() {
+        let err = find_program("definitely-not-ovs", Some(Path::new("/nonexistent"))).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("definitely-not-ovs"), "{text}");
+        assert!(
+            text.contains("apt-get install openvswitch-switch"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn own_process_is_alive_and_bogus_pid_is_not() {
+        assert!(alive(std::process::id() as i32));
+        assert!(!alive(i32::MAX));
+    }
+
+    #[test]
+    fn paths_follow_rig_layout() {
+        let sandbox = OvsSandbox {
+            config: SandboxConfig::new("/tmp/x"),
+            programs: Programs {
+                ovsdb_server: "ovsdb-server".into(),
+                vswitchd: "ovs-vswitchd".into(),
+                ovsdb_tool: "ovsdb-tool".into(),
+            },
+            pids: Mutex::new([None, None]),
+        };
+        assert_eq!(sandbox.db_socket(), Path::new("/tmp/x/db.sock"));
+        assert_eq!(
+            sandbox.mgmt_socket("br-int"),
+            Path::new("/tmp/x/br-int.mgmt")
+        );
+        assert_eq!(
+            sandbox.pid_file(Daemon::Vswitchd),
+            Path::new("/tmp/x/vswitchd.pid")
+        );
+        assert_eq!(
+            sandbox.log_file(Daemon::OvsdbServer),
+            Path::new("/tmp/x/ovsdb.log")
+        );
+        assert_eq!(
+            sandbox.unixctl_socket(Daemon::OvsdbServer).file_name(),
+            Some(OsStr::new("ovsdb.ctl"))
+        );
+    }
+}
