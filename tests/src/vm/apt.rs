@@ -161,6 +161,26 @@ pub(crate) fn resolve(roots: &[String]) -> Result<Vec<PackageInfo>, VmError> {
     Ok(found.into_values().collect())
 }
 
+/// Removes run and download folders a killed test process left behind
+/// (older than a day, so no live run loses its files).
+fn remove_stale(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Hash of `roots` and the size and mtime of every apt list file: changes
 /// when `apt-get update` brings new lists.
 fn lists_fingerprint(roots: &[String]) -> u64 {
@@ -219,6 +239,7 @@ impl PackageCache {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(VmError::io("creating cache folder", &dir))?;
         }
+        remove_stale(&root.join("tmp"));
         Ok(PackageCache {
             root: root.to_path_buf(),
         })

@@ -6,6 +6,7 @@
 //! firmware); the verdict is cached per host kernel, QEMU and guest kernel.
 //! `DPU_VM_ACCEL=tcg|kvm` overrides the probe.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -171,6 +172,17 @@ impl QemuProcess {
             .try_clone()
             .map_err(VmError::io("creating QEMU log", log))?;
         cmd.stdin(Stdio::null()).stdout(file).stderr(file2);
+        // SAFETY: prctl is async-signal-safe and touches only the child. It
+        // makes the kernel kill QEMU if the test process dies without
+        // running destructors (SIGKILL, abort).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let command = apt::describe(&cmd);
         let child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {

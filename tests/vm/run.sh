@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# CI's VM stage: prepares the host (tests/vm/setup.sh), builds the static
+# probe binaries copied into guests, then runs the VM tests one at a time
+# (each boots Debian's kernel under QEMU TCG; ~10-40 s per boot on 2 cores).
+# Extra arguments go to the test binaries, e.g. `tests/vm/run.sh igb`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+bash tests/vm/setup.sh
+
+start=$(date +%s)
+cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin ktls-probe
+DPU_VM_TESTS=1 cargo test -p dpu-tests --test vm_smoke --test vm_harness -- --test-threads=1 "$@"
+echo "VM stage took $(( $(date +%s) - start )) s"
