@@ -1,1 +1,151 @@
-fn main() {}
+//! `dpu-agent`: the DPU control-plane daemon. `run` is production; `dev`
+//! runs on embedded defaults with a generated PKI (and a private Open vSwitch
+//! when installed) for trying it out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use dpu_agent::config::{Config, FileConfig, Flags, LogFormat, Mode};
+use dpu_agent::{agent, dev};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "dpu-agent", version, about = "The DPU control-plane agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run in production from a config file.
+    Run {
+        /// The TOML config file (see config.sample.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        common: CommonFlags,
+    },
+    /// Run on embedded defaults: a generated PKI in STATE_DIR/pki, a private
+    /// Open vSwitch in STATE_DIR/ovs, listening on 127.0.0.1:9443.
+    Dev {
+        #[command(flatten)]
+        common: CommonFlags,
+        /// Do not start a private Open vSwitch.
+        #[arg(long)]
+        no_ovs: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct CommonFlags {
+    /// Where the mTLS API listens.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Also serve plain HTTP on this loopback address (every caller is the
+    /// fleet controller).
+    #[arg(long)]
+    insecure_listen: Option<SocketAddr>,
+    /// The store and, in dev mode, the PKI and OVS.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    trust_domain: Option<String>,
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// A tracing filter such as `info` or `dpu_agent=debug`.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+impl CommonFlags {
+    fn into_flags(self) -> Flags {
+        Flags {
+            listen: self.listen,
+            insecure_listen: self.insecure_listen,
+            state_dir: self.state_dir,
+            trust_domain: self.trust_domain,
+            log_format: self.log_format,
+            log_level: self.log_level,
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Turns SIGTERM and SIGINT into the shutdown signal.
+fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<()> {
+    let env = |k: &str| std::env::var(k).ok();
+    match cli.command {
+        Command::Run { config, common } => {
+            let file = match &config {
+                Some(path) => Config::read_file(path)?,
+                None => FileConfig::default(),
+            };
+            let cfg = Config::resolve(Mode::Run, file, &env, common.into_flags())?;
+            init_logging(&cfg);
+            let shutdown = shutdown_on_signals()?;
+            agent::run(&cfg, agent::default_controllers(), shutdown).await?;
+        }
+        Command::Dev { common, no_ovs } => {
+            let cfg = Config::resolve(Mode::Dev, FileConfig::default(), &env, common.into_flags())?;
+            init_logging(&cfg);
+            let shutdown = shutdown_on_signals()?;
+            let bootstrap = dev::bootstrap(&cfg, !no_ovs).await?;
+            println!("{}", bootstrap.banner(&cfg));
+            let result = agent::run(&cfg, agent::default_controllers(), shutdown).await;
+            drop(bootstrap);
+            result?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dpu-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_async(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dpu-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

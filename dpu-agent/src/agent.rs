@@ -1,0 +1,125 @@
+//! Wires the agent together: store, controllers, reconcile engine and API
+//! listeners, all stopped by one shutdown signal and joined before return.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::reconcile::engine::{Controllers, Engine};
+use crate::reconcile::tenants::Tenants;
+use crate::reconcile::unavailable::Unavailable;
+use crate::reconcile::{Context, Controller};
+use crate::server::ops::Metrics;
+use crate::server::{self, AgentInfo, AppState, Listener};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot open the store in {dir}")]
+    Store {
+        dir: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot load the API's TLS identity")]
+    Tls(#[from] server::tls::TlsError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The controllers of this build: tenants for real; every other kind stays
+/// `Pending` with `BackendUnavailable` until its backend is wired in.
+pub fn default_controllers() -> Vec<Arc<dyn Controller>> {
+    let mut list: Vec<Arc<dyn Controller>> = vec![Arc::new(Tenants)];
+    for kind in dpu_api::Kind::ALL.into_iter().filter(|k| !k.is_tenant()) {
+        list.push(Arc::new(Unavailable::for_kind(kind)));
+    }
+    list
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(
+    cfg: &Config,
+    controllers: Vec<Arc<dyn Controller>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let store = Arc::new(
+        Store::open(&cfg.state_dir).map_err(|source| AgentError::Store {
+            dir: cfg.state_dir.display().to_string(),
+            source,
+        })?,
+    );
+    tracing::info!(state_dir = %cfg.state_dir.display(), revision = store.revision(), objects = store.all().len(), "store opened");
+    let ctx = Context {
+        store: store.clone(),
+    };
+    let engine = Engine::new(ctx, Controllers::new(controllers)).with_resync(cfg.resync);
+    let state = AppState {
+        store,
+        controllers: engine.controllers(),
+        engine: engine.stats(),
+        metrics: Arc::new(Metrics::default()),
+        info: Arc::new(AgentInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            mode: cfg.mode.name(),
+            hostname: hostname(),
+            trust_domain: cfg.trust_domain.clone(),
+        }),
+        shutdown: shutdown.clone(),
+    };
+    let router = server::router(state);
+
+    let tls = Arc::new(server::tls::server_config(&cfg.tls)?);
+    let tcp = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    tracing::info!(addr = %tcp.local_addr().unwrap_or(cfg.listen), trust_domain = %cfg.trust_domain, "API listening (mutual TLS)");
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server::serve(
+        tcp,
+        Listener::Tls {
+            config: tls,
+            trust_domain: cfg.trust_domain.clone(),
+        },
+        router.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(addr) = cfg.insecure_listen {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr, source })?;
+        tracing::warn!(%addr, "plain-HTTP API listening on loopback: every caller is the fleet controller");
+        tasks.spawn(server::serve(
+            tcp,
+            Listener::InsecureLoopback,
+            router,
+            shutdown.clone(),
+        ));
+    }
+    let engine_task = tokio::spawn(engine.run(shutdown));
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(e)) = joined {
+            result = Err(AgentError::Serve(e));
+        }
+    }
+    let _ = engine_task.await;
+    result
+}

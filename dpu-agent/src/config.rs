@@ -1,0 +1,349 @@
+//! The agent's configuration, resolved in one place with the precedence
+//! defaults < config file < environment (`DPU_AGENT_*`) < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::server::tls::TlsFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{name}={value:?} is invalid: {why}")]
+    Env {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the agent runs: `run` (production) or `dev` (embedded defaults, a
+/// private OVS, a generated PKI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    Dev,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Dev => "dev",
+        }
+    }
+}
+
+/// The config file (TOML). Every field is optional; see
+/// `dpu-agent/config.sample.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub insecure_listen: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub trust_domain: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub resync_seconds: Option<u64>,
+    #[serde(default)]
+    pub tls: TlsFileConfig,
+    #[serde(default)]
+    pub ovs: OvsFileConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvsFileConfig {
+    pub db: Option<String>,
+    pub bridge: Option<String>,
+    pub datapath_type: Option<String>,
+    pub hw_offload: Option<bool>,
+}
+
+/// Flags that override everything else (set by the binary's clap parser).
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub listen: Option<SocketAddr>,
+    pub insecure_listen: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub trust_domain: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+/// Open vSwitch settings for the network backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OvsConfig {
+    /// The OVSDB socket, `unix:/path` or `tcp:ip:port`.
+    pub db: String,
+    pub bridge: String,
+    pub datapath_type: String,
+    pub hw_offload: bool,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub listen: SocketAddr,
+    pub insecure_listen: Option<SocketAddr>,
+    pub state_dir: PathBuf,
+    pub trust_domain: String,
+    pub tls: TlsFiles,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub resync: Duration,
+    pub ovs: OvsConfig,
+}
+
+/// The dev state directory when none is given: `$DPU_STATE_DIR`, else
+/// `$HOME/.local/state/dpu-agent/dev`.
+pub fn default_dev_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DPU_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/state/dpu-agent/dev")
+}
+
+impl Config {
+    /// Reads the config file, if any.
+    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Resolves defaults < `file` < `env` < `flags`. `env` looks up an
+    /// environment variable (a parameter so tests need not touch the real
+    /// environment).
+    pub fn resolve(
+        mode: Mode,
+        file: FileConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: Flags,
+    ) -> Result<Config, ConfigError> {
+        fn env_parse<T: std::str::FromStr>(
+            env: &dyn Fn(&str) -> Option<String>,
+            name: &'static str,
+        ) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match env(name) {
+                None => Ok(None),
+                Some(v) => v.parse::<T>().map(Some).map_err(|e| ConfigError::Env {
+                    name,
+                    value: v.clone(),
+                    why: e.to_string(),
+                }),
+            }
+        }
+        let (default_listen, default_state) = match mode {
+            Mode::Run => ("0.0.0.0:9443", PathBuf::from("/var/lib/dpu-agent")),
+            Mode::Dev => ("127.0.0.1:9443", default_dev_state_dir()),
+        };
+        let listen = flags
+            .listen
+            .or(env_parse::<SocketAddr>(env, "DPU_AGENT_LISTEN")?)
+            .or(file.listen)
+            .unwrap_or_else(|| {
+                default_listen
+                    .parse()
+                    .expect("default listen address parses")
+            });
+        let insecure_listen = flags
+            .insecure_listen
+            .or(env_parse::<SocketAddr>(env, "DPU_AGENT_INSECURE_LISTEN")?)
+            .or(file.insecure_listen);
+        if let Some(addr) = insecure_listen {
+            crate::server::check_insecure_addr(addr).map_err(ConfigError::Invalid)?;
+        }
+        let state_dir = flags
+            .state_dir
+            .or(env("DPU_AGENT_STATE_DIR").map(PathBuf::from))
+            .or(file.state_dir)
+            .unwrap_or(default_state);
+        let trust_domain = flags
+            .trust_domain
+            .or(env("DPU_AGENT_TRUST_DOMAIN"))
+            .or(file.trust_domain)
+            .unwrap_or_else(|| dpu_api::identity::DEFAULT_TRUST_DOMAIN.to_string());
+        if trust_domain.is_empty() || trust_domain.contains('/') {
+            return Err(ConfigError::Invalid(format!(
+                "trust domain {trust_domain:?} must be a bare name like dpu.local"
+            )));
+        }
+        let log_format = match flags.log_format {
+            Some(f) => f,
+            None => match env("DPU_AGENT_LOG_FORMAT").as_deref() {
+                Some("json") => LogFormat::Json,
+                Some("text") => LogFormat::Text,
+                Some(other) => {
+                    return Err(ConfigError::Env {
+                        name: "DPU_AGENT_LOG_FORMAT",
+                        value: other.to_string(),
+                        why: "expected text or json".into(),
+                    });
+                }
+                None => file.log_format.unwrap_or(LogFormat::Text),
+            },
+        };
+        let log_level = flags
+            .log_level
+            .or(env("DPU_AGENT_LOG_LEVEL"))
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".to_string());
+        let resync = Duration::from_secs(
+            env_parse::<u64>(env, "DPU_AGENT_RESYNC_SECONDS")?
+                .or(file.resync_seconds)
+                .unwrap_or(30)
+                .max(1),
+        );
+        // In dev mode the PKI lives in the state directory; in production
+        // it is provisioned under /etc/dpu-agent/pki.
+        let pki = match mode {
+            Mode::Dev => state_dir.join("pki"),
+            Mode::Run => PathBuf::from("/etc/dpu-agent/pki"),
+        };
+        let tls = TlsFiles {
+            cert: env("DPU_AGENT_TLS_CERT")
+                .map(PathBuf::from)
+                .or(file.tls.cert)
+                .unwrap_or_else(|| pki.join("server.pem")),
+            key: env("DPU_AGENT_TLS_KEY")
+                .map(PathBuf::from)
+                .or(file.tls.key)
+                .unwrap_or_else(|| pki.join("server-key.pem")),
+            client_ca: env("DPU_AGENT_TLS_CLIENT_CA")
+                .map(PathBuf::from)
+                .or(file.tls.client_ca)
+                .unwrap_or_else(|| pki.join("ca.pem")),
+        };
+        let default_db = match mode {
+            Mode::Dev => format!("unix:{}", state_dir.join("ovs/db.sock").display()),
+            Mode::Run => "unix:/var/run/openvswitch/db.sock".to_string(),
+        };
+        let ovs = OvsConfig {
+            db: env("DPU_AGENT_OVS_DB")
+                .or(file.ovs.db)
+                .unwrap_or(default_db),
+            bridge: file.ovs.bridge.unwrap_or_else(|| "br-int".to_string()),
+            datapath_type: file.ovs.datapath_type.unwrap_or_else(|| match mode {
+                Mode::Dev => "netdev".to_string(),
+                Mode::Run => "system".to_string(),
+            }),
+            hw_offload: file.ovs.hw_offload.unwrap_or(mode == Mode::Run),
+        };
+        Ok(Config {
+            mode,
+            listen,
+            insecure_listen,
+            state_dir,
+            trust_domain,
+            tls,
+            log_format,
+            log_level,
+            resync,
+            ovs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let none = env_of(&[]);
+        let c = Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(c.trust_domain, "dpu.local");
+
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:1000\"\ntrust_domain = \"file.td\"").unwrap();
+        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        assert_eq!(c.listen.port(), 1000);
+        assert_eq!(c.trust_domain, "file.td");
+
+        let env = env_of(&[("DPU_AGENT_LISTEN", "127.0.0.1:2000")]);
+        let c = Config::resolve(Mode::Run, file.clone(), &env, Flags::default()).unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.trust_domain, "file.td");
+
+        let flags = Flags {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            ..Flags::default()
+        };
+        let c = Config::resolve(Mode::Run, file, &env, flags).unwrap();
+        assert_eq!(c.listen.port(), 3000);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let env = env_of(&[("DPU_AGENT_LISTEN", "nope")]);
+        let err =
+            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("DPU_AGENT_LISTEN"), "{err}");
+        let flags = Flags {
+            insecure_listen: Some("0.0.0.0:80".parse().unwrap()),
+            ..Flags::default()
+        };
+        assert!(Config::resolve(Mode::Run, FileConfig::default(), &env_of(&[]), flags).is_err());
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_sample_config_parses() {
+        let text = include_str!("../config.sample.toml");
+        let file: FileConfig = toml::from_str(text).expect("config.sample.toml parses");
+        Config::resolve(Mode::Run, file, &env_of(&[]), Flags::default()).unwrap();
+    }
+}

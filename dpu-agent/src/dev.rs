@@ -1,0 +1,93 @@
+//! `dpu-agent dev`: the embedded default of API.md. Generates the PKI in
+//! `STATE_DIR/pki/`, starts a private Open vSwitch (ovsdb-server and
+//! ovs-vswitchd, userspace datapath) in `STATE_DIR/ovs/` when the programs
+//! are installed, and prints how to talk to the agent.
+
+use net_offload::sandbox::{OvsSandbox, SandboxConfig, SandboxError};
+
+use crate::config::Config;
+use crate::pki::{self, DevPki, PkiError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("cannot create the dev PKI")]
+    Pki(#[from] PkiError),
+    #[error("cannot start the private Open vSwitch")]
+    Ovs(#[source] SandboxError),
+}
+
+/// What dev mode set up; dropping it stops the private Open vSwitch.
+#[derive(Debug)]
+pub struct DevBootstrap {
+    pub pki: DevPki,
+    pub ovs: Option<OvsSandbox>,
+    /// Why there is no OVS, when there is none.
+    pub ovs_note: Option<String>,
+}
+
+/// Sets up the PKI and, with `want_ovs`, the private Open vSwitch.
+pub async fn bootstrap(cfg: &Config, want_ovs: bool) -> Result<DevBootstrap, DevError> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let listen_ip = cfg.listen.ip().to_string();
+    let mut names = vec!["localhost", "127.0.0.1", "::1", listen_ip.as_str()];
+    if !host.is_empty() {
+        names.push(host.as_str());
+    }
+    names.dedup();
+    let pki = pki::ensure_dev_pki(&cfg.state_dir.join("pki"), &cfg.trust_domain, &names)?;
+    let (ovs, ovs_note) = if want_ovs {
+        match OvsSandbox::start(SandboxConfig::new(cfg.state_dir.join("ovs"))).await {
+            Ok(s) => (Some(s), None),
+            Err(SandboxError::NotInstalled { program }) => {
+                let note = format!(
+                    "{program} is not installed, so no private Open vSwitch runs; install it with `apt-get install openvswitch-switch` (the network backend needs it)"
+                );
+                tracing::warn!("{note}");
+                (None, Some(note))
+            }
+            Err(e) => return Err(DevError::Ovs(e)),
+        }
+    } else {
+        (None, Some("--no-ovs: no private Open vSwitch".to_string()))
+    };
+    Ok(DevBootstrap { pki, ovs, ovs_note })
+}
+
+impl DevBootstrap {
+    /// What to print for the person who started dev mode.
+    pub fn banner(&self, cfg: &Config) -> String {
+        let ca = self.pki.ca();
+        let (cert, key) = self.pki.admin();
+        let url = format!("https://{}", cfg.listen);
+        let default_dir = crate::config::default_dev_state_dir() == cfg.state_dir;
+        let export = if default_dir {
+            String::new()
+        } else {
+            format!("    export DPU_STATE_DIR={}\n", cfg.state_dir.display())
+        };
+        let server = if cfg.listen.to_string() == "127.0.0.1:9443" {
+            String::new()
+        } else {
+            format!("    export DPU_SERVER={url}\n")
+        };
+        let ovs = match (&self.ovs, &self.ovs_note) {
+            (Some(s), _) => format!(
+                "private Open vSwitch in {} (OVSDB {})",
+                s.dir().display(),
+                s.db_socket().display()
+            ),
+            (None, Some(note)) => note.clone(),
+            (None, None) => "no private Open vSwitch".to_string(),
+        };
+        format!(
+            "dpu-agent dev: state in {state}\n  API {url} (mutual TLS), identities in {pki}\n  {ovs}\n\nTalk to it:\n    curl --cacert {ca} --cert {cert} --key {key} {url}/v1/tenants\n{export}{server}    dpuctl apply -f examples/demo-tenant.yaml\n    dpuctl get tenants\n",
+            state = cfg.state_dir.display(),
+            pki = self.pki.dir.display(),
+            ca = ca.display(),
+            cert = cert.display(),
+            key = key.display(),
+        )
+    }
+}

@@ -1,0 +1,325 @@
+//! The level-triggered work queue that drives every controller.
+//!
+//! Keys enter the queue when their object changes, when an object they
+//! depend on changes, at start, and at every periodic resync; a key is
+//! processed by reading the object's *current* state, so how many events led
+//! to it does not matter. A failed reconcile is retried with exponential
+//! backoff (100 ms doubling to 60 s). Status is written back only when it
+//! changed, and only if the object's generation did not move meanwhile.
+//! A deleting object is removed once its controller says it is finalized and
+//! nothing references it any more.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dpu_api::Kind;
+use dpu_api::object::{ConditionStatus, EventType, ObjectKey, Phase};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use super::{Context, Controller, Outcome, ReconcileError, condition};
+use crate::admission;
+use crate::store::{StoreError, StoredObject};
+
+/// How often every object is reconciled even without a change.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The controllers, by kind.
+#[derive(Clone, Default)]
+pub struct Controllers(HashMap<Kind, Arc<dyn Controller>>);
+
+impl std::fmt::Debug for Controllers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Controllers {
+    pub fn new(list: Vec<Arc<dyn Controller>>) -> Self {
+        Controllers(list.into_iter().map(|c| (c.kind(), c)).collect())
+    }
+
+    pub fn get(&self, kind: Kind) -> Option<&Arc<dyn Controller>> {
+        self.0.get(&kind)
+    }
+
+    /// Every backend a controller drives, with whether it is connected.
+    pub fn backends(&self) -> BTreeMap<String, bool> {
+        self.0.values().filter_map(|c| c.backend()).collect()
+    }
+}
+
+/// What `/readyz` and `/metrics` read of the engine.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub initial_sync_done: AtomicBool,
+    pub reconciles: AtomicU64,
+    pub failures: AtomicU64,
+    pub queue_len: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    ctx: Context,
+    controllers: Controllers,
+    stats: Arc<EngineStats>,
+    resync: Duration,
+}
+
+/// Exponential backoff after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1).min(20))
+        .unwrap_or(u32::MAX);
+    BACKOFF_MIN.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+struct Queue {
+    due: BTreeMap<ObjectKey, Instant>,
+    failures: HashMap<ObjectKey, u32>,
+}
+
+impl Queue {
+    fn add(&mut self, key: ObjectKey, at: Instant) {
+        let slot = self.due.entry(key).or_insert(at);
+        if at < *slot {
+            *slot = at;
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
+    fn take_due(&mut self, now: Instant) -> Vec<ObjectKey> {
+        let ready: Vec<ObjectKey> = self
+            .due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &ready {
+            self.due.remove(k);
+        }
+        ready
+    }
+}
+
+impl Engine {
+    pub fn new(ctx: Context, controllers: Controllers) -> Self {
+        Engine {
+            ctx,
+            controllers,
+            stats: Arc::default(),
+            resync: DEFAULT_RESYNC,
+        }
+    }
+
+    pub fn with_resync(mut self, every: Duration) -> Self {
+        self.resync = every;
+        self
+    }
+
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.stats.clone()
+    }
+
+    pub fn controllers(&self) -> Controllers {
+        self.controllers.clone()
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut events = self.ctx.store.subscribe();
+        let mut queue = Queue {
+            due: BTreeMap::new(),
+            failures: HashMap::new(),
+        };
+        self.enqueue_all(&mut queue);
+        let mut resync = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
+        let mut first_pass = true;
+        loop {
+            self.stats
+                .queue_len
+                .store(queue.due.len() as u64, Ordering::Relaxed);
+            if first_pass && queue.due.is_empty() {
+                first_pass = false;
+                self.stats.initial_sync_done.store(true, Ordering::Relaxed);
+            }
+            let sleep_until = queue
+                .next_due()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.on_event(&mut queue, ev.type_, ev.object.key(), &ev.object.tenant),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.enqueue_all(&mut queue),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = resync.tick() => self.enqueue_all(&mut queue),
+                _ = tokio::time::sleep_until(sleep_until) => {
+                    for key in queue.take_due(Instant::now()) {
+                        self.process(&mut queue, key).await;
+                        if *shutdown.borrow() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("reconcile engine stopped");
+    }
+
+    fn enqueue_all(&self, queue: &mut Queue) {
+        let now = Instant::now();
+        for obj in self.ctx.store.all() {
+            queue.add(obj.key(), now);
+        }
+    }
+
+    fn on_event(&self, queue: &mut Queue, type_: EventType, key: ObjectKey, tenant: &str) {
+        if type_ == EventType::Status {
+            return;
+        }
+        let now = Instant::now();
+        // A changed spec resets the backoff: the new spec may well work.
+        queue.failures.remove(&key);
+        let kind = key.kind;
+        queue.add(key, now);
+        if !kind.is_tenant() {
+            // The tenant counts what it owns.
+            queue.add(ObjectKey::new(Kind::Tenant, tenant), now);
+        }
+        if type_ == EventType::Deleted {
+            // Deleting objects may have been waiting for this one to go.
+            for obj in self
+                .ctx
+                .store
+                .all()
+                .iter()
+                .filter(|o| o.deleting && o.tenant == tenant)
+            {
+                queue.add(obj.key(), now);
+            }
+        }
+    }
+
+    async fn process(&self, queue: &mut Queue, key: ObjectKey) {
+        let Some(obj) = self.ctx.store.get(&key) else {
+            return;
+        };
+        let Some(ctrl) = self.controllers.get(key.kind).cloned() else {
+            return;
+        };
+        if obj.deleting && self.still_referenced(&obj) {
+            // Torn down after what references it; its deletion event requeues us.
+            queue.add(key, Instant::now() + Duration::from_secs(5));
+            return;
+        }
+        self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        let result = ctrl.reconcile(&self.ctx, &obj).await;
+        match result {
+            Ok(outcome) => {
+                queue.failures.remove(&key);
+                if let Some(after) = outcome.requeue_after {
+                    queue.add(key.clone(), Instant::now() + after);
+                }
+                if let Err(e) = self.write_back(&obj, outcome) {
+                    tracing::error!(object = %key, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    queue.add(key, Instant::now() + backoff(1));
+                }
+            }
+            Err(err) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let n = queue.failures.entry(key.clone()).or_insert(0);
+                *n += 1;
+                let delay = backoff(*n);
+                tracing::warn!(object = %key, reason = %err.reason, message = %err.message, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                queue.add(key.clone(), Instant::now() + delay);
+                if let Err(e) = self.write_failure(&obj, &err) {
+                    tracing::error!(object = %key, error = %crate::server::error::error_chain(&e), "cannot record status");
+                }
+            }
+        }
+    }
+
+    fn still_referenced(&self, obj: &StoredObject) -> bool {
+        let key = obj.key();
+        self.ctx
+            .store
+            .transact(|txn| {
+                Ok::<_, StoreError>(!admission::referrers(txn, &key, &obj.tenant, true).is_empty())
+            })
+            .map(|(r, _)| r)
+            .unwrap_or(true)
+    }
+
+    fn write_back(&self, seen: &StoredObject, outcome: Outcome) -> Result<(), StoreError> {
+        let key = seen.key();
+        let mut status = outcome.status;
+        status.observed_generation = seen.generation;
+        if seen.deleting {
+            status.phase = Phase::Deleting;
+        }
+        self.ctx.store.transact(|txn| {
+            let Some(current) = txn.get(&key) else {
+                return Ok::<_, StoreError>(());
+            };
+            // A newer generation will be reconciled on its own.
+            if current.generation != seen.generation || current.deleting != seen.deleting {
+                return Ok(());
+            }
+            if seen.deleting && outcome.finalized {
+                txn.remove(&key);
+            } else if current.status != status {
+                txn.set_status(&key, status);
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn write_failure(&self, seen: &StoredObject, err: &ReconcileError) -> Result<(), StoreError> {
+        let mut status = seen.status.clone();
+        status.phase = match (seen.deleting, status.phase) {
+            (true, _) => Phase::Deleting,
+            (false, Phase::Ready | Phase::Degraded) => Phase::Degraded,
+            (false, _) => Phase::Pending,
+        };
+        status.set_condition(condition(
+            "Programmed",
+            ConditionStatus::False,
+            &err.reason,
+            err.message.clone(),
+        ));
+        let outcome = Outcome {
+            status,
+            finalized: false,
+            requeue_after: None,
+        };
+        self.write_back(seen, outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(1600));
+        assert_eq!(backoff(30), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,72 @@
+//! The tenants controller: counts what each tenant owns into
+//! `status.usage` and reports the tenant `Ready`. Quotas are enforced at
+//! admission (see `admission::admit_put`); a tenant that still owns objects
+//! cannot be deleted (409 at admission).
+
+use dpu_api::Kind;
+use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
+use serde_json::{Map, Value};
+
+use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use crate::store::StoredObject;
+
+#[derive(Debug, Clone, Default)]
+pub struct Tenants;
+
+/// Usage counts of one tenant, by kind path (`functions`, `volumes`, ...).
+pub fn usage(ctx: &Context, tenant: &str) -> Map<String, Value> {
+    let mut usage = Map::new();
+    for kind in Kind::ALL.into_iter().filter(|k| !k.is_tenant()) {
+        let n = ctx.store.list(kind, Some(tenant)).len();
+        usage.insert(kind.path().replace('-', "_"), Value::from(n));
+    }
+    usage
+}
+
+impl Controller for Tenants {
+    fn kind(&self) -> Kind {
+        Kind::Tenant
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        ctx: &'a Context,
+        obj: &'a StoredObject,
+    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+        Box::pin(async move {
+            let mut status = obj.status.clone();
+            let usage = usage(ctx, &obj.id);
+            let owned: u64 = usage.values().filter_map(Value::as_u64).sum();
+            status.fields.insert("usage".into(), Value::Object(usage));
+            if obj.deleting {
+                // Admission refused the delete while objects existed; objects
+                // still being torn down hold the tenant until they are gone.
+                return Ok(Outcome {
+                    status,
+                    finalized: owned == 0,
+                    requeue_after: None,
+                });
+            }
+            status.phase = Phase::Ready;
+            status.set_condition(condition(
+                "Ready",
+                ConditionStatus::True,
+                "UsageCounted",
+                format!("owns {owned} objects"),
+            ));
+            Ok(Outcome {
+                status,
+                finalized: false,
+                requeue_after: None,
+            })
+        })
+    }
+
+    fn plan(&self, _ctx: &Context, obj: &StoredObject, outcome: WriteOutcome) -> Vec<String> {
+        match outcome {
+            WriteOutcome::Deleted => vec![format!("forget tenant {}", obj.id)],
+            WriteOutcome::Unchanged => Vec::new(),
+            _ => vec![format!("record tenant {} and count its usage", obj.id)],
+        }
+    }
+}

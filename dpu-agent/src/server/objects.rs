@@ -1,0 +1,446 @@
+//! `PUT/GET/DELETE /v1/{kind}/{id}`, `GET /v1/{kind}`, `POST /v1/apply` and
+//! `POST /v1/plan`.
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use dpu_api::object::{
+    ApplyRequest, ApplyResponse, ApplyResult, ObjectKey, ObjectList, PlanResponse, PlannedObject,
+    PutBody, WriteOutcome,
+};
+use dpu_api::{Kind, Problem};
+use serde::Deserialize;
+
+use super::AppState;
+use super::authz::{Caller, Operation, authorize};
+use super::body::{Body, json_with_revision, parse_json};
+use super::error::ApiError;
+use crate::admission::{self, Admitted, PutRequest};
+use crate::reconcile::Context;
+use crate::store::{StoreError, Txn};
+
+/// Store errors and problems, in one error type for `transact` closures.
+#[derive(Debug)]
+pub(crate) enum TxError {
+    Problem(Problem),
+    Store(StoreError),
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
+impl From<Problem> for TxError {
+    fn from(p: Problem) -> Self {
+        TxError::Problem(p)
+    }
+}
+
+impl From<TxError> for ApiError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Problem(p) => ApiError(p),
+            TxError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
+pub(crate) fn parse_kind(path: &str) -> Result<Kind, ApiError> {
+    Kind::from_path(path).ok_or_else(|| {
+        ApiError(Problem::new(
+            404,
+            format!("no such kind {path:?}; kinds are tenants, functions, networks, ports, endpoints, volumes, ipsec-tunnels, tls-listeners"),
+        ))
+    })
+}
+
+/// Runs a store write off the async runtime: commits fsync.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError(Problem::new(
+            500,
+            "the write was interrupted; nothing was changed",
+        ))
+    })
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get("if-match") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError(Problem::new(
+                400,
+                "If-Match must be a generation in quotes, like \"3\"",
+            ))
+        })
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let if_match = if_match(&headers)?;
+    let put: PutBody = parse_json(&body)?;
+    if let Some(k) = &put.kind
+        && Kind::from_name(k) != Some(kind)
+        && Kind::from_path(k) != Some(kind)
+    {
+        let detail = format!("kind {k:?} does not match the path's {}", kind.name());
+        return Err(ApiError(Problem::new(422, detail).with_field("kind")));
+    }
+    if let Some(body_id) = &put.id
+        && body_id != &id
+    {
+        let detail = format!("id {body_id:?} does not match the path's {id:?}");
+        return Err(ApiError(Problem::new(422, detail).with_field("id")));
+    }
+    let tenant = put
+        .tenant
+        .clone()
+        .or_else(|| kind.is_tenant().then(|| id.clone()));
+    authorize(
+        &caller,
+        &Operation::Write {
+            kind,
+            tenant: tenant.as_deref().unwrap_or(""),
+        },
+    )?;
+    let store = state.store.clone();
+    let req = PutRequest {
+        kind,
+        id,
+        tenant,
+        spec: put.spec,
+        if_match,
+    };
+    let (admitted, rev) = blocking(move || {
+        store.transact(|txn| {
+            check_existing_owner(txn, &caller, &ObjectKey::new(kind, req.id.clone()))?;
+            Ok::<_, TxError>(admission::admit_put(txn, req, "")?)
+        })
+    })
+    .await??;
+    let obj = state.store.get(&admitted.key).map(|o| o.to_api());
+    let status = if admitted.outcome == WriteOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_with_revision(status, &obj, rev))
+}
+
+/// A tenant may not touch another tenant's object even under its own name.
+fn check_existing_owner(txn: &Txn<'_>, caller: &Caller, key: &ObjectKey) -> Result<(), Problem> {
+    if let Some(obj) = txn.get(key) {
+        authorize(
+            caller,
+            &Operation::Write {
+                kind: key.kind,
+                tenant: &obj.tenant,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let key = ObjectKey::new(kind, id);
+    match state.store.get(&key) {
+        Some(obj) => {
+            authorize(
+                &caller,
+                &Operation::Read {
+                    kind,
+                    tenant: &obj.tenant,
+                },
+            )?;
+            Ok(json_with_revision(
+                StatusCode::OK,
+                &obj.to_api(),
+                state.store.revision(),
+            ))
+        }
+        None => {
+            // Only callers who could read such an object learn it is absent.
+            if let Caller::Role(dpu_api::identity::Role::Tenant(t)) = &caller {
+                authorize(&caller, &Operation::Read { kind, tenant: t })?;
+            } else {
+                authorize(&caller, &Operation::List { kind, tenant: None })?;
+            }
+            Err(ApiError(Problem::new(404, format!("{key} does not exist"))))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub tenant: Option<String>,
+}
+
+/// The tenant a list or watch is restricted to: what was asked, or the
+/// caller's own tenant when a tenant asks for everything.
+pub(crate) fn effective_tenant(caller: &Caller, asked: Option<String>) -> Option<String> {
+    match (caller, asked) {
+        (_, Some(t)) => Some(t),
+        (Caller::Role(dpu_api::identity::Role::Tenant(t)), None) => Some(t.clone()),
+        (_, None) => None,
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let tenant = effective_tenant(&caller, q.tenant);
+    authorize(
+        &caller,
+        &Operation::List {
+            kind,
+            tenant: tenant.as_deref(),
+        },
+    )?;
+    let revision = state.store.revision();
+    let items = state
+        .store
+        .list(kind, tenant.as_deref())
+        .iter()
+        .map(|o| o.to_api())
+        .collect();
+    Ok(json_with_revision(
+        StatusCode::OK,
+        &ObjectList { revision, items },
+        revision,
+    ))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let key = ObjectKey::new(kind, id);
+    if state.store.get(&key).is_none() {
+        authorize(&caller, &Operation::List { kind, tenant: None }).or_else(|p| match &caller {
+            Caller::Role(dpu_api::identity::Role::Tenant(_)) if p.status == 403 => Ok(()),
+            _ => Err(p),
+        })?;
+        return Err(ApiError(Problem::new(404, format!("{key} does not exist"))));
+    }
+    let store = state.store.clone();
+    let k = key.clone();
+    let (_, rev) = blocking(move || {
+        store.transact(|txn| {
+            let Some(obj) = txn.get(&k) else {
+                return Err(TxError::Problem(Problem::new(
+                    404,
+                    format!("{k} does not exist"),
+                )));
+            };
+            authorize(
+                &caller,
+                &Operation::Write {
+                    kind,
+                    tenant: &obj.tenant,
+                },
+            )?;
+            admission::admit_delete(txn, &k)?;
+            Ok(())
+        })
+    })
+    .await??;
+    let obj = state.store.get(&key).map(|o| o.to_api());
+    Ok(json_with_revision(StatusCode::ACCEPTED, &obj, rev))
+}
+
+/// Admits every object of an apply body in dependency order (so references
+/// inside the batch resolve), then prunes. Any failure fails the whole batch.
+fn admit_apply(
+    txn: &mut Txn<'_>,
+    caller: &Caller,
+    req: &ApplyRequest,
+) -> Result<Vec<(Admitted, usize)>, TxError> {
+    let mut parsed = Vec::with_capacity(req.objects.len());
+    for (i, o) in req.objects.iter().enumerate() {
+        let kind = Kind::from_name(&o.kind)
+            .or_else(|| Kind::from_path(&o.kind))
+            .ok_or_else(|| {
+                Problem::new(422, format!("unknown kind {:?}", o.kind))
+                    .with_field(format!("objects[{i}].kind"))
+            })?;
+        if let Some(j) = req.objects[..i].iter().position(|p| {
+            p.id == o.id
+                && (Kind::from_name(&p.kind).or_else(|| Kind::from_path(&p.kind)) == Some(kind))
+        }) {
+            return Err(Problem::new(
+                422,
+                format!(
+                    "{} {:?} is listed twice (also objects[{j}])",
+                    kind.name(),
+                    o.id
+                ),
+            )
+            .with_field(format!("objects[{i}].id"))
+            .into());
+        }
+        let tenant = o
+            .tenant
+            .clone()
+            .or_else(|| kind.is_tenant().then(|| o.id.clone()));
+        authorize(
+            caller,
+            &Operation::Write {
+                kind,
+                tenant: tenant.as_deref().unwrap_or(""),
+            },
+        )?;
+        check_existing_owner(txn, caller, &ObjectKey::new(kind, o.id.clone()))?;
+        parsed.push((
+            i,
+            PutRequest {
+                kind,
+                id: o.id.clone(),
+                tenant,
+                spec: o.spec.clone(),
+                if_match: None,
+            },
+        ));
+    }
+    parsed.sort_by_key(|(i, r)| (Kind::ALL.iter().position(|k| *k == r.kind), *i));
+    let mut out = Vec::with_capacity(parsed.len());
+    for (i, req) in parsed {
+        let admitted = admission::admit_put(txn, req, &format!("objects[{i}]"))?;
+        out.push((admitted, i));
+    }
+    if let Some(prune) = &req.prune {
+        authorize(
+            caller,
+            &Operation::Write {
+                kind: Kind::Port,
+                tenant: &prune.tenant,
+            },
+        )?;
+        let listed: Vec<ObjectKey> = out.iter().map(|(a, _)| a.key.clone()).collect();
+        // Reverse dependency order: ports go before the networks they use.
+        for kind in Kind::ALL.into_iter().rev().filter(|k| !k.is_tenant()) {
+            for obj in txn.list(kind, Some(&prune.tenant)) {
+                let key = obj.key();
+                if obj.deleting || listed.contains(&key) {
+                    continue;
+                }
+                admission::admit_delete(txn, &key)?;
+                out.push((
+                    Admitted {
+                        key,
+                        tenant: obj.tenant.clone(),
+                        outcome: WriteOutcome::Deleted,
+                        generation: obj.generation,
+                    },
+                    usize::MAX,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn apply(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let req: ApplyRequest = parse_json(&body)?;
+    let store = state.store.clone();
+    let (admitted, revision) =
+        blocking(move || store.transact(|txn| admit_apply(txn, &caller, &req))).await??;
+    let mut results: Vec<(usize, ApplyResult)> = admitted
+        .into_iter()
+        .map(|(a, i)| {
+            (
+                i,
+                ApplyResult {
+                    kind: a.key.kind,
+                    id: a.key.id,
+                    outcome: a.outcome,
+                    generation: a.generation,
+                },
+            )
+        })
+        .collect();
+    results.sort_by_key(|(i, _)| *i);
+    let resp = ApplyResponse {
+        revision,
+        results: results.into_iter().map(|(_, r)| r).collect(),
+    };
+    Ok(json_with_revision(StatusCode::OK, &resp, revision))
+}
+
+pub async fn plan(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let req: ApplyRequest = parse_json(&body)?;
+    let store = state.store.clone();
+    let ctx = Context {
+        store: state.store.clone(),
+    };
+    let controllers = state.controllers.clone();
+    let (planned, revision) = blocking(move || {
+        store.dry_run(|txn| {
+            let admitted = admit_apply(txn, &caller, &req)?;
+            let mut planned = Vec::with_capacity(admitted.len());
+            for (a, i) in admitted {
+                let Some(obj) = txn.get(&a.key).or_else(|| ctx.store.get(&a.key)) else {
+                    continue;
+                };
+                let actions = controllers
+                    .get(a.key.kind)
+                    .map(|c| c.plan(&ctx, &obj, a.outcome))
+                    .unwrap_or_default();
+                planned.push((
+                    i,
+                    PlannedObject {
+                        kind: a.key.kind,
+                        id: a.key.id,
+                        tenant: a.tenant,
+                        outcome: a.outcome,
+                        actions,
+                    },
+                ));
+            }
+            Ok::<_, TxError>(planned)
+        })
+    })
+    .await??;
+    let mut planned = planned;
+    planned.sort_by_key(|(i, _)| *i);
+    let resp = PlanResponse {
+        revision,
+        objects: planned.into_iter().map(|(_, p)| p).collect(),
+    };
+    Ok(json_with_revision(StatusCode::OK, &resp, revision))
+}

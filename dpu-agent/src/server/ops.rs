@@ -1,0 +1,217 @@
+//! Operational endpoints: `/healthz`, `/readyz`, `/metrics` (Prometheus
+//! text), `/v1/openapi.json`, the problem+json fallbacks, and the request
+//! counter behind `dpu_agent_http_requests_total`.
+//!
+//! `/healthz` and `/readyz` answer any caller, certificate or not, so that
+//! supervisors can probe them; everything else needs a role.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use dpu_api::{Kind, Problem};
+use serde_json::json;
+
+use super::AppState;
+use super::authz::{Caller, Operation, authorize};
+use super::error::ApiError;
+
+/// The OpenAPI 3 document of the v1 API, maintained beside the code.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Request counts by method and status.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let resp = next.run(req).await;
+    if let Ok(mut m) = state.metrics.requests.lock() {
+        *m.entry((method, resp.status().as_u16())).or_default() += 1;
+    }
+    resp
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let synced = state.engine.initial_sync_done.load(Ordering::Relaxed);
+    let backends = state.controllers.backends();
+    let ready = synced && backends.values().all(|up| *up);
+    let body = json!({
+        "ready": ready,
+        "initial_sync_done": synced,
+        "backends": backends,
+        "revision": state.store.revision(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+pub async fn metrics(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    authorize(&caller, &Operation::Metrics)?;
+    let mut out = String::new();
+    let info = &state.info;
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_info The agent's version and mode.\n# TYPE dpu_agent_info gauge"
+    );
+    let _ = writeln!(
+        out,
+        "dpu_agent_info{{version=\"{}\",mode=\"{}\"}} 1",
+        info.version, info.mode
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_store_revision The store's revision.\n# TYPE dpu_agent_store_revision gauge"
+    );
+    let _ = writeln!(out, "dpu_agent_store_revision {}", state.store.revision());
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_objects Stored objects by kind and phase.\n# TYPE dpu_agent_objects gauge"
+    );
+    for kind in Kind::ALL {
+        let mut phases: BTreeMap<String, u64> = BTreeMap::new();
+        for o in state.store.list(kind, None) {
+            *phases.entry(o.status.phase.to_string()).or_default() += 1;
+        }
+        for (phase, n) in phases {
+            let _ = writeln!(
+                out,
+                "dpu_agent_objects{{kind=\"{}\",phase=\"{phase}\"}} {n}",
+                kind.path()
+            );
+        }
+    }
+    let e = &state.engine;
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_reconciles_total Reconciles run.\n# TYPE dpu_agent_reconciles_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "dpu_agent_reconciles_total {}",
+        e.reconciles.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_reconcile_failures_total Reconciles that failed and were retried.\n# TYPE dpu_agent_reconcile_failures_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "dpu_agent_reconcile_failures_total {}",
+        e.failures.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_reconcile_queue_depth Objects waiting to be reconciled.\n# TYPE dpu_agent_reconcile_queue_depth gauge"
+    );
+    let _ = writeln!(
+        out,
+        "dpu_agent_reconcile_queue_depth {}",
+        e.queue_len.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_backend_up Whether a backend is connected.\n# TYPE dpu_agent_backend_up gauge"
+    );
+    for (name, up) in state.controllers.backends() {
+        let _ = writeln!(
+            out,
+            "dpu_agent_backend_up{{backend=\"{name}\"}} {}",
+            u8::from(up)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP dpu_agent_http_requests_total API requests by method and status.\n# TYPE dpu_agent_http_requests_total counter"
+    );
+    if let Ok(m) = state.metrics.requests.lock() {
+        for ((method, status), n) in m.iter() {
+            let _ = writeln!(
+                out,
+                "dpu_agent_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    let mut resp = (StatusCode::OK, out).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+pub async fn openapi(Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    authorize(&caller, &Operation::OpenApi)?;
+    let mut resp = (StatusCode::OK, OPENAPI).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError(Problem::new(404, "no such endpoint; see /v1/openapi.json"))
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError(Problem::new(
+        405,
+        "method not allowed on this endpoint; see /v1/openapi.json",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router serves is documented, with its method.
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for (method, path) in super::super::ROUTES {
+            let item = &doc["paths"][*path];
+            assert!(item.is_object(), "{path} missing from openapi.json");
+            assert!(
+                item[*method].is_object(),
+                "{method} {path} missing from openapi.json"
+            );
+        }
+        // And nothing documented that is not served.
+        let documented = doc["paths"].as_object().unwrap();
+        for (path, item) in documented {
+            for method in item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "parameters")
+            {
+                assert!(
+                    super::super::ROUTES
+                        .iter()
+                        .any(|(m, p)| m == method && p == path),
+                    "openapi.json documents {method} {path}, which is not served"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,683 @@
+//! The agent's embedded, crash-safe store (redb): desired objects with their
+//! generations and status, a global revision, the event log behind watch,
+//! and the hosts' last inventory reports.
+//!
+//! Every write goes through [`Store::transact`]: the caller's closure sees
+//! the current objects plus what it staged, decides, and stages changes;
+//! the changes are committed in one redb write transaction, fsync'd before
+//! `transact` returns, so an accepted write survives `kill -9`. Writers are
+//! serialized, so checks done inside the closure cannot race.
+//!
+//! All objects are also held in memory (write-through) so reads, lists and
+//! cross-object validation never touch the disk. Secret fields are sealed
+//! ([`seal`]) before they reach either copy.
+
+pub mod seal;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use dpu_api::object::{Event, EventType, HostReport, Object, ObjectKey, Status};
+use dpu_api::{Kind, Spec};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use zeroize::Zeroizing;
+
+use seal::{SealError, Sealer};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+
+/// How many events watch can resume from; older ones are compacted away.
+pub const EVENT_LOG_LEN: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database error")]
+    Db(#[source] Box<redb::Error>),
+    #[error("cannot create the state directory {path}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored record {key} is corrupt")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("the store's writer lock is poisoned by an earlier panic")]
+    Poisoned,
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// An object as stored: the spec holds sealed secrets, and `deleting` marks an
+/// object whose controller is tearing it down (DELETE answered 202).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub kind: Kind,
+    pub id: String,
+    pub tenant: String,
+    pub generation: u64,
+    pub spec: Value,
+    pub status: Status,
+    #[serde(default)]
+    pub deleting: bool,
+}
+
+impl StoredObject {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(self.kind, self.id.clone())
+    }
+
+    /// The object as the API shows it: each secret field replaced by
+    /// `<field>_set: true`.
+    pub fn to_api(&self) -> Object {
+        let mut spec = self.spec.clone();
+        if let Value::Object(map) = &mut spec {
+            for field in self.kind.secret_fields() {
+                if map.remove(*field).is_some() {
+                    map.insert(format!("{field}_set"), Value::Bool(true));
+                }
+            }
+        }
+        Object {
+            kind: self.kind,
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            generation: self.generation,
+            spec,
+            status: self.status.clone(),
+        }
+    }
+
+    /// The typed spec without its secrets (each secret field is an empty
+    /// string), for planning and validation that never need key material.
+    pub fn spec_without_secrets(&self) -> Option<Spec> {
+        let mut spec = self.spec.clone();
+        if let Value::Object(map) = &mut spec {
+            for field in self.kind.secret_fields() {
+                if map.contains_key(*field) {
+                    map.insert((*field).to_string(), Value::String(String::new()));
+                }
+            }
+        }
+        Spec::parse(self.kind, &spec).ok()
+    }
+}
+
+fn key_str(key: &ObjectKey) -> String {
+    format!("{}/{}", key.kind.path(), key.id)
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: BTreeMap<ObjectKey, Arc<StoredObject>>,
+    hosts: BTreeMap<String, HostReport>,
+    revision: u64,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    state: RwLock<State>,
+    writer: Mutex<()>,
+    sealer: Sealer,
+    events: broadcast::Sender<Event>,
+}
+
+/// A write in progress; see [`Store::transact`].
+#[derive(Debug)]
+pub struct Txn<'a> {
+    state: &'a State,
+    sealer: &'a Sealer,
+    staged: BTreeMap<ObjectKey, Option<Arc<StoredObject>>>,
+    events: Vec<(EventType, ObjectKey, Option<Object>)>,
+    hosts: Vec<HostReport>,
+}
+
+impl Txn<'_> {
+    /// The object as this transaction sees it (staged changes included).
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<StoredObject>> {
+        match self.staged.get(key) {
+            Some(staged) => staged.clone(),
+            None => self.state.objects.get(key).cloned(),
+        }
+    }
+
+    /// Objects of `kind` (of one tenant, or all), staged changes included.
+    pub fn list(&self, kind: Kind, tenant: Option<&str>) -> Vec<Arc<StoredObject>> {
+        let mut out: BTreeMap<ObjectKey, Arc<StoredObject>> =
+            range_of_kind(&self.state.objects, kind)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        for (k, v) in self.staged.iter().filter(|(k, _)| k.kind == kind) {
+            match v {
+                Some(obj) => out.insert(k.clone(), obj.clone()),
+                None => out.remove(k),
+            };
+        }
+        out.into_values()
+            .filter(|o| tenant.is_none_or(|t| o.tenant == t))
+            .collect()
+    }
+
+    /// Stages an object (created or changed), recording an event of `type_`.
+    pub fn put(&mut self, obj: StoredObject, type_: EventType) {
+        let key = obj.key();
+        self.events.push((type_, key.clone(), None));
+        self.staged.insert(key, Some(Arc::new(obj)));
+    }
+
+    /// Stages the removal of an object; its last state goes into the event.
+    pub fn remove(&mut self, key: &ObjectKey) {
+        if let Some(obj) = self.get(key) {
+            self.events
+                .push((EventType::Deleted, key.clone(), Some(obj.to_api())));
+            self.staged.insert(key.clone(), None);
+        }
+    }
+
+    /// Stages a new status for an existing object.
+    pub fn set_status(&mut self, key: &ObjectKey, status: Status) -> bool {
+        let Some(obj) = self.get(key) else {
+            return false;
+        };
+        let mut obj = (*obj).clone();
+        obj.status = status;
+        self.put(obj, EventType::Status);
+        true
+    }
+
+    pub fn put_host(&mut self, report: HostReport) {
+        self.hosts.push(report);
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        self.sealer
+    }
+
+    /// Whether anything was staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty() && self.hosts.is_empty()
+    }
+}
+
+fn range_of_kind(
+    objects: &BTreeMap<ObjectKey, Arc<StoredObject>>,
+    kind: Kind,
+) -> impl Iterator<Item = (&ObjectKey, &Arc<StoredObject>)> {
+    objects
+        .range(ObjectKey::new(kind, "")..)
+        .take_while(move |(k, _)| k.kind == kind)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`: `dir/store.redb` and the
+    /// sealing key `dir/seal.key`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let sealer = Sealer::load_or_create(&dir.join("seal.key"))?;
+        let db = Database::create(dir.join("store.redb"))?;
+        let mut state = State::default();
+        {
+            let w = db.begin_write()?;
+            // Make sure every table exists so readers never see "no table".
+            w.open_table(OBJECTS)?;
+            w.open_table(EVENTS)?;
+            w.open_table(META)?;
+            w.open_table(HOSTS)?;
+            w.commit()?;
+        }
+        {
+            let r = db.begin_read()?;
+            for row in r.open_table(OBJECTS)?.iter()? {
+                let (k, v) = row?;
+                let obj: StoredObject =
+                    serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                        key: k.value().to_string(),
+                        source,
+                    })?;
+                state.objects.insert(obj.key(), Arc::new(obj));
+            }
+            for row in r.open_table(HOSTS)?.iter()? {
+                let (k, v) = row?;
+                let report: HostReport =
+                    serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                        key: k.value().to_string(),
+                        source,
+                    })?;
+                state.hosts.insert(report.host.clone(), report);
+            }
+            state.revision = r
+                .open_table(META)?
+                .get("revision")?
+                .map(|v| v.value())
+                .unwrap_or(0);
+        }
+        let (events, _) = broadcast::channel(4096);
+        Ok(Store {
+            db,
+            state: RwLock::new(state),
+            writer: Mutex::new(()),
+            sealer,
+            events,
+        })
+    }
+
+    /// Runs `f` against the current objects and commits what it staged in one
+    /// durable transaction. Returns `f`'s value and the revision after the
+    /// commit (unchanged when nothing was staged). When `f` fails nothing is
+    /// written.
+    pub fn transact<T, E>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64), E>
+    where
+        E: From<StoreError>,
+    {
+        let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let (value, staged, pending, hosts, base_rev) = {
+            let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
+            let mut txn = Txn {
+                state: &state,
+                sealer: &self.sealer,
+                staged: BTreeMap::new(),
+                events: Vec::new(),
+                hosts: Vec::new(),
+            };
+            let value = f(&mut txn)?;
+            (value, txn.staged, txn.events, txn.hosts, state.revision)
+        };
+        if staged.is_empty() && hosts.is_empty() {
+            return Ok((value, base_rev));
+        }
+
+        // Events carry the object as the API shows it after this commit.
+        let mut events = Vec::with_capacity(pending.len());
+        let mut rev = base_rev;
+        for (type_, key, snapshot) in pending {
+            let object = match snapshot {
+                Some(o) => o,
+                None => match staged.get(&key) {
+                    Some(Some(obj)) => obj.to_api(),
+                    _ => continue,
+                },
+            };
+            rev += 1;
+            events.push(Event {
+                revision: rev,
+                type_,
+                object,
+            });
+        }
+        // A host report alone still moves the revision, so X-Revision grows.
+        if events.is_empty() {
+            rev += 1;
+        }
+
+        self.commit(&staged, &events, &hosts, rev)?;
+
+        let mut state = self.state.write().map_err(|_| StoreError::Poisoned)?;
+        for (key, obj) in staged {
+            match obj {
+                Some(obj) => state.objects.insert(key, obj),
+                None => state.objects.remove(&key),
+            };
+        }
+        for report in hosts {
+            state.hosts.insert(report.host.clone(), report);
+        }
+        state.revision = rev;
+        drop(state);
+        for ev in events {
+            // No receivers is fine: nobody is watching.
+            let _ = self.events.send(ev);
+        }
+        Ok((value, rev))
+    }
+
+    /// Runs `f` like [`Store::transact`] and throws away what it staged: a
+    /// plan of what a write would do, against the current objects.
+    pub fn dry_run<T, E>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>) -> Result<(T, u64), E>
+    where
+        E: From<StoreError>,
+    {
+        let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
+        let mut txn = Txn {
+            state: &state,
+            sealer: &self.sealer,
+            staged: BTreeMap::new(),
+            events: Vec::new(),
+            hosts: Vec::new(),
+        };
+        let value = f(&mut txn)?;
+        Ok((value, state.revision))
+    }
+
+    fn commit(
+        &self,
+        staged: &BTreeMap<ObjectKey, Option<Arc<StoredObject>>>,
+        events: &[Event],
+        hosts: &[HostReport],
+        rev: u64,
+    ) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        {
+            let mut objects = w.open_table(OBJECTS)?;
+            for (key, obj) in staged {
+                let k = key_str(key);
+                match obj {
+                    Some(obj) => {
+                        let bytes =
+                            serde_json::to_vec(&**obj).map_err(|source| StoreError::Corrupt {
+                                key: k.clone(),
+                                source,
+                            })?;
+                        objects.insert(k.as_str(), bytes.as_slice())?;
+                    }
+                    None => {
+                        objects.remove(k.as_str())?;
+                    }
+                }
+            }
+            let mut log = w.open_table(EVENTS)?;
+            for ev in events {
+                let bytes = serde_json::to_vec(ev).map_err(|source| StoreError::Corrupt {
+                    key: format!("event {}", ev.revision),
+                    source,
+                })?;
+                log.insert(ev.revision, bytes.as_slice())?;
+            }
+            if log.len()? > EVENT_LOG_LEN {
+                let cut = rev.saturating_sub(EVENT_LOG_LEN);
+                log.retain_in(..=cut, |_, _| false)?;
+            }
+            let mut host_table = w.open_table(HOSTS)?;
+            for report in hosts {
+                let bytes = serde_json::to_vec(report).map_err(|source| StoreError::Corrupt {
+                    key: format!("host {}", report.host),
+                    source,
+                })?;
+                host_table.insert(report.host.as_str(), bytes.as_slice())?;
+            }
+            w.open_table(META)?.insert("revision", rev)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<StoredObject>> {
+        self.state.read().ok()?.objects.get(key).cloned()
+    }
+
+    /// Objects of `kind`, of one tenant or all, in id order.
+    pub fn list(&self, kind: Kind, tenant: Option<&str>) -> Vec<Arc<StoredObject>> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        range_of_kind(&state.objects, kind)
+            .filter(|(_, o)| tenant.is_none_or(|t| o.tenant == t))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// Every object, in kind order then id order.
+    pub fn all(&self) -> Vec<Arc<StoredObject>> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        state.objects.values().cloned().collect()
+    }
+
+    /// Object counts per kind, for metrics.
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        let mut counts = BTreeMap::new();
+        if let Ok(state) = self.state.read() {
+            for key in state.objects.keys() {
+                *counts.entry(key.kind).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.state.read().map(|s| s.revision).unwrap_or(0)
+    }
+
+    pub fn hosts(&self) -> Vec<HostReport> {
+        self.state
+            .read()
+            .map(|s| s.hosts.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stored events with revision > `since`, oldest first, at most `limit`.
+    /// `Err(oldest)` in the inner result when `since` is older than the
+    /// compacted log can resume from.
+    pub fn events_since(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Result<Vec<Event>, u64>, StoreError> {
+        let r = self.db.begin_read()?;
+        let log = r.open_table(EVENTS)?;
+        let oldest = log.first()?.map(|(k, _)| k.value());
+        if let Some(oldest) = oldest
+            && since + 1 < oldest
+        {
+            return Ok(Err(oldest));
+        }
+        let mut out = Vec::new();
+        for row in log.range(since + 1..)? {
+            let (k, v) = row?;
+            let ev: Event =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                    key: format!("event {}", k.value()),
+                    source,
+                })?;
+            out.push(ev);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// Live events after every commit. A receiver that falls behind by more
+    /// than the channel holds gets `Lagged` and must resume from the log.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Opens a sealed secret field of a stored object, for a controller that
+    /// must program it.
+    pub fn open_secret(
+        &self,
+        obj: &StoredObject,
+        field: &str,
+    ) -> Result<Option<Zeroizing<String>>, StoreError> {
+        match obj.spec.get(field) {
+            Some(v) if Sealer::is_sealed(v) => {
+                Ok(Some(self.sealer.open(&key_str(&obj.key()), field, v)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Seals the secret fields of `spec` (plaintext strings) for `key`.
+    pub fn seal_spec(sealer: &Sealer, key: &ObjectKey, spec: &mut Value) -> Result<(), StoreError> {
+        let object = key_str(key);
+        if let Value::Object(map) = spec {
+            for field in key.kind.secret_fields() {
+                if let Some(Value::String(plain)) = map.get(*field) {
+                    let plain = Zeroizing::new(plain.clone());
+                    let sealed = sealer.seal(&object, field, &plain)?;
+                    map.insert((*field).to_string(), sealed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the secret fields of a stored spec for `key` into plaintext.
+    pub fn unseal_spec(
+        sealer: &Sealer,
+        key: &ObjectKey,
+        spec: &mut Value,
+    ) -> Result<(), StoreError> {
+        let object = key_str(key);
+        if let Value::Object(map) = spec {
+            for field in key.kind.secret_fields() {
+                if let Some(v) = map.get(*field)
+                    && Sealer::is_sealed(v)
+                {
+                    let plain = sealer.open(&object, field, v)?;
+                    map.insert((*field).to_string(), Value::String(plain.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(kind: Kind, id: &str, tenant: &str, spec: Value) -> StoredObject {
+        StoredObject {
+            kind,
+            id: id.into(),
+            tenant: tenant.into(),
+            generation: 1,
+            spec,
+            status: Status::default(),
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopen_with_revision_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let (_, rev) = store
+                .transact(|t| {
+                    t.put(
+                        obj(Kind::Tenant, "acme", "acme", json!({})),
+                        EventType::Added,
+                    );
+                    t.put(
+                        obj(
+                            Kind::Network,
+                            "n1",
+                            "acme",
+                            json!({"vni": 5, "cidr": "10.0.0.0/24", "encap": "vxlan"}),
+                        ),
+                        EventType::Added,
+                    );
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            assert_eq!(rev, 2);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.revision(), 2);
+        assert_eq!(store.list(Kind::Network, Some("acme")).len(), 1);
+        let events = store.events_since(0, 100).unwrap().unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(store.events_since(1, 100).unwrap().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn failed_closure_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let res = store.transact(|t| {
+            t.put(
+                obj(Kind::Tenant, "acme", "acme", json!({})),
+                EventType::Added,
+            );
+            Err::<(), _>(StoreError::Poisoned)
+        });
+        assert!(res.is_err());
+        assert_eq!(store.revision(), 0);
+        assert!(store.all().is_empty());
+    }
+
+    #[test]
+    fn txn_sees_its_own_staged_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .transact(|t| {
+                t.put(obj(Kind::Tenant, "a", "a", json!({})), EventType::Added);
+                assert_eq!(t.list(Kind::Tenant, None).len(), 1);
+                t.remove(&ObjectKey::new(Kind::Tenant, "a"));
+                assert!(t.list(Kind::Tenant, None).is_empty());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert!(store.all().is_empty());
+    }
+
+    #[test]
+    fn secrets_are_sealed_at_rest_and_redacted_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = ObjectKey::new(Kind::IpsecTunnel, "t1");
+        let secret = "00112233445566778899aabbccddeeff01020304";
+        store
+            .transact(|t| {
+                let mut spec = json!({"key_in": secret, "key_out": secret, "spi_in": 300});
+                Store::seal_spec(t.sealer(), &key, &mut spec)?;
+                t.put(obj(Kind::IpsecTunnel, "t1", "a", spec), EventType::Added);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let raw = std::fs::read(dir.path().join("store.redb")).unwrap();
+        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        let stored = store.get(&key).unwrap();
+        let api = stored.to_api();
+        assert_eq!(api.spec["key_in_set"], json!(true));
+        assert!(api.spec.get("key_in").is_none());
+        assert_eq!(
+            &*store.open_secret(&stored, "key_in").unwrap().unwrap(),
+            secret
+        );
+    }
+}
