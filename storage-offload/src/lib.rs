@@ -6,6 +6,7 @@
 //! - [`nvmet`]: the kernel backend (nvmet configfs, NVMe/TCP initiator);
 //! - [`apply`]: the [`apply::BlockBackend`] trait and its two implementations.
 
+pub mod apply;
 pub mod model;
 pub mod nvmet;
 pub mod plan;

@@ -107,3 +107,39 @@ mod tests {
         );
     }
 }
+
+/// Parses the fields after `MAJ:MIN` of an `io.max` line.
+pub fn parse_io_max<'a>(fields: impl Iterator<Item = &'a str>) -> IoMax {
+    let mut m = IoMax::default();
+    for f in fields {
+        let Some((k, v)) = f.split_once('=') else {
+            continue;
+        };
+        let v = v.parse().ok();
+        match k {
+            "riops" => m.riops = v,
+            "wiops" => m.wiops = v,
+            "rbps" => m.rbps = v,
+            "wbps" => m.wbps = v,
+            _ => {}
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_back() {
+        let m = IoMax {
+            riops: Some(5),
+            wiops: None,
+            rbps: Some(7),
+            wbps: None,
+        };
+        let line = m.line("8:0");
+        assert_eq!(parse_io_max(line.split_whitespace().skip(1)), m);
+    }
+}

@@ -65,7 +65,8 @@ pub struct NvmeSubsystemDestroy {
 }
 method!(NvmeSubsystemDestroy, "nvme_subsystem_destroy", Value);
 
-/// Name confirmed in NVIDIA's SNAP-4 RPC documentation; result untyped.
+/// Name listed as confirmed in BACKENDS.md §5.3 (not re-checked); result
+/// untyped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NvmeSubsystemList {}
@@ -175,7 +176,8 @@ method!(
     Value
 );
 
-/// Name confirmed in NVIDIA's SNAP-4 RPC documentation; result untyped.
+/// Name listed as confirmed in BACKENDS.md §5.3 (not re-checked); result
+/// untyped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtioBlkControllerList {}

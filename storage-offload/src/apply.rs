@@ -1,0 +1,533 @@
+//! Executes planned actions on a backend, behind the [`BlockBackend`] trait
+//! the volumes controller drives: observe → [`plan`](BlockBackend::plan)
+//! (pure) → [`apply`](BlockBackend::apply) each action in order. Apply stops
+//! at the first failure; the next reconcile observes again and re-plans, so a
+//! partial apply is just another diff.
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::model::{BackendKind, DesiredVolume, ObservedSubsystem, SpdkObserved};
+use crate::nvmet::configfs::{self, ConfigfsExecutor, ConfigfsMode, DeviceRef, NvmetError};
+use crate::nvmet::{KernelPaths, NvmetObserved, fabrics, qos};
+use crate::plan::{self, Action, NvmetPlanConfig, Op, SpdkPlanConfig};
+use crate::spdk::methods as m;
+use crate::spdk::snap;
+use crate::spdk::{RpcRequest, SpdkClient, SpdkError};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a backend observed; the variant matches the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    Spdk(SpdkObserved),
+    Nvmet(NvmetObserved),
+}
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("SPDK call failed")]
+    Spdk(#[from] SpdkError),
+    #[error("kernel storage operation failed")]
+    Nvmet(#[from] NvmetError),
+    #[error("the {backend:?} backend cannot perform {op}")]
+    WrongBackend { backend: BackendKind, op: String },
+    #[error(
+        "{method} returned bdevs {got:?}, not {expected}: the remote subsystem's first \
+         namespace must be nsid 1"
+    )]
+    UnexpectedBdev {
+        method: String,
+        expected: String,
+        got: Vec<String>,
+    },
+    #[error("a blocking task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A failed action in a list, with its place and rendered line.
+#[derive(Debug, Error)]
+#[error("action {index} ({line}) failed")]
+pub struct ApplyError {
+    pub index: usize,
+    pub line: String,
+    #[source]
+    pub source: BackendError,
+}
+
+/// A block backend the volumes controller can drive. Object-safe, so the
+/// agent can hold a `Box<dyn BlockBackend>` chosen at startup.
+pub trait BlockBackend: Send + Sync + fmt::Debug {
+    fn kind(&self) -> BackendKind;
+
+    /// Reads everything the planner needs from the backend.
+    fn observe(&self) -> BoxFuture<'_, Result<Observed, BackendError>>;
+
+    /// Pure: the actions that take `observed` to `desired`.
+    fn plan(&self, desired: &[DesiredVolume], observed: &Observed) -> Vec<Action>;
+
+    /// Performs one action.
+    fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>>;
+}
+
+/// Applies `actions` in order, stopping at the first failure.
+pub async fn apply_all(backend: &dyn BlockBackend, actions: &[Action]) -> Result<(), ApplyError> {
+    for (index, a) in actions.iter().enumerate() {
+        tracing::info!(action = %a, "applying");
+        backend.apply(a).await.map_err(|source| ApplyError {
+            index,
+            line: a.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- SPDK
+
+/// SPDK or SNAP over its RPC socket.
+#[derive(Debug, Clone)]
+pub struct SpdkBackend {
+    pub client: SpdkClient,
+    pub config: SpdkPlanConfig,
+}
+
+/// Methods each flavour needs; `connect` reports the missing ones.
+pub fn required_methods(kind: BackendKind) -> &'static [&'static str] {
+    match kind {
+        BackendKind::Snap => &[
+            "bdev_get_bdevs",
+            "bdev_nvme_attach_controller",
+            "bdev_nvme_detach_controller",
+            "bdev_nvme_get_controllers",
+            "bdev_set_qos_limit",
+            "nvme_subsystem_create",
+            "nvme_subsystem_list",
+            "nvme_namespace_create",
+            "nvme_controller_create",
+            "nvme_controller_list",
+            "nvme_controller_attach_ns",
+            "virtio_blk_controller_create",
+            "virtio_blk_controller_list",
+        ],
+        _ => &[
+            "bdev_get_bdevs",
+            "bdev_malloc_create",
+            "bdev_nvme_attach_controller",
+            "bdev_nvme_detach_controller",
+            "bdev_nvme_get_controllers",
+            "bdev_set_qos_limit",
+            "nvmf_create_transport",
+            "nvmf_get_transports",
+            "nvmf_create_subsystem",
+            "nvmf_get_subsystems",
+            "nvmf_subsystem_add_ns",
+            "nvmf_subsystem_add_host",
+            "nvmf_subsystem_add_listener",
+            "nvmf_delete_subsystem",
+            "vhost_create_blk_controller",
+            "vhost_get_controllers",
+        ],
+    }
+}
+
+impl SpdkBackend {
+    /// Connects, loads the server's method list (from then on the client
+    /// refuses methods the server does not offer), and returns the backend
+    /// with the required methods the server lacks, for the operator.
+    pub async fn connect(
+        socket: impl AsRef<Path>,
+        config: SpdkPlanConfig,
+    ) -> Result<(Self, Vec<&'static str>), SpdkError> {
+        let client = SpdkClient::connect(socket).await?;
+        let offered = client.load_methods().await?;
+        let missing: Vec<&'static str> = required_methods(config.kind)
+            .iter()
+            .copied()
+            .filter(|mth| !offered.contains(*mth))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                ?missing,
+                "the SPDK server lacks methods; volumes needing them will fail"
+            );
+        }
+        Ok((SpdkBackend { client, config }, missing))
+    }
+
+    async fn observe_spdk(&self) -> Result<SpdkObserved, SpdkError> {
+        let c = &self.client;
+        let mut obs = SpdkObserved::default();
+        for b in c.call(&m::BdevGetBdevs::default()).await? {
+            obs.bdevs
+                .insert(b.name, b.assigned_rate_limits.unwrap_or_default());
+        }
+        obs.nvme_controllers = c
+            .call(&m::BdevNvmeGetControllers::default())
+            .await?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        if self.config.kind == BackendKind::Snap {
+            let subs = c.call(&snap::NvmeSubsystemList::default()).await?;
+            for nqn in snap::names_in(&subs, "nqn") {
+                // Namespaces per subsystem are not observable until the
+                // list's shape is confirmed; the planner re-creates them only
+                // with the subsystem.
+                obs.subsystems.entry(nqn).or_default();
+            }
+            for list in [
+                c.call(&snap::NvmeControllerList::default()).await?,
+                c.call(&snap::VirtioBlkControllerList::default()).await?,
+            ] {
+                obs.controllers.extend(snap::names_in(&list, "name"));
+                obs.controllers.extend(snap::names_in(&list, "ctrl"));
+            }
+        } else {
+            obs.nvmf_transports = c
+                .call(&m::NvmfGetTransports::default())
+                .await?
+                .into_iter()
+                .map(|t| t.trtype)
+                .collect();
+            for s in c.call(&m::NvmfGetSubsystems::default()).await? {
+                obs.subsystems.insert(
+                    s.nqn.clone(),
+                    ObservedSubsystem {
+                        hosts: s.hosts.into_iter().map(|h| h.nqn).collect(),
+                        namespaces: s
+                            .namespaces
+                            .iter()
+                            .map(|n| (n.nsid, n.bdev().to_string()))
+                            .collect(),
+                        listeners: s.listen_addresses,
+                    },
+                );
+            }
+            obs.controllers = c
+                .call(&m::VhostGetControllers::default())
+                .await?
+                .into_iter()
+                .map(|v| v.ctrlr)
+                .collect();
+        }
+        Ok(obs)
+    }
+
+    async fn apply_rpc(&self, req: &RpcRequest) -> Result<(), BackendError> {
+        let result = self.client.request(req).await?;
+        if req.method == "bdev_nvme_attach_controller" {
+            // The plan names the source bdev `<controller>n1`; check SPDK
+            // agrees, so a remote with another first nsid fails loudly here.
+            let name = req
+                .params
+                .as_ref()
+                .and_then(|p| p.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            let expected = format!("{name}n1");
+            let got: Vec<String> = serde_json::from_value(result).unwrap_or_default();
+            if !got.contains(&expected) {
+                return Err(BackendError::UnexpectedBdev {
+                    method: req.method.clone(),
+                    expected,
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BlockBackend for SpdkBackend {
+    fn kind(&self) -> BackendKind {
+        self.config.kind
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Result<Observed, BackendError>> {
+        Box::pin(async move { Ok(Observed::Spdk(self.observe_spdk().await?)) })
+    }
+
+    fn plan(&self, desired: &[DesiredVolume], observed: &Observed) -> Vec<Action> {
+        match observed {
+            Observed::Spdk(o) => plan::plan_spdk(desired, o, &self.config),
+            Observed::Nvmet(_) => Vec::new(),
+        }
+    }
+
+    fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            match &action.op {
+                Op::Rpc(req) => self.apply_rpc(req).await,
+                other => Err(BackendError::WrongBackend {
+                    backend: self.config.kind,
+                    op: other.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------- kernel
+
+/// The kernel backend: nvmet configfs, the NVMe/TCP initiator, io.max.
+#[derive(Debug, Clone)]
+pub struct NvmetBackend {
+    pub paths: KernelPaths,
+    pub mode: ConfigfsMode,
+    pub config: NvmetPlanConfig,
+    /// How long to wait for a connected controller's namespace to appear.
+    pub device_wait: Duration,
+}
+
+impl NvmetBackend {
+    pub fn new(paths: KernelPaths, mode: ConfigfsMode, config: NvmetPlanConfig) -> Self {
+        NvmetBackend {
+            paths,
+            mode,
+            config,
+            device_wait: Duration::from_secs(10),
+        }
+    }
+
+    fn observe_sync(&self) -> NvmetObserved {
+        let mut obs = configfs::observe_configfs(&self.paths.nvmet);
+        obs.controllers = fabrics::list_controllers(&self.paths);
+        obs.backing_files = std::fs::read_dir(&self.config.backing_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        obs.backing_files.sort();
+        if let Some(cg) = &self.config.qos_cgroup {
+            obs.io_max = read_io_max(&self.paths, cg);
+        }
+        obs
+    }
+
+    fn resolve(&self, d: &DeviceRef) -> Result<PathBuf, NvmetError> {
+        match d {
+            DeviceRef::Path(p) => Ok(p.clone()),
+            DeviceRef::Fabrics {
+                subnqn,
+                traddr,
+                trsvcid,
+            } => {
+                let deadline = std::time::Instant::now() + self.device_wait;
+                loop {
+                    if let Some(p) =
+                        fabrics::find_namespace_device(&self.paths, subnqn, traddr, trsvcid)
+                    {
+                        return Ok(p);
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(NvmetError::DeviceNotFound {
+                            device: d.to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn apply_sync(&self, op: &Op) -> Result<(), BackendError> {
+        match op {
+            Op::Configfs(c) => {
+                let ex = ConfigfsExecutor::new(&self.paths.nvmet, self.mode);
+                ex.apply(c, &|d| self.resolve(d))?;
+            }
+            Op::FabricsConnect(o) => {
+                let (instance, cntlid) = fabrics::connect(&self.paths, o)?;
+                tracing::info!(instance, cntlid, nqn = %o.nqn, "NVMe/TCP controller connected");
+            }
+            Op::FabricsDisconnect { instance } => fabrics::disconnect(&self.paths, *instance)?,
+            Op::CreateBackingFile { path, size_bytes } => {
+                let io = |source| NvmetError::Io {
+                    op: op.to_string(),
+                    source,
+                };
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(io)?;
+                // Sparse; never shrink an existing file.
+                if f.metadata().map_err(io)?.len() < *size_bytes {
+                    f.set_len(*size_bytes).map_err(io)?;
+                }
+            }
+            Op::RemoveBackingFile { path } => {
+                std::fs::remove_file(path).map_err(|source| NvmetError::Io {
+                    op: op.to_string(),
+                    source,
+                })?
+            }
+            Op::SetIoMax {
+                cgroup,
+                device,
+                limits,
+            } => {
+                let path = self.resolve(device)?;
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                let dev = qos::device_numbers(&self.paths, name)?;
+                qos::write_io_max(cgroup, &dev, limits)?;
+            }
+            Op::Rpc(_) => {
+                return Err(BackendError::WrongBackend {
+                    backend: BackendKind::Nvmet,
+                    op: op.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `<cgroup>/io.max` into device path → limits.
+fn read_io_max(
+    paths: &KernelPaths,
+    cgroup: &Path,
+) -> std::collections::BTreeMap<String, qos::IoMax> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(cgroup.join("io.max")) else {
+        return out;
+    };
+    // MAJ:MIN → device name, from /sys/class/block/*/dev.
+    let mut names = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(&paths.sys_class_block) {
+        for e in rd.filter_map(|e| e.ok()) {
+            if let (Ok(n), Ok(d)) = (
+                e.file_name().into_string(),
+                std::fs::read_to_string(e.path().join("dev")),
+            ) {
+                names.insert(d.trim().to_string(), n);
+            }
+        }
+    }
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let Some(dev) = it.next() else { continue };
+        let Some(name) = names.get(dev) else { continue };
+        out.insert(
+            paths.dev.join(name).to_string_lossy().into_owned(),
+            qos::parse_io_max(it),
+        );
+    }
+    out
+}
+
+impl BlockBackend for NvmetBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Nvmet
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Result<Observed, BackendError>> {
+        Box::pin(async move {
+            let me = self.clone();
+            Ok(Observed::Nvmet(
+                tokio::task::spawn_blocking(move || me.observe_sync()).await?,
+            ))
+        })
+    }
+
+    fn plan(&self, desired: &[DesiredVolume], observed: &Observed) -> Vec<Action> {
+        match observed {
+            Observed::Nvmet(o) => plan::plan_nvmet(desired, o, &self.config),
+            Observed::Spdk(_) => Vec::new(),
+        }
+    }
+
+    fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let me = self.clone();
+            let op = action.op.clone();
+            tokio::task::spawn_blocking(move || me.apply_sync(&op)).await?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FunctionTarget, VolumeKey, function_host_nqn};
+    use crate::nvmet::configfs::PortConfig;
+    use dpu_api::spec::{FunctionType, LocalSource, VolumeSource, VolumeSpec};
+
+    /// The kernel backend end to end over a temp dir: plan, apply, observe
+    /// converged, remove, observe clean.
+    #[tokio::test]
+    async fn kernel_backend_converges_in_a_temp_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = KernelPaths::under(dir.path());
+        for d in ["subsystems", "ports", "hosts"] {
+            std::fs::create_dir_all(paths.nvmet.join(d)).unwrap();
+        }
+        let backing = dir.path().join("volumes");
+        std::fs::create_dir_all(&backing).unwrap();
+        let b = NvmetBackend::new(
+            paths,
+            ConfigfsMode::PlainDirectory,
+            NvmetPlanConfig {
+                port: PortConfig {
+                    id: 7,
+                    trtype: "tcp".into(),
+                    adrfam: "ipv4".into(),
+                    traddr: "127.0.0.1".into(),
+                    trsvcid: "4420".into(),
+                },
+                backing_dir: backing.clone(),
+                qos_cgroup: None,
+            },
+        );
+        let desired = vec![DesiredVolume {
+            key: VolumeKey::new("t", "v"),
+            spec: VolumeSpec {
+                function: "f".into(),
+                nsid: None,
+                source: VolumeSource::Local(LocalSource { size_mib: 1 }),
+                qos: None,
+                read_only: None,
+            },
+            function: FunctionTarget {
+                id: "f".into(),
+                type_: FunctionType::Nvme,
+                pf: 0,
+                vf: None,
+                host_nqn: function_host_nqn("t", "f"),
+            },
+        }];
+        let obs = b.observe().await.unwrap();
+        let actions = b.plan(&desired, &obs);
+        assert!(!actions.is_empty());
+        apply_all(&b, &actions).await.unwrap();
+        let obs = b.observe().await.unwrap();
+        assert_eq!(b.plan(&desired, &obs), []);
+        assert_eq!(
+            std::fs::metadata(backing.join("dpu_t_v_img"))
+                .unwrap()
+                .len(),
+            1024 * 1024
+        );
+
+        let teardown = b.plan(&[], &obs);
+        apply_all(&b, &teardown).await.unwrap();
+        let Observed::Nvmet(obs) = b.observe().await.unwrap() else {
+            panic!()
+        };
+        assert!(obs.subsystems.is_empty() && obs.hosts.is_empty());
+        assert!(obs.backing_files.is_empty());
+        assert!(obs.ports[&7].subsystems.is_empty());
+    }
+}
