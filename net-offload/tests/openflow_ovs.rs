@@ -7,7 +7,7 @@ mod rig;
 use std::collections::HashSet;
 
 use net_offload::openflow::{
-    Field, Flow, FlowMod, FlowStatsRequest, MeterCommand, MeterMod, OpenFlowClient, OpenFlowError,
+    Flow, FlowMod, FlowStatsRequest, MeterCommand, MeterMod, OpenFlowClient, OpenFlowError,
     Version, text::parse_dump_flows,
 };
 use rig::Rig;
@@ -245,5 +245,40 @@ async fn meters_add_modify_delete() {
         .await
         .unwrap();
     assert!(entries.is_empty());
-    let _ = Field::Metadata;
+}
+
+/// Throughput of `bundle` and `flow_mods` with 100k flows (RIG.md: ~250k flows/s
+/// is the floor set by ovs-vswitchd on this box). Ignored by default; run with
+/// `cargo test --release -p net-offload --test openflow_ovs -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_100k_flows() {
+    let rig = Rig::start().await;
+    let mut client = connect(&rig).await;
+    let mods: Vec<FlowMod> = (0..100_000u32)
+        .map(|i| {
+            let flow: Flow = format!(
+                "table=10, priority=100, cookie={COOKIE:#x}, ip, reg0={i}, actions=set_field:{i}->reg1,resubmit(,20)"
+            )
+            .parse()
+            .unwrap();
+            FlowMod::add(flow)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    client.bundle(&mods).await.unwrap();
+    let bundle = start.elapsed();
+    client
+        .flow_mods(&[FlowMod::delete_by_cookie(None, COOKIE, u64::MAX)])
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    client.flow_mods(&mods).await.unwrap();
+    let streamed = start.elapsed();
+    let per_s = |d: std::time::Duration| (100_000.0 / d.as_secs_f64()) as u64;
+    println!(
+        "100k flows: bundle {bundle:?} ({} flows/s), flow_mods {streamed:?} ({} flows/s)",
+        per_s(bundle),
+        per_s(streamed)
+    );
 }
