@@ -247,6 +247,45 @@ async fn meters_add_modify_delete() {
     assert!(entries.is_empty());
 }
 
+/// A bridge limited to OpenFlow 1.3: the client negotiates 1.3 and bundles go
+/// through the ONF extension, still atomic.
+#[tokio::test]
+async fn openflow13_fallback_uses_onf_bundles() {
+    let rig = Rig::start().await;
+    rig.vsctl(&["set", "bridge", rig::BRIDGE, "protocols=OpenFlow13"]);
+    let mut client = connect(&rig).await;
+    assert_eq!(client.version(), Version::Of13);
+    let flows = sample_flows(30);
+    let mut mods: Vec<FlowMod> = flows.iter().cloned().map(FlowMod::add).collect();
+    client.bundle(&mods).await.unwrap();
+    let entries = client
+        .dump_flows(&FlowStatsRequest::new(None, COOKIE, u64::MAX))
+        .await
+        .unwrap();
+    let dumped: HashSet<Flow> = entries.into_iter().map(|e| e.flow).collect();
+    assert_eq!(dumped, flows.iter().cloned().collect::<HashSet<_>>());
+
+    client
+        .flow_mods(&[FlowMod::delete_by_cookie(None, COOKIE, u64::MAX)])
+        .await
+        .unwrap();
+    let bad: Flow = "table=10, priority=7, cookie=0xabc, actions=goto_table:1"
+        .parse()
+        .unwrap();
+    mods.push(FlowMod::add(bad));
+    let err = client.bundle(&mods).await.unwrap_err();
+    assert!(
+        matches!(&err, OpenFlowError::FlowsRejected { failures, .. }
+        if failures.len() == 1 && failures[0].index == 30),
+        "{err}"
+    );
+    let entries = client
+        .dump_flows(&FlowStatsRequest::new(None, COOKIE, u64::MAX))
+        .await
+        .unwrap();
+    assert!(entries.is_empty());
+}
+
 /// Throughput of `bundle` and `flow_mods` with 100k flows (RIG.md: ~250k flows/s
 /// is the floor set by ovs-vswitchd on this box). Ignored by default; run with
 /// `cargo test --release -p net-offload --test openflow_ovs -- --ignored --nocapture`.
