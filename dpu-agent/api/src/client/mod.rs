@@ -507,7 +507,7 @@ impl Client {
         let resp = req.send().await.map_err(|source| ClientError::Transport {
             method: method.to_string(),
             url: url.to_string(),
-            source,
+            source: source.without_url(),
         })?;
         if require_success && !resp.status().is_success() {
             return Err(error_from(resp, method.as_str(), url).await);
@@ -557,7 +557,7 @@ async fn body_bytes(resp: Response, method: &str, url: &Url) -> Result<Bytes, Cl
     resp.bytes().await.map_err(|source| ClientError::Transport {
         method: method.to_string(),
         url: url.to_string(),
-        source,
+        source: source.without_url(),
     })
 }
 

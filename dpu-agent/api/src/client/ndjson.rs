@@ -129,7 +129,7 @@ where
                     let err = ClientError::Transport {
                         method: st.method.clone(),
                         url: st.url.clone(),
-                        source,
+                        source: source.without_url(),
                     };
                     return Some((Err(err), st));
                 }
