@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod pki;
