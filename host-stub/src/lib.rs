@@ -1,1 +1,22 @@
-//! See README.md.
+//! The host stub: runs on the x86-64 host a BlueField DPU is plugged into,
+//! finds the PCI functions the DPU made (PFs, VFs, SFs, emulated NVMe and
+//! virtio), reports them to the DPU agent, and exposes the functions the
+//! agent assigned to this host to containers (CDI specs) and VMs (vfio-pci).
+//! It has no authority over the DPU. See README.md.
+//!
+//! Folders: [`discover`] reads sysfs (pure over a root), [`selectors`] picks
+//! the DPU's functions, [`cdi`] and [`vfio`] expose them, [`report`] speaks to
+//! the agent, [`uevent`] listens for kernel device events, [`daemon`] ties
+//! them together, [`config`] loads the daemon's file. [`fixture`] builds
+//! sysfs-shaped trees for tests and benchmarks.
+
+pub mod assignments;
+pub mod cdi;
+pub mod config;
+pub mod daemon;
+pub mod discover;
+pub mod fixture;
+pub mod report;
+pub mod selectors;
+pub mod uevent;
+pub mod vfio;

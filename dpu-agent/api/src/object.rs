@@ -278,6 +278,20 @@ pub struct HostDevice {
     pub iommu_group: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numa_node: Option<i32>,
+    /// `pf`, `vf` or `sf` (a scalable function on the auxiliary bus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The physical card the function belongs to: its PCI Device Serial
+    /// Number (`dsn:..`), VPD serial number (`sn:..`) or, failing both, the
+    /// address of its function 0 (`pci:..`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<String>,
+    /// For an SF, its `sfnum`; `pci_address` is then its parent PF's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sf_index: Option<u32>,
+    /// For an SF, its auxiliary device name (`mlx5_core.sf.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_device: Option<String>,
 }
 
 /// A host's last report, as `GET /v1/inventory` shows it.

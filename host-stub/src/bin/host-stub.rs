@@ -1,0 +1,149 @@
+//! `host-stub`: discover the DPU's functions on this host, or run the daemon
+//! that reports them to the DPU agent and exposes the assigned ones.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use host_stub::config::Config;
+use host_stub::daemon::{self, Daemon, DaemonSettings};
+use host_stub::discover;
+use host_stub::selectors::{self, Selector};
+
+#[derive(Debug, Parser)]
+#[command(name = "host-stub", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the DPU's functions on this host, without contacting the agent.
+    Discover {
+        /// Root of the sysfs tree to read.
+        #[arg(long, default_value = discover::DEFAULT_SYSFS_ROOT)]
+        sysfs_root: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Show every PCI function, not only the DPU's.
+        #[arg(long)]
+        all: bool,
+        /// Replace the BlueField defaults by one selector made of these
+        /// (hex ids without 0x); each flag may be repeated.
+        #[arg(long = "vendor")]
+        vendors: Vec<String>,
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        #[arg(long = "driver")]
+        drivers: Vec<String>,
+        #[arg(long = "pf-name")]
+        pf_names: Vec<String>,
+        /// Take the selectors from this daemon config file.
+        #[arg(long, conflicts_with_all = ["vendors", "devices", "drivers", "pf_names"])]
+        config: Option<PathBuf>,
+    },
+    /// Run the daemon.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `sysfs_root` from the file.
+        #[arg(long)]
+        sysfs_root: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Discover {
+            sysfs_root,
+            output,
+            all,
+            vendors,
+            devices,
+            drivers,
+            pf_names,
+            config,
+        } => {
+            let functions = discover::scan(&sysfs_root)?;
+            let functions = if all {
+                functions
+            } else {
+                let chosen = if let Some(path) = config {
+                    Config::load(&path)?.selectors
+                } else if vendors.is_empty()
+                    && devices.is_empty()
+                    && drivers.is_empty()
+                    && pf_names.is_empty()
+                {
+                    selectors::bluefield_defaults()
+                } else {
+                    vec![Selector {
+                        vendors,
+                        devices,
+                        drivers,
+                        pf_names,
+                        ..Selector::default()
+                    }]
+                };
+                selectors::select(&chosen, &functions)
+            };
+            match output {
+                Output::Table => print!("{}", discover::render_table(&functions)),
+                Output::Json => {
+                    let summaries: Vec<_> = functions.iter().map(|f| f.summary()).collect();
+                    println!("{}", serde_json::to_string_pretty(&summaries)?);
+                }
+            }
+            Ok(())
+        }
+        Command::Run { config, sysfs_root } => run(config, sysfs_root),
+    }
+}
+
+fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = Config::load(&config_path)?;
+    if let Some(root) = sysfs_root {
+        config.sysfs_root = root;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let agent = dpu_api::client::Client::from_files(
+            &config.agent.url,
+            &config.agent.ca,
+            Some((&config.agent.cert, &config.agent.key)),
+        )
+        .with_context(|| {
+            format!(
+                "cannot set up the client of the DPU agent {}",
+                config.agent.url
+            )
+        })?;
+        let daemon = Daemon::new(agent, DaemonSettings::from(&config));
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let uevents = daemon::spawn_uevent_listener();
+        let task = tokio::spawn(daemon.run(shutdown_rx, uevents));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = shutdown_tx.send(true);
+        task.await.context("daemon task panicked")?;
+        Ok(())
+    })
+}

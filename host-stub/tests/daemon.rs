@@ -1,0 +1,343 @@
+//! The daemon against an in-memory agent, a sysfs tree and a CDI directory
+//! in a tempdir: reports, exposure, vfio binds and releases, the lease.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dpu_api::Kind;
+use dpu_api::object::{Event, EventType, HostInventory, Object, ObjectList, Status};
+use host_stub::cdi::{self, CdiOptions, CdiSpec};
+use host_stub::daemon::{Daemon, DaemonSettings};
+use host_stub::fixture::{FixtureFunction, SysfsTree};
+use host_stub::report::{AgentApi, AssignmentStream, Health, ReportError};
+use host_stub::selectors;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+#[derive(Default)]
+struct AgentState {
+    up: bool,
+    reports: Vec<HostInventory>,
+    list: Vec<Object>,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+}
+
+#[derive(Clone, Default)]
+struct FakeAgent(Arc<Mutex<AgentState>>);
+
+impl FakeAgent {
+    fn down() -> Result<(), ReportError> {
+        Err(ReportError::new("fake agent", "connection refused"))
+    }
+}
+
+impl AgentApi for FakeAgent {
+    async fn put_host_inventory(&self, inventory: &HostInventory) -> Result<(), ReportError> {
+        let mut s = self.0.lock().unwrap();
+        if !s.up {
+            return FakeAgent::down();
+        }
+        s.reports.push(inventory.clone());
+        Ok(())
+    }
+
+    async fn host_assignments(&self) -> Result<ObjectList, ReportError> {
+        let s = self.0.lock().unwrap();
+        if !s.up {
+            FakeAgent::down()?;
+        }
+        Ok(ObjectList {
+            revision: 1,
+            items: s.list.clone(),
+        })
+    }
+
+    async fn watch_host_assignments(&self) -> Result<AssignmentStream, ReportError> {
+        let mut s = self.0.lock().unwrap();
+        if !s.up {
+            FakeAgent::down()?;
+        }
+        let rx = s
+            .events
+            .take()
+            .ok_or_else(|| ReportError::new("watch", "already taken"))?;
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        )))
+    }
+}
+
+fn function(id: &str, spec: serde_json::Value, host_pci_address: &str) -> Object {
+    let mut status = Status::default();
+    status
+        .fields
+        .insert("host_pci_address".into(), json!(host_pci_address));
+    Object {
+        kind: Kind::Function,
+        id: id.into(),
+        tenant: "acme".into(),
+        generation: 1,
+        spec,
+        status,
+    }
+}
+
+/// One BlueField-3 PF with two VFs bound to mlx5_core, and an emulated NVMe
+/// function with a namespace.
+fn tree(root: &Path) -> SysfsTree {
+    let tree = SysfsTree::new(root).unwrap();
+    let mlx = |address: &str, device| FixtureFunction {
+        address: address.into(),
+        vendor: 0x15b3,
+        device,
+        class: 0x020000,
+        driver: Some("mlx5_core".into()),
+        ..FixtureFunction::default()
+    };
+    tree.add_function(&FixtureFunction {
+        sriov_totalvfs: Some(8),
+        netdev: Some("p0".into()),
+        iommu_group: Some(10),
+        ..mlx("0000:03:00.0", 0xa2dc)
+    })
+    .unwrap();
+    tree.set_num_vfs("0000:03:00.0", 2, |i| FixtureFunction {
+        netdev: Some(format!("p0v{i}")),
+        iommu_group: Some(20 + i),
+        ..mlx(&format!("0000:03:00.{}", 2 + i), 0x101e)
+    })
+    .unwrap();
+    tree.add_function(&FixtureFunction {
+        class: 0x010802,
+        driver: Some("nvme".into()),
+        nvme: Some(("nvme1".into(), "nvme1n1".into())),
+        iommu_group: Some(30),
+        ..mlx("0000:04:00.0", 0x6001)
+    })
+    .unwrap();
+    // vfio-pci's bind/unbind files, as after `modprobe vfio-pci`.
+    tree.bind_link("0000:04:00.0", "vfio-pci").unwrap();
+    tree.bind_link("0000:04:00.0", "nvme").unwrap();
+    tree
+}
+
+fn settings(root: &Path, cdi_dir: &Path, state: &Path) -> DaemonSettings {
+    DaemonSettings {
+        sysfs_root: root.to_path_buf(),
+        state_dir: state.to_path_buf(),
+        cdi_dir: cdi_dir.to_path_buf(),
+        cdi: CdiOptions::default(),
+        selectors: selectors::bluefield_defaults(),
+        rescan_interval: Duration::from_millis(100),
+        lease: Duration::from_millis(300),
+        retry: Duration::from_millis(50),
+    }
+}
+
+fn read_spec(dir: &Path, id: &str) -> Option<CdiSpec> {
+    let bytes = std::fs::read(dir.join(cdi::file_name(id))).ok()?;
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn assignments_become_cdi_specs_and_vfio_binds() {
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let (sys, cdi_dir, state) = (dirs[0].path(), dirs[1].path(), dirs[2].path());
+    let _tree = tree(sys);
+    let agent = FakeAgent::default();
+    {
+        let mut s = agent.0.lock().unwrap();
+        s.up = true;
+        s.list = vec![
+            function(
+                "web",
+                json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
+                "0000:03:00.2",
+            ),
+            function(
+                "vm",
+                json!({"type": "net", "pf": "pf0", "attach": "vfio", "mac": "02:00:00:00:00:02"}),
+                "0000:03:00.3",
+            ),
+            function("disk", json!({"type": "nvme", "pf": "pf0"}), "0000:04:00.0"),
+        ];
+    }
+    let mut d = Daemon::new(agent.clone(), settings(sys, cdi_dir, state));
+    assert!(d.rescan());
+    assert!(d.report_if_needed().await);
+    assert!(d.resync().await);
+    d.reconcile();
+
+    let reports = agent.0.lock().unwrap().reports.clone();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].devices.len(), 4);
+
+    let web = read_spec(cdi_dir, "web").unwrap();
+    assert_eq!(web.cdi_version, "1.1.0");
+    assert_eq!(
+        web.devices[0].container_edits.net_devices[0].host_interface_name,
+        "p0v0"
+    );
+    let disk = read_spec(cdi_dir, "disk").unwrap();
+    assert_eq!(disk.cdi_version, "0.3.0");
+    assert_eq!(
+        disk.devices[0].container_edits.device_nodes[0].path,
+        "/dev/nvme1n1"
+    );
+    let vm = read_spec(cdi_dir, "vm").unwrap();
+    assert_eq!(
+        vm.devices[0].container_edits.device_nodes[1].path,
+        "/dev/vfio/21"
+    );
+
+    // vfio-pci bind through driver_override, recorded for a restart.
+    let dev = sys.join("bus/pci/devices/0000:03:00.3");
+    assert_eq!(
+        std::fs::read_to_string(dev.join("driver_override")).unwrap(),
+        "vfio-pci"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sys.join("bus/pci/drivers/mlx5_core/unbind")).unwrap(),
+        "0000:03:00.3"
+    );
+    assert!(d.bindings().contains_key("0000:03:00.3"));
+    assert!(state.join("vfio-bindings.json").exists());
+
+    // Unchanged inventory: no second report.
+    d.rescan();
+    assert!(d.report_if_needed().await);
+    assert_eq!(agent.0.lock().unwrap().reports.len(), 1);
+
+    // The vm function is unassigned: spec removed, driver given back.
+    let vm_obj = agent.0.lock().unwrap().list[1].clone();
+    assert!(d.on_event(Event {
+        revision: 2,
+        type_: EventType::Deleted,
+        object: vm_obj,
+    }));
+    d.reconcile();
+    assert!(read_spec(cdi_dir, "vm").is_none());
+    assert!(read_spec(cdi_dir, "web").is_some());
+    assert_eq!(
+        std::fs::read_to_string(dev.join("driver_override")).unwrap(),
+        "\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sys.join("bus/pci/drivers/mlx5_core/bind")).unwrap(),
+        "0000:03:00.3"
+    );
+    assert!(d.bindings().is_empty());
+    // A restarted daemon finds no binding to undo.
+    let d2 = Daemon::new(agent.clone(), settings(sys, cdi_dir, state));
+    assert!(d2.bindings().is_empty());
+}
+
+#[tokio::test]
+async fn lease_marks_unhealthy_and_recovers() {
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let (sys, cdi_dir, state) = (dirs[0].path(), dirs[1].path(), dirs[2].path());
+    let _tree = tree(sys);
+    let agent = FakeAgent::default();
+    let mut d = Daemon::new(agent.clone(), settings(sys, cdi_dir, state));
+    let health = d.health();
+    d.rescan();
+    assert!(!d.report_if_needed().await, "agent down");
+    d.check_lease(Instant::now() + Duration::from_millis(100));
+    assert_eq!(*health.borrow(), Health::Healthy, "within the lease");
+    d.check_lease(Instant::now() + Duration::from_secs(1));
+    assert_eq!(*health.borrow(), Health::Unhealthy);
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("health.json")).unwrap()).unwrap();
+    assert_eq!(file["healthy"], json!(false));
+
+    agent.0.lock().unwrap().up = true;
+    assert!(d.report_if_needed().await);
+    assert_eq!(*health.borrow(), Health::Healthy);
+}
+
+#[tokio::test]
+async fn run_loop_follows_the_watch_and_rescans() {
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let (sys, cdi_dir, state) = (dirs[0].path(), dirs[1].path(), dirs[2].path());
+    let tree = tree(sys);
+    let agent = FakeAgent::default();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    {
+        let mut s = agent.0.lock().unwrap();
+        s.up = true;
+        s.events = Some(events_rx);
+    }
+    let d = Daemon::new(agent.clone(), settings(sys, cdi_dir, state));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(d.run(stop_rx, None));
+
+    let wait_for = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let a = agent.clone();
+    wait_for(
+        "first report",
+        Box::new(move || !a.0.lock().unwrap().reports.is_empty()),
+    )
+    .await;
+
+    // The agent's list and its watch agree, as a real agent's do; the
+    // periodic resync would otherwise undo the event.
+    let web = function(
+        "web",
+        json!({"type": "net", "pf": "pf0", "vf": 1}),
+        "0000:03:00.3",
+    );
+    agent.0.lock().unwrap().list.push(web.clone());
+    events_tx
+        .send(Event {
+            revision: 3,
+            type_: EventType::Added,
+            object: web,
+        })
+        .unwrap();
+    let dir = cdi_dir.to_path_buf();
+    wait_for(
+        "web spec",
+        Box::new(move || read_spec(&dir, "web").is_some()),
+    )
+    .await;
+
+    // Two more VFs appear; the periodic rescan reports them.
+    tree.set_num_vfs("0000:03:00.0", 4, |i| FixtureFunction {
+        address: format!("0000:03:00.{}", 2 + i),
+        vendor: 0x15b3,
+        device: 0x101e,
+        class: 0x020000,
+        driver: Some("mlx5_core".into()),
+        netdev: Some(format!("p0v{i}")),
+        iommu_group: Some(20 + i),
+        ..FixtureFunction::default()
+    })
+    .unwrap();
+    let a = agent.clone();
+    wait_for(
+        "report with 6 devices",
+        Box::new(move || {
+            a.0.lock()
+                .unwrap()
+                .reports
+                .last()
+                .is_some_and(|r| r.devices.len() == 6)
+        }),
+    )
+    .await;
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("daemon stops on shutdown")
+        .unwrap();
+}
