@@ -1,2 +1,3 @@
 //! See README.md.
+pub mod agent;
 pub mod vm;
