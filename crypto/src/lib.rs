@@ -1,1 +1,13 @@
-//! See README.md.
+//! IPsec (XFRM) and TLS offload for the DPU agent. See README.md.
+//!
+//! - [`keys`]: zeroizing key buffers, hex parsing.
+//! - [`model`]: a tunnel as desired, with keys opened.
+//! - [`xfrm`]: the XFRM netlink protocol and a socket.
+//! - [`plan`]: pure diff of desired tunnels against observed SAs/policies.
+//! - [`apply`]: actions → kernel, behind [`apply::IpsecBackend`].
+
+pub mod apply;
+pub mod keys;
+pub mod model;
+pub mod plan;
+pub mod xfrm;
