@@ -4,4 +4,6 @@
 
 pub mod openflow;
 pub mod ovsdb;
+pub mod pipeline;
 pub mod sandbox;
+pub mod switch;

@@ -1,0 +1,518 @@
+//! The compiler: desired networking → the complete flow set and meters of the
+//! bridge. Pure; the table layout is documented in README.md ("Pipeline").
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+
+use super::cookie::{Owner, OwnerKind};
+use super::model::{DesiredNetworking, Encap, PortDesc, RuleDesc, RuleProtocol};
+use super::ranges::port_range_masks;
+use crate::openflow::{
+    Action, Ct, CtZone, Field, Flow, Instructions, Match, MeterCommand, MeterMod, RegMove,
+    WriteMetadata, action::port as ofp_port, ct_state, mac,
+};
+
+/// Table numbers of the pipeline.
+pub mod table {
+    /// in_port → network (metadata) and source port (reg6).
+    pub const CLASSIFY: u8 = 0;
+    /// Source MAC, IP and ARP of each local port.
+    pub const ANTI_SPOOF: u8 = 10;
+    /// Answers ARP requests for every known IP of the network.
+    pub const ARP_RESPONDER: u8 = 20;
+    /// Conntrack in the source port's zone.
+    pub const EGRESS_CT: u8 = 30;
+    /// Egress rules of the source port.
+    pub const EGRESS_RULES: u8 = 31;
+    /// Destination MAC → local port (reg7) or remote endpoint (tunnel).
+    pub const L2_FORWARD: u8 = 40;
+    /// Conntrack in the destination port's zone.
+    pub const INGRESS_CT: u8 = 50;
+    /// Ingress rules of the destination port.
+    pub const INGRESS_RULES: u8 = 51;
+    /// reg7 → output.
+    pub const OUTPUT: u8 = 60;
+    /// Every table the pipeline uses.
+    pub const ALL: [u8; 9] = [
+        CLASSIFY,
+        ANTI_SPOOF,
+        ARP_RESPONDER,
+        EGRESS_CT,
+        EGRESS_RULES,
+        L2_FORWARD,
+        INGRESS_CT,
+        INGRESS_RULES,
+        OUTPUT,
+    ];
+}
+
+/// Register holding the source port's ofport (0 = from a tunnel).
+pub const REG_SRC_PORT: u8 = 6;
+/// Register holding the destination port's ofport.
+pub const REG_DST_PORT: u8 = 7;
+
+const ETH_IP: u64 = 0x0800;
+const ETH_ARP: u64 = 0x0806;
+const PROTO_ICMP: u64 = 1;
+const PROTO_TCP: u64 = 6;
+const PROTO_UDP: u64 = 17;
+
+/// One flow and the object it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedFlow {
+    pub owner: Owner,
+    pub flow: Flow,
+}
+
+/// What the bridge should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompiledPipeline {
+    pub flows: Vec<OwnedFlow>,
+    /// One kbit/s drop meter per port with QoS, keyed by meter id.
+    pub meters: BTreeMap<u32, MeterMod>,
+    /// Ports that got no flows, with why (e.g. no representor yet).
+    pub skipped_ports: BTreeMap<String, String>,
+}
+
+impl CompiledPipeline {
+    /// Number of flows per owner.
+    pub fn flow_counts(&self) -> BTreeMap<Owner, usize> {
+        let mut counts = BTreeMap::new();
+        for f in &self.flows {
+            *counts.entry(f.owner.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// Meter id of a port's QoS meter: its ofport (unique on the bridge, never 0).
+pub fn meter_id(ofport: u32) -> u32 {
+    ofport
+}
+
+struct Builder {
+    flows: Vec<OwnedFlow>,
+    seen: HashSet<(u8, u16, Match)>,
+}
+
+impl Builder {
+    fn add(&mut self, owner: &Owner, table: u8, priority: u16, matches: Match, ins: Instructions) {
+        // The first owner of an identical (table, priority, match) wins; a
+        // second one would only overwrite it on the switch.
+        if !self.seen.insert((table, priority, matches.clone())) {
+            return;
+        }
+        self.flows.push(OwnedFlow {
+            owner: owner.clone(),
+            flow: Flow {
+                table,
+                priority,
+                cookie: owner.cookie(),
+                idle_timeout: 0,
+                hard_timeout: 0,
+                matches,
+                instructions: ins,
+            },
+        });
+    }
+}
+
+fn goto(table: u8) -> Instructions {
+    Instructions {
+        goto_table: Some(table),
+        ..Default::default()
+    }
+}
+
+fn apply_goto(actions: Vec<Action>, table: u8) -> Instructions {
+    Instructions {
+        apply: actions,
+        goto_table: Some(table),
+        ..Default::default()
+    }
+}
+
+fn drop_() -> Instructions {
+    Instructions::default()
+}
+
+fn ip4(a: Ipv4Addr) -> u64 {
+    u64::from(u32::from(a))
+}
+
+fn prefix_mask(len: u8) -> u64 {
+    if len == 0 {
+        0
+    } else {
+        u64::from(u32::MAX << (32 - u32::from(len.min(32))))
+    }
+}
+
+fn ct_zone(reg: u8) -> CtZone {
+    CtZone::Field {
+        field: Field::Reg(reg),
+        ofs: 0,
+        n_bits: 16,
+    }
+}
+
+fn ct_state_is(bits: u64) -> (u64, u64) {
+    (bits, bits)
+}
+
+/// Compiles `desired` into the complete flow set of the bridge.
+pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
+    let mut b = Builder {
+        flows: Vec::new(),
+        seen: HashSet::new(),
+    };
+    let mut meters = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
+    let base = Owner::pipeline();
+
+    // Skeleton: every table drops what no rule admits (fail_mode=secure has
+    // no NORMAL fallback either), conntrack dispatch, established traffic.
+    for t in table::ALL {
+        b.add(&base, t, 0, Match::new(), drop_());
+    }
+    let ip = Match::new().with(Field::EthType, ETH_IP);
+    b.add(
+        &base,
+        table::ARP_RESPONDER,
+        0,
+        Match::new(),
+        goto(table::EGRESS_CT),
+    );
+    b.add(
+        &base,
+        table::EGRESS_CT,
+        100,
+        ip.clone(),
+        Instructions::apply(vec![Action::Ct(Ct {
+            zone: ct_zone(REG_SRC_PORT),
+            table: Some(table::EGRESS_RULES),
+            ..Ct::default()
+        })]),
+    );
+    b.add(
+        &base,
+        table::EGRESS_CT,
+        50,
+        Match::new(),
+        goto(table::L2_FORWARD),
+    );
+    b.add(
+        &base,
+        table::INGRESS_CT,
+        100,
+        ip.clone(),
+        Instructions::apply(vec![Action::Ct(Ct {
+            zone: ct_zone(REG_DST_PORT),
+            table: Some(table::INGRESS_RULES),
+            ..Ct::default()
+        })]),
+    );
+    b.add(
+        &base,
+        table::INGRESS_CT,
+        50,
+        Match::new(),
+        goto(table::OUTPUT),
+    );
+    for (t, next) in [
+        (table::EGRESS_RULES, table::L2_FORWARD),
+        (table::INGRESS_RULES, table::OUTPUT),
+    ] {
+        let (v, m) = ct_state_is(ct_state::INV | ct_state::TRK);
+        b.add(
+            &base,
+            t,
+            200,
+            ip.clone().with_masked(Field::CtState, v, m),
+            drop_(),
+        );
+        for bit in [ct_state::EST, ct_state::REL] {
+            let (v, m) = ct_state_is(bit | ct_state::TRK);
+            b.add(
+                &base,
+                t,
+                190,
+                ip.clone().with_masked(Field::CtState, v, m),
+                goto(next),
+            );
+        }
+    }
+
+    let networks: BTreeMap<&str, _> = desired
+        .networks
+        .iter()
+        .map(|n| (n.id.as_str(), n))
+        .collect();
+
+    // Tunnel ingress: a packet from a tunnel with the network's VNI enters
+    // that network; the sending DPU already checked source and egress.
+    for n in &desired.networks {
+        let owner = Owner::new(OwnerKind::Network, &n.id);
+        if let Some(tun) = desired.tunnel_ofports.get(&n.encap)
+            && n.encap != Encap::Local
+        {
+            b.add(
+                &owner,
+                table::CLASSIFY,
+                100,
+                Match::new()
+                    .with(Field::InPort, u64::from(*tun))
+                    .with(Field::TunnelId, u64::from(n.vni)),
+                Instructions {
+                    apply: vec![Action::set_field(Field::Reg(REG_SRC_PORT), 0)],
+                    write_metadata: Some(WriteMetadata {
+                        value: u64::from(n.vni),
+                        mask: u64::MAX,
+                    }),
+                    goto_table: Some(table::L2_FORWARD),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    let mut ports: Vec<&PortDesc> = desired.ports.iter().collect();
+    ports.sort_by(|a, b| a.id.cmp(&b.id));
+    for p in ports {
+        let Some(net) = networks.get(p.network.as_str()) else {
+            skipped.insert(
+                p.id.clone(),
+                format!("network {:?} is not known", p.network),
+            );
+            continue;
+        };
+        let Some(ofport) = p.ofport else {
+            skipped.insert(
+                p.id.clone(),
+                "the function's representor is not on the bridge yet".to_string(),
+            );
+            continue;
+        };
+        let owner = Owner::new(OwnerKind::Port, &p.id);
+        let vni = u64::from(net.vni);
+        let of = u64::from(ofport);
+        let pmac = mac(p.mac);
+
+        // Classification (and the QoS meter on what the function sends).
+        let mut ins = Instructions {
+            apply: vec![Action::set_field(Field::Reg(REG_SRC_PORT), of)],
+            write_metadata: Some(WriteMetadata {
+                value: vni,
+                mask: u64::MAX,
+            }),
+            goto_table: Some(table::ANTI_SPOOF),
+            ..Default::default()
+        };
+        if let Some(q) = p.qos {
+            let id = meter_id(ofport);
+            meters.insert(
+                id,
+                MeterMod::drop_kbps(MeterCommand::Add, id, q.max_rate_kbps, q.burst_kbits),
+            );
+            ins.meter = Some(id);
+        }
+        b.add(
+            &owner,
+            table::CLASSIFY,
+            100,
+            Match::new().with(Field::InPort, of),
+            ins,
+        );
+
+        // Anti-spoofing: only its MAC and IPs, only ARP that tells the truth.
+        for a in &p.ips {
+            b.add(
+                &owner,
+                table::ANTI_SPOOF,
+                100,
+                Match::new()
+                    .with(Field::InPort, of)
+                    .with(Field::EthSrc, pmac)
+                    .with(Field::EthType, ETH_IP)
+                    .with(Field::Ipv4Src, ip4(*a)),
+                goto(table::ARP_RESPONDER),
+            );
+            b.add(
+                &owner,
+                table::ANTI_SPOOF,
+                100,
+                Match::new()
+                    .with(Field::InPort, of)
+                    .with(Field::EthSrc, pmac)
+                    .with(Field::EthType, ETH_ARP)
+                    .with(Field::ArpSpa, ip4(*a))
+                    .with(Field::ArpSha, pmac),
+                goto(table::ARP_RESPONDER),
+            );
+        }
+
+        // Egress rules (source zone), committed on the way out.
+        let commit_src = Action::Ct(Ct {
+            commit: true,
+            zone: ct_zone(REG_SRC_PORT),
+            ..Ct::default()
+        });
+        let egress_rules: Vec<RuleDesc> = match &p.security.egress {
+            None => vec![RuleDesc {
+                protocol: RuleProtocol::Any,
+                cidr: None,
+                ports: None,
+            }],
+            Some(rules) => rules.clone(),
+        };
+        for rule in &egress_rules {
+            for m in rule_matches(rule, Field::Ipv4Dst) {
+                let (v, mask) = (ct_state::NEW | ct_state::TRK, ct_state::NEW | ct_state::TRK);
+                b.add(
+                    &owner,
+                    table::EGRESS_RULES,
+                    100,
+                    m.with(Field::Reg(REG_SRC_PORT), of)
+                        .with_masked(Field::CtState, v, mask),
+                    apply_goto(vec![commit_src.clone()], table::L2_FORWARD),
+                );
+            }
+        }
+
+        // L2: this port's MAC in its network.
+        b.add(
+            &owner,
+            table::L2_FORWARD,
+            100,
+            Match::new()
+                .with(Field::Metadata, vni)
+                .with(Field::EthDst, pmac),
+            apply_goto(
+                vec![Action::set_field(Field::Reg(REG_DST_PORT), of)],
+                table::INGRESS_CT,
+            ),
+        );
+
+        // Ingress rules (destination zone).
+        let commit_dst = Action::Ct(Ct {
+            commit: true,
+            zone: ct_zone(REG_DST_PORT),
+            ..Ct::default()
+        });
+        for rule in &p.security.ingress {
+            for m in rule_matches(rule, Field::Ipv4Src) {
+                let (v, mask) = (ct_state::NEW | ct_state::TRK, ct_state::NEW | ct_state::TRK);
+                b.add(
+                    &owner,
+                    table::INGRESS_RULES,
+                    100,
+                    m.with(Field::Reg(REG_DST_PORT), of)
+                        .with_masked(Field::CtState, v, mask),
+                    apply_goto(vec![commit_dst.clone()], table::OUTPUT),
+                );
+            }
+        }
+
+        b.add(
+            &owner,
+            table::OUTPUT,
+            100,
+            Match::new().with(Field::Reg(REG_DST_PORT), of),
+            Instructions::apply(vec![Action::output(ofport)]),
+        );
+
+        for a in &p.ips {
+            arp_responder(&mut b, &owner, vni, pmac, *a);
+        }
+    }
+
+    let mut endpoints: Vec<_> = desired.endpoints.iter().collect();
+    endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    for e in endpoints {
+        let Some(net) = networks.get(e.network.as_str()) else {
+            continue;
+        };
+        let Some(tun) = desired.tunnel_ofports.get(&net.encap) else {
+            continue;
+        };
+        if net.encap == Encap::Local {
+            continue;
+        }
+        let owner = Owner::new(OwnerKind::Endpoint, &e.id);
+        let vni = u64::from(net.vni);
+        let emac = mac(e.mac);
+        b.add(
+            &owner,
+            table::L2_FORWARD,
+            100,
+            Match::new()
+                .with(Field::Metadata, vni)
+                .with(Field::EthDst, emac),
+            Instructions::apply(vec![
+                Action::set_field(Field::TunnelId, vni),
+                Action::set_field(Field::TunIpv4Dst, ip4(e.vtep)),
+                Action::output(*tun),
+            ]),
+        );
+        for a in &e.ips {
+            arp_responder(&mut b, &owner, vni, emac, *a);
+        }
+    }
+
+    CompiledPipeline {
+        flows: b.flows,
+        meters,
+        skipped_ports: skipped,
+    }
+}
+
+/// Answers "who has `ip`" in network `vni` with `hw`, straight back out of
+/// the asking port, so ARP is never flooded.
+fn arp_responder(b: &mut Builder, owner: &Owner, vni: u64, hw: u64, ip: Ipv4Addr) {
+    b.add(
+        owner,
+        table::ARP_RESPONDER,
+        100,
+        Match::new()
+            .with(Field::Metadata, vni)
+            .with(Field::EthType, ETH_ARP)
+            .with(Field::ArpOp, 1)
+            .with(Field::ArpTpa, ip4(ip)),
+        Instructions::apply(vec![
+            Action::Move(RegMove::whole(Field::EthSrc, Field::EthDst)),
+            Action::set_field(Field::EthSrc, hw),
+            Action::set_field(Field::ArpOp, 2),
+            Action::Move(RegMove::whole(Field::ArpSha, Field::ArpTha)),
+            Action::Move(RegMove::whole(Field::ArpSpa, Field::ArpTpa)),
+            Action::set_field(Field::ArpSha, hw),
+            Action::set_field(Field::ArpSpa, ip4(ip)),
+            Action::output(ofp_port::IN_PORT),
+        ]),
+    );
+}
+
+/// The matches (IPv4 only) one allow rule stands for; `peer` is the field the
+/// rule's CIDR applies to. A port range becomes one match per mask.
+fn rule_matches(rule: &RuleDesc, peer: Field) -> Vec<Match> {
+    let mut m = Match::new().with(Field::EthType, ETH_IP);
+    if let Some((addr, len)) = rule.cidr {
+        m = m.with_masked(peer, ip4(addr), prefix_mask(len));
+    }
+    let (proto, dst_field) = match rule.protocol {
+        RuleProtocol::Any => return vec![m],
+        RuleProtocol::Icmp => return vec![m.with(Field::IpProto, PROTO_ICMP)],
+        RuleProtocol::Tcp => (PROTO_TCP, Field::TcpDst),
+        RuleProtocol::Udp => (PROTO_UDP, Field::UdpDst),
+    };
+    let m = m.with(Field::IpProto, proto);
+    match rule.ports {
+        None => vec![m],
+        Some((lo, hi)) => port_range_masks(lo, hi)
+            .into_iter()
+            .map(|(v, mask)| {
+                m.clone()
+                    .with_masked(dst_field, u64::from(v), u64::from(mask))
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,331 @@
+//! Compiler and diff tests, without I/O.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::openflow::{Action, Field, Flow, Instructions, Match, mac};
+
+fn net(id: &str, tenant: &str, vni: u32, encap: Encap) -> NetworkDesc {
+    NetworkDesc {
+        id: id.into(),
+        tenant: tenant.into(),
+        vni,
+        encap,
+    }
+}
+
+fn port(id: &str, network: &str, last: u8, ofport: Option<u32>) -> PortDesc {
+    PortDesc {
+        id: id.into(),
+        tenant: "t".into(),
+        network: network.into(),
+        mac: [0x02, 0, 0, 0, 0, last],
+        ips: vec![Ipv4Addr::new(10, 0, 0, last)],
+        security: SecurityDesc::default(),
+        qos: None,
+        ofport,
+    }
+}
+
+fn two_tenants() -> DesiredNetworking {
+    let mut web = port("web", "net-a", 1, Some(1));
+    web.security.ingress.push(RuleDesc {
+        protocol: RuleProtocol::Tcp,
+        cidr: None,
+        ports: Some((80, 80)),
+    });
+    DesiredNetworking {
+        networks: vec![
+            net("net-a", "acme", 100, Encap::Vxlan),
+            net("net-b", "globex", 200, Encap::Vxlan),
+        ],
+        ports: vec![
+            web,
+            port("db", "net-a", 2, Some(2)),
+            port("other", "net-b", 3, Some(3)),
+            port("late", "net-b", 4, None),
+        ],
+        endpoints: vec![EndpointDesc {
+            id: "remote".into(),
+            tenant: "acme".into(),
+            network: "net-a".into(),
+            mac: [0x02, 0, 0, 0, 9, 9],
+            ips: vec![Ipv4Addr::new(10, 0, 0, 99)],
+            vtep: Ipv4Addr::new(192, 168, 0, 2),
+        }],
+        tunnel_ofports: BTreeMap::from([(Encap::Vxlan, 10)]),
+    }
+}
+
+fn flows_of<'a>(c: &'a CompiledPipeline, owner: &Owner) -> Vec<&'a Flow> {
+    c.flows
+        .iter()
+        .filter(|f| &f.owner == owner)
+        .map(|f| &f.flow)
+        .collect()
+}
+
+#[test]
+fn every_flow_is_owned_and_tagged() {
+    let c = compile(&two_tenants());
+    assert!(!c.flows.is_empty());
+    for f in &c.flows {
+        assert!(is_agent_cookie(f.flow.cookie), "{}", f.flow);
+        assert_eq!(f.flow.cookie, f.owner.cookie());
+    }
+    // Identical input, identical output (order included).
+    assert_eq!(c, compile(&two_tenants()));
+}
+
+#[test]
+fn port_without_representor_gets_no_flows() {
+    let c = compile(&two_tenants());
+    assert!(flows_of(&c, &Owner::new(OwnerKind::Port, "late")).is_empty());
+    assert!(c.skipped_ports["late"].contains("representor"));
+}
+
+#[test]
+fn l2_forwarding_stays_in_the_network() {
+    let c = compile(&two_tenants());
+    for f in c.flows.iter().filter(|f| f.flow.table == table::L2_FORWARD) {
+        let Some(md) = f.flow.matches.get(Field::Metadata) else {
+            assert!(f.flow.instructions.is_drop(), "unscoped L2 flow {}", f.flow);
+            continue;
+        };
+        let dst = f.flow.matches.get(Field::EthDst).expect("dst MAC").value;
+        // Never a broadcast/multicast destination: nothing floods.
+        assert_eq!(dst >> 40 & 1, 0, "{}", f.flow);
+        match f.owner.id.as_str() {
+            "web" | "db" | "remote" => assert_eq!(md.value, 100),
+            "other" => assert_eq!(md.value, 200),
+            other => panic!("unexpected owner {other}"),
+        }
+    }
+    // No flow outputs to FLOOD, ALL or NORMAL.
+    for f in &c.flows {
+        for a in &f.flow.instructions.apply {
+            if let Action::Output { port, .. } = a {
+                assert!(
+                    ![
+                        crate::openflow::port::FLOOD,
+                        crate::openflow::port::ALL,
+                        crate::openflow::port::NORMAL
+                    ]
+                    .contains(port),
+                    "{}",
+                    f.flow
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn anti_spoofing_admits_only_own_addresses() {
+    let c = compile(&two_tenants());
+    let spoof: Vec<_> = flows_of(&c, &Owner::new(OwnerKind::Port, "db"))
+        .into_iter()
+        .filter(|f| f.table == table::ANTI_SPOOF)
+        .collect();
+    assert_eq!(spoof.len(), 2, "one IP rule and one ARP rule");
+    for f in spoof {
+        assert_eq!(f.matches.get(Field::InPort).unwrap().value, 2);
+        assert_eq!(
+            f.matches.get(Field::EthSrc).unwrap().value,
+            mac([2, 0, 0, 0, 0, 2])
+        );
+        let ip = u64::from(u32::from(Ipv4Addr::new(10, 0, 0, 2)));
+        let src = f
+            .matches
+            .get(Field::Ipv4Src)
+            .or(f.matches.get(Field::ArpSpa))
+            .unwrap();
+        assert_eq!(src.value, ip);
+        assert_eq!(src.mask, None);
+    }
+}
+
+#[test]
+fn ingress_rule_opens_exactly_tcp_80() {
+    let c = compile(&two_tenants());
+    let rules: Vec<_> = c
+        .flows
+        .iter()
+        .filter(|f| f.flow.table == table::INGRESS_RULES && f.flow.priority == 100)
+        .collect();
+    assert_eq!(rules.len(), 1, "only web has an ingress rule");
+    let m = &rules[0].flow.matches;
+    assert_eq!(m.get(Field::IpProto).unwrap().value, 6);
+    assert_eq!(m.get(Field::TcpDst).unwrap().value, 80);
+    assert_eq!(m.get(Field::TcpDst).unwrap().mask, None);
+    assert_eq!(m.get(Field::Reg(REG_DST_PORT)).unwrap().value, 1);
+    let text = rules[0].flow.to_string();
+    assert!(text.contains("ct(commit"), "{text}");
+}
+
+#[test]
+fn port_range_and_cidr_rules() {
+    let mut d = two_tenants();
+    d.ports[1].security.ingress.push(RuleDesc {
+        protocol: RuleProtocol::Udp,
+        cidr: Some((Ipv4Addr::new(10, 0, 0, 0), 24)),
+        ports: Some((1000, 2000)),
+    });
+    d.ports[1].security.egress = Some(vec![RuleDesc {
+        protocol: RuleProtocol::Icmp,
+        cidr: None,
+        ports: None,
+    }]);
+    let c = compile(&d);
+    let db = flows_of(&c, &Owner::new(OwnerKind::Port, "db"));
+    let ingress: Vec<_> = db
+        .iter()
+        .filter(|f| f.table == table::INGRESS_RULES)
+        .collect();
+    assert_eq!(ingress.len(), ranges::port_range_masks(1000, 2000).len());
+    for f in &ingress {
+        let src = f.matches.get(Field::Ipv4Src).unwrap();
+        assert_eq!(src.mask, Some(0xffff_ff00));
+    }
+    let egress: Vec<_> = db
+        .iter()
+        .filter(|f| f.table == table::EGRESS_RULES)
+        .collect();
+    assert_eq!(egress.len(), 1);
+    assert_eq!(egress[0].matches.get(Field::IpProto).unwrap().value, 1);
+}
+
+#[test]
+fn arp_responder_for_ports_and_endpoints() {
+    let c = compile(&two_tenants());
+    let arp: Vec<_> = c
+        .flows
+        .iter()
+        .filter(|f| f.flow.table == table::ARP_RESPONDER && f.flow.priority == 100)
+        .collect();
+    // web, db, other (late has no ofport) and the remote endpoint.
+    assert_eq!(arp.len(), 4);
+    let remote = arp.iter().find(|f| f.owner.id == "remote").unwrap();
+    let text = remote.flow.to_string();
+    assert!(text.contains("arp_tpa=10.0.0.99"), "{text}");
+    assert!(
+        text.contains("in_port") || text.contains("IN_PORT"),
+        "{text}"
+    );
+}
+
+#[test]
+fn endpoints_go_through_the_tunnel() {
+    let c = compile(&two_tenants());
+    let l2: Vec<_> = flows_of(&c, &Owner::new(OwnerKind::Endpoint, "remote"))
+        .into_iter()
+        .filter(|f| f.table == table::L2_FORWARD)
+        .collect();
+    assert_eq!(l2.len(), 1);
+    assert_eq!(
+        l2[0].instructions.apply,
+        vec![
+            Action::set_field(Field::TunnelId, 100),
+            Action::set_field(
+                Field::TunIpv4Dst,
+                u64::from(u32::from(Ipv4Addr::new(192, 168, 0, 2)))
+            ),
+            Action::output(10),
+        ]
+    );
+    // Without a tunnel port, no endpoint flows (and no tunnel classification).
+    let mut d = two_tenants();
+    d.tunnel_ofports.clear();
+    let c = compile(&d);
+    assert!(flows_of(&c, &Owner::new(OwnerKind::Endpoint, "remote")).is_empty());
+    assert!(flows_of(&c, &Owner::new(OwnerKind::Network, "net-a")).is_empty());
+}
+
+#[test]
+fn qos_adds_a_meter_on_classification() {
+    let mut d = two_tenants();
+    d.ports[1].qos = Some(QosDesc {
+        max_rate_kbps: 10_000,
+        burst_kbits: 800,
+    });
+    let c = compile(&d);
+    assert_eq!(c.meters.len(), 1);
+    let classify = flows_of(&c, &Owner::new(OwnerKind::Port, "db"))
+        .into_iter()
+        .find(|f| f.table == table::CLASSIFY)
+        .unwrap();
+    assert_eq!(classify.instructions.meter, Some(meter_id(2)));
+}
+
+fn flows(c: &CompiledPipeline) -> Vec<Flow> {
+    c.flows.iter().map(|f| f.flow.clone()).collect()
+}
+
+#[test]
+fn diff_of_equal_sets_is_empty_and_leaves_foreign_flows() {
+    let c = compile(&two_tenants());
+    let mut observed = flows(&c);
+    let foreign = Flow {
+        table: 99,
+        priority: 5,
+        cookie: 0x1234,
+        matches: Match::new().with(Field::InPort, 7),
+        instructions: Instructions::default(),
+        ..Flow::default()
+    };
+    observed.push(foreign);
+    let plan = plan_flows(c.flows.iter().map(|f| &f.flow), &observed);
+    assert!(plan.is_empty(), "{:?}", plan.describe());
+}
+
+#[test]
+fn diff_adds_modifies_and_deletes_only_what_changed() {
+    let before = compile(&two_tenants());
+    let mut d = two_tenants();
+    d.ports.retain(|p| p.id != "db");
+    d.ports[0].ofport = Some(11); // web moved to another representor
+    let after = compile(&d);
+    let plan = plan_flows(after.flows.iter().map(|f| &f.flow), &flows(&before));
+    assert!(!plan.delete.is_empty());
+    assert!(plan.delete.iter().all(|f| is_agent_cookie(f.cookie)));
+    // Unchanged owners (other, remote, the skeleton) are not touched.
+    let untouched = [
+        Owner::new(OwnerKind::Port, "other").cookie(),
+        Owner::new(OwnerKind::Endpoint, "remote").cookie(),
+        Owner::pipeline().cookie(),
+    ];
+    for f in plan.add.iter().chain(&plan.modify).chain(&plan.delete) {
+        assert!(!untouched.contains(&f.cookie), "touched {f}");
+    }
+    // Applying the plan to the old set yields the new one.
+    let mut state: Vec<Flow> = flows(&before);
+    for del in &plan.delete {
+        state.retain(|f| {
+            (f.table, f.priority, &f.matches) != (del.table, del.priority, &del.matches)
+        });
+    }
+    for f in plan.add.iter().chain(&plan.modify) {
+        state.retain(|o| (o.table, o.priority, &o.matches) != (f.table, f.priority, &f.matches));
+        state.push(f.clone());
+    }
+    let mut want = flows(&after);
+    let sort = |v: &mut Vec<Flow>| v.sort_by_key(|f| f.to_string());
+    sort(&mut state);
+    sort(&mut want);
+    assert_eq!(state, want);
+}
+
+#[test]
+fn diff_modifies_changed_actions_and_replaces_foreign_cookie() {
+    let c = compile(&two_tenants());
+    let mut observed = flows(&c);
+    observed[0].instructions.goto_table = Some(77);
+    observed[1].cookie = 0x42;
+    let plan = plan_flows(c.flows.iter().map(|f| &f.flow), &observed);
+    assert_eq!(plan.modify, vec![c.flows[0].flow.clone()]);
+    assert_eq!(plan.add, vec![c.flows[1].flow.clone()]);
+    assert!(plan.delete.is_empty());
+    let mods = plan.flow_mods();
+    assert_eq!(mods.len(), 2);
+}

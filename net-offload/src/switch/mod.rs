@@ -1,0 +1,551 @@
+//! The switch reconciler: ONE task that owns the OVSDB and OpenFlow
+//! connections of the integration bridge and converges it to the whole
+//! desired networking state, level-triggered:
+//!
+//! 1. bridge (datapath type, `fail_mode=secure`, OpenFlow13+14) and
+//!    `other_config:hw-offload` via OVSDB, only when the replica differs;
+//! 2. representor and tunnel ports via OVSDB, added in one transaction and
+//!    removed in one, each row marked with its owner;
+//! 3. the flow set compiled by [`crate::pipeline`], diffed against a dump in
+//!    canonical form, changes sent in ONE atomic bundle (meters first).
+//!
+//! It runs on every input change (coalesced), every OVSDB replica change or
+//! new session (ovsdb-server restarted), and every `period` (a dump finds
+//! flows deleted by hand and a restarted ovs-vswitchd, whose OpenFlow
+//! connection broke and is re-made). Its [`SwitchReport`] says what is
+//! really on the switch for which input version; the agent's controllers
+//! turn it into status. See README.md, "Reconcile".
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::openflow::{
+    ErrorType, Flow, FlowStatsRequest, MeterCommand, MeterMod, OpenFlowClient, OpenFlowError,
+};
+use crate::ovsdb::{
+    BridgeSpec, ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, PortRow, Transaction,
+    owner_value, vswitch_monitor,
+};
+use crate::pipeline::{self, CompiledPipeline, DesiredNetworking, FlowPlan, Owner, OwnerKind};
+use plan::{PortPlan, desired_ports, ofports, plan_ports, resolve_ofports};
+
+/// `OFPMMFC_METER_EXISTS`.
+const METER_EXISTS: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchConfig {
+    pub db: Endpoint,
+    pub bridge: String,
+    pub datapath_type: String,
+    pub hw_offload: bool,
+    /// The bridge's OpenFlow management socket (`<rundir>/<bridge>.mgmt`).
+    pub mgmt_socket: PathBuf,
+    /// How often the flows are dumped and compared even without a change.
+    pub period: Duration,
+}
+
+/// What the agent wants, with a version the report echoes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwitchInput {
+    pub version: u64,
+    /// Ports' `ofport` and `tunnel_ofports` are filled in by the reconciler.
+    pub networking: DesiredNetworking,
+    /// Port id → netdev name of its function's representor.
+    pub representors: BTreeMap<String, String>,
+}
+
+/// Per-port result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortReport {
+    pub ofport: Option<u32>,
+    pub flows: usize,
+    /// Why the port has no flows yet.
+    pub pending: Option<String>,
+}
+
+/// What the last convergence reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwitchReport {
+    /// The input version this report is about.
+    pub version: u64,
+    pub ovsdb_connected: bool,
+    pub openflow_connected: bool,
+    /// True when the switch acknowledged every flow of `version` (the bundle
+    /// was committed, or a dump showed nothing to change).
+    pub programmed: bool,
+    /// The last failure, for the person on call.
+    pub error: Option<String>,
+    pub ports: BTreeMap<String, PortReport>,
+    /// Flows per owner as installed.
+    pub flows: BTreeMap<Owner, usize>,
+    /// flow_mods sent since start (0 on a restart with nothing to change).
+    pub flow_mods_sent: u64,
+    /// Bundles committed since start.
+    pub bundles: u64,
+}
+
+impl SwitchReport {
+    pub fn flows_of(&self, kind: OwnerKind, id: &str) -> usize {
+        self.flows.get(&Owner::new(kind, id)).copied().unwrap_or(0)
+    }
+}
+
+/// The switch as last observed, for planning without I/O.
+#[derive(Debug, Clone, Default)]
+struct Observed {
+    flows: Vec<Flow>,
+    ports: Vec<PortRow>,
+    ofports: BTreeMap<String, u32>,
+}
+
+/// A handle on the running reconciler.
+#[derive(Debug, Clone)]
+pub struct SwitchHandle {
+    input: watch::Sender<Arc<SwitchInput>>,
+    report: watch::Receiver<Arc<SwitchReport>>,
+    observed: Arc<Mutex<Observed>>,
+    config: Arc<SwitchConfig>,
+}
+
+impl SwitchHandle {
+    /// Starts the reconciler; it stops when `shutdown` turns true or every
+    /// handle is dropped.
+    pub fn spawn(config: SwitchConfig, shutdown: watch::Receiver<bool>) -> Self {
+        let (input_tx, input_rx) = watch::channel(Arc::new(SwitchInput::default()));
+        let (report_tx, report_rx) = watch::channel(Arc::new(SwitchReport::default()));
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let config = Arc::new(config);
+        let ovsdb = OvsdbClient::spawn(
+            ClientConfig::new(config.db.clone()).with_monitor(vswitch_monitor()),
+        );
+        let task = Reconciler {
+            config: config.clone(),
+            ovsdb,
+            openflow: None,
+            meters: BTreeMap::new(),
+            observed: observed.clone(),
+            report: SwitchReport::default(),
+            report_tx,
+        };
+        tokio::spawn(task.run(input_rx, shutdown));
+        SwitchHandle {
+            input: input_tx,
+            report: report_rx,
+            observed,
+            config,
+        }
+    }
+
+    /// Hands over a new desired state (replacing any not yet processed).
+    pub fn set_input(&self, input: SwitchInput) {
+        self.input.send_replace(Arc::new(input));
+    }
+
+    /// The version of the input last handed over.
+    pub fn input_version(&self) -> u64 {
+        self.input.borrow().version
+    }
+
+    pub fn report(&self) -> Arc<SwitchReport> {
+        self.report.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<SwitchReport>> {
+        self.report.clone()
+    }
+
+    /// Waits until a report about `version` or later exists.
+    pub async fn wait_for_version(&self, version: u64, timeout: Duration) -> Arc<SwitchReport> {
+        let mut rx = self.report.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|r| r.version >= version)).await;
+        rx.borrow().clone()
+    }
+
+    /// What converging to `input` would change, against the switch as last
+    /// observed: OVSDB operations, then flows in ovs-ofctl syntax. Pure.
+    pub fn plan(&self, input: &SwitchInput) -> Vec<String> {
+        let observed = self.observed.lock().map(|o| o.clone()).unwrap_or_default();
+        let (ports, compiled) = plan_all(&observed, input);
+        let mut lines = ports.describe(&self.config.bridge);
+        let flows = pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
+        lines.extend(flows.describe());
+        for (id, why) in &compiled.skipped_ports {
+            lines.push(format!("port {id}: no flows yet ({why})"));
+        }
+        lines
+    }
+}
+
+fn plan_all(observed: &Observed, input: &SwitchInput) -> (PortPlan, CompiledPipeline) {
+    let want_ports = desired_ports(&input.networking, &input.representors);
+    let ports = plan_ports(&want_ports, &observed.ports);
+    let resolved = resolve_ofports(&input.networking, &input.representors, &observed.ofports);
+    (ports, pipeline::compile(&resolved))
+}
+
+struct Reconciler {
+    config: Arc<SwitchConfig>,
+    ovsdb: OvsdbClient,
+    openflow: Option<OpenFlowClient>,
+    /// Meters installed over the current OpenFlow connection.
+    meters: BTreeMap<u32, MeterMod>,
+    observed: Arc<Mutex<Observed>>,
+    report: SwitchReport,
+    report_tx: watch::Sender<Arc<SwitchReport>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConvergeError {
+    #[error("OVSDB at {0} is not connected")]
+    OvsdbDown(String),
+    #[error("OVSDB: {0}")]
+    Ovsdb(String),
+    #[error("OpenFlow: {0}")]
+    OpenFlow(String),
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Reconciler {
+    async fn run(
+        mut self,
+        mut input: watch::Receiver<Arc<SwitchInput>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut replica = self.ovsdb.replica_changes();
+        let mut session = self.ovsdb.session();
+        let mut tick = tokio::time::interval(self.config.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => if *shutdown.borrow() { break },
+                r = input.changed() => if r.is_err() { break },
+                _ = replica.changed() => {}
+                _ = session.changed() => {}
+                _ = tick.tick() => {}
+            }
+            // Coalesce a burst of changes into one pass.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let current = input.borrow_and_update().clone();
+            let result = self.converge(&current).await;
+            self.report.version = current.version;
+            self.report.ovsdb_connected = self.ovsdb.session().borrow().connected;
+            self.report.openflow_connected = self.openflow.is_some();
+            match result {
+                Ok(()) => {
+                    self.report.programmed = true;
+                    self.report.error = None;
+                    last_error = None;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    // Logged once per distinct failure, not every period.
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!(bridge = %self.config.bridge, error = %msg, "switch not converged; retrying every {:?}", self.config.period);
+                        last_error = Some(msg.clone());
+                    }
+                    self.report.programmed = false;
+                    self.report.error = Some(msg);
+                }
+            }
+            self.report_tx.send_replace(Arc::new(self.report.clone()));
+        }
+        tracing::info!(bridge = %self.config.bridge, "switch reconciler stopped");
+    }
+
+    async fn converge(&mut self, input: &SwitchInput) -> Result<(), ConvergeError> {
+        if !self.ovsdb.session().borrow().connected {
+            return Err(ConvergeError::OvsdbDown(format!("{:?}", self.config.db)));
+        }
+        self.ensure_bridge().await?;
+        self.refresh_ports()?;
+        let (port_plan, _) = {
+            let observed = self.observed.lock().expect("observed lock").clone();
+            plan_all(&observed, input)
+        };
+        if !port_plan.is_empty() {
+            self.apply_ports(&port_plan).await?;
+            self.refresh_ports()?;
+        }
+        self.connect_openflow().await?;
+        let observed_flows = self.dump().await?;
+        let (compiled, flow_plan) = {
+            let mut observed = self.observed.lock().expect("observed lock");
+            observed.flows = observed_flows;
+            let (_, compiled) = plan_all(&observed, input);
+            let plan =
+                pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
+            (compiled, plan)
+        };
+        self.report.ports = input
+            .networking
+            .ports
+            .iter()
+            .map(|p| {
+                let ofport = compiled
+                    .flows
+                    .iter()
+                    .find(|f| f.owner.kind == OwnerKind::Port && f.owner.id == p.id)
+                    .and_then(|f| f.flow.matches.get(crate::openflow::Field::InPort))
+                    .map(|m| m.value as u32);
+                let pending = compiled.skipped_ports.get(&p.id).cloned().or_else(|| {
+                    (!input.representors.contains_key(&p.id))
+                        .then(|| "its function has no representor yet".to_string())
+                });
+                (
+                    p.id.clone(),
+                    PortReport {
+                        ofport,
+                        flows: 0,
+                        pending,
+                    },
+                )
+            })
+            .collect();
+        self.apply_meters(&compiled).await?;
+        self.apply_flows(&flow_plan).await?;
+        self.remove_stale_meters(&compiled).await?;
+        let counts = compiled.flow_counts();
+        for (id, port) in &mut self.report.ports {
+            port.flows = counts
+                .get(&Owner::new(OwnerKind::Port, id.clone()))
+                .copied()
+                .unwrap_or(0);
+        }
+        self.report.flows = counts;
+        let mut observed = self.observed.lock().expect("observed lock");
+        observed.flows = compiled.flows.into_iter().map(|f| f.flow).collect();
+        Ok(())
+    }
+
+    async fn ensure_bridge(&mut self) -> Result<(), ConvergeError> {
+        let protocols: BTreeSet<String> = ["OpenFlow13", "OpenFlow14"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let (bridge, root) = self.ovsdb.read_replica(|r| {
+            (
+                r.bridge_by_name(&self.config.bridge).ok().flatten(),
+                r.open_vswitch().ok().flatten(),
+            )
+        });
+        let ok = bridge.as_ref().is_some_and(|b| {
+            b.datapath_type == self.config.datapath_type
+                && b.fail_mode.as_deref() == Some("secure")
+                && b.protocols == protocols
+        });
+        if !ok {
+            tracing::info!(bridge = %self.config.bridge, datapath_type = %self.config.datapath_type, "ensuring bridge (fail_mode=secure, OpenFlow13+14)");
+            self.ovsdb
+                .ensure_bridge(&BridgeSpec {
+                    name: self.config.bridge.clone(),
+                    datapath_type: self.config.datapath_type.clone(),
+                    fail_mode: Some("secure".into()),
+                    protocols: protocols.into_iter().collect(),
+                    owner: owner_value("bridge", &self.config.bridge),
+                })
+                .await
+                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+        }
+        if self.config.hw_offload
+            && let Some(root) = root
+            && root.other_config.get("hw-offload").map(String::as_str) != Some("true")
+        {
+            let mut txn = Transaction::new("Open_vSwitch");
+            txn.mutate(
+                "Open_vSwitch",
+                vec![],
+                vec![
+                    Mutation::delete("other_config", Datum::set(["hw-offload"])),
+                    Mutation::insert("other_config", Datum::map([("hw-offload", "true")])),
+                ],
+            );
+            txn.comment("dpu-agent: other_config:hw-offload=true");
+            self.ovsdb
+                .transact(&txn)
+                .await
+                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the bridge's ports and every interface's ofport from the replica.
+    fn refresh_ports(&mut self) -> Result<(), ConvergeError> {
+        let bridge = &self.config.bridge;
+        let (ports, ifaces) = self
+            .ovsdb
+            .read_replica(|r| -> Result<_, crate::ovsdb::RowError> {
+                let Some(b) = r.bridge_by_name(bridge)? else {
+                    return Ok((Vec::new(), Vec::new()));
+                };
+                let ports: Vec<PortRow> = r
+                    .ports()?
+                    .into_iter()
+                    .filter(|p| b.ports.contains(&p.uuid))
+                    .collect();
+                let iface_ids: BTreeSet<_> = ports
+                    .iter()
+                    .flat_map(|p| p.interfaces.iter().copied())
+                    .collect();
+                let ifaces = r
+                    .interfaces()?
+                    .into_iter()
+                    .filter(|i| iface_ids.contains(&i.uuid))
+                    .collect::<Vec<_>>();
+                Ok((ports, ifaces))
+            })
+            .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+        let mut observed = self.observed.lock().expect("observed lock");
+        observed.ofports = ofports(&ifaces);
+        observed.ports = ports;
+        Ok(())
+    }
+
+    async fn apply_ports(&mut self, plan: &PortPlan) -> Result<(), ConvergeError> {
+        let bridge = self.config.bridge.clone();
+        for line in plan.describe(&bridge) {
+            tracing::info!(bridge = %bridge, "{line}");
+        }
+        if !plan.add.is_empty() {
+            self.ovsdb
+                .add_ports(&bridge, &plan.add)
+                .await
+                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+        }
+        if !plan.remove.is_empty() {
+            let names: Vec<&str> = plan.remove.iter().map(String::as_str).collect();
+            self.ovsdb
+                .remove_ports(&bridge, &names)
+                .await
+                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    async fn connect_openflow(&mut self) -> Result<(), ConvergeError> {
+        if self.openflow.is_some() {
+            return Ok(());
+        }
+        match OpenFlowClient::connect_unix(&self.config.mgmt_socket).await {
+            Ok(mut c) => {
+                c.set_timeout(Duration::from_secs(10));
+                tracing::info!(socket = %self.config.mgmt_socket.display(), version = ?c.version(), "OpenFlow connected; reprogramming from a fresh dump");
+                self.meters.clear();
+                self.openflow = Some(c);
+                Ok(())
+            }
+            Err(e) => Err(ConvergeError::OpenFlow(chain(&e))),
+        }
+    }
+
+    /// Runs one OpenFlow operation; a broken connection is dropped so the
+    /// next pass reconnects (ovs-vswitchd restarted) and re-dumps.
+    async fn of<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut OpenFlowClient) -> Result<T, OpenFlowError>,
+    ) -> Result<T, OpenFlowError> {
+        let client = self.openflow.as_mut().expect("connected");
+        let result = f(client).await;
+        if let Err(e) = &result
+            && !matches!(
+                e,
+                OpenFlowError::FlowsRejected { .. } | OpenFlowError::Rejected { .. }
+            )
+        {
+            self.openflow = None;
+        }
+        result
+    }
+
+    async fn dump(&mut self) -> Result<Vec<Flow>, ConvergeError> {
+        let entries = self
+            .of(async |c| c.dump_flows(&FlowStatsRequest::new(None, 0, 0)).await)
+            .await
+            .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+        Ok(entries.into_iter().map(|e| e.flow).collect())
+    }
+
+    async fn apply_flows(&mut self, plan: &FlowPlan) -> Result<(), ConvergeError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let mods = plan.flow_mods();
+        tracing::info!(
+            bridge = %self.config.bridge,
+            add = plan.add.len(),
+            modify = plan.modify.len(),
+            delete = plan.delete.len(),
+            "applying flows in one bundle"
+        );
+        for line in plan.describe().iter().take(20) {
+            tracing::debug!("{line}");
+        }
+        self.of(async |c| c.bundle(&mods).await)
+            .await
+            .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+        self.report.flow_mods_sent += mods.len() as u64;
+        self.report.bundles += 1;
+        Ok(())
+    }
+
+    async fn apply_meters(&mut self, compiled: &CompiledPipeline) -> Result<(), ConvergeError> {
+        for (id, meter) in &compiled.meters {
+            if self.meters.get(id) == Some(meter) {
+                continue;
+            }
+            let m = meter.clone();
+            let added = self.of(async |c| c.meter_mod(&m).await).await;
+            match added {
+                Ok(()) => {}
+                Err(OpenFlowError::Rejected { error, .. })
+                    if error.error_type == ErrorType::MeterModFailed
+                        && error.code == METER_EXISTS =>
+                {
+                    let mut modify = meter.clone();
+                    modify.command = MeterCommand::Modify;
+                    self.of(async |c| c.meter_mod(&modify).await)
+                        .await
+                        .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+                }
+                Err(e) => return Err(ConvergeError::OpenFlow(chain(&e))),
+            }
+            self.meters.insert(*id, meter.clone());
+        }
+        Ok(())
+    }
+
+    async fn remove_stale_meters(
+        &mut self,
+        compiled: &CompiledPipeline,
+    ) -> Result<(), ConvergeError> {
+        let stale: Vec<u32> = self
+            .meters
+            .keys()
+            .filter(|id| !compiled.meters.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale {
+            self.of(async |c| c.meter_mod(&MeterMod::delete(id)).await)
+                .await
+                .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+            self.meters.remove(&id);
+        }
+        Ok(())
+    }
+}
