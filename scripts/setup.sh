@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing this project needs on a fresh
+# Debian 12 machine (root): Open vSwitch and iproute2 for the agent and its
+# tests; the aarch64 cross toolchain and the QEMU VM rig with --all.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=(openvswitch-switch iproute2 strace)
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The distribution's OVS service would fight the private sandboxes; it is
+# never used.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet openvswitch-switch 2>/dev/null; then
+  systemctl stop openvswitch-switch || true
+fi
+
+if [ "${1:-}" = "--all" ]; then
+  bash cross/setup.sh
+  bash tests/vm/setup.sh
+fi
