@@ -146,15 +146,20 @@ pub fn bind(root: &Path, pci_address: &str) -> Result<VfioBinding, VfioError> {
 
 /// Gives the function back to the driver it had before [`bind`].
 pub fn release(root: &Path, binding: &VfioBinding) -> Result<(), VfioError> {
-    let current = current_driver(root, &binding.pci_address);
-    apply(
+    release_to(
         root,
-        &plan_release(
-            &binding.pci_address,
-            current.as_deref(),
-            binding.previous_driver.as_deref(),
-        ),
+        &binding.pci_address,
+        binding.previous_driver.as_deref(),
     )
+}
+
+/// Clears `driver_override`, unbinds from vfio-pci and binds `driver`.
+pub fn release_to(root: &Path, pci_address: &str, driver: Option<&str>) -> Result<(), VfioError> {
+    if !root.join(device_rel(pci_address)).exists() {
+        return Err(VfioError::NotFound(pci_address.to_string()));
+    }
+    let current = current_driver(root, pci_address);
+    apply(root, &plan_release(pci_address, current.as_deref(), driver))
 }
 
 #[cfg(test)]

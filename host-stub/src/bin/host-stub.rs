@@ -9,6 +9,7 @@ use host_stub::config::Config;
 use host_stub::daemon::{self, Daemon, DaemonSettings};
 use host_stub::discover;
 use host_stub::selectors::{self, Selector};
+use host_stub::vfio;
 
 #[derive(Debug, Parser)]
 #[command(name = "host-stub", version, about)]
@@ -43,6 +44,13 @@ enum Command {
         #[arg(long, conflicts_with_all = ["vendors", "devices", "drivers", "pf_names"])]
         config: Option<PathBuf>,
     },
+    /// Bind a function to vfio-pci, or give it back to a driver, by hand.
+    Vfio {
+        #[command(subcommand)]
+        action: VfioAction,
+        #[arg(long, global = true, default_value = discover::DEFAULT_SYSFS_ROOT)]
+        sysfs_root: PathBuf,
+    },
     /// Run the daemon.
     Run {
         #[arg(long)]
@@ -50,6 +58,18 @@ enum Command {
         /// Overrides `sysfs_root` from the file.
         #[arg(long)]
         sysfs_root: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VfioAction {
+    /// Prints the previous driver and the IOMMU group.
+    Bind { pci_address: String },
+    /// Clears driver_override, unbinds from vfio-pci, binds `--to`.
+    Release {
+        pci_address: String,
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -104,6 +124,27 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Vfio { action, sysfs_root } => match action {
+            VfioAction::Bind { pci_address } => {
+                let b = vfio::bind(&sysfs_root, &pci_address)?;
+                println!(
+                    "{} bound to vfio-pci: group {} (/dev/vfio/{}), previous driver {}",
+                    b.pci_address,
+                    b.iommu_group,
+                    b.iommu_group,
+                    b.previous_driver.as_deref().unwrap_or("none")
+                );
+                Ok(())
+            }
+            VfioAction::Release { pci_address, to } => {
+                vfio::release_to(&sysfs_root, &pci_address, to.as_deref())?;
+                println!(
+                    "{pci_address} released to {}",
+                    to.as_deref().unwrap_or("no driver")
+                );
+                Ok(())
+            }
+        },
         Command::Run { config, sysfs_root } => run(config, sysfs_root),
     }
 }
