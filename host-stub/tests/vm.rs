@@ -72,14 +72,19 @@ fn qemu_nvme_sriov_discovery_and_vfio() -> anyhow::Result<()> {
     if !vm::enabled() {
         return Ok(());
     }
+    let binary = stripped_binary()?;
     let out = Vm::builder()
         .nvme_sriov()
         .iommu()
         .modules(&["vfio-pci"])
         .packages(&["libgcc-s1"])
-        .binary(stripped_binary()?)
+        .binary(&binary)
         .script(SCRIPT)
-        .run()?;
+        .run();
+    if let Some(dir) = binary.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let out = out?;
     println!("{out}");
     assert!(out.success(), "{out}");
 
