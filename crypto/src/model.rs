@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+pub use ipnet::Ipv4Net;
 
 use crate::keys::SaKey;
 

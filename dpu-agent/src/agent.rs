@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::reconcile::engine::{Controllers, Engine};
+use crate::reconcile::ipsec::{IpsecConfig, IpsecTunnels};
 use crate::reconcile::tenants::Tenants;
 use crate::reconcile::unavailable::Unavailable;
 use crate::reconcile::{Context, Controller};
@@ -35,11 +36,19 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
 }
 
-/// The controllers of this build: tenants for real; every other kind stays
+/// The controllers of this build: tenants and IPsec tunnels (uplink for
+/// offload from `DPU_IPSEC_UPLINK`) for real; every other kind stays
 /// `Pending` with `BackendUnavailable` until its backend is wired in.
 pub fn default_controllers() -> Vec<Arc<dyn Controller>> {
-    let mut list: Vec<Arc<dyn Controller>> = vec![Arc::new(Tenants)];
-    for kind in dpu_api::Kind::ALL.into_iter().filter(|k| !k.is_tenant()) {
+    let mut list: Vec<Arc<dyn Controller>> = vec![
+        Arc::new(Tenants),
+        Arc::new(IpsecTunnels::new(IpsecConfig {
+            uplink: std::env::var("DPU_IPSEC_UPLINK").ok(),
+            ..IpsecConfig::default()
+        })),
+    ];
+    let real: Vec<dpu_api::Kind> = list.iter().map(|c| c.kind()).collect();
+    for kind in dpu_api::Kind::ALL.into_iter().filter(|k| !real.contains(k)) {
         list.push(Arc::new(Unavailable::for_kind(kind)));
     }
     list

@@ -1,0 +1,735 @@
+//! The `ipsec-tunnels` controller: each tunnel becomes two ESP SAs and its
+//! policies in the kernel's XFRM database (via `dpu_crypto`), with status
+//! read back from the kernel (offload really active, byte/packet counters,
+//! rekeys).
+//!
+//! Ownership is the reqid: each tunnel gets one from `dpu_crypto::plan::
+//! REQID_RANGE`, recorded in `status.reqid` so it survives restarts. Agent
+//! state whose reqid no stored tunnel holds is removed; other state is left
+//! alone. Keys are opened from the store only to build the SAs, live in
+//! zeroizing buffers, and appear in no status, log, error or plan line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dpu_api::Kind;
+use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
+use dpu_api::spec::{self, IpsecTunnelSpec, Spec};
+use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply, chain};
+use dpu_crypto::keys::SaKey;
+use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, SaSpec, Tunnel};
+use dpu_crypto::plan::{Observed, REQID_RANGE, plan, plan_teardown};
+use dpu_crypto::xfrm::socket::XfrmError;
+use serde_json::Value;
+
+use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use crate::store::StoredObject;
+
+/// How the controller reaches the kernel.
+#[derive(Debug, Clone, Default)]
+pub struct IpsecConfig {
+    /// Program XFRM in this network namespace (`/run/netns/NAME`) instead of
+    /// the agent's own.
+    pub netns: Option<PathBuf>,
+    /// The uplink netdev offload is requested on; none → software only.
+    pub uplink: Option<String>,
+    /// How long an old SA outlives its replacement after a rekey.
+    pub rekey_grace: Option<Duration>,
+}
+
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Counters are polled this often.
+const POLL: Duration = Duration::from_secs(30);
+
+type Opener = dyn Fn() -> Result<Box<dyn IpsecBackend>, XfrmError> + Send + Sync;
+
+pub struct IpsecTunnels {
+    config: IpsecConfig,
+    opener: Box<Opener>,
+    backend: Arc<Mutex<Option<Box<dyn IpsecBackend>>>>,
+    /// Object `tenant/id` → reqid; seeded from stored status.
+    reqids: Mutex<BTreeMap<String, u32>>,
+    /// The last kernel observation, for `plan` (which must not do I/O).
+    last_observed: Arc<Mutex<Option<Observed>>>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for IpsecTunnels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpsecTunnels")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IpsecTunnels {
+    pub fn new(config: IpsecConfig) -> Self {
+        let netns = config.netns.clone();
+        Self::with_backend(config, move || {
+            Ok(Box::new(XfrmBackend::open(netns.as_deref())?) as Box<dyn IpsecBackend>)
+        })
+    }
+
+    /// With another backend (tests).
+    pub fn with_backend(
+        config: IpsecConfig,
+        opener: impl Fn() -> Result<Box<dyn IpsecBackend>, XfrmError> + Send + Sync + 'static,
+    ) -> Self {
+        IpsecTunnels {
+            config,
+            opener: Box::new(opener),
+            backend: Arc::new(Mutex::new(None)),
+            reqids: Mutex::new(BTreeMap::new()),
+            last_observed: Arc::new(Mutex::new(None)),
+            connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        self.config.rekey_grace.unwrap_or(DEFAULT_GRACE)
+    }
+
+    /// Reqids of every stored tunnel (allocating for `obj` if needed), and
+    /// `obj`'s.
+    fn reqids(&self, ctx: &Context, obj: &StoredObject) -> Result<(u32, BTreeSet<u32>), String> {
+        let mut table = self.reqids.lock().unwrap_or_else(|e| e.into_inner());
+        allocate(&mut table, ctx, obj)
+    }
+
+    /// Like `reqids` but without recording an allocation (for `plan`).
+    fn reqids_peek(
+        &self,
+        ctx: &Context,
+        obj: &StoredObject,
+    ) -> Result<(u32, BTreeSet<u32>), String> {
+        let mut table = self
+            .reqids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        allocate(&mut table, ctx, obj)
+    }
+
+    fn uplink_ifindex(&self) -> Option<u32> {
+        // An ifindex only means something in our own namespace.
+        if self.config.netns.is_some() {
+            return None;
+        }
+        let name = std::ffi::CString::new(self.config.uplink.clone()?).ok()?;
+        // SAFETY: name is a valid NUL-terminated string.
+        let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        (idx != 0).then_some(idx)
+    }
+}
+
+/// Syncs `table` with the stored tunnels' `status.reqid` and returns
+/// `obj`'s reqid (the lowest free one if it has none) and everyone else's.
+fn allocate(
+    table: &mut BTreeMap<String, u32>,
+    ctx: &Context,
+    obj: &StoredObject,
+) -> Result<(u32, BTreeSet<u32>), String> {
+    let all = ctx.store.list(Kind::IpsecTunnel, None);
+    let me = name(obj);
+    let present: BTreeSet<String> = all.iter().map(|o| name(o)).collect();
+    table.retain(|k, _| present.contains(k) || *k == me);
+    for o in &all {
+        if let Some(r) = o.status.fields.get("reqid").and_then(Value::as_u64)
+            && REQID_RANGE.contains(&(r as u32))
+        {
+            table.entry(name(o)).or_insert(r as u32);
+        }
+    }
+    let mine = match table.get(&me) {
+        Some(r) => *r,
+        None => {
+            let used: BTreeSet<u32> = table.values().copied().collect();
+            let free = REQID_RANGE
+                .clone()
+                .find(|r| !used.contains(r))
+                .ok_or("all 65536 agent reqids are in use")?;
+            table.insert(me.clone(), free);
+            free
+        }
+    };
+    let others = table
+        .iter()
+        .filter(|(k, _)| **k != me)
+        .map(|(_, r)| *r)
+        .collect();
+    Ok((mine, others))
+}
+
+fn name(o: &StoredObject) -> String {
+    format!("{}/{}", o.tenant, o.id)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn typed_spec(obj: &StoredObject) -> Option<IpsecTunnelSpec> {
+    match obj.spec_without_secrets()? {
+        Spec::IpsecTunnel(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn open_key(
+    ctx: &Context,
+    obj: &StoredObject,
+    field: &str,
+    cipher: Cipher,
+) -> Result<SaKey, String> {
+    let text = ctx
+        .store
+        .open_secret(obj, field)
+        .map_err(|e| format!("cannot open sealed spec.{field}: {}", chain(&e)))?
+        .ok_or_else(|| format!("spec.{field} is not set"))?;
+    SaKey::from_hex(&text, cipher).map_err(|e| format!("spec.{field}: {e}"))
+}
+
+/// The crypto crate's tunnel for a stored object; errors name the field.
+fn tunnel(
+    ctx: &Context,
+    obj: &StoredObject,
+    s: &IpsecTunnelSpec,
+    reqid: u32,
+    offload_dev: Option<u32>,
+) -> Result<Tunnel, String> {
+    let cipher = match s.cipher {
+        spec::Cipher::AesGcm128 => Cipher::AesGcm128,
+        spec::Cipher::AesGcm256 => Cipher::AesGcm256,
+    };
+    let addr = |f: &str, v: &str| {
+        v.parse()
+            .map_err(|_| format!("spec.{f} is not an IPv4 address"))
+    };
+    let nets = |f: &str, v: &[String]| -> Result<Vec<Ipv4Net>, String> {
+        v.iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.parse()
+                    .map_err(|_| format!("spec.{f}[{i}] is not an IPv4 CIDR"))
+            })
+            .collect()
+    };
+    Ok(Tunnel {
+        name: name(obj),
+        reqid,
+        local: addr("local", &s.local)?,
+        remote: addr("remote", &s.remote)?,
+        local_subnets: nets("local_subnets", &s.local_subnets)?,
+        remote_subnets: nets("remote_subnets", &s.remote_subnets)?,
+        mode: match s.mode {
+            spec::IpsecMode::Tunnel => Mode::Tunnel,
+            spec::IpsecMode::Transport => Mode::Transport,
+        },
+        cipher,
+        inbound: SaSpec {
+            spi: s.spi_in,
+            key: open_key(ctx, obj, "key_in", cipher)?,
+        },
+        outbound: SaSpec {
+            spi: s.spi_out,
+            key: open_key(ctx, obj, "key_out", cipher)?,
+        },
+        replay_window: s.replay_window.unwrap_or(128),
+        esn: s.esn.unwrap_or(false),
+        offload: match s.offload {
+            spec::OffloadRequest::Auto => OffloadRequest::Auto,
+            spec::OffloadRequest::Packet => OffloadRequest::Packet,
+            spec::OffloadRequest::Crypto => OffloadRequest::Crypto,
+            spec::OffloadRequest::None => OffloadRequest::None,
+        },
+        offload_dev,
+    })
+}
+
+fn backend_error(e: &XfrmError) -> ReconcileError {
+    ReconcileError {
+        reason: "XfrmUnavailable".into(),
+        message: format!(
+            "cannot talk to the kernel's XFRM netlink: {}; check that xfrm_user is loaded and the agent has CAP_NET_ADMIN",
+            chain(e)
+        ),
+    }
+}
+
+/// Runs `f` with the backend on a blocking thread, opening it if needed and
+/// dropping it after an I/O error so the next reconcile reopens it.
+async fn with_backend<T: Send + 'static>(
+    ctrl: &IpsecTunnels,
+    f: impl FnOnce(&mut dyn IpsecBackend) -> Result<T, XfrmError> + Send + 'static,
+) -> Result<T, ReconcileError> {
+    let slot = ctrl.backend.clone();
+    let opened = {
+        let guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        guard.is_some()
+    };
+    let fresh = if opened {
+        None
+    } else {
+        Some((ctrl.opener)().map_err(|e| {
+            ctrl.connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            backend_error(&e)
+        })?)
+    };
+    let connected = ctrl.connected.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = fresh {
+            *guard = Some(b);
+        }
+        let Some(backend) = guard.as_mut() else {
+            return Err(ReconcileError {
+                reason: "XfrmUnavailable".into(),
+                message: "the XFRM backend is not open".into(),
+            });
+        };
+        match f(backend.as_mut()) {
+            Ok(v) => {
+                connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                *guard = None;
+                Err(backend_error(&e))
+            }
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError {
+        reason: "Internal".into(),
+        message: format!("the XFRM worker failed: {e}"),
+    })?
+}
+
+impl Controller for IpsecTunnels {
+    fn kind(&self) -> Kind {
+        Kind::IpsecTunnel
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        ctx: &'a Context,
+        obj: &'a StoredObject,
+    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+        Box::pin(async move {
+            let mut status = obj.status.clone();
+            let (reqid, others) = self.reqids(ctx, obj).map_err(|message| ReconcileError {
+                reason: "NoReqid".into(),
+                message,
+            })?;
+            status.fields.insert("reqid".into(), Value::from(reqid));
+
+            if obj.deleting {
+                let who = name(obj);
+                let report = with_backend(self, move |b| {
+                    let observed = b.observe()?;
+                    Ok(apply(b, &plan_teardown(reqid, &who, &observed)))
+                })
+                .await?;
+                if let Some(f) = report.failures.first() {
+                    return Err(ReconcileError {
+                        reason: "TeardownFailed".into(),
+                        message: format!("{}: {}", f.action, f.error),
+                    });
+                }
+                self.reqids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name(obj));
+                return Ok(Outcome {
+                    status,
+                    finalized: true,
+                    requeue_after: None,
+                });
+            }
+
+            let Some(spec) = typed_spec(obj) else {
+                status.phase = Phase::Failed;
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::False,
+                    "InvalidSpec",
+                    "the stored spec does not parse; PUT a valid one",
+                ));
+                return Ok(Outcome {
+                    status,
+                    finalized: false,
+                    requeue_after: None,
+                });
+            };
+            let desired = match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex()) {
+                Ok(t) => t,
+                Err(message) => {
+                    status.phase = Phase::Failed;
+                    status.set_condition(condition(
+                        "Programmed",
+                        ConditionStatus::False,
+                        "InvalidKey",
+                        message,
+                    ));
+                    return Ok(Outcome {
+                        status,
+                        finalized: false,
+                        requeue_after: None,
+                    });
+                }
+            };
+            let grace = self.grace();
+            let last = self.last_observed.clone();
+            let (first, report, after) = with_backend(self, move |b| {
+                let observed = b.observe()?;
+                let first = plan(
+                    std::slice::from_ref(&desired),
+                    &others,
+                    &observed,
+                    now_secs(),
+                    grace,
+                );
+                let report = apply(b, &first.actions);
+                let observed = b.observe()?;
+                let after = plan(
+                    std::slice::from_ref(&desired),
+                    &others,
+                    &observed,
+                    now_secs(),
+                    grace,
+                );
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(observed);
+                Ok((first, report, after))
+            })
+            .await?;
+
+            let me = name(obj);
+            let state = after.state.get(&me).cloned().unwrap_or_default();
+            let mut rekeys = status
+                .fields
+                .get("rekeys")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if first.rekeys.contains(&me) && report.failures.is_empty() {
+                rekeys += 1;
+            }
+            let offload = state.offload_active.unwrap_or(OffloadActive::None);
+            for (k, v) in [
+                ("offload_active", Value::from(offload.name())),
+                ("bytes_in", Value::from(state.bytes_in)),
+                ("bytes_out", Value::from(state.bytes_out)),
+                ("packets_in", Value::from(state.packets_in)),
+                ("packets_out", Value::from(state.packets_out)),
+                ("rekeys", Value::from(rekeys)),
+            ] {
+                status.fields.insert(k.into(), v);
+            }
+            let requested = spec.offload;
+            let offload_note = match (requested, self.uplink_ifindex()) {
+                (spec::OffloadRequest::None, _) => String::new(),
+                (_, None) => "; no uplink configured for offload, running in software".into(),
+                _ => String::new(),
+            };
+            if !report.failures.is_empty() || !first.conflicts.is_empty() {
+                status.phase = Phase::Degraded;
+                let mut problems: Vec<String> = report
+                    .failures
+                    .iter()
+                    .map(|f| format!("{}: {}", f.action, f.error))
+                    .collect();
+                problems.extend(first.conflicts.iter().cloned());
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::False,
+                    if first.conflicts.is_empty() {
+                        "KernelRefused"
+                    } else {
+                        "Conflict"
+                    },
+                    format!(
+                        "{} of {} changes failed: {}",
+                        problems.len(),
+                        first.actions.len() + first.conflicts.len(),
+                        problems.join("; ")
+                    ),
+                ));
+            } else if state.programmed {
+                status.phase = Phase::Ready;
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::True,
+                    "SasAndPoliciesInstalled",
+                    format!(
+                        "SAs in 0x{:08x} / out 0x{:08x}, reqid 0x{reqid:08x}, offload {}{offload_note}",
+                        spec.spi_in,
+                        spec.spi_out,
+                        offload.name()
+                    ),
+                ));
+            } else {
+                status.phase = Phase::Pending;
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::False,
+                    "Converging",
+                    format!("{} changes applied; checking again", report.applied),
+                ));
+            }
+            let requeue = [first.requeue_after, after.requeue_after, Some(POLL)]
+                .into_iter()
+                .flatten()
+                .min();
+            Ok(Outcome {
+                status,
+                finalized: false,
+                requeue_after: requeue,
+            })
+        })
+    }
+
+    fn plan(&self, ctx: &Context, obj: &StoredObject, outcome: WriteOutcome) -> Vec<String> {
+        let observed = self
+            .last_observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let note = if observed.is_none() {
+            " (kernel not yet observed: planned against an empty XFRM database)"
+        } else {
+            ""
+        };
+        let observed = observed.unwrap_or_default();
+        let Ok((reqid, others)) = self.reqids_peek(ctx, obj) else {
+            return vec!["nothing: no free reqid for this tunnel".into()];
+        };
+        if outcome == WriteOutcome::Deleted || obj.deleting {
+            return plan_teardown(reqid, &name(obj), &observed)
+                .iter()
+                .map(|a| format!("{a}{note}"))
+                .collect();
+        }
+        let Some(spec) = typed_spec(obj) else {
+            return vec!["nothing: the spec does not parse".into()];
+        };
+        match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex()) {
+            Err(e) => vec![format!("nothing: {e}")],
+            Ok(t) => {
+                let p = plan(&[t], &others, &observed, now_secs(), self.grace());
+                p.actions
+                    .iter()
+                    .map(|a| format!("{a}{note}"))
+                    .chain(p.conflicts.iter().map(|c| format!("conflict: {c}")))
+                    .collect()
+            }
+        }
+    }
+
+    fn backend(&self) -> Option<(String, bool)> {
+        Some((
+            "xfrm".into(),
+            self.connected.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use dpu_api::object::{EventType, ObjectKey};
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{Store, StoreError};
+
+    const KEY_IN: &str = "c0ffee00c0ffee00c0ffee00c0ffee00deadbeef";
+    const KEY_OUT: &str = "facade00facade00facade00facade00feedf00d";
+
+    struct Netns(String);
+    impl Netns {
+        fn new(tag: &str) -> Option<Netns> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("skipped: needs root for network namespaces");
+                return None;
+            }
+            let name = format!("dpuag-{tag}-{}", std::process::id());
+            let st = Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .ok()?;
+            assert!(st.success());
+            Some(Netns(name))
+        }
+        fn ip(&self, args: &str) -> String {
+            let out = Command::new("ip")
+                .args(["-n", &self.0])
+                .args(args.split_whitespace())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    }
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    fn put_tunnel(store: &Store, id: &str, deleting: bool) {
+        let key = ObjectKey::new(Kind::IpsecTunnel, id);
+        store
+            .transact(|t| {
+                let mut spec = json!({
+                    "local": "192.0.2.1", "remote": "192.0.2.2",
+                    "local_subnets": ["10.1.0.0/16"], "remote_subnets": ["10.2.0.0/16"],
+                    "mode": "tunnel", "cipher": "aes-gcm-128",
+                    "spi_in": 4097, "spi_out": 8193,
+                    "key_in": KEY_IN, "key_out": KEY_OUT, "offload": "auto"
+                });
+                Store::seal_spec(t.sealer(), &key, &mut spec)?;
+                let status = t.get(&key).map(|o| o.status.clone()).unwrap_or_default();
+                t.put(
+                    StoredObject {
+                        kind: Kind::IpsecTunnel,
+                        id: id.into(),
+                        tenant: "acme".into(),
+                        generation: 1,
+                        spec,
+                        status,
+                        deleting,
+                    },
+                    EventType::Added,
+                );
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
+
+    fn get(store: &Store, id: &str) -> StoredObject {
+        (*store.get(&ObjectKey::new(Kind::IpsecTunnel, id)).unwrap()).clone()
+    }
+
+    fn assert_no_key(text: &str) {
+        for k in [KEY_IN, KEY_OUT, &KEY_IN[..10], &KEY_OUT[..10]] {
+            assert!(!text.to_lowercase().contains(k), "key material in: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_programs_policies_removes_orphans_and_tears_down() {
+        let Some(ns) = Netns::new("rec") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let ctx = Context {
+            store: store.clone(),
+        };
+        let ctrl = IpsecTunnels::new(IpsecConfig {
+            netns: Some(format!("/run/netns/{}", ns.0).into()),
+            ..Default::default()
+        });
+        // Leftovers: an agent-owned orphan and someone else's policy.
+        ns.ip("xfrm policy add src 10.7.0.0/16 dst 10.8.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.9 proto esp reqid 0x0d50fff0 mode tunnel");
+        ns.ip("xfrm policy add src 10.5.0.0/16 dst 10.6.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.8 proto esp reqid 7 mode tunnel");
+
+        put_tunnel(&store, "t1", false);
+        let plan_before = ctrl.plan(&ctx, &get(&store, "t1"), WriteOutcome::Created);
+        assert!(
+            plan_before.iter().any(|l| l.contains("xfrm state add in")),
+            "{plan_before:#?}"
+        );
+        let out = ctrl.reconcile(&ctx, &get(&store, "t1")).await.unwrap();
+        let listed = ns.ip("xfrm policy");
+        assert!(
+            listed.contains("src 10.1.0.0/16 dst 10.2.0.0/16"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("src 10.2.0.0/16 dst 10.1.0.0/16 \n\tdir fwd"),
+            "{listed}"
+        );
+        assert!(!listed.contains("10.7.0.0/16"), "orphan kept: {listed}");
+        assert!(
+            listed.contains("src 10.5.0.0/16"),
+            "foreign removed: {listed}"
+        );
+        assert_eq!(out.status.fields["reqid"], json!(0x0d50_0000));
+        assert_eq!(out.status.fields["offload_active"], json!("none"));
+        // Without ESP in this kernel the SAs fail: Degraded, saying so.
+        let cond = out.status.condition("Programmed").unwrap();
+        if out.status.phase == Phase::Degraded {
+            assert!(cond.message.contains("xfrm state add"), "{}", cond.message);
+        } else {
+            assert_eq!(out.status.phase, Phase::Ready, "{cond:?}");
+        }
+        let plan_after = ctrl.plan(&ctx, &get(&store, "t1"), WriteOutcome::Updated);
+        assert!(
+            plan_after.iter().all(|l| l.contains("xfrm state add")),
+            "{plan_after:#?}"
+        );
+        // Nothing that leaves the controller carries a key.
+        let everything = format!(
+            "{}\n{:?}\n{}\n{}\n{:?}",
+            serde_json::to_string(&out.status).unwrap(),
+            out,
+            plan_before.join("\n"),
+            plan_after.join("\n"),
+            ctrl
+        );
+        assert_no_key(&everything);
+
+        store
+            .transact(|t| {
+                t.set_status(&ObjectKey::new(Kind::IpsecTunnel, "t1"), out.status.clone());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        put_tunnel(&store, "t1", true);
+        let teardown = ctrl.plan(&ctx, &get(&store, "t1"), WriteOutcome::Deleted);
+        assert_eq!(teardown.len(), 3, "{teardown:#?}");
+        let gone = ctrl.reconcile(&ctx, &get(&store, "t1")).await.unwrap();
+        assert!(gone.finalized);
+        let listed = ns.ip("xfrm policy");
+        assert!(!listed.contains("10.1.0.0/16"), "{listed}");
+        assert!(listed.contains("src 10.5.0.0/16"), "{listed}");
+    }
+
+    #[tokio::test]
+    async fn unreadable_key_fails_without_echoing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let ctx = Context {
+            store: store.clone(),
+        };
+        put_tunnel(&store, "t1", false);
+        // A 256-bit cipher with the 128-bit keys above: the key does not fit.
+        let mut o = get(&store, "t1");
+        o.spec["cipher"] = json!("aes-gcm-256");
+        let ctrl = IpsecTunnels::with_backend(IpsecConfig::default(), || {
+            Err(XfrmError::Open(std::io::Error::other(
+                "no kernel in this test",
+            )))
+        });
+        let out = ctrl.reconcile(&ctx, &o).await.unwrap();
+        assert_eq!(out.status.phase, Phase::Failed);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert!(cond.message.contains("spec.key_in"), "{}", cond.message);
+        assert_no_key(&format!(
+            "{:?} {:?}",
+            out,
+            ctrl.plan(&ctx, &o, WriteOutcome::Updated)
+        ));
+    }
+}
