@@ -16,8 +16,9 @@ cargo build --locked -q -p dpu-agent --bins
 state="${DPU_STATE_DIR:-$HOME/.local/state/dpu-agent/dev}"
 export DPU_STATE_DIR="$state"
 mkdir -p "$state"
-agent=target/debug/dpu-agent
-dpuctl=target/debug/dpuctl
+bin="${CARGO_TARGET_DIR:-target}/debug"
+agent="$bin/dpu-agent"
+dpuctl="$bin/dpuctl"
 
 "$agent" dev --state-dir "$state" 2>"$state/agent.log" &
 pid=$!
@@ -43,7 +44,7 @@ done
 cat <<TXT
 
 The agent is running (log: $state/agent.log). In another shell:
-    export DPU_STATE_DIR=$state PATH=\$PWD/target/debug:\$PATH
+    export DPU_STATE_DIR=$state PATH=$(cd "$bin" && pwd):\$PATH
     dpuctl get ports; dpuctl describe ports demo-web; dpuctl watch
 Ctrl-C stops it.
 TXT
