@@ -20,7 +20,10 @@ use dpu_api::identity::Role;
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
     // target/debug/deps/<test>-<hash>
-    exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary, built if needed.
@@ -53,7 +56,10 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A running agent.
@@ -74,7 +80,10 @@ impl AgentProcess {
 
     /// Starts `dpu-agent dev` with extra arguments.
     pub fn start_with(args: &[&str]) -> AgentProcess {
-        let dir = tempfile::Builder::new().prefix("dpu-agent-test").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("dpu-agent-test")
+            .tempdir()
+            .expect("temp dir");
         let mut agent = AgentProcess {
             child: None,
             dir,
@@ -135,7 +144,10 @@ impl AgentProcess {
         // with a runtime of its own.
         let probe = |client: Client| {
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 rt.block_on(client.readyz()).ok()
             })
             .join()
@@ -146,7 +158,10 @@ impl AgentProcess {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("dpu-agent exited with {status} before it was ready; log:\n{}", self.log());
+                panic!(
+                    "dpu-agent exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
             }
             if self.pki("admin.pem").exists() {
                 let client = self.admin();
@@ -155,7 +170,10 @@ impl AgentProcess {
                 }
             }
             if Instant::now() > deadline {
-                panic!("dpu-agent not ready after {timeout:?}; log:\n{}", self.log());
+                panic!(
+                    "dpu-agent not ready after {timeout:?}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -163,8 +181,12 @@ impl AgentProcess {
 
     /// A client with the fleet-controller identity `dpu-agent dev` wrote.
     pub fn admin(&self) -> Client {
-        Client::from_files(&self.url(), &self.pki("ca.pem"), Some((&self.pki("admin.pem"), &self.pki("admin-key.pem"))))
-            .expect("admin client")
+        Client::from_files(
+            &self.url(),
+            &self.pki("ca.pem"),
+            Some((&self.pki("admin.pem"), &self.pki("admin-key.pem"))),
+        )
+        .expect("admin client")
     }
 
     /// A client with a freshly issued identity for `role`.
@@ -181,8 +203,12 @@ impl AgentProcess {
         .expect("dev CA");
         let id = ca.issue(spiffe_id, &[]).expect("issue identity");
         let ca_pem = std::fs::read(self.pki("ca.pem")).expect("ca.pem");
-        Client::from_pem(&self.url(), &ca_pem, Some((id.cert_pem.as_bytes(), id.key_pem.as_bytes())))
-            .expect("client")
+        Client::from_pem(
+            &self.url(),
+            &ca_pem,
+            Some((id.cert_pem.as_bytes(), id.key_pem.as_bytes())),
+        )
+        .expect("client")
     }
 
     /// A client that presents no certificate.

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use dpu_api::client::{Client, ClientError, Method, WatchFilter};
 use dpu_api::identity::Role;
-use dpu_api::object::{ApplyRequest, EventType, HostDevice, HostInventory, ObjectWrite, Prune, WriteOutcome};
+use dpu_api::object::{
+    ApplyRequest, EventType, HostDevice, HostInventory, ObjectWrite, Prune, WriteOutcome,
+};
 use dpu_api::{Kind, Phase};
 use dpu_tests::agent::AgentProcess;
 use futures_util::StreamExt;
@@ -19,10 +21,26 @@ const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
 /// A valid spec of every kind, all in tenant `acme`, in dependency order.
 fn specs(tls_cert: &str, tls_key: &str) -> Vec<(Kind, &'static str, Value)> {
     vec![
-        (Kind::Tenant, "acme", json!({"description": "demo", "quotas": {"functions": 10}})),
-        (Kind::Function, "web-fn", json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"})),
-        (Kind::Function, "disk-fn", json!({"type": "nvme", "pf": "pf0"})),
-        (Kind::Network, "net1", json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "vxlan"})),
+        (
+            Kind::Tenant,
+            "acme",
+            json!({"description": "demo", "quotas": {"functions": 10}}),
+        ),
+        (
+            Kind::Function,
+            "web-fn",
+            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
+        ),
+        (
+            Kind::Function,
+            "disk-fn",
+            json!({"type": "nvme", "pf": "pf0"}),
+        ),
+        (
+            Kind::Network,
+            "net1",
+            json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "vxlan"}),
+        ),
         (
             Kind::Port,
             "web-1",
@@ -58,19 +76,28 @@ fn specs(tls_cert: &str, tls_key: &str) -> Vec<(Kind, &'static str, Value)> {
 
 fn tls_identity() -> (String, String) {
     let ca = dpu_agent::pki::Ca::generate("test service CA").unwrap();
-    let id = ca.issue("spiffe://dpu.local/svc", &["svc.example"]).unwrap();
+    let id = ca
+        .issue("spiffe://dpu.local/svc", &["svc.example"])
+        .unwrap();
     (id.cert_pem, id.key_pem)
 }
 
 fn tenant_of(kind: Kind, id: &str) -> Option<&str> {
-    if kind == Kind::Tenant { Some(id) } else { Some("acme") }
+    if kind == Kind::Tenant {
+        Some(id)
+    } else {
+        Some("acme")
+    }
 }
 
 async fn create_all(c: &Client) -> Vec<(Kind, &'static str, Value)> {
     let (cert, key) = tls_identity();
     let all = specs(&cert, &key);
     for (kind, id, spec) in &all {
-        let r = c.put(*kind, id, tenant_of(*kind, id), spec.clone(), None).await.unwrap();
+        let r = c
+            .put(*kind, id, tenant_of(*kind, id), spec.clone(), None)
+            .await
+            .unwrap();
         assert!(r.created, "{kind} {id} should be created");
         assert_eq!(r.object.generation, 1);
     }
@@ -102,9 +129,15 @@ async fn crud_of_every_kind_with_generation_rules() {
         assert_eq!(obj.kind, *kind);
         assert_eq!(obj.tenant, "acme");
         // Unchanged PUT: same generation, 200.
-        let again = c.put(*kind, id, tenant_of(*kind, id), spec.clone(), None).await.unwrap();
+        let again = c
+            .put(*kind, id, tenant_of(*kind, id), spec.clone(), None)
+            .await
+            .unwrap();
         assert!(!again.created);
-        assert_eq!(again.object.generation, 1, "{kind} {id}: unchanged PUT must keep the generation");
+        assert_eq!(
+            again.object.generation, 1,
+            "{kind} {id}: unchanged PUT must keep the generation"
+        );
         let list = c.list(*kind, Some("acme")).await.unwrap();
         assert!(list.items.iter().any(|o| o.id == *id));
     }
@@ -119,43 +152,83 @@ async fn crud_of_every_kind_with_generation_rules() {
     assert!(!tls.spec.to_string().contains("PRIVATE KEY"));
     // A PUT without the secrets keeps them (and is unchanged).
     let mut spec = tun.spec.clone();
-    spec.as_object_mut().unwrap().retain(|k, _| !k.ends_with("_set"));
-    let r = c.put(Kind::IpsecTunnel, "tun1", Some("acme"), spec.clone(), None).await.unwrap();
+    spec.as_object_mut()
+        .unwrap()
+        .retain(|k, _| !k.ends_with("_set"));
+    let r = c
+        .put(Kind::IpsecTunnel, "tun1", Some("acme"), spec.clone(), None)
+        .await
+        .unwrap();
     assert_eq!(r.object.generation, 1);
     // Changing a secret is a change.
     spec["key_in"] = json!(KEY_B);
-    let r = c.put(Kind::IpsecTunnel, "tun1", Some("acme"), spec, None).await.unwrap();
+    let r = c
+        .put(Kind::IpsecTunnel, "tun1", Some("acme"), spec, None)
+        .await
+        .unwrap();
     assert_eq!(r.object.generation, 2);
 
     // A real change bumps the generation; If-Match with a stale one is 412.
     let r = c
-        .put(Kind::Network, "net1", Some("acme"), json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "vxlan", "mtu": 1400}), Some(1))
+        .put(
+            Kind::Network,
+            "net1",
+            Some("acme"),
+            json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "vxlan", "mtu": 1400}),
+            Some(1),
+        )
         .await
         .unwrap();
     assert_eq!(r.object.generation, 2);
     let err = c
-        .put(Kind::Network, "net1", Some("acme"), json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "geneve"}), Some(1))
+        .put(
+            Kind::Network,
+            "net1",
+            Some("acme"),
+            json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "geneve"}),
+            Some(1),
+        )
         .await
         .unwrap_err();
     assert_eq!(status_of(err).0, 412);
-    assert_eq!(c.get(Kind::Network, "net1").await.unwrap().spec["encap"], json!("vxlan"));
+    assert_eq!(
+        c.get(Kind::Network, "net1").await.unwrap().spec["encap"],
+        json!("vxlan")
+    );
 
     // Controllers wrote status; kinds without a backend stay Pending with a reason.
-    wait_for("tenant Ready", || async { c.get(Kind::Tenant, "acme").await.unwrap().status.phase == Phase::Ready }).await;
+    wait_for("tenant Ready", || async {
+        c.get(Kind::Tenant, "acme").await.unwrap().status.phase == Phase::Ready
+    })
+    .await;
     let t = c.get(Kind::Tenant, "acme").await.unwrap();
     assert_eq!(t.status.fields["usage"]["functions"], json!(2));
     wait_for("volume condition", || async {
-        c.get(Kind::Volume, "vol1").await.unwrap().status.condition("BackendUnavailable").is_some()
+        c.get(Kind::Volume, "vol1")
+            .await
+            .unwrap()
+            .status
+            .condition("BackendUnavailable")
+            .is_some()
     })
     .await;
     let v = c.get(Kind::Volume, "vol1").await.unwrap();
     assert_eq!(v.status.phase, Phase::Pending);
-    assert!(v.status.condition("BackendUnavailable").unwrap().message.contains("storage"));
+    assert!(
+        v.status
+            .condition("BackendUnavailable")
+            .unwrap()
+            .message
+            .contains("storage")
+    );
 
     // Delete in reverse order: 202, then gone.
     for (kind, id, _) in all.iter().rev() {
         c.delete(*kind, id).await.unwrap();
-        wait_for("deletion", || async { matches!(c.get(*kind, id).await, Err(e) if e.status() == Some(404)) }).await;
+        wait_for("deletion", || async {
+            matches!(c.get(*kind, id).await, Err(e) if e.status() == Some(404))
+        })
+        .await;
     }
     let err = c.delete(Kind::Port, "web-1").await.unwrap_err();
     assert_eq!(status_of(err).0, 404);
@@ -169,15 +242,69 @@ async fn errors_name_the_field_and_change_nothing() {
     let rev = c.list(Kind::Tenant, None).await.unwrap().revision;
 
     let cases: Vec<(Kind, &str, Value, u16, &str)> = vec![
-        (Kind::Network, "n2", json!({"vni": 0, "cidr": "10.9.0.0/24", "encap": "vxlan"}), 422, "spec.vni"),
-        (Kind::Network, "n2", json!({"vni": 7, "cidr": "10.9.0.1/24", "encap": "vxlan"}), 422, "spec.cidr"),
-        (Kind::Network, "n2", json!({"vni": 100, "cidr": "10.9.0.0/24", "encap": "vxlan"}), 422, "spec.vni"),
-        (Kind::Network, "n2", json!({"vni": 7, "cidr": "10.9.0.0/24", "encap": "vxlan", "color": "red"}), 422, "spec.color"),
-        (Kind::Port, "p2", json!({"network": "nope", "function": "web-fn", "mac": "02:00:00:00:00:09"}), 422, "spec.network"),
-        (Kind::Port, "p2", json!({"network": "net1", "function": "web-fn", "mac": "02:00:00:00:00:09", "ips": ["10.9.9.9"]}), 422, "spec.ips[0]"),
-        (Kind::Endpoint, "e2", json!({"network": "net1", "mac": "02:00:00:00:00:01", "vtep": "192.0.2.9"}), 422, "spec.mac"),
-        (Kind::Function, "f2", json!({"type": "net", "pf": "pf0", "mac": "01:00:00:00:00:01"}), 422, "spec.mac"),
-        (Kind::Volume, "v2", json!({"function": "web-fn", "source": {"local": {"size_mib": 10}}}), 422, "spec.function"),
+        (
+            Kind::Network,
+            "n2",
+            json!({"vni": 0, "cidr": "10.9.0.0/24", "encap": "vxlan"}),
+            422,
+            "spec.vni",
+        ),
+        (
+            Kind::Network,
+            "n2",
+            json!({"vni": 7, "cidr": "10.9.0.1/24", "encap": "vxlan"}),
+            422,
+            "spec.cidr",
+        ),
+        (
+            Kind::Network,
+            "n2",
+            json!({"vni": 100, "cidr": "10.9.0.0/24", "encap": "vxlan"}),
+            422,
+            "spec.vni",
+        ),
+        (
+            Kind::Network,
+            "n2",
+            json!({"vni": 7, "cidr": "10.9.0.0/24", "encap": "vxlan", "color": "red"}),
+            422,
+            "spec.color",
+        ),
+        (
+            Kind::Port,
+            "p2",
+            json!({"network": "nope", "function": "web-fn", "mac": "02:00:00:00:00:09"}),
+            422,
+            "spec.network",
+        ),
+        (
+            Kind::Port,
+            "p2",
+            json!({"network": "net1", "function": "web-fn", "mac": "02:00:00:00:00:09", "ips": ["10.9.9.9"]}),
+            422,
+            "spec.ips[0]",
+        ),
+        (
+            Kind::Endpoint,
+            "e2",
+            json!({"network": "net1", "mac": "02:00:00:00:00:01", "vtep": "192.0.2.9"}),
+            422,
+            "spec.mac",
+        ),
+        (
+            Kind::Function,
+            "f2",
+            json!({"type": "net", "pf": "pf0", "mac": "01:00:00:00:00:01"}),
+            422,
+            "spec.mac",
+        ),
+        (
+            Kind::Volume,
+            "v2",
+            json!({"function": "web-fn", "source": {"local": {"size_mib": 10}}}),
+            422,
+            "spec.function",
+        ),
         (
             Kind::IpsecTunnel,
             "t2",
@@ -186,49 +313,143 @@ async fn errors_name_the_field_and_change_nothing() {
             422,
             "spec.key_in",
         ),
-        (Kind::TlsListener, "l2", json!({"listen": "10.1.0.1:443", "upstream": "10.1.0.10:80", "certificate_pem": "junk", "private_key_pem": "junk", "ktls": "off"}), 422, "spec.certificate_pem"),
+        (
+            Kind::TlsListener,
+            "l2",
+            json!({"listen": "10.1.0.1:443", "upstream": "10.1.0.10:80", "certificate_pem": "junk", "private_key_pem": "junk", "ktls": "off"}),
+            422,
+            "spec.certificate_pem",
+        ),
         (Kind::Tenant, "Bad_Name", json!({}), 422, "id"),
     ];
     for (kind, id, spec, status, field) in cases {
-        let err = c.put(kind, id, tenant_of(kind, id), spec.clone(), None).await.unwrap_err();
-        assert_eq!(status_of(err), (status, Some(field.to_string())), "{kind} {id} {spec}");
+        let err = c
+            .put(kind, id, tenant_of(kind, id), spec.clone(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status_of(err),
+            (status, Some(field.to_string())),
+            "{kind} {id} {spec}"
+        );
     }
     // Missing tenant on a non-tenant object.
-    let err = c.put(Kind::Network, "n3", None, json!({"vni": 8, "cidr": "10.8.0.0/24", "encap": "local"}), None).await.unwrap_err();
+    let err = c
+        .put(
+            Kind::Network,
+            "n3",
+            None,
+            json!({"vni": 8, "cidr": "10.8.0.0/24", "encap": "local"}),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(status_of(err), (422, Some("tenant".into())));
     // Unknown top-level field.
-    let r = c.raw(Method::PUT, "/v1/tenants/x", Some(br#"{"spec": {}, "extra": 1}"#.to_vec()), &[]).await.unwrap();
+    let r = c
+        .raw(
+            Method::PUT,
+            "/v1/tenants/x",
+            Some(br#"{"spec": {}, "extra": 1}"#.to_vec()),
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 422);
     assert_eq!(r.json::<Value>().unwrap()["field"], json!("extra"));
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     // Malformed JSON.
-    let r = c.raw(Method::PUT, "/v1/tenants/x", Some(b"{".to_vec()), &[]).await.unwrap();
+    let r = c
+        .raw(Method::PUT, "/v1/tenants/x", Some(b"{".to_vec()), &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
     // Over 1 MiB.
-    let big = format!(r#"{{"spec": {{"description": "{}"}}}}"#, "x".repeat(1024 * 1024 + 10));
-    let r = c.raw(Method::PUT, "/v1/tenants/x", Some(big.into_bytes()), &[]).await.unwrap();
+    let big = format!(
+        r#"{{"spec": {{"description": "{}"}}}}"#,
+        "x".repeat(1024 * 1024 + 10)
+    );
+    let r = c
+        .raw(Method::PUT, "/v1/tenants/x", Some(big.into_bytes()), &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 413);
     // Unknown kind and object.
-    let r = c.raw(Method::GET, "/v1/widgets/x", None, &[]).await.unwrap();
+    let r = c
+        .raw(Method::GET, "/v1/widgets/x", None, &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 404);
-    assert_eq!(status_of(c.get(Kind::Port, "nope").await.unwrap_err()).0, 404);
+    assert_eq!(
+        status_of(c.get(Kind::Port, "nope").await.unwrap_err()).0,
+        404
+    );
     // 409: references and tenant ownership; quota.
-    assert_eq!(status_of(c.delete(Kind::Network, "net1").await.unwrap_err()).0, 409);
+    assert_eq!(
+        status_of(c.delete(Kind::Network, "net1").await.unwrap_err()).0,
+        409
+    );
     let err = c.delete(Kind::Tenant, "acme").await.unwrap_err();
     assert_eq!(err.status(), Some(409));
     assert!(err.to_string().contains("ports/web-1"), "{err}");
-    c.put(Kind::Tenant, "small", None, json!({"quotas": {"functions": 1}}), None).await.unwrap();
-    c.put(Kind::Function, "s1", Some("small"), json!({"type": "nvme", "pf": "pf0"}), None).await.unwrap();
-    let err = c.put(Kind::Function, "s2", Some("small"), json!({"type": "nvme", "pf": "pf0"}), None).await.unwrap_err();
+    c.put(
+        Kind::Tenant,
+        "small",
+        None,
+        json!({"quotas": {"functions": 1}}),
+        None,
+    )
+    .await
+    .unwrap();
+    c.put(
+        Kind::Function,
+        "s1",
+        Some("small"),
+        json!({"type": "nvme", "pf": "pf0"}),
+        None,
+    )
+    .await
+    .unwrap();
+    let err = c
+        .put(
+            Kind::Function,
+            "s2",
+            Some("small"),
+            json!({"type": "nvme", "pf": "pf0"}),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(409));
-    assert_eq!(c.list(Kind::Function, Some("small")).await.unwrap().items.len(), 1);
+    assert_eq!(
+        c.list(Kind::Function, Some("small"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     // Moving an object to another tenant is refused.
-    let err = c.put(Kind::Function, "s1", Some("acme"), json!({"type": "nvme", "pf": "pf0"}), None).await.unwrap_err();
+    let err = c
+        .put(
+            Kind::Function,
+            "s1",
+            Some("acme"),
+            json!({"type": "nvme", "pf": "pf0"}),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(status_of(err), (409, Some("tenant".into())));
 
     // None of the refused writes changed anything beyond the two accepted ones.
     let after = c.list(Kind::Tenant, None).await.unwrap();
-    assert!(after.items.iter().all(|t| t.id == "acme" || t.id == "small"));
+    assert!(
+        after
+            .items
+            .iter()
+            .all(|t| t.id == "acme" || t.id == "small")
+    );
     assert!(c.get(Kind::Network, "n2").await.is_err());
     assert!(after.revision >= rev + 2);
 }
@@ -237,7 +458,9 @@ async fn errors_name_the_field_and_change_nothing() {
 async fn apply_is_all_or_nothing_and_prunes() {
     let agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None).await.unwrap();
+    c.put(Kind::Tenant, "acme", None, json!({}), None)
+        .await
+        .unwrap();
     let rev0 = c.list(Kind::Tenant, None).await.unwrap().revision;
 
     let mut objects: Vec<ObjectWrite> = (0..10)
@@ -249,10 +472,26 @@ async fn apply_is_all_or_nothing_and_prunes() {
         })
         .collect();
     objects[7].spec["vni"] = json!(0);
-    let err = c.apply(&ApplyRequest { objects: objects.clone(), prune: None }).await.unwrap_err();
+    let err = c
+        .apply(&ApplyRequest {
+            objects: objects.clone(),
+            prune: None,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status_of(err), (422, Some("objects[7].spec.vni".into())));
-    assert!(c.list(Kind::Network, Some("acme")).await.unwrap().items.is_empty());
-    assert_eq!(c.list(Kind::Tenant, None).await.unwrap().revision, rev0, "a refused apply must not move the revision");
+    assert!(
+        c.list(Kind::Network, Some("acme"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        c.list(Kind::Tenant, None).await.unwrap().revision,
+        rev0,
+        "a refused apply must not move the revision"
+    );
 
     // Valid: all ten, with a port referencing a network listed *before* it.
     objects[7].spec["vni"] = json!(1007);
@@ -271,46 +510,119 @@ async fn apply_is_all_or_nothing_and_prunes() {
         tenant: Some("acme".into()),
         spec: json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:10"}),
     });
-    let resp = c.apply(&ApplyRequest { objects: objects.clone(), prune: None }).await.unwrap();
+    let resp = c
+        .apply(&ApplyRequest {
+            objects: objects.clone(),
+            prune: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(resp.results.len(), 12);
-    assert!(resp.results.iter().all(|r| r.outcome == WriteOutcome::Created));
+    assert!(
+        resp.results
+            .iter()
+            .all(|r| r.outcome == WriteOutcome::Created)
+    );
     assert_eq!(resp.revision, rev0 + 12);
     // Plan changes nothing and says what would happen.
     let mut fewer = objects.clone();
     fewer.retain(|o| o.id != "n9");
-    let plan = c.plan(&ApplyRequest { objects: fewer.clone(), prune: Some(Prune { tenant: "acme".into() }) }).await.unwrap();
-    assert!(plan.objects.iter().any(|p| p.id == "n9" && p.outcome == WriteOutcome::Deleted));
-    assert!(plan.objects.iter().filter(|p| p.id != "n9").all(|p| p.outcome == WriteOutcome::Unchanged));
+    let plan = c
+        .plan(&ApplyRequest {
+            objects: fewer.clone(),
+            prune: Some(Prune {
+                tenant: "acme".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    assert!(
+        plan.objects
+            .iter()
+            .any(|p| p.id == "n9" && p.outcome == WriteOutcome::Deleted)
+    );
+    assert!(
+        plan.objects
+            .iter()
+            .filter(|p| p.id != "n9")
+            .all(|p| p.outcome == WriteOutcome::Unchanged)
+    );
     assert!(c.get(Kind::Network, "n9").await.unwrap().status.phase != Phase::Deleting);
     // Apply with prune deletes what is not listed.
-    let resp = c.apply(&ApplyRequest { objects: fewer, prune: Some(Prune { tenant: "acme".into() }) }).await.unwrap();
-    assert!(resp.results.iter().any(|r| r.id == "n9" && r.outcome == WriteOutcome::Deleted));
-    wait_for("n9 pruned", || async { c.get(Kind::Network, "n9").await.is_err() }).await;
+    let resp = c
+        .apply(&ApplyRequest {
+            objects: fewer,
+            prune: Some(Prune {
+                tenant: "acme".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    assert!(
+        resp.results
+            .iter()
+            .any(|r| r.id == "n9" && r.outcome == WriteOutcome::Deleted)
+    );
+    wait_for("n9 pruned", || async {
+        c.get(Kind::Network, "n9").await.is_err()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_delivers_in_order_and_resumes_without_loss() {
     let agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None).await.unwrap();
+    c.put(Kind::Tenant, "acme", None, json!({}), None)
+        .await
+        .unwrap();
     let start = c.list(Kind::Tenant, None).await.unwrap().revision;
-    let mut live = c.watch(start, &WatchFilter { kind: Some(Kind::Network), ..WatchFilter::default() }).await.unwrap();
+    let mut live = c
+        .watch(
+            start,
+            &WatchFilter {
+                kind: Some(Kind::Network),
+                ..WatchFilter::default()
+            },
+        )
+        .await
+        .unwrap();
     for i in 0..20 {
-        c.put(Kind::Network, &format!("n{i}"), Some("acme"), json!({"vni": 10 + i, "cidr": "10.0.0.0/24", "encap": "local"}), None)
-            .await
-            .unwrap();
+        c.put(
+            Kind::Network,
+            &format!("n{i}"),
+            Some("acme"),
+            json!({"vni": 10 + i, "cidr": "10.0.0.0/24", "encap": "local"}),
+            None,
+        )
+        .await
+        .unwrap();
     }
     // The first ten live, then drop the stream and resume from the last seen.
     let mut seen = Vec::new();
     while seen.len() < 10 {
-        let ev = tokio::time::timeout(Duration::from_secs(10), live.next()).await.expect("event").unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("event")
+            .unwrap()
+            .unwrap();
         if ev.type_ == EventType::Added {
             seen.push((ev.revision, ev.object.id.clone()));
         }
     }
     drop(live);
     let last = seen.last().unwrap().0;
-    let mut resumed = c.watch(last, &WatchFilter { kind: Some(Kind::Network), follow: false, ..WatchFilter::default() }).await.unwrap();
+    let mut resumed = c
+        .watch(
+            last,
+            &WatchFilter {
+                kind: Some(Kind::Network),
+                follow: false,
+                ..WatchFilter::default()
+            },
+        )
+        .await
+        .unwrap();
     while let Some(ev) = resumed.next().await {
         let ev = ev.unwrap();
         if ev.type_ == EventType::Added {
@@ -320,15 +632,29 @@ async fn watch_delivers_in_order_and_resumes_without_loss() {
     let ids: Vec<String> = seen.iter().map(|(_, id)| id.clone()).collect();
     let want: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
     assert_eq!(ids, want, "every network exactly once, in order");
-    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "revisions strictly increase");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "revisions strictly increase"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_right_after_201_loses_nothing() {
     let mut agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None).await.unwrap();
-    let r = c.put(Kind::Network, "n1", Some("acme"), json!({"vni": 5, "cidr": "10.5.0.0/24", "encap": "local"}), None).await.unwrap();
+    c.put(Kind::Tenant, "acme", None, json!({}), None)
+        .await
+        .unwrap();
+    let r = c
+        .put(
+            Kind::Network,
+            "n1",
+            Some("acme"),
+            json!({"vni": 5, "cidr": "10.5.0.0/24", "encap": "local"}),
+            None,
+        )
+        .await
+        .unwrap();
     assert!(r.created);
     agent.kill9();
     agent.restart();
@@ -336,9 +662,23 @@ async fn kill_9_right_after_201_loses_nothing() {
     let obj = c.get(Kind::Network, "n1").await.unwrap();
     assert_eq!(obj.generation, 1);
     let list = c.list(Kind::Network, None).await.unwrap();
-    assert!(list.revision >= r.revision, "revision {} went back below {}", list.revision, r.revision);
+    assert!(
+        list.revision >= r.revision,
+        "revision {} went back below {}",
+        list.revision,
+        r.revision
+    );
     // And the revision keeps counting from there.
-    let r2 = c.put(Kind::Network, "n2", Some("acme"), json!({"vni": 6, "cidr": "10.6.0.0/24", "encap": "local"}), None).await.unwrap();
+    let r2 = c
+        .put(
+            Kind::Network,
+            "n2",
+            Some("acme"),
+            json!({"vni": 6, "cidr": "10.6.0.0/24", "encap": "local"}),
+            None,
+        )
+        .await
+        .unwrap();
     assert!(r2.revision > list.revision);
 }
 
@@ -346,7 +686,11 @@ async fn kill_9_right_after_201_loses_nothing() {
 async fn sigterm_shuts_down_cleanly() {
     let mut agent = AgentProcess::start();
     let status = agent.terminate();
-    assert!(status.success(), "dpu-agent exited with {status}; log:\n{}", agent.log());
+    assert!(
+        status.success(),
+        "dpu-agent exited with {status}; log:\n{}",
+        agent.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,69 +698,193 @@ async fn roles_are_enforced_with_real_certificates() {
     let agent = AgentProcess::start();
     let admin = agent.admin();
     for t in ["a", "b"] {
-        admin.put(Kind::Tenant, t, None, json!({}), None).await.unwrap();
         admin
-            .put(Kind::Function, &format!("{t}-fn"), Some(t), json!({"type": "nvme", "pf": "pf0", "host": "h1"}), None)
+            .put(Kind::Tenant, t, None, json!({}), None)
+            .await
+            .unwrap();
+        admin
+            .put(
+                Kind::Function,
+                &format!("{t}-fn"),
+                Some(t),
+                json!({"type": "nvme", "pf": "pf0", "host": "h1"}),
+                None,
+            )
             .await
             .unwrap();
     }
 
     // No certificate: 401 everywhere but the probes.
     let anon = agent.anonymous();
-    assert_eq!(status_of(anon.get(Kind::Tenant, "a").await.unwrap_err()).0, 401);
-    assert_eq!(status_of(anon.list(Kind::Port, None).await.unwrap_err()).0, 401);
+    assert_eq!(
+        status_of(anon.get(Kind::Tenant, "a").await.unwrap_err()).0,
+        401
+    );
+    assert_eq!(
+        status_of(anon.list(Kind::Port, None).await.unwrap_err()).0,
+        401
+    );
     assert_eq!(anon.healthz().await.unwrap().0, 200);
 
     // A certificate from our CA with no role: 403.
     let stranger = agent.client_for_spiffe("spiffe://dpu.local/somebody/else");
-    assert_eq!(status_of(stranger.get(Kind::Tenant, "a").await.unwrap_err()).0, 403);
+    assert_eq!(
+        status_of(stranger.get(Kind::Tenant, "a").await.unwrap_err()).0,
+        403
+    );
     let other_td = agent.client_for_spiffe("spiffe://evil.example/fleet-controller");
-    assert_eq!(status_of(other_td.list(Kind::Tenant, None).await.unwrap_err()).0, 403);
+    assert_eq!(
+        status_of(other_td.list(Kind::Tenant, None).await.unwrap_err()).0,
+        403
+    );
 
     // Tenant a: its own objects only.
     let a = agent.client_for(&Role::Tenant("a".into()));
     assert_eq!(a.get(Kind::Function, "a-fn").await.unwrap().tenant, "a");
-    assert_eq!(status_of(a.get(Kind::Function, "b-fn").await.unwrap_err()).0, 403);
-    assert_eq!(status_of(a.list(Kind::Function, Some("b")).await.unwrap_err()).0, 403);
+    assert_eq!(
+        status_of(a.get(Kind::Function, "b-fn").await.unwrap_err()).0,
+        403
+    );
+    assert_eq!(
+        status_of(a.list(Kind::Function, Some("b")).await.unwrap_err()).0,
+        403
+    );
     let own = a.list(Kind::Function, None).await.unwrap();
-    assert!(own.items.iter().all(|o| o.tenant == "a"), "a tenant's unfiltered list is its own");
-    a.put(Kind::Function, "a-fn2", Some("a"), json!({"type": "nvme", "pf": "pf0"}), None).await.unwrap();
-    let err = a.put(Kind::Function, "x", Some("b"), json!({"type": "nvme", "pf": "pf0"}), None).await.unwrap_err();
+    assert!(
+        own.items.iter().all(|o| o.tenant == "a"),
+        "a tenant's unfiltered list is its own"
+    );
+    a.put(
+        Kind::Function,
+        "a-fn2",
+        Some("a"),
+        json!({"type": "nvme", "pf": "pf0"}),
+        None,
+    )
+    .await
+    .unwrap();
+    let err = a
+        .put(
+            Kind::Function,
+            "x",
+            Some("b"),
+            json!({"type": "nvme", "pf": "pf0"}),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(status_of(err).0, 403);
     // Not even by naming its own tenant on b's object.
-    let err = a.put(Kind::Function, "b-fn", Some("a"), json!({"type": "nvme", "pf": "pf0"}), None).await.unwrap_err();
+    let err = a
+        .put(
+            Kind::Function,
+            "b-fn",
+            Some("a"),
+            json!({"type": "nvme", "pf": "pf0"}),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(status_of(err).0, 403);
-    assert_eq!(status_of(a.delete(Kind::Function, "b-fn").await.unwrap_err()).0, 403);
-    assert_eq!(status_of(a.put(Kind::Tenant, "a", None, json!({"quotas": {"functions": 99}}), None).await.unwrap_err()).0, 403);
+    assert_eq!(
+        status_of(a.delete(Kind::Function, "b-fn").await.unwrap_err()).0,
+        403
+    );
+    assert_eq!(
+        status_of(
+            a.put(
+                Kind::Tenant,
+                "a",
+                None,
+                json!({"quotas": {"functions": 99}}),
+                None
+            )
+            .await
+            .unwrap_err()
+        )
+        .0,
+        403
+    );
     let apply = ApplyRequest {
-        objects: vec![ObjectWrite { kind: "Function".into(), id: "sneaky".into(), tenant: Some("b".into()), spec: json!({"type": "nvme", "pf": "pf0"}) }],
+        objects: vec![ObjectWrite {
+            kind: "Function".into(),
+            id: "sneaky".into(),
+            tenant: Some("b".into()),
+            spec: json!({"type": "nvme", "pf": "pf0"}),
+        }],
         prune: None,
     };
     assert_eq!(status_of(a.apply(&apply).await.unwrap_err()).0, 403);
     assert_eq!(status_of(a.inventory().await.unwrap_err()).0, 403);
     assert_eq!(status_of(a.metrics().await.unwrap_err()).0, 403);
     assert_eq!(status_of(a.host_assignments().await.unwrap_err()).0, 403);
-    let mut watch = a.watch(0, &WatchFilter { follow: false, ..WatchFilter::default() }).await.unwrap();
+    let mut watch = a
+        .watch(
+            0,
+            &WatchFilter {
+                follow: false,
+                ..WatchFilter::default()
+            },
+        )
+        .await
+        .unwrap();
     while let Some(ev) = watch.next().await {
-        assert_eq!(ev.unwrap().object.tenant, "a", "a tenant's watch shows only its own objects");
+        assert_eq!(
+            ev.unwrap().object.tenant,
+            "a",
+            "a tenant's watch shows only its own objects"
+        );
     }
 
     // Host stub: report inventory, read its assignments, nothing else.
     let host = agent.client_for(&Role::HostStub("h1".into()));
     let report = HostInventory {
         host: None,
-        devices: vec![HostDevice { pci_address: "0000:03:00.2".into(), class: "vf".into(), ..HostDevice::default() }],
+        devices: vec![HostDevice {
+            pci_address: "0000:03:00.2".into(),
+            class: "vf".into(),
+            ..HostDevice::default()
+        }],
     };
     host.put_host_inventory(&report).await.unwrap();
     let assigned = host.host_assignments().await.unwrap();
     let mut ids: Vec<&str> = assigned.items.iter().map(|o| o.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["a-fn", "b-fn"]);
-    assert_eq!(status_of(host.get(Kind::Function, "a-fn").await.unwrap_err()).0, 403);
-    assert_eq!(status_of(host.list(Kind::Function, None).await.unwrap_err()).0, 403);
-    assert_eq!(status_of(host.put(Kind::Function, "h", Some("a"), json!({"type": "nvme", "pf": "pf0"}), None).await.unwrap_err()).0, 403);
+    assert_eq!(
+        status_of(host.get(Kind::Function, "a-fn").await.unwrap_err()).0,
+        403
+    );
+    assert_eq!(
+        status_of(host.list(Kind::Function, None).await.unwrap_err()).0,
+        403
+    );
+    assert_eq!(
+        status_of(
+            host.put(
+                Kind::Function,
+                "h",
+                Some("a"),
+                json!({"type": "nvme", "pf": "pf0"}),
+                None
+            )
+            .await
+            .unwrap_err()
+        )
+        .0,
+        403
+    );
     assert_eq!(status_of(host.inventory().await.unwrap_err()).0, 403);
-    assert_eq!(status_of(host.watch(0, &WatchFilter::default()).await.err().expect("refused")).0, 403);
+    assert_eq!(
+        status_of(
+            host.watch(0, &WatchFilter::default())
+                .await
+                .err()
+                .expect("refused")
+        )
+        .0,
+        403
+    );
     // Another host sees nothing of h1's.
     let h2 = agent.client_for(&Role::HostStub("h2".into()));
     assert!(h2.host_assignments().await.unwrap().items.is_empty());
@@ -432,18 +900,33 @@ async fn roles_are_enforced_with_real_certificates() {
 async fn operational_endpoints() {
     let agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None).await.unwrap();
+    c.put(Kind::Tenant, "acme", None, json!({}), None)
+        .await
+        .unwrap();
     let (status, body) = c.readyz().await.unwrap();
     assert_eq!(status, 200, "{body}");
     let metrics = c.metrics().await.unwrap();
     assert!(metrics.contains("dpu_agent_store_revision"), "{metrics}");
-    assert!(metrics.contains("dpu_agent_http_requests_total{method=\"PUT\",status=\"201\"}"), "{metrics}");
+    assert!(
+        metrics.contains("dpu_agent_http_requests_total{method=\"PUT\",status=\"201\"}"),
+        "{metrics}"
+    );
     // Every served route is documented; the document names the write-only secrets.
     let doc = c.openapi().await.unwrap();
-    for path in ["/v1/{kind}/{id}", "/v1/apply", "/v1/plan", "/v1/watch", "/v1/host/assignments", "/metrics"] {
+    for path in [
+        "/v1/{kind}/{id}",
+        "/v1/apply",
+        "/v1/plan",
+        "/v1/watch",
+        "/v1/host/assignments",
+        "/metrics",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path}");
     }
-    let r = c.raw(Method::PATCH, "/v1/tenants/acme", None, &[]).await.unwrap();
+    let r = c
+        .raw(Method::PATCH, "/v1/tenants/acme", None, &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
 }
