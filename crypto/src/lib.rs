@@ -5,9 +5,11 @@
 //! - [`xfrm`]: the XFRM netlink protocol and a socket.
 //! - [`plan`]: pure diff of desired tunnels against observed SAs/policies.
 //! - [`apply`]: actions → kernel, behind [`apply::IpsecBackend`].
+//! - [`tls`]: the TLS-terminating proxy.
 
 pub mod apply;
 pub mod keys;
 pub mod model;
 pub mod plan;
+pub mod tls;
 pub mod xfrm;

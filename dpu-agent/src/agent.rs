@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::reconcile::engine::{Controllers, Engine};
 use crate::reconcile::ipsec::{IpsecConfig, IpsecTunnels};
 use crate::reconcile::tenants::Tenants;
+use crate::reconcile::tls::TlsListeners;
 use crate::reconcile::unavailable::Unavailable;
 use crate::reconcile::{Context, Controller};
 use crate::server::ops::Metrics;
@@ -36,8 +37,8 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
 }
 
-/// The controllers of this build: tenants and IPsec tunnels (uplink for
-/// offload from `DPU_IPSEC_UPLINK`) for real; every other kind stays
+/// The controllers of this build: tenants, IPsec tunnels (uplink for
+/// offload from `DPU_IPSEC_UPLINK`) and TLS listeners for real; every other kind stays
 /// `Pending` with `BackendUnavailable` until its backend is wired in.
 pub fn default_controllers() -> Vec<Arc<dyn Controller>> {
     let mut list: Vec<Arc<dyn Controller>> = vec![
@@ -46,6 +47,7 @@ pub fn default_controllers() -> Vec<Arc<dyn Controller>> {
             uplink: std::env::var("DPU_IPSEC_UPLINK").ok(),
             ..IpsecConfig::default()
         })),
+        Arc::new(TlsListeners::default()),
     ];
     let real: Vec<dpu_api::Kind> = list.iter().map(|c| c.kind()).collect();
     for kind in dpu_api::Kind::ALL.into_iter().filter(|k| !real.contains(k)) {

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod ipsec;
 pub mod tenants;
+pub mod tls;
 pub mod unavailable;
 
 use std::future::Future;
