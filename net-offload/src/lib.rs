@@ -2,6 +2,7 @@
 //! OpenFlow 1.4 codec and client, and a private Open vSwitch sandbox used by
 //! `dpu-agent dev` and by tests. See README.md.
 
+pub mod functions;
 pub mod openflow;
 pub mod ovsdb;
 pub mod pipeline;

@@ -1,0 +1,228 @@
+//! Functions: the virtual hardware a tenant workload sees (API kind
+//! `functions`), programmed behind [`FunctionBackend`]:
+//!
+//! - [`sriov`] — a real SR-IOV PF: VF MAC, VLAN, rate, trust and spoof-check
+//!   through rtnetlink (`RTM_SETLINK` with `IFLA_VFINFO_LIST`), representors
+//!   found by BlueField naming (`pf0vfN`), and [`devlink`] (eswitch mode,
+//!   port function `hw_addr`/state, scalable functions) for switchdev.
+//! - [`veth`] — a simulator for hosts without a DPU: per net function a veth
+//!   pair whose representor end stays in the agent's namespace and whose
+//!   other end is `eth0` in the namespace `dpu-fn-<id>`, addressed as the
+//!   tenant would address it.
+//!
+//! Everything a backend makes is named and tagged so that it can be told
+//! apart from an operator's devices ([`naming`]), and found again after a
+//! restart by [`FunctionBackend::observe`]. Only net functions are
+//! programmed here; nvme and virtio-blk functions are emulated by the DPU's
+//! storage path, which no backend here provides ([`Applied::Unsupported`]).
+
+pub mod devlink;
+pub mod naming;
+pub mod netns;
+mod rtnl;
+pub mod sriov;
+pub mod veth;
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The kind of virtual hardware (`spec.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunctionType {
+    Net,
+    Nvme,
+    VirtioBlk,
+}
+
+/// A MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = FunctionsError;
+
+    fn from_str(s: &str) -> Result<Mac, FunctionsError> {
+        let bad = || FunctionsError::Invalid(format!("{s:?} is not a MAC address"));
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(out))
+    }
+}
+
+/// What the tenant configures inside its workload; only the `veth`
+/// simulator applies it (it plays the tenant), taken from the Port attached
+/// to the function and the prefix length of that Port's Network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantAddressing {
+    pub mac: Mac,
+    /// Addresses with the network's prefix length.
+    pub addresses: Vec<(IpAddr, u8)>,
+}
+
+/// One function as the controller wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionDesired {
+    /// The function's id (a DNS label, unique among functions).
+    pub id: String,
+    pub type_: FunctionType,
+    /// The physical function, e.g. `pf0`.
+    pub pf: String,
+    /// The VF index on `pf` (allocated by the controller when the spec has none).
+    pub vf: u32,
+    pub mac: Option<Mac>,
+    pub vlan: Option<u16>,
+    pub max_tx_rate_mbps: Option<u32>,
+    /// Default false.
+    pub trust: bool,
+    /// Default true.
+    pub spoof_check: bool,
+    /// The tenant side (veth simulator only); `None` while no Port is attached.
+    pub tenant: Option<TenantAddressing>,
+}
+
+/// What a backend reached for one function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Programmed; `representor` is the netdev the network pipeline attaches.
+    Ready {
+        representor: String,
+        /// The netdev the workload sees, where known (`eth0` in the
+        /// simulator's namespace, the VF netdev on a host).
+        host_device: Option<String>,
+    },
+    /// Programmed, but the representor netdev was not found (e.g. an eswitch
+    /// in legacy mode, or a naming pattern that does not match the device).
+    NoRepresentor { expected: String },
+    /// This backend cannot provide this kind of function; nothing was done.
+    Unsupported {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Something a backend made, found by [`FunctionBackend::observe`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObservedFunction {
+    /// The owning function's id, when the backend can tag what it makes.
+    pub owner: Option<String>,
+    /// What it is, for logs (`link fn-web-1`, `netns dpu-fn-web-1`, `pf0 vf 3`).
+    pub what: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionsError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("network device {0:?} not found")]
+    NoDevice(String),
+    #[error(
+        "network device {name:?} exists but is not the agent's (ifalias {alias:?}); rename or remove it"
+    )]
+    NotOurs { name: String, alias: Option<String> },
+    #[error("netlink {op} failed")]
+    Netlink {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {name}: {op} failed")]
+    Netns {
+        name: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("devlink: {0}")]
+    Devlink(String),
+}
+
+impl FunctionsError {
+    pub(crate) fn netlink(op: impl Into<String>, source: std::io::Error) -> Self {
+        FunctionsError::Netlink {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// A way of making functions. Implementations are idempotent: `apply` on a
+/// function that is already as desired changes nothing.
+pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
+    /// `veth` or `sriov`, for status and `/readyz`.
+    fn name(&self) -> &'static str;
+
+    /// Everything this backend made that exists now.
+    fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>>;
+
+    /// Creates or reconfigures one function.
+    fn apply<'a>(
+        &'a self,
+        desired: &'a FunctionDesired,
+    ) -> BoxFuture<'a, Result<Applied, FunctionsError>>;
+
+    /// Removes everything made for function `id` (at `pf`/`vf` when known);
+    /// removing what is already gone succeeds.
+    fn remove<'a>(
+        &'a self,
+        id: &'a str,
+        slot: Option<(&'a str, u32)>,
+    ) -> BoxFuture<'a, Result<(), FunctionsError>>;
+
+    /// What `apply` would do, one netlink operation per line; pure.
+    fn plan_apply(&self, desired: &FunctionDesired) -> Vec<String>;
+
+    /// What `remove` would do; pure.
+    fn plan_remove(&self, id: &str, slot: Option<(&str, u32)>) -> Vec<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses_and_prints() {
+        let m: Mac = "02:00:0A:ff:00:01".parse().unwrap();
+        assert_eq!(m.0, [2, 0, 10, 255, 0, 1]);
+        assert_eq!(m.to_string(), "02:00:0a:ff:00:01");
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "2:00:00:00:00:01",
+            "zz:00:00:00:00:01",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! How the agent names and tags what it makes for functions, so that its
+//! devices can be found after a restart and told apart from an operator's.
+//!
+//! - Simulator representor (agent's namespace): `fn-<id>` when that fits the
+//!   kernel's 15-byte limit (ids up to 12 bytes), else `fn-<first 7 bytes of
+//!   id>-<4 hex digits of FNV-1a(id)>` (15 bytes). The full id is in the
+//!   link's ifalias, which is what ownership is decided by; a hash collision
+//!   is caught by that alias check, never silently shared.
+//! - Simulator namespace: `dpu-fn-<id>` under `/run/netns/` (as `ip netns`).
+//! - ifalias of every link the agent makes: `dpu-agent function <id>`.
+//! - SR-IOV representors follow the device's naming, by default BlueField's
+//!   `{pf}vf{vf}` (`pf0vf3`); the pattern is configurable.
+
+/// Linux's IFNAMSIZ less the terminating NUL.
+pub const IFNAME_MAX: usize = 15;
+/// Prefix of the simulator's namespaces.
+pub const NETNS_PREFIX: &str = "dpu-fn-";
+/// Prefix of the ifalias of every link the agent makes for a function.
+pub const ALIAS_PREFIX: &str = "dpu-agent function ";
+/// BlueField's representor naming.
+pub const DEFAULT_REPRESENTOR_PATTERN: &str = "{pf}vf{vf}";
+
+/// The simulator's representor name for function `id`.
+pub fn veth_representor(id: &str) -> String {
+    let short = format!("fn-{id}");
+    if short.len() <= IFNAME_MAX {
+        return short;
+    }
+    let head: String = id.chars().take(7).collect();
+    format!("fn-{head}-{:04x}", fnv1a(id.as_bytes()) & 0xffff)
+}
+
+/// The simulator's namespace for function `id`.
+pub fn netns_name(id: &str) -> String {
+    format!("{NETNS_PREFIX}{id}")
+}
+
+/// The function id of a simulator namespace name.
+pub fn function_of_netns(name: &str) -> Option<&str> {
+    name.strip_prefix(NETNS_PREFIX).filter(|id| !id.is_empty())
+}
+
+/// The ifalias marking a link as made for function `id`.
+pub fn alias(id: &str) -> String {
+    format!("{ALIAS_PREFIX}{id}")
+}
+
+/// The function id of an ifalias written by [`alias`].
+pub fn function_of_alias(alias: &str) -> Option<&str> {
+    alias.strip_prefix(ALIAS_PREFIX).filter(|id| !id.is_empty())
+}
+
+/// Expands a representor pattern: `{pf}` becomes the PF name (`pf0`),
+/// `{pfnum}` its number (`0`), `{vf}` the VF index.
+pub fn representor_from_pattern(pattern: &str, pf: &str, vf: u32) -> String {
+    let pfnum = pf.trim_start_matches(|c: char| !c.is_ascii_digit());
+    pattern
+        .replace("{pfnum}", pfnum)
+        .replace("{pf}", pf)
+        .replace("{vf}", &vf.to_string())
+}
+
+/// 32-bit FNV-1a; stable across releases, which the names depend on.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_are_kept_whole() {
+        assert_eq!(veth_representor("web-1"), "fn-web-1");
+        assert_eq!(veth_representor("abcdefghijkl"), "fn-abcdefghijkl");
+        assert_eq!(veth_representor("abcdefghijkl").len(), 15);
+    }
+
+    #[test]
+    fn long_ids_are_shortened_stably_and_distinctly() {
+        let a = veth_representor("frontend-web-server-1");
+        let b = veth_representor("frontend-web-server-2");
+        assert_eq!(a.len(), IFNAME_MAX, "{a}");
+        assert!(a.starts_with("fn-fronten-"), "{a}");
+        assert_ne!(a, b);
+        // Stable: the name is how the agent finds the link after a restart.
+        assert_eq!(a, veth_representor("frontend-web-server-1"));
+        assert_eq!(fnv1a(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a(b"a"), 0xe40c_292c);
+        let max = "a".repeat(63);
+        assert_eq!(veth_representor(&max).len(), IFNAME_MAX);
+    }
+
+    #[test]
+    fn tags_round_trip() {
+        assert_eq!(netns_name("web-1"), "dpu-fn-web-1");
+        assert_eq!(function_of_netns("dpu-fn-web-1"), Some("web-1"));
+        assert_eq!(function_of_netns("dpu-fn-"), None);
+        assert_eq!(function_of_netns("blue"), None);
+        assert_eq!(function_of_alias(&alias("web-1")), Some("web-1"));
+        assert_eq!(function_of_alias("uplink"), None);
+    }
+
+    #[test]
+    fn representor_patterns() {
+        assert_eq!(
+            representor_from_pattern(DEFAULT_REPRESENTOR_PATTERN, "pf0", 3),
+            "pf0vf3"
+        );
+        assert_eq!(
+            representor_from_pattern("en3f{pfnum}pf{pfnum}vf{vf}", "pf1", 12),
+            "en3f1pf1vf12"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! The simulator backend, for hosts without a DPU (`dpu-agent dev`).
+//!
+//! Per net function it makes a veth pair:
+//! - the representor end, named by [`naming::veth_representor`]
+//!   (`fn-<id>`), stays in the agent's namespace, up, for the network
+//!   pipeline to put on the bridge;
+//! - the other end is created directly inside the namespace
+//!   `dpu-fn-<id>` (one `RTM_NEWLINK` with the peer's `IFLA_NET_NS_FD`,
+//!   equivalent to creating it here, moving it there and renaming it) as
+//!   `eth0`, with the function's MAC.
+//!
+//! It also plays the tenant: with the attached port's MAC and addresses it
+//! sets them on `eth0` and brings `eth0` and `lo` up, so a demo can ping;
+//! without a port `eth0` keeps the function's MAC and no address. Both ends
+//! carry the ifalias `dpu-agent function <id>`. nvme and virtio-blk functions
+//! are not simulated: [`Applied::Unsupported`].
+
+use std::net::IpAddr;
+
+use netlink_packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use super::rtnl::{Rtnl, address_of};
+use super::{
+    Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError, Mac,
+    ObservedFunction, TenantAddressing, naming, netns,
+};
+
+/// The tenant's interface inside the function's namespace.
+pub const TENANT_IFNAME: &str = "eth0";
+
+#[derive(Debug, Clone, Default)]
+pub struct VethBackend;
+
+impl VethBackend {
+    pub fn new() -> Self {
+        VethBackend
+    }
+}
+
+fn netns_error(name: &str, op: &'static str) -> impl FnOnce(std::io::Error) -> FunctionsError {
+    let name = name.to_string();
+    move |source| FunctionsError::Netns { name, op, source }
+}
+
+fn unsupported(desired: &FunctionDesired) -> Option<Applied> {
+    match desired.type_ {
+        FunctionType::Net => None,
+        other => Some(Applied::Unsupported {
+            reason: "NoEmulation",
+            message: format!(
+                "{} functions need the DPU's device emulation; the veth simulator makes only net functions",
+                match other {
+                    FunctionType::Nvme => "nvme",
+                    _ => "virtio-blk",
+                }
+            ),
+        }),
+    }
+}
+
+/// The MAC `eth0` should have: the attached port's, else the function's.
+fn tenant_mac(desired: &FunctionDesired) -> Option<Mac> {
+    desired.tenant.as_ref().map(|t| t.mac).or(desired.mac)
+}
+
+/// Whether the kernel made this address itself (IPv6 link-local), so it is
+/// not the tenant's to manage.
+fn kernel_made(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// Inside the function's namespace: `lo` and `eth0` up, `eth0`'s MAC and
+/// alias, and exactly the tenant's addresses.
+async fn configure_tenant_side(
+    id: String,
+    mac: Option<Mac>,
+    tenant: Option<TenantAddressing>,
+) -> Result<bool, FunctionsError> {
+    let rtnl = Rtnl::connect()?;
+    let Some(eth0) = rtnl.link_by_name(TENANT_IFNAME).await? else {
+        return Ok(false);
+    };
+    if let Some(lo) = rtnl.link_by_name("lo").await?
+        && !lo.up
+    {
+        rtnl.set(
+            "RTM_SETLINK lo up",
+            LinkUnspec::new_with_index(lo.index).up().build(),
+        )
+        .await?;
+    }
+    rtnl.configure(&eth0, &naming::alias(&id), mac.map(|m| m.0))
+        .await?;
+    let want: Vec<(IpAddr, u8)> = tenant.map(|t| t.addresses).unwrap_or_default();
+    for msg in rtnl.addresses(eth0.index).await? {
+        let Some(ip) = address_of(&msg) else { continue };
+        let keep = kernel_made(&ip) || want.contains(&(ip, msg.header.prefix_len));
+        if !keep {
+            rtnl.del_address(msg).await?;
+        }
+    }
+    for (ip, prefix) in want {
+        rtnl.add_address(eth0.index, ip, prefix).await?;
+    }
+    Ok(true)
+}
+
+impl VethBackend {
+    async fn apply_net(&self, desired: &FunctionDesired) -> Result<Applied, FunctionsError> {
+        let id = desired.id.clone();
+        let ns = naming::netns_name(&id);
+        let rep = naming::veth_representor(&id);
+        let alias = naming::alias(&id);
+        {
+            let ns2 = ns.clone();
+            tokio::task::spawn_blocking(move || netns::create(&ns2))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(netns_error(&ns, "create"))?;
+        }
+        let rtnl = Rtnl::connect()?;
+        let mac = tenant_mac(desired);
+        let mut link = rtnl.link_by_name(&rep).await?;
+        if let Some(l) = &link
+            && let Some(other) = l.alias.as_deref().filter(|a| *a != alias)
+        {
+            return Err(FunctionsError::NotOurs {
+                name: rep,
+                alias: Some(other.to_string()),
+            });
+        }
+        for attempt in 0..2 {
+            if link.is_none() {
+                let ns_file = netns::open(&ns).map_err(netns_error(&ns, "open"))?;
+                let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+                    .name(TENANT_IFNAME.to_string())
+                    .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns_file));
+                if let Some(mac) = mac {
+                    peer = peer.address(mac.0.to_vec());
+                }
+                let msg = LinkVeth::new(&rep, TENANT_IFNAME)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+                    .build();
+                rtnl.add(
+                    &format!("RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}"),
+                    msg,
+                )
+                .await?;
+                drop(ns_file);
+                link = rtnl.link_by_name(&rep).await?;
+            }
+            let Some(l) = &link else {
+                return Err(FunctionsError::NoDevice(rep));
+            };
+            rtnl.configure(l, &alias, None).await?;
+            let (ns_id, tenant) = (id.clone(), desired.tenant.clone());
+            let peer_found = netns::run_in(&ns, move || configure_tenant_side(ns_id, mac, tenant))
+                .await
+                .map_err(netns_error(&ns, "enter"))??;
+            if peer_found {
+                return Ok(Applied::Ready {
+                    representor: rep,
+                    host_device: Some(TENANT_IFNAME.to_string()),
+                });
+            }
+            // The representor outlived its peer (the namespace was replaced):
+            // make the pair again, once.
+            tracing::warn!(function = %id, representor = %rep, namespace = %ns, attempt, "representor without eth0 in its namespace; recreating the pair");
+            rtnl.del(&format!("RTM_DELLINK {rep}"), l.index).await?;
+            link = None;
+        }
+        Err(FunctionsError::NoDevice(format!("{ns}/{TENANT_IFNAME}")))
+    }
+}
+
+impl FunctionBackend for VethBackend {
+    fn name(&self) -> &'static str {
+        "veth"
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>> {
+        Box::pin(async move {
+            let rtnl = Rtnl::connect()?;
+            let mut found = Vec::new();
+            for link in rtnl.links().await? {
+                if let Some(owner) = link.alias.as_deref().and_then(naming::function_of_alias) {
+                    found.push(ObservedFunction {
+                        owner: Some(owner.to_string()),
+                        what: format!("link {}", link.name),
+                    });
+                }
+            }
+            let names = netns::list().map_err(netns_error(netns::NETNS_RUN_DIR, "list"))?;
+            for name in names {
+                if let Some(owner) = naming::function_of_netns(&name) {
+                    found.push(ObservedFunction {
+                        owner: Some(owner.to_string()),
+                        what: format!("netns {name}"),
+                    });
+                }
+            }
+            found.sort();
+            Ok(found)
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        desired: &'a FunctionDesired,
+    ) -> BoxFuture<'a, Result<Applied, FunctionsError>> {
+        Box::pin(async move {
+            if let Some(applied) = unsupported(desired) {
+                return Ok(applied);
+            }
+            self.apply_net(desired).await
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        id: &'a str,
+        _slot: Option<(&'a str, u32)>,
+    ) -> BoxFuture<'a, Result<(), FunctionsError>> {
+        Box::pin(async move {
+            let rep = naming::veth_representor(id);
+            let rtnl = Rtnl::connect()?;
+            if let Some(link) = rtnl.link_by_name(&rep).await? {
+                match link.alias.as_deref() {
+                    // Ours, or ours half-made (the alias is set right after creation).
+                    None => rtnl.del(&format!("RTM_DELLINK {rep}"), link.index).await?,
+                    Some(a) if naming::function_of_alias(a) == Some(id) => {
+                        rtnl.del(&format!("RTM_DELLINK {rep}"), link.index).await?
+                    }
+                    Some(other) => {
+                        tracing::warn!(function = %id, link = %rep, alias = %other, "not removing a link that another owner tagged");
+                    }
+                }
+            }
+            let ns = naming::netns_name(id);
+            let ns2 = ns.clone();
+            tokio::task::spawn_blocking(move || netns::remove(&ns2))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(netns_error(&ns, "remove"))?;
+            Ok(())
+        })
+    }
+
+    fn plan_apply(&self, d: &FunctionDesired) -> Vec<String> {
+        if let Some(Applied::Unsupported { message, .. }) = unsupported(d) {
+            return vec![format!("nothing: {message}")];
+        }
+        let ns = naming::netns_name(&d.id);
+        let rep = naming::veth_representor(&d.id);
+        let alias = naming::alias(&d.id);
+        let mac = tenant_mac(d)
+            .map(|m| format!(" address {m}"))
+            .unwrap_or_default();
+        let mut out = vec![
+            format!("netns add {ns} (unshare CLONE_NEWNET, bind mount on /run/netns/{ns})"),
+            format!("RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}{mac} (if absent)"),
+            format!("RTM_SETLINK {rep} up alias {alias:?}"),
+            format!("in netns {ns}: RTM_SETLINK lo up"),
+            format!("in netns {ns}: RTM_SETLINK {TENANT_IFNAME}{mac} up alias {alias:?}"),
+        ];
+        match &d.tenant {
+            Some(t) => {
+                out.extend(t.addresses.iter().map(|(ip, p)| {
+                    format!("in netns {ns}: RTM_NEWADDR {ip}/{p} dev {TENANT_IFNAME}")
+                }))
+            }
+            None => out.push(format!(
+                "in netns {ns}: no port attached, {TENANT_IFNAME} gets no address"
+            )),
+        }
+        out.push(format!(
+            "in netns {ns}: RTM_DELADDR any other address on {TENANT_IFNAME}"
+        ));
+        out
+    }
+
+    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<String> {
+        let ns = naming::netns_name(id);
+        vec![
+            format!(
+                "RTM_DELLINK {} (and its peer {TENANT_IFNAME} in {ns})",
+                naming::veth_representor(id)
+            ),
+            format!("netns del {ns} (umount2 MNT_DETACH, unlink /run/netns/{ns})"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(type_: FunctionType, tenant: Option<TenantAddressing>) -> FunctionDesired {
+        FunctionDesired {
+            id: "web-1".into(),
+            type_,
+            pf: "pf0".into(),
+            vf: 0,
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            vlan: None,
+            max_tx_rate_mbps: None,
+            trust: false,
+            spoof_check: true,
+            tenant,
+        }
+    }
+
+    #[test]
+    fn plan_names_every_operation() {
+        let t = TenantAddressing {
+            mac: "02:00:00:00:00:02".parse().unwrap(),
+            addresses: vec![("10.0.0.2".parse().unwrap(), 24)],
+        };
+        let plan = VethBackend.plan_apply(&desired(FunctionType::Net, Some(t)));
+        let text = plan.join("\n");
+        assert!(text.contains("netns add dpu-fn-web-1"), "{text}");
+        assert!(text.contains("RTM_NEWLINK fn-web-1 type veth peer eth0 netns dpu-fn-web-1 address 02:00:00:00:00:02"), "{text}");
+        assert!(text.contains("RTM_NEWADDR 10.0.0.2/24 dev eth0"), "{text}");
+        let rm = VethBackend.plan_remove("web-1", None).join("\n");
+        assert!(
+            rm.contains("RTM_DELLINK fn-web-1") && rm.contains("netns del dpu-fn-web-1"),
+            "{rm}"
+        );
+    }
+
+    #[test]
+    fn storage_functions_are_not_simulated() {
+        for t in [FunctionType::Nvme, FunctionType::VirtioBlk] {
+            let d = desired(t, None);
+            assert!(matches!(
+                unsupported(&d),
+                Some(Applied::Unsupported {
+                    reason: "NoEmulation",
+                    ..
+                })
+            ));
+            assert!(VethBackend.plan_apply(&d)[0].starts_with("nothing:"));
+        }
+    }
+
+    #[test]
+    fn link_local_addresses_are_the_kernels() {
+        assert!(kernel_made(&"fe80::1".parse().unwrap()));
+        assert!(!kernel_made(&"fd00::1".parse().unwrap()));
+        assert!(!kernel_made(&"10.0.0.1".parse().unwrap()));
+    }
+}
