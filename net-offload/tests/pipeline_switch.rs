@@ -132,17 +132,15 @@ async fn converges_is_idempotent_and_repairs_drift() {
         "type=internal",
     ]);
     let (stop_tx, stop) = watch::channel(false);
-    let handle = SwitchHandle::spawn(
-        SwitchConfig {
-            db: rig.sandbox.db_endpoint(),
-            bridge: BRIDGE.into(),
-            datapath_type: "netdev".into(),
-            hw_offload: false,
-            mgmt_socket: rig.mgmt(),
-            period: Duration::from_millis(300),
-        },
-        stop,
-    );
+    let config = SwitchConfig {
+        db: rig.sandbox.db_endpoint(),
+        bridge: BRIDGE.into(),
+        datapath_type: "netdev".into(),
+        hw_offload: false,
+        mgmt_socket: rig.mgmt(),
+        period: Duration::from_millis(300),
+    };
+    let handle = SwitchHandle::spawn(config.clone(), stop);
     handle.set_input(input(1));
     let r = wait_report(&handle, Duration::from_secs(10), "programmed", |r| {
         r.version == 1
@@ -187,6 +185,25 @@ async fn converges_is_idempotent_and_repairs_drift() {
         rig.ofctl("dump-flows", &["table=99"])
             .contains("cookie=0x77")
     );
+
+    // A second reconciler (the agent restarted): while it has no input it
+    // changes nothing, and with the same input it sends no flow_mod.
+    let tunnel_ofport = rig.vsctl(&["get", "interface", "dpu-vxlan", "ofport"]);
+    let (stop2_tx, stop2) = watch::channel(false);
+    let second = SwitchHandle::spawn(config.clone(), stop2);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(agent_flows(&rig).len(), total);
+    second.set_input(input(1));
+    let r2 = wait_report(&second, Duration::from_secs(5), "second reconciler", |r| {
+        r.version == 1 && r.programmed
+    })
+    .await;
+    assert_eq!(r2.flow_mods_sent, 0, "a restarted reconciler re-sent flows");
+    assert_eq!(
+        rig.vsctl(&["get", "interface", "dpu-vxlan", "ofport"]),
+        tunnel_ofport
+    );
+    let _ = stop2_tx.send(true);
 
     // Drift: a flow deleted by hand comes back within 1 s.
     rig.ofctl("del-flows", &["--strict", "table=60,priority=100,reg7=1"]);

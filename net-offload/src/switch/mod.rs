@@ -143,6 +143,7 @@ impl SwitchHandle {
     }
 
     /// Hands over a new desired state (replacing any not yet processed).
+    /// Nothing is changed on the switch before the first input (version ≥ 1).
     pub fn set_input(&self, input: SwitchInput) {
         self.input.send_replace(Arc::new(input));
     }
@@ -243,6 +244,12 @@ impl Reconciler {
             // Coalesce a burst of changes into one pass.
             tokio::time::sleep(Duration::from_millis(5)).await;
             let current = input.borrow_and_update().clone();
+            if current.version == 0 {
+                // No desired state yet: converging to "nothing" would delete
+                // every flow and port a previous agent left, re-sending them
+                // all moments later.
+                continue;
+            }
             let result = self.converge(&current).await;
             self.report.version = current.version;
             self.report.ovsdb_connected = self.ovsdb.session().borrow().connected;
