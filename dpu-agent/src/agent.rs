@@ -78,6 +78,8 @@ pub async fn run(
     let ctx = Context {
         store: store.clone(),
     };
+    // The functions controller depends on the configured backend.
+    let controllers = crate::reconcile::functions::with_configured(cfg, controllers);
     let engine = Engine::new(ctx, Controllers::new(controllers)).with_resync(cfg.resync);
     let state = AppState {
         store,

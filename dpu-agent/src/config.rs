@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub resync_seconds: Option<u64>,
+    /// `veth` (simulator), `sriov` (a real PF) or `none`.
+    pub functions_backend: Option<FunctionsBackend>,
     #[serde(default)]
     pub tls: TlsFileConfig,
     #[serde(default)]
@@ -90,6 +92,29 @@ pub struct OvsFileConfig {
     pub bridge: Option<String>,
     pub datapath_type: Option<String>,
     pub hw_offload: Option<bool>,
+}
+
+/// What makes `functions`: the veth simulator (default in dev), SR-IOV VFs
+/// of a real PF (default in run), or nothing (functions stay `Pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionsBackend {
+    Veth,
+    Sriov,
+    None,
+}
+
+impl std::str::FromStr for FunctionsBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "veth" => Ok(FunctionsBackend::Veth),
+            "sriov" => Ok(FunctionsBackend::Sriov),
+            "none" => Ok(FunctionsBackend::None),
+            _ => Err("expected veth, sriov or none".into()),
+        }
+    }
 }
 
 /// Flags that override everything else (set by the binary's clap parser).
@@ -126,6 +151,7 @@ pub struct Config {
     pub log_level: String,
     pub resync: Duration,
     pub ovs: OvsConfig,
+    pub functions_backend: FunctionsBackend,
 }
 
 /// The dev state directory when none is given: `$DPU_STATE_DIR`, else
@@ -272,6 +298,12 @@ impl Config {
             }),
             hw_offload: file.ovs.hw_offload.unwrap_or(mode == Mode::Run),
         };
+        let functions_backend = env_parse::<FunctionsBackend>(env, "DPU_AGENT_FUNCTIONS_BACKEND")?
+            .or(file.functions_backend)
+            .unwrap_or(match mode {
+                Mode::Dev => FunctionsBackend::Veth,
+                Mode::Run => FunctionsBackend::Sriov,
+            });
         Ok(Config {
             mode,
             listen,
@@ -283,6 +315,7 @@ impl Config {
             log_level,
             resync,
             ovs,
+            functions_backend,
         })
     }
 }
@@ -338,6 +371,25 @@ mod tests {
         };
         assert!(Config::resolve(Mode::Run, FileConfig::default(), &env_of(&[]), flags).is_err());
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn functions_backend_defaults_by_mode_and_is_overridable() {
+        let none = env_of(&[]);
+        let run =
+            Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
+        assert_eq!(run.functions_backend, FunctionsBackend::Sriov);
+        let dev =
+            Config::resolve(Mode::Dev, FileConfig::default(), &none, Flags::default()).unwrap();
+        assert_eq!(dev.functions_backend, FunctionsBackend::Veth);
+        let file: FileConfig = toml::from_str("functions_backend = \"none\"").unwrap();
+        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        assert_eq!(c.functions_backend, FunctionsBackend::None);
+        let env = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "veth")]);
+        let c = Config::resolve(Mode::Run, file, &env, Flags::default()).unwrap();
+        assert_eq!(c.functions_backend, FunctionsBackend::Veth);
+        let bad = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "tap")]);
+        assert!(Config::resolve(Mode::Run, FileConfig::default(), &bad, Flags::default()).is_err());
     }
 
     #[test]

@@ -208,6 +208,16 @@ async fn two_veth_functions_ping_through_a_bridge_and_leave_nothing() {
         );
     }
 
+    // Another agent's scoped backend on this host does not claim them.
+    let other = VethBackend::scoped("0the0ther");
+    let theirs = other.observe().await.expect("observe (other scope)");
+    assert!(
+        !theirs
+            .iter()
+            .any(|o| ids.iter().any(|id| o.owner.as_deref() == Some(id.as_str()))),
+        "{theirs:?}"
+    );
+
     let (ok, out) = ip(&["link", "add", &bridge, "type", "bridge"]);
     assert!(ok, "{out}");
     for id in &ids {

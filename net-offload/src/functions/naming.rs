@@ -7,7 +7,10 @@
 //!   link's ifalias, which is what ownership is decided by; a hash collision
 //!   is caught by that alias check, never silently shared.
 //! - Simulator namespace: `dpu-fn-<id>` under `/run/netns/` (as `ip netns`).
-//! - ifalias of every link the agent makes: `dpu-agent function <id>`.
+//! - ifalias of every link the agent makes: `dpu-agent function <id>`, or
+//!   `dpu-agent function <id> scope <scope>` when the backend has a scope
+//!   (one per agent state directory), so that several agents sharing one
+//!   host (dev, tests) only ever sweep their own orphans.
 //! - SR-IOV representors follow the device's naming, by default BlueField's
 //!   `{pf}vf{vf}` (`pf0vf3`); the pattern is configurable.
 
@@ -45,9 +48,34 @@ pub fn alias(id: &str) -> String {
     format!("{ALIAS_PREFIX}{id}")
 }
 
-/// The function id of an ifalias written by [`alias`].
+/// The function id of an ifalias written by [`alias`] or [`scoped_alias`].
 pub fn function_of_alias(alias: &str) -> Option<&str> {
-    alias.strip_prefix(ALIAS_PREFIX).filter(|id| !id.is_empty())
+    parse_alias(alias).map(|(id, _)| id)
+}
+
+/// The ifalias marking a link as made for function `id` by the agent with
+/// `scope` (none: [`alias`]).
+pub fn scoped_alias(id: &str, scope: Option<&str>) -> String {
+    match scope {
+        Some(s) => format!("{ALIAS_PREFIX}{id} scope {s}"),
+        None => alias(id),
+    }
+}
+
+/// The function id and scope of an agent's ifalias.
+pub fn parse_alias(alias: &str) -> Option<(&str, Option<&str>)> {
+    let rest = alias.strip_prefix(ALIAS_PREFIX)?;
+    let (id, scope) = match rest.split_once(" scope ") {
+        Some((id, scope)) => (id, Some(scope)),
+        None => (rest, None),
+    };
+    (!id.is_empty() && !id.contains(' ')).then_some((id, scope))
+}
+
+/// A short stable scope for an agent, from something unique to it (its
+/// state directory).
+pub fn scope_of(unique: &str) -> String {
+    format!("{:08x}", fnv1a(unique.as_bytes()))
 }
 
 /// Expands a representor pattern: `{pf}` becomes the PF name (`pf0`),
@@ -101,6 +129,12 @@ mod tests {
         assert_eq!(function_of_netns("blue"), None);
         assert_eq!(function_of_alias(&alias("web-1")), Some("web-1"));
         assert_eq!(function_of_alias("uplink"), None);
+        let scoped = scoped_alias("web-1", Some("0badf00d"));
+        assert_eq!(scoped, "dpu-agent function web-1 scope 0badf00d");
+        assert_eq!(parse_alias(&scoped), Some(("web-1", Some("0badf00d"))));
+        assert_eq!(parse_alias(&alias("web-1")), Some(("web-1", None)));
+        assert_eq!(scoped_alias("x", None), alias("x"));
+        assert_eq!(scope_of("/var/lib/dpu-agent").len(), 8);
     }
 
     #[test]

@@ -30,11 +30,28 @@ use super::{
 pub const TENANT_IFNAME: &str = "eth0";
 
 #[derive(Debug, Clone, Default)]
-pub struct VethBackend;
+pub struct VethBackend {
+    /// Written into every alias; `observe` reports only this scope's links
+    /// (and their namespaces), so agents sharing a host never sweep each
+    /// other's functions. `None`: unscoped, sees every agent's.
+    scope: Option<String>,
+}
 
 impl VethBackend {
+    /// An unscoped backend (one agent per host).
     pub fn new() -> Self {
-        VethBackend
+        VethBackend::default()
+    }
+
+    /// A backend whose links carry `scope` (see [`naming::scope_of`]).
+    pub fn scoped(scope: impl Into<String>) -> Self {
+        VethBackend {
+            scope: Some(scope.into()),
+        }
+    }
+
+    fn alias(&self, id: &str) -> String {
+        naming::scoped_alias(id, self.scope.as_deref())
     }
 }
 
@@ -73,7 +90,7 @@ fn kernel_made(ip: &IpAddr) -> bool {
 /// Inside the function's namespace: `lo` and `eth0` up, `eth0`'s MAC and
 /// alias, and exactly the tenant's addresses.
 async fn configure_tenant_side(
-    id: String,
+    alias: String,
     mac: Option<Mac>,
     tenant: Option<TenantAddressing>,
 ) -> Result<bool, FunctionsError> {
@@ -90,8 +107,7 @@ async fn configure_tenant_side(
         )
         .await?;
     }
-    rtnl.configure(&eth0, &naming::alias(&id), mac.map(|m| m.0))
-        .await?;
+    rtnl.configure(&eth0, &alias, mac.map(|m| m.0)).await?;
     let want: Vec<(IpAddr, u8)> = tenant.map(|t| t.addresses).unwrap_or_default();
     for msg in rtnl.addresses(eth0.index).await? {
         let Some(ip) = address_of(&msg) else { continue };
@@ -111,7 +127,7 @@ impl VethBackend {
         let id = desired.id.clone();
         let ns = naming::netns_name(&id);
         let rep = naming::veth_representor(&id);
-        let alias = naming::alias(&id);
+        let alias = self.alias(&id);
         {
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || netns::create(&ns2))
@@ -124,7 +140,10 @@ impl VethBackend {
         let mac = tenant_mac(desired);
         let mut link = rtnl.link_by_name(&rep).await?;
         if let Some(l) = &link
-            && let Some(other) = l.alias.as_deref().filter(|a| *a != alias)
+            && let Some(other) = l
+                .alias
+                .as_deref()
+                .filter(|a| naming::function_of_alias(a) != Some(id.as_str()))
         {
             return Err(FunctionsError::NotOurs {
                 name: rep,
@@ -155,10 +174,11 @@ impl VethBackend {
                 return Err(FunctionsError::NoDevice(rep));
             };
             rtnl.configure(l, &alias, None).await?;
-            let (ns_id, tenant) = (id.clone(), desired.tenant.clone());
-            let peer_found = netns::run_in(&ns, move || configure_tenant_side(ns_id, mac, tenant))
-                .await
-                .map_err(netns_error(&ns, "enter"))??;
+            let (ns_alias, tenant) = (alias.clone(), desired.tenant.clone());
+            let peer_found =
+                netns::run_in(&ns, move || configure_tenant_side(ns_alias, mac, tenant))
+                    .await
+                    .map_err(netns_error(&ns, "enter"))??;
             if peer_found {
                 return Ok(Applied::Ready {
                     representor: rep,
@@ -184,17 +204,27 @@ impl FunctionBackend for VethBackend {
         Box::pin(async move {
             let rtnl = Rtnl::connect()?;
             let mut found = Vec::new();
+            let mut owners = std::collections::BTreeSet::new();
             for link in rtnl.links().await? {
-                if let Some(owner) = link.alias.as_deref().and_then(naming::function_of_alias) {
-                    found.push(ObservedFunction {
-                        owner: Some(owner.to_string()),
-                        what: format!("link {}", link.name),
-                    });
+                let Some((owner, scope)) = link.alias.as_deref().and_then(naming::parse_alias)
+                else {
+                    continue;
+                };
+                if self.scope.is_some() && scope != self.scope.as_deref() {
+                    continue;
                 }
+                owners.insert(owner.to_string());
+                found.push(ObservedFunction {
+                    owner: Some(owner.to_string()),
+                    what: format!("link {}", link.name),
+                });
             }
             let names = netns::list().map_err(netns_error(netns::NETNS_RUN_DIR, "list"))?;
             for name in names {
-                if let Some(owner) = naming::function_of_netns(&name) {
+                // A scoped backend claims a namespace only through its link.
+                if let Some(owner) = naming::function_of_netns(&name)
+                    && (self.scope.is_none() || owners.contains(owner))
+                {
                     found.push(ObservedFunction {
                         owner: Some(owner.to_string()),
                         what: format!("netns {name}"),
@@ -255,7 +285,7 @@ impl FunctionBackend for VethBackend {
         }
         let ns = naming::netns_name(&d.id);
         let rep = naming::veth_representor(&d.id);
-        let alias = naming::alias(&d.id);
+        let alias = self.alias(&d.id);
         let mac = tenant_mac(d)
             .map(|m| format!(" address {m}"))
             .unwrap_or_default();
@@ -319,12 +349,12 @@ mod tests {
             mac: "02:00:00:00:00:02".parse().unwrap(),
             addresses: vec![("10.0.0.2".parse().unwrap(), 24)],
         };
-        let plan = VethBackend.plan_apply(&desired(FunctionType::Net, Some(t)));
+        let plan = VethBackend::new().plan_apply(&desired(FunctionType::Net, Some(t)));
         let text = plan.join("\n");
         assert!(text.contains("netns add dpu-fn-web-1"), "{text}");
         assert!(text.contains("RTM_NEWLINK fn-web-1 type veth peer eth0 netns dpu-fn-web-1 address 02:00:00:00:00:02"), "{text}");
         assert!(text.contains("RTM_NEWADDR 10.0.0.2/24 dev eth0"), "{text}");
-        let rm = VethBackend.plan_remove("web-1", None).join("\n");
+        let rm = VethBackend::new().plan_remove("web-1", None).join("\n");
         assert!(
             rm.contains("RTM_DELLINK fn-web-1") && rm.contains("netns del dpu-fn-web-1"),
             "{rm}"
@@ -342,7 +372,7 @@ mod tests {
                     ..
                 })
             ));
-            assert!(VethBackend.plan_apply(&d)[0].starts_with("nothing:"));
+            assert!(VethBackend::new().plan_apply(&d)[0].starts_with("nothing:"));
         }
     }
 

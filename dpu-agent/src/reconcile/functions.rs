@@ -1,0 +1,789 @@
+//! The functions controller: makes each `Function` through a
+//! [`FunctionBackend`] (the veth simulator in dev, SR-IOV VFs in run) and
+//! reports `vf`, `representor` and `host_device` in its status.
+//!
+//! - **VF index**: `spec.vf` when given, else the one already in status,
+//!   else the lowest index free on that `pf` among all functions (any
+//!   tenant: a PF is the device's). Indexes handed out but not yet in a
+//!   stored status are held in memory so two reconciles cannot pick the same.
+//! - **Tenant side** (simulator only): the Port whose `function` is this
+//!   function gives the MAC and addresses, its Network the prefix length. A
+//!   Port change requeues the Port's tenant, not this function, so a net
+//!   function on the simulator is looked at again every
+//!   [`PORT_POLL`] (2 s): a new or changed Port reaches `eth0` within that.
+//!   Unchanged input is not re-applied more often than every
+//!   [`REAPPLY_EVERY`], which also repairs hand-made damage.
+//! - **Orphans**: what the backend reports as made for a function id that
+//!   no longer exists is removed (checked at most every [`REAPPLY_EVERY`]).
+//!   The simulator is scoped by state directory, so several dev agents on
+//!   one host never remove each other's functions (their ids must still
+//!   differ: namespace names are per host).
+//! - nvme/virtio-blk functions stay `Pending` with `Programmed=False`
+//!   (`NoEmulation`) on backends that cannot make them; never a fake Ready.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dpu_api::Kind;
+use dpu_api::object::{ConditionStatus, ObjectKey, Phase, WriteOutcome};
+use dpu_api::spec::{FunctionSpec, FunctionType as ApiFunctionType, Spec};
+use net_offload::functions::{
+    Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing,
+};
+use serde_json::Value;
+
+use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use crate::store::StoredObject;
+
+/// How often a simulated net function is looked at again for Port changes.
+pub const PORT_POLL: Duration = Duration::from_secs(2);
+/// Unchanged desired state is re-applied (and orphans swept) this often.
+pub const REAPPLY_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct LastApplied {
+    desired: FunctionDesired,
+    applied: Applied,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct Functions {
+    backend: Arc<dyn FunctionBackend>,
+    /// function id → (pf, vf) handed out by this process.
+    slots: Mutex<HashMap<String, (String, u32)>>,
+    last: Mutex<HashMap<String, LastApplied>>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+impl Functions {
+    pub fn new(backend: Arc<dyn FunctionBackend>) -> Self {
+        Functions {
+            backend,
+            slots: Mutex::new(HashMap::new()),
+            last: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(None),
+        }
+    }
+
+    fn polls_ports(&self) -> bool {
+        self.backend.name() == "veth"
+    }
+}
+
+fn function_spec(obj: &StoredObject) -> Result<FunctionSpec, ReconcileError> {
+    match obj.spec_without_secrets() {
+        Some(Spec::Function(f)) => Ok(f),
+        _ => Err(ReconcileError {
+            reason: "InvalidSpec".into(),
+            message: format!("function {} has a spec that does not parse", obj.id),
+        }),
+    }
+}
+
+fn status_vf(obj: &StoredObject) -> Option<u32> {
+    obj.status.fields.get("vf")?.as_u64()?.try_into().ok()
+}
+
+/// The lowest index not in `taken`.
+pub fn lowest_free(taken: &BTreeSet<u32>) -> u32 {
+    (0..).find(|i| !taken.contains(i)).unwrap_or(u32::MAX)
+}
+
+/// Where a function's VF is: its spec, its status, or newly allocated.
+/// `Err` names the function already holding a requested index.
+fn vf_slot(
+    ctx: &Context,
+    held: &HashMap<String, (String, u32)>,
+    obj: &StoredObject,
+    spec: &FunctionSpec,
+) -> Result<u32, String> {
+    let mut taken: HashMap<u32, String> = HashMap::new();
+    for other in ctx.store.list(Kind::Function, None) {
+        if other.id == obj.id {
+            continue;
+        }
+        if let Some(Spec::Function(f)) = other.spec_without_secrets()
+            && f.pf == spec.pf
+            && let Some(vf) = f.vf.or_else(|| status_vf(&other))
+        {
+            taken.insert(vf, other.id.clone());
+        }
+    }
+    for (id, (pf, vf)) in held {
+        if *id != obj.id && *pf == spec.pf {
+            taken.entry(*vf).or_insert_with(|| id.clone());
+        }
+    }
+    let own = spec.vf.or_else(|| status_vf(obj)).or_else(|| {
+        held.get(&obj.id)
+            .filter(|(pf, _)| *pf == spec.pf)
+            .map(|(_, vf)| *vf)
+    });
+    match own {
+        Some(vf) => match taken.get(&vf) {
+            Some(holder) => Err(holder.clone()),
+            None => Ok(vf),
+        },
+        None => Ok(lowest_free(&taken.keys().copied().collect())),
+    }
+}
+
+/// The tenant side of a function: its Port's MAC and addresses with the
+/// prefix length of the Port's Network. `None` while no Port is attached.
+pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<TenantAddressing> {
+    let port = ctx
+        .store
+        .list(Kind::Port, Some(tenant))
+        .into_iter()
+        .filter(|p| !p.deleting)
+        .find_map(|p| match p.spec_without_secrets() {
+            Some(Spec::Port(spec)) if spec.function == function => Some(spec),
+            _ => None,
+        })?;
+    let mac: Mac = port.mac.parse().ok()?;
+    let network = ctx
+        .store
+        .get(&ObjectKey::new(Kind::Network, port.network.clone()));
+    let prefix = |ip: &IpAddr| -> u8 {
+        let from_cidr = network
+            .as_ref()
+            .and_then(|n| match n.spec_without_secrets() {
+                Some(Spec::Network(net)) => net.cidr.split_once('/')?.1.parse::<u8>().ok(),
+                _ => None,
+            });
+        from_cidr.unwrap_or(if ip.is_ipv4() { 32 } else { 128 })
+    };
+    let addresses = port
+        .ips
+        .iter()
+        .filter_map(|s| s.split('/').next()?.parse::<IpAddr>().ok())
+        .map(|ip| (ip, prefix(&ip)))
+        .collect();
+    Some(TenantAddressing { mac, addresses })
+}
+
+fn desired(
+    obj: &StoredObject,
+    spec: &FunctionSpec,
+    vf: u32,
+    tenant: Option<TenantAddressing>,
+) -> Result<FunctionDesired, ReconcileError> {
+    let mac = match &spec.mac {
+        Some(m) => Some(m.parse::<Mac>().map_err(|e| ReconcileError {
+            reason: "InvalidSpec".into(),
+            message: format!("function {}: spec.mac: {e}", obj.id),
+        })?),
+        None => None,
+    };
+    Ok(FunctionDesired {
+        id: obj.id.clone(),
+        type_: match spec.type_ {
+            ApiFunctionType::Net => FunctionType::Net,
+            ApiFunctionType::Nvme => FunctionType::Nvme,
+            ApiFunctionType::VirtioBlk => FunctionType::VirtioBlk,
+        },
+        pf: spec.pf.clone(),
+        vf,
+        mac,
+        vlan: spec.vlan,
+        max_tx_rate_mbps: spec.max_tx_rate_mbps,
+        trust: spec.trust.unwrap_or(false),
+        spoof_check: spec.spoof_check.unwrap_or(true),
+        tenant,
+    })
+}
+
+/// An error and its causes, for a condition message.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+impl Functions {
+    async fn sweep_orphans(&self, ctx: &Context) {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REAPPLY_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let observed = match self.backend.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(backend = self.backend.name(), error = %chain(&e), "cannot list what the functions backend made; orphans are not swept this time");
+                return;
+            }
+        };
+        let live: BTreeSet<String> = ctx
+            .store
+            .list(Kind::Function, None)
+            .iter()
+            .map(|o| o.id.clone())
+            .collect();
+        let orphans: BTreeSet<String> = observed
+            .into_iter()
+            .filter_map(|o| o.owner)
+            .filter(|owner| !live.contains(owner))
+            .collect();
+        for id in orphans {
+            tracing::info!(function = %id, backend = self.backend.name(), "removing what was made for a function that no longer exists");
+            if let Err(e) = self.backend.remove(&id, None).await {
+                tracing::warn!(function = %id, error = %chain(&e), "cannot remove an orphaned function");
+            }
+        }
+    }
+
+    async fn reconcile_live(
+        &self,
+        ctx: &Context,
+        obj: &StoredObject,
+    ) -> Result<Outcome, ReconcileError> {
+        let spec = function_spec(obj)?;
+        let mut status = obj.status.clone();
+        let vf = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match vf_slot(ctx, &slots, obj, &spec) {
+                Ok(vf) => {
+                    slots.insert(obj.id.clone(), (spec.pf.clone(), vf));
+                    vf
+                }
+                Err(holder) => {
+                    status.phase = Phase::Failed;
+                    status.set_condition(condition(
+                        "Programmed",
+                        ConditionStatus::False,
+                        "VfInUse",
+                        format!(
+                            "{} vf {} is already function {holder}'s; choose another spec.vf or leave it out to have one allocated",
+                            spec.pf,
+                            spec.vf.unwrap_or_default()
+                        ),
+                    ));
+                    return Ok(Outcome {
+                        status,
+                        finalized: false,
+                        requeue_after: None,
+                    });
+                }
+            }
+        };
+        let tenant = if spec.type_ == ApiFunctionType::Net {
+            tenant_addressing(ctx, &obj.tenant, &obj.id)
+        } else {
+            None
+        };
+        let want = desired(obj, &spec, vf, tenant)?;
+        let cached = {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.get(&obj.id)
+                .filter(|l| l.desired == want && l.at.elapsed() < REAPPLY_EVERY)
+                .map(|l| l.applied.clone())
+        };
+        let applied = match cached {
+            Some(a) => a,
+            None => {
+                let applied = self
+                    .backend
+                    .apply(&want)
+                    .await
+                    .map_err(|e| ReconcileError {
+                        reason: "BackendError".into(),
+                        message: format!("{} backend: {}", self.backend.name(), chain(&e)),
+                    })?;
+                self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    obj.id.clone(),
+                    LastApplied {
+                        desired: want.clone(),
+                        applied: applied.clone(),
+                        at: Instant::now(),
+                    },
+                );
+                applied
+            }
+        };
+        self.sweep_orphans(ctx).await;
+
+        status.fields.insert("vf".into(), Value::from(vf));
+        match &applied {
+            Applied::Ready {
+                representor,
+                host_device,
+            } => {
+                status
+                    .fields
+                    .insert("representor".into(), Value::from(representor.clone()));
+                match host_device {
+                    Some(d) => status
+                        .fields
+                        .insert("host_device".into(), Value::from(d.clone())),
+                    None => status.fields.remove("host_device"),
+                };
+                status.phase = Phase::Ready;
+                let where_ = if self.backend.name() == "veth" {
+                    format!(
+                        "veth pair {representor} <-> eth0 in netns {}{}",
+                        net_offload::functions::naming::netns_name(&obj.id),
+                        if want.tenant.is_some() {
+                            ""
+                        } else {
+                            " (no port attached yet: eth0 has no address)"
+                        }
+                    )
+                } else {
+                    format!("{} vf {vf} configured, representor {representor}", spec.pf)
+                };
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::True,
+                    "Programmed",
+                    where_,
+                ));
+            }
+            Applied::NoRepresentor { expected } => {
+                status.fields.remove("representor");
+                status.phase = Phase::Degraded;
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::False,
+                    "RepresentorMissing",
+                    format!("{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?", spec.pf),
+                ));
+            }
+            Applied::Unsupported { reason, message } => {
+                status.phase = Phase::Pending;
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::False,
+                    reason,
+                    message.clone(),
+                ));
+            }
+        }
+        let requeue_after =
+            (self.polls_ports() && want.type_ == FunctionType::Net).then_some(PORT_POLL);
+        Ok(Outcome {
+            status,
+            finalized: false,
+            requeue_after,
+        })
+    }
+
+    async fn tear_down(&self, obj: &StoredObject) -> Result<Outcome, ReconcileError> {
+        let spec = function_spec(obj).ok();
+        let vf = status_vf(obj).or_else(|| spec.as_ref().and_then(|s| s.vf));
+        let slot = spec.as_ref().zip(vf).map(|(s, vf)| (s.pf.clone(), vf));
+        self.backend
+            .remove(&obj.id, slot.as_ref().map(|(pf, vf)| (pf.as_str(), *vf)))
+            .await
+            .map_err(|e| ReconcileError {
+                reason: "TeardownFailed".into(),
+                message: format!("{} backend: {}", self.backend.name(), chain(&e)),
+            })?;
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&obj.id);
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&obj.id);
+        Ok(Outcome {
+            status: obj.status.clone(),
+            finalized: true,
+            requeue_after: None,
+        })
+    }
+}
+
+impl Controller for Functions {
+    fn kind(&self) -> Kind {
+        Kind::Function
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        ctx: &'a Context,
+        obj: &'a StoredObject,
+    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+        Box::pin(async move {
+            if obj.deleting {
+                self.tear_down(obj).await
+            } else {
+                self.reconcile_live(ctx, obj).await
+            }
+        })
+    }
+
+    fn plan(&self, ctx: &Context, obj: &StoredObject, outcome: WriteOutcome) -> Vec<String> {
+        let Ok(spec) = function_spec(obj) else {
+            return vec![format!("nothing: function {} has no valid spec", obj.id)];
+        };
+        match outcome {
+            WriteOutcome::Unchanged => Vec::new(),
+            WriteOutcome::Deleted => {
+                let vf = status_vf(obj).or(spec.vf);
+                self.backend
+                    .plan_remove(&obj.id, vf.map(|vf| (spec.pf.as_str(), vf)))
+            }
+            WriteOutcome::Created | WriteOutcome::Updated => {
+                let held = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let vf = match vf_slot(ctx, &held, obj, &spec) {
+                    Ok(vf) => vf,
+                    Err(holder) => {
+                        return vec![format!(
+                            "nothing: {} vf {} is function {holder}'s",
+                            spec.pf,
+                            spec.vf.unwrap_or_default()
+                        )];
+                    }
+                };
+                let tenant = tenant_addressing(ctx, &obj.tenant, &obj.id);
+                match desired(obj, &spec, vf, tenant) {
+                    Ok(d) => self.backend.plan_apply(&d),
+                    Err(e) => vec![format!("nothing: {}", e.message)],
+                }
+            }
+        }
+    }
+
+    fn backend(&self) -> Option<(String, bool)> {
+        Some((format!("functions/{}", self.backend.name()), true))
+    }
+}
+
+/// The functions controller for the configured backend, or the
+/// `Unavailable` placeholder for `none`.
+pub fn for_config(cfg: &crate::config::Config) -> Arc<dyn Controller> {
+    use crate::config::FunctionsBackend as B;
+    use net_offload::functions::{sriov, veth};
+    match cfg.functions_backend {
+        // Scoped by state directory: dev agents sharing a host (tests) only
+        // ever sweep their own orphans.
+        B::Veth => Arc::new(Functions::new(Arc::new(veth::VethBackend::scoped(
+            net_offload::functions::naming::scope_of(&cfg.state_dir.to_string_lossy()),
+        )))),
+        B::Sriov => Arc::new(Functions::new(Arc::new(sriov::SriovBackend::new(
+            sriov::SriovConfig::default(),
+        )))),
+        B::None => Arc::new(super::unavailable::Unavailable::new(
+            Kind::Function,
+            "functions (net-offload: sriov/veth)",
+            "functions_backend is none in the configuration",
+        )),
+    }
+}
+
+/// Replaces the placeholder functions controller of `controllers` (one that
+/// drives no backend) with the configured one; a functions controller that
+/// drives a backend, given by the caller, is kept.
+pub fn with_configured(
+    cfg: &crate::config::Config,
+    controllers: Vec<Arc<dyn Controller>>,
+) -> Vec<Arc<dyn Controller>> {
+    controllers
+        .into_iter()
+        .map(|c| {
+            if c.kind() == Kind::Function && c.backend().is_none() {
+                for_config(cfg)
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreError};
+    use dpu_api::object::EventType;
+    use net_offload::functions::{FunctionsError, ObservedFunction};
+    use serde_json::json;
+
+    #[test]
+    fn lowest_free_fills_holes() {
+        assert_eq!(lowest_free(&BTreeSet::new()), 0);
+        assert_eq!(lowest_free(&[0, 1, 3].into_iter().collect()), 2);
+        assert_eq!(lowest_free(&[1, 2].into_iter().collect()), 0);
+    }
+
+    /// A function id and the (pf, vf) it was removed from.
+    type Removed = (String, Option<(String, u32)>);
+
+    /// Records what it was asked; makes nothing.
+    #[derive(Debug, Default)]
+    struct Fake {
+        applied: Mutex<Vec<FunctionDesired>>,
+        removed: Mutex<Vec<Removed>>,
+        orphans: Vec<String>,
+    }
+
+    impl FunctionBackend for Fake {
+        fn name(&self) -> &'static str {
+            "veth"
+        }
+        fn observe(
+            &self,
+        ) -> net_offload::functions::BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>>
+        {
+            let found = self
+                .orphans
+                .iter()
+                .map(|o| ObservedFunction {
+                    owner: Some(o.clone()),
+                    what: format!("link fn-{o}"),
+                })
+                .collect();
+            Box::pin(async move { Ok(found) })
+        }
+        fn apply<'a>(
+            &'a self,
+            d: &'a FunctionDesired,
+        ) -> net_offload::functions::BoxFuture<'a, Result<Applied, FunctionsError>> {
+            Box::pin(async move {
+                self.applied.lock().unwrap().push(d.clone());
+                if d.type_ != FunctionType::Net {
+                    return Ok(Applied::Unsupported {
+                        reason: "NoEmulation",
+                        message: "no".into(),
+                    });
+                }
+                Ok(Applied::Ready {
+                    representor: format!("fn-{}", d.id),
+                    host_device: Some("eth0".into()),
+                })
+            })
+        }
+        fn remove<'a>(
+            &'a self,
+            id: &'a str,
+            slot: Option<(&'a str, u32)>,
+        ) -> net_offload::functions::BoxFuture<'a, Result<(), FunctionsError>> {
+            Box::pin(async move {
+                self.removed
+                    .lock()
+                    .unwrap()
+                    .push((id.to_string(), slot.map(|(p, v)| (p.to_string(), v))));
+                Ok(())
+            })
+        }
+        fn plan_apply(&self, d: &FunctionDesired) -> Vec<String> {
+            vec![format!("make {} vf {}", d.id, d.vf)]
+        }
+        fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<String> {
+            vec![format!("remove {id}")]
+        }
+    }
+
+    fn put(store: &Store, kind: Kind, id: &str, spec: Value) {
+        let o = StoredObject {
+            kind,
+            id: id.into(),
+            tenant: "acme".into(),
+            generation: 1,
+            spec,
+            status: Default::default(),
+            deleting: false,
+        };
+        store
+            .transact(|t| {
+                t.put(o, EventType::Added);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap_or_else(|e| panic!("put {id}: {e}"));
+    }
+
+    fn obj(store: &Store, kind: Kind, id: &str) -> StoredObject {
+        (*store.get(&ObjectKey::new(kind, id)).expect("stored")).clone()
+    }
+
+    fn setup() -> (tempfile::TempDir, Context) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        put(&store, Kind::Tenant, "acme", json!({}));
+        (dir, Context { store })
+    }
+
+    #[tokio::test]
+    async fn allocates_lowest_free_vf_and_reports_ready() {
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Function,
+            "a",
+            json!({"type": "net", "pf": "pf0", "vf": 0, "mac": "02:00:00:00:00:0a"}),
+        );
+        put(
+            &ctx.store,
+            Kind::Function,
+            "b",
+            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0b"}),
+        );
+        put(
+            &ctx.store,
+            Kind::Function,
+            "c",
+            json!({"type": "net", "pf": "pf1", "mac": "02:00:00:00:00:0c"}),
+        );
+        let fake = Arc::new(Fake::default());
+        let c = Functions::new(fake.clone());
+        let b = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "b"))
+            .await
+            .unwrap();
+        assert_eq!(b.status.fields["vf"], json!(1));
+        assert_eq!(b.status.fields["representor"], json!("fn-b"));
+        assert_eq!(b.status.phase, Phase::Ready);
+        assert_eq!(
+            b.status.condition("Programmed").unwrap().status,
+            ConditionStatus::True
+        );
+        assert_eq!(b.requeue_after, Some(PORT_POLL));
+        // Another PF has its own indexes.
+        let cc = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "c"))
+            .await
+            .unwrap();
+        assert_eq!(cc.status.fields["vf"], json!(0));
+        // Held in memory before any status is stored: the next one gets 2.
+        put(
+            &ctx.store,
+            Kind::Function,
+            "d",
+            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0d"}),
+        );
+        let d = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "d"))
+            .await
+            .unwrap();
+        assert_eq!(d.status.fields["vf"], json!(2));
+        // A requested index that another function holds is refused, by name.
+        put(
+            &ctx.store,
+            Kind::Function,
+            "e",
+            json!({"type": "net", "pf": "pf0", "vf": 0, "mac": "02:00:00:00:00:0e"}),
+        );
+        let e = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "e"))
+            .await
+            .unwrap();
+        assert_eq!(e.status.phase, Phase::Failed);
+        let cond = e.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "VfInUse");
+        assert!(cond.message.contains("function a"), "{}", cond.message);
+    }
+
+    #[tokio::test]
+    async fn port_and_network_give_the_tenant_side() {
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Function,
+            "web",
+            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
+        );
+        put(
+            &ctx.store,
+            Kind::Network,
+            "blue",
+            json!({"vni": 100, "cidr": "10.0.0.0/24", "encap": "local"}),
+        );
+        let fake = Arc::new(Fake::default());
+        let c = Functions::new(fake.clone());
+        c.reconcile(&ctx, &obj(&ctx.store, Kind::Function, "web"))
+            .await
+            .unwrap();
+        assert_eq!(fake.applied.lock().unwrap()[0].tenant, None);
+        put(
+            &ctx.store,
+            Kind::Port,
+            "web-p",
+            json!({"network": "blue", "function": "web", "mac": "02:00:00:00:00:01", "ips": ["10.0.0.5"]}),
+        );
+        let out = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "web"))
+            .await
+            .unwrap();
+        {
+            let applied = fake.applied.lock().unwrap();
+            assert_eq!(
+                applied.len(),
+                2,
+                "a port change is applied on the next look"
+            );
+            assert_eq!(
+                applied[1].tenant,
+                Some(TenantAddressing {
+                    mac: "02:00:00:00:00:01".parse().unwrap(),
+                    addresses: vec![("10.0.0.5".parse().unwrap(), 24)],
+                })
+            );
+        }
+        assert!(
+            out.status
+                .condition("Programmed")
+                .unwrap()
+                .message
+                .contains("netns dpu-fn-web")
+        );
+        // Unchanged: not applied again within REAPPLY_EVERY.
+        c.reconcile(&ctx, &obj(&ctx.store, Kind::Function, "web"))
+            .await
+            .unwrap();
+        assert_eq!(fake.applied.lock().unwrap().len(), 2);
+        let plan = c.plan(
+            &ctx,
+            &obj(&ctx.store, Kind::Function, "web"),
+            WriteOutcome::Updated,
+        );
+        assert_eq!(plan, vec!["make web vf 0".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn storage_functions_stay_pending_and_delete_tears_down() {
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Function,
+            "disk",
+            json!({"type": "nvme", "pf": "pf0"}),
+        );
+        let fake = Arc::new(Fake {
+            orphans: vec!["gone".into()],
+            ..Fake::default()
+        });
+        let c = Functions::new(fake.clone());
+        let out = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "disk"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(
+            out.status.condition("Programmed").unwrap().reason,
+            "NoEmulation"
+        );
+        assert_eq!(out.requeue_after, None);
+        // The orphan "gone" was swept.
+        assert_eq!(fake.removed.lock().unwrap()[0], ("gone".to_string(), None));
+        let mut deleting = obj(&ctx.store, Kind::Function, "disk");
+        deleting.deleting = true;
+        deleting.status = out.status;
+        let done = c.reconcile(&ctx, &deleting).await.unwrap();
+        assert!(done.finalized);
+        assert_eq!(
+            fake.removed.lock().unwrap()[1],
+            ("disk".to_string(), Some(("pf0".to_string(), 0)))
+        );
+    }
+}
