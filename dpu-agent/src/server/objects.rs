@@ -409,19 +409,33 @@ pub async fn plan(
         store: state.store.clone(),
     };
     let controllers = state.controllers.clone();
-    let (planned, revision) = blocking(move || {
+    // Admission runs under the store's locks; controllers plan after they
+    // are released (a controller's plan may read the store).
+    let (admitted, revision) = blocking(move || {
         store.dry_run(|txn| {
             let admitted = admit_apply(txn, &caller, &req)?;
-            let mut planned = Vec::with_capacity(admitted.len());
-            for (a, i) in admitted {
-                let Some(obj) = txn.get(&a.key).or_else(|| ctx.store.get(&a.key)) else {
-                    continue;
-                };
+            Ok::<_, TxError>(
+                admitted
+                    .into_iter()
+                    .map(|(a, i)| {
+                        let obj = txn.get(&a.key);
+                        (a, i, obj)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+    })
+    .await??;
+    let planned = blocking(move || {
+        admitted
+            .into_iter()
+            .filter_map(|(a, i, obj)| {
+                let obj = obj.or_else(|| ctx.store.get(&a.key))?;
                 let actions = controllers
                     .get(a.key.kind)
                     .map(|c| c.plan(&ctx, &obj, a.outcome))
                     .unwrap_or_default();
-                planned.push((
+                Some((
                     i,
                     PlannedObject {
                         kind: a.key.kind,
@@ -430,12 +444,11 @@ pub async fn plan(
                         outcome: a.outcome,
                         actions,
                     },
-                ));
-            }
-            Ok::<_, TxError>(planned)
-        })
+                ))
+            })
+            .collect::<Vec<_>>()
     })
-    .await??;
+    .await?;
     let mut planned = planned;
     planned.sort_by_key(|(i, _)| *i);
     let resp = PlanResponse {

@@ -5,8 +5,14 @@
 //! Every write goes through [`Store::transact`]: the caller's closure sees
 //! the current objects plus what it staged, decides, and stages changes;
 //! the changes are committed in one redb write transaction, fsync'd before
-//! `transact` returns, so an accepted write survives `kill -9`. Writers are
-//! serialized, so checks done inside the closure cannot race.
+//! `transact` returns, so an accepted write survives `kill -9`. Closures run
+//! one at a time, so checks done inside them cannot race.
+//!
+//! Commits are grouped: while one batch is being fsync'd, the next writers
+//! stage theirs (seeing everything staged before them) and the first to find
+//! the disk free commits them all in one transaction (leader/follower group
+//! commit). Nobody is answered before its batch is durable; if a batch fails,
+//! it and everything staged on top of it fail, and nothing of them is kept.
 //!
 //! All objects are also held in memory (write-through) so reads, lists and
 //! cross-object validation never touch the disk. Secret fields are sealed
@@ -56,6 +62,8 @@ pub enum StoreError {
     Seal(#[from] SealError),
     #[error("the store's writer lock is poisoned by an earlier panic")]
     Poisoned,
+    #[error("the write was grouped with one that could not be committed: {0}")]
+    BatchFailed(String),
 }
 
 macro_rules! db_err {
@@ -147,15 +155,54 @@ struct State {
 pub struct Store {
     db: Database,
     state: RwLock<State>,
-    writer: Mutex<()>,
+    writer: Mutex<Staging>,
+    committer: Mutex<CommitLog>,
     sealer: Sealer,
     events: broadcast::Sender<Event>,
+}
+
+/// Changes accepted but not yet durable.
+#[derive(Debug, Default)]
+struct Batch {
+    staged: BTreeMap<ObjectKey, Option<Arc<StoredObject>>>,
+    events: Vec<Event>,
+    hosts: Vec<HostReport>,
+    /// The revision after this batch.
+    revision: u64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.staged.is_empty() && self.hosts.is_empty()
+    }
+}
+
+/// What writers share, under the writer lock.
+#[derive(Debug, Default)]
+struct Staging {
+    /// Waiting for a leader to commit it, as batch number `pending_seq`.
+    pending: Batch,
+    pending_seq: u64,
+    /// Being committed right now (batch `pending_seq - 1`).
+    inflight: Arc<Batch>,
+    /// The revision after everything staged.
+    revision: u64,
+}
+
+/// Which batches are done, under the commit lock.
+#[derive(Debug, Default)]
+struct CommitLog {
+    done: u64,
+    /// Batches that failed, with why (kept for the waiters to read).
+    failed: BTreeMap<u64, String>,
 }
 
 /// A write in progress; see [`Store::transact`].
 #[derive(Debug)]
 pub struct Txn<'a> {
     state: &'a State,
+    /// Accepted, not yet durable changes, newest first.
+    layers: [&'a BTreeMap<ObjectKey, Option<Arc<StoredObject>>>; 2],
     sealer: &'a Sealer,
     staged: BTreeMap<ObjectKey, Option<Arc<StoredObject>>>,
     events: Vec<(EventType, ObjectKey, Option<Object>)>,
@@ -165,10 +212,12 @@ pub struct Txn<'a> {
 impl Txn<'_> {
     /// The object as this transaction sees it (staged changes included).
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<StoredObject>> {
-        match self.staged.get(key) {
-            Some(staged) => staged.clone(),
-            None => self.state.objects.get(key).cloned(),
+        for layer in [&self.staged, self.layers[0], self.layers[1]] {
+            if let Some(found) = layer.get(key) {
+                return found.clone();
+            }
         }
+        self.state.objects.get(key).cloned()
     }
 
     /// Objects of `kind` (of one tenant, or all), staged changes included.
@@ -177,11 +226,13 @@ impl Txn<'_> {
             range_of_kind(&self.state.objects, kind)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-        for (k, v) in self.staged.iter().filter(|(k, _)| k.kind == kind) {
-            match v {
-                Some(obj) => out.insert(k.clone(), obj.clone()),
-                None => out.remove(k),
-            };
+        for layer in [self.layers[1], self.layers[0], &self.staged] {
+            for (k, v) in layer.iter().filter(|(k, _)| k.kind == kind) {
+                match v {
+                    Some(obj) => out.insert(k.clone(), obj.clone()),
+                    None => out.remove(k),
+                };
+            }
         }
         out.into_values()
             .filter(|o| tenant.is_none_or(|t| o.tenant == t))
@@ -285,10 +336,16 @@ impl Store {
                 .unwrap_or(0);
         }
         let (events, _) = broadcast::channel(4096);
+        let staging = Staging {
+            revision: state.revision,
+            pending_seq: 1,
+            ..Staging::default()
+        };
         Ok(Store {
             db,
             state: RwLock::new(state),
-            writer: Mutex::new(()),
+            writer: Mutex::new(staging),
+            committer: Mutex::new(CommitLog::default()),
             sealer,
             events,
         })
@@ -305,65 +362,131 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let _writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
-        let (value, staged, pending, hosts, base_rev) = {
+        let (value, seq, revision) = {
+            let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
             let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
             let mut txn = Txn {
                 state: &state,
+                layers: [&w.pending.staged, &w.inflight.staged],
                 sealer: &self.sealer,
                 staged: BTreeMap::new(),
                 events: Vec::new(),
                 hosts: Vec::new(),
             };
             let value = f(&mut txn)?;
-            (value, txn.staged, txn.events, txn.hosts, state.revision)
+            let Txn {
+                staged,
+                events: pending,
+                hosts,
+                ..
+            } = txn;
+            drop(state);
+            if staged.is_empty() && hosts.is_empty() {
+                // Nothing to write; but what it saw may not be durable yet.
+                let seq = if !w.pending.is_empty() {
+                    w.pending_seq
+                } else if !w.inflight.is_empty() {
+                    w.pending_seq - 1
+                } else {
+                    return Ok((value, w.revision));
+                };
+                (value, seq, w.revision)
+            } else {
+                // Events carry the object as the API shows it after the change.
+                let mut rev = w.revision;
+                let mut events = Vec::with_capacity(pending.len());
+                for (type_, key, snapshot) in pending {
+                    let object = match snapshot {
+                        Some(o) => o,
+                        None => match staged.get(&key) {
+                            Some(Some(obj)) => obj.to_api(),
+                            _ => continue,
+                        },
+                    };
+                    rev += 1;
+                    events.push(Event {
+                        revision: rev,
+                        type_,
+                        object,
+                    });
+                }
+                // A host report alone still moves the revision, so X-Revision grows.
+                if events.is_empty() {
+                    rev += 1;
+                }
+                w.pending.staged.extend(staged);
+                w.pending.events.extend(events);
+                w.pending.hosts.extend(hosts);
+                w.pending.revision = rev;
+                w.revision = rev;
+                (value, w.pending_seq, rev)
+            }
         };
-        if staged.is_empty() && hosts.is_empty() {
-            return Ok((value, base_rev));
-        }
+        self.wait_durable(seq)?;
+        Ok((value, revision))
+    }
 
-        // Events carry the object as the API shows it after this commit.
-        let mut events = Vec::with_capacity(pending.len());
-        let mut rev = base_rev;
-        for (type_, key, snapshot) in pending {
-            let object = match snapshot {
-                Some(o) => o,
-                None => match staged.get(&key) {
-                    Some(Some(obj)) => obj.to_api(),
-                    _ => continue,
-                },
+    /// Returns once batch `seq` is durable: either another writer committed
+    /// it meanwhile, or this one commits everything pending now.
+    fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        let mut log = self.committer.lock().map_err(|_| StoreError::Poisoned)?;
+        if log.done < seq {
+            let (batch, committing) = {
+                let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+                let batch = Arc::new(std::mem::take(&mut w.pending));
+                w.inflight = batch.clone();
+                w.pending_seq += 1;
+                (batch, w.pending_seq - 1)
             };
-            rev += 1;
-            events.push(Event {
-                revision: rev,
-                type_,
-                object,
-            });
+            let result = self.commit(&batch.staged, &batch.events, &batch.hosts, batch.revision);
+            let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+            match result {
+                Ok(()) => {
+                    let mut state = self.state.write().map_err(|_| StoreError::Poisoned)?;
+                    for (key, obj) in &batch.staged {
+                        match obj {
+                            Some(obj) => state.objects.insert(key.clone(), obj.clone()),
+                            None => state.objects.remove(key),
+                        };
+                    }
+                    for report in &batch.hosts {
+                        state.hosts.insert(report.host.clone(), report.clone());
+                    }
+                    state.revision = batch.revision;
+                    w.inflight = Arc::default();
+                    drop(state);
+                    drop(w);
+                    for ev in &batch.events {
+                        // No receivers is fine: nobody is watching.
+                        let _ = self.events.send(ev.clone());
+                    }
+                    log.done = committing;
+                }
+                Err(e) => {
+                    // What was staged on top of the failed batch decided on
+                    // changes that are now lost: it fails too.
+                    let why = crate::server::error::error_chain(&e);
+                    let on_top = w.pending_seq;
+                    w.inflight = Arc::default();
+                    w.pending = Batch::default();
+                    w.pending_seq += 1;
+                    w.revision = self
+                        .state
+                        .read()
+                        .map_err(|_| StoreError::Poisoned)?
+                        .revision;
+                    log.failed.insert(committing, why.clone());
+                    log.failed.insert(on_top, why);
+                    log.done = on_top;
+                    let keep_from = log.done.saturating_sub(1024);
+                    log.failed.retain(|s, _| *s >= keep_from);
+                }
+            }
         }
-        // A host report alone still moves the revision, so X-Revision grows.
-        if events.is_empty() {
-            rev += 1;
+        match log.failed.get(&seq) {
+            Some(why) => Err(StoreError::BatchFailed(why.clone())),
+            None => Ok(()),
         }
-
-        self.commit(&staged, &events, &hosts, rev)?;
-
-        let mut state = self.state.write().map_err(|_| StoreError::Poisoned)?;
-        for (key, obj) in staged {
-            match obj {
-                Some(obj) => state.objects.insert(key, obj),
-                None => state.objects.remove(&key),
-            };
-        }
-        for report in hosts {
-            state.hosts.insert(report.host.clone(), report);
-        }
-        state.revision = rev;
-        drop(state);
-        for ev in events {
-            // No receivers is fine: nobody is watching.
-            let _ = self.events.send(ev);
-        }
-        Ok((value, rev))
     }
 
     /// Runs `f` like [`Store::transact`] and throws away what it staged: a
@@ -372,16 +495,18 @@ impl Store {
     where
         E: From<StoreError>,
     {
+        let w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
         let mut txn = Txn {
             state: &state,
+            layers: [&w.pending.staged, &w.inflight.staged],
             sealer: &self.sealer,
             staged: BTreeMap::new(),
             events: Vec::new(),
             hosts: Vec::new(),
         };
         let value = f(&mut txn)?;
-        Ok((value, state.revision))
+        Ok((value, w.revision))
     }
 
     fn commit(
@@ -678,6 +803,54 @@ mod tests {
         assert_eq!(
             &*store.open_secret(&stored, "key_in").unwrap().unwrap(),
             secret
+        );
+    }
+
+    #[test]
+    fn concurrent_writers_are_grouped_without_losing_or_reordering() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        let mut revs = Vec::new();
+                        for i in 0..50 {
+                            let id = format!("t{t}-{i}");
+                            let (_, rev) = store
+                                .transact(|txn| {
+                                    // Each writer sees everything staged before it.
+                                    let before = txn.list(Kind::Tenant, None).len();
+                                    txn.put(
+                                        obj(Kind::Tenant, &id, &id, json!({})),
+                                        EventType::Added,
+                                    );
+                                    Ok::<_, StoreError>(before)
+                                })
+                                .unwrap();
+                            // Answered only once durable: visible to plain reads.
+                            assert!(store.get(&ObjectKey::new(Kind::Tenant, id)).is_some());
+                            revs.push(rev);
+                        }
+                        revs
+                    })
+                })
+                .collect();
+            let mut all: Vec<u64> = threads
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect();
+            all.sort();
+            assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+            assert_eq!(store.revision(), 400);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list(Kind::Tenant, None).len(), 400);
+        let events = store.events_since(0, 1000).unwrap().unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            (1..=400).collect::<Vec<u64>>()
         );
     }
 }
