@@ -9,6 +9,10 @@ cd "$(dirname "$0")/../.."
 bash tests/vm/setup.sh
 
 start=$(date +%s)
+# ring (rustls, via dpu-agent and dpu-crypto) has C code: without a musl cross
+# gcc, the host gcc builds it for the static musl target.
+export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
 cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin ktls-probe
-DPU_VM_TESTS=1 cargo test -p dpu-tests --test vm_smoke --test vm_harness -- --test-threads=1 "$@"
+cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin xfrm-probe
+DPU_VM_TESTS=1 cargo test -p dpu-tests --test vm_smoke --test vm_harness --test crypto_vm -- --test-threads=1 "$@"
 echo "VM stage took $(( $(date +%s) - start )) s"
