@@ -33,6 +33,16 @@ impl XfrmBackend {
     }
 }
 
+impl XfrmBackend {
+    /// In a private network namespace (see
+    /// [`XfrmSocket::open_in_private_netns`]).
+    pub fn open_private() -> Result<XfrmBackend, XfrmError> {
+        Ok(XfrmBackend {
+            sock: XfrmSocket::open_in_private_netns()?,
+        })
+    }
+}
+
 impl IpsecBackend for XfrmBackend {
     fn observe(&mut self) -> Result<Observed, XfrmError> {
         Ok(Observed {

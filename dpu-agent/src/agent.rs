@@ -8,7 +8,6 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::reconcile::engine::{Controllers, Engine};
-use crate::reconcile::ipsec::{IpsecConfig, IpsecTunnels};
 use crate::reconcile::tenants::Tenants;
 use crate::reconcile::tls::TlsListeners;
 use crate::reconcile::unavailable::Unavailable;
@@ -37,16 +36,12 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
 }
 
-/// The controllers of this build: tenants, IPsec tunnels (uplink for
-/// offload from `DPU_IPSEC_UPLINK`) and TLS listeners for real; every other kind stays
+/// The controllers of this build: tenants and TLS listeners for real (IPsec
+/// tunnels per mode in `run`, see `ipsec::with_configured`); every other kind stays
 /// `Pending` with `BackendUnavailable` until its backend is wired in.
 pub fn default_controllers() -> Vec<Arc<dyn Controller>> {
     let mut list: Vec<Arc<dyn Controller>> = vec![
         Arc::new(Tenants),
-        Arc::new(IpsecTunnels::new(IpsecConfig {
-            uplink: std::env::var("DPU_IPSEC_UPLINK").ok(),
-            ..IpsecConfig::default()
-        })),
         Arc::new(TlsListeners::default()),
     ];
     let real: Vec<dpu_api::Kind> = list.iter().map(|c| c.kind()).collect();
@@ -80,6 +75,8 @@ pub async fn run(
     };
     // The functions controller depends on the configured backend.
     let controllers = crate::reconcile::functions::with_configured(cfg, controllers);
+    // IPsec programs the host's XFRM in `run`, a private namespace in `dev`.
+    let controllers = crate::reconcile::ipsec::with_configured(cfg, controllers);
     let engine = Engine::new(ctx, Controllers::new(controllers)).with_resync(cfg.resync);
     let state = AppState {
         store,

@@ -133,6 +133,29 @@ impl XfrmSocket {
         })
     }
 
+    /// A socket in a new, empty network namespace that only this socket
+    /// holds: XFRM state programmed through it lives and dies with the
+    /// socket, away from the host's (the agent's dev mode). Needs
+    /// CAP_SYS_ADMIN.
+    pub fn open_in_private_netns() -> Result<XfrmSocket, XfrmError> {
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this short-lived thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+                return Err(XfrmError::Netns {
+                    path: "(new private namespace)".into(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            XfrmSocket::open()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(XfrmError::Open(io::Error::other(
+                "namespace thread panicked",
+            )))
+        })
+    }
+
     fn send(&mut self, req: &Request) -> Result<u32, XfrmError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;

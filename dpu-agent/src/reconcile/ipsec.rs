@@ -37,6 +37,10 @@ pub struct IpsecConfig {
     pub uplink: Option<String>,
     /// How long an old SA outlives its replacement after a rekey.
     pub rekey_grace: Option<Duration>,
+    /// Program a private network namespace held only by the agent's socket
+    /// (dev mode: never touch the host's IPsec state). Lost on restart and
+    /// re-programmed by the next reconcile.
+    pub private_netns: bool,
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -67,9 +71,31 @@ impl std::fmt::Debug for IpsecTunnels {
 impl IpsecTunnels {
     pub fn new(config: IpsecConfig) -> Self {
         let netns = config.netns.clone();
+        let private = config.private_netns;
         Self::with_backend(config, move || {
-            Ok(Box::new(XfrmBackend::open(netns.as_deref())?) as Box<dyn IpsecBackend>)
+            let backend = if private {
+                XfrmBackend::open_private()?
+            } else {
+                XfrmBackend::open(netns.as_deref())?
+            };
+            Ok(Box::new(backend) as Box<dyn IpsecBackend>)
         })
+    }
+
+    /// The controller for the agent's mode: `run` programs the host's XFRM
+    /// (offload on the uplink named by `DPU_IPSEC_UPLINK`); `dev` programs a
+    /// private namespace so trying the agent never changes the host's IPsec.
+    pub fn for_config(cfg: &crate::config::Config) -> Self {
+        match cfg.mode {
+            crate::config::Mode::Run => IpsecTunnels::new(IpsecConfig {
+                uplink: std::env::var("DPU_IPSEC_UPLINK").ok(),
+                ..IpsecConfig::default()
+            }),
+            crate::config::Mode::Dev => IpsecTunnels::new(IpsecConfig {
+                private_netns: true,
+                ..IpsecConfig::default()
+            }),
+        }
     }
 
     /// With another backend (tests).
@@ -160,6 +186,24 @@ fn allocate(
         .map(|(_, r)| *r)
         .collect();
     Ok((mine, others))
+}
+
+/// Replaces the placeholder for ipsec-tunnels with the controller for
+/// `cfg`'s mode (see [`IpsecTunnels::for_config`]).
+pub fn with_configured(
+    cfg: &crate::config::Config,
+    controllers: Vec<Arc<dyn Controller>>,
+) -> Vec<Arc<dyn Controller>> {
+    controllers
+        .into_iter()
+        .map(|c| {
+            if c.kind() == Kind::IpsecTunnel && c.backend().is_none() {
+                Arc::new(IpsecTunnels::for_config(cfg)) as Arc<dyn Controller>
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 fn name(o: &StoredObject) -> String {
@@ -704,6 +748,35 @@ mod tests {
         let listed = ns.ip("xfrm policy");
         assert!(!listed.contains("10.1.0.0/16"), "{listed}");
         assert!(listed.contains("src 10.5.0.0/16"), "{listed}");
+    }
+
+    #[tokio::test]
+    async fn dev_mode_programs_a_private_namespace_not_the_hosts() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let ctx = Context {
+            store: store.clone(),
+        };
+        put_tunnel(&store, "t1", false);
+        let ctrl = IpsecTunnels::new(IpsecConfig {
+            private_netns: true,
+            ..Default::default()
+        });
+        ctrl.reconcile(&ctx, &get(&store, "t1")).await.unwrap();
+        // The controller sees its policies; the host has none of them.
+        let seen = ctrl.last_observed.lock().unwrap().clone().unwrap();
+        assert_eq!(seen.policies.len(), 3);
+        let host = Command::new("ip")
+            .args(["xfrm", "policy"])
+            .output()
+            .unwrap();
+        let host = String::from_utf8_lossy(&host.stdout);
+        assert!(!host.contains("reqid 223346688"), "{host}");
     }
 
     #[tokio::test]
