@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the unit tests of dpu-api and dpu-agent, and dpu-api's integration
+# tests (none needs root or a network namespace), built for aarch64 musl and
+# executed under qemu-user through the runner in .cargo/config.toml.
+# Extra arguments go to cargo (e.g. --release). Run cross/setup.sh first.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+TARGET=aarch64-unknown-linux-musl
+
+# Tests that cannot pass under qemu-user, as "name|why". Each is skipped by
+# exact name and the reason printed, so the list stays honest.
+EXCLUDE=(
+)
+
+skip=()
+for entry in "${EXCLUDE[@]}"; do
+    name=${entry%%|*}
+    echo "cross/test.sh: skipping $name under qemu-user: ${entry#*|}"
+    skip+=(--skip "$name" --exact)
+done
+# --exact applies to the filters too; with no exclusions pass nothing.
+((${#skip[@]})) || skip=(--)
+[[ ${skip[0]} == -- ]] || skip=(-- "${skip[@]}")
+
+echo "cross/test.sh: unit tests of dpu-api and dpu-agent for $TARGET under qemu-user"
+cargo test --locked --target "$TARGET" "$@" -p dpu-api -p dpu-agent --lib "${skip[@]}"
+
+echo "cross/test.sh: integration tests of dpu-api for $TARGET under qemu-user"
+cargo test --locked --target "$TARGET" "$@" -p dpu-api --test '*' "${skip[@]}"
+echo "cross/test.sh: ok"
