@@ -1,0 +1,678 @@
+//! `agent-bench`: throughput, latency and memory of a real `dpu-agent`, as a
+//! markdown table. A benchmark, not a test: it asserts nothing and exits 0
+//! whether or not the targets are met.
+//!
+//! It starts `dpu-agent dev --no-ovs` (the binary next to this one, so build
+//! both with `--release`) in a temporary state directory, stores 10k objects
+//! (100 tenants × 100 networks, `POST /v1/apply` in batches of 1000), then,
+//! from this process, drives it over N concurrent keep-alive mTLS connections
+//! with the admin identity: one `dpu_api::client::Client` (one connection,
+//! HTTP/2 by ALPN) per worker, one request in flight per connection, closed
+//! loop. Reads are `GET /v1/networks/{id}` of random networks; durable writes
+//! are `PUT /v1/networks/{id}` that change `spec.mtu`, so every write is a
+//! new generation the store fsyncs before answering. RSS is the agent's
+//! `VmRSS` after start and after loading, once its CPU has gone quiet.
+//!
+//! Limits: the load generator shares the machine's cores with the agent, so
+//! on a small machine the numbers are a floor, and the agent's CPU share is
+//! printed beside them. Request bodies are built by this process but answers
+//! are not parsed beyond the status code.
+//!
+//! ```text
+//! cargo build --release -p dpu-agent -p dpu-tests --bins
+//! target/release/agent-bench [--connections 32] [--seconds 10] [--agent PATH]
+//! ```
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dpu_api::client::{Client, Method};
+use dpu_tests::agent::free_port;
+use serde_json::{Value, json};
+
+const TENANTS: usize = 100;
+const NETWORKS_PER_TENANT: usize = 100;
+const APPLY_BATCH: usize = 1000;
+
+const TARGET_READS: f64 = 20_000.0;
+const TARGET_WRITES: f64 = 2_000.0;
+const TARGET_P99_MS: f64 = 10.0;
+const TARGET_RSS_IDLE_MB: f64 = 20.0;
+const TARGET_RSS_LOADED_MB: f64 = 60.0;
+
+type BenchResult<T> = Result<T, String>;
+
+#[derive(Debug)]
+struct Options {
+    connections: usize,
+    seconds: u64,
+    agent: PathBuf,
+}
+
+impl Options {
+    fn parse() -> BenchResult<Options> {
+        let mut opts = Options {
+            connections: 32,
+            seconds: 10,
+            agent: default_agent_path()?,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+            match arg.as_str() {
+                "--connections" => {
+                    opts.connections = value("--connections")?
+                        .parse()
+                        .map_err(|e| format!("--connections: {e}"))?;
+                }
+                "--seconds" => {
+                    opts.seconds = value("--seconds")?
+                        .parse()
+                        .map_err(|e| format!("--seconds: {e}"))?;
+                }
+                "--agent" => opts.agent = PathBuf::from(value("--agent")?),
+                "-h" | "--help" => {
+                    return Err(
+                        "usage: agent-bench [--connections N] [--seconds S] [--agent PATH]".into(),
+                    );
+                }
+                other => return Err(format!("unknown argument {other:?} (see --help)")),
+            }
+        }
+        if opts.connections == 0 || opts.seconds == 0 {
+            return Err("--connections and --seconds must be at least 1".into());
+        }
+        Ok(opts)
+    }
+}
+
+/// `dpu-agent` from the same target directory as this binary.
+fn default_agent_path() -> BenchResult<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    Ok(exe.with_file_name("dpu-agent"))
+}
+
+/// The agent process; killed on drop, its state directory removed.
+#[derive(Debug)]
+struct Agent {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Agent {
+    fn start(binary: &Path) -> BenchResult<Agent> {
+        if !binary.is_file() {
+            return Err(format!(
+                "{} does not exist; run `cargo build --release -p dpu-agent -p dpu-tests --bins` \
+                 or pass --agent PATH",
+                binary.display()
+            ));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("agent-bench")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let log = std::fs::File::create(dir.path().join("agent.log"))
+            .map_err(|e| format!("cannot create the agent log: {e}"))?;
+        let log_err = log.try_clone().map_err(|e| format!("agent log: {e}"))?;
+        let port = free_port();
+        let child = Command::new(binary)
+            .arg("dev")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--no-ovs")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        Ok(Agent { child, dir, port })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn pki(&self, file: &str) -> PathBuf {
+        self.dir.path().join("state").join("pki").join(file)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn admin(&self) -> BenchResult<Client> {
+        Client::from_files(
+            &format!("https://127.0.0.1:{}", self.port),
+            &self.pki("ca.pem"),
+            Some((&self.pki("admin.pem"), &self.pki("admin-key.pem"))),
+        )
+        .map_err(|e| format!("admin client: {e}"))
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> BenchResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "dpu-agent exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                ));
+            }
+            if self.pki("admin.pem").exists()
+                && let Ok((200, _)) = self.admin()?.readyz().await
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "dpu-agent not ready after {timeout:?}; log:\n{}",
+                    self.log()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS` of a process, in MiB.
+fn rss_mib(pid: u32) -> BenchResult<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> BenchResult<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok());
+    let (Some(utime), Some(stime)) = (ticks(14), ticks(15)) else {
+        return Err(format!("cannot parse /proc/{pid}/stat"));
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / hz)
+}
+
+/// Waits until the agent uses under 5% of a core over one second (the
+/// controllers have caught up with what was just written), at most `limit`.
+async fn wait_quiet(pid: u32, limit: Duration) -> BenchResult<Duration> {
+    let start = Instant::now();
+    loop {
+        let before = cpu_seconds(pid)?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if cpu_seconds(pid)? - before < 0.05 || start.elapsed() > limit {
+            return Ok(start.elapsed());
+        }
+    }
+}
+
+/// Median time of a 4 KiB write + `fdatasync` in `dir`: the floor under one
+/// durable commit on this disk.
+fn fsync_median_ms(dir: &Path) -> BenchResult<f64> {
+    use std::io::Write;
+    let path = dir.join(format!("agent-bench-fsync-{}", std::process::id()));
+    let mut file = std::fs::File::create(&path).map_err(|e| format!("fsync probe: {e}"))?;
+    let block = [0u8; 4096];
+    let mut times = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let start = Instant::now();
+        file.write_all(&block)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| format!("fsync probe: {e}"))?;
+        times.push(start.elapsed());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    times.sort_unstable();
+    Ok(times[times.len() / 2].as_secs_f64() * 1000.0)
+}
+
+fn network_id(tenant: usize, network: usize) -> String {
+    format!("t{tenant:03}-net{network:03}")
+}
+
+fn network_spec(tenant: usize, network: usize, mtu: u16) -> Value {
+    json!({
+        "vni": 1000 + tenant * NETWORKS_PER_TENANT + network,
+        "cidr": format!("10.{tenant}.{network}.0/24"),
+        "mtu": mtu,
+        "encap": "vxlan",
+    })
+}
+
+async fn apply(client: &Client, objects: Vec<Value>) -> BenchResult<()> {
+    let body = serde_json::to_vec(&json!({ "objects": objects }))
+        .map_err(|e| format!("apply body: {e}"))?;
+    let resp = client
+        .raw(
+            Method::POST,
+            "/v1/apply",
+            Some(body),
+            &[("content-type", "application/json")],
+        )
+        .await
+        .map_err(|e| format!("POST /v1/apply: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!(
+            "POST /v1/apply answered {}: {}",
+            resp.status,
+            resp.text()
+        ));
+    }
+    Ok(())
+}
+
+/// Stores the tenants and their networks; returns the object count.
+async fn load(client: &Client) -> BenchResult<usize> {
+    let tenants = (0..TENANTS)
+        .map(|t| json!({"kind": "Tenant", "id": format!("t{t:03}"), "spec": {}}))
+        .collect();
+    apply(client, tenants).await?;
+    let mut networks = Vec::with_capacity(TENANTS * NETWORKS_PER_TENANT);
+    for t in 0..TENANTS {
+        for n in 0..NETWORKS_PER_TENANT {
+            networks.push(json!({
+                "kind": "Network",
+                "id": network_id(t, n),
+                "tenant": format!("t{t:03}"),
+                "spec": network_spec(t, n, 1450),
+            }));
+        }
+    }
+    let count = TENANTS + networks.len();
+    while !networks.is_empty() {
+        let rest = networks.split_off(networks.len().min(APPLY_BATCH));
+        apply(client, std::mem::replace(&mut networks, rest)).await?;
+    }
+    Ok(count)
+}
+
+/// xorshift64*: enough randomness to pick objects, no dependency.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Load {
+    Reads,
+    Writes,
+}
+
+#[derive(Debug)]
+struct PhaseResult {
+    requests: usize,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+    /// Sorted, in microseconds.
+    latencies: Vec<u32>,
+    agent_cpu: f64,
+}
+
+impl PhaseResult {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+        f64::from(self.latencies[i - 1]) / 1000.0
+    }
+
+    /// The agent's CPU use during the phase, in cores.
+    fn agent_cores(&self) -> f64 {
+        self.agent_cpu / self.elapsed.as_secs_f64()
+    }
+}
+
+/// One closed-loop worker per connection, for `duration`.
+async fn run_phase(
+    agent: &Agent,
+    load: Load,
+    connections: usize,
+    duration: Duration,
+) -> BenchResult<PhaseResult> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let client = agent.admin()?;
+        // Handshake outside the measured window: keep-alive from here on.
+        client
+            .healthz()
+            .await
+            .map_err(|e| format!("warm-up: {e}"))?;
+        clients.push(client);
+    }
+    let mtu_counter = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_seconds(agent.pid())?;
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut tasks = Vec::with_capacity(connections);
+    for (i, client) in clients.into_iter().enumerate() {
+        let mtu_counter = mtu_counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0xff51_afd7));
+            let mut latencies = Vec::with_capacity(1 << 16);
+            let mut errors = 0usize;
+            let mut first_error = None;
+            while tokio::time::Instant::now() < deadline {
+                let (t, n) = (rng.below(TENANTS), rng.below(NETWORKS_PER_TENANT));
+                let path = format!("/v1/networks/{}", network_id(t, n));
+                let sent = Instant::now();
+                let result = match load {
+                    Load::Reads => client.raw(Method::GET, &path, None, &[]).await,
+                    Load::Writes => {
+                        // A different MTU every time: a new generation per write.
+                        let step = mtu_counter.fetch_add(1, Ordering::Relaxed);
+                        let mtu = 1000 + (step % 8000) as u16;
+                        let body =
+                            json!({"tenant": format!("t{t:03}"), "spec": network_spec(t, n, mtu)});
+                        let body = serde_json::to_vec(&body).unwrap_or_default();
+                        client
+                            .raw(
+                                Method::PUT,
+                                &path,
+                                Some(body),
+                                &[("content-type", "application/json")],
+                            )
+                            .await
+                    }
+                };
+                let took = sent.elapsed();
+                match result {
+                    Ok(resp) if resp.status == 200 => {
+                        latencies.push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+                    }
+                    Ok(resp) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| {
+                            format!("{path}: {} {}", resp.status, resp.text())
+                        });
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{path}: {e}"));
+                    }
+                }
+            }
+            (latencies, errors, first_error)
+        }));
+    }
+    let mut result = PhaseResult {
+        requests: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        agent_cpu: 0.0,
+    };
+    for task in tasks {
+        let (latencies, errors, first_error) = task.await.map_err(|e| format!("worker: {e}"))?;
+        result.latencies.extend(latencies);
+        result.errors += errors;
+        if result.first_error.is_none() {
+            result.first_error = first_error;
+        }
+    }
+    result.elapsed = start.elapsed();
+    result.agent_cpu = cpu_seconds(agent.pid())? - cpu_before;
+    result.requests = result.latencies.len();
+    result.latencies.sort_unstable();
+    Ok(result)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{cores} cores (nproc), {cpu}, Linux {}, load average before the run {load}",
+        kernel.trim()
+    )
+}
+
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+struct Report<'a> {
+    opts: &'a Options,
+    machine: String,
+    fsync_ms: f64,
+    objects: usize,
+    load_time: Duration,
+    rss_idle: f64,
+    rss_loaded: f64,
+    reads: PhaseResult,
+    writes: PhaseResult,
+}
+
+impl Report<'_> {
+    fn markdown(&self) -> String {
+        let mut s = String::new();
+        let r = &self.reads;
+        let w = &self.writes;
+        let _ = writeln!(s, "Date: {}  ", today());
+        let _ = writeln!(s, "Machine: {}  ", self.machine);
+        let _ = writeln!(
+            s,
+            "Disk: state directory under {}, 4 KiB write + fdatasync median {:.2} ms  ",
+            std::env::temp_dir().display(),
+            self.fsync_ms
+        );
+        let _ = writeln!(
+            s,
+            "Load: {} stored objects ({TENANTS} tenants × {NETWORKS_PER_TENANT} networks) \
+             stored in {:.1} s; {} keep-alive mTLS connections (HTTP/2, admin identity), \
+             one request in flight each, {} s per phase; agent `dpu-agent dev --no-ovs`, \
+             load generator `agent-bench` in a second process on the same cores.",
+            self.objects,
+            self.load_time.as_secs_f64(),
+            self.opts.connections,
+            self.opts.seconds,
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| metric | target | measured | |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        let mut row = |name: &str, target: String, measured: String, met: bool| {
+            let _ = writeln!(s, "| {name} | {target} | {measured} | {} |", verdict(met));
+        };
+        row(
+            "reads/s (GET random network)",
+            format!("≥ {TARGET_READS:.0}"),
+            format!("{:.0}", r.rate()),
+            r.rate() >= TARGET_READS,
+        );
+        row(
+            "read latency p50 / p99",
+            format!("p99 ≤ {TARGET_P99_MS} ms"),
+            format!(
+                "{:.2} / {:.2} ms",
+                r.percentile_ms(0.50),
+                r.percentile_ms(0.99)
+            ),
+            r.percentile_ms(0.99) <= TARGET_P99_MS,
+        );
+        row(
+            "durable writes/s (PUT, spec changed)",
+            format!("≥ {TARGET_WRITES:.0}"),
+            format!("{:.0}", w.rate()),
+            w.rate() >= TARGET_WRITES,
+        );
+        row(
+            "write latency p50 / p99",
+            format!("p99 ≤ {TARGET_P99_MS} ms"),
+            format!(
+                "{:.2} / {:.2} ms",
+                w.percentile_ms(0.50),
+                w.percentile_ms(0.99)
+            ),
+            w.percentile_ms(0.99) <= TARGET_P99_MS,
+        );
+        row(
+            "RSS idle (after start)",
+            format!("≤ {TARGET_RSS_IDLE_MB} MB"),
+            format!("{:.1} MiB", self.rss_idle),
+            self.rss_idle <= TARGET_RSS_IDLE_MB,
+        );
+        row(
+            "RSS with 10k objects",
+            format!("≤ {TARGET_RSS_LOADED_MB} MB"),
+            format!("{:.1} MiB", self.rss_loaded),
+            self.rss_loaded <= TARGET_RSS_LOADED_MB,
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Agent CPU during the phases: reads {:.2} cores, writes {:.2} cores. \
+             Requests: {} reads ({} errors), {} writes ({} errors).",
+            r.agent_cores(),
+            w.agent_cores(),
+            r.requests,
+            r.errors,
+            w.requests,
+            w.errors,
+        );
+        for (name, phase) in [("read", r), ("write", w)] {
+            if let Some(e) = &phase.first_error {
+                let _ = writeln!(s, "\nFirst {name} error: {e}");
+            }
+        }
+        s
+    }
+}
+
+async fn run(opts: &Options) -> BenchResult<String> {
+    let machine = machine();
+    eprintln!("agent-bench: starting {}", opts.agent.display());
+    let fsync_ms = fsync_median_ms(&std::env::temp_dir())?;
+    let mut agent = Agent::start(&opts.agent)?;
+    agent.wait_ready(Duration::from_secs(30)).await?;
+    wait_quiet(agent.pid(), Duration::from_secs(10)).await?;
+    let rss_idle = rss_mib(agent.pid())?;
+
+    eprintln!("agent-bench: storing {TENANTS} tenants × {NETWORKS_PER_TENANT} networks");
+    let admin = agent.admin()?;
+    let started = Instant::now();
+    let objects = load(&admin).await?;
+    let load_time = started.elapsed();
+    let settled = wait_quiet(agent.pid(), Duration::from_secs(120)).await?;
+    eprintln!(
+        "agent-bench: stored {objects} objects in {:.1} s; controllers quiet {:.1} s later",
+        load_time.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+    let rss_loaded = rss_mib(agent.pid())?;
+
+    let duration = Duration::from_secs(opts.seconds);
+    eprintln!(
+        "agent-bench: reads, {} connections, {duration:?}",
+        opts.connections
+    );
+    let reads = run_phase(&agent, Load::Reads, opts.connections, duration).await?;
+    eprintln!(
+        "agent-bench: writes, {} connections, {duration:?}",
+        opts.connections
+    );
+    let writes = run_phase(&agent, Load::Writes, opts.connections, duration).await?;
+
+    Ok(Report {
+        opts,
+        machine,
+        fsync_ms,
+        objects,
+        load_time,
+        rss_idle,
+        rss_loaded,
+        reads,
+        writes,
+    }
+    .markdown())
+}
+
+fn main() -> ExitCode {
+    let opts = match Options::parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("agent-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent-bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&opts)) {
+        Ok(table) => {
+            println!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
