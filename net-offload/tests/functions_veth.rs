@@ -218,6 +218,14 @@ async fn two_veth_functions_ping_through_a_bridge_and_leave_nothing() {
         "{theirs:?}"
     );
 
+    // Not yet bridged: the echo must fail, or the witness below proves nothing.
+    let target = fb.tenant.as_ref().unwrap().addresses[0].0;
+    let ns_a = naming::netns_name(&ids[0]);
+    let unbridged = netns::run_in(&ns_a, move || async move { icmp_echo(target) })
+        .await
+        .expect("enter the namespace");
+    assert!(unbridged.is_err(), "echo answered without a bridge");
+
     let (ok, out) = ip(&["link", "add", &bridge, "type", "bridge"]);
     assert!(ok, "{out}");
     for id in &ids {
@@ -232,8 +240,6 @@ async fn two_veth_functions_ping_through_a_bridge_and_leave_nothing() {
     }
     let (ok, out) = ip(&["link", "set", &bridge, "up"]);
     assert!(ok, "{out}");
-    let target = fb.tenant.as_ref().unwrap().addresses[0].0;
-    let ns_a = naming::netns_name(&ids[0]);
     let reply = netns::run_in(&ns_a, move || async move { icmp_echo(target) })
         .await
         .expect("enter the namespace");
