@@ -172,10 +172,8 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
 
     // Skeleton: every table drops what no rule admits (fail_mode=secure has
     // no NORMAL fallback either), conntrack dispatch, established traffic.
-    for t in table::ALL {
-        b.add(&base, t, 0, Match::new(), drop_());
-    }
-    let ip = Match::new().with(Field::EthType, ETH_IP);
+    // ARP the responder does not answer (replies, unicast) goes on; it is
+    // added before the drops because the first flow of a key wins.
     b.add(
         &base,
         table::ARP_RESPONDER,
@@ -183,6 +181,10 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         Match::new(),
         goto(table::EGRESS_CT),
     );
+    for t in table::ALL {
+        b.add(&base, t, 0, Match::new(), drop_());
+    }
+    let ip = Match::new().with(Field::EthType, ETH_IP);
     b.add(
         &base,
         table::EGRESS_CT,

@@ -329,3 +329,22 @@ fn diff_modifies_changed_actions_and_replaces_foreign_cookie() {
     let mods = plan.flow_mods();
     assert_eq!(mods.len(), 2);
 }
+
+#[test]
+fn table_misses_drop_except_after_the_arp_responder() {
+    let c = compile(&two_tenants());
+    for t in table::ALL {
+        let miss: Vec<_> = c
+            .flows
+            .iter()
+            .filter(|f| f.flow.table == t && f.flow.priority == 0)
+            .collect();
+        assert_eq!(miss.len(), 1, "table {t}");
+        let ins = &miss[0].flow.instructions;
+        if t == table::ARP_RESPONDER {
+            assert_eq!(ins.goto_table, Some(table::EGRESS_CT));
+        } else {
+            assert!(ins.is_drop(), "table {t}: {}", miss[0].flow);
+        }
+    }
+}
