@@ -50,6 +50,17 @@ impl ObjectLookup for TxnLookup<'_, '_> {
             .filter_map(|o| Some((o.id.clone(), o.spec_without_secrets()?)))
             .collect()
     }
+
+    fn network_with_vni(&self, vni: u32, except: &str) -> Option<String> {
+        // Reads the one field instead of parsing every network's spec.
+        self.0
+            .list(Kind::Network, None)
+            .into_iter()
+            .find(|o| {
+                o.id != except && o.spec.get("vni").and_then(Value::as_u64) == Some(u64::from(vni))
+            })
+            .map(|o| o.id.clone())
+    }
 }
 
 /// Creates or replaces one object. `field_prefix` is put in front of field

@@ -546,6 +546,16 @@ pub trait ObjectLookup {
     /// Every object of `kind` in `tenant` (all tenants when `None`), with
     /// its id.
     fn list(&self, kind: Kind, tenant: Option<&str>) -> Vec<(String, Spec)>;
+
+    /// The id of a network other than `except` that uses `vni`. The default
+    /// scans [`ObjectLookup::list`]; a store overrides it with something
+    /// cheaper, since every network write asks.
+    fn network_with_vni(&self, vni: u32, except: &str) -> Option<String> {
+        self.list(Kind::Network, None)
+            .into_iter()
+            .find(|(id, spec)| id != except && matches!(spec, Spec::Network(n) if n.vni == vni))
+            .map(|(id, _)| id)
+    }
 }
 
 /// Checks what depends on other objects: references exist within the tenant,
@@ -577,16 +587,11 @@ pub fn validate_in_context(
     match spec {
         Spec::Network(n) => {
             // VNIs are the DPU-wide tunnel key: two networks must not share one.
-            for (other_id, other) in objects.list(Kind::Network, None) {
-                if let Spec::Network(o) = other
-                    && o.vni == n.vni
-                    && other_id != id
-                {
-                    return fail(
-                        "spec.vni",
-                        format!("VNI {} is already used by network {other_id:?}", n.vni),
-                    );
-                }
+            if let Some(other_id) = objects.network_with_vni(n.vni, id) {
+                return fail(
+                    "spec.vni",
+                    format!("VNI {} is already used by network {other_id:?}", n.vni),
+                );
             }
             Ok(())
         }
