@@ -77,6 +77,8 @@ pub async fn run(
     let controllers = crate::reconcile::functions::with_configured(cfg, controllers);
     // IPsec programs the host's XFRM in `run`, a private namespace in `dev`.
     let controllers = crate::reconcile::ipsec::with_configured(cfg, controllers);
+    // Network, Port and Endpoint go to Open vSwitch when it is reachable.
+    let controllers = crate::reconcile::network::with_configured(cfg, controllers);
     let engine = Engine::new(ctx, Controllers::new(controllers)).with_resync(cfg.resync);
     let state = AppState {
         store,

@@ -3,6 +3,7 @@
 //! applying it, and reporting status. See [`engine`] for the work queue.
 
 pub mod engine;
+pub mod network;
 pub mod functions;
 pub mod ipsec;
 pub mod tenants;

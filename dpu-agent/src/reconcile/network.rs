@@ -1,0 +1,492 @@
+//! The network controllers (Network, Port, Endpoint) over ONE shared switch
+//! reconciler (`net_offload::switch`). Every reconcile of any of these kinds
+//! rebuilds the desired networking from the store (only when the store
+//! moved), hands it to the reconciler — which recomputes the whole flow set,
+//! debounced, and syncs the bridge in one bundle — and then reports status
+//! from the reconciler's last result: `Ready` with `Programmed=True` only
+//! when the switch acknowledged the flows of that input.
+//!
+//! A port's representor is its function's `status.representor` (set by the
+//! functions controller); until it exists the port is `Pending` and is looked
+//! at again every second.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dpu_api::Kind;
+use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
+use dpu_api::spec::{Encap as ApiEncap, Protocol, SecurityRule, Spec};
+use net_offload::pipeline::{
+    self, DesiredNetworking, Encap, EndpointDesc, NetworkDesc, OwnerKind, PortDesc, QosDesc,
+    RuleDesc, RuleProtocol, SecurityDesc,
+};
+use net_offload::switch::{SwitchConfig, SwitchHandle, SwitchInput, SwitchReport};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::unavailable::Unavailable;
+use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use crate::config::{Config, OvsConfig};
+use crate::store::{Store, StoredObject};
+
+/// How long a reconcile waits for the switch to act on its input.
+const SWITCH_WAIT: Duration = Duration::from_secs(5);
+const PENDING_RETRY: Duration = Duration::from_secs(1);
+
+/// The switch reconciler and the last input handed to it.
+#[derive(Debug)]
+pub struct NetworkBackend {
+    switch: SwitchHandle,
+    last: Mutex<LastInput>,
+    // Keeps the reconciler running as long as the backend lives.
+    _shutdown: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct LastInput {
+    revision: Option<u64>,
+    input: SwitchInput,
+}
+
+/// The OpenFlow management socket of `bridge` for the OVSDB at `db`: the
+/// `<bridge>.mgmt` next to a unix socket (OVS's rundir); for tcp, the
+/// standard `/var/run/openvswitch`.
+pub fn mgmt_socket(db: &str, bridge: &str) -> PathBuf {
+    let dir = db
+        .strip_prefix("unix:")
+        .and_then(|p| PathBuf::from(p).parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/openvswitch"));
+    dir.join(format!("{bridge}.mgmt"))
+}
+
+impl NetworkBackend {
+    /// Starts the switch reconciler for `ovs` (must be called in a tokio runtime).
+    pub fn start(ovs: &OvsConfig) -> Result<Arc<Self>, String> {
+        let db = ovs
+            .db
+            .parse()
+            .map_err(|e| format!("invalid OVSDB address {:?}: {e}", ovs.db))?;
+        let (tx, rx) = watch::channel(false);
+        let switch = SwitchHandle::spawn(
+            SwitchConfig {
+                db,
+                bridge: ovs.bridge.clone(),
+                datapath_type: ovs.datapath_type.clone(),
+                hw_offload: ovs.hw_offload,
+                mgmt_socket: mgmt_socket(&ovs.db, &ovs.bridge),
+                period: Duration::from_millis(500),
+            },
+            rx,
+        );
+        Ok(Arc::new(NetworkBackend {
+            switch,
+            last: Mutex::new(LastInput::default()),
+            _shutdown: tx,
+        }))
+    }
+
+    /// Hands the store's current networking to the reconciler if it changed;
+    /// returns the input version to wait for.
+    fn sync(&self, store: &Store) -> u64 {
+        let mut last = self.last.lock().expect("network input lock");
+        let revision = store.revision();
+        if last.revision == Some(revision) {
+            return last.input.version;
+        }
+        let (networking, representors) = desired_from_store(store, None);
+        last.revision = Some(revision);
+        if networking != last.input.networking || representors != last.input.representors {
+            last.input = SwitchInput {
+                version: last.input.version + 1,
+                networking,
+                representors,
+            };
+            self.switch.set_input(last.input.clone());
+        }
+        last.input.version
+    }
+
+    /// The three controllers sharing this backend.
+    pub fn controllers(self: &Arc<Self>) -> Vec<Arc<dyn Controller>> {
+        [Kind::Network, Kind::Port, Kind::Endpoint]
+            .into_iter()
+            .map(|kind| {
+                Arc::new(NetworkController {
+                    kind,
+                    backend: self.clone(),
+                }) as Arc<dyn Controller>
+            })
+            .collect()
+    }
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    Some((a.parse().ok()?, l.parse().ok()?))
+}
+
+fn parse_ports(s: &str) -> Option<(u16, u16)> {
+    match s.split_once('-') {
+        Some((lo, hi)) => Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)),
+        None => {
+            let p = s.trim().parse().ok()?;
+            Some((p, p))
+        }
+    }
+}
+
+fn rule(r: &SecurityRule) -> RuleDesc {
+    RuleDesc {
+        protocol: match r.protocol {
+            Protocol::Tcp => RuleProtocol::Tcp,
+            Protocol::Udp => RuleProtocol::Udp,
+            Protocol::Icmp => RuleProtocol::Icmp,
+            Protocol::Any => RuleProtocol::Any,
+        },
+        cidr: r.cidr.as_deref().and_then(parse_cidr),
+        ports: r.ports.as_deref().and_then(parse_ports),
+    }
+}
+
+/// A change to apply on top of the store (for `plan`).
+type Overlay<'a> = Option<(&'a StoredObject, bool)>;
+
+/// The desired networking (validated objects that are not being deleted) and
+/// each port's representor, from the store with an optional overlay object
+/// (replacing or, when the flag is true, removing the stored one).
+fn desired_from_store(
+    store: &Store,
+    overlay: Overlay<'_>,
+) -> (DesiredNetworking, BTreeMap<String, String>) {
+    let list = |kind: Kind| -> Vec<Arc<StoredObject>> {
+        let mut objs: Vec<Arc<StoredObject>> = store
+            .list(kind, None)
+            .into_iter()
+            .filter(|o| overlay.is_none_or(|(ov, _)| ov.kind != kind || ov.id != o.id))
+            .collect();
+        if let Some((ov, removed)) = overlay
+            && ov.kind == kind
+            && !removed
+        {
+            objs.push(Arc::new(ov.clone()));
+        }
+        objs.retain(|o| !o.deleting);
+        objs
+    };
+    let mut d = DesiredNetworking::default();
+    for o in list(Kind::Network) {
+        if let Some(Spec::Network(n)) = o.spec_without_secrets() {
+            d.networks.push(NetworkDesc {
+                id: o.id.clone(),
+                tenant: o.tenant.clone(),
+                vni: n.vni,
+                encap: match n.encap {
+                    ApiEncap::Vxlan => Encap::Vxlan,
+                    ApiEncap::Geneve => Encap::Geneve,
+                    ApiEncap::Local => Encap::Local,
+                },
+            });
+        }
+    }
+    let functions: BTreeMap<String, Arc<StoredObject>> = list(Kind::Function)
+        .into_iter()
+        .map(|f| (f.id.clone(), f))
+        .collect();
+    let mut representors = BTreeMap::new();
+    for o in list(Kind::Port) {
+        let Some(Spec::Port(p)) = o.spec_without_secrets() else {
+            continue;
+        };
+        let Some(mac) = parse_mac(&p.mac) else {
+            continue;
+        };
+        if let Some(rep) = functions
+            .get(&p.function)
+            .and_then(|f| f.status.fields.get("representor"))
+            .and_then(Value::as_str)
+        {
+            representors.insert(o.id.clone(), rep.to_string());
+        }
+        let security = p.security.clone().unwrap_or_default();
+        d.ports.push(PortDesc {
+            id: o.id.clone(),
+            tenant: o.tenant.clone(),
+            network: p.network.clone(),
+            mac,
+            ips: p.ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            security: SecurityDesc {
+                ingress: security.ingress.iter().map(rule).collect(),
+                egress: security.egress.map(|e| e.iter().map(rule).collect()),
+            },
+            qos: p.qos.as_ref().map(|q| QosDesc {
+                max_rate_kbps: q.max_rate_mbps.saturating_mul(1000),
+                burst_kbits: q.burst_kb.saturating_mul(8),
+            }),
+            ofport: None,
+        });
+    }
+    for o in list(Kind::Endpoint) {
+        let Some(Spec::Endpoint(e)) = o.spec_without_secrets() else {
+            continue;
+        };
+        let (Some(mac), Ok(vtep)) = (parse_mac(&e.mac), e.vtep.parse()) else {
+            continue;
+        };
+        d.endpoints.push(EndpointDesc {
+            id: o.id.clone(),
+            tenant: o.tenant.clone(),
+            network: e.network.clone(),
+            mac,
+            ips: e.ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            vtep,
+        });
+    }
+    d.networks.sort_by(|a, b| a.id.cmp(&b.id));
+    d.ports.sort_by(|a, b| a.id.cmp(&b.id));
+    d.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    (d, representors)
+}
+
+/// The controller of one kind over the shared backend.
+#[derive(Debug)]
+pub struct NetworkController {
+    kind: Kind,
+    backend: Arc<NetworkBackend>,
+}
+
+fn owner_kind(kind: Kind) -> OwnerKind {
+    match kind {
+        Kind::Network => OwnerKind::Network,
+        Kind::Endpoint => OwnerKind::Endpoint,
+        _ => OwnerKind::Port,
+    }
+}
+
+impl NetworkController {
+    fn status_for(
+        &self,
+        obj: &StoredObject,
+        report: &SwitchReport,
+    ) -> Result<Outcome, ReconcileError> {
+        let mut status = obj.status.clone();
+        if !report.programmed {
+            return Err(ReconcileError {
+                reason: "SwitchUnavailable".into(),
+                message: report
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the switch has not been programmed yet".into()),
+            });
+        }
+        if obj.deleting {
+            return Ok(Outcome {
+                status,
+                finalized: true,
+                requeue_after: None,
+            });
+        }
+        let flows = report.flows_of(owner_kind(self.kind), &obj.id);
+        status.fields.insert("flows".into(), Value::from(flows));
+        if self.kind == Kind::Port {
+            let port = report.ports.get(&obj.id).cloned().unwrap_or_default();
+            match port.ofport {
+                Some(n) => status.fields.insert("ofport".into(), Value::from(n)),
+                None => status.fields.remove("ofport"),
+            };
+            if let Some(why) = port.pending {
+                status.phase = Phase::Pending;
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::False,
+                    "RepresentorMissing",
+                    format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
+                ));
+                return Ok(Outcome {
+                    status,
+                    finalized: false,
+                    requeue_after: Some(PENDING_RETRY),
+                });
+            }
+        }
+        status.phase = Phase::Ready;
+        status.set_condition(condition(
+            "Programmed",
+            ConditionStatus::True,
+            "FlowsInstalled",
+            format!(
+                "{flows} flows acknowledged by the switch (tables {}-{})",
+                pipeline::table::CLASSIFY,
+                pipeline::table::OUTPUT
+            ),
+        ));
+        Ok(Outcome {
+            status,
+            finalized: false,
+            requeue_after: None,
+        })
+    }
+}
+
+impl Controller for NetworkController {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        ctx: &'a Context,
+        obj: &'a StoredObject,
+    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+        Box::pin(async move {
+            let version = self.backend.sync(&ctx.store);
+            let report = self
+                .backend
+                .switch
+                .wait_for_version(version, SWITCH_WAIT)
+                .await;
+            if report.version < version {
+                let mut status = obj.status.clone();
+                status.phase = if obj.deleting {
+                    Phase::Deleting
+                } else {
+                    Phase::Pending
+                };
+                status.set_condition(condition(
+                    "Programmed",
+                    ConditionStatus::False,
+                    "SwitchBusy",
+                    format!(
+                        "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
+                        report.error.as_deref().unwrap_or("still working")
+                    ),
+                ));
+                return Ok(Outcome {
+                    status,
+                    finalized: false,
+                    requeue_after: Some(PENDING_RETRY),
+                });
+            }
+            self.status_for(obj, &report)
+        })
+    }
+
+    fn plan(&self, ctx: &Context, obj: &StoredObject, outcome: WriteOutcome) -> Vec<String> {
+        if outcome == WriteOutcome::Unchanged {
+            return Vec::new();
+        }
+        let removed = outcome == WriteOutcome::Deleted;
+        let (networking, representors) = desired_from_store(&ctx.store, Some((obj, removed)));
+        let all = self.backend.switch.plan(&SwitchInput {
+            version: 0,
+            networking,
+            representors,
+        });
+        let cookie = format!("{:#x}", pipeline::cookie(owner_kind(self.kind), &obj.id));
+        let owner = format!("{}/{}", owner_kind(self.kind).name(), obj.id);
+        let mine: Vec<String> = all
+            .into_iter()
+            .filter(|l| {
+                l.contains(&cookie)
+                    || l.contains(&owner)
+                    || l.starts_with(&format!("port {}:", obj.id))
+                    || (self.kind == Kind::Network && l.contains("tunnel/"))
+            })
+            .collect();
+        if mine.is_empty() {
+            vec!["nothing to change on the switch".to_string()]
+        } else {
+            mine
+        }
+    }
+
+    fn backend(&self) -> Option<(String, bool)> {
+        let r = self.backend.switch.report();
+        Some(("ovs".to_string(), r.ovsdb_connected && r.openflow_connected))
+    }
+}
+
+/// `controllers` with the network controllers (Network, Port, Endpoint over
+/// one switch reconciler) in place of whatever served those kinds, when the
+/// OVSDB socket of `cfg` is reachable; otherwise those kinds stay `Pending`
+/// with a condition saying why. Must be called inside the tokio runtime.
+pub fn with_configured(
+    cfg: &Config,
+    mut controllers: Vec<Arc<dyn Controller>>,
+) -> Vec<Arc<dyn Controller>> {
+    const KINDS: [Kind; 3] = [Kind::Network, Kind::Port, Kind::Endpoint];
+    let db = &cfg.ovs.db;
+    let reachable = match db.strip_prefix("unix:") {
+        Some(path) => std::path::Path::new(path).exists(),
+        // tcp: the reconciler connects, and reconnects, by itself.
+        None => true,
+    };
+    let backend = if reachable {
+        NetworkBackend::start(&cfg.ovs)
+    } else {
+        Err(format!(
+            "the OVSDB socket {db} does not exist (is Open vSwitch running?)"
+        ))
+    };
+    controllers.retain(|c| !KINDS.contains(&c.kind()));
+    match backend {
+        Ok(backend) => {
+            tracing::info!(db = %db, bridge = %cfg.ovs.bridge, "network controllers drive Open vSwitch");
+            controllers.extend(backend.controllers());
+        }
+        Err(why) => {
+            tracing::warn!(db = %db, "networks, ports and endpoints stay Pending: {why}");
+            for kind in KINDS {
+                controllers.push(Arc::new(Unavailable::new(
+                    kind,
+                    "network (net-offload: OVSDB/OpenFlow)",
+                    why.clone(),
+                )));
+            }
+        }
+    }
+    controllers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rule_fields() {
+        assert_eq!(parse_ports("80"), Some((80, 80)));
+        assert_eq!(parse_ports("1000-2000"), Some((1000, 2000)));
+        assert_eq!(
+            parse_cidr("10.0.0.0/8"),
+            Some((Ipv4Addr::new(10, 0, 0, 0), 8))
+        );
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!(parse_mac("nope"), None);
+    }
+
+    #[test]
+    fn mgmt_socket_next_to_the_db_socket() {
+        assert_eq!(
+            mgmt_socket("unix:/s/ovs/db.sock", "br-int"),
+            PathBuf::from("/s/ovs/br-int.mgmt")
+        );
+        assert_eq!(
+            mgmt_socket("tcp:127.0.0.1:6640", "br-int"),
+            PathBuf::from("/var/run/openvswitch/br-int.mgmt")
+        );
+    }
+}
