@@ -1,0 +1,280 @@
+//! Shared by the `net_*` end-to-end tests: the real `dpu-agent` binary
+//! (`dev --no-ovs`, plain HTTP on loopback) against an Open vSwitch sandbox
+//! the test owns, so the switch survives agent restarts. `ovs-ofctl`,
+//! `ovs-vsctl` and `ip` are witnesses and setup only. Everything started
+//! here is stopped on drop, on every path.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dpu_api::Kind;
+use dpu_api::client::Client;
+use net_offload::sandbox::{Netns, OvsSandbox, SandboxConfig};
+use serde_json::Value;
+
+pub const BRIDGE: &str = "br-int";
+
+/// The agent binary, built once per test process (a no-op when fresh).
+pub fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "dpu-agent", "--bin", "dpu-agent"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build -p dpu-agent");
+        assert!(status.success(), "cargo build -p dpu-agent failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("debug/dpu-agent");
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private OVS (ovsdb-server + ovs-vswitchd) in `dir`.
+pub async fn start_ovs(dir: &Path, netns: Netns) -> OvsSandbox {
+    let config = SandboxConfig {
+        netns,
+        ..SandboxConfig::new(dir)
+    };
+    OvsSandbox::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("Open vSwitch sandbox in {}: {e:?}", dir.display()))
+}
+
+/// A running `dpu-agent dev --no-ovs` using the OVSDB at `db`.
+#[derive(Debug)]
+pub struct Agent {
+    pub state_dir: PathBuf,
+    pub db: String,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Agent {
+    pub async fn start(state_dir: &Path, db: &Path, extra_env: &[(&str, &str)]) -> Agent {
+        let mut agent = Agent {
+            state_dir: state_dir.to_path_buf(),
+            db: format!("unix:{}", db.display()),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            log: state_dir.join("agent.log"),
+            child: None,
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        agent.spawn().await;
+        agent
+    }
+
+    async fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.state_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["dev", "--no-ovs", "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .arg("--insecure-listen")
+            .arg(self.http.to_string())
+            .env("DPU_AGENT_OVS_DB", &self.db)
+            .env("DPU_AGENT_LOG_LEVEL", "info,net_offload=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start dpu-agent"));
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = client.healthz().await {
+                break;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("dpu-agent exited with {status}; log:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dpu-agent not healthy in 30 s; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::plain(&format!("http://{}", self.http)).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, then wait.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Waits until `kind/id` satisfies `pred`, returning it.
+    pub async fn wait_object(
+        &self,
+        kind: Kind,
+        id: &str,
+        within: Duration,
+        pred: impl Fn(&dpu_api::Object) -> bool,
+    ) -> dpu_api::Object {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        loop {
+            let last = client.get(kind, id).await;
+            if let Ok(o) = &last
+                && pred(o)
+            {
+                return o.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {id}: condition not reached in {within:?}; last: {last:?}\nagent log:\n{}",
+                kind.name(),
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn put(client: &Client, kind: Kind, id: &str, tenant: &str, spec: Value) {
+    client
+        .put(kind, id, Some(tenant), spec, None)
+        .await
+        .unwrap_or_else(|e| panic!("PUT {} {id}: {e}", kind.path()));
+}
+
+pub fn is_ready(o: &dpu_api::Object) -> bool {
+    o.status.phase == dpu_api::Phase::Ready && o.status.observed_generation == o.generation
+}
+
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a command succeeds (for traffic checks that may fail).
+pub fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// `ovs-ofctl -O OpenFlow14 dump-flows` of the bridge, agent cookies only
+/// (cookie=0xd0...), one line per flow.
+pub fn agent_flow_lines(ovs: &OvsSandbox) -> Vec<String> {
+    let target = format!("unix:{}", ovs.mgmt_socket(BRIDGE).display());
+    run(
+        "ovs-ofctl",
+        &["-O", "OpenFlow14", "--no-names", "dump-flows", &target],
+    )
+    .lines()
+    .filter(|l| l.contains("cookie=0xd0"))
+    .map(str::to_string)
+    .collect()
+}
+
+pub fn ofctl(ovs: &OvsSandbox, cmd: &str, args: &[&str]) -> String {
+    let target = format!("unix:{}", ovs.mgmt_socket(BRIDGE).display());
+    run(
+        "ovs-ofctl",
+        &[
+            &["-O", "OpenFlow14", "--no-names", cmd, target.as_str()],
+            args,
+        ]
+        .concat(),
+    )
+}
+
+/// `duration=12.345s` of a dump-flows line.
+pub fn duration_of(line: &str) -> f64 {
+    line.split("duration=")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line}"))
+}
+
+/// The part of a dump-flows line that identifies the flow and what it does
+/// (without counters).
+pub fn flow_identity(line: &str) -> String {
+    line.split(", ")
+        .filter(|p| {
+            ![
+                "duration=",
+                "n_packets=",
+                "n_bytes=",
+                "idle_age=",
+                "hard_age=",
+                " duration=",
+            ]
+            .iter()
+            .any(|k| p.trim_start().starts_with(k))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
