@@ -732,7 +732,16 @@ pub fn plan_nvmet(
                 .subsystems
                 .iter()
                 .all(|n| VolumeKey::from_subsystem_nqn(n).is_some());
-            if same || !all_ours {
+            if desired.is_empty() && all_ours {
+                // No volume left: remove the agent's port too, so a full
+                // teardown leaves configfs as the agent found it. Orphan
+                // subsystems were unlinked above.
+                out.configfs(
+                    &Owner::Shared,
+                    Phase::DeleteDevice,
+                    vec![configfs::remove_port(port_id)],
+                );
+            } else if same || !all_ours {
                 // A port with foreign subsystems is left as it is.
                 linked.extend(p.subsystems.iter().cloned());
             } else {
@@ -1290,6 +1299,7 @@ mod tests {
                 format!("orphan acme/db [unpresent] rm {s}/allowed_hosts/{h}"),
                 format!("orphan acme/db [unpresent] rmdir {s}"),
                 format!("shared [unpresent] rmdir /sys/kernel/config/nvmet/hosts/{h}"),
+                "shared [delete-device] rmdir /sys/kernel/config/nvmet/ports/1".into(),
                 "orphan acme/db [detach-source] echo 1 > /sys/class/nvme/nvme1/delete_controller"
                     .into(),
                 "orphan acme/db [detach-source] rm /var/lib/dpu-agent/volumes/dpu_acme_db_img"

@@ -207,6 +207,11 @@ pub fn remove_subsystem(nqn: &str) -> ConfigfsOp {
     ConfigfsOp::Rmdir(subsys(nqn))
 }
 
+/// rmdir the port; configfs refuses while subsystems are linked into it.
+pub fn remove_port(port: u16) -> ConfigfsOp {
+    ConfigfsOp::Rmdir(port_dir(port))
+}
+
 pub fn remove_host(host: &str) -> ConfigfsOp {
     ConfigfsOp::Rmdir(Path::new("hosts").join(host))
 }
