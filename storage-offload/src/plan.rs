@@ -912,11 +912,19 @@ fn plan_nvmet_volume(
         }
     }
     if !sub.is_some_and(|s| s.allowed_hosts.contains(host)) {
-        let exists = hosts.contains(host);
+        // The host entry may serve several volumes: it is shared, so a
+        // controller applying one volume's actions still creates it.
+        if !hosts.contains(host) {
+            out.configfs(
+                &Owner::Shared,
+                Phase::CreateDevice,
+                vec![ConfigfsOp::Mkdir(PathBuf::from("hosts").join(host))],
+            );
+        }
         out.configfs(
             &owner,
             Phase::CreateDevice,
-            configfs::allow_host(&nqn, host, exists),
+            configfs::allow_host(&nqn, host, true),
         );
         hosts.insert(host.clone());
     }
@@ -1206,7 +1214,7 @@ mod tests {
                 format!("volume acme/db [create-device] mkdir {s}/namespaces/1"),
                 format!("volume acme/db [create-device] echo {dev} > {s}/namespaces/1/device_path"),
                 format!("volume acme/db [create-device] echo 1 > {s}/namespaces/1/enable"),
-                format!("volume acme/db [create-device] mkdir /sys/kernel/config/nvmet/hosts/{h}"),
+                format!("shared [create-device] mkdir /sys/kernel/config/nvmet/hosts/{h}"),
                 format!(
                     "volume acme/db [create-device] ln -s /sys/kernel/config/nvmet/hosts/{h} \
                      {s}/allowed_hosts/{h}"
