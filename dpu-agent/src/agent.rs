@@ -79,6 +79,8 @@ pub async fn run(
     let controllers = crate::reconcile::ipsec::with_configured(cfg, controllers);
     // Network, Port and Endpoint go to Open vSwitch when it is reachable.
     let controllers = crate::reconcile::network::with_configured(cfg, controllers);
+    // Volumes go to the configured block backend (none, nvmet or SPDK).
+    let controllers = crate::reconcile::volumes::with_configured(cfg, controllers);
     let engine = Engine::new(ctx, Controllers::new(controllers)).with_resync(cfg.resync);
     let state = AppState {
         store,

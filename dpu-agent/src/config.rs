@@ -75,6 +75,8 @@ pub struct FileConfig {
     pub tls: TlsFileConfig,
     #[serde(default)]
     pub ovs: OvsFileConfig,
+    #[serde(default)]
+    pub storage: StorageFileConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -117,6 +119,74 @@ impl std::str::FromStr for FunctionsBackend {
     }
 }
 
+/// The `[storage]` section: which block backend realizes `volumes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFileConfig {
+    pub backend: Option<StorageBackend>,
+    pub spdk_socket: Option<PathBuf>,
+    pub spdk_flavor: Option<SpdkFlavor>,
+    pub nvmet_configfs: Option<PathBuf>,
+    pub nvmet_listen: Option<SocketAddr>,
+    pub nvmet_port_id: Option<u16>,
+    pub backing_dir: Option<PathBuf>,
+    pub qos_cgroup: Option<PathBuf>,
+    pub host_nqn: Option<String>,
+}
+
+/// What realizes `volumes`: nothing (they stay `Pending`), the kernel
+/// (nvmet + NVMe/TCP initiator), or SPDK/SNAP over its RPC socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    None,
+    Nvmet,
+    Spdk,
+}
+
+impl std::str::FromStr for StorageBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(StorageBackend::None),
+            "nvmet" => Ok(StorageBackend::Nvmet),
+            "spdk" => Ok(StorageBackend::Spdk),
+            _ => Err("expected none, nvmet or spdk".into()),
+        }
+    }
+}
+
+/// SNAP on a BlueField (emulated NVMe/virtio-blk functions) or plain SPDK
+/// (NVMe-oF subsystems, vhost-blk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpdkFlavor {
+    Snap,
+    Nvmf,
+}
+
+/// Storage settings, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    pub spdk_socket: PathBuf,
+    pub spdk_flavor: SpdkFlavor,
+    /// The nvmet configfs root, `/sys/kernel/config/nvmet`.
+    pub nvmet_configfs: PathBuf,
+    /// Where the agent's nvmet port (and SPDK nvmf listener) listens.
+    pub nvmet_listen: SocketAddr,
+    /// The nvmet port id the agent owns.
+    pub nvmet_port_id: u16,
+    /// Backing files of local volumes (kernel backend).
+    pub backing_dir: PathBuf,
+    /// cgroup v2 whose `io.max` carries kernel QoS; none disables it.
+    pub qos_cgroup: Option<PathBuf>,
+    /// When set, the one host NQN every volume admits (default: one per
+    /// function, `nqn.2026-11.dev.dpu-agent:<tenant>:fn:<function>`).
+    pub host_nqn: Option<String>,
+}
+
 /// Flags that override everything else (set by the binary's clap parser).
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
@@ -152,6 +222,7 @@ pub struct Config {
     pub resync: Duration,
     pub ovs: OvsConfig,
     pub functions_backend: FunctionsBackend,
+    pub storage: StorageConfig,
 }
 
 /// The dev state directory when none is given: `$DPU_STATE_DIR`, else
@@ -304,6 +375,36 @@ impl Config {
                 Mode::Dev => FunctionsBackend::Veth,
                 Mode::Run => FunctionsBackend::Sriov,
             });
+        // Dev mode defaults to no storage backend: the sandbox kernel has no
+        // nvmet and there is no SPDK, so volumes stay Pending, saying why.
+        let storage = StorageConfig {
+            backend: env_parse::<StorageBackend>(env, "DPU_AGENT_STORAGE_BACKEND")?
+                .or(file.storage.backend)
+                .unwrap_or(match mode {
+                    Mode::Dev => StorageBackend::None,
+                    Mode::Run => StorageBackend::Spdk,
+                }),
+            spdk_socket: file
+                .storage
+                .spdk_socket
+                .unwrap_or_else(|| PathBuf::from("/var/tmp/spdk.sock")),
+            spdk_flavor: file.storage.spdk_flavor.unwrap_or(SpdkFlavor::Snap),
+            nvmet_configfs: file
+                .storage
+                .nvmet_configfs
+                .unwrap_or_else(|| PathBuf::from("/sys/kernel/config/nvmet")),
+            nvmet_listen: file
+                .storage
+                .nvmet_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4420))),
+            nvmet_port_id: file.storage.nvmet_port_id.unwrap_or(4420),
+            backing_dir: file
+                .storage
+                .backing_dir
+                .unwrap_or_else(|| state_dir.join("volumes")),
+            qos_cgroup: file.storage.qos_cgroup,
+            host_nqn: file.storage.host_nqn,
+        };
         Ok(Config {
             mode,
             listen,
@@ -316,6 +417,7 @@ impl Config {
             resync,
             ovs,
             functions_backend,
+            storage,
         })
     }
 }
@@ -390,6 +492,26 @@ mod tests {
         assert_eq!(c.functions_backend, FunctionsBackend::Veth);
         let bad = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "tap")]);
         assert!(Config::resolve(Mode::Run, FileConfig::default(), &bad, Flags::default()).is_err());
+    }
+
+    #[test]
+    fn storage_defaults_to_none_in_dev_and_is_overridable() {
+        let none = env_of(&[]);
+        let dev =
+            Config::resolve(Mode::Dev, FileConfig::default(), &none, Flags::default()).unwrap();
+        assert_eq!(dev.storage.backend, StorageBackend::None);
+        let file: FileConfig =
+            toml::from_str("[storage]\nbackend = \"nvmet\"\nnvmet_listen = \"10.0.0.1:4421\"")
+                .unwrap();
+        let c = Config::resolve(Mode::Dev, file.clone(), &none, Flags::default()).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Nvmet);
+        assert_eq!(c.storage.nvmet_listen.port(), 4421);
+        let env = env_of(&[("DPU_AGENT_STORAGE_BACKEND", "none")]);
+        let c = Config::resolve(Mode::Dev, file, &env, Flags::default()).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::None);
+        let bad = env_of(&[("DPU_AGENT_STORAGE_BACKEND", "ceph")]);
+        assert!(Config::resolve(Mode::Dev, FileConfig::default(), &bad, Flags::default()).is_err());
+        assert!(toml::from_str::<FileConfig>("[storage]\nbakend = \"none\"").is_err());
     }
 
     #[test]

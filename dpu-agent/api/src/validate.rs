@@ -636,6 +636,25 @@ pub fn validate_in_context(
                     ),
                 );
             }
+            // One namespace id per function: SNAP and SPDK present all of a
+            // function's volumes on one controller. No nsid means 1.
+            let nsid = v.nsid.unwrap_or(1);
+            for (other_id, other) in objects.list(Kind::Volume, None) {
+                if let Spec::Volume(o) = other
+                    && other_id != id
+                    && o.function == v.function
+                    && o.nsid.unwrap_or(1) == nsid
+                {
+                    return fail(
+                        "spec.nsid",
+                        format!(
+                            "volume {other_id:?} already uses nsid {nsid} on function {:?}; \
+                             choose another nsid",
+                            v.function
+                        ),
+                    );
+                }
+            }
             Ok(())
         }
         _ => Ok(()),

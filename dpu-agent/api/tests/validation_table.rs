@@ -706,6 +706,12 @@ fn world() -> Objects {
                "ips": ["10.0.0.10"]}),
     );
     w.put(
+        Kind::Volume,
+        "v0",
+        "acme",
+        json!({"function": "disk1", "nsid": 2, "source": {"local": {"size_mib": 64}}}),
+    );
+    w.put(
         Kind::Endpoint,
         "e1",
         "acme",
@@ -854,6 +860,25 @@ fn context_checks() {
                 json!({"function": "disk1", "source": {"local": {"size_mib": 64}}}),
             ),
             Some("spec.function"),
+        ),
+        // One nsid per function (v0 holds nsid 2 on disk1; no nsid is 1).
+        (
+            (
+                Kind::Volume,
+                "v1",
+                "acme",
+                json!({"function": "disk1", "nsid": 2, "source": {"local": {"size_mib": 64}}}),
+            ),
+            Some("spec.nsid"),
+        ),
+        (
+            (
+                Kind::Volume,
+                "v0",
+                "acme",
+                json!({"function": "disk1", "nsid": 2, "source": {"local": {"size_mib": 32}}}),
+            ),
+            OK,
         ),
         ((Kind::Tenant, "new", "new", json!({})), OK),
     ];

@@ -9,6 +9,7 @@ pub mod ipsec;
 pub mod tenants;
 pub mod tls;
 pub mod unavailable;
+pub mod volumes;
 
 use std::future::Future;
 use std::pin::Pin;

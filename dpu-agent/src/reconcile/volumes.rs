@@ -1,0 +1,850 @@
+//! The `volumes` controller: every stored volume, with its function, becomes
+//! a [`DesiredVolume`]; the configured [`BlockBackend`] is observed, planned
+//! against (pure) and the actions concerning the reconciled volume are
+//! applied in order (attach source → device → present; teardown in reverse).
+//! A volume is `Ready` with `Programmed=True` only when a fresh observation
+//! plans nothing more for it. A backend that cannot be reached, or a source
+//! that cannot be attached, is a [`ReconcileError`]: the engine keeps the
+//! object `Pending`/`Degraded` with the reason and retries with backoff. The
+//! API never calls the backend, so a down backend never fails a write.
+//!
+//! Limits: `size_bytes` is reported for local volumes only (a remote
+//! namespace's size is not observed yet); `host_device` is copied from the
+//! function's status once the host stub reports it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dpu_api::Kind;
+use dpu_api::object::{ConditionStatus, ObjectKey, Phase, Status, WriteOutcome};
+use dpu_api::spec::{FunctionSpec, Spec, VolumeSource, VolumeSpec};
+use serde_json::Value;
+use storage_offload::apply::{BlockBackend, NvmetBackend, Observed, SpdkBackend, apply_all};
+use storage_offload::model::{
+    BackendKind, DesiredVolume, FunctionTarget, VolumeKey, function_host_nqn,
+};
+use storage_offload::nvmet::KernelPaths;
+use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
+use storage_offload::plan::{Action, NvmetPlanConfig, Owner, SpdkPlanConfig};
+use storage_offload::spdk::methods::ListenAddress;
+
+use super::unavailable::Unavailable;
+use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use crate::config::{Config, SpdkFlavor, StorageBackend};
+use crate::store::StoredObject;
+
+/// Makes the backend: connects to SPDK, or checks that nvmet is there.
+/// Called again on every reconcile until it succeeds.
+pub type Connect = Box<
+    dyn Fn() -> BoxFuture<'static, Result<Box<dyn BlockBackend>, String>> + Send + Sync + 'static,
+>;
+
+/// Volumes that are `Ready` are looked at again this often, so drift (a
+/// dropped initiator connection, a removed subsystem) is repaired.
+const RESYNC: Duration = Duration::from_secs(60);
+
+pub struct Volumes {
+    /// What the backend is, for operators: `nvmet (/sys/kernel/config/nvmet)`.
+    name: String,
+    connect: Connect,
+    /// The connected backend; the lock also serializes reconciles, since a
+    /// plan covers every volume on the backend.
+    backend: tokio::sync::Mutex<Option<Arc<dyn BlockBackend>>>,
+    /// The last backend and its observation, for the pure `plan`.
+    last: std::sync::Mutex<Option<(Arc<dyn BlockBackend>, Observed)>>,
+    /// When set, the only host NQN every volume's subsystem admits, instead
+    /// of one per function.
+    host_nqn: Option<String>,
+}
+
+impl std::fmt::Debug for Volumes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volumes")
+            .field("name", &self.name)
+            .field("host_nqn", &self.host_nqn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Volumes {
+    pub fn new(name: impl Into<String>, connect: Connect, host_nqn: Option<String>) -> Self {
+        Volumes {
+            name: name.into(),
+            connect,
+            backend: tokio::sync::Mutex::new(None),
+            last: std::sync::Mutex::new(None),
+            host_nqn,
+        }
+    }
+
+    /// A controller over a backend that is already there (tests, tools).
+    pub fn with_backend(backend: Arc<dyn BlockBackend>, host_nqn: Option<String>) -> Self {
+        let v = Volumes::new(
+            backend_name(backend.kind()),
+            Box::new(|| Box::pin(async { Err("the given backend was dropped".to_string()) })),
+            host_nqn,
+        );
+        *v.backend.try_lock().expect("new mutex is free") = Some(backend);
+        v
+    }
+
+    async fn connected(
+        &self,
+        slot: &mut Option<Arc<dyn BlockBackend>>,
+    ) -> Result<Arc<dyn BlockBackend>, ReconcileError> {
+        if let Some(b) = slot {
+            return Ok(b.clone());
+        }
+        let b: Arc<dyn BlockBackend> =
+            Arc::from((self.connect)().await.map_err(|why| ReconcileError {
+                reason: "BackendUnreachable".into(),
+                message: format!(
+                    "cannot reach the {} storage backend: {why}; retrying with backoff",
+                    self.name
+                ),
+            })?);
+        tracing::info!(backend = %self.name, "storage backend connected");
+        *slot = Some(b.clone());
+        Ok(b)
+    }
+
+    fn remember(&self, backend: &Arc<dyn BlockBackend>, observed: &Observed) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((backend.clone(), observed.clone()));
+    }
+}
+
+/// The volumes controller for `cfg.storage`: the kernel or SPDK backend,
+/// connected lazily (an absent backend keeps volumes `Pending` with the
+/// reason and is retried with backoff), or, for `none`, the `Unavailable`
+/// controller saying so.
+pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
+    let s = &cfg.storage;
+    match s.backend {
+        StorageBackend::None => Arc::new(Unavailable::new(
+            Kind::Volume,
+            "storage (storage-offload: SPDK/SNAP or kernel nvmet)",
+            "[storage] backend is \"none\" (the default in dev mode); set it to nvmet or spdk",
+        )),
+        StorageBackend::Nvmet => {
+            let paths = KernelPaths {
+                nvmet: s.nvmet_configfs.clone(),
+                ..KernelPaths::default()
+            };
+            let plan = NvmetPlanConfig {
+                port: PortConfig {
+                    id: s.nvmet_port_id,
+                    trtype: "tcp".into(),
+                    adrfam: if s.nvmet_listen.is_ipv4() {
+                        "ipv4"
+                    } else {
+                        "ipv6"
+                    }
+                    .into(),
+                    traddr: s.nvmet_listen.ip().to_string(),
+                    trsvcid: s.nvmet_listen.port().to_string(),
+                },
+                backing_dir: s.backing_dir.clone(),
+                qos_cgroup: s.qos_cgroup.clone(),
+            };
+            let name = format!("nvmet ({})", paths.nvmet.display());
+            Arc::new(Volumes::new(
+                name,
+                Box::new(move || {
+                    let (paths, plan) = (paths.clone(), plan.clone());
+                    Box::pin(async move {
+                        if !paths.nvmet.join("subsystems").is_dir() {
+                            return Err(format!(
+                                "{} has no subsystems directory: load the nvmet and nvmet-tcp \
+                                 modules and mount configfs",
+                                paths.nvmet.display()
+                            ));
+                        }
+                        std::fs::create_dir_all(&plan.backing_dir).map_err(|e| {
+                            format!("cannot create {}: {e}", plan.backing_dir.display())
+                        })?;
+                        let b: Box<dyn BlockBackend> =
+                            Box::new(NvmetBackend::new(paths, ConfigfsMode::Kernel, plan));
+                        Ok(b)
+                    })
+                }),
+                s.host_nqn.clone(),
+            ))
+        }
+        StorageBackend::Spdk => {
+            let socket = s.spdk_socket.clone();
+            let plan = SpdkPlanConfig {
+                kind: match s.spdk_flavor {
+                    SpdkFlavor::Snap => BackendKind::Snap,
+                    SpdkFlavor::Nvmf => BackendKind::SpdkNvmf,
+                },
+                listen: ListenAddress {
+                    trtype: "TCP".into(),
+                    adrfam: Some(
+                        if s.nvmet_listen.is_ipv4() {
+                            "IPv4"
+                        } else {
+                            "IPv6"
+                        }
+                        .into(),
+                    ),
+                    traddr: s.nvmet_listen.ip().to_string(),
+                    trsvcid: Some(s.nvmet_listen.port().to_string()),
+                },
+                local_block_size: 512,
+            };
+            let name = format!("spdk ({})", socket.display());
+            Arc::new(Volumes::new(
+                name,
+                Box::new(move || {
+                    let (socket, plan) = (socket.clone(), plan.clone());
+                    Box::pin(async move {
+                        let (b, _missing) = SpdkBackend::connect(&socket, plan)
+                            .await
+                            .map_err(|e| chain(&e))?;
+                        let b: Box<dyn BlockBackend> = Box::new(b);
+                        Ok(b)
+                    })
+                }),
+                s.host_nqn.clone(),
+            ))
+        }
+    }
+}
+
+/// Replaces the build's default (unavailable) volumes controller with the
+/// configured one; a controller given by the caller is kept.
+pub fn with_configured(
+    cfg: &Config,
+    controllers: Vec<Arc<dyn Controller>>,
+) -> Vec<Arc<dyn Controller>> {
+    controllers
+        .into_iter()
+        .map(|c| {
+            if c.kind() == Kind::Volume && c.backend().is_none() {
+                for_config(cfg)
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(&format!(": {x}"));
+        src = x.source();
+    }
+    s
+}
+
+/// The status `backend` value.
+pub fn backend_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Snap => "snap",
+        BackendKind::SpdkNvmf => "spdk-nvmf",
+        BackendKind::Nvmet => "nvmet",
+    }
+}
+
+fn volume_spec(obj: &StoredObject) -> Option<VolumeSpec> {
+    match obj.spec_without_secrets()? {
+        Spec::Volume(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn key_of(obj: &StoredObject) -> VolumeKey {
+    VolumeKey::new(obj.tenant.clone(), obj.id.clone())
+}
+
+/// `pf0` → 0.
+fn pf_index(pf: &str) -> Option<u32> {
+    pf.strip_prefix("pf")?.parse().ok()
+}
+
+/// One volume as the backend must realize it, or why it cannot be built.
+fn desired_of(
+    ctx: &Context,
+    obj: &StoredObject,
+    spec: VolumeSpec,
+    host_nqn: Option<&str>,
+) -> Result<DesiredVolume, String> {
+    let f = ctx
+        .store
+        .get(&ObjectKey::new(Kind::Function, spec.function.clone()))
+        .filter(|f| f.tenant == obj.tenant && !f.deleting)
+        .ok_or_else(|| {
+            format!(
+                "function {:?} (spec.function) does not exist in tenant {:?}",
+                spec.function, obj.tenant
+            )
+        })?;
+    let fs: FunctionSpec = match f.spec_without_secrets() {
+        Some(Spec::Function(fs)) => fs,
+        _ => return Err(format!("function {:?} has no valid spec", spec.function)),
+    };
+    let pf = pf_index(&fs.pf)
+        .ok_or_else(|| format!("function {:?} has pf {:?}, not pfN", spec.function, fs.pf))?;
+    // The VF the functions controller allocated, else the one asked for.
+    let vf = f
+        .status
+        .fields
+        .get("vf")
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .or(fs.vf);
+    Ok(DesiredVolume {
+        key: key_of(obj),
+        function: FunctionTarget {
+            id: spec.function.clone(),
+            type_: fs.type_,
+            pf,
+            vf,
+            host_nqn: host_nqn
+                .map(str::to_string)
+                .unwrap_or_else(|| function_host_nqn(&obj.tenant, &spec.function)),
+        },
+        spec,
+    })
+}
+
+/// Every volume the backend must keep, except `skip` (being deleted or
+/// planned separately); volumes that cannot be built are left out, and
+/// their keys returned so their objects on the backend are left alone.
+fn desired_all(
+    ctx: &Context,
+    skip: &VolumeKey,
+    host_nqn: Option<&str>,
+) -> (Vec<DesiredVolume>, BTreeSet<VolumeKey>) {
+    let mut desired = Vec::new();
+    let mut kept = BTreeSet::new();
+    for o in ctx.store.list(Kind::Volume, None) {
+        let key = key_of(&o);
+        if o.deleting || key == *skip {
+            continue;
+        }
+        kept.insert(key);
+        if let Some(spec) = volume_spec(&o)
+            && let Ok(d) = desired_of(ctx, &o, spec, host_nqn)
+        {
+            desired.push(d);
+        }
+    }
+    (desired, kept)
+}
+
+/// Whether reconciling `key` may perform `a`: its own actions, shared ones,
+/// and true orphans (no stored, non-deleting volume of that key).
+fn concerns(a: &Action, key: &VolumeKey, kept: &BTreeSet<VolumeKey>) -> bool {
+    match &a.owner {
+        Owner::Volume(k) => k == key,
+        Owner::Orphan(k) => k == key || !kept.contains(k),
+        Owner::Shared => true,
+    }
+}
+
+/// Actions still owned by `key` (as a volume or an orphan).
+fn own(actions: &[Action], key: &VolumeKey) -> Vec<String> {
+    actions
+        .iter()
+        .filter(|a| matches!(&a.owner, Owner::Volume(k) | Owner::Orphan(k) if k == key))
+        .map(|a| a.to_string())
+        .collect()
+}
+
+fn backend_error(what: &str, e: &dyn std::error::Error) -> ReconcileError {
+    ReconcileError {
+        reason: "BackendError".into(),
+        message: format!("{what}: {}; retrying with backoff", chain(e)),
+    }
+}
+
+fn not_ready(mut status: Status, phase: Phase, reason: &str, message: String) -> Outcome {
+    status.phase = phase;
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::False,
+        reason,
+        message,
+    ));
+    Outcome {
+        status,
+        finalized: false,
+        requeue_after: None,
+    }
+}
+
+impl Controller for Volumes {
+    fn kind(&self) -> Kind {
+        Kind::Volume
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        ctx: &'a Context,
+        obj: &'a StoredObject,
+    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+        Box::pin(async move {
+            let key = key_of(obj);
+            let host_nqn = self.host_nqn.as_deref();
+            let mut slot = self.backend.lock().await;
+            let backend = self.connected(&mut slot).await?;
+            let status = obj.status.clone();
+
+            let (mut desired, kept) = desired_all(ctx, &key, host_nqn);
+            if !obj.deleting {
+                let Some(spec) = volume_spec(obj) else {
+                    return Ok(not_ready(
+                        status,
+                        Phase::Failed,
+                        "InvalidSpec",
+                        "the stored spec does not parse; PUT a valid one".into(),
+                    ));
+                };
+                match desired_of(ctx, obj, spec, host_nqn) {
+                    Ok(d) => {
+                        if let Some(why) = backend.kind().unsupported(d.function.type_) {
+                            return Ok(not_ready(
+                                status,
+                                Phase::Failed,
+                                "Unsupported",
+                                format!(
+                                    "{why} (backend {}); use another function",
+                                    backend_name(backend.kind())
+                                ),
+                            ));
+                        }
+                        desired.push(d);
+                    }
+                    Err(why) => {
+                        return Ok(not_ready(
+                            status,
+                            Phase::Pending,
+                            "FunctionUnavailable",
+                            why,
+                        ));
+                    }
+                }
+            }
+
+            let observed = backend
+                .observe()
+                .await
+                .map_err(|e| backend_error("observing the storage backend failed", &e))?;
+            self.remember(&backend, &observed);
+            let actions: Vec<Action> = backend
+                .plan(&desired, &observed)
+                .into_iter()
+                .filter(|a| concerns(a, &key, &kept))
+                .collect();
+            if let Err(e) = apply_all(backend.as_ref(), &actions).await {
+                tracing::warn!(volume = %key, error = %e, "volume not programmed");
+                return Err(backend_error(&format!("volume {key}"), &e));
+            }
+
+            // Converged only if a fresh observation plans nothing more.
+            let observed = backend
+                .observe()
+                .await
+                .map_err(|e| backend_error("observing the storage backend failed", &e))?;
+            self.remember(&backend, &observed);
+            let left = own(&backend.plan(&desired, &observed), &key);
+            if !left.is_empty() {
+                return Err(ReconcileError {
+                    reason: "NotConverged".into(),
+                    message: format!(
+                        "after applying, the backend still needs: {}",
+                        left.join("; ")
+                    ),
+                });
+            }
+
+            let mut status = status;
+            if obj.deleting {
+                return Ok(Outcome {
+                    status,
+                    finalized: true,
+                    requeue_after: None,
+                });
+            }
+            let d = desired
+                .iter()
+                .find(|d| d.key == key)
+                .expect("this volume is desired");
+            status
+                .fields
+                .insert("backend".into(), Value::from(backend_name(backend.kind())));
+            match &d.spec.source {
+                VolumeSource::Local(l) => {
+                    status.fields.insert(
+                        "size_bytes".into(),
+                        Value::from(l.size_mib.saturating_mul(1024 * 1024)),
+                    );
+                }
+                VolumeSource::Nvmeof(_) => {
+                    status.fields.remove("size_bytes");
+                }
+            }
+            let host_device = ctx
+                .store
+                .get(&ObjectKey::new(Kind::Function, d.function.id.clone()))
+                .and_then(|f| f.status.fields.get("host_device").cloned());
+            match host_device {
+                Some(h) => {
+                    status.fields.insert("host_device".into(), h);
+                }
+                None => {
+                    status.fields.remove("host_device");
+                }
+            }
+            status.phase = Phase::Ready;
+            status.set_condition(condition(
+                "Programmed",
+                ConditionStatus::True,
+                "Applied",
+                format!(
+                    "presented on function {} by {}",
+                    d.function.id,
+                    backend_name(backend.kind())
+                ),
+            ));
+            Ok(Outcome {
+                status,
+                finalized: false,
+                requeue_after: Some(RESYNC),
+            })
+        })
+    }
+
+    fn plan(&self, ctx: &Context, obj: &StoredObject, outcome: WriteOutcome) -> Vec<String> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((backend, observed)) = last else {
+            return vec![format!(
+                "nothing yet: the {} storage backend has not been observed; the volume is \
+                 programmed once it is",
+                self.name
+            )];
+        };
+        if outcome == WriteOutcome::Unchanged {
+            return Vec::new();
+        }
+        let key = key_of(obj);
+        let host_nqn = self.host_nqn.as_deref();
+        let (mut desired, kept) = desired_all(ctx, &key, host_nqn);
+        if outcome != WriteOutcome::Deleted && !obj.deleting {
+            let Some(spec) = volume_spec(obj) else {
+                return vec!["nothing: the spec does not parse".into()];
+            };
+            match desired_of(ctx, obj, spec, host_nqn) {
+                Ok(d) => {
+                    if let Some(why) = backend.kind().unsupported(d.function.type_) {
+                        return vec![format!("nothing: {why}")];
+                    }
+                    desired.push(d);
+                }
+                Err(why) => return vec![format!("nothing: {why}")],
+            }
+        }
+        backend
+            .plan(&desired, &observed)
+            .iter()
+            .filter(|a| concerns(a, &key, &kept))
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    fn backend(&self) -> Option<(String, bool)> {
+        let connected = self.last.lock().map(|l| l.is_some()).unwrap_or_default();
+        Some((format!("storage: {}", self.name), connected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreError};
+    use dpu_api::object::EventType;
+    use serde_json::json;
+    use storage_offload::apply::BackendError;
+    use storage_offload::nvmet::NvmetObserved;
+
+    fn put(store: &Store, kind: Kind, id: &str, spec: Value, deleting: bool) {
+        let o = StoredObject {
+            kind,
+            id: id.into(),
+            tenant: "acme".into(),
+            generation: 1,
+            spec,
+            status: Default::default(),
+            deleting,
+        };
+        store
+            .transact(|t| {
+                t.put(o, EventType::Added);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap_or_else(|e| panic!("put {id}: {e}"));
+    }
+
+    fn obj(store: &Store, kind: Kind, id: &str) -> StoredObject {
+        (*store.get(&ObjectKey::new(kind, id)).expect("stored")).clone()
+    }
+
+    fn setup() -> (tempfile::TempDir, Context) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+        put(&store, Kind::Tenant, "acme", json!({}), false);
+        put(
+            &store,
+            Kind::Function,
+            "disk",
+            json!({"type": "nvme", "pf": "pf0", "vf": 2}),
+            false,
+        );
+        put(
+            &store,
+            Kind::Volume,
+            "v1",
+            json!({"function": "disk", "source": {"local": {"size_mib": 1}}}),
+            false,
+        );
+        (dir, Context { store })
+    }
+
+    fn kernel_in(dir: &std::path::Path) -> (Arc<dyn BlockBackend>, KernelPaths) {
+        let paths = KernelPaths::under(dir);
+        for d in ["subsystems", "ports", "hosts"] {
+            std::fs::create_dir_all(paths.nvmet.join(d)).unwrap();
+        }
+        let backing = dir.join("volumes");
+        std::fs::create_dir_all(&backing).unwrap();
+        let b = NvmetBackend::new(
+            paths.clone(),
+            ConfigfsMode::PlainDirectory,
+            NvmetPlanConfig {
+                port: PortConfig {
+                    id: 7,
+                    trtype: "tcp".into(),
+                    adrfam: "ipv4".into(),
+                    traddr: "127.0.0.1".into(),
+                    trsvcid: "4420".into(),
+                },
+                backing_dir: backing,
+                qos_cgroup: None,
+            },
+        );
+        (Arc::new(b), paths)
+    }
+
+    /// Lists every path under `root`, for before/after comparisons.
+    fn tree(root: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()) {
+                out.push(e.path().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn local_volume_becomes_ready_and_delete_leaves_configfs_as_found() {
+        let (dir, ctx) = setup();
+        let (backend, paths) = kernel_in(dir.path());
+        let before = tree(&paths.nvmet);
+        let c = Volumes::with_backend(backend, None);
+
+        let v = obj(&ctx.store, Kind::Volume, "v1");
+        let planned = c.plan(&ctx, &v, WriteOutcome::Created);
+        assert!(planned[0].contains("not been observed"), "{planned:?}");
+
+        let out = c.reconcile(&ctx, &v).await.unwrap();
+        assert_eq!(out.status.phase, Phase::Ready, "{:?}", out.status);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.status, ConditionStatus::True);
+        assert_eq!(out.status.fields["backend"], json!("nvmet"));
+        assert_eq!(out.status.fields["size_bytes"], json!(1024 * 1024));
+        let nqn = "nqn.2026-11.dev.dpu-agent:acme:v1";
+        let sub = paths.nvmet.join("subsystems").join(nqn);
+        assert_eq!(
+            std::fs::read_to_string(sub.join("attr_allow_any_host")).unwrap(),
+            "0"
+        );
+        assert!(
+            sub.join("allowed_hosts")
+                .join("nqn.2026-11.dev.dpu-agent:acme:fn:disk")
+                .exists()
+        );
+        // Converged: plan shows nothing, a second reconcile changes nothing.
+        assert_eq!(
+            c.plan(&ctx, &v, WriteOutcome::Updated),
+            Vec::<String>::new()
+        );
+        let after_first = tree(&paths.nvmet);
+        c.reconcile(&ctx, &v).await.unwrap();
+        assert_eq!(tree(&paths.nvmet), after_first);
+
+        // The plan of a delete names the configfs writes, in reverse.
+        let lines = c.plan(&ctx, &v, WriteOutcome::Deleted);
+        assert!(
+            lines[0].starts_with("orphan acme/v1 [unpresent] rm"),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("[delete-device] rmdir") && l.contains("ports/7")),
+            "{lines:?}"
+        );
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v1",
+            json!({"function": "disk", "source": {"local": {"size_mib": 1}}}),
+            true,
+        );
+        let v = obj(&ctx.store, Kind::Volume, "v1");
+        let out = c.reconcile(&ctx, &v).await.unwrap();
+        assert!(out.finalized);
+        assert_eq!(tree(&paths.nvmet), before);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("volumes"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn another_volume_is_not_touched_by_this_ones_reconcile() {
+        let (dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v2",
+            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
+            false,
+        );
+        let (backend, paths) = kernel_in(dir.path());
+        let c = Volumes::with_backend(backend, Some("nqn.2014-08.org.example:host".into()));
+        c.reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap();
+        let subs = paths.nvmet.join("subsystems");
+        assert!(subs.join("nqn.2026-11.dev.dpu-agent:acme:v1").exists());
+        assert!(!subs.join("nqn.2026-11.dev.dpu-agent:acme:v2").exists());
+        assert!(
+            subs.join(
+                "nqn.2026-11.dev.dpu-agent:acme:v1/allowed_hosts/nqn.2014-08.org.example:host"
+            )
+            .exists()
+        );
+    }
+
+    #[derive(Debug)]
+    struct Down;
+
+    impl BlockBackend for Down {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Nvmet
+        }
+        fn observe(&self) -> storage_offload::apply::BoxFuture<'_, Result<Observed, BackendError>> {
+            Box::pin(async { Ok(Observed::Nvmet(NvmetObserved::default())) })
+        }
+        fn plan(&self, desired: &[DesiredVolume], observed: &Observed) -> Vec<Action> {
+            let Observed::Nvmet(o) = observed else {
+                return Vec::new();
+            };
+            storage_offload::plan::plan_nvmet(
+                desired,
+                o,
+                &NvmetPlanConfig {
+                    port: PortConfig {
+                        id: 1,
+                        trtype: "tcp".into(),
+                        adrfam: "ipv4".into(),
+                        traddr: "127.0.0.1".into(),
+                        trsvcid: "4420".into(),
+                    },
+                    backing_dir: "/nonexistent".into(),
+                    qos_cgroup: None,
+                },
+            )
+        }
+        fn apply<'a>(
+            &'a self,
+            action: &'a Action,
+        ) -> storage_offload::apply::BoxFuture<'a, Result<(), BackendError>> {
+            Box::pin(async move {
+                Err(BackendError::WrongBackend {
+                    backend: BackendKind::Nvmet,
+                    op: format!("{} (target unreachable)", action.op),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_target_is_a_retried_error_naming_the_action() {
+        let (_dir, ctx) = setup();
+        let c = Volumes::with_backend(Arc::new(Down), None);
+        let err = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, "BackendError");
+        assert!(err.message.contains("volume acme/v1"), "{err}");
+        assert!(err.message.contains("retrying"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_backend_is_a_retried_error() {
+        let (_dir, ctx) = setup();
+        let c = Volumes::new(
+            "spdk (/nonexistent.sock)",
+            Box::new(|| Box::pin(async { Err("connection refused".to_string()) })),
+            None,
+        );
+        let err = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, "BackendUnreachable");
+        assert!(err.message.contains("connection refused"), "{err}");
+        assert_eq!(
+            c.backend(),
+            Some(("storage: spdk (/nonexistent.sock)".into(), false))
+        );
+    }
+
+    #[tokio::test]
+    async fn virtio_blk_on_nvmet_fails_with_the_reason() {
+        let (dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Function,
+            "disk",
+            json!({"type": "virtio-blk", "pf": "pf0"}),
+            false,
+        );
+        let (backend, _) = kernel_in(dir.path());
+        let c = Volumes::with_backend(backend, None);
+        let out = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Failed);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "Unsupported");
+        assert!(cond.message.contains("virtio-blk"), "{}", cond.message);
+    }
+}
