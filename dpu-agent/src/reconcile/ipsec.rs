@@ -575,7 +575,18 @@ impl Controller for IpsecTunnels {
         }
     }
 
+    /// Connected when the XFRM socket opens (it is opened here if no
+    /// reconcile has yet), so `/readyz` holds without any tunnel too.
     fn backend(&self) -> Option<(String, bool)> {
+        // A reconcile holding the socket knows best: keep its verdict.
+        if let Ok(mut slot) = self.backend.try_lock()
+            && slot.is_none()
+        {
+            let opened = (self.opener)();
+            self.connected
+                .store(opened.is_ok(), std::sync::atomic::Ordering::Relaxed);
+            *slot = opened.ok();
+        }
         Some((
             "xfrm".into(),
             self.connected.load(std::sync::atomic::Ordering::Relaxed),
@@ -689,6 +700,7 @@ mod tests {
         ns.ip("xfrm policy add src 10.5.0.0/16 dst 10.6.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.8 proto esp reqid 7 mode tunnel");
 
         put_tunnel(&store, "t1", false);
+        assert_eq!(ctrl.backend(), Some(("xfrm".to_string(), true)));
         let plan_before = ctrl.plan(&ctx, &get(&store, "t1"), WriteOutcome::Created);
         assert!(
             plan_before.iter().any(|l| l.contains("xfrm state add in")),
