@@ -40,10 +40,8 @@ pub enum AgentError {
 /// tunnels per mode in `run`, see `ipsec::with_configured`); every other kind stays
 /// `Pending` with `BackendUnavailable` until its backend is wired in.
 pub fn default_controllers() -> Vec<Arc<dyn Controller>> {
-    let mut list: Vec<Arc<dyn Controller>> = vec![
-        Arc::new(Tenants),
-        Arc::new(TlsListeners::default()),
-    ];
+    let mut list: Vec<Arc<dyn Controller>> =
+        vec![Arc::new(Tenants), Arc::new(TlsListeners::default())];
     let real: Vec<dpu_api::Kind> = list.iter().map(|c| c.kind()).collect();
     for kind in dpu_api::Kind::ALL.into_iter().filter(|k| !real.contains(k)) {
         list.push(Arc::new(Unavailable::for_kind(kind)));

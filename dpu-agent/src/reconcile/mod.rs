@@ -3,9 +3,9 @@
 //! applying it, and reporting status. See [`engine`] for the work queue.
 
 pub mod engine;
-pub mod network;
 pub mod functions;
 pub mod ipsec;
+pub mod network;
 pub mod tenants;
 pub mod tls;
 pub mod unavailable;
