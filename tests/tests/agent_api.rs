@@ -461,6 +461,12 @@ async fn apply_is_all_or_nothing_and_prunes() {
     c.put(Kind::Tenant, "acme", None, json!({}), None)
         .await
         .unwrap();
+    // The tenants controller writes the tenant's status (a revision of its
+    // own); measure after it, so only the apply could move the revision.
+    wait_for("tenant Ready", || async {
+        c.get(Kind::Tenant, "acme").await.unwrap().status.phase == Phase::Ready
+    })
+    .await;
     let rev0 = c.list(Kind::Tenant, None).await.unwrap().revision;
 
     let mut objects: Vec<ObjectWrite> = (0..10)
