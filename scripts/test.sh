@@ -30,7 +30,7 @@ cargo test --workspace --locked
 [ "$mode" = all ] || exit 0
 
 stage "aarch64 build"
-bash cross/build.sh --release
+bash cross/build.sh
 stage "aarch64 unit tests under qemu-user"
 bash cross/test.sh
 stage "VM tests (QEMU, Debian kernel)"
