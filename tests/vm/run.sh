@@ -15,5 +15,6 @@ export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
 cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin ktls-probe
 cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin vf-config
 cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin xfrm-probe
-DPU_VM_TESTS=1 cargo test -p dpu-tests --test vm_smoke --test vm_harness --test functions_vm --test crypto_vm -- --test-threads=1 "$@"
+cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin nvmet-probe
+DPU_VM_TESTS=1 cargo test -p dpu-tests --test vm_smoke --test vm_harness --test functions_vm --test crypto_vm --test storage_vm -- --test-threads=1 "$@"
 echo "VM stage took $(( $(date +%s) - start )) s"
