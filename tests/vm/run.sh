@@ -12,9 +12,11 @@ start=$(date +%s)
 # ring (rustls, via dpu-agent and dpu-crypto) has C code: without a musl cross
 # gcc, the host gcc builds it for the static musl target.
 export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
-cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin ktls-probe
-cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin vf-config
-cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin xfrm-probe
-cargo build -p dpu-tests --release --target x86_64-unknown-linux-musl --bin nvmet-probe
-DPU_VM_TESTS=1 cargo test -p dpu-tests --test vm_smoke --test vm_harness --test functions_vm --test crypto_vm --test storage_vm -- --test-threads=1 "$@"
+# Debug profile: the probes only need to run, and it shares nothing with the
+# release profile, so building them in release would build everything twice.
+cargo build --locked -p dpu-tests --target x86_64-unknown-linux-musl \
+    --bin ktls-probe --bin vf-config --bin xfrm-probe --bin nvmet-probe
+DPU_VM_TESTS=1 cargo test --locked -p dpu-tests --test vm_smoke --test vm_harness --test functions_vm \
+    --test crypto_vm --test storage_vm -- --test-threads=1 "$@"
+DPU_VM_TESTS=1 cargo test --locked -p host-stub --test vm -- --test-threads=1 "$@"
 echo "VM stage took $(( $(date +%s) - start )) s"

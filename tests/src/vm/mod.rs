@@ -74,7 +74,8 @@ pub fn musl_binary(name: &str) -> Result<PathBuf, VmError> {
     roots.push(workspace_root().join("target"));
     let mut tried = Vec::new();
     for root in roots {
-        for profile in ["release", "debug"] {
+        // Debug first: that is what tests/vm/run.sh builds.
+        for profile in ["debug", "release"] {
             let path = root
                 .join("x86_64-unknown-linux-musl")
                 .join(profile)
