@@ -20,8 +20,9 @@ skip=()
 for entry in "${EXCLUDE[@]}"; do
     name=${entry%%|*}
     echo "cross/test.sh: skipping $name under qemu-user: ${entry#*|}"
-    skip+=(--skip "$name" --exact)
+    skip+=(--skip "$name")
 done
+((${#skip[@]} == 0)) || skip+=(--exact)
 # --exact applies to the filters too; with no exclusions pass nothing.
 ((${#skip[@]})) || skip=(--)
 [[ ${skip[0]} == -- ]] || skip=(-- "${skip[@]}")
