@@ -53,11 +53,10 @@ impl ObjectLookup for TxnLookup<'_, '_> {
 
     fn network_with_vni(&self, vni: u32, except: &str) -> Option<String> {
         // Reads the one field instead of parsing every network's spec.
+        let vni = Some(u64::from(vni));
         self.0
-            .list(Kind::Network, None)
-            .into_iter()
-            .find(|o| {
-                o.id != except && o.spec.get("vni").and_then(Value::as_u64) == Some(u64::from(vni))
+            .find(Kind::Network, |o| {
+                o.id != except && o.spec.get("vni").and_then(Value::as_u64) == vni
             })
             .map(|o| o.id.clone())
     }

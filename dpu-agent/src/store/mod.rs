@@ -239,6 +239,37 @@ impl Txn<'_> {
             .collect()
     }
 
+    /// The first object of `kind` (staged changes included) for which `pred`
+    /// holds, without copying the kind's whole listing: for uniqueness
+    /// checks across every tenant.
+    pub fn find(
+        &self,
+        kind: Kind,
+        mut pred: impl FnMut(&StoredObject) -> bool,
+    ) -> Option<Arc<StoredObject>> {
+        // Newest layer first; a key decided there hides older copies.
+        let mut decided: std::collections::HashSet<&ObjectKey> = std::collections::HashSet::new();
+        for layer in [&self.staged, self.layers[0], self.layers[1]] {
+            for (k, v) in layer
+                .range(ObjectKey::new(kind, "")..)
+                .take_while(|(k, _)| k.kind == kind)
+            {
+                if !decided.insert(k) {
+                    continue;
+                }
+                if let Some(obj) = v
+                    && pred(obj)
+                {
+                    return Some(obj.clone());
+                }
+            }
+        }
+        range_of_kind(&self.state.objects, kind)
+            .filter(|(k, _)| !decided.contains(k))
+            .find(|(_, o)| pred(o))
+            .map(|(_, o)| o.clone())
+    }
+
     /// Stages an object (created or changed), recording an event of `type_`.
     pub fn put(&mut self, obj: StoredObject, type_: EventType) {
         let key = obj.key();
@@ -852,5 +883,35 @@ mod tests {
             events.iter().map(|e| e.revision).collect::<Vec<_>>(),
             (1..=400).collect::<Vec<u64>>()
         );
+    }
+
+    #[test]
+    fn find_sees_staged_changes_and_hides_removed_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .transact(|t| {
+                t.put(
+                    obj(Kind::Network, "a", "x", json!({"vni": 1})),
+                    EventType::Added,
+                );
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        store
+            .transact(|t| {
+                let vni = |v: u64| move |o: &StoredObject| o.spec["vni"] == json!(v);
+                assert_eq!(t.find(Kind::Network, vni(1)).unwrap().id, "a");
+                t.put(
+                    obj(Kind::Network, "b", "x", json!({"vni": 2})),
+                    EventType::Added,
+                );
+                assert_eq!(t.find(Kind::Network, vni(2)).unwrap().id, "b");
+                t.remove(&ObjectKey::new(Kind::Network, "a"));
+                assert!(t.find(Kind::Network, vni(1)).is_none());
+                assert!(t.find(Kind::Tenant, |_| true).is_none());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
     }
 }
