@@ -209,7 +209,19 @@ pub struct Txn<'a> {
     hosts: Vec<HostReport>,
 }
 
-impl Txn<'_> {
+impl<'a> Txn<'a> {
+    /// A transaction over the committed `state` and what `staging` holds.
+    fn new(state: &'a State, staging: &'a Staging, sealer: &'a Sealer) -> Txn<'a> {
+        Txn {
+            state,
+            layers: [&staging.pending.staged, &staging.inflight.staged],
+            sealer,
+            staged: BTreeMap::new(),
+            events: Vec::new(),
+            hosts: Vec::new(),
+        }
+    }
+
     /// The object as this transaction sees it (staged changes included).
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<StoredObject>> {
         for layer in [&self.staged, self.layers[0], self.layers[1]] {
@@ -396,14 +408,7 @@ impl Store {
         let (value, seq, revision) = {
             let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
             let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
-            let mut txn = Txn {
-                state: &state,
-                layers: [&w.pending.staged, &w.inflight.staged],
-                sealer: &self.sealer,
-                staged: BTreeMap::new(),
-                events: Vec::new(),
-                hosts: Vec::new(),
-            };
+            let mut txn = Txn::new(&state, &w, &self.sealer);
             let value = f(&mut txn)?;
             let Txn {
                 staged,
@@ -528,14 +533,7 @@ impl Store {
     {
         let w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
-        let mut txn = Txn {
-            state: &state,
-            layers: [&w.pending.staged, &w.inflight.staged],
-            sealer: &self.sealer,
-            staged: BTreeMap::new(),
-            events: Vec::new(),
-            hosts: Vec::new(),
-        };
+        let mut txn = Txn::new(&state, &w, &self.sealer);
         let value = f(&mut txn)?;
         Ok((value, w.revision))
     }
