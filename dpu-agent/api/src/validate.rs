@@ -526,6 +526,7 @@ fn validate_tls(t: &TlsListenerSpec) -> Check {
         &t.private_key_pem,
         PemWant::PrivateKey,
     )?;
+    check_key_matches_certificate(&t.certificate_pem, &t.private_key_pem)?;
     if let Some(ca) = &t.client_ca_pem {
         check_pem("spec.client_ca_pem", ca, PemWant::Certificates)?;
     }
@@ -535,6 +536,54 @@ fn validate_tls(t: &TlsListenerSpec) -> Check {
                 return fail(format!("spec.alpn[{i}]"), "must be 1-255 bytes");
             }
         }
+    }
+    Ok(())
+}
+
+/// The private key in `key_pem` parses (with rustls' ring provider) and its
+/// public key is the one in the leaf (first) certificate of `cert_pem`.
+/// Errors name `spec.private_key_pem` and never quote the key.
+fn check_key_matches_certificate(cert_pem: &str, key_pem: &str) -> Check {
+    const FIELD: &str = "spec.private_key_pem";
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| FieldError::new(FIELD, "the private key does not parse"))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| {
+        FieldError::new(
+            FIELD,
+            "the private key does not parse, or its type is unsupported \
+             (supported: RSA, ECDSA P-256 or P-384, Ed25519)",
+        )
+    })?;
+    let Some(key_spki) = signing_key.public_key() else {
+        return fail(
+            FIELD,
+            format!(
+                "the key type ({:?}) is unsupported: its public key cannot be compared \
+                 with the certificate",
+                signing_key.algorithm()
+            ),
+        );
+    };
+    // check_pem has already accepted the certificates; an error here names
+    // the certificate field all the same.
+    let leaf = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| FieldError::new("spec.certificate_pem", "contains no PEM certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|_| {
+        FieldError::new(
+            "spec.certificate_pem",
+            "certificate 1 does not parse as X.509",
+        )
+    })?;
+    if key_spki.as_ref() != cert.tbs_certificate.subject_pki.raw {
+        return fail(
+            FIELD,
+            "does not match the certificate: its public key differs from the one in \
+             the leaf (first) certificate of spec.certificate_pem",
+        );
     }
     Ok(())
 }
@@ -560,7 +609,8 @@ pub trait ObjectLookup {
 
 /// Checks what depends on other objects: references exist within the tenant,
 /// addresses fall inside the network, MACs and IPs are unique in a network,
-/// VNIs are unique on the DPU.
+/// VNIs and IPsec SPIs are unique on the DPU, and IPsec tunnels to one remote
+/// have disjoint traffic selectors.
 pub fn validate_in_context(
     id: &str,
     tenant: &str,
@@ -657,8 +707,76 @@ pub fn validate_in_context(
             }
             Ok(())
         }
+        Spec::IpsecTunnel(t) => check_ipsec_against_others(id, t, objects),
         _ => Ok(()),
     }
+}
+
+/// Whether two IPv4 networks share an address.
+fn cidrs_overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The parsed IPv4 subnets of a list; entries that do not parse are skipped
+/// (validate_spec names them for the object being written).
+fn ipv4_subnets(list: &[String]) -> Vec<Ipv4Net> {
+    list.iter()
+        .filter_map(|s| parse_ipv4_cidr("", s).ok())
+        .collect()
+}
+
+/// Tunnels on one DPU, across tenants: no SPI used by two tunnels, and no
+/// two tunnels to the same remote with overlapping traffic selectors. Only
+/// non-secret fields of the other tunnels are read.
+fn check_ipsec_against_others(id: &str, t: &IpsecTunnelSpec, objects: &dyn ObjectLookup) -> Check {
+    let remote = t.remote.parse::<Ipv4Addr>().ok();
+    let local_subnets = ipv4_subnets(&t.local_subnets);
+    let remote_subnets = ipv4_subnets(&t.remote_subnets);
+    let others: Vec<(String, IpsecTunnelSpec)> = objects
+        .list(Kind::IpsecTunnel, None)
+        .into_iter()
+        .filter_map(|(oid, spec)| match spec {
+            Spec::IpsecTunnel(o) if oid != id => Some((oid, o)),
+            _ => None,
+        })
+        .collect();
+    for (field, spi) in [("spec.spi_in", t.spi_in), ("spec.spi_out", t.spi_out)] {
+        if let Some((oid, _)) = others
+            .iter()
+            .find(|(_, o)| o.spi_in == spi || o.spi_out == spi)
+        {
+            return fail(
+                field,
+                format!("SPI {spi} is already used by ipsec tunnel {oid:?}"),
+            );
+        }
+    }
+    for (oid, o) in &others {
+        if remote.is_none() || o.remote.parse::<Ipv4Addr>().ok() != remote {
+            continue;
+        }
+        let o_local = ipv4_subnets(&o.local_subnets);
+        let o_remote = ipv4_subnets(&o.remote_subnets);
+        for l in &local_subnets {
+            for ol in o_local.iter().filter(|ol| cidrs_overlap(l, ol)) {
+                if let Some((r, or)) = remote_subnets
+                    .iter()
+                    .flat_map(|r| o_remote.iter().map(move |or| (r, or)))
+                    .find(|(r, or)| cidrs_overlap(r, or))
+                {
+                    return fail(
+                        "spec.local_subnets",
+                        format!(
+                            "traffic selector {l} <-> {r} overlaps {ol} <-> {or} of ipsec \
+                             tunnel {oid:?} to the same remote {}",
+                            t.remote
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Ports and endpoints of one network: IPs inside the CIDR, not the network

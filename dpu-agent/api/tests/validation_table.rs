@@ -369,12 +369,32 @@ struct Pems {
     key: String,
     other_cert: String,
     other_key: String,
+    ed_cert: String,
+    ed_key: String,
+    p384_cert: String,
+    p384_key: String,
+}
+
+/// A self-signed certificate and its key, of the given algorithm.
+fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["alg.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
 }
 
 fn pems() -> Pems {
     let a = rcgen::generate_simple_self_signed(vec!["svc.example".to_string()]).unwrap();
     let b = rcgen::generate_simple_self_signed(vec!["other.example".to_string()]).unwrap();
+    let (ed_cert, ed_key) = self_signed(&rcgen::PKCS_ED25519);
+    let (p384_cert, p384_key) = self_signed(&rcgen::PKCS_ECDSA_P384_SHA384);
     Pems {
+        ed_cert,
+        ed_key,
+        p384_cert,
+        p384_key,
         cert: a.cert.pem(),
         key: a.signing_key.serialize_pem(),
         other_cert: b.cert.pem(),
@@ -420,6 +440,11 @@ fn pem_parsing() {
         check_pem("f", s, PemWant::PrivateKey).map(|_| ())
     });
 
+    let bogus_key =
+        "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n".to_string();
+    let bogus_sec1 =
+        "-----BEGIN EC PRIVATE KEY-----\nMAMCAQE=\n-----END EC PRIVATE KEY-----\n".to_string();
+
     // The same rules through a TLS listener spec.
     let listener = json!({
         "listen": "10.0.0.1:443", "upstream": "10.0.0.10:8080",
@@ -441,6 +466,49 @@ fn pem_parsing() {
             json!({"private_key_pem": two_keys}),
             Some("spec.private_key_pem"),
         ),
+        // The key must be the leaf certificate's.
+        (json!({"private_key_pem": cert_then_key}), OK),
+        (
+            json!({"certificate_pem": format!("{}{}", p.cert, p.other_cert)}),
+            OK,
+        ),
+        (
+            json!({"private_key_pem": p.other_key}),
+            Some("spec.private_key_pem"),
+        ),
+        (
+            json!({"certificate_pem": p.other_cert}),
+            Some("spec.private_key_pem"),
+        ),
+        (
+            json!({"certificate_pem": format!("{}{}", p.other_cert, p.cert)}),
+            Some("spec.private_key_pem"),
+        ),
+        (
+            json!({"certificate_pem": p.ed_cert, "private_key_pem": p.ed_key}),
+            OK,
+        ),
+        (
+            json!({"certificate_pem": p.p384_cert, "private_key_pem": p.p384_key}),
+            OK,
+        ),
+        (
+            json!({"certificate_pem": p.ed_cert}),
+            Some("spec.private_key_pem"),
+        ),
+        (
+            json!({"private_key_pem": p.ed_key}),
+            Some("spec.private_key_pem"),
+        ),
+        // A private-key block that is not a key at all.
+        (
+            json!({"private_key_pem": bogus_key}),
+            Some("spec.private_key_pem"),
+        ),
+        (
+            json!({"private_key_pem": bogus_sec1}),
+            Some("spec.private_key_pem"),
+        ),
         (json!({"client_ca_pem": "nope"}), Some("spec.client_ca_pem")),
         (json!({"alpn": ["h2", ""]}), Some("spec.alpn[1]")),
         (json!({"ktls": "on"}), Some("spec.ktls")),
@@ -448,6 +516,15 @@ fn pem_parsing() {
     check_rows("tls listener", &rows, |patch| {
         spec_check(Kind::TlsListener, &with(&listener, patch.clone()))
     });
+
+    // A mismatch says so without quoting the key.
+    let err = spec_check(
+        Kind::TlsListener,
+        &with(&listener, json!({"private_key_pem": p.other_key})),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("does not match"), "{err}");
+    assert!(!err.message.contains("PRIVATE KEY"), "{err}");
 }
 
 #[test]
@@ -645,8 +722,18 @@ struct Objects(BTreeMap<(Kind, String), (String, Spec)>);
 
 impl Objects {
     fn put(&mut self, kind: Kind, id: &str, tenant: &str, spec: Value) {
-        let spec = Spec::parse(kind, &spec).unwrap_or_else(|e| panic!("fixture {id}: {e}"));
+        let mut spec = Spec::parse(kind, &spec).unwrap_or_else(|e| panic!("fixture {id}: {e}"));
         validate_spec(&spec).unwrap_or_else(|e| panic!("fixture {id}: {e}"));
+        // Lookups see stored objects without their secrets, as the store
+        // hands them out.
+        match &mut spec {
+            Spec::IpsecTunnel(t) => {
+                t.key_in.clear();
+                t.key_out.clear();
+            }
+            Spec::TlsListener(t) => t.private_key_pem.clear(),
+            _ => {}
+        }
         self.0
             .insert((kind, id.to_string()), (tenant.to_string(), spec));
     }
@@ -887,4 +974,134 @@ fn context_checks() {
         validate_spec(&spec)?;
         validate_in_context(id, tenant, &spec, &w)
     });
+}
+
+#[test]
+fn ipsec_context() {
+    let mut w = Objects::default();
+    w.put(Kind::Tenant, "acme", "acme", json!({}));
+    w.put(Kind::Tenant, "other", "other", json!({}));
+    // t-a: 192.0.2.2, 10.1.0.0/16 <-> 10.2.0.0/16, SPIs 1000/1001.
+    w.put(
+        Kind::IpsecTunnel,
+        "t-a",
+        "acme",
+        with(&tunnel(), json!({"spi_in": 1000, "spi_out": 1001})),
+    );
+    // t-b, another tenant: 192.0.2.9, 10.5.0.0/24 <-> 10.6.0.0/24, SPIs 2000/2001.
+    w.put(
+        Kind::IpsecTunnel,
+        "t-b",
+        "other",
+        with(
+            &tunnel(),
+            json!({"remote": "192.0.2.9", "local_subnets": ["10.5.0.0/24"],
+                   "remote_subnets": ["10.6.0.0/24"], "spi_in": 2000, "spi_out": 2001}),
+        ),
+    );
+    // The new tunnel: to t-a's remote, but towards 10.3.0.0/16.
+    let base = with(&tunnel(), json!({"remote_subnets": ["10.3.0.0/16"]}));
+    let t = |patch: Value| (Kind::IpsecTunnel, "t-new", "acme", with(&base, patch));
+    let rows: Vec<(Write, Want)> = vec![
+        (t(json!({})), OK),
+        // SPIs are unique on the DPU, in either direction, across tenants.
+        (t(json!({"spi_in": 1000})), Some("spec.spi_in")),
+        (t(json!({"spi_in": 1001})), Some("spec.spi_in")),
+        (t(json!({"spi_in": 2001})), Some("spec.spi_in")),
+        (t(json!({"spi_out": 1000})), Some("spec.spi_out")),
+        (t(json!({"spi_out": 2000})), Some("spec.spi_out")),
+        (t(json!({"spi_in": 1002, "spi_out": 2002})), OK),
+        (
+            (
+                Kind::IpsecTunnel,
+                "t-new",
+                "other",
+                with(&base, json!({"spi_in": 1000})),
+            ),
+            Some("spec.spi_in"),
+        ),
+        // Rewriting t-a as it is collides with nothing.
+        (
+            (
+                Kind::IpsecTunnel,
+                "t-a",
+                "acme",
+                with(&tunnel(), json!({"spi_in": 1000, "spi_out": 1001})),
+            ),
+            OK,
+        ),
+        // Overlapping selectors to the same remote.
+        (
+            t(json!({"remote_subnets": ["10.2.0.0/16"]})),
+            Some("spec.local_subnets"),
+        ),
+        (
+            t(json!({"remote_subnets": ["10.2.128.0/17"]})),
+            Some("spec.local_subnets"),
+        ),
+        (
+            t(json!({"remote_subnets": ["10.3.0.0/16", "10.0.0.0/8"]})),
+            Some("spec.local_subnets"),
+        ),
+        (
+            t(json!({"local_subnets": ["10.1.5.0/24"], "remote_subnets": ["10.2.3.0/24"]})),
+            Some("spec.local_subnets"),
+        ),
+        (
+            t(
+                json!({"local_subnets": ["10.9.0.0/16", "0.0.0.0/0"], "remote_subnets": ["10.2.0.0/16"]}),
+            ),
+            Some("spec.local_subnets"),
+        ),
+        // Only one side overlapping is fine.
+        (
+            t(json!({"local_subnets": ["10.9.0.0/16"], "remote_subnets": ["10.2.0.0/16"]})),
+            OK,
+        ),
+        (
+            t(json!({"local_subnets": ["10.1.0.0/16"], "remote_subnets": ["10.4.0.0/16"]})),
+            OK,
+        ),
+        (t(json!({"remote_subnets": ["10.1.0.0/16"]})), OK),
+        // Adjacent but disjoint.
+        (
+            t(json!({"remote_subnets": ["10.3.0.0/16", "10.0.0.0/15"]})),
+            OK,
+        ),
+        // Another remote: the same selectors are fine.
+        (
+            t(json!({"remote": "192.0.2.3", "remote_subnets": ["10.2.0.0/16"]})),
+            OK,
+        ),
+        // Across tenants, to the same remote.
+        (
+            t(
+                json!({"remote": "192.0.2.9", "local_subnets": ["10.5.0.128/25"],
+                     "remote_subnets": ["10.6.0.0/16"]}),
+            ),
+            Some("spec.local_subnets"),
+        ),
+        // Transport mode has no selectors to overlap.
+        (
+            t(json!({"mode": "transport", "local_subnets": [], "remote_subnets": []})),
+            OK,
+        ),
+    ];
+    check_rows("ipsec in context", &rows, |(kind, id, tenant, v)| {
+        let spec = Spec::parse(*kind, v)?;
+        validate_spec(&spec)?;
+        validate_in_context(id, tenant, &spec, &w)
+    });
+
+    // The errors say which tunnel.
+    let spec = Spec::parse(
+        Kind::IpsecTunnel,
+        &with(&base, json!({"remote_subnets": ["10.2.0.0/24"]})),
+    )
+    .unwrap();
+    let err = validate_in_context("t-new", "acme", &spec, &w).unwrap_err();
+    assert!(err.message.contains("\"t-a\""), "{err}");
+    let spec = Spec::parse(Kind::IpsecTunnel, &with(&base, json!({"spi_out": 2001}))).unwrap();
+    let err = validate_in_context("t-new", "acme", &spec, &w).unwrap_err();
+    assert!(err.message.contains("\"t-b\""), "{err}");
 }
