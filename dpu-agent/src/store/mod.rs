@@ -776,7 +776,13 @@ mod tests {
         );
         assert_eq!(store.events_since(1, 100).unwrap().unwrap().len(), 1);
         // A client's `since` is untrusted: the largest one is simply "nothing newer".
-        assert!(store.events_since(u64::MAX, 100).unwrap().unwrap().is_empty());
+        assert!(
+            store
+                .events_since(u64::MAX, 100)
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
