@@ -3,7 +3,7 @@
 //! in the same run, each in a private OVS sandbox (ovs-vswitchd in its own
 //! network namespace, bridge br-int with datapath_type=netdev). Prints a
 //! markdown table. Needs root and Open vSwitch; run with
-//! `cargo run --release -p net-offload --bin net-bench`.
+//! `cargo bench -p net-offload --bench net_bench`.
 //!
 //! ovs-ofctl and ovs-vsctl are used here only as baselines.
 
