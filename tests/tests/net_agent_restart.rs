@@ -2,7 +2,9 @@
 //! endpoints become flows; an agent kill -9 + restart sends no flow_mod for
 //! unchanged flows (their duration keeps growing); a flow deleted by hand is
 //! back within 1 s; invalid input is refused with 422 naming the field and
-//! nothing is programmed.
+//! nothing is programmed; ovs-vswitchd killed with SIGKILL and started again
+//! gets every flow back within 2 s; after an ovsdb-server restart the
+//! agent's OVSDB client resyncs (a tunnel port deleted by hand comes back).
 
 mod net_common;
 
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use dpu_api::Kind;
 use dpu_api::client::ClientError;
 use net_common::*;
-use net_offload::sandbox::Netns;
+use net_offload::sandbox::{Daemon, Netns, OvsSandbox};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,6 +182,76 @@ async fn restart_drift_and_invalid_input() {
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(ids(&agent_flow_lines(&ovs)), flows_before);
+
+    // ovs-vswitchd killed with SIGKILL and started again: it comes back with
+    // an empty bridge; the agent reconnects and reprograms within 2 s.
+    ovs.kill_daemon(Daemon::Vswitchd).await.unwrap();
+    ovs.start_daemon(Daemon::Vswitchd).await.unwrap();
+    let t = Instant::now();
+    while try_flow_ids(&ovs).as_ref() != Some(&flows_before) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "flows not back within 2 s of ovs-vswitchd's restart: {:?}",
+            try_flow_ids(&ovs)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eprintln!(
+        "reprogrammed {:?} after ovs-vswitchd restarted",
+        t.elapsed()
+    );
+
+    // ovsdb-server restarted: the agent's client reconnects and resyncs its
+    // replica, so a tunnel port an operator then deletes is seen and put back.
+    ovs.restart_daemon(Daemon::OvsdbServer).await.unwrap();
+    let vsctl = |args: &[&str]| {
+        let db = format!("--db=unix:{}", ovs.db_socket().display());
+        run("ovs-vsctl", &[&[db.as_str()], args].concat())
+    };
+    let tunnel = "dpu-vxlan";
+    assert!(
+        vsctl(&["list-ports", BRIDGE]).lines().any(|l| l == tunnel),
+        "{}",
+        vsctl(&["show"])
+    );
+    vsctl(&["del-port", BRIDGE, tunnel]);
+    let t = Instant::now();
+    while !vsctl(&["list-ports", BRIDGE]).lines().any(|l| l == tunnel) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "tunnel port not restored after ovsdb-server restart: {}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    while try_flow_ids(&ovs).map(|f| f.len()) != Some(flows_before.len()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "flows not converged after the tunnel port came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(agent);
     drop(ovs);
+}
+
+/// The agent's flows (identities, sorted), or None while ovs-vswitchd is not
+/// answering yet.
+fn try_flow_ids(ovs: &OvsSandbox) -> Option<Vec<String>> {
+    let target = format!("unix:{}", ovs.mgmt_socket(BRIDGE).display());
+    let out = std::process::Command::new("ovs-ofctl")
+        .args(["-O", "OpenFlow14", "--no-names", "dump-flows", &target])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("cookie=0xd0"))
+        .map(flow_identity)
+        .collect();
+    ids.sort();
+    Some(ids)
 }
