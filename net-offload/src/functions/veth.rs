@@ -108,6 +108,7 @@ async fn configure_tenant_side(
         .await?;
     }
     rtnl.configure(&eth0, &alias, mac.map(|m| m.0)).await?;
+    tx_checksum_off(TENANT_IFNAME)?;
     let want: Vec<(IpAddr, u8)> = tenant.map(|t| t.addresses).unwrap_or_default();
     for msg in rtnl.addresses(eth0.index).await? {
         let Some(ip) = address_of(&msg) else { continue };
@@ -120,6 +121,54 @@ async fn configure_tenant_side(
         rtnl.add_address(eth0.index, ip, prefix).await?;
     }
     Ok(true)
+}
+
+/// `ETHTOOL_STXCSUM` off on `ifname` of the calling thread's namespace (the
+/// legacy `SIOCETHTOOL` ioctl, as `ethtool -K ifname tx off` does on old
+/// kernels). A veth hands its peer packets with a partial checksum to save
+/// the work; Open vSwitch's userspace datapath receives them from AF_PACKET
+/// without fixing them and its conntrack then drops TCP as invalid. The
+/// simulated tenant therefore computes its checksums, as a NIC would.
+fn tx_checksum_off(ifname: &str) -> Result<(), FunctionsError> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: an all-zero ifreq is valid; the name fits (checked below).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = ifname.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(FunctionsError::NoDevice(ifname.to_string()));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: plain socket(2); the fd is closed below on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let op = || format!("ioctl SIOCETHTOOL ETHTOOL_STXCSUM {ifname} off");
+    if fd < 0 {
+        return Err(FunctionsError::netlink(
+            op(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `req` points at `value`, both live for the call.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &raw mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(FunctionsError::netlink(op(), err));
+    }
+    Ok(())
 }
 
 impl VethBackend {
@@ -295,6 +344,7 @@ impl FunctionBackend for VethBackend {
             format!("RTM_SETLINK {rep} up alias {alias:?}"),
             format!("in netns {ns}: RTM_SETLINK lo up"),
             format!("in netns {ns}: RTM_SETLINK {TENANT_IFNAME}{mac} up alias {alias:?}"),
+            format!("in netns {ns}: SIOCETHTOOL {TENANT_IFNAME} tx checksum off"),
         ];
         match &d.tenant {
             Some(t) => {
