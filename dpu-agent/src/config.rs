@@ -97,12 +97,16 @@ pub struct OvsFileConfig {
 }
 
 /// What makes `functions`: the veth simulator (default in dev), SR-IOV VFs
-/// of a real PF (default in run), or nothing (functions stay `Pending`).
+/// of a real PF (default in run), functions made outside the agent
+/// (`external`: representors named, nothing programmed), or nothing
+/// (functions stay `Pending`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FunctionsBackend {
     Veth,
     Sriov,
+    /// Functions made outside the agent: representors named, nothing programmed.
+    External,
     None,
 }
 
@@ -113,8 +117,9 @@ impl std::str::FromStr for FunctionsBackend {
         match s {
             "veth" => Ok(FunctionsBackend::Veth),
             "sriov" => Ok(FunctionsBackend::Sriov),
+            "external" => Ok(FunctionsBackend::External),
             "none" => Ok(FunctionsBackend::None),
-            _ => Err("expected veth, sriov or none".into()),
+            _ => Err("expected veth, sriov, external or none".into()),
         }
     }
 }

@@ -475,6 +475,9 @@ pub fn for_config(cfg: &crate::config::Config) -> Arc<dyn Controller> {
         B::Sriov => Arc::new(Functions::new(Arc::new(sriov::SriovBackend::new(
             sriov::SriovConfig::default(),
         )))),
+        B::External => Arc::new(Functions::new(Arc::new(
+            net_offload::functions::external::ExternalBackend::default(),
+        ))),
         B::None => Arc::new(super::unavailable::Unavailable::new(
             Kind::Function,
             "functions (net-offload: sriov/veth)",

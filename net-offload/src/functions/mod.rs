@@ -9,6 +9,8 @@
 //!   pair whose representor end stays in the agent's namespace and whose
 //!   other end is `eth0` in the namespace `dpu-fn-<id>`, addressed as the
 //!   tenant would address it.
+//! - [`external`] — functions made outside the agent (pre-provisioned VFs/SFs):
+//!   only their representors are named, nothing is programmed.
 //!
 //! Everything a backend makes is named and tagged so that it can be told
 //! apart from an operator's devices ([`naming`]), and found again after a
@@ -17,6 +19,7 @@
 //! storage path, which no backend here provides ([`Applied::Unsupported`]).
 
 pub mod devlink;
+pub mod external;
 pub mod naming;
 pub mod netns;
 mod rtnl;

@@ -1,0 +1,135 @@
+//! `external`: functions made outside the agent — VFs or scalable functions
+//! that the DPU's provisioning (firmware `NUM_OF_VFS`, `mlxdevm` scripts, a
+//! BFB's `bf.cfg`) already created, whose representors already exist. The
+//! agent programs nothing on them: it only names each function's
+//! representor by the BlueField pattern (`{pf}vf{vf}` → `pf0vf3`) so the
+//! network pipeline can attach its ports, and forgets it on delete.
+//!
+//! It is also what the large-scale benchmarks use with an Open vSwitch
+//! started with `--enable-dummy=override`, where every `system` port is a
+//! dummy netdev: thousands of representors without thousands of kernel
+//! devices. Whether the representor really exists is the switch's to tell
+//! (a port whose representor is absent gets no ofport and stays Pending).
+
+use super::{
+    Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError,
+    ObservedFunction, naming,
+};
+
+/// Names representors; changes nothing.
+#[derive(Debug, Clone)]
+pub struct ExternalBackend {
+    representor_pattern: String,
+}
+
+impl Default for ExternalBackend {
+    fn default() -> Self {
+        ExternalBackend {
+            representor_pattern: naming::DEFAULT_REPRESENTOR_PATTERN.to_string(),
+        }
+    }
+}
+
+impl ExternalBackend {
+    pub fn with_pattern(pattern: impl Into<String>) -> Self {
+        ExternalBackend {
+            representor_pattern: pattern.into(),
+        }
+    }
+
+    fn representor(&self, d: &FunctionDesired) -> String {
+        naming::representor_from_pattern(&self.representor_pattern, &d.pf, d.vf)
+    }
+}
+
+impl FunctionBackend for ExternalBackend {
+    fn name(&self) -> &'static str {
+        "external"
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>> {
+        // Nothing is made here, so nothing can be orphaned.
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        desired: &'a FunctionDesired,
+    ) -> BoxFuture<'a, Result<Applied, FunctionsError>> {
+        Box::pin(async move {
+            if desired.type_ != FunctionType::Net {
+                return Ok(Applied::Unsupported {
+                    reason: "NoEmulation",
+                    message: "the external functions backend only names net representors; storage functions need the storage backend's emulation".into(),
+                });
+            }
+            Ok(Applied::Ready {
+                representor: self.representor(desired),
+                host_device: None,
+            })
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        _id: &'a str,
+        _slot: Option<(&'a str, u32)>,
+    ) -> BoxFuture<'a, Result<(), FunctionsError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn plan_apply(&self, d: &FunctionDesired) -> Vec<String> {
+        vec![format!(
+            "nothing to program: {} vf {} is made outside the agent; representor {}",
+            d.pf,
+            d.vf,
+            self.representor(d)
+        )]
+    }
+
+    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<String> {
+        vec![format!(
+            "nothing to remove: function {id} is made outside the agent"
+        )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(type_: FunctionType, vf: u32) -> FunctionDesired {
+        FunctionDesired {
+            id: "web-1".into(),
+            type_,
+            pf: "pf1".into(),
+            vf,
+            mac: None,
+            vlan: None,
+            max_tx_rate_mbps: None,
+            trust: false,
+            spoof_check: true,
+            tenant: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn names_the_bluefield_representor_and_makes_nothing() {
+        let b = ExternalBackend::default();
+        let applied = b.apply(&desired(FunctionType::Net, 7)).await.unwrap();
+        assert_eq!(
+            applied,
+            Applied::Ready {
+                representor: "pf1vf7".into(),
+                host_device: None
+            }
+        );
+        assert!(b.observe().await.unwrap().is_empty());
+        assert!(matches!(
+            b.apply(&desired(FunctionType::Nvme, 0)).await.unwrap(),
+            Applied::Unsupported { .. }
+        ));
+        let custom = ExternalBackend::with_pattern("rep{pfnum}-{vf}");
+        assert_eq!(custom.representor(&desired(FunctionType::Net, 2)), "rep1-2");
+    }
+}
