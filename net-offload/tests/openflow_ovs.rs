@@ -85,6 +85,21 @@ async fn bundle_of_1000_flows_is_installed_and_dumps_back_equal() {
     let dumped: HashSet<Flow> = entries.into_iter().map(|e| e.flow).collect();
     assert_eq!(dumped, sent);
 
+    // OFPMP_AGGREGATE counts them in one reply, as `ovs-ofctl
+    // dump-aggregate` (the witness) does.
+    let stats = client
+        .aggregate(&FlowStatsRequest::new(None, COOKIE, u64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(stats.flows, 1000);
+    let witness = rig.ofctl("dump-aggregate", &[&format!("cookie={COOKIE:#x}/-1")]);
+    assert!(witness.contains("flow_count=1000"), "{witness}");
+    let none = client
+        .aggregate(&FlowStatsRequest::new(None, COOKIE + 1, u64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(none.flows, 0);
+
     // Delete by cookie removes them all.
     client
         .flow_mods(&[FlowMod::delete_by_cookie(None, COOKIE, u64::MAX)])

@@ -26,7 +26,8 @@ use super::header::{Header, Version, frame_len, msg_type};
 use super::message::{Message, OUR_VERSIONS, SwitchFeatures, decode, encode, negotiate};
 use super::meter::MeterMod;
 use super::multipart::{
-    FlowEntry, FlowStatsRequest, MultipartReplyBody, MultipartRequest, REPLY_MORE,
+    AggregateStats, FlowEntry, FlowStatsRequest, MultipartReply, MultipartReplyBody,
+    MultipartRequest, OFPMP_AGGREGATE, REPLY_MORE,
 };
 
 /// Encoded bytes are handed to the writer task in chunks of about this size.
@@ -614,6 +615,52 @@ impl OpenFlowClient {
                 Message::Error(error) => return Err(self.rejected("dump_flows", error)),
                 _ => return Err(self.unexpected("dump_flows", &header)),
             }
+        }
+    }
+
+    /// `OFPMP_AGGREGATE` over the flows `request` selects: how many there
+    /// are, in one small reply however many flows the switch holds.
+    pub async fn aggregate(
+        &mut self,
+        request: &FlowStatsRequest,
+    ) -> Result<AggregateStats, OpenFlowError> {
+        let xid = self.xid();
+        let mut body = bytes::BytesMut::new();
+        request
+            .encode_filter(&mut body)
+            .map_err(|e| OpenFlowError::Encode {
+                what: "aggregate stats request".into(),
+                source: e,
+            })?;
+        self.push(
+            &Message::MultipartRequest(MultipartRequest::Other {
+                mp_type: OFPMP_AGGREGATE,
+                flags: 0,
+                body: body.freeze(),
+            }),
+            xid,
+            "aggregate stats request",
+        )?;
+        self.flush()?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let (header, msg) = self.recv(deadline, "aggregate").await?;
+            if header.xid != xid {
+                continue;
+            }
+            return match msg {
+                Message::MultipartReply(MultipartReply {
+                    body: MultipartReplyBody::Other { mp_type, body },
+                    ..
+                }) if mp_type == OFPMP_AGGREGATE => {
+                    AggregateStats::decode(&body).map_err(|e| OpenFlowError::Decode {
+                        endpoint: self.endpoint.clone(),
+                        source: e,
+                    })
+                }
+                Message::Error(error) => Err(self.rejected("aggregate", error)),
+                _ => Err(self.unexpected("aggregate", &header)),
+            };
         }
     }
 

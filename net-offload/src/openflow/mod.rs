@@ -36,7 +36,8 @@ pub use instruction::{Instructions, WriteMetadata};
 pub use message::{Message, SwitchFeatures, decode, encode};
 pub use meter::{DropBand, MeterCommand, MeterMod, meter_flags};
 pub use multipart::{
-    FlowEntry, FlowStatsRequest, MultipartReply, MultipartReplyBody, MultipartRequest,
+    AggregateStats, FlowEntry, FlowStatsRequest, MultipartReply, MultipartReplyBody,
+    MultipartRequest,
 };
 pub use oxm::{Field, FieldMatch, Match, RawOxm, ct_state, mac, mac_octets};
 pub use text::TextError;

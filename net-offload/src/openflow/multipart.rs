@@ -14,6 +14,9 @@ use super::instruction::Instructions;
 use super::oxm::Match;
 
 pub(crate) const OFPMP_FLOW: u16 = 1;
+/// `OFPMP_AGGREGATE`: packet, byte and flow counts of the flows a
+/// [`FlowStatsRequest`] selects, in one fixed-size reply.
+pub(crate) const OFPMP_AGGREGATE: u16 = 2;
 /// `OFPMPF_REPLY_MORE`: more replies with the same xid follow.
 pub const REPLY_MORE: u16 = 1;
 
@@ -57,6 +60,12 @@ impl FlowStatsRequest {
         out.put_u16(OFPMP_FLOW);
         out.put_u16(0);
         out.put_u32(0);
+        self.encode_filter(out)
+    }
+
+    /// The selection after the multipart header; the same layout serves
+    /// `OFPMP_FLOW` and `OFPMP_AGGREGATE`.
+    pub(crate) fn encode_filter(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         out.put_u8(self.table);
         out.put_bytes(0, 3);
         out.put_u32(self.out_port);
@@ -84,6 +93,28 @@ impl FlowStatsRequest {
             cookie_mask,
             matches,
         })
+    }
+}
+
+/// The counts of an `OFPMP_AGGREGATE` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AggregateStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u32,
+}
+
+impl AggregateStats {
+    /// `ofp_aggregate_stats_reply`: packet_count, byte_count, flow_count, pad[4].
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body, "aggregate stats reply");
+        let stats = AggregateStats {
+            packets: r.u64()?,
+            bytes: r.u64()?,
+            flows: r.u32()?,
+        };
+        r.skip(4)?;
+        Ok(stats)
     }
 }
 
