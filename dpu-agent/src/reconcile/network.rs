@@ -47,8 +47,24 @@ pub struct NetworkBackend {
 
 #[derive(Debug, Default)]
 struct LastInput {
-    revision: Option<u64>,
+    inputs: Option<InputRevisions>,
     input: SwitchInput,
+}
+
+/// The store revisions the desired networking is derived from: the specs of
+/// networks, ports, endpoints and functions, and functions' status (their
+/// representor). A port's own status write does not move them, so the
+/// reconcile of each of 10k ports does not rebuild the whole state.
+type InputRevisions = [(u64, u64); 4];
+
+fn input_revisions(store: &Store) -> InputRevisions {
+    let spec = |kind| (store.kind_revisions(kind).0, 0);
+    [
+        spec(Kind::Network),
+        spec(Kind::Port),
+        spec(Kind::Endpoint),
+        store.kind_revisions(Kind::Function),
+    ]
 }
 
 /// The OpenFlow management socket of `bridge` for the OVSDB at `db`: the
@@ -92,12 +108,12 @@ impl NetworkBackend {
     /// returns the input version to wait for.
     fn sync(&self, store: &Store) -> u64 {
         let mut last = self.last.lock().expect("network input lock");
-        let revision = store.revision();
-        if last.revision == Some(revision) {
+        let revisions = input_revisions(store);
+        if last.inputs == Some(revisions) {
             return last.input.version;
         }
         let (networking, representors) = desired_from_store(store, None);
-        last.revision = Some(revision);
+        last.inputs = Some(revisions);
         if networking != last.input.networking || representors != last.input.representors {
             last.input = SwitchInput {
                 version: last.input.version + 1,
@@ -417,6 +433,53 @@ impl Controller for NetworkController {
     fn backend(&self) -> Option<(String, bool)> {
         let r = self.backend.switch.report();
         Some(("ovs".to_string(), r.ovsdb_connected && r.openflow_connected))
+    }
+
+    fn metrics(&self, out: &mut String) {
+        // Written once, by the Network controller (the three share the switch).
+        if self.kind != Kind::Network {
+            return;
+        }
+        use std::fmt::Write as _;
+        let r = self.backend.switch.report();
+        let wanted = self.backend.switch.input_version();
+        let flows: usize = r.flows.values().sum();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP dpu_agent_switch_{name} {help}\n# TYPE dpu_agent_switch_{name} {kind}\ndpu_agent_switch_{name} {value}"
+            );
+        };
+        metric(
+            "flow_mods_total",
+            "counter",
+            "flow_mods sent to the bridge since the agent started.",
+            r.flow_mods_sent,
+        );
+        metric(
+            "bundles_total",
+            "counter",
+            "OpenFlow bundles committed since the agent started.",
+            r.bundles,
+        );
+        metric(
+            "flows",
+            "gauge",
+            "Flows the agent owns on the bridge, as last acknowledged.",
+            flows as u64,
+        );
+        metric(
+            "input_version",
+            "gauge",
+            "Version of the desired state last handed to the switch reconciler.",
+            wanted,
+        );
+        metric(
+            "converged",
+            "gauge",
+            "1 when the switch acknowledged every flow of the latest desired state.",
+            u64::from(r.programmed && r.version == wanted && wanted > 0),
+        );
     }
 }
 

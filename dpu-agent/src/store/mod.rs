@@ -20,7 +20,7 @@
 
 pub mod seal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -148,6 +148,11 @@ struct State {
     objects: BTreeMap<ObjectKey, Arc<StoredObject>>,
     hosts: BTreeMap<String, HostReport>,
     revision: u64,
+    /// Per kind, the revision of the last committed write that changed an
+    /// object's spec (new generation), existence or deletion mark ...
+    spec_revisions: HashMap<Kind, u64>,
+    /// ... and of the last one that changed only a status.
+    status_revisions: HashMap<Kind, u64>,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -480,6 +485,17 @@ impl Store {
                 Ok(()) => {
                     let mut state = self.state.write().map_err(|_| StoreError::Poisoned)?;
                     for (key, obj) in &batch.staged {
+                        let status_only = matches!(
+                            (state.objects.get(key), obj),
+                            (Some(old), Some(new))
+                                if old.generation == new.generation && old.deleting == new.deleting
+                        );
+                        let revisions = if status_only {
+                            &mut state.status_revisions
+                        } else {
+                            &mut state.spec_revisions
+                        };
+                        revisions.insert(key.kind, batch.revision);
                         match obj {
                             Some(obj) => state.objects.insert(key.clone(), obj.clone()),
                             None => state.objects.remove(key),
@@ -626,6 +642,23 @@ impl Store {
 
     pub fn revision(&self) -> u64 {
         self.state.read().map(|s| s.revision).unwrap_or(0)
+    }
+
+    /// The revision of the last committed change to `kind`'s specs (or to
+    /// which objects exist or are being deleted), and of the last change to
+    /// only their status; 0 when none since the store was opened. Lets a
+    /// controller that derives state from a whole kind skip the rebuild when
+    /// only unrelated writes happened.
+    pub fn kind_revisions(&self, kind: Kind) -> (u64, u64) {
+        self.state
+            .read()
+            .map(|s| {
+                (
+                    s.spec_revisions.get(&kind).copied().unwrap_or(0),
+                    s.status_revisions.get(&kind).copied().unwrap_or(0),
+                )
+            })
+            .unwrap_or((0, 0))
     }
 
     pub fn hosts(&self) -> Vec<HostReport> {

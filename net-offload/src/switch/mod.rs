@@ -132,6 +132,9 @@ impl SwitchHandle {
             observed: observed.clone(),
             report: SwitchReport::default(),
             report_tx,
+            believed: false,
+            last_ok: None,
+            ticks: 0,
         };
         tokio::spawn(task.run(input_rx, shutdown));
         SwitchHandle {
@@ -199,7 +202,20 @@ struct Reconciler {
     observed: Arc<Mutex<Observed>>,
     report: SwitchReport,
     report_tx: watch::Sender<Arc<SwitchReport>>,
+    /// `observed.flows` is exactly what this OpenFlow connection installed
+    /// (the last pass succeeded): an input change is then diffed against it
+    /// without a dump. Any failure or new connection clears it.
+    believed: bool,
+    /// The input version of the last successful pass.
+    last_ok: Option<u64>,
+    /// Periodic passes since start; every [`FULL_DUMP_EVERY`]th dumps.
+    ticks: u64,
 }
+
+/// A periodic pass with nothing changed only counts the agent's flows
+/// (`OFPMP_AGGREGATE`, one small reply); every this many periods it dumps
+/// them all and compares contents (a flow modified by hand keeps the count).
+const FULL_DUMP_EVERY: u64 = 20;
 
 #[derive(Debug, thiserror::Error)]
 enum ConvergeError {
@@ -234,15 +250,22 @@ impl Reconciler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
         loop {
+            let mut periodic = false;
             tokio::select! {
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
                 r = input.changed() => if r.is_err() { break },
                 _ = replica.changed() => {}
                 _ = session.changed() => {}
-                _ = tick.tick() => {}
+                _ = tick.tick() => periodic = true,
             }
-            // Coalesce a burst of changes into one pass.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if !periodic {
+                // Coalesce a burst of changes into one pass.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let periodic = periodic
+                && !input.has_changed().unwrap_or(true)
+                && !replica.has_changed().unwrap_or(true)
+                && !session.has_changed().unwrap_or(true);
             let current = input.borrow_and_update().clone();
             if current.version == 0 {
                 // No desired state yet: converging to "nothing" would delete
@@ -250,7 +273,16 @@ impl Reconciler {
                 // all moments later.
                 continue;
             }
+            if periodic && self.in_sync(&current).await {
+                continue;
+            }
             let result = self.converge(&current).await;
+            if result.is_err() {
+                self.believed = false;
+                self.last_ok = None;
+            } else {
+                self.last_ok = Some(current.version);
+            }
             self.report.version = current.version;
             self.report.ovsdb_connected = self.ovsdb.session().borrow().connected;
             self.report.openflow_connected = self.openflow.is_some();
@@ -276,41 +308,83 @@ impl Reconciler {
         tracing::info!(bridge = %self.config.bridge, "switch reconciler stopped");
     }
 
+    /// For a periodic pass with nothing changed: true when the switch still
+    /// holds what the last pass installed, checked by the agent's flow count
+    /// (and, every [`FULL_DUMP_EVERY`] periods, not at all: the full pass
+    /// then dumps and compares every flow).
+    async fn in_sync(&mut self, input: &SwitchInput) -> bool {
+        self.ticks += 1;
+        if !self.believed
+            || self.last_ok != Some(input.version)
+            || self.openflow.is_none()
+            || self.ticks.is_multiple_of(FULL_DUMP_EVERY)
+        {
+            self.believed = false;
+            return false;
+        }
+        let want = self.observed.lock().map(|o| o.flows.len()).unwrap_or(0);
+        let request =
+            FlowStatsRequest::new(None, pipeline::AGENT_COOKIE, pipeline::AGENT_COOKIE_MASK);
+        match self.of(async |c| c.aggregate(&request).await).await {
+            Ok(stats) if stats.flows as usize == want => true,
+            _ => {
+                self.believed = false;
+                false
+            }
+        }
+    }
+
     async fn converge(&mut self, input: &SwitchInput) -> Result<(), ConvergeError> {
         if !self.ovsdb.session().borrow().connected {
             return Err(ConvergeError::OvsdbDown(format!("{:?}", self.config.db)));
         }
         self.ensure_bridge().await?;
         self.refresh_ports()?;
-        let (port_plan, _) = {
-            let observed = self.observed.lock().expect("observed lock").clone();
-            plan_all(&observed, input)
+        let port_plan = {
+            let observed = self.observed.lock().expect("observed lock");
+            plan_ports(
+                &desired_ports(&input.networking, &input.representors),
+                &observed.ports,
+            )
         };
         if !port_plan.is_empty() {
             self.apply_ports(&port_plan).await?;
             self.refresh_ports()?;
         }
         self.connect_openflow().await?;
-        let observed_flows = self.dump().await?;
+        let dumped = if self.believed {
+            None
+        } else {
+            Some(self.dump().await?)
+        };
         let (compiled, flow_plan) = {
             let mut observed = self.observed.lock().expect("observed lock");
-            observed.flows = observed_flows;
+            if let Some(flows) = dumped {
+                observed.flows = flows;
+            }
             let (_, compiled) = plan_all(&observed, input);
             let plan =
                 pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
             (compiled, plan)
         };
+        // Each port's ofport: the in_port its classification flow matches
+        // (one pass over the flows, not one per port).
+        let mut in_ports: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        for f in &compiled.flows {
+            if f.owner.kind == OwnerKind::Port
+                && let Some(m) = f.flow.matches.get(crate::openflow::Field::InPort)
+            {
+                in_ports
+                    .entry(f.owner.id.as_str())
+                    .or_insert(m.value as u32);
+            }
+        }
         self.report.ports = input
             .networking
             .ports
             .iter()
             .map(|p| {
-                let ofport = compiled
-                    .flows
-                    .iter()
-                    .find(|f| f.owner.kind == OwnerKind::Port && f.owner.id == p.id)
-                    .and_then(|f| f.flow.matches.get(crate::openflow::Field::InPort))
-                    .map(|m| m.value as u32);
+                let ofport = in_ports.get(p.id.as_str()).copied();
                 let pending = compiled.skipped_ports.get(&p.id).cloned().or_else(|| {
                     (!input.representors.contains_key(&p.id))
                         .then(|| "its function has no representor yet".to_string())
@@ -325,6 +399,7 @@ impl Reconciler {
                 )
             })
             .collect();
+        drop(in_ports);
         self.apply_meters(&compiled).await?;
         self.apply_flows(&flow_plan).await?;
         self.remove_stale_meters(&compiled).await?;
@@ -338,6 +413,7 @@ impl Reconciler {
         self.report.flows = counts;
         let mut observed = self.observed.lock().expect("observed lock");
         observed.flows = compiled.flows.into_iter().map(|f| f.flow).collect();
+        self.believed = self.openflow.is_some();
         Ok(())
     }
 
@@ -454,6 +530,7 @@ impl Reconciler {
                 c.set_timeout(Duration::from_secs(10));
                 tracing::info!(socket = %self.config.mgmt_socket.display(), version = ?c.version(), "OpenFlow connected; reprogramming from a fresh dump");
                 self.meters.clear();
+                self.believed = false;
                 self.openflow = Some(c);
                 Ok(())
             }
@@ -476,6 +553,7 @@ impl Reconciler {
             )
         {
             self.openflow = None;
+            self.believed = false;
         }
         result
     }
