@@ -51,6 +51,15 @@ impl Controllers {
     pub fn backends(&self) -> BTreeMap<String, bool> {
         self.0.values().filter_map(|c| c.backend()).collect()
     }
+
+    /// Every controller's backend metrics, in kind order.
+    pub fn metrics(&self, out: &mut String) {
+        let mut kinds: Vec<&Kind> = self.0.keys().collect();
+        kinds.sort_by_key(|k| k.path());
+        for k in kinds {
+            self.0[k].metrics(out);
+        }
+    }
 }
 
 /// What `/readyz` and `/metrics` read of the engine.

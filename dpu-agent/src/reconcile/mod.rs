@@ -72,6 +72,10 @@ pub trait Controller: Send + Sync + 'static {
     fn backend(&self) -> Option<(String, bool)> {
         None
     }
+
+    /// Prometheus text lines (with their `# HELP`/`# TYPE`) about the
+    /// backend, appended to `/metrics`; none by default.
+    fn metrics(&self, _out: &mut String) {}
 }
 
 /// A condition stamped now.

@@ -150,6 +150,7 @@ pub async fn metrics(
             );
         }
     }
+    state.controllers.metrics(&mut out);
     let mut resp = (StatusCode::OK, out).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
