@@ -9,6 +9,7 @@
 pub mod configfs;
 pub mod fabrics;
 pub mod qos;
+pub mod tc;
 
 use std::path::PathBuf;
 
