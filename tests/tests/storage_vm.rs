@@ -135,21 +135,9 @@ fn kernel_backend_exports_a_remote_namespace_to_one_host() -> anyhow::Result<()>
     Ok(())
 }
 
-/// The real agent (static musl `dpu-agent dev`, storage backend `nvmet`)
-/// inside the VM, driven over its API with `dpuctl` in the guest: a
-/// loopback "storage server" (nvmet-tcp on 127.0.0.1:4430, file-backed
-/// namespace set up with shell) becomes volume `t/v` of NVMe function `f`;
-/// the agent attaches it, exports it on its own port (127.0.0.1:4420) to the
-/// function's host NQN, and the "host" connects with nvme-cli and does I/O
-/// (sha256 of the pattern, of the device read back, of the server's file).
-/// Then: the agent is killed (SIGKILL) and started again while a reader
-/// keeps doing direct I/O: the host's controller and the agent's initiator
-/// controller stay the same, no new NVMe/TCP controller is created on either
-/// target (dmesg), I/O continued without error. The volume is moved to an
-/// unreachable target: the write is accepted, the volume turns `Degraded`
-/// with the failing action in its reason, retried with growing backoff.
-/// Delete leaves configfs as it was before the agent started.
-const AGENT_SCRIPT: &str = r###"set -e
+/// The agent tests' guest setup: the loopback storage server on port 4430
+/// and shell helpers (`start_agent`, `field`, `wait_phase`, ...).
+const AGENT_COMMON: &str = r###"set -e
 S=/sys/kernel/config/nvmet
 SRV=nqn.2014-08.org.example:server
 HOST=nqn.2026-11.dev.dpu-agent:t:fn:f
@@ -174,7 +162,7 @@ ln -s $S/subsystems/$SRV $S/ports/1/subsystems/$SRV
 find $S | sort > /tmp/before
 
 start_agent() {
-    DPU_AGENT_STORAGE_BACKEND=nvmet DPU_AGENT_FUNCTIONS_BACKEND=none \
+    env DPU_AGENT_STORAGE_BACKEND=nvmet DPU_AGENT_FUNCTIONS_BACKEND=none $AGENT_ENV \
         dpu-agent dev --no-ovs --state-dir /tmp/agent --listen 127.0.0.1:9443 \
         --log-format json >> /tmp/agent.log 2>&1 &
     AGENT=$!
@@ -206,7 +194,23 @@ ctrls_of() { # controllers of subsystem NQN $1
     done
     return 0
 }
+"###;
 
+/// The real agent (static musl `dpu-agent dev`, storage backend `nvmet`)
+/// inside the VM, driven over its API with `dpuctl` in the guest: a
+/// loopback "storage server" (nvmet-tcp on 127.0.0.1:4430, file-backed
+/// namespace set up with shell) becomes volume `t/v` of NVMe function `f`;
+/// the agent attaches it, exports it on its own port (127.0.0.1:4420) to the
+/// function's host NQN, and the "host" connects with nvme-cli and does I/O
+/// (sha256 of the pattern, of the device read back, of the server's file).
+/// Then: the agent is killed (SIGKILL) and started again while a reader
+/// keeps doing direct I/O: the host's controller and the agent's initiator
+/// controller stay the same, no new NVMe/TCP controller is created on either
+/// target (dmesg), I/O continued without error. The volume is moved to an
+/// unreachable target: the write is accepted, the volume turns `Degraded`
+/// with the failing action in its reason, retried with growing backoff.
+/// Delete leaves configfs as it was before the agent started.
+const AGENT_SCRIPT: &str = r###"
 echo "## attach"
 start_agent
 cat > /tmp/v.yaml <<EOT
@@ -334,7 +338,7 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
         .packages(&["nvme-cli"])
         .binary(stripped("dpu-agent", bins.path())?)
         .binary(stripped("dpuctl", bins.path())?)
-        .script(AGENT_SCRIPT)
+        .script(&format!("{AGENT_COMMON}{AGENT_SCRIPT}"))
         .timeout(std::time::Duration::from_secs(900))
         .run()?;
     println!("{out}");
@@ -393,5 +397,173 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
     assert!(!delete.contains("volume still there"), "{out}");
     assert!(delete.contains("configfs as found"), "{out}");
     assert!(delete.contains("initiator connections left 0"), "{out}");
+    Ok(())
+}
+
+/// QoS through the kernel backend, with the real agent in the VM
+/// (`DPU_AGENT_NVMET_VOLUME_PORTS=4`: each volume gets a port of its own and
+/// `qos.max_mbps` is enforced by the agent's HTB class and u32 filter on the
+/// port's interface, programmed over rtnetlink). The host reads the volume
+/// with direct I/O: first without a limit (the baseline must be well above
+/// the limits for the test to mean anything), then with `max_mbps: 8`, then
+/// changed live to 16 on the same connection, then the limit is removed
+/// (the agent's qdisc goes) and the volume deleted (configfs and `lo`'s
+/// qdisc as found). `tc` (iproute2) is only the witness.
+const QOS_SCRIPT: &str = r###"
+vol() { # $1: the qos part of the volume spec, or nothing
+cat > /tmp/v.yaml <<EOT
+kind: Tenant
+id: t
+spec: {}
+---
+objects:
+  - {kind: Function, id: f, tenant: t, spec: {type: nvme, pf: pf0}}
+  - kind: Volume
+    id: v
+    tenant: t
+    spec: {function: f, $1 source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
+EOT
+dpuctl apply -f /tmp/v.yaml >/dev/null
+}
+measure() { # NAME MIB: MiB read with direct I/O and the guest's clock around it
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/$dev of=/dev/null bs=1M count=$2 iflag=direct 2>/dev/null
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "rate $1 $2 $t0 $t1"
+}
+classes() { tc class show dev lo | tr '\n' ' '; }
+wait_classes_change() { # OLD
+    for i in $(seq 1 240); do
+        [ "$(classes)" != "$1" ] && return 0
+        sleep 0.5
+    done
+    echo "tc classes never changed"; tail -n 40 /tmp/agent.log; exit 1
+}
+AGENT_ENV=DPU_AGENT_NVMET_VOLUME_PORTS=4
+tc qdisc show dev lo > /tmp/qdisc-before
+echo "## attach"
+start_agent
+vol ""
+wait_phase v Ready
+EXPORT=$(field volume v export)
+echo "export $EXPORT"
+echo "shared port $([ -d $S/ports/4420 ] && echo present || echo absent)"
+nvme connect -t tcp -a 127.0.0.1 -s ${EXPORT#*:} -n $OURS --hostnqn $HOST
+dev=
+for i in $(seq 1 20); do
+    H=$(host_ctrl $OURS $HOST)
+    [ -n "$H" ] && dev=$(ls /sys/class/nvme/$H | grep -E '^nvme[0-9]+c[0-9]+n[0-9]+$|^nvme[0-9]+n[0-9]+$' | head -n 1)
+    [ -n "$dev" ] && dev=$(echo $dev | sed -E 's/^(nvme[0-9]+)c[0-9]+(n[0-9]+)$/\1\2/')
+    [ -n "$dev" ] && [ -b /dev/$dev ] && break
+    dev=
+    sleep 0.5
+done
+echo "host device /dev/$dev"
+H1=$(host_ctrl $OURS $HOST)
+measure baseline 96
+
+echo "## limited"
+old=$(classes)
+vol "qos: {max_mbps: 8},"
+wait_classes_change "$old"
+wait_phase v Ready
+tc qdisc show dev lo
+tc class show dev lo
+tc filter show dev lo
+measure limit8 32
+old=$(classes)
+vol "qos: {max_mbps: 16},"
+wait_classes_change "$old"
+tc class show dev lo
+measure limit16 64
+echo "host controller before $H1 after $(host_ctrl $OURS $HOST)"
+
+echo "## unlimited"
+vol ""
+for i in $(seq 1 240); do
+    tc qdisc show dev lo | grep -q htb || break
+    sleep 0.5
+done
+if tc qdisc show dev lo | diff /tmp/qdisc-before -; then echo "qdisc as found"; fi
+
+echo "## delete"
+nvme disconnect -n $OURS
+dpuctl delete volume v
+for i in $(seq 1 600); do
+    dpuctl get volume v >/dev/null 2>&1 || break
+    sleep 0.5
+done
+find $S | sort > /tmp/after
+if diff /tmp/before /tmp/after; then echo "configfs as found"; fi
+kill $AGENT
+"###;
+
+/// MiB/s of a `rate NAME MIB T0 T1` line.
+fn rate(out: &str, name: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["rate", n, mib, t0, t1] if *n == name => {
+                let secs = t1.parse::<f64>().ok()? - t0.parse::<f64>().ok()?;
+                Some(mib.parse::<f64>().ok()? / secs)
+            }
+            _ => None,
+        }
+    })
+}
+
+#[test]
+fn agent_limits_a_volume_rate_with_traffic_shaping_and_changes_it_live() -> anyhow::Result<()> {
+    if !vm::enabled() {
+        return Ok(());
+    }
+    let bins = tempfile::tempdir()?;
+    let out = Vm::builder()
+        .modules(&[
+            "nvmet",
+            "nvmet_tcp",
+            "nvme_tcp",
+            "nvme_fabrics",
+            "sch_htb",
+            "cls_u32",
+        ])
+        .packages(&["nvme-cli"])
+        .binary(stripped("dpu-agent", bins.path())?)
+        .binary(stripped("dpuctl", bins.path())?)
+        .script(&format!("{AGENT_COMMON}{QOS_SCRIPT}"))
+        .timeout(std::time::Duration::from_secs(900))
+        .run()?;
+    println!("{out}");
+    assert!(out.success(), "{out}");
+
+    let attach = section(&out.stdout, "attach");
+    assert_eq!(value(attach, "export"), Some("127.0.0.1:4421"), "{out}");
+    assert_eq!(value(attach, "shared port"), Some("absent"), "{out}");
+    let baseline = rate(attach, "baseline").expect("baseline rate");
+
+    let limited = section(&out.stdout, "limited");
+    assert!(limited.contains("qdisc htb 4e56: root"), "{out}");
+    assert!(limited.contains("class htb 4e56:1"), "{out}");
+    let r8 = rate(limited, "limit8").expect("rate at 8 MiB/s");
+    let r16 = rate(limited, "limit16").expect("rate at 16 MiB/s");
+    println!("baseline {baseline:.1} MiB/s, limit 8 → {r8:.1} MiB/s, limit 16 → {r16:.1} MiB/s");
+    assert!(
+        baseline > 16.0 * 1.5,
+        "unlimited reads ({baseline:.1} MiB/s) are too slow to show a 16 MiB/s limit"
+    );
+    assert!((r8 - 8.0).abs() <= 8.0 * 0.2, "limit 8: {r8:.1} MiB/s");
+    assert!((r16 - 16.0).abs() <= 16.0 * 0.2, "limit 16: {r16:.1} MiB/s");
+    let ctrl = value(limited, "host controller before").expect("controller line");
+    let (a, b) = ctrl.split_once(" after ").expect("before/after");
+    assert_eq!(a, b, "the host reconnected during the live change: {out}");
+
+    assert!(
+        section(&out.stdout, "unlimited").contains("qdisc as found"),
+        "{out}"
+    );
+    assert!(
+        section(&out.stdout, "delete").contains("configfs as found"),
+        "{out}"
+    );
     Ok(())
 }
