@@ -134,6 +134,7 @@ pub struct StorageFileConfig {
     pub nvmet_configfs: Option<PathBuf>,
     pub nvmet_listen: Option<SocketAddr>,
     pub nvmet_port_id: Option<u16>,
+    pub nvmet_volume_ports: Option<u16>,
     pub backing_dir: Option<PathBuf>,
     pub qos_cgroup: Option<PathBuf>,
     pub host_nqn: Option<String>,
@@ -183,6 +184,10 @@ pub struct StorageConfig {
     pub nvmet_listen: SocketAddr,
     /// The nvmet port id the agent owns.
     pub nvmet_port_id: u16,
+    /// 0: every volume on the shared port. N > 0: each volume gets a port
+    /// of its own (ids and TCP ports `nvmet_port_id`/`nvmet_listen` + 1..=N)
+    /// and `qos.max_mbps` is enforced by traffic shaping of that port.
+    pub nvmet_volume_ports: u16,
     /// Backing files of local volumes (kernel backend).
     pub backing_dir: PathBuf,
     /// cgroup v2 whose `io.max` carries kernel QoS; none disables it.
@@ -403,6 +408,9 @@ impl Config {
                 .nvmet_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4420))),
             nvmet_port_id: file.storage.nvmet_port_id.unwrap_or(4420),
+            nvmet_volume_ports: env_parse::<u16>(env, "DPU_AGENT_NVMET_VOLUME_PORTS")?
+                .or(file.storage.nvmet_volume_ports)
+                .unwrap_or(0),
             backing_dir: file
                 .storage
                 .backing_dir

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::model::{BackendKind, DesiredVolume, ObservedSubsystem, SpdkObserved};
+use crate::model::{BackendKind, DesiredVolume, ObservedSubsystem, SpdkObserved, VolumeKey};
 use crate::nvmet::configfs::{self, ConfigfsExecutor, ConfigfsMode, DeviceRef, NvmetError};
-use crate::nvmet::{KernelPaths, NvmetObserved, fabrics, qos};
+use crate::nvmet::{KernelPaths, NvmetObserved, fabrics, qos, tc};
 use crate::plan::{self, Action, NvmetPlanConfig, Op, SpdkPlanConfig};
 use crate::spdk::methods as m;
 use crate::spdk::snap;
@@ -73,6 +73,12 @@ pub trait BlockBackend: Send + Sync + fmt::Debug {
 
     /// Performs one action.
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Where the host connects to reach volume `key` over the network
+    /// (`traddr:trsvcid`), when the backend exports it that way.
+    fn export(&self, _key: &VolumeKey, _observed: &Observed) -> Option<String> {
+        None
+    }
 }
 
 /// Applies `actions` in order, stopping at the first failure.
@@ -309,7 +315,30 @@ impl NvmetBackend {
         if let Some(cg) = &self.config.qos_cgroup {
             obs.io_max = read_io_max(&self.paths, cg);
         }
+        if self.config.volume_ports > 0 && self.mode == ConfigfsMode::Kernel {
+            match self
+                .tc_interface()
+                .and_then(|(name, index)| tc::observe(&name, index))
+            {
+                Ok(t) => obs.tc = Some(t),
+                Err(e) => tracing::warn!(error = %e, "cannot read traffic control"),
+            }
+        }
         obs
+    }
+
+    /// The interface holding the ports' address, for traffic control.
+    fn tc_interface(&self) -> std::io::Result<(String, u32)> {
+        let addr: std::net::IpAddr = self.config.port.traddr.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "port address {:?} is not an IP address",
+                    self.config.port.traddr
+                ),
+            )
+        })?;
+        tc::interface_of(addr)
     }
 
     fn resolve(&self, d: &DeviceRef) -> Result<PathBuf, NvmetError> {
@@ -384,6 +413,14 @@ impl NvmetBackend {
                 let dev = qos::device_numbers(&self.paths, name)?;
                 qos::write_io_max(cgroup, &dev, limits)?;
             }
+            Op::Tc { op: t, .. } => {
+                let io = |source| NvmetError::Io {
+                    op: op.to_string(),
+                    source,
+                };
+                let (_, index) = self.tc_interface().map_err(io)?;
+                tc::apply(index, t).map_err(io)?;
+            }
             Op::Rpc(_) => {
                 return Err(BackendError::WrongBackend {
                     backend: BackendKind::Nvmet,
@@ -449,6 +486,13 @@ impl BlockBackend for NvmetBackend {
         }
     }
 
+    fn export(&self, key: &VolumeKey, observed: &Observed) -> Option<String> {
+        match observed {
+            Observed::Nvmet(o) => plan::nvmet_export(o, key),
+            Observed::Spdk(_) => None,
+        }
+    }
+
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             let me = self.clone();
@@ -489,6 +533,7 @@ mod tests {
                 },
                 backing_dir: backing.clone(),
                 qos_cgroup: None,
+                volume_ports: 0,
             },
         );
         let desired = vec![DesiredVolume {

@@ -18,6 +18,7 @@ use dpu_api::spec::{FunctionType, NvmeofTransport, VolumeSource};
 
 use crate::model::{BackendKind, DesiredVolume, NQN_PREFIX, Qos, SpdkObserved, VolumeKey};
 use crate::nvmet::configfs::{self, ConfigfsOp, DeviceRef, NvmetObserved, PortConfig};
+use crate::nvmet::tc::{TcObserved, TcOp};
 use crate::nvmet::{ConnectOptions, IoMax};
 use crate::spdk::methods::{self as m, ListenAddress, QosLimits};
 use crate::spdk::snap;
@@ -97,6 +98,11 @@ pub enum Op {
         device: DeviceRef,
         limits: IoMax,
     },
+    /// Traffic control on the interface `dev` that holds the ports' address.
+    Tc {
+        dev: String,
+        op: TcOp,
+    },
 }
 
 impl fmt::Display for Op {
@@ -124,6 +130,7 @@ impl fmt::Display for Op {
                 "echo \"<MAJ:MIN of {device}> {limits}\" > {}",
                 cgroup.join("io.max").display()
             ),
+            Op::Tc { dev, op } => write!(f, "rtnetlink tc dev {dev} {op}"),
         }
     }
 }
@@ -598,8 +605,194 @@ pub struct NvmetPlanConfig {
     pub port: PortConfig,
     /// Where backing files of local volumes live.
     pub backing_dir: PathBuf,
-    /// The cgroup whose `io.max` carries volume QoS; none disables QoS.
+    /// The cgroup whose `io.max` carries volume QoS; none disables it.
     pub qos_cgroup: Option<PathBuf>,
+    /// 0: every volume's subsystem is linked into the shared `port`. N > 0:
+    /// each volume gets a port of its own, id `port.id + k` listening on
+    /// `port.trsvcid + k` (k in 1..=N, the lowest free slot), the shared
+    /// port is not used, and a volume's `qos.max_mbps` is enforced by
+    /// shaping its port with traffic control ([`crate::nvmet::tc`]).
+    pub volume_ports: u16,
+}
+
+impl NvmetPlanConfig {
+    /// The port of volume slot `k` (1-based), if its id and TCP port fit.
+    pub fn volume_port(&self, k: u16) -> Option<PortConfig> {
+        let id = self.port.id.checked_add(k)?;
+        let svc = self.port.trsvcid.parse::<u16>().ok()?.checked_add(k)?;
+        Some(PortConfig {
+            id,
+            trsvcid: svc.to_string(),
+            ..self.port.clone()
+        })
+    }
+
+    fn is_volume_port(&self, id: u16) -> bool {
+        self.volume_ports > 0
+            && id > self.port.id
+            && u32::from(id) <= u32::from(self.port.id) + u32::from(self.volume_ports)
+    }
+}
+
+fn same_address(p: &configfs::ObservedPort, c: &PortConfig) -> bool {
+    p.trtype == c.trtype && p.adrfam == c.adrfam && p.traddr == c.traddr && p.trsvcid == c.trsvcid
+}
+
+/// Which slot (1-based) each desired volume's own port has: the port it is
+/// already linked into, else the lowest one that is absent or holds only
+/// subsystems of volumes no longer wanted.
+pub fn volume_slots(
+    desired: &[&DesiredVolume],
+    observed: &NvmetObserved,
+    cfg: &NvmetPlanConfig,
+) -> BTreeMap<VolumeKey, u16> {
+    let mut slots = BTreeMap::new();
+    if cfg.volume_ports == 0 {
+        return slots;
+    }
+    let wanted: BTreeSet<&VolumeKey> = desired.iter().map(|d| &d.key).collect();
+    let mut taken = BTreeSet::new();
+    for d in desired {
+        let nqn = d.key.subsystem_nqn();
+        for k in 1..=cfg.volume_ports {
+            let Some(vp) = cfg.volume_port(k) else { break };
+            if !taken.contains(&k)
+                && observed
+                    .ports
+                    .get(&vp.id)
+                    .is_some_and(|p| p.subsystems.contains(&nqn))
+            {
+                slots.insert(d.key.clone(), k);
+                taken.insert(k);
+                break;
+            }
+        }
+    }
+    for d in desired {
+        if slots.contains_key(&d.key) {
+            continue;
+        }
+        for k in 1..=cfg.volume_ports {
+            let Some(vp) = cfg.volume_port(k) else { break };
+            let free = !taken.contains(&k)
+                && observed.ports.get(&vp.id).is_none_or(|p| {
+                    p.subsystems.iter().all(|n| {
+                        VolumeKey::from_subsystem_nqn(n).is_some_and(|key| !wanted.contains(&key))
+                    })
+                });
+            if free {
+                slots.insert(d.key.clone(), k);
+                taken.insert(k);
+                break;
+            }
+        }
+    }
+    slots
+}
+
+/// Where the host reaches volume `key` (`traddr:trsvcid` of a port its
+/// subsystem is linked into), from an observation.
+pub fn nvmet_export(observed: &NvmetObserved, key: &VolumeKey) -> Option<String> {
+    let nqn = key.subsystem_nqn();
+    observed
+        .ports
+        .values()
+        .find(|p| p.subsystems.contains(&nqn))
+        .map(|p| {
+            if p.adrfam == "ipv6" {
+                format!("[{}]:{}", p.traddr, p.trsvcid)
+            } else {
+                format!("{}:{}", p.traddr, p.trsvcid)
+            }
+        })
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Traffic control for the volumes' own ports: one HTB class and one u32
+/// filter per volume with `qos.max_mbps`; the root qdisc only while some
+/// volume needs it.
+fn plan_tc(
+    out: &mut Out,
+    desired: &[&DesiredVolume],
+    slots: &BTreeMap<VolumeKey, u16>,
+    tc: Option<&TcObserved>,
+    cfg: &NvmetPlanConfig,
+) {
+    let empty = TcObserved {
+        ifname: "?".into(),
+        ..TcObserved::default()
+    };
+    let tc = tc.unwrap_or(&empty);
+    let dev = tc.ifname.clone();
+    let mut want: BTreeMap<u16, (u64, u16, &VolumeKey)> = BTreeMap::new();
+    for d in desired {
+        if let (Some(k), Some(mbps)) = (slots.get(&d.key), Qos::of(&d.spec).max_mbps)
+            && let Some(vp) = cfg.volume_port(*k)
+            && let Ok(sport) = vp.trsvcid.parse::<u16>()
+        {
+            want.insert(*k, (mbps.saturating_mul(MIB), sport, &d.key));
+        }
+    }
+    let op = |op: TcOp| Op::Tc {
+        dev: dev.clone(),
+        op,
+    };
+    if want.is_empty() {
+        if tc.ours() {
+            out.op(&Owner::Shared, Phase::Qos, op(TcOp::DeleteRoot));
+        }
+        return;
+    }
+    let owner_of = |k: u16| {
+        slots
+            .iter()
+            .find(|(_, s)| **s == k)
+            .map(|(key, _)| Owner::Volume(key.clone()))
+            .unwrap_or(Owner::Shared)
+    };
+    if !tc.ours() {
+        out.op(&Owner::Shared, Phase::Qos, op(TcOp::AddRoot));
+    }
+    for (k, (rate, _, key)) in &want {
+        if tc.classes.get(k) != Some(rate) {
+            out.op(
+                &Owner::Volume((*key).clone()),
+                Phase::Qos,
+                op(TcOp::SetClass {
+                    minor: *k,
+                    rate: *rate,
+                }),
+            );
+        }
+    }
+    for (k, (_, sport, key)) in &want {
+        if !tc.filter_prios.contains(k) {
+            out.op(
+                &Owner::Volume((*key).clone()),
+                Phase::Qos,
+                op(TcOp::AddFilter {
+                    prio: *k,
+                    sport: *sport,
+                    minor: *k,
+                }),
+            );
+        }
+    }
+    for k in tc.filter_prios.iter().filter(|k| !want.contains_key(k)) {
+        out.op(
+            &owner_of(*k),
+            Phase::Qos,
+            op(TcOp::DeleteFilter { prio: *k }),
+        );
+    }
+    for k in tc.classes.keys().filter(|k| !want.contains_key(k)) {
+        out.op(
+            &owner_of(*k),
+            Phase::Qos,
+            op(TcOp::DeleteClass { minor: *k }),
+        );
+    }
 }
 
 /// The backing file of a local volume on the kernel backend.
@@ -621,6 +814,8 @@ pub fn plan_nvmet(
     let wanted: BTreeSet<&VolumeKey> = desired.iter().map(|d| &d.key).collect();
     let port_id = cfg.port.id;
     let port = observed.ports.get(&port_id);
+    let per_volume = cfg.volume_ports > 0;
+    let slots = volume_slots(&desired, observed, cfg);
 
     // Orphan subsystems: unlink from ports, remove namespaces and host links.
     for (nqn, sub) in &observed.subsystems {
@@ -715,7 +910,7 @@ pub fn plan_nvmet(
     // The port: create it, or fix its address if only our subsystems use it.
     let mut linked: BTreeSet<String> = BTreeSet::new();
     match port {
-        None if !desired.is_empty() => {
+        None if !desired.is_empty() && !per_volume => {
             out.configfs(
                 &Owner::Shared,
                 Phase::Present,
@@ -732,10 +927,22 @@ pub fn plan_nvmet(
                 .subsystems
                 .iter()
                 .all(|n| VolumeKey::from_subsystem_nqn(n).is_some());
-            if desired.is_empty() && all_ours {
-                // No volume left: remove the agent's port too, so a full
-                // teardown leaves configfs as the agent found it. Orphan
-                // subsystems were unlinked above.
+            if (desired.is_empty() || per_volume) && all_ours {
+                // No volume left (or every volume has a port of its own):
+                // remove the agent's port too, so a full teardown leaves
+                // configfs as the agent found it. Orphan subsystems were
+                // unlinked above; wanted ones move to their own ports.
+                for n in &p.subsystems {
+                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
+                        && wanted.contains(&k)
+                    {
+                        out.configfs(
+                            &Owner::Volume(k),
+                            Phase::Unpresent,
+                            vec![configfs::unlink_port(port_id, n)],
+                        );
+                    }
+                }
                 out.configfs(
                     &Owner::Shared,
                     Phase::DeleteDevice,
@@ -765,9 +972,54 @@ pub fn plan_nvmet(
         }
     }
 
+    // Volume ports nobody is assigned to any more (orphans were unlinked
+    // above); ports there holding foreign subsystems are left alone.
+    if per_volume {
+        let assigned: BTreeSet<u16> = slots
+            .values()
+            .filter_map(|k| cfg.volume_port(*k).map(|p| p.id))
+            .collect();
+        for (id, p) in &observed.ports {
+            let only_ours = p
+                .subsystems
+                .iter()
+                .all(|n| VolumeKey::from_subsystem_nqn(n).is_some());
+            if cfg.is_volume_port(*id) && !assigned.contains(id) && only_ours {
+                for n in &p.subsystems {
+                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
+                        && wanted.contains(&k)
+                    {
+                        out.configfs(
+                            &Owner::Volume(k),
+                            Phase::Unpresent,
+                            vec![configfs::unlink_port(*id, n)],
+                        );
+                    }
+                }
+                out.configfs(
+                    &Owner::Shared,
+                    Phase::DeleteDevice,
+                    vec![configfs::remove_port(*id)],
+                );
+            }
+        }
+    }
+
     let mut hosts: BTreeSet<String> = observed.hosts.iter().cloned().collect();
     for d in &desired {
-        plan_nvmet_volume(&mut out, d, observed, cfg, &linked, &mut hosts);
+        let own_port = slots.get(&d.key).and_then(|k| cfg.volume_port(*k));
+        plan_nvmet_volume(
+            &mut out,
+            d,
+            observed,
+            cfg,
+            &linked,
+            own_port.as_ref(),
+            &mut hosts,
+        );
+    }
+    if per_volume {
+        plan_tc(&mut out, &desired, &slots, observed.tc.as_ref(), cfg);
     }
     sorted(out.0)
 }
@@ -787,6 +1039,7 @@ fn plan_nvmet_volume(
     obs: &NvmetObserved,
     cfg: &NvmetPlanConfig,
     linked: &BTreeSet<String>,
+    own_port: Option<&PortConfig>,
     hosts: &mut BTreeSet<String>,
 ) {
     let owner = Owner::Volume(d.key.clone());
@@ -929,12 +1182,45 @@ fn plan_nvmet_volume(
         hosts.insert(host.clone());
     }
 
-    if !linked.contains(&nqn) {
-        out.configfs(
-            &owner,
-            Phase::Present,
-            vec![configfs::link_port(cfg.port.id, &nqn)],
-        );
+    match own_port {
+        Some(vp) => {
+            let have = obs.ports.get(&vp.id);
+            match have {
+                None => out.configfs(&owner, Phase::Present, configfs::create_port(vp, false)),
+                Some(p) if !same_address(p, vp) => {
+                    // Addresses are immutable while linked: unlink first.
+                    for n in &p.subsystems {
+                        out.configfs(
+                            &owner,
+                            Phase::Unpresent,
+                            vec![configfs::unlink_port(vp.id, n)],
+                        );
+                    }
+                    out.configfs(&owner, Phase::Present, configfs::create_port(vp, true));
+                }
+                Some(_) => {}
+            }
+            let linked_here =
+                have.is_some_and(|p| same_address(p, vp) && p.subsystems.contains(&nqn));
+            if !linked_here {
+                out.configfs(
+                    &owner,
+                    Phase::Present,
+                    vec![configfs::link_port(vp.id, &nqn)],
+                );
+            }
+        }
+        // Per-volume ports but no free slot: not presented (README, limits).
+        None if cfg.volume_ports > 0 => {}
+        None => {
+            if !linked.contains(&nqn) {
+                out.configfs(
+                    &owner,
+                    Phase::Present,
+                    vec![configfs::link_port(cfg.port.id, &nqn)],
+                );
+            }
+        }
     }
 
     // QoS: only block devices can carry io.max; backing files cannot.
@@ -1189,6 +1475,7 @@ mod tests {
             },
             backing_dir: "/var/lib/dpu-agent/volumes".into(),
             qos_cgroup: Some("/sys/fs/cgroup/dpu-volumes".into()),
+            volume_ports: 0,
         }
     }
 
@@ -1341,5 +1628,177 @@ mod tests {
         assert!(l[0].contains("[unpresent] rm "));
         assert!(l.iter().any(|x| x.contains("echo 192.0.2.10 > ")));
         assert!(l.last().unwrap().contains("[present] ln -s "));
+    }
+
+    // ------------------------------------------- per-volume ports and tc
+
+    fn per_volume_cfg() -> NvmetPlanConfig {
+        NvmetPlanConfig {
+            qos_cgroup: None,
+            volume_ports: 4,
+            ..nvmet_cfg()
+        }
+    }
+
+    /// `converged_nvmet`, but the volume sits on its own port (slot 1: id 2,
+    /// TCP 4421) with a 10 MiB/s class and its filter.
+    fn converged_per_volume(d: &DesiredVolume) -> NvmetObserved {
+        let mut obs = converged_nvmet(d);
+        let mut p = obs.ports.remove(&1).unwrap();
+        p.trsvcid = "4421".into();
+        obs.ports.insert(2, p);
+        obs.tc = Some(TcObserved {
+            ifname: "eth0".into(),
+            ifindex: 2,
+            root: Some(("htb".into(), crate::nvmet::tc::QDISC_MAJOR)),
+            classes: [(1, 10 * MIB)].into(),
+            filter_prios: [1].into(),
+        });
+        obs
+    }
+
+    fn limited(mut d: DesiredVolume, mbps: u64) -> DesiredVolume {
+        d.spec.qos = Some(VolumeQos {
+            max_iops: None,
+            max_mbps: Some(mbps),
+        });
+        d
+    }
+
+    #[test]
+    fn per_volume_ports_and_shaping_for_fresh_volumes() {
+        let a = limited(remote("acme", "a", FunctionType::Nvme), 10);
+        let b = remote("acme", "b", FunctionType::Nvme);
+        let plan = lines(&plan_nvmet(
+            &[a, b],
+            &NvmetObserved::default(),
+            &per_volume_cfg(),
+        ));
+        let p = "/sys/kernel/config/nvmet/ports";
+        for (vol, id, svc) in [("a", 2, 4421), ("b", 3, 4422)] {
+            assert!(
+                plan.contains(&format!("volume acme/{vol} [present] mkdir {p}/{id}")),
+                "{plan:#?}"
+            );
+            assert!(
+                plan.contains(&format!(
+                    "volume acme/{vol} [present] echo {svc} > {p}/{id}/addr_trsvcid"
+                )),
+                "{plan:#?}"
+            );
+            assert!(
+                plan.contains(&format!(
+                    "volume acme/{vol} [present] ln -s /sys/kernel/config/nvmet/subsystems/\
+                     nqn.2026-11.dev.dpu-agent:acme:{vol} {p}/{id}/subsystems/\
+                     nqn.2026-11.dev.dpu-agent:acme:{vol}"
+                )),
+                "{plan:#?}"
+            );
+        }
+        assert!(
+            !plan.iter().any(|l| l.contains(&format!("{p}/1"))),
+            "{plan:#?}"
+        );
+        let tc: Vec<&String> = plan.iter().filter(|l| l.contains("[qos]")).collect();
+        assert_eq!(
+            tc,
+            [
+                "shared [qos] rtnetlink tc dev ? qdisc add root handle 4e56: htb default 0",
+                "volume acme/a [qos] rtnetlink tc dev ? class replace parent 4e56: classid 4e56:1 \
+                 htb rate 10485760Bps ceil 10485760Bps",
+                "volume acme/a [qos] rtnetlink tc dev ? filter add parent 4e56: protocol ip prio 1 \
+                 u32 match ip protocol 6 0xff match ip sport 4421 0xffff flowid 4e56:1",
+            ]
+        );
+    }
+
+    #[test]
+    fn per_volume_converged_plans_nothing_and_export_is_its_port() {
+        let d = limited(remote("acme", "db", FunctionType::Nvme), 10);
+        let obs = converged_per_volume(&d);
+        assert_eq!(
+            nvmet_export(&obs, &d.key).as_deref(),
+            Some("192.0.2.10:4421")
+        );
+        assert_eq!(plan_nvmet(&[d], &obs, &per_volume_cfg()), []);
+    }
+
+    #[test]
+    fn qos_change_is_one_class_change() {
+        let d = limited(remote("acme", "db", FunctionType::Nvme), 20);
+        let obs = converged_per_volume(&d);
+        assert_eq!(
+            lines(&plan_nvmet(&[d], &obs, &per_volume_cfg())),
+            [
+                "volume acme/db [qos] rtnetlink tc dev eth0 class replace parent 4e56: classid \
+                 4e56:1 htb rate 20971520Bps ceil 20971520Bps"
+            ]
+        );
+    }
+
+    #[test]
+    fn last_limit_removed_drops_the_qdisc() {
+        let d = remote("acme", "db", FunctionType::Nvme);
+        let obs = converged_per_volume(&d);
+        assert_eq!(
+            lines(&plan_nvmet(&[d], &obs, &per_volume_cfg())),
+            ["shared [qos] rtnetlink tc dev eth0 qdisc del root handle 4e56:"]
+        );
+    }
+
+    #[test]
+    fn a_limit_removed_while_another_stays_drops_its_filter_then_class() {
+        let a = remote("acme", "a", FunctionType::Nvme);
+        let b = limited(remote("acme", "b", FunctionType::Nvme), 5);
+        let mut obs = converged_per_volume(&a);
+        let mut obs_b = converged_per_volume(&b);
+        let mut pb = obs_b.ports.remove(&2).unwrap();
+        pb.trsvcid = "4422".into();
+        obs.ports.insert(3, pb);
+        obs.subsystems.append(&mut obs_b.subsystems);
+        let tc = obs.tc.as_mut().unwrap();
+        tc.classes.insert(2, 5 * MIB);
+        tc.filter_prios.insert(2);
+        let plan = lines(&plan_nvmet(&[a, b], &obs, &per_volume_cfg()));
+        assert_eq!(
+            plan,
+            [
+                "volume acme/a [qos] rtnetlink tc dev eth0 filter del parent 4e56: protocol ip \
+                 prio 1",
+                "volume acme/a [qos] rtnetlink tc dev eth0 class del classid 4e56:1",
+            ]
+        );
+    }
+
+    #[test]
+    fn deleted_volume_frees_its_port_and_the_shared_port_is_retired() {
+        let d = remote("acme", "db", FunctionType::Nvme);
+        let mut obs = converged_per_volume(&d);
+        obs.tc = None;
+        // A port from before per-volume ports, still holding the volume.
+        let mut shared = obs.ports[&2].clone();
+        shared.trsvcid = "4420".into();
+        obs.ports.insert(1, shared);
+        let plan = lines(&plan_nvmet(&[], &obs, &per_volume_cfg()));
+        let p = "/sys/kernel/config/nvmet/ports";
+        assert!(
+            plan.contains(&format!("shared [delete-device] rmdir {p}/1")),
+            "{plan:#?}"
+        );
+        assert!(
+            plan.contains(&format!("shared [delete-device] rmdir {p}/2")),
+            "{plan:#?}"
+        );
+        // Kept volume: it moves off the shared port to its own.
+        let plan = lines(&plan_nvmet(&[d], &obs, &per_volume_cfg()));
+        assert_eq!(
+            plan,
+            [
+                format!(
+                    "volume acme/db [unpresent] rm {p}/1/subsystems/nqn.2026-11.dev.dpu-agent:acme:db"
+                ),
+                format!("shared [delete-device] rmdir {p}/1"),
+            ]
+        );
     }
 }

@@ -306,6 +306,28 @@ async fn errors_name_the_field_and_change_nothing() {
             "spec.function",
         ),
         (
+            Kind::Volume,
+            "v2",
+            json!({"function": "no-such-fn", "source": {"local": {"size_mib": 10}}}),
+            422,
+            "spec.function",
+        ),
+        (
+            Kind::Volume,
+            "v2",
+            json!({"function": "disk-fn", "nsid": 0, "source": {"local": {"size_mib": 10}}}),
+            422,
+            "spec.nsid",
+        ),
+        // vol1 holds nsid 1 (no nsid) on disk-fn.
+        (
+            Kind::Volume,
+            "v2",
+            json!({"function": "disk-fn", "source": {"local": {"size_mib": 10}}}),
+            422,
+            "spec.nsid",
+        ),
+        (
             Kind::IpsecTunnel,
             "t2",
             json!({"local": "192.0.2.1", "remote": "192.0.2.3", "local_subnets": ["10.1.0.0/24"], "remote_subnets": ["10.3.0.0/24"],

@@ -134,3 +134,436 @@ fn kernel_backend_exports_a_remote_namespace_to_one_host() -> anyhow::Result<()>
     assert!(delete.contains("initiator connections left 0"), "{out}");
     Ok(())
 }
+
+/// The agent tests' guest setup: the loopback storage server on port 4430
+/// and shell helpers (`start_agent`, `field`, `wait_phase`, ...).
+const AGENT_COMMON: &str = r###"set -e
+S=/sys/kernel/config/nvmet
+SRV=nqn.2014-08.org.example:server
+HOST=nqn.2026-11.dev.dpu-agent:t:fn:f
+OURS=nqn.2026-11.dev.dpu-agent:t:v
+export DPU_STATE_DIR=/tmp/agent
+ip link set lo up
+mkdir -p /etc/nvme
+echo "## server"
+dd if=/dev/zero of=/tmp/server.img bs=1M count=0 seek=64 2>/dev/null
+mkdir $S/subsystems/$SRV
+echo 1 > $S/subsystems/$SRV/attr_allow_any_host
+mkdir $S/subsystems/$SRV/namespaces/1
+echo 1 > $S/subsystems/$SRV/namespaces/1/buffered_io
+echo /tmp/server.img > $S/subsystems/$SRV/namespaces/1/device_path
+echo 1 > $S/subsystems/$SRV/namespaces/1/enable
+mkdir $S/ports/1
+echo tcp > $S/ports/1/addr_trtype
+echo ipv4 > $S/ports/1/addr_adrfam
+echo 127.0.0.1 > $S/ports/1/addr_traddr
+echo 4430 > $S/ports/1/addr_trsvcid
+ln -s $S/subsystems/$SRV $S/ports/1/subsystems/$SRV
+find $S | sort > /tmp/before
+
+start_agent() {
+    env DPU_AGENT_STORAGE_BACKEND=nvmet DPU_AGENT_FUNCTIONS_BACKEND=none $AGENT_ENV \
+        dpu-agent dev --no-ovs --state-dir /tmp/agent --listen 127.0.0.1:9443 \
+        --log-format json >> /tmp/agent.log 2>&1 &
+    AGENT=$!
+    for i in $(seq 1 240); do
+        [ -e /tmp/agent/pki/admin.pem ] && dpuctl get tenant >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    echo "agent not ready"; cat /tmp/agent.log; exit 1
+}
+field() { # KIND ID FIELD: the first "FIELD": value of the object's JSON
+    dpuctl get $1 $2 -o json 2>/dev/null | tr -d ' \n' | grep -o "\"$3\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"'
+}
+wait_phase() { # ID PHASE
+    for i in $(seq 1 600); do
+        [ "$(field volume $1 phase)" = "$2" ] && return 0
+        sleep 0.5
+    done
+    echo "volume $1 never $2"; dpuctl get volume $1 -o json; tail -n 40 /tmp/agent.log; exit 1
+}
+host_ctrl() { # the host's controller (nvmeN) connected to NQN $1 with host NQN $2
+    for d in /sys/class/nvme/*; do
+        [ "$(cat $d/subsysnqn)" = "$1" ] && [ "$(cat $d/hostnqn)" = "$2" ] && basename $d
+    done
+    return 0
+}
+ctrls_of() { # controllers of subsystem NQN $1
+    for d in /sys/class/nvme/*; do
+        [ -e $d/subsysnqn ] && [ "$(cat $d/subsysnqn)" = "$1" ] && basename $d
+    done
+    return 0
+}
+"###;
+
+/// The real agent (static musl `dpu-agent dev`, storage backend `nvmet`)
+/// inside the VM, driven over its API with `dpuctl` in the guest: a
+/// loopback "storage server" (nvmet-tcp on 127.0.0.1:4430, file-backed
+/// namespace set up with shell) becomes volume `t/v` of NVMe function `f`;
+/// the agent attaches it, exports it on its own port (127.0.0.1:4420) to the
+/// function's host NQN, and the "host" connects with nvme-cli and does I/O
+/// (sha256 of the pattern, of the device read back, of the server's file).
+/// Then: the agent is killed (SIGKILL) and started again while a reader
+/// keeps doing direct I/O: the host's controller and the agent's initiator
+/// controller stay the same, no new NVMe/TCP controller is created on either
+/// target (dmesg), I/O continued without error. The volume is moved to an
+/// unreachable target: the write is accepted, the volume turns `Degraded`
+/// with the failing action in its reason, retried with growing backoff.
+/// Delete leaves configfs as it was before the agent started.
+const AGENT_SCRIPT: &str = r###"
+echo "## attach"
+start_agent
+cat > /tmp/v.yaml <<EOT
+kind: Tenant
+id: t
+spec: {}
+---
+objects:
+  - {kind: Function, id: f, tenant: t, spec: {type: nvme, pf: pf0}}
+  - kind: Volume
+    id: v
+    tenant: t
+    spec: {function: f, source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
+EOT
+dpuctl apply -f /tmp/v.yaml
+wait_phase v Ready
+echo "backend $(field volume v backend)"
+echo "allow_any_host $(cat $S/subsystems/$OURS/attr_allow_any_host)"
+echo "namespace device_path $(cat $S/subsystems/$OURS/namespaces/1/device_path)"
+echo "port $(cat $S/ports/4420/addr_traddr):$(cat $S/ports/4420/addr_trsvcid)"
+
+echo "## host"
+nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $OURS --hostnqn $HOST
+dev=
+for i in $(seq 1 20); do
+    H=$(host_ctrl $OURS $HOST)
+    [ -n "$H" ] && dev=$(ls /sys/class/nvme/$H | grep -E '^nvme[0-9]+c[0-9]+n[0-9]+$|^nvme[0-9]+n[0-9]+$' | head -n 1)
+    [ -n "$dev" ] && dev=$(echo $dev | sed -E 's/^(nvme[0-9]+)c[0-9]+(n[0-9]+)$/\1\2/')
+    [ -n "$dev" ] && [ -b /dev/$dev ] && break
+    dev=
+    sleep 0.5
+done
+echo "host device /dev/$dev"
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=8 2>/dev/null
+dd if=/tmp/pattern of=/dev/$dev bs=1M conv=fsync 2>/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+echo "pattern $(sha256sum < /tmp/pattern | cut -d' ' -f1)"
+echo "readback $(dd if=/dev/$dev bs=1M count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "server $(head -c 8388608 /tmp/server.img | sha256sum | cut -d' ' -f1)"
+
+echo "## restart"
+H1=$(host_ctrl $OURS $HOST)
+I1=$(ctrls_of $SRV | tr '\n' ' ')
+N1=$(dmesg | grep -c 'creating nvm controller' || true)
+rm -f /tmp/stop /tmp/ioerr
+( n=0; while [ ! -e /tmp/stop ]; do
+    if dd if=/dev/$dev of=/dev/null bs=1M count=8 iflag=direct 2>/dev/null; then n=$((n+1)); else echo err >> /tmp/ioerr; fi
+  done; echo $n > /tmp/ioruns ) &
+READER=$!
+sleep 1
+kill -9 $AGENT
+wait $AGENT 2>/dev/null || true
+echo "agent killed"
+: > /tmp/agent.log
+start_agent
+for i in $(seq 1 240); do
+    grep -q 'storage backend connected' /tmp/agent.log && break
+    sleep 0.5
+done
+wait_phase v Ready
+sleep 3
+touch /tmp/stop
+wait $READER || true
+H2=$(host_ctrl $OURS $HOST)
+I2=$(ctrls_of $SRV | tr '\n' ' ')
+N2=$(dmesg | grep -c 'creating nvm controller' || true)
+echo "host controller before $H1 after $H2 state $(cat /sys/class/nvme/$H2/state)"
+echo "initiator before $I1 after $I2"
+echo "controllers created before $N1 after $N2"
+echo "reader runs $(cat /tmp/ioruns) errors $(cat /tmp/ioerr 2>/dev/null | wc -l)"
+dd if=/dev/urandom of=/tmp/pattern2 bs=1M count=4 2>/dev/null
+dd if=/tmp/pattern2 of=/dev/$dev bs=1M conv=fsync 2>/dev/null
+echo "pattern2 $(sha256sum < /tmp/pattern2 | cut -d' ' -f1)"
+echo "readback2 $(dd if=/dev/$dev bs=1M count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+nvme disconnect -n $OURS
+
+echo "## unreachable"
+sed -i 's/port: 4430/port: 4499/' /tmp/v.yaml
+if dpuctl apply -f /tmp/v.yaml; then echo "apply accepted"; fi
+wait_phase v Degraded
+sleep 4
+echo "reason $(field volume v reason)"
+dpuctl get volume v -o json | tr -d '\n' | grep -o '"message": *"[^"]*"' | sed 's/^/condition /'
+grep 'reconcile failed' /tmp/agent.log | grep '"object":"volumes/v"' | grep -o '"retry_in_ms":[0-9]*' | cut -d: -f2 | tr '\n' ' ' | sed 's/^/retries /'
+echo
+
+echo "## delete"
+dpuctl delete volume v
+for i in $(seq 1 600); do
+    dpuctl get volume v >/dev/null 2>&1 || break
+    sleep 0.5
+done
+dpuctl get volume v >/dev/null 2>&1 && echo "volume still there"
+find $S | sort > /tmp/after
+if diff /tmp/before /tmp/after; then echo "configfs as found"; fi
+echo "initiator connections left $(ctrls_of $SRV | wc -l)"
+kill $AGENT
+"###;
+
+/// A copy of a static musl build without debug info, in `dir`: the debug
+/// builds are ~200 MB each, which the guest's gzip-compressed initramfs
+/// would carry (and TCG unpack) for nothing. Falls back to the original when
+/// binutils' `strip` is not there.
+fn stripped(name: &str, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let original = vm::musl_binary(name)?;
+    let copy = dir.join(name);
+    let ok = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&copy)
+        .arg(&original)
+        .status()
+        .is_ok_and(|s| s.success());
+    Ok(if ok { copy } else { original })
+}
+
+#[test]
+fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()> {
+    if !vm::enabled() {
+        return Ok(());
+    }
+    let bins = tempfile::tempdir()?;
+    let out = Vm::builder()
+        .modules(&["nvmet", "nvmet_tcp", "nvme_tcp", "nvme_fabrics"])
+        .packages(&["nvme-cli"])
+        .binary(stripped("dpu-agent", bins.path())?)
+        .binary(stripped("dpuctl", bins.path())?)
+        .script(&format!("{AGENT_COMMON}{AGENT_SCRIPT}"))
+        .timeout(std::time::Duration::from_secs(900))
+        .run()?;
+    println!("{out}");
+    assert!(out.success(), "{out}");
+
+    let attach = section(&out.stdout, "attach");
+    assert_eq!(value(attach, "backend"), Some("nvmet"), "{out}");
+    assert_eq!(value(attach, "allow_any_host"), Some("0"), "{out}");
+    assert!(
+        value(attach, "namespace device_path").is_some_and(|p| p.starts_with("/dev/nvme")),
+        "{out}"
+    );
+    assert_eq!(value(attach, "port"), Some("127.0.0.1:4420"), "{out}");
+
+    let host = section(&out.stdout, "host");
+    let pattern = value(host, "pattern").expect("pattern checksum");
+    assert_eq!(pattern.len(), 64, "{out}");
+    assert_eq!(value(host, "readback"), Some(pattern), "{out}");
+    assert_eq!(value(host, "server"), Some(pattern), "{out}");
+
+    let restart = section(&out.stdout, "restart");
+    let ctrl = value(restart, "host controller before").expect("host controller line");
+    let words: Vec<&str> = ctrl.split_whitespace().collect();
+    assert!(
+        matches!(words.as_slice(), [a, "after", b, "state", "live"] if a == b && a.starts_with("nvme")),
+        "{out}"
+    );
+    let init = value(restart, "initiator before").expect("initiator line");
+    let (before, after) = init.split_once(" after ").expect("before/after");
+    assert!(!before.trim().is_empty(), "{out}");
+    assert_eq!(before.trim(), after.trim(), "{out}");
+    let created = value(restart, "controllers created before").expect("dmesg counts");
+    let (n1, n2) = created.split_once(" after ").expect("before/after");
+    assert_eq!(n1, n2, "a controller was created during the restart: {out}");
+    let reader = value(restart, "reader runs").expect("reader line");
+    let (runs, errors) = reader.split_once(" errors ").expect("runs/errors");
+    assert!(runs.parse::<u32>().is_ok_and(|n| n > 0), "{out}");
+    assert_eq!(errors, "0", "{out}");
+    let pattern2 = value(restart, "pattern2").expect("pattern2");
+    assert_eq!(value(restart, "readback2"), Some(pattern2), "{out}");
+
+    let unreachable = section(&out.stdout, "unreachable");
+    assert!(unreachable.contains("apply accepted"), "{out}");
+    assert_eq!(value(unreachable, "reason"), Some("BackendError"), "{out}");
+    assert!(unreachable.contains("4499"), "{out}");
+    let retries: Vec<u64> = value(unreachable, "retries")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(retries.len() >= 2, "{out}");
+    assert!(retries.windows(2).all(|w| w[0] <= w[1]), "{out}");
+    assert!(retries.last() > retries.first(), "{out}");
+
+    let delete = section(&out.stdout, "delete");
+    assert!(!delete.contains("volume still there"), "{out}");
+    assert!(delete.contains("configfs as found"), "{out}");
+    assert!(delete.contains("initiator connections left 0"), "{out}");
+    Ok(())
+}
+
+/// QoS through the kernel backend, with the real agent in the VM
+/// (`DPU_AGENT_NVMET_VOLUME_PORTS=4`: each volume gets a port of its own and
+/// `qos.max_mbps` is enforced by the agent's HTB class and u32 filter on the
+/// port's interface, programmed over rtnetlink). The host reads the volume
+/// with direct I/O: first without a limit (the baseline must be well above
+/// the limits for the test to mean anything), then with `max_mbps: 8`, then
+/// changed live to 16 on the same connection, then the limit is removed
+/// (the agent's qdisc goes) and the volume deleted (configfs and `lo`'s
+/// qdisc as found). `tc` (iproute2) is only the witness.
+const QOS_SCRIPT: &str = r###"
+vol() { # $1: the qos part of the volume spec, or nothing
+cat > /tmp/v.yaml <<EOT
+kind: Tenant
+id: t
+spec: {}
+---
+objects:
+  - {kind: Function, id: f, tenant: t, spec: {type: nvme, pf: pf0}}
+  - kind: Volume
+    id: v
+    tenant: t
+    spec: {function: f, $1 source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
+EOT
+dpuctl apply -f /tmp/v.yaml >/dev/null
+}
+measure() { # NAME MIB: MiB read with direct I/O and the guest's clock around it
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/$dev of=/dev/null bs=1M count=$2 iflag=direct 2>/dev/null
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "rate $1 $2 $t0 $t1"
+}
+classes() { tc class show dev lo | tr '\n' ' '; }
+wait_classes_change() { # OLD
+    for i in $(seq 1 240); do
+        [ "$(classes)" != "$1" ] && return 0
+        sleep 0.5
+    done
+    echo "tc classes never changed"; tail -n 40 /tmp/agent.log; exit 1
+}
+AGENT_ENV=DPU_AGENT_NVMET_VOLUME_PORTS=4
+tc qdisc show dev lo > /tmp/qdisc-before
+echo "## attach"
+start_agent
+vol ""
+wait_phase v Ready
+EXPORT=$(field volume v export)
+echo "export $EXPORT"
+echo "shared port $([ -d $S/ports/4420 ] && echo present || echo absent)"
+nvme connect -t tcp -a 127.0.0.1 -s ${EXPORT#*:} -n $OURS --hostnqn $HOST
+dev=
+for i in $(seq 1 20); do
+    H=$(host_ctrl $OURS $HOST)
+    [ -n "$H" ] && dev=$(ls /sys/class/nvme/$H | grep -E '^nvme[0-9]+c[0-9]+n[0-9]+$|^nvme[0-9]+n[0-9]+$' | head -n 1)
+    [ -n "$dev" ] && dev=$(echo $dev | sed -E 's/^(nvme[0-9]+)c[0-9]+(n[0-9]+)$/\1\2/')
+    [ -n "$dev" ] && [ -b /dev/$dev ] && break
+    dev=
+    sleep 0.5
+done
+echo "host device /dev/$dev"
+H1=$(host_ctrl $OURS $HOST)
+measure baseline 96
+
+echo "## limited"
+old=$(classes)
+vol "qos: {max_mbps: 8},"
+wait_classes_change "$old"
+wait_phase v Ready
+tc qdisc show dev lo
+tc class show dev lo
+tc filter show dev lo
+measure limit8 32
+old=$(classes)
+vol "qos: {max_mbps: 16},"
+wait_classes_change "$old"
+tc class show dev lo
+measure limit16 64
+echo "host controller before $H1 after $(host_ctrl $OURS $HOST)"
+
+echo "## unlimited"
+vol ""
+for i in $(seq 1 240); do
+    tc qdisc show dev lo | grep -q htb || break
+    sleep 0.5
+done
+if tc qdisc show dev lo | diff /tmp/qdisc-before -; then echo "qdisc as found"; fi
+
+echo "## delete"
+nvme disconnect -n $OURS
+dpuctl delete volume v
+for i in $(seq 1 600); do
+    dpuctl get volume v >/dev/null 2>&1 || break
+    sleep 0.5
+done
+find $S | sort > /tmp/after
+if diff /tmp/before /tmp/after; then echo "configfs as found"; fi
+kill $AGENT
+"###;
+
+/// MiB/s of a `rate NAME MIB T0 T1` line.
+fn rate(out: &str, name: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["rate", n, mib, t0, t1] if *n == name => {
+                let secs = t1.parse::<f64>().ok()? - t0.parse::<f64>().ok()?;
+                Some(mib.parse::<f64>().ok()? / secs)
+            }
+            _ => None,
+        }
+    })
+}
+
+#[test]
+fn agent_limits_a_volume_rate_with_traffic_shaping_and_changes_it_live() -> anyhow::Result<()> {
+    if !vm::enabled() {
+        return Ok(());
+    }
+    let bins = tempfile::tempdir()?;
+    let out = Vm::builder()
+        .modules(&[
+            "nvmet",
+            "nvmet_tcp",
+            "nvme_tcp",
+            "nvme_fabrics",
+            "sch_htb",
+            "cls_u32",
+        ])
+        .packages(&["nvme-cli"])
+        .binary(stripped("dpu-agent", bins.path())?)
+        .binary(stripped("dpuctl", bins.path())?)
+        .script(&format!("{AGENT_COMMON}{QOS_SCRIPT}"))
+        .timeout(std::time::Duration::from_secs(900))
+        .run()?;
+    println!("{out}");
+    assert!(out.success(), "{out}");
+
+    let attach = section(&out.stdout, "attach");
+    assert_eq!(value(attach, "export"), Some("127.0.0.1:4421"), "{out}");
+    assert_eq!(value(attach, "shared port"), Some("absent"), "{out}");
+    let baseline = rate(attach, "baseline").expect("baseline rate");
+
+    let limited = section(&out.stdout, "limited");
+    assert!(limited.contains("qdisc htb 4e56: root"), "{out}");
+    assert!(limited.contains("class htb 4e56:1"), "{out}");
+    let r8 = rate(limited, "limit8").expect("rate at 8 MiB/s");
+    let r16 = rate(limited, "limit16").expect("rate at 16 MiB/s");
+    println!("baseline {baseline:.1} MiB/s, limit 8 → {r8:.1} MiB/s, limit 16 → {r16:.1} MiB/s");
+    assert!(
+        baseline > 16.0 * 1.5,
+        "unlimited reads ({baseline:.1} MiB/s) are too slow to show a 16 MiB/s limit"
+    );
+    assert!((r8 - 8.0).abs() <= 8.0 * 0.2, "limit 8: {r8:.1} MiB/s");
+    assert!((r16 - 16.0).abs() <= 16.0 * 0.2, "limit 16: {r16:.1} MiB/s");
+    let ctrl = value(limited, "host controller before").expect("controller line");
+    let (a, b) = ctrl.split_once(" after ").expect("before/after");
+    assert_eq!(a, b, "the host reconnected during the live change: {out}");
+
+    assert!(
+        section(&out.stdout, "unlimited").contains("qdisc as found"),
+        "{out}"
+    );
+    assert!(
+        section(&out.stdout, "delete").contains("configfs as found"),
+        "{out}"
+    );
+    Ok(())
+}

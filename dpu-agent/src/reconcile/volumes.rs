@@ -147,6 +147,7 @@ pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
                 },
                 backing_dir: s.backing_dir.clone(),
                 qos_cgroup: s.qos_cgroup.clone(),
+                volume_ports: s.nvmet_volume_ports,
             };
             let name = format!("nvmet ({})", paths.nvmet.display());
             Arc::new(Volumes::new(
@@ -489,6 +490,16 @@ impl Controller for Volumes {
                     status.fields.remove("size_bytes");
                 }
             }
+            // Where the host connects (kernel backend: the port the
+            // volume's subsystem is linked into).
+            match backend.export(&key, &observed) {
+                Some(e) => {
+                    status.fields.insert("export".into(), Value::from(e));
+                }
+                None => {
+                    status.fields.remove("export");
+                }
+            }
             let host_device = ctx
                 .store
                 .get(&ObjectKey::new(Kind::Function, d.function.id.clone()))
@@ -635,6 +646,7 @@ mod tests {
                 },
                 backing_dir: backing,
                 qos_cgroup: None,
+                volume_ports: 0,
             },
         );
         (Arc::new(b), paths)
@@ -777,6 +789,7 @@ mod tests {
                     },
                     backing_dir: "/nonexistent".into(),
                     qos_cgroup: None,
+                    volume_ports: 0,
                 },
             )
         }

@@ -359,6 +359,9 @@ pub struct NvmetObserved {
     /// Device path (`/dev/nvme1n1`) → its `io.max` limits in the QoS
     /// cgroup; devices without a line are absent.
     pub io_max: BTreeMap<String, super::qos::IoMax>,
+    /// Traffic control on the ports' interface, when volumes have ports of
+    /// their own (`volume_ports` > 0) and the interface was found.
+    pub tc: Option<super::tc::TcObserved>,
 }
 
 fn read_trim(p: &Path) -> String {

@@ -1,14 +1,17 @@
 //! The kernel backend: the NVMe target (`nvmet`) programmed through configfs,
 //! the NVMe/TCP initiator driven through `/dev/nvme-fabrics` and sysfs, and
-//! QoS through cgroup v2 `io.max`.
+//! QoS by traffic shaping of per-volume ports over rtnetlink ([`tc`]; cgroup
+//! v2 `io.max` in [`qos`] does not limit what nvmet serves, see there).
 //!
 //! Paths are configurable ([`KernelPaths`]) so the same code runs against the
 //! real kernel and against a temporary directory in tests. Needs root and the
-//! `nvmet`, `nvmet-tcp` and `nvme-tcp` modules on a real system.
+//! `nvmet`, `nvmet-tcp` and `nvme-tcp` modules on a real system (and
+//! `sch_htb` + `cls_u32` for QoS, which the kernel loads on first use).
 
 pub mod configfs;
 pub mod fabrics;
 pub mod qos;
+pub mod tc;
 
 use std::path::PathBuf;
 

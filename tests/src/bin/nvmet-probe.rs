@@ -38,6 +38,7 @@ fn backend(export_port: &str) -> NvmetBackend {
             },
             backing_dir: PathBuf::from("/tmp/dpu-volumes"),
             qos_cgroup: None,
+            volume_ports: 0,
         },
     )
 }

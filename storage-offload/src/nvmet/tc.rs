@@ -1,0 +1,542 @@
+//! QoS for the kernel backend: traffic shaping of a volume's own NVMe/TCP
+//! port with the kernel's traffic control, programmed over rtnetlink
+//! (`NETLINK_ROUTE`, `RTM_{NEW,DEL,GET}{QDISC,TCLASS,TFILTER}`) by the agent
+//! itself.
+//!
+//! Why not the block layer: nvmet serves I/O from kernel workers in the root
+//! cgroup, where cgroup v2 `io.max` cannot be set, so `io.max` never limits
+//! what a remote host reads through nvmet (checked in the VM rig). The data a
+//! volume sends to its host, however, leaves on one TCP port when the volume
+//! has a port of its own: shaping that port's egress limits the volume.
+//!
+//! Layout on the interface that holds the port's address (e.g. `lo` for
+//! 127.0.0.1): a root `htb` qdisc with handle [`QDISC_MAJOR`]`:` whose
+//! default class is 0, so unclassified traffic passes unshaped; per volume
+//! slot `k` one class `4e56:k` with `rate = ceil = limit`, and one `u32`
+//! filter at priority `k` sending IPv4 TCP segments with source port
+//! `port k` into it.
+//!
+//! Limits: only what the DPU sends (the host's reads, and the target's
+//! responses to writes) is shaped; data the host writes arrives on ingress,
+//! which egress shaping cannot see. IPv4 only (the filter reads the TCP
+//! source port at offset 20 of an IP header without options). HTB counts
+//! bytes on the wire, NVMe/TCP and TCP/IP headers included.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+
+/// The major number of the agent's root qdisc: `4e56:` ("NV").
+pub const QDISC_MAJOR: u16 = 0x4e56;
+const TC_H_ROOT: u32 = 0xFFFF_FFFF;
+
+const RTM_NEWQDISC: u16 = 36;
+const RTM_DELQDISC: u16 = 37;
+const RTM_GETQDISC: u16 = 38;
+const RTM_NEWTCLASS: u16 = 40;
+const RTM_DELTCLASS: u16 = 41;
+const RTM_GETTCLASS: u16 = 42;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
+const RTM_GETTFILTER: u16 = 46;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_MULTI: u16 = 0x2;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_HTB_PARMS: u16 = 1;
+const TCA_HTB_INIT: u16 = 2;
+const TCA_HTB_RATE64: u16 = 6;
+const TCA_HTB_CEIL64: u16 = 7;
+const TCA_U32_CLASSID: u16 = 1;
+const TCA_U32_SEL: u16 = 5;
+const TC_U32_TERMINAL: u8 = 1;
+const TC_LINKLAYER_ETHERNET: u8 = 1;
+const ETH_P_IP: u16 = 0x0800;
+/// HTB's nanoseconds per "tick" (`PSCHED_SHIFT` = 6).
+const PSCHED_NS_PER_TICK: u64 = 64;
+
+/// `major:minor` handle.
+pub fn handle(major: u16, minor: u16) -> u32 {
+    (u32::from(major) << 16) | u32::from(minor)
+}
+
+/// What is on the interface, as far as the planner cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcObserved {
+    pub ifname: String,
+    pub ifindex: u32,
+    /// The root qdisc: `None` when it is the kernel's default (handle 0,
+    /// e.g. `noqueue` on `lo`), else its kind and major number.
+    pub root: Option<(String, u16)>,
+    /// Classes of our qdisc: minor → rate in bytes per second.
+    pub classes: BTreeMap<u16, u64>,
+    /// Priorities of the filters on our qdisc.
+    pub filter_prios: BTreeSet<u16>,
+}
+
+impl TcObserved {
+    /// Whether the root qdisc is the agent's.
+    pub fn ours(&self) -> bool {
+        matches!(&self.root, Some((kind, major)) if kind == "htb" && *major == QDISC_MAJOR)
+    }
+}
+
+/// One change to traffic control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcOp {
+    AddRoot,
+    DeleteRoot,
+    /// Creates or changes class `minor`'s rate (bytes per second).
+    SetClass {
+        minor: u16,
+        rate: u64,
+    },
+    DeleteClass {
+        minor: u16,
+    },
+    /// IPv4 TCP with source port `sport` → class `minor`, at priority `prio`.
+    AddFilter {
+        prio: u16,
+        sport: u16,
+        minor: u16,
+    },
+    DeleteFilter {
+        prio: u16,
+    },
+}
+
+impl fmt::Display for TcOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let q = QDISC_MAJOR;
+        match self {
+            TcOp::AddRoot => write!(f, "qdisc add root handle {q:x}: htb default 0"),
+            TcOp::DeleteRoot => write!(f, "qdisc del root handle {q:x}:"),
+            TcOp::SetClass { minor, rate } => write!(
+                f,
+                "class replace parent {q:x}: classid {q:x}:{minor:x} htb rate {rate}Bps ceil {rate}Bps"
+            ),
+            TcOp::DeleteClass { minor } => write!(f, "class del classid {q:x}:{minor:x}"),
+            TcOp::AddFilter { prio, sport, minor } => write!(
+                f,
+                "filter add parent {q:x}: protocol ip prio {prio} u32 match ip protocol 6 0xff \
+                 match ip sport {sport} 0xffff flowid {q:x}:{minor:x}"
+            ),
+            TcOp::DeleteFilter { prio } => {
+                write!(f, "filter del parent {q:x}: protocol ip prio {prio}")
+            }
+        }
+    }
+}
+
+/// The interface holding `addr` (from `getifaddrs`), with its index.
+pub fn interface_of(addr: IpAddr) -> io::Result<(String, u32)> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills ifap with a list we free below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut p = ifap;
+    while !p.is_null() {
+        // SAFETY: p walks the list getifaddrs returned; entries stay valid
+        // until freeifaddrs.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr of the family it names.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        let a = match family {
+            libc::AF_INET => {
+                // SAFETY: the family says sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                IpAddr::from(sin6.sin6_addr.s6_addr)
+            }
+            _ => continue,
+        };
+        if a == addr {
+            // SAFETY: ifa_name is a NUL-terminated string.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+            // SAFETY: as above.
+            let index = unsafe { libc::if_nametoindex(ifa.ifa_name) };
+            found = Some((name.to_string_lossy().into_owned(), index));
+            break;
+        }
+    }
+    // SAFETY: ifap came from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    found.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface has the address {addr}"),
+        )
+    })
+}
+
+/// A `NETLINK_ROUTE` socket for one exchange at a time.
+struct Netlink {
+    fd: libc::c_int,
+    seq: u32,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        // SAFETY: fd is ours and closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 4]; // family AF_UNSPEC + padding
+    b.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    b.extend_from_slice(&handle.to_ne_bytes());
+    b.extend_from_slice(&parent.to_ne_bytes());
+    b.extend_from_slice(&info.to_ne_bytes());
+    b
+}
+
+/// Attributes of a message body after its fixed header: (type, payload).
+fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+        let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((kind, &b[4..len]));
+        let next = len.div_ceil(4) * 4;
+        b = &b[next.min(b.len())..];
+    }
+    out
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+        .unwrap_or(0)
+}
+
+impl Netlink {
+    fn open() -> io::Result<Netlink> {
+        // SAFETY: plain socket(2).
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Netlink { fd, seq: 1 })
+    }
+
+    /// Sends one request; returns the bodies of every answer message (for
+    /// a dump) or fails with the kernel's error.
+    fn exchange(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        self.seq += 1;
+        let mut msg = Vec::with_capacity(16 + body.len());
+        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+        msg.extend_from_slice(&self.seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(body);
+        // SAFETY: msg is a valid buffer; the kernel is the default peer.
+        let sent = unsafe { libc::send(self.fd, msg.as_ptr().cast(), msg.len(), 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // SAFETY: buf is writable for its length.
+            let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut b = &buf[..n as usize];
+            let mut multi = false;
+            while b.len() >= 16 {
+                let len = u32_at(b, 0) as usize;
+                let t = u16::from_ne_bytes([b[4], b[5]]);
+                let f = u16::from_ne_bytes([b[6], b[7]]);
+                let seq = u32_at(b, 8);
+                if len < 16 || len > b.len() {
+                    break;
+                }
+                let payload = &b[16..len];
+                let next = len.div_ceil(4) * 4;
+                b = if next >= b.len() { &[] } else { &b[next..] };
+                if seq != self.seq {
+                    continue;
+                }
+                multi |= f & NLM_F_MULTI != 0;
+                match t {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let code = u32_at(payload, 0) as i32;
+                        if code == 0 {
+                            return Ok(out);
+                        }
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    _ => out.push(payload.to_vec()),
+                }
+            }
+            if !multi && !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn htb_opt(rate: u64) -> Vec<u8> {
+    // struct tc_ratespec: cell_log, linklayer, overhead, cell_align, mpu, rate.
+    let spec = |r: u64| {
+        let mut s = vec![0u8, TC_LINKLAYER_ETHERNET, 0, 0, 0, 0, 0, 0];
+        s.extend_from_slice(&(r.min(u64::from(u32::MAX)) as u32).to_ne_bytes());
+        s
+    };
+    // Burst: 50 ms at the rate, at least 256 KiB (loopback segments are up
+    // to 64 KiB); HTB takes it as time in ticks.
+    let burst = (rate / 20).max(256 * 1024);
+    let ticks = burst.saturating_mul(1_000_000_000) / rate.max(1) / PSCHED_NS_PER_TICK;
+    let ticks = ticks.min(u64::from(u32::MAX)) as u32;
+    let mut o = spec(rate);
+    o.extend(spec(rate));
+    o.extend_from_slice(&ticks.to_ne_bytes()); // buffer
+    o.extend_from_slice(&ticks.to_ne_bytes()); // cbuffer
+    o.extend_from_slice(&200_000u32.to_ne_bytes()); // quantum
+    o.extend_from_slice(&0u32.to_ne_bytes()); // level
+    o.extend_from_slice(&0u32.to_ne_bytes()); // prio
+    o
+}
+
+fn u32_selector(sport: u16) -> Vec<u8> {
+    // struct tc_u32_sel: flags, offshift, nkeys, pad, offmask, off, offoff,
+    // hoff, hmask; then struct tc_u32_key {mask, val, off, offmask} (be32
+    // mask and value over the IP header).
+    let mut s = vec![TC_U32_TERMINAL, 0, 2, 0];
+    s.extend_from_slice(&[0u8; 12]);
+    let mut key = |mask: u32, val: u32, off: i32| {
+        s.extend_from_slice(&mask.to_be_bytes());
+        s.extend_from_slice(&val.to_be_bytes());
+        s.extend_from_slice(&off.to_ne_bytes());
+        s.extend_from_slice(&0i32.to_ne_bytes());
+    };
+    // IP protocol (byte 9) = TCP.
+    key(0x00ff_0000, 6 << 16, 8);
+    // TCP source port: the first 16 bits after a 20-byte IP header.
+    key(0xffff_0000, u32::from(sport) << 16, 20);
+    s
+}
+
+/// Reads what the agent's QoS needs from interface `ifindex`.
+pub fn observe(ifname: &str, ifindex: u32) -> io::Result<TcObserved> {
+    let mut nl = Netlink::open()?;
+    let mut obs = TcObserved {
+        ifname: ifname.to_string(),
+        ifindex,
+        ..TcObserved::default()
+    };
+    for m in nl.exchange(RTM_GETQDISC, NLM_F_DUMP, &tcmsg(0, 0, 0, 0))? {
+        if u32_at(&m, 4) != ifindex || u32_at(&m, 12) != TC_H_ROOT {
+            continue;
+        }
+        let h = u32_at(&m, 8);
+        if h == 0 {
+            continue;
+        }
+        let kind = attrs(&m[20.min(m.len())..])
+            .into_iter()
+            .find(|(t, _)| *t == TCA_KIND)
+            .map(|(_, v)| {
+                String::from_utf8_lossy(v)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .unwrap_or_default();
+        obs.root = Some((kind, (h >> 16) as u16));
+    }
+    if !obs.ours() {
+        return Ok(obs);
+    }
+    let ours = handle(QDISC_MAJOR, 0);
+    for m in nl.exchange(RTM_GETTCLASS, NLM_F_DUMP, &tcmsg(ifindex, 0, ours, 0))? {
+        let h = u32_at(&m, 8);
+        if u32_at(&m, 4) != ifindex || h >> 16 != u32::from(QDISC_MAJOR) || h & 0xffff == 0 {
+            continue;
+        }
+        let mut rate = 0u64;
+        for (t, v) in attrs(&m[20.min(m.len())..]) {
+            if t != TCA_OPTIONS {
+                continue;
+            }
+            for (t, v) in attrs(v) {
+                match t {
+                    TCA_HTB_PARMS => rate = rate.max(u64::from(u32_at(v, 8))),
+                    TCA_HTB_RATE64 if v.len() >= 8 => {
+                        rate = u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        obs.classes.insert((h & 0xffff) as u16, rate);
+    }
+    for m in nl.exchange(RTM_GETTFILTER, NLM_F_DUMP, &tcmsg(ifindex, 0, ours, 0))? {
+        if u32_at(&m, 4) != ifindex {
+            continue;
+        }
+        let prio = (u32_at(&m, 16) >> 16) as u16;
+        if prio != 0 {
+            obs.filter_prios.insert(prio);
+        }
+    }
+    Ok(obs)
+}
+
+/// Applies one change on interface `ifindex`.
+pub fn apply(ifindex: u32, op: &TcOp) -> io::Result<()> {
+    let mut nl = Netlink::open()?;
+    let q = handle(QDISC_MAJOR, 0);
+    let proto_ip = u32::from(ETH_P_IP.to_be());
+    let (kind, flags, body) = match op {
+        TcOp::AddRoot => {
+            let mut b = tcmsg(ifindex, q, TC_H_ROOT, 0);
+            push_attr(&mut b, TCA_KIND, b"htb\0");
+            // struct tc_htb_glob: version 3, rate2quantum 10, defcls 0
+            // (unclassified traffic is not shaped), debug, direct_pkts.
+            let mut glob = Vec::new();
+            for v in [3u32, 10, 0, 0, 0] {
+                glob.extend_from_slice(&v.to_ne_bytes());
+            }
+            let mut opts = Vec::new();
+            push_attr(&mut opts, TCA_HTB_INIT, &glob);
+            push_attr(&mut b, TCA_OPTIONS, &opts);
+            (RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, b)
+        }
+        TcOp::DeleteRoot => (RTM_DELQDISC, 0, tcmsg(ifindex, q, TC_H_ROOT, 0)),
+        TcOp::SetClass { minor, rate } => {
+            let mut b = tcmsg(ifindex, handle(QDISC_MAJOR, *minor), q, 0);
+            push_attr(&mut b, TCA_KIND, b"htb\0");
+            let mut opts = Vec::new();
+            push_attr(&mut opts, TCA_HTB_PARMS, &htb_opt(*rate));
+            if *rate > u64::from(u32::MAX) {
+                push_attr(&mut opts, TCA_HTB_RATE64, &rate.to_ne_bytes());
+                push_attr(&mut opts, TCA_HTB_CEIL64, &rate.to_ne_bytes());
+            }
+            push_attr(&mut b, TCA_OPTIONS, &opts);
+            (RTM_NEWTCLASS, NLM_F_CREATE, b)
+        }
+        TcOp::DeleteClass { minor } => (
+            RTM_DELTCLASS,
+            0,
+            tcmsg(ifindex, handle(QDISC_MAJOR, *minor), q, 0),
+        ),
+        TcOp::AddFilter { prio, sport, minor } => {
+            let mut b = tcmsg(ifindex, 0, q, (u32::from(*prio) << 16) | proto_ip);
+            push_attr(&mut b, TCA_KIND, b"u32\0");
+            let mut opts = Vec::new();
+            push_attr(
+                &mut opts,
+                TCA_U32_CLASSID,
+                &handle(QDISC_MAJOR, *minor).to_ne_bytes(),
+            );
+            push_attr(&mut opts, TCA_U32_SEL, &u32_selector(*sport));
+            push_attr(&mut b, TCA_OPTIONS, &opts);
+            (RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, b)
+        }
+        TcOp::DeleteFilter { prio } => (
+            RTM_DELTFILTER,
+            0,
+            tcmsg(ifindex, 0, q, (u32::from(*prio) << 16) | proto_ip),
+        ),
+    };
+    nl.exchange(kind, flags | NLM_F_ACK, &body).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_matches_tcp_source_port_in_network_order() {
+        let s = u32_selector(4421);
+        assert_eq!(s.len(), 16 + 2 * 16);
+        assert_eq!(&s[..4], &[TC_U32_TERMINAL, 0, 2, 0]);
+        // Second key: mask ffff0000, value 0x1145 << 16, offset 20.
+        let k = &s[32..48];
+        assert_eq!(&k[..4], &[0xff, 0xff, 0, 0]);
+        assert_eq!(&k[4..8], &[0x11, 0x45, 0, 0]);
+        assert_eq!(i32::from_ne_bytes(k[8..12].try_into().unwrap()), 20);
+    }
+
+    #[test]
+    fn htb_options_carry_rate_and_burst_time() {
+        let o = htb_opt(10 * 1024 * 1024);
+        assert_eq!(o.len(), 44);
+        assert_eq!(u32_at(&o, 8), 10 * 1024 * 1024);
+        assert_eq!(u32_at(&o, 20), 10 * 1024 * 1024);
+        // 50 ms of 10 MiB/s = 512 KiB; 50 ms in 64 ns ticks.
+        assert_eq!(u32_at(&o, 24), 50_000_000 / 64);
+        assert_eq!(o[1], TC_LINKLAYER_ETHERNET);
+    }
+
+    #[test]
+    fn attributes_round_trip() {
+        let mut b = Vec::new();
+        push_attr(&mut b, TCA_KIND, b"htb\0");
+        push_attr(&mut b, TCA_OPTIONS, &[1, 2, 3, 4, 5]);
+        let a = attrs(&b);
+        assert_eq!(
+            a,
+            vec![
+                (TCA_KIND, &b"htb\0"[..]),
+                (TCA_OPTIONS, &[1, 2, 3, 4, 5][..])
+            ]
+        );
+    }
+
+    #[test]
+    fn rendered_like_tc() {
+        assert_eq!(
+            TcOp::AddFilter {
+                prio: 2,
+                sport: 4422,
+                minor: 2
+            }
+            .to_string(),
+            "filter add parent 4e56: protocol ip prio 2 u32 match ip protocol 6 0xff \
+             match ip sport 4422 0xffff flowid 4e56:2"
+        );
+    }
+}
