@@ -176,6 +176,15 @@ fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> 
         let daemon = Daemon::new(agent, DaemonSettings::from(&config));
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let uevents = daemon::spawn_uevent_listener();
+        let plugin = config.device_plugin.enabled.then(|| {
+            tokio::spawn(host_stub::deviceplugin::run(
+                host_stub::deviceplugin::PluginSettings {
+                    dir: config.device_plugin.dir.clone(),
+                },
+                daemon.plugin_state(),
+                shutdown_rx.clone(),
+            ))
+        });
         let task = tokio::spawn(daemon.run(shutdown_rx, uevents));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot listen for SIGTERM")?;
@@ -185,6 +194,9 @@ fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> 
         }
         let _ = shutdown_tx.send(true);
         task.await.context("daemon task panicked")?;
+        if let Some(plugin) = plugin {
+            plugin.await.context("device plugin task panicked")?;
+        }
         Ok(())
     })
 }
