@@ -54,6 +54,10 @@ impl Assignments {
         self.objects.keys().map(String::as_str).collect()
     }
 
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values()
+    }
+
     pub fn len(&self) -> usize {
         self.objects.len()
     }

@@ -35,6 +35,9 @@ pub struct Config {
     /// Delay between reconnection attempts, seconds.
     #[serde(default = "default_retry")]
     pub retry_secs: u64,
+    /// The kubelet device plugin.
+    #[serde(default)]
+    pub device_plugin: DevicePluginConfig,
     /// Which functions are the DPU's; BlueField defaults when absent.
     #[serde(default = "selectors::bluefield_defaults")]
     pub selectors: Vec<Selector>,
@@ -60,6 +63,37 @@ pub struct CdiConfig {
     /// Write `netDevices` (CDI 1.1.0) for netdev functions.
     #[serde(default = "default_true")]
     pub net_devices: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePluginConfig {
+    /// Serve the kubelet device plugin (it idles while `dir` is absent).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The kubelet's device-plugins directory (holds `kubelet.sock`).
+    #[serde(default = "default_plugin_dir")]
+    pub dir: PathBuf,
+    /// Resources are `<resource_domain>/<tenant>-<class>`.
+    #[serde(default = "default_resource_domain")]
+    pub resource_domain: String,
+}
+
+impl Default for DevicePluginConfig {
+    fn default() -> Self {
+        DevicePluginConfig {
+            enabled: true,
+            dir: default_plugin_dir(),
+            resource_domain: default_resource_domain(),
+        }
+    }
+}
+
+fn default_plugin_dir() -> PathBuf {
+    PathBuf::from(crate::deviceplugin::DEFAULT_DIR)
+}
+fn default_resource_domain() -> String {
+    crate::deviceplugin::DEFAULT_DOMAIN.to_string()
 }
 
 impl Default for CdiConfig {
@@ -150,6 +184,17 @@ impl Config {
         if config.lease_secs < config.rescan_interval_secs {
             return Err(invalid(
                 "lease_secs must be at least rescan_interval_secs (the resync renews the lease)",
+            ));
+        }
+        let domain = &config.device_plugin.resource_domain;
+        if domain.is_empty()
+            || domain.len() > 253
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(invalid(
+                "device_plugin.resource_domain must be a DNS name like dpu.local",
             ));
         }
         if config.selectors.is_empty() {

@@ -6,8 +6,10 @@
 //! rescan (level-triggered: a lost watch event is repaired within one
 //! interval) and follows the watch in between. Every answer from the agent
 //! renews the [`Lease`]; when it runs out the exposed functions are marked
-//! unhealthy in `<state_dir>/health.json` and on [`Daemon::health`], and
-//! stay exposed: a workload keeps its device while the DPU is unreachable.
+//! unhealthy in `<state_dir>/health.json`, on [`Daemon::health`] and to the
+//! kubelet ([`Daemon::plugin_state`]), and stay exposed: a workload keeps its
+//! device while the DPU is unreachable. The inventory is reported again when
+//! the agent answers after that.
 //!
 //! After every change it reconciles: vfio-pci bindings for `attach: vfio`
 //! functions (the previous driver is kept in `<state_dir>/vfio-bindings.json`
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 use crate::assignments::{self, Assignments, Unresolved};
 use crate::cdi::{self, CdiOptions};
 use crate::config::Config;
+use crate::deviceplugin::{self, PluginDevice, PluginState};
 use crate::discover::{self, Function};
 use crate::report::{self, AgentApi, AssignmentStream, Health, Lease};
 use crate::selectors::{self, Selector};
@@ -45,6 +48,8 @@ pub struct DaemonSettings {
     pub rescan_interval: Duration,
     pub lease: Duration,
     pub retry: Duration,
+    /// Resource names of the kubelet device plugin: `<domain>/<tenant>-<class>`.
+    pub resource_domain: String,
 }
 
 impl From<&Config> for DaemonSettings {
@@ -58,6 +63,7 @@ impl From<&Config> for DaemonSettings {
             rescan_interval: c.rescan_interval(),
             lease: c.lease(),
             retry: c.retry(),
+            resource_domain: c.device_plugin.resource_domain.clone(),
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct Daemon<A> {
     assignments: Assignments,
     lease: Lease,
     health_tx: watch::Sender<Health>,
+    plugin_tx: watch::Sender<PluginState>,
+    plugin_devices: Vec<PluginDevice>,
     bindings: BTreeMap<String, VfioBinding>,
     last_unresolved: Vec<Unresolved>,
 }
@@ -87,6 +95,11 @@ impl<A: AgentApi> Daemon<A> {
             assignments: Assignments::default(),
             lease,
             health_tx: watch::Sender::new(Health::Healthy),
+            plugin_tx: watch::Sender::new(PluginState {
+                devices: Vec::new(),
+                agent_healthy: true,
+            }),
+            plugin_devices: Vec::new(),
             bindings,
             last_unresolved: Vec::new(),
         }
@@ -96,6 +109,26 @@ impl<A: AgentApi> Daemon<A> {
     /// plugin.
     pub fn health(&self) -> watch::Receiver<Health> {
         self.health_tx.subscribe()
+    }
+
+    /// The assigned functions as kubelet device plugin devices, with the
+    /// lease applied; see [`deviceplugin::run`].
+    pub fn plugin_state(&self) -> watch::Receiver<PluginState> {
+        self.plugin_tx.subscribe()
+    }
+
+    fn publish_plugin_state(&self) {
+        let next = PluginState {
+            devices: self.plugin_devices.clone(),
+            agent_healthy: *self.health_tx.borrow() == Health::Healthy,
+        };
+        self.plugin_tx.send_if_modified(|s| {
+            let changed = *s != next;
+            if changed {
+                *s = next;
+            }
+            changed
+        });
     }
 
     pub fn functions(&self) -> &[Function] {
@@ -205,13 +238,19 @@ impl<A: AgentApi> Daemon<A> {
         }
         match health {
             Health::Healthy => info!("DPU agent reachable again; assigned functions healthy"),
-            Health::Unhealthy => warn!(
-                lease_secs = self.settings.lease.as_secs(),
-                "DPU agent unreachable for longer than the lease; assigned functions marked unhealthy"
-            ),
+            Health::Unhealthy => {
+                warn!(
+                    lease_secs = self.settings.lease.as_secs(),
+                    "DPU agent unreachable for longer than the lease; assigned functions marked unhealthy"
+                );
+                // The agent may come back without our report (a new DPU
+                // image, a fresh store): report again once it answers.
+                self.reported = None;
+            }
         }
         self.health_tx.send_replace(health);
         self.write_health();
+        self.publish_plugin_state();
     }
 
     fn write_health(&self) {
@@ -281,6 +320,20 @@ impl<A: AgentApi> Daemon<A> {
             }
         }
 
+        let functions = &self.functions;
+        self.plugin_devices = deviceplugin::plugin_devices(
+            &self.assignments,
+            &resolution.exposed,
+            |addr| {
+                functions
+                    .iter()
+                    .find(|f| f.pci_address == addr)
+                    .and_then(|f| f.numa_node)
+            },
+            &self.settings.resource_domain,
+            &self.settings.cdi.kind,
+        );
+        self.publish_plugin_state();
         match cdi::sync_dir(
             &self.settings.cdi_dir,
             &resolution.exposed,

@@ -5,7 +5,8 @@
 //! It has no authority over the DPU. See README.md.
 //!
 //! Folders: [`discover`] reads sysfs (pure over a root), [`selectors`] picks
-//! the DPU's functions, [`cdi`] and [`vfio`] expose them, [`report`] speaks to
+//! the DPU's functions, [`cdi`], [`vfio`] and
+//! [`deviceplugin`] (kubelet) expose them, [`report`] speaks to
 //! the agent, [`uevent`] listens for kernel device events, [`daemon`] ties
 //! them together, [`config`] loads the daemon's file. [`fixture`] builds
 //! sysfs-shaped trees for tests and benchmarks.
@@ -14,6 +15,7 @@ pub mod assignments;
 pub mod cdi;
 pub mod config;
 pub mod daemon;
+pub mod deviceplugin;
 pub mod discover;
 pub mod fixture;
 pub mod report;

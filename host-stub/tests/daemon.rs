@@ -133,6 +133,7 @@ fn settings(root: &Path, cdi_dir: &Path, state: &Path) -> DaemonSettings {
         rescan_interval: Duration::from_millis(100),
         lease: Duration::from_millis(300),
         retry: Duration::from_millis(50),
+        resource_domain: "dpu.local".into(),
     }
 }
 
@@ -340,4 +341,245 @@ async fn run_loop_follows_the_watch_and_rescans() {
         .await
         .expect("daemon stops on shutdown")
         .unwrap();
+}
+
+/// The kubelet side of the device plugin API for tests: a `Registration`
+/// server on `kubelet.sock` that hands every request to the test, generated
+/// from the same proto as the plugin.
+mod test_kubelet {
+    use std::path::Path;
+
+    use host_stub::deviceplugin::v1beta1::registration_server::{Registration, RegistrationServer};
+    use host_stub::deviceplugin::v1beta1::{Empty, RegisterRequest};
+    use tokio::net::UnixListener;
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_stream::wrappers::UnixListenerStream;
+    use tonic::{Request, Response, Status};
+
+    struct Kubelet(mpsc::UnboundedSender<RegisterRequest>);
+
+    #[tonic::async_trait]
+    impl Registration for Kubelet {
+        async fn register(
+            &self,
+            request: Request<RegisterRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            let _ = self.0.send(request.into_inner());
+            Ok(Response::new(Empty {}))
+        }
+    }
+
+    /// A running test kubelet; dropping it stops the server.
+    pub struct TestKubelet {
+        stop: Option<oneshot::Sender<()>>,
+        pub registrations: mpsc::UnboundedReceiver<RegisterRequest>,
+    }
+
+    impl TestKubelet {
+        /// Like a kubelet start: removes every socket in `dir` (as the
+        /// kubelet's device manager does) and serves a new `kubelet.sock`.
+        pub fn start(dir: &Path) -> TestKubelet {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "sock") {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+            let listener = UnixListener::bind(dir.join("kubelet.sock")).unwrap();
+            let (tx, registrations) = mpsc::unbounded_channel();
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(RegistrationServer::new(Kubelet(tx)))
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                        let _ = stopped.await;
+                    }),
+            );
+            TestKubelet {
+                stop: Some(stop),
+                registrations,
+            }
+        }
+    }
+
+    impl Drop for TestKubelet {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// The device plugin, fed by the daemon (in-memory agent, sysfs tree), seen
+/// from a test kubelet: registration, ListAndWatch on assignment and lease
+/// changes, Allocate with CDI names, and re-registration after the kubelet
+/// restarts.
+#[tokio::test]
+async fn device_plugin_registers_lists_allocates_and_reregisters() {
+    use host_stub::deviceplugin::{self, PluginSettings, v1beta1};
+    use v1beta1::device_plugin_client::DevicePluginClient;
+
+    let root = tempfile::tempdir().unwrap();
+    let cdi_dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let _tree = tree(root.path());
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let agent = FakeAgent::default();
+    {
+        let mut s = agent.0.lock().unwrap();
+        s.up = true;
+        s.events = Some(events_rx);
+        s.list = vec![function(
+            "web",
+            json!({"type": "net", "pf": "pf0", "vf": 0, "host": "node-1"}),
+            "0000:03:00.2",
+        )];
+    }
+    let mut kubelet = test_kubelet::TestKubelet::start(plugins.path());
+    let d = Daemon::new(
+        agent.clone(),
+        settings(root.path(), cdi_dir.path(), state.path()),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let plugin_task = tokio::spawn(deviceplugin::run(
+        PluginSettings {
+            dir: plugins.path().to_path_buf(),
+        },
+        d.plugin_state(),
+        stop_rx.clone(),
+    ));
+    let daemon_task = tokio::spawn(d.run(stop_rx, None));
+
+    let reg = within("registration", kubelet.registrations.recv())
+        .await
+        .unwrap();
+    assert_eq!(reg.version, "v1beta1");
+    assert_eq!(reg.resource_name, "dpu.local/acme-net");
+    assert_eq!(reg.endpoint, "dpu-acme-net.sock");
+
+    let connect = |endpoint: String| {
+        let path = plugins.path().join(endpoint);
+        async move { DevicePluginClient::new(deviceplugin::unix_channel(&path).await.unwrap()) }
+    };
+    let mut client = connect(reg.endpoint.clone()).await;
+    let mut list = client
+        .list_and_watch(v1beta1::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let devices = |r: v1beta1::ListAndWatchResponse| -> Vec<(String, String)> {
+        r.devices.into_iter().map(|d| (d.id, d.health)).collect()
+    };
+    let first = within("first list", list.message()).await.unwrap().unwrap();
+    assert_eq!(devices(first), [("web".to_string(), "Healthy".to_string())]);
+
+    // A new assignment arrives on the watch (and is in the agent's list for
+    // later resyncs): the list follows.
+    let web2 = function(
+        "web2",
+        json!({"type": "net", "pf": "pf0", "vf": 1, "host": "node-1"}),
+        "0000:03:00.3",
+    );
+    agent.0.lock().unwrap().list.push(web2.clone());
+    events_tx
+        .send(Event {
+            revision: 2,
+            type_: EventType::Added,
+            object: web2,
+        })
+        .unwrap();
+    let second = within("list after a new assignment", list.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        devices(second),
+        [
+            ("web".to_string(), "Healthy".to_string()),
+            ("web2".to_string(), "Healthy".to_string())
+        ]
+    );
+
+    // Allocate: CDI names of the specs the daemon wrote, and the addresses.
+    let answer = client
+        .allocate(v1beta1::AllocateRequest {
+            container_requests: vec![v1beta1::ContainerAllocateRequest {
+                devices_ids: vec!["web".into(), "web2".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = &answer.container_responses[0];
+    let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["dpu.local/function=web", "dpu.local/function=web2"]);
+    for name in &names {
+        let id = name.split_once('=').unwrap().1;
+        let spec = read_spec(cdi_dir.path(), id).expect("a CDI spec for every allocated name");
+        assert_eq!(format!("{}={}", spec.kind, spec.devices[0].name), *name);
+    }
+    assert_eq!(c.envs["DPU_PCI_ADDRESSES"], "0000:03:00.2,0000:03:00.3");
+    let refused = client
+        .allocate(v1beta1::AllocateRequest {
+            container_requests: vec![v1beta1::ContainerAllocateRequest {
+                devices_ids: vec!["someone-else".into()],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // The agent goes away: unhealthy within the lease; back: healthy.
+    agent.0.lock().unwrap().up = false;
+    let down = within("unhealthy list", list.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        down.devices.iter().all(|d| d.health == "Unhealthy"),
+        "{down:?}"
+    );
+    agent.0.lock().unwrap().up = true;
+    let up = within("healthy list", list.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(up.devices.iter().all(|d| d.health == "Healthy"), "{up:?}");
+
+    // The kubelet restarts (new kubelet.sock, plugin sockets removed): the
+    // plugin registers again and serves on a new socket.
+    drop(kubelet);
+    std::fs::remove_file(plugins.path().join("kubelet.sock")).unwrap();
+    let mut kubelet = test_kubelet::TestKubelet::start(plugins.path());
+    let again = within("re-registration", kubelet.registrations.recv())
+        .await
+        .unwrap();
+    assert_eq!(again.resource_name, "dpu.local/acme-net");
+    let mut client = connect(again.endpoint.clone()).await;
+    let mut list = client
+        .list_and_watch(v1beta1::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let after = within("list after restart", list.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.devices.len(), 2);
+
+    stop_tx.send(true).unwrap();
+    daemon_task.await.unwrap();
+    plugin_task.await.unwrap();
+    assert!(
+        !plugins.path().join("dpu-acme-net.sock").exists(),
+        "the plugin removes its socket on the way out"
+    );
 }

@@ -4,7 +4,8 @@
 //!
 //! The guest runs the host's `host-stub` binary (glibc, like the guest's
 //! Debian 12) to discover the PF and its VFs while `sriov_numvfs` goes
-//! 2 → 4 → 0, and binds a VF to vfio-pci and back.
+//! 2 → 4 → 0, and binds a VF to vfio-pci and back; and the `host-stub run`
+//! daemon with QEMU's igb SR-IOV NIC against a real agent on the host.
 
 use std::path::PathBuf;
 
@@ -134,5 +135,260 @@ fn qemu_nvme_sriov_discovery_and_vfio() -> anyhow::Result<()> {
     );
     let bound = parse(&out, "bound");
     assert_eq!(bound[2]["driver"], "vfio-pci", "{out}");
+    Ok(())
+}
+
+/// The guest's daemon reaches the agent on the host through QEMU's
+/// `guestfwd` at 10.0.2.100:9443, named `localhost` in the guest's
+/// /etc/hosts so that the agent's dev certificate (issued for localhost)
+/// verifies.
+const AGENT_GUEST_PORT: u16 = 9443;
+const STUB_HOST: &str = "vm-host";
+
+/// Rescans every 300 s only: the VF count changes below can only be seen
+/// through kernel uevents.
+const STUB_CONFIG: &str = r#"rescan_interval_secs = 300
+lease_secs = 300
+retry_secs = 1
+state_dir = "/run/host-stub"
+
+[agent]
+url = "https://localhost:9443"
+ca = "/etc/dpu/ca.pem"
+cert = "/etc/dpu/host-stub.pem"
+key = "/etc/dpu/host-stub-key.pem"
+
+[cdi]
+dir = "/run/cdi"
+
+[device_plugin]
+enabled = false
+
+# Intel 82576: PF 10c9, VF 10ca.
+[[selectors]]
+vendors = ["8086"]
+devices = ["10c9", "10ca"]
+"#;
+
+const IGB_SCRIPT: &str = r#"set -e
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = 0x8086 ] && [ "$(cat "$d/device")" = 0x10c9 ] && PF=$d
+done
+echo "pf ${PF##*/}"
+mkdir -p /run/cdi /run/host-stub
+host-stub run --config /etc/host-stub.toml > "$DPU_VM_OUT/stub.log" 2>&1 &
+STUB=$!
+# Wait up to $2 s for "$1" to succeed.
+until_ok() { i=0; while ! eval "$1"; do i=$((i+1)); [ $i -lt $(($2*5)) ] || { echo "timeout: $1"; return 1; }; sleep 0.2; done; }
+vf_netdevs() { ls -d "$PF"/virtfn*/net/* 2>/dev/null | wc -l; }
+disc() { host-stub discover --vendor 8086 --device 10c9 --device 10ca -o json > "$DPU_VM_OUT/$1.json"; }
+# The daemon has reported the PF before the VFs come.
+until_ok 'grep -q "inventory reported" "$DPU_VM_OUT/stub.log"' 120
+echo 2 > "$PF/sriov_numvfs"
+until_ok '[ "$(vf_netdevs)" = 2 ]' 60
+disc two
+host-stub discover --vendor 8086 --device 10c9 --device 10ca > "$DPU_VM_OUT/table.txt"
+until_ok '[ "$(grep -c "inventory reported" "$DPU_VM_OUT/stub.log")" -ge 2 ]' 60
+# Time for the netdevs' own uevents to be reported too.
+sleep 5
+echo 0 > "$PF/sriov_numvfs"
+echo 4 > "$PF/sriov_numvfs"
+until_ok '[ "$(vf_netdevs)" = 4 ]' 60
+disc four
+VF=$(readlink -f "$PF/virtfn1")
+echo "vf1 ${VF##*/} driver=$(readlink -f "$VF/driver" | sed 's,.*/,,')"
+# The host assigns VF 1 with attach: vfio.
+until_ok 'ls /run/cdi/*.json >/dev/null 2>&1' 240
+until_ok '[ "$(readlink -f "$VF/driver" | sed "s,.*/,,")" = vfio-pci ]' 30
+cp /run/cdi/*.json "$DPU_VM_OUT/spec.json"
+G=$(readlink -f "$VF/iommu_group" | sed 's,.*/,,')
+echo "bound driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') group=$G"
+[ -c "/dev/vfio/$G" ] && echo "chardev /dev/vfio/$G"
+# The host deletes the assignment.
+until_ok '! ls /run/cdi/*.json >/dev/null 2>&1' 240
+until_ok '[ -e "$VF/driver" ]' 30
+echo "released driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') override=$(cat "$VF/driver_override")"
+echo "stub alive $(kill -0 $STUB && echo yes)"
+kill $STUB
+"#;
+
+fn host_devices(inv: &dpu_api::object::Inventory) -> Vec<dpu_api::object::HostDevice> {
+    inv.hosts
+        .iter()
+        .find(|h| h.host == STUB_HOST)
+        .map(|h| h.devices.clone())
+        .unwrap_or_default()
+}
+
+async fn poll<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Live, in the VM rig: the `host-stub run` daemon in a guest with QEMU's
+/// `igb` SR-IOV NIC, talking to a real agent on the host. VFs enabled
+/// (2, then 4) are reported with their igbvf netdevs without a restart
+/// (uevents only); an assignment with `attach: vfio` binds the VF to
+/// vfio-pci and writes `/dev/vfio/<group>` into its CDI spec; deleting it
+/// gives the VF back to igbvf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::Result<()> {
+    use dpu_api::Kind;
+    use dpu_api::identity::Role;
+    use dpu_tests::agent::AgentProcess;
+    use serde_json::json;
+
+    if !vm::enabled() {
+        return Ok(());
+    }
+    let agent = AgentProcess::start();
+    let pki = agent.state_dir().join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;
+    let ca =
+        dpu_agent::pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
+    let id = ca.issue(
+        &Role::HostStub(STUB_HOST.into()).spiffe_id("dpu.local"),
+        &[],
+    )?;
+    let binary = stripped_binary()?;
+    let vm = Vm::builder()
+        .virtio_net()
+        .igb()
+        .iommu()
+        .modules(&["igbvf", "vfio-pci"])
+        .packages(&["libgcc-s1"])
+        .binary(&binary)
+        .host_service(AGENT_GUEST_PORT, agent.port())
+        .file("/etc/hosts", &b"10.0.2.100 localhost\n"[..], 0o644)
+        .file("/etc/nsswitch.conf", &b"hosts: files\n"[..], 0o644)
+        .file("/etc/dpu/ca.pem", ca_pem.into_bytes(), 0o644)
+        .file("/etc/dpu/host-stub.pem", id.cert_pem.into_bytes(), 0o644)
+        .file("/etc/dpu/host-stub-key.pem", id.key_pem.into_bytes(), 0o600)
+        .file("/etc/host-stub.toml", STUB_CONFIG.as_bytes(), 0o644)
+        .memory_mib(1024)
+        .timeout(std::time::Duration::from_secs(600))
+        .script(IGB_SCRIPT)
+        .start();
+    if let Some(dir) = binary.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let vm = vm?;
+    let admin = agent.admin();
+    let vfs = |devices: &[dpu_api::object::HostDevice]| -> Vec<dpu_api::object::HostDevice> {
+        devices
+            .iter()
+            .filter(|d| d.kind.as_deref() == Some("vf"))
+            .cloned()
+            .collect()
+    };
+
+    // Boot, daemon start, 2 VFs with their netdevs, then 4.
+    let two = poll(
+        "2 VFs with netdevs in the agent's inventory",
+        900,
+        async || {
+            let devices = host_devices(&admin.inventory().await.ok()?);
+            let v = vfs(&devices);
+            (v.len() == 2 && v.iter().all(|d| d.netdev.is_some())).then_some(devices)
+        },
+    )
+    .await;
+    let four = poll("4 VFs with netdevs", 300, async || {
+        let devices = host_devices(&admin.inventory().await.ok()?);
+        let v = vfs(&devices);
+        (v.len() == 4 && v.iter().all(|d| d.netdev.is_some())).then_some(devices)
+    })
+    .await;
+    let vf1 = vfs(&four)
+        .into_iter()
+        .find(|d| d.vf_index == Some(1))
+        .expect("VF 1 reported");
+    assert_eq!(vf1.driver.as_deref(), Some("igbvf"), "{vf1:?}");
+
+    // Assign VF 1 for a VM: the stub binds it to vfio-pci, reports it.
+    admin
+        .put(Kind::Tenant, "acme", None, json!({}), None)
+        .await?;
+    admin
+        .put(
+            Kind::Function,
+            "vm-nic",
+            Some("acme"),
+            json!({"type": "net", "pf": "pf0", "vf": 1, "host": STUB_HOST,
+                   "attach": "vfio", "mac": "02:00:00:00:20:01"}),
+            None,
+        )
+        .await?;
+    let bound = poll("VF 1 on vfio-pci in the inventory", 300, async || {
+        let devices = host_devices(&admin.inventory().await.ok()?);
+        devices
+            .into_iter()
+            .find(|d| d.pci_address == vf1.pci_address && d.driver.as_deref() == Some("vfio-pci"))
+    })
+    .await;
+    admin.delete(Kind::Function, "vm-nic").await?;
+    poll("VF 1 back on igbvf in the inventory", 300, async || {
+        let devices = host_devices(&admin.inventory().await.ok()?);
+        devices
+            .into_iter()
+            .find(|d| d.pci_address == vf1.pci_address && d.driver.as_deref() == Some("igbvf"))
+    })
+    .await;
+
+    let out = tokio::task::spawn_blocking(move || vm.wait()).await??;
+    println!("{out}");
+    assert!(out.success(), "{out}");
+    if let Some(table) = out.file_text("table.txt") {
+        println!("host-stub discover (2 VFs):\n{table}");
+    }
+    if let Some(log) = out.file_text("stub.log") {
+        println!("stub log:\n{log}");
+    }
+
+    // What the guest's own discover saw agrees with what the daemon reported.
+    let two_local = parse(&out, "two");
+    assert_eq!(two_local.len(), 3, "{out}");
+    assert_eq!(vfs(&two).len(), 2);
+    for vf in &two_local[1..] {
+        assert_eq!(vf["driver"], "igbvf", "{vf}");
+        assert!(vf["netdev"].is_string(), "{vf}");
+    }
+    let four_local = parse(&out, "four");
+    assert_eq!(four_local.len(), 5, "{out}");
+
+    // The CDI spec the daemon wrote exposes the VF's IOMMU group.
+    let spec: Value = serde_json::from_str(&out.file_text("spec.json").expect("spec.json"))?;
+    let group = bound.iommu_group.expect("VF 1 has an IOMMU group");
+    let nodes = spec["devices"][0]["containerEdits"]["deviceNodes"].clone();
+    assert!(
+        nodes
+            .as_array()
+            .is_some_and(|n| n.iter().any(|d| d["path"] == format!("/dev/vfio/{group}"))),
+        "{spec}"
+    );
+    assert_eq!(spec["devices"][0]["name"], "vm-nic", "{spec}");
+    assert!(
+        out.stdout
+            .contains(&format!("bound driver=vfio-pci group={group}")),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains(&format!("chardev /dev/vfio/{group}")),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("released driver=igbvf override=(null)"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("stub alive yes"), "{out}");
     Ok(())
 }

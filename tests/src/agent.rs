@@ -69,6 +69,7 @@ pub struct AgentProcess {
     dir: tempfile::TempDir,
     port: u16,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
@@ -80,6 +81,14 @@ impl AgentProcess {
 
     /// Starts `dpu-agent dev` with extra arguments.
     pub fn start_with(args: &[&str]) -> AgentProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts `dpu-agent dev` with extra arguments and environment, set after
+    /// (so overriding) the defaults above, e.g.
+    /// `DPU_AGENT_FUNCTIONS_BACKEND=veth` for a test that needs functions
+    /// made (and then must delete them, so no namespace is left behind).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> AgentProcess {
         let dir = tempfile::Builder::new()
             .prefix("dpu-agent-test")
             .tempdir()
@@ -89,6 +98,10 @@ impl AgentProcess {
             dir,
             port: free_port(),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn();
         agent
@@ -111,6 +124,7 @@ impl AgentProcess {
             // The API tests need no real functions: with the veth simulator a
             // net function would leave a namespace behind on this host.
             .env("DPU_AGENT_FUNCTIONS_BACKEND", "none")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -155,7 +155,10 @@ impl Engine {
             self.stats
                 .queue_len
                 .store(queue.due.len() as u64, Ordering::Relaxed);
-            if first_pass && queue.due.is_empty() {
+            // Every object looked at once: what is left is only requeued for
+            // later (polls, backoff), which must not hold readiness back.
+            let now = Instant::now();
+            if first_pass && queue.due.values().all(|at| *at > now) {
                 first_pass = false;
                 self.stats.initial_sync_done.store(true, Ordering::Relaxed);
             }

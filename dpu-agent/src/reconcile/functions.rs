@@ -1,6 +1,9 @@
 //! The functions controller: makes each `Function` through a
 //! [`FunctionBackend`] (the veth simulator in dev, SR-IOV VFs in run) and
-//! reports `vf`, `representor` and `host_device` in its status.
+//! reports `vf`, `representor` and `host_device` in its status, and for a
+//! function assigned to a host (`spec.host`) `host_pci_address` and
+//! `host_device` as that host's stub last reported them (see
+//! [`host_placement`]; re-read every [`HOST_POLL`]).
 //!
 //! - **VF index**: `spec.vf` when given, else the one already in status,
 //!   else the lowest index free on that `pf` among all functions (any
@@ -27,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
-use dpu_api::object::{ConditionStatus, ObjectKey, Phase, WriteOutcome};
+use dpu_api::object::{ConditionStatus, HostDevice, ObjectKey, Phase, WriteOutcome};
 use dpu_api::spec::{FunctionSpec, FunctionType as ApiFunctionType, Spec};
 use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing,
@@ -39,6 +42,9 @@ use crate::store::StoredObject;
 
 /// How often a simulated net function is looked at again for Port changes.
 pub const PORT_POLL: Duration = Duration::from_secs(2);
+/// A function assigned to a host is looked at again this often for the
+/// host stub's latest report.
+pub const HOST_POLL: Duration = Duration::from_secs(2);
 /// Unchanged desired state is re-applied (and orphans swept) this often.
 pub const REAPPLY_EVERY: Duration = Duration::from_secs(30);
 
@@ -194,6 +200,43 @@ fn desired(
         spoof_check: spec.spoof_check.unwrap_or(true),
         tenant,
     })
+}
+
+/// Where the host sees a function, from its host stub's last report: the
+/// PCI address and the netdev or block device (if it has one yet).
+///
+/// `pfN` is the N-th physical function (by address) of the function's class
+/// (`pf` for net, `nvme`, `virtio-blk`) and the function is that PF's VF with
+/// index `vf`. With functions of two cards in the report the PF cannot be
+/// told apart and nothing is recorded, never guessed.
+pub fn host_placement(
+    devices: &[HostDevice],
+    spec: &FunctionSpec,
+    vf: u32,
+) -> Option<(String, Option<String>)> {
+    let class = match spec.type_ {
+        ApiFunctionType::Net => "pf",
+        ApiFunctionType::Nvme => "nvme",
+        ApiFunctionType::VirtioBlk => "virtio-blk",
+    };
+    let pf_index: usize = spec.pf.strip_prefix("pf")?.parse().ok()?;
+    let mut pfs: Vec<&HostDevice> = devices
+        .iter()
+        .filter(|d| d.kind.as_deref() == Some("pf") && d.class == class)
+        .collect();
+    pfs.sort_by(|a, b| a.pci_address.cmp(&b.pci_address));
+    let cards: BTreeSet<Option<&str>> = pfs.iter().map(|d| d.card.as_deref()).collect();
+    if cards.len() > 1 {
+        return None;
+    }
+    let pf = pfs.get(pf_index)?;
+    let f = devices
+        .iter()
+        .find(|d| d.physfn.as_deref() == Some(pf.pci_address.as_str()) && d.vf_index == Some(vf))?;
+    Some((
+        f.pci_address.clone(),
+        f.netdev.clone().or_else(|| f.block_device.clone()),
+    ))
 }
 
 /// An error and its causes, for a condition message.
@@ -369,8 +412,36 @@ impl Functions {
                 ));
             }
         }
-        let requeue_after =
+        let backend_device = match &applied {
+            Applied::Ready { host_device, .. } => host_device.clone(),
+            _ => None,
+        };
+        let placed = spec.host.as_deref().and_then(|host| {
+            let hosts = ctx.store.hosts();
+            let report = hosts.iter().find(|r| r.host == host)?;
+            host_placement(&report.devices, &spec, vf)
+        });
+        match placed {
+            Some((address, device)) => {
+                status
+                    .fields
+                    .insert("host_pci_address".into(), Value::from(address));
+                match device.or(backend_device) {
+                    Some(d) => status.fields.insert("host_device".into(), Value::from(d)),
+                    None => status.fields.remove("host_device"),
+                };
+            }
+            None => {
+                status.fields.remove("host_pci_address");
+            }
+        }
+        let mut requeue_after =
             (self.polls_ports() && want.type_ == FunctionType::Net).then_some(PORT_POLL);
+        if spec.host.is_some() {
+            // A host report is not an object event: look again for the
+            // host's view (VF count, driver, netdev changes).
+            requeue_after = Some(requeue_after.map_or(HOST_POLL, |d| d.min(HOST_POLL)));
+        }
         Ok(Outcome {
             status,
             finalized: false,
@@ -685,6 +756,89 @@ mod tests {
         let cond = e.status.condition("Programmed").unwrap();
         assert_eq!(cond.reason, "VfInUse");
         assert!(cond.message.contains("function a"), "{}", cond.message);
+    }
+
+    fn dev(addr: &str, kind: &str, class: &str) -> HostDevice {
+        HostDevice {
+            pci_address: addr.into(),
+            class: class.into(),
+            kind: Some(kind.into()),
+            card: Some("dsn:01".into()),
+            ..HostDevice::default()
+        }
+    }
+
+    fn vf_dev(addr: &str, physfn: &str, index: u32, netdev: &str) -> HostDevice {
+        HostDevice {
+            physfn: Some(physfn.into()),
+            vf_index: Some(index),
+            netdev: Some(netdev.into()),
+            ..dev(addr, "vf", "vf")
+        }
+    }
+
+    #[tokio::test]
+    async fn host_report_gives_host_address_and_device() {
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Function,
+            "h",
+            json!({"type": "net", "pf": "pf1", "vf": 1, "host": "node-1", "mac": "02:00:00:00:00:0a"}),
+        );
+        let c = Functions::new(Arc::new(Fake::default()));
+        // No report yet: the backend's device, no address, looked at again.
+        let before = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "h"))
+            .await
+            .unwrap();
+        assert!(!before.status.fields.contains_key("host_pci_address"));
+        assert_eq!(before.status.fields["host_device"], json!("eth0"));
+        assert_eq!(before.requeue_after, Some(HOST_POLL));
+        let devices = vec![
+            dev("0000:03:00.0", "pf", "pf"),
+            dev("0000:03:00.1", "pf", "pf"),
+            dev("0000:03:00.2", "pf", "nvme"),
+            vf_dev("0000:03:00.3", "0000:03:00.0", 1, "ens1f0v1"),
+            vf_dev("0000:03:01.3", "0000:03:00.1", 0, "ens1f1v0"),
+            vf_dev("0000:03:01.4", "0000:03:00.1", 1, "ens1f1v1"),
+        ];
+        ctx.store
+            .transact(|t| {
+                t.put_host(dpu_api::object::HostReport {
+                    host: "node-1".into(),
+                    reported_at: "2026-11-27T00:00:00Z".into(),
+                    devices: devices.clone(),
+                });
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let after = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "h"))
+            .await
+            .unwrap();
+        assert_eq!(
+            after.status.fields["host_pci_address"],
+            json!("0000:03:01.4")
+        );
+        assert_eq!(after.status.fields["host_device"], json!("ens1f1v1"));
+        // Another host's report is not this function's.
+        let spec = |pf: &str, host: &str| -> FunctionSpec {
+            serde_json::from_value(
+                json!({"type": "net", "pf": pf, "host": host, "mac": "02:00:00:00:00:0a"}),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            host_placement(&devices, &spec("pf0", "x"), 1),
+            Some(("0000:03:00.3".into(), Some("ens1f0v1".into())))
+        );
+        assert_eq!(host_placement(&devices, &spec("pf2", "x"), 0), None);
+        assert_eq!(host_placement(&devices, &spec("eth0", "x"), 0), None);
+        // Two cards: which pf1 is meant cannot be told.
+        let mut two = devices.clone();
+        two[1].card = Some("dsn:02".into());
+        assert_eq!(host_placement(&two, &spec("pf0", "x"), 1), None);
     }
 
     #[tokio::test]

@@ -115,14 +115,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 selectors::select(&chosen, &functions)
             };
-            match output {
-                Output::Table => print!("{}", discover::render_table(&functions)),
+            let text = match output {
+                Output::Table => discover::render_table(&functions),
                 Output::Json => {
                     let summaries: Vec<_> = functions.iter().map(|f| f.summary()).collect();
-                    println!("{}", serde_json::to_string_pretty(&summaries)?);
+                    serde_json::to_string_pretty(&summaries)? + "\n"
                 }
-            }
-            Ok(())
+            };
+            write_stdout(&text)
         }
         Command::Vfio { action, sysfs_root } => match action {
             VfioAction::Bind { pci_address } => {
@@ -149,6 +149,16 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Prints to stdout; a closed pipe (`| head`) ends the output quietly.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -160,7 +170,12 @@ fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> 
     if let Some(root) = sysfs_root {
         config.sysfs_root = root;
     }
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // One thread: the stub is I/O-bound and small; a worker per core would
+    // cost memory on large hosts for nothing.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let agent = dpu_api::client::Client::from_files(
             &config.agent.url,
@@ -176,6 +191,15 @@ fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> 
         let daemon = Daemon::new(agent, DaemonSettings::from(&config));
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let uevents = daemon::spawn_uevent_listener();
+        let plugin = config.device_plugin.enabled.then(|| {
+            tokio::spawn(host_stub::deviceplugin::run(
+                host_stub::deviceplugin::PluginSettings {
+                    dir: config.device_plugin.dir.clone(),
+                },
+                daemon.plugin_state(),
+                shutdown_rx.clone(),
+            ))
+        });
         let task = tokio::spawn(daemon.run(shutdown_rx, uevents));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot listen for SIGTERM")?;
@@ -185,6 +209,9 @@ fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> 
         }
         let _ = shutdown_tx.send(true);
         task.await.context("daemon task panicked")?;
+        if let Some(plugin) = plugin {
+            plugin.await.context("device plugin task panicked")?;
+        }
         Ok(())
     })
 }

@@ -91,6 +91,8 @@ pub struct VmBuilder {
     packages: Vec<String>,
     files: Vec<(String, FileSource, u32)>,
     forwards: Vec<u16>,
+    /// Guest port on 10.0.2.100 → host port on 127.0.0.1.
+    host_services: Vec<(u16, u16)>,
     kernel_args: Vec<String>,
     memory_mib: u32,
     cpus: u32,
@@ -113,6 +115,7 @@ impl Default for VmBuilder {
             packages: Vec::new(),
             files: Vec::new(),
             forwards: Vec::new(),
+            host_services: Vec::new(),
             kernel_args: Vec::new(),
             memory_mib: 1024,
             cpus: 1,
@@ -207,6 +210,15 @@ impl VmBuilder {
         self
     }
 
+    /// Lets the guest reach a service on the host's 127.0.0.1:`host_port`
+    /// at `10.0.2.100:guest_port` (QEMU `guestfwd` to a bash `/dev/tcp`
+    /// relay per connection; `restrict=on` still blocks everything else). Configures the first NIC like
+    /// [`Self::forward`].
+    pub fn host_service(mut self, guest_port: u16, host_port: u16) -> Self {
+        self.host_services.push((guest_port, host_port));
+        self
+    }
+
     /// Extra kernel command line words, e.g. `"nvme.io_timeout=5"`.
     pub fn kernel_args(mut self, args: &str) -> Self {
         self.kernel_args.push(args.to_string());
@@ -250,7 +262,8 @@ impl VmBuilder {
             .script
             .take()
             .ok_or_else(|| VmError::Invalid("no script: call .script(...)".into()))?;
-        if !self.forwards.is_empty() && !self.devices.iter().any(Device::is_nic) {
+        let networked = !self.forwards.is_empty() || !self.host_services.is_empty();
+        if networked && !self.devices.iter().any(Device::is_nic) {
             self.devices.push(Device::VirtioNet);
         }
         if self
@@ -317,7 +330,7 @@ impl VmBuilder {
         tree.add_symlink("/bin/sh", "dash");
         add_busybox_applets(&mut tree, &busybox)?;
         tree.add_tree(&modules, &format!("usr/lib/modules/{}", kernel.release))?;
-        let forward_mac = (!self.forwards.is_empty()).then(|| nic_mac(0));
+        let forward_mac = networked.then(|| nic_mac(0));
         let init = initramfs::init_script(&InitConfig {
             modules: &load,
             script_timeout_secs: self.timeout.as_secs().max(1),
@@ -436,6 +449,14 @@ impl VmBuilder {
                     if nics == 0 {
                         for (guest, host) in host_ports {
                             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+                        }
+                        for (guest, host) in &self.host_services {
+                            // One relay per connection (a chardev target
+                            // would carry one connection only): bash's
+                            // /dev/tcp to the host port, stdio to the guest.
+                            netdev.push_str(&format!(
+                                ",guestfwd=tcp:10.0.2.100:{guest}-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{host}; cat <&3 & exec cat >&3'"
+                            ));
                         }
                     }
                     let model = if *device == Device::Igb {
