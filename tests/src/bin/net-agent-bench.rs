@@ -174,12 +174,21 @@ fn converged(text: &str) -> bool {
     metric(text, "dpu_agent_switch_converged") == Some(1.0)
 }
 
+fn mac(k: usize) -> String {
+    format!(
+        "02:00:00:{:02x}:{:02x}:{:02x}",
+        (k >> 16) & 0xff,
+        (k >> 8) & 0xff,
+        k & 0xff
+    )
+}
+
 fn function(k: usize) -> ObjectWrite {
     ObjectWrite {
         kind: "functions".into(),
         id: format!("f{k}"),
         tenant: Some("bench".into()),
-        spec: json!({"type": "net", "pf": "pf0", "vf": k}),
+        spec: json!({"type": "net", "pf": "pf0", "vf": k, "mac": mac(k)}),
     }
 }
 
@@ -191,7 +200,7 @@ fn port(k: usize) -> (String, Value) {
         json!({
             "network": format!("n{net}"),
             "function": format!("f{k}"),
-            "mac": format!("02:00:00:{:02x}:{:02x}:{:02x}", (k >> 16) & 0xff, (k >> 8) & 0xff, k & 0xff),
+            "mac": mac(k),
             "ips": [format!("10.{}.{}.{host}", net / 256, net % 256)],
         }),
     )
