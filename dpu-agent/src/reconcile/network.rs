@@ -294,6 +294,32 @@ fn owner_kind(kind: Kind) -> OwnerKind {
 }
 
 impl NetworkController {
+    /// A port whose representor was just added to the bridge has no ofport
+    /// until ovs-vswitchd assigns one; the switch reconciler programs it on
+    /// the replica change that follows. Wait (briefly) for that report
+    /// rather than answering Pending and looking again a second later.
+    async fn without_pending(
+        &self,
+        id: &str,
+        version: u64,
+        report: Arc<SwitchReport>,
+    ) -> Arc<SwitchReport> {
+        let pending = |r: &SwitchReport| r.ports.get(id).is_none_or(|p| p.pending.is_some());
+        if !pending(&report) {
+            return report;
+        }
+        let mut rx = self.backend.switch.subscribe();
+        let found = tokio::time::timeout(
+            PENDING_RETRY,
+            rx.wait_for(|r| r.version >= version && r.programmed && !pending(r)),
+        )
+        .await;
+        match found {
+            Ok(Ok(r)) => r.clone(),
+            _ => report,
+        }
+    }
+
     fn status_for(
         &self,
         obj: &StoredObject,
@@ -397,6 +423,11 @@ impl Controller for NetworkController {
                     requeue_after: Some(PENDING_RETRY),
                 });
             }
+            let report = if self.kind == Kind::Port && !obj.deleting {
+                self.without_pending(&obj.id, version, report).await
+            } else {
+                report
+            };
             self.status_for(obj, &report)
         })
     }
