@@ -67,7 +67,10 @@ target=aarch64-unknown-linux-musl
 step "building dpu-agent and dpuctl for $target ($profile)"
 cargo_profile=()
 [ "$profile" = release ] && cargo_profile=(--release)
-cargo build --locked -q "${cargo_profile[@]}" --target "$target" -p dpu-agent --bins
+# Without SOURCE_DATE_EPOCH: build scripts (ring's cc) rerun when it changes,
+# which would rebuild the agent that the aarch64 stage already built.
+env -u SOURCE_DATE_EPOCH cargo build --locked -q "${cargo_profile[@]}" --target "$target" -p dpu-agent --bins
+env -u SOURCE_DATE_EPOCH cargo build --locked -q -p dpu-image
 bindir=${CARGO_TARGET_DIR:-$repo/target}/$target/$profile
 for b in dpu-agent dpuctl; do
     [ -x "$bindir/$b" ] || { echo "images/build.sh: $bindir/$b was not built" >&2; exit 1; }
@@ -214,6 +217,13 @@ uuid=$(sha256sum "$out/rootfs.tar.zst" | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.
 rm -f "$out/disk.img"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L dpu-root -U "$uuid" \
     -E "hash_seed=$uuid,lazy_itable_init=0,lazy_journal_init=0" -d "$root" "$out/disk.img" 1G
+# mke2fs copies each file's atime and ctime from the build tree (the time of
+# this build's extraction): set them to SOURCE_DATE_EPOCH too.
+(cd "$root" && find . -mindepth 1 | sed 's|^\.||') |
+    awk -v t="@$SOURCE_DATE_EPOCH" 'BEGIN { printf "sif / atime %s\nsif / ctime %s\n", t, t }
+        { printf "sif \"%s\" atime %s\nsif \"%s\" ctime %s\n", $0, t, $0, t }' > "$work/debugfs.cmds"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$work/debugfs.cmds" "$out/disk.img" > "$work/debugfs.log" 2>&1 ||
+    { cat "$work/debugfs.log" >&2; echo "images/build.sh: debugfs could not set inode times" >&2; exit 1; }
 
 cp images/bf.cfg.template "$out/bf.cfg.template"
 
@@ -225,8 +235,9 @@ if [ -n "$signing_key" ]; then
 else
     sign=(--dev-signing-key "$cache/dev-signing-key.pk8")
 fi
-cargo run --locked -q -p dpu-image -- manifest --dir "$out" --debian-packages "$work/packages.tsv" \
-    --kernel "$kver" --agent-target "$target" --agent-profile "$profile" "${sign[@]}"
+"${CARGO_TARGET_DIR:-$repo/target}/debug/dpu-image" manifest --dir "$out" \
+    --debian-packages "$work/packages.tsv" --kernel "$kver" --agent-target "$target" \
+    --agent-profile "$profile" --debian-suite "$suite" --source-date-epoch "$SOURCE_DATE_EPOCH" "${sign[@]}"
 
 step "done: $out"
 ls -l "$out"

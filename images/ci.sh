@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI's image stage (scripts/test.sh all): builds the image twice from the same
-# inputs and SOURCE_DATE_EPOCH and fails unless both rootfs.tar.zst are
-# byte-identical; verifies the manifest (and that a changed artifact fails
+# inputs and SOURCE_DATE_EPOCH and fails unless rootfs.tar.zst, initrd.img,
+# Image and disk.img are byte-identical; verifies the manifest (and that a changed artifact fails
 # verification); then boots the image under qemu-system-aarch64 and drives
 # it over the API (tests/tests/image_boot.rs). The agent is the debug
 # aarch64 build the "aarch64 build" stage made (--profile debug).
@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 profile=debug
 [ "${1:-}" = --profile ] && profile=${2:?--profile needs release or debug}
 bash images/setup.sh
-out=${CARGO_TARGET_DIR:-target}/dpu-image
+out=$(pwd)/${CARGO_TARGET_DIR:-target}/dpu-image
+case "${CARGO_TARGET_DIR:-}" in /*) out=$CARGO_TARGET_DIR/dpu-image ;; esac
 rm -rf "$out"
 start=$(date +%s)
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
@@ -28,8 +29,8 @@ for f in rootfs.tar.zst initrd.img Image disk.img; do
     a=$(sha256sum "$out/build1/$f" | cut -d' ' -f1)
     b=$(sha256sum "$out/build2/$f" | cut -d' ' -f1)
     printf '%-16s %-64s %s\n' "$f" "$a" "$([ "$a" = "$b" ] && echo same || echo "DIFFERS $b")"
-    if [ "$f" = rootfs.tar.zst ] && [ "$a" != "$b" ]; then
-        echo "images/ci.sh: FAIL two builds gave different root filesystems" >&2
+    if [ "$a" != "$b" ]; then
+        echo "images/ci.sh: FAIL two builds gave different $f" >&2
         status=1
     fi
 done

@@ -42,6 +42,9 @@ enum Cmd {
         agent_profile: String,
         #[arg(long, default_value = "bookworm")]
         debian_suite: String,
+        /// The build's SOURCE_DATE_EPOCH (recorded in the manifest).
+        #[arg(long)]
+        source_date_epoch: u64,
         /// The signing key (Ed25519, PKCS#8 DER or PEM).
         #[arg(long, conflicts_with = "dev_signing_key")]
         signing_key: Option<PathBuf>,
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             agent_target,
             agent_profile,
             debian_suite,
+            source_date_epoch,
             signing_key,
             dev_signing_key,
         } => {
@@ -114,10 +118,6 @@ fn main() -> anyhow::Result<()> {
             )
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-            let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
-                .context("SOURCE_DATE_EPOCH is not set (images/build.sh sets it)")?
-                .parse()
-                .context("SOURCE_DATE_EPOCH is not a number of seconds")?;
             let m = Manifest {
                 format: manifest::FORMAT.into(),
                 image: ImageInfo {

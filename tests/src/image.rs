@@ -23,11 +23,12 @@ use dpu_api::identity::Role;
 /// The environment variable naming the image directory to boot.
 pub const IMAGE_DIR_VAR: &str = "DPU_IMAGE_DIR";
 
-/// The image directory from `DPU_IMAGE_DIR`, or `None` (and a line saying
-/// why the calling test is skipped).
+/// The image directory from `DPU_IMAGE_DIR` (a relative path is taken from
+/// the workspace root, where `cargo test` is typed), or `None` (and a line
+/// saying why the calling test is skipped).
 pub fn image_dir() -> Option<PathBuf> {
     match std::env::var_os(IMAGE_DIR_VAR) {
-        Some(dir) => Some(PathBuf::from(dir)),
+        Some(dir) => Some(workspace_root().join(dir)),
         None => {
             println!(
                 "skipped: set {IMAGE_DIR_VAR}=DIR, an image built by `images/build.sh --out DIR`"
