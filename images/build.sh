@@ -115,10 +115,14 @@ mkdir -p "$root"/{proc,sys,run,tmp,mnt} "$root"/var/{log/openvswitch,lib/dpu-age
 chmod 1777 "$root/tmp"
 chmod 0700 "$root/etc/dpu-agent/pki" "$root/var/lib/dpu-agent"
 cp -a images/rootfs/. "$root/"
-# Modes from git (755 or 644), not from the checkout's umask.
-(cd images/rootfs && find . ! -type l) | while read -r p; do
-    if [ -d "images/rootfs/$p" ] || [ -x "images/rootfs/$p" ]; then m=0755; else m=0644; fi
-    chmod "$m" "$root/$p"
+# Modes from git (755 or 644), not from the checkout's umask; times from
+# SOURCE_DATE_EPOCH, not from when the tree was checked out.
+(cd images/rootfs && find .) | while read -r p; do
+    if [ ! -L "images/rootfs/$p" ]; then
+        if [ -d "images/rootfs/$p" ] || [ -x "images/rootfs/$p" ]; then m=0755; else m=0644; fi
+        chmod "$m" "$root/$p"
+    fi
+    touch --no-dereference --date="@$SOURCE_DATE_EPOCH" "$root/$p"
 done
 chmod 0640 "$root/etc/shadow"
 chown -h -R 0:0 "$root/etc/systemd/system" "$root/usr/lib/dpu-image"

@@ -78,7 +78,8 @@ impl FleetPki {
         }
     }
 
-    /// Writes the provisioning file for `hostname` with `images/provision.sh`.
+    /// Writes the provisioning file for `hostname` with `images/provision.sh`
+    /// (`DIR/provision.tar`), and the BlueField `DIR/bf.cfg` carrying it.
     pub fn provisioning_file(&self, hostname: &str, dir: &Path) -> PathBuf {
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -100,6 +101,8 @@ impl FleetPki {
             .arg(&bundle)
             .arg("--out")
             .arg(&out)
+            .arg("--bf-cfg")
+            .arg(dir.join("bf.cfg"))
             .status()
             .expect("run images/provision.sh");
         assert!(status.success(), "images/provision.sh failed: {status}");

@@ -115,6 +115,20 @@ async fn image_boots_is_managed_over_the_api_and_survives_a_power_cycle() {
         .expect("work dir");
     let pki = FleetPki::generate("fleet.test", &["localhost", "127.0.0.1"]);
     let provisioning = pki.provisioning_file("dpu-test-1", work.path());
+    // The BlueField path: bf.cfg's bfb_modify_os(), which NVIDIA's installer
+    // calls with the new root on /mnt, writes exactly this file there (run
+    // in a private mount namespace with a tmpfs on /mnt).
+    let bf = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /mnt && . \"$0\" && bfb_modify_os && cmp /mnt/etc/dpu-agent/provision.tar \"$1\"")
+        .arg(work.path().join("bf.cfg"))
+        .arg(&provisioning)
+        .status()
+        .expect("run unshare");
+    assert!(
+        bf.success(),
+        "bf.cfg's bfb_modify_os did not write the provisioning file: {bf}"
+    );
     let disk = work.path().join("disk.img");
     copy_disk(&dir.join("disk.img"), &disk);
     let boot = |n: u32| ImageBoot {
