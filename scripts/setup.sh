@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing this project needs on a fresh
 # Debian 12 machine (root): Open vSwitch and iproute2 for the agent and its
-# tests; the aarch64 cross toolchain and the QEMU VM rig with --all.
+# tests; the aarch64 cross toolchain, the QEMU VM rig and the image build
+# (images/setup.sh) with --all.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,5 @@ fi
 if [ "${1:-}" = "--all" ]; then
   bash cross/setup.sh
   bash tests/vm/setup.sh
+  bash images/setup.sh
 fi

@@ -2,8 +2,9 @@
 # The second command for a newcomer, and what CI runs: installs what the tests
 # need, then checks formatting and lints, runs every test of the workspace
 # (real agent processes, private Open vSwitch sandboxes, network namespaces),
-# builds and unit-tests the aarch64 agent under qemu-user, and runs the QEMU
-# VM tests for kernel paths this machine lacks.
+# builds and unit-tests the aarch64 agent under qemu-user, runs the QEMU
+# VM tests for kernel paths this machine lacks, and builds and boots the arm64
+# DPU image (images/ci.sh).
 #
 #   scripts/test.sh          everything (as CI)
 #   scripts/test.sh quick    format, lints and the workspace tests only
@@ -35,4 +36,6 @@ stage "aarch64 unit tests under qemu-user"
 bash cross/test.sh
 stage "VM tests (QEMU, Debian kernel)"
 bash tests/vm/run.sh
+stage "arm64 image (build twice, verify, boot under qemu-system-aarch64)"
+bash images/ci.sh
 stage "done"

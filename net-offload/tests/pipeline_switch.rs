@@ -191,6 +191,14 @@ async fn converges_is_idempotent_and_repairs_drift() {
     let tunnel_ofport = rig.vsctl(&["get", "interface", "dpu-vxlan", "ofport"]);
     let (stop2_tx, stop2) = watch::channel(false);
     let second = SwitchHandle::spawn(config.clone(), stop2);
+    // It connects (so the agent's /readyz can say the switch is up)...
+    wait_report(
+        &second,
+        Duration::from_secs(5),
+        "second reconciler connects",
+        |r| r.version == 0 && r.ovsdb_connected && r.openflow_connected,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(agent_flows(&rig).len(), total);
     second.set_input(input(1));

@@ -1,3 +1,4 @@
 //! See README.md.
 pub mod agent;
+pub mod image;
 pub mod vm;

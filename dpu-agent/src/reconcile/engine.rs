@@ -9,7 +9,7 @@
 //! A deleting object is removed once its controller says it is finalized and
 //! nothing references it any more.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -150,16 +150,18 @@ impl Engine {
         };
         self.enqueue_all(&mut queue);
         let mut resync = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
-        let mut first_pass = true;
+        // The initial sync is done once every object stored at start was
+        // reconciled once. Not "the queue ran empty": objects that poll
+        // (veth functions every 2 s, Pending ones every second) keep it
+        // busy, and a restarted agent with such objects was never ready.
+        let mut first_pass: BTreeSet<ObjectKey> = queue.due.keys().cloned().collect();
+        let mut synced = false;
         loop {
             self.stats
                 .queue_len
                 .store(queue.due.len() as u64, Ordering::Relaxed);
-            // Every object looked at once: what is left is only requeued for
-            // later (polls, backoff), which must not hold readiness back.
-            let now = Instant::now();
-            if first_pass && queue.due.values().all(|at| *at > now) {
-                first_pass = false;
+            if !synced && first_pass.is_empty() {
+                synced = true;
                 self.stats.initial_sync_done.store(true, Ordering::Relaxed);
             }
             let sleep_until = queue
@@ -180,6 +182,7 @@ impl Engine {
                 _ = resync.tick() => self.enqueue_all(&mut queue),
                 _ = tokio::time::sleep_until(sleep_until) => {
                     for key in queue.take_due(Instant::now()) {
+                        first_pass.remove(&key);
                         self.process(&mut queue, key).await;
                         if *shutdown.borrow() {
                             break;

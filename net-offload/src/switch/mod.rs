@@ -270,7 +270,20 @@ impl Reconciler {
             if current.version == 0 {
                 // No desired state yet: converging to "nothing" would delete
                 // every flow and port a previous agent left, re-sending them
-                // all moments later.
+                // all moments later. Only connect (bridge, OpenFlow), so the
+                // agent's readiness says whether the switch is reachable
+                // even while no network exists.
+                let result = self.connect().await;
+                self.report.ovsdb_connected = self.ovsdb.session().borrow().connected;
+                self.report.openflow_connected = self.openflow.is_some();
+                if let Err(e) = result {
+                    let msg = e.to_string();
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!(bridge = %self.config.bridge, error = %msg, "switch not reachable; retrying every {:?}", self.config.period);
+                        last_error = Some(msg);
+                    }
+                }
+                self.report_tx.send_replace(Arc::new(self.report.clone()));
                 continue;
             }
             if periodic && self.in_sync(&current).await {
@@ -415,6 +428,15 @@ impl Reconciler {
         observed.flows = compiled.flows.into_iter().map(|f| f.flow).collect();
         self.believed = self.openflow.is_some();
         Ok(())
+    }
+
+    /// The bridge and the OpenFlow connection, nothing else.
+    async fn connect(&mut self) -> Result<(), ConvergeError> {
+        if !self.ovsdb.session().borrow().connected {
+            return Err(ConvergeError::OvsdbDown(format!("{:?}", self.config.db)));
+        }
+        self.ensure_bridge().await?;
+        self.connect_openflow().await
     }
 
     async fn ensure_bridge(&mut self) -> Result<(), ConvergeError> {

@@ -1,0 +1,296 @@
+//! The DPU image under `qemu-system-aarch64`, driven like a fleet controller
+//! would: a fleet PKI that issues the DPU's identity, the provisioning file
+//! made with the operators' tool (`images/provision.sh`), and a VM booted
+//! from an image directory built by `images/build.sh` (kernel, initramfs, a
+//! copy of `disk.img`), reachable through a user-mode network forward.
+//!
+//! The VM is `-M virt -cpu cortex-a72` under TCG (RIG.md §5; `-cpu max`
+//! emulates pointer authentication and is ~3× slower). The provisioning
+//! file rides on a second, read-only virtio disk with the serial
+//! `dpu-provision`, where the image's first boot looks for it. QEMU is
+//! killed when the [`ImageVm`] is dropped, and by the kernel if the test
+//! process dies first (`PR_SET_PDEATHSIG`).
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dpu_agent::pki::{Ca, Identity};
+use dpu_api::client::Client;
+use dpu_api::identity::Role;
+
+/// The environment variable naming the image directory to boot.
+pub const IMAGE_DIR_VAR: &str = "DPU_IMAGE_DIR";
+
+/// The image directory from `DPU_IMAGE_DIR` (a relative path is taken from
+/// the workspace root, where `cargo test` is typed), or `None` (and a line
+/// saying why the calling test is skipped).
+pub fn image_dir() -> Option<PathBuf> {
+    match std::env::var_os(IMAGE_DIR_VAR) {
+        Some(dir) => Some(workspace_root().join(dir)),
+        None => {
+            println!(
+                "skipped: set {IMAGE_DIR_VAR}=DIR, an image built by `images/build.sh --out DIR`"
+            );
+            None
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// A fleet's CA and the identities it issues for one DPU and its controller.
+pub struct FleetPki {
+    pub trust_domain: String,
+    pub ca: Ca,
+    pub server: Identity,
+    pub controller: Identity,
+}
+
+impl std::fmt::Debug for FleetPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetPki")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetPki {
+    /// A new CA; the agent's server certificate is valid for `server_names`
+    /// (the forward is reached as 127.0.0.1).
+    pub fn generate(trust_domain: &str, server_names: &[&str]) -> FleetPki {
+        let ca = Ca::generate("test fleet CA").expect("fleet CA");
+        let server = ca
+            .issue(&format!("spiffe://{trust_domain}/dpu-agent"), server_names)
+            .expect("server identity");
+        let controller = ca
+            .issue(&Role::FleetController.spiffe_id(trust_domain), &[])
+            .expect("fleet controller identity");
+        FleetPki {
+            trust_domain: trust_domain.to_string(),
+            ca,
+            server,
+            controller,
+        }
+    }
+
+    /// Writes the provisioning file for `hostname` with `images/provision.sh`
+    /// (`DIR/provision.tar`), and the BlueField `DIR/bf.cfg` carrying it.
+    pub fn provisioning_file(&self, hostname: &str, dir: &Path) -> PathBuf {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        let cert = write("server.pem", &self.server.cert_pem);
+        let key = write("server-key.pem", &self.server.key_pem);
+        let bundle = write("ca.pem", &self.ca.cert_pem);
+        let out = dir.join("provision.tar");
+        let status = Command::new("bash")
+            .arg(workspace_root().join("images/provision.sh"))
+            .args(["--hostname", hostname, "--trust-domain", &self.trust_domain])
+            .arg("--server-cert")
+            .arg(&cert)
+            .arg("--server-key")
+            .arg(&key)
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .arg("--out")
+            .arg(&out)
+            .arg("--bf-cfg")
+            .arg(dir.join("bf.cfg"))
+            .status()
+            .expect("run images/provision.sh");
+        assert!(status.success(), "images/provision.sh failed: {status}");
+        out
+    }
+
+    /// The fleet controller's client of the agent at `url`.
+    pub fn controller_client(&self, url: &str) -> Client {
+        Client::from_pem(
+            url,
+            self.ca.cert_pem.as_bytes(),
+            Some((
+                self.controller.cert_pem.as_bytes(),
+                self.controller.key_pem.as_bytes(),
+            )),
+        )
+        .expect("fleet controller client")
+    }
+}
+
+/// A booted image. Dropping it kills QEMU.
+#[derive(Debug)]
+pub struct ImageVm {
+    child: Option<Child>,
+    console: PathBuf,
+    port: u16,
+    started: Instant,
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct ImageBoot {
+    /// The image directory (`Image`, `initrd.img`).
+    pub image_dir: PathBuf,
+    /// The root disk, written by the guest (a copy of `disk.img`).
+    pub disk: PathBuf,
+    /// The provisioning file, attached read-only as the `dpu-provision` disk.
+    pub provisioning: Option<PathBuf>,
+    /// Host port forwarded to the agent's 9443.
+    pub port: u16,
+    /// Where the serial console is written.
+    pub console: PathBuf,
+}
+
+impl ImageVm {
+    pub fn boot(spec: &ImageBoot) -> ImageVm {
+        let mut cmd = Command::new("qemu-system-aarch64");
+        cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg"])
+            .args(["-smp", "2", "-m", "1024", "-nodefaults", "-no-user-config"])
+            .args(["-display", "none", "-no-reboot", "-serial"])
+            .arg(format!("file:{}", spec.console.display()))
+            .arg("-kernel")
+            .arg(spec.image_dir.join("Image"))
+            .arg("-initrd")
+            .arg(spec.image_dir.join("initrd.img"))
+            .args([
+                "-append",
+                "console=ttyAMA0 panic=-1 quiet dpu.console_log=1",
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=none,format=raw,id=root,cache=writeback",
+                spec.disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=root"]);
+        if let Some(p) = &spec.provisioning {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,format=raw,id=prov,readonly=on",
+                    p.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=prov,serial=dpu-provision"]);
+        }
+        cmd.args([
+            "-netdev",
+            &format!(
+                "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:9443",
+                spec.port
+            ),
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+            "-device",
+            "virtio-rng-pci",
+        ]);
+        let log = std::fs::File::create(spec.console.with_extension("qemu.log")).expect("qemu log");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and affects only the child: the
+        // kernel kills QEMU if this test process dies without unwinding.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .expect("start qemu-system-aarch64 (run images/setup.sh)");
+        ImageVm {
+            child: Some(child),
+            console: spec.console.clone(),
+            port: spec.port,
+            started,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Time since QEMU was started.
+    pub fn since_start(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The serial console so far (kernel, init, agent logs).
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// The last `n` console lines, for failure messages.
+    pub fn console_tail(&self, n: usize) -> String {
+        let text = self.console();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits until `/readyz` answers 200 (the forward accepts before the
+    /// guest listens, so every probe has a short timeout); returns the time
+    /// since QEMU started and the body.
+    pub async fn wait_ready(&mut self, client: &Client, within: Duration) -> (Duration, String) {
+        let deadline = self.started + within;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "QEMU exited ({status}) before the agent was ready; console:\n{}",
+                    self.console_tail(60)
+                );
+            }
+            let last = match tokio::time::timeout(Duration::from_secs(3), client.readyz()).await {
+                Ok(Ok((200, body))) => return (self.started.elapsed(), body),
+                Ok(Ok((status, body))) => format!("{status} {body}"),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "/readyz not 200 within {within:?} (last: {last}); console:\n{}",
+                self.console_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Power cut: QEMU killed, the disk keeps what the guest wrote (QEMU
+    /// writes through to the file; nothing the guest flushed is lost).
+    pub fn power_off(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ImageVm {
+    fn drop(&mut self) {
+        self.power_off();
+    }
+}
+
+/// Copies `disk.img` keeping it sparse (1 GiB apparent, ~200 MB used).
+pub fn copy_disk(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp {} {} failed",
+        from.display(),
+        to.display()
+    );
+}

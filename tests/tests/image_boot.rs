@@ -1,0 +1,236 @@
+//! The arm64 DPU image booted under `qemu-system-aarch64` (TCG) and managed
+//! over the API like a fleet controller would: the image directory comes
+//! from `DPU_IMAGE_DIR` (built by `images/build.sh`; CI's image stage sets
+//! it), the DPU's identity from a provisioning file with certificates this
+//! test's fleet CA issued.
+//!
+//! With mutual TLS as the fleet controller: wait for `/readyz`, apply a
+//! tenant, a network, two `veth` functions and two ports, read back `Ready`
+//! and the flow counts the agent reports; then cut the power and boot again
+//! from the same disk (not a snapshot): the objects are still there and
+//! converge again to the same flow counts. Prints boot-to-ready times (a
+//! measurement, not an assertion beyond the 180 s wait).
+//!
+//! What runs in the guest is the image as shipped: Debian's arm64 kernel,
+//! busybox init, Open vSwitch 3.1 (userspace datapath), the static aarch64
+//! agent. The witness is the agent's API from outside the VM; the guest has
+//! no other way in.
+
+use std::time::Duration;
+
+use dpu_api::client::Client;
+use dpu_api::{Kind, Phase};
+use dpu_tests::agent::free_port;
+use dpu_tests::image::{FleetPki, ImageBoot, ImageVm, copy_disk, image_dir};
+use serde_json::{Value, json};
+
+const READY_WITHIN: Duration = Duration::from_secs(180);
+const CONVERGE_WITHIN: Duration = Duration::from_secs(120);
+const TENANT: &str = "acme";
+
+fn is_ready(o: &dpu_api::Object) -> bool {
+    o.status.phase == Phase::Ready && o.status.observed_generation == o.generation
+}
+
+async fn put(c: &Client, kind: Kind, id: &str, spec: Value) {
+    c.put(kind, id, Some(TENANT), spec, None)
+        .await
+        .unwrap_or_else(|e| panic!("PUT {} {id}: {e}", kind.path()));
+}
+
+async fn wait_ready_object(vm: &ImageVm, c: &Client, kind: Kind, id: &str) -> dpu_api::Object {
+    let deadline = tokio::time::Instant::now() + CONVERGE_WITHIN;
+    loop {
+        let last = tokio::time::timeout(Duration::from_secs(10), c.get(kind, id)).await;
+        if let Ok(Ok(o)) = &last
+            && is_ready(o)
+        {
+            return o.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} {id} not Ready within {CONVERGE_WITHIN:?}; last: {last:?}\nconsole:\n{}",
+            kind.name(),
+            vm.console_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn flows(o: &dpu_api::Object) -> u64 {
+    o.status.fields["flows"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{} {} has no status.flows: {o:?}", o.kind.name(), o.id))
+}
+
+/// Ready status and flow counts of the network and both ports.
+async fn converged(vm: &ImageVm, c: &Client) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for id in ["web", "db"] {
+        let f = wait_ready_object(vm, c, Kind::Function, id).await;
+        assert!(
+            f.status.fields["representor"].as_str().is_some(),
+            "function {id} has no representor: {f:?}"
+        );
+    }
+    for id in ["web", "db"] {
+        let p = wait_ready_object(vm, c, Kind::Port, id).await;
+        assert!(p.status.fields["ofport"].as_u64().is_some(), "{p:?}");
+        assert!(flows(&p) > 5, "port {id}: {p:?}");
+        out.push((format!("port/{id}"), flows(&p)));
+    }
+    // A local network's flows are its ports' (status.flows counts its own).
+    let n = wait_ready_object(vm, c, Kind::Network, "net").await;
+    out.push(("network/net".into(), flows(&n)));
+    out
+}
+
+async fn ids(c: &Client, kind: Kind) -> Vec<(String, Value)> {
+    let mut v: Vec<(String, Value)> = c
+        .list(kind, None)
+        .await
+        .unwrap_or_else(|e| panic!("GET {}: {e}", kind.path()))
+        .items
+        .into_iter()
+        .map(|o| (o.id, o.spec))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_boots_is_managed_over_the_api_and_survives_a_power_cycle() {
+    let Some(dir) = image_dir() else { return };
+    for f in ["Image", "initrd.img", "disk.img"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} has no {f}: build it with images/build.sh --out {}",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let work = tempfile::Builder::new()
+        .prefix("dpu-image-boot")
+        .tempdir_in("/var/tmp")
+        .expect("work dir");
+    let pki = FleetPki::generate("fleet.test", &["localhost", "127.0.0.1"]);
+    let provisioning = pki.provisioning_file("dpu-test-1", work.path());
+    // The BlueField path: bf.cfg's bfb_modify_os(), which NVIDIA's installer
+    // calls with the new root on /mnt, writes exactly this file there (run
+    // in a private mount namespace with a tmpfs on /mnt).
+    let bf = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /mnt && . \"$0\" && bfb_modify_os && cmp /mnt/etc/dpu-agent/provision.tar \"$1\"")
+        .arg(work.path().join("bf.cfg"))
+        .arg(&provisioning)
+        .status()
+        .expect("run unshare");
+    assert!(
+        bf.success(),
+        "bf.cfg's bfb_modify_os did not write the provisioning file: {bf}"
+    );
+    let disk = work.path().join("disk.img");
+    copy_disk(&dir.join("disk.img"), &disk);
+    let boot = |n: u32| ImageBoot {
+        image_dir: dir.clone(),
+        disk: disk.clone(),
+        provisioning: Some(provisioning.clone()),
+        port: free_port(),
+        console: work.path().join(format!("console-{n}.log")),
+    };
+
+    // First boot: provisioning applied, OVS database created, agent up.
+    let mut vm = ImageVm::boot(&boot(1));
+    let c = pki.controller_client(&vm.url());
+    let (first_ready, body) = vm.wait_ready(&c, READY_WITHIN).await;
+    let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(ready["backends"]["ovs"], json!(true), "{body}");
+    assert_eq!(ready["backends"]["functions/veth"], json!(true), "{body}");
+    let console = vm.console();
+    assert!(
+        console.contains("provision: applied /dev/vd"),
+        "the provisioning file was not applied:\n{}",
+        vm.console_tail(40)
+    );
+    assert!(console.contains("created /etc/openvswitch/conf.db"));
+    // A caller without a certificate from this fleet's CA is refused.
+    let stranger = FleetPki::generate("fleet.test", &[]);
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        stranger
+            .controller_client(&vm.url())
+            .list(Kind::Tenant, None),
+    )
+    .await
+    .expect("answer to a stranger");
+    assert!(refused.is_err(), "a foreign CA's client was served");
+
+    put(&c, Kind::Tenant, TENANT, json!({})).await;
+    put(
+        &c,
+        Kind::Network,
+        "net",
+        json!({"vni": 100, "cidr": "10.10.0.0/24", "encap": "local"}),
+    )
+    .await;
+    for (id, mac, ip) in [
+        ("web", "02:00:0a:0a:00:01", "10.10.0.1"),
+        ("db", "02:00:0a:0a:00:02", "10.10.0.2"),
+    ] {
+        put(
+            &c,
+            Kind::Function,
+            id,
+            json!({"type": "net", "pf": "pf0", "mac": mac}),
+        )
+        .await;
+        put(
+            &c,
+            Kind::Port,
+            id,
+            json!({"network": "net", "function": id, "mac": mac, "ips": [ip],
+                   "security": {"ingress": [{"protocol": "icmp"}, {"protocol": "tcp", "ports": "80"}]}}),
+        )
+        .await;
+    }
+    let before = converged(&vm, &c).await;
+    let mut objects = Vec::new();
+    for kind in [Kind::Tenant, Kind::Network, Kind::Function, Kind::Port] {
+        objects.push(ids(&c, kind).await);
+    }
+
+    // Power cycle on the same disk.
+    vm.power_off();
+    drop(vm);
+    let mut vm = ImageVm::boot(&boot(2));
+    let c = pki.controller_client(&vm.url());
+    let (second_ready, _) = vm.wait_ready(&c, READY_WITHIN).await;
+    assert!(
+        vm.console().contains("already applied"),
+        "second boot re-applied the provisioning file:\n{}",
+        vm.console_tail(40)
+    );
+    let mut after_objects = Vec::new();
+    for kind in [Kind::Tenant, Kind::Network, Kind::Function, Kind::Port] {
+        after_objects.push(ids(&c, kind).await);
+    }
+    assert_eq!(after_objects, objects, "objects changed across the reboot");
+    let after = converged(&vm, &c).await;
+    assert_eq!(after, before, "flow counts differ after the reboot");
+
+    println!("\nimage boot (qemu-system-aarch64 -cpu cortex-a72, TCG, 2 vCPUs)");
+    println!("{:<44} {:>10}", "measurement", "seconds");
+    println!(
+        "{:<44} {:>10.1}",
+        "first boot: QEMU start -> /readyz 200",
+        first_ready.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "after power cycle: QEMU start -> /readyz 200",
+        second_ready.as_secs_f64()
+    );
+    for (what, n) in &after {
+        println!("flows {what:<38} {n:>10}");
+    }
+}
