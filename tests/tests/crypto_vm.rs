@@ -1,7 +1,8 @@
 //! IPsec programmed by `dpu_crypto` (through the `xfrm-probe` binary) in the
 //! VM rig's stock Debian kernel, which has ESP: two namespaces joined by a
 //! veth, one tunnel-mode tunnel each way. Gated by `DPU_VM_TESTS=1`; see
-//! tests/README.md. One boot covers: traffic through ESP with SA counters,
+//! tests/README.md. One boot covers: traffic through ESP with SA counters
+//! and ESP (no plaintext ICMP) seen on the veth by `xfrm-probe sniff`,
 //! a wrong key stopping traffic (and its repair as drift), and a rekey under
 //! a continuous ping followed by removal of the old SAs after the grace.
 //!
@@ -40,7 +41,12 @@ echo '## install'
 side_a 0x1001 0x2001 $K1 $K2
 side_b 0x2001 0x1001 $K2 $K1
 echo '## ping'
+ip netns exec b xfrm-probe sniff vb 8 > /tmp/wire.out &
+SNIFF=$!
+sleep 2
 ping_b 3 && echo PING_OK
+wait $SNIFF || true
+cat /tmp/wire.out
 echo '## sas'
 xfrm-probe sas /run/netns/a
 ip -n a -s xfrm state | grep -E '^src|lifetime current|bytes' || true
@@ -108,6 +114,17 @@ fn esp_tunnel_between_namespaces() -> anyhow::Result<()> {
 
     let ping = section(&out.stdout, "ping");
     assert!(ping.contains("PING_OK"), "{out}");
+    // On the wire, seen on b's veth by an AF_PACKET socket: the requests
+    // arrive as ESP, the replies leave as ESP, no plaintext ICMP leaves.
+    let wire = |k: &str| -> Option<u64> {
+        ping.lines()
+            .find(|l| l.starts_with("wire "))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix(k)))
+            .and_then(|v| v.parse().ok())
+    };
+    assert!(wire("esp_in=").unwrap_or(0) >= 3, "no ESP arrived: {out}");
+    assert!(wire("esp_out=").unwrap_or(0) >= 3, "no ESP left: {out}");
+    assert_eq!(wire("icmp_out="), Some(0), "plaintext ICMP left: {out}");
     let sas = section(&out.stdout, "sas");
     assert!(
         sa_packets(sas, "0x00002001").unwrap_or(0) >= 3,
