@@ -207,7 +207,7 @@ fn sniff(args: &[String]) -> Result<bool, String> {
             if n < 20 || buf[0] >> 4 != 4 {
                 continue;
             }
-            let dir = usize::from(from.sll_pkttype == libc::PACKET_OUTGOING as u8);
+            let dir = usize::from(from.sll_pkttype == libc::PACKET_OUTGOING);
             match buf[9] {
                 50 => esp[dir] += 1,
                 1 => icmp[dir] += 1,
