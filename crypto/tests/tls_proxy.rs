@@ -298,3 +298,25 @@ async fn bad_pem_and_mismatched_key_name_the_field_without_the_key() {
     let key_body = other.1.lines().nth(1).unwrap();
     assert!(!text.contains(key_body), "{text}");
 }
+
+#[tokio::test]
+async fn ktls_off_stays_in_userspace_and_says_so() {
+    let upstream = echo_upstream().await;
+    let ca = ca("server ca");
+    let server = leaf(&ca, "localhost", true);
+    let mut cfg = listener(upstream, &server, None, &[]);
+    cfg.ktls = false;
+    let proxy = TlsProxy::start(&cfg).await.unwrap();
+    let tcp = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let mut tls = connector(&ca, None, &[])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(echo_once(&mut tls, b"plain rustls").await, b"plain rustls");
+    let s = proxy.stats();
+    assert!(!s.ktls_active, "{s:?}");
+    assert_eq!(s.ktls_sessions, 0);
+    assert_eq!(s.ktls_reason, "spec.ktls is off");
+    drop(tls);
+    proxy.shutdown().await;
+}
