@@ -9,8 +9,17 @@
 //! once (further ones are closed at accept) and `handshake_timeout` for a
 //! handshake (counted as a failure).
 //!
-//! Kernel TLS is not handed off in this build: sessions are encrypted in
-//! userspace and [`ProxyStats::ktls_active`] says false with the reason.
+//! Kernel TLS: with [`ListenerConfig::ktls`] set, the listener probes the
+//! kernel (the `tls` ULP and, per TLS version and AEAD, a `TLS_TX` state on a
+//! loopback socket) when it starts or reloads. After each handshake whose
+//! negotiated suite the kernel supports, the session's traffic secrets are
+//! extracted from rustls (`dangerous_extract_secrets`) and installed as the
+//! socket's `TLS_TX`/`TLS_RX` state: from then on the
+//! kernel (or a NIC with TLS offload under it) encrypts and decrypts the
+//! records and the proxy only copies plaintext. The hand-off itself is in
+//! [`ktls`]. Sessions the kernel cannot
+//! take stay in rustls. [`ProxyStats::ktls_active`] is true only while new
+//! sessions really go to the kernel.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +29,14 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
+
+pub mod ktls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -93,6 +105,9 @@ pub struct ListenerConfig {
     pub client_ca_pem: Option<String>,
     pub alpn: Vec<String>,
     pub limits: Limits,
+    /// Hand sessions to kernel TLS when the kernel supports their suite
+    /// (`ktls: auto`); false keeps every session in rustls (`ktls: off`).
+    pub ktls: bool,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -104,6 +119,7 @@ impl std::fmt::Debug for ListenerConfig {
             .field("client_ca", &self.client_ca_pem.is_some())
             .field("alpn", &self.alpn)
             .field("limits", &self.limits)
+            .field("ktls", &self.ktls)
             .finish()
     }
 }
@@ -155,6 +171,9 @@ pub fn server_config(cfg: &ListenerConfig) -> Result<Arc<rustls::ServerConfig>, 
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(TlsError::Config)?;
+    // Needed for the kernel TLS hand-off; the secrets are only ever copied
+    // into the socket's TLS_TX/TLS_RX state.
+    config.enable_secret_extraction = cfg.ktls;
     config.alpn_protocols = cfg.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -169,6 +188,10 @@ struct Counters {
     upstream_failures: AtomicU64,
     bytes_from_clients: AtomicU64,
     bytes_to_clients: AtomicU64,
+    ktls_sessions: AtomicU64,
+    ktls_failures: AtomicU64,
+    /// 1 when the last hand-off attempt failed.
+    ktls_last_failed: AtomicU64,
 }
 
 /// A snapshot of a listener's counters.
@@ -182,16 +205,208 @@ pub struct ProxyStats {
     pub upstream_failures: u64,
     pub bytes_from_clients: u64,
     pub bytes_to_clients: u64,
+    /// Sessions handed to kernel TLS since start.
+    pub ktls_sessions: u64,
+    /// Hand-offs the kernel refused after the handshake (those connections
+    /// are closed: the rustls state is gone once the secrets are extracted).
+    pub ktls_failures: u64,
+    /// New sessions go to kernel TLS: the listener wants it, the kernel
+    /// probe passed, and the last hand-off (if any) succeeded.
     pub ktls_active: bool,
-    pub ktls_reason: &'static str,
+    /// Why `ktls_active` is what it is, in words.
+    pub ktls_reason: String,
 }
 
-/// Why kernel TLS is off, for status.
-pub const KTLS_REASON: &str =
-    "kernel TLS hand-off is not implemented in this build; TLS is terminated in userspace (rustls)";
+/// What the running kernel's TLS ULP accepts, per TLS version and AEAD.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KtlsSupport {
+    /// `setsockopt(TCP_ULP, "tls")` works (the `tls` module is there).
+    pub ulp: bool,
+    /// `[aes-128-gcm, aes-256-gcm, chacha20-poly1305]` for TLS 1.2.
+    pub tls12: [bool; 3],
+    /// The same for TLS 1.3.
+    pub tls13: [bool; 3],
+}
+
+impl KtlsSupport {
+    /// Probes the kernel on a loopback TCP pair: attaches the `tls` ULP and
+    /// installs an all-zero `TLS_TX` state for each version and AEAD. Takes a
+    /// few syscalls; sends nothing.
+    pub fn probe() -> KtlsSupport {
+        let mut s = KtlsSupport {
+            ulp: ktls_probe::ulp_works(),
+            ..Default::default()
+        };
+        if s.ulp {
+            for (i, cipher) in ktls_probe::CIPHERS.iter().enumerate() {
+                s.tls12[i] = ktls_probe::tx_works(libc::TLS_1_2_VERSION, *cipher);
+                s.tls13[i] = ktls_probe::tx_works(libc::TLS_1_3_VERSION, *cipher);
+            }
+        }
+        s
+    }
+
+    pub fn any(&self) -> bool {
+        self.ulp && (self.tls12.iter().chain(&self.tls13).any(|b| *b))
+    }
+
+    /// Whether a session with `suite` can be handed to the kernel.
+    pub fn supports(&self, suite: rustls::SupportedCipherSuite) -> bool {
+        use rustls::CipherSuite as C;
+        let idx = match suite.suite() {
+            C::TLS13_AES_128_GCM_SHA256
+            | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+            C::TLS13_AES_256_GCM_SHA384
+            | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+            C::TLS13_CHACHA20_POLY1305_SHA256
+            | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => 2,
+            _ => return false,
+        };
+        match suite.version().version {
+            rustls::ProtocolVersion::TLSv1_2 => self.ulp && self.tls12[idx],
+            rustls::ProtocolVersion::TLSv1_3 => self.ulp && self.tls13[idx],
+            _ => false,
+        }
+    }
+}
+
+mod ktls_probe {
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    pub const CIPHERS: [u16; 3] = [
+        libc::TLS_CIPHER_AES_GCM_128,
+        libc::TLS_CIPHER_AES_GCM_256,
+        libc::TLS_CIPHER_CHACHA20_POLY1305,
+    ];
+
+    fn pair() -> Option<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+        let c = TcpStream::connect(l.local_addr().ok()?).ok()?;
+        let (s, _) = l.accept().ok()?;
+        Some((c, s))
+    }
+
+    fn setsockopt<T>(sock: &TcpStream, level: i32, name: i32, value: &T) -> bool {
+        // SAFETY: `value` is a live `T` for the whole call, its size is passed
+        // as the length, and the fd is owned by `sock`, which outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    }
+
+    fn with_ulp() -> Option<(TcpStream, TcpStream)> {
+        let (c, s) = pair()?;
+        setsockopt(&c, libc::SOL_TCP, libc::TCP_ULP, b"tls").then_some((c, s))
+    }
+
+    pub fn ulp_works() -> bool {
+        with_ulp().is_some()
+    }
+
+    pub fn tx_works(version: u16, cipher: u16) -> bool {
+        let Some((c, _s)) = with_ulp() else {
+            return false;
+        };
+        let info = libc::tls_crypto_info {
+            version,
+            cipher_type: cipher,
+        };
+        match cipher {
+            libc::TLS_CIPHER_AES_GCM_128 => setsockopt(
+                &c,
+                libc::SOL_TLS,
+                libc::TLS_TX,
+                &libc::tls12_crypto_info_aes_gcm_128 {
+                    info,
+                    iv: [0; 8],
+                    key: [0; 16],
+                    salt: [0; 4],
+                    rec_seq: [0; 8],
+                },
+            ),
+            libc::TLS_CIPHER_AES_GCM_256 => setsockopt(
+                &c,
+                libc::SOL_TLS,
+                libc::TLS_TX,
+                &libc::tls12_crypto_info_aes_gcm_256 {
+                    info,
+                    iv: [0; 8],
+                    key: [0; 32],
+                    salt: [0; 4],
+                    rec_seq: [0; 8],
+                },
+            ),
+            libc::TLS_CIPHER_CHACHA20_POLY1305 => setsockopt(
+                &c,
+                libc::SOL_TLS,
+                libc::TLS_TX,
+                &libc::tls12_crypto_info_chacha20_poly1305 {
+                    info,
+                    iv: [0; 12],
+                    key: [0; 32],
+                    salt: [0; 0],
+                    rec_seq: [0; 8],
+                },
+            ),
+            _ => false,
+        }
+    }
+}
+
+struct Served {
+    config: Arc<rustls::ServerConfig>,
+    upstream: SocketAddr,
+    /// `Some` when sessions may go to kernel TLS: what the kernel accepts.
+    ktls: Option<KtlsSupport>,
+    /// Why kernel TLS is not used, when it is not.
+    ktls_off: Option<&'static str>,
+}
+
+impl Served {
+    fn new(cfg: &ListenerConfig) -> Result<Served, TlsError> {
+        let config = server_config(cfg)?;
+        let (ktls, ktls_off) = if !cfg.ktls {
+            (None, Some("spec.ktls is off"))
+        } else {
+            let support = KtlsSupport::probe();
+            if !support.ulp {
+                (
+                    None,
+                    Some(
+                        "the kernel has no TLS ULP (module `tls` missing); TLS is terminated in userspace (rustls)",
+                    ),
+                )
+            } else if !support.any() {
+                (
+                    None,
+                    Some("the kernel's TLS ULP accepts none of the proxy's cipher suites"),
+                )
+            } else {
+                (Some(support), None)
+            }
+        };
+        Ok(Served {
+            config,
+            upstream: cfg.upstream,
+            ktls,
+            ktls_off,
+        })
+    }
+}
 
 struct Shared {
-    config: RwLock<(Arc<rustls::ServerConfig>, SocketAddr)>,
+    config: RwLock<Arc<Served>>,
     counters: Counters,
     limits: Limits,
 }
@@ -216,7 +431,7 @@ impl std::fmt::Debug for TlsProxy {
 impl TlsProxy {
     /// Validates `cfg`, binds `cfg.listen` and starts serving.
     pub async fn start(cfg: &ListenerConfig) -> Result<TlsProxy, TlsError> {
-        let config = server_config(cfg)?;
+        let served = Arc::new(Served::new(cfg)?);
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| TlsError::Listen {
@@ -225,7 +440,7 @@ impl TlsProxy {
             })?;
         let local = listener.local_addr().unwrap_or(cfg.listen);
         let shared = Arc::new(Shared {
-            config: RwLock::new((config, cfg.upstream)),
+            config: RwLock::new(served),
             counters: Counters::default(),
             limits: cfg.limits,
         });
@@ -247,18 +462,18 @@ impl TlsProxy {
     /// established ones are untouched. `cfg.listen` and limits are not
     /// changed by a reload.
     pub fn reload(&self, cfg: &ListenerConfig) -> Result<(), TlsError> {
-        let config = server_config(cfg)?;
+        let served = Arc::new(Served::new(cfg)?);
         *self
             .shared
             .config
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = (config, cfg.upstream);
+            .unwrap_or_else(|e| e.into_inner()) = served;
         Ok(())
     }
 
     pub fn stats(&self) -> ProxyStats {
         let c = &self.shared.counters;
-        ProxyStats {
+        let mut stats = ProxyStats {
             connections: c.connections.load(Ordering::Relaxed),
             active: c.active.load(Ordering::Relaxed),
             handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
@@ -266,9 +481,39 @@ impl TlsProxy {
             upstream_failures: c.upstream_failures.load(Ordering::Relaxed),
             bytes_from_clients: c.bytes_from_clients.load(Ordering::Relaxed),
             bytes_to_clients: c.bytes_to_clients.load(Ordering::Relaxed),
+            ktls_sessions: 0,
+            ktls_failures: 0,
             ktls_active: false,
-            ktls_reason: KTLS_REASON,
-        }
+            ktls_reason: String::new(),
+        };
+        stats.ktls_sessions = c.ktls_sessions.load(Ordering::Relaxed);
+        stats.ktls_failures = c.ktls_failures.load(Ordering::Relaxed);
+        let served = self
+            .shared
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let last_failed = c.ktls_last_failed.load(Ordering::Relaxed) == 1;
+        (stats.ktls_active, stats.ktls_reason) = match (served.ktls_off, last_failed) {
+            (Some(why), _) => (false, why.to_string()),
+            (None, true) => (
+                false,
+                format!(
+                    "the kernel refused the last kernel TLS hand-off ({} of {} failed)",
+                    stats.ktls_failures,
+                    stats.ktls_failures + stats.ktls_sessions
+                ),
+            ),
+            (None, false) => (
+                true,
+                format!(
+                    "sessions are handed to kernel TLS after the handshake ({} so far)",
+                    stats.ktls_sessions
+                ),
+            ),
+        };
+        stats
     }
 
     /// Stops accepting, closes every connection and waits for them.
@@ -316,26 +561,66 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     conns.shutdown().await;
 }
 
-async fn serve(tcp: TcpStream, shared: &Shared, mut stop: watch::Receiver<bool>) {
+async fn serve(tcp: TcpStream, shared: &Shared, stop: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
-    let (config, upstream) = shared
+    let served = shared
         .config
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let c = &shared.counters;
-    let handshake = tokio::time::timeout(
-        shared.limits.handshake_timeout,
-        TlsAcceptor::from(config).accept(tcp),
-    )
-    .await;
-    let mut tls = match handshake {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) | Err(_) => {
+    let acceptor = TlsAcceptor::from(served.config.clone());
+    let timeout = shared.limits.handshake_timeout;
+    let Some(support) = served.ktls else {
+        if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            pump(tls, shared, served.upstream, stop).await;
+        } else {
+            c.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    };
+    // The cork reads the handshake record by record, so that no record
+    // after it is left inside rustls when the secrets move to the kernel.
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(ktls::Cork::new(tcp))).await {
+        Ok(Ok(tls)) => tls,
+        _ => {
             c.handshake_failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
+    let suite = tls.get_ref().1.negotiated_cipher_suite();
+    if !suite.is_some_and(|s| support.supports(s)) {
+        pump(tls, shared, served.upstream, stop).await;
+        return;
+    }
+    match ktls::hand_off(tls) {
+        Ok(k) => {
+            c.ktls_sessions.fetch_add(1, Ordering::Relaxed);
+            c.ktls_last_failed.store(0, Ordering::Relaxed);
+            pump(k, shared, served.upstream, stop).await;
+        }
+        Err(e) => {
+            // Counted and reported in status; the connection is lost (the
+            // rustls state went into the failed setsockopt).
+            c.ktls_failures.fetch_add(1, Ordering::Relaxed);
+            c.ktls_last_failed.store(1, Ordering::Relaxed);
+            c.connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "kernel TLS hand-off failed; connection closed");
+        }
+    }
+}
+
+/// Copy buffer per direction: 64 KiB lets rustls fill 16 KiB records (the
+/// 8 KiB default halves them) and halves the syscalls per byte.
+const COPY_BUF: usize = 64 * 1024;
+
+/// Counts an established session and copies between it and the upstream
+/// until either side closes or the listener stops.
+async fn pump<S>(mut tls: S, shared: &Shared, upstream: SocketAddr, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let c = &shared.counters;
     c.connections.fetch_add(1, Ordering::Relaxed);
     c.active.fetch_add(1, Ordering::Relaxed);
     let up =
@@ -344,7 +629,7 @@ async fn serve(tcp: TcpStream, shared: &Shared, mut stop: watch::Receiver<bool>)
         Ok(Ok(mut up)) => {
             let _ = up.set_nodelay(true);
             tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut tls, &mut up) => {
+                r = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, COPY_BUF, COPY_BUF) => {
                     if let Ok((from_client, to_client)) = r {
                         c.bytes_from_clients.fetch_add(from_client, Ordering::Relaxed);
                         c.bytes_to_clients.fetch_add(to_client, Ordering::Relaxed);

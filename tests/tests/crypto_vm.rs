@@ -1,9 +1,17 @@
 //! IPsec programmed by `dpu_crypto` (through the `xfrm-probe` binary) in the
 //! VM rig's stock Debian kernel, which has ESP: two namespaces joined by a
 //! veth, one tunnel-mode tunnel each way. Gated by `DPU_VM_TESTS=1`; see
-//! tests/README.md. One boot covers: traffic through ESP with SA counters,
+//! tests/README.md. One boot covers: traffic through ESP with SA counters
+//! and ESP (no plaintext ICMP) seen on the veth by `xfrm-probe sniff`,
 //! a wrong key stopping traffic (and its repair as drift), and a rekey under
 //! a continuous ping followed by removal of the old SAs after the grace.
+//!
+//! A second boot (`ktls_handoff_through_the_proxy`) proves the TLS proxy's
+//! kernel TLS hand-off: `ktls-probe proxy` runs `dpu_crypto::tls::TlsProxy`
+//! with `ktls: auto` in front of an echo upstream and a rustls client through
+//! it (TLS 1.3, then TLS 1.2); the kernel's `/proc/net/tls_stat` must count
+//! both sessions in its software kTLS paths, the proxy must say
+//! `ktls_active`, and 1 MiB must echo end to end each time.
 
 use dpu_tests::vm::{self, Vm};
 
@@ -33,7 +41,12 @@ echo '## install'
 side_a 0x1001 0x2001 $K1 $K2
 side_b 0x2001 0x1001 $K2 $K1
 echo '## ping'
+ip netns exec b xfrm-probe sniff vb 8 > /tmp/wire.out &
+SNIFF=$!
+sleep 2
 ping_b 3 && echo PING_OK
+wait $SNIFF || true
+cat /tmp/wire.out
 echo '## sas'
 xfrm-probe sas /run/netns/a
 ip -n a -s xfrm state | grep -E '^src|lifetime current|bytes' || true
@@ -101,6 +114,17 @@ fn esp_tunnel_between_namespaces() -> anyhow::Result<()> {
 
     let ping = section(&out.stdout, "ping");
     assert!(ping.contains("PING_OK"), "{out}");
+    // On the wire, seen on b's veth by an AF_PACKET socket: the requests
+    // arrive as ESP, the replies leave as ESP, no plaintext ICMP leaves.
+    let wire = |k: &str| -> Option<u64> {
+        ping.lines()
+            .find(|l| l.starts_with("wire "))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix(k)))
+            .and_then(|v| v.parse().ok())
+    };
+    assert!(wire("esp_in=").unwrap_or(0) >= 3, "no ESP arrived: {out}");
+    assert!(wire("esp_out=").unwrap_or(0) >= 3, "no ESP left: {out}");
+    assert_eq!(wire("icmp_out="), Some(0), "plaintext ICMP left: {out}");
     let sas = section(&out.stdout, "sas");
     assert!(
         sa_packets(sas, "0x00002001").unwrap_or(0) >= 3,
@@ -138,5 +162,55 @@ fn esp_tunnel_between_namespaces() -> anyhow::Result<()> {
         "{out}"
     );
     assert!(after.contains("AFTER_OK"), "{out}");
+    Ok(())
+}
+
+/// `KEY=VALUE` from a line of `ktls-probe proxy` output starting with `tag `.
+fn field<'a>(stdout: &'a str, tag: &str, key: &str) -> Option<&'a str> {
+    let line = stdout.lines().find(|l| l.starts_with(&format!("{tag} ")))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+}
+
+#[test]
+fn ktls_handoff_through_the_proxy() -> anyhow::Result<()> {
+    if !vm::enabled() {
+        return Ok(());
+    }
+    let out = Vm::builder()
+        .modules(&["tls"])
+        .binary(vm::musl_binary("ktls-probe")?)
+        .script("ktls-probe proxy\n")
+        .run()?;
+    println!("{out}");
+    assert!(out.success(), "{out}");
+    let s = out.stdout.as_str();
+    let f = |tag: &str, key: &str| field(s, tag, key).unwrap_or("missing").to_string();
+    assert!(s.contains("13 ECHO_OK bytes=1048576"), "{out}");
+    assert!(s.contains("12 ECHO_OK bytes=1048576"), "{out}");
+    // The proxy's word...
+    assert_eq!(f("stats13", "ktls_active"), "true", "{out}");
+    assert_eq!(f("stats13", "ktls_sessions"), "1", "{out}");
+    assert_eq!(f("stats12", "ktls_sessions"), "2", "{out}");
+    assert_eq!(f("stats_end", "ktls_failures"), "0", "{out}");
+    // ...and the kernel's: the open session is in kernel TLS both ways.
+    assert_eq!(f("tls_stat_open13", "TlsCurrTxSw"), "1", "{out}");
+    assert_eq!(f("tls_stat_open13", "TlsCurrRxSw"), "1", "{out}");
+    // Cumulative counters, as differences: the proxy's kernel probe also
+    // installs (TX-only) states on loopback sockets when it starts.
+    let n = |tag: &str, key: &str| f(tag, key).parse::<i64>().unwrap_or(-1000);
+    assert_eq!(
+        n("tls_stat_open12", "TlsRxSw") - n("tls_stat_start", "TlsRxSw"),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        n("tls_stat_open12", "TlsTxSw") - n("tls_stat_open13", "TlsTxSw"),
+        1,
+        "{out}"
+    );
+    assert_eq!(f("tls_stat_end", "TlsCurrTxSw"), "0", "{out}");
+    assert_eq!(f("tls_stat_end", "TlsCurrRxSw"), "0", "{out}");
+    assert_eq!(f("tls_stat_end", "TlsDecryptError"), "0", "{out}");
     Ok(())
 }

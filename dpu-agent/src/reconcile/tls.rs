@@ -3,7 +3,8 @@
 //! spec reloads the running proxy (new certificate, key, CA, ALPN or
 //! upstream for new connections; established ones stay up); a changed
 //! `listen` starts a new proxy and stops the old one. Status carries the
-//! proxy's counters and says truthfully that kernel TLS is not active.
+//! proxy's counters and whether sessions really go to kernel TLS
+//! (`ktls_active`, `ktls_reason`, `ktls_sessions`, `ktls_failures`).
 //! The private key is opened from the store only to build the rustls
 //! config and is never logged or reported.
 
@@ -87,6 +88,7 @@ fn listener_config(
         client_ca_pem: s.client_ca_pem.clone(),
         alpn: s.alpn.clone().unwrap_or_default(),
         limits,
+        ktls: s.ktls == Ktls::Auto,
     })
 }
 
@@ -186,13 +188,11 @@ impl Controller for TlsListeners {
             }
             let r = &running[&me];
             let stats = r.proxy.stats();
-            let ktls_reason = match spec.ktls {
-                Ktls::Off => "spec.ktls is off",
-                Ktls::Auto => stats.ktls_reason,
-            };
             for (k, v) in [
                 ("ktls_active", Value::from(stats.ktls_active)),
-                ("ktls_reason", Value::from(ktls_reason)),
+                ("ktls_reason", Value::from(stats.ktls_reason)),
+                ("ktls_sessions", Value::from(stats.ktls_sessions)),
+                ("ktls_failures", Value::from(stats.ktls_failures)),
                 ("connections", Value::from(stats.connections)),
                 ("connections_active", Value::from(stats.active)),
                 ("handshake_failures", Value::from(stats.handshake_failures)),
@@ -379,7 +379,9 @@ mod tests {
         assert!(plan[0].starts_with("start a TLS listener"), "{plan:?}");
         let out = ctrl.reconcile(&ctx, &get(&store)).await.unwrap();
         assert_eq!(out.status.phase, Phase::Ready, "{:?}", out.status);
-        assert_eq!(out.status.fields["ktls_active"], json!(false));
+        // Truthful: kernel TLS only where this kernel has the `tls` ULP.
+        let kernel = dpu_crypto::tls::KtlsSupport::probe().any();
+        assert_eq!(out.status.fields["ktls_active"], json!(kernel));
         let mut first = connect(port, &ca1).await;
         echo(&mut first, b"hello").await;
 
