@@ -8,3 +8,4 @@ pub mod ovsdb;
 pub mod pipeline;
 pub mod sandbox;
 pub mod switch;
+pub mod unixctl;

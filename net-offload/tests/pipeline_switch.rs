@@ -139,6 +139,7 @@ async fn converges_is_idempotent_and_repairs_drift() {
         hw_offload: false,
         mgmt_socket: rig.mgmt(),
         period: Duration::from_millis(300),
+        rundir: Some(rig.sandbox.dir().to_path_buf()),
     };
     let handle = SwitchHandle::spawn(config.clone(), stop);
     handle.set_input(input(1));

@@ -100,7 +100,13 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
         .tempdir_in("/tmp")
         .unwrap();
     let ovs = start_ovs(&dir.path().join("ovs"), Netns::Path(ns_path.into())).await;
-    let agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
+    // Ports are re-reconciled every 2 s, so their datapath status is fresh.
+    let agent = Agent::start(
+        &dir.path().join("state"),
+        &ovs.db_socket(),
+        &[("DPU_AGENT_RESYNC_SECONDS", "2")],
+    )
+    .await;
     let c = agent.client();
 
     put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
@@ -189,6 +195,60 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
         }
     }
     assert!(ping(&ns(&a2), &[], "10.10.0.1"), "ping a2 -> a1");
+
+    // The port's status tells its datapath flows and that none is offloaded
+    // (the userspace datapath offloads nothing); ovs-appctl witnesses them.
+    let mut pinger = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns(&a1),
+            "ping",
+            "-q",
+            "-c",
+            "100",
+            "-i",
+            "0.2",
+            "10.10.0.2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let port = agent
+        .wait_object(Kind::Port, &a1, Duration::from_secs(15), |p| {
+            p.status
+                .fields
+                .get("datapath_flows")
+                .and_then(|v| v.as_u64())
+                > Some(0)
+        })
+        .await;
+    let _ = pinger.kill();
+    let _ = pinger.wait();
+    assert_eq!(port.status.fields["offloaded"], json!(false), "{port:?}");
+    assert_eq!(port.status.fields["offloaded_flows"], json!(0), "{port:?}");
+    let function = c
+        .get(Kind::Function, &a1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rep = function.status.fields["representor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ctl = ovs.unixctl_socket(net_offload::sandbox::Daemon::Vswitchd);
+    let dp = run(
+        "ovs-appctl",
+        &[
+            "-t",
+            &ctl.display().to_string(),
+            "dpctl/dump-flows",
+            "-m",
+            "--names",
+        ],
+    );
+    assert!(dp.contains(&format!("in_port({rep})")), "{dp}");
+    assert!(!dp.contains("offloaded:yes"), "{dp}");
 
     // Across tenants: no ARP answer, and not even with the MAC known.
     assert!(!ping(&ns(&a1), &[], "10.10.0.3"), "acme reached globex");

@@ -67,15 +67,18 @@ fn input_revisions(store: &Store) -> InputRevisions {
     ]
 }
 
-/// The OpenFlow management socket of `bridge` for the OVSDB at `db`: the
-/// `<bridge>.mgmt` next to a unix socket (OVS's rundir); for tcp, the
-/// standard `/var/run/openvswitch`.
-pub fn mgmt_socket(db: &str, bridge: &str) -> PathBuf {
-    let dir = db
-        .strip_prefix("unix:")
+/// OVS's run directory for the OVSDB at `db`: the directory of a unix
+/// socket; for tcp, the standard `/var/run/openvswitch`.
+pub fn rundir(db: &str) -> PathBuf {
+    db.strip_prefix("unix:")
         .and_then(|p| PathBuf::from(p).parent().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/var/run/openvswitch"));
-    dir.join(format!("{bridge}.mgmt"))
+        .unwrap_or_else(|| PathBuf::from("/var/run/openvswitch"))
+}
+
+/// The OpenFlow management socket of `bridge` for the OVSDB at `db`:
+/// `<rundir>/<bridge>.mgmt`.
+pub fn mgmt_socket(db: &str, bridge: &str) -> PathBuf {
+    rundir(db).join(format!("{bridge}.mgmt"))
 }
 
 impl NetworkBackend {
@@ -94,6 +97,7 @@ impl NetworkBackend {
                 hw_offload: ovs.hw_offload,
                 mgmt_socket: mgmt_socket(&ovs.db, &ovs.bridge),
                 period: Duration::from_millis(500),
+                rundir: Some(rundir(&ovs.db)),
             },
             rx,
         );
@@ -350,6 +354,27 @@ impl NetworkController {
                 Some(n) => status.fields.insert("ofport".into(), Value::from(n)),
                 None => status.fields.remove("ofport"),
             };
+            // What the datapath says of the flows entering from this port
+            // (read over unixctl every 2 s, written at the port's reconcile).
+            match port.datapath {
+                Some(dp) => {
+                    status
+                        .fields
+                        .insert("datapath_flows".into(), Value::from(dp.total));
+                    status
+                        .fields
+                        .insert("offloaded_flows".into(), Value::from(dp.offloaded));
+                    status.fields.insert(
+                        "offloaded".into(),
+                        Value::from(dp.total > 0 && dp.offloaded == dp.total),
+                    );
+                }
+                None => {
+                    for f in ["datapath_flows", "offloaded_flows", "offloaded"] {
+                        status.fields.remove(f);
+                    }
+                }
+            }
             if let Some(why) = port.pending {
                 status.phase = Phase::Pending;
                 status.set_condition(condition(

@@ -48,6 +48,11 @@ pub struct SwitchConfig {
     pub mgmt_socket: PathBuf,
     /// How often the flows are dumped and compared even without a change.
     pub period: Duration,
+    /// Where ovs-vswitchd's control socket is (OVS's rundir, see
+    /// [`crate::unixctl::vswitchd_socket`]): its datapath flows tell each
+    /// port's datapath flow count and whether they are offloaded. `None`:
+    /// not reported.
+    pub rundir: Option<PathBuf>,
 }
 
 /// What the agent wants, with a version the report echoes.
@@ -67,6 +72,9 @@ pub struct PortReport {
     pub flows: usize,
     /// Why the port has no flows yet.
     pub pending: Option<String>,
+    /// Datapath flows entering from the port's representor and how many of
+    /// them the datapath says are offloaded; `None` while unknown.
+    pub datapath: Option<crate::unixctl::DatapathFlows>,
 }
 
 /// What the last convergence reached.
@@ -135,6 +143,7 @@ impl SwitchHandle {
             believed: false,
             last_ok: None,
             ticks: 0,
+            datapath: None,
         };
         tokio::spawn(task.run(input_rx, shutdown));
         SwitchHandle {
@@ -210,7 +219,13 @@ struct Reconciler {
     last_ok: Option<u64>,
     /// Periodic passes since start; every [`FULL_DUMP_EVERY`]th dumps.
     ticks: u64,
+    /// Datapath flows per input port name, from the last successful query
+    /// (every [`DATAPATH_EVERY`] periods); `None` while unknown.
+    datapath: Option<BTreeMap<String, crate::unixctl::DatapathFlows>>,
 }
+
+/// Datapath flows are read every this many periods (2 s).
+const DATAPATH_EVERY: u64 = 4;
 
 /// A periodic pass with nothing changed only counts the agent's flows
 /// (`OFPMP_AGGREGATE`, one small reply); every this many periods it dumps
@@ -286,6 +301,12 @@ impl Reconciler {
                 self.report_tx.send_replace(Arc::new(self.report.clone()));
                 continue;
             }
+            if periodic
+                && self.ticks.is_multiple_of(DATAPATH_EVERY)
+                && self.refresh_datapath(&current).await
+            {
+                self.report_tx.send_replace(Arc::new(self.report.clone()));
+            }
             if periodic && self.in_sync(&current).await {
                 continue;
             }
@@ -319,6 +340,38 @@ impl Reconciler {
             self.report_tx.send_replace(Arc::new(self.report.clone()));
         }
         tracing::info!(bridge = %self.config.bridge, "switch reconciler stopped");
+    }
+
+    /// Reads the datapath flows over unixctl and puts each port's share in
+    /// the report; true when that changed the report.
+    async fn refresh_datapath(&mut self, input: &SwitchInput) -> bool {
+        let Some(rundir) = &self.config.rundir else {
+            return false;
+        };
+        let found = match crate::unixctl::vswitchd_socket(rundir) {
+            Some(socket) => crate::unixctl::datapath_flows(&socket, Duration::from_secs(2))
+                .await
+                .map_err(|e| tracing::debug!(error = %e, "datapath flows not read"))
+                .ok(),
+            None => None,
+        };
+        self.datapath = found;
+        let before = self.report.ports.clone();
+        self.apply_datapath(input);
+        before != self.report.ports
+    }
+
+    fn apply_datapath(&mut self, input: &SwitchInput) {
+        for (id, port) in &mut self.report.ports {
+            port.datapath = self.datapath.as_ref().map(|flows| {
+                input
+                    .representors
+                    .get(id)
+                    .and_then(|rep| flows.get(rep))
+                    .copied()
+                    .unwrap_or_default()
+            });
+        }
     }
 
     /// For a periodic pass with nothing changed: true when the switch still
@@ -408,6 +461,7 @@ impl Reconciler {
                         ofport,
                         flows: 0,
                         pending,
+                        datapath: None,
                     },
                 )
             })
@@ -424,6 +478,7 @@ impl Reconciler {
                 .unwrap_or(0);
         }
         self.report.flows = counts;
+        self.apply_datapath(input);
         let mut observed = self.observed.lock().expect("observed lock");
         observed.flows = compiled.flows.into_iter().map(|f| f.flow).collect();
         self.believed = self.openflow.is_some();
