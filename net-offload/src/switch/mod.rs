@@ -604,7 +604,12 @@ impl Reconciler {
         }
         match OpenFlowClient::connect_unix(&self.config.mgmt_socket).await {
             Ok(mut c) => {
-                c.set_timeout(Duration::from_secs(10));
+                // Generous: a dead ovs-vswitchd breaks the connection at
+                // once, but a live one with thousands of ports on the
+                // userspace datapath can spend tens of seconds in one
+                // reconfiguration before it reads the next message; giving
+                // up then would re-dump and retry forever.
+                c.set_timeout(Duration::from_secs(120));
                 tracing::info!(socket = %self.config.mgmt_socket.display(), version = ?c.version(), "OpenFlow connected; reprogramming from a fresh dump");
                 self.meters.clear();
                 self.believed = false;
