@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod keys;
 pub mod model;
+pub mod mtls;
 pub mod plan;
 pub mod tls;
 pub mod xfrm;
