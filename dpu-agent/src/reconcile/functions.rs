@@ -107,14 +107,19 @@ fn vf_slot(
     spec: &FunctionSpec,
 ) -> Result<u32, String> {
     let mut taken: HashMap<u32, String> = HashMap::new();
+    // Read from the stored (validated) JSON without decoding every other
+    // function's spec: this runs for each function, and a DPU has thousands.
     for other in ctx.store.list(Kind::Function, None) {
-        if other.id == obj.id {
+        if other.id == obj.id || other.spec.get("pf").and_then(Value::as_str) != Some(&spec.pf) {
             continue;
         }
-        if let Some(Spec::Function(f)) = other.spec_without_secrets()
-            && f.pf == spec.pf
-            && let Some(vf) = f.vf.or_else(|| status_vf(&other))
-        {
+        let vf = other
+            .spec
+            .get("vf")
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .or_else(|| status_vf(&other));
+        if let Some(vf) = vf {
             taken.insert(vf, other.id.clone());
         }
     }
@@ -144,7 +149,8 @@ pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<
         .store
         .list(Kind::Port, Some(tenant))
         .into_iter()
-        .filter(|p| !p.deleting)
+        // Only the port naming this function is decoded (see vf_slot).
+        .filter(|p| !p.deleting && p.spec.get("function").and_then(Value::as_str) == Some(function))
         .find_map(|p| match p.spec_without_secrets() {
             Some(Spec::Port(spec)) if spec.function == function => Some(spec),
             _ => None,
