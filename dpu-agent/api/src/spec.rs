@@ -15,6 +15,49 @@ pub struct TenantSpec {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quotas: Option<Quotas>,
+    /// What hardware and overlay ids the tenant's own identity may use.
+    /// Written by the fleet controller only (tenants cannot write their
+    /// tenant object); see `TENANCY.md` and the crate README.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Grants>,
+}
+
+/// What a tenant identity may ask for inside its specs. The fleet
+/// controller, which writes these, is not bounded by them; every other
+/// caller is. An absent grant allows nothing of its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// VNI ranges (`"100"` or `"100-199"`) reserved to this tenant
+    /// fleet-wide: its networks use VNIs inside them, and no other tenant's
+    /// network may use a VNI inside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vni_ranges: Vec<String>,
+    /// The hardware the tenant may carve functions from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<FunctionGrant>,
+}
+
+/// Hardware a tenant identity may name in `Function` specs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionGrant {
+    /// Physical functions (`pf0`) the tenant may carve from.
+    #[serde(default)]
+    pub pfs: Vec<String>,
+    /// VF indices (`"0-15"`) the tenant may name or be given; absent: any
+    /// free VF (allocated by the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfs: Option<String>,
+    /// Host stubs the tenant may place functions on; empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Whether `trust: true` is allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_trust: bool,
+    /// Whether `spoof_check: false` is allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_spoof_check_off: bool,
 }
 
 /// Upper bounds on what a tenant may own; an absent bound is unlimited.
@@ -27,6 +70,14 @@ pub struct Quotas {
     pub volumes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnels: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listeners: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +318,27 @@ pub struct IpsecTunnelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub esn: Option<bool>,
     pub offload: OffloadRequest,
+    /// Whose packets the tunnel may match: `tenant` (default) confines its
+    /// XFRM state and policies to the tenant's network context; an
+    /// `infrastructure` tunnel (underlay, VTEP to VTEP) is written by the
+    /// fleet controller only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<IpsecScope>,
+}
+
+/// See [`IpsecTunnelSpec::scope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpsecScope {
+    #[default]
+    Tenant,
+    Infrastructure,
+}
+
+impl IpsecTunnelSpec {
+    pub fn scope(&self) -> IpsecScope {
+        self.scope.unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for IpsecTunnelSpec {
@@ -285,6 +357,7 @@ impl std::fmt::Debug for IpsecTunnelSpec {
             .field("replay_window", &self.replay_window)
             .field("esn", &self.esn)
             .field("offload", &self.offload)
+            .field("scope", &self.scope)
             .finish()
     }
 }

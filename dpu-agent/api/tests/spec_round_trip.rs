@@ -26,7 +26,9 @@ fn tenant() -> impl Strategy<Value = TenantSpec> {
                 functions,
                 volumes,
                 tunnels,
+                ..Quotas::default()
             }),
+            grants: None,
         })
 }
 
@@ -205,6 +207,7 @@ fn ipsec() -> impl Strategy<Value = IpsecTunnelSpec> {
                 replay_window,
                 esn,
                 offload,
+                scope: None,
             },
         )
 }
