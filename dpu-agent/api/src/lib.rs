@@ -7,6 +7,7 @@
 pub mod client;
 pub mod identity;
 pub mod kind;
+pub mod limits;
 pub mod object;
 pub mod problem;
 pub mod spec;

@@ -12,6 +12,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::kind::Kind;
+use crate::limits;
 use crate::spec::*;
 
 /// One invalid field.
@@ -44,6 +45,38 @@ fn fail(field: impl Into<String>, message: impl Into<String>) -> Check {
     Err(FieldError::new(field, message))
 }
 
+/// `s` quoted for an error message, cut to 80 characters: a 1 MiB string
+/// in a request is not echoed back.
+pub fn quote(s: &str) -> String {
+    const SHOWN: usize = 80;
+    match s.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+        None => format!("{s:?}"),
+    }
+}
+
+/// At most `max` bytes.
+pub fn check_len(field: &str, s: &str, max: usize) -> Check {
+    if s.len() > max {
+        return fail(
+            field,
+            format!("is {} bytes long; at most {max} are allowed", s.len()),
+        );
+    }
+    Ok(())
+}
+
+/// At most `max` entries.
+pub fn check_count<T>(field: &str, list: &[T], max: usize) -> Check {
+    if list.len() > max {
+        return fail(
+            field,
+            format!("has {} entries; at most {max} are allowed", list.len()),
+        );
+    }
+    Ok(())
+}
+
 /// A DNS label: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
 pub fn check_label(field: &str, s: &str) -> Check {
     let b = s.as_bytes();
@@ -59,7 +92,8 @@ pub fn check_label(field: &str, s: &str) -> Check {
         fail(
             field,
             format!(
-                "{s:?} is not a DNS label (1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
+                "{} is not a DNS label (1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+                quote(s)
             ),
         )
     }
@@ -67,10 +101,11 @@ pub fn check_label(field: &str, s: &str) -> Check {
 
 /// A unicast MAC address `xx:xx:xx:xx:xx:xx`.
 pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], FieldError> {
+    check_len(field, s, limits::ADDRESS_BYTES)?;
     let bad = || {
         FieldError::new(
             field,
-            format!("{s:?} is not a MAC address like 02:00:00:00:00:01"),
+            format!("{} is not a MAC address like 02:00:00:00:00:01", quote(s)),
         )
     };
     let parts: Vec<&str> = s.split(':').collect();
@@ -101,20 +136,26 @@ pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], FieldError> {
 }
 
 pub fn parse_ipv4(field: &str, s: &str) -> Result<Ipv4Addr, FieldError> {
+    check_len(field, s, limits::ADDRESS_BYTES)?;
     s.parse::<Ipv4Addr>()
-        .map_err(|_| FieldError::new(field, format!("{s:?} is not an IPv4 address")))
+        .map_err(|_| FieldError::new(field, format!("{} is not an IPv4 address", quote(s))))
 }
 
 pub fn parse_ip(field: &str, s: &str) -> Result<IpAddr, FieldError> {
+    check_len(field, s, limits::ADDRESS_BYTES)?;
     s.parse::<IpAddr>()
-        .map_err(|_| FieldError::new(field, format!("{s:?} is not an IP address")))
+        .map_err(|_| FieldError::new(field, format!("{} is not an IP address", quote(s))))
 }
 
 /// A CIDR whose host bits are zero (`10.0.0.0/24`, not `10.0.0.1/24`).
 pub fn parse_cidr(field: &str, s: &str) -> Result<IpNet, FieldError> {
-    let net = s
-        .parse::<IpNet>()
-        .map_err(|_| FieldError::new(field, format!("{s:?} is not a CIDR like 10.0.0.0/24")))?;
+    check_len(field, s, limits::ADDRESS_BYTES)?;
+    let net = s.parse::<IpNet>().map_err(|_| {
+        FieldError::new(
+            field,
+            format!("{} is not a CIDR like 10.0.0.0/24", quote(s)),
+        )
+    })?;
     if net.trunc() != net {
         return Err(FieldError::new(
             field,
@@ -133,10 +174,14 @@ pub fn parse_ipv4_cidr(field: &str, s: &str) -> Result<Ipv4Net, FieldError> {
 
 /// `"80"` or `"1000-2000"`, within 1..=65535 and ascending.
 pub fn parse_port_range(field: &str, s: &str) -> Result<(u16, u16), FieldError> {
+    check_len(field, s, limits::ADDRESS_BYTES)?;
     let bad = || {
         FieldError::new(
             field,
-            format!("{s:?} is not a port (\"80\") or range (\"1000-2000\") in 1-65535"),
+            format!(
+                "{} is not a port (\"80\") or range (\"1000-2000\") in 1-65535",
+                quote(s)
+            ),
         )
     };
     // Digits only: `str::parse` would also take "+80", and " 80" is not
@@ -162,8 +207,12 @@ pub fn parse_port_range(field: &str, s: &str) -> Result<(u16, u16), FieldError> 
 
 /// `ip:port` with a non-zero port.
 pub fn parse_socket_addr(field: &str, s: &str) -> Result<SocketAddr, FieldError> {
+    check_len(field, s, limits::ADDRESS_BYTES)?;
     let addr = s.parse::<SocketAddr>().map_err(|_| {
-        FieldError::new(field, format!("{s:?} is not an address like 10.0.0.5:443"))
+        FieldError::new(
+            field,
+            format!("{} is not an address like 10.0.0.5:443", quote(s)),
+        )
     })?;
     if addr.port() == 0 {
         return Err(FieldError::new(field, "port 0 is not allowed"));
@@ -256,14 +305,7 @@ pub fn validate_envelope(kind: Kind, id: &str, tenant: &str) -> Check {
 /// Checks one spec on its own.
 pub fn validate_spec(spec: &Spec) -> Check {
     match spec {
-        Spec::Tenant(t) => {
-            if let Some(d) = &t.description
-                && d.len() > 1024
-            {
-                return fail("spec.description", "must be at most 1024 bytes");
-            }
-            Ok(())
-        }
+        Spec::Tenant(t) => validate_tenant(t),
         Spec::Function(f) => validate_function(f),
         Spec::Network(n) => validate_network(n),
         Spec::Port(p) => validate_port(p),
@@ -274,18 +316,103 @@ pub fn validate_spec(spec: &Spec) -> Check {
     }
 }
 
-fn validate_function(f: &FunctionSpec) -> Check {
-    let pf_ok = f.pf.len() <= 15
-        && !f.pf.is_empty()
-        && f.pf
+fn validate_tenant(t: &TenantSpec) -> Check {
+    if let Some(d) = &t.description {
+        check_len("spec.description", d, limits::DESCRIPTION_BYTES)?;
+    }
+    let Some(g) = &t.grants else { return Ok(()) };
+    check_count("spec.grants.vni_ranges", &g.vni_ranges, limits::VNI_RANGES)?;
+    let mut ranges = Vec::with_capacity(g.vni_ranges.len());
+    for (i, r) in g.vni_ranges.iter().enumerate() {
+        let field = format!("spec.grants.vni_ranges[{i}]");
+        ranges.push((parse_vni_range(&field, r)?, field));
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        if w[1].0.0 <= w[0].0.1 {
+            return fail(
+                w[1].1.clone(),
+                format!("overlaps {}", w[0].1.trim_start_matches("spec.")),
+            );
+        }
+    }
+    if let Some(f) = &g.functions {
+        check_count("spec.grants.functions.pfs", &f.pfs, limits::GRANT_PFS)?;
+        for (i, pf) in f.pfs.iter().enumerate() {
+            check_pf_name(&format!("spec.grants.functions.pfs[{i}]"), pf)?;
+        }
+        if let Some(vfs) = &f.vfs {
+            parse_index_range("spec.grants.functions.vfs", vfs, u32::MAX - 1)?;
+        }
+        check_count("spec.grants.functions.hosts", &f.hosts, limits::GRANT_HOSTS)?;
+        for (i, h) in f.hosts.iter().enumerate() {
+            check_label(&format!("spec.grants.functions.hosts[{i}]"), h)?;
+        }
+    }
+    Ok(())
+}
+
+/// `"100"` or `"100-199"` within 1-16777215.
+pub fn parse_vni_range(field: &str, s: &str) -> Result<(u32, u32), FieldError> {
+    let (lo, hi) = parse_index_range(field, s, 16_777_215)?;
+    if lo == 0 {
+        return Err(FieldError::new(field, "VNI 0 is not allowed (1-16777215)"));
+    }
+    Ok((lo, hi))
+}
+
+/// `"7"` or `"0-15"`: ascending, each at most `max`.
+pub fn parse_index_range(field: &str, s: &str, max: u32) -> Result<(u32, u32), FieldError> {
+    let bad = || {
+        FieldError::new(
+            field,
+            format!(
+                "{} is not a number or range like \"0-15\" (at most {max})",
+                quote(s)
+            ),
+        )
+    };
+    let one = |p: &str| {
+        (!p.is_empty() && p.len() <= 10 && p.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| p.parse::<u32>().ok())
+            .flatten()
+            .filter(|v| *v <= max)
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (one(a).ok_or_else(bad)?, one(b).ok_or_else(bad)?),
+        None => {
+            let v = one(s).ok_or_else(bad)?;
+            (v, v)
+        }
+    };
+    if lo > hi {
+        return Err(FieldError::new(
+            field,
+            format!("range {} runs backwards", quote(s)),
+        ));
+    }
+    Ok((lo, hi))
+}
+
+/// A physical function's netdev name, like `pf0` or `p0`.
+fn check_pf_name(field: &str, pf: &str) -> Check {
+    let ok = pf.len() <= limits::PF_BYTES
+        && !pf.is_empty()
+        && pf
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
-    if !pf_ok {
-        return fail(
-            "spec.pf",
-            format!("{:?} is not a physical function name like pf0", f.pf),
-        );
+    if ok {
+        Ok(())
+    } else {
+        fail(
+            field,
+            format!("{} is not a physical function name like pf0", quote(pf)),
+        )
     }
+}
+
+fn validate_function(f: &FunctionSpec) -> Check {
+    check_pf_name("spec.pf", &f.pf)?;
     if let Some(host) = &f.host {
         check_label("spec.host", host)?;
     }
@@ -345,9 +472,11 @@ fn validate_network(n: &NetworkSpec) -> Check {
 }
 
 fn validate_ips(field: &str, ips: &[String]) -> Check {
+    check_count(field, ips, limits::IPS)?;
+    let mut seen = std::collections::HashSet::with_capacity(ips.len());
     for (i, ip) in ips.iter().enumerate() {
-        parse_ipv4(&format!("{field}[{i}]"), ip)?;
-        if ips[..i].contains(ip) {
+        let addr = parse_ipv4(&format!("{field}[{i}]"), ip)?;
+        if !seen.insert(addr) {
             return fail(format!("{field}[{i}]"), format!("{ip} is listed twice"));
         }
     }
@@ -355,6 +484,7 @@ fn validate_ips(field: &str, ips: &[String]) -> Check {
 }
 
 fn validate_rules(field: &str, rules: &[SecurityRule]) -> Check {
+    check_count(field, rules, limits::RULES)?;
     for (i, r) in rules.iter().enumerate() {
         let f = format!("{field}[{i}]");
         if let Some(cidr) = &r.cidr {
@@ -406,6 +536,7 @@ fn validate_endpoint(e: &EndpointSpec) -> Check {
 /// An NVMe Qualified Name: `nqn.yyyy-mm.reverse.domain:...` or the UUID form,
 /// at most 223 bytes.
 pub fn check_nqn(field: &str, s: &str) -> Check {
+    check_len(field, s, limits::NQN_BYTES)?;
     let well_formed = s.len() <= 223
         && s.starts_with("nqn.")
         && s.len() > 12
@@ -421,7 +552,10 @@ pub fn check_nqn(field: &str, s: &str) -> Check {
     } else {
         fail(
             field,
-            format!("{s:?} is not an NQN like nqn.2014-08.org.example:vol1 (at most 223 bytes)"),
+            format!(
+                "{} is not an NQN like nqn.2014-08.org.example:vol1 (at most 223 bytes)",
+                quote(s)
+            ),
         )
     }
 }
@@ -478,6 +612,7 @@ fn validate_ipsec(t: &IpsecTunnelSpec) -> Check {
         ("spec.local_subnets", &t.local_subnets),
         ("spec.remote_subnets", &t.remote_subnets),
     ] {
+        check_count(field, list, limits::SUBNETS)?;
         for (i, s) in list.iter().enumerate() {
             parse_ipv4_cidr(&format!("{field}[{i}]"), s)?;
         }
@@ -513,9 +648,59 @@ fn validate_ipsec(t: &IpsecTunnelSpec) -> Check {
     Ok(())
 }
 
+/// An address a tenant's network function may use: never loopback,
+/// link-local, unspecified, multicast or broadcast (TENANCY.md invariant
+/// 1). Whether it lies in the tenant's own networks is checked in context.
+pub fn check_tenant_address(field: &str, ip: IpAddr) -> Check {
+    let refused = match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some()
+        }
+    };
+    if refused {
+        return fail(
+            field,
+            format!(
+                "{ip} is a loopback, link-local, unspecified or multicast address; \
+                 a tenant's listener and upstream live on the tenant's own networks"
+            ),
+        );
+    }
+    Ok(())
+}
+
 fn validate_tls(t: &TlsListenerSpec) -> Check {
-    parse_socket_addr("spec.listen", &t.listen)?;
-    parse_socket_addr("spec.upstream", &t.upstream)?;
+    for (field, addr) in [("spec.listen", &t.listen), ("spec.upstream", &t.upstream)] {
+        let a = parse_socket_addr(field, addr)?;
+        check_tenant_address(field, a.ip())?;
+    }
+    check_len(
+        "spec.certificate_pem",
+        &t.certificate_pem,
+        limits::CERTIFICATE_PEM_BYTES,
+    )?;
+    check_len(
+        "spec.private_key_pem",
+        &t.private_key_pem,
+        limits::PRIVATE_KEY_PEM_BYTES,
+    )?;
+    if let Some(ca) = &t.client_ca_pem {
+        check_len("spec.client_ca_pem", ca, limits::CLIENT_CA_PEM_BYTES)?;
+    }
+    if let Some(alpn) = &t.alpn {
+        check_count("spec.alpn", alpn, limits::ALPN)?;
+    }
     check_pem(
         "spec.certificate_pem",
         &t.certificate_pem,
@@ -532,7 +717,7 @@ fn validate_tls(t: &TlsListenerSpec) -> Check {
     }
     if let Some(alpn) = &t.alpn {
         for (i, p) in alpn.iter().enumerate() {
-            if p.is_empty() || p.len() > 255 {
+            if p.is_empty() || p.len() > limits::ALPN_BYTES {
                 return fail(format!("spec.alpn[{i}]"), "must be 1-255 bytes");
             }
         }
@@ -607,13 +792,27 @@ pub trait ObjectLookup {
     }
 }
 
+/// Who writes a spec. Grants (`Tenant.spec.grants`) bound what a tenant
+/// identity may ask for; the fleet controller, which writes the grants, is
+/// not bounded by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    FleetController,
+    Tenant,
+}
+
 /// Checks what depends on other objects: references exist within the tenant,
 /// addresses fall inside the network, MACs and IPs are unique in a network,
-/// VNIs and IPsec SPIs are unique on the DPU, and IPsec tunnels to one remote
-/// have disjoint traffic selectors.
+/// VNIs and IPsec SPIs are unique on the DPU, IPsec tunnels to one remote
+/// have disjoint traffic selectors, a tenant's network functions stay inside
+/// its networks, and a tenant identity stays inside its grants.
+///
+/// No message names another tenant's objects, ids or addresses (TENANCY.md
+/// invariant 5): a conflict with another tenant reads "is not available".
 pub fn validate_in_context(
     id: &str,
     tenant: &str,
+    writer: Writer,
     spec: &Spec,
     objects: &dyn ObjectLookup,
 ) -> Check {
@@ -628,23 +827,24 @@ pub fn validate_in_context(
             }
         }
     }
-    if !spec.kind().is_tenant() && objects.get(Kind::Tenant, tenant).is_none() {
+    let own_tenant = match objects.get(Kind::Tenant, tenant) {
+        Some((_, Spec::Tenant(t))) => Some(t),
+        _ => None,
+    };
+    if !spec.kind().is_tenant() && own_tenant.is_none() {
         return fail(
             "tenant",
             format!("tenant {tenant:?} does not exist; create it first"),
         );
     }
+    let grants = own_tenant.as_ref().and_then(|t| t.grants.as_ref());
     match spec {
-        Spec::Network(n) => {
-            // VNIs are the DPU-wide tunnel key: two networks must not share one.
-            if let Some(other_id) = objects.network_with_vni(n.vni, id) {
-                return fail(
-                    "spec.vni",
-                    format!("VNI {} is already used by network {other_id:?}", n.vni),
-                );
-            }
-            Ok(())
-        }
+        Spec::Tenant(t) => check_tenant_grants_against_others(tenant, t, objects),
+        Spec::Function(f) => match writer {
+            Writer::Tenant => check_function_grant(f, grants.and_then(|g| g.functions.as_ref())),
+            Writer::FleetController => Ok(()),
+        },
+        Spec::Network(n) => check_network_vni(id, tenant, writer, n, grants, objects),
         Spec::Port(p) => {
             check_addresses_in_network(id, tenant, &p.network, &p.mac, &p.ips, objects)?;
             for (other_id, other) in objects.list(Kind::Port, Some(tenant)) {
@@ -687,9 +887,10 @@ pub fn validate_in_context(
                 );
             }
             // One namespace id per function: SNAP and SPDK present all of a
-            // function's volumes on one controller. No nsid means 1.
+            // function's volumes on one controller. No nsid means 1. The
+            // function is the tenant's own, so are the volumes on it.
             let nsid = v.nsid.unwrap_or(1);
-            for (other_id, other) in objects.list(Kind::Volume, None) {
+            for (other_id, other) in objects.list(Kind::Volume, Some(tenant)) {
                 if let Spec::Volume(o) = other
                     && other_id != id
                     && o.function == v.function
@@ -705,11 +906,284 @@ pub fn validate_in_context(
                     );
                 }
             }
+            check_host_nqn(id, tenant, v, objects)
+        }
+        Spec::IpsecTunnel(t) => {
+            match (t.scope(), writer) {
+                (IpsecScope::Infrastructure, Writer::Tenant) => {
+                    return fail(
+                        "spec.scope",
+                        "infrastructure tunnels are the fleet controller's; a tenant's tunnels \
+                         have scope tenant",
+                    );
+                }
+                (IpsecScope::Tenant, _) => {
+                    let nets = tenant_networks(tenant, objects);
+                    for (i, sub) in t.local_subnets.iter().enumerate() {
+                        let field = format!("spec.local_subnets[{i}]");
+                        let sub = parse_ipv4_cidr(&field, sub)?;
+                        if !nets.iter().any(|n| n.contains(&sub)) {
+                            return fail(
+                                field,
+                                format!(
+                                    "{sub} is not inside one of tenant {tenant:?}'s networks; \
+                                     a tenant tunnel protects its own networks' traffic"
+                                ),
+                            );
+                        }
+                    }
+                }
+                (IpsecScope::Infrastructure, Writer::FleetController) => {}
+            }
+            check_ipsec_against_others(id, tenant, t, objects)
+        }
+        Spec::TlsListener(t) => {
+            let nets = tenant_networks(tenant, objects);
+            for (field, addr) in [("spec.listen", &t.listen), ("spec.upstream", &t.upstream)] {
+                let ip = match parse_socket_addr(field, addr)?.ip() {
+                    IpAddr::V4(ip) => ip,
+                    IpAddr::V6(_) => {
+                        return fail(field, "must be an IPv4 address of the tenant's networks");
+                    }
+                };
+                let inside = nets
+                    .iter()
+                    .any(|n| n.contains(&ip) && ip != n.network() && ip != n.broadcast());
+                if !inside {
+                    return fail(
+                        field,
+                        format!(
+                            "{ip} is not a host address of one of tenant {tenant:?}'s networks; \
+                             a listener runs in the tenant's network context and reaches \
+                             nothing else"
+                        ),
+                    );
+                }
+            }
             Ok(())
         }
-        Spec::IpsecTunnel(t) => check_ipsec_against_others(id, t, objects),
-        _ => Ok(()),
     }
+}
+
+/// The CIDRs of a tenant's networks.
+fn tenant_networks(tenant: &str, objects: &dyn ObjectLookup) -> Vec<Ipv4Net> {
+    objects
+        .list(Kind::Network, Some(tenant))
+        .into_iter()
+        .filter_map(|(_, s)| match s {
+            Spec::Network(n) => parse_ipv4_cidr("", &n.cidr).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The VNI ranges of a tenant spec's grant; entries that do not parse are
+/// skipped (validation of that tenant names them).
+fn vni_ranges(t: &TenantSpec) -> Vec<(u32, u32)> {
+    t.grants
+        .iter()
+        .flat_map(|g| g.vni_ranges.iter())
+        .filter_map(|r| parse_vni_range("", r).ok())
+        .collect()
+}
+
+/// A tenant's VNI ranges are its own fleet-wide: they overlap no other
+/// tenant's ranges and hold no other tenant's networks. Only the fleet
+/// controller writes tenants, so the messages may name the others.
+fn check_tenant_grants_against_others(
+    tenant: &str,
+    t: &TenantSpec,
+    objects: &dyn ObjectLookup,
+) -> Check {
+    let mine = vni_ranges(t);
+    if mine.is_empty() {
+        return Ok(());
+    }
+    for (other, spec) in objects.list(Kind::Tenant, None) {
+        let Spec::Tenant(o) = spec else { continue };
+        if other == tenant {
+            continue;
+        }
+        for (lo, hi) in vni_ranges(&o) {
+            if let Some(i) = mine.iter().position(|(a, b)| *a <= hi && lo <= *b) {
+                return fail(
+                    format!("spec.grants.vni_ranges[{i}]"),
+                    format!("overlaps tenant {other:?}'s VNI range {lo}-{hi}"),
+                );
+            }
+        }
+    }
+    for (net_id, spec) in objects.list(Kind::Network, None) {
+        let Spec::Network(n) = spec else { continue };
+        if let Some(i) = mine.iter().position(|(a, b)| (*a..=*b).contains(&n.vni))
+            && let Some((owner, _)) = objects.get(Kind::Network, &net_id)
+            && owner != tenant
+        {
+            return fail(
+                format!("spec.grants.vni_ranges[{i}]"),
+                format!(
+                    "holds VNI {} of network {net_id:?} of tenant {owner:?}",
+                    n.vni
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A network's VNI: unique on the DPU, outside every other tenant's VNI
+/// grant, and — written by a tenant identity — inside its own grant.
+fn check_network_vni(
+    id: &str,
+    tenant: &str,
+    writer: Writer,
+    n: &NetworkSpec,
+    grants: Option<&Grants>,
+    objects: &dyn ObjectLookup,
+) -> Check {
+    let unavailable = || {
+        fail(
+            "spec.vni",
+            format!(
+                "VNI {} is not available; use a VNI of this tenant's spec.grants.vni_ranges",
+                n.vni
+            ),
+        )
+    };
+    // VNIs are the DPU-wide tunnel key: two networks must not share one.
+    if let Some(other_id) = objects.network_with_vni(n.vni, id) {
+        return match objects.get(Kind::Network, &other_id) {
+            Some((owner, _)) if owner == tenant => fail(
+                "spec.vni",
+                format!("VNI {} is already used by network {other_id:?}", n.vni),
+            ),
+            _ => unavailable(),
+        };
+    }
+    let in_own = grants
+        .map(|g| {
+            g.vni_ranges
+                .iter()
+                .filter_map(|r| parse_vni_range("", r).ok())
+                .any(|(lo, hi)| (lo..=hi).contains(&n.vni))
+        })
+        .unwrap_or(false);
+    if in_own {
+        return Ok(());
+    }
+    if writer == Writer::Tenant {
+        return fail(
+            "spec.vni",
+            format!(
+                "VNI {} is not granted to tenant {tenant:?} (spec.grants.vni_ranges of the \
+                 tenant, set by the fleet controller)",
+                n.vni
+            ),
+        );
+    }
+    for (other, spec) in objects.list(Kind::Tenant, None) {
+        if other == tenant {
+            continue;
+        }
+        if let Spec::Tenant(o) = spec
+            && vni_ranges(&o)
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&n.vni))
+        {
+            return unavailable();
+        }
+    }
+    Ok(())
+}
+
+/// A tenant identity's function stays inside its grant: the PF, the VF
+/// index, the host, and whether trust or spoof checking off are allowed.
+fn check_function_grant(f: &FunctionSpec, grant: Option<&FunctionGrant>) -> Check {
+    const HOW: &str = "(the tenant's spec.grants.functions, set by the fleet controller)";
+    let Some(g) = grant else {
+        return fail(
+            "spec.pf",
+            format!("the tenant has no grant to carve functions {HOW}"),
+        );
+    };
+    if !g.pfs.iter().any(|p| *p == f.pf) {
+        return fail(
+            "spec.pf",
+            format!("physical function {} is not granted {HOW}", quote(&f.pf)),
+        );
+    }
+    if let (Some(vf), Some(range)) = (f.vf, &g.vfs)
+        && let Ok((lo, hi)) = parse_index_range("", range, u32::MAX - 1)
+        && !(lo..=hi).contains(&vf)
+    {
+        return fail(
+            "spec.vf",
+            format!("VF {vf} is outside the granted range {lo}-{hi} {HOW}"),
+        );
+    }
+    if let Some(host) = &f.host
+        && !g.hosts.iter().any(|h| h == host)
+    {
+        return fail("spec.host", format!("host {host:?} is not granted {HOW}"));
+    }
+    if f.trust == Some(true) && !g.allow_trust {
+        return fail("spec.trust", format!("trust is not granted {HOW}"));
+    }
+    if f.spoof_check == Some(false) && !g.allow_spoof_check_off {
+        return fail(
+            "spec.spoof_check",
+            format!("turning spoof checking off is not granted {HOW}"),
+        );
+    }
+    Ok(())
+}
+
+/// The prefix of the host NQNs the agent derives for volumes; a tenant may
+/// name one only if it is its own volume's.
+pub const DERIVED_HOST_NQN_PREFIX: &str = "nqn.2026-11.dev.dpu-agent:";
+
+/// The host NQN the agent uses for a volume that names none.
+pub fn derived_host_nqn(tenant: &str, volume: &str) -> String {
+    format!("{DERIVED_HOST_NQN_PREFIX}{tenant}:{volume}:initiator")
+}
+
+/// A volume's host NQN is its own (TENANCY.md invariant 4): never one the
+/// agent derives for another volume, and never one another tenant's volume
+/// uses.
+fn check_host_nqn(id: &str, tenant: &str, v: &VolumeSpec, objects: &dyn ObjectLookup) -> Check {
+    const FIELD: &str = "spec.source.nvmeof.hostnqn";
+    let VolumeSource::Nvmeof(n) = &v.source else {
+        return Ok(());
+    };
+    let Some(hostnqn) = &n.hostnqn else {
+        return Ok(());
+    };
+    if hostnqn.starts_with(DERIVED_HOST_NQN_PREFIX) && *hostnqn != derived_host_nqn(tenant, id) {
+        return fail(
+            FIELD,
+            format!(
+                "host NQNs under {DERIVED_HOST_NQN_PREFIX} are the agent's own; leave \
+                 hostnqn out to get this volume's ({})",
+                derived_host_nqn(tenant, id)
+            ),
+        );
+    }
+    for (other_id, spec) in objects.list(Kind::Volume, None) {
+        let Spec::Volume(o) = spec else { continue };
+        let VolumeSource::Nvmeof(on) = &o.source else {
+            continue;
+        };
+        if other_id == id || on.hostnqn.as_deref() != Some(hostnqn.as_str()) {
+            continue;
+        }
+        if objects
+            .get(Kind::Volume, &other_id)
+            .is_some_and(|(owner, _)| owner != tenant)
+        {
+            return fail(FIELD, "this host NQN is not available; choose another");
+        }
+    }
+    Ok(())
 }
 
 /// Whether two IPv4 networks share an address.
@@ -728,10 +1202,20 @@ fn ipv4_subnets(list: &[String]) -> Vec<Ipv4Net> {
 /// Tunnels on one DPU, across tenants: no SPI used by two tunnels, and no
 /// two tunnels to the same remote with overlapping traffic selectors. Only
 /// non-secret fields of the other tunnels are read.
-fn check_ipsec_against_others(id: &str, t: &IpsecTunnelSpec, objects: &dyn ObjectLookup) -> Check {
+fn check_ipsec_against_others(
+    id: &str,
+    tenant: &str,
+    t: &IpsecTunnelSpec,
+    objects: &dyn ObjectLookup,
+) -> Check {
     let remote = t.remote.parse::<Ipv4Addr>().ok();
     let local_subnets = ipv4_subnets(&t.local_subnets);
     let remote_subnets = ipv4_subnets(&t.remote_subnets);
+    let own: std::collections::HashSet<String> = objects
+        .list(Kind::IpsecTunnel, Some(tenant))
+        .into_iter()
+        .map(|(oid, _)| oid)
+        .collect();
     let others: Vec<(String, IpsecTunnelSpec)> = objects
         .list(Kind::IpsecTunnel, None)
         .into_iter()
@@ -740,40 +1224,58 @@ fn check_ipsec_against_others(id: &str, t: &IpsecTunnelSpec, objects: &dyn Objec
             _ => None,
         })
         .collect();
+    // SAs are found by (destination, SPI) in one table for the whole DPU.
     for (field, spi) in [("spec.spi_in", t.spi_in), ("spec.spi_out", t.spi_out)] {
         if let Some((oid, _)) = others
             .iter()
             .find(|(_, o)| o.spi_in == spi || o.spi_out == spi)
         {
-            return fail(
-                field,
-                format!("SPI {spi} is already used by ipsec tunnel {oid:?}"),
-            );
+            let msg = if own.contains(oid) {
+                format!("SPI {spi} is already used by ipsec tunnel {oid:?}")
+            } else {
+                format!("SPI {spi} is not available; choose another")
+            };
+            return fail(field, msg);
         }
     }
+    // Selectors compete only within one scope: a tenant's tunnels are
+    // confined to its own XFRM interface id, infrastructure tunnels share
+    // the underlay's.
+    let same_scope = |oid: &str, o: &IpsecTunnelSpec| match (t.scope(), o.scope()) {
+        (IpsecScope::Infrastructure, IpsecScope::Infrastructure) => true,
+        (IpsecScope::Tenant, IpsecScope::Tenant) => own.contains(oid),
+        _ => false,
+    };
     for (oid, o) in &others {
-        if remote.is_none() || o.remote.parse::<Ipv4Addr>().ok() != remote {
+        if remote.is_none() || o.remote.parse::<Ipv4Addr>().ok() != remote || !same_scope(oid, o) {
             continue;
         }
         let o_local = ipv4_subnets(&o.local_subnets);
         let o_remote = ipv4_subnets(&o.remote_subnets);
-        for l in &local_subnets {
-            for ol in o_local.iter().filter(|ol| cidrs_overlap(l, ol)) {
-                if let Some((r, or)) = remote_subnets
-                    .iter()
-                    .flat_map(|r| o_remote.iter().map(move |or| (r, or)))
-                    .find(|(r, or)| cidrs_overlap(r, or))
-                {
-                    return fail(
-                        "spec.local_subnets",
-                        format!(
-                            "traffic selector {l} <-> {r} overlaps {ol} <-> {or} of ipsec \
-                             tunnel {oid:?} to the same remote {}",
-                            t.remote
-                        ),
-                    );
-                }
-            }
+        // Bounded by limits::SUBNETS on both sides.
+        let local = local_subnets
+            .iter()
+            .flat_map(|l| o_local.iter().map(move |ol| (l, ol)))
+            .find(|(l, ol)| cidrs_overlap(l, ol));
+        let remote_pair = remote_subnets
+            .iter()
+            .flat_map(|r| o_remote.iter().map(move |or| (r, or)))
+            .find(|(r, or)| cidrs_overlap(r, or));
+        if let (Some((l, ol)), Some((r, or))) = (local, remote_pair) {
+            let msg = if own.contains(oid) {
+                format!(
+                    "traffic selector {l} <-> {r} overlaps {ol} <-> {or} of ipsec tunnel \
+                     {oid:?} to the same remote {}",
+                    t.remote
+                )
+            } else {
+                format!(
+                    "traffic selector {l} <-> {r} overlaps another infrastructure tunnel to \
+                     the same remote {}",
+                    t.remote
+                )
+            };
+            return fail("spec.local_subnets", msg);
         }
     }
     Ok(())
@@ -812,6 +1314,11 @@ fn check_addresses_in_network(
         }
     }
     let my_mac = mac.to_ascii_lowercase();
+    let mine: std::collections::HashMap<&str, usize> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (ip.as_str(), i))
+        .collect();
     let peers = objects
         .list(Kind::Port, Some(tenant))
         .into_iter()
@@ -843,16 +1350,19 @@ fn check_addresses_in_network(
                 ),
             );
         }
-        for (i, ip) in ips.iter().enumerate() {
-            if oips.contains(ip) {
-                return fail(
-                    format!("spec.ips[{i}]"),
-                    format!(
-                        "{ip} is already used in network {network:?} by {} {oid:?}",
-                        kind.name()
-                    ),
-                );
-            }
+        // One pass over the peer's addresses (both lists are bounded by
+        // limits::IPS): cost linear in the network's addresses.
+        if let Some((i, ip)) = oips
+            .iter()
+            .find_map(|o| mine.get(o.as_str()).map(|i| (*i, o)))
+        {
+            return fail(
+                format!("spec.ips[{i}]"),
+                format!(
+                    "{ip} is already used in network {network:?} by {} {oid:?}",
+                    kind.name()
+                ),
+            );
         }
     }
     Ok(())

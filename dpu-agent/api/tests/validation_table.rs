@@ -972,7 +972,7 @@ fn context_checks() {
     check_rows("validate_in_context", &rows, |(kind, id, tenant, v)| {
         let spec = Spec::parse(*kind, v)?;
         validate_spec(&spec)?;
-        validate_in_context(id, tenant, &spec, &w)
+        validate_in_context(id, tenant, Writer::FleetController, &spec, &w)
     });
 }
 
@@ -981,6 +981,19 @@ fn ipsec_context() {
     let mut w = Objects::default();
     w.put(Kind::Tenant, "acme", "acme", json!({}));
     w.put(Kind::Tenant, "other", "other", json!({}));
+    // A tenant tunnel protects its own networks' traffic.
+    w.put(
+        Kind::Network,
+        "acme-net",
+        "acme",
+        json!({"vni": 100, "cidr": "10.0.0.0/8", "encap": "vxlan"}),
+    );
+    w.put(
+        Kind::Network,
+        "other-net",
+        "other",
+        json!({"vni": 200, "cidr": "10.5.0.0/16", "encap": "vxlan"}),
+    );
     // t-a: 192.0.2.2, 10.1.0.0/16 <-> 10.2.0.0/16, SPIs 1000/1001.
     w.put(
         Kind::IpsecTunnel,
@@ -1016,7 +1029,10 @@ fn ipsec_context() {
                 Kind::IpsecTunnel,
                 "t-new",
                 "other",
-                with(&base, json!({"spi_in": 1000})),
+                with(
+                    &base,
+                    json!({"spi_in": 1000, "local_subnets": ["10.5.1.0/24"]}),
+                ),
             ),
             Some("spec.spi_in"),
         ),
@@ -1051,7 +1067,7 @@ fn ipsec_context() {
             t(
                 json!({"local_subnets": ["10.9.0.0/16", "0.0.0.0/0"], "remote_subnets": ["10.2.0.0/16"]}),
             ),
-            Some("spec.local_subnets"),
+            Some("spec.local_subnets[1]"),
         ),
         // Only one side overlapping is fine.
         (
@@ -1073,13 +1089,23 @@ fn ipsec_context() {
             t(json!({"remote": "192.0.2.3", "remote_subnets": ["10.2.0.0/16"]})),
             OK,
         ),
-        // Across tenants, to the same remote.
+        // Across tenants, to the same remote: each tenant's tunnels are
+        // confined to its own XFRM interface id, so they do not compete.
         (
             t(
                 json!({"remote": "192.0.2.9", "local_subnets": ["10.5.0.128/25"],
                      "remote_subnets": ["10.6.0.0/16"]}),
             ),
-            Some("spec.local_subnets"),
+            OK,
+        ),
+        // A tenant tunnel's local side is inside the tenant's networks.
+        (
+            t(json!({"local_subnets": ["192.168.0.0/16"]})),
+            Some("spec.local_subnets[0]"),
+        ),
+        (
+            t(json!({"local_subnets": ["0.0.0.0/0"]})),
+            Some("spec.local_subnets[0]"),
         ),
         // Transport mode has no selectors to overlap.
         (
@@ -1090,7 +1116,7 @@ fn ipsec_context() {
     check_rows("ipsec in context", &rows, |(kind, id, tenant, v)| {
         let spec = Spec::parse(*kind, v)?;
         validate_spec(&spec)?;
-        validate_in_context(id, tenant, &spec, &w)
+        validate_in_context(id, tenant, Writer::FleetController, &spec, &w)
     });
 
     // The errors say which tunnel.
@@ -1099,9 +1125,429 @@ fn ipsec_context() {
         &with(&base, json!({"remote_subnets": ["10.2.0.0/24"]})),
     )
     .unwrap();
-    let err = validate_in_context("t-new", "acme", &spec, &w).unwrap_err();
+    let err = validate_in_context("t-new", "acme", Writer::FleetController, &spec, &w).unwrap_err();
     assert!(err.message.contains("\"t-a\""), "{err}");
+    // ... unless it is another tenant's (TENANCY.md invariant 5).
     let spec = Spec::parse(Kind::IpsecTunnel, &with(&base, json!({"spi_out": 2001}))).unwrap();
-    let err = validate_in_context("t-new", "acme", &spec, &w).unwrap_err();
-    assert!(err.message.contains("\"t-b\""), "{err}");
+    let err = validate_in_context("t-new", "acme", Writer::FleetController, &spec, &w).unwrap_err();
+    assert!(!err.message.contains("t-b"), "{err}");
+    assert!(!err.message.contains("\"other\""), "{err}");
+    assert!(err.message.contains("not available"), "{err}");
+
+    // Infrastructure tunnels are the fleet controller's.
+    let infra = with(
+        &base,
+        json!({"scope": "infrastructure", "local_subnets": ["0.0.0.0/0"]}),
+    );
+    let spec = Spec::parse(Kind::IpsecTunnel, &infra).unwrap();
+    validate_in_context("t-new", "acme", Writer::FleetController, &spec, &w).unwrap();
+    let err = validate_in_context("t-new", "acme", Writer::Tenant, &spec, &w).unwrap_err();
+    assert_eq!(err.field, "spec.scope");
+}
+
+/// TENANCY.md invariant 6: every list and string in a spec has a maximum,
+/// refused with the field named (and the oversized value not echoed).
+#[test]
+fn every_list_and_string_is_bounded() {
+    use dpu_api::limits;
+    let ips: Vec<String> = (0..=limits::IPS)
+        .map(|i| format!("10.0.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let rules: Vec<Value> = (0..=limits::RULES)
+        .map(|_| json!({"protocol": "any"}))
+        .collect();
+    let subnets: Vec<String> = (0..=limits::SUBNETS)
+        .map(|i| format!("10.{i}.0.0/16"))
+        .collect();
+    let huge = "1".repeat(1 << 20);
+    let port = json!({"network": "n", "function": "f", "mac": "02:00:00:00:00:01"});
+    let rows: Vec<((Kind, Value), Want)> = vec![
+        (
+            (Kind::Port, with(&port, json!({"ips": ips}))),
+            Some("spec.ips"),
+        ),
+        (
+            (
+                Kind::Port,
+                with(&port, json!({"security": {"ingress": rules}})),
+            ),
+            Some("spec.security.ingress"),
+        ),
+        (
+            (
+                Kind::Port,
+                with(&port, json!({"security": {"egress": rules}})),
+            ),
+            Some("spec.security.egress"),
+        ),
+        (
+            (Kind::Port, with(&port, json!({"mac": huge}))),
+            Some("spec.mac"),
+        ),
+        (
+            (
+                Kind::Endpoint,
+                json!({"network": "n", "mac": "02:00:00:00:00:02", "vtep": "192.0.2.1", "ips": ips}),
+            ),
+            Some("spec.ips"),
+        ),
+        (
+            (
+                Kind::IpsecTunnel,
+                with(&tunnel(), json!({"local_subnets": subnets})),
+            ),
+            Some("spec.local_subnets"),
+        ),
+        (
+            (
+                Kind::IpsecTunnel,
+                with(&tunnel(), json!({"remote_subnets": subnets})),
+            ),
+            Some("spec.remote_subnets"),
+        ),
+        (
+            (
+                Kind::Network,
+                json!({"vni": 5, "cidr": huge, "encap": "vxlan"}),
+            ),
+            Some("spec.cidr"),
+        ),
+        (
+            (
+                Kind::Tenant,
+                json!({"description": "x".repeat(limits::DESCRIPTION_BYTES + 1)}),
+            ),
+            Some("spec.description"),
+        ),
+        (
+            (
+                Kind::Tenant,
+                json!({"grants": {"vni_ranges": (0..=limits::VNI_RANGES).map(|i| format!("{}", i + 1)).collect::<Vec<_>>()}}),
+            ),
+            Some("spec.grants.vni_ranges"),
+        ),
+        (
+            (
+                Kind::Tenant,
+                json!({"grants": {"functions": {"pfs": ["pf0"], "hosts": vec!["h"; limits::GRANT_HOSTS + 1]}}}),
+            ),
+            Some("spec.grants.functions.hosts"),
+        ),
+    ];
+    check_rows("bounds", &rows, |(kind, v)| spec_check(*kind, v));
+    // A huge value is not echoed back.
+    let err = spec_check(Kind::Port, &with(&port, json!({"mac": huge}))).unwrap_err();
+    assert!(err.message.len() < 200, "{}", err.message.len());
+}
+
+/// Tenant grants: well-formed, non-overlapping VNI ranges within 1-16777215.
+#[test]
+fn grants_are_validated() {
+    let rows: Vec<(Value, Want)> = vec![
+        (json!({"grants": {}}), OK),
+        (json!({"grants": {"vni_ranges": ["100-199", "300"]}}), OK),
+        (
+            json!({"grants": {"vni_ranges": ["0-5"]}}),
+            Some("spec.grants.vni_ranges[0]"),
+        ),
+        (
+            json!({"grants": {"vni_ranges": ["5-2"]}}),
+            Some("spec.grants.vni_ranges[0]"),
+        ),
+        (
+            json!({"grants": {"vni_ranges": ["1-16777216"]}}),
+            Some("spec.grants.vni_ranges[0]"),
+        ),
+        (
+            json!({"grants": {"vni_ranges": ["100-199", "150"]}}),
+            Some("spec.grants.vni_ranges[1]"),
+        ),
+        (
+            json!({"grants": {"functions": {"pfs": ["pf0", "p1"], "vfs": "0-15", "hosts": ["node-1"],
+                   "allow_trust": true, "allow_spoof_check_off": true}}}),
+            OK,
+        ),
+        (
+            json!({"grants": {"functions": {"pfs": ["pf 0"]}}}),
+            Some("spec.grants.functions.pfs[0]"),
+        ),
+        (
+            json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": "15-0"}}}),
+            Some("spec.grants.functions.vfs"),
+        ),
+        (
+            json!({"grants": {"functions": {"pfs": ["pf0"], "hosts": ["Node_1"]}}}),
+            Some("spec.grants.functions.hosts[0]"),
+        ),
+        (json!({"grants": {"colour": 1}}), Some("spec.grants.colour")),
+    ];
+    check_rows("grants", &rows, |v| spec_check(Kind::Tenant, v));
+}
+
+/// TENANCY.md invariant 3: a tenant identity carves only the hardware its
+/// grant names; the fleet controller is not bounded by grants.
+#[test]
+fn function_grants_bound_tenant_writers() {
+    let mut w = Objects::default();
+    w.put(
+        Kind::Tenant,
+        "acme",
+        "acme",
+        json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": "4-7", "hosts": ["node-1"]}}}),
+    );
+    w.put(Kind::Tenant, "bare", "bare", json!({}));
+    let f = json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"});
+    let rows: Vec<((&str, Writer, Value), Want)> = vec![
+        (("acme", Writer::Tenant, f.clone()), OK),
+        (
+            (
+                "acme",
+                Writer::Tenant,
+                with(&f, json!({"vf": 5, "host": "node-1"})),
+            ),
+            OK,
+        ),
+        (
+            ("acme", Writer::Tenant, with(&f, json!({"pf": "pf1"}))),
+            Some("spec.pf"),
+        ),
+        (
+            ("acme", Writer::Tenant, with(&f, json!({"vf": 3}))),
+            Some("spec.vf"),
+        ),
+        (
+            ("acme", Writer::Tenant, with(&f, json!({"host": "node-2"}))),
+            Some("spec.host"),
+        ),
+        (
+            ("acme", Writer::Tenant, with(&f, json!({"trust": true}))),
+            Some("spec.trust"),
+        ),
+        (
+            ("acme", Writer::Tenant, with(&f, json!({"trust": false}))),
+            OK,
+        ),
+        (
+            (
+                "acme",
+                Writer::Tenant,
+                with(&f, json!({"spoof_check": false})),
+            ),
+            Some("spec.spoof_check"),
+        ),
+        (("bare", Writer::Tenant, f.clone()), Some("spec.pf")),
+        // The fleet controller places functions wherever it decides.
+        (
+            (
+                "bare",
+                Writer::FleetController,
+                with(
+                    &f,
+                    json!({"pf": "pf1", "vf": 3, "trust": true, "spoof_check": false}),
+                ),
+            ),
+            OK,
+        ),
+    ];
+    check_rows("function grants", &rows, |(tenant, writer, v)| {
+        let spec = Spec::parse(Kind::Function, v)?;
+        validate_spec(&spec)?;
+        validate_in_context("f-new", tenant, *writer, &spec, &w)
+    });
+}
+
+/// TENANCY.md invariants 2 and 5: a VNI belongs to one tenant; a conflict
+/// with another tenant's network or grant does not name it.
+#[test]
+fn vnis_are_granted_per_tenant() {
+    let mut w = Objects::default();
+    w.put(
+        Kind::Tenant,
+        "acme",
+        "acme",
+        json!({"grants": {"vni_ranges": ["100-199"]}}),
+    );
+    w.put(
+        Kind::Tenant,
+        "other",
+        "other",
+        json!({"grants": {"vni_ranges": ["200-299"]}}),
+    );
+    w.put(Kind::Tenant, "legacy", "legacy", json!({}));
+    w.put(
+        Kind::Network,
+        "other-net",
+        "other",
+        json!({"vni": 250, "cidr": "10.9.0.0/24", "encap": "vxlan"}),
+    );
+    w.put(
+        Kind::Network,
+        "legacy-net",
+        "legacy",
+        json!({"vni": 5000, "cidr": "10.9.0.0/24", "encap": "vxlan"}),
+    );
+    let n = |vni: u32| json!({"vni": vni, "cidr": "10.1.0.0/24", "encap": "vxlan"});
+    let rows: Vec<((&str, Writer, Value), Want)> = vec![
+        (("acme", Writer::Tenant, n(150)), OK),
+        (("acme", Writer::Tenant, n(250)), Some("spec.vni")),
+        (("acme", Writer::Tenant, n(5001)), Some("spec.vni")),
+        (("acme", Writer::FleetController, n(5001)), OK),
+        // Inside another tenant's grant: not even the fleet controller.
+        (("acme", Writer::FleetController, n(260)), Some("spec.vni")),
+        (
+            ("legacy", Writer::FleetController, n(150)),
+            Some("spec.vni"),
+        ),
+        // In use by another network.
+        (("legacy", Writer::FleetController, n(5000)), OK),
+        (("acme", Writer::FleetController, n(5000)), Some("spec.vni")),
+    ];
+    check_rows("vni grants", &rows, |(tenant, writer, v)| {
+        let spec = Spec::parse(Kind::Network, v)?;
+        validate_spec(&spec)?;
+        // "legacy-net" itself may keep its VNI.
+        let id = if *tenant == "legacy" {
+            "legacy-net"
+        } else {
+            "n-new"
+        };
+        validate_in_context(id, tenant, *writer, &spec, &w)
+    });
+    for vni in [250, 5000] {
+        let spec = Spec::parse(Kind::Network, &n(vni)).unwrap();
+        let err =
+            validate_in_context("n-new", "acme", Writer::FleetController, &spec, &w).unwrap_err();
+        for secret in ["other", "legacy"] {
+            assert!(!err.message.contains(secret), "{err}");
+        }
+    }
+    // Grants of two tenants never overlap, and never hold another's network.
+    let rows: Vec<(Value, Want)> = vec![
+        (json!({"grants": {"vni_ranges": ["100-199"]}}), OK),
+        (
+            json!({"grants": {"vni_ranges": ["150-160"]}}),
+            Some("spec.grants.vni_ranges[0]"),
+        ),
+        (
+            json!({"grants": {"vni_ranges": ["4000-6000"]}}),
+            Some("spec.grants.vni_ranges[0]"),
+        ),
+        (json!({"grants": {"vni_ranges": ["300-399"]}}), OK),
+    ];
+    check_rows("vni grant overlap", &rows, |v| {
+        let spec = Spec::parse(Kind::Tenant, v)?;
+        validate_spec(&spec)?;
+        let id = if v["grants"]["vni_ranges"][0] == "100-199" {
+            "acme"
+        } else {
+            "third"
+        };
+        validate_in_context(id, id, Writer::FleetController, &spec, &w)
+    });
+}
+
+/// TENANCY.md invariant 1: a tenant's listener listens and connects only
+/// on host addresses of the tenant's own networks.
+#[test]
+fn tls_listener_addresses_stay_in_the_tenants_networks() {
+    let p = pems();
+    let mut w = Objects::default();
+    w.put(Kind::Tenant, "acme", "acme", json!({}));
+    w.put(
+        Kind::Network,
+        "net1",
+        "acme",
+        json!({"vni": 100, "cidr": "10.0.0.0/24", "encap": "vxlan"}),
+    );
+    w.put(Kind::Tenant, "other", "other", json!({}));
+    w.put(
+        Kind::Network,
+        "net-b",
+        "other",
+        json!({"vni": 200, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+    );
+    let listener = json!({
+        "listen": "10.0.0.1:443", "upstream": "10.0.0.10:8080",
+        "certificate_pem": p.cert, "private_key_pem": p.key, "ktls": "auto"
+    });
+    let rows: Vec<(Value, Want)> = vec![
+        (json!({}), OK),
+        (json!({"upstream": "127.0.0.1:9443"}), Some("spec.upstream")),
+        (json!({"upstream": "[::1]:9443"}), Some("spec.upstream")),
+        (
+            json!({"upstream": "169.254.169.254:80"}),
+            Some("spec.upstream"),
+        ),
+        (json!({"listen": "0.0.0.0:443"}), Some("spec.listen")),
+        (json!({"listen": "224.0.0.1:443"}), Some("spec.listen")),
+        (
+            json!({"upstream": "192.0.2.10:8080"}),
+            Some("spec.upstream"),
+        ),
+        // Another tenant's network.
+        (json!({"upstream": "10.7.0.5:8080"}), Some("spec.upstream")),
+        // The network and broadcast addresses are no hosts.
+        (json!({"listen": "10.0.0.255:443"}), Some("spec.listen")),
+    ];
+    check_rows("tls listener addresses", &rows, |patch| {
+        let spec = Spec::parse(Kind::TlsListener, &with(&listener, patch.clone()))?;
+        validate_spec(&spec)?;
+        validate_in_context("l1", "acme", Writer::FleetController, &spec, &w)
+    });
+}
+
+/// TENANCY.md invariant 4: a volume's host NQN is its own.
+#[test]
+fn host_nqns_are_per_volume() {
+    let mut w = Objects::default();
+    w.put(Kind::Tenant, "acme", "acme", json!({}));
+    w.put(Kind::Tenant, "other", "other", json!({}));
+    w.put(
+        Kind::Function,
+        "d1",
+        "acme",
+        json!({"type": "nvme", "pf": "pf0"}),
+    );
+    w.put(
+        Kind::Function,
+        "d2",
+        "other",
+        json!({"type": "nvme", "pf": "pf0"}),
+    );
+    let src = |hostnqn: Option<&str>| {
+        let mut n = json!({"transport": "tcp", "address": "192.0.2.5", "port": 4420,
+                           "subnqn": "nqn.2014-08.org.example:remote"});
+        if let Some(h) = hostnqn {
+            n["hostnqn"] = json!(h);
+        }
+        json!({"function": "d2", "source": {"nvmeof": n}})
+    };
+    w.put(
+        Kind::Volume,
+        "vol-b",
+        "other",
+        src(Some("nqn.2020-01.com.other:host")),
+    );
+    let v = |h: Option<&str>| with(&src(h), json!({"function": "d1"}));
+    let rows: Vec<(Value, Want)> = vec![
+        (v(None), OK),
+        (v(Some("nqn.2020-01.com.acme:host")), OK),
+        (
+            v(Some("nqn.2026-11.dev.dpu-agent:acme:vol-a:initiator")),
+            OK,
+        ),
+        (
+            v(Some("nqn.2026-11.dev.dpu-agent:other:vol-b:initiator")),
+            Some("spec.source.nvmeof.hostnqn"),
+        ),
+        (
+            v(Some("nqn.2020-01.com.other:host")),
+            Some("spec.source.nvmeof.hostnqn"),
+        ),
+    ];
+    check_rows("host nqn", &rows, |v| {
+        let spec = Spec::parse(Kind::Volume, v)?;
+        validate_spec(&spec)?;
+        validate_in_context("vol-a", "acme", Writer::Tenant, &spec, &w)
+    });
 }
