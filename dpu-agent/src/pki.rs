@@ -186,10 +186,23 @@ pub fn ensure_dev_pki(
     trust_domain: &str,
     server_names: &[&str],
 ) -> Result<DevPki, PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    // Owner-only: it holds the CA's and the identities' private keys.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let io = |source| PkiError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+        let mode = fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+    }
     let pki = DevPki {
         dir: dir.to_path_buf(),
     };

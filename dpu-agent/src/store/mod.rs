@@ -60,6 +60,31 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error(
+        "the sealing key {path} is missing, but the store holds {count} sealed secret value(s) \
+         (first: {first}); restore the key file from backup — a new key cannot open them. \
+         Only if those secrets are to be given up: delete the objects' store (store.redb) too"
+    )]
+    SealKeyMissing {
+        path: String,
+        count: usize,
+        first: String,
+    },
+    #[error(
+        "the sealing key {path} does not open the store's sealed secrets (first: {first}); \
+         it is not the key this store was sealed with: restore the right key file"
+    )]
+    SealKeyWrong {
+        path: String,
+        first: String,
+        #[source]
+        source: SealError,
+    },
+    #[error(
+        "the state directory {path} is writable by group or others (mode {mode:o}); \
+         run `chmod 700 {path}`"
+    )]
+    StateDirMode { path: String, mode: u32 },
     #[error("the store's writer lock is poisoned by an earlier panic")]
     Poisoned,
     #[error("the write was grouped with one that could not be committed: {0}")]
@@ -256,6 +281,12 @@ impl<'a> Txn<'a> {
             .collect()
     }
 
+    /// The number of objects of `kind` (of one tenant, or all), staged
+    /// changes included.
+    pub fn count(&self, kind: Kind, tenant: Option<&str>) -> usize {
+        self.list(kind, tenant).len()
+    }
+
     /// The first object of `kind` (staged changes included) for which `pred`
     /// holds, without copying the kind's whole listing: for uniqueness
     /// checks across every tenant.
@@ -328,6 +359,54 @@ impl<'a> Txn<'a> {
     }
 }
 
+/// Every sealed secret value in the store: (object, field, sealed value).
+fn sealed_values(state: &State) -> Vec<(ObjectKey, &'static str, Value)> {
+    let mut out = Vec::new();
+    for (key, obj) in &state.objects {
+        for field in key.kind.secret_fields() {
+            if let Some(v) = obj.spec.get(*field)
+                && Sealer::is_sealed(v)
+            {
+                out.push((key.clone(), *field, v.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Creates `dir` (and its parents) owner-only, or checks an existing one:
+/// writable by group or others is refused; readable by them is tightened.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |source| StoreError::StateDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(StoreError::StateDirMode {
+            path: dir.display().to_string(),
+            mode,
+        });
+    }
+    if mode & 0o055 != 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{mode:o}"),
+            "state directory was readable by group or others; setting it to 0700"
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
+
 fn range_of_kind(
     objects: &BTreeMap<ObjectKey, Arc<StoredObject>>,
     kind: Kind,
@@ -341,11 +420,9 @@ impl Store {
     /// Opens (or creates) the store in `dir`: `dir/store.redb` and the
     /// sealing key `dir/seal.key`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let sealer = Sealer::load_or_create(&dir.join("seal.key"))?;
+        ensure_private_dir(dir)?;
+        let key_path = dir.join("seal.key");
+        let sealer = Sealer::load(&key_path)?;
         let db = Database::create(dir.join("store.redb"))?;
         let mut state = State::default();
         {
@@ -383,6 +460,30 @@ impl Store {
                 .map(|v| v.value())
                 .unwrap_or(0);
         }
+        // Fail closed (TENANCY.md invariant 7): a store with sealed values
+        // starts only with the key that sealed them.
+        let sealed = sealed_values(&state);
+        let sealer = match (sealer, sealed.first()) {
+            (Some(sealer), Some((key, field, value))) => {
+                sealer.open(&key_str(key), field, value).map_err(|source| {
+                    StoreError::SealKeyWrong {
+                        path: key_path.display().to_string(),
+                        first: format!("{key} {field}"),
+                        source,
+                    }
+                })?;
+                sealer
+            }
+            (Some(sealer), None) => sealer,
+            (None, Some((key, field, _))) => {
+                return Err(StoreError::SealKeyMissing {
+                    path: key_path.display().to_string(),
+                    count: sealed.len(),
+                    first: format!("{key} {field}"),
+                });
+            }
+            (None, None) => Sealer::load_or_create(&key_path)?,
+        };
         let (events, _) = broadcast::channel(4096);
         let staging = Staging {
             revision: state.revision,

@@ -52,6 +52,14 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
+    /// Loads the key at `path`; `Ok(None)` when there is no such file.
+    pub fn load(path: &Path) -> Result<Option<Sealer>, SealError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::load_or_create(path).map(Some)
+    }
+
     /// Loads the key at `path`, creating it (0600, random) when absent.
     pub fn load_or_create(path: &Path) -> Result<Sealer, SealError> {
         let display = path.display().to_string();
