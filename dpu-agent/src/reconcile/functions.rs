@@ -105,7 +105,7 @@ fn vf_slot(
     held: &HashMap<String, (String, u32)>,
     obj: &StoredObject,
     spec: &FunctionSpec,
-) -> Result<u32, String> {
+) -> Result<u32, VfSlotError> {
     let mut taken: HashMap<u32, String> = HashMap::new();
     // Read from the stored (validated) JSON without decoding every other
     // function's spec: this runs for each function, and a DPU has thousands.
@@ -135,11 +135,39 @@ fn vf_slot(
     });
     match own {
         Some(vf) => match taken.get(&vf) {
-            Some(holder) => Err(holder.clone()),
+            Some(holder) => Err(VfSlotError::InUse(holder.clone())),
             None => Ok(vf),
         },
-        None => Ok(lowest_free(&taken.keys().copied().collect())),
+        None => {
+            // A tenant with a VF range in its grant draws from that range.
+            let (lo, hi) = granted_vfs(ctx, &obj.tenant).unwrap_or((0, u32::MAX - 1));
+            (lo..=hi)
+                .find(|i| !taken.contains_key(i))
+                .ok_or(VfSlotError::NoneFree { lo, hi })
+        }
     }
+}
+
+/// Why a function has no VF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum VfSlotError {
+    /// The requested index is held by this function.
+    InUse(String),
+    /// Every index of the tenant's granted range is taken.
+    NoneFree { lo: u32, hi: u32 },
+}
+
+/// The VF range of a tenant's function grant, if it sets one.
+fn granted_vfs(ctx: &Context, tenant: &str) -> Option<(u32, u32)> {
+    let t = ctx.store.get(&ObjectKey::new(Kind::Tenant, tenant))?;
+    let range = t
+        .spec
+        .get("grants")?
+        .get("functions")?
+        .get("vfs")?
+        .as_str()?
+        .to_string();
+    dpu_api::validate::parse_index_range("", &range, u32::MAX - 1).ok()
 }
 
 /// The tenant side of a function: its Port's MAC and addresses with the
@@ -306,17 +334,43 @@ impl Functions {
                     slots.insert(obj.id.clone(), (spec.pf.clone(), vf));
                     vf
                 }
-                Err(holder) => {
+                Err(err) => {
                     status.phase = Phase::Failed;
+                    let (reason, message) = match err {
+                        VfSlotError::InUse(holder) => {
+                            // Another tenant's function is not named
+                            // (TENANCY.md invariant 5).
+                            let same_tenant = ctx
+                                .store
+                                .get(&ObjectKey::new(Kind::Function, holder.clone()))
+                                .is_some_and(|h| h.tenant == obj.tenant);
+                            let who = if same_tenant {
+                                format!("function {holder}'s")
+                            } else {
+                                "held by another function".to_string()
+                            };
+                            (
+                                "VfInUse",
+                                format!(
+                                    "{} vf {} is already {who}; choose another spec.vf or leave it out to have one allocated",
+                                    spec.pf,
+                                    spec.vf.unwrap_or_default()
+                                ),
+                            )
+                        }
+                        VfSlotError::NoneFree { lo, hi } => (
+                            "NoFreeVf",
+                            format!(
+                                "every VF of {} in the tenant's granted range {lo}-{hi} is taken",
+                                spec.pf
+                            ),
+                        ),
+                    };
                     status.set_condition(condition(
                         "Programmed",
                         ConditionStatus::False,
-                        "VfInUse",
-                        format!(
-                            "{} vf {} is already function {holder}'s; choose another spec.vf or leave it out to have one allocated",
-                            spec.pf,
-                            spec.vf.unwrap_or_default()
-                        ),
+                        reason,
+                        message,
                     ));
                     return Ok(Outcome {
                         status,
@@ -457,8 +511,21 @@ impl Functions {
 
     async fn tear_down(&self, obj: &StoredObject) -> Result<Outcome, ReconcileError> {
         let spec = function_spec(obj).ok();
-        let vf = status_vf(obj).or_else(|| spec.as_ref().and_then(|s| s.vf));
-        let slot = spec.as_ref().zip(vf).map(|(s, vf)| (s.pf.clone(), vf));
+        // Only the VF this function held: its allocation in this process or
+        // the one its status records. A requested `spec.vf` it never got
+        // (VfInUse) is another function's and is not touched (TENANCY.md
+        // invariant 3).
+        let held = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&obj.id)
+            .cloned();
+        let slot = held.or_else(|| {
+            spec.as_ref()
+                .zip(status_vf(obj))
+                .map(|(s, vf)| (s.pf.clone(), vf))
+        });
         self.backend
             .remove(&obj.id, slot.as_ref().map(|(pf, vf)| (pf.as_str(), *vf)))
             .await
@@ -508,7 +575,13 @@ impl Controller for Functions {
         match outcome {
             WriteOutcome::Unchanged => Vec::new(),
             WriteOutcome::Deleted => {
-                let vf = status_vf(obj).or(spec.vf);
+                let held = self
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&obj.id)
+                    .map(|(_, vf)| *vf);
+                let vf = held.or_else(|| status_vf(obj));
                 self.backend
                     .plan_remove(&obj.id, vf.map(|vf| (spec.pf.as_str(), vf)))
             }
@@ -516,11 +589,17 @@ impl Controller for Functions {
                 let held = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let vf = match vf_slot(ctx, &held, obj, &spec) {
                     Ok(vf) => vf,
-                    Err(holder) => {
+                    Err(VfSlotError::InUse(_)) => {
                         return vec![format!(
-                            "nothing: {} vf {} is function {holder}'s",
+                            "nothing: {} vf {} is held by another function",
                             spec.pf,
                             spec.vf.unwrap_or_default()
+                        )];
+                    }
+                    Err(VfSlotError::NoneFree { lo, hi }) => {
+                        return vec![format!(
+                            "nothing: every VF of {} in the granted range {lo}-{hi} is taken",
+                            spec.pf
                         )];
                     }
                 };
