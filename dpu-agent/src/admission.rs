@@ -5,8 +5,8 @@
 
 use dpu_api::object::{EventType, ObjectKey, Phase, Status, WriteOutcome};
 use dpu_api::spec::Spec;
-use dpu_api::validate::{self, ObjectLookup};
-use dpu_api::{Kind, Problem};
+use dpu_api::validate::{self, ObjectLookup, Writer};
+use dpu_api::{Kind, Problem, limits};
 use serde_json::Value;
 
 use crate::store::{Store, StoredObject, Txn};
@@ -22,6 +22,41 @@ pub struct PutRequest {
     pub spec: Value,
     /// `If-Match` generation.
     pub if_match: Option<u64>,
+    /// Who writes: grants bound tenant identities.
+    pub writer: Writer,
+    /// Set by [`PutRequest::precheck`]; admission checks the spec on its
+    /// own again when it is not.
+    pub prechecked: bool,
+}
+
+impl PutRequest {
+    /// The checks of the spec on its own (parsing, PEM and key checks),
+    /// run before the store's writer lock is taken. A spec that leaves a
+    /// write-only field out (to keep the stored secret) is checked again
+    /// inside the transaction, with the secret filled in.
+    pub fn precheck(&mut self, field_prefix: &str) -> Result<(), Problem> {
+        let named = |e: validate::FieldError| {
+            Problem::invalid(if field_prefix.is_empty() {
+                e
+            } else {
+                e.prefixed(field_prefix)
+            })
+        };
+        let secrets_complete = match &self.spec {
+            Value::Object(map) => self
+                .kind
+                .secret_fields()
+                .iter()
+                .all(|f| map.contains_key(*f)),
+            _ => true,
+        };
+        if secrets_complete {
+            let spec = Spec::parse(self.kind, &self.spec).map_err(named)?;
+            validate::validate_spec(&spec).map_err(named)?;
+            self.prechecked = true;
+        }
+        Ok(())
+    }
 }
 
 /// What admission did to one object.
@@ -90,14 +125,16 @@ pub fn admit_put(
 
     if let Some(old) = &existing {
         if old.tenant != tenant {
+            // Ids are unique per kind on the DPU; the owner is not named
+            // (TENANCY.md invariant 5).
             return Err(Problem::new(
                 409,
                 format!(
-                    "{key} belongs to tenant {:?}; objects cannot move between tenants",
-                    old.tenant
+                    "{key} already exists in another tenant; choose another id (objects \
+                     cannot move between tenants)"
                 ),
             )
-            .with_field(field(field_prefix, "tenant")));
+            .with_field(field(field_prefix, "id")));
         }
         if old.deleting {
             return Err(Problem::new(
@@ -119,6 +156,9 @@ pub fn admit_put(
     // A write-only field left out of an update keeps its stored value, so a
     // read-modify-write by a client that never saw the secret is safe.
     let mut spec_value = req.spec;
+    // Checked before the lock by `PutRequest::precheck` unless a secret is
+    // filled in from the stored spec below.
+    let mut prechecked = req.prechecked;
     if let (Some(old), Value::Object(map)) = (&existing, &mut spec_value) {
         let mut stored = old.spec.clone();
         Store::unseal_spec(txn.sealer(), &key, &mut stored)
@@ -128,13 +168,17 @@ pub fn admit_put(
                 && let Some(v) = stored.get(*f)
             {
                 map.insert((*f).to_string(), v.clone());
+                prechecked = false;
             }
         }
     }
 
     let spec = Spec::parse(kind, &spec_value).map_err(named)?;
-    validate::validate_spec(&spec).map_err(named)?;
-    validate::validate_in_context(&req.id, &tenant, &spec, &TxnLookup(txn)).map_err(named)?;
+    if !prechecked {
+        validate::validate_spec(&spec).map_err(named)?;
+    }
+    validate::validate_in_context(&req.id, &tenant, req.writer, &spec, &TxnLookup(txn))
+        .map_err(named)?;
     if existing.is_none() {
         check_quota(txn, kind, &tenant)?;
     }
@@ -199,25 +243,28 @@ fn field(prefix: &str, name: &str) -> String {
     }
 }
 
-/// Refuses a new object beyond its tenant's quota (409).
+/// Refuses a new object beyond its tenant's quota (409). Every kind has
+/// one: `spec.quotas` of the tenant, or [`limits::DEFAULT_QUOTA`].
 fn check_quota(txn: &Txn<'_>, kind: Kind, tenant: &str) -> Result<(), Problem> {
-    let Some(t) = txn.get(&ObjectKey::new(Kind::Tenant, tenant)) else {
-        return Ok(());
-    };
-    let Some(Spec::Tenant(spec)) = t.spec_without_secrets() else {
-        return Ok(());
-    };
-    let Some(quotas) = spec.quotas else {
-        return Ok(());
+    let quotas = match txn
+        .get(&ObjectKey::new(Kind::Tenant, tenant))
+        .and_then(|t| t.spec_without_secrets())
+    {
+        Some(Spec::Tenant(spec)) => spec.quotas.unwrap_or_default(),
+        _ => Default::default(),
     };
     let (limit, name) = match kind {
+        Kind::Tenant => return Ok(()),
         Kind::Function => (quotas.functions, "functions"),
         Kind::Volume => (quotas.volumes, "volumes"),
         Kind::IpsecTunnel => (quotas.tunnels, "tunnels"),
-        _ => return Ok(()),
+        Kind::Network => (quotas.networks, "networks"),
+        Kind::Port => (quotas.ports, "ports"),
+        Kind::Endpoint => (quotas.endpoints, "endpoints"),
+        Kind::TlsListener => (quotas.tls_listeners, "tls_listeners"),
     };
-    let Some(limit) = limit else { return Ok(()) };
-    let used = txn.list(kind, Some(tenant)).len();
+    let limit = limit.unwrap_or(limits::DEFAULT_QUOTA);
+    let used = txn.count(kind, Some(tenant));
     if used as u64 >= u64::from(limit) {
         return Err(Problem::new(
             409,

@@ -117,6 +117,16 @@ pub enum Listener {
     InsecureLoopback,
 }
 
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections without a recognized client certificate served at once.
+pub const MAX_UNAUTHENTICATED: usize = 64;
+/// How long a connection without a recognized certificate may stay open.
+pub const UNAUTHENTICATED_LIFETIME: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers (HTTP/1); an idle
+/// keep-alive connection is closed after the same time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `router` on `listener` until `shutdown` turns true, then lets open
 /// requests finish for up to 10 s.
 pub async fn serve(
@@ -126,6 +136,12 @@ pub async fn serve(
     mut shutdown: signal::Receiver<bool>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connection slots (TENANCY.md invariant 6): every connection takes one
+    // of MAX_CONNECTIONS; one without a recognized certificate also takes
+    // one of MAX_UNAUTHENTICATED and lives at most UNAUTHENTICATED_LIFETIME,
+    // so anonymous clients cannot crowd out the fleet controller.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let anonymous_slots = Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED));
     let acceptor = match &listener {
         Listener::Tls { config, .. } => Some(TlsAcceptor::from(config.clone())),
         Listener::InsecureLoopback => None,
@@ -145,12 +161,19 @@ pub async fn serve(
                 if *shutdown.borrow() { break } else { continue }
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "connection refused: {MAX_CONNECTIONS} connections open");
+            drop(stream);
+            continue;
+        };
+        let anonymous_slots = anonymous_slots.clone();
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let acceptor = acceptor.clone();
         let listener = listener.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             match (acceptor, listener) {
                 (Some(acceptor), Listener::Tls { trust_domain, .. }) => {
                     let tls = match tokio::time::timeout(
@@ -168,7 +191,19 @@ pub async fn serve(
                     };
                     let caller =
                         tls::caller_from_peer(tls.get_ref().1.peer_certificates(), &trust_domain);
-                    serve_connection(TokioIo::new(tls), router, caller, watcher).await;
+                    if matches!(caller, Caller::Role(_)) {
+                        serve_connection(TokioIo::new(tls), router, caller, watcher).await;
+                    } else {
+                        // Answers 401/403 and nothing else: few, and short.
+                        let Ok(_anonymous) = anonymous_slots.try_acquire_owned() else {
+                            return;
+                        };
+                        let _ = tokio::time::timeout(
+                            UNAUTHENTICATED_LIFETIME,
+                            serve_connection(TokioIo::new(tls), router, caller, watcher),
+                        )
+                        .await;
+                    }
                 }
                 _ => {
                     let caller = Caller::Role(dpu_api::identity::Role::FleetController);
@@ -196,7 +231,18 @@ async fn serve_connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = TowerToHyperService::new(router.layer(Extension(caller)));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that opens a connection and never finishes its request
+    // headers is closed.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");

@@ -8,7 +8,11 @@ use dpu_api::object::{
     ApplyRequest, ApplyResponse, ApplyResult, ObjectKey, ObjectList, PlanResponse, PlannedObject,
     PutBody, WriteOutcome,
 };
-use dpu_api::{Kind, Problem};
+use std::collections::HashMap;
+
+use dpu_api::identity::Role;
+use dpu_api::validate::Writer;
+use dpu_api::{Kind, Problem, limits};
 use serde::Deserialize;
 
 use super::AppState;
@@ -120,14 +124,19 @@ pub async fn put(
         },
     )?;
     let store = state.store.clone();
-    let req = PutRequest {
+    let mut req = PutRequest {
         kind,
         id,
         tenant,
         spec: put.spec,
         if_match,
+        writer: writer(&caller),
+        prechecked: false,
     };
     let (admitted, rev) = blocking(move || {
+        // The costly checks of the spec on its own run before the store's
+        // writer lock (TENANCY.md invariant 6).
+        req.precheck("")?;
         store.transact(|txn| {
             check_existing_owner(txn, &caller, &ObjectKey::new(kind, req.id.clone()))?;
             Ok::<_, TxError>(admission::admit_put(txn, req, "")?)
@@ -143,9 +152,36 @@ pub async fn put(
     Ok(json_with_revision(status, &obj, rev))
 }
 
-/// A tenant may not touch another tenant's object even under its own name.
+/// Grants bound tenant identities; the fleet controller writes them.
+pub(crate) fn writer(caller: &Caller) -> Writer {
+    match caller {
+        Caller::Role(Role::Tenant(_)) => Writer::Tenant,
+        _ => Writer::FleetController,
+    }
+}
+
+/// Whether `caller` may see that an object of `tenant` exists. Another
+/// tenant's object answers exactly as a missing one (TENANCY.md
+/// invariant 5).
+fn hidden_from(caller: &Caller, tenant: &str) -> bool {
+    matches!(caller, Caller::Role(Role::Tenant(t)) if t != tenant)
+}
+
+fn not_found(key: &ObjectKey) -> ApiError {
+    ApiError(Problem::new(404, format!("{key} does not exist")))
+}
+
+/// A tenant may not touch another tenant's object even under its own name;
+/// the refusal does not name the owner.
 fn check_existing_owner(txn: &Txn<'_>, caller: &Caller, key: &ObjectKey) -> Result<(), Problem> {
     if let Some(obj) = txn.get(key) {
+        if hidden_from(caller, &obj.tenant) {
+            return Err(Problem::new(
+                409,
+                format!("{key} already exists in another tenant; choose another id"),
+            )
+            .with_field("id"));
+        }
         authorize(
             caller,
             &Operation::Write {
@@ -165,7 +201,7 @@ pub async fn get(
     let kind = parse_kind(&kind)?;
     let key = ObjectKey::new(kind, id);
     match state.store.get(&key) {
-        Some(obj) => {
+        Some(obj) if !hidden_from(&caller, &obj.tenant) => {
             authorize(
                 &caller,
                 &Operation::Read {
@@ -179,14 +215,14 @@ pub async fn get(
                 state.store.revision(),
             ))
         }
-        None => {
+        _ => {
             // Only callers who could read such an object learn it is absent.
-            if let Caller::Role(dpu_api::identity::Role::Tenant(t)) = &caller {
+            if let Caller::Role(Role::Tenant(t)) = &caller {
                 authorize(&caller, &Operation::Read { kind, tenant: t })?;
             } else {
                 authorize(&caller, &Operation::List { kind, tenant: None })?;
             }
-            Err(ApiError(Problem::new(404, format!("{key} does not exist"))))
+            Err(not_found(&key))
         }
     }
 }
@@ -243,18 +279,24 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
     let key = ObjectKey::new(kind, id);
-    if state.store.get(&key).is_none() {
+    let visible = state
+        .store
+        .get(&key)
+        .is_some_and(|o| !hidden_from(&caller, &o.tenant));
+    if !visible {
         authorize(&caller, &Operation::List { kind, tenant: None }).or_else(|p| match &caller {
-            Caller::Role(dpu_api::identity::Role::Tenant(_)) if p.status == 403 => Ok(()),
+            Caller::Role(Role::Tenant(t)) if p.status == 403 => {
+                authorize(&caller, &Operation::Write { kind, tenant: t })
+            }
             _ => Err(p),
         })?;
-        return Err(ApiError(Problem::new(404, format!("{key} does not exist"))));
+        return Err(not_found(&key));
     }
     let store = state.store.clone();
     let k = key.clone();
     let (_, rev) = blocking(move || {
         store.transact(|txn| {
-            let Some(obj) = txn.get(&k) else {
+            let Some(obj) = txn.get(&k).filter(|o| !hidden_from(&caller, &o.tenant)) else {
                 return Err(TxError::Problem(Problem::new(
                     404,
                     format!("{k} does not exist"),
@@ -276,35 +318,46 @@ pub async fn delete(
     Ok(json_with_revision(StatusCode::ACCEPTED, &obj, rev))
 }
 
-/// Admits every object of an apply body in dependency order (so references
-/// inside the batch resolve), then prunes. Any failure fails the whole batch.
-fn admit_apply(
-    txn: &mut Txn<'_>,
-    caller: &Caller,
-    req: &ApplyRequest,
-) -> Result<Vec<(Admitted, usize)>, TxError> {
+/// The objects of an apply body as write requests, with the checks that
+/// need no store (kinds, duplicates, authorization, each spec on its own)
+/// done before the store's writer lock is taken.
+fn prepare_apply(caller: &Caller, req: &ApplyRequest) -> Result<Vec<(usize, PutRequest)>, Problem> {
+    if req.objects.len() > limits::APPLY_OBJECTS {
+        return Err(Problem::new(
+            422,
+            format!(
+                "{} objects in one apply; at most {} are allowed",
+                req.objects.len(),
+                limits::APPLY_OBJECTS
+            ),
+        )
+        .with_field("objects"));
+    }
+    if let Some(prune) = &req.prune {
+        dpu_api::validate::check_label("prune.tenant", &prune.tenant).map_err(Problem::invalid)?;
+    }
+    let mut seen: HashMap<(Kind, &str), usize> = HashMap::with_capacity(req.objects.len());
     let mut parsed = Vec::with_capacity(req.objects.len());
     for (i, o) in req.objects.iter().enumerate() {
         let kind = Kind::from_name(&o.kind)
             .or_else(|| Kind::from_path(&o.kind))
             .ok_or_else(|| {
-                Problem::new(422, format!("unknown kind {:?}", o.kind))
-                    .with_field(format!("objects[{i}].kind"))
+                Problem::new(
+                    422,
+                    format!("unknown kind {}", dpu_api::validate::quote(&o.kind)),
+                )
+                .with_field(format!("objects[{i}].kind"))
             })?;
-        if let Some(j) = req.objects[..i].iter().position(|p| {
-            p.id == o.id
-                && (Kind::from_name(&p.kind).or_else(|| Kind::from_path(&p.kind)) == Some(kind))
-        }) {
+        if let Some(j) = seen.insert((kind, o.id.as_str()), i) {
             return Err(Problem::new(
                 422,
                 format!(
-                    "{} {:?} is listed twice (also objects[{j}])",
+                    "{} {} is listed twice (also objects[{j}])",
                     kind.name(),
-                    o.id
+                    dpu_api::validate::quote(&o.id)
                 ),
             )
-            .with_field(format!("objects[{i}].id"))
-            .into());
+            .with_field(format!("objects[{i}].id")));
         }
         let tenant = o
             .tenant
@@ -317,17 +370,31 @@ fn admit_apply(
                 tenant: tenant.as_deref().unwrap_or(""),
             },
         )?;
-        check_existing_owner(txn, caller, &ObjectKey::new(kind, o.id.clone()))?;
-        parsed.push((
-            i,
-            PutRequest {
-                kind,
-                id: o.id.clone(),
-                tenant,
-                spec: o.spec.clone(),
-                if_match: None,
-            },
-        ));
+        let mut put = PutRequest {
+            kind,
+            id: o.id.clone(),
+            tenant,
+            spec: o.spec.clone(),
+            if_match: None,
+            writer: writer(caller),
+            prechecked: false,
+        };
+        put.precheck(&format!("objects[{i}]"))?;
+        parsed.push((i, put));
+    }
+    Ok(parsed)
+}
+
+/// Admits every object of an apply body in dependency order (so references
+/// inside the batch resolve), then prunes. Any failure fails the whole batch.
+fn admit_apply(
+    txn: &mut Txn<'_>,
+    caller: &Caller,
+    mut parsed: Vec<(usize, PutRequest)>,
+    prune: Option<&dpu_api::object::Prune>,
+) -> Result<Vec<(Admitted, usize)>, TxError> {
+    for (_, put) in &parsed {
+        check_existing_owner(txn, caller, &ObjectKey::new(put.kind, put.id.clone()))?;
     }
     parsed.sort_by_key(|(i, r)| (Kind::ALL.iter().position(|k| *k == r.kind), *i));
     let mut out = Vec::with_capacity(parsed.len());
@@ -335,7 +402,7 @@ fn admit_apply(
         let admitted = admission::admit_put(txn, req, &format!("objects[{i}]"))?;
         out.push((admitted, i));
     }
-    if let Some(prune) = &req.prune {
+    if let Some(prune) = prune {
         authorize(
             caller,
             &Operation::Write {
@@ -374,8 +441,11 @@ pub async fn apply(
 ) -> Result<Response, ApiError> {
     let req: ApplyRequest = parse_json(&body)?;
     let store = state.store.clone();
-    let (admitted, revision) =
-        blocking(move || store.transact(|txn| admit_apply(txn, &caller, &req))).await??;
+    let (admitted, revision) = blocking(move || {
+        let parsed = prepare_apply(&caller, &req)?;
+        store.transact(|txn| admit_apply(txn, &caller, parsed, req.prune.as_ref()))
+    })
+    .await??;
     let mut results: Vec<(usize, ApplyResult)> = admitted
         .into_iter()
         .map(|(a, i)| {
@@ -412,8 +482,9 @@ pub async fn plan(
     // Admission runs under the store's locks; controllers plan after they
     // are released (a controller's plan may read the store).
     let (admitted, revision) = blocking(move || {
+        let parsed = prepare_apply(&caller, &req)?;
         store.dry_run(|txn| {
-            let admitted = admit_apply(txn, &caller, &req)?;
+            let admitted = admit_apply(txn, &caller, parsed, req.prune.as_ref())?;
             Ok::<_, TxError>(
                 admitted
                     .into_iter()

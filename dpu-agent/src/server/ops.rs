@@ -31,7 +31,13 @@ pub struct Metrics {
 }
 
 pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
+    // A closed set: any caller, authenticated or not, can send any method
+    // name, and labels must not grow from unauthenticated input.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "PUT" | "POST" | "DELETE" | "HEAD" | "PATCH" | "OPTIONS") => m,
+        _ => "OTHER",
+    }
+    .to_string();
     let resp = next.run(req).await;
     if let Ok(mut m) = state.metrics.requests.lock() {
         *m.entry((method, resp.status().as_u16())).or_default() += 1;
