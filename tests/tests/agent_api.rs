@@ -462,7 +462,8 @@ async fn errors_name_the_field_and_change_nothing() {
         )
         .await
         .unwrap_err();
-    assert_eq!(status_of(err), (409, Some("tenant".into())));
+    // The refusal names neither tenant (TENANCY.md invariant 5).
+    assert_eq!(status_of(err), (409, Some("id".into())));
 
     // None of the refused writes changed anything beyond the two accepted ones.
     let after = c.list(Kind::Tenant, None).await.unwrap();
@@ -727,7 +728,13 @@ async fn roles_are_enforced_with_real_certificates() {
     let admin = agent.admin();
     for t in ["a", "b"] {
         admin
-            .put(Kind::Tenant, t, None, json!({}), None)
+            .put(
+                Kind::Tenant,
+                t,
+                None,
+                json!({"grants": {"functions": {"pfs": ["pf0"]}}}),
+                None,
+            )
             .await
             .unwrap();
         admin
@@ -769,9 +776,11 @@ async fn roles_are_enforced_with_real_certificates() {
     // Tenant a: its own objects only.
     let a = agent.client_for(&Role::Tenant("a".into()));
     assert_eq!(a.get(Kind::Function, "a-fn").await.unwrap().tenant, "a");
+    // Another tenant's object answers as a missing one (TENANCY.md
+    // invariant 5).
     assert_eq!(
         status_of(a.get(Kind::Function, "b-fn").await.unwrap_err()).0,
-        403
+        404
     );
     assert_eq!(
         status_of(a.list(Kind::Function, Some("b")).await.unwrap_err()).0,
@@ -802,7 +811,8 @@ async fn roles_are_enforced_with_real_certificates() {
         .await
         .unwrap_err();
     assert_eq!(status_of(err).0, 403);
-    // Not even by naming its own tenant on b's object.
+    // Not even by naming its own tenant on b's object: refused as an id
+    // already taken, without naming b.
     let err = a
         .put(
             Kind::Function,
@@ -813,10 +823,10 @@ async fn roles_are_enforced_with_real_certificates() {
         )
         .await
         .unwrap_err();
-    assert_eq!(status_of(err).0, 403);
+    assert_eq!(status_of(err).0, 409);
     assert_eq!(
         status_of(a.delete(Kind::Function, "b-fn").await.unwrap_err()).0,
-        403
+        404
     );
     assert_eq!(
         status_of(
