@@ -1106,7 +1106,7 @@ fn check_function_grant(f: &FunctionSpec, grant: Option<&FunctionGrant>) -> Chec
             format!("the tenant has no grant to carve functions {HOW}"),
         );
     };
-    if !g.pfs.iter().any(|p| *p == f.pf) {
+    if !g.pfs.contains(&f.pf) {
         return fail(
             "spec.pf",
             format!("physical function {} is not granted {HOW}", quote(&f.pf)),
@@ -1122,7 +1122,7 @@ fn check_function_grant(f: &FunctionSpec, grant: Option<&FunctionGrant>) -> Chec
         );
     }
     if let Some(host) = &f.host
-        && !g.hosts.iter().any(|h| h == host)
+        && !g.hosts.contains(host)
     {
         return fail("spec.host", format!("host {host:?} is not granted {HOW}"));
     }
