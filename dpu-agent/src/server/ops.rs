@@ -221,4 +221,137 @@ mod tests {
             }
         }
     }
+
+    /// The document states the maxima that admission enforces
+    /// (`dpu_api::limits`), field by field.
+    #[test]
+    fn openapi_maxima_match_the_limits() {
+        use dpu_api::limits;
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let schemas = &doc["components"]["schemas"];
+        let nvmeof = "/VolumeSpec/properties/source/oneOf/0/properties/nvmeof/properties";
+        let rows: Vec<(String, &str, usize)> = vec![
+            (
+                "/TenantSpec/properties/description".into(),
+                "maxLength",
+                limits::DESCRIPTION_BYTES,
+            ),
+            (
+                "/TenantSpec/properties/grants/properties/vni_ranges".into(),
+                "maxItems",
+                limits::VNI_RANGES,
+            ),
+            (
+                "/TenantSpec/properties/grants/properties/functions/properties/pfs".into(),
+                "maxItems",
+                limits::GRANT_PFS,
+            ),
+            (
+                "/TenantSpec/properties/grants/properties/functions/properties/hosts".into(),
+                "maxItems",
+                limits::GRANT_HOSTS,
+            ),
+            (
+                "/FunctionSpec/properties/pf".into(),
+                "maxLength",
+                limits::PF_BYTES,
+            ),
+            (
+                "/FunctionSpec/properties/mac".into(),
+                "maxLength",
+                limits::ADDRESS_BYTES,
+            ),
+            (
+                "/NetworkSpec/properties/cidr".into(),
+                "maxLength",
+                limits::ADDRESS_BYTES,
+            ),
+            ("/PortSpec/properties/ips".into(), "maxItems", limits::IPS),
+            (
+                "/PortSpec/properties/ips/items".into(),
+                "maxLength",
+                limits::ADDRESS_BYTES,
+            ),
+            (
+                "/PortSpec/properties/security/properties/ingress".into(),
+                "maxItems",
+                limits::RULES,
+            ),
+            (
+                "/PortSpec/properties/security/properties/egress".into(),
+                "maxItems",
+                limits::RULES,
+            ),
+            (
+                "/EndpointSpec/properties/ips".into(),
+                "maxItems",
+                limits::IPS,
+            ),
+            (
+                "/EndpointSpec/properties/vtep".into(),
+                "maxLength",
+                limits::ADDRESS_BYTES,
+            ),
+            (
+                format!("{nvmeof}/address"),
+                "maxLength",
+                limits::ADDRESS_BYTES,
+            ),
+            (format!("{nvmeof}/subnqn"), "maxLength", limits::NQN_BYTES),
+            (format!("{nvmeof}/hostnqn"), "maxLength", limits::NQN_BYTES),
+            (
+                "/IpsecTunnelSpec/properties/local_subnets".into(),
+                "maxItems",
+                limits::SUBNETS,
+            ),
+            (
+                "/IpsecTunnelSpec/properties/remote_subnets".into(),
+                "maxItems",
+                limits::SUBNETS,
+            ),
+            (
+                "/TlsListenerSpec/properties/listen".into(),
+                "maxLength",
+                limits::ADDRESS_BYTES,
+            ),
+            (
+                "/TlsListenerSpec/properties/upstream".into(),
+                "maxLength",
+                limits::ADDRESS_BYTES,
+            ),
+            (
+                "/TlsListenerSpec/properties/certificate_pem".into(),
+                "maxLength",
+                limits::CERTIFICATE_PEM_BYTES,
+            ),
+            (
+                "/TlsListenerSpec/properties/private_key_pem".into(),
+                "maxLength",
+                limits::PRIVATE_KEY_PEM_BYTES,
+            ),
+            (
+                "/TlsListenerSpec/properties/client_ca_pem".into(),
+                "maxLength",
+                limits::CLIENT_CA_PEM_BYTES,
+            ),
+            (
+                "/TlsListenerSpec/properties/alpn".into(),
+                "maxItems",
+                limits::ALPN,
+            ),
+            (
+                "/TlsListenerSpec/properties/alpn/items".into(),
+                "maxLength",
+                limits::ALPN_BYTES,
+            ),
+        ];
+        for (path, key, want) in rows {
+            let got = schemas.pointer(&path).map(|s| &s[key]);
+            assert_eq!(
+                got.and_then(serde_json::Value::as_u64),
+                Some(want as u64),
+                "{path} {key}"
+            );
+        }
+    }
 }
