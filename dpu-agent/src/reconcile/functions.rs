@@ -106,26 +106,36 @@ fn vf_slot(
     obj: &StoredObject,
     spec: &FunctionSpec,
 ) -> Result<u32, VfSlotError> {
-    let mut taken: HashMap<u32, String> = HashMap::new();
+    // VFs other functions hold (recorded in their status, or allocated in
+    // this process), and VFs they asked for without holding them yet.
+    let mut held_by: HashMap<u32, String> = HashMap::new();
+    let mut asked_by: HashMap<u32, String> = HashMap::new();
     // Read from the stored (validated) JSON without decoding every other
     // function's spec: this runs for each function, and a DPU has thousands.
     for other in ctx.store.list(Kind::Function, None) {
         if other.id == obj.id || other.spec.get("pf").and_then(Value::as_str) != Some(&spec.pf) {
             continue;
         }
-        let vf = other
+        let holds = status_vf(&other);
+        if let Some(vf) = holds {
+            held_by.insert(vf, other.id.clone());
+        }
+        let asks = other
             .spec
             .get("vf")
             .and_then(Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok())
-            .or_else(|| status_vf(&other));
-        if let Some(vf) = vf {
-            taken.insert(vf, other.id.clone());
+            .and_then(|v| u32::try_from(v).ok());
+        if let Some(vf) = asks.filter(|vf| holds != Some(*vf)) {
+            // The lowest id among those asking wins a VF nobody holds.
+            let e = asked_by.entry(vf).or_insert_with(|| other.id.clone());
+            if other.id < *e {
+                *e = other.id.clone();
+            }
         }
     }
     for (id, (pf, vf)) in held {
         if *id != obj.id && *pf == spec.pf {
-            taken.entry(*vf).or_insert_with(|| id.clone());
+            held_by.insert(*vf, id.clone());
         }
     }
     let own = spec.vf.or_else(|| status_vf(obj)).or_else(|| {
@@ -134,15 +144,22 @@ fn vf_slot(
             .map(|(_, vf)| *vf)
     });
     match own {
-        Some(vf) => match taken.get(&vf) {
-            Some(holder) => Err(VfSlotError::InUse(holder.clone())),
-            None => Ok(vf),
-        },
+        Some(vf) => {
+            if let Some(holder) = held_by.get(&vf) {
+                return Err(VfSlotError::InUse(holder.clone()));
+            }
+            match asked_by.get(&vf) {
+                Some(first) if spec.vf == Some(vf) && *first < obj.id => {
+                    Err(VfSlotError::InUse(first.clone()))
+                }
+                _ => Ok(vf),
+            }
+        }
         None => {
             // A tenant with a VF range in its grant draws from that range.
             let (lo, hi) = granted_vfs(ctx, &obj.tenant).unwrap_or((0, u32::MAX - 1));
             (lo..=hi)
-                .find(|i| !taken.contains_key(i))
+                .find(|i| !held_by.contains_key(i) && !asked_by.contains_key(i))
                 .ok_or(VfSlotError::NoneFree { lo, hi })
         }
     }
@@ -745,10 +762,14 @@ mod tests {
     }
 
     fn put(store: &Store, kind: Kind, id: &str, spec: Value) {
+        put_in(store, "acme", kind, id, spec);
+    }
+
+    fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value) {
         let o = StoredObject {
             kind,
             id: id.into(),
-            tenant: "acme".into(),
+            tenant: tenant.into(),
             generation: 1,
             spec,
             status: Default::default(),
@@ -841,6 +862,87 @@ mod tests {
         let cond = e.status.condition("Programmed").unwrap();
         assert_eq!(cond.reason, "VfInUse");
         assert!(cond.message.contains("function a"), "{}", cond.message);
+    }
+
+    /// TENANCY.md invariants 3 and 5: a function that asked for a VF another
+    /// tenant's function holds fails without naming the holder, and its
+    /// teardown leaves the holder's VF alone.
+    #[tokio::test]
+    async fn teardown_of_a_vf_in_use_leaves_the_holder_alone() {
+        let (_dir, ctx) = setup();
+        put(&ctx.store, Kind::Tenant, "blue", json!({}));
+        put(
+            &ctx.store,
+            Kind::Function,
+            "a",
+            json!({"type": "net", "pf": "pf0", "vf": 3, "mac": "02:00:00:00:00:0a"}),
+        );
+        put_in(
+            &ctx.store,
+            "blue",
+            Kind::Function,
+            "x",
+            json!({"type": "net", "pf": "pf0", "vf": 3, "mac": "02:00:00:00:00:0b"}),
+        );
+        let fake = Arc::new(Fake::default());
+        let c = Functions::new(fake.clone());
+        let a = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "a"))
+            .await
+            .unwrap();
+        assert_eq!(a.status.phase, Phase::Ready);
+        let x = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "x"))
+            .await
+            .unwrap();
+        assert_eq!(x.status.phase, Phase::Failed);
+        let cond = x.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "VfInUse");
+        assert!(!cond.message.contains("function a"), "{}", cond.message);
+        // Delete x: nothing of pf0 vf 3 is touched.
+        let mut gone = obj(&ctx.store, Kind::Function, "x");
+        gone.deleting = true;
+        gone.status = x.status.clone();
+        let out = c.reconcile(&ctx, &gone).await.unwrap();
+        assert!(out.finalized);
+        let removed = fake.removed.lock().unwrap().clone();
+        assert_eq!(removed, vec![("x".to_string(), None)]);
+    }
+
+    /// A tenant whose grant names a VF range gets VFs from it, and a clear
+    /// reason when it is used up.
+    #[tokio::test]
+    async fn vfs_come_from_the_granted_range() {
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Tenant,
+            "acme",
+            json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": "4-5"}}}),
+        );
+        let c = Functions::new(Arc::new(Fake::default()));
+        for (id, want) in [("f1", Some(4)), ("f2", Some(5)), ("f3", None)] {
+            put(
+                &ctx.store,
+                Kind::Function,
+                id,
+                json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0a"}),
+            );
+            let out = c
+                .reconcile(&ctx, &obj(&ctx.store, Kind::Function, id))
+                .await
+                .unwrap();
+            match want {
+                Some(vf) => assert_eq!(out.status.fields["vf"], json!(vf), "{id}"),
+                None => {
+                    assert_eq!(out.status.phase, Phase::Failed);
+                    assert_eq!(
+                        out.status.condition("Programmed").unwrap().reason,
+                        "NoFreeVf"
+                    );
+                }
+            }
+        }
     }
 
     fn dev(addr: &str, kind: &str, class: &str) -> HostDevice {
