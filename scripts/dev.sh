@@ -2,7 +2,8 @@
 # The first command for a newcomer: installs prerequisites, builds the agent,
 # runs `dpu-agent dev` on its embedded defaults (PKI and a private Open vSwitch
 # in the state directory), applies the demo tenant and shows it. Ctrl-C stops
-# the agent and its Open vSwitch.
+# the agent and its Open vSwitch (the switch outlives a crashed or restarted
+# agent; `dpu-agent dev --stop` is what stops it).
 #
 #   scripts/dev.sh                 state in ~/.local/state/dpu-agent/dev
 #   DPU_STATE_DIR=/tmp/x scripts/dev.sh
@@ -22,7 +23,7 @@ dpuctl="$bin/dpuctl"
 
 "$agent" dev --state-dir "$state" 2>"$state/agent.log" &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null' EXIT INT TERM
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; "$agent" dev --stop --state-dir "$state" >/dev/null 2>&1' EXIT INT TERM
 
 for _ in $(seq 1 100); do
   if ! kill -0 "$pid" 2>/dev/null; then

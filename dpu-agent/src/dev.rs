@@ -2,8 +2,20 @@
 //! `STATE_DIR/pki/`, starts a private Open vSwitch (ovsdb-server and
 //! ovs-vswitchd, userspace datapath) in `STATE_DIR/ovs/` when the programs
 //! are installed, and prints how to talk to the agent.
+//!
+//! The private switch outlives the agent, as a production switch does: an
+//! agent that stops (SIGTERM) or dies (SIGKILL) leaves it running with its
+//! flows, the next `dpu-agent dev` on the same state directory adopts it
+//! (zero flow churn), and `dpu-agent dev --stop` stops it (with
+//! `exit --cleanup`, so the userspace datapath's persistent tap devices go
+//! too). One private switch runs per network namespace: the userspace
+//! datapath's tap device `ovs-netdev` is global to it, so a second dev agent
+//! with its own switch is refused with an error naming the running one.
 
-use net_offload::sandbox::{OvsSandbox, SandboxConfig, SandboxError};
+use std::path::Path;
+use std::time::Duration;
+
+use net_offload::sandbox::{self, OvsSandbox, SandboxConfig, SandboxError};
 
 use crate::config::Config;
 use crate::pki::{self, DevPki, PkiError};
@@ -55,7 +67,21 @@ pub async fn bootstrap(cfg: &Config, want_ovs: bool) -> Result<DevBootstrap, Dev
     Ok(DevBootstrap { pki, ovs, ovs_note })
 }
 
+/// `dpu-agent dev --stop`: stops the private switch of `state_dir`.
+pub async fn stop_switch(state_dir: &Path) -> Result<Vec<&'static str>, DevError> {
+    sandbox::stop_dir(&state_dir.join("ovs"), Duration::from_secs(20))
+        .await
+        .map_err(DevError::Ovs)
+}
+
 impl DevBootstrap {
+    /// Lets the agent exit without stopping the private switch.
+    pub fn leave_switch_running(self) {
+        if let Some(ovs) = self.ovs {
+            ovs.leave_running();
+        }
+    }
+
     /// What to print for the person who started dev mode.
     pub fn banner(&self, cfg: &Config) -> String {
         let ca = self.pki.ca();
@@ -74,9 +100,11 @@ impl DevBootstrap {
         };
         let ovs = match (&self.ovs, &self.ovs_note) {
             (Some(s), _) => format!(
-                "private Open vSwitch in {} (OVSDB {})",
+                "private Open vSwitch in {} (OVSDB {}, bridge {}); it keeps running when the \
+                 agent stops — `dpu-agent dev --stop` stops it",
                 s.dir().display(),
-                s.db_socket().display()
+                s.db_socket().display(),
+                cfg.ovs.bridge
             ),
             (None, Some(note)) => note.clone(),
             (None, None) => "no private Open vSwitch".to_string(),

@@ -21,6 +21,13 @@
 //! [`Netns::Path`] enters a named one (`setns(2)`, e.g. `/run/netns/dpu1`,
 //! for two-"DPU" setups joined by a veth).
 //!
+//! Outliving its owner: [`OvsSandbox::start`] adopts a daemon of this
+//! directory that is still running (its pid file names a live process whose
+//! command line holds this directory's database or socket), so an agent
+//! restarted after SIGTERM or SIGKILL finds the switch it left, with its
+//! flows; [`OvsSandbox::leave_running`] lets go without stopping it, and
+//! [`stop_dir`] stops what runs in a directory.
+//!
 //! Limits: Linux only; OVS 2.x/3.x command lines; the directory path must be
 //! short enough for unix socket names (~100 bytes).
 
@@ -77,6 +84,13 @@ pub enum SandboxError {
         pid: i32,
         timeout: Duration,
     },
+    #[error(
+        "another userspace Open vSwitch already runs in this network namespace ({other}): \
+         its datapath holds the tap device ovs-netdev, so a second one cannot make its bridge; \
+         stop it (for a dev agent: `dpu-agent dev --stop --state-dir DIR`) or run this one \
+         without its own switch"
+    )]
+    DatapathTaken { other: String },
     #[error("cannot open network namespace {path}")]
     Netns {
         path: PathBuf,
@@ -378,9 +392,20 @@ impl OvsSandbox {
         Ok(())
     }
 
-    /// Starts one daemon (no-op if it is running) and waits until it is ready.
+    /// Starts one daemon (no-op if it is running, or adopted when one this
+    /// directory started earlier still runs) and waits until it is ready.
     pub async fn start_daemon(&self, daemon: Daemon) -> Result<(), SandboxError> {
         if self.pid(daemon).is_some() {
+            return Ok(());
+        }
+        if let Some(pid) = running_in(&self.config.dir, daemon) {
+            tracing::info!(
+                daemon = daemon.program(),
+                pid,
+                dir = %self.config.dir.display(),
+                "adopting the running daemon"
+            );
+            self.lock_pids()[daemon.index()] = Some(pid);
             return Ok(());
         }
         let dir = &self.config.dir;
@@ -390,6 +415,12 @@ impl OvsSandbox {
             Daemon::OvsdbServer => &self.programs.ovsdb_server,
             Daemon::Vswitchd => &self.programs.vswitchd,
         };
+        if daemon == Daemon::Vswitchd
+            && self.config.netns == Netns::Host
+            && let Some(other) = other_vswitchd_here()
+        {
+            return Err(SandboxError::DatapathTaken { other });
+        }
         let mut cmd = self.command(path);
         match daemon {
             Daemon::OvsdbServer => {
@@ -477,6 +508,110 @@ impl OvsSandbox {
         self.stop_daemon(Daemon::Vswitchd).await?;
         self.stop_daemon(Daemon::OvsdbServer).await
     }
+
+    /// Lets go of the daemons without stopping them: the switch outlives
+    /// this process, as a production switch outlives its agent, and the
+    /// next [`OvsSandbox::start`] in the same directory adopts it.
+    pub fn leave_running(self) {
+        *self.lock_pids() = [None, None];
+    }
+}
+
+/// The pid of `daemon` running for the sandbox in `dir`, from its pid file,
+/// if that process is alive and its command line names this directory (a
+/// recycled pid of an unrelated process is not taken for it).
+pub fn running_in(dir: &Path, daemon: Daemon) -> Option<i32> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let pid = read_pid(&dir.join(format!("{}.pid", daemon.stem())))?;
+    if !alive(pid) {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let ours = cmdline
+        .split(|b| *b == 0)
+        .any(|a| a.windows(needle.len()).any(|w| w == needle))
+        && cmdline
+            .split(|b| *b == 0)
+            .next()
+            .is_some_and(|a| a.ends_with(daemon.program().as_bytes()));
+    ours.then_some(pid)
+}
+
+/// A live ovs-vswitchd in this process's network namespace, by its command
+/// line (to name it in an error): two userspace datapaths in one namespace
+/// fight over the tap device `ovs-netdev`.
+fn other_vswitchd_here() -> Option<String> {
+    let own_ns = std::fs::read_link("/proc/self/ns/net").ok()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let same_ns =
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == Some(own_ns.clone());
+        if args.first().is_some_and(|a| a.ends_with("ovs-vswitchd")) && same_ns && alive(pid) {
+            return Some(format!("pid {pid}: {}", args.join(" ").trim()));
+        }
+    }
+    None
+}
+
+/// Stops the daemons running for the sandbox in `dir` (ovs-vswitchd first),
+/// whichever process started them: `dpu-agent dev --stop`. Returns the
+/// programs it stopped.
+pub async fn stop_dir(dir: &Path, timeout: Duration) -> Result<Vec<&'static str>, SandboxError> {
+    let mut stopped = Vec::new();
+    for daemon in [Daemon::Vswitchd, Daemon::OvsdbServer] {
+        let Some(pid) = running_in(dir, daemon) else {
+            continue;
+        };
+        // `exit --cleanup` makes ovs-vswitchd delete its datapath and the
+        // tap devices the userspace datapath made persistent; a plain
+        // SIGTERM would leave them behind.
+        let asked = daemon == Daemon::Vswitchd
+            && crate::unixctl::call(
+                &std::fs::canonicalize(dir)
+                    .unwrap_or_else(|_| dir.to_path_buf())
+                    .join("vswitchd.ctl"),
+                "exit",
+                &["--cleanup"],
+                timeout,
+            )
+            .await
+            .is_ok();
+        if !asked {
+            send_signal(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut killed = false;
+        while alive(pid) {
+            if Instant::now() >= deadline {
+                if killed {
+                    return Err(SandboxError::StopTimeout {
+                        daemon: daemon.program(),
+                        pid,
+                        timeout,
+                    });
+                }
+                send_signal(pid, libc::SIGKILL);
+                killed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stopped.push(daemon.program());
+    }
+    Ok(stopped)
 }
 
 impl Drop for OvsSandbox {

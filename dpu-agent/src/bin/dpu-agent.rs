@@ -37,6 +37,10 @@ enum Command {
         /// Do not start a private Open vSwitch.
         #[arg(long)]
         no_ovs: bool,
+        /// Stop the private Open vSwitch of the state directory (it
+        /// outlives the agent, so that a restart is hitless) and exit.
+        #[arg(long)]
+        stop: bool,
     },
 }
 
@@ -115,14 +119,31 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             let shutdown = shutdown_on_signals()?;
             agent::run(&cfg, agent::default_controllers(), shutdown).await?;
         }
-        Command::Dev { common, no_ovs } => {
+        Command::Dev {
+            common,
+            no_ovs,
+            stop,
+        } => {
             let cfg = Config::resolve(Mode::Dev, FileConfig::default(), &env, common.into_flags())?;
             init_logging(&cfg);
+            if stop {
+                let stopped = dev::stop_switch(&cfg.state_dir).await?;
+                if stopped.is_empty() {
+                    println!(
+                        "no private Open vSwitch runs in {}",
+                        cfg.state_dir.join("ovs").display()
+                    );
+                } else {
+                    println!("stopped {}", stopped.join(" and "));
+                }
+                return Ok(());
+            }
             let shutdown = shutdown_on_signals()?;
             let bootstrap = dev::bootstrap(&cfg, !no_ovs).await?;
             println!("{}", bootstrap.banner(&cfg));
             let result = agent::run(&cfg, agent::default_controllers(), shutdown).await;
-            drop(bootstrap);
+            // The switch stays up with its flows (stop it with --stop).
+            bootstrap.leave_switch_running();
             result?;
         }
     }
