@@ -9,6 +9,13 @@
 //!
 //! Each action renders as one line for `dpuctl plan`: the RPC with its
 //! params, the configfs write, or the kernel call.
+//!
+//! Isolation (TENANCY.md invariant 4): a remote volume's kernel connection
+//! is identified by target, host NQN and the agent's host id marker
+//! ([`source_connection`]) and adopted only when all match; volumes that
+//! would share a connection or a block device, or name another volume's
+//! derived host NQN, are refused ([`refusals_nvmet`], [`refusals_spdk`])
+//! and left out of the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -7,6 +7,11 @@
 //! sysfs directory lists path devices `nvme<S>c<C>n<N>`; the block device
 //! users see is the head `nvme<S>n<N>`. Without multipath it lists
 //! `nvme<C>n<N>` directly. Both are handled.
+//!
+//! A controller's identity includes its host NQN and host id (`hostid`):
+//! the backend connects with the agent's marker host id and resolves a
+//! volume's device only from its own connection
+//! ([`find_connection_device`]).
 
 use std::fmt;
 use std::fs;
