@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::model::{BackendKind, DesiredVolume, ObservedSubsystem, SpdkObserved, VolumeKey};
+use crate::model::{
+    BackendKind, DesiredVolume, ObservedSubsystem, SpdkObserved, VolumeKey, initiator_nqn_allowed,
+};
 use crate::nvmet::configfs::{self, ConfigfsExecutor, ConfigfsMode, DeviceRef, NvmetError};
 use crate::nvmet::{KernelPaths, NvmetObserved, fabrics, qos, tc};
-use crate::plan::{self, Action, NvmetPlanConfig, Op, SpdkPlanConfig};
+use crate::plan::{self, Action, NvmetPlanConfig, Op, Owner, Refusal, SpdkPlanConfig};
 use crate::spdk::methods as m;
 use crate::spdk::snap;
 use crate::spdk::{RpcRequest, SpdkClient, SpdkError};
@@ -48,6 +50,63 @@ pub enum BackendError {
     },
     #[error("a blocking task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error(
+        "refusing to connect as host NQN {hostnqn} for {owner}: only a volume's own initiator \
+         NQN may be used in the agent's derived namespace"
+    )]
+    HostNqnRefused { owner: String, hostnqn: String },
+}
+
+/// Defence in depth below the planner: a connection to a remote source is
+/// made only for a desired volume, and never as a host NQN the agent
+/// derives for another volume or a function.
+fn check_initiator(owner: &Owner, hostnqn: &str) -> Result<(), BackendError> {
+    match owner {
+        Owner::Volume(k) if initiator_nqn_allowed(k, hostnqn) => Ok(()),
+        _ => Err(BackendError::HostNqnRefused {
+            owner: owner.to_string(),
+            hostnqn: hostnqn.to_string(),
+        }),
+    }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it owner-only
+/// (0700): it holds tenants' volume data.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Creates (or keeps) a sparse backing file of at least `size_bytes`,
+/// owner-only (0600) in an owner-only directory; an existing file with a
+/// looser mode is tightened. Never shrinks a file.
+pub fn create_backing_file(path: &Path, size_bytes: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if meta.permissions().mode() & 0o777 != 0o600 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    if meta.len() < size_bytes {
+        f.set_len(size_bytes)?;
+    }
+    Ok(())
 }
 
 /// A failed action in a list, with its place and rendered line.
@@ -73,6 +132,12 @@ pub trait BlockBackend: Send + Sync + fmt::Debug {
 
     /// Performs one action.
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Desired volumes this backend will not realize, and why (pure, from
+    /// the same observation as [`plan`](Self::plan), which leaves them out).
+    fn refusals(&self, _desired: &[DesiredVolume], _observed: &Observed) -> Vec<Refusal> {
+        Vec::new()
+    }
 
     /// Where the host connects to reach volume `key` over the network
     /// (`traddr:trsvcid`), when the backend exports it that way.
@@ -266,10 +331,25 @@ impl BlockBackend for SpdkBackend {
         }
     }
 
+    fn refusals(&self, desired: &[DesiredVolume], _observed: &Observed) -> Vec<Refusal> {
+        plan::refusals_spdk(desired)
+    }
+
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             match &action.op {
-                Op::Rpc(req) => self.apply_rpc(req).await,
+                Op::Rpc(req) => {
+                    if req.method == "bdev_nvme_attach_controller" {
+                        let hostnqn = req
+                            .params
+                            .as_ref()
+                            .and_then(|p| p.get("hostnqn"))
+                            .and_then(|n| n.as_str())
+                            .unwrap_or_default();
+                        check_initiator(&action.owner, hostnqn)?;
+                    }
+                    self.apply_rpc(req).await
+                }
                 other => Err(BackendError::WrongBackend {
                     backend: self.config.kind,
                     op: other.to_string(),
@@ -315,6 +395,7 @@ impl NvmetBackend {
         if let Some(cg) = &self.config.qos_cgroup {
             obs.io_max = read_io_max(&self.paths, cg);
         }
+        obs.multipath = crate::nvmet::multipath_enabled(&self.paths.nvme_multipath);
         if self.config.volume_ports > 0 && self.mode == ConfigfsMode::Kernel {
             match self
                 .tc_interface()
@@ -344,16 +425,10 @@ impl NvmetBackend {
     fn resolve(&self, d: &DeviceRef) -> Result<PathBuf, NvmetError> {
         match d {
             DeviceRef::Path(p) => Ok(p.clone()),
-            DeviceRef::Fabrics {
-                subnqn,
-                traddr,
-                trsvcid,
-            } => {
+            DeviceRef::Fabrics(opts) => {
                 let deadline = std::time::Instant::now() + self.device_wait;
                 loop {
-                    if let Some(p) =
-                        fabrics::find_namespace_device(&self.paths, subnqn, traddr, trsvcid)
-                    {
+                    if let Some(p) = fabrics::find_connection_device(&self.paths, opts) {
                         return Ok(p);
                     }
                     if std::time::Instant::now() >= deadline {
@@ -379,20 +454,10 @@ impl NvmetBackend {
             }
             Op::FabricsDisconnect { instance } => fabrics::disconnect(&self.paths, *instance)?,
             Op::CreateBackingFile { path, size_bytes } => {
-                let io = |source| NvmetError::Io {
+                create_backing_file(path, *size_bytes).map_err(|source| NvmetError::Io {
                     op: op.to_string(),
                     source,
-                };
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(io)?;
-                // Sparse; never shrink an existing file.
-                if f.metadata().map_err(io)?.len() < *size_bytes {
-                    f.set_len(*size_bytes).map_err(io)?;
-                }
+                })?;
             }
             Op::RemoveBackingFile { path } => {
                 std::fs::remove_file(path).map_err(|source| NvmetError::Io {
@@ -486,6 +551,13 @@ impl BlockBackend for NvmetBackend {
         }
     }
 
+    fn refusals(&self, desired: &[DesiredVolume], observed: &Observed) -> Vec<Refusal> {
+        match observed {
+            Observed::Nvmet(o) => plan::refusals_nvmet(desired, o),
+            Observed::Spdk(_) => Vec::new(),
+        }
+    }
+
     fn export(&self, key: &VolumeKey, observed: &Observed) -> Option<String> {
         match observed {
             Observed::Nvmet(o) => plan::nvmet_export(o, key),
@@ -495,6 +567,9 @@ impl BlockBackend for NvmetBackend {
 
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            if let Op::FabricsConnect(o) = &action.op {
+                check_initiator(&action.owner, &o.hostnqn)?;
+            }
             let me = self.clone();
             let op = action.op.clone();
             tokio::task::spawn_blocking(move || me.apply_sync(&op)).await?
@@ -577,5 +652,108 @@ mod tests {
             obs.ports.is_empty(),
             "the agent's port is removed with the last volume"
         );
+    }
+
+    /// Local volume data is the tenant's: the backing directory is 0700 and
+    /// each backing file 0600, also when they existed with looser modes.
+    #[tokio::test]
+    async fn backing_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("state/volumes");
+        let b = NvmetBackend::new(
+            KernelPaths::under(dir.path()),
+            ConfigfsMode::PlainDirectory,
+            NvmetPlanConfig {
+                port: PortConfig {
+                    id: 7,
+                    trtype: "tcp".into(),
+                    adrfam: "ipv4".into(),
+                    traddr: "127.0.0.1".into(),
+                    trsvcid: "4420".into(),
+                },
+                backing_dir: backing.clone(),
+                qos_cgroup: None,
+                volume_ports: 0,
+            },
+        );
+        let file = backing.join("dpu_t_v_img");
+        let create = Action {
+            owner: Owner::Volume(VolumeKey::new("t", "v")),
+            phase: plan::Phase::AttachSource,
+            op: Op::CreateBackingFile {
+                path: file.clone(),
+                size_bytes: 4096,
+            },
+        };
+        b.apply(&create).await.unwrap();
+        assert_eq!(mode(&backing), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 4096);
+
+        std::fs::set_permissions(&backing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        b.apply(&create).await.unwrap();
+        assert_eq!(mode(&backing), 0o700);
+        assert_eq!(mode(&file), 0o600);
+    }
+
+    /// Below the planner: a connect as another volume's (or a function's)
+    /// derived host NQN, or for no volume, is refused before the kernel
+    /// is touched.
+    #[tokio::test]
+    async fn connecting_as_another_volumes_host_nqn_is_refused_when_applying() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = NvmetBackend::new(
+            KernelPaths::under(dir.path()),
+            ConfigfsMode::PlainDirectory,
+            NvmetPlanConfig {
+                port: PortConfig {
+                    id: 7,
+                    trtype: "tcp".into(),
+                    adrfam: "ipv4".into(),
+                    traddr: "127.0.0.1".into(),
+                    trsvcid: "4420".into(),
+                },
+                backing_dir: dir.path().join("volumes"),
+                qos_cgroup: None,
+                volume_ports: 0,
+            },
+        );
+        let me = VolumeKey::new("acme", "db");
+        let connect = |owner: Owner, hostnqn: String| Action {
+            owner,
+            phase: plan::Phase::AttachSource,
+            op: Op::FabricsConnect(crate::nvmet::ConnectOptions {
+                transport: "tcp".into(),
+                traddr: "192.0.2.1".into(),
+                trsvcid: "4420".into(),
+                nqn: "nqn.2014-08.org.example:remote".into(),
+                hostnqn,
+                hostid: None,
+            }),
+        };
+        for (owner, nqn) in [
+            (
+                Owner::Volume(me.clone()),
+                VolumeKey::new("victim", "db").initiator_nqn(),
+            ),
+            (Owner::Volume(me.clone()), function_host_nqn("victim", "f")),
+            (Owner::Shared, me.initiator_nqn()),
+        ] {
+            let e = b.apply(&connect(owner, nqn.clone())).await.unwrap_err();
+            assert!(
+                matches!(&e, BackendError::HostNqnRefused { hostnqn, .. } if *hostnqn == nqn),
+                "{e}"
+            );
+        }
+        // The volume's own NQN passes the check (and then fails on the
+        // absent fabrics device of the temp dir, not on the check).
+        let e = b
+            .apply(&connect(Owner::Volume(me.clone()), me.initiator_nqn()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BackendError::Nvmet(_)), "{e}");
     }
 }

@@ -16,6 +16,55 @@ use dpu_api::spec::{FunctionType, VolumeSpec};
 /// The NQN prefix of every NVMe object the agent creates.
 pub const NQN_PREFIX: &str = "nqn.2026-11.dev.dpu-agent:";
 
+/// The namespace of every NQN the agent derives: subsystems, volume
+/// initiators (`<tenant>:<volume>:initiator`) and function hosts
+/// (`<tenant>:fn:<function>`). A tenant may name a host NQN in it only if
+/// it is the volume's own initiator NQN (see [`initiator_nqn_allowed`]);
+/// admission uses this prefix to refuse the rest.
+pub fn derived_host_nqn_prefix() -> &'static str {
+    NQN_PREFIX
+}
+
+/// Whether volume `key` may connect to its remote source as `hostnqn`:
+/// an NQN outside the agent's derived namespace (admission keeps those to
+/// one tenant), or inside it only the volume's own initiator NQN. Never
+/// another volume's initiator NQN, a function's host NQN or a subsystem's.
+pub fn initiator_nqn_allowed(key: &VolumeKey, hostnqn: &str) -> bool {
+    !hostnqn.starts_with(NQN_PREFIX) || hostnqn == key.initiator_nqn()
+}
+
+/// The host id the agent connects with as `hostnqn`: its ownership marker
+/// on a kernel NVMe-oF connection (`/sys/class/nvme/nvmeN/hostid`). A
+/// controller whose host id is not this value for its host NQN was not made
+/// by the agent and is never adopted. Derived from the host NQN alone, so
+/// the kernel (which keeps one host id per host NQN) never sees two ids for
+/// one NQN. A UUID (version 8, RFC 9562) from two FNV-1a hashes: stable
+/// across restarts and versions.
+pub fn initiator_host_id(hostnqn: &str) -> String {
+    let fnv = |seed: u64| {
+        let mut h = seed;
+        for b in b"dpu-agent initiator\0".iter().chain(hostnqn.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h
+    };
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&fnv(0xcbf29ce484222325).to_be_bytes());
+    b[8..].copy_from_slice(&fnv(0x84222325cbf29ce4).to_be_bytes());
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// The prefix of SPDK/SNAP object names (bdevs, controllers) the agent
 /// creates.
 pub const NAME_PREFIX: &str = "dpu_";
@@ -139,6 +188,20 @@ impl DesiredVolume {
     pub fn read_only(&self) -> bool {
         self.spec.read_only.unwrap_or(false)
     }
+
+    /// The host NQN the volume connects to its remote source as: the
+    /// spec's `hostnqn`, else the volume's own initiator NQN. None for a
+    /// local volume.
+    pub fn initiator_nqn(&self) -> Option<String> {
+        match &self.spec.source {
+            dpu_api::spec::VolumeSource::Nvmeof(n) => Some(
+                n.hostnqn
+                    .clone()
+                    .unwrap_or_else(|| self.key.initiator_nqn()),
+            ),
+            dpu_api::spec::VolumeSource::Local(_) => None,
+        }
+    }
 }
 
 /// QoS as a backend applies it; `None` is unlimited.
@@ -240,6 +303,50 @@ mod tests {
         assert_eq!(
             VolumeKey::from_object_name("dpu_acme-prod_db-1_srcn1"),
             Some(k)
+        );
+    }
+
+    #[test]
+    fn initiator_nqns_in_the_derived_namespace_are_the_volumes_own_only() {
+        let k = VolumeKey::new("acme", "db");
+        assert_eq!(derived_host_nqn_prefix(), "nqn.2026-11.dev.dpu-agent:");
+        assert!(initiator_nqn_allowed(&k, &k.initiator_nqn()));
+        assert!(initiator_nqn_allowed(&k, "nqn.2014-08.org.example:host"));
+        for other in [
+            VolumeKey::new("evil", "db").initiator_nqn(),
+            VolumeKey::new("acme", "other").initiator_nqn(),
+            function_host_nqn("acme", "f"),
+            k.subsystem_nqn(),
+            "nqn.2026-11.dev.dpu-agent:made-up".into(),
+        ] {
+            assert!(!initiator_nqn_allowed(&k, &other), "{other}");
+        }
+    }
+
+    #[test]
+    fn host_ids_are_stable_uuids_per_host_nqn() {
+        let a = initiator_host_id("nqn.2026-11.dev.dpu-agent:a:v:initiator");
+        let b = initiator_host_id("nqn.2026-11.dev.dpu-agent:b:v:initiator");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            initiator_host_id("nqn.2026-11.dev.dpu-agent:a:v:initiator")
+        );
+        // 8-4-4-4-12 lowercase hex, version 8, RFC variant: what the
+        // kernel's uuid_parse takes and sysfs prints back (`%pU`).
+        let groups: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(
+            a.bytes()
+                .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
+        assert!(groups[2].starts_with('8'), "{a}");
+        assert!(
+            matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{a}"
         );
     }
 

@@ -9,6 +9,13 @@
 //!
 //! Each action renders as one line for `dpuctl plan`: the RPC with its
 //! params, the configfs write, or the kernel call.
+//!
+//! Isolation (TENANCY.md invariant 4): a remote volume's kernel connection
+//! is identified by target, host NQN and the agent's host id marker
+//! ([`source_connection`]) and adopted only when all match; volumes that
+//! would share a connection or a block device, or name another volume's
+//! derived host NQN, are refused ([`refusals_nvmet`], [`refusals_spdk`])
+//! and left out of the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,10 +23,13 @@ use std::path::PathBuf;
 
 use dpu_api::spec::{FunctionType, NvmeofTransport, VolumeSource};
 
-use crate::model::{BackendKind, DesiredVolume, NQN_PREFIX, Qos, SpdkObserved, VolumeKey};
+use crate::model::{
+    BackendKind, DesiredVolume, NQN_PREFIX, Qos, SpdkObserved, VolumeKey, initiator_host_id,
+    initiator_nqn_allowed,
+};
 use crate::nvmet::configfs::{self, ConfigfsOp, DeviceRef, NvmetObserved, PortConfig};
 use crate::nvmet::tc::{TcObserved, TcOp};
-use crate::nvmet::{ConnectOptions, IoMax};
+use crate::nvmet::{ConnectOptions, FabricsController, IoMax};
 use crate::spdk::methods::{self as m, ListenAddress, QosLimits};
 use crate::spdk::snap;
 use crate::spdk::{RpcMethod, RpcRequest};
@@ -161,6 +171,202 @@ pub fn unsupported(kind: BackendKind, desired: &[DesiredVolume]) -> Vec<(VolumeK
         .collect()
 }
 
+// ---------------------------------------------------------------- refusals
+
+/// Why a backend will not realize a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The volume's `hostnqn` is in the agent's derived namespace and is
+    /// not the volume's own initiator NQN: another volume's, a function's.
+    HostNqn,
+    /// The volume would not get a connection and block device of its own:
+    /// another volume (or a connection the agent did not make) holds the
+    /// same connection or, under native multipath, the same remote
+    /// subsystem. Retried: it clears when the other one goes.
+    SourceInUse,
+}
+
+impl RefusalReason {
+    /// The status reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::HostNqn => "HostNqnRefused",
+            RefusalReason::SourceInUse => "SourceInUse",
+        }
+    }
+}
+
+/// A volume the planner leaves out, with the reason for its status. Its
+/// objects on the backend, if any, are torn down as orphans. The message
+/// names only what the volume's own spec says, never another volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub key: VolumeKey,
+    pub reason: RefusalReason,
+    pub message: String,
+}
+
+fn host_nqn_refusal(d: &DesiredVolume) -> Option<Refusal> {
+    let h = d.initiator_nqn()?;
+    let own = d.key.initiator_nqn();
+    (!initiator_nqn_allowed(&d.key, &h)).then(|| Refusal {
+        key: d.key.clone(),
+        reason: RefusalReason::HostNqn,
+        message: format!(
+            "spec.source.nvmeof.hostnqn {h:?} is in the agent's derived namespace \
+             {NQN_PREFIX:?} and is not this volume's own ({own}); omit it to connect as {own}"
+        ),
+    })
+}
+
+/// Volumes the SPDK backends refuse: a host NQN that is another volume's
+/// (or a function's) derived NQN. Each remote source is a bdev_nvme
+/// controller named after its volume (`dpu_<tenant>_<volume>_src`), found
+/// by that name only, so volumes never share a controller or bdev there.
+pub fn refusals_spdk(desired: &[DesiredVolume]) -> Vec<Refusal> {
+    desired.iter().filter_map(host_nqn_refusal).collect()
+}
+
+/// The connection volume `d` makes to its remote source (None for a local
+/// volume): the target, the host NQN it connects as, and the agent's host
+/// id marker for that NQN ([`initiator_host_id`]).
+pub fn source_connection(d: &DesiredVolume) -> Option<ConnectOptions> {
+    let VolumeSource::Nvmeof(n) = &d.spec.source else {
+        return None;
+    };
+    let hostnqn = d.initiator_nqn()?;
+    Some(ConnectOptions {
+        transport: trtype(n.transport).into(),
+        traddr: n.address.clone(),
+        trsvcid: n.port.to_string(),
+        nqn: n.subnqn.clone(),
+        hostid: Some(initiator_host_id(&hostnqn)),
+        hostnqn,
+    })
+}
+
+/// Whether the agent made controller `c`: its host NQN is a volume
+/// initiator NQN the agent derives, or its host id is the agent's marker
+/// for its host NQN. Anything else is never adopted nor disconnected.
+fn agent_made(c: &FabricsController) -> bool {
+    VolumeKey::from_initiator_nqn(&c.hostnqn).is_some() || c.hostid == initiator_host_id(&c.hostnqn)
+}
+
+/// Volumes the kernel backend refuses, so that no volume is ever handed a
+/// connection or block device that is not its own:
+///
+/// - a host NQN in the agent's derived namespace that is not the volume's;
+/// - a connection (target + host NQN) another desired volume already has:
+///   the kernel keeps one per host NQN and target;
+/// - a connection with that target and host NQN the agent did not make
+///   (it is not adopted, and the kernel would refuse a second);
+/// - with native multipath on, any other connection to the same remote
+///   subsystem NQN: the kernel joins every controller of one subsystem
+///   into one host-side subsystem whose namespaces are one shared block
+///   device, whatever the host NQN.
+///
+/// Volumes that already hold their own connection are considered first, so
+/// a newcomer never displaces an adopted one; then by key.
+pub fn refusals_nvmet(desired: &[DesiredVolume], observed: &NvmetObserved) -> Vec<Refusal> {
+    let supported = |d: &&DesiredVolume| BackendKind::Nvmet.unsupported(d.function.type_).is_none();
+    let mut out: Vec<Refusal> = desired
+        .iter()
+        .filter(supported)
+        .filter_map(host_nqn_refusal)
+        .collect();
+    let refused: BTreeSet<VolumeKey> = out.iter().map(|r| r.key.clone()).collect();
+    // How firmly each volume holds its connection: 2 if it exists and the
+    // volume's own subsystem exports its device (the volume made it; this
+    // tells two volumes of one tenant-supplied host NQN apart), 1 if it
+    // exists, 0 if not.
+    let mut remote: Vec<(&DesiredVolume, ConnectOptions, u8)> = desired
+        .iter()
+        .filter(supported)
+        .filter(|d| !refused.contains(&d.key))
+        .filter_map(|d| {
+            let c = source_connection(d)?;
+            let conn = observed.controllers.iter().find(|x| x.is_connection_of(&c));
+            let exported = conn.and_then(|x| x.namespace_device()).is_some_and(|dev| {
+                let path = format!("/dev/{dev}");
+                observed
+                    .subsystems
+                    .get(&d.key.subsystem_nqn())
+                    .is_some_and(|s| s.namespaces.values().any(|ns| ns.device_path == path))
+            });
+            let hold = match (conn.is_some(), exported) {
+                (true, true) => 2,
+                (true, false) => 1,
+                (false, _) => 0,
+            };
+            Some((d, c, hold))
+        })
+        .collect();
+    remote.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.key.cmp(&b.0.key)));
+    let mut claimed: BTreeSet<(String, String, String, String, String)> = BTreeSet::new();
+    let mut claimed_subsystems: BTreeSet<String> = BTreeSet::new();
+    for (d, c, _) in remote {
+        let refuse = |message: String| Refusal {
+            key: d.key.clone(),
+            reason: RefusalReason::SourceInUse,
+            message,
+        };
+        let target = format!("subsystem {} at {}:{}", c.nqn, c.traddr, c.trsvcid);
+        let id = (
+            c.transport.clone(),
+            c.traddr.clone(),
+            c.trsvcid.clone(),
+            c.nqn.clone(),
+            c.hostnqn.clone(),
+        );
+        let same_target = |x: &FabricsController| {
+            x.transport == c.transport
+                && x.traddr == c.traddr
+                && x.trsvcid == c.trsvcid
+                && x.subnqn == c.nqn
+        };
+        if claimed.contains(&id) {
+            out.push(refuse(format!(
+                "another volume on this DPU already connects to {target} as host NQN {}: \
+                 volumes never share a connection; give this volume its own host NQN (omit \
+                 spec.source.nvmeof.hostnqn)",
+                c.hostnqn
+            )));
+            continue;
+        }
+        if observed
+            .controllers
+            .iter()
+            .any(|x| same_target(x) && x.hostnqn == c.hostnqn && !agent_made(x))
+        {
+            out.push(refuse(format!(
+                "a connection the agent did not make already uses {target} as host NQN {}; it \
+                 is not adopted and the kernel refuses a second one: disconnect it",
+                c.hostnqn
+            )));
+            continue;
+        }
+        if observed.multipath
+            && (claimed_subsystems.contains(&c.nqn)
+                || observed
+                    .controllers
+                    .iter()
+                    .any(|x| x.subnqn == c.nqn && !x.is_connection_of(&c)))
+        {
+            out.push(refuse(format!(
+                "another connection to remote subsystem {} exists on this DPU, and with the \
+                 kernel's native NVMe multipath (nvme_core.multipath=Y) it would share one block \
+                 device with this volume: one volume per remote subsystem; retried until the \
+                 other goes (or boot the DPU with nvme_core.multipath=N)",
+                c.nqn
+            )));
+            continue;
+        }
+        claimed.insert(id);
+        claimed_subsystems.insert(c.nqn.clone());
+    }
+    out
+}
+
 fn sorted(mut actions: Vec<Action>) -> Vec<Action> {
     // Stable: within a phase, emission order is the required order.
     actions.sort_by_key(|a| a.phase);
@@ -268,9 +474,11 @@ pub fn plan_spdk(
 ) -> Vec<Action> {
     let mut out = Out(Vec::new());
     let snap = cfg.kind == BackendKind::Snap;
+    let refused: BTreeSet<VolumeKey> = refusals_spdk(desired).into_iter().map(|r| r.key).collect();
     let wanted: BTreeSet<&VolumeKey> = desired
         .iter()
         .filter(|d| cfg.kind.unsupported(d.function.type_).is_none())
+        .filter(|d| !refused.contains(&d.key))
         .map(|d| &d.key)
         .collect();
 
@@ -807,9 +1015,14 @@ pub fn plan_nvmet(
     cfg: &NvmetPlanConfig,
 ) -> Vec<Action> {
     let mut out = Out(Vec::new());
+    let refused: BTreeSet<VolumeKey> = refusals_nvmet(desired, observed)
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
     let desired: Vec<&DesiredVolume> = desired
         .iter()
         .filter(|d| BackendKind::Nvmet.unsupported(d.function.type_).is_none())
+        .filter(|d| !refused.contains(&d.key))
         .collect();
     let wanted: BTreeSet<&VolumeKey> = desired.iter().map(|d| &d.key).collect();
     let port_id = cfg.port.id;
@@ -876,21 +1089,27 @@ pub fn plan_nvmet(
             );
         }
     }
-    // Orphan initiator connections and backing files.
-    for c in &observed.controllers {
-        let Some(key) = VolumeKey::from_initiator_nqn(&c.hostnqn) else {
+    // Orphan initiator connections: the agent's, and no desired volume's
+    // own (target, host NQN and marker). Anyone else's are not touched.
+    let connections: Vec<ConnectOptions> = desired
+        .iter()
+        .filter_map(|d| source_connection(d))
+        .collect();
+    for c in observed.controllers.iter().filter(|c| agent_made(c)) {
+        if connections.iter().any(|o| c.is_connection_of(o)) {
             continue;
-        };
-        let still_used = desired.iter().any(|d| source_matches(d, c));
-        if !wanted.contains(&key) || !still_used {
-            out.op(
-                &Owner::Orphan(key),
-                Phase::DetachSource,
-                Op::FabricsDisconnect {
-                    instance: c.instance,
-                },
-            );
         }
+        // A tenant-supplied host NQN does not name its volume.
+        let owner = VolumeKey::from_initiator_nqn(&c.hostnqn)
+            .map(Owner::Orphan)
+            .unwrap_or(Owner::Shared);
+        out.op(
+            &owner,
+            Phase::DetachSource,
+            Op::FabricsDisconnect {
+                instance: c.instance,
+            },
+        );
     }
     for f in &observed.backing_files {
         let Some(key) = VolumeKey::from_object_name(f) else {
@@ -1024,15 +1243,6 @@ pub fn plan_nvmet(
     sorted(out.0)
 }
 
-fn source_matches(d: &DesiredVolume, c: &crate::nvmet::FabricsController) -> bool {
-    match &d.spec.source {
-        VolumeSource::Nvmeof(n) => {
-            c.subnqn == n.subnqn && c.traddr == n.address && c.trsvcid == n.port.to_string()
-        }
-        VolumeSource::Local(_) => false,
-    }
-}
-
 fn plan_nvmet_volume(
     out: &mut Out,
     d: &DesiredVolume,
@@ -1048,28 +1258,23 @@ fn plan_nvmet_volume(
 
     // Attach the source; know which device the namespace must point at.
     let (device, device_now): (DeviceRef, Option<String>) = match &d.spec.source {
-        VolumeSource::Nvmeof(n) => {
-            let conn = obs.controllers.iter().find(|c| source_matches(d, c));
+        VolumeSource::Nvmeof(_) => {
+            let Some(opts) = source_connection(d) else {
+                return;
+            };
+            // Only the volume's own connection is adopted: same target,
+            // host NQN and the agent's marker.
+            let conn = obs.controllers.iter().find(|c| c.is_connection_of(&opts));
             if conn.is_none() {
                 out.op(
                     &owner,
                     Phase::AttachSource,
-                    Op::FabricsConnect(ConnectOptions {
-                        transport: trtype(n.transport).into(),
-                        traddr: n.address.clone(),
-                        trsvcid: n.port.to_string(),
-                        nqn: n.subnqn.clone(),
-                        hostnqn: n.hostnqn.clone().unwrap_or_else(|| key.initiator_nqn()),
-                    }),
+                    Op::FabricsConnect(opts.clone()),
                 );
             }
             (
-                DeviceRef::Fabrics {
-                    subnqn: n.subnqn.clone(),
-                    traddr: n.address.clone(),
-                    trsvcid: n.port.to_string(),
-                },
-                conn.and_then(|c| c.block_devices.first())
+                DeviceRef::Fabrics(opts),
+                conn.and_then(|c| c.namespace_device())
                     .map(|b| format!("/dev/{b}")),
             )
         }
@@ -1489,13 +1694,18 @@ mod tests {
         let plan = plan_nvmet(&[d], &NvmetObserved::default(), &nvmet_cfg());
         let s = "/sys/kernel/config/nvmet/subsystems/nqn.2026-11.dev.dpu-agent:acme:db";
         let h = "nqn.2026-11.dev.dpu-agent:acme:fn:f1";
-        let dev = "<namespace 1 of nqn.2014-08.org.example:remote at 192.0.2.1:4420>";
+        let i = "nqn.2026-11.dev.dpu-agent:acme:db:initiator";
+        let dev =
+            format!("<namespace 1 of nqn.2014-08.org.example:remote at 192.0.2.1:4420 as {i}>");
         assert_eq!(
             lines(&plan),
             [
-                "volume acme/db [attach-source] echo transport=tcp,traddr=192.0.2.1,trsvcid=4420,\
-                 nqn=nqn.2014-08.org.example:remote,hostnqn=nqn.2026-11.dev.dpu-agent:acme:db:initiator \
-                 > /dev/nvme-fabrics".to_string(),
+                format!(
+                    "volume acme/db [attach-source] echo transport=tcp,traddr=192.0.2.1,\
+                     trsvcid=4420,nqn=nqn.2014-08.org.example:remote,hostnqn={i},hostid={} \
+                     > /dev/nvme-fabrics",
+                    initiator_host_id(i)
+                ),
                 format!("volume acme/db [create-device] mkdir {s}"),
                 format!("volume acme/db [create-device] echo 0 > {s}/attr_allow_any_host"),
                 format!("volume acme/db [create-device] mkdir {s}/namespaces/1"),
@@ -1535,6 +1745,7 @@ mod tests {
                 trsvcid: "4420".into(),
                 subnqn: "nqn.2014-08.org.example:remote".into(),
                 hostnqn: d.key.initiator_nqn(),
+                hostid: initiator_host_id(&d.key.initiator_nqn()),
                 block_devices: vec!["nvme1n1".into()],
             }],
             ..Default::default()
@@ -1755,6 +1966,19 @@ mod tests {
         let mut pb = obs_b.ports.remove(&2).unwrap();
         pb.trsvcid = "4422".into();
         obs.ports.insert(3, pb);
+        // b has its own connection to the same target, and its own device.
+        let mut cb = obs_b.controllers.remove(0);
+        cb.instance = 2;
+        cb.block_devices = vec!["nvme2n1".into()];
+        obs.controllers.push(cb);
+        obs_b
+            .subsystems
+            .get_mut(&b.key.subsystem_nqn())
+            .unwrap()
+            .namespaces
+            .get_mut(&1)
+            .unwrap()
+            .device_path = "/dev/nvme2n1".into();
         obs.subsystems.append(&mut obs_b.subsystems);
         let tc = obs.tc.as_mut().unwrap();
         tc.classes.insert(2, 5 * MIB);
@@ -1799,6 +2023,341 @@ mod tests {
                 ),
                 format!("shared [delete-device] rmdir {p}/1"),
             ]
+        );
+    }
+
+    // ------------------------------- per-volume connections (TENANCY.md 4)
+
+    /// A controller exactly as the agent connects volume `d` (its host NQN
+    /// and marker), instance `n`, showing `nvme<n>n1`.
+    fn own_controller(d: &DesiredVolume, n: u32) -> FabricsController {
+        let o = source_connection(d).unwrap();
+        FabricsController {
+            instance: n,
+            transport: o.transport,
+            traddr: o.traddr,
+            trsvcid: o.trsvcid,
+            subnqn: o.nqn,
+            hostid: o.hostid.unwrap(),
+            hostnqn: o.hostnqn,
+            block_devices: vec![format!("nvme{n}n1")],
+        }
+    }
+
+    fn connects(plan: &[Action]) -> Vec<(String, ConnectOptions)> {
+        plan.iter()
+            .filter_map(|a| match (&a.owner, &a.op) {
+                (Owner::Volume(k), Op::FabricsConnect(o)) => Some((k.to_string(), o.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn disconnects(plan: &[Action]) -> Vec<u32> {
+        plan.iter()
+            .filter_map(|a| match a.op {
+                Op::FabricsDisconnect { instance } => Some(instance),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_tenants_on_one_remote_target_get_two_connections() {
+        let a = remote("acme", "db", FunctionType::Nvme);
+        let b = remote("evil", "db", FunctionType::Nvme);
+        let desired = [a.clone(), b.clone()];
+        let obs = NvmetObserved::default();
+        assert_eq!(refusals_nvmet(&desired, &obs), []);
+        let plan = plan_nvmet(&desired, &obs, &nvmet_cfg());
+        let c = connects(&plan);
+        assert_eq!(c.len(), 2, "{:#?}", lines(&plan));
+        assert_eq!(c[0].0, "acme/db");
+        assert_eq!(
+            c[0].1.hostnqn,
+            "nqn.2026-11.dev.dpu-agent:acme:db:initiator"
+        );
+        assert_eq!(c[1].0, "evil/db");
+        assert_eq!(
+            c[1].1.hostnqn,
+            "nqn.2026-11.dev.dpu-agent:evil:db:initiator"
+        );
+        assert_ne!(c[0].1.hostid, c[1].1.hostid);
+
+        // A connected and exported; B is not handed A's controller or
+        // device: it connects its own and its namespace waits for that.
+        let mut obs = converged_nvmet(&a);
+        let plan = plan_nvmet(&desired, &obs, &nvmet_cfg());
+        let c = connects(&plan);
+        assert_eq!(c.len(), 1, "{:#?}", lines(&plan));
+        assert_eq!(
+            (c[0].0.as_str(), c[0].1.hostnqn.as_str()),
+            ("evil/db", "nqn.2026-11.dev.dpu-agent:evil:db:initiator")
+        );
+        let b_lines: Vec<String> = lines(&plan)
+            .into_iter()
+            .filter(|l| l.starts_with("volume evil/db"))
+            .collect();
+        assert!(
+            b_lines.iter().all(|l| !l.contains("nvme1n1")),
+            "{b_lines:#?}"
+        );
+        assert!(
+            b_lines.iter().any(|l| l.contains("device_path")
+                && l.contains("as nqn.2026-11.dev.dpu-agent:evil:db:initiator>")),
+            "{b_lines:#?}"
+        );
+        // Both connected: two controllers, two devices, nothing left.
+        obs.controllers.push(own_controller(&b, 2));
+        let nqn = b.key.subsystem_nqn();
+        let mut sub = obs.subsystems[&a.key.subsystem_nqn()].clone();
+        sub.namespaces.get_mut(&1).unwrap().device_path = "/dev/nvme2n1".into();
+        obs.subsystems.insert(nqn.clone(), sub);
+        obs.ports.get_mut(&1).unwrap().subsystems.push(nqn);
+        obs.hosts.push(function_host_nqn("evil", "f1"));
+        let mut sub = obs.subsystems[&b.key.subsystem_nqn()].clone();
+        sub.allowed_hosts = vec![function_host_nqn("evil", "f1")];
+        obs.subsystems.insert(b.key.subsystem_nqn(), sub);
+        assert_eq!(
+            lines(&plan_nvmet(&desired, &obs, &nvmet_cfg())),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn under_native_multipath_the_second_volume_on_a_subsystem_is_refused() {
+        // "aaa" sorts first, but "acme" already holds its connection.
+        let a = remote("acme", "db", FunctionType::Nvme);
+        let b = remote("aaa", "db", FunctionType::Nvme);
+        let desired = [a.clone(), b.clone()];
+        let mut obs = converged_nvmet(&a);
+        obs.multipath = true;
+        let r = refusals_nvmet(&desired, &obs);
+        assert_eq!(r.len(), 1, "{r:#?}");
+        assert_eq!(r[0].key, b.key);
+        assert_eq!(r[0].reason, RefusalReason::SourceInUse);
+        assert!(
+            r[0].message.contains("nvme_core.multipath"),
+            "{}",
+            r[0].message
+        );
+        // The message names nothing of the other volume's.
+        assert!(!r[0].message.contains("acme"), "{}", r[0].message);
+        let plan = plan_nvmet(&desired, &obs, &nvmet_cfg());
+        assert_eq!(
+            lines(&plan),
+            Vec::<String>::new(),
+            "A converged, B not planned"
+        );
+
+        // Neither connected yet: the first by key connects, the other waits.
+        let mut fresh = NvmetObserved {
+            multipath: true,
+            ..Default::default()
+        };
+        let r = refusals_nvmet(&desired, &fresh);
+        assert_eq!(r.iter().map(|r| &r.key).collect::<Vec<_>>(), [&a.key]);
+        let c = connects(&plan_nvmet(&desired, &fresh, &nvmet_cfg()));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, "aaa/db");
+        // Without multipath each gets its own connection.
+        fresh.multipath = false;
+        assert_eq!(refusals_nvmet(&desired, &fresh), []);
+    }
+
+    #[test]
+    fn a_stray_connection_with_another_host_nqn_is_not_adopted() {
+        let a = remote("acme", "db", FunctionType::Nvme);
+        let mut obs = converged_nvmet(&a);
+        // Not A's: B's derived NQN (B no longer exists: the agent's orphan)
+        // and a host NQN the agent never uses (someone else's).
+        let gone = remote("evil", "gone", FunctionType::Nvme);
+        let mut b = own_controller(&gone, 1);
+        b.block_devices = vec!["nvme1n1".into()];
+        let mut stray = b.clone();
+        stray.instance = 4;
+        stray.hostnqn = "nqn.2014-08.org.example:stray".into();
+        stray.hostid = "0f8fad5b-d9cb-869f-a165-70867728950e".into();
+        stray.block_devices = vec!["nvme4n1".into()];
+        obs.controllers = vec![b, stray];
+        let plan = plan_nvmet(std::slice::from_ref(&a), &obs, &nvmet_cfg());
+        let c = connects(&plan);
+        assert_eq!(c.len(), 1, "{:#?}", lines(&plan));
+        assert_eq!(c[0].1.hostnqn, a.key.initiator_nqn());
+        // The orphan goes; the stray is not the agent's to touch.
+        assert_eq!(disconnects(&plan), [1]);
+        assert!(
+            lines(&plan).contains(
+                &"orphan evil/gone [detach-source] echo 1 > /sys/class/nvme/nvme1/delete_controller"
+                    .to_string()
+            ),
+            "{:#?}",
+            lines(&plan)
+        );
+        // A's namespace stops pointing at the orphan's device.
+        assert!(
+            lines(&plan)
+                .iter()
+                .any(|l| l.contains("volume acme/db [unpresent] rmdir")),
+            "{:#?}",
+            lines(&plan)
+        );
+        // Under multipath the stray shares the subsystem: A is refused.
+        obs.multipath = true;
+        let r = refusals_nvmet(std::slice::from_ref(&a), &obs);
+        assert_eq!(r.len(), 1);
+        assert!(connects(&plan_nvmet(std::slice::from_ref(&a), &obs, &nvmet_cfg())).is_empty());
+    }
+
+    #[test]
+    fn a_connection_with_the_volumes_host_nqn_but_not_the_agents_marker_is_not_adopted() {
+        let a = remote("acme", "db", FunctionType::Nvme);
+        let mut obs = converged_nvmet(&a);
+        // Same target and derived host NQN, another host id (made by
+        // someone else, or by an agent before the marker): replaced.
+        obs.controllers[0].hostid = "0f8fad5b-d9cb-869f-a165-70867728950e".into();
+        let plan = plan_nvmet(std::slice::from_ref(&a), &obs, &nvmet_cfg());
+        assert_eq!(disconnects(&plan), [1]);
+        assert_eq!(connects(&plan).len(), 1);
+
+        // A tenant-supplied host NQN: without the marker it is someone
+        // else's connection, never adopted; the volume says why.
+        let mut c = remote("acme", "custom", FunctionType::Nvme);
+        let VolumeSource::Nvmeof(n) = &mut c.spec.source else {
+            unreachable!()
+        };
+        n.hostnqn = Some("nqn.2014-08.org.example:acme-host".into());
+        let mut own = own_controller(&c, 5);
+        let mut obs = NvmetObserved {
+            controllers: vec![own.clone()],
+            ..Default::default()
+        };
+        assert_eq!(refusals_nvmet(std::slice::from_ref(&c), &obs), []);
+        assert!(connects(&plan_nvmet(std::slice::from_ref(&c), &obs, &nvmet_cfg())).is_empty());
+        own.hostid = "0f8fad5b-d9cb-869f-a165-70867728950e".into();
+        obs.controllers = vec![own];
+        let r = refusals_nvmet(std::slice::from_ref(&c), &obs);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].message.contains("did not make"), "{}", r[0].message);
+        let plan = plan_nvmet(std::slice::from_ref(&c), &obs, &nvmet_cfg());
+        assert!(connects(&plan).is_empty() && disconnects(&plan).is_empty());
+    }
+
+    #[test]
+    fn restart_adopts_the_volumes_own_connection() {
+        let a = remote("acme", "db", FunctionType::Nvme);
+        let b = remote("evil", "db", FunctionType::Nvme);
+        let mut obs = converged_nvmet(&a);
+        obs.multipath = true;
+        // A fresh agent observes A's controller (its NQN and marker):
+        // adopted, nothing planned, no new connection.
+        assert_eq!(plan_nvmet(std::slice::from_ref(&a), &obs, &nvmet_cfg()), []);
+        // Only B's controller there: not A's, so A does not take it over
+        // (without multipath, A connects its own; B's, now an orphan, goes).
+        let mut obs = NvmetObserved {
+            controllers: vec![own_controller(&b, 3)],
+            ..Default::default()
+        };
+        let plan = plan_nvmet(std::slice::from_ref(&a), &obs, &nvmet_cfg());
+        assert_eq!(disconnects(&plan), [3]);
+        assert_eq!(connects(&plan)[0].1.hostnqn, a.key.initiator_nqn());
+        // With B still desired, B keeps its own and A gets another.
+        obs.multipath = false;
+        let plan = plan_nvmet(&[a.clone(), b.clone()], &obs, &nvmet_cfg());
+        assert_eq!(disconnects(&plan), Vec::<u32>::new());
+        assert_eq!(connects(&plan).len(), 1);
+        assert_eq!(connects(&plan)[0].0, "acme/db");
+    }
+
+    #[test]
+    fn another_volumes_derived_host_nqn_is_refused_on_every_backend() {
+        let victim = VolumeKey::new("victim", "db");
+        for hostnqn in [
+            victim.initiator_nqn(),
+            function_host_nqn("victim", "f1"),
+            victim.subsystem_nqn(),
+        ] {
+            let mut a = remote("acme", "db", FunctionType::Nvme);
+            let VolumeSource::Nvmeof(n) = &mut a.spec.source else {
+                unreachable!()
+            };
+            n.hostnqn = Some(hostnqn.clone());
+            let r = refusals_nvmet(std::slice::from_ref(&a), &NvmetObserved::default());
+            assert_eq!(r.len(), 1, "{hostnqn}");
+            assert_eq!(r[0].reason, RefusalReason::HostNqn);
+            assert!(
+                r[0].message.contains("spec.source.nvmeof.hostnqn"),
+                "{}",
+                r[0].message
+            );
+            let plan = plan_nvmet(
+                std::slice::from_ref(&a),
+                &NvmetObserved::default(),
+                &nvmet_cfg(),
+            );
+            assert_eq!(plan, [], "{hostnqn}");
+            assert_eq!(refusals_spdk(std::slice::from_ref(&a)), r);
+            assert_eq!(
+                plan_spdk(
+                    std::slice::from_ref(&a),
+                    &SpdkObserved::default(),
+                    &nvmf_cfg()
+                ),
+                [],
+                "{hostnqn}"
+            );
+        }
+        // Its own derived NQN, spelled out, is fine.
+        let mut a = remote("acme", "db", FunctionType::Nvme);
+        let VolumeSource::Nvmeof(n) = &mut a.spec.source else {
+            unreachable!()
+        };
+        n.hostnqn = Some(a.key.initiator_nqn());
+        assert_eq!(
+            refusals_nvmet(std::slice::from_ref(&a), &NvmetObserved::default()),
+            []
+        );
+    }
+
+    #[test]
+    fn two_volumes_with_one_host_nqn_on_one_target_do_not_share_the_connection() {
+        let mut a = remote("acme", "a", FunctionType::Nvme);
+        let mut b = remote("acme", "b", FunctionType::Nvme);
+        for d in [&mut a, &mut b] {
+            let VolumeSource::Nvmeof(n) = &mut d.spec.source else {
+                unreachable!()
+            };
+            n.hostnqn = Some("nqn.2014-08.org.example:acme-host".into());
+        }
+        // B made it and exports its device: A (first by key) is refused,
+        // not handed B's connection.
+        let mut obs = NvmetObserved {
+            controllers: vec![own_controller(&b, 1)],
+            ..Default::default()
+        };
+        obs.subsystems.insert(
+            b.key.subsystem_nqn(),
+            ObservedNvmetSubsystem {
+                namespaces: [(
+                    1,
+                    ObservedNamespace {
+                        device_path: "/dev/nvme1n1".into(),
+                        enabled: true,
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            },
+        );
+        let r = refusals_nvmet(&[a.clone(), b.clone()], &obs);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].key, a.key);
+        assert!(r[0].message.contains("never share"), "{}", r[0].message);
+        let plan = plan_nvmet(&[a, b], &obs, &nvmet_cfg());
+        assert!(
+            lines(&plan).iter().all(|l| !l.contains("acme/a")),
+            "{:#?}",
+            lines(&plan)
         );
     }
 }

@@ -91,6 +91,32 @@ fn value<'a>(text: &'a str, label: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(label)?.strip_prefix(' '))
 }
 
+/// An initiator controller as the guest's `initiators` helper prints it.
+#[derive(Debug)]
+struct Initiator {
+    name: String,
+    hostnqn: String,
+    hostid: String,
+    device: String,
+}
+
+fn initiators(text: &str) -> Vec<Initiator> {
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                ["initiator", name, hostnqn, hostid, device] => Some(Initiator {
+                    name: name.to_string(),
+                    hostnqn: hostnqn.to_string(),
+                    hostid: hostid.to_string(),
+                    device: device.to_string(),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn kernel_backend_exports_a_remote_namespace_to_one_host() -> anyhow::Result<()> {
     if !vm::enabled() {
@@ -194,6 +220,38 @@ ctrls_of() { # controllers of subsystem NQN $1
     done
     return 0
 }
+T_INIT=nqn.2026-11.dev.dpu-agent:t:v:initiator
+U_INIT=nqn.2026-11.dev.dpu-agent:u:w:initiator
+U_OURS=nqn.2026-11.dev.dpu-agent:u:w
+tenant_u() { # tenant u's volume w on the same storage server as t's v
+cat > /tmp/u.yaml <<EOT
+kind: Tenant
+id: u
+spec: {}
+---
+objects:
+  - {kind: Function, id: g, tenant: u, spec: {type: nvme, pf: pf0}}
+  - kind: Volume
+    id: w
+    tenant: u
+    spec: {function: g, source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
+EOT
+dpuctl apply -f /tmp/u.yaml >/dev/null
+}
+initiators() { # one line per controller to the storage server: NAME HOSTNQN HOSTID DEVICE
+    for c in $(ctrls_of $SRV); do
+        b=$(ls /sys/class/nvme/$c | grep -E '^nvme[0-9]+(c[0-9]+)?n[0-9]+$' | head -n 1 | sed -E 's/^(nvme[0-9]+)c[0-9]+(n[0-9]+)$/\1\2/')
+        echo "initiator $c $(cat /sys/class/nvme/$c/hostnqn) $(cat /sys/class/nvme/$c/hostid) /dev/$b"
+    done
+}
+delete_volume() { # ID
+    dpuctl delete volume $1
+    for i in $(seq 1 600); do
+        dpuctl get volume $1 >/dev/null 2>&1 || return 0
+        sleep 0.5
+    done
+    echo "volume $1 still there"
+}
 "###;
 
 /// The real agent (static musl `dpu-agent dev`, storage backend `nvmet`)
@@ -210,6 +268,13 @@ ctrls_of() { # controllers of subsystem NQN $1
 /// unreachable target: the write is accepted, the volume turns `Degraded`
 /// with the failing action in its reason, retried with growing backoff.
 /// Delete leaves configfs as it was before the agent started.
+///
+/// TENANCY.md invariant 4 (with native multipath, the guest kernel's
+/// default): tenant `u`'s volume on the same storage server is refused
+/// (`SourceInUse`, naming nothing of `t`'s) rather than handed `t`'s
+/// block device: the only initiator controller to the server stays `t`'s
+/// (host NQN and the agent's host id marker in sysfs), and `u` gets no
+/// subsystem. `agent_limits_...` below covers multipath off.
 const AGENT_SCRIPT: &str = r###"
 echo "## attach"
 start_agent
@@ -250,6 +315,22 @@ echo 3 > /proc/sys/vm/drop_caches
 echo "pattern $(sha256sum < /tmp/pattern | cut -d' ' -f1)"
 echo "readback $(dd if=/dev/$dev bs=1M count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 echo "server $(head -c 8388608 /tmp/server.img | sha256sum | cut -d' ' -f1)"
+
+echo "## second tenant"
+# Native multipath (Debian's default) would give u's connection the same
+# block device as t's: u's volume is refused, never handed t's device.
+echo "multipath $(cat /sys/module/nvme_core/parameters/multipath)"
+tenant_u
+for i in $(seq 1 600); do
+    [ "$(field volume w reason)" = "SourceInUse" ] && break
+    sleep 0.5
+done
+echo "phase $(field volume w phase)"
+echo "reason $(field volume w reason)"
+dpuctl get volume w -o json | tr -d '\n' | grep -o '"message": *"[^"]*"' | sed 's/^/condition /'
+initiators
+echo "u subsystem $([ -d $S/subsystems/$U_OURS ] && echo present || echo absent)"
+delete_volume w
 
 echo "## restart"
 H1=$(host_ctrl $OURS $HOST)
@@ -359,6 +440,27 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
     assert_eq!(value(host, "readback"), Some(pattern), "{out}");
     assert_eq!(value(host, "server"), Some(pattern), "{out}");
 
+    let second = section(&out.stdout, "second tenant");
+    assert_eq!(value(second, "multipath"), Some("Y"), "{out}");
+    assert_eq!(value(second, "reason"), Some("SourceInUse"), "{out}");
+    assert_eq!(value(second, "phase"), Some("Pending"), "{out}");
+    let condition = value(second, "condition").unwrap_or_default();
+    assert!(condition.contains("multipath"), "{out}");
+    assert!(!condition.contains("nqn.2026-11.dev.dpu-agent:t:"), "{out}");
+    let inits = initiators(second);
+    assert_eq!(inits.len(), 1, "{out}");
+    assert_eq!(
+        inits[0].hostnqn, "nqn.2026-11.dev.dpu-agent:t:v:initiator",
+        "{out}"
+    );
+    assert_eq!(
+        inits[0].hostid,
+        storage_offload::model::initiator_host_id(&inits[0].hostnqn),
+        "{out}"
+    );
+    assert_eq!(value(second, "u subsystem"), Some("absent"), "{out}");
+    assert!(!second.contains("still there"), "{out}");
+
     let restart = section(&out.stdout, "restart");
     let ctrl = value(restart, "host controller before").expect("host controller line");
     let words: Vec<&str> = ctrl.split_whitespace().collect();
@@ -409,6 +511,13 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
 /// changed live to 16 on the same connection, then the limit is removed
 /// (the agent's qdisc goes) and the volume deleted (configfs and `lo`'s
 /// qdisc as found). `tc` (iproute2) is only the witness.
+///
+/// TENANCY.md invariant 4 (guest booted with `nvme_core.multipath=N`):
+/// tenant `u`'s volume on the same storage server as `t`'s gets its own
+/// NVMe/TCP controller (sysfs: its own host NQN and the agent's host id
+/// marker) and its own block device, and each agent subsystem exports the
+/// device of its own volume's controller; deleting `u`'s volume removes
+/// only `u`'s controller, `t`'s host connection stays live.
 const QOS_SCRIPT: &str = r###"
 vol() { # $1: the qos part of the volume spec, or nothing
 cat > /tmp/v.yaml <<EOT
@@ -478,6 +587,21 @@ tc class show dev lo
 measure limit16 64
 echo "host controller before $H1 after $(host_ctrl $OURS $HOST)"
 
+echo "## second tenant"
+# nvme_core.multipath=N (kernel command line): each connection has its own
+# namespace block device, so u's volume gets its own connection and device.
+echo "multipath $(cat /sys/module/nvme_core/parameters/multipath)"
+tenant_u
+wait_phase w Ready
+initiators
+echo "t device $(cat $S/subsystems/$OURS/namespaces/1/device_path)"
+echo "u device $(cat $S/subsystems/$U_OURS/namespaces/1/device_path)"
+echo "u export $(field volume w export)"
+delete_volume w
+echo "after delete"
+initiators
+echo "host controller $(cat /sys/class/nvme/$H1/state)"
+
 echo "## unlimited"
 vol ""
 for i in $(seq 1 240); do
@@ -527,6 +651,7 @@ fn agent_limits_a_volume_rate_with_traffic_shaping_and_changes_it_live() -> anyh
             "sch_htb",
             "cls_u32",
         ])
+        .kernel_args("nvme_core.multipath=N")
         .packages(&["nvme-cli"])
         .binary(stripped("dpu-agent", bins.path())?)
         .binary(stripped("dpuctl", bins.path())?)
@@ -556,6 +681,39 @@ fn agent_limits_a_volume_rate_with_traffic_shaping_and_changes_it_live() -> anyh
     let ctrl = value(limited, "host controller before").expect("controller line");
     let (a, b) = ctrl.split_once(" after ").expect("before/after");
     assert_eq!(a, b, "the host reconnected during the live change: {out}");
+
+    let second = section(&out.stdout, "second tenant");
+    assert_eq!(value(second, "multipath"), Some("N"), "{out}");
+    let (both, after) = second.split_once("after delete").expect("after delete");
+    let inits = initiators(both);
+    let of = |nqn: &str| {
+        inits
+            .iter()
+            .find(|i| i.hostnqn == nqn)
+            .unwrap_or_else(|| panic!("no controller with host NQN {nqn}: {out}"))
+    };
+    let t = of("nqn.2026-11.dev.dpu-agent:t:v:initiator");
+    let u = of("nqn.2026-11.dev.dpu-agent:u:w:initiator");
+    assert_eq!(inits.len(), 2, "{out}");
+    assert_ne!(t.name, u.name, "{out}");
+    assert_ne!(t.device, u.device, "{out}");
+    assert!(t.device.len() > "/dev/nvme".len(), "{out}");
+    assert!(u.device.len() > "/dev/nvme".len(), "{out}");
+    for i in [t, u] {
+        assert_eq!(
+            i.hostid,
+            storage_offload::model::initiator_host_id(&i.hostnqn),
+            "{out}"
+        );
+    }
+    assert_eq!(value(both, "t device"), Some(t.device.as_str()), "{out}");
+    assert_eq!(value(both, "u device"), Some(u.device.as_str()), "{out}");
+    assert_eq!(value(both, "u export"), Some("127.0.0.1:4422"), "{out}");
+    assert!(!second.contains("still there"), "{out}");
+    let left = initiators(after);
+    assert_eq!(left.len(), 1, "{out}");
+    assert_eq!(left[0].name, t.name, "{out}");
+    assert_eq!(value(after, "host controller"), Some("live"), "{out}");
 
     assert!(
         section(&out.stdout, "unlimited").contains("qdisc as found"),

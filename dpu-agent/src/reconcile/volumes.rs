@@ -26,7 +26,7 @@ use storage_offload::model::{
 };
 use storage_offload::nvmet::KernelPaths;
 use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
-use storage_offload::plan::{Action, NvmetPlanConfig, Owner, SpdkPlanConfig};
+use storage_offload::plan::{Action, NvmetPlanConfig, Owner, RefusalReason, SpdkPlanConfig};
 use storage_offload::spdk::methods::ListenAddress;
 
 use super::unavailable::Unavailable;
@@ -162,9 +162,15 @@ pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
                                 paths.nvmet.display()
                             ));
                         }
-                        std::fs::create_dir_all(&plan.backing_dir).map_err(|e| {
-                            format!("cannot create {}: {e}", plan.backing_dir.display())
-                        })?;
+                        // Tenants' volume data: owner-only (0700).
+                        storage_offload::apply::ensure_private_dir(&plan.backing_dir).map_err(
+                            |e| {
+                                format!(
+                                    "cannot create {} with mode 0700: {e}",
+                                    plan.backing_dir.display()
+                                )
+                            },
+                        )?;
                         let b: Box<dyn BlockBackend> =
                             Box::new(NvmetBackend::new(paths, ConfigfsMode::Kernel, plan));
                         Ok(b)
@@ -446,6 +452,26 @@ impl Controller for Volumes {
                 tracing::warn!(volume = %key, error = %e, "volume not programmed");
                 return Err(backend_error(&format!("volume {key}"), &e));
             }
+            // A refused volume has no actions of its own (its leftovers were
+            // torn down above as orphans); say why.
+            if let Some(r) = backend
+                .refusals(&desired, &observed)
+                .into_iter()
+                .find(|r| r.key == key)
+            {
+                return match r.reason {
+                    RefusalReason::HostNqn => Ok(not_ready(
+                        status,
+                        Phase::Failed,
+                        r.reason.as_str(),
+                        r.message,
+                    )),
+                    RefusalReason::SourceInUse => Err(ReconcileError {
+                        reason: r.reason.as_str().into(),
+                        message: format!("{}; retrying with backoff", r.message),
+                    }),
+                };
+            }
 
             // Converged only if a fresh observation plans nothing more.
             let observed = backend
@@ -560,11 +586,26 @@ impl Controller for Volumes {
                 Err(why) => return vec![format!("nothing: {why}")],
             }
         }
-        backend
-            .plan(&desired, &observed)
-            .iter()
-            .filter(|a| concerns(a, &key, &kept))
-            .map(|a| a.to_string())
+        let refused = backend
+            .refusals(&desired, &observed)
+            .into_iter()
+            .find(|r| r.key == key)
+            .map(|r| {
+                format!(
+                    "nothing for this volume: {}: {}",
+                    r.reason.as_str(),
+                    r.message
+                )
+            });
+        refused
+            .into_iter()
+            .chain(
+                backend
+                    .plan(&desired, &observed)
+                    .iter()
+                    .filter(|a| concerns(a, &key, &kept))
+                    .map(|a| a.to_string()),
+            )
             .collect()
     }
 
@@ -584,10 +625,14 @@ mod tests {
     use storage_offload::nvmet::NvmetObserved;
 
     fn put(store: &Store, kind: Kind, id: &str, spec: Value, deleting: bool) {
+        put_in(store, "acme", kind, id, spec, deleting);
+    }
+
+    fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value, deleting: bool) {
         let o = StoredObject {
             kind,
             id: id.into(),
-            tenant: "acme".into(),
+            tenant: tenant.into(),
             generation: 1,
             spec,
             status: Default::default(),
@@ -859,5 +904,113 @@ mod tests {
         let cond = out.status.condition("Programmed").unwrap();
         assert_eq!(cond.reason, "Unsupported");
         assert!(cond.message.contains("virtio-blk"), "{}", cond.message);
+    }
+
+    /// TENANCY.md invariant 4 at the controller: a volume naming another
+    /// volume's derived host NQN fails with the field named; nothing is
+    /// connected.
+    #[tokio::test]
+    async fn another_volumes_host_nqn_fails_the_volume() {
+        let (dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v1",
+            json!({"function": "disk", "source": {"nvmeof": {
+                "transport": "tcp", "address": "192.0.2.1", "port": 4420,
+                "subnqn": "nqn.2014-08.org.example:remote",
+                "hostnqn": "nqn.2026-11.dev.dpu-agent:other:db:initiator"}}}),
+            false,
+        );
+        let (backend, _) = kernel_in(dir.path());
+        let c = Volumes::with_backend(backend, None);
+        let out = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Failed);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "HostNqnRefused");
+        assert!(
+            cond.message.contains("spec.source.nvmeof.hostnqn"),
+            "{}",
+            cond.message
+        );
+        let planned = c.plan(
+            &ctx,
+            &obj(&ctx.store, Kind::Volume, "v1"),
+            WriteOutcome::Updated,
+        );
+        assert!(planned[0].contains("HostNqnRefused"), "{planned:?}");
+        assert!(
+            planned.iter().all(|l| !l.contains("nvme-fabrics")),
+            "{planned:?}"
+        );
+    }
+
+    /// TENANCY.md invariant 4 at the controller: tenant acme's volume holds
+    /// its own connection to a remote subsystem (seen in sysfs, with the
+    /// agent's marker); tenant evil's volume on the same subsystem, with
+    /// the kernel's native multipath on, is refused with a retried
+    /// `SourceInUse` that names nothing of acme's, and is never pointed at
+    /// acme's block device.
+    #[tokio::test]
+    async fn a_second_tenant_on_the_same_subsystem_is_refused_not_handed_the_device() {
+        let (dir, ctx) = setup();
+        let source = json!({"nvmeof": {"transport": "tcp", "address": "192.0.2.1",
+            "port": 4420, "subnqn": "nqn.2014-08.org.example:remote"}});
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v1",
+            json!({"function": "disk", "source": source}),
+            false,
+        );
+        put_in(&ctx.store, "evil", Kind::Tenant, "evil", json!({}), false);
+        put_in(
+            &ctx.store,
+            "evil",
+            Kind::Function,
+            "edisk",
+            json!({"type": "nvme", "pf": "pf0", "vf": 3}),
+            false,
+        );
+        put_in(
+            &ctx.store,
+            "evil",
+            Kind::Volume,
+            "w",
+            json!({"function": "edisk", "source": source}),
+            false,
+        );
+        let (backend, paths) = kernel_in(dir.path());
+        let hostnqn = VolumeKey::new("acme", "v1").initiator_nqn();
+        let ctrl = paths.sys_class_nvme.join("nvme1");
+        std::fs::create_dir_all(ctrl.join("nvme1c1n1")).unwrap();
+        for (f, v) in [
+            ("transport", "tcp".to_string()),
+            ("address", "traddr=192.0.2.1,trsvcid=4420".into()),
+            ("subsysnqn", "nqn.2014-08.org.example:remote".into()),
+            ("hostnqn", hostnqn.clone()),
+            (
+                "hostid",
+                storage_offload::model::initiator_host_id(&hostnqn),
+            ),
+        ] {
+            std::fs::write(ctrl.join(f), format!("{v}\n")).unwrap();
+        }
+        let c = Volumes::with_backend(backend, None);
+        let w = obj(&ctx.store, Kind::Volume, "w");
+        let err = c.reconcile(&ctx, &w).await.unwrap_err();
+        assert_eq!(err.reason, "SourceInUse");
+        assert!(err.message.contains("multipath"), "{err}");
+        assert!(!err.message.contains("acme"), "{err}");
+        let subs = paths.nvmet.join("subsystems");
+        assert!(!subs.join("nqn.2026-11.dev.dpu-agent:evil:w").exists());
+        let planned = c.plan(&ctx, &w, WriteOutcome::Updated);
+        assert!(
+            planned.iter().all(|l| !l.contains("nvme1n1")),
+            "{planned:?}"
+        );
     }
 }

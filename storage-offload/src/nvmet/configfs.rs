@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::fabrics::FabricsController;
+use super::fabrics::{ConnectOptions, FabricsController};
 
 /// How the plan names configfs paths to an operator.
 pub const DISPLAY_ROOT: &str = "/sys/kernel/config/nvmet";
@@ -45,24 +45,22 @@ pub enum NvmetError {
 pub enum DeviceRef {
     /// A path known when planning: a backing file or an existing device.
     Path(PathBuf),
-    /// Namespace 1 of the NVMe/TCP controller connected to this remote
-    /// subsystem; resolved when applying, since the kernel picks the name.
-    Fabrics {
-        subnqn: String,
-        traddr: String,
-        trsvcid: String,
-    },
+    /// Namespace 1 of exactly this NVMe/TCP connection (target, host NQN
+    /// and host id: the volume's own, never another volume's connection to
+    /// the same target); resolved when applying, since the kernel picks
+    /// the name.
+    Fabrics(ConnectOptions),
 }
 
 impl fmt::Display for DeviceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DeviceRef::Path(p) => write!(f, "{}", p.display()),
-            DeviceRef::Fabrics {
-                subnqn,
-                traddr,
-                trsvcid,
-            } => write!(f, "<namespace 1 of {subnqn} at {traddr}:{trsvcid}>"),
+            DeviceRef::Fabrics(c) => write!(
+                f,
+                "<namespace 1 of {} at {}:{} as {}>",
+                c.nqn, c.traddr, c.trsvcid, c.hostnqn
+            ),
         }
     }
 }
@@ -362,6 +360,12 @@ pub struct NvmetObserved {
     /// Traffic control on the ports' interface, when volumes have ports of
     /// their own (`volume_ports` > 0) and the interface was found.
     pub tc: Option<super::tc::TcObserved>,
+    /// Whether the kernel's native NVMe multipath is on
+    /// (`nvme_core.multipath`): then every controller connected to one
+    /// subsystem NQN, whatever its host NQN, shares one namespace block
+    /// device, so two volumes on one remote subsystem cannot have separate
+    /// devices.
+    pub multipath: bool,
 }
 
 fn read_trim(p: &Path) -> String {
@@ -549,13 +553,16 @@ mod tests {
         let ex = ConfigfsExecutor::new(dir.path(), ConfigfsMode::PlainDirectory);
         let op = ConfigfsOp::WriteDevicePath {
             attr: "x".into(),
-            device: DeviceRef::Fabrics {
-                subnqn: "nqn.r".into(),
+            device: DeviceRef::Fabrics(ConnectOptions {
+                transport: "tcp".into(),
                 traddr: "192.0.2.1".into(),
                 trsvcid: "4420".into(),
-            },
+                nqn: "nqn.r".into(),
+                hostnqn: "nqn.h".into(),
+                hostid: None,
+            }),
         };
         let e = ex.apply(&op, &no_resolve).unwrap_err().to_string();
-        assert!(e.contains("nqn.r at 192.0.2.1:4420"), "{e}");
+        assert!(e.contains("nqn.r at 192.0.2.1:4420 as nqn.h"), "{e}");
     }
 }

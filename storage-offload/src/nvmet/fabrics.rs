@@ -7,6 +7,11 @@
 //! sysfs directory lists path devices `nvme<S>c<C>n<N>`; the block device
 //! users see is the head `nvme<S>n<N>`. Without multipath it lists
 //! `nvme<C>n<N>` directly. Both are handled.
+//!
+//! A controller's identity includes its host NQN and host id (`hostid`):
+//! the backend connects with the agent's marker host id and resolves a
+//! volume's device only from its own connection
+//! ([`find_connection_device`]).
 
 use std::fmt;
 use std::fs;
@@ -25,6 +30,10 @@ pub struct ConnectOptions {
     pub trsvcid: String,
     pub nqn: String,
     pub hostnqn: String,
+    /// The host id (a UUID) to connect with; the kernel's default when
+    /// none. The agent sets [`crate::model::initiator_host_id`] as its
+    /// ownership marker.
+    pub hostid: Option<String>,
 }
 
 impl ConnectOptions {
@@ -37,7 +46,10 @@ impl ConnectOptions {
             &self.trsvcid,
             &self.nqn,
             &self.hostnqn,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.hostid.as_ref())
+        {
             if v.is_empty() || v.contains([',', '=', '\n', '\0']) {
                 return Err(NvmetError::BadOption { value: v.clone() });
             }
@@ -52,7 +64,11 @@ impl fmt::Display for ConnectOptions {
             f,
             "transport={},traddr={},trsvcid={},nqn={},hostnqn={}",
             self.transport, self.traddr, self.trsvcid, self.nqn, self.hostnqn
-        )
+        )?;
+        match &self.hostid {
+            Some(id) => write!(f, ",hostid={id}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -130,8 +146,32 @@ pub struct FabricsController {
     pub trsvcid: String,
     pub subnqn: String,
     pub hostnqn: String,
+    /// The host id it connected with (`hostid`, a UUID).
+    pub hostid: String,
     /// Namespace block devices, e.g. `nvme1n1`, sorted.
     pub block_devices: Vec<String>,
+}
+
+impl FabricsController {
+    /// The block device of namespace 1 (else the first one shown).
+    pub fn namespace_device(&self) -> Option<&str> {
+        self.block_devices
+            .iter()
+            .find(|d| d.ends_with("n1"))
+            .or(self.block_devices.first())
+            .map(String::as_str)
+    }
+
+    /// Whether this is exactly the connection `opts` makes: same
+    /// transport, target, host NQN and host id.
+    pub fn is_connection_of(&self, opts: &ConnectOptions) -> bool {
+        self.transport == opts.transport
+            && self.traddr == opts.traddr
+            && self.trsvcid == opts.trsvcid
+            && self.subnqn == opts.nqn
+            && self.hostnqn == opts.hostnqn
+            && opts.hostid.as_deref() == Some(self.hostid.as_str())
+    }
 }
 
 /// Parses `/sys/class/nvme/nvmeN/address`
@@ -209,6 +249,7 @@ pub fn list_controllers(paths: &KernelPaths) -> Vec<FabricsController> {
             trsvcid,
             subnqn: read_trim(&d.join("subsysnqn")),
             hostnqn: read_trim(&d.join("hostnqn")),
+            hostid: read_trim(&d.join("hostid")),
             block_devices,
         });
     }
@@ -216,8 +257,20 @@ pub fn list_controllers(paths: &KernelPaths) -> Vec<FabricsController> {
     out
 }
 
-/// The device path of namespace 1 of the controller connected to
-/// (`subnqn`, `traddr`, `trsvcid`), if it is connected and shows one.
+/// The device path of namespace 1 of exactly the connection `opts` makes
+/// (target, host NQN and host id), if it is connected and shows one. Never
+/// another host NQN's connection to the same target.
+pub fn find_connection_device(paths: &KernelPaths, opts: &ConnectOptions) -> Option<PathBuf> {
+    list_controllers(paths)
+        .into_iter()
+        .find(|c| c.is_connection_of(opts))
+        .and_then(|c| c.namespace_device().map(|d| paths.dev.join(d)))
+}
+
+/// The device path of namespace 1 of a controller connected to
+/// (`subnqn`, `traddr`, `trsvcid`) with any host NQN, if it is connected
+/// and shows one. For tools acting as the host; the backend resolves its
+/// sources with [`find_connection_device`].
 pub fn find_namespace_device(
     paths: &KernelPaths,
     subnqn: &str,
@@ -227,13 +280,7 @@ pub fn find_namespace_device(
     list_controllers(paths)
         .into_iter()
         .find(|c| c.subnqn == subnqn && c.traddr == traddr && c.trsvcid == trsvcid)
-        .and_then(|c| {
-            c.block_devices
-                .iter()
-                .find(|d| d.ends_with("n1"))
-                .or(c.block_devices.first())
-                .map(|d| paths.dev.join(d))
-        })
+        .and_then(|c| c.namespace_device().map(|d| paths.dev.join(d)))
 }
 
 #[cfg(test)]
@@ -248,6 +295,7 @@ mod tests {
             trsvcid: "4420".into(),
             nqn: "nqn.2014-08.org.example:remote".into(),
             hostnqn: "nqn.2026-11.dev.dpu-agent:t:v:initiator".into(),
+            hostid: None,
         }
     }
 
@@ -290,6 +338,20 @@ mod tests {
         let mut o = opts();
         o.nqn = "nqn.x,hostnqn=evil".into();
         assert!(o.to_options().is_err());
+        let mut o = opts();
+        o.hostid = Some("x,hostnqn=evil".into());
+        assert!(o.to_options().is_err());
+    }
+
+    #[test]
+    fn host_id_is_passed_when_set() {
+        let mut o = opts();
+        o.hostid = Some("0f8fad5b-d9cb-869f-a165-70867728950e".into());
+        assert!(
+            o.to_options()
+                .unwrap()
+                .ends_with(",hostnqn=nqn.2026-11.dev.dpu-agent:t:v:initiator,hostid=0f8fad5b-d9cb-869f-a165-70867728950e"),
+        );
     }
 
     #[test]
@@ -326,6 +388,7 @@ mod tests {
         .unwrap();
         fs::write(c.join("subsysnqn"), "nqn.r\n").unwrap();
         fs::write(c.join("hostnqn"), "nqn.h\n").unwrap();
+        fs::write(c.join("hostid"), "0f8fad5b-d9cb-869f-a165-70867728950e\n").unwrap();
         // A PCIe controller is not ours to manage.
         let p = paths.sys_class_nvme.join("nvme0");
         fs::create_dir_all(&p).unwrap();
@@ -341,9 +404,28 @@ mod tests {
                 trsvcid: "4420".into(),
                 subnqn: "nqn.r".into(),
                 hostnqn: "nqn.h".into(),
+                hostid: "0f8fad5b-d9cb-869f-a165-70867728950e".into(),
                 block_devices: vec!["nvme1n1".into()],
             }]
         );
+        let mut own = ConnectOptions {
+            transport: "tcp".into(),
+            traddr: "192.0.2.1".into(),
+            trsvcid: "4420".into(),
+            nqn: "nqn.r".into(),
+            hostnqn: "nqn.h".into(),
+            hostid: Some("0f8fad5b-d9cb-869f-a165-70867728950e".into()),
+        };
+        assert_eq!(
+            find_connection_device(&paths, &own),
+            Some(paths.dev.join("nvme1n1"))
+        );
+        // Another host NQN's connection to the same target is not this one.
+        own.hostnqn = "nqn.other".into();
+        assert_eq!(find_connection_device(&paths, &own), None);
+        own.hostnqn = "nqn.h".into();
+        own.hostid = None;
+        assert_eq!(find_connection_device(&paths, &own), None);
         assert_eq!(
             find_namespace_device(&paths, "nqn.r", "192.0.2.1", "4420"),
             Some(paths.dev.join("nvme1n1"))

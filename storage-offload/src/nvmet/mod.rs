@@ -17,6 +17,15 @@ use std::path::PathBuf;
 
 pub use configfs::{ConfigfsExecutor, ConfigfsMode, ConfigfsOp, DeviceRef, NvmetObserved};
 pub use fabrics::{ConnectOptions, FabricsController};
+
+/// Whether the kernel merges every connection to one subsystem NQN into
+/// one namespace block device (native multipath), from the `nvme_core`
+/// parameter at `path`: `N` is off; `Y`, or a file that cannot be read, is
+/// taken as on (the safe side: a second volume on the same subsystem is
+/// refused rather than handed a shared device).
+pub fn multipath_enabled(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path).map_or(true, |s| s.trim() != "N")
+}
 pub use qos::IoMax;
 
 /// Where the kernel interfaces live.
@@ -32,6 +41,8 @@ pub struct KernelPaths {
     pub sys_class_block: PathBuf,
     /// `/dev`, where block devices appear.
     pub dev: PathBuf,
+    /// `/sys/module/nvme_core/parameters/multipath` (`Y` or `N`).
+    pub nvme_multipath: PathBuf,
 }
 
 impl Default for KernelPaths {
@@ -42,6 +53,7 @@ impl Default for KernelPaths {
             sys_class_nvme: "/sys/class/nvme".into(),
             sys_class_block: "/sys/class/block".into(),
             dev: "/dev".into(),
+            nvme_multipath: "/sys/module/nvme_core/parameters/multipath".into(),
         }
     }
 }
@@ -55,6 +67,7 @@ impl KernelPaths {
             sys_class_nvme: root.join("sys/class/nvme"),
             sys_class_block: root.join("sys/class/block"),
             dev: root.join("dev"),
+            nvme_multipath: root.join("sys/module/nvme_core/parameters/multipath"),
         }
     }
 }

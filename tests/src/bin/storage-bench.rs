@@ -112,6 +112,7 @@ fn host_attach(paths: &KernelPaths, key: &VolumeKey) -> Result<(u32, PathBuf), S
             trsvcid: "4420".into(),
             nqn: nqn.clone(),
             hostnqn: HOST.into(),
+            hostid: None,
         },
     )
     .map_err(|e| format!("host connect to {nqn}: {e}"))?;
