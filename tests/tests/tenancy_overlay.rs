@@ -9,7 +9,9 @@
 //! fourth namespace. A third sender on the same underlay — a Linux `vxlan`
 //! device with the right VNI, in a namespace of its own, under an address
 //! that no Endpoint names — sends UDP to the port on DPU 2, first as itself
-//! and then impersonating the peer's MAC and IP. The port's socket receives
+//! and then impersonating the peer's MAC and IP; last, with the underlay
+//! source forged as the peer's VTEP but its own inner MAC and IP (the inner
+//! source is bound to the endpoints behind a VTEP). The port's socket receives
 //! the peer's datagrams and none of the third sender's; DPU 2's own flow
 //! counters (`ovs-ofctl dump-flows`) show the third sender's packets reached
 //! the bridge and were classified into the network, and that anti-spoofing
@@ -433,29 +435,34 @@ fn attack(nsa: &str, ua: &str, fn1: &str, fn2: &str, mgmts: &[(&str, PathBuf)]) 
     // software so nothing but the switch's decision can stop the packets.
     let ip = |args: &[&str]| run("ip", &[&["-n", nsa], args].concat());
     ip(&["addr", "add", &format!("{VTEP_UNKNOWN}/24"), "dev", ua]);
-    ip(&[
-        "link",
-        "add",
-        "vxa",
-        "type",
-        "vxlan",
-        "id",
-        &VNI.to_string(),
-        "local",
-        VTEP_UNKNOWN,
-        "remote",
-        VTEP2,
-        "dstport",
-        "4789",
-        "dev",
-        ua,
-    ]);
-    for dev in [ua, "vxa"] {
+    run(
+        "ip",
+        &["netns", "exec", nsa, "ethtool", "-K", ua, "tx", "off"],
+    );
+    let vxlan_from = |local: &str| {
+        ip(&[
+            "link",
+            "add",
+            "vxa",
+            "type",
+            "vxlan",
+            "id",
+            &VNI.to_string(),
+            "local",
+            local,
+            "remote",
+            VTEP2,
+            "dstport",
+            "4789",
+            "dev",
+            ua,
+        ]);
         run(
             "ip",
-            &["netns", "exec", nsa, "ethtool", "-K", dev, "tx", "off"],
+            &["netns", "exec", nsa, "ethtool", "-K", "vxa", "tx", "off"],
         );
-    }
+    };
+    vxlan_from(VTEP_UNKNOWN);
     let become_ = |mac: &str, addr: &str| {
         ip(&["link", "set", "vxa", "down"]);
         ip(&["link", "set", "vxa", "address", mac]);
@@ -486,7 +493,53 @@ fn attack(nsa: &str, ua: &str, fn1: &str, fn2: &str, mgmts: &[(&str, PathBuf)]) 
     send_udp(nsa, "10.30.0.66", "attack-own", ATTACKS);
     become_(MAC1, IP1);
     send_udp(nsa, IP1, "attack-spoof", ATTACKS);
+
+    // Then with the underlay source forged as the peer's VTEP (the limit
+    // the README names) but its own MAC and IP: the inner source is bound
+    // to the endpoints behind that VTEP, so this is dropped too. The sender
+    // sends no ARP for it (a static neighbour) and answers none, so the
+    // underlay keeps mapping VTEP 1 to DPU 1.
+    let neigh = ip(&["neigh", "show", VTEP2, "dev", ua]);
+    let vtep2_mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the third sender never resolved {VTEP2}: {neigh:?}"))
+        .to_string();
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            nsa,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.arp_ignore=8",
+        ],
+    );
+    ip(&[
+        "neigh",
+        "replace",
+        VTEP2,
+        "lladdr",
+        &vtep2_mac,
+        "dev",
+        ua,
+        "nud",
+        "permanent",
+    ]);
+    ip(&["link", "del", "vxa"]);
+    ip(&["addr", "add", &format!("{VTEP1}/32"), "dev", ua]);
+    vxlan_from(VTEP1);
+    become_("02:00:0a:1e:00:66", "10.30.0.66");
+    let classified_before_forged = settled(|| classified(&dpu2));
+    send_udp(nsa, "10.30.0.66", "attack-forged", ATTACKS);
     let (classified_after, admitted_after) = settled(|| (classified(&dpu2), admitted(&dpu2)));
+    assert!(
+        classified_after - classified_before_forged >= ATTACKS as u64,
+        "DPU 2 classified only {} packets from the forged VTEP",
+        classified_after - classified_before_forged
+    );
 
     // The legitimate peer still gets through afterwards.
     send_udp(fn1, IP1, "legit-after", 5);
@@ -496,18 +549,17 @@ fn attack(nsa: &str, ua: &str, fn1: &str, fn2: &str, mgmts: &[(&str, PathBuf)]) 
     );
     std::thread::sleep(Duration::from_millis(300));
 
-    let own = victim.received("attack-own");
-    let spoof = victim.received("attack-spoof");
+    let attacks = victim.received("attack");
     assert!(
-        own.is_empty() && spoof.is_empty(),
-        "the port received the third sender's datagrams: {own:?} {spoof:?}"
+        attacks.is_empty(),
+        "the port received the third sender's datagrams: {attacks:?}"
     );
     // The witness saw the third sender's packets arrive at DPU 2's bridge
     // with the network's VNI (so the test is not passing for want of
     // traffic) and anti-spoofing admit none of them.
     let admitted_before = admitted_before.expect("DPU 2's anti-spoof flow for VTEP 1");
     assert!(
-        classified_after - classified_before >= 2 * ATTACKS as u64,
+        classified_after - classified_before >= 3 * ATTACKS as u64,
         "DPU 2 classified only {} tunnel packets during the attack",
         classified_after - classified_before
     );
