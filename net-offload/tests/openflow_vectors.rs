@@ -90,6 +90,33 @@ fn flow_mod_ct_state_vlan_tunnel() {
     );
 }
 
+/// `ovs-ofctl add-flow` of the pipeline's tunnel ingress: in_port, dl_src,
+/// tun_id and tun_src (`NXM_NX_TUN_IPV4_SRC`, class 1 field 31), placed by
+/// OVS between tun_id and tun_dst.
+#[test]
+fn flow_mod_tunnel_source() {
+    check(
+        add(
+            "table=0,priority=100,in_port=10,dl_src=02:00:00:00:09:09,tun_id=0x64,tun_src=192.168.0.2,actions=set_field:0->reg6,write_metadata:0x64,goto_table:40",
+        ),
+        2,
+        "050e009800000002000000000000000000000000000000000000000000000064ffffffffffffffffffffffff000000000001002a800000040000000a8000080602000000090980004c08000000000000006400013e04c0a8000200000000000000040018000000000019001000010c04000000000000000000020018000000000000000000000064ffffffffffffffff0001000828000000",
+    );
+}
+
+/// `ovs-ofctl add-flow` with a masked tun_src next to tun_dst, and
+/// set_field of tun_src.
+#[test]
+fn flow_mod_tunnel_source_masked_and_set() {
+    check(
+        add(
+            "table=5,priority=3,tun_src=10.0.0.0/8,tun_dst=10.1.0.1,actions=set_field:172.16.0.1->tun_src,output:2",
+        ),
+        2,
+        "050e007000000002000000000000000000000000000000000500000000000003ffffffffffffffffffffffff000000000001001800013f080a000000ff000000000140040a01000100040028000000000019001000013e04ac1000010000000000000010000000020000000000000000",
+    );
+}
+
 /// `ovs-ofctl add-flow` with timeouts and `actions=drop` (no instructions).
 #[test]
 fn flow_mod_drop_with_timeouts() {

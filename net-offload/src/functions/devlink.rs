@@ -9,10 +9,14 @@
 //! "Failed to connect to devlink Netlink") and the VM's igb has no devlink
 //! eswitch; the live path is unproven until it runs on a BlueField.
 //! Requests are synchronous (devlink calls are rare; callers in async code
-//! use `spawn_blocking`).
+//! use `spawn_blocking`) and bounded: a request the kernel does not answer
+//! completely within [`DEVLINK_TIMEOUT`] (5 s) fails with a timeout. Replies
+//! are decoded by [`decode_replies`], which turns any malformed or truncated
+//! message (e.g. a 16-byte `NLMSG_ERROR`) into an error, never a panic.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use super::{FunctionsError, Mac};
 
@@ -264,18 +268,163 @@ fn devlink_err(op: &str, e: io::Error) -> FunctionsError {
     FunctionsError::Devlink(format!("{op}: {e}"))
 }
 
+/// How long one request waits for the kernel's complete answer.
+pub const DEVLINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HDRLEN: usize = 16;
+/// An `NLMSG_ERROR` message: its own header, `struct nlmsgerr` = `int error`
+/// and the header of the request it answers (the kernel may append the
+/// request's payload or extended-ack attributes after that).
+const NLMSG_ERROR_MIN_LEN: usize = NLMSG_HDRLEN + 4 + NLMSG_HDRLEN;
+
+/// Decodes one datagram of netlink replies, keeping those answering `seq`:
+/// generic netlink payloads (after nlmsghdr + genlmsghdr) are appended to
+/// `out`. `Ok(true)` once the transaction is complete (an ack, or
+/// `NLMSG_DONE`), `Ok(false)` when more datagrams are to come. Malformed or
+/// truncated messages are an `InvalidData` error, never a panic.
+pub fn decode_replies(mut b: &[u8], seq: u32, out: &mut Vec<Vec<u8>>) -> io::Result<bool> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    while !b.is_empty() {
+        if b.len() < NLMSG_HDRLEN {
+            return Err(invalid(format!(
+                "truncated netlink header ({} bytes, needs {NLMSG_HDRLEN})",
+                b.len()
+            )));
+        }
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let rseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        if len < NLMSG_HDRLEN || len > b.len() {
+            return Err(invalid(format!(
+                "netlink message length {len} does not fit the {} bytes received",
+                b.len()
+            )));
+        }
+        if rseq == seq {
+            match ty {
+                NLMSG_ERROR => {
+                    if len < NLMSG_ERROR_MIN_LEN {
+                        return Err(invalid(format!(
+                            "truncated NLMSG_ERROR ({len} bytes, needs at least {NLMSG_ERROR_MIN_LEN})"
+                        )));
+                    }
+                    let errno = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
+                    return match errno {
+                        0 => Ok(true),
+                        e if e < 0 => Err(io::Error::from_raw_os_error(e.saturating_neg())),
+                        e => Err(invalid(format!("NLMSG_ERROR with positive error {e}"))),
+                    };
+                }
+                NLMSG_DONE => return Ok(true),
+                _ if len >= NLMSG_HDRLEN + 4 => out.push(b[NLMSG_HDRLEN + 4..len].to_vec()),
+                _ => {}
+            }
+        }
+        b = &b[len.next_multiple_of(4).min(b.len())..];
+    }
+    Ok(false)
+}
+
+/// Sends `msg` to the kernel on the netlink socket `fd`.
+fn send_to_kernel(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: `msg` is a valid buffer for its length; `addr` is a zeroed
+    // sockaddr_nl (pid 0 = the kernel) that outlives the call.
+    let sent = unsafe {
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives the replies to `seq` on `fd` until the transaction completes or
+/// `timeout` has passed since the call (then `TimedOut`). Unrelated
+/// datagrams do not extend the deadline.
+fn receive_replies(fd: &OwnedFd, seq: u32, timeout: Duration) -> io::Result<Vec<Vec<u8>>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no complete answer from the kernel within {timeout:?}"),
+            ));
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if ready == 0 {
+            continue;
+        }
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                continue;
+            }
+            return Err(e);
+        }
+        if decode_replies(&buf[..n as usize], seq, &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
 /// A generic netlink socket bound to the devlink family.
 #[derive(Debug)]
 pub struct DevlinkSocket {
     fd: OwnedFd,
     family: u16,
     seq: u32,
+    timeout: Duration,
 }
 
 impl DevlinkSocket {
     /// Opens a socket and resolves the devlink family; fails clearly on a
-    /// kernel without devlink.
+    /// kernel without devlink. Each request waits at most
+    /// [`DEVLINK_TIMEOUT`] for its answer.
     pub fn connect() -> Result<DevlinkSocket, FunctionsError> {
+        Self::connect_with_timeout(DEVLINK_TIMEOUT)
+    }
+
+    /// As [`DevlinkSocket::connect`], with another per-request timeout.
+    pub fn connect_with_timeout(timeout: Duration) -> Result<DevlinkSocket, FunctionsError> {
         // SAFETY: plain socket(2); the fd is owned right after.
         let raw = unsafe {
             libc::socket(
@@ -296,9 +445,10 @@ impl DevlinkSocket {
             fd,
             family: 0,
             seq: 1,
+            timeout,
         };
         let replies = sock
-            .transact(&get_family_request(DEVLINK_GENL_NAME, 1))
+            .transact(&get_family_request(DEVLINK_GENL_NAME, 1), 1)
             .map_err(|e| {
                 FunctionsError::Devlink(format!(
                     "the kernel has no devlink generic netlink family ({e}); is this a DPU with devlink support?"
@@ -315,66 +465,18 @@ impl DevlinkSocket {
         Ok(sock)
     }
 
-    /// Sends one request and returns the attribute payloads of its replies.
-    fn transact(&mut self, msg: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let seq = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]);
-        // SAFETY: `msg` is a valid buffer for its length; the kernel is the destination.
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            // SAFETY: `buf` is writable for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut b = &buf[..n as usize];
-            while b.len() >= 16 {
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                let rseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-                if len < 16 || len > b.len() {
-                    return Err(io::Error::other("truncated netlink reply"));
-                }
-                if rseq == seq {
-                    match ty {
-                        NLMSG_ERROR => {
-                            let errno = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-                            if errno == 0 {
-                                return Ok(out);
-                            }
-                            return Err(io::Error::from_raw_os_error(-errno));
-                        }
-                        NLMSG_DONE => return Ok(out),
-                        _ if len >= 20 => out.push(b[20..len].to_vec()),
-                        _ => {}
-                    }
-                }
-                b = &b[len.next_multiple_of(4).min(b.len())..];
-            }
-        }
+    /// Sends one request (sequence number `seq`) and returns the attribute
+    /// payloads of its replies, or `TimedOut` after the socket's timeout.
+    fn transact(&mut self, msg: &[u8], seq: u32) -> io::Result<Vec<Vec<u8>>> {
+        send_to_kernel(&self.fd, msg)?;
+        receive_replies(&self.fd, seq, self.timeout)
     }
 
     /// Sends `req` and returns its replies' attributes.
     pub fn request(&mut self, req: &DevlinkRequest) -> Result<Vec<Vec<u8>>, FunctionsError> {
         self.seq = self.seq.wrapping_add(1);
         let msg = req.encode(self.family, self.seq);
-        self.transact(&msg)
+        self.transact(&msg, self.seq)
             .map_err(|e| devlink_err(&format!("{req:?}"), e))
     }
 
@@ -514,5 +616,199 @@ mod tests {
         assert_eq!(attrs, vec![(2, &b"devlink\0"[..])]);
         assert!(parse_attrs(&[0xff, 0x00, 0x01]).is_empty());
         assert!("nope".parse::<DevlinkDev>().is_err());
+    }
+
+    /// An nlmsghdr: length, type, flags, seq 7, pid 0 (native endian).
+    fn nlmsghdr(len: u32, ty: u16, flags: u16, seq: u32) -> Vec<u8> {
+        let mut b = len.to_ne_bytes().to_vec();
+        b.extend_from_slice(&ty.to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b
+    }
+
+    /// NLMSG_ERROR of `len` bytes answering seq 7 with `errno`, followed by
+    /// the original request's header (as much as `len` leaves room for).
+    fn nlmsg_error(len: u32, errno: i32) -> Vec<u8> {
+        let mut b = nlmsghdr(len, NLMSG_ERROR, 0, 7);
+        b.extend_from_slice(&errno.to_ne_bytes());
+        b.extend_from_slice(&nlmsghdr(56, 0x15, 0x05, 7));
+        b.truncate(len as usize);
+        b
+    }
+
+    fn decode(b: &[u8]) -> io::Result<(bool, Vec<Vec<u8>>)> {
+        let mut out = Vec::new();
+        decode_replies(b, 7, &mut out).map(|done| (done, out))
+    }
+
+    /// The 16-byte NLMSG_ERROR (a bare header, no `struct nlmsgerr`) used
+    /// to index past its end and panic; it is a decode error now.
+    #[test]
+    fn sixteen_byte_nlmsg_error_is_an_error_not_a_panic() {
+        #[cfg(target_endian = "little")]
+        assert_eq!(
+            nlmsg_error(16, 0),
+            [16, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let e = decode(&nlmsg_error(16, 0)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string().contains("truncated NLMSG_ERROR (16 bytes"),
+            "{e}"
+        );
+        // With the error code but without the original header (20 and 35
+        // bytes): still shorter than a nlmsgerr, still an error.
+        for len in [17, 20, 35] {
+            let e = decode(&nlmsg_error(len, -19)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{len}: {e}");
+        }
+    }
+
+    #[test]
+    fn full_nlmsg_error_is_an_ack_or_the_errno() {
+        // 36 bytes: header, error 0, original header — the kernel's ack.
+        let ack = nlmsg_error(36, 0);
+        assert_eq!(ack.len(), 36);
+        assert_eq!(decode(&ack).unwrap(), (true, vec![]));
+        // -ENODEV, with the original request's payload echoed after it.
+        let mut err = nlmsg_error(36, -19);
+        err[0] = 56;
+        err.extend_from_slice(&[0u8; 20]);
+        let e = decode(&err).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(19));
+        // A positive error code or the most negative one decode without panic.
+        assert!(decode(&nlmsg_error(36, 5)).is_err());
+        assert!(decode(&nlmsg_error(36, i32::MIN)).is_err());
+    }
+
+    #[test]
+    fn replies_then_done_and_other_sequences_skipped() {
+        // A genl reply (cmd 30, version 1, ESWITCH_MODE 1) for seq 7, one for
+        // seq 8 (not ours), then NLMSG_DONE — in one datagram.
+        let mut b = nlmsghdr(28, 0x15, 0x2, 7);
+        b.extend_from_slice(&[30, 1, 0, 0, 0x06, 0x00, 25, 0x00, 0x01, 0x00, 0x00, 0x00]);
+        let mut other = nlmsghdr(20, 0x15, 0x2, 8);
+        other.extend_from_slice(&[30, 1, 0, 0]);
+        b.extend_from_slice(&other);
+        b.extend_from_slice(&nlmsghdr(20, NLMSG_DONE, 0x2, 7));
+        b.extend_from_slice(&0i32.to_ne_bytes());
+        let (done, out) = decode(&b).unwrap();
+        assert!(done);
+        assert_eq!(
+            out,
+            vec![vec![0x06, 0x00, 25, 0x00, 0x01, 0x00, 0x00, 0x00]]
+        );
+        assert_eq!(parse_attrs(&out[0]), vec![(25, &[1u8, 0][..])]);
+        // Only a reply, no terminator yet: wait for more.
+        assert!(!decode(&b[..28]).unwrap().0);
+    }
+
+    #[test]
+    fn malformed_lengths_are_errors() {
+        // Length past the datagram, length below a header, trailing bytes.
+        let long = nlmsghdr(64, 0x15, 0, 7);
+        assert_eq!(
+            decode(&long).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let short = nlmsghdr(4, 0x15, 0, 7);
+        assert_eq!(
+            decode(&short).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut tail = nlmsg_error(36, 0);
+        tail.truncate(10);
+        assert!(decode(&tail).is_err());
+        assert_eq!(decode(&[]).unwrap(), (false, vec![]));
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(
+                &(proptest::collection::vec(any::<u8>(), 0..200), any::<u32>()),
+                |(bytes, seq)| {
+                    let mut out = Vec::new();
+                    let _ = decode_replies(&bytes, seq, &mut out);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        // Every prefix of a valid exchange, too.
+        let mut valid = nlmsghdr(28, 0x15, 0x2, 7);
+        valid.extend_from_slice(&[30, 1, 0, 0, 0x06, 0x00, 25, 0x00, 0x01, 0x00, 0x00, 0x00]);
+        valid.extend_from_slice(&nlmsg_error(36, 0));
+        for n in 0..=valid.len() {
+            let _ = decode(&valid[..n]);
+        }
+    }
+
+    /// A connected datagram socket pair standing in for the netlink socket:
+    /// the test plays the kernel.
+    fn socket_pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is valid for two ints.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        // SAFETY: both fds are fresh and owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn kernel_sends(fd: &OwnedFd, b: &[u8]) {
+        // SAFETY: `b` is valid for its length.
+        let n = unsafe { libc::send(fd.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
+        assert_eq!(n, b.len() as isize);
+    }
+
+    #[test]
+    fn a_request_without_answer_times_out() {
+        let (ours, _kernel) = socket_pair();
+        let t = Instant::now();
+        let e = receive_replies(&ours, 7, Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // Unrelated answers (another sequence) do not extend the deadline.
+        let (ours, kernel) = socket_pair();
+        let chatter = std::thread::spawn(move || {
+            let mut done = nlmsghdr(20, NLMSG_DONE, 0x2, 99);
+            done.extend_from_slice(&0i32.to_ne_bytes());
+            for _ in 0..20 {
+                kernel_sends(&kernel, &done);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let t = Instant::now();
+        let e = receive_replies(&ours, 7, Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        chatter.join().unwrap();
+        assert_eq!(DEVLINK_TIMEOUT, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_sixteen_byte_error_from_the_socket_fails_the_request() {
+        let (ours, kernel) = socket_pair();
+        kernel_sends(&kernel, &nlmsg_error(16, 0));
+        let e = receive_replies(&ours, 7, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        kernel_sends(&kernel, &nlmsg_error(36, -95));
+        let e = receive_replies(&ours, 7, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(95));
     }
 }

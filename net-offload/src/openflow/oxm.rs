@@ -44,6 +44,9 @@ pub enum Field {
     ArpSha,
     ArpTha,
     TunnelId,
+    /// Nicira `tun_src` (`NXM_NX_TUN_IPV4_SRC`): the outer IPv4 source of a
+    /// packet that came from a tunnel.
+    TunIpv4Src,
     /// Nicira `tun_dst` (`NXM_NX_TUN_IPV4_DST`).
     TunIpv4Dst,
     /// Nicira 32-bit register `regN`, N in `0..16`.
@@ -95,7 +98,8 @@ impl Field {
         use Field::*;
         [
             InPort, EthSrc, EthDst, EthType, VlanVid, Ipv4Src, Ipv4Dst, IpProto, TcpSrc, TcpDst,
-            UdpSrc, UdpDst, ArpOp, ArpSpa, ArpTpa, ArpSha, ArpTha, TunnelId, TunIpv4Dst,
+            UdpSrc, UdpDst, ArpOp, ArpSpa, ArpTpa, ArpSha, ArpTha, TunnelId, TunIpv4Src,
+            TunIpv4Dst,
         ]
         .into_iter()
         .chain((0..NUM_REGS).map(Reg))
@@ -108,7 +112,8 @@ impl Field {
         match self {
             IpProto => 1,
             EthType | VlanVid | TcpSrc | TcpDst | UdpSrc | UdpDst | ArpOp | CtZone => 2,
-            InPort | Ipv4Src | Ipv4Dst | ArpSpa | ArpTpa | TunIpv4Dst | Reg(_) | CtState => 4,
+            InPort | Ipv4Src | Ipv4Dst | ArpSpa | ArpTpa | TunIpv4Src | TunIpv4Dst | Reg(_)
+            | CtState => 4,
             EthSrc | EthDst | ArpSha | ArpTha => 6,
             TunnelId | Metadata => 8,
         }
@@ -153,6 +158,7 @@ impl Field {
             ArpSha => "arp_sha".into(),
             ArpTha => "arp_tha".into(),
             TunnelId => "tun_id".into(),
+            TunIpv4Src => "tun_src".into(),
             TunIpv4Dst => "tun_dst".into(),
             Reg(n) => format!("reg{n}"),
             CtState => "ct_state".into(),
@@ -166,7 +172,7 @@ impl Field {
         match self {
             InPort => ValueFormat::Port,
             EthSrc | EthDst | ArpSha | ArpTha => ValueFormat::Mac,
-            Ipv4Src | Ipv4Dst | ArpSpa | ArpTpa | TunIpv4Dst => ValueFormat::Ipv4,
+            Ipv4Src | Ipv4Dst | ArpSpa | ArpTpa | TunIpv4Src | TunIpv4Dst => ValueFormat::Ipv4,
             EthType | TunnelId | Reg(_) | Metadata => ValueFormat::Hex,
             CtState => ValueFormat::CtState,
             VlanVid | IpProto | TcpSrc | TcpDst | UdpSrc | UdpDst | ArpOp | CtZone => {
@@ -201,6 +207,7 @@ impl Field {
             TunnelId => basic(38),
             Reg(n) if n < NUM_REGS => Ok((NXM_CLASS_1, n)),
             Reg(n) => Err(EncodeError::InvalidRegister(n)),
+            TunIpv4Src => Ok((NXM_CLASS_1, 31)),
             TunIpv4Dst => Ok((NXM_CLASS_1, 32)),
             CtState => Ok((NXM_CLASS_1, 105)),
             CtZone => Ok((NXM_CLASS_1, 106)),
@@ -267,6 +274,7 @@ impl Field {
                 16 => TunnelId,
                 17 => ArpSha,
                 18 => ArpTha,
+                31 => TunIpv4Src,
                 32 => TunIpv4Dst,
                 105 => CtState,
                 106 => CtZone,

@@ -16,7 +16,8 @@ use crate::openflow::{
 pub mod table {
     /// in_port → network (metadata) and source port (reg6).
     pub const CLASSIFY: u8 = 0;
-    /// Source MAC, IP and ARP of each local port.
+    /// Source MAC, IP and ARP of each local port; tunnel source (VTEP), MAC
+    /// and IP of each remote endpoint.
     pub const ANTI_SPOOF: u8 = 10;
     /// Answers ARP requests for every known IP of the network.
     pub const ARP_RESPONDER: u8 = 20;
@@ -251,8 +252,10 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         .map(|n| (n.id.as_str(), n))
         .collect();
 
-    // Tunnel ingress: a packet from a tunnel with the network's VNI enters
-    // that network; the sending DPU already checked source and egress.
+    // Tunnel ingress, step 1: a packet from a tunnel with the network's VNI
+    // is tagged with that network and goes to anti-spoofing, where only the
+    // network's endpoints (their VTEP, MAC and IPs) get through. The VNI
+    // alone proves nothing: anyone on the underlay can send it.
     for n in &desired.networks {
         let owner = Owner::new(OwnerKind::Network, &n.id);
         if let Some(tun) = desired.tunnel_ofports.get(&n.encap)
@@ -271,7 +274,7 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
                         value: u64::from(n.vni),
                         mask: u64::MAX,
                     }),
-                    goto_table: Some(table::L2_FORWARD),
+                    goto_table: Some(table::ANTI_SPOOF),
                     ..Default::default()
                 },
             );
@@ -440,9 +443,33 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         if net.encap == Encap::Local {
             continue;
         }
+        // An endpoint of another tenant, or without a real underlay
+        // address, never speaks for this network (the API refuses both;
+        // this keeps the compiler safe on its own).
+        if e.tenant != net.tenant || e.vtep.is_unspecified() || e.vtep.is_broadcast() {
+            continue;
+        }
         let owner = Owner::new(OwnerKind::Endpoint, &e.id);
         let vni = u64::from(net.vni);
         let emac = mac(e.mac);
+        // Tunnel ingress, step 2 (anti-spoofing of remote endpoints): from
+        // the endpoint's VTEP, only its MAC and IPs enter, straight to L2
+        // forwarding (the sending DPU already ran its egress rules).
+        for a in &e.ips {
+            b.add(
+                &owner,
+                table::ANTI_SPOOF,
+                100,
+                Match::new()
+                    .with(Field::InPort, u64::from(*tun))
+                    .with(Field::EthSrc, emac)
+                    .with(Field::EthType, ETH_IP)
+                    .with(Field::Ipv4Src, ip4(*a))
+                    .with(Field::TunIpv4Src, ip4(e.vtep))
+                    .with(Field::Metadata, vni),
+                goto(table::L2_FORWARD),
+            );
+        }
         b.add(
             &owner,
             table::L2_FORWARD,

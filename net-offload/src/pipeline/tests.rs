@@ -348,3 +348,193 @@ fn table_misses_drop_except_after_the_arp_responder() {
         }
     }
 }
+
+/// A packet as the pipeline's first two tables see it: header fields and
+/// tunnel metadata (absent = 0, as OVS has it).
+type Packet = BTreeMap<Field, u64>;
+
+fn matches_packet(m: &Match, pkt: &Packet) -> bool {
+    m.fields().iter().all(|f| {
+        let mask = f.mask.unwrap_or(f.field.full_mask());
+        pkt.get(&f.field).copied().unwrap_or(0) & mask == f.value
+    })
+}
+
+/// Runs `pkt` through tables 0 (classify) and 10 (anti-spoof) as OVS would
+/// (highest priority match, write_metadata, goto) and returns the network
+/// tag it carries when it reaches L2 forwarding, or `None` if it is dropped
+/// (or leaves for anywhere else) before.
+fn admitted_to_l2(c: &CompiledPipeline, pkt: &Packet) -> Option<u64> {
+    let mut pkt = pkt.clone();
+    let mut t = table::CLASSIFY;
+    loop {
+        let flow = c
+            .flows
+            .iter()
+            .map(|f| &f.flow)
+            .filter(|f| f.table == t && matches_packet(&f.matches, &pkt))
+            .max_by_key(|f| f.priority)?;
+        if let Some(md) = &flow.instructions.write_metadata {
+            pkt.insert(Field::Metadata, md.value & md.mask);
+        }
+        match flow.instructions.goto_table {
+            Some(table::L2_FORWARD) => return pkt.get(&Field::Metadata).copied(),
+            Some(next) if next > t && next <= table::ANTI_SPOOF => t = next,
+            _ => return None,
+        }
+    }
+}
+
+fn from_tunnel(vni: u32, vtep: [u8; 4], src_mac: [u8; 6], src_ip: [u8; 4]) -> Packet {
+    BTreeMap::from([
+        (Field::InPort, 10),
+        (Field::TunnelId, u64::from(vni)),
+        (
+            Field::TunIpv4Src,
+            u64::from(u32::from(Ipv4Addr::from(vtep))),
+        ),
+        (Field::EthSrc, mac(src_mac)),
+        (Field::EthType, 0x0800),
+        (Field::Ipv4Src, u64::from(u32::from(Ipv4Addr::from(src_ip)))),
+    ])
+}
+
+/// TENANCY.md invariant 2 (overlay): the VNI alone admits nothing; a packet
+/// from a tunnel enters a network only from the VTEP of one of its
+/// endpoints, with that endpoint's MAC and IP.
+#[test]
+fn tunnel_ingress_only_from_the_networks_endpoints() {
+    let mut d = two_tenants();
+    // globex has an endpoint of its own behind another DPU.
+    d.endpoints.push(EndpointDesc {
+        id: "globex-far".into(),
+        tenant: "globex".into(),
+        network: "net-b".into(),
+        mac: [0x02, 0, 0, 0, 8, 8],
+        ips: vec![Ipv4Addr::new(10, 0, 0, 88)],
+        vtep: Ipv4Addr::new(192, 168, 0, 3),
+    });
+    let c = compile(&d);
+    let (peer_mac, peer_ip) = ([0x02, 0, 0, 0, 9, 9], [10, 0, 0, 99]);
+    let vtep = [192, 168, 0, 2];
+
+    // The legitimate peer gets in, tagged with its network.
+    assert_eq!(
+        admitted_to_l2(&c, &from_tunnel(100, vtep, peer_mac, peer_ip)),
+        Some(100)
+    );
+    assert_eq!(
+        admitted_to_l2(
+            &c,
+            &from_tunnel(200, [192, 168, 0, 3], [0x02, 0, 0, 0, 8, 8], [10, 0, 0, 88])
+        ),
+        Some(200)
+    );
+    // Right VNI, unknown VTEP, even impersonating the peer: dropped.
+    for unknown in [[192, 168, 0, 66], [0, 0, 0, 0], [10, 0, 0, 99]] {
+        assert_eq!(
+            admitted_to_l2(&c, &from_tunnel(100, unknown, peer_mac, peer_ip)),
+            None,
+            "from {unknown:?}"
+        );
+    }
+    // Another network's VTEP with this network's VNI: dropped.
+    assert_eq!(
+        admitted_to_l2(&c, &from_tunnel(100, [192, 168, 0, 3], peer_mac, peer_ip)),
+        None
+    );
+    // The peer's VTEP with another network's VNI: dropped.
+    assert_eq!(
+        admitted_to_l2(&c, &from_tunnel(200, vtep, peer_mac, peer_ip)),
+        None
+    );
+    // Known VTEP, but a MAC or IP that is not one of its endpoints'.
+    assert_eq!(
+        admitted_to_l2(&c, &from_tunnel(100, vtep, [0x02, 0, 0, 0, 0, 1], peer_ip)),
+        None,
+        "a local port's MAC from the tunnel"
+    );
+    assert_eq!(
+        admitted_to_l2(&c, &from_tunnel(100, vtep, peer_mac, [10, 0, 0, 1])),
+        None
+    );
+    // Non-IP (here ARP) from the tunnel: the remote DPU answers ARP itself.
+    let mut arp = from_tunnel(100, vtep, peer_mac, peer_ip);
+    arp.insert(Field::EthType, 0x0806);
+    assert_eq!(admitted_to_l2(&c, &arp), None);
+    // Unknown VNI.
+    assert_eq!(
+        admitted_to_l2(&c, &from_tunnel(999, vtep, peer_mac, peer_ip)),
+        None
+    );
+    // A local port is unaffected.
+    let local = BTreeMap::from([
+        (Field::InPort, 2),
+        (Field::EthSrc, mac([0x02, 0, 0, 0, 0, 2])),
+        (Field::EthType, 0x0800),
+        (
+            Field::Ipv4Src,
+            u64::from(u32::from(Ipv4Addr::new(10, 0, 0, 2))),
+        ),
+    ]);
+    let class = c
+        .flows
+        .iter()
+        .find(|f| f.owner.id == "db" && f.flow.table == table::CLASSIFY)
+        .unwrap();
+    assert!(matches_packet(&class.flow.matches, &local));
+}
+
+#[test]
+fn tunnel_flows_match_the_vtep_per_endpoint_address() {
+    let c = compile(&two_tenants());
+    let remote = flows_of(&c, &Owner::new(OwnerKind::Endpoint, "remote"));
+    let spoof: Vec<_> = remote
+        .iter()
+        .filter(|f| f.table == table::ANTI_SPOOF)
+        .collect();
+    assert_eq!(spoof.len(), 1, "one flow per endpoint IP");
+    let text = spoof[0].to_string();
+    for want in [
+        "in_port=10",
+        "dl_src=02:00:00:00:09:09",
+        "nw_src=10.0.0.99",
+        "tun_src=192.168.0.2",
+        "metadata=0x64",
+        "goto_table:40",
+    ] {
+        assert!(text.contains(want), "{want} missing in {text}");
+    }
+    // The network's own tunnel flow only classifies; it never reaches L2.
+    let net = flows_of(&c, &Owner::new(OwnerKind::Network, "net-a"));
+    assert_eq!(net.len(), 1);
+    assert_eq!(net[0].table, table::CLASSIFY);
+    assert_eq!(net[0].instructions.goto_table, Some(table::ANTI_SPOOF));
+    // Every flow that admits tunnel traffic past anti-spoofing names a VTEP.
+    for f in c.flows.iter().map(|f| &f.flow) {
+        if f.matches.get(Field::InPort).map(|m| m.value) == Some(10)
+            && f.instructions.goto_table == Some(table::L2_FORWARD)
+        {
+            assert!(f.matches.get(Field::TunIpv4Src).is_some(), "{f}");
+        }
+    }
+}
+
+#[test]
+fn endpoint_of_another_tenant_or_without_vtep_admits_nothing() {
+    let mut d = two_tenants();
+    d.endpoints[0].tenant = "globex".into();
+    let c = compile(&d);
+    assert!(flows_of(&c, &Owner::new(OwnerKind::Endpoint, "remote")).is_empty());
+    let mut d = two_tenants();
+    d.endpoints[0].vtep = Ipv4Addr::UNSPECIFIED;
+    let c = compile(&d);
+    assert!(flows_of(&c, &Owner::new(OwnerKind::Endpoint, "remote")).is_empty());
+    assert_eq!(
+        admitted_to_l2(
+            &c,
+            &from_tunnel(100, [0, 0, 0, 0], [0x02, 0, 0, 0, 9, 9], [10, 0, 0, 99])
+        ),
+        None
+    );
+}
