@@ -624,6 +624,21 @@ mod tests {
     use storage_offload::apply::BackendError;
     use storage_offload::nvmet::NvmetObserved;
 
+    /// Admission (dpu-api) and the storage backend reserve the same host
+    /// NQN namespace and derive the same NQN for a volume.
+    #[test]
+    fn admission_and_backend_agree_on_derived_host_nqns() {
+        assert_eq!(
+            dpu_api::validate::DERIVED_HOST_NQN_PREFIX,
+            storage_offload::model::derived_host_nqn_prefix()
+        );
+        let key = storage_offload::model::VolumeKey::new("acme", "db");
+        assert_eq!(
+            dpu_api::validate::derived_host_nqn("acme", "db"),
+            key.initiator_nqn()
+        );
+    }
+
     fn put(store: &Store, kind: Kind, id: &str, spec: Value, deleting: bool) {
         put_in(store, "acme", kind, id, spec, deleting);
     }
