@@ -24,6 +24,11 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet openvswit
 fi
 
 if [ "${1:-}" = "--all" ]; then
+  # Licenses, bans and sources of the dependency tree (scripts/test.sh).
+  if ! command -v cargo-deny >/dev/null 2>&1; then
+    echo "setup: installing cargo-deny 0.20.2 (crates.io)"
+    cargo install --locked --quiet cargo-deny --version 0.20.2
+  fi
   bash cross/setup.sh
   bash tests/vm/setup.sh
   bash images/setup.sh

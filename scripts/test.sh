@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The second command for a newcomer, and what CI runs: installs what the tests
 # need, then checks formatting and lints, runs every test of the workspace
-# (real agent processes, private Open vSwitch sandboxes, network namespaces),
+# (real agent processes, private Open vSwitch sandboxes, network namespaces;
+# with `all`, cargo deny checks licenses, bans and sources first),
 # builds and unit-tests the aarch64 agent under qemu-user, runs the QEMU
 # VM tests for kernel paths this machine lacks, and builds and boots the arm64
 # DPU image (images/ci.sh).
@@ -26,6 +27,11 @@ stage "format"
 cargo fmt --all -- --check
 stage "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+if [ "$mode" = all ]; then
+  # The advisory database needs a network this project's machines lack.
+  stage "cargo deny (licenses, bans, sources)"
+  cargo deny check licenses bans sources
+fi
 stage "workspace tests"
 cargo test --workspace --locked
 [ "$mode" = all ] || exit 0
