@@ -81,19 +81,26 @@ pub async fn call(
             method: method.to_string(),
             timeout,
         })??;
-    let reply: Value = serde_json::from_slice(&frame).map_err(|e| UnixctlError::Malformed {
-        socket: name.clone(),
+    decode_reply(&name, method, &frame)
+}
+
+/// Decodes one framed reply of the daemon behind `socket` to `method`: the
+/// result text, or the daemon's error. Pure; [`call`] uses it on what it
+/// read (the fuzz target `unixctl_reply` feeds it arbitrary frames).
+pub fn decode_reply(socket: &str, method: &str, frame: &[u8]) -> Result<String, UnixctlError> {
+    let reply: Value = serde_json::from_slice(frame).map_err(|e| UnixctlError::Malformed {
+        socket: socket.to_string(),
         message: e.to_string(),
     })?;
     match (&reply["error"], &reply["result"]) {
         (Value::Null, Value::String(text)) => Ok(text.clone()),
         (Value::String(message), _) => Err(UnixctlError::Failed {
-            socket: name,
+            socket: socket.to_string(),
             method: method.to_string(),
             message: message.trim().to_string(),
         }),
         _ => Err(UnixctlError::Malformed {
-            socket: name,
+            socket: socket.to_string(),
             message: format!("neither result text nor error: {reply}"),
         }),
     }
@@ -157,6 +164,28 @@ pub async fn datapath_flows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reply shapes of `lib/unixctl.c` (JSON-RPC 1.0): result text, an
+    /// error string, and anything else as malformed, never a panic.
+    #[test]
+    fn decodes_result_error_and_malformed_replies() {
+        let ok = decode_reply("s", "m", br#"{"id":0,"result":"text\n","error":null}"#);
+        assert_eq!(ok.unwrap(), "text\n");
+        let failed = decode_reply(
+            "s",
+            "m",
+            br#"{"id":0,"result":null,"error":"no such command\n"}"#,
+        );
+        assert!(
+            matches!(failed, Err(UnixctlError::Failed { message, .. }) if message == "no such command")
+        );
+        for bad in [&b"[1]"[..], b"{\"result\":7}", b"{", b"\"x\""] {
+            assert!(matches!(
+                decode_reply("s", "m", bad),
+                Err(UnixctlError::Malformed { .. })
+            ));
+        }
+    }
 
     /// Lines in the layout of OVS 3.1's `format_dpif_flow` with `-m
     /// --names` (the kernel datapath with TC offload says `dp:tc`).

@@ -26,6 +26,8 @@ mod rtnl;
 pub mod sriov;
 pub mod veth;
 
+pub use rtnl::decode_route_datagram;
+
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;

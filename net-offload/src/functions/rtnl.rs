@@ -6,7 +6,9 @@ use std::io;
 use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
@@ -241,6 +243,53 @@ pub(crate) fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
         }
     }
     found
+}
+
+/// What the function backends read from one datagram of rtnetlink replies,
+/// one line per fact: each message split off and decoded as `rtnetlink`'s
+/// connection does (by the header's length; a message that does not decode
+/// is skipped, a length that does not fit ends the datagram), then read by
+/// the backends' own code: a link's index, name, alias (and the function it
+/// names), MAC and up flag, its VFs' states, an address's IP. Pure; for the
+/// fuzz target `route_replies`.
+pub fn decode_route_datagram(bytes: &[u8]) -> Vec<String> {
+    let mut facts = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Ok(header) = NetlinkBuffer::new_checked(rest) else {
+            break;
+        };
+        let (msg, tail) = rest.split_at(header.length() as usize);
+        rest = tail;
+        let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) else {
+            continue;
+        };
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                let l = Link::from_message(&link);
+                let owner = l.alias.as_deref().and_then(super::naming::parse_alias);
+                facts.push(format!(
+                    "link {} {:?} alias {:?} owner {owner:?} address {:02x?} up {}",
+                    l.index, l.name, l.alias, l.address, l.up
+                ));
+                for attr in &link.attributes {
+                    if let LinkAttribute::VfInfoList(list) = attr {
+                        facts.extend(
+                            list.iter()
+                                .filter_map(super::sriov::vf_state)
+                                .map(|vf| format!("vf {vf:?}")),
+                        );
+                    }
+                }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr)) => {
+                facts.push(format!("address {:?}", address_of(&addr)));
+            }
+            NetlinkPayload::Error(e) => facts.push(format!("error {:?}", e.code)),
+            _ => {}
+        }
+    }
+    facts
 }
 
 /// `NLM_F_REQUEST | NLM_F_ACK`, what iproute2 uses for `ip link set`.

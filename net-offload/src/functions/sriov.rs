@@ -115,7 +115,7 @@ pub fn vf_config_message(pf_index: u32, cfg: &VfConfig) -> NetlinkMessage<RouteN
     msg
 }
 
-fn vf_state(info: &LinkVfInfo) -> Option<VfState> {
+pub(super) fn vf_state(info: &LinkVfInfo) -> Option<VfState> {
     let mut s = VfState::default();
     let mut seen = false;
     for attr in &info.0 {
@@ -415,6 +415,35 @@ mod tests {
                 spoof_check: false
             }
         );
+    }
+
+    /// An `RTM_NEWLINK` with `IFLA_VFINFO_LIST` (the layout the kernel's
+    /// `RTM_GETLINK` answer uses) reads back through the backends' decoding;
+    /// every truncation and a trailing half message decode without a panic.
+    #[test]
+    fn route_datagram_reads_link_and_vf_back() {
+        let cfg = VfConfig {
+            vf: 1,
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            vlan: 100,
+            max_tx_rate_mbps: 100,
+            trust: true,
+            spoof_check: false,
+        };
+        let mut buf = bytes(&vf_config_message(12, &cfg), 1);
+        let facts = crate::functions::decode_route_datagram(&buf);
+        assert_eq!(facts.len(), 2, "{facts:?}");
+        assert!(facts[0].starts_with("link 12 "), "{facts:?}");
+        assert!(
+            facts[1].contains("vf: 1") && facts[1].contains("vlan: 100"),
+            "{facts:?}"
+        );
+        let whole = buf.len();
+        for cut in 0..whole {
+            let _ = crate::functions::decode_route_datagram(&buf[..cut]);
+        }
+        buf.extend_from_slice(&[0xff; 20]);
+        assert_eq!(crate::functions::decode_route_datagram(&buf).len(), 2);
     }
 
     #[test]
