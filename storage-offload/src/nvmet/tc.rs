@@ -282,40 +282,49 @@ impl Netlink {
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let mut b = &buf[..n as usize];
-            let mut multi = false;
-            while b.len() >= 16 {
-                let len = u32_at(b, 0) as usize;
-                let t = u16::from_ne_bytes([b[4], b[5]]);
-                let f = u16::from_ne_bytes([b[6], b[7]]);
-                let seq = u32_at(b, 8);
-                if len < 16 || len > b.len() {
-                    break;
-                }
-                let payload = &b[16..len];
-                let next = len.div_ceil(4) * 4;
-                b = if next >= b.len() { &[] } else { &b[next..] };
-                if seq != self.seq {
-                    continue;
-                }
-                multi |= f & NLM_F_MULTI != 0;
-                match t {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = u32_at(payload, 0) as i32;
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                    _ => out.push(payload.to_vec()),
-                }
-            }
-            if !multi && !out.is_empty() {
-                return Ok(out);
+            if let Some(done) = decode_replies(&buf[..n as usize], self.seq, &mut out) {
+                return done.map(|()| out);
             }
         }
     }
+}
+
+/// Decodes one datagram of netlink answers to request `seq`, appending the
+/// body (after `nlmsghdr`) of each answer message to `out`. `Some` once the
+/// exchange is over (`NLMSG_DONE`, an ack, the kernel's error, or a single
+/// answer that is not multipart), `None` when more datagrams are to come.
+/// A message whose length does not fit ends the datagram. Pure; the fuzz
+/// target `tc_replies` feeds it arbitrary bytes.
+pub fn decode_replies(mut b: &[u8], seq: u32, out: &mut Vec<Vec<u8>>) -> Option<io::Result<()>> {
+    let mut multi = false;
+    while b.len() >= 16 {
+        let len = u32_at(b, 0) as usize;
+        let t = u16::from_ne_bytes([b[4], b[5]]);
+        let f = u16::from_ne_bytes([b[6], b[7]]);
+        let rseq = u32_at(b, 8);
+        if len < 16 || len > b.len() {
+            break;
+        }
+        let payload = &b[16..len];
+        let next = len.div_ceil(4) * 4;
+        b = if next >= b.len() { &[] } else { &b[next..] };
+        if rseq != seq {
+            continue;
+        }
+        multi |= f & NLM_F_MULTI != 0;
+        match t {
+            NLMSG_DONE => return Some(Ok(())),
+            NLMSG_ERROR => {
+                let code = u32_at(payload, 0) as i32;
+                if code == 0 {
+                    return Some(Ok(()));
+                }
+                return Some(Err(io::Error::from_raw_os_error(-code)));
+            }
+            _ => out.push(payload.to_vec()),
+        }
+    }
+    (!multi && !out.is_empty()).then_some(Ok(()))
 }
 
 fn htb_opt(rate: u64) -> Vec<u8> {
@@ -367,11 +376,56 @@ pub fn observe(ifname: &str, ifindex: u32) -> io::Result<TcObserved> {
         ifindex,
         ..TcObserved::default()
     };
-    for m in nl.exchange(RTM_GETQDISC, NLM_F_DUMP, &tcmsg(0, 0, 0, 0))? {
-        if u32_at(&m, 4) != ifindex || u32_at(&m, 12) != TC_H_ROOT {
+    obs.root = root_qdisc(
+        &nl.exchange(RTM_GETQDISC, NLM_F_DUMP, &tcmsg(0, 0, 0, 0))?,
+        ifindex,
+    );
+    if !obs.ours() {
+        return Ok(obs);
+    }
+    let ours = handle(QDISC_MAJOR, 0);
+    obs.classes = classes(
+        &nl.exchange(RTM_GETTCLASS, NLM_F_DUMP, &tcmsg(ifindex, 0, ours, 0))?,
+        ifindex,
+    );
+    obs.filter_prios = filter_prios(
+        &nl.exchange(RTM_GETTFILTER, NLM_F_DUMP, &tcmsg(ifindex, 0, ours, 0))?,
+        ifindex,
+    );
+    Ok(obs)
+}
+
+/// What [`observe`] concludes from the bodies of the qdisc, class and filter
+/// dumps it read (the class and filter dumps only when the root qdisc is
+/// ours). Pure; the fuzz target `tc_replies` feeds it arbitrary bodies.
+pub fn observe_dumps(
+    ifname: &str,
+    ifindex: u32,
+    qdiscs: &[Vec<u8>],
+    class_dump: &[Vec<u8>],
+    filter_dump: &[Vec<u8>],
+) -> TcObserved {
+    let mut obs = TcObserved {
+        ifname: ifname.to_string(),
+        ifindex,
+        root: root_qdisc(qdiscs, ifindex),
+        ..TcObserved::default()
+    };
+    if obs.ours() {
+        obs.classes = classes(class_dump, ifindex);
+        obs.filter_prios = filter_prios(filter_dump, ifindex);
+    }
+    obs
+}
+
+/// The root qdisc of `ifindex` in a qdisc dump (the last one reported).
+fn root_qdisc(dump: &[Vec<u8>], ifindex: u32) -> Option<(String, u16)> {
+    let mut root = None;
+    for m in dump {
+        if u32_at(m, 4) != ifindex || u32_at(m, 12) != TC_H_ROOT {
             continue;
         }
-        let h = u32_at(&m, 8);
+        let h = u32_at(m, 8);
         if h == 0 {
             continue;
         }
@@ -384,15 +438,17 @@ pub fn observe(ifname: &str, ifindex: u32) -> io::Result<TcObserved> {
                     .to_string()
             })
             .unwrap_or_default();
-        obs.root = Some((kind, (h >> 16) as u16));
+        root = Some((kind, (h >> 16) as u16));
     }
-    if !obs.ours() {
-        return Ok(obs);
-    }
-    let ours = handle(QDISC_MAJOR, 0);
-    for m in nl.exchange(RTM_GETTCLASS, NLM_F_DUMP, &tcmsg(ifindex, 0, ours, 0))? {
-        let h = u32_at(&m, 8);
-        if u32_at(&m, 4) != ifindex || h >> 16 != u32::from(QDISC_MAJOR) || h & 0xffff == 0 {
+    root
+}
+
+/// Our classes on `ifindex` in a class dump: minor → rate in bytes/s.
+fn classes(dump: &[Vec<u8>], ifindex: u32) -> BTreeMap<u16, u64> {
+    let mut classes = BTreeMap::new();
+    for m in dump {
+        let h = u32_at(m, 8);
+        if u32_at(m, 4) != ifindex || h >> 16 != u32::from(QDISC_MAJOR) || h & 0xffff == 0 {
             continue;
         }
         let mut rate = 0u64;
@@ -410,18 +466,18 @@ pub fn observe(ifname: &str, ifindex: u32) -> io::Result<TcObserved> {
                 }
             }
         }
-        obs.classes.insert((h & 0xffff) as u16, rate);
+        classes.insert((h & 0xffff) as u16, rate);
     }
-    for m in nl.exchange(RTM_GETTFILTER, NLM_F_DUMP, &tcmsg(ifindex, 0, ours, 0))? {
-        if u32_at(&m, 4) != ifindex {
-            continue;
-        }
-        let prio = (u32_at(&m, 16) >> 16) as u16;
-        if prio != 0 {
-            obs.filter_prios.insert(prio);
-        }
-    }
-    Ok(obs)
+    classes
+}
+
+/// The priorities of the filters on `ifindex` in a filter dump.
+fn filter_prios(dump: &[Vec<u8>], ifindex: u32) -> BTreeSet<u16> {
+    dump.iter()
+        .filter(|m| u32_at(m, 4) == ifindex)
+        .map(|m| (u32_at(m, 16) >> 16) as u16)
+        .filter(|prio| *prio != 0)
+        .collect()
 }
 
 /// Applies one change on interface `ifindex`.
@@ -524,6 +580,86 @@ mod tests {
                 (TCA_OPTIONS, &[1, 2, 3, 4, 5][..])
             ]
         );
+    }
+
+    /// One netlink message: header (len, type, flags, seq, pid) and body.
+    fn nlmsg(t: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&t.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    /// A qdisc as `RTM_NEWQDISC` of a dump reports it (tcmsg + TCA_KIND).
+    fn qdisc_body(ifindex: u32, h: u32, kind: &[u8]) -> Vec<u8> {
+        let mut b = tcmsg(ifindex, h, TC_H_ROOT, 0);
+        push_attr(&mut b, TCA_KIND, kind);
+        b
+    }
+
+    /// include/uapi/linux/netlink.h: a dump ends with NLMSG_DONE; answers to
+    /// other requests are skipped; a single non-multipart answer ends it.
+    #[test]
+    fn replies_multipart_done_and_other_sequences() {
+        let q = qdisc_body(1, handle(QDISC_MAJOR, 0), b"htb\0");
+        let mut dgram = nlmsg(RTM_NEWQDISC, NLM_F_MULTI, 7, &q);
+        dgram.extend(nlmsg(RTM_NEWQDISC, NLM_F_MULTI, 6, &q));
+        let mut out = Vec::new();
+        assert!(decode_replies(&dgram, 7, &mut out).is_none());
+        assert_eq!(out, vec![q.clone()]);
+        let done = nlmsg(NLMSG_DONE, NLM_F_MULTI, 7, &[0; 4]);
+        assert!(matches!(decode_replies(&done, 7, &mut out), Some(Ok(()))));
+
+        let mut single = Vec::new();
+        let one = nlmsg(RTM_NEWQDISC, 0, 3, &q);
+        assert!(matches!(decode_replies(&one, 3, &mut single), Some(Ok(()))));
+        assert_eq!(single.len(), 1);
+        // Truncated or oversized lengths end the datagram without a panic.
+        for cut in 0..one.len() {
+            let _ = decode_replies(&one[..cut], 3, &mut Vec::new());
+        }
+    }
+
+    #[test]
+    fn kernel_error_is_the_errno() {
+        let err = nlmsg(NLMSG_ERROR, 0, 9, &(-libc::ENOENT).to_ne_bytes());
+        let e = decode_replies(&err, 9, &mut Vec::new())
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        let ack = nlmsg(NLMSG_ERROR, 0, 9, &0i32.to_ne_bytes());
+        assert!(matches!(
+            decode_replies(&ack, 9, &mut Vec::new()),
+            Some(Ok(()))
+        ));
+    }
+
+    #[test]
+    fn observe_dumps_reads_root_classes_and_filters() {
+        let ours = handle(QDISC_MAJOR, 0);
+        let qdiscs = vec![
+            qdisc_body(2, 0, b"noqueue\0"),
+            qdisc_body(1, ours, b"htb\0"),
+        ];
+        let mut class = tcmsg(1, handle(QDISC_MAJOR, 3), ours, 0);
+        let mut opts = Vec::new();
+        push_attr(&mut opts, TCA_HTB_PARMS, &htb_opt(1_000_000));
+        push_attr(&mut class, TCA_OPTIONS, &opts);
+        let filter = tcmsg(1, 0, ours, (4 << 16) | u32::from(ETH_P_IP.to_be()));
+        let obs = observe_dumps("lo", 1, &qdiscs, &[class], &[filter]);
+        assert!(obs.ours());
+        assert_eq!(obs.classes, BTreeMap::from([(3, 1_000_000)]));
+        assert_eq!(obs.filter_prios, BTreeSet::from([4]));
+        // Someone else's root qdisc: classes and filters are not read.
+        let other = observe_dumps("lo", 2, &qdiscs, &[], &[]);
+        assert_eq!(other.root, None, "handle 0 is the kernel's default");
     }
 
     #[test]

@@ -365,6 +365,26 @@ async fn connection_task(mut stream: UnixStream, mut rx: mpsc::Receiver<Outgoing
     // Later calls see a closed channel and get `Closed`.
 }
 
+/// What the callers waiting on `ids` receive when the connection task routes
+/// one received value `bytes` (a response or a batch of them): each waiting
+/// caller's reply, in the order of `ids`, callers not answered left out; an
+/// error when the value is not JSON-RPC (the connection is then dropped).
+/// Pure; for the fuzz target `spdk_replies` and tests.
+pub fn dispatch_to(bytes: &[u8], ids: &[u64]) -> Result<Vec<(u64, Reply)>, SpdkError> {
+    let mut pending = HashMap::new();
+    let mut waiting = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let (tx, rx) = oneshot::channel();
+        pending.insert(id, tx);
+        waiting.push((id, rx));
+    }
+    dispatch(bytes, &mut pending)?;
+    Ok(waiting
+        .into_iter()
+        .filter_map(|(id, mut rx)| rx.try_recv().ok().map(|reply| (id, reply)))
+        .collect())
+}
+
 /// Routes one received value (a response or a batch of them).
 fn dispatch(
     bytes: &[u8],
@@ -412,4 +432,57 @@ fn dispatch(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON-RPC 2.0 §5/§6 responses as SPDK's `jsonrpc_server.c` sends them:
+    /// a result, an error, a batch, and an error without an id that every
+    /// waiting caller learns.
+    #[test]
+    fn dispatch_routes_results_errors_and_batches() {
+        let got = dispatch_to(br#"{"jsonrpc":"2.0","id":1,"result":true}"#, &[1, 2]).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 1);
+        assert_eq!(got[0].1.as_ref().unwrap(), &Value::Bool(true));
+
+        let batch =
+            br#"[{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"Invalid parameters"}},
+                        {"jsonrpc":"2.0","id":1,"result":[]}]"#;
+        let got = dispatch_to(batch, &[1, 2]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[0].1, Ok(Value::Array(a)) if a.is_empty()));
+        assert_eq!(
+            got[1].1.as_ref().unwrap_err().rpc_code(),
+            Some(-32602),
+            "{:?}",
+            got[1].1
+        );
+
+        let parse_error =
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#;
+        let got = dispatch_to(parse_error, &[4, 5]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(
+            got.iter()
+                .all(|(_, r)| matches!(r, Err(SpdkError::Unattributed(e)) if e.code == -32700))
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_errors_not_panics() {
+        for bad in [
+            &b"{"[..],
+            b"[1]",
+            b"{\"id\":1,\"error\":{\"code\":\"x\"}}",
+            b"\xff",
+        ] {
+            assert!(matches!(
+                dispatch_to(bad, &[1]),
+                Err(SpdkError::BadResponse(_))
+            ));
+        }
+    }
 }
