@@ -319,7 +319,8 @@ pub fn decode_replies(mut b: &[u8], seq: u32, out: &mut Vec<Vec<u8>>) -> Option<
                 if code == 0 {
                     return Some(Ok(()));
                 }
-                return Some(Err(io::Error::from_raw_os_error(-code)));
+                // saturating: -i32::MIN overflows (a panic in debug builds).
+                return Some(Err(io::Error::from_raw_os_error(code.saturating_neg())));
             }
             _ => out.push(payload.to_vec()),
         }
@@ -639,6 +640,12 @@ mod tests {
             decode_replies(&ack, 9, &mut Vec::new()),
             Some(Ok(()))
         ));
+        // The most negative code is an error, not an overflow panic.
+        let min = nlmsg(NLMSG_ERROR, 0, 9, &i32::MIN.to_ne_bytes());
+        let e = decode_replies(&min, 9, &mut Vec::new())
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(i32::MAX));
     }
 
     #[test]
