@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok((header, msg)) = decode(data) else {
         return;
     };
-    let version = if header.version == 0x04 { Version::Of13 } else { Version::Of14 };
+    let version = if header.version == 0x04 {
+        Version::Of13
+    } else {
+        Version::Of14
+    };
     let mut out = BytesMut::new();
     let _ = encode(&msg, version, header.xid, &mut out);
     if let Message::FlowMod(fm) = &msg {
