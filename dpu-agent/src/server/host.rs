@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use dpu_api::identity::Role;
@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::AppState;
 use super::authz::{Caller, Operation, authorize};
-use super::body::{Body, json_with_revision, parse_json};
+use super::body::{Body, QueryParams, json_with_revision, parse_json};
 use super::error::ApiError;
 use super::objects::blocking;
 use super::watch::ndjson;
@@ -138,7 +138,7 @@ fn assigned_to(obj: &Object, host: &str) -> bool {
 pub async fn assignments(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<AssignmentsQuery>,
+    QueryParams(q): QueryParams<AssignmentsQuery>,
 ) -> Result<Response, ApiError> {
     authorize(&caller, &Operation::ReadHostAssignments)?;
     let host = host_of(&caller, q.host)?;

@@ -1,7 +1,7 @@
 //! `PUT/GET/DELETE /v1/{kind}/{id}`, `GET /v1/{kind}`, `POST /v1/apply` and
 //! `POST /v1/plan`.
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use dpu_api::object::{
@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::authz::{Caller, Operation, authorize};
-use super::body::{Body, json_with_revision, parse_json};
+use super::body::{Body, QueryParams, json_with_revision, label_param, parse_json};
 use super::error::ApiError;
 use crate::admission::{self, Admitted, PutRequest};
 use crate::reconcile::Context;
@@ -247,9 +247,10 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(kind): Path<String>,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
+    label_param("tenant", &q.tenant)?;
     let tenant = effective_tenant(&caller, q.tenant);
     authorize(
         &caller,
