@@ -75,6 +75,7 @@ fn install(args: &[String]) -> Result<bool, String> {
         esn: false,
         offload: OffloadRequest::Auto,
         offload_dev: None,
+        if_id: None,
     };
     let mut backend = XfrmBackend::open(Some(Path::new(netns))).map_err(|e| chain(&e))?;
     let observed = backend.observe().map_err(|e| chain(&e))?;
