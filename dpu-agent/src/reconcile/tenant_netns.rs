@@ -509,7 +509,7 @@ mod rtnl {
         b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
         b.extend_from_slice(&type_.to_ne_bytes());
         b.extend_from_slice(payload);
-        while b.len() % 4 != 0 {
+        while !b.len().is_multiple_of(4) {
             b.push(0);
         }
     }
