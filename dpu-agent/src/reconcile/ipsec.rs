@@ -672,7 +672,7 @@ impl Controller for IpsecTunnels {
                         spec.spi_out,
                         offload.name(),
                         match if_id {
-                            Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy"),
+                            Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering an XFRM interface with that id is carried (the agent makes none yet)"),
                             None => "infrastructure scope (no if_id)".into(),
                         }
                     ),
