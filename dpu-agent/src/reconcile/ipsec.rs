@@ -535,28 +535,33 @@ impl Controller for IpsecTunnels {
                     reason: "NoIfId".into(),
                     message,
                 })?;
+            let mut tenant_ns = None;
             match if_id {
                 Some(id) => {
                     status.fields.insert("if_id".into(), Value::from(id));
                     // The tenant's network context exists while it has a
                     // tenant-scope tunnel.
-                    if let Err(e) = self.contexts.ensure(&ctx.store, &obj.tenant).await {
-                        status.phase = Phase::Failed;
-                        status.set_condition(condition(
-                            "Programmed",
-                            ConditionStatus::False,
-                            "NoTenantContext",
-                            format!("{}; nothing programmed", chain(&e)),
-                        ));
-                        return Ok(Outcome {
-                            status,
-                            finalized: false,
-                            requeue_after: None,
-                        });
+                    match self.contexts.ensure(&ctx.store, &obj.tenant).await {
+                        Ok(ns) => tenant_ns = Some(ns),
+                        Err(e) => {
+                            status.phase = Phase::Failed;
+                            status.set_condition(condition(
+                                "Programmed",
+                                ConditionStatus::False,
+                                "NoTenantContext",
+                                format!("{}; nothing programmed", chain(&e)),
+                            ));
+                            return Ok(Outcome {
+                                status,
+                                finalized: false,
+                                requeue_after: None,
+                            });
+                        }
                     }
                 }
                 None => {
                     status.fields.remove("if_id");
+                    status.fields.remove("xfrm_interface");
                     // A tunnel that became infrastructure-scope may have
                     // been the tenant's last reason for a context.
                     if let Err(e) = self
@@ -585,6 +590,45 @@ impl Controller for IpsecTunnels {
                     });
                 }
             };
+            // The tenant's XFRM interface: what feeds its scoped policies.
+            // Not for the private dev namespace (no path to make it in).
+            let mut xfrm_note = String::new();
+            if let (Some(ns), Some(id)) = (&tenant_ns, if_id) {
+                if self.config.private_netns {
+                    xfrm_note = "; no XFRM interface in dev mode's private XFRM namespace".into();
+                } else {
+                    let mut routes: Vec<(std::net::Ipv4Addr, u8)> = desired
+                        .selector_pairs()
+                        .into_iter()
+                        .map(|(_, r)| (r.network(), r.prefix_len()))
+                        .collect();
+                    routes.sort();
+                    routes.dedup();
+                    let made = self
+                        .contexts
+                        .ensure_xfrm_interface(
+                            ns,
+                            self.config.netns.as_deref(),
+                            self.uplink_ifindex().unwrap_or(0),
+                            id,
+                            routes,
+                        )
+                        .await;
+                    let value = match made {
+                        Ok(()) => format!("{} in {}", super::tenant_netns::XFRM_IFNAME, ns.name),
+                        Err(e) => {
+                            xfrm_note = format!(
+                                "; no XFRM interface ({}): the tunnel carries only traffic entering an XFRM interface with if_id 0x{id:08x}",
+                                chain(&e)
+                            );
+                            format!("not created: {}", chain(&e))
+                        }
+                    };
+                    status
+                        .fields
+                        .insert("xfrm_interface".into(), Value::from(value));
+                }
+            }
             let grace = self.grace();
             let last = self.last_observed.clone();
             let (first, report, after) = with_backend(self, move |b| {
@@ -672,7 +716,7 @@ impl Controller for IpsecTunnels {
                         spec.spi_out,
                         offload.name(),
                         match if_id {
-                            Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering an XFRM interface with that id is carried (the agent makes none yet)"),
+                            Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering the tenant's XFRM interface is carried{xfrm_note}"),
                             None => "infrastructure scope (no if_id)".into(),
                         }
                     ),
@@ -896,6 +940,13 @@ mod tests {
             "{listed}"
         );
         assert_eq!(listed.matches("if_id").count(), 3, "{listed}");
+        // The tenant's XFRM interface: made where the kernel has them, else
+        // the status says why not (this machine: no CONFIG_XFRM_INTERFACE).
+        let xi = out.status.fields["xfrm_interface"].as_str().unwrap();
+        assert!(
+            xi.starts_with("ipsec0 in ") || xi.starts_with("not created: "),
+            "{xi}"
+        );
         assert_eq!(out.status.fields["offload_active"], json!("none"));
         // Without ESP in this kernel the SAs fail: Degraded, saying so.
         let cond = out.status.condition("Programmed").unwrap();

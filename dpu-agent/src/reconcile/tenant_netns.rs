@@ -44,6 +44,8 @@ use crate::store::Store;
 
 /// Prefix of named tenant namespaces under `/run/netns`.
 pub const DEFAULT_PREFIX: &str = "dpu-tn-";
+/// The tenant's XFRM interface inside its namespace.
+pub const XFRM_IFNAME: &str = "ipsec0";
 /// Environment variable that sets the prefix (and, in `dev` mode, asks for
 /// named namespaces instead of private ones).
 pub const PREFIX_ENV: &str = "DPU_TENANT_NETNS_PREFIX";
@@ -285,6 +287,71 @@ impl TenantContexts {
                 op: format!("RTM_DELADDR {ip} dev lo"),
                 source,
             })
+    }
+
+    /// The tenant's XFRM interface, [`XFRM_IFNAME`] in its namespace: made
+    /// (in the namespace whose XFRM database holds the tunnel's SAs —
+    /// `xfrm_netns`, or the agent's own when `None` — with `if_id` and the
+    /// uplink `link`, so its lookups stay in that database) and moved in,
+    /// up, with a route to each of `routes` through it. Traffic the tenant
+    /// sends to those routes enters the scoped policies; nothing else can.
+    pub async fn ensure_xfrm_interface(
+        &self,
+        ns: &TenantNetns,
+        xfrm_netns: Option<&std::path::Path>,
+        link: u32,
+        if_id: u32,
+        routes: Vec<(std::net::Ipv4Addr, u8)>,
+    ) -> Result<(), TenantNetnsError> {
+        let fail = |op: String| {
+            let name = ns.name.clone();
+            move |source| TenantNetnsError::Configure { name, op, source }
+        };
+        let present = ns
+            .thread
+            .run(|| rtnl::link_index(XFRM_IFNAME).is_some())
+            .await
+            .map_err(fail("look up the XFRM interface".into()))?;
+        if !present {
+            let tmp = format!("dxi{if_id:08x}");
+            let fd = ns
+                .file
+                .try_clone()
+                .map_err(fail("open the namespace".into()))?;
+            let job = move || -> io::Result<()> {
+                let index = rtnl::create_xfrm_link(&tmp, link, if_id)?;
+                rtnl::move_link(index, fd.as_raw_fd(), XFRM_IFNAME)
+            };
+            let op = format!(
+                "RTM_NEWLINK {XFRM_IFNAME} type xfrm if_id 0x{if_id:08x} (moved in from the XFRM namespace)"
+            );
+            match xfrm_netns {
+                None => tokio::task::spawn_blocking(job)
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .and_then(|r| r),
+                Some(path) => {
+                    let there = File::open(path)
+                        .and_then(|f| NetnsThread::spawn(&path.display().to_string(), f));
+                    match there {
+                        Ok(t) => t.run(job).await.and_then(|r| r),
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+            .map_err(fail(op))?;
+        }
+        ns.thread
+            .run(move || -> io::Result<()> {
+                rtnl::link_up(XFRM_IFNAME)?;
+                for (dst, len) in routes {
+                    rtnl::route_replace(dst, len, XFRM_IFNAME)?;
+                }
+                Ok(())
+            })
+            .await
+            .and_then(|r| r)
+            .map_err(fail(format!("{XFRM_IFNAME} up and its routes")))
     }
 
     /// Removes `tenant`'s namespace unless it still has a TLS listener or a
@@ -536,6 +603,98 @@ mod rtnl {
             r => r,
         }
     }
+
+    const RTM_NEWROUTE: u16 = 24;
+    const NLM_F_REPLACE: u16 = 0x100;
+    const IFLA_IFNAME: u16 = 3;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_NET_NS_FD: u16 = 28;
+    const IFLA_INFO_KIND: u16 = 1;
+    const IFLA_INFO_DATA: u16 = 2;
+    const IFLA_XFRM_LINK: u16 = 1;
+    const IFLA_XFRM_IF_ID: u16 = 2;
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+
+    /// `ifinfomsg` for `index` (0: a new link), no flag changes.
+    fn ifinfo(index: u32) -> Vec<u8> {
+        let mut b = vec![0u8, 0];
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&(index as i32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b
+    }
+
+    fn ifname(b: &mut Vec<u8>, name: &str) {
+        let mut n = name.as_bytes().to_vec();
+        n.push(0);
+        attr(b, IFLA_IFNAME, &n);
+    }
+
+    /// The body of `ip link add NAME type xfrm dev LINK if_id IF_ID`
+    /// (`RTM_NEWLINK`), as iproute2 6.1 encodes it.
+    pub fn xfrm_link_body(name: &str, link: u32, if_id: u32) -> Vec<u8> {
+        let mut b = ifinfo(0);
+        ifname(&mut b, name);
+        let mut data = Vec::new();
+        attr(&mut data, IFLA_XFRM_IF_ID, &if_id.to_ne_bytes());
+        attr(&mut data, IFLA_XFRM_LINK, &link.to_ne_bytes());
+        let mut info = Vec::new();
+        attr(&mut info, IFLA_INFO_KIND, b"xfrm");
+        attr(&mut info, IFLA_INFO_DATA, &data);
+        attr(&mut b, IFLA_LINKINFO, &info);
+        b
+    }
+
+    pub fn link_index(name: &str) -> Option<u32> {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: a valid NUL-terminated name.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        (idx != 0).then_some(idx)
+    }
+
+    /// Creates an XFRM interface in the calling thread's namespace (or
+    /// finds the one a previous attempt left) and returns its index.
+    pub fn create_xfrm_link(name: &str, link: u32, if_id: u32) -> io::Result<u32> {
+        if let Some(i) = link_index(name) {
+            return Ok(i);
+        }
+        request(
+            RTM_NEWLINK,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &xfrm_link_body(name, link, if_id),
+        )?;
+        link_index(name).ok_or_else(|| io::Error::other("the new XFRM interface has no index"))
+    }
+
+    /// Moves link `index` into the namespace of `ns_fd`, renamed `name`.
+    pub fn move_link(index: u32, ns_fd: i32, name: &str) -> io::Result<()> {
+        let mut b = ifinfo(index);
+        attr(&mut b, IFLA_NET_NS_FD, &(ns_fd as u32).to_ne_bytes());
+        ifname(&mut b, name);
+        request(RTM_NEWLINK, 0, &b)
+    }
+
+    /// `ip link set NAME up`.
+    pub fn link_up(name: &str) -> io::Result<()> {
+        let index = link_index(name).ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+        let mut b = ifinfo(index);
+        b[8..12].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        b[12..16].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        request(RTM_NEWLINK, 0, &b)
+    }
+
+    /// `ip route replace DST/LEN dev NAME` (main table, scope link).
+    pub fn route_replace(dst: std::net::Ipv4Addr, len: u8, name: &str) -> io::Result<()> {
+        let index = link_index(name).ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+        // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+        let mut b = vec![libc::AF_INET as u8, len, 0, 0, 254, 4, 253, 1];
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        attr(&mut b, RTA_DST, &dst.octets());
+        attr(&mut b, RTA_OIF, &index.to_ne_bytes());
+        request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b)
+    }
 }
 
 #[cfg(test)]
@@ -566,6 +725,18 @@ mod tests {
                 Ok::<_, StoreError>(())
             })
             .unwrap();
+    }
+
+    /// `ip link add dxi0d520001 type xfrm dev lo if_id 0x0d520001` as
+    /// iproute2 6.1 sends it (`strace -xx`; this machine's kernel then
+    /// refuses it: no CONFIG_XFRM_INTERFACE), after the 16-byte header:
+    /// `IFLA_XFRM_IF_ID` before `IFLA_XFRM_LINK`, the kind without a NUL.
+    const IPROUTE_XFRM_LINK_BODY: &str = "000000000000000000000000000000001000030064786930643532303030310020001200080001007866726d14000200080002000100520d0800010001000000";
+
+    #[test]
+    fn xfrm_link_matches_iproute2_bytes() {
+        let body = rtnl::xfrm_link_body("dxi0d520001", 1, 0x0d52_0001);
+        assert_eq!(hex::encode(&body), IPROUTE_XFRM_LINK_BODY);
     }
 
     /// Root only. A named context is made with `lo` up and an address, is
