@@ -23,6 +23,19 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet openvswit
   systemctl stop openvswitch-switch || true
 fi
 
+# schemathesis (PyPI) fuzzes the served OpenAPI document in the workspace
+# tests (tests/tests/api_conformance.rs).
+SCHEMATHESIS=4.32.5
+if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS"; then
+  echo "setup: installing schemathesis $SCHEMATHESIS (PyPI)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "schemathesis==$SCHEMATHESIS"
+fi
+
 if [ "${1:-}" = "--all" ]; then
   # Licenses, bans and sources of the dependency tree (scripts/test.sh).
   if ! command -v cargo-deny >/dev/null 2>&1; then
