@@ -287,9 +287,10 @@ impl Cipher {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OffloadRequest {
+    #[default]
     Auto,
     Packet,
     Crypto,
@@ -317,6 +318,8 @@ pub struct IpsecTunnelSpec {
     pub replay_window: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub esn: Option<bool>,
+    /// `auto` when left out.
+    #[serde(default)]
     pub offload: OffloadRequest,
     /// Whose packets the tunnel may match: `tenant` (default) confines its
     /// XFRM state and policies to the tenant's network context; an
@@ -362,9 +365,10 @@ impl std::fmt::Debug for IpsecTunnelSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ktls {
+    #[default]
     Auto,
     Off,
 }
@@ -381,6 +385,8 @@ pub struct TlsListenerSpec {
     pub client_ca_pem: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<Vec<String>>,
+    /// `auto` when left out.
+    #[serde(default)]
     pub ktls: Ktls,
 }
 
