@@ -458,6 +458,14 @@ impl Spec {
         if !value.is_object() {
             return Err(FieldError::new("spec", "must be a JSON object"));
         }
+        // A field is given or left out; `null` is neither (the document
+        // types no field as nullable).
+        if let Some(path) = null_at(value, "spec") {
+            return Err(FieldError::new(
+                path,
+                "null is not allowed; leave the field out instead",
+            ));
+        }
         Ok(match kind {
             Kind::Tenant => Spec::Tenant(de(value)?),
             Kind::Function => Spec::Function(de(value)?),
@@ -500,6 +508,21 @@ impl Spec {
     }
 }
 
+/// The path of the first JSON `null` inside `v`, if any.
+fn null_at(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::Null => Some(path.to_string()),
+        Value::Object(map) => map
+            .iter()
+            .find_map(|(k, v)| null_at(v, &format!("{path}.{k}"))),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| null_at(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
 fn missing_field(msg: &str) -> Option<&str> {
     let rest = msg.strip_prefix("missing field `")?;
     rest.split('`').next()
@@ -534,6 +557,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "spec.source.nvmeof.subnqn");
+    }
+
+    #[test]
+    fn null_is_refused_where_it_stands() {
+        let err = Spec::parse(
+            Kind::Tenant,
+            &json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": null}}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.grants.functions.vfs");
+        let err = Spec::parse(
+            Kind::Port,
+            &json!({"network": "n", "function": "f", "mac": "02:00:00:00:00:01", "ips": [null]}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.ips[0]");
     }
 
     #[test]

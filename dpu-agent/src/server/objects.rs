@@ -76,9 +76,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get("if-match") else {
         return Ok(None);
     };
+    // `"3"` or `W/"3"` (RFC 9110 entity tags), nothing looser.
     v.to_str()
         .ok()
-        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .map(|s| s.trim().trim_start_matches("W/"))
+        .and_then(|s| s.strip_prefix('"')?.strip_suffix('"'))
+        .filter(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit()))
         .and_then(|s| s.parse::<u64>().ok())
         .map(Some)
         .ok_or_else(|| {

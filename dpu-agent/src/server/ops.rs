@@ -189,21 +189,39 @@ pub async fn method_not_allowed() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dpu_api::Kind;
 
-    /// Every route the router serves is documented, with its method.
+    /// The router's routes with `{kind}` expanded to every kind's path, as
+    /// the document lists them (one path per kind).
+    fn served_paths() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (method, path) in super::super::ROUTES {
+            if path.contains("{kind}") {
+                for kind in Kind::ALL {
+                    out.push((method.to_string(), path.replace("{kind}", kind.path())));
+                }
+            } else {
+                out.push((method.to_string(), path.to_string()));
+            }
+        }
+        out
+    }
+
+    /// Every route the router serves is documented, with its method, and
+    /// nothing documented is not served.
     #[test]
     fn every_route_is_in_the_openapi_document() {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-        for (method, path) in super::super::ROUTES {
-            let item = &doc["paths"][*path];
+        let served = served_paths();
+        for (method, path) in &served {
+            let item = &doc["paths"][path.as_str()];
             assert!(item.is_object(), "{path} missing from openapi.json");
             assert!(
-                item[*method].is_object(),
+                item[method.as_str()].is_object(),
                 "{method} {path} missing from openapi.json"
             );
         }
-        // And nothing documented that is not served.
         let documented = doc["paths"].as_object().unwrap();
         for (path, item) in documented {
             for method in item
@@ -213,13 +231,112 @@ mod tests {
                 .filter(|k| *k != "parameters")
             {
                 assert!(
-                    super::super::ROUTES
-                        .iter()
-                        .any(|(m, p)| m == method && p == path),
+                    served.iter().any(|(m, p)| m == method && p == path),
                     "openapi.json documents {method} {path}, which is not served"
                 );
             }
         }
+    }
+
+    /// Each kind's paths carry that kind's own body and object schemas.
+    #[test]
+    fn each_kind_has_its_own_schemas() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        for kind in Kind::ALL {
+            let item = &doc["paths"][format!("/v1/{}/{{id}}", kind.path()).as_str()];
+            let body = &item["put"]["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(
+                body.as_str(),
+                Some(format!("#/components/schemas/{}PutBody", kind.name()).as_str())
+            );
+            let spec = &doc["components"]["schemas"][format!("{}PutBody", kind.name()).as_str()]["properties"]
+                ["spec"]["$ref"];
+            assert_eq!(
+                spec.as_str(),
+                Some(format!("#/components/schemas/{}Spec", kind.name()).as_str())
+            );
+            let got =
+                &item["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(
+                got.as_str(),
+                Some(format!("#/components/schemas/{}Object", kind.name()).as_str())
+            );
+        }
+    }
+
+    /// The top-level fields of every spec schema are exactly the Rust
+    /// type's (read through serde's own field list), so the document
+    /// cannot drift from the types.
+    #[test]
+    fn spec_schemas_name_the_rust_fields() {
+        use dpu_api::spec::*;
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let fields: Vec<(Kind, &'static [&'static str])> = vec![
+            (Kind::Tenant, serde_fields::<TenantSpec>()),
+            (Kind::Function, serde_fields::<FunctionSpec>()),
+            (Kind::Network, serde_fields::<NetworkSpec>()),
+            (Kind::Port, serde_fields::<PortSpec>()),
+            (Kind::Endpoint, serde_fields::<EndpointSpec>()),
+            (Kind::Volume, serde_fields::<VolumeSpec>()),
+            (Kind::IpsecTunnel, serde_fields::<IpsecTunnelSpec>()),
+            (Kind::TlsListener, serde_fields::<TlsListenerSpec>()),
+        ];
+        for (kind, rust) in fields {
+            let schema = &doc["components"]["schemas"][format!("{}Spec", kind.name()).as_str()];
+            let mut documented: Vec<String> = schema["properties"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, v)| v["readOnly"] != serde_json::Value::Bool(true))
+                .map(|(k, _)| k.clone())
+                .collect();
+            documented.sort();
+            let mut rust: Vec<String> = rust.iter().map(|s| s.to_string()).collect();
+            rust.sort();
+            assert_eq!(documented, rust, "{} spec fields", kind.name());
+        }
+    }
+
+    /// The field names serde knows for a struct: a deserializer that only
+    /// records what `deserialize_struct` is told.
+    fn serde_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+        struct Probe(std::rc::Rc<std::cell::Cell<&'static [&'static str]>>);
+        #[derive(Debug)]
+        struct Stop;
+        impl std::fmt::Display for Stop {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("probe")
+            }
+        }
+        impl std::error::Error for Stop {}
+        impl serde::de::Error for Stop {
+            fn custom<M: std::fmt::Display>(_: M) -> Self {
+                Stop
+            }
+        }
+        impl<'de> serde::Deserializer<'de> for Probe {
+            type Error = Stop;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+                Err(Stop)
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Stop> {
+                self.0.set(fields);
+                Err(Stop)
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let cell = std::rc::Rc::new(std::cell::Cell::new(&[][..]));
+        let _ = T::deserialize(Probe(cell.clone()));
+        cell.get()
     }
 
     /// The document states the maxima that admission enforces
