@@ -75,6 +75,24 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// A histogram from per-bucket counts kept elsewhere (`counts` may be
+    /// empty: nothing observed yet; missing slots count 0).
+    pub fn from_parts(bounds: &'static [f64], counts: &[u64], sum: f64) -> Histogram {
+        let mut h = Histogram::new(bounds);
+        for (slot, n) in h.counts.iter_mut().zip(counts) {
+            *slot = *n;
+        }
+        h.count = h.counts.iter().sum();
+        h.sum = sum;
+        h
+    }
+
+    /// `# HELP`, `# TYPE` and the series, without labels.
+    pub fn render_family(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "histogram", help);
+        self.render(out, name, &[]);
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -296,6 +314,18 @@ mod tests {
         let mut out = String::new();
         sample(&mut out, "z", &[("a", "q\"\\\n")], 1);
         assert_eq!(out, "z{a=\"q\\\"\\\\\\n\"} 1\n");
+    }
+
+    #[test]
+    fn histogram_from_parts() {
+        let h = Histogram::from_parts(&[1.0, 2.0], &[1, 2, 3], 9.0);
+        let mut out = String::new();
+        h.render_family(&mut out, "h", "Help.");
+        assert!(out.ends_with(
+            "h_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 3\nh_bucket{le=\"+Inf\"} 6\nh_sum 9\nh_count 6\n"
+        ));
+        let empty = Histogram::from_parts(&[1.0], &[], 0.0);
+        assert_eq!(empty.count(), 0);
     }
 
     #[test]
