@@ -306,7 +306,7 @@ impl Engine {
                     queue.add(key.clone(), Instant::now() + after);
                 }
                 if let Err(e) = self.write_back(&obj, outcome) {
-                    tracing::error!(kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
                     queue.add(key, Instant::now() + backoff(1));
                 }
             }
@@ -318,13 +318,13 @@ impl Engine {
                 let retry_in_ms = delay.as_millis() as u64;
                 let failures = *n;
                 if failures.is_power_of_two() {
-                    tracing::warn!(kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed");
+                    tracing::warn!(object = %key, kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed");
                 } else {
-                    tracing::debug!(kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed again");
+                    tracing::debug!(object = %key, kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed again");
                 }
                 queue.add(key.clone(), Instant::now() + delay);
                 if let Err(e) = self.write_failure(&obj, &err) {
-                    tracing::error!(kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
                 }
             }
         }
