@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(openvswitch-switch iproute2 iputils-ping ethtool strace)
+want=(openvswitch-switch iproute2 iputils-ping ethtool strace prometheus)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +21,11 @@ fi
 # never used.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet openvswitch-switch 2>/dev/null; then
   systemctl stop openvswitch-switch || true
+fi
+# Only promtool of the prometheus package is used (alert rules and /metrics
+# lint); its server is not.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
 fi
 
 # schemathesis (PyPI) fuzzes the served OpenAPI document in the workspace
