@@ -44,7 +44,10 @@ fn schemathesis() -> Vec<String> {
 
 fn run(agent: &AgentProcess, who: &str, cert: &Path, key: &Path) {
     let ca = agent.state_dir().join("pki/ca.pem");
+    // schemathesis keeps a cache in its working directory: not the repo's.
+    let scratch = tempfile::tempdir().unwrap();
     let out = Command::new("timeout")
+        .current_dir(scratch.path())
         .arg(MAX_SECONDS)
         .args(schemathesis())
         .args(["run", &format!("{}/v1/openapi.json", agent.url())])
