@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(openvswitch-switch iproute2 iputils-ping ethtool strace)
+want=(openvswitch-switch iproute2 iputils-ping ethtool strace prometheus)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +21,27 @@ fi
 # never used.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet openvswitch-switch 2>/dev/null; then
   systemctl stop openvswitch-switch || true
+fi
+# Only promtool of the prometheus package is used (alert rules and /metrics
+# lint); its server is not.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
+
+# From PyPI, for the workspace tests: schemathesis fuzzes the served OpenAPI
+# document (tests/tests/api_conformance.rs); openapi-python-client generates
+# a client from it (tests/tests/generated_client.rs).
+pypi=()
+python3 -m schemathesis.cli --version 2>/dev/null | grep -q "4.32.5" || pypi+=("schemathesis==4.32.5")
+python3 -m openapi_python_client --version 2>/dev/null | grep -q "0.29.1" || pypi+=("openapi-python-client==0.29.1")
+if [ ${#pypi[@]} -gt 0 ]; then
+  echo "setup: installing ${pypi[*]} (PyPI)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check "${pypi[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pypi[@]}"
 fi
 
 if [ "${1:-}" = "--all" ]; then

@@ -34,6 +34,9 @@ if [ "$mode" = all ]; then
 fi
 stage "workspace tests"
 cargo test --workspace --locked
+stage "alert rules (promtool check rules, promtool test rules)"
+promtool check rules deploy/prometheus/dpu-agent.rules.yml
+promtool test rules deploy/prometheus/tests/*.test.yml
 [ "$mode" = all ] || exit 0
 
 stage "aarch64 build"

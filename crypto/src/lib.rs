@@ -6,11 +6,14 @@
 //! - [`plan`]: pure diff of desired tunnels against observed SAs/policies.
 //! - [`apply`]: actions → kernel, behind [`apply::IpsecBackend`].
 //! - [`tls`]: the TLS-terminating proxy.
+//! - [`netns`]: a thread parked in another network namespace that makes
+//!   sockets there (the proxy's tenant context).
 
 pub mod apply;
 pub mod keys;
 pub mod model;
 pub mod mtls;
+pub mod netns;
 pub mod plan;
 pub mod tls;
 pub mod xfrm;

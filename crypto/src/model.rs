@@ -91,6 +91,12 @@ pub struct Tunnel {
     pub offload: OffloadRequest,
     /// The uplink's ifindex for offload requests; `None`: no offload.
     pub offload_dev: Option<u32>,
+    /// `XFRMA_IF_ID` on every SA and policy of the tunnel: a tenant tunnel
+    /// carries its tenant's id, so its policies match only packets that go
+    /// through that tenant's XFRM interface, never the agent's or another
+    /// tenant's traffic. `None` (infrastructure tunnels): unscoped. Never
+    /// `Some(0)` (0 is the kernel's "no interface").
+    pub if_id: Option<u32>,
 }
 
 impl Tunnel {

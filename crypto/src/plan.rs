@@ -124,6 +124,14 @@ fn offload_name(o: &Option<OffloadDev>) -> String {
     }
 }
 
+/// ` if_id 0x…` as `ip xfrm` spells it, when set.
+fn write_if_id(f: &mut fmt::Formatter<'_>, if_id: Option<u32>) -> fmt::Result {
+    match if_id {
+        Some(id) => write!(f, " if_id 0x{id:08x}"),
+        None => Ok(()),
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -159,7 +167,8 @@ impl fmt::Display for Action {
                     },
                     offload.join(" then "),
                     dir = dir.name(),
-                )
+                )?;
+                write_if_id(f, sa.if_id)
             }
             Action::DeleteSa { tunnel, id, why } => {
                 write!(
@@ -196,10 +205,12 @@ impl fmt::Display for Action {
                 if let Some(o) = &policy.offload {
                     write!(f, " offload {}", offload_name(&Some(*o)))?;
                 }
+                write_if_id(f, policy.if_id)?;
                 write!(f, " (tunnel {tunnel})")
             }
             Action::DeletePolicy { tunnel, id, why } => {
                 write!(f, "xfrm policy delete {} dir {}", id.sel, id.dir.name())?;
+                write_if_id(f, id.if_id)?;
                 if let Some(t) = tunnel {
                     write!(f, " (tunnel {t})")?;
                 }
@@ -267,6 +278,7 @@ pub fn desired_sa(t: &Tunnel, dir: SaDir) -> Sa {
     if t.esn {
         sa.flags |= XFRM_STATE_ESN;
     }
+    sa.if_id = t.if_id;
     sa
 }
 
@@ -346,7 +358,7 @@ pub fn desired_policies(t: &Tunnel, packet_dev: Option<i32>) -> Vec<Policy> {
                 share: 0,
                 tmpls: vec![tmpl],
                 mark: None,
-                if_id: None,
+                if_id: t.if_id,
                 offload,
             });
         }
@@ -379,6 +391,9 @@ fn sa_drift(want: &Sa, have: &Sa) -> Option<&'static str> {
     }
     if (have.flags & XFRM_STATE_ESN) != (want.flags & XFRM_STATE_ESN) {
         return Some("esn");
+    }
+    if have.if_id != want.if_id {
+        return Some("if_id");
     }
     None
 }

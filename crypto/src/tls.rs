@@ -20,6 +20,12 @@
 //! [`ktls`]. Sessions the kernel cannot
 //! take stay in rustls. [`ProxyStats::ktls_active`] is true only while new
 //! sessions really go to the kernel.
+//!
+//! Network context: [`TlsProxy::start_in`] binds the listener and makes
+//! every upstream connection inside another network namespace (through a
+//! [`NetnsThread`]): the agent runs a tenant's listeners in the tenant's
+//! namespace, where loopback is the tenant's own and no infrastructure
+//! socket exists. [`TlsProxy::start`] uses the caller's namespace.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +41,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
+
+use crate::netns::NetnsThread;
 
 pub mod ktls;
 
@@ -409,6 +417,8 @@ struct Shared {
     config: RwLock<Arc<Served>>,
     counters: Counters,
     limits: Limits,
+    /// Where upstream connections are made; `None`: the caller's namespace.
+    netns: Option<Arc<NetnsThread>>,
 }
 
 /// A running listener. Dropping it stops accepting; [`TlsProxy::shutdown`]
@@ -429,20 +439,33 @@ impl std::fmt::Debug for TlsProxy {
 }
 
 impl TlsProxy {
-    /// Validates `cfg`, binds `cfg.listen` and starts serving.
+    /// Validates `cfg`, binds `cfg.listen` and starts serving, in the
+    /// caller's network namespace.
     pub async fn start(cfg: &ListenerConfig) -> Result<TlsProxy, TlsError> {
+        TlsProxy::start_in(cfg, None).await
+    }
+
+    /// Like [`TlsProxy::start`], but with `netns` the listening socket is
+    /// bound, and every upstream connection made, inside that namespace.
+    pub async fn start_in(
+        cfg: &ListenerConfig,
+        netns: Option<Arc<NetnsThread>>,
+    ) -> Result<TlsProxy, TlsError> {
         let served = Arc::new(Served::new(cfg)?);
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| TlsError::Listen {
-                addr: cfg.listen,
-                source,
-            })?;
+        let listen_err = |source| TlsError::Listen {
+            addr: cfg.listen,
+            source,
+        };
+        let listener = match &netns {
+            Some(ns) => ns.tcp_listener(cfg.listen).await.map_err(listen_err)?,
+            None => TcpListener::bind(cfg.listen).await.map_err(listen_err)?,
+        };
         let local = listener.local_addr().unwrap_or(cfg.listen);
         let shared = Arc::new(Shared {
             config: RwLock::new(served),
             counters: Counters::default(),
             limits: cfg.limits,
+            netns,
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -623,8 +646,13 @@ where
     let c = &shared.counters;
     c.connections.fetch_add(1, Ordering::Relaxed);
     c.active.fetch_add(1, Ordering::Relaxed);
-    let up =
-        tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(upstream)).await;
+    let connect = async {
+        match &shared.netns {
+            Some(ns) => ns.tcp_connect(upstream).await,
+            None => TcpStream::connect(upstream).await,
+        }
+    };
+    let up = tokio::time::timeout(shared.limits.connect_timeout, connect).await;
     match up {
         Ok(Ok(mut up)) => {
             let _ = up.set_nodelay(true);

@@ -320,3 +320,87 @@ async fn ktls_off_stays_in_userspace_and_says_so() {
     drop(tls);
     proxy.shutdown().await;
 }
+
+/// Root only. `start_in`: the listener is bound and the upstream dialled
+/// inside another namespace. From inside it the proxy relays to an upstream
+/// there; an upstream on the caller's loopback (same address and port as
+/// seen from here) is not reached: the client gets nothing and the proxy
+/// counts an upstream failure.
+#[tokio::test]
+async fn start_in_binds_and_dials_inside_the_namespace_only() {
+    use dpu_crypto::netns::NetnsThread;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for namespaces");
+        return;
+    }
+    let ns_file = std::thread::spawn(|| {
+        // SAFETY: unshare affects only this short-lived thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        std::fs::File::open("/proc/thread-self/ns/net").unwrap()
+    })
+    .join()
+    .unwrap();
+    let ns = Arc::new(NetnsThread::spawn("tls-test", ns_file).unwrap());
+    // lo up in the new namespace (`ip` as a tool, entering through the
+    // namespace thread's /proc entry).
+    let tid = ns
+        .run_blocking(|| {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() }
+        })
+        .unwrap();
+    assert!(
+        std::process::Command::new("nsenter")
+            .arg(format!(
+                "--net=/proc/{}/task/{tid}/ns/net",
+                std::process::id()
+            ))
+            .args(["ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let outside = echo_upstream().await;
+    let inside = ns
+        .tcp_listener("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let inside_addr = inside.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = inside.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let ca = ca("server ca");
+    let server = leaf(&ca, "localhost", true);
+    let proxy = TlsProxy::start_in(&listener(inside_addr, &server, None, &[]), Some(ns.clone()))
+        .await
+        .unwrap();
+    // Not listening here.
+    assert!(TcpStream::connect(proxy.local_addr()).await.is_err());
+    let tcp = ns.tcp_connect(proxy.local_addr()).await.unwrap();
+    let mut tls = connector(&ca, None, &[])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(echo_once(&mut tls, b"inside").await, b"inside");
+
+    proxy
+        .reload(&listener(outside, &server, None, &[]))
+        .unwrap();
+    let tcp = ns.tcp_connect(proxy.local_addr()).await.unwrap();
+    let mut tls = connector(&ca, None, &[])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let _ = tls.write_all(b"outside").await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "reached the caller's loopback: {got:?}");
+    assert_eq!(proxy.stats().upstream_failures, 1);
+    proxy.shutdown().await;
+}

@@ -89,6 +89,7 @@ fn tunnel(reqid: u32) -> Tunnel {
         esn: false,
         offload: OffloadRequest::Auto,
         offload_dev: None,
+        if_id: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod metrics;
 pub mod pki;
 pub mod reconcile;
 pub mod server;

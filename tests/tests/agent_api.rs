@@ -952,7 +952,8 @@ async fn operational_endpoints() {
     // Every served route is documented; the document names the write-only secrets.
     let doc = c.openapi().await.unwrap();
     for path in [
-        "/v1/{kind}/{id}",
+        "/v1/ports/{id}",
+        "/v1/ports",
         "/v1/apply",
         "/v1/plan",
         "/v1/watch",

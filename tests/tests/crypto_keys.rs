@@ -11,6 +11,8 @@
 //! types is covered by the crate tests; here whatever `Debug` reaches the
 //! debug-level log is covered by the log search.
 //!
+//! The TLS listener runs in the tenant's private network namespace (the
+//! `dev` mode's tenant context), on addresses of the tenant's network.
 //! The IPsec controller of `dpu-agent dev` programs a private network
 //! namespace; this sandbox's kernel has no ESP, so the SA adds fail and the
 //! kernel's refusal is reported in status — one more place searched.
@@ -152,6 +154,22 @@ async fn exercise(
             .await,
             201
         );
+        // The tenant's address space: the tunnel's local subnets and the
+        // listener's addresses lie inside it.
+        assert_eq!(
+            call(
+                c,
+                &mut a,
+                Method::PUT,
+                "/v1/networks/acme-net",
+                Some(body(
+                    Some("acme"),
+                    &json!({"vni": 4100, "cidr": "10.1.0.0/24", "encap": "vxlan"})
+                ))
+            )
+            .await,
+            201
+        );
     }
     let spi = 0x4000 + round * 16;
     let st = call(
@@ -163,8 +181,9 @@ async fn exercise(
     )
     .await;
     assert!(st == 200 || st == 201, "{a:?}");
-    let listener = json!({"listen": format!("127.0.0.1:{}", free_port()),
-        "upstream": format!("127.0.0.1:{}", free_port()),
+    // In the tenant's network namespace (not the agent's loopback).
+    let listener = json!({"listen": format!("10.1.0.10:{}", free_port()),
+        "upstream": format!("10.1.0.20:{}", free_port()),
         "certificate_pem": tls_cert, "private_key_pem": tls_key, "ktls": "auto"});
     let st = call(
         c,

@@ -13,6 +13,10 @@ use dpu_tests::agent::{AgentProcess, binary};
 use net_offload::sandbox::{Daemon, running_in};
 use serde_json::json;
 
+/// One userspace datapath per network namespace: the tests of this file
+/// take turns.
+static ONE_SWITCH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Stops the private switch of a state directory on drop (declared after
 /// the agent, so it runs before the agent's directory is removed).
 struct SwitchGuard(PathBuf);
@@ -106,6 +110,7 @@ fn assert_no_churn(before: &[(String, f64)], after: &[(String, f64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_switch_outlives_the_agent_and_is_adopted_without_churn() {
+    let _turn = ONE_SWITCH.lock().await;
     if !Path::new(net_offload::sandbox::DEFAULT_SCHEMA).exists() {
         panic!("Open vSwitch is not installed: run scripts/setup.sh");
     }
@@ -188,6 +193,7 @@ async fn dev_switch_outlives_the_agent_and_is_adopted_without_churn() {
 /// and how to stop it; once stopped, the second one gets its bridge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_dev_switch_is_refused_clearly_then_starts() {
+    let _turn = ONE_SWITCH.lock().await;
     let mut a = AgentProcess::start_with(&[]);
     let _ga = SwitchGuard(a.state_dir());
     let dir = tempfile::tempdir().unwrap();

@@ -37,6 +37,7 @@ fn tunnel(name: &str, reqid: u32) -> Tunnel {
         esn: false,
         offload: OffloadRequest::Auto,
         offload_dev: None,
+        if_id: None,
     }
 }
 
@@ -353,4 +354,55 @@ fn plan_output_and_debug_never_show_keys() {
     }
     // Nor as decimal bytes (a derived Debug of Vec<u8> would print these).
     assert!(!text.contains("161, 162, 163"), "{text}");
+}
+
+/// TENANCY.md invariant 2 at the planning level: a tenant tunnel's SAs and
+/// policies all carry its `if_id`; an infrastructure tunnel's none; a tunnel
+/// whose scope changes has its SAs replaced (drift `if_id`) and its old,
+/// unscoped policies removed.
+#[test]
+fn tenant_tunnels_carry_if_id_on_every_sa_and_policy_and_scope_changes_converge() {
+    let mut t = tunnel("acme/t1", 0x0d50_0001);
+    t.if_id = Some(0x0d52_0007);
+    let p = plan(
+        std::slice::from_ref(&t),
+        &none(),
+        &Observed::default(),
+        1000,
+        GRACE,
+    );
+    let obs = apply(&Observed::default(), &p.actions, 1000);
+    assert_eq!(obs.sas.len(), 2);
+    assert_eq!(obs.policies.len(), 6);
+    assert!(obs.sas.iter().all(|s| s.if_id == Some(0x0d52_0007)));
+    assert!(obs.policies.iter().all(|p| p.if_id == Some(0x0d52_0007)));
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| a.to_string().contains("if_id 0x0d520007")),
+        "{:#?}",
+        p.actions
+    );
+    assert!(
+        plan(std::slice::from_ref(&t), &none(), &obs, 1001, GRACE)
+            .actions
+            .is_empty()
+    );
+
+    // The same tunnel made unscoped (infrastructure): everything replaced.
+    t.if_id = None;
+    let p2 = plan(std::slice::from_ref(&t), &none(), &obs, 1002, GRACE);
+    let after = apply(&obs, &p2.actions, 1002);
+    assert_eq!(after.sas.len(), 2, "{:#?}", p2.actions);
+    assert_eq!(after.policies.len(), 6, "{:#?}", p2.actions);
+    assert!(after.sas.iter().all(|s| s.if_id.is_none()));
+    assert!(after.policies.iter().all(|p| p.if_id.is_none()));
+    assert!(
+        p2.actions
+            .iter()
+            .any(|a| a.to_string().contains("drifted (if_id)")),
+        "{:#?}",
+        p2.actions
+    );
+    assert!(plan(&[t], &none(), &after, 1003, GRACE).actions.is_empty());
 }

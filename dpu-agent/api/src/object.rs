@@ -135,11 +135,23 @@ pub struct Condition {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub tenant: Option<String>,
     pub spec: Value,
 }
@@ -150,7 +162,11 @@ pub struct PutBody {
 pub struct ObjectWrite {
     pub kind: String,
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub tenant: Option<String>,
     pub spec: Value,
 }
@@ -160,8 +176,23 @@ pub struct ObjectWrite {
 #[serde(deny_unknown_fields)]
 pub struct ApplyRequest {
     pub objects: Vec<ObjectWrite>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent, or an object: an explicit `null` is refused like any other
+    /// wrong type (the OpenAPI document says "object").
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub prune: Option<Prune>,
+}
+
+/// A field that may be left out but not set to `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

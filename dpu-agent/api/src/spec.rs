@@ -287,9 +287,10 @@ impl Cipher {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OffloadRequest {
+    #[default]
     Auto,
     Packet,
     Crypto,
@@ -317,6 +318,8 @@ pub struct IpsecTunnelSpec {
     pub replay_window: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub esn: Option<bool>,
+    /// `auto` when left out.
+    #[serde(default)]
     pub offload: OffloadRequest,
     /// Whose packets the tunnel may match: `tenant` (default) confines its
     /// XFRM state and policies to the tenant's network context; an
@@ -362,9 +365,10 @@ impl std::fmt::Debug for IpsecTunnelSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ktls {
+    #[default]
     Auto,
     Off,
 }
@@ -381,6 +385,8 @@ pub struct TlsListenerSpec {
     pub client_ca_pem: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<Vec<String>>,
+    /// `auto` when left out.
+    #[serde(default)]
     pub ktls: Ktls,
 }
 
@@ -452,6 +458,14 @@ impl Spec {
         if !value.is_object() {
             return Err(FieldError::new("spec", "must be a JSON object"));
         }
+        // A field is given or left out; `null` is neither (the document
+        // types no field as nullable).
+        if let Some(path) = null_at(value, "spec") {
+            return Err(FieldError::new(
+                path,
+                "null is not allowed; leave the field out instead",
+            ));
+        }
         Ok(match kind {
             Kind::Tenant => Spec::Tenant(de(value)?),
             Kind::Function => Spec::Function(de(value)?),
@@ -494,6 +508,21 @@ impl Spec {
     }
 }
 
+/// The path of the first JSON `null` inside `v`, if any.
+fn null_at(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::Null => Some(path.to_string()),
+        Value::Object(map) => map
+            .iter()
+            .find_map(|(k, v)| null_at(v, &format!("{path}.{k}"))),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| null_at(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
 fn missing_field(msg: &str) -> Option<&str> {
     let rest = msg.strip_prefix("missing field `")?;
     rest.split('`').next()
@@ -528,6 +557,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "spec.source.nvmeof.subnqn");
+    }
+
+    #[test]
+    fn null_is_refused_where_it_stands() {
+        let err = Spec::parse(
+            Kind::Tenant,
+            &json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": null}}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.grants.functions.vfs");
+        let err = Spec::parse(
+            Kind::Port,
+            &json!({"network": "n", "function": "f", "mac": "02:00:00:00:00:01", "ips": [null]}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.ips[0]");
     }
 
     #[test]

@@ -358,6 +358,8 @@ fn ipsec_spis_and_addresses() {
         (json!({"replay_window": 4096}), OK),
         (json!({"replay_window": 4097}), Some("spec.replay_window")),
         (json!({"offload": "full"}), Some("spec.offload")),
+        // Left out, it is auto.
+        (json!({"offload": null}), OK),
     ];
     check_rows("ipsec", &rows, |patch| {
         spec_check(Kind::IpsecTunnel, &with(&tunnel(), patch.clone()))
@@ -512,6 +514,8 @@ fn pem_parsing() {
         (json!({"client_ca_pem": "nope"}), Some("spec.client_ca_pem")),
         (json!({"alpn": ["h2", ""]}), Some("spec.alpn[1]")),
         (json!({"ktls": "on"}), Some("spec.ktls")),
+        // Left out, it is auto.
+        (json!({"ktls": null}), OK),
     ];
     check_rows("tls listener", &rows, |patch| {
         spec_check(Kind::TlsListener, &with(&listener, patch.clone()))

@@ -8,9 +8,17 @@
 //! changed, and only if the object's generation did not move meanwhile.
 //! A deleting object is removed once its controller says it is finalized and
 //! nothing references it any more.
+//!
+//! Every reconcile is timed into [`EngineStats`] (duration by kind and
+//! outcome, errors by kind and reason, the time of the last success per
+//! kind) for `/metrics`. Log lines about an object carry `kind`, `id` and
+//! `tenant` as fields; an object failing again and again is logged at `warn`
+//! on its 1st, 2nd, 4th, 8th ... consecutive failure and at `debug` in
+//! between, so a tenant's broken object cannot flood the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,6 +29,7 @@ use tokio::time::Instant;
 
 use super::{Context, Controller, Outcome, ReconcileError, condition};
 use crate::admission;
+use crate::metrics::{self, HistogramVec, RECONCILE_BUCKETS};
 use crate::store::{StoreError, StoredObject};
 
 /// How often every object is reconciled even without a change.
@@ -63,12 +72,53 @@ impl Controllers {
 }
 
 /// What `/readyz` and `/metrics` read of the engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineStats {
     pub initial_sync_done: AtomicBool,
     pub reconciles: AtomicU64,
     pub failures: AtomicU64,
     pub queue_len: AtomicU64,
+    /// Reconcile duration by kind (its path) and outcome (`ok`, `error`).
+    pub reconcile_seconds: HistogramVec<2>,
+    /// Failed reconciles by kind and reason ([`metrics::reason_label`]).
+    pub errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Unix time of the last successful reconcile, by kind.
+    pub last_success: Mutex<BTreeMap<&'static str, f64>>,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        EngineStats {
+            initial_sync_done: AtomicBool::default(),
+            reconciles: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            queue_len: AtomicU64::default(),
+            reconcile_seconds: HistogramVec::new(RECONCILE_BUCKETS, ["kind", "outcome"]),
+            errors: Mutex::default(),
+            last_success: Mutex::default(),
+        }
+    }
+}
+
+impl EngineStats {
+    fn record(&self, kind: Kind, took: Duration, result: Result<(), &str>) {
+        let kind = kind.path();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.reconcile_seconds
+            .observe([kind, outcome], took.as_secs_f64());
+        match result {
+            Ok(()) => {
+                if let Ok(mut m) = self.last_success.lock() {
+                    m.insert(kind, metrics::unix_now());
+                }
+            }
+            Err(reason) => {
+                if let Ok(mut m) = self.errors.lock() {
+                    *m.entry((kind, metrics::reason_label(reason))).or_default() += 1;
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -241,7 +291,14 @@ impl Engine {
             return;
         }
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = ctrl.reconcile(&self.ctx, &obj).await;
+        self.stats.record(
+            key.kind,
+            started.elapsed(),
+            result.as_ref().map(|_| ()).map_err(|e| e.reason.as_str()),
+        );
+        let (kind, id, tenant) = (key.kind.path(), key.id.clone(), obj.tenant.clone());
         match result {
             Ok(outcome) => {
                 queue.failures.remove(&key);
@@ -249,7 +306,7 @@ impl Engine {
                     queue.add(key.clone(), Instant::now() + after);
                 }
                 if let Err(e) = self.write_back(&obj, outcome) {
-                    tracing::error!(object = %key, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
                     queue.add(key, Instant::now() + backoff(1));
                 }
             }
@@ -258,10 +315,16 @@ impl Engine {
                 let n = queue.failures.entry(key.clone()).or_insert(0);
                 *n += 1;
                 let delay = backoff(*n);
-                tracing::warn!(object = %key, reason = %err.reason, message = %err.message, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                let retry_in_ms = delay.as_millis() as u64;
+                let failures = *n;
+                if failures.is_power_of_two() {
+                    tracing::warn!(object = %key, kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed");
+                } else {
+                    tracing::debug!(object = %key, kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed again");
+                }
                 queue.add(key.clone(), Instant::now() + delay);
                 if let Err(e) = self.write_failure(&obj, &err) {
-                    tracing::error!(object = %key, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
                 }
             }
         }
@@ -328,6 +391,26 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconciles_are_recorded_by_kind_outcome_and_reason() {
+        let s = EngineStats::default();
+        s.record(Kind::Network, Duration::from_millis(2), Ok(()));
+        s.record(
+            Kind::Network,
+            Duration::from_millis(3),
+            Err("SwitchUnavailable"),
+        );
+        s.record(Kind::Network, Duration::from_millis(3), Err("made up"));
+        let ok = s.reconcile_seconds.get(["networks", "ok"]).unwrap();
+        assert_eq!(ok.count(), 1);
+        let err = s.reconcile_seconds.get(["networks", "error"]).unwrap();
+        assert_eq!(err.count(), 2);
+        let errors = s.errors.lock().unwrap();
+        assert_eq!(errors[&("networks", "SwitchUnavailable")], 1);
+        assert_eq!(errors[&("networks", "Other")], 1);
+        assert!(s.last_success.lock().unwrap()["networks"] > 1.7e9);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -8,6 +8,17 @@
 //! state whose reqid no stored tunnel holds is removed; other state is left
 //! alone. Keys are opened from the store only to build the SAs, live in
 //! zeroizing buffers, and appear in no status, log, error or plan line.
+//!
+//! Scope (TENANCY.md invariant 2): a `tenant`-scope tunnel's SAs and
+//! policies all carry `XFRMA_IF_ID` = its tenant's id, so they match only
+//! packets that pass through that tenant's XFRM interface — never the
+//! agent's, the underlay's or another tenant's traffic, whatever the
+//! selectors say. The id is allocated per tenant from [`TENANT_IF_ID_RANGE`]
+//! (first candidate derived from the tenant name, then the next free one),
+//! recorded in each tunnel's `status.if_id` so it survives restarts, and is
+//! never 0. The tenant's network context (namespace) exists while it has a
+//! tenant-scope tunnel. `infrastructure` tunnels (underlay, fleet
+//! controller only) carry no `if_id`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -24,8 +35,12 @@ use dpu_crypto::plan::{Observed, REQID_RANGE, plan, plan_teardown};
 use dpu_crypto::xfrm::socket::XfrmError;
 use serde_json::Value;
 
+use super::tenant_netns::TenantContexts;
 use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
 use crate::store::StoredObject;
+
+/// XFRM interface ids of tenants: "DR" in the top byte pair, 65536 tenants.
+pub const TENANT_IF_ID_RANGE: std::ops::Range<u32> = 0x0d52_0000..0x0d53_0000;
 
 /// How the controller reaches the kernel.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +70,9 @@ pub struct IpsecTunnels {
     backend: Arc<Mutex<Option<Box<dyn IpsecBackend>>>>,
     /// Object `tenant/id` → reqid; seeded from stored status.
     reqids: Mutex<BTreeMap<String, u32>>,
+    /// Tenant → XFRM interface id; seeded from stored status.
+    if_ids: Mutex<BTreeMap<String, u32>>,
+    contexts: Arc<TenantContexts>,
     /// The last kernel observation, for `plan` (which must not do I/O).
     last_observed: Arc<Mutex<Option<Observed>>>,
     connected: Arc<std::sync::atomic::AtomicBool>,
@@ -85,7 +103,17 @@ impl IpsecTunnels {
     /// The controller for the agent's mode: `run` programs the host's XFRM
     /// (offload on the uplink named by `DPU_IPSEC_UPLINK`); `dev` programs a
     /// private namespace so trying the agent never changes the host's IPsec.
+    ///
+    /// `DPU_IPSEC_NETNS=/run/netns/NAME` programs that namespace's XFRM
+    /// database instead, in either mode (tests that watch the XFRM state
+    /// and traffic of a namespace they made).
     pub fn for_config(cfg: &crate::config::Config) -> Self {
+        if let Some(ns) = std::env::var_os("DPU_IPSEC_NETNS").filter(|v| !v.is_empty()) {
+            return IpsecTunnels::new(IpsecConfig {
+                netns: Some(ns.into()),
+                ..IpsecConfig::default()
+            });
+        }
         match cfg.mode {
             crate::config::Mode::Run => IpsecTunnels::new(IpsecConfig {
                 uplink: std::env::var("DPU_IPSEC_UPLINK").ok(),
@@ -108,9 +136,38 @@ impl IpsecTunnels {
             opener: Box::new(opener),
             backend: Arc::new(Mutex::new(None)),
             reqids: Mutex::new(BTreeMap::new()),
+            if_ids: Mutex::new(BTreeMap::new()),
+            contexts: Default::default(),
             last_observed: Arc::new(Mutex::new(None)),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Uses the tenant namespaces of `contexts` (shared with the TLS
+    /// controller).
+    pub fn with_contexts(mut self, contexts: Arc<TenantContexts>) -> Self {
+        self.contexts = contexts;
+        self
+    }
+
+    /// The `if_id` of `obj`'s tunnel: its tenant's for tenant scope (allocated
+    /// unless `peek`), none for infrastructure scope.
+    fn if_id(
+        &self,
+        ctx: &Context,
+        obj: &StoredObject,
+        s: &IpsecTunnelSpec,
+        peek: bool,
+    ) -> Result<Option<u32>, String> {
+        if s.scope() == spec::IpsecScope::Infrastructure {
+            return Ok(None);
+        }
+        let mut guard = self.if_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if peek {
+            let mut copy = guard.clone();
+            return allocate_if_id(&mut copy, ctx, &obj.tenant).map(Some);
+        }
+        allocate_if_id(&mut guard, ctx, &obj.tenant).map(Some)
     }
 
     fn grace(&self) -> Duration {
@@ -188,17 +245,68 @@ fn allocate(
     Ok((mine, others))
 }
 
+/// FNV-1a, for a stable first candidate of a tenant's `if_id`.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Syncs `table` with the stored tenant-scope tunnels' `status.if_id` and
+/// returns `tenant`'s: the recorded one, else the first free id from
+/// `fnv1a(tenant)` on (so ids rarely move, and two tenants never share one).
+fn allocate_if_id(
+    table: &mut BTreeMap<String, u32>,
+    ctx: &Context,
+    tenant: &str,
+) -> Result<u32, String> {
+    let all = ctx.store.list(Kind::IpsecTunnel, None);
+    let present: BTreeSet<&str> = all.iter().map(|o| o.tenant.as_str()).collect();
+    table.retain(|t, _| present.contains(t.as_str()) || t == tenant);
+    for o in &all {
+        if let Some(v) = o.status.fields.get("if_id").and_then(Value::as_u64)
+            && TENANT_IF_ID_RANGE.contains(&(v as u32))
+        {
+            let taken = table
+                .iter()
+                .any(|(t, id)| *id == v as u32 && *t != o.tenant);
+            if !taken {
+                table.entry(o.tenant.clone()).or_insert(v as u32);
+            }
+        }
+    }
+    if let Some(id) = table.get(tenant) {
+        return Ok(*id);
+    }
+    let used: BTreeSet<u32> = table.values().copied().collect();
+    let len = TENANT_IF_ID_RANGE.end - TENANT_IF_ID_RANGE.start;
+    let first = fnv1a(tenant) % len;
+    let id = (0..len)
+        .map(|i| TENANT_IF_ID_RANGE.start + (first + i) % len)
+        .find(|id| !used.contains(id))
+        .ok_or("all 65536 tenant XFRM interface ids are in use")?;
+    table.insert(tenant.to_string(), id);
+    Ok(id)
+}
+
 /// Replaces the placeholder for ipsec-tunnels with the controller for
-/// `cfg`'s mode (see [`IpsecTunnels::for_config`]).
+/// `cfg`'s mode (see [`IpsecTunnels::for_config`]), and the TLS listeners'
+/// controller with one sharing the same tenant network contexts
+/// ([`TenantContexts::for_config`]).
 pub fn with_configured(
     cfg: &crate::config::Config,
     controllers: Vec<Arc<dyn Controller>>,
 ) -> Vec<Arc<dyn Controller>> {
+    let contexts = Arc::new(TenantContexts::for_config(cfg));
     controllers
         .into_iter()
         .map(|c| {
             if c.kind() == Kind::IpsecTunnel && c.backend().is_none() {
-                Arc::new(IpsecTunnels::for_config(cfg)) as Arc<dyn Controller>
+                Arc::new(IpsecTunnels::for_config(cfg).with_contexts(contexts.clone()))
+                    as Arc<dyn Controller>
+            } else if c.kind() == Kind::TlsListener {
+                Arc::new(super::tls::TlsListeners::default().with_contexts(contexts.clone()))
+                    as Arc<dyn Controller>
             } else {
                 c
             }
@@ -245,6 +353,7 @@ fn tunnel(
     s: &IpsecTunnelSpec,
     reqid: u32,
     offload_dev: Option<u32>,
+    if_id: Option<u32>,
 ) -> Result<Tunnel, String> {
     let cipher = match s.cipher {
         spec::Cipher::AesGcm128 => Cipher::AesGcm128,
@@ -292,6 +401,7 @@ fn tunnel(
             spec::OffloadRequest::None => OffloadRequest::None,
         },
         offload_dev,
+        if_id,
     })
 }
 
@@ -391,6 +501,13 @@ impl Controller for IpsecTunnels {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&name(obj));
+                self.contexts
+                    .release_unless_needed(&ctx.store, &obj.tenant)
+                    .await
+                    .map_err(|e| ReconcileError {
+                        reason: "TenantContextNotRemoved".into(),
+                        message: chain(&e),
+                    })?;
                 return Ok(Outcome {
                     status,
                     finalized: true,
@@ -412,7 +529,51 @@ impl Controller for IpsecTunnels {
                     requeue_after: None,
                 });
             };
-            let desired = match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex()) {
+            let if_id = self
+                .if_id(ctx, obj, &spec, false)
+                .map_err(|message| ReconcileError {
+                    reason: "NoIfId".into(),
+                    message,
+                })?;
+            let mut tenant_ns = None;
+            match if_id {
+                Some(id) => {
+                    status.fields.insert("if_id".into(), Value::from(id));
+                    // The tenant's network context exists while it has a
+                    // tenant-scope tunnel.
+                    match self.contexts.ensure(&ctx.store, &obj.tenant).await {
+                        Ok(ns) => tenant_ns = Some(ns),
+                        Err(e) => {
+                            status.phase = Phase::Failed;
+                            status.set_condition(condition(
+                                "Programmed",
+                                ConditionStatus::False,
+                                "NoTenantContext",
+                                format!("{}; nothing programmed", chain(&e)),
+                            ));
+                            return Ok(Outcome {
+                                status,
+                                finalized: false,
+                                requeue_after: None,
+                            });
+                        }
+                    }
+                }
+                None => {
+                    status.fields.remove("if_id");
+                    status.fields.remove("xfrm_interface");
+                    // A tunnel that became infrastructure-scope may have
+                    // been the tenant's last reason for a context.
+                    if let Err(e) = self
+                        .contexts
+                        .release_unless_needed(&ctx.store, &obj.tenant)
+                        .await
+                    {
+                        tracing::warn!(tunnel = %name(obj), error = %chain(&e), "cannot release the tenant network context");
+                    }
+                }
+            }
+            let desired = match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
                 Ok(t) => t,
                 Err(message) => {
                     status.phase = Phase::Failed;
@@ -429,6 +590,45 @@ impl Controller for IpsecTunnels {
                     });
                 }
             };
+            // The tenant's XFRM interface: what feeds its scoped policies.
+            // Not for the private dev namespace (no path to make it in).
+            let mut xfrm_note = String::new();
+            if let (Some(ns), Some(id)) = (&tenant_ns, if_id) {
+                if self.config.private_netns {
+                    xfrm_note = "; no XFRM interface in dev mode's private XFRM namespace".into();
+                } else {
+                    let mut routes: Vec<(std::net::Ipv4Addr, u8)> = desired
+                        .selector_pairs()
+                        .into_iter()
+                        .map(|(_, r)| (r.network(), r.prefix_len()))
+                        .collect();
+                    routes.sort();
+                    routes.dedup();
+                    let made = self
+                        .contexts
+                        .ensure_xfrm_interface(
+                            ns,
+                            self.config.netns.as_deref(),
+                            self.uplink_ifindex().unwrap_or(0),
+                            id,
+                            routes,
+                        )
+                        .await;
+                    let value = match made {
+                        Ok(()) => format!("{} in {}", super::tenant_netns::XFRM_IFNAME, ns.name),
+                        Err(e) => {
+                            xfrm_note = format!(
+                                "; no XFRM interface ({}): the tunnel carries only traffic entering an XFRM interface with if_id 0x{id:08x}",
+                                chain(&e)
+                            );
+                            format!("not created: {}", chain(&e))
+                        }
+                    };
+                    status
+                        .fields
+                        .insert("xfrm_interface".into(), Value::from(value));
+                }
+            }
             let grace = self.grace();
             let last = self.last_observed.clone();
             let (first, report, after) = with_backend(self, move |b| {
@@ -511,10 +711,14 @@ impl Controller for IpsecTunnels {
                     ConditionStatus::True,
                     "SasAndPoliciesInstalled",
                     format!(
-                        "SAs in 0x{:08x} / out 0x{:08x}, reqid 0x{reqid:08x}, offload {}{offload_note}",
+                        "SAs in 0x{:08x} / out 0x{:08x}, reqid 0x{reqid:08x}, offload {}, {}{offload_note}",
                         spec.spi_in,
                         spec.spi_out,
-                        offload.name()
+                        offload.name(),
+                        match if_id {
+                            Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering the tenant's XFRM interface is carried{xfrm_note}"),
+                            None => "infrastructure scope (no if_id)".into(),
+                        }
                     ),
                 ));
             } else {
@@ -562,7 +766,11 @@ impl Controller for IpsecTunnels {
         let Some(spec) = typed_spec(obj) else {
             return vec!["nothing: the spec does not parse".into()];
         };
-        match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex()) {
+        let if_id = match self.if_id(ctx, obj, &spec, true) {
+            Ok(id) => id,
+            Err(e) => return vec![format!("nothing: {e}")],
+        };
+        match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
             Err(e) => vec![format!("nothing: {e}")],
             Ok(t) => {
                 let p = plan(&[t], &others, &observed, now_secs(), self.grace());
@@ -722,6 +930,23 @@ mod tests {
             "foreign removed: {listed}"
         );
         assert_eq!(out.status.fields["reqid"], json!(0x0d50_0000));
+        // Tenant scope (the default): every policy of the tunnel carries
+        // the tenant's if_id; the foreign policy is untouched.
+        let if_id = out.status.fields["if_id"].as_u64().unwrap() as u32;
+        assert!(TENANT_IF_ID_RANGE.contains(&if_id), "{if_id:#x}");
+        assert_eq!(
+            listed.matches(&format!("if_id {if_id:#x}")).count(),
+            3,
+            "{listed}"
+        );
+        assert_eq!(listed.matches("if_id").count(), 3, "{listed}");
+        // The tenant's XFRM interface: made where the kernel has them, else
+        // the status says why not (this machine: no CONFIG_XFRM_INTERFACE).
+        let xi = out.status.fields["xfrm_interface"].as_str().unwrap();
+        assert!(
+            xi.starts_with("ipsec0 in ") || xi.starts_with("not created: "),
+            "{xi}"
+        );
         assert_eq!(out.status.fields["offload_active"], json!("none"));
         // Without ESP in this kernel the SAs fail: Degraded, saying so.
         let cond = out.status.condition("Programmed").unwrap();

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod functions;
 pub mod ipsec;
 pub mod network;
+pub mod tenant_netns;
 pub mod tenants;
 pub mod tls;
 pub mod unavailable;

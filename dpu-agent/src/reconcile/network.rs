@@ -536,6 +536,29 @@ impl Controller for NetworkController {
             "1 when the switch acknowledged every flow of the latest desired state.",
             u64::from(r.programmed && r.version == wanted && wanted > 0),
         );
+        use crate::metrics::Histogram;
+        use net_offload::switch::DURATION_BUCKETS;
+        let nanos = |d: &net_offload::switch::Durations| d.sum_nanos as f64 / 1e9;
+        Histogram::from_parts(
+            DURATION_BUCKETS,
+            &r.bundle_durations.counts,
+            nanos(&r.bundle_durations),
+        )
+        .render_family(
+            out,
+            "dpu_agent_switch_bundle_duration_seconds",
+            "Time one OpenFlow bundle took, sent to committed or refused.",
+        );
+        Histogram::from_parts(
+            DURATION_BUCKETS,
+            &r.ovsdb_transaction_durations.counts,
+            nanos(&r.ovsdb_transaction_durations),
+        )
+        .render_family(
+            out,
+            "dpu_agent_switch_ovsdb_transaction_duration_seconds",
+            "Time one OVSDB transaction of the switch reconciler took.",
+        );
     }
 }
 

@@ -7,9 +7,19 @@
 //! (`ktls_active`, `ktls_reason`, `ktls_sessions`, `ktls_failures`).
 //! The private key is opened from the store only to build the rustls
 //! config and is never logged or reported.
+//!
+//! Every listener runs in its tenant's network context
+//! ([`super::tenant_netns`]): the socket is bound inside the tenant's
+//! namespace (its `listen` address is put on that namespace's `lo`), and
+//! upstream connections are made from inside it, so a listener can reach
+//! only what the tenant's namespace holds — never the agent's API, OVSDB or
+//! SPDK sockets or anything else on the agent's loopback (TENANCY.md
+//! invariant 1). The namespace is released when the tenant's last listener
+//! (and tenant-scope tunnel) is gone.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dpu_api::Kind;
@@ -19,6 +29,7 @@ use dpu_crypto::apply::chain;
 use dpu_crypto::tls::{Limits, ListenerConfig, TlsProxy};
 use serde_json::Value;
 
+use super::tenant_netns::TenantContexts;
 use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
 use crate::store::StoredObject;
 
@@ -29,12 +40,15 @@ struct Running {
     proxy: TlsProxy,
     listen: SocketAddr,
     generation: u64,
+    /// The tenant namespace it runs in (name, nsfs inode).
+    netns: (String, u64),
 }
 
 #[derive(Default)]
 pub struct TlsListeners {
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     limits: Limits,
+    contexts: Arc<TenantContexts>,
 }
 
 impl std::fmt::Debug for TlsListeners {
@@ -50,6 +64,33 @@ impl TlsListeners {
         TlsListeners {
             running: Default::default(),
             limits,
+            contexts: Default::default(),
+        }
+    }
+
+    /// Runs listeners in the namespaces of `contexts` (shared with the
+    /// IPsec controller).
+    pub fn with_contexts(mut self, contexts: Arc<TenantContexts>) -> Self {
+        self.contexts = contexts;
+        self
+    }
+
+    /// Takes `listen`'s address off the tenant namespace unless another of
+    /// the tenant's listeners still uses it.
+    async fn release_address(&self, ctx: &Context, obj: &StoredObject, listen: SocketAddr) {
+        let in_use = ctx
+            .store
+            .list(Kind::TlsListener, Some(&obj.tenant))
+            .iter()
+            .filter(|o| o.id != obj.id && !o.deleting)
+            .filter_map(|o| typed_spec(o))
+            .any(|s| {
+                s.listen
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip() == listen.ip())
+            });
+        if !in_use && let Err(e) = self.contexts.remove_address(&obj.tenant, listen.ip()).await {
+            tracing::warn!(listener = %name(obj), error = %chain(&e), "cannot remove a listen address from the tenant namespace");
         }
     }
 }
@@ -124,6 +165,17 @@ impl Controller for TlsListeners {
             if obj.deleting {
                 if let Some(r) = running.remove(&me) {
                     r.proxy.shutdown().await;
+                    self.release_address(ctx, obj, r.listen).await;
+                }
+                if let Err(e) = self
+                    .contexts
+                    .release_unless_needed(&ctx.store, &obj.tenant)
+                    .await
+                {
+                    return Err(ReconcileError {
+                        reason: "TenantContextNotRemoved".into(),
+                        message: chain(&e),
+                    });
                 }
                 return Ok(Outcome {
                     status,
@@ -142,8 +194,29 @@ impl Controller for TlsListeners {
                 Ok(c) => c,
                 Err(m) => return Ok(failed(status, "InvalidSpec", m)),
             };
+            let netns = match self.contexts.ensure(&ctx.store, &obj.tenant).await {
+                Ok(ns) => ns,
+                Err(e) => {
+                    return Ok(failed(
+                        status,
+                        "NoTenantContext",
+                        format!(
+                            "{}; the listener is not started outside its tenant's network namespace",
+                            chain(&e)
+                        ),
+                    ));
+                }
+            };
+            if let Err(e) = self.contexts.add_address(&netns, cfg.listen.ip()).await {
+                return Ok(failed(
+                    status,
+                    "StartFailed",
+                    format!("{} (spec.listen)", chain(&e)),
+                ));
+            }
+            let here = (netns.name.clone(), netns.inode);
             match running.get_mut(&me) {
-                Some(r) if r.listen == cfg.listen => {
+                Some(r) if r.listen == cfg.listen && r.netns == here => {
                     if r.generation != obj.generation {
                         if let Err(e) = r.proxy.reload(&cfg) {
                             // The old configuration keeps serving.
@@ -164,7 +237,14 @@ impl Controller for TlsListeners {
                     }
                 }
                 _ => {
-                    let proxy = match TlsProxy::start(&cfg).await {
+                    // Out of a namespace that was replaced (someone deleted
+                    // it): the old proxy serves nobody, stop it first.
+                    if running.get(&me).is_some_and(|r| r.netns != here)
+                        && let Some(old) = running.remove(&me)
+                    {
+                        old.proxy.shutdown().await;
+                    }
+                    let proxy = match TlsProxy::start_in(&cfg, Some(netns.thread.clone())).await {
                         Ok(p) => p,
                         Err(e) => {
                             return Ok(failed(
@@ -174,15 +254,22 @@ impl Controller for TlsListeners {
                             ));
                         }
                     };
+                    // A changed `listen`: the new one serves, then the old
+                    // one stops.
                     if let Some(old) = running.insert(
                         me.clone(),
                         Running {
                             proxy,
                             listen: cfg.listen,
                             generation: obj.generation,
+                            netns: here,
                         },
                     ) {
+                        let old_listen = old.listen;
                         old.proxy.shutdown().await;
+                        if old_listen.ip() != cfg.listen.ip() {
+                            self.release_address(ctx, obj, old_listen).await;
+                        }
                     }
                 }
             }
@@ -201,15 +288,19 @@ impl Controller for TlsListeners {
             ] {
                 status.fields.insert(k.into(), v);
             }
+            status
+                .fields
+                .insert("netns".into(), Value::from(r.netns.0.clone()));
             status.phase = Phase::Ready;
             status.set_condition(condition(
                 "Serving",
                 ConditionStatus::True,
                 "Listening",
                 format!(
-                    "TLS on {} → {} (generation {})",
+                    "TLS on {} → {} in tenant network namespace {} (generation {})",
                     r.proxy.local_addr(),
                     cfg.upstream,
+                    r.netns.0,
                     r.generation
                 ),
             ));
@@ -247,9 +338,10 @@ impl Controller for TlsListeners {
                 spec.listen, spec.upstream
             )],
             (_, None) => vec![format!(
-                "start a TLS listener on {} → {}{}{}",
+                "start a TLS listener on {} → {} in tenant network namespace {}{}{}",
                 spec.listen,
                 spec.upstream,
+                self.contexts.name_of(&obj.tenant),
                 if spec.client_ca_pem.is_some() {
                     ", client certificates required"
                 } else {
@@ -269,22 +361,15 @@ mod tests {
     use std::sync::Arc;
 
     use dpu_api::object::{EventType, ObjectKey};
+    use dpu_crypto::netns::NetnsThread;
     use rustls::pki_types::ServerName;
     use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::pki::{Ca, Identity};
     use crate::store::{Store, StoreError};
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
 
     fn put(store: &Store, spec: Value, generation: u64, deleting: bool) {
         let key = ObjectKey::new(Kind::TlsListener, "web");
@@ -324,7 +409,12 @@ mod tests {
         })
     }
 
-    async fn connect(port: u16, ca: &Ca) -> tokio_rustls::client::TlsStream<TcpStream> {
+    /// A TLS client connected from inside `ns` (where the listener is).
+    async fn connect(
+        ns: &NetnsThread,
+        port: u16,
+        ca: &Ca,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
@@ -336,7 +426,7 @@ mod tests {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tcp = ns.tcp_connect(([127, 0, 0, 1], port).into()).await.unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -350,9 +440,27 @@ mod tests {
         assert_eq!(buf, m);
     }
 
+    /// Root only (namespaces). The listener and its upstream live in the
+    /// tenant's namespace: the test reaches both from inside it.
     #[tokio::test]
     async fn serves_rotates_without_dropping_and_stops() {
-        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root for the tenant namespace");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let ctx = Context {
+            store: store.clone(),
+        };
+        let ctrl = TlsListeners::default();
+        let ns = ctrl.contexts.ensure(&store, "acme").await.unwrap();
+        let up = ns
+            .thread
+            .tcp_listener("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let upstream = up.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = up.accept().await {
@@ -362,17 +470,11 @@ mod tests {
                 });
             }
         });
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
-        let ctrl = TlsListeners::default();
         let ca1 = Ca::generate("ca one").unwrap();
         let ca2 = Ca::generate("ca two").unwrap();
         let id1 = ca1.issue("spiffe://dpu.local/web", &["localhost"]).unwrap();
         let id2 = ca2.issue("spiffe://dpu.local/web", &["localhost"]).unwrap();
-        let port = free_port();
+        let port = 8443;
 
         put(&store, spec(port, upstream, &id1), 1, false);
         let plan = ctrl.plan(&ctx, &get(&store), WriteOutcome::Created);
@@ -382,7 +484,7 @@ mod tests {
         // Truthful: kernel TLS only where this kernel has the `tls` ULP.
         let kernel = dpu_crypto::tls::KtlsSupport::probe().any();
         assert_eq!(out.status.fields["ktls_active"], json!(kernel));
-        let mut first = connect(port, &ca1).await;
+        let mut first = connect(&ns.thread, port, &ca1).await;
         echo(&mut first, b"hello").await;
 
         // Rotation: generation 2 with another certificate.
@@ -392,7 +494,7 @@ mod tests {
         let out2 = ctrl.reconcile(&ctx, &get(&store)).await.unwrap();
         assert_eq!(out2.status.phase, Phase::Ready);
         echo(&mut first, b"still here").await;
-        let mut second = connect(port, &ca2).await;
+        let mut second = connect(&ns.thread, port, &ca2).await;
         echo(&mut second, b"new cert").await;
         let out3 = ctrl.reconcile(&ctx, &get(&store)).await.unwrap();
         assert_eq!(out3.status.fields["connections"], json!(2));
@@ -424,6 +526,14 @@ mod tests {
         put(&store, spec(port, upstream, &id2), 3, true);
         let gone = ctrl.reconcile(&ctx, &get(&store)).await.unwrap();
         assert!(gone.finalized);
-        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+        assert!(
+            ns.thread
+                .tcp_connect(([127, 0, 0, 1], port).into())
+                .await
+                .is_err()
+        );
+        // Nothing else of the tenant's: the namespace is gone.
+        drop(ns);
+        assert!(!ctrl.contexts.is_open("acme"));
     }
 }

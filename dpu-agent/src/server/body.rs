@@ -3,7 +3,8 @@
 //! syntax error (400), and responses that carry `X-Revision`.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dpu_api::Problem;
@@ -32,6 +33,35 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             Err(rej) => Err(ApiError(Problem::new(400, rej.body_text()))),
         }
     }
+}
+
+/// Query parameters, decoded strictly: an unknown parameter or a value of
+/// the wrong type is a 400 problem naming it, the same on every endpoint.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| QueryParams(q))
+            .map_err(|rej| {
+                ApiError(Problem::new(
+                    400,
+                    format!("bad query string: {}", rej.body_text()),
+                ))
+            })
+    }
+}
+
+/// A query parameter that names an object, tenant or host: a DNS label when
+/// present (an empty `?tenant=` is refused, not read as "every tenant").
+pub fn label_param(field: &str, value: &Option<String>) -> Result<(), ApiError> {
+    if let Some(v) = value {
+        dpu_api::validate::check_label(field, v)?;
+    }
+    Ok(())
 }
 
 /// Parses a JSON body: unknown or mistyped fields are 422 naming the field,

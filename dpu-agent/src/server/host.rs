@@ -1,12 +1,13 @@
 //! `GET /v1/inventory`, and the host stub's endpoints: `PUT
 //! /v1/host/inventory` and `GET /v1/host/assignments[?watch=1]`. A host stub
 //! is identified by its certificate; it reports its own host only and sees
-//! only the functions assigned to it.
+//! only the functions assigned to it. Every call a host stub makes renews
+//! its lease as `/metrics` counts it (`dpu_agent_host_stub_leases`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use dpu_api::identity::Role;
@@ -18,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::AppState;
 use super::authz::{Caller, Operation, authorize};
-use super::body::{Body, json_with_revision, parse_json};
+use super::body::{Body, QueryParams, json_with_revision, parse_json};
 use super::error::ApiError;
 use super::objects::blocking;
 use super::watch::ndjson;
@@ -50,6 +51,13 @@ pub async fn inventory(
     ))
 }
 
+/// Notes that `caller`, if a host stub, just called: its lease holds.
+fn note_contact(state: &AppState, caller: &Caller) {
+    if let Caller::Role(Role::HostStub(h)) = caller {
+        state.metrics.host_contact(h);
+    }
+}
+
 /// The host a host-stub call is about: the certificate's host, or for the
 /// fleet controller the one it names.
 fn host_of(caller: &Caller, named: Option<String>) -> Result<String, ApiError> {
@@ -75,6 +83,7 @@ pub async fn put_inventory(
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     authorize(&caller, &Operation::ReportHostInventory)?;
+    note_contact(&state, &caller);
     let inv: HostInventory = parse_json(&body)?;
     let host = host_of(&caller, inv.host.clone())?;
     if inv.devices.len() > MAX_DEVICES {
@@ -138,10 +147,11 @@ fn assigned_to(obj: &Object, host: &str) -> bool {
 pub async fn assignments(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<AssignmentsQuery>,
+    QueryParams(q): QueryParams<AssignmentsQuery>,
 ) -> Result<Response, ApiError> {
     authorize(&caller, &Operation::ReadHostAssignments)?;
     let host = host_of(&caller, q.host)?;
+    note_contact(&state, &caller);
     let watching = matches!(q.watch.as_deref(), Some("1" | "true"));
     let live = state.store.subscribe();
     let revision = state.store.revision();

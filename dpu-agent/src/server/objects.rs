@@ -1,7 +1,7 @@
 //! `PUT/GET/DELETE /v1/{kind}/{id}`, `GET /v1/{kind}`, `POST /v1/apply` and
 //! `POST /v1/plan`.
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use dpu_api::object::{
@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::authz::{Caller, Operation, authorize};
-use super::body::{Body, json_with_revision, parse_json};
+use super::body::{Body, QueryParams, json_with_revision, label_param, parse_json};
 use super::error::ApiError;
 use crate::admission::{self, Admitted, PutRequest};
 use crate::reconcile::Context;
@@ -76,9 +76,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get("if-match") else {
         return Ok(None);
     };
+    // `"3"` or `W/"3"` (RFC 9110 entity tags), nothing looser.
     v.to_str()
         .ok()
-        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .map(|s| s.trim().trim_start_matches("W/"))
+        .and_then(|s| s.strip_prefix('"')?.strip_suffix('"'))
+        .filter(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit()))
         .and_then(|s| s.parse::<u64>().ok())
         .map(Some)
         .ok_or_else(|| {
@@ -247,9 +250,10 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(kind): Path<String>,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
+    label_param("tenant", &q.tenant)?;
     let tenant = effective_tenant(&caller, q.tenant);
     authorize(
         &caller,

@@ -13,7 +13,7 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dpu_api::object::Event;
@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::AppState;
 use super::authz::{Caller, Operation, authorize};
+use super::body::{QueryParams, label_param};
 use super::error::ApiError;
 use super::objects::{blocking, effective_tenant, parse_kind};
 
@@ -65,8 +66,10 @@ fn line(ev: &Event) -> Bytes {
 pub async fn watch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<WatchQuery>,
+    QueryParams(q): QueryParams<WatchQuery>,
 ) -> Result<Response, ApiError> {
+    label_param("tenant", &q.tenant)?;
+    label_param("id", &q.id)?;
     let tenant = effective_tenant(&caller, q.tenant);
     authorize(
         &caller,

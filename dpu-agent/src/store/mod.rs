@@ -14,6 +14,9 @@
 //! commit). Nobody is answered before its batch is durable; if a batch fails,
 //! it and everything staged on top of it fail, and nothing of them is kept.
 //!
+//! Each commit is timed, with how many writes it grouped
+//! ([`Store::commit_metrics`]).
+//!
 //! All objects are also held in memory (write-through) so reads, lists and
 //! cross-object validation never touch the disk. Secret fields are sealed
 //! ([`seal`]) before they reach either copy.
@@ -22,6 +25,7 @@ pub mod seal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use dpu_api::object::{Event, EventType, HostReport, Object, ObjectKey, Status};
@@ -32,6 +36,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
+use crate::metrics::{self, COMMIT_BUCKETS, GROUP_SIZE_BUCKETS, HistogramVec};
 use seal::{SealError, Sealer};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -189,6 +194,9 @@ pub struct Store {
     committer: Mutex<CommitLog>,
     sealer: Sealer,
     events: broadcast::Sender<Event>,
+    commit_seconds: HistogramVec<0>,
+    commit_group_size: HistogramVec<0>,
+    commit_failures: AtomicU64,
 }
 
 /// Changes accepted but not yet durable.
@@ -199,6 +207,8 @@ struct Batch {
     hosts: Vec<HostReport>,
     /// The revision after this batch.
     revision: u64,
+    /// How many writes (`transact` calls that staged something) it holds.
+    writes: u64,
 }
 
 impl Batch {
@@ -497,6 +507,9 @@ impl Store {
             committer: Mutex::new(CommitLog::default()),
             sealer,
             events,
+            commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
+            commit_group_size: HistogramVec::new(GROUP_SIZE_BUCKETS, []),
+            commit_failures: AtomicU64::new(0),
         })
     }
 
@@ -560,6 +573,7 @@ impl Store {
                 w.pending.events.extend(events);
                 w.pending.hosts.extend(hosts);
                 w.pending.revision = rev;
+                w.pending.writes += 1;
                 w.revision = rev;
                 (value, w.pending_seq, rev)
             }
@@ -580,7 +594,14 @@ impl Store {
                 w.pending_seq += 1;
                 (batch, w.pending_seq - 1)
             };
+            let started = std::time::Instant::now();
             let result = self.commit(&batch.staged, &batch.events, &batch.hosts, batch.revision);
+            self.commit_seconds
+                .observe([], started.elapsed().as_secs_f64());
+            self.commit_group_size.observe([], batch.writes as f64);
+            if result.is_err() {
+                self.commit_failures.fetch_add(1, Ordering::Relaxed);
+            }
             let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
             match result {
                 Ok(()) => {
@@ -705,6 +726,32 @@ impl Store {
         }
         w.commit()?;
         Ok(())
+    }
+
+    /// The commit histograms and failure counter, as Prometheus text.
+    pub fn commit_metrics(&self, out: &mut String) {
+        self.commit_seconds.render(
+            out,
+            "dpu_agent_store_commit_duration_seconds",
+            "Time to write and fsync one grouped store commit.",
+        );
+        self.commit_group_size.render(
+            out,
+            "dpu_agent_store_commit_group_size",
+            "Writes grouped into one store commit.",
+        );
+        metrics::header(
+            out,
+            "dpu_agent_store_commit_failures_total",
+            "counter",
+            "Store commits that failed (every write in them was refused).",
+        );
+        metrics::sample(
+            out,
+            "dpu_agent_store_commit_failures_total",
+            &[],
+            self.commit_failures.load(Ordering::Relaxed),
+        );
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<StoredObject>> {
@@ -1015,6 +1062,13 @@ mod tests {
             all.sort();
             assert_eq!(all, (1..=400).collect::<Vec<u64>>());
             assert_eq!(store.revision(), 400);
+            // Every write is counted in exactly one timed commit.
+            let groups = store.commit_group_size.get([]).unwrap();
+            assert_eq!(groups.sum(), 400.0);
+            assert_eq!(
+                store.commit_seconds.get([]).unwrap().count(),
+                groups.count()
+            );
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.list(Kind::Tenant, None).len(), 400);

@@ -21,7 +21,7 @@ pub mod plan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -96,6 +96,47 @@ pub struct SwitchReport {
     pub flow_mods_sent: u64,
     /// Bundles committed since start.
     pub bundles: u64,
+    /// How long each OpenFlow bundle took (sent to committed or refused).
+    pub bundle_durations: Durations,
+    /// How long each OVSDB transaction the reconciler sent took (bridge,
+    /// `hw-offload`, ports added, ports removed).
+    pub ovsdb_transaction_durations: Durations,
+}
+
+/// Upper bounds in seconds of [`Durations`]' buckets: an OVSDB transaction or
+/// a bundle of a few flows takes about a millisecond on an idle switch, a
+/// bundle of thousands of flows on a loaded one up to seconds.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Durations of one kind of operation since start, by [`DURATION_BUCKETS`]
+/// (per bucket, not cumulative; the last slot is `+Inf`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durations {
+    pub counts: Vec<u64>,
+    pub sum_nanos: u64,
+}
+
+impl Durations {
+    pub fn observe(&mut self, took: Duration) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; DURATION_BUCKETS.len() + 1];
+        }
+        let secs = took.as_secs_f64();
+        let slot = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.counts[slot] += 1;
+        self.sum_nanos = self
+            .sum_nanos
+            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 impl SwitchReport {
@@ -512,7 +553,9 @@ impl Reconciler {
         });
         if !ok {
             tracing::info!(bridge = %self.config.bridge, datapath_type = %self.config.datapath_type, "ensuring bridge (fail_mode=secure, OpenFlow13+14)");
-            self.ovsdb
+            let started = Instant::now();
+            let r = self
+                .ovsdb
                 .ensure_bridge(&BridgeSpec {
                     name: self.config.bridge.clone(),
                     datapath_type: self.config.datapath_type.clone(),
@@ -520,8 +563,11 @@ impl Reconciler {
                     protocols: protocols.into_iter().collect(),
                     owner: owner_value("bridge", &self.config.bridge),
                 })
-                .await
-                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+                .await;
+            self.report
+                .ovsdb_transaction_durations
+                .observe(started.elapsed());
+            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
         }
         if self.config.hw_offload
             && let Some(root) = root
@@ -537,10 +583,12 @@ impl Reconciler {
                 ],
             );
             txn.comment("dpu-agent: other_config:hw-offload=true");
-            self.ovsdb
-                .transact(&txn)
-                .await
-                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+            let started = Instant::now();
+            let r = self.ovsdb.transact(&txn).await;
+            self.report
+                .ovsdb_transaction_durations
+                .observe(started.elapsed());
+            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
         }
         Ok(())
     }
@@ -583,17 +631,21 @@ impl Reconciler {
             tracing::info!(bridge = %bridge, "{line}");
         }
         if !plan.add.is_empty() {
-            self.ovsdb
-                .add_ports(&bridge, &plan.add)
-                .await
-                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+            let started = Instant::now();
+            let r = self.ovsdb.add_ports(&bridge, &plan.add).await;
+            self.report
+                .ovsdb_transaction_durations
+                .observe(started.elapsed());
+            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
         }
         if !plan.remove.is_empty() {
             let names: Vec<&str> = plan.remove.iter().map(String::as_str).collect();
-            self.ovsdb
-                .remove_ports(&bridge, &names)
-                .await
-                .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+            let started = Instant::now();
+            let r = self.ovsdb.remove_ports(&bridge, &names).await;
+            self.report
+                .ovsdb_transaction_durations
+                .observe(started.elapsed());
+            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
         }
         Ok(())
     }
@@ -663,9 +715,10 @@ impl Reconciler {
         for line in plan.describe().iter().take(20) {
             tracing::debug!("{line}");
         }
-        self.of(async |c| c.bundle(&mods).await)
-            .await
-            .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+        let started = Instant::now();
+        let r = self.of(async |c| c.bundle(&mods).await).await;
+        self.report.bundle_durations.observe(started.elapsed());
+        r.map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
         self.report.flow_mods_sent += mods.len() as u64;
         self.report.bundles += 1;
         Ok(())
@@ -714,5 +767,25 @@ impl Reconciler {
             self.meters.remove(&id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_fall_in_their_buckets() {
+        let mut d = Durations::default();
+        assert_eq!(d.count(), 0);
+        d.observe(Duration::from_micros(300));
+        d.observe(Duration::from_millis(3));
+        d.observe(Duration::from_secs(60));
+        assert_eq!(d.counts.len(), DURATION_BUCKETS.len() + 1);
+        assert_eq!(d.counts[0], 1);
+        assert_eq!(d.counts[3], 1);
+        assert_eq!(d.counts[DURATION_BUCKETS.len()], 1);
+        assert_eq!(d.count(), 3);
+        assert_eq!(d.sum_nanos, 60_003_300_000);
     }
 }

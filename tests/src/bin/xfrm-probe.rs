@@ -10,6 +10,8 @@
 //! `install` plans one tunnel-mode AES-GCM-128 tunnel (reqid 0x0d500001)
 //! against what the namespace has, applies it, and prints each action (keys
 //! never printed) then `applied N failed M`; it exits 1 if anything failed.
+//! With `XFRM_PROBE_IF_ID=0x…` in the environment the tunnel is scoped as
+//! a tenant's (`XFRMA_IF_ID` on every SA and policy), else unscoped.
 //! `sas` prints one line per SA: `sa spi=0x... dst=... packets=N bytes=N
 //! offload=...`. `sniff` watches the IPv4 packets on a netdev of the
 //! current namespace (an `ETH_P_ALL` `AF_PACKET` socket, both directions)
@@ -75,6 +77,10 @@ fn install(args: &[String]) -> Result<bool, String> {
         esn: false,
         offload: OffloadRequest::Auto,
         offload_dev: None,
+        if_id: match std::env::var("XFRM_PROBE_IF_ID") {
+            Ok(v) => Some(parse_spi(&v).map_err(|_| format!("bad XFRM_PROBE_IF_ID {v}"))?),
+            Err(_) => None,
+        },
     };
     let mut backend = XfrmBackend::open(Some(Path::new(netns))).map_err(|e| chain(&e))?;
     let observed = backend.observe().map_err(|e| chain(&e))?;
