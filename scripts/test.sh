@@ -39,6 +39,9 @@ promtool check rules deploy/prometheus/dpu-agent.rules.yml
 promtool test rules deploy/prometheus/tests/*.test.yml
 [ "$mode" = all ] || exit 0
 
+stage "fuzz smoke (every decoder's target, 10 s each)"
+bash fuzz/smoke.sh
+
 stage "aarch64 build"
 bash cross/build.sh
 stage "aarch64 unit tests under qemu-user"
