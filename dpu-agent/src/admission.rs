@@ -75,23 +75,21 @@ struct TxnLookup<'t, 'a>(&'t Txn<'a>);
 impl ObjectLookup for TxnLookup<'_, '_> {
     fn get(&self, kind: Kind, id: &str) -> Option<(String, Spec)> {
         let obj = self.0.get(&ObjectKey::new(kind, id))?;
-        Some((obj.tenant.clone(), obj.spec_without_secrets()?))
+        Some((obj.tenant.clone(), obj.spec.clone()))
     }
 
     fn list(&self, kind: Kind, tenant: Option<&str>) -> Vec<(String, Spec)> {
         self.0
             .list(kind, tenant)
             .into_iter()
-            .filter_map(|o| Some((o.id.clone(), o.spec_without_secrets()?)))
+            .map(|o| (o.id.clone(), o.spec.clone()))
             .collect()
     }
 
     fn network_with_vni(&self, vni: u32, except: &str) -> Option<String> {
-        // Reads the one field instead of parsing every network's spec.
-        let vni = Some(u64::from(vni));
         self.0
             .find(Kind::Network, |o| {
-                o.id != except && o.spec.get("vni").and_then(Value::as_u64) == vni
+                o.id != except && o.spec.as_network().is_some_and(|n| n.vni == vni)
             })
             .map(|o| o.id.clone())
     }
@@ -159,21 +157,27 @@ pub fn admit_put(
     // Checked before the lock by `PutRequest::precheck` unless a secret is
     // filled in from the stored spec below.
     let mut prechecked = req.prechecked;
-    if let (Some(old), Value::Object(map)) = (&existing, &mut spec_value) {
-        let mut stored = old.spec.clone();
-        Store::unseal_spec(txn.sealer(), &key, &mut stored)
-            .map_err(|e| crate::server::error::store_problem(&e))?;
+    let old_spec = match &existing {
+        Some(old) => Some(
+            Store::open_spec(txn.sealer(), old)
+                .map_err(|e| crate::server::error::store_problem(&e))?,
+        ),
+        None => None,
+    };
+    if let (Some(stored), Value::Object(map)) = (&old_spec, &mut spec_value) {
+        let mut stored = stored.clone();
         for f in kind.secret_fields() {
             if !map.contains_key(*f)
-                && let Some(v) = stored.get(*f)
+                && let Some(v) = stored.secret_mut(f)
             {
-                map.insert((*f).to_string(), v.clone());
+                map.insert((*f).to_string(), Value::String(std::mem::take(v)));
                 prechecked = false;
             }
         }
     }
 
-    let spec = Spec::parse(kind, &spec_value).map_err(named)?;
+    let mut spec = Spec::parse(kind, &spec_value).map_err(named)?;
+    drop(spec_value);
     if !prechecked {
         validate::validate_spec(&spec).map_err(named)?;
     }
@@ -183,23 +187,18 @@ pub fn admit_put(
         check_quota(txn, kind, &tenant)?;
     }
 
-    let normalized = spec.to_value();
-    if let Some(old) = &existing {
-        let mut stored = old.spec.clone();
-        Store::unseal_spec(txn.sealer(), &key, &mut stored)
-            .map_err(|e| crate::server::error::store_problem(&e))?;
-        if stored == normalized {
-            return Ok(Admitted {
-                key,
-                tenant,
-                outcome: WriteOutcome::Unchanged,
-                generation: old.generation,
-            });
-        }
+    if let (Some(old), Some(stored)) = (&existing, &old_spec)
+        && *stored == spec
+    {
+        return Ok(Admitted {
+            key,
+            tenant,
+            outcome: WriteOutcome::Unchanged,
+            generation: old.generation,
+        });
     }
 
-    let mut sealed = normalized;
-    Store::seal_spec(txn.sealer(), &key, &mut sealed)
+    let sealed = Store::seal_secrets(txn.sealer(), &key, &mut spec)
         .map_err(|e| crate::server::error::store_problem(&e))?;
     let (generation, status, outcome, event) = match &existing {
         Some(old) => (
@@ -217,11 +216,11 @@ pub fn admit_put(
     };
     txn.put(
         StoredObject {
-            kind,
             id: req.id,
             tenant: tenant.clone(),
             generation,
-            spec: sealed,
+            spec,
+            sealed,
             status,
             deleting: false,
         },
@@ -246,13 +245,10 @@ fn field(prefix: &str, name: &str) -> String {
 /// Refuses a new object beyond its tenant's quota (409). Every kind has
 /// one: `spec.quotas` of the tenant, or [`limits::DEFAULT_QUOTA`].
 fn check_quota(txn: &Txn<'_>, kind: Kind, tenant: &str) -> Result<(), Problem> {
-    let quotas = match txn
+    let quotas = txn
         .get(&ObjectKey::new(Kind::Tenant, tenant))
-        .and_then(|t| t.spec_without_secrets())
-    {
-        Some(Spec::Tenant(spec)) => spec.quotas.unwrap_or_default(),
-        _ => Default::default(),
-    };
+        .and_then(|t| t.spec.as_tenant().and_then(|s| s.quotas.clone()))
+        .unwrap_or_default();
     let (limit, name) = match kind {
         Kind::Tenant => return Ok(()),
         Kind::Function => (quotas.functions, "functions"),
@@ -306,10 +302,7 @@ pub fn referrers(
             .into_iter()
             .filter(|o| counts(o))
         {
-            let Some(spec) = o.spec_without_secrets() else {
-                continue;
-            };
-            if spec
+            if o.spec
                 .references()
                 .iter()
                 .any(|(_, k, id)| *k == key.kind && *id == key.id)

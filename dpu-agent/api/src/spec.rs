@@ -492,6 +492,94 @@ impl Spec {
         }
     }
 
+    /// The write-only field `field` of this spec (see
+    /// [`Kind::secret_fields`]), to fill in or withhold.
+    pub fn secret_mut(&mut self, field: &str) -> Option<&mut String> {
+        match (self, field) {
+            (Spec::IpsecTunnel(s), "key_in") => Some(&mut s.key_in),
+            (Spec::IpsecTunnel(s), "key_out") => Some(&mut s.key_out),
+            (Spec::TlsListener(s), "private_key_pem") => Some(&mut s.private_key_pem),
+            _ => None,
+        }
+    }
+
+    /// Takes the write-only fields out, leaving each an empty string
+    /// ("withheld"), and returns them with their names.
+    pub fn take_secrets(&mut self) -> Vec<(&'static str, String)> {
+        let kind = self.kind();
+        kind.secret_fields()
+            .iter()
+            .filter_map(|f| Some((*f, std::mem::take(self.secret_mut(f)?))))
+            .collect()
+    }
+
+    /// This spec with its write-only fields withheld.
+    pub fn without_secrets(&self) -> Spec {
+        let mut s = self.clone();
+        for f in s.kind().secret_fields() {
+            if let Some(v) = s.secret_mut(f) {
+                v.clear();
+            }
+        }
+        s
+    }
+
+    pub fn as_tenant(&self) -> Option<&TenantSpec> {
+        match self {
+            Spec::Tenant(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_function(&self) -> Option<&FunctionSpec> {
+        match self {
+            Spec::Function(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_network(&self) -> Option<&NetworkSpec> {
+        match self {
+            Spec::Network(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_port(&self) -> Option<&PortSpec> {
+        match self {
+            Spec::Port(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_endpoint(&self) -> Option<&EndpointSpec> {
+        match self {
+            Spec::Endpoint(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_volume(&self) -> Option<&VolumeSpec> {
+        match self {
+            Spec::Volume(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_ipsec_tunnel(&self) -> Option<&IpsecTunnelSpec> {
+        match self {
+            Spec::IpsecTunnel(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_tls_listener(&self) -> Option<&TlsListenerSpec> {
+        match self {
+            Spec::TlsListener(s) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn to_value(&self) -> Value {
         let v = match self {
             Spec::Tenant(s) => serde_json::to_value(s),
@@ -590,6 +678,24 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "spec.security.ingress[0].protocol");
+    }
+
+    #[test]
+    fn every_secret_field_of_every_kind_is_reachable_typed() {
+        let ipsec = json!({"local": "192.0.2.1", "remote": "192.0.2.2", "mode": "tunnel",
+                "cipher": "aes-gcm-128", "spi_in": 256, "spi_out": 257,
+                "key_in": "k-in", "key_out": "k-out"});
+        let tls = json!({"listen": "10.0.0.1:443", "upstream": "10.0.0.2:80",
+                "certificate_pem": "c", "private_key_pem": "p"});
+        for (kind, value) in [(Kind::IpsecTunnel, ipsec), (Kind::TlsListener, tls)] {
+            let mut spec = Spec::parse(kind, &value).unwrap();
+            let taken = spec.take_secrets();
+            assert_eq!(taken.len(), kind.secret_fields().len(), "{kind:?}");
+            for (field, plain) in taken {
+                assert_eq!(value[field], json!(plain), "{kind:?}.{field}");
+                assert_eq!(spec.secret_mut(field).map(|s| s.as_str()), Some(""));
+            }
+        }
     }
 
     #[test]

@@ -80,11 +80,11 @@ impl Functions {
 }
 
 fn function_spec(obj: &StoredObject) -> Result<FunctionSpec, ReconcileError> {
-    match obj.spec_without_secrets() {
-        Some(Spec::Function(f)) => Ok(f),
-        _ => Err(ReconcileError {
+    match &obj.spec {
+        Spec::Function(f) => Ok(f.clone()),
+        other => Err(ReconcileError {
             reason: "InvalidSpec".into(),
-            message: format!("function {} has a spec that does not parse", obj.id),
+            message: format!("function {} holds a {} spec", obj.id, other.kind().path()),
         }),
     }
 }
@@ -110,21 +110,18 @@ fn vf_slot(
     // this process), and VFs they asked for without holding them yet.
     let mut held_by: HashMap<u32, String> = HashMap::new();
     let mut asked_by: HashMap<u32, String> = HashMap::new();
-    // Read from the stored (validated) JSON without decoding every other
-    // function's spec: this runs for each function, and a DPU has thousands.
     for other in ctx.store.list(Kind::Function, None) {
-        if other.id == obj.id || other.spec.get("pf").and_then(Value::as_str) != Some(&spec.pf) {
+        let Some(other_spec) = other.spec.as_function() else {
+            continue;
+        };
+        if other.id == obj.id || other_spec.pf != spec.pf {
             continue;
         }
         let holds = status_vf(&other);
         if let Some(vf) = holds {
             held_by.insert(vf, other.id.clone());
         }
-        let asks = other
-            .spec
-            .get("vf")
-            .and_then(Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok());
+        let asks = other_spec.vf;
         if let Some(vf) = asks.filter(|vf| holds != Some(*vf)) {
             // The lowest id among those asking wins a VF nobody holds.
             let e = asked_by.entry(vf).or_insert_with(|| other.id.clone());
@@ -179,12 +176,14 @@ fn granted_vfs(ctx: &Context, tenant: &str) -> Option<(u32, u32)> {
     let t = ctx.store.get(&ObjectKey::new(Kind::Tenant, tenant))?;
     let range = t
         .spec
-        .get("grants")?
-        .get("functions")?
-        .get("vfs")?
-        .as_str()?
-        .to_string();
-    dpu_api::validate::parse_index_range("", &range, u32::MAX - 1).ok()
+        .as_tenant()?
+        .grants
+        .as_ref()?
+        .functions
+        .as_ref()?
+        .vfs
+        .as_deref()?;
+    dpu_api::validate::parse_index_range("", range, u32::MAX - 1).ok()
 }
 
 /// The tenant side of a function: its Port's MAC and addresses with the
@@ -194,10 +193,9 @@ pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<
         .store
         .list(Kind::Port, Some(tenant))
         .into_iter()
-        // Only the port naming this function is decoded (see vf_slot).
-        .filter(|p| !p.deleting && p.spec.get("function").and_then(Value::as_str) == Some(function))
-        .find_map(|p| match p.spec_without_secrets() {
-            Some(Spec::Port(spec)) if spec.function == function => Some(spec),
+        .filter(|p| !p.deleting)
+        .find_map(|p| match &p.spec {
+            Spec::Port(spec) if spec.function == function => Some(spec.clone()),
             _ => None,
         })?;
     let mac: Mac = port.mac.parse().ok()?;
@@ -205,12 +203,15 @@ pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<
         .store
         .get(&ObjectKey::new(Kind::Network, port.network.clone()));
     let prefix = |ip: &IpAddr| -> u8 {
-        let from_cidr = network
-            .as_ref()
-            .and_then(|n| match n.spec_without_secrets() {
-                Some(Spec::Network(net)) => net.cidr.split_once('/')?.1.parse::<u8>().ok(),
-                _ => None,
-            });
+        let from_cidr = network.as_ref().and_then(|n| {
+            n.spec
+                .as_network()?
+                .cidr
+                .split_once('/')?
+                .1
+                .parse::<u8>()
+                .ok()
+        });
         from_cidr.unwrap_or(if ip.is_ipv4() { 32 } else { 128 })
     };
     let addresses = port
@@ -766,15 +767,7 @@ mod tests {
     }
 
     fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value) {
-        let o = StoredObject {
-            kind,
-            id: id.into(),
-            tenant: tenant.into(),
-            generation: 1,
-            spec,
-            status: Default::default(),
-            deleting: false,
-        };
+        let o = StoredObject::from_json(None, kind, id, tenant, &spec);
         store
             .transact(|t| {
                 t.put(o, EventType::Added);

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
-use dpu_api::spec::{self, IpsecTunnelSpec, Spec};
+use dpu_api::spec::{self, IpsecTunnelSpec};
 use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply, chain};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, SaSpec, Tunnel};
@@ -326,10 +326,7 @@ fn now_secs() -> u64 {
 }
 
 fn typed_spec(obj: &StoredObject) -> Option<IpsecTunnelSpec> {
-    match obj.spec_without_secrets()? {
-        Spec::IpsecTunnel(s) => Some(s),
-        _ => None,
-    }
+    obj.spec.as_ipsec_tunnel().cloned()
 }
 
 fn open_key(
@@ -855,27 +852,17 @@ mod tests {
         let key = ObjectKey::new(Kind::IpsecTunnel, id);
         store
             .transact(|t| {
-                let mut spec = json!({
+                let spec = json!({
                     "local": "192.0.2.1", "remote": "192.0.2.2",
                     "local_subnets": ["10.1.0.0/16"], "remote_subnets": ["10.2.0.0/16"],
                     "mode": "tunnel", "cipher": "aes-gcm-128",
                     "spi_in": 4097, "spi_out": 8193,
                     "key_in": KEY_IN, "key_out": KEY_OUT, "offload": "auto"
                 });
-                Store::seal_spec(t.sealer(), &key, &mut spec)?;
-                let status = t.get(&key).map(|o| o.status.clone()).unwrap_or_default();
-                t.put(
-                    StoredObject {
-                        kind: Kind::IpsecTunnel,
-                        id: id.into(),
-                        tenant: "acme".into(),
-                        generation: 1,
-                        spec,
-                        status,
-                        deleting,
-                    },
-                    EventType::Added,
-                );
+                let mut o = StoredObject::from_json(Some(t.sealer()), key.kind, id, "acme", &spec);
+                o.status = t.get(&key).map(|o| o.status.clone()).unwrap_or_default();
+                o.deleting = deleting;
+                t.put(o, EventType::Added);
                 Ok::<_, StoreError>(())
             })
             .unwrap();
@@ -1026,7 +1013,9 @@ mod tests {
         put_tunnel(&store, "t1", false);
         // A 256-bit cipher with the 128-bit keys above: the key does not fit.
         let mut o = get(&store, "t1");
-        o.spec["cipher"] = json!("aes-gcm-256");
+        if let dpu_api::Spec::IpsecTunnel(t) = &mut o.spec {
+            t.cipher = spec::Cipher::AesGcm256;
+        }
         let ctrl = IpsecTunnels::with_backend(IpsecConfig::default(), || {
             Err(XfrmError::Open(std::io::Error::other(
                 "no kernel in this test",

@@ -197,10 +197,10 @@ fn desired_from_store(
         let mut objs: Vec<Arc<StoredObject>> = store
             .list(kind, None)
             .into_iter()
-            .filter(|o| overlay.is_none_or(|(ov, _)| ov.kind != kind || ov.id != o.id))
+            .filter(|o| overlay.is_none_or(|(ov, _)| ov.kind() != kind || ov.id != o.id))
             .collect();
         if let Some((ov, removed)) = overlay
-            && ov.kind == kind
+            && ov.kind() == kind
             && !removed
         {
             objs.push(Arc::new(ov.clone()));
@@ -210,7 +210,7 @@ fn desired_from_store(
     };
     let mut d = DesiredNetworking::default();
     for o in list(Kind::Network) {
-        if let Some(Spec::Network(n)) = o.spec_without_secrets() {
+        if let Spec::Network(n) = &o.spec {
             d.networks.push(NetworkDesc {
                 id: o.id.clone(),
                 tenant: o.tenant.clone(),
@@ -229,7 +229,7 @@ fn desired_from_store(
         .collect();
     let mut representors = BTreeMap::new();
     for o in list(Kind::Port) {
-        let Some(Spec::Port(p)) = o.spec_without_secrets() else {
+        let Spec::Port(p) = &o.spec else {
             continue;
         };
         let Some(mac) = parse_mac(&p.mac) else {
@@ -261,7 +261,7 @@ fn desired_from_store(
         });
     }
     for o in list(Kind::Endpoint) {
-        let Some(Spec::Endpoint(e)) = o.spec_without_secrets() else {
+        let Spec::Endpoint(e) = &o.spec else {
             continue;
         };
         let (Some(mac), Ok(vtep)) = (parse_mac(&e.mac), e.vtep.parse()) else {

@@ -439,10 +439,9 @@ pub fn needed(store: &Store, tenant: &str) -> bool {
         .list(Kind::IpsecTunnel, Some(tenant))
         .iter()
         .filter(live)
-        .any(|o| match o.spec_without_secrets() {
-            Some(Spec::IpsecTunnel(s)) => s.scope() == IpsecScope::Tenant,
-            // Unparsable: keep the context rather than guess.
-            _ => true,
+        .any(|o| match &o.spec {
+            Spec::IpsecTunnel(s) => s.scope() == IpsecScope::Tenant,
+            _ => false,
         })
 }
 
@@ -710,18 +709,9 @@ mod tests {
     fn put(store: &Store, kind: Kind, id: &str, spec: serde_json::Value, deleting: bool) {
         store
             .transact(|t| {
-                t.put(
-                    StoredObject {
-                        kind,
-                        id: id.into(),
-                        tenant: "acme".into(),
-                        generation: 1,
-                        spec: spec.clone(),
-                        status: Default::default(),
-                        deleting,
-                    },
-                    EventType::Added,
-                );
+                let mut o = StoredObject::from_json(None, kind, id, "acme", &spec);
+                o.deleting = deleting;
+                t.put(o, EventType::Added);
                 Ok::<_, StoreError>(())
             })
             .unwrap();

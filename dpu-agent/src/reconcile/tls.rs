@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, Status, WriteOutcome};
-use dpu_api::spec::{Ktls, Spec, TlsListenerSpec};
+use dpu_api::spec::{Ktls, TlsListenerSpec};
 use dpu_crypto::apply::chain;
 use dpu_crypto::tls::{Limits, ListenerConfig, TlsProxy};
 use serde_json::Value;
@@ -100,10 +100,7 @@ fn name(o: &StoredObject) -> String {
 }
 
 fn typed_spec(obj: &StoredObject) -> Option<TlsListenerSpec> {
-    match obj.spec_without_secrets()? {
-        Spec::TlsListener(s) => Some(s),
-        _ => None,
-    }
+    obj.spec.as_tls_listener().cloned()
 }
 
 /// The proxy's configuration; errors name the field.
@@ -375,20 +372,11 @@ mod tests {
         let key = ObjectKey::new(Kind::TlsListener, "web");
         store
             .transact(|t| {
-                let mut spec = spec.clone();
-                Store::seal_spec(t.sealer(), &key, &mut spec)?;
-                t.put(
-                    StoredObject {
-                        kind: Kind::TlsListener,
-                        id: "web".into(),
-                        tenant: "acme".into(),
-                        generation,
-                        spec,
-                        status: Default::default(),
-                        deleting,
-                    },
-                    EventType::Added,
-                );
+                let mut o =
+                    StoredObject::from_json(Some(t.sealer()), key.kind, "web", "acme", &spec);
+                o.generation = generation;
+                o.deleting = deleting;
+                t.put(o, EventType::Added);
                 Ok::<_, StoreError>(())
             })
             .unwrap();

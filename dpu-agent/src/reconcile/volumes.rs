@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, ObjectKey, Phase, Status, WriteOutcome};
-use dpu_api::spec::{FunctionSpec, Spec, VolumeSource, VolumeSpec};
+use dpu_api::spec::{FunctionSpec, VolumeSource, VolumeSpec};
 use serde_json::Value;
 use storage_offload::apply::{BlockBackend, NvmetBackend, Observed, SpdkBackend, apply_all};
 use storage_offload::model::{
@@ -258,10 +258,7 @@ pub fn backend_name(kind: BackendKind) -> &'static str {
 }
 
 fn volume_spec(obj: &StoredObject) -> Option<VolumeSpec> {
-    match obj.spec_without_secrets()? {
-        Spec::Volume(v) => Some(v),
-        _ => None,
-    }
+    obj.spec.as_volume().cloned()
 }
 
 fn key_of(obj: &StoredObject) -> VolumeKey {
@@ -290,10 +287,10 @@ fn desired_of(
                 spec.function, obj.tenant
             )
         })?;
-    let fs: FunctionSpec = match f.spec_without_secrets() {
-        Some(Spec::Function(fs)) => fs,
-        _ => return Err(format!("function {:?} has no valid spec", spec.function)),
-    };
+    let fs: &FunctionSpec = f
+        .spec
+        .as_function()
+        .ok_or_else(|| format!("function {:?} has no function spec", spec.function))?;
     let pf = pf_index(&fs.pf)
         .ok_or_else(|| format!("function {:?} has pf {:?}, not pfN", spec.function, fs.pf))?;
     // The VF the functions controller allocated, else the one asked for.
@@ -644,15 +641,8 @@ mod tests {
     }
 
     fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value, deleting: bool) {
-        let o = StoredObject {
-            kind,
-            id: id.into(),
-            tenant: tenant.into(),
-            generation: 1,
-            spec,
-            status: Default::default(),
-            deleting,
-        };
+        let mut o = StoredObject::from_json(None, kind, id, tenant, &spec);
+        o.deleting = deleting;
         store
             .transact(|t| {
                 t.put(o, EventType::Added);

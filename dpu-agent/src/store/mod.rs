@@ -18,8 +18,10 @@
 //! ([`Store::commit_metrics`]).
 //!
 //! All objects are also held in memory (write-through) so reads, lists and
-//! cross-object validation never touch the disk. Secret fields are sealed
-//! ([`seal`]) before they reach either copy.
+//! cross-object validation never touch the disk. They are held typed
+//! ([`StoredObject::spec`] is a [`Spec`], decoded once by admission, or when
+//! the store opens): no JSON spec travels past admission. Secret fields are
+//! sealed ([`seal`]) before they reach either copy.
 
 pub mod seal;
 
@@ -62,6 +64,12 @@ pub enum StoreError {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("stored record {key} is not a valid spec of its kind")]
+    Undecodable {
+        key: String,
+        #[source]
+        source: dpu_api::validate::FieldError,
     },
     #[error(transparent)]
     Seal(#[from] SealError),
@@ -114,38 +122,74 @@ db_err!(
     redb::CommitError
 );
 
-/// An object as stored: the spec holds sealed secrets, and `deleting` marks an
-/// object whose controller is tearing it down (DELETE answered 202).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An object as stored: its typed spec, decoded once at admission, with
+/// each write-only field withheld (an empty string) and its sealed form kept
+/// beside it in `sealed`; `deleting` marks an object whose controller is
+/// tearing it down (DELETE answered 202).
+///
+/// On disk (and in no other place) the record is the wire form: the spec as
+/// JSON with the sealed values in the secret fields ([`Record`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
-    pub kind: Kind,
     pub id: String,
     pub tenant: String,
     pub generation: u64,
-    pub spec: Value,
+    pub spec: Spec,
+    /// The sealed value of each write-only field, by field name.
+    pub sealed: BTreeMap<&'static str, Value>,
     pub status: Status,
-    #[serde(default)]
     pub deleting: bool,
 }
 
+/// A stored object's record in the database.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    kind: Kind,
+    id: String,
+    tenant: String,
+    generation: u64,
+    spec: Value,
+    status: Status,
+    #[serde(default)]
+    deleting: bool,
+}
+
 impl StoredObject {
+    /// A new object with no secrets sealed yet.
+    pub fn new(id: impl Into<String>, tenant: impl Into<String>, spec: Spec) -> StoredObject {
+        StoredObject {
+            id: id.into(),
+            tenant: tenant.into(),
+            generation: 1,
+            spec,
+            sealed: BTreeMap::new(),
+            status: Status::default(),
+            deleting: false,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.spec.kind()
+    }
+
     pub fn key(&self) -> ObjectKey {
-        ObjectKey::new(self.kind, self.id.clone())
+        ObjectKey::new(self.kind(), self.id.clone())
     }
 
     /// The object as the API shows it: each secret field replaced by
     /// `<field>_set: true`.
     pub fn to_api(&self) -> Object {
-        let mut spec = self.spec.clone();
+        let mut spec = self.spec.to_value();
         if let Value::Object(map) = &mut spec {
-            for field in self.kind.secret_fields() {
-                if map.remove(*field).is_some() {
+            for field in self.kind().secret_fields() {
+                map.remove(*field);
+                if self.sealed.contains_key(field) {
                     map.insert(format!("{field}_set"), Value::Bool(true));
                 }
             }
         }
         Object {
-            kind: self.kind,
+            kind: self.kind(),
             id: self.id.clone(),
             tenant: self.tenant.clone(),
             generation: self.generation,
@@ -154,18 +198,81 @@ impl StoredObject {
         }
     }
 
-    /// The typed spec without its secrets (each secret field is an empty
-    /// string), for planning and validation that never need key material.
-    pub fn spec_without_secrets(&self) -> Option<Spec> {
-        let mut spec = self.spec.clone();
+    /// The database record: the spec's JSON with the sealed values in place.
+    fn to_record(&self) -> Record {
+        let mut spec = self.spec.to_value();
         if let Value::Object(map) = &mut spec {
-            for field in self.kind.secret_fields() {
-                if map.contains_key(*field) {
-                    map.insert((*field).to_string(), Value::String(String::new()));
+            for (field, sealed) in &self.sealed {
+                map.insert((*field).to_string(), sealed.clone());
+            }
+        }
+        Record {
+            kind: self.kind(),
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            generation: self.generation,
+            spec,
+            status: self.status.clone(),
+            deleting: self.deleting,
+        }
+    }
+
+    /// Decodes a database record: the sealed values are taken out, the rest
+    /// is parsed as the kind's spec.
+    fn from_record(record: Record) -> Result<StoredObject, StoreError> {
+        let Record {
+            kind,
+            id,
+            tenant,
+            generation,
+            mut spec,
+            status,
+            deleting,
+        } = record;
+        let mut sealed = BTreeMap::new();
+        if let Value::Object(map) = &mut spec {
+            for field in kind.secret_fields() {
+                if let Some(v) = map.get_mut(*field)
+                    && Sealer::is_sealed(v)
+                {
+                    sealed.insert(*field, std::mem::replace(v, Value::String(String::new())));
                 }
             }
         }
-        Spec::parse(self.kind, &spec).ok()
+        let spec = Spec::parse(kind, &spec).map_err(|source| StoreError::Undecodable {
+            key: format!("{}/{id}", kind.path()),
+            source,
+        })?;
+        Ok(StoredObject {
+            id,
+            tenant,
+            generation,
+            spec,
+            sealed,
+            status,
+            deleting,
+        })
+    }
+}
+
+#[cfg(test)]
+impl StoredObject {
+    /// A test object from a JSON spec (which must parse), its secret fields
+    /// sealed with `sealer` when one is given.
+    pub fn from_json(
+        sealer: Option<&Sealer>,
+        kind: Kind,
+        id: &str,
+        tenant: &str,
+        spec: &Value,
+    ) -> StoredObject {
+        let spec = Spec::parse(kind, spec).unwrap_or_else(|e| panic!("{kind:?} {id}: {e}"));
+        let mut obj = StoredObject::new(id, tenant, spec);
+        if let Some(sealer) = sealer {
+            obj.sealed = Store::seal_secrets(sealer, &obj.key(), &mut obj.spec)
+                .unwrap_or_else(|e| panic!("seal {id}: {e}"));
+        }
+        obj
     }
 }
 
@@ -373,12 +480,8 @@ impl<'a> Txn<'a> {
 fn sealed_values(state: &State) -> Vec<(ObjectKey, &'static str, Value)> {
     let mut out = Vec::new();
     for (key, obj) in &state.objects {
-        for field in key.kind.secret_fields() {
-            if let Some(v) = obj.spec.get(*field)
-                && Sealer::is_sealed(v)
-            {
-                out.push((key.clone(), *field, v.clone()));
-            }
+        for (field, v) in &obj.sealed {
+            out.push((key.clone(), *field, v.clone()));
         }
     }
     out
@@ -448,11 +551,12 @@ impl Store {
             let r = db.begin_read()?;
             for row in r.open_table(OBJECTS)?.iter()? {
                 let (k, v) = row?;
-                let obj: StoredObject =
+                let record: Record =
                     serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
                         key: k.value().to_string(),
                         source,
                     })?;
+                let obj = StoredObject::from_record(record)?;
                 state.objects.insert(obj.key(), Arc::new(obj));
             }
             for row in r.open_table(HOSTS)?.iter()? {
@@ -690,11 +794,12 @@ impl Store {
                 let k = key_str(key);
                 match obj {
                     Some(obj) => {
-                        let bytes =
-                            serde_json::to_vec(&**obj).map_err(|source| StoreError::Corrupt {
+                        let bytes = serde_json::to_vec(&obj.to_record()).map_err(|source| {
+                            StoreError::Corrupt {
                                 key: k.clone(),
                                 source,
-                            })?;
+                            }
+                        })?;
                         objects.insert(k.as_str(), bytes.as_slice())?;
                     }
                     None => {
@@ -848,6 +953,11 @@ impl Store {
         Ok(Ok(out))
     }
 
+    /// The sealer of this store's secrets.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     /// Live events after every commit. A receiver that falls behind by more
     /// than the channel holds gets `Lagged` and must resume from the log.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -861,47 +971,41 @@ impl Store {
         obj: &StoredObject,
         field: &str,
     ) -> Result<Option<Zeroizing<String>>, StoreError> {
-        match obj.spec.get(field) {
-            Some(v) if Sealer::is_sealed(v) => {
-                Ok(Some(self.sealer.open(&key_str(&obj.key()), field, v)?))
-            }
-            _ => Ok(None),
+        match obj.sealed.get(field) {
+            Some(v) => Ok(Some(self.sealer.open(&key_str(&obj.key()), field, v)?)),
+            None => Ok(None),
         }
     }
 
-    /// Seals the secret fields of `spec` (plaintext strings) for `key`.
-    pub fn seal_spec(sealer: &Sealer, key: &ObjectKey, spec: &mut Value) -> Result<(), StoreError> {
-        let object = key_str(key);
-        if let Value::Object(map) = spec {
-            for field in key.kind.secret_fields() {
-                if let Some(Value::String(plain)) = map.get(*field) {
-                    let plain = Zeroizing::new(plain.clone());
-                    let sealed = sealer.seal(&object, field, &plain)?;
-                    map.insert((*field).to_string(), sealed);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Opens the secret fields of a stored spec for `key` into plaintext.
-    pub fn unseal_spec(
+    /// Takes the write-only fields out of `spec` (leaving them withheld) and
+    /// seals them for `key`.
+    pub fn seal_secrets(
         sealer: &Sealer,
         key: &ObjectKey,
-        spec: &mut Value,
-    ) -> Result<(), StoreError> {
+        spec: &mut Spec,
+    ) -> Result<BTreeMap<&'static str, Value>, StoreError> {
         let object = key_str(key);
-        if let Value::Object(map) = spec {
-            for field in key.kind.secret_fields() {
-                if let Some(v) = map.get(*field)
-                    && Sealer::is_sealed(v)
-                {
-                    let plain = sealer.open(&object, field, v)?;
-                    map.insert((*field).to_string(), Value::String(plain.to_string()));
-                }
+        let mut out = BTreeMap::new();
+        for (field, plain) in spec.take_secrets() {
+            let plain = Zeroizing::new(plain);
+            out.insert(field, sealer.seal(&object, field, &plain)?);
+        }
+        Ok(out)
+    }
+
+    /// The stored object's spec with its sealed fields opened into
+    /// plaintext.
+    pub fn open_spec(sealer: &Sealer, obj: &StoredObject) -> Result<Spec, StoreError> {
+        let object = key_str(&obj.key());
+        let mut spec = obj.spec.clone();
+        for (field, sealed) in &obj.sealed {
+            let plain = sealer.open(&object, field, sealed)?;
+            if let Some(slot) = spec.secret_mut(field) {
+                slot.clear();
+                slot.push_str(&plain);
             }
         }
-        Ok(())
+        Ok(spec)
     }
 }
 
@@ -911,15 +1015,7 @@ mod tests {
     use serde_json::json;
 
     fn obj(kind: Kind, id: &str, tenant: &str, spec: Value) -> StoredObject {
-        StoredObject {
-            kind,
-            id: id.into(),
-            tenant: tenant.into(),
-            generation: 1,
-            spec,
-            status: Status::default(),
-            deleting: false,
-        }
+        StoredObject::new(id, tenant, Spec::parse(kind, &spec).unwrap())
     }
 
     #[test]
@@ -1006,9 +1102,16 @@ mod tests {
         let secret = "00112233445566778899aabbccddeeff01020304";
         store
             .transact(|t| {
-                let mut spec = json!({"key_in": secret, "key_out": secret, "spi_in": 300});
-                Store::seal_spec(t.sealer(), &key, &mut spec)?;
-                t.put(obj(Kind::IpsecTunnel, "t1", "a", spec), EventType::Added);
+                let mut o = obj(
+                    Kind::IpsecTunnel,
+                    "t1",
+                    "a",
+                    json!({"local": "192.0.2.1", "remote": "192.0.2.2", "mode": "tunnel",
+                           "cipher": "aes-gcm-128", "spi_in": 300, "spi_out": 301,
+                           "key_in": secret, "key_out": secret}),
+                );
+                o.sealed = Store::seal_secrets(t.sealer(), &key, &mut o.spec)?;
+                t.put(o, EventType::Added);
                 Ok::<_, StoreError>(())
             })
             .unwrap();
@@ -1022,6 +1125,49 @@ mod tests {
             &*store.open_secret(&stored, "key_in").unwrap().unwrap(),
             secret
         );
+        // In memory the typed spec withholds it; the sealed form opens again
+        // after a reopen from disk.
+        assert_eq!(stored.spec.as_ipsec_tunnel().unwrap().key_in, "");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let stored = store.get(&key).unwrap();
+        match Store::open_spec(store.sealer(), &stored).unwrap() {
+            Spec::IpsecTunnel(t) => {
+                assert_eq!((t.key_in.as_str(), t.key_out.as_str()), (secret, secret))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_spec_of_its_kind_stops_the_open_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        {
+            // A record as an older or damaged agent might have left it.
+            let db = Database::create(dir.path().join("store.redb")).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(OBJECTS)
+                .unwrap()
+                .insert(
+                    "networks/n1",
+                    br#"{"kind":"Network","id":"n1","tenant":"a","generation":1,
+                         "spec":{"vni":"five"},"status":{}}"#
+                        .as_slice(),
+                )
+                .unwrap();
+            w.commit().unwrap();
+        }
+        match Store::open(dir.path()) {
+            Err(e @ StoreError::Undecodable { .. }) => {
+                let text = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+                assert!(
+                    text.contains("networks/n1") && text.contains("spec.vni"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1086,7 +1232,12 @@ mod tests {
         store
             .transact(|t| {
                 t.put(
-                    obj(Kind::Network, "a", "x", json!({"vni": 1})),
+                    obj(
+                        Kind::Network,
+                        "a",
+                        "x",
+                        json!({"vni": 1, "cidr": "10.0.0.0/24", "encap": "vxlan"}),
+                    ),
                     EventType::Added,
                 );
                 Ok::<_, StoreError>(())
@@ -1094,10 +1245,17 @@ mod tests {
             .unwrap();
         store
             .transact(|t| {
-                let vni = |v: u64| move |o: &StoredObject| o.spec["vni"] == json!(v);
+                let vni = |v: u32| {
+                    move |o: &StoredObject| o.spec.as_network().is_some_and(|n| n.vni == v)
+                };
                 assert_eq!(t.find(Kind::Network, vni(1)).unwrap().id, "a");
                 t.put(
-                    obj(Kind::Network, "b", "x", json!({"vni": 2})),
+                    obj(
+                        Kind::Network,
+                        "b",
+                        "x",
+                        json!({"vni": 2, "cidr": "10.0.1.0/24", "encap": "vxlan"}),
+                    ),
                     EventType::Added,
                 );
                 assert_eq!(t.find(Kind::Network, vni(2)).unwrap().id, "b");
