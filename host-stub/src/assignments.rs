@@ -151,12 +151,7 @@ fn find_function<'a>(
     functions: &'a [Function],
 ) -> Result<&'a Function, String> {
     let pci = |f: &&Function| f.kind() != FunctionKind::Sf;
-    if let Some(addr) = object
-        .status
-        .fields
-        .get("host_pci_address")
-        .and_then(|v| v.as_str())
-    {
+    if let Some(addr) = object.status.facts.host_pci_address.as_deref() {
         return functions
             .iter()
             .filter(pci)
@@ -223,10 +218,8 @@ mod tests {
     use serde_json::json;
 
     fn function_object(id: &str, spec: serde_json::Value, status: serde_json::Value) -> Object {
-        let mut s = Status::default();
-        if let serde_json::Value::Object(m) = status {
-            s.fields = m;
-        }
+        // As the agent's JSON arrives.
+        let s: Status = serde_json::from_value(status).unwrap();
         Object {
             kind: Kind::Function,
             id: id.into(),

@@ -86,7 +86,12 @@ async fn eventually<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option
 }
 
 fn status_str(o: &Object, field: &str) -> Option<String> {
-    o.status.fields.get(field)?.as_str().map(str::to_string)
+    // Through the wire form, as any client reads it.
+    serde_json::to_value(&o.status)
+        .ok()?
+        .get(field)?
+        .as_str()
+        .map(str::to_string)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

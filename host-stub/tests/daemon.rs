@@ -71,9 +71,7 @@ impl AgentApi for FakeAgent {
 
 fn function(id: &str, spec: serde_json::Value, host_pci_address: &str) -> Object {
     let mut status = Status::default();
-    status
-        .fields
-        .insert("host_pci_address".into(), json!(host_pci_address));
+    status.facts.host_pci_address = Some(host_pci_address.into());
     Object {
         kind: Kind::Function,
         id: id.into(),

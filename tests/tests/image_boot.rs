@@ -69,7 +69,7 @@ async fn converged(vm: &ImageVm, c: &Client) -> Vec<(String, u64)> {
     for id in ["web", "db"] {
         let f = wait_ready_object(vm, c, Kind::Function, id).await;
         assert!(
-            f.status.fields["representor"].as_str().is_some(),
+            f.status.facts.representor.is_some(),
             "function {id} has no representor: {f:?}"
         );
     }

@@ -232,10 +232,12 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
         .get(Kind::Function, &a1)
         .await
         .map_err(|e| e.to_string())?;
-    let rep = function.status.fields["representor"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let rep = function
+        .status
+        .facts
+        .representor
+        .clone()
+        .unwrap_or_default();
     let ctl = ovs.unixctl_socket(net_offload::sandbox::Daemon::Vswitchd);
     let dp = run(
         "ovs-appctl",

@@ -79,7 +79,9 @@ impl fmt::Display for Phase {
 }
 
 /// Status written by the object's controller. Kind-specific fields (`vf`,
-/// `ofport`, `usage`, ...) sit beside the common ones.
+/// `ofport`, `usage`, ...) sit beside the common ones on the wire; the
+/// facts other controllers and the host stub act on are typed
+/// ([`StatusFacts`]), the rest (reports for people) are in `fields`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Status {
     #[serde(default)]
@@ -88,8 +90,32 @@ pub struct Status {
     pub phase: Phase,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Must come before `fields`: it takes its keys out of the flattened
+    /// map first.
+    #[serde(flatten)]
+    pub facts: StatusFacts,
     #[serde(flatten)]
     pub fields: Map<String, Value>,
+}
+
+/// What one controller publishes in an object's status for another to act
+/// on: a function's VF, representor and host-side device (read by the port,
+/// volume and host controllers), and the host device a volume appears as.
+/// Top-level fields of `status` on the wire, absent when unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StatusFacts {
+    /// Function: the VF index it holds on its PF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf: Option<u32>,
+    /// Function: the DPU-side netdev the switch attaches the function by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub representor: Option<String>,
+    /// Function, volume: the device the host sees (netdev or block device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_device: Option<String>,
+    /// Function: the host-side PCI address (from the host stub's report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_pci_address: Option<String>,
 }
 
 impl Status {
@@ -339,4 +365,37 @@ pub struct Inventory {
     /// DPU-local facts: the agent's version, backends and their state.
     pub dpu: BTreeMap<String, Value>,
     pub hosts: Vec<HostReport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_facts_are_typed_and_the_wire_form_is_unchanged() {
+        let wire = json!({"observed_generation": 2, "phase": "Ready", "conditions": [],
+                          "vf": 3, "representor": "pf0vf3", "host_device": "ens1f0v3",
+                          "ofport": 7, "flows": 12});
+        let status: Status = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(status.facts.vf, Some(3));
+        assert_eq!(status.facts.representor.as_deref(), Some("pf0vf3"));
+        assert_eq!(status.facts.host_device.as_deref(), Some("ens1f0v3"));
+        assert_eq!(status.facts.host_pci_address, None);
+        // The typed facts are not also in the free-form map.
+        assert_eq!(
+            status.fields.keys().collect::<Vec<_>>(),
+            vec!["flows", "ofport"]
+        );
+        assert_eq!(serde_json::to_value(&status).unwrap(), wire);
+    }
+
+    #[test]
+    fn a_fact_of_the_wrong_type_is_refused() {
+        let err = serde_json::from_value::<Status>(json!({"vf": "three"})).unwrap_err();
+        assert!(
+            err.to_string().contains("u32") || err.to_string().contains("invalid type"),
+            "{err}"
+        );
+    }
 }

@@ -35,7 +35,6 @@ use dpu_api::spec::{FunctionSpec, FunctionType as ApiFunctionType, Spec};
 use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing,
 };
-use serde_json::Value;
 
 use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
 use crate::store::StoredObject;
@@ -90,7 +89,7 @@ fn function_spec(obj: &StoredObject) -> Result<FunctionSpec, ReconcileError> {
 }
 
 fn status_vf(obj: &StoredObject) -> Option<u32> {
-    obj.status.fields.get("vf")?.as_u64()?.try_into().ok()
+    obj.status.facts.vf
 }
 
 /// The lowest index not in `taken`.
@@ -110,11 +109,12 @@ fn vf_slot(
     // this process), and VFs they asked for without holding them yet.
     let mut held_by: HashMap<u32, String> = HashMap::new();
     let mut asked_by: HashMap<u32, String> = HashMap::new();
-    for other in ctx.store.list(Kind::Function, None) {
+    // The store's PF index: only this PF's functions are looked at.
+    for other in ctx.store.functions_on_pf(&spec.pf) {
         let Some(other_spec) = other.spec.as_function() else {
             continue;
         };
-        if other.id == obj.id || other_spec.pf != spec.pf {
+        if other.id == obj.id {
             continue;
         }
         let holds = status_vf(&other);
@@ -434,21 +434,14 @@ impl Functions {
         };
         self.sweep_orphans(ctx).await;
 
-        status.fields.insert("vf".into(), Value::from(vf));
+        status.facts.vf = Some(vf);
         match &applied {
             Applied::Ready {
                 representor,
                 host_device,
             } => {
-                status
-                    .fields
-                    .insert("representor".into(), Value::from(representor.clone()));
-                match host_device {
-                    Some(d) => status
-                        .fields
-                        .insert("host_device".into(), Value::from(d.clone())),
-                    None => status.fields.remove("host_device"),
-                };
+                status.facts.representor = Some(representor.clone());
+                status.facts.host_device = host_device.clone();
                 status.phase = Phase::Ready;
                 let where_ = if self.backend.name() == "veth" {
                     format!(
@@ -471,7 +464,7 @@ impl Functions {
                 ));
             }
             Applied::NoRepresentor { expected } => {
-                status.fields.remove("representor");
+                status.facts.representor = None;
                 status.phase = Phase::Degraded;
                 status.set_condition(condition(
                     "Programmed",
@@ -501,16 +494,11 @@ impl Functions {
         });
         match placed {
             Some((address, device)) => {
-                status
-                    .fields
-                    .insert("host_pci_address".into(), Value::from(address));
-                match device.or(backend_device) {
-                    Some(d) => status.fields.insert("host_device".into(), Value::from(d)),
-                    None => status.fields.remove("host_device"),
-                };
+                status.facts.host_pci_address = Some(address);
+                status.facts.host_device = device.or(backend_device);
             }
             None => {
-                status.fields.remove("host_pci_address");
+                status.facts.host_pci_address = None;
             }
         }
         let mut requeue_after =
@@ -685,6 +673,7 @@ mod tests {
     use crate::store::{Store, StoreError};
     use dpu_api::object::EventType;
     use net_offload::functions::{FunctionsError, ObservedFunction};
+    use serde_json::Value;
     use serde_json::json;
 
     #[test]
@@ -814,8 +803,8 @@ mod tests {
             .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "b"))
             .await
             .unwrap();
-        assert_eq!(b.status.fields["vf"], json!(1));
-        assert_eq!(b.status.fields["representor"], json!("fn-b"));
+        assert_eq!(b.status.facts.vf, Some(1));
+        assert_eq!(b.status.facts.representor.as_deref(), Some("fn-b"));
         assert_eq!(b.status.phase, Phase::Ready);
         assert_eq!(
             b.status.condition("Programmed").unwrap().status,
@@ -827,7 +816,7 @@ mod tests {
             .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "c"))
             .await
             .unwrap();
-        assert_eq!(cc.status.fields["vf"], json!(0));
+        assert_eq!(cc.status.facts.vf, Some(0));
         // Held in memory before any status is stored: the next one gets 2.
         put(
             &ctx.store,
@@ -839,7 +828,7 @@ mod tests {
             .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "d"))
             .await
             .unwrap();
-        assert_eq!(d.status.fields["vf"], json!(2));
+        assert_eq!(d.status.facts.vf, Some(2));
         // A requested index that another function holds is refused, by name.
         put(
             &ctx.store,
@@ -926,7 +915,7 @@ mod tests {
                 .await
                 .unwrap();
             match want {
-                Some(vf) => assert_eq!(out.status.fields["vf"], json!(vf), "{id}"),
+                Some(vf) => assert_eq!(out.status.facts.vf, Some(vf), "{id}"),
                 None => {
                     assert_eq!(out.status.phase, Phase::Failed);
                     assert_eq!(
@@ -972,8 +961,8 @@ mod tests {
             .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "h"))
             .await
             .unwrap();
-        assert!(!before.status.fields.contains_key("host_pci_address"));
-        assert_eq!(before.status.fields["host_device"], json!("eth0"));
+        assert!(before.status.facts.host_pci_address.is_none());
+        assert_eq!(before.status.facts.host_device.as_deref(), Some("eth0"));
         assert_eq!(before.requeue_after, Some(HOST_POLL));
         let devices = vec![
             dev("0000:03:00.0", "pf", "pf"),
@@ -998,10 +987,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            after.status.fields["host_pci_address"],
-            json!("0000:03:01.4")
+            after.status.facts.host_pci_address.as_deref(),
+            Some("0000:03:01.4")
         );
-        assert_eq!(after.status.fields["host_device"], json!("ens1f1v1"));
+        assert_eq!(after.status.facts.host_device.as_deref(), Some("ens1f1v1"));
         // Another host's report is not this function's.
         let spec = |pf: &str, host: &str| -> FunctionSpec {
             serde_json::from_value(

@@ -237,8 +237,7 @@ fn desired_from_store(
         };
         if let Some(rep) = functions
             .get(&p.function)
-            .and_then(|f| f.status.fields.get("representor"))
-            .and_then(Value::as_str)
+            .and_then(|f| f.status.facts.representor.as_deref())
         {
             representors.insert(o.id.clone(), rep.to_string());
         }

@@ -294,13 +294,7 @@ fn desired_of(
     let pf = pf_index(&fs.pf)
         .ok_or_else(|| format!("function {:?} has pf {:?}, not pfN", spec.function, fs.pf))?;
     // The VF the functions controller allocated, else the one asked for.
-    let vf = f
-        .status
-        .fields
-        .get("vf")
-        .and_then(Value::as_u64)
-        .and_then(|v| u32::try_from(v).ok())
-        .or(fs.vf);
+    let vf = f.status.facts.vf.or(fs.vf);
     Ok(DesiredVolume {
         key: key_of(obj),
         function: FunctionTarget {
@@ -523,18 +517,10 @@ impl Controller for Volumes {
                     status.fields.remove("export");
                 }
             }
-            let host_device = ctx
+            status.facts.host_device = ctx
                 .store
                 .get(&ObjectKey::new(Kind::Function, d.function.id.clone()))
-                .and_then(|f| f.status.fields.get("host_device").cloned());
-            match host_device {
-                Some(h) => {
-                    status.fields.insert("host_device".into(), h);
-                }
-                None => {
-                    status.fields.remove("host_device");
-                }
-            }
+                .and_then(|f| f.status.facts.host_device.clone());
             status.phase = Phase::Ready;
             status.set_condition(condition(
                 "Programmed",

@@ -25,7 +25,7 @@
 
 pub mod seal;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -283,6 +283,10 @@ fn key_str(key: &ObjectKey) -> String {
 #[derive(Debug, Default)]
 struct State {
     objects: BTreeMap<ObjectKey, Arc<StoredObject>>,
+    /// Typed indexes over `objects`, changed with it ([`State::set`]).
+    by_tenant: HashMap<(Kind, String), BTreeSet<String>>,
+    /// Functions by the PF their spec names.
+    functions_by_pf: HashMap<String, BTreeSet<String>>,
     hosts: BTreeMap<String, HostReport>,
     revision: u64,
     /// Per kind, the revision of the last committed write that changed an
@@ -290,6 +294,59 @@ struct State {
     spec_revisions: HashMap<Kind, u64>,
     /// ... and of the last one that changed only a status.
     status_revisions: HashMap<Kind, u64>,
+}
+
+impl State {
+    /// Puts (`Some`) or removes (`None`) an object, keeping the indexes.
+    fn set(&mut self, key: &ObjectKey, obj: Option<Arc<StoredObject>>) {
+        let old = match &obj {
+            Some(obj) => self.objects.insert(key.clone(), obj.clone()),
+            None => self.objects.remove(key),
+        };
+        if let Some(old) = &old {
+            let tenant_key = (key.kind, old.tenant.clone());
+            if let Some(ids) = self.by_tenant.get_mut(&tenant_key) {
+                ids.remove(&key.id);
+                if ids.is_empty() {
+                    self.by_tenant.remove(&tenant_key);
+                }
+            }
+            if let Some(pf) = function_pf(old)
+                && let Some(ids) = self.functions_by_pf.get_mut(pf)
+            {
+                ids.remove(&key.id);
+                if ids.is_empty() {
+                    self.functions_by_pf.remove(pf);
+                }
+            }
+        }
+        if let Some(obj) = &obj {
+            self.by_tenant
+                .entry((key.kind, obj.tenant.clone()))
+                .or_default()
+                .insert(key.id.clone());
+            if let Some(pf) = function_pf(obj) {
+                self.functions_by_pf
+                    .entry(pf.to_string())
+                    .or_default()
+                    .insert(key.id.clone());
+            }
+        }
+    }
+
+    fn of_tenant(&self, kind: Kind, tenant: &str) -> Vec<Arc<StoredObject>> {
+        self.by_tenant
+            .get(&(kind, tenant.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.objects.get(&ObjectKey::new(kind, id.clone())).cloned())
+            .collect()
+    }
+}
+
+/// The PF a function object names.
+fn function_pf(obj: &StoredObject) -> Option<&str> {
+    obj.spec.as_function().map(|f| f.pf.as_str())
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -381,10 +438,14 @@ impl<'a> Txn<'a> {
 
     /// Objects of `kind` (of one tenant, or all), staged changes included.
     pub fn list(&self, kind: Kind, tenant: Option<&str>) -> Vec<Arc<StoredObject>> {
+        let committed = match tenant {
+            Some(t) => self.state.of_tenant(kind, t),
+            None => range_of_kind(&self.state.objects, kind)
+                .map(|(_, v)| v.clone())
+                .collect(),
+        };
         let mut out: BTreeMap<ObjectKey, Arc<StoredObject>> =
-            range_of_kind(&self.state.objects, kind)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            committed.into_iter().map(|v| (v.key(), v)).collect();
         for layer in [self.layers[1], self.layers[0], &self.staged] {
             for (k, v) in layer.iter().filter(|(k, _)| k.kind == kind) {
                 match v {
@@ -557,7 +618,7 @@ impl Store {
                         source,
                     })?;
                 let obj = StoredObject::from_record(record)?;
-                state.objects.insert(obj.key(), Arc::new(obj));
+                state.set(&obj.key(), Some(Arc::new(obj)));
             }
             for row in r.open_table(HOSTS)?.iter()? {
                 let (k, v) = row?;
@@ -722,10 +783,7 @@ impl Store {
                             &mut state.spec_revisions
                         };
                         revisions.insert(key.kind, batch.revision);
-                        match obj {
-                            Some(obj) => state.objects.insert(key.clone(), obj.clone()),
-                            None => state.objects.remove(key),
-                        };
+                        state.set(key, obj.clone());
                     }
                     for report in &batch.hosts {
                         state.hosts.insert(report.host.clone(), report.clone());
@@ -868,9 +926,31 @@ impl Store {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
-        range_of_kind(&state.objects, kind)
-            .filter(|(_, o)| tenant.is_none_or(|t| o.tenant == t))
-            .map(|(_, o)| o.clone())
+        match tenant {
+            Some(t) => state.of_tenant(kind, t),
+            None => range_of_kind(&state.objects, kind)
+                .map(|(_, o)| o.clone())
+                .collect(),
+        }
+    }
+
+    /// The functions that name `pf`, in id order (an index: no scan of the
+    /// other PFs' functions).
+    pub fn functions_on_pf(&self, pf: &str) -> Vec<Arc<StoredObject>> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        state
+            .functions_by_pf
+            .get(pf)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                state
+                    .objects
+                    .get(&ObjectKey::new(Kind::Function, id.clone()))
+                    .cloned()
+            })
             .collect()
     }
 
@@ -1168,6 +1248,73 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn indexes_agree_with_a_scan_after_puts_moves_removes_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let function = |id: &str, tenant: &str, pf: &str| {
+            obj(Kind::Function, id, tenant, json!({"type": "net", "pf": pf}))
+        };
+        let check = |store: &Store| {
+            let all = store.all();
+            for pf in ["pf0", "pf1", "pf2"] {
+                let scanned: Vec<String> = all
+                    .iter()
+                    .filter(|o| o.spec.as_function().is_some_and(|f| f.pf == pf))
+                    .map(|o| o.id.clone())
+                    .collect();
+                let indexed: Vec<String> = store
+                    .functions_on_pf(pf)
+                    .iter()
+                    .map(|o| o.id.clone())
+                    .collect();
+                assert_eq!(indexed, scanned, "{pf}");
+            }
+            for tenant in ["a", "b"] {
+                for kind in [Kind::Function, Kind::Tenant] {
+                    let scanned: Vec<String> = all
+                        .iter()
+                        .filter(|o| o.kind() == kind && o.tenant == tenant)
+                        .map(|o| o.id.clone())
+                        .collect();
+                    let indexed: Vec<String> = store
+                        .list(kind, Some(tenant))
+                        .iter()
+                        .map(|o| o.id.clone())
+                        .collect();
+                    assert_eq!(indexed, scanned, "{kind:?} {tenant}");
+                }
+            }
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for (i, (tenant, pf)) in [("a", "pf0"), ("b", "pf0"), ("a", "pf1"), ("b", "pf2")]
+                .into_iter()
+                .enumerate()
+            {
+                store
+                    .transact(|t| {
+                        t.put(function(&format!("f{i}"), tenant, pf), EventType::Added);
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+            }
+            check(&store);
+            // f0 moves to pf2, f1 goes, a tenant object joins.
+            store
+                .transact(|t| {
+                    t.put(function("f0", "a", "pf2"), EventType::Modified);
+                    t.remove(&ObjectKey::new(Kind::Function, "f1"));
+                    t.put(obj(Kind::Tenant, "a", "a", json!({})), EventType::Added);
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            check(&store);
+            assert!(store.list(Kind::Function, Some("b")).len() == 1);
+            assert!(store.functions_on_pf("pf0").is_empty());
+        }
+        check(&Store::open(dir.path()).unwrap());
     }
 
     #[test]
