@@ -68,11 +68,10 @@ fn parse(out: &vm::VmOutput, name: &str) -> Vec<Value> {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}.json: {e}\n{text}"))
 }
 
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn qemu_nvme_sriov_discovery_and_vfio() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let binary = stripped_binary()?;
     let out = Vm::builder()
         .nvme_sriov()
@@ -240,6 +239,7 @@ async fn poll<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -
 /// (uevents only); an assignment with `attach: vfio` binds the VF to
 /// vfio-pci and writes `/dev/vfio/<group>` into its CDI spec; deleting it
 /// gives the VF back to igbvf.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::Result<()> {
     use dpu_api::Kind;
@@ -247,9 +247,7 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
     use dpu_tests::agent::AgentProcess;
     use serde_json::json;
 
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let agent = AgentProcess::start();
     let pki = agent.state_dir().join("pki");
     let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;

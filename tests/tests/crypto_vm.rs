@@ -102,11 +102,10 @@ fn sa_packets(text: &str, spi: &str) -> Option<u64> {
         .ok()
 }
 
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn esp_tunnel_between_namespaces() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .modules(&["esp4", "xfrm_user", "veth"])
         .binary(vm::musl_binary("xfrm-probe")?)
@@ -218,11 +217,10 @@ xfrm-probe sas /run/netns/a
 /// tenant's traffic that enters its XFRM interface: a ping routed through
 /// `ipsec0` (if_id 0x0d520001) answers, leaves as ESP (seen on the peer's
 /// veth by `xfrm-probe sniff`), and is counted on the scoped SAs.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn tenant_scoped_esp_only_through_its_xfrm_interface() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .modules(&["esp4", "xfrm_user", "veth", "xfrm_interface"])
         .binary(vm::musl_binary("xfrm-probe")?)
@@ -332,11 +330,10 @@ echo "policies left $(ip -n a xfrm policy | grep -c '^src' || true)"
 /// tenant's namespace crosses as ESP (seen on the peer's veth) and is
 /// answered; the underlay's own ping is untouched. Deleting the tunnel
 /// removes its state and the tenant namespace (with the interface).
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn agent_tenant_tunnel_carries_traffic_only_through_its_xfrm_interface() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let bins = tempfile::tempdir()?;
     let strip = |name: &str| -> anyhow::Result<std::path::PathBuf> {
         let original = vm::musl_binary(name)?;
@@ -391,11 +388,10 @@ fn field<'a>(stdout: &'a str, tag: &str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
 }
 
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn ktls_handoff_through_the_proxy() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .modules(&["tls"])
         .binary(vm::musl_binary("ktls-probe")?)

@@ -7,11 +7,10 @@
 
 use dpu_tests::vm::{self, Vm};
 
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn sriov_backend_configures_an_igb_vf() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .igb()
         .binary(vm::musl_binary("vf-config")?)

@@ -9,11 +9,10 @@ use dpu_tests::vm::{self, Vm};
 
 /// A guest TCP listener answers on the forwarded 127.0.0.1 port; the script's
 /// files, stderr and non-zero exit come back.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn forward_files_and_exit_status() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let running = Vm::builder()
         .virtio_net()
         .forward(7000)
@@ -58,11 +57,10 @@ exit 3
 }
 
 /// A script that outlives its timeout is killed and reported as timed out.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn script_timeout_is_reported() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .timeout(Duration::from_secs(3))
         .script("echo started\nsleep 600\necho never\n")
@@ -73,11 +71,10 @@ fn script_timeout_is_reported() -> anyhow::Result<()> {
 }
 
 /// A package apt cannot find stops the run before QEMU starts, naming it.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn unknown_package_is_a_clear_error() {
-    if !vm::enabled() {
-        return;
-    }
+    vm::require();
     let err = Vm::builder()
         .packages(&["dpu-no-such-package"])
         .script("true")

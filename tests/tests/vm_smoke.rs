@@ -5,11 +5,10 @@
 use dpu_tests::vm::{self, Vm};
 
 /// ESP SA with AES-GCM, kernel TLS and the openvswitch datapath: one boot.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn crypto_and_ovs_kernel_paths() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .modules(&["esp4", "xfrm_user", "tls", "openvswitch"])
         .binary(vm::musl_binary("ktls-probe")?)
@@ -81,11 +80,10 @@ fn stat(text: &str, name: &str) -> u64 {
 
 /// The emulated NVMe controller as an SR-IOV PF with 2 VFs, and an nvmet
 /// TCP target on loopback backed by a virtio disk, read back over nvme-tcp.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn nvme_sriov_and_nvmet_tcp() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .nvme_sriov()
         .virtio_blk(8)
@@ -162,11 +160,10 @@ nvme disconnect -n "$NQN"
 
 /// An igb SR-IOV PF with 2 VF netdevs, legacy VF settings reflected by
 /// iproute2, and a VF bound to vfio-pci behind the emulated Intel IOMMU.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn igb_vfs_and_vfio() -> anyhow::Result<()> {
-    if !vm::enabled() {
-        return Ok(());
-    }
+    vm::require();
     let out = Vm::builder()
         .igb()
         .iommu()

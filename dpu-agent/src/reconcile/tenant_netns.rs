@@ -736,10 +736,11 @@ mod tests {
     #[tokio::test]
     async fn named_context_lives_exactly_as_long_as_the_tenant_needs_it() {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        // A missing environment fails the test; it never passes unrun.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "needs root: run the tests as root (scripts/test.sh does)"
+        );
         let prefix = format!("dpuag-tn{}-", std::process::id());
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -28,16 +28,19 @@ pub use builder::{RunningVm, Vm, VmBuilder, VmOutput};
 /// The environment variable that turns the VM tests on.
 pub const ENABLE_VAR: &str = "DPU_VM_TESTS";
 
-/// True when `DPU_VM_TESTS=1`; otherwise prints why the calling test is skipped.
+/// Fails the calling test unless `DPU_VM_TESTS=1`.
 ///
-/// VM tests boot QEMU under TCG and download Debian packages on first use, so
-/// a developer's plain `cargo test` skips them; CI's VM stage sets the variable.
-pub fn enabled() -> bool {
-    if std::env::var(ENABLE_VAR).is_ok_and(|v| v == "1") {
-        return true;
-    }
-    println!("skipped: set {ENABLE_VAR}=1 (and run tests/vm/setup.sh once)");
-    false
+/// VM tests boot QEMU under TCG and download Debian packages on first use,
+/// so they are `#[ignore]`d: a plain `cargo test` reports them as ignored,
+/// never as passed. `tests/vm/run.sh` (CI's VM stage) runs them with
+/// `--ignored` and the variable set; asking for them (`--ignored`) without
+/// the variable is an error that says what to do.
+pub fn require() {
+    assert!(
+        std::env::var(ENABLE_VAR).is_ok_and(|v| v == "1"),
+        "this VM test needs {ENABLE_VAR}=1 (and tests/vm/setup.sh run once); \
+         tests/vm/run.sh sets both"
+    );
 }
 
 /// Where the rig keeps downloaded and unpacked packages between runs:
