@@ -11,6 +11,7 @@ pub mod limits;
 pub mod object;
 pub mod problem;
 pub mod spec;
+pub mod types;
 pub mod validate;
 
 pub use kind::Kind;

@@ -1,11 +1,15 @@
-//! Typed specs of every kind. Parsing rejects unknown fields; the values are
-//! checked by [`crate::validate`], so addresses stay strings here and the
-//! validator names the field that is wrong.
+//! Typed specs of every kind. Parsing rejects unknown fields and parses the
+//! values that have a type of their own ([`crate::types`]: MAC, IPv4
+//! network, port range; IPv4 addresses), naming the field that is wrong;
+//! [`crate::validate`] checks the rest (ranges, labels, keys, context).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::net::Ipv4Addr;
+
 use crate::kind::Kind;
+use crate::types::{Ipv4Cidr, Mac, PortRange};
 use crate::validate::FieldError;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -108,7 +112,7 @@ pub struct FunctionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<Attach>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,7 +135,7 @@ pub enum Encap {
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     pub vni: u32,
-    pub cidr: String,
+    pub cidr: Ipv4Cidr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
     pub encap: Encap,
@@ -159,10 +163,10 @@ pub enum Protocol {
 pub struct SecurityRule {
     pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cidr: Option<String>,
+    pub cidr: Option<Ipv4Cidr>,
     /// `"80"` or `"1000-2000"`; only for tcp and udp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<String>,
+    pub ports: Option<PortRange>,
 }
 
 /// Stateful security groups: with no rules, ingress is denied and egress
@@ -189,9 +193,9 @@ pub struct PortQos {
 pub struct PortSpec {
     pub network: String,
     pub function: String,
-    pub mac: String,
+    pub mac: Mac,
     #[serde(default)]
-    pub ips: Vec<String>,
+    pub ips: Vec<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<Security>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,10 +206,10 @@ pub struct PortSpec {
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     pub network: String,
-    pub mac: String,
+    pub mac: Mac,
     #[serde(default)]
-    pub ips: Vec<String>,
-    pub vtep: String,
+    pub ips: Vec<Ipv4Addr>,
+    pub vtep: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

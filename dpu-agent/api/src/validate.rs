@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::kind::Kind;
 use crate::limits;
 use crate::spec::*;
+use crate::types::Mac;
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -425,11 +426,8 @@ fn validate_function(f: &FunctionSpec) -> Check {
     ];
     match f.type_ {
         FunctionType::Net => {
-            match &f.mac {
-                Some(mac) => {
-                    parse_mac("spec.mac", mac)?;
-                }
-                None => return fail("spec.mac", "is required for a net function"),
+            if f.mac.is_none() {
+                return fail("spec.mac", "is required for a net function");
             }
             if let Some(vlan) = f.vlan
                 && !(1..=4094).contains(&vlan)
@@ -456,8 +454,7 @@ fn validate_network(n: &NetworkSpec) -> Check {
     if !(1..=16_777_215).contains(&n.vni) {
         return fail("spec.vni", format!("{} is outside 1-16777215", n.vni));
     }
-    let net = parse_ipv4_cidr("spec.cidr", &n.cidr)?;
-    if net.prefix_len() > 30 {
+    if n.cidr.prefix_len() > 30 {
         return fail(
             "spec.cidr",
             "needs at least 4 addresses (prefix /30 or shorter)",
@@ -471,12 +468,11 @@ fn validate_network(n: &NetworkSpec) -> Check {
     Ok(())
 }
 
-fn validate_ips(field: &str, ips: &[String]) -> Check {
+fn validate_ips(field: &str, ips: &[Ipv4Addr]) -> Check {
     check_count(field, ips, limits::IPS)?;
     let mut seen = std::collections::HashSet::with_capacity(ips.len());
     for (i, ip) in ips.iter().enumerate() {
-        let addr = parse_ipv4(&format!("{field}[{i}]"), ip)?;
-        if !seen.insert(addr) {
+        if !seen.insert(ip) {
             return fail(format!("{field}[{i}]"), format!("{ip} is listed twice"));
         }
     }
@@ -487,14 +483,8 @@ fn validate_rules(field: &str, rules: &[SecurityRule]) -> Check {
     check_count(field, rules, limits::RULES)?;
     for (i, r) in rules.iter().enumerate() {
         let f = format!("{field}[{i}]");
-        if let Some(cidr) = &r.cidr {
-            parse_ipv4_cidr(&format!("{f}.cidr"), cidr)?;
-        }
-        if let Some(ports) = &r.ports {
-            if !matches!(r.protocol, Protocol::Tcp | Protocol::Udp) {
-                return fail(format!("{f}.ports"), "ports apply only to tcp and udp");
-            }
-            parse_port_range(&format!("{f}.ports"), ports)?;
+        if r.ports.is_some() && !matches!(r.protocol, Protocol::Tcp | Protocol::Udp) {
+            return fail(format!("{f}.ports"), "ports apply only to tcp and udp");
         }
     }
     Ok(())
@@ -503,7 +493,6 @@ fn validate_rules(field: &str, rules: &[SecurityRule]) -> Check {
 fn validate_port(p: &PortSpec) -> Check {
     check_label("spec.network", &p.network)?;
     check_label("spec.function", &p.function)?;
-    parse_mac("spec.mac", &p.mac)?;
     validate_ips("spec.ips", &p.ips)?;
     if let Some(sec) = &p.security {
         validate_rules("spec.security.ingress", &sec.ingress)?;
@@ -524,9 +513,8 @@ fn validate_port(p: &PortSpec) -> Check {
 
 fn validate_endpoint(e: &EndpointSpec) -> Check {
     check_label("spec.network", &e.network)?;
-    parse_mac("spec.mac", &e.mac)?;
     validate_ips("spec.ips", &e.ips)?;
-    let vtep = parse_ipv4("spec.vtep", &e.vtep)?;
+    let vtep = e.vtep;
     if vtep.is_unspecified() || vtep.is_broadcast() || vtep.is_multicast() {
         return fail("spec.vtep", format!("{vtep} is not a unicast address"));
     }
@@ -971,7 +959,7 @@ fn tenant_networks(tenant: &str, objects: &dyn ObjectLookup) -> Vec<Ipv4Net> {
         .list(Kind::Network, Some(tenant))
         .into_iter()
         .filter_map(|(_, s)| match s {
-            Spec::Network(n) => parse_ipv4_cidr("", &n.cidr).ok(),
+            Spec::Network(n) => Some(n.cidr.0),
             _ => None,
         })
         .collect()
@@ -1287,19 +1275,17 @@ fn check_addresses_in_network(
     id: &str,
     tenant: &str,
     network: &str,
-    mac: &str,
-    ips: &[String],
+    mac: &Mac,
+    ips: &[Ipv4Addr],
     objects: &dyn ObjectLookup,
 ) -> Check {
     let Some((_, Spec::Network(net))) = objects.get(Kind::Network, network) else {
         return Ok(());
     };
-    let Ok(cidr) = parse_ipv4_cidr("spec.cidr", &net.cidr) else {
-        return Ok(());
-    };
+    let cidr = net.cidr.0;
     for (i, ip) in ips.iter().enumerate() {
         let field = format!("spec.ips[{i}]");
-        let addr = parse_ipv4(&field, ip)?;
+        let addr = *ip;
         if !cidr.contains(&addr) {
             return fail(
                 field,
@@ -1313,12 +1299,8 @@ fn check_addresses_in_network(
             );
         }
     }
-    let my_mac = mac.to_ascii_lowercase();
-    let mine: std::collections::HashMap<&str, usize> = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (ip.as_str(), i))
-        .collect();
+    let mine: std::collections::HashMap<Ipv4Addr, usize> =
+        ips.iter().enumerate().map(|(i, ip)| (*ip, i)).collect();
     let peers = objects
         .list(Kind::Port, Some(tenant))
         .into_iter()
@@ -1341,7 +1323,7 @@ fn check_addresses_in_network(
         if oid == id {
             continue;
         }
-        if omac.to_ascii_lowercase() == my_mac {
+        if omac == *mac {
             return fail(
                 "spec.mac",
                 format!(
@@ -1352,10 +1334,7 @@ fn check_addresses_in_network(
         }
         // One pass over the peer's addresses (both lists are bounded by
         // limits::IPS): cost linear in the network's addresses.
-        if let Some((i, ip)) = oips
-            .iter()
-            .find_map(|o| mine.get(o.as_str()).map(|i| (*i, o)))
-        {
+        if let Some((i, ip)) = oips.iter().find_map(|o| mine.get(o).map(|i| (*i, o))) {
             return fail(
                 format!("spec.ips[{i}]"),
                 format!(

@@ -3,9 +3,11 @@
 
 use dpu_api::Kind;
 use dpu_api::spec::*;
+use dpu_api::types::{Ipv4Cidr, Mac, PortRange};
 use proptest::collection::vec;
 use proptest::option::of;
 use proptest::prelude::*;
+use std::net::Ipv4Addr;
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -13,6 +15,27 @@ fn text() -> impl Strategy<Value = String> {
         "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
         any::<String>(),
     ]
+}
+
+fn mac() -> impl Strategy<Value = Mac> {
+    any::<[u8; 6]>()
+        .prop_map(|mut m| {
+            m[0] &= 0xfe;
+            Mac(m)
+        })
+        .prop_filter("not all zeros", |m| m.0 != [0; 6])
+}
+
+fn cidr() -> impl Strategy<Value = Ipv4Cidr> {
+    (any::<Ipv4Addr>(), 0u8..=32)
+        .prop_map(|(a, l)| Ipv4Cidr(ipnet::Ipv4Net::new(a, l).unwrap().trunc()))
+}
+
+fn ports() -> impl Strategy<Value = PortRange> {
+    (1u16.., 1u16..).prop_map(|(a, b)| PortRange {
+        lo: a.min(b),
+        hi: a.max(b),
+    })
 }
 
 fn tenant() -> impl Strategy<Value = TenantSpec> {
@@ -43,7 +66,7 @@ fn function() -> impl Strategy<Value = FunctionSpec> {
         of(any::<u32>()),
         of(text()),
         of(prop_oneof![Just(Attach::Kernel), Just(Attach::Vfio)]),
-        of(text()),
+        of(mac()),
         of(any::<u16>()),
         of(any::<u32>()),
         of(any::<bool>()),
@@ -70,7 +93,7 @@ fn function() -> impl Strategy<Value = FunctionSpec> {
 fn network() -> impl Strategy<Value = NetworkSpec> {
     (
         any::<u32>(),
-        text(),
+        cidr(),
         of(any::<u16>()),
         prop_oneof![Just(Encap::Vxlan), Just(Encap::Geneve), Just(Encap::Local)],
     )
@@ -90,8 +113,8 @@ fn rule() -> impl Strategy<Value = SecurityRule> {
             Just(Protocol::Icmp),
             Just(Protocol::Any)
         ],
-        of(text()),
-        of(text()),
+        of(cidr()),
+        of(ports()),
     )
         .prop_map(|(protocol, cidr, ports)| SecurityRule {
             protocol,
@@ -104,8 +127,8 @@ fn port() -> impl Strategy<Value = PortSpec> {
     (
         text(),
         text(),
-        text(),
-        vec(text(), 0..4),
+        mac(),
+        vec(any::<Ipv4Addr>(), 0..4),
         of((vec(rule(), 0..3), of(vec(rule(), 0..3)))),
         of((any::<u32>(), any::<u32>())),
     )
@@ -123,12 +146,18 @@ fn port() -> impl Strategy<Value = PortSpec> {
 }
 
 fn endpoint() -> impl Strategy<Value = EndpointSpec> {
-    (text(), text(), vec(text(), 0..4), text()).prop_map(|(network, mac, ips, vtep)| EndpointSpec {
-        network,
-        mac,
-        ips,
-        vtep,
-    })
+    (
+        text(),
+        mac(),
+        vec(any::<Ipv4Addr>(), 0..4),
+        any::<Ipv4Addr>(),
+    )
+        .prop_map(|(network, mac, ips, vtep)| EndpointSpec {
+            network,
+            mac,
+            ips,
+            vtep,
+        })
 }
 
 fn volume() -> impl Strategy<Value = VolumeSpec> {

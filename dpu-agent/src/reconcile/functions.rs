@@ -198,27 +198,18 @@ pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<
             Spec::Port(spec) if spec.function == function => Some(spec.clone()),
             _ => None,
         })?;
-    let mac: Mac = port.mac.parse().ok()?;
+    let mac = Mac(port.mac.0);
     let network = ctx
         .store
         .get(&ObjectKey::new(Kind::Network, port.network.clone()));
-    let prefix = |ip: &IpAddr| -> u8 {
-        let from_cidr = network.as_ref().and_then(|n| {
-            n.spec
-                .as_network()?
-                .cidr
-                .split_once('/')?
-                .1
-                .parse::<u8>()
-                .ok()
-        });
-        from_cidr.unwrap_or(if ip.is_ipv4() { 32 } else { 128 })
-    };
+    let prefix = network
+        .as_ref()
+        .and_then(|n| Some(n.spec.as_network()?.cidr.prefix_len()))
+        .unwrap_or(32);
     let addresses = port
         .ips
         .iter()
-        .filter_map(|s| s.split('/').next()?.parse::<IpAddr>().ok())
-        .map(|ip| (ip, prefix(&ip)))
+        .map(|ip| (IpAddr::V4(*ip), prefix))
         .collect();
     Some(TenantAddressing { mac, addresses })
 }
@@ -229,13 +220,7 @@ fn desired(
     vf: u32,
     tenant: Option<TenantAddressing>,
 ) -> Result<FunctionDesired, ReconcileError> {
-    let mac = match &spec.mac {
-        Some(m) => Some(m.parse::<Mac>().map_err(|e| ReconcileError {
-            reason: "InvalidSpec".into(),
-            message: format!("function {}: spec.mac: {e}", obj.id),
-        })?),
-        None => None,
-    };
+    let mac = spec.mac.map(|m| Mac(m.0));
     Ok(FunctionDesired {
         id: obj.id.clone(),
         type_: match spec.type_ {

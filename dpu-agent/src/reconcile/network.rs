@@ -11,7 +11,6 @@
 //! at again every second.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -143,33 +142,6 @@ impl NetworkBackend {
     }
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    for (o, p) in out.iter_mut().zip(parts) {
-        *o = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (a, l) = s.split_once('/')?;
-    Some((a.parse().ok()?, l.parse().ok()?))
-}
-
-fn parse_ports(s: &str) -> Option<(u16, u16)> {
-    match s.split_once('-') {
-        Some((lo, hi)) => Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)),
-        None => {
-            let p = s.trim().parse().ok()?;
-            Some((p, p))
-        }
-    }
-}
-
 fn rule(r: &SecurityRule) -> RuleDesc {
     RuleDesc {
         protocol: match r.protocol {
@@ -178,8 +150,8 @@ fn rule(r: &SecurityRule) -> RuleDesc {
             Protocol::Icmp => RuleProtocol::Icmp,
             Protocol::Any => RuleProtocol::Any,
         },
-        cidr: r.cidr.as_deref().and_then(parse_cidr),
-        ports: r.ports.as_deref().and_then(parse_ports),
+        cidr: r.cidr.map(|c| (c.addr(), c.prefix_len())),
+        ports: r.ports.map(|p| (p.lo, p.hi)),
     }
 }
 
@@ -232,9 +204,7 @@ fn desired_from_store(
         let Spec::Port(p) = &o.spec else {
             continue;
         };
-        let Some(mac) = parse_mac(&p.mac) else {
-            continue;
-        };
+        let mac = p.mac.0;
         if let Some(rep) = functions
             .get(&p.function)
             .and_then(|f| f.status.facts.representor.as_deref())
@@ -247,7 +217,7 @@ fn desired_from_store(
             tenant: o.tenant.clone(),
             network: p.network.clone(),
             mac,
-            ips: p.ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            ips: p.ips.clone(),
             security: SecurityDesc {
                 ingress: security.ingress.iter().map(rule).collect(),
                 egress: security.egress.map(|e| e.iter().map(rule).collect()),
@@ -263,15 +233,13 @@ fn desired_from_store(
         let Spec::Endpoint(e) = &o.spec else {
             continue;
         };
-        let (Some(mac), Ok(vtep)) = (parse_mac(&e.mac), e.vtep.parse()) else {
-            continue;
-        };
+        let (mac, vtep) = (e.mac.0, e.vtep);
         d.endpoints.push(EndpointDesc {
             id: o.id.clone(),
             tenant: o.tenant.clone(),
             network: e.network.clone(),
             mac,
-            ips: e.ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            ips: e.ips.clone(),
             vtep,
         });
     }
@@ -606,17 +574,17 @@ pub fn with_configured(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
-    fn parses_rule_fields() {
-        assert_eq!(parse_ports("80"), Some((80, 80)));
-        assert_eq!(parse_ports("1000-2000"), Some((1000, 2000)));
-        assert_eq!(
-            parse_cidr("10.0.0.0/8"),
-            Some((Ipv4Addr::new(10, 0, 0, 0), 8))
-        );
-        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
-        assert_eq!(parse_mac("nope"), None);
+    fn rules_come_from_the_typed_spec() {
+        let r: SecurityRule = serde_json::from_value(serde_json::json!(
+            {"protocol": "tcp", "cidr": "10.0.0.0/8", "ports": "1000-2000"}
+        ))
+        .unwrap();
+        let d = rule(&r);
+        assert_eq!(d.cidr, Some((Ipv4Addr::new(10, 0, 0, 0), 8)));
+        assert_eq!(d.ports, Some((1000, 2000)));
     }
 
     #[test]

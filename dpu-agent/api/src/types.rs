@@ -1,0 +1,177 @@
+//! Values that specs carry as strings on the wire but that are parsed once,
+//! when a spec is decoded: a unicast MAC address, an IPv4 network with its
+//! host bits zero, a port or port range. Each serializes back to its
+//! canonical string, and a bad one is refused by decoding with the message
+//! of [`crate::validate`]'s parser, at the field's path (`spec.mac`,
+//! `spec.security.ingress[0].ports`).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::validate;
+
+/// Serializes through `Display`, deserializes through `FromStr` with the
+/// parser's message.
+macro_rules! string_form {
+    ($t:ty, $expecting:literal) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$t, E> {
+                        s.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+
+/// A unicast MAC address other than all zeros, `02:00:00:00:00:01`
+/// (printed in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mac, String> {
+        validate::parse_mac("", s).map(Mac).map_err(|e| e.message)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+string_form!(Mac, "a MAC address like 02:00:00:00:00:01");
+
+/// An IPv4 network whose host bits are zero, `10.0.0.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr(pub Ipv4Net);
+
+impl Ipv4Cidr {
+    pub fn addr(&self) -> Ipv4Addr {
+        self.0.network()
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.0.prefix_len()
+    }
+
+    pub fn contains(&self, ip: &Ipv4Addr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ipv4Cidr, String> {
+        validate::parse_ipv4_cidr("", s)
+            .map(Ipv4Cidr)
+            .map_err(|e| e.message)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+string_form!(Ipv4Cidr, "an IPv4 network like 10.0.0.0/24");
+
+/// A TCP/UDP port (`"80"`) or ascending range (`"1000-2000"`) in 1-65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        validate::parse_port_range("", s)
+            .map(|(lo, hi)| PortRange { lo, hi })
+            .map_err(|e| e.message)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+string_form!(PortRange, "a port like \"80\" or range like \"1000-2000\"");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_strings_round_trip() {
+        let mac: Mac = serde_json::from_value(json!("02:AB:00:00:00:0a")).unwrap();
+        assert_eq!(mac.0, [2, 0xab, 0, 0, 0, 10]);
+        assert_eq!(
+            serde_json::to_value(mac).unwrap(),
+            json!("02:ab:00:00:00:0a")
+        );
+        let net: Ipv4Cidr = serde_json::from_value(json!("10.1.0.0/16")).unwrap();
+        assert_eq!(
+            (net.addr(), net.prefix_len()),
+            ("10.1.0.0".parse().unwrap(), 16)
+        );
+        assert_eq!(serde_json::to_value(net).unwrap(), json!("10.1.0.0/16"));
+        for (s, lo, hi) in [("80", 80, 80), ("1000-2000", 1000, 2000)] {
+            let r: PortRange = serde_json::from_value(json!(s)).unwrap();
+            assert_eq!((r.lo, r.hi), (lo, hi));
+            assert_eq!(serde_json::to_value(r).unwrap(), json!(s));
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_parsers_message() {
+        let cases = [
+            (err::<Mac>(json!("01:00:00:00:00:01")), "multicast"),
+            (err::<Mac>(json!("02:00:00:00:00")), "not a MAC address"),
+            (err::<Ipv4Cidr>(json!("10.0.0.1/24")), "host bits"),
+            (err::<Ipv4Cidr>(json!("fd00::/64")), "only IPv4"),
+            (err::<PortRange>(json!("2000-1000")), "backwards"),
+            (err::<PortRange>(json!(80)), "port like"),
+        ];
+        for (msg, want) in cases {
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+    }
+
+    fn err<T: serde::de::DeserializeOwned + fmt::Debug>(v: serde_json::Value) -> String {
+        serde_json::from_value::<T>(v).unwrap_err().to_string()
+    }
+}
