@@ -489,41 +489,48 @@ pub async fn plan(
         let parsed = prepare_apply(&caller, &req)?;
         store.dry_run(|txn| {
             let admitted = admit_apply(txn, &caller, parsed, req.prune.as_ref())?;
-            Ok::<_, TxError>(
-                admitted
-                    .into_iter()
-                    .map(|(a, i)| {
-                        let obj = txn.get(&a.key);
-                        (a, i, obj)
-                    })
-                    .collect::<Vec<_>>(),
-            )
+            let admitted = admitted
+                .into_iter()
+                .map(|(a, i)| {
+                    let obj = txn.get(&a.key);
+                    (a, i, obj)
+                })
+                .collect::<Vec<_>>();
+            Ok::<_, TxError>((admitted, txn.staged_changes()))
         })
     })
     .await??;
+    let (admitted, changes) = admitted;
     let planned = blocking(move || {
-        admitted
-            .into_iter()
-            .filter_map(|(a, i, obj)| {
-                let obj = obj.or_else(|| ctx.store.get(&a.key))?;
-                let actions = controllers
-                    .get(a.key.kind)
-                    .map(|c| c.plan(&ctx, &obj, a.outcome))
-                    .unwrap_or_default();
-                Some((
-                    i,
-                    PlannedObject {
-                        kind: a.key.kind,
-                        id: a.key.id,
-                        tenant: a.tenant,
-                        outcome: a.outcome,
-                        actions,
-                    },
-                ))
-            })
-            .collect::<Vec<_>>()
+        // The whole batch is planned against the store as it would be
+        // after it: each controller reads a view with every staged change.
+        let ctx = Context {
+            store: std::sync::Arc::new(ctx.store.view_with(changes)?),
+        };
+        Ok::<_, StoreError>(
+            admitted
+                .into_iter()
+                .filter_map(|(a, i, obj)| {
+                    let obj = obj.or_else(|| ctx.store.get(&a.key))?;
+                    let actions = controllers
+                        .get(a.key.kind)
+                        .map(|c| c.plan(&ctx, &obj, a.outcome))
+                        .unwrap_or_default();
+                    Some((
+                        i,
+                        PlannedObject {
+                            kind: a.key.kind,
+                            id: a.key.id,
+                            tenant: a.tenant,
+                            outcome: a.outcome,
+                            actions,
+                        },
+                    ))
+                })
+                .collect::<Vec<_>>(),
+        )
     })
-    .await?;
+    .await??;
     let mut planned = planned;
     planned.sort_by_key(|(i, _)| *i);
     let resp = PlanResponse {

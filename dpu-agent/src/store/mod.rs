@@ -280,7 +280,7 @@ fn key_str(key: &ObjectKey) -> String {
     format!("{}/{}", key.kind.path(), key.id)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct State {
     objects: BTreeMap<ObjectKey, Arc<StoredObject>>,
     /// Typed indexes over `objects`, changed with it ([`State::set`]).
@@ -531,6 +531,15 @@ impl<'a> Txn<'a> {
         self.sealer
     }
 
+    /// What this transaction staged: each changed object, `None` for a
+    /// removal.
+    pub fn staged_changes(&self) -> Vec<(ObjectKey, Option<Arc<StoredObject>>)> {
+        self.staged
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Whether anything was staged.
     pub fn is_empty(&self) -> bool {
         self.staged.is_empty() && self.hosts.is_empty()
@@ -672,6 +681,38 @@ impl Store {
             committer: Mutex::new(CommitLog::default()),
             sealer,
             events,
+            commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
+            commit_group_size: HistogramVec::new(GROUP_SIZE_BUCKETS, []),
+            commit_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// An in-memory copy of the committed objects with `changes` applied on
+    /// top: what `/v1/plan` lets the controllers read, so that a batch plans
+    /// as a whole (a new network and its ports together). Nothing written
+    /// to it reaches the disk or the real store, and its sealer is a fresh
+    /// key: the view cannot open the real secrets.
+    pub fn view_with(
+        &self,
+        changes: Vec<(ObjectKey, Option<Arc<StoredObject>>)>,
+    ) -> Result<Store, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let mut state = self.state.read().map_err(|_| StoreError::Poisoned)?.clone();
+        for (key, obj) in changes {
+            state.set(&key, obj);
+        }
+        let staging = Staging {
+            revision: state.revision,
+            pending_seq: 1,
+            ..Staging::default()
+        };
+        Ok(Store {
+            db,
+            state: RwLock::new(state),
+            writer: Mutex::new(staging),
+            committer: Mutex::new(CommitLog::default()),
+            sealer: Sealer::ephemeral()?,
+            events: broadcast::channel(1).0,
             commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
             commit_group_size: HistogramVec::new(GROUP_SIZE_BUCKETS, []),
             commit_failures: AtomicU64::new(0),
@@ -1315,6 +1356,43 @@ mod tests {
             assert!(store.functions_on_pf("pf0").is_empty());
         }
         check(&Store::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_view_sees_the_changes_and_leaves_the_store_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .transact(|t| {
+                t.put(obj(Kind::Tenant, "a", "a", json!({})), EventType::Added);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let (changes, _) = store
+            .dry_run(|t| {
+                t.put(
+                    obj(
+                        Kind::Function,
+                        "f",
+                        "a",
+                        json!({"type": "net", "pf": "pf0"}),
+                    ),
+                    EventType::Added,
+                );
+                t.remove(&ObjectKey::new(Kind::Tenant, "a"));
+                Ok::<_, StoreError>(t.staged_changes())
+            })
+            .unwrap();
+        let view = store.view_with(changes).unwrap();
+        assert_eq!(view.functions_on_pf("pf0").len(), 1);
+        assert_eq!(view.list(Kind::Function, Some("a")).len(), 1);
+        assert!(view.get(&ObjectKey::new(Kind::Tenant, "a")).is_none());
+        // The store itself is as it was, on disk too.
+        assert!(store.functions_on_pf("pf0").is_empty());
+        assert!(store.get(&ObjectKey::new(Kind::Tenant, "a")).is_some());
+        drop((view, store));
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.all().len(), 1);
     }
 
     #[test]

@@ -100,6 +100,19 @@ impl Sealer {
         })
     }
 
+    /// A sealer with a random key that is never written anywhere, for a
+    /// read-only view of the store that must not open the real secrets.
+    pub fn ephemeral() -> Result<Sealer, SealError> {
+        let rng = SystemRandom::new();
+        let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
+        rng.fill(&mut key).map_err(|_| SealError::Random)?;
+        let unbound = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| SealError::Random)?;
+        Ok(Sealer {
+            key: LessSafeKey::new(unbound),
+            rng,
+        })
+    }
+
     /// Seals one secret string for `object` (`kind/id`) and `field`.
     pub fn seal(&self, object: &str, field: &str, secret: &str) -> Result<Value, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
