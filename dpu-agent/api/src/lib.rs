@@ -4,6 +4,7 @@
 //! ([`problem`]), roles from SPIFFE IDs ([`identity`]) and an async client
 //! with mutual TLS ([`client`]). See README.md.
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod identity;
 pub mod kind;
