@@ -25,7 +25,7 @@ target_dir=${CARGO_TARGET_DIR:-target}
 
 for t in "${TARGETS[@]}"; do
     echo "cross/build.sh: building ${BINS[*]} for $t ($profile)"
-    cargo build --locked "${cargo_profile[@]}" --target "$t" -p dpu-agent --bins
+    cargo build --locked "${cargo_profile[@]}" --target "$t" -p dpu-agent -p dpuctl --bins
 done
 
 echo

@@ -28,7 +28,7 @@ done
 [[ ${skip[0]} == -- ]] || skip=(-- "${skip[@]}")
 
 echo "cross/test.sh: unit tests of dpu-api and dpu-agent for $TARGET under qemu-user"
-cargo test --locked --target "$TARGET" "$@" -p dpu-api -p dpu-agent --lib "${skip[@]}"
+cargo test --locked --target "$TARGET" "$@" -p dpu-api -p dpu-agent -p dpuctl --lib "${skip[@]}"
 
 echo "cross/test.sh: integration tests of dpu-api for $TARGET under qemu-user"
 cargo test --locked --target "$TARGET" "$@" -p dpu-api --test '*' "${skip[@]}"

@@ -69,7 +69,7 @@ cargo_profile=()
 [ "$profile" = release ] && cargo_profile=(--release)
 # Without SOURCE_DATE_EPOCH: build scripts (ring's cc) rerun when it changes,
 # which would rebuild the agent that the aarch64 stage already built.
-env -u SOURCE_DATE_EPOCH cargo build --locked -q "${cargo_profile[@]}" --target "$target" -p dpu-agent --bins
+env -u SOURCE_DATE_EPOCH cargo build --locked -q "${cargo_profile[@]}" --target "$target" -p dpu-agent -p dpuctl --bins
 env -u SOURCE_DATE_EPOCH cargo build --locked -q -p dpu-image
 bindir=${CARGO_TARGET_DIR:-$repo/target}/$target/$profile
 for b in dpu-agent dpuctl; do

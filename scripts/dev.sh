@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 command -v cargo >/dev/null || { echo "dev: cargo not found; install Rust with rustup" >&2; exit 1; }
-cargo build --locked -q -p dpu-agent --bins
+cargo build --locked -q -p dpu-agent -p dpuctl --bins
 
 state="${DPU_STATE_DIR:-$HOME/.local/state/dpu-agent/dev}"
 export DPU_STATE_DIR="$state"

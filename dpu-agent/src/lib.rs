@@ -4,7 +4,6 @@
 
 pub mod admission;
 pub mod agent;
-pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod metrics;

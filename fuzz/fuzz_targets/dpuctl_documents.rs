@@ -3,7 +3,7 @@
 //! batches), nor the typed spec parsing and validation of what it read.
 #![no_main]
 
-use dpu_agent::cli::documents::Documents;
+use dpuctl::documents::Documents;
 use dpu_api::Kind;
 use dpu_api::spec::Spec;
 use dpu_api::validate::validate_spec;

@@ -110,7 +110,21 @@ fn main() -> anyhow::Result<()> {
             let lock_path = root.join("Cargo.lock");
             let lock = std::fs::read_to_string(&lock_path)
                 .with_context(|| format!("cannot read {}", lock_path.display()))?;
-            let rust_packages = sbom::rust_packages(&metadata, &lock, "dpu-agent")?;
+            // The image ships two Rust programs: the agent and dpuctl.
+            let mut rust_packages = sbom::rust_packages(&metadata, &lock, "dpu-agent")?;
+            rust_packages.extend(sbom::rust_packages(&metadata, &lock, "dpuctl")?);
+            rust_packages.sort();
+            rust_packages.dedup();
+            // A crate one program links and the other only builds with is
+            // listed once, as linked.
+            let linked: std::collections::BTreeSet<(String, String)> = rust_packages
+                .iter()
+                .filter(|p| p.kind == "runtime")
+                .map(|p| (p.name.clone(), p.version.clone()))
+                .collect();
+            rust_packages.retain(|p| {
+                p.kind == "runtime" || !linked.contains(&(p.name.clone(), p.version.clone()))
+            });
             let git_commit = output(
                 Command::new("git")
                     .current_dir(&root)

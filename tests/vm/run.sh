@@ -16,7 +16,7 @@ export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
 # release profile, so building them in release would build everything twice.
 cargo build --locked -p dpu-tests --target x86_64-unknown-linux-musl \
     --bin ktls-probe --bin vf-config --bin xfrm-probe --bin nvmet-probe \
-    -p dpu-agent --bin dpu-agent --bin dpuctl
+    -p dpu-agent --bin dpu-agent -p dpuctl --bin dpuctl
 # The VM tests are #[ignore]d in plain `cargo test` (reported as ignored);
 # here they run, and a run in which none ran fails.
 DPU_VM_TESTS=1 bash scripts/must-run-tests.sh cargo test --locked -p dpu-tests --test vm_smoke \
