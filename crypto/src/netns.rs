@@ -164,10 +164,11 @@ mod tests {
     /// loopback listener.
     #[tokio::test]
     async fn sockets_belong_to_the_namespace_of_the_thread() {
-        // SAFETY: geteuid has no preconditions.
         // A missing environment fails the test; it never passes unrun.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            root,
             "needs root for namespaces: run the tests as root (scripts/test.sh does)"
         );
         // A new, unnamed namespace, held by an fd only.

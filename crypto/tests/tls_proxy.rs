@@ -329,10 +329,11 @@ async fn ktls_off_stays_in_userspace_and_says_so() {
 #[tokio::test]
 async fn start_in_binds_and_dials_inside_the_namespace_only() {
     use dpu_crypto::netns::NetnsThread;
-    // SAFETY: geteuid has no preconditions.
     // A missing environment fails the test; it never passes unrun.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
     assert!(
-        unsafe { libc::geteuid() } == 0,
+        root,
         "needs root for namespaces: run the tests as root (scripts/test.sh does)"
     );
     let ns_file = std::thread::spawn(|| {

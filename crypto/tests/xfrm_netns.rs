@@ -23,10 +23,11 @@ struct Netns {
 
 impl Netns {
     fn new() -> Option<Netns> {
-        // SAFETY: geteuid has no preconditions.
         // A missing environment fails the test; it never passes unrun.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            root,
             "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
         );
         static N: AtomicU32 = AtomicU32::new(0);

@@ -99,12 +99,8 @@ fn run_in<T: Send + 'static>(
     let file = File::open(format!("/run/netns/{ns}")).unwrap();
     std::thread::spawn(move || {
         // SAFETY: `file` is an open nsfs file; setns affects only this thread.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
-            0,
-            "setns: {}",
-            std::io::Error::last_os_error()
-        );
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
         f()
     })
     .join()

@@ -61,11 +61,8 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         // SAFETY: setns on this thread only, with a valid namespace fd.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns {path}"
-        );
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
         f()
     })
     .join()
@@ -102,10 +99,8 @@ impl Receiver {
         let thread = std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap();
             // SAFETY: setns on this thread only, with a valid namespace fd.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             let sock = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();

@@ -815,10 +815,11 @@ mod tests {
     struct Netns(String);
     impl Netns {
         fn new(tag: &str) -> Option<Netns> {
-            // SAFETY: geteuid has no preconditions.
             // A missing environment fails the test; it never passes unrun.
+            // SAFETY: geteuid has no preconditions.
+            let root = unsafe { libc::geteuid() } == 0;
             assert!(
-                unsafe { libc::geteuid() } == 0,
+                root,
                 "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
             );
             let name = format!("dpuag-{tag}-{}", std::process::id());
@@ -977,10 +978,11 @@ mod tests {
 
     #[tokio::test]
     async fn dev_mode_programs_a_private_namespace_not_the_hosts() {
-        // SAFETY: geteuid has no preconditions.
         // A missing environment fails the test; it never passes unrun.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            root,
             "needs root: run the tests as root (scripts/test.sh does)"
         );
         let dir = tempfile::tempdir().unwrap();

@@ -735,10 +735,11 @@ mod tests {
     /// that never opened it.
     #[tokio::test]
     async fn named_context_lives_exactly_as_long_as_the_tenant_needs_it() {
-        // SAFETY: geteuid has no preconditions.
         // A missing environment fails the test; it never passes unrun.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            root,
             "needs root: run the tests as root (scripts/test.sh does)"
         );
         let prefix = format!("dpuag-tn{}-", std::process::id());

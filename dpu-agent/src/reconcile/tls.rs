@@ -432,10 +432,11 @@ mod tests {
     /// tenant's namespace: the test reaches both from inside it.
     #[tokio::test]
     async fn serves_rotates_without_dropping_and_stops() {
-        // SAFETY: geteuid has no preconditions.
         // A missing environment fails the test; it never passes unrun.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            root,
             "needs root for the tenant namespace: run the tests as root (scripts/test.sh does)"
         );
         let dir = tempfile::tempdir().unwrap();
