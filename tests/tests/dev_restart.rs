@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
 use dpu_tests::agent::{AgentProcess, binary};
-use net_offload::sandbox::{Daemon, running_in};
+use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, SandboxError, running_in};
 use serde_json::json;
 
 /// The tests of this file take turns (each counts on which of its own
@@ -388,6 +388,20 @@ async fn two_dev_agents_each_get_a_working_bridge() {
         .expect("the second switch runs in a named namespace");
     assert!(sw_b_name.starts_with("dpu-dev-"), "{sw_b_name}");
     println!("switch namespaces: a {sw_a:?}, b {sw_b:?}");
+    // A start that asks for the host's namespace explicitly is still
+    // refused while a switch holds its datapath, naming the way out.
+    if sw_a.is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = OvsSandbox::start(SandboxConfig::new(dir.path().join("ovs")))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, SandboxError::DatapathTaken { .. }), "{text}");
+        assert!(
+            text.contains("ovs-netdev") && text.contains("--stop"),
+            "{text}"
+        );
+    }
 
     for (state, sw, ids) in [(&state_a, &sw_a, &ids_a), (&state_b, &sw_b, &ids_b)] {
         // Each representor is in its own switch's namespace, on its bridge.
