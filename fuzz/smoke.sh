@@ -44,9 +44,18 @@ failed=0
 for t in "${targets[@]}"; do
   work="target/smoke/$t"
   rm -rf "$work"
-  mkdir -p "$work/corpus" "$work/artifacts" "$work/tmp"
-  # TMPDIR: sysfs_discover builds its trees there.
-  if TMPDIR="$PWD/$work/tmp" "target/$triple/release/$t" \
+  mkdir -p "$work/corpus" "$work/artifacts"
+  # TMPDIR: sysfs_discover builds a file tree there for every input. On
+  # tmpfs (/dev/shm) that is ~30x faster than on disk (measured: 3834 vs
+  # 130 executions/s); the same trees, the same checks.
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    tmp="$(mktemp -d /dev/shm/dpu-fuzz-"$t".XXXXXX)"
+  else
+    tmp="$PWD/$work/tmp"
+    mkdir -p "$tmp"
+  fi
+  trap 'rm -rf "$tmp"' EXIT
+  if TMPDIR="$tmp" "target/$triple/release/$t" \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$work/artifacts/" -print_final_stats=1 \
       "$work/corpus" "seeds/$t" >"$work/log" 2>&1; then
@@ -59,7 +68,8 @@ for t in "${targets[@]}"; do
     ls "$work"/artifacts/* >&2 2>/dev/null || true
     failed=$((failed + 1))
   fi
-  rm -rf "$work/tmp"
+  rm -rf "$tmp"
+  trap - EXIT
 done
 t2=$(date +%s)
 echo "fuzz smoke: ran in $((t2 - t1)) s"

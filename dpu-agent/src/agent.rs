@@ -55,6 +55,39 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// With the veth simulator and a private switch in a named namespace
+/// (`cfg.switch_netns`, dev mode), the functions controller whose backend
+/// makes representors in that namespace, in place of the placeholder (so
+/// `reconcile::functions::with_configured` keeps it); otherwise unchanged.
+fn with_switch_netns(
+    cfg: &Config,
+    controllers: Vec<Arc<dyn Controller>>,
+) -> Vec<Arc<dyn Controller>> {
+    use net_offload::functions::{naming, veth::VethBackend};
+    let Some(netns) = cfg.switch_netns.as_ref() else {
+        return controllers;
+    };
+    if cfg.functions_backend != crate::config::FunctionsBackend::Veth {
+        return controllers;
+    }
+    controllers
+        .into_iter()
+        .map(|c| {
+            if c.kind() == dpu_api::Kind::Function && c.backend().is_none() {
+                // Scoped by state directory, as `reconcile::functions::for_config` does.
+                let backend =
+                    VethBackend::scoped(naming::scope_of(&cfg.state_dir.to_string_lossy()))
+                        .in_switch_netns(Some(netns.clone()));
+                Arc::new(crate::reconcile::functions::Functions::new(Arc::new(
+                    backend,
+                ))) as Arc<dyn Controller>
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(
     cfg: &Config,
@@ -71,6 +104,8 @@ pub async fn run(
     let ctx = Context {
         store: store.clone(),
     };
+    // A dev switch in a namespace of its own gets its representors there.
+    let controllers = with_switch_netns(cfg, controllers);
     // The functions controller depends on the configured backend.
     let controllers = crate::reconcile::functions::with_configured(cfg, controllers);
     // IPsec programs the host's XFRM in `run`, a private namespace in `dev`.

@@ -233,6 +233,12 @@ pub struct Config {
     pub ovs: OvsConfig,
     pub functions_backend: FunctionsBackend,
     pub storage: StorageConfig,
+    /// Dev mode: the named network namespace (`/run/netns/<name>`) the
+    /// private switch's ovs-vswitchd runs in, when it is not the agent's own
+    /// (a second dev agent on the host); the veth simulator then makes the
+    /// representors there. Set by `dev::bootstrap`, never resolved from
+    /// files or the environment; `None` in `run` mode.
+    pub switch_netns: Option<String>,
 }
 
 /// The dev state directory when none is given: `$DPU_STATE_DIR`, else
@@ -431,6 +437,7 @@ impl Config {
             ovs,
             functions_backend,
             storage,
+            switch_netns: None,
         })
     }
 }

@@ -8,14 +8,21 @@
 //! flows, the next `dpu-agent dev` on the same state directory adopts it
 //! (zero flow churn), and `dpu-agent dev --stop` stops it (with
 //! `exit --cleanup`, so the userspace datapath's persistent tap devices go
-//! too). One private switch runs per network namespace: the userspace
-//! datapath's tap device `ovs-netdev` is global to it, so a second dev agent
-//! with its own switch is refused with an error naming the running one.
+//! too, and the switch's own namespace if it has one).
+//!
+//! One userspace switch fits in a network namespace (its tap device
+//! `ovs-netdev` and the bridges' taps are global to it). The first dev agent
+//! runs its ovs-vswitchd in the host's namespace; one started while another
+//! ovs-vswitchd already runs there gets a namespace of its own,
+//! `dpu-dev-<scope of the state directory>` (`/run/netns/`, made natively),
+//! recorded in `STATE_DIR/ovs/netns`; it keeps it across restarts until
+//! `--stop`, and the veth simulator makes its representors there.
 
 use std::path::Path;
 use std::time::Duration;
 
-use net_offload::sandbox::{self, OvsSandbox, SandboxConfig, SandboxError};
+use net_offload::functions::naming;
+use net_offload::sandbox::{self, Netns, OvsSandbox, SandboxConfig, SandboxError, Stopped};
 
 use crate::config::Config;
 use crate::pki::{self, DevPki, PkiError};
@@ -50,7 +57,12 @@ pub async fn bootstrap(cfg: &Config, want_ovs: bool) -> Result<DevBootstrap, Dev
     names.dedup();
     let pki = pki::ensure_dev_pki(&cfg.state_dir.join("pki"), &cfg.trust_domain, &names)?;
     let (ovs, ovs_note) = if want_ovs {
-        match OvsSandbox::start(SandboxConfig::new(cfg.state_dir.join("ovs"))).await {
+        // Named from the state directory, canonical so that relative and
+        // absolute spellings of one directory agree.
+        let state = std::fs::canonicalize(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
+        let mut config = SandboxConfig::new(cfg.state_dir.join("ovs"));
+        config.netns = Netns::HostOrNamed(naming::dev_switch_netns(&state.to_string_lossy()));
+        match OvsSandbox::start(config).await {
             Ok(s) => (Some(s), None),
             Err(SandboxError::NotInstalled { program }) => {
                 let note = format!(
@@ -67,14 +79,23 @@ pub async fn bootstrap(cfg: &Config, want_ovs: bool) -> Result<DevBootstrap, Dev
     Ok(DevBootstrap { pki, ovs, ovs_note })
 }
 
-/// `dpu-agent dev --stop`: stops the private switch of `state_dir`.
-pub async fn stop_switch(state_dir: &Path) -> Result<Vec<&'static str>, DevError> {
+/// `dpu-agent dev --stop`: stops the private switch of `state_dir` and
+/// removes its own network namespace, if it has one.
+pub async fn stop_switch(state_dir: &Path) -> Result<Stopped, DevError> {
     sandbox::stop_dir(&state_dir.join("ovs"), Duration::from_secs(20))
         .await
         .map_err(DevError::Ovs)
 }
 
 impl DevBootstrap {
+    /// The named namespace the private switch runs in, when it is not the
+    /// agent's (see the module doc).
+    pub fn switch_netns(&self) -> Option<String> {
+        self.ovs
+            .as_ref()
+            .and_then(|s| s.named_netns().map(str::to_string))
+    }
+
     /// Lets the agent exit without stopping the private switch.
     pub fn leave_switch_running(self) {
         if let Some(ovs) = self.ovs {
@@ -100,11 +121,14 @@ impl DevBootstrap {
         };
         let ovs = match (&self.ovs, &self.ovs_note) {
             (Some(s), _) => format!(
-                "private Open vSwitch in {} (OVSDB {}, bridge {}); it keeps running when the \
+                "private Open vSwitch in {} (OVSDB {}, bridge {}{}); it keeps running when the \
                  agent stops — `dpu-agent dev --stop` stops it",
                 s.dir().display(),
                 s.db_socket().display(),
-                cfg.ovs.bridge
+                cfg.ovs.bridge,
+                s.named_netns()
+                    .map(|n| format!(", datapath in network namespace {n}"))
+                    .unwrap_or_default()
             ),
             (None, Some(note)) => note.clone(),
             (None, None) => "no private Open vSwitch".to_string(),

@@ -19,7 +19,13 @@
 //! [`Netns::Private`] (what tests use) gives ovs-vswitchd a fresh namespace of
 //! its own (`unshare(2)` before exec; its taps vanish with it);
 //! [`Netns::Path`] enters a named one (`setns(2)`, e.g. `/run/netns/dpu1`,
-//! for two-"DPU" setups joined by a veth).
+//! for two-"DPU" setups joined by a veth). [`Netns::HostOrNamed`] is
+//! `dpu-agent dev`'s rule: the caller's namespace while no other
+//! ovs-vswitchd runs there, else a named namespace of the sandbox's own,
+//! made natively (unshare + bind mount, [`crate::functions::netns`]) and
+//! recorded in the directory's `netns` file, so that every later start in
+//! the directory enters it again until [`stop_dir`] removes both.
+//! ovsdb-server speaks only unix sockets and stays in the caller's namespace.
 //!
 //! Outliving its owner: [`OvsSandbox::start`] adopts a daemon of this
 //! directory that is still running (its pid file names a live process whose
@@ -155,7 +161,18 @@ pub enum Netns {
     Private,
     /// An existing namespace file, e.g. `/run/netns/NAME`.
     Path(PathBuf),
+    /// The caller's namespace while no other ovs-vswitchd runs there (and
+    /// this directory has no recorded namespace); otherwise the named
+    /// namespace `/run/netns/<name>`, created if absent and recorded in the
+    /// directory's `netns` file: a switch that went there stays there
+    /// (restarts, adoption) until [`stop_dir`]. A start with [`Netns::Host`]
+    /// in a directory with such a record also enters it.
+    HostOrNamed(String),
 }
+
+/// The file in a sandbox directory that names the namespace its
+/// ovs-vswitchd was placed in by [`Netns::HostOrNamed`].
+pub const NETNS_RECORD: &str = "netns";
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -228,6 +245,9 @@ pub struct OvsSandbox {
     programs: Programs,
     /// Pids of the daemons we started and have not stopped, by [`Daemon`].
     pids: Mutex<[Option<i32>; 2]>,
+    /// The named namespace (under `/run/netns`) ovs-vswitchd runs in, when
+    /// [`Netns::HostOrNamed`] or the directory's record put it there.
+    named_netns: Option<String>,
 }
 
 impl OvsSandbox {
@@ -249,16 +269,97 @@ impl OvsSandbox {
             source,
         })?;
         let config = SandboxConfig { dir, ..config };
-        let sandbox = OvsSandbox {
+        let fallback = match &config.netns {
+            Netns::HostOrNamed(name) => Some(name.clone()),
+            _ => None,
+        };
+        let mut sandbox = OvsSandbox {
             config,
             programs,
             pids: Mutex::new([None, None]),
+            named_netns: None,
         };
+        sandbox.resolve_netns()?;
         sandbox.create_db().await?;
         sandbox.start_daemon(Daemon::OvsdbServer).await?;
         sandbox.init_db().await?;
-        sandbox.start_daemon(Daemon::Vswitchd).await?;
+        match sandbox.start_daemon(Daemon::Vswitchd).await {
+            // Another switch took the caller's namespace since we looked.
+            Err(SandboxError::DatapathTaken { other })
+                if fallback.is_some() && sandbox.named_netns.is_none() =>
+            {
+                let name = fallback.unwrap_or_default();
+                tracing::info!(netns = %name, %other, "the datapath here is taken; using a namespace of our own");
+                sandbox.enter_named(&name)?;
+                sandbox.start_daemon(Daemon::Vswitchd).await?;
+            }
+            other => other?,
+        }
         Ok(sandbox)
+    }
+
+    /// Turns [`Netns::HostOrNamed`] (and [`Netns::Host`] in a directory
+    /// whose record names a namespace) into the namespace to use.
+    fn resolve_netns(&mut self) -> Result<(), SandboxError> {
+        let recorded = recorded_netns(&self.config.dir);
+        match self.config.netns.clone() {
+            Netns::Host => {
+                if let Some(name) = recorded {
+                    tracing::info!(netns = %name, dir = %self.config.dir.display(), "entering the namespace this directory's switch was placed in");
+                    self.enter_named(&name)?;
+                }
+            }
+            Netns::HostOrNamed(name) => {
+                if let Some(recorded) = recorded {
+                    self.enter_named(&recorded)?;
+                } else if running_in(&self.config.dir, Daemon::Vswitchd).is_some() {
+                    // Adopted where it runs: with no record, the caller's.
+                    self.config.netns = Netns::Host;
+                } else if let Some(other) = other_vswitchd_here() {
+                    tracing::info!(netns = %name, %other, "the datapath here is taken; using a namespace of our own");
+                    self.enter_named(&name)?;
+                } else {
+                    self.config.netns = Netns::Host;
+                }
+            }
+            Netns::Private | Netns::Path(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Creates (if absent) and records the named namespace `name`, and
+    /// makes it the one ovs-vswitchd starts in.
+    fn enter_named(&mut self, name: &str) -> Result<(), SandboxError> {
+        let path = crate::functions::netns::path(name);
+        if !valid_netns_name(name) {
+            return Err(SandboxError::Netns {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a namespace name is 1-64 of [A-Za-z0-9._-], not starting with a dot",
+                ),
+            });
+        }
+        crate::functions::netns::create(name).map_err(|source| SandboxError::Netns {
+            path: path.clone(),
+            source,
+        })?;
+        let record = self.config.dir.join(NETNS_RECORD);
+        std::fs::write(&record, format!("{name}\n")).map_err(|source| SandboxError::Dir {
+            path: record,
+            source,
+        })?;
+        self.config.netns = Netns::Path(path);
+        self.named_netns = Some(name.to_string());
+        Ok(())
+    }
+
+    /// The named namespace (`/run/netns/<name>`) ovs-vswitchd runs in when
+    /// [`Netns::HostOrNamed`] or the directory's record put it there; its
+    /// tap devices and every port's device live there. `None`: the
+    /// namespace the config gave (the caller's for [`Netns::Host`]).
+    pub fn named_netns(&self) -> Option<&str> {
+        self.named_netns.as_deref()
     }
 
     /// [`OvsSandbox::start`] with defaults in `dir`.
@@ -416,7 +517,7 @@ impl OvsSandbox {
             Daemon::Vswitchd => &self.programs.vswitchd,
         };
         if daemon == Daemon::Vswitchd
-            && self.config.netns == Netns::Host
+            && matches!(self.config.netns, Netns::Host | Netns::HostOrNamed(_))
             && let Some(other) = other_vswitchd_here()
         {
             return Err(SandboxError::DatapathTaken { other });
@@ -567,10 +668,38 @@ fn other_vswitchd_here() -> Option<String> {
     None
 }
 
+/// The namespace name recorded in `dir` by [`Netns::HostOrNamed`], if the
+/// record exists and names a namespace that exists.
+pub fn recorded_netns(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(NETNS_RECORD)).ok()?;
+    let name = text.trim();
+    (valid_netns_name(name) && crate::functions::netns::exists(name)).then(|| name.to_string())
+}
+
+/// A name that stays one plain file under `/run/netns`: 1-64 of
+/// `[A-Za-z0-9._-]`, not starting with a dot (so never `.` or `..`).
+fn valid_netns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// What [`stop_dir`] stopped and removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    /// The programs stopped, ovs-vswitchd first.
+    pub programs: Vec<&'static str>,
+    /// The recorded namespace removed (see [`Netns::HostOrNamed`]).
+    pub netns: Option<String>,
+}
+
 /// Stops the daemons running for the sandbox in `dir` (ovs-vswitchd first),
-/// whichever process started them: `dpu-agent dev --stop`. Returns the
-/// programs it stopped.
-pub async fn stop_dir(dir: &Path, timeout: Duration) -> Result<Vec<&'static str>, SandboxError> {
+/// whichever process started them, then removes the namespace the
+/// directory's record names and the record: `dpu-agent dev --stop`.
+pub async fn stop_dir(dir: &Path, timeout: Duration) -> Result<Stopped, SandboxError> {
     let mut stopped = Vec::new();
     for daemon in [Daemon::Vswitchd, Daemon::OvsdbServer] {
         let Some(pid) = running_in(dir, daemon) else {
@@ -611,7 +740,34 @@ pub async fn stop_dir(dir: &Path, timeout: Duration) -> Result<Vec<&'static str>
         }
         stopped.push(daemon.program());
     }
-    Ok(stopped)
+    let record = dir.join(NETNS_RECORD);
+    let netns = match std::fs::read_to_string(&record) {
+        Ok(text) => {
+            let name = text.trim().to_string();
+            // A record that is not a plain name (edited by hand) is not
+            // followed out of /run/netns; the record itself still goes.
+            if valid_netns_name(&name) {
+                let n = name.clone();
+                tokio::task::spawn_blocking(move || crate::functions::netns::remove(&n))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                    .map_err(|source| SandboxError::Netns {
+                        path: crate::functions::netns::path(&name),
+                        source,
+                    })?;
+            }
+            std::fs::remove_file(&record).map_err(|source| SandboxError::Dir {
+                path: record.clone(),
+                source,
+            })?;
+            valid_netns_name(&name).then_some(name)
+        }
+        Err(_) => None,
+    };
+    Ok(Stopped {
+        programs: stopped,
+        netns,
+    })
 }
 
 impl Drop for OvsSandbox {
@@ -677,7 +833,8 @@ fn set_netns_before_exec(
     netns: &Netns,
 ) -> Result<Option<File>, SandboxError> {
     let path = match netns {
-        Netns::Host => return Ok(None),
+        // HostOrNamed is resolved by `start`; unresolved it is the caller's.
+        Netns::Host | Netns::HostOrNamed(_) => return Ok(None),
         Netns::Private => {
             // SAFETY: the closure runs in the forked child before exec and
             // only calls unshare(2), which is async-signal-safe.
@@ -731,6 +888,25 @@ mod tests {
     }
 
     #[test]
+    fn recorded_namespace_names_stay_under_run_netns() {
+        for good in ["dpu-dev-0badf00d", "a", "x.y_z-1"] {
+            assert!(valid_netns_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../run",
+            "a/b",
+            ".hidden",
+            "a b",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_netns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn own_process_is_alive_and_bogus_pid_is_not() {
         assert!(alive(std::process::id() as i32));
         assert!(!alive(i32::MAX));
@@ -746,6 +922,7 @@ mod tests {
                 ovsdb_tool: "ovsdb-tool".into(),
             },
             pids: Mutex::new([None, None]),
+            named_netns: None,
         };
         assert_eq!(sandbox.db_socket(), Path::new("/tmp/x/db.sock"));
         assert_eq!(

@@ -2,7 +2,9 @@
 //! (real ovsdb-server and ovs-vswitchd, userspace datapath) outlives the
 //! agent, a restarted agent — after SIGTERM or SIGKILL — adopts it with zero
 //! flow churn, `dpu-agent dev --stop` stops it, and two dev agents with two
-//! state directories each get a working bridge. `ovs-ofctl` is the witness.
+//! state directories each get a working bridge (the second one's switch in
+//! a network namespace of its own). `ovs-ofctl`, `ovs-vsctl` and `ip` are
+//! the witnesses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
 use dpu_tests::agent::{AgentProcess, binary};
-use net_offload::sandbox::{Daemon, running_in};
+use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, SandboxError, running_in};
 use serde_json::json;
 
-/// One userspace datapath per network namespace: the tests of this file
-/// take turns.
+/// The tests of this file take turns (each counts on which of its own
+/// switches started first).
 static ONE_SWITCH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Stops the private switch of a state directory on drop (declared after
@@ -188,44 +190,78 @@ async fn dev_switch_outlives_the_agent_and_is_adopted_without_churn() {
     assert_eq!(running_in(&ovs, Daemon::Vswitchd), None);
 }
 
-/// One userspace datapath per network namespace: a second dev agent with
-/// its own switch is refused with an error that names the running switch
-/// and how to stop it; once stopped, the second one gets its bridge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_dev_switch_is_refused_clearly_then_starts() {
-    let _turn = ONE_SWITCH.lock().await;
-    let mut a = AgentProcess::start_with(&[]);
-    let _ga = SwitchGuard(a.state_dir());
-    let dir = tempfile::tempdir().unwrap();
-    let state_b = dir.path().join("state");
-    let _gb = SwitchGuard(state_b.clone());
-    let run_b = || {
-        Command::new(binary("dpu-agent"))
-            .args(["dev", "--listen"])
-            .arg(format!("127.0.0.1:{}", dpu_tests::agent::free_port()))
-            .arg("--state-dir")
-            .arg(&state_b)
-            .env("DPU_AGENT_FUNCTIONS_BACKEND", "none")
-            .output()
-            .expect("run dpu-agent")
-    };
-    let out = run_b();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
-    assert!(text.contains("ovs-netdev"), "{text}");
-    assert!(text.contains("--stop"), "{text}");
-    assert!(
-        text.contains(&a.state_dir().display().to_string()),
-        "{text}"
-    );
+fn out(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().expect(cmd);
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
 
-    // After the first one's switch is stopped, the second gets its bridge.
-    a.kill9();
-    stop(&a.state_dir());
-    let b = AgentProcess::start_with(&[]);
-    let _gb2 = SwitchGuard(b.state_dir());
-    let admin = b.admin();
+/// The named namespace (`ip netns identify`) a process runs in; `None`:
+/// not a named one (the host's).
+fn netns_of(pid: i32) -> Option<String> {
+    let name = out("ip", &["netns", "identify", &pid.to_string()]);
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// `ip link` in the named namespace `ns` (or the host's).
+fn ip_link(ns: Option<&str>, rest: &[&str]) -> String {
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-o", "link", "show"]);
+    args.extend(rest);
+    out("ip", &args)
+}
+
+fn ovs_ports(state: &Path) -> Vec<String> {
+    let db = format!("--db=unix:{}", state.join("ovs/db.sock").display());
+    out("ovs-vsctl", &[&db, "list-ports", "br-int"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn ping(from_ns: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", from_ns, "ping", "-c", "1", "-W", "1", "-q", to,
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// On every path: both switches stopped (`--stop`, which also removes a
+/// switch's own namespace), then the test's function namespaces and any
+/// representor left in the host's namespace removed.
+struct TwoAgentsCleanup {
+    states: Vec<PathBuf>,
+    functions: Vec<String>,
+}
+
+impl Drop for TwoAgentsCleanup {
+    fn drop(&mut self) {
+        for state in &self.states {
+            let _ = Command::new(binary("dpu-agent"))
+                .args(["dev", "--stop", "--state-dir"])
+                .arg(state)
+                .output();
+        }
+        for id in &self.functions {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("dpu-fn-{id}")])
+                .output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("fn-{id}")])
+                .output();
+        }
+    }
+}
+
+/// A tenant, a network, two veth functions and their ports in one agent;
+/// waits until every port is Ready.
+async fn two_functions(agent: &AgentProcess, ids: &[String; 2], net: u8) {
+    let admin = agent.admin();
     admin
         .put(Kind::Tenant, "t", None, json!({}), None)
         .await
@@ -235,11 +271,242 @@ async fn a_second_dev_switch_is_refused_clearly_then_starts() {
             Kind::Network,
             "n",
             Some("t"),
-            json!({"vni": 10, "cidr": "10.9.0.0/24", "encap": "local"}),
+            json!({"vni": 10 + u32::from(net), "cidr": format!("10.{net}.0.0/24"), "encap": "local"}),
             None,
         )
         .await
         .unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let mac = format!("02:00:0a:{net:02x}:00:{:02x}", i + 1);
+        admin
+            .put(
+                Kind::Function,
+                id,
+                Some("t"),
+                json!({"type": "net", "pf": "pf0", "mac": mac}),
+                None,
+            )
+            .await
+            .unwrap();
+        admin
+            .put(
+                Kind::Port,
+                id,
+                Some("t"),
+                json!({"network": "n", "function": id, "mac": mac,
+                       "ips": [format!("10.{net}.0.{}", i + 1)],
+                       "security": {"ingress": [{"protocol": "icmp"}]}}),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ports = admin.list(Kind::Port, Some("t")).await.unwrap().items;
+        if ports.len() == 2
+            && ports
+                .iter()
+                .all(|p| p.status.phase == dpu_api::Phase::Ready)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ports not Ready: {ports:?}\nlog:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes the agent's functions and ports and waits until the store has
+/// none left.
+async fn delete_functions(agent: &AgentProcess, ids: &[String; 2]) {
+    let admin = agent.admin();
+    for id in ids {
+        admin.delete(Kind::Port, id).await.unwrap();
+        admin.delete(Kind::Function, id).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !admin
+        .list(Kind::Function, Some("t"))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "functions not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Two dev agents on one host (two state directories), each with its own
+/// working bridge: the one started while another ovs-vswitchd holds the
+/// host's datapath gets a namespace of its own, with its representors in
+/// it. In each, two veth functions and their ports reach Ready, the bridge
+/// has its flows (`ovs-ofctl`/`ovs-vsctl` on that switch's own sockets),
+/// and the two functions ping each other; stopping one (`--stop`) leaves
+/// the other's bridge, flows and traffic untouched. TENANCY.md invariant 2
+/// across agents: one agent's switch never touches the packets or flows of
+/// another agent's tenants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dev_agents_each_get_a_working_bridge() {
+    let _turn = ONE_SWITCH.lock().await;
+    // Function ids unique to this run: function namespaces are host-wide.
+    let tag = std::process::id() % 100_000;
+    let ids_a = [format!("da{tag}x"), format!("da{tag}y")];
+    let ids_b = [format!("db{tag}x"), format!("db{tag}y")];
+    let veth = [("DPU_AGENT_FUNCTIONS_BACKEND", "veth")];
+    let mut a = AgentProcess::start_with_env(&[], &veth);
+    let mut cleanup = TwoAgentsCleanup {
+        states: vec![a.state_dir()],
+        functions: ids_a.iter().chain(&ids_b).cloned().collect(),
+    };
+    let mut b = AgentProcess::start_with_env(&[], &veth);
+    cleanup.states.push(b.state_dir());
+    let (state_a, state_b) = (a.state_dir(), b.state_dir());
+
+    two_functions(&a, &ids_a, 61).await;
+    two_functions(&b, &ids_b, 62).await;
+    wait_converged(&a).await;
     wait_converged(&b).await;
-    assert!(!flows(&b.state_dir()).is_empty());
+
+    // Two switches, two datapath namespaces; the second started while the
+    // first ran, so it is in one of its own.
+    let vswitchd = |state: &Path| running_in(&state.join("ovs"), Daemon::Vswitchd).unwrap();
+    let (pid_a, pid_b) = (vswitchd(&state_a), vswitchd(&state_b));
+    let ns_inode = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(
+        ns_inode(pid_a),
+        ns_inode(pid_b),
+        "both switches in one namespace"
+    );
+    let (sw_a, sw_b) = (netns_of(pid_a), netns_of(pid_b));
+    let sw_b_name = sw_b
+        .clone()
+        .expect("the second switch runs in a named namespace");
+    assert!(sw_b_name.starts_with("dpu-dev-"), "{sw_b_name}");
+    println!("switch namespaces: a {sw_a:?}, b {sw_b:?}");
+    // A start that asks for the host's namespace explicitly is still
+    // refused while a switch holds its datapath, naming the way out.
+    if sw_a.is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = OvsSandbox::start(SandboxConfig::new(dir.path().join("ovs")))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, SandboxError::DatapathTaken { .. }), "{text}");
+        assert!(
+            text.contains("ovs-netdev") && text.contains("--stop"),
+            "{text}"
+        );
+    }
+
+    for (state, sw, ids) in [(&state_a, &sw_a, &ids_a), (&state_b, &sw_b, &ids_b)] {
+        // Each representor is in its own switch's namespace, on its bridge.
+        let ports = ovs_ports(state);
+        for id in ids {
+            let rep = format!("fn-{id}");
+            let link = ip_link(sw.as_deref(), &[&rep]);
+            assert!(link.contains(&rep), "{rep} not in {sw:?}: {link}");
+            assert!(ports.contains(&rep), "{rep} not on the bridge: {ports:?}");
+        }
+        assert!(flows(state).len() > 5, "{:?}", flows(state));
+        // Traffic between the two functions of one agent.
+        let from = format!("dpu-fn-{}", ids[0]);
+        let to = if ids[1].starts_with("da") {
+            "10.61.0.2"
+        } else {
+            "10.62.0.2"
+        };
+        let t = Instant::now();
+        while !ping(&from, to) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "ping {from} -> {to} failed"
+            );
+        }
+    }
+    // The representors of b are not in the host's namespace.
+    let host_links = ip_link(None, &[]);
+    for id in &ids_b {
+        assert!(!host_links.contains(&format!("fn-{id}:")), "{host_links}");
+    }
+
+    // b restarted (SIGKILL) adopts its switch in its namespace, with zero
+    // flow churn, and finds its representors there.
+    let before_b = flows(&state_b);
+    b.restart();
+    let m = wait_converged(&b).await;
+    assert_eq!(
+        metric(&m, "dpu_agent_switch_flow_mods_total"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        running_in(&state_b.join("ovs"), Daemon::Vswitchd),
+        Some(pid_b)
+    );
+    assert_eq!(netns_of(pid_b).as_deref(), Some(sw_b_name.as_str()));
+    assert_no_churn(&before_b, &flows(&state_b));
+    let t = Instant::now();
+    while !ping(&format!("dpu-fn-{}", ids_b[1]), "10.62.0.1") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "b's traffic after its restart"
+        );
+    }
+
+    // Stopping a leaves b's bridge, flows and traffic as they were.
+    let before_b = flows(&state_b);
+    delete_functions(&a, &ids_a).await;
+    a.terminate();
+    let stopped = stop(&state_a);
+    assert!(stopped.contains("ovs-vswitchd"), "{stopped}");
+    assert_eq!(running_in(&state_a.join("ovs"), Daemon::Vswitchd), None);
+    if let Some(ns) = &sw_a {
+        assert!(stopped.contains(ns.as_str()), "{stopped}");
+        assert!(
+            !out("ip", &["netns", "list"]).contains(ns.as_str()),
+            "{ns} left"
+        );
+    }
+    assert_eq!(
+        running_in(&state_b.join("ovs"), Daemon::Vswitchd),
+        Some(pid_b)
+    );
+    assert_no_churn(&before_b, &flows(&state_b));
+    assert!(
+        ping(&format!("dpu-fn-{}", ids_b[0]), "10.62.0.2"),
+        "b's traffic after a stopped"
+    );
+    println!("a stopped; b kept {} flows and its traffic", before_b.len());
+
+    // b removes its representors in its switch's namespace.
+    delete_functions(&b, &ids_b).await;
+    let t = Instant::now();
+    loop {
+        let left = ip_link(Some(&sw_b_name), &[]);
+        let netns = out("ip", &["netns", "list"]);
+        let gone = ids_b.iter().all(|id| {
+            !left.contains(&format!("fn-{id}")) && !netns.contains(&format!("dpu-fn-{id}"))
+        });
+        if gone {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "b's functions left: {left}\n{netns}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.terminate();
+    let stopped = stop(&state_b);
+    assert!(stopped.contains(&sw_b_name), "{stopped}");
+    assert!(
+        !out("ip", &["netns", "list"]).contains(&sw_b_name),
+        "{sw_b_name} left"
+    );
+    drop(cleanup);
 }

@@ -124,23 +124,29 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             no_ovs,
             stop,
         } => {
-            let cfg = Config::resolve(Mode::Dev, FileConfig::default(), &env, common.into_flags())?;
+            let mut cfg =
+                Config::resolve(Mode::Dev, FileConfig::default(), &env, common.into_flags())?;
             init_logging(&cfg);
             if stop {
                 let stopped = dev::stop_switch(&cfg.state_dir).await?;
-                if stopped.is_empty() {
+                if stopped.programs.is_empty() {
                     println!(
                         "no private Open vSwitch runs in {}",
                         cfg.state_dir.join("ovs").display()
                     );
                 } else {
-                    println!("stopped {}", stopped.join(" and "));
+                    println!("stopped {}", stopped.programs.join(" and "));
+                }
+                if let Some(ns) = stopped.netns {
+                    println!("removed network namespace {ns}");
                 }
                 return Ok(());
             }
             let shutdown = shutdown_on_signals()?;
             let bootstrap = dev::bootstrap(&cfg, !no_ovs).await?;
             println!("{}", bootstrap.banner(&cfg));
+            // Representors go where the switch's datapath is.
+            cfg.switch_netns = bootstrap.switch_netns();
             let result = agent::run(&cfg, agent::default_controllers(), shutdown).await;
             // The switch stays up with its flows (stop it with --stop).
             bootstrap.leave_switch_running();

@@ -11,6 +11,8 @@
 //!   `dpu-agent function <id> scope <scope>` when the backend has a scope
 //!   (one per agent state directory), so that several agents sharing one
 //!   host (dev, tests) only ever sweep their own orphans.
+//! - A second `dpu-agent dev`'s switch namespace: `dpu-dev-<scope>` under
+//!   `/run/netns/`, the scope made from its (canonical) state directory.
 //! - SR-IOV representors follow the device's naming, by default BlueField's
 //!   `{pf}vf{vf}` (`pf0vf3`); the pattern is configurable.
 
@@ -78,6 +80,16 @@ pub fn scope_of(unique: &str) -> String {
     format!("{:08x}", fnv1a(unique.as_bytes()))
 }
 
+/// Prefix of the namespace a dev agent's private switch runs in when the
+/// caller's namespace already has one.
+pub const DEV_SWITCH_NETNS_PREFIX: &str = "dpu-dev-";
+
+/// The namespace name for the private switch of the dev agent whose state
+/// directory is `state_dir`: `dpu-dev-<scope_of(state_dir)>`.
+pub fn dev_switch_netns(state_dir: &str) -> String {
+    format!("{DEV_SWITCH_NETNS_PREFIX}{}", scope_of(state_dir))
+}
+
 /// Expands a representor pattern: `{pf}` becomes the PF name (`pf0`),
 /// `{pfnum}` its number (`0`), `{vf}` the VF index.
 pub fn representor_from_pattern(pattern: &str, pf: &str, vf: u32) -> String {
@@ -135,6 +147,10 @@ mod tests {
         assert_eq!(parse_alias(&alias("web-1")), Some(("web-1", None)));
         assert_eq!(scoped_alias("x", None), alias("x"));
         assert_eq!(scope_of("/var/lib/dpu-agent").len(), 8);
+        let sw = dev_switch_netns("/tmp/a/state");
+        assert!(sw.starts_with("dpu-dev-") && sw.len() == 16, "{sw}");
+        assert_ne!(sw, dev_switch_netns("/tmp/b/state"));
+        assert_eq!(function_of_netns(&sw), None);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! Per net function it makes a veth pair:
 //! - the representor end, named by [`naming::veth_representor`]
 //!   (`fn-<id>`), stays in the agent's namespace, up, for the network
-//!   pipeline to put on the bridge;
+//!   pipeline to put on the bridge — or, with
+//!   [`VethBackend::in_switch_netns`], in the named namespace ovs-vswitchd
+//!   runs in (a second `dpu-agent dev` on one host), where it is also
+//!   observed and removed;
 //! - the other end is created directly inside the namespace
 //!   `dpu-fn-<id>` (one `RTM_NEWLINK` with the peer's `IFLA_NET_NS_FD`,
 //!   equivalent to creating it here, moving it there and renaming it) as
@@ -35,6 +38,9 @@ pub struct VethBackend {
     /// (and their namespaces), so agents sharing a host never sweep each
     /// other's functions. `None`: unscoped, sees every agent's.
     scope: Option<String>,
+    /// The named namespace (`/run/netns/<name>`) the switch runs in, where
+    /// representors are made, observed and removed. `None`: the caller's.
+    switch_netns: Option<String>,
 }
 
 impl VethBackend {
@@ -47,6 +53,39 @@ impl VethBackend {
     pub fn scoped(scope: impl Into<String>) -> Self {
         VethBackend {
             scope: Some(scope.into()),
+            switch_netns: None,
+        }
+    }
+
+    /// Makes, observes and removes representors inside the named namespace
+    /// `netns` (the one the switch's ovs-vswitchd runs in) instead of the
+    /// caller's; the tenant ends stay in the functions' own namespaces.
+    pub fn in_switch_netns(mut self, netns: Option<String>) -> Self {
+        self.switch_netns = netns;
+        self
+    }
+
+    /// `in netns <switch>: ` before what is done in the switch's namespace.
+    fn switch_prefix(&self) -> String {
+        self.switch_netns
+            .as_ref()
+            .map(|sw| format!("in netns {sw}: "))
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` in the switch's namespace (on a thread of its own there),
+    /// or right here when the switch runs in the caller's.
+    async fn in_switch<T, F, Fut>(&self, f: F) -> Result<T, FunctionsError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, FunctionsError>>,
+    {
+        match &self.switch_netns {
+            None => f().await,
+            Some(sw) => netns::run_in(sw, f)
+                .await
+                .map_err(netns_error(sw, "enter"))?,
         }
     }
 
@@ -175,8 +214,6 @@ impl VethBackend {
     async fn apply_net(&self, desired: &FunctionDesired) -> Result<Applied, FunctionsError> {
         let id = desired.id.clone();
         let ns = naming::netns_name(&id);
-        let rep = naming::veth_representor(&id);
-        let alias = self.alias(&id);
         {
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || netns::create(&ns2))
@@ -185,63 +222,113 @@ impl VethBackend {
                 .and_then(|r| r)
                 .map_err(netns_error(&ns, "create"))?;
         }
-        let rtnl = Rtnl::connect()?;
+        let alias = self.alias(&id);
         let mac = tenant_mac(desired);
-        let mut link = rtnl.link_by_name(&rep).await?;
-        if let Some(l) = &link
-            && let Some(other) = l
-                .alias
-                .as_deref()
-                .filter(|a| naming::function_of_alias(a) != Some(id.as_str()))
-        {
-            return Err(FunctionsError::NotOurs {
-                name: rep,
-                alias: Some(other.to_string()),
+        let tenant = desired.tenant.clone();
+        self.in_switch(move || make_pair(id, ns, alias, mac, tenant))
+            .await
+    }
+}
+
+/// In the calling thread's namespace (the switch's): the representor of
+/// function `id`, its peer `eth0` in namespace `ns`, both configured.
+async fn make_pair(
+    id: String,
+    ns: String,
+    alias: String,
+    mac: Option<Mac>,
+    tenant: Option<TenantAddressing>,
+) -> Result<Applied, FunctionsError> {
+    let rep = naming::veth_representor(&id);
+    let rtnl = Rtnl::connect()?;
+    let mut link = rtnl.link_by_name(&rep).await?;
+    if let Some(l) = &link
+        && let Some(other) = l
+            .alias
+            .as_deref()
+            .filter(|a| naming::function_of_alias(a) != Some(id.as_str()))
+    {
+        return Err(FunctionsError::NotOurs {
+            name: rep,
+            alias: Some(other.to_string()),
+        });
+    }
+    for attempt in 0..2 {
+        if link.is_none() {
+            let ns_file = netns::open(&ns).map_err(netns_error(&ns, "open"))?;
+            let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(TENANT_IFNAME.to_string())
+                .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns_file));
+            if let Some(mac) = mac {
+                peer = peer.address(mac.0.to_vec());
+            }
+            let msg = LinkVeth::new(&rep, TENANT_IFNAME)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+                .build();
+            rtnl.add(
+                &format!("RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}"),
+                msg,
+            )
+            .await?;
+            drop(ns_file);
+            link = rtnl.link_by_name(&rep).await?;
+        }
+        let Some(l) = &link else {
+            return Err(FunctionsError::NoDevice(rep));
+        };
+        rtnl.configure(l, &alias, None).await?;
+        let (ns_alias, tenant) = (alias.clone(), tenant.clone());
+        let peer_found = netns::run_in(&ns, move || configure_tenant_side(ns_alias, mac, tenant))
+            .await
+            .map_err(netns_error(&ns, "enter"))??;
+        if peer_found {
+            return Ok(Applied::Ready {
+                representor: rep,
+                host_device: Some(TENANT_IFNAME.to_string()),
             });
         }
-        for attempt in 0..2 {
-            if link.is_none() {
-                let ns_file = netns::open(&ns).map_err(netns_error(&ns, "open"))?;
-                let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
-                    .name(TENANT_IFNAME.to_string())
-                    .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns_file));
-                if let Some(mac) = mac {
-                    peer = peer.address(mac.0.to_vec());
-                }
-                let msg = LinkVeth::new(&rep, TENANT_IFNAME)
-                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-                    .build();
-                rtnl.add(
-                    &format!("RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}"),
-                    msg,
-                )
-                .await?;
-                drop(ns_file);
-                link = rtnl.link_by_name(&rep).await?;
-            }
-            let Some(l) = &link else {
-                return Err(FunctionsError::NoDevice(rep));
-            };
-            rtnl.configure(l, &alias, None).await?;
-            let (ns_alias, tenant) = (alias.clone(), desired.tenant.clone());
-            let peer_found =
-                netns::run_in(&ns, move || configure_tenant_side(ns_alias, mac, tenant))
-                    .await
-                    .map_err(netns_error(&ns, "enter"))??;
-            if peer_found {
-                return Ok(Applied::Ready {
-                    representor: rep,
-                    host_device: Some(TENANT_IFNAME.to_string()),
-                });
-            }
-            // The representor outlived its peer (the namespace was replaced):
-            // make the pair again, once.
-            tracing::warn!(function = %id, representor = %rep, namespace = %ns, attempt, "representor without eth0 in its namespace; recreating the pair");
-            rtnl.del(&format!("RTM_DELLINK {rep}"), l.index).await?;
-            link = None;
-        }
-        Err(FunctionsError::NoDevice(format!("{ns}/{TENANT_IFNAME}")))
+        // The representor outlived its peer (the namespace was replaced):
+        // make the pair again, once.
+        tracing::warn!(function = %id, representor = %rep, namespace = %ns, attempt, "representor without eth0 in its namespace; recreating the pair");
+        rtnl.del(&format!("RTM_DELLINK {rep}"), l.index).await?;
+        link = None;
     }
+    Err(FunctionsError::NoDevice(format!("{ns}/{TENANT_IFNAME}")))
+}
+
+/// In the calling thread's namespace: the links whose ifalias is an
+/// agent's, as (function id, scope, link name).
+async fn tagged_links() -> Result<Vec<(String, Option<String>, String)>, FunctionsError> {
+    let rtnl = Rtnl::connect()?;
+    Ok(rtnl
+        .links()
+        .await?
+        .into_iter()
+        .filter_map(|link| {
+            let (owner, scope) = link.alias.as_deref().and_then(naming::parse_alias)?;
+            Some((owner.to_string(), scope.map(str::to_string), link.name))
+        })
+        .collect())
+}
+
+/// In the calling thread's namespace: deletes the representor of `id`
+/// unless another owner tagged it.
+async fn delete_representor(id: String) -> Result<(), FunctionsError> {
+    let rep = naming::veth_representor(&id);
+    let rtnl = Rtnl::connect()?;
+    if let Some(link) = rtnl.link_by_name(&rep).await? {
+        match link.alias.as_deref() {
+            // Ours, or ours half-made (the alias is set right after creation).
+            None => rtnl.del(&format!("RTM_DELLINK {rep}"), link.index).await?,
+            Some(a) if naming::function_of_alias(a) == Some(id.as_str()) => {
+                rtnl.del(&format!("RTM_DELLINK {rep}"), link.index).await?
+            }
+            Some(other) => {
+                tracing::warn!(function = %id, link = %rep, alias = %other, "not removing a link that another owner tagged");
+            }
+        }
+    }
+    Ok(())
 }
 
 impl FunctionBackend for VethBackend {
@@ -251,21 +338,16 @@ impl FunctionBackend for VethBackend {
 
     fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>> {
         Box::pin(async move {
-            let rtnl = Rtnl::connect()?;
             let mut found = Vec::new();
             let mut owners = std::collections::BTreeSet::new();
-            for link in rtnl.links().await? {
-                let Some((owner, scope)) = link.alias.as_deref().and_then(naming::parse_alias)
-                else {
-                    continue;
-                };
-                if self.scope.is_some() && scope != self.scope.as_deref() {
+            for (owner, scope, name) in self.in_switch(tagged_links).await? {
+                if self.scope.is_some() && scope.as_deref() != self.scope.as_deref() {
                     continue;
                 }
-                owners.insert(owner.to_string());
+                owners.insert(owner.clone());
                 found.push(ObservedFunction {
-                    owner: Some(owner.to_string()),
-                    what: format!("link {}", link.name),
+                    owner: Some(owner),
+                    what: format!("link {name}"),
                 });
             }
             let names = netns::list().map_err(netns_error(netns::NETNS_RUN_DIR, "list"))?;
@@ -303,20 +385,8 @@ impl FunctionBackend for VethBackend {
         _slot: Option<(&'a str, u32)>,
     ) -> BoxFuture<'a, Result<(), FunctionsError>> {
         Box::pin(async move {
-            let rep = naming::veth_representor(id);
-            let rtnl = Rtnl::connect()?;
-            if let Some(link) = rtnl.link_by_name(&rep).await? {
-                match link.alias.as_deref() {
-                    // Ours, or ours half-made (the alias is set right after creation).
-                    None => rtnl.del(&format!("RTM_DELLINK {rep}"), link.index).await?,
-                    Some(a) if naming::function_of_alias(a) == Some(id) => {
-                        rtnl.del(&format!("RTM_DELLINK {rep}"), link.index).await?
-                    }
-                    Some(other) => {
-                        tracing::warn!(function = %id, link = %rep, alias = %other, "not removing a link that another owner tagged");
-                    }
-                }
-            }
+            let owned = id.to_string();
+            self.in_switch(move || delete_representor(owned)).await?;
             let ns = naming::netns_name(id);
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || netns::remove(&ns2))
@@ -338,10 +408,13 @@ impl FunctionBackend for VethBackend {
         let mac = tenant_mac(d)
             .map(|m| format!(" address {m}"))
             .unwrap_or_default();
+        let sw = self.switch_prefix();
         let mut out = vec![
             format!("netns add {ns} (unshare CLONE_NEWNET, bind mount on /run/netns/{ns})"),
-            format!("RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}{mac} (if absent)"),
-            format!("RTM_SETLINK {rep} up alias {alias:?}"),
+            format!(
+                "{sw}RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}{mac} (if absent)"
+            ),
+            format!("{sw}RTM_SETLINK {rep} up alias {alias:?}"),
             format!("in netns {ns}: RTM_SETLINK lo up"),
             format!("in netns {ns}: RTM_SETLINK {TENANT_IFNAME}{mac} up alias {alias:?}"),
             format!("in netns {ns}: SIOCETHTOOL {TENANT_IFNAME} tx checksum off"),
@@ -364,9 +437,10 @@ impl FunctionBackend for VethBackend {
 
     fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<String> {
         let ns = naming::netns_name(id);
+        let sw = self.switch_prefix();
         vec![
             format!(
-                "RTM_DELLINK {} (and its peer {TENANT_IFNAME} in {ns})",
+                "{sw}RTM_DELLINK {} (and its peer {TENANT_IFNAME} in {ns})",
                 naming::veth_representor(id)
             ),
             format!("netns del {ns} (umount2 MNT_DETACH, unlink /run/netns/{ns})"),
@@ -405,6 +479,14 @@ mod tests {
         assert!(text.contains("RTM_NEWLINK fn-web-1 type veth peer eth0 netns dpu-fn-web-1 address 02:00:00:00:00:02"), "{text}");
         assert!(text.contains("RTM_NEWADDR 10.0.0.2/24 dev eth0"), "{text}");
         let rm = VethBackend::new().plan_remove("web-1", None).join("\n");
+        let in_sw = VethBackend::scoped("s")
+            .in_switch_netns(Some("dpu-dev-1".into()))
+            .plan_remove("web-1", None)
+            .join("\n");
+        assert!(
+            in_sw.contains("in netns dpu-dev-1: RTM_DELLINK fn-web-1"),
+            "{in_sw}"
+        );
         assert!(
             rm.contains("RTM_DELLINK fn-web-1") && rm.contains("netns del dpu-fn-web-1"),
             "{rm}"
