@@ -40,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 use zeroize::Zeroizing;
 
 use crate::netns::NetnsThread;
@@ -476,7 +477,9 @@ impl TlsProxy {
             netns,
         });
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        // In the caller's span (the agent's reconcile span: the listener's
+        // kind, id and tenant), so the proxy's log lines say whose they are.
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx).in_current_span());
         Ok(TlsProxy {
             shared,
             local,
@@ -606,10 +609,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 };
                 let shared = shared.clone();
                 let stop = stop.clone();
-                conns.spawn(async move {
-                    serve(tcp, &shared, stop).await;
-                    drop(permit);
-                });
+                conns.spawn(
+                    async move {
+                        serve(tcp, &shared, stop).await;
+                        drop(permit);
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }

@@ -469,7 +469,8 @@ impl Controller for Volumes {
                 .filter(|a| concerns(a, &key, &kept))
                 .collect();
             if let Err(e) = apply_all(backend.as_ref(), &actions).await {
-                tracing::warn!(volume = %key, error = %e, "volume not programmed");
+                // The engine logs the returned error, rate-limited.
+                tracing::debug!(volume = %key, error = %e, "volume not programmed");
                 return Err(backend_error(&format!("volume {key}"), &e));
             }
             // A refused volume has no actions of its own (its leftovers were
