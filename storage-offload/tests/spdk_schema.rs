@@ -327,6 +327,18 @@ fn every_request_matches_the_schema() {
     );
 }
 
+/// Every method the crate sends has its own label in
+/// `dpu_agent_backend_operation_duration_seconds`; anything else is
+/// `other` (a closed set).
+#[test]
+fn every_sent_method_has_a_duration_label() {
+    use storage_offload::spdk::client::method_label;
+    for r in all_requests().into_iter().chain(planned_requests()) {
+        assert_eq!(method_label(&r.method), r.method, "add it to KNOWN_METHODS");
+    }
+    assert_eq!(method_label("made_up_by_someone"), "other");
+}
+
 #[test]
 fn snap_methods_are_not_spdk_methods() {
     // The SNAP extensions must not shadow SPDK methods of other meaning.

@@ -62,13 +62,46 @@ impl Controllers {
         self.0.values().filter_map(|c| c.backend()).collect()
     }
 
-    /// Every controller's backend metrics, in kind order.
+    /// Every controller's backend metrics, in kind order, then the
+    /// backend operation durations.
     pub fn metrics(&self, out: &mut String) {
         let mut kinds: Vec<&Kind> = self.0.keys().collect();
         kinds.sort_by_key(|k| k.path());
         for k in kinds {
             self.0[k].metrics(out);
         }
+        render_backend_operations(out);
+    }
+}
+
+/// `dpu_agent_backend_operation_duration_seconds`: every wire operation the
+/// backends timed, by backend (`xfrm`: XFRM netlink; `spdk`: SPDK/SNAP
+/// JSON-RPC; `configfs`: nvmet configfs; `tc`: traffic-control netlink;
+/// `nvme_fabrics`: NVMe-oF connect/disconnect) and operation (the netlink
+/// message, RPC method or configfs operation; closed sets kept in
+/// `dpu_crypto::timing` and `storage_offload::timing` callers).
+pub fn render_backend_operations(out: &mut String) {
+    let name = "dpu_agent_backend_operation_duration_seconds";
+    metrics::header(
+        out,
+        name,
+        "histogram",
+        "Time one backend operation took, by backend (xfrm, spdk, configfs, tc, nvme_fabrics) and operation (netlink message, RPC method, configfs operation).",
+    );
+    let crypto = dpu_crypto::timing::snapshot()
+        .into_iter()
+        .map(|(b, o, s)| (b, o, dpu_crypto::timing::BUCKETS, s.counts, s.sum));
+    let storage = storage_offload::timing::snapshot()
+        .into_iter()
+        .map(|(b, o, s)| (b, o, storage_offload::timing::BUCKETS, s.counts, s.sum));
+    let mut all: Vec<_> = crypto.chain(storage).collect();
+    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (backend, operation, bounds, counts, sum) in all {
+        metrics::Histogram::from_parts(bounds, &counts, sum).render(
+            out,
+            name,
+            &[("backend", backend), ("operation", operation)],
+        );
     }
 }
 
@@ -427,6 +460,28 @@ mod tests {
         assert_eq!(errors[&("networks", "SwitchUnavailable")], 1);
         assert_eq!(errors[&("networks", "Other")], 1);
         assert!(s.last_success.lock().unwrap()["networks"] > 1.7e9);
+    }
+
+    #[test]
+    fn backend_operations_render_as_one_histogram_family() {
+        storage_offload::timing::observe("configfs", "mkdir", 0.0002);
+        dpu_crypto::timing::observe("xfrm", "newsa", 0.00004);
+        let mut out = String::new();
+        render_backend_operations(&mut out);
+        let name = "dpu_agent_backend_operation_duration_seconds";
+        assert_eq!(out.matches(&format!("# TYPE {name} histogram")).count(), 1);
+        assert!(
+            out.contains(&format!(
+                "{name}_bucket{{backend=\"xfrm\",operation=\"newsa\",le=\"0.00005\"}} "
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "{name}_count{{backend=\"configfs\",operation=\"mkdir\"}} "
+            )),
+            "{out}"
+        );
     }
 
     #[test]
