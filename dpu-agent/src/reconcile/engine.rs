@@ -77,16 +77,17 @@ impl Controllers {
 /// `dpu_agent_backend_operation_duration_seconds`: every wire operation the
 /// backends timed, by backend (`xfrm`: XFRM netlink; `spdk`: SPDK/SNAP
 /// JSON-RPC; `configfs`: nvmet configfs; `tc`: traffic-control netlink;
-/// `nvme_fabrics`: NVMe-oF connect/disconnect) and operation (the netlink
-/// message, RPC method or configfs operation; closed sets kept in
-/// `dpu_crypto::timing` and `storage_offload::timing` callers).
+/// `nvme_fabrics`: NVMe-oF connect/disconnect; `rtnetlink`, `devlink`: the
+/// functions backend) and operation (the netlink message, RPC method or
+/// configfs operation; closed sets kept by the `timing` callers of
+/// `dpu_crypto`, `storage_offload` and `net_offload`).
 pub fn render_backend_operations(out: &mut String) {
     let name = "dpu_agent_backend_operation_duration_seconds";
     metrics::header(
         out,
         name,
         "histogram",
-        "Time one backend operation took, by backend (xfrm, spdk, configfs, tc, nvme_fabrics) and operation (netlink message, RPC method, configfs operation).",
+        "Time one backend operation took, by backend (xfrm, spdk, configfs, tc, nvme_fabrics, rtnetlink, devlink) and operation (netlink message, RPC method, configfs operation).",
     );
     let crypto = dpu_crypto::timing::snapshot()
         .into_iter()
@@ -94,7 +95,10 @@ pub fn render_backend_operations(out: &mut String) {
     let storage = storage_offload::timing::snapshot()
         .into_iter()
         .map(|(b, o, s)| (b, o, storage_offload::timing::BUCKETS, s.counts, s.sum));
-    let mut all: Vec<_> = crypto.chain(storage).collect();
+    let functions = net_offload::timing::snapshot()
+        .into_iter()
+        .map(|(b, o, s)| (b, o, net_offload::timing::BUCKETS, s.counts, s.sum));
+    let mut all: Vec<_> = crypto.chain(storage).chain(functions).collect();
     all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     for (backend, operation, bounds, counts, sum) in all {
         metrics::Histogram::from_parts(bounds, &counts, sum).render(
@@ -466,6 +470,7 @@ mod tests {
     fn backend_operations_render_as_one_histogram_family() {
         storage_offload::timing::observe("configfs", "mkdir", 0.0002);
         dpu_crypto::timing::observe("xfrm", "newsa", 0.00004);
+        net_offload::timing::observe("devlink", "eswitch_get", 0.001);
         let mut out = String::new();
         render_backend_operations(&mut out);
         let name = "dpu_agent_backend_operation_duration_seconds";
@@ -476,12 +481,14 @@ mod tests {
             )),
             "{out}"
         );
-        assert!(
-            out.contains(&format!(
-                "{name}_count{{backend=\"configfs\",operation=\"mkdir\"}} "
-            )),
-            "{out}"
-        );
+        for (backend, op) in [("configfs", "mkdir"), ("devlink", "eswitch_get")] {
+            assert!(
+                out.contains(&format!(
+                    "{name}_count{{backend=\"{backend}\",operation=\"{op}\"}} "
+                )),
+                "{out}"
+            );
+        }
     }
 
     #[test]
