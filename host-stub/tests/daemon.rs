@@ -758,7 +758,9 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
 
 /// `promtool check metrics` finds nothing to lint in the stub's `/metrics`
 /// after a scan, a report and a reconcile. Ignored where promtool (Debian
-/// package `prometheus`) is not installed; `build.rs` looks for it.
+/// package `prometheus`) is not installed; `build.rs` looks for it. (Format
+/// conformance; the label bounds of TENANCY.md invariant 6 are the test
+/// above.)
 #[tokio::test]
 #[cfg_attr(
     not(has_promtool),

@@ -1108,6 +1108,8 @@ mod tests {
         );
     }
 
+    /// TENANCY.md invariant 6: a tunnel's series carry only its tenant,
+    /// its id (a quota'd kind) and closed sets (`direction`, `reason`).
     #[test]
     fn tunnel_metrics_render_every_family_with_bounded_labels() {
         let state = TunnelState {

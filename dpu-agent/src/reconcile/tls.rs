@@ -647,6 +647,9 @@ mod tests {
         assert!(!ctrl.contexts.is_open("acme"));
     }
 
+    /// TENANCY.md invariant 6: a listener's series carry only its tenant,
+    /// its id (a quota'd kind) and the closed set `outcome`; nothing a TLS
+    /// client sends becomes a label.
     #[test]
     fn listener_metrics_render_every_family() {
         let stats = BTreeMap::from([(

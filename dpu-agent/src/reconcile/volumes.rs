@@ -1099,6 +1099,8 @@ mod tests {
         );
     }
 
+    /// TENANCY.md invariant 6: a volume's series carry only its tenant, its
+    /// id (a quota'd kind) and the closed set `op`.
     #[test]
     fn volume_metrics_render_ops_and_bytes_by_op() {
         let io = BTreeMap::from([(
