@@ -229,6 +229,13 @@ pub struct TunnelState {
     pub packets_in: u64,
     pub bytes_out: u64,
     pub packets_out: u64,
+    /// The kernel's `xfrm_stats` summed over the tunnel's SAs (inbound
+    /// packets dropped as outside the replay window, as replayed, and for a
+    /// failed integrity check). Like the byte counters they belong to SAs:
+    /// an SA replaced by a rekey takes its counts with it.
+    pub replay_window_drops: u64,
+    pub replay_drops: u64,
+    pub integrity_failures: u64,
     /// Both current SAs and all policies are in place.
     pub programmed: bool,
 }
@@ -452,6 +459,13 @@ pub fn plan(
             let mut counters = (0u64, 0u64);
             for s in &same_path {
                 add_counters(&mut counters, &s.counters);
+                state.replay_window_drops = state
+                    .replay_window_drops
+                    .saturating_add(u64::from(s.stats.replay_window));
+                state.replay_drops = state.replay_drops.saturating_add(u64::from(s.stats.replay));
+                state.integrity_failures = state
+                    .integrity_failures
+                    .saturating_add(u64::from(s.stats.integrity_failed));
             }
             match dir {
                 SaDir::In => (state.bytes_in, state.packets_in) = counters,

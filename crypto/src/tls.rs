@@ -40,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 use zeroize::Zeroizing;
 
 use crate::netns::NetnsThread;
@@ -198,6 +199,7 @@ struct Counters {
     bytes_to_clients: AtomicU64,
     ktls_sessions: AtomicU64,
     ktls_failures: AtomicU64,
+    ktls_fallbacks: AtomicU64,
     /// 1 when the last hand-off attempt failed.
     ktls_last_failed: AtomicU64,
 }
@@ -218,6 +220,10 @@ pub struct ProxyStats {
     /// Hand-offs the kernel refused after the handshake (those connections
     /// are closed: the rustls state is gone once the secrets are extracted).
     pub ktls_failures: u64,
+    /// Sessions that stayed in rustls (userspace) although the listener
+    /// asked for kernel TLS: the kernel has no TLS ULP, or not for the
+    /// negotiated suite.
+    pub ktls_fallbacks: u64,
     /// New sessions go to kernel TLS: the listener wants it, the kernel
     /// probe passed, and the last hand-off (if any) succeeded.
     pub ktls_active: bool,
@@ -379,6 +385,8 @@ struct Served {
     ktls: Option<KtlsSupport>,
     /// Why kernel TLS is not used, when it is not.
     ktls_off: Option<&'static str>,
+    /// The listener asked for kernel TLS (`ktls: auto`).
+    ktls_wanted: bool,
 }
 
 impl Served {
@@ -409,6 +417,7 @@ impl Served {
             upstream: cfg.upstream,
             ktls,
             ktls_off,
+            ktls_wanted: cfg.ktls,
         })
     }
 }
@@ -468,7 +477,9 @@ impl TlsProxy {
             netns,
         });
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        // In the caller's span (the agent's reconcile span: the listener's
+        // kind, id and tenant), so the proxy's log lines say whose they are.
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx).in_current_span());
         Ok(TlsProxy {
             shared,
             local,
@@ -495,7 +506,44 @@ impl TlsProxy {
     }
 
     pub fn stats(&self) -> ProxyStats {
-        let c = &self.shared.counters;
+        self.stats_handle().stats()
+    }
+
+    /// A handle that reads this listener's counters without borrowing the
+    /// proxy (for `/metrics`, which must not wait on whoever owns it). It
+    /// keeps reading the last values after the proxy stopped.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.clone())
+    }
+
+    /// Stops accepting, closes every connection and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Reads one listener's counters; see [`TlsProxy::stats_handle`].
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Shared>);
+
+impl std::fmt::Debug for StatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsHandle").finish_non_exhaustive()
+    }
+}
+
+impl StatsHandle {
+    pub fn stats(&self) -> ProxyStats {
+        let c = &self.0.counters;
         let mut stats = ProxyStats {
             connections: c.connections.load(Ordering::Relaxed),
             active: c.active.load(Ordering::Relaxed),
@@ -506,13 +554,14 @@ impl TlsProxy {
             bytes_to_clients: c.bytes_to_clients.load(Ordering::Relaxed),
             ktls_sessions: 0,
             ktls_failures: 0,
+            ktls_fallbacks: c.ktls_fallbacks.load(Ordering::Relaxed),
             ktls_active: false,
             ktls_reason: String::new(),
         };
         stats.ktls_sessions = c.ktls_sessions.load(Ordering::Relaxed);
         stats.ktls_failures = c.ktls_failures.load(Ordering::Relaxed);
         let served = self
-            .shared
+            .0
             .config
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -538,20 +587,6 @@ impl TlsProxy {
         };
         stats
     }
-
-    /// Stops accepting, closes every connection and waits for them.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -574,10 +609,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 };
                 let shared = shared.clone();
                 let stop = stop.clone();
-                conns.spawn(async move {
-                    serve(tcp, &shared, stop).await;
-                    drop(permit);
-                });
+                conns.spawn(
+                    async move {
+                        serve(tcp, &shared, stop).await;
+                        drop(permit);
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }
@@ -596,6 +634,9 @@ async fn serve(tcp: TcpStream, shared: &Shared, stop: watch::Receiver<bool>) {
     let timeout = shared.limits.handshake_timeout;
     let Some(support) = served.ktls else {
         if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            if served.ktls_wanted {
+                c.ktls_fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
             pump(tls, shared, served.upstream, stop).await;
         } else {
             c.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -613,6 +654,7 @@ async fn serve(tcp: TcpStream, shared: &Shared, stop: watch::Receiver<bool>) {
     };
     let suite = tls.get_ref().1.negotiated_cipher_suite();
     if !suite.is_some_and(|s| support.supports(s)) {
+        c.ktls_fallbacks.fetch_add(1, Ordering::Relaxed);
         pump(tls, shared, served.upstream, stop).await;
         return;
     }

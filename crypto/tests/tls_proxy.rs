@@ -153,6 +153,10 @@ async fn terminates_tls_forwards_plaintext_and_negotiates_alpn() {
     let kernel = KtlsSupport::probe();
     assert_eq!(s.ktls_active, kernel.any(), "{s:?} {kernel:?}");
     assert_eq!(s.ktls_sessions, u64::from(kernel.any()), "{s:?}");
+    // The session went to the kernel or, kTLS being wanted, is counted as
+    // a fallback to userspace; the handle reads the same counters.
+    assert_eq!(s.ktls_sessions + s.ktls_fallbacks, 1, "{s:?}");
+    assert_eq!(proxy.stats_handle().stats(), s);
     assert!(!s.ktls_reason.is_empty());
     drop(tls);
     proxy.shutdown().await;
@@ -317,6 +321,7 @@ async fn ktls_off_stays_in_userspace_and_says_so() {
     assert!(!s.ktls_active, "{s:?}");
     assert_eq!(s.ktls_sessions, 0);
     assert_eq!(s.ktls_reason, "spec.ktls is off");
+    assert_eq!(s.ktls_fallbacks, 0, "kTLS was not asked for: {s:?}");
     drop(tls);
     proxy.shutdown().await;
 }

@@ -119,7 +119,7 @@ pub async fn run(
         store,
         controllers: engine.controllers(),
         engine: engine.stats(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(Metrics::default().with_host_lease(cfg.host_lease)),
         info: Arc::new(AgentInfo {
             version: env!("CARGO_PKG_VERSION"),
             mode: cfg.mode.name(),

@@ -69,6 +69,9 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub resync_seconds: Option<u64>,
+    /// How long a host stub may stay silent before `/metrics` counts its
+    /// lease as expired; match the host stubs' `lease_secs`.
+    pub host_lease_seconds: Option<u64>,
     /// `veth` (simulator), `sriov` (a real PF) or `none`.
     pub functions_backend: Option<FunctionsBackend>,
     #[serde(default)]
@@ -230,6 +233,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub resync: Duration,
+    /// A host stub not heard from for this long has an expired lease
+    /// (`dpu_agent_host_stub_leases`); default 90 s, the host stub's
+    /// default `lease_secs`.
+    pub host_lease: Duration,
     pub ovs: OvsConfig,
     pub functions_backend: FunctionsBackend,
     pub storage: StorageConfig,
@@ -240,6 +247,9 @@ pub struct Config {
     /// files or the environment; `None` in `run` mode.
     pub switch_netns: Option<String>,
 }
+
+/// The host stub's default `lease_secs`.
+pub const DEFAULT_HOST_LEASE_SECONDS: u64 = 90;
 
 /// The dev state directory when none is given: `$DPU_STATE_DIR`, else
 /// `$HOME/.local/state/dpu-agent/dev`.
@@ -350,6 +360,16 @@ impl Config {
                 .unwrap_or(30)
                 .max(1),
         );
+        let host_lease_seconds = env_parse::<u64>(env, "DPU_AGENT_HOST_LEASE_SECONDS")?
+            .or(file.host_lease_seconds)
+            .unwrap_or(DEFAULT_HOST_LEASE_SECONDS);
+        if host_lease_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "host_lease_seconds must be at least 1 (the host stubs' lease_secs, default 90)"
+                    .into(),
+            ));
+        }
+        let host_lease = Duration::from_secs(host_lease_seconds);
         // In dev mode the PKI lives in the state directory; in production
         // it is provisioned under /etc/dpu-agent/pki.
         let pki = match mode {
@@ -434,6 +454,7 @@ impl Config {
             log_format,
             log_level,
             resync,
+            host_lease,
             ovs,
             functions_backend,
             storage,
@@ -493,6 +514,29 @@ mod tests {
         };
         assert!(Config::resolve(Mode::Run, FileConfig::default(), &env_of(&[]), flags).is_err());
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn host_lease_defaults_to_90_s_and_is_configurable() {
+        let none = env_of(&[]);
+        let c = Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
+        assert_eq!(c.host_lease, Duration::from_secs(90));
+        let file: FileConfig = toml::from_str("host_lease_seconds = 300").unwrap();
+        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        assert_eq!(c.host_lease, Duration::from_secs(300));
+        let env = env_of(&[("DPU_AGENT_HOST_LEASE_SECONDS", "45")]);
+        let c = Config::resolve(Mode::Run, file.clone(), &env, Flags::default()).unwrap();
+        assert_eq!(c.host_lease, Duration::from_secs(45));
+        let zero: FileConfig = toml::from_str("host_lease_seconds = 0").unwrap();
+        let err = Config::resolve(Mode::Run, zero, &none, Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("host_lease_seconds"), "{err}");
+        let bad = env_of(&[("DPU_AGENT_HOST_LEASE_SECONDS", "soon")]);
+        let err = Config::resolve(Mode::Run, file, &bad, Flags::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("DPU_AGENT_HOST_LEASE_SECONDS"),
+            "{err}"
+        );
+        assert!(toml::from_str::<FileConfig>("host_lease_seconds = -1").is_err());
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Histogram {
 
     /// The `_bucket`, `_sum` and `_count` lines; `labels` are written
     /// before `le`.
-    fn render(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
+    pub fn render(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
         let prefix = label_text(labels);
         let sep = if prefix.is_empty() { "" } else { "," };
         let mut cumulative = 0;

@@ -41,6 +41,17 @@ pub struct Config {
     /// Which functions are the DPU's; BlueField defaults when absent.
     #[serde(default = "selectors::bluefield_defaults")]
     pub selectors: Vec<Selector>,
+    /// The stub's own `/metrics` endpoint (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback `ip:port` to serve `GET /metrics` on, e.g.
+    /// `127.0.0.1:9464`; absent: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -197,6 +208,9 @@ impl Config {
                 "device_plugin.resource_domain must be a DNS name like dpu.local",
             ));
         }
+        if let Some(listen) = config.metrics.listen {
+            crate::metrics::check_listen(listen).map_err(|e| invalid(&e))?;
+        }
         if config.selectors.is_empty() {
             return Err(invalid(
                 "selectors is empty: no function would be the DPU's",
@@ -259,6 +273,19 @@ key = "/etc/dpu/host-stub-key.pem"
             Config::parse(&typo, Path::new("x.toml")),
             Err(ConfigError::Parse { .. })
         ));
+        let open = format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+        let err = Config::parse(&open, Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("metrics.listen"), "{err}");
+        let local = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        let c = Config::parse(&local, Path::new("x.toml")).unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            Config::parse(MINIMAL, Path::new("x.toml"))
+                .unwrap()
+                .metrics
+                .listen,
+            None
+        );
         let short = format!("lease_secs = 5\n{MINIMAL}");
         assert!(matches!(
             Config::parse(&short, Path::new("x.toml")),

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -30,6 +31,7 @@ use crate::cdi::{self, CdiOptions};
 use crate::config::Config;
 use crate::deviceplugin::{self, PluginDevice, PluginState};
 use crate::discover::{self, Function};
+use crate::metrics::{AgentOp, StubMetrics};
 use crate::report::{self, AgentApi, AssignmentStream, Health, Lease};
 use crate::selectors::{self, Selector};
 use crate::vfio::{self, VfioBinding};
@@ -81,6 +83,7 @@ pub struct Daemon<A> {
     plugin_devices: Vec<PluginDevice>,
     bindings: BTreeMap<String, VfioBinding>,
     last_unresolved: Vec<Unresolved>,
+    metrics: Arc<StubMetrics>,
 }
 
 impl<A: AgentApi> Daemon<A> {
@@ -102,7 +105,15 @@ impl<A: AgentApi> Daemon<A> {
             plugin_devices: Vec::new(),
             bindings,
             last_unresolved: Vec::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// What the daemon counts, for [`crate::metrics::serve`] (and the
+    /// device plugin's registrations: pass it to
+    /// [`deviceplugin::run_with_metrics`]).
+    pub fn metrics(&self) -> Arc<StubMetrics> {
+        self.metrics.clone()
     }
 
     /// Health of the exposed functions, for consumers such as a device
@@ -158,6 +169,7 @@ impl<A: AgentApi> Daemon<A> {
                     );
                 }
                 self.functions = selected;
+                self.metrics.set_functions(&self.functions);
                 !diff.is_empty()
             }
             Err(e) => {
@@ -181,6 +193,7 @@ impl<A: AgentApi> Daemon<A> {
                 true
             }
             Err(e) => {
+                self.metrics.agent_failed(AgentOp::Report);
                 warn!(error = %error_chain(&e), "cannot report the inventory to the DPU agent; will retry");
                 false
             }
@@ -196,6 +209,7 @@ impl<A: AgentApi> Daemon<A> {
                 true
             }
             Err(e) => {
+                self.metrics.agent_failed(AgentOp::Assignments);
                 warn!(error = %error_chain(&e), "cannot list this host's assignments; will retry");
                 false
             }
@@ -209,6 +223,7 @@ impl<A: AgentApi> Daemon<A> {
                 Some(stream)
             }
             Err(e) => {
+                self.metrics.agent_failed(AgentOp::Watch);
                 warn!(error = %error_chain(&e), "cannot watch this host's assignments; will retry");
                 None
             }
@@ -222,6 +237,7 @@ impl<A: AgentApi> Daemon<A> {
     }
 
     fn contact(&mut self) {
+        self.metrics.agent_answered();
         self.lease.renew(Instant::now().into_std());
         self.set_health(Health::Healthy);
     }
@@ -248,6 +264,7 @@ impl<A: AgentApi> Daemon<A> {
                 self.reported = None;
             }
         }
+        self.metrics.set_agent_reachable(health == Health::Healthy);
         self.health_tx.send_replace(health);
         self.write_health();
         self.publish_plugin_state();
@@ -312,6 +329,7 @@ impl<A: AgentApi> Daemon<A> {
         resolution
             .exposed
             .retain(|f| !failed.contains(&f.pci_address));
+        self.metrics.set_exposed(resolution.exposed.len());
         if self.bindings != before {
             let path = bindings_path(&self.settings.state_dir);
             let json = serde_json::to_vec_pretty(&self.bindings).expect("bindings serialize");
@@ -340,6 +358,12 @@ impl<A: AgentApi> Daemon<A> {
             &self.settings.cdi,
         ) {
             Ok((actions, errors)) => {
+                let written = actions
+                    .iter()
+                    .filter(|a| matches!(a, cdi::CdiAction::Write { .. }))
+                    .count();
+                self.metrics
+                    .cdi(written, actions.len() - written, errors.len());
                 for a in &actions {
                     match a {
                         cdi::CdiAction::Write { file, .. } => info!(file, "CDI spec written"),
@@ -350,7 +374,10 @@ impl<A: AgentApi> Daemon<A> {
                     warn!(function = %id, error = %error_chain(&e), "no CDI spec for this function");
                 }
             }
-            Err(e) => warn!(error = %error_chain(&e), "cannot update CDI specs"),
+            Err(e) => {
+                self.metrics.cdi(0, 0, resolution.exposed.len());
+                warn!(error = %error_chain(&e), "cannot update CDI specs")
+            }
         }
         // Logged when the set changes only: the agent (a tenant's request)
         // can make these, so they must not flood the log every rescan.
@@ -412,10 +439,12 @@ impl<A: AgentApi> Daemon<A> {
                         }
                     }
                     Some(Err(e)) => {
+                        self.metrics.agent_failed(AgentOp::Watch);
                         warn!(error = %error_chain(&e), "assignment watch broke; reconnecting");
                         watch = None;
                     }
                     None => {
+                        self.metrics.agent_failed(AgentOp::Watch);
                         warn!("assignment watch closed by the agent; reconnecting");
                         watch = None;
                     }

@@ -347,8 +347,18 @@ fn identity(path: &Path) -> Option<FileId> {
 /// its sockets on the way out.
 pub async fn run(
     settings: PluginSettings,
+    state: watch::Receiver<PluginState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_with_metrics(settings, state, shutdown, Default::default()).await
+}
+
+/// [`run`], counting registrations with the kubelet in `metrics`.
+pub async fn run_with_metrics(
+    settings: PluginSettings,
     mut state: watch::Receiver<PluginState>,
     mut shutdown: watch::Receiver<bool>,
+    metrics: std::sync::Arc<crate::metrics::StubMetrics>,
 ) {
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut tick = tokio::time::interval(POLL);
@@ -395,10 +405,12 @@ pub async fn run(
             if kubelet.is_some() && s.registered_with != kubelet {
                 match register(&settings.dir, &resource).await {
                     Ok(()) => {
+                        metrics.registration(true);
                         info!(%resource, "registered with the kubelet");
                         s.registered_with = kubelet;
                     }
                     Err(e) => {
+                        metrics.registration(false);
                         warn!(%resource, error = %e, "cannot register with the kubelet; will retry")
                     }
                 }

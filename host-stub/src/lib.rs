@@ -8,7 +8,8 @@
 //! the DPU's functions, [`cdi`], [`vfio`] and
 //! [`deviceplugin`] (kubelet) expose them, [`report`] speaks to
 //! the agent, [`uevent`] listens for kernel device events, [`daemon`] ties
-//! them together, [`config`] loads the daemon's file. [`fixture`] builds
+//! them together, [`config`] loads the daemon's file, [`metrics`] serves
+//! the stub's own `/metrics` on loopback. [`fixture`] builds
 //! sysfs-shaped trees for tests and benchmarks.
 
 pub mod assignments;
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod deviceplugin;
 pub mod discover;
 pub mod fixture;
+pub mod metrics;
 pub mod report;
 pub mod selectors;
 pub mod uevent;

@@ -581,3 +581,242 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         "the plugin removes its socket on the way out"
     );
 }
+
+/// `GET /metrics` over a plain TCP connection, as Prometheus would; the
+/// body of a 200 answer.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of the sample `line_start` (name and labels) in `text`.
+fn value(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The host stub's own `/metrics` on loopback, read while the daemon and
+/// the device plugin run against an in-memory agent and a test kubelet:
+/// functions found by kind and class, exposure, CDI specs written, the
+/// kubelet registration, and the agent's reachability moving when the
+/// agent goes away and comes back; anything but `GET /metrics` is refused.
+/// TENANCY.md invariant 6: every label is from a closed set (kind, class,
+/// outcome, action, operation), so nothing a caller or the agent sends can
+/// grow the series, and the endpoint serves at most 8 connections at once.
+#[tokio::test]
+async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachability() {
+    use host_stub::deviceplugin::{self, PluginSettings};
+    use host_stub::metrics;
+
+    let root = tempfile::tempdir().unwrap();
+    let cdi_dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let _tree = tree(root.path());
+    let agent = FakeAgent::default();
+    {
+        let mut s = agent.0.lock().unwrap();
+        s.up = true;
+        s.events = Some(mpsc::unbounded_channel().1);
+        s.list = vec![function(
+            "web",
+            json!({"type": "net", "pf": "pf0", "vf": 0, "host": "node-1"}),
+            "0000:03:00.2",
+        )];
+    }
+    let mut kubelet = test_kubelet::TestKubelet::start(plugins.path());
+    let d = Daemon::new(
+        agent.clone(),
+        settings(root.path(), cdi_dir.path(), state.path()),
+    );
+    let m = d.metrics();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(metrics::serve(listener, m.clone(), stop_rx.clone()));
+    let plugin_task = tokio::spawn(deviceplugin::run_with_metrics(
+        PluginSettings {
+            dir: plugins.path().to_path_buf(),
+        },
+        d.plugin_state(),
+        stop_rx.clone(),
+        m.clone(),
+    ));
+    let daemon_task = tokio::spawn(d.run(stop_rx, None));
+    within("registration", kubelet.registrations.recv())
+        .await
+        .unwrap();
+    // The registration is counted right after the kubelet saw it.
+    let mut text = scrape(addr).await;
+    for _ in 0..100 {
+        if value(
+            &text,
+            "host_stub_device_plugin_registrations_total{outcome=\"ok\"}",
+        ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape(addr).await;
+    }
+    assert_eq!(
+        value(&text, "host_stub_functions{kind=\"pf\",class=\"network\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "host_stub_functions{kind=\"vf\",class=\"network\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(&text, "host_stub_functions{kind=\"pf\",class=\"nvme\"}"),
+        1.0
+    );
+    assert_eq!(value(&text, "host_stub_exposed_functions"), 1.0);
+    assert!(value(&text, "host_stub_cdi_specs_total{action=\"written\"}") >= 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "host_stub_device_plugin_registrations_total{outcome=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&text, "host_stub_agent_reachable"), 1.0);
+    let last = value(&text, "host_stub_agent_last_success_timestamp_seconds");
+    assert!(last > 1.7e9, "{last}");
+
+    // The agent goes away: calls fail, and once the lease (300 ms here)
+    // runs out the stub says the agent is unreachable.
+    agent.0.lock().unwrap().up = false;
+    let down = within("agent unreachable in /metrics", async {
+        loop {
+            let t = scrape(addr).await;
+            if value(&t, "host_stub_agent_reachable") == 0.0 {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let failures: f64 = ["report", "assignments", "watch"]
+        .iter()
+        .map(|op| {
+            value(
+                &down,
+                &format!("host_stub_agent_failures_total{{operation=\"{op}\"}}"),
+            )
+        })
+        .sum();
+    assert!(failures >= 1.0, "{down}");
+    assert_eq!(
+        value(&down, "host_stub_agent_last_success_timestamp_seconds"),
+        last,
+        "no answer since"
+    );
+    agent.0.lock().unwrap().up = true;
+    within("agent reachable again in /metrics", async {
+        while value(&scrape(addr).await, "host_stub_agent_reachable") != 1.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // Anything but GET /metrics is refused.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/secrets HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    }
+
+    stop_tx.send(true).unwrap();
+    daemon_task.await.unwrap();
+    plugin_task.await.unwrap();
+    server.await.unwrap();
+    drop(kubelet);
+}
+
+/// `promtool check metrics` finds nothing to lint in the stub's `/metrics`
+/// after a scan, a report and a reconcile. Ignored where promtool (Debian
+/// package `prometheus`) is not installed; `build.rs` looks for it. (Format
+/// conformance; the label bounds of TENANCY.md invariant 6 are the test
+/// above.)
+#[tokio::test]
+#[cfg_attr(
+    not(has_promtool),
+    ignore = "promtool not installed (Debian package prometheus)"
+)]
+async fn metrics_pass_promtool_check() {
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let _tree = tree(dirs[0].path());
+    let agent = FakeAgent::default();
+    {
+        let mut s = agent.0.lock().unwrap();
+        s.up = true;
+        s.list = vec![function(
+            "web",
+            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
+            "0000:03:00.2",
+        )];
+    }
+    let mut d = Daemon::new(
+        agent,
+        settings(dirs[0].path(), dirs[1].path(), dirs[2].path()),
+    );
+    d.rescan();
+    d.report_if_needed().await;
+    d.resync().await;
+    d.reconcile();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(host_stub::metrics::serve(listener, d.metrics(), stop_rx));
+    let text = scrape(addr).await;
+    stop_tx.send(true).unwrap();
+    server.await.unwrap();
+    assert!(
+        text.contains("host_stub_cdi_specs_total{action=\"written\"} 1\n"),
+        "{text}"
+    );
+
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {said}\n{text}");
+    assert!(said.trim().is_empty(), "promtool lints: {said}\n{text}");
+}

@@ -8,4 +8,5 @@ pub mod ovsdb;
 pub mod pipeline;
 pub mod sandbox;
 pub mod switch;
+pub mod timing;
 pub mod unixctl;

@@ -4,6 +4,7 @@
 //! at the first failure; the next reconcile observes again and re-plans, so a
 //! partial apply is just another diff.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::model::{
-    BackendKind, DesiredVolume, ObservedSubsystem, SpdkObserved, VolumeKey, initiator_nqn_allowed,
+    BackendKind, DesiredVolume, ObservedSubsystem, SpdkObserved, VolumeIo, VolumeKey,
+    initiator_nqn_allowed,
 };
 use crate::nvmet::configfs::{self, ConfigfsExecutor, ConfigfsMode, DeviceRef, NvmetError};
 use crate::nvmet::{KernelPaths, NvmetObserved, fabrics, qos, tc};
@@ -137,6 +139,16 @@ pub trait BlockBackend: Send + Sync + fmt::Debug {
     /// the same observation as [`plan`](Self::plan), which leaves them out).
     fn refusals(&self, _desired: &[DesiredVolume], _observed: &Observed) -> Vec<Refusal> {
         Vec::new()
+    }
+
+    /// I/O counters of the volumes this backend serves, where it counts
+    /// them (the crate README says which backend counts what); volumes it
+    /// cannot count are absent.
+    fn io_stats<'a>(
+        &'a self,
+        _observed: &'a Observed,
+    ) -> BoxFuture<'a, Result<BTreeMap<VolumeKey, VolumeIo>, BackendError>> {
+        Box::pin(async { Ok(BTreeMap::new()) })
     }
 
     /// Where the host connects to reach volume `key` over the network
@@ -335,6 +347,18 @@ impl BlockBackend for SpdkBackend {
         plan::refusals_spdk(desired)
     }
 
+    /// `bdev_get_iostat` of every bdev; a volume's I/O is its source bdev's
+    /// (the malloc bdev, or namespace 1 of its remote controller).
+    fn io_stats<'a>(
+        &'a self,
+        _observed: &'a Observed,
+    ) -> BoxFuture<'a, Result<BTreeMap<VolumeKey, VolumeIo>, BackendError>> {
+        Box::pin(async move {
+            let reply = self.client.call(&m::BdevGetIostat::default()).await?;
+            Ok(spdk_volume_io(&reply))
+        })
+    }
+
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             match &action.op {
@@ -530,6 +554,70 @@ fn read_io_max(
     out
 }
 
+/// Volume I/O from a `bdev_get_iostat` reply: the counters of each agent
+/// volume's source bdev; other bdevs are ignored.
+pub fn spdk_volume_io(reply: &m::BdevIostats) -> BTreeMap<VolumeKey, VolumeIo> {
+    let mut out = BTreeMap::new();
+    for b in &reply.bdevs {
+        let Some(key) = VolumeKey::from_object_name(&b.name) else {
+            continue;
+        };
+        if b.name != key.source_bdev(false) && b.name != key.source_bdev(true) {
+            continue;
+        }
+        out.insert(
+            key,
+            VolumeIo {
+                read_ops: b.num_read_ops,
+                read_bytes: b.bytes_read,
+                write_ops: b.num_write_ops,
+                write_bytes: b.bytes_written,
+            },
+        );
+    }
+    out
+}
+
+/// Volume I/O of the kernel backend: for each agent subsystem, the
+/// `stat` of the block device under its namespaces (`/sys/class/block/
+/// <dev>/stat`). File-backed namespaces (local volumes) have no such
+/// counters and are absent.
+pub fn nvmet_volume_io(
+    paths: &KernelPaths,
+    observed: &NvmetObserved,
+) -> BTreeMap<VolumeKey, VolumeIo> {
+    let mut out = BTreeMap::new();
+    for (nqn, sub) in &observed.subsystems {
+        let Some(key) = VolumeKey::from_subsystem_nqn(nqn) else {
+            continue;
+        };
+        let mut total: Option<VolumeIo> = None;
+        for ns in sub.namespaces.values() {
+            let Ok(rel) = Path::new(&ns.device_path).strip_prefix(&paths.dev) else {
+                continue;
+            };
+            let Some(dev) = rel.to_str().filter(|d| !d.is_empty() && !d.contains('/')) else {
+                continue;
+            };
+            let Some(io) = std::fs::read_to_string(paths.sys_class_block.join(dev).join("stat"))
+                .ok()
+                .and_then(|t| VolumeIo::from_block_stat(&t))
+            else {
+                continue;
+            };
+            let t = total.get_or_insert_with(VolumeIo::default);
+            t.read_ops = t.read_ops.saturating_add(io.read_ops);
+            t.read_bytes = t.read_bytes.saturating_add(io.read_bytes);
+            t.write_ops = t.write_ops.saturating_add(io.write_ops);
+            t.write_bytes = t.write_bytes.saturating_add(io.write_bytes);
+        }
+        if let Some(t) = total {
+            out.insert(key, t);
+        }
+    }
+    out
+}
+
 impl BlockBackend for NvmetBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Nvmet
@@ -558,6 +646,19 @@ impl BlockBackend for NvmetBackend {
         }
     }
 
+    fn io_stats<'a>(
+        &'a self,
+        observed: &'a Observed,
+    ) -> BoxFuture<'a, Result<BTreeMap<VolumeKey, VolumeIo>, BackendError>> {
+        Box::pin(async move {
+            let Observed::Nvmet(o) = observed else {
+                return Ok(BTreeMap::new());
+            };
+            let (paths, o) = (self.paths.clone(), o.clone());
+            Ok(tokio::task::spawn_blocking(move || nvmet_volume_io(&paths, &o)).await?)
+        })
+    }
+
     fn export(&self, key: &VolumeKey, observed: &Observed) -> Option<String> {
         match observed {
             Observed::Nvmet(o) => plan::nvmet_export(o, key),
@@ -583,6 +684,79 @@ mod tests {
     use crate::model::{FunctionTarget, VolumeKey, function_host_nqn};
     use crate::nvmet::configfs::PortConfig;
     use dpu_api::spec::{FunctionType, LocalSource, VolumeSource, VolumeSpec};
+
+    /// Kernel backend I/O: the `stat` of the block device under an agent
+    /// subsystem's namespace; file-backed namespaces and foreign
+    /// subsystems count nothing.
+    #[test]
+    fn nvmet_volume_io_reads_the_namespace_devices_stat() {
+        use crate::nvmet::configfs::{ObservedNamespace, ObservedNvmetSubsystem};
+        let dir = tempfile::tempdir().unwrap();
+        let paths = KernelPaths::under(dir.path());
+        let stat = paths.sys_class_block.join("nvme1n1");
+        std::fs::create_dir_all(&stat).unwrap();
+        std::fs::write(
+            stat.join("stat"),
+            "       4        0       64        1        2        0       16        1        0        2        2\n",
+        )
+        .unwrap();
+        let ns = |p: String| ObservedNvmetSubsystem {
+            namespaces: [(
+                1,
+                ObservedNamespace {
+                    device_path: p,
+                    enabled: true,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let remote = VolumeKey::new("acme", "db");
+        let local = VolumeKey::new("acme", "scratch");
+        let mut o = NvmetObserved::default();
+        let dev = paths.dev.join("nvme1n1").display().to_string();
+        o.subsystems.insert(remote.subsystem_nqn(), ns(dev.clone()));
+        o.subsystems.insert(
+            local.subsystem_nqn(),
+            ns("/var/lib/dpu/volumes/x.img".into()),
+        );
+        o.subsystems
+            .insert("nqn.2014-08.org.example:other".into(), ns(dev));
+        let io = nvmet_volume_io(&paths, &o);
+        assert_eq!(io.len(), 1, "{io:?}");
+        assert_eq!(
+            io[&remote],
+            VolumeIo {
+                read_ops: 4,
+                read_bytes: 64 * 512,
+                write_ops: 2,
+                write_bytes: 16 * 512,
+            }
+        );
+    }
+
+    #[test]
+    fn spdk_volume_io_takes_each_volumes_source_bdev() {
+        let b = |name: &str, ops: u64| m::BdevIostat {
+            name: name.into(),
+            num_read_ops: ops,
+            bytes_read: ops * 4096,
+            ..Default::default()
+        };
+        let reply = m::BdevIostats {
+            tick_rate: 1,
+            bdevs: vec![
+                b("dpu_acme_db_srcn1", 3),
+                b("dpu_acme_tmp_src", 5),
+                b("dpu_acme_tmp_other", 7),
+                b("Nvme0n1", 9),
+            ],
+        };
+        let io = spdk_volume_io(&reply);
+        assert_eq!(io.len(), 2, "{io:?}");
+        assert_eq!(io[&VolumeKey::new("acme", "db")].read_ops, 3);
+        assert_eq!(io[&VolumeKey::new("acme", "tmp")].read_bytes, 5 * 4096);
+    }
 
     /// The kernel backend end to end over a temp dir: plan, apply, observe
     /// converged, remove, observe clean.

@@ -11,3 +11,4 @@ pub mod model;
 pub mod nvmet;
 pub mod plan;
 pub mod spdk;
+pub mod timing;

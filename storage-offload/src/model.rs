@@ -152,6 +152,38 @@ fn is_label(s: &str) -> bool {
     dpu_api::validate::check_label("", s).is_ok()
 }
 
+/// A volume's I/O as its backend counts it (ops and bytes since the
+/// counted object was created; see the crate README for which backend
+/// counts what).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeIo {
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+}
+
+impl VolumeIo {
+    /// From a block device's `stat` file (`Documentation/block/stat.rst`):
+    /// field 1 read I/Os, 3 read sectors, 5 write I/Os, 7 write sectors;
+    /// sectors are 512 bytes whatever the device's block size. None when
+    /// the text has fewer than 7 numeric fields.
+    pub fn from_block_stat(text: &str) -> Option<VolumeIo> {
+        let f: Vec<u64> = text
+            .split_whitespace()
+            .take(7)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (f.len() == 7).then(|| VolumeIo {
+            read_ops: f[0],
+            read_bytes: f[2].saturating_mul(512),
+            write_ops: f[4],
+            write_bytes: f[6].saturating_mul(512),
+        })
+    }
+}
+
 /// The function a volume is shown on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionTarget {
@@ -278,6 +310,26 @@ pub struct ObservedSubsystem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 17 fields of a `/sys/block/<dev>/stat` line as Linux 6.1 prints
+    /// them (`%8lu` each): read I/Os, merges, sectors, ticks; the same for
+    /// writes; in flight, io ticks, time in queue; discards; flushes.
+    #[test]
+    fn block_stat_fields_are_ios_and_512_byte_sectors() {
+        let line = "     130        0     8530       51       12        3      200       22        0      168       74        0        0        0        0        0        0\n";
+        assert_eq!(
+            VolumeIo::from_block_stat(line),
+            Some(VolumeIo {
+                read_ops: 130,
+                read_bytes: 8530 * 512,
+                write_ops: 12,
+                write_bytes: 200 * 512,
+            })
+        );
+        assert_eq!(VolumeIo::from_block_stat("1 2 3"), None);
+        assert_eq!(VolumeIo::from_block_stat("1 2 x 4 5 6 7"), None);
+        assert_eq!(VolumeIo::from_block_stat(""), None);
+    }
 
     #[test]
     fn names_round_trip() {

@@ -153,6 +153,11 @@ fn all_requests() -> Vec<RpcRequest> {
             name: Some(s()),
             timeout: Some(10),
         }),
+        RpcRequest::new(&BdevGetIostat {
+            names: Some(vec![s()]),
+            per_channel: Some(false),
+        }),
+        RpcRequest::new(&BdevGetIostat::default()),
         RpcRequest::new(&BdevSetQosLimit {
             name: s(),
             rw_ios_per_sec: Some(1),
@@ -321,6 +326,18 @@ fn every_request_matches_the_schema() {
     );
 }
 
+/// Every method the crate sends has its own label in
+/// `dpu_agent_backend_operation_duration_seconds`; anything else is
+/// `other` (a closed set).
+#[test]
+fn every_sent_method_has_a_duration_label() {
+    use storage_offload::spdk::client::method_label;
+    for r in all_requests().into_iter().chain(planned_requests()) {
+        assert_eq!(method_label(&r.method), r.method, "add it to KNOWN_METHODS");
+    }
+    assert_eq!(method_label("made_up_by_someone"), "other");
+}
+
 #[cfg_attr(
     not(spdk_reference),
     ignore = "SPDK reference data shared/ref/spdk is not above this checkout"
@@ -384,6 +401,7 @@ fn documented_results_decode() {
     let mut c = Vec::new();
     decode_result::<SpdkGetVersion>(&doc, &mut c);
     decode_result::<BdevGetBdevs>(&doc, &mut c);
+    decode_result::<BdevGetIostat>(&doc, &mut c);
     decode_result::<BdevSetQosLimit>(&doc, &mut c);
     decode_result::<BdevMallocCreate>(&doc, &mut c);
     decode_result::<BdevMallocDelete>(&doc, &mut c);
@@ -422,6 +440,18 @@ fn documented_typed_values() {
     let v: Value = serde_json::from_str(&resp).unwrap();
     let ver: SpdkVersion = serde_json::from_value(v["result"].clone()).unwrap();
     assert_eq!(ver.fields.unwrap().minor, 4);
+    // The documented iostat reply, its first bdev renamed to a volume's
+    // source bdev: the volume's I/O is that bdev's counters.
+    let (_, resp) = doc_example(&doc, "bdev_get_iostat").unwrap();
+    let resp = resp.replacen("\"Nvme0n1\"", "\"dpu_acme_db_srcn1\"", 1);
+    let v: Value = serde_json::from_str(&resp).unwrap();
+    let io: BdevIostats = serde_json::from_value(v["result"].clone()).unwrap();
+    assert_eq!(io.tick_rate, 2_200_000_000);
+    let vols = storage_offload::apply::spdk_volume_io(&io);
+    let db = vols[&storage_offload::model::VolumeKey::new("acme", "db")];
+    assert_eq!((db.read_ops, db.read_bytes), (2, 36864));
+    assert_eq!((db.write_ops, db.write_bytes), (0, 0));
+    assert_eq!(vols.len(), 1);
 }
 
 // ------------------------------------------------------------ replay
@@ -509,6 +539,7 @@ async fn documented_exchanges_replay() {
     let mut replayed = 0;
     replayed += replay::<SpdkGetVersion>(&doc).await as usize;
     replayed += replay::<BdevGetBdevs>(&doc).await as usize;
+    replayed += replay::<BdevGetIostat>(&doc).await as usize;
     replayed += replay::<BdevSetQosLimit>(&doc).await as usize;
     replayed += replay::<BdevMallocCreate>(&doc).await as usize;
     replayed += replay::<BdevMallocDelete>(&doc).await as usize;

@@ -254,6 +254,18 @@ const AGENT_SCRIPT: &str = r###"set -e
 export DPU_STATE_DIR=/tmp/agent
 K1=00112233445566778899aabbccddeeff01020304
 K2=ffeeddccbbaa99887766554433221100a1a2a3a4
+BAD=deadbeefdeadbeefdeadbeefdeadbeefdeadbeef
+# The tunnel's counters as the agent read them from the kernel (status,
+# refreshed at each reconcile, every 30 s; /metrics renders the same values)
+# once `$1` matches, within 60 s.
+counters() {
+    for i in $(seq 1 120); do
+        J=$(dpuctl get ipsec-tunnel tun -o json | tr -d ' \n')
+        echo "$J" | grep -q "$1" && break
+        sleep 0.5
+    done
+    echo "counters $(echo "$J" | grep -o '"[a-z_]*\(bytes\|packets\|drops\|failures\)[a-z_]*":[0-9]*' | tr -d '"' | tr ':' '=' | tr '\n' ' ')"
+}
 ip link set lo up
 ip netns add a
 ip netns add b
@@ -297,6 +309,7 @@ echo "policies=$(ip -n a xfrm policy | grep -c '^src') scoped=$(ip -n a xfrm pol
 echo "sas=$(ip -n a xfrm state | grep -c '^src') scoped=$(ip -n a xfrm state | grep -c 'if_id 0x')"
 ip -n tn-acme -d link show ipsec0
 ip -n tn-acme route
+counters '"packets_out":0'
 
 echo '## traffic'
 # The tenant's own address (its network is not plumbed into the namespace
@@ -310,6 +323,18 @@ wait $SNIFF || true
 cat /tmp/wire.out
 ip netns exec a ping -c 2 -W 2 192.168.50.2 && echo UNDERLAY_OK
 xfrm-probe sas /run/netns/a
+
+echo '## counters'
+counters '"packets_in":[1-9]'
+
+echo '## integrity'
+# The peer's outbound SA is replaced by one with a wrong key. Its sequence
+# numbers start again at 1: the first 3 replies are replays for the
+# tunnel's inbound SA (dropped before decryption), the next ones fail its
+# integrity check.
+xfrm-probe install /run/netns/b 192.168.50.2 192.168.50.1 10.0.2.0/24 10.0.1.0/24 0x2001 0x1001 $K2 $BAD >/dev/null
+ip netns exec tn-acme ping -c 6 -W 2 -I 10.0.1.1 10.0.2.1 || echo BAD_KEY_STOPPED
+counters '"integrity_failures":[1-9]'
 
 echo '## delete'
 dpuctl delete ipsec-tunnel tun
@@ -330,6 +355,13 @@ echo "policies left $(ip -n a xfrm policy | grep -c '^src' || true)"
 /// tenant's namespace crosses as ESP (seen on the peer's veth) and is
 /// answered; the underlay's own ping is untouched. Deleting the tunnel
 /// removes its state and the tenant namespace (with the interface).
+///
+/// The per-tunnel counters behind `dpu_agent_ipsec_*` (issue 18), as the
+/// agent reads them from the kernel (XFRM dump: `XFRMA_LTIME_CUR` and
+/// `xfrm_stats`) into the tunnel's status, start at 0, grow with the ESP
+/// traffic (packets and bytes both ways), and, once the peer's SA is
+/// replaced by one with a wrong key (its sequence numbers restarting),
+/// count replayed packets and then integrity failures.
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn agent_tenant_tunnel_carries_traffic_only_through_its_xfrm_interface() -> anyhow::Result<()> {
@@ -375,6 +407,46 @@ fn agent_tenant_tunnel_carries_traffic_only_through_its_xfrm_interface() -> anyh
     assert!(wire("esp_in=").unwrap_or(0) >= 3, "no ESP arrived: {out}");
     assert!(wire("esp_out=").unwrap_or(0) >= 3, "no ESP left: {out}");
     assert!(sa_packets(traffic, "0x00002001").unwrap_or(0) >= 3, "{out}");
+    // `counters k=v ...` of a section.
+    let counter = |sec: &str, k: &str| -> Option<u64> {
+        section(&out.stdout, sec)
+            .lines()
+            .find(|l| l.starts_with("counters "))?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))?
+            .parse()
+            .ok()
+    };
+    for k in ["packets_in", "packets_out", "bytes_in", "bytes_out"] {
+        assert_eq!(counter("agent", k), Some(0), "{k} before traffic: {out}");
+    }
+    assert!(counter("counters", "packets_in").unwrap_or(0) >= 3, "{out}");
+    assert!(
+        counter("counters", "packets_out").unwrap_or(0) >= 3,
+        "{out}"
+    );
+    // ESP payload of 3 pings of 84-byte IPv4 packets each way.
+    assert!(
+        counter("counters", "bytes_in").unwrap_or(0) >= 3 * 84,
+        "{out}"
+    );
+    assert!(
+        counter("counters", "bytes_out").unwrap_or(0) >= 3 * 84,
+        "{out}"
+    );
+    assert_eq!(counter("counters", "integrity_failures"), Some(0), "{out}");
+    assert_eq!(counter("counters", "replay_drops"), Some(0), "{out}");
+    let integrity = section(&out.stdout, "integrity");
+    assert!(integrity.contains("BAD_KEY_STOPPED"), "{out}");
+    assert!(
+        counter("integrity", "replay_drops").unwrap_or(0) >= 3,
+        "{out}"
+    );
+    assert!(
+        counter("integrity", "integrity_failures").unwrap_or(0) >= 1,
+        "{out}"
+    );
+    assert_eq!(counter("integrity", "packets_in"), Some(3), "{out}");
     let delete = section(&out.stdout, "delete");
     assert!(delete.contains("tenant namespace gone"), "{out}");
     assert!(delete.contains("policies left 0"), "{out}");

@@ -7,13 +7,17 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
+use std::sync::Arc;
+
 use dpu_api::Kind;
 use dpu_api::client::{Client, Method};
 use dpu_api::identity::Role;
-use dpu_api::object::{HostDevice, HostInventory};
+use dpu_api::object::{HostDevice, HostInventory, Phase};
+use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
 use net_offload::sandbox::{Daemon, Netns, OvsSandbox, SandboxConfig};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The value of the sample written exactly as `series` (name and labels).
 fn value(text: &str, series: &str) -> Option<f64> {
@@ -46,13 +50,64 @@ async fn scrape_until(c: &Client, what: &str, ok: impl Fn(&str) -> bool) -> Stri
     }
 }
 
-fn tls_identity() -> (String, String) {
+/// A service certificate for `svc.example`: (CA, certificate, key).
+fn tls_identity() -> (String, String, String) {
     let ca = dpu_agent::pki::Ca::generate("test service CA").unwrap();
     let id = ca
         .issue("spiffe://dpu.local/svc", &["svc.example"])
         .unwrap();
-    (id.cert_pem, id.key_pem)
+    (ca.cert_pem.clone(), id.cert_pem, id.key_pem)
 }
+
+/// A TLS handshake with the listener at `addr`, from inside `ns`; whether
+/// it completed.
+async fn handshake(ns: &NetnsThread, addr: std::net::SocketAddr, ca_pem: &str) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = ns.tcp_connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("svc.example").unwrap(),
+            tcp,
+        )
+        .await
+        .is_ok()
+}
+
+/// Plain text where a TLS ClientHello belongs, from inside `ns`: a failed
+/// handshake for the listener.
+async fn not_tls(ns: &NetnsThread, addr: std::net::SocketAddr) {
+    let mut tcp = ns.tcp_connect(addr).await.unwrap();
+    let _ = tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tcp.read_to_end(&mut sink),
+    )
+    .await;
+}
+
+/// Deletes the named network namespace on drop (the agent removes it when
+/// the tenant's last listener and tunnel go; this covers the other paths).
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+const KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
+const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
 
 /// Lints `text` with `promtool check metrics`.
 fn promtool_check(text: &str) {
@@ -83,13 +138,29 @@ fn promtool_check(text: &str) {
 /// The workload moves every new family as expected, and the text passes
 /// `promtool check metrics`.
 ///
-/// TENANCY.md invariant 5 (no metric names a tenant's objects: the ids
-/// written here never appear in `/metrics`) and invariant 6 (unauthenticated
+/// The per-object families (TLS listener and IPsec tunnel counters, backend
+/// operation durations) are present and move: a completed and a failed
+/// handshake on the tenant's listener, reached inside the tenant's network
+/// namespace, are counted; the tunnel's counters and the XFRM operations it
+/// cost appear.
+///
+/// TENANCY.md invariant 5 (only the fleet controller reads `/metrics`; a
+/// tenant's object ids appear only on the per-object series of kinds with a
+/// quota, and leave with the object: none is left once they are deleted,
+/// and a network's id never appears) and invariant 6 (unauthenticated
 /// clients cannot grow the metrics' label sets: fifty anonymous requests to
-/// made-up paths add no series beyond the closed set of route templates).
+/// made-up paths add no series beyond the closed set of route templates,
+/// and a client's failed handshakes move a counter, not a label set).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_a_workload_and_pass_promtool() {
-    let agent = AgentProcess::start();
+    // Tenant namespaces named under /run/netns (the test reaches the
+    // listener inside it); removed on every path by the guard.
+    let prefix = format!("dmet{}-", std::process::id());
+    let _netns = NetnsGuard(format!("{prefix}tenant-secret-7"));
+    let agent = AgentProcess::start_with_env(
+        &["--no-ovs"],
+        &[("DPU_TENANT_NETNS_PREFIX", prefix.as_str())],
+    );
     let admin = agent.admin();
     let started = dpu_agent::metrics::unix_now();
     let before = scrape(&admin).await;
@@ -113,7 +184,7 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
         .unwrap();
     // Break: two TLS listeners on one address of the tenant's context; the
     // second cannot bind.
-    let (cert, key) = tls_identity();
+    let (ca, cert, key) = tls_identity();
     for id in ["tls-secret-7", "tls-secret-8"] {
         admin
             .put(
@@ -173,6 +244,92 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
         ) >= 3.0,
         "{broken}"
     );
+
+    // The listener that bound: a handshake that completes and one that
+    // fails, from inside the tenant's namespace, move its counters.
+    let mut serving = None;
+    for id in ["tls-secret-7", "tls-secret-8"] {
+        let o = admin.get(Kind::TlsListener, id).await.unwrap();
+        if o.status.phase == Phase::Ready {
+            serving = Some((id, o.status.fields["netns"].as_str().unwrap().to_string()));
+        }
+    }
+    let (listener, netns) = serving.expect("one listener serves");
+    let inside = NetnsThread::spawn(
+        &netns,
+        std::fs::File::open(format!("/run/netns/{netns}")).unwrap(),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = "10.1.0.1:443".parse().unwrap();
+    assert!(handshake(&inside, addr, &ca).await, "the handshake failed");
+    not_tls(&inside, addr).await;
+    let series =
+        |name: &str| format!("{name}{{tenant=\"tenant-secret-7\",listener=\"{listener}\"}}");
+    let tls = scrape_until(&admin, "the listener's counters move", |t| {
+        value0(t, &series("dpu_agent_tls_connections_total")) >= 1.0
+            && value0(t, &series("dpu_agent_tls_handshake_failures_total")) >= 1.0
+    })
+    .await;
+    // kTLS was asked for: the session went to the kernel or is counted as a
+    // fallback to userspace (this kernel may have no TLS ULP).
+    let handed = value0(
+        &tls,
+        &format!(
+            "dpu_agent_tls_ktls_handoffs_total{{tenant=\"tenant-secret-7\",listener=\"{listener}\",outcome=\"ok\"}}"
+        ),
+    );
+    let fell_back = value0(&tls, &series("dpu_agent_tls_ktls_fallbacks_total"));
+    assert!(handed + fell_back >= 1.0, "{tls}");
+    assert_eq!(
+        value(&tls, &series("dpu_agent_tls_connections_active")),
+        Some(0.0),
+        "{tls}"
+    );
+    drop(inside);
+
+    // An IPsec tunnel (dev mode: a private XFRM namespace; its SAs may be
+    // refused where the kernel has no ESP): its counters and the XFRM
+    // operations it cost appear.
+    admin
+        .put(
+            Kind::IpsecTunnel,
+            "tun-secret-7",
+            Some("tenant-secret-7"),
+            json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.1.0.0/24"],
+                   "remote_subnets": ["10.2.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
+                   "spi_in": 4096, "spi_out": 4097, "key_in": KEY_A, "key_out": KEY_B,
+                   "offload": "auto"}),
+            None,
+        )
+        .await
+        .unwrap();
+    let tunnel = "{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\"}";
+    let ipsec = scrape_until(&admin, "the tunnel's counters", |t| {
+        value(t, &format!("dpu_agent_ipsec_tunnel_established{tunnel}")).is_some()
+    })
+    .await;
+    for name in [
+        "dpu_agent_ipsec_bytes_total{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\",direction=\"in\"}",
+        "dpu_agent_ipsec_packets_total{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\",direction=\"out\"}",
+        "dpu_agent_ipsec_dropped_packets_total{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\",reason=\"integrity\"}",
+        "dpu_agent_ipsec_rekeys_total{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\"}",
+    ] {
+        assert!(value(&ipsec, name).is_some(), "{name} missing:\n{ipsec}");
+    }
+    for op in ["dump_sa", "dump_policy", "newsa"] {
+        let count = format!(
+            "dpu_agent_backend_operation_duration_seconds_count{{backend=\"xfrm\",operation=\"{op}\"}}"
+        );
+        assert!(value0(&ipsec, &count) >= 1.0, "{count}:\n{ipsec}");
+    }
+    admin
+        .delete(Kind::IpsecTunnel, "tun-secret-7")
+        .await
+        .unwrap();
+    scrape_until(&admin, "the tunnel's series gone", |t| {
+        !t.contains("tun-secret-7")
+    })
+    .await;
 
     // Recover: the listeners deleted, the gauge clears.
     for id in ["tls-secret-7", "tls-secret-8"] {
@@ -257,11 +414,19 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
             "route label {route:?} is not a route template: {line}"
         );
     }
+    // Deleted objects left no series; the network never had one.
     for secret in ["secret-7", "probe-"] {
         assert!(
             !probed.contains(secret),
             "/metrics names {secret:?}:\n{probed}"
         );
+    }
+    for family in [
+        "# TYPE dpu_agent_tls_handshake_failures_total counter",
+        "# TYPE dpu_agent_ipsec_packets_total counter",
+        "# TYPE dpu_agent_backend_operation_duration_seconds histogram",
+    ] {
+        assert!(probed.contains(family), "{family} missing:\n{probed}");
     }
 
     promtool_check(&probed);

@@ -406,3 +406,35 @@ fn tenant_tunnels_carry_if_id_on_every_sa_and_policy_and_scope_changes_converge(
     );
     assert!(plan(&[t], &none(), &after, 1003, GRACE).actions.is_empty());
 }
+
+#[test]
+fn tunnel_state_sums_counters_and_xfrm_stats_of_its_sas() {
+    let t = tunnel("acme/t1", 0x0d50_0001);
+    let p1 = plan(
+        std::slice::from_ref(&t),
+        &none(),
+        &Observed::default(),
+        1000,
+        GRACE,
+    );
+    let mut obs = apply(&Observed::default(), &p1.actions, 1000);
+    let other = tunnel("acme/t2", 0x0d50_0002);
+    for (i, sa) in obs.sas.iter_mut().enumerate() {
+        let i = i as u64 + 1;
+        sa.counters.bytes = 100 * i;
+        sa.counters.packets = i;
+        sa.stats.replay_window = 1;
+        sa.stats.replay = 2;
+        sa.stats.integrity_failed = 3;
+    }
+    let p = plan(&[t, other], &none(), &obs, 1001, GRACE);
+    let s = &p.state["acme/t1"];
+    assert_eq!(s.bytes_in + s.bytes_out, 300);
+    assert_eq!(s.packets_in + s.packets_out, 3);
+    assert_eq!(
+        (s.replay_window_drops, s.replay_drops, s.integrity_failures),
+        (2, 4, 6)
+    );
+    // Another tunnel's SAs count nothing for it.
+    assert_eq!(p.state["acme/t2"].integrity_failures, 0);
+}

@@ -48,6 +48,18 @@ pub struct XfrmSocket {
     seq: u32,
 }
 
+/// The netlink message of `req`, as a metrics label.
+fn op_label(req: &Request) -> &'static str {
+    match req {
+        Request::NewSa(_) => "newsa",
+        Request::DelSa(_) => "delsa",
+        Request::DumpSa => "dump_sa",
+        Request::UpdPolicy(_) => "updpolicy",
+        Request::DelPolicy(_) => "delpolicy",
+        Request::DumpPolicy => "dump_policy",
+    }
+}
+
 fn op_name(r: &Request) -> &'static str {
     match r {
         Request::NewSa(_) => "adding an SA",
@@ -202,8 +214,13 @@ impl XfrmSocket {
         }
     }
 
-    /// Sends a change and waits for the kernel's ack.
+    /// Sends a change and waits for the kernel's ack (timed in
+    /// [`crate::timing`] as backend `xfrm`).
     pub fn request(&mut self, req: &Request) -> Result<(), XfrmError> {
+        crate::timing::time("xfrm", op_label(req), || self.request_untimed(req))
+    }
+
+    fn request_untimed(&mut self, req: &Request) -> Result<(), XfrmError> {
         debug_assert!(!req.is_dump());
         let seq = self.send(req)?;
         let mut buf = vec![0u8; 64 * 1024];
@@ -228,8 +245,13 @@ impl XfrmSocket {
         }
     }
 
-    /// Runs a dump and collects every message until `NLMSG_DONE`.
+    /// Runs a dump and collects every message until `NLMSG_DONE` (timed
+    /// as backend `xfrm`).
     pub fn dump(&mut self, req: &Request) -> Result<Vec<Message>, XfrmError> {
+        crate::timing::time("xfrm", op_label(req), || self.dump_untimed(req))
+    }
+
+    fn dump_untimed(&mut self, req: &Request) -> Result<Vec<Message>, XfrmError> {
         debug_assert!(req.is_dump());
         let seq = self.send(req)?;
         // Dumps of SAs carry key material: wipe the buffer after each read.

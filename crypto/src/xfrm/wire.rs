@@ -26,6 +26,9 @@ pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLM_F_DUMP: u16 = 0x300;
 
 pub const XFRMA_TMPL: u16 = 5;
+/// `struct xfrm_lifetime_cur`, the kernel's copy of the SA's counters
+/// (`copy_to_user_state_extra` puts it beside the one in the body).
+pub const XFRMA_LTIME_CUR: u16 = 6;
 pub const XFRMA_ALG_AEAD: u16 = 18;
 pub const XFRMA_MARK: u16 = 21;
 pub const XFRMA_REPLAY_ESN_VAL: u16 = 23;
@@ -874,6 +877,12 @@ fn decode_sa(body: &[u8]) -> Result<Sa, WireError> {
                     icv_bits,
                     key: SaKey::from_bytes(key),
                 });
+            }
+            XFRMA_LTIME_CUR if p.len() >= 32 => {
+                // The kernel writes both copies from `x->curlft` in one
+                // call; the attribute is the one iproute2 prints, so it wins.
+                let mut lr = Rd::new(p, "XFRMA_LTIME_CUR", 32)?;
+                sa.counters = get_counters(&mut lr);
             }
             XFRMA_REPLAY_ESN_VAL if p.len() >= REPLAY_ESN_HDR_LEN => {
                 let w = |i: usize| u32::from_ne_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);

@@ -26,6 +26,7 @@ use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, EventType, ObjectKey, Phase};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Context, Controller, Outcome, ReconcileError, condition};
 use crate::admission;
@@ -61,13 +62,50 @@ impl Controllers {
         self.0.values().filter_map(|c| c.backend()).collect()
     }
 
-    /// Every controller's backend metrics, in kind order.
+    /// Every controller's backend metrics, in kind order, then the
+    /// backend operation durations.
     pub fn metrics(&self, out: &mut String) {
         let mut kinds: Vec<&Kind> = self.0.keys().collect();
         kinds.sort_by_key(|k| k.path());
         for k in kinds {
             self.0[k].metrics(out);
         }
+        render_backend_operations(out);
+    }
+}
+
+/// `dpu_agent_backend_operation_duration_seconds`: every wire operation the
+/// backends timed, by backend (`xfrm`: XFRM netlink; `spdk`: SPDK/SNAP
+/// JSON-RPC; `configfs`: nvmet configfs; `tc`: traffic-control netlink;
+/// `nvme_fabrics`: NVMe-oF connect/disconnect; `rtnetlink`, `devlink`: the
+/// functions backend) and operation (the netlink message, RPC method or
+/// configfs operation; closed sets kept by the `timing` callers of
+/// `dpu_crypto`, `storage_offload` and `net_offload`).
+pub fn render_backend_operations(out: &mut String) {
+    let name = "dpu_agent_backend_operation_duration_seconds";
+    metrics::header(
+        out,
+        name,
+        "histogram",
+        "Time one backend operation took, by backend (xfrm, spdk, configfs, tc, nvme_fabrics, rtnetlink, devlink) and operation (netlink message, RPC method, configfs operation).",
+    );
+    let crypto = dpu_crypto::timing::snapshot()
+        .into_iter()
+        .map(|(b, o, s)| (b, o, dpu_crypto::timing::BUCKETS, s.counts, s.sum));
+    let storage = storage_offload::timing::snapshot()
+        .into_iter()
+        .map(|(b, o, s)| (b, o, storage_offload::timing::BUCKETS, s.counts, s.sum));
+    let functions = net_offload::timing::snapshot()
+        .into_iter()
+        .map(|(b, o, s)| (b, o, net_offload::timing::BUCKETS, s.counts, s.sum));
+    let mut all: Vec<_> = crypto.chain(storage).chain(functions).collect();
+    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (backend, operation, bounds, counts, sum) in all {
+        metrics::Histogram::from_parts(bounds, &counts, sum).render(
+            out,
+            name,
+            &[("backend", backend), ("operation", operation)],
+        );
     }
 }
 
@@ -127,6 +165,14 @@ pub struct Engine {
     controllers: Controllers,
     stats: Arc<EngineStats>,
     resync: Duration,
+}
+
+/// The span a reconcile of `key` runs in: `kind` (its path), `id` and
+/// `tenant` as fields. At `ERROR` level so that it is enabled whatever
+/// `log_level` lets through: a span filtered out would drop the fields from
+/// the `warn` lines inside it.
+pub fn reconcile_span(key: &ObjectKey, tenant: &str) -> tracing::Span {
+    tracing::error_span!("reconcile", kind = key.kind.path(), id = %key.id, tenant = %tenant)
 }
 
 /// Exponential backoff after `failures` consecutive failures.
@@ -292,7 +338,15 @@ impl Engine {
         }
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = ctrl.reconcile(&self.ctx, &obj).await;
+        // Every line a controller logs while reconciling this object (and
+        // every task it starts in the span, like a TLS listener's accept
+        // loop) carries the object's kind, id and tenant.
+        let span = reconcile_span(&key, &obj.tenant);
+        let result = ctrl
+            .reconcile(&self.ctx, &obj)
+            .instrument(span.clone())
+            .await;
+        let _entered = span.enter();
         self.stats.record(
             key.kind,
             started.elapsed(),
@@ -318,9 +372,9 @@ impl Engine {
                 let retry_in_ms = delay.as_millis() as u64;
                 let failures = *n;
                 if failures.is_power_of_two() {
-                    tracing::warn!(object = %key, kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed");
+                    tracing::warn!(object = %key, kind, %id, %tenant, reason = %err.reason, detail = %err.message, failures, retry_in_ms, "reconcile failed");
                 } else {
-                    tracing::debug!(object = %key, kind, %id, %tenant, reason = %err.reason, message = %err.message, failures, retry_in_ms, "reconcile failed again");
+                    tracing::debug!(object = %key, kind, %id, %tenant, reason = %err.reason, detail = %err.message, failures, retry_in_ms, "reconcile failed again");
                 }
                 queue.add(key.clone(), Instant::now() + delay);
                 if let Err(e) = self.write_failure(&obj, &err) {
@@ -413,11 +467,153 @@ mod tests {
     }
 
     #[test]
+    fn backend_operations_render_as_one_histogram_family() {
+        storage_offload::timing::observe("configfs", "mkdir", 0.0002);
+        dpu_crypto::timing::observe("xfrm", "newsa", 0.00004);
+        net_offload::timing::observe("devlink", "eswitch_get", 0.001);
+        let mut out = String::new();
+        render_backend_operations(&mut out);
+        let name = "dpu_agent_backend_operation_duration_seconds";
+        assert_eq!(out.matches(&format!("# TYPE {name} histogram")).count(), 1);
+        assert!(
+            out.contains(&format!(
+                "{name}_bucket{{backend=\"xfrm\",operation=\"newsa\",le=\"0.00005\"}} "
+            )),
+            "{out}"
+        );
+        for (backend, op) in [("configfs", "mkdir"), ("devlink", "eswitch_get")] {
+            assert!(
+                out.contains(&format!(
+                    "{name}_count{{backend=\"{backend}\",operation=\"{op}\"}} "
+                )),
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff(1), Duration::from_millis(100));
         assert_eq!(backoff(2), Duration::from_millis(200));
         assert_eq!(backoff(5), Duration::from_millis(1600));
         assert_eq!(backoff(30), BACKOFF_MAX);
         assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    /// Logs of one object: a controller's own lines carry `kind`, `id` and
+    /// `tenant` from the engine's span, and an object failing again and
+    /// again is logged at `warn` only on its 1st, 2nd, 4th ... failure.
+    #[tokio::test(flavor = "current_thread")]
+    async fn object_logs_carry_kind_id_tenant_and_failures_are_rate_limited() {
+        use std::sync::Arc;
+
+        use dpu_api::object::{EventType, WriteOutcome};
+
+        use crate::reconcile::BoxFuture;
+        use crate::store::{Store, StoreError};
+
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        struct Failing;
+        impl Controller for Failing {
+            fn kind(&self) -> Kind {
+                Kind::Network
+            }
+            fn reconcile<'a>(
+                &'a self,
+                _ctx: &'a Context,
+                _obj: &'a StoredObject,
+            ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+                Box::pin(async {
+                    tracing::warn!("the switch said no");
+                    Err(ReconcileError {
+                        reason: "SwitchUnavailable".into(),
+                        message: "no switch".into(),
+                    })
+                })
+            }
+            fn plan(&self, _: &Context, _: &StoredObject, _: WriteOutcome) -> Vec<String> {
+                Vec::new()
+            }
+        }
+
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        store
+            .transact(|t| {
+                t.put(
+                    StoredObject::from_json(
+                        None,
+                        Kind::Network,
+                        "blue",
+                        "acme",
+                        &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+                    ),
+                    EventType::Added,
+                );
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let engine = Engine::new(
+            Context { store },
+            Controllers::new(vec![Arc::new(Failing) as Arc<dyn Controller>]),
+        );
+        let mut queue = Queue {
+            due: BTreeMap::new(),
+            failures: HashMap::new(),
+        };
+        for _ in 0..4 {
+            engine
+                .process(&mut queue, ObjectKey::new(Kind::Network, "blue"))
+                .await;
+        }
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let own: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == "the switch said no")
+            .collect();
+        assert_eq!(own.len(), 4, "{text}");
+        for l in &own {
+            assert_eq!(l["span"]["kind"], "networks", "{l}");
+            assert_eq!(l["span"]["id"], "blue", "{l}");
+            assert_eq!(l["span"]["tenant"], "acme", "{l}");
+        }
+        // `detail`, not `message`: a second `message` key would replace
+        // the line's own in JSON.
+        let failed: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == "reconcile failed")
+            .inspect(|l| assert_eq!(l["fields"]["detail"], "no switch", "{l}"))
+            .map(|l| l["fields"]["failures"].as_u64().unwrap())
+            .collect();
+        assert_eq!(failed, [1, 2, 4], "{text}");
+        let first = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "reconcile failed")
+            .unwrap();
+        assert_eq!(first["fields"]["tenant"], "acme");
+        assert_eq!(first["fields"]["kind"], "networks");
     }
 }

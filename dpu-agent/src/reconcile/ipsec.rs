@@ -31,7 +31,7 @@ use dpu_api::spec::{self, IpsecTunnelSpec};
 use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply, chain};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, SaSpec, Tunnel};
-use dpu_crypto::plan::{Observed, REQID_RANGE, plan, plan_teardown};
+use dpu_crypto::plan::{Observed, REQID_RANGE, TunnelState, plan, plan_teardown};
 use dpu_crypto::xfrm::socket::XfrmError;
 use serde_json::Value;
 
@@ -76,6 +76,9 @@ pub struct IpsecTunnels {
     /// The last kernel observation, for `plan` (which must not do I/O).
     last_observed: Arc<Mutex<Option<Observed>>>,
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// Per tunnel `(tenant, id)`: the kernel's counters as the last
+    /// reconcile read them, and the agent's rekey count, for `/metrics`.
+    counters: Mutex<BTreeMap<(String, String), (TunnelState, u64)>>,
 }
 
 impl std::fmt::Debug for IpsecTunnels {
@@ -140,6 +143,7 @@ impl IpsecTunnels {
             contexts: Default::default(),
             last_observed: Arc::new(Mutex::new(None)),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            counters: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -498,6 +502,10 @@ impl Controller for IpsecTunnels {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&name(obj));
+                self.counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(obj.tenant.clone(), obj.id.clone()));
                 self.contexts
                     .release_unless_needed(&ctx.store, &obj.tenant)
                     .await
@@ -661,6 +669,13 @@ impl Controller for IpsecTunnels {
             if first.rekeys.contains(&me) && report.failures.is_empty() {
                 rekeys += 1;
             }
+            self.counters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    (obj.tenant.clone(), obj.id.clone()),
+                    (state.clone(), rekeys),
+                );
             let offload = state.offload_active.unwrap_or(OffloadActive::None);
             for (k, v) in [
                 ("offload_active", Value::from(offload.name())),
@@ -669,6 +684,12 @@ impl Controller for IpsecTunnels {
                 ("packets_in", Value::from(state.packets_in)),
                 ("packets_out", Value::from(state.packets_out)),
                 ("rekeys", Value::from(rekeys)),
+                (
+                    "replay_window_drops",
+                    Value::from(state.replay_window_drops),
+                ),
+                ("replay_drops", Value::from(state.replay_drops)),
+                ("integrity_failures", Value::from(state.integrity_failures)),
             ] {
                 status.fields.insert(k.into(), v);
             }
@@ -782,6 +803,15 @@ impl Controller for IpsecTunnels {
 
     /// Connected when the XFRM socket opens (it is opened here if no
     /// reconcile has yet), so `/readyz` holds without any tunnel too.
+    fn metrics(&self, out: &mut String) {
+        let counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        render_tunnel_metrics(out, &counters);
+    }
+
     fn backend(&self) -> Option<(String, bool)> {
         // A reconcile holding the socket knows best: keep its verdict.
         if let Ok(mut slot) = self.backend.try_lock()
@@ -796,6 +826,77 @@ impl Controller for IpsecTunnels {
             "xfrm".into(),
             self.connected.load(std::sync::atomic::Ordering::Relaxed),
         ))
+    }
+}
+
+/// The per-tunnel families of `/metrics`. Labels: `tenant` and `tunnel` (an
+/// authenticated tenant's object id; tunnels count against its quota), and
+/// closed sets for `direction` and `reason`.
+pub fn render_tunnel_metrics(
+    out: &mut String,
+    counters: &BTreeMap<(String, String), (TunnelState, u64)>,
+) {
+    use crate::metrics::{header, sample};
+    let families: [(&str, &str, &str); 5] = [
+        (
+            "dpu_agent_ipsec_bytes_total",
+            "counter",
+            "Bytes through a tunnel's SAs by direction, from the kernel's XFRM lifetime counters (an SA replaced by a rekey takes its count with it: a counter reset).",
+        ),
+        (
+            "dpu_agent_ipsec_packets_total",
+            "counter",
+            "Packets through a tunnel's SAs by direction, from the kernel's XFRM lifetime counters.",
+        ),
+        (
+            "dpu_agent_ipsec_dropped_packets_total",
+            "counter",
+            "Inbound packets the kernel dropped on a tunnel's SAs, by reason: replay_window, replay, integrity (xfrm_stats).",
+        ),
+        (
+            "dpu_agent_ipsec_rekeys_total",
+            "counter",
+            "Rekeys of a tunnel the agent carried out (kept in status, so it survives restarts).",
+        ),
+        (
+            "dpu_agent_ipsec_tunnel_established",
+            "gauge",
+            "1 when both current SAs and every policy of the tunnel are in the kernel.",
+        ),
+    ];
+    for (i, (name, type_, help)) in families.iter().enumerate() {
+        header(out, name, type_, help);
+        for ((tenant, tunnel), (s, rekeys)) in counters {
+            let base = [("tenant", tenant.as_str()), ("tunnel", tunnel.as_str())];
+            let with = |k: &'static str, v: &'static str| [base[0], base[1], (k, v)];
+            match i {
+                0 => {
+                    sample(out, name, &with("direction", "in"), s.bytes_in);
+                    sample(out, name, &with("direction", "out"), s.bytes_out);
+                }
+                1 => {
+                    sample(out, name, &with("direction", "in"), s.packets_in);
+                    sample(out, name, &with("direction", "out"), s.packets_out);
+                }
+                2 => {
+                    sample(
+                        out,
+                        name,
+                        &with("reason", "replay_window"),
+                        s.replay_window_drops,
+                    );
+                    sample(out, name, &with("reason", "replay"), s.replay_drops);
+                    sample(
+                        out,
+                        name,
+                        &with("reason", "integrity"),
+                        s.integrity_failures,
+                    );
+                }
+                3 => sample(out, name, &base, rekeys),
+                _ => sample(out, name, &base, u8::from(s.programmed)),
+            }
+        }
     }
 }
 
@@ -959,6 +1060,20 @@ mod tests {
             ctrl
         );
         assert_no_key(&everything);
+        // `/metrics` carries the tunnel's counters as this reconcile read
+        // them from the kernel.
+        let mut m = String::new();
+        ctrl.metrics(&mut m);
+        assert!(
+            m.contains(
+                "dpu_agent_ipsec_packets_total{tenant=\"acme\",tunnel=\"t1\",direction=\"in\"} "
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("dpu_agent_ipsec_rekeys_total{tenant=\"acme\",tunnel=\"t1\"} 0"),
+            "{m}"
+        );
 
         store
             .transact(|t| {
@@ -974,6 +1089,45 @@ mod tests {
         let listed = ns.ip("xfrm policy");
         assert!(!listed.contains("10.1.0.0/16"), "{listed}");
         assert!(listed.contains("src 10.5.0.0/16"), "{listed}");
+        let mut m = String::new();
+        ctrl.metrics(&mut m);
+        assert!(
+            !m.contains("tunnel=\"t1\""),
+            "a deleted tunnel's series stay: {m}"
+        );
+    }
+
+    /// TENANCY.md invariant 6: a tunnel's series carry only its tenant,
+    /// its id (a quota'd kind) and closed sets (`direction`, `reason`).
+    #[test]
+    fn tunnel_metrics_render_every_family_with_bounded_labels() {
+        let state = TunnelState {
+            bytes_in: 1000,
+            bytes_out: 2000,
+            packets_in: 10,
+            packets_out: 20,
+            replay_window_drops: 1,
+            replay_drops: 2,
+            integrity_failures: 3,
+            programmed: true,
+            ..TunnelState::default()
+        };
+        let counters = BTreeMap::from([(("acme".to_string(), "t1".to_string()), (state, 4))]);
+        let mut out = String::new();
+        render_tunnel_metrics(&mut out, &counters);
+        for line in [
+            "# TYPE dpu_agent_ipsec_bytes_total counter",
+            "dpu_agent_ipsec_bytes_total{tenant=\"acme\",tunnel=\"t1\",direction=\"in\"} 1000",
+            "dpu_agent_ipsec_bytes_total{tenant=\"acme\",tunnel=\"t1\",direction=\"out\"} 2000",
+            "dpu_agent_ipsec_packets_total{tenant=\"acme\",tunnel=\"t1\",direction=\"out\"} 20",
+            "dpu_agent_ipsec_dropped_packets_total{tenant=\"acme\",tunnel=\"t1\",reason=\"replay_window\"} 1",
+            "dpu_agent_ipsec_dropped_packets_total{tenant=\"acme\",tunnel=\"t1\",reason=\"replay\"} 2",
+            "dpu_agent_ipsec_dropped_packets_total{tenant=\"acme\",tunnel=\"t1\",reason=\"integrity\"} 3",
+            "dpu_agent_ipsec_rekeys_total{tenant=\"acme\",tunnel=\"t1\"} 4",
+            "dpu_agent_ipsec_tunnel_established{tenant=\"acme\",tunnel=\"t1\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
     }
 
     #[tokio::test]

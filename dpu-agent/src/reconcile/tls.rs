@@ -26,7 +26,7 @@ use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, Status, WriteOutcome};
 use dpu_api::spec::{Ktls, TlsListenerSpec};
 use dpu_crypto::apply::chain;
-use dpu_crypto::tls::{Limits, ListenerConfig, TlsProxy};
+use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy};
 use serde_json::Value;
 
 use super::tenant_netns::TenantContexts;
@@ -49,6 +49,9 @@ pub struct TlsListeners {
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     limits: Limits,
     contexts: Arc<TenantContexts>,
+    /// Per listener `(tenant, id)`: its proxy's counters, read by
+    /// `/metrics` without waiting on a reconcile.
+    stats: std::sync::Mutex<BTreeMap<(String, String), StatsHandle>>,
 }
 
 impl std::fmt::Debug for TlsListeners {
@@ -65,6 +68,7 @@ impl TlsListeners {
             running: Default::default(),
             limits,
             contexts: Default::default(),
+            stats: Default::default(),
         }
     }
 
@@ -160,6 +164,10 @@ impl Controller for TlsListeners {
             let me = name(obj);
             let mut running = self.running.lock().await;
             if obj.deleting {
+                self.stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(obj.tenant.clone(), obj.id.clone()));
                 if let Some(r) = running.remove(&me) {
                     r.proxy.shutdown().await;
                     self.release_address(ctx, obj, r.listen).await;
@@ -271,12 +279,17 @@ impl Controller for TlsListeners {
                 }
             }
             let r = &running[&me];
+            self.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((obj.tenant.clone(), obj.id.clone()), r.proxy.stats_handle());
             let stats = r.proxy.stats();
             for (k, v) in [
                 ("ktls_active", Value::from(stats.ktls_active)),
                 ("ktls_reason", Value::from(stats.ktls_reason)),
                 ("ktls_sessions", Value::from(stats.ktls_sessions)),
                 ("ktls_failures", Value::from(stats.ktls_failures)),
+                ("ktls_fallbacks", Value::from(stats.ktls_fallbacks)),
                 ("connections", Value::from(stats.connections)),
                 ("connections_active", Value::from(stats.active)),
                 ("handshake_failures", Value::from(stats.handshake_failures)),
@@ -307,6 +320,17 @@ impl Controller for TlsListeners {
                 requeue_after: Some(POLL),
             })
         })
+    }
+
+    fn metrics(&self, out: &mut String) {
+        let stats: BTreeMap<(String, String), ProxyStats> = self
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, h)| (k.clone(), h.stats()))
+            .collect();
+        render_listener_metrics(out, &stats);
     }
 
     fn plan(&self, _ctx: &Context, obj: &StoredObject, outcome: WriteOutcome) -> Vec<String> {
@@ -349,6 +373,85 @@ impl Controller for TlsListeners {
                     .map(|a| format!(", ALPN {}", a.join(",")))
                     .unwrap_or_default()
             )],
+        }
+    }
+}
+
+/// The per-listener families of `/metrics`. Labels: `tenant` and
+/// `listener` (an authenticated tenant's object id; listeners count against
+/// its quota) and the closed set `outcome`. Nothing a TLS client sends
+/// becomes a label.
+pub fn render_listener_metrics(out: &mut String, stats: &BTreeMap<(String, String), ProxyStats>) {
+    use crate::metrics::{header, sample};
+    type Get = fn(&ProxyStats) -> u64;
+    let families: [(&str, &str, &str, Get); 6] = [
+        (
+            "dpu_agent_tls_connections_total",
+            "counter",
+            "TLS handshakes a listener completed (since the listener last started).",
+            |s| s.connections,
+        ),
+        (
+            "dpu_agent_tls_connections_active",
+            "gauge",
+            "Connections a listener is serving now.",
+            |s| s.active,
+        ),
+        (
+            "dpu_agent_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out on a listener.",
+            |s| s.handshake_failures,
+        ),
+        (
+            "dpu_agent_tls_ktls_fallbacks_total",
+            "counter",
+            "Sessions kept in userspace TLS (rustls) although the listener asked for kernel TLS.",
+            |s| s.ktls_fallbacks,
+        ),
+        (
+            "dpu_agent_tls_refused_connections_total",
+            "counter",
+            "Connections closed at accept because the listener was at its connection limit.",
+            |s| s.refused_over_limit,
+        ),
+        (
+            "dpu_agent_tls_upstream_failures_total",
+            "counter",
+            "Sessions whose upstream could not be reached.",
+            |s| s.upstream_failures,
+        ),
+    ];
+    for (name, type_, help, get) in families {
+        header(out, name, type_, help);
+        for ((tenant, listener), s) in stats {
+            sample(
+                out,
+                name,
+                &[("tenant", tenant.as_str()), ("listener", listener.as_str())],
+                get(s),
+            );
+        }
+    }
+    let name = "dpu_agent_tls_ktls_handoffs_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Sessions handed to kernel TLS after the handshake, by outcome: ok, or failed (the kernel refused; the connection is lost).",
+    );
+    for ((tenant, listener), s) in stats {
+        for (outcome, n) in [("ok", s.ktls_sessions), ("failed", s.ktls_failures)] {
+            sample(
+                out,
+                name,
+                &[
+                    ("tenant", tenant.as_str()),
+                    ("listener", listener.as_str()),
+                    ("outcome", outcome),
+                ],
+                n,
+            );
         }
     }
 }
@@ -488,6 +591,13 @@ mod tests {
         echo(&mut second, b"new cert").await;
         let out3 = ctrl.reconcile(&ctx, &get(&store)).await.unwrap();
         assert_eq!(out3.status.fields["connections"], json!(2));
+        // `/metrics` reads the proxy's counters directly.
+        let mut m = String::new();
+        ctrl.metrics(&mut m);
+        assert!(
+            m.contains("dpu_agent_tls_connections_total{tenant=\"acme\",listener=\"web\"} 2\n"),
+            "{m}"
+        );
         assert_eq!(out3.status.fields["connections_active"], json!(2));
 
         // A key that does not match the certificate: refused, old one serves.
@@ -525,5 +635,36 @@ mod tests {
         // Nothing else of the tenant's: the namespace is gone.
         drop(ns);
         assert!(!ctrl.contexts.is_open("acme"));
+    }
+
+    /// TENANCY.md invariant 6: a listener's series carry only its tenant,
+    /// its id (a quota'd kind) and the closed set `outcome`; nothing a TLS
+    /// client sends becomes a label.
+    #[test]
+    fn listener_metrics_render_every_family() {
+        let stats = BTreeMap::from([(
+            ("acme".to_string(), "web".to_string()),
+            ProxyStats {
+                connections: 5,
+                active: 1,
+                handshake_failures: 2,
+                ktls_sessions: 3,
+                ktls_failures: 1,
+                ktls_fallbacks: 4,
+                ..ProxyStats::default()
+            },
+        )]);
+        let mut out = String::new();
+        render_listener_metrics(&mut out, &stats);
+        for line in [
+            "dpu_agent_tls_connections_total{tenant=\"acme\",listener=\"web\"} 5",
+            "dpu_agent_tls_connections_active{tenant=\"acme\",listener=\"web\"} 1",
+            "dpu_agent_tls_handshake_failures_total{tenant=\"acme\",listener=\"web\"} 2",
+            "dpu_agent_tls_ktls_fallbacks_total{tenant=\"acme\",listener=\"web\"} 4",
+            "dpu_agent_tls_ktls_handoffs_total{tenant=\"acme\",listener=\"web\",outcome=\"ok\"} 3",
+            "dpu_agent_tls_ktls_handoffs_total{tenant=\"acme\",listener=\"web\",outcome=\"failed\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
     }
 }

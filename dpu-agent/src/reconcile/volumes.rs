@@ -12,7 +12,7 @@
 //! namespace's size is not observed yet); `host_device` is copied from the
 //! function's status once the host stub reports it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use dpu_api::spec::{FunctionSpec, VolumeSource, VolumeSpec};
 use serde_json::Value;
 use storage_offload::apply::{BlockBackend, NvmetBackend, Observed, SpdkBackend, apply_all};
 use storage_offload::model::{
-    BackendKind, DesiredVolume, FunctionTarget, VolumeKey, function_host_nqn,
+    BackendKind, DesiredVolume, FunctionTarget, VolumeIo, VolumeKey, function_host_nqn,
 };
 use storage_offload::nvmet::KernelPaths;
 use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
@@ -56,6 +56,8 @@ pub struct Volumes {
     /// When set, the only host NQN every volume's subsystem admits, instead
     /// of one per function.
     host_nqn: Option<String>,
+    /// Stored volumes' I/O as the backend last counted it, for `/metrics`.
+    io: std::sync::Mutex<BTreeMap<VolumeKey, VolumeIo>>,
 }
 
 impl std::fmt::Debug for Volumes {
@@ -75,6 +77,7 @@ impl Volumes {
             backend: tokio::sync::Mutex::new(None),
             last: std::sync::Mutex::new(None),
             host_nqn,
+            io: Default::default(),
         }
     }
 
@@ -434,13 +437,31 @@ impl Controller for Volumes {
                 .await
                 .map_err(|e| backend_error("observing the storage backend failed", &e))?;
             self.remember(&backend, &observed);
+            // Every volume's I/O comes with one backend call; refreshed on
+            // each reconcile (a Ready volume every RESYNC at the latest).
+            match backend.io_stats(&observed).await {
+                Ok(io) => {
+                    let stored: BTreeSet<VolumeKey> = ctx
+                        .store
+                        .list(Kind::Volume, None)
+                        .iter()
+                        .map(|o| key_of(o))
+                        .collect();
+                    *self.io.lock().unwrap_or_else(|e| e.into_inner()) =
+                        io.into_iter().filter(|(k, _)| stored.contains(k)).collect();
+                }
+                Err(e) => {
+                    tracing::debug!(backend = %self.name, error = %chain(&e), "volume I/O counters not read")
+                }
+            }
             let actions: Vec<Action> = backend
                 .plan(&desired, &observed)
                 .into_iter()
                 .filter(|a| concerns(a, &key, &kept))
                 .collect();
             if let Err(e) = apply_all(backend.as_ref(), &actions).await {
-                tracing::warn!(volume = %key, error = %e, "volume not programmed");
+                // The engine logs the returned error, rate-limited.
+                tracing::debug!(volume = %key, error = %e, "volume not programmed");
                 return Err(backend_error(&format!("volume {key}"), &e));
             }
             // A refused volume has no actions of its own (its leftovers were
@@ -592,9 +613,49 @@ impl Controller for Volumes {
             .collect()
     }
 
+    fn metrics(&self, out: &mut String) {
+        let io = self.io.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        render_volume_metrics(out, &io);
+    }
+
     fn backend(&self) -> Option<(String, bool)> {
         let connected = self.last.lock().map(|l| l.is_some()).unwrap_or_default();
         Some((format!("storage: {}", self.name), connected))
+    }
+}
+
+/// The per-volume families of `/metrics`: `tenant` and `volume` (an
+/// authenticated tenant's object id; volumes count against its quota) and
+/// the closed set `op` (read, write). Only volumes the backend counts are
+/// present (storage-offload README, "Volume I/O counters").
+pub fn render_volume_metrics(out: &mut String, io: &BTreeMap<VolumeKey, VolumeIo>) {
+    use crate::metrics::{header, sample};
+    for (name, help, ops) in [
+        (
+            "dpu_agent_volume_io_operations_total",
+            "I/O operations on a volume by op (read, write), where the storage backend counts them.",
+            true,
+        ),
+        (
+            "dpu_agent_volume_io_bytes_total",
+            "Bytes read and written on a volume by op, where the storage backend counts them.",
+            false,
+        ),
+    ] {
+        header(out, name, "counter", help);
+        for (k, v) in io {
+            for (op, n) in [
+                ("read", if ops { v.read_ops } else { v.read_bytes }),
+                ("write", if ops { v.write_ops } else { v.write_bytes }),
+            ] {
+                sample(
+                    out,
+                    name,
+                    &[("tenant", &k.tenant), ("volume", &k.id), ("op", op)],
+                    n,
+                );
+            }
+        }
     }
 }
 
@@ -740,6 +801,15 @@ mod tests {
         let after_first = tree(&paths.nvmet);
         c.reconcile(&ctx, &v).await.unwrap();
         assert_eq!(tree(&paths.nvmet), after_first);
+        // A file-backed namespace has no block device statistics on the
+        // kernel backend: the family is there, the volume is not counted.
+        let mut m = String::new();
+        c.metrics(&mut m);
+        assert!(
+            m.contains("# TYPE dpu_agent_volume_io_bytes_total counter"),
+            "{m}"
+        );
+        assert!(!m.contains("volume=\"v1\""), "{m}");
 
         // The plan of a delete names the configfs writes, in reverse.
         let lines = c.plan(&ctx, &v, WriteOutcome::Deleted);
@@ -1003,5 +1073,30 @@ mod tests {
             planned.iter().all(|l| !l.contains("nvme1n1")),
             "{planned:?}"
         );
+    }
+
+    /// TENANCY.md invariant 6: a volume's series carry only its tenant, its
+    /// id (a quota'd kind) and the closed set `op`.
+    #[test]
+    fn volume_metrics_render_ops_and_bytes_by_op() {
+        let io = BTreeMap::from([(
+            VolumeKey::new("acme", "db"),
+            VolumeIo {
+                read_ops: 2,
+                read_bytes: 36864,
+                write_ops: 1,
+                write_bytes: 4096,
+            },
+        )]);
+        let mut out = String::new();
+        render_volume_metrics(&mut out, &io);
+        for line in [
+            "dpu_agent_volume_io_operations_total{tenant=\"acme\",volume=\"db\",op=\"read\"} 2",
+            "dpu_agent_volume_io_operations_total{tenant=\"acme\",volume=\"db\",op=\"write\"} 1",
+            "dpu_agent_volume_io_bytes_total{tenant=\"acme\",volume=\"db\",op=\"read\"} 36864",
+            "dpu_agent_volume_io_bytes_total{tenant=\"acme\",volume=\"db\",op=\"write\"} 4096",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
     }
 }

@@ -11,8 +11,9 @@
 //!
 //! Host-stub leases: the agent notes when each host stub last called it
 //! (inventory report or assignments); a host not heard from for
-//! [`HOST_LEASE`] (the host stub's default `lease_secs`) is `expired`, which
-//! is when that host stub marks its functions unhealthy. A host known from
+//! the configured lease (`host_lease_seconds`, default [`HOST_LEASE`]: the
+//! host stub's default `lease_secs`) is `expired`, which is when that host
+//! stub marks its functions unhealthy. A host known from
 //! a stored report but not heard from since the agent started is counted
 //! from the start.
 //!
@@ -57,6 +58,7 @@ pub struct Metrics {
     request_seconds: HistogramVec<3>,
     host_contacts: Mutex<BTreeMap<String, Instant>>,
     started: Instant,
+    lease: Duration,
 }
 
 impl Default for Metrics {
@@ -66,11 +68,19 @@ impl Default for Metrics {
             request_seconds: HistogramVec::new(HTTP_BUCKETS, ["method", "route", "status_class"]),
             host_contacts: Mutex::default(),
             started: Instant::now(),
+            lease: HOST_LEASE,
         }
     }
 }
 
 impl Metrics {
+    /// With a host-stub lease other than [`HOST_LEASE`] (config
+    /// `host_lease_seconds`).
+    pub fn with_host_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
     /// A host stub answered for `host` just now.
     pub fn host_contact(&self, host: &str) {
         if let Ok(mut m) = self.host_contacts.lock() {
@@ -84,10 +94,15 @@ impl Metrics {
 }
 
 /// `held` or `expired`: whether a host last heard from at `last` (or never
-/// since `started`) is still within [`HOST_LEASE`] at `now`.
-pub fn lease_state(last: Option<Instant>, started: Instant, now: Instant) -> &'static str {
+/// since `started`) is still within `lease` at `now`.
+pub fn lease_state(
+    last: Option<Instant>,
+    started: Instant,
+    now: Instant,
+    lease: Duration,
+) -> &'static str {
     let since = last.unwrap_or(started);
-    if now.saturating_duration_since(since) > HOST_LEASE {
+    if now.saturating_duration_since(since) > lease {
         "expired"
     } else {
         "held"
@@ -344,7 +359,12 @@ pub async fn metrics(
         hosts.sort();
         hosts.dedup();
         for h in &hosts {
-            let s = lease_state(contacts.get(h).copied(), state.metrics.started, now);
+            let s = lease_state(
+                contacts.get(h).copied(),
+                state.metrics.started,
+                now,
+                state.metrics.lease,
+            );
             *leases.entry(s).or_default() += 1;
         }
     }
@@ -427,10 +447,14 @@ mod tests {
     fn host_leases_expire_after_the_lease() {
         let t0 = Instant::now();
         let later = t0 + HOST_LEASE + Duration::from_secs(1);
-        assert_eq!(lease_state(Some(t0), t0, t0), "held");
-        assert_eq!(lease_state(Some(t0), t0, later), "expired");
-        assert_eq!(lease_state(None, t0, later), "expired");
-        assert_eq!(lease_state(Some(later), t0, later), "held");
+        assert_eq!(lease_state(Some(t0), t0, t0, HOST_LEASE), "held");
+        assert_eq!(lease_state(Some(t0), t0, later, HOST_LEASE), "expired");
+        assert_eq!(lease_state(None, t0, later, HOST_LEASE), "expired");
+        assert_eq!(lease_state(Some(later), t0, later, HOST_LEASE), "held");
+        // A longer configured lease still holds then.
+        let long = HOST_LEASE * 2;
+        assert_eq!(lease_state(Some(t0), t0, later, long), "held");
+        assert_eq!(Metrics::default().with_host_lease(long).lease, long);
     }
 
     /// The router's routes with `{kind}` expanded to every kind's path, as

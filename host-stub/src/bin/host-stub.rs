@@ -190,14 +190,29 @@ fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> 
         })?;
         let daemon = Daemon::new(agent, DaemonSettings::from(&config));
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let metrics_task = match config.metrics.listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on metrics.listen = {listen}"))?;
+                tracing::info!(%listen, "serving /metrics");
+                Some(tokio::spawn(host_stub::metrics::serve(
+                    listener,
+                    daemon.metrics(),
+                    shutdown_rx.clone(),
+                )))
+            }
+            None => None,
+        };
         let uevents = daemon::spawn_uevent_listener();
         let plugin = config.device_plugin.enabled.then(|| {
-            tokio::spawn(host_stub::deviceplugin::run(
+            tokio::spawn(host_stub::deviceplugin::run_with_metrics(
                 host_stub::deviceplugin::PluginSettings {
                     dir: config.device_plugin.dir.clone(),
                 },
                 daemon.plugin_state(),
                 shutdown_rx.clone(),
+                daemon.metrics(),
             ))
         });
         let task = tokio::spawn(daemon.run(shutdown_rx, uevents));
@@ -211,6 +226,9 @@ fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> 
         task.await.context("daemon task panicked")?;
         if let Some(plugin) = plugin {
             plugin.await.context("device plugin task panicked")?;
+        }
+        if let Some(m) = metrics_task {
+            m.await.context("metrics task panicked")?;
         }
         Ok(())
     })

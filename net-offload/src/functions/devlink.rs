@@ -472,8 +472,21 @@ impl DevlinkSocket {
         receive_replies(&self.fd, seq, self.timeout)
     }
 
-    /// Sends `req` and returns its replies' attributes.
+    /// Sends `req` and returns its replies' attributes; timed in
+    /// [`crate::timing`] as backend `devlink`, by request.
     pub fn request(&mut self, req: &DevlinkRequest) -> Result<Vec<Vec<u8>>, FunctionsError> {
+        let label = match req {
+            DevlinkRequest::EswitchGet { .. } => "eswitch_get",
+            DevlinkRequest::EswitchSet { .. } => "eswitch_set",
+            DevlinkRequest::PortFunctionHwAddr { .. } => "port_function_hw_addr",
+            DevlinkRequest::PortFunctionState { .. } => "port_function_state",
+            DevlinkRequest::SfPortNew { .. } => "sf_port_new",
+            DevlinkRequest::PortDel { .. } => "port_del",
+        };
+        crate::timing::time("devlink", label, || self.request_untimed(req))
+    }
+
+    fn request_untimed(&mut self, req: &DevlinkRequest) -> Result<Vec<Vec<u8>>, FunctionsError> {
         self.seq = self.seq.wrapping_add(1);
         let msg = req.encode(self.family, self.seq);
         self.transact(&msg, self.seq)

@@ -66,6 +66,15 @@ pub(crate) fn to_io(e: rtnetlink::Error) -> io::Error {
     }
 }
 
+/// Runs one rtnetlink operation, timed in [`crate::timing`] as backend
+/// `rtnetlink`.
+async fn timed<T>(operation: &'static str, f: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    crate::timing::observe("rtnetlink", operation, started.elapsed().as_secs_f64());
+    out
+}
+
 fn is_errno(e: &io::Error, errno: i32) -> bool {
     e.raw_os_error() == Some(errno)
 }
@@ -80,6 +89,10 @@ impl Rtnl {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, FunctionsError> {
+        timed("getlink", self.link_by_name_untimed(name)).await
+    }
+
+    async fn link_by_name_untimed(&self, name: &str) -> Result<Option<Link>, FunctionsError> {
         let mut stream = self
             .handle
             .link()
@@ -101,6 +114,10 @@ impl Rtnl {
     }
 
     pub async fn links(&self) -> Result<Vec<Link>, FunctionsError> {
+        timed("getlink_dump", self.links_untimed()).await
+    }
+
+    async fn links_untimed(&self) -> Result<Vec<Link>, FunctionsError> {
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
@@ -113,6 +130,10 @@ impl Rtnl {
     }
 
     pub async fn set(&self, op: &str, msg: LinkMessage) -> Result<(), FunctionsError> {
+        timed("setlink", self.set_untimed(op, msg)).await
+    }
+
+    async fn set_untimed(&self, op: &str, msg: LinkMessage) -> Result<(), FunctionsError> {
         self.handle
             .link()
             .set(msg)
@@ -122,6 +143,10 @@ impl Rtnl {
     }
 
     pub async fn add(&self, op: &str, msg: LinkMessage) -> Result<(), FunctionsError> {
+        timed("newlink", self.add_untimed(op, msg)).await
+    }
+
+    async fn add_untimed(&self, op: &str, msg: LinkMessage) -> Result<(), FunctionsError> {
         self.handle
             .link()
             .add(msg)
@@ -132,6 +157,10 @@ impl Rtnl {
 
     /// Deletes a link by index; a link already gone is not an error.
     pub async fn del(&self, op: &str, index: u32) -> Result<(), FunctionsError> {
+        timed("dellink", self.del_untimed(op, index)).await
+    }
+
+    async fn del_untimed(&self, op: &str, index: u32) -> Result<(), FunctionsError> {
         match self.handle.link().del(index).execute().await.map_err(to_io) {
             Err(e) if !is_errno(&e, libc::ENODEV) => Err(FunctionsError::netlink(op, e)),
             _ => Ok(()),
@@ -140,6 +169,14 @@ impl Rtnl {
 
     /// Sends one request as built (flags included) and waits for its ack.
     pub async fn request(
+        &self,
+        op: &str,
+        msg: NetlinkMessage<RouteNetlinkMessage>,
+    ) -> Result<(), FunctionsError> {
+        timed("request", self.request_untimed(op, msg)).await
+    }
+
+    async fn request_untimed(
         &self,
         op: &str,
         msg: NetlinkMessage<RouteNetlinkMessage>,
@@ -180,6 +217,10 @@ impl Rtnl {
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<AddressMessage>, FunctionsError> {
+        timed("getaddr", self.addresses_untimed(index)).await
+    }
+
+    async fn addresses_untimed(&self, index: u32) -> Result<Vec<AddressMessage>, FunctionsError> {
         self.handle
             .address()
             .get()
@@ -191,6 +232,15 @@ impl Rtnl {
     }
 
     pub async fn add_address(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        prefix: u8,
+    ) -> Result<(), FunctionsError> {
+        timed("newaddr", self.add_address_untimed(index, ip, prefix)).await
+    }
+
+    async fn add_address_untimed(
         &self,
         index: u32,
         ip: IpAddr,
@@ -213,6 +263,10 @@ impl Rtnl {
     }
 
     pub async fn del_address(&self, msg: AddressMessage) -> Result<(), FunctionsError> {
+        timed("deladdr", self.del_address_untimed(msg)).await
+    }
+
+    async fn del_address_untimed(&self, msg: AddressMessage) -> Result<(), FunctionsError> {
         let what = address_of(&msg)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
@@ -294,3 +348,23 @@ pub fn decode_route_datagram(bytes: &[u8]) -> Vec<String> {
 
 /// `NLM_F_REQUEST | NLM_F_ACK`, what iproute2 uses for `ip link set`.
 pub(crate) const SET_FLAGS: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link dump on the test's own route socket is timed under
+    /// `rtnetlink`/`getlink_dump` (no root needed to read links).
+    #[tokio::test]
+    async fn operations_are_timed() {
+        let r = Rtnl::connect().unwrap();
+        let links = r.links().await.unwrap();
+        assert!(links.iter().any(|l| l.name == "lo"), "{links:?}");
+        let snap = crate::timing::snapshot();
+        let (_, _, s) = snap
+            .iter()
+            .find(|(b, o, _)| *b == "rtnetlink" && *o == "getlink_dump")
+            .expect("timed");
+        assert!(s.counts.iter().sum::<u64>() >= 1);
+    }
+}

@@ -255,8 +255,25 @@ impl ConfigfsExecutor {
         }
     }
 
-    /// Performs `op`. `resolve` turns a [`DeviceRef`] into a path.
+    /// Performs `op`. `resolve` turns a [`DeviceRef`] into a path. Timed in
+    /// [`crate::timing`] as backend `configfs`, by operation.
     pub fn apply(
+        &self,
+        op: &ConfigfsOp,
+        resolve: &dyn Fn(&DeviceRef) -> Result<PathBuf, NvmetError>,
+    ) -> Result<(), NvmetError> {
+        let label = match op {
+            ConfigfsOp::Mkdir(_) => "mkdir",
+            ConfigfsOp::Write { .. } => "write",
+            ConfigfsOp::WriteDevicePath { .. } => "write_device_path",
+            ConfigfsOp::Symlink { .. } => "symlink",
+            ConfigfsOp::Unlink(_) => "unlink",
+            ConfigfsOp::Rmdir(_) => "rmdir",
+        };
+        crate::timing::time("configfs", label, || self.apply_untimed(op, resolve))
+    }
+
+    fn apply_untimed(
         &self,
         op: &ConfigfsOp,
         resolve: &dyn Fn(&DeviceRef) -> Result<PathBuf, NvmetError>,

@@ -105,8 +105,13 @@ pub fn connect_on<D: Read + Write>(
     parse_connect_answer(&String::from_utf8_lossy(&buf[..n]))
 }
 
-/// Connects through the fabrics device; returns (instance, cntlid).
+/// Connects through the fabrics device; returns (instance, cntlid). Timed
+/// in [`crate::timing`] as backend `nvme_fabrics`.
 pub fn connect(paths: &KernelPaths, opts: &ConnectOptions) -> Result<(u32, u16), NvmetError> {
+    crate::timing::time("nvme_fabrics", "connect", || connect_untimed(paths, opts))
+}
+
+fn connect_untimed(paths: &KernelPaths, opts: &ConnectOptions) -> Result<(u32, u16), NvmetError> {
     let mut dev = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -118,8 +123,15 @@ pub fn connect(paths: &KernelPaths, opts: &ConnectOptions) -> Result<(u32, u16),
     connect_on(&mut dev, opts)
 }
 
-/// Deletes controller `nvme<instance>` (disconnects it).
+/// Deletes controller `nvme<instance>` (disconnects it). Timed as backend
+/// `nvme_fabrics`.
 pub fn disconnect(paths: &KernelPaths, instance: u32) -> Result<(), NvmetError> {
+    crate::timing::time("nvme_fabrics", "disconnect", || {
+        disconnect_untimed(paths, instance)
+    })
+}
+
+fn disconnect_untimed(paths: &KernelPaths, instance: u32) -> Result<(), NvmetError> {
     let p = paths
         .sys_class_nvme
         .join(format!("nvme{instance}"))

@@ -260,7 +260,24 @@ impl Netlink {
 
     /// Sends one request; returns the bodies of every answer message (for
     /// a dump) or fails with the kernel's error.
+    /// Timed in [`crate::timing`] as backend `tc`, by message type.
     fn exchange(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let label = match kind {
+            RTM_NEWQDISC => "newqdisc",
+            RTM_DELQDISC => "delqdisc",
+            RTM_GETQDISC => "getqdisc",
+            RTM_NEWTCLASS => "newtclass",
+            RTM_DELTCLASS => "deltclass",
+            RTM_GETTCLASS => "gettclass",
+            RTM_NEWTFILTER => "newtfilter",
+            RTM_DELTFILTER => "deltfilter",
+            RTM_GETTFILTER => "gettfilter",
+            _ => "other",
+        };
+        crate::timing::time("tc", label, || self.exchange_untimed(kind, flags, body))
+    }
+
+    fn exchange_untimed(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         self.seq += 1;
         let mut msg = Vec::with_capacity(16 + body.len());
         msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());

@@ -274,8 +274,20 @@ impl SpdkClient {
         })
     }
 
-    /// An untyped call, for requests built ahead of time (plans).
+    /// An untyped call, for requests built ahead of time (plans). Timed in
+    /// [`crate::timing`] as backend `spdk`, by method.
     pub async fn request(&self, req: &RpcRequest) -> Result<Value, SpdkError> {
+        let started = std::time::Instant::now();
+        let out = self.request_untimed(req).await;
+        crate::timing::observe(
+            "spdk",
+            method_label(&req.method),
+            started.elapsed().as_secs_f64(),
+        );
+        out
+    }
+
+    async fn request_untimed(&self, req: &RpcRequest) -> Result<Value, SpdkError> {
         if !self.offers(&req.method) {
             return Err(SpdkError::Unsupported {
                 method: req.method.clone(),
@@ -313,6 +325,56 @@ impl SpdkClient {
         })
     }
 }
+
+/// `method` as a metrics label: one of the methods this crate calls (a
+/// closed set), else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Every method this crate sends (standard SPDK and SNAP).
+const KNOWN_METHODS: &[&str] = &[
+    "rpc_get_methods",
+    "spdk_get_version",
+    "bdev_get_bdevs",
+    "bdev_get_iostat",
+    "bdev_set_qos_limit",
+    "bdev_malloc_create",
+    "bdev_malloc_delete",
+    "bdev_nvme_attach_controller",
+    "bdev_nvme_detach_controller",
+    "bdev_nvme_get_controllers",
+    "nvmf_create_transport",
+    "nvmf_get_transports",
+    "nvmf_create_subsystem",
+    "nvmf_get_subsystems",
+    "nvmf_subsystem_add_ns",
+    "nvmf_subsystem_remove_ns",
+    "nvmf_subsystem_add_host",
+    "nvmf_subsystem_add_listener",
+    "nvmf_delete_subsystem",
+    "vhost_create_blk_controller",
+    "vhost_delete_controller",
+    "vhost_get_controllers",
+    "nvme_subsystem_create",
+    "nvme_subsystem_destroy",
+    "nvme_subsystem_list",
+    "nvme_namespace_create",
+    "nvme_namespace_destroy",
+    "nvme_controller_create",
+    "nvme_controller_destroy",
+    "nvme_controller_list",
+    "nvme_controller_attach_ns",
+    "nvme_controller_detach_ns",
+    "virtio_blk_controller_create",
+    "virtio_blk_controller_destroy",
+    "virtio_blk_controller_list",
+    "emulation_function_list",
+];
 
 async fn connection_task(mut stream: UnixStream, mut rx: mpsc::Receiver<Outgoing>) {
     let mut pending: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();

@@ -104,6 +104,40 @@ impl Bdev {
     }
 }
 
+/// I/O statistics of bdevs: every bdev without `names`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdevGetIostat {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub names: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub per_channel: Option<bool>,
+}
+method!(BdevGetIostat, "bdev_get_iostat", BdevIostats);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BdevIostats {
+    /// Ticks per second of the latency fields (not used here).
+    #[serde(default)]
+    pub tick_rate: u64,
+    #[serde(default)]
+    pub bdevs: Vec<BdevIostat>,
+}
+
+/// One bdev's counters since it was created (or last reset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BdevIostat {
+    pub name: String,
+    #[serde(default)]
+    pub bytes_read: u64,
+    #[serde(default)]
+    pub num_read_ops: u64,
+    #[serde(default)]
+    pub bytes_written: u64,
+    #[serde(default)]
+    pub num_write_ops: u64,
+}
+
 /// Rate limits as `bdev_get_bdevs` reports them; 0 means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QosLimits {

@@ -300,3 +300,86 @@ proptest! {
         let _ = decode(&bytes);
     }
 }
+
+/// A dump reply laid out by hand from `include/uapi/linux/xfrm.h`:
+/// `xfrm_usersa_info` is `sel` (56) · `id` (24) · `saddr` (16) · `lft` (64) ·
+/// `curlft` at offset 160 (`bytes`, `packets`, `add_time`, `use_time`, u64
+/// each) · `stats` at 192 (`replay_window`, `replay`, `integrity_failed`,
+/// u32 each) · `seq` 204 · `reqid` 208 · `family` 212 · `mode` 214 ·
+/// `replay_window` 215 · `flags` 216 · 7 bytes padding = 224; then
+/// `XFRMA_PAD` (27, empty, from `nla_put_64bit`) and `XFRMA_LTIME_CUR` (6,
+/// a 32-byte `xfrm_lifetime_cur`), as `copy_to_user_state_extra` emits them.
+#[test]
+fn counters_and_stats_decode_from_the_uapi_layout() {
+    let mut body = vec![0u8; 224];
+    body[52..56].copy_from_slice(&0u32.to_ne_bytes()); // sel.user
+    body[56..60].copy_from_slice(&[192, 0, 2, 2]); // id.daddr
+    body[72..76].copy_from_slice(&0x1001u32.to_be_bytes()); // id.spi
+    body[76] = IPPROTO_ESP;
+    body[80..84].copy_from_slice(&[192, 0, 2, 1]); // saddr
+    let put64 = |b: &mut [u8], at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    // The body's curlft: stale values, overridden by the attribute.
+    put64(&mut body, 160, 1);
+    put64(&mut body, 168, 2);
+    body[192..196].copy_from_slice(&3u32.to_ne_bytes());
+    body[196..200].copy_from_slice(&5u32.to_ne_bytes());
+    body[200..204].copy_from_slice(&7u32.to_ne_bytes());
+    body[208..212].copy_from_slice(&0x0d50_0001u32.to_ne_bytes());
+    body[212..214].copy_from_slice(&AF_INET.to_ne_bytes());
+    body[214] = XFRM_MODE_TUNNEL;
+    // XFRMA_PAD, then XFRMA_LTIME_CUR.
+    body.extend_from_slice(&4u16.to_ne_bytes());
+    body.extend_from_slice(&27u16.to_ne_bytes());
+    body.extend_from_slice(&36u16.to_ne_bytes());
+    body.extend_from_slice(&XFRMA_LTIME_CUR.to_ne_bytes());
+    for v in [123_456u64, 789, 1_700_000_000, 1_700_000_100] {
+        body.extend_from_slice(&v.to_ne_bytes());
+    }
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&XFRM_MSG_NEWSA.to_ne_bytes());
+    msg.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+    msg.extend_from_slice(&4u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&body);
+    let m = decode(&msg).unwrap();
+    let Reply::Sa(sa) = &m[0].reply else {
+        panic!("not an SA: {:?}", m[0].reply);
+    };
+    assert_eq!(sa.spi, 0x1001);
+    assert_eq!(sa.reqid, 0x0d50_0001);
+    assert_eq!(
+        sa.counters,
+        Counters {
+            bytes: 123_456,
+            packets: 789,
+            add_time: 1_700_000_000,
+            use_time: 1_700_000_100,
+        }
+    );
+    assert_eq!(
+        sa.stats,
+        SaStats {
+            replay_window: 3,
+            replay: 5,
+            integrity_failed: 7,
+        }
+    );
+    // Without the attribute the body's copy is used.
+    let plain = &msg[..16 + 224];
+    let mut plain = plain.to_vec();
+    plain[0..4].copy_from_slice(&(16u32 + 224).to_ne_bytes());
+    let Reply::Sa(sa) = &decode(&plain).unwrap()[0].reply else {
+        panic!("not an SA");
+    };
+    assert_eq!((sa.counters.bytes, sa.counters.packets), (1, 2));
+    // A short attribute is ignored, not a panic.
+    let mut short = msg[..16 + 224 + 4 + 20].to_vec();
+    short[16 + 224 + 4..16 + 224 + 6].copy_from_slice(&20u16.to_ne_bytes());
+    let len = short.len() as u32;
+    short[0..4].copy_from_slice(&len.to_ne_bytes());
+    let Reply::Sa(sa) = &decode(&short).unwrap()[0].reply else {
+        panic!("not an SA");
+    };
+    assert_eq!(sa.counters.bytes, 1);
+}
