@@ -198,7 +198,8 @@ VF=$(readlink -f "$PF/virtfn1")
 echo "vf1 ${VF##*/} driver=$(readlink -f "$VF/driver" | sed 's,.*/,,')"
 # The host assigns VF 1 with attach: vfio.
 until_ok 'ls /run/cdi/*.json >/dev/null 2>&1' 240
-until_ok '[ "$(readlink -f "$VF/driver" | sed "s,.*/,,")" = vfio-pci ]' 30
+# On a timeout the stub's own log says what it did.
+until_ok '[ "$(readlink -f "$VF/driver" | sed "s,.*/,,")" = vfio-pci ]' 30 || { cat "$DPU_VM_OUT/stub.log"; exit 1; }
 cp /run/cdi/*.json "$DPU_VM_OUT/spec.json"
 G=$(readlink -f "$VF/iommu_group" | sed 's,.*/,,')
 echo "bound driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') group=$G"
