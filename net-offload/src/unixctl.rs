@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::ovsdb::framing::JsonFramer;
+use crate::ovsdb::jsonrpc::{DEFAULT_MAX_LEN, Framer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnixctlError {
@@ -60,7 +60,7 @@ pub async fn call(
             .write_all(request.to_string().as_bytes())
             .await
             .map_err(io)?;
-        let mut framer = JsonFramer::default();
+        let mut framer = Framer::objects(DEFAULT_MAX_LEN);
         loop {
             if let Some(frame) = framer.next_frame().map_err(|e| UnixctlError::Malformed {
                 socket: name.clone(),
