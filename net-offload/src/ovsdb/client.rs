@@ -564,7 +564,7 @@ impl Conn {
             Message::Response {
                 id,
                 result: Value::Null,
-                error: json!({"error": "unknown method", "details": method}),
+                error: dpu_jsonrpc::message::method_not_found(VERSION, method),
             }
         };
         self.send(&reply)
