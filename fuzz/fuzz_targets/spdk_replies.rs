@@ -1,13 +1,14 @@
 //! Arbitrary bytes from SPDK's (or SNAP's) RPC socket, cut into arbitrary
-//! reads, must never panic the stream splitter, the JSON-RPC 2.0 reply
-//! dispatch, the typed decoding of the results the backend reads, nor the
+//! reads, must never panic the shared framer (`dpu_jsonrpc::Framer`, objects
+//! and batches), the JSON-RPC 2.0 decoding and reply dispatch (the shared
+//! matcher, through `dispatch_to`), the typed decoding of the results the backend reads, nor the
 //! name search in SNAP's untyped lists.
 #![no_main]
 
+use dpu_jsonrpc::Framer;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use storage_offload::spdk::client::dispatch_to;
-use storage_offload::spdk::framing::JsonStreamSplitter;
 use storage_offload::spdk::methods::{self as m, RpcMethod};
 use storage_offload::spdk::snap;
 
@@ -44,15 +45,16 @@ fuzz_target!(|data: &[u8]| {
     let Some((&cut, stream)) = data.split_first() else {
         return;
     };
-    let mut splitter = JsonStreamSplitter::new(MAX_VALUE);
+    let mut framer = Framer::objects_and_arrays(MAX_VALUE);
     for chunk in stream.chunks(usize::from(cut) + 1) {
-        splitter.push(chunk);
+        framer.push(chunk);
         loop {
-            match splitter.next_value() {
+            match framer.next_frame() {
                 Ok(Some(value)) => {
                     let Ok(replies) = dispatch_to(&value, &[0, 1, 2, 3]) else {
-                        // As the connection task: read on at the next read.
-                        break;
+                        // As the connection: a message that is not JSON-RPC
+                        // ends it.
+                        return;
                     };
                     for (_, reply) in replies {
                         match reply {

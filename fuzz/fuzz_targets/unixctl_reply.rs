@@ -1,14 +1,14 @@
 //! Arbitrary bytes from ovs-vswitchd's control socket must never panic the
-//! unixctl client: framing, the reply decoding, and the count of datapath
+//! unixctl client: the shared framer, the reply decoding, and the count of datapath
 //! flows per port in the result text.
 #![no_main]
 
+use dpu_jsonrpc::Framer;
 use libfuzzer_sys::fuzz_target;
-use net_offload::ovsdb::framing::JsonFramer;
 use net_offload::unixctl::{decode_reply, parse_datapath_flows};
 
 fuzz_target!(|data: &[u8]| {
-    let mut framer = JsonFramer::new(64 * 1024);
+    let mut framer = Framer::objects(64 * 1024);
     framer.push(data);
     // The client reads one reply and closes.
     let Ok(Some(frame)) = framer.next_frame() else {

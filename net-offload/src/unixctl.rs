@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use dpu_jsonrpc::{Connection, ConnectionError, Failure, Message, Options, Version};
+use serde_json::Value;
 use tokio::net::UnixStream;
 
-use crate::ovsdb::framing::JsonFramer;
+/// Replies larger than this are refused (a dump of many datapath flows is
+/// a few MiB).
+const MAX_REPLY_LEN: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnixctlError {
@@ -42,6 +44,8 @@ pub enum UnixctlError {
 }
 
 /// Runs one command on the daemon behind `socket` and returns its text.
+/// One connection per command, as `ovs-appctl` does, through the shared
+/// JSON-RPC 1.0 connection of `dpu-jsonrpc`.
 pub async fn call(
     socket: &Path,
     method: &str,
@@ -49,59 +53,91 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<String, UnixctlError> {
     let name = socket.display().to_string();
-    let io = |source| UnixctlError::Io {
-        socket: name.clone(),
-        source,
-    };
     let exchange = async {
-        let mut stream = UnixStream::connect(socket).await.map_err(io)?;
-        let request = json!({"method": method, "params": params, "id": 0});
-        stream
-            .write_all(request.to_string().as_bytes())
+        let stream = UnixStream::connect(socket)
             .await
-            .map_err(io)?;
-        let mut framer = JsonFramer::default();
-        loop {
-            if let Some(frame) = framer.next_frame().map_err(|e| UnixctlError::Malformed {
+            .map_err(|source| UnixctlError::Io {
                 socket: name.clone(),
-                message: e.to_string(),
-            })? {
-                return Ok(frame);
+                source,
+            })?;
+        let (reader, writer) = stream.into_split();
+        let options = Options::new(Version::V1).max_len(MAX_REPLY_LEN);
+        let conn = Connection::spawn(reader, writer, options);
+        let outcome = conn.call(method, Value::from(params.to_vec())).await;
+        Ok(match outcome {
+            Ok(result) => interpret(&name, method, result, Value::Null),
+            Err(Failure::Rejected(error) | Failure::Unattributed(error)) => {
+                interpret(&name, method, Value::Null, error)
             }
-            let n = stream.read_buf(framer.buffer_mut()).await.map_err(io)?;
-            if n == 0 {
-                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
+            Err(Failure::Lost(lost)) => Err(lost_error(&name, lost)),
+        })
     };
-    let frame = tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| UnixctlError::Timeout {
             socket: name.clone(),
             method: method.to_string(),
             timeout,
-        })??;
-    decode_reply(&name, method, &frame)
+        })?
+        .and_then(|r| r)
+}
+
+fn lost_error(socket: &str, lost: ConnectionError) -> UnixctlError {
+    let socket = socket.to_string();
+    match lost {
+        ConnectionError::Eof | ConnectionError::Closed => UnixctlError::Io {
+            socket,
+            source: std::io::ErrorKind::UnexpectedEof.into(),
+        },
+        ConnectionError::Io(e) => UnixctlError::Io {
+            socket,
+            source: std::io::Error::new(e.kind(), e),
+        },
+        other @ (ConnectionError::Framing(_) | ConnectionError::Message(_)) => {
+            UnixctlError::Malformed {
+                socket,
+                message: match std::error::Error::source(&other) {
+                    Some(source) => format!("{other}: {source}"),
+                    None => other.to_string(),
+                },
+            }
+        }
+    }
 }
 
 /// Decodes one framed reply of the daemon behind `socket` to `method`: the
-/// result text, or the daemon's error. Pure; [`call`] uses it on what it
-/// read (the fuzz target `unixctl_reply` feeds it arbitrary frames).
+/// result text, or the daemon's error. Pure; the fuzz target
+/// `unixctl_reply` feeds it arbitrary frames.
 pub fn decode_reply(socket: &str, method: &str, frame: &[u8]) -> Result<String, UnixctlError> {
-    let reply: Value = serde_json::from_slice(frame).map_err(|e| UnixctlError::Malformed {
+    let malformed = |message: String| UnixctlError::Malformed {
         socket: socket.to_string(),
-        message: e.to_string(),
-    })?;
-    match (&reply["error"], &reply["result"]) {
-        (Value::Null, Value::String(text)) => Ok(text.clone()),
+        message,
+    };
+    match Message::decode(frame, Version::V1) {
+        Ok(Message::Response { result, error, .. }) => interpret(socket, method, result, error),
+        Ok(other) => Err(malformed(format!("not a reply: {other:?}"))),
+        Err(e) => Err(malformed(e.to_string())),
+    }
+}
+
+/// The reply shapes of `lib/unixctl.c`: result text with a null error, or an
+/// error string.
+fn interpret(
+    socket: &str,
+    method: &str,
+    result: Value,
+    error: Value,
+) -> Result<String, UnixctlError> {
+    match (error, result) {
+        (Value::Null, Value::String(text)) => Ok(text),
         (Value::String(message), _) => Err(UnixctlError::Failed {
             socket: socket.to_string(),
             method: method.to_string(),
             message: message.trim().to_string(),
         }),
-        _ => Err(UnixctlError::Malformed {
+        (error, result) => Err(UnixctlError::Malformed {
             socket: socket.to_string(),
-            message: format!("neither result text nor error: {reply}"),
+            message: format!("neither result text nor error: result {result}, error {error}"),
         }),
     }
 }
@@ -185,6 +221,58 @@ mod tests {
                 Err(UnixctlError::Malformed { .. })
             ));
         }
+    }
+
+    /// `call` against a scripted daemon on a unix socket: the request
+    /// `ovs-appctl` sends, the text reply, the error reply, and a daemon
+    /// that hangs up without answering.
+    #[tokio::test]
+    async fn call_speaks_to_a_scripted_daemon() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.ctl");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let daemon = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for reply in [
+                Some(r#""result":"flows\n","error":null"#),
+                Some(r#""result":null,"error":"\"x\" is not a valid command\n""#),
+                None,
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut framer = dpu_jsonrpc::Framer::objects(4096);
+                let frame = loop {
+                    if let Some(f) = framer.next_frame().unwrap() {
+                        break f;
+                    }
+                    assert!(s.read_buf(framer.buffer_mut()).await.unwrap() > 0);
+                };
+                let req: Value = serde_json::from_slice(&frame).unwrap();
+                if let Some(reply) = reply {
+                    let id = req["id"].to_string();
+                    s.write_all(format!(r#"{{"id":{id},{reply}}}"#).as_bytes())
+                        .await
+                        .unwrap();
+                }
+                requests.push(req);
+            }
+            requests
+        });
+        let t = Duration::from_secs(5);
+        let text = call(&path, "dpctl/dump-flows", &["-m", "--names"], t).await;
+        assert_eq!(text.unwrap(), "flows\n");
+        let failed = call(&path, "x", &[], t).await.unwrap_err();
+        assert!(
+            matches!(&failed, UnixctlError::Failed { message, .. } if message == "\"x\" is not a valid command"),
+            "{failed}"
+        );
+        let hung_up = call(&path, "y", &[], t).await.unwrap_err();
+        assert!(matches!(hung_up, UnixctlError::Io { .. }), "{hung_up}");
+        let requests = daemon.await.unwrap();
+        assert_eq!(requests[0]["method"], "dpctl/dump-flows");
+        assert_eq!(requests[0]["params"], serde_json::json!(["-m", "--names"]));
+        assert!(requests[0].get("jsonrpc").is_none());
+        assert_eq!(requests[1]["params"], serde_json::json!([]));
     }
 
     /// Lines in the layout of OVS 3.1's `format_dpif_flow` with `-m

@@ -12,14 +12,14 @@ use tokio::net::UnixStream;
 
 /// Reads `n` requests from the stream (back to back, any chunking).
 async fn read_requests(s: &mut UnixStream, n: usize) -> Vec<Value> {
-    let mut split = storage_offload::spdk::framing::JsonStreamSplitter::default();
+    let mut split = dpu_jsonrpc::Framer::objects_and_arrays(dpu_jsonrpc::DEFAULT_MAX_LEN);
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while out.len() < n {
         let k = s.read(&mut buf).await.unwrap();
         assert!(k > 0, "client closed");
         split.push(&buf[..k]);
-        while let Some(v) = split.next_value().unwrap() {
+        while let Some(v) = split.next_frame().unwrap() {
             out.push(serde_json::from_slice(&v).unwrap());
         }
     }

@@ -1,7 +1,10 @@
 //! The connection: one background task owns the socket; [`OvsdbClient`] is a
 //! cheap cloneable handle whose `&self` methods send requests to that task and
-//! await their replies, matched by id, so any number of callers can be in
-//! flight at once.
+//! await their replies, matched by id (the shared `dpu_jsonrpc::Matcher`), so
+//! any number of callers can be in flight at once. The task drives the
+//! matcher itself (not `dpu_jsonrpc::Connection`) so that monitor
+//! notifications are applied in stream order with the replies: a caller whose
+//! `transact` returned sees its own update in the replica.
 //!
 //! The task answers the server's `echo` requests, optionally probes an idle
 //! server with its own `echo`, keeps the monitor replica current, and on any
@@ -16,7 +19,6 @@
 //! Limits: no SSL; requests made while disconnected fail at once with
 //! [`OvsdbError::NotConnected`] rather than wait.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -29,8 +31,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::atom::Uuid;
-use super::framing::{DEFAULT_MAX_FRAME_LEN, FramingError, JsonFramer};
-use super::jsonrpc::{JsonRpcError, Message, describe_error};
+use dpu_jsonrpc::{Failure, Matcher, Outcome, Routed};
+
+use super::jsonrpc::{
+    DEFAULT_MAX_LEN, FrameError, Framer, JsonRpcError, Message, VERSION, describe_error,
+};
 use super::monitor::{MonitorError, MonitorSpec, Replica, TableUpdates, decode_since_reply};
 use super::schema::{DatabaseSchema, SchemaError};
 use super::transact::{TransactError, TransactReply, Transaction};
@@ -86,7 +91,7 @@ enum SessionError {
     #[error("server closed the connection")]
     Eof,
     #[error("framing: {0}")]
-    Framing(#[from] FramingError),
+    Framing(#[from] FrameError),
     #[error("bad JSON-RPC message: {0}")]
     JsonRpc(#[from] JsonRpcError),
     #[error("monitor: {0}")]
@@ -166,7 +171,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             probe_interval,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_frame_len: DEFAULT_MAX_LEN,
         }
     }
 
@@ -187,7 +192,7 @@ pub struct Session {
     pub last_error: Option<String>,
 }
 
-type Reply = oneshot::Sender<Result<Value, OvsdbError>>;
+type Reply = oneshot::Sender<Outcome<OvsdbError>>;
 
 struct Call {
     method: String,
@@ -351,7 +356,14 @@ impl OvsdbClient {
             .map_err(|_| OvsdbError::Closed)?;
         let timeout = self.inner.config.request_timeout;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(Failure::Lost(error)))) => Err(error),
+            Ok(Ok(Err(Failure::Rejected(error) | Failure::Unattributed(error)))) => {
+                Err(OvsdbError::Rpc {
+                    method: method.to_owned(),
+                    error: describe_error(&error),
+                })
+            }
             Ok(Err(_)) => Err(OvsdbError::Closed),
             Err(_) => Err(OvsdbError::Timeout {
                 endpoint: self.inner.config.endpoint.clone(),
@@ -493,9 +505,9 @@ async fn run(config: ClientConfig, state: Arc<State>, mut calls: mpsc::Unbounded
                 call = calls.recv() => match call {
                     None => return,
                     Some(call) => {
-                        let _ = call.reply.send(Err(OvsdbError::NotConnected {
+                        let _ = call.reply.send(Err(Failure::Lost(OvsdbError::NotConnected {
                             endpoint: config.endpoint.clone(),
-                        }));
+                        })));
                     }
                 },
             }
@@ -508,10 +520,9 @@ async fn run(config: ClientConfig, state: Arc<State>, mut calls: mpsc::Unbounded
 /// task so a slow peer never blocks reading.
 struct Conn {
     reader: BoxRead,
-    framer: JsonFramer,
+    framer: Framer,
     out: mpsc::UnboundedSender<Vec<u8>>,
-    next_id: u64,
-    pending: HashMap<u64, (String, Reply)>,
+    matcher: Matcher<OvsdbError>,
     last_rx: Instant,
 }
 
@@ -521,7 +532,7 @@ impl Conn {
         loop {
             if let Some(frame) = self.framer.next_frame()? {
                 self.last_rx = Instant::now();
-                return Ok(Message::decode(&frame)?);
+                return Ok(Message::decode(&frame, VERSION)?);
             }
             if self.reader.read_buf(self.framer.buffer_mut()).await? == 0 {
                 return Err(SessionError::Eof);
@@ -531,19 +542,14 @@ impl Conn {
 
     fn send(&mut self, msg: &Message) -> Result<(), SessionError> {
         self.out
-            .send(msg.encode())
+            .send(msg.encode(VERSION))
             .map_err(|_| SessionError::WriterGone)
     }
 
-    fn request(&mut self, method: &str, params: Value) -> Result<u64, SessionError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&Message::Request {
-            id: json!(id),
-            method: method.to_owned(),
-            params,
-        })?;
-        Ok(id)
+    /// Sends a request whose outcome goes to `reply`.
+    fn request(&mut self, method: &str, params: Value, reply: Reply) -> Result<(), SessionError> {
+        let (_, bytes) = self.matcher.start(method, params, reply);
+        self.out.send(bytes).map_err(|_| SessionError::WriterGone)
     }
 
     /// Answers requests from the server (only `echo` is defined).
@@ -558,7 +564,7 @@ impl Conn {
             Message::Response {
                 id,
                 result: Value::Null,
-                error: json!({"error": "unknown method", "details": method}),
+                error: dpu_jsonrpc::message::method_not_found(VERSION, method),
             }
         };
         self.send(&reply)
@@ -571,17 +577,19 @@ impl Conn {
         method: &'static str,
         params: Value,
     ) -> Result<Result<Value, Value>, SessionError> {
-        let want = self.request(method, params)?;
+        let (reply, mut rx) = oneshot::channel();
+        self.request(method, params, reply)?;
         loop {
-            match self.read_message().await? {
-                Message::Request { id, method, params } => self.answer(id, &method, params)?,
-                Message::Response { id, result, error } if id.as_u64() == Some(want) => {
-                    return Ok(if error.is_null() {
-                        Ok(result)
-                    } else {
-                        Err(error)
-                    });
-                }
+            let message = self.read_message().await?;
+            match self.matcher.route(message) {
+                Routed::Request { id, method, params } => self.answer(id, &method, params)?,
+                Routed::Delivered { .. } => match rx.try_recv() {
+                    Ok(Ok(result)) => return Ok(Ok(result)),
+                    Ok(Err(Failure::Rejected(error) | Failure::Unattributed(error))) => {
+                        return Ok(Err(error));
+                    }
+                    Ok(Err(Failure::Lost(_))) | Err(_) => {}
+                },
                 other => tracing::debug!(?other, "OVSDB message ignored during setup"),
             }
         }
@@ -617,10 +625,9 @@ async fn session(
     let mut writer_task = AbortOnDrop(tokio::spawn(write_loop(writer, out_rx)));
     let mut conn = Conn {
         reader,
-        framer: JsonFramer::new(config.max_frame_len),
+        framer: Framer::objects(config.max_frame_len),
         out,
-        next_id: 1,
-        pending: HashMap::new(),
+        matcher: Matcher::new(VERSION),
         last_rx: Instant::now(),
     };
     let setup = tokio::time::timeout(
@@ -650,12 +657,10 @@ async fn session(
         monitor,
     )
     .await;
-    for (_, (method, reply)) in conn.pending.drain() {
-        let _ = reply.send(Err(OvsdbError::Disconnected {
-            endpoint: config.endpoint.clone(),
-            method,
-        }));
-    }
+    conn.matcher.fail_all(|method| OvsdbError::Disconnected {
+        endpoint: config.endpoint.clone(),
+        method: method.to_owned(),
+    });
     match result {
         Ok(()) => End::Closed,
         Err(e) => End::Lost(e, true),
@@ -754,28 +759,19 @@ async fn serve(
         tokio::select! {
             message = conn.read_message() => {
                 probe_sent = false;
-                match message? {
-                    Message::Request { id, method, params } => conn.answer(id, &method, params)?,
-                    Message::Response { id, result, error } => {
-                        let Some((method, reply)) = id.as_u64().and_then(|id| conn.pending.remove(&id)) else {
-                            continue; // a reply to our probe, or to a caller that gave up
-                        };
-                        let outcome = if error.is_null() {
-                            Ok(result)
-                        } else {
-                            Err(OvsdbError::Rpc { method, error: describe_error(&error) })
-                        };
-                        let _ = reply.send(outcome);
-                    }
-                    Message::Notification { method, params } => {
+                match conn.matcher.route(message?) {
+                    Routed::Request { id, method, params } => conn.answer(id, &method, params)?,
+                    // Delivered to its caller; or a reply to our probe, or to
+                    // a caller that gave up.
+                    Routed::Delivered { .. } | Routed::Unmatched { .. } | Routed::FailedAll { .. } => {}
+                    Routed::Notification { method, params } => {
                         notification(state, memory, monitor.as_ref(), &method, params)?;
                     }
                 }
             }
             call = calls.recv() => {
                 let Some(call) = call else { return Ok(()) };
-                let id = conn.request(&call.method, call.params)?;
-                conn.pending.insert(id, (call.method, call.reply));
+                conn.request(&call.method, call.params, call.reply)?;
             }
             _ = &mut writer_task.0 => return Err(SessionError::WriterGone),
             _ = ticker.tick(), if probe_every.is_some() => {
@@ -858,7 +854,7 @@ mod tests {
         }
     }
 
-    async fn next(stream: &mut tokio::net::UnixStream, framer: &mut JsonFramer) -> Value {
+    async fn next(stream: &mut tokio::net::UnixStream, framer: &mut Framer) -> Value {
         loop {
             if let Some(frame) = framer.next_frame().unwrap() {
                 return serde_json::from_slice(&frame).unwrap();
@@ -878,7 +874,7 @@ mod tests {
         let (c1, c2) = (client.clone(), client.clone());
         let a = tokio::spawn(async move { c1.call("list_dbs", json!([])).await });
         let b = tokio::spawn(async move { c2.call("get_schema", json!(["X"])).await });
-        let mut framer = JsonFramer::default();
+        let mut framer = Framer::objects(DEFAULT_MAX_LEN);
         let first = next(&mut stream, &mut framer).await;
         let second = next(&mut stream, &mut framer).await;
         assert!(first.get("jsonrpc").is_none());
@@ -944,7 +940,7 @@ mod tests {
         let (mut stream, _) = accepted.unwrap();
         let client = client.unwrap();
         let call = tokio::spawn(async move { client.call("bogus", json!([])).await });
-        let mut framer = JsonFramer::default();
+        let mut framer = Framer::objects(DEFAULT_MAX_LEN);
         let req = next(&mut stream, &mut framer).await;
         let reply = json!({"id": req["id"], "result": null, "error": {"error": "unknown method"}});
         stream

@@ -2,12 +2,13 @@
 //! needs), JSON-RPC 1.0 over unix or tcp sockets.
 //!
 //! Layers, bottom up:
-//! - [`framing`]: splits the byte stream into JSON objects, incrementally;
-//! - [`jsonrpc`]: JSON-RPC 1.0 messages (never a `"jsonrpc"` member);
+//! - [`jsonrpc`]: JSON-RPC 1.0 from the shared `dpu-jsonrpc` crate (framer,
+//!   messages — never a `"jsonrpc"` member —, request/response matcher) and
+//!   OVSDB's error shape;
 //! - [`atom`], [`schema`]: OVSDB values and column types;
 //! - [`transact`]: the typed transaction builder and reply decoding;
 //! - [`monitor`]: the local replica fed by `monitor_cond(_since)`;
-//! - [`client`]: the connection task, request matching, reconnect and resync;
+//! - [`client`]: the connection task, reconnect and resync;
 //! - [`rows`], [`vswitch`]: typed Open_vSwitch rows and the conveniences the
 //!   agent calls (ensure a bridge, add/remove many ports in one transaction,
 //!   owner marks in `external_ids`).
@@ -16,7 +17,6 @@
 
 pub mod atom;
 pub mod client;
-pub mod framing;
 pub mod jsonrpc;
 pub mod monitor;
 pub mod rows;

@@ -1,29 +1,38 @@
 //! JSON-RPC 2.0 client over a unix stream socket. One background task owns
-//! the socket; [`SpdkClient`] is a cheap cloneable handle, so any number of
-//! callers may have requests in flight at once. Responses are matched to
-//! callers by request id.
+//! the socket (`dpu_jsonrpc::Connection`: the shared framer, messages and
+//! request/response matcher); [`SpdkClient`] is a cheap cloneable handle, so
+//! any number of callers may have requests in flight at once. Responses are
+//! matched to callers by request id; a batch is routed item by item; an error
+//! with a null id (SPDK could not read a request) fails every waiting caller
+//! with [`SpdkError::Unattributed`]; when the connection ends (closed, I/O
+//! error, bytes that are not JSON-RPC) every waiting caller fails.
 //!
 //! When the method list is loaded ([`SpdkClient::load_methods`]), calls to
 //! methods the server does not offer fail with [`SpdkError::Unsupported`]
 //! before anything is sent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use dpu_jsonrpc::{
+    Connection, ConnectionError, Failure, FrameError, Matcher, Message, MessageError, Options,
+    Outcome, Version,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::framing::{FramingError, JsonStreamSplitter};
 use super::methods::RpcMethod;
+
+/// The largest single value accepted: SPDK's send buffer grows to 32 MiB, so
+/// twice that leaves room while still bounding memory on a confused peer.
+pub const DEFAULT_MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
 
 /// SPDK's default RPC socket (`SPDK_DEFAULT_RPC_ADDR`).
 pub const DEFAULT_SOCKET: &str = "/var/tmp/spdk.sock";
@@ -124,9 +133,9 @@ pub enum SpdkError {
     #[error("the SPDK connection failed")]
     Io(#[source] Arc<std::io::Error>),
     #[error("the SPDK server sent bytes that are not JSON-RPC")]
-    Framing(#[source] Arc<FramingError>),
+    Framing(#[source] Arc<FrameError>),
     #[error("the SPDK server sent a malformed response")]
-    BadResponse(#[source] Arc<serde_json::Error>),
+    BadResponse(#[source] Arc<MessageError>),
     #[error("the SPDK server reported an error for no particular request")]
     Unattributed(#[source] RpcError),
 }
@@ -167,14 +176,12 @@ impl RpcRequest {
 
     /// The JSON text of the request with `id`, as sent.
     pub fn to_wire(&self, id: u64) -> Vec<u8> {
-        let mut m = serde_json::Map::new();
-        m.insert("jsonrpc".into(), Value::from("2.0"));
-        m.insert("id".into(), Value::from(id));
-        m.insert("method".into(), Value::from(self.method.clone()));
-        if let Some(p) = &self.params {
-            m.insert("params".into(), p.clone());
+        Message::Request {
+            id: Value::from(id),
+            method: self.method.clone(),
+            params: self.params.clone().unwrap_or(Value::Null),
         }
-        serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+        .encode(Version::V2)
     }
 }
 
@@ -188,30 +195,12 @@ impl fmt::Display for RpcRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Response {
-    #[serde(default)]
-    id: Value,
-    #[serde(default)]
-    result: Option<Value>,
-    #[serde(default)]
-    error: Option<RpcError>,
-}
-
 type Reply = Result<Value, SpdkError>;
-
-#[derive(Debug)]
-struct Outgoing {
-    id: u64,
-    bytes: Vec<u8>,
-    reply: oneshot::Sender<Reply>,
-}
 
 /// Cloneable handle to one SPDK RPC connection.
 #[derive(Debug, Clone)]
 pub struct SpdkClient {
-    tx: mpsc::Sender<Outgoing>,
-    next_id: Arc<AtomicU64>,
+    conn: Connection,
     timeout: Duration,
     offered: Arc<RwLock<Option<BTreeSet<String>>>>,
 }
@@ -231,11 +220,10 @@ impl SpdkClient {
 
     /// Runs the client over an already connected stream.
     pub fn from_stream(stream: UnixStream) -> Self {
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(connection_task(stream, rx));
+        let (reader, writer) = stream.into_split();
+        let options = Options::new(Version::V2).max_len(DEFAULT_MAX_VALUE_LEN);
         SpdkClient {
-            tx,
-            next_id: Arc::new(AtomicU64::new(1)),
+            conn: Connection::spawn(reader, writer, options),
             timeout: DEFAULT_TIMEOUT,
             offered: Arc::new(RwLock::new(None)),
         }
@@ -293,25 +281,14 @@ impl SpdkClient {
                 method: req.method.clone(),
             });
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        let out = Outgoing {
-            id,
-            bytes: req.to_wire(id),
-            reply,
-        };
-        self.tx.send(out).await.map_err(|_| SpdkError::Closed)?;
-        match tokio::time::timeout(self.timeout, rx).await {
+        let params = req.params.clone().unwrap_or(Value::Null);
+        let call = self.conn.call(&req.method, params);
+        match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(SpdkError::Timeout {
                 method: req.method.clone(),
                 timeout: self.timeout,
             }),
-            Ok(Err(_)) => Err(SpdkError::Closed),
-            Ok(Ok(Err(SpdkError::Rpc { error, .. }))) => Err(SpdkError::Rpc {
-                method: req.method.clone(),
-                error,
-            }),
-            Ok(Ok(r)) => r,
+            Ok(outcome) => reply_of(&req.method, outcome),
         }
     }
 
@@ -376,124 +353,51 @@ const KNOWN_METHODS: &[&str] = &[
     "emulation_function_list",
 ];
 
-async fn connection_task(mut stream: UnixStream, mut rx: mpsc::Receiver<Outgoing>) {
-    let mut pending: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
-    let mut splitter = JsonStreamSplitter::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let fatal: SpdkError = loop {
-        tokio::select! {
-            out = rx.recv() => {
-                let Some(out) = out else {
-                    // Every handle is gone; nothing can be waiting.
-                    return;
-                };
-                if let Err(e) = stream.write_all(&out.bytes).await {
-                    let _ = out.reply.send(Err(SpdkError::Io(Arc::new(e))));
-                    break SpdkError::Closed;
-                }
-                pending.insert(out.id, out.reply);
-            }
-            n = stream.read(&mut buf) => {
-                let n = match n {
-                    Ok(0) => break SpdkError::Closed,
-                    Ok(n) => n,
-                    Err(e) => break SpdkError::Io(Arc::new(e)),
-                };
-                splitter.push(&buf[..n]);
-                loop {
-                    match splitter.next_value() {
-                        Ok(Some(bytes)) => {
-                            if let Err(e) = dispatch(&bytes, &mut pending) {
-                                tracing::warn!(error = %e, "dropping SPDK RPC connection");
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let err = SpdkError::Framing(Arc::new(e));
-                            for (_, p) in pending.drain() {
-                                let _ = p.send(Err(err.clone()));
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
-        }
+/// What a caller of `method` receives for the outcome of its request.
+fn reply_of(method: &str, outcome: Outcome<ConnectionError>) -> Reply {
+    let rpc_error = |error: Value| {
+        serde_json::from_value::<RpcError>(error)
+            .map_err(|e| SpdkError::BadResponse(Arc::new(MessageError::Json(e))))
     };
-    for (_, p) in pending.drain() {
-        let _ = p.send(Err(fatal.clone()));
+    match outcome {
+        Ok(result) => Ok(result),
+        Err(Failure::Rejected(error)) => Err(SpdkError::Rpc {
+            method: method.to_string(),
+            error: rpc_error(error)?,
+        }),
+        Err(Failure::Unattributed(error)) => Err(SpdkError::Unattributed(rpc_error(error)?)),
+        Err(Failure::Lost(lost)) => Err(match lost {
+            ConnectionError::Eof | ConnectionError::Closed => SpdkError::Closed,
+            ConnectionError::Io(e) => SpdkError::Io(e),
+            ConnectionError::Framing(e) => SpdkError::Framing(Arc::new(e)),
+            ConnectionError::Message(e) => SpdkError::BadResponse(e),
+        }),
     }
-    // Later calls see a closed channel and get `Closed`.
 }
 
 /// What the callers waiting on `ids` receive when the connection task routes
 /// one received value `bytes` (a response or a batch of them): each waiting
 /// caller's reply, in the order of `ids`, callers not answered left out; an
 /// error when the value is not JSON-RPC (the connection is then dropped).
-/// Pure; for the fuzz target `spdk_replies` and tests.
+/// Pure, on the same decoder and matcher as the connection; for the fuzz
+/// target `spdk_replies` and tests.
 pub fn dispatch_to(bytes: &[u8], ids: &[u64]) -> Result<Vec<(u64, Reply)>, SpdkError> {
-    let mut pending = HashMap::new();
+    let messages = Message::decode_batch(bytes, Version::V2)
+        .map_err(|e| SpdkError::BadResponse(Arc::new(e)))?;
+    let mut matcher = Matcher::<ConnectionError>::new(Version::V2);
     let mut waiting = Vec::with_capacity(ids.len());
     for &id in ids {
         let (tx, rx) = oneshot::channel();
-        pending.insert(id, tx);
+        matcher.insert(id, "", tx);
         waiting.push((id, rx));
     }
-    dispatch(bytes, &mut pending)?;
+    for message in messages {
+        matcher.route(message);
+    }
     Ok(waiting
         .into_iter()
-        .filter_map(|(id, mut rx)| rx.try_recv().ok().map(|reply| (id, reply)))
+        .filter_map(|(id, mut rx)| rx.try_recv().ok().map(|o| (id, reply_of("", o))))
         .collect())
-}
-
-/// Routes one received value (a response or a batch of them).
-fn dispatch(
-    bytes: &[u8],
-    pending: &mut HashMap<u64, oneshot::Sender<Reply>>,
-) -> Result<(), SpdkError> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| SpdkError::BadResponse(Arc::new(e)))?;
-    let items = match value {
-        Value::Array(items) => items,
-        v => vec![v],
-    };
-    for item in items {
-        let resp: Response =
-            serde_json::from_value(item).map_err(|e| SpdkError::BadResponse(Arc::new(e)))?;
-        let reply = match (resp.error, resp.result) {
-            (Some(error), _) => Err(SpdkError::Rpc {
-                method: String::new(),
-                error,
-            }),
-            (None, Some(result)) => Ok(result),
-            (None, None) => Ok(Value::Null),
-        };
-        match resp.id.as_u64() {
-            Some(id) => {
-                if let Some(p) = pending.remove(&id) {
-                    let _ = p.send(reply);
-                }
-                // A response for a caller that timed out and left: ignore.
-            }
-            None => {
-                // The server could not read a request's id (a parse error);
-                // it cannot be attributed, so every waiting caller learns it.
-                let err = match reply {
-                    Err(SpdkError::Rpc { error, .. }) => SpdkError::Unattributed(error),
-                    _ => SpdkError::Unattributed(RpcError {
-                        code: -32603,
-                        message: "response without an id".into(),
-                        data: None,
-                    }),
-                };
-                for (_, p) in pending.drain() {
-                    let _ = p.send(Err(err.clone()));
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! SPDK JSON-RPC: the framing ([`framing`]), the client ([`client`]), typed
-//! standard methods ([`methods`]) and NVIDIA SNAP extensions ([`snap`]).
+//! SPDK JSON-RPC: the client ([`client`], on the shared JSON-RPC 2.0 framer,
+//! messages and matcher of `dpu-jsonrpc`), typed standard methods
+//! ([`methods`]) and NVIDIA SNAP extensions ([`snap`]).
 
 pub mod client;
-pub mod framing;
 pub mod methods;
 pub mod snap;
 
