@@ -3,10 +3,10 @@
 //! batches), nor the typed spec parsing and validation of what it read.
 #![no_main]
 
-use dpuctl::documents::Documents;
 use dpu_api::Kind;
 use dpu_api::spec::Spec;
 use dpu_api::validate::validate_spec;
+use dpuctl::documents::Documents;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
