@@ -360,7 +360,7 @@ impl Engine {
                     queue.add(key.clone(), Instant::now() + after);
                 }
                 if let Err(e) = self.write_back(&obj, outcome) {
-                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
                     queue.add(key, Instant::now() + backoff(1));
                 }
             }
@@ -378,7 +378,7 @@ impl Engine {
                 }
                 queue.add(key.clone(), Instant::now() + delay);
                 if let Err(e) = self.write_failure(&obj, &err) {
-                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
                 }
             }
         }

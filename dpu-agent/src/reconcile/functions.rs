@@ -37,6 +37,7 @@ use net_offload::functions::{
 };
 
 use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use crate::error_chain;
 use crate::store::StoredObject;
 
 /// How often a simulated net function is looked at again for Port changes.
@@ -276,18 +277,6 @@ pub fn host_placement(
     ))
 }
 
-/// An error and its causes, for a condition message.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 impl Functions {
     async fn sweep_orphans(&self, ctx: &Context) {
         {
@@ -300,7 +289,7 @@ impl Functions {
         let observed = match self.backend.observe().await {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(backend = self.backend.name(), error = %chain(&e), "cannot list what the functions backend made; orphans are not swept this time");
+                tracing::warn!(backend = self.backend.name(), error = %error_chain(&e), "cannot list what the functions backend made; orphans are not swept this time");
                 return;
             }
         };
@@ -318,7 +307,7 @@ impl Functions {
         for id in orphans {
             tracing::info!(function = %id, backend = self.backend.name(), "removing what was made for a function that no longer exists");
             if let Err(e) = self.backend.remove(&id, None).await {
-                tracing::warn!(function = %id, error = %chain(&e), "cannot remove an orphaned function");
+                tracing::warn!(function = %id, error = %error_chain(&e), "cannot remove an orphaned function");
             }
         }
     }
@@ -404,7 +393,7 @@ impl Functions {
                     .await
                     .map_err(|e| ReconcileError {
                         reason: "BackendError".into(),
-                        message: format!("{} backend: {}", self.backend.name(), chain(&e)),
+                        message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
                     })?;
                 self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     obj.id.clone(),
@@ -522,7 +511,7 @@ impl Functions {
             .await
             .map_err(|e| ReconcileError {
                 reason: "TeardownFailed".into(),
-                message: format!("{} backend: {}", self.backend.name(), chain(&e)),
+                message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
             })?;
         self.slots
             .lock()

@@ -25,10 +25,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error_chain;
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
 use dpu_api::spec::{self, IpsecTunnelSpec};
-use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply, chain};
+use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, SaSpec, Tunnel};
 use dpu_crypto::plan::{Observed, REQID_RANGE, TunnelState, plan, plan_teardown};
@@ -342,7 +343,7 @@ fn open_key(
     let text = ctx
         .store
         .open_secret(obj, field)
-        .map_err(|e| format!("cannot open sealed spec.{field}: {}", chain(&e)))?
+        .map_err(|e| format!("cannot open sealed spec.{field}: {}", error_chain(&e)))?
         .ok_or_else(|| format!("spec.{field} is not set"))?;
     SaKey::from_hex(&text, cipher).map_err(|e| format!("spec.{field}: {e}"))
 }
@@ -411,7 +412,7 @@ fn backend_error(e: &XfrmError) -> ReconcileError {
         reason: "XfrmUnavailable".into(),
         message: format!(
             "cannot talk to the kernel's XFRM netlink: {}; check that xfrm_user is loaded and the agent has CAP_NET_ADMIN",
-            chain(e)
+            error_chain(e)
         ),
     }
 }
@@ -511,7 +512,7 @@ impl Controller for IpsecTunnels {
                     .await
                     .map_err(|e| ReconcileError {
                         reason: "TenantContextNotRemoved".into(),
-                        message: chain(&e),
+                        message: error_chain(&e),
                     })?;
                 return Ok(Outcome {
                     status,
@@ -554,7 +555,7 @@ impl Controller for IpsecTunnels {
                                 "Programmed",
                                 ConditionStatus::False,
                                 "NoTenantContext",
-                                format!("{}; nothing programmed", chain(&e)),
+                                format!("{}; nothing programmed", error_chain(&e)),
                             ));
                             return Ok(Outcome {
                                 status,
@@ -574,7 +575,7 @@ impl Controller for IpsecTunnels {
                         .release_unless_needed(&ctx.store, &obj.tenant)
                         .await
                     {
-                        tracing::warn!(tunnel = %name(obj), error = %chain(&e), "cannot release the tenant network context");
+                        tracing::warn!(tunnel = %name(obj), error = %error_chain(&e), "cannot release the tenant network context");
                     }
                 }
             }
@@ -624,9 +625,9 @@ impl Controller for IpsecTunnels {
                         Err(e) => {
                             xfrm_note = format!(
                                 "; no XFRM interface ({}): the tunnel carries only traffic entering an XFRM interface with if_id 0x{id:08x}",
-                                chain(&e)
+                                error_chain(&e)
                             );
-                            format!("not created: {}", chain(&e))
+                            format!("not created: {}", error_chain(&e))
                         }
                     };
                     status

@@ -22,10 +22,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error_chain;
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, Status, WriteOutcome};
 use dpu_api::spec::{Ktls, TlsListenerSpec};
-use dpu_crypto::apply::chain;
 use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy};
 use serde_json::Value;
 
@@ -94,7 +94,7 @@ impl TlsListeners {
                     .is_ok_and(|a| a.ip() == listen.ip())
             });
         if !in_use && let Err(e) = self.contexts.remove_address(&obj.tenant, listen.ip()).await {
-            tracing::warn!(listener = %name(obj), error = %chain(&e), "cannot remove a listen address from the tenant namespace");
+            tracing::warn!(listener = %name(obj), error = %error_chain(&e), "cannot remove a listen address from the tenant namespace");
         }
     }
 }
@@ -120,7 +120,12 @@ fn listener_config(
     let key = ctx
         .store
         .open_secret(obj, "private_key_pem")
-        .map_err(|e| format!("cannot open sealed spec.private_key_pem: {}", chain(&e)))?
+        .map_err(|e| {
+            format!(
+                "cannot open sealed spec.private_key_pem: {}",
+                error_chain(&e)
+            )
+        })?
         .ok_or("spec.private_key_pem is not set")?;
     Ok(ListenerConfig {
         listen: addr("listen", &s.listen)?,
@@ -179,7 +184,7 @@ impl Controller for TlsListeners {
                 {
                     return Err(ReconcileError {
                         reason: "TenantContextNotRemoved".into(),
-                        message: chain(&e),
+                        message: error_chain(&e),
                     });
                 }
                 return Ok(Outcome {
@@ -207,7 +212,7 @@ impl Controller for TlsListeners {
                         "NoTenantContext",
                         format!(
                             "{}; the listener is not started outside its tenant's network namespace",
-                            chain(&e)
+                            error_chain(&e)
                         ),
                     ));
                 }
@@ -216,7 +221,7 @@ impl Controller for TlsListeners {
                 return Ok(failed(
                     status,
                     "StartFailed",
-                    format!("{} (spec.listen)", chain(&e)),
+                    format!("{} (spec.listen)", error_chain(&e)),
                 ));
             }
             let here = (netns.name.clone(), netns.inode);
@@ -230,7 +235,7 @@ impl Controller for TlsListeners {
                                 "ReloadRefused",
                                 format!(
                                     "{} ({}); still serving generation {}",
-                                    chain(&e),
+                                    error_chain(&e),
                                     e.field(),
                                     r.generation
                                 ),
@@ -255,7 +260,7 @@ impl Controller for TlsListeners {
                             return Ok(failed(
                                 status,
                                 "StartFailed",
-                                format!("{} ({})", chain(&e), e.field()),
+                                format!("{} ({})", error_chain(&e), e.field()),
                             ));
                         }
                     };

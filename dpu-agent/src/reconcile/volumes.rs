@@ -32,6 +32,7 @@ use storage_offload::spdk::methods::ListenAddress;
 use super::unavailable::Unavailable;
 use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
 use crate::config::{Config, SpdkFlavor, StorageBackend};
+use crate::error_chain;
 use crate::store::StoredObject;
 
 /// Makes the backend: connects to SPDK, or checks that nvmet is there.
@@ -212,7 +213,7 @@ pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
                     Box::pin(async move {
                         let (b, _missing) = SpdkBackend::connect(&socket, plan)
                             .await
-                            .map_err(|e| chain(&e))?;
+                            .map_err(|e| error_chain(&e))?;
                         let b: Box<dyn BlockBackend> = Box::new(b);
                         Ok(b)
                     })
@@ -239,16 +240,6 @@ pub fn with_configured(
             }
         })
         .collect()
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(&format!(": {x}"));
-        src = x.source();
-    }
-    s
 }
 
 /// The status `backend` value.
@@ -360,7 +351,7 @@ fn own(actions: &[Action], key: &VolumeKey) -> Vec<String> {
 fn backend_error(what: &str, e: &dyn std::error::Error) -> ReconcileError {
     ReconcileError {
         reason: "BackendError".into(),
-        message: format!("{what}: {}; retrying with backoff", chain(e)),
+        message: format!("{what}: {}; retrying with backoff", error_chain(e)),
     }
 }
 
@@ -451,7 +442,7 @@ impl Controller for Volumes {
                         io.into_iter().filter(|(k, _)| stored.contains(k)).collect();
                 }
                 Err(e) => {
-                    tracing::debug!(backend = %self.name, error = %chain(&e), "volume I/O counters not read")
+                    tracing::debug!(backend = %self.name, error = %error_chain(&e), "volume I/O counters not read")
                 }
             }
             let actions: Vec<Action> = backend
