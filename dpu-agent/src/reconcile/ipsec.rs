@@ -496,7 +496,7 @@ impl Controller for IpsecTunnels {
                 if let Some(f) = report.failures.first() {
                     return Err(ReconcileError {
                         reason: "TeardownFailed".into(),
-                        message: format!("{}: {}", f.action, f.error),
+                        message: error_chain(f),
                     });
                 }
                 self.reqids
@@ -702,11 +702,8 @@ impl Controller for IpsecTunnels {
             };
             if !report.failures.is_empty() || !first.conflicts.is_empty() {
                 status.phase = Phase::Degraded;
-                let mut problems: Vec<String> = report
-                    .failures
-                    .iter()
-                    .map(|f| format!("{}: {}", f.action, f.error))
-                    .collect();
+                let mut problems: Vec<String> =
+                    report.failures.iter().map(|f| error_chain(f)).collect();
                 problems.extend(first.conflicts.iter().cloned());
                 status.set_condition(condition(
                     "Programmed",
