@@ -19,7 +19,7 @@ use crate::ovsdb::framing::JsonFramer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnixctlError {
-    #[error("unixctl {socket}: {source}")]
+    #[error("unixctl {socket}")]
     Io {
         socket: String,
         #[source]
@@ -39,6 +39,12 @@ pub enum UnixctlError {
     },
     #[error("unixctl {socket}: malformed reply: {message}")]
     Malformed { socket: String, message: String },
+    #[error("unixctl {socket}: the reply is not JSON")]
+    Json {
+        socket: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Runs one command on the daemon behind `socket` and returns its text.
@@ -88,9 +94,9 @@ pub async fn call(
 /// result text, or the daemon's error. Pure; [`call`] uses it on what it
 /// read (the fuzz target `unixctl_reply` feeds it arbitrary frames).
 pub fn decode_reply(socket: &str, method: &str, frame: &[u8]) -> Result<String, UnixctlError> {
-    let reply: Value = serde_json::from_slice(frame).map_err(|e| UnixctlError::Malformed {
+    let reply: Value = serde_json::from_slice(frame).map_err(|source| UnixctlError::Json {
         socket: socket.to_string(),
-        message: e.to_string(),
+        source,
     })?;
     match (&reply["error"], &reply["result"]) {
         (Value::Null, Value::String(text)) => Ok(text.clone()),
@@ -182,7 +188,7 @@ mod tests {
         for bad in [&b"[1]"[..], b"{\"result\":7}", b"{", b"\"x\""] {
             assert!(matches!(
                 decode_reply("s", "m", bad),
-                Err(UnixctlError::Malformed { .. })
+                Err(UnixctlError::Malformed { .. } | UnixctlError::Json { .. })
             ));
         }
     }

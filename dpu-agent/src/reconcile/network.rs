@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use super::unavailable::Unavailable;
 use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
 use crate::config::{Config, OvsConfig};
+use crate::error_chain;
 use crate::store::{Store, StoredObject};
 
 /// How long a reconcile waits for the switch to act on its input.
@@ -300,10 +301,10 @@ impl NetworkController {
         if !report.programmed {
             return Err(ReconcileError {
                 reason: "SwitchUnavailable".into(),
-                message: report
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "the switch has not been programmed yet".into()),
+                message: report.error.as_deref().map_or_else(
+                    || "the switch has not been programmed yet".into(),
+                    |e| error_chain(e),
+                ),
             });
         }
         if obj.deleting {
@@ -406,7 +407,10 @@ impl Controller for NetworkController {
                     "SwitchBusy",
                     format!(
                         "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
-                        report.error.as_deref().unwrap_or("still working")
+                        report
+                            .error
+                            .as_deref()
+                            .map_or_else(|| "still working".into(), |e| error_chain(e))
                     ),
                 ));
                 return Ok(Outcome {

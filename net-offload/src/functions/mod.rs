@@ -168,8 +168,19 @@ pub enum FunctionsError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the kernel has no devlink generic netlink family; is this a DPU with devlink support?"
+    )]
+    NoDevlink(#[source] std::io::Error),
+    #[error("devlink {op} failed")]
+    Devlink {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel's devlink reply lacks what the request must return.
     #[error("devlink: {0}")]
-    Devlink(String),
+    DevlinkReply(String),
 }
 
 impl FunctionsError {

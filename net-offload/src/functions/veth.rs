@@ -218,7 +218,7 @@ impl VethBackend {
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || netns::create(&ns2))
                 .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
+                .map_err(std::io::Error::other)
                 .and_then(|r| r)
                 .map_err(netns_error(&ns, "create"))?;
         }
@@ -391,7 +391,7 @@ impl FunctionBackend for VethBackend {
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || netns::remove(&ns2))
                 .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
+                .map_err(std::io::Error::other)
                 .and_then(|r| r)
                 .map_err(netns_error(&ns, "remove"))?;
             Ok(())
