@@ -36,7 +36,7 @@ use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing,
 };
 
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::error_chain;
 use crate::store::StoredObject;
 
@@ -83,7 +83,7 @@ fn function_spec(obj: &StoredObject) -> Result<FunctionSpec, ReconcileError> {
     match &obj.spec {
         Spec::Function(f) => Ok(f.clone()),
         other => Err(ReconcileError {
-            reason: "InvalidSpec".into(),
+            reason: Reason::InvalidSpec,
             message: format!("function {} holds a {} spec", obj.id, other.kind().path()),
         }),
     }
@@ -342,7 +342,7 @@ impl Functions {
                                 "held by another function".to_string()
                             };
                             (
-                                "VfInUse",
+                                Reason::VfInUse,
                                 format!(
                                     "{} vf {} is already {who}; choose another spec.vf or leave it out to have one allocated",
                                     spec.pf,
@@ -351,7 +351,7 @@ impl Functions {
                             )
                         }
                         VfSlotError::NoneFree { lo, hi } => (
-                            "NoFreeVf",
+                            Reason::NoFreeVf,
                             format!(
                                 "every VF of {} in the tenant's granted range {lo}-{hi} is taken",
                                 spec.pf
@@ -392,7 +392,7 @@ impl Functions {
                     .apply(&want)
                     .await
                     .map_err(|e| ReconcileError {
-                        reason: "BackendError".into(),
+                        reason: Reason::BackendError,
                         message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
                     })?;
                 self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -433,7 +433,7 @@ impl Functions {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::True,
-                    "Programmed",
+                    Reason::Programmed,
                     where_,
                 ));
             }
@@ -443,7 +443,7 @@ impl Functions {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "RepresentorMissing",
+                    Reason::RepresentorMissing,
                     format!("{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?", spec.pf),
                 ));
             }
@@ -452,7 +452,7 @@ impl Functions {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    reason,
+                    Reason::from(*reason),
                     message.clone(),
                 ));
             }
@@ -510,7 +510,7 @@ impl Functions {
             .remove(&obj.id, slot.as_ref().map(|(pf, vf)| (pf.as_str(), *vf)))
             .await
             .map_err(|e| ReconcileError {
-                reason: "TeardownFailed".into(),
+                reason: Reason::TeardownFailed,
                 message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
             })?;
         self.slots
@@ -646,7 +646,7 @@ mod tests {
     use super::*;
     use crate::store::{Store, StoreError};
     use dpu_api::object::EventType;
-    use net_offload::functions::{FunctionsError, ObservedFunction};
+    use net_offload::functions::{FunctionsError, ObservedFunction, UnsupportedReason};
     use serde_json::Value;
     use serde_json::json;
 
@@ -694,7 +694,7 @@ mod tests {
                 self.applied.lock().unwrap().push(d.clone());
                 if d.type_ != FunctionType::Net {
                     return Ok(Applied::Unsupported {
-                        reason: "NoEmulation",
+                        reason: UnsupportedReason::NoEmulation,
                         message: "no".into(),
                     });
                 }

@@ -37,7 +37,7 @@ use dpu_crypto::xfrm::socket::XfrmError;
 use serde_json::Value;
 
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
 
 /// XFRM interface ids of tenants: "DR" in the top byte pair, 65536 tenants.
@@ -409,7 +409,7 @@ fn tunnel(
 
 fn backend_error(e: &XfrmError) -> ReconcileError {
     ReconcileError {
-        reason: "XfrmUnavailable".into(),
+        reason: Reason::XfrmUnavailable,
         message: format!(
             "cannot talk to the kernel's XFRM netlink: {}; check that xfrm_user is loaded and the agent has CAP_NET_ADMIN",
             error_chain(e)
@@ -445,7 +445,7 @@ async fn with_backend<T: Send + 'static>(
         }
         let Some(backend) = guard.as_mut() else {
             return Err(ReconcileError {
-                reason: "XfrmUnavailable".into(),
+                reason: Reason::XfrmUnavailable,
                 message: "the XFRM backend is not open".into(),
             });
         };
@@ -463,7 +463,7 @@ async fn with_backend<T: Send + 'static>(
     })
     .await
     .map_err(|e| ReconcileError {
-        reason: "Internal".into(),
+        reason: Reason::Internal,
         message: format!("the XFRM worker failed: {e}"),
     })?
 }
@@ -481,7 +481,7 @@ impl Controller for IpsecTunnels {
         Box::pin(async move {
             let mut status = obj.status.clone();
             let (reqid, others) = self.reqids(ctx, obj).map_err(|message| ReconcileError {
-                reason: "NoReqid".into(),
+                reason: Reason::NoReqid,
                 message,
             })?;
             status.fields.insert("reqid".into(), Value::from(reqid));
@@ -495,7 +495,7 @@ impl Controller for IpsecTunnels {
                 .await?;
                 if let Some(f) = report.failures.first() {
                     return Err(ReconcileError {
-                        reason: "TeardownFailed".into(),
+                        reason: Reason::TeardownFailed,
                         message: error_chain(f),
                     });
                 }
@@ -511,7 +511,7 @@ impl Controller for IpsecTunnels {
                     .release_unless_needed(&ctx.store, &obj.tenant)
                     .await
                     .map_err(|e| ReconcileError {
-                        reason: "TenantContextNotRemoved".into(),
+                        reason: Reason::TenantContextNotRemoved,
                         message: error_chain(&e),
                     })?;
                 return Ok(Outcome {
@@ -526,7 +526,7 @@ impl Controller for IpsecTunnels {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     "the stored spec does not parse; PUT a valid one",
                 ));
                 return Ok(Outcome {
@@ -538,7 +538,7 @@ impl Controller for IpsecTunnels {
             let if_id = self
                 .if_id(ctx, obj, &spec, false)
                 .map_err(|message| ReconcileError {
-                    reason: "NoIfId".into(),
+                    reason: Reason::NoIfId,
                     message,
                 })?;
             let mut tenant_ns = None;
@@ -554,7 +554,7 @@ impl Controller for IpsecTunnels {
                             status.set_condition(condition(
                                 "Programmed",
                                 ConditionStatus::False,
-                                "NoTenantContext",
+                                Reason::NoTenantContext,
                                 format!("{}; nothing programmed", error_chain(&e)),
                             ));
                             return Ok(Outcome {
@@ -586,7 +586,7 @@ impl Controller for IpsecTunnels {
                     status.set_condition(condition(
                         "Programmed",
                         ConditionStatus::False,
-                        "InvalidKey",
+                        Reason::InvalidKey,
                         message,
                     ));
                     return Ok(Outcome {
@@ -709,9 +709,9 @@ impl Controller for IpsecTunnels {
                     "Programmed",
                     ConditionStatus::False,
                     if first.conflicts.is_empty() {
-                        "KernelRefused"
+                        Reason::KernelRefused
                     } else {
-                        "Conflict"
+                        Reason::Conflict
                     },
                     format!(
                         "{} of {} changes failed: {}",
@@ -725,7 +725,7 @@ impl Controller for IpsecTunnels {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::True,
-                    "SasAndPoliciesInstalled",
+                    Reason::SasAndPoliciesInstalled,
                     format!(
                         "SAs in 0x{:08x} / out 0x{:08x}, reqid 0x{reqid:08x}, offload {}, {}{offload_note}",
                         spec.spi_in,
@@ -742,7 +742,7 @@ impl Controller for IpsecTunnels {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "Converging",
+                    Reason::Converging,
                     format!("{} changes applied; checking again", report.applied),
                 ));
             }

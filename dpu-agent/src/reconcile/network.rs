@@ -27,7 +27,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::unavailable::Unavailable;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::config::{Config, OvsConfig};
 use crate::error_chain;
 use crate::store::{Store, StoredObject};
@@ -300,7 +300,7 @@ impl NetworkController {
         let mut status = obj.status.clone();
         if !report.programmed {
             return Err(ReconcileError {
-                reason: "SwitchUnavailable".into(),
+                reason: Reason::SwitchUnavailable,
                 message: report.error.as_deref().map_or_else(
                     || "the switch has not been programmed yet".into(),
                     |e| error_chain(e),
@@ -348,7 +348,7 @@ impl NetworkController {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "RepresentorMissing",
+                    Reason::RepresentorMissing,
                     format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
                 ));
                 return Ok(Outcome {
@@ -362,7 +362,7 @@ impl NetworkController {
         status.set_condition(condition(
             "Programmed",
             ConditionStatus::True,
-            "FlowsInstalled",
+            Reason::FlowsInstalled,
             format!(
                 "{flows} flows acknowledged by the switch (tables {}-{})",
                 pipeline::table::CLASSIFY,
@@ -404,7 +404,7 @@ impl Controller for NetworkController {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "SwitchBusy",
+                    Reason::SwitchBusy,
                     format!(
                         "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
                         report

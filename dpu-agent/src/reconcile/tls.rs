@@ -30,7 +30,7 @@ use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy}
 use serde_json::Value;
 
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
 
 /// Counters are refreshed in status this often.
@@ -139,7 +139,7 @@ fn listener_config(
     })
 }
 
-fn failed(mut status: Status, reason: &str, message: String) -> Outcome {
+fn failed(mut status: Status, reason: Reason, message: String) -> Outcome {
     status.phase = Phase::Failed;
     status.set_condition(condition(
         "Serving",
@@ -183,7 +183,7 @@ impl Controller for TlsListeners {
                     .await
                 {
                     return Err(ReconcileError {
-                        reason: "TenantContextNotRemoved".into(),
+                        reason: Reason::TenantContextNotRemoved,
                         message: error_chain(&e),
                     });
                 }
@@ -196,20 +196,20 @@ impl Controller for TlsListeners {
             let Some(spec) = typed_spec(obj) else {
                 return Ok(failed(
                     status,
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     "the stored spec does not parse; PUT a valid one".into(),
                 ));
             };
             let cfg = match listener_config(ctx, obj, &spec, self.limits) {
                 Ok(c) => c,
-                Err(m) => return Ok(failed(status, "InvalidSpec", m)),
+                Err(m) => return Ok(failed(status, Reason::InvalidSpec, m)),
             };
             let netns = match self.contexts.ensure(&ctx.store, &obj.tenant).await {
                 Ok(ns) => ns,
                 Err(e) => {
                     return Ok(failed(
                         status,
-                        "NoTenantContext",
+                        Reason::NoTenantContext,
                         format!(
                             "{}; the listener is not started outside its tenant's network namespace",
                             error_chain(&e)
@@ -220,7 +220,7 @@ impl Controller for TlsListeners {
             if let Err(e) = self.contexts.add_address(&netns, cfg.listen.ip()).await {
                 return Ok(failed(
                     status,
-                    "StartFailed",
+                    Reason::StartFailed,
                     format!("{} (spec.listen)", error_chain(&e)),
                 ));
             }
@@ -232,7 +232,7 @@ impl Controller for TlsListeners {
                             // The old configuration keeps serving.
                             let mut out = failed(
                                 status,
-                                "ReloadRefused",
+                                Reason::ReloadRefused,
                                 format!(
                                     "{} ({}); still serving generation {}",
                                     error_chain(&e),
@@ -259,7 +259,7 @@ impl Controller for TlsListeners {
                         Err(e) => {
                             return Ok(failed(
                                 status,
-                                "StartFailed",
+                                Reason::StartFailed,
                                 format!("{} ({})", error_chain(&e), e.field()),
                             ));
                         }
@@ -310,7 +310,7 @@ impl Controller for TlsListeners {
             status.set_condition(condition(
                 "Serving",
                 ConditionStatus::True,
-                "Listening",
+                Reason::Listening,
                 format!(
                     "TLS on {} → {} in tenant network namespace {} (generation {})",
                     r.proxy.local_addr(),

@@ -30,7 +30,7 @@ use storage_offload::plan::{Action, NvmetPlanConfig, Owner, RefusalReason, SpdkP
 use storage_offload::spdk::methods::ListenAddress;
 
 use super::unavailable::Unavailable;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::config::{Config, SpdkFlavor, StorageBackend};
 use crate::error_chain;
 use crate::store::StoredObject;
@@ -102,7 +102,7 @@ impl Volumes {
         }
         let b: Arc<dyn BlockBackend> =
             Arc::from((self.connect)().await.map_err(|why| ReconcileError {
-                reason: "BackendUnreachable".into(),
+                reason: Reason::BackendUnreachable,
                 message: format!(
                     "cannot reach the {} storage backend: {why}; retrying with backoff",
                     self.name
@@ -350,12 +350,12 @@ fn own(actions: &[Action], key: &VolumeKey) -> Vec<String> {
 
 fn backend_error(what: &str, e: &dyn std::error::Error) -> ReconcileError {
     ReconcileError {
-        reason: "BackendError".into(),
+        reason: Reason::BackendError,
         message: format!("{what}: {}; retrying with backoff", error_chain(e)),
     }
 }
 
-fn not_ready(mut status: Status, phase: Phase, reason: &str, message: String) -> Outcome {
+fn not_ready(mut status: Status, phase: Phase, reason: Reason, message: String) -> Outcome {
     status.phase = phase;
     status.set_condition(condition(
         "Programmed",
@@ -393,7 +393,7 @@ impl Controller for Volumes {
                     return Ok(not_ready(
                         status,
                         Phase::Failed,
-                        "InvalidSpec",
+                        Reason::InvalidSpec,
                         "the stored spec does not parse; PUT a valid one".into(),
                     ));
                 };
@@ -403,7 +403,7 @@ impl Controller for Volumes {
                             return Ok(not_ready(
                                 status,
                                 Phase::Failed,
-                                "Unsupported",
+                                Reason::Unsupported,
                                 format!(
                                     "{why} (backend {}); use another function",
                                     backend_name(backend.kind())
@@ -416,7 +416,7 @@ impl Controller for Volumes {
                         return Ok(not_ready(
                             status,
                             Phase::Pending,
-                            "FunctionUnavailable",
+                            Reason::FunctionUnavailable,
                             why,
                         ));
                     }
@@ -466,11 +466,11 @@ impl Controller for Volumes {
                     RefusalReason::HostNqn => Ok(not_ready(
                         status,
                         Phase::Failed,
-                        r.reason.as_str(),
+                        Reason::from(r.reason),
                         r.message,
                     )),
                     RefusalReason::SourceInUse => Err(ReconcileError {
-                        reason: r.reason.as_str().into(),
+                        reason: Reason::from(r.reason),
                         message: format!("{}; retrying with backoff", r.message),
                     }),
                 };
@@ -485,7 +485,7 @@ impl Controller for Volumes {
             let left = own(&backend.plan(&desired, &observed), &key);
             if !left.is_empty() {
                 return Err(ReconcileError {
-                    reason: "NotConverged".into(),
+                    reason: Reason::NotConverged,
                     message: format!(
                         "after applying, the backend still needs: {}",
                         left.join("; ")
@@ -537,7 +537,7 @@ impl Controller for Volumes {
             status.set_condition(condition(
                 "Programmed",
                 ConditionStatus::True,
-                "Applied",
+                Reason::Applied,
                 format!(
                     "presented on function {} by {}",
                     d.function.id,
@@ -911,7 +911,7 @@ mod tests {
             .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, "BackendError");
+        assert_eq!(err.reason, Reason::BackendError);
         assert!(err.message.contains("volume acme/v1"), "{err}");
         assert!(err.message.contains("retrying"), "{err}");
     }
@@ -928,7 +928,7 @@ mod tests {
             .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, "BackendUnreachable");
+        assert_eq!(err.reason, Reason::BackendUnreachable);
         assert!(err.message.contains("connection refused"), "{err}");
         assert_eq!(
             c.backend(),
@@ -1054,7 +1054,7 @@ mod tests {
         let c = Volumes::with_backend(backend, None);
         let w = obj(&ctx.store, Kind::Volume, "w");
         let err = c.reconcile(&ctx, &w).await.unwrap_err();
-        assert_eq!(err.reason, "SourceInUse");
+        assert_eq!(err.reason, Reason::SourceInUse);
         assert!(err.message.contains("multipath"), "{err}");
         assert!(!err.message.contains("acme"), "{err}");
         let subs = paths.nvmet.join("subsystems");

@@ -131,9 +131,17 @@ pub enum Applied {
     NoRepresentor { expected: String },
     /// This backend cannot provide this kind of function; nothing was done.
     Unsupported {
-        reason: &'static str,
+        reason: UnsupportedReason,
         message: String,
     },
+}
+
+/// Why a backend cannot provide a function (the agent maps it to its
+/// status reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsupportedReason {
+    /// The backend cannot emulate this function type (block, NVMe, ...).
+    NoEmulation,
 }
 
 /// Something a backend made, found by [`FunctionBackend::observe`].

@@ -26,7 +26,7 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use super::rtnl::{Rtnl, address_of};
 use super::{
     Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError, Mac,
-    ObservedFunction, TenantAddressing, naming, netns,
+    ObservedFunction, TenantAddressing, UnsupportedReason, naming, netns,
 };
 
 /// The tenant's interface inside the function's namespace.
@@ -103,7 +103,7 @@ fn unsupported(desired: &FunctionDesired) -> Option<Applied> {
     match desired.type_ {
         FunctionType::Net => None,
         other => Some(Applied::Unsupported {
-            reason: "NoEmulation",
+            reason: UnsupportedReason::NoEmulation,
             message: format!(
                 "{} functions need the DPU's device emulation; the veth simulator makes only net functions",
                 match other {
@@ -500,7 +500,7 @@ mod tests {
             assert!(matches!(
                 unsupported(&d),
                 Some(Applied::Unsupported {
-                    reason: "NoEmulation",
+                    reason: UnsupportedReason::NoEmulation,
                     ..
                 })
             ));
