@@ -36,6 +36,7 @@ use dpu_crypto::plan::{Observed, REQID_RANGE, TunnelState, plan, plan_teardown};
 use dpu_crypto::xfrm::socket::XfrmError;
 use serde_json::Value;
 
+use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
@@ -163,7 +164,7 @@ impl IpsecTunnels {
         obj: &StoredObject,
         s: &IpsecTunnelSpec,
         peek: bool,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<u32>, AllocError> {
         if s.scope() == spec::IpsecScope::Infrastructure {
             return Ok(None);
         }
@@ -181,7 +182,11 @@ impl IpsecTunnels {
 
     /// Reqids of every stored tunnel (allocating for `obj` if needed), and
     /// `obj`'s.
-    fn reqids(&self, ctx: &Context, obj: &StoredObject) -> Result<(u32, BTreeSet<u32>), String> {
+    fn reqids(
+        &self,
+        ctx: &Context,
+        obj: &StoredObject,
+    ) -> Result<(u32, BTreeSet<u32>), AllocError> {
         let mut table = self.reqids.lock().unwrap_or_else(|e| e.into_inner());
         allocate(&mut table, ctx, obj)
     }
@@ -191,7 +196,7 @@ impl IpsecTunnels {
         &self,
         ctx: &Context,
         obj: &StoredObject,
-    ) -> Result<(u32, BTreeSet<u32>), String> {
+    ) -> Result<(u32, BTreeSet<u32>), AllocError> {
         let mut table = self
             .reqids
             .lock()
@@ -218,7 +223,7 @@ fn allocate(
     table: &mut BTreeMap<String, u32>,
     ctx: &Context,
     obj: &StoredObject,
-) -> Result<(u32, BTreeSet<u32>), String> {
+) -> Result<(u32, BTreeSet<u32>), AllocError> {
     let all = ctx.store.list(Kind::IpsecTunnel, None);
     let me = name(obj);
     let present: BTreeSet<String> = all.iter().map(|o| name(o)).collect();
@@ -237,7 +242,7 @@ fn allocate(
             let free = REQID_RANGE
                 .clone()
                 .find(|r| !used.contains(r))
-                .ok_or("all 65536 agent reqids are in use")?;
+                .ok_or(AllocError::Reqids)?;
             table.insert(me.clone(), free);
             free
         }
@@ -264,7 +269,7 @@ fn allocate_if_id(
     table: &mut BTreeMap<String, u32>,
     ctx: &Context,
     tenant: &str,
-) -> Result<u32, String> {
+) -> Result<u32, AllocError> {
     let all = ctx.store.list(Kind::IpsecTunnel, None);
     let present: BTreeSet<&str> = all.iter().map(|o| o.tenant.as_str()).collect();
     table.retain(|t, _| present.contains(t.as_str()) || t == tenant);
@@ -289,7 +294,7 @@ fn allocate_if_id(
     let id = (0..len)
         .map(|i| TENANT_IF_ID_RANGE.start + (first + i) % len)
         .find(|id| !used.contains(id))
-        .ok_or("all 65536 tenant XFRM interface ids are in use")?;
+        .ok_or(AllocError::IfIds)?;
     table.insert(tenant.to_string(), id);
     Ok(id)
 }
@@ -337,15 +342,15 @@ fn typed_spec(obj: &StoredObject) -> Option<IpsecTunnelSpec> {
 fn open_key(
     ctx: &Context,
     obj: &StoredObject,
-    field: &str,
+    field: &'static str,
     cipher: Cipher,
-) -> Result<SaKey, String> {
+) -> Result<SaKey, SpecError> {
     let text = ctx
         .store
         .open_secret(obj, field)
-        .map_err(|e| format!("cannot open sealed spec.{field}: {}", error_chain(&e)))?
-        .ok_or_else(|| format!("spec.{field} is not set"))?;
-    SaKey::from_hex(&text, cipher).map_err(|e| format!("spec.{field}: {e}"))
+        .map_err(|source| SpecError::Sealed { field, source })?
+        .ok_or(SpecError::NotSet { field })?;
+    SaKey::from_hex(&text, cipher).map_err(|source| SpecError::Key { field, source })
 }
 
 /// The crypto crate's tunnel for a stored object; errors name the field.
@@ -356,21 +361,24 @@ fn tunnel(
     reqid: u32,
     offload_dev: Option<u32>,
     if_id: Option<u32>,
-) -> Result<Tunnel, String> {
+) -> Result<Tunnel, SpecError> {
     let cipher = match s.cipher {
         spec::Cipher::AesGcm128 => Cipher::AesGcm128,
         spec::Cipher::AesGcm256 => Cipher::AesGcm256,
     };
-    let addr = |f: &str, v: &str| {
+    let addr = |field: &'static str, v: &str| {
         v.parse()
-            .map_err(|_| format!("spec.{f} is not an IPv4 address"))
+            .map_err(|source| SpecError::NotIpv4 { field, source })
     };
-    let nets = |f: &str, v: &[String]| -> Result<Vec<Ipv4Net>, String> {
+    let nets = |field: &'static str, v: &[String]| -> Result<Vec<Ipv4Net>, SpecError> {
         v.iter()
             .enumerate()
-            .map(|(i, n)| {
-                n.parse()
-                    .map_err(|_| format!("spec.{f}[{i}] is not an IPv4 CIDR"))
+            .map(|(index, n)| {
+                n.parse().map_err(|source| SpecError::NotIpv4Cidr {
+                    field,
+                    index,
+                    source,
+                })
             })
             .collect()
     };
@@ -480,10 +488,9 @@ impl Controller for IpsecTunnels {
     ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
         Box::pin(async move {
             let mut status = obj.status.clone();
-            let (reqid, others) = self.reqids(ctx, obj).map_err(|message| ReconcileError {
-                reason: Reason::NoReqid,
-                message,
-            })?;
+            let (reqid, others) = self
+                .reqids(ctx, obj)
+                .map_err(|e| ReconcileError::new(Reason::NoReqid, e.to_string()))?;
             status.fields.insert("reqid".into(), Value::from(reqid));
 
             if obj.deleting {
@@ -537,10 +544,7 @@ impl Controller for IpsecTunnels {
             };
             let if_id = self
                 .if_id(ctx, obj, &spec, false)
-                .map_err(|message| ReconcileError {
-                    reason: Reason::NoIfId,
-                    message,
-                })?;
+                .map_err(|e| ReconcileError::new(Reason::NoIfId, e.to_string()))?;
             let mut tenant_ns = None;
             match if_id {
                 Some(id) => {
@@ -581,13 +585,13 @@ impl Controller for IpsecTunnels {
             }
             let desired = match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
                 Ok(t) => t,
-                Err(message) => {
+                Err(e) => {
                     status.phase = Phase::Failed;
                     status.set_condition(condition(
                         "Programmed",
                         ConditionStatus::False,
                         Reason::InvalidKey,
-                        message,
+                        error_chain(&e),
                     ));
                     return Ok(Outcome {
                         status,
@@ -787,7 +791,7 @@ impl Controller for IpsecTunnels {
             Err(e) => return vec![format!("nothing: {e}")],
         };
         match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
-            Err(e) => vec![format!("nothing: {e}")],
+            Err(e) => vec![format!("nothing: {}", error_chain(&e))],
             Ok(t) => {
                 let p = plan(&[t], &others, &observed, now_secs(), self.grace());
                 p.actions

@@ -7,6 +7,7 @@ pub mod functions;
 pub mod ipsec;
 pub mod network;
 pub mod reason;
+pub mod spec_error;
 pub mod tenant_netns;
 pub mod tenants;
 pub mod tls;

@@ -29,6 +29,7 @@ use dpu_api::spec::{Ktls, TlsListenerSpec};
 use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy};
 use serde_json::Value;
 
+use super::spec_error::SpecError;
 use super::tenant_netns::TenantContexts;
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
@@ -113,20 +114,17 @@ fn listener_config(
     obj: &StoredObject,
     s: &TlsListenerSpec,
     limits: Limits,
-) -> Result<ListenerConfig, String> {
-    let addr = |f: &str, v: &str| -> Result<SocketAddr, String> {
-        v.parse().map_err(|_| format!("spec.{f} is not an ip:port"))
+) -> Result<ListenerConfig, SpecError> {
+    let addr = |field: &'static str, v: &str| -> Result<SocketAddr, SpecError> {
+        v.parse()
+            .map_err(|source| SpecError::NotSocketAddr { field, source })
     };
+    let field = "private_key_pem";
     let key = ctx
         .store
-        .open_secret(obj, "private_key_pem")
-        .map_err(|e| {
-            format!(
-                "cannot open sealed spec.private_key_pem: {}",
-                error_chain(&e)
-            )
-        })?
-        .ok_or("spec.private_key_pem is not set")?;
+        .open_secret(obj, field)
+        .map_err(|source| SpecError::Sealed { field, source })?
+        .ok_or(SpecError::NotSet { field })?;
     Ok(ListenerConfig {
         listen: addr("listen", &s.listen)?,
         upstream: addr("upstream", &s.upstream)?,
@@ -202,7 +200,7 @@ impl Controller for TlsListeners {
             };
             let cfg = match listener_config(ctx, obj, &spec, self.limits) {
                 Ok(c) => c,
-                Err(m) => return Ok(failed(status, Reason::InvalidSpec, m)),
+                Err(e) => return Ok(failed(status, Reason::InvalidSpec, error_chain(&e))),
             };
             let netns = match self.contexts.ensure(&ctx.store, &obj.tenant).await {
                 Ok(ns) => ns,

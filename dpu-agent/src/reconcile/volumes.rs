@@ -29,6 +29,7 @@ use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
 use storage_offload::plan::{Action, NvmetPlanConfig, Owner, RefusalReason, SpdkPlanConfig};
 use storage_offload::spdk::methods::ListenAddress;
 
+use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::config::{Config, SpdkFlavor, StorageBackend};
@@ -270,23 +271,25 @@ fn desired_of(
     obj: &StoredObject,
     spec: VolumeSpec,
     host_nqn: Option<&str>,
-) -> Result<DesiredVolume, String> {
+) -> Result<DesiredVolume, SpecError> {
     let f = ctx
         .store
         .get(&ObjectKey::new(Kind::Function, spec.function.clone()))
         .filter(|f| f.tenant == obj.tenant && !f.deleting)
-        .ok_or_else(|| {
-            format!(
-                "function {:?} (spec.function) does not exist in tenant {:?}",
-                spec.function, obj.tenant
-            )
+        .ok_or_else(|| SpecError::NoFunction {
+            function: spec.function.clone(),
+            tenant: obj.tenant.clone(),
         })?;
     let fs: &FunctionSpec = f
         .spec
         .as_function()
-        .ok_or_else(|| format!("function {:?} has no function spec", spec.function))?;
-    let pf = pf_index(&fs.pf)
-        .ok_or_else(|| format!("function {:?} has pf {:?}, not pfN", spec.function, fs.pf))?;
+        .ok_or_else(|| SpecError::NotAFunction {
+            function: spec.function.clone(),
+        })?;
+    let pf = pf_index(&fs.pf).ok_or_else(|| SpecError::BadPf {
+        function: spec.function.clone(),
+        pf: fs.pf.to_string(),
+    })?;
     // The VF the functions controller allocated, else the one asked for.
     let vf = f.status.facts.vf.or(fs.vf);
     Ok(DesiredVolume {
@@ -417,7 +420,7 @@ impl Controller for Volumes {
                             status,
                             Phase::Pending,
                             Reason::FunctionUnavailable,
-                            why,
+                            error_chain(&why),
                         ));
                     }
                 }
@@ -578,7 +581,7 @@ impl Controller for Volumes {
                     }
                     desired.push(d);
                 }
-                Err(why) => return vec![format!("nothing: {why}")],
+                Err(why) => return vec![format!("nothing: {}", error_chain(&why))],
             }
         }
         let refused = backend
@@ -588,7 +591,7 @@ impl Controller for Volumes {
             .map(|r| {
                 format!(
                     "nothing for this volume: {}: {}",
-                    r.reason.as_str(),
+                    Reason::from(r.reason),
                     r.message
                 )
             });
