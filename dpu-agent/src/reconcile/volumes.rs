@@ -455,7 +455,7 @@ impl Controller for Volumes {
                 .collect();
             if let Err(e) = apply_all(backend.as_ref(), &actions).await {
                 // The engine logs the returned error, rate-limited.
-                tracing::debug!(volume = %key, error = %e, "volume not programmed");
+                tracing::debug!(volume = %key, error = %error_chain(&e), "volume not programmed");
                 return Err(backend_error(&format!("volume {key}"), &e));
             }
             // A refused volume has no actions of its own (its leftovers were
