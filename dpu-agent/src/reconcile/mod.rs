@@ -2,6 +2,7 @@
 //! observing the world, planning the difference to the object's spec,
 //! applying it, and reporting status. See [`engine`] for the work queue.
 
+pub mod backend_error;
 pub mod engine;
 pub mod functions;
 pub mod ipsec;

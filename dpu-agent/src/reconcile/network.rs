@@ -26,6 +26,7 @@ use net_offload::switch::{SwitchConfig, SwitchHandle, SwitchInput, SwitchReport}
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::backend_error::BackendStartError;
 use super::unavailable::Unavailable;
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::config::{Config, OvsConfig};
@@ -83,11 +84,14 @@ pub fn mgmt_socket(db: &str, bridge: &str) -> PathBuf {
 
 impl NetworkBackend {
     /// Starts the switch reconciler for `ovs` (must be called in a tokio runtime).
-    pub fn start(ovs: &OvsConfig) -> Result<Arc<Self>, String> {
+    pub fn start(ovs: &OvsConfig) -> Result<Arc<Self>, BackendStartError> {
         let db = ovs
             .db
             .parse()
-            .map_err(|e| format!("invalid OVSDB address {:?}: {e}", ovs.db))?;
+            .map_err(|source| BackendStartError::OvsdbAddress {
+                db: ovs.db.clone(),
+                source,
+            })?;
         let (tx, rx) = watch::channel(false);
         let switch = SwitchHandle::spawn(
             SwitchConfig {
@@ -551,9 +555,7 @@ pub fn with_configured(
     let backend = if reachable {
         NetworkBackend::start(&cfg.ovs)
     } else {
-        Err(format!(
-            "the OVSDB socket {db} does not exist (is Open vSwitch running?)"
-        ))
+        Err(BackendStartError::NoOvsdbSocket { db: db.clone() })
     };
     controllers.retain(|c| !KINDS.contains(&c.kind()));
     match backend {
@@ -561,7 +563,8 @@ pub fn with_configured(
             tracing::info!(db = %db, bridge = %cfg.ovs.bridge, "network controllers drive Open vSwitch");
             controllers.extend(backend.controllers());
         }
-        Err(why) => {
+        Err(e) => {
+            let why = error_chain(&e);
             tracing::warn!(db = %db, "networks, ports and endpoints stay Pending: {why}");
             for kind in KINDS {
                 controllers.push(Arc::new(Unavailable::new(

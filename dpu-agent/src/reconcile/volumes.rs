@@ -29,6 +29,7 @@ use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
 use storage_offload::plan::{Action, NvmetPlanConfig, Owner, RefusalReason, SpdkPlanConfig};
 use storage_offload::spdk::methods::ListenAddress;
 
+use super::backend_error::BackendStartError;
 use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
@@ -39,7 +40,10 @@ use crate::store::StoredObject;
 /// Makes the backend: connects to SPDK, or checks that nvmet is there.
 /// Called again on every reconcile until it succeeds.
 pub type Connect = Box<
-    dyn Fn() -> BoxFuture<'static, Result<Box<dyn BlockBackend>, String>> + Send + Sync + 'static,
+    dyn Fn() -> BoxFuture<'static, Result<Box<dyn BlockBackend>, BackendStartError>>
+        + Send
+        + Sync
+        + 'static,
 >;
 
 /// Volumes that are `Ready` are looked at again this often, so drift (a
@@ -87,7 +91,7 @@ impl Volumes {
     pub fn with_backend(backend: Arc<dyn BlockBackend>, host_nqn: Option<String>) -> Self {
         let v = Volumes::new(
             backend_name(backend.kind()),
-            Box::new(|| Box::pin(async { Err("the given backend was dropped".to_string()) })),
+            Box::new(|| Box::pin(async { Err(BackendStartError::Dropped) })),
             host_nqn,
         );
         *v.backend.try_lock().expect("new mutex is free") = Some(backend);
@@ -105,8 +109,9 @@ impl Volumes {
             Arc::from((self.connect)().await.map_err(|why| ReconcileError {
                 reason: Reason::BackendUnreachable,
                 message: format!(
-                    "cannot reach the {} storage backend: {why}; retrying with backoff",
-                    self.name
+                    "cannot reach the {} storage backend: {}; retrying with backoff",
+                    self.name,
+                    error_chain(&why)
                 ),
             })?);
         tracing::info!(backend = %self.name, "storage backend connected");
@@ -161,19 +166,15 @@ pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
                     let (paths, plan) = (paths.clone(), plan.clone());
                     Box::pin(async move {
                         if !paths.nvmet.join("subsystems").is_dir() {
-                            return Err(format!(
-                                "{} has no subsystems directory: load the nvmet and nvmet-tcp \
-                                 modules and mount configfs",
-                                paths.nvmet.display()
-                            ));
+                            return Err(BackendStartError::NoNvmetSubsystems {
+                                dir: paths.nvmet.display().to_string(),
+                            });
                         }
                         // Tenants' volume data: owner-only (0700).
                         storage_offload::apply::ensure_private_dir(&plan.backing_dir).map_err(
-                            |e| {
-                                format!(
-                                    "cannot create {} with mode 0700: {e}",
-                                    plan.backing_dir.display()
-                                )
+                            |source| BackendStartError::BackingDir {
+                                dir: plan.backing_dir.display().to_string(),
+                                source,
                             },
                         )?;
                         let b: Box<dyn BlockBackend> =
@@ -212,9 +213,7 @@ pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
                 Box::new(move || {
                     let (socket, plan) = (socket.clone(), plan.clone());
                     Box::pin(async move {
-                        let (b, _missing) = SpdkBackend::connect(&socket, plan)
-                            .await
-                            .map_err(|e| error_chain(&e))?;
+                        let (b, _missing) = SpdkBackend::connect(&socket, plan).await?;
                         let b: Box<dyn BlockBackend> = Box::new(b);
                         Ok(b)
                     })
@@ -924,7 +923,14 @@ mod tests {
         let (_dir, ctx) = setup();
         let c = Volumes::new(
             "spdk (/nonexistent.sock)",
-            Box::new(|| Box::pin(async { Err("connection refused".to_string()) })),
+            Box::new(|| {
+                Box::pin(async {
+                    Err(BackendStartError::BackingDir {
+                        dir: "/nonexistent".into(),
+                        source: std::io::Error::other("connection refused"),
+                    })
+                })
+            }),
             None,
         );
         let err = c
