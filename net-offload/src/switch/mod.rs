@@ -331,7 +331,7 @@ impl Reconciler {
                 if let Err(e) = result {
                     let key = format!("{e:?}");
                     if last_error.as_deref() != Some(key.as_str()) {
-                        tracing::warn!(bridge = %self.config.bridge, error = &e as &dyn std::error::Error, "switch not reachable; retrying every {:?}", self.config.period);
+                        tracing::warn!(bridge = %self.config.bridge, error = &e as &dyn std::error::Error, detail = ?e, "switch not reachable; retrying every {:?}", self.config.period);
                         last_error = Some(key);
                     }
                 }
@@ -368,7 +368,7 @@ impl Reconciler {
                     // (the Debug form tells failures apart, causes included).
                     let key = format!("{e:?}");
                     if last_error.as_deref() != Some(key.as_str()) {
-                        tracing::warn!(bridge = %self.config.bridge, error = &e as &dyn std::error::Error, "switch not converged; retrying every {:?}", self.config.period);
+                        tracing::warn!(bridge = %self.config.bridge, error = &e as &dyn std::error::Error, detail = ?e, "switch not converged; retrying every {:?}", self.config.period);
                         last_error = Some(key);
                     }
                     self.report.programmed = false;
@@ -392,6 +392,7 @@ impl Reconciler {
                 .map_err(|e| {
                     tracing::debug!(
                         error = &e as &dyn std::error::Error,
+                        detail = ?e,
                         "datapath flows not read"
                     )
                 })
