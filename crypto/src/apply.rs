@@ -64,31 +64,34 @@ impl IpsecBackend for XfrmBackend {
     }
 }
 
-/// One action that failed: its description (no keys) and the error chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One action that failed: its description (no keys) and the kernel's
+/// error as its typed source.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}")]
 pub struct ActionFailure {
     pub action: String,
-    pub error: String,
+    #[source]
+    pub error: XfrmError,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// An SA whose offload attempt the kernel or device refused under `auto`,
+/// so the next attempt (less offload) was tried.
+#[derive(Debug, thiserror::Error)]
+#[error("SA spi 0x{spi:08x}: offload {} refused, trying the next", if *.requested { "request" } else { "none" })]
+pub struct OffloadFallback {
+    pub spi: u32,
+    /// Whether the refused attempt asked for a device offload.
+    pub requested: bool,
+    #[source]
+    pub error: XfrmError,
+}
+
+#[derive(Debug, Default)]
 pub struct ApplyReport {
     pub applied: usize,
     pub failures: Vec<ActionFailure>,
     /// Offload refusals that were fallen back from under `auto`.
-    pub offload_fallbacks: Vec<String>,
-}
-
-/// The error and its sources on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    pub offload_fallbacks: Vec<OffloadFallback>,
 }
 
 /// Errnos that mean "this device or kernel cannot do that offload".
@@ -118,12 +121,11 @@ pub fn apply(backend: &mut dyn IpsecBackend, actions: &[Action]) -> ApplyReport 
                             break;
                         }
                         Err(e) if i + 1 < offload_attempts.len() && is_offload_refusal(&e) => {
-                            report.offload_fallbacks.push(format!(
-                                "SA spi 0x{:08x}: offload {} refused ({}), trying the next",
-                                sa.spi,
-                                if attempt.is_some() { "request" } else { "none" },
-                                chain(&e)
-                            ));
+                            report.offload_fallbacks.push(OffloadFallback {
+                                spi: sa.spi,
+                                requested: attempt.is_some(),
+                                error: e,
+                            });
                         }
                         Err(e) => {
                             last = Some(e);
@@ -144,7 +146,7 @@ pub fn apply(backend: &mut dyn IpsecBackend, actions: &[Action]) -> ApplyReport 
             Ok(()) => report.applied += 1,
             Err(e) => report.failures.push(ActionFailure {
                 action: action.to_string(),
-                error: chain(&e),
+                error: e,
             }),
         }
     }

@@ -217,44 +217,12 @@ fn label_text(labels: &[(&str, &str)]) -> String {
     s
 }
 
-/// The condition reasons controllers write, as a closed label set; anything
-/// else is `Other` (a controller added a reason and this list was not
-/// updated: add it here).
-pub const REASONS: &[&str] = &[
-    "BackendError",
-    "BackendUnavailable",
-    "BackendUnreachable",
-    "Conflict",
-    "Converging",
-    "FunctionUnavailable",
-    "HostNqnRefused",
-    "Internal",
-    "InvalidKey",
-    "InvalidSpec",
-    "KernelRefused",
-    "NoEmulation",
-    "NoFreeVf",
-    "NoReqid",
-    "NotConverged",
-    "ReloadRefused",
-    "RepresentorMissing",
-    "SourceInUse",
-    "StartFailed",
-    "SwitchBusy",
-    "SwitchUnavailable",
-    "TeardownFailed",
-    "Unsupported",
-    "VfInUse",
-    "XfrmUnavailable",
-];
-
-/// `reason` if it is one of [`REASONS`], else `Other`.
+/// A stored condition's `reason` as a metric label: its
+/// [`Reason`](crate::reconcile::Reason) (the closed set controllers write),
+/// or `Other` for text that is none of them (a status written by an older
+/// agent).
 pub fn reason_label(reason: &str) -> &'static str {
-    REASONS
-        .iter()
-        .find(|r| **r == reason)
-        .copied()
-        .unwrap_or("Other")
+    crate::reconcile::Reason::parse(reason).map_or("Other", crate::reconcile::Reason::as_str)
 }
 
 /// `2xx` for 200..=299 and so on; `other` outside 100..=599.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dpu_jsonrpc::{Connection, ConnectionError, Failure, Message, Options, Version};
+use dpu_jsonrpc::{Connection, ConnectionError, Failure, Message, MessageError, Options, Version};
 use serde_json::Value;
 use tokio::net::UnixStream;
 
@@ -21,7 +21,7 @@ const MAX_REPLY_LEN: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnixctlError {
-    #[error("unixctl {socket}: {source}")]
+    #[error("unixctl {socket}")]
     Io {
         socket: String,
         #[source]
@@ -41,6 +41,12 @@ pub enum UnixctlError {
     },
     #[error("unixctl {socket}: malformed reply: {message}")]
     Malformed { socket: String, message: String },
+    #[error("unixctl {socket}: the reply is not a JSON-RPC message")]
+    Message {
+        socket: String,
+        #[source]
+        source: MessageError,
+    },
 }
 
 /// Runs one command on the daemon behind `socket` and returns its text.
@@ -116,7 +122,10 @@ pub fn decode_reply(socket: &str, method: &str, frame: &[u8]) -> Result<String, 
     match Message::decode(frame, Version::V1) {
         Ok(Message::Response { result, error, .. }) => interpret(socket, method, result, error),
         Ok(other) => Err(malformed(format!("not a reply: {other:?}"))),
-        Err(e) => Err(malformed(e.to_string())),
+        Err(source) => Err(UnixctlError::Message {
+            socket: socket.to_string(),
+            source,
+        }),
     }
 }
 
@@ -218,7 +227,7 @@ mod tests {
         for bad in [&b"[1]"[..], b"{\"result\":7}", b"{", b"\"x\""] {
             assert!(matches!(
                 decode_reply("s", "m", bad),
-                Err(UnixctlError::Malformed { .. })
+                Err(UnixctlError::Malformed { .. } | UnixctlError::Message { .. })
             ));
         }
     }

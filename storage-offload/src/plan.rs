@@ -173,7 +173,8 @@ pub fn unsupported(kind: BackendKind, desired: &[DesiredVolume]) -> Vec<(VolumeK
 
 // ---------------------------------------------------------------- refusals
 
-/// Why a backend will not realize a volume.
+/// Why a backend will not realize a volume (the agent maps it to its
+/// status reason: `HostNqnRefused`, `SourceInUse`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalReason {
     /// The volume's `hostnqn` is in the agent's derived namespace and is
@@ -184,16 +185,6 @@ pub enum RefusalReason {
     /// same connection or, under native multipath, the same remote
     /// subsystem. Retried: it clears when the other one goes.
     SourceInUse,
-}
-
-impl RefusalReason {
-    /// The status reason.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefusalReason::HostNqn => "HostNqnRefused",
-            RefusalReason::SourceInUse => "SourceInUse",
-        }
-    }
 }
 
 /// A volume the planner leaves out, with the reason for its status. Its

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Context, Controller, Outcome, ReconcileError, condition};
+use super::{Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::admission;
 use crate::metrics::{self, HistogramVec, RECONCILE_BUCKETS};
 use crate::store::{StoreError, StoredObject};
@@ -118,7 +118,7 @@ pub struct EngineStats {
     pub queue_len: AtomicU64,
     /// Reconcile duration by kind (its path) and outcome (`ok`, `error`).
     pub reconcile_seconds: HistogramVec<2>,
-    /// Failed reconciles by kind and reason ([`metrics::reason_label`]).
+    /// Failed reconciles by kind and reason ([`Reason::as_str`]: a closed set).
     pub errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Unix time of the last successful reconcile, by kind.
     pub last_success: Mutex<BTreeMap<&'static str, f64>>,
@@ -139,7 +139,7 @@ impl Default for EngineStats {
 }
 
 impl EngineStats {
-    fn record(&self, kind: Kind, took: Duration, result: Result<(), &str>) {
+    fn record(&self, kind: Kind, took: Duration, result: Result<(), Reason>) {
         let kind = kind.path();
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.reconcile_seconds
@@ -152,7 +152,7 @@ impl EngineStats {
             }
             Err(reason) => {
                 if let Ok(mut m) = self.errors.lock() {
-                    *m.entry((kind, metrics::reason_label(reason))).or_default() += 1;
+                    *m.entry((kind, reason.as_str())).or_default() += 1;
                 }
             }
         }
@@ -350,7 +350,7 @@ impl Engine {
         self.stats.record(
             key.kind,
             started.elapsed(),
-            result.as_ref().map(|_| ()).map_err(|e| e.reason.as_str()),
+            result.as_ref().map(|_| ()).map_err(|e| e.reason),
         );
         let (kind, id, tenant) = (key.kind.path(), key.id.clone(), obj.tenant.clone());
         match result {
@@ -360,7 +360,7 @@ impl Engine {
                     queue.add(key.clone(), Instant::now() + after);
                 }
                 if let Err(e) = self.write_back(&obj, outcome) {
-                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
                     queue.add(key, Instant::now() + backoff(1));
                 }
             }
@@ -378,7 +378,7 @@ impl Engine {
                 }
                 queue.add(key.clone(), Instant::now() + delay);
                 if let Err(e) = self.write_failure(&obj, &err) {
-                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::server::error::error_chain(&e), "cannot record status");
+                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
                 }
             }
         }
@@ -430,7 +430,7 @@ impl Engine {
         status.set_condition(condition(
             "Programmed",
             ConditionStatus::False,
-            &err.reason,
+            err.reason,
             err.message.clone(),
         ));
         let outcome = Outcome {
@@ -453,16 +453,20 @@ mod tests {
         s.record(
             Kind::Network,
             Duration::from_millis(3),
-            Err("SwitchUnavailable"),
+            Err(Reason::SwitchUnavailable),
         );
-        s.record(Kind::Network, Duration::from_millis(3), Err("made up"));
+        s.record(
+            Kind::Network,
+            Duration::from_millis(3),
+            Err(Reason::NoFreeVf),
+        );
         let ok = s.reconcile_seconds.get(["networks", "ok"]).unwrap();
         assert_eq!(ok.count(), 1);
         let err = s.reconcile_seconds.get(["networks", "error"]).unwrap();
         assert_eq!(err.count(), 2);
         let errors = s.errors.lock().unwrap();
         assert_eq!(errors[&("networks", "SwitchUnavailable")], 1);
-        assert_eq!(errors[&("networks", "Other")], 1);
+        assert_eq!(errors[&("networks", "NoFreeVf")], 1);
         assert!(s.last_success.lock().unwrap()["networks"] > 1.7e9);
     }
 
@@ -536,7 +540,7 @@ mod tests {
                 Box::pin(async {
                     tracing::warn!("the switch said no");
                     Err(ReconcileError {
-                        reason: "SwitchUnavailable".into(),
+                        reason: Reason::SwitchUnavailable,
                         message: "no switch".into(),
                     })
                 })

@@ -36,7 +36,8 @@ use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing,
 };
 
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use crate::error_chain;
 use crate::store::StoredObject;
 
 /// How often a simulated net function is looked at again for Port changes.
@@ -82,7 +83,7 @@ fn function_spec(obj: &StoredObject) -> Result<FunctionSpec, ReconcileError> {
     match &obj.spec {
         Spec::Function(f) => Ok(f.clone()),
         other => Err(ReconcileError {
-            reason: "InvalidSpec".into(),
+            reason: Reason::InvalidSpec,
             message: format!("function {} holds a {} spec", obj.id, other.kind().path()),
         }),
     }
@@ -276,18 +277,6 @@ pub fn host_placement(
     ))
 }
 
-/// An error and its causes, for a condition message.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 impl Functions {
     async fn sweep_orphans(&self, ctx: &Context) {
         {
@@ -300,7 +289,7 @@ impl Functions {
         let observed = match self.backend.observe().await {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(backend = self.backend.name(), error = %chain(&e), "cannot list what the functions backend made; orphans are not swept this time");
+                tracing::warn!(backend = self.backend.name(), error = %error_chain(&e), "cannot list what the functions backend made; orphans are not swept this time");
                 return;
             }
         };
@@ -318,7 +307,7 @@ impl Functions {
         for id in orphans {
             tracing::info!(function = %id, backend = self.backend.name(), "removing what was made for a function that no longer exists");
             if let Err(e) = self.backend.remove(&id, None).await {
-                tracing::warn!(function = %id, error = %chain(&e), "cannot remove an orphaned function");
+                tracing::warn!(function = %id, error = %error_chain(&e), "cannot remove an orphaned function");
             }
         }
     }
@@ -353,7 +342,7 @@ impl Functions {
                                 "held by another function".to_string()
                             };
                             (
-                                "VfInUse",
+                                Reason::VfInUse,
                                 format!(
                                     "{} vf {} is already {who}; choose another spec.vf or leave it out to have one allocated",
                                     spec.pf,
@@ -362,7 +351,7 @@ impl Functions {
                             )
                         }
                         VfSlotError::NoneFree { lo, hi } => (
-                            "NoFreeVf",
+                            Reason::NoFreeVf,
                             format!(
                                 "every VF of {} in the tenant's granted range {lo}-{hi} is taken",
                                 spec.pf
@@ -403,8 +392,8 @@ impl Functions {
                     .apply(&want)
                     .await
                     .map_err(|e| ReconcileError {
-                        reason: "BackendError".into(),
-                        message: format!("{} backend: {}", self.backend.name(), chain(&e)),
+                        reason: Reason::BackendError,
+                        message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
                     })?;
                 self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     obj.id.clone(),
@@ -444,7 +433,7 @@ impl Functions {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::True,
-                    "Programmed",
+                    Reason::Programmed,
                     where_,
                 ));
             }
@@ -454,7 +443,7 @@ impl Functions {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "RepresentorMissing",
+                    Reason::RepresentorMissing,
                     format!("{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?", spec.pf),
                 ));
             }
@@ -463,7 +452,7 @@ impl Functions {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    reason,
+                    Reason::from(*reason),
                     message.clone(),
                 ));
             }
@@ -521,8 +510,8 @@ impl Functions {
             .remove(&obj.id, slot.as_ref().map(|(pf, vf)| (pf.as_str(), *vf)))
             .await
             .map_err(|e| ReconcileError {
-                reason: "TeardownFailed".into(),
-                message: format!("{} backend: {}", self.backend.name(), chain(&e)),
+                reason: Reason::TeardownFailed,
+                message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
             })?;
         self.slots
             .lock()
@@ -657,7 +646,7 @@ mod tests {
     use super::*;
     use crate::store::{Store, StoreError};
     use dpu_api::object::EventType;
-    use net_offload::functions::{FunctionsError, ObservedFunction};
+    use net_offload::functions::{FunctionsError, ObservedFunction, UnsupportedReason};
     use serde_json::Value;
     use serde_json::json;
 
@@ -705,7 +694,7 @@ mod tests {
                 self.applied.lock().unwrap().push(d.clone());
                 if d.type_ != FunctionType::Net {
                     return Ok(Applied::Unsupported {
-                        reason: "NoEmulation",
+                        reason: UnsupportedReason::NoEmulation,
                         message: "no".into(),
                     });
                 }

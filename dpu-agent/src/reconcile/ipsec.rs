@@ -25,18 +25,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error_chain;
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
 use dpu_api::spec::{self, IpsecTunnelSpec};
-use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply, chain};
+use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, SaSpec, Tunnel};
 use dpu_crypto::plan::{Observed, REQID_RANGE, TunnelState, plan, plan_teardown};
 use dpu_crypto::xfrm::socket::XfrmError;
 use serde_json::Value;
 
+use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
 
 /// XFRM interface ids of tenants: "DR" in the top byte pair, 65536 tenants.
@@ -162,7 +164,7 @@ impl IpsecTunnels {
         obj: &StoredObject,
         s: &IpsecTunnelSpec,
         peek: bool,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<u32>, AllocError> {
         if s.scope() == spec::IpsecScope::Infrastructure {
             return Ok(None);
         }
@@ -180,7 +182,11 @@ impl IpsecTunnels {
 
     /// Reqids of every stored tunnel (allocating for `obj` if needed), and
     /// `obj`'s.
-    fn reqids(&self, ctx: &Context, obj: &StoredObject) -> Result<(u32, BTreeSet<u32>), String> {
+    fn reqids(
+        &self,
+        ctx: &Context,
+        obj: &StoredObject,
+    ) -> Result<(u32, BTreeSet<u32>), AllocError> {
         let mut table = self.reqids.lock().unwrap_or_else(|e| e.into_inner());
         allocate(&mut table, ctx, obj)
     }
@@ -190,7 +196,7 @@ impl IpsecTunnels {
         &self,
         ctx: &Context,
         obj: &StoredObject,
-    ) -> Result<(u32, BTreeSet<u32>), String> {
+    ) -> Result<(u32, BTreeSet<u32>), AllocError> {
         let mut table = self
             .reqids
             .lock()
@@ -217,7 +223,7 @@ fn allocate(
     table: &mut BTreeMap<String, u32>,
     ctx: &Context,
     obj: &StoredObject,
-) -> Result<(u32, BTreeSet<u32>), String> {
+) -> Result<(u32, BTreeSet<u32>), AllocError> {
     let all = ctx.store.list(Kind::IpsecTunnel, None);
     let me = name(obj);
     let present: BTreeSet<String> = all.iter().map(|o| name(o)).collect();
@@ -236,7 +242,7 @@ fn allocate(
             let free = REQID_RANGE
                 .clone()
                 .find(|r| !used.contains(r))
-                .ok_or("all 65536 agent reqids are in use")?;
+                .ok_or(AllocError::Reqids)?;
             table.insert(me.clone(), free);
             free
         }
@@ -263,7 +269,7 @@ fn allocate_if_id(
     table: &mut BTreeMap<String, u32>,
     ctx: &Context,
     tenant: &str,
-) -> Result<u32, String> {
+) -> Result<u32, AllocError> {
     let all = ctx.store.list(Kind::IpsecTunnel, None);
     let present: BTreeSet<&str> = all.iter().map(|o| o.tenant.as_str()).collect();
     table.retain(|t, _| present.contains(t.as_str()) || t == tenant);
@@ -288,7 +294,7 @@ fn allocate_if_id(
     let id = (0..len)
         .map(|i| TENANT_IF_ID_RANGE.start + (first + i) % len)
         .find(|id| !used.contains(id))
-        .ok_or("all 65536 tenant XFRM interface ids are in use")?;
+        .ok_or(AllocError::IfIds)?;
     table.insert(tenant.to_string(), id);
     Ok(id)
 }
@@ -336,15 +342,15 @@ fn typed_spec(obj: &StoredObject) -> Option<IpsecTunnelSpec> {
 fn open_key(
     ctx: &Context,
     obj: &StoredObject,
-    field: &str,
+    field: &'static str,
     cipher: Cipher,
-) -> Result<SaKey, String> {
+) -> Result<SaKey, SpecError> {
     let text = ctx
         .store
         .open_secret(obj, field)
-        .map_err(|e| format!("cannot open sealed spec.{field}: {}", chain(&e)))?
-        .ok_or_else(|| format!("spec.{field} is not set"))?;
-    SaKey::from_hex(&text, cipher).map_err(|e| format!("spec.{field}: {e}"))
+        .map_err(|source| SpecError::Sealed { field, source })?
+        .ok_or(SpecError::NotSet { field })?;
+    SaKey::from_hex(&text, cipher).map_err(|source| SpecError::Key { field, source })
 }
 
 /// The crypto crate's tunnel for a stored object; errors name the field.
@@ -355,21 +361,24 @@ fn tunnel(
     reqid: u32,
     offload_dev: Option<u32>,
     if_id: Option<u32>,
-) -> Result<Tunnel, String> {
+) -> Result<Tunnel, SpecError> {
     let cipher = match s.cipher {
         spec::Cipher::AesGcm128 => Cipher::AesGcm128,
         spec::Cipher::AesGcm256 => Cipher::AesGcm256,
     };
-    let addr = |f: &str, v: &str| {
+    let addr = |field: &'static str, v: &str| {
         v.parse()
-            .map_err(|_| format!("spec.{f} is not an IPv4 address"))
+            .map_err(|source| SpecError::NotIpv4 { field, source })
     };
-    let nets = |f: &str, v: &[String]| -> Result<Vec<Ipv4Net>, String> {
+    let nets = |field: &'static str, v: &[String]| -> Result<Vec<Ipv4Net>, SpecError> {
         v.iter()
             .enumerate()
-            .map(|(i, n)| {
-                n.parse()
-                    .map_err(|_| format!("spec.{f}[{i}] is not an IPv4 CIDR"))
+            .map(|(index, n)| {
+                n.parse().map_err(|source| SpecError::NotIpv4Cidr {
+                    field,
+                    index,
+                    source,
+                })
             })
             .collect()
     };
@@ -408,10 +417,10 @@ fn tunnel(
 
 fn backend_error(e: &XfrmError) -> ReconcileError {
     ReconcileError {
-        reason: "XfrmUnavailable".into(),
+        reason: Reason::XfrmUnavailable,
         message: format!(
             "cannot talk to the kernel's XFRM netlink: {}; check that xfrm_user is loaded and the agent has CAP_NET_ADMIN",
-            chain(e)
+            error_chain(e)
         ),
     }
 }
@@ -444,7 +453,7 @@ async fn with_backend<T: Send + 'static>(
         }
         let Some(backend) = guard.as_mut() else {
             return Err(ReconcileError {
-                reason: "XfrmUnavailable".into(),
+                reason: Reason::XfrmUnavailable,
                 message: "the XFRM backend is not open".into(),
             });
         };
@@ -462,7 +471,7 @@ async fn with_backend<T: Send + 'static>(
     })
     .await
     .map_err(|e| ReconcileError {
-        reason: "Internal".into(),
+        reason: Reason::Internal,
         message: format!("the XFRM worker failed: {e}"),
     })?
 }
@@ -479,10 +488,9 @@ impl Controller for IpsecTunnels {
     ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
         Box::pin(async move {
             let mut status = obj.status.clone();
-            let (reqid, others) = self.reqids(ctx, obj).map_err(|message| ReconcileError {
-                reason: "NoReqid".into(),
-                message,
-            })?;
+            let (reqid, others) = self
+                .reqids(ctx, obj)
+                .map_err(|e| ReconcileError::new(Reason::NoReqid, e.to_string()))?;
             status.fields.insert("reqid".into(), Value::from(reqid));
 
             if obj.deleting {
@@ -494,8 +502,8 @@ impl Controller for IpsecTunnels {
                 .await?;
                 if let Some(f) = report.failures.first() {
                     return Err(ReconcileError {
-                        reason: "TeardownFailed".into(),
-                        message: format!("{}: {}", f.action, f.error),
+                        reason: Reason::TeardownFailed,
+                        message: error_chain(f),
                     });
                 }
                 self.reqids
@@ -510,8 +518,8 @@ impl Controller for IpsecTunnels {
                     .release_unless_needed(&ctx.store, &obj.tenant)
                     .await
                     .map_err(|e| ReconcileError {
-                        reason: "TenantContextNotRemoved".into(),
-                        message: chain(&e),
+                        reason: Reason::TenantContextNotRemoved,
+                        message: error_chain(&e),
                     })?;
                 return Ok(Outcome {
                     status,
@@ -525,7 +533,7 @@ impl Controller for IpsecTunnels {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     "the stored spec does not parse; PUT a valid one",
                 ));
                 return Ok(Outcome {
@@ -536,10 +544,7 @@ impl Controller for IpsecTunnels {
             };
             let if_id = self
                 .if_id(ctx, obj, &spec, false)
-                .map_err(|message| ReconcileError {
-                    reason: "NoIfId".into(),
-                    message,
-                })?;
+                .map_err(|e| ReconcileError::new(Reason::NoIfId, e.to_string()))?;
             let mut tenant_ns = None;
             match if_id {
                 Some(id) => {
@@ -553,8 +558,8 @@ impl Controller for IpsecTunnels {
                             status.set_condition(condition(
                                 "Programmed",
                                 ConditionStatus::False,
-                                "NoTenantContext",
-                                format!("{}; nothing programmed", chain(&e)),
+                                Reason::NoTenantContext,
+                                format!("{}; nothing programmed", error_chain(&e)),
                             ));
                             return Ok(Outcome {
                                 status,
@@ -574,19 +579,19 @@ impl Controller for IpsecTunnels {
                         .release_unless_needed(&ctx.store, &obj.tenant)
                         .await
                     {
-                        tracing::warn!(tunnel = %name(obj), error = %chain(&e), "cannot release the tenant network context");
+                        tracing::warn!(tunnel = %name(obj), error = %error_chain(&e), "cannot release the tenant network context");
                     }
                 }
             }
             let desired = match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
                 Ok(t) => t,
-                Err(message) => {
+                Err(e) => {
                     status.phase = Phase::Failed;
                     status.set_condition(condition(
                         "Programmed",
                         ConditionStatus::False,
-                        "InvalidKey",
-                        message,
+                        Reason::InvalidKey,
+                        error_chain(&e),
                     ));
                     return Ok(Outcome {
                         status,
@@ -624,9 +629,9 @@ impl Controller for IpsecTunnels {
                         Err(e) => {
                             xfrm_note = format!(
                                 "; no XFRM interface ({}): the tunnel carries only traffic entering an XFRM interface with if_id 0x{id:08x}",
-                                chain(&e)
+                                error_chain(&e)
                             );
-                            format!("not created: {}", chain(&e))
+                            format!("not created: {}", error_chain(&e))
                         }
                     };
                     status
@@ -701,19 +706,16 @@ impl Controller for IpsecTunnels {
             };
             if !report.failures.is_empty() || !first.conflicts.is_empty() {
                 status.phase = Phase::Degraded;
-                let mut problems: Vec<String> = report
-                    .failures
-                    .iter()
-                    .map(|f| format!("{}: {}", f.action, f.error))
-                    .collect();
+                let mut problems: Vec<String> =
+                    report.failures.iter().map(|f| error_chain(f)).collect();
                 problems.extend(first.conflicts.iter().cloned());
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
                     if first.conflicts.is_empty() {
-                        "KernelRefused"
+                        Reason::KernelRefused
                     } else {
-                        "Conflict"
+                        Reason::Conflict
                     },
                     format!(
                         "{} of {} changes failed: {}",
@@ -727,7 +729,7 @@ impl Controller for IpsecTunnels {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::True,
-                    "SasAndPoliciesInstalled",
+                    Reason::SasAndPoliciesInstalled,
                     format!(
                         "SAs in 0x{:08x} / out 0x{:08x}, reqid 0x{reqid:08x}, offload {}, {}{offload_note}",
                         spec.spi_in,
@@ -744,7 +746,7 @@ impl Controller for IpsecTunnels {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "Converging",
+                    Reason::Converging,
                     format!("{} changes applied; checking again", report.applied),
                 ));
             }
@@ -789,7 +791,7 @@ impl Controller for IpsecTunnels {
             Err(e) => return vec![format!("nothing: {e}")],
         };
         match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
-            Err(e) => vec![format!("nothing: {e}")],
+            Err(e) => vec![format!("nothing: {}", error_chain(&e))],
             Ok(t) => {
                 let p = plan(&[t], &others, &observed, now_secs(), self.grace());
                 p.actions

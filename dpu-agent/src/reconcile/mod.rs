@@ -2,10 +2,13 @@
 //! observing the world, planning the difference to the object's spec,
 //! applying it, and reporting status. See [`engine`] for the work queue.
 
+pub mod backend_error;
 pub mod engine;
 pub mod functions;
 pub mod ipsec;
 pub mod network;
+pub mod reason;
+pub mod spec_error;
 pub mod tenant_netns;
 pub mod tenants;
 pub mod tls;
@@ -22,6 +25,8 @@ use dpu_api::object::{Condition, ConditionStatus, Status, WriteOutcome};
 
 use crate::store::{Store, StoredObject};
 
+pub use reason::Reason;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a controller reached for one object.
@@ -36,13 +41,23 @@ pub struct Outcome {
     pub requeue_after: Option<Duration>,
 }
 
-/// A failure worth retrying with backoff; the message goes into the
-/// object's `Programmed` condition.
+/// A failure worth retrying with backoff; `reason` and the message go into
+/// the object's `Programmed` condition. The message is already the edge's
+/// text (causes printed with [`crate::error_chain`]).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{reason}: {message}")]
 pub struct ReconcileError {
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
+}
+
+impl ReconcileError {
+    pub fn new(reason: Reason, message: impl Into<String>) -> ReconcileError {
+        ReconcileError {
+            reason,
+            message: message.into(),
+        }
+    }
 }
 
 /// What controllers share: the store, for reading related objects and
@@ -83,13 +98,13 @@ pub trait Controller: Send + Sync + 'static {
 pub fn condition(
     type_: &str,
     status: ConditionStatus,
-    reason: &str,
+    reason: Reason,
     message: impl Into<String>,
 ) -> Condition {
     Condition {
         type_: type_.to_string(),
         status,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message: message.into(),
         last_transition: crate::time::now_rfc3339(),
     }

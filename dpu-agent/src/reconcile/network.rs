@@ -26,9 +26,11 @@ use net_offload::switch::{SwitchConfig, SwitchHandle, SwitchInput, SwitchReport}
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::backend_error::BackendStartError;
 use super::unavailable::Unavailable;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::config::{Config, OvsConfig};
+use crate::error_chain;
 use crate::store::{Store, StoredObject};
 
 /// How long a reconcile waits for the switch to act on its input.
@@ -82,11 +84,14 @@ pub fn mgmt_socket(db: &str, bridge: &str) -> PathBuf {
 
 impl NetworkBackend {
     /// Starts the switch reconciler for `ovs` (must be called in a tokio runtime).
-    pub fn start(ovs: &OvsConfig) -> Result<Arc<Self>, String> {
+    pub fn start(ovs: &OvsConfig) -> Result<Arc<Self>, BackendStartError> {
         let db = ovs
             .db
             .parse()
-            .map_err(|e| format!("invalid OVSDB address {:?}: {e}", ovs.db))?;
+            .map_err(|source| BackendStartError::OvsdbAddress {
+                db: ovs.db.clone(),
+                source,
+            })?;
         let (tx, rx) = watch::channel(false);
         let switch = SwitchHandle::spawn(
             SwitchConfig {
@@ -299,11 +304,11 @@ impl NetworkController {
         let mut status = obj.status.clone();
         if !report.programmed {
             return Err(ReconcileError {
-                reason: "SwitchUnavailable".into(),
-                message: report
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "the switch has not been programmed yet".into()),
+                reason: Reason::SwitchUnavailable,
+                message: report.error.as_deref().map_or_else(
+                    || "the switch has not been programmed yet".into(),
+                    |e| error_chain(e),
+                ),
             });
         }
         if obj.deleting {
@@ -347,7 +352,7 @@ impl NetworkController {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "RepresentorMissing",
+                    Reason::RepresentorMissing,
                     format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
                 ));
                 return Ok(Outcome {
@@ -361,7 +366,7 @@ impl NetworkController {
         status.set_condition(condition(
             "Programmed",
             ConditionStatus::True,
-            "FlowsInstalled",
+            Reason::FlowsInstalled,
             format!(
                 "{flows} flows acknowledged by the switch (tables {}-{})",
                 pipeline::table::CLASSIFY,
@@ -403,10 +408,13 @@ impl Controller for NetworkController {
                 status.set_condition(condition(
                     "Programmed",
                     ConditionStatus::False,
-                    "SwitchBusy",
+                    Reason::SwitchBusy,
                     format!(
                         "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
-                        report.error.as_deref().unwrap_or("still working")
+                        report
+                            .error
+                            .as_deref()
+                            .map_or_else(|| "still working".into(), |e| error_chain(e))
                     ),
                 ));
                 return Ok(Outcome {
@@ -547,9 +555,7 @@ pub fn with_configured(
     let backend = if reachable {
         NetworkBackend::start(&cfg.ovs)
     } else {
-        Err(format!(
-            "the OVSDB socket {db} does not exist (is Open vSwitch running?)"
-        ))
+        Err(BackendStartError::NoOvsdbSocket { db: db.clone() })
     };
     controllers.retain(|c| !KINDS.contains(&c.kind()));
     match backend {
@@ -557,7 +563,8 @@ pub fn with_configured(
             tracing::info!(db = %db, bridge = %cfg.ovs.bridge, "network controllers drive Open vSwitch");
             controllers.extend(backend.controllers());
         }
-        Err(why) => {
+        Err(e) => {
+            let why = error_chain(&e);
             tracing::warn!(db = %db, "networks, ports and endpoints stay Pending: {why}");
             for kind in KINDS {
                 controllers.push(Arc::new(Unavailable::new(

@@ -215,7 +215,7 @@ impl TenantContexts {
             }
         })
         .await
-        .map_err(|e| io::Error::other(e.to_string()))
+        .map_err(io::Error::other)
         .and_then(|r| r)
         .map_err(|source| TenantNetnsError::Create {
             name: name.to_string(),
@@ -328,7 +328,7 @@ impl TenantContexts {
             match xfrm_netns {
                 None => tokio::task::spawn_blocking(job)
                     .await
-                    .map_err(|e| io::Error::other(e.to_string()))
+                    .map_err(io::Error::other)
                     .and_then(|r| r),
                 Some(path) => {
                     let there = File::open(path)
@@ -374,7 +374,7 @@ impl TenantContexts {
             let n = name.clone();
             tokio::task::spawn_blocking(move || netns::remove(&n))
                 .await
-                .map_err(|e| io::Error::other(e.to_string()))
+                .map_err(io::Error::other)
                 .and_then(|r| r)
                 .map_err(|source| TenantNetnsError::Remove { name, source })?;
         }
@@ -416,7 +416,7 @@ impl TenantContexts {
                     tracing::info!(netns = %name, "removed a tenant namespace no object needs")
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(netns = %name, error = %e, "cannot remove a stale tenant namespace")
+                    tracing::warn!(netns = %name, error = %crate::error_chain(&e), "cannot remove a stale tenant namespace")
                 }
                 Err(_) => {}
             }

@@ -7,7 +7,7 @@ use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
 use serde_json::{Map, Value};
 
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
 
 #[derive(Debug, Clone, Default)]
@@ -51,7 +51,7 @@ impl Controller for Tenants {
             status.set_condition(condition(
                 "Ready",
                 ConditionStatus::True,
-                "UsageCounted",
+                Reason::UsageCounted,
                 format!("owns {owned} objects"),
             ));
             Ok(Outcome {

@@ -22,15 +22,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error_chain;
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, Status, WriteOutcome};
 use dpu_api::spec::{Ktls, TlsListenerSpec};
-use dpu_crypto::apply::chain;
 use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy};
 use serde_json::Value;
 
+use super::spec_error::SpecError;
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
 
 /// Counters are refreshed in status this often.
@@ -94,7 +95,7 @@ impl TlsListeners {
                     .is_ok_and(|a| a.ip() == listen.ip())
             });
         if !in_use && let Err(e) = self.contexts.remove_address(&obj.tenant, listen.ip()).await {
-            tracing::warn!(listener = %name(obj), error = %chain(&e), "cannot remove a listen address from the tenant namespace");
+            tracing::warn!(listener = %name(obj), error = %error_chain(&e), "cannot remove a listen address from the tenant namespace");
         }
     }
 }
@@ -113,15 +114,17 @@ fn listener_config(
     obj: &StoredObject,
     s: &TlsListenerSpec,
     limits: Limits,
-) -> Result<ListenerConfig, String> {
-    let addr = |f: &str, v: &str| -> Result<SocketAddr, String> {
-        v.parse().map_err(|_| format!("spec.{f} is not an ip:port"))
+) -> Result<ListenerConfig, SpecError> {
+    let addr = |field: &'static str, v: &str| -> Result<SocketAddr, SpecError> {
+        v.parse()
+            .map_err(|source| SpecError::NotSocketAddr { field, source })
     };
+    let field = "private_key_pem";
     let key = ctx
         .store
-        .open_secret(obj, "private_key_pem")
-        .map_err(|e| format!("cannot open sealed spec.private_key_pem: {}", chain(&e)))?
-        .ok_or("spec.private_key_pem is not set")?;
+        .open_secret(obj, field)
+        .map_err(|source| SpecError::Sealed { field, source })?
+        .ok_or(SpecError::NotSet { field })?;
     Ok(ListenerConfig {
         listen: addr("listen", &s.listen)?,
         upstream: addr("upstream", &s.upstream)?,
@@ -134,7 +137,7 @@ fn listener_config(
     })
 }
 
-fn failed(mut status: Status, reason: &str, message: String) -> Outcome {
+fn failed(mut status: Status, reason: Reason, message: String) -> Outcome {
     status.phase = Phase::Failed;
     status.set_condition(condition(
         "Serving",
@@ -178,8 +181,8 @@ impl Controller for TlsListeners {
                     .await
                 {
                     return Err(ReconcileError {
-                        reason: "TenantContextNotRemoved".into(),
-                        message: chain(&e),
+                        reason: Reason::TenantContextNotRemoved,
+                        message: error_chain(&e),
                     });
                 }
                 return Ok(Outcome {
@@ -191,23 +194,23 @@ impl Controller for TlsListeners {
             let Some(spec) = typed_spec(obj) else {
                 return Ok(failed(
                     status,
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     "the stored spec does not parse; PUT a valid one".into(),
                 ));
             };
             let cfg = match listener_config(ctx, obj, &spec, self.limits) {
                 Ok(c) => c,
-                Err(m) => return Ok(failed(status, "InvalidSpec", m)),
+                Err(e) => return Ok(failed(status, Reason::InvalidSpec, error_chain(&e))),
             };
             let netns = match self.contexts.ensure(&ctx.store, &obj.tenant).await {
                 Ok(ns) => ns,
                 Err(e) => {
                     return Ok(failed(
                         status,
-                        "NoTenantContext",
+                        Reason::NoTenantContext,
                         format!(
                             "{}; the listener is not started outside its tenant's network namespace",
-                            chain(&e)
+                            error_chain(&e)
                         ),
                     ));
                 }
@@ -215,8 +218,8 @@ impl Controller for TlsListeners {
             if let Err(e) = self.contexts.add_address(&netns, cfg.listen.ip()).await {
                 return Ok(failed(
                     status,
-                    "StartFailed",
-                    format!("{} (spec.listen)", chain(&e)),
+                    Reason::StartFailed,
+                    format!("{} (spec.listen)", error_chain(&e)),
                 ));
             }
             let here = (netns.name.clone(), netns.inode);
@@ -227,10 +230,10 @@ impl Controller for TlsListeners {
                             // The old configuration keeps serving.
                             let mut out = failed(
                                 status,
-                                "ReloadRefused",
+                                Reason::ReloadRefused,
                                 format!(
                                     "{} ({}); still serving generation {}",
-                                    chain(&e),
+                                    error_chain(&e),
                                     e.field(),
                                     r.generation
                                 ),
@@ -254,8 +257,8 @@ impl Controller for TlsListeners {
                         Err(e) => {
                             return Ok(failed(
                                 status,
-                                "StartFailed",
-                                format!("{} ({})", chain(&e), e.field()),
+                                Reason::StartFailed,
+                                format!("{} ({})", error_chain(&e), e.field()),
                             ));
                         }
                     };
@@ -305,7 +308,7 @@ impl Controller for TlsListeners {
             status.set_condition(condition(
                 "Serving",
                 ConditionStatus::True,
-                "Listening",
+                Reason::Listening,
                 format!(
                     "TLS on {} → {} in tenant network namespace {} (generation {})",
                     r.proxy.local_addr(),

@@ -6,7 +6,7 @@
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
 
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
 
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ impl Controller for Unavailable {
             status.set_condition(condition(
                 "BackendUnavailable",
                 ConditionStatus::True,
-                "NotConfigured",
+                Reason::NotConfigured,
                 format!("the {} backend is unavailable: {}; the object is stored and will be programmed once it is", self.backend, self.why),
             ));
             Ok(Outcome {

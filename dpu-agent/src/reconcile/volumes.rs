@@ -29,15 +29,21 @@ use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
 use storage_offload::plan::{Action, NvmetPlanConfig, Owner, RefusalReason, SpdkPlanConfig};
 use storage_offload::spdk::methods::ListenAddress;
 
+use super::backend_error::BackendStartError;
+use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
-use super::{BoxFuture, Context, Controller, Outcome, ReconcileError, condition};
+use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::config::{Config, SpdkFlavor, StorageBackend};
+use crate::error_chain;
 use crate::store::StoredObject;
 
 /// Makes the backend: connects to SPDK, or checks that nvmet is there.
 /// Called again on every reconcile until it succeeds.
 pub type Connect = Box<
-    dyn Fn() -> BoxFuture<'static, Result<Box<dyn BlockBackend>, String>> + Send + Sync + 'static,
+    dyn Fn() -> BoxFuture<'static, Result<Box<dyn BlockBackend>, BackendStartError>>
+        + Send
+        + Sync
+        + 'static,
 >;
 
 /// Volumes that are `Ready` are looked at again this often, so drift (a
@@ -85,7 +91,7 @@ impl Volumes {
     pub fn with_backend(backend: Arc<dyn BlockBackend>, host_nqn: Option<String>) -> Self {
         let v = Volumes::new(
             backend_name(backend.kind()),
-            Box::new(|| Box::pin(async { Err("the given backend was dropped".to_string()) })),
+            Box::new(|| Box::pin(async { Err(BackendStartError::Dropped) })),
             host_nqn,
         );
         *v.backend.try_lock().expect("new mutex is free") = Some(backend);
@@ -101,10 +107,11 @@ impl Volumes {
         }
         let b: Arc<dyn BlockBackend> =
             Arc::from((self.connect)().await.map_err(|why| ReconcileError {
-                reason: "BackendUnreachable".into(),
+                reason: Reason::BackendUnreachable,
                 message: format!(
-                    "cannot reach the {} storage backend: {why}; retrying with backoff",
-                    self.name
+                    "cannot reach the {} storage backend: {}; retrying with backoff",
+                    self.name,
+                    error_chain(&why)
                 ),
             })?);
         tracing::info!(backend = %self.name, "storage backend connected");
@@ -159,19 +166,15 @@ pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
                     let (paths, plan) = (paths.clone(), plan.clone());
                     Box::pin(async move {
                         if !paths.nvmet.join("subsystems").is_dir() {
-                            return Err(format!(
-                                "{} has no subsystems directory: load the nvmet and nvmet-tcp \
-                                 modules and mount configfs",
-                                paths.nvmet.display()
-                            ));
+                            return Err(BackendStartError::NoNvmetSubsystems {
+                                dir: paths.nvmet.display().to_string(),
+                            });
                         }
                         // Tenants' volume data: owner-only (0700).
                         storage_offload::apply::ensure_private_dir(&plan.backing_dir).map_err(
-                            |e| {
-                                format!(
-                                    "cannot create {} with mode 0700: {e}",
-                                    plan.backing_dir.display()
-                                )
+                            |source| BackendStartError::BackingDir {
+                                dir: plan.backing_dir.display().to_string(),
+                                source,
                             },
                         )?;
                         let b: Box<dyn BlockBackend> =
@@ -210,9 +213,7 @@ pub fn for_config(cfg: &Config) -> Arc<dyn Controller> {
                 Box::new(move || {
                     let (socket, plan) = (socket.clone(), plan.clone());
                     Box::pin(async move {
-                        let (b, _missing) = SpdkBackend::connect(&socket, plan)
-                            .await
-                            .map_err(|e| chain(&e))?;
+                        let (b, _missing) = SpdkBackend::connect(&socket, plan).await?;
                         let b: Box<dyn BlockBackend> = Box::new(b);
                         Ok(b)
                     })
@@ -239,16 +240,6 @@ pub fn with_configured(
             }
         })
         .collect()
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(&format!(": {x}"));
-        src = x.source();
-    }
-    s
 }
 
 /// The status `backend` value.
@@ -279,23 +270,25 @@ fn desired_of(
     obj: &StoredObject,
     spec: VolumeSpec,
     host_nqn: Option<&str>,
-) -> Result<DesiredVolume, String> {
+) -> Result<DesiredVolume, SpecError> {
     let f = ctx
         .store
         .get(&ObjectKey::new(Kind::Function, spec.function.clone()))
         .filter(|f| f.tenant == obj.tenant && !f.deleting)
-        .ok_or_else(|| {
-            format!(
-                "function {:?} (spec.function) does not exist in tenant {:?}",
-                spec.function, obj.tenant
-            )
+        .ok_or_else(|| SpecError::NoFunction {
+            function: spec.function.clone(),
+            tenant: obj.tenant.clone(),
         })?;
     let fs: &FunctionSpec = f
         .spec
         .as_function()
-        .ok_or_else(|| format!("function {:?} has no function spec", spec.function))?;
-    let pf = pf_index(&fs.pf)
-        .ok_or_else(|| format!("function {:?} has pf {:?}, not pfN", spec.function, fs.pf))?;
+        .ok_or_else(|| SpecError::NotAFunction {
+            function: spec.function.clone(),
+        })?;
+    let pf = pf_index(&fs.pf).ok_or_else(|| SpecError::BadPf {
+        function: spec.function.clone(),
+        pf: fs.pf.to_string(),
+    })?;
     // The VF the functions controller allocated, else the one asked for.
     let vf = f.status.facts.vf.or(fs.vf);
     Ok(DesiredVolume {
@@ -359,12 +352,12 @@ fn own(actions: &[Action], key: &VolumeKey) -> Vec<String> {
 
 fn backend_error(what: &str, e: &dyn std::error::Error) -> ReconcileError {
     ReconcileError {
-        reason: "BackendError".into(),
-        message: format!("{what}: {}; retrying with backoff", chain(e)),
+        reason: Reason::BackendError,
+        message: format!("{what}: {}; retrying with backoff", error_chain(e)),
     }
 }
 
-fn not_ready(mut status: Status, phase: Phase, reason: &str, message: String) -> Outcome {
+fn not_ready(mut status: Status, phase: Phase, reason: Reason, message: String) -> Outcome {
     status.phase = phase;
     status.set_condition(condition(
         "Programmed",
@@ -402,7 +395,7 @@ impl Controller for Volumes {
                     return Ok(not_ready(
                         status,
                         Phase::Failed,
-                        "InvalidSpec",
+                        Reason::InvalidSpec,
                         "the stored spec does not parse; PUT a valid one".into(),
                     ));
                 };
@@ -412,7 +405,7 @@ impl Controller for Volumes {
                             return Ok(not_ready(
                                 status,
                                 Phase::Failed,
-                                "Unsupported",
+                                Reason::Unsupported,
                                 format!(
                                     "{why} (backend {}); use another function",
                                     backend_name(backend.kind())
@@ -425,8 +418,8 @@ impl Controller for Volumes {
                         return Ok(not_ready(
                             status,
                             Phase::Pending,
-                            "FunctionUnavailable",
-                            why,
+                            Reason::FunctionUnavailable,
+                            error_chain(&why),
                         ));
                     }
                 }
@@ -451,7 +444,7 @@ impl Controller for Volumes {
                         io.into_iter().filter(|(k, _)| stored.contains(k)).collect();
                 }
                 Err(e) => {
-                    tracing::debug!(backend = %self.name, error = %chain(&e), "volume I/O counters not read")
+                    tracing::debug!(backend = %self.name, error = %error_chain(&e), "volume I/O counters not read")
                 }
             }
             let actions: Vec<Action> = backend
@@ -461,7 +454,7 @@ impl Controller for Volumes {
                 .collect();
             if let Err(e) = apply_all(backend.as_ref(), &actions).await {
                 // The engine logs the returned error, rate-limited.
-                tracing::debug!(volume = %key, error = %e, "volume not programmed");
+                tracing::debug!(volume = %key, error = %error_chain(&e), "volume not programmed");
                 return Err(backend_error(&format!("volume {key}"), &e));
             }
             // A refused volume has no actions of its own (its leftovers were
@@ -475,11 +468,11 @@ impl Controller for Volumes {
                     RefusalReason::HostNqn => Ok(not_ready(
                         status,
                         Phase::Failed,
-                        r.reason.as_str(),
+                        Reason::from(r.reason),
                         r.message,
                     )),
                     RefusalReason::SourceInUse => Err(ReconcileError {
-                        reason: r.reason.as_str().into(),
+                        reason: Reason::from(r.reason),
                         message: format!("{}; retrying with backoff", r.message),
                     }),
                 };
@@ -494,7 +487,7 @@ impl Controller for Volumes {
             let left = own(&backend.plan(&desired, &observed), &key);
             if !left.is_empty() {
                 return Err(ReconcileError {
-                    reason: "NotConverged".into(),
+                    reason: Reason::NotConverged,
                     message: format!(
                         "after applying, the backend still needs: {}",
                         left.join("; ")
@@ -546,7 +539,7 @@ impl Controller for Volumes {
             status.set_condition(condition(
                 "Programmed",
                 ConditionStatus::True,
-                "Applied",
+                Reason::Applied,
                 format!(
                     "presented on function {} by {}",
                     d.function.id,
@@ -587,7 +580,7 @@ impl Controller for Volumes {
                     }
                     desired.push(d);
                 }
-                Err(why) => return vec![format!("nothing: {why}")],
+                Err(why) => return vec![format!("nothing: {}", error_chain(&why))],
             }
         }
         let refused = backend
@@ -597,7 +590,7 @@ impl Controller for Volumes {
             .map(|r| {
                 format!(
                     "nothing for this volume: {}: {}",
-                    r.reason.as_str(),
+                    Reason::from(r.reason),
                     r.message
                 )
             });
@@ -920,7 +913,7 @@ mod tests {
             .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, "BackendError");
+        assert_eq!(err.reason, Reason::BackendError);
         assert!(err.message.contains("volume acme/v1"), "{err}");
         assert!(err.message.contains("retrying"), "{err}");
     }
@@ -930,14 +923,21 @@ mod tests {
         let (_dir, ctx) = setup();
         let c = Volumes::new(
             "spdk (/nonexistent.sock)",
-            Box::new(|| Box::pin(async { Err("connection refused".to_string()) })),
+            Box::new(|| {
+                Box::pin(async {
+                    Err(BackendStartError::BackingDir {
+                        dir: "/nonexistent".into(),
+                        source: std::io::Error::other("connection refused"),
+                    })
+                })
+            }),
             None,
         );
         let err = c
             .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, "BackendUnreachable");
+        assert_eq!(err.reason, Reason::BackendUnreachable);
         assert!(err.message.contains("connection refused"), "{err}");
         assert_eq!(
             c.backend(),
@@ -1063,7 +1063,7 @@ mod tests {
         let c = Volumes::with_backend(backend, None);
         let w = obj(&ctx.store, Kind::Volume, "w");
         let err = c.reconcile(&ctx, &w).await.unwrap_err();
-        assert_eq!(err.reason, "SourceInUse");
+        assert_eq!(err.reason, Reason::SourceInUse);
         assert!(err.message.contains("multipath"), "{err}");
         assert!(!err.message.contains("acme"), "{err}");
         let subs = paths.nvmet.join("subsystems");

@@ -40,17 +40,9 @@ pub fn store_problem(e: &StoreError) -> Problem {
     )
 }
 
-/// `a: b: c` from an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
-}
+/// The agent's one printer ([`crate::error_chain`]), re-exported where the
+/// server and the store have always called it.
+pub use crate::error_chain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -265,7 +265,10 @@ pub fn parse_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
 }
 
 fn devlink_err(op: &str, e: io::Error) -> FunctionsError {
-    FunctionsError::Devlink(format!("{op}: {e}"))
+    FunctionsError::Devlink {
+        op: op.to_string(),
+        source: e,
+    }
 }
 
 /// How long one request waits for the kernel's complete answer.
@@ -449,18 +452,14 @@ impl DevlinkSocket {
         };
         let replies = sock
             .transact(&get_family_request(DEVLINK_GENL_NAME, 1), 1)
-            .map_err(|e| {
-                FunctionsError::Devlink(format!(
-                    "the kernel has no devlink generic netlink family ({e}); is this a DPU with devlink support?"
-                ))
-            })?;
+            .map_err(FunctionsError::NoDevlink)?;
         sock.family = replies
             .iter()
             .flat_map(|r| parse_attrs(r))
             .find(|(t, v)| *t == CTRL_ATTR_FAMILY_ID && v.len() >= 2)
             .map(|(_, v)| u16::from_ne_bytes([v[0], v[1]]))
             .ok_or_else(|| {
-                FunctionsError::Devlink("no family id in the controller's reply".into())
+                FunctionsError::DevlinkReply("no family id in the controller's reply".into())
             })?;
         Ok(sock)
     }
@@ -503,7 +502,7 @@ impl DevlinkSocket {
         match mode {
             Some(0) => Ok(EswitchMode::Legacy),
             Some(1) => Ok(EswitchMode::Switchdev),
-            other => Err(FunctionsError::Devlink(format!(
+            other => Err(FunctionsError::DevlinkReply(format!(
                 "{}/{}: unexpected eswitch mode {other:?}",
                 dev.bus, dev.name
             ))),
@@ -528,7 +527,7 @@ impl DevlinkSocket {
             .flat_map(|r| parse_attrs(r))
             .find(|(t, v)| *t == attr::PORT_INDEX && v.len() >= 4)
             .map(|(_, v)| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
-            .ok_or_else(|| FunctionsError::Devlink("PORT_NEW reply has no port index".into()))
+            .ok_or_else(|| FunctionsError::DevlinkReply("PORT_NEW reply has no port index".into()))
     }
 }
 

@@ -13,7 +13,7 @@
 
 use super::{
     Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError,
-    ObservedFunction, naming,
+    ObservedFunction, UnsupportedReason, naming,
 };
 
 /// Names representors; changes nothing.
@@ -59,7 +59,7 @@ impl FunctionBackend for ExternalBackend {
         Box::pin(async move {
             if desired.type_ != FunctionType::Net {
                 return Ok(Applied::Unsupported {
-                    reason: "NoEmulation",
+                    reason: UnsupportedReason::NoEmulation,
                     message: "the external functions backend only names net representors; storage functions need the storage backend's emulation".into(),
                 });
             }

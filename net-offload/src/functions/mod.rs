@@ -131,9 +131,17 @@ pub enum Applied {
     NoRepresentor { expected: String },
     /// This backend cannot provide this kind of function; nothing was done.
     Unsupported {
-        reason: &'static str,
+        reason: UnsupportedReason,
         message: String,
     },
+}
+
+/// Why a backend cannot provide a function (the agent maps it to its
+/// status reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsupportedReason {
+    /// The backend cannot emulate this function type (block, NVMe, ...).
+    NoEmulation,
 }
 
 /// Something a backend made, found by [`FunctionBackend::observe`].
@@ -168,8 +176,19 @@ pub enum FunctionsError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the kernel has no devlink generic netlink family; is this a DPU with devlink support?"
+    )]
+    NoDevlink(#[source] std::io::Error),
+    #[error("devlink {op} failed")]
+    Devlink {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel's devlink reply lacks what the request must return.
     #[error("devlink: {0}")]
-    Devlink(String),
+    DevlinkReply(String),
 }
 
 impl FunctionsError {

@@ -26,7 +26,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use super::rtnl::{Rtnl, SET_FLAGS, to_io};
 use super::{
     Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError, Mac,
-    ObservedFunction, naming,
+    ObservedFunction, UnsupportedReason, naming,
 };
 
 /// The legacy settings of one VF.
@@ -234,7 +234,7 @@ impl FunctionBackend for SriovBackend {
         Box::pin(async move {
             if d.type_ != FunctionType::Net {
                 return Ok(Applied::Unsupported {
-                    reason: "NoEmulation",
+                    reason: UnsupportedReason::NoEmulation,
                     message: "nvme and virtio-blk functions are emulated by the DPU's storage path (SNAP), which this agent does not drive yet".to_string(),
                 });
             }

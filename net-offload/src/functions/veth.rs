@@ -26,7 +26,7 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use super::rtnl::{Rtnl, address_of};
 use super::{
     Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError, Mac,
-    ObservedFunction, TenantAddressing, naming, netns,
+    ObservedFunction, TenantAddressing, UnsupportedReason, naming, netns,
 };
 
 /// The tenant's interface inside the function's namespace.
@@ -103,7 +103,7 @@ fn unsupported(desired: &FunctionDesired) -> Option<Applied> {
     match desired.type_ {
         FunctionType::Net => None,
         other => Some(Applied::Unsupported {
-            reason: "NoEmulation",
+            reason: UnsupportedReason::NoEmulation,
             message: format!(
                 "{} functions need the DPU's device emulation; the veth simulator makes only net functions",
                 match other {
@@ -218,7 +218,7 @@ impl VethBackend {
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || netns::create(&ns2))
                 .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
+                .map_err(std::io::Error::other)
                 .and_then(|r| r)
                 .map_err(netns_error(&ns, "create"))?;
         }
@@ -391,7 +391,7 @@ impl FunctionBackend for VethBackend {
             let ns2 = ns.clone();
             tokio::task::spawn_blocking(move || netns::remove(&ns2))
                 .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
+                .map_err(std::io::Error::other)
                 .and_then(|r| r)
                 .map_err(netns_error(&ns, "remove"))?;
             Ok(())
@@ -500,7 +500,7 @@ mod tests {
             assert!(matches!(
                 unsupported(&d),
                 Some(Applied::Unsupported {
-                    reason: "NoEmulation",
+                    reason: UnsupportedReason::NoEmulation,
                     ..
                 })
             ));

@@ -26,14 +26,14 @@ pub mod vswitch;
 
 pub use atom::{Atom, Datum, DatumError, Uuid};
 pub use client::{ClientConfig, Endpoint, OvsdbClient, OvsdbError, Session};
-pub use monitor::{MonitorError, MonitorSpec, Replica};
+pub use monitor::{MonitorError, MonitorSpec, Replica, RowUpdateError};
 pub use rows::{
     BridgeRow, InterfaceRow, OWNER_KEY, OpenVswitchRow, PortRow, RowError, owner_external_ids,
     owner_of, owner_value,
 };
 pub use schema::{ColumnType, DatabaseSchema, SchemaError};
 pub use transact::{
-    Condition, Function, Inserted, Mutation, Mutator, OpIndex, Operation, OperationResult, Row,
-    TransactError, TransactReply, Transaction, WaitUntil,
+    Condition, Function, Inserted, Mutation, Mutator, OpIndex, Operation, OperationResult,
+    ResultError, Row, TransactError, TransactReply, Transaction, WaitUntil,
 };
 pub use vswitch::{BridgeSpec, PortSpec, VswitchError, vswitch_monitor};

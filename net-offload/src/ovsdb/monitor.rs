@@ -24,16 +24,36 @@ use super::transact::Row;
 pub enum MonitorError {
     #[error("table-updates is not an object")]
     NotAnObject,
-    #[error("row {uuid:?} of table {table} has an invalid update: {reason}")]
+    #[error("row {uuid:?} of table {table} has an invalid update")]
     BadRowUpdate {
         table: String,
         uuid: String,
-        reason: String,
+        #[source]
+        reason: RowUpdateError,
     },
     #[error("monitor_cond_since reply is not [found, last-txn-id, updates]")]
     BadSinceReply,
     #[error("table {0} is not in the database schema")]
     UnknownTable(String),
+}
+
+/// What is wrong with one row's `<row-update>`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RowUpdateError {
+    #[error("the row's key is not a UUID")]
+    BadUuid(#[source] DatumError),
+    #[error("not an object")]
+    NotAnObject,
+    #[error("row is not an object")]
+    RowNotAnObject,
+    #[error("column {column}")]
+    Column {
+        column: String,
+        #[source]
+        source: DatumError,
+    },
+    #[error("none of initial/insert/modify/delete")]
+    NoUpdate,
 }
 
 /// Which tables and columns to replicate from one database.
@@ -124,28 +144,33 @@ impl TableUpdates {
         for (table, rows) in tables {
             let rows = rows.as_object().ok_or(MonitorError::NotAnObject)?;
             for (uuid_text, update) in rows {
-                let bad = |reason: String| MonitorError::BadRowUpdate {
+                let bad = |reason: RowUpdateError| MonitorError::BadRowUpdate {
                     table: table.clone(),
                     uuid: uuid_text.clone(),
                     reason,
                 };
                 let uuid: Uuid = uuid_text
                     .parse()
-                    .map_err(|e: DatumError| bad(e.to_string()))?;
+                    .map_err(|e: DatumError| bad(RowUpdateError::BadUuid(e)))?;
                 let obj = update
                     .as_object()
-                    .ok_or_else(|| bad("not an object".into()))?;
+                    .ok_or_else(|| bad(RowUpdateError::NotAnObject))?;
                 let decode = |row: &Value| -> Result<Row, MonitorError> {
                     let row = row
                         .as_object()
-                        .ok_or_else(|| bad("row is not an object".into()))?;
+                        .ok_or_else(|| bad(RowUpdateError::RowNotAnObject))?;
                     row.iter()
                         .map(|(col, v)| {
                             let datum = match schema.column(table, col) {
                                 Some(ty) => Datum::from_json_typed(v, &ty),
                                 None => Datum::from_json(v),
                             }
-                            .map_err(|e| bad(format!("column {col}: {e}")))?;
+                            .map_err(|source| {
+                                bad(RowUpdateError::Column {
+                                    column: col.clone(),
+                                    source,
+                                })
+                            })?;
                             Ok((col.clone(), datum))
                         })
                         .collect()
@@ -157,7 +182,7 @@ impl TableUpdates {
                 } else if obj.contains_key("delete") {
                     RowUpdate::Delete
                 } else {
-                    return Err(bad("none of initial/insert/modify/delete".into()));
+                    return Err(bad(RowUpdateError::NoUpdate));
                 };
                 updates.push((table.clone(), uuid, row_update));
             }

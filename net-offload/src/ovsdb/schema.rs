@@ -16,11 +16,12 @@ pub enum SchemaError {
     Missing(&'static str),
     #[error("unknown atomic type {0:?}")]
     UnknownAtomicType(String),
-    #[error("column {table}.{column} has an invalid type: {reason}")]
+    #[error("column {table}.{column} has an invalid type")]
     InvalidColumn {
         table: String,
         column: String,
-        reason: String,
+        #[source]
+        reason: Box<SchemaError>,
     },
 }
 
@@ -148,7 +149,7 @@ impl DatabaseSchema {
                     .map_err(|e| SchemaError::InvalidColumn {
                         table: table.clone(),
                         column: column.clone(),
-                        reason: e.to_string(),
+                        reason: Box::new(e),
                     })?;
                 columns.insert(column.clone(), ty);
             }

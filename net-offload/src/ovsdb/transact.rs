@@ -40,12 +40,31 @@ pub enum TransactError {
     NotAnArray,
     #[error("transact reply has {got} results for {sent} operations")]
     ResultCount { sent: usize, got: usize },
-    #[error("result {index} ({op}) is malformed: {reason}")]
+    #[error("result {index} ({op}) is malformed")]
     MalformedResult {
         index: usize,
         op: String,
-        reason: String,
+        #[source]
+        reason: ResultError,
     },
+}
+
+/// What is wrong with one operation's result in a transact reply.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResultError {
+    /// A member the operation's result must have is absent or of the wrong
+    /// JSON type.
+    #[error("no \"{member}\" {what}")]
+    Missing {
+        member: &'static str,
+        what: &'static str,
+    },
+    #[error("\"uuid\" is not a UUID")]
+    BadUuid(#[source] DatumError),
+    #[error("\"uuid\" is {0}")]
+    NotAUuid(String),
+    #[error("a selected row does not decode")]
+    BadRow(#[source] DatumError),
 }
 
 /// `<function>` of a condition (RFC 7047 §5.1).
@@ -561,22 +580,23 @@ fn decode_result(
     op: &Operation,
     item: &Value,
     schema: Option<&DatabaseSchema>,
-) -> Result<OperationResult, String> {
+) -> Result<OperationResult, ResultError> {
+    let missing = |member, what| ResultError::Missing { member, what };
     match op {
         Operation::Insert { .. } => {
-            let uuid = item.get("uuid").ok_or("no \"uuid\" member")?;
-            match Atom::from_json(uuid).map_err(|e| e.to_string())? {
+            let uuid = item.get("uuid").ok_or(missing("uuid", "member"))?;
+            match Atom::from_json(uuid).map_err(ResultError::BadUuid)? {
                 Atom::Uuid(u) => Ok(OperationResult::Inserted(u)),
-                other => Err(format!("\"uuid\" is {}", other.to_json())),
+                other => Err(ResultError::NotAUuid(other.to_json().to_string())),
             }
         }
         Operation::Select { table, .. } => {
             let rows = item
                 .get("rows")
                 .and_then(Value::as_array)
-                .ok_or("no \"rows\" array")?;
+                .ok_or(missing("rows", "array"))?;
             rows.iter()
-                .map(|r| decode_row(table, r, schema).map_err(|e| e.to_string()))
+                .map(|r| decode_row(table, r, schema).map_err(ResultError::BadRow))
                 .collect::<Result<_, _>>()
                 .map(OperationResult::Rows)
         }
@@ -584,7 +604,7 @@ fn decode_result(
             .get("count")
             .and_then(Value::as_u64)
             .map(OperationResult::Count)
-            .ok_or_else(|| "no \"count\" number".to_owned()),
+            .ok_or(missing("count", "number")),
         _ => Ok(OperationResult::Done),
     }
 }
@@ -888,9 +908,39 @@ mod tests {
             txn.decode_reply(&parse("[{}]"), None).unwrap_err(),
             TransactError::ResultCount { sent: 3, got: 1 }
         );
+        // The cause is typed (the datum error under "uuid"), reachable as
+        // the error's source rather than flattened into its message.
+        let err = txn
+            .decode_reply(&parse(r#"[{},{"uuid":["uuid","nope"]},{}]"#), None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TransactError::MalformedResult {
+                    index: 1,
+                    reason: ResultError::BadUuid(DatumError::InvalidUuid(_)),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let source = std::error::Error::source(&err).expect("typed source");
+        assert_eq!(source.to_string(), "\"uuid\" is not a UUID");
+        assert!(source.source().is_some());
         assert!(matches!(
             txn.decode_reply(&parse(r#"[{},{"uuid":"nope"},{}]"#), None),
-            Err(TransactError::MalformedResult { index: 1, .. })
+            Err(TransactError::MalformedResult {
+                reason: ResultError::NotAUuid(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            txn.decode_reply(&parse(r#"[{},{},{}]"#), None),
+            Err(TransactError::MalformedResult {
+                index: 1,
+                reason: ResultError::Missing { member: "uuid", .. },
+                ..
+            })
         ));
     }
 }

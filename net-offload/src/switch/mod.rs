@@ -29,8 +29,8 @@ use crate::openflow::{
     ErrorType, Flow, FlowStatsRequest, MeterCommand, MeterMod, OpenFlowClient, OpenFlowError,
 };
 use crate::ovsdb::{
-    BridgeSpec, ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, PortRow, Transaction,
-    owner_value, vswitch_monitor,
+    BridgeSpec, ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, OvsdbError, PortRow,
+    RowError, Transaction, VswitchError, owner_value, vswitch_monitor,
 };
 use crate::pipeline::{self, CompiledPipeline, DesiredNetworking, FlowPlan, Owner, OwnerKind};
 use plan::{PortPlan, desired_ports, ofports, plan_ports, resolve_ofports};
@@ -78,7 +78,7 @@ pub struct PortReport {
 }
 
 /// What the last convergence reached.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct SwitchReport {
     /// The input version this report is about.
     pub version: u64,
@@ -87,8 +87,9 @@ pub struct SwitchReport {
     /// True when the switch acknowledged every flow of `version` (the bundle
     /// was committed, or a dump showed nothing to change).
     pub programmed: bool,
-    /// The last failure, for the person on call.
-    pub error: Option<String>,
+    /// The last failure, for the person on call (typed; the agent prints
+    /// its chain into the network's status).
+    pub error: Option<Arc<SwitchError>>,
     pub ports: BTreeMap<String, PortReport>,
     /// Flows per owner as installed.
     pub flows: BTreeMap<Owner, usize>,
@@ -273,25 +274,20 @@ const DATAPATH_EVERY: u64 = 4;
 /// them all and compares contents (a flow modified by hand keeps the count).
 const FULL_DUMP_EVERY: u64 = 20;
 
+/// Why a convergence pass stopped; the typed cause is the `#[source]`
+/// (printed as a chain by whoever shows it: the agent's status message).
 #[derive(Debug, thiserror::Error)]
-enum ConvergeError {
-    #[error("OVSDB at {0} is not connected")]
-    OvsdbDown(String),
-    #[error("OVSDB: {0}")]
-    Ovsdb(String),
-    #[error("OpenFlow: {0}")]
-    OpenFlow(String),
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+pub enum SwitchError {
+    #[error("OVSDB at {db} is not connected")]
+    OvsdbDown { db: String },
+    #[error("OVSDB")]
+    Vswitch(#[from] VswitchError),
+    #[error("OVSDB")]
+    Ovsdb(#[from] OvsdbError),
+    #[error("OVSDB")]
+    Replica(#[from] RowError),
+    #[error("OpenFlow")]
+    OpenFlow(#[from] OpenFlowError),
 }
 
 impl Reconciler {
@@ -333,10 +329,10 @@ impl Reconciler {
                 self.report.ovsdb_connected = self.ovsdb.session().borrow().connected;
                 self.report.openflow_connected = self.openflow.is_some();
                 if let Err(e) = result {
-                    let msg = e.to_string();
-                    if last_error.as_deref() != Some(msg.as_str()) {
-                        tracing::warn!(bridge = %self.config.bridge, error = %msg, "switch not reachable; retrying every {:?}", self.config.period);
-                        last_error = Some(msg);
+                    let key = format!("{e:?}");
+                    if last_error.as_deref() != Some(key.as_str()) {
+                        tracing::warn!(bridge = %self.config.bridge, error = &e as &dyn std::error::Error, detail = ?e, "switch not reachable; retrying every {:?}", self.config.period);
+                        last_error = Some(key);
                     }
                 }
                 self.report_tx.send_replace(Arc::new(self.report.clone()));
@@ -368,14 +364,15 @@ impl Reconciler {
                     last_error = None;
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    // Logged once per distinct failure, not every period.
-                    if last_error.as_deref() != Some(msg.as_str()) {
-                        tracing::warn!(bridge = %self.config.bridge, error = %msg, "switch not converged; retrying every {:?}", self.config.period);
-                        last_error = Some(msg.clone());
+                    // Logged once per distinct failure, not every period
+                    // (the Debug form tells failures apart, causes included).
+                    let key = format!("{e:?}");
+                    if last_error.as_deref() != Some(key.as_str()) {
+                        tracing::warn!(bridge = %self.config.bridge, error = &e as &dyn std::error::Error, detail = ?e, "switch not converged; retrying every {:?}", self.config.period);
+                        last_error = Some(key);
                     }
                     self.report.programmed = false;
-                    self.report.error = Some(msg);
+                    self.report.error = Some(Arc::new(e));
                 }
             }
             self.report_tx.send_replace(Arc::new(self.report.clone()));
@@ -392,7 +389,13 @@ impl Reconciler {
         let found = match crate::unixctl::vswitchd_socket(rundir) {
             Some(socket) => crate::unixctl::datapath_flows(&socket, Duration::from_secs(2))
                 .await
-                .map_err(|e| tracing::debug!(error = %e, "datapath flows not read"))
+                .map_err(|e| {
+                    tracing::debug!(
+                        error = &e as &dyn std::error::Error,
+                        detail = ?e,
+                        "datapath flows not read"
+                    )
+                })
                 .ok(),
             None => None,
         };
@@ -441,9 +444,11 @@ impl Reconciler {
         }
     }
 
-    async fn converge(&mut self, input: &SwitchInput) -> Result<(), ConvergeError> {
+    async fn converge(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
         if !self.ovsdb.session().borrow().connected {
-            return Err(ConvergeError::OvsdbDown(format!("{:?}", self.config.db)));
+            return Err(SwitchError::OvsdbDown {
+                db: format!("{:?}", self.config.db),
+            });
         }
         self.ensure_bridge().await?;
         self.refresh_ports()?;
@@ -527,15 +532,17 @@ impl Reconciler {
     }
 
     /// The bridge and the OpenFlow connection, nothing else.
-    async fn connect(&mut self) -> Result<(), ConvergeError> {
+    async fn connect(&mut self) -> Result<(), SwitchError> {
         if !self.ovsdb.session().borrow().connected {
-            return Err(ConvergeError::OvsdbDown(format!("{:?}", self.config.db)));
+            return Err(SwitchError::OvsdbDown {
+                db: format!("{:?}", self.config.db),
+            });
         }
         self.ensure_bridge().await?;
         self.connect_openflow().await
     }
 
-    async fn ensure_bridge(&mut self) -> Result<(), ConvergeError> {
+    async fn ensure_bridge(&mut self) -> Result<(), SwitchError> {
         let protocols: BTreeSet<String> = ["OpenFlow13", "OpenFlow14"]
             .into_iter()
             .map(String::from)
@@ -567,7 +574,7 @@ impl Reconciler {
             self.report
                 .ovsdb_transaction_durations
                 .observe(started.elapsed());
-            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+            r?;
         }
         if self.config.hw_offload
             && let Some(root) = root
@@ -588,44 +595,43 @@ impl Reconciler {
             self.report
                 .ovsdb_transaction_durations
                 .observe(started.elapsed());
-            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+            r?;
         }
         Ok(())
     }
 
     /// Reads the bridge's ports and every interface's ofport from the replica.
-    fn refresh_ports(&mut self) -> Result<(), ConvergeError> {
+    fn refresh_ports(&mut self) -> Result<(), SwitchError> {
         let bridge = &self.config.bridge;
-        let (ports, ifaces) = self
-            .ovsdb
-            .read_replica(|r| -> Result<_, crate::ovsdb::RowError> {
-                let Some(b) = r.bridge_by_name(bridge)? else {
-                    return Ok((Vec::new(), Vec::new()));
-                };
-                let ports: Vec<PortRow> = r
-                    .ports()?
-                    .into_iter()
-                    .filter(|p| b.ports.contains(&p.uuid))
-                    .collect();
-                let iface_ids: BTreeSet<_> = ports
-                    .iter()
-                    .flat_map(|p| p.interfaces.iter().copied())
-                    .collect();
-                let ifaces = r
-                    .interfaces()?
-                    .into_iter()
-                    .filter(|i| iface_ids.contains(&i.uuid))
-                    .collect::<Vec<_>>();
-                Ok((ports, ifaces))
-            })
-            .map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+        let (ports, ifaces) =
+            self.ovsdb
+                .read_replica(|r| -> Result<_, crate::ovsdb::RowError> {
+                    let Some(b) = r.bridge_by_name(bridge)? else {
+                        return Ok((Vec::new(), Vec::new()));
+                    };
+                    let ports: Vec<PortRow> = r
+                        .ports()?
+                        .into_iter()
+                        .filter(|p| b.ports.contains(&p.uuid))
+                        .collect();
+                    let iface_ids: BTreeSet<_> = ports
+                        .iter()
+                        .flat_map(|p| p.interfaces.iter().copied())
+                        .collect();
+                    let ifaces = r
+                        .interfaces()?
+                        .into_iter()
+                        .filter(|i| iface_ids.contains(&i.uuid))
+                        .collect::<Vec<_>>();
+                    Ok((ports, ifaces))
+                })?;
         let mut observed = self.observed.lock().expect("observed lock");
         observed.ofports = ofports(&ifaces);
         observed.ports = ports;
         Ok(())
     }
 
-    async fn apply_ports(&mut self, plan: &PortPlan) -> Result<(), ConvergeError> {
+    async fn apply_ports(&mut self, plan: &PortPlan) -> Result<(), SwitchError> {
         let bridge = self.config.bridge.clone();
         for line in plan.describe(&bridge) {
             tracing::info!(bridge = %bridge, "{line}");
@@ -636,7 +642,7 @@ impl Reconciler {
             self.report
                 .ovsdb_transaction_durations
                 .observe(started.elapsed());
-            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+            r?;
         }
         if !plan.remove.is_empty() {
             let names: Vec<&str> = plan.remove.iter().map(String::as_str).collect();
@@ -645,12 +651,12 @@ impl Reconciler {
             self.report
                 .ovsdb_transaction_durations
                 .observe(started.elapsed());
-            r.map_err(|e| ConvergeError::Ovsdb(chain(&e)))?;
+            r?;
         }
         Ok(())
     }
 
-    async fn connect_openflow(&mut self) -> Result<(), ConvergeError> {
+    async fn connect_openflow(&mut self) -> Result<(), SwitchError> {
         if self.openflow.is_some() {
             return Ok(());
         }
@@ -668,7 +674,7 @@ impl Reconciler {
                 self.openflow = Some(c);
                 Ok(())
             }
-            Err(e) => Err(ConvergeError::OpenFlow(chain(&e))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -692,15 +698,14 @@ impl Reconciler {
         result
     }
 
-    async fn dump(&mut self) -> Result<Vec<Flow>, ConvergeError> {
+    async fn dump(&mut self) -> Result<Vec<Flow>, SwitchError> {
         let entries = self
             .of(async |c| c.dump_flows(&FlowStatsRequest::new(None, 0, 0)).await)
-            .await
-            .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+            .await?;
         Ok(entries.into_iter().map(|e| e.flow).collect())
     }
 
-    async fn apply_flows(&mut self, plan: &FlowPlan) -> Result<(), ConvergeError> {
+    async fn apply_flows(&mut self, plan: &FlowPlan) -> Result<(), SwitchError> {
         if plan.is_empty() {
             return Ok(());
         }
@@ -718,13 +723,13 @@ impl Reconciler {
         let started = Instant::now();
         let r = self.of(async |c| c.bundle(&mods).await).await;
         self.report.bundle_durations.observe(started.elapsed());
-        r.map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+        r?;
         self.report.flow_mods_sent += mods.len() as u64;
         self.report.bundles += 1;
         Ok(())
     }
 
-    async fn apply_meters(&mut self, compiled: &CompiledPipeline) -> Result<(), ConvergeError> {
+    async fn apply_meters(&mut self, compiled: &CompiledPipeline) -> Result<(), SwitchError> {
         for (id, meter) in &compiled.meters {
             if self.meters.get(id) == Some(meter) {
                 continue;
@@ -739,11 +744,9 @@ impl Reconciler {
                 {
                     let mut modify = meter.clone();
                     modify.command = MeterCommand::Modify;
-                    self.of(async |c| c.meter_mod(&modify).await)
-                        .await
-                        .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+                    self.of(async |c| c.meter_mod(&modify).await).await?;
                 }
-                Err(e) => return Err(ConvergeError::OpenFlow(chain(&e))),
+                Err(e) => return Err(e.into()),
             }
             self.meters.insert(*id, meter.clone());
         }
@@ -753,7 +756,7 @@ impl Reconciler {
     async fn remove_stale_meters(
         &mut self,
         compiled: &CompiledPipeline,
-    ) -> Result<(), ConvergeError> {
+    ) -> Result<(), SwitchError> {
         let stale: Vec<u32> = self
             .meters
             .keys()
@@ -762,8 +765,7 @@ impl Reconciler {
             .collect();
         for id in stale {
             self.of(async |c| c.meter_mod(&MeterMod::delete(id)).await)
-                .await
-                .map_err(|e| ConvergeError::OpenFlow(chain(&e)))?;
+                .await?;
             self.meters.remove(&id);
         }
         Ok(())

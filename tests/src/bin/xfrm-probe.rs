@@ -27,10 +27,22 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply, chain};
+use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Mode, OffloadRequest, SaSpec, Tunnel};
 use dpu_crypto::plan::plan;
+
+/// The error and its sources on one line (this probe links no agent code).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 fn parse_spi(s: &str) -> Result<u32, String> {
     let v = match s.strip_prefix("0x") {
@@ -100,7 +112,7 @@ fn install(args: &[String]) -> Result<bool, String> {
     }
     let report = apply(&mut backend, &p.actions);
     for f in &report.failures {
-        println!("failed {}: {}", f.action, f.error);
+        println!("failed {}", chain(f));
     }
     println!(
         "applied {} failed {}",
