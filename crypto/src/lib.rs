@@ -15,6 +15,6 @@ pub mod model;
 pub mod mtls;
 pub mod netns;
 pub mod plan;
-pub mod timing;
+pub use dpu_timing as timing;
 pub mod tls;
 pub mod xfrm;

@@ -8,5 +8,5 @@ pub mod ovsdb;
 pub mod pipeline;
 pub mod sandbox;
 pub mod switch;
-pub mod timing;
+pub use dpu_timing as timing;
 pub mod unixctl;

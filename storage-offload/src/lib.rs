@@ -11,4 +11,4 @@ pub mod model;
 pub mod nvmet;
 pub mod plan;
 pub mod spdk;
-pub mod timing;
+pub use dpu_timing as timing;

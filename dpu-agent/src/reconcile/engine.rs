@@ -89,19 +89,10 @@ pub fn render_backend_operations(out: &mut String) {
         "histogram",
         "Time one backend operation took, by backend (xfrm, spdk, configfs, tc, nvme_fabrics, rtnetlink, devlink) and operation (netlink message, RPC method, configfs operation).",
     );
-    let crypto = dpu_crypto::timing::snapshot()
-        .into_iter()
-        .map(|(b, o, s)| (b, o, dpu_crypto::timing::BUCKETS, s.counts, s.sum));
-    let storage = storage_offload::timing::snapshot()
-        .into_iter()
-        .map(|(b, o, s)| (b, o, storage_offload::timing::BUCKETS, s.counts, s.sum));
-    let functions = net_offload::timing::snapshot()
-        .into_iter()
-        .map(|(b, o, s)| (b, o, net_offload::timing::BUCKETS, s.counts, s.sum));
-    let mut all: Vec<_> = crypto.chain(storage).chain(functions).collect();
-    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    for (backend, operation, bounds, counts, sum) in all {
-        metrics::Histogram::from_parts(bounds, &counts, sum).render(
+    // One table for every backend crate (`dpu_timing`), ordered by
+    // backend and operation.
+    for (backend, operation, s) in dpu_timing::snapshot() {
+        metrics::Histogram::from_parts(dpu_timing::BUCKETS, &s.counts, s.sum).render(
             out,
             name,
             &[("backend", backend), ("operation", operation)],

@@ -1,8 +1,10 @@
 //! How long each backend operation took, by backend and operation (both
-//! closed sets of `&'static str` chosen in this crate), as per-bucket
-//! counts the agent renders into `dpu_agent_backend_operation_duration_seconds`
-//! (`Histogram::from_parts`). Process-wide: one table, behind one lock held
-//! for a few nanoseconds per operation.
+//! closed sets of `&'static str` chosen by the calling crate: crypto's XFRM,
+//! storage-offload's SPDK/configfs/tc/NVMe-oF, net-offload's rtnetlink and
+//! devlink), as per-bucket counts the agent renders into
+//! `dpu_agent_backend_operation_duration_seconds` (`Histogram::from_parts`).
+//! Process-wide: one table for every backend, behind one lock held for a
+//! few nanoseconds per operation.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
