@@ -203,6 +203,8 @@ until_ok '[ "$(readlink -f "$VF/driver" | sed "s,.*/,,")" = vfio-pci ]' 30 || { 
 cp /run/cdi/*.json "$DPU_VM_OUT/spec.json"
 G=$(readlink -f "$VF/iommu_group" | sed 's,.*/,,')
 echo "bound driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') group=$G"
+# The host deletes the assignment only after this (it waits for the file).
+touch "$DPU_VM_OUT/seen-bound"
 [ -c "/dev/vfio/$G" ] && echo "chardev /dev/vfio/$G"
 # The host deletes the assignment.
 until_ok '! ls /run/cdi/*.json >/dev/null 2>&1' 240
@@ -332,6 +334,12 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
         devices
             .into_iter()
             .find(|d| d.pci_address == vf1.pci_address && d.driver.as_deref() == Some("vfio-pci"))
+    })
+    .await;
+    // The guest checks the binding itself; delete only once it has (the
+    // stub releases the VF within a second or two of the delete).
+    poll("the guest saw VF 1 on vfio-pci", 120, async || {
+        vm.out_file("seen-bound").map(|_| ())
     })
     .await;
     admin.delete(Kind::Function, "vm-nic").await?;

@@ -559,6 +559,13 @@ impl RunningVm {
         self.host_ports.get(&guest_port).copied()
     }
 
+    /// A file the guest's script wrote under `$DPU_VM_OUT` so far (the share
+    /// is live), for a host side that must wait for the guest to see
+    /// something before it moves on.
+    pub fn out_file(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.out_dir.join("files").join(rel)).ok()
+    }
+
     /// The serial console so far (kernel messages and the init's markers).
     pub fn console(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
