@@ -305,7 +305,7 @@ async fn openflow13_fallback_uses_onf_bundles() {
 /// is the floor set by ovs-vswitchd on this box). Ignored by default; run with
 /// `cargo test --release -p net-offload --test openflow_ovs -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "throughput measurement (minutes in debug): run with --release -- --ignored --nocapture"]
 async fn throughput_100k_flows() {
     let rig = Rig::start().await;
     let mut client = connect(&rig).await;
