@@ -668,23 +668,27 @@ impl Store {
             }
             (None, None) => Sealer::load_or_create(&key_path)?,
         };
-        let (events, _) = broadcast::channel(4096);
+        Ok(Store::assemble(db, state, sealer, 4096))
+    }
+
+    /// A store over `db` holding `state`, nothing staged.
+    fn assemble(db: Database, state: State, sealer: Sealer, event_capacity: usize) -> Store {
         let staging = Staging {
             revision: state.revision,
             pending_seq: 1,
             ..Staging::default()
         };
-        Ok(Store {
+        Store {
             db,
             state: RwLock::new(state),
             writer: Mutex::new(staging),
             committer: Mutex::new(CommitLog::default()),
             sealer,
-            events,
+            events: broadcast::channel(event_capacity).0,
             commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
             commit_group_size: HistogramVec::new(GROUP_SIZE_BUCKETS, []),
             commit_failures: AtomicU64::new(0),
-        })
+        }
     }
 
     /// An in-memory copy of the committed objects with `changes` applied on
@@ -701,22 +705,7 @@ impl Store {
         for (key, obj) in changes {
             state.set(&key, obj);
         }
-        let staging = Staging {
-            revision: state.revision,
-            pending_seq: 1,
-            ..Staging::default()
-        };
-        Ok(Store {
-            db,
-            state: RwLock::new(state),
-            writer: Mutex::new(staging),
-            committer: Mutex::new(CommitLog::default()),
-            sealer: Sealer::ephemeral()?,
-            events: broadcast::channel(1).0,
-            commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
-            commit_group_size: HistogramVec::new(GROUP_SIZE_BUCKETS, []),
-            commit_failures: AtomicU64::new(0),
-        })
+        Ok(Store::assemble(db, state, Sealer::ephemeral()?, 1))
     }
 
     /// Runs `f` against the current objects and commits what it staged in one
