@@ -21,7 +21,13 @@ case "$mode" in
 esac
 
 t0=$(date +%s)
-stage() { printf '\n=== %s (%ss)\n' "$1" "$(( $(date +%s) - t0 ))"; }
+# Each stage line also says how much disk is left: a fresh CI machine has
+# less than a developer's, and running out is a failure like any other.
+stage() {
+  printf '\n=== %s (%ss, %s free, target/ %s)\n' "$1" "$(( $(date +%s) - t0 ))" \
+    "$(df -h --output=avail . | tail -1 | tr -d ' ')" \
+    "$(du -sh target 2>/dev/null | cut -f1 || echo 0)"
+}
 
 stage "format"
 cargo fmt --all -- --check
@@ -41,9 +47,13 @@ promtool test rules deploy/prometheus/tests/*.test.yml
 
 stage "fuzz smoke (every decoder's target, 10 s each)"
 bash fuzz/smoke.sh
+# The fuzz workspace's build is used by nothing after this stage.
+[ "${CI:-}" = true ] && rm -rf fuzz/target/*/release fuzz/target/release
 
 stage "aarch64 build"
 bash cross/build.sh
+# The glibc build only proves the agent links there; nothing later uses it.
+[ "${CI:-}" = true ] && rm -rf target/aarch64-unknown-linux-gnu
 stage "aarch64 unit tests under qemu-user"
 bash cross/test.sh
 stage "VM tests (QEMU, Debian kernel)"
