@@ -87,11 +87,7 @@ impl ObjectLookup for TxnLookup<'_, '_> {
     }
 
     fn network_with_vni(&self, vni: u32, except: &str) -> Option<String> {
-        self.0
-            .find(Kind::Network, |o| {
-                o.id != except && o.spec.as_network().is_some_and(|n| n.vni == vni)
-            })
-            .map(|o| o.id.clone())
+        self.0.network_with_vni(vni, except).map(|o| o.id.clone())
     }
 }
 

@@ -275,6 +275,9 @@ impl Engine {
                             break;
                         }
                     }
+                    // The pass's status writes, in one commit (or in the
+                    // group of a write that is committing anyway).
+                    self.flush().await;
                 }
             }
         }
@@ -337,7 +340,22 @@ impl Engine {
             .reconcile(&self.ctx, &obj)
             .instrument(span.clone())
             .await;
-        let _entered = span.enter();
+        let must_flush = span.in_scope(|| self.record_outcome(queue, &key, &obj, started, result));
+        if must_flush {
+            self.flush().await;
+        }
+    }
+
+    /// Counts a reconcile, logs a failure, schedules the retry and stages
+    /// the status; true when the status has to be durable before going on.
+    fn record_outcome(
+        &self,
+        queue: &mut Queue,
+        key: &ObjectKey,
+        obj: &StoredObject,
+        started: Instant,
+        result: Result<Outcome, ReconcileError>,
+    ) -> bool {
         self.stats.record(
             key.kind,
             started.elapsed(),
@@ -346,13 +364,17 @@ impl Engine {
         let (kind, id, tenant) = (key.kind.path(), key.id.clone(), obj.tenant.clone());
         match result {
             Ok(outcome) => {
-                queue.failures.remove(&key);
+                queue.failures.remove(key);
                 if let Some(after) = outcome.requeue_after {
                     queue.add(key.clone(), Instant::now() + after);
                 }
-                if let Err(e) = self.write_back(&obj, outcome) {
-                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
-                    queue.add(key, Instant::now() + backoff(1));
+                match self.write_back(obj, outcome) {
+                    Ok(durable) => durable,
+                    Err(e) => {
+                        tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
+                        queue.add(key.clone(), Instant::now() + backoff(1));
+                        false
+                    }
                 }
             }
             Err(err) => {
@@ -368,10 +390,26 @@ impl Engine {
                     tracing::debug!(object = %key, kind, %id, %tenant, reason = %err.reason, detail = %err.message, failures, retry_in_ms, "reconcile failed again");
                 }
                 queue.add(key.clone(), Instant::now() + delay);
-                if let Err(e) = self.write_failure(&obj, &err) {
-                    tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
+                match self.write_failure(obj, &err) {
+                    Ok(durable) => durable,
+                    Err(e) => {
+                        tracing::error!(object = %key, kind, %id, %tenant, error = %crate::error_chain(&e), "cannot record status");
+                        false
+                    }
                 }
             }
+        }
+    }
+
+    /// Commits the status writes staged so far, off the async runtime.
+    async fn flush(&self) {
+        let store = self.ctx.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %crate::error_chain(&e), "cannot record status");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record status"),
         }
     }
 
@@ -379,39 +417,52 @@ impl Engine {
         let key = obj.key();
         self.ctx
             .store
-            .transact(|txn| {
+            .dry_run(|txn| {
                 Ok::<_, StoreError>(!admission::referrers(txn, &key, &obj.tenant, true).is_empty())
             })
             .map(|(r, _)| r)
             .unwrap_or(true)
     }
 
-    fn write_back(&self, seen: &StoredObject, outcome: Outcome) -> Result<(), StoreError> {
+    /// Records the outcome of a reconcile of `seen`. Status is staged
+    /// without waiting for the disk ([`crate::store::Store::transact_deferred`]):
+    /// the pass's [`Engine::flush`] commits it, grouped with every other write,
+    /// and a crash before that loses nothing the next start does not
+    /// recompute, since every object is reconciled again then. Two writes are
+    /// made durable before the engine goes on: removing a finalized object,
+    /// and status facts that changed (the VF, representor or host device an
+    /// object holds), since allocation reads them back: for those it returns
+    /// true and the caller flushes before it goes on.
+    fn write_back(&self, seen: &StoredObject, outcome: Outcome) -> Result<bool, StoreError> {
         let key = seen.key();
         let mut status = outcome.status;
         status.observed_generation = seen.generation;
         if seen.deleting {
             status.phase = Phase::Deleting;
         }
-        self.ctx.store.transact(|txn| {
+        let (must_be_durable, _) = self.ctx.store.transact_deferred(|txn| {
             let Some(current) = txn.get(&key) else {
-                return Ok::<_, StoreError>(());
+                return Ok::<_, StoreError>(false);
             };
             // A newer generation will be reconciled on its own.
             if current.generation != seen.generation || current.deleting != seen.deleting {
-                return Ok(());
+                return Ok(false);
             }
             if seen.deleting && outcome.finalized {
                 txn.remove(&key);
+                Ok(true)
             } else if current.status != status {
+                let facts_changed = current.status.facts != status.facts;
                 txn.set_status(&key, status);
+                Ok(facts_changed)
+            } else {
+                Ok(false)
             }
-            Ok(())
         })?;
-        Ok(())
+        Ok(must_be_durable)
     }
 
-    fn write_failure(&self, seen: &StoredObject, err: &ReconcileError) -> Result<(), StoreError> {
+    fn write_failure(&self, seen: &StoredObject, err: &ReconcileError) -> Result<bool, StoreError> {
         let mut status = seen.status.clone();
         status.phase = match (seen.deleting, status.phase) {
             (true, _) => Phase::Deleting,

@@ -287,6 +287,9 @@ struct State {
     by_tenant: HashMap<(Kind, String), BTreeSet<String>>,
     /// Functions by the PF their spec names.
     functions_by_pf: HashMap<String, BTreeSet<String>>,
+    /// Networks by VNI (unique on the DPU; admission checks it here
+    /// instead of scanning every network).
+    networks_by_vni: HashMap<u32, BTreeSet<String>>,
     hosts: BTreeMap<String, HostReport>,
     revision: u64,
     /// Per kind, the revision of the last committed write that changed an
@@ -319,6 +322,14 @@ impl State {
                     self.functions_by_pf.remove(pf);
                 }
             }
+            if let Some(vni) = network_vni(old)
+                && let Some(ids) = self.networks_by_vni.get_mut(&vni)
+            {
+                ids.remove(&key.id);
+                if ids.is_empty() {
+                    self.networks_by_vni.remove(&vni);
+                }
+            }
         }
         if let Some(obj) = &obj {
             self.by_tenant
@@ -328,6 +339,12 @@ impl State {
             if let Some(pf) = function_pf(obj) {
                 self.functions_by_pf
                     .entry(pf.to_string())
+                    .or_default()
+                    .insert(key.id.clone());
+            }
+            if let Some(vni) = network_vni(obj) {
+                self.networks_by_vni
+                    .entry(vni)
                     .or_default()
                     .insert(key.id.clone());
             }
@@ -347,6 +364,11 @@ impl State {
 /// The PF a function object names.
 fn function_pf(obj: &StoredObject) -> Option<&str> {
     obj.spec.as_function().map(|f| f.pf.as_str())
+}
+
+/// The VNI a network object carries.
+fn network_vni(obj: &StoredObject) -> Option<u32> {
+    obj.spec.as_network().map(|n| n.vni)
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -465,35 +487,39 @@ impl<'a> Txn<'a> {
         self.list(kind, tenant).len()
     }
 
-    /// The first object of `kind` (staged changes included) for which `pred`
-    /// holds, without copying the kind's whole listing: for uniqueness
-    /// checks across every tenant.
-    pub fn find(
-        &self,
-        kind: Kind,
-        mut pred: impl FnMut(&StoredObject) -> bool,
-    ) -> Option<Arc<StoredObject>> {
-        // Newest layer first; a key decided there hides older copies.
-        let mut decided: std::collections::HashSet<&ObjectKey> = std::collections::HashSet::new();
+    /// A network other than `except` that carries `vni` (staged changes
+    /// included), through the VNI index: the cost does not grow with the
+    /// number of networks.
+    pub fn network_with_vni(&self, vni: u32, except: &str) -> Option<Arc<StoredObject>> {
+        let has_vni = |o: &StoredObject| o.id != except && network_vni(o) == Some(vni);
+        // Staged layers are small; newest first, a key decided there hides
+        // older copies.
+        let mut decided: BTreeSet<&ObjectKey> = BTreeSet::new();
         for layer in [&self.staged, self.layers[0], self.layers[1]] {
             for (k, v) in layer
-                .range(ObjectKey::new(kind, "")..)
-                .take_while(|(k, _)| k.kind == kind)
+                .range(ObjectKey::new(Kind::Network, "")..)
+                .take_while(|(k, _)| k.kind == Kind::Network)
             {
                 if !decided.insert(k) {
                     continue;
                 }
                 if let Some(obj) = v
-                    && pred(obj)
+                    && has_vni(obj)
                 {
                     return Some(obj.clone());
                 }
             }
         }
-        range_of_kind(&self.state.objects, kind)
-            .filter(|(k, _)| !decided.contains(k))
-            .find(|(_, o)| pred(o))
-            .map(|(_, o)| o.clone())
+        self.state
+            .networks_by_vni
+            .get(&vni)
+            .into_iter()
+            .flatten()
+            .map(|id| ObjectKey::new(Kind::Network, id.clone()))
+            .filter(|k| !decided.contains(k))
+            .filter_map(|k| self.state.objects.get(&k))
+            .find(|o| has_vni(o))
+            .cloned()
     }
 
     /// Stages an object (created or changed), recording an event of `type_`.
@@ -719,62 +745,109 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let (value, seq, revision) = {
-            let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
-            let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
-            let mut txn = Txn::new(&state, &w, &self.sealer);
-            let value = f(&mut txn)?;
-            let Txn {
-                staged,
-                events: pending,
-                hosts,
-                ..
-            } = txn;
-            drop(state);
-            if staged.is_empty() && hosts.is_empty() {
-                // Nothing to write; but what it saw may not be durable yet.
-                let seq = if !w.pending.is_empty() {
-                    w.pending_seq
-                } else if !w.inflight.is_empty() {
-                    w.pending_seq - 1
-                } else {
-                    return Ok((value, w.revision));
-                };
-                (value, seq, w.revision)
+        let (value, seq, revision) = self.stage(f)?;
+        if let Some(seq) = seq {
+            self.wait_durable(seq)?;
+        }
+        Ok((value, revision))
+    }
+
+    /// Runs `f` like [`Store::transact`] and returns as soon as its changes
+    /// are staged, without waiting for them to be durable: they are committed
+    /// with the next durable write's group, or by [`Store::flush`]. Until
+    /// then readers of the store ([`Store::get`], watch) do not see them, a
+    /// later transaction does, and a crash loses them. For what the agent can
+    /// recompute after a restart, and only that: the reconcile engine's
+    /// status writes (every object is reconciled again at start).
+    pub fn transact_deferred<T, E>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64), E>
+    where
+        E: From<StoreError>,
+    {
+        let (value, _, revision) = self.stage(f)?;
+        Ok((value, revision))
+    }
+
+    /// Makes everything staged so far durable (and visible to readers);
+    /// returns at once when nothing is waiting.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let seq = {
+            let w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+            if !w.pending.is_empty() {
+                w.pending_seq
+            } else if !w.inflight.is_empty() {
+                w.pending_seq - 1
             } else {
-                // Events carry the object as the API shows it after the change.
-                let mut rev = w.revision;
-                let mut events = Vec::with_capacity(pending.len());
-                for (type_, key, snapshot) in pending {
-                    let object = match snapshot {
-                        Some(o) => o,
-                        None => match staged.get(&key) {
-                            Some(Some(obj)) => obj.to_api(),
-                            _ => continue,
-                        },
-                    };
-                    rev += 1;
-                    events.push(Event {
-                        revision: rev,
-                        type_,
-                        object,
-                    });
-                }
-                // A host report alone still moves the revision, so X-Revision grows.
-                if events.is_empty() {
-                    rev += 1;
-                }
-                w.pending.staged.extend(staged);
-                w.pending.events.extend(events);
-                w.pending.hosts.extend(hosts);
-                w.pending.revision = rev;
-                w.pending.writes += 1;
-                w.revision = rev;
-                (value, w.pending_seq, rev)
+                return Ok(());
             }
         };
-        self.wait_durable(seq)?;
-        Ok((value, revision))
+        self.wait_durable(seq)
+    }
+
+    /// Runs `f` under the writer lock and stages what it changed into the
+    /// pending batch. Returns `f`'s value, the batch that has to be durable
+    /// before what `f` saw and wrote is (`None`: everything it saw is
+    /// durable already) and the revision after the staged changes.
+    fn stage<T, E>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<(T, Option<u64>, u64), E>
+    where
+        E: From<StoreError>,
+    {
+        let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let state = self.state.read().map_err(|_| StoreError::Poisoned)?;
+        let mut txn = Txn::new(&state, &w, &self.sealer);
+        let value = f(&mut txn)?;
+        let Txn {
+            staged,
+            events: pending,
+            hosts,
+            ..
+        } = txn;
+        drop(state);
+        if staged.is_empty() && hosts.is_empty() {
+            // Nothing to write; but what it saw may not be durable yet.
+            let seq = if !w.pending.is_empty() {
+                Some(w.pending_seq)
+            } else if !w.inflight.is_empty() {
+                Some(w.pending_seq - 1)
+            } else {
+                None
+            };
+            return Ok((value, seq, w.revision));
+        }
+        // Events carry the object as the API shows it after the change.
+        let mut rev = w.revision;
+        let mut events = Vec::with_capacity(pending.len());
+        for (type_, key, snapshot) in pending {
+            let object = match snapshot {
+                Some(o) => o,
+                None => match staged.get(&key) {
+                    Some(Some(obj)) => obj.to_api(),
+                    _ => continue,
+                },
+            };
+            rev += 1;
+            events.push(Event {
+                revision: rev,
+                type_,
+                object,
+            });
+        }
+        // A host report alone still moves the revision, so X-Revision grows.
+        if events.is_empty() {
+            rev += 1;
+        }
+        w.pending.staged.extend(staged);
+        w.pending.events.extend(events);
+        w.pending.hosts.extend(hosts);
+        w.pending.revision = rev;
+        w.pending.writes += 1;
+        w.revision = rev;
+        Ok((value, Some(w.pending_seq), rev))
     }
 
     /// Returns once batch `seq` is durable: either another writer committed
@@ -1172,6 +1245,55 @@ mod tests {
         );
     }
 
+    /// A deferred write (the engine's status) is invisible to readers and
+    /// lost by a crash until a durable write's group or a flush commits it;
+    /// a later transaction sees it at once.
+    #[test]
+    fn deferred_writes_become_visible_and_durable_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = ObjectKey::new(Kind::Tenant, "acme");
+        let status = |gen_| Status {
+            observed_generation: gen_,
+            ..Status::default()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .transact(|t| {
+                    t.put(
+                        obj(Kind::Tenant, "acme", "acme", json!({})),
+                        EventType::Added,
+                    );
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            store
+                .transact_deferred(|t| Ok::<_, StoreError>(t.set_status(&tenant, status(1))))
+                .unwrap();
+            assert_eq!(store.get(&tenant).unwrap().status.observed_generation, 0);
+            let (seen, _) = store
+                .transact(|t| Ok::<_, StoreError>(t.get(&tenant).unwrap().status.clone()))
+                .unwrap();
+            assert_eq!(seen.observed_generation, 1, "a transaction sees it");
+            // That read-only transaction waited for what it saw: now durable.
+            assert_eq!(store.get(&tenant).unwrap().status.observed_generation, 1);
+
+            store
+                .transact_deferred(|t| Ok::<_, StoreError>(t.set_status(&tenant, status(2))))
+                .unwrap();
+            store.flush().unwrap();
+            assert_eq!(store.get(&tenant).unwrap().status.observed_generation, 2);
+            // Staged and never committed: what a crash loses.
+            store
+                .transact_deferred(|t| Ok::<_, StoreError>(t.set_status(&tenant, status(3))))
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get(&tenant).unwrap().status.observed_generation, 2);
+        let events = store.events_since(0, 100).unwrap().unwrap();
+        assert_eq!(events.len(), 3, "added, two status events: {events:?}");
+    }
+
     #[test]
     fn failed_closure_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -1440,44 +1562,44 @@ mod tests {
     }
 
     #[test]
-    fn find_sees_staged_changes_and_hides_removed_objects() {
+    fn vni_lookup_sees_staged_changes_and_hides_removed_objects() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let network = |id: &str, vni: u32, cidr: &str| {
+            obj(
+                Kind::Network,
+                id,
+                "x",
+                json!({"vni": vni, "cidr": cidr, "encap": "vxlan"}),
+            )
+        };
         store
             .transact(|t| {
-                t.put(
-                    obj(
-                        Kind::Network,
-                        "a",
-                        "x",
-                        json!({"vni": 1, "cidr": "10.0.0.0/24", "encap": "vxlan"}),
-                    ),
-                    EventType::Added,
-                );
+                t.put(network("a", 1, "10.0.0.0/24"), EventType::Added);
                 Ok::<_, StoreError>(())
             })
             .unwrap();
         store
             .transact(|t| {
-                let vni = |v: u32| {
-                    move |o: &StoredObject| o.spec.as_network().is_some_and(|n| n.vni == v)
-                };
-                assert_eq!(t.find(Kind::Network, vni(1)).unwrap().id, "a");
-                t.put(
-                    obj(
-                        Kind::Network,
-                        "b",
-                        "x",
-                        json!({"vni": 2, "cidr": "10.0.1.0/24", "encap": "vxlan"}),
-                    ),
-                    EventType::Added,
-                );
-                assert_eq!(t.find(Kind::Network, vni(2)).unwrap().id, "b");
+                assert_eq!(t.network_with_vni(1, "").unwrap().id, "a");
+                assert!(t.network_with_vni(1, "a").is_none(), "except itself");
+                t.put(network("b", 2, "10.0.1.0/24"), EventType::Added);
+                assert_eq!(t.network_with_vni(2, "").unwrap().id, "b");
                 t.remove(&ObjectKey::new(Kind::Network, "a"));
-                assert!(t.find(Kind::Network, vni(1)).is_none());
-                assert!(t.find(Kind::Tenant, |_| true).is_none());
+                assert!(t.network_with_vni(1, "").is_none());
+                // A staged change of VNI hides the committed one.
+                t.put(network("c", 3, "10.0.2.0/24"), EventType::Added);
                 Ok::<_, StoreError>(())
             })
             .unwrap();
+        store
+            .transact(|t| {
+                t.put(network("c", 4, "10.0.2.0/24"), EventType::Modified);
+                assert!(t.network_with_vni(3, "").is_none());
+                assert_eq!(t.network_with_vni(4, "").unwrap().id, "c");
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(store.state.read().unwrap().networks_by_vni.len(), 2);
     }
 }
