@@ -360,30 +360,33 @@ fn main() -> Result<()> {
         println!();
         println!("| measure | dpu-crypto proxy | stunnel4 | ratio |");
         println!("|---|---:|---:|---:|");
-        println!(
-            "| throughput, MiB/s | {:.0} | {:.0} | {:.2}× |",
-            tp_o.0,
-            tp_s.0,
-            tp_o.0 / tp_s.0
-        );
-        println!(
-            "| proxy CPU s per GiB (lower is better) | {:.2} | {:.2} | {:.2}× |",
-            tp_o.1,
-            tp_s.1,
-            tp_o.1 / tp_s.1
-        );
-        println!(
-            "| new handshakes/s | {:.0} | {:.0} | {:.2}× |",
-            hs_o.0,
-            hs_s.0,
-            hs_o.0 / hs_s.0
-        );
-        println!(
-            "| proxy CPU ms per handshake (lower is better) | {:.2} | {:.2} | {:.2}× |",
-            hs_o.1,
-            hs_s.1,
-            hs_o.1 / hs_s.1
-        );
+        // (measure, ours, stunnel's, target of ours/stunnel: higher is
+        // better for rates, lower for CPU cost; None: no target).
+        let rows = [
+            ("throughput, MiB/s", tp_o.0, tp_s.0, Some(1.0), true, 0),
+            ("proxy CPU s per GiB (lower is better)", tp_o.1, tp_s.1, None, false, 2),
+            ("new handshakes/s", hs_o.0, hs_s.0, Some(1.0), true, 0),
+            ("proxy CPU ms per handshake (lower is better)", hs_o.1, hs_s.1, None, false, 2),
+        ];
+        for (measure, ours, base, _, _, digits) in rows {
+            println!(
+                "| {measure} | {ours:.digits$} | {base:.digits$} | {:.2}× |",
+                ours / base
+            );
+        }
+        // The same rows as `bench-row` lines for `scripts/bench.sh`.
+        println!();
+        for (measure, ours, base, target, higher, digits) in rows {
+            let ratio = ours / base;
+            let (target, verdict) = match target {
+                Some(t) if higher => (format!("≥ {t:.1}× stunnel4"), if ratio >= t { "met" } else { "missed" }),
+                Some(t) => (format!("≤ {t:.1}× stunnel4"), if ratio <= t { "met" } else { "missed" }),
+                None => ("-".to_string(), "-"),
+            };
+            println!(
+                "bench-row\tTLS proxy: {measure}\t{ours:.digits$}\t{base:.digits$} (stunnel4)\t{ratio:.2}×\t{target}\t{verdict}"
+            );
+        }
         Ok(())
     })
 }

@@ -531,8 +531,16 @@ impl Report<'_> {
         let _ = writeln!(s);
         let _ = writeln!(s, "| metric | target | measured | |");
         let _ = writeln!(s, "|---|---|---|---|");
+        // Each row also as a `bench-row` line for `scripts/bench.sh`
+        // (no baseline: nothing else serves this API).
+        let mut machine = String::new();
         let mut row = |name: &str, target: String, measured: String, met: bool| {
             let _ = writeln!(s, "| {name} | {target} | {measured} | {} |", verdict(met));
+            let _ = writeln!(
+                machine,
+                "bench-row\t{name}\t{measured}\t-\t-\t{target}\t{}",
+                if met { "met" } else { "missed" }
+            );
         };
         row(
             "reads/s (GET random network)",
@@ -595,6 +603,7 @@ impl Report<'_> {
                 let _ = writeln!(s, "\nFirst {name} error: {e}");
             }
         }
+        let _ = write!(s, "\n{machine}");
         s
     }
 }

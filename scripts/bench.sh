@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Every benchmark of the project, one after another, and one table of their
+# rows at the end: target, measured, baseline measured in the same run, the
+# ratio to it, met / missed. Benchmarks are not tests: CI does not run this,
+# and nothing here fails on a missed target.
+#
+#   scripts/bench.sh              API, flows and ports, one port added and
+#                                 restart through the agent, TLS proxy vs
+#                                 stunnel4, host-stub scan and RSS
+#   scripts/bench.sh --storage    also the storage benchmark in the VM rig
+#   scripts/bench.sh --quick      shorter runs (fewer ports, seconds, rounds)
+#
+# Needs root (OVS sandboxes, network namespaces) and what scripts/setup.sh
+# installs, plus stunnel4 (installed here if missing). Each benchmark's own
+# output is kept in target/bench/<name>.txt, the table in
+# target/bench/summary.md.
+#
+# The rows come from `bench-row` lines each benchmark prints after its own
+# table: tab-separated `bench-row, row, measured, baseline, ratio, target,
+# met|missed|-` ("-" where there is no baseline or target).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+storage=false
+quick=false
+for a in "$@"; do
+  case "$a" in
+    --storage) storage=true ;;
+    --quick) quick=true ;;
+    *) echo "usage: scripts/bench.sh [--storage] [--quick]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "scripts/bench.sh: needs root (OVS sandboxes, namespaces)" >&2; exit 2; }
+command -v stunnel4 >/dev/null || apt-get install -y -qq stunnel4 >/dev/null
+
+out=target/bench
+mkdir -p "$out"
+summary=$out/summary.md
+: > "$out/rows.tsv"
+
+if $quick; then
+  agent_args=(--connections 32 --seconds 3)
+  net_agent_args=(--ports 300 --runs 20 --baseline-runs 5)
+  export TLS_BENCH_ROUNDS=1
+else
+  agent_args=(--connections 32 --seconds 10)
+  net_agent_args=(--ports 3000 --runs 50 --baseline-runs 20)
+fi
+
+echo "scripts/bench.sh: building release binaries"
+cargo build --locked --release -q -p dpu-agent -p dpu-tests --bin dpu-agent \
+  --bin agent-bench --bin net-agent-bench
+cargo build --locked --release -q -p host-stub --bin host-stub
+
+# run NAME AREA COMMAND...: runs one benchmark, keeps its output, collects
+# its rows under AREA; a benchmark that fails leaves a row saying so.
+run() {
+  local name=$1 area=$2
+  shift 2
+  echo "scripts/bench.sh: $name: $*"
+  local started=$SECONDS
+  if "$@" > "$out/$name.txt" 2> "$out/$name.err"; then
+    local rows
+    rows=$(grep -P '^bench-row\t' "$out/$name.txt" || true)
+    if [ -z "$rows" ]; then
+      printf '%s\t%s\t-\t-\t-\t-\tno rows printed\tsee %s\n' "$area" "$name" "$out/$name.txt" >> "$out/rows.tsv"
+    else
+      printf '%s\n' "$rows" | cut -f2- | sed "s/^/$area\t/" | sed 's/$/\t/' >> "$out/rows.tsv"
+    fi
+  else
+    printf '%s\t%s\t-\t-\t-\t-\tfailed\t%s\n' "$area" "$name" "exit $?, see $out/$name.err" >> "$out/rows.tsv"
+  fi
+  echo "scripts/bench.sh: $name took $((SECONDS - started)) s"
+}
+
+run agent-bench "API (agent-bench)" target/release/agent-bench "${agent_args[@]}"
+run net_bench "switch: flows and ports (net_bench)" \
+  cargo bench --locked -q -p net-offload --bench net_bench
+run net-agent-bench "switch through the agent (net-agent-bench)" \
+  target/release/net-agent-bench "${net_agent_args[@]}"
+run tls_bench "TLS proxy (tls_bench)" cargo bench --locked -q -p dpu-crypto --bench tls_bench
+run scan "host stub (scan)" cargo bench --locked -q -p host-stub --bench scan
+if $storage; then
+  bash tests/vm/setup.sh > "$out/vm-setup.txt" 2>&1
+  CC_x86_64_unknown_linux_musl=gcc cargo build --locked -q -p dpu-tests \
+    --target x86_64-unknown-linux-musl --bin storage-bench
+  run storage_bench "storage (VM rig)" \
+    cargo bench --locked -q --profile dev -p dpu-tests --bench storage_bench
+fi
+
+{
+  echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (modified)');" \
+    "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  echo "| area | row | measured | baseline (same run) | ratio | target | |"
+  echo "|---|---|---|---|---|---|---|"
+  while IFS=$'\t' read -r area row measured baseline ratio target verdict note; do
+    case "$verdict" in
+      met) v=met ;;
+      missed) v="**missed**" ;;
+      failed|"no rows printed") v="**$verdict** ($note)" ;;
+      *) v="" ;;
+    esac
+    echo "| $area | $row | $measured | $baseline | $ratio | $target | $v |"
+  done < "$out/rows.tsv"
+} > "$summary"
+echo
+cat "$summary"
