@@ -17,7 +17,7 @@ pub struct Tenants;
 pub fn usage(ctx: &Context, tenant: &str) -> Map<String, Value> {
     let mut usage = Map::new();
     for kind in Kind::ALL.into_iter().filter(|k| !k.is_tenant()) {
-        let n = ctx.store.list(kind, Some(tenant)).len();
+        let n = ctx.store.count(kind, tenant);
         usage.insert(kind.path().replace('-', "_"), Value::from(n));
     }
     usage

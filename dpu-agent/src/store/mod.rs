@@ -351,6 +351,12 @@ impl State {
         }
     }
 
+    fn count_of_tenant(&self, kind: Kind, tenant: &str) -> usize {
+        self.by_tenant
+            .get(&(kind, tenant.to_string()))
+            .map_or(0, BTreeSet::len)
+    }
+
     fn of_tenant(&self, kind: Kind, tenant: &str) -> Vec<Arc<StoredObject>> {
         self.by_tenant
             .get(&(kind, tenant.to_string()))
@@ -466,6 +472,10 @@ impl<'a> Txn<'a> {
                 .map(|(_, v)| v.clone())
                 .collect(),
         };
+        if !self.stages(kind) {
+            // The common case: nothing of this kind waits to be committed.
+            return committed;
+        }
         let mut out: BTreeMap<ObjectKey, Arc<StoredObject>> =
             committed.into_iter().map(|v| (v.key(), v)).collect();
         for layer in [self.layers[1], self.layers[0], &self.staged] {
@@ -484,7 +494,23 @@ impl<'a> Txn<'a> {
     /// The number of objects of `kind` (of one tenant, or all), staged
     /// changes included.
     pub fn count(&self, kind: Kind, tenant: Option<&str>) -> usize {
-        self.list(kind, tenant).len()
+        match tenant {
+            Some(t) if !self.stages(kind) => self.state.count_of_tenant(kind, t),
+            _ => self.list(kind, tenant).len(),
+        }
+    }
+
+    /// Whether a change to an object of `kind` is staged here or waits to
+    /// be committed.
+    fn stages(&self, kind: Kind) -> bool {
+        [&self.staged, self.layers[0], self.layers[1]]
+            .iter()
+            .any(|layer| {
+                layer
+                    .range(ObjectKey::new(kind, "")..)
+                    .next()
+                    .is_some_and(|(k, _)| k.kind == kind)
+            })
     }
 
     /// A network other than `except` that carries `vni` (staged changes
@@ -1035,6 +1061,15 @@ impl Store {
                 .map(|(_, o)| o.clone())
                 .collect(),
         }
+    }
+
+    /// How many objects of `kind` `tenant` owns (from the index, without
+    /// listing them).
+    pub fn count(&self, kind: Kind, tenant: &str) -> usize {
+        self.state
+            .read()
+            .map(|s| s.count_of_tenant(kind, tenant))
+            .unwrap_or(0)
     }
 
     /// The functions that name `pf`, in id order (an index: no scan of the
