@@ -12,7 +12,13 @@
 //!   keeps its client and retry loop but no TLS session): its peak RSS after
 //!   a few rescans.
 //!
-//! Run: `cargo bench -p host-stub --bench scan`.
+//! Run: `cargo bench -p host-stub --bench scan`. The daemon measured is the
+//! bench build's `host-stub` (release profile, features unified with the
+//! dev-dependencies) unless `HOST_STUB_BIN` names another binary, e.g. the
+//! shipped one: `cargo build --profile release-small -p host-stub` and
+//! `HOST_STUB_BIN=target/release-small/host-stub`.
+//! `benches/daemon-rss.sh` measures the daemon alone, without building this
+//! bench (and so the agent).
 
 use std::time::{Duration, Instant};
 
@@ -149,7 +155,10 @@ fn daemon_rss(root: &std::path::Path) -> (u64, u64) {
         w = w.display()
     );
     std::fs::write(w.join("stub.toml"), config).expect("config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host-stub"))
+    let bin =
+        std::env::var_os("HOST_STUB_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_host-stub").into());
+    println!("daemon: {}", std::path::Path::new(&bin).display());
+    let mut child = std::process::Command::new(bin)
         .arg("run")
         .arg("--config")
         .arg(w.join("stub.toml"))

@@ -442,9 +442,10 @@ fn serve(
     });
     let name = resource.to_string();
     let task = tokio::spawn(async move {
+        // One service per socket, served without tonic's router (axum):
+        // the generated server answers any other path `Unimplemented` itself.
         let result = Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(service, UnixListenerStream::new(listener), async {
                 let _ = stop_rx.await;
             })
             .await;

@@ -159,13 +159,35 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+/// Logs to stdout, filtered by `RUST_LOG` as `target=level` directives
+/// (`warn`, `host_stub=debug,info`): tracing-subscriber's `Targets`, which
+/// needs no regex engine, unlike its `EnvFilter` (span and field directives
+/// are not supported). A `RUST_LOG` that does not parse is reported and
+/// `info` used.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => match text.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(e) => (default(), Some((text, e))),
+        },
+        _ => (default(), None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
         .init();
+    if let Some((text, e)) = bad {
+        tracing::warn!(rust_log = %text, error = %e, "RUST_LOG is not a list of target=level directives; logging at info");
+    }
+}
+
+fn run(config_path: PathBuf, sysfs_root: Option<PathBuf>) -> anyhow::Result<()> {
+    init_logging();
     let mut config = Config::load(&config_path)?;
     if let Some(root) = sysfs_root {
         config.sysfs_root = root;
