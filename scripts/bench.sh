@@ -51,7 +51,8 @@ fi
 echo "scripts/bench.sh: building release binaries"
 cargo build --locked --release -q -p dpu-agent -p dpu-tests --bin dpu-agent \
   --bin agent-bench --bin net-agent-bench
-cargo build --locked --release -q -p host-stub --bin host-stub
+# The host stub as shipped (Cargo.toml's release-small profile).
+cargo build --locked --profile release-small -q -p host-stub --bin host-stub
 
 # run NAME AREA COMMAND...: runs one benchmark, keeps its output, collects
 # its rows under AREA; a benchmark that fails leaves a row saying so.
@@ -80,7 +81,8 @@ run net_bench "switch: flows and ports (net_bench)" \
 run net-agent-bench "switch through the agent (net-agent-bench)" \
   target/release/net-agent-bench "${net_agent_args[@]}"
 run tls_bench "TLS proxy (tls_bench)" cargo bench --locked -q -p dpu-crypto --bench tls_bench
-run scan "host stub (scan)" cargo bench --locked -q -p host-stub --bench scan
+run scan "host stub (scan)" env HOST_STUB_BIN=target/release-small/host-stub \
+  cargo bench --locked -q -p host-stub --bench scan
 if $storage; then
   bash tests/vm/setup.sh > "$out/vm-setup.txt" 2>&1
   CC_x86_64_unknown_linux_musl=gcc cargo build --locked -q -p dpu-tests \

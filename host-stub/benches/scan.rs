@@ -116,6 +116,23 @@ fn main() {
         "-",
         "-"
     );
+    // The rows with their targets as `bench-row` lines for
+    // `scripts/bench.sh` (`times` are sorted by `row` above).
+    let median_ms = |t: &[Duration]| t[t.len() / 2].as_secs_f64() * 1e3;
+    let (scan, walk) = (median_ms(&times), median_ms(&walk_times));
+    let verdict = |met: bool| if met { "met" } else { "missed" };
+    println!();
+    println!(
+        "bench-row\tscan + select, {} functions, median\t{scan:.2} ms\t{walk:.2} ms (bare walk)\t{:.2}×\t≤ 20 ms\t{}",
+        VFS + 1,
+        scan / walk,
+        verdict(scan <= 20.0)
+    );
+    let mb = daemon_rss as f64 * 1024.0 / 1e6;
+    println!(
+        "bench-row\thost-stub run (daemon) RSS\t{mb:.1} MB\t-\t-\t≤ 8 MB\t{}",
+        verdict(mb <= 8.0)
+    );
 }
 
 /// Lists every function directory and reads each regular file in it once.
