@@ -281,6 +281,8 @@ impl Engine {
                 }
             }
         }
+        // What the last passes staged, so a clean stop loses no status.
+        self.flush().await;
         tracing::info!("reconcile engine stopped");
     }
 

@@ -502,6 +502,7 @@ struct Report<'a> {
     rss_loaded: f64,
     reads: PhaseResult,
     writes: PhaseResult,
+    commits: CommitStats,
 }
 
 impl Report<'_> {
@@ -598,6 +599,18 @@ impl Report<'_> {
             w.requests,
             w.errors,
         );
+        let c = &self.commits;
+        if c.commits > 0.0 {
+            let _ = writeln!(
+                s,
+                "Store during the write phase: {:.0} commits for {:.0} writes (PUTs and the \
+                 engine's status writes), {:.1} writes per commit, {:.2} ms per commit.",
+                c.commits,
+                c.writes,
+                c.writes / c.commits,
+                c.seconds / c.commits * 1e3,
+            );
+        }
         for (name, phase) in [("read", r), ("write", w)] {
             if let Some(e) = &phase.first_error {
                 let _ = writeln!(s, "\nFirst {name} error: {e}");
@@ -640,7 +653,9 @@ async fn run(opts: &Options) -> BenchResult<String> {
         "agent-bench: writes, {} connections, {duration:?}",
         opts.connections
     );
+    let before = CommitStats::read(&admin).await?;
     let writes = run_phase(&agent, Load::Writes, opts.connections, duration).await?;
+    let commits = CommitStats::read(&admin).await?.since(&before);
 
     Ok(Report {
         opts,
@@ -652,8 +667,47 @@ async fn run(opts: &Options) -> BenchResult<String> {
         rss_loaded,
         reads,
         writes,
+        commits,
     }
     .markdown())
+}
+
+/// The store's commit histograms (`dpu_agent_store_commit_*` in
+/// `/metrics`): sums and counts, to tell how the write phase's writes were
+/// grouped.
+#[derive(Debug, Default, Clone, Copy)]
+struct CommitStats {
+    commits: f64,
+    seconds: f64,
+    writes: f64,
+}
+
+impl CommitStats {
+    async fn read(client: &dpu_api::client::Client) -> BenchResult<CommitStats> {
+        let text = client
+            .metrics()
+            .await
+            .map_err(|e| format!("GET /metrics: {e}"))?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(CommitStats {
+            commits: value("dpu_agent_store_commit_duration_seconds_count"),
+            seconds: value("dpu_agent_store_commit_duration_seconds_sum"),
+            writes: value("dpu_agent_store_commit_group_size_sum"),
+        })
+    }
+
+    fn since(self, before: &CommitStats) -> CommitStats {
+        CommitStats {
+            commits: self.commits - before.commits,
+            seconds: self.seconds - before.seconds,
+            writes: self.writes - before.writes,
+        }
+    }
 }
 
 fn main() -> ExitCode {
