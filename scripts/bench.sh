@@ -9,6 +9,9 @@
 #                                 stunnel4, host-stub scan and RSS
 #   scripts/bench.sh --storage    also the storage benchmark in the VM rig
 #   scripts/bench.sh --quick      shorter runs (fewer ports, seconds, rounds)
+#   scripts/bench.sh --only agent-bench,scan   only the benchmarks named
+#                                 (agent-bench, net_bench, net-agent-bench,
+#                                 tls_bench, scan, storage_bench)
 #
 # Needs root (OVS sandboxes, network namespaces) and what scripts/setup.sh
 # installs, plus stunnel4 (installed here if missing). Each benchmark's own
@@ -24,12 +27,15 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 storage=false
 quick=false
-for a in "$@"; do
-  case "$a" in
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --storage) storage=true ;;
     --quick) quick=true ;;
-    *) echo "usage: scripts/bench.sh [--storage] [--quick]" >&2; exit 2 ;;
+    --only) only=",${2:?--only needs a list of benchmark names},"; shift ;;
+    *) echo "usage: scripts/bench.sh [--storage] [--quick] [--only NAME,...]" >&2; exit 2 ;;
   esac
+  shift
 done
 [ "$(id -u)" = 0 ] || { echo "scripts/bench.sh: needs root (OVS sandboxes, namespaces)" >&2; exit 2; }
 command -v stunnel4 >/dev/null || apt-get install -y -qq stunnel4 >/dev/null
@@ -59,6 +65,9 @@ cargo build --locked --profile release-small -q -p host-stub --bin host-stub
 run() {
   local name=$1 area=$2
   shift 2
+  if [ -n "$only" ] && [[ $only != *",$name,"* ]]; then
+    return 0
+  fi
   echo "scripts/bench.sh: $name: $*"
   local started=$SECONDS
   if "$@" > "$out/$name.txt" 2> "$out/$name.err"; then
@@ -83,7 +92,7 @@ run net-agent-bench "switch through the agent (net-agent-bench)" \
 run tls_bench "TLS proxy (tls_bench)" cargo bench --locked -q -p dpu-crypto --bench tls_bench
 run scan "host stub (scan)" env HOST_STUB_BIN=target/release-small/host-stub \
   cargo bench --locked -q -p host-stub --bench scan
-if $storage; then
+if $storage || [[ $only == *",storage_bench,"* ]]; then
   bash tests/vm/setup.sh > "$out/vm-setup.txt" 2>&1
   CC_x86_64_unknown_linux_musl=gcc cargo build --locked -q -p dpu-tests \
     --target x86_64-unknown-linux-musl --bin storage-bench
