@@ -10,6 +10,7 @@ use crate::model::{BackendKind, DesiredVolume, Qos, SpdkObserved, VolumeKey};
 use crate::spdk::methods::{self as m, ListenAddress, QosLimits};
 use crate::spdk::snap;
 
+/// Volumes the SPDK backends refuse: a host NQN that is another volume's
 /// (or a function's) derived NQN. Each remote source is a bdev_nvme
 /// controller named after its volume (`dpu_<tenant>_<volume>_src`), found
 /// by that name only, so volumes never share a controller or bdev there.
@@ -17,6 +18,7 @@ pub fn refusals_spdk(desired: &[DesiredVolume]) -> Vec<Refusal> {
     desired.iter().filter_map(host_nqn_refusal).collect()
 }
 
+/// Settings of the SPDK planners.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpdkPlanConfig {
     /// [`BackendKind::Snap`] or [`BackendKind::SpdkNvmf`].
