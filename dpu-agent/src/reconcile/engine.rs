@@ -554,7 +554,9 @@ mod tests {
     }
 
     /// `dpu_agent_reconcile_queue_seconds`: a change event's key is timed
-    /// from the event to its reconcile start; a resync is not.
+    /// from the event to its reconcile start; a resync is not. Its only
+    /// label is the kind (TENANCY.md invariants 5 and 6: no tenant or id in
+    /// a metric, no series a caller can add).
     #[tokio::test(flavor = "current_thread")]
     async fn queue_wait_is_timed_from_the_change_event() {
         use dpu_api::object::{EventType, WriteOutcome};
