@@ -198,6 +198,17 @@ async fn converges_is_idempotent_and_repairs_drift() {
     })
     .await;
     assert_eq!(r.flow_mods_sent, sent, "unchanged flows were re-sent");
+    // An OVSDB change that moves none of the bridge's ports or ofports
+    // wakes the reconciler, which reads the replica and plans nothing.
+    let diffs = r.phase(Pass::Change, Phase::Diff).count();
+    let reads = r.phase(Pass::Change, Phase::Replica).count();
+    rig.vsctl(&["set", "Open_vSwitch", ".", "external_ids:pass-test=1"]);
+    let r = wait_report(&handle, Duration::from_secs(5), "replica pass", |r| {
+        r.phase(Pass::Change, Phase::Replica).count() > reads
+    })
+    .await;
+    assert_eq!(r.phase(Pass::Change, Phase::Diff).count(), diffs);
+    assert!(r.programmed && r.version == 2);
     assert!(
         handle.plan(&input(3)).is_empty(),
         "{:?}",

@@ -133,11 +133,14 @@ impl Pass {
 pub enum Phase {
     /// The wait after a change, so a burst is converged in one pass (2 ms).
     Debounce,
-    /// Planning without I/O: replica reads, ports to add or remove, the
-    /// flow set compiled from the whole desired state, per-port report.
+    /// Planning without I/O: ports to add or remove, the flow set compiled
+    /// from the whole desired state, the per-port report.
     Compile,
     /// The compiled flows diffed against the observed ones.
     Diff,
+    /// The bridge's ports and interfaces read (and parsed) from the OVSDB
+    /// replica.
+    Replica,
     /// OVSDB transactions (bridge, `hw-offload`, ports), sent to answered.
     Ovsdb,
     /// OpenFlow flow dump (a fresh connection or the periodic full check).
@@ -158,10 +161,11 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Debounce,
         Phase::Compile,
         Phase::Diff,
+        Phase::Replica,
         Phase::Ovsdb,
         Phase::Dump,
         Phase::Meters,
@@ -176,6 +180,7 @@ impl Phase {
             Phase::Debounce => "debounce",
             Phase::Compile => "compile",
             Phase::Diff => "diff",
+            Phase::Replica => "replica",
             Phase::Ovsdb => "ovsdb",
             Phase::Dump => "dump",
             Phase::Meters => "meters",
@@ -604,7 +609,17 @@ impl Reconciler {
             });
         }
         self.ensure_bridge().await?;
-        self.refresh_ports()?;
+        let ports_moved = self.refresh_ports()?;
+        if !ports_moved
+            && self.believed
+            && self.openflow.is_some()
+            && self.last_ok == Some(input.version)
+        {
+            // Woken by an OVSDB change that moved nothing the plan reads
+            // (the echo of our own insert, `cur_cfg`, a row of another
+            // bridge): the last pass's result stands.
+            return Ok(());
+        }
         let port_plan = {
             let observed = self.observed.lock().expect("observed lock");
             plan_ports(
@@ -763,8 +778,16 @@ impl Reconciler {
         self.timed(Phase::Ovsdb, took);
     }
 
-    /// Reads the bridge's ports and every interface's ofport from the replica.
-    fn refresh_ports(&mut self) -> Result<(), SwitchError> {
+    /// Reads the bridge's ports and every interface's ofport from the
+    /// replica; true when they differ from what was observed before.
+    fn refresh_ports(&mut self) -> Result<bool, SwitchError> {
+        let started = Instant::now();
+        let r = self.refresh_ports_untimed();
+        self.timed(Phase::Replica, started.elapsed());
+        r
+    }
+
+    fn refresh_ports_untimed(&mut self) -> Result<bool, SwitchError> {
         let bridge = &self.config.bridge;
         let (ports, ifaces) =
             self.ovsdb
@@ -789,9 +812,11 @@ impl Reconciler {
                     Ok((ports, ifaces))
                 })?;
         let mut observed = self.observed.lock().expect("observed lock");
-        observed.ofports = ofports(&ifaces);
+        let ofports = ofports(&ifaces);
+        let moved = observed.ofports != ofports || observed.ports != ports;
+        observed.ofports = ofports;
         observed.ports = ports;
-        Ok(())
+        Ok(moved)
     }
 
     async fn apply_ports(&mut self, plan: &PortPlan) -> Result<(), SwitchError> {

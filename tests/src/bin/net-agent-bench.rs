@@ -318,6 +318,11 @@ const PHASES: &[(&str, &str, bool)] = &[
         true,
     ),
     (
+        "OVSDB replica read",
+        "dpu_agent_switch_phase_seconds_sum{pass=\"change\",phase=\"replica\"}",
+        true,
+    ),
+    (
         "OVSDB transaction",
         "dpu_agent_switch_phase_seconds_sum{pass=\"change\",phase=\"ovsdb\"}",
         true,
@@ -607,13 +612,13 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
     passes.sort_by(f64::total_cmp);
     let _ = writeln!(
         table,
-        "| … switch passes per port added (each compiles and diffs the whole state) | median {} / max {} | | |",
+        "| … switch passes per port added (each reads the replica; those that plan compile and diff the whole state) | median {} / max {} | | |",
         passes.get(passes.len() / 2).copied().unwrap_or(0.0),
         passes.last().copied().unwrap_or(0.0),
     );
     let _ = writeln!(
         table,
-        "| … of which without the round trips to the switch (store, queue, input, debounce, compile, diff) | {} | | |",
+        "| … of which without the round trips to the switch (store, queue, input, debounce, compile, diff, replica) | {} | | |",
         p50_p99(share_local.clone()),
     );
     for (i, (label, _, agents)) in PHASES.iter().enumerate() {
@@ -684,6 +689,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
         "debounce",
         "compile",
         "diff",
+        "replica",
         "ovsdb",
         "dump",
         "bundle",
