@@ -15,7 +15,7 @@ use net_offload::pipeline::{
     SecurityDesc, is_agent_cookie,
 };
 use net_offload::sandbox::Daemon;
-use net_offload::switch::{SwitchConfig, SwitchHandle, SwitchInput, SwitchReport};
+use net_offload::switch::{Pass, Phase, SwitchConfig, SwitchHandle, SwitchInput, SwitchReport};
 use rig::{BRIDGE, Rig};
 use tokio::sync::watch;
 
@@ -154,6 +154,27 @@ async fn converges_is_idempotent_and_repairs_drift() {
     let total: usize = r.flows.values().sum();
     assert_eq!(agent_flows(&rig).len(), total, "ovs-ofctl sees every flow");
     assert!(r.ports["web"].flows > 0);
+    // The passes' time is split into phases: this one created the bridge
+    // and the tunnel port, dumped the fresh connection's flows, compiled,
+    // diffed and sent one bundle.
+    for phase in [
+        Phase::Ovsdb,
+        Phase::Dump,
+        Phase::Compile,
+        Phase::Diff,
+        Phase::Bundle,
+    ] {
+        assert!(
+            r.phase(Pass::Change, phase).count() > 0,
+            "{}: {:?}",
+            phase.as_str(),
+            r.phases
+        );
+    }
+    assert_eq!(
+        r.phase(Pass::Change, Phase::Bundle).count(),
+        r.bundle_durations.count()
+    );
     // Bridge as the agent wants it; tunnel port created with its owner.
     assert_eq!(
         rig.vsctl(&["get", "bridge", BRIDGE, "fail_mode"]).trim(),
@@ -177,6 +198,17 @@ async fn converges_is_idempotent_and_repairs_drift() {
     })
     .await;
     assert_eq!(r.flow_mods_sent, sent, "unchanged flows were re-sent");
+    // An OVSDB change that moves none of the bridge's ports or ofports
+    // wakes the reconciler, which reads the replica and plans nothing.
+    let diffs = r.phase(Pass::Change, Phase::Diff).count();
+    let reads = r.phase(Pass::Change, Phase::Replica).count();
+    rig.vsctl(&["set", "Open_vSwitch", ".", "external_ids:pass-test=1"]);
+    let r = wait_report(&handle, Duration::from_secs(5), "replica pass", |r| {
+        r.phase(Pass::Change, Phase::Replica).count() > reads
+    })
+    .await;
+    assert_eq!(r.phase(Pass::Change, Phase::Diff).count(), diffs);
+    assert!(r.programmed && r.version == 2);
     assert!(
         handle.plan(&input(3)).is_empty(),
         "{:?}",
@@ -208,6 +240,13 @@ async fn converges_is_idempotent_and_repairs_drift() {
     })
     .await;
     assert_eq!(r2.flow_mods_sent, 0, "a restarted reconciler re-sent flows");
+    assert_eq!(
+        r2.ovsdb_transaction_durations.count(),
+        0,
+        "a restarted reconciler wrote to OVSDB"
+    );
+    assert_eq!(r2.phase(Pass::Change, Phase::Bundle).count(), 0);
+    assert!(r2.phase(Pass::Change, Phase::Dump).count() > 0);
     assert_eq!(
         rig.vsctl(&["get", "interface", "dpu-vxlan", "ofport"]),
         tunnel_ofport

@@ -109,6 +109,10 @@ pub struct EngineStats {
     pub queue_len: AtomicU64,
     /// Reconcile duration by kind (its path) and outcome (`ok`, `error`).
     pub reconcile_seconds: HistogramVec<2>,
+    /// By kind: from the change event that queued an object (the first
+    /// one not yet reconciled) to the start of its reconcile. Resyncs and
+    /// retries are not counted: they are due later on purpose.
+    pub queue_seconds: HistogramVec<1>,
     /// Failed reconciles by kind and reason ([`Reason::as_str`]: a closed set).
     pub errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Unix time of the last successful reconcile, by kind.
@@ -123,6 +127,7 @@ impl Default for EngineStats {
             failures: AtomicU64::default(),
             queue_len: AtomicU64::default(),
             reconcile_seconds: HistogramVec::new(RECONCILE_BUCKETS, ["kind", "outcome"]),
+            queue_seconds: HistogramVec::new(RECONCILE_BUCKETS, ["kind"]),
             errors: Mutex::default(),
             last_success: Mutex::default(),
         }
@@ -177,6 +182,8 @@ pub fn backoff(failures: u32) -> Duration {
 struct Queue {
     due: BTreeMap<ObjectKey, Instant>,
     failures: HashMap<ObjectKey, u32>,
+    /// When a change event queued the key (the first not yet reconciled).
+    changed: HashMap<ObjectKey, Instant>,
 }
 
 impl Queue {
@@ -234,6 +241,7 @@ impl Engine {
         let mut queue = Queue {
             due: BTreeMap::new(),
             failures: HashMap::new(),
+            changed: HashMap::new(),
         };
         self.enqueue_all(&mut queue);
         let mut resync = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
@@ -301,10 +309,13 @@ impl Engine {
         // A changed spec resets the backoff: the new spec may well work.
         queue.failures.remove(&key);
         let kind = key.kind;
+        queue.changed.entry(key.clone()).or_insert(now);
         queue.add(key, now);
         if !kind.is_tenant() {
             // The tenant counts what it owns.
-            queue.add(ObjectKey::new(Kind::Tenant, tenant), now);
+            let tenant = ObjectKey::new(Kind::Tenant, tenant);
+            queue.changed.entry(tenant.clone()).or_insert(now);
+            queue.add(tenant, now);
         }
         if type_ == EventType::Deleted {
             // Deleting objects may have been waiting for this one to go.
@@ -321,6 +332,11 @@ impl Engine {
     }
 
     async fn process(&self, queue: &mut Queue, key: ObjectKey) {
+        if let Some(changed) = queue.changed.remove(&key) {
+            self.stats
+                .queue_seconds
+                .observe([key.kind.path()], changed.elapsed().as_secs_f64());
+        }
         let Some(obj) = self.ctx.store.get(&key) else {
             return;
         };
@@ -539,6 +555,88 @@ mod tests {
         }
     }
 
+    /// `dpu_agent_reconcile_queue_seconds`: a change event's key is timed
+    /// from the event to its reconcile start; a resync is not. Its only
+    /// label is the kind (TENANCY.md invariants 5 and 6: no tenant or id in
+    /// a metric, no series a caller can add).
+    #[tokio::test(flavor = "current_thread")]
+    async fn queue_wait_is_timed_from_the_change_event() {
+        use dpu_api::object::{EventType, WriteOutcome};
+
+        use crate::reconcile::BoxFuture;
+        use crate::store::{Store, StoreError};
+
+        struct Succeeding;
+        impl Controller for Succeeding {
+            fn kind(&self) -> Kind {
+                Kind::Network
+            }
+            fn reconcile<'a>(
+                &'a self,
+                _ctx: &'a Context,
+                obj: &'a StoredObject,
+            ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+                Box::pin(async {
+                    Ok(Outcome {
+                        status: obj.status.clone(),
+                        finalized: false,
+                        requeue_after: None,
+                    })
+                })
+            }
+            fn plan(&self, _: &Context, _: &StoredObject, _: WriteOutcome) -> Vec<String> {
+                Vec::new()
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        store
+            .transact(|t| {
+                t.put(
+                    StoredObject::from_json(
+                        None,
+                        Kind::Network,
+                        "blue",
+                        "acme",
+                        &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+                    ),
+                    EventType::Added,
+                );
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let engine = Engine::new(
+            Context { store },
+            Controllers::new(vec![Arc::new(Succeeding) as Arc<dyn Controller>]),
+        );
+        let mut queue = Queue {
+            due: BTreeMap::new(),
+            failures: HashMap::new(),
+            changed: HashMap::new(),
+        };
+        let key = ObjectKey::new(Kind::Network, "blue");
+        engine.on_event(&mut queue, EventType::Added, key.clone(), "acme");
+        // A status event queues nothing.
+        engine.on_event(&mut queue, EventType::Status, key.clone(), "acme");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        engine.process(&mut queue, key.clone()).await;
+        let q = engine.stats.queue_seconds.get(["networks"]).unwrap();
+        assert_eq!(q.count(), 1);
+        assert!(q.sum() >= 0.02, "{}", q.sum());
+        // The tenant was queued by the same event.
+        assert!(
+            queue
+                .changed
+                .contains_key(&ObjectKey::new(Kind::Tenant, "acme"))
+        );
+        // A resync is due at once on purpose: not a queue wait.
+        engine.enqueue_all(&mut queue);
+        engine.process(&mut queue, key).await;
+        let q = engine.stats.queue_seconds.get(["networks"]).unwrap();
+        assert_eq!(q.count(), 1);
+    }
+
     #[test]
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff(1), Duration::from_millis(100));
@@ -627,6 +725,7 @@ mod tests {
         let mut queue = Queue {
             due: BTreeMap::new(),
             failures: HashMap::new(),
+            changed: HashMap::new(),
         };
         for _ in 0..4 {
             engine

@@ -22,7 +22,9 @@ use net_offload::pipeline::{
     self, DesiredNetworking, Encap, EndpointDesc, NetworkDesc, OwnerKind, PortDesc, QosDesc,
     RuleDesc, RuleProtocol, SecurityDesc,
 };
-use net_offload::switch::{SwitchConfig, SwitchHandle, SwitchInput, SwitchReport};
+use net_offload::switch::{
+    Durations, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle, SwitchInput, SwitchReport,
+};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -50,6 +52,9 @@ pub struct NetworkBackend {
 struct LastInput {
     inputs: Option<InputRevisions>,
     input: SwitchInput,
+    /// Time spent building the desired networking from the store (the
+    /// `input` phase of `dpu_agent_switch_phase_seconds`).
+    built: Durations,
 }
 
 /// The store revisions the desired networking is derived from: the specs of
@@ -120,14 +125,20 @@ impl NetworkBackend {
         if last.inputs == Some(revisions) {
             return last.input.version;
         }
+        let started = std::time::Instant::now();
         let (networking, representors) = desired_from_store(store, None);
         last.inputs = Some(revisions);
-        if networking != last.input.networking || representors != last.input.representors {
+        let changed =
+            networking != last.input.networking || representors != last.input.representors;
+        if changed {
             last.input = SwitchInput {
                 version: last.input.version + 1,
                 networking,
                 representors,
             };
+        }
+        last.built.observe(started.elapsed());
+        if changed {
             self.switch.set_input(last.input.clone());
         }
         last.input.version
@@ -534,6 +545,34 @@ impl Controller for NetworkController {
             "dpu_agent_switch_ovsdb_transaction_duration_seconds",
             "Time one OVSDB transaction of the switch reconciler took.",
         );
+        let name = "dpu_agent_switch_phase_seconds";
+        crate::metrics::header(
+            out,
+            name,
+            "histogram",
+            "Where the network controllers' and the switch reconciler's time went, by pass (change, periodic) and phase.",
+        );
+        let built = self
+            .backend
+            .last
+            .lock()
+            .map(|l| l.built.clone())
+            .unwrap_or_default();
+        let report: &SwitchReport = &r;
+        let series = std::iter::once((Pass::Change, "input", &built)).chain(
+            Pass::ALL.into_iter().flat_map(|pass| {
+                SwitchPhase::ALL
+                    .into_iter()
+                    .map(move |phase| (pass, phase.as_str(), report.phase(pass, phase)))
+            }),
+        );
+        for (pass, phase, d) in series {
+            Histogram::from_parts(DURATION_BUCKETS, &d.counts, nanos(d)).render(
+                out,
+                name,
+                &[("pass", pass.as_str()), ("phase", phase)],
+            );
+        }
     }
 }
 

@@ -304,6 +304,11 @@ pub async fn metrics(
         "dpu_agent_reconcile_duration_seconds",
         "Time one reconcile took, by kind and outcome (ok, error).",
     );
+    e.queue_seconds.render(
+        &mut out,
+        "dpu_agent_reconcile_queue_seconds",
+        "Time from the change event that queued an object to the start of its reconcile, by kind.",
+    );
     metrics::header(
         &mut out,
         "dpu_agent_reconcile_last_success_timestamp_seconds",

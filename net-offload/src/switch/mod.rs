@@ -102,6 +102,101 @@ pub struct SwitchReport {
     /// How long each OVSDB transaction the reconciler sent took (bridge,
     /// `hw-offload`, ports added, ports removed).
     pub ovsdb_transaction_durations: Durations,
+    /// Where the reconciler's time went, by kind of pass and [`Phase`]
+    /// (`[pass][phase]`, see [`Pass::ALL`] and [`Phase::ALL`]).
+    pub phases: [[Durations; Phase::ALL.len()]; Pass::ALL.len()],
+}
+
+/// Why a pass ran: a change (input, OVSDB replica or session), or the
+/// periodic check with nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Change,
+    Periodic,
+}
+
+impl Pass {
+    pub const ALL: [Pass; 2] = [Pass::Change, Pass::Periodic];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pass::Change => "change",
+            Pass::Periodic => "periodic",
+        }
+    }
+}
+
+/// One phase of the reconciler's time (a closed set, a metrics label).
+/// Within a convergence pass the phases partition its wall time exactly:
+/// `compile` is what is left once the others are taken out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The wait after a change, so a burst is converged in one pass (2 ms).
+    Debounce,
+    /// Planning without I/O: ports to add or remove, the flow set compiled
+    /// from the whole desired state, the per-port report.
+    Compile,
+    /// The compiled flows diffed against the observed ones.
+    Diff,
+    /// The bridge's ports and interfaces read (and parsed) from the OVSDB
+    /// replica.
+    Replica,
+    /// OVSDB transactions (bridge, `hw-offload`, ports), sent to answered.
+    Ovsdb,
+    /// OpenFlow flow dump (a fresh connection or the periodic full check).
+    Dump,
+    /// OpenFlow meter mods.
+    Meters,
+    /// The OpenFlow bundle: open, flow_mods, commit, until the commit is
+    /// acknowledged (the switch acks it after its barrier-like commit).
+    Bundle,
+    /// Idle, waiting for ovs-vswitchd to give ports the agent added an
+    /// ofport (end of the pass that added them to the next pass). The
+    /// switch's time, not the agent's.
+    VswitchdWait,
+    /// The periodic pass's flow count (`OFPMP_AGGREGATE`).
+    Check,
+    /// The periodic read of the datapath flows over unixctl.
+    Datapath,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 11] = [
+        Phase::Debounce,
+        Phase::Compile,
+        Phase::Diff,
+        Phase::Replica,
+        Phase::Ovsdb,
+        Phase::Dump,
+        Phase::Meters,
+        Phase::Bundle,
+        Phase::VswitchdWait,
+        Phase::Check,
+        Phase::Datapath,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Debounce => "debounce",
+            Phase::Compile => "compile",
+            Phase::Diff => "diff",
+            Phase::Replica => "replica",
+            Phase::Ovsdb => "ovsdb",
+            Phase::Dump => "dump",
+            Phase::Meters => "meters",
+            Phase::Bundle => "bundle",
+            Phase::VswitchdWait => "vswitchd_wait",
+            Phase::Check => "check",
+            Phase::Datapath => "datapath",
+        }
+    }
+}
+
+impl SwitchReport {
+    /// The durations of `phase` in passes of kind `pass`.
+    pub fn phase(&self, pass: Pass, phase: Phase) -> &Durations {
+        &self.phases[pass as usize][phase as usize]
+    }
 }
 
 /// Upper bounds in seconds of [`Durations`]' buckets: an OVSDB transaction or
@@ -186,6 +281,10 @@ impl SwitchHandle {
             last_ok: None,
             ticks: 0,
             datapath: None,
+            pass: Pass::Change,
+            pass_timed: Duration::ZERO,
+            awaiting_ofport: BTreeMap::new(),
+            waiting_since: None,
         };
         tokio::spawn(task.run(input_rx, shutdown));
         SwitchHandle {
@@ -264,7 +363,20 @@ struct Reconciler {
     /// Datapath flows per input port name, from the last successful query
     /// (every [`DATAPATH_EVERY`] periods); `None` while unknown.
     datapath: Option<BTreeMap<String, crate::unixctl::DatapathFlows>>,
+    /// The kind of the pass running, for [`Reconciler::timed`].
+    pass: Pass,
+    /// Time of the running convergence pass already put in a phase.
+    pass_timed: Duration,
+    /// Ports this reconciler added that have no ofport yet, with when
+    /// (given up after [`OFPORT_WAIT_MAX`]: a port ovs-vswitchd cannot open
+    /// never gets one).
+    awaiting_ofport: BTreeMap<String, Instant>,
+    /// When the last pass ended with `awaiting_ofport` not empty.
+    waiting_since: Option<Instant>,
 }
+
+/// How long a port added to the bridge counts as waiting for its ofport.
+const OFPORT_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Datapath flows are read every this many periods (2 s).
 const DATAPATH_EVERY: u64 = 4;
@@ -310,14 +422,28 @@ impl Reconciler {
                 _ = session.changed() => {}
                 _ = tick.tick() => periodic = true,
             }
+            let woke = Instant::now();
+            let waited = self.waiting_since.take().map(|t| woke - t);
             if !periodic {
                 // Coalesce a burst of changes into one pass.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            let debounced = woke.elapsed();
             let periodic = periodic
                 && !input.has_changed().unwrap_or(true)
                 && !replica.has_changed().unwrap_or(true)
                 && !session.has_changed().unwrap_or(true);
+            self.pass = if periodic {
+                Pass::Periodic
+            } else {
+                Pass::Change
+            };
+            if let Some(waited) = waited {
+                self.timed(Phase::VswitchdWait, waited);
+            }
+            if !periodic {
+                self.timed(Phase::Debounce, debounced);
+            }
             let current = input.borrow_and_update().clone();
             if current.version == 0 {
                 // No desired state yet: converging to "nothing" would delete
@@ -338,14 +464,24 @@ impl Reconciler {
                 self.report_tx.send_replace(Arc::new(self.report.clone()));
                 continue;
             }
-            if periodic
-                && self.ticks.is_multiple_of(DATAPATH_EVERY)
-                && self.refresh_datapath(&current).await
-            {
-                self.report_tx.send_replace(Arc::new(self.report.clone()));
+            if periodic && self.ticks.is_multiple_of(DATAPATH_EVERY) {
+                let started = Instant::now();
+                let changed = self.refresh_datapath(&current).await;
+                self.timed(Phase::Datapath, started.elapsed());
+                if changed {
+                    self.report_tx.send_replace(Arc::new(self.report.clone()));
+                }
             }
-            if periodic && self.in_sync(&current).await {
-                continue;
+            if periodic {
+                let started = Instant::now();
+                let in_sync = self.in_sync(&current).await;
+                self.timed(Phase::Check, started.elapsed());
+                if in_sync {
+                    if !self.awaiting_ofport.is_empty() {
+                        self.waiting_since = Some(Instant::now());
+                    }
+                    continue;
+                }
             }
             let result = self.converge(&current).await;
             if result.is_err() {
@@ -444,14 +580,46 @@ impl Reconciler {
         }
     }
 
+    /// Puts `took` in `phase` of the running pass.
+    fn timed(&mut self, phase: Phase, took: Duration) {
+        self.report.phases[self.pass as usize][phase as usize].observe(took);
+        self.pass_timed += took;
+    }
+
+    /// One convergence pass, its wall time split into phases: what the
+    /// I/O and the diff did not take is `compile`.
     async fn converge(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
+        let started = Instant::now();
+        self.pass_timed = Duration::ZERO;
+        let result = self.converge_timed(input).await;
+        let rest = started.elapsed().saturating_sub(self.pass_timed);
+        self.timed(Phase::Compile, rest);
+        // Ports added but not opened yet: the time until the next pass is
+        // ovs-vswitchd's.
+        if !self.awaiting_ofport.is_empty() {
+            self.waiting_since = Some(Instant::now());
+        }
+        result
+    }
+
+    async fn converge_timed(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
         if !self.ovsdb.session().borrow().connected {
             return Err(SwitchError::OvsdbDown {
                 db: format!("{:?}", self.config.db),
             });
         }
         self.ensure_bridge().await?;
-        self.refresh_ports()?;
+        let ports_moved = self.refresh_ports()?;
+        if !ports_moved
+            && self.believed
+            && self.openflow.is_some()
+            && self.last_ok == Some(input.version)
+        {
+            // Woken by an OVSDB change that moved nothing the plan reads
+            // (the echo of our own insert, `cur_cfg`, a row of another
+            // bridge): the last pass's result stands.
+            return Ok(());
+        }
         let port_plan = {
             let observed = self.observed.lock().expect("observed lock");
             plan_ports(
@@ -462,6 +630,12 @@ impl Reconciler {
         if !port_plan.is_empty() {
             self.apply_ports(&port_plan).await?;
             self.refresh_ports()?;
+        }
+        if !self.awaiting_ofport.is_empty() {
+            let observed = self.observed.lock().expect("observed lock");
+            self.awaiting_ofport.retain(|name, added| {
+                !observed.ofports.contains_key(name) && added.elapsed() < OFPORT_WAIT_MAX
+            });
         }
         self.connect_openflow().await?;
         let dumped = if self.believed {
@@ -475,8 +649,11 @@ impl Reconciler {
                 observed.flows = flows;
             }
             let (_, compiled) = plan_all(&observed, input);
+            let diffing = Instant::now();
             let plan =
                 pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
+            drop(observed);
+            self.timed(Phase::Diff, diffing.elapsed());
             (compiled, plan)
         };
         // Each port's ofport: the in_port its classification flow matches
@@ -571,9 +748,7 @@ impl Reconciler {
                     owner: owner_value("bridge", &self.config.bridge),
                 })
                 .await;
-            self.report
-                .ovsdb_transaction_durations
-                .observe(started.elapsed());
+            self.ovsdb_timed(started.elapsed());
             r?;
         }
         if self.config.hw_offload
@@ -592,16 +767,27 @@ impl Reconciler {
             txn.comment("dpu-agent: other_config:hw-offload=true");
             let started = Instant::now();
             let r = self.ovsdb.transact(&txn).await;
-            self.report
-                .ovsdb_transaction_durations
-                .observe(started.elapsed());
+            self.ovsdb_timed(started.elapsed());
             r?;
         }
         Ok(())
     }
 
-    /// Reads the bridge's ports and every interface's ofport from the replica.
-    fn refresh_ports(&mut self) -> Result<(), SwitchError> {
+    fn ovsdb_timed(&mut self, took: Duration) {
+        self.report.ovsdb_transaction_durations.observe(took);
+        self.timed(Phase::Ovsdb, took);
+    }
+
+    /// Reads the bridge's ports and every interface's ofport from the
+    /// replica; true when they differ from what was observed before.
+    fn refresh_ports(&mut self) -> Result<bool, SwitchError> {
+        let started = Instant::now();
+        let r = self.refresh_ports_untimed();
+        self.timed(Phase::Replica, started.elapsed());
+        r
+    }
+
+    fn refresh_ports_untimed(&mut self) -> Result<bool, SwitchError> {
         let bridge = &self.config.bridge;
         let (ports, ifaces) =
             self.ovsdb
@@ -626,9 +812,11 @@ impl Reconciler {
                     Ok((ports, ifaces))
                 })?;
         let mut observed = self.observed.lock().expect("observed lock");
-        observed.ofports = ofports(&ifaces);
+        let ofports = ofports(&ifaces);
+        let moved = observed.ofports != ofports || observed.ports != ports;
+        observed.ofports = ofports;
         observed.ports = ports;
-        Ok(())
+        Ok(moved)
     }
 
     async fn apply_ports(&mut self, plan: &PortPlan) -> Result<(), SwitchError> {
@@ -639,18 +827,20 @@ impl Reconciler {
         if !plan.add.is_empty() {
             let started = Instant::now();
             let r = self.ovsdb.add_ports(&bridge, &plan.add).await;
-            self.report
-                .ovsdb_transaction_durations
-                .observe(started.elapsed());
+            self.ovsdb_timed(started.elapsed());
             r?;
+            let now = Instant::now();
+            self.awaiting_ofport
+                .extend(plan.add.iter().map(|p| (p.name.clone(), now)));
         }
         if !plan.remove.is_empty() {
+            for name in &plan.remove {
+                self.awaiting_ofport.remove(name);
+            }
             let names: Vec<&str> = plan.remove.iter().map(String::as_str).collect();
             let started = Instant::now();
             let r = self.ovsdb.remove_ports(&bridge, &names).await;
-            self.report
-                .ovsdb_transaction_durations
-                .observe(started.elapsed());
+            self.ovsdb_timed(started.elapsed());
             r?;
         }
         Ok(())
@@ -699,9 +889,12 @@ impl Reconciler {
     }
 
     async fn dump(&mut self) -> Result<Vec<Flow>, SwitchError> {
+        let started = Instant::now();
         let entries = self
             .of(async |c| c.dump_flows(&FlowStatsRequest::new(None, 0, 0)).await)
-            .await?;
+            .await;
+        self.timed(Phase::Dump, started.elapsed());
+        let entries = entries?;
         Ok(entries.into_iter().map(|e| e.flow).collect())
     }
 
@@ -722,7 +915,9 @@ impl Reconciler {
         }
         let started = Instant::now();
         let r = self.of(async |c| c.bundle(&mods).await).await;
-        self.report.bundle_durations.observe(started.elapsed());
+        let took = started.elapsed();
+        self.report.bundle_durations.observe(took);
+        self.timed(Phase::Bundle, took);
         r?;
         self.report.flow_mods_sent += mods.len() as u64;
         self.report.bundles += 1;
@@ -730,6 +925,16 @@ impl Reconciler {
     }
 
     async fn apply_meters(&mut self, compiled: &CompiledPipeline) -> Result<(), SwitchError> {
+        let started = Instant::now();
+        let r = self.apply_meters_untimed(compiled).await;
+        self.timed(Phase::Meters, started.elapsed());
+        r
+    }
+
+    async fn apply_meters_untimed(
+        &mut self,
+        compiled: &CompiledPipeline,
+    ) -> Result<(), SwitchError> {
         for (id, meter) in &compiled.meters {
             if self.meters.get(id) == Some(meter) {
                 continue;
@@ -757,6 +962,16 @@ impl Reconciler {
         &mut self,
         compiled: &CompiledPipeline,
     ) -> Result<(), SwitchError> {
+        let started = Instant::now();
+        let r = self.remove_stale_meters_untimed(compiled).await;
+        self.timed(Phase::Meters, started.elapsed());
+        r
+    }
+
+    async fn remove_stale_meters_untimed(
+        &mut self,
+        compiled: &CompiledPipeline,
+    ) -> Result<(), SwitchError> {
         let stale: Vec<u32> = self
             .meters
             .keys()
@@ -775,6 +990,20 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_index_their_table() {
+        for (i, p) in Phase::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i, "{}", p.as_str());
+        }
+        for (i, p) in Pass::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i, "{}", p.as_str());
+        }
+        let mut r = SwitchReport::default();
+        r.phases[Pass::Periodic as usize][Phase::Bundle as usize].observe(Duration::from_millis(1));
+        assert_eq!(r.phase(Pass::Periodic, Phase::Bundle).count(), 1);
+        assert_eq!(r.phase(Pass::Change, Phase::Bundle).count(), 0);
+    }
 
     #[test]
     fn durations_fall_in_their_buckets() {
