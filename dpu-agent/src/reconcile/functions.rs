@@ -106,36 +106,14 @@ fn vf_slot(
     obj: &StoredObject,
     spec: &FunctionSpec,
 ) -> Result<u32, VfSlotError> {
-    // VFs other functions hold (recorded in their status, or allocated in
-    // this process), and VFs they asked for without holding them yet.
-    let mut held_by: HashMap<u32, String> = HashMap::new();
-    let mut asked_by: HashMap<u32, String> = HashMap::new();
-    // The store's PF index: only this PF's functions are looked at.
-    for other in ctx.store.functions_on_pf(&spec.pf) {
-        let Some(other_spec) = other.spec.as_function() else {
-            continue;
-        };
-        if other.id == obj.id {
-            continue;
-        }
-        let holds = status_vf(&other);
-        if let Some(vf) = holds {
-            held_by.insert(vf, other.id.clone());
-        }
-        let asks = other_spec.vf;
-        if let Some(vf) = asks.filter(|vf| holds != Some(*vf)) {
-            // The lowest id among those asking wins a VF nobody holds.
-            let e = asked_by.entry(vf).or_insert_with(|| other.id.clone());
-            if other.id < *e {
-                *e = other.id.clone();
-            }
-        }
-    }
-    for (id, (pf, vf)) in held {
-        if *id != obj.id && *pf == spec.pf {
-            held_by.insert(*vf, id.clone());
-        }
-    }
+    // VFs other functions hold (recorded in their status: the store's PF
+    // index; or allocated in this process), and VFs they asked for without
+    // holding them yet (the index too).
+    let in_process = |vf: u32| {
+        held.iter()
+            .find(|(id, (pf, v))| **id != obj.id && *pf == spec.pf && *v == vf)
+            .map(|(id, _)| id.clone())
+    };
     let own = spec.vf.or_else(|| status_vf(obj)).or_else(|| {
         held.get(&obj.id)
             .filter(|(pf, _)| *pf == spec.pf)
@@ -143,12 +121,14 @@ fn vf_slot(
     });
     match own {
         Some(vf) => {
-            if let Some(holder) = held_by.get(&vf) {
-                return Err(VfSlotError::InUse(holder.clone()));
+            let claims = ctx.store.vf_claims(&spec.pf, vf, &obj.id);
+            if let Some(holder) = claims.holder.or_else(|| in_process(vf)) {
+                return Err(VfSlotError::InUse(holder));
             }
-            match asked_by.get(&vf) {
-                Some(first) if spec.vf == Some(vf) && *first < obj.id => {
-                    Err(VfSlotError::InUse(first.clone()))
+            // The lowest id among those asking wins a VF nobody holds.
+            match claims.first_asker {
+                Some(first) if spec.vf == Some(vf) && first < obj.id => {
+                    Err(VfSlotError::InUse(first))
                 }
                 _ => Ok(vf),
             }
@@ -156,8 +136,13 @@ fn vf_slot(
         None => {
             // A tenant with a VF range in its grant draws from that range.
             let (lo, hi) = granted_vfs(ctx, &obj.tenant).unwrap_or((0, u32::MAX - 1));
-            (lo..=hi)
-                .find(|i| !held_by.contains_key(i) && !asked_by.contains_key(i))
+            let taken_here: BTreeSet<u32> = held
+                .iter()
+                .filter(|(id, (pf, _))| **id != obj.id && *pf == spec.pf)
+                .map(|(_, (_, vf))| *vf)
+                .collect();
+            ctx.store
+                .lowest_unclaimed_vf(&spec.pf, (lo, hi), &obj.id, &taken_here)
                 .ok_or(VfSlotError::NoneFree { lo, hi })
         }
     }

@@ -285,8 +285,9 @@ struct State {
     objects: BTreeMap<ObjectKey, Arc<StoredObject>>,
     /// Typed indexes over `objects`, changed with it ([`State::set`]).
     by_tenant: HashMap<(Kind, String), BTreeSet<String>>,
-    /// Functions by the PF their spec names.
-    functions_by_pf: HashMap<String, BTreeSet<String>>,
+    /// Functions by the PF their spec names, with who holds and who asks
+    /// for which VF there.
+    functions_by_pf: HashMap<String, PfFunctions>,
     /// Networks by VNI (unique on the DPU; admission checks it here
     /// instead of scanning every network).
     networks_by_vni: HashMap<u32, BTreeSet<String>>,
@@ -315,10 +316,10 @@ impl State {
                 }
             }
             if let Some(pf) = function_pf(old)
-                && let Some(ids) = self.functions_by_pf.get_mut(pf)
+                && let Some(on_pf) = self.functions_by_pf.get_mut(pf)
             {
-                ids.remove(&key.id);
-                if ids.is_empty() {
+                on_pf.remove(&key.id, old);
+                if on_pf.ids.is_empty() {
                     self.functions_by_pf.remove(pf);
                 }
             }
@@ -340,7 +341,7 @@ impl State {
                 self.functions_by_pf
                     .entry(pf.to_string())
                     .or_default()
-                    .insert(key.id.clone());
+                    .insert(&key.id, obj);
             }
             if let Some(vni) = network_vni(obj) {
                 self.networks_by_vni
@@ -370,6 +371,67 @@ impl State {
 /// The PF a function object names.
 fn function_pf(obj: &StoredObject) -> Option<&str> {
     obj.spec.as_function().map(|f| f.pf.as_str())
+}
+
+/// The functions on one PF, and the VFs they hold (status) or ask for
+/// (spec) there: what VF allocation reads, without walking every function
+/// of the PF.
+#[derive(Debug, Default, Clone)]
+struct PfFunctions {
+    ids: BTreeSet<String>,
+    /// VF → the functions whose status says they hold it.
+    held: BTreeMap<u32, BTreeSet<String>>,
+    /// VF → the functions whose spec asks for it without holding it.
+    asked: BTreeMap<u32, BTreeSet<String>>,
+}
+
+impl PfFunctions {
+    /// The VF `obj` holds and the one it asks for without holding it.
+    fn claims(obj: &StoredObject) -> (Option<u32>, Option<u32>) {
+        let holds = obj.status.facts.vf;
+        let asks = obj
+            .spec
+            .as_function()
+            .and_then(|f| f.vf)
+            .filter(|vf| holds != Some(*vf));
+        (holds, asks)
+    }
+
+    fn insert(&mut self, id: &str, obj: &StoredObject) {
+        self.ids.insert(id.to_string());
+        let (holds, asks) = Self::claims(obj);
+        if let Some(vf) = holds {
+            self.held.entry(vf).or_default().insert(id.to_string());
+        }
+        if let Some(vf) = asks {
+            self.asked.entry(vf).or_default().insert(id.to_string());
+        }
+    }
+
+    fn remove(&mut self, id: &str, obj: &StoredObject) {
+        self.ids.remove(id);
+        let (holds, asks) = Self::claims(obj);
+        for (map, vf) in [(&mut self.held, holds), (&mut self.asked, asks)] {
+            if let Some(vf) = vf
+                && let Some(ids) = map.get_mut(&vf)
+            {
+                ids.remove(id);
+                if ids.is_empty() {
+                    map.remove(&vf);
+                }
+            }
+        }
+    }
+}
+
+/// Who else claims a VF on a PF ([`Store::vf_claims`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VfClaims {
+    /// A function whose status says it holds the VF.
+    pub holder: Option<String>,
+    /// The lowest id among the functions whose spec asks for the VF
+    /// without holding it.
+    pub first_asker: Option<String>,
 }
 
 /// The VNI a network object carries.
@@ -1082,7 +1144,7 @@ impl Store {
             .functions_by_pf
             .get(pf)
             .into_iter()
-            .flatten()
+            .flat_map(|on_pf| on_pf.ids.iter())
             .filter_map(|id| {
                 state
                     .objects
@@ -1090,6 +1152,48 @@ impl Store {
                     .cloned()
             })
             .collect()
+    }
+
+    /// Which functions other than `except` claim VF `vf` of `pf` (from the
+    /// PF index: no walk over the PF's functions).
+    pub fn vf_claims(&self, pf: &str, vf: u32, except: &str) -> VfClaims {
+        let Ok(state) = self.state.read() else {
+            return VfClaims::default();
+        };
+        let Some(on_pf) = state.functions_by_pf.get(pf) else {
+            return VfClaims::default();
+        };
+        let other = |map: &BTreeMap<u32, BTreeSet<String>>| {
+            map.get(&vf)
+                .and_then(|ids| ids.iter().find(|id| *id != except).cloned())
+        };
+        VfClaims {
+            holder: other(&on_pf.held),
+            first_asker: other(&on_pf.asked),
+        }
+    }
+
+    /// The lowest VF of `lo..=hi` on `pf` that no function other than
+    /// `except` holds or asks for, skipping `also_taken`.
+    pub fn lowest_unclaimed_vf(
+        &self,
+        pf: &str,
+        (lo, hi): (u32, u32),
+        except: &str,
+        also_taken: &BTreeSet<u32>,
+    ) -> Option<u32> {
+        let state = self.state.read().ok()?;
+        let on_pf = state.functions_by_pf.get(pf);
+        let claimed = |vf: u32| {
+            also_taken.contains(&vf)
+                || on_pf.is_some_and(|p| {
+                    [&p.held, &p.asked].iter().any(|map| {
+                        map.get(&vf)
+                            .is_some_and(|ids| ids.iter().any(|id| id != except))
+                    })
+                })
+        };
+        (lo..=hi).find(|vf| !claimed(*vf))
     }
 
     /// Every object, in kind order then id order.
@@ -1502,6 +1606,78 @@ mod tests {
             assert!(store.functions_on_pf("pf0").is_empty());
         }
         check(&Store::open(dir.path()).unwrap());
+    }
+
+    /// The PF index answers VF allocation's questions as a walk over the
+    /// PF's functions would: holders from status, askers from spec (only
+    /// while they do not hold it), through status changes, moves and
+    /// removals.
+    #[test]
+    fn vf_claims_follow_status_spec_moves_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let function = |id: &str, pf: &str, vf: Option<u32>| {
+            let mut spec = json!({"type": "net", "pf": pf});
+            if let Some(vf) = vf {
+                spec["vf"] = json!(vf);
+            }
+            obj(Kind::Function, id, "a", spec)
+        };
+        let holding = |mut o: StoredObject, vf: u32| {
+            o.status.facts.vf = Some(vf);
+            o
+        };
+        let put = |o: StoredObject| {
+            store
+                .transact(|t| {
+                    t.put(o, EventType::Modified);
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+        };
+        let none = BTreeSet::new();
+        put(holding(function("f0", "pf0", None), 0));
+        put(function("f2", "pf0", Some(2)));
+        put(function("f1", "pf0", Some(2)));
+        let claims = store.vf_claims("pf0", 0, "x");
+        assert_eq!(claims.holder.as_deref(), Some("f0"));
+        assert_eq!(store.vf_claims("pf0", 0, "f0"), VfClaims::default());
+        assert_eq!(
+            store.vf_claims("pf0", 2, "x").first_asker.as_deref(),
+            Some("f1"),
+            "the lowest id asking"
+        );
+        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none), Some(1));
+        let taken: BTreeSet<u32> = [1].into();
+        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 9), "x", &taken), Some(3));
+        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 0), "x", &none), None);
+        assert_eq!(store.lowest_unclaimed_vf("pf1", (0, 9), "x", &none), Some(0));
+        // f1 gets VF 2: a holder now, no longer an asker.
+        put(holding(function("f1", "pf0", Some(2)), 2));
+        let claims = store.vf_claims("pf0", 2, "f2");
+        assert_eq!(claims.holder.as_deref(), Some("f1"));
+        assert_eq!(claims.first_asker, None);
+        // f0 moves to pf1 (status cleared), f1 goes.
+        put(function("f0", "pf1", None));
+        store
+            .transact(|t| {
+                t.remove(&ObjectKey::new(Kind::Function, "f1"));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(store.vf_claims("pf0", 0, "x"), VfClaims::default());
+        assert_eq!(
+            store.vf_claims("pf0", 2, "x").first_asker.as_deref(),
+            Some("f2")
+        );
+        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none), Some(0));
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.vf_claims("pf0", 2, "x").first_asker.as_deref(),
+            Some("f2"),
+            "rebuilt on open"
+        );
     }
 
     #[test]
