@@ -90,7 +90,7 @@ run net_bench "switch: flows and ports (net_bench)" \
 run net-agent-bench "switch through the agent (net-agent-bench)" \
   target/release/net-agent-bench "${net_agent_args[@]}"
 run tls_bench "TLS proxy (tls_bench)" cargo bench --locked -q -p dpu-crypto --bench tls_bench
-run scan "host stub (scan)" env HOST_STUB_BIN=target/release-small/host-stub \
+run scan "host stub (scan)" env HOST_STUB_BIN="$PWD/target/release-small/host-stub" \
   cargo bench --locked -q -p host-stub --bench scan
 if $storage || [[ $only == *",storage_bench,"* ]]; then
   bash tests/vm/setup.sh > "$out/vm-setup.txt" 2>&1
