@@ -1647,11 +1647,20 @@ mod tests {
             Some("f1"),
             "the lowest id asking"
         );
-        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none), Some(1));
+        assert_eq!(
+            store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none),
+            Some(1)
+        );
         let taken: BTreeSet<u32> = [1].into();
-        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 9), "x", &taken), Some(3));
+        assert_eq!(
+            store.lowest_unclaimed_vf("pf0", (0, 9), "x", &taken),
+            Some(3)
+        );
         assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 0), "x", &none), None);
-        assert_eq!(store.lowest_unclaimed_vf("pf1", (0, 9), "x", &none), Some(0));
+        assert_eq!(
+            store.lowest_unclaimed_vf("pf1", (0, 9), "x", &none),
+            Some(0)
+        );
         // f1 gets VF 2: a holder now, no longer an asker.
         put(holding(function("f1", "pf0", Some(2)), 2));
         let claims = store.vf_claims("pf0", 2, "f2");
@@ -1670,7 +1679,10 @@ mod tests {
             store.vf_claims("pf0", 2, "x").first_asker.as_deref(),
             Some("f2")
         );
-        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none), Some(0));
+        assert_eq!(
+            store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none),
+            Some(0)
+        );
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
