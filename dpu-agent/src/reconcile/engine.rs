@@ -506,6 +506,38 @@ impl Engine {
 mod tests {
     use super::*;
 
+    /// An engine over a store holding network `blue` of tenant `acme`, with
+    /// `controller` for networks, and an empty queue.
+    fn engine_with_blue_network(
+        controller: Arc<dyn Controller>,
+    ) -> (tempfile::TempDir, Engine, Queue) {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        store
+            .transact(|t| {
+                t.put(
+                    StoredObject::from_json(
+                        None,
+                        Kind::Network,
+                        "blue",
+                        "acme",
+                        &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+                    ),
+                    EventType::Added,
+                );
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let engine = Engine::new(Context { store }, Controllers::new(vec![controller]));
+        let queue = Queue {
+            due: BTreeMap::new(),
+            failures: HashMap::new(),
+            changed: HashMap::new(),
+        };
+        (dir, engine, queue)
+    }
+
     #[test]
     fn reconciles_are_recorded_by_kind_outcome_and_reason() {
         let s = EngineStats::default();
@@ -564,7 +596,6 @@ mod tests {
         use dpu_api::object::{EventType, WriteOutcome};
 
         use crate::reconcile::BoxFuture;
-        use crate::store::{Store, StoreError};
 
         struct Succeeding;
         impl Controller for Succeeding {
@@ -589,32 +620,7 @@ mod tests {
             }
         }
 
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        store
-            .transact(|t| {
-                t.put(
-                    StoredObject::from_json(
-                        None,
-                        Kind::Network,
-                        "blue",
-                        "acme",
-                        &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
-                    ),
-                    EventType::Added,
-                );
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-        let engine = Engine::new(
-            Context { store },
-            Controllers::new(vec![Arc::new(Succeeding) as Arc<dyn Controller>]),
-        );
-        let mut queue = Queue {
-            due: BTreeMap::new(),
-            failures: HashMap::new(),
-            changed: HashMap::new(),
-        };
+        let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Succeeding));
         let key = ObjectKey::new(Kind::Network, "blue");
         engine.on_event(&mut queue, EventType::Added, key.clone(), "acme");
         // A status event queues nothing.
@@ -653,10 +659,9 @@ mod tests {
     async fn object_logs_carry_kind_id_tenant_and_failures_are_rate_limited() {
         use std::sync::Arc;
 
-        use dpu_api::object::{EventType, WriteOutcome};
+        use dpu_api::object::WriteOutcome;
 
         use crate::reconcile::BoxFuture;
-        use crate::store::{Store, StoreError};
 
         #[derive(Clone, Default)]
         struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -701,32 +706,7 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
 
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        store
-            .transact(|t| {
-                t.put(
-                    StoredObject::from_json(
-                        None,
-                        Kind::Network,
-                        "blue",
-                        "acme",
-                        &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
-                    ),
-                    EventType::Added,
-                );
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-        let engine = Engine::new(
-            Context { store },
-            Controllers::new(vec![Arc::new(Failing) as Arc<dyn Controller>]),
-        );
-        let mut queue = Queue {
-            due: BTreeMap::new(),
-            failures: HashMap::new(),
-            changed: HashMap::new(),
-        };
+        let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Failing));
         for _ in 0..4 {
             engine
                 .process(&mut queue, ObjectKey::new(Kind::Network, "blue"))
