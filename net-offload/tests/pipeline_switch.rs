@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use net_offload::openflow::{Flow, text::parse_dump_flows};
 use net_offload::pipeline::{
-    DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, RuleDesc, RuleProtocol,
+    DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, QosDesc, RuleDesc, RuleProtocol,
     SecurityDesc, is_agent_cookie,
 };
 use net_offload::sandbox::Daemon;
@@ -289,4 +289,156 @@ async fn converges_is_idempotent_and_repairs_drift() {
     let left: usize = r.flows.values().sum();
     wait_flows(&rig, left, Duration::from_secs(2), "db's flows deleted").await;
     let _ = stop_tx.send(true);
+}
+
+/// The plan shown is what a pass executes: for each change, the lines
+/// `SwitchHandle::plan` gives beforehand (computed from what the reconciler
+/// last observed) equal, line for line, what the next pass sent and had
+/// acknowledged (`SwitchReport::applied`, written by the executor as each
+/// OVSDB transaction, meter mod and bundle is accepted) — bridge and
+/// `hw-offload`, meters, flows. ovs-vsctl and ovs-ofctl witness the result.
+/// (Isolation invariant 1 of TENANCY.md rests on this: what an operator
+/// reviews with `/v1/plan` is what reaches the switch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_is_what_the_pass_executes() {
+    let rig = Rig::start().await;
+    rig.vsctl(&[
+        "add-port",
+        BRIDGE,
+        "rep-web",
+        "--",
+        "set",
+        "interface",
+        "rep-web",
+        "type=internal",
+        "--",
+        "add-port",
+        BRIDGE,
+        "rep-db",
+        "--",
+        "set",
+        "interface",
+        "rep-db",
+        "type=internal",
+        "--",
+        "set",
+        "bridge",
+        BRIDGE,
+        "fail_mode=standalone",
+    ]);
+    let (_stop_tx, stop) = watch::channel(false);
+    let config = SwitchConfig {
+        db: rig.sandbox.db_endpoint(),
+        bridge: BRIDGE.into(),
+        datapath_type: "netdev".into(),
+        hw_offload: true,
+        mgmt_socket: rig.mgmt(),
+        period: Duration::from_millis(300),
+        rundir: Some(rig.sandbox.dir().to_path_buf()),
+    };
+    let handle = SwitchHandle::spawn(config, stop);
+    // Before any input the reconciler only makes the bridge right: the
+    // operator's `standalone` goes back to `secure`, hw-offload is set.
+    let r = wait_report(&handle, Duration::from_secs(10), "bridge", |r| {
+        r.applied.len() == 2
+    })
+    .await;
+    assert_eq!(
+        r.applied,
+        [
+            format!(
+                "ovsdb: ensure Bridge {BRIDGE} datapath_type=netdev fail_mode=secure protocols=OpenFlow13,OpenFlow14 external_ids:dpu-agent/owner=bridge/{BRIDGE}"
+            ),
+            "ovsdb: set Open_vSwitch other_config:hw-offload=true".to_string(),
+        ]
+    );
+    assert_eq!(
+        rig.vsctl(&["get", "bridge", BRIDGE, "fail_mode"]).trim(),
+        "secure"
+    );
+    assert_eq!(
+        rig.vsctl(&["get", "Open_vSwitch", ".", "other_config:hw-offload"])
+            .trim(),
+        "\"true\""
+    );
+    // Once the replica has the change, no plan touches the bridge.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle
+        .plan(&input(1))
+        .iter()
+        .any(|l| l.starts_with("ovsdb: ensure Bridge"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge stays in the plan: {:#?}",
+            handle.plan(&input(1))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    handle.set_input(input(1));
+    let r = wait_report(&handle, Duration::from_secs(10), "v1", |r| {
+        r.version == 1 && r.programmed && r.ports.values().all(|p| p.flows > 0)
+    })
+    .await;
+    let ofport = r.ports["web"].ofport.expect("web has an ofport");
+
+    let with_qos = |version, rate: Option<u32>| {
+        let mut i = input(version);
+        i.networking.ports[0].qos = rate.map(|r| QosDesc {
+            max_rate_kbps: r,
+            burst_kbits: r / 10,
+        });
+        i
+    };
+    for (version, rate, meter) in [
+        (
+            2,
+            Some(1000),
+            format!("set meter meter={ofport},kbps,burst,band=type=drop,rate=1000,burst_size=100"),
+        ),
+        (
+            3,
+            Some(2000),
+            format!("set meter meter={ofport},kbps,burst,band=type=drop,rate=2000,burst_size=200"),
+        ),
+        (4, None, format!("delete meter meter={ofport}")),
+    ] {
+        let next = with_qos(version, rate);
+        let plan = handle.plan(&next);
+        assert!(
+            plan.contains(&meter),
+            "v{version}: {meter} not in {plan:#?}"
+        );
+        // Adding or removing the meter changes the port's flows (they jump
+        // through it); changing its rate changes the meter alone.
+        let flows_change = plan.iter().any(|l| {
+            l.starts_with("add flow")
+                || l.starts_with("delete flow")
+                || l.starts_with("modify flow")
+        });
+        assert_eq!(flows_change, version != 3, "v{version}: {plan:#?}");
+        handle.set_input(next);
+        let r = wait_report(&handle, Duration::from_secs(10), "converged", |r| {
+            r.version == version && r.programmed
+        })
+        .await;
+        assert_eq!(r.applied, plan, "v{version}: executed differs from plan");
+        let meters = rig.ofctl("dump-meters", &[]);
+        match rate {
+            Some(rate) => assert!(
+                meters.contains(&format!("meter={ofport} kbps burst"))
+                    && meters.contains(&format!("rate={rate}")),
+                "v{version}: ovs-ofctl dump-meters:\n{meters}"
+            ),
+            None => assert!(
+                !meters.contains(&format!("meter={ofport} ")),
+                "v{version}: meter left behind:\n{meters}"
+            ),
+        }
+        assert!(
+            handle.plan(&with_qos(version, rate)).is_empty(),
+            "converged, yet the plan is not empty"
+        );
+    }
 }

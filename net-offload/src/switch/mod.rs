@@ -29,11 +29,14 @@ use crate::openflow::{
     ErrorType, Flow, FlowStatsRequest, MeterCommand, MeterMod, OpenFlowClient, OpenFlowError,
 };
 use crate::ovsdb::{
-    BridgeSpec, ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, OvsdbError, PortRow,
-    RowError, Transaction, VswitchError, owner_value, vswitch_monitor,
+    BridgeRow, ClientConfig, Datum, Endpoint, Mutation, OpenVswitchRow, OvsdbClient, OvsdbError,
+    PortRow, RowError, Transaction, VswitchError, vswitch_monitor,
 };
 use crate::pipeline::{self, CompiledPipeline, DesiredNetworking, FlowPlan, Owner, OwnerKind};
-use plan::{PortPlan, desired_ports, ofports, plan_ports, resolve_ofports};
+use plan::{
+    BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, desired_ports, ofports,
+    plan_bridge, plan_meters, plan_ports, resolve_ofports,
+};
 
 /// `OFPMMFC_METER_EXISTS`.
 const METER_EXISTS: u16 = 1;
@@ -105,6 +108,10 @@ pub struct SwitchReport {
     /// Where the reconciler's time went, by kind of pass and [`Phase`]
     /// (`[pass][phase]`, see [`Pass::ALL`] and [`Phase::ALL`]).
     pub phases: [[Durations; Phase::ALL.len()]; Pass::ALL.len()],
+    /// What the last pass that changed the switch sent, one line per
+    /// operation in [`SwitchPlan::describe`]'s notation, each written once
+    /// the switch accepted it (a failed pass lists what it got through).
+    pub applied: Vec<String>,
 }
 
 /// Why a pass ran: a change (input, OVSDB replica or session), or the
@@ -247,6 +254,8 @@ struct Observed {
     flows: Vec<Flow>,
     ports: Vec<PortRow>,
     ofports: BTreeMap<String, u32>,
+    /// Meters installed over the current OpenFlow connection.
+    meters: BTreeMap<u32, MeterMod>,
 }
 
 /// A handle on the running reconciler.
@@ -256,6 +265,8 @@ pub struct SwitchHandle {
     report: watch::Receiver<Arc<SwitchReport>>,
     observed: Arc<Mutex<Observed>>,
     config: Arc<SwitchConfig>,
+    /// The reconciler's OVSDB client, for reading its replica.
+    ovsdb: OvsdbClient,
 }
 
 impl SwitchHandle {
@@ -271,7 +282,7 @@ impl SwitchHandle {
         );
         let task = Reconciler {
             config: config.clone(),
-            ovsdb,
+            ovsdb: ovsdb.clone(),
             openflow: None,
             meters: BTreeMap::new(),
             observed: observed.clone(),
@@ -285,6 +296,7 @@ impl SwitchHandle {
             pass_timed: Duration::ZERO,
             awaiting_ofport: BTreeMap::new(),
             waiting_since: None,
+            applied: Vec::new(),
         };
         tokio::spawn(task.run(input_rx, shutdown));
         SwitchHandle {
@@ -292,6 +304,7 @@ impl SwitchHandle {
             report: report_rx,
             observed,
             config,
+            ovsdb,
         }
     }
 
@@ -322,18 +335,44 @@ impl SwitchHandle {
     }
 
     /// What converging to `input` would change, against the switch as last
-    /// observed: OVSDB operations, then flows in ovs-ofctl syntax. Pure.
-    pub fn plan(&self, input: &SwitchInput) -> Vec<String> {
+    /// observed (bridge row, ports, meters and flows): the same parts a
+    /// pass executes, computed by the same functions. Pure. Flows of ports
+    /// this plan adds need their ofports, which ovs-vswitchd assigns after
+    /// the insert: they show as "no flows yet" and come with a later pass.
+    pub fn plan_switch(&self, input: &SwitchInput) -> SwitchPlan {
         let observed = self.observed.lock().map(|o| o.clone()).unwrap_or_default();
+        let (bridge, root) = bridge_rows(&self.ovsdb, &self.config.bridge);
+        let bridge = plan_bridge(
+            &bridge_spec(&self.config.bridge, &self.config.datapath_type),
+            bridge.as_ref(),
+            self.config.hw_offload,
+            root.as_ref(),
+        );
         let (ports, compiled) = plan_all(&observed, input);
-        let mut lines = ports.describe(&self.config.bridge);
         let flows = pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
-        lines.extend(flows.describe());
-        for (id, why) in &compiled.skipped_ports {
-            lines.push(format!("port {id}: no flows yet ({why})"));
+        SwitchPlan {
+            bridge,
+            ports,
+            meters: plan_meters(&compiled.meters, &observed.meters),
+            flows,
+            skipped_ports: compiled.skipped_ports,
         }
-        lines
     }
+
+    /// [`SwitchHandle::plan_switch`] as lines ([`SwitchPlan::describe`]).
+    pub fn plan(&self, input: &SwitchInput) -> Vec<String> {
+        self.plan_switch(input).describe(&self.config.bridge)
+    }
+}
+
+/// The bridge's row and the root row, from the replica.
+fn bridge_rows(ovsdb: &OvsdbClient, bridge: &str) -> (Option<BridgeRow>, Option<OpenVswitchRow>) {
+    ovsdb.read_replica(|r| {
+        (
+            r.bridge_by_name(bridge).ok().flatten(),
+            r.open_vswitch().ok().flatten(),
+        )
+    })
 }
 
 fn plan_all(observed: &Observed, input: &SwitchInput) -> (PortPlan, CompiledPipeline) {
@@ -373,6 +412,8 @@ struct Reconciler {
     awaiting_ofport: BTreeMap<String, Instant>,
     /// When the last pass ended with `awaiting_ofport` not empty.
     waiting_since: Option<Instant>,
+    /// What the running pass sent so far (see [`SwitchReport::applied`]).
+    applied: Vec<String>,
 }
 
 /// How long a port added to the bridge counts as waiting for its ofport.
@@ -591,7 +632,9 @@ impl Reconciler {
     async fn converge(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
         let started = Instant::now();
         self.pass_timed = Duration::ZERO;
+        self.applied.clear();
         let result = self.converge_timed(input).await;
+        self.publish_applied();
         let rest = started.elapsed().saturating_sub(self.pass_timed);
         self.timed(Phase::Compile, rest);
         // Ports added but not opened yet: the time until the next pass is
@@ -690,9 +733,10 @@ impl Reconciler {
             })
             .collect();
         drop(in_ports);
-        self.apply_meters(&compiled).await?;
+        let meter_plan = plan_meters(&compiled.meters, &self.meters);
+        self.apply_meters(&meter_plan).await?;
         self.apply_flows(&flow_plan).await?;
-        self.remove_stale_meters(&compiled).await?;
+        self.remove_stale_meters(&meter_plan).await?;
         let counts = compiled.flow_counts();
         for (id, port) in &mut self.report.ports {
             port.flows = counts
@@ -715,46 +759,44 @@ impl Reconciler {
                 db: format!("{:?}", self.config.db),
             });
         }
-        self.ensure_bridge().await?;
+        self.applied.clear();
+        let r = self.ensure_bridge().await;
+        self.publish_applied();
+        r?;
         self.connect_openflow().await
     }
 
+    /// What this pass sent, into the report, when it sent anything.
+    fn publish_applied(&mut self) {
+        if !self.applied.is_empty() {
+            self.report.applied = std::mem::take(&mut self.applied);
+        }
+    }
+
+    /// Executes the bridge part of the plan ([`plan_bridge`] over the
+    /// replica's bridge and root rows).
     async fn ensure_bridge(&mut self) -> Result<(), SwitchError> {
-        let protocols: BTreeSet<String> = ["OpenFlow13", "OpenFlow14"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let (bridge, root) = self.ovsdb.read_replica(|r| {
-            (
-                r.bridge_by_name(&self.config.bridge).ok().flatten(),
-                r.open_vswitch().ok().flatten(),
-            )
-        });
-        let ok = bridge.as_ref().is_some_and(|b| {
-            b.datapath_type == self.config.datapath_type
-                && b.fail_mode.as_deref() == Some("secure")
-                && b.protocols == protocols
-        });
-        if !ok {
+        let (bridge, root) = bridge_rows(&self.ovsdb, &self.config.bridge);
+        let plan = plan_bridge(
+            &bridge_spec(&self.config.bridge, &self.config.datapath_type),
+            bridge.as_ref(),
+            self.config.hw_offload,
+            root.as_ref(),
+        );
+        self.apply_bridge(&plan).await
+    }
+
+    async fn apply_bridge(&mut self, plan: &BridgePlan) -> Result<(), SwitchError> {
+        let mut lines = plan.describe().into_iter();
+        if let Some(spec) = &plan.ensure {
             tracing::info!(bridge = %self.config.bridge, datapath_type = %self.config.datapath_type, "ensuring bridge (fail_mode=secure, OpenFlow13+14)");
             let started = Instant::now();
-            let r = self
-                .ovsdb
-                .ensure_bridge(&BridgeSpec {
-                    name: self.config.bridge.clone(),
-                    datapath_type: self.config.datapath_type.clone(),
-                    fail_mode: Some("secure".into()),
-                    protocols: protocols.into_iter().collect(),
-                    owner: owner_value("bridge", &self.config.bridge),
-                })
-                .await;
+            let r = self.ovsdb.ensure_bridge(spec).await;
             self.ovsdb_timed(started.elapsed());
             r?;
+            self.applied.extend(lines.next());
         }
-        if self.config.hw_offload
-            && let Some(root) = root
-            && root.other_config.get("hw-offload").map(String::as_str) != Some("true")
-        {
+        if plan.hw_offload {
             let mut txn = Transaction::new("Open_vSwitch");
             txn.mutate(
                 "Open_vSwitch",
@@ -769,6 +811,7 @@ impl Reconciler {
             let r = self.ovsdb.transact(&txn).await;
             self.ovsdb_timed(started.elapsed());
             r?;
+            self.applied.extend(lines.next());
         }
         Ok(())
     }
@@ -829,6 +872,7 @@ impl Reconciler {
             let r = self.ovsdb.add_ports(&bridge, &plan.add).await;
             self.ovsdb_timed(started.elapsed());
             r?;
+            self.applied.extend(plan.describe_add(&bridge));
             let now = Instant::now();
             self.awaiting_ofport
                 .extend(plan.add.iter().map(|p| (p.name.clone(), now)));
@@ -842,6 +886,7 @@ impl Reconciler {
             let r = self.ovsdb.remove_ports(&bridge, &names).await;
             self.ovsdb_timed(started.elapsed());
             r?;
+            self.applied.extend(plan.describe_remove(&bridge));
         }
         Ok(())
     }
@@ -860,6 +905,7 @@ impl Reconciler {
                 c.set_timeout(Duration::from_secs(120));
                 tracing::info!(socket = %self.config.mgmt_socket.display(), version = ?c.version(), "OpenFlow connected; reprogramming from a fresh dump");
                 self.meters.clear();
+                self.observed.lock().expect("observed lock").meters.clear();
                 self.believed = false;
                 self.openflow = Some(c);
                 Ok(())
@@ -921,26 +967,24 @@ impl Reconciler {
         r?;
         self.report.flow_mods_sent += mods.len() as u64;
         self.report.bundles += 1;
+        self.applied.extend(plan.describe());
         Ok(())
     }
 
-    async fn apply_meters(&mut self, compiled: &CompiledPipeline) -> Result<(), SwitchError> {
+    async fn apply_meters(&mut self, plan: &MeterPlan) -> Result<(), SwitchError> {
         let started = Instant::now();
-        let r = self.apply_meters_untimed(compiled).await;
+        let r = self.apply_meters_untimed(plan).await;
         self.timed(Phase::Meters, started.elapsed());
         r
     }
 
-    async fn apply_meters_untimed(
-        &mut self,
-        compiled: &CompiledPipeline,
-    ) -> Result<(), SwitchError> {
-        for (id, meter) in &compiled.meters {
-            if self.meters.get(id) == Some(meter) {
-                continue;
-            }
-            let m = meter.clone();
-            let added = self.of(async |c| c.meter_mod(&m).await).await;
+    /// Sets each meter of the plan: added, or modified when the switch
+    /// already has its id (a meter left by a previous connection).
+    async fn apply_meters_untimed(&mut self, plan: &MeterPlan) -> Result<(), SwitchError> {
+        for meter in &plan.set {
+            let mut add = meter.clone();
+            add.command = MeterCommand::Add;
+            let added = self.of(async |c| c.meter_mod(&add).await).await;
             match added {
                 Ok(()) => {}
                 Err(OpenFlowError::Rejected { error, .. })
@@ -953,35 +997,35 @@ impl Reconciler {
                 }
                 Err(e) => return Err(e.into()),
             }
-            self.meters.insert(*id, meter.clone());
+            self.meters.insert(meter.meter_id, meter.clone());
+            self.observed
+                .lock()
+                .expect("observed lock")
+                .meters
+                .insert(meter.meter_id, meter.clone());
+            self.applied.push(format!("set meter {}", MeterText(meter)));
         }
         Ok(())
     }
 
-    async fn remove_stale_meters(
-        &mut self,
-        compiled: &CompiledPipeline,
-    ) -> Result<(), SwitchError> {
+    async fn remove_stale_meters(&mut self, plan: &MeterPlan) -> Result<(), SwitchError> {
         let started = Instant::now();
-        let r = self.remove_stale_meters_untimed(compiled).await;
+        let r = self.remove_stale_meters_untimed(plan).await;
         self.timed(Phase::Meters, started.elapsed());
         r
     }
 
-    async fn remove_stale_meters_untimed(
-        &mut self,
-        compiled: &CompiledPipeline,
-    ) -> Result<(), SwitchError> {
-        let stale: Vec<u32> = self
-            .meters
-            .keys()
-            .filter(|id| !compiled.meters.contains_key(id))
-            .copied()
-            .collect();
-        for id in stale {
+    async fn remove_stale_meters_untimed(&mut self, plan: &MeterPlan) -> Result<(), SwitchError> {
+        for &id in &plan.delete {
             self.of(async |c| c.meter_mod(&MeterMod::delete(id)).await)
                 .await?;
             self.meters.remove(&id);
+            self.observed
+                .lock()
+                .expect("observed lock")
+                .meters
+                .remove(&id);
+            self.applied.push(format!("delete meter meter={id}"));
         }
         Ok(())
     }

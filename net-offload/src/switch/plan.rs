@@ -1,10 +1,216 @@
-//! Pure planning of the bridge's OVSDB side: which representor and tunnel
-//! ports to add or remove, and the OpenFlow port numbers the compiler needs.
+//! Pure planning of one convergence pass: the bridge row and
+//! `hw-offload` ([`plan_bridge`]), which representor and tunnel ports to add
+//! or remove ([`plan_ports`]), the QoS meters ([`plan_meters`]) and, with the
+//! flows diffed by [`crate::pipeline::plan_flows`], the whole pass as data
+//! ([`SwitchPlan`]): the reconciler executes exactly its parts, in the order
+//! [`SwitchPlan::describe`] lists them, and `plan` shows the same list.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-use crate::ovsdb::{InterfaceRow, PortRow, PortSpec, owner_of, owner_value};
-use crate::pipeline::{DesiredNetworking, Encap};
+use crate::openflow::{MeterMod, meter_flags};
+use crate::ovsdb::{
+    BridgeRow, BridgeSpec, InterfaceRow, OpenVswitchRow, PortRow, PortSpec, owner_of, owner_value,
+};
+use crate::pipeline::{DesiredNetworking, Encap, FlowPlan};
+
+/// The OpenFlow versions the agent's bridge speaks.
+pub const BRIDGE_PROTOCOLS: [&str; 2] = ["OpenFlow13", "OpenFlow14"];
+
+/// The bridge the agent wants: its name and datapath, `fail_mode=secure`
+/// (no flows until the agent adds them), OpenFlow 1.3 and 1.4.
+pub fn bridge_spec(name: &str, datapath_type: &str) -> BridgeSpec {
+    BridgeSpec {
+        name: name.to_string(),
+        datapath_type: datapath_type.to_string(),
+        fail_mode: Some("secure".into()),
+        protocols: BRIDGE_PROTOCOLS.iter().map(|p| p.to_string()).collect(),
+        owner: owner_value("bridge", name),
+    }
+}
+
+/// OVSDB changes to the bridge row and the switch-wide `hw-offload` key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgePlan {
+    /// Create the bridge, or set its datapath type, fail mode and
+    /// protocols, when the observed row differs (or is missing).
+    pub ensure: Option<BridgeSpec>,
+    /// Set `Open_vSwitch other_config:hw-offload=true`.
+    pub hw_offload: bool,
+}
+
+impl BridgePlan {
+    pub fn is_empty(&self) -> bool {
+        self.ensure.is_none() && !self.hw_offload
+    }
+
+    /// One line per OVSDB operation, in the order they are sent.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(b) = &self.ensure {
+            lines.push(format!(
+                "ovsdb: ensure Bridge {} datapath_type={} fail_mode={} protocols={} external_ids:dpu-agent/owner={}",
+                b.name,
+                b.datapath_type,
+                b.fail_mode.as_deref().unwrap_or("standalone"),
+                b.protocols.join(","),
+                b.owner
+            ));
+        }
+        if self.hw_offload {
+            lines.push("ovsdb: set Open_vSwitch other_config:hw-offload=true".to_string());
+        }
+        lines
+    }
+}
+
+/// Plans the bridge: `want` unless `observed` already has its datapath
+/// type, fail mode and protocols; `hw-offload=true` when `hw_offload` is
+/// configured and the root row (when there is one) does not say so. Without
+/// a root row there is nothing to set it on yet: the next pass does.
+pub fn plan_bridge(
+    want: &BridgeSpec,
+    observed: Option<&BridgeRow>,
+    hw_offload: bool,
+    root: Option<&OpenVswitchRow>,
+) -> BridgePlan {
+    let protocols: BTreeSet<&str> = want.protocols.iter().map(String::as_str).collect();
+    let ok = observed.is_some_and(|b| {
+        b.datapath_type == want.datapath_type
+            && b.fail_mode == want.fail_mode
+            && b.protocols
+                .iter()
+                .map(String::as_str)
+                .collect::<BTreeSet<_>>()
+                == protocols
+    });
+    BridgePlan {
+        ensure: (!ok).then(|| want.clone()),
+        hw_offload: hw_offload
+            && root.is_some_and(|r| {
+                r.other_config.get("hw-offload").map(String::as_str) != Some("true")
+            }),
+    }
+}
+
+/// One meter as `ovs-ofctl add-meter` writes it:
+/// `meter=ID,kbps,burst,band=type=drop,rate=R,burst_size=B`.
+#[derive(Debug)]
+pub struct MeterText<'a>(pub &'a MeterMod);
+
+impl fmt::Display for MeterText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(f, "meter={}", m.meter_id)?;
+        for (flag, name) in [
+            (meter_flags::KBPS, "kbps"),
+            (meter_flags::PKTPS, "pktps"),
+            (meter_flags::BURST, "burst"),
+            (meter_flags::STATS, "stats"),
+        ] {
+            if m.flags & flag != 0 {
+                write!(f, ",{name}")?;
+            }
+        }
+        for b in &m.bands {
+            write!(f, ",band=type=drop,rate={}", b.rate)?;
+            if m.flags & meter_flags::BURST != 0 {
+                write!(f, ",burst_size={}", b.burst_size)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// OpenFlow meter changes: meters set before the flows that use them are
+/// sent, meters no flow uses any more deleted after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeterPlan {
+    /// Meters to add (or modify, when the switch already has the id).
+    pub set: Vec<MeterMod>,
+    /// Meter ids to delete.
+    pub delete: Vec<u32>,
+}
+
+impl MeterPlan {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.delete.is_empty()
+    }
+
+    /// The lines of the meters set, in `ovs-ofctl` syntax.
+    pub fn describe_set(&self) -> Vec<String> {
+        self.set
+            .iter()
+            .map(|m| format!("set meter {}", MeterText(m)))
+            .collect()
+    }
+
+    pub fn describe_delete(&self) -> Vec<String> {
+        self.delete
+            .iter()
+            .map(|id| format!("delete meter meter={id}"))
+            .collect()
+    }
+}
+
+/// Plans meters: every desired meter the switch does not hold exactly as
+/// desired (as far as this connection installed them), and every installed
+/// one no longer desired.
+pub fn plan_meters(
+    desired: &BTreeMap<u32, MeterMod>,
+    installed: &BTreeMap<u32, MeterMod>,
+) -> MeterPlan {
+    MeterPlan {
+        set: desired
+            .iter()
+            .filter(|(id, m)| installed.get(id) != Some(m))
+            .map(|(_, m)| m.clone())
+            .collect(),
+        delete: installed
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect(),
+    }
+}
+
+/// Everything one convergence pass changes, in the order it is applied:
+/// bridge and `hw-offload`, ports, meters set, flows (one bundle), meters
+/// deleted. Ports that get no flows yet are listed with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwitchPlan {
+    pub bridge: BridgePlan,
+    pub ports: PortPlan,
+    pub meters: MeterPlan,
+    pub flows: FlowPlan,
+    /// Port id → why it has no flows (e.g. no ofport yet).
+    pub skipped_ports: BTreeMap<String, String>,
+}
+
+impl SwitchPlan {
+    /// True when the pass changes nothing on the switch.
+    pub fn is_empty(&self) -> bool {
+        self.bridge.is_empty()
+            && self.ports.is_empty()
+            && self.meters.is_empty()
+            && self.flows.is_empty()
+    }
+
+    /// One line per operation in the backend's notation (OVSDB operations,
+    /// then meters and flows in ovs-ofctl syntax), in the order applied,
+    /// then the ports that get no flows yet.
+    pub fn describe(&self, bridge: &str) -> Vec<String> {
+        let mut lines = self.bridge.describe();
+        lines.extend(self.ports.describe(bridge));
+        lines.extend(self.meters.describe_set());
+        lines.extend(self.flows.describe());
+        lines.extend(self.meters.describe_delete());
+        for (id, why) in &self.skipped_ports {
+            lines.push(format!("port {id}: no flows yet ({why})"));
+        }
+        lines
+    }
+}
 
 /// Name of the flow-based tunnel port of `encap`.
 pub fn tunnel_port_name(encap: Encap) -> Option<&'static str> {
@@ -54,27 +260,39 @@ impl PortPlan {
         self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// One line per OVSDB operation, for `plan`.
+    /// One line per OVSDB operation, for `plan`: inserts, then deletes.
     pub fn describe(&self, bridge: &str) -> Vec<String> {
-        let mut lines = Vec::new();
-        for p in &self.add {
-            let opts: Vec<String> = p.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            lines.push(format!(
-                "ovsdb: insert Port+Interface {} type={}{} external_ids:dpu-agent/owner={} into Bridge {bridge}",
-                p.name,
-                p.interface_type,
-                if opts.is_empty() {
-                    String::new()
-                } else {
-                    format!(" options:{{{}}}", opts.join(","))
-                },
-                p.owner
-            ));
-        }
-        for name in &self.remove {
-            lines.push(format!("ovsdb: delete Port {name} from Bridge {bridge}"));
-        }
+        let mut lines = self.describe_add(bridge);
+        lines.extend(self.describe_remove(bridge));
         lines
+    }
+
+    pub fn describe_add(&self, bridge: &str) -> Vec<String> {
+        self.add
+            .iter()
+            .map(|p| {
+                let opts: Vec<String> =
+                    p.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "ovsdb: insert Port+Interface {} type={}{} external_ids:dpu-agent/owner={} into Bridge {bridge}",
+                    p.name,
+                    p.interface_type,
+                    if opts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" options:{{{}}}", opts.join(","))
+                    },
+                    p.owner
+                )
+            })
+            .collect()
+    }
+
+    pub fn describe_remove(&self, bridge: &str) -> Vec<String> {
+        self.remove
+            .iter()
+            .map(|name| format!("ovsdb: delete Port {name} from Bridge {bridge}"))
+            .collect()
     }
 }
 
@@ -199,6 +417,104 @@ mod tests {
         // A representor already attached by someone else is used, not re-added.
         let plan = plan_ports(&want, &[row("rep1", None), row("dpu-vxlan", None)]);
         assert!(plan.is_empty());
+    }
+
+    fn bridge_row(spec: &BridgeSpec) -> BridgeRow {
+        BridgeRow {
+            uuid: Uuid::from_u128(2),
+            name: spec.name.clone(),
+            datapath_type: spec.datapath_type.clone(),
+            fail_mode: spec.fail_mode.clone(),
+            protocols: spec.protocols.iter().cloned().collect(),
+            ports: BTreeSet::new(),
+            other_config: BTreeMap::new(),
+            external_ids: BTreeMap::new(),
+        }
+    }
+
+    fn root(hw_offload: Option<&str>) -> OpenVswitchRow {
+        OpenVswitchRow {
+            uuid: Uuid::from_u128(3),
+            bridges: BTreeSet::new(),
+            next_cfg: 0,
+            cur_cfg: 0,
+            ovs_version: None,
+            other_config: hw_offload
+                .map(|v| BTreeMap::from([("hw-offload".to_string(), v.to_string())]))
+                .unwrap_or_default(),
+            external_ids: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn bridge_is_ensured_only_when_it_differs() {
+        let want = bridge_spec("br-int", "netdev");
+        let plan = plan_bridge(&want, None, false, None);
+        assert_eq!(plan.ensure.as_ref(), Some(&want));
+        assert_eq!(
+            plan.describe(),
+            [
+                "ovsdb: ensure Bridge br-int datapath_type=netdev fail_mode=secure protocols=OpenFlow13,OpenFlow14 external_ids:dpu-agent/owner=bridge/br-int"
+            ]
+        );
+        let same = bridge_row(&want);
+        assert!(plan_bridge(&want, Some(&same), false, None).is_empty());
+        for change in [
+            |b: &mut BridgeRow| b.fail_mode = None,
+            |b: &mut BridgeRow| b.datapath_type = "system".into(),
+            |b: &mut BridgeRow| {
+                b.protocols.remove("OpenFlow14");
+            },
+        ] {
+            let mut drifted = same.clone();
+            change(&mut drifted);
+            assert!(
+                plan_bridge(&want, Some(&drifted), false, None)
+                    .ensure
+                    .is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn hw_offload_is_set_once_the_root_row_lacks_it() {
+        let want = bridge_spec("br-int", "system");
+        let b = bridge_row(&want);
+        assert!(!plan_bridge(&want, Some(&b), true, None).hw_offload);
+        let plan = plan_bridge(&want, Some(&b), true, Some(&root(None)));
+        assert!(plan.hw_offload);
+        assert_eq!(
+            plan.describe(),
+            ["ovsdb: set Open_vSwitch other_config:hw-offload=true"]
+        );
+        assert!(plan_bridge(&want, Some(&b), true, Some(&root(Some("false")))).hw_offload);
+        assert!(!plan_bridge(&want, Some(&b), true, Some(&root(Some("true")))).hw_offload);
+        assert!(!plan_bridge(&want, Some(&b), false, Some(&root(None))).hw_offload);
+    }
+
+    #[test]
+    fn meters_set_what_differs_and_delete_what_is_unused() {
+        use crate::openflow::MeterCommand;
+        let m = |id, rate| MeterMod::drop_kbps(MeterCommand::Add, id, rate, rate / 10);
+        let desired = BTreeMap::from([(1, m(1, 1000)), (2, m(2, 2000)), (3, m(3, 3000))]);
+        let installed = BTreeMap::from([(1, m(1, 1000)), (2, m(2, 500)), (4, m(4, 4000))]);
+        let plan = plan_meters(&desired, &installed);
+        assert_eq!(plan.set, vec![m(2, 2000), m(3, 3000)]);
+        assert_eq!(plan.delete, vec![4]);
+        assert_eq!(
+            plan.describe_set(),
+            [
+                "set meter meter=2,kbps,burst,band=type=drop,rate=2000,burst_size=200",
+                "set meter meter=3,kbps,burst,band=type=drop,rate=3000,burst_size=300"
+            ]
+        );
+        assert_eq!(plan.describe_delete(), ["delete meter meter=4"]);
+        assert!(plan_meters(&desired, &desired).is_empty());
+        let no_burst = MeterMod::drop_kbps(MeterCommand::Add, 7, 100, 0);
+        assert_eq!(
+            MeterText(&no_burst).to_string(),
+            "meter=7,kbps,band=type=drop,rate=100"
+        );
     }
 
     #[test]
