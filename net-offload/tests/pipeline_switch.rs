@@ -71,6 +71,29 @@ fn input(version: u64) -> SwitchInput {
     }
 }
 
+/// Representor stand-ins: internal ports `rep-web` and `rep-db` attached by
+/// "someone else" (no owner), in one ovs-vsctl call with `more` after them.
+fn attach_representors(rig: &Rig, more: &[&str]) {
+    let mut args = vec![];
+    for rep in ["rep-web", "rep-db"] {
+        if !args.is_empty() {
+            args.push("--");
+        }
+        args.extend([
+            "add-port",
+            BRIDGE,
+            rep,
+            "--",
+            "set",
+            "interface",
+            rep,
+            "type=internal",
+        ]);
+    }
+    args.extend(more);
+    rig.vsctl(&args);
+}
+
 fn agent_flows(rig: &Rig) -> Vec<Flow> {
     parse_dump_flows(&rig.ofctl("dump-flows", &[]))
         .expect("parse dump")
@@ -111,26 +134,7 @@ async fn wait_flows(rig: &Rig, want: usize, within: Duration, what: &str) -> Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_is_idempotent_and_repairs_drift() {
     let rig = Rig::start().await;
-    // Representors stand-ins: internal ports attached by "someone else".
-    rig.vsctl(&[
-        "add-port",
-        BRIDGE,
-        "rep-web",
-        "--",
-        "set",
-        "interface",
-        "rep-web",
-        "type=internal",
-        "--",
-        "add-port",
-        BRIDGE,
-        "rep-db",
-        "--",
-        "set",
-        "interface",
-        "rep-db",
-        "type=internal",
-    ]);
+    attach_representors(&rig, &[]);
     let (stop_tx, stop) = watch::channel(false);
     let config = SwitchConfig {
         db: rig.sandbox.db_endpoint(),
@@ -302,30 +306,11 @@ async fn converges_is_idempotent_and_repairs_drift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_is_what_the_pass_executes() {
     let rig = Rig::start().await;
-    rig.vsctl(&[
-        "add-port",
-        BRIDGE,
-        "rep-web",
-        "--",
-        "set",
-        "interface",
-        "rep-web",
-        "type=internal",
-        "--",
-        "add-port",
-        BRIDGE,
-        "rep-db",
-        "--",
-        "set",
-        "interface",
-        "rep-db",
-        "type=internal",
-        "--",
-        "set",
-        "bridge",
-        BRIDGE,
-        "fail_mode=standalone",
-    ]);
+    // And the operator set the bridge standalone.
+    attach_representors(
+        &rig,
+        &["--", "set", "bridge", BRIDGE, "fail_mode=standalone"],
+    );
     let (_stop_tx, stop) = watch::channel(false);
     let config = SwitchConfig {
         db: rig.sandbox.db_endpoint(),

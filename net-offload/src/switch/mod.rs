@@ -29,8 +29,8 @@ use crate::openflow::{
     ErrorType, Flow, FlowStatsRequest, MeterCommand, MeterMod, OpenFlowClient, OpenFlowError,
 };
 use crate::ovsdb::{
-    BridgeRow, ClientConfig, Datum, Endpoint, Mutation, OpenVswitchRow, OvsdbClient, OvsdbError,
-    PortRow, RowError, Transaction, VswitchError, vswitch_monitor,
+    ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, OvsdbError, PortRow, RowError,
+    Transaction, VswitchError, vswitch_monitor,
 };
 use crate::pipeline::{self, CompiledPipeline, DesiredNetworking, FlowPlan, Owner, OwnerKind};
 use plan::{
@@ -341,13 +341,7 @@ impl SwitchHandle {
     /// the insert: they show as "no flows yet" and come with a later pass.
     pub fn plan_switch(&self, input: &SwitchInput) -> SwitchPlan {
         let observed = self.observed.lock().map(|o| o.clone()).unwrap_or_default();
-        let (bridge, root) = bridge_rows(&self.ovsdb, &self.config.bridge);
-        let bridge = plan_bridge(
-            &bridge_spec(&self.config.bridge, &self.config.datapath_type),
-            bridge.as_ref(),
-            self.config.hw_offload,
-            root.as_ref(),
-        );
+        let bridge = bridge_plan(&self.ovsdb, &self.config);
         let (ports, compiled) = plan_all(&observed, input);
         let flows = pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
         SwitchPlan {
@@ -365,14 +359,20 @@ impl SwitchHandle {
     }
 }
 
-/// The bridge's row and the root row, from the replica.
-fn bridge_rows(ovsdb: &OvsdbClient, bridge: &str) -> (Option<BridgeRow>, Option<OpenVswitchRow>) {
-    ovsdb.read_replica(|r| {
+/// [`plan_bridge`] over the replica's bridge and root rows.
+fn bridge_plan(ovsdb: &OvsdbClient, config: &SwitchConfig) -> BridgePlan {
+    let (bridge, root) = ovsdb.read_replica(|r| {
         (
-            r.bridge_by_name(bridge).ok().flatten(),
+            r.bridge_by_name(&config.bridge).ok().flatten(),
             r.open_vswitch().ok().flatten(),
         )
-    })
+    });
+    plan_bridge(
+        &bridge_spec(&config.bridge, &config.datapath_type),
+        bridge.as_ref(),
+        config.hw_offload,
+        root.as_ref(),
+    )
 }
 
 fn plan_all(observed: &Observed, input: &SwitchInput) -> (PortPlan, CompiledPipeline) {
@@ -776,13 +776,7 @@ impl Reconciler {
     /// Executes the bridge part of the plan ([`plan_bridge`] over the
     /// replica's bridge and root rows).
     async fn ensure_bridge(&mut self) -> Result<(), SwitchError> {
-        let (bridge, root) = bridge_rows(&self.ovsdb, &self.config.bridge);
-        let plan = plan_bridge(
-            &bridge_spec(&self.config.bridge, &self.config.datapath_type),
-            bridge.as_ref(),
-            self.config.hw_offload,
-            root.as_ref(),
-        );
+        let plan = bridge_plan(&self.ovsdb, &self.config);
         self.apply_bridge(&plan).await
     }
 
