@@ -307,3 +307,86 @@ async fn a_lost_namespace_is_recreated() {
     assert!(ok && out.contains("inet 10.251."), "{out}");
     backend.remove(&id, None).await.expect("remove");
 }
+
+/// Plans are what runs: the veth backend's apply and remove plans, run
+/// action by action with `plan::run`, execute exactly the planned list
+/// (each action recorded once the kernel accepted it), and what each
+/// action says it does is there afterwards, seen by `ip`: the namespace,
+/// the representor with its alias, `eth0` with the tenant's address; after
+/// the remove plan, neither. An action of another backend is refused, not
+/// run. (TENANCY.md invariant 1: what `/v1/plan` shows for a function is
+/// all the agent does to the host's network for it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_shown_is_the_list_apply_runs() {
+    use net_offload::functions::{FunctionAction, plan};
+
+    // A missing environment fails the test; it never passes unrun.
+    assert!(
+        is_root(),
+        "needs root (network namespaces, veth): run the tests as root (scripts/test.sh does)"
+    );
+    let id = format!("t{}-p", std::process::id());
+    let _cleanup = Cleanup {
+        ids: vec![id.clone()],
+        bridge: format!("brfp{}", std::process::id() % 100_000_000),
+    };
+    let backend = VethBackend::new();
+    let f = function(&id, 4);
+    let planned = backend.plan_apply(&f);
+    assert!(
+        matches!(
+            planned.as_slice(),
+            [FunctionAction::NetnsAdd { .. }, FunctionAction::VethPair(_)]
+        ),
+        "{planned:#?}"
+    );
+    let ran = plan::run(&backend, &planned)
+        .await
+        .expect("run the apply plan");
+    assert_eq!(ran.executed, planned);
+    let Some(Applied::Ready { representor, .. }) = ran.applied else {
+        panic!("apply ended with {:?}", ran.applied);
+    };
+    let ns = naming::netns_name(&id);
+    let (ok, out) = ip(&["link", "show", "dev", &representor]);
+    assert!(
+        ok && out.contains(&format!("alias dpu-agent function {id}")),
+        "{out}"
+    );
+    let (ok, out) = ip(&["-n", &ns, "addr", "show", "dev", "eth0"]);
+    assert!(
+        ok && out.contains("inet 10.251.") && out.contains("02:fe:00:00:01:04"),
+        "{out}"
+    );
+    // Converged: the same plan again (every action is idempotent), and
+    // running it changes nothing `ip` can see.
+    assert_eq!(backend.plan_apply(&f), planned);
+    let before = ip(&["-n", &ns, "-d", "addr", "show"]).1;
+    plan::run(&backend, &planned).await.expect("run again");
+    assert_eq!(ip(&["-n", &ns, "-d", "addr", "show"]).1, before);
+
+    // A plan of another backend is refused before anything is done.
+    let foreign = [FunctionAction::ResetVf {
+        pf_netdev: "pf0".into(),
+        vf: 4,
+    }];
+    let err = plan::run(&backend, &foreign)
+        .await
+        .expect_err("foreign action");
+    assert!(
+        err.to_string().contains("veth backend does not execute"),
+        "{err}"
+    );
+
+    let removal = backend.plan_remove(&id, None);
+    let ran = plan::run(&backend, &removal)
+        .await
+        .expect("run the remove plan");
+    assert_eq!(ran.executed, removal);
+    assert_eq!(ran.applied, None);
+    assert!(
+        !ip(&["link", "show", "dev", &representor]).0,
+        "representor left"
+    );
+    assert!(!netns::exists(&ns), "namespace left");
+}

@@ -33,7 +33,7 @@ use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, HostDevice, ObjectKey, Phase, WriteOutcome};
 use dpu_api::spec::{FunctionSpec, FunctionType as ApiFunctionType, Spec};
 use net_offload::functions::{
-    Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing,
+    Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing, plan,
 };
 
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
@@ -547,8 +547,11 @@ impl Controller for Functions {
                     .get(&obj.id)
                     .map(|(_, vf)| *vf);
                 let vf = held.or_else(|| status_vf(obj));
-                self.backend
-                    .plan_remove(&obj.id, vf.map(|vf| (spec.pf.as_str(), vf)))
+                plan::lines(
+                    &self
+                        .backend
+                        .plan_remove(&obj.id, vf.map(|vf| (spec.pf.as_str(), vf))),
+                )
             }
             WriteOutcome::Created | WriteOutcome::Updated => {
                 let held = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -570,7 +573,7 @@ impl Controller for Functions {
                 };
                 let tenant = tenant_addressing(ctx, &obj.tenant, &obj.id);
                 match desired(obj, &spec, vf, tenant) {
-                    Ok(d) => self.backend.plan_apply(&d),
+                    Ok(d) => plan::lines(&self.backend.plan_apply(&d)),
                     Err(e) => vec![format!("nothing: {}", e.message)],
                 }
             }
@@ -631,7 +634,9 @@ mod tests {
     use super::*;
     use crate::store::{Store, StoreError};
     use dpu_api::object::EventType;
-    use net_offload::functions::{FunctionsError, ObservedFunction, UnsupportedReason};
+    use net_offload::functions::{
+        FunctionAction, FunctionsError, ObservedFunction, UnsupportedReason,
+    };
     use serde_json::Value;
     use serde_json::json;
 
@@ -702,11 +707,22 @@ mod tests {
                 Ok(())
             })
         }
-        fn plan_apply(&self, d: &FunctionDesired) -> Vec<String> {
-            vec![format!("make {} vf {}", d.id, d.vf)]
+        fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
+            vec![FunctionAction::Nothing {
+                why: format!("make {} vf {}", d.id, d.vf),
+            }]
         }
-        fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<String> {
-            vec![format!("remove {id}")]
+        fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+            vec![FunctionAction::Nothing {
+                why: format!("remove {id}"),
+            }]
+        }
+        fn execute<'a>(
+            &'a self,
+            _action: &'a FunctionAction,
+        ) -> net_offload::functions::BoxFuture<'a, Result<Option<Applied>, FunctionsError>>
+        {
+            Box::pin(async { Ok(None) })
         }
     }
 
@@ -1032,7 +1048,7 @@ mod tests {
             &obj(&ctx.store, Kind::Function, "web"),
             WriteOutcome::Updated,
         );
-        assert_eq!(plan, vec!["make web vf 0".to_string()]);
+        assert_eq!(plan, vec!["nothing: make web vf 0".to_string()]);
     }
 
     #[tokio::test]

@@ -12,8 +12,8 @@
 //! (a port whose representor is absent gets no ofport and stays Pending).
 
 use super::{
-    Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError,
-    ObservedFunction, UnsupportedReason, naming,
+    Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
+    FunctionsError, ObservedFunction, UnsupportedReason, foreign_action, naming,
 };
 
 /// Names representors; changes nothing.
@@ -52,45 +52,39 @@ impl FunctionBackend for ExternalBackend {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    fn apply<'a>(
+    fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
+        if d.type_ != FunctionType::Net {
+            return vec![FunctionAction::Unsupported {
+                reason: UnsupportedReason::NoEmulation,
+                message: "the external functions backend only names net representors; storage functions need the storage backend's emulation".into(),
+            }];
+        }
+        vec![FunctionAction::NameRepresentor {
+            pf: d.pf.clone(),
+            vf: d.vf,
+            representor: self.representor(d),
+        }]
+    }
+
+    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+        vec![FunctionAction::Nothing {
+            why: format!("function {id} is made outside the agent, nothing to remove"),
+        }]
+    }
+
+    fn execute<'a>(
         &'a self,
-        desired: &'a FunctionDesired,
-    ) -> BoxFuture<'a, Result<Applied, FunctionsError>> {
+        action: &'a FunctionAction,
+    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
         Box::pin(async move {
-            if desired.type_ != FunctionType::Net {
-                return Ok(Applied::Unsupported {
-                    reason: UnsupportedReason::NoEmulation,
-                    message: "the external functions backend only names net representors; storage functions need the storage backend's emulation".into(),
-                });
+            match action {
+                FunctionAction::NameRepresentor { representor, .. } => Ok(Some(Applied::Ready {
+                    representor: representor.clone(),
+                    host_device: None,
+                })),
+                other => Err(foreign_action(self.name(), other)),
             }
-            Ok(Applied::Ready {
-                representor: self.representor(desired),
-                host_device: None,
-            })
         })
-    }
-
-    fn remove<'a>(
-        &'a self,
-        _id: &'a str,
-        _slot: Option<(&'a str, u32)>,
-    ) -> BoxFuture<'a, Result<(), FunctionsError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn plan_apply(&self, d: &FunctionDesired) -> Vec<String> {
-        vec![format!(
-            "nothing to program: {} vf {} is made outside the agent; representor {}",
-            d.pf,
-            d.vf,
-            self.representor(d)
-        )]
-    }
-
-    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<String> {
-        vec![format!(
-            "nothing to remove: function {id} is made outside the agent"
-        )]
     }
 }
 

@@ -22,10 +22,12 @@ pub mod devlink;
 pub mod external;
 pub mod naming;
 pub mod netns;
+pub mod plan;
 mod rtnl;
 pub mod sriov;
 pub mod veth;
 
+pub use plan::{FunctionAction, Ran, VethPair};
 pub use rtnl::decode_route_datagram;
 
 use std::fmt;
@@ -200,8 +202,10 @@ impl FunctionsError {
     }
 }
 
-/// A way of making functions. Implementations are idempotent: `apply` on a
-/// function that is already as desired changes nothing.
+/// A way of making functions. Every change goes through a plan: a list of
+/// [`FunctionAction`]s planned by a pure function and executed one by one
+/// ([`plan::run`]). Actions are idempotent: applying a function that is
+/// already as desired changes nothing.
 pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
     /// `veth` or `sriov`, for status and `/readyz`.
     fn name(&self) -> &'static str;
@@ -209,25 +213,46 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
     /// Everything this backend made that exists now.
     fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>>;
 
-    /// Creates or reconfigures one function.
+    /// What applying `desired` takes, in order; pure. The last action ends
+    /// the apply with its [`Applied`].
+    fn plan_apply(&self, desired: &FunctionDesired) -> Vec<FunctionAction>;
+
+    /// What removing everything made for function `id` (at `pf`/`vf` when
+    /// known) takes; pure. Removing what is already gone succeeds.
+    fn plan_remove(&self, id: &str, slot: Option<(&str, u32)>) -> Vec<FunctionAction>;
+
+    /// Executes one action of this backend's plans: `Some` ends an apply
+    /// with its result. An action of another backend is an error (so are
+    /// `Unsupported` and `Nothing`, which [`plan::run`] handles itself).
+    fn execute<'a>(
+        &'a self,
+        action: &'a FunctionAction,
+    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>>;
+
+    /// Creates or reconfigures one function: runs [`Self::plan_apply`].
     fn apply<'a>(
         &'a self,
         desired: &'a FunctionDesired,
-    ) -> BoxFuture<'a, Result<Applied, FunctionsError>>;
+    ) -> BoxFuture<'a, Result<Applied, FunctionsError>> {
+        Box::pin(async move { plan::run_apply(self, &self.plan_apply(desired)).await })
+    }
 
-    /// Removes everything made for function `id` (at `pf`/`vf` when known);
-    /// removing what is already gone succeeds.
+    /// Removes function `id`: runs [`Self::plan_remove`].
     fn remove<'a>(
         &'a self,
         id: &'a str,
         slot: Option<(&'a str, u32)>,
-    ) -> BoxFuture<'a, Result<(), FunctionsError>>;
+    ) -> BoxFuture<'a, Result<(), FunctionsError>> {
+        Box::pin(async move {
+            plan::run(self, &self.plan_remove(id, slot)).await?;
+            Ok(())
+        })
+    }
+}
 
-    /// What `apply` would do, one netlink operation per line; pure.
-    fn plan_apply(&self, desired: &FunctionDesired) -> Vec<String>;
-
-    /// What `remove` would do; pure.
-    fn plan_remove(&self, id: &str, slot: Option<(&str, u32)>) -> Vec<String>;
+/// The error for an action given to a backend that does not plan it.
+pub(crate) fn foreign_action(backend: &str, action: &FunctionAction) -> FunctionsError {
+    FunctionsError::Invalid(format!("the {backend} backend does not execute {action}"))
 }
 
 #[cfg(test)]

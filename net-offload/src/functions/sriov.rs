@@ -25,8 +25,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::rtnl::{Rtnl, SET_FLAGS, to_io};
 use super::{
-    Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError, Mac,
-    ObservedFunction, UnsupportedReason, naming,
+    Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
+    FunctionsError, Mac, ObservedFunction, UnsupportedReason, foreign_action, naming,
 };
 
 /// The legacy settings of one VF.
@@ -227,94 +227,72 @@ impl FunctionBackend for SriovBackend {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    fn apply<'a>(
-        &'a self,
-        d: &'a FunctionDesired,
-    ) -> BoxFuture<'a, Result<Applied, FunctionsError>> {
-        Box::pin(async move {
-            if d.type_ != FunctionType::Net {
-                return Ok(Applied::Unsupported {
-                    reason: UnsupportedReason::NoEmulation,
-                    message: "nvme and virtio-blk functions are emulated by the DPU's storage path (SNAP), which this agent does not drive yet".to_string(),
-                });
-            }
-            let pf = self.pf_netdev(&d.pf);
-            let cfg = VfConfig::from_desired(d);
-            let rtnl = Rtnl::connect()?;
-            let index = pf_index(&rtnl, &pf).await?;
-            rtnl.request(
-                &format!("RTM_NEWLINK (change) {pf} vf {}", d.vf),
-                vf_config_message(index, &cfg),
-            )
-            .await?;
-            let rep = self.representor(&d.pf, d.vf);
-            match rtnl.link_by_name(&rep).await? {
-                Some(link) => {
-                    rtnl.configure(&link, &naming::alias(&d.id), None).await?;
-                    Ok(Applied::Ready {
-                        representor: rep,
-                        host_device: None,
-                    })
-                }
-                None => Ok(Applied::NoRepresentor { expected: rep }),
-            }
-        })
-    }
-
-    fn remove<'a>(
-        &'a self,
-        _id: &'a str,
-        slot: Option<(&'a str, u32)>,
-    ) -> BoxFuture<'a, Result<(), FunctionsError>> {
-        Box::pin(async move {
-            let Some((pf, vf)) = slot else {
-                return Ok(());
-            };
-            match set_vf(&self.pf_netdev(pf), &VfConfig::reset(vf)).await {
-                // The PF (or its VFs) went away: nothing left to reset.
-                Err(FunctionsError::NoDevice(_)) => Ok(()),
-                other => other,
-            }
-        })
-    }
-
-    fn plan_apply(&self, d: &FunctionDesired) -> Vec<String> {
+    fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
         if d.type_ != FunctionType::Net {
-            return vec!["nothing: storage functions are emulated by SNAP, not wired yet".into()];
+            return vec![FunctionAction::Unsupported {
+                reason: UnsupportedReason::NoEmulation,
+                message: "nvme and virtio-blk functions are emulated by the DPU's storage path (SNAP), which this agent does not drive yet".to_string(),
+            }];
         }
-        let c = VfConfig::from_desired(d);
-        let mac = c.mac.map(|m| format!("mac {m} ")).unwrap_or_default();
         vec![
-            format!(
-                "RTM_NEWLINK (change) {} vf {} {mac}vlan {} trust {} spoofchk {} min_tx_rate 0 max_tx_rate {}",
-                self.pf_netdev(&d.pf),
-                c.vf,
-                c.vlan,
-                on_off(c.trust),
-                on_off(c.spoof_check),
-                c.max_tx_rate_mbps
-            ),
-            format!(
-                "RTM_SETLINK {} up alias {:?} (the representor)",
-                self.representor(&d.pf, d.vf),
-                naming::alias(&d.id)
-            ),
+            FunctionAction::SetVf {
+                pf_netdev: self.pf_netdev(&d.pf),
+                config: VfConfig::from_desired(d),
+            },
+            FunctionAction::RepresentorUp {
+                representor: self.representor(&d.pf, d.vf),
+                alias: naming::alias(&d.id),
+            },
         ]
     }
 
-    fn plan_remove(&self, _id: &str, slot: Option<(&str, u32)>) -> Vec<String> {
+    fn plan_remove(&self, _id: &str, slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
         match slot {
-            Some((pf, vf)) => vec![format!(
-                "RTM_NEWLINK (change) {} vf {vf} mac 00:00:00:00:00:00 vlan 0 trust off spoofchk on max_tx_rate 0",
-                self.pf_netdev(pf)
-            )],
-            None => vec!["nothing: no VF was assigned".into()],
+            Some((pf, vf)) => vec![FunctionAction::ResetVf {
+                pf_netdev: self.pf_netdev(pf),
+                vf,
+            }],
+            None => vec![FunctionAction::Nothing {
+                why: "no VF was assigned".into(),
+            }],
         }
     }
-}
 
-fn on_off(b: bool) -> &'static str {
-    if b { "on" } else { "off" }
+    fn execute<'a>(
+        &'a self,
+        action: &'a FunctionAction,
+    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
+        Box::pin(async move {
+            match action {
+                FunctionAction::SetVf { pf_netdev, config } => {
+                    set_vf(pf_netdev, config).await.map(|()| None)
+                }
+                FunctionAction::ResetVf { pf_netdev, vf } => {
+                    match set_vf(pf_netdev, &VfConfig::reset(*vf)).await {
+                        // The PF (or its VFs) went away: nothing left to reset.
+                        Err(FunctionsError::NoDevice(_)) => Ok(None),
+                        other => other.map(|()| None),
+                    }
+                }
+                FunctionAction::RepresentorUp { representor, alias } => {
+                    let rtnl = Rtnl::connect()?;
+                    match rtnl.link_by_name(representor).await? {
+                        Some(link) => {
+                            rtnl.configure(&link, alias, None).await?;
+                            Ok(Some(Applied::Ready {
+                                representor: representor.clone(),
+                                host_device: None,
+                            }))
+                        }
+                        None => Ok(Some(Applied::NoRepresentor {
+                            expected: representor.clone(),
+                        })),
+                    }
+                }
+                other => Err(foreign_action(self.name(), other)),
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -457,8 +435,17 @@ mod tests {
         });
         assert_eq!(custom.pf_netdev("pf1"), "p1");
         let plan = custom.plan_remove("x", Some(("pf1", 4)));
+        assert_eq!(
+            plan,
+            [FunctionAction::ResetVf {
+                pf_netdev: "p1".into(),
+                vf: 4
+            }]
+        );
         assert!(
-            plan[0].starts_with("RTM_NEWLINK (change) p1 vf 4 mac 00:00:00:00:00:00"),
+            plan[0]
+                .to_string()
+                .starts_with("RTM_NEWLINK (change) p1 vf 4 mac 00:00:00:00:00:00"),
             "{plan:?}"
         );
     }

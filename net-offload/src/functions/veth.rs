@@ -25,12 +25,12 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::rtnl::{Rtnl, address_of};
 use super::{
-    Applied, BoxFuture, FunctionBackend, FunctionDesired, FunctionType, FunctionsError, Mac,
-    ObservedFunction, TenantAddressing, UnsupportedReason, naming, netns,
+    Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
+    FunctionsError, Mac, ObservedFunction, TenantAddressing, UnsupportedReason, VethPair,
+    foreign_action, naming, netns,
 };
 
-/// The tenant's interface inside the function's namespace.
-pub const TENANT_IFNAME: &str = "eth0";
+pub use super::plan::TENANT_IFNAME;
 
 #[derive(Debug, Clone, Default)]
 pub struct VethBackend {
@@ -65,14 +65,6 @@ impl VethBackend {
         self
     }
 
-    /// `in netns <switch>: ` before what is done in the switch's namespace.
-    fn switch_prefix(&self) -> String {
-        self.switch_netns
-            .as_ref()
-            .map(|sw| format!("in netns {sw}: "))
-            .unwrap_or_default()
-    }
-
     /// Runs `f` in the switch's namespace (on a thread of its own there),
     /// or right here when the switch runs in the caller's.
     async fn in_switch<T, F, Fut>(&self, f: F) -> Result<T, FunctionsError>
@@ -99,10 +91,10 @@ fn netns_error(name: &str, op: &'static str) -> impl FnOnce(std::io::Error) -> F
     move |source| FunctionsError::Netns { name, op, source }
 }
 
-fn unsupported(desired: &FunctionDesired) -> Option<Applied> {
+fn unsupported(desired: &FunctionDesired) -> Option<FunctionAction> {
     match desired.type_ {
         FunctionType::Net => None,
-        other => Some(Applied::Unsupported {
+        other => Some(FunctionAction::Unsupported {
             reason: UnsupportedReason::NoEmulation,
             message: format!(
                 "{} functions need the DPU's device emulation; the veth simulator makes only net functions",
@@ -210,24 +202,24 @@ fn tx_checksum_off(ifname: &str) -> Result<(), FunctionsError> {
     Ok(())
 }
 
-impl VethBackend {
-    async fn apply_net(&self, desired: &FunctionDesired) -> Result<Applied, FunctionsError> {
-        let id = desired.id.clone();
-        let ns = naming::netns_name(&id);
-        {
-            let ns2 = ns.clone();
-            tokio::task::spawn_blocking(move || netns::create(&ns2))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-                .map_err(netns_error(&ns, "create"))?;
-        }
-        let alias = self.alias(&id);
-        let mac = tenant_mac(desired);
-        let tenant = desired.tenant.clone();
-        self.in_switch(move || make_pair(id, ns, alias, mac, tenant))
-            .await
-    }
+/// Makes the namespace `ns` (absent: created; present: kept).
+async fn netns_add(ns: &str) -> Result<(), FunctionsError> {
+    let owned = ns.to_string();
+    tokio::task::spawn_blocking(move || netns::create(&owned))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(netns_error(ns, "create"))
+}
+
+/// Removes the namespace `ns` (absent is fine).
+async fn netns_del(ns: &str) -> Result<(), FunctionsError> {
+    let owned = ns.to_string();
+    tokio::task::spawn_blocking(move || netns::remove(&owned))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(netns_error(ns, "remove"))
 }
 
 /// In the calling thread's namespace (the switch's): the representor of
@@ -367,84 +359,65 @@ impl FunctionBackend for VethBackend {
         })
     }
 
-    fn apply<'a>(
-        &'a self,
-        desired: &'a FunctionDesired,
-    ) -> BoxFuture<'a, Result<Applied, FunctionsError>> {
-        Box::pin(async move {
-            if let Some(applied) = unsupported(desired) {
-                return Ok(applied);
-            }
-            self.apply_net(desired).await
-        })
-    }
-
-    fn remove<'a>(
-        &'a self,
-        id: &'a str,
-        _slot: Option<(&'a str, u32)>,
-    ) -> BoxFuture<'a, Result<(), FunctionsError>> {
-        Box::pin(async move {
-            let owned = id.to_string();
-            self.in_switch(move || delete_representor(owned)).await?;
-            let ns = naming::netns_name(id);
-            let ns2 = ns.clone();
-            tokio::task::spawn_blocking(move || netns::remove(&ns2))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-                .map_err(netns_error(&ns, "remove"))?;
-            Ok(())
-        })
-    }
-
-    fn plan_apply(&self, d: &FunctionDesired) -> Vec<String> {
-        if let Some(Applied::Unsupported { message, .. }) = unsupported(d) {
-            return vec![format!("nothing: {message}")];
+    fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
+        if let Some(unsupported) = unsupported(d) {
+            return vec![unsupported];
         }
-        let ns = naming::netns_name(&d.id);
-        let rep = naming::veth_representor(&d.id);
-        let alias = self.alias(&d.id);
-        let mac = tenant_mac(d)
-            .map(|m| format!(" address {m}"))
-            .unwrap_or_default();
-        let sw = self.switch_prefix();
-        let mut out = vec![
-            format!("netns add {ns} (unshare CLONE_NEWNET, bind mount on /run/netns/{ns})"),
-            format!(
-                "{sw}RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}{mac} (if absent)"
-            ),
-            format!("{sw}RTM_SETLINK {rep} up alias {alias:?}"),
-            format!("in netns {ns}: RTM_SETLINK lo up"),
-            format!("in netns {ns}: RTM_SETLINK {TENANT_IFNAME}{mac} up alias {alias:?}"),
-            format!("in netns {ns}: SIOCETHTOOL {TENANT_IFNAME} tx checksum off"),
-        ];
-        match &d.tenant {
-            Some(t) => {
-                out.extend(t.addresses.iter().map(|(ip, p)| {
-                    format!("in netns {ns}: RTM_NEWADDR {ip}/{p} dev {TENANT_IFNAME}")
-                }))
-            }
-            None => out.push(format!(
-                "in netns {ns}: no port attached, {TENANT_IFNAME} gets no address"
-            )),
-        }
-        out.push(format!(
-            "in netns {ns}: RTM_DELADDR any other address on {TENANT_IFNAME}"
-        ));
-        out
-    }
-
-    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<String> {
-        let ns = naming::netns_name(id);
-        let sw = self.switch_prefix();
+        let netns = naming::netns_name(&d.id);
         vec![
-            format!(
-                "{sw}RTM_DELLINK {} (and its peer {TENANT_IFNAME} in {ns})",
-                naming::veth_representor(id)
-            ),
-            format!("netns del {ns} (umount2 MNT_DETACH, unlink /run/netns/{ns})"),
+            FunctionAction::NetnsAdd {
+                name: netns.clone(),
+            },
+            FunctionAction::VethPair(VethPair {
+                id: d.id.clone(),
+                representor: naming::veth_representor(&d.id),
+                switch_netns: self.switch_netns.clone(),
+                netns,
+                alias: self.alias(&d.id),
+                mac: tenant_mac(d),
+                tenant: d.tenant.clone(),
+            }),
         ]
+    }
+
+    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+        let netns = naming::netns_name(id);
+        vec![
+            FunctionAction::VethDelete {
+                id: id.to_string(),
+                representor: naming::veth_representor(id),
+                switch_netns: self.switch_netns.clone(),
+                netns: netns.clone(),
+            },
+            FunctionAction::NetnsDel { name: netns },
+        ]
+    }
+
+    fn execute<'a>(
+        &'a self,
+        action: &'a FunctionAction,
+    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
+        Box::pin(async move {
+            match action {
+                FunctionAction::NetnsAdd { name } => netns_add(name).await.map(|()| None),
+                FunctionAction::VethPair(p) if p.switch_netns == self.switch_netns => {
+                    let p = p.clone();
+                    self.in_switch(move || make_pair(p.id, p.netns, p.alias, p.mac, p.tenant))
+                        .await
+                        .map(Some)
+                }
+                FunctionAction::VethDelete {
+                    id, switch_netns, ..
+                } if *switch_netns == self.switch_netns => {
+                    let id = id.clone();
+                    self.in_switch(move || delete_representor(id))
+                        .await
+                        .map(|()| None)
+                }
+                FunctionAction::NetnsDel { name } => netns_del(name).await.map(|()| None),
+                other => Err(foreign_action(self.name(), other)),
+            }
+        })
     }
 }
 
@@ -474,15 +447,18 @@ mod tests {
             addresses: vec![("10.0.0.2".parse().unwrap(), 24)],
         };
         let plan = VethBackend::new().plan_apply(&desired(FunctionType::Net, Some(t)));
-        let text = plan.join("\n");
+        let text = super::super::plan::lines(&plan).join("\n");
         assert!(text.contains("netns add dpu-fn-web-1"), "{text}");
         assert!(text.contains("RTM_NEWLINK fn-web-1 type veth peer eth0 netns dpu-fn-web-1 address 02:00:00:00:00:02"), "{text}");
         assert!(text.contains("RTM_NEWADDR 10.0.0.2/24 dev eth0"), "{text}");
-        let rm = VethBackend::new().plan_remove("web-1", None).join("\n");
-        let in_sw = VethBackend::scoped("s")
-            .in_switch_netns(Some("dpu-dev-1".into()))
-            .plan_remove("web-1", None)
-            .join("\n");
+        let rm =
+            super::super::plan::lines(&VethBackend::new().plan_remove("web-1", None)).join("\n");
+        let in_sw = super::super::plan::lines(
+            &VethBackend::scoped("s")
+                .in_switch_netns(Some("dpu-dev-1".into()))
+                .plan_remove("web-1", None),
+        )
+        .join("\n");
         assert!(
             in_sw.contains("in netns dpu-dev-1: RTM_DELLINK fn-web-1"),
             "{in_sw}"
@@ -499,12 +475,16 @@ mod tests {
             let d = desired(t, None);
             assert!(matches!(
                 unsupported(&d),
-                Some(Applied::Unsupported {
+                Some(FunctionAction::Unsupported {
                     reason: UnsupportedReason::NoEmulation,
                     ..
                 })
             ));
-            assert!(VethBackend::new().plan_apply(&d)[0].starts_with("nothing:"));
+            assert!(
+                VethBackend::new().plan_apply(&d)[0]
+                    .to_string()
+                    .starts_with("nothing:")
+            );
         }
     }
 
