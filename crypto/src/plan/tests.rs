@@ -3,6 +3,7 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::keys::SaKey;
 use crate::model::{Cipher, SaSpec};
+use crate::xfrm::socket::XfrmError;
 use crate::xfrm::{Mark, Selector};
 
 const KEY_A: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeaf00c0c1c2c3";
@@ -437,4 +438,93 @@ fn tunnel_state_sums_counters_and_xfrm_stats_of_its_sas() {
     );
     // Another tunnel's SAs count nothing for it.
     assert_eq!(p.state["acme/t2"].integrity_failures, 0);
+}
+
+/// An IPsec backend that records each kernel call it gets, refusing packet
+/// offload as a NIC without it would (`EOPNOTSUPP`).
+#[derive(Default)]
+struct Recording {
+    calls: Vec<String>,
+}
+
+impl crate::apply::IpsecBackend for Recording {
+    fn observe(&mut self) -> Result<Observed, XfrmError> {
+        Ok(Observed::default())
+    }
+    fn add_sa(&mut self, sa: &Sa) -> Result<(), XfrmError> {
+        if sa
+            .offload
+            .is_some_and(|o| o.flags & XFRM_OFFLOAD_PACKET != 0)
+        {
+            self.calls.push(format!("add_sa {:#x} refused", sa.spi));
+            return Err(XfrmError::Kernel {
+                op: "XFRM_MSG_NEWSA",
+                source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            });
+        }
+        self.calls.push(format!("add_sa {:#x}", sa.spi));
+        Ok(())
+    }
+    fn delete_sa(&mut self, id: &SaId) -> Result<(), XfrmError> {
+        self.calls.push(format!("delete_sa {:#x}", id.spi));
+        Ok(())
+    }
+    fn put_policy(&mut self, p: &Policy) -> Result<(), XfrmError> {
+        self.calls.push(format!("put_policy {:?}", p.id()));
+        Ok(())
+    }
+    fn delete_policy(&mut self, id: &PolicyId) -> Result<(), XfrmError> {
+        self.calls.push(format!("delete_policy {id:?}"));
+        Ok(())
+    }
+}
+
+/// `apply` sends exactly the plan: one kernel call per planned action, in
+/// the plan's order, for that action's own SA or policy — an offload the
+/// kernel refuses under `auto` is retried within the same action with the
+/// next offload it lists, never with anything unplanned — and the report
+/// counts every action applied. So the list `/v1/plan` shows is the list
+/// the kernel gets (TENANCY.md invariant 5: a tenant's SAs and policies are
+/// only those planned for its tunnels).
+#[test]
+fn apply_sends_exactly_the_planned_actions_in_order() {
+    let mut t = tunnel("acme/t1", 0x0d50_0001);
+    t.offload_dev = Some(7);
+    let p = plan(&[t], &none(), &Observed::default(), 1000, GRACE);
+    let mut want = Vec::new();
+    for a in &p.actions {
+        match a {
+            Action::AddSa { sa, .. } => {
+                // Packet refused, then crypto offload accepted.
+                want.push(format!("add_sa {:#x} refused", sa.spi));
+                want.push(format!("add_sa {:#x}", sa.spi));
+            }
+            Action::DeleteSa { id, .. } => want.push(format!("delete_sa {:#x}", id.spi)),
+            Action::PutPolicy { policy, .. } => want.push(format!("put_policy {:?}", policy.id())),
+            Action::DeletePolicy { id, .. } => want.push(format!("delete_policy {id:?}")),
+        }
+    }
+    let mut backend = Recording::default();
+    let report = crate::apply::apply(&mut backend, &p.actions);
+    assert_eq!(backend.calls, want);
+    assert_eq!(report.applied, p.actions.len());
+    assert!(report.failures.is_empty());
+    assert_eq!(report.offload_fallbacks.len(), 2, "one per SA");
+
+    // The teardown plan, likewise.
+    let obs = apply(&Observed::default(), &p.actions, 1000);
+    let teardown = plan_teardown(0x0d50_0001, "acme/t1", &obs);
+    assert!(!teardown.is_empty());
+    let mut backend = Recording::default();
+    let report = crate::apply::apply(&mut backend, &teardown);
+    assert_eq!(report.applied, teardown.len());
+    let deleted: Vec<String> = teardown
+        .iter()
+        .map(|a| match a {
+            Action::DeleteSa { id, .. } => format!("delete_sa {:#x}", id.spi),
+            Action::DeletePolicy { id, .. } => format!("delete_policy {id:?}"),
+            other => panic!("teardown plans {other}"),
+        })
+        .collect();
+    assert_eq!(backend.calls, deleted);
 }

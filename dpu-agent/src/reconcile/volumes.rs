@@ -658,6 +658,7 @@ mod tests {
     use crate::store::{Store, StoreError};
     use dpu_api::object::EventType;
     use serde_json::json;
+    use std::sync::Mutex;
     use storage_offload::apply::BackendError;
     use storage_offload::nvmet::NvmetObserved;
 
@@ -833,6 +834,107 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    /// The real nvmet backend (over a plain directory), recording each
+    /// action it performed once it returned without an error.
+    #[derive(Debug)]
+    struct Recording {
+        inner: Arc<dyn BlockBackend>,
+        ran: Mutex<Vec<String>>,
+    }
+
+    impl BlockBackend for Recording {
+        fn kind(&self) -> BackendKind {
+            self.inner.kind()
+        }
+        fn observe(&self) -> storage_offload::apply::BoxFuture<'_, Result<Observed, BackendError>> {
+            self.inner.observe()
+        }
+        fn plan(&self, desired: &[DesiredVolume], observed: &Observed) -> Vec<Action> {
+            self.inner.plan(desired, observed)
+        }
+        fn apply<'a>(
+            &'a self,
+            action: &'a Action,
+        ) -> storage_offload::apply::BoxFuture<'a, Result<(), BackendError>> {
+            Box::pin(async move {
+                self.inner.apply(action).await?;
+                self.ran.lock().unwrap().push(action.to_string());
+                Ok(())
+            })
+        }
+        fn refusals(
+            &self,
+            desired: &[DesiredVolume],
+            observed: &Observed,
+        ) -> Vec<storage_offload::plan::Refusal> {
+            self.inner.refusals(desired, observed)
+        }
+    }
+
+    /// The plan `/v1/plan` shows for a volume (computed from the last
+    /// observation) is, line for line, what the next reconcile has the
+    /// backend perform: for a new volume and for its deletion, on the real
+    /// nvmet backend writing configfs (a plain directory here), whose tree
+    /// is the witness. (TENANCY.md invariant 4: what an operator reviews for
+    /// a tenant's volume is all that is exported for it.)
+    #[tokio::test]
+    async fn the_plan_shown_is_what_the_reconcile_performs() {
+        let (dir, ctx) = setup();
+        let (inner, paths) = kernel_in(dir.path());
+        let backend = Arc::new(Recording {
+            inner,
+            ran: Mutex::new(Vec::new()),
+        });
+        let c = Volumes::with_backend(backend.clone(), None);
+        let ran = || std::mem::take(&mut *backend.ran.lock().unwrap());
+        c.reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap();
+        ran();
+
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v2",
+            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
+            false,
+        );
+        let v2 = obj(&ctx.store, Kind::Volume, "v2");
+        let planned = c.plan(&ctx, &v2, WriteOutcome::Created);
+        assert!(
+            planned.iter().any(|l| l.contains("acme:v2")),
+            "{planned:#?}"
+        );
+        let out = c.reconcile(&ctx, &v2).await.unwrap();
+        assert_eq!(out.status.phase, Phase::Ready, "{:?}", out.status);
+        assert_eq!(ran(), planned);
+        let sub = paths
+            .nvmet
+            .join("subsystems/nqn.2026-11.dev.dpu-agent:acme:v2");
+        assert!(sub.join("namespaces/2").exists(), "{}", sub.display());
+        assert_eq!(
+            c.plan(&ctx, &v2, WriteOutcome::Updated),
+            Vec::<String>::new()
+        );
+
+        let planned = c.plan(&ctx, &v2, WriteOutcome::Deleted);
+        assert!(!planned.is_empty());
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v2",
+            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
+            true,
+        );
+        let out = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v2"))
+            .await
+            .unwrap();
+        assert!(out.finalized);
+        assert_eq!(ran(), planned);
+        assert!(!sub.exists(), "{} left", sub.display());
     }
 
     #[tokio::test]
