@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
-use dpu_api::object::{ConditionStatus, HostDevice, ObjectKey, Phase, WriteOutcome};
+use dpu_api::object::{ConditionStatus, HostDevice, ObjectKey, Phase, Status, WriteOutcome};
 use dpu_api::spec::{FunctionSpec, FunctionType as ApiFunctionType, Spec};
 use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing, plan,
@@ -72,10 +72,6 @@ impl Functions {
             last: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(None),
         }
-    }
-
-    fn polls_ports(&self) -> bool {
-        self.backend.name() == "veth"
     }
 }
 
@@ -393,75 +389,25 @@ impl Functions {
         };
         self.sweep_orphans(ctx).await;
 
-        status.facts.vf = Some(vf);
-        match &applied {
-            Applied::Ready {
-                representor,
-                host_device,
-            } => {
-                status.facts.representor = Some(representor.clone());
-                status.facts.host_device = host_device.clone();
-                status.phase = Phase::Ready;
-                let where_ = if self.backend.name() == "veth" {
-                    format!(
-                        "veth pair {representor} <-> eth0 in netns {}{}",
-                        net_offload::functions::naming::netns_name(&obj.id),
-                        if want.tenant.is_some() {
-                            ""
-                        } else {
-                            " (no port attached yet: eth0 has no address)"
-                        }
-                    )
-                } else {
-                    format!("{} vf {vf} configured, representor {representor}", spec.pf)
-                };
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::True,
-                    Reason::Programmed,
-                    where_,
-                ));
-            }
-            Applied::NoRepresentor { expected } => {
-                status.facts.representor = None;
-                status.phase = Phase::Degraded;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::RepresentorMissing,
-                    format!("{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?", spec.pf),
-                ));
-            }
-            Applied::Unsupported { reason, message } => {
-                status.phase = Phase::Pending;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::from(*reason),
-                    message.clone(),
-                ));
-            }
-        }
-        let backend_device = match &applied {
-            Applied::Ready { host_device, .. } => host_device.clone(),
-            _ => None,
+        let ready = match &applied {
+            Applied::Ready { representor, .. } => self.backend.ready_message(&want, representor),
+            _ => String::new(),
         };
-        let placed = spec.host.as_deref().and_then(|host| {
-            let hosts = ctx.store.hosts();
-            let report = hosts.iter().find(|r| r.host == host)?;
-            host_placement(&report.devices, &spec, vf)
-        });
-        match placed {
-            Some((address, device)) => {
-                status.facts.host_pci_address = Some(address);
-                status.facts.host_device = device.or(backend_device);
-            }
-            None => {
-                status.facts.host_pci_address = None;
-            }
-        }
+        let hosts = ctx.store.hosts();
+        let report = spec
+            .host
+            .as_deref()
+            .and_then(|host| hosts.iter().find(|r| r.host == host));
+        let status = programmed_status(
+            status,
+            &spec,
+            vf,
+            &applied,
+            ready,
+            report.map(|r| r.devices.as_slice()),
+        );
         let mut requeue_after =
-            (self.polls_ports() && want.type_ == FunctionType::Net).then_some(PORT_POLL);
+            (self.backend.plays_tenant() && want.type_ == FunctionType::Net).then_some(PORT_POLL);
         if spec.host.is_some() {
             // A host report is not an object event: look again for the
             // host's view (VF count, driver, netdev changes).
@@ -512,6 +458,68 @@ impl Functions {
             requeue_after: None,
         })
     }
+}
+
+/// The status of a function once its backend was asked: a pure function of
+/// the previous status, the spec, the VF it holds, what the backend
+/// reached (`ready`: the backend's account of a Ready function) and the
+/// devices its host reports (`None`: no host in the spec, or no report).
+pub fn programmed_status(
+    mut status: Status,
+    spec: &FunctionSpec,
+    vf: u32,
+    applied: &Applied,
+    ready: String,
+    host_devices: Option<&[HostDevice]>,
+) -> Status {
+    status.facts.vf = Some(vf);
+    match applied {
+        Applied::Ready {
+            representor,
+            host_device,
+        } => {
+            status.facts.representor = Some(representor.clone());
+            status.facts.host_device = host_device.clone();
+            status.phase = Phase::Ready;
+            status.set_condition(condition(
+                "Programmed",
+                ConditionStatus::True,
+                Reason::Programmed,
+                ready,
+            ));
+        }
+        Applied::NoRepresentor { expected } => {
+            status.facts.representor = None;
+            status.phase = Phase::Degraded;
+            status.set_condition(condition(
+                "Programmed",
+                ConditionStatus::False,
+                Reason::RepresentorMissing,
+                format!("{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?", spec.pf),
+            ));
+        }
+        Applied::Unsupported { reason, message } => {
+            status.phase = Phase::Pending;
+            status.set_condition(condition(
+                "Programmed",
+                ConditionStatus::False,
+                Reason::from(*reason),
+                message.clone(),
+            ));
+        }
+    }
+    let backend_device = match applied {
+        Applied::Ready { host_device, .. } => host_device.clone(),
+        _ => None,
+    };
+    match host_devices.and_then(|devices| host_placement(devices, spec, vf)) {
+        Some((address, device)) => {
+            status.facts.host_pci_address = Some(address);
+            status.facts.host_device = device.or(backend_device);
+        }
+        None => status.facts.host_pci_address = None,
+    }
+    status
 }
 
 impl Controller for Functions {
@@ -706,6 +714,13 @@ mod tests {
                     .push((id.to_string(), slot.map(|(p, v)| (p.to_string(), v))));
                 Ok(())
             })
+        }
+        // Plays the tenant and words its Ready as the simulator does.
+        fn plays_tenant(&self) -> bool {
+            true
+        }
+        fn ready_message(&self, d: &FunctionDesired, representor: &str) -> String {
+            net_offload::functions::veth::VethBackend::new().ready_message(d, representor)
         }
         fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
             vec![FunctionAction::Nothing {
@@ -919,6 +934,84 @@ mod tests {
             netdev: Some(netdev.into()),
             ..dev(addr, "vf", "vf")
         }
+    }
+
+    /// Status derivation is pure: the same inputs give the same status,
+    /// each outcome of the backend maps to its phase, reason and facts, and
+    /// a host's report places the function without asking anything.
+    #[test]
+    fn programmed_status_follows_what_the_backend_reached() {
+        let spec: FunctionSpec =
+            serde_json::from_value(json!({"type": "net", "pf": "pf0", "host": "node-1"})).unwrap();
+        let ready = Applied::Ready {
+            representor: "pf0vf1".into(),
+            host_device: None,
+        };
+        let s = programmed_status(Status::default(), &spec, 1, &ready, "made".into(), None);
+        assert_eq!(s.phase, Phase::Ready);
+        assert_eq!(s.facts.vf, Some(1));
+        assert_eq!(s.facts.representor.as_deref(), Some("pf0vf1"));
+        assert_eq!(s.facts.host_pci_address, None);
+        let cond = s.condition("Programmed").unwrap();
+        assert_eq!(
+            (cond.reason.as_str(), cond.message.as_str()),
+            ("Programmed", "made")
+        );
+
+        // The host reports the VF: its address and netdev are recorded.
+        let devices = [
+            dev("0000:03:00.0", "pf", "pf"),
+            vf_dev("0000:03:00.2", "0000:03:00.0", 1, "ens1f0v1"),
+        ];
+        let placed = programmed_status(
+            s.clone(),
+            &spec,
+            1,
+            &ready,
+            "made".into(),
+            Some(&devices[..]),
+        );
+        assert_eq!(
+            placed.facts.host_pci_address.as_deref(),
+            Some("0000:03:00.2")
+        );
+        assert_eq!(placed.facts.host_device.as_deref(), Some("ens1f0v1"));
+
+        // The representor went missing: Degraded, no representor fact.
+        let missing = programmed_status(
+            placed,
+            &spec,
+            1,
+            &Applied::NoRepresentor {
+                expected: "pf0vf1".into(),
+            },
+            String::new(),
+            None,
+        );
+        assert_eq!(missing.phase, Phase::Degraded);
+        assert_eq!(missing.facts.representor, None);
+        assert_eq!(missing.facts.host_pci_address, None);
+        assert_eq!(
+            missing.condition("Programmed").unwrap().reason,
+            "RepresentorMissing"
+        );
+
+        let unsupported = programmed_status(
+            Status::default(),
+            &spec,
+            1,
+            &Applied::Unsupported {
+                reason: UnsupportedReason::NoEmulation,
+                message: "no SNAP".into(),
+            },
+            String::new(),
+            None,
+        );
+        assert_eq!(unsupported.phase, Phase::Pending);
+        assert_eq!(
+            unsupported.condition("Programmed").unwrap().reason,
+            "NoEmulation"
+        );
     }
 
     #[tokio::test]

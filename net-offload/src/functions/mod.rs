@@ -229,6 +229,22 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
         action: &'a FunctionAction,
     ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>>;
 
+    /// Whether the backend plays the tenant (the veth simulator configures
+    /// the workload's side from the attached port), so a change of the
+    /// port must reach it: the controller then looks again periodically.
+    fn plays_tenant(&self) -> bool {
+        false
+    }
+
+    /// The operator's one-line account of a function this backend made
+    /// Ready, for its `Programmed` condition.
+    fn ready_message(&self, desired: &FunctionDesired, representor: &str) -> String {
+        format!(
+            "{} vf {} configured, representor {representor}",
+            desired.pf, desired.vf
+        )
+    }
+
     /// Creates or reconfigures one function: runs [`Self::plan_apply`].
     fn apply<'a>(
         &'a self,

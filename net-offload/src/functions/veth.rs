@@ -359,6 +359,22 @@ impl FunctionBackend for VethBackend {
         })
     }
 
+    fn plays_tenant(&self) -> bool {
+        true
+    }
+
+    fn ready_message(&self, d: &FunctionDesired, representor: &str) -> String {
+        format!(
+            "veth pair {representor} <-> {TENANT_IFNAME} in netns {}{}",
+            naming::netns_name(&d.id),
+            if d.tenant.is_some() {
+                ""
+            } else {
+                " (no port attached yet: eth0 has no address)"
+            }
+        )
+    }
+
     fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
         if let Some(unsupported) = unsupported(d) {
             return vec![unsupported];
