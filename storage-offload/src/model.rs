@@ -228,8 +228,8 @@ impl DesiredVolume {
         match &self.spec.source {
             dpu_api::spec::VolumeSource::Nvmeof(n) => Some(
                 n.hostnqn
-                    .clone()
-                    .unwrap_or_else(|| self.key.initiator_nqn()),
+                    .as_ref()
+                    .map_or_else(|| self.key.initiator_nqn(), |h| h.to_string()),
             ),
             dpu_api::spec::VolumeSource::Local(_) => None,
         }

@@ -268,7 +268,7 @@ fn planned_requests() -> Vec<RpcRequest> {
         transport: NvmeofTransport::Tcp,
         address: "192.0.2.1".into(),
         port: 4420,
-        subnqn: "nqn.2014-08.org.example:r".into(),
+        subnqn: "nqn.2014-08.org.example:r".parse().unwrap(),
         hostnqn: None,
     });
     let desired = vec![

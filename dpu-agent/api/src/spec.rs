@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::net::Ipv4Addr;
 
 use crate::kind::Kind;
-use crate::types::{Ipv4Cidr, Mac, PortRange};
+use crate::types::{Ipv4Cidr, Mac, Nqn, PfName, PortRange};
 use crate::validate::FieldError;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ pub struct Grants {
 pub struct FunctionGrant {
     /// Physical functions (`pf0`) the tenant may carve from.
     #[serde(default)]
-    pub pfs: Vec<String>,
+    pub pfs: Vec<PfName>,
     /// VF indices (`"0-15"`) the tenant may name or be given; absent: any
     /// free VF (allocated by the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,7 +104,7 @@ pub enum Attach {
 pub struct FunctionSpec {
     #[serde(rename = "type")]
     pub type_: FunctionType,
-    pub pf: String,
+    pub pf: PfName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vf: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,9 +225,9 @@ pub struct NvmeofSource {
     pub transport: NvmeofTransport,
     pub address: String,
     pub port: u16,
-    pub subnqn: String,
+    pub subnqn: Nqn,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostnqn: Option<String>,
+    pub hostnqn: Option<Nqn>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

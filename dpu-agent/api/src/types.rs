@@ -1,6 +1,7 @@
 //! Values that specs carry as strings on the wire but that are parsed once,
 //! when a spec is decoded: a unicast MAC address, an IPv4 network with its
-//! host bits zero, a port or port range. Each serializes back to its
+//! host bits zero, a port or port range, a physical function's name, an
+//! NVMe Qualified Name. Each serializes back to its
 //! canonical string, and a bad one is refused by decoding with the message
 //! of [`crate::validate`]'s parser, at the field's path (`spec.mac`,
 //! `spec.security.ingress[0].ports`).
@@ -130,10 +131,125 @@ impl fmt::Display for PortRange {
 
 string_form!(PortRange, "a port like \"80\" or range like \"1000-2000\"");
 
+/// A name checked once at decoding, kept as the string it was; reads as a
+/// `&str` everywhere a name is used.
+macro_rules! checked_name {
+    ($t:ident, $check:path) => {
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$t, String> {
+                $check("", s).map_err(|e| e.message)?;
+                Ok($t(s.to_string()))
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$t> for String {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+    };
+}
+
+/// A physical function's netdev name, like `pf0` or `p0`: 1 to
+/// [`crate::limits::PF_BYTES`] of ASCII letters, digits, `_` and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PfName(String);
+
+impl PfName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+checked_name!(PfName, validate::check_pf_name);
+string_form!(PfName, "a physical function name like pf0");
+
+/// An NVMe Qualified Name, `nqn.2014-08.org.example:vol1` (at most 223
+/// bytes, no whitespace or control characters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Nqn(String);
+
+impl Nqn {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+checked_name!(Nqn, validate::check_nqn);
+string_form!(Nqn, "an NQN like nqn.2014-08.org.example:vol1");
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn names_are_checked_once_and_kept_as_given() {
+        let pf: PfName = serde_json::from_value(json!("pf0")).unwrap();
+        assert_eq!(pf, "pf0");
+        assert_eq!(serde_json::to_value(&pf).unwrap(), json!("pf0"));
+        for bad in ["", "pf 0", "pf0/../x", &"p".repeat(100)] {
+            let err = serde_json::from_value::<PfName>(json!(bad)).unwrap_err();
+            assert!(
+                err.to_string().contains("physical function"),
+                "{bad}: {err}"
+            );
+        }
+        let nqn: Nqn = serde_json::from_value(json!("nqn.2014-08.org.example:vol1")).unwrap();
+        assert_eq!(nqn.as_str(), "nqn.2014-08.org.example:vol1");
+        for bad in [
+            "",
+            "iqn.2014-08.org.example:x",
+            "nqn.2014-08.org.example:a b",
+        ] {
+            let err = serde_json::from_value::<Nqn>(json!(bad)).unwrap_err();
+            assert!(err.to_string().contains("NQN"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn canonical_strings_round_trip() {

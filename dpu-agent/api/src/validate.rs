@@ -338,10 +338,8 @@ fn validate_tenant(t: &TenantSpec) -> Check {
         }
     }
     if let Some(f) = &g.functions {
+        // Each name was checked when the spec was decoded (`PfName`).
         check_count("spec.grants.functions.pfs", &f.pfs, limits::GRANT_PFS)?;
-        for (i, pf) in f.pfs.iter().enumerate() {
-            check_pf_name(&format!("spec.grants.functions.pfs[{i}]"), pf)?;
-        }
         if let Some(vfs) = &f.vfs {
             parse_index_range("spec.grants.functions.vfs", vfs, u32::MAX - 1)?;
         }
@@ -396,7 +394,7 @@ pub fn parse_index_range(field: &str, s: &str, max: u32) -> Result<(u32, u32), F
 }
 
 /// A physical function's netdev name, like `pf0` or `p0`.
-fn check_pf_name(field: &str, pf: &str) -> Check {
+pub fn check_pf_name(field: &str, pf: &str) -> Check {
     let ok = pf.len() <= limits::PF_BYTES
         && !pf.is_empty()
         && pf
@@ -413,7 +411,6 @@ fn check_pf_name(field: &str, pf: &str) -> Check {
 }
 
 fn validate_function(f: &FunctionSpec) -> Check {
-    check_pf_name("spec.pf", &f.pf)?;
     if let Some(host) = &f.host {
         check_label("spec.host", host)?;
     }
@@ -559,10 +556,7 @@ fn validate_volume(v: &VolumeSpec) -> Check {
             if n.port == 0 {
                 return fail("spec.source.nvmeof.port", "port 0 is not allowed");
             }
-            check_nqn("spec.source.nvmeof.subnqn", &n.subnqn)?;
-            if let Some(h) = &n.hostnqn {
-                check_nqn("spec.source.nvmeof.hostnqn", h)?;
-            }
+            // subnqn and hostnqn were checked when decoded (`Nqn`).
         }
         VolumeSource::Local(l) => {
             if l.size_mib == 0 || l.size_mib > 16 * 1024 * 1024 {
@@ -1146,7 +1140,9 @@ fn check_host_nqn(id: &str, tenant: &str, v: &VolumeSpec, objects: &dyn ObjectLo
     let Some(hostnqn) = &n.hostnqn else {
         return Ok(());
     };
-    if hostnqn.starts_with(DERIVED_HOST_NQN_PREFIX) && *hostnqn != derived_host_nqn(tenant, id) {
+    if hostnqn.starts_with(DERIVED_HOST_NQN_PREFIX)
+        && hostnqn.as_str() != derived_host_nqn(tenant, id)
+    {
         return fail(
             FIELD,
             format!(

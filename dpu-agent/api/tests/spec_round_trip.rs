@@ -3,7 +3,7 @@
 
 use dpu_api::Kind;
 use dpu_api::spec::*;
-use dpu_api::types::{Ipv4Cidr, Mac, PortRange};
+use dpu_api::types::{Ipv4Cidr, Mac, Nqn, PfName, PortRange};
 use proptest::collection::vec;
 use proptest::option::of;
 use proptest::prelude::*;
@@ -15,6 +15,15 @@ fn text() -> impl Strategy<Value = String> {
         "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
         any::<String>(),
     ]
+}
+
+fn pf_name() -> impl Strategy<Value = PfName> {
+    "[a-zA-Z0-9_-]{1,15}".prop_map(|s| s.parse().expect("a valid PF name"))
+}
+
+fn nqn() -> impl Strategy<Value = Nqn> {
+    "nqn\\.[0-9]{4}-[0-9]{2}\\.[a-z.]{1,30}:[!-~]{0,60}"
+        .prop_map(|s| s.parse().expect("a valid NQN"))
 }
 
 fn mac() -> impl Strategy<Value = Mac> {
@@ -62,7 +71,7 @@ fn function() -> impl Strategy<Value = FunctionSpec> {
             Just(FunctionType::Nvme),
             Just(FunctionType::VirtioBlk)
         ],
-        text(),
+        pf_name(),
         of(any::<u32>()),
         of(text()),
         of(prop_oneof![Just(Attach::Kernel), Just(Attach::Vfio)]),
@@ -166,8 +175,8 @@ fn volume() -> impl Strategy<Value = VolumeSpec> {
             prop_oneof![Just(NvmeofTransport::Tcp), Just(NvmeofTransport::Rdma)],
             text(),
             any::<u16>(),
-            text(),
-            of(text()),
+            nqn(),
+            of(nqn()),
         )
             .prop_map(|(transport, address, port, subnqn, hostnqn)| {
                 VolumeSource::Nvmeof(NvmeofSource {

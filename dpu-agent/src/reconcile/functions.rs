@@ -210,7 +210,7 @@ fn desired(
             ApiFunctionType::Nvme => FunctionType::Nvme,
             ApiFunctionType::VirtioBlk => FunctionType::VirtioBlk,
         },
-        pf: spec.pf.clone(),
+        pf: spec.pf.to_string(),
         vf,
         mac,
         vlan: spec.vlan,
@@ -304,7 +304,7 @@ impl Functions {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             match vf_slot(ctx, &slots, obj, &spec) {
                 Ok(vf) => {
-                    slots.insert(obj.id.clone(), (spec.pf.clone(), vf));
+                    slots.insert(obj.id.clone(), (spec.pf.to_string(), vf));
                     vf
                 }
                 Err(err) => {
@@ -435,7 +435,7 @@ impl Functions {
         let slot = held.or_else(|| {
             spec.as_ref()
                 .zip(status_vf(obj))
-                .map(|(s, vf)| (s.pf.clone(), vf))
+                .map(|(s, vf)| (s.pf.to_string(), vf))
         });
         self.backend
             .remove(&obj.id, slot.as_ref().map(|(pf, vf)| (pf.as_str(), *vf)))

@@ -285,7 +285,7 @@ pub(super) mod fixtures {
                     transport: NvmeofTransport::Tcp,
                     address: "192.0.2.1".into(),
                     port: 4420,
-                    subnqn: "nqn.2014-08.org.example:remote".into(),
+                    subnqn: "nqn.2014-08.org.example:remote".parse().unwrap(),
                     hostnqn: None,
                 }),
                 qos: None,
@@ -364,7 +364,7 @@ mod tests {
             let VolumeSource::Nvmeof(n) = &mut a.spec.source else {
                 unreachable!()
             };
-            n.hostnqn = Some(hostnqn.clone());
+            n.hostnqn = Some(hostnqn.parse().unwrap());
             let r = refusals_nvmet(std::slice::from_ref(&a), &NvmetObserved::default());
             assert_eq!(r.len(), 1, "{hostnqn}");
             assert_eq!(r[0].reason, RefusalReason::HostNqn);
@@ -395,7 +395,7 @@ mod tests {
         let VolumeSource::Nvmeof(n) = &mut a.spec.source else {
             unreachable!()
         };
-        n.hostnqn = Some(a.key.initiator_nqn());
+        n.hostnqn = Some(a.key.initiator_nqn().parse().unwrap());
         assert_eq!(
             refusals_nvmet(std::slice::from_ref(&a), &NvmetObserved::default()),
             []

@@ -26,7 +26,7 @@ pub fn source_connection(d: &DesiredVolume) -> Option<ConnectOptions> {
         transport: trtype(n.transport).into(),
         traddr: n.address.clone(),
         trsvcid: n.port.to_string(),
-        nqn: n.subnqn.clone(),
+        nqn: n.subnqn.to_string(),
         hostid: Some(initiator_host_id(&hostnqn)),
         hostnqn,
     })
@@ -865,7 +865,7 @@ mod tests {
                 transport: "tcp".into(),
                 traddr: "192.0.2.1".into(),
                 trsvcid: "4420".into(),
-                subnqn: "nqn.2014-08.org.example:remote".into(),
+                subnqn: "nqn.2014-08.org.example:remote".parse().unwrap(),
                 hostnqn: d.key.initiator_nqn(),
                 hostid: initiator_host_id(&d.key.initiator_nqn()),
                 block_devices: vec!["nvme1n1".into()],
@@ -1348,7 +1348,7 @@ mod tests {
         let VolumeSource::Nvmeof(n) = &mut c.spec.source else {
             unreachable!()
         };
-        n.hostnqn = Some("nqn.2014-08.org.example:acme-host".into());
+        n.hostnqn = Some("nqn.2014-08.org.example:acme-host".parse().unwrap());
         let mut own = own_controller(&c, 5);
         let mut obs = NvmetObserved {
             controllers: vec![own.clone()],
@@ -1399,7 +1399,7 @@ mod tests {
             let VolumeSource::Nvmeof(n) = &mut d.spec.source else {
                 unreachable!()
             };
-            n.hostnqn = Some("nqn.2014-08.org.example:acme-host".into());
+            n.hostnqn = Some("nqn.2014-08.org.example:acme-host".parse().unwrap());
         }
         // B made it and exports its device: A (first by key) is refused,
         // not handed B's connection.

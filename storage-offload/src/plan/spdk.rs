@@ -228,8 +228,12 @@ fn plan_spdk_volume(out: &mut Out, d: &DesiredVolume, obs: &SpdkObserved, cfg: &
                     traddr: n.address.clone(),
                     adrfam: Some(adrfam(&n.address).into()),
                     trsvcid: Some(n.port.to_string()),
-                    subnqn: Some(n.subnqn.clone()),
-                    hostnqn: Some(n.hostnqn.clone().unwrap_or_else(|| key.initiator_nqn())),
+                    subnqn: Some(n.subnqn.to_string()),
+                    hostnqn: Some(
+                        n.hostnqn
+                            .as_ref()
+                            .map_or_else(|| key.initiator_nqn(), |h| h.to_string()),
+                    ),
                     ..Default::default()
                 },
             );

@@ -83,7 +83,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                         transport: NvmeofTransport::Tcp,
                         address: addr.clone(),
                         port: port.parse().map_err(|_| format!("bad port {port}"))?,
-                        subnqn: nqn.clone(),
+                        subnqn: nqn.parse()?,
                         hostnqn: None,
                     }),
                     qos: None,

@@ -68,7 +68,7 @@ fn volume(i: usize, port: u16, prefix: &str) -> DesiredVolume {
                 transport: NvmeofTransport::Tcp,
                 address: "127.0.0.1".into(),
                 port,
-                subnqn: format!("{prefix}{i}"),
+                subnqn: format!("{prefix}{i}").parse().expect("an NQN"),
                 hostnqn: None,
             }),
             qos: None,
