@@ -21,11 +21,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use dpu_pki::{DevPki, PkiError};
 use net_offload::functions::naming;
 use net_offload::sandbox::{self, Netns, OvsSandbox, SandboxConfig, SandboxError, Stopped};
 
 use crate::config::Config;
-use crate::pki::{self, DevPki, PkiError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -55,7 +55,7 @@ pub async fn bootstrap(cfg: &Config, want_ovs: bool) -> Result<DevBootstrap, Dev
         names.push(host.as_str());
     }
     names.dedup();
-    let pki = pki::ensure_dev_pki(&cfg.state_dir.join("pki"), &cfg.trust_domain, &names)?;
+    let pki = dpu_pki::ensure_dev_pki(&cfg.state_dir.join("pki"), &cfg.trust_domain, &names)?;
     let (ovs, ovs_note) = if want_ovs {
         // Named from the state directory, canonical so that relative and
         // absolute spellings of one directory agree.

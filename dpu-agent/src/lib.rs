@@ -7,7 +7,6 @@ pub mod agent;
 pub mod config;
 pub mod dev;
 pub mod metrics;
-pub mod pki;
 pub mod reconcile;
 pub mod server;
 pub mod store;
