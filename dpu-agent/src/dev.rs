@@ -1,7 +1,9 @@
 //! `dpu-agent dev`: the embedded default of API.md. Generates the PKI in
 //! `STATE_DIR/pki/`, starts a private Open vSwitch (ovsdb-server and
 //! ovs-vswitchd, userspace datapath) in `STATE_DIR/ovs/` when the programs
-//! are installed, and prints how to talk to the agent.
+//! are installed, and prints how to talk to the agent. Compiled only with
+//! the crate's `dev` feature (on by default; the flashed image leaves it
+//! out).
 //!
 //! The private switch outlives the agent, as a production switch does: an
 //! agent that stops (SIGTERM) or dies (SIGKILL) leaves it running with its
