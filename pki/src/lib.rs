@@ -245,6 +245,9 @@ pub fn ensure_dev_pki(
     Ok(pki)
 }
 
+/// No TENANCY.md invariant is proven here: these check the CA and identities
+/// that the tests proving them (mutual TLS roles, tenant TLS listeners) and
+/// `dpu-agent dev` rely on.
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

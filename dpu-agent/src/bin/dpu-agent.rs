@@ -197,6 +197,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// The shape of the build, not a TENANCY.md invariant: the image's agent
+/// (no `dev` feature) refuses dev mode clearly.
 #[cfg(test)]
 mod tests {
     use super::*;
