@@ -32,6 +32,10 @@ mode=${1:-}
 
 TARGETS=(aarch64-unknown-linux-musl aarch64-unknown-linux-gnu)
 BINS=(dpu-agent dpuctl)
+# The agent as it ships: without the `dev` feature (dev mode, its PKI writer
+# and private Open vSwitch; dpu-agent/README.md "Features"), as
+# images/build.sh builds it, so that the image reuses this build.
+SHIP_FEATURES=(--no-default-features)
 target_dir=${CARGO_TARGET_DIR:-target}
 
 musl=aarch64-unknown-linux-musl
@@ -64,7 +68,7 @@ check_static() {
 if [[ $mode != --sizes ]]; then
     for t in "${TARGETS[@]}"; do
         echo "cross/build.sh: building ${BINS[*]} for $t ($profile)"
-        cargo build --locked "${cargo_profile[@]}" --target "$t" -p dpu-agent -p dpuctl --bins
+        cargo build --locked "${cargo_profile[@]}" --target "$t" -p dpu-agent -p dpuctl --bins "${SHIP_FEATURES[@]}"
     done
 
     echo
@@ -94,7 +98,7 @@ if $sizes; then
     cargo build --locked --profile release-small --target "$musl" -p host-stub --bin host-stub
     if [[ $mode == --sizes ]]; then
         echo "cross/build.sh: building dpu-agent for $musl (release)"
-        cargo build --locked --release --target "$musl" -p dpu-agent --bin dpu-agent
+        cargo build --locked --release --target "$musl" -p dpu-agent --bin dpu-agent "${SHIP_FEATURES[@]}"
         check_static "$target_dir/$musl/release/dpu-agent" dpu-agent
     fi
     check_static "$target_dir/$musl/release-small/host-stub" host-stub

@@ -14,10 +14,10 @@
 #   DIR/manifest.pub.pem  the public key it verifies with (images/verify.sh DIR)
 #
 # Inputs: Debian bookworm arm64 packages (mmdebstrap, cached under
-# .cache/images), the static aarch64 dpu-agent and dpuctl (built here with
-# cargo for aarch64-unknown-linux-musl, a no-op when up to date), the files
-# under images/rootfs and images/initramfs. Needs root (device nodes,
-# ownership) and images/setup.sh's packages.
+# .cache/images), the static aarch64 dpu-agent (without its `dev` feature)
+# and dpuctl (built here with cargo for aarch64-unknown-linux-musl, a no-op
+# when up to date), the files under images/rootfs and images/initramfs.
+# Needs root (device nodes, ownership) and images/setup.sh's packages.
 #
 # SOURCE_DATE_EPOCH defaults to the commit time of HEAD. The signing key is
 # --signing-key, else $DPU_IMAGE_SIGNING_KEY, else a dev key generated once
@@ -69,7 +69,12 @@ cargo_profile=()
 [ "$profile" = release ] && cargo_profile=(--release)
 # Without SOURCE_DATE_EPOCH: build scripts (ring's cc) rerun when it changes,
 # which would rebuild the agent that the aarch64 stage already built.
-env -u SOURCE_DATE_EPOCH cargo build --locked -q "${cargo_profile[@]}" --target "$target" -p dpu-agent -p dpuctl --bins
+# Without the agent's default `dev` feature: no `dpu-agent dev`, dev PKI
+# writer or private Open vSwitch in the image (`run` is all of production;
+# see README "What the image leaves out"). The same flags as cross/build.sh,
+# whose build this reuses.
+env -u SOURCE_DATE_EPOCH cargo build --locked -q "${cargo_profile[@]}" --target "$target" \
+    -p dpu-agent -p dpuctl --bins --no-default-features
 env -u SOURCE_DATE_EPOCH cargo build --locked -q -p dpu-image
 bindir=${CARGO_TARGET_DIR:-$repo/target}/$target/$profile
 for b in dpu-agent dpuctl; do

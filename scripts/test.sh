@@ -33,6 +33,7 @@ stage "format"
 cargo fmt --all -- --check
 stage "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+cargo clippy -p dpu-agent --no-default-features --all-targets --locked -- -D warnings  # the agent as the image builds it (no `dev`)
 if [ "$mode" = all ]; then
   # The advisory database needs a network this project's machines lack.
   stage "cargo deny (licenses, bans, sources)"

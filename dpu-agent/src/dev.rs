@@ -1,7 +1,9 @@
 //! `dpu-agent dev`: the embedded default of API.md. Generates the PKI in
 //! `STATE_DIR/pki/`, starts a private Open vSwitch (ovsdb-server and
 //! ovs-vswitchd, userspace datapath) in `STATE_DIR/ovs/` when the programs
-//! are installed, and prints how to talk to the agent.
+//! are installed, and prints how to talk to the agent. Compiled only with
+//! the crate's `dev` feature (on by default; the flashed image leaves it
+//! out).
 //!
 //! The private switch outlives the agent, as a production switch does: an
 //! agent that stops (SIGTERM) or dies (SIGKILL) leaves it running with its
@@ -21,11 +23,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use dpu_pki::{DevPki, PkiError};
 use net_offload::functions::naming;
 use net_offload::sandbox::{self, Netns, OvsSandbox, SandboxConfig, SandboxError, Stopped};
 
 use crate::config::Config;
-use crate::pki::{self, DevPki, PkiError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -55,7 +57,7 @@ pub async fn bootstrap(cfg: &Config, want_ovs: bool) -> Result<DevBootstrap, Dev
         names.push(host.as_str());
     }
     names.dedup();
-    let pki = pki::ensure_dev_pki(&cfg.state_dir.join("pki"), &cfg.trust_domain, &names)?;
+    let pki = dpu_pki::ensure_dev_pki(&cfg.state_dir.join("pki"), &cfg.trust_domain, &names)?;
     let (ovs, ovs_note) = if want_ovs {
         // Named from the state directory, canonical so that relative and
         // absolute spellings of one directory agree.

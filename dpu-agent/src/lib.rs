@@ -1,13 +1,14 @@
 //! The DPU agent: the embedded store, the v1 API server with mutual TLS, the
-//! reconcile engine and its controllers, and the dev-mode bootstrap. The
-//! binaries in `src/bin` are thin wrappers over this library. See README.md.
+//! reconcile engine and its controllers, and (feature `dev`, on by default)
+//! the dev-mode bootstrap. The binaries in `src/bin` are thin wrappers over
+//! this library. See README.md.
 
 pub mod admission;
 pub mod agent;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod metrics;
-pub mod pki;
 pub mod reconcile;
 pub mod server;
 pub mod store;

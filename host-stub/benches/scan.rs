@@ -157,7 +157,7 @@ fn bare_walk(devices: &std::path::Path) -> usize {
 fn daemon_rss(root: &std::path::Path) -> (u64, u64) {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    let ca = dpu_agent::pki::Ca::generate("bench").expect("ca");
+    let ca = dpu_pki::Ca::generate("bench").expect("ca");
     let id = ca
         .issue("spiffe://dpu.local/host-stub/bench", &[])
         .expect("identity");

@@ -254,8 +254,7 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
     let agent = AgentProcess::start();
     let pki = agent.state_dir().join("pki");
     let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;
-    let ca =
-        dpu_agent::pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
+    let ca = dpu_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
     let id = ca.issue(
         &Role::HostStub(STUB_HOST.into()).spiffe_id("dpu.local"),
         &[],

@@ -110,9 +110,11 @@ fn main() -> anyhow::Result<()> {
             let lock_path = root.join("Cargo.lock");
             let lock = std::fs::read_to_string(&lock_path)
                 .with_context(|| format!("cannot read {}", lock_path.display()))?;
-            // The image ships two Rust programs: the agent and dpuctl.
-            let mut rust_packages = sbom::rust_packages(&metadata, &lock, "dpu-agent")?;
-            rust_packages.extend(sbom::rust_packages(&metadata, &lock, "dpuctl")?);
+            // The image ships two Rust programs: the agent and dpuctl, both
+            // built with `--no-default-features` and no feature
+            // (images/build.sh): no `dev` in the agent.
+            let mut rust_packages = sbom::rust_packages(&metadata, &lock, "dpu-agent", &[])?;
+            rust_packages.extend(sbom::rust_packages(&metadata, &lock, "dpuctl", &[])?);
             rust_packages.sort();
             rust_packages.dedup();
             // A crate one program links and the other only builds with is

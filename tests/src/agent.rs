@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use dpu_agent::pki::Ca;
 use dpu_api::client::Client;
 use dpu_api::identity::Role;
+use dpu_pki::Ca;
 
 /// The target profile directory of the running test (`target/debug`).
 pub fn target_dir() -> PathBuf {

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dpu_agent::pki::{Ca, Identity};
 use dpu_api::client::Client;
 use dpu_api::identity::Role;
+use dpu_pki::{Ca, Identity};
 
 /// The environment variable naming the image directory to boot.
 pub const IMAGE_DIR_VAR: &str = "DPU_IMAGE_DIR";

@@ -75,7 +75,7 @@ fn specs(tls_cert: &str, tls_key: &str) -> Vec<(Kind, &'static str, Value)> {
 }
 
 fn tls_identity() -> (String, String) {
-    let ca = dpu_agent::pki::Ca::generate("test service CA").unwrap();
+    let ca = dpu_pki::Ca::generate("test service CA").unwrap();
     let id = ca
         .issue("spiffe://dpu.local/svc", &["svc.example"])
         .unwrap();

@@ -110,7 +110,7 @@ fn the_served_document_holds_under_schemathesis() {
     );
 
     // A tenant identity, issued by the dev CA.
-    let ca = dpu_agent::pki::Ca::from_pem(
+    let ca = dpu_pki::Ca::from_pem(
         &std::fs::read_to_string(pki.join("ca.pem")).unwrap(),
         &std::fs::read_to_string(pki.join("ca-key.pem")).unwrap(),
     )

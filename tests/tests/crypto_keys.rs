@@ -425,7 +425,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_in_logs_answers_plan_metrics_or_store() {
-    let ca = dpu_agent::pki::Ca::generate("tenant web CA").unwrap();
+    let ca = dpu_pki::Ca::generate("tenant web CA").unwrap();
     let id = ca.issue("spiffe://dpu.local/web", &["localhost"]).unwrap();
     let other = ca
         .issue("spiffe://dpu.local/other", &["localhost"])

@@ -52,7 +52,7 @@ async fn scrape_until(c: &Client, what: &str, ok: impl Fn(&str) -> bool) -> Stri
 
 /// A service certificate for `svc.example`: (CA, certificate, key).
 fn tls_identity() -> (String, String, String) {
-    let ca = dpu_agent::pki::Ca::generate("test service CA").unwrap();
+    let ca = dpu_pki::Ca::generate("test service CA").unwrap();
     let id = ca
         .issue("spiffe://dpu.local/svc", &["svc.example"])
         .unwrap();

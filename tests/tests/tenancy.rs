@@ -326,7 +326,7 @@ async fn invariant_3_hardware_needs_a_grant() {
 async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
     let agent = AgentProcess::start();
     let (_admin, red, _blue) = two_tenants(&agent).await;
-    let ca = dpu_agent::pki::Ca::generate("test service CA").unwrap();
+    let ca = dpu_pki::Ca::generate("test service CA").unwrap();
     let id = ca
         .issue("spiffe://dpu.local/svc", &["svc.example"])
         .unwrap();

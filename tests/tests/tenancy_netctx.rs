@@ -210,7 +210,7 @@ async fn through_listener(ns: &NetnsThread, addr: SocketAddr, ca_pem: &str) -> V
 }
 
 fn tls_identity() -> (String, String, String) {
-    let ca = dpu_agent::pki::Ca::generate("tenant service CA").unwrap();
+    let ca = dpu_pki::Ca::generate("tenant service CA").unwrap();
     let id = ca
         .issue("spiffe://dpu.local/svc", &["svc.example"])
         .unwrap();

@@ -1,6 +1,8 @@
 //! `dpu-agent`: the DPU control-plane daemon. `run` is production; `dev`
 //! runs on embedded defaults with a generated PKI (and a private Open vSwitch
-//! when installed) for trying it out.
+//! when installed) for trying it out. A build without the `dev` feature (the
+//! flashed image) still parses `dev` and answers it with an error that says
+//! so.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use dpu_agent::agent;
 use dpu_agent::config::{Config, FileConfig, Flags, LogFormat, Mode};
-use dpu_agent::{agent, dev};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -30,7 +32,8 @@ enum Command {
         common: CommonFlags,
     },
     /// Run on embedded defaults: a generated PKI in STATE_DIR/pki, a private
-    /// Open vSwitch in STATE_DIR/ovs, listening on 127.0.0.1:9443.
+    /// Open vSwitch in STATE_DIR/ovs, listening on 127.0.0.1:9443 (only in a
+    /// build with the `dev` feature, the default).
     Dev {
         #[command(flatten)]
         common: CommonFlags,
@@ -123,37 +126,54 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             common,
             no_ovs,
             stop,
-        } => {
-            let mut cfg =
-                Config::resolve(Mode::Dev, FileConfig::default(), &env, common.into_flags())?;
-            init_logging(&cfg);
-            if stop {
-                let stopped = dev::stop_switch(&cfg.state_dir).await?;
-                if stopped.programs.is_empty() {
-                    println!(
-                        "no private Open vSwitch runs in {}",
-                        cfg.state_dir.join("ovs").display()
-                    );
-                } else {
-                    println!("stopped {}", stopped.programs.join(" and "));
-                }
-                if let Some(ns) = stopped.netns {
-                    println!("removed network namespace {ns}");
-                }
-                return Ok(());
-            }
-            let shutdown = shutdown_on_signals()?;
-            let bootstrap = dev::bootstrap(&cfg, !no_ovs).await?;
-            println!("{}", bootstrap.banner(&cfg));
-            // Representors go where the switch's datapath is.
-            cfg.switch_netns = bootstrap.switch_netns();
-            let result = agent::run(&cfg, agent::default_controllers(), shutdown).await;
-            // The switch stays up with its flows (stop it with --stop).
-            bootstrap.leave_switch_running();
-            result?;
-        }
+        } => dev_mode(common, no_ovs, stop).await?,
     }
     Ok(())
+}
+
+/// `dpu-agent dev` (see `dpu_agent::dev`).
+#[cfg(feature = "dev")]
+async fn dev_mode(common: CommonFlags, no_ovs: bool, stop: bool) -> anyhow::Result<()> {
+    use dpu_agent::dev;
+    let env = |k: &str| std::env::var(k).ok();
+    let mut cfg = Config::resolve(Mode::Dev, FileConfig::default(), &env, common.into_flags())?;
+    init_logging(&cfg);
+    if stop {
+        let stopped = dev::stop_switch(&cfg.state_dir).await?;
+        if stopped.programs.is_empty() {
+            println!(
+                "no private Open vSwitch runs in {}",
+                cfg.state_dir.join("ovs").display()
+            );
+        } else {
+            println!("stopped {}", stopped.programs.join(" and "));
+        }
+        if let Some(ns) = stopped.netns {
+            println!("removed network namespace {ns}");
+        }
+        return Ok(());
+    }
+    let shutdown = shutdown_on_signals()?;
+    let bootstrap = dev::bootstrap(&cfg, !no_ovs).await?;
+    println!("{}", bootstrap.banner(&cfg));
+    // Representors go where the switch's datapath is.
+    cfg.switch_netns = bootstrap.switch_netns();
+    let result = agent::run(&cfg, agent::default_controllers(), shutdown).await;
+    // The switch stays up with its flows (stop it with --stop).
+    bootstrap.leave_switch_running();
+    result?;
+    Ok(())
+}
+
+/// The message of a build without the `dev` feature.
+#[cfg(not(feature = "dev"))]
+const NO_DEV_MODE: &str = "this build has no dev mode; build with --features dev";
+
+/// `dpu-agent dev` in a build without the `dev` feature (the flashed
+/// image): the same command line is accepted and answered with an error.
+#[cfg(not(feature = "dev"))]
+async fn dev_mode(_common: CommonFlags, _no_ovs: bool, _stop: bool) -> anyhow::Result<()> {
+    anyhow::bail!(NO_DEV_MODE)
 }
 
 fn main() -> ExitCode {
@@ -174,5 +194,40 @@ fn main() -> ExitCode {
             eprintln!("dpu-agent: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The shape of the build, not a TENANCY.md invariant: the image's agent
+/// (no `dev` feature) refuses dev mode clearly.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `dev` command line parses in every build, so that a build
+    /// without the feature answers it with its own error, not clap's.
+    #[test]
+    fn dev_command_lines_parse() {
+        for args in [
+            &["dpu-agent", "dev"][..],
+            &["dpu-agent", "dev", "--no-ovs", "--state-dir", "/tmp/x"],
+            &["dpu-agent", "dev", "--stop"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert!(matches!(cli.command, Command::Dev { .. }));
+        }
+    }
+
+    /// Without the `dev` feature, `dpu-agent dev` fails with the message
+    /// that names the feature, before it touches anything.
+    #[cfg(not(feature = "dev"))]
+    #[test]
+    fn dev_without_the_feature_is_a_clear_error() {
+        let cli = Cli::try_parse_from(["dpu-agent", "dev", "--no-ovs"]).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(main_async(cli)).unwrap_err();
+        assert_eq!(err.to_string(), NO_DEV_MODE);
     }
 }

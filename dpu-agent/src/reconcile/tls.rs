@@ -465,13 +465,13 @@ mod tests {
 
     use dpu_api::object::{EventType, ObjectKey};
     use dpu_crypto::netns::NetnsThread;
+    use dpu_pki::{Ca, Identity};
     use rustls::pki_types::ServerName;
     use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::pki::{Ca, Identity};
     use crate::store::{Store, StoreError};
 
     fn put(store: &Store, spec: Value, generation: u64, deleting: bool) {

@@ -196,7 +196,7 @@ async fn proxy() -> Result<(), String> {
     use dpu_crypto::tls::{KtlsSupport, Limits, ListenerConfig, TlsProxy};
     println!("kernel {:?}", KtlsSupport::probe());
     println!("tls_stat_start {}", tls_stat());
-    let ca = dpu_agent::pki::Ca::generate("ktls probe ca").map_err(|e| e.to_string())?;
+    let ca = dpu_pki::Ca::generate("ktls probe ca").map_err(|e| e.to_string())?;
     let id = ca
         .issue("spiffe://dpu.local/ktls-probe", &["localhost"])
         .map_err(|e| e.to_string())?;
