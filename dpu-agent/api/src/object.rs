@@ -100,7 +100,10 @@ pub struct Status {
 
 /// What one controller publishes in an object's status for another to act
 /// on: a function's VF, representor and host-side device (read by the port,
-/// volume and host controllers), and the host device a volume appears as.
+/// volume and host controllers), and the host device a volume appears as;
+/// and allocations a controller must find again after a restart (an IPsec
+/// tunnel's `reqid` and `if_id`). Facts are written durably before the
+/// engine goes on (dpu-agent README).
 /// Top-level fields of `status` on the wire, absent when unknown.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StatusFacts {
@@ -116,6 +119,14 @@ pub struct StatusFacts {
     /// Function: the host-side PCI address (from the host stub's report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_pci_address: Option<String>,
+    /// IPsec tunnel: the XFRM `reqid` allocated to it (kept across
+    /// restarts, so its SAs and policies stay its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reqid: Option<u32>,
+    /// IPsec tunnel of tenant scope: the XFRM interface id allocated to
+    /// its tenant (all of one tenant's tunnels share it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_id: Option<u32>,
 }
 
 impl Status {

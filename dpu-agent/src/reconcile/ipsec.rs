@@ -229,10 +229,10 @@ fn allocate(
     let present: BTreeSet<String> = all.iter().map(|o| name(o)).collect();
     table.retain(|k, _| present.contains(k) || *k == me);
     for o in &all {
-        if let Some(r) = o.status.fields.get("reqid").and_then(Value::as_u64)
-            && REQID_RANGE.contains(&(r as u32))
+        if let Some(r) = o.status.facts.reqid
+            && REQID_RANGE.contains(&r)
         {
-            table.entry(name(o)).or_insert(r as u32);
+            table.entry(name(o)).or_insert(r);
         }
     }
     let mine = match table.get(&me) {
@@ -274,14 +274,12 @@ fn allocate_if_id(
     let present: BTreeSet<&str> = all.iter().map(|o| o.tenant.as_str()).collect();
     table.retain(|t, _| present.contains(t.as_str()) || t == tenant);
     for o in &all {
-        if let Some(v) = o.status.fields.get("if_id").and_then(Value::as_u64)
-            && TENANT_IF_ID_RANGE.contains(&(v as u32))
+        if let Some(v) = o.status.facts.if_id
+            && TENANT_IF_ID_RANGE.contains(&v)
         {
-            let taken = table
-                .iter()
-                .any(|(t, id)| *id == v as u32 && *t != o.tenant);
+            let taken = table.iter().any(|(t, id)| *id == v && *t != o.tenant);
             if !taken {
-                table.entry(o.tenant.clone()).or_insert(v as u32);
+                table.entry(o.tenant.clone()).or_insert(v);
             }
         }
     }
@@ -491,7 +489,7 @@ impl Controller for IpsecTunnels {
             let (reqid, others) = self
                 .reqids(ctx, obj)
                 .map_err(|e| ReconcileError::new(Reason::NoReqid, e.to_string()))?;
-            status.fields.insert("reqid".into(), Value::from(reqid));
+            status.facts.reqid = Some(reqid);
 
             if obj.deleting {
                 let who = name(obj);
@@ -548,7 +546,7 @@ impl Controller for IpsecTunnels {
             let mut tenant_ns = None;
             match if_id {
                 Some(id) => {
-                    status.fields.insert("if_id".into(), Value::from(id));
+                    status.facts.if_id = Some(id);
                     // The tenant's network context exists while it has a
                     // tenant-scope tunnel.
                     match self.contexts.ensure(&ctx.store, &obj.tenant).await {
@@ -570,7 +568,7 @@ impl Controller for IpsecTunnels {
                     }
                 }
                 None => {
-                    status.fields.remove("if_id");
+                    status.facts.if_id = None;
                     status.fields.remove("xfrm_interface");
                     // A tunnel that became infrastructure-scope may have
                     // been the tenant's last reason for a context.
@@ -1021,10 +1019,10 @@ mod tests {
             listed.contains("src 10.5.0.0/16"),
             "foreign removed: {listed}"
         );
-        assert_eq!(out.status.fields["reqid"], json!(0x0d50_0000));
+        assert_eq!(out.status.facts.reqid, Some(0x0d50_0000));
         // Tenant scope (the default): every policy of the tunnel carries
         // the tenant's if_id; the foreign policy is untouched.
-        let if_id = out.status.fields["if_id"].as_u64().unwrap() as u32;
+        let if_id = out.status.facts.if_id.unwrap();
         assert!(TENANT_IF_ID_RANGE.contains(&if_id), "{if_id:#x}");
         assert_eq!(
             listed.matches(&format!("if_id {if_id:#x}")).count(),
