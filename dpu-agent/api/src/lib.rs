@@ -11,6 +11,7 @@ pub mod kind;
 pub mod limits;
 pub mod object;
 pub mod problem;
+pub mod report;
 pub mod spec;
 pub mod types;
 pub mod validate;

@@ -28,13 +28,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error_chain;
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
+use dpu_api::report::IpsecTunnelReport;
 use dpu_api::spec::{self, IpsecTunnelSpec};
 use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, SaSpec, Tunnel};
 use dpu_crypto::plan::{Observed, REQID_RANGE, TunnelState, plan, plan_teardown};
 use dpu_crypto::xfrm::socket::XfrmError;
-use serde_json::Value;
 
 use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
@@ -486,6 +486,7 @@ impl Controller for IpsecTunnels {
     ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
         Box::pin(async move {
             let mut status = obj.status.clone();
+            let mut report = status.report::<IpsecTunnelReport>();
             let (reqid, others) = self
                 .reqids(ctx, obj)
                 .map_err(|e| ReconcileError::new(Reason::NoReqid, e.to_string()))?;
@@ -493,12 +494,12 @@ impl Controller for IpsecTunnels {
 
             if obj.deleting {
                 let who = name(obj);
-                let report = with_backend(self, move |b| {
+                let applied = with_backend(self, move |b| {
                     let observed = b.observe()?;
                     Ok(apply(b, &plan_teardown(reqid, &who, &observed)))
                 })
                 .await?;
-                if let Some(f) = report.failures.first() {
+                if let Some(f) = applied.failures.first() {
                     return Err(ReconcileError {
                         reason: Reason::TeardownFailed,
                         message: error_chain(f),
@@ -569,7 +570,8 @@ impl Controller for IpsecTunnels {
                 }
                 None => {
                     status.facts.if_id = None;
-                    status.fields.remove("xfrm_interface");
+                    report.xfrm_interface = None;
+                    status.set_report(&report);
                     // A tunnel that became infrastructure-scope may have
                     // been the tenant's last reason for a context.
                     if let Err(e) = self
@@ -632,14 +634,13 @@ impl Controller for IpsecTunnels {
                             format!("not created: {}", error_chain(&e))
                         }
                     };
-                    status
-                        .fields
-                        .insert("xfrm_interface".into(), Value::from(value));
+                    report.xfrm_interface = Some(value);
+                    status.set_report(&report);
                 }
             }
             let grace = self.grace();
             let last = self.last_observed.clone();
-            let (first, report, after) = with_backend(self, move |b| {
+            let (first, applied, after) = with_backend(self, move |b| {
                 let observed = b.observe()?;
                 let first = plan(
                     std::slice::from_ref(&desired),
@@ -664,12 +665,8 @@ impl Controller for IpsecTunnels {
 
             let me = name(obj);
             let state = after.state.get(&me).cloned().unwrap_or_default();
-            let mut rekeys = status
-                .fields
-                .get("rekeys")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            if first.rekeys.contains(&me) && report.failures.is_empty() {
+            let mut rekeys = report.rekeys;
+            if first.rekeys.contains(&me) && applied.failures.is_empty() {
                 rekeys += 1;
             }
             self.counters
@@ -680,32 +677,28 @@ impl Controller for IpsecTunnels {
                     (state.clone(), rekeys),
                 );
             let offload = state.offload_active.unwrap_or(OffloadActive::None);
-            for (k, v) in [
-                ("offload_active", Value::from(offload.name())),
-                ("bytes_in", Value::from(state.bytes_in)),
-                ("bytes_out", Value::from(state.bytes_out)),
-                ("packets_in", Value::from(state.packets_in)),
-                ("packets_out", Value::from(state.packets_out)),
-                ("rekeys", Value::from(rekeys)),
-                (
-                    "replay_window_drops",
-                    Value::from(state.replay_window_drops),
-                ),
-                ("replay_drops", Value::from(state.replay_drops)),
-                ("integrity_failures", Value::from(state.integrity_failures)),
-            ] {
-                status.fields.insert(k.into(), v);
-            }
+            status.set_report(&IpsecTunnelReport {
+                offload_active: Some(offload.name().to_string()),
+                bytes_in: state.bytes_in,
+                bytes_out: state.bytes_out,
+                packets_in: state.packets_in,
+                packets_out: state.packets_out,
+                rekeys,
+                replay_window_drops: state.replay_window_drops,
+                replay_drops: state.replay_drops,
+                integrity_failures: state.integrity_failures,
+                xfrm_interface: report.xfrm_interface,
+            });
             let requested = spec.offload;
             let offload_note = match (requested, self.uplink_ifindex()) {
                 (spec::OffloadRequest::None, _) => String::new(),
                 (_, None) => "; no uplink configured for offload, running in software".into(),
                 _ => String::new(),
             };
-            if !report.failures.is_empty() || !first.conflicts.is_empty() {
+            if !applied.failures.is_empty() || !first.conflicts.is_empty() {
                 status.phase = Phase::Degraded;
                 let mut problems: Vec<String> =
-                    report.failures.iter().map(|f| error_chain(f)).collect();
+                    applied.failures.iter().map(|f| error_chain(f)).collect();
                 problems.extend(first.conflicts.iter().cloned());
                 status.set_condition(condition(
                     "Programmed",
@@ -745,7 +738,7 @@ impl Controller for IpsecTunnels {
                     "Programmed",
                     ConditionStatus::False,
                     Reason::Converging,
-                    format!("{} changes applied; checking again", report.applied),
+                    format!("{} changes applied; checking again", applied.applied),
                 ));
             }
             let requeue = [first.requeue_after, after.requeue_after, Some(POLL)]

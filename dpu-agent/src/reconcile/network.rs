@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
+use dpu_api::report::{FlowsReport, PortReport};
 use dpu_api::spec::{Encap as ApiEncap, Protocol, SecurityRule, Spec};
 use net_offload::pipeline::{
     self, DesiredNetworking, Encap, EndpointDesc, NetworkDesc, OwnerKind, PortDesc, QosDesc,
@@ -25,7 +26,6 @@ use net_offload::pipeline::{
 use net_offload::switch::{
     Durations, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle, SwitchInput, SwitchReport,
 };
-use serde_json::Value;
 use tokio::sync::watch;
 
 use super::backend_error::BackendStartError;
@@ -329,35 +329,20 @@ impl NetworkController {
                 requeue_after: None,
             });
         }
-        let flows = report.flows_of(owner_kind(self.kind), &obj.id);
-        status.fields.insert("flows".into(), Value::from(flows));
+        let flows = report.flows_of(owner_kind(self.kind), &obj.id) as u64;
         if self.kind == Kind::Port {
             let port = report.ports.get(&obj.id).cloned().unwrap_or_default();
-            match port.ofport {
-                Some(n) => status.fields.insert("ofport".into(), Value::from(n)),
-                None => status.fields.remove("ofport"),
-            };
             // What the datapath says of the flows entering from this port
             // (read over unixctl every 2 s, written at the port's reconcile).
-            match port.datapath {
-                Some(dp) => {
-                    status
-                        .fields
-                        .insert("datapath_flows".into(), Value::from(dp.total));
-                    status
-                        .fields
-                        .insert("offloaded_flows".into(), Value::from(dp.offloaded));
-                    status.fields.insert(
-                        "offloaded".into(),
-                        Value::from(dp.total > 0 && dp.offloaded == dp.total),
-                    );
-                }
-                None => {
-                    for f in ["datapath_flows", "offloaded_flows", "offloaded"] {
-                        status.fields.remove(f);
-                    }
-                }
-            }
+            status.set_report(&PortReport {
+                flows,
+                ofport: port.ofport,
+                datapath_flows: port.datapath.map(|dp| dp.total as u64),
+                offloaded_flows: port.datapath.map(|dp| dp.offloaded as u64),
+                offloaded: port
+                    .datapath
+                    .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
+            });
             if let Some(why) = port.pending {
                 status.phase = Phase::Pending;
                 status.set_condition(condition(
@@ -372,6 +357,8 @@ impl NetworkController {
                     requeue_after: Some(PENDING_RETRY),
                 });
             }
+        } else {
+            status.set_report(&FlowsReport { flows });
         }
         status.phase = Phase::Ready;
         status.set_condition(condition(

@@ -5,7 +5,7 @@
 
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
-use serde_json::{Map, Value};
+use dpu_api::report::TenantReport;
 
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::store::StoredObject;
@@ -14,13 +14,19 @@ use crate::store::StoredObject;
 pub struct Tenants;
 
 /// Usage counts of one tenant, by kind path (`functions`, `volumes`, ...).
-pub fn usage(ctx: &Context, tenant: &str) -> Map<String, Value> {
-    let mut usage = Map::new();
-    for kind in Kind::ALL.into_iter().filter(|k| !k.is_tenant()) {
-        let n = ctx.store.count(kind, tenant);
-        usage.insert(kind.path().replace('-', "_"), Value::from(n));
+pub fn usage(ctx: &Context, tenant: &str) -> TenantReport {
+    TenantReport {
+        usage: Kind::ALL
+            .into_iter()
+            .filter(|k| !k.is_tenant())
+            .map(|kind| {
+                (
+                    kind.path().replace('-', "_"),
+                    ctx.store.count(kind, tenant) as u64,
+                )
+            })
+            .collect(),
     }
-    usage
 }
 
 impl Controller for Tenants {
@@ -36,8 +42,8 @@ impl Controller for Tenants {
         Box::pin(async move {
             let mut status = obj.status.clone();
             let usage = usage(ctx, &obj.id);
-            let owned: u64 = usage.values().filter_map(Value::as_u64).sum();
-            status.fields.insert("usage".into(), Value::Object(usage));
+            let owned: u64 = usage.usage.values().sum();
+            status.set_report(&usage);
             if obj.deleting {
                 // Admission refused the delete while objects existed; objects
                 // still being torn down hold the tenant until they are gone.

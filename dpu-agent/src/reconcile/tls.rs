@@ -25,9 +25,9 @@ use std::time::Duration;
 use crate::error_chain;
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, Status, WriteOutcome};
+use dpu_api::report::TlsListenerReport;
 use dpu_api::spec::{Ktls, TlsListenerSpec};
 use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy};
-use serde_json::Value;
 
 use super::spec_error::SpecError;
 use super::tenant_netns::TenantContexts;
@@ -287,23 +287,19 @@ impl Controller for TlsListeners {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((obj.tenant.clone(), obj.id.clone()), r.proxy.stats_handle());
             let stats = r.proxy.stats();
-            for (k, v) in [
-                ("ktls_active", Value::from(stats.ktls_active)),
-                ("ktls_reason", Value::from(stats.ktls_reason)),
-                ("ktls_sessions", Value::from(stats.ktls_sessions)),
-                ("ktls_failures", Value::from(stats.ktls_failures)),
-                ("ktls_fallbacks", Value::from(stats.ktls_fallbacks)),
-                ("connections", Value::from(stats.connections)),
-                ("connections_active", Value::from(stats.active)),
-                ("handshake_failures", Value::from(stats.handshake_failures)),
-                ("refused_over_limit", Value::from(stats.refused_over_limit)),
-                ("upstream_failures", Value::from(stats.upstream_failures)),
-            ] {
-                status.fields.insert(k.into(), v);
-            }
-            status
-                .fields
-                .insert("netns".into(), Value::from(r.netns.0.clone()));
+            status.set_report(&TlsListenerReport {
+                ktls_active: Some(stats.ktls_active),
+                ktls_reason: Some(stats.ktls_reason),
+                ktls_sessions: stats.ktls_sessions,
+                ktls_failures: stats.ktls_failures,
+                ktls_fallbacks: stats.ktls_fallbacks,
+                connections: stats.connections,
+                connections_active: stats.active,
+                handshake_failures: stats.handshake_failures,
+                refused_over_limit: stats.refused_over_limit,
+                upstream_failures: stats.upstream_failures,
+                netns: Some(r.netns.0.clone()),
+            });
             status.phase = Phase::Ready;
             status.set_condition(condition(
                 "Serving",
@@ -467,6 +463,7 @@ mod tests {
     use dpu_crypto::netns::NetnsThread;
     use dpu_pki::{Ca, Identity};
     use rustls::pki_types::ServerName;
+    use serde_json::Value;
     use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;

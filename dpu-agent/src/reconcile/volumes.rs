@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, ObjectKey, Phase, Status, WriteOutcome};
+use dpu_api::report::VolumeReport;
 use dpu_api::spec::{FunctionSpec, VolumeSource, VolumeSpec};
-use serde_json::Value;
 use storage_offload::apply::{BlockBackend, NvmetBackend, Observed, SpdkBackend, apply_all};
 use storage_offload::model::{
     BackendKind, DesiredVolume, FunctionTarget, VolumeIo, VolumeKey, function_host_nqn,
@@ -507,30 +507,16 @@ impl Controller for Volumes {
                 .iter()
                 .find(|d| d.key == key)
                 .expect("this volume is desired");
-            status
-                .fields
-                .insert("backend".into(), Value::from(backend_name(backend.kind())));
-            match &d.spec.source {
-                VolumeSource::Local(l) => {
-                    status.fields.insert(
-                        "size_bytes".into(),
-                        Value::from(l.size_mib.saturating_mul(1024 * 1024)),
-                    );
-                }
-                VolumeSource::Nvmeof(_) => {
-                    status.fields.remove("size_bytes");
-                }
-            }
             // Where the host connects (kernel backend: the port the
             // volume's subsystem is linked into).
-            match backend.export(&key, &observed) {
-                Some(e) => {
-                    status.fields.insert("export".into(), Value::from(e));
-                }
-                None => {
-                    status.fields.remove("export");
-                }
-            }
+            status.set_report(&VolumeReport {
+                backend: Some(backend_name(backend.kind()).to_string()),
+                size_bytes: match &d.spec.source {
+                    VolumeSource::Local(l) => Some(l.size_mib.saturating_mul(1024 * 1024)),
+                    VolumeSource::Nvmeof(_) => None,
+                },
+                export: backend.export(&key, &observed),
+            });
             status.facts.host_device = ctx
                 .store
                 .get(&ObjectKey::new(Kind::Function, d.function.id.clone()))
@@ -657,6 +643,7 @@ mod tests {
     use super::*;
     use crate::store::{Store, StoreError};
     use dpu_api::object::EventType;
+    use serde_json::Value;
     use serde_json::json;
     use std::sync::Mutex;
     use storage_offload::apply::BackendError;
