@@ -399,4 +399,94 @@ mod tests {
         assert_eq!(attrs, vec![(2, &b"devlink\0"[..])]);
         assert!("nope".parse::<DevlinkDev>().is_err());
     }
+
+    /// A connected datagram socket pair: our end wrapped as the netlink
+    /// socket, the other end plays the kernel.
+    fn fake_kernel() -> (DevlinkSocket, std::os::fd::OwnedFd) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is valid for two ints.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: both fds are fresh and owned by nobody else.
+        let (ours, kernel) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        let sock = Socket::from_fd(ours).with_timeout(Some(Duration::from_secs(5)));
+        (DevlinkSocket { sock, family: 0x15 }, kernel)
+    }
+
+    /// The fake kernel reads one request and answers with `answer(seq)`.
+    fn answer_once(
+        kernel: std::os::fd::OwnedFd,
+        answer: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        std::thread::spawn(move || {
+            let mut req = vec![0u8; 4096];
+            // SAFETY: `req` is writable for its length.
+            let n =
+                unsafe { libc::recv(kernel.as_raw_fd(), req.as_mut_ptr().cast(), req.len(), 0) };
+            assert!(n > 0);
+            req.truncate(n as usize);
+            let a = answer(&req);
+            // SAFETY: `a` is valid for its length.
+            let sent = unsafe { libc::send(kernel.as_raw_fd(), a.as_ptr().cast(), a.len(), 0) };
+            assert_eq!(sent, a.len() as isize);
+            req
+        })
+    }
+
+    /// The ack of request `req`: NLMSG_ERROR 0 with the request's header.
+    fn ack_of(req: &[u8], errno: i32) -> Vec<u8> {
+        let seq = u32::from_ne_bytes(req[8..12].try_into().unwrap());
+        let mut body = errno.to_ne_bytes().to_vec();
+        body.extend_from_slice(&req[..16]);
+        dpu_netlink::msg::message(dpu_netlink::msg::NLMSG_ERROR, 0, seq, &body)
+    }
+
+    /// End to end over the shared layer with a scripted kernel: the request
+    /// goes out as encoded (numbered by the socket), the reply's
+    /// `ESWITCH_MODE` is read, the ack ends it; a refusal keeps its errno.
+    #[test]
+    fn eswitch_mode_over_the_shared_socket() {
+        let (mut sock, kernel) = fake_kernel();
+        let kernel_thread = answer_once(kernel, |req| {
+            let seq = u32::from_ne_bytes(req[8..12].try_into().unwrap());
+            let mut attrs = Vec::new();
+            nla::put_u16(&mut attrs, attr::ESWITCH_MODE, 1);
+            let mut a = genl::message(0x15, 0, seq, cmd::ESWITCH_GET, 1, &attrs);
+            a.extend(ack_of(req, 0));
+            a
+        });
+        assert_eq!(sock.eswitch_mode(&dev()).unwrap(), EswitchMode::Switchdev);
+        let req = kernel_thread.join().unwrap();
+        let mut want = DevlinkRequest::EswitchGet { dev: dev() }.encode(0x15, 0);
+        want[8..12].copy_from_slice(&req[8..12]);
+        assert_eq!(req, want);
+
+        let (mut sock, kernel) = fake_kernel();
+        let kernel_thread = answer_once(kernel, |req| ack_of(req, -libc::EOPNOTSUPP));
+        let e = sock
+            .request(&DevlinkRequest::PortDel {
+                dev: dev(),
+                port: 3,
+            })
+            .unwrap_err();
+        let FunctionsError::Devlink { source, .. } = e else {
+            panic!("not a devlink error: {e}");
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::EOPNOTSUPP));
+        kernel_thread.join().unwrap();
+    }
 }
