@@ -1,9 +1,11 @@
 //! Arbitrary bytes read from the generic netlink socket must never panic
-//! the devlink reply decoder, whatever sequence number is awaited.
+//! the shared netlink layer's reply decoder (`dpu_netlink::msg`, as the
+//! devlink client's socket runs it) nor its attribute reader on the
+//! generic netlink payloads, whatever sequence number is awaited.
 #![no_main]
 
+use dpu_netlink::{attr, genl, msg};
 use libfuzzer_sys::fuzz_target;
-use net_offload::functions::devlink::{decode_replies, parse_attrs};
 
 fuzz_target!(|data: &[u8]| {
     let seq = data
@@ -11,8 +13,13 @@ fuzz_target!(|data: &[u8]| {
         .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
         .unwrap_or(0);
     let mut out = Vec::new();
-    let _ = decode_replies(data, seq, &mut out);
+    // devlink requests ask for an ack.
+    let _ = msg::decode_replies(data, seq, true, &mut out);
+    let _ = genl::family_id(&out);
     for payload in &out {
-        let _ = parse_attrs(payload);
+        for (_, p) in attr::attrs(genl::attrs_of(payload)) {
+            let _ = (attr::u16(p), attr::u32(p), attr::string(p));
+            let _ = attr::attrs(p).count();
+        }
     }
 });

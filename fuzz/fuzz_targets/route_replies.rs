@@ -1,7 +1,8 @@
 //! Arbitrary bytes read from the NETLINK_ROUTE socket must never panic the
 //! function backends' reading of them: links (name, alias and the function
-//! it names, MAC, up), VF states, addresses — as `rtnetlink` splits and
-//! decodes a datagram (`netlink-packet-route`) and the backends read it.
+//! it names, MAC, up), VF states, addresses — as the shared `dpu_netlink`
+//! decoder splits a datagram, `netlink-packet-route` decodes each message
+//! and the backends read it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,10 +1,12 @@
 //! Arbitrary bytes read from the NETLINK_ROUTE socket in answer to the
-//! volume QoS's qdisc, class and filter dumps must never panic the reply
-//! decoder nor what `observe` concludes from the bodies.
+//! volume QoS's qdisc, class and filter dumps must never panic the shared
+//! netlink layer's reply decoder (`dpu_netlink::msg`, as the tc code's
+//! socket runs it) nor what `observe` concludes from the bodies.
 #![no_main]
 
+use dpu_netlink::msg;
 use libfuzzer_sys::fuzz_target;
-use storage_offload::nvmet::tc::{decode_replies, observe_dumps};
+use storage_offload::nvmet::tc::observe_dumps;
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
     b.get(off..off + 4)
@@ -18,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let seq = u32_at(data, 8);
     let ifindex = u32_at(data, 20);
     let mut bodies = Vec::new();
-    let _ = decode_replies(data, seq, &mut bodies);
+    // Dumps (no ack) and changes (with an ack) alike.
+    let _ = msg::decode_replies(data, seq, data.len() % 2 == 0, &mut bodies);
     // One datagram stands for each dump in turn.
     let obs = observe_dumps("eth0", ifindex, &bodies, &bodies, &bodies);
     let _ = obs.ours();

@@ -1,5 +1,6 @@
 //! Arbitrary bytes read from the NETLINK_XFRM socket (an SA or policy dump)
-//! must never panic the decoder, nor what the agent does with the decoded
+//! must never panic the decoder (the shared `dpu_netlink` message splitter
+//! and attribute reader under `dpu_crypto::xfrm::decode`), nor what the agent does with the decoded
 //! state: plan orphan removal and tunnel teardown over it, print the
 //! actions, encode their delete requests. (Decoded state is never
 //! re-encoded whole by the agent, so that is not checked here.)

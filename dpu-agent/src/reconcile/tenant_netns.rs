@@ -23,15 +23,16 @@
 //! disappears under the agent (someone ran `ip netns del`) is made again and
 //! the listeners in it are restarted (they compare the namespace's inode).
 //!
-//! rtnetlink here is a few hand-built messages (`RTM_NEWLINK` lo up,
-//! `RTM_NEWADDR`/`RTM_DELADDR` on lo), sent from the namespace's own thread;
-//! `net-offload`'s rtnetlink handle is private to that crate.
+//! rtnetlink here is a few hand-built messages (`RTM_NEWLINK` lo up and the
+//! XFRM interface, `RTM_NEWADDR`/`RTM_DELADDR` on lo, `RTM_NEWROUTE`), sent
+//! from the namespace's own thread over the shared netlink layer
+//! (`dpu-netlink`: socket, ack exchange, attribute writer).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
@@ -466,14 +467,14 @@ fn private_netns() -> io::Result<File> {
 mod rtnl {
     use super::*;
 
+    use dpu_netlink::attr::{put as attr, put_str, put_u32, put_with};
+    use dpu_netlink::msg::{
+        self, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    };
+
     const RTM_NEWLINK: u16 = 16;
     const RTM_NEWADDR: u16 = 20;
     const RTM_DELADDR: u16 = 21;
-    const NLMSG_ERROR: u16 = 2;
-    const NLM_F_REQUEST: u16 = 0x1;
-    const NLM_F_ACK: u16 = 0x4;
-    const NLM_F_EXCL: u16 = 0x200;
-    const NLM_F_CREATE: u16 = 0x400;
     const IFA_ADDRESS: u16 = 1;
     const IFA_LOCAL: u16 = 2;
 
@@ -486,77 +487,13 @@ mod rtnl {
         Ok(idx)
     }
 
-    /// Sends one request and waits for its ack.
+    /// Sends one request on a fresh `NETLINK_ROUTE` socket of the calling
+    /// thread's namespace (the shared `dpu-netlink` layer) and waits for its
+    /// ack; the kernel's refusal keeps its errno.
     fn request(type_: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-        // SAFETY: plain socket(2); checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut msg = Vec::with_capacity(16 + body.len());
-        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        msg.extend_from_slice(&type_.to_ne_bytes());
-        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        msg.extend_from_slice(&1u32.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(body);
-        // SAFETY: sockaddr_nl is plain old data; zero addresses the kernel.
-        let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        to.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: msg and to are valid for the lengths given.
-        let rc = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&to as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = [0u8; 8192];
-        loop {
-            // SAFETY: buf is valid for writes of its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let mut at = 0usize;
-            let n = n as usize;
-            while at + 20 <= n {
-                let h = &buf[at..n];
-                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                let t = u16::from_ne_bytes([h[4], h[5]]);
-                let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-                if len < 16 || len > h.len() {
-                    return Err(io::Error::other("malformed rtnetlink reply"));
-                }
-                if t == NLMSG_ERROR && seq == 1 {
-                    let err = i32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
-                    return if err == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-err))
-                    };
-                }
-                at += len.div_ceil(4) * 4;
-            }
-        }
+        let mut sock = dpu_netlink::Socket::open(dpu_netlink::NETLINK_ROUTE)?;
+        let mut m = msg::message(type_, flags | NLM_F_REQUEST | NLM_F_ACK, 0, body);
+        Ok(sock.ack(&mut m)?)
     }
 
     /// `ip link set lo up`.
@@ -569,15 +506,6 @@ mod rtnl {
         b.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes()); // flags
         b.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes()); // change
         request(RTM_NEWLINK, 0, &b)
-    }
-
-    fn attr(b: &mut Vec<u8>, type_: u16, payload: &[u8]) {
-        b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        b.extend_from_slice(&type_.to_ne_bytes());
-        b.extend_from_slice(payload);
-        while !b.len().is_multiple_of(4) {
-            b.push(0);
-        }
     }
 
     /// `ip addr add|del IP/32 (or /128) dev lo`; adding an address that is
@@ -604,7 +532,6 @@ mod rtnl {
     }
 
     const RTM_NEWROUTE: u16 = 24;
-    const NLM_F_REPLACE: u16 = 0x100;
     const IFLA_IFNAME: u16 = 3;
     const IFLA_LINKINFO: u16 = 18;
     const IFLA_NET_NS_FD: u16 = 28;
@@ -626,9 +553,7 @@ mod rtnl {
     }
 
     fn ifname(b: &mut Vec<u8>, name: &str) {
-        let mut n = name.as_bytes().to_vec();
-        n.push(0);
-        attr(b, IFLA_IFNAME, &n);
+        put_str(b, IFLA_IFNAME, name);
     }
 
     /// The body of `ip link add NAME type xfrm dev LINK if_id IF_ID`
@@ -636,13 +561,14 @@ mod rtnl {
     pub fn xfrm_link_body(name: &str, link: u32, if_id: u32) -> Vec<u8> {
         let mut b = ifinfo(0);
         ifname(&mut b, name);
-        let mut data = Vec::new();
-        attr(&mut data, IFLA_XFRM_IF_ID, &if_id.to_ne_bytes());
-        attr(&mut data, IFLA_XFRM_LINK, &link.to_ne_bytes());
-        let mut info = Vec::new();
-        attr(&mut info, IFLA_INFO_KIND, b"xfrm");
-        attr(&mut info, IFLA_INFO_DATA, &data);
-        attr(&mut b, IFLA_LINKINFO, &info);
+        // Nests without NLA_F_NESTED, as iproute2 writes them.
+        put_with(&mut b, IFLA_LINKINFO, |info| {
+            attr(info, IFLA_INFO_KIND, b"xfrm");
+            put_with(info, IFLA_INFO_DATA, |data| {
+                put_u32(data, IFLA_XFRM_IF_ID, if_id);
+                put_u32(data, IFLA_XFRM_LINK, link);
+            });
+        });
         b
     }
 
@@ -670,7 +596,7 @@ mod rtnl {
     /// Moves link `index` into the namespace of `ns_fd`, renamed `name`.
     pub fn move_link(index: u32, ns_fd: i32, name: &str) -> io::Result<()> {
         let mut b = ifinfo(index);
-        attr(&mut b, IFLA_NET_NS_FD, &(ns_fd as u32).to_ne_bytes());
+        put_u32(&mut b, IFLA_NET_NS_FD, ns_fd as u32);
         ifname(&mut b, name);
         request(RTM_NEWLINK, 0, &b)
     }
@@ -691,7 +617,7 @@ mod rtnl {
         let mut b = vec![libc::AF_INET as u8, len, 0, 0, 254, 4, 253, 1];
         b.extend_from_slice(&0u32.to_ne_bytes());
         attr(&mut b, RTA_DST, &dst.octets());
-        attr(&mut b, RTA_OIF, &index.to_ne_bytes());
+        put_u32(&mut b, RTA_OIF, index);
         request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b)
     }
 }

@@ -15,15 +15,14 @@
 //! behind the controller's back. Creating VFs (`sriov_numvfs`) is the
 //! host's business, not this backend's.
 
-use futures_util::TryStreamExt;
 use netlink_packet_core::NetlinkMessage;
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     LinkAttribute, LinkExtentMask, LinkMessage, LinkVfInfo, VfInfo, VfInfoMac, VfInfoRate,
     VfInfoSpoofCheck, VfInfoTrust, VfInfoVlan,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::rtnl::{Rtnl, SET_FLAGS, to_io};
+use super::rtnl::{Rtnl, SET_FLAGS};
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
     FunctionsError, Mac, ObservedFunction, UnsupportedReason, foreign_action, naming,
@@ -160,15 +159,8 @@ pub async fn set_vf(pf: &str, cfg: &VfConfig) -> Result<(), FunctionsError> {
 pub async fn read_vfs(pf: &str) -> Result<Vec<VfState>, FunctionsError> {
     let rtnl = Rtnl::connect()?;
     let msgs: Vec<LinkMessage> = rtnl
-        .handle
-        .link()
-        .get()
-        .match_name(pf.to_string())
-        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::Vf])
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| FunctionsError::netlink(format!("RTM_GETLINK {pf} (VFs)"), to_io(e)))?;
+        .link_messages(pf, vec![LinkAttribute::ExtMask(vec![LinkExtentMask::Vf])])
+        .await?;
     let mut out = Vec::new();
     for msg in &msgs {
         for attr in &msg.attributes {

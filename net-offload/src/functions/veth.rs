@@ -20,10 +20,7 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
-
-use super::rtnl::{Rtnl, address_of};
+use super::rtnl::{Rtnl, address_of, link_change, link_up, veth_pair};
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
     FunctionsError, Mac, ObservedFunction, TenantAddressing, UnsupportedReason, VethPair,
@@ -132,11 +129,8 @@ async fn configure_tenant_side(
     if let Some(lo) = rtnl.link_by_name("lo").await?
         && !lo.up
     {
-        rtnl.set(
-            "RTM_SETLINK lo up",
-            LinkUnspec::new_with_index(lo.index).up().build(),
-        )
-        .await?;
+        rtnl.set("RTM_SETLINK lo up", link_up(link_change(lo.index)))
+            .await?;
     }
     rtnl.configure(&eth0, &alias, mac.map(|m| m.0)).await?;
     tx_checksum_off(TENANT_IFNAME)?;
@@ -248,15 +242,12 @@ async fn make_pair(
     for attempt in 0..2 {
         if link.is_none() {
             let ns_file = netns::open(&ns).map_err(netns_error(&ns, "open"))?;
-            let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(TENANT_IFNAME.to_string())
-                .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns_file));
-            if let Some(mac) = mac {
-                peer = peer.address(mac.0.to_vec());
-            }
-            let msg = LinkVeth::new(&rep, TENANT_IFNAME)
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-                .build();
+            let msg = veth_pair(
+                &rep,
+                TENANT_IFNAME,
+                std::os::fd::AsRawFd::as_raw_fd(&ns_file),
+                mac.map(|m| m.0),
+            );
             rtnl.add(
                 &format!("RTM_NEWLINK {rep} type veth peer {TENANT_IFNAME} netns {ns}"),
                 msg,

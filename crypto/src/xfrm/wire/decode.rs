@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use dpu_netlink::msg::{self, Header};
 use zeroize::Zeroizing;
 
 use super::types::*;
@@ -106,20 +107,10 @@ fn get_counters(r: &mut Rd<'_>) -> Counters {
     }
 }
 
-/// Attributes after a fixed header: (type without flags, payload).
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let type_ = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((type_, &b[4..len]));
-        let next = len.div_ceil(4) * 4;
-        b = &b[next.min(b.len())..];
-    }
-    out
+/// Attributes after a fixed header: (type without flags, payload), read
+/// by the shared attribute reader.
+fn attrs(b: &[u8]) -> dpu_netlink::attr::Attrs<'_> {
+    dpu_netlink::attr::attrs(b)
 }
 
 struct CommonAttrs {
@@ -302,34 +293,37 @@ fn decode_policy(body: &[u8]) -> Result<Policy, WireError> {
     Ok(p)
 }
 
-/// Decodes every netlink message in `buf` (one `recv`).
-pub fn decode(buf: &[u8]) -> Result<Vec<Message>, WireError> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + NLMSG_HDRLEN <= buf.len() {
-        let h = &buf[at..];
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > h.len() {
-            return Err(WireError::BadLength { len, offset: at });
-        }
-        let type_ = u16::from_ne_bytes([h[4], h[5]]);
-        let flags = u16::from_ne_bytes([h[6], h[7]]);
-        let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-        let body = &h[NLMSG_HDRLEN..len];
-        let reply = match type_ {
-            NLMSG_ERROR => {
-                let r = Rd::new(body, "nlmsgerr", 4)?;
-                Reply::Error(i32::from_ne_bytes([r.b[0], r.b[1], r.b[2], r.b[3]]))
+/// Decodes one netlink message (header, payload after it) into its reply.
+pub(crate) fn decode_message(h: &Header, body: &[u8]) -> Result<Message, WireError> {
+    let reply = match h.ty {
+        NLMSG_ERROR => match msg::error_of(body) {
+            Ok(()) => Reply::Error(0),
+            Err(dpu_netlink::Error::Kernel(e)) => {
+                Reply::Error(e.raw_os_error().unwrap_or(i32::MAX).saturating_neg())
             }
-            NLMSG_DONE => Reply::Done,
-            XFRM_MSG_NEWSA => Reply::Sa(Box::new(decode_sa(body)?)),
-            XFRM_MSG_NEWPOLICY => Reply::Policy(Box::new(decode_policy(body)?)),
-            t => Reply::Other(t),
-        };
-        out.push(Message { seq, flags, reply });
-        at += len.div_ceil(4) * 4;
-    }
-    Ok(out)
+            Err(e) => return Err(WireError::Netlink(e.to_string())),
+        },
+        NLMSG_DONE => Reply::Done,
+        XFRM_MSG_NEWSA => Reply::Sa(Box::new(decode_sa(body)?)),
+        XFRM_MSG_NEWPOLICY => Reply::Policy(Box::new(decode_policy(body)?)),
+        t => Reply::Other(t),
+    };
+    Ok(Message {
+        seq: h.seq,
+        flags: h.flags,
+        reply,
+    })
+}
+
+/// Decodes every netlink message in `buf` (one `recv`), split by the shared
+/// netlink layer (`dpu_netlink::msg::messages`).
+pub fn decode(buf: &[u8]) -> Result<Vec<Message>, WireError> {
+    msg::messages(buf)
+        .map(|m| {
+            let (h, body) = m.map_err(|e| WireError::Netlink(e.to_string()))?;
+            decode_message(&h, body)
+        })
+        .collect()
 }
 
 #[cfg(test)]

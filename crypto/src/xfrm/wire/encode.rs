@@ -42,21 +42,14 @@ impl Buf {
             IpAddr::V6(v6) => self.0.extend_from_slice(&v6.octets()),
         }
     }
-    fn align4(&mut self) {
-        let rem = self.0.len() % 4;
-        if rem != 0 {
-            self.pad(4 - rem);
-        }
-    }
-    /// An attribute whose payload `f` writes; padded to 4 bytes.
+    /// An attribute whose payload `f` writes (the shared attribute
+    /// writer's `put_with`); padded to 4 bytes.
     fn attr(&mut self, type_: u16, f: impl FnOnce(&mut Buf)) {
-        let start = self.0.len();
-        self.u16(0);
-        self.u16(type_);
-        f(self);
-        let len = (self.0.len() - start) as u16;
-        self.0[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        self.align4();
+        dpu_netlink::attr::put_with(&mut self.0, type_, |v| {
+            let mut b = Buf(std::mem::take(v));
+            f(&mut b);
+            *v = b.0;
+        });
     }
 }
 
@@ -219,11 +212,7 @@ impl Request {
             Request::DumpSa | Request::DumpPolicy => NLM_F_REQUEST | NLM_F_DUMP,
         };
         let mut b = Buf(Vec::with_capacity(512));
-        b.u32(0);
-        b.u16(self.message_type());
-        b.u16(flags);
-        b.u32(seq);
-        b.u32(0);
+        dpu_netlink::msg::start(&mut b.0, self.message_type(), flags, seq);
         match self {
             Request::NewSa(sa) => put_sa(&mut b, sa),
             Request::DelSa(id) => {
@@ -254,8 +243,7 @@ impl Request {
             }
             Request::DumpSa | Request::DumpPolicy => {}
         }
-        let len = b.0.len() as u32;
-        b.0[0..4].copy_from_slice(&len.to_ne_bytes());
+        dpu_netlink::msg::finish(&mut b.0);
         Zeroizing::new(b.0)
     }
 }

@@ -8,6 +8,7 @@ mod encode;
 mod types;
 
 pub use decode::decode;
+pub(crate) use decode::decode_message;
 pub use encode::{encode_policy_report, encode_sa_report};
 pub use types::*;
 

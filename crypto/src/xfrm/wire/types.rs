@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::keys::SaKey;
 
-pub const NETLINK_XFRM: i32 = 6;
+pub use dpu_netlink::NETLINK_XFRM;
 
 pub const XFRM_MSG_NEWSA: u16 = 0x10;
 pub const XFRM_MSG_DELSA: u16 = 0x11;
@@ -16,14 +16,10 @@ pub const XFRM_MSG_DELPOLICY: u16 = 0x14;
 pub const XFRM_MSG_GETPOLICY: u16 = 0x15;
 pub const XFRM_MSG_UPDPOLICY: u16 = 0x19;
 
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_DONE: u16 = 3;
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_MULTI: u16 = 0x2;
-pub const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_EXCL: u16 = 0x200;
-pub const NLM_F_CREATE: u16 = 0x400;
-pub const NLM_F_DUMP: u16 = 0x300;
+pub use dpu_netlink::msg::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE,
+    NLMSG_ERROR,
+};
 
 pub const XFRMA_TMPL: u16 = 5;
 /// `struct xfrm_lifetime_cur`, the kernel's copy of the SA's counters
@@ -56,7 +52,6 @@ pub const XFRM_INF: u64 = u64::MAX;
 
 pub const AEAD_RFC4106_GCM_AES: &str = "rfc4106(gcm(aes))";
 
-pub(super) const NLMSG_HDRLEN: usize = 16;
 pub(super) const USERSA_INFO_LEN: usize = 224;
 pub(super) const USERPOLICY_INFO_LEN: usize = 168;
 pub(super) const USER_TMPL_LEN: usize = 64;
@@ -71,8 +66,10 @@ pub enum WireError {
         got: usize,
         need: usize,
     },
-    #[error("bad netlink message length {len} at offset {offset}")]
-    BadLength { len: usize, offset: usize },
+    /// The netlink framing (message lengths, `NLMSG_ERROR`) is malformed,
+    /// as `dpu-netlink` reports it.
+    #[error("{0}")]
+    Netlink(String),
 }
 
 /// Policy direction.
