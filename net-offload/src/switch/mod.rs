@@ -470,8 +470,12 @@ impl Reconciler {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             let debounced = woke.elapsed();
+            // Taken before the pass is named: an input that arrives while a
+            // tick is being handled makes it a change pass, so its work is
+            // timed as the change's.
+            let current = input.borrow_and_update().clone();
             let periodic = periodic
-                && !input.has_changed().unwrap_or(true)
+                && current.version == self.report.version
                 && !replica.has_changed().unwrap_or(true)
                 && !session.has_changed().unwrap_or(true);
             self.pass = if periodic {
@@ -485,7 +489,6 @@ impl Reconciler {
             if !periodic {
                 self.timed(Phase::Debounce, debounced);
             }
-            let current = input.borrow_and_update().clone();
             if current.version == 0 {
                 // No desired state yet: converging to "nothing" would delete
                 // every flow and port a previous agent left, re-sending them
