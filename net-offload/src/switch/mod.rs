@@ -161,9 +161,11 @@ pub enum Phase {
     /// ofport (end of the pass that added them to the next pass). The
     /// switch's time, not the agent's.
     VswitchdWait,
-    /// The periodic pass's flow count (`OFPMP_AGGREGATE`).
+    /// The periodic pass's flow count (`OFPMP_AGGREGATE`), until answered
+    /// or abandoned for an input change.
     Check,
-    /// The periodic read of the datapath flows over unixctl.
+    /// Starting the periodic read of the datapath flows over unixctl (it
+    /// runs on a task of its own; no pass waits for it).
     Datapath,
 }
 
@@ -277,6 +279,7 @@ impl SwitchHandle {
         let (report_tx, report_rx) = watch::channel(Arc::new(SwitchReport::default()));
         let observed = Arc::new(Mutex::new(Observed::default()));
         let config = Arc::new(config);
+        let (datapath_tx, datapath_rx) = tokio::sync::mpsc::channel(1);
         let ovsdb = OvsdbClient::spawn(
             ClientConfig::new(config.db.clone()).with_monitor(vswitch_monitor()),
         );
@@ -292,13 +295,15 @@ impl SwitchHandle {
             last_ok: None,
             ticks: 0,
             datapath: None,
+            datapath_reading: false,
+            datapath_tx,
             pass: Pass::Change,
             pass_timed: Duration::ZERO,
             awaiting_ofport: BTreeMap::new(),
             waiting_since: None,
             applied: Vec::new(),
         };
-        tokio::spawn(task.run(input_rx, shutdown));
+        tokio::spawn(task.run(input_rx, shutdown, datapath_rx));
         SwitchHandle {
             input: input_tx,
             report: report_rx,
@@ -402,6 +407,11 @@ struct Reconciler {
     /// Datapath flows per input port name, from the last successful query
     /// (every [`DATAPATH_EVERY`] periods); `None` while unknown.
     datapath: Option<BTreeMap<String, crate::unixctl::DatapathFlows>>,
+    /// Whether a datapath read is running (on a task of its own: an
+    /// ovs-vswitchd busy reconfiguring answers late, and a change must not
+    /// wait for it).
+    datapath_reading: bool,
+    datapath_tx: tokio::sync::mpsc::Sender<DatapathRead>,
     /// The kind of the pass running, for [`Reconciler::timed`].
     pass: Pass,
     /// Time of the running convergence pass already put in a phase.
@@ -418,6 +428,9 @@ struct Reconciler {
 
 /// How long a port added to the bridge counts as waiting for its ofport.
 const OFPORT_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// The datapath flows per input port, or `None` when they could not be read.
+type DatapathRead = Option<BTreeMap<String, crate::unixctl::DatapathFlows>>;
 
 /// Datapath flows are read every this many periods (2 s).
 const DATAPATH_EVERY: u64 = 4;
@@ -448,20 +461,41 @@ impl Reconciler {
         mut self,
         mut input: watch::Receiver<Arc<SwitchInput>>,
         mut shutdown: watch::Receiver<bool>,
+        mut datapath_rx: tokio::sync::mpsc::Receiver<DatapathRead>,
     ) {
         let mut replica = self.ovsdb.replica_changes();
         let mut session = self.ovsdb.session();
         let mut tick = tokio::time::interval(self.config.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
+        // An input change took while a periodic check was running: the next
+        // pass starts at once.
+        let mut change_waiting = false;
         loop {
             let mut periodic = false;
-            tokio::select! {
-                _ = shutdown.changed() => if *shutdown.borrow() { break },
-                r = input.changed() => if r.is_err() { break },
-                _ = replica.changed() => {}
-                _ = session.changed() => {}
-                _ = tick.tick() => periodic = true,
+            if change_waiting {
+                change_waiting = false;
+            } else {
+                tokio::select! {
+                    _ = shutdown.changed() => if *shutdown.borrow() { break },
+                    r = input.changed() => if r.is_err() { break },
+                    _ = replica.changed() => {}
+                    _ = session.changed() => {}
+                    _ = tick.tick() => periodic = true,
+                    Some(found) = datapath_rx.recv() => {
+                        // A datapath read ended: fold it into the report of
+                        // the input now current; no pass.
+                        self.datapath_reading = false;
+                        self.datapath = found;
+                        let before = self.report.ports.clone();
+                        let current = input.borrow().clone();
+                        self.apply_datapath(&current);
+                        if before != self.report.ports {
+                            self.report_tx.send_replace(Arc::new(self.report.clone()));
+                        }
+                        continue;
+                    }
+                }
             }
             let woke = Instant::now();
             let waited = self.waiting_since.take().map(|t| woke - t);
@@ -510,16 +544,29 @@ impl Reconciler {
             }
             if periodic && self.ticks.is_multiple_of(DATAPATH_EVERY) {
                 let started = Instant::now();
-                let changed = self.refresh_datapath(&current).await;
+                self.start_datapath_read();
                 self.timed(Phase::Datapath, started.elapsed());
-                if changed {
-                    self.report_tx.send_replace(Arc::new(self.report.clone()));
-                }
             }
             if periodic {
                 let started = Instant::now();
-                let in_sync = self.in_sync(&current).await;
+                // A change arriving while ovs-vswitchd is slow to answer the
+                // count does not wait behind it: the check is abandoned
+                // (the OpenFlow client skips its late reply by xid) and the
+                // change's pass runs now.
+                let checked = tokio::select! {
+                    in_sync = self.in_sync(&current) => Some(in_sync),
+                    r = input.changed() => {
+                        if r.is_err() {
+                            break;
+                        }
+                        None
+                    }
+                };
                 self.timed(Phase::Check, started.elapsed());
+                let Some(in_sync) = checked else {
+                    change_waiting = true;
+                    continue;
+                };
                 if in_sync {
                     if !self.awaiting_ofport.is_empty() {
                         self.waiting_since = Some(Instant::now());
@@ -560,29 +607,36 @@ impl Reconciler {
         tracing::info!(bridge = %self.config.bridge, "switch reconciler stopped");
     }
 
-    /// Reads the datapath flows over unixctl and puts each port's share in
-    /// the report; true when that changed the report.
-    async fn refresh_datapath(&mut self, input: &SwitchInput) -> bool {
+    /// Starts reading the datapath flows over unixctl on a task of its
+    /// own (unless one is running); the result comes back to the run loop,
+    /// which puts each port's share in the report. A pass never waits for
+    /// it.
+    fn start_datapath_read(&mut self) {
         let Some(rundir) = &self.config.rundir else {
-            return false;
+            return;
         };
-        let found = match crate::unixctl::vswitchd_socket(rundir) {
-            Some(socket) => crate::unixctl::datapath_flows(&socket, Duration::from_secs(2))
-                .await
-                .map_err(|e| {
-                    tracing::debug!(
-                        error = &e as &dyn std::error::Error,
-                        detail = ?e,
-                        "datapath flows not read"
-                    )
-                })
-                .ok(),
-            None => None,
-        };
-        self.datapath = found;
-        let before = self.report.ports.clone();
-        self.apply_datapath(input);
-        before != self.report.ports
+        if self.datapath_reading {
+            return;
+        }
+        self.datapath_reading = true;
+        let rundir = rundir.clone();
+        let tx = self.datapath_tx.clone();
+        tokio::spawn(async move {
+            let found = match crate::unixctl::vswitchd_socket(&rundir) {
+                Some(socket) => crate::unixctl::datapath_flows(&socket, Duration::from_secs(2))
+                    .await
+                    .map_err(|e| {
+                        tracing::debug!(
+                            error = &e as &dyn std::error::Error,
+                            detail = ?e,
+                            "datapath flows not read"
+                        )
+                    })
+                    .ok(),
+                None => None,
+            };
+            let _ = tx.send(found).await;
+        });
     }
 
     fn apply_datapath(&mut self, input: &SwitchInput) {
