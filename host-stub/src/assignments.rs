@@ -96,41 +96,76 @@ pub fn resolve(assignments: &Assignments, functions: &[Function]) -> Resolution 
                 }
                 out.exposed.push(exposed);
             }
-            Err(reason) => out.unresolved.push(Unresolved {
+            Err(why) => out.unresolved.push(Unresolved {
                 id: id.clone(),
-                reason,
+                reason: why.to_string(),
             }),
         }
     }
     out
 }
 
-fn resolve_one(object: &Object, functions: &[Function]) -> Result<(ExposedFunction, bool), String> {
-    let spec: FunctionSpec = serde_json::from_value(object.spec.clone())
-        .map_err(|e| format!("spec is not a function spec: {e}"))?;
+/// Why an assigned function is not exposed (yet); its text is the
+/// `reason` the inventory report carries to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Unresolvable {
+    #[error("spec is not a function spec: {0}")]
+    Spec(serde_json::Error),
+    #[error("{pci} has no IOMMU group (is the IOMMU on?)")]
+    NoIommuGroup { pci: String },
+    #[error("{pci} has no netdev yet (driver {driver:?} not bound or still probing)")]
+    NoNetdev { pci: String, driver: Option<String> },
+    #[error("{pci} has no block device yet (no namespace attached?)")]
+    NoBlockDevice { pci: String },
+    #[error("host_pci_address {0} is not a DPU function on this host")]
+    NotOnThisHost(String),
+    #[error("pf {0:?} is not pfN")]
+    PfNotIndexed(String),
+    #[error(
+        "{cards} DPU cards on this host and no status.host_pci_address: cannot tell which {pf} is meant"
+    )]
+    WhichCard { cards: usize, pf: String },
+    #[error("{pf} not found: {found} SR-IOV PFs on this host")]
+    NoSuchPf { pf: String, found: usize },
+    #[error("{0}: no VF index in spec or status yet")]
+    NoVfIndex(String),
+    #[error("VF {vf} of {pf} ({pci}) does not exist (sriov_numvfs = {numvfs})")]
+    NoSuchVf {
+        vf: u32,
+        pf: String,
+        pci: String,
+        numvfs: u32,
+    },
+}
+
+fn resolve_one(
+    object: &Object,
+    functions: &[Function],
+) -> Result<(ExposedFunction, bool), Unresolvable> {
+    let spec: FunctionSpec =
+        serde_json::from_value(object.spec.clone()).map_err(Unresolvable::Spec)?;
     let f = find_function(object, &spec, functions)?;
     let vfio = spec.attach == Some(Attach::Vfio);
     let exposure = if vfio {
-        let group = f
-            .iommu_group
-            .ok_or_else(|| format!("{} has no IOMMU group (is the IOMMU on?)", f.pci_address))?;
+        let group = f.iommu_group.ok_or_else(|| Unresolvable::NoIommuGroup {
+            pci: f.pci_address.clone(),
+        })?;
         Exposure::Vfio { iommu_group: group }
     } else {
         match spec.type_ {
             FunctionType::Net => Exposure::Netdev {
                 host_interface: f.netdevs.first().cloned().ok_or_else(|| {
-                    format!(
-                        "{} has no netdev yet (driver {:?} not bound or still probing)",
-                        f.pci_address, f.driver
-                    )
+                    Unresolvable::NoNetdev {
+                        pci: f.pci_address.clone(),
+                        driver: f.driver.clone(),
+                    }
                 })?,
             },
             FunctionType::Nvme | FunctionType::VirtioBlk => Exposure::Block {
                 device: f.block_devices.first().cloned().ok_or_else(|| {
-                    format!(
-                        "{} has no block device yet (no namespace attached?)",
-                        f.pci_address
-                    )
+                    Unresolvable::NoBlockDevice {
+                        pci: f.pci_address.clone(),
+                    }
                 })?,
             },
         }
@@ -149,20 +184,20 @@ fn find_function<'a>(
     object: &Object,
     spec: &FunctionSpec,
     functions: &'a [Function],
-) -> Result<&'a Function, String> {
+) -> Result<&'a Function, Unresolvable> {
     let pci = |f: &&Function| f.kind() != FunctionKind::Sf;
     if let Some(addr) = object.status.facts.host_pci_address.as_deref() {
         return functions
             .iter()
             .filter(pci)
             .find(|f| f.pci_address == addr)
-            .ok_or_else(|| format!("host_pci_address {addr} is not a DPU function on this host"));
+            .ok_or_else(|| Unresolvable::NotOnThisHost(addr.to_string()));
     }
     let pf_index: usize = spec
         .pf
         .strip_prefix("pf")
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("pf {:?} is not pfN", spec.pf))?;
+        .ok_or_else(|| Unresolvable::PfNotIndexed(spec.pf.to_string()))?;
     let mut pfs: Vec<&Function> = functions
         .iter()
         .filter(|f| f.kind() == FunctionKind::Pf && f.sriov_totalvfs.is_some())
@@ -170,29 +205,19 @@ fn find_function<'a>(
     pfs.sort_by(|a, b| a.pci_address.cmp(&b.pci_address));
     let cards: BTreeSet<Option<&str>> = pfs.iter().map(|f| f.card.as_deref()).collect();
     if cards.len() > 1 {
-        return Err(format!(
-            "{} DPU cards on this host and no status.host_pci_address: cannot tell which {} is meant",
-            cards.len(),
-            spec.pf
-        ));
+        return Err(Unresolvable::WhichCard {
+            cards: cards.len(),
+            pf: spec.pf.to_string(),
+        });
     }
-    let pf = pfs.get(pf_index).ok_or_else(|| {
-        format!(
-            "{} not found: {} SR-IOV PFs on this host",
-            spec.pf,
-            pfs.len()
-        )
+    let pf = pfs.get(pf_index).ok_or_else(|| Unresolvable::NoSuchPf {
+        pf: spec.pf.to_string(),
+        found: pfs.len(),
     })?;
-    let vf = spec.vf.or_else(|| {
-        object
-            .status
-            .fields
-            .get("vf")
-            .and_then(|v| v.as_u64())
-            .and_then(|v| u32::try_from(v).ok())
-    });
+    // The VF the agent allocated is a typed status fact (`status.vf`).
+    let vf = spec.vf.or(object.status.facts.vf);
     let Some(vf) = vf else {
-        return Err(format!("{}: no VF index in spec or status yet", object.id));
+        return Err(Unresolvable::NoVfIndex(object.id.clone()));
     };
     functions
         .iter()
@@ -201,13 +226,11 @@ fn find_function<'a>(
                 && f.physfn.as_deref() == Some(pf.pci_address.as_str())
                 && f.vf_index == Some(vf)
         })
-        .ok_or_else(|| {
-            format!(
-                "VF {vf} of {} ({}) does not exist (sriov_numvfs = {})",
-                spec.pf,
-                pf.pci_address,
-                pf.sriov_numvfs.unwrap_or(0)
-            )
+        .ok_or_else(|| Unresolvable::NoSuchVf {
+            vf,
+            pf: spec.pf.to_string(),
+            pci: pf.pci_address.clone(),
+            numvfs: pf.sriov_numvfs.unwrap_or(0),
         })
 }
 
@@ -302,6 +325,24 @@ mod tests {
             "{:?}",
             r.unresolved
         );
+    }
+
+    /// A function whose VF the agent allocated (no `spec.vf`) is found by
+    /// the `vf` its status reports, before any host report placed it.
+    #[test]
+    fn resolves_by_the_vf_the_agent_allocated() {
+        let mut a = Assignments::default();
+        a.replace(ObjectList {
+            revision: 6,
+            items: vec![function_object(
+                "db",
+                json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:03"}),
+                json!({"vf": 0, "representor": "pf0vf0"}),
+            )],
+        });
+        let r = resolve(&a, &inventory());
+        assert!(r.unresolved.is_empty(), "{:?}", r.unresolved);
+        assert_eq!(r.exposed[0].pci_address, "0000:03:00.2");
     }
 
     #[test]

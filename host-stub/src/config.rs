@@ -209,7 +209,7 @@ impl Config {
             ));
         }
         if let Some(listen) = config.metrics.listen {
-            crate::metrics::check_listen(listen).map_err(|e| invalid(&e))?;
+            crate::metrics::check_listen(listen).map_err(|e| invalid(&e.to_string()))?;
         }
         if config.selectors.is_empty() {
             return Err(invalid(

@@ -257,14 +257,19 @@ impl StubMetrics {
     }
 }
 
+/// A metrics listen address that is not loopback.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "metrics.listen = \"{0}\": only a loopback address (127.0.0.1 or [::1]) is allowed; scrape through a node-local agent"
+)]
+pub struct NotLoopback(pub SocketAddr);
+
 /// `listen` if it is a loopback address; the error names the field.
-pub fn check_listen(listen: SocketAddr) -> Result<SocketAddr, String> {
+pub fn check_listen(listen: SocketAddr) -> Result<SocketAddr, NotLoopback> {
     if listen.ip().is_loopback() {
         Ok(listen)
     } else {
-        Err(format!(
-            "metrics.listen = \"{listen}\": only a loopback address (127.0.0.1 or [::1]) is allowed; scrape through a node-local agent"
-        ))
+        Err(NotLoopback(listen))
     }
 }
 
@@ -373,7 +378,7 @@ mod tests {
         assert_eq!(respond("", &m).0, "405 Method Not Allowed");
         assert!(check_listen("127.0.0.1:9464".parse().unwrap()).is_ok());
         assert!(check_listen("[::1]:9464".parse().unwrap()).is_ok());
-        let err = check_listen("0.0.0.0:9464".parse().unwrap()).unwrap_err();
+        let err = check_listen("0.0.0.0:9464".parse().unwrap()).unwrap_err().to_string();
         assert!(err.contains("metrics.listen"), "{err}");
     }
 }
