@@ -166,7 +166,7 @@ pub fn admit_put(
             if !map.contains_key(*f)
                 && let Some(v) = stored.secret_mut(f)
             {
-                map.insert((*f).to_string(), Value::String(std::mem::take(v)));
+                map.insert((*f).to_string(), Value::String(v.take()));
                 prechecked = false;
             }
         }

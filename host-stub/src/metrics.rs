@@ -378,7 +378,9 @@ mod tests {
         assert_eq!(respond("", &m).0, "405 Method Not Allowed");
         assert!(check_listen("127.0.0.1:9464".parse().unwrap()).is_ok());
         assert!(check_listen("[::1]:9464".parse().unwrap()).is_ok());
-        let err = check_listen("0.0.0.0:9464".parse().unwrap()).unwrap_err().to_string();
+        let err = check_listen("0.0.0.0:9464".parse().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("metrics.listen"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::net::Ipv4Addr;
 
 use crate::kind::Kind;
-use crate::types::{Ipv4Cidr, Mac, Nqn, PfName, PortRange};
+use crate::types::{Ipv4Cidr, Mac, Nqn, PfName, PortRange, Secret};
 use crate::validate::FieldError;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -316,8 +316,8 @@ pub struct IpsecTunnelSpec {
     pub spi_in: u32,
     pub spi_out: u32,
     /// Hex: key followed by the 4-byte salt.
-    pub key_in: String,
-    pub key_out: String,
+    pub key_in: Secret,
+    pub key_out: Secret,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_window: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,8 +359,8 @@ impl std::fmt::Debug for IpsecTunnelSpec {
             .field("cipher", &self.cipher)
             .field("spi_in", &self.spi_in)
             .field("spi_out", &self.spi_out)
-            .field("key_in", &"<redacted>")
-            .field("key_out", &"<redacted>")
+            .field("key_in", &self.key_in)
+            .field("key_out", &self.key_out)
             .field("replay_window", &self.replay_window)
             .field("esn", &self.esn)
             .field("offload", &self.offload)
@@ -384,7 +384,7 @@ pub struct TlsListenerSpec {
     pub listen: String,
     pub upstream: String,
     pub certificate_pem: String,
-    pub private_key_pem: String,
+    pub private_key_pem: Secret,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_pem: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -400,7 +400,7 @@ impl std::fmt::Debug for TlsListenerSpec {
             .field("listen", &self.listen)
             .field("upstream", &self.upstream)
             .field("certificate_pem", &"<pem>")
-            .field("private_key_pem", &"<redacted>")
+            .field("private_key_pem", &self.private_key_pem)
             .field(
                 "client_ca_pem",
                 &self.client_ca_pem.as_ref().map(|_| "<pem>"),
@@ -498,7 +498,7 @@ impl Spec {
 
     /// The write-only field `field` of this spec (see
     /// [`Kind::secret_fields`]), to fill in or withhold.
-    pub fn secret_mut(&mut self, field: &str) -> Option<&mut String> {
+    pub fn secret_mut(&mut self, field: &str) -> Option<&mut Secret> {
         match (self, field) {
             (Spec::IpsecTunnel(s), "key_in") => Some(&mut s.key_in),
             (Spec::IpsecTunnel(s), "key_out") => Some(&mut s.key_out),
@@ -513,7 +513,7 @@ impl Spec {
         let kind = self.kind();
         kind.secret_fields()
             .iter()
-            .filter_map(|f| Some((*f, std::mem::take(self.secret_mut(f)?))))
+            .filter_map(|f| Some((*f, self.secret_mut(f)?.take())))
             .collect()
     }
 
@@ -697,7 +697,7 @@ mod tests {
             assert_eq!(taken.len(), kind.secret_fields().len(), "{kind:?}");
             for (field, plain) in taken {
                 assert_eq!(value[field], json!(plain), "{kind:?}.{field}");
-                assert_eq!(spec.secret_mut(field).map(|s| s.as_str()), Some(""));
+                assert_eq!(spec.secret_mut(field).map(|s| s.expose()), Some(""));
             }
         }
     }

@@ -222,10 +222,75 @@ impl Nqn {
 checked_name!(Nqn, validate::check_nqn);
 string_form!(Nqn, "an NQN like nqn.2014-08.org.example:vol1");
 
+/// Key material a spec carries (an IPsec key, a TLS private key): a
+/// write-only string that never prints — `Debug` shows `<redacted>`, there
+/// is no `Display` — and is read only through [`Secret::expose`]. On the
+/// wire it is the string itself; the agent's store seals it before it
+/// reaches the disk and hands it out withheld (empty). What it must look
+/// like depends on other fields (a key's length on the cipher), so
+/// [`crate::validate`] checks it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The key material itself, for the code that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Withheld (taken out, or never sent back).
+    pub fn is_withheld(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Takes the key material out, leaving this withheld.
+    pub fn take(&mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Withholds it (drops the key material).
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<withheld>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn secrets_never_print_and_keep_their_wire_form() {
+        let mut k: Secret = serde_json::from_value(json!("c0ffee")).unwrap();
+        assert_eq!(format!("{k:?}"), "<redacted>");
+        assert_eq!(serde_json::to_value(&k).unwrap(), json!("c0ffee"));
+        assert_eq!(k.take(), "c0ffee");
+        assert!(k.is_withheld());
+        assert_eq!(format!("{k:?}"), "<withheld>");
+    }
 
     #[test]
     fn names_are_checked_once_and_kept_as_given() {

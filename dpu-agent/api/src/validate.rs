@@ -620,8 +620,8 @@ fn validate_ipsec(t: &IpsecTunnelSpec) -> Check {
     if t.spi_out < 256 {
         return fail("spec.spi_out", "SPIs 0-255 are reserved");
     }
-    check_hex_key("spec.key_in", &t.key_in, t.cipher)?;
-    check_hex_key("spec.key_out", &t.key_out, t.cipher)?;
+    check_hex_key("spec.key_in", t.key_in.expose(), t.cipher)?;
+    check_hex_key("spec.key_out", t.key_out.expose(), t.cipher)?;
     if let Some(w) = t.replay_window
         && w > 4096
     {
@@ -674,7 +674,7 @@ fn validate_tls(t: &TlsListenerSpec) -> Check {
     )?;
     check_len(
         "spec.private_key_pem",
-        &t.private_key_pem,
+        t.private_key_pem.expose(),
         limits::PRIVATE_KEY_PEM_BYTES,
     )?;
     if let Some(ca) = &t.client_ca_pem {
@@ -690,10 +690,10 @@ fn validate_tls(t: &TlsListenerSpec) -> Check {
     )?;
     check_pem(
         "spec.private_key_pem",
-        &t.private_key_pem,
+        t.private_key_pem.expose(),
         PemWant::PrivateKey,
     )?;
-    check_key_matches_certificate(&t.certificate_pem, &t.private_key_pem)?;
+    check_key_matches_certificate(&t.certificate_pem, t.private_key_pem.expose())?;
     if let Some(ca) = &t.client_ca_pem {
         check_pem("spec.client_ca_pem", ca, PemWant::Certificates)?;
     }

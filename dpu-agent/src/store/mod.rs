@@ -1323,8 +1323,7 @@ impl Store {
         for (field, sealed) in &obj.sealed {
             let plain = sealer.open(&object, field, sealed)?;
             if let Some(slot) = spec.secret_mut(field) {
-                slot.clear();
-                slot.push_str(&plain);
+                *slot = plain.as_str().into();
             }
         }
         Ok(spec)
@@ -1498,13 +1497,13 @@ mod tests {
         );
         // In memory the typed spec withholds it; the sealed form opens again
         // after a reopen from disk.
-        assert_eq!(stored.spec.as_ipsec_tunnel().unwrap().key_in, "");
+        assert!(stored.spec.as_ipsec_tunnel().unwrap().key_in.is_withheld());
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         let stored = store.get(&key).unwrap();
         match Store::open_spec(store.sealer(), &stored).unwrap() {
             Spec::IpsecTunnel(t) => {
-                assert_eq!((t.key_in.as_str(), t.key_out.as_str()), (secret, secret))
+                assert_eq!((t.key_in.expose(), t.key_out.expose()), (secret, secret))
             }
             other => panic!("{other:?}"),
         }
