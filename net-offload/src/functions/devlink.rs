@@ -3,11 +3,13 @@
 //! what BlueField's switchdev mode needs beyond legacy VF settings.
 //!
 //! Command and attribute numbers are from `include/uapi/linux/devlink.h`
-//! (see `shared/design/BACKENDS.md` §3.3). Limits: the encoding is tested
-//! byte-exact against vectors written from that header, not against a
-//! capture — this machine's kernel has no devlink family (`devlink` answers
-//! "Failed to connect to devlink Netlink") and the VM's igb has no devlink
-//! eswitch; the live path is unproven until it runs on a BlueField.
+//! (see `shared/design/BACKENDS.md` §3.3). The encoding is tested
+//! byte-exact against vectors written from that header (this machine's
+//! kernel has no devlink family). Live, on netdevsim in the VM rig
+//! (`tests/tests/eswitch_vm.rs`): eswitch mode set/get and the port dump of
+//! [`super::eswitch`]. Limits: port function `hw_addr`/state (refused by
+//! 6.1's netdevsim) and SF ports (no open driver but mlx5 makes SFs) are
+//! unproven against a kernel until they run on a BlueField.
 //! Requests are synchronous (devlink calls are rare; callers in async code
 //! use `spawn_blocking`) and bounded: a request the kernel does not answer
 //! completely within [`DEVLINK_TIMEOUT`] (5 s) fails with a timeout. The
