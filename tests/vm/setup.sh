@@ -4,6 +4,7 @@
 #   - QEMU >= 8 from bookworm-backports (bookworm's 7.2 has no `igb` SR-IOV NIC)
 #   - apt, dpkg-deb, depmod (kmod), cpio, busybox-static for building the initramfs
 #   - the static musl target for the probe binaries copied into the guest
+#   - netdevsim.ko for the guest kernel (tests/vm/netdevsim.sh; cached)
 set -euo pipefail
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (installs packages)" >&2; exit 1; }; }
@@ -51,4 +52,6 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 qemu_ok || { echo "setup.sh: qemu-system-x86_64 >= 8 with igb still missing" >&2; exit 1; }
+# Debian's kernels do not build netdevsim: the eswitch VM test needs it.
+bash "$(dirname "$0")/netdevsim.sh"
 echo "VM rig ready: $(qemu-system-x86_64 --version | head -1)"

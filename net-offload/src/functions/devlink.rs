@@ -3,11 +3,13 @@
 //! what BlueField's switchdev mode needs beyond legacy VF settings.
 //!
 //! Command and attribute numbers are from `include/uapi/linux/devlink.h`
-//! (see `shared/design/BACKENDS.md` §3.3). Limits: the encoding is tested
-//! byte-exact against vectors written from that header, not against a
-//! capture — this machine's kernel has no devlink family (`devlink` answers
-//! "Failed to connect to devlink Netlink") and the VM's igb has no devlink
-//! eswitch; the live path is unproven until it runs on a BlueField.
+//! (see `shared/design/BACKENDS.md` §3.3). The encoding is tested
+//! byte-exact against vectors written from that header (this machine's
+//! kernel has no devlink family). Live, on netdevsim in the VM rig
+//! (`tests/tests/eswitch_vm.rs`): eswitch mode set/get and the port dump of
+//! [`super::eswitch`]. Limits: port function `hw_addr`/state (refused by
+//! 6.1's netdevsim) and SF ports (no open driver but mlx5 makes SFs) are
+//! unproven against a kernel until they run on a BlueField.
 //! Requests are synchronous (devlink calls are rare; callers in async code
 //! use `spawn_blocking`) and bounded: a request the kernel does not answer
 //! completely within [`DEVLINK_TIMEOUT`] (5 s) fails with a timeout. The
@@ -17,7 +19,7 @@
 
 use std::time::Duration;
 
-use dpu_netlink::msg::{NLM_F_ACK, NLM_F_REQUEST};
+use dpu_netlink::msg::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use dpu_netlink::{Socket, attr as nla, genl};
 
 use super::{FunctionsError, Mac};
@@ -39,10 +41,17 @@ pub mod attr {
     pub const BUS_NAME: u16 = 1;
     pub const DEV_NAME: u16 = 2;
     pub const PORT_INDEX: u16 = 3;
+    pub const PORT_TYPE: u16 = 4;
+    pub const PORT_NETDEV_IFINDEX: u16 = 6;
+    pub const PORT_NETDEV_NAME: u16 = 7;
     pub const ESWITCH_MODE: u16 = 25;
     pub const PORT_FLAVOUR: u16 = 77;
+    pub const PORT_NUMBER: u16 = 78;
     pub const PORT_PCI_PF_NUMBER: u16 = 127;
+    pub const PORT_PCI_VF_NUMBER: u16 = 128;
     pub const PORT_FUNCTION: u16 = 145;
+    pub const PORT_SPLITTABLE: u16 = 148;
+    pub const PORT_EXTERNAL: u16 = 149;
     pub const PORT_CONTROLLER_NUMBER: u16 = 150;
     pub const PORT_PCI_SF_NUMBER: u16 = 164;
     /// Inside `PORT_FUNCTION`.
@@ -61,7 +70,7 @@ pub enum EswitchMode {
 }
 
 /// A devlink device, `bus/name` as devlink(8) prints it (`pci/0000:03:00.0`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DevlinkDev {
     pub bus: String,
     pub name: String,
@@ -89,6 +98,9 @@ pub enum DevlinkRequest {
     EswitchGet {
         dev: DevlinkDev,
     },
+    /// `devlink port show`: every port of the namespace (`PORT_GET` with
+    /// `NLM_F_DUMP`; see [`super::eswitch`]).
+    PortDump,
     EswitchSet {
         dev: DevlinkDev,
         mode: EswitchMode,
@@ -134,6 +146,7 @@ impl DevlinkRequest {
                 put_dev(&mut a, dev);
                 cmd::ESWITCH_GET
             }
+            DevlinkRequest::PortDump => cmd::PORT_GET,
             DevlinkRequest::EswitchSet { dev, mode } => {
                 put_dev(&mut a, dev);
                 put_u16(&mut a, attr::ESWITCH_MODE, *mode as u16);
@@ -183,19 +196,18 @@ impl DevlinkRequest {
     /// resolved at run time through the generic netlink controller).
     pub fn encode(&self, family: u16, seq: u32) -> Vec<u8> {
         let (cmd, attrs) = self.command_and_attrs();
-        genl::message(
-            family,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            cmd,
-            DEVLINK_GENL_VERSION,
-            &attrs,
-        )
+        // A dump ends with NLMSG_DONE; the kernel sends no ack for it.
+        let flags = match self {
+            DevlinkRequest::PortDump => NLM_F_REQUEST | NLM_F_DUMP,
+            _ => NLM_F_REQUEST | NLM_F_ACK,
+        };
+        genl::message(family, flags, seq, cmd, DEVLINK_GENL_VERSION, &attrs)
     }
 
     fn label(&self) -> &'static str {
         match self {
             DevlinkRequest::EswitchGet { .. } => "eswitch_get",
+            DevlinkRequest::PortDump => "port_dump",
             DevlinkRequest::EswitchSet { .. } => "eswitch_set",
             DevlinkRequest::PortFunctionHwAddr { .. } => "port_function_hw_addr",
             DevlinkRequest::PortFunctionState { .. } => "port_function_state",
@@ -281,6 +293,20 @@ impl DevlinkSocket {
                 dev.bus, dev.name
             ))),
         }
+    }
+
+    /// Sets the eswitch mode of `dev` (`devlink dev eswitch set DEV mode
+    /// MODE`); the kernel's refusal keeps its errno.
+    pub fn set_eswitch_mode(
+        &mut self,
+        dev: &DevlinkDev,
+        mode: EswitchMode,
+    ) -> Result<(), FunctionsError> {
+        self.request(&DevlinkRequest::EswitchSet {
+            dev: dev.clone(),
+            mode,
+        })
+        .map(drop)
     }
 
     /// Creates an SF port and returns its port index.
@@ -488,5 +514,54 @@ mod tests {
         };
         assert_eq!(source.raw_os_error(), Some(libc::EOPNOTSUPP));
         kernel_thread.join().unwrap();
+    }
+
+    /// A port dump over the shared socket with a scripted kernel: the
+    /// request is PORT_GET with NLM_F_DUMP, two PORT_NEW answers with
+    /// NLM_F_MULTI, then NLMSG_DONE, decoded
+    /// into typed ports.
+    #[test]
+    fn devlink_port_dump_over_the_shared_socket() {
+        use super::super::eswitch::PortFlavour;
+        let (mut sock, kernel) = fake_kernel();
+        let kernel_thread = answer_once(kernel, |req| {
+            let seq = u32::from_ne_bytes(req[8..12].try_into().unwrap());
+            let mut out = Vec::new();
+            for (index, vf) in [(128u32, 0u16), (129, 1)] {
+                let mut a = Vec::new();
+                put_dev(&mut a, &dev());
+                nla::put_u32(&mut a, attr::PORT_INDEX, index);
+                nla::put_u16(&mut a, attr::PORT_FLAVOUR, 4);
+                nla::put_u16(&mut a, attr::PORT_PCI_PF_NUMBER, 0);
+                nla::put_u16(&mut a, attr::PORT_PCI_VF_NUMBER, vf);
+                nla::put_str(&mut a, attr::PORT_NETDEV_NAME, &format!("pf0vf{vf}"));
+                out.extend(genl::message(
+                    0x15,
+                    dpu_netlink::msg::NLM_F_MULTI,
+                    seq,
+                    cmd::PORT_NEW,
+                    1,
+                    &a,
+                ));
+            }
+            out.extend(dpu_netlink::msg::message(
+                dpu_netlink::msg::NLMSG_DONE,
+                dpu_netlink::msg::NLM_F_MULTI,
+                seq,
+                &0i32.to_ne_bytes(),
+            ));
+            out
+        });
+        let ports = sock.ports().unwrap();
+        let req = kernel_thread.join().unwrap();
+        assert_eq!(
+            u16::from_ne_bytes([req[6], req[7]]),
+            NLM_F_REQUEST | NLM_F_DUMP
+        );
+        assert_eq!(req[16], cmd::PORT_GET);
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[1].flavour, Some(PortFlavour::PciVf));
+        assert_eq!(ports[1].vfnum, Some(1));
+        assert_eq!(ports[1].netdev.as_deref(), Some("pf0vf1"));
     }
 }

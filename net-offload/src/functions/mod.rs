@@ -19,6 +19,7 @@
 //! storage path, which no backend here provides ([`Applied::Unsupported`]).
 
 pub mod devlink;
+pub mod eswitch;
 pub mod external;
 pub mod naming;
 pub mod netns;

@@ -1,0 +1,220 @@
+//! Eswitch discovery through devlink against a real kernel driver:
+//! netdevsim (built by `tests/vm/netdevsim.sh` for the rig's kernel, see
+//! shared/RIG.md §6) in the VM rig. Set-up in the guest: `modprobe
+//! netdevsim`, device `netdevsim1` with one port, `sriov_numvfs` 3. The
+//! eswitch mode is then set to switchdev by the product code
+//! (`DevlinkSocket::set_eswitch_mode` through `eswitch-probe set-mode`),
+//! not by the `devlink` tool; `devlink -j dev eswitch show` is the witness.
+//! `eswitch-probe discover` prints `Eswitch::discover()` (one devlink port
+//! dump), and `devlink -j port show` plus each netdev's `phys_port_name` in
+//! sysfs are the witnesses: every port, its flavour, controller, pfnum,
+//! vfnum, port number and netdev.
+//!
+//! Proves TENANCY.md invariant 3 (hardware is found, not guessed by name):
+//! the uplink and VF representors come from the kernel's devlink ports, and
+//! the probe never reads a netdev name pattern.
+//!
+//! Gated on `DPU_VM_TESTS=1`; `tests/vm/run.sh` builds `eswitch-probe` and
+//! runs `tests/vm/setup.sh`, which builds netdevsim.ko.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use dpu_tests::vm::{self, Vm};
+use serde_json::Value;
+
+/// Every cached netdevsim.ko, as `(guest path, bytes)`: the guest picks the
+/// one for its `uname -r`.
+fn netdevsim_modules() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let dir = vm::cache_dir().join("netdevsim");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: run tests/vm/netdevsim.sh first", dir.display()))?
+    {
+        let entry = entry?;
+        let ko = entry.path().join("netdevsim.ko");
+        if ko.is_file() {
+            let release = entry.file_name().to_string_lossy().into_owned();
+            out.push((
+                format!("/opt/netdevsim/{release}/netdevsim.ko"),
+                std::fs::read(&ko).with_context(|| ko.display().to_string())?,
+            ));
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "no netdevsim.ko under {}: run tests/vm/netdevsim.sh",
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+const DEV: &str = "netdevsim/netdevsim1";
+
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU, netdevsim.ko from tests/vm/netdevsim.sh)"]
+#[test]
+fn eswitch_discovery_on_netdevsim_matches_devlink() -> anyhow::Result<()> {
+    vm::require();
+    let mut b = Vm::builder()
+        .modules(&["psample"])
+        .binary(vm::musl_binary("eswitch-probe")?);
+    for (path, bytes) in netdevsim_modules()? {
+        b = b.file(&path, bytes, 0o644);
+    }
+    let out = b
+        .script(&format!(
+            r#"set -e
+R=$(uname -r)
+[ -f /opt/netdevsim/$R/netdevsim.ko ] || {{ echo "no netdevsim.ko for $R"; exit 1; }}
+mkdir -p /lib/modules/$R/extra
+cp /opt/netdevsim/$R/netdevsim.ko /lib/modules/$R/extra/
+depmod
+modprobe netdevsim
+echo "1 1" > /sys/bus/netdevsim/new_device
+for i in $(seq 50); do [ -e /sys/bus/netdevsim/devices/netdevsim1/sriov_numvfs ] && break; sleep 0.1; done
+echo 3 > /sys/bus/netdevsim/devices/netdevsim1/sriov_numvfs
+echo '## mode'
+eswitch-probe set-mode {DEV} switchdev
+echo '## mode-witness'
+devlink -j dev eswitch show {DEV}
+echo
+echo '## discover'
+eswitch-probe discover
+echo '## witness'
+devlink -j port show
+echo
+echo '## phys_port_name'
+for n in /sys/class/net/*; do
+    echo "$(basename $n) $(cat $n/phys_port_name 2>/dev/null || echo -)"
+done
+echo '## end'
+"#
+        ))
+        .run()?;
+    assert!(out.success(), "{out}");
+
+    // The mode, set by the product code, read back by it and by devlink(8).
+    assert_eq!(
+        section(&out.stdout, "mode").trim(),
+        "mode switchdev",
+        "{out}"
+    );
+    let mode: Value = serde_json::from_str(section(&out.stdout, "mode-witness"))
+        .with_context(|| format!("devlink eswitch JSON\n{out}"))?;
+    assert_eq!(mode["dev"][DEV]["mode"], "switchdev", "{out}");
+
+    let discovered: Value = serde_json::from_str(section(&out.stdout, "discover"))
+        .with_context(|| format!("probe JSON\n{out}"))?;
+    let witness: Value = serde_json::from_str(section(&out.stdout, "witness"))
+        .with_context(|| format!("devlink port JSON\n{out}"))?;
+    let phys_port_name: BTreeMap<&str, &str> = section(&out.stdout, "phys_port_name")
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+
+    // Every port devlink lists, by handle, against the probe's.
+    let ports = all_ports(&discovered);
+    let listed = witness["port"]
+        .as_object()
+        .context("devlink -j port show has no \"port\" object")?;
+    let ours: Vec<&String> = listed.keys().filter(|k| k.starts_with(DEV)).collect();
+    assert_eq!(ours.len(), 4, "1 physical + 3 VF ports\n{out}");
+    assert_eq!(ports.len(), listed.len(), "same ports\n{out}");
+    for (handle, w) in listed {
+        let p = ports
+            .get(handle.as_str())
+            .with_context(|| format!("{handle} not discovered\n{out}"))?;
+        assert_eq!(p["flavour"], w["flavour"], "{handle} flavour\n{out}");
+        assert_eq!(p["netdev"], w["netdev"], "{handle} netdev\n{out}");
+        for (ours, theirs) in [
+            ("controller", "controller"),
+            ("pfnum", "pfnum"),
+            ("vfnum", "vfnum"),
+            ("sfnum", "sfnum"),
+            ("number", "port"),
+            ("external", "external"),
+            ("splittable", "splittable"),
+        ] {
+            let theirs = w.get(theirs).cloned().unwrap_or(Value::Null);
+            assert_eq!(p[ours], theirs, "{handle} {ours}\n{out}");
+        }
+    }
+
+    // The grouping: one uplink, PF (controller 0, pfnum 0) with VFs 0..2,
+    // each VF representor's netdev the one whose phys_port_name is pf0vfN.
+    let devices = discovered["devices"].as_array().context("devices")?;
+    let dev = devices
+        .iter()
+        .find(|d| d["dev"]["bus"] == "netdevsim" && d["dev"]["name"] == "netdevsim1")
+        .with_context(|| format!("{DEV} not discovered\n{out}"))?;
+    let uplinks = dev["uplinks"].as_array().context("uplinks")?;
+    assert_eq!(uplinks.len(), 1, "{out}");
+    assert_eq!(uplinks[0]["flavour"], "physical");
+    let up = uplinks[0]["netdev"].as_str().context("uplink netdev")?;
+    assert_eq!(phys_port_name.get(up), Some(&"p1"), "uplink {up}\n{out}");
+    let pfs = dev["pfs"].as_array().context("pfs")?;
+    assert_eq!(pfs.len(), 1, "{out}");
+    assert_eq!(pfs[0]["controller"], 0, "{out}");
+    assert_eq!(pfs[0]["pfnum"], 0, "{out}");
+    let vfs = pfs[0]["vfs"].as_object().context("vfs")?;
+    assert_eq!(
+        vfs.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["0", "1", "2"],
+        "{out}"
+    );
+    for (vfnum, rep) in vfs {
+        let netdev = rep["netdev"].as_str().context("VF netdev")?;
+        let want = format!("pf0vf{vfnum}");
+        assert_eq!(
+            phys_port_name.get(netdev),
+            Some(&want.as_str()),
+            "VF {vfnum} representor {netdev}\n{out}"
+        );
+    }
+    Ok(())
+}
+
+/// The probe's ports by devlink handle `bus/dev/index`.
+fn all_ports(e: &Value) -> BTreeMap<String, &Value> {
+    let mut out = BTreeMap::new();
+    fn insert<'a>(out: &mut BTreeMap<String, &'a Value>, p: &'a Value) {
+        let handle = format!(
+            "{}/{}/{}",
+            p["dev"]["bus"].as_str().unwrap_or(""),
+            p["dev"]["name"].as_str().unwrap_or(""),
+            p["index"]
+        );
+        out.insert(handle, p);
+    }
+    let mut add = |p| insert(&mut out, p);
+    for d in e["devices"].as_array().into_iter().flatten() {
+        for p in d["uplinks"].as_array().into_iter().flatten() {
+            add(p);
+        }
+        for p in d["other"].as_array().into_iter().flatten() {
+            add(p);
+        }
+        for pf in d["pfs"].as_array().into_iter().flatten() {
+            if !pf["port"].is_null() {
+                add(&pf["port"]);
+            }
+            for map in [&pf["vfs"], &pf["sfs"]] {
+                for p in map.as_object().into_iter().flat_map(|m| m.values()) {
+                    add(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The lines after `## name` up to the next `## `.
+fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
+    let marker = format!("## {name}\n");
+    let Some(start) = stdout.find(&marker) else {
+        return "";
+    };
+    let rest = &stdout[start + marker.len()..];
+    &rest[..rest.find("\n## ").map(|i| i + 1).unwrap_or(rest.len())]
+}
