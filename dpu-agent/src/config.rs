@@ -117,14 +117,16 @@ impl std::str::FromStr for FunctionsBackend {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "veth" => Ok(FunctionsBackend::Veth),
-            "sriov" => Ok(FunctionsBackend::Sriov),
-            "external" => Ok(FunctionsBackend::External),
-            "none" => Ok(FunctionsBackend::None),
-            _ => Err("expected veth, sriov, external or none".into()),
-        }
+        from_word(s)
     }
+}
+
+/// Parses an environment variable's word as the config file does (serde's
+/// lower-case variant names), so both accept the same words; the error
+/// names the word and lists the ones accepted.
+fn from_word<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
 }
 
 /// The `[storage]` section: which block backend realizes `volumes`.
@@ -157,12 +159,7 @@ impl std::str::FromStr for StorageBackend {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(StorageBackend::None),
-            "nvmet" => Ok(StorageBackend::Nvmet),
-            "spdk" => Ok(StorageBackend::Spdk),
-            _ => Err("expected none, nvmet or spdk".into()),
-        }
+        from_word(s)
     }
 }
 
