@@ -1,4 +1,5 @@
 //! See README.md.
 pub mod agent;
+pub mod fixtures;
 pub mod image;
 pub mod vm;

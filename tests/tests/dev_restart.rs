@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
 use dpu_tests::agent::{AgentProcess, binary};
+use dpu_tests::fixtures::put_ok;
 use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, SandboxError, running_in};
 use serde_json::json;
 
@@ -120,20 +121,15 @@ async fn dev_switch_outlives_the_agent_and_is_adopted_without_churn() {
     let state = agent.state_dir();
     let _guard = SwitchGuard(state.clone());
     let admin = agent.admin();
-    admin
-        .put(Kind::Tenant, "t", None, json!({}), None)
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Network,
-            "n",
-            Some("t"),
-            json!({"vni": 10, "cidr": "10.9.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    put_ok(&admin, Kind::Tenant, "t", None, json!({})).await;
+    put_ok(
+        &admin,
+        Kind::Network,
+        "n",
+        Some("t"),
+        json!({"vni": 10, "cidr": "10.9.0.0/24", "encap": "local"}),
+    )
+    .await;
     wait_converged(&agent).await;
     let ovs = state.join("ovs");
     let pids = [
@@ -262,44 +258,35 @@ impl Drop for TwoAgentsCleanup {
 /// waits until every port is Ready.
 async fn two_functions(agent: &AgentProcess, ids: &[String; 2], net: u8) {
     let admin = agent.admin();
-    admin
-        .put(Kind::Tenant, "t", None, json!({}), None)
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Network,
-            "n",
-            Some("t"),
-            json!({"vni": 10 + u32::from(net), "cidr": format!("10.{net}.0.0/24"), "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    put_ok(&admin, Kind::Tenant, "t", None, json!({})).await;
+    put_ok(
+        &admin,
+        Kind::Network,
+        "n",
+        Some("t"),
+        json!({"vni": 10 + u32::from(net), "cidr": format!("10.{net}.0.0/24"), "encap": "local"}),
+    )
+    .await;
     for (i, id) in ids.iter().enumerate() {
         let mac = format!("02:00:0a:{net:02x}:00:{:02x}", i + 1);
-        admin
-            .put(
-                Kind::Function,
-                id,
-                Some("t"),
-                json!({"type": "net", "pf": "pf0", "mac": mac}),
-                None,
-            )
-            .await
-            .unwrap();
-        admin
-            .put(
-                Kind::Port,
-                id,
-                Some("t"),
-                json!({"network": "n", "function": id, "mac": mac,
+        put_ok(
+            &admin,
+            Kind::Function,
+            id,
+            Some("t"),
+            json!({"type": "net", "pf": "pf0", "mac": mac}),
+        )
+        .await;
+        put_ok(
+            &admin,
+            Kind::Port,
+            id,
+            Some("t"),
+            json!({"network": "n", "function": id, "mac": mac,
                        "ips": [format!("10.{net}.0.{}", i + 1)],
                        "security": {"ingress": [{"protocol": "icmp"}]}}),
-                None,
-            )
-            .await
-            .unwrap();
+        )
+        .await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -8,85 +8,68 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dpu_api::client::{Client, ClientError, Method, WatchFilter};
+use dpu_api::client::{Client, Method};
 use dpu_api::identity::Role;
 use dpu_api::object::{ApplyRequest, ObjectWrite};
 use dpu_api::{Kind, limits};
 use dpu_tests::agent::{AgentProcess, binary};
-use futures_util::StreamExt;
+use dpu_tests::fixtures::{detail_of, history, put_ok, status_of};
 use serde_json::{Value, json};
 
 const KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
 const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
-
-fn status_of(e: ClientError) -> (u16, Option<String>) {
-    (e.status().unwrap_or(0), e.field().map(str::to_string))
-}
-
-fn detail_of(e: &ClientError) -> String {
-    e.problem()
-        .map(|p| format!("{} {:?}", p.detail, p.field))
-        .unwrap_or_else(|| e.to_string())
-}
 
 /// Two tenants made by the fleet controller: `red` with VNIs 100-199,
 /// `pf0` VFs 0-7, and `blue` with VNIs 200-299 and no function grant; each
 /// with a network, blue with a function, a tunnel and a volume.
 async fn two_tenants(agent: &AgentProcess) -> (Client, Client, Client) {
     let admin = agent.admin();
-    admin
-        .put(
-            Kind::Tenant,
-            "red",
-            None,
-            json!({"grants": {"vni_ranges": ["100-199"],
+    put_ok(
+        &admin,
+        Kind::Tenant,
+        "red",
+        None,
+        json!({"grants": {"vni_ranges": ["100-199"],
                               "functions": {"pfs": ["pf0"], "vfs": "0-7"}}}),
-            None,
-        )
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Tenant,
-            "blue",
-            None,
-            json!({"grants": {"vni_ranges": ["200-299"]}}),
-            None,
-        )
-        .await
-        .unwrap();
+    )
+    .await;
+    put_ok(
+        &admin,
+        Kind::Tenant,
+        "blue",
+        None,
+        json!({"grants": {"vni_ranges": ["200-299"]}}),
+    )
+    .await;
     let red = agent.client_for(&Role::Tenant("red".into()));
     let blue = agent.client_for(&Role::Tenant("blue".into()));
-    red.put(
+    put_ok(
+        &red,
         Kind::Network,
         "red-net",
         Some("red"),
         json!({"vni": 100, "cidr": "10.10.0.0/24", "encap": "vxlan"}),
-        None,
     )
-    .await
-    .unwrap();
-    blue.put(
+    .await;
+    put_ok(
+        &blue,
         Kind::Network,
         "blue-net",
         Some("blue"),
         json!({"vni": 200, "cidr": "10.20.0.0/24", "encap": "vxlan"}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     // Hardware is the fleet controller's to place.
-    admin
-        .put(
-            Kind::Function,
-            "blue-disk",
-            Some("blue"),
-            json!({"type": "nvme", "pf": "pf0", "vf": 12}),
-            None,
-        )
-        .await
-        .unwrap();
-    blue.put(
+    put_ok(
+        &admin,
+        Kind::Function,
+        "blue-disk",
+        Some("blue"),
+        json!({"type": "nvme", "pf": "pf0", "vf": 12}),
+    )
+    .await;
+    put_ok(
+        &blue,
         Kind::IpsecTunnel,
         "blue-tun",
         Some("blue"),
@@ -94,21 +77,18 @@ async fn two_tenants(agent: &AgentProcess) -> (Client, Client, Client) {
                "remote_subnets": ["10.99.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
                "spi_in": 5000, "spi_out": 5001, "key_in": KEY_A, "key_out": KEY_B,
                "offload": "auto"}),
-        None,
     )
-    .await
-    .unwrap();
-    blue.put(
+    .await;
+    put_ok(
+        &blue,
         Kind::Volume,
         "blue-vol",
         Some("blue"),
         json!({"function": "blue-disk", "source": {"nvmeof": {"transport": "tcp",
                "address": "192.0.2.10", "port": 4420, "subnqn": "nqn.2014-08.org.example:shared",
                "hostnqn": "nqn.2020-01.com.blue:host"}}}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     (admin, red, blue)
 }
 
@@ -180,15 +160,14 @@ async fn invariant_5_no_existence_oracle() {
                    "hostnqn": "nqn.2020-01.com.blue:host"}}}),
         ),
     ];
-    red.put(
+    put_ok(
+        &red,
         Kind::Function,
         "red-disk",
         Some("red"),
         json!({"type": "nvme", "pf": "pf0"}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     for (kind, id, spec) in probes {
         let err = red
             .put(kind, id, Some("red"), spec, None)
@@ -211,18 +190,7 @@ async fn invariant_5_no_existence_oracle() {
         let list = red.list(kind, None).await.unwrap();
         assert!(list.items.iter().all(|o| o.tenant == "red"), "{kind}");
     }
-    let mut watch = red
-        .watch(
-            0,
-            &WatchFilter {
-                follow: false,
-                ..WatchFilter::default()
-            },
-        )
-        .await
-        .unwrap();
-    while let Some(ev) = watch.next().await {
-        let ev = ev.unwrap();
+    for ev in history(&red).await {
         let text = serde_json::to_string(&ev).unwrap();
         assert!(!text.contains("blue"), "watch event names blue: {text}");
     }
@@ -283,29 +251,26 @@ async fn invariant_3_hardware_needs_a_grant() {
         .unwrap_err();
     assert_eq!(status_of(err), (422, Some("spec.pf".into())));
     // Within the grant: accepted.
-    red.put(
+    put_ok(
+        &red,
         Kind::Function,
         "red-ok",
         Some("red"),
         with(json!({"vf": 3})),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     // The fleet controller places hardware as it decides.
-    admin
-        .put(
-            Kind::Function,
-            "red-special",
-            Some("red"),
-            with(
-                json!({"pf": "pf1", "vf": 40, "trust": true, "spoof_check": false,
+    put_ok(
+        &admin,
+        Kind::Function,
+        "red-special",
+        Some("red"),
+        with(
+            json!({"pf": "pf1", "vf": 40, "trust": true, "spoof_check": false,
                         "mac": "02:00:00:00:00:02"}),
-            ),
-            None,
-        )
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     // Nothing refused was stored.
     let names: Vec<String> = red
         .list(Kind::Function, None)
@@ -361,15 +326,14 @@ async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
             .unwrap_err();
         assert_eq!(status_of(err), (422, Some(field.to_string())), "{spec}");
     }
-    red.put(
+    put_ok(
+        &red,
         Kind::TlsListener,
         "l-ok",
         Some("red"),
         listener("10.10.0.1:443", "10.10.0.5:80"),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
 
     let tunnel = |local: &[&str], extra: Value| {
         let mut v = json!({"local": "192.0.2.1", "remote": "192.0.2.3", "local_subnets": local,
@@ -407,15 +371,14 @@ async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
             .unwrap_err();
         assert_eq!(status_of(err), (422, Some(field.to_string())), "{spec}");
     }
-    red.put(
+    put_ok(
+        &red,
         Kind::IpsecTunnel,
         "t-ok",
         Some("red"),
         tunnel(&["10.10.0.0/25"], json!({})),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
 
     // VNIs: outside the grant, or inside blue's.
     for vni in [5000, 250] {
@@ -439,15 +402,14 @@ async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
 async fn invariant_4_host_nqns_are_the_volumes_own() {
     let agent = AgentProcess::start();
     let (_admin, red, _blue) = two_tenants(&agent).await;
-    red.put(
+    put_ok(
+        &red,
         Kind::Function,
         "red-disk",
         Some("red"),
         json!({"type": "nvme", "pf": "pf0"}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     for hostnqn in [
         "nqn.2020-01.com.blue:host",
         "nqn.2026-11.dev.dpu-agent:blue:blue-vol:initiator",
@@ -479,15 +441,14 @@ async fn invariant_4_host_nqns_are_the_volumes_own() {
 async fn invariant_6_bounded_admission() {
     let agent = AgentProcess::start();
     let (admin, red, _blue) = two_tenants(&agent).await;
-    red.put(
+    put_ok(
+        &red,
         Kind::Function,
         "red-fn",
         Some("red"),
         json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     // ~60k addresses: under the 1 MiB body limit.
     let ips: Vec<String> = (0..60_000)
         .map(|i| format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256))

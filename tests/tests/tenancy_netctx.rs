@@ -22,6 +22,7 @@ use dpu_api::client::Client;
 use dpu_api::identity::Role;
 use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
+use dpu_tests::fixtures::put_ok;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -138,16 +139,14 @@ async fn phase(c: &Client, kind: Kind, id: &str) -> Option<(String, Value)> {
 /// The tenant, its grant and the network whose CIDR is its address space
 /// (written by the fleet controller).
 async fn tenant_with_network(admin: &Client, tenant: &str, cidr: &str, vni: u32) {
-    admin
-        .put(
-            Kind::Tenant,
-            tenant,
-            Some(tenant),
-            json!({"grants": {"vni_ranges": [vni.to_string()]}}),
-            None,
-        )
-        .await
-        .unwrap();
+    put_ok(
+        &admin,
+        Kind::Tenant,
+        tenant,
+        Some(tenant),
+        json!({"grants": {"vni_ranges": [vni.to_string()]}}),
+    )
+    .await;
     admin
         .put(
             Kind::Network,
@@ -262,10 +261,14 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                 json!({"listen": listen.to_string(), "upstream": upstream.to_string(),
                        "certificate_pem": cert, "private_key_pem": key, "ktls": "off"})
             };
-            tenant
-                .put(Kind::TlsListener, "web", Some("acme"), spec(in_cidr), None)
-                .await
-                .unwrap();
+            put_ok(
+                &tenant,
+                Kind::TlsListener,
+                "web",
+                Some("acme"),
+                spec(in_cidr),
+            )
+            .await;
             wait_for("the listener Ready", Duration::from_secs(20), || async {
                 matches!(phase(&tenant, Kind::TlsListener, "web").await, Some((p, _)) if p == "Ready")
             })
@@ -339,10 +342,14 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                     });
                 }
             });
-            let r = tenant
-                .put(Kind::TlsListener, "web", Some("acme"), spec(echo_at), None)
-                .await
-                .unwrap();
+            let r = put_ok(
+                &tenant,
+                Kind::TlsListener,
+                "web",
+                Some("acme"),
+                spec(echo_at),
+            )
+            .await;
             let g = r.object.generation;
             wait_for("the reload", Duration::from_secs(20), || async {
                 tenant
@@ -463,20 +470,15 @@ fn tenant_tunnel_cannot_catch_the_agents_traffic() {
             // Control first (admission refuses two tunnels with overlapping
             // selectors to one remote): the infrastructure's tunnel, written
             // by the fleet controller, with the same selectors.
-            admin
-                .put(Kind::Tenant, "infra", Some("infra"), json!({}), None)
-                .await
-                .unwrap();
-            admin
-                .put(
-                    Kind::IpsecTunnel,
-                    "underlay",
-                    Some("infra"),
-                    tunnel(0x7101, Some("infrastructure")),
-                    None,
-                )
-                .await
-                .unwrap();
+            put_ok(&admin, Kind::Tenant, "infra", Some("infra"), json!({})).await;
+            put_ok(
+                &admin,
+                Kind::IpsecTunnel,
+                "underlay",
+                Some("infra"),
+                tunnel(0x7101, Some("infrastructure")),
+            )
+            .await;
             wait_for(
                 "the infrastructure policies",
                 Duration::from_secs(20),
@@ -498,16 +500,14 @@ fn tenant_tunnel_cannot_catch_the_agents_traffic() {
             .await;
             assert!(pinged(), "{}", policies());
 
-            tenant
-                .put(
-                    Kind::IpsecTunnel,
-                    "tun",
-                    Some("acme"),
-                    tunnel(0x7001, None),
-                    None,
-                )
-                .await
-                .unwrap();
+            put_ok(
+                &tenant,
+                Kind::IpsecTunnel,
+                "tun",
+                Some("acme"),
+                tunnel(0x7001, None),
+            )
+            .await;
             wait_for(
                 "the tenant tunnel's policies",
                 Duration::from_secs(20),
