@@ -2,4 +2,5 @@
 pub mod agent;
 pub mod fixtures;
 pub mod image;
+pub mod probe;
 pub mod vm;
