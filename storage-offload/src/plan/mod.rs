@@ -275,6 +275,16 @@ pub(super) mod fixtures {
     use crate::nvmet::configfs::PortConfig;
     use dpu_api::spec::{FunctionType, LocalSource, NvmeofSource, VolumeSource, VolumeSpec};
 
+    /// `d` with QoS limits `max_iops` and `max_mbps`.
+    pub(super) fn with_qos(
+        mut d: DesiredVolume,
+        max_iops: Option<u64>,
+        max_mbps: Option<u64>,
+    ) -> DesiredVolume {
+        d.spec.qos = Some(dpu_api::spec::VolumeQos { max_iops, max_mbps });
+        d
+    }
+
     pub(super) fn remote(tenant: &str, id: &str, type_: FunctionType) -> DesiredVolume {
         DesiredVolume {
             key: VolumeKey::new(tenant, id),
