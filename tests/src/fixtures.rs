@@ -57,3 +57,35 @@ pub async fn history_since(client: &Client, since: u64, filter: WatchFilter) -> 
 pub async fn history(client: &Client) -> Vec<Event> {
     history_since(client, 0, WatchFilter::default()).await
 }
+
+/// A `PUT` the agent must refuse: its status and the field it names (as
+/// [`status_of`]). An acceptance fails the test.
+pub async fn put_refused(
+    client: &Client,
+    kind: Kind,
+    id: &str,
+    tenant: Option<&str>,
+    spec: Value,
+) -> (u16, Option<String>) {
+    match client.put(kind, id, tenant, spec, None).await {
+        Ok(_) => panic!("PUT {kind} {id} was accepted"),
+        Err(e) => status_of(e),
+    }
+}
+
+/// A TLS client (ring; the default protocol versions) that trusts only the
+/// CA certificates in `ca_pem`.
+pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}

@@ -12,7 +12,7 @@ use dpu_api::object::{
 };
 use dpu_api::{Kind, Phase};
 use dpu_tests::agent::AgentProcess;
-use dpu_tests::fixtures::{history, history_since, put_ok, status_of};
+use dpu_tests::fixtures::{history, history_since, put_ok, put_refused, status_of};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -336,28 +336,23 @@ async fn errors_name_the_field_and_change_nothing() {
         (Kind::Tenant, "Bad_Name", json!({}), 422, "id"),
     ];
     for (kind, id, spec, status, field) in cases {
-        let err = c
-            .put(kind, id, tenant_of(kind, id), spec.clone(), None)
-            .await
-            .unwrap_err();
+        let refused = put_refused(&c, kind, id, tenant_of(kind, id), spec.clone()).await;
         assert_eq!(
-            status_of(err),
+            refused,
             (status, Some(field.to_string())),
             "{kind} {id} {spec}"
         );
     }
     // Missing tenant on a non-tenant object.
-    let err = c
-        .put(
-            Kind::Network,
-            "n3",
-            None,
-            json!({"vni": 8, "cidr": "10.8.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(status_of(err), (422, Some("tenant".into())));
+    let refused = put_refused(
+        &c,
+        Kind::Network,
+        "n3",
+        None,
+        json!({"vni": 8, "cidr": "10.8.0.0/24", "encap": "local"}),
+    )
+    .await;
+    assert_eq!(refused, (422, Some("tenant".into())));
     // Unknown top-level field.
     let r = c
         .raw(

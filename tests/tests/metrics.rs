@@ -7,7 +7,6 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use std::sync::Arc;
 
 use dpu_api::Kind;
 use dpu_api::client::{Client, Method};
@@ -15,7 +14,7 @@ use dpu_api::identity::Role;
 use dpu_api::object::{HostDevice, HostInventory, Phase};
 use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
-use dpu_tests::fixtures::put_ok;
+use dpu_tests::fixtures::{put_ok, tls_connector};
 use net_offload::sandbox::{Daemon, Netns, OvsSandbox, SandboxConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,19 +62,8 @@ fn tls_identity() -> (String, String, String) {
 /// A TLS handshake with the listener at `addr`, from inside `ns`; whether
 /// it completed.
 async fn handshake(ns: &NetnsThread, addr: std::net::SocketAddr, ca_pem: &str) -> bool {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = ns.tcp_connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tls_connector(ca_pem)
         .connect(
             rustls::pki_types::ServerName::try_from("svc.example").unwrap(),
             tcp,

@@ -22,13 +22,21 @@ use dpu_api::client::Client;
 use dpu_api::identity::Role;
 use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
-use dpu_tests::fixtures::put_ok;
+use dpu_tests::fixtures::{put_ok, tls_connector};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A missing environment fails the test; it never passes unrun.
+fn require_root() {
+    assert!(
+        is_root(),
+        "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
+    );
 }
 
 /// Runs a command; panics with its stderr when it fails.
@@ -115,6 +123,28 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Waits (up to 20 s) until the listener `web` has reconciled generation
+/// `generation`.
+async fn wait_reloaded(tenant: &Client, generation: u64) {
+    wait_for("the reload", Duration::from_secs(20), || async {
+        tenant
+            .get(Kind::TlsListener, "web")
+            .await
+            .is_ok_and(|o| o.status.observed_generation >= generation)
+    })
+    .await;
+}
+
+/// Waits (up to 10 s) until the network namespace `name` is gone.
+async fn wait_netns_removed(name: &str) {
+    wait_for(
+        "the tenant namespace removed",
+        Duration::from_secs(10),
+        || async { !netns_exists(name) },
+    )
+    .await;
+}
+
 async fn wait_for<F, Fut>(what: &str, within: Duration, f: F)
 where
     F: Fn() -> Fut,
@@ -181,19 +211,8 @@ fn secret_server(addr: &str) -> (SocketAddr, Arc<AtomicUsize>) {
 /// Connects through the listener at `addr` from inside `ns` (TLS), sends a
 /// request and returns every byte that came back.
 async fn through_listener(ns: &NetnsThread, addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = ns.tcp_connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let mut tls = tls_connector(ca_pem)
         .connect(
             rustls::pki_types::ServerName::try_from("svc.example").unwrap(),
             tcp,
@@ -227,11 +246,7 @@ fn tls_identity() -> (String, String, String) {
 /// the tenant's last listener is deleted.
 #[test]
 fn tenant_listener_cannot_relay_into_the_agents_namespace() {
-    // A missing environment fails the test; it never passes unrun.
-    assert!(
-        is_root(),
-        "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
-    );
+    require_root();
     let pid = std::process::id();
     let agent_ns = Netns::new(format!("ntxa{pid}"));
     // An address of the tenant's CIDR that the agent's namespace holds: an
@@ -309,14 +324,7 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                 {
                     Err(e) => assert_eq!(e.status(), Some(422), "{e}"),
                     Ok(r) => {
-                        let g = r.object.generation;
-                        wait_for("the reload", Duration::from_secs(20), || async {
-                            tenant
-                                .get(Kind::TlsListener, "web")
-                                .await
-                                .is_ok_and(|o| o.status.observed_generation >= g)
-                        })
-                        .await;
+                        wait_reloaded(&tenant, r.object.generation).await;
                         let got = through_listener(&inside, listen, &ca).await;
                         assert!(
                             got.is_empty(),
@@ -350,14 +358,7 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                 spec(echo_at),
             )
             .await;
-            let g = r.object.generation;
-            wait_for("the reload", Duration::from_secs(20), || async {
-                tenant
-                    .get(Kind::TlsListener, "web")
-                    .await
-                    .is_ok_and(|o| o.status.observed_generation >= g)
-            })
-            .await;
+            wait_reloaded(&tenant, r.object.generation).await;
             let got = through_listener(&inside, listen, &ca).await;
             assert_eq!(got, b"tenant service\n");
             drop(inside);
@@ -368,12 +369,7 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                 tenant.get(Kind::TlsListener, "web").await.is_err()
             })
             .await;
-            wait_for(
-                "the tenant namespace removed",
-                Duration::from_secs(10),
-                || async { !netns_exists(&tenant_ns) },
-            )
-            .await;
+            wait_netns_removed(&tenant_ns).await;
             drop(agent);
         })
     });
@@ -413,11 +409,7 @@ fn tunnel(spi: u32, scope: Option<&str>) -> Value {
 /// tenant's namespace exists while it has the tunnel and is gone after.
 #[test]
 fn tenant_tunnel_cannot_catch_the_agents_traffic() {
-    // A missing environment fails the test; it never passes unrun.
-    assert!(
-        is_root(),
-        "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
-    );
+    require_root();
     let pid = std::process::id();
     let a = Netns::new(format!("ntxb{pid}a"));
     let b = Netns::new(format!("ntxb{pid}b"));
@@ -542,12 +534,7 @@ fn tenant_tunnel_cannot_catch_the_agents_traffic() {
                 || async { policies().matches("dir ").count() == 0 },
             )
             .await;
-            wait_for(
-                "the tenant namespace removed",
-                Duration::from_secs(10),
-                || async { !netns_exists(&tenant_ns) },
-            )
-            .await;
+            wait_netns_removed(&tenant_ns).await;
             drop(agent);
         })
     });
