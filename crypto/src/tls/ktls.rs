@@ -484,6 +484,44 @@ mod tests {
 
     use super::*;
 
+    /// Key material of the wrong length is refused before any system call
+    /// (a short IV included: no slicing panic), and a socket without the
+    /// TLS ULP refuses the key: an error either way, never a panic. No
+    /// TENANCY.md invariant: this is the "nothing panics on any input" rule
+    /// for the key hand-off (the hand-off itself is proved in crypto_vm).
+    #[test]
+    fn key_install_refuses_wrong_lengths_and_non_tls_sockets() {
+        use libc::{
+            tls12_crypto_info_aes_gcm_128 as Aes128,
+            tls12_crypto_info_chacha20_poly1305 as Chacha20,
+        };
+        let to = |fd| Socket {
+            fd,
+            direction: libc::TLS_TX,
+            version: libc::TLS_1_3_VERSION,
+            rec_seq: [0; 8],
+        };
+        for (key, iv) in [
+            (&[7u8; 15][..], &[1u8; 12][..]),
+            (&[7; 16], &[1; 3]),
+            (&[7; 16], &[1; 13]),
+        ] {
+            let e = to(-1).set::<Aes128>(key, iv).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{key:?} {iv:?}");
+        }
+        let e = to(-1).set::<Chacha20>(&[7; 32], &[1; 8]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // Right lengths, but no kTLS on the socket: the kernel says no.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert!(to(s.as_raw_fd()).set::<Aes128>(&[7; 16], &[1; 12]).is_err());
+        assert!(
+            to(s.as_raw_fd())
+                .set::<Chacha20>(&[7; 32], &[1; 12])
+                .is_err()
+        );
+    }
+
     #[tokio::test]
     async fn cork_never_reads_past_a_record() {
         // A handshake record, then an application-data record.
