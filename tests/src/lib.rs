@@ -3,4 +3,5 @@ pub mod agent;
 pub mod fixtures;
 pub mod image;
 pub mod probe;
+pub mod storage;
 pub mod vm;
