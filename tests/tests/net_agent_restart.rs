@@ -18,11 +18,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_drift_and_invalid_input() {
-    let dir = tempfile::Builder::new()
-        .prefix("na")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let ovs = start_ovs(&dir.path().join("ovs"), Netns::Private).await;
+    let Switch { dir, ovs } = private_switch("na", Netns::Private).await;
     let mut agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
     let c = agent.client();
 

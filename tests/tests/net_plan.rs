@@ -28,11 +28,7 @@ fn write(kind: &str, id: &str, spec: serde_json::Value) -> ObjectWrite {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_network_and_its_endpoint_plan_together() {
-    let dir = tempfile::Builder::new()
-        .prefix("np")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let ovs = start_ovs(&dir.path().join("ovs"), Netns::Private).await;
+    let Switch { dir, ovs } = private_switch("np", Netns::Private).await;
     let agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
     let c = agent.client();
     // A first network makes the switch's VXLAN tunnel port, whose OpenFlow

@@ -63,6 +63,24 @@ pub async fn start_ovs(dir: &Path, netns: Netns) -> OvsSandbox {
         .unwrap_or_else(|e| panic!("Open vSwitch sandbox in {}: {e:?}", dir.display()))
 }
 
+/// A test's temp dir under /tmp and the private OVS it holds (in `ovs/`);
+/// an agent's state goes in `state/`.
+pub struct Switch {
+    pub dir: tempfile::TempDir,
+    pub ovs: OvsSandbox,
+}
+
+/// A temp dir named `prefix…` and an Open vSwitch started in it, in
+/// `netns`.
+pub async fn private_switch(prefix: &str, netns: Netns) -> Switch {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    let ovs = start_ovs(&dir.path().join("ovs"), netns).await;
+    Switch { dir, ovs }
+}
+
 /// A running `dpu-agent dev --no-ovs` using the OVSDB at `db`.
 #[derive(Debug)]
 pub struct Agent {
@@ -348,11 +366,7 @@ pub fn vxlan_dpu_thread(
             .build()
             .unwrap();
         rt.block_on(async move {
-            let dir = tempfile::Builder::new()
-                .prefix("vx")
-                .tempdir_in("/tmp")
-                .unwrap();
-            let ovs = start_ovs(&dir.path().join("ovs"), Netns::Path(ns_path.into())).await;
+            let Switch { dir, ovs } = private_switch("vx", Netns::Path(ns_path.into())).await;
             let db = format!("--db=unix:{}", ovs.db_socket().display());
             run(
                 "ovs-vsctl",
