@@ -682,28 +682,14 @@ impl BlockBackend for NvmetBackend {
 mod tests {
     use super::*;
     use crate::model::{FunctionTarget, VolumeKey, function_host_nqn};
-    use crate::nvmet::configfs::PortConfig;
     use dpu_api::spec::{FunctionType, LocalSource, VolumeSource, VolumeSpec};
 
     /// A kernel backend in plain directories under `paths` (no configfs),
     /// its port 7 on 127.0.0.1:4420/tcp, backing files in `backing_dir`.
     fn test_backend(paths: KernelPaths, backing_dir: PathBuf) -> NvmetBackend {
-        NvmetBackend::new(
-            paths,
-            ConfigfsMode::PlainDirectory,
-            NvmetPlanConfig {
-                port: PortConfig {
-                    id: 7,
-                    trtype: "tcp".into(),
-                    adrfam: "ipv4".into(),
-                    traddr: "127.0.0.1".into(),
-                    trsvcid: "4420".into(),
-                },
-                backing_dir,
-                qos_cgroup: None,
-                volume_ports: 0,
-            },
-        )
+        let listen = "127.0.0.1:4420".parse().unwrap();
+        let plan = NvmetPlanConfig::tcp(7, listen, backing_dir);
+        NvmetBackend::new(paths, ConfigfsMode::PlainDirectory, plan)
     }
 
     /// Kernel backend I/O: the `stat` of the block device under an agent

@@ -1,6 +1,7 @@
 //! The kernel storage backend as the storage probes (`src/bin`) drive it:
 //! nvmet through the real configfs, one export port on loopback.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use dpu_api::spec::{FunctionType, NvmeofSource, NvmeofTransport, VolumeSource, VolumeSpec};
@@ -8,28 +9,15 @@ use dpu_api::types::Nqn;
 use storage_offload::apply::NvmetBackend;
 use storage_offload::model::{DesiredVolume, FunctionTarget, VolumeKey};
 use storage_offload::nvmet::KernelPaths;
-use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
+use storage_offload::nvmet::configfs::ConfigfsMode;
 use storage_offload::plan::NvmetPlanConfig;
 
 /// The kernel backend on the real configfs, exporting on port 7 at
 /// 127.0.0.1:`export_port`/tcp, local backing files in /tmp/dpu-volumes.
-pub fn kernel_backend(export_port: &str) -> NvmetBackend {
-    NvmetBackend::new(
-        KernelPaths::default(),
-        ConfigfsMode::Kernel,
-        NvmetPlanConfig {
-            port: PortConfig {
-                id: 7,
-                trtype: "tcp".into(),
-                adrfam: "ipv4".into(),
-                traddr: "127.0.0.1".into(),
-                trsvcid: export_port.into(),
-            },
-            backing_dir: PathBuf::from("/tmp/dpu-volumes"),
-            qos_cgroup: None,
-            volume_ports: 0,
-        },
-    )
+pub fn kernel_backend(export_port: u16) -> NvmetBackend {
+    let listen = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), export_port);
+    let plan = NvmetPlanConfig::tcp(7, listen, PathBuf::from("/tmp/dpu-volumes"));
+    NvmetBackend::new(KernelPaths::default(), ConfigfsMode::Kernel, plan)
 }
 
 /// Volume `key` of NVMe function `f` (PF 0, no VF), its source the NVMe/TCP

@@ -272,7 +272,6 @@ pub(super) mod fixtures {
 
     use super::*;
     use crate::model::{FunctionTarget, function_host_nqn};
-    use crate::nvmet::configfs::PortConfig;
     use dpu_api::spec::{FunctionType, LocalSource, NvmeofSource, VolumeSource, VolumeSpec};
 
     /// `d` with QoS limits `max_iops` and `max_mbps`.
@@ -327,16 +326,12 @@ pub(super) mod fixtures {
 
     pub(super) fn nvmet_cfg() -> NvmetPlanConfig {
         NvmetPlanConfig {
-            port: PortConfig {
-                id: 1,
-                trtype: "tcp".into(),
-                adrfam: "ipv4".into(),
-                traddr: "192.0.2.10".into(),
-                trsvcid: "4420".into(),
-            },
-            backing_dir: "/var/lib/dpu-agent/volumes".into(),
             qos_cgroup: Some("/sys/fs/cgroup/dpu-volumes".into()),
-            volume_ports: 0,
+            ..NvmetPlanConfig::tcp(
+                1,
+                "192.0.2.10:4420".parse().unwrap(),
+                "/var/lib/dpu-agent/volumes".into(),
+            )
         }
     }
 }

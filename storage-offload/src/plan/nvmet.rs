@@ -172,6 +172,24 @@ pub struct NvmetPlanConfig {
 }
 
 impl NvmetPlanConfig {
+    /// The agent's port `id` listening on `listen` over TCP (`ipv4` or
+    /// `ipv6` as `listen` is), backing files in `backing_dir`, no QoS
+    /// cgroup, every volume on that one port.
+    pub fn tcp(id: u16, listen: std::net::SocketAddr, backing_dir: PathBuf) -> Self {
+        NvmetPlanConfig {
+            port: PortConfig {
+                id,
+                trtype: "tcp".into(),
+                adrfam: if listen.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+                traddr: listen.ip().to_string(),
+                trsvcid: listen.port().to_string(),
+            },
+            backing_dir,
+            qos_cgroup: None,
+            volume_ports: 0,
+        }
+    }
+
     /// The port of volume slot `k` (1-based), if its id and TCP port fit.
     pub fn volume_port(&self, k: u16) -> Option<PortConfig> {
         let id = self.port.id.checked_add(k)?;

@@ -37,17 +37,24 @@ async fn converge(b: &NvmetBackend, desired: &[DesiredVolume]) -> Result<(), Str
     Ok(())
 }
 
+/// The TCP port the volume is exported on, from the command line.
+fn export_port(s: &str) -> Result<u16, String> {
+    s.parse().map_err(|_| format!("bad export port {s}"))
+}
+
 async fn run(args: &[String]) -> Result<(), String> {
     match args {
         [cmd, addr, port, nqn, export, host] if cmd == "attach" => {
             let key = VolumeKey::new("t", "v");
             let port = port.parse().map_err(|_| format!("bad port {port}"))?;
             let d = remote_volume(key.clone(), addr, port, nqn.parse()?, host);
-            converge(&kernel_backend(export), &[d]).await?;
+            converge(&kernel_backend(export_port(export)?), &[d]).await?;
             println!("subsystem {}", key.subsystem_nqn());
             Ok(())
         }
-        [cmd, export] if cmd == "delete" => converge(&kernel_backend(export), &[]).await,
+        [cmd, export] if cmd == "delete" => {
+            converge(&kernel_backend(export_port(export)?), &[]).await
+        }
         _ => Err(
             "usage: nvmet-probe attach ADDR PORT NQN EXPORT_PORT HOST_NQN | delete EXPORT_PORT"
                 .into(),

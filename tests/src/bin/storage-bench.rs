@@ -156,7 +156,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     let n: usize = n.parse().map_err(|_| format!("bad count {n}"))?;
     let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
     let paths = KernelPaths::default();
-    let b = kernel_backend("4420");
+    let b = kernel_backend(4420);
 
     let mut desired = Vec::new();
     let mut hosts = Vec::new();
