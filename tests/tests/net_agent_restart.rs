@@ -22,15 +22,7 @@ async fn restart_drift_and_invalid_input() {
     let mut agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
     let c = agent.client();
 
-    put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
-    put(
-        &c,
-        Kind::Network,
-        "acme-net",
-        "acme",
-        json!({"vni": 1001, "cidr": "10.1.0.0/24", "encap": "vxlan"}),
-    )
-    .await;
+    acme_vxlan_network(&c, "acme-net", 1001, "10.1.0.0/24").await;
     put(
         &c,
         Kind::Endpoint,

@@ -33,15 +33,7 @@ async fn a_new_network_and_its_endpoint_plan_together() {
     let c = agent.client();
     // A first network makes the switch's VXLAN tunnel port, whose OpenFlow
     // port number the endpoint's flows need (a plan does not invent it).
-    put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
-    put(
-        &c,
-        Kind::Network,
-        "acme-first",
-        "acme",
-        json!({"vni": 1000, "cidr": "10.0.0.0/24", "encap": "vxlan"}),
-    )
-    .await;
+    acme_vxlan_network(&c, "acme-first", 1000, "10.0.0.0/24").await;
     agent
         .wait_object(
             Kind::Network,

@@ -214,6 +214,13 @@ pub async fn put(client: &Client, kind: Kind, id: &str, tenant: &str, spec: Valu
         .unwrap_or_else(|e| panic!("PUT {} {id}: {e}", kind.path()));
 }
 
+/// Tenant `acme` (no grants) and its VXLAN network `id`.
+pub async fn acme_vxlan_network(c: &Client, id: &str, vni: u32, cidr: &str) {
+    put(c, Kind::Tenant, "acme", "acme", serde_json::json!({})).await;
+    let spec = serde_json::json!({"vni": vni, "cidr": cidr, "encap": "vxlan"});
+    put(c, Kind::Network, id, "acme", spec).await;
+}
+
 pub fn is_ready(o: &dpu_api::Object) -> bool {
     o.status.phase == dpu_api::Phase::Ready && o.status.observed_generation == o.generation
 }
