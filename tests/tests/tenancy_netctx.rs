@@ -169,24 +169,17 @@ async fn phase(c: &Client, kind: Kind, id: &str) -> Option<(String, Value)> {
 /// The tenant, its grant and the network whose CIDR is its address space
 /// (written by the fleet controller).
 async fn tenant_with_network(admin: &Client, tenant: &str, cidr: &str, vni: u32) {
+    let grants = json!({"grants": {"vni_ranges": [vni.to_string()]}});
+    put_ok(admin, Kind::Tenant, tenant, Some(tenant), grants).await;
+    let network = json!({"vni": vni, "cidr": cidr, "encap": "vxlan"});
     put_ok(
-        &admin,
-        Kind::Tenant,
-        tenant,
+        admin,
+        Kind::Network,
+        &format!("{tenant}-net"),
         Some(tenant),
-        json!({"grants": {"vni_ranges": [vni.to_string()]}}),
+        network,
     )
     .await;
-    admin
-        .put(
-            Kind::Network,
-            &format!("{tenant}-net"),
-            Some(tenant),
-            json!({"vni": vni, "cidr": cidr, "encap": "vxlan"}),
-            None,
-        )
-        .await
-        .unwrap();
 }
 
 /// A plain TCP server in the calling thread's namespace that tells every
