@@ -374,6 +374,28 @@ pub fn backing_file_name(key: &VolumeKey) -> String {
     key.object_name("img")
 }
 
+/// Unlinks from port `port_id` the subsystems among `subsystems` of
+/// volumes still wanted (orphans are unlinked with the rest of their
+/// state).
+fn unlink_wanted(
+    out: &mut Out,
+    port_id: u16,
+    subsystems: &[String],
+    wanted: &BTreeSet<&VolumeKey>,
+) {
+    for n in subsystems {
+        if let Some(k) = VolumeKey::from_subsystem_nqn(n)
+            && wanted.contains(&k)
+        {
+            out.configfs(
+                &Owner::Volume(k),
+                Phase::Unpresent,
+                vec![configfs::unlink_port(port_id, n)],
+            );
+        }
+    }
+}
+
 /// Plans the kernel backend.
 pub fn plan_nvmet(
     desired: &[DesiredVolume],
@@ -512,27 +534,12 @@ pub fn plan_nvmet(
                 .subsystems
                 .iter()
                 .all(|n| VolumeKey::from_subsystem_nqn(n).is_some());
-            // Unlinks the wanted volumes' subsystems from the port (orphans
-            // were unlinked above).
-            let unlink_wanted = |out: &mut Out| {
-                for n in &p.subsystems {
-                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
-                        && wanted.contains(&k)
-                    {
-                        out.configfs(
-                            &Owner::Volume(k),
-                            Phase::Unpresent,
-                            vec![configfs::unlink_port(port_id, n)],
-                        );
-                    }
-                }
-            };
             if (desired.is_empty() || per_volume) && all_ours {
                 // No volume left (or every volume has a port of its own):
                 // remove the agent's port too, so a full teardown leaves
                 // configfs as the agent found it. Orphan subsystems were
                 // unlinked above; wanted ones move to their own ports.
-                unlink_wanted(&mut out);
+                unlink_wanted(&mut out, port_id, &p.subsystems, &wanted);
                 out.configfs(
                     &Owner::Shared,
                     Phase::DeleteDevice,
@@ -542,7 +549,7 @@ pub fn plan_nvmet(
                 // A port with foreign subsystems is left as it is.
                 linked.extend(p.subsystems.iter().cloned());
             } else {
-                unlink_wanted(&mut out);
+                unlink_wanted(&mut out, port_id, &p.subsystems, &wanted);
                 out.configfs(
                     &Owner::Shared,
                     Phase::Present,
@@ -565,17 +572,7 @@ pub fn plan_nvmet(
                 .iter()
                 .all(|n| VolumeKey::from_subsystem_nqn(n).is_some());
             if cfg.is_volume_port(*id) && !assigned.contains(id) && only_ours {
-                for n in &p.subsystems {
-                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
-                        && wanted.contains(&k)
-                    {
-                        out.configfs(
-                            &Owner::Volume(k),
-                            Phase::Unpresent,
-                            vec![configfs::unlink_port(*id, n)],
-                        );
-                    }
-                }
+                unlink_wanted(&mut out, *id, &p.subsystems, &wanted);
                 out.configfs(
                     &Owner::Shared,
                     Phase::DeleteDevice,
