@@ -7,7 +7,6 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-
 use dpu_api::Kind;
 use dpu_api::client::{Client, Method};
 use dpu_api::identity::Role;
