@@ -113,20 +113,6 @@ pub enum FunctionsBackend {
     None,
 }
 
-impl std::str::FromStr for FunctionsBackend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "veth" => Ok(FunctionsBackend::Veth),
-            "sriov" => Ok(FunctionsBackend::Sriov),
-            "external" => Ok(FunctionsBackend::External),
-            "none" => Ok(FunctionsBackend::None),
-            _ => Err("expected veth, sriov, external or none".into()),
-        }
-    }
-}
-
 /// The `[storage]` section: which block backend realizes `volumes`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,18 +139,28 @@ pub enum StorageBackend {
     Spdk,
 }
 
-impl std::str::FromStr for StorageBackend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(StorageBackend::None),
-            "nvmet" => Ok(StorageBackend::Nvmet),
-            "spdk" => Ok(StorageBackend::Spdk),
-            _ => Err("expected none, nvmet or spdk".into()),
-        }
-    }
+/// Parses an environment variable's word as the config file does (serde's
+/// lower-case variant names), so both accept the same words; the error
+/// names the word and lists the ones accepted.
+fn from_word<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
 }
+
+/// `FromStr` (for environment variables) by [`from_word`] for each type.
+macro_rules! from_str_by_word {
+    ($($t:ty),*) => {
+        $(impl std::str::FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                from_word(s)
+            }
+        })*
+    };
+}
+
+from_str_by_word!(FunctionsBackend, StorageBackend);
 
 /// SNAP on a BlueField (emulated NVMe/virtio-blk functions) or plain SPDK
 /// (NVMe-oF subsystems, vhost-blk).

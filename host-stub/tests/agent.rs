@@ -17,16 +17,19 @@
 //! namespace; the test deletes the function and removes the namespace on
 //! every path.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
+use common::bluefield3_pf;
 use dpu_api::Kind;
 use dpu_api::identity::Role;
 use dpu_api::object::{HostDevice, HostInventory, Object};
 use dpu_tests::agent::AgentProcess;
 use host_stub::cdi::{self, CdiOptions, CdiSpec};
 use host_stub::daemon::{Daemon, DaemonSettings};
-use host_stub::fixture::{FixtureFunction, SysfsTree};
+use host_stub::fixture::SysfsTree;
 use host_stub::report::Health;
 use host_stub::selectors;
 use serde_json::json;
@@ -48,27 +51,7 @@ impl Drop for NetnsGuard {
 /// A BlueField-3 PF with 4 VFs on mlx5_core, each with a netdev.
 fn tree(root: &Path) -> SysfsTree {
     let tree = SysfsTree::new(root).unwrap();
-    let mlx = |address: &str, device| FixtureFunction {
-        address: address.into(),
-        vendor: 0x15b3,
-        device,
-        class: 0x020000,
-        driver: Some("mlx5_core".into()),
-        ..FixtureFunction::default()
-    };
-    tree.add_function(&FixtureFunction {
-        sriov_totalvfs: Some(8),
-        netdev: Some("ens1f0np0".into()),
-        iommu_group: Some(10),
-        ..mlx("0000:03:00.0", 0xa2dc)
-    })
-    .unwrap();
-    tree.set_num_vfs("0000:03:00.0", 4, |i| FixtureFunction {
-        netdev: Some(format!("ens1f0v{i}")),
-        iommu_group: Some(20 + i),
-        ..mlx(&format!("0000:03:00.{}", 2 + i), 0x101e)
-    })
-    .unwrap();
+    bluefield3_pf(&tree, "ens1f0np0", 4, "ens1f0v");
     tree
 }
 

@@ -1,10 +1,13 @@
 //! The daemon against an in-memory agent, a sysfs tree and a CDI directory
 //! in a tempdir: reports, exposure, vfio binds and releases, the lease.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{bluefield3_pf, mlx};
 use dpu_api::Kind;
 use dpu_api::object::{Event, EventType, HostInventory, Object, ObjectList, Status};
 use host_stub::cdi::{self, CdiOptions, CdiSpec};
@@ -86,27 +89,7 @@ fn function(id: &str, spec: serde_json::Value, host_pci_address: &str) -> Object
 /// function with a namespace.
 fn tree(root: &Path) -> SysfsTree {
     let tree = SysfsTree::new(root).unwrap();
-    let mlx = |address: &str, device| FixtureFunction {
-        address: address.into(),
-        vendor: 0x15b3,
-        device,
-        class: 0x020000,
-        driver: Some("mlx5_core".into()),
-        ..FixtureFunction::default()
-    };
-    tree.add_function(&FixtureFunction {
-        sriov_totalvfs: Some(8),
-        netdev: Some("p0".into()),
-        iommu_group: Some(10),
-        ..mlx("0000:03:00.0", 0xa2dc)
-    })
-    .unwrap();
-    tree.set_num_vfs("0000:03:00.0", 2, |i| FixtureFunction {
-        netdev: Some(format!("p0v{i}")),
-        iommu_group: Some(20 + i),
-        ..mlx(&format!("0000:03:00.{}", 2 + i), 0x101e)
-    })
-    .unwrap();
+    bluefield3_pf(&tree, "p0", 2, "p0v");
     tree.add_function(&FixtureFunction {
         class: 0x010802,
         driver: Some("nvme".into()),
@@ -415,6 +398,53 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// What the device-plugin tests start from: temp dirs for sysfs, CDI specs,
+/// state and the kubelet's plugin sockets, the fixture tree in the first, an
+/// in-memory agent that is up, lists `web` (VF 0, for node-1) and delivers
+/// `events` as its watch, a test kubelet, and a daemon over them (not yet
+/// running).
+struct PluginRig {
+    root: tempfile::TempDir,
+    cdi_dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+    plugins: tempfile::TempDir,
+    tree: SysfsTree,
+    agent: FakeAgent,
+    kubelet: test_kubelet::TestKubelet,
+    daemon: Daemon<FakeAgent>,
+}
+
+fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
+    let [root, cdi_dir, state, plugins] = std::array::from_fn(|_| tempfile::tempdir().unwrap());
+    let tree = tree(root.path());
+    let agent = FakeAgent::default();
+    {
+        let mut s = agent.0.lock().unwrap();
+        s.up = true;
+        s.events = Some(events);
+        s.list = vec![function(
+            "web",
+            json!({"type": "net", "pf": "pf0", "vf": 0, "host": "node-1"}),
+            "0000:03:00.2",
+        )];
+    }
+    let kubelet = test_kubelet::TestKubelet::start(plugins.path());
+    let daemon = Daemon::new(
+        agent.clone(),
+        settings(root.path(), cdi_dir.path(), state.path()),
+    );
+    PluginRig {
+        root,
+        cdi_dir,
+        state,
+        plugins,
+        tree,
+        agent,
+        kubelet,
+        daemon,
+    }
+}
+
 /// The device plugin, fed by the daemon (in-memory agent, sysfs tree), seen
 /// from a test kubelet: registration, ListAndWatch on assignment and lease
 /// changes, Allocate with CDI names, and re-registration after the kubelet
@@ -424,28 +454,18 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     use host_stub::deviceplugin::{self, PluginSettings, v1beta1};
     use v1beta1::device_plugin_client::DevicePluginClient;
 
-    let root = tempfile::tempdir().unwrap();
-    let cdi_dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let plugins = tempfile::tempdir().unwrap();
-    let _tree = tree(root.path());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let agent = FakeAgent::default();
-    {
-        let mut s = agent.0.lock().unwrap();
-        s.up = true;
-        s.events = Some(events_rx);
-        s.list = vec![function(
-            "web",
-            json!({"type": "net", "pf": "pf0", "vf": 0, "host": "node-1"}),
-            "0000:03:00.2",
-        )];
-    }
-    let mut kubelet = test_kubelet::TestKubelet::start(plugins.path());
-    let d = Daemon::new(
-        agent.clone(),
-        settings(root.path(), cdi_dir.path(), state.path()),
-    );
+    // Every part bound: the temp dirs live to the end of the test.
+    let PluginRig {
+        root: _root,
+        cdi_dir,
+        state: _state,
+        plugins,
+        tree: _tree,
+        agent,
+        mut kubelet,
+        daemon: d,
+    } = plugin_rig(events_rx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let plugin_task = tokio::spawn(deviceplugin::run(
         PluginSettings {
@@ -623,27 +643,17 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
     use host_stub::deviceplugin::{self, PluginSettings};
     use host_stub::metrics;
 
-    let root = tempfile::tempdir().unwrap();
-    let cdi_dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let plugins = tempfile::tempdir().unwrap();
-    let _tree = tree(root.path());
-    let agent = FakeAgent::default();
-    {
-        let mut s = agent.0.lock().unwrap();
-        s.up = true;
-        s.events = Some(mpsc::unbounded_channel().1);
-        s.list = vec![function(
-            "web",
-            json!({"type": "net", "pf": "pf0", "vf": 0, "host": "node-1"}),
-            "0000:03:00.2",
-        )];
-    }
-    let mut kubelet = test_kubelet::TestKubelet::start(plugins.path());
-    let d = Daemon::new(
-        agent.clone(),
-        settings(root.path(), cdi_dir.path(), state.path()),
-    );
+    // Every part bound: the temp dirs live to the end of the test.
+    let PluginRig {
+        root: _root,
+        cdi_dir: _cdi_dir,
+        state: _state,
+        plugins,
+        tree: _tree,
+        agent,
+        mut kubelet,
+        daemon: d,
+    } = plugin_rig(mpsc::unbounded_channel().1);
     let m = d.metrics();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

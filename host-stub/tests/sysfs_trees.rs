@@ -1,22 +1,14 @@
 //! Discovery and selection against sysfs trees built in a tempdir.
 
+mod common;
+
+use common::mlx;
 use host_stub::discover::{self, Function, FunctionKind};
 use host_stub::fixture::{FixtureFunction, SysfsTree};
 use host_stub::report;
 use host_stub::selectors::{self, Selector};
 
 const DSN_A: u64 = 0xb8ce_f603_00a1_b2c3;
-
-fn mlx(address: &str, device: u16) -> FixtureFunction {
-    FixtureFunction {
-        address: address.into(),
-        vendor: 0x15b3,
-        device,
-        class: 0x020000,
-        driver: Some("mlx5_core".into()),
-        ..FixtureFunction::default()
-    }
-}
 
 /// A host with two BlueField cards and some of its own devices:
 ///

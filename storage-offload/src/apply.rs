@@ -682,8 +682,15 @@ impl BlockBackend for NvmetBackend {
 mod tests {
     use super::*;
     use crate::model::{FunctionTarget, VolumeKey, function_host_nqn};
-    use crate::nvmet::configfs::PortConfig;
     use dpu_api::spec::{FunctionType, LocalSource, VolumeSource, VolumeSpec};
+
+    /// A kernel backend in plain directories under `paths` (no configfs),
+    /// its port 7 on 127.0.0.1:4420/tcp, backing files in `backing_dir`.
+    fn test_backend(paths: KernelPaths, backing_dir: PathBuf) -> NvmetBackend {
+        let listen = "127.0.0.1:4420".parse().unwrap();
+        let plan = NvmetPlanConfig::tcp(7, listen, backing_dir);
+        NvmetBackend::new(paths, ConfigfsMode::PlainDirectory, plan)
+    }
 
     /// Kernel backend I/O: the `stat` of the block device under an agent
     /// subsystem's namespace; file-backed namespaces and foreign
@@ -769,22 +776,7 @@ mod tests {
         }
         let backing = dir.path().join("volumes");
         std::fs::create_dir_all(&backing).unwrap();
-        let b = NvmetBackend::new(
-            paths,
-            ConfigfsMode::PlainDirectory,
-            NvmetPlanConfig {
-                port: PortConfig {
-                    id: 7,
-                    trtype: "tcp".into(),
-                    adrfam: "ipv4".into(),
-                    traddr: "127.0.0.1".into(),
-                    trsvcid: "4420".into(),
-                },
-                backing_dir: backing.clone(),
-                qos_cgroup: None,
-                volume_ports: 0,
-            },
-        );
+        let b = test_backend(paths, backing.clone());
         let desired = vec![DesiredVolume {
             key: VolumeKey::new("t", "v"),
             spec: VolumeSpec {
@@ -836,22 +828,7 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("state/volumes");
-        let b = NvmetBackend::new(
-            KernelPaths::under(dir.path()),
-            ConfigfsMode::PlainDirectory,
-            NvmetPlanConfig {
-                port: PortConfig {
-                    id: 7,
-                    trtype: "tcp".into(),
-                    adrfam: "ipv4".into(),
-                    traddr: "127.0.0.1".into(),
-                    trsvcid: "4420".into(),
-                },
-                backing_dir: backing.clone(),
-                qos_cgroup: None,
-                volume_ports: 0,
-            },
-        );
+        let b = test_backend(KernelPaths::under(dir.path()), backing.clone());
         let file = backing.join("dpu_t_v_img");
         let create = Action {
             owner: Owner::Volume(VolumeKey::new("t", "v")),
@@ -879,22 +856,7 @@ mod tests {
     #[tokio::test]
     async fn connecting_as_another_volumes_host_nqn_is_refused_when_applying() {
         let dir = tempfile::tempdir().unwrap();
-        let b = NvmetBackend::new(
-            KernelPaths::under(dir.path()),
-            ConfigfsMode::PlainDirectory,
-            NvmetPlanConfig {
-                port: PortConfig {
-                    id: 7,
-                    trtype: "tcp".into(),
-                    adrfam: "ipv4".into(),
-                    traddr: "127.0.0.1".into(),
-                    trsvcid: "4420".into(),
-                },
-                backing_dir: dir.path().join("volumes"),
-                qos_cgroup: None,
-                volume_ports: 0,
-            },
-        );
+        let b = test_backend(KernelPaths::under(dir.path()), dir.path().join("volumes"));
         let me = VolumeKey::new("acme", "db");
         let connect = |owner: Owner, hostnqn: String| Action {
             owner,

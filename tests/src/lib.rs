@@ -1,4 +1,7 @@
 //! See README.md.
 pub mod agent;
+pub mod fixtures;
 pub mod image;
+pub mod probe;
+pub mod storage;
 pub mod vm;

@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
-use dpu_api::client::{Client, ClientError, Method, WatchFilter};
+use dpu_api::client::{Client, Method, WatchFilter};
 use dpu_api::identity::Role;
 use dpu_api::object::{
     ApplyRequest, EventType, HostDevice, HostInventory, ObjectWrite, Prune, WriteOutcome,
 };
 use dpu_api::{Kind, Phase};
 use dpu_tests::agent::AgentProcess;
+use dpu_tests::fixtures::{history, history_since, put_ok, put_refused, status_of};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -104,10 +105,6 @@ async fn create_all(c: &Client) -> Vec<(Kind, &'static str, Value)> {
     all
 }
 
-fn status_of(e: ClientError) -> (u16, Option<String>) {
-    (e.status().unwrap_or(0), e.field().map(str::to_string))
-}
-
 async fn wait_for<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, f: F) {
     for _ in 0..200 {
         if f().await {
@@ -155,17 +152,11 @@ async fn crud_of_every_kind_with_generation_rules() {
     spec.as_object_mut()
         .unwrap()
         .retain(|k, _| !k.ends_with("_set"));
-    let r = c
-        .put(Kind::IpsecTunnel, "tun1", Some("acme"), spec.clone(), None)
-        .await
-        .unwrap();
+    let r = put_ok(&c, Kind::IpsecTunnel, "tun1", Some("acme"), spec.clone()).await;
     assert_eq!(r.object.generation, 1);
     // Changing a secret is a change.
     spec["key_in"] = json!(KEY_B);
-    let r = c
-        .put(Kind::IpsecTunnel, "tun1", Some("acme"), spec, None)
-        .await
-        .unwrap();
+    let r = put_ok(&c, Kind::IpsecTunnel, "tun1", Some("acme"), spec).await;
     assert_eq!(r.object.generation, 2);
 
     // A real change bumps the generation; If-Match with a stale one is 412.
@@ -345,28 +336,23 @@ async fn errors_name_the_field_and_change_nothing() {
         (Kind::Tenant, "Bad_Name", json!({}), 422, "id"),
     ];
     for (kind, id, spec, status, field) in cases {
-        let err = c
-            .put(kind, id, tenant_of(kind, id), spec.clone(), None)
-            .await
-            .unwrap_err();
+        let refused = put_refused(&c, kind, id, tenant_of(kind, id), spec.clone()).await;
         assert_eq!(
-            status_of(err),
+            refused,
             (status, Some(field.to_string())),
             "{kind} {id} {spec}"
         );
     }
     // Missing tenant on a non-tenant object.
-    let err = c
-        .put(
-            Kind::Network,
-            "n3",
-            None,
-            json!({"vni": 8, "cidr": "10.8.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(status_of(err), (422, Some("tenant".into())));
+    let refused = put_refused(
+        &c,
+        Kind::Network,
+        "n3",
+        None,
+        json!({"vni": 8, "cidr": "10.8.0.0/24", "encap": "local"}),
+    )
+    .await;
+    assert_eq!(refused, (422, Some("tenant".into())));
     // Unknown top-level field.
     let r = c
         .raw(
@@ -414,24 +400,22 @@ async fn errors_name_the_field_and_change_nothing() {
     let err = c.delete(Kind::Tenant, "acme").await.unwrap_err();
     assert_eq!(err.status(), Some(409));
     assert!(err.to_string().contains("ports/web-1"), "{err}");
-    c.put(
+    put_ok(
+        &c,
         Kind::Tenant,
         "small",
         None,
         json!({"quotas": {"functions": 1}}),
-        None,
     )
-    .await
-    .unwrap();
-    c.put(
+    .await;
+    put_ok(
+        &c,
         Kind::Function,
         "s1",
         Some("small"),
         json!({"type": "nvme", "pf": "pf0"}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     let err = c
         .put(
             Kind::Function,
@@ -481,9 +465,7 @@ async fn errors_name_the_field_and_change_nothing() {
 async fn apply_is_all_or_nothing_and_prunes() {
     let agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None)
-        .await
-        .unwrap();
+    put_ok(&c, Kind::Tenant, "acme", None, json!({})).await;
     // The tenants controller writes the tenant's status (a revision of its
     // own); measure after it, so only the apply could move the revision.
     wait_for("tenant Ready", || async {
@@ -602,9 +584,7 @@ async fn apply_is_all_or_nothing_and_prunes() {
 async fn watch_delivers_in_order_and_resumes_without_loss() {
     let agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None)
-        .await
-        .unwrap();
+    put_ok(&c, Kind::Tenant, "acme", None, json!({})).await;
     let start = c.list(Kind::Tenant, None).await.unwrap().revision;
     let mut live = c
         .watch(
@@ -641,19 +621,11 @@ async fn watch_delivers_in_order_and_resumes_without_loss() {
     }
     drop(live);
     let last = seen.last().unwrap().0;
-    let mut resumed = c
-        .watch(
-            last,
-            &WatchFilter {
-                kind: Some(Kind::Network),
-                follow: false,
-                ..WatchFilter::default()
-            },
-        )
-        .await
-        .unwrap();
-    while let Some(ev) = resumed.next().await {
-        let ev = ev.unwrap();
+    let networks = WatchFilter {
+        kind: Some(Kind::Network),
+        ..WatchFilter::default()
+    };
+    for ev in history_since(&c, last, networks).await {
         if ev.type_ == EventType::Added {
             seen.push((ev.revision, ev.object.id.clone()));
         }
@@ -671,19 +643,15 @@ async fn watch_delivers_in_order_and_resumes_without_loss() {
 async fn kill_9_right_after_201_loses_nothing() {
     let mut agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None)
-        .await
-        .unwrap();
-    let r = c
-        .put(
-            Kind::Network,
-            "n1",
-            Some("acme"),
-            json!({"vni": 5, "cidr": "10.5.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    put_ok(&c, Kind::Tenant, "acme", None, json!({})).await;
+    let r = put_ok(
+        &c,
+        Kind::Network,
+        "n1",
+        Some("acme"),
+        json!({"vni": 5, "cidr": "10.5.0.0/24", "encap": "local"}),
+    )
+    .await;
     assert!(r.created);
     agent.kill9();
     agent.restart();
@@ -698,16 +666,14 @@ async fn kill_9_right_after_201_loses_nothing() {
         r.revision
     );
     // And the revision keeps counting from there.
-    let r2 = c
-        .put(
-            Kind::Network,
-            "n2",
-            Some("acme"),
-            json!({"vni": 6, "cidr": "10.6.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    let r2 = put_ok(
+        &c,
+        Kind::Network,
+        "n2",
+        Some("acme"),
+        json!({"vni": 6, "cidr": "10.6.0.0/24", "encap": "local"}),
+    )
+    .await;
     assert!(r2.revision > list.revision);
 }
 
@@ -727,16 +693,14 @@ async fn roles_are_enforced_with_real_certificates() {
     let agent = AgentProcess::start();
     let admin = agent.admin();
     for t in ["a", "b"] {
-        admin
-            .put(
-                Kind::Tenant,
-                t,
-                None,
-                json!({"grants": {"functions": {"pfs": ["pf0"]}}}),
-                None,
-            )
-            .await
-            .unwrap();
+        put_ok(
+            &admin,
+            Kind::Tenant,
+            t,
+            None,
+            json!({"grants": {"functions": {"pfs": ["pf0"]}}}),
+        )
+        .await;
         admin
             .put(
                 Kind::Function,
@@ -791,15 +755,14 @@ async fn roles_are_enforced_with_real_certificates() {
         own.items.iter().all(|o| o.tenant == "a"),
         "a tenant's unfiltered list is its own"
     );
-    a.put(
+    put_ok(
+        &a,
         Kind::Function,
         "a-fn2",
         Some("a"),
         json!({"type": "nvme", "pf": "pf0"}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     let err = a
         .put(
             Kind::Function,
@@ -856,20 +819,9 @@ async fn roles_are_enforced_with_real_certificates() {
     assert_eq!(status_of(a.inventory().await.unwrap_err()).0, 403);
     assert_eq!(status_of(a.metrics().await.unwrap_err()).0, 403);
     assert_eq!(status_of(a.host_assignments().await.unwrap_err()).0, 403);
-    let mut watch = a
-        .watch(
-            0,
-            &WatchFilter {
-                follow: false,
-                ..WatchFilter::default()
-            },
-        )
-        .await
-        .unwrap();
-    while let Some(ev) = watch.next().await {
+    for ev in history(&a).await {
         assert_eq!(
-            ev.unwrap().object.tenant,
-            "a",
+            ev.object.tenant, "a",
             "a tenant's watch shows only its own objects"
         );
     }
@@ -938,9 +890,7 @@ async fn roles_are_enforced_with_real_certificates() {
 async fn operational_endpoints() {
     let agent = AgentProcess::start();
     let c = agent.admin();
-    c.put(Kind::Tenant, "acme", None, json!({}), None)
-        .await
-        .unwrap();
+    put_ok(&c, Kind::Tenant, "acme", None, json!({})).await;
     let (status, body) = c.readyz().await.unwrap();
     assert_eq!(status, 200, "{body}");
     let metrics = c.metrics().await.unwrap();

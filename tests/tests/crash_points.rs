@@ -18,6 +18,7 @@ use dpu_api::Kind;
 use dpu_api::client::Client;
 use dpu_api::object::{ApplyRequest, ObjectWrite, Prune};
 use dpu_tests::agent::{AgentProcess, binary};
+use dpu_tests::fixtures::put_ok;
 use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, running_in};
 use serde_json::json;
 
@@ -192,10 +193,7 @@ async fn sigkill_at_random_points_loses_nothing_and_leaves_nothing() {
     let state = agent.state_dir();
     let _cleanup = Cleanup(state.clone());
     let admin = agent.admin();
-    admin
-        .put(Kind::Tenant, TENANT, None, json!({}), None)
-        .await
-        .unwrap();
+    put_ok(&admin, Kind::Tenant, TENANT, None, json!({})).await;
 
     let seed = 0x5eed_2026_1205_u64;
     let mut rng = Rng(seed);

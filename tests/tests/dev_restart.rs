@@ -6,12 +6,17 @@
 //! a network namespace of its own). `ovs-ofctl`, `ovs-vsctl` and `ip` are
 //! the witnesses.
 
+mod net_common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
+use dpu_api::client::Client;
 use dpu_tests::agent::{AgentProcess, binary};
+use dpu_tests::fixtures::put_ok;
+use net_common::{duration_of, flow_identity};
 use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, SandboxError, running_in};
 use serde_json::json;
 
@@ -50,30 +55,7 @@ fn flows(state: &Path) -> Vec<(String, f64)> {
     let mut v: Vec<(String, f64)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("cookie=0xd0"))
-        .map(|l| {
-            let duration = l
-                .split("duration=")
-                .nth(1)
-                .and_then(|s| s.split('s').next())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("no duration in {l}"));
-            let identity = l
-                .split(", ")
-                .filter(|p| {
-                    ![
-                        "duration=",
-                        "n_packets=",
-                        "n_bytes=",
-                        "idle_age=",
-                        "hard_age=",
-                    ]
-                    .iter()
-                    .any(|k| p.trim_start().starts_with(k))
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            (identity, duration)
-        })
+        .map(|l| (flow_identity(l), duration_of(l)))
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -84,6 +66,18 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Restarts `agent` and waits until it converged, having written no flow
+/// (it adopted the switch as it was); `how` names the case in failures.
+async fn restart_adopting(agent: &mut AgentProcess, how: &str) {
+    agent.restart();
+    let m = wait_converged(agent).await;
+    assert_eq!(
+        metric(&m, "dpu_agent_switch_flow_mods_total"),
+        Some(0.0),
+        "{how}:\n{m}"
+    );
 }
 
 async fn wait_converged(agent: &AgentProcess) -> String {
@@ -120,20 +114,7 @@ async fn dev_switch_outlives_the_agent_and_is_adopted_without_churn() {
     let state = agent.state_dir();
     let _guard = SwitchGuard(state.clone());
     let admin = agent.admin();
-    admin
-        .put(Kind::Tenant, "t", None, json!({}), None)
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Network,
-            "n",
-            Some("t"),
-            json!({"vni": 10, "cidr": "10.9.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    tenant_and_network(&admin, 10, "10.9.0.0/24").await;
     wait_converged(&agent).await;
     let ovs = state.join("ovs");
     let pids = [
@@ -154,27 +135,13 @@ async fn dev_switch_outlives_the_agent_and_is_adopted_without_churn() {
         let before = flows(&state);
         stop_agent(&mut agent);
         // The switch keeps running with its flows.
-        assert_eq!(
-            running_in(&ovs, Daemon::OvsdbServer),
-            Some(pids[0]),
-            "{how}"
-        );
-        assert_eq!(running_in(&ovs, Daemon::Vswitchd), Some(pids[1]), "{how}");
+        let now = [Daemon::OvsdbServer, Daemon::Vswitchd].map(|d| running_in(&ovs, d));
+        assert_eq!(now, pids.map(Some), "{how}");
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        agent.restart();
-        let m = wait_converged(&agent).await;
-        assert_eq!(
-            metric(&m, "dpu_agent_switch_flow_mods_total"),
-            Some(0.0),
-            "{how}:\n{m}"
-        );
+        restart_adopting(&mut agent, how).await;
         // Adopted, not restarted.
-        assert_eq!(
-            running_in(&ovs, Daemon::OvsdbServer),
-            Some(pids[0]),
-            "{how}"
-        );
-        assert_eq!(running_in(&ovs, Daemon::Vswitchd), Some(pids[1]), "{how}");
+        let now = [Daemon::OvsdbServer, Daemon::Vswitchd].map(|d| running_in(&ovs, d));
+        assert_eq!(now, pids.map(Some), "{how}");
         assert_no_churn(&before, &flows(&state));
         println!(
             "{how}: {} flows kept, 0 flow_mods after restart",
@@ -258,48 +225,38 @@ impl Drop for TwoAgentsCleanup {
     }
 }
 
+/// Tenant `t` and its local network `n` with `vni` and `cidr`.
+async fn tenant_and_network(admin: &Client, vni: u32, cidr: &str) {
+    put_ok(admin, Kind::Tenant, "t", None, json!({})).await;
+    let spec = json!({"vni": vni, "cidr": cidr, "encap": "local"});
+    put_ok(admin, Kind::Network, "n", Some("t"), spec).await;
+}
+
 /// A tenant, a network, two veth functions and their ports in one agent;
 /// waits until every port is Ready.
 async fn two_functions(agent: &AgentProcess, ids: &[String; 2], net: u8) {
     let admin = agent.admin();
-    admin
-        .put(Kind::Tenant, "t", None, json!({}), None)
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Network,
-            "n",
-            Some("t"),
-            json!({"vni": 10 + u32::from(net), "cidr": format!("10.{net}.0.0/24"), "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    tenant_and_network(&admin, 10 + u32::from(net), &format!("10.{net}.0.0/24")).await;
     for (i, id) in ids.iter().enumerate() {
         let mac = format!("02:00:0a:{net:02x}:00:{:02x}", i + 1);
-        admin
-            .put(
-                Kind::Function,
-                id,
-                Some("t"),
-                json!({"type": "net", "pf": "pf0", "mac": mac}),
-                None,
-            )
-            .await
-            .unwrap();
-        admin
-            .put(
-                Kind::Port,
-                id,
-                Some("t"),
-                json!({"network": "n", "function": id, "mac": mac,
+        put_ok(
+            &admin,
+            Kind::Function,
+            id,
+            Some("t"),
+            json!({"type": "net", "pf": "pf0", "mac": mac}),
+        )
+        .await;
+        put_ok(
+            &admin,
+            Kind::Port,
+            id,
+            Some("t"),
+            json!({"network": "n", "function": id, "mac": mac,
                        "ips": [format!("10.{net}.0.{}", i + 1)],
                        "security": {"ingress": [{"protocol": "icmp"}]}}),
-                None,
-            )
-            .await
-            .unwrap();
+        )
+        .await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -437,13 +394,7 @@ async fn two_dev_agents_each_get_a_working_bridge() {
     // b restarted (SIGKILL) adopts its switch in its namespace, with zero
     // flow churn, and finds its representors there.
     let before_b = flows(&state_b);
-    b.restart();
-    let m = wait_converged(&b).await;
-    assert_eq!(
-        metric(&m, "dpu_agent_switch_flow_mods_total"),
-        Some(0.0),
-        "{m}"
-    );
+    restart_adopting(&mut b, "b").await;
     assert_eq!(
         running_in(&state_b.join("ovs"), Daemon::Vswitchd),
         Some(pid_b)

@@ -7,14 +7,13 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use std::sync::Arc;
-
 use dpu_api::Kind;
 use dpu_api::client::{Client, Method};
 use dpu_api::identity::Role;
 use dpu_api::object::{HostDevice, HostInventory, Phase};
 use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
+use dpu_tests::fixtures::{put_ok, tls_connector};
 use net_offload::sandbox::{Daemon, Netns, OvsSandbox, SandboxConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,19 +61,8 @@ fn tls_identity() -> (String, String, String) {
 /// A TLS handshake with the listener at `addr`, from inside `ns`; whether
 /// it completed.
 async fn handshake(ns: &NetnsThread, addr: std::net::SocketAddr, ca_pem: &str) -> bool {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = ns.tcp_connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tls_connector(ca_pem)
         .connect(
             rustls::pki_types::ServerName::try_from("svc.example").unwrap(),
             tcp,
@@ -168,35 +156,28 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
     let commits_before = value0(&before, "dpu_agent_store_commit_duration_seconds_count");
 
     // Apply: a tenant and a network (Pending: no switch with --no-ovs).
-    admin
-        .put(Kind::Tenant, "tenant-secret-7", None, json!({}), None)
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Network,
-            "net-secret-7",
-            Some("tenant-secret-7"),
-            json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "vxlan"}),
-            None,
-        )
-        .await
-        .unwrap();
+    put_ok(&admin, Kind::Tenant, "tenant-secret-7", None, json!({})).await;
+    put_ok(
+        &admin,
+        Kind::Network,
+        "net-secret-7",
+        Some("tenant-secret-7"),
+        json!({"vni": 100, "cidr": "10.1.0.0/24", "encap": "vxlan"}),
+    )
+    .await;
     // Break: two TLS listeners on one address of the tenant's context; the
     // second cannot bind.
     let (ca, cert, key) = tls_identity();
     for id in ["tls-secret-7", "tls-secret-8"] {
-        admin
-            .put(
-                Kind::TlsListener,
-                id,
-                Some("tenant-secret-7"),
-                json!({"listen": "10.1.0.1:443", "upstream": "10.1.0.10:80",
+        put_ok(
+            &admin,
+            Kind::TlsListener,
+            id,
+            Some("tenant-secret-7"),
+            json!({"listen": "10.1.0.1:443", "upstream": "10.1.0.10:80",
                        "certificate_pem": cert, "private_key_pem": key, "ktls": "auto"}),
-                None,
-            )
-            .await
-            .unwrap();
+        )
+        .await;
     }
     let failing =
         "dpu_agent_reconcile_failing_objects{kind=\"tls-listeners\",reason=\"StartFailed\"}";
@@ -290,19 +271,17 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
     // An IPsec tunnel (dev mode: a private XFRM namespace; its SAs may be
     // refused where the kernel has no ESP): its counters and the XFRM
     // operations it cost appear.
-    admin
-        .put(
-            Kind::IpsecTunnel,
-            "tun-secret-7",
-            Some("tenant-secret-7"),
-            json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.1.0.0/24"],
+    put_ok(
+        &admin,
+        Kind::IpsecTunnel,
+        "tun-secret-7",
+        Some("tenant-secret-7"),
+        json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.1.0.0/24"],
                    "remote_subnets": ["10.2.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
                    "spi_in": 4096, "spi_out": 4097, "key_in": KEY_A, "key_out": KEY_B,
                    "offload": "auto"}),
-            None,
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let tunnel = "{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\"}";
     let ipsec = scrape_until(&admin, "the tunnel's counters", |t| {
         value(t, &format!("dpu_agent_ipsec_tunnel_established{tunnel}")).is_some()
@@ -461,20 +440,15 @@ async fn switch_outage_moves_readiness_errors_and_durations() {
     let up = "dpu_agent_backend_up{backend=\"ovs\"}";
 
     // Apply.
-    admin
-        .put(Kind::Tenant, "tenant-secret-8", None, json!({}), None)
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Network,
-            "net-secret-8",
-            Some("tenant-secret-8"),
-            json!({"vni": 10, "cidr": "10.9.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    put_ok(&admin, Kind::Tenant, "tenant-secret-8", None, json!({})).await;
+    put_ok(
+        &admin,
+        Kind::Network,
+        "net-secret-8",
+        Some("tenant-secret-8"),
+        json!({"vni": 10, "cidr": "10.9.0.0/24", "encap": "local"}),
+    )
+    .await;
     let converged = scrape_until(&admin, "the switch converged", |t| {
         value(t, "dpu_agent_switch_converged") == Some(1.0)
     })
@@ -502,16 +476,14 @@ async fn switch_outage_moves_readiness_errors_and_durations() {
 
     // Break: the switch's database goes away; a change made meanwhile fails.
     ovs.stop_daemon(Daemon::OvsdbServer).await.unwrap();
-    admin
-        .put(
-            Kind::Network,
-            "net-secret-8b",
-            Some("tenant-secret-8"),
-            json!({"vni": 11, "cidr": "10.8.0.0/24", "encap": "local"}),
-            None,
-        )
-        .await
-        .unwrap();
+    put_ok(
+        &admin,
+        Kind::Network,
+        "net-secret-8b",
+        Some("tenant-secret-8"),
+        json!({"vni": 11, "cidr": "10.8.0.0/24", "encap": "local"}),
+    )
+    .await;
     let failing =
         "dpu_agent_reconcile_failing_objects{kind=\"networks\",reason=\"SwitchUnavailable\"}";
     let broken = scrape_until(&admin, "the outage seen", |t| {

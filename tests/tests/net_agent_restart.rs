@@ -18,23 +18,11 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_drift_and_invalid_input() {
-    let dir = tempfile::Builder::new()
-        .prefix("na")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let ovs = start_ovs(&dir.path().join("ovs"), Netns::Private).await;
+    let Switch { dir, ovs } = private_switch("na", Netns::Private).await;
     let mut agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
     let c = agent.client();
 
-    put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
-    put(
-        &c,
-        Kind::Network,
-        "acme-net",
-        "acme",
-        json!({"vni": 1001, "cidr": "10.1.0.0/24", "encap": "vxlan"}),
-    )
-    .await;
+    acme_vxlan_network(&c, "acme-net", 1001, "10.1.0.0/24").await;
     put(
         &c,
         Kind::Endpoint,

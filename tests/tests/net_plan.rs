@@ -28,24 +28,12 @@ fn write(kind: &str, id: &str, spec: serde_json::Value) -> ObjectWrite {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_network_and_its_endpoint_plan_together() {
-    let dir = tempfile::Builder::new()
-        .prefix("np")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let ovs = start_ovs(&dir.path().join("ovs"), Netns::Private).await;
+    let Switch { dir, ovs } = private_switch("np", Netns::Private).await;
     let agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
     let c = agent.client();
     // A first network makes the switch's VXLAN tunnel port, whose OpenFlow
     // port number the endpoint's flows need (a plan does not invent it).
-    put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
-    put(
-        &c,
-        Kind::Network,
-        "acme-first",
-        "acme",
-        json!({"vni": 1000, "cidr": "10.0.0.0/24", "encap": "vxlan"}),
-    )
-    .await;
+    acme_vxlan_network(&c, "acme-first", 1000, "10.0.0.0/24").await;
     agent
         .wait_object(
             Kind::Network,

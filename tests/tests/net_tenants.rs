@@ -95,11 +95,7 @@ fn two_tenants_ping_isolation_spoofing_and_tcp80() {
 
 async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     let [a1, a2, b1] = ids;
-    let dir = tempfile::Builder::new()
-        .prefix("nt")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let ovs = start_ovs(&dir.path().join("ovs"), Netns::Path(ns_path.into())).await;
+    let Switch { dir, ovs } = private_switch("nt", Netns::Path(ns_path.into())).await;
     // Ports are re-reconciled every 2 s, so their datapath status is fresh.
     let agent = Agent::start(
         &dir.path().join("state"),

@@ -6,137 +6,18 @@
 
 mod net_common;
 
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dpu_api::Kind;
 use net_common::*;
-use net_offload::sandbox::Netns;
 use serde_json::json;
-
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for ns in self.0.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-struct Dpu {
-    ns: String,
-    vtep: &'static str,
-    function: String,
-    mac: &'static str,
-    ip: &'static str,
-}
-
-fn dpu_thread(
-    me: Dpu,
-    peer: (&'static str, &'static str, &'static str),
-    ready: mpsc::Sender<()>,
-    done: mpsc::Receiver<()>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let ns_path = format!("/run/netns/{}", me.ns);
-        let f = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        run("ip", &["link", "set", "lo", "up"]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let dir = tempfile::Builder::new()
-                .prefix("nv")
-                .tempdir_in("/tmp")
-                .unwrap();
-            let ovs = start_ovs(&dir.path().join("ovs"), Netns::Path(ns_path.into())).await;
-            let db = format!("--db=unix:{}", ovs.db_socket().display());
-            let uplink = format!("u-{}", &me.ns[me.ns.len() - 5..]);
-            run(
-                "ovs-vsctl",
-                &[
-                    &db,
-                    "add-br",
-                    "br-phy",
-                    "--",
-                    "set",
-                    "bridge",
-                    "br-phy",
-                    "datapath_type=netdev",
-                    "--",
-                    "add-port",
-                    "br-phy",
-                    &uplink,
-                ],
-            );
-            run(
-                "ip",
-                &["addr", "add", &format!("{}/24", me.vtep), "dev", "br-phy"],
-            );
-            run("ip", &["link", "set", "br-phy", "up"]);
-            let agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
-            let c = agent.client();
-            put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
-            put(
-                &c,
-                Kind::Network,
-                "net-x",
-                "acme",
-                json!({"vni": 300, "cidr": "10.30.0.0/24", "encap": "vxlan"}),
-            )
-            .await;
-            put(
-                &c,
-                Kind::Function,
-                &me.function,
-                "acme",
-                json!({"type": "net", "pf": "pf0", "mac": me.mac}),
-            )
-            .await;
-            put(
-                &c,
-                Kind::Port,
-                &me.function,
-                "acme",
-                json!({"network": "net-x", "function": me.function, "mac": me.mac,
-                       "ips": [me.ip], "security": {"ingress": [{"protocol": "icmp"}]}}),
-            )
-            .await;
-            put(
-                &c,
-                Kind::Endpoint,
-                "peer",
-                "acme",
-                json!({"network": "net-x", "mac": peer.0, "ips": [peer.1], "vtep": peer.2}),
-            )
-            .await;
-            agent
-                .wait_object(Kind::Port, &me.function, Duration::from_secs(30), is_ready)
-                .await;
-            agent
-                .wait_object(Kind::Endpoint, "peer", Duration::from_secs(10), is_ready)
-                .await;
-            let _ = ready.send(());
-            // Until the test is done (or gave up and dropped the sender).
-            let _ = done.recv();
-            drop(agent);
-            drop(ovs);
-        });
-    })
-}
 
 #[test]
 fn two_dpus_ping_over_vxlan() {
     let tag = format!("{:04x}", std::process::id() % 0xffff);
     let (ns1, ns2) = (format!("dpu-v1-{tag}"), format!("dpu-v2-{tag}"));
     let (f1, f2) = (format!("x1{tag}"), format!("x2{tag}"));
-    let _cleanup = Cleanup(vec![
+    let _cleanup = NetnsCleanup(vec![
         format!("dpu-fn-{f1}"),
         format!("dpu-fn-{f2}"),
         ns1.clone(),
@@ -163,69 +44,56 @@ fn two_dpus_ping_over_vxlan() {
     let (done1_tx, done1_rx) = mpsc::channel();
     let (done2_tx, done2_rx) = mpsc::channel::<()>();
     let (m1, m2) = ("02:00:0a:1e:00:01", "02:00:0a:1e:00:02");
-    let t1 = dpu_thread(
-        Dpu {
+    let t1 = vxlan_dpu_thread(
+        VxlanDpu {
             ns: ns1.clone(),
             vtep: "192.168.99.1",
+            uplink: u1.clone(),
             function: f1.clone(),
             mac: m1,
             ip: "10.30.0.1",
+            tenant: json!({}),
+            vni: 300,
+            ingress: json!([{"protocol": "icmp"}]),
         },
         (m2, "10.30.0.2", "192.168.99.2"),
         ready_tx.clone(),
         done1_rx,
     );
-    let t2 = dpu_thread(
-        Dpu {
+    let t2 = vxlan_dpu_thread(
+        VxlanDpu {
             ns: ns2.clone(),
             vtep: "192.168.99.2",
+            uplink: u2.clone(),
             function: f2.clone(),
             mac: m2,
             ip: "10.30.0.2",
+            tenant: json!({}),
+            vni: 300,
+            ingress: json!([{"protocol": "icmp"}]),
         },
         (m1, "10.30.0.1", "192.168.99.1"),
         ready_tx,
         done2_rx,
     );
     let both_ready = (0..2).all(|_| ready_rx.recv_timeout(Duration::from_secs(90)).is_ok());
-    let (mut ok, mut back) = (false, false);
-    if both_ready {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if succeeds(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &format!("dpu-fn-{f1}"),
-                    "ping",
-                    "-c",
-                    "1",
-                    "-W",
-                    "1",
-                    "10.30.0.2",
-                ],
-            ) {
-                ok = true;
-                break;
-            }
-        }
-        back = ok
-            && succeeds(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &format!("dpu-fn-{f2}"),
-                    "ping",
-                    "-c",
-                    "1",
-                    "-W",
-                    "1",
-                    "10.30.0.1",
-                ],
-            );
-    }
+    let (fn1, fn2) = (format!("dpu-fn-{f1}"), format!("dpu-fn-{f2}"));
+    let ok = both_ready && ping_within(&fn1, "10.30.0.2", Duration::from_secs(10));
+    let back = ok
+        && succeeds(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &fn2,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "10.30.0.1",
+            ],
+        );
     drop(done1_tx);
     drop(done2_tx);
     let j1 = t1.join();

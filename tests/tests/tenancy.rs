@@ -8,25 +8,39 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dpu_api::client::{Client, ClientError, Method, WatchFilter};
+use dpu_api::client::{Client, Method};
 use dpu_api::identity::Role;
 use dpu_api::object::{ApplyRequest, ObjectWrite};
 use dpu_api::{Kind, limits};
 use dpu_tests::agent::{AgentProcess, binary};
-use futures_util::StreamExt;
+use dpu_tests::fixtures::{detail_of, history, put_ok, put_refused, status_of};
 use serde_json::{Value, json};
 
 const KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
 const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
 
-fn status_of(e: ClientError) -> (u16, Option<String>) {
-    (e.status().unwrap_or(0), e.field().map(str::to_string))
+/// `base` with the top-level fields of `patch` set.
+fn merged(mut base: Value, patch: Value) -> Value {
+    for (k, x) in patch.as_object().unwrap() {
+        base[k] = x.clone();
+    }
+    base
 }
 
-fn detail_of(e: &ClientError) -> String {
-    e.problem()
-        .map(|p| format!("{} {:?}", p.detail, p.field))
-        .unwrap_or_else(|| e.to_string())
+/// Each attack (a spec, and the field its refusal must name) is refused
+/// with 422 when red writes it as `kind` `{prefix}{i}`.
+async fn all_refused(red: &Client, kind: Kind, prefix: &str, attacks: &[(Value, &str)]) {
+    for (i, (spec, field)) in attacks.iter().enumerate() {
+        let refused = put_refused(
+            red,
+            kind,
+            &format!("{prefix}{i}"),
+            Some("red"),
+            spec.clone(),
+        )
+        .await;
+        assert_eq!(refused, (422, Some(field.to_string())), "{spec}");
+    }
 }
 
 /// Two tenants made by the fleet controller: `red` with VNIs 100-199,
@@ -34,82 +48,76 @@ fn detail_of(e: &ClientError) -> String {
 /// with a network, blue with a function, a tunnel and a volume.
 async fn two_tenants(agent: &AgentProcess) -> (Client, Client, Client) {
     let admin = agent.admin();
-    admin
-        .put(
+    let red = agent.client_for(&Role::Tenant("red".into()));
+    let blue = agent.client_for(&Role::Tenant("blue".into()));
+    let objects = [
+        (
+            &admin,
             Kind::Tenant,
             "red",
             None,
             json!({"grants": {"vni_ranges": ["100-199"],
                               "functions": {"pfs": ["pf0"], "vfs": "0-7"}}}),
-            None,
-        )
-        .await
-        .unwrap();
-    admin
-        .put(
+        ),
+        (
+            &admin,
             Kind::Tenant,
             "blue",
             None,
             json!({"grants": {"vni_ranges": ["200-299"]}}),
-            None,
-        )
-        .await
-        .unwrap();
-    let red = agent.client_for(&Role::Tenant("red".into()));
-    let blue = agent.client_for(&Role::Tenant("blue".into()));
-    red.put(
-        Kind::Network,
-        "red-net",
-        Some("red"),
-        json!({"vni": 100, "cidr": "10.10.0.0/24", "encap": "vxlan"}),
-        None,
-    )
-    .await
-    .unwrap();
-    blue.put(
-        Kind::Network,
-        "blue-net",
-        Some("blue"),
-        json!({"vni": 200, "cidr": "10.20.0.0/24", "encap": "vxlan"}),
-        None,
-    )
-    .await
-    .unwrap();
-    // Hardware is the fleet controller's to place.
-    admin
-        .put(
+        ),
+        (
+            &red,
+            Kind::Network,
+            "red-net",
+            Some("red"),
+            json!({"vni": 100, "cidr": "10.10.0.0/24", "encap": "vxlan"}),
+        ),
+        (
+            &blue,
+            Kind::Network,
+            "blue-net",
+            Some("blue"),
+            json!({"vni": 200, "cidr": "10.20.0.0/24", "encap": "vxlan"}),
+        ),
+        // Hardware is the fleet controller's to place.
+        (
+            &admin,
             Kind::Function,
             "blue-disk",
             Some("blue"),
             json!({"type": "nvme", "pf": "pf0", "vf": 12}),
-            None,
-        )
-        .await
-        .unwrap();
-    blue.put(
-        Kind::IpsecTunnel,
-        "blue-tun",
-        Some("blue"),
-        json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.20.0.0/24"],
+        ),
+        (
+            &blue,
+            Kind::IpsecTunnel,
+            "blue-tun",
+            Some("blue"),
+            json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.20.0.0/24"],
                "remote_subnets": ["10.99.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
                "spi_in": 5000, "spi_out": 5001, "key_in": KEY_A, "key_out": KEY_B,
                "offload": "auto"}),
-        None,
-    )
-    .await
-    .unwrap();
-    blue.put(
-        Kind::Volume,
-        "blue-vol",
-        Some("blue"),
-        json!({"function": "blue-disk", "source": {"nvmeof": {"transport": "tcp",
+        ),
+        (
+            &blue,
+            Kind::Volume,
+            "blue-vol",
+            Some("blue"),
+            json!({"function": "blue-disk", "source": {"nvmeof": {"transport": "tcp",
                "address": "192.0.2.10", "port": 4420, "subnqn": "nqn.2014-08.org.example:shared",
                "hostnqn": "nqn.2020-01.com.blue:host"}}}),
-        None,
-    )
-    .await
-    .unwrap();
+        ),
+    ];
+    for (client, kind, id, tenant, spec) in objects {
+        put_ok(client, kind, id, tenant, spec).await;
+    }
     (admin, red, blue)
+}
+
+/// Red's NVMe function `red-disk`, for volumes to name.
+async fn red_disk(red: &Client) {
+    let spec = json!({"type": "nvme", "pf": "pf0"});
+    put_ok(red, Kind::Function, "red-disk", Some("red"), spec).await;
 }
 
 /// Invariant 5: another tenant's object answers exactly as a missing one,
@@ -180,15 +188,7 @@ async fn invariant_5_no_existence_oracle() {
                    "hostnqn": "nqn.2020-01.com.blue:host"}}}),
         ),
     ];
-    red.put(
-        Kind::Function,
-        "red-disk",
-        Some("red"),
-        json!({"type": "nvme", "pf": "pf0"}),
-        None,
-    )
-    .await
-    .unwrap();
+    red_disk(&red).await;
     for (kind, id, spec) in probes {
         let err = red
             .put(kind, id, Some("red"), spec, None)
@@ -211,18 +211,7 @@ async fn invariant_5_no_existence_oracle() {
         let list = red.list(kind, None).await.unwrap();
         assert!(list.items.iter().all(|o| o.tenant == "red"), "{kind}");
     }
-    let mut watch = red
-        .watch(
-            0,
-            &WatchFilter {
-                follow: false,
-                ..WatchFilter::default()
-            },
-        )
-        .await
-        .unwrap();
-    while let Some(ev) = watch.next().await {
-        let ev = ev.unwrap();
+    for ev in history(&red).await {
         let text = serde_json::to_string(&ev).unwrap();
         assert!(!text.contains("blue"), "watch event names blue: {text}");
     }
@@ -249,13 +238,7 @@ async fn invariant_3_hardware_needs_a_grant() {
     let agent = AgentProcess::start();
     let (admin, red, blue) = two_tenants(&agent).await;
     let f = json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"});
-    let with = |patch: Value| {
-        let mut v = f.clone();
-        for (k, x) in patch.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        v
-    };
+    let with = |patch: Value| merged(f.clone(), patch);
     let attacks = [
         (with(json!({"pf": "pf1"})), "spec.pf"),
         (with(json!({"vf": 12})), "spec.vf"),
@@ -263,49 +246,38 @@ async fn invariant_3_hardware_needs_a_grant() {
         (with(json!({"trust": true})), "spec.trust"),
         (with(json!({"spoof_check": false})), "spec.spoof_check"),
     ];
-    for (i, (spec, field)) in attacks.iter().enumerate() {
-        let err = red
-            .put(
-                Kind::Function,
-                &format!("red-{i}"),
-                Some("red"),
-                spec.clone(),
-                None,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(status_of(err), (422, Some(field.to_string())), "{spec}");
-    }
+    all_refused(&red, Kind::Function, "red-", &attacks).await;
     // Without any function grant, nothing.
-    let err = blue
-        .put(Kind::Function, "blue-net-fn", Some("blue"), f.clone(), None)
-        .await
-        .unwrap_err();
-    assert_eq!(status_of(err), (422, Some("spec.pf".into())));
+    let refused = put_refused(
+        &blue,
+        Kind::Function,
+        "blue-net-fn",
+        Some("blue"),
+        f.clone(),
+    )
+    .await;
+    assert_eq!(refused, (422, Some("spec.pf".into())));
     // Within the grant: accepted.
-    red.put(
+    put_ok(
+        &red,
         Kind::Function,
         "red-ok",
         Some("red"),
         with(json!({"vf": 3})),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     // The fleet controller places hardware as it decides.
-    admin
-        .put(
-            Kind::Function,
-            "red-special",
-            Some("red"),
-            with(
-                json!({"pf": "pf1", "vf": 40, "trust": true, "spoof_check": false,
+    put_ok(
+        &admin,
+        Kind::Function,
+        "red-special",
+        Some("red"),
+        with(
+            json!({"pf": "pf1", "vf": 40, "trust": true, "spoof_check": false,
                         "mac": "02:00:00:00:00:02"}),
-            ),
-            None,
-        )
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     // Nothing refused was stored.
     let names: Vec<String> = red
         .list(Kind::Function, None)
@@ -348,38 +320,22 @@ async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
         // Listening on every address of the DPU.
         (listener("0.0.0.0:443", "10.10.0.5:80"), "spec.listen"),
     ];
-    for (i, (spec, field)) in attacks.iter().enumerate() {
-        let err = red
-            .put(
-                Kind::TlsListener,
-                &format!("l{i}"),
-                Some("red"),
-                spec.clone(),
-                None,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(status_of(err), (422, Some(field.to_string())), "{spec}");
-    }
-    red.put(
+    all_refused(&red, Kind::TlsListener, "l", &attacks).await;
+    put_ok(
+        &red,
         Kind::TlsListener,
         "l-ok",
         Some("red"),
         listener("10.10.0.1:443", "10.10.0.5:80"),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
 
     let tunnel = |local: &[&str], extra: Value| {
-        let mut v = json!({"local": "192.0.2.1", "remote": "192.0.2.3", "local_subnets": local,
+        let base = json!({"local": "192.0.2.1", "remote": "192.0.2.3", "local_subnets": local,
                "remote_subnets": ["10.77.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
                "spi_in": 7000, "spi_out": 7001, "key_in": KEY_A, "key_out": KEY_B,
                "offload": "auto"});
-        for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        v
+        merged(base, extra)
     };
     let attacks = [
         // Capture blue's traffic, or everyone's.
@@ -394,42 +350,27 @@ async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
             "spec.scope",
         ),
     ];
-    for (i, (spec, field)) in attacks.iter().enumerate() {
-        let err = red
-            .put(
-                Kind::IpsecTunnel,
-                &format!("t{i}"),
-                Some("red"),
-                spec.clone(),
-                None,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(status_of(err), (422, Some(field.to_string())), "{spec}");
-    }
-    red.put(
+    all_refused(&red, Kind::IpsecTunnel, "t", &attacks).await;
+    put_ok(
+        &red,
         Kind::IpsecTunnel,
         "t-ok",
         Some("red"),
         tunnel(&["10.10.0.0/25"], json!({})),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
 
     // VNIs: outside the grant, or inside blue's.
     for vni in [5000, 250] {
-        let err = red
-            .put(
-                Kind::Network,
-                &format!("n{vni}"),
-                Some("red"),
-                json!({"vni": vni, "cidr": "10.12.0.0/24", "encap": "vxlan"}),
-                None,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(status_of(err), (422, Some("spec.vni".into())), "VNI {vni}");
+        let refused = put_refused(
+            &red,
+            Kind::Network,
+            &format!("n{vni}"),
+            Some("red"),
+            json!({"vni": vni, "cidr": "10.12.0.0/24", "encap": "vxlan"}),
+        )
+        .await;
+        assert_eq!(refused, (422, Some("spec.vni".into())), "VNI {vni}");
     }
 }
 
@@ -439,33 +380,23 @@ async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
 async fn invariant_4_host_nqns_are_the_volumes_own() {
     let agent = AgentProcess::start();
     let (_admin, red, _blue) = two_tenants(&agent).await;
-    red.put(
-        Kind::Function,
-        "red-disk",
-        Some("red"),
-        json!({"type": "nvme", "pf": "pf0"}),
-        None,
-    )
-    .await
-    .unwrap();
+    red_disk(&red).await;
     for hostnqn in [
         "nqn.2020-01.com.blue:host",
         "nqn.2026-11.dev.dpu-agent:blue:blue-vol:initiator",
     ] {
-        let err = red
-            .put(
-                Kind::Volume,
-                "red-vol",
-                Some("red"),
-                json!({"function": "red-disk", "source": {"nvmeof": {"transport": "tcp",
+        let refused = put_refused(
+            &red,
+            Kind::Volume,
+            "red-vol",
+            Some("red"),
+            json!({"function": "red-disk", "source": {"nvmeof": {"transport": "tcp",
                        "address": "192.0.2.10", "port": 4420,
                        "subnqn": "nqn.2014-08.org.example:shared", "hostnqn": hostnqn}}}),
-                None,
-            )
-            .await
-            .unwrap_err();
+        )
+        .await;
         assert_eq!(
-            status_of(err),
+            refused,
             (422, Some("spec.source.nvmeof.hostnqn".into())),
             "{hostnqn}"
         );
@@ -479,15 +410,14 @@ async fn invariant_4_host_nqns_are_the_volumes_own() {
 async fn invariant_6_bounded_admission() {
     let agent = AgentProcess::start();
     let (admin, red, _blue) = two_tenants(&agent).await;
-    red.put(
+    put_ok(
+        &red,
         Kind::Function,
         "red-fn",
         Some("red"),
         json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     // ~60k addresses: under the 1 MiB body limit.
     let ips: Vec<String> = (0..60_000)
         .map(|i| format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256))

@@ -22,12 +22,21 @@ use dpu_api::client::Client;
 use dpu_api::identity::Role;
 use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
+use dpu_tests::fixtures::{put_ok, tls_connector};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A missing environment fails the test; it never passes unrun.
+fn require_root() {
+    assert!(
+        is_root(),
+        "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
+    );
 }
 
 /// Runs a command; panics with its stderr when it fails.
@@ -114,6 +123,28 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Waits (up to 20 s) until the listener `web` has reconciled generation
+/// `generation`.
+async fn wait_reloaded(tenant: &Client, generation: u64) {
+    wait_for("the reload", Duration::from_secs(20), || async {
+        tenant
+            .get(Kind::TlsListener, "web")
+            .await
+            .is_ok_and(|o| o.status.observed_generation >= generation)
+    })
+    .await;
+}
+
+/// Waits (up to 10 s) until the network namespace `name` is gone.
+async fn wait_netns_removed(name: &str) {
+    wait_for(
+        "the tenant namespace removed",
+        Duration::from_secs(10),
+        || async { !netns_exists(name) },
+    )
+    .await;
+}
+
 async fn wait_for<F, Fut>(what: &str, within: Duration, f: F)
 where
     F: Fn() -> Fut,
@@ -138,26 +169,17 @@ async fn phase(c: &Client, kind: Kind, id: &str) -> Option<(String, Value)> {
 /// The tenant, its grant and the network whose CIDR is its address space
 /// (written by the fleet controller).
 async fn tenant_with_network(admin: &Client, tenant: &str, cidr: &str, vni: u32) {
-    admin
-        .put(
-            Kind::Tenant,
-            tenant,
-            Some(tenant),
-            json!({"grants": {"vni_ranges": [vni.to_string()]}}),
-            None,
-        )
-        .await
-        .unwrap();
-    admin
-        .put(
-            Kind::Network,
-            &format!("{tenant}-net"),
-            Some(tenant),
-            json!({"vni": vni, "cidr": cidr, "encap": "vxlan"}),
-            None,
-        )
-        .await
-        .unwrap();
+    let grants = json!({"grants": {"vni_ranges": [vni.to_string()]}});
+    put_ok(admin, Kind::Tenant, tenant, Some(tenant), grants).await;
+    let network = json!({"vni": vni, "cidr": cidr, "encap": "vxlan"});
+    put_ok(
+        admin,
+        Kind::Network,
+        &format!("{tenant}-net"),
+        Some(tenant),
+        network,
+    )
+    .await;
 }
 
 /// A plain TCP server in the calling thread's namespace that tells every
@@ -182,19 +204,8 @@ fn secret_server(addr: &str) -> (SocketAddr, Arc<AtomicUsize>) {
 /// Connects through the listener at `addr` from inside `ns` (TLS), sends a
 /// request and returns every byte that came back.
 async fn through_listener(ns: &NetnsThread, addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = ns.tcp_connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let mut tls = tls_connector(ca_pem)
         .connect(
             rustls::pki_types::ServerName::try_from("svc.example").unwrap(),
             tcp,
@@ -228,11 +239,7 @@ fn tls_identity() -> (String, String, String) {
 /// the tenant's last listener is deleted.
 #[test]
 fn tenant_listener_cannot_relay_into_the_agents_namespace() {
-    // A missing environment fails the test; it never passes unrun.
-    assert!(
-        is_root(),
-        "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
-    );
+    require_root();
     let pid = std::process::id();
     let agent_ns = Netns::new(format!("ntxa{pid}"));
     // An address of the tenant's CIDR that the agent's namespace holds: an
@@ -262,10 +269,14 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                 json!({"listen": listen.to_string(), "upstream": upstream.to_string(),
                        "certificate_pem": cert, "private_key_pem": key, "ktls": "off"})
             };
-            tenant
-                .put(Kind::TlsListener, "web", Some("acme"), spec(in_cidr), None)
-                .await
-                .unwrap();
+            put_ok(
+                &tenant,
+                Kind::TlsListener,
+                "web",
+                Some("acme"),
+                spec(in_cidr),
+            )
+            .await;
             wait_for("the listener Ready", Duration::from_secs(20), || async {
                 matches!(phase(&tenant, Kind::TlsListener, "web").await, Some((p, _)) if p == "Ready")
             })
@@ -306,14 +317,7 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                 {
                     Err(e) => assert_eq!(e.status(), Some(422), "{e}"),
                     Ok(r) => {
-                        let g = r.object.generation;
-                        wait_for("the reload", Duration::from_secs(20), || async {
-                            tenant
-                                .get(Kind::TlsListener, "web")
-                                .await
-                                .is_ok_and(|o| o.status.observed_generation >= g)
-                        })
-                        .await;
+                        wait_reloaded(&tenant, r.object.generation).await;
                         let got = through_listener(&inside, listen, &ca).await;
                         assert!(
                             got.is_empty(),
@@ -339,18 +343,15 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                     });
                 }
             });
-            let r = tenant
-                .put(Kind::TlsListener, "web", Some("acme"), spec(echo_at), None)
-                .await
-                .unwrap();
-            let g = r.object.generation;
-            wait_for("the reload", Duration::from_secs(20), || async {
-                tenant
-                    .get(Kind::TlsListener, "web")
-                    .await
-                    .is_ok_and(|o| o.status.observed_generation >= g)
-            })
+            let r = put_ok(
+                &tenant,
+                Kind::TlsListener,
+                "web",
+                Some("acme"),
+                spec(echo_at),
+            )
             .await;
+            wait_reloaded(&tenant, r.object.generation).await;
             let got = through_listener(&inside, listen, &ca).await;
             assert_eq!(got, b"tenant service\n");
             drop(inside);
@@ -361,12 +362,7 @@ fn tenant_listener_cannot_relay_into_the_agents_namespace() {
                 tenant.get(Kind::TlsListener, "web").await.is_err()
             })
             .await;
-            wait_for(
-                "the tenant namespace removed",
-                Duration::from_secs(10),
-                || async { !netns_exists(&tenant_ns) },
-            )
-            .await;
+            wait_netns_removed(&tenant_ns).await;
             drop(agent);
         })
     });
@@ -406,11 +402,7 @@ fn tunnel(spi: u32, scope: Option<&str>) -> Value {
 /// tenant's namespace exists while it has the tunnel and is gone after.
 #[test]
 fn tenant_tunnel_cannot_catch_the_agents_traffic() {
-    // A missing environment fails the test; it never passes unrun.
-    assert!(
-        is_root(),
-        "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
-    );
+    require_root();
     let pid = std::process::id();
     let a = Netns::new(format!("ntxb{pid}a"));
     let b = Netns::new(format!("ntxb{pid}b"));
@@ -463,20 +455,15 @@ fn tenant_tunnel_cannot_catch_the_agents_traffic() {
             // Control first (admission refuses two tunnels with overlapping
             // selectors to one remote): the infrastructure's tunnel, written
             // by the fleet controller, with the same selectors.
-            admin
-                .put(Kind::Tenant, "infra", Some("infra"), json!({}), None)
-                .await
-                .unwrap();
-            admin
-                .put(
-                    Kind::IpsecTunnel,
-                    "underlay",
-                    Some("infra"),
-                    tunnel(0x7101, Some("infrastructure")),
-                    None,
-                )
-                .await
-                .unwrap();
+            put_ok(&admin, Kind::Tenant, "infra", Some("infra"), json!({})).await;
+            put_ok(
+                &admin,
+                Kind::IpsecTunnel,
+                "underlay",
+                Some("infra"),
+                tunnel(0x7101, Some("infrastructure")),
+            )
+            .await;
             wait_for(
                 "the infrastructure policies",
                 Duration::from_secs(20),
@@ -498,16 +485,14 @@ fn tenant_tunnel_cannot_catch_the_agents_traffic() {
             .await;
             assert!(pinged(), "{}", policies());
 
-            tenant
-                .put(
-                    Kind::IpsecTunnel,
-                    "tun",
-                    Some("acme"),
-                    tunnel(0x7001, None),
-                    None,
-                )
-                .await
-                .unwrap();
+            put_ok(
+                &tenant,
+                Kind::IpsecTunnel,
+                "tun",
+                Some("acme"),
+                tunnel(0x7001, None),
+            )
+            .await;
             wait_for(
                 "the tenant tunnel's policies",
                 Duration::from_secs(20),
@@ -542,12 +527,7 @@ fn tenant_tunnel_cannot_catch_the_agents_traffic() {
                 || async { policies().matches("dir ").count() == 0 },
             )
             .await;
-            wait_for(
-                "the tenant namespace removed",
-                Duration::from_secs(10),
-                || async { !netns_exists(&tenant_ns) },
-            )
-            .await;
+            wait_netns_removed(&tenant_ns).await;
             drop(agent);
         })
     });

@@ -23,14 +23,11 @@ mod net_common;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use dpu_api::Kind;
 use net_common::*;
-use net_offload::sandbox::Netns;
 use serde_json::json;
 
 const VNI: u32 = 300;
@@ -43,17 +40,6 @@ const MAC1: &str = "02:00:0a:1e:00:01";
 const MAC2: &str = "02:00:0a:1e:00:02";
 const IP1: &str = "10.30.0.1";
 const IP2: &str = "10.30.0.2";
-
-/// The namespaces this test made, removed on drop (on every path).
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for ns in self.0.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 /// Runs `f` on a fresh thread inside the named network namespace.
 fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -170,124 +156,6 @@ fn packets_of(mgmt: &Path, table: u8, needles: &[&str]) -> Option<u64> {
     Some(n.unwrap_or_else(|| panic!("no n_packets in {line}")))
 }
 
-struct Dpu {
-    ns: String,
-    vtep: &'static str,
-    function: String,
-    mac: &'static str,
-    ip: &'static str,
-    uplink: String,
-}
-
-/// One DPU: OVS with a `br-phy` underlay bridge holding the VTEP address,
-/// an agent, the tenant, its network, a function with a port, and the other
-/// DPU's port as an Endpoint. Sends the bridge's OpenFlow socket when ready
-/// and keeps everything up until `done` is dropped.
-fn dpu_thread(
-    me: Dpu,
-    peer: (&'static str, &'static str, &'static str),
-    ready: mpsc::Sender<(&'static str, PathBuf)>,
-    done: mpsc::Receiver<()>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let ns_path = format!("/run/netns/{}", me.ns);
-        let f = std::fs::File::open(&ns_path).unwrap();
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        run("ip", &["link", "set", "lo", "up"]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let dir = tempfile::Builder::new()
-                .prefix("to")
-                .tempdir_in("/tmp")
-                .unwrap();
-            let ovs = start_ovs(&dir.path().join("ovs"), Netns::Path(ns_path.into())).await;
-            let db = format!("--db=unix:{}", ovs.db_socket().display());
-            run(
-                "ovs-vsctl",
-                &[
-                    &db,
-                    "add-br",
-                    "br-phy",
-                    "--",
-                    "set",
-                    "bridge",
-                    "br-phy",
-                    "datapath_type=netdev",
-                    "--",
-                    "add-port",
-                    "br-phy",
-                    &me.uplink,
-                ],
-            );
-            run(
-                "ip",
-                &["addr", "add", &format!("{}/24", me.vtep), "dev", "br-phy"],
-            );
-            run("ip", &["link", "set", "br-phy", "up"]);
-            let agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
-            let c = agent.client();
-            put(
-                &c,
-                Kind::Tenant,
-                "acme",
-                "acme",
-                json!({"grants": {"vni_ranges": [VNI.to_string()], "functions": {"pfs": ["pf0"]}}}),
-            )
-            .await;
-            put(
-                &c,
-                Kind::Network,
-                "net-x",
-                "acme",
-                json!({"vni": VNI, "cidr": "10.30.0.0/24", "encap": "vxlan"}),
-            )
-            .await;
-            put(
-                &c,
-                Kind::Function,
-                &me.function,
-                "acme",
-                json!({"type": "net", "pf": "pf0", "mac": me.mac}),
-            )
-            .await;
-            put(
-                &c,
-                Kind::Port,
-                &me.function,
-                "acme",
-                json!({"network": "net-x", "function": me.function, "mac": me.mac,
-                       "ips": [me.ip], "security": {"ingress": [
-                           {"protocol": "icmp"},
-                           {"protocol": "udp", "ports": UDP_PORT.to_string()}]}}),
-            )
-            .await;
-            put(
-                &c,
-                Kind::Endpoint,
-                "peer",
-                "acme",
-                json!({"network": "net-x", "mac": peer.0, "ips": [peer.1], "vtep": peer.2}),
-            )
-            .await;
-            agent
-                .wait_object(Kind::Port, &me.function, Duration::from_secs(60), is_ready)
-                .await;
-            agent
-                .wait_object(Kind::Endpoint, "peer", Duration::from_secs(20), is_ready)
-                .await;
-            let _ = ready.send((me.vtep, ovs.mgmt_socket(BRIDGE)));
-            // Until the test is done (or gave up and dropped the sender).
-            let _ = done.recv();
-            drop(agent);
-            drop(ovs);
-        });
-    })
-}
-
 /// A counter reading once two readings 1.5 s apart agree (ovs-vswitchd's
 /// revalidators move datapath statistics to flows about every second).
 fn settled<T: PartialEq + std::fmt::Debug>(read: impl Fn() -> T) -> T {
@@ -304,20 +172,6 @@ fn settled<T: PartialEq + std::fmt::Debug>(read: impl Fn() -> T) -> T {
     }
 }
 
-/// Ping from `ns` to `dst`, retried for up to `within`.
-fn ping_within(ns: &str, dst: &str, within: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if succeeds(
-            "ip",
-            &["netns", "exec", ns, "ping", "-c", "1", "-W", "1", dst],
-        ) {
-            return true;
-        }
-    }
-    false
-}
-
 #[test]
 fn overlay_accepts_a_vni_only_from_the_networks_vteps() {
     let tag = format!("{:04x}", std::process::id() % 0xffff);
@@ -325,7 +179,7 @@ fn overlay_accepts_a_vni_only_from_the_networks_vteps() {
     let (nsu, nsa) = (format!("ovl-ul-{tag}"), format!("ovl-att-{tag}"));
     let (f1, f2) = (format!("o1{tag}"), format!("o2{tag}"));
     let (fn1, fn2) = (format!("dpu-fn-{f1}"), format!("dpu-fn-{f2}"));
-    let _cleanup = Cleanup(vec![
+    let _cleanup = NetnsCleanup(vec![
         fn1.clone(),
         fn2.clone(),
         ns1.clone(),
@@ -361,30 +215,41 @@ fn overlay_accepts_a_vni_only_from_the_networks_vteps() {
 
     // Build first, so a build failure fails here with everything cleaned up.
     agent_bin();
+    let tenant =
+        json!({"grants": {"vni_ranges": [VNI.to_string()], "functions": {"pfs": ["pf0"]}}});
+    let ingress = json!([
+        {"protocol": "icmp"},
+        {"protocol": "udp", "ports": UDP_PORT.to_string()}]);
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done1_tx, done1_rx) = mpsc::channel::<()>();
     let (done2_tx, done2_rx) = mpsc::channel::<()>();
-    let t1 = dpu_thread(
-        Dpu {
+    let t1 = vxlan_dpu_thread(
+        VxlanDpu {
             ns: ns1.clone(),
             vtep: VTEP1,
+            uplink: u1.clone(),
             function: f1.clone(),
             mac: MAC1,
             ip: IP1,
-            uplink: u1.clone(),
+            tenant: tenant.clone(),
+            vni: VNI,
+            ingress: ingress.clone(),
         },
         (MAC2, IP2, VTEP2),
         ready_tx.clone(),
         done1_rx,
     );
-    let t2 = dpu_thread(
-        Dpu {
+    let t2 = vxlan_dpu_thread(
+        VxlanDpu {
             ns: ns2.clone(),
             vtep: VTEP2,
+            uplink: u2.clone(),
             function: f2.clone(),
             mac: MAC2,
             ip: IP2,
-            uplink: u2.clone(),
+            tenant: tenant.clone(),
+            vni: VNI,
+            ingress: ingress.clone(),
         },
         (MAC1, IP1, VTEP1),
         ready_tx,

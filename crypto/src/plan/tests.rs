@@ -73,10 +73,20 @@ fn none() -> BTreeSet<u32> {
     BTreeSet::new()
 }
 
+/// The plan for `tunnels` against an empty kernel at time 1000.
+fn plan_fresh(tunnels: &[Tunnel]) -> Plan {
+    plan(tunnels, &none(), &Observed::default(), 1000, GRACE)
+}
+
+/// The kernel after `plan_fresh(tunnels)` was applied at time 1000.
+fn installed(tunnels: &[Tunnel]) -> Observed {
+    apply(&Observed::default(), &plan_fresh(tunnels).actions, 1000)
+}
+
 #[test]
 fn fresh_tunnel_adds_inbound_then_outbound_then_policies() {
     let t = tunnel("acme/t1", 0x0d50_0001);
-    let p = plan(&[t], &none(), &Observed::default(), 1000, GRACE);
+    let p = plan_fresh(&[t]);
     let kinds: Vec<String> = p.actions.iter().map(|a| a.to_string()).collect();
     assert!(kinds[0].starts_with("xfrm state add in "), "{kinds:#?}");
     assert!(kinds[1].starts_with("xfrm state add out "), "{kinds:#?}");
@@ -95,14 +105,7 @@ fn fresh_tunnel_adds_inbound_then_outbound_then_policies() {
 #[test]
 fn converged_state_plans_nothing() {
     let t = tunnel("acme/t1", 0x0d50_0001);
-    let p1 = plan(
-        std::slice::from_ref(&t),
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
-    let obs = apply(&Observed::default(), &p1.actions, 1000);
+    let obs = installed(std::slice::from_ref(&t));
     let p2 = plan(&[t], &none(), &obs, 1001, GRACE);
     assert!(p2.actions.is_empty(), "{:#?}", p2.actions);
     assert!(p2.state["acme/t1"].programmed);
@@ -126,14 +129,7 @@ fn transport_mode_without_subnets_protects_the_hosts() {
 #[test]
 fn rekey_adds_new_inbound_first_and_removes_old_after_grace() {
     let t = tunnel("acme/t1", 0x0d50_0001);
-    let p1 = plan(
-        std::slice::from_ref(&t),
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
-    let obs = apply(&Observed::default(), &p1.actions, 1000);
+    let obs = installed(std::slice::from_ref(&t));
 
     let mut t2 = t.clone();
     t2.inbound = SaSpec {
@@ -170,14 +166,7 @@ fn rekey_adds_new_inbound_first_and_removes_old_after_grace() {
 #[test]
 fn changed_key_with_same_spi_is_drift_and_replaced() {
     let t = tunnel("acme/t1", 0x0d50_0001);
-    let p1 = plan(
-        std::slice::from_ref(&t),
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
-    let obs = apply(&Observed::default(), &p1.actions, 1000);
+    let obs = installed(std::slice::from_ref(&t));
     let mut t2 = t.clone();
     t2.inbound.key = SaKey::from_hex(KEY_B, Cipher::AesGcm128).unwrap();
     let p2 = plan(&[t2], &none(), &obs, 1001, GRACE);
@@ -217,8 +206,7 @@ fn orphans_removed_foreign_and_other_tunnels_kept() {
     let other = tunnel("acme/t2", 0x0d50_0002);
     let orphan = tunnel("gone/t9", 0x0d50_0009);
     let everything = [t.clone(), other.clone(), orphan.clone()];
-    let p = plan(&everything, &none(), &Observed::default(), 1000, GRACE);
-    let mut obs = apply(&Observed::default(), &p.actions, 1000);
+    let mut obs = installed(&everything);
     obs.policies.push(foreign_policy());
     let mut foreign_sa = Sa::esp_v4(
         Ipv4Addr::new(1, 1, 1, 1),
@@ -283,13 +271,7 @@ fn auto_offload_tries_packet_then_crypto_then_none_and_mirrors_packet_on_policie
     );
     assert_eq!(attempts[1].unwrap().flags, XFRM_OFFLOAD_INBOUND);
     assert_eq!(attempts[2], None);
-    let p1 = plan(
-        std::slice::from_ref(&t),
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
+    let p1 = plan_fresh(std::slice::from_ref(&t));
     assert_eq!(p1.requeue_after, Some(Duration::from_secs(1)));
     let obs = apply(&Observed::default(), &p1.actions, 1000);
     // The SAs got packet offload: the in and out policies must follow (fwd
@@ -314,14 +296,7 @@ fn auto_offload_tries_packet_then_crypto_then_none_and_mirrors_packet_on_policie
 fn teardown_removes_only_the_tunnels_state() {
     let t = tunnel("acme/t1", 0x0d50_0001);
     let other = tunnel("acme/t2", 0x0d50_0002);
-    let p = plan(
-        &[t.clone(), other],
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
-    let mut obs = apply(&Observed::default(), &p.actions, 1000);
+    let mut obs = installed(&[t.clone(), other]);
     obs.policies.push(foreign_policy());
     let actions = plan_teardown(t.reqid, &t.name, &obs);
     assert_eq!(actions.len(), 8);
@@ -333,13 +308,7 @@ fn teardown_removes_only_the_tunnels_state() {
 #[test]
 fn plan_output_and_debug_never_show_keys() {
     let t = tunnel("acme/t1", 0x0d50_0001);
-    let p = plan(
-        std::slice::from_ref(&t),
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
+    let p = plan_fresh(std::slice::from_ref(&t));
     let text = format!(
         "{}\n{:?}\n{:?}",
         p.actions
@@ -365,13 +334,7 @@ fn plan_output_and_debug_never_show_keys() {
 fn tenant_tunnels_carry_if_id_on_every_sa_and_policy_and_scope_changes_converge() {
     let mut t = tunnel("acme/t1", 0x0d50_0001);
     t.if_id = Some(0x0d52_0007);
-    let p = plan(
-        std::slice::from_ref(&t),
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
+    let p = plan_fresh(std::slice::from_ref(&t));
     let obs = apply(&Observed::default(), &p.actions, 1000);
     assert_eq!(obs.sas.len(), 2);
     assert_eq!(obs.policies.len(), 6);
@@ -411,14 +374,7 @@ fn tenant_tunnels_carry_if_id_on_every_sa_and_policy_and_scope_changes_converge(
 #[test]
 fn tunnel_state_sums_counters_and_xfrm_stats_of_its_sas() {
     let t = tunnel("acme/t1", 0x0d50_0001);
-    let p1 = plan(
-        std::slice::from_ref(&t),
-        &none(),
-        &Observed::default(),
-        1000,
-        GRACE,
-    );
-    let mut obs = apply(&Observed::default(), &p1.actions, 1000);
+    let mut obs = installed(std::slice::from_ref(&t));
     let other = tunnel("acme/t2", 0x0d50_0002);
     for (i, sa) in obs.sas.iter_mut().enumerate() {
         let i = i as u64 + 1;
@@ -490,7 +446,7 @@ impl crate::apply::IpsecBackend for Recording {
 fn apply_sends_exactly_the_planned_actions_in_order() {
     let mut t = tunnel("acme/t1", 0x0d50_0001);
     t.offload_dev = Some(7);
-    let p = plan(&[t], &none(), &Observed::default(), 1000, GRACE);
+    let p = plan_fresh(&[t]);
     let mut want = Vec::new();
     for a in &p.actions {
         match a {

@@ -211,66 +211,101 @@ fn install(
     version: u16,
     (seq, secrets): (u64, ConnectionTrafficSecrets),
 ) -> io::Result<()> {
-    let info = |cipher_type| libc::tls_crypto_info {
-        version,
-        cipher_type,
+    use ConnectionTrafficSecrets as S;
+    use libc::{
+        tls12_crypto_info_aes_gcm_128 as Aes128, tls12_crypto_info_aes_gcm_256 as Aes256,
+        tls12_crypto_info_chacha20_poly1305 as Chacha20,
     };
-    let rec_seq = seq.to_be_bytes();
-    // rustls' 12-byte IV: for AES-GCM the kernel wants the first 4 bytes as
-    // the salt and the other 8 as the IV; ChaCha20-Poly1305 takes all 12.
+    let to = Socket {
+        fd,
+        direction,
+        version,
+        rec_seq: seq.to_be_bytes(),
+    };
     match secrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
-            let mut s = libc::tls12_crypto_info_aes_gcm_128 {
-                info: info(libc::TLS_CIPHER_AES_GCM_128),
-                iv: [0; 8],
-                key: [0; 16],
-                salt: [0; 4],
-                rec_seq,
-            };
-            copy(&mut s.key, key.as_ref())?;
-            copy(&mut s.salt, &iv.as_ref()[..4])?;
-            copy(&mut s.iv, &iv.as_ref()[4..])?;
-            let r = setsockopt(fd, libc::SOL_TLS, direction, &s);
-            s.key.zeroize();
-            s.iv.zeroize();
-            s.salt.zeroize();
-            r
-        }
-        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
-            let mut s = libc::tls12_crypto_info_aes_gcm_256 {
-                info: info(libc::TLS_CIPHER_AES_GCM_256),
-                iv: [0; 8],
-                key: [0; 32],
-                salt: [0; 4],
-                rec_seq,
-            };
-            copy(&mut s.key, key.as_ref())?;
-            copy(&mut s.salt, &iv.as_ref()[..4])?;
-            copy(&mut s.iv, &iv.as_ref()[4..])?;
-            let r = setsockopt(fd, libc::SOL_TLS, direction, &s);
-            s.key.zeroize();
-            s.iv.zeroize();
-            s.salt.zeroize();
-            r
-        }
-        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-            let mut s = libc::tls12_crypto_info_chacha20_poly1305 {
-                info: info(libc::TLS_CIPHER_CHACHA20_POLY1305),
-                iv: [0; 12],
-                key: [0; 32],
-                salt: [0; 0],
-                rec_seq,
-            };
-            copy(&mut s.key, key.as_ref())?;
-            copy(&mut s.iv, iv.as_ref())?;
-            let r = setsockopt(fd, libc::SOL_TLS, direction, &s);
-            s.key.zeroize();
-            s.iv.zeroize();
-            r
-        }
+        S::Aes128Gcm { key, iv } => to.set::<Aes128>(key.as_ref(), iv.as_ref()),
+        S::Aes256Gcm { key, iv } => to.set::<Aes256>(key.as_ref(), iv.as_ref()),
+        S::Chacha20Poly1305 { key, iv } => to.set::<Chacha20>(key.as_ref(), iv.as_ref()),
         _ => Err(io::Error::from(io::ErrorKind::Unsupported)),
     }
 }
+
+/// One direction (`TLS_TX` or `TLS_RX`) of a kTLS socket and what its key
+/// is set with besides the secrets.
+struct Socket {
+    fd: RawFd,
+    direction: i32,
+    version: u16,
+    rec_seq: [u8; 8],
+}
+
+impl Socket {
+    /// Sets a `T` filled with `key` and rustls' 12-byte `iv`, and wipes its
+    /// secret fields on every path. For AES-GCM the kernel wants the IV's
+    /// first 4 bytes as the salt and the other 8 as the IV;
+    /// ChaCha20-Poly1305 has no salt and takes all 12.
+    fn set<T: CryptoInfo>(&self, key: &[u8], iv: &[u8]) -> io::Result<()> {
+        let mut s = T::empty(self.version, self.rec_seq);
+        let mut fill_and_set = || {
+            let [k, salt, v] = s.secrets();
+            let (salt_bytes, iv_bytes) = iv.split_at(salt.len().min(iv.len()));
+            copy(k, key)?;
+            copy(salt, salt_bytes)?;
+            copy(v, iv_bytes)?;
+            setsockopt(self.fd, libc::SOL_TLS, self.direction, &s)
+        };
+        let r = fill_and_set();
+        for field in s.secrets() {
+            field.zeroize();
+        }
+        r
+    }
+}
+
+/// A kernel `tls12_crypto_info_*` struct: made empty, seen as its secret
+/// fields.
+trait CryptoInfo: Sized {
+    /// The struct for TLS `version` with `rec_seq`, its secrets zero.
+    fn empty(version: u16, rec_seq: [u8; 8]) -> Self;
+    /// The key, salt and IV fields, in that order.
+    fn secrets(&mut self) -> [&mut [u8]; 3];
+}
+
+/// `CryptoInfo` for a `libc` crypto-info struct and its cipher type.
+macro_rules! crypto_info {
+    ($struct:ty, $cipher:expr) => {
+        impl CryptoInfo for $struct {
+            fn empty(version: u16, rec_seq: [u8; 8]) -> Self {
+                Self {
+                    info: libc::tls_crypto_info {
+                        version,
+                        cipher_type: $cipher,
+                    },
+                    iv: [0; _],
+                    key: [0; _],
+                    salt: [0; _],
+                    rec_seq,
+                }
+            }
+            fn secrets(&mut self) -> [&mut [u8]; 3] {
+                [&mut self.key, &mut self.salt, &mut self.iv]
+            }
+        }
+    };
+}
+
+crypto_info!(
+    libc::tls12_crypto_info_aes_gcm_128,
+    libc::TLS_CIPHER_AES_GCM_128
+);
+crypto_info!(
+    libc::tls12_crypto_info_aes_gcm_256,
+    libc::TLS_CIPHER_AES_GCM_256
+);
+crypto_info!(
+    libc::tls12_crypto_info_chacha20_poly1305,
+    libc::TLS_CIPHER_CHACHA20_POLY1305
+);
 
 fn copy(dst: &mut [u8], src: &[u8]) -> io::Result<()> {
     if dst.len() != src.len() {
@@ -448,6 +483,44 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    /// Key material of the wrong length is refused before any system call
+    /// (a short IV included: no slicing panic), and a socket without the
+    /// TLS ULP refuses the key: an error either way, never a panic. No
+    /// TENANCY.md invariant: this is the "nothing panics on any input" rule
+    /// for the key hand-off (the hand-off itself is proved in crypto_vm).
+    #[test]
+    fn key_install_refuses_wrong_lengths_and_non_tls_sockets() {
+        use libc::{
+            tls12_crypto_info_aes_gcm_128 as Aes128,
+            tls12_crypto_info_chacha20_poly1305 as Chacha20,
+        };
+        let to = |fd| Socket {
+            fd,
+            direction: libc::TLS_TX,
+            version: libc::TLS_1_3_VERSION,
+            rec_seq: [0; 8],
+        };
+        for (key, iv) in [
+            (&[7u8; 15][..], &[1u8; 12][..]),
+            (&[7; 16], &[1; 3]),
+            (&[7; 16], &[1; 13]),
+        ] {
+            let e = to(-1).set::<Aes128>(key, iv).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{key:?} {iv:?}");
+        }
+        let e = to(-1).set::<Chacha20>(&[7; 32], &[1; 8]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // Right lengths, but no kTLS on the socket: the kernel says no.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert!(to(s.as_raw_fd()).set::<Aes128>(&[7; 16], &[1; 12]).is_err());
+        assert!(
+            to(s.as_raw_fd())
+                .set::<Chacha20>(&[7; 32], &[1; 12])
+                .is_err()
+        );
+    }
 
     #[tokio::test]
     async fn cork_never_reads_past_a_record() {

@@ -256,33 +256,29 @@ pub async fn metrics(
         );
     }
     let e = &state.engine;
-    let _ = writeln!(
-        out,
-        "# HELP dpu_agent_reconciles_total Reconciles run.\n# TYPE dpu_agent_reconciles_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "dpu_agent_reconciles_total {}",
-        e.reconciles.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP dpu_agent_reconcile_failures_total Reconciles that failed and were retried.\n# TYPE dpu_agent_reconcile_failures_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "dpu_agent_reconcile_failures_total {}",
-        e.failures.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP dpu_agent_reconcile_queue_depth Objects waiting to be reconciled.\n# TYPE dpu_agent_reconcile_queue_depth gauge"
-    );
-    let _ = writeln!(
-        out,
-        "dpu_agent_reconcile_queue_depth {}",
-        e.queue_len.load(Ordering::Relaxed)
-    );
+    for (name, type_, help, value) in [
+        (
+            "dpu_agent_reconciles_total",
+            "counter",
+            "Reconciles run.",
+            &e.reconciles,
+        ),
+        (
+            "dpu_agent_reconcile_failures_total",
+            "counter",
+            "Reconciles that failed and were retried.",
+            &e.failures,
+        ),
+        (
+            "dpu_agent_reconcile_queue_depth",
+            "gauge",
+            "Objects waiting to be reconciled.",
+            &e.queue_len,
+        ),
+    ] {
+        metrics::header(&mut out, name, type_, help);
+        metrics::sample(&mut out, name, &[], value.load(Ordering::Relaxed));
+    }
     metrics::header(
         &mut out,
         "dpu_agent_reconcile_errors_total",

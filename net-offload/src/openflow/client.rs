@@ -298,6 +298,14 @@ impl OpenFlowClient {
         })
     }
 
+    /// Queues `msg` as `xid`, sends everything queued and returns the
+    /// deadline for the answer.
+    fn send_now(&mut self, msg: &Message, xid: u32, what: &str) -> Result<Instant, OpenFlowError> {
+        self.push(msg, xid, what)?;
+        self.flush()?;
+        Ok(Instant::now() + self.timeout)
+    }
+
     /// The next message from the switch.
     async fn recv(
         &mut self,
@@ -356,9 +364,7 @@ impl OpenFlowClient {
         request: &'static str,
     ) -> Result<(Header, Message), OpenFlowError> {
         let xid = self.xid();
-        self.push(msg, xid, request)?;
-        self.flush()?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.send_now(msg, xid, request)?;
         loop {
             let (header, msg) = self.recv(deadline, request).await?;
             if header.xid != xid {
@@ -413,9 +419,7 @@ impl OpenFlowClient {
         let first = self.next_xid;
         let xids = self.push_flow_mods(mods, None)?;
         let barrier = self.xid();
-        self.push(&Message::BarrierRequest, barrier, "barrier")?;
-        self.flush()?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.send_now(&Message::BarrierRequest, barrier, "barrier")?;
         let mut failures = Vec::new();
         loop {
             let (header, msg) = self.recv(deadline, "flow_mods").await?;
@@ -499,10 +503,7 @@ impl OpenFlowClient {
         let first = self.next_xid;
         let count = self.push_flow_mods(mods, Some(bundle_id))?;
         let barrier = self.xid();
-        self.push(&Message::BarrierRequest, barrier, "barrier")?;
-        self.flush()?;
-
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.send_now(&Message::BarrierRequest, barrier, "barrier")?;
         let mut failures = Vec::new();
         let mut open_error = None;
         loop {
@@ -536,13 +537,11 @@ impl OpenFlowClient {
         }
 
         let commit = self.xid();
-        self.push(
+        let deadline = self.send_now(
             &control(BundleCtrlType::CommitRequest),
             commit,
             "bundle commit",
         )?;
-        self.flush()?;
-        let deadline = Instant::now() + self.timeout;
         loop {
             let (header, msg) = self.recv(deadline, "bundle commit").await?;
             match msg {
@@ -589,13 +588,11 @@ impl OpenFlowClient {
         request: &FlowStatsRequest,
     ) -> Result<Vec<FlowEntry>, OpenFlowError> {
         let xid = self.xid();
-        self.push(
+        let deadline = self.send_now(
             &Message::MultipartRequest(MultipartRequest::Flow(request.clone())),
             xid,
             "flow stats request",
         )?;
-        self.flush()?;
-        let deadline = Instant::now() + self.timeout;
         let mut entries = Vec::new();
         loop {
             let (header, msg) = self.recv(deadline, "dump_flows").await?;
@@ -632,7 +629,7 @@ impl OpenFlowClient {
                 what: "aggregate stats request".into(),
                 source: e,
             })?;
-        self.push(
+        let deadline = self.send_now(
             &Message::MultipartRequest(MultipartRequest::Other {
                 mp_type: OFPMP_AGGREGATE,
                 flags: 0,
@@ -641,8 +638,6 @@ impl OpenFlowClient {
             xid,
             "aggregate stats request",
         )?;
-        self.flush()?;
-        let deadline = Instant::now() + self.timeout;
         loop {
             let (header, msg) = self.recv(deadline, "aggregate").await?;
             if header.xid != xid {
@@ -669,9 +664,7 @@ impl OpenFlowClient {
         let xid = self.xid();
         self.push(&Message::MeterMod(meter.clone()), xid, "meter_mod")?;
         let barrier = self.xid();
-        self.push(&Message::BarrierRequest, barrier, "barrier")?;
-        self.flush()?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.send_now(&Message::BarrierRequest, barrier, "barrier")?;
         loop {
             let (header, msg) = self.recv(deadline, "meter_mod").await?;
             match msg {

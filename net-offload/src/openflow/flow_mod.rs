@@ -162,11 +162,7 @@ impl FlowMod {
         out.put_u32(self.out_port);
         out.put_u32(self.out_group);
         out.put_u16(self.flags);
-        out.put_u16(if version >= Version::Of14 {
-            self.importance
-        } else {
-            0
-        });
+        out.put_u16(version.importance(self.importance));
         f.matches.encode(out)?;
         f.instructions.encode(out)
     }
@@ -184,12 +180,7 @@ impl FlowMod {
         let out_port = r.u32()?;
         let out_group = r.u32()?;
         let flags = r.u16()?;
-        let importance = r.u16()?;
-        let importance = if version >= Version::Of14 {
-            importance
-        } else {
-            0
-        };
+        let importance = version.importance(r.u16()?);
         let matches = Match::decode(&mut r)?;
         let instructions = Instructions::decode(r.rest())?;
         Ok(FlowMod {

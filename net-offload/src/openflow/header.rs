@@ -29,6 +29,15 @@ impl Version {
         }
     }
 
+    /// A flow's `importance` as this version carries it: the value from
+    /// OpenFlow 1.4 on; 1.3 has padding there, so 0 (sent and read back).
+    pub const fn importance(self, importance: u16) -> u16 {
+        match self {
+            Version::Of13 => 0,
+            Version::Of14 => importance,
+        }
+    }
+
     pub fn from_wire(value: u8) -> Result<Self, DecodeError> {
         match value {
             0x04 => Ok(Version::Of13),

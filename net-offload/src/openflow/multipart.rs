@@ -150,11 +150,7 @@ impl FlowEntry {
         out.put_u16(f.idle_timeout);
         out.put_u16(f.hard_timeout);
         out.put_u16(self.flags);
-        out.put_u16(if version >= Version::Of14 {
-            self.importance
-        } else {
-            0
-        });
+        out.put_u16(version.importance(self.importance));
         out.put_u16(0);
         out.put_u64(f.cookie);
         out.put_u64(self.packet_count);
@@ -185,12 +181,7 @@ impl FlowEntry {
         let idle_timeout = e.u16()?;
         let hard_timeout = e.u16()?;
         let flags = e.u16()?;
-        let importance = e.u16()?;
-        let importance = if version >= Version::Of14 {
-            importance
-        } else {
-            0
-        };
+        let importance = version.importance(e.u16()?);
         e.skip(2)?;
         let cookie = e.u64()?;
         let packet_count = e.u64()?;

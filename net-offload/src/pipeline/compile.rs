@@ -186,64 +186,11 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         b.add(&base, t, 0, Match::new(), drop_());
     }
     let ip = Match::new().with(Field::EthType, ETH_IP);
-    b.add(
-        &base,
-        table::EGRESS_CT,
-        100,
-        ip.clone(),
-        Instructions::apply(vec![Action::Ct(Ct {
-            zone: ct_zone(REG_SRC_PORT),
-            table: Some(table::EGRESS_RULES),
-            ..Ct::default()
-        })]),
-    );
-    b.add(
-        &base,
-        table::EGRESS_CT,
-        50,
-        Match::new(),
-        goto(table::L2_FORWARD),
-    );
-    b.add(
-        &base,
-        table::INGRESS_CT,
-        100,
-        ip.clone(),
-        Instructions::apply(vec![Action::Ct(Ct {
-            zone: ct_zone(REG_DST_PORT),
-            table: Some(table::INGRESS_RULES),
-            ..Ct::default()
-        })]),
-    );
-    b.add(
-        &base,
-        table::INGRESS_CT,
-        50,
-        Match::new(),
-        goto(table::OUTPUT),
-    );
-    for (t, next) in [
-        (table::EGRESS_RULES, table::L2_FORWARD),
-        (table::INGRESS_RULES, table::OUTPUT),
-    ] {
-        let (v, m) = ct_state_is(ct_state::INV | ct_state::TRK);
-        b.add(
-            &base,
-            t,
-            200,
-            ip.clone().with_masked(Field::CtState, v, m),
-            drop_(),
-        );
-        for bit in [ct_state::EST, ct_state::REL] {
-            let (v, m) = ct_state_is(bit | ct_state::TRK);
-            b.add(
-                &base,
-                t,
-                190,
-                ip.clone().with_masked(Field::CtState, v, m),
-                goto(next),
-            );
-        }
+    for dir in [&EGRESS, &INGRESS] {
+        dir.add_ct(&mut b, &base, &ip);
+    }
+    for dir in [&EGRESS, &INGRESS] {
+        dir.add_established(&mut b, &base, &ip);
     }
 
     let networks: BTreeMap<&str, _> = desired
@@ -357,11 +304,6 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         }
 
         // Egress rules (source zone), committed on the way out.
-        let commit_src = Action::Ct(Ct {
-            commit: true,
-            zone: ct_zone(REG_SRC_PORT),
-            ..Ct::default()
-        });
         let egress_rules: Vec<RuleDesc> = match &p.security.egress {
             None => vec![RuleDesc {
                 protocol: RuleProtocol::Any,
@@ -370,19 +312,7 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
             }],
             Some(rules) => rules.clone(),
         };
-        for rule in &egress_rules {
-            for m in rule_matches(rule, Field::Ipv4Dst) {
-                let (v, mask) = (ct_state::NEW | ct_state::TRK, ct_state::NEW | ct_state::TRK);
-                b.add(
-                    &owner,
-                    table::EGRESS_RULES,
-                    100,
-                    m.with(Field::Reg(REG_SRC_PORT), of)
-                        .with_masked(Field::CtState, v, mask),
-                    apply_goto(vec![commit_src.clone()], table::L2_FORWARD),
-                );
-            }
-        }
+        EGRESS.add_rules(&mut b, &owner, of, &egress_rules);
 
         // L2: this port's MAC in its network.
         b.add(
@@ -399,24 +329,7 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         );
 
         // Ingress rules (destination zone).
-        let commit_dst = Action::Ct(Ct {
-            commit: true,
-            zone: ct_zone(REG_DST_PORT),
-            ..Ct::default()
-        });
-        for rule in &p.security.ingress {
-            for m in rule_matches(rule, Field::Ipv4Src) {
-                let (v, mask) = (ct_state::NEW | ct_state::TRK, ct_state::NEW | ct_state::TRK);
-                b.add(
-                    &owner,
-                    table::INGRESS_RULES,
-                    100,
-                    m.with(Field::Reg(REG_DST_PORT), of)
-                        .with_masked(Field::CtState, v, mask),
-                    apply_goto(vec![commit_dst.clone()], table::OUTPUT),
-                );
-            }
-        }
+        INGRESS.add_rules(&mut b, &owner, of, &p.security.ingress);
 
         b.add(
             &owner,
@@ -497,6 +410,104 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
 
 /// Answers "who has `ip`" in network `vni` with `hw`, straight back out of
 /// the asking port, so ARP is never flooded.
+/// One direction of the security stage: conntrack, then the port's rules.
+struct SecurityDirection {
+    /// The table sending IP packets through conntrack.
+    ct_table: u8,
+    /// The table holding the rules.
+    rules_table: u8,
+    /// The field a rule's CIDR matches: the remote end of the connection.
+    peer: Field,
+    /// The register holding the port's ofport; its value is also the
+    /// conntrack zone the connection is committed in.
+    port_reg: u8,
+    /// Where an admitted packet goes next.
+    next: u8,
+}
+
+/// From a port (source zone, `REG_SRC_PORT`): rules on the destination.
+const EGRESS: SecurityDirection = SecurityDirection {
+    ct_table: table::EGRESS_CT,
+    rules_table: table::EGRESS_RULES,
+    peer: Field::Ipv4Dst,
+    port_reg: REG_SRC_PORT,
+    next: table::L2_FORWARD,
+};
+
+/// To a port (destination zone, `REG_DST_PORT`): rules on the source.
+const INGRESS: SecurityDirection = SecurityDirection {
+    ct_table: table::INGRESS_CT,
+    rules_table: table::INGRESS_RULES,
+    peer: Field::Ipv4Src,
+    port_reg: REG_DST_PORT,
+    next: table::OUTPUT,
+};
+
+impl SecurityDirection {
+    /// IP (`ip`) goes through conntrack in the port's zone and on to the
+    /// rules; anything else straight to `next`.
+    fn add_ct(&self, b: &mut Builder, base: &Owner, ip: &Match) {
+        b.add(
+            base,
+            self.ct_table,
+            100,
+            ip.clone(),
+            Instructions::apply(vec![Action::Ct(Ct {
+                zone: ct_zone(self.port_reg),
+                table: Some(self.rules_table),
+                ..Ct::default()
+            })]),
+        );
+        b.add(base, self.ct_table, 50, Match::new(), goto(self.next));
+    }
+
+    /// Before any rule: invalid connections are dropped, established and
+    /// related ones go on to `next`.
+    fn add_established(&self, b: &mut Builder, base: &Owner, ip: &Match) {
+        let (v, m) = ct_state_is(ct_state::INV | ct_state::TRK);
+        b.add(
+            base,
+            self.rules_table,
+            200,
+            ip.clone().with_masked(Field::CtState, v, m),
+            drop_(),
+        );
+        for bit in [ct_state::EST, ct_state::REL] {
+            let (v, m) = ct_state_is(bit | ct_state::TRK);
+            b.add(
+                base,
+                self.rules_table,
+                190,
+                ip.clone().with_masked(Field::CtState, v, m),
+                goto(self.next),
+            );
+        }
+    }
+
+    /// A flow per match of each rule: a new connection of port `of` that the
+    /// rule admits is committed in the port's zone and goes on to `next`.
+    fn add_rules(&self, b: &mut Builder, owner: &Owner, of: u64, rules: &[RuleDesc]) {
+        let commit = Action::Ct(Ct {
+            commit: true,
+            zone: ct_zone(self.port_reg),
+            ..Ct::default()
+        });
+        let new = ct_state::NEW | ct_state::TRK;
+        for rule in rules {
+            for m in rule_matches(rule, self.peer) {
+                b.add(
+                    owner,
+                    self.rules_table,
+                    100,
+                    m.with(Field::Reg(self.port_reg), of)
+                        .with_masked(Field::CtState, new, new),
+                    apply_goto(vec![commit.clone()], self.next),
+                );
+            }
+        }
+    }
+}
+
 fn arp_responder(b: &mut Builder, owner: &Owner, vni: u64, hw: u64, ip: Ipv4Addr) {
     b.add(
         owner,

@@ -272,8 +272,17 @@ pub(super) mod fixtures {
 
     use super::*;
     use crate::model::{FunctionTarget, function_host_nqn};
-    use crate::nvmet::configfs::PortConfig;
     use dpu_api::spec::{FunctionType, LocalSource, NvmeofSource, VolumeSource, VolumeSpec};
+
+    /// `d` with QoS limits `max_iops` and `max_mbps`.
+    pub(super) fn with_qos(
+        mut d: DesiredVolume,
+        max_iops: Option<u64>,
+        max_mbps: Option<u64>,
+    ) -> DesiredVolume {
+        d.spec.qos = Some(dpu_api::spec::VolumeQos { max_iops, max_mbps });
+        d
+    }
 
     pub(super) fn remote(tenant: &str, id: &str, type_: FunctionType) -> DesiredVolume {
         DesiredVolume {
@@ -317,16 +326,12 @@ pub(super) mod fixtures {
 
     pub(super) fn nvmet_cfg() -> NvmetPlanConfig {
         NvmetPlanConfig {
-            port: PortConfig {
-                id: 1,
-                trtype: "tcp".into(),
-                adrfam: "ipv4".into(),
-                traddr: "192.0.2.10".into(),
-                trsvcid: "4420".into(),
-            },
-            backing_dir: "/var/lib/dpu-agent/volumes".into(),
             qos_cgroup: Some("/sys/fs/cgroup/dpu-volumes".into()),
-            volume_ports: 0,
+            ..NvmetPlanConfig::tcp(
+                1,
+                "192.0.2.10:4420".parse().unwrap(),
+                "/var/lib/dpu-agent/volumes".into(),
+            )
         }
     }
 }

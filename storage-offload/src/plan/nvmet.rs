@@ -172,6 +172,24 @@ pub struct NvmetPlanConfig {
 }
 
 impl NvmetPlanConfig {
+    /// The agent's port `id` listening on `listen` over TCP (`ipv4` or
+    /// `ipv6` as `listen` is), backing files in `backing_dir`, no QoS
+    /// cgroup, every volume on that one port.
+    pub fn tcp(id: u16, listen: std::net::SocketAddr, backing_dir: PathBuf) -> Self {
+        NvmetPlanConfig {
+            port: PortConfig {
+                id,
+                trtype: "tcp".into(),
+                adrfam: if listen.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+                traddr: listen.ip().to_string(),
+                trsvcid: listen.port().to_string(),
+            },
+            backing_dir,
+            qos_cgroup: None,
+            volume_ports: 0,
+        }
+    }
+
     /// The port of volume slot `k` (1-based), if its id and TCP port fit.
     pub fn volume_port(&self, k: u16) -> Option<PortConfig> {
         let id = self.port.id.checked_add(k)?;
@@ -356,6 +374,28 @@ pub fn backing_file_name(key: &VolumeKey) -> String {
     key.object_name("img")
 }
 
+/// Unlinks from port `port_id` the subsystems among `subsystems` of
+/// volumes still wanted (orphans are unlinked with the rest of their
+/// state).
+fn unlink_wanted(
+    out: &mut Out,
+    port_id: u16,
+    subsystems: &[String],
+    wanted: &BTreeSet<&VolumeKey>,
+) {
+    for n in subsystems {
+        if let Some(k) = VolumeKey::from_subsystem_nqn(n)
+            && wanted.contains(&k)
+        {
+            out.configfs(
+                &Owner::Volume(k),
+                Phase::Unpresent,
+                vec![configfs::unlink_port(port_id, n)],
+            );
+        }
+    }
+}
+
 /// Plans the kernel backend.
 pub fn plan_nvmet(
     desired: &[DesiredVolume],
@@ -499,17 +539,7 @@ pub fn plan_nvmet(
                 // remove the agent's port too, so a full teardown leaves
                 // configfs as the agent found it. Orphan subsystems were
                 // unlinked above; wanted ones move to their own ports.
-                for n in &p.subsystems {
-                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
-                        && wanted.contains(&k)
-                    {
-                        out.configfs(
-                            &Owner::Volume(k),
-                            Phase::Unpresent,
-                            vec![configfs::unlink_port(port_id, n)],
-                        );
-                    }
-                }
+                unlink_wanted(&mut out, port_id, &p.subsystems, &wanted);
                 out.configfs(
                     &Owner::Shared,
                     Phase::DeleteDevice,
@@ -519,17 +549,7 @@ pub fn plan_nvmet(
                 // A port with foreign subsystems is left as it is.
                 linked.extend(p.subsystems.iter().cloned());
             } else {
-                for n in &p.subsystems {
-                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
-                        && wanted.contains(&k)
-                    {
-                        out.configfs(
-                            &Owner::Volume(k),
-                            Phase::Unpresent,
-                            vec![configfs::unlink_port(port_id, n)],
-                        );
-                    }
-                }
+                unlink_wanted(&mut out, port_id, &p.subsystems, &wanted);
                 out.configfs(
                     &Owner::Shared,
                     Phase::Present,
@@ -552,17 +572,7 @@ pub fn plan_nvmet(
                 .iter()
                 .all(|n| VolumeKey::from_subsystem_nqn(n).is_some());
             if cfg.is_volume_port(*id) && !assigned.contains(id) && only_ours {
-                for n in &p.subsystems {
-                    if let Some(k) = VolumeKey::from_subsystem_nqn(n)
-                        && wanted.contains(&k)
-                    {
-                        out.configfs(
-                            &Owner::Volume(k),
-                            Phase::Unpresent,
-                            vec![configfs::unlink_port(*id, n)],
-                        );
-                    }
-                }
+                unlink_wanted(&mut out, *id, &p.subsystems, &wanted);
                 out.configfs(
                     &Owner::Shared,
                     Phase::DeleteDevice,
@@ -804,15 +814,11 @@ mod tests {
     use crate::model::function_host_nqn;
     use crate::nvmet::configfs::{ObservedNamespace, ObservedNvmetSubsystem, ObservedPort};
     use crate::plan::fixtures::*;
-    use dpu_api::spec::{FunctionType, VolumeQos};
+    use dpu_api::spec::FunctionType;
 
     #[test]
     fn nvmet_fresh_remote_volume() {
-        let mut d = remote("acme", "db", FunctionType::Nvme);
-        d.spec.qos = Some(VolumeQos {
-            max_iops: Some(500),
-            max_mbps: None,
-        });
+        let d = with_qos(remote("acme", "db", FunctionType::Nvme), Some(500), None);
         let plan = plan_nvmet(&[d], &NvmetObserved::default(), &nvmet_cfg());
         let s = "/sys/kernel/config/nvmet/subsystems/nqn.2026-11.dev.dpu-agent:acme:db";
         let h = "nqn.2026-11.dev.dpu-agent:acme:fn:f1";
@@ -990,17 +996,9 @@ mod tests {
         obs
     }
 
-    fn limited(mut d: DesiredVolume, mbps: u64) -> DesiredVolume {
-        d.spec.qos = Some(VolumeQos {
-            max_iops: None,
-            max_mbps: Some(mbps),
-        });
-        d
-    }
-
     #[test]
     fn per_volume_ports_and_shaping_for_fresh_volumes() {
-        let a = limited(remote("acme", "a", FunctionType::Nvme), 10);
+        let a = with_qos(remote("acme", "a", FunctionType::Nvme), None, Some(10));
         let b = remote("acme", "b", FunctionType::Nvme);
         let plan = lines(&plan_nvmet(
             &[a, b],
@@ -1047,7 +1045,7 @@ mod tests {
 
     #[test]
     fn per_volume_converged_plans_nothing_and_export_is_its_port() {
-        let d = limited(remote("acme", "db", FunctionType::Nvme), 10);
+        let d = with_qos(remote("acme", "db", FunctionType::Nvme), None, Some(10));
         let obs = converged_per_volume(&d);
         assert_eq!(
             nvmet_export(&obs, &d.key).as_deref(),
@@ -1058,7 +1056,7 @@ mod tests {
 
     #[test]
     fn qos_change_is_one_class_change() {
-        let d = limited(remote("acme", "db", FunctionType::Nvme), 20);
+        let d = with_qos(remote("acme", "db", FunctionType::Nvme), None, Some(20));
         let obs = converged_per_volume(&d);
         assert_eq!(
             lines(&plan_nvmet(&[d], &obs, &per_volume_cfg())),
@@ -1082,7 +1080,7 @@ mod tests {
     #[test]
     fn a_limit_removed_while_another_stays_drops_its_filter_then_class() {
         let a = remote("acme", "a", FunctionType::Nvme);
-        let b = limited(remote("acme", "b", FunctionType::Nvme), 5);
+        let b = with_qos(remote("acme", "b", FunctionType::Nvme), None, Some(5));
         let mut obs = converged_per_volume(&a);
         let mut obs_b = converged_per_volume(&b);
         let mut pb = obs_b.ports.remove(&2).unwrap();

@@ -424,15 +424,10 @@ mod tests {
     use crate::model::ObservedSubsystem;
     use crate::plan::Op;
     use crate::plan::fixtures::*;
-    use dpu_api::spec::VolumeQos;
 
     #[test]
     fn spdk_nvmf_fresh_remote_volume_in_order() {
-        let mut d = remote("acme", "db", FunctionType::Nvme);
-        d.spec.qos = Some(VolumeQos {
-            max_iops: Some(1000),
-            max_mbps: None,
-        });
+        let d = with_qos(remote("acme", "db", FunctionType::Nvme), Some(1000), None);
         let plan = plan_spdk(&[d], &SpdkObserved::default(), &nvmf_cfg());
         assert_eq!(
             lines(&plan),
@@ -494,7 +489,7 @@ mod tests {
 
     #[test]
     fn qos_change_is_made_in_place() {
-        let mut d = remote("acme", "db", FunctionType::Nvme);
+        let d = remote("acme", "db", FunctionType::Nvme);
         let obs = converged_nvmf(
             &d,
             QosLimits {
@@ -502,10 +497,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        d.spec.qos = Some(VolumeQos {
-            max_iops: None,
-            max_mbps: Some(200),
-        });
+        let d = with_qos(d, None, Some(200));
         assert_eq!(
             lines(&plan_spdk(&[d], &obs, &nvmf_cfg())),
             ["volume acme/db [qos] rpc bdev_set_qos_limit \

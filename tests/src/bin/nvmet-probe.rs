@@ -14,53 +14,20 @@
 //! `delete` desires nothing: every object of the volume is torn down in
 //! reverse; it prints the actions then `converged`. Exits 1 on any failure.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use dpu_api::spec::{FunctionType, NvmeofSource, NvmeofTransport, VolumeSource, VolumeSpec};
+use dpu_tests::storage::{error_chain, kernel_backend, remote_volume};
 use storage_offload::apply::{BlockBackend, NvmetBackend, apply_all};
-use storage_offload::model::{DesiredVolume, FunctionTarget, VolumeKey};
-use storage_offload::nvmet::KernelPaths;
-use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
-use storage_offload::plan::NvmetPlanConfig;
-
-fn backend(export_port: &str) -> NvmetBackend {
-    NvmetBackend::new(
-        KernelPaths::default(),
-        ConfigfsMode::Kernel,
-        NvmetPlanConfig {
-            port: PortConfig {
-                id: 7,
-                trtype: "tcp".into(),
-                adrfam: "ipv4".into(),
-                traddr: "127.0.0.1".into(),
-                trsvcid: export_port.into(),
-            },
-            backing_dir: PathBuf::from("/tmp/dpu-volumes"),
-            qos_cgroup: None,
-            volume_ports: 0,
-        },
-    )
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(&format!(": {x}"));
-        src = x.source();
-    }
-    s
-}
+use storage_offload::model::{DesiredVolume, VolumeKey};
 
 async fn converge(b: &NvmetBackend, desired: &[DesiredVolume]) -> Result<(), String> {
-    let observed = b.observe().await.map_err(|e| chain(&e))?;
+    let observed = b.observe().await.map_err(|e| error_chain(&e))?;
     let actions = b.plan(desired, &observed);
     for a in &actions {
         println!("action {a}");
     }
-    apply_all(b, &actions).await.map_err(|e| chain(&e))?;
-    let observed = b.observe().await.map_err(|e| chain(&e))?;
+    apply_all(b, &actions).await.map_err(|e| error_chain(&e))?;
+    let observed = b.observe().await.map_err(|e| error_chain(&e))?;
     let left = b.plan(desired, &observed);
     if !left.is_empty() {
         let lines: Vec<String> = left.iter().map(|a| a.to_string()).collect();
@@ -70,38 +37,24 @@ async fn converge(b: &NvmetBackend, desired: &[DesiredVolume]) -> Result<(), Str
     Ok(())
 }
 
+/// The TCP port the volume is exported on, from the command line.
+fn export_port(s: &str) -> Result<u16, String> {
+    s.parse().map_err(|_| format!("bad export port {s}"))
+}
+
 async fn run(args: &[String]) -> Result<(), String> {
     match args {
         [cmd, addr, port, nqn, export, host] if cmd == "attach" => {
             let key = VolumeKey::new("t", "v");
-            let d = DesiredVolume {
-                key: key.clone(),
-                spec: VolumeSpec {
-                    function: "f".into(),
-                    nsid: None,
-                    source: VolumeSource::Nvmeof(NvmeofSource {
-                        transport: NvmeofTransport::Tcp,
-                        address: addr.clone(),
-                        port: port.parse().map_err(|_| format!("bad port {port}"))?,
-                        subnqn: nqn.parse()?,
-                        hostnqn: None,
-                    }),
-                    qos: None,
-                    read_only: None,
-                },
-                function: FunctionTarget {
-                    id: "f".into(),
-                    type_: FunctionType::Nvme,
-                    pf: 0,
-                    vf: None,
-                    host_nqn: host.clone(),
-                },
-            };
-            converge(&backend(export), &[d]).await?;
+            let port = port.parse().map_err(|_| format!("bad port {port}"))?;
+            let d = remote_volume(key.clone(), addr, port, nqn.parse()?, host);
+            converge(&kernel_backend(export_port(export)?), &[d]).await?;
             println!("subsystem {}", key.subsystem_nqn());
             Ok(())
         }
-        [cmd, export] if cmd == "delete" => converge(&backend(export), &[]).await,
+        [cmd, export] if cmd == "delete" => {
+            converge(&kernel_backend(export_port(export)?), &[]).await
+        }
         _ => Err(
             "usage: nvmet-probe attach ADDR PORT NQN EXPORT_PORT HOST_NQN | delete EXPORT_PORT"
                 .into(),
@@ -110,22 +63,5 @@ async fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nvmet-probe: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nvmet-probe: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    dpu_tests::probe::main("nvmet-probe", |args| async move { run(&args).await })
 }

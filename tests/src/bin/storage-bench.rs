@@ -28,75 +28,25 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dpu_api::spec::{FunctionType, NvmeofSource, NvmeofTransport, VolumeSource, VolumeSpec};
+use dpu_tests::storage::{error_chain, kernel_backend, remote_volume};
 use storage_offload::apply::{BlockBackend, NvmetBackend, apply_all};
-use storage_offload::model::{DesiredVolume, FunctionTarget, VolumeKey};
-use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
+use storage_offload::model::{DesiredVolume, VolumeKey};
 use storage_offload::nvmet::{ConnectOptions, KernelPaths, fabrics};
-use storage_offload::plan::NvmetPlanConfig;
 
 const HOST: &str = "nqn.2026-11.dev.dpu-agent:bench:fn:f";
 const SEQ_BYTES: usize = 64 << 20;
 const RANDOM_READS: usize = 4000;
 
-fn backend() -> NvmetBackend {
-    NvmetBackend::new(
-        KernelPaths::default(),
-        ConfigfsMode::Kernel,
-        NvmetPlanConfig {
-            port: PortConfig {
-                id: 7,
-                trtype: "tcp".into(),
-                adrfam: "ipv4".into(),
-                traddr: "127.0.0.1".into(),
-                trsvcid: "4420".into(),
-            },
-            backing_dir: PathBuf::from("/tmp/dpu-volumes"),
-            qos_cgroup: None,
-            volume_ports: 0,
-        },
-    )
-}
-
 fn volume(i: usize, port: u16, prefix: &str) -> DesiredVolume {
-    DesiredVolume {
-        key: VolumeKey::new("bench", format!("v{i}")),
-        spec: VolumeSpec {
-            function: "f".into(),
-            nsid: None,
-            source: VolumeSource::Nvmeof(NvmeofSource {
-                transport: NvmeofTransport::Tcp,
-                address: "127.0.0.1".into(),
-                port,
-                subnqn: format!("{prefix}{i}").parse().expect("an NQN"),
-                hostnqn: None,
-            }),
-            qos: None,
-            read_only: None,
-        },
-        function: FunctionTarget {
-            id: "f".into(),
-            type_: FunctionType::Nvme,
-            pf: 0,
-            vf: None,
-            host_nqn: HOST.into(),
-        },
-    }
+    let key = VolumeKey::new("bench", format!("v{i}"));
+    let subnqn = format!("{prefix}{i}").parse().expect("an NQN");
+    remote_volume(key, "127.0.0.1", port, subnqn, HOST)
 }
 
 async fn converge(b: &NvmetBackend, desired: &[DesiredVolume]) -> Result<(), String> {
-    let chain = |e: &dyn std::error::Error| {
-        let mut s = e.to_string();
-        let mut src = e.source();
-        while let Some(x) = src {
-            s.push_str(&format!(": {x}"));
-            src = x.source();
-        }
-        s
-    };
-    let observed = b.observe().await.map_err(|e| chain(&e))?;
+    let observed = b.observe().await.map_err(|e| error_chain(&e))?;
     let actions = b.plan(desired, &observed);
-    apply_all(b, &actions).await.map_err(|e| chain(&e))?;
+    apply_all(b, &actions).await.map_err(|e| error_chain(&e))?;
     Ok(())
 }
 
@@ -206,7 +156,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     let n: usize = n.parse().map_err(|_| format!("bad count {n}"))?;
     let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
     let paths = KernelPaths::default();
-    let b = backend();
+    let b = kernel_backend(4420);
 
     let mut desired = Vec::new();
     let mut hosts = Vec::new();
@@ -249,22 +199,5 @@ async fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("storage-bench: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("storage-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    dpu_tests::probe::main("storage-bench", |args| async move { run(&args).await })
 }

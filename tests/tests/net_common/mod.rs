@@ -63,6 +63,24 @@ pub async fn start_ovs(dir: &Path, netns: Netns) -> OvsSandbox {
         .unwrap_or_else(|e| panic!("Open vSwitch sandbox in {}: {e:?}", dir.display()))
 }
 
+/// A test's temp dir under /tmp and the private OVS it holds (in `ovs/`);
+/// an agent's state goes in `state/`.
+pub struct Switch {
+    pub dir: tempfile::TempDir,
+    pub ovs: OvsSandbox,
+}
+
+/// A temp dir named `prefix…` and an Open vSwitch started in it, in
+/// `netns`.
+pub async fn private_switch(prefix: &str, netns: Netns) -> Switch {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    let ovs = start_ovs(&dir.path().join("ovs"), netns).await;
+    Switch { dir, ovs }
+}
+
 /// A running `dpu-agent dev --no-ovs` using the OVSDB at `db`.
 #[derive(Debug)]
 pub struct Agent {
@@ -196,6 +214,13 @@ pub async fn put(client: &Client, kind: Kind, id: &str, tenant: &str, spec: Valu
         .unwrap_or_else(|e| panic!("PUT {} {id}: {e}", kind.path()));
 }
 
+/// Tenant `acme` (no grants) and its VXLAN network `id`.
+pub async fn acme_vxlan_network(c: &Client, id: &str, vni: u32, cidr: &str) {
+    put(c, Kind::Tenant, "acme", "acme", serde_json::json!({})).await;
+    let spec = serde_json::json!({"vni": vni, "cidr": cidr, "encap": "vxlan"});
+    put(c, Kind::Network, id, "acme", spec).await;
+}
+
 pub fn is_ready(o: &dpu_api::Object) -> bool {
     o.status.phase == dpu_api::Phase::Ready && o.status.observed_generation == o.generation
 }
@@ -277,4 +302,148 @@ pub fn flow_identity(line: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The network namespaces a test made, removed on drop (last first, on
+/// every path).
+pub struct NetnsCleanup(pub Vec<String>);
+
+impl Drop for NetnsCleanup {
+    fn drop(&mut self) {
+        for ns in self.0.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Ping from `ns` to `dst`, retried for up to `within`.
+pub fn ping_within(ns: &str, dst: &str, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if succeeds(
+            "ip",
+            &["netns", "exec", ns, "ping", "-c", "1", "-W", "1", dst],
+        ) {
+            return true;
+        }
+    }
+    false
+}
+
+/// One of two "DPUs" carrying tenant `acme`'s network `net-x` over VXLAN.
+pub struct VxlanDpu {
+    /// The namespace (made by the test) the DPU's OVS and agent run in.
+    pub ns: String,
+    /// Its underlay address, on `br-phy`.
+    pub vtep: &'static str,
+    /// The underlay device in `ns` that `br-phy` gets as its port.
+    pub uplink: String,
+    pub function: String,
+    pub mac: &'static str,
+    pub ip: &'static str,
+    /// The tenant's spec.
+    pub tenant: Value,
+    pub vni: u32,
+    /// The port's `security.ingress` rules.
+    pub ingress: Value,
+}
+
+/// Runs one DPU on a thread of its own: OVS with a `br-phy` underlay bridge
+/// (userspace datapath) holding the VTEP address, an agent, the tenant, its
+/// network, a function with a port, and the other DPU's port (`peer`: MAC,
+/// IP, VTEP) as the Endpoint `peer`. Sends its VTEP and the integration
+/// bridge's OpenFlow socket when ready and keeps everything up until `done`
+/// is dropped; stops everything it started on every path.
+pub fn vxlan_dpu_thread(
+    me: VxlanDpu,
+    peer: (&'static str, &'static str, &'static str),
+    ready: std::sync::mpsc::Sender<(&'static str, PathBuf)>,
+    done: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    use serde_json::json;
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        let ns_path = format!("/run/netns/{}", me.ns);
+        let f = std::fs::File::open(&ns_path).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        run("ip", &["link", "set", "lo", "up"]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let Switch { dir, ovs } = private_switch("vx", Netns::Path(ns_path.into())).await;
+            let db = format!("--db=unix:{}", ovs.db_socket().display());
+            run(
+                "ovs-vsctl",
+                &[
+                    &db,
+                    "add-br",
+                    "br-phy",
+                    "--",
+                    "set",
+                    "bridge",
+                    "br-phy",
+                    "datapath_type=netdev",
+                    "--",
+                    "add-port",
+                    "br-phy",
+                    &me.uplink,
+                ],
+            );
+            run(
+                "ip",
+                &["addr", "add", &format!("{}/24", me.vtep), "dev", "br-phy"],
+            );
+            run("ip", &["link", "set", "br-phy", "up"]);
+            let agent = Agent::start(&dir.path().join("state"), &ovs.db_socket(), &[]).await;
+            let c = agent.client();
+            put(&c, Kind::Tenant, "acme", "acme", me.tenant).await;
+            put(
+                &c,
+                Kind::Network,
+                "net-x",
+                "acme",
+                json!({"vni": me.vni, "cidr": "10.30.0.0/24", "encap": "vxlan"}),
+            )
+            .await;
+            put(
+                &c,
+                Kind::Function,
+                &me.function,
+                "acme",
+                json!({"type": "net", "pf": "pf0", "mac": me.mac}),
+            )
+            .await;
+            put(
+                &c,
+                Kind::Port,
+                &me.function,
+                "acme",
+                json!({"network": "net-x", "function": me.function, "mac": me.mac,
+                       "ips": [me.ip], "security": {"ingress": me.ingress}}),
+            )
+            .await;
+            put(
+                &c,
+                Kind::Endpoint,
+                "peer",
+                "acme",
+                json!({"network": "net-x", "mac": peer.0, "ips": [peer.1], "vtep": peer.2}),
+            )
+            .await;
+            agent
+                .wait_object(Kind::Port, &me.function, Duration::from_secs(60), is_ready)
+                .await;
+            agent
+                .wait_object(Kind::Endpoint, "peer", Duration::from_secs(20), is_ready)
+                .await;
+            let _ = ready.send((me.vtep, ovs.mgmt_socket(BRIDGE)));
+            // Until the test is done (or gave up and dropped the sender).
+            let _ = done.recv();
+            drop(agent);
+            drop(ovs);
+        });
+    })
 }

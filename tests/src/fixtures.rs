@@ -1,0 +1,91 @@
+//! Client-side helpers the end-to-end suites share: creating objects,
+//! reading a refusal, replaying the watch history.
+
+use dpu_api::Kind;
+use dpu_api::client::{Client, ClientError, PutResult, WatchFilter};
+use dpu_api::object::Event;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// `PUT` `spec` as `kind`/`id` (of `tenant`, no precondition); a refusal
+/// fails the test with the call and the agent's answer.
+pub async fn put_ok(
+    client: &Client,
+    kind: Kind,
+    id: &str,
+    tenant: Option<&str>,
+    spec: Value,
+) -> PutResult {
+    client
+        .put(kind, id, tenant, spec, None)
+        .await
+        .unwrap_or_else(|e| panic!("PUT {kind} {id}: {e}"))
+}
+
+/// The HTTP status (0 when none came) and the field a refusal names.
+pub fn status_of(e: ClientError) -> (u16, Option<String>) {
+    (e.status().unwrap_or(0), e.field().map(str::to_string))
+}
+
+/// A refusal's detail and field as one line (the error's text when the
+/// agent sent no problem document).
+pub fn detail_of(e: &ClientError) -> String {
+    e.problem()
+        .map(|p| format!("{} {:?}", p.detail, p.field))
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// The events `client` may see from `since` on, as `filter` selects them,
+/// up to now (the watch is not followed).
+pub async fn history_since(client: &Client, since: u64, filter: WatchFilter) -> Vec<Event> {
+    let filter = WatchFilter {
+        follow: false,
+        ..filter
+    };
+    let mut watch = client
+        .watch(since, &filter)
+        .await
+        .unwrap_or_else(|e| panic!("watch since {since}: {e}"));
+    let mut events = Vec::new();
+    while let Some(ev) = watch.next().await {
+        events.push(ev.unwrap_or_else(|e| panic!("watch event: {e}")));
+    }
+    events
+}
+
+/// Every event `client` may see, from the start up to now.
+pub async fn history(client: &Client) -> Vec<Event> {
+    history_since(client, 0, WatchFilter::default()).await
+}
+
+/// A `PUT` the agent must refuse: its status and the field it names (as
+/// [`status_of`]). An acceptance fails the test.
+pub async fn put_refused(
+    client: &Client,
+    kind: Kind,
+    id: &str,
+    tenant: Option<&str>,
+    spec: Value,
+) -> (u16, Option<String>) {
+    match client.put(kind, id, tenant, spec, None).await {
+        Ok(_) => panic!("PUT {kind} {id} was accepted"),
+        Err(e) => status_of(e),
+    }
+}
+
+/// A TLS client (ring; the default protocol versions) that trusts only the
+/// CA certificates in `ca_pem`.
+pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
