@@ -23,7 +23,17 @@ dpuctl="$bin/dpuctl"
 
 "$agent" dev --state-dir "$state" 2>"$state/agent.log" &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; "$agent" dev --stop --state-dir "$state" >/dev/null 2>&1' EXIT INT TERM
+# On Ctrl-C the agent has usually exited already (it got the SIGINT too), so
+# `kill` fails: nothing in the clean-up may stop it under `set -e`, or the
+# switch would be left running.
+stop() {
+  set +e
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  "$agent" dev --stop --state-dir "$state" >/dev/null 2>&1
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
 
 for _ in $(seq 1 100); do
   if ! kill -0 "$pid" 2>/dev/null; then
