@@ -99,6 +99,8 @@ pub fn host_device(f: &Function) -> HostDevice {
         card: f.card.clone(),
         sf_index: f.sf_index,
         aux_device: f.aux_device.clone(),
+        // Filled by RDMA discovery (issue 14, host-stub side).
+        rdma: None,
     }
 }
 

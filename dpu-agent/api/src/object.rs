@@ -360,6 +360,25 @@ pub struct HostDevice {
     /// For an SF, its auxiliary device name (`mlx5_core.sf.2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aux_device: Option<String>,
+    /// The RDMA device bound to the function's netdev, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<HostRdma>,
+}
+
+/// The RDMA (verbs) device the host stub found on a function's netdev
+/// through `/sys/class/infiniband/*/ports/*/gid_attrs/ndevs/*`: a PCI
+/// function's own device (`mlx5_3`) or a software one (`rxe0`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostRdma {
+    /// The RDMA device's name under `/sys/class/infiniband`.
+    pub device: String,
+    /// Its verbs character device (`/dev/infiniband/uverbs0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uverbs: Option<String>,
+    /// The RDMA connection manager's character device
+    /// (`/dev/infiniband/rdma_cm`), when the host has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma_cm: Option<String>,
 }
 
 /// A host's last report, as `GET /v1/inventory` shows it.

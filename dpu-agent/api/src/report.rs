@@ -73,6 +73,31 @@ impl Report for FlowsReport {
     const FIELDS: &'static [&'static str] = &["flows"];
 }
 
+/// Function: what its controller reports beside the facts (VF,
+/// representor, host device): its RDMA state when `spec.rdma` asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<RdmaReport>,
+}
+
+/// A function's RDMA: whether the driver has RoCE on for it, the DPU-side
+/// RDMA device when known, and the RDMA device the host stub found on the
+/// function's host netdev.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RdmaReport {
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_device: Option<String>,
+}
+
+impl Report for FunctionReport {
+    const KIND: Kind = Kind::Function;
+    const FIELDS: &'static [&'static str] = &["rdma"];
+}
+
 /// Port: its flows, its OpenFlow port and what the datapath says of the
 /// flows entering from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,6 +62,9 @@ pub struct FunctionGrant {
     /// Whether `spoof_check: false` is allowed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_spoof_check_off: bool,
+    /// Whether `rdma: true` is allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_rdma: bool,
 }
 
 /// Upper bounds on what a tenant may own; an absent bound is unlimited.
@@ -121,6 +124,10 @@ pub struct FunctionSpec {
     pub trust: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spoof_check: Option<bool>,
+    /// A `net` function that also carries RDMA (RoCE v2): the agent turns
+    /// RoCE on for it where the driver offers it (devlink `enable_roce`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rdma: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

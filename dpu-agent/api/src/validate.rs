@@ -420,6 +420,7 @@ fn validate_function(f: &FunctionSpec) -> Check {
         ("spec.max_tx_rate_mbps", f.max_tx_rate_mbps.is_some()),
         ("spec.trust", f.trust.is_some()),
         ("spec.spoof_check", f.spoof_check.is_some()),
+        ("spec.rdma", f.rdma),
     ];
     match f.type_ {
         FunctionType::Net => {
@@ -1116,6 +1117,9 @@ fn check_function_grant(f: &FunctionSpec, grant: Option<&FunctionGrant>) -> Chec
             "spec.spoof_check",
             format!("turning spoof checking off is not granted {HOW}"),
         );
+    }
+    if f.rdma && !g.allow_rdma {
+        return fail("spec.rdma", format!("RDMA is not granted {HOW}"));
     }
     Ok(())
 }

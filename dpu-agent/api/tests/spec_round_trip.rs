@@ -80,9 +80,22 @@ fn function() -> impl Strategy<Value = FunctionSpec> {
         of(any::<u32>()),
         of(any::<bool>()),
         of(any::<bool>()),
+        any::<bool>(),
     )
         .prop_map(
-            |(type_, pf, vf, host, attach, mac, vlan, max_tx_rate_mbps, trust, spoof_check)| {
+            |(
+                type_,
+                pf,
+                vf,
+                host,
+                attach,
+                mac,
+                vlan,
+                max_tx_rate_mbps,
+                trust,
+                spoof_check,
+                rdma,
+            )| {
                 FunctionSpec {
                     type_,
                     pf,
@@ -94,6 +107,7 @@ fn function() -> impl Strategy<Value = FunctionSpec> {
                     max_tx_rate_mbps,
                     trust,
                     spoof_check,
+                    rdma,
                 }
             },
         )

@@ -234,6 +234,7 @@ fn vlans_and_net_only_fields() {
     let rows: Vec<(Value, Want)> = vec![
         (json!({}), OK),
         (json!({"vlan": 1}), OK),
+        (json!({"rdma": true}), OK),
         (json!({"vlan": 4094}), OK),
         (json!({"vlan": 0}), Some("spec.vlan")),
         (json!({"vlan": 4095}), Some("spec.vlan")),
@@ -270,6 +271,8 @@ fn vlans_and_net_only_fields() {
             ),
             (json!({"trust": false}), Some("spec.trust")),
             (json!({"spoof_check": true}), Some("spec.spoof_check")),
+            (json!({"rdma": true}), Some("spec.rdma")),
+            (json!({"rdma": false}), OK),
         ];
         check_rows(&format!("{type_} function"), &rows, |patch| {
             spec_check(Kind::Function, &with(&storage, patch.clone()))
@@ -1268,7 +1271,7 @@ fn grants_are_validated() {
         ),
         (
             json!({"grants": {"functions": {"pfs": ["pf0", "p1"], "vfs": "0-15", "hosts": ["node-1"],
-                   "allow_trust": true, "allow_spoof_check_off": true}}}),
+                   "allow_trust": true, "allow_spoof_check_off": true, "allow_rdma": true}}}),
             OK,
         ),
         (
@@ -1298,6 +1301,12 @@ fn function_grants_bound_tenant_writers() {
         "acme",
         "acme",
         json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": "4-7", "hosts": ["node-1"]}}}),
+    );
+    w.put(
+        Kind::Tenant,
+        "rdma",
+        "rdma",
+        json!({"grants": {"functions": {"pfs": ["pf0"], "allow_rdma": true}}}),
     );
     w.put(Kind::Tenant, "bare", "bare", json!({}));
     let f = json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"});
@@ -1338,6 +1347,15 @@ fn function_grants_bound_tenant_writers() {
                 with(&f, json!({"spoof_check": false})),
             ),
             Some("spec.spoof_check"),
+        ),
+        // RDMA needs grants.functions.allow_rdma.
+        (
+            ("acme", Writer::Tenant, with(&f, json!({"rdma": true}))),
+            Some("spec.rdma"),
+        ),
+        (
+            ("rdma", Writer::Tenant, with(&f, json!({"rdma": true}))),
+            OK,
         ),
         (("bare", Writer::Tenant, f.clone()), Some("spec.pf")),
         // The fleet controller places functions wherever it decides.
