@@ -22,6 +22,14 @@ pub enum Error {
     /// the `NLMSG_DONE` of a dump).
     #[error("the kernel refused the request")]
     Kernel(#[source] io::Error),
+    /// A refusal with the kernel's extended-ack reason (the driver's words,
+    /// e.g. "Port doesn't support function attributes").
+    #[error("the kernel refused the request: {message}")]
+    Refused {
+        #[source]
+        source: io::Error,
+        message: String,
+    },
     /// The answer is not well-formed netlink.
     #[error("malformed netlink reply: {0}")]
     Malformed(String),
@@ -34,7 +42,7 @@ impl Error {
     /// The errno of a kernel refusal.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Kernel(e) => e.raw_os_error(),
+            Error::Kernel(e) | Error::Refused { source: e, .. } => e.raw_os_error(),
             _ => None,
         }
     }
@@ -51,6 +59,9 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
             Error::Open(e) | Error::Io(e) | Error::Kernel(e) => e,
+            Error::Refused { source, message } => {
+                io::Error::new(source.kind(), format!("{source}: {message}"))
+            }
             Error::Netns { path, source } => io::Error::new(
                 source.kind(),
                 format!("cannot enter network namespace {path}: {source}"),

@@ -27,6 +27,12 @@ pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_ROOT: u16 = 0x100;
 pub const NLM_F_MATCH: u16 = 0x200;
 pub const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
+/// In an `NLMSG_ERROR`: the echoed request is cut to its header.
+pub const NLM_F_CAPPED: u16 = 0x100;
+/// In an `NLMSG_ERROR`: extended-ack attributes follow the echoed request.
+pub const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG`: the extended ack's human-readable reason.
+pub const NLMSGERR_ATTR_MSG: u16 = 1;
 /// For new requests (same bit as `NLM_F_ROOT`).
 pub const NLM_F_REPLACE: u16 = 0x100;
 /// For new requests (same bit as `NLM_F_MATCH`).
@@ -167,6 +173,45 @@ impl<'a> Iterator for Messages<'a> {
 /// errno as `Error::Kernel`, anything shorter than a `struct nlmsgerr`
 /// (e.g. the 16-byte bare header) or a positive code `Malformed`.
 pub fn error_of(payload: &[u8]) -> Result<(), Error> {
+    error_with_ack_of(0, payload)
+}
+
+/// [`error_of`] for an `NLMSG_ERROR` whose header flags are `flags`: when
+/// the kernel added extended-ack attributes (`NLM_F_ACK_TLVS`, sent to a
+/// socket with `NETLINK_EXT_ACK` on, see [`crate::Socket::with_ext_ack`]),
+/// a refusal carrying a reason (`NLMSGERR_ATTR_MSG`) is
+/// `Error::Refused` with it. Attributes that do not parse are ignored: the
+/// errno stands alone.
+pub fn error_with_ack_of(flags: u16, payload: &[u8]) -> Result<(), Error> {
+    let out = error_code_of(payload);
+    match out {
+        Err(Error::Kernel(source)) if flags & NLM_F_ACK_TLVS != 0 => {
+            match ext_ack_message(flags, payload) {
+                Some(message) => Err(Error::Refused { source, message }),
+                None => Err(Error::Kernel(source)),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The extended ack's message after the echoed request of an error payload.
+fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+    // `int error`, then the request's header, then (unless capped) the
+    // rest of the request as its own header gives its length.
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        usize::try_from(u32_at(payload, 4)?).ok()?
+    };
+    let start = 4usize.checked_add(align(echoed.min(payload.len())))?;
+    let tlvs = payload.get(start..)?;
+    let msg = crate::attr::attrs(tlvs).get(NLMSGERR_ATTR_MSG)?;
+    let text = crate::attr::string(msg);
+    (!text.is_empty()).then_some(text)
+}
+
+fn error_code_of(payload: &[u8]) -> Result<(), Error> {
     let len = NLMSG_HDRLEN + payload.len();
     if len < NLMSG_ERROR_MIN_LEN {
         return Err(Error::Malformed(format!(
@@ -237,7 +282,7 @@ impl Exchange {
             }
             match h.ty {
                 NLMSG_ERROR => {
-                    error_of(payload)?;
+                    error_with_ack_of(h.flags, payload)?;
                     return Ok(true);
                 }
                 NLMSG_DONE => {
@@ -317,6 +362,45 @@ mod tests {
     fn decode(b: &[u8]) -> Result<(bool, Vec<Vec<u8>>), Error> {
         let mut out = Vec::new();
         decode_replies(b, 7, true, &mut out).map(|done| (done, out))
+    }
+
+    /// An extended ack as the kernel's `netlink_ack()` builds it for a
+    /// socket with `NETLINK_EXT_ACK` (capped: only the request's header is
+    /// echoed) carries the driver's reason beside the errno; without
+    /// `NLM_F_ACK_TLVS` the same bytes are a bare errno.
+    #[test]
+    fn extended_ack_reason_is_kept() {
+        let reason = "Port doesn't support function attributes";
+        let mut body = (-95i32).to_ne_bytes().to_vec();
+        body.extend_from_slice(&nlmsghdr(60, 0x13, 0x05, 7));
+        crate::attr::put_str(&mut body, NLMSGERR_ATTR_MSG, reason);
+        let capped = nlmsg(NLMSG_ERROR, NLM_F_CAPPED | NLM_F_ACK_TLVS, 7, &body);
+        match decode(&capped) {
+            Err(Error::Refused { source, message }) => {
+                assert_eq!(source.raw_os_error(), Some(95));
+                assert_eq!(message, reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = decode(&capped).unwrap_err();
+        assert_eq!(e.errno(), Some(95));
+        assert!(e.to_string().ends_with(reason), "{e}");
+        let bare = nlmsg(NLMSG_ERROR, NLM_F_CAPPED, 7, &body);
+        assert!(matches!(decode(&bare), Err(Error::Kernel(_))));
+        // Uncapped: the whole request is echoed before the attributes.
+        let mut body = (-22i32).to_ne_bytes().to_vec();
+        body.extend_from_slice(&message(0x13, 0x05, 7, &[9; 8]));
+        crate::attr::put_str(&mut body, NLMSGERR_ATTR_MSG, "bad attribute");
+        let whole = nlmsg(NLMSG_ERROR, NLM_F_ACK_TLVS, 7, &body);
+        match decode(&whole) {
+            Err(Error::Refused { message, .. }) => assert_eq!(message, "bad attribute"),
+            other => panic!("{other:?}"),
+        }
+        // An echoed length past the end is not a panic, just no reason.
+        let mut body = (-22i32).to_ne_bytes().to_vec();
+        body.extend_from_slice(&nlmsghdr(9999, 0x13, 0x05, 7));
+        let lying = nlmsg(NLMSG_ERROR, NLM_F_ACK_TLVS, 7, &body);
+        assert!(matches!(decode(&lying), Err(Error::Kernel(_))));
     }
 
     #[test]

@@ -135,6 +135,25 @@ impl Socket {
         self
     }
 
+    /// Asks the kernel for extended acks (`NETLINK_EXT_ACK`): a refusal then
+    /// carries the kernel's or driver's reason ([`Error::Refused`]). A
+    /// kernel without the option leaves refusals as bare errnos.
+    pub fn with_ext_ack(self) -> Socket {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt(2) with a valid int option value of its size;
+        // failure is harmless (no extended acks) and ignored.
+        unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_EXT_ACK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        self
+    }
+
     /// Overwrites the receive buffer with zeros after each datagram (for
     /// answers that carry key material, e.g. XFRM SA dumps).
     pub fn wipe_received(mut self, wipe: bool) -> Socket {

@@ -49,7 +49,10 @@ impl XfrmError {
             dpu_netlink::Error::Open(e) => XfrmError::Open(e),
             dpu_netlink::Error::Netns { path, source } => XfrmError::Netns { path, source },
             dpu_netlink::Error::Io(e) => XfrmError::Io(e),
-            dpu_netlink::Error::Kernel(source) => XfrmError::Kernel { op, source },
+            // XFRM sockets do not ask for extended acks: a reason is not expected.
+            dpu_netlink::Error::Kernel(source) | dpu_netlink::Error::Refused { source, .. } => {
+                XfrmError::Kernel { op, source }
+            }
             e @ dpu_netlink::Error::Timeout(_) => XfrmError::Io(e.into()),
             dpu_netlink::Error::Malformed(what) => XfrmError::Decode(WireError::Netlink(what)),
         }

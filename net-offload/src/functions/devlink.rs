@@ -35,6 +35,7 @@ pub mod cmd {
     pub const PORT_DEL: u8 = 8;
     pub const ESWITCH_GET: u8 = 29;
     pub const ESWITCH_SET: u8 = 30;
+    pub const RATE_SET: u8 = 75;
 }
 
 pub mod attr {
@@ -54,11 +55,19 @@ pub mod attr {
     pub const PORT_EXTERNAL: u16 = 149;
     pub const PORT_CONTROLLER_NUMBER: u16 = 150;
     pub const PORT_PCI_SF_NUMBER: u16 = 164;
+    pub const RATE_TX_SHARE: u16 = 166;
+    pub const RATE_TX_MAX: u16 = 167;
     /// Inside `PORT_FUNCTION`.
     pub const PORT_FN_HW_ADDR: u16 = 1;
     /// Inside `PORT_FUNCTION`.
     pub const PORT_FN_STATE: u16 = 2;
+    /// Inside `PORT_FUNCTION`: `struct nla_bitfield32 { value, selector }`
+    /// of `DEVLINK_PORT_FN_CAP_*` bits (kernel 6.2 and later).
+    pub const PORT_FN_CAPS: u16 = 4;
 }
+
+/// `DEVLINK_PORT_FN_CAP_ROCE`: the function may use RoCE.
+pub const PORT_FN_CAP_ROCE: u32 = 1 << 0;
 
 /// `DEVLINK_PORT_FLAVOUR_PCI_SF`.
 pub const FLAVOUR_PCI_SF: u16 = 7;
@@ -117,6 +126,22 @@ pub enum DevlinkRequest {
         port: u32,
         active: bool,
     },
+    /// `devlink port function set DEV/PORT roce enable|disable` (the
+    /// `roce` bit of the port function's capabilities).
+    PortFunctionRoce {
+        dev: DevlinkDev,
+        port: u32,
+        enable: bool,
+    },
+    /// `devlink port function rate set DEV/PORT tx_share S tx_max M`, in
+    /// bytes per second (0: no guarantee / no limit) — the leaf rate object
+    /// of the port.
+    RateSet {
+        dev: DevlinkDev,
+        port: u32,
+        tx_share: u64,
+        tx_max: u64,
+    },
     /// `devlink port add DEV flavour pcisf pfnum N sfnum M [controller C]`
     SfPortNew {
         dev: DevlinkDev,
@@ -168,6 +193,29 @@ impl DevlinkRequest {
                 });
                 cmd::PORT_SET
             }
+            DevlinkRequest::PortFunctionRoce { dev, port, enable } => {
+                put_dev(&mut a, dev);
+                put_u32(&mut a, attr::PORT_INDEX, *port);
+                let value = if *enable { PORT_FN_CAP_ROCE } else { 0 };
+                let mut caps = value.to_ne_bytes().to_vec();
+                caps.extend_from_slice(&PORT_FN_CAP_ROCE.to_ne_bytes());
+                nested(&mut a, attr::PORT_FUNCTION, |n| {
+                    put(n, attr::PORT_FN_CAPS, &caps)
+                });
+                cmd::PORT_SET
+            }
+            DevlinkRequest::RateSet {
+                dev,
+                port,
+                tx_share,
+                tx_max,
+            } => {
+                put_dev(&mut a, dev);
+                put_u32(&mut a, attr::PORT_INDEX, *port);
+                nla::put_u64(&mut a, attr::RATE_TX_SHARE, *tx_share);
+                nla::put_u64(&mut a, attr::RATE_TX_MAX, *tx_max);
+                cmd::RATE_SET
+            }
             DevlinkRequest::SfPortNew {
                 dev,
                 pfnum,
@@ -211,6 +259,8 @@ impl DevlinkRequest {
             DevlinkRequest::EswitchSet { .. } => "eswitch_set",
             DevlinkRequest::PortFunctionHwAddr { .. } => "port_function_hw_addr",
             DevlinkRequest::PortFunctionState { .. } => "port_function_state",
+            DevlinkRequest::PortFunctionRoce { .. } => "port_function_roce",
+            DevlinkRequest::RateSet { .. } => "rate_set",
             DevlinkRequest::SfPortNew { .. } => "sf_port_new",
             DevlinkRequest::PortDel { .. } => "port_del",
         }
@@ -250,7 +300,8 @@ impl DevlinkSocket {
                 op: "open a generic netlink socket".into(),
                 source: e.into(),
             })?
-            .with_timeout(Some(timeout));
+            .with_timeout(Some(timeout))
+            .with_ext_ack();
         let family = genl::resolve_family(&mut sock, DEVLINK_GENL_NAME).map_err(|e| match e {
             dpu_netlink::Error::Malformed(what) => FunctionsError::DevlinkReply(what),
             e => FunctionsError::NoDevlink(e.into()),
@@ -275,9 +326,21 @@ impl DevlinkSocket {
                 }
                 Ok::<(), dpu_netlink::Error>(())
             })
-            .map_err(|e| FunctionsError::Devlink {
-                op: format!("{req:?}"),
-                source: e.into(),
+            .map_err(|e| match e {
+                dpu_netlink::Error::Kernel(source) => FunctionsError::DevlinkRefused {
+                    op: req.label(),
+                    reason: None,
+                    source,
+                },
+                dpu_netlink::Error::Refused { source, message } => FunctionsError::DevlinkRefused {
+                    op: req.label(),
+                    reason: Some(message),
+                    source,
+                },
+                e => FunctionsError::Devlink {
+                    op: format!("{req:?}"),
+                    source: e.into(),
+                },
             })?;
         Ok(out)
     }
@@ -390,6 +453,55 @@ mod tests {
             &state[state.len() - 12..],
             &[0x0c, 0x00, 0x91, 0x80, 0x05, 0x00, 0x02, 0x00, 1, 0, 0, 0]
         );
+    }
+
+    /// `roce enable` is the ROCE bit (bit 0 of `enum devlink_port_fn_cap`)
+    /// in a `struct nla_bitfield32 { value, selector }` inside the port
+    /// function; `disable` keeps the selector and clears the value.
+    #[test]
+    fn port_function_roce_is_a_bitfield32() {
+        let mut want = header(72, 0x15, 3, 6);
+        want.extend_from_slice(&DEV_ATTRS);
+        want.extend_from_slice(&[0x08, 0x00, 3, 0x00, 128, 0, 0, 0]); // PORT_INDEX 128
+        // PORT_FUNCTION (145 | NLA_F_NESTED) { CAPS (4) value 1 selector 1 }
+        want.extend_from_slice(&[
+            0x10, 0x00, 0x91, 0x80, 0x0c, 0x00, 0x04, 0x00, 1, 0, 0, 0, 1, 0, 0, 0,
+        ]);
+        let got = DevlinkRequest::PortFunctionRoce {
+            dev: dev(),
+            port: 128,
+            enable: true,
+        }
+        .encode(0x15, 3);
+        assert_eq!(got, want);
+        let off = DevlinkRequest::PortFunctionRoce {
+            dev: dev(),
+            port: 128,
+            enable: false,
+        }
+        .encode(0x15, 3);
+        assert_eq!(&off[off.len() - 8..], &[0, 0, 0, 0, 1, 0, 0, 0]);
+    }
+
+    /// `devlink port function rate set DEV/128 tx_max 100mbit`: RATE_SET
+    /// (75) with the port's handle and the rates as u64 bytes per second
+    /// (RATE_TX_SHARE 166, RATE_TX_MAX 167).
+    #[test]
+    fn rate_set_on_a_leaf() {
+        let mut want = header(80, 0x15, 4, 75);
+        want.extend_from_slice(&DEV_ATTRS);
+        want.extend_from_slice(&[0x08, 0x00, 3, 0x00, 128, 0, 0, 0]);
+        want.extend_from_slice(&[0x0c, 0x00, 166, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[0x0c, 0x00, 167, 0x00]);
+        want.extend_from_slice(&12_500_000u64.to_ne_bytes());
+        let got = DevlinkRequest::RateSet {
+            dev: dev(),
+            port: 128,
+            tx_share: 0,
+            tx_max: 12_500_000,
+        }
+        .encode(0x15, 4);
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -509,10 +621,11 @@ mod tests {
                 port: 3,
             })
             .unwrap_err();
-        let FunctionsError::Devlink { source, .. } = e else {
-            panic!("not a devlink error: {e}");
+        let FunctionsError::DevlinkRefused { source, .. } = &e else {
+            panic!("not a devlink refusal: {e}");
         };
         assert_eq!(source.raw_os_error(), Some(libc::EOPNOTSUPP));
+        assert_eq!(e.devlink_errno(), Some(libc::EOPNOTSUPP));
         kernel_thread.join().unwrap();
     }
 

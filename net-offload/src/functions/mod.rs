@@ -189,12 +189,29 @@ pub enum FunctionsError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel (or the driver) refused a devlink request; `reason` is
+    /// its extended-ack message when it gave one.
+    #[error("devlink {op} refused{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    DevlinkRefused {
+        op: &'static str,
+        reason: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
     /// The kernel's devlink reply lacks what the request must return.
     #[error("devlink: {0}")]
     DevlinkReply(String),
 }
 
 impl FunctionsError {
+    /// The errno of a devlink refusal.
+    pub fn devlink_errno(&self) -> Option<i32> {
+        match self {
+            FunctionsError::DevlinkRefused { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn netlink(op: impl Into<String>, source: std::io::Error) -> Self {
         FunctionsError::Netlink {
             op: op.into(),
