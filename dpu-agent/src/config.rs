@@ -72,8 +72,12 @@ pub struct FileConfig {
     /// How long a host stub may stay silent before `/metrics` counts its
     /// lease as expired; match the host stubs' `lease_secs`.
     pub host_lease_seconds: Option<u64>,
-    /// `veth` (simulator), `sriov` (a real PF) or `none`.
+    /// `veth` (simulator), `switchdev` (a BlueField's eswitch through
+    /// devlink), `sriov` (legacy VFs of a real PF), `external` or `none`.
     pub functions_backend: Option<FunctionsBackend>,
+    /// switchdev backend: put each eswitch found in legacy mode into
+    /// switchdev mode at start (default false: the firmware's mode stands).
+    pub eswitch_switchdev: Option<bool>,
     #[serde(default)]
     pub tls: TlsFileConfig,
     #[serde(default)]
@@ -99,14 +103,18 @@ pub struct OvsFileConfig {
     pub hw_offload: Option<bool>,
 }
 
-/// What makes `functions`: the veth simulator (default in dev), SR-IOV VFs
-/// of a real PF (default in run), functions made outside the agent
+/// What makes `functions`: the veth simulator (default in dev), VFs of a
+/// BlueField's eswitch through devlink (`switchdev`, default in run),
+/// legacy SR-IOV VFs of a real PF (`sriov`), functions made outside the agent
 /// (`external`: representors named, nothing programmed), or nothing
 /// (functions stay `Pending`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FunctionsBackend {
     Veth,
+    /// The eswitch read from devlink: VF ports, their representors,
+    /// `hw_addr`, rate and RoCE per port.
+    Switchdev,
     Sriov,
     /// Functions made outside the agent: representors named, nothing programmed.
     External,
@@ -235,6 +243,8 @@ pub struct Config {
     pub host_lease: Duration,
     pub ovs: OvsConfig,
     pub functions_backend: FunctionsBackend,
+    /// switchdev backend: set legacy eswitches to switchdev at start.
+    pub eswitch_switchdev: bool,
     pub storage: StorageConfig,
     /// Dev mode: the named network namespace (`/run/netns/<name>`) the
     /// private switch's ovs-vswitchd runs in, when it is not the agent's own
@@ -405,8 +415,9 @@ impl Config {
             .or(file.functions_backend)
             .unwrap_or(match mode {
                 Mode::Dev => FunctionsBackend::Veth,
-                Mode::Run => FunctionsBackend::Sriov,
+                Mode::Run => FunctionsBackend::Switchdev,
             });
+        let eswitch_switchdev = file.eswitch_switchdev.unwrap_or(false);
         // Dev mode defaults to no storage backend: the sandbox kernel has no
         // nvmet and there is no SPDK, so volumes stay Pending, saying why.
         let storage = StorageConfig {
@@ -453,6 +464,7 @@ impl Config {
             host_lease,
             ovs,
             functions_backend,
+            eswitch_switchdev,
             storage,
             switch_netns: None,
         })
@@ -540,7 +552,8 @@ mod tests {
         let none = env_of(&[]);
         let run =
             Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
-        assert_eq!(run.functions_backend, FunctionsBackend::Sriov);
+        assert_eq!(run.functions_backend, FunctionsBackend::Switchdev);
+        assert!(!run.eswitch_switchdev);
         let dev =
             Config::resolve(Mode::Dev, FileConfig::default(), &none, Flags::default()).unwrap();
         assert_eq!(dev.functions_backend, FunctionsBackend::Veth);

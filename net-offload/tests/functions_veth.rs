@@ -135,6 +135,7 @@ fn function(id: &str, n: u8) -> FunctionDesired {
         max_tx_rate_mbps: None,
         trust: false,
         spoof_check: true,
+        rdma: false,
         tenant: Some(TenantAddressing {
             mac: format!("02:fe:00:00:01:{n:02x}").parse().unwrap(),
             addresses: vec![(

@@ -14,6 +14,9 @@
 //! the uplink and VF representors come from the kernel's devlink ports, and
 //! the probe never reads a netdev name pattern.
 //!
+//! The same boot runs the `switchdev` functions backend on it (see
+//! [`check_switchdev_backend`]).
+//!
 //! Gated on `DPU_VM_TESTS=1`; `tests/vm/run.sh` builds `eswitch-probe` and
 //! runs `tests/vm/setup.sh`, which builds netdevsim.ko.
 
@@ -88,6 +91,28 @@ echo '## phys_port_name'
 for n in /sys/class/net/*; do
     echo "$(basename $n) $(cat $n/phys_port_name 2>/dev/null || echo -)"
 done
+for p in /usr/bin/ip /bin/ip /sbin/ip /usr/sbin/ip; do [ -x $p ] && IP=$p && break; done
+for n in /sys/class/net/*; do
+    case "$(cat $n/phys_port_name 2>/dev/null)" in
+        p1) UP=$(basename $n) ;;
+        pf0vf1) REP=$(basename $n) ;;
+    esac
+done
+mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+PORTS=/sys/kernel/debug/netdevsim/netdevsim1/ports
+echo '## apply'
+eswitch-probe apply web pf0 1 02:00:00:00:00:0b 100 off || echo "exit $?"
+echo '## apply-witness'
+echo "tx_max $(cat $PORTS/129/tx_max)"
+$IP link show $UP | grep 'vf 1 ' || true
+echo "alias $(cat /sys/class/net/$REP/ifalias) operstate-flags $($IP -o link show $REP | grep -o '<[^>]*>')"
+echo '## rdma'
+eswitch-probe apply web pf0 1 02:00:00:00:00:0b 100 on 2>&1 || echo "exit $?"
+echo '## remove'
+eswitch-probe remove web pf0 1 || echo "exit $?"
+echo '## remove-witness'
+echo "tx_max $(cat $PORTS/129/tx_max)"
+$IP link show $UP | grep 'vf 1 ' || true
 echo '## end'
 "#
         ))
@@ -172,7 +197,48 @@ echo '## end'
             "VF {vfnum} representor {netdev}\n{out}"
         );
     }
+    check_switchdev_backend(&out.stdout, &out);
     Ok(())
+}
+
+/// The `switchdev` functions backend (`net_offload::functions::switchdev`,
+/// through `eswitch-probe apply`/`remove`) on the same netdevsim eswitch,
+/// witnessed by netdevsim's debugfs and iproute2: VF 1 is found by devlink
+/// (pfnum 0, vfnum 1), its rate goes through its devlink rate object
+/// (debugfs `ports/129/tx_max` = 100 Mbit/s), its MAC through the port
+/// function's `hw_addr`, which 6.1's netdevsim refuses, so through the
+/// uplink's legacy VF MAC (`ip link` shows it), and its representor gets
+/// the function's alias. RoCE (`roce enable`) is refused by this driver and
+/// the apply fails with the kernel's own reason (extended ack), never a
+/// silent success. Removal resets MAC and rate.
+fn check_switchdev_backend(stdout: &str, out: &dyn std::fmt::Display) {
+    for part in ["apply", "apply-witness", "rdma", "remove", "remove-witness"] {
+        eprintln!("## {part}\n{}", section(stdout, part));
+    }
+    let apply = section(stdout, "apply");
+    assert!(
+        apply.contains("ran devlink port function rate set pf0 vf 1 tx_max 100mbit"),
+        "{out}"
+    );
+    assert!(apply.contains("ready "), "apply ends Ready\n{out}");
+    let witness = section(stdout, "apply-witness");
+    assert!(witness.contains("tx_max 100\n"), "devlink rate\n{out}");
+    assert!(
+        witness.contains("vf 1") && witness.contains("02:00:00:00:00:0b"),
+        "MAC through the uplink\n{out}"
+    );
+    assert!(
+        witness.contains("alias dpu-agent function web"),
+        "representor alias\n{out}"
+    );
+    let rdma = section(stdout, "rdma");
+    assert!(
+        rdma.contains("devlink port_function_roce refused: ") && rdma.contains("exit 1"),
+        "RoCE refused with the driver's reason\n{out}"
+    );
+    let removed = section(stdout, "remove-witness");
+    assert!(removed.contains("tx_max 0\n"), "rate reset\n{out}");
+    assert!(removed.contains("00:00:00:00:00:00"), "MAC reset\n{out}");
 }
 
 /// The probe's ports by devlink handle `bus/dev/index`.

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, HostDevice, ObjectKey, Phase, Status, WriteOutcome};
+use dpu_api::report::{FunctionReport, RdmaReport};
 use dpu_api::spec::{FunctionSpec, FunctionType as ApiFunctionType, Spec};
 use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing, plan,
@@ -217,6 +218,7 @@ fn desired(
         max_tx_rate_mbps: spec.max_tx_rate_mbps,
         trust: spec.trust.unwrap_or(false),
         spoof_check: spec.spoof_check.unwrap_or(true),
+        rdma: spec.rdma,
         tenant,
     })
 }
@@ -233,6 +235,19 @@ pub fn host_placement(
     spec: &FunctionSpec,
     vf: u32,
 ) -> Option<(String, Option<String>)> {
+    let f = host_function(devices, spec, vf)?;
+    Some((
+        f.pci_address.clone(),
+        f.netdev.clone().or_else(|| f.block_device.clone()),
+    ))
+}
+
+/// The host's device of a function (see [`host_placement`]).
+pub fn host_function<'a>(
+    devices: &'a [HostDevice],
+    spec: &FunctionSpec,
+    vf: u32,
+) -> Option<&'a HostDevice> {
     let class = match spec.type_ {
         ApiFunctionType::Net => "pf",
         ApiFunctionType::Nvme => "nvme",
@@ -249,13 +264,9 @@ pub fn host_placement(
         return None;
     }
     let pf = pfs.get(pf_index)?;
-    let f = devices
+    devices
         .iter()
-        .find(|d| d.physfn.as_deref() == Some(pf.pci_address.as_str()) && d.vf_index == Some(vf))?;
-    Some((
-        f.pci_address.clone(),
-        f.netdev.clone().or_else(|| f.block_device.clone()),
-    ))
+        .find(|d| d.physfn.as_deref() == Some(pf.pci_address.as_str()) && d.vf_index == Some(vf))
 }
 
 impl Functions {
@@ -404,6 +415,7 @@ impl Functions {
             vf,
             &applied,
             ready,
+            self.backend.switches_roce(),
             report.map(|r| r.devices.as_slice()),
         );
         let mut requeue_after =
@@ -462,14 +474,17 @@ impl Functions {
 
 /// The status of a function once its backend was asked: a pure function of
 /// the previous status, the spec, the VF it holds, what the backend
-/// reached (`ready`: the backend's account of a Ready function) and the
-/// devices its host reports (`None`: no host in the spec, or no report).
+/// reached (`ready`: the backend's account of a Ready function; `roce`:
+/// whether the backend switches RoCE itself, so a Ready apply of an RDMA
+/// function turned it on) and the devices its host reports (`None`: no
+/// host in the spec, or no report).
 pub fn programmed_status(
     mut status: Status,
     spec: &FunctionSpec,
     vf: u32,
     applied: &Applied,
     ready: String,
+    roce: bool,
     host_devices: Option<&[HostDevice]>,
 ) -> Status {
     status.facts.vf = Some(vf);
@@ -512,14 +527,79 @@ pub fn programmed_status(
         Applied::Ready { host_device, .. } => host_device.clone(),
         _ => None,
     };
-    match host_devices.and_then(|devices| host_placement(devices, spec, vf)) {
-        Some((address, device)) => {
-            status.facts.host_pci_address = Some(address);
-            status.facts.host_device = device.or(backend_device);
+    let host = host_devices.and_then(|devices| host_function(devices, spec, vf));
+    match host {
+        Some(f) => {
+            status.facts.host_pci_address = Some(f.pci_address.clone());
+            status.facts.host_device = f
+                .netdev
+                .clone()
+                .or_else(|| f.block_device.clone())
+                .or(backend_device);
         }
         None => status.facts.host_pci_address = None,
     }
+    rdma_status(&mut status, spec, applied, roce, host);
     status
+}
+
+/// A function's `rdma` report and `Rdma` condition (only when its spec
+/// asks for RDMA): on where the backend switched RoCE on for a Ready
+/// function, or where the host stub reports an RDMA device on it; the
+/// host's RDMA device when reported. The function's phase is not held
+/// back: a backend's refusal to turn RoCE on already failed the apply with
+/// the driver's reason.
+fn rdma_status(
+    status: &mut Status,
+    spec: &FunctionSpec,
+    applied: &Applied,
+    roce: bool,
+    host: Option<&HostDevice>,
+) {
+    if !spec.rdma {
+        status.set_report(&FunctionReport::default());
+        status.conditions.retain(|c| c.type_ != "Rdma");
+        return;
+    }
+    let switched = roce && matches!(applied, Applied::Ready { .. });
+    let host_rdma = host.and_then(|h| h.rdma.as_ref());
+    let enabled = switched || host_rdma.is_some();
+    status.set_report(&FunctionReport {
+        rdma: Some(RdmaReport {
+            enabled,
+            device: None,
+            host_device: host_rdma.map(|r| r.device.clone()),
+        }),
+    });
+    let (state, reason, message) = match (switched, host_rdma) {
+        (_, Some(r)) => (
+            ConditionStatus::True,
+            Reason::RdmaEnabled,
+            format!(
+                "the host reports RDMA device {}{}",
+                r.device,
+                r.uverbs
+                    .as_deref()
+                    .map(|u| format!(" ({u})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        (true, None) => (
+            ConditionStatus::True,
+            Reason::RdmaEnabled,
+            "RoCE is on for the function's eswitch port; the host has not reported its RDMA device yet".to_string(),
+        ),
+        (false, None) => (
+            ConditionStatus::False,
+            Reason::RdmaNotReported,
+            if roce {
+                "RoCE is turned on once the function is programmed".to_string()
+            } else {
+                "this functions backend has no RoCE switch of its own: RDMA is on when the host stub reports an RDMA device on the function".to_string()
+            },
+        ),
+    };
+    status.set_condition(condition("Rdma", state, reason, message));
 }
 
 impl Controller for Functions {
@@ -597,8 +677,25 @@ impl Controller for Functions {
 /// `Unavailable` placeholder for `none`.
 pub fn for_config(cfg: &crate::config::Config) -> Arc<dyn Controller> {
     use crate::config::FunctionsBackend as B;
-    use net_offload::functions::{sriov, veth};
+    use net_offload::functions::{sriov, switchdev, veth};
     match cfg.functions_backend {
+        B::Switchdev => {
+            let backend = switchdev::SwitchdevBackend::new(switchdev::SwitchdevConfig {
+                set_switchdev: cfg.eswitch_switchdev,
+            });
+            // A DPU without devlink still starts: each apply then fails
+            // with the reason, in the function's status.
+            match backend.prepare() {
+                Ok(changed) if !changed.is_empty() => {
+                    tracing::info!(devices = ?changed, "eswitch set to switchdev mode");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "cannot prepare the eswitch");
+                }
+            }
+            Arc::new(Functions::new(Arc::new(backend)))
+        }
         // Scoped by state directory: dev agents sharing a host (tests) only
         // ever sweep their own orphans.
         B::Veth => Arc::new(Functions::new(Arc::new(veth::VethBackend::scoped(
@@ -612,7 +709,7 @@ pub fn for_config(cfg: &crate::config::Config) -> Arc<dyn Controller> {
         ))),
         B::None => Arc::new(super::unavailable::Unavailable::new(
             Kind::Function,
-            "functions (net-offload: sriov/veth)",
+            "functions (net-offload: switchdev/sriov/veth/external)",
             "functions_backend is none in the configuration",
         )),
     }
@@ -947,7 +1044,15 @@ mod tests {
             representor: "pf0vf1".into(),
             host_device: None,
         };
-        let s = programmed_status(Status::default(), &spec, 1, &ready, "made".into(), None);
+        let s = programmed_status(
+            Status::default(),
+            &spec,
+            1,
+            &ready,
+            "made".into(),
+            false,
+            None,
+        );
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(s.facts.vf, Some(1));
         assert_eq!(s.facts.representor.as_deref(), Some("pf0vf1"));
@@ -969,6 +1074,7 @@ mod tests {
             1,
             &ready,
             "made".into(),
+            false,
             Some(&devices[..]),
         );
         assert_eq!(
@@ -986,6 +1092,7 @@ mod tests {
                 expected: "pf0vf1".into(),
             },
             String::new(),
+            false,
             None,
         );
         assert_eq!(missing.phase, Phase::Degraded);
@@ -1005,6 +1112,7 @@ mod tests {
                 message: "no SNAP".into(),
             },
             String::new(),
+            false,
             None,
         );
         assert_eq!(unsupported.phase, Phase::Pending);
@@ -1012,6 +1120,73 @@ mod tests {
             unsupported.condition("Programmed").unwrap().reason,
             "NoEmulation"
         );
+    }
+
+    /// A function asking for RDMA: on where the backend switches RoCE and
+    /// made it Ready, or where its host reports an RDMA device (named in
+    /// status); otherwise the `Rdma` condition says why not, and the phase
+    /// stays what programming reached. Without `rdma` nothing is reported.
+    #[test]
+    fn rdma_status_is_derived_from_backend_and_host() {
+        let spec: FunctionSpec = serde_json::from_value(
+            json!({"type": "net", "pf": "pf0", "host": "node-1", "mac": "02:00:00:00:00:01", "rdma": true}),
+        )
+        .unwrap();
+        let ready = Applied::Ready {
+            representor: "pf0vf1".into(),
+            host_device: None,
+        };
+        let rdma = |s: &Status| s.report::<FunctionReport>().rdma;
+        // A backend without a RoCE switch, no host report yet.
+        let s = programmed_status(Status::default(), &spec, 1, &ready, "m".into(), false, None);
+        assert_eq!(s.phase, Phase::Ready);
+        assert_eq!(
+            rdma(&s),
+            Some(RdmaReport {
+                enabled: false,
+                device: None,
+                host_device: None
+            })
+        );
+        let c = s.condition("Rdma").unwrap();
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::False, "RdmaNotReported")
+        );
+        // The switchdev backend turned RoCE on.
+        let s = programmed_status(Status::default(), &spec, 1, &ready, "m".into(), true, None);
+        assert!(rdma(&s).unwrap().enabled);
+        assert_eq!(s.condition("Rdma").unwrap().reason, "RdmaEnabled");
+        // The host reports rxe0 on the VF.
+        let mut vf = vf_dev("0000:03:00.2", "0000:03:00.0", 1, "ens1f0v1");
+        vf.rdma = Some(dpu_api::object::HostRdma {
+            device: "rxe0".into(),
+            uverbs: Some("/dev/infiniband/uverbs0".into()),
+            rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
+        });
+        let devices = [dev("0000:03:00.0", "pf", "pf"), vf];
+        let s = programmed_status(s, &spec, 1, &ready, "m".into(), false, Some(&devices[..]));
+        assert_eq!(
+            rdma(&s),
+            Some(RdmaReport {
+                enabled: true,
+                device: None,
+                host_device: Some("rxe0".into())
+            })
+        );
+        assert!(
+            s.condition("Rdma")
+                .unwrap()
+                .message
+                .contains("rxe0 (/dev/infiniband/uverbs0)")
+        );
+        // RDMA dropped from the spec: report and condition go.
+        let mut plain = spec.clone();
+        plain.rdma = false;
+        let s = programmed_status(s, &plain, 1, &ready, "m".into(), true, Some(&devices[..]));
+        assert_eq!(rdma(&s), None);
+        assert!(s.condition("Rdma").is_none());
+        assert!(!s.fields.contains_key("rdma"));
     }
 
     #[tokio::test]

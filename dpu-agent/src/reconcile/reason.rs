@@ -42,6 +42,9 @@ reasons! {
     SasAndPoliciesInstalled,
     /// A TLS listener is bound and listening.
     Listening,
+    /// A function's RoCE is on (switched by the backend, or its host
+    /// reports an RDMA device on it).
+    RdmaEnabled,
 
     // Progress and failure reasons.
     /// Changes were applied; the next observation confirms them.
@@ -78,6 +81,9 @@ reasons! {
     NotConfigured,
     /// Applied, but a fresh observation still differs.
     NotConverged,
+    /// No RDMA device is reported on the function yet, and its backend has
+    /// no RoCE switch of its own.
+    RdmaNotReported,
     /// A running listener refused the new configuration.
     ReloadRefused,
     /// The function's representor netdev is missing.
@@ -129,6 +135,7 @@ impl From<net_offload::functions::UnsupportedReason> for Reason {
     fn from(r: net_offload::functions::UnsupportedReason) -> Reason {
         match r {
             net_offload::functions::UnsupportedReason::NoEmulation => Reason::NoEmulation,
+            net_offload::functions::UnsupportedReason::SwitchdevField => Reason::Unsupported,
         }
     }
 }

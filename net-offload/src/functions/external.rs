@@ -103,6 +103,7 @@ mod tests {
             max_tx_rate_mbps: None,
             trust: false,
             spoof_check: true,
+            rdma: false,
             tenant: None,
         }
     }

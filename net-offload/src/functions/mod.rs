@@ -26,6 +26,7 @@ pub mod netns;
 pub mod plan;
 mod rtnl;
 pub mod sriov;
+pub mod switchdev;
 pub mod veth;
 
 pub use plan::{FunctionAction, Ran, VethPair};
@@ -115,6 +116,9 @@ pub struct FunctionDesired {
     pub trust: bool,
     /// Default true.
     pub spoof_check: bool,
+    /// The function also carries RDMA (RoCE): backends that switch RoCE
+    /// per function ([`FunctionBackend::switches_roce`]) turn it on.
+    pub rdma: bool,
     /// The tenant side (veth simulator only); `None` while no Port is attached.
     pub tenant: Option<TenantAddressing>,
 }
@@ -145,6 +149,9 @@ pub enum Applied {
 pub enum UnsupportedReason {
     /// The backend cannot emulate this function type (block, NVMe, ...).
     NoEmulation,
+    /// The spec asks for a VF setting that switchdev mode leaves to the
+    /// network pipeline (VLAN, trust, spoof checking off).
+    SwitchdevField,
 }
 
 /// Something a backend made, found by [`FunctionBackend::observe`].
@@ -251,6 +258,13 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
     /// the workload's side from the attached port), so a change of the
     /// port must reach it: the controller then looks again periodically.
     fn plays_tenant(&self) -> bool {
+        false
+    }
+
+    /// Whether the backend turns RoCE on per function when asked
+    /// (`FunctionDesired::rdma`); a Ready apply then means it is on.
+    /// Elsewhere RoCE is as the driver or the host provides it.
+    fn switches_roce(&self) -> bool {
         false
     }
 

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use super::sriov::VfConfig;
+use super::switchdev::PortSetting;
 use super::{Applied, FunctionBackend, FunctionsError, Mac, TenantAddressing, UnsupportedReason};
 
 /// One operation of a functions backend.
@@ -52,6 +53,18 @@ pub enum FunctionAction {
     /// apply with [`Applied::Ready`], or [`Applied::NoRepresentor`] when no
     /// netdev has that name.
     RepresentorUp { representor: String, alias: String },
+    /// switchdev: one setting of the VF's eswitch port through devlink, the
+    /// port found in the eswitch's port dump by (PF, vfnum). Ends an apply
+    /// with [`Applied::NoRepresentor`] while devlink lists no such port.
+    EswitchPort {
+        pf: String,
+        vf: u32,
+        setting: PortSetting,
+    },
+    /// switchdev: the representor devlink names for the VF's port, up with
+    /// the function's alias. Ends an apply with [`Applied::Ready`] (or
+    /// [`Applied::NoRepresentor`]).
+    EswitchRepresentorUp { pf: String, vf: u32, alias: String },
     /// external: the representor of a function made outside the agent,
     /// named and not programmed. Ends an apply with [`Applied::Ready`].
     NameRepresentor {
@@ -128,6 +141,24 @@ impl FunctionAction {
             )],
             FunctionAction::RepresentorUp { representor, alias } => vec![format!(
                 "RTM_SETLINK {representor} up alias {alias:?} (the representor)"
+            )],
+            FunctionAction::EswitchPort { pf, vf, setting } => vec![match setting {
+                PortSetting::HwAddr(mac) => format!(
+                    "devlink port function set {pf} vf {vf} hw_addr {mac} (if the driver refuses port function attributes: RTM_NEWLINK (change) UPLINK vf {vf} mac {mac})"
+                ),
+                PortSetting::TxMax { mbps: 0 } => {
+                    format!("devlink port function rate set {pf} vf {vf} tx_max 0 (no limit)")
+                }
+                PortSetting::TxMax { mbps } => {
+                    format!("devlink port function rate set {pf} vf {vf} tx_max {mbps}mbit")
+                }
+                PortSetting::Roce(on) => format!(
+                    "devlink port function set {pf} vf {vf} roce {}",
+                    if *on { "enable" } else { "disable" }
+                ),
+            }],
+            FunctionAction::EswitchRepresentorUp { pf, vf, alias } => vec![format!(
+                "RTM_SETLINK <{pf} vf {vf}'s representor, from devlink> up alias {alias:?}"
             )],
             FunctionAction::NameRepresentor {
                 pf,

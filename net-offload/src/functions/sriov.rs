@@ -155,6 +155,25 @@ pub async fn set_vf(pf: &str, cfg: &VfConfig) -> Result<(), FunctionsError> {
     .await
 }
 
+/// Sets only the MAC of VF `vf` of the netdev `pf` (`ip link set PF vf N
+/// mac M`): the switchdev backend's fallback where the driver refuses the
+/// port function's `hw_addr`.
+pub async fn set_vf_mac(pf: &str, vf: u32, mac: Mac) -> Result<(), FunctionsError> {
+    let rtnl = Rtnl::connect()?;
+    let index = pf_index(&rtnl, pf).await?;
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.attributes
+        .push(LinkAttribute::VfInfoList(vec![LinkVfInfo(vec![
+            VfInfo::Mac(VfInfoMac::new(vf, &mac.0)),
+        ])]));
+    let mut msg = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
+    msg.header.flags = SET_FLAGS;
+    msg.finalize();
+    rtnl.request(&format!("RTM_NEWLINK (change) {pf} vf {vf} mac {mac}"), msg)
+        .await
+}
+
 /// The VFs of the PF netdev `pf` (`RTM_GETLINK` with `RTEXT_FILTER_VF`).
 pub async fn read_vfs(pf: &str) -> Result<Vec<VfState>, FunctionsError> {
     let rtnl = Rtnl::connect()?;

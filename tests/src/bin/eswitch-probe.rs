@@ -5,7 +5,12 @@
 //!   port dump, grouped into uplinks, PFs and VF/SF representors) as JSON;
 //! - `eswitch-probe set-mode BUS/DEV legacy|switchdev` sets the eswitch
 //!   mode with `DevlinkSocket::set_eswitch_mode`, reads it back with
-//!   `DevlinkSocket::eswitch_mode` and prints `mode MODE`.
+//!   `DevlinkSocket::eswitch_mode` and prints `mode MODE`;
+//! - `eswitch-probe apply ID PF VF MAC RATE_MBPS RDMA(on|off)` plans and
+//!   runs one net function on the `switchdev` backend (`plan::run`) and
+//!   prints each executed action and the result (`ready REPRESENTOR`), or
+//!   the error chain (exit 1);
+//! - `eswitch-probe remove ID PF VF` runs the backend's removal plan.
 //!
 //! Exits 1 naming what failed.
 
@@ -13,6 +18,35 @@ use std::process::ExitCode;
 
 use net_offload::functions::devlink::{DevlinkDev, DevlinkSocket, EswitchMode};
 use net_offload::functions::eswitch::Eswitch;
+use net_offload::functions::switchdev::SwitchdevBackend;
+use net_offload::functions::{Applied, FunctionBackend, FunctionDesired, FunctionType, plan};
+
+/// Runs a plan on the switchdev backend, printing what ran.
+fn run_plan(
+    plan_of: impl FnOnce(&SwitchdevBackend) -> Vec<plan::FunctionAction>,
+) -> Result<(), String> {
+    let backend = SwitchdevBackend::default();
+    let actions = plan_of(&backend);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ran = rt.block_on(plan::run(&backend, &actions));
+    match ran {
+        Ok(ran) => {
+            for a in &ran.executed {
+                println!("ran {a}");
+            }
+            match ran.applied {
+                Some(Applied::Ready { representor, .. }) => println!("ready {representor}"),
+                Some(other) => println!("result {other:?}"),
+                None => println!("done"),
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("apply: {}", error_chain(&e))),
+    }
+}
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -56,7 +90,28 @@ fn run(args: &[String]) -> Result<(), String> {
             );
             Ok(())
         }
-        _ => Err("usage: eswitch-probe discover | set-mode BUS/DEV legacy|switchdev".into()),
+        [cmd, id, pf, vf, mac, rate, rdma] if cmd == "apply" => {
+            let desired = FunctionDesired {
+                id: id.clone(),
+                type_: FunctionType::Net,
+                pf: pf.clone(),
+                vf: vf.parse().map_err(|e| format!("vf: {e}"))?,
+                mac: Some(mac.parse().map_err(|e| format!("mac: {e}"))?),
+                vlan: None,
+                max_tx_rate_mbps: Some(rate.parse().map_err(|e| format!("rate: {e}"))?)
+                    .filter(|r| *r > 0),
+                trust: false,
+                spoof_check: true,
+                rdma: rdma == "on",
+                tenant: None,
+            };
+            run_plan(|b| b.plan_apply(&desired))
+        }
+        [cmd, id, pf, vf] if cmd == "remove" => {
+            let vf: u32 = vf.parse().map_err(|e| format!("vf: {e}"))?;
+            run_plan(|b| b.plan_remove(id, Some((pf.as_str(), vf))))
+        }
+        _ => Err("usage: eswitch-probe discover | set-mode BUS/DEV legacy|switchdev | apply ID PF VF MAC RATE on|off | remove ID PF VF".into()),
     }
 }
 
