@@ -60,8 +60,9 @@ const DEV: &str = "netdevsim/netdevsim1";
 fn eswitch_discovery_on_netdevsim_matches_devlink() -> anyhow::Result<()> {
     vm::require();
     let mut b = Vm::builder()
-        .modules(&["psample"])
-        .binary(vm::musl_binary("eswitch-probe")?);
+        .modules(&["psample", "esp4", "esp4_offload", "xfrm_user"])
+        .binary(vm::musl_binary("eswitch-probe")?)
+        .binary(vm::musl_binary("xfrm-probe")?);
     for (path, bytes) in netdevsim_modules()? {
         b = b.file(&path, bytes, 0o644);
     }
@@ -113,6 +114,16 @@ eswitch-probe remove web pf0 1 || echo "exit $?"
 echo '## remove-witness'
 echo "tx_max $(cat $PORTS/129/tx_max)"
 $IP link show $UP | grep 'vf 1 ' || true
+echo '## ipsec-offload'
+$IP link set $UP up
+$IP addr add 192.168.60.1/24 dev $UP
+XFRM_PROBE_OFFLOAD_DEV=$(cat /sys/class/net/$UP/ifindex) xfrm-probe install /proc/self/ns/net \
+    192.168.60.1 192.168.60.2 10.0.1.0/24 10.0.2.0/24 0x3001 0x4001 \
+    00112233445566778899aabbccddeeff01020304 ffeeddccbbaa99887766554433221100a1a2a3a4 2>&1 || echo "exit $?"
+echo '## ipsec-witness'
+$IP -d xfrm state | grep -E '^src|offload' || true
+echo '## ipsec-debugfs'
+cat $PORTS/0/ipsec || true
 echo '## end'
 "#
         ))
@@ -198,7 +209,42 @@ echo '## end'
         );
     }
     check_switchdev_backend(&out.stdout, &out);
+    check_ipsec_offload(&out.stdout, &out);
     Ok(())
+}
+
+/// IPsec offload accepted by a kernel driver: `dpu_crypto`'s plan and XFRM
+/// code (through `xfrm-probe install` with an offload device) install a
+/// tunnel's two SAs asking for offload to netdevsim's port netdev; 6.1 has
+/// no packet offload, so the plan's fallback lands on crypto offload, which
+/// netdevsim accepts (the guest needs `esp4_offload`, without which the
+/// kernel answers "Type doesn't support offload"). Witnesses: `ip -d xfrm state` shows "crypto offload
+/// parameters: dev <uplink>" on both SAs, and netdevsim's debugfs `ipsec`
+/// file lists them (it counts what the driver's `xdo_dev_state_add` took).
+fn check_ipsec_offload(stdout: &str, out: &dyn std::fmt::Display) {
+    for part in ["ipsec-offload", "ipsec-witness", "ipsec-debugfs"] {
+        eprintln!("## {part}\n{}", section(stdout, part));
+    }
+    let installed = section(stdout, "ipsec-offload");
+    assert!(installed.contains("failed 0"), "install\n{out}");
+    // 6.1 knows no packet offload: the first attempt of each SA is refused
+    // and the plan falls back to crypto offload.
+    assert_eq!(
+        installed.matches("offload_requested=true refused").count(),
+        2,
+        "{out}"
+    );
+    let witness = section(stdout, "ipsec-witness");
+    assert_eq!(
+        witness.matches("crypto offload parameters: dev").count(),
+        2,
+        "both SAs offloaded\n{out}"
+    );
+    let debugfs = section(stdout, "ipsec-debugfs");
+    assert!(
+        debugfs.contains("SA count=2"),
+        "netdevsim holds both SAs\n{out}"
+    );
 }
 
 /// The `switchdev` functions backend (`net_offload::functions::switchdev`,

@@ -11,7 +11,9 @@
 //! against what the namespace has, applies it, and prints each action (keys
 //! never printed) then `applied N failed M`; it exits 1 if anything failed.
 //! With `XFRM_PROBE_IF_ID=0x…` in the environment the tunnel is scoped as
-//! a tenant's (`XFRMA_IF_ID` on every SA and policy), else unscoped.
+//! a tenant's (`XFRMA_IF_ID` on every SA and policy), else unscoped. With
+//! `XFRM_PROBE_OFFLOAD_DEV=IFINDEX` the SAs ask for offload to that device
+//! (`XFRMA_OFFLOAD_DEV`, `offload: auto`: packet, then crypto, then none).
 //! `sas` prints one line per SA: `sa spi=0x... dst=... packets=N bytes=N
 //! offload=...`. `sniff` watches the IPv4 packets on a netdev of the
 //! current namespace (an `ETH_P_ALL` `AF_PACKET` socket, both directions)
@@ -88,7 +90,13 @@ fn install(args: &[String]) -> Result<bool, String> {
         replay_window: 128,
         esn: false,
         offload: OffloadRequest::Auto,
-        offload_dev: None,
+        offload_dev: match std::env::var("XFRM_PROBE_OFFLOAD_DEV") {
+            Ok(v) => Some(
+                v.parse()
+                    .map_err(|_| format!("bad XFRM_PROBE_OFFLOAD_DEV {v}"))?,
+            ),
+            Err(_) => None,
+        },
         if_id: match std::env::var("XFRM_PROBE_IF_ID") {
             Ok(v) => Some(parse_spi(&v).map_err(|_| format!("bad XFRM_PROBE_IF_ID {v}"))?),
             Err(_) => None,
@@ -111,6 +119,14 @@ fn install(args: &[String]) -> Result<bool, String> {
         println!("action {a}");
     }
     let report = apply(&mut backend, &p.actions);
+    for f in &report.offload_fallbacks {
+        println!(
+            "fallback spi=0x{:08x} offload_requested={} refused: {}",
+            f.spi,
+            f.requested,
+            chain(&f.error)
+        );
+    }
     for f in &report.failures {
         println!("failed {}", chain(f));
     }
