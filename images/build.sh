@@ -186,7 +186,7 @@ modules_of() { # the insmod order of modules $@ and their dependencies
 }
 # Root disk: loaded by the initramfs. The rest: by the root's boot script.
 initrd_modules=$(modules_of virtio_pci virtio_blk ext4)
-root_modules=$(modules_of virtio_pci virtio_blk ext4 virtio_net virtio_rng tun veth xfrm_user)
+root_modules=$(modules_of virtio_pci virtio_blk ext4 virtio_net virtio_rng tun veth xfrm_user esp4 esp4_offload)
 for f in $root_modules; do
     rel=${f#"$kdir"/}
     mkdir -p "$root/$(dirname "$rel")"
