@@ -21,8 +21,12 @@
 //!   The simulator is scoped by state directory, so several dev agents on
 //!   one host never remove each other's functions (their ids must still
 //!   differ: namespace names are per host).
-//! - nvme/virtio-blk functions stay `Pending` with `Programmed=False`
-//!   (`NoEmulation`) on backends that cannot make them; never a fake Ready.
+//! - nvme/virtio-blk functions: with SNAP as the storage backend the
+//!   storage path emulates them (their controller is made with the volume
+//!   attached), so they follow that volume: `Pending` (`AwaitingVolume`)
+//!   until one is attached, `Ready` when it is ([`emulated_status`]).
+//!   Without SNAP they stay `Pending` with `Programmed=False`
+//!   (`NoEmulation`); never a fake Ready.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -59,6 +63,11 @@ struct LastApplied {
 #[derive(Debug)]
 pub struct Functions {
     backend: Arc<dyn FunctionBackend>,
+    /// The storage path emulates nvme and virtio-blk functions (SNAP): such
+    /// a function's controller is made by the volumes controller when a
+    /// volume is attached, so its status follows that volume
+    /// ([`emulated_status`]) instead of the functions backend.
+    storage_emulates: bool,
     /// function id → (pf, vf) handed out by this process.
     slots: Mutex<HashMap<String, (String, u32)>>,
     last: Mutex<HashMap<String, LastApplied>>,
@@ -66,9 +75,17 @@ pub struct Functions {
 }
 
 impl Functions {
+    /// nvme and virtio-blk functions are emulated by the storage path
+    /// (SNAP) rather than refused as `NoEmulation`.
+    pub fn with_storage_emulation(mut self, emulates: bool) -> Self {
+        self.storage_emulates = emulates;
+        self
+    }
+
     pub fn new(backend: Arc<dyn FunctionBackend>) -> Self {
         Functions {
             backend,
+            storage_emulates: false,
             slots: Mutex::new(HashMap::new()),
             last: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(None),
@@ -364,6 +381,15 @@ impl Functions {
                 }
             }
         };
+        if spec.type_ != ApiFunctionType::Net && self.storage_emulates {
+            let volume = presenting_volume(ctx, &obj.tenant, &obj.id);
+            return Ok(Outcome {
+                status: emulated_status(status, &spec, vf, volume.as_ref()),
+                finalized: false,
+                // A volume's progress is not this object's event.
+                requeue_after: Some(HOST_POLL),
+            });
+        }
         let tenant = if spec.type_ == ApiFunctionType::Net {
             tenant_addressing(ctx, &obj.tenant, &obj.id)
         } else {
@@ -543,6 +569,83 @@ pub fn programmed_status(
     status
 }
 
+/// The volume of `tenant` attached to function `function` (not being
+/// deleted), with its phase and host device.
+pub fn presenting_volume(ctx: &Context, tenant: &str, function: &str) -> Option<PresentingVolume> {
+    ctx.store
+        .list(Kind::Volume, Some(tenant))
+        .into_iter()
+        .filter(|v| !v.deleting)
+        .find_map(|v| match &v.spec {
+            Spec::Volume(spec) if spec.function == function => Some(PresentingVolume {
+                id: v.id.clone(),
+                phase: v.status.phase,
+                host_device: v.status.facts.host_device.clone(),
+            }),
+            _ => None,
+        })
+}
+
+/// A volume presented on a storage-emulated function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentingVolume {
+    pub id: String,
+    pub phase: Phase,
+    pub host_device: Option<String>,
+}
+
+/// The status of an nvme / virtio-blk function the storage path emulates
+/// (SNAP): its emulated controller is made on (`pf`, `vf`) by the volumes
+/// controller with the volume attached to it, so the function is Ready
+/// when that volume is, Pending until then (waiting for a volume, or for
+/// the volume's own progress) — pure, and never Ready with nothing made.
+pub fn emulated_status(
+    mut status: Status,
+    spec: &FunctionSpec,
+    vf: u32,
+    volume: Option<&PresentingVolume>,
+) -> Status {
+    status.facts.vf = Some(vf);
+    status.facts.representor = None;
+    let kind = match spec.type_ {
+        ApiFunctionType::VirtioBlk => "virtio-blk",
+        _ => "NVMe",
+    };
+    let (phase, state, reason, message) = match volume {
+        Some(v) if v.phase == Phase::Ready => (
+            Phase::Ready,
+            ConditionStatus::True,
+            Reason::Programmed,
+            format!(
+                "emulated {kind} controller on {} vf {vf}, made by the storage path for volume {}",
+                spec.pf, v.id
+            ),
+        ),
+        Some(v) => (
+            Phase::Pending,
+            ConditionStatus::False,
+            Reason::Converging,
+            format!(
+                "the storage path makes the emulated {kind} controller on {} vf {vf} with volume {}, which is {:?}",
+                spec.pf, v.id, v.phase
+            ),
+        ),
+        None => (
+            Phase::Pending,
+            ConditionStatus::False,
+            Reason::AwaitingVolume,
+            format!(
+                "the storage path makes the emulated {kind} controller on {} vf {vf} when a volume is attached to this function",
+                spec.pf
+            ),
+        ),
+    };
+    status.phase = phase;
+    status.facts.host_device = volume.and_then(|v| v.host_device.clone());
+    status.set_condition(condition("Programmed", state, reason, message));
+    status
+}
+
 /// A function's `rdma` report and `Rdma` condition (only when its spec
 /// asks for RDMA): on where the backend switched RoCE on for a Ready
 /// function, or where the host stub reports an RDMA device on it; the
@@ -676,8 +779,14 @@ impl Controller for Functions {
 /// The functions controller for the configured backend, or the
 /// `Unavailable` placeholder for `none`.
 pub fn for_config(cfg: &crate::config::Config) -> Arc<dyn Controller> {
-    use crate::config::FunctionsBackend as B;
-    use net_offload::functions::{sriov, switchdev, veth};
+    use crate::config::{FunctionsBackend as B, SpdkFlavor, StorageBackend};
+    use net_offload::functions::{external, naming, sriov, switchdev, veth};
+    // SNAP emulates nvme and virtio-blk functions (made with their volume).
+    let emulates =
+        cfg.storage.backend == StorageBackend::Spdk && cfg.storage.spdk_flavor == SpdkFlavor::Snap;
+    let functions = |backend: Arc<dyn FunctionBackend>| -> Arc<dyn Controller> {
+        Arc::new(Functions::new(backend).with_storage_emulation(emulates))
+    };
     match cfg.functions_backend {
         B::Switchdev => {
             let backend = switchdev::SwitchdevBackend::new(switchdev::SwitchdevConfig {
@@ -694,19 +803,17 @@ pub fn for_config(cfg: &crate::config::Config) -> Arc<dyn Controller> {
                     tracing::warn!(error = %error_chain(&e), "cannot prepare the eswitch");
                 }
             }
-            Arc::new(Functions::new(Arc::new(backend)))
+            functions(Arc::new(backend))
         }
         // Scoped by state directory: dev agents sharing a host (tests) only
         // ever sweep their own orphans.
-        B::Veth => Arc::new(Functions::new(Arc::new(veth::VethBackend::scoped(
-            net_offload::functions::naming::scope_of(&cfg.state_dir.to_string_lossy()),
+        B::Veth => functions(Arc::new(veth::VethBackend::scoped(naming::scope_of(
+            &cfg.state_dir.to_string_lossy(),
         )))),
-        B::Sriov => Arc::new(Functions::new(Arc::new(sriov::SriovBackend::new(
+        B::Sriov => functions(Arc::new(sriov::SriovBackend::new(
             sriov::SriovConfig::default(),
-        )))),
-        B::External => Arc::new(Functions::new(Arc::new(
-            net_offload::functions::external::ExternalBackend::default(),
         ))),
+        B::External => functions(Arc::new(external::ExternalBackend::default())),
         B::None => Arc::new(super::unavailable::Unavailable::new(
             Kind::Function,
             "functions (net-offload: switchdev/sriov/veth/external)",
@@ -1317,6 +1424,54 @@ mod tests {
             WriteOutcome::Updated,
         );
         assert_eq!(plan, vec!["nothing: make web vf 0".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn storage_emulated_functions_follow_their_volume() {
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Function,
+            "disk",
+            json!({"type": "nvme", "pf": "pf0"}),
+        );
+        let fake = Arc::new(Fake::default());
+        let c = Functions::new(fake.clone()).with_storage_emulation(true);
+        let out = c
+            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "disk"))
+            .await
+            .unwrap();
+        // No volume yet: waiting, VF held, the backend never asked.
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(out.status.facts.vf, Some(0));
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "AwaitingVolume");
+        assert!(fake.applied.lock().unwrap().is_empty());
+        // The volume's phase decides, purely.
+        let spec: FunctionSpec =
+            serde_json::from_value(json!({"type": "virtio-blk", "pf": "pf0"})).unwrap();
+        let mut v = PresentingVolume {
+            id: "vol".into(),
+            phase: Phase::Pending,
+            host_device: None,
+        };
+        let s = emulated_status(Status::default(), &spec, 2, Some(&v));
+        assert_eq!(s.phase, Phase::Pending);
+        assert_eq!(s.condition("Programmed").unwrap().reason, "Converging");
+        v.phase = Phase::Ready;
+        v.host_device = Some("vda".into());
+        let s = emulated_status(s, &spec, 2, Some(&v));
+        assert_eq!(s.phase, Phase::Ready);
+        assert_eq!(s.facts.host_device.as_deref(), Some("vda"));
+        assert!(
+            s.condition("Programmed")
+                .unwrap()
+                .message
+                .contains("emulated virtio-blk controller on pf0 vf 2")
+        );
+        let gone = emulated_status(s, &spec, 2, None);
+        assert_eq!(gone.phase, Phase::Pending);
+        assert_eq!(gone.facts.host_device, None);
     }
 
     #[tokio::test]

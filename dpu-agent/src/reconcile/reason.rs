@@ -47,6 +47,8 @@ reasons! {
     RdmaEnabled,
 
     // Progress and failure reasons.
+    /// An emulated storage function waits for a volume to be attached.
+    AwaitingVolume,
     /// Changes were applied; the next observation confirms them.
     Converging,
     /// The backend refused or failed an operation.
