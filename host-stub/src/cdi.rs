@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::discover::RdmaDevice;
+
 pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
 /// `vendor/class` of the devices written; device names are function ids, so
 /// containers ask for `dpu.local/function=<id>`.
@@ -204,6 +206,9 @@ pub struct ExposedFunction {
     pub id: String,
     pub pci_address: String,
     pub exposure: Exposure,
+    /// The RDMA device on the function's netdev, for a function whose spec
+    /// asks for RDMA: its character devices go into the spec.
+    pub rdma: Option<RdmaDevice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +317,13 @@ pub fn spec_for(f: &ExposedFunction, opts: &CdiOptions) -> Result<CdiSpec, CdiEr
             }
             edits.env.push(format!("DPU_NETDEV={host_interface}"));
         }
+    }
+    if let Some(rdma) = &f.rdma {
+        // Plain `path` entries: no field beyond what the spec already needs.
+        edits
+            .device_nodes
+            .extend(rdma.device_nodes().into_iter().map(DeviceNode::at));
+        edits.env.push(format!("DPU_RDMA_DEVICE={}", rdma.device));
     }
     let mut spec = CdiSpec {
         cdi_version: String::new(),
@@ -464,6 +476,7 @@ mod tests {
             id: id.into(),
             pci_address: "0000:03:00.2".into(),
             exposure,
+            rdma: None,
         }
     }
 
@@ -588,6 +601,34 @@ mod tests {
                 }]
             })
         );
+    }
+
+    /// An RDMA function's spec adds its uverbs node and rdma_cm as device
+    /// nodes and names the RDMA device, at the version of its netdev part.
+    #[test]
+    fn rdma_spec_lists_verbs_nodes() {
+        let mut f = all_kinds()[2].clone();
+        f.rdma = Some(RdmaDevice {
+            device: "mlx5_3".into(),
+            uverbs: Some("/dev/infiniband/uverbs3".into()),
+            rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
+        });
+        for (net_devices, version) in [(true, "1.1.0"), (false, "0.3.0")] {
+            let opts = CdiOptions {
+                net_devices,
+                ..CdiOptions::default()
+            };
+            let spec = spec_for(&f, &opts).unwrap();
+            assert_eq!(spec.cdi_version, version);
+            let edits = &spec.devices[0].container_edits;
+            let nodes: Vec<&str> = edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
+            assert_eq!(
+                nodes,
+                ["/dev/infiniband/uverbs3", "/dev/infiniband/rdma_cm"]
+            );
+            assert!(edits.device_nodes.iter().all(|n| n.host_path.is_none()));
+            assert!(edits.env.contains(&"DPU_RDMA_DEVICE=mlx5_3".to_string()));
+        }
     }
 
     #[test]
