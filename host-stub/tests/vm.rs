@@ -210,6 +210,9 @@ touch "$DPU_VM_OUT/seen-bound"
 until_ok '! ls /run/cdi/*.json >/dev/null 2>&1' 240
 until_ok '[ -e "$VF/driver" ]' 30
 echo "released driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') override=$(cat "$VF/driver_override")"
+# The host waits for the release in the agent's inventory: stop the stub only
+# after it has reported once more since the release.
+until_ok '[ "$(sed -n "/released from vfio-pci/,\$p" "$DPU_VM_OUT/stub.log" | grep -c "inventory reported")" -ge 1 ]' 60
 echo "stub alive $(kill -0 $STUB && echo yes)"
 kill $STUB
 "#;
