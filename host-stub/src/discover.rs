@@ -322,6 +322,8 @@ const MAX_PORTS: usize = 64;
 ///    by name.
 ///
 /// SFs share their parent PF's address, so only rule 2 applies to them.
+/// The GID tables of devices settled by rule 1 are not read: on a host with
+/// hundreds of VFs with RoCE that would be a file read per GID entry.
 /// The uverbs node is the `uverbsN` whose `class/infiniband_verbs/uverbsN/ibdev`
 /// names the device; `rdma_cm` is given when `class/misc/rdma_cm` exists.
 fn assign_rdma(root: &Path, functions: &mut [Function]) {
@@ -352,10 +354,20 @@ fn assign_rdma(root: &Path, functions: &mut [Function]) {
 
     let mut by_pci: BTreeMap<String, String> = BTreeMap::new();
     let mut by_netdev: BTreeMap<String, String> = BTreeMap::new();
+    let addresses: BTreeSet<&str> = functions
+        .iter()
+        .filter(|f| f.kind() != FunctionKind::Sf)
+        .map(|f| f.pci_address.as_str())
+        .collect();
     for dev in &devices {
         let dir = ib_dir.join(dev);
-        if let Some(pci) = link_basename(&dir.join("device")) {
+        if let Some(pci) = link_basename(&dir.join("device"))
+            && addresses.contains(pci.as_str())
+        {
+            // Rule 1 settles this device; its GID table (hundreds of entries
+            // on an mlx5 port, one read each) is not needed.
             by_pci.entry(pci).or_insert_with(|| dev.clone());
+            continue;
         }
         for netdev in gid_netdevs(&dir) {
             by_netdev.entry(netdev).or_insert_with(|| dev.clone());
