@@ -65,9 +65,24 @@ pub struct ContainerEdits {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_nodes: Vec<DeviceNode>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<Hook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net_devices: Vec<NetDevice>,
+}
+
+/// An OCI hook (CDI `containerEdits.hooks`, there since 0.3.0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hook {
+    /// `createRuntime`: in the runtime's namespace, once the container's
+    /// namespaces exist and before its process starts.
+    pub hook_name: String,
+    pub path: String,
+    /// The whole argv, `args[0]` included (OCI runtime spec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 impl ContainerEdits {
@@ -218,6 +233,11 @@ pub struct CdiOptions {
     /// function's spec only names the interface in the environment, for
     /// runtimes too old for 1.1.0 (Debian 12's podman 4.3).
     pub net_devices: bool,
+    /// The `host-stub` binary to run as a `createRuntime` hook that moves an
+    /// RDMA function's device into the container's network namespace
+    /// (`host-stub rdma-netns-hook <dev>`), for hosts in exclusive RDMA
+    /// network-namespace mode; `None`: no hook.
+    pub rdma_netns_hook: Option<String>,
 }
 
 impl Default for CdiOptions {
@@ -225,6 +245,7 @@ impl Default for CdiOptions {
         CdiOptions {
             kind: DEFAULT_KIND.to_string(),
             net_devices: true,
+            rdma_netns_hook: None,
         }
     }
 }
@@ -324,6 +345,17 @@ pub fn spec_for(f: &ExposedFunction, opts: &CdiOptions) -> Result<CdiSpec, CdiEr
             .device_nodes
             .extend(rdma.device_nodes().into_iter().map(DeviceNode::at));
         edits.env.push(format!("DPU_RDMA_DEVICE={}", rdma.device));
+        if let Some(path) = &opts.rdma_netns_hook {
+            edits.hooks.push(Hook {
+                hook_name: "createRuntime".into(),
+                path: path.clone(),
+                args: vec![
+                    "host-stub".into(),
+                    "rdma-netns-hook".into(),
+                    rdma.device.clone(),
+                ],
+            });
+        }
     }
     let mut spec = CdiSpec {
         cdi_version: String::new(),
@@ -628,7 +660,24 @@ mod tests {
             );
             assert!(edits.device_nodes.iter().all(|n| n.host_path.is_none()));
             assert!(edits.env.contains(&"DPU_RDMA_DEVICE=mlx5_3".to_string()));
+            assert!(edits.hooks.is_empty(), "no hook unless configured");
         }
+        // Exclusive mode: the hook that moves the device, no version change.
+        let opts = CdiOptions {
+            net_devices: false,
+            rdma_netns_hook: Some("/usr/local/bin/host-stub".into()),
+            ..CdiOptions::default()
+        };
+        let spec = spec_for(&f, &opts).unwrap();
+        assert_eq!(spec.cdi_version, "0.3.0");
+        assert_eq!(
+            serde_json::to_value(&spec.devices[0].container_edits.hooks).unwrap(),
+            serde_json::json!([{"hookName": "createRuntime", "path": "/usr/local/bin/host-stub",
+                                "args": ["host-stub", "rdma-netns-hook", "mlx5_3"]}])
+        );
+        // Functions without RDMA never get it.
+        let plain = spec_for(&all_kinds()[2], &opts).unwrap();
+        assert!(plain.devices[0].container_edits.hooks.is_empty());
     }
 
     #[test]

@@ -417,6 +417,7 @@ key = "/etc/dpu/host-stub-key.pem"
 
 [cdi]
 dir = "/run/cdi"
+rdma_netns_hook = "/usr/local/bin/host-stub"
 
 [device_plugin]
 enabled = false
@@ -428,6 +429,9 @@ devices = ["10c9", "10ca"]
 
 const RDMA_SCRIPT: &str = r#"set -e
 IP=/usr/bin/ip
+# Exclusive RDMA netns mode: only possible while no other netns exists.
+rdma system set netns exclusive
+rdma system show > "$DPU_VM_OUT/rdma-system.txt"
 for d in /sys/bus/pci/devices/*; do
     [ "$(cat "$d/vendor")" = 0x8086 ] && [ "$(cat "$d/device")" = 0x10c9 ] && PF=$d
 done
@@ -461,6 +465,21 @@ touch "$DPU_VM_OUT/seen-spec"
 until_ok '! ls /run/cdi/*.json >/dev/null 2>&1' 240
 echo "stub alive $(kill -0 $STUB && echo yes)"
 kill $STUB
+# The spec's hook as a runtime would run it, for a "container" in netns c1.
+$IP netns add c1
+$IP netns exec c1 sleep 600 &
+C=$!
+until_ok '[ "$(readlink /proc/$C/ns/net)" != "$(readlink /proc/self/ns/net)" ]' 10
+set +e
+echo "{\"ociVersion\": \"1.0.2\", \"id\": \"c1\", \"pid\": $C}" | host-stub rdma-netns-hook rxe1 2> "$DPU_VM_OUT/hook.err"
+echo "hook rc=$?"
+echo "{\"pid\": $C}" | host-stub rdma-netns-hook nosuch 2> "$DPU_VM_OUT/hook-nosuch.err"
+echo "hook-nosuch rc=$?"
+# Witness: iproute2 asked the same.
+rdma dev set rxe1 netns c1 2> "$DPU_VM_OUT/iproute2-move.err"
+echo "iproute2 rc=$?"
+echo "c1 devices: $($IP netns exec c1 rdma dev show | wc -l)"
+kill $C
 "#;
 
 /// Live, in the VM rig (issue 14, host side): a guest with a virtio-net NIC
@@ -474,6 +493,13 @@ kill $STUB
 /// inventory); an assignment of VF 1 with `rdma: true` makes it write a CDI
 /// spec whose device nodes are that uverbs node and `/dev/infiniband/rdma_cm`,
 /// both character devices in the guest; deleting the assignment removes it.
+/// The guest runs in exclusive RDMA netns mode with `[cdi]
+/// rdma_netns_hook` set: the spec names the `createRuntime` hook, and the
+/// hook, run as a runtime would (state JSON with the pid of a process in
+/// netns `c1`), gets the same kernel answer as iproute2's `rdma dev set rxe1
+/// netns c1` ("Operation not supported": rxe cannot move; an answer the
+/// kernel gives only after it found the device by index and opened the
+/// namespace fd) and names a device that does not exist.
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_roce_devices_discovered_reported_and_in_the_cdi_spec() -> anyhow::Result<()> {
@@ -627,5 +653,37 @@ async fn soft_roce_devices_discovered_reported_and_in_the_cdi_spec() -> anyhow::
         assert!(out.stdout.contains(&format!("chardev {p}")), "{p}\n{out}");
     }
     assert!(out.stdout.contains("stub alive yes"), "{out}");
+
+    // Exclusive mode: the spec names the hook; the hook reaches the kernel
+    // with the device's index and the container's namespace, which refuses
+    // exactly as it refuses iproute2 (rxe cannot change namespace, see
+    // README), and names a device that does not exist.
+    let system = out.file_text("rdma-system.txt").unwrap_or_default();
+    assert!(system.contains("netns exclusive"), "{system}");
+    assert_eq!(
+        spec["devices"][0]["containerEdits"]["hooks"],
+        json!([{"hookName": "createRuntime", "path": "/usr/local/bin/host-stub",
+                "args": ["host-stub", "rdma-netns-hook", "rxe1"]}]),
+        "{spec}"
+    );
+    let hook_err = out.file_text("hook.err").unwrap_or_default();
+    let iproute2_err = out.file_text("iproute2-move.err").unwrap_or_default();
+    println!("hook: {hook_err}\niproute2: {iproute2_err}");
+    assert!(out.stdout.contains("hook rc=1"), "{out}");
+    assert!(
+        iproute2_err.contains("Operation not supported"),
+        "{iproute2_err}"
+    );
+    assert!(
+        hook_err.contains("moving RDMA device rxe1")
+            && hook_err.contains("Operation not supported"),
+        "{hook_err}"
+    );
+    let nosuch = out.file_text("hook-nosuch.err").unwrap_or_default();
+    assert!(
+        nosuch.contains("no RDMA device named \"nosuch\""),
+        "{nosuch}"
+    );
+    assert!(out.stdout.contains("c1 devices: 0"), "{out}");
     Ok(())
 }
