@@ -204,4 +204,12 @@ mod tests {
             assert!(e.contains(says), "{e}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_device(&bytes);
+            let _ = container_pid(&bytes);
+        }
+    }
 }
