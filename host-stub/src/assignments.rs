@@ -115,6 +115,14 @@ pub enum Unresolvable {
     NoIommuGroup { pci: String },
     #[error("{pci} has no netdev yet (driver {driver:?} not bound or still probing)")]
     NoNetdev { pci: String, driver: Option<String> },
+    #[error(
+        "spec.rdma: {pci} ({netdev}) has no RDMA device yet (RoCE not enabled on it, or no software RDMA device such as rxe added to the netdev)"
+    )]
+    NoRdmaDevice { pci: String, netdev: String },
+    #[error(
+        "spec.rdma: RDMA device {device} of {pci} has no uverbs character device (is ib_uverbs loaded?)"
+    )]
+    NoUverbs { pci: String, device: String },
     #[error("{pci} has no block device yet (no namespace attached?)")]
     NoBlockDevice { pci: String },
     #[error("host_pci_address {0} is not a DPU function on this host")]
@@ -170,11 +178,31 @@ fn resolve_one(
             },
         }
     };
+    // A VM's function (vfio) carries its RDMA capability to the guest's own
+    // driver; a container's needs the host's verbs devices, and without them
+    // it would get a function that cannot do what its spec asks.
+    let rdma = match &exposure {
+        Exposure::Netdev { host_interface } if spec.rdma => {
+            let rdma = f.rdma.clone().ok_or_else(|| Unresolvable::NoRdmaDevice {
+                pci: f.pci_address.clone(),
+                netdev: host_interface.clone(),
+            })?;
+            if rdma.uverbs.is_none() {
+                return Err(Unresolvable::NoUverbs {
+                    pci: f.pci_address.clone(),
+                    device: rdma.device,
+                });
+            }
+            Some(rdma)
+        }
+        _ => None,
+    };
     Ok((
         ExposedFunction {
             id: object.id.clone(),
             pci_address: f.pci_address.clone(),
             exposure,
+            rdma,
         },
         vfio,
     ))
@@ -308,6 +336,7 @@ mod tests {
                     id: "vm".into(),
                     pci_address: "0000:03:00.2".into(),
                     exposure: Exposure::Vfio { iommu_group: 40 },
+                    rdma: None,
                 },
                 ExposedFunction {
                     id: "web".into(),
@@ -315,6 +344,7 @@ mod tests {
                     exposure: Exposure::Netdev {
                         host_interface: "ens1f0v1".into()
                     },
+                    rdma: None,
                 },
             ]
         );
@@ -343,6 +373,80 @@ mod tests {
         let r = resolve(&a, &inventory());
         assert!(r.unresolved.is_empty(), "{:?}", r.unresolved);
         assert_eq!(r.exposed[0].pci_address, "0000:03:00.2");
+    }
+
+    /// `spec.rdma` carries the function's RDMA device into the exposure;
+    /// without a device, or without its uverbs node, the function waits
+    /// (unresolved, naming `spec.rdma`); a function not asking for RDMA
+    /// gets none even where the host has a device; vfio never carries it.
+    #[test]
+    fn rdma_functions_carry_their_verbs_device() {
+        use crate::discover::RdmaDevice;
+        let rxe = RdmaDevice {
+            device: "rxe0".into(),
+            uverbs: Some("/dev/infiniband/uverbs0".into()),
+            rdma_cm: None,
+        };
+        let mut inv = inventory();
+        inv[2].rdma = Some(rxe.clone());
+        let mut a = Assignments::default();
+        a.replace(ObjectList {
+            revision: 1,
+            items: vec![
+                function_object(
+                    "rdma",
+                    json!({"type": "net", "pf": "pf0", "vf": 1, "rdma": true}),
+                    json!({}),
+                ),
+                function_object(
+                    "plain",
+                    json!({"type": "net", "pf": "pf0", "vf": 1}),
+                    json!({}),
+                ),
+                function_object(
+                    "vm",
+                    json!({"type": "net", "pf": "pf0", "vf": 1, "rdma": true, "attach": "vfio"}),
+                    json!({}),
+                ),
+                function_object(
+                    "none",
+                    json!({"type": "net", "pf": "pf0", "vf": 0, "rdma": true}),
+                    json!({}),
+                ),
+            ],
+        });
+        let r = resolve(&a, &inv);
+        let by_id = |id: &str| r.exposed.iter().find(|f| f.id == id).cloned();
+        assert_eq!(by_id("rdma").unwrap().rdma, Some(rxe.clone()));
+        assert_eq!(by_id("plain").unwrap().rdma, None);
+        assert_eq!(by_id("vm").unwrap().rdma, None);
+        assert!(by_id("none").is_none());
+        assert_eq!(r.unresolved.len(), 1, "{:?}", r.unresolved);
+        assert!(
+            r.unresolved[0]
+                .reason
+                .starts_with("spec.rdma: 0000:03:00.2 (ens1f0v0) has no RDMA device"),
+            "{:?}",
+            r.unresolved
+        );
+
+        inv[2].rdma = Some(RdmaDevice {
+            uverbs: None,
+            ..rxe
+        });
+        let r = resolve(&a, &inv);
+        assert!(by_id_absent(&r, "rdma"));
+        assert!(
+            r.unresolved
+                .iter()
+                .any(|u| u.id == "rdma" && u.reason.contains("ib_uverbs")),
+            "{:?}",
+            r.unresolved
+        );
+    }
+
+    fn by_id_absent(r: &Resolution, id: &str) -> bool {
+        r.exposed.iter().all(|f| f.id != id)
     }
 
     #[test]

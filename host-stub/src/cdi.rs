@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::discover::RdmaDevice;
+
 pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
 /// `vendor/class` of the devices written; device names are function ids, so
 /// containers ask for `dpu.local/function=<id>`.
@@ -63,9 +65,24 @@ pub struct ContainerEdits {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_nodes: Vec<DeviceNode>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<Hook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net_devices: Vec<NetDevice>,
+}
+
+/// An OCI hook (CDI `containerEdits.hooks`, there since 0.3.0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hook {
+    /// `createRuntime`: in the runtime's namespace, once the container's
+    /// namespaces exist and before its process starts.
+    pub hook_name: String,
+    pub path: String,
+    /// The whole argv, `args[0]` included (OCI runtime spec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 impl ContainerEdits {
@@ -204,6 +221,9 @@ pub struct ExposedFunction {
     pub id: String,
     pub pci_address: String,
     pub exposure: Exposure,
+    /// The RDMA device on the function's netdev, for a function whose spec
+    /// asks for RDMA: its character devices go into the spec.
+    pub rdma: Option<RdmaDevice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +233,11 @@ pub struct CdiOptions {
     /// function's spec only names the interface in the environment, for
     /// runtimes too old for 1.1.0 (Debian 12's podman 4.3).
     pub net_devices: bool,
+    /// The `host-stub` binary to run as a `createRuntime` hook that moves an
+    /// RDMA function's device into the container's network namespace
+    /// (`host-stub rdma-netns-hook <dev>`), for hosts in exclusive RDMA
+    /// network-namespace mode; `None`: no hook.
+    pub rdma_netns_hook: Option<String>,
 }
 
 impl Default for CdiOptions {
@@ -220,6 +245,7 @@ impl Default for CdiOptions {
         CdiOptions {
             kind: DEFAULT_KIND.to_string(),
             net_devices: true,
+            rdma_netns_hook: None,
         }
     }
 }
@@ -311,6 +337,24 @@ pub fn spec_for(f: &ExposedFunction, opts: &CdiOptions) -> Result<CdiSpec, CdiEr
                 }];
             }
             edits.env.push(format!("DPU_NETDEV={host_interface}"));
+        }
+    }
+    if let Some(rdma) = &f.rdma {
+        // Plain `path` entries: no field beyond what the spec already needs.
+        edits
+            .device_nodes
+            .extend(rdma.device_nodes().into_iter().map(DeviceNode::at));
+        edits.env.push(format!("DPU_RDMA_DEVICE={}", rdma.device));
+        if let Some(path) = &opts.rdma_netns_hook {
+            edits.hooks.push(Hook {
+                hook_name: "createRuntime".into(),
+                path: path.clone(),
+                args: vec![
+                    "host-stub".into(),
+                    "rdma-netns-hook".into(),
+                    rdma.device.clone(),
+                ],
+            });
         }
     }
     let mut spec = CdiSpec {
@@ -464,6 +508,7 @@ mod tests {
             id: id.into(),
             pci_address: "0000:03:00.2".into(),
             exposure,
+            rdma: None,
         }
     }
 
@@ -588,6 +633,51 @@ mod tests {
                 }]
             })
         );
+    }
+
+    /// An RDMA function's spec adds its uverbs node and rdma_cm as device
+    /// nodes and names the RDMA device, at the version of its netdev part.
+    #[test]
+    fn rdma_spec_lists_verbs_nodes() {
+        let mut f = all_kinds()[2].clone();
+        f.rdma = Some(RdmaDevice {
+            device: "mlx5_3".into(),
+            uverbs: Some("/dev/infiniband/uverbs3".into()),
+            rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
+        });
+        for (net_devices, version) in [(true, "1.1.0"), (false, "0.3.0")] {
+            let opts = CdiOptions {
+                net_devices,
+                ..CdiOptions::default()
+            };
+            let spec = spec_for(&f, &opts).unwrap();
+            assert_eq!(spec.cdi_version, version);
+            let edits = &spec.devices[0].container_edits;
+            let nodes: Vec<&str> = edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
+            assert_eq!(
+                nodes,
+                ["/dev/infiniband/uverbs3", "/dev/infiniband/rdma_cm"]
+            );
+            assert!(edits.device_nodes.iter().all(|n| n.host_path.is_none()));
+            assert!(edits.env.contains(&"DPU_RDMA_DEVICE=mlx5_3".to_string()));
+            assert!(edits.hooks.is_empty(), "no hook unless configured");
+        }
+        // Exclusive mode: the hook that moves the device, no version change.
+        let opts = CdiOptions {
+            net_devices: false,
+            rdma_netns_hook: Some("/usr/local/bin/host-stub".into()),
+            ..CdiOptions::default()
+        };
+        let spec = spec_for(&f, &opts).unwrap();
+        assert_eq!(spec.cdi_version, "0.3.0");
+        assert_eq!(
+            serde_json::to_value(&spec.devices[0].container_edits.hooks).unwrap(),
+            serde_json::json!([{"hookName": "createRuntime", "path": "/usr/local/bin/host-stub",
+                                "args": ["host-stub", "rdma-netns-hook", "mlx5_3"]}])
+        );
+        // Functions without RDMA never get it.
+        let plain = spec_for(&all_kinds()[2], &opts).unwrap();
+        assert!(plain.devices[0].container_edits.hooks.is_empty());
     }
 
     #[test]

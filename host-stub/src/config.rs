@@ -74,6 +74,11 @@ pub struct CdiConfig {
     /// Write `netDevices` (CDI 1.1.0) for netdev functions.
     #[serde(default = "default_true")]
     pub net_devices: bool,
+    /// Absolute path of the `host-stub` binary, to add to RDMA functions'
+    /// specs as the `createRuntime` hook moving their RDMA device into the
+    /// container's network namespace (hosts in exclusive RDMA netns mode).
+    #[serde(default)]
+    pub rdma_netns_hook: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -113,6 +118,7 @@ impl Default for CdiConfig {
             dir: default_cdi_dir(),
             kind: default_cdi_kind(),
             net_devices: true,
+            rdma_netns_hook: None,
         }
     }
 }
@@ -122,6 +128,10 @@ impl CdiConfig {
         CdiOptions {
             kind: self.kind.clone(),
             net_devices: self.net_devices,
+            rdma_netns_hook: self
+                .rdma_netns_hook
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
         }
     }
 }
@@ -211,6 +221,14 @@ impl Config {
         if let Some(listen) = config.metrics.listen {
             crate::metrics::check_listen(listen).map_err(|e| invalid(&e.to_string()))?;
         }
+        if let Some(hook) = &config.cdi.rdma_netns_hook
+            && (!hook.is_absolute() || hook.to_str().is_none())
+        {
+            return Err(invalid(&format!(
+                "cdi.rdma_netns_hook {} must be an absolute UTF-8 path (the host-stub binary)",
+                hook.display()
+            )));
+        }
         if config.selectors.is_empty() {
             return Err(invalid(
                 "selectors is empty: no function would be the DPU's",
@@ -276,6 +294,15 @@ key = "/etc/dpu/host-stub-key.pem"
         let open = format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n");
         let err = Config::parse(&open, Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("metrics.listen"), "{err}");
+        let hook = format!("{MINIMAL}\n[cdi]\nrdma_netns_hook = \"host-stub\"\n");
+        let err = Config::parse(&hook, Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("cdi.rdma_netns_hook"), "{err}");
+        let hook = format!("{MINIMAL}\n[cdi]\nrdma_netns_hook = \"/usr/bin/host-stub\"\n");
+        let c = Config::parse(&hook, Path::new("x.toml")).unwrap();
+        assert_eq!(
+            c.cdi.options().rdma_netns_hook.as_deref(),
+            Some("/usr/bin/host-stub")
+        );
         let local = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
         let c = Config::parse(&local, Path::new("x.toml")).unwrap();
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));

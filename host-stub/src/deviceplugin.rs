@@ -75,6 +75,9 @@ pub struct PluginDevice {
     pub cdi_name: String,
     pub pci_address: Option<String>,
     pub numa_node: Option<i32>,
+    /// Character devices `Allocate` hands over beside the CDI name (an RDMA
+    /// function's `/dev/infiniband/uverbsN` and `rdma_cm`).
+    pub device_nodes: Vec<String>,
 }
 
 /// The devices with the lease applied, as the plugin serves them.
@@ -146,6 +149,10 @@ pub fn plugin_devices(
             cdi_name: format!("{cdi_kind}={}", object.id),
             pci_address: f.map(|f| f.pci_address.clone()),
             numa_node: f.and_then(|f| numa(&f.pci_address)),
+            device_nodes: f
+                .and_then(|f| f.rdma.as_ref())
+                .map(|r| r.device_nodes())
+                .unwrap_or_default(),
         });
     }
     out
@@ -183,6 +190,7 @@ pub fn allocate(
         let mut cdi_devices = Vec::new();
         let mut ids = Vec::new();
         let mut addresses = Vec::new();
+        let mut devices: Vec<v1beta1::DeviceSpec> = Vec::new();
         for id in &container.devices_ids {
             let Some(d) = mine.iter().find(|d| &d.id == id) else {
                 return Err(Status::invalid_argument(format!(
@@ -204,6 +212,16 @@ pub fn allocate(
             });
             ids.push(d.id.clone());
             addresses.extend(d.pci_address.clone());
+            for node in &d.device_nodes {
+                // `rdma_cm` is shared by every RDMA function: once per container.
+                if devices.iter().all(|s| &s.host_path != node) {
+                    devices.push(v1beta1::DeviceSpec {
+                        container_path: node.clone(),
+                        host_path: node.clone(),
+                        permissions: "rw".to_string(),
+                    });
+                }
+            }
         }
         let mut envs = std::collections::HashMap::new();
         envs.insert("DPU_FUNCTIONS".to_string(), ids.join(","));
@@ -211,6 +229,7 @@ pub fn allocate(
         responses.push(v1beta1::ContainerAllocateResponse {
             envs,
             cdi_devices,
+            devices,
             ..Default::default()
         });
     }
@@ -514,13 +533,46 @@ mod tests {
             json!({"type": "net", "pf": "pf0", "vf": 2, "attach": "vfio"}),
         );
         assign(&mut a, "db", "beta", json!({"type": "nvme", "pf": "pf0"}));
-        let exposed = vec![ExposedFunction {
-            id: "web".into(),
-            pci_address: "0000:03:00.3".into(),
-            exposure: Exposure::Netdev {
-                host_interface: "ens1f0v1".into(),
-            },
-        }];
+        assign(
+            &mut a,
+            "roce",
+            "acme",
+            json!({"type": "net", "pf": "pf0", "vf": 3, "rdma": true}),
+        );
+        assign(
+            &mut a,
+            "roce2",
+            "acme",
+            json!({"type": "net", "pf": "pf0", "vf": 4, "rdma": true}),
+        );
+        let netdev =
+            |id: &str, addr: &str, ifname: &str, rdma: Option<(&str, &str)>| ExposedFunction {
+                id: id.into(),
+                pci_address: addr.into(),
+                exposure: Exposure::Netdev {
+                    host_interface: ifname.into(),
+                },
+                rdma: rdma.map(|(dev, uverbs)| crate::discover::RdmaDevice {
+                    device: dev.into(),
+                    uverbs: Some(uverbs.into()),
+                    rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
+                }),
+            };
+        let exposed = vec![
+            netdev("web", "0000:03:00.3", "ens1f0v1", None),
+            netdev(
+                "roce",
+                "0000:03:00.5",
+                "ens1f0v3",
+                Some(("mlx5_3", "/dev/infiniband/uverbs3")),
+            ),
+            netdev(
+                "roce2",
+                "0000:03:00.6",
+                "ens1f0v4",
+                Some(("mlx5_4", "/dev/infiniband/uverbs4")),
+            ),
+        ];
         PluginState {
             devices: plugin_devices(
                 &a,
@@ -545,8 +597,8 @@ mod tests {
             ]
         );
         let list = list_response(&s, "dpu.local/acme-net");
-        assert_eq!(list.devices.len(), 1);
-        assert_eq!(list.devices[0].id, "web");
+        assert_eq!(list.devices.len(), 3);
+        assert_eq!(list.devices[2].id, "web");
         assert_eq!(list.devices[0].health, HEALTHY);
         assert_eq!(list.devices[0].topology.as_ref().unwrap().nodes[0].id, 0);
         // Not resolved on this host: listed, unhealthy.
@@ -571,6 +623,31 @@ mod tests {
         assert_eq!(c.cdi_devices[0].name, "dpu.local/function=web");
         assert_eq!(c.envs["DPU_PCI_ADDRESSES"], "0000:03:00.3");
         assert_eq!(c.envs["DPU_FUNCTIONS"], "web");
+        assert!(c.devices.is_empty(), "no RDMA, no device nodes");
+        // RDMA functions: their uverbs nodes and one rdma_cm, host path =
+        // container path, read-write.
+        let r = allocate(&s, "dpu.local/acme-net", &req(&["roce", "roce2"])).unwrap();
+        let c = &r.container_responses[0];
+        let specs: Vec<(&str, &str, &str)> = c
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.host_path.as_str(),
+                    d.container_path.as_str(),
+                    d.permissions.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            specs,
+            [
+                ("/dev/infiniband/uverbs3", "/dev/infiniband/uverbs3", "rw"),
+                ("/dev/infiniband/rdma_cm", "/dev/infiniband/rdma_cm", "rw"),
+                ("/dev/infiniband/uverbs4", "/dev/infiniband/uverbs4", "rw"),
+            ]
+        );
+        assert_eq!(c.cdi_devices.len(), 2);
         let e = allocate(&s, "dpu.local/acme-net", &req(&["db"])).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("\"db\""), "{}", e.message());

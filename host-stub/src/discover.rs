@@ -12,6 +12,10 @@
 //! `iommu_group`, `physfn`, `virtfnN`, the children `net/<if>`,
 //! `nvme/nvmeN/nvmeNnM`, `virtioN/{block,net}/<name>`, and
 //! `bus/auxiliary/devices/mlx5_core.sf.N` (its real path is under its PF).
+//!
+//! RDMA (verbs) devices, see [`assign_rdma`]: `class/infiniband/<dev>/device`
+//! and `class/infiniband/<dev>/ports/<p>/gid_attrs/ndevs/<i>`,
+//! `class/infiniband_verbs/uverbsN/ibdev`, `class/misc/rdma_cm`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -76,6 +80,30 @@ pub struct Function {
     pub sf_index: Option<u32>,
     /// For an SF, its auxiliary device name.
     pub aux_device: Option<String>,
+    /// The RDMA device on this function (its own, or a software one bound
+    /// to its netdev), see [`assign_rdma`].
+    pub rdma: Option<RdmaDevice>,
+}
+
+/// An RDMA (verbs) device as the host sees it, with the character devices
+/// a workload needs to use it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct RdmaDevice {
+    /// Its name under `/sys/class/infiniband` (`mlx5_3`, `rxe0`).
+    pub device: String,
+    /// Its verbs character device, `/dev/infiniband/uverbsN` (absent while
+    /// `ib_uverbs` is not loaded).
+    pub uverbs: Option<String>,
+    /// `/dev/infiniband/rdma_cm` when the host has the RDMA connection
+    /// manager's character device (`rdma_ucm` loaded).
+    pub rdma_cm: Option<String>,
+}
+
+impl RdmaDevice {
+    /// The character devices a container needs, in a stable order.
+    pub fn device_nodes(&self) -> Vec<String> {
+        self.uverbs.iter().chain(&self.rdma_cm).cloned().collect()
+    }
 }
 
 impl Function {
@@ -136,6 +164,8 @@ pub struct FunctionSummary {
     pub card: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sriov_numvfs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<RdmaDevice>,
 }
 
 impl Function {
@@ -161,6 +191,7 @@ impl Function {
             numa_node: self.numa_node,
             card: self.card.clone(),
             sriov_numvfs: self.sriov_numvfs,
+            rdma: self.rdma.clone(),
         }
     }
 }
@@ -268,7 +299,107 @@ pub fn scan(root: &Path) -> Result<Vec<Function>, DiscoverError> {
     let mut all: Vec<Function> = functions.into_values().collect();
     all.extend(scan_scalable_functions(root, &all));
     all.sort_by(|a, b| a.id().cmp(b.id()));
+    assign_rdma(root, &mut all);
     Ok(all)
+}
+
+/// The most GID entries read per port: the kernel's tables are at most a
+/// few hundred long (rxe 1024 in 6.1); the bound keeps a hostile or broken
+/// tree from making a scan arbitrarily long.
+const MAX_GIDS_PER_PORT: usize = 4096;
+/// The most ports read per RDMA device (an HCA has one or two).
+const MAX_PORTS: usize = 64;
+
+/// Gives each function its RDMA device:
+///
+/// 1. a device whose `class/infiniband/<dev>/device` link names the
+///    function's own PCI address (a PF's or VF's own device, e.g. an mlx5
+///    VF's `mlx5_3`, even before any GID is populated) wins;
+/// 2. otherwise a device with a GID entry whose
+///    `ports/<p>/gid_attrs/ndevs/<i>` names one of the function's netdevs
+///    (a software device such as `rxe0` bound to the netdev, or an SF's
+///    device, which has no PCI address of its own); of several, the first
+///    by name.
+///
+/// SFs share their parent PF's address, so only rule 2 applies to them.
+/// The GID tables of devices settled by rule 1 are not read: on a host with
+/// hundreds of VFs with RoCE that would be a file read per GID entry.
+/// The uverbs node is the `uverbsN` whose `class/infiniband_verbs/uverbsN/ibdev`
+/// names the device; `rdma_cm` is given when `class/misc/rdma_cm` exists.
+fn assign_rdma(root: &Path, functions: &mut [Function]) {
+    let ib_dir = root.join("class/infiniband");
+    let devices = list_names(&ib_dir);
+    if devices.is_empty() {
+        return;
+    }
+    let mut uverbs: BTreeMap<String, String> = BTreeMap::new();
+    let verbs_dir = root.join("class/infiniband_verbs");
+    let mut nodes: Vec<(u64, String)> = list_names(&verbs_dir)
+        .into_iter()
+        .filter(|n| is_numbered(n, "uverbs"))
+        .filter_map(|n| Some((n["uverbs".len()..].parse().ok()?, n)))
+        .collect();
+    // One node per device; should a tree show two, the lowest N is taken.
+    nodes.sort();
+    for (_, node) in nodes {
+        if let Some(dev) = read_trimmed(&verbs_dir.join(&node).join("ibdev")) {
+            uverbs
+                .entry(dev)
+                .or_insert_with(|| format!("/dev/infiniband/{node}"));
+        }
+    }
+    let rdma_cm = fs::symlink_metadata(root.join("class/misc/rdma_cm"))
+        .is_ok()
+        .then(|| "/dev/infiniband/rdma_cm".to_string());
+
+    let mut by_pci: BTreeMap<String, String> = BTreeMap::new();
+    let mut by_netdev: BTreeMap<String, String> = BTreeMap::new();
+    let addresses: BTreeSet<&str> = functions
+        .iter()
+        .filter(|f| f.kind() != FunctionKind::Sf)
+        .map(|f| f.pci_address.as_str())
+        .collect();
+    for dev in &devices {
+        let dir = ib_dir.join(dev);
+        if let Some(pci) = link_basename(&dir.join("device"))
+            && addresses.contains(pci.as_str())
+        {
+            // Rule 1 settles this device; its GID table (hundreds of entries
+            // on an mlx5 port, one read each) is not needed.
+            by_pci.entry(pci).or_insert_with(|| dev.clone());
+            continue;
+        }
+        for netdev in gid_netdevs(&dir) {
+            by_netdev.entry(netdev).or_insert_with(|| dev.clone());
+        }
+    }
+    for f in functions.iter_mut() {
+        let own = (f.kind() != FunctionKind::Sf)
+            .then(|| by_pci.get(&f.pci_address))
+            .flatten();
+        let found = own.or_else(|| f.netdevs.iter().find_map(|n| by_netdev.get(n)));
+        f.rdma = found.map(|dev| RdmaDevice {
+            device: dev.clone(),
+            uverbs: uverbs.get(dev).cloned(),
+            rdma_cm: rdma_cm.clone(),
+        });
+    }
+}
+
+/// The netdev names in a device's populated GID entries. An unpopulated
+/// entry's file cannot be read (the kernel answers `EINVAL`) and is skipped.
+fn gid_netdevs(dev_dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let ports = dev_dir.join("ports");
+    for port in list_names(&ports).into_iter().take(MAX_PORTS) {
+        let ndevs = ports.join(&port).join("gid_attrs/ndevs");
+        for entry in list_names(&ndevs).into_iter().take(MAX_GIDS_PER_PORT) {
+            if let Some(name) = read_trimmed(&ndevs.join(entry)) {
+                out.insert(name);
+            }
+        }
+    }
+    out
 }
 
 fn read_pci_function(dir: &Path, pci_address: String) -> Function {
@@ -307,6 +438,7 @@ fn read_pci_function(dir: &Path, pci_address: String) -> Function {
         card: None,
         sf_index: None,
         aux_device: None,
+        rdma: None,
         pci_address,
     }
 }

@@ -3,7 +3,9 @@
 //! [`crate::discover`] and [`crate::vfio`] read and write, in the kernel's
 //! shape: real directories under `devices/pci0000:00/`, relative symlinks
 //! from `bus/pci/devices/`, `driver`, `iommu_group`, `physfn`, `virtfnN`,
-//! and `bus/auxiliary/devices/` for SFs. It does not try to be complete.
+//! and `bus/auxiliary/devices/` for SFs, `class/infiniband`,
+//! `class/infiniband_verbs` and `class/misc/rdma_cm` for RDMA devices. It
+//! does not try to be complete.
 
 use std::fs;
 use std::io;
@@ -199,6 +201,83 @@ impl SysfsTree {
         symlink(
             format!("../../../devices/pci0000:00/{parent}/{name}"),
             self.root.join("bus/auxiliary/devices").join(name),
+        )
+    }
+}
+
+/// One RDMA device to create with [`SysfsTree::add_rdma_device`].
+#[derive(Debug, Clone, Default)]
+pub struct FixtureRdma {
+    /// `mlx5_3`, `rxe0`.
+    pub name: String,
+    /// The PCI function it belongs to (its `device` link); `None` for a
+    /// software device (rxe, siw), which lives under `devices/virtual`.
+    pub pci: Option<String>,
+    /// Populated GID entries of port 1: `(index, netdev)`.
+    pub gids: Vec<(u32, String)>,
+    /// How many further GID entries exist unpopulated (the kernel lists
+    /// the whole table; reading an empty entry fails).
+    pub empty_gids: u32,
+    /// N of its `uverbsN` node, if `ib_uverbs` is "loaded".
+    pub uverbs: Option<u32>,
+}
+
+impl SysfsTree {
+    /// Adds an RDMA device in the kernel's shape: the real directory under
+    /// the PCI function (or `devices/virtual/infiniband`), the
+    /// `class/infiniband/<name>` link, `ports/1/gid_attrs/ndevs/<i>`, and
+    /// its `infiniband_verbs/uverbsN` with `ibdev`.
+    pub fn add_rdma_device(&self, r: &FixtureRdma) -> io::Result<()> {
+        let parent = match &r.pci {
+            Some(pci) => format!("devices/pci0000:00/{pci}"),
+            None => "devices/virtual".to_string(),
+        };
+        let dir = self.root.join(&parent).join("infiniband").join(&r.name);
+        let ndevs = dir.join("ports/1/gid_attrs/ndevs");
+        fs::create_dir_all(&ndevs)?;
+        if let Some(pci) = &r.pci {
+            // `<pci>/infiniband/<name>/device` → `<pci>`, as the kernel links it.
+            symlink(format!("../../../{pci}"), dir.join("device"))?;
+        }
+        for (index, netdev) in &r.gids {
+            fs::write(ndevs.join(index.to_string()), format!("{netdev}\n"))?;
+        }
+        let first_empty = r.gids.iter().map(|(i, _)| i + 1).max().unwrap_or(0);
+        for index in first_empty..first_empty + r.empty_gids {
+            // A directory stands for an entry whose read fails.
+            fs::create_dir_all(ndevs.join(index.to_string()))?;
+        }
+        fs::create_dir_all(self.root.join("class/infiniband"))?;
+        symlink(
+            format!("../../{parent}/infiniband/{}", r.name),
+            self.root.join("class/infiniband").join(&r.name),
+        )?;
+        if let Some(n) = r.uverbs {
+            let vdir = self
+                .root
+                .join(&parent)
+                .join("infiniband_verbs")
+                .join(format!("uverbs{n}"));
+            fs::create_dir_all(&vdir)?;
+            fs::write(vdir.join("ibdev"), format!("{}\n", r.name))?;
+            fs::create_dir_all(self.root.join("class/infiniband_verbs"))?;
+            symlink(
+                format!("../../{parent}/infiniband_verbs/uverbs{n}"),
+                self.root
+                    .join("class/infiniband_verbs")
+                    .join(format!("uverbs{n}")),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `class/misc/rdma_cm`, as `rdma_ucm` makes it.
+    pub fn add_rdma_cm(&self) -> io::Result<()> {
+        fs::create_dir_all(self.root.join("devices/virtual/misc/rdma_cm"))?;
+        fs::create_dir_all(self.root.join("class/misc"))?;
+        symlink(
+            "../../devices/virtual/misc/rdma_cm",
+            self.root.join("class/misc/rdma_cm"),
         )
     }
 }

@@ -9,7 +9,8 @@
 //! [`deviceplugin`] (kubelet) expose them, [`report`] speaks to
 //! the agent, [`uevent`] listens for kernel device events, [`daemon`] ties
 //! them together, [`config`] loads the daemon's file, [`metrics`] serves
-//! the stub's own `/metrics` on loopback. [`fixture`] builds
+//! the stub's own `/metrics` on loopback, [`rdma_netns`] moves an RDMA
+//! device into a container's network namespace (an OCI hook). [`fixture`] builds
 //! sysfs-shaped trees for tests and benchmarks.
 
 pub mod assignments;
@@ -20,6 +21,7 @@ pub mod deviceplugin;
 pub mod discover;
 pub mod fixture;
 pub mod metrics;
+pub mod rdma_netns;
 pub mod report;
 pub mod selectors;
 pub mod uevent;

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use dpu_api::object::{Event, HostDevice, HostInventory, ObjectList};
+use dpu_api::object::{Event, HostDevice, HostInventory, HostRdma, ObjectList};
 use futures_util::{Stream, StreamExt};
 
 use crate::discover::Function;
@@ -99,8 +99,11 @@ pub fn host_device(f: &Function) -> HostDevice {
         card: f.card.clone(),
         sf_index: f.sf_index,
         aux_device: f.aux_device.clone(),
-        // Filled by RDMA discovery (issue 14, host-stub side).
-        rdma: None,
+        rdma: f.rdma.as_ref().map(|r| HostRdma {
+            device: r.device.clone(),
+            uverbs: r.uverbs.clone(),
+            rdma_cm: r.rdma_cm.clone(),
+        }),
     }
 }
 
@@ -191,6 +194,19 @@ mod tests {
                 "device_id": "101e", "physfn": "0000:03:00.0", "vf_index": 0,
                 "netdev": "ens1f0v0", "kind": "vf", "card": "dsn:01-02-03-04-05-06-07-08"
             })
+        );
+        let rdma = Function {
+            rdma: Some(crate::discover::RdmaDevice {
+                device: "mlx5_3".into(),
+                uverbs: Some("/dev/infiniband/uverbs3".into()),
+                rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
+            }),
+            ..f
+        };
+        assert_eq!(
+            serde_json::to_value(host_device(&rdma)).unwrap()["rdma"],
+            serde_json::json!({"device": "mlx5_3", "uverbs": "/dev/infiniband/uverbs3",
+                               "rdma_cm": "/dev/infiniband/rdma_cm"})
         );
     }
 }

@@ -28,11 +28,25 @@ impl Uevent {
         self.vars.get("SUBSYSTEM").map(String::as_str)
     }
 
-    /// Whether the event can change what a scan finds.
+    /// Whether the event can change what a scan finds: also RDMA devices
+    /// (`infiniband`), their verbs nodes (`infiniband_verbs`) and `rdma_cm`
+    /// (`misc`). A GID entry filled in later sends no event; the periodic
+    /// rescan sees it.
     pub fn is_relevant(&self) -> bool {
         matches!(
             self.subsystem(),
-            Some("pci" | "net" | "block" | "nvme" | "auxiliary" | "virtio" | "vfio")
+            Some(
+                "pci"
+                    | "net"
+                    | "block"
+                    | "nvme"
+                    | "auxiliary"
+                    | "virtio"
+                    | "vfio"
+                    | "infiniband"
+                    | "infiniband_verbs"
+                    | "misc"
+            )
         )
     }
 }

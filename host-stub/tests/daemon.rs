@@ -602,6 +602,181 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     );
 }
 
+/// An RDMA function (`spec.rdma`, issue 14) through the daemon and the
+/// device plugin, seen from the test kubelet: while VF 1 has no RDMA device
+/// it is listed Unhealthy and Allocate refuses it; once an mlx5-like device
+/// (`device` link + GID entry naming `p0v1`, `uverbs1`) and `rdma_cm` appear
+/// in sysfs, the rescan reports the device to the agent (`HostDevice.rdma`),
+/// the CDI spec lists `/dev/infiniband/uverbs1` and `/dev/infiniband/rdma_cm`
+/// as device nodes, and Allocate returns them as `DeviceSpec`s (host path =
+/// container path, `rw`) beside the CDI name. The plain function beside it
+/// gets no verbs nodes.
+#[tokio::test]
+async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
+    use host_stub::deviceplugin::{self, PluginSettings, v1beta1};
+    use host_stub::fixture::FixtureRdma;
+    use v1beta1::device_plugin_client::DevicePluginClient;
+
+    let (_events_tx, events_rx) = mpsc::unbounded_channel();
+    let PluginRig {
+        root: _root,
+        cdi_dir,
+        state: _state,
+        plugins,
+        tree,
+        agent,
+        mut kubelet,
+        daemon: d,
+    } = plugin_rig(events_rx);
+    agent.0.lock().unwrap().list.push(function(
+        "roce",
+        json!({"type": "net", "pf": "pf0", "vf": 1, "host": "node-1", "rdma": true}),
+        "0000:03:00.3",
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let plugin_task = tokio::spawn(deviceplugin::run(
+        PluginSettings {
+            dir: plugins.path().to_path_buf(),
+        },
+        d.plugin_state(),
+        stop_rx.clone(),
+    ));
+    let daemon_task = tokio::spawn(d.run(stop_rx, None));
+
+    let reg = within("registration", kubelet.registrations.recv())
+        .await
+        .unwrap();
+    assert_eq!(reg.resource_name, "dpu.local/acme-net");
+    let path = plugins.path().join(&reg.endpoint);
+    let mut client = DevicePluginClient::new(deviceplugin::unix_channel(&path).await.unwrap());
+    let mut list = client
+        .list_and_watch(v1beta1::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let health = |r: &v1beta1::ListAndWatchResponse, id: &str| {
+        r.devices
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.health.clone())
+    };
+    let allocate = |ids: &[&str]| v1beta1::AllocateRequest {
+        container_requests: vec![v1beta1::ContainerAllocateRequest {
+            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
+        }],
+    };
+
+    // No RDMA device yet: listed, unhealthy, refused; no spec.
+    let mut current = within("first list", list.message()).await.unwrap().unwrap();
+    while health(&current, "roce").is_none() {
+        current = within("list with roce", list.message())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(health(&current, "roce").as_deref(), Some("Unhealthy"));
+    assert_eq!(health(&current, "web").as_deref(), Some("Healthy"));
+    let refused = client.allocate(allocate(&["roce"])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(read_spec(cdi_dir.path(), "roce").is_none());
+
+    // The driver makes VF 1's RDMA device (RoCE enabled), rdma_ucm is loaded.
+    tree.add_rdma_device(&FixtureRdma {
+        name: "mlx5_3".into(),
+        pci: Some("0000:03:00.3".into()),
+        gids: vec![(0, "p0v1".into())],
+        empty_gids: 3,
+        uverbs: Some(1),
+    })
+    .unwrap();
+    tree.add_rdma_cm().unwrap();
+    while health(&current, "roce").as_deref() != Some("Healthy") {
+        current = within("roce healthy after the rescan", list.message())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let answer = client
+        .allocate(allocate(&["roce", "web"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let c = &answer.container_responses[0];
+    let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["dpu.local/function=roce", "dpu.local/function=web"]);
+    let specs: Vec<(&str, &str, &str)> = c
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.host_path.as_str(),
+                d.container_path.as_str(),
+                d.permissions.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        specs,
+        [
+            ("/dev/infiniband/uverbs1", "/dev/infiniband/uverbs1", "rw"),
+            ("/dev/infiniband/rdma_cm", "/dev/infiniband/rdma_cm", "rw"),
+        ]
+    );
+
+    let spec = read_spec(cdi_dir.path(), "roce").expect("roce's CDI spec");
+    let edits = &spec.devices[0].container_edits;
+    let nodes: Vec<&str> = edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
+    assert_eq!(
+        nodes,
+        ["/dev/infiniband/uverbs1", "/dev/infiniband/rdma_cm"]
+    );
+    assert!(edits.env.contains(&"DPU_RDMA_DEVICE=mlx5_3".to_string()));
+    assert_eq!(spec.cdi_version, "1.1.0", "netDevices decide the version");
+    let web = read_spec(cdi_dir.path(), "web").expect("web's CDI spec");
+    assert!(web.devices[0].container_edits.device_nodes.is_empty());
+
+    // The agent got the device in the report (reporting may trail the
+    // exposure by a moment).
+    let reported = || {
+        agent.0.lock().unwrap().reports.last().is_some_and(|r| {
+            r.devices
+                .iter()
+                .any(|d| d.pci_address == "0000:03:00.3" && d.rdma.is_some())
+        })
+    };
+    within("a report with VF 1's RDMA device", async {
+        while !reported() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let report = agent.0.lock().unwrap().reports.last().cloned().unwrap();
+    let vf1 = report
+        .devices
+        .iter()
+        .find(|d| d.pci_address == "0000:03:00.3")
+        .unwrap();
+    assert_eq!(
+        vf1.rdma,
+        Some(dpu_api::object::HostRdma {
+            device: "mlx5_3".into(),
+            uverbs: Some("/dev/infiniband/uverbs1".into()),
+            rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
+        })
+    );
+    let vf0 = report
+        .devices
+        .iter()
+        .find(|d| d.pci_address == "0000:03:00.2")
+        .unwrap();
+    assert_eq!(vf0.rdma, None);
+
+    stop_tx.send(true).unwrap();
+    daemon_task.await.unwrap();
+    plugin_task.await.unwrap();
+}
+
 /// `GET /metrics` over a plain TCP connection, as Prometheus would; the
 /// body of a 200 answer.
 async fn scrape(addr: std::net::SocketAddr) -> String {

@@ -311,3 +311,160 @@ fn vf_count_changes_show_in_the_rescan_diff() {
         "a rescan without change is quiet"
     );
 }
+
+/// RDMA discovery (issue 14) over the BlueField host above plus RDMA
+/// devices in the kernel's shape:
+///
+/// | device  | where                          | link / GIDs                         | uverbs   |
+/// |---------|--------------------------------|-------------------------------------|----------|
+/// | mlx5_2  | VF 0 (0000:03:00.2)            | `device` link, GIDs on `ens1f0v0`   | uverbs2  |
+/// | rxe9    | software                       | GID on `ens1f0v0` too (loses to the link) | uverbs9 |
+/// | mlx5_0  | PF 0                           | `device` link, no GID yet           | uverbs0  |
+/// | mlx5_5  | the SF (no PCI address)        | GID on `en3f0pf0sf88`               | uverbs5  |
+/// | rxe0    | software, on virtio-net `eth7` | GIDs only, 8 unpopulated entries    | uverbs10 |
+/// | rxe1    | software, on the host's `eno1` | GID (not a DPU function)            | none     |
+///
+/// Proves: a VF's own device is found by its `device` link and wins over a
+/// software device on the same netdev; a device with no populated GID is
+/// still its function's; a software device is found by its GID entries on
+/// the function's netdev (virtio); an SF's by its netdev only (it shares
+/// the PF's address); uverbs by `ibdev`, `rdma_cm` from `class/misc`; VF 1
+/// and NVMe get none; `host-stub discover -o json` shows them and the
+/// inventory report carries them.
+#[test]
+fn rdma_devices_of_a_vf_and_of_a_software_device() {
+    use host_stub::fixture::FixtureRdma;
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = SysfsTree::new(dir.path()).unwrap();
+    bluefield_host(&tree);
+    let rdma = |name: &str, pci: Option<&str>, gids: &[&str], empty: u32, uverbs: Option<u32>| {
+        tree.add_rdma_device(&FixtureRdma {
+            name: name.into(),
+            pci: pci.map(str::to_owned),
+            gids: gids
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as u32, n.to_string()))
+                .collect(),
+            empty_gids: empty,
+            uverbs,
+        })
+        .unwrap();
+    };
+    rdma(
+        "mlx5_2",
+        Some("0000:03:00.2"),
+        &["ens1f0v0", "ens1f0v0"],
+        4,
+        Some(2),
+    );
+    rdma("rxe9", None, &["ens1f0v0"], 0, Some(9));
+    rdma("mlx5_0", Some("0000:03:00.0"), &[], 16, Some(0));
+    rdma("mlx5_5", None, &["en3f0pf0sf88"], 2, Some(5));
+    rdma("rxe0", None, &["eth7"], 8, Some(10));
+    rdma("rxe1", None, &["eno1"], 0, None);
+    tree.add_rdma_cm().unwrap();
+
+    let all = discover::scan(dir.path()).unwrap();
+    let dpu = selectors::select(&selectors::bluefield_defaults(), &all);
+    let rdma_of = |id: &str| {
+        by_id(&all, id)
+            .rdma
+            .as_ref()
+            .map(|r| (r.device.clone(), r.uverbs.clone(), r.rdma_cm.clone()))
+    };
+    let cm = Some("/dev/infiniband/rdma_cm".to_string());
+    let expect = |dev: &str, uverbs: &str| {
+        Some((
+            dev.to_string(),
+            Some(format!("/dev/infiniband/{uverbs}")),
+            cm.clone(),
+        ))
+    };
+    assert_eq!(rdma_of("0000:03:00.2"), expect("mlx5_2", "uverbs2"));
+    assert_eq!(rdma_of("0000:03:00.0"), expect("mlx5_0", "uverbs0"));
+    assert_eq!(rdma_of("mlx5_core.sf.2"), expect("mlx5_5", "uverbs5"));
+    assert_eq!(rdma_of("0000:05:00.0"), expect("rxe0", "uverbs10"));
+    assert_eq!(
+        rdma_of("0000:00:1f.6"),
+        Some(("rxe1".into(), None, cm.clone()))
+    );
+    assert_eq!(rdma_of("0000:03:00.3"), None);
+    assert_eq!(rdma_of("0000:04:00.0"), None);
+
+    // `host-stub discover -o json` (the BlueField defaults) shows them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host-stub"))
+        .args(["discover", "-o", "json", "--sysfs-root"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = |addr: &str| {
+        json.iter()
+            .find(|e| e["pci_address"] == addr && e.get("aux_device").is_none())
+            .unwrap_or_else(|| panic!("{addr} in {json:?}"))
+    };
+    assert_eq!(
+        entry("0000:03:00.2")["rdma"],
+        serde_json::json!({"device": "mlx5_2", "uverbs": "/dev/infiniband/uverbs2",
+                           "rdma_cm": "/dev/infiniband/rdma_cm"})
+    );
+    assert_eq!(
+        entry("0000:05:00.0")["rdma"],
+        serde_json::json!({"device": "rxe0", "uverbs": "/dev/infiniband/uverbs10",
+                           "rdma_cm": "/dev/infiniband/rdma_cm"})
+    );
+    assert!(
+        entry("0000:03:00.3").get("rdma").is_none(),
+        "absent, not null"
+    );
+
+    // The inventory report carries them.
+    let inv = report::host_inventory(&dpu);
+    let virtio = inv
+        .devices
+        .iter()
+        .find(|d| d.pci_address == "0000:05:00.0")
+        .unwrap();
+    assert_eq!(
+        virtio.rdma,
+        Some(dpu_api::object::HostRdma {
+            device: "rxe0".into(),
+            uverbs: Some("/dev/infiniband/uverbs10".into()),
+            rdma_cm: cm.clone(),
+        })
+    );
+}
+
+/// Without `class/infiniband` (no RDMA on the host) nothing has RDMA, and
+/// a `class/infiniband` entry that is a dangling link or has unreadable
+/// parts is skipped without error.
+#[test]
+fn rdma_absent_or_broken_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = SysfsTree::new(dir.path()).unwrap();
+    bluefield_host(&tree);
+    assert!(
+        discover::scan(dir.path())
+            .unwrap()
+            .iter()
+            .all(|f| f.rdma.is_none())
+    );
+    let ib = dir.path().join("class/infiniband");
+    std::fs::create_dir_all(&ib).unwrap();
+    std::os::unix::fs::symlink("../../devices/virtual/infiniband/gone", ib.join("gone")).unwrap();
+    std::fs::create_dir_all(ib.join("odd/ports/x/gid_attrs/ndevs/0")).unwrap();
+    std::fs::create_dir_all(dir.path().join("class/infiniband_verbs/uverbsX")).unwrap();
+    assert!(
+        discover::scan(dir.path())
+            .unwrap()
+            .iter()
+            .all(|f| f.rdma.is_none())
+    );
+}

@@ -210,6 +210,9 @@ touch "$DPU_VM_OUT/seen-bound"
 until_ok '! ls /run/cdi/*.json >/dev/null 2>&1' 240
 until_ok '[ -e "$VF/driver" ]' 30
 echo "released driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') override=$(cat "$VF/driver_override")"
+# The host waits for the release in the agent's inventory: stop the stub only
+# after it has reported once more since the release.
+until_ok '[ "$(sed -n "/released from vfio-pci/,\$p" "$DPU_VM_OUT/stub.log" | grep -c "inventory reported")" -ge 1 ]' 60
 echo "stub alive $(kill -0 $STUB && echo yes)"
 kill $STUB
 "#;
@@ -396,5 +399,291 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
         "{out}"
     );
     assert!(out.stdout.contains("stub alive yes"), "{out}");
+    Ok(())
+}
+
+/// As [`STUB_CONFIG`], but rescanning every 5 s: a GID entry filled in after
+/// the RDMA device registered sends no uevent.
+const RDMA_STUB_CONFIG: &str = r#"rescan_interval_secs = 5
+lease_secs = 300
+retry_secs = 1
+state_dir = "/run/host-stub"
+
+[agent]
+url = "https://localhost:9443"
+ca = "/etc/dpu/ca.pem"
+cert = "/etc/dpu/host-stub.pem"
+key = "/etc/dpu/host-stub-key.pem"
+
+[cdi]
+dir = "/run/cdi"
+rdma_netns_hook = "/usr/local/bin/host-stub"
+
+[device_plugin]
+enabled = false
+
+[[selectors]]
+vendors = ["8086"]
+devices = ["10c9", "10ca"]
+"#;
+
+const RDMA_SCRIPT: &str = r#"set -e
+IP=/usr/bin/ip
+# Exclusive RDMA netns mode: only possible while no other netns exists.
+rdma system set netns exclusive
+rdma system show > "$DPU_VM_OUT/rdma-system.txt"
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = 0x8086 ] && [ "$(cat "$d/device")" = 0x10c9 ] && PF=$d
+done
+until_ok() { i=0; while ! eval "$1"; do i=$((i+1)); [ $i -lt $(($2*5)) ] || { echo "timeout: $1"; return 1; }; sleep 0.2; done; }
+echo 2 > "$PF/sriov_numvfs"
+until_ok '[ "$(ls -d "$PF"/virtfn*/net/* 2>/dev/null | wc -l)" = 2 ]' 60
+VF=$(readlink -f "$PF/virtfn1")
+VFNET=$(ls "$VF/net")
+PFNET=$(ls "$PF/net")
+$IP link set "$PFNET" up
+$IP link set "$VFNET" up
+$IP addr add 10.77.0.1/24 dev "$VFNET"
+echo "nic $DPU_VM_NET_IF vf1 ${VF##*/} $VFNET"
+# Soft-RoCE on the virtio-net NIC and on VF 1's igbvf netdev.
+rdma link add rxe0 type rxe netdev "$DPU_VM_NET_IF"
+rdma link add rxe1 type rxe netdev "$VFNET"
+# Witnesses: iproute2's rdma (netlink) and the device nodes devtmpfs made.
+rdma link show > "$DPU_VM_OUT/rdma-link.txt"
+ls /dev/infiniband > "$DPU_VM_OUT/dev-infiniband.txt"
+host-stub discover --all -o json > "$DPU_VM_OUT/all.json"
+mkdir -p /run/cdi /run/host-stub
+host-stub run --config /etc/host-stub.toml > "$DPU_VM_OUT/stub.log" 2>&1 &
+STUB=$!
+# The host assigns VF 1 with rdma: true; the daemon writes its spec.
+until_ok 'ls /run/cdi/*.json >/dev/null 2>&1' 300 || { cat "$DPU_VM_OUT/stub.log"; exit 1; }
+cp /run/cdi/*.json "$DPU_VM_OUT/spec.json"
+for n in $(sed -n 's,.*"path": "\(/dev/[^"]*\)".*,\1,p' /run/cdi/*.json); do
+    [ -c "$n" ] && echo "chardev $n"
+done
+touch "$DPU_VM_OUT/seen-spec"
+until_ok '! ls /run/cdi/*.json >/dev/null 2>&1' 240
+echo "stub alive $(kill -0 $STUB && echo yes)"
+kill $STUB
+# The spec's hook as a runtime would run it, for a "container" in netns c1.
+$IP netns add c1
+$IP netns exec c1 sleep 600 &
+C=$!
+until_ok '[ "$(readlink /proc/$C/ns/net)" != "$(readlink /proc/self/ns/net)" ]' 10
+set +e
+echo "{\"ociVersion\": \"1.0.2\", \"id\": \"c1\", \"pid\": $C}" | host-stub rdma-netns-hook rxe1 2> "$DPU_VM_OUT/hook.err"
+echo "hook rc=$?"
+echo "{\"pid\": $C}" | host-stub rdma-netns-hook nosuch 2> "$DPU_VM_OUT/hook-nosuch.err"
+echo "hook-nosuch rc=$?"
+# Witness: iproute2 asked the same.
+rdma dev set rxe1 netns c1 2> "$DPU_VM_OUT/iproute2-move.err"
+echo "iproute2 rc=$?"
+echo "c1 devices: $($IP netns exec c1 rdma dev show | wc -l)"
+kill $C
+"#;
+
+/// Live, in the VM rig (issue 14, host side): a guest with a virtio-net NIC
+/// and QEMU's igb (2 VFs), `rdma_rxe`, `ib_uverbs` and `rdma_ucm` loaded,
+/// Soft-RoCE devices added with iproute2's `rdma link add` on the virtio
+/// NIC (`rxe0`) and on VF 1's igbvf netdev (`rxe1`). Proves: `host-stub
+/// discover --all -o json` finds both by their GID entries, each with the
+/// uverbs node the kernel made for it (the node exists in the guest's
+/// devtmpfs) and `rdma_cm`; the `host-stub run` daemon reports VF 1's RDMA
+/// device to a real agent on the host (`HostDevice.rdma` in the agent's
+/// inventory); an assignment of VF 1 with `rdma: true` makes it write a CDI
+/// spec whose device nodes are that uverbs node and `/dev/infiniband/rdma_cm`,
+/// both character devices in the guest; deleting the assignment removes it.
+/// The guest runs in exclusive RDMA netns mode with `[cdi]
+/// rdma_netns_hook` set: the spec names the `createRuntime` hook, and the
+/// hook, run as a runtime would (state JSON with the pid of a process in
+/// netns `c1`), gets the same kernel answer as iproute2's `rdma dev set rxe1
+/// netns c1` ("Operation not supported": rxe cannot move; an answer the
+/// kernel gives only after it found the device by index and opened the
+/// namespace fd) and names a device that does not exist.
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_roce_devices_discovered_reported_and_in_the_cdi_spec() -> anyhow::Result<()> {
+    use dpu_api::Kind;
+    use dpu_api::identity::Role;
+    use dpu_tests::agent::AgentProcess;
+    use serde_json::json;
+
+    vm::require();
+    let agent = AgentProcess::start();
+    let pki = agent.state_dir().join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;
+    let ca = dpu_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
+    let id = ca.issue(
+        &Role::HostStub(STUB_HOST.into()).spiffe_id("dpu.local"),
+        &[],
+    )?;
+    let binary = stripped_binary()?;
+    let vm = Vm::builder()
+        .virtio_net()
+        .igb()
+        .modules(&["igbvf", "rdma_rxe", "ib_uverbs", "rdma_ucm"])
+        .packages(&["libgcc-s1"])
+        .binary(&binary)
+        .host_service(AGENT_GUEST_PORT, agent.port())
+        .file("/etc/hosts", &b"10.0.2.100 localhost\n"[..], 0o644)
+        .file("/etc/nsswitch.conf", &b"hosts: files\n"[..], 0o644)
+        .file("/etc/dpu/ca.pem", ca_pem.into_bytes(), 0o644)
+        .file("/etc/dpu/host-stub.pem", id.cert_pem.into_bytes(), 0o644)
+        .file("/etc/dpu/host-stub-key.pem", id.key_pem.into_bytes(), 0o600)
+        .file("/etc/host-stub.toml", RDMA_STUB_CONFIG.as_bytes(), 0o644)
+        .memory_mib(1024)
+        .timeout(std::time::Duration::from_secs(600))
+        .script(RDMA_SCRIPT)
+        .start();
+    if let Some(dir) = binary.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let vm = vm?;
+    let admin = agent.admin();
+
+    // The daemon reports VF 1 with its RDMA device.
+    let vf1 = poll(
+        "VF 1 with an RDMA device in the agent's inventory",
+        900,
+        async || {
+            let devices = host_devices(&admin.inventory().await.ok()?);
+            devices.into_iter().find(|d| {
+                d.vf_index == Some(1) && d.kind.as_deref() == Some("vf") && d.rdma.is_some()
+            })
+        },
+    )
+    .await;
+    admin
+        .put(Kind::Tenant, "acme", None, json!({}), None)
+        .await?;
+    admin
+        .put(
+            Kind::Function,
+            "roce",
+            Some("acme"),
+            json!({"type": "net", "pf": "pf0", "vf": 1, "host": STUB_HOST,
+                   "rdma": true, "mac": "02:00:00:00:20:11"}),
+            None,
+        )
+        .await?;
+    poll("the guest saw the CDI spec", 300, async || {
+        vm.out_file("seen-spec").map(|_| ())
+    })
+    .await;
+    admin.delete(Kind::Function, "roce").await?;
+
+    let out = tokio::task::spawn_blocking(move || vm.wait()).await??;
+    println!("{out}");
+    if let Some(log) = out.file_text("stub.log") {
+        println!("stub log:\n{log}");
+    }
+    assert!(out.success(), "{out}");
+
+    // Witnesses from the guest's kernel.
+    let links = out.file_text("rdma-link.txt").expect("rdma-link.txt");
+    let nodes = out
+        .file_text("dev-infiniband.txt")
+        .expect("dev-infiniband.txt");
+    println!("rdma link show:\n{links}\n/dev/infiniband: {nodes}");
+    let (nic, vfnet) = out
+        .stdout
+        .lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.strip_prefix("nic ")?.split_whitespace().collect();
+            Some((w.first()?.to_string(), w.get(3)?.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no nic line\n{out}"));
+    for (dev, netdev) in [("rxe0", &nic), ("rxe1", &vfnet)] {
+        assert!(
+            links
+                .lines()
+                .any(|l| l.starts_with(&format!("link {dev}/1 "))
+                    && l.contains(&format!("netdev {netdev}"))),
+            "{dev} on {netdev}:\n{links}"
+        );
+    }
+    assert!(nodes.split_whitespace().any(|n| n == "rdma_cm"), "{nodes}");
+
+    // discover --all: the virtio-net function and VF 1, each with its device.
+    let all = parse(&out, "all");
+    let with_netdev = |netdev: &str| {
+        all.iter()
+            .find(|f| f["netdev"] == netdev)
+            .unwrap_or_else(|| panic!("{netdev} in {all:?}"))
+            .clone()
+    };
+    let virtio = with_netdev(&nic);
+    assert_eq!(virtio["class"], "virtio-net", "{virtio}");
+    let vf = with_netdev(&vfnet);
+    assert_eq!(vf["kind"], "vf", "{vf}");
+    let mut uverbs_seen = Vec::new();
+    for (f, dev) in [(&virtio, "rxe0"), (&vf, "rxe1")] {
+        let r = &f["rdma"];
+        assert_eq!(r["device"], dev, "{f}");
+        assert_eq!(r["rdma_cm"], "/dev/infiniband/rdma_cm", "{f}");
+        let uverbs = r["uverbs"].as_str().unwrap_or_else(|| panic!("{f}"));
+        let node = uverbs.strip_prefix("/dev/infiniband/").unwrap_or(uverbs);
+        assert!(
+            nodes.split_whitespace().any(|n| n == node),
+            "{uverbs} not in /dev/infiniband: {nodes}"
+        );
+        uverbs_seen.push(uverbs.to_string());
+    }
+    assert_ne!(uverbs_seen[0], uverbs_seen[1], "one node per device");
+
+    // The agent's inventory has what the guest's discover saw for VF 1.
+    let reported = vf1.rdma.clone().unwrap();
+    assert_eq!(reported.device, "rxe1", "{vf1:?}");
+    assert_eq!(reported.uverbs.as_deref(), Some(uverbs_seen[1].as_str()));
+    assert_eq!(reported.rdma_cm.as_deref(), Some("/dev/infiniband/rdma_cm"));
+
+    // The CDI spec the daemon wrote: VF 1's verbs nodes, char devices in the guest.
+    let spec: Value = serde_json::from_str(&out.file_text("spec.json").expect("spec.json"))?;
+    assert_eq!(spec["devices"][0]["name"], "roce", "{spec}");
+    let paths: Vec<&str> = spec["devices"][0]["containerEdits"]["deviceNodes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n["path"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        paths,
+        [uverbs_seen[1].as_str(), "/dev/infiniband/rdma_cm"],
+        "{spec}"
+    );
+    for p in paths {
+        assert!(out.stdout.contains(&format!("chardev {p}")), "{p}\n{out}");
+    }
+    assert!(out.stdout.contains("stub alive yes"), "{out}");
+
+    // Exclusive mode: the spec names the hook; the hook reaches the kernel
+    // with the device's index and the container's namespace, which refuses
+    // exactly as it refuses iproute2 (rxe cannot change namespace, see
+    // README), and names a device that does not exist.
+    let system = out.file_text("rdma-system.txt").unwrap_or_default();
+    assert!(system.contains("netns exclusive"), "{system}");
+    assert_eq!(
+        spec["devices"][0]["containerEdits"]["hooks"],
+        json!([{"hookName": "createRuntime", "path": "/usr/local/bin/host-stub",
+                "args": ["host-stub", "rdma-netns-hook", "rxe1"]}]),
+        "{spec}"
+    );
+    let hook_err = out.file_text("hook.err").unwrap_or_default();
+    let iproute2_err = out.file_text("iproute2-move.err").unwrap_or_default();
+    println!("hook: {hook_err}\niproute2: {iproute2_err}");
+    assert!(out.stdout.contains("hook rc=1"), "{out}");
+    assert!(
+        iproute2_err.contains("Operation not supported"),
+        "{iproute2_err}"
+    );
+    assert!(
+        hook_err.contains("moving RDMA device rxe1")
+            && hook_err.contains("Operation not supported"),
+        "{hook_err}"
+    );
+    let nosuch = out.file_text("hook-nosuch.err").unwrap_or_default();
+    assert!(
+        nosuch.contains("no RDMA device named \"nosuch\""),
+        "{nosuch}"
+    );
+    assert!(out.stdout.contains("c1 devices: 0"), "{out}");
     Ok(())
 }

@@ -51,6 +51,13 @@ enum Command {
         #[arg(long, global = true, default_value = discover::DEFAULT_SYSFS_ROOT)]
         sysfs_root: PathBuf,
     },
+    /// OCI `createRuntime` hook (named by RDMA functions' CDI specs when
+    /// `[cdi] rdma_netns_hook` is set): moves RDMA device DEVICE into the
+    /// network namespace of the container whose state JSON is on stdin.
+    RdmaNetnsHook {
+        /// The RDMA device (`mlx5_3`).
+        device: String,
+    },
     /// Run the daemon.
     Run {
         #[arg(long)]
@@ -145,6 +152,18 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::RdmaNetnsHook { device } => {
+            let mut state = Vec::new();
+            use std::io::Read;
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_end(&mut state)
+                .context("reading the container state from stdin")?;
+            let pid = host_stub::rdma_netns::container_pid(&state)?;
+            host_stub::rdma_netns::move_device(&device, pid)?;
+            eprintln!("RDMA device {device} moved into the network namespace of pid {pid}");
+            Ok(())
+        }
         Command::Run { config, sysfs_root } => run(config, sysfs_root),
     }
 }
