@@ -221,27 +221,7 @@ fn find_function<'a>(
             .find(|f| f.pci_address == addr)
             .ok_or_else(|| Unresolvable::NotOnThisHost(addr.to_string()));
     }
-    let pf_index: usize = spec
-        .pf
-        .strip_prefix("pf")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| Unresolvable::PfNotIndexed(spec.pf.to_string()))?;
-    let mut pfs: Vec<&Function> = functions
-        .iter()
-        .filter(|f| f.kind() == FunctionKind::Pf && f.sriov_totalvfs.is_some())
-        .collect();
-    pfs.sort_by(|a, b| a.pci_address.cmp(&b.pci_address));
-    let cards: BTreeSet<Option<&str>> = pfs.iter().map(|f| f.card.as_deref()).collect();
-    if cards.len() > 1 {
-        return Err(Unresolvable::WhichCard {
-            cards: cards.len(),
-            pf: spec.pf.to_string(),
-        });
-    }
-    let pf = pfs.get(pf_index).ok_or_else(|| Unresolvable::NoSuchPf {
-        pf: spec.pf.to_string(),
-        found: pfs.len(),
-    })?;
+    let pf = find_pf(spec, functions)?;
     // The VF the agent allocated is a typed status fact (`status.vf`).
     let vf = spec.vf.or(object.status.facts.vf);
     let Some(vf) = vf else {
@@ -260,6 +240,130 @@ fn find_function<'a>(
             pci: pf.pci_address.clone(),
             numvfs: pf.sriov_numvfs.unwrap_or(0),
         })
+}
+
+/// The SR-IOV PF `spec.pf` (`pfN`) names on this host: the N-th SR-IOV PF
+/// by address of the only DPU card.
+fn find_pf<'a>(
+    spec: &FunctionSpec,
+    functions: &'a [Function],
+) -> Result<&'a Function, Unresolvable> {
+    let pf_index: usize = spec
+        .pf
+        .strip_prefix("pf")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Unresolvable::PfNotIndexed(spec.pf.to_string()))?;
+    let mut pfs: Vec<&Function> = functions
+        .iter()
+        .filter(|f| f.kind() == FunctionKind::Pf && f.sriov_totalvfs.is_some())
+        .collect();
+    pfs.sort_by(|a, b| a.pci_address.cmp(&b.pci_address));
+    let cards: BTreeSet<Option<&str>> = pfs.iter().map(|f| f.card.as_deref()).collect();
+    if cards.len() > 1 {
+        return Err(Unresolvable::WhichCard {
+            cards: cards.len(),
+            pf: spec.pf.to_string(),
+        });
+    }
+    pfs.get(pf_index)
+        .copied()
+        .ok_or_else(|| Unresolvable::NoSuchPf {
+            pf: spec.pf.to_string(),
+            found: pfs.len(),
+        })
+}
+
+/// What the agent's assignments need of one PF's SR-IOV: VFs `0..needed`
+/// (the highest VF index the agent gave a function on it, plus one), beside
+/// what the PF has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfCount {
+    /// The PF's PCI address.
+    pub pf_pci: String,
+    pub needed: u32,
+    pub current: u32,
+    pub total: u32,
+}
+
+/// What to do about one PF's `sriov_numvfs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumVfs {
+    /// Write `needed` (through 0 when the PF already has VFs, as the kernel
+    /// requires: none of them is in use).
+    Write { pf_pci: String, from: u32, to: u32 },
+    /// It cannot be done now, and why (for the log and the operator).
+    Blocked { pf_pci: String, why: String },
+}
+
+/// The VF counts the assignments need, per PF, for the PFs that have fewer.
+/// The number is the agent's (its VF allocation), the stub decides none.
+pub fn vf_counts(assignments: &Assignments, functions: &[Function]) -> Vec<VfCount> {
+    let mut needed: BTreeMap<&str, (u32, &Function)> = BTreeMap::new();
+    for object in assignments.objects.values() {
+        let Ok(spec) = serde_json::from_value::<FunctionSpec>(object.spec.clone()) else {
+            continue;
+        };
+        let (Ok(pf), Some(vf)) = (
+            find_pf(&spec, functions),
+            spec.vf.or(object.status.facts.vf),
+        ) else {
+            continue;
+        };
+        let want = vf.saturating_add(1);
+        let e = needed.entry(pf.pci_address.as_str()).or_insert((0, pf));
+        e.0 = e.0.max(want);
+    }
+    needed
+        .into_values()
+        .map(|(needed, pf)| VfCount {
+            pf_pci: pf.pci_address.clone(),
+            needed,
+            current: pf.sriov_numvfs.unwrap_or(0),
+            total: pf.sriov_totalvfs.unwrap_or(0),
+        })
+        .filter(|c| c.current < c.needed)
+        .collect()
+}
+
+/// The `sriov_numvfs` change for `count`: raised to what the assignments
+/// need, never lowered (VFs the agent released may be in use by the host's
+/// operator). A PF that has VFs already changes only through 0, which
+/// removes all of them: done only when none is exposed (`in_use`: PCI
+/// addresses of exposed or vfio-bound functions), else blocked with the
+/// reason. More than `sriov_totalvfs` is blocked.
+pub fn numvfs_change(count: &VfCount, functions: &[Function], in_use: &BTreeSet<String>) -> NumVfs {
+    let pf_pci = count.pf_pci.clone();
+    if count.needed > count.total {
+        return NumVfs::Blocked {
+            pf_pci,
+            why: format!(
+                "the agent assigned VF {} but the PF has only {} (sriov_totalvfs)",
+                count.needed - 1,
+                count.total
+            ),
+        };
+    }
+    if count.current > 0 {
+        let busy = functions
+            .iter()
+            .filter(|f| f.physfn.as_deref() == Some(count.pf_pci.as_str()))
+            .filter(|f| in_use.contains(&f.pci_address))
+            .count();
+        if busy > 0 {
+            return NumVfs::Blocked {
+                pf_pci,
+                why: format!(
+                    "the assignments need {} VFs, the PF has {}; the kernel changes sriov_numvfs only through 0, which would remove {busy} VF(s) in use: waiting until they are released",
+                    count.needed, count.current
+                ),
+            };
+        }
+    }
+    NumVfs::Write {
+        pf_pci,
+        from: count.current,
+        to: count.needed,
+    }
 }
 
 #[cfg(test)]
@@ -307,6 +411,76 @@ mod tests {
             vf("0000:03:00.2", 0),
             vf("0000:03:00.3", 1),
         ]
+    }
+
+    /// The VF count a PF needs is the agent's: its highest assigned VF
+    /// index plus one (from spec or status). It is raised, never lowered;
+    /// through 0 only when no VF of the PF is in use; never past
+    /// `sriov_totalvfs`.
+    #[test]
+    fn vf_counts_come_from_the_agents_allocation() {
+        let mut a = Assignments::default();
+        a.replace(ObjectList {
+            revision: 1,
+            items: vec![
+                function_object(
+                    "web",
+                    json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
+                    json!({"vf": 3}),
+                ),
+                function_object(
+                    "db",
+                    json!({"type": "net", "pf": "pf0", "vf": 1, "mac": "02:00:00:00:00:02"}),
+                    json!({}),
+                ),
+                // No VF yet: needs nothing.
+                function_object("new", json!({"type": "net", "pf": "pf0"}), json!({})),
+            ],
+        });
+        let functions = inventory();
+        let counts = vf_counts(&a, &functions);
+        assert_eq!(
+            counts,
+            vec![VfCount {
+                pf_pci: "0000:03:00.0".into(),
+                needed: 4,
+                current: 2,
+                total: 8
+            }]
+        );
+        // VF 1 (0000:03:00.3) is exposed: going through 0 would remove it.
+        let busy = BTreeSet::from(["0000:03:00.3".to_string()]);
+        assert!(matches!(
+            numvfs_change(&counts[0], &functions, &busy),
+            NumVfs::Blocked { ref why, .. } if why.contains("1 VF(s) in use")
+        ));
+        assert_eq!(
+            numvfs_change(&counts[0], &functions, &BTreeSet::new()),
+            NumVfs::Write {
+                pf_pci: "0000:03:00.0".into(),
+                from: 2,
+                to: 4
+            }
+        );
+        let too_many = VfCount {
+            needed: 9,
+            ..counts[0].clone()
+        };
+        assert!(matches!(
+            numvfs_change(&too_many, &functions, &BTreeSet::new()),
+            NumVfs::Blocked { ref why, .. } if why.contains("sriov_totalvfs")
+        ));
+        // Enough VFs already: nothing to do.
+        let mut enough = Assignments::default();
+        enough.replace(ObjectList {
+            revision: 1,
+            items: vec![function_object(
+                "db",
+                json!({"type": "net", "pf": "pf0", "vf": 1, "mac": "02:00:00:00:00:02"}),
+                json!({}),
+            )],
+        });
+        assert!(vf_counts(&enough, &functions).is_empty());
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct Daemon<A> {
     plugin_devices: Vec<PluginDevice>,
     bindings: BTreeMap<String, VfioBinding>,
     last_unresolved: Vec<Unresolved>,
+    /// The last `sriov_numvfs` changes that could not be made (logged when
+    /// the set changes).
+    last_blocked: Vec<assignments::NumVfs>,
     metrics: Arc<StubMetrics>,
 }
 
@@ -105,6 +108,7 @@ impl<A: AgentApi> Daemon<A> {
             plugin_devices: Vec::new(),
             bindings,
             last_unresolved: Vec::new(),
+            last_blocked: Vec::new(),
             metrics: Arc::default(),
         }
     }
@@ -281,9 +285,52 @@ impl<A: AgentApi> Daemon<A> {
         }
     }
 
+    /// Raises each PF's `sriov_numvfs` to what the assignments need (the
+    /// agent's VF allocation): returns whether it wrote any, so the caller
+    /// scans again.
+    fn set_vf_counts(&mut self, in_use: &BTreeSet<String>) -> bool {
+        let root = self.settings.sysfs_root.clone();
+        let mut wrote = false;
+        let mut blocked = Vec::new();
+        for count in assignments::vf_counts(&self.assignments, &self.functions) {
+            match assignments::numvfs_change(&count, &self.functions, in_use) {
+                assignments::NumVfs::Write { pf_pci, from, to } => {
+                    match crate::sriov::set_numvfs(&root, &pf_pci, from, to) {
+                        Ok(()) => {
+                            info!(pf = %pf_pci, from, to, "sriov_numvfs set for the agent's assignments");
+                            wrote = true;
+                        }
+                        Err(e) => {
+                            warn!(pf = %pf_pci, to, error = %e, "cannot set sriov_numvfs");
+                        }
+                    }
+                }
+                b @ assignments::NumVfs::Blocked { .. } => blocked.push(b),
+            }
+        }
+        if blocked != self.last_blocked {
+            for b in &blocked {
+                if let assignments::NumVfs::Blocked { pf_pci, why } = b {
+                    warn!(pf = %pf_pci, reason = %why, "sriov_numvfs not changed");
+                }
+            }
+            self.last_blocked = blocked;
+        }
+        wrote
+    }
+
     /// Brings vfio bindings and CDI specs in line with the assignments.
     pub fn reconcile(&mut self) {
         let mut resolution = assignments::resolve(&self.assignments, &self.functions);
+        let in_use: BTreeSet<String> = resolution
+            .exposed
+            .iter()
+            .map(|f| f.pci_address.clone())
+            .chain(self.bindings.keys().cloned())
+            .collect();
+        if self.set_vf_counts(&in_use) && self.rescan() {
+            resolution = assignments::resolve(&self.assignments, &self.functions);
+        }
         let root = self.settings.sysfs_root.clone();
         let before = self.bindings.clone();
 
@@ -436,6 +483,8 @@ impl<A: AgentApi> Daemon<A> {
                     Some(Ok(event)) => {
                         if self.on_event(event) {
                             self.reconcile();
+                            // A reconcile that set sriov_numvfs scanned again.
+                            self.report_if_needed().await;
                         }
                     }
                     Some(Err(e)) => {
@@ -454,8 +503,10 @@ impl<A: AgentApi> Daemon<A> {
                 }
                 _ = sleep_until_opt(debounce) => {
                     debounce = None;
-                    if self.rescan() {
-                        self.report_if_needed().await;
+                    let changed = self.rescan();
+                    // Also what a reconcile's own scan found and did not report.
+                    self.report_if_needed().await;
+                    if changed {
                         self.reconcile();
                     }
                 }

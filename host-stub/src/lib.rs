@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod rdma_netns;
 pub mod report;
 pub mod selectors;
+pub mod sriov;
 pub mod uevent;
 pub mod vfio;

@@ -213,6 +213,11 @@ echo "released driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') override=$(cat
 # The host waits for the release in the agent's inventory: stop the stub only
 # after it has reported once more since the release.
 until_ok '[ "$(sed -n "/released from vfio-pci/,\$p" "$DPU_VM_OUT/stub.log" | grep -c "inventory reported")" -ge 1 ]' 60
+# The host assigns VF 5 of pf0: the stub raises sriov_numvfs to 6 itself
+# (through 0: no VF is in use any more), nobody else writes it.
+until_ok '[ "$(vf_netdevs)" = 6 ]' 240 || { cat "$DPU_VM_OUT/stub.log"; exit 1; }
+echo "numvfs $(cat "$PF/sriov_numvfs") by the stub: $(grep -c "sriov_numvfs set" "$DPU_VM_OUT/stub.log")"
+until_ok '[ "$(sed -n "/sriov_numvfs set/,\$p" "$DPU_VM_OUT/stub.log" | grep -c "inventory reported")" -ge 1 ]' 60
 echo "stub alive $(kill -0 $STUB && echo yes)"
 kill $STUB
 "#;
@@ -244,7 +249,10 @@ async fn poll<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -
 /// (2, then 4) are reported with their igbvf netdevs without a restart
 /// (uevents only); an assignment with `attach: vfio` binds the VF to
 /// vfio-pci and writes `/dev/vfio/<group>` into its CDI spec; deleting it
-/// gives the VF back to igbvf.
+/// gives the VF back to igbvf. Then an assignment of VF 5 on a PF with 4
+/// VFs makes the stub raise `sriov_numvfs` to 6 (the agent's number), and
+/// the new VFs reach the agent's inventory (issue 13: the host owns its
+/// PF's SR-IOV; the stub writes what the agent's assignments need).
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::Result<()> {
@@ -353,9 +361,39 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
     })
     .await;
 
+    // Assign VF 5 of pf0, which has 4: the stub sets sriov_numvfs to 6
+    // (the agent's number: its VF index + 1), and the new VFs are reported.
+    admin
+        .put(
+            Kind::Function,
+            "big",
+            Some("acme"),
+            json!({"type": "net", "pf": "pf0", "vf": 5, "host": STUB_HOST,
+                   "mac": "02:00:00:00:20:05"}),
+            None,
+        )
+        .await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let devices = host_devices(&admin.inventory().await?);
+        if vfs(&devices).len() == 6 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "6 VFs never reached the inventory; the stub's log:\n{}",
+            vm.out_file("stub.log").unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
     let out = tokio::task::spawn_blocking(move || vm.wait()).await??;
     println!("{out}");
     assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains("numvfs 6 by the stub: 1"),
+        "the stub wrote sriov_numvfs once\n{out}"
+    );
     if let Some(table) = out.file_text("table.txt") {
         println!("host-stub discover (2 VFs):\n{table}");
     }
