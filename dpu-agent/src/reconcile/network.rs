@@ -39,10 +39,62 @@ use crate::store::{Store, StoredObject};
 const SWITCH_WAIT: Duration = Duration::from_secs(5);
 const PENDING_RETRY: Duration = Duration::from_secs(1);
 
+/// What the network controllers need of the switch reconciler: hand it the
+/// desired state, read and wait for its reports, and plan without I/O.
+/// Implemented by [`SwitchHandle`] (the real reconciler over OVSDB and
+/// OpenFlow) and, in the unit tests, by an in-memory fake that publishes
+/// the report each case builds.
+pub trait Switch: Send + Sync + std::fmt::Debug {
+    /// Hands over a new desired state (replacing any not yet processed).
+    fn set_input(&self, input: SwitchInput);
+    /// The version of the input last handed over.
+    fn input_version(&self) -> u64;
+    /// The last report.
+    fn report(&self) -> Arc<SwitchReport>;
+    /// Every report as it is published.
+    fn subscribe(&self) -> watch::Receiver<Arc<SwitchReport>>;
+    /// The first report about `version` or later, or the last one when
+    /// none came within `timeout`.
+    fn wait_for_version(&self, version: u64, timeout: Duration)
+    -> BoxFuture<'_, Arc<SwitchReport>>;
+    /// What converging to `input` would change, one line per operation.
+    fn plan(&self, input: &SwitchInput) -> Vec<String>;
+}
+
+impl Switch for SwitchHandle {
+    fn set_input(&self, input: SwitchInput) {
+        SwitchHandle::set_input(self, input)
+    }
+
+    fn input_version(&self) -> u64 {
+        SwitchHandle::input_version(self)
+    }
+
+    fn report(&self) -> Arc<SwitchReport> {
+        SwitchHandle::report(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<SwitchReport>> {
+        SwitchHandle::subscribe(self)
+    }
+
+    fn wait_for_version(
+        &self,
+        version: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Arc<SwitchReport>> {
+        Box::pin(SwitchHandle::wait_for_version(self, version, timeout))
+    }
+
+    fn plan(&self, input: &SwitchInput) -> Vec<String> {
+        SwitchHandle::plan(self, input)
+    }
+}
+
 /// The switch reconciler and the last input handed to it.
 #[derive(Debug)]
 pub struct NetworkBackend {
-    switch: SwitchHandle,
+    switch: Box<dyn Switch>,
     last: Mutex<LastInput>,
     // Keeps the reconciler running as long as the backend lives.
     _shutdown: watch::Sender<bool>,
@@ -110,11 +162,17 @@ impl NetworkBackend {
             },
             rx,
         );
-        Ok(Arc::new(NetworkBackend {
+        Ok(NetworkBackend::over(Box::new(switch), tx))
+    }
+
+    /// A backend over `switch`; `shutdown` is kept as long as the backend
+    /// lives (dropping it stops the real reconciler).
+    fn over(switch: Box<dyn Switch>, shutdown: watch::Sender<bool>) -> Arc<Self> {
+        Arc::new(NetworkBackend {
             switch,
             last: Mutex::new(LastInput::default()),
-            _shutdown: tx,
-        }))
+            _shutdown: shutdown,
+        })
     }
 
     /// Hands the store's current networking to the reconciler if it changed;
@@ -608,6 +666,342 @@ pub fn with_configured(
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    use dpu_api::object::EventType;
+    use net_offload::pipeline::OwnedFlow;
+    use net_offload::switch::PortReport as SwitchPortReport;
+    use net_offload::switch::plan::{
+        BridgePlan, SwitchPlan, desired_ports, plan_meters, plan_ports, resolve_ofports,
+    };
+
+    use crate::store::StoreError;
+
+    /// An in-memory switch: every input is recorded and answered at once
+    /// with the report `respond` builds from it; `plan` runs the real pure
+    /// planners against an empty bridge.
+    #[derive(Debug)]
+    struct FakeSwitch {
+        reports: watch::Sender<Arc<SwitchReport>>,
+        inputs: Arc<Mutex<Vec<SwitchInput>>>,
+        respond: fn(&SwitchInput) -> SwitchReport,
+    }
+
+    impl Switch for FakeSwitch {
+        fn set_input(&self, input: SwitchInput) {
+            self.reports.send_replace(Arc::new((self.respond)(&input)));
+            self.inputs.lock().unwrap().push(input);
+        }
+
+        fn input_version(&self) -> u64 {
+            self.inputs.lock().unwrap().last().map_or(0, |i| i.version)
+        }
+
+        fn report(&self) -> Arc<SwitchReport> {
+            self.reports.borrow().clone()
+        }
+
+        fn subscribe(&self) -> watch::Receiver<Arc<SwitchReport>> {
+            self.reports.subscribe()
+        }
+
+        /// Reports are published as the input arrives: whatever is there
+        /// now is all there will be (no waiting out the timeout).
+        fn wait_for_version(&self, _: u64, _: Duration) -> BoxFuture<'_, Arc<SwitchReport>> {
+            let report = self.report();
+            Box::pin(async move { report })
+        }
+
+        fn plan(&self, input: &SwitchInput) -> Vec<String> {
+            let (ports, compiled) = compile(input);
+            SwitchPlan {
+                bridge: BridgePlan::default(),
+                ports,
+                meters: plan_meters(&compiled.meters, &BTreeMap::new()),
+                flows: pipeline::plan_flows(
+                    compiled.flows.iter().map(|f: &OwnedFlow| &f.flow),
+                    &[],
+                ),
+                skipped_ports: compiled.skipped_ports,
+            }
+            .describe("br-int")
+        }
+    }
+
+    /// Representor `pf0vfN` has ofport `10 + N` on the fake bridge.
+    fn compile(
+        input: &SwitchInput,
+    ) -> (
+        net_offload::switch::plan::PortPlan,
+        pipeline::CompiledPipeline,
+    ) {
+        let ports = plan_ports(&desired_ports(&input.networking, &input.representors), &[]);
+        let ofports: BTreeMap<String, u32> = input
+            .representors
+            .values()
+            .filter_map(|r| {
+                Some((
+                    r.clone(),
+                    10 + r.strip_prefix("pf0vf")?.parse::<u32>().ok()?,
+                ))
+            })
+            .collect();
+        let resolved = resolve_ofports(&input.networking, &input.representors, &ofports);
+        (ports, pipeline::compile(&resolved))
+    }
+
+    /// The report of a switch that programmed `input` fully: its flows per
+    /// owner, each port's ofport and flow count, and why a port without a
+    /// representor has none.
+    fn converged(input: &SwitchInput) -> SwitchReport {
+        let (_, compiled) = compile(input);
+        let flows = compiled.flow_counts();
+        let ports = input
+            .networking
+            .ports
+            .iter()
+            .map(|p| {
+                let rep = input.representors.get(&p.id);
+                let report = SwitchPortReport {
+                    ofport: rep
+                        .and_then(|r| Some(10 + r.strip_prefix("pf0vf")?.parse::<u32>().ok()?)),
+                    flows: flows
+                        .get(&pipeline::Owner::new(OwnerKind::Port, &p.id))
+                        .copied()
+                        .unwrap_or(0),
+                    pending: compiled.skipped_ports.get(&p.id).cloned(),
+                    datapath: None,
+                };
+                (p.id.clone(), report)
+            })
+            .collect();
+        SwitchReport {
+            version: input.version,
+            ovsdb_connected: true,
+            openflow_connected: true,
+            programmed: true,
+            ports,
+            flows,
+            ..SwitchReport::default()
+        }
+    }
+
+    /// Network `blue`; function `f1` with representor `pf0vf1` and `f2`
+    /// without one yet; port `p1` on `f1`, `p2` on `f2`.
+    fn store() -> (tempfile::TempDir, Context) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let obj = |kind, id: &str, spec| StoredObject::from_json(None, kind, id, "acme", &spec);
+        let mut f1 = obj(
+            Kind::Function,
+            "f1",
+            serde_json::json!({"type": "net", "pf": "pf0"}),
+        );
+        f1.status.facts.representor = Some("pf0vf1".into());
+        let port = |id: &str, function: &str, n: u8| {
+            obj(
+                Kind::Port,
+                id,
+                serde_json::json!({
+                    "network": "blue", "function": function,
+                    "mac": format!("02:00:00:00:00:0{n}"), "ips": [format!("10.7.0.{n}")]
+                }),
+            )
+        };
+        let objects = [
+            obj(
+                Kind::Network,
+                "blue",
+                serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+            ),
+            f1,
+            obj(
+                Kind::Function,
+                "f2",
+                serde_json::json!({"type": "net", "pf": "pf0"}),
+            ),
+            port("p1", "f1", 1),
+            port("p2", "f2", 2),
+        ];
+        store
+            .transact(|t| {
+                for o in objects {
+                    t.put(o, EventType::Added);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        (dir, Context { store })
+    }
+
+    /// The controller of `kind` over a fake switch answering with
+    /// `respond`, and the inputs the fake was handed.
+    fn controller(
+        kind: Kind,
+        respond: fn(&SwitchInput) -> SwitchReport,
+    ) -> (NetworkController, Arc<Mutex<Vec<SwitchInput>>>) {
+        let inputs = Arc::new(Mutex::new(Vec::new()));
+        let fake = FakeSwitch {
+            reports: watch::channel(Arc::new(SwitchReport::default())).0,
+            inputs: inputs.clone(),
+            respond,
+        };
+        let backend = NetworkBackend::over(Box::new(fake), watch::channel(false).0);
+        (NetworkController { kind, backend }, inputs)
+    }
+
+    fn get(ctx: &Context, kind: Kind, id: &str) -> StoredObject {
+        let key = dpu_api::object::ObjectKey::new(kind, id.to_string());
+        (*ctx.store.get(&key).unwrap()).clone()
+    }
+
+    fn programmed(outcome: &Outcome) -> &dpu_api::object::Condition {
+        outcome.status.condition("Programmed").unwrap()
+    }
+
+    /// A port whose function's representor is on the bridge is Ready with
+    /// the flows and ofport the switch reported; the switch was handed the
+    /// store's networking with that representor.
+    #[tokio::test]
+    async fn port_with_representor_on_the_bridge_is_ready() {
+        let (_dir, ctx) = store();
+        let (c, inputs) = controller(Kind::Port, converged);
+        let out = c
+            .reconcile(&ctx, &get(&ctx, Kind::Port, "p1"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        assert_eq!(programmed(&out).status, ConditionStatus::True);
+        assert_eq!(programmed(&out).reason, Reason::FlowsInstalled.as_str());
+        let report: PortReport = out.status.report();
+        assert_eq!(report.ofport, Some(11));
+        assert!(report.flows > 0, "{report:?}");
+        let input = inputs.lock().unwrap()[0].clone();
+        assert_eq!(input.version, 1);
+        assert_eq!(
+            input.representors.get("p1").map(String::as_str),
+            Some("pf0vf1")
+        );
+        assert_eq!(input.networking.ports.len(), 2);
+    }
+
+    /// A port whose function has no representor yet is Pending with
+    /// `RepresentorMissing`, looked at again a second later.
+    #[tokio::test]
+    async fn port_without_representor_is_pending() {
+        let (_dir, ctx) = store();
+        let (c, _) = controller(Kind::Port, converged);
+        let out = c
+            .reconcile(&ctx, &get(&ctx, Kind::Port, "p2"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(programmed(&out).status, ConditionStatus::False);
+        assert_eq!(programmed(&out).reason, Reason::RepresentorMissing.as_str());
+        assert_eq!(out.requeue_after, Some(PENDING_RETRY));
+        assert!(!out.finalized);
+    }
+
+    /// A switch that has not programmed the input is a retryable
+    /// `SwitchUnavailable` error.
+    #[tokio::test]
+    async fn switch_not_programmed_is_switch_unavailable() {
+        let (_dir, ctx) = store();
+        let (c, _) = controller(Kind::Network, |input| SwitchReport {
+            programmed: false,
+            ..converged(input)
+        });
+        let err = c
+            .reconcile(&ctx, &get(&ctx, Kind::Network, "blue"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::SwitchUnavailable);
+        assert!(err.message.contains("not been programmed"), "{err}");
+    }
+
+    /// A switch still on an older input leaves the object Pending with
+    /// `SwitchBusy` (Deleting when it is being deleted, not finalized).
+    #[tokio::test]
+    async fn switch_behind_the_input_is_switch_busy() {
+        let (_dir, ctx) = store();
+        let behind = |input: &SwitchInput| SwitchReport {
+            version: input.version - 1,
+            ..converged(input)
+        };
+        let (c, _) = controller(Kind::Network, behind);
+        let mut blue = get(&ctx, Kind::Network, "blue");
+        let out = c.reconcile(&ctx, &blue).await.unwrap();
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(programmed(&out).reason, Reason::SwitchBusy.as_str());
+        assert_eq!(out.requeue_after, Some(PENDING_RETRY));
+        blue.deleting = true;
+        let out = c.reconcile(&ctx, &blue).await.unwrap();
+        assert_eq!(out.status.phase, Phase::Deleting);
+        assert!(!out.finalized);
+    }
+
+    /// A port being deleted is finalized once the switch programmed an
+    /// input without it.
+    #[tokio::test]
+    async fn deleting_port_is_finalized_once_the_switch_dropped_it() {
+        let (_dir, ctx) = store();
+        let mut p1 = get(&ctx, Kind::Port, "p1");
+        p1.deleting = true;
+        ctx.store
+            .transact(|t| {
+                t.put(p1.clone(), EventType::Modified);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let (c, inputs) = controller(Kind::Port, converged);
+        let out = c.reconcile(&ctx, &p1).await.unwrap();
+        assert!(out.finalized);
+        let input = inputs.lock().unwrap().last().unwrap().clone();
+        assert!(input.networking.ports.iter().all(|p| p.id != "p1"));
+        assert!(!input.representors.contains_key("p1"));
+    }
+
+    /// `plan` shows only the object's own lines of the switch's plan: a
+    /// port its representor port and its flows, not the other port's; the
+    /// network its tunnel port.
+    #[test]
+    fn plan_keeps_the_objects_own_lines() {
+        let (_dir, ctx) = store();
+        let (port, _) = controller(Kind::Port, converged);
+        let p1 = get(&ctx, Kind::Port, "p1");
+        let lines = port.plan(&ctx, &p1, WriteOutcome::Created);
+        let mine = format!("{:#x}", pipeline::cookie(OwnerKind::Port, "p1"));
+        let other = format!("{:#x}", pipeline::cookie(OwnerKind::Port, "p2"));
+        assert!(lines.iter().any(|l| l.contains(&mine)), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ovsdb: insert Port+Interface pf0vf1 ")
+                    && l.contains("port/p1")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains(&other) && !l.contains("p2")),
+            "{lines:#?}"
+        );
+        let p2 = port.plan(&ctx, &get(&ctx, Kind::Port, "p2"), WriteOutcome::Created);
+        assert!(p2.iter().all(|l| !l.contains(&mine)), "{p2:#?}");
+        assert!(
+            p2.iter().any(|l| l.starts_with("port p2: no flows yet")),
+            "{p2:#?}"
+        );
+
+        let (network, _) = controller(Kind::Network, converged);
+        let blue = get(&ctx, Kind::Network, "blue");
+        let lines = network.plan(&ctx, &blue, WriteOutcome::Created);
+        assert!(lines.iter().any(|l| l.contains("dpu-vxlan")), "{lines:#?}");
+        assert!(lines.iter().all(|l| !l.contains(&mine)), "{lines:#?}");
+        assert_eq!(
+            network.plan(&ctx, &blue, WriteOutcome::Unchanged),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn rules_come_from_the_typed_spec() {
