@@ -364,76 +364,111 @@ impl NetworkController {
             _ => report,
         }
     }
+}
 
-    fn status_for(
-        &self,
-        obj: &StoredObject,
-        report: &SwitchReport,
-    ) -> Result<Outcome, ReconcileError> {
-        let mut status = obj.status.clone();
-        if !report.programmed {
-            return Err(ReconcileError {
-                reason: Reason::SwitchUnavailable,
-                message: report.error.as_deref().map_or_else(
-                    || "the switch has not been programmed yet".into(),
-                    |e| error_chain(e),
-                ),
-            });
-        }
-        if obj.deleting {
+/// The status of a network, port or endpoint (`kind`) from the switch's
+/// report about an input that included the store's current networking:
+/// pure. Not programmed: a `SwitchUnavailable` error; deleting: finalized;
+/// a port without flows yet: `Pending` with `RepresentorMissing`; else
+/// `Ready` with `Programmed=True` and the flows (and, for a port, its ofport
+/// and datapath flows) in the typed report.
+fn status_for(
+    kind: Kind,
+    obj: &StoredObject,
+    report: &SwitchReport,
+) -> Result<Outcome, ReconcileError> {
+    let mut status = obj.status.clone();
+    if !report.programmed {
+        return Err(ReconcileError {
+            reason: Reason::SwitchUnavailable,
+            message: report.error.as_deref().map_or_else(
+                || "the switch has not been programmed yet".into(),
+                |e| error_chain(e),
+            ),
+        });
+    }
+    if obj.deleting {
+        return Ok(Outcome {
+            status,
+            finalized: true,
+            requeue_after: None,
+        });
+    }
+    let flows = report.flows_of(owner_kind(kind), &obj.id) as u64;
+    if kind == Kind::Port {
+        let port = report.ports.get(&obj.id).cloned().unwrap_or_default();
+        // What the datapath says of the flows entering from this port
+        // (read over unixctl every 2 s, written at the port's reconcile).
+        status.set_report(&PortReport {
+            flows,
+            ofport: port.ofport,
+            datapath_flows: port.datapath.map(|dp| dp.total as u64),
+            offloaded_flows: port.datapath.map(|dp| dp.offloaded as u64),
+            offloaded: port
+                .datapath
+                .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
+        });
+        if let Some(why) = port.pending {
+            status.phase = Phase::Pending;
+            status.set_condition(condition(
+                "Programmed",
+                ConditionStatus::False,
+                Reason::RepresentorMissing,
+                format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
+            ));
             return Ok(Outcome {
                 status,
-                finalized: true,
-                requeue_after: None,
+                finalized: false,
+                requeue_after: Some(PENDING_RETRY),
             });
         }
-        let flows = report.flows_of(owner_kind(self.kind), &obj.id) as u64;
-        if self.kind == Kind::Port {
-            let port = report.ports.get(&obj.id).cloned().unwrap_or_default();
-            // What the datapath says of the flows entering from this port
-            // (read over unixctl every 2 s, written at the port's reconcile).
-            status.set_report(&PortReport {
-                flows,
-                ofport: port.ofport,
-                datapath_flows: port.datapath.map(|dp| dp.total as u64),
-                offloaded_flows: port.datapath.map(|dp| dp.offloaded as u64),
-                offloaded: port
-                    .datapath
-                    .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
-            });
-            if let Some(why) = port.pending {
-                status.phase = Phase::Pending;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::RepresentorMissing,
-                    format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
-                ));
-                return Ok(Outcome {
-                    status,
-                    finalized: false,
-                    requeue_after: Some(PENDING_RETRY),
-                });
-            }
-        } else {
-            status.set_report(&FlowsReport { flows });
-        }
-        status.phase = Phase::Ready;
-        status.set_condition(condition(
-            "Programmed",
-            ConditionStatus::True,
-            Reason::FlowsInstalled,
-            format!(
-                "{flows} flows acknowledged by the switch (tables {}-{})",
-                pipeline::table::CLASSIFY,
-                pipeline::table::OUTPUT
-            ),
-        ));
-        Ok(Outcome {
-            status,
-            finalized: false,
-            requeue_after: None,
-        })
+    } else {
+        status.set_report(&FlowsReport { flows });
+    }
+    status.phase = Phase::Ready;
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::True,
+        Reason::FlowsInstalled,
+        format!(
+            "{flows} flows acknowledged by the switch (tables {}-{})",
+            pipeline::table::CLASSIFY,
+            pipeline::table::OUTPUT
+        ),
+    ));
+    Ok(Outcome {
+        status,
+        finalized: false,
+        requeue_after: None,
+    })
+}
+
+/// The status of an object while the switch has not processed the input
+/// that includes it (`report` is about an older one): `Pending` (or still
+/// `Deleting`) with `SwitchBusy`, looked at again shortly. Pure.
+fn busy_status(obj: &StoredObject, report: &SwitchReport) -> Outcome {
+    let mut status = obj.status.clone();
+    status.phase = if obj.deleting {
+        Phase::Deleting
+    } else {
+        Phase::Pending
+    };
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::False,
+        Reason::SwitchBusy,
+        format!(
+            "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
+            report
+                .error
+                .as_deref()
+                .map_or_else(|| "still working".into(), |e| error_chain(e))
+        ),
+    ));
+    Outcome {
+        status,
+        finalized: false,
+        requeue_after: Some(PENDING_RETRY),
     }
 }
 
@@ -455,36 +490,14 @@ impl Controller for NetworkController {
                 .wait_for_version(version, SWITCH_WAIT)
                 .await;
             if report.version < version {
-                let mut status = obj.status.clone();
-                status.phase = if obj.deleting {
-                    Phase::Deleting
-                } else {
-                    Phase::Pending
-                };
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::SwitchBusy,
-                    format!(
-                        "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
-                        report
-                            .error
-                            .as_deref()
-                            .map_or_else(|| "still working".into(), |e| error_chain(e))
-                    ),
-                ));
-                return Ok(Outcome {
-                    status,
-                    finalized: false,
-                    requeue_after: Some(PENDING_RETRY),
-                });
+                return Ok(busy_status(obj, &report));
             }
             let report = if self.kind == Kind::Port && !obj.deleting {
                 self.without_pending(&obj.id, version, report).await
             } else {
                 report
             };
-            self.status_for(obj, &report)
+            status_for(self.kind, obj, &report)
         })
     }
 
@@ -1001,6 +1014,126 @@ mod tests {
             network.plan(&ctx, &blue, WriteOutcome::Unchanged),
             Vec::<String>::new()
         );
+    }
+
+    /// A programmed report with `flows` flows for `owner` and, for port
+    /// `p1`, `port`.
+    fn report_with(owner: pipeline::Owner, flows: usize, port: SwitchPortReport) -> SwitchReport {
+        SwitchReport {
+            version: 3,
+            programmed: true,
+            ports: [("p1".to_string(), port)].into(),
+            flows: [(owner, flows)].into(),
+            ..SwitchReport::default()
+        }
+    }
+
+    /// Port `p1` (no representor needed: `status_for` reads only the report).
+    fn p1() -> StoredObject {
+        StoredObject::from_json(
+            None,
+            Kind::Port,
+            "p1",
+            "acme",
+            &serde_json::json!({"network": "blue", "function": "f1", "mac": "02:00:00:00:00:01"}),
+        )
+    }
+
+    /// Status derivation (pure): a programmed port is Ready with its flows,
+    /// ofport and datapath counts in the typed report; all datapath flows in
+    /// hardware is `offloaded`.
+    #[test]
+    fn status_of_a_programmed_port() {
+        let port = SwitchPortReport {
+            ofport: Some(7),
+            flows: 9,
+            pending: None,
+            datapath: Some(net_offload::unixctl::DatapathFlows {
+                total: 4,
+                offloaded: 4,
+            }),
+        };
+        let owner = pipeline::Owner::new(OwnerKind::Port, "p1");
+        let out = status_for(Kind::Port, &p1(), &report_with(owner, 9, port)).unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        assert_eq!(out.requeue_after, None);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::True, Reason::FlowsInstalled.as_str())
+        );
+        assert!(cond.message.starts_with("9 flows acknowledged"), "{cond:?}");
+        assert_eq!(
+            out.status.report::<PortReport>(),
+            PortReport {
+                flows: 9,
+                ofport: Some(7),
+                datapath_flows: Some(4),
+                offloaded_flows: Some(4),
+                offloaded: Some(true),
+            }
+        );
+    }
+
+    /// Status derivation (pure): a port the switch skipped is Pending with
+    /// `RepresentorMissing` and the switch's reason in the message; a
+    /// network is Ready with its flow count; deleting is finalized.
+    #[test]
+    fn status_of_pending_port_network_and_deletion() {
+        let port = SwitchPortReport {
+            pending: Some("no representor".into()),
+            ..SwitchPortReport::default()
+        };
+        let owner = pipeline::Owner::new(OwnerKind::Network, "blue");
+        let report = report_with(owner, 5, port);
+        let out = status_for(Kind::Port, &p1(), &report).unwrap();
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(out.requeue_after, Some(PENDING_RETRY));
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::RepresentorMissing.as_str());
+        assert!(cond.message.contains("no representor"), "{cond:?}");
+        assert_eq!(out.status.report::<PortReport>().flows, 0);
+
+        let blue = StoredObject::from_json(
+            None,
+            Kind::Network,
+            "blue",
+            "acme",
+            &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+        );
+        let out = status_for(Kind::Network, &blue, &report).unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        assert_eq!(out.status.report::<FlowsReport>(), FlowsReport { flows: 5 });
+
+        let mut gone = p1();
+        gone.deleting = true;
+        let out = status_for(Kind::Port, &gone, &report).unwrap();
+        assert!(out.finalized);
+        assert_eq!(out.status, gone.status);
+    }
+
+    /// Status derivation (pure): an unprogrammed switch is a
+    /// `SwitchUnavailable` error, a lagging one `SwitchBusy` (Deleting kept
+    /// for an object being deleted).
+    #[test]
+    fn status_while_the_switch_is_down_or_behind() {
+        let report = SwitchReport::default();
+        let err = status_for(Kind::Port, &p1(), &report).unwrap_err();
+        assert_eq!(err.reason, Reason::SwitchUnavailable);
+        assert_eq!(err.message, "the switch has not been programmed yet");
+
+        let out = busy_status(&p1(), &report);
+        assert_eq!(out.status.phase, Phase::Pending);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::False, Reason::SwitchBusy.as_str())
+        );
+        assert!(cond.message.ends_with("still working"), "{cond:?}");
+        let mut gone = p1();
+        gone.deleting = true;
+        let out = busy_status(&gone, &report);
+        assert_eq!((out.status.phase, out.finalized), (Phase::Deleting, false));
     }
 
     #[test]
