@@ -26,7 +26,9 @@ use storage_offload::model::{
 };
 use storage_offload::nvmet::KernelPaths;
 use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
-use storage_offload::plan::{Action, NvmetPlanConfig, Owner, RefusalReason, SpdkPlanConfig};
+use storage_offload::plan::{
+    Action, NvmetPlanConfig, Owner, Refusal, RefusalReason, SpdkPlanConfig,
+};
 use storage_offload::spdk::methods::ListenAddress;
 
 use super::backend_error::BackendStartError;
@@ -372,6 +374,59 @@ fn not_ready(mut status: Status, phase: Phase, reason: Reason, message: String) 
     }
 }
 
+/// The outcome for a volume the backend refuses (`r`): `Failed` for a host
+/// NQN it may not use (a spec change is needed), a retried error while its
+/// source is in use by another tenant's volume. Pure.
+fn refused(status: Status, r: Refusal) -> Result<Outcome, ReconcileError> {
+    match r.reason {
+        RefusalReason::HostNqn => Ok(not_ready(
+            status,
+            Phase::Failed,
+            Reason::from(r.reason),
+            r.message,
+        )),
+        RefusalReason::SourceInUse => Err(ReconcileError {
+            reason: Reason::from(r.reason),
+            message: format!("{}; retrying with backoff", r.message),
+        }),
+    }
+}
+
+/// The status of a volume the backend converged (a fresh observation plans
+/// nothing more for it), from what was applied for it (`d` on `backend`),
+/// where the observation says the host connects (`export`) and the
+/// function's host report (`host_device`): `Ready`, `Programmed=True`, the
+/// typed [`VolumeReport`] and the `host_device` fact. Pure.
+fn ready_status(
+    mut status: Status,
+    d: &DesiredVolume,
+    backend: BackendKind,
+    export: Option<String>,
+    host_device: Option<String>,
+) -> Status {
+    status.set_report(&VolumeReport {
+        backend: Some(backend_name(backend).to_string()),
+        size_bytes: match &d.spec.source {
+            VolumeSource::Local(l) => Some(l.size_mib.saturating_mul(1024 * 1024)),
+            VolumeSource::Nvmeof(_) => None,
+        },
+        export,
+    });
+    status.facts.host_device = host_device;
+    status.phase = Phase::Ready;
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::True,
+        Reason::Applied,
+        format!(
+            "presented on function {} by {}",
+            d.function.id,
+            backend_name(backend)
+        ),
+    ));
+    status
+}
+
 impl Controller for Volumes {
     fn kind(&self) -> Kind {
         Kind::Volume
@@ -464,18 +519,7 @@ impl Controller for Volumes {
                 .into_iter()
                 .find(|r| r.key == key)
             {
-                return match r.reason {
-                    RefusalReason::HostNqn => Ok(not_ready(
-                        status,
-                        Phase::Failed,
-                        Reason::from(r.reason),
-                        r.message,
-                    )),
-                    RefusalReason::SourceInUse => Err(ReconcileError {
-                        reason: Reason::from(r.reason),
-                        message: format!("{}; retrying with backoff", r.message),
-                    }),
-                };
+                return refused(status, r);
             }
 
             // Converged only if a fresh observation plans nothing more.
@@ -495,7 +539,6 @@ impl Controller for Volumes {
                 });
             }
 
-            let mut status = status;
             if obj.deleting {
                 return Ok(Outcome {
                     status,
@@ -507,33 +550,18 @@ impl Controller for Volumes {
                 .iter()
                 .find(|d| d.key == key)
                 .expect("this volume is desired");
-            // Where the host connects (kernel backend: the port the
-            // volume's subsystem is linked into).
-            status.set_report(&VolumeReport {
-                backend: Some(backend_name(backend.kind()).to_string()),
-                size_bytes: match &d.spec.source {
-                    VolumeSource::Local(l) => Some(l.size_mib.saturating_mul(1024 * 1024)),
-                    VolumeSource::Nvmeof(_) => None,
-                },
-                export: backend.export(&key, &observed),
-            });
-            status.facts.host_device = ctx
+            let host_device = ctx
                 .store
                 .get(&ObjectKey::new(Kind::Function, d.function.id.clone()))
                 .and_then(|f| f.status.facts.host_device.clone());
-            status.phase = Phase::Ready;
-            status.set_condition(condition(
-                "Programmed",
-                ConditionStatus::True,
-                Reason::Applied,
-                format!(
-                    "presented on function {} by {}",
-                    d.function.id,
-                    backend_name(backend.kind())
-                ),
-            ));
             Ok(Outcome {
-                status,
+                status: ready_status(
+                    status,
+                    d,
+                    backend.kind(),
+                    backend.export(&key, &observed),
+                    host_device,
+                ),
                 finalized: false,
                 requeue_after: Some(RESYNC),
             })
@@ -662,6 +690,90 @@ mod tests {
             dpu_api::validate::derived_host_nqn("acme", "db"),
             key.initiator_nqn()
         );
+    }
+
+    /// A desired volume `v1` on function `disk` (nvme, pf0 vf 2) from `source`.
+    fn desired(source: Value) -> DesiredVolume {
+        DesiredVolume {
+            key: VolumeKey::new("acme", "v1"),
+            spec: serde_json::from_value(json!({"function": "disk", "source": source})).unwrap(),
+            function: FunctionTarget {
+                id: "disk".into(),
+                type_: dpu_api::spec::FunctionType::Nvme,
+                pf: 0,
+                vf: Some(2),
+                host_nqn: function_host_nqn("acme", "disk"),
+            },
+        }
+    }
+
+    /// Status derivation (pure): a converged local volume is Ready with
+    /// `Applied`, its backend, size and export in the typed report and the
+    /// function's host device as its fact; a remote one reports no size.
+    #[test]
+    fn status_of_a_converged_volume() {
+        let d = desired(json!({"local": {"size_mib": 2}}));
+        let status = ready_status(
+            Status::default(),
+            &d,
+            BackendKind::Nvmet,
+            Some("127.0.0.1:4420".into()),
+            Some("nvme0n1".into()),
+        );
+        assert_eq!(status.phase, Phase::Ready);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::True, Reason::Applied.as_str())
+        );
+        assert_eq!(cond.message, "presented on function disk by nvmet");
+        assert_eq!(
+            status.report::<VolumeReport>(),
+            VolumeReport {
+                backend: Some("nvmet".into()),
+                size_bytes: Some(2 * 1024 * 1024),
+                export: Some("127.0.0.1:4420".into()),
+            }
+        );
+        assert_eq!(status.facts.host_device.as_deref(), Some("nvme0n1"));
+
+        let d = desired(json!({"nvmeof": {
+            "transport": "tcp", "address": "192.0.2.1", "port": 4420,
+            "subnqn": "nqn.2014-08.org.example:remote"
+        }}));
+        let status = ready_status(Status::default(), &d, BackendKind::SpdkNvmf, None, None);
+        assert_eq!(
+            status.report::<VolumeReport>(),
+            VolumeReport {
+                backend: Some("spdk-nvmf".into()),
+                size_bytes: None,
+                export: None,
+            }
+        );
+        assert_eq!(status.facts.host_device, None);
+    }
+
+    /// Status derivation (pure): a refused host NQN fails the volume with
+    /// the refusal's reason and message; a source in use is a retried error.
+    #[test]
+    fn status_of_a_refused_volume() {
+        let refusal = |reason| Refusal {
+            key: VolumeKey::new("acme", "v1"),
+            reason,
+            message: "why".into(),
+        };
+        let out = refused(Status::default(), refusal(RefusalReason::HostNqn)).unwrap();
+        assert_eq!(out.status.phase, Phase::Failed);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::from(RefusalReason::HostNqn).as_str());
+        assert_eq!(
+            (cond.status, cond.message.as_str()),
+            (ConditionStatus::False, "why")
+        );
+        assert!(!out.finalized);
+        let err = refused(Status::default(), refusal(RefusalReason::SourceInUse)).unwrap_err();
+        assert_eq!(err.reason, Reason::from(RefusalReason::SourceInUse));
+        assert_eq!(err.message, "why; retrying with backoff");
     }
 
     fn put(store: &Store, kind: Kind, id: &str, spec: Value, deleting: bool) {
