@@ -152,6 +152,59 @@ fn failed(mut status: Status, reason: Reason, message: String) -> Outcome {
     }
 }
 
+/// A reload the proxy refused (`why`): `Degraded`, the proxy still
+/// serving `generation`. Pure.
+fn reload_refused(status: Status, why: String, generation: u64) -> Outcome {
+    let mut out = failed(
+        status,
+        Reason::ReloadRefused,
+        format!("{why}; still serving generation {generation}"),
+    );
+    out.status.phase = Phase::Degraded;
+    out
+}
+
+/// Where a running listener serves.
+struct Serving<'a> {
+    /// The address its socket is bound to.
+    local: SocketAddr,
+    upstream: SocketAddr,
+    /// The tenant network namespace it runs in.
+    netns: &'a str,
+    /// The spec generation its configuration is from.
+    generation: u64,
+}
+
+/// A serving listener's status, from its proxy's counters (`stats`) and
+/// where it serves: `Ready`, `Serving=True` with `Listening`, the counters
+/// and the kernel TLS state in the typed report. Pure.
+fn serving_status(mut status: Status, stats: ProxyStats, at: Serving<'_>) -> Status {
+    status.set_report(&TlsListenerReport {
+        ktls_active: Some(stats.ktls_active),
+        ktls_reason: Some(stats.ktls_reason),
+        ktls_sessions: stats.ktls_sessions,
+        ktls_failures: stats.ktls_failures,
+        ktls_fallbacks: stats.ktls_fallbacks,
+        connections: stats.connections,
+        connections_active: stats.active,
+        handshake_failures: stats.handshake_failures,
+        refused_over_limit: stats.refused_over_limit,
+        upstream_failures: stats.upstream_failures,
+        netns: Some(at.netns.to_string()),
+    });
+    status.phase = Phase::Ready;
+    status.set_condition(condition(
+        "Serving",
+        ConditionStatus::True,
+        Reason::Listening,
+        format!(
+            "TLS on {} → {} in tenant network namespace {} (generation {})",
+            at.local, at.upstream, at.netns, at.generation
+        ),
+    ));
+    status
+}
+
 impl Controller for TlsListeners {
     fn kind(&self) -> Kind {
         Kind::TlsListener
@@ -163,7 +216,7 @@ impl Controller for TlsListeners {
         obj: &'a StoredObject,
     ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
         Box::pin(async move {
-            let mut status = obj.status.clone();
+            let status = obj.status.clone();
             let me = name(obj);
             let mut running = self.running.lock().await;
             if obj.deleting {
@@ -228,18 +281,11 @@ impl Controller for TlsListeners {
                     if r.generation != obj.generation {
                         if let Err(e) = r.proxy.reload(&cfg) {
                             // The old configuration keeps serving.
-                            let mut out = failed(
+                            return Ok(reload_refused(
                                 status,
-                                Reason::ReloadRefused,
-                                format!(
-                                    "{} ({}); still serving generation {}",
-                                    error_chain(&e),
-                                    e.field(),
-                                    r.generation
-                                ),
-                            );
-                            out.status.phase = Phase::Degraded;
-                            return Ok(out);
+                                format!("{} ({})", error_chain(&e), e.field()),
+                                r.generation,
+                            ));
                         }
                         r.generation = obj.generation;
                     }
@@ -286,33 +332,16 @@ impl Controller for TlsListeners {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((obj.tenant.clone(), obj.id.clone()), r.proxy.stats_handle());
-            let stats = r.proxy.stats();
-            status.set_report(&TlsListenerReport {
-                ktls_active: Some(stats.ktls_active),
-                ktls_reason: Some(stats.ktls_reason),
-                ktls_sessions: stats.ktls_sessions,
-                ktls_failures: stats.ktls_failures,
-                ktls_fallbacks: stats.ktls_fallbacks,
-                connections: stats.connections,
-                connections_active: stats.active,
-                handshake_failures: stats.handshake_failures,
-                refused_over_limit: stats.refused_over_limit,
-                upstream_failures: stats.upstream_failures,
-                netns: Some(r.netns.0.clone()),
-            });
-            status.phase = Phase::Ready;
-            status.set_condition(condition(
-                "Serving",
-                ConditionStatus::True,
-                Reason::Listening,
-                format!(
-                    "TLS on {} → {} in tenant network namespace {} (generation {})",
-                    r.proxy.local_addr(),
-                    cfg.upstream,
-                    r.netns.0,
-                    r.generation
-                ),
-            ));
+            let status = serving_status(
+                status,
+                r.proxy.stats(),
+                Serving {
+                    local: r.proxy.local_addr(),
+                    upstream: cfg.upstream,
+                    netns: &r.netns.0,
+                    generation: r.generation,
+                },
+            );
             Ok(Outcome {
                 status,
                 finalized: false,
@@ -470,6 +499,95 @@ mod tests {
 
     use super::*;
     use crate::store::{Store, StoreError};
+
+    /// Status derivation (pure): a serving listener is Ready with
+    /// `Listening` naming where it serves, and the proxy's counters and
+    /// kernel TLS state in the typed report.
+    #[test]
+    fn status_of_a_serving_listener() {
+        let stats = ProxyStats {
+            connections: 5,
+            active: 2,
+            handshake_failures: 1,
+            refused_over_limit: 3,
+            upstream_failures: 4,
+            ktls_sessions: 6,
+            ktls_failures: 7,
+            ktls_fallbacks: 8,
+            ktls_active: true,
+            ktls_reason: "kernel TLS for new sessions".into(),
+            ..ProxyStats::default()
+        };
+        let status = serving_status(
+            Status::default(),
+            stats,
+            Serving {
+                local: "10.0.0.1:8443".parse().unwrap(),
+                upstream: "10.0.0.2:80".parse().unwrap(),
+                netns: "dpu-t-acme",
+                generation: 3,
+            },
+        );
+        assert_eq!(status.phase, Phase::Ready);
+        let cond = status.condition("Serving").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::True, Reason::Listening.as_str())
+        );
+        assert_eq!(
+            cond.message,
+            "TLS on 10.0.0.1:8443 → 10.0.0.2:80 in tenant network namespace dpu-t-acme (generation 3)"
+        );
+        assert_eq!(
+            status.report::<TlsListenerReport>(),
+            TlsListenerReport {
+                ktls_active: Some(true),
+                ktls_reason: Some("kernel TLS for new sessions".into()),
+                ktls_sessions: 6,
+                ktls_failures: 7,
+                ktls_fallbacks: 8,
+                connections: 5,
+                connections_active: 2,
+                handshake_failures: 1,
+                refused_over_limit: 3,
+                upstream_failures: 4,
+                netns: Some("dpu-t-acme".into()),
+            }
+        );
+    }
+
+    /// Status derivation (pure): a refused reload leaves the listener
+    /// Degraded (still serving the old generation), a start failure Failed;
+    /// both with `Serving=False` and their reason.
+    #[test]
+    fn status_of_a_refused_reload_and_a_failed_start() {
+        let out = reload_refused(
+            Status::default(),
+            "bad certificate (certificate_pem)".into(),
+            2,
+        );
+        assert_eq!(out.status.phase, Phase::Degraded);
+        let cond = out.status.condition("Serving").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::False, Reason::ReloadRefused.as_str())
+        );
+        assert_eq!(
+            cond.message,
+            "bad certificate (certificate_pem); still serving generation 2"
+        );
+        let out = failed(
+            Status::default(),
+            Reason::StartFailed,
+            "in use (listen)".into(),
+        );
+        assert_eq!(out.status.phase, Phase::Failed);
+        assert_eq!(
+            out.status.condition("Serving").unwrap().reason,
+            Reason::StartFailed.as_str()
+        );
+        assert_eq!((out.finalized, out.requeue_after), (false, None));
+    }
 
     fn put(store: &Store, spec: Value, generation: u64, deleting: bool) {
         let key = ObjectKey::new(Kind::TlsListener, "web");
