@@ -29,8 +29,12 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    InsecureListen(#[from] crate::server::NotLoopback),
+    #[error("trust domain {0:?} must be a bare name like dpu.local")]
+    TrustDomain(String),
+    #[error("host_lease_seconds must be at least 1 (the host stubs' lease_secs, default 90)")]
+    HostLeaseZero,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -313,7 +317,7 @@ impl Config {
             .or(env_parse::<SocketAddr>(env, "DPU_AGENT_INSECURE_LISTEN")?)
             .or(file.insecure_listen);
         if let Some(addr) = insecure_listen {
-            crate::server::check_insecure_addr(addr).map_err(ConfigError::Invalid)?;
+            crate::server::check_insecure_addr(addr)?;
         }
         let state_dir = flags
             .state_dir
@@ -326,9 +330,7 @@ impl Config {
             .or(file.trust_domain)
             .unwrap_or_else(|| dpu_api::identity::DEFAULT_TRUST_DOMAIN.to_string());
         if trust_domain.is_empty() || trust_domain.contains('/') {
-            return Err(ConfigError::Invalid(format!(
-                "trust domain {trust_domain:?} must be a bare name like dpu.local"
-            )));
+            return Err(ConfigError::TrustDomain(trust_domain));
         }
         let log_format = match flags.log_format {
             Some(f) => f,
@@ -360,10 +362,7 @@ impl Config {
             .or(file.host_lease_seconds)
             .unwrap_or(DEFAULT_HOST_LEASE_SECONDS);
         if host_lease_seconds == 0 {
-            return Err(ConfigError::Invalid(
-                "host_lease_seconds must be at least 1 (the host stubs' lease_secs, default 90)"
-                    .into(),
-            ));
+            return Err(ConfigError::HostLeaseZero);
         }
         let host_lease = Duration::from_secs(host_lease_seconds);
         // In dev mode the PKI lives in the state directory; in production
@@ -508,7 +507,16 @@ mod tests {
             insecure_listen: Some("0.0.0.0:80".parse().unwrap()),
             ..Flags::default()
         };
-        assert!(Config::resolve(Mode::Run, FileConfig::default(), &env_of(&[]), flags).is_err());
+        let err =
+            Config::resolve(Mode::Run, FileConfig::default(), &env_of(&[]), flags).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InsecureListen(crate::server::NotLoopback { addr }) if addr.port() == 80),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "--insecure-listen 0.0.0.0:80 is not a loopback address; plain HTTP is only allowed on 127.0.0.0/8 or ::1"
+        );
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
     }
 
