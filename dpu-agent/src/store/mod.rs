@@ -128,7 +128,7 @@ db_err!(
 /// tearing it down (DELETE answered 202).
 ///
 /// On disk (and in no other place) the record is the wire form: the spec as
-/// JSON with the sealed values in the secret fields ([`Record`]).
+/// JSON with the sealed values in the secret fields (a private `Record`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
     pub id: String,
