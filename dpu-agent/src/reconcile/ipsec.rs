@@ -38,7 +38,10 @@ use dpu_crypto::xfrm::socket::XfrmError;
 
 use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, UNPARSABLE_SPEC, condition,
+    not_ready,
+};
 use crate::store::StoredObject;
 
 /// XFRM interface ids of tenants: "DR" in the top byte pair, 65536 tenants.
@@ -622,18 +625,13 @@ impl Controller for IpsecTunnels {
             }
 
             let Some(spec) = typed_spec(obj) else {
-                status.phase = Phase::Failed;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::InvalidSpec,
-                    "the stored spec does not parse; PUT a valid one",
-                ));
-                return Ok(Outcome {
+                return Ok(not_ready(
                     status,
-                    finalized: false,
-                    requeue_after: None,
-                });
+                    Phase::Failed,
+                    "Programmed",
+                    Reason::InvalidSpec,
+                    UNPARSABLE_SPEC,
+                ));
             };
             let if_id = self
                 .if_id(ctx, obj, &spec, false)
@@ -647,18 +645,13 @@ impl Controller for IpsecTunnels {
                     match self.contexts.ensure(&ctx.store, &obj.tenant).await {
                         Ok(ns) => tenant_ns = Some(ns),
                         Err(e) => {
-                            status.phase = Phase::Failed;
-                            status.set_condition(condition(
+                            return Ok(not_ready(
+                                status,
+                                Phase::Failed,
                                 "Programmed",
-                                ConditionStatus::False,
                                 Reason::NoTenantContext,
                                 format!("{}; nothing programmed", error_chain(&e)),
                             ));
-                            return Ok(Outcome {
-                                status,
-                                finalized: false,
-                                requeue_after: None,
-                            });
                         }
                     }
                 }
@@ -680,18 +673,13 @@ impl Controller for IpsecTunnels {
             let desired = match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
                 Ok(t) => t,
                 Err(e) => {
-                    status.phase = Phase::Failed;
-                    status.set_condition(condition(
+                    return Ok(not_ready(
+                        status,
+                        Phase::Failed,
                         "Programmed",
-                        ConditionStatus::False,
                         Reason::InvalidKey,
                         error_chain(&e),
                     ));
-                    return Ok(Outcome {
-                        status,
-                        finalized: false,
-                        requeue_after: None,
-                    });
                 }
             };
             // The tenant's XFRM interface: what feeds its scoped policies.
@@ -945,6 +933,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::reconcile::testing::{assert_root, context};
     use crate::store::{Store, StoreError};
 
     const KEY_IN: &str = "c0ffee00c0ffee00c0ffee00c0ffee00deadbeef";
@@ -953,13 +942,7 @@ mod tests {
     struct Netns(String);
     impl Netns {
         fn new(tag: &str) -> Option<Netns> {
-            // A missing environment fails the test; it never passes unrun.
-            // SAFETY: geteuid has no preconditions.
-            let root = unsafe { libc::geteuid() } == 0;
-            assert!(
-                root,
-                "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
-            );
+            assert_root("network namespaces");
             let name = format!("dpuag-{tag}-{}", std::process::id());
             let st = Command::new("ip")
                 .args(["netns", "add", &name])
@@ -1173,11 +1156,8 @@ mod tests {
     #[tokio::test]
     async fn reconcile_programs_policies_removes_orphans_and_tears_down() {
         let Some(ns) = Netns::new("rec") else { return };
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         let ctrl = IpsecTunnels::new(IpsecConfig {
             netns: Some(format!("/run/netns/{}", ns.0).into()),
             ..Default::default()
@@ -1321,18 +1301,9 @@ mod tests {
 
     #[tokio::test]
     async fn dev_mode_programs_a_private_namespace_not_the_hosts() {
-        // A missing environment fails the test; it never passes unrun.
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert!(
-            root,
-            "needs root: run the tests as root (scripts/test.sh does)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        assert_root("the private XFRM namespace of dev mode");
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         put_tunnel(&store, "t1", false);
         let ctrl = IpsecTunnels::new(IpsecConfig {
             private_netns: true,
@@ -1352,11 +1323,8 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_key_fails_without_echoing_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         put_tunnel(&store, "t1", false);
         // A 256-bit cipher with the 128-bit keys above: the key does not fit.
         let mut o = get(&store, "t1");

@@ -687,6 +687,7 @@ mod tests {
         BridgePlan, SwitchPlan, desired_ports, plan_meters, plan_ports, resolve_ofports,
     };
 
+    use crate::reconcile::testing;
     use crate::store::StoreError;
 
     /// An in-memory switch: every input is recorded and answered at once
@@ -801,8 +802,7 @@ mod tests {
     /// Network `blue`; function `f1` with representor `pf0vf1` and `f2`
     /// without one yet; port `p1` on `f1`, `p2` on `f2`.
     fn store() -> (tempfile::TempDir, Context) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (dir, ctx) = testing::context();
         let obj = |kind, id: &str, spec| StoredObject::from_json(None, kind, id, "acme", &spec);
         let mut f1 = obj(
             Kind::Function,
@@ -835,15 +835,8 @@ mod tests {
             port("p1", "f1", 1),
             port("p2", "f2", 2),
         ];
-        store
-            .transact(|t| {
-                for o in objects {
-                    t.put(o, EventType::Added);
-                }
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-        (dir, Context { store })
+        testing::put_all(&ctx, objects);
+        (dir, ctx)
     }
 
     /// The controller of `kind` over a fake switch answering with

@@ -31,7 +31,10 @@ use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy}
 
 use super::spec_error::SpecError;
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, UNPARSABLE_SPEC, condition,
+    not_ready,
+};
 use crate::store::StoredObject;
 
 /// Counters are refreshed in status this often.
@@ -137,19 +140,8 @@ fn listener_config(
     })
 }
 
-fn failed(mut status: Status, reason: Reason, message: String) -> Outcome {
-    status.phase = Phase::Failed;
-    status.set_condition(condition(
-        "Serving",
-        ConditionStatus::False,
-        reason,
-        message,
-    ));
-    Outcome {
-        status,
-        finalized: false,
-        requeue_after: None,
-    }
+fn failed(status: Status, reason: Reason, message: String) -> Outcome {
+    not_ready(status, Phase::Failed, "Serving", reason, message)
 }
 
 /// A reload the proxy refused (`why`): `Degraded`, the proxy still
@@ -245,11 +237,7 @@ impl Controller for TlsListeners {
                 });
             }
             let Some(spec) = typed_spec(obj) else {
-                return Ok(failed(
-                    status,
-                    Reason::InvalidSpec,
-                    "the stored spec does not parse; PUT a valid one".into(),
-                ));
+                return Ok(failed(status, Reason::InvalidSpec, UNPARSABLE_SPEC.into()));
             };
             let cfg = match listener_config(ctx, obj, &spec, self.limits) {
                 Ok(c) => c,
@@ -498,6 +486,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+    use crate::reconcile::testing::{assert_root, context};
     use crate::store::{Store, StoreError};
 
     /// Status derivation (pure): a serving listener is Ready with
@@ -653,18 +642,9 @@ mod tests {
     /// tenant's namespace: the test reaches both from inside it.
     #[tokio::test]
     async fn serves_rotates_without_dropping_and_stops() {
-        // A missing environment fails the test; it never passes unrun.
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert!(
-            root,
-            "needs root for the tenant namespace: run the tests as root (scripts/test.sh does)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        assert_root("the tenant namespace");
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         let ctrl = TlsListeners::default();
         let ns = ctrl.contexts.ensure(&store, "acme").await.unwrap();
         let up = ns

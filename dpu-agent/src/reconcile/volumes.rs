@@ -34,7 +34,10 @@ use storage_offload::spdk::methods::ListenAddress;
 use super::backend_error::BackendStartError;
 use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, UNPARSABLE_SPEC, condition,
+    not_ready,
+};
 use crate::config::{Config, SpdkFlavor, StorageBackend};
 use crate::error_chain;
 use crate::store::StoredObject;
@@ -359,21 +362,6 @@ fn backend_error(what: &str, e: &dyn std::error::Error) -> ReconcileError {
     }
 }
 
-fn not_ready(mut status: Status, phase: Phase, reason: Reason, message: String) -> Outcome {
-    status.phase = phase;
-    status.set_condition(condition(
-        "Programmed",
-        ConditionStatus::False,
-        reason,
-        message,
-    ));
-    Outcome {
-        status,
-        finalized: false,
-        requeue_after: None,
-    }
-}
-
 /// The outcome for a volume the backend refuses (`r`): `Failed` for a host
 /// NQN it may not use (a spec change is needed), a retried error while its
 /// source is in use by another tenant's volume. Pure.
@@ -382,6 +370,7 @@ fn refused(status: Status, r: Refusal) -> Result<Outcome, ReconcileError> {
         RefusalReason::HostNqn => Ok(not_ready(
             status,
             Phase::Failed,
+            "Programmed",
             Reason::from(r.reason),
             r.message,
         )),
@@ -450,8 +439,9 @@ impl Controller for Volumes {
                     return Ok(not_ready(
                         status,
                         Phase::Failed,
+                        "Programmed",
                         Reason::InvalidSpec,
-                        "the stored spec does not parse; PUT a valid one".into(),
+                        UNPARSABLE_SPEC,
                     ));
                 };
                 match desired_of(ctx, obj, spec, host_nqn) {
@@ -460,6 +450,7 @@ impl Controller for Volumes {
                             return Ok(not_ready(
                                 status,
                                 Phase::Failed,
+                                "Programmed",
                                 Reason::Unsupported,
                                 format!(
                                     "{why} (backend {}); use another function",
@@ -473,6 +464,7 @@ impl Controller for Volumes {
                         return Ok(not_ready(
                             status,
                             Phase::Pending,
+                            "Programmed",
                             Reason::FunctionUnavailable,
                             error_chain(&why),
                         ));
@@ -1146,6 +1138,23 @@ mod tests {
         );
     }
 
+    /// Reconciles `v1` on a kernel backend under `dir`, which must leave it
+    /// `Failed`: the controller and the volume's `Programmed` condition.
+    async fn v1_fails_on_the_kernel(
+        dir: &std::path::Path,
+        ctx: &Context,
+    ) -> (Volumes, dpu_api::object::Condition) {
+        let (backend, _) = kernel_in(dir);
+        let c = Volumes::with_backend(backend, None);
+        let out = c
+            .reconcile(ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Failed, "{:?}", out.status);
+        let cond = out.status.condition("Programmed").unwrap().clone();
+        (c, cond)
+    }
+
     #[tokio::test]
     async fn virtio_blk_on_nvmet_fails_with_the_reason() {
         let (dir, ctx) = setup();
@@ -1156,14 +1165,7 @@ mod tests {
             json!({"type": "virtio-blk", "pf": "pf0"}),
             false,
         );
-        let (backend, _) = kernel_in(dir.path());
-        let c = Volumes::with_backend(backend, None);
-        let out = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
-            .await
-            .unwrap();
-        assert_eq!(out.status.phase, Phase::Failed);
-        let cond = out.status.condition("Programmed").unwrap();
+        let (_, cond) = v1_fails_on_the_kernel(dir.path(), &ctx).await;
         assert_eq!(cond.reason, "Unsupported");
         assert!(cond.message.contains("virtio-blk"), "{}", cond.message);
     }
@@ -1184,14 +1186,7 @@ mod tests {
                 "hostnqn": "nqn.2026-11.dev.dpu-agent:other:db:initiator"}}}),
             false,
         );
-        let (backend, _) = kernel_in(dir.path());
-        let c = Volumes::with_backend(backend, None);
-        let out = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
-            .await
-            .unwrap();
-        assert_eq!(out.status.phase, Phase::Failed);
-        let cond = out.status.condition("Programmed").unwrap();
+        let (c, cond) = v1_fails_on_the_kernel(dir.path(), &ctx).await;
         assert_eq!(cond.reason, "HostNqnRefused");
         assert!(
             cond.message.contains("spec.source.nvmeof.hostnqn"),
