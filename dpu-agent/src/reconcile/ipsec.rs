@@ -39,8 +39,8 @@ use dpu_crypto::xfrm::socket::XfrmError;
 use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
 use super::{
-    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, UNPARSABLE_SPEC, condition,
-    not_ready,
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    unparsable_spec,
 };
 use crate::store::StoredObject;
 
@@ -625,13 +625,7 @@ impl Controller for IpsecTunnels {
             }
 
             let Some(spec) = typed_spec(obj) else {
-                return Ok(not_ready(
-                    status,
-                    Phase::Failed,
-                    "Programmed",
-                    Reason::InvalidSpec,
-                    UNPARSABLE_SPEC,
-                ));
+                return Ok(unparsable_spec(status, "Programmed"));
             };
             let if_id = self
                 .if_id(ctx, obj, &spec, false)

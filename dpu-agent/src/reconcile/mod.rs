@@ -110,9 +110,18 @@ pub fn condition(
     }
 }
 
-/// What a stored spec that no longer parses (written by another version of
-/// the agent) is reported with.
-pub const UNPARSABLE_SPEC: &str = "the stored spec does not parse; PUT a valid one";
+/// The outcome for a stored spec that no longer parses (written by another
+/// version of the agent): `Failed`, the condition `type_` says to PUT a
+/// valid one.
+pub fn unparsable_spec(status: Status, type_: &str) -> Outcome {
+    not_ready(
+        status,
+        Phase::Failed,
+        type_,
+        Reason::InvalidSpec,
+        "the stored spec does not parse; PUT a valid one",
+    )
+}
 
 /// An outcome short of the goal: `phase`, the condition `type_` False with
 /// `reason` and `message`; not looked at again on a timer (a change of the
@@ -138,7 +147,8 @@ pub fn not_ready(
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use dpu_api::object::EventType;
+    use dpu_api::Kind;
+    use dpu_api::object::{EventType, ObjectKey};
 
     use super::Context;
     use crate::store::{Store, StoreError, StoredObject};
@@ -161,6 +171,31 @@ pub(crate) mod testing {
                 Ok::<_, StoreError>(())
             })
             .expect("put the objects");
+    }
+
+    /// Stores object `kind`/`id` of `tenant` from a JSON spec (which must
+    /// parse), marked as being deleted when `deleting`.
+    pub fn put(
+        store: &Store,
+        tenant: &str,
+        kind: Kind,
+        id: &str,
+        spec: serde_json::Value,
+        deleting: bool,
+    ) {
+        let mut o = StoredObject::from_json(None, kind, id, tenant, &spec);
+        o.deleting = deleting;
+        store
+            .transact(|t| {
+                t.put(o, EventType::Added);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap_or_else(|e| panic!("put {id}: {e}"));
+    }
+
+    /// A copy of stored object `kind`/`id` (which must exist).
+    pub fn stored(store: &Store, kind: Kind, id: &str) -> StoredObject {
+        (*store.get(&ObjectKey::new(kind, id)).expect("stored")).clone()
     }
 
     /// Fails the test unless it runs as root: a missing environment fails

@@ -856,8 +856,7 @@ mod tests {
     }
 
     fn get(ctx: &Context, kind: Kind, id: &str) -> StoredObject {
-        let key = dpu_api::object::ObjectKey::new(kind, id.to_string());
-        (*ctx.store.get(&key).unwrap()).clone()
+        testing::stored(&ctx.store, kind, id)
     }
 
     fn programmed(outcome: &Outcome) -> &dpu_api::object::Condition {

@@ -32,8 +32,8 @@ use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy}
 use super::spec_error::SpecError;
 use super::tenant_netns::TenantContexts;
 use super::{
-    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, UNPARSABLE_SPEC, condition,
-    not_ready,
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    unparsable_spec,
 };
 use crate::store::StoredObject;
 
@@ -237,7 +237,7 @@ impl Controller for TlsListeners {
                 });
             }
             let Some(spec) = typed_spec(obj) else {
-                return Ok(failed(status, Reason::InvalidSpec, UNPARSABLE_SPEC.into()));
+                return Ok(unparsable_spec(status, "Serving"));
             };
             let cfg = match listener_config(ctx, obj, &spec, self.limits) {
                 Ok(c) => c,

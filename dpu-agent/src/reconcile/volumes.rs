@@ -35,8 +35,8 @@ use super::backend_error::BackendStartError;
 use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
 use super::{
-    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, UNPARSABLE_SPEC, condition,
-    not_ready,
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    unparsable_spec,
 };
 use crate::config::{Config, SpdkFlavor, StorageBackend};
 use crate::error_chain;
@@ -436,13 +436,7 @@ impl Controller for Volumes {
             let (mut desired, kept) = desired_all(ctx, &key, host_nqn);
             if !obj.deleting {
                 let Some(spec) = volume_spec(obj) else {
-                    return Ok(not_ready(
-                        status,
-                        Phase::Failed,
-                        "Programmed",
-                        Reason::InvalidSpec,
-                        UNPARSABLE_SPEC,
-                    ));
+                    return Ok(unparsable_spec(status, "Programmed"));
                 };
                 match desired_of(ctx, obj, spec, host_nqn) {
                     Ok(d) => {
@@ -661,8 +655,8 @@ pub fn render_volume_metrics(out: &mut String, io: &BTreeMap<VolumeKey, VolumeIo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreError};
-    use dpu_api::object::EventType;
+    use crate::reconcile::testing::{self, stored as obj};
+    use crate::store::Store;
     use serde_json::Value;
     use serde_json::json;
     use std::sync::Mutex;
@@ -769,22 +763,7 @@ mod tests {
     }
 
     fn put(store: &Store, kind: Kind, id: &str, spec: Value, deleting: bool) {
-        put_in(store, "acme", kind, id, spec, deleting);
-    }
-
-    fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value, deleting: bool) {
-        let mut o = StoredObject::from_json(None, kind, id, tenant, &spec);
-        o.deleting = deleting;
-        store
-            .transact(|t| {
-                t.put(o, EventType::Added);
-                Ok::<_, StoreError>(())
-            })
-            .unwrap_or_else(|e| panic!("put {id}: {e}"));
-    }
-
-    fn obj(store: &Store, kind: Kind, id: &str) -> StoredObject {
-        (*store.get(&ObjectKey::new(kind, id)).expect("stored")).clone()
+        testing::put(store, "acme", kind, id, spec, deleting);
     }
 
     fn setup() -> (tempfile::TempDir, Context) {
@@ -1223,8 +1202,8 @@ mod tests {
             json!({"function": "disk", "source": source}),
             false,
         );
-        put_in(&ctx.store, "evil", Kind::Tenant, "evil", json!({}), false);
-        put_in(
+        testing::put(&ctx.store, "evil", Kind::Tenant, "evil", json!({}), false);
+        testing::put(
             &ctx.store,
             "evil",
             Kind::Function,
@@ -1232,7 +1211,7 @@ mod tests {
             json!({"type": "nvme", "pf": "pf0", "vf": 3}),
             false,
         );
-        put_in(
+        testing::put(
             &ctx.store,
             "evil",
             Kind::Volume,
