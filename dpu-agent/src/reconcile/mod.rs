@@ -142,6 +142,27 @@ pub fn not_ready(
     }
 }
 
+/// `controllers` with the placeholder controller of `kind` (one that drives
+/// no backend, see [`Controller::backend`]) replaced by `configured()`; a
+/// controller of that kind that drives a backend (given by the caller, e.g.
+/// a test) is kept.
+pub fn replace_placeholder(
+    kind: Kind,
+    controllers: Vec<Arc<dyn Controller>>,
+    configured: impl Fn() -> Arc<dyn Controller>,
+) -> Vec<Arc<dyn Controller>> {
+    controllers
+        .into_iter()
+        .map(|c| {
+            if c.kind() == kind && c.backend().is_none() {
+                configured()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// What the controllers' unit tests share.
 #[cfg(test)]
 pub(crate) mod testing {

@@ -235,16 +235,7 @@ pub fn with_configured(
     cfg: &Config,
     controllers: Vec<Arc<dyn Controller>>,
 ) -> Vec<Arc<dyn Controller>> {
-    controllers
-        .into_iter()
-        .map(|c| {
-            if c.kind() == Kind::Volume && c.backend().is_none() {
-                for_config(cfg)
-            } else {
-                c
-            }
-        })
-        .collect()
+    super::replace_placeholder(Kind::Volume, controllers, || for_config(cfg))
 }
 
 /// The status `backend` value.
@@ -766,6 +757,17 @@ mod tests {
         testing::put(store, "acme", kind, id, spec, deleting);
     }
 
+    /// A second local volume `v2` (nsid 2) on function `disk`.
+    fn put_v2(ctx: &Context, deleting: bool) {
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v2",
+            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
+            deleting,
+        );
+    }
+
     fn setup() -> (tempfile::TempDir, Context) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
@@ -964,13 +966,7 @@ mod tests {
             .unwrap();
         ran();
 
-        put(
-            &ctx.store,
-            Kind::Volume,
-            "v2",
-            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
-            false,
-        );
+        put_v2(&ctx, false);
         let v2 = obj(&ctx.store, Kind::Volume, "v2");
         let planned = c.plan(&ctx, &v2, WriteOutcome::Created);
         assert!(
@@ -991,13 +987,7 @@ mod tests {
 
         let planned = c.plan(&ctx, &v2, WriteOutcome::Deleted);
         assert!(!planned.is_empty());
-        put(
-            &ctx.store,
-            Kind::Volume,
-            "v2",
-            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
-            true,
-        );
+        put_v2(&ctx, true);
         let out = c
             .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v2"))
             .await
@@ -1010,13 +1000,7 @@ mod tests {
     #[tokio::test]
     async fn another_volume_is_not_touched_by_this_ones_reconcile() {
         let (dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Volume,
-            "v2",
-            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
-            false,
-        );
+        put_v2(&ctx, false);
         let (backend, paths) = kernel_in(dir.path());
         let c = Volumes::with_backend(backend, Some("nqn.2014-08.org.example:host".into()));
         c.reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
