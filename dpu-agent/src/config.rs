@@ -371,19 +371,17 @@ impl Config {
             Mode::Dev => state_dir.join("pki"),
             Mode::Run => PathBuf::from("/etc/dpu-agent/pki"),
         };
+        // Environment, else file, else the file named `default` in `pki`.
+        let pki_file = |var: &str, from_file: Option<PathBuf>, default: &str| {
+            env(var)
+                .map(PathBuf::from)
+                .or(from_file)
+                .unwrap_or_else(|| pki.join(default))
+        };
         let tls = TlsFiles {
-            cert: env("DPU_AGENT_TLS_CERT")
-                .map(PathBuf::from)
-                .or(file.tls.cert)
-                .unwrap_or_else(|| pki.join("server.pem")),
-            key: env("DPU_AGENT_TLS_KEY")
-                .map(PathBuf::from)
-                .or(file.tls.key)
-                .unwrap_or_else(|| pki.join("server-key.pem")),
-            client_ca: env("DPU_AGENT_TLS_CLIENT_CA")
-                .map(PathBuf::from)
-                .or(file.tls.client_ca)
-                .unwrap_or_else(|| pki.join("ca.pem")),
+            cert: pki_file("DPU_AGENT_TLS_CERT", file.tls.cert, "server.pem"),
+            key: pki_file("DPU_AGENT_TLS_KEY", file.tls.key, "server-key.pem"),
+            client_ca: pki_file("DPU_AGENT_TLS_CLIENT_CA", file.tls.client_ca, "ca.pem"),
         };
         let default_db = match mode {
             Mode::Dev => format!("unix:{}", state_dir.join("ovs/db.sock").display()),
