@@ -23,12 +23,15 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
-    #[error("{name}={value:?} is invalid: {why}")]
+    #[error("{name}={value:?} is invalid")]
     Env {
         name: &'static str,
         value: String,
-        why: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("DPU_AGENT_LOG_FORMAT={0:?} is invalid: expected text or json")]
+    LogFormat(String),
     #[error(transparent)]
     InsecureListen(#[from] crate::server::NotLoopback),
     #[error("trust domain {0:?} must be a bare name like dpu.local")]
@@ -146,18 +149,18 @@ pub enum StorageBackend {
 /// Parses an environment variable's word as the config file does (serde's
 /// lower-case variant names), so both accept the same words; the error
 /// names the word and lists the ones accepted.
-fn from_word<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+fn from_word<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, serde::de::value::Error> {
     use serde::de::IntoDeserializer;
-    T::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+    T::deserialize(s.into_deserializer())
 }
 
 /// `FromStr` (for environment variables) by [`from_word`] for each type.
 macro_rules! from_str_by_word {
     ($($t:ty),*) => {
         $(impl std::str::FromStr for $t {
-            type Err = String;
+            type Err = serde::de::value::Error;
 
-            fn from_str(s: &str) -> Result<Self, String> {
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
                 from_word(s)
             }
         })*
@@ -288,14 +291,14 @@ impl Config {
             name: &'static str,
         ) -> Result<Option<T>, ConfigError>
         where
-            T::Err: std::fmt::Display,
+            T::Err: std::error::Error + Send + Sync + 'static,
         {
             match env(name) {
                 None => Ok(None),
                 Some(v) => v.parse::<T>().map(Some).map_err(|e| ConfigError::Env {
                     name,
                     value: v.clone(),
-                    why: e.to_string(),
+                    source: Box::new(e),
                 }),
             }
         }
@@ -337,13 +340,7 @@ impl Config {
             None => match env("DPU_AGENT_LOG_FORMAT").as_deref() {
                 Some("json") => LogFormat::Json,
                 Some("text") => LogFormat::Text,
-                Some(other) => {
-                    return Err(ConfigError::Env {
-                        name: "DPU_AGENT_LOG_FORMAT",
-                        value: other.to_string(),
-                        why: "expected text or json".into(),
-                    });
-                }
+                Some(other) => return Err(ConfigError::LogFormat(other.to_string())),
                 None => file.log_format.unwrap_or(LogFormat::Text),
             },
         };
@@ -501,6 +498,26 @@ mod tests {
         let err =
             Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
         assert!(err.to_string().contains("DPU_AGENT_LISTEN"), "{err}");
+        // The cause is the parser's typed error, printed after it.
+        assert_eq!(
+            crate::error_chain(&err),
+            "DPU_AGENT_LISTEN=\"nope\" is invalid: invalid socket address syntax"
+        );
+        let env = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "vf")]);
+        let err =
+            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        let text = crate::error_chain(&err);
+        assert!(
+            text.starts_with("DPU_AGENT_FUNCTIONS_BACKEND=\"vf\" is invalid: unknown variant `vf`"),
+            "{text}"
+        );
+        let env = env_of(&[("DPU_AGENT_LOG_FORMAT", "xml")]);
+        let err =
+            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "DPU_AGENT_LOG_FORMAT=\"xml\" is invalid: expected text or json"
+        );
         let flags = Flags {
             insecure_listen: Some("0.0.0.0:80".parse().unwrap()),
             ..Flags::default()
