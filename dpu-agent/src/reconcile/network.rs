@@ -889,6 +889,39 @@ mod tests {
         assert_eq!(input.networking.ports.len(), 2);
     }
 
+    /// The switch gets a new input only when the store's networking moved:
+    /// reconciling a second object of an unchanged store hands nothing
+    /// over; a new port does, with the next version.
+    #[tokio::test]
+    async fn the_switch_gets_an_input_only_when_the_store_moved() {
+        let (_dir, ctx) = store();
+        let (c, inputs) = controller(Kind::Port, converged);
+        c.reconcile(&ctx, &get(&ctx, Kind::Port, "p1"))
+            .await
+            .unwrap();
+        c.reconcile(&ctx, &get(&ctx, Kind::Port, "p2"))
+            .await
+            .unwrap();
+        assert_eq!(inputs.lock().unwrap().len(), 1);
+        testing::put(
+            &ctx.store,
+            "acme",
+            Kind::Port,
+            "p3",
+            serde_json::json!({"network": "blue", "function": "f1", "mac": "02:00:00:00:00:03"}),
+            false,
+        );
+        let out = c
+            .reconcile(&ctx, &get(&ctx, Kind::Port, "p3"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        let inputs = inputs.lock().unwrap();
+        assert_eq!(inputs.len(), 2);
+        assert_eq!(inputs[1].version, 2);
+        assert_eq!(inputs[1].networking.ports.len(), 3);
+    }
+
     /// A port whose function has no representor yet is Pending with
     /// `RepresentorMissing`, looked at again a second later.
     #[tokio::test]
