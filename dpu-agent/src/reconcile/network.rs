@@ -742,6 +742,12 @@ mod tests {
     }
 
     /// Representor `pf0vfN` has ofport `10 + N` on the fake bridge.
+    fn ofport_of(representor: &str) -> Option<u32> {
+        Some(10 + representor.strip_prefix("pf0vf")?.parse::<u32>().ok()?)
+    }
+
+    /// What the fake bridge would get for `input`: the ports to add and the
+    /// compiled flows and meters.
     fn compile(
         input: &SwitchInput,
     ) -> (
@@ -752,12 +758,7 @@ mod tests {
         let ofports: BTreeMap<String, u32> = input
             .representors
             .values()
-            .filter_map(|r| {
-                Some((
-                    r.clone(),
-                    10 + r.strip_prefix("pf0vf")?.parse::<u32>().ok()?,
-                ))
-            })
+            .filter_map(|r| Some((r.clone(), ofport_of(r)?)))
             .collect();
         let resolved = resolve_ofports(&input.networking, &input.representors, &ofports);
         (ports, pipeline::compile(&resolved))
@@ -776,8 +777,7 @@ mod tests {
             .map(|p| {
                 let rep = input.representors.get(&p.id);
                 let report = SwitchPortReport {
-                    ofport: rep
-                        .and_then(|r| Some(10 + r.strip_prefix("pf0vf")?.parse::<u32>().ok()?)),
+                    ofport: rep.and_then(|r| ofport_of(r)),
                     flows: flows
                         .get(&pipeline::Owner::new(OwnerKind::Port, &p.id))
                         .copied()
