@@ -34,6 +34,7 @@ cargo fmt --all -- --check
 stage "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo clippy -p dpu-agent --no-default-features --all-targets --locked -- -D warnings  # the agent as the image builds it (no `dev`)
+RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --all-features --locked  # intra-doc links resolve
 if [ "$mode" = all ]; then
   # The advisory database needs a network this project's machines lack.
   stage "cargo deny (licenses, bans, sources)"

@@ -23,14 +23,21 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
-    #[error("{name}={value:?} is invalid: {why}")]
+    #[error("{name}={value:?} is invalid")]
     Env {
         name: &'static str,
         value: String,
-        why: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("{0}")]
-    Invalid(String),
+    #[error("DPU_AGENT_LOG_FORMAT={0:?} is invalid: expected text or json")]
+    LogFormat(String),
+    #[error(transparent)]
+    InsecureListen(#[from] crate::server::NotLoopback),
+    #[error("trust domain {0:?} must be a bare name like dpu.local")]
+    TrustDomain(String),
+    #[error("host_lease_seconds must be at least 1 (the host stubs' lease_secs, default 90)")]
+    HostLeaseZero,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -150,18 +157,18 @@ pub enum StorageBackend {
 /// Parses an environment variable's word as the config file does (serde's
 /// lower-case variant names), so both accept the same words; the error
 /// names the word and lists the ones accepted.
-fn from_word<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+fn from_word<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, serde::de::value::Error> {
     use serde::de::IntoDeserializer;
-    T::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+    T::deserialize(s.into_deserializer())
 }
 
 /// `FromStr` (for environment variables) by [`from_word`] for each type.
 macro_rules! from_str_by_word {
     ($($t:ty),*) => {
         $(impl std::str::FromStr for $t {
-            type Err = String;
+            type Err = serde::de::value::Error;
 
-            fn from_str(s: &str) -> Result<Self, String> {
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
                 from_word(s)
             }
         })*
@@ -294,14 +301,14 @@ impl Config {
             name: &'static str,
         ) -> Result<Option<T>, ConfigError>
         where
-            T::Err: std::fmt::Display,
+            T::Err: std::error::Error + Send + Sync + 'static,
         {
             match env(name) {
                 None => Ok(None),
                 Some(v) => v.parse::<T>().map(Some).map_err(|e| ConfigError::Env {
                     name,
                     value: v.clone(),
-                    why: e.to_string(),
+                    source: Box::new(e),
                 }),
             }
         }
@@ -323,7 +330,7 @@ impl Config {
             .or(env_parse::<SocketAddr>(env, "DPU_AGENT_INSECURE_LISTEN")?)
             .or(file.insecure_listen);
         if let Some(addr) = insecure_listen {
-            crate::server::check_insecure_addr(addr).map_err(ConfigError::Invalid)?;
+            crate::server::check_insecure_addr(addr)?;
         }
         let state_dir = flags
             .state_dir
@@ -336,22 +343,14 @@ impl Config {
             .or(file.trust_domain)
             .unwrap_or_else(|| dpu_api::identity::DEFAULT_TRUST_DOMAIN.to_string());
         if trust_domain.is_empty() || trust_domain.contains('/') {
-            return Err(ConfigError::Invalid(format!(
-                "trust domain {trust_domain:?} must be a bare name like dpu.local"
-            )));
+            return Err(ConfigError::TrustDomain(trust_domain));
         }
         let log_format = match flags.log_format {
             Some(f) => f,
             None => match env("DPU_AGENT_LOG_FORMAT").as_deref() {
                 Some("json") => LogFormat::Json,
                 Some("text") => LogFormat::Text,
-                Some(other) => {
-                    return Err(ConfigError::Env {
-                        name: "DPU_AGENT_LOG_FORMAT",
-                        value: other.to_string(),
-                        why: "expected text or json".into(),
-                    });
-                }
+                Some(other) => return Err(ConfigError::LogFormat(other.to_string())),
                 None => file.log_format.unwrap_or(LogFormat::Text),
             },
         };
@@ -370,10 +369,7 @@ impl Config {
             .or(file.host_lease_seconds)
             .unwrap_or(DEFAULT_HOST_LEASE_SECONDS);
         if host_lease_seconds == 0 {
-            return Err(ConfigError::Invalid(
-                "host_lease_seconds must be at least 1 (the host stubs' lease_secs, default 90)"
-                    .into(),
-            ));
+            return Err(ConfigError::HostLeaseZero);
         }
         let host_lease = Duration::from_secs(host_lease_seconds);
         // In dev mode the PKI lives in the state directory; in production
@@ -382,19 +378,17 @@ impl Config {
             Mode::Dev => state_dir.join("pki"),
             Mode::Run => PathBuf::from("/etc/dpu-agent/pki"),
         };
+        // Environment, else file, else the file named `default` in `pki`.
+        let pki_file = |var: &str, from_file: Option<PathBuf>, default: &str| {
+            env(var)
+                .map(PathBuf::from)
+                .or(from_file)
+                .unwrap_or_else(|| pki.join(default))
+        };
         let tls = TlsFiles {
-            cert: env("DPU_AGENT_TLS_CERT")
-                .map(PathBuf::from)
-                .or(file.tls.cert)
-                .unwrap_or_else(|| pki.join("server.pem")),
-            key: env("DPU_AGENT_TLS_KEY")
-                .map(PathBuf::from)
-                .or(file.tls.key)
-                .unwrap_or_else(|| pki.join("server-key.pem")),
-            client_ca: env("DPU_AGENT_TLS_CLIENT_CA")
-                .map(PathBuf::from)
-                .or(file.tls.client_ca)
-                .unwrap_or_else(|| pki.join("ca.pem")),
+            cert: pki_file("DPU_AGENT_TLS_CERT", file.tls.cert, "server.pem"),
+            key: pki_file("DPU_AGENT_TLS_KEY", file.tls.key, "server-key.pem"),
+            client_ca: pki_file("DPU_AGENT_TLS_CLIENT_CA", file.tls.client_ca, "ca.pem"),
         };
         let default_db = match mode {
             Mode::Dev => format!("unix:{}", state_dir.join("ovs/db.sock").display()),
@@ -516,11 +510,40 @@ mod tests {
         let err =
             Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
         assert!(err.to_string().contains("DPU_AGENT_LISTEN"), "{err}");
+        // The cause is the parser's typed error, printed after it.
+        assert_eq!(
+            crate::error_chain(&err),
+            "DPU_AGENT_LISTEN=\"nope\" is invalid: invalid socket address syntax"
+        );
+        let env = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "vf")]);
+        let err =
+            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        let text = crate::error_chain(&err);
+        assert!(
+            text.starts_with("DPU_AGENT_FUNCTIONS_BACKEND=\"vf\" is invalid: unknown variant `vf`"),
+            "{text}"
+        );
+        let env = env_of(&[("DPU_AGENT_LOG_FORMAT", "xml")]);
+        let err =
+            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "DPU_AGENT_LOG_FORMAT=\"xml\" is invalid: expected text or json"
+        );
         let flags = Flags {
             insecure_listen: Some("0.0.0.0:80".parse().unwrap()),
             ..Flags::default()
         };
-        assert!(Config::resolve(Mode::Run, FileConfig::default(), &env_of(&[]), flags).is_err());
+        let err =
+            Config::resolve(Mode::Run, FileConfig::default(), &env_of(&[]), flags).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InsecureListen(crate::server::NotLoopback { addr }) if addr.port() == 80),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "--insecure-listen 0.0.0.0:80 is not a loopback address; plain HTTP is only allowed on 127.0.0.0/8 or ::1"
+        );
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
     }
 

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use dpu_api::client::{Client, ClientError};
 
+// The doc comments are clap's help text: `<state-dir>` there is the
+// placeholder notation of `--help`, not an HTML tag.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// The agent's URL; http:// only for an agent started with

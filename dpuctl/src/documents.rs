@@ -36,13 +36,51 @@ impl fmt::Display for Origin {
     }
 }
 
-/// An input that is not a valid apply document; nothing was sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{source_name}, document {document}: {reason}")]
+/// An input that is not a valid apply document; nothing was sent. Its
+/// [`DocumentProblem`] is the source (printed after it by the error chain).
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}, document {document}")]
 pub struct DocumentError {
     pub source_name: String,
     pub document: usize,
-    pub reason: String,
+    #[source]
+    pub problem: DocumentProblem,
+}
+
+/// What is wrong with one document.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentProblem {
+    /// Not YAML (or JSON).
+    #[error(transparent)]
+    Syntax(#[from] serde_yaml::Error),
+    #[error("expected an object {{kind, id, tenant, spec}} or {{objects: [...]}}, found {found}")]
+    NotAnObject { found: &'static str },
+    #[error("prune: {0} (expected {{tenant: NAME}})")]
+    Prune(serde_json::Error),
+    #[error("prune is asked for two tenants, {first:?} and {second:?}; apply one tenant at a time")]
+    TwoPruneTenants { first: String, second: String },
+    #[error("unknown field {field:?} next to objects (expected objects and prune)")]
+    UnknownBatchField { field: String },
+    #[error("objects must be a list")]
+    ObjectsNotAList,
+    #[error("objects[{index}] must be an object")]
+    ItemNotAnObject { index: usize },
+    /// `objects[index]` of a batch is not a valid object.
+    #[error("objects[{index}]")]
+    Item {
+        index: usize,
+        #[source]
+        problem: Box<DocumentProblem>,
+    },
+    #[error("unknown kind {kind:?}; kinds are {}", kind_list())]
+    UnknownKind { kind: String },
+    #[error("kind must be a string")]
+    KindNotAString,
+    #[error("missing kind (one of {})", kind_list())]
+    MissingKind,
+    /// The envelope `{kind, id, tenant, spec}` does not decode.
+    #[error(transparent)]
+    Object(#[from] serde_json::Error),
 }
 
 /// The apply request being built from one or more inputs.
@@ -59,12 +97,12 @@ impl Documents {
     pub fn add(&mut self, source_name: &str, text: &str) -> Result<(), DocumentError> {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let document = i + 1;
-            let err = |reason: String| DocumentError {
+            let err = |problem: DocumentProblem| DocumentError {
                 source_name: source_name.to_string(),
                 document,
-                reason,
+                problem,
             };
-            let value = Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
+            let value = Value::deserialize(doc).map_err(|e| err(e.into()))?;
             match value {
                 // An empty document, e.g. before a leading `---`.
                 Value::Null => {}
@@ -81,36 +119,35 @@ impl Documents {
                     self.request.objects.push(o);
                 }
                 other => {
-                    return Err(err(format!(
-                        "expected an object {{kind, id, tenant, spec}} or {{objects: [...]}}, found {}",
-                        json_type(&other)
-                    )));
+                    return Err(err(DocumentProblem::NotAnObject {
+                        found: json_type(&other),
+                    }));
                 }
             }
         }
         Ok(())
     }
 
-    fn add_batch(&mut self, mut map: Map<String, Value>) -> Result<(), String> {
+    fn add_batch(&mut self, mut map: Map<String, Value>) -> Result<(), DocumentProblem> {
         let objects = map.remove("objects").unwrap_or(Value::Null);
         if let Some(prune) = map.remove("prune") {
-            let prune: Prune = serde_json::from_value(prune)
-                .map_err(|e| format!("prune: {e} (expected {{tenant: NAME}})"))?;
+            let prune: Prune = serde_json::from_value(prune).map_err(DocumentProblem::Prune)?;
             self.set_prune(&prune.tenant)?;
         }
         if let Some(key) = map.keys().next() {
-            return Err(format!(
-                "unknown field {key:?} next to objects (expected objects and prune)"
-            ));
+            return Err(DocumentProblem::UnknownBatchField { field: key.clone() });
         }
         let Value::Array(items) = objects else {
-            return Err("objects must be a list".into());
+            return Err(DocumentProblem::ObjectsNotAList);
         };
-        for (i, item) in items.into_iter().enumerate() {
+        for (index, item) in items.into_iter().enumerate() {
             let Value::Object(obj) = item else {
-                return Err(format!("objects[{i}] must be an object"));
+                return Err(DocumentProblem::ItemNotAnObject { index });
             };
-            let o = object_write(obj).map_err(|e| format!("objects[{i}]: {e}"))?;
+            let o = object_write(obj).map_err(|problem| DocumentProblem::Item {
+                index,
+                problem: Box::new(problem),
+            })?;
             self.request.objects.push(o);
         }
         Ok(())
@@ -118,12 +155,12 @@ impl Documents {
 
     /// Prunes `tenant`'s objects not listed; two different tenants are an
     /// error.
-    pub fn set_prune(&mut self, tenant: &str) -> Result<(), String> {
+    pub fn set_prune(&mut self, tenant: &str) -> Result<(), DocumentProblem> {
         match &self.request.prune {
-            Some(p) if p.tenant != tenant => Err(format!(
-                "prune is asked for two tenants, {:?} and {tenant:?}; apply one tenant at a time",
-                p.tenant
-            )),
+            Some(p) if p.tenant != tenant => Err(DocumentProblem::TwoPruneTenants {
+                first: p.tenant.clone(),
+                second: tenant.to_string(),
+            }),
             _ => {
                 self.request.prune = Some(Prune {
                     tenant: tenant.to_string(),
@@ -152,18 +189,19 @@ fn origin(source_name: &str, document: usize, o: &ObjectWrite) -> Origin {
 }
 
 /// One object of a document, with `kind` normalised to the envelope name.
-fn object_write(mut map: Map<String, Value>) -> Result<ObjectWrite, String> {
+fn object_write(mut map: Map<String, Value>) -> Result<ObjectWrite, DocumentProblem> {
     // What `get -o yaml|json` prints can be applied back.
     map.remove("generation");
     map.remove("status");
     let kind = match map.get("kind") {
-        Some(Value::String(k)) => Kind::parse_loose(k)
-            .ok_or_else(|| format!("unknown kind {k:?}; kinds are {}", kind_list()))?,
-        Some(_) => return Err("kind must be a string".into()),
-        None => return Err(format!("missing kind (one of {})", kind_list())),
+        Some(Value::String(k)) => {
+            Kind::parse_loose(k).ok_or_else(|| DocumentProblem::UnknownKind { kind: k.clone() })?
+        }
+        Some(_) => return Err(DocumentProblem::KindNotAString),
+        None => return Err(DocumentProblem::MissingKind),
     };
     map.insert("kind".into(), Value::String(kind.name().to_string()));
-    serde_json::from_value(Value::Object(map)).map_err(|e| e.to_string())
+    Ok(serde_json::from_value(Value::Object(map))?)
 }
 
 fn kind_list() -> String {
@@ -258,9 +296,9 @@ mod tests {
             ("kind: [\n", ""),
         ];
         for (text, want) in cases {
-            let err = parse(text).unwrap_err();
-            assert!(err.to_string().contains(want), "{text:?}: {err}");
-            assert!(err.to_string().starts_with("in.yaml, document"), "{err}");
+            let err = crate::error_chain(&parse(text).unwrap_err());
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.starts_with("in.yaml, document"), "{err}");
         }
         let err = parse("kind: Tenant\nid: a\nspec: {}\n---\nkind: Bad\n").unwrap_err();
         assert_eq!(err.document, 2);
@@ -270,6 +308,40 @@ mod tests {
     fn prune_for_two_tenants_is_refused() {
         let mut d = parse("objects: []\nprune: {tenant: a}\n").unwrap();
         assert!(d.set_prune("a").is_ok());
-        assert!(d.set_prune("b").is_err());
+        assert_eq!(
+            d.set_prune("b").unwrap_err().to_string(),
+            "prune is asked for two tenants, \"a\" and \"b\"; apply one tenant at a time"
+        );
+    }
+
+    /// The typed problems print today's messages, the batch index first.
+    #[test]
+    fn problems_print_as_before() {
+        let err = parse("objects:\n  - {kind: Port, id: p, spec: {}}\n  - {id: q}\n").unwrap_err();
+        assert_eq!(err.document, 1);
+        assert!(matches!(
+            &err.problem,
+            DocumentProblem::Item { index: 1, problem } if matches!(**problem, DocumentProblem::MissingKind)
+        ));
+        assert_eq!(
+            crate::error_chain(&err),
+            format!(
+                "in.yaml, document 1: objects[1]: missing kind (one of {})",
+                kind_list()
+            )
+        );
+        let err = parse("objects: []\nprune: {tenant: 3}\n").unwrap_err();
+        assert!(matches!(err.problem, DocumentProblem::Prune(_)), "{err:?}");
+        let text = crate::error_chain(&err);
+        assert!(
+            text.starts_with("in.yaml, document 1: prune: invalid type"),
+            "{text}"
+        );
+        assert!(text.ends_with(" (expected {tenant: NAME})"), "{text}");
+        let err = parse("7\n").unwrap_err();
+        assert_eq!(
+            crate::error_chain(&err),
+            "in.yaml, document 1: expected an object {kind, id, tenant, spec} or {objects: [...]}, found a number"
+        );
     }
 }

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use connect::ConnectArgs;
-use documents::{DocumentError, Documents};
+use documents::{DocumentError, DocumentProblem, Documents};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,8 +107,8 @@ pub enum LineOutput {
     Json,
 }
 
-fn parse_kind(s: &str) -> Result<Kind, String> {
-    s.parse::<Kind>().map_err(|e| e.to_string())
+fn parse_kind(s: &str) -> Result<Kind, dpu_api::kind::UnknownKind> {
+    s.parse::<Kind>()
 }
 
 /// Why `dpuctl` failed.
@@ -124,8 +124,11 @@ pub enum CliError {
     },
     #[error(transparent)]
     Document(#[from] DocumentError),
-    #[error("{0}")]
-    Usage(String),
+    /// `--prune-tenant` names another tenant than the files' `prune`.
+    #[error(transparent)]
+    Prune(DocumentProblem),
+    #[error("the files contain no objects; nothing to do")]
+    NothingToDo,
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
     /// stdout was closed (`dpuctl watch | head`): not a failure.
@@ -140,22 +143,29 @@ impl CliError {
             CliError::Api(ClientError::ReadFile { .. } | ClientError::Pem { .. })
             | CliError::ReadInput { .. }
             | CliError::Document(_)
-            | CliError::Usage(_) => 2,
+            | CliError::Prune(_)
+            | CliError::NothingToDo => 2,
             CliError::Api(_) | CliError::Output(_) => 1,
         }
     }
 }
 
-/// The error and its causes on one line, then hints for the operator.
-pub fn report(err: &CliError, cli: &Cli, docs: Option<&Documents>) -> String {
-    let mut line = format!("error: {err}");
-    let mut source = std::error::Error::source(err);
-    // `Api` is transparent: its own source is the first cause.
+/// An error and its causes on one line, separated by `: `.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
     while let Some(s) = source {
-        line.push_str(&format!(": {s}"));
+        line.push_str(": ");
+        line.push_str(&s.to_string());
         source = s.source();
     }
-    line.push('\n');
+    line
+}
+
+/// The error and its causes on one line, then hints for the operator.
+pub fn report(err: &CliError, cli: &Cli, docs: Option<&Documents>) -> String {
+    // A transparent variant's own source is the first cause.
+    let mut line = format!("error: {}\n", error_chain(err));
     let id = cli.connect.identity(
         std::env::var_os("HOME")
             .map(std::path::PathBuf::from)
@@ -238,9 +248,7 @@ pub async fn run(cli: &Cli, docs: &mut Option<Documents>) -> Result<(), CliError
         Command::Apply(args) | Command::Plan(args) => {
             let d = docs.insert(read_documents(args)?);
             if d.request.objects.is_empty() && d.request.prune.is_none() {
-                return Err(CliError::Usage(
-                    "the files contain no objects; nothing to do".into(),
-                ));
+                return Err(CliError::NothingToDo);
             }
             let client = cli.connect.client()?;
             if matches!(cli.command, Command::Apply(_)) {
@@ -264,7 +272,7 @@ pub async fn run(cli: &Cli, docs: &mut Option<Documents>) -> Result<(), CliError
             let client = cli.connect.client()?;
             let object = client.get(*kind, id).await?;
             let events = recent_events(&client, *kind, id).await;
-            let events = events.as_deref().map_err(String::as_str);
+            let events = events.as_deref();
             out(&render::describe(&object, events))
         }
         Command::Delete { kind, id } => {
@@ -315,7 +323,7 @@ fn read_documents(args: &ApplyArgs) -> Result<Documents, CliError> {
         docs.add(shown, &text)?;
     }
     if let Some(t) = &args.prune_tenant {
-        docs.set_prune(t).map_err(CliError::Usage)?;
+        docs.set_prune(t).map_err(CliError::Prune)?;
     }
     Ok(docs)
 }
@@ -359,13 +367,22 @@ async fn get(
     }
 }
 
+/// Why `describe` shows no events.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error(transparent)]
+    Api(#[from] ClientError),
+    #[error("the event log did not answer within 10 s")]
+    Timeout,
+}
+
 /// The object's last events, oldest first, from the event log (not
 /// followed).
 async fn recent_events(
     client: &Client,
     kind: Kind,
     id: &str,
-) -> Result<Vec<dpu_api::Event>, String> {
+) -> Result<Vec<dpu_api::Event>, EventsError> {
     const KEEP: usize = 10;
     let filter = WatchFilter {
         kind: Some(kind),
@@ -373,10 +390,10 @@ async fn recent_events(
         follow: false,
     };
     let collect = async {
-        let mut stream = client.watch(0, &filter).await.map_err(|e| e.to_string())?;
+        let mut stream = client.watch(0, &filter).await?;
         let mut events = Vec::new();
         while let Some(ev) = stream.next().await {
-            events.push(ev.map_err(|e| e.to_string())?);
+            events.push(ev?);
             if events.len() > KEEP {
                 events.remove(0);
             }
@@ -385,7 +402,7 @@ async fn recent_events(
     };
     tokio::time::timeout(Duration::from_secs(10), collect)
         .await
-        .unwrap_or_else(|_| Err("the event log did not answer within 10 s".into()))
+        .unwrap_or(Err(EventsError::Timeout))
 }
 
 async fn watch(

@@ -105,7 +105,7 @@ pub fn shorten(s: &str, max: usize) -> String {
 
 /// `describe`: the envelope, spec, kind-specific status, conditions and the
 /// object's recent events.
-pub fn describe(o: &Object, events: Result<&[Event], &str>) -> String {
+pub fn describe(o: &Object, events: Result<&[Event], &crate::EventsError>) -> String {
     let mut out = String::new();
     let mut field = |name: &str, value: String| {
         out.push_str(&format!("{:<13}{value}\n", format!("{name}:")));
@@ -397,9 +397,17 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
-        let text = describe(&o, Err("410 Gone: compacted"));
+        let gone = crate::EventsError::Api(dpu_api::client::ClientError::Problem(
+            dpu_api::Problem::new(410, "compacted"),
+        ));
+        let text = describe(&o, Err(&gone));
         assert!(
             text.contains("(not available: 410 Gone: compacted)"),
+            "{text}"
+        );
+        let text = describe(&o, Err(&crate::EventsError::Timeout));
+        assert!(
+            text.contains("(not available: the event log did not answer within 10 s)"),
             "{text}"
         );
     }

@@ -154,7 +154,7 @@ fn interpret(
 /// ovs-vswitchd's control socket in `rundir` (the directory of the OVSDB
 /// socket): `ovs-vswitchd.<pid>.ctl` of the pid in `ovs-vswitchd.pid` as a
 /// packaged OVS names it, else `ovs-vswitchd.ctl` or the sandbox's
-/// `vswitchd.ctl` (see [`crate::sandbox`]).
+/// `vswitchd.ctl` (see `crate::sandbox`, built with the `sandbox` feature).
 pub fn vswitchd_socket(rundir: &Path) -> Option<PathBuf> {
     let by_pid = std::fs::read_to_string(rundir.join("ovs-vswitchd.pid"))
         .ok()

@@ -12,7 +12,7 @@
 //!
 //! Limits: IPv4 and IPv6 addresses decode, but the agent programs IPv4 only
 //! (the API's tunnels are IPv4). Key bytes read back from the kernel stay in
-//! [`SaKey`] (zeroizing, redacted).
+//! [`SaKey`](crate::keys::SaKey) (zeroizing, redacted).
 
 pub mod socket;
 pub mod wire;

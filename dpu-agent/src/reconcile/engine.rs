@@ -511,25 +511,16 @@ mod tests {
     fn engine_with_blue_network(
         controller: Arc<dyn Controller>,
     ) -> (tempfile::TempDir, Engine, Queue) {
-        use crate::store::Store;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        store
-            .transact(|t| {
-                t.put(
-                    StoredObject::from_json(
-                        None,
-                        Kind::Network,
-                        "blue",
-                        "acme",
-                        &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
-                    ),
-                    EventType::Added,
-                );
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-        let engine = Engine::new(Context { store }, Controllers::new(vec![controller]));
+        let (dir, ctx) = crate::reconcile::testing::context();
+        crate::reconcile::testing::put(
+            &ctx.store,
+            "acme",
+            Kind::Network,
+            "blue",
+            serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+            false,
+        );
+        let engine = Engine::new(ctx, Controllers::new(vec![controller]));
         let queue = Queue {
             due: BTreeMap::new(),
             failures: HashMap::new(),

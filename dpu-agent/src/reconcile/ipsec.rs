@@ -27,18 +27,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error_chain;
 use dpu_api::Kind;
-use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
+use dpu_api::object::{ConditionStatus, Phase, Status, WriteOutcome};
 use dpu_api::report::IpsecTunnelReport;
 use dpu_api::spec::{self, IpsecTunnelSpec};
-use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply};
+use dpu_crypto::apply::{ApplyReport, IpsecBackend, XfrmBackend, apply};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, SaSpec, Tunnel};
-use dpu_crypto::plan::{Observed, REQID_RANGE, TunnelState, plan, plan_teardown};
+use dpu_crypto::plan::{Observed, Plan, REQID_RANGE, TunnelState, plan, plan_teardown};
 use dpu_crypto::xfrm::socket::XfrmError;
 
 use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    unparsable_spec,
+};
 use crate::store::StoredObject;
 
 /// XFRM interface ids of tenants: "DR" in the top byte pair, 65536 tenants.
@@ -474,6 +477,100 @@ async fn with_backend<T: Send + 'static>(
     })?
 }
 
+/// What one reconcile of a tunnel applied and then observed, for its status.
+struct TunnelRound<'a> {
+    spec: &'a IpsecTunnelSpec,
+    reqid: u32,
+    /// The tenant's XFRM interface id (tenant scope), `None` for
+    /// infrastructure scope.
+    if_id: Option<u32>,
+    /// Whether an uplink is configured for offload.
+    uplink: bool,
+    /// The tenant's XFRM interface as the report shows it, and what the
+    /// condition adds when it could not be made.
+    xfrm_interface: Option<&'a str>,
+    xfrm_note: &'a str,
+    /// The plan applied, what applying it did, and the tunnel's state
+    /// observed afterwards with the agent's rekey count.
+    first: &'a Plan,
+    applied: &'a ApplyReport,
+    state: &'a TunnelState,
+    rekeys: u64,
+}
+
+/// A tunnel's status from one reconcile (`r`): the typed report from the
+/// state observed after applying; `Degraded` when a change failed or a
+/// foreign policy holds a selector, `Ready` when both SAs and all policies
+/// are in place, else `Pending` (`Converging`). Pure.
+fn tunnel_status(mut status: Status, r: &TunnelRound<'_>) -> Status {
+    let offload = r.state.offload_active.unwrap_or(OffloadActive::None);
+    status.set_report(&IpsecTunnelReport {
+        offload_active: Some(offload.name().to_string()),
+        bytes_in: r.state.bytes_in,
+        bytes_out: r.state.bytes_out,
+        packets_in: r.state.packets_in,
+        packets_out: r.state.packets_out,
+        rekeys: r.rekeys,
+        replay_window_drops: r.state.replay_window_drops,
+        replay_drops: r.state.replay_drops,
+        integrity_failures: r.state.integrity_failures,
+        xfrm_interface: r.xfrm_interface.map(str::to_string),
+    });
+    let requested = r.spec.offload;
+    let offload_note = match (requested, r.uplink) {
+        (spec::OffloadRequest::None, _) => String::new(),
+        (_, false) => "; no uplink configured for offload, running in software".into(),
+        _ => String::new(),
+    };
+    if !r.applied.failures.is_empty() || !r.first.conflicts.is_empty() {
+        status.phase = Phase::Degraded;
+        let mut problems: Vec<String> = r.applied.failures.iter().map(|f| error_chain(f)).collect();
+        problems.extend(r.first.conflicts.iter().cloned());
+        status.set_condition(condition(
+            "Programmed",
+            ConditionStatus::False,
+            if r.first.conflicts.is_empty() {
+                Reason::KernelRefused
+            } else {
+                Reason::Conflict
+            },
+            format!(
+                "{} of {} changes failed: {}",
+                problems.len(),
+                r.first.actions.len() + r.first.conflicts.len(),
+                problems.join("; ")
+            ),
+        ));
+    } else if r.state.programmed {
+        status.phase = Phase::Ready;
+        status.set_condition(condition(
+            "Programmed",
+            ConditionStatus::True,
+            Reason::SasAndPoliciesInstalled,
+            format!(
+                "SAs in 0x{:08x} / out 0x{:08x}, reqid 0x{:08x}, offload {}, {}{offload_note}",
+                r.spec.spi_in,
+                r.spec.spi_out,
+                r.reqid,
+                offload.name(),
+                match r.if_id {
+                    Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering the tenant's XFRM interface is carried{}", r.xfrm_note),
+                    None => "infrastructure scope (no if_id)".into(),
+                }
+            ),
+        ));
+    } else {
+        status.phase = Phase::Pending;
+        status.set_condition(condition(
+            "Programmed",
+            ConditionStatus::False,
+            Reason::Converging,
+            format!("{} changes applied; checking again", r.applied.applied),
+        ));
+    }
+    status
+}
+
 impl Controller for IpsecTunnels {
     fn kind(&self) -> Kind {
         Kind::IpsecTunnel
@@ -528,18 +625,7 @@ impl Controller for IpsecTunnels {
             }
 
             let Some(spec) = typed_spec(obj) else {
-                status.phase = Phase::Failed;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::InvalidSpec,
-                    "the stored spec does not parse; PUT a valid one",
-                ));
-                return Ok(Outcome {
-                    status,
-                    finalized: false,
-                    requeue_after: None,
-                });
+                return Ok(unparsable_spec(status, "Programmed"));
             };
             let if_id = self
                 .if_id(ctx, obj, &spec, false)
@@ -553,18 +639,13 @@ impl Controller for IpsecTunnels {
                     match self.contexts.ensure(&ctx.store, &obj.tenant).await {
                         Ok(ns) => tenant_ns = Some(ns),
                         Err(e) => {
-                            status.phase = Phase::Failed;
-                            status.set_condition(condition(
+                            return Ok(not_ready(
+                                status,
+                                Phase::Failed,
                                 "Programmed",
-                                ConditionStatus::False,
                                 Reason::NoTenantContext,
                                 format!("{}; nothing programmed", error_chain(&e)),
                             ));
-                            return Ok(Outcome {
-                                status,
-                                finalized: false,
-                                requeue_after: None,
-                            });
                         }
                     }
                 }
@@ -586,18 +667,13 @@ impl Controller for IpsecTunnels {
             let desired = match tunnel(ctx, obj, &spec, reqid, self.uplink_ifindex(), if_id) {
                 Ok(t) => t,
                 Err(e) => {
-                    status.phase = Phase::Failed;
-                    status.set_condition(condition(
+                    return Ok(not_ready(
+                        status,
+                        Phase::Failed,
                         "Programmed",
-                        ConditionStatus::False,
                         Reason::InvalidKey,
                         error_chain(&e),
                     ));
-                    return Ok(Outcome {
-                        status,
-                        finalized: false,
-                        requeue_after: None,
-                    });
                 }
             };
             // The tenant's XFRM interface: what feeds its scoped policies.
@@ -676,71 +752,21 @@ impl Controller for IpsecTunnels {
                     (obj.tenant.clone(), obj.id.clone()),
                     (state.clone(), rekeys),
                 );
-            let offload = state.offload_active.unwrap_or(OffloadActive::None);
-            status.set_report(&IpsecTunnelReport {
-                offload_active: Some(offload.name().to_string()),
-                bytes_in: state.bytes_in,
-                bytes_out: state.bytes_out,
-                packets_in: state.packets_in,
-                packets_out: state.packets_out,
-                rekeys,
-                replay_window_drops: state.replay_window_drops,
-                replay_drops: state.replay_drops,
-                integrity_failures: state.integrity_failures,
-                xfrm_interface: report.xfrm_interface,
-            });
-            let requested = spec.offload;
-            let offload_note = match (requested, self.uplink_ifindex()) {
-                (spec::OffloadRequest::None, _) => String::new(),
-                (_, None) => "; no uplink configured for offload, running in software".into(),
-                _ => String::new(),
-            };
-            if !applied.failures.is_empty() || !first.conflicts.is_empty() {
-                status.phase = Phase::Degraded;
-                let mut problems: Vec<String> =
-                    applied.failures.iter().map(|f| error_chain(f)).collect();
-                problems.extend(first.conflicts.iter().cloned());
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    if first.conflicts.is_empty() {
-                        Reason::KernelRefused
-                    } else {
-                        Reason::Conflict
-                    },
-                    format!(
-                        "{} of {} changes failed: {}",
-                        problems.len(),
-                        first.actions.len() + first.conflicts.len(),
-                        problems.join("; ")
-                    ),
-                ));
-            } else if state.programmed {
-                status.phase = Phase::Ready;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::True,
-                    Reason::SasAndPoliciesInstalled,
-                    format!(
-                        "SAs in 0x{:08x} / out 0x{:08x}, reqid 0x{reqid:08x}, offload {}, {}{offload_note}",
-                        spec.spi_in,
-                        spec.spi_out,
-                        offload.name(),
-                        match if_id {
-                            Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering the tenant's XFRM interface is carried{xfrm_note}"),
-                            None => "infrastructure scope (no if_id)".into(),
-                        }
-                    ),
-                ));
-            } else {
-                status.phase = Phase::Pending;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::Converging,
-                    format!("{} changes applied; checking again", applied.applied),
-                ));
-            }
+            let status = tunnel_status(
+                status,
+                &TunnelRound {
+                    spec: &spec,
+                    reqid,
+                    if_id,
+                    uplink: self.uplink_ifindex().is_some(),
+                    xfrm_interface: report.xfrm_interface.as_deref(),
+                    xfrm_note: &xfrm_note,
+                    first: &first,
+                    applied: &applied,
+                    state: &state,
+                    rekeys,
+                },
+            );
             let requeue = [first.requeue_after, after.requeue_after, Some(POLL)]
                 .into_iter()
                 .flatten()
@@ -901,6 +927,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::reconcile::testing::{assert_root, context};
     use crate::store::{Store, StoreError};
 
     const KEY_IN: &str = "c0ffee00c0ffee00c0ffee00c0ffee00deadbeef";
@@ -909,13 +936,7 @@ mod tests {
     struct Netns(String);
     impl Netns {
         fn new(tag: &str) -> Option<Netns> {
-            // A missing environment fails the test; it never passes unrun.
-            // SAFETY: geteuid has no preconditions.
-            let root = unsafe { libc::geteuid() } == 0;
-            assert!(
-                root,
-                "needs root for network namespaces: run the tests as root (scripts/test.sh does)"
-            );
+            assert_root("network namespaces");
             let name = format!("dpuag-{tag}-{}", std::process::id());
             let st = Command::new("ip")
                 .args(["netns", "add", &name])
@@ -942,6 +963,158 @@ mod tests {
         fn drop(&mut self) {
             let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
         }
+    }
+
+    /// Status derivation (pure): what the kernel shows after applying
+    /// becomes the typed report; both SAs and policies in place is Ready
+    /// (naming SPIs, reqid, offload and scope), not yet is Pending, a
+    /// failed change or a foreign policy on a selector is Degraded with
+    /// `KernelRefused` or `Conflict`.
+    #[test]
+    fn status_of_a_tunnel_from_what_the_kernel_shows() {
+        let spec: IpsecTunnelSpec = serde_json::from_value(json!({
+            "local": "192.0.2.1", "remote": "192.0.2.2",
+            "local_subnets": ["10.1.0.0/16"], "remote_subnets": ["10.2.0.0/16"],
+            "mode": "tunnel", "cipher": "aes-gcm-128",
+            "spi_in": 4097, "spi_out": 8193,
+            "key_in": KEY_IN, "key_out": KEY_OUT, "offload": "auto"
+        }))
+        .unwrap();
+        let state = TunnelState {
+            offload_active: Some(OffloadActive::Crypto),
+            bytes_in: 10,
+            packets_in: 1,
+            bytes_out: 20,
+            packets_out: 2,
+            programmed: true,
+            ..TunnelState::default()
+        };
+        let (first, applied) = (Plan::default(), ApplyReport::default());
+        let round = TunnelRound {
+            spec: &spec,
+            reqid: 0x100,
+            if_id: Some(0x0d52_0001),
+            uplink: true,
+            xfrm_interface: Some("xfrm-t in t-acme"),
+            xfrm_note: "",
+            first: &first,
+            applied: &applied,
+            state: &state,
+            rekeys: 3,
+        };
+        let status = tunnel_status(Status::default(), &round);
+        assert_eq!(status.phase, Phase::Ready);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::SasAndPoliciesInstalled.as_str());
+        assert!(
+            cond.message.starts_with(
+                "SAs in 0x00001001 / out 0x00002001, reqid 0x00000100, offload crypto, tenant scope: if_id 0x0d520001"
+            ),
+            "{cond:?}"
+        );
+        assert_no_key(&cond.message);
+        let report: IpsecTunnelReport = status.report();
+        assert_eq!(report.offload_active.as_deref(), Some("crypto"));
+        assert_eq!((report.bytes_in, report.bytes_out), (10, 20));
+        assert_eq!((report.packets_in, report.packets_out), (1, 2));
+        assert_eq!(report.rekeys, 3);
+        assert_eq!(report.xfrm_interface.as_deref(), Some("xfrm-t in t-acme"));
+
+        let software = TunnelRound {
+            if_id: None,
+            uplink: false,
+            ..round
+        };
+        let cond = tunnel_status(Status::default(), &software)
+            .condition("Programmed")
+            .cloned()
+            .unwrap();
+        assert!(
+            cond.message
+                .ends_with("infrastructure scope (no if_id); no uplink configured for offload, running in software"),
+            "{cond:?}"
+        );
+
+        let not_yet = TunnelState {
+            programmed: false,
+            ..state.clone()
+        };
+        let applied2 = ApplyReport {
+            applied: 4,
+            ..ApplyReport::default()
+        };
+        let status = tunnel_status(
+            Status::default(),
+            &TunnelRound {
+                state: &not_yet,
+                applied: &applied2,
+                ..software
+            },
+        );
+        assert_eq!(status.phase, Phase::Pending);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::Converging.as_str());
+        assert_eq!(cond.message, "4 changes applied; checking again");
+
+        let failed = ApplyReport {
+            applied: 1,
+            failures: vec![dpu_crypto::apply::ActionFailure {
+                action: "add SA".into(),
+                error: XfrmError::Kernel {
+                    op: "XFRM_MSG_NEWSA",
+                    source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                },
+            }],
+            ..ApplyReport::default()
+        };
+        let one = Plan {
+            actions: vec![dpu_crypto::plan::Action::DeleteSa {
+                tunnel: None,
+                id: dpu_crypto::xfrm::SaId {
+                    daddr: "192.0.2.2".parse().unwrap(),
+                    spi: 0x1001,
+                    proto: 50,
+                    family: 2,
+                    mark: None,
+                },
+                why: dpu_crypto::plan::Why::Orphan,
+            }],
+            ..Plan::default()
+        };
+        let status = tunnel_status(
+            Status::default(),
+            &TunnelRound {
+                first: &one,
+                applied: &failed,
+                ..software
+            },
+        );
+        assert_eq!(status.phase, Phase::Degraded);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::KernelRefused.as_str());
+        assert!(
+            cond.message.starts_with("1 of 1 changes failed: "),
+            "{cond:?}"
+        );
+
+        let conflicted = Plan {
+            conflicts: vec!["10.1.0.0/16 -> 10.2.0.0/16 held by a foreign policy".into()],
+            ..Plan::default()
+        };
+        let status = tunnel_status(
+            Status::default(),
+            &TunnelRound {
+                first: &conflicted,
+                ..software
+            },
+        );
+        assert_eq!(status.phase, Phase::Degraded);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::Conflict.as_str());
+        assert!(
+            cond.message.contains("held by a foreign policy"),
+            "{cond:?}"
+        );
     }
 
     fn put_tunnel(store: &Store, id: &str, deleting: bool) {
@@ -977,11 +1150,8 @@ mod tests {
     #[tokio::test]
     async fn reconcile_programs_policies_removes_orphans_and_tears_down() {
         let Some(ns) = Netns::new("rec") else { return };
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         let ctrl = IpsecTunnels::new(IpsecConfig {
             netns: Some(format!("/run/netns/{}", ns.0).into()),
             ..Default::default()
@@ -1125,18 +1295,9 @@ mod tests {
 
     #[tokio::test]
     async fn dev_mode_programs_a_private_namespace_not_the_hosts() {
-        // A missing environment fails the test; it never passes unrun.
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert!(
-            root,
-            "needs root: run the tests as root (scripts/test.sh does)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        assert_root("the private XFRM namespace of dev mode");
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         put_tunnel(&store, "t1", false);
         let ctrl = IpsecTunnels::new(IpsecConfig {
             private_netns: true,
@@ -1156,11 +1317,8 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_key_fails_without_echoing_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         put_tunnel(&store, "t1", false);
         // A 256-bit cipher with the 128-bit keys above: the key does not fit.
         let mut o = get(&store, "t1");

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dpu_api::Kind;
-use dpu_api::object::{Condition, ConditionStatus, Status, WriteOutcome};
+use dpu_api::object::{Condition, ConditionStatus, Phase, Status, WriteOutcome};
 
 use crate::store::{Store, StoredObject};
 
@@ -107,5 +107,126 @@ pub fn condition(
         reason: reason.as_str().to_string(),
         message: message.into(),
         last_transition: crate::time::now_rfc3339(),
+    }
+}
+
+/// The outcome for a stored spec that no longer parses (written by another
+/// version of the agent): `Failed`, the condition `type_` says to PUT a
+/// valid one.
+pub fn unparsable_spec(status: Status, type_: &str) -> Outcome {
+    not_ready(
+        status,
+        Phase::Failed,
+        type_,
+        Reason::InvalidSpec,
+        "the stored spec does not parse; PUT a valid one",
+    )
+}
+
+/// An outcome short of the goal: `phase`, the condition `type_` False with
+/// `reason` and `message`; not looked at again on a timer (a change of the
+/// object or what it depends on reconciles it again).
+pub fn not_ready(
+    mut status: Status,
+    phase: Phase,
+    type_: &str,
+    reason: Reason,
+    message: impl Into<String>,
+) -> Outcome {
+    status.phase = phase;
+    status.set_condition(condition(type_, ConditionStatus::False, reason, message));
+    Outcome {
+        status,
+        finalized: false,
+        requeue_after: None,
+    }
+}
+
+/// `controllers` with the placeholder controller of `kind` (one that drives
+/// no backend, see [`Controller::backend`]) replaced by `configured()`; a
+/// controller of that kind that drives a backend (given by the caller, e.g.
+/// a test) is kept.
+pub fn replace_placeholder(
+    kind: Kind,
+    controllers: Vec<Arc<dyn Controller>>,
+    configured: impl Fn() -> Arc<dyn Controller>,
+) -> Vec<Arc<dyn Controller>> {
+    controllers
+        .into_iter()
+        .map(|c| {
+            if c.kind() == kind && c.backend().is_none() {
+                configured()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// What the controllers' unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use dpu_api::Kind;
+    use dpu_api::object::{EventType, ObjectKey};
+
+    use super::Context;
+    use crate::store::{Store, StoreError, StoredObject};
+
+    /// An empty store in a new temporary directory (removed with the
+    /// returned `TempDir`) and a context over it.
+    pub fn context() -> (tempfile::TempDir, Context) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Arc::new(Store::open(dir.path()).expect("open the store"));
+        (dir, Context { store })
+    }
+
+    /// Puts `objects` into the store in one transaction.
+    pub fn put_all(ctx: &Context, objects: impl IntoIterator<Item = StoredObject>) {
+        ctx.store
+            .transact(|t| {
+                for o in objects {
+                    t.put(o, EventType::Added);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .expect("put the objects");
+    }
+
+    /// Stores object `kind`/`id` of `tenant` from a JSON spec (which must
+    /// parse), marked as being deleted when `deleting`.
+    pub fn put(
+        store: &Store,
+        tenant: &str,
+        kind: Kind,
+        id: &str,
+        spec: serde_json::Value,
+        deleting: bool,
+    ) {
+        let mut o = StoredObject::from_json(None, kind, id, tenant, &spec);
+        o.deleting = deleting;
+        store
+            .transact(|t| {
+                t.put(o, EventType::Added);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap_or_else(|e| panic!("put {id}: {e}"));
+    }
+
+    /// A copy of stored object `kind`/`id` (which must exist).
+    pub fn stored(store: &Store, kind: Kind, id: &str) -> StoredObject {
+        (*store.get(&ObjectKey::new(kind, id)).expect("stored")).clone()
+    }
+
+    /// Fails the test unless it runs as root: a missing environment fails
+    /// the test, it never passes unrun.
+    pub fn assert_root(why: &str) {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "needs root for {why}: run the tests as root (scripts/test.sh does)"
+        );
     }
 }

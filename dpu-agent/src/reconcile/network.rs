@@ -39,10 +39,62 @@ use crate::store::{Store, StoredObject};
 const SWITCH_WAIT: Duration = Duration::from_secs(5);
 const PENDING_RETRY: Duration = Duration::from_secs(1);
 
+/// What the network controllers need of the switch reconciler: hand it the
+/// desired state, read and wait for its reports, and plan without I/O.
+/// Implemented by [`SwitchHandle`] (the real reconciler over OVSDB and
+/// OpenFlow) and, in the unit tests, by an in-memory fake that publishes
+/// the report each case builds.
+pub trait Switch: Send + Sync + std::fmt::Debug {
+    /// Hands over a new desired state (replacing any not yet processed).
+    fn set_input(&self, input: SwitchInput);
+    /// The version of the input last handed over.
+    fn input_version(&self) -> u64;
+    /// The last report.
+    fn report(&self) -> Arc<SwitchReport>;
+    /// Every report as it is published.
+    fn subscribe(&self) -> watch::Receiver<Arc<SwitchReport>>;
+    /// The first report about `version` or later, or the last one when
+    /// none came within `timeout`.
+    fn wait_for_version(&self, version: u64, timeout: Duration)
+    -> BoxFuture<'_, Arc<SwitchReport>>;
+    /// What converging to `input` would change, one line per operation.
+    fn plan(&self, input: &SwitchInput) -> Vec<String>;
+}
+
+impl Switch for SwitchHandle {
+    fn set_input(&self, input: SwitchInput) {
+        SwitchHandle::set_input(self, input)
+    }
+
+    fn input_version(&self) -> u64 {
+        SwitchHandle::input_version(self)
+    }
+
+    fn report(&self) -> Arc<SwitchReport> {
+        SwitchHandle::report(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<SwitchReport>> {
+        SwitchHandle::subscribe(self)
+    }
+
+    fn wait_for_version(
+        &self,
+        version: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Arc<SwitchReport>> {
+        Box::pin(SwitchHandle::wait_for_version(self, version, timeout))
+    }
+
+    fn plan(&self, input: &SwitchInput) -> Vec<String> {
+        SwitchHandle::plan(self, input)
+    }
+}
+
 /// The switch reconciler and the last input handed to it.
 #[derive(Debug)]
 pub struct NetworkBackend {
-    switch: SwitchHandle,
+    switch: Box<dyn Switch>,
     last: Mutex<LastInput>,
     // Keeps the reconciler running as long as the backend lives.
     _shutdown: watch::Sender<bool>,
@@ -110,11 +162,17 @@ impl NetworkBackend {
             },
             rx,
         );
-        Ok(Arc::new(NetworkBackend {
+        Ok(NetworkBackend::over(Box::new(switch), tx))
+    }
+
+    /// A backend over `switch`; `shutdown` is kept as long as the backend
+    /// lives (dropping it stops the real reconciler).
+    fn over(switch: Box<dyn Switch>, shutdown: watch::Sender<bool>) -> Arc<Self> {
+        Arc::new(NetworkBackend {
             switch,
             last: Mutex::new(LastInput::default()),
-            _shutdown: tx,
-        }))
+            _shutdown: shutdown,
+        })
     }
 
     /// Hands the store's current networking to the reconciler if it changed;
@@ -306,76 +364,111 @@ impl NetworkController {
             _ => report,
         }
     }
+}
 
-    fn status_for(
-        &self,
-        obj: &StoredObject,
-        report: &SwitchReport,
-    ) -> Result<Outcome, ReconcileError> {
-        let mut status = obj.status.clone();
-        if !report.programmed {
-            return Err(ReconcileError {
-                reason: Reason::SwitchUnavailable,
-                message: report.error.as_deref().map_or_else(
-                    || "the switch has not been programmed yet".into(),
-                    |e| error_chain(e),
-                ),
-            });
-        }
-        if obj.deleting {
+/// The status of a network, port or endpoint (`kind`) from the switch's
+/// report about an input that included the store's current networking:
+/// pure. Not programmed: a `SwitchUnavailable` error; deleting: finalized;
+/// a port without flows yet: `Pending` with `RepresentorMissing`; else
+/// `Ready` with `Programmed=True` and the flows (and, for a port, its ofport
+/// and datapath flows) in the typed report.
+fn status_for(
+    kind: Kind,
+    obj: &StoredObject,
+    report: &SwitchReport,
+) -> Result<Outcome, ReconcileError> {
+    let mut status = obj.status.clone();
+    if !report.programmed {
+        return Err(ReconcileError {
+            reason: Reason::SwitchUnavailable,
+            message: report.error.as_deref().map_or_else(
+                || "the switch has not been programmed yet".into(),
+                |e| error_chain(e),
+            ),
+        });
+    }
+    if obj.deleting {
+        return Ok(Outcome {
+            status,
+            finalized: true,
+            requeue_after: None,
+        });
+    }
+    let flows = report.flows_of(owner_kind(kind), &obj.id) as u64;
+    if kind == Kind::Port {
+        let port = report.ports.get(&obj.id).cloned().unwrap_or_default();
+        // What the datapath says of the flows entering from this port
+        // (read over unixctl every 2 s, written at the port's reconcile).
+        status.set_report(&PortReport {
+            flows,
+            ofport: port.ofport,
+            datapath_flows: port.datapath.map(|dp| dp.total as u64),
+            offloaded_flows: port.datapath.map(|dp| dp.offloaded as u64),
+            offloaded: port
+                .datapath
+                .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
+        });
+        if let Some(why) = port.pending {
+            status.phase = Phase::Pending;
+            status.set_condition(condition(
+                "Programmed",
+                ConditionStatus::False,
+                Reason::RepresentorMissing,
+                format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
+            ));
             return Ok(Outcome {
                 status,
-                finalized: true,
-                requeue_after: None,
+                finalized: false,
+                requeue_after: Some(PENDING_RETRY),
             });
         }
-        let flows = report.flows_of(owner_kind(self.kind), &obj.id) as u64;
-        if self.kind == Kind::Port {
-            let port = report.ports.get(&obj.id).cloned().unwrap_or_default();
-            // What the datapath says of the flows entering from this port
-            // (read over unixctl every 2 s, written at the port's reconcile).
-            status.set_report(&PortReport {
-                flows,
-                ofport: port.ofport,
-                datapath_flows: port.datapath.map(|dp| dp.total as u64),
-                offloaded_flows: port.datapath.map(|dp| dp.offloaded as u64),
-                offloaded: port
-                    .datapath
-                    .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
-            });
-            if let Some(why) = port.pending {
-                status.phase = Phase::Pending;
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::RepresentorMissing,
-                    format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
-                ));
-                return Ok(Outcome {
-                    status,
-                    finalized: false,
-                    requeue_after: Some(PENDING_RETRY),
-                });
-            }
-        } else {
-            status.set_report(&FlowsReport { flows });
-        }
-        status.phase = Phase::Ready;
-        status.set_condition(condition(
-            "Programmed",
-            ConditionStatus::True,
-            Reason::FlowsInstalled,
-            format!(
-                "{flows} flows acknowledged by the switch (tables {}-{})",
-                pipeline::table::CLASSIFY,
-                pipeline::table::OUTPUT
-            ),
-        ));
-        Ok(Outcome {
-            status,
-            finalized: false,
-            requeue_after: None,
-        })
+    } else {
+        status.set_report(&FlowsReport { flows });
+    }
+    status.phase = Phase::Ready;
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::True,
+        Reason::FlowsInstalled,
+        format!(
+            "{flows} flows acknowledged by the switch (tables {}-{})",
+            pipeline::table::CLASSIFY,
+            pipeline::table::OUTPUT
+        ),
+    ));
+    Ok(Outcome {
+        status,
+        finalized: false,
+        requeue_after: None,
+    })
+}
+
+/// The status of an object while the switch has not processed the input
+/// that includes it (`report` is about an older one): `Pending` (or still
+/// `Deleting`) with `SwitchBusy`, looked at again shortly. Pure.
+fn busy_status(obj: &StoredObject, report: &SwitchReport) -> Outcome {
+    let mut status = obj.status.clone();
+    status.phase = if obj.deleting {
+        Phase::Deleting
+    } else {
+        Phase::Pending
+    };
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::False,
+        Reason::SwitchBusy,
+        format!(
+            "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
+            report
+                .error
+                .as_deref()
+                .map_or_else(|| "still working".into(), |e| error_chain(e))
+        ),
+    ));
+    Outcome {
+        status,
+        finalized: false,
+        requeue_after: Some(PENDING_RETRY),
     }
 }
 
@@ -397,36 +490,14 @@ impl Controller for NetworkController {
                 .wait_for_version(version, SWITCH_WAIT)
                 .await;
             if report.version < version {
-                let mut status = obj.status.clone();
-                status.phase = if obj.deleting {
-                    Phase::Deleting
-                } else {
-                    Phase::Pending
-                };
-                status.set_condition(condition(
-                    "Programmed",
-                    ConditionStatus::False,
-                    Reason::SwitchBusy,
-                    format!(
-                        "the switch reconciler has not processed this change within {SWITCH_WAIT:?}; {}",
-                        report
-                            .error
-                            .as_deref()
-                            .map_or_else(|| "still working".into(), |e| error_chain(e))
-                    ),
-                ));
-                return Ok(Outcome {
-                    status,
-                    finalized: false,
-                    requeue_after: Some(PENDING_RETRY),
-                });
+                return Ok(busy_status(obj, &report));
             }
             let report = if self.kind == Kind::Port && !obj.deleting {
                 self.without_pending(&obj.id, version, report).await
             } else {
                 report
             };
-            self.status_for(obj, &report)
+            status_for(self.kind, obj, &report)
         })
     }
 
@@ -608,6 +679,487 @@ pub fn with_configured(
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    use dpu_api::object::EventType;
+    use net_offload::pipeline::OwnedFlow;
+    use net_offload::switch::PortReport as SwitchPortReport;
+    use net_offload::switch::plan::{
+        BridgePlan, SwitchPlan, desired_ports, plan_meters, plan_ports, resolve_ofports,
+    };
+
+    use crate::reconcile::testing;
+    use crate::store::StoreError;
+
+    /// An in-memory switch: every input is recorded and answered at once
+    /// with the report `respond` builds from it; `plan` runs the real pure
+    /// planners against an empty bridge.
+    #[derive(Debug)]
+    struct FakeSwitch {
+        reports: watch::Sender<Arc<SwitchReport>>,
+        inputs: Arc<Mutex<Vec<SwitchInput>>>,
+        respond: fn(&SwitchInput) -> SwitchReport,
+    }
+
+    impl Switch for FakeSwitch {
+        fn set_input(&self, input: SwitchInput) {
+            self.reports.send_replace(Arc::new((self.respond)(&input)));
+            self.inputs.lock().unwrap().push(input);
+        }
+
+        fn input_version(&self) -> u64 {
+            self.inputs.lock().unwrap().last().map_or(0, |i| i.version)
+        }
+
+        fn report(&self) -> Arc<SwitchReport> {
+            self.reports.borrow().clone()
+        }
+
+        fn subscribe(&self) -> watch::Receiver<Arc<SwitchReport>> {
+            self.reports.subscribe()
+        }
+
+        /// Reports are published as the input arrives: whatever is there
+        /// now is all there will be (no waiting out the timeout).
+        fn wait_for_version(&self, _: u64, _: Duration) -> BoxFuture<'_, Arc<SwitchReport>> {
+            let report = self.report();
+            Box::pin(async move { report })
+        }
+
+        fn plan(&self, input: &SwitchInput) -> Vec<String> {
+            let (ports, compiled) = compile(input);
+            SwitchPlan {
+                bridge: BridgePlan::default(),
+                ports,
+                meters: plan_meters(&compiled.meters, &BTreeMap::new()),
+                flows: pipeline::plan_flows(
+                    compiled.flows.iter().map(|f: &OwnedFlow| &f.flow),
+                    &[],
+                ),
+                skipped_ports: compiled.skipped_ports,
+            }
+            .describe("br-int")
+        }
+    }
+
+    /// Representor `pf0vfN` has ofport `10 + N` on the fake bridge.
+    fn ofport_of(representor: &str) -> Option<u32> {
+        Some(10 + representor.strip_prefix("pf0vf")?.parse::<u32>().ok()?)
+    }
+
+    /// What the fake bridge would get for `input`: the ports to add and the
+    /// compiled flows and meters.
+    fn compile(
+        input: &SwitchInput,
+    ) -> (
+        net_offload::switch::plan::PortPlan,
+        pipeline::CompiledPipeline,
+    ) {
+        let ports = plan_ports(&desired_ports(&input.networking, &input.representors), &[]);
+        let ofports: BTreeMap<String, u32> = input
+            .representors
+            .values()
+            .filter_map(|r| Some((r.clone(), ofport_of(r)?)))
+            .collect();
+        let resolved = resolve_ofports(&input.networking, &input.representors, &ofports);
+        (ports, pipeline::compile(&resolved))
+    }
+
+    /// The report of a switch that programmed `input` fully: its flows per
+    /// owner, each port's ofport and flow count, and why a port without a
+    /// representor has none.
+    fn converged(input: &SwitchInput) -> SwitchReport {
+        let (_, compiled) = compile(input);
+        let flows = compiled.flow_counts();
+        let ports = input
+            .networking
+            .ports
+            .iter()
+            .map(|p| {
+                let rep = input.representors.get(&p.id);
+                let report = SwitchPortReport {
+                    ofport: rep.and_then(|r| ofport_of(r)),
+                    flows: flows
+                        .get(&pipeline::Owner::new(OwnerKind::Port, &p.id))
+                        .copied()
+                        .unwrap_or(0),
+                    pending: compiled.skipped_ports.get(&p.id).cloned(),
+                    datapath: None,
+                };
+                (p.id.clone(), report)
+            })
+            .collect();
+        SwitchReport {
+            version: input.version,
+            ovsdb_connected: true,
+            openflow_connected: true,
+            programmed: true,
+            ports,
+            flows,
+            ..SwitchReport::default()
+        }
+    }
+
+    /// Network `blue`; function `f1` with representor `pf0vf1` and `f2`
+    /// without one yet; port `p1` on `f1`, `p2` on `f2`.
+    fn store() -> (tempfile::TempDir, Context) {
+        let (dir, ctx) = testing::context();
+        let obj = |kind, id: &str, spec| StoredObject::from_json(None, kind, id, "acme", &spec);
+        let mut f1 = obj(
+            Kind::Function,
+            "f1",
+            serde_json::json!({"type": "net", "pf": "pf0"}),
+        );
+        f1.status.facts.representor = Some("pf0vf1".into());
+        let port = |id: &str, function: &str, n: u8| {
+            obj(
+                Kind::Port,
+                id,
+                serde_json::json!({
+                    "network": "blue", "function": function,
+                    "mac": format!("02:00:00:00:00:0{n}"), "ips": [format!("10.7.0.{n}")]
+                }),
+            )
+        };
+        let objects = [
+            obj(
+                Kind::Network,
+                "blue",
+                serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+            ),
+            f1,
+            obj(
+                Kind::Function,
+                "f2",
+                serde_json::json!({"type": "net", "pf": "pf0"}),
+            ),
+            port("p1", "f1", 1),
+            port("p2", "f2", 2),
+        ];
+        testing::put_all(&ctx, objects);
+        (dir, ctx)
+    }
+
+    /// The controller of `kind` over a fake switch answering with
+    /// `respond`, and the inputs the fake was handed.
+    fn controller(
+        kind: Kind,
+        respond: fn(&SwitchInput) -> SwitchReport,
+    ) -> (NetworkController, Arc<Mutex<Vec<SwitchInput>>>) {
+        let inputs = Arc::new(Mutex::new(Vec::new()));
+        let fake = FakeSwitch {
+            reports: watch::channel(Arc::new(SwitchReport::default())).0,
+            inputs: inputs.clone(),
+            respond,
+        };
+        let backend = NetworkBackend::over(Box::new(fake), watch::channel(false).0);
+        (NetworkController { kind, backend }, inputs)
+    }
+
+    fn get(ctx: &Context, kind: Kind, id: &str) -> StoredObject {
+        testing::stored(&ctx.store, kind, id)
+    }
+
+    fn programmed(outcome: &Outcome) -> &dpu_api::object::Condition {
+        outcome.status.condition("Programmed").unwrap()
+    }
+
+    /// A port whose function's representor is on the bridge is Ready with
+    /// the flows and ofport the switch reported; the switch was handed the
+    /// store's networking with that representor.
+    #[tokio::test]
+    async fn port_with_representor_on_the_bridge_is_ready() {
+        let (_dir, ctx) = store();
+        let (c, inputs) = controller(Kind::Port, converged);
+        let out = c
+            .reconcile(&ctx, &get(&ctx, Kind::Port, "p1"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        assert_eq!(programmed(&out).status, ConditionStatus::True);
+        assert_eq!(programmed(&out).reason, Reason::FlowsInstalled.as_str());
+        let report: PortReport = out.status.report();
+        assert_eq!(report.ofport, Some(11));
+        assert!(report.flows > 0, "{report:?}");
+        let input = inputs.lock().unwrap()[0].clone();
+        assert_eq!(input.version, 1);
+        assert_eq!(
+            input.representors.get("p1").map(String::as_str),
+            Some("pf0vf1")
+        );
+        assert_eq!(input.networking.ports.len(), 2);
+    }
+
+    /// The switch gets a new input only when the store's networking moved:
+    /// reconciling a second object of an unchanged store hands nothing
+    /// over; a new port does, with the next version.
+    #[tokio::test]
+    async fn the_switch_gets_an_input_only_when_the_store_moved() {
+        let (_dir, ctx) = store();
+        let (c, inputs) = controller(Kind::Port, converged);
+        c.reconcile(&ctx, &get(&ctx, Kind::Port, "p1"))
+            .await
+            .unwrap();
+        c.reconcile(&ctx, &get(&ctx, Kind::Port, "p2"))
+            .await
+            .unwrap();
+        assert_eq!(inputs.lock().unwrap().len(), 1);
+        testing::put(
+            &ctx.store,
+            "acme",
+            Kind::Port,
+            "p3",
+            serde_json::json!({"network": "blue", "function": "f1", "mac": "02:00:00:00:00:03"}),
+            false,
+        );
+        let out = c
+            .reconcile(&ctx, &get(&ctx, Kind::Port, "p3"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        let inputs = inputs.lock().unwrap();
+        assert_eq!(inputs.len(), 2);
+        assert_eq!(inputs[1].version, 2);
+        assert_eq!(inputs[1].networking.ports.len(), 3);
+    }
+
+    /// A port whose function has no representor yet is Pending with
+    /// `RepresentorMissing`, looked at again a second later.
+    #[tokio::test]
+    async fn port_without_representor_is_pending() {
+        let (_dir, ctx) = store();
+        let (c, _) = controller(Kind::Port, converged);
+        let out = c
+            .reconcile(&ctx, &get(&ctx, Kind::Port, "p2"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(programmed(&out).status, ConditionStatus::False);
+        assert_eq!(programmed(&out).reason, Reason::RepresentorMissing.as_str());
+        assert_eq!(out.requeue_after, Some(PENDING_RETRY));
+        assert!(!out.finalized);
+    }
+
+    /// A switch that has not programmed the input is a retryable
+    /// `SwitchUnavailable` error.
+    #[tokio::test]
+    async fn switch_not_programmed_is_switch_unavailable() {
+        let (_dir, ctx) = store();
+        let (c, _) = controller(Kind::Network, |input| SwitchReport {
+            programmed: false,
+            ..converged(input)
+        });
+        let err = c
+            .reconcile(&ctx, &get(&ctx, Kind::Network, "blue"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::SwitchUnavailable);
+        assert!(err.message.contains("not been programmed"), "{err}");
+    }
+
+    /// A switch still on an older input leaves the object Pending with
+    /// `SwitchBusy` (Deleting when it is being deleted, not finalized).
+    #[tokio::test]
+    async fn switch_behind_the_input_is_switch_busy() {
+        let (_dir, ctx) = store();
+        let behind = |input: &SwitchInput| SwitchReport {
+            version: input.version - 1,
+            ..converged(input)
+        };
+        let (c, _) = controller(Kind::Network, behind);
+        let mut blue = get(&ctx, Kind::Network, "blue");
+        let out = c.reconcile(&ctx, &blue).await.unwrap();
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(programmed(&out).reason, Reason::SwitchBusy.as_str());
+        assert_eq!(out.requeue_after, Some(PENDING_RETRY));
+        blue.deleting = true;
+        let out = c.reconcile(&ctx, &blue).await.unwrap();
+        assert_eq!(out.status.phase, Phase::Deleting);
+        assert!(!out.finalized);
+    }
+
+    /// A port being deleted is finalized once the switch programmed an
+    /// input without it.
+    #[tokio::test]
+    async fn deleting_port_is_finalized_once_the_switch_dropped_it() {
+        let (_dir, ctx) = store();
+        let mut p1 = get(&ctx, Kind::Port, "p1");
+        p1.deleting = true;
+        ctx.store
+            .transact(|t| {
+                t.put(p1.clone(), EventType::Modified);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let (c, inputs) = controller(Kind::Port, converged);
+        let out = c.reconcile(&ctx, &p1).await.unwrap();
+        assert!(out.finalized);
+        let input = inputs.lock().unwrap().last().unwrap().clone();
+        assert!(input.networking.ports.iter().all(|p| p.id != "p1"));
+        assert!(!input.representors.contains_key("p1"));
+    }
+
+    /// `plan` shows only the object's own lines of the switch's plan: a
+    /// port its representor port and its flows, not the other port's; the
+    /// network its tunnel port.
+    #[test]
+    fn plan_keeps_the_objects_own_lines() {
+        let (_dir, ctx) = store();
+        let (port, _) = controller(Kind::Port, converged);
+        let p1 = get(&ctx, Kind::Port, "p1");
+        let lines = port.plan(&ctx, &p1, WriteOutcome::Created);
+        let mine = format!("{:#x}", pipeline::cookie(OwnerKind::Port, "p1"));
+        let other = format!("{:#x}", pipeline::cookie(OwnerKind::Port, "p2"));
+        assert!(lines.iter().any(|l| l.contains(&mine)), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ovsdb: insert Port+Interface pf0vf1 ")
+                    && l.contains("port/p1")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains(&other) && !l.contains("p2")),
+            "{lines:#?}"
+        );
+        let p2 = port.plan(&ctx, &get(&ctx, Kind::Port, "p2"), WriteOutcome::Created);
+        assert!(p2.iter().all(|l| !l.contains(&mine)), "{p2:#?}");
+        assert!(
+            p2.iter().any(|l| l.starts_with("port p2: no flows yet")),
+            "{p2:#?}"
+        );
+
+        let (network, _) = controller(Kind::Network, converged);
+        let blue = get(&ctx, Kind::Network, "blue");
+        let lines = network.plan(&ctx, &blue, WriteOutcome::Created);
+        assert!(lines.iter().any(|l| l.contains("dpu-vxlan")), "{lines:#?}");
+        assert!(lines.iter().all(|l| !l.contains(&mine)), "{lines:#?}");
+        assert_eq!(
+            network.plan(&ctx, &blue, WriteOutcome::Unchanged),
+            Vec::<String>::new()
+        );
+    }
+
+    /// A programmed report with `flows` flows for `owner` and, for port
+    /// `p1`, `port`.
+    fn report_with(owner: pipeline::Owner, flows: usize, port: SwitchPortReport) -> SwitchReport {
+        SwitchReport {
+            version: 3,
+            programmed: true,
+            ports: [("p1".to_string(), port)].into(),
+            flows: [(owner, flows)].into(),
+            ..SwitchReport::default()
+        }
+    }
+
+    /// Port `p1` (no representor needed: `status_for` reads only the report).
+    fn p1() -> StoredObject {
+        StoredObject::from_json(
+            None,
+            Kind::Port,
+            "p1",
+            "acme",
+            &serde_json::json!({"network": "blue", "function": "f1", "mac": "02:00:00:00:00:01"}),
+        )
+    }
+
+    /// Status derivation (pure): a programmed port is Ready with its flows,
+    /// ofport and datapath counts in the typed report; all datapath flows in
+    /// hardware is `offloaded`.
+    #[test]
+    fn status_of_a_programmed_port() {
+        let port = SwitchPortReport {
+            ofport: Some(7),
+            flows: 9,
+            pending: None,
+            datapath: Some(net_offload::unixctl::DatapathFlows {
+                total: 4,
+                offloaded: 4,
+            }),
+        };
+        let owner = pipeline::Owner::new(OwnerKind::Port, "p1");
+        let out = status_for(Kind::Port, &p1(), &report_with(owner, 9, port)).unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        assert_eq!(out.requeue_after, None);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::True, Reason::FlowsInstalled.as_str())
+        );
+        assert!(cond.message.starts_with("9 flows acknowledged"), "{cond:?}");
+        assert_eq!(
+            out.status.report::<PortReport>(),
+            PortReport {
+                flows: 9,
+                ofport: Some(7),
+                datapath_flows: Some(4),
+                offloaded_flows: Some(4),
+                offloaded: Some(true),
+            }
+        );
+    }
+
+    /// Status derivation (pure): a port the switch skipped is Pending with
+    /// `RepresentorMissing` and the switch's reason in the message; a
+    /// network is Ready with its flow count; deleting is finalized.
+    #[test]
+    fn status_of_pending_port_network_and_deletion() {
+        let port = SwitchPortReport {
+            pending: Some("no representor".into()),
+            ..SwitchPortReport::default()
+        };
+        let owner = pipeline::Owner::new(OwnerKind::Network, "blue");
+        let report = report_with(owner, 5, port);
+        let out = status_for(Kind::Port, &p1(), &report).unwrap();
+        assert_eq!(out.status.phase, Phase::Pending);
+        assert_eq!(out.requeue_after, Some(PENDING_RETRY));
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::RepresentorMissing.as_str());
+        assert!(cond.message.contains("no representor"), "{cond:?}");
+        assert_eq!(out.status.report::<PortReport>().flows, 0);
+
+        let blue = StoredObject::from_json(
+            None,
+            Kind::Network,
+            "blue",
+            "acme",
+            &serde_json::json!({"vni": 7, "cidr": "10.7.0.0/24", "encap": "vxlan"}),
+        );
+        let out = status_for(Kind::Network, &blue, &report).unwrap();
+        assert_eq!(out.status.phase, Phase::Ready);
+        assert_eq!(out.status.report::<FlowsReport>(), FlowsReport { flows: 5 });
+
+        let mut gone = p1();
+        gone.deleting = true;
+        let out = status_for(Kind::Port, &gone, &report).unwrap();
+        assert!(out.finalized);
+        assert_eq!(out.status, gone.status);
+    }
+
+    /// Status derivation (pure): an unprogrammed switch is a
+    /// `SwitchUnavailable` error, a lagging one `SwitchBusy` (Deleting kept
+    /// for an object being deleted).
+    #[test]
+    fn status_while_the_switch_is_down_or_behind() {
+        let report = SwitchReport::default();
+        let err = status_for(Kind::Port, &p1(), &report).unwrap_err();
+        assert_eq!(err.reason, Reason::SwitchUnavailable);
+        assert_eq!(err.message, "the switch has not been programmed yet");
+
+        let out = busy_status(&p1(), &report);
+        assert_eq!(out.status.phase, Phase::Pending);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::False, Reason::SwitchBusy.as_str())
+        );
+        assert!(cond.message.ends_with("still working"), "{cond:?}");
+        let mut gone = p1();
+        gone.deleting = true;
+        let out = busy_status(&gone, &report);
+        assert_eq!((out.status.phase, out.finalized), (Phase::Deleting, false));
+    }
 
     #[test]
     fn rules_come_from_the_typed_spec() {

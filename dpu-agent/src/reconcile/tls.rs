@@ -31,7 +31,10 @@ use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy}
 
 use super::spec_error::SpecError;
 use super::tenant_netns::TenantContexts;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    unparsable_spec,
+};
 use crate::store::StoredObject;
 
 /// Counters are refreshed in status this often.
@@ -137,19 +140,61 @@ fn listener_config(
     })
 }
 
-fn failed(mut status: Status, reason: Reason, message: String) -> Outcome {
-    status.phase = Phase::Failed;
+fn failed(status: Status, reason: Reason, message: String) -> Outcome {
+    not_ready(status, Phase::Failed, "Serving", reason, message)
+}
+
+/// A reload the proxy refused (`why`): `Degraded`, the proxy still
+/// serving `generation`. Pure.
+fn reload_refused(status: Status, why: String, generation: u64) -> Outcome {
+    let mut out = failed(
+        status,
+        Reason::ReloadRefused,
+        format!("{why}; still serving generation {generation}"),
+    );
+    out.status.phase = Phase::Degraded;
+    out
+}
+
+/// Where a running listener serves.
+struct Serving<'a> {
+    /// The address its socket is bound to.
+    local: SocketAddr,
+    upstream: SocketAddr,
+    /// The tenant network namespace it runs in.
+    netns: &'a str,
+    /// The spec generation its configuration is from.
+    generation: u64,
+}
+
+/// A serving listener's status, from its proxy's counters (`stats`) and
+/// where it serves: `Ready`, `Serving=True` with `Listening`, the counters
+/// and the kernel TLS state in the typed report. Pure.
+fn serving_status(mut status: Status, stats: ProxyStats, at: Serving<'_>) -> Status {
+    status.set_report(&TlsListenerReport {
+        ktls_active: Some(stats.ktls_active),
+        ktls_reason: Some(stats.ktls_reason),
+        ktls_sessions: stats.ktls_sessions,
+        ktls_failures: stats.ktls_failures,
+        ktls_fallbacks: stats.ktls_fallbacks,
+        connections: stats.connections,
+        connections_active: stats.active,
+        handshake_failures: stats.handshake_failures,
+        refused_over_limit: stats.refused_over_limit,
+        upstream_failures: stats.upstream_failures,
+        netns: Some(at.netns.to_string()),
+    });
+    status.phase = Phase::Ready;
     status.set_condition(condition(
         "Serving",
-        ConditionStatus::False,
-        reason,
-        message,
+        ConditionStatus::True,
+        Reason::Listening,
+        format!(
+            "TLS on {} → {} in tenant network namespace {} (generation {})",
+            at.local, at.upstream, at.netns, at.generation
+        ),
     ));
-    Outcome {
-        status,
-        finalized: false,
-        requeue_after: None,
-    }
+    status
 }
 
 impl Controller for TlsListeners {
@@ -163,7 +208,7 @@ impl Controller for TlsListeners {
         obj: &'a StoredObject,
     ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
         Box::pin(async move {
-            let mut status = obj.status.clone();
+            let status = obj.status.clone();
             let me = name(obj);
             let mut running = self.running.lock().await;
             if obj.deleting {
@@ -192,11 +237,7 @@ impl Controller for TlsListeners {
                 });
             }
             let Some(spec) = typed_spec(obj) else {
-                return Ok(failed(
-                    status,
-                    Reason::InvalidSpec,
-                    "the stored spec does not parse; PUT a valid one".into(),
-                ));
+                return Ok(unparsable_spec(status, "Serving"));
             };
             let cfg = match listener_config(ctx, obj, &spec, self.limits) {
                 Ok(c) => c,
@@ -228,18 +269,11 @@ impl Controller for TlsListeners {
                     if r.generation != obj.generation {
                         if let Err(e) = r.proxy.reload(&cfg) {
                             // The old configuration keeps serving.
-                            let mut out = failed(
+                            return Ok(reload_refused(
                                 status,
-                                Reason::ReloadRefused,
-                                format!(
-                                    "{} ({}); still serving generation {}",
-                                    error_chain(&e),
-                                    e.field(),
-                                    r.generation
-                                ),
-                            );
-                            out.status.phase = Phase::Degraded;
-                            return Ok(out);
+                                format!("{} ({})", error_chain(&e), e.field()),
+                                r.generation,
+                            ));
                         }
                         r.generation = obj.generation;
                     }
@@ -286,33 +320,16 @@ impl Controller for TlsListeners {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((obj.tenant.clone(), obj.id.clone()), r.proxy.stats_handle());
-            let stats = r.proxy.stats();
-            status.set_report(&TlsListenerReport {
-                ktls_active: Some(stats.ktls_active),
-                ktls_reason: Some(stats.ktls_reason),
-                ktls_sessions: stats.ktls_sessions,
-                ktls_failures: stats.ktls_failures,
-                ktls_fallbacks: stats.ktls_fallbacks,
-                connections: stats.connections,
-                connections_active: stats.active,
-                handshake_failures: stats.handshake_failures,
-                refused_over_limit: stats.refused_over_limit,
-                upstream_failures: stats.upstream_failures,
-                netns: Some(r.netns.0.clone()),
-            });
-            status.phase = Phase::Ready;
-            status.set_condition(condition(
-                "Serving",
-                ConditionStatus::True,
-                Reason::Listening,
-                format!(
-                    "TLS on {} → {} in tenant network namespace {} (generation {})",
-                    r.proxy.local_addr(),
-                    cfg.upstream,
-                    r.netns.0,
-                    r.generation
-                ),
-            ));
+            let status = serving_status(
+                status,
+                r.proxy.stats(),
+                Serving {
+                    local: r.proxy.local_addr(),
+                    upstream: cfg.upstream,
+                    netns: &r.netns.0,
+                    generation: r.generation,
+                },
+            );
             Ok(Outcome {
                 status,
                 finalized: false,
@@ -469,7 +486,97 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+    use crate::reconcile::testing::{assert_root, context};
     use crate::store::{Store, StoreError};
+
+    /// Status derivation (pure): a serving listener is Ready with
+    /// `Listening` naming where it serves, and the proxy's counters and
+    /// kernel TLS state in the typed report.
+    #[test]
+    fn status_of_a_serving_listener() {
+        let stats = ProxyStats {
+            connections: 5,
+            active: 2,
+            handshake_failures: 1,
+            refused_over_limit: 3,
+            upstream_failures: 4,
+            ktls_sessions: 6,
+            ktls_failures: 7,
+            ktls_fallbacks: 8,
+            ktls_active: true,
+            ktls_reason: "kernel TLS for new sessions".into(),
+            ..ProxyStats::default()
+        };
+        let status = serving_status(
+            Status::default(),
+            stats,
+            Serving {
+                local: "10.0.0.1:8443".parse().unwrap(),
+                upstream: "10.0.0.2:80".parse().unwrap(),
+                netns: "dpu-t-acme",
+                generation: 3,
+            },
+        );
+        assert_eq!(status.phase, Phase::Ready);
+        let cond = status.condition("Serving").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::True, Reason::Listening.as_str())
+        );
+        assert_eq!(
+            cond.message,
+            "TLS on 10.0.0.1:8443 → 10.0.0.2:80 in tenant network namespace dpu-t-acme (generation 3)"
+        );
+        assert_eq!(
+            status.report::<TlsListenerReport>(),
+            TlsListenerReport {
+                ktls_active: Some(true),
+                ktls_reason: Some("kernel TLS for new sessions".into()),
+                ktls_sessions: 6,
+                ktls_failures: 7,
+                ktls_fallbacks: 8,
+                connections: 5,
+                connections_active: 2,
+                handshake_failures: 1,
+                refused_over_limit: 3,
+                upstream_failures: 4,
+                netns: Some("dpu-t-acme".into()),
+            }
+        );
+    }
+
+    /// Status derivation (pure): a refused reload leaves the listener
+    /// Degraded (still serving the old generation), a start failure Failed;
+    /// both with `Serving=False` and their reason.
+    #[test]
+    fn status_of_a_refused_reload_and_a_failed_start() {
+        let out = reload_refused(
+            Status::default(),
+            "bad certificate (certificate_pem)".into(),
+            2,
+        );
+        assert_eq!(out.status.phase, Phase::Degraded);
+        let cond = out.status.condition("Serving").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::False, Reason::ReloadRefused.as_str())
+        );
+        assert_eq!(
+            cond.message,
+            "bad certificate (certificate_pem); still serving generation 2"
+        );
+        let out = failed(
+            Status::default(),
+            Reason::StartFailed,
+            "in use (listen)".into(),
+        );
+        assert_eq!(out.status.phase, Phase::Failed);
+        assert_eq!(
+            out.status.condition("Serving").unwrap().reason,
+            Reason::StartFailed.as_str()
+        );
+        assert_eq!((out.finalized, out.requeue_after), (false, None));
+    }
 
     fn put(store: &Store, spec: Value, generation: u64, deleting: bool) {
         let key = ObjectKey::new(Kind::TlsListener, "web");
@@ -535,18 +642,9 @@ mod tests {
     /// tenant's namespace: the test reaches both from inside it.
     #[tokio::test]
     async fn serves_rotates_without_dropping_and_stops() {
-        // A missing environment fails the test; it never passes unrun.
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert!(
-            root,
-            "needs root for the tenant namespace: run the tests as root (scripts/test.sh does)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ctx = Context {
-            store: store.clone(),
-        };
+        assert_root("the tenant namespace");
+        let (_dir, ctx) = context();
+        let store = ctx.store.clone();
         let ctrl = TlsListeners::default();
         let ns = ctrl.contexts.ensure(&store, "acme").await.unwrap();
         let up = ns

@@ -26,13 +26,18 @@ use storage_offload::model::{
 };
 use storage_offload::nvmet::KernelPaths;
 use storage_offload::nvmet::configfs::{ConfigfsMode, PortConfig};
-use storage_offload::plan::{Action, NvmetPlanConfig, Owner, RefusalReason, SpdkPlanConfig};
+use storage_offload::plan::{
+    Action, NvmetPlanConfig, Owner, Refusal, RefusalReason, SpdkPlanConfig,
+};
 use storage_offload::spdk::methods::ListenAddress;
 
 use super::backend_error::BackendStartError;
 use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    unparsable_spec,
+};
 use crate::config::{Config, SpdkFlavor, StorageBackend};
 use crate::error_chain;
 use crate::store::StoredObject;
@@ -230,16 +235,7 @@ pub fn with_configured(
     cfg: &Config,
     controllers: Vec<Arc<dyn Controller>>,
 ) -> Vec<Arc<dyn Controller>> {
-    controllers
-        .into_iter()
-        .map(|c| {
-            if c.kind() == Kind::Volume && c.backend().is_none() {
-                for_config(cfg)
-            } else {
-                c
-            }
-        })
-        .collect()
+    super::replace_placeholder(Kind::Volume, controllers, || for_config(cfg))
 }
 
 /// The status `backend` value.
@@ -357,19 +353,58 @@ fn backend_error(what: &str, e: &dyn std::error::Error) -> ReconcileError {
     }
 }
 
-fn not_ready(mut status: Status, phase: Phase, reason: Reason, message: String) -> Outcome {
-    status.phase = phase;
+/// The outcome for a volume the backend refuses (`r`): `Failed` for a host
+/// NQN it may not use (a spec change is needed), a retried error while its
+/// source is in use by another tenant's volume. Pure.
+fn refused(status: Status, r: Refusal) -> Result<Outcome, ReconcileError> {
+    match r.reason {
+        RefusalReason::HostNqn => Ok(not_ready(
+            status,
+            Phase::Failed,
+            "Programmed",
+            Reason::from(r.reason),
+            r.message,
+        )),
+        RefusalReason::SourceInUse => Err(ReconcileError {
+            reason: Reason::from(r.reason),
+            message: format!("{}; retrying with backoff", r.message),
+        }),
+    }
+}
+
+/// The status of a volume the backend converged (a fresh observation plans
+/// nothing more for it), from what was applied for it (`d` on `backend`),
+/// where the observation says the host connects (`export`) and the
+/// function's host report (`host_device`): `Ready`, `Programmed=True`, the
+/// typed [`VolumeReport`] and the `host_device` fact. Pure.
+fn ready_status(
+    mut status: Status,
+    d: &DesiredVolume,
+    backend: BackendKind,
+    export: Option<String>,
+    host_device: Option<String>,
+) -> Status {
+    status.set_report(&VolumeReport {
+        backend: Some(backend_name(backend).to_string()),
+        size_bytes: match &d.spec.source {
+            VolumeSource::Local(l) => Some(l.size_mib.saturating_mul(1024 * 1024)),
+            VolumeSource::Nvmeof(_) => None,
+        },
+        export,
+    });
+    status.facts.host_device = host_device;
+    status.phase = Phase::Ready;
     status.set_condition(condition(
         "Programmed",
-        ConditionStatus::False,
-        reason,
-        message,
+        ConditionStatus::True,
+        Reason::Applied,
+        format!(
+            "presented on function {} by {}",
+            d.function.id,
+            backend_name(backend)
+        ),
     ));
-    Outcome {
-        status,
-        finalized: false,
-        requeue_after: None,
-    }
+    status
 }
 
 impl Controller for Volumes {
@@ -392,12 +427,7 @@ impl Controller for Volumes {
             let (mut desired, kept) = desired_all(ctx, &key, host_nqn);
             if !obj.deleting {
                 let Some(spec) = volume_spec(obj) else {
-                    return Ok(not_ready(
-                        status,
-                        Phase::Failed,
-                        Reason::InvalidSpec,
-                        "the stored spec does not parse; PUT a valid one".into(),
-                    ));
+                    return Ok(unparsable_spec(status, "Programmed"));
                 };
                 match desired_of(ctx, obj, spec, host_nqn) {
                     Ok(d) => {
@@ -405,6 +435,7 @@ impl Controller for Volumes {
                             return Ok(not_ready(
                                 status,
                                 Phase::Failed,
+                                "Programmed",
                                 Reason::Unsupported,
                                 format!(
                                     "{why} (backend {}); use another function",
@@ -418,6 +449,7 @@ impl Controller for Volumes {
                         return Ok(not_ready(
                             status,
                             Phase::Pending,
+                            "Programmed",
                             Reason::FunctionUnavailable,
                             error_chain(&why),
                         ));
@@ -464,18 +496,7 @@ impl Controller for Volumes {
                 .into_iter()
                 .find(|r| r.key == key)
             {
-                return match r.reason {
-                    RefusalReason::HostNqn => Ok(not_ready(
-                        status,
-                        Phase::Failed,
-                        Reason::from(r.reason),
-                        r.message,
-                    )),
-                    RefusalReason::SourceInUse => Err(ReconcileError {
-                        reason: Reason::from(r.reason),
-                        message: format!("{}; retrying with backoff", r.message),
-                    }),
-                };
+                return refused(status, r);
             }
 
             // Converged only if a fresh observation plans nothing more.
@@ -495,7 +516,6 @@ impl Controller for Volumes {
                 });
             }
 
-            let mut status = status;
             if obj.deleting {
                 return Ok(Outcome {
                     status,
@@ -507,33 +527,18 @@ impl Controller for Volumes {
                 .iter()
                 .find(|d| d.key == key)
                 .expect("this volume is desired");
-            // Where the host connects (kernel backend: the port the
-            // volume's subsystem is linked into).
-            status.set_report(&VolumeReport {
-                backend: Some(backend_name(backend.kind()).to_string()),
-                size_bytes: match &d.spec.source {
-                    VolumeSource::Local(l) => Some(l.size_mib.saturating_mul(1024 * 1024)),
-                    VolumeSource::Nvmeof(_) => None,
-                },
-                export: backend.export(&key, &observed),
-            });
-            status.facts.host_device = ctx
+            let host_device = ctx
                 .store
                 .get(&ObjectKey::new(Kind::Function, d.function.id.clone()))
                 .and_then(|f| f.status.facts.host_device.clone());
-            status.phase = Phase::Ready;
-            status.set_condition(condition(
-                "Programmed",
-                ConditionStatus::True,
-                Reason::Applied,
-                format!(
-                    "presented on function {} by {}",
-                    d.function.id,
-                    backend_name(backend.kind())
-                ),
-            ));
             Ok(Outcome {
-                status,
+                status: ready_status(
+                    status,
+                    d,
+                    backend.kind(),
+                    backend.export(&key, &observed),
+                    host_device,
+                ),
                 finalized: false,
                 requeue_after: Some(RESYNC),
             })
@@ -641,8 +646,8 @@ pub fn render_volume_metrics(out: &mut String, io: &BTreeMap<VolumeKey, VolumeIo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreError};
-    use dpu_api::object::EventType;
+    use crate::reconcile::testing::{self, stored as obj};
+    use crate::store::Store;
     use serde_json::Value;
     use serde_json::json;
     use std::sync::Mutex;
@@ -664,23 +669,103 @@ mod tests {
         );
     }
 
+    /// A desired volume `v1` on function `disk` (nvme, pf0 vf 2) from `source`.
+    fn desired(source: Value) -> DesiredVolume {
+        DesiredVolume {
+            key: VolumeKey::new("acme", "v1"),
+            spec: serde_json::from_value(json!({"function": "disk", "source": source})).unwrap(),
+            function: FunctionTarget {
+                id: "disk".into(),
+                type_: dpu_api::spec::FunctionType::Nvme,
+                pf: 0,
+                vf: Some(2),
+                host_nqn: function_host_nqn("acme", "disk"),
+            },
+        }
+    }
+
+    /// Status derivation (pure): a converged local volume is Ready with
+    /// `Applied`, its backend, size and export in the typed report and the
+    /// function's host device as its fact; a remote one reports no size.
+    #[test]
+    fn status_of_a_converged_volume() {
+        let d = desired(json!({"local": {"size_mib": 2}}));
+        let status = ready_status(
+            Status::default(),
+            &d,
+            BackendKind::Nvmet,
+            Some("127.0.0.1:4420".into()),
+            Some("nvme0n1".into()),
+        );
+        assert_eq!(status.phase, Phase::Ready);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(
+            (cond.status, cond.reason.as_str()),
+            (ConditionStatus::True, Reason::Applied.as_str())
+        );
+        assert_eq!(cond.message, "presented on function disk by nvmet");
+        assert_eq!(
+            status.report::<VolumeReport>(),
+            VolumeReport {
+                backend: Some("nvmet".into()),
+                size_bytes: Some(2 * 1024 * 1024),
+                export: Some("127.0.0.1:4420".into()),
+            }
+        );
+        assert_eq!(status.facts.host_device.as_deref(), Some("nvme0n1"));
+
+        let d = desired(json!({"nvmeof": {
+            "transport": "tcp", "address": "192.0.2.1", "port": 4420,
+            "subnqn": "nqn.2014-08.org.example:remote"
+        }}));
+        let status = ready_status(Status::default(), &d, BackendKind::SpdkNvmf, None, None);
+        assert_eq!(
+            status.report::<VolumeReport>(),
+            VolumeReport {
+                backend: Some("spdk-nvmf".into()),
+                size_bytes: None,
+                export: None,
+            }
+        );
+        assert_eq!(status.facts.host_device, None);
+    }
+
+    /// Status derivation (pure): a refused host NQN fails the volume with
+    /// the refusal's reason and message; a source in use is a retried error.
+    #[test]
+    fn status_of_a_refused_volume() {
+        let refusal = |reason| Refusal {
+            key: VolumeKey::new("acme", "v1"),
+            reason,
+            message: "why".into(),
+        };
+        let out = refused(Status::default(), refusal(RefusalReason::HostNqn)).unwrap();
+        assert_eq!(out.status.phase, Phase::Failed);
+        let cond = out.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::from(RefusalReason::HostNqn).as_str());
+        assert_eq!(
+            (cond.status, cond.message.as_str()),
+            (ConditionStatus::False, "why")
+        );
+        assert!(!out.finalized);
+        let err = refused(Status::default(), refusal(RefusalReason::SourceInUse)).unwrap_err();
+        assert_eq!(err.reason, Reason::from(RefusalReason::SourceInUse));
+        assert_eq!(err.message, "why; retrying with backoff");
+    }
+
     fn put(store: &Store, kind: Kind, id: &str, spec: Value, deleting: bool) {
-        put_in(store, "acme", kind, id, spec, deleting);
+        testing::put(store, "acme", kind, id, spec, deleting);
     }
 
-    fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value, deleting: bool) {
-        let mut o = StoredObject::from_json(None, kind, id, tenant, &spec);
-        o.deleting = deleting;
-        store
-            .transact(|t| {
-                t.put(o, EventType::Added);
-                Ok::<_, StoreError>(())
-            })
-            .unwrap_or_else(|e| panic!("put {id}: {e}"));
-    }
-
-    fn obj(store: &Store, kind: Kind, id: &str) -> StoredObject {
-        (*store.get(&ObjectKey::new(kind, id)).expect("stored")).clone()
+    /// A second local volume `v2` (nsid 2) on function `disk`.
+    fn put_v2(ctx: &Context, deleting: bool) {
+        put(
+            &ctx.store,
+            Kind::Volume,
+            "v2",
+            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
+            deleting,
+        );
     }
 
     fn setup() -> (tempfile::TempDir, Context) {
@@ -881,13 +966,7 @@ mod tests {
             .unwrap();
         ran();
 
-        put(
-            &ctx.store,
-            Kind::Volume,
-            "v2",
-            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
-            false,
-        );
+        put_v2(&ctx, false);
         let v2 = obj(&ctx.store, Kind::Volume, "v2");
         let planned = c.plan(&ctx, &v2, WriteOutcome::Created);
         assert!(
@@ -908,13 +987,7 @@ mod tests {
 
         let planned = c.plan(&ctx, &v2, WriteOutcome::Deleted);
         assert!(!planned.is_empty());
-        put(
-            &ctx.store,
-            Kind::Volume,
-            "v2",
-            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
-            true,
-        );
+        put_v2(&ctx, true);
         let out = c
             .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v2"))
             .await
@@ -927,13 +1000,7 @@ mod tests {
     #[tokio::test]
     async fn another_volume_is_not_touched_by_this_ones_reconcile() {
         let (dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Volume,
-            "v2",
-            json!({"function": "disk", "nsid": 2, "source": {"local": {"size_mib": 1}}}),
-            false,
-        );
+        put_v2(&ctx, false);
         let (backend, paths) = kernel_in(dir.path());
         let c = Volumes::with_backend(backend, Some("nqn.2014-08.org.example:host".into()));
         c.reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
@@ -1034,6 +1101,23 @@ mod tests {
         );
     }
 
+    /// Reconciles `v1` on a kernel backend under `dir`, which must leave it
+    /// `Failed`: the controller and the volume's `Programmed` condition.
+    async fn v1_fails_on_the_kernel(
+        dir: &std::path::Path,
+        ctx: &Context,
+    ) -> (Volumes, dpu_api::object::Condition) {
+        let (backend, _) = kernel_in(dir);
+        let c = Volumes::with_backend(backend, None);
+        let out = c
+            .reconcile(ctx, &obj(&ctx.store, Kind::Volume, "v1"))
+            .await
+            .unwrap();
+        assert_eq!(out.status.phase, Phase::Failed, "{:?}", out.status);
+        let cond = out.status.condition("Programmed").unwrap().clone();
+        (c, cond)
+    }
+
     #[tokio::test]
     async fn virtio_blk_on_nvmet_fails_with_the_reason() {
         let (dir, ctx) = setup();
@@ -1044,14 +1128,7 @@ mod tests {
             json!({"type": "virtio-blk", "pf": "pf0"}),
             false,
         );
-        let (backend, _) = kernel_in(dir.path());
-        let c = Volumes::with_backend(backend, None);
-        let out = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
-            .await
-            .unwrap();
-        assert_eq!(out.status.phase, Phase::Failed);
-        let cond = out.status.condition("Programmed").unwrap();
+        let (_, cond) = v1_fails_on_the_kernel(dir.path(), &ctx).await;
         assert_eq!(cond.reason, "Unsupported");
         assert!(cond.message.contains("virtio-blk"), "{}", cond.message);
     }
@@ -1072,14 +1149,7 @@ mod tests {
                 "hostnqn": "nqn.2026-11.dev.dpu-agent:other:db:initiator"}}}),
             false,
         );
-        let (backend, _) = kernel_in(dir.path());
-        let c = Volumes::with_backend(backend, None);
-        let out = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Volume, "v1"))
-            .await
-            .unwrap();
-        assert_eq!(out.status.phase, Phase::Failed);
-        let cond = out.status.condition("Programmed").unwrap();
+        let (c, cond) = v1_fails_on_the_kernel(dir.path(), &ctx).await;
         assert_eq!(cond.reason, "HostNqnRefused");
         assert!(
             cond.message.contains("spec.source.nvmeof.hostnqn"),
@@ -1116,8 +1186,8 @@ mod tests {
             json!({"function": "disk", "source": source}),
             false,
         );
-        put_in(&ctx.store, "evil", Kind::Tenant, "evil", json!({}), false);
-        put_in(
+        testing::put(&ctx.store, "evil", Kind::Tenant, "evil", json!({}), false);
+        testing::put(
             &ctx.store,
             "evil",
             Kind::Function,
@@ -1125,7 +1195,7 @@ mod tests {
             json!({"type": "nvme", "pf": "pf0", "vf": 3}),
             false,
         );
-        put_in(
+        testing::put(
             &ctx.store,
             "evil",
             Kind::Volume,

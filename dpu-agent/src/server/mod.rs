@@ -249,13 +249,20 @@ async fn serve_connection<I>(
     }
 }
 
+/// An `--insecure-listen` address that is not loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--insecure-listen {addr} is not a loopback address; plain HTTP is only allowed on 127.0.0.0/8 or ::1"
+)]
+pub struct NotLoopback {
+    pub addr: SocketAddr,
+}
+
 /// Refuses an `--insecure-listen` address that is not loopback.
-pub fn check_insecure_addr(addr: SocketAddr) -> Result<(), String> {
+pub fn check_insecure_addr(addr: SocketAddr) -> Result<(), NotLoopback> {
     if addr.ip().is_loopback() {
         Ok(())
     } else {
-        Err(format!(
-            "--insecure-listen {addr} is not a loopback address; plain HTTP is only allowed on 127.0.0.0/8 or ::1"
-        ))
+        Err(NotLoopback { addr })
     }
 }

@@ -128,7 +128,7 @@ db_err!(
 /// tearing it down (DELETE answered 202).
 ///
 /// On disk (and in no other place) the record is the wire form: the spec as
-/// JSON with the sealed values in the secret fields ([`Record`]).
+/// JSON with the sealed values in the secret fields (a private `Record`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
     pub id: String,
@@ -274,6 +274,15 @@ impl StoredObject {
         }
         obj
     }
+}
+
+/// A JSON row of the database, or [`StoreError::Corrupt`] naming its key
+/// (made only on failure).
+fn decode_row<T: serde::de::DeserializeOwned>(
+    value: &[u8],
+    key: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|source| StoreError::Corrupt { key: key(), source })
 }
 
 fn key_str(key: &ObjectKey) -> String {
@@ -735,21 +744,13 @@ impl Store {
             let r = db.begin_read()?;
             for row in r.open_table(OBJECTS)?.iter()? {
                 let (k, v) = row?;
-                let record: Record =
-                    serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                        key: k.value().to_string(),
-                        source,
-                    })?;
+                let record: Record = decode_row(v.value(), || k.value().to_string())?;
                 let obj = StoredObject::from_record(record)?;
                 state.set(&obj.key(), Some(Arc::new(obj)));
             }
             for row in r.open_table(HOSTS)?.iter()? {
                 let (k, v) = row?;
-                let report: HostReport =
-                    serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                        key: k.value().to_string(),
-                        source,
-                    })?;
+                let report: HostReport = decode_row(v.value(), || k.value().to_string())?;
                 state.hosts.insert(report.host.clone(), report);
             }
             state.revision = r
@@ -1262,11 +1263,7 @@ impl Store {
         let mut out = Vec::new();
         for row in log.range(since.saturating_add(1)..)? {
             let (k, v) = row?;
-            let ev: Event =
-                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                    key: format!("event {}", k.value()),
-                    source,
-                })?;
+            let ev: Event = decode_row(v.value(), || format!("event {}", k.value()))?;
             out.push(ev);
             if out.len() >= limit {
                 break;

@@ -1,7 +1,7 @@
 //! nvmet configfs: the operations that build and tear down a subsystem,
 //! namespace, allowed host and port ([`ConfigfsOp`], planned purely), an
 //! executor that performs them under a configurable root
-//! ([`ConfigfsExecutor`]), and a reader of what is there ([`observe`]).
+//! ([`ConfigfsExecutor`]), and a reader of what is there ([`observe_configfs`]).
 //!
 //! Order matters to the kernel: a namespace's `device_path` is written before
 //! `enable`; a port's `addr_*` are immutable once any subsystem is linked to
