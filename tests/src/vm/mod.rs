@@ -23,7 +23,7 @@ mod qemu;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use builder::{RunningVm, Vm, VmBuilder, VmOutput};
+pub use builder::{LinkSide, RunningVm, SocketLink, Vm, VmBuilder, VmOutput};
 
 /// The environment variable that turns the VM tests on.
 pub const ENABLE_VAR: &str = "DPU_VM_TESTS";
