@@ -687,6 +687,22 @@ impl RunningVm {
         std::fs::read_to_string(self.out_dir.join("files").join(rel)).ok()
     }
 
+    /// Raises a signal the guest's script can wait for: creates
+    /// `/out/signals/<name>` in the guest (the share is live), e.g. to order
+    /// steps across guests started together:
+    /// `until [ -e /out/signals/go ]; do sleep 0.5; done`.
+    pub fn signal(&self, name: &str) -> Result<(), VmError> {
+        let dir = self.out_dir.join("signals");
+        std::fs::create_dir_all(&dir).map_err(VmError::io("creating signal folder", &dir))?;
+        let path = dir.join(name);
+        std::fs::write(&path, b"1\n").map_err(VmError::io("raising signal", &path))
+    }
+
+    /// QEMU has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.process.wait_until(Instant::now()), Ok(None))
+    }
+
     /// The serial console so far (kernel messages and the init's markers).
     pub fn console(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
