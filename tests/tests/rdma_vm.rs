@@ -27,8 +27,9 @@ use dpu_tests::vm::{self, LinkSide, RunningVm, SocketLink, Vm};
 /// (conntrack included) and what OVS's tc offload asks the kernel for
 /// (there is no udev; the kernel's own module requests need the modules
 /// staged).
-const DPU_MODULES: [&str; 14] = [
+const DPU_MODULES: [&str; 15] = [
     "openvswitch",
+    "nf_conntrack_netlink",
     "sch_ingress",
     "cls_flower",
     "act_mirred",
@@ -100,6 +101,20 @@ echo "bridge $(ovs-vsctl get bridge br-int datapath_type) ports $(ovs-vsctl list
 echo "other_config $(ovs-vsctl get Open_vSwitch . other_config)"
 ovs-appctl dpctl/show | head -n 1
 touch $DPU_VM_OUT/applied
+signal norule 400
+echo '## norule'
+# Tenant a's ports without their UDP 4791 rule: RoCE v2 must stop at the
+# security stage like any other traffic the rules do not allow. Established
+# conntrack entries outlive a rule change (stateful groups), so the test
+# flushes them to start the next RoCE connection from nothing.
+dpuctl apply -f /etc/dpu-vm/norule.yaml
+gen() { dpuctl get port $1 -o json 2>/dev/null | tr -d ' \n' | grep -o '"observed_generation":[0-9]*' | cut -d: -f2; }
+for p in p0 p1; do
+    for i in $(seq 1 120); do [ "$(gen $p)" = 2 ] && [ "$(phase port $p)" = Ready ] && break; sleep 0.5; done
+    echo "port $p generation $(gen $p) $(phase port $p)"
+done
+ovs-appctl dpctl/flush-conntrack
+touch $DPU_VM_OUT/norule-applied
 signal check 400
 echo '## flows'
 # The agent's port status against ovs-vswitchd's own dump, per port, until
@@ -174,6 +189,8 @@ for i in $(seq 1 40); do
 done
 echo "rxe0 on fn, RoCE v2 gid index $G: $(cat /sys/class/infiniband/rxe0/ports/1/gids/$G)"
 rdma link show
+# rxe's own packet counters (RoCE packets sent and received by rxe0).
+roce() {{ cat /sys/class/infiniband/rxe0/ports/1/hw_counters/$1 2>/dev/null || echo 0; }}
 "#
     )
 }
@@ -199,14 +216,26 @@ for i in $(seq 1 240); do ping -c 1 -W 1 10.9.0.1 >/dev/null 2>&1 && break; stop
 ping -c 3 -W 2 10.9.0.1 && echo PING_OK
 touch $DPU_VM_OUT/pipeline-up
 echo '## rdma'
+S0=$(roce sent_pkts); R0=$(roce rcvd_pkts)
 for i in 1 2 3 4 5; do
     if timeout 120 ibv_rc_pingpong -d rxe0 -g $G {PINGPONG} 10.9.0.1; then echo RDMA_OK; break; fi
     stopped && exit 1
     sleep 2
 done
+echo "roce sent=$(( $(roce sent_pkts) - S0 )) rcvd=$(( $(roce rcvd_pkts) - R0 ))"
 echo '## tcp'
 timeout 60 iperf3 -c 10.9.0.1 -t 5 -f m | tail -n 4
 ping -c 10 -i 0.2 10.9.0.1 | tail -n 1
+touch $DPU_VM_OUT/rdma-done
+signal norule 400 || exit 1
+echo '## norule'
+# The DPU dropped tenant a's UDP 4791 rule: the pingpong's TCP exchange
+# still crosses (rxe sends RoCE packets only after it: the QP needs the
+# server's QPN and GID), its RoCE packets do not, so nothing comes back.
+S0=$(roce sent_pkts); R0=$(roce rcvd_pkts)
+if timeout 45 ibv_rc_pingpong -d rxe0 -g $G {PINGPONG} 10.9.0.1; then echo NORULE_RDMA_OK; else echo NORULE_RDMA_BLOCKED; fi
+echo "roce sent=$(( $(roce sent_pkts) - S0 )) rcvd=$(( $(roce rcvd_pkts) - R0 ))"
+ping -c 2 -W 2 10.9.0.1 > /dev/null && echo NORULE_PING_OK
 touch $DPU_VM_OUT/done
 # Steady traffic while the DPU compares its datapath with the agent's status:
 # IPv4 (through conntrack, so its flows stay in the openvswitch module) and
@@ -234,9 +263,23 @@ signal stop 500
         )
 }
 
+/// Tenant a's two ports, allowing ICMP, TCP and `udp` (e.g. RoCE v2's 4791) in.
+fn ports_a(links: &[SocketLink; 3], udp: &str) -> String {
+    let mac = |i: usize| links[i].mac(LinkSide::Connect);
+    let allowed = format!("security: {{ingress: [{{protocol: icmp}}, {{protocol: tcp}}{udp}]}}");
+    format!(
+        r#"  - {{kind: Port, id: p0, tenant: a, spec: {{network: na, function: f0, mac: "{m0}", ips: [10.9.0.1], {allowed}}}}}
+  - {{kind: Port, id: p1, tenant: a, spec: {{network: na, function: f1, mac: "{m1}", ips: [10.9.0.2], {allowed}}}}}
+"#,
+        m0 = mac(0),
+        m1 = mac(1),
+    )
+}
+
+const ROCE_RULE: &str = r#", {protocol: udp, ports: "4791"}"#;
+
 fn objects(links: &[SocketLink; 3]) -> String {
     let mac = |i: usize| links[i].mac(LinkSide::Connect);
-    let allowed = r#"security: {ingress: [{protocol: icmp}, {protocol: tcp}, {protocol: udp, ports: "4791"}]}"#;
     format!(
         r#"kind: Tenant
 id: a
@@ -252,13 +295,12 @@ objects:
   - {{kind: Function, id: f0, tenant: a, spec: {{type: net, pf: pf0, vf: 0, mac: "{m0}", rdma: true}}}}
   - {{kind: Function, id: f1, tenant: a, spec: {{type: net, pf: pf0, vf: 1, mac: "{m1}", rdma: true}}}}
   - {{kind: Function, id: f2, tenant: b, spec: {{type: net, pf: pf0, vf: 2, mac: "{m2}"}}}}
-  - {{kind: Port, id: p0, tenant: a, spec: {{network: na, function: f0, mac: "{m0}", ips: [10.9.0.1], {allowed}}}}}
-  - {{kind: Port, id: p1, tenant: a, spec: {{network: na, function: f1, mac: "{m1}", ips: [10.9.0.2], {allowed}}}}}
-  - {{kind: Port, id: p2, tenant: b, spec: {{network: nb, function: f2, mac: "{m2}", ips: [10.9.0.3], security: {{ingress: [{{protocol: icmp}}]}}}}}}
+{ports}  - {{kind: Port, id: p2, tenant: b, spec: {{network: nb, function: f2, mac: "{m2}", ips: [10.9.0.3], security: {{ingress: [{{protocol: icmp}}]}}}}}}
 "#,
         m0 = mac(0),
         m1 = mac(1),
         m2 = mac(2),
+        ports = ports_a(links, ROCE_RULE),
     )
 }
 
@@ -289,12 +331,12 @@ fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
 }
 
 /// Waits until `vm` wrote `file`; `false` if a guest stopped or time ran out.
-fn wait_file(vm: &RunningVm, file: &str, all: &mut [&mut RunningVm], until: Instant) -> bool {
+fn wait_file(vms: &mut [RunningVm], who: usize, file: &str, until: Instant) -> bool {
     loop {
-        if vm.out_file(file).is_some() {
+        if vms[who].out_file(file).is_some() {
             return true;
         }
-        if Instant::now() >= until || all.iter_mut().any(|v| !v.is_running()) {
+        if Instant::now() >= until || vms.iter_mut().any(|v| !v.is_running()) {
             return false;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -308,7 +350,9 @@ fn wait_file(vm: &RunningVm, file: &str, all: &mut [&mut RunningVm], until: Inst
 /// programmed by the real agent in `run` mode with the `external` functions
 /// backend; tenant b's function, on an overlapping 10.9.0.0/24, can neither
 /// ping tenant a's host nor connect `ibv_rc_pingpong` to it, in the same
-/// run. Issue 13 item 3: the flows went through the kernel datapath
+/// run. The security stage applies to RoCE as to any traffic: once tenant
+/// a's ports lose their UDP 4791 ingress rule (and conntrack is flushed),
+/// the same pingpong fails while ICMP still passes. Issue 13 item 3: the flows went through the kernel datapath
 /// (`dpctl/dump-flows` lists them by representor) and each port's
 /// `datapath_flows` / `offloaded_flows` in the agent's status equal what
 /// `ovs-appctl dpctl/dump-flows` (all / `type=offloaded`) reports. Prints
@@ -335,7 +379,7 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
     let links = [SocketLink::new()?, SocketLink::new()?, SocketLink::new()?];
     let timeout = Duration::from_secs(420);
 
-    let mut dpu = Vm::builder()
+    let dpu = Vm::builder()
         .memory_mib(512)
         .socket_nic(links[0], LinkSide::Listen, "pf0vf0")
         .socket_nic(links[1], LinkSide::Listen, "pf0vf1")
@@ -364,6 +408,11 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
         )
         .file("/etc/dpuctl/key.pem", pki.controller.key_pem.clone(), 0o600)
         .file("/etc/dpu-vm/objects.yaml", objects(&links), 0o644)
+        .file(
+            "/etc/dpu-vm/norule.yaml",
+            format!("objects:\n{}", ports_a(&links, "")),
+            0o644,
+        )
         .timeout(timeout)
         .script(DPU_SCRIPT)
         .start()?;
@@ -377,33 +426,30 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
             .script(&script)
             .start()
     };
-    let mut host1 = host(0, host1_script())?;
-    let mut host2 = host(1, host2_script())?;
-    let mut host3 = host(2, host3_script())?;
+    let host1 = host(0, host1_script())?;
+    let host2 = host(1, host2_script())?;
+    let host3 = host(2, host3_script())?;
 
+    // The steps across guests; any guest that stops early ends them.
+    const DPU: usize = 0;
+    const HOST2: usize = 2;
+    const HOST3: usize = 3;
+    let mut vms = [dpu, host1, host2, host3];
     let until = Instant::now() + timeout;
-    let up = {
-        let mut others = [&mut dpu, &mut host1, &mut host3];
-        wait_file(&host2, "pipeline-up", &mut others, until)
-    };
-    if up {
-        host3.signal("go")?;
-        let done = {
-            let mut others = [&mut dpu, &mut host1, &mut host3];
-            wait_file(&host2, "done", &mut others, until)
-        } && {
-            let mut others = [&mut dpu, &mut host1, &mut host2];
-            wait_file(&host3, "done", &mut others, until)
-        };
-        if done {
-            dpu.signal("check")?;
-            let mut others = [&mut host1, &mut host2, &mut host3];
-            wait_file(&dpu, "checked", &mut others, until);
-        }
-    }
-    for vm in [&dpu, &host1, &host2, &host3] {
+    let _ = wait_file(&mut vms, HOST2, "pipeline-up", until)
+        && vms[HOST3].signal("go").is_ok()
+        && wait_file(&mut vms, HOST2, "rdma-done", until)
+        && vms[DPU].signal("norule").is_ok()
+        && wait_file(&mut vms, DPU, "norule-applied", until)
+        && vms[HOST2].signal("norule").is_ok()
+        && wait_file(&mut vms, HOST2, "done", until)
+        && wait_file(&mut vms, HOST3, "done", until)
+        && vms[DPU].signal("check").is_ok()
+        && wait_file(&mut vms, DPU, "checked", until);
+    for vm in &vms {
         vm.signal("stop")?;
     }
+    let [dpu, host1, host2, host3] = vms;
     let dpu = dpu.wait()?;
     let host1 = host1.wait()?;
     let host2 = host2.wait()?;
@@ -442,6 +488,36 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
     assert!(rdma.contains("RDMA_OK"), "same-tenant RoCE: {host2}");
     assert!(rdma.contains("iters in"), "{host2}");
 
+    assert!(
+        section(&dpu.stdout, "norule").contains("port p1 generation 2 Ready"),
+        "{dpu}"
+    );
+    let norule = section(&host2.stdout, "norule");
+    assert!(
+        norule.contains("NORULE_RDMA_BLOCKED"),
+        "RoCE crossed without its rule: {host2}"
+    );
+    assert!(norule.contains("NORULE_PING_OK"), "{host2}");
+    // rxe's counters: RoCE went both ways with the rule; without it host2
+    // sent (so the TCP exchange had crossed) and nothing came back.
+    let roce = |text: &str| -> Option<(u64, u64)> {
+        let line = text.lines().find(|l| l.starts_with("roce sent="))?;
+        let mut it = line
+            .split_whitespace()
+            .skip(1)
+            .map(|w| w.split_once('=').and_then(|(_, v)| v.parse::<u64>().ok()));
+        Some((it.next()??, it.next()??))
+    };
+    let with_rule = roce(section(&host2.stdout, "rdma"));
+    assert!(
+        with_rule.is_some_and(|(sent, rcvd)| sent > 0 && rcvd > 0),
+        "{with_rule:?}: {host2}"
+    );
+    let without = roce(norule);
+    assert!(
+        without.is_some_and(|(sent, rcvd)| sent > 0 && rcvd == 0),
+        "{without:?}: {host2}"
+    );
     let cross = section(&host3.stdout, "cross");
     assert!(
         cross.contains("CROSS_PING_BLOCKED"),
