@@ -44,6 +44,58 @@ enum Device {
     VirtioBlk {
         size_mib: u64,
     },
+    /// A virtio-net NIC on one end of a [`SocketLink`], renamed `name`.
+    SocketNic {
+        link: SocketLink,
+        side: LinkSide,
+        name: String,
+    },
+}
+
+/// A point-to-point Ethernet link between two guests: a QEMU socket netdev
+/// (`-netdev socket,listen=127.0.0.1:PORT` in one QEMU,
+/// `connect=127.0.0.1:PORT` in the other) with a virtio-net NIC on each end.
+/// QEMU carries the frames over one TCP connection on the host's loopback;
+/// nothing else is on the wire. The guest with the [`LinkSide::Listen`] end
+/// must be started first ([`VmBuilder::start`] of the connecting guest waits
+/// until the port listens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLink {
+    port: u16,
+}
+
+/// Which end of a [`SocketLink`] a guest holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkSide {
+    /// Its QEMU listens on the link's port (start this guest first).
+    Listen,
+    /// Its QEMU connects to the link's port.
+    Connect,
+}
+
+impl SocketLink {
+    /// A link on a port free on 127.0.0.1 now.
+    pub fn new() -> Result<SocketLink, VmError> {
+        Ok(SocketLink {
+            port: free_local_port()?,
+        })
+    }
+
+    /// The host TCP port QEMU uses for the link.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The MAC of the NIC on `side` (locally administered, from the port, so
+    /// it is distinct across the links of one test).
+    pub fn mac(&self, side: LinkSide) -> String {
+        let [hi, lo] = self.port.to_be_bytes();
+        let end = match side {
+            LinkSide::Listen => 1,
+            LinkSide::Connect => 2,
+        };
+        format!("02:dd:{hi:02x}:{lo:02x}:00:{end:02x}")
+    }
 }
 
 impl Device {
@@ -56,7 +108,7 @@ impl Device {
         match self {
             Device::NvmeSriov => "nvme",
             Device::Igb => "igb",
-            Device::VirtioNet => "virtio_net",
+            Device::VirtioNet | Device::SocketNic { .. } => "virtio_net",
             Device::VirtioBlk { .. } => "virtio_blk",
         }
     }
@@ -65,7 +117,7 @@ impl Device {
         match self {
             Device::NvmeSriov => &["nvme", "nvme-subsys"],
             Device::Igb => &["igb"],
-            Device::VirtioNet => &["virtio-net-pci"],
+            Device::VirtioNet | Device::SocketNic { .. } => &["virtio-net-pci"],
             Device::VirtioBlk { .. } => &["virtio-blk-pci"],
         }
     }
@@ -144,6 +196,19 @@ impl VmBuilder {
     /// loads `virtio_net`.
     pub fn virtio_net(mut self) -> Self {
         self.devices.push(Device::VirtioNet);
+        self
+    }
+
+    /// A virtio-net NIC on `side` of `link`, named `name` in the guest
+    /// (renamed and set up, without an address, before the script runs;
+    /// its MAC is [`SocketLink::mac`]). Loads `virtio_net`. Socket NICs
+    /// never carry host forwards.
+    pub fn socket_nic(mut self, link: SocketLink, side: LinkSide, name: &str) -> Self {
+        self.devices.push(Device::SocketNic {
+            link,
+            side,
+            name: name.to_string(),
+        });
         self
     }
 
@@ -331,10 +396,19 @@ impl VmBuilder {
         add_busybox_applets(&mut tree, &busybox)?;
         tree.add_tree(&modules, &format!("usr/lib/modules/{}", kernel.release))?;
         let forward_mac = networked.then(|| nic_mac(0));
+        let links: Vec<(String, String)> = self
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                Device::SocketNic { link, side, name } => Some((link.mac(*side), name.clone())),
+                _ => None,
+            })
+            .collect();
         let init = initramfs::init_script(&InitConfig {
             modules: &load,
             script_timeout_secs: self.timeout.as_secs().max(1),
             forward_nic_mac: forward_mac.as_deref(),
+            links: &links,
         });
         tree.add_data("init", init.as_bytes(), 0o755);
         tree.add_data(initramfs::SCRIPT_PATH, script.as_bytes(), 0o755);
@@ -372,6 +446,16 @@ impl VmBuilder {
         let mut host_ports = BTreeMap::new();
         for guest in &self.forwards {
             host_ports.insert(*guest, free_local_port()?);
+        }
+        for d in &self.devices {
+            if let Device::SocketNic {
+                link,
+                side: LinkSide::Connect,
+                ..
+            } = d
+            {
+                wait_listening(link.port, LINK_LISTEN_WAIT)?;
+            }
         }
         let console = dir.path().join("console.log");
         let cmd = self.qemu_command(&kernel, &initrd, &console, &out_dir, accel, &host_ports)?;
@@ -437,6 +521,7 @@ impl VmBuilder {
             ))
             .args(["-device", "virtio-9p-pci,fsdev=dpuout,mount_tag=dpuout"]);
         let mut nics = 0;
+        let mut links = 0;
         let mut disks = 0;
         for device in &self.devices {
             match device {
@@ -469,6 +554,19 @@ impl VmBuilder {
                         &format!("{model},netdev=net{nics},mac={}", nic_mac(nics)),
                     ]);
                     nics += 1;
+                }
+                Device::SocketNic { link, side, .. } => {
+                    let end = match side {
+                        LinkSide::Listen => "listen",
+                        LinkSide::Connect => "connect",
+                    };
+                    cmd.args([
+                        "-netdev",
+                        &format!("socket,id=link{links},{end}=127.0.0.1:{}", link.port),
+                        "-device",
+                        &format!("virtio-net-pci,netdev=link{links},mac={}", link.mac(*side)),
+                    ]);
+                    links += 1;
                 }
                 Device::VirtioBlk { size_mib } => {
                     let image = out_dir
@@ -527,6 +625,29 @@ fn probe(kernel: &Kernel, busybox_tree: &Path, dir: &Path) -> Result<bool, VmErr
     qemu::probe_kvm(&kernel.vmlinuz, &initrd, dir)
 }
 
+/// How long a connecting guest waits for the listening QEMU of its link.
+const LINK_LISTEN_WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until a TCP socket listens on 127.0.0.1:`port` (read from
+/// `/proc/net/tcp`, so no connection is made: QEMU's listening socket
+/// netdev takes the first connection as the link's).
+fn wait_listening(port: u16, wait: Duration) -> Result<(), VmError> {
+    let needle = format!("0100007F:{port:04X} 00000000:0000 0A");
+    let deadline = Instant::now() + wait;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        if table.lines().any(|l| l.contains(&needle)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::Invalid(format!(
+                "nothing listens on the socket link 127.0.0.1:{port} after {wait:?}: start the guest with the link's Listen end first"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn free_local_port() -> Result<u16, VmError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(VmError::io("finding a free port", "127.0.0.1:0"))?;
@@ -564,6 +685,22 @@ impl RunningVm {
     /// something before it moves on.
     pub fn out_file(&self, rel: &str) -> Option<String> {
         std::fs::read_to_string(self.out_dir.join("files").join(rel)).ok()
+    }
+
+    /// Raises a signal the guest's script can wait for: creates
+    /// `/out/signals/<name>` in the guest (the share is live), e.g. to order
+    /// steps across guests started together:
+    /// `until [ -e /out/signals/go ]; do sleep 0.5; done`.
+    pub fn signal(&self, name: &str) -> Result<(), VmError> {
+        let dir = self.out_dir.join("signals");
+        std::fs::create_dir_all(&dir).map_err(VmError::io("creating signal folder", &dir))?;
+        let path = dir.join(name);
+        std::fs::write(&path, b"1\n").map_err(VmError::io("raising signal", &path))
+    }
+
+    /// QEMU has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.process.wait_until(Instant::now()), Ok(None))
     }
 
     /// The serial console so far (kernel messages and the init's markers).

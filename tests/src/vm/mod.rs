@@ -8,8 +8,11 @@
 //! timeout and hands back its exit status, stdout, stderr and the files it
 //! wrote to `$DPU_VM_OUT`, through a virtio-9p share.
 //!
+//! Guests can run concurrently and be joined by point-to-point links
+//! ([`SocketLink`], QEMU socket netdevs on the host's loopback).
+//!
 //! Limits: the guest has no udev and no network beyond QEMU's user-mode
-//! networking with `restrict=on`; drivers are loaded only when asked for
+//! networking with `restrict=on` and socket links to other guests; drivers are loaded only when asked for
 //! (directly or as a device's default). Packages come from the host's apt
 //! lists (`tests/vm/setup.sh` sets them up); the rig never installs anything
 //! on the host. See `tests/README.md`, section "VM rig".
@@ -23,7 +26,7 @@ mod qemu;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use builder::{RunningVm, Vm, VmBuilder, VmOutput};
+pub use builder::{LinkSide, RunningVm, SocketLink, Vm, VmBuilder, VmOutput};
 
 /// The environment variable that turns the VM tests on.
 pub const ENABLE_VAR: &str = "DPU_VM_TESTS";
