@@ -829,23 +829,13 @@ pub fn with_configured(
     cfg: &crate::config::Config,
     controllers: Vec<Arc<dyn Controller>>,
 ) -> Vec<Arc<dyn Controller>> {
-    controllers
-        .into_iter()
-        .map(|c| {
-            if c.kind() == Kind::Function && c.backend().is_none() {
-                for_config(cfg)
-            } else {
-                c
-            }
-        })
-        .collect()
+    super::replace_placeholder(Kind::Function, controllers, || for_config(cfg))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{Store, StoreError};
-    use dpu_api::object::EventType;
     use net_offload::functions::{
         FunctionAction, FunctionsError, ObservedFunction, UnsupportedReason,
     };
@@ -945,29 +935,24 @@ mod tests {
         }
     }
 
+    use super::super::testing;
+
     fn put(store: &Store, kind: Kind, id: &str, spec: Value) {
         put_in(store, "acme", kind, id, spec);
     }
 
     fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value) {
-        let o = StoredObject::from_json(None, kind, id, tenant, &spec);
-        store
-            .transact(|t| {
-                t.put(o, EventType::Added);
-                Ok::<_, StoreError>(())
-            })
-            .unwrap_or_else(|e| panic!("put {id}: {e}"));
+        testing::put(store, tenant, kind, id, spec, false);
     }
 
     fn obj(store: &Store, kind: Kind, id: &str) -> StoredObject {
-        (*store.get(&ObjectKey::new(kind, id)).expect("stored")).clone()
+        testing::stored(store, kind, id)
     }
 
     fn setup() -> (tempfile::TempDir, Context) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        put(&store, Kind::Tenant, "acme", json!({}));
-        (dir, Context { store })
+        let (dir, ctx) = testing::context();
+        put(&ctx.store, Kind::Tenant, "acme", json!({}));
+        (dir, ctx)
     }
 
     #[tokio::test]
