@@ -222,6 +222,46 @@ echo "stub alive $(kill -0 $STUB && echo yes)"
 kill $STUB
 "#;
 
+/// A guest running `host-stub run` against `agent` on the host: the
+/// stripped binary, a host-stub identity issued by the agent's dev CA, the
+/// agent reached as `localhost:9443` through QEMU's guestfwd, the stub's
+/// `config`; `devices` adds the guest's NICs and modules. Started with
+/// `script` (1 GiB, 600 s).
+fn start_stub_guest(
+    agent: &dpu_tests::agent::AgentProcess,
+    devices: impl FnOnce(vm::VmBuilder) -> vm::VmBuilder,
+    config: &str,
+    script: &str,
+) -> anyhow::Result<vm::RunningVm> {
+    use dpu_api::identity::Role;
+    let pki = agent.state_dir().join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;
+    let ca = dpu_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
+    let id = ca.issue(
+        &Role::HostStub(STUB_HOST.into()).spiffe_id("dpu.local"),
+        &[],
+    )?;
+    let binary = stripped_binary()?;
+    let vm = devices(Vm::builder())
+        .packages(&["libgcc-s1"])
+        .binary(&binary)
+        .host_service(AGENT_GUEST_PORT, agent.port())
+        .file("/etc/hosts", &b"10.0.2.100 localhost\n"[..], 0o644)
+        .file("/etc/nsswitch.conf", &b"hosts: files\n"[..], 0o644)
+        .file("/etc/dpu/ca.pem", ca_pem.into_bytes(), 0o644)
+        .file("/etc/dpu/host-stub.pem", id.cert_pem.into_bytes(), 0o644)
+        .file("/etc/dpu/host-stub-key.pem", id.key_pem.into_bytes(), 0o600)
+        .file("/etc/host-stub.toml", config.as_bytes(), 0o644)
+        .memory_mib(1024)
+        .timeout(std::time::Duration::from_secs(600))
+        .script(script)
+        .start();
+    if let Some(dir) = binary.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(vm?)
+}
+
 fn host_devices(inv: &dpu_api::object::Inventory) -> Vec<dpu_api::object::HostDevice> {
     inv.hosts
         .iter()
@@ -257,42 +297,17 @@ async fn poll<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::Result<()> {
     use dpu_api::Kind;
-    use dpu_api::identity::Role;
     use dpu_tests::agent::AgentProcess;
     use serde_json::json;
 
     vm::require();
     let agent = AgentProcess::start();
-    let pki = agent.state_dir().join("pki");
-    let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;
-    let ca = dpu_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
-    let id = ca.issue(
-        &Role::HostStub(STUB_HOST.into()).spiffe_id("dpu.local"),
-        &[],
+    let vm = start_stub_guest(
+        &agent,
+        |b| b.virtio_net().igb().iommu().modules(&["igbvf", "vfio-pci"]),
+        STUB_CONFIG,
+        IGB_SCRIPT,
     )?;
-    let binary = stripped_binary()?;
-    let vm = Vm::builder()
-        .virtio_net()
-        .igb()
-        .iommu()
-        .modules(&["igbvf", "vfio-pci"])
-        .packages(&["libgcc-s1"])
-        .binary(&binary)
-        .host_service(AGENT_GUEST_PORT, agent.port())
-        .file("/etc/hosts", &b"10.0.2.100 localhost\n"[..], 0o644)
-        .file("/etc/nsswitch.conf", &b"hosts: files\n"[..], 0o644)
-        .file("/etc/dpu/ca.pem", ca_pem.into_bytes(), 0o644)
-        .file("/etc/dpu/host-stub.pem", id.cert_pem.into_bytes(), 0o644)
-        .file("/etc/dpu/host-stub-key.pem", id.key_pem.into_bytes(), 0o600)
-        .file("/etc/host-stub.toml", STUB_CONFIG.as_bytes(), 0o644)
-        .memory_mib(1024)
-        .timeout(std::time::Duration::from_secs(600))
-        .script(IGB_SCRIPT)
-        .start();
-    if let Some(dir) = binary.parent() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let vm = vm?;
     let admin = agent.admin();
     let vfs = |devices: &[dpu_api::object::HostDevice]| -> Vec<dpu_api::object::HostDevice> {
         devices
@@ -542,41 +557,21 @@ kill $C
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_roce_devices_discovered_reported_and_in_the_cdi_spec() -> anyhow::Result<()> {
     use dpu_api::Kind;
-    use dpu_api::identity::Role;
     use dpu_tests::agent::AgentProcess;
     use serde_json::json;
 
     vm::require();
     let agent = AgentProcess::start();
-    let pki = agent.state_dir().join("pki");
-    let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;
-    let ca = dpu_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
-    let id = ca.issue(
-        &Role::HostStub(STUB_HOST.into()).spiffe_id("dpu.local"),
-        &[],
+    let vm = start_stub_guest(
+        &agent,
+        |b| {
+            b.virtio_net()
+                .igb()
+                .modules(&["igbvf", "rdma_rxe", "ib_uverbs", "rdma_ucm"])
+        },
+        RDMA_STUB_CONFIG,
+        RDMA_SCRIPT,
     )?;
-    let binary = stripped_binary()?;
-    let vm = Vm::builder()
-        .virtio_net()
-        .igb()
-        .modules(&["igbvf", "rdma_rxe", "ib_uverbs", "rdma_ucm"])
-        .packages(&["libgcc-s1"])
-        .binary(&binary)
-        .host_service(AGENT_GUEST_PORT, agent.port())
-        .file("/etc/hosts", &b"10.0.2.100 localhost\n"[..], 0o644)
-        .file("/etc/nsswitch.conf", &b"hosts: files\n"[..], 0o644)
-        .file("/etc/dpu/ca.pem", ca_pem.into_bytes(), 0o644)
-        .file("/etc/dpu/host-stub.pem", id.cert_pem.into_bytes(), 0o644)
-        .file("/etc/dpu/host-stub-key.pem", id.key_pem.into_bytes(), 0o600)
-        .file("/etc/host-stub.toml", RDMA_STUB_CONFIG.as_bytes(), 0o644)
-        .memory_mib(1024)
-        .timeout(std::time::Duration::from_secs(600))
-        .script(RDMA_SCRIPT)
-        .start();
-    if let Some(dir) = binary.parent() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let vm = vm?;
     let admin = agent.admin();
 
     // The daemon reports VF 1 with its RDMA device.

@@ -102,6 +102,15 @@ fn on_off(b: bool) -> &'static str {
 }
 
 impl FunctionAction {
+    /// What a VF backend plans for an nvme or virtio-blk function: nothing,
+    /// those are the storage path's (SNAP) to emulate.
+    pub fn no_storage_emulation() -> FunctionAction {
+        FunctionAction::Unsupported {
+            reason: UnsupportedReason::NoEmulation,
+            message: "nvme and virtio-blk functions are emulated by the DPU's storage path (storage backend spdk with SNAP), not by this functions backend".to_string(),
+        }
+    }
+
     /// The action in the backend's notation, one line per kernel operation
     /// (netlink messages as iproute2 would send them, namespace and ioctl
     /// calls).

@@ -25,7 +25,7 @@ use netlink_packet_route::link::{
 use super::rtnl::{Rtnl, SET_FLAGS};
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, Mac, ObservedFunction, UnsupportedReason, foreign_action, naming,
+    FunctionsError, Mac, ObservedFunction, foreign_action, naming,
 };
 
 /// The legacy settings of one VF.
@@ -240,10 +240,7 @@ impl FunctionBackend for SriovBackend {
 
     fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
         if d.type_ != FunctionType::Net {
-            return vec![FunctionAction::Unsupported {
-                reason: UnsupportedReason::NoEmulation,
-                message: "nvme and virtio-blk functions are emulated by the DPU's storage path (SNAP), which this agent does not drive yet".to_string(),
-            }];
+            return vec![FunctionAction::no_storage_emulation()];
         }
         vec![
             FunctionAction::SetVf {

@@ -325,10 +325,7 @@ impl FunctionBackend for SwitchdevBackend {
 
     fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
         if d.type_ != FunctionType::Net {
-            return vec![FunctionAction::Unsupported {
-                reason: UnsupportedReason::NoEmulation,
-                message: "nvme and virtio-blk functions are emulated by the DPU's storage path (SNAP), which this agent does not drive yet".to_string(),
-            }];
+            return vec![FunctionAction::no_storage_emulation()];
         }
         let refused = [
             (d.vlan.is_some(), "spec.vlan"),
