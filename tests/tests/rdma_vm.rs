@@ -528,6 +528,17 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
         "cross-tenant RoCE connected: {host3}"
     );
 
+    // f0 asks for RDMA on the `external` backend, which has no RoCE switch
+    // and no host stub reports here: the agent says so rather than claim it.
+    let status: String = section(&dpu.stdout, "status")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    assert!(
+        status.contains(r#""rdma":{"enabled":false}"#) && status.contains("RdmaNotReported"),
+        "f0's RDMA status: {status}"
+    );
+
     let flows = section(&dpu.stdout, "flows");
     assert!(
         flows.lines().any(|l| l.starts_with("MATCH")),
