@@ -13,7 +13,7 @@
 //! `nvme/nvmeN/nvmeNnM`, `virtioN/{block,net}/<name>`, and
 //! `bus/auxiliary/devices/mlx5_core.sf.N` (its real path is under its PF).
 //!
-//! RDMA (verbs) devices, see [`assign_rdma`]: `class/infiniband/<dev>/device`
+//! RDMA (verbs) devices, see `assign_rdma`: `class/infiniband/<dev>/device`
 //! and `class/infiniband/<dev>/ports/<p>/gid_attrs/ndevs/<i>`,
 //! `class/infiniband_verbs/uverbsN/ibdev`, `class/misc/rdma_cm`.
 
@@ -81,7 +81,7 @@ pub struct Function {
     /// For an SF, its auxiliary device name.
     pub aux_device: Option<String>,
     /// The RDMA device on this function (its own, or a software one bound
-    /// to its netdev), see [`assign_rdma`].
+    /// to its netdev), see `assign_rdma`.
     pub rdma: Option<RdmaDevice>,
 }
 
