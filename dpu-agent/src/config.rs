@@ -91,6 +91,17 @@ pub struct FileConfig {
     pub ovs: OvsFileConfig,
     #[serde(default)]
     pub storage: StorageFileConfig,
+    #[serde(default)]
+    pub ipsec: IpsecFileConfig,
+}
+
+/// The `[ipsec]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpsecFileConfig {
+    /// The netdev (in the agent's namespace) IPsec SAs are offloaded to in
+    /// `run` mode (a BlueField's uplink, `p0`); absent: software only.
+    pub uplink: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -249,6 +260,9 @@ pub struct Config {
     /// default `lease_secs`.
     pub host_lease: Duration,
     pub ovs: OvsConfig,
+    /// `run` mode: the IPsec offload uplink (`[ipsec] uplink`, env
+    /// `DPU_AGENT_IPSEC_UPLINK`).
+    pub ipsec_uplink: Option<String>,
     pub functions_backend: FunctionsBackend,
     /// switchdev backend: set legacy eswitches to switchdev at start.
     pub eswitch_switchdev: bool,
@@ -457,6 +471,9 @@ impl Config {
             resync,
             host_lease,
             ovs,
+            ipsec_uplink: env("DPU_AGENT_IPSEC_UPLINK")
+                .or(file.ipsec.uplink)
+                .filter(|u| !u.is_empty()),
             functions_backend,
             eswitch_switchdev,
             storage,
@@ -577,6 +594,13 @@ mod tests {
             Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
         assert_eq!(run.functions_backend, FunctionsBackend::Switchdev);
         assert!(!run.eswitch_switchdev);
+        assert_eq!(run.ipsec_uplink, None);
+        let file: FileConfig = toml::from_str("[ipsec]\nuplink = \"p0\"").unwrap();
+        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        assert_eq!(c.ipsec_uplink.as_deref(), Some("p0"));
+        let env = env_of(&[("DPU_AGENT_IPSEC_UPLINK", "p1")]);
+        let c = Config::resolve(Mode::Run, file, &env, Flags::default()).unwrap();
+        assert_eq!(c.ipsec_uplink.as_deref(), Some("p1"));
         let dev =
             Config::resolve(Mode::Dev, FileConfig::default(), &none, Flags::default()).unwrap();
         assert_eq!(dev.functions_backend, FunctionsBackend::Veth);

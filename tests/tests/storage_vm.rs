@@ -187,7 +187,7 @@ ln -s $S/subsystems/$SRV $S/ports/1/subsystems/$SRV
 find $S | sort > /tmp/before
 
 start_agent() {
-    env DPU_AGENT_STORAGE_BACKEND=nvmet DPU_AGENT_FUNCTIONS_BACKEND=none $AGENT_ENV \
+    env DPU_AGENT_STORAGE_BACKEND=nvmet DPU_AGENT_FUNCTIONS_BACKEND=external $AGENT_ENV \
         dpu-agent dev --no-ovs --state-dir /tmp/agent --listen 127.0.0.1:9443 \
         --log-format json >> /tmp/agent.log 2>&1 &
     AGENT=$!
@@ -291,6 +291,9 @@ objects:
 EOT
 dpuctl apply -f /tmp/v.yaml
 wait_phase v Ready
+# The nvme function is the host's initiator identity: Ready with its export.
+for i in $(seq 1 40); do [ "$(field function f phase)" = Ready ] && break; sleep 0.5; done
+echo "function $(field function f phase)"
 echo "backend $(field volume v backend)"
 echo "allow_any_host $(cat $S/subsystems/$OURS/attr_allow_any_host)"
 echo "namespace device_path $(cat $S/subsystems/$OURS/namespaces/1/device_path)"
@@ -425,6 +428,10 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
 
     let attach = section(&out.stdout, "attach");
     assert_eq!(value(attach, "backend"), Some("nvmet"), "{out}");
+    // Issue 13 item 5: with kernel nvmet, the nvme function is Ready once
+    // its volume's export exists (functions backend `external`: no VF
+    // programming; the storage path owns the function).
+    assert_eq!(value(attach, "function"), Some("Ready"), "{out}");
     assert_eq!(value(attach, "allow_any_host"), Some("0"), "{out}");
     assert!(
         value(attach, "namespace device_path").is_some_and(|p| p.starts_with("/dev/nvme")),

@@ -63,29 +63,55 @@ struct LastApplied {
 #[derive(Debug)]
 pub struct Functions {
     backend: Arc<dyn FunctionBackend>,
-    /// The storage path emulates nvme and virtio-blk functions (SNAP): such
-    /// a function's controller is made by the volumes controller when a
-    /// volume is attached, so its status follows that volume
+    /// Who owns nvme and virtio-blk functions: with a storage backend that
+    /// presents them, their status follows the volume attached to them
     /// ([`emulated_status`]) instead of the functions backend.
-    storage_emulates: bool,
+    storage: StorageRole,
     /// function id → (pf, vf) handed out by this process.
     slots: Mutex<HashMap<String, (String, u32)>>,
     last: Mutex<HashMap<String, LastApplied>>,
     last_sweep: Mutex<Option<Instant>>,
 }
 
+/// What the configured storage backend makes of nvme / virtio-blk
+/// functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageRole {
+    /// Nothing presents them: they stay Pending (`NoEmulation`).
+    #[default]
+    None,
+    /// SNAP emulates an NVMe or virtio-blk controller on the function's VF,
+    /// made by the volumes controller with the volume attached to it.
+    Emulated,
+    /// An NVMe-oF target (kernel nvmet, SPDK nvmf): an nvme function is the
+    /// host's initiator identity (the host NQN its volume admits), Ready
+    /// when that volume's export exists; virtio-blk has no such form.
+    Fabric,
+}
+
+impl StorageRole {
+    /// Whether this role presents functions of `type_`.
+    pub fn presents(self, type_: ApiFunctionType) -> bool {
+        match (self, type_) {
+            (_, ApiFunctionType::Net) | (StorageRole::None, _) => false,
+            (StorageRole::Emulated, _) => true,
+            (StorageRole::Fabric, t) => t == ApiFunctionType::Nvme,
+        }
+    }
+}
+
 impl Functions {
-    /// nvme and virtio-blk functions are emulated by the storage path
-    /// (SNAP) rather than refused as `NoEmulation`.
-    pub fn with_storage_emulation(mut self, emulates: bool) -> Self {
-        self.storage_emulates = emulates;
+    /// nvme and virtio-blk functions are the storage path's, as `role` says,
+    /// rather than refused as `NoEmulation`.
+    pub fn with_storage(mut self, role: StorageRole) -> Self {
+        self.storage = role;
         self
     }
 
     pub fn new(backend: Arc<dyn FunctionBackend>) -> Self {
         Functions {
             backend,
-            storage_emulates: false,
+            storage: StorageRole::None,
             slots: Mutex::new(HashMap::new()),
             last: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(None),
@@ -381,10 +407,10 @@ impl Functions {
                 }
             }
         };
-        if spec.type_ != ApiFunctionType::Net && self.storage_emulates {
+        if self.storage.presents(spec.type_) {
             let volume = presenting_volume(ctx, &obj.tenant, &obj.id);
             return Ok(Outcome {
-                status: emulated_status(status, &spec, vf, volume.as_ref()),
+                status: emulated_status(status, &spec, vf, self.storage, volume.as_ref()),
                 finalized: false,
                 // A volume's progress is not this object's event.
                 requeue_after: Some(HOST_POLL),
@@ -594,15 +620,18 @@ pub struct PresentingVolume {
     pub host_device: Option<String>,
 }
 
-/// The status of an nvme / virtio-blk function the storage path emulates
-/// (SNAP): its emulated controller is made on (`pf`, `vf`) by the volumes
-/// controller with the volume attached to it, so the function is Ready
-/// when that volume is, Pending until then (waiting for a volume, or for
-/// the volume's own progress) — pure, and never Ready with nothing made.
+/// The status of an nvme / virtio-blk function the storage path presents:
+/// SNAP (`Emulated`) makes its emulated controller on (`pf`, `vf`) with the
+/// volume attached to it; an NVMe-oF target (`Fabric`) exports that volume
+/// to the host's initiator, whose host NQN is the function's. Either way
+/// the function is Ready when that volume is, Pending until then (waiting
+/// for a volume, or for the volume's own progress) — pure, and never Ready
+/// with nothing made.
 pub fn emulated_status(
     mut status: Status,
     spec: &FunctionSpec,
     vf: u32,
+    role: StorageRole,
     volume: Option<&PresentingVolume>,
 ) -> Status {
     status.facts.vf = Some(vf);
@@ -611,33 +640,31 @@ pub fn emulated_status(
         ApiFunctionType::VirtioBlk => "virtio-blk",
         _ => "NVMe",
     };
+    let made = match role {
+        StorageRole::Fabric => "NVMe-oF export for this function's host NQN".to_string(),
+        _ => format!("emulated {kind} controller on {} vf {vf}", spec.pf),
+    };
     let (phase, state, reason, message) = match volume {
         Some(v) if v.phase == Phase::Ready => (
             Phase::Ready,
             ConditionStatus::True,
             Reason::Programmed,
-            format!(
-                "emulated {kind} controller on {} vf {vf}, made by the storage path for volume {}",
-                spec.pf, v.id
-            ),
+            format!("{made}, made by the storage path for volume {}", v.id),
         ),
         Some(v) => (
             Phase::Pending,
             ConditionStatus::False,
             Reason::Converging,
             format!(
-                "the storage path makes the emulated {kind} controller on {} vf {vf} with volume {}, which is {:?}",
-                spec.pf, v.id, v.phase
+                "the storage path makes the {made} with volume {}, which is {:?}",
+                v.id, v.phase
             ),
         ),
         None => (
             Phase::Pending,
             ConditionStatus::False,
             Reason::AwaitingVolume,
-            format!(
-                "the storage path makes the emulated {kind} controller on {} vf {vf} when a volume is attached to this function",
-                spec.pf
-            ),
+            format!("the storage path makes the {made} when a volume is attached to this function"),
         ),
     };
     status.phase = phase;
@@ -781,11 +808,17 @@ impl Controller for Functions {
 pub fn for_config(cfg: &crate::config::Config) -> Arc<dyn Controller> {
     use crate::config::{FunctionsBackend as B, SpdkFlavor, StorageBackend};
     use net_offload::functions::{external, naming, sriov, switchdev, veth};
-    // SNAP emulates nvme and virtio-blk functions (made with their volume).
-    let emulates =
-        cfg.storage.backend == StorageBackend::Spdk && cfg.storage.spdk_flavor == SpdkFlavor::Snap;
+    // SNAP emulates nvme and virtio-blk functions (made with their volume);
+    // an NVMe-oF target serves the host's initiator.
+    let role = match (cfg.storage.backend, cfg.storage.spdk_flavor) {
+        (StorageBackend::Spdk, SpdkFlavor::Snap) => StorageRole::Emulated,
+        (StorageBackend::Spdk, SpdkFlavor::Nvmf) | (StorageBackend::Nvmet, _) => {
+            StorageRole::Fabric
+        }
+        (StorageBackend::None, _) => StorageRole::None,
+    };
     let functions = |backend: Arc<dyn FunctionBackend>| -> Arc<dyn Controller> {
-        Arc::new(Functions::new(backend).with_storage_emulation(emulates))
+        Arc::new(Functions::new(backend).with_storage(role))
     };
     match cfg.functions_backend {
         B::Switchdev => {
@@ -1421,7 +1454,7 @@ mod tests {
             json!({"type": "nvme", "pf": "pf0"}),
         );
         let fake = Arc::new(Fake::default());
-        let c = Functions::new(fake.clone()).with_storage_emulation(true);
+        let c = Functions::new(fake.clone()).with_storage(StorageRole::Emulated);
         let out = c
             .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "disk"))
             .await
@@ -1440,12 +1473,12 @@ mod tests {
             phase: Phase::Pending,
             host_device: None,
         };
-        let s = emulated_status(Status::default(), &spec, 2, Some(&v));
+        let s = emulated_status(Status::default(), &spec, 2, StorageRole::Emulated, Some(&v));
         assert_eq!(s.phase, Phase::Pending);
         assert_eq!(s.condition("Programmed").unwrap().reason, "Converging");
         v.phase = Phase::Ready;
         v.host_device = Some("vda".into());
-        let s = emulated_status(s, &spec, 2, Some(&v));
+        let s = emulated_status(s, &spec, 2, StorageRole::Emulated, Some(&v));
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(s.facts.host_device.as_deref(), Some("vda"));
         assert!(
@@ -1454,9 +1487,26 @@ mod tests {
                 .message
                 .contains("emulated virtio-blk controller on pf0 vf 2")
         );
-        let gone = emulated_status(s, &spec, 2, None);
+        let gone = emulated_status(s, &spec, 2, StorageRole::Emulated, None);
         assert_eq!(gone.phase, Phase::Pending);
         assert_eq!(gone.facts.host_device, None);
+        // An NVMe-oF target presents nvme functions (the host's initiator),
+        // not virtio-blk ones; SNAP both; nothing presents net functions.
+        assert!(StorageRole::Fabric.presents(ApiFunctionType::Nvme));
+        assert!(!StorageRole::Fabric.presents(ApiFunctionType::VirtioBlk));
+        assert!(StorageRole::Emulated.presents(ApiFunctionType::VirtioBlk));
+        assert!(!StorageRole::Emulated.presents(ApiFunctionType::Net));
+        let nvme: FunctionSpec =
+            serde_json::from_value(json!({"type": "nvme", "pf": "pf0"})).unwrap();
+        let exported = emulated_status(Status::default(), &nvme, 0, StorageRole::Fabric, Some(&v));
+        assert_eq!(exported.phase, Phase::Ready);
+        assert!(
+            exported
+                .condition("Programmed")
+                .unwrap()
+                .message
+                .contains("NVMe-oF export for this function's host NQN")
+        );
     }
 
     #[tokio::test]

@@ -109,7 +109,7 @@ impl IpsecTunnels {
     }
 
     /// The controller for the agent's mode: `run` programs the host's XFRM
-    /// (offload on the uplink named by `DPU_IPSEC_UPLINK`); `dev` programs a
+    /// (offload on the uplink of `[ipsec] uplink`); `dev` programs a
     /// private namespace so trying the agent never changes the host's IPsec.
     ///
     /// `DPU_IPSEC_NETNS=/run/netns/NAME` programs that namespace's XFRM
@@ -124,7 +124,7 @@ impl IpsecTunnels {
         }
         match cfg.mode {
             crate::config::Mode::Run => IpsecTunnels::new(IpsecConfig {
-                uplink: std::env::var("DPU_IPSEC_UPLINK").ok(),
+                uplink: cfg.ipsec_uplink.clone(),
                 ..IpsecConfig::default()
             }),
             crate::config::Mode::Dev => IpsecTunnels::new(IpsecConfig {
