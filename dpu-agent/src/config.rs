@@ -640,4 +640,20 @@ mod tests {
         let file: FileConfig = toml::from_str(text).expect("config.sample.toml parses");
         Config::resolve(Mode::Run, file, &env_of(&[]), Flags::default()).unwrap();
     }
+
+    /// The BlueField profile resolves, with nothing from the environment,
+    /// to the production path: switchdev functions, the kernel datapath
+    /// with offload, IPsec offload on the uplink, SNAP.
+    #[test]
+    fn the_bluefield_profile_is_the_production_path() {
+        let text = include_str!("../config.bluefield.toml");
+        let file: FileConfig = toml::from_str(text).expect("config.bluefield.toml parses");
+        let c = Config::resolve(Mode::Run, file, &env_of(&[]), Flags::default()).unwrap();
+        assert_eq!(c.functions_backend, FunctionsBackend::Switchdev);
+        assert_eq!(c.ovs.datapath_type, "system");
+        assert!(c.ovs.hw_offload);
+        assert_eq!(c.ipsec_uplink.as_deref(), Some("p0"));
+        assert_eq!(c.storage.backend, StorageBackend::Spdk);
+        assert_eq!(c.storage.spdk_flavor, SpdkFlavor::Snap);
+    }
 }
