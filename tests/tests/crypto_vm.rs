@@ -367,18 +367,7 @@ echo "policies left $(ip -n a xfrm policy | grep -c '^src' || true)"
 fn agent_tenant_tunnel_carries_traffic_only_through_its_xfrm_interface() -> anyhow::Result<()> {
     vm::require();
     let bins = tempfile::tempdir()?;
-    let strip = |name: &str| -> anyhow::Result<std::path::PathBuf> {
-        let original = vm::musl_binary(name)?;
-        let copy = bins.path().join(name);
-        let ok = std::process::Command::new("strip")
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&copy)
-            .arg(&original)
-            .status()
-            .is_ok_and(|s| s.success());
-        Ok(if ok { copy } else { original })
-    };
+    let strip = |name: &str| vm::stripped_musl_binary(name, bins.path());
     let out = Vm::builder()
         .modules(&["esp4", "xfrm_user", "veth", "xfrm_interface"])
         .binary(strip("xfrm-probe")?)

@@ -363,18 +363,7 @@ fn wait_file(vms: &mut [RunningVm], who: usize, file: &str, until: Instant) -> b
 fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result<()> {
     vm::require();
     let bins = tempfile::tempdir()?;
-    let strip = |name: &str| -> anyhow::Result<std::path::PathBuf> {
-        let original = vm::musl_binary(name)?;
-        let copy = bins.path().join(name);
-        let ok = std::process::Command::new("strip")
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&copy)
-            .arg(&original)
-            .status()
-            .is_ok_and(|s| s.success());
-        Ok(if ok { copy } else { original })
-    };
+    let strip = |name: &str| vm::stripped_musl_binary(name, bins.path());
     let pki = FleetPki::generate("dpu.local", &["localhost"]);
     let links = [SocketLink::new()?, SocketLink::new()?, SocketLink::new()?];
     let timeout = Duration::from_secs(420);

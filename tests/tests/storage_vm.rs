@@ -393,23 +393,6 @@ echo "initiator connections left $(ctrls_of $SRV | wc -l)"
 kill $AGENT
 "###;
 
-/// A copy of a static musl build without debug info, in `dir`: the debug
-/// builds are ~200 MB each, which the guest's gzip-compressed initramfs
-/// would carry (and TCG unpack) for nothing. Falls back to the original when
-/// binutils' `strip` is not there.
-fn stripped(name: &str, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let original = vm::musl_binary(name)?;
-    let copy = dir.join(name);
-    let ok = std::process::Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&copy)
-        .arg(&original)
-        .status()
-        .is_ok_and(|s| s.success());
-    Ok(if ok { copy } else { original })
-}
-
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
 fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()> {
@@ -418,8 +401,8 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
     let out = Vm::builder()
         .modules(&["nvmet", "nvmet_tcp", "nvme_tcp", "nvme_fabrics"])
         .packages(&["nvme-cli"])
-        .binary(stripped("dpu-agent", bins.path())?)
-        .binary(stripped("dpuctl", bins.path())?)
+        .binary(vm::stripped_musl_binary("dpu-agent", bins.path())?)
+        .binary(vm::stripped_musl_binary("dpuctl", bins.path())?)
         .script(&format!("{AGENT_COMMON}{AGENT_SCRIPT}"))
         .timeout(std::time::Duration::from_secs(900))
         .run()?;
@@ -657,8 +640,8 @@ fn agent_limits_a_volume_rate_with_traffic_shaping_and_changes_it_live() -> anyh
         ])
         .kernel_args("nvme_core.multipath=N")
         .packages(&["nvme-cli"])
-        .binary(stripped("dpu-agent", bins.path())?)
-        .binary(stripped("dpuctl", bins.path())?)
+        .binary(vm::stripped_musl_binary("dpu-agent", bins.path())?)
+        .binary(vm::stripped_musl_binary("dpuctl", bins.path())?)
         .script(&format!("{AGENT_COMMON}{QOS_SCRIPT}"))
         .timeout(std::time::Duration::from_secs(900))
         .run()?;

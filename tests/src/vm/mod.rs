@@ -23,7 +23,7 @@ mod initramfs;
 mod kernel;
 mod qemu;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use builder::{LinkSide, RunningVm, SocketLink, Vm, VmBuilder, VmOutput};
@@ -96,6 +96,23 @@ pub fn musl_binary(name: &str) -> Result<PathBuf, VmError> {
         name: name.to_string(),
         tried,
     })
+}
+
+/// [`musl_binary`] copied into `dir` without debug info: the debug builds
+/// are ~200 MB each, which the guest's gzip-compressed initramfs would
+/// carry (and TCG unpack) for nothing. Falls back to the original when
+/// binutils' `strip` is not there.
+pub fn stripped_musl_binary(name: &str, dir: &Path) -> Result<PathBuf, VmError> {
+    let original = musl_binary(name)?;
+    let copy = dir.join(name);
+    let ok = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&copy)
+        .arg(&original)
+        .status()
+        .is_ok_and(|s| s.success());
+    Ok(if ok { copy } else { original })
 }
 
 /// Everything that can stop a VM run. Messages say what to do; the cause, if
