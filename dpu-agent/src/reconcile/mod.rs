@@ -110,6 +110,18 @@ pub fn condition(
     }
 }
 
+/// Sets `status`'s phase and its `Programmed` condition together.
+pub fn set_programmed(
+    status: &mut Status,
+    phase: Phase,
+    programmed: ConditionStatus,
+    reason: Reason,
+    message: impl Into<String>,
+) {
+    status.phase = phase;
+    status.set_condition(condition("Programmed", programmed, reason, message));
+}
+
 /// The outcome for a stored spec that no longer parses (written by another
 /// version of the agent): `Failed`, the condition `type_` says to PUT a
 /// valid one.
