@@ -414,6 +414,47 @@ struct PluginRig {
     daemon: Daemon<FakeAgent>,
 }
 
+/// A rig's daemon and its device plugin server, running until [`Running::stop`].
+struct Running {
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    plugin_task: tokio::task::JoinHandle<()>,
+    daemon_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawns `d` and a device plugin server registering sockets in
+    /// `plugins`, counting registrations in `metrics`.
+    fn start(
+        d: Daemon<FakeAgent>,
+        plugins: &Path,
+        metrics: Arc<host_stub::metrics::StubMetrics>,
+    ) -> Running {
+        use host_stub::deviceplugin::{self, PluginSettings};
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let plugin_task = tokio::spawn(deviceplugin::run_with_metrics(
+            PluginSettings {
+                dir: plugins.to_path_buf(),
+            },
+            d.plugin_state(),
+            stop_rx.clone(),
+            metrics,
+        ));
+        let daemon_task = tokio::spawn(d.run(stop_rx, None));
+        Running {
+            stop_tx,
+            plugin_task,
+            daemon_task,
+        }
+    }
+
+    /// Signals stop and waits for the daemon, then the plugin server.
+    async fn stop(self) {
+        self.stop_tx.send(true).unwrap();
+        self.daemon_task.await.unwrap();
+        self.plugin_task.await.unwrap();
+    }
+}
+
 fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
     let [root, cdi_dir, state, plugins] = std::array::from_fn(|_| tempfile::tempdir().unwrap());
     let tree = tree(root.path());
@@ -451,7 +492,7 @@ fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
 /// restarts.
 #[tokio::test]
 async fn device_plugin_registers_lists_allocates_and_reregisters() {
-    use host_stub::deviceplugin::{self, PluginSettings, v1beta1};
+    use host_stub::deviceplugin::{self, v1beta1};
     use v1beta1::device_plugin_client::DevicePluginClient;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -466,15 +507,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         mut kubelet,
         daemon: d,
     } = plugin_rig(events_rx);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let plugin_task = tokio::spawn(deviceplugin::run(
-        PluginSettings {
-            dir: plugins.path().to_path_buf(),
-        },
-        d.plugin_state(),
-        stop_rx.clone(),
-    ));
-    let daemon_task = tokio::spawn(d.run(stop_rx, None));
+    let running = Running::start(d, plugins.path(), Default::default());
 
     let reg = within("registration", kubelet.registrations.recv())
         .await
@@ -593,9 +626,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         .unwrap();
     assert_eq!(after.devices.len(), 2);
 
-    stop_tx.send(true).unwrap();
-    daemon_task.await.unwrap();
-    plugin_task.await.unwrap();
+    running.stop().await;
     assert!(
         !plugins.path().join("dpu-acme-net.sock").exists(),
         "the plugin removes its socket on the way out"
@@ -613,7 +644,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
 /// gets no verbs nodes.
 #[tokio::test]
 async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
-    use host_stub::deviceplugin::{self, PluginSettings, v1beta1};
+    use host_stub::deviceplugin::{self, v1beta1};
     use host_stub::fixture::FixtureRdma;
     use v1beta1::device_plugin_client::DevicePluginClient;
 
@@ -633,15 +664,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         json!({"type": "net", "pf": "pf0", "vf": 1, "host": "node-1", "rdma": true}),
         "0000:03:00.3",
     ));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let plugin_task = tokio::spawn(deviceplugin::run(
-        PluginSettings {
-            dir: plugins.path().to_path_buf(),
-        },
-        d.plugin_state(),
-        stop_rx.clone(),
-    ));
-    let daemon_task = tokio::spawn(d.run(stop_rx, None));
+    let running = Running::start(d, plugins.path(), Default::default());
 
     let reg = within("registration", kubelet.registrations.recv())
         .await
@@ -772,9 +795,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         .unwrap();
     assert_eq!(vf0.rdma, None);
 
-    stop_tx.send(true).unwrap();
-    daemon_task.await.unwrap();
-    plugin_task.await.unwrap();
+    running.stop().await;
 }
 
 /// `GET /metrics` over a plain TCP connection, as Prometheus would; the
@@ -815,7 +836,6 @@ fn value(text: &str, line_start: &str) -> f64 {
 /// grow the series, and the endpoint serves at most 8 connections at once.
 #[tokio::test]
 async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachability() {
-    use host_stub::deviceplugin::{self, PluginSettings};
     use host_stub::metrics;
 
     // Every part bound: the temp dirs live to the end of the test.
@@ -830,19 +850,14 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
         daemon: d,
     } = plugin_rig(mpsc::unbounded_channel().1);
     let m = d.metrics();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(metrics::serve(listener, m.clone(), stop_rx.clone()));
-    let plugin_task = tokio::spawn(deviceplugin::run_with_metrics(
-        PluginSettings {
-            dir: plugins.path().to_path_buf(),
-        },
-        d.plugin_state(),
-        stop_rx.clone(),
+    let running = Running::start(d, plugins.path(), m.clone());
+    let server = tokio::spawn(metrics::serve(
+        listener,
         m.clone(),
+        running.stop_tx.subscribe(),
     ));
-    let daemon_task = tokio::spawn(d.run(stop_rx, None));
     within("registration", kubelet.registrations.recv())
         .await
         .unwrap();
@@ -932,9 +947,7 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
         assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
     }
 
-    stop_tx.send(true).unwrap();
-    daemon_task.await.unwrap();
-    plugin_task.await.unwrap();
+    running.stop().await;
     server.await.unwrap();
     drop(kubelet);
 }
