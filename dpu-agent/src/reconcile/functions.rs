@@ -986,6 +986,13 @@ mod tests {
         testing::stored(store, kind, id)
     }
 
+    /// Stores function `id` with `spec` in tenant `acme`, then reconciles it
+    /// with `c`.
+    async fn put_and_reconcile(c: &Functions, ctx: &Context, id: &str, spec: Value) -> Outcome {
+        put(&ctx.store, Kind::Function, id, spec);
+        reconcile_fn(c, ctx, id).await
+    }
+
     /// Reconciles the stored function `id` with `c`; the outcome, unwrapped.
     async fn reconcile_fn(c: &Functions, ctx: &Context, id: &str) -> Outcome {
         c.reconcile(ctx, &obj(&ctx.store, Kind::Function, id))
@@ -1035,22 +1042,22 @@ mod tests {
         let cc = reconcile_fn(&c, &ctx, "c").await;
         assert_eq!(cc.status.facts.vf, Some(0));
         // Held in memory before any status is stored: the next one gets 2.
-        put(
-            &ctx.store,
-            Kind::Function,
+        let d = put_and_reconcile(
+            &c,
+            &ctx,
             "d",
             json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0d"}),
-        );
-        let d = reconcile_fn(&c, &ctx, "d").await;
+        )
+        .await;
         assert_eq!(d.status.facts.vf, Some(2));
         // A requested index that another function holds is refused, by name.
-        put(
-            &ctx.store,
-            Kind::Function,
+        let e = put_and_reconcile(
+            &c,
+            &ctx,
             "e",
             json!({"type": "net", "pf": "pf0", "vf": 0, "mac": "02:00:00:00:00:0e"}),
-        );
-        let e = reconcile_fn(&c, &ctx, "e").await;
+        )
+        .await;
         assert_eq!(e.status.phase, Phase::Failed);
         let cond = e.status.condition("Programmed").unwrap();
         assert_eq!(cond.reason, "VfInUse");
