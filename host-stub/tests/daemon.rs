@@ -414,6 +414,29 @@ struct PluginRig {
     daemon: Daemon<FakeAgent>,
 }
 
+/// A device plugin client on the socket `endpoint` in `plugins`.
+async fn plugin_client(
+    plugins: &Path,
+    endpoint: &str,
+) -> host_stub::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient<
+    tonic::transport::Channel,
+> {
+    let channel = host_stub::deviceplugin::unix_channel(&plugins.join(endpoint))
+        .await
+        .unwrap();
+    host_stub::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient::new(channel)
+}
+
+/// An Allocate request for one container asking for the devices `ids`.
+fn allocate_request(ids: &[&str]) -> host_stub::deviceplugin::v1beta1::AllocateRequest {
+    use host_stub::deviceplugin::v1beta1::{AllocateRequest, ContainerAllocateRequest};
+    AllocateRequest {
+        container_requests: vec![ContainerAllocateRequest {
+            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
+        }],
+    }
+}
+
 /// A rig's daemon and its device plugin server, running until [`Running::stop`].
 struct Running {
     stop_tx: tokio::sync::watch::Sender<bool>,
@@ -492,8 +515,7 @@ fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
 /// restarts.
 #[tokio::test]
 async fn device_plugin_registers_lists_allocates_and_reregisters() {
-    use host_stub::deviceplugin::{self, v1beta1};
-    use v1beta1::device_plugin_client::DevicePluginClient;
+    use host_stub::deviceplugin::v1beta1;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     // Every part bound: the temp dirs live to the end of the test.
@@ -516,11 +538,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     assert_eq!(reg.resource_name, "dpu.local/acme-net");
     assert_eq!(reg.endpoint, "dpu-acme-net.sock");
 
-    let connect = |endpoint: String| {
-        let path = plugins.path().join(endpoint);
-        async move { DevicePluginClient::new(deviceplugin::unix_channel(&path).await.unwrap()) }
-    };
-    let mut client = connect(reg.endpoint.clone()).await;
+    let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
     let mut list = client
         .list_and_watch(v1beta1::Empty {})
         .await
@@ -561,11 +579,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
 
     // Allocate: CDI names of the specs the daemon wrote, and the addresses.
     let answer = client
-        .allocate(v1beta1::AllocateRequest {
-            container_requests: vec![v1beta1::ContainerAllocateRequest {
-                devices_ids: vec!["web".into(), "web2".into()],
-            }],
-        })
+        .allocate(allocate_request(&["web", "web2"]))
         .await
         .unwrap()
         .into_inner();
@@ -579,11 +593,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     }
     assert_eq!(c.envs["DPU_PCI_ADDRESSES"], "0000:03:00.2,0000:03:00.3");
     let refused = client
-        .allocate(v1beta1::AllocateRequest {
-            container_requests: vec![v1beta1::ContainerAllocateRequest {
-                devices_ids: vec!["someone-else".into()],
-            }],
-        })
+        .allocate(allocate_request(&["someone-else"]))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -614,7 +624,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         .await
         .unwrap();
     assert_eq!(again.resource_name, "dpu.local/acme-net");
-    let mut client = connect(again.endpoint.clone()).await;
+    let mut client = plugin_client(plugins.path(), &again.endpoint).await;
     let mut list = client
         .list_and_watch(v1beta1::Empty {})
         .await
@@ -644,9 +654,8 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
 /// gets no verbs nodes.
 #[tokio::test]
 async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
-    use host_stub::deviceplugin::{self, v1beta1};
+    use host_stub::deviceplugin::v1beta1;
     use host_stub::fixture::FixtureRdma;
-    use v1beta1::device_plugin_client::DevicePluginClient;
 
     let (_events_tx, events_rx) = mpsc::unbounded_channel();
     let PluginRig {
@@ -670,8 +679,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         .await
         .unwrap();
     assert_eq!(reg.resource_name, "dpu.local/acme-net");
-    let path = plugins.path().join(&reg.endpoint);
-    let mut client = DevicePluginClient::new(deviceplugin::unix_channel(&path).await.unwrap());
+    let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
     let mut list = client
         .list_and_watch(v1beta1::Empty {})
         .await
@@ -682,11 +690,6 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
             .iter()
             .find(|d| d.id == id)
             .map(|d| d.health.clone())
-    };
-    let allocate = |ids: &[&str]| v1beta1::AllocateRequest {
-        container_requests: vec![v1beta1::ContainerAllocateRequest {
-            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
-        }],
     };
 
     // No RDMA device yet: listed, unhealthy, refused; no spec.
@@ -699,7 +702,10 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     }
     assert_eq!(health(&current, "roce").as_deref(), Some("Unhealthy"));
     assert_eq!(health(&current, "web").as_deref(), Some("Healthy"));
-    let refused = client.allocate(allocate(&["roce"])).await.unwrap_err();
+    let refused = client
+        .allocate(allocate_request(&["roce"]))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(read_spec(cdi_dir.path(), "roce").is_none());
 
@@ -721,7 +727,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     }
 
     let answer = client
-        .allocate(allocate(&["roce", "web"]))
+        .allocate(allocate_request(&["roce", "web"]))
         .await
         .unwrap()
         .into_inner();
