@@ -414,17 +414,28 @@ struct PluginRig {
     daemon: Daemon<FakeAgent>,
 }
 
-/// A device plugin client on the socket `endpoint` in `plugins`.
-async fn plugin_client(
-    plugins: &Path,
-    endpoint: &str,
-) -> host_stub::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient<
+/// The kubelet's side of a device plugin socket.
+type PluginClient = host_stub::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient<
     tonic::transport::Channel,
-> {
+>;
+
+/// A device plugin client on the socket `endpoint` in `plugins`.
+async fn plugin_client(plugins: &Path, endpoint: &str) -> PluginClient {
     let channel = host_stub::deviceplugin::unix_channel(&plugins.join(endpoint))
         .await
         .unwrap();
-    host_stub::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient::new(channel)
+    PluginClient::new(channel)
+}
+
+/// Opens `client`'s ListAndWatch stream.
+async fn list_and_watch(
+    client: &mut PluginClient,
+) -> tonic::Streaming<host_stub::deviceplugin::v1beta1::ListAndWatchResponse> {
+    client
+        .list_and_watch(host_stub::deviceplugin::v1beta1::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// An Allocate request for one container asking for the devices `ids`.
@@ -539,11 +550,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     assert_eq!(reg.endpoint, "dpu-acme-net.sock");
 
     let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
-    let mut list = client
-        .list_and_watch(v1beta1::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut list = list_and_watch(&mut client).await;
     let devices = |r: v1beta1::ListAndWatchResponse| -> Vec<(String, String)> {
         r.devices.into_iter().map(|d| (d.id, d.health)).collect()
     };
@@ -625,11 +632,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         .unwrap();
     assert_eq!(again.resource_name, "dpu.local/acme-net");
     let mut client = plugin_client(plugins.path(), &again.endpoint).await;
-    let mut list = client
-        .list_and_watch(v1beta1::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut list = list_and_watch(&mut client).await;
     let after = within("list after restart", list.message())
         .await
         .unwrap()
@@ -680,11 +683,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         .unwrap();
     assert_eq!(reg.resource_name, "dpu.local/acme-net");
     let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
-    let mut list = client
-        .list_and_watch(v1beta1::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut list = list_and_watch(&mut client).await;
     let health = |r: &v1beta1::ListAndWatchResponse, id: &str| {
         r.devices
             .iter()
