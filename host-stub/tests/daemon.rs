@@ -438,14 +438,21 @@ async fn list_and_watch(
         .into_inner()
 }
 
-/// An Allocate request for one container asking for the devices `ids`.
-fn allocate_request(ids: &[&str]) -> host_stub::deviceplugin::v1beta1::AllocateRequest {
+/// Allocates the devices `ids` for one container through `client`.
+async fn allocate(
+    client: &mut PluginClient,
+    ids: &[&str],
+) -> Result<host_stub::deviceplugin::v1beta1::AllocateResponse, tonic::Status> {
     use host_stub::deviceplugin::v1beta1::{AllocateRequest, ContainerAllocateRequest};
-    AllocateRequest {
+    let request = AllocateRequest {
         container_requests: vec![ContainerAllocateRequest {
             devices_ids: ids.iter().map(|s| s.to_string()).collect(),
         }],
-    }
+    };
+    client
+        .allocate(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// A rig's daemon and its device plugin server, running until [`Running::stop`].
@@ -585,11 +592,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     );
 
     // Allocate: CDI names of the specs the daemon wrote, and the addresses.
-    let answer = client
-        .allocate(allocate_request(&["web", "web2"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = allocate(&mut client, &["web", "web2"]).await.unwrap();
     let c = &answer.container_responses[0];
     let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["dpu.local/function=web", "dpu.local/function=web2"]);
@@ -599,10 +602,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         assert_eq!(format!("{}={}", spec.kind, spec.devices[0].name), *name);
     }
     assert_eq!(c.envs["DPU_PCI_ADDRESSES"], "0000:03:00.2,0000:03:00.3");
-    let refused = client
-        .allocate(allocate_request(&["someone-else"]))
-        .await
-        .unwrap_err();
+    let refused = allocate(&mut client, &["someone-else"]).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
     // The agent goes away: unhealthy within the lease; back: healthy.
@@ -701,10 +701,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     }
     assert_eq!(health(&current, "roce").as_deref(), Some("Unhealthy"));
     assert_eq!(health(&current, "web").as_deref(), Some("Healthy"));
-    let refused = client
-        .allocate(allocate_request(&["roce"]))
-        .await
-        .unwrap_err();
+    let refused = allocate(&mut client, &["roce"]).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(read_spec(cdi_dir.path(), "roce").is_none());
 
@@ -725,11 +722,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
             .unwrap();
     }
 
-    let answer = client
-        .allocate(allocate_request(&["roce", "web"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = allocate(&mut client, &["roce", "web"]).await.unwrap();
     let c = &answer.container_responses[0];
     let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["dpu.local/function=roce", "dpu.local/function=web"]);
