@@ -517,11 +517,7 @@ impl Functions {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&obj.id);
-        Ok(Outcome {
-            status: obj.status.clone(),
-            finalized: true,
-            requeue_after: None,
-        })
+        Ok(Outcome::finalized(obj.status.clone()))
     }
 }
 

@@ -621,11 +621,7 @@ impl Controller for IpsecTunnels {
                         reason: Reason::TenantContextNotRemoved,
                         message: error_chain(&e),
                     })?;
-                return Ok(Outcome {
-                    status,
-                    finalized: true,
-                    requeue_after: None,
-                });
+                return Ok(Outcome::finalized(status));
             }
 
             let Some(spec) = typed_spec(obj) else {

@@ -41,6 +41,18 @@ pub struct Outcome {
     pub requeue_after: Option<Duration>,
 }
 
+impl Outcome {
+    /// The outcome for an object being deleted whose owned state is all
+    /// gone: `status` kept, the object removed, no requeue.
+    pub fn finalized(status: Status) -> Outcome {
+        Outcome {
+            status,
+            finalized: true,
+            requeue_after: None,
+        }
+    }
+}
+
 /// A failure worth retrying with backoff; `reason` and the message go into
 /// the object's `Programmed` condition. The message is already the edge's
 /// text (causes printed with [`crate::error_chain`]).

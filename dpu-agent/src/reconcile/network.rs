@@ -389,11 +389,7 @@ fn status_for(
         });
     }
     if obj.deleting {
-        return Ok(Outcome {
-            status,
-            finalized: true,
-            requeue_after: None,
-        });
+        return Ok(Outcome::finalized(status));
     }
     let flows = report.flows_of(owner_kind(kind), &obj.id) as u64;
     if kind == Kind::Port {

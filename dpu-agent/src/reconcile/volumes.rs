@@ -517,11 +517,7 @@ impl Controller for Volumes {
             }
 
             if obj.deleting {
-                return Ok(Outcome {
-                    status,
-                    finalized: true,
-                    requeue_after: None,
-                });
+                return Ok(Outcome::finalized(status));
             }
             let d = desired
                 .iter()
