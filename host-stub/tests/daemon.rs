@@ -414,6 +414,88 @@ struct PluginRig {
     daemon: Daemon<FakeAgent>,
 }
 
+/// The kubelet's side of a device plugin socket.
+type PluginClient = host_stub::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient<
+    tonic::transport::Channel,
+>;
+
+/// A device plugin client on the socket `endpoint` in `plugins`.
+async fn plugin_client(plugins: &Path, endpoint: &str) -> PluginClient {
+    let channel = host_stub::deviceplugin::unix_channel(&plugins.join(endpoint))
+        .await
+        .unwrap();
+    PluginClient::new(channel)
+}
+
+/// Opens `client`'s ListAndWatch stream.
+async fn list_and_watch(
+    client: &mut PluginClient,
+) -> tonic::Streaming<host_stub::deviceplugin::v1beta1::ListAndWatchResponse> {
+    client
+        .list_and_watch(host_stub::deviceplugin::v1beta1::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Allocates the devices `ids` for one container through `client`.
+async fn allocate(
+    client: &mut PluginClient,
+    ids: &[&str],
+) -> Result<host_stub::deviceplugin::v1beta1::AllocateResponse, tonic::Status> {
+    use host_stub::deviceplugin::v1beta1::{AllocateRequest, ContainerAllocateRequest};
+    let request = AllocateRequest {
+        container_requests: vec![ContainerAllocateRequest {
+            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
+        }],
+    };
+    client
+        .allocate(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A rig's daemon and its device plugin server, running until [`Running::stop`].
+struct Running {
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    plugin_task: tokio::task::JoinHandle<()>,
+    daemon_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawns `d` and a device plugin server registering sockets in
+    /// `plugins`, counting registrations in `metrics`.
+    fn start(
+        d: Daemon<FakeAgent>,
+        plugins: &Path,
+        metrics: Arc<host_stub::metrics::StubMetrics>,
+    ) -> Running {
+        use host_stub::deviceplugin::{self, PluginSettings};
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let plugin_task = tokio::spawn(deviceplugin::run_with_metrics(
+            PluginSettings {
+                dir: plugins.to_path_buf(),
+            },
+            d.plugin_state(),
+            stop_rx.clone(),
+            metrics,
+        ));
+        let daemon_task = tokio::spawn(d.run(stop_rx, None));
+        Running {
+            stop_tx,
+            plugin_task,
+            daemon_task,
+        }
+    }
+
+    /// Signals stop and waits for the daemon, then the plugin server.
+    async fn stop(self) {
+        self.stop_tx.send(true).unwrap();
+        self.daemon_task.await.unwrap();
+        self.plugin_task.await.unwrap();
+    }
+}
+
 fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
     let [root, cdi_dir, state, plugins] = std::array::from_fn(|_| tempfile::tempdir().unwrap());
     let tree = tree(root.path());
@@ -451,8 +533,7 @@ fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
 /// restarts.
 #[tokio::test]
 async fn device_plugin_registers_lists_allocates_and_reregisters() {
-    use host_stub::deviceplugin::{self, PluginSettings, v1beta1};
-    use v1beta1::device_plugin_client::DevicePluginClient;
+    use host_stub::deviceplugin::v1beta1;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     // Every part bound: the temp dirs live to the end of the test.
@@ -466,15 +547,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         mut kubelet,
         daemon: d,
     } = plugin_rig(events_rx);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let plugin_task = tokio::spawn(deviceplugin::run(
-        PluginSettings {
-            dir: plugins.path().to_path_buf(),
-        },
-        d.plugin_state(),
-        stop_rx.clone(),
-    ));
-    let daemon_task = tokio::spawn(d.run(stop_rx, None));
+    let running = Running::start(d, plugins.path(), Default::default());
 
     let reg = within("registration", kubelet.registrations.recv())
         .await
@@ -483,16 +556,8 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     assert_eq!(reg.resource_name, "dpu.local/acme-net");
     assert_eq!(reg.endpoint, "dpu-acme-net.sock");
 
-    let connect = |endpoint: String| {
-        let path = plugins.path().join(endpoint);
-        async move { DevicePluginClient::new(deviceplugin::unix_channel(&path).await.unwrap()) }
-    };
-    let mut client = connect(reg.endpoint.clone()).await;
-    let mut list = client
-        .list_and_watch(v1beta1::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
+    let mut list = list_and_watch(&mut client).await;
     let devices = |r: v1beta1::ListAndWatchResponse| -> Vec<(String, String)> {
         r.devices.into_iter().map(|d| (d.id, d.health)).collect()
     };
@@ -527,15 +592,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     );
 
     // Allocate: CDI names of the specs the daemon wrote, and the addresses.
-    let answer = client
-        .allocate(v1beta1::AllocateRequest {
-            container_requests: vec![v1beta1::ContainerAllocateRequest {
-                devices_ids: vec!["web".into(), "web2".into()],
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = allocate(&mut client, &["web", "web2"]).await.unwrap();
     let c = &answer.container_responses[0];
     let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["dpu.local/function=web", "dpu.local/function=web2"]);
@@ -545,14 +602,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         assert_eq!(format!("{}={}", spec.kind, spec.devices[0].name), *name);
     }
     assert_eq!(c.envs["DPU_PCI_ADDRESSES"], "0000:03:00.2,0000:03:00.3");
-    let refused = client
-        .allocate(v1beta1::AllocateRequest {
-            container_requests: vec![v1beta1::ContainerAllocateRequest {
-                devices_ids: vec!["someone-else".into()],
-            }],
-        })
-        .await
-        .unwrap_err();
+    let refused = allocate(&mut client, &["someone-else"]).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
     // The agent goes away: unhealthy within the lease; back: healthy.
@@ -581,21 +631,15 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         .await
         .unwrap();
     assert_eq!(again.resource_name, "dpu.local/acme-net");
-    let mut client = connect(again.endpoint.clone()).await;
-    let mut list = client
-        .list_and_watch(v1beta1::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = plugin_client(plugins.path(), &again.endpoint).await;
+    let mut list = list_and_watch(&mut client).await;
     let after = within("list after restart", list.message())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(after.devices.len(), 2);
 
-    stop_tx.send(true).unwrap();
-    daemon_task.await.unwrap();
-    plugin_task.await.unwrap();
+    running.stop().await;
     assert!(
         !plugins.path().join("dpu-acme-net.sock").exists(),
         "the plugin removes its socket on the way out"
@@ -613,9 +657,8 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
 /// gets no verbs nodes.
 #[tokio::test]
 async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
-    use host_stub::deviceplugin::{self, PluginSettings, v1beta1};
+    use host_stub::deviceplugin::v1beta1;
     use host_stub::fixture::FixtureRdma;
-    use v1beta1::device_plugin_client::DevicePluginClient;
 
     let (_events_tx, events_rx) = mpsc::unbounded_channel();
     let PluginRig {
@@ -633,37 +676,19 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         json!({"type": "net", "pf": "pf0", "vf": 1, "host": "node-1", "rdma": true}),
         "0000:03:00.3",
     ));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let plugin_task = tokio::spawn(deviceplugin::run(
-        PluginSettings {
-            dir: plugins.path().to_path_buf(),
-        },
-        d.plugin_state(),
-        stop_rx.clone(),
-    ));
-    let daemon_task = tokio::spawn(d.run(stop_rx, None));
+    let running = Running::start(d, plugins.path(), Default::default());
 
     let reg = within("registration", kubelet.registrations.recv())
         .await
         .unwrap();
     assert_eq!(reg.resource_name, "dpu.local/acme-net");
-    let path = plugins.path().join(&reg.endpoint);
-    let mut client = DevicePluginClient::new(deviceplugin::unix_channel(&path).await.unwrap());
-    let mut list = client
-        .list_and_watch(v1beta1::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
+    let mut list = list_and_watch(&mut client).await;
     let health = |r: &v1beta1::ListAndWatchResponse, id: &str| {
         r.devices
             .iter()
             .find(|d| d.id == id)
             .map(|d| d.health.clone())
-    };
-    let allocate = |ids: &[&str]| v1beta1::AllocateRequest {
-        container_requests: vec![v1beta1::ContainerAllocateRequest {
-            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
-        }],
     };
 
     // No RDMA device yet: listed, unhealthy, refused; no spec.
@@ -676,7 +701,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     }
     assert_eq!(health(&current, "roce").as_deref(), Some("Unhealthy"));
     assert_eq!(health(&current, "web").as_deref(), Some("Healthy"));
-    let refused = client.allocate(allocate(&["roce"])).await.unwrap_err();
+    let refused = allocate(&mut client, &["roce"]).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(read_spec(cdi_dir.path(), "roce").is_none());
 
@@ -697,11 +722,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
             .unwrap();
     }
 
-    let answer = client
-        .allocate(allocate(&["roce", "web"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = allocate(&mut client, &["roce", "web"]).await.unwrap();
     let c = &answer.container_responses[0];
     let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["dpu.local/function=roce", "dpu.local/function=web"]);
@@ -772,9 +793,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         .unwrap();
     assert_eq!(vf0.rdma, None);
 
-    stop_tx.send(true).unwrap();
-    daemon_task.await.unwrap();
-    plugin_task.await.unwrap();
+    running.stop().await;
 }
 
 /// `GET /metrics` over a plain TCP connection, as Prometheus would; the
@@ -815,7 +834,6 @@ fn value(text: &str, line_start: &str) -> f64 {
 /// grow the series, and the endpoint serves at most 8 connections at once.
 #[tokio::test]
 async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachability() {
-    use host_stub::deviceplugin::{self, PluginSettings};
     use host_stub::metrics;
 
     // Every part bound: the temp dirs live to the end of the test.
@@ -830,19 +848,14 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
         daemon: d,
     } = plugin_rig(mpsc::unbounded_channel().1);
     let m = d.metrics();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(metrics::serve(listener, m.clone(), stop_rx.clone()));
-    let plugin_task = tokio::spawn(deviceplugin::run_with_metrics(
-        PluginSettings {
-            dir: plugins.path().to_path_buf(),
-        },
-        d.plugin_state(),
-        stop_rx.clone(),
+    let running = Running::start(d, plugins.path(), m.clone());
+    let server = tokio::spawn(metrics::serve(
+        listener,
         m.clone(),
+        running.stop_tx.subscribe(),
     ));
-    let daemon_task = tokio::spawn(d.run(stop_rx, None));
     within("registration", kubelet.registrations.recv())
         .await
         .unwrap();
@@ -932,9 +945,7 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
         assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
     }
 
-    stop_tx.send(true).unwrap();
-    daemon_task.await.unwrap();
-    plugin_task.await.unwrap();
+    running.stop().await;
     server.await.unwrap();
     drop(kubelet);
 }

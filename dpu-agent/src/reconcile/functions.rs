@@ -41,6 +41,7 @@ use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing, plan,
 };
 
+use super::set_programmed;
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::error_chain;
 use crate::store::StoredObject;
@@ -516,11 +517,7 @@ impl Functions {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&obj.id);
-        Ok(Outcome {
-            status: obj.status.clone(),
-            finalized: true,
-            requeue_after: None,
-        })
+        Ok(Outcome::finalized(obj.status.clone()))
     }
 }
 
@@ -547,32 +544,35 @@ pub fn programmed_status(
         } => {
             status.facts.representor = Some(representor.clone());
             status.facts.host_device = host_device.clone();
-            status.phase = Phase::Ready;
-            status.set_condition(condition(
-                "Programmed",
+            set_programmed(
+                &mut status,
+                Phase::Ready,
                 ConditionStatus::True,
                 Reason::Programmed,
                 ready,
-            ));
+            );
         }
         Applied::NoRepresentor { expected } => {
             status.facts.representor = None;
-            status.phase = Phase::Degraded;
-            status.set_condition(condition(
-                "Programmed",
+            set_programmed(
+                &mut status,
+                Phase::Degraded,
                 ConditionStatus::False,
                 Reason::RepresentorMissing,
-                format!("{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?", spec.pf),
-            ));
+                format!(
+                    "{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?",
+                    spec.pf
+                ),
+            );
         }
         Applied::Unsupported { reason, message } => {
-            status.phase = Phase::Pending;
-            status.set_condition(condition(
-                "Programmed",
+            set_programmed(
+                &mut status,
+                Phase::Pending,
                 ConditionStatus::False,
                 Reason::from(*reason),
                 message.clone(),
-            ));
+            );
         }
     }
     let backend_device = match applied {
@@ -982,6 +982,20 @@ mod tests {
         testing::stored(store, kind, id)
     }
 
+    /// Stores function `id` with `spec` in tenant `acme`, then reconciles it
+    /// with `c`.
+    async fn put_and_reconcile(c: &Functions, ctx: &Context, id: &str, spec: Value) -> Outcome {
+        put(&ctx.store, Kind::Function, id, spec);
+        reconcile_fn(c, ctx, id).await
+    }
+
+    /// Reconciles the stored function `id` with `c`; the outcome, unwrapped.
+    async fn reconcile_fn(c: &Functions, ctx: &Context, id: &str) -> Outcome {
+        c.reconcile(ctx, &obj(&ctx.store, Kind::Function, id))
+            .await
+            .unwrap()
+    }
+
     fn setup() -> (tempfile::TempDir, Context) {
         let (dir, ctx) = testing::context();
         put(&ctx.store, Kind::Tenant, "acme", json!({}));
@@ -1011,10 +1025,7 @@ mod tests {
         );
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone());
-        let b = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "b"))
-            .await
-            .unwrap();
+        let b = reconcile_fn(&c, &ctx, "b").await;
         assert_eq!(b.status.facts.vf, Some(1));
         assert_eq!(b.status.facts.representor.as_deref(), Some("fn-b"));
         assert_eq!(b.status.phase, Phase::Ready);
@@ -1024,34 +1035,25 @@ mod tests {
         );
         assert_eq!(b.requeue_after, Some(PORT_POLL));
         // Another PF has its own indexes.
-        let cc = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "c"))
-            .await
-            .unwrap();
+        let cc = reconcile_fn(&c, &ctx, "c").await;
         assert_eq!(cc.status.facts.vf, Some(0));
         // Held in memory before any status is stored: the next one gets 2.
-        put(
-            &ctx.store,
-            Kind::Function,
+        let d = put_and_reconcile(
+            &c,
+            &ctx,
             "d",
             json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0d"}),
-        );
-        let d = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "d"))
-            .await
-            .unwrap();
+        )
+        .await;
         assert_eq!(d.status.facts.vf, Some(2));
         // A requested index that another function holds is refused, by name.
-        put(
-            &ctx.store,
-            Kind::Function,
+        let e = put_and_reconcile(
+            &c,
+            &ctx,
             "e",
             json!({"type": "net", "pf": "pf0", "vf": 0, "mac": "02:00:00:00:00:0e"}),
-        );
-        let e = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "e"))
-            .await
-            .unwrap();
+        )
+        .await;
         assert_eq!(e.status.phase, Phase::Failed);
         let cond = e.status.condition("Programmed").unwrap();
         assert_eq!(cond.reason, "VfInUse");
@@ -1080,15 +1082,9 @@ mod tests {
         );
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone());
-        let a = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "a"))
-            .await
-            .unwrap();
+        let a = reconcile_fn(&c, &ctx, "a").await;
         assert_eq!(a.status.phase, Phase::Ready);
-        let x = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "x"))
-            .await
-            .unwrap();
+        let x = reconcile_fn(&c, &ctx, "x").await;
         assert_eq!(x.status.phase, Phase::Failed);
         let cond = x.status.condition("Programmed").unwrap();
         assert_eq!(cond.reason, "VfInUse");
@@ -1122,10 +1118,7 @@ mod tests {
                 id,
                 json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0a"}),
             );
-            let out = c
-                .reconcile(&ctx, &obj(&ctx.store, Kind::Function, id))
-                .await
-                .unwrap();
+            let out = reconcile_fn(&c, &ctx, id).await;
             match want {
                 Some(vf) => assert_eq!(out.status.facts.vf, Some(vf), "{id}"),
                 None => {
@@ -1325,10 +1318,7 @@ mod tests {
         );
         let c = Functions::new(Arc::new(Fake::default()));
         // No report yet: the backend's device, no address, looked at again.
-        let before = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "h"))
-            .await
-            .unwrap();
+        let before = reconcile_fn(&c, &ctx, "h").await;
         assert!(before.status.facts.host_pci_address.is_none());
         assert_eq!(before.status.facts.host_device.as_deref(), Some("eth0"));
         assert_eq!(before.requeue_after, Some(HOST_POLL));
@@ -1350,10 +1340,7 @@ mod tests {
                 Ok::<_, StoreError>(())
             })
             .unwrap();
-        let after = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "h"))
-            .await
-            .unwrap();
+        let after = reconcile_fn(&c, &ctx, "h").await;
         assert_eq!(
             after.status.facts.host_pci_address.as_deref(),
             Some("0000:03:01.4")
@@ -1395,9 +1382,7 @@ mod tests {
         );
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone());
-        c.reconcile(&ctx, &obj(&ctx.store, Kind::Function, "web"))
-            .await
-            .unwrap();
+        reconcile_fn(&c, &ctx, "web").await;
         assert_eq!(fake.applied.lock().unwrap()[0].tenant, None);
         put(
             &ctx.store,
@@ -1405,10 +1390,7 @@ mod tests {
             "web-p",
             json!({"network": "blue", "function": "web", "mac": "02:00:00:00:00:01", "ips": ["10.0.0.5"]}),
         );
-        let out = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "web"))
-            .await
-            .unwrap();
+        let out = reconcile_fn(&c, &ctx, "web").await;
         {
             let applied = fake.applied.lock().unwrap();
             assert_eq!(
@@ -1432,9 +1414,7 @@ mod tests {
                 .contains("netns dpu-fn-web")
         );
         // Unchanged: not applied again within REAPPLY_EVERY.
-        c.reconcile(&ctx, &obj(&ctx.store, Kind::Function, "web"))
-            .await
-            .unwrap();
+        reconcile_fn(&c, &ctx, "web").await;
         assert_eq!(fake.applied.lock().unwrap().len(), 2);
         let plan = c.plan(
             &ctx,
@@ -1455,10 +1435,7 @@ mod tests {
         );
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone()).with_storage(StorageRole::Emulated);
-        let out = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "disk"))
-            .await
-            .unwrap();
+        let out = reconcile_fn(&c, &ctx, "disk").await;
         // No volume yet: waiting, VF held, the backend never asked.
         assert_eq!(out.status.phase, Phase::Pending);
         assert_eq!(out.status.facts.vf, Some(0));
@@ -1523,10 +1500,7 @@ mod tests {
             ..Fake::default()
         });
         let c = Functions::new(fake.clone());
-        let out = c
-            .reconcile(&ctx, &obj(&ctx.store, Kind::Function, "disk"))
-            .await
-            .unwrap();
+        let out = reconcile_fn(&c, &ctx, "disk").await;
         assert_eq!(out.status.phase, Phase::Pending);
         assert_eq!(
             out.status.condition("Programmed").unwrap().reason,

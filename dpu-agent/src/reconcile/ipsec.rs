@@ -36,6 +36,7 @@ use dpu_crypto::model::{Cipher, Ipv4Net, Mode, OffloadActive, OffloadRequest, Sa
 use dpu_crypto::plan::{Observed, Plan, REQID_RANGE, TunnelState, plan, plan_teardown};
 use dpu_crypto::xfrm::socket::XfrmError;
 
+use super::set_programmed;
 use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
 use super::{
@@ -542,9 +543,9 @@ fn tunnel_status(mut status: Status, r: &TunnelRound<'_>) -> Status {
             ),
         ));
     } else if r.state.programmed {
-        status.phase = Phase::Ready;
-        status.set_condition(condition(
-            "Programmed",
+        set_programmed(
+            &mut status,
+            Phase::Ready,
             ConditionStatus::True,
             Reason::SasAndPoliciesInstalled,
             format!(
@@ -554,19 +555,22 @@ fn tunnel_status(mut status: Status, r: &TunnelRound<'_>) -> Status {
                 r.reqid,
                 offload.name(),
                 match r.if_id {
-                    Some(id) => format!("tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering the tenant's XFRM interface is carried{}", r.xfrm_note),
+                    Some(id) => format!(
+                        "tenant scope: if_id 0x{id:08x} on every SA and policy, so only traffic entering the tenant's XFRM interface is carried{}",
+                        r.xfrm_note
+                    ),
                     None => "infrastructure scope (no if_id)".into(),
                 }
             ),
-        ));
+        );
     } else {
-        status.phase = Phase::Pending;
-        status.set_condition(condition(
-            "Programmed",
+        set_programmed(
+            &mut status,
+            Phase::Pending,
             ConditionStatus::False,
             Reason::Converging,
             format!("{} changes applied; checking again", r.applied.applied),
-        ));
+        );
     }
     status
 }
@@ -617,11 +621,7 @@ impl Controller for IpsecTunnels {
                         reason: Reason::TenantContextNotRemoved,
                         message: error_chain(&e),
                     })?;
-                return Ok(Outcome {
-                    status,
-                    finalized: true,
-                    requeue_after: None,
-                });
+                return Ok(Outcome::finalized(status));
             }
 
             let Some(spec) = typed_spec(obj) else {

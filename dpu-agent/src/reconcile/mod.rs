@@ -41,6 +41,18 @@ pub struct Outcome {
     pub requeue_after: Option<Duration>,
 }
 
+impl Outcome {
+    /// The outcome for an object being deleted whose owned state is all
+    /// gone: `status` kept, the object removed, no requeue.
+    pub fn finalized(status: Status) -> Outcome {
+        Outcome {
+            status,
+            finalized: true,
+            requeue_after: None,
+        }
+    }
+}
+
 /// A failure worth retrying with backoff; `reason` and the message go into
 /// the object's `Programmed` condition. The message is already the edge's
 /// text (causes printed with [`crate::error_chain`]).
@@ -108,6 +120,18 @@ pub fn condition(
         message: message.into(),
         last_transition: crate::time::now_rfc3339(),
     }
+}
+
+/// Sets `status`'s phase and its `Programmed` condition together.
+pub fn set_programmed(
+    status: &mut Status,
+    phase: Phase,
+    programmed: ConditionStatus,
+    reason: Reason,
+    message: impl Into<String>,
+) {
+    status.phase = phase;
+    status.set_condition(condition("Programmed", programmed, reason, message));
 }
 
 /// The outcome for a stored spec that no longer parses (written by another

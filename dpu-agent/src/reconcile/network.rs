@@ -29,6 +29,7 @@ use net_offload::switch::{
 use tokio::sync::watch;
 
 use super::backend_error::BackendStartError;
+use super::set_programmed;
 use super::unavailable::Unavailable;
 use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
 use crate::config::{Config, OvsConfig};
@@ -388,11 +389,7 @@ fn status_for(
         });
     }
     if obj.deleting {
-        return Ok(Outcome {
-            status,
-            finalized: true,
-            requeue_after: None,
-        });
+        return Ok(Outcome::finalized(status));
     }
     let flows = report.flows_of(owner_kind(kind), &obj.id) as u64;
     if kind == Kind::Port {
@@ -409,13 +406,15 @@ fn status_for(
                 .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
         });
         if let Some(why) = port.pending {
-            status.phase = Phase::Pending;
-            status.set_condition(condition(
-                "Programmed",
+            set_programmed(
+                &mut status,
+                Phase::Pending,
                 ConditionStatus::False,
                 Reason::RepresentorMissing,
-                format!("no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"),
-            ));
+                format!(
+                    "no flows yet: {why}; the port is programmed as soon as its function's representor is on the bridge"
+                ),
+            );
             return Ok(Outcome {
                 status,
                 finalized: false,
@@ -425,9 +424,9 @@ fn status_for(
     } else {
         status.set_report(&FlowsReport { flows });
     }
-    status.phase = Phase::Ready;
-    status.set_condition(condition(
-        "Programmed",
+    set_programmed(
+        &mut status,
+        Phase::Ready,
         ConditionStatus::True,
         Reason::FlowsInstalled,
         format!(
@@ -435,7 +434,7 @@ fn status_for(
             pipeline::table::CLASSIFY,
             pipeline::table::OUTPUT
         ),
-    ));
+    );
     Ok(Outcome {
         status,
         finalized: false,

@@ -230,11 +230,7 @@ impl Controller for TlsListeners {
                         message: error_chain(&e),
                     });
                 }
-                return Ok(Outcome {
-                    status,
-                    finalized: true,
-                    requeue_after: None,
-                });
+                return Ok(Outcome::finalized(status));
             }
             let Some(spec) = typed_spec(obj) else {
                 return Ok(unparsable_spec(status, "Serving"));

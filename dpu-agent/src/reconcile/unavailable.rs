@@ -54,11 +54,7 @@ impl Controller for Unavailable {
         Box::pin(async move {
             let mut status = obj.status.clone();
             if obj.deleting {
-                return Ok(Outcome {
-                    status,
-                    finalized: true,
-                    requeue_after: None,
-                });
+                return Ok(Outcome::finalized(status));
             }
             status.phase = Phase::Pending;
             status.set_condition(condition(

@@ -32,11 +32,11 @@ use storage_offload::plan::{
 use storage_offload::spdk::methods::ListenAddress;
 
 use super::backend_error::BackendStartError;
+use super::set_programmed;
 use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
 use super::{
-    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
-    unparsable_spec,
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, not_ready, unparsable_spec,
 };
 use crate::config::{Config, SpdkFlavor, StorageBackend};
 use crate::error_chain;
@@ -393,9 +393,9 @@ fn ready_status(
         export,
     });
     status.facts.host_device = host_device;
-    status.phase = Phase::Ready;
-    status.set_condition(condition(
-        "Programmed",
+    set_programmed(
+        &mut status,
+        Phase::Ready,
         ConditionStatus::True,
         Reason::Applied,
         format!(
@@ -403,7 +403,7 @@ fn ready_status(
             d.function.id,
             backend_name(backend)
         ),
-    ));
+    );
     status
 }
 
@@ -517,11 +517,7 @@ impl Controller for Volumes {
             }
 
             if obj.deleting {
-                return Ok(Outcome {
-                    status,
-                    finalized: true,
-                    requeue_after: None,
-                });
+                return Ok(Outcome::finalized(status));
             }
             let d = desired
                 .iter()

@@ -285,6 +285,15 @@ fn decode_row<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(value).map_err(|source| StoreError::Corrupt { key: key(), source })
 }
 
+/// A value as a JSON row of the database, or [`StoreError::Corrupt`]
+/// naming its key (made only on failure).
+fn encode_row<T: serde::Serialize>(
+    value: &T,
+    key: impl FnOnce() -> String,
+) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Corrupt { key: key(), source })
+}
+
 fn key_str(key: &ObjectKey) -> String {
     format!("{}/{}", key.kind.path(), key.id)
 }
@@ -1044,12 +1053,7 @@ impl Store {
                 let k = key_str(key);
                 match obj {
                     Some(obj) => {
-                        let bytes = serde_json::to_vec(&obj.to_record()).map_err(|source| {
-                            StoreError::Corrupt {
-                                key: k.clone(),
-                                source,
-                            }
-                        })?;
+                        let bytes = encode_row(&obj.to_record(), || k.clone())?;
                         objects.insert(k.as_str(), bytes.as_slice())?;
                     }
                     None => {
@@ -1059,10 +1063,7 @@ impl Store {
             }
             let mut log = w.open_table(EVENTS)?;
             for ev in events {
-                let bytes = serde_json::to_vec(ev).map_err(|source| StoreError::Corrupt {
-                    key: format!("event {}", ev.revision),
-                    source,
-                })?;
+                let bytes = encode_row(ev, || format!("event {}", ev.revision))?;
                 log.insert(ev.revision, bytes.as_slice())?;
             }
             if log.len()? > EVENT_LOG_LEN {
@@ -1071,10 +1072,7 @@ impl Store {
             }
             let mut host_table = w.open_table(HOSTS)?;
             for report in hosts {
-                let bytes = serde_json::to_vec(report).map_err(|source| StoreError::Corrupt {
-                    key: format!("host {}", report.host),
-                    source,
-                })?;
+                let bytes = encode_row(report, || format!("host {}", report.host))?;
                 host_table.insert(report.host.as_str(), bytes.as_slice())?;
             }
             w.open_table(META)?.insert("revision", rev)?;
