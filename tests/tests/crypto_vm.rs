@@ -21,13 +21,11 @@
 
 use dpu_tests::vm::{self, Vm};
 
-const SCRIPT: &str = r#"set -e
-K1=00112233445566778899aabbccddeeff01020304
-K2=ffeeddccbbaa99887766554433221100a1a2a3a4
-K3=0f0e0d0c0b0a09080706050403020100b1b2b3b4
-K4=1f1e1d1c1b1a19181716151413121110c1c2c3c4
-BAD=deadbeefdeadbeefdeadbeefdeadbeefdeadbeef
-ip netns add a
+/// Namespaces `a` and `b` joined by the veth `va`–`vb` (192.168.50.1 and
+/// .2/24), everything up: the underlay of every script below.
+macro_rules! two_namespaces {
+    () => {
+        "ip netns add a
 ip netns add b
 ip link add va netns a type veth peer name vb netns b
 ip -n a addr add 192.168.50.1/24 dev va
@@ -35,7 +33,28 @@ ip -n b addr add 192.168.50.2/24 dev vb
 for n in a b; do ip -n $n link set lo up; done
 ip -n a link set va up
 ip -n b link set vb up
-ip -n a addr add 10.0.1.1/32 dev lo
+"
+    };
+}
+
+/// The test keys (vectors, not secrets) `K1` and `K2`.
+macro_rules! keys {
+    () => {
+        "K1=00112233445566778899aabbccddeeff01020304
+K2=ffeeddccbbaa99887766554433221100a1a2a3a4
+"
+    };
+}
+
+const SCRIPT: &str = concat!(
+    "set -e\n",
+    keys!(),
+    r#"K3=0f0e0d0c0b0a09080706050403020100b1b2b3b4
+K4=1f1e1d1c1b1a19181716151413121110c1c2c3c4
+BAD=deadbeefdeadbeefdeadbeefdeadbeefdeadbeef
+"#,
+    two_namespaces!(),
+    r#"ip -n a addr add 10.0.1.1/32 dev lo
 ip -n b addr add 10.0.2.1/32 dev lo
 ip -n a route add 10.0.2.0/24 via 192.168.50.2 src 10.0.1.1
 ip -n b route add 10.0.1.0/24 via 192.168.50.1 src 10.0.2.1
@@ -80,7 +99,8 @@ side_b 0x2002 0x1002 $K3 $K4
 echo '## after'
 xfrm-probe sas /run/netns/a
 ping_b 2 && echo AFTER_OK
-"#;
+"#
+);
 
 fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
     let header = format!("## {name}\n");
@@ -170,18 +190,11 @@ fn esp_tunnel_between_namespaces() -> anyhow::Result<()> {
     Ok(())
 }
 
-const SCOPED_SCRIPT: &str = r#"set -e
-K1=00112233445566778899aabbccddeeff01020304
-K2=ffeeddccbbaa99887766554433221100a1a2a3a4
-ip netns add a
-ip netns add b
-ip link add va netns a type veth peer name vb netns b
-ip -n a addr add 192.168.50.1/24 dev va
-ip -n b addr add 192.168.50.2/24 dev vb
-for n in a b; do ip -n $n link set lo up; done
-ip -n a link set va up
-ip -n b link set vb up
-ip -n a addr add 10.0.1.1/32 dev lo
+const SCOPED_SCRIPT: &str = concat!(
+    "set -e\n",
+    keys!(),
+    two_namespaces!(),
+    r#"ip -n a addr add 10.0.1.1/32 dev lo
 ip -n b addr add 10.0.2.1/32 dev lo
 ip -n b route add 10.0.1.0/24 via 192.168.50.1 src 10.0.2.1
 
@@ -207,7 +220,8 @@ ip netns exec a ping -c 3 -W 2 -I 10.0.1.1 10.0.2.1 && echo PING_OK
 wait $SNIFF || true
 cat /tmp/wire.out
 xfrm-probe sas /run/netns/a
-"#;
+"#
+);
 
 /// TENANCY.md invariant 2 with ESP (the VM kernel has `esp4` and
 /// `xfrm_interface`): a tenant-scoped tunnel (`if_id` on every SA and
@@ -250,11 +264,10 @@ fn tenant_scoped_esp_only_through_its_xfrm_interface() -> anyhow::Result<()> {
     Ok(())
 }
 
-const AGENT_SCRIPT: &str = r###"set -e
-export DPU_STATE_DIR=/tmp/agent
-K1=00112233445566778899aabbccddeeff01020304
-K2=ffeeddccbbaa99887766554433221100a1a2a3a4
-BAD=deadbeefdeadbeefdeadbeefdeadbeefdeadbeef
+const AGENT_SCRIPT: &str = concat!(
+    "set -e\nexport DPU_STATE_DIR=/tmp/agent\n",
+    keys!(),
+    r###"BAD=deadbeefdeadbeefdeadbeefdeadbeefdeadbeef
 # The tunnel's counters as the agent read them from the kernel (status,
 # refreshed at each reconcile, every 30 s; /metrics renders the same values)
 # once `$1` matches, within 60 s.
@@ -267,15 +280,9 @@ counters() {
     echo "counters $(echo "$J" | grep -o '"[a-z_]*\(bytes\|packets\|drops\|failures\)[a-z_]*":[0-9]*' | tr -d '"' | tr ':' '=' | tr '\n' ' ')"
 }
 ip link set lo up
-ip netns add a
-ip netns add b
-ip link add va netns a type veth peer name vb netns b
-ip -n a addr add 192.168.50.1/24 dev va
-ip -n b addr add 192.168.50.2/24 dev vb
-for n in a b; do ip -n $n link set lo up; done
-ip -n a link set va up
-ip -n b link set vb up
-ip -n b addr add 10.0.2.1/32 dev lo
+"###,
+    two_namespaces!(),
+    r###"ip -n b addr add 10.0.2.1/32 dev lo
 ip -n b route add 10.0.1.0/24 via 192.168.50.1 src 10.0.2.1
 # b: the unscoped peer.
 xfrm-probe install /run/netns/b 192.168.50.2 192.168.50.1 10.0.2.0/24 10.0.1.0/24 0x2001 0x1001 $K2 $K1 >/dev/null
@@ -344,7 +351,8 @@ for i in $(seq 1 120); do
 done
 ip netns list | grep -q tn-acme && echo "tenant namespace left" || echo "tenant namespace gone"
 echo "policies left $(ip -n a xfrm policy | grep -c '^src' || true)"
-"###;
+"###
+);
 
 /// TENANCY.md invariant 2 end to end, with the real agent (static musl
 /// `dpu-agent dev`, XFRM database in namespace `a` via `DPU_IPSEC_NETNS`)

@@ -393,21 +393,33 @@ echo "initiator connections left $(ctrls_of $SRV | wc -l)"
 kill $AGENT
 "###;
 
-#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
-#[test]
-fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()> {
-    vm::require();
+/// Boots a guest with nvmet, the NVMe/TCP initiator and nvme-cli, the
+/// static agent and dpuctl (without debug info), and runs
+/// [`AGENT_COMMON`] then `script` (900 s at most); `extra` adds to the
+/// guest. The run must succeed; its output is printed.
+fn run_agent_guest(
+    extra: impl FnOnce(vm::VmBuilder) -> vm::VmBuilder,
+    script: &str,
+) -> anyhow::Result<vm::VmOutput> {
     let bins = tempfile::tempdir()?;
-    let out = Vm::builder()
+    let builder = Vm::builder()
         .modules(&["nvmet", "nvmet_tcp", "nvme_tcp", "nvme_fabrics"])
         .packages(&["nvme-cli"])
         .binary(vm::stripped_musl_binary("dpu-agent", bins.path())?)
         .binary(vm::stripped_musl_binary("dpuctl", bins.path())?)
-        .script(&format!("{AGENT_COMMON}{AGENT_SCRIPT}"))
-        .timeout(std::time::Duration::from_secs(900))
-        .run()?;
+        .script(&format!("{AGENT_COMMON}{script}"))
+        .timeout(std::time::Duration::from_secs(900));
+    let out = extra(builder).run()?;
     println!("{out}");
     assert!(out.success(), "{out}");
+    Ok(out)
+}
+
+#[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
+#[test]
+fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()> {
+    vm::require();
+    let out = run_agent_guest(|b| b, AGENT_SCRIPT)?;
 
     let attach = section(&out.stdout, "attach");
     assert_eq!(value(attach, "backend"), Some("nvmet"), "{out}");
@@ -628,25 +640,14 @@ fn rate(out: &str, name: &str) -> Option<f64> {
 #[test]
 fn agent_limits_a_volume_rate_with_traffic_shaping_and_changes_it_live() -> anyhow::Result<()> {
     vm::require();
-    let bins = tempfile::tempdir()?;
-    let out = Vm::builder()
-        .modules(&[
-            "nvmet",
-            "nvmet_tcp",
-            "nvme_tcp",
-            "nvme_fabrics",
-            "sch_htb",
-            "cls_u32",
-        ])
-        .kernel_args("nvme_core.multipath=N")
-        .packages(&["nvme-cli"])
-        .binary(vm::stripped_musl_binary("dpu-agent", bins.path())?)
-        .binary(vm::stripped_musl_binary("dpuctl", bins.path())?)
-        .script(&format!("{AGENT_COMMON}{QOS_SCRIPT}"))
-        .timeout(std::time::Duration::from_secs(900))
-        .run()?;
-    println!("{out}");
-    assert!(out.success(), "{out}");
+    // HTB shaping, and one controller per connection (no multipath).
+    let out = run_agent_guest(
+        |b| {
+            b.modules(&["sch_htb", "cls_u32"])
+                .kernel_args("nvme_core.multipath=N")
+        },
+        QOS_SCRIPT,
+    )?;
 
     let attach = section(&out.stdout, "attach");
     assert_eq!(value(attach, "export"), Some("127.0.0.1:4421"), "{out}");
