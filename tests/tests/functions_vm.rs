@@ -37,23 +37,7 @@ ip link show "$IF"
         ),
         "the backend's own read-back\n{out}"
     );
-    let witness = section(&out.stdout, "witness");
-    let vf0 = witness
-        .lines()
-        .find(|l| l.trim_start().starts_with("vf 0"))
-        .unwrap_or("");
-    for expected in [
-        "link/ether 02:00:00:00:00:01",
-        "vlan 100",
-        "max_tx_rate 100Mbps",
-        "spoof checking off",
-        "trust on",
-    ] {
-        assert!(
-            vf0.contains(expected),
-            "missing {expected:?} in {vf0:?}\n{out}"
-        );
-    }
+    vm::assert_igb_vf0_configured(section(&out.stdout, "witness"), &out);
     Ok(())
 }
 

@@ -210,23 +210,7 @@ ls /dev/vfio/
             "{out}"
         );
     }
-    let config = section(&out.stdout, "vfconfig");
-    let vf0 = config
-        .lines()
-        .find(|l| l.trim_start().starts_with("vf 0"))
-        .unwrap_or("");
-    for expected in [
-        "link/ether 02:00:00:00:00:01",
-        "vlan 100",
-        "max_tx_rate 100Mbps",
-        "spoof checking off",
-        "trust on",
-    ] {
-        assert!(
-            vf0.contains(expected),
-            "missing {expected:?} in {vf0:?}\n{out}"
-        );
-    }
+    vm::assert_igb_vf0_configured(section(&out.stdout, "vfconfig"), &out);
     let vfio = section(&out.stdout, "vfio");
     let group = field(vfio, "vf")
         .split("group=")

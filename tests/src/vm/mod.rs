@@ -98,6 +98,28 @@ pub fn musl_binary(name: &str) -> Result<PathBuf, VmError> {
     })
 }
 
+/// Asserts that the `vf 0` line of `ip link show PF` (in `ip_link`) shows
+/// the settings the igb tests give VF 0: MAC 02:00:00:00:00:01, VLAN 100,
+/// 100 Mbit/s, spoof checking off, trust on. `out` is printed on failure.
+pub fn assert_igb_vf0_configured(ip_link: &str, out: &dyn std::fmt::Display) {
+    let vf0 = ip_link
+        .lines()
+        .find(|l| l.trim_start().starts_with("vf 0"))
+        .unwrap_or("");
+    for expected in [
+        "link/ether 02:00:00:00:00:01",
+        "vlan 100",
+        "max_tx_rate 100Mbps",
+        "spoof checking off",
+        "trust on",
+    ] {
+        assert!(
+            vf0.contains(expected),
+            "missing {expected:?} in {vf0:?}\n{out}"
+        );
+    }
+}
+
 /// [`musl_binary`] copied into `dir` without debug info: the debug builds
 /// are ~200 MB each, which the guest's gzip-compressed initramfs would
 /// carry (and TCG unpack) for nothing. Falls back to the original when
