@@ -19,7 +19,7 @@
 //! both sessions in its software kTLS paths, the proxy must say
 //! `ktls_active`, and 1 MiB must echo end to end each time.
 
-use dpu_tests::vm::{self, Vm};
+use dpu_tests::vm::{self, Vm, section};
 
 /// Namespaces `a` and `b` joined by the veth `va`–`vb` (192.168.50.1 and
 /// .2/24), everything up: the underlay of every script below.
@@ -101,15 +101,6 @@ xfrm-probe sas /run/netns/a
 ping_b 2 && echo AFTER_OK
 "#
 );
-
-fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
-    let header = format!("## {name}\n");
-    let Some(start) = stdout.find(&header) else {
-        return "";
-    };
-    let rest = &stdout[start + header.len()..];
-    &rest[..rest.find("\n## ").map_or(rest.len(), |i| i + 1)]
-}
 
 /// `packets=N` of the SA with `spi`.
 fn sa_packets(text: &str, spi: &str) -> Option<u64> {

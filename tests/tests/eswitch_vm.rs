@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use dpu_tests::vm::{self, Vm};
+use dpu_tests::vm::{self, Vm, section};
 use serde_json::Value;
 
 /// Every cached netdevsim.ko, as `(guest path, bytes)`: the guest picks the
@@ -319,14 +319,4 @@ fn all_ports(e: &Value) -> BTreeMap<String, &Value> {
         }
     }
     out
-}
-
-/// The lines after `## name` up to the next `## `.
-fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
-    let marker = format!("## {name}\n");
-    let Some(start) = stdout.find(&marker) else {
-        return "";
-    };
-    let rest = &stdout[start + marker.len()..];
-    &rest[..rest.find("\n## ").map(|i| i + 1).unwrap_or(rest.len())]
 }

@@ -5,7 +5,7 @@
 //! Debian's iproute2 (`ip link show`) is the witness of each. Gated on
 //! `DPU_VM_TESTS=1`; `tests/vm/run.sh` builds `vf-config` first.
 
-use dpu_tests::vm::{self, Vm};
+use dpu_tests::vm::{self, Vm, section};
 
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[test]
@@ -39,14 +39,4 @@ ip link show "$IF"
     );
     vm::assert_igb_vf0_configured(section(&out.stdout, "witness"), &out);
     Ok(())
-}
-
-/// The lines after `## name` up to the next `## `.
-fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
-    let marker = format!("## {name}\n");
-    let Some(start) = stdout.find(&marker) else {
-        return "";
-    };
-    let rest = &stdout[start + marker.len()..];
-    &rest[..rest.find("## ").unwrap_or(rest.len())]
 }

@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use dpu_tests::image::FleetPki;
-use dpu_tests::vm::{self, LinkSide, RunningVm, SocketLink, Vm};
+use dpu_tests::vm::{self, LinkSide, RunningVm, SocketLink, Vm, section};
 
 /// Modules for the kernel datapath with the tc flow API: `openvswitch`
 /// (conntrack included) and what OVS's tc offload asks the kernel for
@@ -320,15 +320,6 @@ hw_offload = true
 [storage]
 backend = "none"
 "#;
-
-fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
-    let header = format!("## {name}\n");
-    let Some(start) = stdout.find(&header) else {
-        return "";
-    };
-    let rest = &stdout[start + header.len()..];
-    &rest[..rest.find("\n## ").map_or(rest.len(), |i| i + 1)]
-}
 
 /// Waits until `vm` wrote `file`; `false` if a guest stopped or time ran out.
 fn wait_file(vms: &mut [RunningVm], who: usize, file: &str, until: Instant) -> bool {

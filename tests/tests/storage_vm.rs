@@ -8,7 +8,7 @@
 //! another host NQN is refused; delete leaves configfs as found. Gated by
 //! `DPU_VM_TESTS=1`; see tests/README.md.
 
-use dpu_tests::vm::{self, Vm};
+use dpu_tests::vm::{self, Vm, section};
 
 const SCRIPT: &str = r###"set -e
 S=/sys/kernel/config/nvmet
@@ -76,15 +76,6 @@ for d in /sys/class/nvme/*; do
 done
 echo "initiator connections left $left"
 "###;
-
-fn section<'a>(out: &'a str, name: &str) -> &'a str {
-    let start = out
-        .find(&format!("## {name}\n"))
-        .map(|i| i + name.len() + 4)
-        .unwrap_or(out.len());
-    let rest = &out[start..];
-    &rest[..rest.find("## ").unwrap_or(rest.len())]
-}
 
 fn value<'a>(text: &'a str, label: &str) -> Option<&'a str> {
     text.lines()

@@ -2,7 +2,7 @@
 //! kernel state observed inside the guest. Checks are grouped into few boots
 //! (a TCG boot costs ~7 s). Gated by `DPU_VM_TESTS=1`; see tests/README.md.
 
-use dpu_tests::vm::{self, Vm};
+use dpu_tests::vm::{self, Vm, section};
 
 /// ESP SA with AES-GCM, kernel TLS and the openvswitch datapath: one boot.
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
@@ -57,16 +57,6 @@ genl ctrl list | grep -o 'ovs_[a-z]*'
         "{out}"
     );
     Ok(())
-}
-
-/// The lines after `## name` up to the next `## ` header.
-fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
-    let header = format!("## {name}\n");
-    let Some(start) = stdout.find(&header) else {
-        return "";
-    };
-    let rest = &stdout[start + header.len()..];
-    &rest[..rest.find("\n## ").map_or(rest.len(), |i| i + 1)]
 }
 
 /// A counter from /proc/net/tls_stat (`Name<whitespace>value`).

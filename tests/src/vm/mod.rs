@@ -98,6 +98,23 @@ pub fn musl_binary(name: &str) -> Result<PathBuf, VmError> {
     })
 }
 
+/// The lines a guest script printed after its marker line `## NAME`, up
+/// to the next line starting with `## ` (empty when the marker is absent).
+/// The VM tests' scripts mark each part of their output this way.
+pub fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
+    let header = format!("## {name}\n");
+    let Some(start) = stdout.find(&header) else {
+        return "";
+    };
+    let rest = &stdout[start + header.len()..];
+    let end = if rest.starts_with("## ") {
+        0
+    } else {
+        rest.find("\n## ").map_or(rest.len(), |i| i + 1)
+    };
+    &rest[..end]
+}
+
 /// Asserts that the `vf 0` line of `ip link show PF` (in `ip_link`) shows
 /// the settings the igb tests give VF 0: MAC 02:00:00:00:00:01, VLAN 100,
 /// 100 Mbit/s, spoof checking off, trust on. `out` is printed on failure.
@@ -210,4 +227,18 @@ impl VmError {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::section;
+
+    #[test]
+    fn sections_end_at_the_next_marker_line() {
+        let out = "boot\n## a\nx 1\ny ## not a marker\n## b\n## c\nz\n";
+        assert_eq!(section(out, "a"), "x 1\ny ## not a marker\n");
+        assert_eq!(section(out, "b"), "", "an empty part");
+        assert_eq!(section(out, "c"), "z\n");
+        assert_eq!(section(out, "d"), "", "no such marker");
+    }
 }
