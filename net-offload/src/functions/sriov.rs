@@ -155,6 +155,25 @@ pub async fn set_vf(pf: &str, cfg: &VfConfig) -> Result<(), FunctionsError> {
     .await
 }
 
+/// The representor netdev `name` up with the function's `alias`: Ready, or
+/// `NoRepresentor` when no netdev has that name (the sriov and switchdev
+/// backends' last action).
+pub(super) async fn representor_up(name: &str, alias: &str) -> Result<Applied, FunctionsError> {
+    let rtnl = Rtnl::connect()?;
+    match rtnl.link_by_name(name).await? {
+        Some(link) => {
+            rtnl.configure(&link, alias, None).await?;
+            Ok(Applied::Ready {
+                representor: name.to_string(),
+                host_device: None,
+            })
+        }
+        None => Ok(Applied::NoRepresentor {
+            expected: name.to_string(),
+        }),
+    }
+}
+
 /// Sets only the MAC of VF `vf` of the netdev `pf` (`ip link set PF vf N
 /// mac M`): the switchdev backend's fallback where the driver refuses the
 /// port function's `hw_addr`.
@@ -283,19 +302,7 @@ impl FunctionBackend for SriovBackend {
                     }
                 }
                 FunctionAction::RepresentorUp { representor, alias } => {
-                    let rtnl = Rtnl::connect()?;
-                    match rtnl.link_by_name(representor).await? {
-                        Some(link) => {
-                            rtnl.configure(&link, alias, None).await?;
-                            Ok(Some(Applied::Ready {
-                                representor: representor.clone(),
-                                host_device: None,
-                            }))
-                        }
-                        None => Ok(Some(Applied::NoRepresentor {
-                            expected: representor.clone(),
-                        })),
-                    }
+                    representor_up(representor, alias).await.map(Some)
                 }
                 other => Err(foreign_action(self.name(), other)),
             }

@@ -29,7 +29,6 @@
 
 use super::devlink::{DevlinkRequest, DevlinkSocket, EswitchMode};
 use super::eswitch::{DevlinkPort, Eswitch, EswitchDevice, EswitchPf};
-use super::rtnl::Rtnl;
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
     FunctionsError, Mac, ObservedFunction, UnsupportedReason, foreign_action, naming, sriov,
@@ -295,17 +294,7 @@ impl SwitchdevBackend {
                 },
             });
         };
-        let rtnl = Rtnl::connect()?;
-        match rtnl.link_by_name(&netdev).await? {
-            Some(link) => {
-                rtnl.configure(&link, alias, None).await?;
-                Ok(Applied::Ready {
-                    representor: netdev,
-                    host_device: None,
-                })
-            }
-            None => Ok(Applied::NoRepresentor { expected: netdev }),
-        }
+        sriov::representor_up(&netdev, alias).await
     }
 }
 
