@@ -586,7 +586,7 @@ mod tests {
     async fn queue_wait_is_timed_from_the_change_event() {
         use dpu_api::object::{EventType, WriteOutcome};
 
-        use crate::reconcile::BoxFuture;
+        use crate::reconcile::Reconciling;
 
         struct Succeeding;
         impl Controller for Succeeding {
@@ -597,7 +597,7 @@ mod tests {
                 &'a self,
                 _ctx: &'a Context,
                 obj: &'a StoredObject,
-            ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+            ) -> Reconciling<'a> {
                 Box::pin(async {
                     Ok(Outcome {
                         status: obj.status.clone(),
@@ -652,7 +652,7 @@ mod tests {
 
         use dpu_api::object::WriteOutcome;
 
-        use crate::reconcile::BoxFuture;
+        use crate::reconcile::Reconciling;
 
         #[derive(Clone, Default)]
         struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -674,7 +674,7 @@ mod tests {
                 &'a self,
                 _ctx: &'a Context,
                 _obj: &'a StoredObject,
-            ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+            ) -> Reconciling<'a> {
                 Box::pin(async {
                     tracing::warn!("the switch said no");
                     Err(ReconcileError {

@@ -42,7 +42,7 @@ use net_offload::functions::{
 };
 
 use super::set_programmed;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{Context, Controller, Outcome, Reason, ReconcileError, Reconciling, condition};
 use crate::error_chain;
 use crate::store::StoredObject;
 
@@ -737,11 +737,7 @@ impl Controller for Functions {
         Kind::Function
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+    fn reconcile<'a>(&'a self, ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a> {
         Box::pin(async move {
             if obj.deleting {
                 self.tear_down(obj).await

@@ -40,7 +40,7 @@ use super::set_programmed;
 use super::spec_error::{AllocError, SpecError};
 use super::tenant_netns::TenantContexts;
 use super::{
-    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    Context, Controller, Outcome, Reason, ReconcileError, Reconciling, condition, not_ready,
     unparsable_spec,
 };
 use crate::store::StoredObject;
@@ -580,11 +580,7 @@ impl Controller for IpsecTunnels {
         Kind::IpsecTunnel
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+    fn reconcile<'a>(&'a self, ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a> {
         Box::pin(async move {
             let mut status = obj.status.clone();
             let mut report = status.report::<IpsecTunnelReport>();

@@ -80,16 +80,15 @@ pub struct Context {
 }
 
 /// One domain's controller.
+/// What [`Controller::reconcile`] returns: the pass, run by the engine.
+pub type Reconciling<'a> = BoxFuture<'a, Result<Outcome, ReconcileError>>;
+
 pub trait Controller: Send + Sync + 'static {
     fn kind(&self) -> Kind;
 
     /// Converges the world to `obj` (or tears down what it owns when
     /// `obj.deleting`) and says where it got to.
-    fn reconcile<'a>(
-        &'a self,
-        ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>>;
+    fn reconcile<'a>(&'a self, ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a>;
 
     /// What `reconcile` would do to the world for this change, one action per
     /// line in the backend's own syntax; pure.

@@ -31,7 +31,9 @@ use tokio::sync::watch;
 use super::backend_error::BackendStartError;
 use super::set_programmed;
 use super::unavailable::Unavailable;
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, Reconciling, condition,
+};
 use crate::config::{Config, OvsConfig};
 use crate::error_chain;
 use crate::store::{Store, StoredObject};
@@ -476,11 +478,7 @@ impl Controller for NetworkController {
         self.kind
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+    fn reconcile<'a>(&'a self, ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a> {
         Box::pin(async move {
             let version = self.backend.sync(&ctx.store);
             let report = self

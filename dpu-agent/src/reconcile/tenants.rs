@@ -7,7 +7,7 @@ use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
 use dpu_api::report::TenantReport;
 
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{Context, Controller, Outcome, Reason, Reconciling, condition};
 use crate::store::StoredObject;
 
 #[derive(Debug, Clone, Default)]
@@ -34,11 +34,7 @@ impl Controller for Tenants {
         Kind::Tenant
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+    fn reconcile<'a>(&'a self, ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a> {
         Box::pin(async move {
             let mut status = obj.status.clone();
             let usage = usage(ctx, &obj.id);

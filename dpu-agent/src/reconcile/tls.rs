@@ -32,7 +32,7 @@ use dpu_crypto::tls::{Limits, ListenerConfig, ProxyStats, StatsHandle, TlsProxy}
 use super::spec_error::SpecError;
 use super::tenant_netns::TenantContexts;
 use super::{
-    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition, not_ready,
+    Context, Controller, Outcome, Reason, ReconcileError, Reconciling, condition, not_ready,
     unparsable_spec,
 };
 use crate::store::StoredObject;
@@ -202,11 +202,7 @@ impl Controller for TlsListeners {
         Kind::TlsListener
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+    fn reconcile<'a>(&'a self, ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a> {
         Box::pin(async move {
             let status = obj.status.clone();
             let me = name(obj);

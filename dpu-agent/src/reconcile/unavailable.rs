@@ -6,7 +6,7 @@
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
 
-use super::{BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, condition};
+use super::{Context, Controller, Outcome, Reason, Reconciling, condition};
 use crate::store::StoredObject;
 
 #[derive(Debug, Clone)]
@@ -46,11 +46,7 @@ impl Controller for Unavailable {
         self.kind
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        _ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+    fn reconcile<'a>(&'a self, _ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a> {
         Box::pin(async move {
             let mut status = obj.status.clone();
             if obj.deleting {

@@ -36,7 +36,8 @@ use super::set_programmed;
 use super::spec_error::SpecError;
 use super::unavailable::Unavailable;
 use super::{
-    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, not_ready, unparsable_spec,
+    BoxFuture, Context, Controller, Outcome, Reason, ReconcileError, Reconciling, not_ready,
+    unparsable_spec,
 };
 use crate::config::{Config, SpdkFlavor, StorageBackend};
 use crate::error_chain;
@@ -412,11 +413,7 @@ impl Controller for Volumes {
         Kind::Volume
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        ctx: &'a Context,
-        obj: &'a StoredObject,
-    ) -> BoxFuture<'a, Result<Outcome, ReconcileError>> {
+    fn reconcile<'a>(&'a self, ctx: &'a Context, obj: &'a StoredObject) -> Reconciling<'a> {
         Box::pin(async move {
             let key = key_of(obj);
             let host_nqn = self.host_nqn.as_deref();
