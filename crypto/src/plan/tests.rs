@@ -413,10 +413,7 @@ impl crate::apply::IpsecBackend for Recording {
             .is_some_and(|o| o.flags & XFRM_OFFLOAD_PACKET != 0)
         {
             self.calls.push(format!("add_sa {:#x} refused", sa.spi));
-            return Err(XfrmError::Kernel {
-                op: "XFRM_MSG_NEWSA",
-                source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
-            });
+            return Err(XfrmError::kernel("XFRM_MSG_NEWSA", libc::EOPNOTSUPP));
         }
         self.calls.push(format!("add_sa {:#x}", sa.spi));
         Ok(())

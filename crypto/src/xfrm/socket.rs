@@ -5,7 +5,6 @@
 //! `dpu-netlink`'s; the receive buffer is wiped after each datagram (SA
 //! dumps carry key material).
 
-use std::io;
 use std::path::Path;
 
 use dpu_netlink::Socket;
@@ -14,21 +13,13 @@ use super::wire::{self, Message, Reply, Request, WireError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XfrmError {
-    #[error("cannot open the NETLINK_XFRM socket")]
-    Open(#[source] io::Error),
-    #[error("cannot enter network namespace {path}")]
-    Netns {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("netlink I/O failed")]
-    Io(#[source] io::Error),
-    #[error("the kernel refused {op}")]
-    Kernel {
+    /// The shared netlink layer failed (open, namespace, I/O, timeout) or
+    /// the kernel refused request `op`.
+    #[error("{op} failed")]
+    Netlink {
         op: &'static str,
         #[source]
-        source: io::Error,
+        source: dpu_netlink::Error,
     },
     #[error("cannot decode the kernel's reply")]
     Decode(#[from] WireError),
@@ -38,24 +29,20 @@ impl XfrmError {
     /// The errno of a kernel refusal.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            XfrmError::Kernel { source, .. } => source.raw_os_error(),
-            _ => None,
+            XfrmError::Netlink { source, .. } => source.errno(),
+            XfrmError::Decode(_) => None,
         }
     }
 
+    /// The kernel refused `op` with `errno` (positive), as a refusal from
+    /// the kernel would read; for backends that stand in for it.
+    pub fn kernel(op: &'static str, errno: i32) -> XfrmError {
+        XfrmError::of(op, dpu_netlink::Error::kernel(errno))
+    }
+
     /// The shared layer's error, for request `op`.
-    fn of(op: &'static str, e: dpu_netlink::Error) -> XfrmError {
-        match e {
-            dpu_netlink::Error::Open(e) => XfrmError::Open(e),
-            dpu_netlink::Error::Netns { path, source } => XfrmError::Netns { path, source },
-            dpu_netlink::Error::Io(e) => XfrmError::Io(e),
-            // XFRM sockets do not ask for extended acks: a reason is not expected.
-            dpu_netlink::Error::Kernel(source) | dpu_netlink::Error::Refused { source, .. } => {
-                XfrmError::Kernel { op, source }
-            }
-            e @ dpu_netlink::Error::Timeout(_) => XfrmError::Io(e.into()),
-            dpu_netlink::Error::Malformed(what) => XfrmError::Decode(WireError::Netlink(what)),
-        }
+    fn of(op: &'static str, source: dpu_netlink::Error) -> XfrmError {
+        XfrmError::Netlink { op, source }
     }
 }
 

@@ -1056,10 +1056,7 @@ mod tests {
             applied: 1,
             failures: vec![dpu_crypto::apply::ActionFailure {
                 action: "add SA".into(),
-                error: XfrmError::Kernel {
-                    op: "XFRM_MSG_NEWSA",
-                    source: std::io::Error::from_raw_os_error(libc::EINVAL),
-                },
+                error: XfrmError::kernel("XFRM_MSG_NEWSA", libc::EINVAL),
             }],
             ..ApplyReport::default()
         };
@@ -1322,9 +1319,10 @@ mod tests {
             t.cipher = spec::Cipher::AesGcm256;
         }
         let ctrl = IpsecTunnels::with_backend(IpsecConfig::default(), || {
-            Err(XfrmError::Open(std::io::Error::other(
-                "no kernel in this test",
-            )))
+            Err(XfrmError::Netlink {
+                op: "opening the socket",
+                source: dpu_netlink::Error::Open(std::io::Error::other("no kernel in this test")),
+            })
         });
         let out = ctrl.reconcile(&ctx, &o).await.unwrap();
         assert_eq!(out.status.phase, Phase::Failed);
