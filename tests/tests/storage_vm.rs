@@ -10,30 +10,40 @@
 
 use dpu_tests::vm::{self, Vm, section};
 
-const SCRIPT: &str = r###"set -e
-S=/sys/kernel/config/nvmet
+/// Every script's start: `set -e` and `nvmet_server PORT`, the loopback
+/// "storage server" both kinds of test start (a 64 MiB file-backed
+/// namespace exported by nvmet-tcp on 127.0.0.1:PORT to any host; then
+/// `/tmp/before` lists configfs, for the clean-up checks).
+const SERVER: &str = r###"set -e
+nvmet_server() {
+    ip link set lo up
+    mkdir -p /etc/nvme
+    echo "## server"
+    dd if=/dev/zero of=/tmp/server.img bs=1M count=0 seek=64 2>/dev/null
+    mkdir $S/subsystems/$SRV
+    echo 1 > $S/subsystems/$SRV/attr_allow_any_host
+    mkdir $S/subsystems/$SRV/namespaces/1
+    # The guest's /tmp is in RAM, which has no O_DIRECT: buffered file I/O.
+    echo 1 > $S/subsystems/$SRV/namespaces/1/buffered_io
+    echo /tmp/server.img > $S/subsystems/$SRV/namespaces/1/device_path
+    echo 1 > $S/subsystems/$SRV/namespaces/1/enable
+    mkdir $S/ports/1
+    echo tcp > $S/ports/1/addr_trtype
+    echo ipv4 > $S/ports/1/addr_adrfam
+    echo 127.0.0.1 > $S/ports/1/addr_traddr
+    echo $1 > $S/ports/1/addr_trsvcid
+    ln -s $S/subsystems/$SRV $S/ports/1/subsystems/$SRV
+    find $S | sort > /tmp/before
+}
+"###;
+
+/// After [`SERVER`].
+const SCRIPT: &str = r###"S=/sys/kernel/config/nvmet
 SRV=nqn.2014-08.org.example:server
 # The function host NQN the agent assigns by default (function f of tenant t).
 HOST=nqn.2026-11.dev.dpu-agent:t:fn:f
 OURS=nqn.2026-11.dev.dpu-agent:t:v
-ip link set lo up
-mkdir -p /etc/nvme
-echo "## server"
-dd if=/dev/zero of=/tmp/server.img bs=1M count=0 seek=64 2>/dev/null
-mkdir $S/subsystems/$SRV
-echo 1 > $S/subsystems/$SRV/attr_allow_any_host
-mkdir $S/subsystems/$SRV/namespaces/1
-# The guest's /tmp is in RAM, which has no O_DIRECT: buffered file I/O.
-echo 1 > $S/subsystems/$SRV/namespaces/1/buffered_io
-echo /tmp/server.img > $S/subsystems/$SRV/namespaces/1/device_path
-echo 1 > $S/subsystems/$SRV/namespaces/1/enable
-mkdir $S/ports/1
-echo tcp > $S/ports/1/addr_trtype
-echo ipv4 > $S/ports/1/addr_adrfam
-echo 127.0.0.1 > $S/ports/1/addr_traddr
-echo 4420 > $S/ports/1/addr_trsvcid
-ln -s $S/subsystems/$SRV $S/ports/1/subsystems/$SRV
-find $S | sort > /tmp/before
+nvmet_server 4420
 echo "## attach"
 nvmet-probe attach 127.0.0.1 4420 $SRV 4421 $HOST
 echo "namespace device_path $(cat $S/subsystems/$OURS/namespaces/1/device_path)"
@@ -116,7 +126,7 @@ fn kernel_backend_exports_a_remote_namespace_to_one_host() -> anyhow::Result<()>
         .modules(&["nvmet", "nvmet_tcp", "nvme_tcp", "nvme_fabrics"])
         .packages(&["nvme-cli"])
         .binary(vm::musl_binary("nvmet-probe")?)
-        .script(SCRIPT)
+        .script(&format!("{SERVER}{SCRIPT}"))
         .run()?;
     println!("{out}");
     assert!(out.success(), "{out}");
@@ -153,29 +163,12 @@ fn kernel_backend_exports_a_remote_namespace_to_one_host() -> anyhow::Result<()>
 
 /// The agent tests' guest setup: the loopback storage server on port 4430
 /// and shell helpers (`start_agent`, `field`, `wait_phase`, ...).
-const AGENT_COMMON: &str = r###"set -e
-S=/sys/kernel/config/nvmet
+const AGENT_COMMON: &str = r###"S=/sys/kernel/config/nvmet
 SRV=nqn.2014-08.org.example:server
 HOST=nqn.2026-11.dev.dpu-agent:t:fn:f
 OURS=nqn.2026-11.dev.dpu-agent:t:v
 export DPU_STATE_DIR=/tmp/agent
-ip link set lo up
-mkdir -p /etc/nvme
-echo "## server"
-dd if=/dev/zero of=/tmp/server.img bs=1M count=0 seek=64 2>/dev/null
-mkdir $S/subsystems/$SRV
-echo 1 > $S/subsystems/$SRV/attr_allow_any_host
-mkdir $S/subsystems/$SRV/namespaces/1
-echo 1 > $S/subsystems/$SRV/namespaces/1/buffered_io
-echo /tmp/server.img > $S/subsystems/$SRV/namespaces/1/device_path
-echo 1 > $S/subsystems/$SRV/namespaces/1/enable
-mkdir $S/ports/1
-echo tcp > $S/ports/1/addr_trtype
-echo ipv4 > $S/ports/1/addr_adrfam
-echo 127.0.0.1 > $S/ports/1/addr_traddr
-echo 4430 > $S/ports/1/addr_trsvcid
-ln -s $S/subsystems/$SRV $S/ports/1/subsystems/$SRV
-find $S | sort > /tmp/before
+nvmet_server 4430
 
 start_agent() {
     env DPU_AGENT_STORAGE_BACKEND=nvmet DPU_AGENT_FUNCTIONS_BACKEND=external $AGENT_ENV \
@@ -398,7 +391,7 @@ fn run_agent_guest(
         .packages(&["nvme-cli"])
         .binary(vm::stripped_musl_binary("dpu-agent", bins.path())?)
         .binary(vm::stripped_musl_binary("dpuctl", bins.path())?)
-        .script(&format!("{AGENT_COMMON}{script}"))
+        .script(&format!("{SERVER}{AGENT_COMMON}{script}"))
         .timeout(std::time::Duration::from_secs(900));
     let out = extra(builder).run()?;
     println!("{out}");
