@@ -404,14 +404,14 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// `events` as its watch, a test kubelet, and a daemon over them (not yet
 /// running).
 struct PluginRig {
-    root: tempfile::TempDir,
+    /// Held so the sysfs tree's and the daemon's state dirs live as long as the rig.
+    _root: tempfile::TempDir,
     cdi_dir: tempfile::TempDir,
-    state: tempfile::TempDir,
+    _state: tempfile::TempDir,
     plugins: tempfile::TempDir,
     tree: SysfsTree,
     agent: FakeAgent,
     kubelet: test_kubelet::TestKubelet,
-    daemon: Daemon<FakeAgent>,
 }
 
 /// The kubelet's side of a device plugin socket.
@@ -496,7 +496,8 @@ impl Running {
     }
 }
 
-fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
+/// The rig (its temp dirs live as long as it does) and the daemon to start in it.
+fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> (PluginRig, Daemon<FakeAgent>) {
     let [root, cdi_dir, state, plugins] = std::array::from_fn(|_| tempfile::tempdir().unwrap());
     let tree = tree(root.path());
     let agent = FakeAgent::default();
@@ -515,16 +516,16 @@ fn plugin_rig(events: mpsc::UnboundedReceiver<Event>) -> PluginRig {
         agent.clone(),
         settings(root.path(), cdi_dir.path(), state.path()),
     );
-    PluginRig {
-        root,
+    let rig = PluginRig {
+        _root: root,
         cdi_dir,
-        state,
+        _state: state,
         plugins,
         tree,
         agent,
         kubelet,
-        daemon,
-    }
+    };
+    (rig, daemon)
 }
 
 /// The device plugin, fed by the daemon (in-memory agent, sysfs tree), seen
@@ -536,27 +537,17 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     use host_stub::deviceplugin::v1beta1;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    // Every part bound: the temp dirs live to the end of the test.
-    let PluginRig {
-        root: _root,
-        cdi_dir,
-        state: _state,
-        plugins,
-        tree: _tree,
-        agent,
-        mut kubelet,
-        daemon: d,
-    } = plugin_rig(events_rx);
-    let running = Running::start(d, plugins.path(), Default::default());
+    let (mut rig, d) = plugin_rig(events_rx);
+    let running = Running::start(d, rig.plugins.path(), Default::default());
 
-    let reg = within("registration", kubelet.registrations.recv())
+    let reg = within("registration", rig.kubelet.registrations.recv())
         .await
         .unwrap();
     assert_eq!(reg.version, "v1beta1");
     assert_eq!(reg.resource_name, "dpu.local/acme-net");
     assert_eq!(reg.endpoint, "dpu-acme-net.sock");
 
-    let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
+    let mut client = plugin_client(rig.plugins.path(), &reg.endpoint).await;
     let mut list = list_and_watch(&mut client).await;
     let devices = |r: v1beta1::ListAndWatchResponse| -> Vec<(String, String)> {
         r.devices.into_iter().map(|d| (d.id, d.health)).collect()
@@ -571,7 +562,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         json!({"type": "net", "pf": "pf0", "vf": 1, "host": "node-1"}),
         "0000:03:00.3",
     );
-    agent.0.lock().unwrap().list.push(web2.clone());
+    rig.agent.0.lock().unwrap().list.push(web2.clone());
     events_tx
         .send(Event {
             revision: 2,
@@ -598,7 +589,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     assert_eq!(names, ["dpu.local/function=web", "dpu.local/function=web2"]);
     for name in &names {
         let id = name.split_once('=').unwrap().1;
-        let spec = read_spec(cdi_dir.path(), id).expect("a CDI spec for every allocated name");
+        let spec = read_spec(rig.cdi_dir.path(), id).expect("a CDI spec for every allocated name");
         assert_eq!(format!("{}={}", spec.kind, spec.devices[0].name), *name);
     }
     assert_eq!(c.envs["DPU_PCI_ADDRESSES"], "0000:03:00.2,0000:03:00.3");
@@ -606,7 +597,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
     // The agent goes away: unhealthy within the lease; back: healthy.
-    agent.0.lock().unwrap().up = false;
+    rig.agent.0.lock().unwrap().up = false;
     let down = within("unhealthy list", list.message())
         .await
         .unwrap()
@@ -615,7 +606,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
         down.devices.iter().all(|d| d.health == "Unhealthy"),
         "{down:?}"
     );
-    agent.0.lock().unwrap().up = true;
+    rig.agent.0.lock().unwrap().up = true;
     let up = within("healthy list", list.message())
         .await
         .unwrap()
@@ -624,14 +615,14 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
 
     // The kubelet restarts (new kubelet.sock, plugin sockets removed): the
     // plugin registers again and serves on a new socket.
-    drop(kubelet);
-    std::fs::remove_file(plugins.path().join("kubelet.sock")).unwrap();
-    let mut kubelet = test_kubelet::TestKubelet::start(plugins.path());
-    let again = within("re-registration", kubelet.registrations.recv())
+    drop(rig.kubelet);
+    std::fs::remove_file(rig.plugins.path().join("kubelet.sock")).unwrap();
+    rig.kubelet = test_kubelet::TestKubelet::start(rig.plugins.path());
+    let again = within("re-registration", rig.kubelet.registrations.recv())
         .await
         .unwrap();
     assert_eq!(again.resource_name, "dpu.local/acme-net");
-    let mut client = plugin_client(plugins.path(), &again.endpoint).await;
+    let mut client = plugin_client(rig.plugins.path(), &again.endpoint).await;
     let mut list = list_and_watch(&mut client).await;
     let after = within("list after restart", list.message())
         .await
@@ -641,7 +632,7 @@ async fn device_plugin_registers_lists_allocates_and_reregisters() {
 
     running.stop().await;
     assert!(
-        !plugins.path().join("dpu-acme-net.sock").exists(),
+        !rig.plugins.path().join("dpu-acme-net.sock").exists(),
         "the plugin removes its socket on the way out"
     );
 }
@@ -661,28 +652,19 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     use host_stub::fixture::FixtureRdma;
 
     let (_events_tx, events_rx) = mpsc::unbounded_channel();
-    let PluginRig {
-        root: _root,
-        cdi_dir,
-        state: _state,
-        plugins,
-        tree,
-        agent,
-        mut kubelet,
-        daemon: d,
-    } = plugin_rig(events_rx);
-    agent.0.lock().unwrap().list.push(function(
+    let (mut rig, d) = plugin_rig(events_rx);
+    rig.agent.0.lock().unwrap().list.push(function(
         "roce",
         json!({"type": "net", "pf": "pf0", "vf": 1, "host": "node-1", "rdma": true}),
         "0000:03:00.3",
     ));
-    let running = Running::start(d, plugins.path(), Default::default());
+    let running = Running::start(d, rig.plugins.path(), Default::default());
 
-    let reg = within("registration", kubelet.registrations.recv())
+    let reg = within("registration", rig.kubelet.registrations.recv())
         .await
         .unwrap();
     assert_eq!(reg.resource_name, "dpu.local/acme-net");
-    let mut client = plugin_client(plugins.path(), &reg.endpoint).await;
+    let mut client = plugin_client(rig.plugins.path(), &reg.endpoint).await;
     let mut list = list_and_watch(&mut client).await;
     let health = |r: &v1beta1::ListAndWatchResponse, id: &str| {
         r.devices
@@ -703,18 +685,19 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     assert_eq!(health(&current, "web").as_deref(), Some("Healthy"));
     let refused = allocate(&mut client, &["roce"]).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(read_spec(cdi_dir.path(), "roce").is_none());
+    assert!(read_spec(rig.cdi_dir.path(), "roce").is_none());
 
     // The driver makes VF 1's RDMA device (RoCE enabled), rdma_ucm is loaded.
-    tree.add_rdma_device(&FixtureRdma {
-        name: "mlx5_3".into(),
-        pci: Some("0000:03:00.3".into()),
-        gids: vec![(0, "p0v1".into())],
-        empty_gids: 3,
-        uverbs: Some(1),
-    })
-    .unwrap();
-    tree.add_rdma_cm().unwrap();
+    rig.tree
+        .add_rdma_device(&FixtureRdma {
+            name: "mlx5_3".into(),
+            pci: Some("0000:03:00.3".into()),
+            gids: vec![(0, "p0v1".into())],
+            empty_gids: 3,
+            uverbs: Some(1),
+        })
+        .unwrap();
+    rig.tree.add_rdma_cm().unwrap();
     while health(&current, "roce").as_deref() != Some("Healthy") {
         current = within("roce healthy after the rescan", list.message())
             .await
@@ -745,7 +728,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         ]
     );
 
-    let spec = read_spec(cdi_dir.path(), "roce").expect("roce's CDI spec");
+    let spec = read_spec(rig.cdi_dir.path(), "roce").expect("roce's CDI spec");
     let edits = &spec.devices[0].container_edits;
     let nodes: Vec<&str> = edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
     assert_eq!(
@@ -754,13 +737,13 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     );
     assert!(edits.env.contains(&"DPU_RDMA_DEVICE=mlx5_3".to_string()));
     assert_eq!(spec.cdi_version, "1.1.0", "netDevices decide the version");
-    let web = read_spec(cdi_dir.path(), "web").expect("web's CDI spec");
+    let web = read_spec(rig.cdi_dir.path(), "web").expect("web's CDI spec");
     assert!(web.devices[0].container_edits.device_nodes.is_empty());
 
     // The agent got the device in the report (reporting may trail the
     // exposure by a moment).
     let reported = || {
-        agent.0.lock().unwrap().reports.last().is_some_and(|r| {
+        rig.agent.0.lock().unwrap().reports.last().is_some_and(|r| {
             r.devices
                 .iter()
                 .any(|d| d.pci_address == "0000:03:00.3" && d.rdma.is_some())
@@ -772,7 +755,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
         }
     })
     .await;
-    let report = agent.0.lock().unwrap().reports.last().cloned().unwrap();
+    let report = rig.agent.0.lock().unwrap().reports.last().cloned().unwrap();
     let vf1 = report
         .devices
         .iter()
@@ -836,27 +819,17 @@ fn value(text: &str, line_start: &str) -> f64 {
 async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachability() {
     use host_stub::metrics;
 
-    // Every part bound: the temp dirs live to the end of the test.
-    let PluginRig {
-        root: _root,
-        cdi_dir: _cdi_dir,
-        state: _state,
-        plugins,
-        tree: _tree,
-        agent,
-        mut kubelet,
-        daemon: d,
-    } = plugin_rig(mpsc::unbounded_channel().1);
+    let (mut rig, d) = plugin_rig(mpsc::unbounded_channel().1);
     let m = d.metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let running = Running::start(d, plugins.path(), m.clone());
+    let running = Running::start(d, rig.plugins.path(), m.clone());
     let server = tokio::spawn(metrics::serve(
         listener,
         m.clone(),
         running.stop_tx.subscribe(),
     ));
-    within("registration", kubelet.registrations.recv())
+    within("registration", rig.kubelet.registrations.recv())
         .await
         .unwrap();
     // The registration is counted right after the kubelet saw it.
@@ -899,7 +872,7 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
 
     // The agent goes away: calls fail, and once the lease (300 ms here)
     // runs out the stub says the agent is unreachable.
-    agent.0.lock().unwrap().up = false;
+    rig.agent.0.lock().unwrap().up = false;
     let down = within("agent unreachable in /metrics", async {
         loop {
             let t = scrape(addr).await;
@@ -925,7 +898,7 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
         last,
         "no answer since"
     );
-    agent.0.lock().unwrap().up = true;
+    rig.agent.0.lock().unwrap().up = true;
     within("agent reachable again in /metrics", async {
         while value(&scrape(addr).await, "host_stub_agent_reachable") != 1.0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -947,7 +920,7 @@ async fn metrics_endpoint_counts_functions_registrations_cdi_and_agent_reachabil
 
     running.stop().await;
     server.await.unwrap();
-    drop(kubelet);
+    drop(rig.kubelet);
 }
 
 /// `promtool check metrics` finds nothing to lint in the stub's `/metrics`
