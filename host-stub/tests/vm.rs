@@ -144,9 +144,11 @@ fn qemu_nvme_sriov_discovery_and_vfio() -> anyhow::Result<()> {
 const AGENT_GUEST_PORT: u16 = 9443;
 const STUB_HOST: &str = "vm-host";
 
-/// Rescans every 300 s only: the VF count changes below can only be seen
-/// through kernel uevents.
-const STUB_CONFIG: &str = r#"rescan_interval_secs = 300
+/// The guest stub's config: rescan every `rescan_secs`, `cdi_extra` lines
+/// added to `[cdi]`, the igb PF and VF selected.
+fn stub_config(rescan_secs: u32, cdi_extra: &str) -> String {
+    format!(
+        r#"rescan_interval_secs = {rescan_secs}
 lease_secs = 300
 retry_secs = 1
 state_dir = "/run/host-stub"
@@ -159,7 +161,7 @@ key = "/etc/dpu/host-stub-key.pem"
 
 [cdi]
 dir = "/run/cdi"
-
+{cdi_extra}
 [device_plugin]
 enabled = false
 
@@ -167,7 +169,29 @@ enabled = false
 [[selectors]]
 vendors = ["8086"]
 devices = ["10c9", "10ca"]
-"#;
+"#
+    )
+}
+
+/// Both guest configs are configs the stub accepts (checked without a VM).
+#[test]
+fn guest_stub_configs_parse() {
+    for (text, hook) in [
+        (stub_config(300, ""), None),
+        (
+            stub_config(5, "rdma_netns_hook = \"/usr/local/bin/host-stub\"\n"),
+            Some("/usr/local/bin/host-stub"),
+        ),
+    ] {
+        let c = host_stub::config::Config::parse(&text, std::path::Path::new("guest.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            c.cdi.rdma_netns_hook.as_deref(),
+            hook.map(std::path::Path::new),
+            "{text}"
+        );
+    }
+}
 
 const IGB_SCRIPT: &str = r#"set -e
 for d in /sys/bus/pci/devices/*; do
@@ -305,7 +329,9 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
     let vm = start_stub_guest(
         &agent,
         |b| b.virtio_net().igb().iommu().modules(&["igbvf", "vfio-pci"]),
-        STUB_CONFIG,
+        // Rescans every 300 s only: the VF count changes below can only be
+        // seen through kernel uevents.
+        &stub_config(300, ""),
         IGB_SCRIPT,
     )?;
     let admin = agent.admin();
@@ -455,31 +481,6 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
     Ok(())
 }
 
-/// As [`STUB_CONFIG`], but rescanning every 5 s: a GID entry filled in after
-/// the RDMA device registered sends no uevent.
-const RDMA_STUB_CONFIG: &str = r#"rescan_interval_secs = 5
-lease_secs = 300
-retry_secs = 1
-state_dir = "/run/host-stub"
-
-[agent]
-url = "https://localhost:9443"
-ca = "/etc/dpu/ca.pem"
-cert = "/etc/dpu/host-stub.pem"
-key = "/etc/dpu/host-stub-key.pem"
-
-[cdi]
-dir = "/run/cdi"
-rdma_netns_hook = "/usr/local/bin/host-stub"
-
-[device_plugin]
-enabled = false
-
-[[selectors]]
-vendors = ["8086"]
-devices = ["10c9", "10ca"]
-"#;
-
 const RDMA_SCRIPT: &str = r#"set -e
 IP=/usr/bin/ip
 # Exclusive RDMA netns mode: only possible while no other netns exists.
@@ -569,7 +570,9 @@ async fn soft_roce_devices_discovered_reported_and_in_the_cdi_spec() -> anyhow::
                 .igb()
                 .modules(&["igbvf", "rdma_rxe", "ib_uverbs", "rdma_ucm"])
         },
-        RDMA_STUB_CONFIG,
+        // Rescans every 5 s: a GID entry filled in after the RDMA device
+        // registered sends no uevent.
+        &stub_config(5, "rdma_netns_hook = \"/usr/local/bin/host-stub\"\n"),
         RDMA_SCRIPT,
     )?;
     let admin = agent.admin();
