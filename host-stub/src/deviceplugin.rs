@@ -314,6 +314,21 @@ pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Erro
         .await
 }
 
+/// The device nodes of one container's Allocate answer as (host path,
+/// container path, permissions), in the answer's order.
+pub fn device_specs(c: &v1beta1::ContainerAllocateResponse) -> Vec<(&str, &str, &str)> {
+    c.devices
+        .iter()
+        .map(|d| {
+            (
+                d.host_path.as_str(),
+                d.container_path.as_str(),
+                d.permissions.as_str(),
+            )
+        })
+        .collect()
+}
+
 /// `dpu-acme-net.sock` for `dpu.local/acme-net`.
 pub fn socket_name(resource: &str) -> String {
     let name = resource.rsplit('/').next().unwrap_or(resource);
@@ -628,17 +643,7 @@ mod tests {
         // container path, read-write.
         let r = allocate(&s, "dpu.local/acme-net", &req(&["roce", "roce2"])).unwrap();
         let c = &r.container_responses[0];
-        let specs: Vec<(&str, &str, &str)> = c
-            .devices
-            .iter()
-            .map(|d| {
-                (
-                    d.host_path.as_str(),
-                    d.container_path.as_str(),
-                    d.permissions.as_str(),
-                )
-            })
-            .collect();
+        let specs = device_specs(c);
         assert_eq!(
             specs,
             [

@@ -709,17 +709,7 @@ async fn rdma_function_gets_its_verbs_nodes_in_cdi_and_allocate() {
     let c = &answer.container_responses[0];
     let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["dpu.local/function=roce", "dpu.local/function=web"]);
-    let specs: Vec<(&str, &str, &str)> = c
-        .devices
-        .iter()
-        .map(|d| {
-            (
-                d.host_path.as_str(),
-                d.container_path.as_str(),
-                d.permissions.as_str(),
-            )
-        })
-        .collect();
+    let specs = host_stub::deviceplugin::device_specs(c);
     assert_eq!(
         specs,
         [
