@@ -280,25 +280,28 @@ async fn ports_vsctl_batched() -> Res<f64> {
     let mut args = vec![sb.db_arg(), "--timeout=300".to_owned()];
     for i in 0..PORTS {
         let p = port_name(i);
-        args.extend(
-            [
-                "--",
-                "add-port",
-                BRIDGE,
-                &p,
-                "--",
-                "set",
-                "interface",
-                &p,
-                "type=internal",
-            ]
-            .map(str::to_owned),
-        );
+        args.push("--".to_owned());
+        args.extend(add_internal_port(&p));
     }
     let t = Instant::now();
     run("ovs-vsctl", &args)?;
     wait_ofports(&db, PORTS, is_port).await?;
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// The ovs-vsctl words adding internal port `p` to the bridge.
+fn add_internal_port(p: &str) -> [String; 8] {
+    [
+        "add-port",
+        BRIDGE,
+        p,
+        "--",
+        "set",
+        "interface",
+        p,
+        "type=internal",
+    ]
+    .map(str::to_owned)
 }
 
 /// `SINGLE_CALLS` ovs-vsctl calls of one port each, until ofports.
@@ -309,19 +312,7 @@ async fn ports_vsctl_single() -> Res<f64> {
     for i in 0..SINGLE_CALLS {
         let p = port_name(i);
         let mut args = vec![sb.db_arg(), "--timeout=60".to_owned()];
-        args.extend(
-            [
-                "add-port",
-                BRIDGE,
-                &p,
-                "--",
-                "set",
-                "interface",
-                &p,
-                "type=internal",
-            ]
-            .map(str::to_owned),
-        );
+        args.extend(add_internal_port(&p));
         run("ovs-vsctl", &args)?;
     }
     wait_ofports(&db, SINGLE_CALLS, is_port).await?;
