@@ -483,6 +483,16 @@ async fn with_backend<T: Send + 'static>(
     })?
 }
 
+/// The spec's name of an offload request.
+fn offload_name(o: spec::OffloadRequest) -> &'static str {
+    match o {
+        spec::OffloadRequest::Auto => "auto",
+        spec::OffloadRequest::Packet => "packet",
+        spec::OffloadRequest::Crypto => "crypto",
+        spec::OffloadRequest::None => "none",
+    }
+}
+
 /// What one reconcile of a tunnel applied and then observed, for its status.
 struct TunnelRound<'a> {
     spec: &'a IpsecTunnelSpec,
@@ -534,8 +544,28 @@ fn tunnel_status(mut status: Status, r: &TunnelRound<'_>) -> Status {
         },
         _ => String::new(),
     };
+    // An offload the spec insists on (`packet` / `crypto`) that the
+    // uplink refused leaves the tunnel without its SAs: nothing is carried,
+    // so it is Failed, not Degraded (`auto` would have fallen back).
+    let offload_refused = matches!(
+        requested,
+        spec::OffloadRequest::Packet | spec::OffloadRequest::Crypto
+    ) && r.uplink
+        && !r.state.programmed
+        && r.first.conflicts.is_empty()
+        && !r.applied.failures.is_empty()
+        && r.applied.failures.iter().all(|f| {
+            matches!(
+                f.error.errno(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENODEV | libc::EPROTONOSUPPORT)
+            )
+        });
     if !r.applied.failures.is_empty() || !r.first.conflicts.is_empty() {
-        status.phase = Phase::Degraded;
+        status.phase = if offload_refused {
+            Phase::Failed
+        } else {
+            Phase::Degraded
+        };
         let mut problems: Vec<String> = r.applied.failures.iter().map(|f| error_chain(f)).collect();
         problems.extend(r.first.conflicts.iter().cloned());
         status.set_condition(condition(
@@ -547,7 +577,15 @@ fn tunnel_status(mut status: Status, r: &TunnelRound<'_>) -> Status {
                 Reason::Conflict
             },
             format!(
-                "{} of {} changes failed: {}",
+                "{}{} of {} changes failed: {}",
+                if offload_refused {
+                    format!(
+                        "offload {} refused by the uplink, nothing carried (offload auto would fall back): ",
+                        offload_name(requested)
+                    )
+                } else {
+                    String::new()
+                },
                 problems.len(),
                 r.first.actions.len() + r.first.conflicts.len(),
                 problems.join("; ")
@@ -1174,6 +1212,30 @@ mod tests {
             cond.message.starts_with("1 of 1 changes failed: "),
             "{cond:?}"
         );
+
+        // `packet` asked for and refused by the uplink (EINVAL: 6.1 knows
+        // no packet offload): no SAs, so Failed with the kernel's reason.
+        let mut packet_spec = spec.clone();
+        packet_spec.offload = spec::OffloadRequest::Packet;
+        let status = tunnel_status(
+            Status::default(),
+            &TunnelRound {
+                spec: &packet_spec,
+                uplink: true,
+                state: &not_yet,
+                first: &one,
+                applied: &failed,
+                ..software
+            },
+        );
+        assert_eq!(status.phase, Phase::Failed);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::KernelRefused.as_str());
+        assert!(
+            cond.message.starts_with("offload packet refused by the uplink, nothing carried (offload auto would fall back): 1 of 1 changes failed: add SA: "),
+            "{cond:?}"
+        );
+        assert!(cond.message.contains("Invalid argument"), "{cond:?}");
 
         let conflicted = Plan {
             conflicts: vec!["10.1.0.0/16 -> 10.2.0.0/16 held by a foreign policy".into()],
