@@ -64,9 +64,10 @@
 //!    crypto and says so.
 //! d. SIGTERM and restart of the agent with the same state dir: every
 //!    OpenFlow flow of br-int is still there with a duration older than the
-//!    restart (zero flow churn), the XFRM SAs are the same (`ip -s xfrm
-//!    state` incl. their add time) and netdevsim's `ipsec` file unchanged
-//!    (zero SA churn), everything Ready again.
+//!    restart and none sent by the restarted agent (no "applying flows in
+//!    one bundle" in its log: zero flow churn), the XFRM SAs are the same
+//!    (`ip -s xfrm state` incl. their add time) and netdevsim's `ipsec`
+//!    file unchanged (zero SA churn), everything Ready again.
 //!
 //! TENANCY.md invariant 3 (hardware is found, not guessed by name): the
 //! representors of phase 1 come from devlink.
