@@ -22,36 +22,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use dpu_tests::vm::{self, Vm, section};
 use serde_json::Value;
-
-/// Every cached netdevsim.ko, as `(guest path, bytes)`: the guest picks the
-/// one for its `uname -r`.
-fn netdevsim_modules() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let dir = vm::cache_dir().join("netdevsim");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir)
-        .with_context(|| format!("{}: run tests/vm/netdevsim.sh first", dir.display()))?
-    {
-        let entry = entry?;
-        let ko = entry.path().join("netdevsim.ko");
-        if ko.is_file() {
-            let release = entry.file_name().to_string_lossy().into_owned();
-            out.push((
-                format!("/opt/netdevsim/{release}/netdevsim.ko"),
-                std::fs::read(&ko).with_context(|| ko.display().to_string())?,
-            ));
-        }
-    }
-    if out.is_empty() {
-        bail!(
-            "no netdevsim.ko under {}: run tests/vm/netdevsim.sh",
-            dir.display()
-        );
-    }
-    Ok(out)
-}
 
 const DEV: &str = "netdevsim/netdevsim1";
 
@@ -63,7 +36,7 @@ fn eswitch_discovery_on_netdevsim_matches_devlink() -> anyhow::Result<()> {
         .modules(&["psample", "esp4", "esp4_offload", "xfrm_user"])
         .binary(vm::musl_binary("eswitch-probe")?)
         .binary(vm::musl_binary("xfrm-probe")?);
-    for (path, bytes) in netdevsim_modules()? {
+    for (path, bytes) in vm::netdevsim_modules()? {
         b = b.file(&path, bytes, 0o644);
     }
     let out = b

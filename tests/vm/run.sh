@@ -20,7 +20,7 @@ cargo build --locked -p dpu-tests --target x86_64-unknown-linux-musl \
 # The VM tests are #[ignore]d in plain `cargo test` (reported as ignored);
 # here they run, and a run in which none ran fails.
 DPU_VM_TESTS=1 bash scripts/must-run-tests.sh cargo test --locked -p dpu-tests --test vm_smoke \
-    --test vm_harness --test functions_vm --test eswitch_vm --test crypto_vm --test storage_vm --test rdma_vm \
+    --test vm_harness --test functions_vm --test eswitch_vm --test crypto_vm --test storage_vm --test rdma_vm --test bluefield_vm \
     -- --ignored --test-threads=1 "$@"
 DPU_VM_TESTS=1 bash scripts/must-run-tests.sh cargo test --locked -p host-stub --test vm \
     -- --ignored --test-threads=1 "$@"

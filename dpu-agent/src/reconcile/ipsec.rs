@@ -85,6 +85,10 @@ pub struct IpsecTunnels {
     /// Per tunnel `(tenant, id)`: the kernel's counters as the last
     /// reconcile read them, and the agent's rekey count, for `/metrics`.
     counters: Mutex<BTreeMap<(String, String), (TunnelState, u64)>>,
+    /// Why `offload: auto` fell back, per tunnel, as the kernel said when
+    /// its SAs were installed (kept while the SAs stand; the status says
+    /// it at every reconcile, not only at the one that installed them).
+    fallbacks: Mutex<BTreeMap<(String, String), String>>,
 }
 
 impl std::fmt::Debug for IpsecTunnels {
@@ -150,6 +154,7 @@ impl IpsecTunnels {
             last_observed: Arc::new(Mutex::new(None)),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             counters: Mutex::new(BTreeMap::new()),
+            fallbacks: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -478,6 +483,16 @@ async fn with_backend<T: Send + 'static>(
     })?
 }
 
+/// The spec's name of an offload request.
+fn offload_name(o: spec::OffloadRequest) -> &'static str {
+    match o {
+        spec::OffloadRequest::Auto => "auto",
+        spec::OffloadRequest::Packet => "packet",
+        spec::OffloadRequest::Crypto => "crypto",
+        spec::OffloadRequest::None => "none",
+    }
+}
+
 /// What one reconcile of a tunnel applied and then observed, for its status.
 struct TunnelRound<'a> {
     spec: &'a IpsecTunnelSpec,
@@ -497,6 +512,8 @@ struct TunnelRound<'a> {
     applied: &'a ApplyReport,
     state: &'a TunnelState,
     rekeys: u64,
+    /// Why `offload: auto` fell back (the kernel's refusals), when known.
+    fallback: Option<&'a str>,
 }
 
 /// A tunnel's status from one reconcile (`r`): the typed report from the
@@ -521,10 +538,34 @@ fn tunnel_status(mut status: Status, r: &TunnelRound<'_>) -> Status {
     let offload_note = match (requested, r.uplink) {
         (spec::OffloadRequest::None, _) => String::new(),
         (_, false) => "; no uplink configured for offload, running in software".into(),
+        (spec::OffloadRequest::Auto, true) if offload != OffloadActive::Packet => match r.fallback {
+            Some(why) => format!("; offload auto fell back to {}: {why}", offload.name()),
+            None => "; offload auto: packet offload not in use (refused when the SAs were installed, before this agent started)".into(),
+        },
         _ => String::new(),
     };
+    // An offload the spec insists on (`packet` / `crypto`) that the
+    // uplink refused leaves the tunnel without its SAs: nothing is carried,
+    // so it is Failed, not Degraded (`auto` would have fallen back).
+    let offload_refused = matches!(
+        requested,
+        spec::OffloadRequest::Packet | spec::OffloadRequest::Crypto
+    ) && r.uplink
+        && !r.state.programmed
+        && r.first.conflicts.is_empty()
+        && !r.applied.failures.is_empty()
+        && r.applied.failures.iter().all(|f| {
+            matches!(
+                f.error.errno(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENODEV | libc::EPROTONOSUPPORT)
+            )
+        });
     if !r.applied.failures.is_empty() || !r.first.conflicts.is_empty() {
-        status.phase = Phase::Degraded;
+        status.phase = if offload_refused {
+            Phase::Failed
+        } else {
+            Phase::Degraded
+        };
         let mut problems: Vec<String> = r.applied.failures.iter().map(|f| error_chain(f)).collect();
         problems.extend(r.first.conflicts.iter().cloned());
         status.set_condition(condition(
@@ -536,7 +577,15 @@ fn tunnel_status(mut status: Status, r: &TunnelRound<'_>) -> Status {
                 Reason::Conflict
             },
             format!(
-                "{} of {} changes failed: {}",
+                "{}{} of {} changes failed: {}",
+                if offload_refused {
+                    format!(
+                        "offload {} refused by the uplink, nothing carried (offload auto would fall back): ",
+                        offload_name(requested)
+                    )
+                } else {
+                    String::new()
+                },
                 problems.len(),
                 r.first.actions.len() + r.first.conflicts.len(),
                 problems.join("; ")
@@ -607,6 +656,10 @@ impl Controller for IpsecTunnels {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&name(obj));
                 self.counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(obj.tenant.clone(), obj.id.clone()));
+                self.fallbacks
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&(obj.tenant.clone(), obj.id.clone()));
@@ -748,6 +801,23 @@ impl Controller for IpsecTunnels {
                     (obj.tenant.clone(), obj.id.clone()),
                     (state.clone(), rekeys),
                 );
+            let fallback = {
+                let key = (obj.tenant.clone(), obj.id.clone());
+                let mut fallbacks = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+                if spec.offload != spec::OffloadRequest::Auto
+                    || state.offload_active == Some(OffloadActive::Packet)
+                {
+                    fallbacks.remove(&key);
+                } else if !applied.offload_fallbacks.is_empty() {
+                    let why: Vec<String> = applied
+                        .offload_fallbacks
+                        .iter()
+                        .map(|f| error_chain(f))
+                        .collect();
+                    fallbacks.insert(key.clone(), why.join("; "));
+                }
+                fallbacks.get(&key).cloned()
+            };
             let status = tunnel_status(
                 status,
                 &TunnelRound {
@@ -761,6 +831,7 @@ impl Controller for IpsecTunnels {
                     applied: &applied,
                     state: &state,
                     rekeys,
+                    fallback: fallback.as_deref(),
                 },
             );
             let requeue = [first.requeue_after, after.requeue_after, Some(POLL)]
@@ -997,6 +1068,7 @@ mod tests {
             applied: &applied,
             state: &state,
             rekeys: 3,
+            fallback: None,
         };
         let status = tunnel_status(Status::default(), &round);
         assert_eq!(status.phase, Phase::Ready);
@@ -1015,6 +1087,50 @@ mod tests {
         assert_eq!((report.packets_in, report.packets_out), (1, 2));
         assert_eq!(report.rekeys, 3);
         assert_eq!(report.xfrm_interface.as_deref(), Some("xfrm-t in t-acme"));
+
+        // `auto` on an uplink that refused packet offload says why (the
+        // kernel's refusal, remembered from the install), or, when the SAs
+        // predate this agent, that packet offload is not in use.
+        let why = "SA spi 0x00001001: offload request refused, trying the next: the kernel refused adding an SA: Invalid argument (os error 22)";
+        let cond = tunnel_status(
+            Status::default(),
+            &TunnelRound {
+                fallback: Some(why),
+                ..round
+            },
+        )
+        .condition("Programmed")
+        .cloned()
+        .unwrap();
+        assert!(
+            cond.message
+                .ends_with(&format!("; offload auto fell back to crypto: {why}")),
+            "{cond:?}"
+        );
+        let cond = tunnel_status(Status::default(), &round)
+            .condition("Programmed")
+            .cloned()
+            .unwrap();
+        assert!(
+            cond.message.ends_with("; offload auto: packet offload not in use (refused when the SAs were installed, before this agent started)"),
+            "{cond:?}"
+        );
+        let packet = TunnelState {
+            offload_active: Some(OffloadActive::Packet),
+            ..state.clone()
+        };
+        let cond = tunnel_status(
+            Status::default(),
+            &TunnelRound {
+                state: &packet,
+                fallback: Some(why),
+                ..round
+            },
+        )
+        .condition("Programmed")
+        .cloned()
+        .unwrap();
+        assert!(!cond.message.contains("fell back"), "{cond:?}");
 
         let software = TunnelRound {
             if_id: None,
@@ -1089,6 +1205,30 @@ mod tests {
             cond.message.starts_with("1 of 1 changes failed: "),
             "{cond:?}"
         );
+
+        // `packet` asked for and refused by the uplink (EINVAL: 6.1 knows
+        // no packet offload): no SAs, so Failed with the kernel's reason.
+        let mut packet_spec = spec.clone();
+        packet_spec.offload = spec::OffloadRequest::Packet;
+        let status = tunnel_status(
+            Status::default(),
+            &TunnelRound {
+                spec: &packet_spec,
+                uplink: true,
+                state: &not_yet,
+                first: &one,
+                applied: &failed,
+                ..software
+            },
+        );
+        assert_eq!(status.phase, Phase::Failed);
+        let cond = status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, Reason::KernelRefused.as_str());
+        assert!(
+            cond.message.starts_with("offload packet refused by the uplink, nothing carried (offload auto would fall back): 1 of 1 changes failed: add SA: "),
+            "{cond:?}"
+        );
+        assert!(cond.message.contains("Invalid argument"), "{cond:?}");
 
         let conflicted = Plan {
             conflicts: vec!["10.1.0.0/16 -> 10.2.0.0/16 held by a foreign policy".into()],

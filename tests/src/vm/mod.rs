@@ -137,6 +137,39 @@ pub fn assert_igb_vf0_configured(ip_link: &str, out: &dyn std::fmt::Display) {
     }
 }
 
+/// Every cached `netdevsim.ko` (built by `tests/vm/netdevsim.sh` under
+/// `<VM cache>/netdevsim/<release>/`), as `(guest path, bytes)` with guest
+/// path `/opt/netdevsim/<release>/netdevsim.ko`: the guest script picks the
+/// one for its `uname -r`. Fails naming the script when none is cached.
+pub fn netdevsim_modules() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let dir = cache_dir().join("netdevsim");
+    let context = |what: &Path, e: std::io::Error| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: {e} (run tests/vm/netdevsim.sh)", what.display()),
+        )
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| context(&dir, e))? {
+        let entry = entry.map_err(|e| context(&dir, e))?;
+        let ko = entry.path().join("netdevsim.ko");
+        if ko.is_file() {
+            let release = entry.file_name().to_string_lossy().into_owned();
+            out.push((
+                format!("/opt/netdevsim/{release}/netdevsim.ko"),
+                std::fs::read(&ko).map_err(|e| context(&ko, e))?,
+            ));
+        }
+    }
+    if out.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "no netdevsim.ko under {}: run tests/vm/netdevsim.sh",
+            dir.display()
+        )));
+    }
+    Ok(out)
+}
+
 /// [`musl_binary`] copied into `dir` without debug info: the debug builds
 /// are ~200 MB each, which the guest's gzip-compressed initramfs would
 /// carry (and TCG unpack) for nothing. Falls back to the original when
