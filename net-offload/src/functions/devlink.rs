@@ -658,9 +658,10 @@ mod tests {
     /// creates SFs; mlx5 only), over the shared socket with a scripted
     /// kernel: `sf_port_new` sends exactly the encoded `PORT_NEW` and reads
     /// the new port from the answer (sent as 6.1 does, command
-    /// `DEVLINK_CMD_NEW` = 3) before the ack; a driver without `port_new`
-    /// (netdevsim) is refused with `EOPNOTSUPP` and the kernel's extended
-    /// ack "Port add is not supported", which the error keeps.
+    /// `DEVLINK_CMD_NEW` = 3) before the ack; a refusal keeps its errno
+    /// (`EOPNOTSUPP`: a driver without `port_new`, as netdevsim, whose 6.1
+    /// refusal carries no extended ack) and, when the kernel sends one,
+    /// its extended-ack text (scripted here).
     #[test]
     #[cfg(target_endian = "little")]
     fn sf_port_new_over_the_shared_socket() {
