@@ -12,7 +12,10 @@
 //!   granted `vfs` / `sfs` range when it has one. Slots handed out but not
 //!   yet in a stored status are held in memory so two reconciles cannot
 //!   pick the same; a named slot another function holds fails the function
-//!   (`VfInUse` / `SfInUse`) without naming another tenant's function.
+//!   (`VfInUse` / `SfInUse`) without naming another tenant's function. A
+//!   kernel that refuses to add an SF port with `EOPNOTSUPP` (a driver
+//!   without sub-functions, e.g. netdevsim) fails the function
+//!   (`KernelRefused`, the kernel's reason) instead of retrying it.
 //! - **Tenant side** (simulator only): the Port whose `function` is this
 //!   function gives the MAC and addresses, its Network the prefix length. A
 //!   Port change requeues the Port's tenant, not this function, so a net
@@ -481,14 +484,32 @@ impl Functions {
         let applied = match cached {
             Some(a) => a,
             None => {
-                let applied = self
-                    .backend
-                    .apply(&want)
-                    .await
-                    .map_err(|e| ReconcileError {
-                        reason: Reason::BackendError,
-                        message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
-                    })?;
+                let applied = match self.backend.apply(&want).await {
+                    Ok(applied) => applied,
+                    // The driver cannot make sub-functions: retrying will
+                    // not change that; the function fails with its reason.
+                    Err(e) if is_sf_add_refusal(&e) => {
+                        return Ok(Outcome {
+                            status: refused_status(
+                                status,
+                                slot,
+                                format!("{} backend: {}", self.backend.name(), error_chain(&e)),
+                            ),
+                            finalized: false,
+                            requeue_after: None,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(ReconcileError {
+                            reason: Reason::BackendError,
+                            message: format!(
+                                "{} backend: {}",
+                                self.backend.name(),
+                                error_chain(&e)
+                            ),
+                        });
+                    }
+                };
                 self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     obj.id.clone(),
                     LastApplied {
@@ -651,6 +672,37 @@ pub fn programmed_status(
         None => status.facts.host_pci_address = None,
     }
     rdma_status(&mut status, spec, applied, roce, host);
+    status
+}
+
+/// Whether `e` is the kernel refusing to add an SF port because the driver
+/// has no sub-functions (`EOPNOTSUPP`, e.g. netdevsim).
+fn is_sf_add_refusal(e: &net_offload::functions::FunctionsError) -> bool {
+    matches!(
+        e,
+        net_offload::functions::FunctionsError::DevlinkRefused {
+            op: "sf_port_new",
+            ..
+        }
+    ) && e.devlink_errno() == Some(libc::EOPNOTSUPP)
+}
+
+/// The status of a function whose carving the kernel refused for good:
+/// Failed, `KernelRefused`, with the kernel's reason; its slot is still
+/// recorded (it stays reserved to this function), no representor.
+pub fn refused_status(mut status: Status, slot: Slot, message: String) -> Status {
+    (status.facts.vf, status.facts.sf) = match slot {
+        Slot::Vf(vf) => (Some(vf), None),
+        Slot::Sf(sf) => (None, Some(sf)),
+    };
+    status.facts.representor = None;
+    status.phase = Phase::Failed;
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::False,
+        Reason::KernelRefused,
+        message,
+    ));
     status
 }
 
@@ -958,6 +1010,8 @@ mod tests {
         applied: Mutex<Vec<FunctionDesired>>,
         removed: Mutex<Vec<Removed>>,
         orphans: Vec<String>,
+        /// Refuses SF port adds as a driver without `port_new` does.
+        refuse_sfs: bool,
     }
 
     impl FunctionBackend for Fake {
@@ -984,6 +1038,13 @@ mod tests {
         ) -> net_offload::functions::BoxFuture<'a, Result<Applied, FunctionsError>> {
             Box::pin(async move {
                 self.applied.lock().unwrap().push(d.clone());
+                if self.refuse_sfs && matches!(d.slot, BackendSlot::Sf(_)) {
+                    return Err(FunctionsError::DevlinkRefused {
+                        op: "sf_port_new",
+                        reason: None,
+                        source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                    });
+                }
                 if d.type_ != FunctionType::Net {
                     return Ok(Applied::Unsupported {
                         reason: UnsupportedReason::NoEmulation,
@@ -1285,6 +1346,45 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// A driver without sub-functions (netdevsim: `EOPNOTSUPP` on
+    /// `PORT_NEW`) fails an SF function for good — Failed, `KernelRefused`,
+    /// the kernel's refusal in the message, its SF number still reserved —
+    /// rather than retrying it as a transient backend error; VFs on the
+    /// same backend are unaffected.
+    #[tokio::test]
+    async fn an_sf_the_driver_cannot_make_fails_with_the_kernels_reason() {
+        let (_dir, ctx) = setup();
+        let c = Functions::new(Arc::new(Fake {
+            refuse_sfs: true,
+            ..Fake::default()
+        }));
+        let sf = put_and_reconcile(
+            &c,
+            &ctx,
+            "s",
+            json!({"type": "net", "pf": "pf0", "sf": 88, "mac": "02:00:00:00:00:0a"}),
+        )
+        .await;
+        assert_eq!(sf.status.phase, Phase::Failed);
+        assert_eq!(sf.status.facts.sf, Some(88));
+        assert_eq!(sf.status.facts.representor, None);
+        let cond = sf.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "KernelRefused");
+        assert!(
+            cond.message.contains("devlink sf_port_new refused"),
+            "{}",
+            cond.message
+        );
+        let vf = put_and_reconcile(
+            &c,
+            &ctx,
+            "v",
+            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0b"}),
+        )
+        .await;
+        assert_eq!(vf.status.phase, Phase::Ready);
     }
 
     fn dev(addr: &str, kind: &str, class: &str) -> HostDevice {
