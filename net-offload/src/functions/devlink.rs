@@ -409,6 +409,9 @@ pub fn decode_port_new_reply(replies: &[Vec<u8>]) -> Result<DevlinkPort, Functio
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::eswitch::flavour;
     use super::*;
 
     fn dev() -> DevlinkDev {
@@ -710,6 +713,175 @@ mod tests {
             "devlink sf_port_new refused: Port add is not supported"
         );
         kernel_thread.join().unwrap();
+    }
+
+    /// Every value of a C enum in `header` by name (implicit values count
+    /// up from the last explicit one; an entry whose value is an
+    /// expression, like `__DEVLINK_CMD_MAX - 1`, is left out, as is every
+    /// implicit one after it).
+    fn c_enums(header: &str) -> BTreeMap<String, i64> {
+        // Comments out, block and line.
+        let mut text = String::with_capacity(header.len());
+        let mut rest = header;
+        while let Some(i) = rest.find("/*") {
+            text.push_str(&rest[..i]);
+            rest = rest[i..].find("*/").map_or("", |j| &rest[i + j + 2..]);
+        }
+        text.push_str(rest);
+        let mut out = BTreeMap::new();
+        let mut next: Option<i64> = None;
+        let (mut in_enum, mut in_directive) = (false, false);
+        for line in text.lines() {
+            let line = line.split("//").next().unwrap_or("").trim();
+            // A preprocessor line and its `\` continuations (the obsolete
+            // `#define DEVLINK_CMD_ESWITCH_MODE_GET` aliases) are not entries.
+            if in_directive || line.starts_with('#') {
+                in_directive = line.ends_with('\\');
+                continue;
+            }
+            if line.starts_with("enum ") && line.ends_with('{') {
+                (in_enum, next) = (true, Some(0));
+                continue;
+            }
+            if !in_enum {
+                continue;
+            }
+            if line.starts_with('}') {
+                in_enum = false;
+                continue;
+            }
+            for entry in line.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, value) = match entry.split_once('=') {
+                    Some((name, expr)) => {
+                        let expr = expr.trim();
+                        let v = match expr.strip_prefix("0x") {
+                            Some(hex) => i64::from_str_radix(hex, 16).ok(),
+                            None => expr.parse().ok().or_else(|| out.get(expr).copied()),
+                        };
+                        (name.trim(), v)
+                    }
+                    None => (entry, next),
+                };
+                if let Some(v) = value {
+                    out.insert(name.to_string(), v);
+                }
+                next = value.map(|v| v + 1);
+            }
+        }
+        out
+    }
+
+    /// Contract test against the kernel's devlink UAPI (no open driver
+    /// creates SFs; mlx5 only): every command, attribute, flavour and port
+    /// function number this client sends or reads is the value of its name
+    /// in this machine's `/usr/include/linux/devlink.h` (linux-libc-dev; a
+    /// build host has it, the C parts of the build need it). Names the
+    /// header predates (`DEVLINK_PORT_FN_ATTR_CAPS`, kernel 6.2) are
+    /// skipped, and said so; the SF ones must be there.
+    #[test]
+    fn numbers_are_the_uapi_headers() {
+        const HEADER: &str = "/usr/include/linux/devlink.h";
+        let text = std::fs::read_to_string(HEADER).unwrap_or_else(|e| {
+            panic!("{HEADER}: {e} (install linux-libc-dev: the devlink UAPI header)")
+        });
+        let uapi = c_enums(&text);
+        let ours: &[(&str, i64)] = &[
+            ("DEVLINK_CMD_GET", cmd::GET.into()),
+            ("DEVLINK_CMD_NEW", 3),
+            ("DEVLINK_CMD_PORT_GET", cmd::PORT_GET.into()),
+            ("DEVLINK_CMD_PORT_SET", cmd::PORT_SET.into()),
+            ("DEVLINK_CMD_PORT_NEW", cmd::PORT_NEW.into()),
+            ("DEVLINK_CMD_PORT_DEL", cmd::PORT_DEL.into()),
+            ("DEVLINK_CMD_ESWITCH_GET", cmd::ESWITCH_GET.into()),
+            ("DEVLINK_CMD_ESWITCH_SET", cmd::ESWITCH_SET.into()),
+            ("DEVLINK_CMD_RATE_SET", cmd::RATE_SET.into()),
+            ("DEVLINK_ATTR_BUS_NAME", attr::BUS_NAME.into()),
+            ("DEVLINK_ATTR_DEV_NAME", attr::DEV_NAME.into()),
+            ("DEVLINK_ATTR_PORT_INDEX", attr::PORT_INDEX.into()),
+            ("DEVLINK_ATTR_PORT_TYPE", attr::PORT_TYPE.into()),
+            (
+                "DEVLINK_ATTR_PORT_NETDEV_IFINDEX",
+                attr::PORT_NETDEV_IFINDEX.into(),
+            ),
+            (
+                "DEVLINK_ATTR_PORT_NETDEV_NAME",
+                attr::PORT_NETDEV_NAME.into(),
+            ),
+            ("DEVLINK_ATTR_ESWITCH_MODE", attr::ESWITCH_MODE.into()),
+            ("DEVLINK_ATTR_PORT_FLAVOUR", attr::PORT_FLAVOUR.into()),
+            ("DEVLINK_ATTR_PORT_NUMBER", attr::PORT_NUMBER.into()),
+            (
+                "DEVLINK_ATTR_PORT_PCI_PF_NUMBER",
+                attr::PORT_PCI_PF_NUMBER.into(),
+            ),
+            (
+                "DEVLINK_ATTR_PORT_PCI_VF_NUMBER",
+                attr::PORT_PCI_VF_NUMBER.into(),
+            ),
+            ("DEVLINK_ATTR_PORT_FUNCTION", attr::PORT_FUNCTION.into()),
+            ("DEVLINK_ATTR_PORT_SPLITTABLE", attr::PORT_SPLITTABLE.into()),
+            ("DEVLINK_ATTR_PORT_EXTERNAL", attr::PORT_EXTERNAL.into()),
+            (
+                "DEVLINK_ATTR_PORT_CONTROLLER_NUMBER",
+                attr::PORT_CONTROLLER_NUMBER.into(),
+            ),
+            (
+                "DEVLINK_ATTR_PORT_PCI_SF_NUMBER",
+                attr::PORT_PCI_SF_NUMBER.into(),
+            ),
+            ("DEVLINK_ATTR_RATE_TX_SHARE", attr::RATE_TX_SHARE.into()),
+            ("DEVLINK_ATTR_RATE_TX_MAX", attr::RATE_TX_MAX.into()),
+            (
+                "DEVLINK_PORT_FUNCTION_ATTR_HW_ADDR",
+                attr::PORT_FN_HW_ADDR.into(),
+            ),
+            ("DEVLINK_PORT_FN_ATTR_STATE", attr::PORT_FN_STATE.into()),
+            ("DEVLINK_PORT_FN_ATTR_CAPS", attr::PORT_FN_CAPS.into()),
+            ("DEVLINK_PORT_FN_STATE_INACTIVE", 0),
+            ("DEVLINK_PORT_FN_STATE_ACTIVE", 1),
+            ("DEVLINK_PORT_FLAVOUR_PHYSICAL", flavour::PHYSICAL.into()),
+            ("DEVLINK_PORT_FLAVOUR_CPU", flavour::CPU.into()),
+            ("DEVLINK_PORT_FLAVOUR_DSA", flavour::DSA.into()),
+            ("DEVLINK_PORT_FLAVOUR_PCI_PF", flavour::PCI_PF.into()),
+            ("DEVLINK_PORT_FLAVOUR_PCI_VF", flavour::PCI_VF.into()),
+            ("DEVLINK_PORT_FLAVOUR_VIRTUAL", flavour::VIRTUAL.into()),
+            ("DEVLINK_PORT_FLAVOUR_UNUSED", flavour::UNUSED.into()),
+            ("DEVLINK_PORT_FLAVOUR_PCI_SF", FLAVOUR_PCI_SF.into()),
+            ("DEVLINK_ESWITCH_MODE_LEGACY", EswitchMode::Legacy as i64),
+            (
+                "DEVLINK_ESWITCH_MODE_SWITCHDEV",
+                EswitchMode::Switchdev as i64,
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (name, value) in ours {
+            match uapi.get(*name) {
+                Some(v) if v == value => {}
+                Some(v) => wrong.push(format!("{name}: header {v}, ours {value}")),
+                None => eprintln!("{name} is not in {HEADER} (a newer kernel's); not checked"),
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        for sf in [
+            "DEVLINK_CMD_PORT_NEW",
+            "DEVLINK_CMD_PORT_DEL",
+            "DEVLINK_ATTR_PORT_PCI_SF_NUMBER",
+            "DEVLINK_ATTR_PORT_CONTROLLER_NUMBER",
+            "DEVLINK_PORT_FLAVOUR_PCI_SF",
+            "DEVLINK_PORT_FN_ATTR_STATE",
+            "DEVLINK_PORT_FN_STATE_ACTIVE",
+        ] {
+            assert!(uapi.contains_key(sf), "{sf} missing from {HEADER}");
+        }
+        // The parser itself: implicit values count on, comments are out,
+        // expressions are left out.
+        let e = c_enums(
+            "enum x {\n A, /* one */ B = 5,\n#define OLD /* no */ \\\n B\n C, // c\n D = A_MAX - 1\n};",
+        );
+        assert_eq!(
+            e.into_iter().collect::<Vec<_>>(),
+            [("A".into(), 0), ("B".into(), 5), ("C".into(), 6)]
+        );
     }
 
     #[test]
