@@ -435,7 +435,8 @@ impl FunctionBackend for SwitchdevBackend {
             plan.push(port(PortSetting::Roce(true)));
         }
         if let Slot::Sf(_) = d.slot {
-            // After hw_addr: mlx5 takes the MAC of an inactive SF only.
+            // Last: a function's attributes are set before it is
+            // activated (the kernel's devlink-port documentation).
             plan.push(port(PortSetting::State(true)));
         }
         plan.push(FunctionAction::EswitchRepresentorUp {
