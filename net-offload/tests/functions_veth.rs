@@ -11,7 +11,7 @@ use std::process::Command;
 use net_offload::functions::netns;
 use net_offload::functions::veth::VethBackend;
 use net_offload::functions::{
-    Applied, FunctionBackend, FunctionDesired, FunctionType, TenantAddressing, naming,
+    Applied, FunctionBackend, FunctionDesired, FunctionType, Slot, TenantAddressing, naming,
 };
 
 fn is_root() -> bool {
@@ -129,7 +129,7 @@ fn function(id: &str, n: u8) -> FunctionDesired {
         id: id.to_string(),
         type_: FunctionType::Net,
         pf: "pf0".into(),
-        vf: u32::from(n),
+        slot: Slot::Vf(u32::from(n)),
         mac: Some(format!("02:fe:00:00:00:{n:02x}").parse().unwrap()),
         vlan: None,
         max_tx_rate_mbps: None,

@@ -82,6 +82,10 @@ $IP link show $UP | grep 'vf 1 ' || true
 echo "alias $(cat /sys/class/net/$REP/ifalias) operstate-flags $($IP -o link show $REP | grep -o '<[^>]*>')"
 echo '## rdma'
 eswitch-probe apply web pf0 1 02:00:00:00:00:0b 100 on 2>&1 || echo "exit $?"
+echo '## sf'
+eswitch-probe apply sfn pf0 sf88 02:00:00:00:00:0c 0 off 2>&1 || echo "exit $?"
+echo '## sf-witness'
+devlink port show 2>&1 | grep -c pcisf || true
 echo '## remove'
 eswitch-probe remove web pf0 1 || echo "exit $?"
 echo '## remove-witness'
@@ -229,9 +233,23 @@ fn check_ipsec_offload(stdout: &str, out: &dyn std::fmt::Display) {
 /// uplink's legacy VF MAC (`ip link` shows it), and its representor gets
 /// the function's alias. RoCE (`roce enable`) is refused by this driver and
 /// the apply fails with the kernel's own reason (extended ack), never a
-/// silent success. Removal resets MAC and rate.
+/// silent success. A sub-function (`sf88`: `DEVLINK_CMD_PORT_NEW`, flavour
+/// pcisf) is refused by netdevsim 6.1, which has no `port_new`: the apply
+/// fails at that first step with the kernel's refusal (`EOPNOTSUPP`; 6.1
+/// sends no extended ack for it), nothing is programmed after it, and `devlink
+/// port show` (the witness) lists no pcisf port — the live test of the SF
+/// refusal path; SF creation itself is contract-tested only (mlx5 is the
+/// only driver with SFs). Removal resets MAC and rate.
 fn check_switchdev_backend(stdout: &str, out: &dyn std::fmt::Display) {
-    for part in ["apply", "apply-witness", "rdma", "remove", "remove-witness"] {
+    for part in [
+        "apply",
+        "apply-witness",
+        "rdma",
+        "sf",
+        "sf-witness",
+        "remove",
+        "remove-witness",
+    ] {
         eprintln!("## {part}\n{}", section(stdout, part));
     }
     let apply = section(stdout, "apply");
@@ -254,6 +272,22 @@ fn check_switchdev_backend(stdout: &str, out: &dyn std::fmt::Display) {
     assert!(
         rdma.contains("devlink port_function_roce refused: ") && rdma.contains("exit 1"),
         "RoCE refused with the driver's reason\n{out}"
+    );
+    let sf = section(stdout, "sf");
+    assert!(
+        sf.contains("devlink sf_port_new refused")
+            && sf.contains(&format!("(os error {})", libc::EOPNOTSUPP))
+            && sf.contains("exit 1"),
+        "SF port add refused with the kernel's EOPNOTSUPP\n{out}"
+    );
+    assert!(
+        !sf.contains("ran ") && !sf.contains("ready "),
+        "nothing ran after the refused port add\n{out}"
+    );
+    assert_eq!(
+        section(stdout, "sf-witness").trim(),
+        "0",
+        "devlink lists no pcisf port\n{out}"
     );
     let removed = section(stdout, "remove-witness");
     assert!(removed.contains("tx_max 0\n"), "rate reset\n{out}");

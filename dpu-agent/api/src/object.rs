@@ -110,6 +110,9 @@ pub struct StatusFacts {
     /// Function: the VF index it holds on its PF.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vf: Option<u32>,
+    /// Function carved as a sub-function: the SF number it holds on its PF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sf: Option<u32>,
     /// Function: the DPU-side netdev the switch attaches the function by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub representor: Option<String>,

@@ -53,6 +53,11 @@ pub struct FunctionGrant {
     /// free VF (allocated by the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vfs: Option<String>,
+    /// SF numbers (`"1000-1999"`) the tenant may name or be given for
+    /// functions carved as sub-functions; absent: no sub-functions at all
+    /// (unlike `vfs`, fail closed: SFs came after grants did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfs: Option<String>,
     /// Host stubs the tenant may place functions on; empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
@@ -102,14 +107,81 @@ pub enum Attach {
     Vfio,
 }
 
+/// How a function is carved from its PF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Carve {
+    /// An SR-IOV virtual function (`vf`).
+    Vf,
+    /// A scalable function (`sf`: devlink `port add … flavour pcisf`),
+    /// net functions only.
+    Sf,
+}
+
+/// Where a function is (or asks to be) carved on its PF: a VF index or an
+/// SF number — one typed key, so VF 3 and SF 3 never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    Vf(u32),
+    Sf(u32),
+}
+
+impl Slot {
+    /// The slot of `carve` with number `n`.
+    pub fn new(carve: Carve, n: u32) -> Slot {
+        match carve {
+            Carve::Vf => Slot::Vf(n),
+            Carve::Sf => Slot::Sf(n),
+        }
+    }
+
+    pub fn carve(self) -> Carve {
+        match self {
+            Slot::Vf(_) => Carve::Vf,
+            Slot::Sf(_) => Carve::Sf,
+        }
+    }
+
+    pub fn number(self) -> u32 {
+        match self {
+            Slot::Vf(n) | Slot::Sf(n) => n,
+        }
+    }
+
+    /// The VF index, for a VF.
+    pub fn vf_index(self) -> Option<u32> {
+        match self {
+            Slot::Vf(n) => Some(n),
+            Slot::Sf(_) => None,
+        }
+    }
+}
+
+/// `vf N` or `sf N`.
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Vf(n) => write!(f, "vf {n}"),
+            Slot::Sf(n) => write!(f, "sf {n}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
     #[serde(rename = "type")]
     pub type_: FunctionType,
     pub pf: PfName,
+    /// `vf` (default) or `sf`; `sf` is implied by `spec.sf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carve: Option<Carve>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vf: Option<u32>,
+    /// The SF number (`sfnum`) of a function carved as a sub-function;
+    /// allocated when absent. Exclusive with `vf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sf: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +200,26 @@ pub struct FunctionSpec {
     /// RoCE on for it where the driver offers it (devlink `enable_roce`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rdma: bool,
+}
+
+impl FunctionSpec {
+    /// How the function is carved: `spec.carve`, else `sf` when `spec.sf`
+    /// is set, else `vf`.
+    pub fn carve(&self) -> Carve {
+        match (self.carve, self.sf) {
+            (Some(c), _) => c,
+            (None, Some(_)) => Carve::Sf,
+            (None, None) => Carve::Vf,
+        }
+    }
+
+    /// The slot the spec names (`vf` or `sf`, by its carve), if any.
+    pub fn requested_slot(&self) -> Option<Slot> {
+        match self.carve() {
+            Carve::Vf => self.vf.map(Slot::Vf),
+            Carve::Sf => self.sf.map(Slot::Sf),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

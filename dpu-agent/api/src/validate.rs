@@ -343,6 +343,9 @@ fn validate_tenant(t: &TenantSpec) -> Check {
         if let Some(vfs) = &f.vfs {
             parse_index_range("spec.grants.functions.vfs", vfs, u32::MAX - 1)?;
         }
+        if let Some(sfs) = &f.sfs {
+            parse_index_range("spec.grants.functions.sfs", sfs, u32::MAX - 1)?;
+        }
         check_count("spec.grants.functions.hosts", &f.hosts, limits::GRANT_HOSTS)?;
         for (i, h) in f.hosts.iter().enumerate() {
             check_label(&format!("spec.grants.functions.hosts[{i}]"), h)?;
@@ -414,6 +417,7 @@ fn validate_function(f: &FunctionSpec) -> Check {
     if let Some(host) = &f.host {
         check_label("spec.host", host)?;
     }
+    validate_carve(f)?;
     let net_only = [
         ("spec.mac", f.mac.is_some()),
         ("spec.vlan", f.vlan.is_some()),
@@ -442,6 +446,56 @@ fn validate_function(f: &FunctionSpec) -> Check {
         FunctionType::Nvme | FunctionType::VirtioBlk => {
             if let Some((field, _)) = net_only.iter().find(|(_, set)| *set) {
                 return fail(*field, "only applies to net functions");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `carve`, `vf` and `sf` agree: a function is a VF or a sub-function,
+/// never both; sub-functions are net functions on the DPU (no host stub
+/// places them).
+fn validate_carve(f: &FunctionSpec) -> Check {
+    if f.vf.is_some() && f.sf.is_some() {
+        return fail(
+            "spec.sf",
+            "is exclusive with spec.vf: a function is a VF or a sub-function",
+        );
+    }
+    match (f.carve, f.vf, f.sf) {
+        (Some(Carve::Vf), _, Some(_)) => {
+            return fail("spec.sf", "needs carve sf (or leave spec.carve out)");
+        }
+        (Some(Carve::Sf), Some(_), _) => {
+            return fail(
+                "spec.vf",
+                "a function carved as sf has no VF index; name its SF number in spec.sf",
+            );
+        }
+        _ => {}
+    }
+    if f.carve() == Carve::Sf {
+        if f.type_ != FunctionType::Net {
+            return fail(
+                "spec.carve",
+                "only net functions can be carved as sub-functions",
+            );
+        }
+        if f.sf == Some(u32::MAX) {
+            return fail(
+                "spec.sf",
+                format!("{} is outside 0-{}", u32::MAX, u32::MAX - 1),
+            );
+        }
+        for (field, set) in [
+            ("spec.host", f.host.is_some()),
+            ("spec.attach", f.attach.is_some()),
+        ] {
+            if set {
+                return fail(
+                    field,
+                    "does not apply to a sub-function: host stubs are assigned VFs only",
+                );
             }
         }
     }
@@ -1103,6 +1157,24 @@ fn check_function_grant(f: &FunctionSpec, grant: Option<&FunctionGrant>) -> Chec
             "spec.vf",
             format!("VF {vf} is outside the granted range {lo}-{hi} {HOW}"),
         );
+    }
+    if f.carve() == Carve::Sf {
+        // No SF range in the grant: no sub-functions (fail closed).
+        let Some(Ok((lo, hi))) = g
+            .sfs
+            .as_deref()
+            .map(|r| parse_index_range("", r, u32::MAX - 1))
+        else {
+            return fail("spec.carve", format!("sub-functions are not granted {HOW}"));
+        };
+        if let Some(sf) = f.sf
+            && !(lo..=hi).contains(&sf)
+        {
+            return fail(
+                "spec.sf",
+                format!("SF {sf} is outside the granted range {lo}-{hi} {HOW}"),
+            );
+        }
     }
     if let Some(host) = &f.host
         && !g.hosts.contains(host)

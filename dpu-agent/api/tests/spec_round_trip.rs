@@ -66,40 +66,50 @@ fn tenant() -> impl Strategy<Value = TenantSpec> {
 
 fn function() -> impl Strategy<Value = FunctionSpec> {
     (
-        prop_oneof![
-            Just(FunctionType::Net),
-            Just(FunctionType::Nvme),
-            Just(FunctionType::VirtioBlk)
-        ],
-        pf_name(),
+        (
+            prop_oneof![
+                Just(FunctionType::Net),
+                Just(FunctionType::Nvme),
+                Just(FunctionType::VirtioBlk)
+            ],
+            pf_name(),
+            of(any::<u32>()),
+            of(text()),
+            of(prop_oneof![Just(Attach::Kernel), Just(Attach::Vfio)]),
+            of(mac()),
+            of(any::<u16>()),
+            of(any::<u32>()),
+            of(any::<bool>()),
+            of(any::<bool>()),
+            any::<bool>(),
+        ),
+        of(prop_oneof![Just(Carve::Vf), Just(Carve::Sf)]),
         of(any::<u32>()),
-        of(text()),
-        of(prop_oneof![Just(Attach::Kernel), Just(Attach::Vfio)]),
-        of(mac()),
-        of(any::<u16>()),
-        of(any::<u32>()),
-        of(any::<bool>()),
-        of(any::<bool>()),
-        any::<bool>(),
     )
         .prop_map(
             |(
-                type_,
-                pf,
-                vf,
-                host,
-                attach,
-                mac,
-                vlan,
-                max_tx_rate_mbps,
-                trust,
-                spoof_check,
-                rdma,
+                (
+                    type_,
+                    pf,
+                    vf,
+                    host,
+                    attach,
+                    mac,
+                    vlan,
+                    max_tx_rate_mbps,
+                    trust,
+                    spoof_check,
+                    rdma,
+                ),
+                carve,
+                sf,
             )| {
                 FunctionSpec {
                     type_,
                     pf,
+                    carve,
                     vf,
+                    sf,
                     host,
                     attach,
                     mac,

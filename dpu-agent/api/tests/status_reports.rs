@@ -13,6 +13,7 @@ use dpu_api::report::{
 const COMMON: &[&str] = &["observed_generation", "phase", "conditions"];
 const FACTS: &[&str] = &[
     "vf",
+    "sf",
     "representor",
     "host_device",
     "host_pci_address",

@@ -258,6 +258,35 @@ fn vlans_and_net_only_fields() {
         spec_check(Kind::Function, &with(&net, patch.clone()))
     });
 
+    // Carving: a VF or a sub-function, never both; SFs are net functions
+    // on the DPU (no host stub places them).
+    let rows: Vec<(Value, Want)> = vec![
+        (json!({"carve": "sf"}), OK),
+        (json!({"carve": "sf", "sf": 88}), OK),
+        (json!({"sf": 88}), OK),
+        (json!({"carve": "vf", "vf": 2}), OK),
+        (json!({"carve": "pcisf"}), Some("spec.carve")),
+        (json!({"sf": -1}), Some("spec.sf")),
+        (json!({"sf": "88"}), Some("spec.sf")),
+        (json!({"sf": 4294967295u32}), Some("spec.sf")),
+        (json!({"vf": 1, "sf": 88}), Some("spec.sf")),
+        (json!({"carve": "vf", "sf": 88}), Some("spec.sf")),
+        (json!({"carve": "sf", "vf": 1}), Some("spec.vf")),
+        (json!({"carve": "sf", "host": "host-1"}), Some("spec.host")),
+        (json!({"sf": 3, "attach": "kernel"}), Some("spec.attach")),
+        (
+            json!({"type": "nvme", "carve": "sf", "mac": null}),
+            Some("spec.carve"),
+        ),
+        (
+            json!({"type": "virtio-blk", "sf": 1, "mac": null}),
+            Some("spec.carve"),
+        ),
+    ];
+    check_rows("carve", &rows, |patch| {
+        spec_check(Kind::Function, &with(&net, patch.clone()))
+    });
+
     for type_ in ["nvme", "virtio-blk"] {
         let storage = json!({"type": type_, "pf": "pf0"});
         let rows: Vec<(Value, Want)> = vec![
@@ -1283,6 +1312,14 @@ fn grants_are_validated() {
             Some("spec.grants.functions.vfs"),
         ),
         (
+            json!({"grants": {"functions": {"pfs": ["pf0"], "sfs": "1000-1999"}}}),
+            OK,
+        ),
+        (
+            json!({"grants": {"functions": {"pfs": ["pf0"], "sfs": "9-x"}}}),
+            Some("spec.grants.functions.sfs"),
+        ),
+        (
             json!({"grants": {"functions": {"pfs": ["pf0"], "hosts": ["Node_1"]}}}),
             Some("spec.grants.functions.hosts[0]"),
         ),
@@ -1307,6 +1344,12 @@ fn function_grants_bound_tenant_writers() {
         "rdma",
         "rdma",
         json!({"grants": {"functions": {"pfs": ["pf0"], "allow_rdma": true}}}),
+    );
+    w.put(
+        Kind::Tenant,
+        "sfs",
+        "sfs",
+        json!({"grants": {"functions": {"pfs": ["pf0"], "sfs": "100-199"}}}),
     );
     w.put(Kind::Tenant, "bare", "bare", json!({}));
     let f = json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"});
@@ -1358,6 +1401,29 @@ fn function_grants_bound_tenant_writers() {
             OK,
         ),
         (("bare", Writer::Tenant, f.clone()), Some("spec.pf")),
+        // Sub-functions need grants.functions.sfs (absent: none at all),
+        // and a named SF number stays inside it.
+        (
+            ("acme", Writer::Tenant, with(&f, json!({"carve": "sf"}))),
+            Some("spec.carve"),
+        ),
+        (
+            ("sfs", Writer::Tenant, with(&f, json!({"carve": "sf"}))),
+            OK,
+        ),
+        (("sfs", Writer::Tenant, with(&f, json!({"sf": 150}))), OK),
+        (
+            ("sfs", Writer::Tenant, with(&f, json!({"sf": 99}))),
+            Some("spec.sf"),
+        ),
+        (
+            ("sfs", Writer::Tenant, with(&f, json!({"sf": 200}))),
+            Some("spec.sf"),
+        ),
+        (
+            ("bare", Writer::FleetController, with(&f, json!({"sf": 7}))),
+            OK,
+        ),
         // The fleet controller places functions wherever it decides.
         (
             (

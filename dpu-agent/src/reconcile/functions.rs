@@ -5,10 +5,17 @@
 //! `host_device` as that host's stub last reported them (see
 //! [`host_placement`]; re-read every [`HOST_POLL`]).
 //!
-//! - **VF index**: `spec.vf` when given, else the one already in status,
-//!   else the lowest index free on that `pf` among all functions (any
-//!   tenant: a PF is the device's). Indexes handed out but not yet in a
-//!   stored status are held in memory so two reconciles cannot pick the same.
+//! - **VF index / SF number** (a typed [`Slot`]: VF 3 and SF 3 are
+//!   different slots of a PF): `spec.vf` / `spec.sf` when given, else the
+//!   one already in status, else the lowest number free on that `pf` among
+//!   all functions (any tenant: a PF is the device's), inside the tenant's
+//!   granted `vfs` / `sfs` range when it has one. Slots handed out but not
+//!   yet in a stored status are held in memory so two reconciles cannot
+//!   pick the same; a named slot another function holds fails the function
+//!   (`VfInUse` / `SfInUse`) without naming another tenant's function. A
+//!   kernel that refuses to add an SF port with `EOPNOTSUPP` (a driver
+//!   without sub-functions, e.g. netdevsim) fails the function
+//!   (`KernelRefused`, the kernel's reason) instead of retrying it.
 //! - **Tenant side** (simulator only): the Port whose `function` is this
 //!   function gives the MAC and addresses, its Network the prefix length. A
 //!   Port change requeues the Port's tenant, not this function, so a net
@@ -36,7 +43,7 @@ use std::time::{Duration, Instant};
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, HostDevice, ObjectKey, Phase, Status, WriteOutcome};
 use dpu_api::report::{FunctionReport, RdmaReport};
-use dpu_api::spec::{FunctionSpec, FunctionType as ApiFunctionType, Spec};
+use dpu_api::spec::{Carve, FunctionSpec, FunctionType as ApiFunctionType, Slot, Spec};
 use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing, plan,
 };
@@ -68,8 +75,8 @@ pub struct Functions {
     /// presents them, their status follows the volume attached to them
     /// ([`emulated_status`]) instead of the functions backend.
     storage: StorageRole,
-    /// function id → (pf, vf) handed out by this process.
-    slots: Mutex<HashMap<String, (String, u32)>>,
+    /// function id → (pf, VF or SF) handed out by this process.
+    slots: Mutex<HashMap<String, (String, Slot)>>,
     last: Mutex<HashMap<String, LastApplied>>,
     last_sweep: Mutex<Option<Instant>>,
 }
@@ -130,8 +137,18 @@ fn function_spec(obj: &StoredObject) -> Result<FunctionSpec, ReconcileError> {
     }
 }
 
-fn status_vf(obj: &StoredObject) -> Option<u32> {
-    obj.status.facts.vf
+/// The slot a function's status records (its VF, or its SF).
+fn status_slot(obj: &StoredObject) -> Option<Slot> {
+    let facts = &obj.status.facts;
+    facts.vf.map(Slot::Vf).or(facts.sf.map(Slot::Sf))
+}
+
+/// The slot handed out as the backend's typed slot.
+fn backend_slot(slot: Slot) -> net_offload::functions::Slot {
+    match slot {
+        Slot::Vf(n) => net_offload::functions::Slot::Vf(n),
+        Slot::Sf(n) => net_offload::functions::Slot::Sf(n),
+    }
 }
 
 /// The lowest index not in `taken`.
@@ -139,78 +156,150 @@ pub fn lowest_free(taken: &BTreeSet<u32>) -> u32 {
     (0..).find(|i| !taken.contains(i)).unwrap_or(u32::MAX)
 }
 
-/// Where a function's VF is: its spec, its status, or newly allocated.
-/// `Err` names the function already holding a requested index.
-fn vf_slot(
+/// Where a function is carved: the VF or SF its spec names, else the one
+/// its status records, else newly allocated (of the spec's carve).
+/// `Err` names the function already holding a requested slot.
+fn slot_for(
     ctx: &Context,
-    held: &HashMap<String, (String, u32)>,
+    held: &HashMap<String, (String, Slot)>,
     obj: &StoredObject,
     spec: &FunctionSpec,
-) -> Result<u32, VfSlotError> {
-    // VFs other functions hold (recorded in their status: the store's PF
-    // index; or allocated in this process), and VFs they asked for without
-    // holding them yet (the index too).
-    let in_process = |vf: u32| {
+) -> Result<Slot, SlotError> {
+    let carve = spec.carve();
+    // Slots other functions hold (recorded in their status: the store's PF
+    // index; or allocated in this process), and slots they asked for
+    // without holding them yet.
+    let in_process = |slot: Slot| {
         held.iter()
-            .find(|(id, (pf, v))| **id != obj.id && *pf == spec.pf && *v == vf)
+            .find(|(id, (pf, s))| **id != obj.id && *pf == spec.pf && *s == slot)
             .map(|(id, _)| id.clone())
     };
-    let own = spec.vf.or_else(|| status_vf(obj)).or_else(|| {
-        held.get(&obj.id)
-            .filter(|(pf, _)| *pf == spec.pf)
-            .map(|(_, vf)| *vf)
-    });
+    let own = spec
+        .requested_slot()
+        .or_else(|| status_slot(obj).filter(|s| s.carve() == carve))
+        .or_else(|| {
+            held.get(&obj.id)
+                .filter(|(pf, s)| *pf == spec.pf && s.carve() == carve)
+                .map(|(_, s)| *s)
+        });
     match own {
-        Some(vf) => {
-            let claims = ctx.store.vf_claims(&spec.pf, vf, &obj.id);
-            if let Some(holder) = claims.holder.or_else(|| in_process(vf)) {
-                return Err(VfSlotError::InUse(holder));
+        Some(slot) => {
+            let claims = ctx.store.slot_claims(&spec.pf, slot, &obj.id);
+            if let Some(holder) = claims.holder.or_else(|| in_process(slot)) {
+                return Err(SlotError::InUse(holder));
             }
-            // The lowest id among those asking wins a VF nobody holds.
+            // The lowest id among those asking wins a slot nobody holds.
             match claims.first_asker {
-                Some(first) if spec.vf == Some(vf) && first < obj.id => {
-                    Err(VfSlotError::InUse(first))
+                Some(first) if spec.requested_slot() == Some(slot) && first < obj.id => {
+                    Err(SlotError::InUse(first))
                 }
-                _ => Ok(vf),
+                _ => Ok(slot),
             }
         }
         None => {
-            // A tenant with a VF range in its grant draws from that range.
-            let (lo, hi) = granted_vfs(ctx, &obj.tenant).unwrap_or((0, u32::MAX - 1));
+            // A tenant with a range in its grant draws from that range.
+            let (lo, hi) = granted_range(ctx, &obj.tenant, carve).unwrap_or((0, u32::MAX - 1));
             let taken_here: BTreeSet<u32> = held
                 .iter()
-                .filter(|(id, (pf, _))| **id != obj.id && *pf == spec.pf)
-                .map(|(_, (_, vf))| *vf)
+                .filter(|(id, (pf, s))| **id != obj.id && *pf == spec.pf && s.carve() == carve)
+                .map(|(_, (_, s))| s.number())
                 .collect();
             ctx.store
-                .lowest_unclaimed_vf(&spec.pf, (lo, hi), &obj.id, &taken_here)
-                .ok_or(VfSlotError::NoneFree { lo, hi })
+                .lowest_unclaimed(&spec.pf, carve, (lo, hi), &obj.id, &taken_here)
+                .map(|n| Slot::new(carve, n))
+                .ok_or(SlotError::NoneFree { carve, lo, hi })
         }
     }
 }
 
-/// Why a function has no VF.
+/// Why a function has no slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum VfSlotError {
-    /// The requested index is held by this function.
+enum SlotError {
+    /// The requested slot is held by this function.
     InUse(String),
-    /// Every index of the tenant's granted range is taken.
-    NoneFree { lo: u32, hi: u32 },
+    /// Every number of the tenant's granted range is taken.
+    NoneFree { carve: Carve, lo: u32, hi: u32 },
 }
 
-/// The VF range of a tenant's function grant, if it sets one.
-fn granted_vfs(ctx: &Context, tenant: &str) -> Option<(u32, u32)> {
+/// The VF (`vfs`) or SF (`sfs`) range of a tenant's function grant, if it
+/// sets one.
+fn granted_range(ctx: &Context, tenant: &str, carve: Carve) -> Option<(u32, u32)> {
     let t = ctx.store.get(&ObjectKey::new(Kind::Tenant, tenant))?;
-    let range = t
-        .spec
-        .as_tenant()?
-        .grants
-        .as_ref()?
-        .functions
-        .as_ref()?
-        .vfs
-        .as_deref()?;
+    let grant = t.spec.as_tenant()?.grants.as_ref()?.functions.as_ref()?;
+    let range = match carve {
+        Carve::Vf => grant.vfs.as_deref()?,
+        Carve::Sf => grant.sfs.as_deref()?,
+    };
     dpu_api::validate::parse_index_range("", range, u32::MAX - 1).ok()
+}
+
+/// A function's status when it gets no slot: Failed, with why.
+fn no_slot_status(
+    ctx: &Context,
+    obj: &StoredObject,
+    spec: &FunctionSpec,
+    err: SlotError,
+) -> Status {
+    let mut status = obj.status.clone();
+    status.phase = Phase::Failed;
+    let (reason, message) = match err {
+        SlotError::InUse(holder) => {
+            // Another tenant's function is not named (TENANCY.md
+            // invariant 5).
+            let same_tenant = ctx
+                .store
+                .get(&ObjectKey::new(Kind::Function, holder.clone()))
+                .is_some_and(|h| h.tenant == obj.tenant);
+            let who = if same_tenant {
+                format!("function {holder}'s")
+            } else {
+                "held by another function".to_string()
+            };
+            let slot = spec
+                .requested_slot()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            match spec.carve() {
+                Carve::Vf => (
+                    Reason::VfInUse,
+                    format!(
+                        "{} {slot} is already {who}; choose another spec.vf or leave it out to have one allocated",
+                        spec.pf
+                    ),
+                ),
+                Carve::Sf => (
+                    Reason::SfInUse,
+                    format!(
+                        "{} {slot} is already {who}; choose another spec.sf or leave it out to have one allocated",
+                        spec.pf
+                    ),
+                ),
+            }
+        }
+        SlotError::NoneFree { carve, lo, hi } => match carve {
+            Carve::Vf => (
+                Reason::NoFreeVf,
+                format!(
+                    "every VF of {} in the tenant's granted range {lo}-{hi} is taken",
+                    spec.pf
+                ),
+            ),
+            Carve::Sf => (
+                Reason::NoFreeSf,
+                format!(
+                    "every SF number of {} in the tenant's granted range {lo}-{hi} is taken",
+                    spec.pf
+                ),
+            ),
+        },
+    };
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::False,
+        reason,
+        message,
+    ));
+    status
 }
 
 /// The tenant side of a function: its Port's MAC and addresses with the
@@ -244,7 +333,7 @@ pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<
 fn desired(
     obj: &StoredObject,
     spec: &FunctionSpec,
-    vf: u32,
+    slot: Slot,
     tenant: Option<TenantAddressing>,
 ) -> Result<FunctionDesired, ReconcileError> {
     let mac = spec.mac.map(|m| Mac(m.0));
@@ -256,7 +345,7 @@ fn desired(
             ApiFunctionType::VirtioBlk => FunctionType::VirtioBlk,
         },
         pf: spec.pf.to_string(),
-        vf,
+        slot: backend_slot(slot),
         mac,
         vlan: spec.vlan,
         max_tx_rate_mbps: spec.max_tx_rate_mbps,
@@ -354,54 +443,17 @@ impl Functions {
         obj: &StoredObject,
     ) -> Result<Outcome, ReconcileError> {
         let spec = function_spec(obj)?;
-        let mut status = obj.status.clone();
-        let vf = {
+        let status = obj.status.clone();
+        let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            match vf_slot(ctx, &slots, obj, &spec) {
-                Ok(vf) => {
-                    slots.insert(obj.id.clone(), (spec.pf.to_string(), vf));
-                    vf
+            match slot_for(ctx, &slots, obj, &spec) {
+                Ok(slot) => {
+                    slots.insert(obj.id.clone(), (spec.pf.to_string(), slot));
+                    slot
                 }
                 Err(err) => {
-                    status.phase = Phase::Failed;
-                    let (reason, message) = match err {
-                        VfSlotError::InUse(holder) => {
-                            // Another tenant's function is not named
-                            // (TENANCY.md invariant 5).
-                            let same_tenant = ctx
-                                .store
-                                .get(&ObjectKey::new(Kind::Function, holder.clone()))
-                                .is_some_and(|h| h.tenant == obj.tenant);
-                            let who = if same_tenant {
-                                format!("function {holder}'s")
-                            } else {
-                                "held by another function".to_string()
-                            };
-                            (
-                                Reason::VfInUse,
-                                format!(
-                                    "{} vf {} is already {who}; choose another spec.vf or leave it out to have one allocated",
-                                    spec.pf,
-                                    spec.vf.unwrap_or_default()
-                                ),
-                            )
-                        }
-                        VfSlotError::NoneFree { lo, hi } => (
-                            Reason::NoFreeVf,
-                            format!(
-                                "every VF of {} in the tenant's granted range {lo}-{hi} is taken",
-                                spec.pf
-                            ),
-                        ),
-                    };
-                    status.set_condition(condition(
-                        "Programmed",
-                        ConditionStatus::False,
-                        reason,
-                        message,
-                    ));
                     return Ok(Outcome {
-                        status,
+                        status: no_slot_status(ctx, obj, &spec, err),
                         finalized: false,
                         requeue_after: None,
                     });
@@ -411,7 +463,7 @@ impl Functions {
         if self.storage.presents(spec.type_) {
             let volume = presenting_volume(ctx, &obj.tenant, &obj.id);
             return Ok(Outcome {
-                status: emulated_status(status, &spec, vf, self.storage, volume.as_ref()),
+                status: emulated_status(status, &spec, slot, self.storage, volume.as_ref()),
                 finalized: false,
                 // A volume's progress is not this object's event.
                 requeue_after: Some(HOST_POLL),
@@ -422,7 +474,7 @@ impl Functions {
         } else {
             None
         };
-        let want = desired(obj, &spec, vf, tenant)?;
+        let want = desired(obj, &spec, slot, tenant)?;
         let cached = {
             let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
             last.get(&obj.id)
@@ -432,14 +484,32 @@ impl Functions {
         let applied = match cached {
             Some(a) => a,
             None => {
-                let applied = self
-                    .backend
-                    .apply(&want)
-                    .await
-                    .map_err(|e| ReconcileError {
-                        reason: Reason::BackendError,
-                        message: format!("{} backend: {}", self.backend.name(), error_chain(&e)),
-                    })?;
+                let applied = match self.backend.apply(&want).await {
+                    Ok(applied) => applied,
+                    // The driver cannot make sub-functions: retrying will
+                    // not change that; the function fails with its reason.
+                    Err(e) if is_sf_add_refusal(&e) => {
+                        return Ok(Outcome {
+                            status: refused_status(
+                                status,
+                                slot,
+                                format!("{} backend: {}", self.backend.name(), error_chain(&e)),
+                            ),
+                            finalized: false,
+                            requeue_after: None,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(ReconcileError {
+                            reason: Reason::BackendError,
+                            message: format!(
+                                "{} backend: {}",
+                                self.backend.name(),
+                                error_chain(&e)
+                            ),
+                        });
+                    }
+                };
                 self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     obj.id.clone(),
                     LastApplied {
@@ -465,7 +535,7 @@ impl Functions {
         let status = programmed_status(
             status,
             &spec,
-            vf,
+            slot,
             &applied,
             ready,
             self.backend.switches_roce(),
@@ -499,11 +569,15 @@ impl Functions {
             .cloned();
         let slot = held.or_else(|| {
             spec.as_ref()
-                .zip(status_vf(obj))
-                .map(|(s, vf)| (s.pf.to_string(), vf))
+                .zip(status_slot(obj))
+                .map(|(s, slot)| (s.pf.to_string(), slot))
         });
         self.backend
-            .remove(&obj.id, slot.as_ref().map(|(pf, vf)| (pf.as_str(), *vf)))
+            .remove(
+                &obj.id,
+                slot.as_ref()
+                    .map(|(pf, slot)| (pf.as_str(), backend_slot(*slot))),
+            )
             .await
             .map_err(|e| ReconcileError {
                 reason: Reason::TeardownFailed,
@@ -522,7 +596,7 @@ impl Functions {
 }
 
 /// The status of a function once its backend was asked: a pure function of
-/// the previous status, the spec, the VF it holds, what the backend
+/// the previous status, the spec, the VF or SF it holds, what the backend
 /// reached (`ready`: the backend's account of a Ready function; `roce`:
 /// whether the backend switches RoCE itself, so a Ready apply of an RDMA
 /// function turned it on) and the devices its host reports (`None`: no
@@ -530,13 +604,16 @@ impl Functions {
 pub fn programmed_status(
     mut status: Status,
     spec: &FunctionSpec,
-    vf: u32,
+    slot: Slot,
     applied: &Applied,
     ready: String,
     roce: bool,
     host_devices: Option<&[HostDevice]>,
 ) -> Status {
-    status.facts.vf = Some(vf);
+    (status.facts.vf, status.facts.sf) = match slot {
+        Slot::Vf(vf) => (Some(vf), None),
+        Slot::Sf(sf) => (None, Some(sf)),
+    };
     match applied {
         Applied::Ready {
             representor,
@@ -560,7 +637,7 @@ pub fn programmed_status(
                 ConditionStatus::False,
                 Reason::RepresentorMissing,
                 format!(
-                    "{} vf {vf} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?",
+                    "{} {slot} is configured but its representor {expected} was not found; is the eswitch in switchdev mode and the representor pattern right?",
                     spec.pf
                 ),
             );
@@ -579,7 +656,10 @@ pub fn programmed_status(
         Applied::Ready { host_device, .. } => host_device.clone(),
         _ => None,
     };
-    let host = host_devices.and_then(|devices| host_function(devices, spec, vf));
+    // Host stubs see VFs only (an SF is never placed on a host).
+    let host = host_devices
+        .zip(slot.vf_index())
+        .and_then(|(devices, vf)| host_function(devices, spec, vf));
     match host {
         Some(f) => {
             status.facts.host_pci_address = Some(f.pci_address.clone());
@@ -592,6 +672,37 @@ pub fn programmed_status(
         None => status.facts.host_pci_address = None,
     }
     rdma_status(&mut status, spec, applied, roce, host);
+    status
+}
+
+/// Whether `e` is the kernel refusing to add an SF port because the driver
+/// has no sub-functions (`EOPNOTSUPP`, e.g. netdevsim).
+fn is_sf_add_refusal(e: &net_offload::functions::FunctionsError) -> bool {
+    matches!(
+        e,
+        net_offload::functions::FunctionsError::DevlinkRefused {
+            op: "sf_port_new",
+            ..
+        }
+    ) && e.devlink_errno() == Some(libc::EOPNOTSUPP)
+}
+
+/// The status of a function whose carving the kernel refused for good:
+/// Failed, `KernelRefused`, with the kernel's reason; its slot is still
+/// recorded (it stays reserved to this function), no representor.
+pub fn refused_status(mut status: Status, slot: Slot, message: String) -> Status {
+    (status.facts.vf, status.facts.sf) = match slot {
+        Slot::Vf(vf) => (Some(vf), None),
+        Slot::Sf(sf) => (None, Some(sf)),
+    };
+    status.facts.representor = None;
+    status.phase = Phase::Failed;
+    status.set_condition(condition(
+        "Programmed",
+        ConditionStatus::False,
+        Reason::KernelRefused,
+        message,
+    ));
     status
 }
 
@@ -630,11 +741,14 @@ pub struct PresentingVolume {
 pub fn emulated_status(
     mut status: Status,
     spec: &FunctionSpec,
-    vf: u32,
+    slot: Slot,
     role: StorageRole,
     volume: Option<&PresentingVolume>,
 ) -> Status {
-    status.facts.vf = Some(vf);
+    (status.facts.vf, status.facts.sf) = match slot {
+        Slot::Vf(vf) => (Some(vf), None),
+        Slot::Sf(sf) => (None, Some(sf)),
+    };
     status.facts.representor = None;
     let kind = match spec.type_ {
         ApiFunctionType::VirtioBlk => "virtio-blk",
@@ -642,7 +756,7 @@ pub fn emulated_status(
     };
     let made = match role {
         StorageRole::Fabric => "NVMe-oF export for this function's host NQN".to_string(),
-        _ => format!("emulated {kind} controller on {} vf {vf}", spec.pf),
+        _ => format!("emulated {kind} controller on {} {slot}", spec.pf),
     };
     let (phase, state, reason, message) = match volume {
         Some(v) if v.phase == Phase::Ready => (
@@ -759,34 +873,39 @@ impl Controller for Functions {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&obj.id)
-                    .map(|(_, vf)| *vf);
-                let vf = held.or_else(|| status_vf(obj));
-                plan::lines(
-                    &self
-                        .backend
-                        .plan_remove(&obj.id, vf.map(|vf| (spec.pf.as_str(), vf))),
-                )
+                    .map(|(_, slot)| *slot);
+                let slot = held.or_else(|| status_slot(obj));
+                plan::lines(&self.backend.plan_remove(
+                    &obj.id,
+                    slot.map(|slot| (spec.pf.as_str(), backend_slot(slot))),
+                ))
             }
             WriteOutcome::Created | WriteOutcome::Updated => {
                 let held = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let vf = match vf_slot(ctx, &held, obj, &spec) {
-                    Ok(vf) => vf,
-                    Err(VfSlotError::InUse(_)) => {
+                let slot = match slot_for(ctx, &held, obj, &spec) {
+                    Ok(slot) => slot,
+                    Err(SlotError::InUse(_)) => {
                         return vec![format!(
-                            "nothing: {} vf {} is held by another function",
+                            "nothing: {} {} is held by another function",
                             spec.pf,
-                            spec.vf.unwrap_or_default()
+                            spec.requested_slot()
+                                .map(|s| s.to_string())
+                                .unwrap_or_default()
                         )];
                     }
-                    Err(VfSlotError::NoneFree { lo, hi }) => {
+                    Err(SlotError::NoneFree { carve, lo, hi }) => {
                         return vec![format!(
-                            "nothing: every VF of {} in the granted range {lo}-{hi} is taken",
+                            "nothing: every {} of {} in the granted range {lo}-{hi} is taken",
+                            match carve {
+                                Carve::Vf => "VF",
+                                Carve::Sf => "SF number",
+                            },
                             spec.pf
                         )];
                     }
                 };
                 let tenant = tenant_addressing(ctx, &obj.tenant, &obj.id);
-                match desired(obj, &spec, vf, tenant) {
+                match desired(obj, &spec, slot, tenant) {
                     Ok(d) => plan::lines(&self.backend.plan_apply(&d)),
                     Err(e) => vec![format!("nothing: {}", e.message)],
                 }
@@ -866,7 +985,7 @@ mod tests {
     use super::*;
     use crate::store::{Store, StoreError};
     use net_offload::functions::{
-        FunctionAction, FunctionsError, ObservedFunction, UnsupportedReason,
+        FunctionAction, FunctionsError, ObservedFunction, Slot as BackendSlot, UnsupportedReason,
     };
     use serde_json::Value;
     use serde_json::json;
@@ -878,8 +997,8 @@ mod tests {
         assert_eq!(lowest_free(&[1, 2].into_iter().collect()), 0);
     }
 
-    /// A function id and the (pf, vf) it was removed from.
-    type Removed = (String, Option<(String, u32)>);
+    /// A function id and the (pf, VF or SF) it was removed from.
+    type Removed = (String, Option<(String, BackendSlot)>);
 
     /// Records what it was asked; makes nothing.
     #[derive(Debug, Default)]
@@ -887,6 +1006,8 @@ mod tests {
         applied: Mutex<Vec<FunctionDesired>>,
         removed: Mutex<Vec<Removed>>,
         orphans: Vec<String>,
+        /// Refuses SF port adds as a driver without `port_new` does.
+        refuse_sfs: bool,
     }
 
     impl FunctionBackend for Fake {
@@ -913,6 +1034,13 @@ mod tests {
         ) -> net_offload::functions::BoxFuture<'a, Result<Applied, FunctionsError>> {
             Box::pin(async move {
                 self.applied.lock().unwrap().push(d.clone());
+                if self.refuse_sfs && matches!(d.slot, BackendSlot::Sf(_)) {
+                    return Err(FunctionsError::DevlinkRefused {
+                        op: "sf_port_new",
+                        reason: None,
+                        source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                    });
+                }
                 if d.type_ != FunctionType::Net {
                     return Ok(Applied::Unsupported {
                         reason: UnsupportedReason::NoEmulation,
@@ -928,7 +1056,7 @@ mod tests {
         fn remove<'a>(
             &'a self,
             id: &'a str,
-            slot: Option<(&'a str, u32)>,
+            slot: Option<(&'a str, BackendSlot)>,
         ) -> net_offload::functions::BoxFuture<'a, Result<(), FunctionsError>> {
             Box::pin(async move {
                 self.removed
@@ -947,10 +1075,10 @@ mod tests {
         }
         fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
             vec![FunctionAction::Nothing {
-                why: format!("make {} vf {}", d.id, d.vf),
+                why: format!("make {} {}", d.id, d.slot),
             }]
         }
-        fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+        fn plan_remove(&self, id: &str, _slot: Option<(&str, BackendSlot)>) -> Vec<FunctionAction> {
             vec![FunctionAction::Nothing {
                 why: format!("remove {id}"),
             }]
@@ -1128,6 +1256,133 @@ mod tests {
         }
     }
 
+    /// Sub-functions (TENANCY.md invariants 3 and 5): SF numbers are
+    /// allocated per PF across tenants from each tenant's granted `sfs`
+    /// range, never colliding with each other and independent of VF
+    /// indexes (VF 0 and SF 0 coexist); status reports `sf` (no `vf`) and
+    /// the representor; a tenant naming an SF another tenant's function
+    /// holds fails `SfInUse` without naming the holder, and its teardown
+    /// leaves the holder's SF alone; the holder's teardown removes its SF.
+    #[tokio::test]
+    async fn sfs_are_allocated_per_pf_across_tenants() {
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Tenant,
+            "acme",
+            json!({"grants": {"functions": {"pfs": ["pf0"], "sfs": "0-1"}}}),
+        );
+        put(
+            &ctx.store,
+            Kind::Tenant,
+            "blue",
+            json!({"grants": {"functions": {"pfs": ["pf0"], "sfs": "0-9"}}}),
+        );
+        let fake = Arc::new(Fake::default());
+        let c = Functions::new(fake.clone());
+        let net = |extra: Value| {
+            let mut f = json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0a"});
+            for (k, v) in extra.as_object().unwrap() {
+                f[k] = v.clone();
+            }
+            f
+        };
+        let vf = put_and_reconcile(&c, &ctx, "v", net(json!({}))).await;
+        assert_eq!(vf.status.facts.vf, Some(0));
+        let a = put_and_reconcile(&c, &ctx, "a", net(json!({"carve": "sf"}))).await;
+        assert_eq!((a.status.facts.vf, a.status.facts.sf), (None, Some(0)));
+        assert_eq!(a.status.facts.representor.as_deref(), Some("fn-a"));
+        assert_eq!(a.status.phase, Phase::Ready);
+        let applied = fake.applied.lock().unwrap().clone();
+        assert_eq!(applied.last().unwrap().slot, BackendSlot::Sf(0));
+        // Held in memory before any status is stored: blue gets SF 1.
+        put_in(
+            &ctx.store,
+            "blue",
+            Kind::Function,
+            "b",
+            net(json!({"carve": "sf"})),
+        );
+        let b = reconcile_fn(&c, &ctx, "b").await;
+        assert_eq!(b.status.facts.sf, Some(1));
+        // acme's range 0-1 is used up (SF 1 is blue's).
+        let full = put_and_reconcile(&c, &ctx, "full", net(json!({"carve": "sf"}))).await;
+        assert_eq!(full.status.phase, Phase::Failed);
+        let cond = full.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "NoFreeSf");
+        // blue names acme's SF 0: refused, acme not named.
+        put_in(
+            &ctx.store,
+            "blue",
+            Kind::Function,
+            "x",
+            net(json!({"sf": 0})),
+        );
+        let x = reconcile_fn(&c, &ctx, "x").await;
+        assert_eq!(x.status.phase, Phase::Failed);
+        let cond = x.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "SfInUse");
+        assert!(!cond.message.contains("function a"), "{}", cond.message);
+        assert!(cond.message.contains("pf0 sf 0"), "{}", cond.message);
+        let mut gone = obj(&ctx.store, Kind::Function, "x");
+        gone.deleting = true;
+        gone.status = x.status.clone();
+        assert!(c.reconcile(&ctx, &gone).await.unwrap().finalized);
+        let mut gone = obj(&ctx.store, Kind::Function, "a");
+        gone.deleting = true;
+        gone.status = a.status.clone();
+        assert!(c.reconcile(&ctx, &gone).await.unwrap().finalized);
+        assert_eq!(
+            fake.removed.lock().unwrap().clone(),
+            vec![
+                ("x".to_string(), None),
+                (
+                    "a".to_string(),
+                    Some(("pf0".to_string(), BackendSlot::Sf(0)))
+                ),
+            ]
+        );
+    }
+
+    /// A driver without sub-functions (netdevsim: `EOPNOTSUPP` on
+    /// `PORT_NEW`) fails an SF function for good — Failed, `KernelRefused`,
+    /// the kernel's refusal in the message, its SF number still reserved —
+    /// rather than retrying it as a transient backend error; VFs on the
+    /// same backend are unaffected.
+    #[tokio::test]
+    async fn an_sf_the_driver_cannot_make_fails_with_the_kernels_reason() {
+        let (_dir, ctx) = setup();
+        let c = Functions::new(Arc::new(Fake {
+            refuse_sfs: true,
+            ..Fake::default()
+        }));
+        let sf = put_and_reconcile(
+            &c,
+            &ctx,
+            "s",
+            json!({"type": "net", "pf": "pf0", "sf": 88, "mac": "02:00:00:00:00:0a"}),
+        )
+        .await;
+        assert_eq!(sf.status.phase, Phase::Failed);
+        assert_eq!(sf.status.facts.sf, Some(88));
+        assert_eq!(sf.status.facts.representor, None);
+        let cond = sf.status.condition("Programmed").unwrap();
+        assert_eq!(cond.reason, "KernelRefused");
+        assert!(
+            cond.message.contains("devlink sf_port_new refused"),
+            "{}",
+            cond.message
+        );
+        let vf = put_and_reconcile(
+            &c,
+            &ctx,
+            "v",
+            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0b"}),
+        )
+        .await;
+        assert_eq!(vf.status.phase, Phase::Ready);
+    }
+
     fn dev(addr: &str, kind: &str, class: &str) -> HostDevice {
         HostDevice {
             pci_address: addr.into(),
@@ -1161,7 +1416,7 @@ mod tests {
         let s = programmed_status(
             Status::default(),
             &spec,
-            1,
+            Slot::Vf(1),
             &ready,
             "made".into(),
             false,
@@ -1185,7 +1440,7 @@ mod tests {
         let placed = programmed_status(
             s.clone(),
             &spec,
-            1,
+            Slot::Vf(1),
             &ready,
             "made".into(),
             false,
@@ -1201,7 +1456,7 @@ mod tests {
         let missing = programmed_status(
             placed,
             &spec,
-            1,
+            Slot::Vf(1),
             &Applied::NoRepresentor {
                 expected: "pf0vf1".into(),
             },
@@ -1220,7 +1475,7 @@ mod tests {
         let unsupported = programmed_status(
             Status::default(),
             &spec,
-            1,
+            Slot::Vf(1),
             &Applied::Unsupported {
                 reason: UnsupportedReason::NoEmulation,
                 message: "no SNAP".into(),
@@ -1252,7 +1507,15 @@ mod tests {
         };
         let rdma = |s: &Status| s.report::<FunctionReport>().rdma;
         // A backend without a RoCE switch, no host report yet.
-        let s = programmed_status(Status::default(), &spec, 1, &ready, "m".into(), false, None);
+        let s = programmed_status(
+            Status::default(),
+            &spec,
+            Slot::Vf(1),
+            &ready,
+            "m".into(),
+            false,
+            None,
+        );
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(
             rdma(&s),
@@ -1268,7 +1531,15 @@ mod tests {
             (ConditionStatus::False, "RdmaNotReported")
         );
         // The switchdev backend turned RoCE on.
-        let s = programmed_status(Status::default(), &spec, 1, &ready, "m".into(), true, None);
+        let s = programmed_status(
+            Status::default(),
+            &spec,
+            Slot::Vf(1),
+            &ready,
+            "m".into(),
+            true,
+            None,
+        );
         assert!(rdma(&s).unwrap().enabled);
         assert_eq!(s.condition("Rdma").unwrap().reason, "RdmaEnabled");
         // The host reports rxe0 on the VF.
@@ -1279,7 +1550,15 @@ mod tests {
             rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
         });
         let devices = [dev("0000:03:00.0", "pf", "pf"), vf];
-        let s = programmed_status(s, &spec, 1, &ready, "m".into(), false, Some(&devices[..]));
+        let s = programmed_status(
+            s,
+            &spec,
+            Slot::Vf(1),
+            &ready,
+            "m".into(),
+            false,
+            Some(&devices[..]),
+        );
         assert_eq!(
             rdma(&s),
             Some(RdmaReport {
@@ -1297,7 +1576,15 @@ mod tests {
         // RDMA dropped from the spec: report and condition go.
         let mut plain = spec.clone();
         plain.rdma = false;
-        let s = programmed_status(s, &plain, 1, &ready, "m".into(), true, Some(&devices[..]));
+        let s = programmed_status(
+            s,
+            &plain,
+            Slot::Vf(1),
+            &ready,
+            "m".into(),
+            true,
+            Some(&devices[..]),
+        );
         assert_eq!(rdma(&s), None);
         assert!(s.condition("Rdma").is_none());
         assert!(!s.fields.contains_key("rdma"));
@@ -1446,12 +1733,18 @@ mod tests {
             phase: Phase::Pending,
             host_device: None,
         };
-        let s = emulated_status(Status::default(), &spec, 2, StorageRole::Emulated, Some(&v));
+        let s = emulated_status(
+            Status::default(),
+            &spec,
+            Slot::Vf(2),
+            StorageRole::Emulated,
+            Some(&v),
+        );
         assert_eq!(s.phase, Phase::Pending);
         assert_eq!(s.condition("Programmed").unwrap().reason, "Converging");
         v.phase = Phase::Ready;
         v.host_device = Some("vda".into());
-        let s = emulated_status(s, &spec, 2, StorageRole::Emulated, Some(&v));
+        let s = emulated_status(s, &spec, Slot::Vf(2), StorageRole::Emulated, Some(&v));
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(s.facts.host_device.as_deref(), Some("vda"));
         assert!(
@@ -1460,7 +1753,7 @@ mod tests {
                 .message
                 .contains("emulated virtio-blk controller on pf0 vf 2")
         );
-        let gone = emulated_status(s, &spec, 2, StorageRole::Emulated, None);
+        let gone = emulated_status(s, &spec, Slot::Vf(2), StorageRole::Emulated, None);
         assert_eq!(gone.phase, Phase::Pending);
         assert_eq!(gone.facts.host_device, None);
         // An NVMe-oF target presents nvme functions (the host's initiator),
@@ -1471,7 +1764,13 @@ mod tests {
         assert!(!StorageRole::Emulated.presents(ApiFunctionType::Net));
         let nvme: FunctionSpec =
             serde_json::from_value(json!({"type": "nvme", "pf": "pf0"})).unwrap();
-        let exported = emulated_status(Status::default(), &nvme, 0, StorageRole::Fabric, Some(&v));
+        let exported = emulated_status(
+            Status::default(),
+            &nvme,
+            Slot::Vf(0),
+            StorageRole::Fabric,
+            Some(&v),
+        );
         assert_eq!(exported.phase, Phase::Ready);
         assert!(
             exported
@@ -1512,7 +1811,10 @@ mod tests {
         assert!(done.finalized);
         assert_eq!(
             fake.removed.lock().unwrap()[1],
-            ("disk".to_string(), Some(("pf0".to_string(), 0)))
+            (
+                "disk".to_string(),
+                Some(("pf0".to_string(), BackendSlot::Vf(0)))
+            )
         );
     }
 }

@@ -73,6 +73,8 @@ reasons! {
     NoEmulation,
     /// Every VF of the PF is taken.
     NoFreeVf,
+    /// Every SF number the tenant may be given on the PF is taken.
+    NoFreeSf,
     /// No XFRM interface id could be given to the tunnel.
     NoIfId,
     /// No XFRM reqid could be given to the tunnel.
@@ -92,6 +94,8 @@ reasons! {
     RepresentorMissing,
     /// Another volume holds the same source.
     SourceInUse,
+    /// The SF number is held by another function.
+    SfInUse,
     /// A listener could not start.
     StartFailed,
     /// The switch reconciler has not processed the change yet.
@@ -137,7 +141,8 @@ impl From<net_offload::functions::UnsupportedReason> for Reason {
     fn from(r: net_offload::functions::UnsupportedReason) -> Reason {
         match r {
             net_offload::functions::UnsupportedReason::NoEmulation => Reason::NoEmulation,
-            net_offload::functions::UnsupportedReason::SwitchdevField => Reason::Unsupported,
+            net_offload::functions::UnsupportedReason::SwitchdevField
+            | net_offload::functions::UnsupportedReason::NoSubFunctions => Reason::Unsupported,
         }
     }
 }

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use dpu_api::object::{Event, EventType, HostReport, Object, ObjectKey, Status};
+use dpu_api::spec::{Carve, Slot};
 use dpu_api::{Kind, Spec};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -391,27 +392,28 @@ fn function_pf(obj: &StoredObject) -> Option<&str> {
     obj.spec.as_function().map(|f| f.pf.as_str())
 }
 
-/// The functions on one PF, and the VFs they hold (status) or ask for
-/// (spec) there: what VF allocation reads, without walking every function
-/// of the PF.
+/// The functions on one PF, and the slots (VF indexes, SF numbers) they
+/// hold (status) or ask for (spec) there: what VF and SF allocation reads,
+/// without walking every function of the PF.
 #[derive(Debug, Default, Clone)]
 struct PfFunctions {
     ids: BTreeSet<String>,
-    /// VF → the functions whose status says they hold it.
-    held: BTreeMap<u32, BTreeSet<String>>,
-    /// VF → the functions whose spec asks for it without holding it.
-    asked: BTreeMap<u32, BTreeSet<String>>,
+    /// Slot → the functions whose status says they hold it.
+    held: BTreeMap<Slot, BTreeSet<String>>,
+    /// Slot → the functions whose spec asks for it without holding it.
+    asked: BTreeMap<Slot, BTreeSet<String>>,
 }
 
 impl PfFunctions {
-    /// The VF `obj` holds and the one it asks for without holding it.
-    fn claims(obj: &StoredObject) -> (Option<u32>, Option<u32>) {
-        let holds = obj.status.facts.vf;
+    /// The slot `obj` holds and the one it asks for without holding it.
+    fn claims(obj: &StoredObject) -> (Option<Slot>, Option<Slot>) {
+        let facts = &obj.status.facts;
+        let holds = facts.vf.map(Slot::Vf).or(facts.sf.map(Slot::Sf));
         let asks = obj
             .spec
             .as_function()
-            .and_then(|f| f.vf)
-            .filter(|vf| holds != Some(*vf));
+            .and_then(|f| f.requested_slot())
+            .filter(|slot| holds != Some(*slot));
         (holds, asks)
     }
 
@@ -442,12 +444,12 @@ impl PfFunctions {
     }
 }
 
-/// Who else claims a VF on a PF ([`Store::vf_claims`]).
+/// Who else claims a VF or SF on a PF ([`Store::slot_claims`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct VfClaims {
-    /// A function whose status says it holds the VF.
+pub struct SlotClaims {
+    /// A function whose status says it holds the slot.
     pub holder: Option<String>,
-    /// The lowest id among the functions whose spec asks for the VF
+    /// The lowest id among the functions whose spec asks for the slot
     /// without holding it.
     pub first_asker: Option<String>,
 }
@@ -1153,46 +1155,48 @@ impl Store {
             .collect()
     }
 
-    /// Which functions other than `except` claim VF `vf` of `pf` (from the
-    /// PF index: no walk over the PF's functions).
-    pub fn vf_claims(&self, pf: &str, vf: u32, except: &str) -> VfClaims {
+    /// Which functions other than `except` claim `slot` (a VF or an SF)
+    /// of `pf` (from the PF index: no walk over the PF's functions).
+    pub fn slot_claims(&self, pf: &str, slot: Slot, except: &str) -> SlotClaims {
         let Ok(state) = self.state.read() else {
-            return VfClaims::default();
+            return SlotClaims::default();
         };
         let Some(on_pf) = state.functions_by_pf.get(pf) else {
-            return VfClaims::default();
+            return SlotClaims::default();
         };
-        let other = |map: &BTreeMap<u32, BTreeSet<String>>| {
-            map.get(&vf)
+        let other = |map: &BTreeMap<Slot, BTreeSet<String>>| {
+            map.get(&slot)
                 .and_then(|ids| ids.iter().find(|id| *id != except).cloned())
         };
-        VfClaims {
+        SlotClaims {
             holder: other(&on_pf.held),
             first_asker: other(&on_pf.asked),
         }
     }
 
-    /// The lowest VF of `lo..=hi` on `pf` that no function other than
-    /// `except` holds or asks for, skipping `also_taken`.
-    pub fn lowest_unclaimed_vf(
+    /// The lowest number of `lo..=hi` whose slot of `carve` (VF index or
+    /// SF number) on `pf` no function other than `except` holds or asks
+    /// for, skipping `also_taken`.
+    pub fn lowest_unclaimed(
         &self,
         pf: &str,
+        carve: Carve,
         (lo, hi): (u32, u32),
         except: &str,
         also_taken: &BTreeSet<u32>,
     ) -> Option<u32> {
         let state = self.state.read().ok()?;
         let on_pf = state.functions_by_pf.get(pf);
-        let claimed = |vf: u32| {
-            also_taken.contains(&vf)
+        let claimed = |n: u32| {
+            also_taken.contains(&n)
                 || on_pf.is_some_and(|p| {
                     [&p.held, &p.asked].iter().any(|map| {
-                        map.get(&vf)
+                        map.get(&Slot::new(carve, n))
                             .is_some_and(|ids| ids.iter().any(|id| id != except))
                     })
                 })
         };
-        (lo..=hi).find(|vf| !claimed(*vf))
+        (lo..=hi).find(|n| !claimed(*n))
     }
 
     /// Every object, in kind order then id order.
@@ -1633,31 +1637,40 @@ mod tests {
         put(holding(function("f0", "pf0", None), 0));
         put(function("f2", "pf0", Some(2)));
         put(function("f1", "pf0", Some(2)));
-        let claims = store.vf_claims("pf0", 0, "x");
+        let claims = store.slot_claims("pf0", Slot::Vf(0), "x");
         assert_eq!(claims.holder.as_deref(), Some("f0"));
-        assert_eq!(store.vf_claims("pf0", 0, "f0"), VfClaims::default());
         assert_eq!(
-            store.vf_claims("pf0", 2, "x").first_asker.as_deref(),
+            store.slot_claims("pf0", Slot::Vf(0), "f0"),
+            SlotClaims::default()
+        );
+        assert_eq!(
+            store
+                .slot_claims("pf0", Slot::Vf(2), "x")
+                .first_asker
+                .as_deref(),
             Some("f1"),
             "the lowest id asking"
         );
         assert_eq!(
-            store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none),
+            store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &none),
             Some(1)
         );
         let taken: BTreeSet<u32> = [1].into();
         assert_eq!(
-            store.lowest_unclaimed_vf("pf0", (0, 9), "x", &taken),
+            store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &taken),
             Some(3)
         );
-        assert_eq!(store.lowest_unclaimed_vf("pf0", (0, 0), "x", &none), None);
         assert_eq!(
-            store.lowest_unclaimed_vf("pf1", (0, 9), "x", &none),
+            store.lowest_unclaimed("pf0", Carve::Vf, (0, 0), "x", &none),
+            None
+        );
+        assert_eq!(
+            store.lowest_unclaimed("pf1", Carve::Vf, (0, 9), "x", &none),
             Some(0)
         );
         // f1 gets VF 2: a holder now, no longer an asker.
         put(holding(function("f1", "pf0", Some(2)), 2));
-        let claims = store.vf_claims("pf0", 2, "f2");
+        let claims = store.slot_claims("pf0", Slot::Vf(2), "f2");
         assert_eq!(claims.holder.as_deref(), Some("f1"));
         assert_eq!(claims.first_asker, None);
         // f0 moves to pf1 (status cleared), f1 goes.
@@ -1668,20 +1681,71 @@ mod tests {
                 Ok::<_, StoreError>(())
             })
             .unwrap();
-        assert_eq!(store.vf_claims("pf0", 0, "x"), VfClaims::default());
         assert_eq!(
-            store.vf_claims("pf0", 2, "x").first_asker.as_deref(),
+            store.slot_claims("pf0", Slot::Vf(0), "x"),
+            SlotClaims::default()
+        );
+        assert_eq!(
+            store
+                .slot_claims("pf0", Slot::Vf(2), "x")
+                .first_asker
+                .as_deref(),
             Some("f2")
         );
         assert_eq!(
-            store.lowest_unclaimed_vf("pf0", (0, 9), "x", &none),
+            store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &none),
             Some(0)
+        );
+        // SF numbers are their own namespace on the PF: SF 2 held and SF 0
+        // asked for claim no VF, and VF 2 asked for claims no SF.
+        let mut sf = obj(
+            Kind::Function,
+            "s2",
+            "b",
+            json!({"type": "net", "pf": "pf0", "sf": 2}),
+        );
+        sf.status.facts.sf = Some(2);
+        put(sf);
+        put(obj(
+            Kind::Function,
+            "s0",
+            "b",
+            json!({"type": "net", "pf": "pf0", "carve": "sf", "sf": 0}),
+        ));
+        assert_eq!(
+            store.slot_claims("pf0", Slot::Sf(2), "x").holder.as_deref(),
+            Some("s2")
+        );
+        assert_eq!(
+            store
+                .slot_claims("pf0", Slot::Sf(0), "x")
+                .first_asker
+                .as_deref(),
+            Some("s0")
+        );
+        assert_eq!(store.slot_claims("pf0", Slot::Vf(2), "x").holder, None);
+        assert_eq!(store.slot_claims("pf0", Slot::Sf(2), "x").first_asker, None);
+        assert_eq!(
+            store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &none),
+            Some(0)
+        );
+        assert_eq!(
+            store.lowest_unclaimed("pf0", Carve::Sf, (0, 9), "x", &none),
+            Some(1)
         );
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
-            store.vf_claims("pf0", 2, "x").first_asker.as_deref(),
+            store
+                .slot_claims("pf0", Slot::Vf(2), "x")
+                .first_asker
+                .as_deref(),
             Some("f2"),
+            "rebuilt on open"
+        );
+        assert_eq!(
+            store.slot_claims("pf0", Slot::Sf(2), "x").holder.as_deref(),
+            Some("s2"),
             "rebuilt on open"
         );
     }

@@ -13,7 +13,8 @@
 
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, ObservedFunction, UnsupportedReason, foreign_action, naming,
+    FunctionsError, ObservedFunction, Slot, UnsupportedReason, foreign_action, naming,
+    no_sub_functions,
 };
 
 /// Names representors; changes nothing.
@@ -37,8 +38,8 @@ impl ExternalBackend {
         }
     }
 
-    fn representor(&self, d: &FunctionDesired) -> String {
-        naming::representor_from_pattern(&self.representor_pattern, &d.pf, d.vf)
+    fn representor(&self, d: &FunctionDesired, vf: u32) -> String {
+        naming::representor_from_pattern(&self.representor_pattern, &d.pf, vf)
     }
 }
 
@@ -59,14 +60,18 @@ impl FunctionBackend for ExternalBackend {
                 message: "the external functions backend only names net representors; storage functions need the storage backend's emulation".into(),
             }];
         }
+        // The pattern names VF representors; an SF's is not guessed.
+        let Slot::Vf(vf) = d.slot else {
+            return vec![no_sub_functions(self.name())];
+        };
         vec![FunctionAction::NameRepresentor {
             pf: d.pf.clone(),
-            vf: d.vf,
-            representor: self.representor(d),
+            vf,
+            representor: self.representor(d, vf),
         }]
     }
 
-    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+    fn plan_remove(&self, id: &str, _slot: Option<(&str, Slot)>) -> Vec<FunctionAction> {
         vec![FunctionAction::Nothing {
             why: format!("function {id} is made outside the agent, nothing to remove"),
         }]
@@ -97,7 +102,7 @@ mod tests {
             id: "web-1".into(),
             type_,
             pf: "pf1".into(),
-            vf,
+            slot: Slot::Vf(vf),
             mac: None,
             vlan: None,
             max_tx_rate_mbps: None,
@@ -125,6 +130,18 @@ mod tests {
             Applied::Unsupported { .. }
         ));
         let custom = ExternalBackend::with_pattern("rep{pfnum}-{vf}");
-        assert_eq!(custom.representor(&desired(FunctionType::Net, 2)), "rep1-2");
+        assert_eq!(
+            custom.representor(&desired(FunctionType::Net, 2), 2),
+            "rep1-2"
+        );
+        let mut sf = desired(FunctionType::Net, 0);
+        sf.slot = Slot::Sf(88);
+        assert!(matches!(
+            b.apply(&sf).await.unwrap(),
+            Applied::Unsupported {
+                reason: UnsupportedReason::NoSubFunctions,
+                ..
+            }
+        ));
     }
 }

@@ -47,6 +47,34 @@ pub enum FunctionType {
     VirtioBlk,
 }
 
+/// Where a function is carved on its PF: a VF by index, or a scalable
+/// function (SF) by its `sfnum` (`devlink port add … flavour pcisf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    Vf(u32),
+    Sf(u32),
+}
+
+impl Slot {
+    /// The VF index, for a VF.
+    pub fn vf(self) -> Option<u32> {
+        match self {
+            Slot::Vf(vf) => Some(vf),
+            Slot::Sf(_) => None,
+        }
+    }
+}
+
+/// `vf N` or `sf N`, as plans and messages name it.
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slot::Vf(n) => write!(f, "vf {n}"),
+            Slot::Sf(n) => write!(f, "sf {n}"),
+        }
+    }
+}
+
 /// A MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Mac(pub [u8; 6]);
@@ -107,8 +135,9 @@ pub struct FunctionDesired {
     pub type_: FunctionType,
     /// The physical function, e.g. `pf0`.
     pub pf: String,
-    /// The VF index on `pf` (allocated by the controller when the spec has none).
-    pub vf: u32,
+    /// The VF index or SF number on `pf` (allocated by the controller when
+    /// the spec has none).
+    pub slot: Slot,
     pub mac: Option<Mac>,
     pub vlan: Option<u16>,
     pub max_tx_rate_mbps: Option<u32>,
@@ -152,6 +181,9 @@ pub enum UnsupportedReason {
     /// The spec asks for a VF setting that switchdev mode leaves to the
     /// network pipeline (VLAN, trust, spoof checking off).
     SwitchdevField,
+    /// The backend cannot carve scalable functions (only the switchdev
+    /// backend does, through devlink).
+    NoSubFunctions,
 }
 
 /// Something a backend made, found by [`FunctionBackend::observe`].
@@ -244,7 +276,7 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
 
     /// What removing everything made for function `id` (at `pf`/`vf` when
     /// known) takes; pure. Removing what is already gone succeeds.
-    fn plan_remove(&self, id: &str, slot: Option<(&str, u32)>) -> Vec<FunctionAction>;
+    fn plan_remove(&self, id: &str, slot: Option<(&str, Slot)>) -> Vec<FunctionAction>;
 
     /// Executes one action of this backend's plans: `Some` ends an apply
     /// with its result. An action of another backend is an error (so are
@@ -272,8 +304,8 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
     /// Ready, for its `Programmed` condition.
     fn ready_message(&self, desired: &FunctionDesired, representor: &str) -> String {
         format!(
-            "{} vf {} configured, representor {representor}",
-            desired.pf, desired.vf
+            "{} {} configured, representor {representor}",
+            desired.pf, desired.slot
         )
     }
 
@@ -289,12 +321,22 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
     fn remove<'a>(
         &'a self,
         id: &'a str,
-        slot: Option<(&'a str, u32)>,
+        slot: Option<(&'a str, Slot)>,
     ) -> BoxFuture<'a, Result<(), FunctionsError>> {
         Box::pin(async move {
             plan::run(self, &self.plan_remove(id, slot)).await?;
             Ok(())
         })
+    }
+}
+
+/// What a backend that carves only VFs plans for an SF function.
+pub(crate) fn no_sub_functions(backend: &str) -> FunctionAction {
+    FunctionAction::Unsupported {
+        reason: UnsupportedReason::NoSubFunctions,
+        message: format!(
+            "the {backend} functions backend carves VFs only; sub-functions (spec.carve: sf) need the switchdev backend (devlink)"
+        ),
     }
 }
 

@@ -8,7 +8,9 @@ use std::fmt;
 
 use super::sriov::VfConfig;
 use super::switchdev::PortSetting;
-use super::{Applied, FunctionBackend, FunctionsError, Mac, TenantAddressing, UnsupportedReason};
+use super::{
+    Applied, FunctionBackend, FunctionsError, Mac, Slot, TenantAddressing, UnsupportedReason,
+};
 
 /// One operation of a functions backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,18 +55,30 @@ pub enum FunctionAction {
     /// apply with [`Applied::Ready`], or [`Applied::NoRepresentor`] when no
     /// netdev has that name.
     RepresentorUp { representor: String, alias: String },
-    /// switchdev: one setting of the VF's eswitch port through devlink, the
-    /// port found in the eswitch's port dump by (PF, vfnum). Ends an apply
-    /// with [`Applied::NoRepresentor`] while devlink lists no such port.
+    /// switchdev: one setting of the function's eswitch port through
+    /// devlink, the port found in the eswitch's port dump by (PF, vfnum) or
+    /// (PF, sfnum). Ends an apply with [`Applied::NoRepresentor`] while
+    /// devlink lists no such port.
     EswitchPort {
         pf: String,
-        vf: u32,
+        slot: Slot,
         setting: PortSetting,
     },
-    /// switchdev: the representor devlink names for the VF's port, up with
-    /// the function's alias. Ends an apply with [`Applied::Ready`] (or
+    /// switchdev: the representor devlink names for the function's port, up
+    /// with the function's alias. Ends an apply with [`Applied::Ready`] (or
     /// [`Applied::NoRepresentor`]).
-    EswitchRepresentorUp { pf: String, vf: u32, alias: String },
+    EswitchRepresentorUp {
+        pf: String,
+        slot: Slot,
+        alias: String,
+    },
+    /// switchdev: the SF port `sfnum` on the PF `pf` names, made when
+    /// devlink does not list it (`DEVLINK_CMD_PORT_NEW`, flavour pcisf, with
+    /// the PF's controller and pfnum).
+    EswitchSfAdd { pf: String, sfnum: u32 },
+    /// switchdev: the SF port `sfnum` of `pf` deleted
+    /// (`DEVLINK_CMD_PORT_DEL`) when devlink lists it.
+    EswitchSfDel { pf: String, sfnum: u32 },
     /// external: the representor of a function made outside the agent,
     /// named and not programmed. Ends an apply with [`Applied::Ready`].
     NameRepresentor {
@@ -151,23 +165,36 @@ impl FunctionAction {
             FunctionAction::RepresentorUp { representor, alias } => vec![format!(
                 "RTM_SETLINK {representor} up alias {alias:?} (the representor)"
             )],
-            FunctionAction::EswitchPort { pf, vf, setting } => vec![match setting {
-                PortSetting::HwAddr(mac) => format!(
+            FunctionAction::EswitchPort { pf, slot, setting } => vec![match (setting, slot) {
+                (PortSetting::HwAddr(mac), Slot::Vf(vf)) => format!(
                     "devlink port function set {pf} vf {vf} hw_addr {mac} (if the driver refuses port function attributes: RTM_NEWLINK (change) UPLINK vf {vf} mac {mac})"
                 ),
-                PortSetting::TxMax { mbps: 0 } => {
-                    format!("devlink port function rate set {pf} vf {vf} tx_max 0 (no limit)")
+                (PortSetting::HwAddr(mac), Slot::Sf(_)) => {
+                    format!("devlink port function set {pf} {slot} hw_addr {mac}")
                 }
-                PortSetting::TxMax { mbps } => {
-                    format!("devlink port function rate set {pf} vf {vf} tx_max {mbps}mbit")
+                (PortSetting::TxMax { mbps: 0 }, _) => {
+                    format!("devlink port function rate set {pf} {slot} tx_max 0 (no limit)")
                 }
-                PortSetting::Roce(on) => format!(
-                    "devlink port function set {pf} vf {vf} roce {}",
+                (PortSetting::TxMax { mbps }, _) => {
+                    format!("devlink port function rate set {pf} {slot} tx_max {mbps}mbit")
+                }
+                (PortSetting::Roce(on), _) => format!(
+                    "devlink port function set {pf} {slot} roce {}",
                     if *on { "enable" } else { "disable" }
                 ),
+                (PortSetting::State(on), _) => format!(
+                    "devlink port function set {pf} {slot} state {}",
+                    if *on { "active" } else { "inactive" }
+                ),
             }],
-            FunctionAction::EswitchRepresentorUp { pf, vf, alias } => vec![format!(
-                "RTM_SETLINK <{pf} vf {vf}'s representor, from devlink> up alias {alias:?}"
+            FunctionAction::EswitchRepresentorUp { pf, slot, alias } => vec![format!(
+                "RTM_SETLINK <{pf} {slot}'s representor, from devlink> up alias {alias:?}"
+            )],
+            FunctionAction::EswitchSfAdd { pf, sfnum } => vec![format!(
+                "devlink port add <{pf}'s device> flavour pcisf controller <{pf}'s> pfnum <{pf}'s> sfnum {sfnum} (if devlink lists no such port)"
+            )],
+            FunctionAction::EswitchSfDel { pf, sfnum } => vec![format!(
+                "devlink port del <{pf} sf {sfnum}'s port> (if devlink lists it)"
             )],
             FunctionAction::NameRepresentor {
                 pf,

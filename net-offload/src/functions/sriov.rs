@@ -25,7 +25,7 @@ use netlink_packet_route::link::{
 use super::rtnl::{Rtnl, SET_FLAGS};
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, Mac, ObservedFunction, foreign_action, naming,
+    FunctionsError, Mac, ObservedFunction, Slot, foreign_action, naming, no_sub_functions,
 };
 
 /// The legacy settings of one VF.
@@ -56,9 +56,10 @@ impl VfConfig {
         }
     }
 
-    pub fn from_desired(d: &FunctionDesired) -> VfConfig {
+    /// The settings of `d` on its VF `vf`.
+    pub fn from_desired(d: &FunctionDesired, vf: u32) -> VfConfig {
         VfConfig {
-            vf: d.vf,
+            vf,
             mac: d.mac,
             vlan: d.vlan.unwrap_or(0),
             max_tx_rate_mbps: d.max_tx_rate_mbps.unwrap_or(0),
@@ -261,23 +262,29 @@ impl FunctionBackend for SriovBackend {
         if d.type_ != FunctionType::Net {
             return vec![FunctionAction::no_storage_emulation()];
         }
+        let Slot::Vf(vf) = d.slot else {
+            return vec![no_sub_functions(self.name())];
+        };
         vec![
             FunctionAction::SetVf {
                 pf_netdev: self.pf_netdev(&d.pf),
-                config: VfConfig::from_desired(d),
+                config: VfConfig::from_desired(d, vf),
             },
             FunctionAction::RepresentorUp {
-                representor: self.representor(&d.pf, d.vf),
+                representor: self.representor(&d.pf, vf),
                 alias: naming::alias(&d.id),
             },
         ]
     }
 
-    fn plan_remove(&self, _id: &str, slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+    fn plan_remove(&self, _id: &str, slot: Option<(&str, Slot)>) -> Vec<FunctionAction> {
         match slot {
-            Some((pf, vf)) => vec![FunctionAction::ResetVf {
+            Some((pf, Slot::Vf(vf))) => vec![FunctionAction::ResetVf {
                 pf_netdev: self.pf_netdev(pf),
                 vf,
+            }],
+            Some((_, Slot::Sf(_))) => vec![FunctionAction::Nothing {
+                why: "this backend carves no sub-functions".into(),
             }],
             None => vec![FunctionAction::Nothing {
                 why: "no VF was assigned".into(),
@@ -449,7 +456,7 @@ mod tests {
             representor_pattern: naming::DEFAULT_REPRESENTOR_PATTERN.into(),
         });
         assert_eq!(custom.pf_netdev("pf1"), "p1");
-        let plan = custom.plan_remove("x", Some(("pf1", 4)));
+        let plan = custom.plan_remove("x", Some(("pf1", Slot::Vf(4))));
         assert_eq!(
             plan,
             [FunctionAction::ResetVf {

@@ -5,7 +5,18 @@
 //! — wins; `cCpfN` names controller C), its VF is the `pcivf` port with
 //! that vfnum, and its representor is the netdev that port reports.
 //!
-//! What is programmed, per VF port, through devlink:
+//! A function carved as a sub-function (`Slot::Sf`) is first made: the
+//! `pcisf` port with its sfnum on the PF's controller and pfnum
+//! (`DEVLINK_CMD_PORT_NEW`, skipped when devlink lists it already), then
+//! programmed like a VF port (no legacy MAC fallback: an SF has no legacy
+//! settings), then activated (port function `state active`); its
+//! representor is the netdev devlink reports for that port. Removal sets
+//! it `inactive` and deletes the port (`DEVLINK_CMD_PORT_DEL`). No open
+//! driver but mlx5 implements SF ports (netdevsim 6.1 refuses `PORT_NEW`
+//! with `EOPNOTSUPP`): the messages are contract-tested against the
+//! kernel's devlink UAPI, not proven on a kernel driver.
+//!
+//! What is programmed, per VF (or SF) port, through devlink:
 //! - the MAC as the port function's `hw_addr`; a driver that refuses port
 //!   function attributes with `EOPNOTSUPP` (netdevsim on 6.1) gets it the
 //!   legacy way, through the eswitch's uplink netdev (`RTM_NEWLINK` with
@@ -31,7 +42,7 @@ use super::devlink::{DevlinkRequest, DevlinkSocket, EswitchMode};
 use super::eswitch::{DevlinkPort, Eswitch, EswitchDevice, EswitchPf};
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, Mac, ObservedFunction, UnsupportedReason, foreign_action, naming, sriov,
+    FunctionsError, Mac, ObservedFunction, Slot, UnsupportedReason, foreign_action, naming, sriov,
 };
 
 /// One setting of a VF's eswitch port.
@@ -44,6 +55,9 @@ pub enum PortSetting {
     TxMax { mbps: u32 },
     /// The port function's `roce` capability.
     Roce(bool),
+    /// The port function's `state`: active (the SF's auxiliary device is
+    /// made) or inactive.
+    State(bool),
 }
 
 /// Which PF a function's `pf` names: `pfN` or `cCpfN`.
@@ -140,22 +154,71 @@ fn pf_is_external(p: &EswitchPf) -> bool {
         .any(|port| port.external == Some(true))
 }
 
-/// The VF port of function slot (`pf`, `vf`), or `None` while the eswitch
-/// does not list it; with the uplink netdev of its device (for the legacy
-/// MAC fallback).
-fn find_vf(
+/// The port of function slot (`pf`, `slot`) — the pcivf port by vfnum or
+/// the pcisf port by sfnum — or `None` while the eswitch does not list it;
+/// with the uplink netdev of its device (for the legacy MAC fallback).
+pub fn find_port(
     eswitch: &Eswitch,
     pf: &str,
-    vf: u32,
+    slot: Slot,
 ) -> Result<Option<(DevlinkPort, Option<String>)>, FunctionsError> {
     let (dev, p) = find_pf(eswitch, pf)?;
-    let port = u16::try_from(vf).ok().and_then(|vf| p.vfs.get(&vf));
+    let port = match slot {
+        Slot::Vf(vf) => u16::try_from(vf).ok().and_then(|vf| p.vfs.get(&vf)),
+        Slot::Sf(sf) => p.sfs.get(&sf),
+    };
     Ok(port.map(|port| {
         (
             port.clone(),
             dev.uplinks.iter().find_map(|u| u.netdev.clone()),
         )
     }))
+}
+
+/// The devlink request that makes `setting` on `port`.
+pub fn port_request(port: &DevlinkPort, setting: PortSetting) -> DevlinkRequest {
+    let (dev, port) = (port.dev.clone(), port.index);
+    match setting {
+        PortSetting::HwAddr(mac) => DevlinkRequest::PortFunctionHwAddr { dev, port, mac },
+        PortSetting::TxMax { mbps } => DevlinkRequest::RateSet {
+            dev,
+            port,
+            tx_share: 0,
+            tx_max: u64::from(mbps) * 125_000,
+        },
+        PortSetting::Roce(enable) => DevlinkRequest::PortFunctionRoce { dev, port, enable },
+        PortSetting::State(active) => DevlinkRequest::PortFunctionState { dev, port, active },
+    }
+}
+
+/// The `PORT_NEW` that makes SF `sfnum` on the PF `pf` names (its device,
+/// controller and pfnum, as devlink lists them), or `None` when devlink
+/// lists that SF port already.
+pub fn sf_add_request(
+    eswitch: &Eswitch,
+    pf: &str,
+    sfnum: u32,
+) -> Result<Option<DevlinkRequest>, FunctionsError> {
+    let (dev, p) = find_pf(eswitch, pf)?;
+    if p.sfs.contains_key(&sfnum) {
+        return Ok(None);
+    }
+    Ok(Some(DevlinkRequest::SfPortNew {
+        dev: dev.dev.clone(),
+        pfnum: p.pfnum,
+        sfnum,
+        controller: Some(p.controller),
+    }))
+}
+
+/// The `PORT_DEL` of SF `sfnum` of `pf`, or `None` when devlink lists no
+/// such port (or no such PF any more: its SFs went with it).
+pub fn sf_del_request(eswitch: &Eswitch, pf: &str, sfnum: u32) -> Option<DevlinkRequest> {
+    let (_, p) = find_pf(eswitch, pf).ok()?;
+    p.sfs.get(&sfnum).map(|port| DevlinkRequest::PortDel {
+        dev: port.dev.clone(),
+        port: port.index,
+    })
 }
 
 /// Configuration of the switchdev backend.
@@ -207,43 +270,26 @@ impl SwitchdevBackend {
         Ok(changed)
     }
 
-    /// One setting on the VF port of (`pf`, `vf`): `Some` ends the apply
+    /// One setting on the port of (`pf`, `slot`): `Some` ends the apply
     /// (the port is not listed yet).
     async fn set_port(
         &self,
         pf: &str,
-        vf: u32,
+        slot: Slot,
         setting: PortSetting,
     ) -> Result<Option<Applied>, FunctionsError> {
         let pf_name = pf.to_string();
         let found = blocking(move || {
             let mut sock = DevlinkSocket::connect()?;
             let eswitch = Eswitch::from_ports(sock.ports()?);
-            let Some((port, uplink)) = find_vf(&eswitch, &pf_name, vf)? else {
+            let Some((port, uplink)) = find_port(&eswitch, &pf_name, slot)? else {
                 return Ok(None);
             };
-            let req = match setting {
-                PortSetting::HwAddr(mac) => DevlinkRequest::PortFunctionHwAddr {
-                    dev: port.dev.clone(),
-                    port: port.index,
-                    mac,
-                },
-                PortSetting::TxMax { mbps } => DevlinkRequest::RateSet {
-                    dev: port.dev.clone(),
-                    port: port.index,
-                    tx_share: 0,
-                    tx_max: u64::from(mbps) * 125_000,
-                },
-                PortSetting::Roce(enable) => DevlinkRequest::PortFunctionRoce {
-                    dev: port.dev.clone(),
-                    port: port.index,
-                    enable,
-                },
-            };
-            match sock.request(&req) {
+            match sock.request(&port_request(&port, setting)) {
                 Ok(_) => Ok(Some(None)),
                 Err(e)
                     if matches!(setting, PortSetting::HwAddr(_))
+                        && slot.vf().is_some()
                         && e.devlink_errno() == Some(libc::EOPNOTSUPP) =>
                 {
                     Ok(Some(Some((uplink, e))))
@@ -254,14 +300,17 @@ impl SwitchdevBackend {
         .await?;
         match found {
             None => Ok(Some(Applied::NoRepresentor {
-                expected: format!(
-                    "{pf} vf {vf} (no devlink port yet: has the host created the VF?)"
-                ),
+                expected: match slot {
+                    Slot::Vf(_) => {
+                        format!("{pf} {slot} (no devlink port yet: has the host created the VF?)")
+                    }
+                    Slot::Sf(_) => format!("{pf} {slot} (no devlink port)"),
+                },
             })),
             Some(None) => Ok(None),
             // hw_addr refused: the uplink's legacy VF MAC.
             Some(Some((uplink, refused))) => {
-                let PortSetting::HwAddr(mac) = setting else {
+                let (PortSetting::HwAddr(mac), Slot::Vf(vf)) = (setting, slot) else {
                     return Err(refused);
                 };
                 let Some(uplink) = uplink else {
@@ -272,25 +321,60 @@ impl SwitchdevBackend {
         }
     }
 
-    /// The VF's representor (as devlink reports it) up with the alias.
+    /// Makes SF `sfnum` on `pf` unless devlink lists it already.
+    async fn sf_add(&self, pf: &str, sfnum: u32) -> Result<Option<Applied>, FunctionsError> {
+        let pf = pf.to_string();
+        blocking(move || {
+            let mut sock = DevlinkSocket::connect()?;
+            let eswitch = Eswitch::from_ports(sock.ports()?);
+            if let Some(DevlinkRequest::SfPortNew {
+                dev,
+                pfnum,
+                sfnum,
+                controller,
+            }) = sf_add_request(&eswitch, &pf, sfnum)?
+            {
+                let port = sock.sf_port_new(&dev, pfnum, sfnum, controller)?;
+                tracing::info!(port = %port.handle(), netdev = ?port.netdev, "sub-function port added");
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Deletes SF `sfnum` of `pf` when devlink lists it.
+    async fn sf_del(&self, pf: &str, sfnum: u32) -> Result<Option<Applied>, FunctionsError> {
+        let pf = pf.to_string();
+        blocking(move || {
+            let mut sock = DevlinkSocket::connect()?;
+            let eswitch = Eswitch::from_ports(sock.ports()?);
+            if let Some(req) = sf_del_request(&eswitch, &pf, sfnum) {
+                sock.request(&req)?;
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// The function's representor (as devlink reports it) up with the alias.
     async fn representor_up(
         &self,
         pf: &str,
-        vf: u32,
+        slot: Slot,
         alias: &str,
     ) -> Result<Applied, FunctionsError> {
         let pf_name = pf.to_string();
         let port = blocking(move || {
             let mut sock = DevlinkSocket::connect()?;
             let eswitch = Eswitch::from_ports(sock.ports()?);
-            Ok(find_vf(&eswitch, &pf_name, vf)?.map(|(p, _)| p))
+            Ok(find_port(&eswitch, &pf_name, slot)?.map(|(p, _)| p))
         })
         .await?;
         let Some(netdev) = port.as_ref().and_then(|p| p.netdev.clone()) else {
             return Ok(Applied::NoRepresentor {
                 expected: match port {
                     Some(p) => format!("the netdev of devlink port {}", p.handle()),
-                    None => format!("{pf} vf {vf} (no devlink port yet)"),
+                    None => format!("{pf} {slot} (no devlink port yet)"),
                 },
             });
         };
@@ -331,10 +415,16 @@ impl FunctionBackend for SwitchdevBackend {
         }
         let port = |setting| FunctionAction::EswitchPort {
             pf: d.pf.clone(),
-            vf: d.vf,
+            slot: d.slot,
             setting,
         };
         let mut plan = Vec::new();
+        if let Slot::Sf(sfnum) = d.slot {
+            plan.push(FunctionAction::EswitchSfAdd {
+                pf: d.pf.clone(),
+                sfnum,
+            });
+        }
         if let Some(mac) = d.mac {
             plan.push(port(PortSetting::HwAddr(mac)));
         }
@@ -344,29 +434,39 @@ impl FunctionBackend for SwitchdevBackend {
         if d.rdma {
             plan.push(port(PortSetting::Roce(true)));
         }
+        if let Slot::Sf(_) = d.slot {
+            // Last: a function's attributes are set before it is
+            // activated (the kernel's devlink-port documentation).
+            plan.push(port(PortSetting::State(true)));
+        }
         plan.push(FunctionAction::EswitchRepresentorUp {
             pf: d.pf.clone(),
-            vf: d.vf,
+            slot: d.slot,
             alias: naming::alias(&d.id),
         });
         plan
     }
 
-    fn plan_remove(&self, _id: &str, slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+    fn plan_remove(&self, _id: &str, slot: Option<(&str, Slot)>) -> Vec<FunctionAction> {
+        let port = |pf: &str, slot, setting| FunctionAction::EswitchPort {
+            pf: pf.to_string(),
+            slot,
+            setting,
+        };
         match slot {
-            Some((pf, vf)) => [
-                PortSetting::HwAddr(Mac::default()),
-                PortSetting::TxMax { mbps: 0 },
-            ]
-            .into_iter()
-            .map(|setting| FunctionAction::EswitchPort {
-                pf: pf.to_string(),
-                vf,
-                setting,
-            })
-            .collect(),
+            Some((pf, slot @ Slot::Vf(_))) => vec![
+                port(pf, slot, PortSetting::HwAddr(Mac::default())),
+                port(pf, slot, PortSetting::TxMax { mbps: 0 }),
+            ],
+            Some((pf, slot @ Slot::Sf(sfnum))) => vec![
+                port(pf, slot, PortSetting::State(false)),
+                FunctionAction::EswitchSfDel {
+                    pf: pf.to_string(),
+                    sfnum,
+                },
+            ],
             None => vec![FunctionAction::Nothing {
-                why: "no VF was assigned".into(),
+                why: "no VF or SF was assigned".into(),
             }],
         }
     }
@@ -377,12 +477,14 @@ impl FunctionBackend for SwitchdevBackend {
     ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
         Box::pin(async move {
             match action {
-                FunctionAction::EswitchPort { pf, vf, setting } => {
-                    self.set_port(pf, *vf, *setting).await
+                FunctionAction::EswitchPort { pf, slot, setting } => {
+                    self.set_port(pf, *slot, *setting).await
                 }
-                FunctionAction::EswitchRepresentorUp { pf, vf, alias } => {
-                    self.representor_up(pf, *vf, alias).await.map(Some)
+                FunctionAction::EswitchRepresentorUp { pf, slot, alias } => {
+                    self.representor_up(pf, *slot, alias).await.map(Some)
                 }
+                FunctionAction::EswitchSfAdd { pf, sfnum } => self.sf_add(pf, *sfnum).await,
+                FunctionAction::EswitchSfDel { pf, sfnum } => self.sf_del(pf, *sfnum).await,
                 other => Err(foreign_action(self.name(), other)),
             }
         })
@@ -449,6 +551,13 @@ mod tests {
             },
             vf(d, 65537, 1, 0, 0, true),
             vf(d, 65538, 1, 0, 1, true),
+            DevlinkPort {
+                controller: Some(1),
+                pfnum: Some(0),
+                sfnum: Some(88),
+                external: Some(true),
+                ..port(d, 98304, PortFlavour::PciSf, "en3f0pf0sf88")
+            },
         ])
     }
 
@@ -481,11 +590,14 @@ mod tests {
         let (dev, pf) = find_pf(&e, "pf0").unwrap();
         assert_eq!(pf.controller, 1);
         assert_eq!(dev.uplinks[0].netdev.as_deref(), Some("p0"));
-        let (port, uplink) = find_vf(&e, "pf0", 1).unwrap().unwrap();
+        let (port, uplink) = find_port(&e, "pf0", Slot::Vf(1)).unwrap().unwrap();
         assert_eq!(port.index, 65538);
         assert_eq!(port.netdev.as_deref(), Some("pf0vf1"));
         assert_eq!(uplink.as_deref(), Some("p0"));
-        assert!(find_vf(&e, "pf0", 7).unwrap().is_none(), "not created yet");
+        assert!(
+            find_port(&e, "pf0", Slot::Vf(7)).unwrap().is_none(),
+            "not created yet"
+        );
         assert_eq!(find_pf(&e, "c0pf0").unwrap().1.controller, 0);
         let err = find_pf(&e, "pf3").unwrap_err().to_string();
         assert!(err.contains("c1pf0 (pci/0000:03:00.0)"), "{err}");
@@ -496,7 +608,7 @@ mod tests {
             id: "web".into(),
             type_: FunctionType::Net,
             pf: "pf0".into(),
-            vf: 1,
+            slot: Slot::Vf(1),
             mac: Some("02:00:00:00:00:01".parse().unwrap()),
             vlan: None,
             max_tx_rate_mbps: Some(100),
@@ -529,7 +641,121 @@ mod tests {
                 ..
             }]
         ));
-        let removal = crate::functions::plan::lines(&b.plan_remove("web", Some(("pf0", 1))));
+        let removal =
+            crate::functions::plan::lines(&b.plan_remove("web", Some(("pf0", Slot::Vf(1)))));
         assert_eq!(removal.len(), 2, "{removal:?}");
+    }
+
+    /// An SF function's plan: the pcisf port made (when absent), MAC as
+    /// the port function's hw_addr (no legacy fallback), rate, state
+    /// active after them, the representor devlink names; its removal is
+    /// state inactive, then the port deleted. VF-only backends refuse it.
+    #[test]
+    fn sf_plan_adds_programs_activates_and_removes() {
+        let b = SwitchdevBackend::default();
+        let mut d = desired();
+        d.slot = Slot::Sf(88);
+        d.rdma = false;
+        let plan = b.plan_apply(&d);
+        assert_eq!(
+            crate::functions::plan::lines(&plan),
+            [
+                "devlink port add <pf0's device> flavour pcisf controller <pf0's> pfnum <pf0's> sfnum 88 (if devlink lists no such port)",
+                "devlink port function set pf0 sf 88 hw_addr 02:00:00:00:00:01",
+                "devlink port function rate set pf0 sf 88 tx_max 100mbit",
+                "devlink port function set pf0 sf 88 state active",
+                "RTM_SETLINK <pf0 sf 88's representor, from devlink> up alias \"dpu-agent function web\"",
+            ]
+        );
+        assert_eq!(
+            b.plan_remove("web", Some(("pf0", Slot::Sf(88)))),
+            [
+                FunctionAction::EswitchPort {
+                    pf: "pf0".into(),
+                    slot: Slot::Sf(88),
+                    setting: PortSetting::State(false),
+                },
+                FunctionAction::EswitchSfDel {
+                    pf: "pf0".into(),
+                    sfnum: 88,
+                },
+            ]
+        );
+        for other in [
+            &super::super::sriov::SriovBackend::default() as &dyn FunctionBackend,
+            &super::super::external::ExternalBackend::default(),
+        ] {
+            assert!(
+                matches!(
+                    other.plan_apply(&d).as_slice(),
+                    [FunctionAction::Unsupported {
+                        reason: UnsupportedReason::NoSubFunctions,
+                        ..
+                    }]
+                ),
+                "{}",
+                other.name()
+            );
+        }
+    }
+
+    /// On a fake eswitch: SF ports are found by (PF, sfnum) with the
+    /// netdev devlink reports; `PORT_NEW` goes to the PF's device with its
+    /// controller and pfnum, and is skipped for an SF devlink lists;
+    /// `PORT_DEL` names the listed port's index and is skipped when absent.
+    #[test]
+    fn sf_requests_from_the_eswitch() {
+        let e = bluefield();
+        let (port, _) = find_port(&e, "pf0", Slot::Sf(88)).unwrap().unwrap();
+        assert_eq!(port.index, 98304);
+        assert_eq!(port.netdev.as_deref(), Some("en3f0pf0sf88"));
+        assert!(find_port(&e, "pf0", Slot::Sf(89)).unwrap().is_none());
+        assert!(
+            find_port(&e, "pf0", Slot::Vf(88)).unwrap().is_none(),
+            "sfnum is not vfnum"
+        );
+
+        let dev: DevlinkDev = "pci/0000:03:00.0".parse().unwrap();
+        assert_eq!(sf_add_request(&e, "pf0", 88).unwrap(), None);
+        assert_eq!(
+            sf_add_request(&e, "pf0", 89).unwrap(),
+            Some(DevlinkRequest::SfPortNew {
+                dev: dev.clone(),
+                pfnum: 0,
+                sfnum: 89,
+                controller: Some(1),
+            })
+        );
+        assert_eq!(
+            sf_add_request(&e, "c0pf0", 88).unwrap(),
+            Some(DevlinkRequest::SfPortNew {
+                dev: dev.clone(),
+                pfnum: 0,
+                sfnum: 88,
+                controller: Some(0),
+            }),
+            "sfnums are per PF"
+        );
+        let err = sf_add_request(&e, "pf4", 1).unwrap_err().to_string();
+        assert!(err.contains("no eswitch PF pf4"), "{err}");
+
+        assert_eq!(
+            sf_del_request(&e, "pf0", 88),
+            Some(DevlinkRequest::PortDel {
+                dev: dev.clone(),
+                port: 98304,
+            })
+        );
+        assert_eq!(sf_del_request(&e, "pf0", 89), None);
+        assert_eq!(sf_del_request(&e, "pf4", 88), None);
+
+        assert_eq!(
+            port_request(&port, PortSetting::State(true)),
+            DevlinkRequest::PortFunctionState {
+                dev,
+                port: 98304,
+                active: true,
+            }
+        );
     }
 }

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use super::rtnl::{Rtnl, address_of, link_change, link_up, veth_pair};
 use super::{
     Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, Mac, ObservedFunction, TenantAddressing, UnsupportedReason, VethPair,
+    FunctionsError, Mac, ObservedFunction, Slot, TenantAddressing, UnsupportedReason, VethPair,
     foreign_action, naming, netns,
 };
 
@@ -387,7 +387,7 @@ impl FunctionBackend for VethBackend {
         ]
     }
 
-    fn plan_remove(&self, id: &str, _slot: Option<(&str, u32)>) -> Vec<FunctionAction> {
+    fn plan_remove(&self, id: &str, _slot: Option<(&str, Slot)>) -> Vec<FunctionAction> {
         let netns = naming::netns_name(id);
         vec![
             FunctionAction::VethDelete {
@@ -437,7 +437,7 @@ mod tests {
             id: "web-1".into(),
             type_,
             pf: "pf0".into(),
-            vf: 0,
+            slot: Slot::Vf(0),
             mac: Some("02:00:00:00:00:01".parse().unwrap()),
             vlan: None,
             max_tx_rate_mbps: None,

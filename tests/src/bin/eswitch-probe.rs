@@ -9,8 +9,9 @@
 //! - `eswitch-probe apply ID PF VF MAC RATE_MBPS RDMA(on|off)` plans and
 //!   runs one net function on the `switchdev` backend (`plan::run`) and
 //!   prints each executed action and the result (`ready REPRESENTOR`), or
-//!   the error chain (exit 1);
-//! - `eswitch-probe remove ID PF VF` runs the backend's removal plan.
+//!   the error chain (exit 1); `sfN` for VF carves the function as the
+//!   sub-function with sfnum N;
+//! - `eswitch-probe remove ID PF VF|sfN` runs the backend's removal plan.
 //!
 //! Exits 1 naming what failed.
 
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use net_offload::functions::devlink::{DevlinkDev, DevlinkSocket, EswitchMode};
 use net_offload::functions::eswitch::Eswitch;
 use net_offload::functions::switchdev::SwitchdevBackend;
-use net_offload::functions::{Applied, FunctionBackend, FunctionDesired, FunctionType, plan};
+use net_offload::functions::{Applied, FunctionBackend, FunctionDesired, FunctionType, Slot, plan};
 
 /// Runs a plan on the switchdev backend, printing what ran.
 fn run_plan(
@@ -95,7 +96,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 id: id.clone(),
                 type_: FunctionType::Net,
                 pf: pf.clone(),
-                vf: vf.parse().map_err(|e| format!("vf: {e}"))?,
+                slot: slot(vf)?,
                 mac: Some(mac.parse().map_err(|e| format!("mac: {e}"))?),
                 vlan: None,
                 max_tx_rate_mbps: Some(rate.parse().map_err(|e| format!("rate: {e}"))?)
@@ -108,10 +109,18 @@ fn run(args: &[String]) -> Result<(), String> {
             run_plan(|b| b.plan_apply(&desired))
         }
         [cmd, id, pf, vf] if cmd == "remove" => {
-            let vf: u32 = vf.parse().map_err(|e| format!("vf: {e}"))?;
-            run_plan(|b| b.plan_remove(id, Some((pf.as_str(), vf))))
+            let slot = slot(vf)?;
+            run_plan(|b| b.plan_remove(id, Some((pf.as_str(), slot))))
         }
-        _ => Err("usage: eswitch-probe discover | set-mode BUS/DEV legacy|switchdev | apply ID PF VF MAC RATE on|off | remove ID PF VF".into()),
+        _ => Err("usage: eswitch-probe discover | set-mode BUS/DEV legacy|switchdev | apply ID PF VF|sfN MAC RATE on|off | remove ID PF VF|sfN".into()),
+    }
+}
+
+/// `N` is VF N, `sfN` the sub-function with sfnum N.
+fn slot(s: &str) -> Result<Slot, String> {
+    match s.strip_prefix("sf") {
+        Some(n) => n.parse().map(Slot::Sf).map_err(|e| format!("sfnum: {e}")),
+        None => s.parse().map(Slot::Vf).map_err(|e| format!("vf: {e}")),
     }
 }
 
