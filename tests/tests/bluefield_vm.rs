@@ -566,7 +566,7 @@ fn bluefield_profile_on_netdevsim_and_the_kernel_datapath() -> anyhow::Result<()
     assert!(tp.to_string().contains("KernelRefused"), "{tp}");
     assert!(
         tp.to_string()
-            .contains("the kernel refused adding an SA: Invalid argument"),
+            .contains("adding an SA failed: the kernel refused the request: Invalid argument"),
         "{tp}"
     );
     let ta = status(stdout, "status-ta")?;
