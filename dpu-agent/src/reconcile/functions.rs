@@ -51,7 +51,7 @@ use net_offload::functions::{
 use super::set_programmed;
 use super::{Context, Controller, Outcome, Reason, ReconcileError, Reconciling, condition};
 use crate::error_chain;
-use crate::store::StoredObject;
+use crate::store::{StoredObject, pf_slot_space};
 
 /// How often a simulated net function is looked at again for Port changes.
 pub const PORT_POLL: Duration = Duration::from_secs(2);
@@ -169,9 +169,12 @@ fn slot_for(
     // Slots other functions hold (recorded in their status: the store's PF
     // index; or allocated in this process), and slots they asked for
     // without holding them yet.
+    // Slots are numbered per PF slot space: `pf0` and `c1pf0` may be one PF.
+    let space = pf_slot_space(spec.pf.as_str());
+    let same_pf = |pf: &str| pf_slot_space(pf) == space;
     let in_process = |slot: Slot| {
         held.iter()
-            .find(|(id, (pf, s))| **id != obj.id && *pf == spec.pf && *s == slot)
+            .find(|(id, (pf, s))| **id != obj.id && same_pf(pf) && *s == slot)
             .map(|(id, _)| id.clone())
     };
     let own = spec
@@ -201,7 +204,7 @@ fn slot_for(
             let (lo, hi) = granted_range(ctx, &obj.tenant, carve).unwrap_or((0, u32::MAX - 1));
             let taken_here: BTreeSet<u32> = held
                 .iter()
-                .filter(|(id, (pf, s))| **id != obj.id && *pf == spec.pf && s.carve() == carve)
+                .filter(|(id, (pf, s))| **id != obj.id && same_pf(pf) && s.carve() == carve)
                 .map(|(_, (_, s))| s.number())
                 .collect();
             ctx.store
@@ -1342,6 +1345,51 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// Spellings of one PF share its VF numbers (TENANCY.md invariants 3
+    /// and 5): the switchdev backend resolves `pf0`, `pf00` and `c1pf0` to
+    /// the same hardware PF where controller 1 is the host's (or the only
+    /// one), so a tenant granted `c1pf0` never gets, by allocation or by
+    /// naming it, the VF another tenant holds as `pf0`; a legacy PF's
+    /// netdev name (`p0`) stays its own space.
+    #[tokio::test]
+    async fn spellings_of_one_pf_share_its_vf_numbers() {
+        assert_eq!(pf_slot_space("c1pf0"), "pf0");
+        assert_eq!(pf_slot_space("pf00"), "pf0");
+        assert_eq!(pf_slot_space("c0pf12"), "pf12");
+        assert_eq!(pf_slot_space("p0"), "p0");
+        assert_eq!(pf_slot_space("cpf0"), "cpf0");
+        let (_dir, ctx) = setup();
+        put(
+            &ctx.store,
+            Kind::Tenant,
+            "acme",
+            json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": "0-3"}}}),
+        );
+        put(
+            &ctx.store,
+            Kind::Tenant,
+            "blue",
+            json!({"grants": {"functions": {"pfs": ["c1pf0", "pf00"], "vfs": "0-3"}}}),
+        );
+        let c = Functions::new(Arc::new(Fake::default()));
+        let net = |pf: &str| json!({"type": "net", "pf": pf, "mac": "02:00:00:00:00:0a"});
+        let a = put_and_reconcile(&c, &ctx, "a", net("pf0")).await;
+        assert_eq!(a.status.facts.vf, Some(0));
+        put_in(&ctx.store, "blue", Kind::Function, "b", net("c1pf0"));
+        let b = reconcile_fn(&c, &ctx, "b").await;
+        assert_eq!(
+            b.status.facts.vf,
+            Some(1),
+            "not acme's VF 0 under another name"
+        );
+        let mut named = net("pf00");
+        named["vf"] = json!(0);
+        put_in(&ctx.store, "blue", Kind::Function, "x", named);
+        let x = reconcile_fn(&c, &ctx, "x").await;
+        assert_eq!(x.status.phase, Phase::Failed);
+        assert_eq!(x.status.condition("Programmed").unwrap().reason, "VfInUse");
     }
 
     /// A driver without sub-functions (netdevsim: `EOPNOTSUPP` on

@@ -335,11 +335,11 @@ impl State {
                 }
             }
             if let Some(pf) = function_pf(old)
-                && let Some(on_pf) = self.functions_by_pf.get_mut(pf)
+                && let Some(on_pf) = self.functions_by_pf.get_mut(&pf)
             {
                 on_pf.remove(&key.id, old);
                 if on_pf.ids.is_empty() {
-                    self.functions_by_pf.remove(pf);
+                    self.functions_by_pf.remove(&pf);
                 }
             }
             if let Some(vni) = network_vni(old)
@@ -358,7 +358,7 @@ impl State {
                 .insert(key.id.clone());
             if let Some(pf) = function_pf(obj) {
                 self.functions_by_pf
-                    .entry(pf.to_string())
+                    .entry(pf)
                     .or_default()
                     .insert(&key.id, obj);
             }
@@ -388,8 +388,30 @@ impl State {
 }
 
 /// The PF a function object names.
-fn function_pf(obj: &StoredObject) -> Option<&str> {
-    obj.spec.as_function().map(|f| f.pf.as_str())
+/// The slot space of the PF a function's spec names ([`pf_slot_space`]).
+fn function_pf(obj: &StoredObject) -> Option<String> {
+    obj.spec.as_function().map(|f| pf_slot_space(f.pf.as_str()))
+}
+
+/// The key under which VF indexes and SF numbers of PF `pf` are allocated.
+/// The switchdev backend resolves `pfN` to whichever controller's PF N it
+/// finds (the host's on a BlueField, the only one on a single-controller
+/// eswitch) and reads `pf00` as `pf0`, so `pfN`, `pf0N` and every `cCpfN`
+/// may name the same hardware PF. They share one space: two functions
+/// never get the same slot number of PF N under two spellings, at the price
+/// of two distinct controllers' PF N sharing the numbers (fail closed:
+/// TENANCY.md invariant 3). Other names (a legacy PF's netdev, `p0`) are
+/// their own space.
+pub fn pf_slot_space(pf: &str) -> String {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let pfnum = match pf.strip_prefix('c').and_then(|r| r.split_once("pf")) {
+        Some((c, n)) if digits(c) && digits(n) => Some(n),
+        _ => pf.strip_prefix("pf").filter(|n| digits(n)),
+    };
+    match pfnum.map(|n| n.trim_start_matches('0')) {
+        Some(n) => format!("pf{}", if n.is_empty() { "0" } else { n }),
+        None => pf.to_string(),
+    }
 }
 
 /// The functions on one PF, and the slots (VF indexes, SF numbers) they
@@ -1135,15 +1157,15 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// The functions that name `pf`, in id order (an index: no scan of the
-    /// other PFs' functions).
+    /// The functions that name `pf` (spelled so), in id order (an index:
+    /// no scan of the other PFs' functions).
     pub fn functions_on_pf(&self, pf: &str) -> Vec<Arc<StoredObject>> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
         state
             .functions_by_pf
-            .get(pf)
+            .get(&pf_slot_space(pf))
             .into_iter()
             .flat_map(|on_pf| on_pf.ids.iter())
             .filter_map(|id| {
@@ -1152,6 +1174,7 @@ impl Store {
                     .get(&ObjectKey::new(Kind::Function, id.clone()))
                     .cloned()
             })
+            .filter(|o| o.spec.as_function().is_some_and(|f| f.pf.as_str() == pf))
             .collect()
     }
 
@@ -1161,7 +1184,7 @@ impl Store {
         let Ok(state) = self.state.read() else {
             return SlotClaims::default();
         };
-        let Some(on_pf) = state.functions_by_pf.get(pf) else {
+        let Some(on_pf) = state.functions_by_pf.get(&pf_slot_space(pf)) else {
             return SlotClaims::default();
         };
         let other = |map: &BTreeMap<Slot, BTreeSet<String>>| {
@@ -1186,7 +1209,7 @@ impl Store {
         also_taken: &BTreeSet<u32>,
     ) -> Option<u32> {
         let state = self.state.read().ok()?;
-        let on_pf = state.functions_by_pf.get(pf);
+        let on_pf = state.functions_by_pf.get(&pf_slot_space(pf));
         let claimed = |n: u32| {
             also_taken.contains(&n)
                 || on_pf.is_some_and(|p| {
