@@ -7,7 +7,11 @@
 //! The VM is `-M virt -cpu cortex-a72` under TCG (RIG.md §5; `-cpu max`
 //! emulates pointer authentication and is ~3× slower). The provisioning
 //! file rides on a second, read-only virtio disk with the serial
-//! `dpu-provision`, where the image's first boot looks for it. QEMU is
+//! `dpu-provision`, where the image's first boot looks for it. A boot may
+//! carry a test hook ([`test_hook_disk`]): a script on a third read-only
+//! disk (serial `dpu-test-hook`) that the image's `dpu-test-hook.service`
+//! runs only when the kernel command line has `dpu.test_hook`, which this
+//! module adds for such a boot and a shipped image never has. QEMU is
 //! killed when the [`ImageVm`] is dropped, and by the kernel if the test
 //! process dies first (`PR_SET_PDEATHSIG`).
 
@@ -141,6 +145,10 @@ pub struct ImageBoot {
     pub disk: PathBuf,
     /// The provisioning file, attached read-only as the `dpu-provision` disk.
     pub provisioning: Option<PathBuf>,
+    /// A tar holding `hook.sh` ([`test_hook_disk`]), attached read-only as
+    /// the `dpu-test-hook` disk, with `dpu.test_hook` on the kernel command
+    /// line.
+    pub test_hook: Option<PathBuf>,
     /// Host port forwarded to the agent's 9443.
     pub port: u16,
     /// Where the serial console is written.
@@ -149,6 +157,10 @@ pub struct ImageBoot {
 
 impl ImageVm {
     pub fn boot(spec: &ImageBoot) -> ImageVm {
+        let mut append = String::from("console=ttyAMA0 panic=-1 quiet dpu.console_log=1");
+        if spec.test_hook.is_some() {
+            append.push_str(" dpu.test_hook");
+        }
         let mut cmd = Command::new("qemu-system-aarch64");
         cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg"])
             .args(["-smp", "2", "-m", "1024", "-nodefaults", "-no-user-config"])
@@ -158,10 +170,8 @@ impl ImageVm {
             .arg(spec.image_dir.join("Image"))
             .arg("-initrd")
             .arg(spec.image_dir.join("initrd.img"))
-            .args([
-                "-append",
-                "console=ttyAMA0 panic=-1 quiet dpu.console_log=1",
-            ])
+            .arg("-append")
+            .arg(&append)
             .arg("-drive")
             .arg(format!(
                 "file={},if=none,format=raw,id=root,cache=writeback",
@@ -175,6 +185,14 @@ impl ImageVm {
                     p.display()
                 ))
                 .args(["-device", "virtio-blk-pci,drive=prov,serial=dpu-provision"]);
+        }
+        if let Some(h) = &spec.test_hook {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,format=raw,id=hook,readonly=on",
+                    h.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=hook,serial=dpu-test-hook"]);
         }
         cmd.args([
             "-netdev",
@@ -263,6 +281,23 @@ impl ImageVm {
         }
     }
 
+    /// Waits until the console has a line containing `needle` and returns
+    /// that line (panics with the console's tail after `within`).
+    pub async fn wait_console_line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
+                return line.trim_end().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no console line with {needle:?} within {within:?}; console:\n{}",
+                self.console_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Power cut: QEMU killed, the disk keeps what the guest wrote (QEMU
     /// writes through to the file; nothing the guest flushed is lost).
     pub fn power_off(&mut self) {
@@ -293,4 +328,24 @@ pub fn copy_disk(from: &Path, to: &Path) {
         from.display(),
         to.display()
     );
+}
+
+/// Writes `script` as `hook.sh` into the tar `DIR/test-hook.tar`, the disk
+/// an [`ImageBoot::test_hook`] attaches (tar pads to whole 512-byte blocks,
+/// as a raw disk needs).
+pub fn test_hook_disk(dir: &Path, script: &str) -> PathBuf {
+    let stage = dir.join("test-hook");
+    std::fs::create_dir_all(&stage).expect("test hook dir");
+    std::fs::write(stage.join("hook.sh"), script).expect("write hook.sh");
+    let out = dir.join("test-hook.tar");
+    let status = Command::new("tar")
+        .args(["--format=ustar", "--owner=0", "--group=0", "-cf"])
+        .arg(&out)
+        .arg("-C")
+        .arg(&stage)
+        .arg("hook.sh")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar of the test hook failed: {status}");
+    out
 }
