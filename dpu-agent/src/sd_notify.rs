@@ -99,7 +99,9 @@ pub fn watchdog_interval(
         .ok()
         .filter(|us| *us > 0)
         .ok_or_else(|| EnvError::WatchdogUsec(usec.to_string()))?;
-    Ok(Some(Duration::from_micros(us / 2).max(Duration::from_millis(1))))
+    Ok(Some(
+        Duration::from_micros(us / 2).max(Duration::from_millis(1)),
+    ))
 }
 
 impl Notifier {
