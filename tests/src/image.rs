@@ -85,6 +85,20 @@ impl FleetPki {
     /// Writes the provisioning file for `hostname` with `images/provision.sh`
     /// (`DIR/provision.tar`), and the BlueField `DIR/bf.cfg` carrying it.
     pub fn provisioning_file(&self, hostname: &str, dir: &Path) -> PathBuf {
+        self.provisioning_file_with(hostname, dir, None, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`FleetPki::provisioning_file`] with `provision.sh --profile` and
+    /// `--config` when given; `Err` holds provision.sh's stderr when it
+    /// refused.
+    pub fn provisioning_file_with(
+        &self,
+        hostname: &str,
+        dir: &Path,
+        profile: Option<&str>,
+        config: Option<&Path>,
+    ) -> Result<PathBuf, String> {
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).expect("write PEM");
@@ -94,8 +108,15 @@ impl FleetPki {
         let key = write("server-key.pem", &self.server.key_pem);
         let bundle = write("ca.pem", &self.ca.cert_pem);
         let out = dir.join("provision.tar");
-        let status = Command::new("bash")
-            .arg(workspace_root().join("images/provision.sh"))
+        let mut cmd = Command::new("bash");
+        cmd.arg(workspace_root().join("images/provision.sh"));
+        if let Some(p) = profile {
+            cmd.args(["--profile", p]);
+        }
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let run = cmd
             .args(["--hostname", hostname, "--trust-domain", &self.trust_domain])
             .arg("--server-cert")
             .arg(&cert)
@@ -107,10 +128,18 @@ impl FleetPki {
             .arg(&out)
             .arg("--bf-cfg")
             .arg(dir.join("bf.cfg"))
-            .status()
+            .stderr(Stdio::piped())
+            .output()
             .expect("run images/provision.sh");
-        assert!(status.success(), "images/provision.sh failed: {status}");
-        out
+        if run.status.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "images/provision.sh failed ({}): {}",
+                run.status,
+                String::from_utf8_lossy(&run.stderr)
+            ))
+        }
     }
 
     /// The fleet controller's client of the agent at `url`.
@@ -348,4 +377,60 @@ pub fn test_hook_disk(dir: &Path, script: &str) -> PathBuf {
         .expect("run tar");
     assert!(status.success(), "tar of the test hook failed: {status}");
     out
+}
+
+/// What the image's `provision apply` did, run on this host in a private
+/// mount namespace ([`provision_apply`]).
+#[derive(Debug)]
+pub struct ProvisionApply {
+    pub success: bool,
+    /// Its stdout and stderr (the lines the image sends to the console).
+    pub output: String,
+    /// The namespace's `/etc` changes (the overlay's upper directory): what
+    /// it wrote, and nothing else.
+    pub etc: PathBuf,
+}
+
+/// Runs the image's `/usr/lib/dpu-image/provision apply` (from the source
+/// tree) against `tar`, as the image would find it at
+/// `/etc/dpu-agent/provision.tar` (where `bf.cfg` puts it), with the agent
+/// configs the image ships in `/etc/dpu-agent` (`config.toml` and
+/// `config.generic.toml`: the generic profile; `config.bluefield.toml`:
+/// `dpu-agent/config.bluefield.toml`, as `images/build.sh` copies them).
+/// `/etc` is an overlay in a private mount namespace (`unshare -m`, root),
+/// so the host's `/etc` is not touched; the upper directory, `DIR/up`, is
+/// what the script wrote.
+pub fn provision_apply(tar: &Path, dir: &Path) -> ProvisionApply {
+    let root = workspace_root();
+    let up = dir.join("up");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&up).expect("overlay upper dir");
+    std::fs::create_dir_all(&work).expect("overlay work dir");
+    let script = r#"set -e
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc
+mkdir -p /etc/dpu-agent
+cp "$3/images/rootfs/etc/dpu-agent/config.toml" /etc/dpu-agent/config.toml
+cp "$3/images/rootfs/etc/dpu-agent/config.toml" /etc/dpu-agent/config.generic.toml
+cp "$3/dpu-agent/config.bluefield.toml" /etc/dpu-agent/config.bluefield.toml
+cp "$4" /etc/dpu-agent/provision.tar
+set +e
+sh "$3/images/rootfs/usr/lib/dpu-image/provision" apply
+"#;
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(&up)
+        .arg(&work)
+        .arg(&root)
+        .arg(tar)
+        .output()
+        .expect("run unshare");
+    ProvisionApply {
+        success: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        etc: up,
+    }
 }

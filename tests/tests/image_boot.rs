@@ -33,7 +33,9 @@ use std::time::Duration;
 use dpu_api::client::Client;
 use dpu_api::{Kind, Phase};
 use dpu_tests::agent::free_port;
-use dpu_tests::image::{FleetPki, ImageBoot, ImageVm, copy_disk, image_dir, test_hook_disk};
+use dpu_tests::image::{
+    FleetPki, ImageBoot, ImageVm, copy_disk, image_dir, provision_apply, test_hook_disk,
+};
 use serde_json::{Value, json};
 
 const READY_WITHIN: Duration = Duration::from_secs(180);
@@ -338,5 +340,126 @@ async fn image_boots_is_managed_over_the_api_and_survives_a_power_cycle() {
     println!("watchdog evidence (guest console):\n  {stopped}\n  {watchdog_line}\n  {restarted}");
     for (what, n) in &after {
         println!("flows {what:<38} {n:>10}");
+    }
+}
+
+/// The provisioning file's `profile` (images/README.md "Provisioning"), with
+/// the image's own `provision apply` script run on the host in a private
+/// mount namespace over an overlay of `/etc` (`provision_apply`): `bluefield`
+/// installs the shipped `config.bluefield.toml` as the agent's config; an
+/// explicit `config.toml` in the bundle wins over the profile; an unknown
+/// profile is refused by `provision.sh` and, in a hand-made tar, by the
+/// image, which then changes nothing (no config, certificate, key, host name
+/// or applied-marker written). The BlueField boot itself needs its hardware
+/// (the boot test keeps the generic profile).
+#[ignore = "needs root (unshare -m, overlay on /etc): images/ci.sh runs it"]
+#[test]
+fn provisioning_profile_selects_the_agent_config() {
+    let work = tempfile::Builder::new()
+        .prefix("dpu-provision-profile")
+        .tempdir_in("/var/tmp")
+        .expect("work dir");
+    let pki = FleetPki::generate("fleet.test", &["127.0.0.1"]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bluefield = std::fs::read_to_string(root.join("dpu-agent/config.bluefield.toml"))
+        .expect("dpu-agent/config.bluefield.toml");
+    let generic = std::fs::read_to_string(root.join("images/rootfs/etc/dpu-agent/config.toml"))
+        .expect("generic config");
+    assert_ne!(bluefield, generic);
+    let case = |name: &str| {
+        let d = work.path().join(name);
+        std::fs::create_dir_all(&d).expect("case dir");
+        d
+    };
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+
+    // --profile bluefield: the shipped BlueField config becomes config.toml.
+    let d = case("bluefield");
+    let tar = pki
+        .provisioning_file_with("dpu-bf-1", &d, Some("bluefield"), None)
+        .expect("provision.sh --profile bluefield");
+    let run = provision_apply(&tar, &d);
+    assert!(run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains("installed the bluefield profile's config.toml"),
+        "{}",
+        run.output
+    );
+    assert_eq!(read(run.etc.join("dpu-agent/config.toml")), bluefield);
+    assert_eq!(read(run.etc.join("dpu-agent/profile")), "bluefield\n");
+    assert!(run.etc.join("dpu-agent/pki/server.pem").is_file());
+
+    // An explicit config.toml wins over the profile.
+    let d = case("explicit");
+    let own = d.join("site.toml");
+    std::fs::write(&own, "# a site's own config\nlisten = \"0.0.0.0:9443\"\n").expect("site.toml");
+    let tar = pki
+        .provisioning_file_with("dpu-bf-2", &d, Some("bluefield"), Some(&own))
+        .expect("provision.sh --profile bluefield --config");
+    let run = provision_apply(&tar, &d);
+    assert!(run.success, "{}", run.output);
+    assert_eq!(
+        read(run.etc.join("dpu-agent/config.toml")),
+        read(own.clone())
+    );
+
+    // An unknown profile: provision.sh refuses it ...
+    let d = case("unknown");
+    let refused = pki.provisioning_file_with("dpu-x-1", &d, Some("bluefeld"), None);
+    let err = refused.expect_err("provision.sh accepted --profile bluefeld");
+    assert!(err.contains("--profile \"bluefeld\""), "{err}");
+    // ... and a hand-made file with one is refused by the image, nothing changed.
+    let tar = pki
+        .provisioning_file_with("dpu-x-1", &d, Some("generic"), None)
+        .expect("provision.sh");
+    let unpacked = d.join("unpacked");
+    std::fs::create_dir_all(&unpacked).expect("unpack dir");
+    let ok = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .expect("tar -x");
+    assert!(ok.success());
+    std::fs::write(unpacked.join("dpu-provision/profile"), "bluefeld\n").expect("profile");
+    let bad = d.join("bad.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&bad)
+        .arg("-C")
+        .arg(&unpacked)
+        .arg("dpu-provision")
+        .status()
+        .expect("tar -c");
+    assert!(ok.success());
+    let run = provision_apply(&bad, &d);
+    assert!(
+        !run.success,
+        "an unknown profile was applied: {}",
+        run.output
+    );
+    assert!(
+        run.output
+            .contains("profile \"bluefeld\" is not generic or bluefield"),
+        "{}",
+        run.output
+    );
+    assert_eq!(read(run.etc.join("dpu-agent/config.toml")), generic);
+    for untouched in [
+        "dpu-agent/pki",
+        "dpu-agent/provision.applied",
+        "dpu-agent/provisioned.env",
+        "dpu-agent/profile",
+        "hostname",
+    ] {
+        assert!(
+            !run.etc.join(untouched).exists(),
+            "{untouched} written for a refused file: {}",
+            run.output
+        );
     }
 }
