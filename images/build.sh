@@ -13,6 +13,9 @@
 #   DIR/manifest.json.sig Ed25519 signature of manifest.json (64 raw bytes)
 #   DIR/manifest.pub.pem  the public key it verifies with (images/verify.sh DIR)
 #
+# The root boots systemd (Debian's systemd, systemd-sysv, udev) with the
+# units in images/rootfs/etc/systemd; see README "What boots".
+#
 # Inputs: Debian bookworm arm64 packages (mmdebstrap, cached under
 # .cache/images), the static aarch64 dpu-agent (without its `dev` feature)
 # and dpuctl (built here with cargo for aarch64-unknown-linux-musl, a no-op
@@ -45,7 +48,7 @@ done
 [ -n "$out" ] || usage
 case "$profile" in release|debug) ;; *) echo "images/build.sh: --profile must be release or debug" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "images/build.sh: run as root (the root filesystem has device nodes and owners)" >&2; exit 1; }
-for tool in mmdebstrap mkfs.ext4 zstd cpio qemu-aarch64-static depmod modprobe aarch64-linux-gnu-strip; do
+for tool in mmdebstrap mkfs.ext4 zstd cpio qemu-aarch64-static depmod modprobe aarch64-linux-gnu-strip systemd-sysusers; do
     command -v "$tool" >/dev/null || { echo "images/build.sh: $tool missing: run images/setup.sh" >&2; exit 1; }
 done
 
@@ -85,7 +88,7 @@ done
 # extract: unpack the packages, run none of their scripts (no arm64 emulation
 # of maintainer scripts needed); the fixups below do what those scripts would.
 # The extract hook records exactly the packages unpacked, with versions.
-packages=openvswitch-switch,openvswitch-common,busybox-static,ca-certificates
+packages=openvswitch-switch,openvswitch-common,systemd,systemd-sysv,udev,busybox-static,ca-certificates
 step "root filesystem: mmdebstrap $suite arm64 ($packages)"
 mmdebstrap --quiet --architectures=arm64 --variant=extract --include="$packages" \
     --skip=cleanup/apt/cache,essential/unlink \
@@ -102,14 +105,15 @@ mmdebstrap --quiet --architectures=arm64 --variant=extract --include="$packages"
     grep -qF "$(dpkg-deb -W --showformat='${Package}\t${Version}\t' "$f")" "$work/packages.tsv" || rm -f "$f"
 done)
 
-step "fixups: busybox applets, users, OVS paths, image files"
+step "fixups: busybox applets, users, systemd, OVS paths, image files"
 # Documentation, man pages and translations: nothing on a DPU reads them.
 rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man "$root"/usr/share/info \
     "$root"/usr/share/locale "$root"/usr/share/lintian "$root"/var/cache/apt/*.bin \
     "$root"/var/log/apt "$root"/var/lib/apt/lists/* "$root"/etc/apt/sources.list
 # The maintainer scripts that did not run would have made these.
 ln -sf ../lib/openvswitch-switch/ovs-vswitchd "$root/usr/sbin/ovs-vswitchd"
-# busybox provides every command the packages did not (sh, init, mount, ip...).
+# busybox provides every command the packages did not (sh, ip, tar, grep...);
+# init, mount, reboot... are systemd's and util-linux's.
 for applet in $(qemu-aarch64-static "$root/bin/busybox" --list-full); do
     [ -e "$root/$applet" ] || [ -L "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
 done
@@ -129,8 +133,25 @@ cp -a images/rootfs/. "$root/"
     fi
     touch --no-dereference --date="@$SOURCE_DATE_EPOCH" "$root/$p"
 done
-chmod 0640 "$root/etc/shadow"
-chown -h -R 0:0 "$root/etc/systemd/system" "$root/usr/lib/dpu-image"
+chown -h -R 0:0 "$root/etc/systemd" "$root/usr/lib/dpu-image"
+# The agent configs a provisioning file's profile selects (provision apply).
+cp images/rootfs/etc/dpu-agent/config.toml "$root/etc/dpu-agent/config.generic.toml"
+cp dpu-agent/config.bluefield.toml "$root/etc/dpu-agent/config.bluefield.toml"
+chmod 0644 "$root"/etc/dpu-agent/config.{generic,bluefield}.toml
+# What systemd's and udev's maintainer scripts would have done: the system
+# users and groups of sysusers.d (systemd-network, systemd-journal, the
+# device groups udev's rules name), allocated deterministically from the
+# root's own sysusers.d; an empty machine-id (systemd makes one at first
+# boot and commits it); units are enabled by the symlinks in rootfs/ (and
+# default.target -> multi-user.target there).
+systemd-sysusers --root="$root" >/dev/null 2>&1
+rm -f "$root"/etc/passwd- "$root"/etc/group- "$root"/etc/shadow- "$root"/etc/gshadow-
+chmod 0644 "$root"/etc/passwd "$root"/etc/group
+chmod 0640 "$root"/etc/shadow "$root"/etc/gshadow
+: > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+# udev's hardware database is built by its maintainer script; nothing here
+# needs it (no USB/PCI naming beyond the kernel's).
 git_commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 cat > "$root/etc/dpu-image-release" <<EOF
@@ -184,7 +205,7 @@ modules_of() { # the insmod order of modules $@ and their dependencies
     for m in "$@"; do modprobe -d "$kdir" -S "$kver" --show-depends "$m"; done |
         awk '$1 == "insmod" {print $2}' | awk '!seen[$0]++'
 }
-# Root disk: loaded by the initramfs. The rest: by the root's boot script.
+# Root disk: loaded by the initramfs. The rest: by systemd-modules-load and udev.
 initrd_modules=$(modules_of virtio_pci virtio_blk ext4)
 root_modules=$(modules_of virtio_pci virtio_blk ext4 virtio_net virtio_rng tun veth xfrm_user esp4 esp4_offload)
 for f in $root_modules; do

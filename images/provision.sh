@@ -4,17 +4,20 @@
 #
 #   images/provision.sh --hostname NAME --trust-domain DOMAIN \
 #       --server-cert CERT.pem --server-key KEY.pem --trust-bundle CA.pem \
-#       [--config config.toml] --out provision.tar \
+#       [--profile generic|bluefield] [--config config.toml] --out provision.tar \
 #       [--bf-cfg bf.cfg [--bf-cfg-template images/bf.cfg.template]]
 #
 # CERT.pem is the agent's server certificate (chain), issued by the fleet's
 # CA for the DPU's names; CA.pem the bundle that signs callers' (fleet
-# controller, tenants, host stub) client certificates. The tar is
+# controller, tenants, host stub) client certificates. --profile (default
+# generic) picks the agent config the image installs: generic (veth
+# functions, userspace datapath) or bluefield (dpu-agent/config.bluefield.toml,
+# shipped in the image); --config gives a config.toml that wins over it. The tar is
 # deterministic (sorted, owner 0, mtime 0). Exits non-zero, writing nothing,
 # when an input is missing or the key does not match the certificate.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-hostname="" domain="" cert="" key="" bundle="" config="" out="" bfcfg="" template="$here/bf.cfg.template"
+hostname="" domain="" cert="" key="" bundle="" config="" profile=generic out="" bfcfg="" template="$here/bf.cfg.template"
 usage() { sed -n '5,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -24,6 +27,7 @@ while [ $# -gt 0 ]; do
         --server-key) key=${2:-}; shift 2 ;;
         --trust-bundle) bundle=${2:-}; shift 2 ;;
         --config) config=${2:-}; shift 2 ;;
+        --profile) profile=${2:-}; shift 2 ;;
         --out) out=${2:-}; shift 2 ;;
         --bf-cfg) bfcfg=${2:-}; shift 2 ;;
         --bf-cfg-template) template=${2:-}; shift 2 ;;
@@ -37,6 +41,7 @@ for v in hostname domain cert key bundle out; do
 done
 [[ $hostname =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$ ]] || fail "--hostname \"$hostname\" is not a valid host name"
 [[ $domain =~ ^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$ ]] || fail "--trust-domain \"$domain\" must be a bare name like fleet.example.com"
+case "$profile" in generic|bluefield) ;; *) fail "--profile \"$profile\" must be generic or bluefield" ;; esac
 for f in "$cert" "$key" "$bundle" ${config:+"$config"}; do [ -s "$f" ] || fail "$f is missing or empty"; done
 openssl x509 -in "$cert" -noout 2>/dev/null || fail "--server-cert $cert is not a PEM certificate"
 openssl x509 -in "$bundle" -noout 2>/dev/null || fail "--trust-bundle $bundle is not a PEM certificate"
@@ -54,10 +59,11 @@ echo "$domain" > "$p/trust_domain"
 cp "$cert" "$p/server.pem"
 (umask 077 && cp "$key" "$p/server-key.pem")
 cp "$bundle" "$p/ca.pem"
+echo "$profile" > "$p/profile"
 [ -n "$config" ] && cp "$config" "$p/config.toml"
 (umask 077 && tar --sort=name --format=ustar --owner=0 --group=0 --numeric-owner --mtime=@0 \
     -C "$stage" -cf "$out" dpu-provision)
-echo "provision.sh: wrote $out for $hostname (trust domain $domain)"
+echo "provision.sh: wrote $out for $hostname (trust domain $domain, profile $profile)"
 if [ -n "$bfcfg" ]; then
     [ -s "$template" ] || fail "bf.cfg template $template is missing"
     grep -q '^@PROVISION_TAR_BASE64@$' "$template" || fail "$template has no @PROVISION_TAR_BASE64@ line"

@@ -160,6 +160,8 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    // systemd (Type=notify): READY=1 now, watchdog pings, STOPPING=1; a no-op elsewhere.
+    crate::sd_notify::spawn(shutdown.clone());
     let engine_task = tokio::spawn(engine.run(shutdown));
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dev;
 pub mod metrics;
 pub mod reconcile;
+pub mod sd_notify;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -7,7 +7,11 @@
 //! The VM is `-M virt -cpu cortex-a72` under TCG (RIG.md §5; `-cpu max`
 //! emulates pointer authentication and is ~3× slower). The provisioning
 //! file rides on a second, read-only virtio disk with the serial
-//! `dpu-provision`, where the image's first boot looks for it. QEMU is
+//! `dpu-provision`, where the image's first boot looks for it. A boot may
+//! carry a test hook ([`test_hook_disk`]): a script on a third read-only
+//! disk (serial `dpu-test-hook`) that the image's `dpu-test-hook.service`
+//! runs only when the kernel command line has `dpu.test_hook`, which this
+//! module adds for such a boot and a shipped image never has. QEMU is
 //! killed when the [`ImageVm`] is dropped, and by the kernel if the test
 //! process dies first (`PR_SET_PDEATHSIG`).
 
@@ -81,6 +85,20 @@ impl FleetPki {
     /// Writes the provisioning file for `hostname` with `images/provision.sh`
     /// (`DIR/provision.tar`), and the BlueField `DIR/bf.cfg` carrying it.
     pub fn provisioning_file(&self, hostname: &str, dir: &Path) -> PathBuf {
+        self.provisioning_file_with(hostname, dir, None, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`FleetPki::provisioning_file`] with `provision.sh --profile` and
+    /// `--config` when given; `Err` holds provision.sh's stderr when it
+    /// refused.
+    pub fn provisioning_file_with(
+        &self,
+        hostname: &str,
+        dir: &Path,
+        profile: Option<&str>,
+        config: Option<&Path>,
+    ) -> Result<PathBuf, String> {
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).expect("write PEM");
@@ -90,8 +108,15 @@ impl FleetPki {
         let key = write("server-key.pem", &self.server.key_pem);
         let bundle = write("ca.pem", &self.ca.cert_pem);
         let out = dir.join("provision.tar");
-        let status = Command::new("bash")
-            .arg(workspace_root().join("images/provision.sh"))
+        let mut cmd = Command::new("bash");
+        cmd.arg(workspace_root().join("images/provision.sh"));
+        if let Some(p) = profile {
+            cmd.args(["--profile", p]);
+        }
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let run = cmd
             .args(["--hostname", hostname, "--trust-domain", &self.trust_domain])
             .arg("--server-cert")
             .arg(&cert)
@@ -103,10 +128,18 @@ impl FleetPki {
             .arg(&out)
             .arg("--bf-cfg")
             .arg(dir.join("bf.cfg"))
-            .status()
+            .stderr(Stdio::piped())
+            .output()
             .expect("run images/provision.sh");
-        assert!(status.success(), "images/provision.sh failed: {status}");
-        out
+        if run.status.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "images/provision.sh failed ({}): {}",
+                run.status,
+                String::from_utf8_lossy(&run.stderr)
+            ))
+        }
     }
 
     /// The fleet controller's client of the agent at `url`.
@@ -141,6 +174,10 @@ pub struct ImageBoot {
     pub disk: PathBuf,
     /// The provisioning file, attached read-only as the `dpu-provision` disk.
     pub provisioning: Option<PathBuf>,
+    /// A tar holding `hook.sh` ([`test_hook_disk`]), attached read-only as
+    /// the `dpu-test-hook` disk, with `dpu.test_hook` on the kernel command
+    /// line.
+    pub test_hook: Option<PathBuf>,
     /// Host port forwarded to the agent's 9443.
     pub port: u16,
     /// Where the serial console is written.
@@ -149,6 +186,10 @@ pub struct ImageBoot {
 
 impl ImageVm {
     pub fn boot(spec: &ImageBoot) -> ImageVm {
+        let mut append = String::from("console=ttyAMA0 panic=-1 quiet dpu.console_log=1");
+        if spec.test_hook.is_some() {
+            append.push_str(" dpu.test_hook");
+        }
         let mut cmd = Command::new("qemu-system-aarch64");
         cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg"])
             .args(["-smp", "2", "-m", "1024", "-nodefaults", "-no-user-config"])
@@ -158,10 +199,8 @@ impl ImageVm {
             .arg(spec.image_dir.join("Image"))
             .arg("-initrd")
             .arg(spec.image_dir.join("initrd.img"))
-            .args([
-                "-append",
-                "console=ttyAMA0 panic=-1 quiet dpu.console_log=1",
-            ])
+            .arg("-append")
+            .arg(&append)
             .arg("-drive")
             .arg(format!(
                 "file={},if=none,format=raw,id=root,cache=writeback",
@@ -175,6 +214,14 @@ impl ImageVm {
                     p.display()
                 ))
                 .args(["-device", "virtio-blk-pci,drive=prov,serial=dpu-provision"]);
+        }
+        if let Some(h) = &spec.test_hook {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,format=raw,id=hook,readonly=on",
+                    h.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=hook,serial=dpu-test-hook"]);
         }
         cmd.args([
             "-netdev",
@@ -263,6 +310,23 @@ impl ImageVm {
         }
     }
 
+    /// Waits until the console has a line containing `needle` and returns
+    /// that line (panics with the console's tail after `within`).
+    pub async fn wait_console_line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
+                return line.trim_end().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no console line with {needle:?} within {within:?}; console:\n{}",
+                self.console_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Power cut: QEMU killed, the disk keeps what the guest wrote (QEMU
     /// writes through to the file; nothing the guest flushed is lost).
     pub fn power_off(&mut self) {
@@ -293,4 +357,80 @@ pub fn copy_disk(from: &Path, to: &Path) {
         from.display(),
         to.display()
     );
+}
+
+/// Writes `script` as `hook.sh` into the tar `DIR/test-hook.tar`, the disk
+/// an [`ImageBoot::test_hook`] attaches (tar pads to whole 512-byte blocks,
+/// as a raw disk needs).
+pub fn test_hook_disk(dir: &Path, script: &str) -> PathBuf {
+    let stage = dir.join("test-hook");
+    std::fs::create_dir_all(&stage).expect("test hook dir");
+    std::fs::write(stage.join("hook.sh"), script).expect("write hook.sh");
+    let out = dir.join("test-hook.tar");
+    let status = Command::new("tar")
+        .args(["--format=ustar", "--owner=0", "--group=0", "-cf"])
+        .arg(&out)
+        .arg("-C")
+        .arg(&stage)
+        .arg("hook.sh")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar of the test hook failed: {status}");
+    out
+}
+
+/// What the image's `provision apply` did, run on this host in a private
+/// mount namespace ([`provision_apply`]).
+#[derive(Debug)]
+pub struct ProvisionApply {
+    pub success: bool,
+    /// Its stdout and stderr (the lines the image sends to the console).
+    pub output: String,
+    /// The namespace's `/etc` changes (the overlay's upper directory): what
+    /// it wrote, and nothing else.
+    pub etc: PathBuf,
+}
+
+/// Runs the image's `/usr/lib/dpu-image/provision apply` (from the source
+/// tree) against `tar`, as the image would find it at
+/// `/etc/dpu-agent/provision.tar` (where `bf.cfg` puts it), with the agent
+/// configs the image ships in `/etc/dpu-agent` (`config.toml` and
+/// `config.generic.toml`: the generic profile; `config.bluefield.toml`:
+/// `dpu-agent/config.bluefield.toml`, as `images/build.sh` copies them).
+/// `/etc` is an overlay in a private mount namespace (`unshare -m`, root),
+/// so the host's `/etc` is not touched; the upper directory, `DIR/up`, is
+/// what the script wrote.
+pub fn provision_apply(tar: &Path, dir: &Path) -> ProvisionApply {
+    let root = workspace_root();
+    let up = dir.join("up");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&up).expect("overlay upper dir");
+    std::fs::create_dir_all(&work).expect("overlay work dir");
+    let script = r#"set -e
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc
+mkdir -p /etc/dpu-agent
+cp "$3/images/rootfs/etc/dpu-agent/config.toml" /etc/dpu-agent/config.toml
+cp "$3/images/rootfs/etc/dpu-agent/config.toml" /etc/dpu-agent/config.generic.toml
+cp "$3/dpu-agent/config.bluefield.toml" /etc/dpu-agent/config.bluefield.toml
+cp "$4" /etc/dpu-agent/provision.tar
+set +e
+sh "$3/images/rootfs/usr/lib/dpu-image/provision" apply
+"#;
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(&up)
+        .arg(&work)
+        .arg(&root)
+        .arg(tar)
+        .output()
+        .expect("run unshare");
+    ProvisionApply {
+        success: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        etc: up,
+    }
 }
