@@ -422,34 +422,13 @@ fn duration_of(line: &str) -> f64 {
 fn bluefield_profile_on_netdevsim_and_the_kernel_datapath() -> anyhow::Result<()> {
     vm::require();
     let bins = tempfile::tempdir()?;
-    let strip = |name: &str| vm::stripped_musl_binary(name, bins.path());
     let pki = FleetPki::generate("dpu.local", &["localhost"]);
     let config = agent_config()?;
     let mut b = Vm::builder()
         .memory_mib(768)
         .modules(&MODULES)
         .packages(&["openvswitch-switch", "openvswitch-common"])
-        .binary(strip("dpu-agent")?)
-        .binary(strip("dpuctl")?)
-        .file("/etc/dpu-agent/config.toml", config, 0o644)
-        .file(
-            "/etc/dpu-agent/pki/server.pem",
-            pki.server.cert_pem.clone(),
-            0o644,
-        )
-        .file(
-            "/etc/dpu-agent/pki/server-key.pem",
-            pki.server.key_pem.clone(),
-            0o600,
-        )
-        .file("/etc/dpu-agent/pki/ca.pem", pki.ca.cert_pem.clone(), 0o644)
-        .file("/etc/dpuctl/ca.pem", pki.ca.cert_pem.clone(), 0o644)
-        .file(
-            "/etc/dpuctl/cert.pem",
-            pki.controller.cert_pem.clone(),
-            0o644,
-        )
-        .file("/etc/dpuctl/key.pem", pki.controller.key_pem.clone(), 0o600)
+        .fleet_agent(bins.path(), &pki, config)?
         .file("/etc/dpu-vm/objects.yaml", OBJECTS, 0o644)
         .file("/etc/dpu-vm/objects2.yaml", OBJECTS2, 0o644);
     for (path, bytes) in vm::netdevsim_modules()? {

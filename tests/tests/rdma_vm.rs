@@ -354,7 +354,6 @@ fn wait_file(vms: &mut [RunningVm], who: usize, file: &str, until: Instant) -> b
 fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result<()> {
     vm::require();
     let bins = tempfile::tempdir()?;
-    let strip = |name: &str| vm::stripped_musl_binary(name, bins.path());
     let pki = FleetPki::generate("dpu.local", &["localhost"]);
     let links = [SocketLink::new()?, SocketLink::new()?, SocketLink::new()?];
     let timeout = Duration::from_secs(420);
@@ -366,27 +365,7 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
         .socket_nic(links[2], LinkSide::Listen, "pf0vf2")
         .modules(&DPU_MODULES)
         .packages(&["openvswitch-switch", "openvswitch-common"])
-        .binary(strip("dpu-agent")?)
-        .binary(strip("dpuctl")?)
-        .file("/etc/dpu-agent/config.toml", AGENT_CONFIG, 0o644)
-        .file(
-            "/etc/dpu-agent/pki/server.pem",
-            pki.server.cert_pem.clone(),
-            0o644,
-        )
-        .file(
-            "/etc/dpu-agent/pki/server-key.pem",
-            pki.server.key_pem.clone(),
-            0o600,
-        )
-        .file("/etc/dpu-agent/pki/ca.pem", pki.ca.cert_pem.clone(), 0o644)
-        .file("/etc/dpuctl/ca.pem", pki.ca.cert_pem.clone(), 0o644)
-        .file(
-            "/etc/dpuctl/cert.pem",
-            pki.controller.cert_pem.clone(),
-            0o644,
-        )
-        .file("/etc/dpuctl/key.pem", pki.controller.key_pem.clone(), 0o600)
+        .fleet_agent(bins.path(), &pki, AGENT_CONFIG)?
         .file("/etc/dpu-vm/objects.yaml", objects(&links), 0o644)
         .file(
             "/etc/dpu-vm/norule.yaml",

@@ -266,6 +266,38 @@ impl VmBuilder {
         self
     }
 
+    /// What a guest needs to run `dpu-agent run` driven by `dpuctl` over
+    /// mTLS: the static `dpu-agent` and `dpuctl` (stripped into `bins`),
+    /// `config` at `/etc/dpu-agent/config.toml`, the agent's server identity
+    /// and the fleet CA from `pki` in `/etc/dpu-agent/pki/`, and the fleet
+    /// controller's identity for `dpuctl` in `/etc/dpuctl/`.
+    pub fn fleet_agent(
+        self,
+        bins: &Path,
+        pki: &crate::image::FleetPki,
+        config: impl Into<Vec<u8>>,
+    ) -> Result<Self, VmError> {
+        let pem = |s: &String| s.clone().into_bytes();
+        Ok(self
+            .binary(super::stripped_musl_binary("dpu-agent", bins)?)
+            .binary(super::stripped_musl_binary("dpuctl", bins)?)
+            .file("/etc/dpu-agent/config.toml", config, 0o644)
+            .file(
+                "/etc/dpu-agent/pki/server.pem",
+                pem(&pki.server.cert_pem),
+                0o644,
+            )
+            .file(
+                "/etc/dpu-agent/pki/server-key.pem",
+                pem(&pki.server.key_pem),
+                0o600,
+            )
+            .file("/etc/dpu-agent/pki/ca.pem", pem(&pki.ca.cert_pem), 0o644)
+            .file("/etc/dpuctl/ca.pem", pem(&pki.ca.cert_pem), 0o644)
+            .file("/etc/dpuctl/cert.pem", pem(&pki.controller.cert_pem), 0o644)
+            .file("/etc/dpuctl/key.pem", pem(&pki.controller.key_pem), 0o600))
+    }
+
     /// Forwards a host port on 127.0.0.1 to this guest TCP port on the first
     /// NIC (a virtio-net NIC is added if there is none). The guest side is
     /// configured as 10.0.2.15/24, its name in `$DPU_VM_NET_IF`; read the host
