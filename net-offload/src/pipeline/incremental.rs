@@ -10,6 +10,7 @@ use super::compile::{
     CompiledPipeline, NetworkInputs, OwnedFlow, Segment, compile, compile_segment,
     group_by_network, skeleton, unknown_network,
 };
+use super::cookie::Owner;
 use super::diff::{FlowPlan, plan_flows};
 use super::model::{DesiredNetworking, EndpointDesc, NetworkDesc, PortDesc};
 use crate::openflow::{Flow, Match, MeterMod};
@@ -22,16 +23,31 @@ struct Cached {
     endpoints: Vec<EndpointDesc>,
     tunnel: Option<u32>,
     segment: Segment,
+    /// Flows per owner in `segment`.
+    counts: Vec<(Owner, usize)>,
+}
+
+fn count_owners(flows: &[OwnedFlow]) -> Vec<(Owner, usize)> {
+    let mut counts: Vec<(Owner, usize)> = Vec::new();
+    for f in flows {
+        match counts.last_mut() {
+            Some((o, n)) if *o == f.owner => *n += 1,
+            _ => counts.push((f.owner.clone(), 1)),
+        }
+    }
+    counts
 }
 
 impl Cached {
     fn new(g: &NetworkInputs<'_>) -> Self {
+        let segment = compile_segment(g.network, &g.ports, &g.endpoints, g.tunnel);
         Cached {
+            counts: count_owners(&segment.flows),
             network: g.network.clone(),
             ports: g.ports.iter().map(|p| (*p).clone()).collect(),
             endpoints: g.endpoints.iter().map(|e| (*e).clone()).collect(),
             tunnel: g.tunnel,
-            segment: compile_segment(g.network, &g.ports, &g.endpoints, g.tunnel),
+            segment,
         }
     }
 
@@ -65,6 +81,7 @@ pub enum Changes {
 #[derive(Debug, Clone, Default)]
 pub struct IncrementalPipeline {
     skeleton: Vec<OwnedFlow>,
+    skeleton_counts: Vec<(Owner, usize)>,
     segments: BTreeMap<String, Cached>,
     /// Ports whose network is not known, with why.
     orphans: BTreeMap<String, String>,
@@ -106,6 +123,7 @@ impl IncrementalPipeline {
     pub fn update(&mut self, desired: &DesiredNetworking) -> Changes {
         if !self.started {
             self.skeleton = skeleton();
+            self.skeleton_counts = count_owners(&self.skeleton);
         }
         let (groups, orphans) = group_by_network(desired);
         let mut orphaned = BTreeMap::new();
@@ -211,6 +229,24 @@ impl IncrementalPipeline {
                 }
                 s.extend(self.orphans.clone());
                 s
+            }
+        }
+    }
+
+    /// Number of flows per owner, as [`CompiledPipeline::flow_counts`]
+    /// gives it (counted once per segment, when it is compiled).
+    pub fn flow_counts(&self) -> BTreeMap<Owner, usize> {
+        match &self.whole {
+            Some(w) => w.flow_counts(),
+            None => {
+                let mut counts = BTreeMap::new();
+                for (owner, n) in std::iter::once(&self.skeleton_counts)
+                    .chain(self.segments.values().map(|c| &c.counts))
+                    .flatten()
+                {
+                    *counts.entry(owner.clone()).or_insert(0) += n;
+                }
+                counts
             }
         }
     }

@@ -675,6 +675,7 @@ mod incremental {
                 prop_assert_eq!(inc.flow_count(), whole.flows.len());
                 prop_assert_eq!(&inc.meters(), &whole.meters);
                 prop_assert_eq!(&inc.skipped_ports(), &whole.skipped_ports);
+                prop_assert_eq!(inc.flow_counts(), whole.flow_counts());
                 let want = plan_flows(whole.flows.iter().map(|f| &f.flow), &installed);
                 match &changes {
                     Changes::Segments(segs) => {
