@@ -153,7 +153,7 @@ pub enum Phase {
     /// changed networks' flows when the switch is believed).
     Diff,
     /// The bridge's ports and interfaces read (and parsed) from the OVSDB
-    /// replica.
+    /// replica (skipped when no update was applied since the last read).
     Replica,
     /// OVSDB transactions (bridge, `hw-offload`, ports), sent to answered.
     Ovsdb,
@@ -325,6 +325,8 @@ impl SwitchHandle {
             report_tx,
             believed: false,
             last_ok: None,
+            replica_version: ovsdb.replica_changes(),
+            replica_read: None,
             ticks: 0,
             datapath: None,
             datapath_reading: false,
@@ -438,6 +440,10 @@ struct Reconciler {
     believed: bool,
     /// The input version of the last successful pass.
     last_ok: Option<u64>,
+    /// The OVSDB replica's generation (every applied update bumps it).
+    replica_version: watch::Receiver<u64>,
+    /// The generation the bridge's ports were last read at.
+    replica_read: Option<u64>,
     /// Periodic passes since start; every [`FULL_DUMP_EVERY`]th dumps.
     ticks: u64,
     /// Datapath flows per input port name, from the last successful query
@@ -940,6 +946,13 @@ impl Reconciler {
     }
 
     fn refresh_ports_untimed(&mut self) -> Result<bool, SwitchError> {
+        // Taken before the read: an update applied meanwhile only makes the
+        // next pass read again.
+        let version = *self.replica_version.borrow();
+        if self.replica_read == Some(version) {
+            // No update applied since the last read: nothing to read.
+            return Ok(false);
+        }
         let bridge = &self.config.bridge;
         let (ports, ifaces) =
             self.ovsdb
@@ -968,6 +981,8 @@ impl Reconciler {
         let moved = observed.ofports != ofports || observed.ports != ports;
         observed.ofports = ofports;
         observed.ports = ports;
+        drop(observed);
+        self.replica_read = Some(version);
         Ok(moved)
     }
 
