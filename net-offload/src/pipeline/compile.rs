@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
 use super::cookie::{Owner, OwnerKind};
-use super::model::{DesiredNetworking, Encap, PortDesc, RuleDesc, RuleProtocol};
+use super::model::{
+    DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, RuleDesc, RuleProtocol,
+};
 use super::ranges::port_range_masks;
 use crate::openflow::{
     Action, Ct, CtZone, Field, Flow, Instructions, Match, MeterCommand, MeterMod, RegMove,
@@ -97,6 +99,23 @@ struct Builder {
 }
 
 impl Builder {
+    fn new() -> Self {
+        Builder {
+            flows: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Adds `f` unless a flow of its key is there already.
+    fn push(&mut self, f: OwnedFlow) {
+        if self
+            .seen
+            .insert((f.flow.table, f.flow.priority, f.flow.matches.clone()))
+        {
+            self.flows.push(f);
+        }
+    }
+
     fn add(&mut self, owner: &Owner, table: u8, priority: u16, matches: Match, ins: Instructions) {
         // The first owner of an identical (table, priority, match) wins; a
         // second one would only overwrite it on the switch.
@@ -161,20 +180,82 @@ fn ct_state_is(bits: u64) -> (u64, u64) {
     (bits, bits)
 }
 
-/// Compiles `desired` into the complete flow set of the bridge.
-pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
-    let mut b = Builder {
-        flows: Vec::new(),
-        seen: HashSet::new(),
-    };
-    let mut meters = BTreeMap::new();
-    let mut skipped = BTreeMap::new();
-    let base = Owner::pipeline();
+/// One network's share of the pipeline: its tunnel-classify flow, its
+/// ports' flows and meters, its endpoints' flows, and its ports that got no
+/// flows. A pure function of the network's inputs ([`compile_segment`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub flows: Vec<OwnedFlow>,
+    pub meters: BTreeMap<u32, MeterMod>,
+    pub skipped_ports: BTreeMap<String, String>,
+}
 
-    // Skeleton: every table drops what no rule admits (fail_mode=secure has
-    // no NORMAL fallback either), conntrack dispatch, established traffic.
-    // ARP the responder does not answer (replies, unicast) goes on; it is
-    // added before the drops because the first flow of a key wins.
+/// What one network's [`Segment`] is compiled from.
+#[derive(Debug, Clone)]
+pub struct NetworkInputs<'a> {
+    pub network: &'a NetworkDesc,
+    /// The network's ports, in id order.
+    pub ports: Vec<&'a PortDesc>,
+    /// The network's endpoints, in id order.
+    pub endpoints: Vec<&'a EndpointDesc>,
+    /// OpenFlow port of the tunnel port of the network's encapsulation.
+    pub tunnel: Option<u32>,
+}
+
+/// `desired` split per network (by id; of two networks with one id the
+/// last wins, as the API never sends two), and the ports whose network is
+/// not known (in id order).
+pub fn group_by_network(
+    desired: &DesiredNetworking,
+) -> (BTreeMap<&str, NetworkInputs<'_>>, Vec<&PortDesc>) {
+    let mut groups: BTreeMap<&str, NetworkInputs<'_>> = desired
+        .networks
+        .iter()
+        .map(|n| {
+            (
+                n.id.as_str(),
+                NetworkInputs {
+                    network: n,
+                    ports: Vec::new(),
+                    endpoints: Vec::new(),
+                    tunnel: desired.tunnel_ofports.get(&n.encap).copied(),
+                },
+            )
+        })
+        .collect();
+    let mut orphans = Vec::new();
+    for p in &desired.ports {
+        match groups.get_mut(p.network.as_str()) {
+            Some(g) => g.ports.push(p),
+            None => orphans.push(p),
+        }
+    }
+    for e in &desired.endpoints {
+        if let Some(g) = groups.get_mut(e.network.as_str()) {
+            g.endpoints.push(e);
+        }
+    }
+    for g in groups.values_mut() {
+        g.ports.sort_by(|a, b| a.id.cmp(&b.id));
+        g.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    orphans.sort_by(|a, b| a.id.cmp(&b.id));
+    (groups, orphans)
+}
+
+/// Why a port whose network is not known gets no flows.
+pub fn unknown_network(p: &PortDesc) -> String {
+    format!("network {:?} is not known", p.network)
+}
+
+/// The constant part of the pipeline, owned by [`Owner::pipeline`]: every
+/// table drops what no rule admits (fail_mode=secure has no NORMAL fallback
+/// either), conntrack dispatch, established traffic. ARP the responder does
+/// not answer (replies, unicast) goes on; it is added before the drops
+/// because the first flow of a key wins.
+pub fn skeleton() -> Vec<OwnedFlow> {
+    let mut b = Builder::new();
+    let base = Owner::pipeline();
     b.add(
         &base,
         table::ARP_RESPONDER,
@@ -192,52 +273,79 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
     for dir in [&EGRESS, &INGRESS] {
         dir.add_established(&mut b, &base, &ip);
     }
+    b.flows
+}
 
-    let networks: BTreeMap<&str, _> = desired
-        .networks
-        .iter()
-        .map(|n| (n.id.as_str(), n))
-        .collect();
+/// Compiles `desired` into the complete flow set of the bridge: the
+/// [`skeleton`] and one [`compile_segment`] per network, with the first
+/// flow of each (table, priority, match) kept across segments too. See
+/// README.md ("The agent's own share") for why, with the unique
+/// VNIs and ofports the API guarantees, no flow of one segment ever has the
+/// key of another's, so the segments compiled apart add up to this.
+pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
+    let mut b = Builder::new();
+    let mut meters = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
+    for f in skeleton() {
+        b.push(f);
+    }
+    let (groups, orphans) = group_by_network(desired);
+    for g in groups.values() {
+        let seg = compile_segment(g.network, &g.ports, &g.endpoints, g.tunnel);
+        for f in seg.flows {
+            b.push(f);
+        }
+        meters.extend(seg.meters);
+        skipped.extend(seg.skipped_ports);
+    }
+    for p in orphans {
+        skipped.insert(p.id.clone(), unknown_network(p));
+    }
+    CompiledPipeline {
+        flows: b.flows,
+        meters,
+        skipped_ports: skipped,
+    }
+}
+
+/// Compiles one network: `ports` and `endpoints` are the network's, in id
+/// order; `tunnel` is the ofport of the tunnel port of its encapsulation.
+pub fn compile_segment(
+    net: &NetworkDesc,
+    ports: &[&PortDesc],
+    endpoints: &[&EndpointDesc],
+    tunnel: Option<u32>,
+) -> Segment {
+    let mut b = Builder::new();
+    let mut meters = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
+    let tunnel = tunnel.filter(|_| net.encap != Encap::Local);
 
     // Tunnel ingress, step 1: a packet from a tunnel with the network's VNI
     // is tagged with that network and goes to anti-spoofing, where only the
     // network's endpoints (their VTEP, MAC and IPs) get through. The VNI
     // alone proves nothing: anyone on the underlay can send it.
-    for n in &desired.networks {
-        let owner = Owner::new(OwnerKind::Network, &n.id);
-        if let Some(tun) = desired.tunnel_ofports.get(&n.encap)
-            && n.encap != Encap::Local
-        {
-            b.add(
-                &owner,
-                table::CLASSIFY,
-                100,
-                Match::new()
-                    .with(Field::InPort, u64::from(*tun))
-                    .with(Field::TunnelId, u64::from(n.vni)),
-                Instructions {
-                    apply: vec![Action::set_field(Field::Reg(REG_SRC_PORT), 0)],
-                    write_metadata: Some(WriteMetadata {
-                        value: u64::from(n.vni),
-                        mask: u64::MAX,
-                    }),
-                    goto_table: Some(table::ANTI_SPOOF),
-                    ..Default::default()
-                },
-            );
-        }
+    if let Some(tun) = tunnel {
+        b.add(
+            &Owner::new(OwnerKind::Network, &net.id),
+            table::CLASSIFY,
+            100,
+            Match::new()
+                .with(Field::InPort, u64::from(tun))
+                .with(Field::TunnelId, u64::from(net.vni)),
+            Instructions {
+                apply: vec![Action::set_field(Field::Reg(REG_SRC_PORT), 0)],
+                write_metadata: Some(WriteMetadata {
+                    value: u64::from(net.vni),
+                    mask: u64::MAX,
+                }),
+                goto_table: Some(table::ANTI_SPOOF),
+                ..Default::default()
+            },
+        );
     }
 
-    let mut ports: Vec<&PortDesc> = desired.ports.iter().collect();
-    ports.sort_by(|a, b| a.id.cmp(&b.id));
     for p in ports {
-        let Some(net) = networks.get(p.network.as_str()) else {
-            skipped.insert(
-                p.id.clone(),
-                format!("network {:?} is not known", p.network),
-            );
-            continue;
-        };
         let Some(ofport) = p.ofport else {
             skipped.insert(
                 p.id.clone(),
@@ -344,18 +452,15 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         }
     }
 
-    let mut endpoints: Vec<_> = desired.endpoints.iter().collect();
-    endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    // Endpoints get flows only through the tunnel port.
+    let Some(tun) = tunnel else {
+        return Segment {
+            flows: b.flows,
+            meters,
+            skipped_ports: skipped,
+        };
+    };
     for e in endpoints {
-        let Some(net) = networks.get(e.network.as_str()) else {
-            continue;
-        };
-        let Some(tun) = desired.tunnel_ofports.get(&net.encap) else {
-            continue;
-        };
-        if net.encap == Encap::Local {
-            continue;
-        }
         // An endpoint of another tenant, or without a real underlay
         // address, never speaks for this network (the API refuses both;
         // this keeps the compiler safe on its own).
@@ -374,7 +479,7 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
                 table::ANTI_SPOOF,
                 100,
                 Match::new()
-                    .with(Field::InPort, u64::from(*tun))
+                    .with(Field::InPort, u64::from(tun))
                     .with(Field::EthSrc, emac)
                     .with(Field::EthType, ETH_IP)
                     .with(Field::Ipv4Src, ip4(*a))
@@ -393,7 +498,7 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
             Instructions::apply(vec![
                 Action::set_field(Field::TunnelId, vni),
                 Action::set_field(Field::TunIpv4Dst, ip4(e.vtep)),
-                Action::output(*tun),
+                Action::output(tun),
             ]),
         );
         for a in &e.ips {
@@ -401,7 +506,7 @@ pub fn compile(desired: &DesiredNetworking) -> CompiledPipeline {
         }
     }
 
-    CompiledPipeline {
+    Segment {
         flows: b.flows,
         meters,
         skipped_ports: skipped,

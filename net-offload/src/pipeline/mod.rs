@@ -10,14 +10,17 @@
 pub mod compile;
 pub mod cookie;
 pub mod diff;
+pub mod incremental;
 pub mod model;
 pub mod ranges;
 
 pub use compile::{
-    CompiledPipeline, OwnedFlow, REG_DST_PORT, REG_SRC_PORT, compile, meter_id, table,
+    CompiledPipeline, OwnedFlow, REG_DST_PORT, REG_SRC_PORT, Segment, compile, compile_segment,
+    meter_id, skeleton, table,
 };
 pub use cookie::{AGENT_COOKIE, AGENT_COOKIE_MASK, Owner, OwnerKind, cookie, is_agent_cookie};
 pub use diff::{FlowPlan, plan_flows};
+pub use incremental::{Changes, IncrementalPipeline};
 pub use model::{
     DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, QosDesc, RuleDesc, RuleProtocol,
     SecurityDesc,

@@ -6,8 +6,11 @@
 //!    `other_config:hw-offload` via OVSDB, only when the replica differs;
 //! 2. representor and tunnel ports via OVSDB, added in one transaction and
 //!    removed in one, each row marked with its owner;
-//! 3. the flow set compiled by [`crate::pipeline`], diffed against a dump in
-//!    canonical form, changes sent in ONE atomic bundle (meters first).
+//! 3. the flow set compiled by [`crate::pipeline`] (per network, only the
+//!    networks whose inputs changed are recompiled), diffed against a dump
+//!    in canonical form (or, when the switch holds exactly what the last
+//!    pass installed, only the changed networks' flows against their
+//!    previous ones), changes sent in ONE atomic bundle (meters first).
 //!
 //! It runs on every input change (coalesced), every OVSDB replica change or
 //! new session (ovsdb-server restarted), and every `period` (a dump finds
@@ -32,7 +35,10 @@ use crate::ovsdb::{
     ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, OvsdbError, PortRow, RowError,
     Transaction, VswitchError, vswitch_monitor,
 };
-use crate::pipeline::{self, CompiledPipeline, DesiredNetworking, FlowPlan, Owner, OwnerKind};
+use crate::pipeline::{
+    self, Changes, CompiledPipeline, DesiredNetworking, FlowPlan, IncrementalPipeline, Owner,
+    OwnerKind,
+};
 use plan::{
     BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, desired_ports, ofports,
     plan_bridge, plan_meters, plan_ports, resolve_ofports,
@@ -141,12 +147,13 @@ pub enum Phase {
     /// The wait after a change, so a burst is converged in one pass (2 ms).
     Debounce,
     /// Planning without I/O: ports to add or remove, the flow set compiled
-    /// from the whole desired state, the per-port report.
+    /// (only the networks whose inputs changed), the per-port report.
     Compile,
-    /// The compiled flows diffed against the observed ones.
+    /// The compiled flows diffed against the observed ones (only the
+    /// changed networks' flows when the switch is believed).
     Diff,
     /// The bridge's ports and interfaces read (and parsed) from the OVSDB
-    /// replica.
+    /// replica (skipped when no update was applied since the last read).
     Replica,
     /// OVSDB transactions (bridge, `hw-offload`, ports), sent to answered.
     Ovsdb,
@@ -253,7 +260,13 @@ impl SwitchReport {
 /// The switch as last observed, for planning without I/O.
 #[derive(Debug, Clone, Default)]
 struct Observed {
+    /// The last flow dump; empty while `installed`.
     flows: Vec<Flow>,
+    /// The flow set compiled per network, as the last pass planned it.
+    pipeline: IncrementalPipeline,
+    /// The switch holds exactly `pipeline`'s flows (the last pass
+    /// installed them over this OpenFlow connection).
+    installed: bool,
     ports: Vec<PortRow>,
     ofports: BTreeMap<String, u32>,
     /// Meters installed over the current OpenFlow connection.
@@ -269,6 +282,25 @@ pub struct SwitchHandle {
     config: Arc<SwitchConfig>,
     /// The reconciler's OVSDB client, for reading its replica.
     ovsdb: OvsdbClient,
+}
+
+impl Observed {
+    /// The flows on the switch as last observed (a copy).
+    fn switch_flows(&self) -> Vec<Flow> {
+        if self.installed {
+            self.pipeline.flows().map(|f| f.flow.clone()).collect()
+        } else {
+            self.flows.clone()
+        }
+    }
+
+    fn switch_flow_count(&self) -> usize {
+        if self.installed {
+            self.pipeline.flow_count()
+        } else {
+            self.flows.len()
+        }
+    }
 }
 
 impl SwitchHandle {
@@ -293,6 +325,8 @@ impl SwitchHandle {
             report_tx,
             believed: false,
             last_ok: None,
+            replica_version: ovsdb.replica_changes(),
+            replica_read: None,
             ticks: 0,
             datapath: None,
             datapath_reading: false,
@@ -348,7 +382,10 @@ impl SwitchHandle {
         let observed = self.observed.lock().map(|o| o.clone()).unwrap_or_default();
         let bridge = bridge_plan(&self.ovsdb, &self.config);
         let (ports, compiled) = plan_all(&observed, input);
-        let flows = pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
+        let flows = pipeline::plan_flows(
+            compiled.flows.iter().map(|f| &f.flow),
+            &observed.switch_flows(),
+        );
         SwitchPlan {
             bridge,
             ports,
@@ -396,12 +433,17 @@ struct Reconciler {
     observed: Arc<Mutex<Observed>>,
     report: SwitchReport,
     report_tx: watch::Sender<Arc<SwitchReport>>,
-    /// `observed.flows` is exactly what this OpenFlow connection installed
-    /// (the last pass succeeded): an input change is then diffed against it
-    /// without a dump. Any failure or new connection clears it.
+    /// The switch holds exactly the pipeline's flows this OpenFlow
+    /// connection installed (the last pass succeeded): an input change is
+    /// then diffed per changed network without a dump. Any failure or new
+    /// connection clears it.
     believed: bool,
     /// The input version of the last successful pass.
     last_ok: Option<u64>,
+    /// The OVSDB replica's generation (every applied update bumps it).
+    replica_version: watch::Receiver<u64>,
+    /// The generation the bridge's ports were last read at.
+    replica_read: Option<u64>,
     /// Periodic passes since start; every [`FULL_DUMP_EVERY`]th dumps.
     ticks: u64,
     /// Datapath flows per input port name, from the last successful query
@@ -666,7 +708,11 @@ impl Reconciler {
             self.believed = false;
             return false;
         }
-        let want = self.observed.lock().map(|o| o.flows.len()).unwrap_or(0);
+        let want = self
+            .observed
+            .lock()
+            .map(|o| o.switch_flow_count())
+            .unwrap_or(0);
         let request =
             FlowStatsRequest::new(None, pipeline::AGENT_COOKIE, pipeline::AGENT_COOKIE_MASK);
         match self.of(async |c| c.aggregate(&request).await).await {
@@ -738,43 +784,60 @@ impl Reconciler {
             });
         }
         self.connect_openflow().await?;
-        let dumped = if self.believed {
-            None
-        } else {
-            Some(self.dump().await?)
-        };
-        let (compiled, flow_plan) = {
+        // The pipeline brought to the input, recompiling only the networks
+        // whose inputs changed (timed as `compile`).
+        let (changes, resolved) = {
             let mut observed = self.observed.lock().expect("observed lock");
-            if let Some(flows) = dumped {
-                observed.flows = flows;
-            }
-            let (_, compiled) = plan_all(&observed, input);
-            let diffing = Instant::now();
-            let plan =
-                pipeline::plan_flows(compiled.flows.iter().map(|f| &f.flow), &observed.flows);
-            drop(observed);
-            self.timed(Phase::Diff, diffing.elapsed());
-            (compiled, plan)
+            let resolved =
+                resolve_ofports(&input.networking, &input.representors, &observed.ofports);
+            let changes = observed.pipeline.update(&resolved);
+            (changes, resolved)
         };
-        // Each port's ofport: the in_port its classification flow matches
-        // (one pass over the flows, not one per port).
-        let mut in_ports: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-        for f in &compiled.flows {
-            if f.owner.kind == OwnerKind::Port
-                && let Some(m) = f.flow.matches.get(crate::openflow::Field::InPort)
-            {
-                in_ports
-                    .entry(f.owner.id.as_str())
-                    .or_insert(m.value as u32);
-            }
+        // Believed (the switch holds exactly the last pass's flows): only
+        // the changed networks' flows are diffed, each against its previous
+        // ones. Otherwise every flow against a fresh dump.
+        let changed_segments = match changes {
+            Changes::Segments(segments) if self.believed => Some(segments),
+            _ => None,
+        };
+        if changed_segments.is_none() {
+            let flows = self.dump().await?;
+            let mut observed = self.observed.lock().expect("observed lock");
+            observed.flows = flows;
+            observed.installed = false;
         }
+        let (flow_plan, meters, skipped, counts) = {
+            let observed = self.observed.lock().expect("observed lock");
+            let diffing = Instant::now();
+            let plan = match &changed_segments {
+                Some(segments) => observed.pipeline.plan_segments(segments),
+                None => pipeline::plan_flows(
+                    observed.pipeline.flows().map(|f| &f.flow),
+                    &observed.flows,
+                ),
+            };
+            let took = diffing.elapsed();
+            let out = (
+                plan,
+                observed.pipeline.meters(),
+                observed.pipeline.skipped_ports(),
+                observed.pipeline.flow_counts(),
+            );
+            drop(observed);
+            self.timed(Phase::Diff, took);
+            out
+        };
+        drop(changed_segments);
+        // Each port's ofport: the one its flows match, unless it got none.
         self.report.ports = input
             .networking
             .ports
             .iter()
-            .map(|p| {
-                let ofport = in_ports.get(p.id.as_str()).copied();
-                let pending = compiled.skipped_ports.get(&p.id).cloned().or_else(|| {
+            .zip(&resolved.ports)
+            .map(|(p, r)| {
+                let skip = skipped.get(&p.id);
+                let ofport = if skip.is_some() { None } else { r.ofport };
+                let pending = skip.cloned().or_else(|| {
                     (!input.representors.contains_key(&p.id))
                         .then(|| "its function has no representor yet".to_string())
                 });
@@ -789,12 +852,11 @@ impl Reconciler {
                 )
             })
             .collect();
-        drop(in_ports);
-        let meter_plan = plan_meters(&compiled.meters, &self.meters);
+        drop(resolved);
+        let meter_plan = plan_meters(&meters, &self.meters);
         self.apply_meters(&meter_plan).await?;
         self.apply_flows(&flow_plan).await?;
         self.remove_stale_meters(&meter_plan).await?;
-        let counts = compiled.flow_counts();
         for (id, port) in &mut self.report.ports {
             port.flows = counts
                 .get(&Owner::new(OwnerKind::Port, id.clone()))
@@ -804,7 +866,9 @@ impl Reconciler {
         self.report.flows = counts;
         self.apply_datapath(input);
         let mut observed = self.observed.lock().expect("observed lock");
-        observed.flows = compiled.flows.into_iter().map(|f| f.flow).collect();
+        // The switch now holds the pipeline's flows; the dump is dropped.
+        observed.flows = Vec::new();
+        observed.installed = true;
         self.believed = self.openflow.is_some();
         Ok(())
     }
@@ -882,6 +946,13 @@ impl Reconciler {
     }
 
     fn refresh_ports_untimed(&mut self) -> Result<bool, SwitchError> {
+        // Taken before the read: an update applied meanwhile only makes the
+        // next pass read again.
+        let version = *self.replica_version.borrow();
+        if self.replica_read == Some(version) {
+            // No update applied since the last read: nothing to read.
+            return Ok(false);
+        }
         let bridge = &self.config.bridge;
         let (ports, ifaces) =
             self.ovsdb
@@ -910,6 +981,8 @@ impl Reconciler {
         let moved = observed.ofports != ofports || observed.ports != ports;
         observed.ofports = ofports;
         observed.ports = ports;
+        drop(observed);
+        self.replica_read = Some(version);
         Ok(moved)
     }
 

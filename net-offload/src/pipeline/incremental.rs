@@ -1,0 +1,307 @@
+//! The incremental compiler: the pipeline kept as the [`skeleton`] plus one
+//! [`Segment`] per network, each recompiled only when its inputs changed
+//! (the network, its ports and endpoints in id order, its tunnel ofport).
+//! The result is always what [`compile`] gives for the same desired state
+//! (README.md, "The agent's own share").
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::compile::{
+    CompiledPipeline, NetworkInputs, OwnedFlow, Segment, compile, compile_segment,
+    group_by_network, skeleton, unknown_network,
+};
+use super::cookie::Owner;
+use super::diff::{FlowPlan, plan_flows};
+use super::model::{DesiredNetworking, EndpointDesc, NetworkDesc, PortDesc};
+use crate::openflow::{Flow, Match, MeterMod};
+
+/// One network's segment and the inputs it was compiled from.
+#[derive(Debug, Clone)]
+struct Cached {
+    network: NetworkDesc,
+    ports: Vec<PortDesc>,
+    endpoints: Vec<EndpointDesc>,
+    tunnel: Option<u32>,
+    segment: Segment,
+    /// Flows per owner in `segment`.
+    counts: Vec<(Owner, usize)>,
+}
+
+fn count_owners(flows: &[OwnedFlow]) -> Vec<(Owner, usize)> {
+    let mut counts: Vec<(Owner, usize)> = Vec::new();
+    for f in flows {
+        match counts.last_mut() {
+            Some((o, n)) if *o == f.owner => *n += 1,
+            _ => counts.push((f.owner.clone(), 1)),
+        }
+    }
+    counts
+}
+
+impl Cached {
+    fn new(g: &NetworkInputs<'_>) -> Self {
+        let segment = compile_segment(g.network, &g.ports, &g.endpoints, g.tunnel);
+        Cached {
+            counts: count_owners(&segment.flows),
+            network: g.network.clone(),
+            ports: g.ports.iter().map(|p| (*p).clone()).collect(),
+            endpoints: g.endpoints.iter().map(|e| (*e).clone()).collect(),
+            tunnel: g.tunnel,
+            segment,
+        }
+    }
+
+    /// Whether `g` is what this segment was compiled from.
+    fn compiled_from(&self, g: &NetworkInputs<'_>) -> bool {
+        self.tunnel == g.tunnel
+            && self.network == *g.network
+            && self.ports.len() == g.ports.len()
+            && self.endpoints.len() == g.endpoints.len()
+            && self.ports.iter().zip(&g.ports).all(|(a, b)| a == *b)
+            && self
+                .endpoints
+                .iter()
+                .zip(&g.endpoints)
+                .all(|(a, b)| a == *b)
+    }
+}
+
+/// What an [`IncrementalPipeline::update`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Anything may have changed: the first update, or the whole-state
+    /// compile was used now or the time before (inputs whose keys collide).
+    All,
+    /// Only these networks' segments may differ; each with its previous
+    /// segment (`None`: the network is new).
+    Segments(BTreeMap<String, Option<Segment>>),
+}
+
+/// The pipeline compiled per network and cached; see the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalPipeline {
+    skeleton: Vec<OwnedFlow>,
+    skeleton_counts: Vec<(Owner, usize)>,
+    segments: BTreeMap<String, Cached>,
+    /// Ports whose network is not known, with why.
+    orphans: BTreeMap<String, String>,
+    /// The whole-state result while the inputs break the uniqueness the
+    /// segments rely on (two networks with one id or VNI, two ports with
+    /// one ofport): only an API bug sends that, and then the whole-state
+    /// dedup decides, as [`compile`] does.
+    whole: Option<CompiledPipeline>,
+    started: bool,
+}
+
+/// Whether no flow key of one segment can be another's: network ids and
+/// VNIs unique, ofports of the ports of known networks unique.
+fn segments_disjoint(
+    desired: &DesiredNetworking,
+    groups: &BTreeMap<&str, NetworkInputs<'_>>,
+) -> bool {
+    if groups.len() != desired.networks.len() {
+        return false;
+    }
+    let mut vnis = HashSet::with_capacity(groups.len());
+    if !groups.values().all(|g| vnis.insert(g.network.vni)) {
+        return false;
+    }
+    let mut ofports = HashSet::with_capacity(desired.ports.len());
+    groups
+        .values()
+        .flat_map(|g| g.ports.iter().filter_map(|p| p.ofport))
+        .all(|of| ofports.insert(of))
+}
+
+impl IncrementalPipeline {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Brings the pipeline to `desired`, recompiling only the networks whose
+    /// inputs changed, and says which.
+    pub fn update(&mut self, desired: &DesiredNetworking) -> Changes {
+        if !self.started {
+            self.skeleton = skeleton();
+            self.skeleton_counts = count_owners(&self.skeleton);
+        }
+        let (groups, orphans) = group_by_network(desired);
+        let mut orphaned = BTreeMap::new();
+        for p in orphans {
+            orphaned.insert(p.id.clone(), unknown_network(p));
+        }
+        self.orphans = orphaned;
+        let all = !self.started || self.whole.is_some();
+        self.started = true;
+        if !segments_disjoint(desired, &groups) {
+            self.whole = Some(compile(desired));
+            self.segments.clear();
+            return Changes::All;
+        }
+        self.whole = None;
+        let mut changed = BTreeMap::new();
+        let gone: Vec<String> = self
+            .segments
+            .keys()
+            .filter(|id| !groups.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(c) = self.segments.remove(&id) {
+                changed.insert(id, Some(c.segment));
+            }
+        }
+        for (id, g) in &groups {
+            match self.segments.get_mut(*id) {
+                Some(c) if c.compiled_from(g) => {}
+                Some(c) => {
+                    let old = std::mem::replace(c, Cached::new(g));
+                    changed.insert(id.to_string(), Some(old.segment));
+                }
+                None => {
+                    self.segments.insert(id.to_string(), Cached::new(g));
+                    changed.insert(id.to_string(), None);
+                }
+            }
+        }
+        if all {
+            Changes::All
+        } else {
+            Changes::Segments(changed)
+        }
+    }
+
+    /// Every flow, as [`compile`] lists them.
+    pub fn flows(&self) -> Box<dyn Iterator<Item = &OwnedFlow> + '_> {
+        match &self.whole {
+            Some(w) => Box::new(w.flows.iter()),
+            None => Box::new(
+                self.skeleton
+                    .iter()
+                    .chain(self.segments.values().flat_map(|c| c.segment.flows.iter())),
+            ),
+        }
+    }
+
+    /// The number of flows.
+    pub fn flow_count(&self) -> usize {
+        match &self.whole {
+            Some(w) => w.flows.len(),
+            None => {
+                self.skeleton.len()
+                    + self
+                        .segments
+                        .values()
+                        .map(|c| c.segment.flows.len())
+                        .sum::<usize>()
+            }
+        }
+    }
+
+    /// The current segment of network `id` (none while the whole-state
+    /// compile is used).
+    pub fn segment(&self, id: &str) -> Option<&Segment> {
+        self.segments.get(id).map(|c| &c.segment)
+    }
+
+    /// Every meter.
+    pub fn meters(&self) -> BTreeMap<u32, MeterMod> {
+        match &self.whole {
+            Some(w) => w.meters.clone(),
+            None => {
+                let mut m = BTreeMap::new();
+                for c in self.segments.values() {
+                    m.extend(c.segment.meters.iter().map(|(k, v)| (*k, v.clone())));
+                }
+                m
+            }
+        }
+    }
+
+    /// Every port that got no flows, with why.
+    pub fn skipped_ports(&self) -> BTreeMap<String, String> {
+        match &self.whole {
+            Some(w) => w.skipped_ports.clone(),
+            None => {
+                let mut s = BTreeMap::new();
+                for c in self.segments.values() {
+                    s.extend(c.segment.skipped_ports.clone());
+                }
+                s.extend(self.orphans.clone());
+                s
+            }
+        }
+    }
+
+    /// Number of flows per owner, as [`CompiledPipeline::flow_counts`]
+    /// gives it (counted once per segment, when it is compiled).
+    pub fn flow_counts(&self) -> BTreeMap<Owner, usize> {
+        match &self.whole {
+            Some(w) => w.flow_counts(),
+            None => {
+                let mut counts = BTreeMap::new();
+                for (owner, n) in std::iter::once(&self.skeleton_counts)
+                    .chain(self.segments.values().map(|c| &c.counts))
+                    .flatten()
+                {
+                    *counts.entry(owner.clone()).or_insert(0) += n;
+                }
+                counts
+            }
+        }
+    }
+
+    /// The whole result, as [`compile`] would give it (a copy).
+    pub fn compiled(&self) -> CompiledPipeline {
+        CompiledPipeline {
+            flows: self.flows().cloned().collect(),
+            meters: self.meters(),
+            skipped_ports: self.skipped_ports(),
+        }
+    }
+
+    /// The flow plan of the segments `changes` lists, each against its
+    /// previous flows. When the switch holds exactly the flows of the
+    /// previous state, it is the plan [`plan_flows`] gives for every flow
+    /// against every installed one, as a set (unchanged segments have
+    /// nothing to change): a key that left one segment and entered another
+    /// (a port moved to another network keeps its ofport) is resolved as
+    /// the whole diff would, not deleted and re-added.
+    pub fn plan_segments(&self, changes: &BTreeMap<String, Option<Segment>>) -> FlowPlan {
+        let mut plan = FlowPlan::default();
+        for (id, old) in changes {
+            let before: Vec<Flow> = old
+                .iter()
+                .flat_map(|s| s.flows.iter().map(|f| f.flow.clone()))
+                .collect();
+            let now = self.segment(id).map(|s| &s.flows[..]).unwrap_or(&[]);
+            let p = plan_flows(now.iter().map(|f| &f.flow), &before);
+            plan.add.extend(p.add);
+            plan.modify.extend(p.modify);
+            plan.delete.extend(p.delete);
+        }
+        let mut deleted: HashMap<(u8, u16, Match), Flow> = plan
+            .delete
+            .drain(..)
+            .map(|f| ((f.table, f.priority, f.matches.clone()), f))
+            .collect();
+        let mut add = Vec::with_capacity(plan.add.len());
+        for d in std::mem::take(&mut plan.add) {
+            match deleted.remove(&(d.table, d.priority, d.matches.clone())) {
+                None => add.push(d),
+                Some(o) if o.cookie != d.cookie => add.push(d),
+                Some(o)
+                    if o.instructions != d.instructions
+                        || o.idle_timeout != d.idle_timeout
+                        || o.hard_timeout != d.hard_timeout =>
+                {
+                    plan.modify.push(d)
+                }
+                Some(_) => {}
+            }
+        }
+        plan.add = add;
+        plan.delete = deleted.into_values().collect();
+        plan
+    }
+}
