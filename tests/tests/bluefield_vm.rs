@@ -80,24 +80,9 @@ use dpu_tests::image::FleetPki;
 use dpu_tests::vm::{self, Vm, section};
 use serde_json::Value;
 
-/// The kernel datapath with the tc flow API (as rdma_vm.rs), netdevsim's
-/// dependency, ESP with its offload path and xfrm interfaces, veth.
-const MODULES: [&str; 21] = [
-    "openvswitch",
-    "nf_conntrack_netlink",
-    "sch_ingress",
-    "cls_flower",
-    "act_mirred",
-    "act_gact",
-    "act_ct",
-    "act_vlan",
-    "act_tunnel_key",
-    "act_pedit",
-    "act_csum",
-    "act_skbedit",
-    "act_police",
-    "act_sample",
-    "nf_flow_table",
+/// Beside [`vm::KERNEL_DATAPATH_MODULES`]: netdevsim's dependency, ESP with
+/// its offload path and xfrm interfaces, veth.
+const MODULES: [&str; 6] = [
     "psample",
     "esp4",
     "esp4_offload",
@@ -426,6 +411,7 @@ fn bluefield_profile_on_netdevsim_and_the_kernel_datapath() -> anyhow::Result<()
     let config = agent_config()?;
     let mut b = Vm::builder()
         .memory_mib(768)
+        .modules(&vm::KERNEL_DATAPATH_MODULES)
         .modules(&MODULES)
         .packages(&["openvswitch-switch", "openvswitch-common"])
         .fleet_agent(bins.path(), &pki, config)?

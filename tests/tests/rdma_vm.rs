@@ -23,28 +23,6 @@ use std::time::{Duration, Instant};
 use dpu_tests::image::FleetPki;
 use dpu_tests::vm::{self, LinkSide, RunningVm, SocketLink, Vm, section};
 
-/// Modules for the kernel datapath with the tc flow API: `openvswitch`
-/// (conntrack included) and what OVS's tc offload asks the kernel for
-/// (there is no udev; the kernel's own module requests need the modules
-/// staged).
-const DPU_MODULES: [&str; 15] = [
-    "openvswitch",
-    "nf_conntrack_netlink",
-    "sch_ingress",
-    "cls_flower",
-    "act_mirred",
-    "act_gact",
-    "act_ct",
-    "act_vlan",
-    "act_tunnel_key",
-    "act_pedit",
-    "act_csum",
-    "act_skbedit",
-    "act_police",
-    "act_sample",
-    "nf_flow_table",
-];
-
 const HOST_MODULES: [&str; 5] = [
     "virtio_pci",
     "virtio_net",
@@ -363,7 +341,7 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
         .socket_nic(links[0], LinkSide::Listen, "pf0vf0")
         .socket_nic(links[1], LinkSide::Listen, "pf0vf1")
         .socket_nic(links[2], LinkSide::Listen, "pf0vf2")
-        .modules(&DPU_MODULES)
+        .modules(&vm::KERNEL_DATAPATH_MODULES)
         .packages(&["openvswitch-switch", "openvswitch-common"])
         .fleet_agent(bins.path(), &pki, AGENT_CONFIG)?
         .file("/etc/dpu-vm/objects.yaml", objects(&links), 0o644)

@@ -170,6 +170,28 @@ pub fn netdevsim_modules() -> std::io::Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Modules for the kernel datapath with the tc flow API: `openvswitch`
+/// (conntrack included) and what OVS's tc offload asks the kernel for
+/// (there is no udev; the kernel's own module requests need the modules
+/// staged).
+pub const KERNEL_DATAPATH_MODULES: [&str; 15] = [
+    "openvswitch",
+    "nf_conntrack_netlink",
+    "sch_ingress",
+    "cls_flower",
+    "act_mirred",
+    "act_gact",
+    "act_ct",
+    "act_vlan",
+    "act_tunnel_key",
+    "act_pedit",
+    "act_csum",
+    "act_skbedit",
+    "act_police",
+    "act_sample",
+    "nf_flow_table",
+];
+
 /// [`musl_binary`] copied into `dir` without debug info: the debug builds
 /// are ~200 MB each, which the guest's gzip-compressed initramfs would
 /// carry (and TCG unpack) for nothing. Falls back to the original when
