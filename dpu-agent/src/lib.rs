@@ -15,17 +15,5 @@ pub mod server;
 pub mod store;
 pub mod time;
 
-/// `error: cause: cause` from an error and its sources, on one line: the
-/// agent's one error-chain printer, used wherever an error leaves the agent
-/// (logs, problem responses, status condition messages). Library crates
-/// return typed errors with `#[source]` and do not print chains.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
-}
+/// The project's one error-chain printer (`error: cause: cause`).
+pub use dpu_api::error_chain;

@@ -151,16 +151,7 @@ impl CliError {
 }
 
 /// An error and its causes on one line, separated by `: `.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
-}
+pub use dpu_api::error_chain;
 
 /// The error and its causes on one line, then hints for the operator.
 pub fn report(err: &CliError, cli: &Cli, docs: Option<&Documents>) -> String {

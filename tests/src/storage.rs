@@ -55,12 +55,4 @@ pub fn remote_volume(
 }
 
 /// `e` and each of its sources, joined by `: `.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(&format!(": {x}"));
-        src = x.source();
-    }
-    s
-}
+pub use dpu_api::error_chain;

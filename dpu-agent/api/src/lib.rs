@@ -21,3 +21,19 @@ pub use object::{Condition, ConditionStatus, Event, EventType, Object, ObjectKey
 pub use problem::Problem;
 pub use spec::Spec;
 pub use validate::FieldError;
+
+/// `error: cause: cause` from an error and its sources, on one line: the
+/// project's one error-chain printer, used wherever an error leaves a
+/// program (the agent's logs, problem responses and status messages,
+/// dpuctl's and the host stub's output, the tests). Library crates return
+/// typed errors with `#[source]` and do not print chains.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

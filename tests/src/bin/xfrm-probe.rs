@@ -29,22 +29,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dpu_api::error_chain as chain;
 use dpu_crypto::apply::{IpsecBackend, XfrmBackend, apply};
 use dpu_crypto::keys::SaKey;
 use dpu_crypto::model::{Cipher, Mode, OffloadRequest, SaSpec, Tunnel};
 use dpu_crypto::plan::plan;
-
-/// The error and its sources on one line (this probe links no agent code).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 fn parse_spi(s: &str) -> Result<u32, String> {
     let v = match s.strip_prefix("0x") {
