@@ -28,6 +28,9 @@ pid=$!
 # switch would be left running.
 stop() {
   set +e
+  # A second signal (Ctrl-C reaches the whole process group, a supervisor
+  # may repeat SIGTERM) must not cut the clean-up short.
+  trap '' INT TERM
   kill "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
   "$agent" dev --stop --state-dir "$state" >/dev/null 2>&1
