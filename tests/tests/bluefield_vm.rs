@@ -169,32 +169,9 @@ const OBJECTS2: &str = r#"objects:
   - {kind: Port, id: p3, tenant: acme, spec: {network: na, function: f3, mac: "02:00:00:00:b0:01", ips: [10.9.0.12], security: {ingress: [{protocol: icmp}]}}}
 "#;
 
-const SCRIPT: &str = r###"set -e
-export DPU_SERVER=https://localhost:9443 DPU_CA=/etc/dpuctl/ca.pem DPU_CERT=/etc/dpuctl/cert.pem DPU_KEY=/etc/dpuctl/key.pem
-PORTS=/sys/kernel/debug/netdevsim/netdevsim1/ports
+/// After [`vm::FLEET_AGENT_SHELL`] and [`KEYS`].
+const SCRIPT: &str = r###"PORTS=/sys/kernel/debug/netdevsim/netdevsim1/ports
 DEV=netdevsim/netdevsim1
-phase() { dpuctl get $1 $2 -o json 2>/dev/null | tr -d ' \n' | grep -o '"phase":"[A-Za-z]*"' | head -n 1 | cut -d'"' -f4; }
-wait_phase() { # kind id phase...
-    k=$1; id=$2; shift 2
-    for i in $(seq 1 240); do
-        p=$(phase $k $id)
-        for w in "$@"; do [ "$p" = "$w" ] && break 2; done
-        sleep 0.5
-    done
-    echo "phase $k $id $(phase $k $id)"
-}
-AGENT=
-start_agent() { # [env ...]: dpu-agent run with the profile, until it answers
-    "$@" dpu-agent run --config /etc/dpu-agent/config.toml >> /tmp/agent.log 2>&1 &
-    AGENT=$!
-    for i in $(seq 1 240); do
-        dpuctl get tenant >/dev/null 2>&1 && return 0
-        kill -0 $AGENT 2>/dev/null || break
-        sleep 0.5
-    done
-    echo "agent not ready"; tail -n 40 /tmp/agent.log; exit 1
-}
-stop_agent() { kill -TERM $AGENT; wait $AGENT || echo "agent exit $?"; }
 # The agent's OpenFlow flows, the SAs (add time included) and netdevsim's
 # view of them: what a restart must not change.
 snapshot() {
@@ -229,13 +206,7 @@ sed -i "s/@UPLINK@/$UP/" /etc/dpu-agent/config.toml
 grep -n 'uplink\|eswitch_switchdev\|backend\|trust_domain\|resync' /etc/dpu-agent/config.toml
 
 echo '## ovs'
-mkdir -p /var/run/openvswitch /etc/openvswitch /var/log/openvswitch /var/lib/dpu-agent /run/netns
-ovsdb-tool create /etc/openvswitch/conf.db /usr/share/openvswitch/vswitch.ovsschema
-ovsdb-server /etc/openvswitch/conf.db --remote=punix:/var/run/openvswitch/db.sock \
-    --pidfile --detach --log-file
-ovs-vsctl --no-wait init
-/usr/lib/openvswitch-switch/ovs-vswitchd --pidfile --detach --log-file
-ovs-vsctl --version | head -n 1
+start_ovs
 
 echo '## agent'
 start_agent
@@ -422,7 +393,7 @@ fn bluefield_profile_on_netdevsim_and_the_kernel_datapath() -> anyhow::Result<()
     }
     let out = b
         .timeout(Duration::from_secs(900))
-        .script(&format!("{KEYS}{SCRIPT}"))
+        .script(&format!("{}{KEYS}{SCRIPT}", vm::FLEET_AGENT_SHELL))
         .run()?;
     println!("{out}");
     assert!(out.success(), "{out}");

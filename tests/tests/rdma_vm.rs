@@ -42,9 +42,8 @@ const HOST_PACKAGES: [&str; 5] = [
 /// `ibv_rc_pingpong` arguments both ends use (they must agree).
 const PINGPONG: &str = "-n 100 -s 4096";
 
-const DPU_SCRIPT: &str = r###"set -e
-export DPU_SERVER=https://localhost:9443 DPU_CA=/etc/dpuctl/ca.pem DPU_CERT=/etc/dpuctl/cert.pem DPU_KEY=/etc/dpuctl/key.pem
-signal() { # wait for the test's signal $1 (or stop), at most $2 s
+/// After [`vm::FLEET_AGENT_SHELL`].
+const DPU_SCRIPT: &str = r###"signal() { # wait for the test's signal $1 (or stop), at most $2 s
     for i in $(seq 1 $(( $2 * 2 ))); do
         [ -e /out/signals/$1 ] && return 0
         [ -e /out/signals/stop ] && { echo "stopped waiting for $1"; return 1; }
@@ -53,26 +52,13 @@ signal() { # wait for the test's signal $1 (or stop), at most $2 s
     echo "no signal $1 after $2 s"; return 1
 }
 echo '## ovs'
-mkdir -p /var/run/openvswitch /etc/openvswitch /var/log/openvswitch /var/lib/dpu-agent
-ovsdb-tool create /etc/openvswitch/conf.db /usr/share/openvswitch/vswitch.ovsschema
-ovsdb-server /etc/openvswitch/conf.db --remote=punix:/var/run/openvswitch/db.sock \
-    --pidfile --detach --log-file
-ovs-vsctl --no-wait init
-/usr/lib/openvswitch-switch/ovs-vswitchd --pidfile --detach --log-file
-ovs-vsctl --version | head -n 1
+start_ovs
 echo '## agent'
-dpu-agent run --config /etc/dpu-agent/config.toml >> /tmp/agent.log 2>&1 &
-for i in $(seq 1 240); do
-    dpuctl get tenant >/dev/null 2>&1 && break
-    sleep 0.5
-done
-dpuctl get tenant >/dev/null || { echo "agent not ready"; tail -n 40 /tmp/agent.log; exit 1; }
+start_agent
 dpuctl apply -f /etc/dpu-vm/objects.yaml
-phase() { dpuctl get $1 $2 -o json 2>/dev/null | tr -d ' \n' | grep -o '"phase":"[A-Za-z]*"' | head -n 1 | cut -d'"' -f4; }
 for o in function/f0 function/f1 function/f2 port/p0 port/p1 port/p2; do
     k=${o%/*}; id=${o#*/}
-    for i in $(seq 1 240); do [ "$(phase $k $id)" = Ready ] && break; sleep 0.5; done
-    echo "phase $k $id $(phase $k $id)"
+    wait_phase $k $id Ready
     [ "$(phase $k $id)" = Ready ] || { dpuctl get $k $id -o json >&2; tail -n 20 /tmp/agent.log >&2; }
 done
 echo "bridge $(ovs-vsctl get bridge br-int datapath_type) ports $(ovs-vsctl list-ports br-int | tr '\n' ' ')"
@@ -351,7 +337,7 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
             0o644,
         )
         .timeout(timeout)
-        .script(DPU_SCRIPT)
+        .script(&format!("{}{DPU_SCRIPT}", vm::FLEET_AGENT_SHELL))
         .start()?;
     let host = |i: usize, script: String| {
         Vm::builder()

@@ -192,6 +192,49 @@ pub const KERNEL_DATAPATH_MODULES: [&str; 15] = [
     "nf_flow_table",
 ];
 
+/// The start of a guest script that runs Debian's Open vSwitch and the
+/// static `dpu-agent run` driven by `dpuctl` (see
+/// [`VmBuilder::fleet_agent`]): `set -e`, dpuctl's environment, and shell
+/// functions: `start_ovs` (a fresh conf.db, ovsdb-server and ovs-vswitchd
+/// on the kernel datapath's module), `start_agent [env ...]` (until the
+/// API answers, else the log and exit 1; its pid in `$AGENT`),
+/// `stop_agent` (SIGTERM and wait), `phase KIND ID` and `wait_phase KIND
+/// ID PHASE...` (2 min at most; prints `phase KIND ID <phase>`).
+pub const FLEET_AGENT_SHELL: &str = r###"set -e
+export DPU_SERVER=https://localhost:9443 DPU_CA=/etc/dpuctl/ca.pem DPU_CERT=/etc/dpuctl/cert.pem DPU_KEY=/etc/dpuctl/key.pem
+start_ovs() {
+    mkdir -p /var/run/openvswitch /etc/openvswitch /var/log/openvswitch /var/lib/dpu-agent /run/netns
+    ovsdb-tool create /etc/openvswitch/conf.db /usr/share/openvswitch/vswitch.ovsschema
+    ovsdb-server /etc/openvswitch/conf.db --remote=punix:/var/run/openvswitch/db.sock \
+        --pidfile --detach --log-file
+    ovs-vsctl --no-wait init
+    /usr/lib/openvswitch-switch/ovs-vswitchd --pidfile --detach --log-file
+    ovs-vsctl --version | head -n 1
+}
+phase() { dpuctl get $1 $2 -o json 2>/dev/null | tr -d ' \n' | grep -o '"phase":"[A-Za-z]*"' | head -n 1 | cut -d'"' -f4; }
+wait_phase() { # kind id phase...
+    k=$1; id=$2; shift 2
+    for i in $(seq 1 240); do
+        p=$(phase $k $id)
+        for w in "$@"; do [ "$p" = "$w" ] && break 2; done
+        sleep 0.5
+    done
+    echo "phase $k $id $(phase $k $id)"
+}
+AGENT=
+start_agent() { # [env ...]: dpu-agent run with /etc/dpu-agent/config.toml, until it answers
+    "$@" dpu-agent run --config /etc/dpu-agent/config.toml >> /tmp/agent.log 2>&1 &
+    AGENT=$!
+    for i in $(seq 1 240); do
+        dpuctl get tenant >/dev/null 2>&1 && return 0
+        kill -0 $AGENT 2>/dev/null || break
+        sleep 0.5
+    done
+    echo "agent not ready"; tail -n 40 /tmp/agent.log; exit 1
+}
+stop_agent() { kill -TERM $AGENT; wait $AGENT || echo "agent exit $?"; }
+"###;
+
 /// [`musl_binary`] copied into `dir` without debug info: the debug builds
 /// are ~200 MB each, which the guest's gzip-compressed initramfs would
 /// carry (and TCG unpack) for nothing. Falls back to the original when
