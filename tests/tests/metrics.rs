@@ -246,10 +246,18 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
     not_tls(&inside, addr).await;
     let series =
         |name: &str| format!("{name}{{tenant=\"tenant-secret-7\",listener=\"{listener}\"}}");
-    let tls = scrape_until(&admin, "the listener's counters move", |t| {
-        value0(t, &series("dpu_agent_tls_connections_total")) >= 1.0
-            && value0(t, &series("dpu_agent_tls_handshake_failures_total")) >= 1.0
-    })
+    // Both connections are closed by the client: the counters move and the
+    // active gauge falls back to 0 once the proxy has seen each close (it
+    // may lag the handshake count; a gauge that never falls fails here).
+    let tls = scrape_until(
+        &admin,
+        "the listener's counters move and no connection stays active",
+        |t| {
+            value0(t, &series("dpu_agent_tls_connections_total")) >= 1.0
+                && value0(t, &series("dpu_agent_tls_handshake_failures_total")) >= 1.0
+                && value(t, &series("dpu_agent_tls_connections_active")) == Some(0.0)
+        },
+    )
     .await;
     // kTLS was asked for: the session went to the kernel or is counted as a
     // fallback to userspace (this kernel may have no TLS ULP).
@@ -261,11 +269,6 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
     );
     let fell_back = value0(&tls, &series("dpu_agent_tls_ktls_fallbacks_total"));
     assert!(handed + fell_back >= 1.0, "{tls}");
-    assert_eq!(
-        value(&tls, &series("dpu_agent_tls_connections_active")),
-        Some(0.0),
-        "{tls}"
-    );
     drop(inside);
 
     // An IPsec tunnel (dev mode: a private XFRM namespace; its SAs may be
