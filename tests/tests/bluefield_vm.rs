@@ -301,7 +301,24 @@ for o in function/f2 function/f3 port/p2 port/p3; do
 done
 echo '## ping'
 for i in $(seq 1 60); do ip netns exec ha ping -c 1 -W 1 10.9.0.12 >/dev/null 2>&1 && break; done
-ip netns exec ha ping -c 3 -W 2 10.9.0.12 && echo PING_OK
+if ip netns exec ha ping -c 3 -W 2 10.9.0.12; then
+    echo PING_OK
+else
+    # What a failed ping needs to be understood from CI's log alone.
+    echo '## ping-diagnostics'
+    set +e
+    ovs-vsctl show
+    ovs-ofctl -O OpenFlow13 dump-ports-desc br-int | grep -E '^ [0-9]+\(' || true
+    ovs-ofctl -O OpenFlow13 dump-flows br-int
+    ovs-appctl dpctl/dump-flows -m --names
+    ovs-appctl ofproto/trace br-int in_port=pf1vf0,arp,dl_src=02:00:00:00:b0:00,dl_dst=ff:ff:ff:ff:ff:ff,arp_op=1,arp_spa=10.9.0.11,arp_tpa=10.9.0.12,arp_sha=02:00:00:00:b0:00
+    for n in ha hb; do ip -n $n -s link show fn; ip -n $n neigh; done
+    ip -s link show pf1vf0; ip -s link show pf1vf1
+    tc -s filter show dev pf1vf0 ingress
+    tail -n 60 /tmp/agent.log
+    tail -n 40 /var/log/openvswitch/ovs-vswitchd.log
+    set -e
+fi
 # Steady traffic while the agent's status is compared with the datapath:
 # IPv4 (through conntrack: the openvswitch module) and IPv6 to all
 # link-local nodes (dropped without conntrack: OVS puts it in tc).
@@ -585,7 +602,12 @@ fn bluefield_profile_on_netdevsim_and_the_kernel_datapath() -> anyhow::Result<()
     ] {
         assert!(phase2.contains(&format!("phase {object}")), "{object}");
     }
-    assert!(section(stdout, "ping").contains("PING_OK"), "ping");
+    let ping = section(stdout, "ping");
+    assert!(
+        ping.contains("PING_OK"),
+        "ping failed:\n{ping}\n{}",
+        section(stdout, "ping-diagnostics")
+    );
     let flows = section(stdout, "flows");
     let matched = flows
         .lines()
