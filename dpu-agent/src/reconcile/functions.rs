@@ -1101,6 +1101,11 @@ mod tests {
         put_in(store, "acme", kind, id, spec);
     }
 
+    /// Stores function `id` with `spec` in tenant `acme`.
+    fn put_fn(store: &Store, id: &str, spec: Value) {
+        put(store, Kind::Function, id, spec);
+    }
+
     fn put_in(store: &Store, tenant: &str, kind: Kind, id: &str, spec: Value) {
         testing::put(store, tenant, kind, id, spec, false);
     }
@@ -1112,7 +1117,7 @@ mod tests {
     /// Stores function `id` with `spec` in tenant `acme`, then reconciles it
     /// with `c`.
     async fn put_and_reconcile(c: &Functions, ctx: &Context, id: &str, spec: Value) -> Outcome {
-        put(&ctx.store, Kind::Function, id, spec);
+        put_fn(&ctx.store, id, spec);
         reconcile_fn(c, ctx, id).await
     }
 
@@ -1121,6 +1126,35 @@ mod tests {
         c.reconcile(ctx, &obj(&ctx.store, Kind::Function, id))
             .await
             .unwrap()
+    }
+
+    /// The spec of a net function on `pf` with MAC `02:00:00:00:00:<mac>`,
+    /// plus the fields of `extra` (`vf`, `sf`, `carve`, `host`).
+    fn net_fn(pf: &str, mac: u8, extra: Value) -> Value {
+        let mut f = json!({"type": "net", "pf": pf, "mac": format!("02:00:00:00:00:{mac:02x}")});
+        for (k, v) in extra.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        f
+    }
+
+    /// Stores tenant `tenant` with `functions` as its functions grant.
+    fn grant(store: &Store, tenant: &str, functions: Value) {
+        put(
+            store,
+            Kind::Tenant,
+            tenant,
+            json!({"grants": {"functions": functions}}),
+        );
+    }
+
+    /// Marks the stored function `id` deleting with `status` (what its last
+    /// reconcile left) and reconciles it with `c`; the outcome, unwrapped.
+    async fn delete_fn(c: &Functions, ctx: &Context, id: &str, status: Status) -> Outcome {
+        let mut gone = obj(&ctx.store, Kind::Function, id);
+        gone.deleting = true;
+        gone.status = status;
+        c.reconcile(ctx, &gone).await.unwrap()
     }
 
     fn setup() -> (tempfile::TempDir, Context) {
@@ -1132,24 +1166,9 @@ mod tests {
     #[tokio::test]
     async fn allocates_lowest_free_vf_and_reports_ready() {
         let (_dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Function,
-            "a",
-            json!({"type": "net", "pf": "pf0", "vf": 0, "mac": "02:00:00:00:00:0a"}),
-        );
-        put(
-            &ctx.store,
-            Kind::Function,
-            "b",
-            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0b"}),
-        );
-        put(
-            &ctx.store,
-            Kind::Function,
-            "c",
-            json!({"type": "net", "pf": "pf1", "mac": "02:00:00:00:00:0c"}),
-        );
+        put_fn(&ctx.store, "a", net_fn("pf0", 0x0a, json!({"vf": 0})));
+        put_fn(&ctx.store, "b", net_fn("pf0", 0x0b, json!({})));
+        put_fn(&ctx.store, "c", net_fn("pf1", 0x0c, json!({})));
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone());
         let b = reconcile_fn(&c, &ctx, "b").await;
@@ -1165,22 +1184,10 @@ mod tests {
         let cc = reconcile_fn(&c, &ctx, "c").await;
         assert_eq!(cc.status.facts.vf, Some(0));
         // Held in memory before any status is stored: the next one gets 2.
-        let d = put_and_reconcile(
-            &c,
-            &ctx,
-            "d",
-            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0d"}),
-        )
-        .await;
+        let d = put_and_reconcile(&c, &ctx, "d", net_fn("pf0", 0x0d, json!({}))).await;
         assert_eq!(d.status.facts.vf, Some(2));
         // A requested index that another function holds is refused, by name.
-        let e = put_and_reconcile(
-            &c,
-            &ctx,
-            "e",
-            json!({"type": "net", "pf": "pf0", "vf": 0, "mac": "02:00:00:00:00:0e"}),
-        )
-        .await;
+        let e = put_and_reconcile(&c, &ctx, "e", net_fn("pf0", 0x0e, json!({"vf": 0}))).await;
         assert_eq!(e.status.phase, Phase::Failed);
         let cond = e.status.condition("Programmed").unwrap();
         assert_eq!(cond.reason, "VfInUse");
@@ -1194,18 +1201,13 @@ mod tests {
     async fn teardown_of_a_vf_in_use_leaves_the_holder_alone() {
         let (_dir, ctx) = setup();
         put(&ctx.store, Kind::Tenant, "blue", json!({}));
-        put(
-            &ctx.store,
-            Kind::Function,
-            "a",
-            json!({"type": "net", "pf": "pf0", "vf": 3, "mac": "02:00:00:00:00:0a"}),
-        );
+        put_fn(&ctx.store, "a", net_fn("pf0", 0x0a, json!({"vf": 3})));
         put_in(
             &ctx.store,
             "blue",
             Kind::Function,
             "x",
-            json!({"type": "net", "pf": "pf0", "vf": 3, "mac": "02:00:00:00:00:0b"}),
+            net_fn("pf0", 0x0b, json!({"vf": 3})),
         );
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone());
@@ -1217,10 +1219,7 @@ mod tests {
         assert_eq!(cond.reason, "VfInUse");
         assert!(!cond.message.contains("function a"), "{}", cond.message);
         // Delete x: nothing of pf0 vf 3 is touched.
-        let mut gone = obj(&ctx.store, Kind::Function, "x");
-        gone.deleting = true;
-        gone.status = x.status.clone();
-        let out = c.reconcile(&ctx, &gone).await.unwrap();
+        let out = delete_fn(&c, &ctx, "x", x.status.clone()).await;
         assert!(out.finalized);
         let removed = fake.removed.lock().unwrap().clone();
         assert_eq!(removed, vec![("x".to_string(), None)]);
@@ -1231,20 +1230,10 @@ mod tests {
     #[tokio::test]
     async fn vfs_come_from_the_granted_range() {
         let (_dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Tenant,
-            "acme",
-            json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": "4-5"}}}),
-        );
+        grant(&ctx.store, "acme", json!({"pfs": ["pf0"], "vfs": "4-5"}));
         let c = Functions::new(Arc::new(Fake::default()));
         for (id, want) in [("f1", Some(4)), ("f2", Some(5)), ("f3", None)] {
-            put(
-                &ctx.store,
-                Kind::Function,
-                id,
-                json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0a"}),
-            );
+            put_fn(&ctx.store, id, net_fn("pf0", 0x0a, json!({})));
             let out = reconcile_fn(&c, &ctx, id).await;
             match want {
                 Some(vf) => assert_eq!(out.status.facts.vf, Some(vf), "{id}"),
@@ -1269,27 +1258,11 @@ mod tests {
     #[tokio::test]
     async fn sfs_are_allocated_per_pf_across_tenants() {
         let (_dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Tenant,
-            "acme",
-            json!({"grants": {"functions": {"pfs": ["pf0"], "sfs": "0-1"}}}),
-        );
-        put(
-            &ctx.store,
-            Kind::Tenant,
-            "blue",
-            json!({"grants": {"functions": {"pfs": ["pf0"], "sfs": "0-9"}}}),
-        );
+        grant(&ctx.store, "acme", json!({"pfs": ["pf0"], "sfs": "0-1"}));
+        grant(&ctx.store, "blue", json!({"pfs": ["pf0"], "sfs": "0-9"}));
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone());
-        let net = |extra: Value| {
-            let mut f = json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0a"});
-            for (k, v) in extra.as_object().unwrap() {
-                f[k] = v.clone();
-            }
-            f
-        };
+        let net = |extra: Value| net_fn("pf0", 0x0a, extra);
         let vf = put_and_reconcile(&c, &ctx, "v", net(json!({}))).await;
         assert_eq!(vf.status.facts.vf, Some(0));
         let a = put_and_reconcile(&c, &ctx, "a", net(json!({"carve": "sf"}))).await;
@@ -1327,14 +1300,8 @@ mod tests {
         assert_eq!(cond.reason, "SfInUse");
         assert!(!cond.message.contains("function a"), "{}", cond.message);
         assert!(cond.message.contains("pf0 sf 0"), "{}", cond.message);
-        let mut gone = obj(&ctx.store, Kind::Function, "x");
-        gone.deleting = true;
-        gone.status = x.status.clone();
-        assert!(c.reconcile(&ctx, &gone).await.unwrap().finalized);
-        let mut gone = obj(&ctx.store, Kind::Function, "a");
-        gone.deleting = true;
-        gone.status = a.status.clone();
-        assert!(c.reconcile(&ctx, &gone).await.unwrap().finalized);
+        assert!(delete_fn(&c, &ctx, "x", x.status.clone()).await.finalized);
+        assert!(delete_fn(&c, &ctx, "a", a.status.clone()).await.finalized);
         assert_eq!(
             fake.removed.lock().unwrap().clone(),
             vec![
@@ -1361,17 +1328,11 @@ mod tests {
         assert_eq!(pf_slot_space("p0"), "p0");
         assert_eq!(pf_slot_space("cpf0"), "cpf0");
         let (_dir, ctx) = setup();
-        put(
+        grant(&ctx.store, "acme", json!({"pfs": ["pf0"], "vfs": "0-3"}));
+        grant(
             &ctx.store,
-            Kind::Tenant,
-            "acme",
-            json!({"grants": {"functions": {"pfs": ["pf0"], "vfs": "0-3"}}}),
-        );
-        put(
-            &ctx.store,
-            Kind::Tenant,
             "blue",
-            json!({"grants": {"functions": {"pfs": ["c1pf0", "pf00"], "vfs": "0-3"}}}),
+            json!({"pfs": ["c1pf0", "pf00"], "vfs": "0-3"}),
         );
         let c = Functions::new(Arc::new(Fake::default()));
         let net = |pf: &str| json!({"type": "net", "pf": pf, "mac": "02:00:00:00:00:0a"});
@@ -1404,13 +1365,7 @@ mod tests {
             refuse_sfs: true,
             ..Fake::default()
         }));
-        let sf = put_and_reconcile(
-            &c,
-            &ctx,
-            "s",
-            json!({"type": "net", "pf": "pf0", "sf": 88, "mac": "02:00:00:00:00:0a"}),
-        )
-        .await;
+        let sf = put_and_reconcile(&c, &ctx, "s", net_fn("pf0", 0x0a, json!({"sf": 88}))).await;
         assert_eq!(sf.status.phase, Phase::Failed);
         assert_eq!(sf.status.facts.sf, Some(88));
         assert_eq!(sf.status.facts.representor, None);
@@ -1421,13 +1376,7 @@ mod tests {
             "{}",
             cond.message
         );
-        let vf = put_and_reconcile(
-            &c,
-            &ctx,
-            "v",
-            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0b"}),
-        )
-        .await;
+        let vf = put_and_reconcile(&c, &ctx, "v", net_fn("pf0", 0x0b, json!({}))).await;
         assert_eq!(vf.status.phase, Phase::Ready);
     }
 
@@ -1450,6 +1399,26 @@ mod tests {
         }
     }
 
+    /// `programmed_status` for VF 1, the slot every status test places its
+    /// function in, with `made` as the backend's Ready message.
+    fn vf1_status(
+        previous: Status,
+        spec: &FunctionSpec,
+        applied: &Applied,
+        roce: bool,
+        host_devices: Option<&[HostDevice]>,
+    ) -> Status {
+        programmed_status(
+            previous,
+            spec,
+            Slot::Vf(1),
+            applied,
+            "made".into(),
+            roce,
+            host_devices,
+        )
+    }
+
     /// Status derivation is pure: the same inputs give the same status,
     /// each outcome of the backend maps to its phase, reason and facts, and
     /// a host's report places the function without asking anything.
@@ -1461,15 +1430,7 @@ mod tests {
             representor: "pf0vf1".into(),
             host_device: None,
         };
-        let s = programmed_status(
-            Status::default(),
-            &spec,
-            Slot::Vf(1),
-            &ready,
-            "made".into(),
-            false,
-            None,
-        );
+        let s = vf1_status(Status::default(), &spec, &ready, false, None);
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(s.facts.vf, Some(1));
         assert_eq!(s.facts.representor.as_deref(), Some("pf0vf1"));
@@ -1485,15 +1446,7 @@ mod tests {
             dev("0000:03:00.0", "pf", "pf"),
             vf_dev("0000:03:00.2", "0000:03:00.0", 1, "ens1f0v1"),
         ];
-        let placed = programmed_status(
-            s.clone(),
-            &spec,
-            Slot::Vf(1),
-            &ready,
-            "made".into(),
-            false,
-            Some(&devices[..]),
-        );
+        let placed = vf1_status(s.clone(), &spec, &ready, false, Some(&devices[..]));
         assert_eq!(
             placed.facts.host_pci_address.as_deref(),
             Some("0000:03:00.2")
@@ -1501,14 +1454,12 @@ mod tests {
         assert_eq!(placed.facts.host_device.as_deref(), Some("ens1f0v1"));
 
         // The representor went missing: Degraded, no representor fact.
-        let missing = programmed_status(
+        let missing = vf1_status(
             placed,
             &spec,
-            Slot::Vf(1),
             &Applied::NoRepresentor {
                 expected: "pf0vf1".into(),
             },
-            String::new(),
             false,
             None,
         );
@@ -1520,15 +1471,13 @@ mod tests {
             "RepresentorMissing"
         );
 
-        let unsupported = programmed_status(
+        let unsupported = vf1_status(
             Status::default(),
             &spec,
-            Slot::Vf(1),
             &Applied::Unsupported {
                 reason: UnsupportedReason::NoEmulation,
                 message: "no SNAP".into(),
             },
-            String::new(),
             false,
             None,
         );
@@ -1555,15 +1504,7 @@ mod tests {
         };
         let rdma = |s: &Status| s.report::<FunctionReport>().rdma;
         // A backend without a RoCE switch, no host report yet.
-        let s = programmed_status(
-            Status::default(),
-            &spec,
-            Slot::Vf(1),
-            &ready,
-            "m".into(),
-            false,
-            None,
-        );
+        let s = vf1_status(Status::default(), &spec, &ready, false, None);
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(
             rdma(&s),
@@ -1579,15 +1520,7 @@ mod tests {
             (ConditionStatus::False, "RdmaNotReported")
         );
         // The switchdev backend turned RoCE on.
-        let s = programmed_status(
-            Status::default(),
-            &spec,
-            Slot::Vf(1),
-            &ready,
-            "m".into(),
-            true,
-            None,
-        );
+        let s = vf1_status(Status::default(), &spec, &ready, true, None);
         assert!(rdma(&s).unwrap().enabled);
         assert_eq!(s.condition("Rdma").unwrap().reason, "RdmaEnabled");
         // The host reports rxe0 on the VF.
@@ -1598,15 +1531,7 @@ mod tests {
             rdma_cm: Some("/dev/infiniband/rdma_cm".into()),
         });
         let devices = [dev("0000:03:00.0", "pf", "pf"), vf];
-        let s = programmed_status(
-            s,
-            &spec,
-            Slot::Vf(1),
-            &ready,
-            "m".into(),
-            false,
-            Some(&devices[..]),
-        );
+        let s = vf1_status(s, &spec, &ready, false, Some(&devices[..]));
         assert_eq!(
             rdma(&s),
             Some(RdmaReport {
@@ -1624,15 +1549,7 @@ mod tests {
         // RDMA dropped from the spec: report and condition go.
         let mut plain = spec.clone();
         plain.rdma = false;
-        let s = programmed_status(
-            s,
-            &plain,
-            Slot::Vf(1),
-            &ready,
-            "m".into(),
-            true,
-            Some(&devices[..]),
-        );
+        let s = vf1_status(s, &plain, &ready, true, Some(&devices[..]));
         assert_eq!(rdma(&s), None);
         assert!(s.condition("Rdma").is_none());
         assert!(!s.fields.contains_key("rdma"));
@@ -1641,11 +1558,10 @@ mod tests {
     #[tokio::test]
     async fn host_report_gives_host_address_and_device() {
         let (_dir, ctx) = setup();
-        put(
+        put_fn(
             &ctx.store,
-            Kind::Function,
             "h",
-            json!({"type": "net", "pf": "pf1", "vf": 1, "host": "node-1", "mac": "02:00:00:00:00:0a"}),
+            net_fn("pf1", 0x0a, json!({"vf": 1, "host": "node-1"})),
         );
         let c = Functions::new(Arc::new(Fake::default()));
         // No report yet: the backend's device, no address, looked at again.
@@ -1699,12 +1615,7 @@ mod tests {
     #[tokio::test]
     async fn port_and_network_give_the_tenant_side() {
         let (_dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Function,
-            "web",
-            json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:01"}),
-        );
+        put_fn(&ctx.store, "web", net_fn("pf0", 0x01, json!({})));
         put(
             &ctx.store,
             Kind::Network,
@@ -1758,12 +1669,7 @@ mod tests {
     #[tokio::test]
     async fn storage_emulated_functions_follow_their_volume() {
         let (_dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Function,
-            "disk",
-            json!({"type": "nvme", "pf": "pf0"}),
-        );
+        put_fn(&ctx.store, "disk", json!({"type": "nvme", "pf": "pf0"}));
         let fake = Arc::new(Fake::default());
         let c = Functions::new(fake.clone()).with_storage(StorageRole::Emulated);
         let out = reconcile_fn(&c, &ctx, "disk").await;
@@ -1781,18 +1687,16 @@ mod tests {
             phase: Phase::Pending,
             host_device: None,
         };
-        let s = emulated_status(
-            Status::default(),
-            &spec,
-            Slot::Vf(2),
-            StorageRole::Emulated,
-            Some(&v),
-        );
+        // SNAP presents the function on VF 2.
+        let on_vf2 = |previous: Status, volume: Option<&PresentingVolume>| {
+            emulated_status(previous, &spec, Slot::Vf(2), StorageRole::Emulated, volume)
+        };
+        let s = on_vf2(Status::default(), Some(&v));
         assert_eq!(s.phase, Phase::Pending);
         assert_eq!(s.condition("Programmed").unwrap().reason, "Converging");
         v.phase = Phase::Ready;
         v.host_device = Some("vda".into());
-        let s = emulated_status(s, &spec, Slot::Vf(2), StorageRole::Emulated, Some(&v));
+        let s = on_vf2(s, Some(&v));
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(s.facts.host_device.as_deref(), Some("vda"));
         assert!(
@@ -1801,7 +1705,7 @@ mod tests {
                 .message
                 .contains("emulated virtio-blk controller on pf0 vf 2")
         );
-        let gone = emulated_status(s, &spec, Slot::Vf(2), StorageRole::Emulated, None);
+        let gone = on_vf2(s, None);
         assert_eq!(gone.phase, Phase::Pending);
         assert_eq!(gone.facts.host_device, None);
         // An NVMe-oF target presents nvme functions (the host's initiator),
@@ -1832,12 +1736,7 @@ mod tests {
     #[tokio::test]
     async fn storage_functions_stay_pending_and_delete_tears_down() {
         let (_dir, ctx) = setup();
-        put(
-            &ctx.store,
-            Kind::Function,
-            "disk",
-            json!({"type": "nvme", "pf": "pf0"}),
-        );
+        put_fn(&ctx.store, "disk", json!({"type": "nvme", "pf": "pf0"}));
         let fake = Arc::new(Fake {
             orphans: vec!["gone".into()],
             ..Fake::default()
@@ -1852,10 +1751,7 @@ mod tests {
         assert_eq!(out.requeue_after, None);
         // The orphan "gone" was swept.
         assert_eq!(fake.removed.lock().unwrap()[0], ("gone".to_string(), None));
-        let mut deleting = obj(&ctx.store, Kind::Function, "disk");
-        deleting.deleting = true;
-        deleting.status = out.status;
-        let done = c.reconcile(&ctx, &deleting).await.unwrap();
+        let done = delete_fn(&c, &ctx, "disk", out.status).await;
         assert!(done.finalized);
         assert_eq!(
             fake.removed.lock().unwrap()[1],
