@@ -485,31 +485,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::testing::env_of;
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
+    /// Resolves `file` in `mode` with only the variables `env` set and no
+    /// flags.
+    fn resolve(mode: Mode, file: FileConfig, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::resolve(mode, file, &env_of(env), Flags::default())
+    }
+
+    /// Parses `text` as a config file.
+    fn file_config(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
     }
 
     #[test]
     fn precedence_is_defaults_file_env_flags() {
-        let none = env_of(&[]);
-        let c = Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
+        let c = resolve(Mode::Run, FileConfig::default(), &[]).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:9443");
         assert_eq!(c.trust_domain, "dpu.local");
 
-        let file: FileConfig =
-            toml::from_str("listen = \"127.0.0.1:1000\"\ntrust_domain = \"file.td\"").unwrap();
-        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        let file = file_config("listen = \"127.0.0.1:1000\"\ntrust_domain = \"file.td\"");
+        let c = resolve(Mode::Run, file.clone(), &[]).unwrap();
         assert_eq!(c.listen.port(), 1000);
         assert_eq!(c.trust_domain, "file.td");
 
-        let env = env_of(&[("DPU_AGENT_LISTEN", "127.0.0.1:2000")]);
-        let c = Config::resolve(Mode::Run, file.clone(), &env, Flags::default()).unwrap();
+        let env = &[("DPU_AGENT_LISTEN", "127.0.0.1:2000")];
+        let c = resolve(Mode::Run, file.clone(), env).unwrap();
         assert_eq!(c.listen.port(), 2000);
         assert_eq!(c.trust_domain, "file.td");
 
@@ -517,32 +518,29 @@ mod tests {
             listen: Some("127.0.0.1:3000".parse().unwrap()),
             ..Flags::default()
         };
-        let c = Config::resolve(Mode::Run, file, &env, flags).unwrap();
+        let c = Config::resolve(Mode::Run, file, &env_of(env), flags).unwrap();
         assert_eq!(c.listen.port(), 3000);
     }
 
     #[test]
     fn bad_values_are_named() {
-        let env = env_of(&[("DPU_AGENT_LISTEN", "nope")]);
-        let err =
-            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        let env = &[("DPU_AGENT_LISTEN", "nope")];
+        let err = resolve(Mode::Run, FileConfig::default(), env).unwrap_err();
         assert!(err.to_string().contains("DPU_AGENT_LISTEN"), "{err}");
         // The cause is the parser's typed error, printed after it.
         assert_eq!(
             crate::error_chain(&err),
             "DPU_AGENT_LISTEN=\"nope\" is invalid: invalid socket address syntax"
         );
-        let env = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "vf")]);
-        let err =
-            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        let env = &[("DPU_AGENT_FUNCTIONS_BACKEND", "vf")];
+        let err = resolve(Mode::Run, FileConfig::default(), env).unwrap_err();
         let text = crate::error_chain(&err);
         assert!(
             text.starts_with("DPU_AGENT_FUNCTIONS_BACKEND=\"vf\" is invalid: unknown variant `vf`"),
             "{text}"
         );
-        let env = env_of(&[("DPU_AGENT_LOG_FORMAT", "xml")]);
-        let err =
-            Config::resolve(Mode::Run, FileConfig::default(), &env, Flags::default()).unwrap_err();
+        let env = &[("DPU_AGENT_LOG_FORMAT", "xml")];
+        let err = resolve(Mode::Run, FileConfig::default(), env).unwrap_err();
         assert_eq!(
             err.to_string(),
             "DPU_AGENT_LOG_FORMAT=\"xml\" is invalid: expected text or json"
@@ -566,20 +564,19 @@ mod tests {
 
     #[test]
     fn host_lease_defaults_to_90_s_and_is_configurable() {
-        let none = env_of(&[]);
-        let c = Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
+        let c = resolve(Mode::Run, FileConfig::default(), &[]).unwrap();
         assert_eq!(c.host_lease, Duration::from_secs(90));
-        let file: FileConfig = toml::from_str("host_lease_seconds = 300").unwrap();
-        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        let file = file_config("host_lease_seconds = 300");
+        let c = resolve(Mode::Run, file.clone(), &[]).unwrap();
         assert_eq!(c.host_lease, Duration::from_secs(300));
-        let env = env_of(&[("DPU_AGENT_HOST_LEASE_SECONDS", "45")]);
-        let c = Config::resolve(Mode::Run, file.clone(), &env, Flags::default()).unwrap();
+        let env = &[("DPU_AGENT_HOST_LEASE_SECONDS", "45")];
+        let c = resolve(Mode::Run, file.clone(), env).unwrap();
         assert_eq!(c.host_lease, Duration::from_secs(45));
-        let zero: FileConfig = toml::from_str("host_lease_seconds = 0").unwrap();
-        let err = Config::resolve(Mode::Run, zero, &none, Flags::default()).unwrap_err();
+        let zero = file_config("host_lease_seconds = 0");
+        let err = resolve(Mode::Run, zero, &[]).unwrap_err();
         assert!(err.to_string().contains("host_lease_seconds"), "{err}");
-        let bad = env_of(&[("DPU_AGENT_HOST_LEASE_SECONDS", "soon")]);
-        let err = Config::resolve(Mode::Run, file, &bad, Flags::default()).unwrap_err();
+        let bad = &[("DPU_AGENT_HOST_LEASE_SECONDS", "soon")];
+        let err = resolve(Mode::Run, file, bad).unwrap_err();
         assert!(
             err.to_string().contains("DPU_AGENT_HOST_LEASE_SECONDS"),
             "{err}"
@@ -589,48 +586,41 @@ mod tests {
 
     #[test]
     fn functions_backend_defaults_by_mode_and_is_overridable() {
-        let none = env_of(&[]);
-        let run =
-            Config::resolve(Mode::Run, FileConfig::default(), &none, Flags::default()).unwrap();
+        let run = resolve(Mode::Run, FileConfig::default(), &[]).unwrap();
         assert_eq!(run.functions_backend, FunctionsBackend::Switchdev);
         assert!(!run.eswitch_switchdev);
         assert_eq!(run.ipsec_uplink, None);
-        let file: FileConfig = toml::from_str("[ipsec]\nuplink = \"p0\"").unwrap();
-        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        let file = file_config("[ipsec]\nuplink = \"p0\"");
+        let c = resolve(Mode::Run, file.clone(), &[]).unwrap();
         assert_eq!(c.ipsec_uplink.as_deref(), Some("p0"));
-        let env = env_of(&[("DPU_AGENT_IPSEC_UPLINK", "p1")]);
-        let c = Config::resolve(Mode::Run, file, &env, Flags::default()).unwrap();
+        let env = &[("DPU_AGENT_IPSEC_UPLINK", "p1")];
+        let c = resolve(Mode::Run, file, env).unwrap();
         assert_eq!(c.ipsec_uplink.as_deref(), Some("p1"));
-        let dev =
-            Config::resolve(Mode::Dev, FileConfig::default(), &none, Flags::default()).unwrap();
+        let dev = resolve(Mode::Dev, FileConfig::default(), &[]).unwrap();
         assert_eq!(dev.functions_backend, FunctionsBackend::Veth);
-        let file: FileConfig = toml::from_str("functions_backend = \"none\"").unwrap();
-        let c = Config::resolve(Mode::Run, file.clone(), &none, Flags::default()).unwrap();
+        let file = file_config("functions_backend = \"none\"");
+        let c = resolve(Mode::Run, file.clone(), &[]).unwrap();
         assert_eq!(c.functions_backend, FunctionsBackend::None);
-        let env = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "veth")]);
-        let c = Config::resolve(Mode::Run, file, &env, Flags::default()).unwrap();
+        let env = &[("DPU_AGENT_FUNCTIONS_BACKEND", "veth")];
+        let c = resolve(Mode::Run, file, env).unwrap();
         assert_eq!(c.functions_backend, FunctionsBackend::Veth);
-        let bad = env_of(&[("DPU_AGENT_FUNCTIONS_BACKEND", "tap")]);
-        assert!(Config::resolve(Mode::Run, FileConfig::default(), &bad, Flags::default()).is_err());
+        let bad = &[("DPU_AGENT_FUNCTIONS_BACKEND", "tap")];
+        assert!(resolve(Mode::Run, FileConfig::default(), bad).is_err());
     }
 
     #[test]
     fn storage_defaults_to_none_in_dev_and_is_overridable() {
-        let none = env_of(&[]);
-        let dev =
-            Config::resolve(Mode::Dev, FileConfig::default(), &none, Flags::default()).unwrap();
+        let dev = resolve(Mode::Dev, FileConfig::default(), &[]).unwrap();
         assert_eq!(dev.storage.backend, StorageBackend::None);
-        let file: FileConfig =
-            toml::from_str("[storage]\nbackend = \"nvmet\"\nnvmet_listen = \"10.0.0.1:4421\"")
-                .unwrap();
-        let c = Config::resolve(Mode::Dev, file.clone(), &none, Flags::default()).unwrap();
+        let file = file_config("[storage]\nbackend = \"nvmet\"\nnvmet_listen = \"10.0.0.1:4421\"");
+        let c = resolve(Mode::Dev, file.clone(), &[]).unwrap();
         assert_eq!(c.storage.backend, StorageBackend::Nvmet);
         assert_eq!(c.storage.nvmet_listen.port(), 4421);
-        let env = env_of(&[("DPU_AGENT_STORAGE_BACKEND", "none")]);
-        let c = Config::resolve(Mode::Dev, file, &env, Flags::default()).unwrap();
+        let env = &[("DPU_AGENT_STORAGE_BACKEND", "none")];
+        let c = resolve(Mode::Dev, file, env).unwrap();
         assert_eq!(c.storage.backend, StorageBackend::None);
-        let bad = env_of(&[("DPU_AGENT_STORAGE_BACKEND", "ceph")]);
-        assert!(Config::resolve(Mode::Dev, FileConfig::default(), &bad, Flags::default()).is_err());
+        let bad = &[("DPU_AGENT_STORAGE_BACKEND", "ceph")];
+        assert!(resolve(Mode::Dev, FileConfig::default(), bad).is_err());
         assert!(toml::from_str::<FileConfig>("[storage]\nbakend = \"none\"").is_err());
     }
 
@@ -638,7 +628,7 @@ mod tests {
     fn the_sample_config_parses() {
         let text = include_str!("../config.sample.toml");
         let file: FileConfig = toml::from_str(text).expect("config.sample.toml parses");
-        Config::resolve(Mode::Run, file, &env_of(&[]), Flags::default()).unwrap();
+        resolve(Mode::Run, file, &[]).unwrap();
     }
 
     /// The BlueField profile resolves, with nothing from the environment,
@@ -648,7 +638,7 @@ mod tests {
     fn the_bluefield_profile_is_the_production_path() {
         let text = include_str!("../config.bluefield.toml");
         let file: FileConfig = toml::from_str(text).expect("config.bluefield.toml parses");
-        let c = Config::resolve(Mode::Run, file, &env_of(&[]), Flags::default()).unwrap();
+        let c = resolve(Mode::Run, file, &[]).unwrap();
         assert_eq!(c.functions_backend, FunctionsBackend::Switchdev);
         assert_eq!(c.ovs.datapath_type, "system");
         assert!(c.ovs.hw_offload);

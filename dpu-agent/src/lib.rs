@@ -17,3 +17,20 @@ pub mod time;
 
 /// The project's one error-chain printer (`error: cause: cause`).
 pub use dpu_api::error_chain;
+
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::HashMap;
+
+    /// An environment lookup (as [`crate::config::Config::resolve`] and
+    /// [`crate::sd_notify::Notifier::from_env`] take) in which only `pairs`
+    /// are set, so tests need not touch the process's environment.
+    pub(crate) fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+}
