@@ -1635,6 +1635,17 @@ mod tests {
     /// removals.
     #[test]
     fn vf_claims_follow_status_spec_moves_and_removals() {
+        // The claims on pf0 as `x`, a function that holds and asks for
+        // nothing, sees them.
+        fn holder(store: &Store, slot: Slot) -> Option<String> {
+            store.slot_claims("pf0", slot, "x").holder
+        }
+        fn first_asker(store: &Store, slot: Slot) -> Option<String> {
+            store.slot_claims("pf0", slot, "x").first_asker
+        }
+        fn lowest_free(store: &Store, carve: Carve, range: (u32, u32)) -> Option<u32> {
+            store.lowest_unclaimed("pf0", carve, range, "x", &BTreeSet::new())
+        }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let function = |id: &str, pf: &str, vf: Option<u32>| {
@@ -1667,26 +1678,17 @@ mod tests {
             SlotClaims::default()
         );
         assert_eq!(
-            store
-                .slot_claims("pf0", Slot::Vf(2), "x")
-                .first_asker
-                .as_deref(),
+            first_asker(&store, Slot::Vf(2)).as_deref(),
             Some("f1"),
             "the lowest id asking"
         );
-        assert_eq!(
-            store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &none),
-            Some(1)
-        );
+        assert_eq!(lowest_free(&store, Carve::Vf, (0, 9)), Some(1));
         let taken: BTreeSet<u32> = [1].into();
         assert_eq!(
             store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &taken),
             Some(3)
         );
-        assert_eq!(
-            store.lowest_unclaimed("pf0", Carve::Vf, (0, 0), "x", &none),
-            None
-        );
+        assert_eq!(lowest_free(&store, Carve::Vf, (0, 0)), None);
         assert_eq!(
             store.lowest_unclaimed("pf1", Carve::Vf, (0, 9), "x", &none),
             Some(0)
@@ -1708,17 +1710,8 @@ mod tests {
             store.slot_claims("pf0", Slot::Vf(0), "x"),
             SlotClaims::default()
         );
-        assert_eq!(
-            store
-                .slot_claims("pf0", Slot::Vf(2), "x")
-                .first_asker
-                .as_deref(),
-            Some("f2")
-        );
-        assert_eq!(
-            store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &none),
-            Some(0)
-        );
+        assert_eq!(first_asker(&store, Slot::Vf(2)).as_deref(), Some("f2"));
+        assert_eq!(lowest_free(&store, Carve::Vf, (0, 9)), Some(0));
         // SF numbers are their own namespace on the PF: SF 2 held and SF 0
         // asked for claim no VF, and VF 2 asked for claims no SF.
         let mut sf = obj(
@@ -1735,39 +1728,21 @@ mod tests {
             "b",
             json!({"type": "net", "pf": "pf0", "carve": "sf", "sf": 0}),
         ));
-        assert_eq!(
-            store.slot_claims("pf0", Slot::Sf(2), "x").holder.as_deref(),
-            Some("s2")
-        );
-        assert_eq!(
-            store
-                .slot_claims("pf0", Slot::Sf(0), "x")
-                .first_asker
-                .as_deref(),
-            Some("s0")
-        );
-        assert_eq!(store.slot_claims("pf0", Slot::Vf(2), "x").holder, None);
-        assert_eq!(store.slot_claims("pf0", Slot::Sf(2), "x").first_asker, None);
-        assert_eq!(
-            store.lowest_unclaimed("pf0", Carve::Vf, (0, 9), "x", &none),
-            Some(0)
-        );
-        assert_eq!(
-            store.lowest_unclaimed("pf0", Carve::Sf, (0, 9), "x", &none),
-            Some(1)
-        );
+        assert_eq!(holder(&store, Slot::Sf(2)).as_deref(), Some("s2"));
+        assert_eq!(first_asker(&store, Slot::Sf(0)).as_deref(), Some("s0"));
+        assert_eq!(holder(&store, Slot::Vf(2)), None);
+        assert_eq!(first_asker(&store, Slot::Sf(2)), None);
+        assert_eq!(lowest_free(&store, Carve::Vf, (0, 9)), Some(0));
+        assert_eq!(lowest_free(&store, Carve::Sf, (0, 9)), Some(1));
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
-            store
-                .slot_claims("pf0", Slot::Vf(2), "x")
-                .first_asker
-                .as_deref(),
+            first_asker(&store, Slot::Vf(2)).as_deref(),
             Some("f2"),
             "rebuilt on open"
         );
         assert_eq!(
-            store.slot_claims("pf0", Slot::Sf(2), "x").holder.as_deref(),
+            holder(&store, Slot::Sf(2)).as_deref(),
             Some("s2"),
             "rebuilt on open"
         );
