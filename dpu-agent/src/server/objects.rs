@@ -301,10 +301,7 @@ pub async fn delete(
     let (_, rev) = blocking(move || {
         store.transact(|txn| {
             let Some(obj) = txn.get(&k).filter(|o| !hidden_from(&caller, &o.tenant)) else {
-                return Err(TxError::Problem(Problem::new(
-                    404,
-                    format!("{k} does not exist"),
-                )));
+                return Err(TxError::Problem(not_found(&k).0));
             };
             authorize(
                 &caller,
