@@ -40,7 +40,7 @@
 //!
 //! ```text
 //! cargo build --release -p dpu-agent -p dpu-tests --bins
-//! target/release/net-agent-bench [--ports 10000] [--runs 200] [--baseline-runs 20]
+//! target/release/net-agent-bench [--ports 10000] [--rules 0] [--runs 200] [--baseline-runs 20]
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,6 +64,9 @@ const PORTS_PER_NETWORK: usize = 100;
 
 struct Options {
     ports: usize,
+    /// Ingress rules on every port (one TCP port each): more flows per
+    /// port, for the restart row's "≥ 100k flows at 3000 ports".
+    rules: usize,
     runs: usize,
     baseline_runs: usize,
     agent: PathBuf,
@@ -73,6 +76,7 @@ impl Options {
     fn parse() -> BenchResult<Options> {
         let mut o = Options {
             ports: 10_000,
+            rules: 0,
             runs: 200,
             baseline_runs: 20,
             agent: std::env::current_exe()
@@ -84,6 +88,7 @@ impl Options {
             let mut value = || args.next().ok_or(format!("{a} needs a value"));
             match a.as_str() {
                 "--ports" => o.ports = value()?.parse().map_err(|e| format!("--ports: {e}"))?,
+                "--rules" => o.rules = value()?.parse().map_err(|e| format!("--rules: {e}"))?,
                 "--runs" => o.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
                 "--baseline-runs" => {
                     o.baseline_runs = value()?
@@ -214,18 +219,23 @@ fn function(k: usize) -> ObjectWrite {
     }
 }
 
-fn port(k: usize) -> (String, Value) {
+/// Port `k` with `rules` ingress rules (TCP ports 1000, 1001, ...).
+fn port(k: usize, rules: usize) -> (String, Value) {
     let net = k / PORTS_PER_NETWORK;
     let host = k % PORTS_PER_NETWORK + 2;
-    (
-        format!("p{k}"),
-        json!({
-            "network": format!("n{net}"),
-            "function": format!("f{k}"),
-            "mac": mac(k),
-            "ips": [format!("10.{}.{}.{host}", net / 256, net % 256)],
-        }),
-    )
+    let ingress: Vec<Value> = (0..rules)
+        .map(|i| json!({"protocol": "tcp", "ports": (1000 + i).to_string()}))
+        .collect();
+    let mut spec = json!({
+        "network": format!("n{net}"),
+        "function": format!("f{k}"),
+        "mac": mac(k),
+        "ips": [format!("10.{}.{}.{host}", net / 256, net % 256)],
+    });
+    if rules > 0 {
+        spec["security"] = json!({"ingress": ingress});
+    }
+    (format!("p{k}"), spec)
 }
 
 async fn apply(client: &Client, objects: Vec<ObjectWrite>) -> BenchResult<()> {
@@ -484,7 +494,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
     apply(&c, objects).await?;
     let ports: Vec<ObjectWrite> = (0..o.ports)
         .map(|k| {
-            let (id, spec) = port(k);
+            let (id, spec) = port(k, o.rules);
             ObjectWrite {
                 kind: "ports".into(),
                 id,
@@ -541,7 +551,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
         Duration::ZERO,
     );
     for r in 0..o.runs {
-        let (id, spec) = port(o.ports + r);
+        let (id, spec) = port(o.ports + r, o.rules);
         let before = c.metrics().await.map_err(|e| e.to_string())?;
         let (vs0, ag0) = (cpu_time(vswitchd), cpu_time(agent.pid()));
         let sent = Instant::now();
