@@ -782,8 +782,6 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// True while the process exists and is not a zombie (a detached daemon is
-/// not our child, so whoever adopted it may reap it late or never).
 /// Waits until `pid` (a `daemon`, just signalled) has exited. After
 /// `timeout` it gets SIGKILL (after `before_kill`), unless `killed` says
 /// SIGKILL is what it got; one that outlives SIGKILL is a
@@ -814,6 +812,8 @@ async fn wait_exit(
     Ok(())
 }
 
+/// True while the process exists and is not a zombie (a detached daemon is
+/// not our child, so whoever adopted it may reap it late or never).
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesized command name.
