@@ -124,6 +124,15 @@ fn offload_name(o: &Option<OffloadDev>) -> String {
     }
 }
 
+/// An SA's or template's mode as `ip xfrm` names it.
+fn mode_name(mode: u8) -> &'static str {
+    if mode == XFRM_MODE_TUNNEL {
+        "tunnel"
+    } else {
+        "transport"
+    }
+}
+
 /// ` if_id 0x…` as `ip xfrm` spells it, when set.
 fn write_if_id(f: &mut fmt::Formatter<'_>, if_id: Option<u32>) -> fmt::Result {
     match if_id {
@@ -154,11 +163,7 @@ impl fmt::Display for Action {
                     sa.daddr,
                     sa.spi,
                     sa.reqid,
-                    if sa.mode == XFRM_MODE_TUNNEL {
-                        "tunnel"
-                    } else {
-                        "transport"
-                    },
+                    mode_name(sa.mode),
                     sa.effective_replay_window(),
                     if sa.flags & XFRM_STATE_ESN != 0 {
                         " esn"
@@ -195,11 +200,7 @@ impl fmt::Display for Action {
                         t.saddr,
                         t.daddr,
                         t.reqid,
-                        if t.mode == XFRM_MODE_TUNNEL {
-                            "tunnel"
-                        } else {
-                            "transport"
-                        }
+                        mode_name(t.mode)
                     )?;
                 }
                 if let Some(o) = &policy.offload {
@@ -356,17 +357,10 @@ pub fn desired_policies(t: &Tunnel, packet_dev: Option<i32>) -> Vec<Policy> {
                 _ => None,
             };
             out.push(Policy {
-                sel: crate::xfrm::Selector::v4(src, dst),
                 priority: POLICY_PRIORITY,
-                index: 0,
-                dir,
-                action: 0,
-                flags: 0,
-                share: 0,
-                tmpls: vec![tmpl],
-                mark: None,
                 if_id: t.if_id,
                 offload,
+                ..Policy::new(crate::xfrm::Selector::v4(src, dst), dir, vec![tmpl])
             });
         }
     }

@@ -305,18 +305,7 @@ mod ktls_probe {
     }
 
     fn setsockopt<T>(sock: &TcpStream, level: i32, name: i32, value: &T) -> bool {
-        // SAFETY: `value` is a live `T` for the whole call, its size is passed
-        // as the length, and the fd is owned by `sock`, which outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                level,
-                name,
-                (value as *const T).cast(),
-                std::mem::size_of::<T>() as libc::socklen_t,
-            )
-        };
-        rc == 0
+        super::ktls::setsockopt(sock.as_raw_fd(), level, name, value).is_ok()
     }
 
     fn with_ulp() -> Option<(TcpStream, TcpStream)> {

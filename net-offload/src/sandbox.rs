@@ -579,29 +579,21 @@ impl OvsSandbox {
         let Some(pid) = self.lock_pids()[daemon.index()].take() else {
             return Ok(());
         };
-        let deadline = Instant::now() + self.config.timeout;
         send_signal(pid, signal);
-        let mut killed = signal == libc::SIGKILL;
-        while alive(pid) {
-            if Instant::now() >= deadline {
-                if killed {
-                    return Err(SandboxError::StopTimeout {
-                        daemon: daemon.program(),
-                        pid,
-                        timeout: self.config.timeout,
-                    });
-                }
+        wait_exit(
+            daemon,
+            pid,
+            self.config.timeout,
+            signal == libc::SIGKILL,
+            || {
                 tracing::warn!(
                     daemon = daemon.program(),
                     pid,
                     "no exit after SIGTERM; sending SIGKILL"
                 );
-                send_signal(pid, libc::SIGKILL);
-                killed = true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+            },
+        )
+        .await
     }
 
     /// Stops both daemons, ovs-vswitchd first.
@@ -722,22 +714,7 @@ pub async fn stop_dir(dir: &Path, timeout: Duration) -> Result<Stopped, SandboxE
         if !asked {
             send_signal(pid, libc::SIGTERM);
         }
-        let deadline = Instant::now() + timeout;
-        let mut killed = false;
-        while alive(pid) {
-            if Instant::now() >= deadline {
-                if killed {
-                    return Err(SandboxError::StopTimeout {
-                        daemon: daemon.program(),
-                        pid,
-                        timeout,
-                    });
-                }
-                send_signal(pid, libc::SIGKILL);
-                killed = true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_exit(daemon, pid, timeout, false, || {}).await?;
         stopped.push(daemon.program());
     }
     let record = dir.join(NETNS_RECORD);
@@ -803,6 +780,36 @@ fn arg(prefix: &str, path: &Path) -> std::ffi::OsString {
 
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Waits until `pid` (a `daemon`, just signalled) has exited. After
+/// `timeout` it gets SIGKILL (after `before_kill`), unless `killed` says
+/// SIGKILL is what it got; one that outlives SIGKILL is a
+/// [`SandboxError::StopTimeout`].
+async fn wait_exit(
+    daemon: Daemon,
+    pid: i32,
+    timeout: Duration,
+    mut killed: bool,
+    before_kill: impl Fn(),
+) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            if killed {
+                return Err(SandboxError::StopTimeout {
+                    daemon: daemon.program(),
+                    pid,
+                    timeout,
+                });
+            }
+            before_kill();
+            send_signal(pid, libc::SIGKILL);
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// True while the process exists and is not a zombie (a detached daemon is

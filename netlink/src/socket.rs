@@ -127,6 +127,29 @@ impl Socket {
         }
     }
 
+    /// A socket whose peer is not the kernel but the returned end of a
+    /// datagram socket pair: for tests of a protocol over netlink, in which
+    /// the test plays the kernel on that end.
+    pub fn pair_with_fake_kernel() -> io::Result<(Socket, OwnedFd)> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is valid for two ints.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds are fresh and owned by nobody else.
+        let (ours, kernel) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok((Socket::from_fd(ours), kernel))
+    }
+
     /// Bounds each exchange: an answer not complete within `timeout` of
     /// the request fails with [`Error::Timeout`]; unrelated datagrams do not
     /// extend the deadline. `None` (the default) waits as long as it takes.
@@ -339,25 +362,6 @@ mod tests {
     use super::*;
     use crate::msg::{NLM_F_ACK, NLM_F_DUMP, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
 
-    /// A connected datagram socket pair standing in for the netlink socket:
-    /// the test plays the kernel.
-    fn socket_pair() -> (Socket, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is valid for two ints.
-        let rc = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        // SAFETY: both fds are fresh and owned by nobody else.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        (Socket::from_fd(a), b)
-    }
-
     fn kernel_sends(fd: &OwnedFd, b: &[u8]) {
         // SAFETY: `b` is valid for its length.
         let n = unsafe { libc::send(fd.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
@@ -375,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_request_without_answer_times_out() {
-        let (ours, _kernel) = socket_pair();
+        let (ours, _kernel) = Socket::pair_with_fake_kernel().unwrap();
         let mut ours = ours.with_timeout(Some(Duration::from_millis(300)));
         let t = Instant::now();
         let e = ours
@@ -386,7 +390,7 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(300));
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         // Unrelated answers (another sequence) do not extend the deadline.
-        let (ours, kernel) = socket_pair();
+        let (ours, kernel) = Socket::pair_with_fake_kernel().unwrap();
         let mut ours = ours.with_timeout(Some(Duration::from_millis(300)));
         let chatter = std::thread::spawn(move || {
             let done = msg::message(NLMSG_DONE, NLM_F_MULTI, 99, &0i32.to_ne_bytes());
@@ -410,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_sixteen_byte_error_from_the_socket_fails_the_request() {
-        let (mut ours, kernel) = socket_pair();
+        let (mut ours, kernel) = Socket::pair_with_fake_kernel().unwrap();
         kernel_sends(&kernel, &nlmsg_error(16, 7, 0));
         let e = ours
             .receive(Exchange::new(7, true), |_, _| Ok::<(), Error>(()))
@@ -427,7 +431,7 @@ mod tests {
     /// replies arrive in order, the exchange ends at NLMSG_DONE.
     #[test]
     fn a_dump_across_datagrams() {
-        let (ours, kernel) = socket_pair();
+        let (ours, kernel) = Socket::pair_with_fake_kernel().unwrap();
         let mut ours = ours.wipe_received(true);
         kernel_sends(&kernel, &msg::message(20, NLM_F_MULTI, 5, &[1, 0, 0, 0]));
         kernel_sends(&kernel, &msg::message(20, NLM_F_MULTI, 4, &[9, 0, 0, 0]));

@@ -177,27 +177,19 @@ fn changed_key_with_same_spi_is_drift_and_replaced() {
 }
 
 fn foreign_policy() -> Policy {
-    Policy {
-        sel: Selector::v4(
+    Policy::new(
+        Selector::v4(
             "10.9.0.0/16".parse().unwrap(),
             "10.8.0.0/16".parse().unwrap(),
         ),
-        priority: 0,
-        index: 0,
-        dir: Dir::Out,
-        action: 0,
-        flags: 0,
-        share: 0,
-        tmpls: vec![Tmpl::esp_v4(
+        Dir::Out,
+        vec![Tmpl::esp_v4(
             Ipv4Addr::new(1, 1, 1, 1),
             Ipv4Addr::new(2, 2, 2, 2),
             5,
             XFRM_MODE_TUNNEL,
         )],
-        mark: None,
-        if_id: None,
-        offload: None,
-    }
+    )
 }
 
 #[test]

@@ -185,7 +185,8 @@ pub fn hand_off(
     })
 }
 
-fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+/// setsockopt(2) of one `T` (also the kTLS probe's).
+pub(super) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // SAFETY: `value` is a live `T` for the whole call and its size is the
     // length passed; `fd` is a socket owned by the caller.
     let rc = unsafe {

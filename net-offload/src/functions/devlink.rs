@@ -897,26 +897,8 @@ mod tests {
     /// A connected datagram socket pair: our end wrapped as the netlink
     /// socket, the other end plays the kernel.
     fn fake_kernel() -> (DevlinkSocket, std::os::fd::OwnedFd) {
-        use std::os::fd::FromRawFd;
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is valid for two ints.
-        let rc = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        // SAFETY: both fds are fresh and owned by nobody else.
-        let (ours, kernel) = unsafe {
-            (
-                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-            )
-        };
-        let sock = Socket::from_fd(ours).with_timeout(Some(Duration::from_secs(5)));
+        let (sock, kernel) = Socket::pair_with_fake_kernel().unwrap();
+        let sock = sock.with_timeout(Some(Duration::from_secs(5)));
         (DevlinkSocket { sock, family: 0x15 }, kernel)
     }
 

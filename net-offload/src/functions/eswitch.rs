@@ -121,6 +121,26 @@ pub struct DevlinkPort {
 }
 
 impl DevlinkPort {
+    /// Port `index` of `dev` with every optional attribute absent: what
+    /// [`decode_port`] fills in from a message, and what tests build on.
+    pub fn new(dev: DevlinkDev, index: u32) -> DevlinkPort {
+        DevlinkPort {
+            dev,
+            index,
+            flavour: None,
+            port_type: None,
+            number: None,
+            controller: None,
+            pfnum: None,
+            vfnum: None,
+            sfnum: None,
+            external: None,
+            splittable: None,
+            ifindex: None,
+            netdev: None,
+        }
+    }
+
     /// `bus/name/index`, as devlink(8) names a port.
     pub fn handle(&self) -> String {
         format!("{}/{}/{}", self.dev.bus, self.dev.name, self.index)
@@ -141,24 +161,13 @@ fn field<T>(
 /// naming it.
 pub fn decode_port(attrs: &[u8]) -> Result<DevlinkPort, FunctionsError> {
     let (mut bus, mut name, mut index) = (None, None, None);
-    let mut p = DevlinkPort {
-        dev: DevlinkDev {
+    let mut p = DevlinkPort::new(
+        DevlinkDev {
             bus: String::new(),
             name: String::new(),
         },
-        index: 0,
-        flavour: None,
-        port_type: None,
-        number: None,
-        controller: None,
-        pfnum: None,
-        vfnum: None,
-        sfnum: None,
-        external: None,
-        splittable: None,
-        ifindex: None,
-        netdev: None,
-    };
+        0,
+    );
     for (ty, v) in nla::attrs(attrs) {
         match ty {
             attr::BUS_NAME => bus = Some(nla::string(v)),

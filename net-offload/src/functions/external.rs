@@ -12,9 +12,8 @@
 //! (a port whose representor is absent gets no ofport and stays Pending).
 
 use super::{
-    Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, ObservedFunction, Slot, UnsupportedReason, foreign_action, naming,
-    no_sub_functions,
+    Applied, ExecuteFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType, Slot,
+    UnsupportedReason, foreign_action, naming, no_sub_functions,
 };
 
 /// Names representors; changes nothing.
@@ -48,11 +47,6 @@ impl FunctionBackend for ExternalBackend {
         "external"
     }
 
-    fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>> {
-        // Nothing is made here, so nothing can be orphaned.
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
     fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
         if d.type_ != FunctionType::Net {
             return vec![FunctionAction::Unsupported {
@@ -77,10 +71,7 @@ impl FunctionBackend for ExternalBackend {
         }]
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a FunctionAction,
-    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
+    fn execute<'a>(&'a self, action: &'a FunctionAction) -> ExecuteFuture<'a> {
         Box::pin(async move {
             match action {
                 FunctionAction::NameRepresentor { representor, .. } => Ok(Some(Applied::Ready {

@@ -39,6 +39,9 @@ use std::pin::Pin;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What [`FunctionBackend::execute`] returns, one signature for every backend.
+pub type ExecuteFuture<'a> = BoxFuture<'a, Result<Option<Applied>, FunctionsError>>;
+
 /// The kind of virtual hardware (`spec.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FunctionType {
@@ -267,8 +270,13 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
     /// `veth` or `sriov`, for status and `/readyz`.
     fn name(&self) -> &'static str;
 
-    /// Everything this backend made that exists now.
-    fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>>;
+    /// Everything this backend made that exists now. By default nothing:
+    /// for backends that make nothing they could find again (the external
+    /// backend makes nothing; SR-IOV VFs carry no owner tag, the controller
+    /// knows which it assigned).
+    fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     /// What applying `desired` takes, in order; pure. The last action ends
     /// the apply with its [`Applied`].
@@ -281,10 +289,7 @@ pub trait FunctionBackend: Send + Sync + fmt::Debug + 'static {
     /// Executes one action of this backend's plans: `Some` ends an apply
     /// with its result. An action of another backend is an error (so are
     /// `Unsupported` and `Nothing`, which [`plan::run`] handles itself).
-    fn execute<'a>(
-        &'a self,
-        action: &'a FunctionAction,
-    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>>;
+    fn execute<'a>(&'a self, action: &'a FunctionAction) -> ExecuteFuture<'a>;
 
     /// Whether the backend plays the tenant (the veth simulator configures
     /// the workload's side from the attached port), so a change of the

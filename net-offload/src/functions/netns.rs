@@ -8,7 +8,7 @@
 //! Work inside a namespace runs on a fresh OS thread that `setns()`s into
 //! it and is never reused, so no other task ever runs in the wrong namespace.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -58,46 +58,34 @@ pub fn list() -> io::Result<Vec<String>> {
 fn prepare_run_dir() -> io::Result<()> {
     std::fs::create_dir_all(NETNS_RUN_DIR)?;
     let dir = cstring(Path::new(NETNS_RUN_DIR))?;
-    let none = c"none";
-    let empty = c"";
-    // SAFETY: plain mount(2) calls with valid C strings and null data.
-    unsafe {
-        if libc::mount(
-            empty.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        ) == 0
-        {
-            return Ok(());
-        }
-        if io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(io::Error::last_os_error());
-        }
+    match mount(c"", &dir, libc::MS_SHARED | libc::MS_REC) {
+        Ok(()) => return Ok(()),
         // Not a mount point yet: bind it onto itself, then share it.
-        if libc::mount(
-            dir.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::mount(
-            empty.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) => return Err(e),
     }
-    Ok(())
+    mount(&dir, &dir, libc::MS_BIND | libc::MS_REC)?;
+    mount(c"", &dir, libc::MS_SHARED | libc::MS_REC)
+}
+
+/// mount(2) with `flags` and neither fstype nor data: the bind and
+/// propagation mounts that namespaces take.
+fn mount(source: &CStr, target: &CStr, flags: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: valid C strings; these mounts take no fstype or data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            c"none".as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Creates namespace `name`; an existing one is left as it is.
@@ -123,20 +111,7 @@ pub fn create(name: &str) -> io::Result<()> {
         let tid = unsafe { libc::gettid() };
         let source = CString::new(format!("/proc/self/task/{tid}/ns/net"))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: valid C strings; a bind mount takes no fstype or data.
-        let rc = unsafe {
-            libc::mount(
-                source.as_ptr(),
-                target_c.as_ptr(),
-                c"none".as_ptr(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        mount(&source, &target_c, libc::MS_BIND)
     })
     .join()
     .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")));

@@ -24,8 +24,8 @@ use netlink_packet_route::link::{
 
 use super::rtnl::{Rtnl, SET_FLAGS};
 use super::{
-    Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, Mac, ObservedFunction, Slot, foreign_action, naming, no_sub_functions,
+    Applied, ExecuteFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
+    FunctionsError, Mac, Slot, foreign_action, naming, no_sub_functions,
 };
 
 /// The legacy settings of one VF.
@@ -253,11 +253,6 @@ impl FunctionBackend for SriovBackend {
         "sriov"
     }
 
-    fn observe(&self) -> BoxFuture<'_, Result<Vec<ObservedFunction>, FunctionsError>> {
-        // VFs carry no owner tag; the controller knows which it assigned.
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
     fn plan_apply(&self, d: &FunctionDesired) -> Vec<FunctionAction> {
         if d.type_ != FunctionType::Net {
             return vec![FunctionAction::no_storage_emulation()];
@@ -292,10 +287,7 @@ impl FunctionBackend for SriovBackend {
         }
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a FunctionAction,
-    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
+    fn execute<'a>(&'a self, action: &'a FunctionAction) -> ExecuteFuture<'a> {
         Box::pin(async move {
             match action {
                 FunctionAction::SetVf { pf_netdev, config } => {

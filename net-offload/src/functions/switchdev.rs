@@ -41,8 +41,9 @@
 use super::devlink::{DevlinkRequest, DevlinkSocket, EswitchMode};
 use super::eswitch::{DevlinkPort, Eswitch, EswitchDevice, EswitchPf};
 use super::{
-    Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, Mac, ObservedFunction, Slot, UnsupportedReason, foreign_action, naming, sriov,
+    Applied, BoxFuture, ExecuteFuture, FunctionAction, FunctionBackend, FunctionDesired,
+    FunctionType, FunctionsError, Mac, ObservedFunction, Slot, UnsupportedReason, foreign_action,
+    naming, sriov,
 };
 
 /// One setting of a VF's eswitch port.
@@ -471,10 +472,7 @@ impl FunctionBackend for SwitchdevBackend {
         }
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a FunctionAction,
-    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
+    fn execute<'a>(&'a self, action: &'a FunctionAction) -> ExecuteFuture<'a> {
         Box::pin(async move {
             match action {
                 FunctionAction::EswitchPort { pf, slot, setting } => {
@@ -499,19 +497,11 @@ mod tests {
 
     fn port(dev: &str, index: u32, flavour: PortFlavour, netdev: &str) -> DevlinkPort {
         DevlinkPort {
-            dev: dev.parse::<DevlinkDev>().unwrap(),
-            index,
             flavour: Some(flavour),
             port_type: Some(2),
-            number: None,
-            controller: None,
-            pfnum: None,
-            vfnum: None,
-            sfnum: None,
-            external: None,
             splittable: Some(false),
-            ifindex: None,
             netdev: Some(netdev.into()),
+            ..DevlinkPort::new(dev.parse::<DevlinkDev>().unwrap(), index)
         }
     }
 

@@ -22,9 +22,9 @@ use std::net::IpAddr;
 
 use super::rtnl::{Rtnl, address_of, link_change, link_up, veth_pair};
 use super::{
-    Applied, BoxFuture, FunctionAction, FunctionBackend, FunctionDesired, FunctionType,
-    FunctionsError, Mac, ObservedFunction, Slot, TenantAddressing, UnsupportedReason, VethPair,
-    foreign_action, naming, netns,
+    Applied, BoxFuture, ExecuteFuture, FunctionAction, FunctionBackend, FunctionDesired,
+    FunctionType, FunctionsError, Mac, ObservedFunction, Slot, TenantAddressing, UnsupportedReason,
+    VethPair, foreign_action, naming, netns,
 };
 
 pub use super::plan::TENANT_IFNAME;
@@ -400,10 +400,7 @@ impl FunctionBackend for VethBackend {
         ]
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a FunctionAction,
-    ) -> BoxFuture<'a, Result<Option<Applied>, FunctionsError>> {
+    fn execute<'a>(&'a self, action: &'a FunctionAction) -> ExecuteFuture<'a> {
         Box::pin(async move {
             match action {
                 FunctionAction::NetnsAdd { name } => netns_add(name).await.map(|()| None),

@@ -167,6 +167,14 @@ impl Drop for OpenFlowClient {
     }
 }
 
+/// The error of a failed connect to `endpoint` (a `map_err` argument).
+fn connect_error(endpoint: &str) -> impl Fn(io::Error) -> OpenFlowError + '_ {
+    move |source| OpenFlowError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    }
+}
+
 impl OpenFlowClient {
     /// Connects to a unix socket, e.g. `/var/run/openvswitch/br-int.mgmt`, and
     /// negotiates the version.
@@ -174,10 +182,7 @@ impl OpenFlowClient {
         let endpoint = format!("unix:{}", path.as_ref().display());
         let stream = tokio::net::UnixStream::connect(path.as_ref())
             .await
-            .map_err(|source| OpenFlowError::Connect {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
+            .map_err(connect_error(&endpoint))?;
         let (rd, wr) = stream.into_split();
         Self::handshake(endpoint, Box::new(rd), Box::new(wr)).await
     }
@@ -187,16 +192,8 @@ impl OpenFlowClient {
         let endpoint = format!("tcp:{addr}");
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|source| OpenFlowError::Connect {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
-        stream
-            .set_nodelay(true)
-            .map_err(|source| OpenFlowError::Connect {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
+            .map_err(connect_error(&endpoint))?;
+        stream.set_nodelay(true).map_err(connect_error(&endpoint))?;
         let (rd, wr) = stream.into_split();
         Self::handshake(endpoint, Box::new(rd), Box::new(wr)).await
     }

@@ -39,6 +39,17 @@ pub struct Flow {
     pub instructions: Instructions,
 }
 
+impl Flow {
+    /// Reads the match and the instructions, which end a FLOW_MOD and a
+    /// flow-stats entry alike (the decoders read the other fields where
+    /// their layouts put them).
+    pub(crate) fn decode_rules(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        self.matches = Match::decode(r)?;
+        self.instructions = Instructions::decode(r.rest())?;
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FlowModCommand {
     Add,
@@ -169,31 +180,25 @@ impl FlowMod {
 
     pub(crate) fn decode_body(version: Version, body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body, "flow_mod");
-        let cookie = r.u64()?;
+        let mut flow = Flow {
+            cookie: r.u64()?,
+            ..Flow::default()
+        };
         let cookie_mask = r.u64()?;
-        let table = r.u8()?;
+        flow.table = r.u8()?;
         let command = FlowModCommand::from_wire(r.u8()?)?;
-        let idle_timeout = r.u16()?;
-        let hard_timeout = r.u16()?;
-        let priority = r.u16()?;
+        flow.idle_timeout = r.u16()?;
+        flow.hard_timeout = r.u16()?;
+        flow.priority = r.u16()?;
         let buffer_id = r.u32()?;
         let out_port = r.u32()?;
         let out_group = r.u32()?;
         let flags = r.u16()?;
         let importance = version.importance(r.u16()?);
-        let matches = Match::decode(&mut r)?;
-        let instructions = Instructions::decode(r.rest())?;
+        flow.decode_rules(&mut r)?;
         Ok(FlowMod {
             command,
-            flow: Flow {
-                table,
-                priority,
-                cookie,
-                idle_timeout,
-                hard_timeout,
-                matches,
-                instructions,
-            },
+            flow,
             cookie_mask,
             buffer_id,
             out_port,

@@ -10,7 +10,6 @@ use super::action::port;
 use super::error::{DecodeError, EncodeError};
 use super::flow_mod::{Flow, GROUP_ANY, TABLE_ALL};
 use super::header::{Reader, Version};
-use super::instruction::Instructions;
 use super::oxm::Match;
 
 pub(crate) const OFPMP_FLOW: u16 = 1;
@@ -173,31 +172,25 @@ impl FlowEntry {
         }
         let mut e = Reader::new(r.bytes(length)?, "flow stats");
         e.skip(2)?;
-        let table = e.u8()?;
+        let mut flow = Flow {
+            table: e.u8()?,
+            ..Flow::default()
+        };
         e.skip(1)?;
         let duration_sec = e.u32()?;
         let duration_nsec = e.u32()?;
-        let priority = e.u16()?;
-        let idle_timeout = e.u16()?;
-        let hard_timeout = e.u16()?;
+        flow.priority = e.u16()?;
+        flow.idle_timeout = e.u16()?;
+        flow.hard_timeout = e.u16()?;
         let flags = e.u16()?;
         let importance = version.importance(e.u16()?);
         e.skip(2)?;
-        let cookie = e.u64()?;
+        flow.cookie = e.u64()?;
         let packet_count = e.u64()?;
         let byte_count = e.u64()?;
-        let matches = Match::decode(&mut e)?;
-        let instructions = Instructions::decode(e.rest())?;
+        flow.decode_rules(&mut e)?;
         Ok(FlowEntry {
-            flow: Flow {
-                table,
-                priority,
-                cookie,
-                idle_timeout,
-                hard_timeout,
-                matches,
-                instructions,
-            },
+            flow,
             duration_sec,
             duration_nsec,
             flags,

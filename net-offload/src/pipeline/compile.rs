@@ -385,30 +385,28 @@ pub fn compile_segment(
         );
 
         // Anti-spoofing: only its MAC and IPs, only ARP that tells the truth.
+        let from_port = Match::new()
+            .with(Field::InPort, of)
+            .with(Field::EthSrc, pmac);
         for a in &p.ips {
-            b.add(
-                &owner,
-                table::ANTI_SPOOF,
-                100,
-                Match::new()
-                    .with(Field::InPort, of)
-                    .with(Field::EthSrc, pmac)
-                    .with(Field::EthType, ETH_IP)
-                    .with(Field::Ipv4Src, ip4(*a)),
-                goto(table::ARP_RESPONDER),
-            );
-            b.add(
-                &owner,
-                table::ANTI_SPOOF,
-                100,
-                Match::new()
-                    .with(Field::InPort, of)
-                    .with(Field::EthSrc, pmac)
-                    .with(Field::EthType, ETH_ARP)
-                    .with(Field::ArpSpa, ip4(*a))
-                    .with(Field::ArpSha, pmac),
-                goto(table::ARP_RESPONDER),
-            );
+            let ip = from_port
+                .clone()
+                .with(Field::EthType, ETH_IP)
+                .with(Field::Ipv4Src, ip4(*a));
+            let arp = from_port
+                .clone()
+                .with(Field::EthType, ETH_ARP)
+                .with(Field::ArpSpa, ip4(*a))
+                .with(Field::ArpSha, pmac);
+            for m in [ip, arp] {
+                b.add(
+                    &owner,
+                    table::ANTI_SPOOF,
+                    100,
+                    m,
+                    goto(table::ARP_RESPONDER),
+                );
+            }
         }
 
         // Egress rules (source zone), committed on the way out.
@@ -423,13 +421,11 @@ pub fn compile_segment(
         EGRESS.add_rules(&mut b, &owner, of, &egress_rules);
 
         // L2: this port's MAC in its network.
-        b.add(
+        l2_forward(
+            &mut b,
             &owner,
-            table::L2_FORWARD,
-            100,
-            Match::new()
-                .with(Field::Metadata, vni)
-                .with(Field::EthDst, pmac),
+            vni,
+            pmac,
             apply_goto(
                 vec![Action::set_field(Field::Reg(REG_DST_PORT), of)],
                 table::INGRESS_CT,
@@ -488,13 +484,11 @@ pub fn compile_segment(
                 goto(table::L2_FORWARD),
             );
         }
-        b.add(
+        l2_forward(
+            &mut b,
             &owner,
-            table::L2_FORWARD,
-            100,
-            Match::new()
-                .with(Field::Metadata, vni)
-                .with(Field::EthDst, emac),
+            vni,
+            emac,
             Instructions::apply(vec![
                 Action::set_field(Field::TunnelId, vni),
                 Action::set_field(Field::TunIpv4Dst, ip4(e.vtep)),
@@ -611,6 +605,20 @@ impl SecurityDirection {
             }
         }
     }
+}
+
+/// L2 forwarding: what `ins` does with frames to `mac` in network `vni`
+/// (a local port's or a remote endpoint's MAC).
+fn l2_forward(b: &mut Builder, owner: &Owner, vni: u64, mac: u64, ins: Instructions) {
+    b.add(
+        owner,
+        table::L2_FORWARD,
+        100,
+        Match::new()
+            .with(Field::Metadata, vni)
+            .with(Field::EthDst, mac),
+        ins,
+    );
 }
 
 fn arp_responder(b: &mut Builder, owner: &Owner, vni: u64, hw: u64, ip: Ipv4Addr) {

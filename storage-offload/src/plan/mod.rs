@@ -21,7 +21,7 @@
 //! refusals); the SPDK planners are in `spdk`, the kernel (nvmet) planner
 //! in `nvmet`, and their public items are re-exported here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -215,6 +215,19 @@ fn host_nqn_refusal(d: &DesiredVolume) -> Option<Refusal> {
             "spec.source.nvmeof.hostnqn {h:?} is in the agent's derived namespace \
              {NQN_PREFIX:?} and is not this volume's own ({own}); omit it to connect as {own}"
         ),
+    })
+}
+
+/// The observed subsystems whose NQN names a volume (the agent made them)
+/// that is not `wanted`, each with that volume's key: the orphan subsystems
+/// both planners remove.
+fn orphan_subsystems<'a, S>(
+    subsystems: &'a BTreeMap<String, S>,
+    wanted: &'a BTreeSet<&VolumeKey>,
+) -> impl Iterator<Item = (&'a String, &'a S, VolumeKey)> {
+    subsystems.iter().filter_map(|(nqn, sub)| {
+        let key = VolumeKey::from_subsystem_nqn(nqn)?;
+        (!wanted.contains(&key)).then_some((nqn, sub, key))
     })
 }
 

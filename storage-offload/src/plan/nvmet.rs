@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use dpu_api::spec::VolumeSource;
 
 use super::{
-    Action, Op, Out, Owner, Phase, Refusal, RefusalReason, host_nqn_refusal, sorted, trtype,
+    Action, Op, Out, Owner, Phase, Refusal, RefusalReason, host_nqn_refusal, orphan_subsystems,
+    sorted, trtype,
 };
 use crate::model::{BackendKind, DesiredVolume, NQN_PREFIX, Qos, VolumeKey, initiator_host_id};
 use crate::nvmet::configfs::{self, ConfigfsOp, DeviceRef, NvmetObserved, PortConfig};
@@ -419,13 +420,7 @@ pub fn plan_nvmet(
     let slots = volume_slots(&desired, observed, cfg);
 
     // Orphan subsystems: unlink from ports, remove namespaces and host links.
-    for (nqn, sub) in &observed.subsystems {
-        let Some(key) = VolumeKey::from_subsystem_nqn(nqn) else {
-            continue;
-        };
-        if wanted.contains(&key) {
-            continue;
-        }
+    for (nqn, sub, key) in orphan_subsystems(&observed.subsystems, &wanted) {
         let owner = Owner::Orphan(key);
         for (id, p) in &observed.ports {
             if p.subsystems.contains(nqn) {

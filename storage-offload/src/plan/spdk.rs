@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use dpu_api::spec::{FunctionType, VolumeSource};
 
-use super::{Action, Out, Owner, Phase, Refusal, host_nqn_refusal, sorted, trtype};
+use super::{
+    Action, Out, Owner, Phase, Refusal, host_nqn_refusal, orphan_subsystems, sorted, trtype,
+};
 use crate::model::{BackendKind, DesiredVolume, Qos, SpdkObserved, VolumeKey};
 use crate::spdk::methods::{self as m, ListenAddress, QosLimits};
 use crate::spdk::snap;
@@ -122,13 +124,7 @@ pub fn plan_spdk(
             );
         }
     }
-    for (nqn, sub) in &observed.subsystems {
-        let Some(key) = VolumeKey::from_subsystem_nqn(nqn) else {
-            continue;
-        };
-        if wanted.contains(&key) {
-            continue;
-        }
+    for (nqn, sub, key) in orphan_subsystems(&observed.subsystems, &wanted) {
         let owner = Owner::Orphan(key);
         if snap {
             for nsid in sub.namespaces.keys() {

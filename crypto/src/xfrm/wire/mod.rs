@@ -26,22 +26,14 @@ mod fixtures {
     pub(super) const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
     pub(super) fn iproute_policy() -> Policy {
-        Policy {
-            sel: Selector::v4(
+        Policy::new(
+            Selector::v4(
                 "10.1.0.0/16".parse().unwrap(),
                 "10.2.0.0/16".parse().unwrap(),
             ),
-            priority: 0,
-            index: 0,
-            dir: Dir::Out,
-            action: 0,
-            flags: 0,
-            share: 0,
-            tmpls: vec![Tmpl::esp_v4(A, B, 0x0d50_0001, XFRM_MODE_TUNNEL)],
-            mark: None,
-            if_id: None,
-            offload: None,
-        }
+            Dir::Out,
+            vec![Tmpl::esp_v4(A, B, 0x0d50_0001, XFRM_MODE_TUNNEL)],
+        )
     }
 
     pub(super) fn iproute_sa() -> Sa {

@@ -353,6 +353,24 @@ pub struct PolicyId {
 }
 
 impl Policy {
+    /// A policy applying `tmpls` to `sel` in direction `dir`: priority 0,
+    /// index 0 (the kernel picks it), action allow, no flags, no attributes.
+    pub fn new(sel: Selector, dir: Dir, tmpls: Vec<Tmpl>) -> Policy {
+        Policy {
+            sel,
+            priority: 0,
+            index: 0,
+            dir,
+            action: 0,
+            flags: 0,
+            share: 0,
+            tmpls,
+            mark: None,
+            if_id: None,
+            offload: None,
+        }
+    }
+
     pub fn id(&self) -> PolicyId {
         PolicyId {
             sel: self.sel,
