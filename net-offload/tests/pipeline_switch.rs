@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use net_offload::openflow::{Flow, text::parse_dump_flows};
 use net_offload::pipeline::{
-    DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, QosDesc, RuleDesc, RuleProtocol,
-    SecurityDesc, is_agent_cookie,
+    DesiredNetworking, Encap, EndpointDesc, NetworkDesc, Owner, OwnerKind, PortDesc, QosDesc,
+    RuleDesc, RuleProtocol, SecurityDesc, is_agent_cookie,
 };
 use net_offload::sandbox::Daemon;
 use net_offload::switch::{Pass, Phase, SwitchConfig, SwitchHandle, SwitchInput, SwitchReport};
@@ -368,8 +368,15 @@ async fn plan_is_what_the_pass_executes() {
     }
 
     handle.set_input(input(1));
+    // Converged in full: the endpoint's flows need the tunnel port's
+    // ofport, which may come a pass after the ports' (a plan made before
+    // would lack them, and the next pass would add them).
+    let far = Owner::new(OwnerKind::Endpoint, "far");
     let r = wait_report(&handle, Duration::from_secs(10), "v1", |r| {
-        r.version == 1 && r.programmed && r.ports.values().all(|p| p.flows > 0)
+        r.version == 1
+            && r.programmed
+            && r.ports.values().all(|p| p.flows > 0)
+            && r.flows.get(&far).is_some_and(|n| *n > 0)
     })
     .await;
     let ofport = r.ports["web"].ofport.expect("web has an ofport");
