@@ -155,7 +155,8 @@ pub enum Phase {
     /// changed networks' flows when the switch is believed).
     Diff,
     /// The bridge's ports and interfaces read (and parsed) from the OVSDB
-    /// replica (skipped when no update was applied since the last read).
+    /// replica (skipped when no update was applied since the last read;
+    /// only the rows changed since, when the replica can tell).
     Replica,
     /// OVSDB transactions (bridge, `hw-offload`, ports), sent to answered.
     Ovsdb,
