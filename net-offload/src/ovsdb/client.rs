@@ -733,6 +733,8 @@ async fn setup(
             // The server sent only what changed since our last transaction.
             replica.apply(updates, &spec, &schema);
         } else {
+            // A new replica instance: readers' cursors of the old one get
+            // "cannot tell" from `changed_since` and read everything.
             let mut fresh = Replica::default();
             fresh.apply(updates, &spec, &schema);
             *replica = fresh;

@@ -26,7 +26,7 @@ pub mod vswitch;
 
 pub use atom::{Atom, Datum, DatumError, Uuid};
 pub use client::{ClientConfig, Endpoint, OvsdbClient, OvsdbError, Session};
-pub use monitor::{MonitorError, MonitorSpec, Replica, RowUpdateError};
+pub use monitor::{ChangedRows, MonitorError, MonitorSpec, Replica, ReplicaCursor, RowUpdateError};
 pub use rows::{
     BridgeRow, InterfaceRow, OWNER_KEY, OpenVswitchRow, PortRow, RowError, owner_external_ids,
     owner_of, owner_value,

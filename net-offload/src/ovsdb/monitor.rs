@@ -11,7 +11,8 @@
 //!
 //! Limits: conditions are always `true` (whole tables); one monitor per client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value, json};
 
@@ -213,13 +214,160 @@ pub fn decode_since_reply(
     }
 }
 
-/// The in-memory copy of the monitored tables.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// How many row changes a [`Replica`] remembers for
+/// [`Replica::changed_since`]; older ones are forgotten (a reader that far
+/// behind reads everything again).
+pub const CHANGE_LOG_MAX: usize = 4096;
+
+/// Where a [`Replica`]'s changes stood when it was read: handed back to
+/// [`Replica::changed_since`], it asks which rows changed after. It names the
+/// replica instance too, so a cursor of a replica that was replaced (a
+/// resync after a reconnect) is never taken for one of its successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaCursor {
+    replica: u64,
+    seq: u64,
+}
+
+/// The rows changed since a [`ReplicaCursor`], per table: inserted,
+/// modified or deleted (the replica's current rows tell which: a row it no
+/// longer has was deleted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangedRows {
+    tables: BTreeMap<String, BTreeSet<Uuid>>,
+}
+
+/// The empty set [`ChangedRows::table`] answers for a table without changes.
+static NO_ROWS: BTreeSet<Uuid> = BTreeSet::new();
+
+impl ChangedRows {
+    /// The uuids of `table`'s changed rows.
+    pub fn table(&self, table: &str) -> &BTreeSet<Uuid> {
+        self.tables.get(table).unwrap_or(&NO_ROWS)
+    }
+
+    /// How many rows changed, over all tables.
+    pub fn len(&self) -> usize {
+        self.tables.values().map(BTreeSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
+/// Source of replica instance ids (see [`ReplicaCursor`]).
+static NEXT_REPLICA: AtomicU64 = AtomicU64::new(1);
+
+/// The bounded log of a [`Replica`]'s row changes: one sequence number per
+/// [`Replica::apply`], each changed row logged with it.
+struct ChangeLog {
+    /// This replica instance (a clone or a fresh replica gets a new one).
+    replica: u64,
+    /// The sequence number of the last apply.
+    seq: u64,
+    /// Changes of sequence numbers up to this one may have been dropped.
+    floor: u64,
+    /// At most `max` entries, oldest first.
+    entries: VecDeque<(u64, String, Uuid)>,
+    max: usize,
+}
+
+impl Default for ChangeLog {
+    fn default() -> Self {
+        ChangeLog {
+            replica: NEXT_REPLICA.fetch_add(1, Ordering::Relaxed),
+            seq: 0,
+            floor: 0,
+            entries: VecDeque::new(),
+            max: CHANGE_LOG_MAX,
+        }
+    }
+}
+
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog")
+            .field("replica", &self.replica)
+            .field("seq", &self.seq)
+            .field("floor", &self.floor)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl ChangeLog {
+    fn push(&mut self, table: String, uuid: Uuid) {
+        self.entries.push_back((self.seq, table, uuid));
+        while self.entries.len() > self.max {
+            if let Some((seq, _, _)) = self.entries.pop_front() {
+                self.floor = self.floor.max(seq);
+            }
+        }
+    }
+}
+
+/// The in-memory copy of the monitored tables, with a bounded log of which
+/// rows changed ([`Replica::cursor`], [`Replica::changed_since`]).
+#[derive(Debug, Default)]
 pub struct Replica {
     tables: BTreeMap<String, BTreeMap<Uuid, Row>>,
+    changes: ChangeLog,
+}
+
+/// A clone is a new replica instance: cursors of the original do not apply
+/// to it (each may change on its own from here).
+impl Clone for Replica {
+    fn clone(&self) -> Self {
+        Replica {
+            tables: self.tables.clone(),
+            changes: ChangeLog::default(),
+        }
+    }
+}
+
+/// Replicas are equal when they hold the same rows.
+impl PartialEq for Replica {
+    fn eq(&self, other: &Self) -> bool {
+        self.tables == other.tables
+    }
 }
 
 impl Replica {
+    /// Where the replica's changes stand now.
+    pub fn cursor(&self) -> ReplicaCursor {
+        ReplicaCursor {
+            replica: self.changes.replica,
+            seq: self.changes.seq,
+        }
+    }
+
+    /// The rows changed since `cursor` was taken, or `None` when the replica
+    /// cannot tell: the cursor is of another replica instance (this one
+    /// replaced it in a resync), or the changes since were more than
+    /// [`CHANGE_LOG_MAX`]. `None` means "anything may have changed".
+    pub fn changed_since(&self, cursor: ReplicaCursor) -> Option<ChangedRows> {
+        let log = &self.changes;
+        if cursor.replica != log.replica || cursor.seq < log.floor || cursor.seq > log.seq {
+            return None;
+        }
+        let mut changed = ChangedRows::default();
+        for (_, table, uuid) in log.entries.iter().rev().take_while(|e| e.0 > cursor.seq) {
+            changed
+                .tables
+                .entry(table.clone())
+                .or_default()
+                .insert(*uuid);
+        }
+        Some(changed)
+    }
+
+    /// Keeps at most `max` row changes (tests make it overflow).
+    #[cfg(test)]
+    pub(crate) fn limit_change_log(&mut self, max: usize) {
+        self.changes.max = max;
+    }
+
     /// The rows of `table` (empty if not monitored or no rows).
     pub fn table(&self, table: &str) -> impl Iterator<Item = (&Uuid, &Row)> {
         self.tables.get(table).into_iter().flat_map(|t| t.iter())
@@ -239,7 +387,9 @@ impl Replica {
 
     /// Applies decoded updates. Rows are stored with every monitored column,
     /// omitted ones at their default value.
+    /// Every row updated is logged as changed under a new sequence number.
     pub fn apply(&mut self, updates: TableUpdates, spec: &MonitorSpec, schema: &DatabaseSchema) {
+        self.changes.seq += 1;
         for (table, uuid, update) in updates.updates {
             let rows = self.tables.entry(table.clone()).or_default();
             match update {
@@ -292,6 +442,7 @@ impl Replica {
                     }
                 }
             }
+            self.changes.push(table, uuid);
         }
     }
 }
@@ -363,6 +514,57 @@ mod tests {
 
         apply(&mut replica, json!({"Port": {U: {"delete": null}}}));
         assert_eq!(replica.len("Port"), 0);
+    }
+
+    /// The change log: rows changed since a cursor, and "cannot tell" for a
+    /// cursor of another instance or one older than the log keeps.
+    #[test]
+    fn change_log_tells_rows_changed_since_a_cursor() {
+        const V: &str = "11111111-2222-3333-4444-666666666666";
+        let (u, v): (Uuid, Uuid) = (U.parse().unwrap(), V.parse().unwrap());
+        let mut replica = Replica::default();
+        let start = replica.cursor();
+        assert_eq!(replica.changed_since(start), Some(ChangedRows::default()));
+        apply(
+            &mut replica,
+            json!({"Port": {U: {"insert": {"name": "p1"}}, V: {"insert": {"name": "p2"}}}}),
+        );
+        let inserted = replica.cursor();
+        apply(&mut replica, json!({"Port": {U: {"modify": {"tag": 3}}}}));
+        apply(&mut replica, json!({"Port": {V: {"delete": null}}}));
+        let since_start = replica.changed_since(start).unwrap();
+        assert_eq!(since_start.table("Port"), &BTreeSet::from([u, v]));
+        assert_eq!(since_start.len(), 2);
+        assert!(since_start.table("Interface").is_empty());
+        assert_eq!(
+            replica.changed_since(inserted).unwrap().table("Port"),
+            &BTreeSet::from([u, v])
+        );
+        assert!(replica.changed_since(replica.cursor()).unwrap().is_empty());
+
+        // A clone (as a fresh replica after a resync) is another instance.
+        let copy = replica.clone();
+        assert_eq!(copy, replica);
+        assert_eq!(copy.changed_since(replica.cursor()), None);
+        assert_eq!(Replica::default().changed_since(start), None);
+
+        // Past the bound, older cursors get "cannot tell".
+        replica.limit_change_log(2);
+        let recent = replica.cursor();
+        for tag in 0..3 {
+            apply(&mut replica, json!({"Port": {U: {"modify": {"tag": tag}}}}));
+        }
+        assert_eq!(replica.changed_since(start), None);
+        assert_eq!(replica.changed_since(recent), None);
+        let last = replica.cursor();
+        apply(
+            &mut replica,
+            json!({"Port": {V: {"insert": {"name": "p3"}}}}),
+        );
+        assert_eq!(
+            replica.changed_since(last).unwrap().table("Port"),
+            &BTreeSet::from([v])
+        );
     }
 
     #[test]

@@ -20,8 +20,9 @@
 //! turn it into status. See README.md, "Reconcile".
 
 pub mod plan;
+mod ports;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,17 +33,18 @@ use crate::openflow::{
     ErrorType, Flow, FlowStatsRequest, MeterCommand, MeterMod, OpenFlowClient, OpenFlowError,
 };
 use crate::ovsdb::{
-    ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, OvsdbError, PortRow, RowError,
-    Transaction, VswitchError, vswitch_monitor,
+    ClientConfig, Datum, Endpoint, Mutation, OvsdbClient, OvsdbError, RowError, Transaction,
+    VswitchError, vswitch_monitor,
 };
 use crate::pipeline::{
     self, Changes, CompiledPipeline, DesiredNetworking, FlowPlan, IncrementalPipeline, Owner,
     OwnerKind,
 };
 use plan::{
-    BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, desired_ports, ofports,
+    BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, desired_ports,
     plan_bridge, plan_meters, plan_ports, resolve_ofports,
 };
+use ports::BridgePorts;
 
 /// `OFPMMFC_METER_EXISTS`.
 const METER_EXISTS: u16 = 1;
@@ -153,7 +155,8 @@ pub enum Phase {
     /// changed networks' flows when the switch is believed).
     Diff,
     /// The bridge's ports and interfaces read (and parsed) from the OVSDB
-    /// replica (skipped when no update was applied since the last read).
+    /// replica (skipped when no update was applied since the last read;
+    /// only the rows changed since, when the replica can tell).
     Replica,
     /// OVSDB transactions (bridge, `hw-offload`, ports), sent to answered.
     Ovsdb,
@@ -267,8 +270,8 @@ struct Observed {
     /// The switch holds exactly `pipeline`'s flows (the last pass
     /// installed them over this OpenFlow connection).
     installed: bool,
-    ports: Vec<PortRow>,
-    ofports: BTreeMap<String, u32>,
+    /// The bridge's ports and ofports as last read from the OVSDB replica.
+    ports: BridgePorts,
     /// Meters installed over the current OpenFlow connection.
     meters: BTreeMap<u32, MeterMod>,
 }
@@ -419,8 +422,12 @@ fn bridge_plan(ovsdb: &OvsdbClient, config: &SwitchConfig) -> BridgePlan {
 
 fn plan_all(observed: &Observed, input: &SwitchInput) -> (PortPlan, CompiledPipeline) {
     let want_ports = desired_ports(&input.networking, &input.representors);
-    let ports = plan_ports(&want_ports, &observed.ports);
-    let resolved = resolve_ofports(&input.networking, &input.representors, &observed.ofports);
+    let ports = plan_ports(&want_ports, observed.ports.ports());
+    let resolved = resolve_ofports(
+        &input.networking,
+        &input.representors,
+        observed.ports.ofports(),
+    );
     (ports, pipeline::compile(&resolved))
 }
 
@@ -770,7 +777,7 @@ impl Reconciler {
             let observed = self.observed.lock().expect("observed lock");
             plan_ports(
                 &desired_ports(&input.networking, &input.representors),
-                &observed.ports,
+                observed.ports.ports(),
             )
         };
         if !port_plan.is_empty() {
@@ -780,7 +787,7 @@ impl Reconciler {
         if !self.awaiting_ofport.is_empty() {
             let observed = self.observed.lock().expect("observed lock");
             self.awaiting_ofport.retain(|name, added| {
-                !observed.ofports.contains_key(name) && added.elapsed() < OFPORT_WAIT_MAX
+                !observed.ports.ofports().contains_key(name) && added.elapsed() < OFPORT_WAIT_MAX
             });
         }
         self.connect_openflow().await?;
@@ -788,8 +795,11 @@ impl Reconciler {
         // whose inputs changed (timed as `compile`).
         let (changes, resolved) = {
             let mut observed = self.observed.lock().expect("observed lock");
-            let resolved =
-                resolve_ofports(&input.networking, &input.representors, &observed.ofports);
+            let resolved = resolve_ofports(
+                &input.networking,
+                &input.representors,
+                observed.ports.ofports(),
+            );
             let changes = observed.pipeline.update(&resolved);
             (changes, resolved)
         };
@@ -937,7 +947,9 @@ impl Reconciler {
     }
 
     /// Reads the bridge's ports and every interface's ofport from the
-    /// replica; true when they differ from what was observed before.
+    /// replica (only the rows changed since the last read, when the
+    /// replica can tell); true when they differ from what was observed
+    /// before.
     fn refresh_ports(&mut self) -> Result<bool, SwitchError> {
         let started = Instant::now();
         let r = self.refresh_ports_untimed();
@@ -954,34 +966,25 @@ impl Reconciler {
             return Ok(false);
         }
         let bridge = &self.config.bridge;
-        let (ports, ifaces) =
+        // Only the rows changed since the last read, when the replica can
+        // say which (under the observed lock: it is short).
+        let incremental = {
+            let mut observed = self.observed.lock().expect("observed lock");
             self.ovsdb
-                .read_replica(|r| -> Result<_, crate::ovsdb::RowError> {
-                    let Some(b) = r.bridge_by_name(bridge)? else {
-                        return Ok((Vec::new(), Vec::new()));
-                    };
-                    let ports: Vec<PortRow> = r
-                        .ports()?
-                        .into_iter()
-                        .filter(|p| b.ports.contains(&p.uuid))
-                        .collect();
-                    let iface_ids: BTreeSet<_> = ports
-                        .iter()
-                        .flat_map(|p| p.interfaces.iter().copied())
-                        .collect();
-                    let ifaces = r
-                        .interfaces()?
-                        .into_iter()
-                        .filter(|i| iface_ids.contains(&i.uuid))
-                        .collect::<Vec<_>>();
-                    Ok((ports, ifaces))
-                })?;
-        let mut observed = self.observed.lock().expect("observed lock");
-        let ofports = ofports(&ifaces);
-        let moved = observed.ofports != ofports || observed.ports != ports;
-        observed.ofports = ofports;
-        observed.ports = ports;
-        drop(observed);
+                .read_replica(|r| observed.ports.refresh(r, bridge))
+        };
+        let moved = match incremental {
+            Some(moved) => moved,
+            None => {
+                // Everything, outside the observed lock.
+                let read = self.ovsdb.read_replica(|r| BridgePorts::read(r, bridge))?;
+                self.observed
+                    .lock()
+                    .expect("observed lock")
+                    .ports
+                    .replace(read)
+            }
+        };
         self.replica_read = Some(version);
         Ok(moved)
     }

@@ -300,16 +300,25 @@ impl PortPlan {
 /// `port/` or `tunnel/`) not desired. A port of that name owned by someone
 /// else (an operator, or a test attaching a representor by hand) is used as
 /// it is, never replaced.
-pub fn plan_ports(desired: &[PortSpec], observed: &[PortRow]) -> PortPlan {
+/// `observed` is the bridge's ports in uuid order (a slice, or the
+/// reconciler's rows by uuid); removals are listed in that order.
+pub fn plan_ports<'a>(
+    desired: &[PortSpec],
+    observed: impl IntoIterator<Item = &'a PortRow> + Clone,
+) -> PortPlan {
     let wanted: BTreeSet<&str> = desired.iter().map(|p| p.name.as_str()).collect();
-    let present: BTreeSet<&str> = observed.iter().map(|p| p.name.as_str()).collect();
+    let present: BTreeSet<&str> = observed
+        .clone()
+        .into_iter()
+        .map(|p| p.name.as_str())
+        .collect();
     let add = desired
         .iter()
         .filter(|p| !present.contains(p.name.as_str()))
         .cloned()
         .collect();
     let remove = observed
-        .iter()
+        .into_iter()
         .filter(|p| !wanted.contains(p.name.as_str()))
         .filter(|p| {
             owner_of(&p.external_ids)
@@ -321,14 +330,21 @@ pub fn plan_ports(desired: &[PortSpec], observed: &[PortRow]) -> PortPlan {
 }
 
 /// `name → ofport` of the interfaces ovs-vswitchd opened (ofport > 0).
+/// Of several interfaces of one name, the last one's ofport is kept.
 pub fn ofports(interfaces: &[InterfaceRow]) -> BTreeMap<String, u32> {
     interfaces
         .iter()
-        .filter_map(|i| match i.ofport {
-            Some(n) if n > 0 && n < 0xff00 => Some((i.name.clone(), n as u32)),
-            _ => None,
-        })
+        .filter_map(|i| Some((i.name.clone(), opened_ofport(i)?)))
         .collect()
+}
+
+/// The interface's ofport when ovs-vswitchd opened it (a valid port
+/// number, not -1 and not a reserved one).
+pub fn opened_ofport(interface: &InterfaceRow) -> Option<u32> {
+    match interface.ofport {
+        Some(n) if n > 0 && n < 0xff00 => Some(n as u32),
+        _ => None,
+    }
 }
 
 /// Fills in the ofports of ports (from their representors) and tunnels.
