@@ -12,7 +12,7 @@ use dpu_api::identity::Role;
 use dpu_api::object::{HostDevice, HostInventory, Phase};
 use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
-use dpu_tests::fixtures::{put_ok, tls_connector};
+use dpu_tests::fixtures::{ipsec_tunnel_spec, put_ok, tls_connector};
 use dpu_tests::promtool::check_metrics;
 use net_offload::sandbox::{Daemon, Netns, OvsSandbox, SandboxConfig};
 use serde_json::json;
@@ -93,9 +93,6 @@ impl Drop for NetnsGuard {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
-
-const KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
-const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
 
 /// The workload moves every new family as expected, and the text passes
 /// `promtool check metrics`.
@@ -253,10 +250,7 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
         Kind::IpsecTunnel,
         "tun-secret-7",
         Some("tenant-secret-7"),
-        json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.1.0.0/24"],
-                   "remote_subnets": ["10.2.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
-                   "spi_in": 4096, "spi_out": 4097, "key_in": KEY_A, "key_out": KEY_B,
-                   "offload": "auto"}),
+        ipsec_tunnel_spec("10.1.0.0/24", "10.2.0.0/24", 4096, 4097),
     )
     .await;
     let tunnel = "{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\"}";
