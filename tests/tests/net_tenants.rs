@@ -173,7 +173,7 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     }
     for (id, ..) in &ports {
         let p = agent
-            .wait_object(Kind::Port, id, Duration::from_secs(30), is_ready)
+            .wait_ready(Kind::Port, id, Duration::from_secs(30))
             .await;
         assert!(p.status.fields["ofport"].as_u64().is_some(), "{p:?}");
         assert!(p.status.fields["flows"].as_u64().unwrap() > 5, "{p:?}");
