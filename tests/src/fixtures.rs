@@ -111,3 +111,23 @@ pub fn ipsec_tunnel_spec(
         "mode": "tunnel", "cipher": "aes-gcm-128", "spi_in": spi_in, "spi_out": spi_out,
         "key_in": IPSEC_KEY_A, "key_out": IPSEC_KEY_B, "offload": "auto"})
 }
+
+/// A tenant's NIC as the network suites make it: `net` function `id` on
+/// PF 0 with `mac`, and port `id` of it on `network` with `mac`, the
+/// address `ip` and the ingress security rules `ingress`, both of `tenant`
+/// (as [`put_ok`]).
+pub async fn put_net_function_and_port(
+    client: &Client,
+    tenant: &str,
+    network: &str,
+    id: &str,
+    mac: &str,
+    ip: &str,
+    ingress: Value,
+) {
+    let function = serde_json::json!({"type": "net", "pf": "pf0", "mac": mac});
+    put_ok(client, Kind::Function, id, Some(tenant), function).await;
+    let port = serde_json::json!({"network": network, "function": id, "mac": mac, "ips": [ip],
+        "security": {"ingress": ingress}});
+    put_ok(client, Kind::Port, id, Some(tenant), port).await;
+}

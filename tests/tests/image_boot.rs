@@ -33,6 +33,7 @@ use std::time::Duration;
 use dpu_api::client::Client;
 use dpu_api::{Kind, Phase};
 use dpu_tests::agent::free_port;
+use dpu_tests::fixtures::put_net_function_and_port;
 use dpu_tests::image::{
     FleetPki, ImageBoot, ImageVm, copy_disk, image_dir, provision_apply, test_hook_disk,
 };
@@ -220,21 +221,8 @@ async fn image_boots_is_managed_over_the_api_and_survives_a_power_cycle() {
         ("web", "02:00:0a:0a:00:01", "10.10.0.1"),
         ("db", "02:00:0a:0a:00:02", "10.10.0.2"),
     ] {
-        put(
-            &c,
-            Kind::Function,
-            id,
-            json!({"type": "net", "pf": "pf0", "mac": mac}),
-        )
-        .await;
-        put(
-            &c,
-            Kind::Port,
-            id,
-            json!({"network": "net", "function": id, "mac": mac, "ips": [ip],
-                   "security": {"ingress": [{"protocol": "icmp"}, {"protocol": "tcp", "ports": "80"}]}}),
-        )
-        .await;
+        let ingress = json!([{"protocol": "icmp"}, {"protocol": "tcp", "ports": "80"}]);
+        put_net_function_and_port(&c, TENANT, "net", id, mac, ip, ingress).await;
     }
     let before = converged(&vm, &c).await;
     let mut objects = Vec::new();

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
+use dpu_tests::fixtures::put_net_function_and_port;
 use net_common::*;
 use net_offload::sandbox::Netns;
 use serde_json::json;
@@ -108,22 +109,10 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
     put(&c, Kind::Tenant, "globex", "globex", json!({})).await;
     // Same CIDR in both tenants: isolation must come from the switch.
-    put(
-        &c,
-        Kind::Network,
-        "net-a",
-        "acme",
-        json!({"vni": 100, "cidr": "10.10.0.0/24", "encap": "local"}),
-    )
-    .await;
-    put(
-        &c,
-        Kind::Network,
-        "net-b",
-        "globex",
-        json!({"vni": 200, "cidr": "10.10.0.0/24", "encap": "local"}),
-    )
-    .await;
+    for (id, tenant, vni) in [("net-a", "acme", 100), ("net-b", "globex", 200)] {
+        let spec = json!({"vni": vni, "cidr": "10.10.0.0/24", "encap": "local"});
+        put(&c, Kind::Network, id, tenant, spec).await;
+    }
     let icmp = json!({"protocol": "icmp"});
     let tcp80 = json!({"protocol": "tcp", "ports": "80"});
     let ports = [
@@ -153,23 +142,7 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
         ),
     ];
     for (id, tenant, network, mac, ip, ingress) in &ports {
-        put(
-            &c,
-            Kind::Function,
-            id,
-            tenant,
-            json!({"type": "net", "pf": "pf0", "mac": mac}),
-        )
-        .await;
-        put(
-            &c,
-            Kind::Port,
-            id,
-            tenant,
-            json!({"network": network, "function": id, "mac": mac, "ips": [ip],
-                   "security": {"ingress": ingress}}),
-        )
-        .await;
+        put_net_function_and_port(&c, tenant, network, id, mac, ip, ingress.clone()).await;
     }
     for (id, ..) in &ports {
         let p = agent
