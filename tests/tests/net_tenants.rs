@@ -48,6 +48,11 @@ fn in_ns(ns: &str, args: &[&str]) -> bool {
     succeeds("ip", &[&["netns", "exec", ns], args].concat())
 }
 
+/// `args` run in `ns`, which must succeed (as [`run`]): its stdout.
+fn run_in(ns: &str, args: &[&str]) -> String {
+    run("ip", &[&["netns", "exec", ns], args].concat())
+}
+
 fn ping(ns: &str, extra: &[&str], dst: &str) -> bool {
     in_ns(
         ns,
@@ -223,12 +228,9 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
 
     // Across tenants: no ARP answer, and not even with the MAC known.
     assert!(!ping(&ns(&a1), &[], "10.10.0.3"), "acme reached globex");
-    run(
-        "ip",
+    run_in(
+        &ns(&a1),
         &[
-            "netns",
-            "exec",
-            &ns(&a1),
             "ip",
             "neigh",
             "replace",
@@ -246,19 +248,9 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     assert!(!ping(&ns(&b1), &[], "10.10.0.2"), "globex reached acme");
 
     // Spoofed source IP from a1: dropped; the real one still works.
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &ns(&a1),
-            "ip",
-            "addr",
-            "add",
-            "10.10.0.50/24",
-            "dev",
-            "eth0",
-        ],
+    run_in(
+        &ns(&a1),
+        &["ip", "addr", "add", "10.10.0.50/24", "dev", "eth0"],
     );
     assert!(
         !ping(&ns(&a1), &["-I", "10.10.0.50"], "10.10.0.2"),
@@ -270,7 +262,7 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     // datapath's conntrack checks TCP checksums, which a veth leaves to
     // offload: the simulator has the tenants compute them (ethtool witnesses).
     for id in [&a1, &a2] {
-        let features = run("ip", &["netns", "exec", &ns(id), "ethtool", "-k", "eth0"]);
+        let features = run_in(&ns(id), &["ethtool", "-k", "eth0"]);
         assert!(
             features.lines().any(|l| l.trim() == "tx-checksumming: off"),
             "{features}"
