@@ -797,30 +797,20 @@ mod tests {
             kind: Some(kind),
             ..Function::default()
         };
-        assert_eq!(
-            f(0x15b3, 0x6001, 0x010802, FunctionKind::Pf).api_class(),
-            "nvme"
-        );
-        assert_eq!(
-            f(0x1af4, 0x1041, 0x020000, FunctionKind::Vf).api_class(),
-            "virtio-net"
-        );
-        assert_eq!(
-            f(0x1af4, 0x1042, 0x010000, FunctionKind::Pf).api_class(),
-            "virtio-blk"
-        );
-        assert_eq!(
-            f(0x15b3, 0xa2dc, 0x020000, FunctionKind::Pf).api_class(),
-            "pf"
-        );
-        assert_eq!(
-            f(0x15b3, 0x101e, 0x020000, FunctionKind::Vf).api_class(),
-            "vf"
-        );
-        assert_eq!(
-            f(0x15b3, 0xc2d5, 0x080500, FunctionKind::Pf).api_class(),
-            "other"
-        );
+        for (vendor, device, class, kind, expected) in [
+            (0x15b3, 0x6001, 0x010802, FunctionKind::Pf, "nvme"),
+            (0x1af4, 0x1041, 0x020000, FunctionKind::Vf, "virtio-net"),
+            (0x1af4, 0x1042, 0x010000, FunctionKind::Pf, "virtio-blk"),
+            (0x15b3, 0xa2dc, 0x020000, FunctionKind::Pf, "pf"),
+            (0x15b3, 0x101e, 0x020000, FunctionKind::Vf, "vf"),
+            (0x15b3, 0xc2d5, 0x080500, FunctionKind::Pf, "other"),
+        ] {
+            assert_eq!(
+                f(vendor, device, class, kind).api_class(),
+                expected,
+                "{vendor:04x}:{device:04x} class {class:06x} {kind:?}"
+            );
+        }
     }
 
     proptest! {

@@ -9,8 +9,11 @@
 
 use std::path::PathBuf;
 
+use dpu_api::Kind;
+use dpu_api::client::Client;
+use dpu_tests::agent::AgentProcess;
 use dpu_tests::vm::{self, Vm};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The binary without debug info, so the initramfs stays small.
 fn stripped_binary() -> anyhow::Result<PathBuf> {
@@ -246,18 +249,18 @@ echo "stub alive $(kill -0 $STUB && echo yes)"
 kill $STUB
 "#;
 
-/// A guest running `host-stub run` against `agent` on the host: the
-/// stripped binary, a host-stub identity issued by the agent's dev CA, the
-/// agent reached as `localhost:9443` through QEMU's guestfwd, the stub's
-/// `config`; `devices` adds the guest's NICs and modules. Started with
-/// `script` (1 GiB, 600 s).
-fn start_stub_guest(
-    agent: &dpu_tests::agent::AgentProcess,
+/// A real agent on the host, and a guest running `host-stub run` against
+/// it: the stripped binary, a host-stub identity issued by the agent's dev
+/// CA, the agent reached as `localhost:9443` through QEMU's guestfwd, the
+/// stub's `config`; `devices` adds the guest's NICs and modules. Started
+/// with `script` (1 GiB, 600 s).
+fn start_agent_and_stub_guest(
     devices: impl FnOnce(vm::VmBuilder) -> vm::VmBuilder,
     config: &str,
     script: &str,
-) -> anyhow::Result<vm::RunningVm> {
+) -> anyhow::Result<(AgentProcess, vm::RunningVm)> {
     use dpu_api::identity::Role;
+    let agent = AgentProcess::start();
     let pki = agent.state_dir().join("pki");
     let ca_pem = std::fs::read_to_string(pki.join("ca.pem"))?;
     let ca = dpu_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(pki.join("ca-key.pem"))?)?;
@@ -283,7 +286,16 @@ fn start_stub_guest(
     if let Some(dir) = binary.parent() {
         let _ = std::fs::remove_dir_all(dir);
     }
-    Ok(vm?)
+    Ok((agent, vm?))
+}
+
+/// Puts function `id` of tenant `acme` with `spec`, as the fleet
+/// controller assigns a function to the stub's host.
+async fn put_acme_function(admin: &Client, id: &str, spec: Value) -> anyhow::Result<()> {
+    admin
+        .put(Kind::Function, id, Some("acme"), spec, None)
+        .await?;
+    Ok(())
 }
 
 fn host_devices(inv: &dpu_api::object::Inventory) -> Vec<dpu_api::object::HostDevice> {
@@ -320,14 +332,8 @@ async fn poll<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::Result<()> {
-    use dpu_api::Kind;
-    use dpu_tests::agent::AgentProcess;
-    use serde_json::json;
-
     vm::require();
-    let agent = AgentProcess::start();
-    let vm = start_stub_guest(
-        &agent,
+    let (agent, vm) = start_agent_and_stub_guest(
         |b| b.virtio_net().igb().iommu().modules(&["igbvf", "vfio-pci"]),
         // Rescans every 300 s only: the VF count changes below can only be
         // seen through kernel uevents.
@@ -370,16 +376,9 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
     admin
         .put(Kind::Tenant, "acme", None, json!({}), None)
         .await?;
-    admin
-        .put(
-            Kind::Function,
-            "vm-nic",
-            Some("acme"),
-            json!({"type": "net", "pf": "pf0", "vf": 1, "host": STUB_HOST,
-                   "attach": "vfio", "mac": "02:00:00:00:20:01"}),
-            None,
-        )
-        .await?;
+    let spec = json!({"type": "net", "pf": "pf0", "vf": 1, "host": STUB_HOST,
+                      "attach": "vfio", "mac": "02:00:00:00:20:01"});
+    put_acme_function(&admin, "vm-nic", spec).await?;
     let bound = poll("VF 1 on vfio-pci in the inventory", 300, async || {
         let devices = host_devices(&admin.inventory().await.ok()?);
         devices
@@ -404,16 +403,9 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
 
     // Assign VF 5 of pf0, which has 4: the stub sets sriov_numvfs to 6
     // (the agent's number: its VF index + 1), and the new VFs are reported.
-    admin
-        .put(
-            Kind::Function,
-            "big",
-            Some("acme"),
-            json!({"type": "net", "pf": "pf0", "vf": 5, "host": STUB_HOST,
-                   "mac": "02:00:00:00:20:05"}),
-            None,
-        )
-        .await?;
+    let spec = json!({"type": "net", "pf": "pf0", "vf": 5, "host": STUB_HOST,
+                      "mac": "02:00:00:00:20:05"});
+    put_acme_function(&admin, "big", spec).await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
         let devices = host_devices(&admin.inventory().await?);
@@ -557,14 +549,8 @@ kill $C
 #[ignore = "VM test: tests/vm/run.sh runs it (DPU_VM_TESTS=1, QEMU)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_roce_devices_discovered_reported_and_in_the_cdi_spec() -> anyhow::Result<()> {
-    use dpu_api::Kind;
-    use dpu_tests::agent::AgentProcess;
-    use serde_json::json;
-
     vm::require();
-    let agent = AgentProcess::start();
-    let vm = start_stub_guest(
-        &agent,
+    let (agent, vm) = start_agent_and_stub_guest(
         |b| {
             b.virtio_net()
                 .igb()
@@ -592,16 +578,9 @@ async fn soft_roce_devices_discovered_reported_and_in_the_cdi_spec() -> anyhow::
     admin
         .put(Kind::Tenant, "acme", None, json!({}), None)
         .await?;
-    admin
-        .put(
-            Kind::Function,
-            "roce",
-            Some("acme"),
-            json!({"type": "net", "pf": "pf0", "vf": 1, "host": STUB_HOST,
-                   "rdma": true, "mac": "02:00:00:00:20:11"}),
-            None,
-        )
-        .await?;
+    let spec = json!({"type": "net", "pf": "pf0", "vf": 1, "host": STUB_HOST,
+                      "rdma": true, "mac": "02:00:00:00:20:11"});
+    put_acme_function(&admin, "roce", spec).await?;
     poll("the guest saw the CDI spec", 300, async || {
         vm.out_file("seen-spec").map(|_| ())
     })

@@ -54,6 +54,20 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The ports of `br-int` on the private Open vSwitch that `dpu-agent dev
+/// --state-dir STATE` runs (`ovs-vsctl list-ports`, on `STATE/ovs/db.sock`).
+pub fn dev_switch_ports(state: &Path) -> Vec<String> {
+    let db = format!("--db=unix:{}", state.join("ovs/db.sock").display());
+    let out = Command::new("ovs-vsctl")
+        .args([&db, "list-ports", "br-int"])
+        .output()
+        .expect("ovs-vsctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

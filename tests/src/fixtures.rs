@@ -89,3 +89,45 @@ pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     .with_no_client_auth();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
 }
+
+/// An IPsec key the suites use (hex: a 16-byte AES-GCM-128 key and its
+/// 4-byte salt).
+pub const IPSEC_KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
+/// A second key, for the other direction (see [`IPSEC_KEY_A`]).
+pub const IPSEC_KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
+
+/// The spec of an AES-GCM-128 tunnel-mode IPsec tunnel from 192.0.2.1 to
+/// 192.0.2.2 between `local_subnet` and `remote_subnet`, with SPIs `spi_in`
+/// and `spi_out`, [`IPSEC_KEY_A`] in and [`IPSEC_KEY_B`] out, offload `auto`:
+/// the tunnel the suites create when the tunnel itself is not what they test.
+pub fn ipsec_tunnel_spec(
+    local_subnet: &str,
+    remote_subnet: &str,
+    spi_in: u32,
+    spi_out: u32,
+) -> Value {
+    serde_json::json!({"local": "192.0.2.1", "remote": "192.0.2.2",
+        "local_subnets": [local_subnet], "remote_subnets": [remote_subnet],
+        "mode": "tunnel", "cipher": "aes-gcm-128", "spi_in": spi_in, "spi_out": spi_out,
+        "key_in": IPSEC_KEY_A, "key_out": IPSEC_KEY_B, "offload": "auto"})
+}
+
+/// A tenant's NIC as the network suites make it: `net` function `id` on
+/// PF 0 with `mac`, and port `id` of it on `network` with `mac`, the
+/// address `ip` and the ingress security rules `ingress`, both of `tenant`
+/// (as [`put_ok`]).
+pub async fn put_net_function_and_port(
+    client: &Client,
+    tenant: &str,
+    network: &str,
+    id: &str,
+    mac: &str,
+    ip: &str,
+    ingress: Value,
+) {
+    let function = serde_json::json!({"type": "net", "pf": "pf0", "mac": mac});
+    put_ok(client, Kind::Function, id, Some(tenant), function).await;
+    let port = serde_json::json!({"network": network, "function": id, "mac": mac, "ips": [ip],
+        "security": {"ingress": ingress}});
+    put_ok(client, Kind::Port, id, Some(tenant), port).await;
+}

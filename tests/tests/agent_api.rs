@@ -12,12 +12,12 @@ use dpu_api::object::{
 };
 use dpu_api::{Kind, Phase};
 use dpu_tests::agent::AgentProcess;
-use dpu_tests::fixtures::{history, history_since, put_ok, put_refused, status_of};
+use dpu_tests::fixtures::{
+    IPSEC_KEY_A, IPSEC_KEY_B, history, history_since, ipsec_tunnel_spec, put_ok, put_refused,
+    status_of,
+};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-const KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
-const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
 
 /// A valid spec of every kind, all in tenant `acme`, in dependency order.
 fn specs(tls_cert: &str, tls_key: &str) -> Vec<(Kind, &'static str, Value)> {
@@ -62,9 +62,7 @@ fn specs(tls_cert: &str, tls_key: &str) -> Vec<(Kind, &'static str, Value)> {
         (
             Kind::IpsecTunnel,
             "tun1",
-            json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.1.0.0/24"],
-                   "remote_subnets": ["10.2.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
-                   "spi_in": 4096, "spi_out": 4097, "key_in": KEY_A, "key_out": KEY_B, "offload": "auto"}),
+            ipsec_tunnel_spec("10.1.0.0/24", "10.2.0.0/24", 4096, 4097),
         ),
         (
             Kind::TlsListener,
@@ -143,7 +141,10 @@ async fn crud_of_every_kind_with_generation_rules() {
     let tun = c.get(Kind::IpsecTunnel, "tun1").await.unwrap();
     assert_eq!(tun.spec["key_in_set"], json!(true));
     let text = tun.spec.to_string();
-    assert!(!text.contains(KEY_A) && !text.contains(KEY_B), "{text}");
+    assert!(
+        !text.contains(IPSEC_KEY_A) && !text.contains(IPSEC_KEY_B),
+        "{text}"
+    );
     let tls = c.get(Kind::TlsListener, "tls1").await.unwrap();
     assert_eq!(tls.spec["private_key_pem_set"], json!(true));
     assert!(!tls.spec.to_string().contains("PRIVATE KEY"));
@@ -155,7 +156,7 @@ async fn crud_of_every_kind_with_generation_rules() {
     let r = put_ok(&c, Kind::IpsecTunnel, "tun1", Some("acme"), spec.clone()).await;
     assert_eq!(r.object.generation, 1);
     // Changing a secret is a change.
-    spec["key_in"] = json!(KEY_B);
+    spec["key_in"] = json!(IPSEC_KEY_B);
     let r = put_ok(&c, Kind::IpsecTunnel, "tun1", Some("acme"), spec).await;
     assert_eq!(r.object.generation, 2);
 
@@ -322,7 +323,7 @@ async fn errors_name_the_field_and_change_nothing() {
             Kind::IpsecTunnel,
             "t2",
             json!({"local": "192.0.2.1", "remote": "192.0.2.3", "local_subnets": ["10.1.0.0/24"], "remote_subnets": ["10.3.0.0/24"],
-                   "mode": "tunnel", "cipher": "aes-gcm-256", "spi_in": 5000, "spi_out": 5001, "key_in": KEY_A, "key_out": KEY_A, "offload": "none"}),
+                   "mode": "tunnel", "cipher": "aes-gcm-256", "spi_in": 5000, "spi_out": 5001, "key_in": IPSEC_KEY_A, "key_out": IPSEC_KEY_A, "offload": "none"}),
             422,
             "spec.key_in",
         ),

@@ -169,7 +169,7 @@ const OBJECTS2: &str = r#"objects:
   - {kind: Port, id: p3, tenant: acme, spec: {network: na, function: f3, mac: "02:00:00:00:b0:01", ips: [10.9.0.12], security: {ingress: [{protocol: icmp}]}}}
 "#;
 
-/// After [`vm::FLEET_AGENT_SHELL`] and [`KEYS`].
+/// After [`vm::FLEET_AGENT_SHELL`], [`vm::PORT_FLOWS_SHELL`] and [`KEYS`].
 const SCRIPT: &str = r###"PORTS=/sys/kernel/debug/netdevsim/netdevsim1/ports
 DEV=netdevsim/netdevsim1
 # The agent's OpenFlow flows, the SAs (add time included) and netdevsim's
@@ -326,28 +326,7 @@ ip netns exec ha ping -i 0.5 10.9.0.12 > /dev/null 2>&1 &
 ip netns exec hb ping -i 0.5 10.9.0.11 > /dev/null 2>&1 &
 ip netns exec ha ping -6 -i 0.5 -I fn ff02::1 > /dev/null 2>&1 &
 echo '## flows'
-count() { grep -c "in_port($2)" $1 || true; }
-report() { dpuctl get port $1 -o json | tr -d ' \n' | grep -o "\"$2\":[a-z0-9]*" | head -n 1 | cut -d: -f2; }
-for i in $(seq 1 40); do
-    ovs-appctl dpctl/dump-flows -m --names > /tmp/all
-    ovs-appctl dpctl/dump-flows -m --names type=offloaded > /tmp/off || true
-    ovs-appctl dpctl/dump-flows -m --names type=ovs > /tmp/ovs || true
-    ovs-appctl dpctl/dump-flows -m --names type=tc > /tmp/tc || true
-    ok=1
-    line=""
-    [ "$(count /tmp/tc pf1vf0)" -gt 0 ] || ok=0
-    for p in p2:pf1vf0 p3:pf1vf1; do
-        id=${p%:*}; rep=${p#*:}
-        all=$(count /tmp/all $rep); off=$(count /tmp/off $rep)
-        dp=$(report $id datapath_flows); of=$(report $id offloaded_flows); od=$(report $id offloaded)
-        line="$line $id dump_all=$all dump_offloaded=$off dump_ovs=$(count /tmp/ovs $rep) dump_tc=$(count /tmp/tc $rep) agent_datapath_flows=$dp agent_offloaded_flows=$of agent_offloaded=$od;"
-        [ "$all" -gt 0 ] && [ "$all" = "$dp" ] && [ "$off" = "$of" ] \
-            && [ $(( $(count /tmp/ovs $rep) + $(count /tmp/tc $rep) )) = "$all" ] || ok=0
-    done
-    if [ $ok = 1 ]; then echo "MATCH$line"; break; fi
-    echo "differ$line"
-    sleep 2
-done
+match_port_flows pf1vf0 p2:pf1vf0 p3:pf1vf1
 echo '## dump'
 cat /tmp/all
 echo '## status-p2'
@@ -410,7 +389,11 @@ fn bluefield_profile_on_netdevsim_and_the_kernel_datapath() -> anyhow::Result<()
     }
     let out = b
         .timeout(Duration::from_secs(900))
-        .script(&format!("{}{KEYS}{SCRIPT}", vm::FLEET_AGENT_SHELL))
+        .script(&format!(
+            "{}{}{KEYS}{SCRIPT}",
+            vm::FLEET_AGENT_SHELL,
+            vm::PORT_FLOWS_SHELL
+        ))
         .run()?;
     println!("{out}");
     assert!(out.success(), "{out}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use dpu_api::Kind;
 use dpu_api::client::Client;
 use dpu_api::object::{ApplyRequest, ObjectWrite, Prune};
-use dpu_tests::agent::{AgentProcess, binary};
+use dpu_tests::agent::{AgentProcess, binary, dev_switch_ports};
 use dpu_tests::fixtures::put_ok;
 use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, running_in};
 use serde_json::json;
@@ -73,14 +73,6 @@ fn links() -> Vec<String> {
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .filter(|n| n.starts_with("fn-cf"))
-        .collect()
-}
-
-fn ovs_ports(state: &Path) -> Vec<String> {
-    let db = format!("--db=unix:{}", state.join("ovs/db.sock").display());
-    out("ovs-vsctl", &[&db, "list-ports", "br-int"])
-        .lines()
-        .map(str::to_string)
         .collect()
 }
 
@@ -345,7 +337,7 @@ async fn sigkill_at_random_points_loses_nothing_and_leaves_nothing() {
     })
     .await;
     let cleaned = Instant::now();
-    while !(ovs_ports(&state).is_empty() && object_flows(&state) == 0)
+    while !(dev_switch_ports(&state).is_empty() && object_flows(&state) == 0)
         && cleaned.elapsed() < Duration::from_secs(30)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -353,7 +345,7 @@ async fn sigkill_at_random_points_loses_nothing_and_leaves_nothing() {
     let (ns, veths, ports, flows) = (
         namespaces().len(),
         links().len(),
-        ovs_ports(&state).len(),
+        dev_switch_ports(&state).len(),
         object_flows(&state),
     );
     println!(

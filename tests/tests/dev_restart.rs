@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
 use dpu_api::client::Client;
-use dpu_tests::agent::{AgentProcess, binary};
+use dpu_tests::agent::{AgentProcess, binary, dev_switch_ports};
 use dpu_tests::fixtures::put_ok;
 use net_common::{duration_of, flow_identity};
 use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, SandboxError, running_in};
@@ -179,14 +179,6 @@ fn ip_link(ns: Option<&str>, rest: &[&str]) -> String {
     args.extend(["-o", "link", "show"]);
     args.extend(rest);
     out("ip", &args)
-}
-
-fn ovs_ports(state: &Path) -> Vec<String> {
-    let db = format!("--db=unix:{}", state.join("ovs/db.sock").display());
-    out("ovs-vsctl", &[&db, "list-ports", "br-int"])
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 fn ping(from_ns: &str, to: &str) -> bool {
@@ -362,7 +354,7 @@ async fn two_dev_agents_each_get_a_working_bridge() {
 
     for (state, sw, ids) in [(&state_a, &sw_a, &ids_a), (&state_b, &sw_b, &ids_b)] {
         // Each representor is in its own switch's namespace, on its bridge.
-        let ports = ovs_ports(state);
+        let ports = dev_switch_ports(state);
         for id in ids {
             let rep = format!("fn-{id}");
             let link = ip_link(sw.as_deref(), &[&rep]);

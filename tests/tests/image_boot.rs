@@ -33,8 +33,10 @@ use std::time::Duration;
 use dpu_api::client::Client;
 use dpu_api::{Kind, Phase};
 use dpu_tests::agent::free_port;
+use dpu_tests::fixtures::put_net_function_and_port;
 use dpu_tests::image::{
-    FleetPki, ImageBoot, ImageVm, copy_disk, image_dir, provision_apply, test_hook_disk,
+    FleetPki, ImageBoot, ImageVm, ProvisionApply, copy_disk, image_dir, provision_apply,
+    test_hook_disk,
 };
 use serde_json::{Value, json};
 
@@ -220,21 +222,8 @@ async fn image_boots_is_managed_over_the_api_and_survives_a_power_cycle() {
         ("web", "02:00:0a:0a:00:01", "10.10.0.1"),
         ("db", "02:00:0a:0a:00:02", "10.10.0.2"),
     ] {
-        put(
-            &c,
-            Kind::Function,
-            id,
-            json!({"type": "net", "pf": "pf0", "mac": mac}),
-        )
-        .await;
-        put(
-            &c,
-            Kind::Port,
-            id,
-            json!({"network": "net", "function": id, "mac": mac, "ips": [ip],
-                   "security": {"ingress": [{"protocol": "icmp"}, {"protocol": "tcp", "ports": "80"}]}}),
-        )
-        .await;
+        let ingress = json!([{"protocol": "icmp"}, {"protocol": "tcp", "ports": "80"}]);
+        put_net_function_and_port(&c, TENANT, "net", id, mac, ip, ingress).await;
     }
     let before = converged(&vm, &c).await;
     let mut objects = Vec::new();
@@ -380,6 +369,10 @@ fn provisioning_profile_selects_the_agent_config() {
     let read = |p: std::path::PathBuf| {
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     };
+    let config_toml = |run: &ProvisionApply| read(run.etc.join("dpu-agent/config.toml"));
+    let said = |run: &ProvisionApply, text: &str| {
+        assert!(run.output.contains(text), "{}", run.output);
+    };
 
     // --profile bluefield: the shipped BlueField config becomes config.toml.
     let d = case("bluefield");
@@ -388,13 +381,8 @@ fn provisioning_profile_selects_the_agent_config() {
         .expect("provision.sh --profile bluefield");
     let run = provision_apply(&tar, &d);
     assert!(run.success, "{}", run.output);
-    assert!(
-        run.output
-            .contains("installed the bluefield profile's config.toml"),
-        "{}",
-        run.output
-    );
-    assert_eq!(read(run.etc.join("dpu-agent/config.toml")), bluefield);
+    said(&run, "installed the bluefield profile's config.toml");
+    assert_eq!(config_toml(&run), bluefield);
     assert_eq!(read(run.etc.join("dpu-agent/profile")), "bluefield\n");
     assert!(run.etc.join("dpu-agent/pki/server.pem").is_file());
 
@@ -407,10 +395,7 @@ fn provisioning_profile_selects_the_agent_config() {
         .expect("provision.sh --profile bluefield --config");
     let run = provision_apply(&tar, &d);
     assert!(run.success, "{}", run.output);
-    assert_eq!(
-        read(run.etc.join("dpu-agent/config.toml")),
-        read(own.clone())
-    );
+    assert_eq!(config_toml(&run), read(own.clone()));
 
     // An unknown profile: provision.sh refuses it ...
     let d = case("unknown");
@@ -448,13 +433,8 @@ fn provisioning_profile_selects_the_agent_config() {
         "an unknown profile was applied: {}",
         run.output
     );
-    assert!(
-        run.output
-            .contains("profile \"bluefeld\" is not generic or bluefield"),
-        "{}",
-        run.output
-    );
-    assert_eq!(read(run.etc.join("dpu-agent/config.toml")), generic);
+    said(&run, "profile \"bluefeld\" is not generic or bluefield");
+    assert_eq!(config_toml(&run), generic);
     for untouched in [
         "dpu-agent/pki",
         "dpu-agent/provision.applied",

@@ -4,8 +4,7 @@
 //! on moving as they should. The text is linted with `promtool check
 //! metrics` (Debian's `prometheus` package, installed by `scripts/setup.sh`).
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use dpu_api::Kind;
 use dpu_api::client::{Client, Method};
@@ -13,7 +12,8 @@ use dpu_api::identity::Role;
 use dpu_api::object::{HostDevice, HostInventory, Phase};
 use dpu_crypto::netns::NetnsThread;
 use dpu_tests::agent::AgentProcess;
-use dpu_tests::fixtures::{put_ok, tls_connector};
+use dpu_tests::fixtures::{ipsec_tunnel_spec, put_ok, tls_connector};
+use dpu_tests::promtool::check_metrics;
 use net_offload::sandbox::{Daemon, Netns, OvsSandbox, SandboxConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,35 +92,6 @@ impl Drop for NetnsGuard {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
-}
-
-const KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
-const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
-
-/// Lints `text` with `promtool check metrics`.
-fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = child.unwrap_or_else(|e| {
-        panic!("promtool cannot run ({e}): run scripts/setup.sh (Debian's prometheus package)")
-    });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n/metrics:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The workload moves every new family as expected, and the text passes
@@ -279,10 +250,7 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
         Kind::IpsecTunnel,
         "tun-secret-7",
         Some("tenant-secret-7"),
-        json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.1.0.0/24"],
-                   "remote_subnets": ["10.2.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
-                   "spi_in": 4096, "spi_out": 4097, "key_in": KEY_A, "key_out": KEY_B,
-                   "offload": "auto"}),
+        ipsec_tunnel_spec("10.1.0.0/24", "10.2.0.0/24", 4096, 4097),
     )
     .await;
     let tunnel = "{tenant=\"tenant-secret-7\",tunnel=\"tun-secret-7\"}";
@@ -411,7 +379,7 @@ async fn metrics_follow_a_workload_and_pass_promtool() {
         assert!(probed.contains(family), "{family} missing:\n{probed}");
     }
 
-    promtool_check(&probed);
+    check_metrics(&probed);
 }
 
 /// Apply, break the switch backend (ovsdb-server stopped), recover (started
@@ -523,7 +491,7 @@ async fn switch_outage_moves_readiness_errors_and_durations() {
         !recovered.contains("secret-8"),
         "/metrics names the tenant's objects:\n{recovered}"
     );
-    promtool_check(&recovered);
+    check_metrics(&recovered);
     drop(agent);
     drop(ovs);
 }

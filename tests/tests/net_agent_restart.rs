@@ -32,16 +32,11 @@ async fn restart_drift_and_invalid_input() {
     )
     .await;
     let ep = agent
-        .wait_object(
-            Kind::Endpoint,
-            "acme-far",
-            Duration::from_secs(15),
-            is_ready,
-        )
+        .wait_ready(Kind::Endpoint, "acme-far", Duration::from_secs(15))
         .await;
     assert!(ep.status.fields["flows"].as_u64().unwrap() >= 2, "{ep:?}");
     let net = agent
-        .wait_object(Kind::Network, "acme-net", Duration::from_secs(5), is_ready)
+        .wait_ready(Kind::Network, "acme-net", Duration::from_secs(5))
         .await;
     assert!(net.status.fields["flows"].as_u64().unwrap() >= 1, "{net:?}");
     let programmed = net
@@ -80,12 +75,7 @@ async fn restart_drift_and_invalid_input() {
     let restarted_at = Instant::now();
     agent.restart().await;
     agent
-        .wait_object(
-            Kind::Endpoint,
-            "acme-far",
-            Duration::from_secs(15),
-            is_ready,
-        )
+        .wait_ready(Kind::Endpoint, "acme-far", Duration::from_secs(15))
         .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let after = agent_flow_lines(&ovs);

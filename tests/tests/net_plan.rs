@@ -35,12 +35,7 @@ async fn a_new_network_and_its_endpoint_plan_together() {
     // port number the endpoint's flows need (a plan does not invent it).
     acme_vxlan_network(&c, "acme-first", 1000, "10.0.0.0/24").await;
     agent
-        .wait_object(
-            Kind::Network,
-            "acme-first",
-            Duration::from_secs(15),
-            is_ready,
-        )
+        .wait_ready(Kind::Network, "acme-first", Duration::from_secs(15))
         .await;
     let before = agent_flow_lines(&ovs).len();
 
@@ -84,12 +79,7 @@ async fn a_new_network_and_its_endpoint_plan_together() {
 
     c.apply(&body).await.expect("apply");
     agent
-        .wait_object(
-            Kind::Endpoint,
-            "acme-far",
-            Duration::from_secs(15),
-            is_ready,
-        )
+        .wait_ready(Kind::Endpoint, "acme-far", Duration::from_secs(15))
         .await;
     // Every flow the plan named for the endpoint is on the switch now: the
     // same cookie, table, priority and actions (the plan prints

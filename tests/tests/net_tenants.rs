@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
+use dpu_tests::fixtures::put_net_function_and_port;
 use net_common::*;
 use net_offload::sandbox::Netns;
 use serde_json::json;
@@ -45,6 +46,11 @@ impl Drop for KillOnDrop {
 
 fn in_ns(ns: &str, args: &[&str]) -> bool {
     succeeds("ip", &[&["netns", "exec", ns], args].concat())
+}
+
+/// `args` run in `ns`, which must succeed (as [`run`]): its stdout.
+fn run_in(ns: &str, args: &[&str]) -> String {
+    run("ip", &[&["netns", "exec", ns], args].concat())
 }
 
 fn ping(ns: &str, extra: &[&str], dst: &str) -> bool {
@@ -108,22 +114,10 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     put(&c, Kind::Tenant, "acme", "acme", json!({})).await;
     put(&c, Kind::Tenant, "globex", "globex", json!({})).await;
     // Same CIDR in both tenants: isolation must come from the switch.
-    put(
-        &c,
-        Kind::Network,
-        "net-a",
-        "acme",
-        json!({"vni": 100, "cidr": "10.10.0.0/24", "encap": "local"}),
-    )
-    .await;
-    put(
-        &c,
-        Kind::Network,
-        "net-b",
-        "globex",
-        json!({"vni": 200, "cidr": "10.10.0.0/24", "encap": "local"}),
-    )
-    .await;
+    for (id, tenant, vni) in [("net-a", "acme", 100), ("net-b", "globex", 200)] {
+        let spec = json!({"vni": vni, "cidr": "10.10.0.0/24", "encap": "local"});
+        put(&c, Kind::Network, id, tenant, spec).await;
+    }
     let icmp = json!({"protocol": "icmp"});
     let tcp80 = json!({"protocol": "tcp", "ports": "80"});
     let ports = [
@@ -153,27 +147,11 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
         ),
     ];
     for (id, tenant, network, mac, ip, ingress) in &ports {
-        put(
-            &c,
-            Kind::Function,
-            id,
-            tenant,
-            json!({"type": "net", "pf": "pf0", "mac": mac}),
-        )
-        .await;
-        put(
-            &c,
-            Kind::Port,
-            id,
-            tenant,
-            json!({"network": network, "function": id, "mac": mac, "ips": [ip],
-                   "security": {"ingress": ingress}}),
-        )
-        .await;
+        put_net_function_and_port(&c, tenant, network, id, mac, ip, ingress.clone()).await;
     }
     for (id, ..) in &ports {
         let p = agent
-            .wait_object(Kind::Port, id, Duration::from_secs(30), is_ready)
+            .wait_ready(Kind::Port, id, Duration::from_secs(30))
             .await;
         assert!(p.status.fields["ofport"].as_u64().is_some(), "{p:?}");
         assert!(p.status.fields["flows"].as_u64().unwrap() > 5, "{p:?}");
@@ -250,12 +228,9 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
 
     // Across tenants: no ARP answer, and not even with the MAC known.
     assert!(!ping(&ns(&a1), &[], "10.10.0.3"), "acme reached globex");
-    run(
-        "ip",
+    run_in(
+        &ns(&a1),
         &[
-            "netns",
-            "exec",
-            &ns(&a1),
             "ip",
             "neigh",
             "replace",
@@ -273,19 +248,9 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     assert!(!ping(&ns(&b1), &[], "10.10.0.2"), "globex reached acme");
 
     // Spoofed source IP from a1: dropped; the real one still works.
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &ns(&a1),
-            "ip",
-            "addr",
-            "add",
-            "10.10.0.50/24",
-            "dev",
-            "eth0",
-        ],
+    run_in(
+        &ns(&a1),
+        &["ip", "addr", "add", "10.10.0.50/24", "dev", "eth0"],
     );
     assert!(
         !ping(&ns(&a1), &["-I", "10.10.0.50"], "10.10.0.2"),
@@ -297,7 +262,7 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     // datapath's conntrack checks TCP checksums, which a veth leaves to
     // offload: the simulator has the tenants compute them (ethtool witnesses).
     for id in [&a1, &a2] {
-        let features = run("ip", &["netns", "exec", &ns(id), "ethtool", "-k", "eth0"]);
+        let features = run_in(&ns(id), &["ethtool", "-k", "eth0"]);
         assert!(
             features.lines().any(|l| l.trim() == "tx-checksumming: off"),
             "{features}"

@@ -42,7 +42,7 @@ const HOST_PACKAGES: [&str; 5] = [
 /// `ibv_rc_pingpong` arguments both ends use (they must agree).
 const PINGPONG: &str = "-n 100 -s 4096";
 
-/// After [`vm::FLEET_AGENT_SHELL`].
+/// After [`vm::FLEET_AGENT_SHELL`] and [`vm::PORT_FLOWS_SHELL`].
 const DPU_SCRIPT: &str = r###"signal() { # wait for the test's signal $1 (or stop), at most $2 s
     for i in $(seq 1 $(( $2 * 2 ))); do
         [ -e /out/signals/$1 ] && return 0
@@ -82,32 +82,9 @@ touch $DPU_VM_OUT/norule-applied
 signal check 400
 echo '## flows'
 # The agent's port status against ovs-vswitchd's own dump, per port, until
-# one reading agrees (the agent reads the datapath at each reconcile, every
-# resync_seconds; datapath flows come and go with the traffic).
-count() { grep -c "in_port($2)" $1 || true; }
-report() { dpuctl get port $1 -o json | tr -d ' \n' | grep -o "\"$2\":[a-z0-9]*" | head -n 1 | cut -d: -f2; }
-for i in $(seq 1 40); do
-    ovs-appctl dpctl/dump-flows -m --names > /tmp/all
-    ovs-appctl dpctl/dump-flows -m --names type=offloaded > /tmp/off || true
-    ovs-appctl dpctl/dump-flows -m --names type=ovs > /tmp/ovs || true
-    ovs-appctl dpctl/dump-flows -m --names type=tc > /tmp/tc || true
-    ok=1
-    line=""
-    # A software tc flow (host2's IPv6 drop) is part of the reading.
-    [ "$(count /tmp/tc pf0vf1)" -gt 0 ] || ok=0
-    for p in p0:pf0vf0 p1:pf0vf1; do
-        id=${p%:*}; rep=${p#*:}
-        all=$(count /tmp/all $rep); off=$(count /tmp/off $rep)
-        dp=$(report $id datapath_flows); of=$(report $id offloaded_flows); od=$(report $id offloaded)
-        line="$line $id dump_all=$all dump_offloaded=$off dump_ovs=$(count /tmp/ovs $rep) dump_tc=$(count /tmp/tc $rep) agent_datapath_flows=$dp agent_offloaded_flows=$of agent_offloaded=$od;"
-        # Every flow is in the kernel: the openvswitch module or tc.
-        [ "$all" -gt 0 ] && [ "$all" = "$dp" ] && [ "$off" = "$of" ] \
-            && [ $(( $(count /tmp/ovs $rep) + $(count /tmp/tc $rep) )) = "$all" ] || ok=0
-    done
-    if [ $ok = 1 ]; then echo "MATCH$line"; break; fi
-    echo "differ$line"
-    sleep 2
-done
+# one reading agrees. A software tc flow (host2's IPv6 drop) is part of the
+# reading.
+match_port_flows pf0vf1 p0:pf0vf0 p1:pf0vf1
 echo '## dump'
 cat /tmp/all
 echo '## status'
@@ -337,7 +314,11 @@ fn roce_between_tenant_functions_through_the_kernel_datapath() -> anyhow::Result
             0o644,
         )
         .timeout(timeout)
-        .script(&format!("{}{DPU_SCRIPT}", vm::FLEET_AGENT_SHELL))
+        .script(&format!(
+            "{}{}{DPU_SCRIPT}",
+            vm::FLEET_AGENT_SHELL,
+            vm::PORT_FLOWS_SHELL
+        ))
         .start()?;
     let host = |i: usize, script: String| {
         Vm::builder()

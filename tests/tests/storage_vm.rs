@@ -10,10 +10,12 @@
 
 use dpu_tests::vm::{self, Vm, section};
 
-/// Every script's start: `set -e` and `nvmet_server PORT`, the loopback
+/// Every script's start: `set -e`, `nvmet_server PORT`, the loopback
 /// "storage server" both kinds of test start (a 64 MiB file-backed
 /// namespace exported by nvmet-tcp on 127.0.0.1:PORT to any host; then
-/// `/tmp/before` lists configfs, for the clean-up checks).
+/// `/tmp/before` lists configfs, for the clean-up checks), and
+/// `configfs_as_found` (prints `configfs as found` when configfs lists as
+/// in `/tmp/before`, else the difference).
 const SERVER: &str = r###"set -e
 nvmet_server() {
     ip link set lo up
@@ -34,6 +36,10 @@ nvmet_server() {
     echo $1 > $S/ports/1/addr_trsvcid
     ln -s $S/subsystems/$SRV $S/ports/1/subsystems/$SRV
     find $S | sort > /tmp/before
+}
+configfs_as_found() {
+    find $S | sort > /tmp/after
+    if diff /tmp/before /tmp/after; then echo "configfs as found"; fi
 }
 "###;
 
@@ -78,8 +84,7 @@ echo "server $(head -c 8388608 /tmp/server.img | sha256sum | cut -d' ' -f1)"
 nvme disconnect -n $OURS
 echo "## delete"
 nvmet-probe delete 4421
-find $S | sort > /tmp/after
-if diff /tmp/before /tmp/after; then echo "configfs as found"; fi
+configfs_as_found
 left=0
 for d in /sys/class/nvme/*; do
     [ -e "$d/subsysnqn" ] && [ "$(cat $d/subsysnqn)" = "$SRV" ] && left=1
@@ -197,6 +202,18 @@ host_ctrl() { # the host's controller (nvmeN) connected to NQN $1 with host NQN 
     done
     return 0
 }
+host_device() { # sets $dev to the block device of the host's controller to $OURS (10 s at most), prints it
+    dev=
+    for i in $(seq 1 20); do
+        H=$(host_ctrl $OURS $HOST)
+        [ -n "$H" ] && dev=$(ls /sys/class/nvme/$H | grep -E '^nvme[0-9]+c[0-9]+n[0-9]+$|^nvme[0-9]+n[0-9]+$' | head -n 1)
+        [ -n "$dev" ] && dev=$(echo $dev | sed -E 's/^(nvme[0-9]+)c[0-9]+(n[0-9]+)$/\1\2/')
+        [ -n "$dev" ] && [ -b /dev/$dev ] && break
+        dev=
+        sleep 0.5
+    done
+    echo "host device /dev/$dev"
+}
 ctrls_of() { # controllers of subsystem NQN $1
     for d in /sys/class/nvme/*; do
         [ -e $d/subsysnqn ] && [ "$(cat $d/subsysnqn)" = "$1" ] && basename $d
@@ -206,19 +223,22 @@ ctrls_of() { # controllers of subsystem NQN $1
 T_INIT=nqn.2026-11.dev.dpu-agent:t:v:initiator
 U_INIT=nqn.2026-11.dev.dpu-agent:u:w:initiator
 U_OURS=nqn.2026-11.dev.dpu-agent:u:w
-tenant_u() { # tenant u's volume w on the same storage server as t's v
-cat > /tmp/u.yaml <<EOT
+volume_yaml() { # TENANT FUNCTION VOLUME [QOS]: the tenant, its nvme function and its volume on the storage server; QOS: the qos part of the volume's spec
+cat <<EOT
 kind: Tenant
-id: u
+id: $1
 spec: {}
 ---
 objects:
-  - {kind: Function, id: g, tenant: u, spec: {type: nvme, pf: pf0}}
+  - {kind: Function, id: $2, tenant: $1, spec: {type: nvme, pf: pf0}}
   - kind: Volume
-    id: w
-    tenant: u
-    spec: {function: g, source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
+    id: $3
+    tenant: $1
+    spec: {function: $2, $4 source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
 EOT
+}
+tenant_u() { # tenant u's volume w on the same storage server as t's v
+volume_yaml u g w > /tmp/u.yaml
 dpuctl apply -f /tmp/u.yaml >/dev/null
 }
 initiators() { # one line per controller to the storage server: NAME HOSTNQN HOSTID DEVICE
@@ -261,18 +281,7 @@ delete_volume() { # ID
 const AGENT_SCRIPT: &str = r###"
 echo "## attach"
 start_agent
-cat > /tmp/v.yaml <<EOT
-kind: Tenant
-id: t
-spec: {}
----
-objects:
-  - {kind: Function, id: f, tenant: t, spec: {type: nvme, pf: pf0}}
-  - kind: Volume
-    id: v
-    tenant: t
-    spec: {function: f, source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
-EOT
+volume_yaml t f v > /tmp/v.yaml
 dpuctl apply -f /tmp/v.yaml
 wait_phase v Ready
 # The nvme function is the host's initiator identity: Ready with its export.
@@ -285,16 +294,7 @@ echo "port $(cat $S/ports/4420/addr_traddr):$(cat $S/ports/4420/addr_trsvcid)"
 
 echo "## host"
 nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $OURS --hostnqn $HOST
-dev=
-for i in $(seq 1 20); do
-    H=$(host_ctrl $OURS $HOST)
-    [ -n "$H" ] && dev=$(ls /sys/class/nvme/$H | grep -E '^nvme[0-9]+c[0-9]+n[0-9]+$|^nvme[0-9]+n[0-9]+$' | head -n 1)
-    [ -n "$dev" ] && dev=$(echo $dev | sed -E 's/^(nvme[0-9]+)c[0-9]+(n[0-9]+)$/\1\2/')
-    [ -n "$dev" ] && [ -b /dev/$dev ] && break
-    dev=
-    sleep 0.5
-done
-echo "host device /dev/$dev"
+host_device
 dd if=/dev/urandom of=/tmp/pattern bs=1M count=8 2>/dev/null
 dd if=/tmp/pattern of=/dev/$dev bs=1M conv=fsync 2>/dev/null
 echo 3 > /proc/sys/vm/drop_caches
@@ -365,14 +365,8 @@ grep 'reconcile failed' /tmp/agent.log | grep '"object":"volumes/v"' | grep -o '
 echo
 
 echo "## delete"
-dpuctl delete volume v
-for i in $(seq 1 600); do
-    dpuctl get volume v >/dev/null 2>&1 || break
-    sleep 0.5
-done
-dpuctl get volume v >/dev/null 2>&1 && echo "volume still there"
-find $S | sort > /tmp/after
-if diff /tmp/before /tmp/after; then echo "configfs as found"; fi
+delete_volume v
+configfs_as_found
 echo "initiator connections left $(ctrls_of $SRV | wc -l)"
 kill $AGENT
 "###;
@@ -480,7 +474,7 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
     assert!(retries.last() > retries.first(), "{out}");
 
     let delete = section(&out.stdout, "delete");
-    assert!(!delete.contains("volume still there"), "{out}");
+    assert!(!delete.contains("volume v still there"), "{out}");
     assert!(delete.contains("configfs as found"), "{out}");
     assert!(delete.contains("initiator connections left 0"), "{out}");
     Ok(())
@@ -504,18 +498,7 @@ fn agent_exports_a_volume_survives_restart_and_cleans_up() -> anyhow::Result<()>
 /// only `u`'s controller, `t`'s host connection stays live.
 const QOS_SCRIPT: &str = r###"
 vol() { # $1: the qos part of the volume spec, or nothing
-cat > /tmp/v.yaml <<EOT
-kind: Tenant
-id: t
-spec: {}
----
-objects:
-  - {kind: Function, id: f, tenant: t, spec: {type: nvme, pf: pf0}}
-  - kind: Volume
-    id: v
-    tenant: t
-    spec: {function: f, $1 source: {nvmeof: {transport: tcp, address: 127.0.0.1, port: 4430, subnqn: "$SRV"}}}
-EOT
+volume_yaml t f v "$1" > /tmp/v.yaml
 dpuctl apply -f /tmp/v.yaml >/dev/null
 }
 measure() { # NAME MIB: MiB read with direct I/O and the guest's clock around it
@@ -542,16 +525,7 @@ EXPORT=$(field volume v export)
 echo "export $EXPORT"
 echo "shared port $([ -d $S/ports/4420 ] && echo present || echo absent)"
 nvme connect -t tcp -a 127.0.0.1 -s ${EXPORT#*:} -n $OURS --hostnqn $HOST
-dev=
-for i in $(seq 1 20); do
-    H=$(host_ctrl $OURS $HOST)
-    [ -n "$H" ] && dev=$(ls /sys/class/nvme/$H | grep -E '^nvme[0-9]+c[0-9]+n[0-9]+$|^nvme[0-9]+n[0-9]+$' | head -n 1)
-    [ -n "$dev" ] && dev=$(echo $dev | sed -E 's/^(nvme[0-9]+)c[0-9]+(n[0-9]+)$/\1\2/')
-    [ -n "$dev" ] && [ -b /dev/$dev ] && break
-    dev=
-    sleep 0.5
-done
-echo "host device /dev/$dev"
+host_device
 H1=$(host_ctrl $OURS $HOST)
 measure baseline 96
 
@@ -596,13 +570,8 @@ if tc qdisc show dev lo | diff /tmp/qdisc-before -; then echo "qdisc as found"; 
 
 echo "## delete"
 nvme disconnect -n $OURS
-dpuctl delete volume v
-for i in $(seq 1 600); do
-    dpuctl get volume v >/dev/null 2>&1 || break
-    sleep 0.5
-done
-find $S | sort > /tmp/after
-if diff /tmp/before /tmp/after; then echo "configfs as found"; fi
+delete_volume v
+configfs_as_found
 kill $AGENT
 "###;
 

@@ -13,11 +13,10 @@ use dpu_api::identity::Role;
 use dpu_api::object::{ApplyRequest, ObjectWrite};
 use dpu_api::{Kind, limits};
 use dpu_tests::agent::{AgentProcess, binary};
-use dpu_tests::fixtures::{detail_of, history, put_ok, put_refused, status_of};
+use dpu_tests::fixtures::{
+    IPSEC_KEY_A, IPSEC_KEY_B, detail_of, history, ipsec_tunnel_spec, put_ok, put_refused, status_of,
+};
 use serde_json::{Value, json};
-
-const KEY_A: &str = "00112233445566778899aabbccddeeff0a0b0c0d";
-const KEY_B: &str = "ffeeddccbbaa99887766554433221100deadbeef";
 
 /// `base` with the top-level fields of `patch` set.
 fn merged(mut base: Value, patch: Value) -> Value {
@@ -93,10 +92,7 @@ async fn two_tenants(agent: &AgentProcess) -> (Client, Client, Client) {
             Kind::IpsecTunnel,
             "blue-tun",
             Some("blue"),
-            json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.20.0.0/24"],
-               "remote_subnets": ["10.99.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
-               "spi_in": 5000, "spi_out": 5001, "key_in": KEY_A, "key_out": KEY_B,
-               "offload": "auto"}),
+            ipsec_tunnel_spec("10.20.0.0/24", "10.99.0.0/24", 5000, 5001),
         ),
         (
             &blue,
@@ -173,10 +169,7 @@ async fn invariant_5_no_existence_oracle() {
         (
             Kind::IpsecTunnel,
             "red-tun",
-            json!({"local": "192.0.2.1", "remote": "192.0.2.2", "local_subnets": ["10.10.0.0/24"],
-                   "remote_subnets": ["10.99.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
-                   "spi_in": 5001, "spi_out": 6001, "key_in": KEY_A, "key_out": KEY_B,
-                   "offload": "auto"}),
+            ipsec_tunnel_spec("10.10.0.0/24", "10.99.0.0/24", 5001, 6001),
         ),
         // Blue's host NQN.
         (
@@ -333,7 +326,7 @@ async fn invariants_1_and_2_specs_stay_inside_the_tenant() {
     let tunnel = |local: &[&str], extra: Value| {
         let base = json!({"local": "192.0.2.1", "remote": "192.0.2.3", "local_subnets": local,
                "remote_subnets": ["10.77.0.0/24"], "mode": "tunnel", "cipher": "aes-gcm-128",
-               "spi_in": 7000, "spi_out": 7001, "key_in": KEY_A, "key_out": KEY_B,
+               "spi_in": 7000, "spi_out": 7001, "key_in": IPSEC_KEY_A, "key_out": IPSEC_KEY_B,
                "offload": "auto"});
         merged(base, extra)
     };
@@ -429,8 +422,8 @@ async fn invariant_6_bounded_admission() {
                           "mac": "02:00:00:00:00:01", "ips": ips});
     let big_tunnel = json!({"local": "192.0.2.1", "remote": "192.0.2.2",
         "local_subnets": subnets, "remote_subnets": ["10.99.0.0/24"], "mode": "tunnel",
-        "cipher": "aes-gcm-128", "spi_in": 9000, "spi_out": 9001, "key_in": KEY_A,
-        "key_out": KEY_B, "offload": "auto"});
+        "cipher": "aes-gcm-128", "spi_in": 9000, "spi_out": 9001, "key_in": IPSEC_KEY_A,
+        "key_out": IPSEC_KEY_B, "offload": "auto"});
     for (kind, spec, field) in [
         (Kind::Port, big_port, "spec.ips"),
         (Kind::IpsecTunnel, big_tunnel, "spec.local_subnets"),

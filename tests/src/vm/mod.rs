@@ -235,6 +235,46 @@ start_agent() { # [env ...]: dpu-agent run with /etc/dpu-agent/config.toml, unti
 stop_agent() { kill -TERM $AGENT; wait $AGENT || echo "agent exit $?"; }
 "###;
 
+/// Shell functions for a guest script after [`FLEET_AGENT_SHELL`] that
+/// compare the agent's port status with ovs-vswitchd's own datapath dump:
+/// `count FILE REP` (the dump lines in `FILE` with `in_port(REP)`),
+/// `report PORT FIELD` (a field of the port's status), and
+/// `match_port_flows TC_REP ID:REP...`, which reads both, per port `ID` and
+/// its representor `REP`, until one reading agrees (40 readings, 2 s apart:
+/// the agent reads the datapath at each reconcile, every resync_seconds;
+/// datapath flows come and go with the traffic) and there is a tc flow on
+/// `TC_REP`; every reading is a line `MATCH` or `differ` followed by
+/// `ID dump_all=N dump_offloaded=N dump_ovs=N dump_tc=N
+/// agent_datapath_flows=N agent_offloaded_flows=N agent_offloaded=B;` per
+/// port. The dumps stay in `/tmp/all`, `/tmp/off`, `/tmp/ovs` and `/tmp/tc`.
+pub const PORT_FLOWS_SHELL: &str = r###"count() { grep -c "in_port($2)" $1 || true; }
+report() { dpuctl get port $1 -o json | tr -d ' \n' | grep -o "\"$2\":[a-z0-9]*" | head -n 1 | cut -d: -f2; }
+match_port_flows() { # TC_REP ID:REP...
+    tc_rep=$1; shift
+    for i in $(seq 1 40); do
+        ovs-appctl dpctl/dump-flows -m --names > /tmp/all
+        ovs-appctl dpctl/dump-flows -m --names type=offloaded > /tmp/off || true
+        ovs-appctl dpctl/dump-flows -m --names type=ovs > /tmp/ovs || true
+        ovs-appctl dpctl/dump-flows -m --names type=tc > /tmp/tc || true
+        ok=1
+        line=""
+        [ "$(count /tmp/tc $tc_rep)" -gt 0 ] || ok=0
+        for p in "$@"; do
+            id=${p%:*}; rep=${p#*:}
+            all=$(count /tmp/all $rep); off=$(count /tmp/off $rep)
+            dp=$(report $id datapath_flows); of=$(report $id offloaded_flows); od=$(report $id offloaded)
+            line="$line $id dump_all=$all dump_offloaded=$off dump_ovs=$(count /tmp/ovs $rep) dump_tc=$(count /tmp/tc $rep) agent_datapath_flows=$dp agent_offloaded_flows=$of agent_offloaded=$od;"
+            # Every flow is in the kernel: the openvswitch module or tc.
+            [ "$all" -gt 0 ] && [ "$all" = "$dp" ] && [ "$off" = "$of" ] \
+                && [ $(( $(count /tmp/ovs $rep) + $(count /tmp/tc $rep) )) = "$all" ] || ok=0
+        done
+        if [ $ok = 1 ]; then echo "MATCH$line"; break; fi
+        echo "differ$line"
+        sleep 2
+    done
+}
+"###;
+
 /// [`musl_binary`] copied into `dir` without debug info: the debug builds
 /// are ~200 MB each, which the guest's gzip-compressed initramfs would
 /// carry (and TCG unpack) for nothing. Falls back to the original when

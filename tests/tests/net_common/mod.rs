@@ -173,6 +173,12 @@ impl Agent {
         self.spawn().await;
     }
 
+    /// Waits until `kind/id` is Ready at its current generation
+    /// ([`is_ready`]), returning it.
+    pub async fn wait_ready(&self, kind: Kind, id: &str, within: Duration) -> dpu_api::Object {
+        self.wait_object(kind, id, within, is_ready).await
+    }
+
     /// Waits until `kind/id` satisfies `pred`, returning it.
     pub async fn wait_object(
         &self,
@@ -434,10 +440,10 @@ pub fn vxlan_dpu_thread(
             )
             .await;
             agent
-                .wait_object(Kind::Port, &me.function, Duration::from_secs(60), is_ready)
+                .wait_ready(Kind::Port, &me.function, Duration::from_secs(60))
                 .await;
             agent
-                .wait_object(Kind::Endpoint, "peer", Duration::from_secs(20), is_ready)
+                .wait_ready(Kind::Endpoint, "peer", Duration::from_secs(20))
                 .await;
             let _ = ready.send((me.vtep, ovs.mgmt_socket(BRIDGE)));
             // Until the test is done (or gave up and dropped the sender).
