@@ -51,7 +51,7 @@ if $quick; then
   export TLS_BENCH_ROUNDS=1
 else
   agent_args=(--connections 32 --seconds 10)
-  net_agent_args=(--ports 3000 --rules 14 --runs 50 --baseline-runs 20)  # ≥ 100k flows
+  net_agent_args=(--ports 3000 --rules 27 --runs 50 --baseline-runs 20)  # ≥ 100k flows
 fi
 
 echo "scripts/bench.sh: building release binaries"

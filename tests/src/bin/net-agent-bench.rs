@@ -8,8 +8,10 @@
 //! --no-ovs` on it with the `external` functions backend (representors named
 //! `pf0vfN`, nothing programmed). One tenant, `--ports` net functions and as
 //! many ports spread over networks of 100 ports each (`POST /v1/apply` in
-//! batches of 1000), until every port is Ready and the switch converged
-//! (`dpu_agent_switch_converged` in `/metrics`).
+//! batches of 250, under the 1 MiB body limit with `--rules`), until every
+//! port is Ready and the switch converged (`dpu_agent_switch_converged` in
+//! `/metrics`). `--rules N` gives every port N ingress rules (one flow
+//! each), for the restart row's 100k flows at 3000 ports.
 //!
 //! - Row 3, one port added: `--runs` times, PUT a port for a function made
 //!   beforehand, and time from the 201 to the watch event that shows it
@@ -239,7 +241,7 @@ fn port(k: usize, rules: usize) -> (String, Value) {
 }
 
 async fn apply(client: &Client, objects: Vec<ObjectWrite>) -> BenchResult<()> {
-    for chunk in objects.chunks(1000) {
+    for chunk in objects.chunks(250) {
         client
             .apply(&ApplyRequest {
                 objects: chunk.to_vec(),
