@@ -129,7 +129,8 @@ impl Socket {
 
     /// A socket whose peer is not the kernel but the returned end of a
     /// datagram socket pair: for tests of a protocol over netlink, in which
-    /// the test plays the kernel on that end.
+    /// the test plays the kernel on that end (feature `test-support`).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn pair_with_fake_kernel() -> io::Result<(Socket, OwnedFd)> {
         let mut fds = [0; 2];
         // SAFETY: `fds` is valid for two ints.
