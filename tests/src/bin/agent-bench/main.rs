@@ -16,6 +16,12 @@
 //! `run_phase`). RSS is the agent's
 //! `VmRSS` after start and after loading, once its CPU has gone quiet.
 //!
+//! The paced row's baseline, measured in the same run once the agent is
+//! stopped: the same paced PUTs against the write floor (`floor.rs`), a
+//! process that answers them over the agent's TLS configuration and HTTP/2
+//! stack only after an `fdatasync` of their bodies, and does nothing else.
+//! It is what the machine, the stack and the disk cost without the agent.
+//!
 //! Limits: the load generator shares the machine's cores with the agent, so
 //! on a small machine the numbers are a floor, and the agent's CPU share is
 //! printed beside them. Request bodies are built by this process but answers
@@ -32,6 +38,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+mod floor;
 
 use dpu_api::client::{Client, Method};
 use dpu_tests::agent::free_port;
@@ -152,12 +160,21 @@ impl Agent {
     }
 
     fn admin(&self) -> BenchResult<Client> {
-        Client::from_files(
-            &format!("https://127.0.0.1:{}", self.port),
-            &self.pki("ca.pem"),
-            Some((&self.pki("admin.pem"), &self.pki("admin-key.pem"))),
-        )
-        .map_err(|e| format!("admin client: {e}"))
+        self.target().client()
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            port: self.port,
+            pki: self.pki(""),
+            pid: self.pid(),
+        }
+    }
+
+    /// Stops the agent; its state directory (and PKI) stays until drop.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> BenchResult<()> {
@@ -186,6 +203,79 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A server the load phases drive: the agent or the write floor, both on
+/// 127.0.0.1 with the agent's certificates.
+#[derive(Debug, Clone)]
+struct Target {
+    port: u16,
+    pki: PathBuf,
+    pid: u32,
+}
+
+impl Target {
+    /// A client with the admin identity: one connection.
+    fn client(&self) -> BenchResult<Client> {
+        Client::from_files(
+            &format!("https://127.0.0.1:{}", self.port),
+            &self.pki.join("ca.pem"),
+            Some((&self.pki.join("admin.pem"), &self.pki.join("admin-key.pem"))),
+        )
+        .map_err(|e| format!("admin client: {e}"))
+    }
+}
+
+/// The write floor (`floor.rs`) in its own process; killed on drop.
+#[derive(Debug)]
+struct Floor {
+    child: Child,
+    target: Target,
+}
+
+impl Floor {
+    /// Starts this executable as the floor, with the agent's PKI, and
+    /// waits until it answers.
+    async fn start(pki: &Path, dir: &Path) -> BenchResult<Floor> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        let port = free_port();
+        let child = Command::new(exe)
+            .arg("--serve-floor")
+            .arg(pki)
+            .arg(port.to_string())
+            .arg(dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the write floor: {e}"))?;
+        let mut floor = Floor {
+            target: Target {
+                port,
+                pki: pki.to_path_buf(),
+                pid: child.id(),
+            },
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = floor.child.try_wait() {
+                return Err(format!("the write floor exited with {status}"));
+            }
+            if let Ok((200, _)) = floor.target.client()?.healthz().await {
+                return Ok(floor);
+            }
+            if Instant::now() > deadline {
+                return Err("the write floor did not answer within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Floor {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -342,6 +432,7 @@ struct PhaseResult {
     elapsed: Duration,
     /// Sorted, in microseconds.
     latencies: Vec<u32>,
+    /// CPU of the server driven (the agent or the floor), in seconds.
     agent_cpu: f64,
 }
 
@@ -373,7 +464,7 @@ impl PhaseResult {
 /// scheduled time, so a stall counts in full for every request it delayed
 /// (no coordinated omission).
 async fn run_phase(
-    agent: &Agent,
+    target: &Target,
     load: Load,
     connections: usize,
     duration: Duration,
@@ -381,7 +472,7 @@ async fn run_phase(
 ) -> BenchResult<PhaseResult> {
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let client = agent.admin()?;
+        let client = target.client()?;
         // Handshake outside the measured window: keep-alive from here on.
         client
             .healthz()
@@ -390,7 +481,7 @@ async fn run_phase(
         clients.push(client);
     }
     let mtu_counter = Arc::new(AtomicU64::new(0));
-    let cpu_before = cpu_seconds(agent.pid())?;
+    let cpu_before = cpu_seconds(target.pid)?;
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + duration;
     let mut tasks = Vec::with_capacity(connections);
@@ -478,7 +569,7 @@ async fn run_phase(
         Some(_) => duration,
         None => start.elapsed(),
     };
-    result.agent_cpu = cpu_seconds(agent.pid())? - cpu_before;
+    result.agent_cpu = cpu_seconds(target.pid)? - cpu_before;
     result.requests = result.latencies.len();
     result.latencies.sort_unstable();
     Ok(result)
@@ -533,6 +624,8 @@ struct Report<'a> {
     writes: PhaseResult,
     /// Paced at the target rate.
     paced: PhaseResult,
+    /// The same paced writes against the write floor.
+    floor: PhaseResult,
     commits: CommitStats,
 }
 
@@ -563,19 +656,26 @@ impl Report<'_> {
         let _ = writeln!(s);
         let _ = writeln!(s, "| metric | target | measured | |");
         let _ = writeln!(s, "|---|---|---|---|");
-        // Each row also as a `bench-row` line for `scripts/bench.sh`
-        // (no baseline: nothing else serves this API).
+        // Each row also as a `bench-row` line for `scripts/bench.sh`; only
+        // the paced writes have a baseline (the write floor): nothing else
+        // serves this API.
         let mut machine = String::new();
-        // `met`: `None` for a row that informs and has no target.
-        let mut row = |name: &str, target: String, measured: String, met: Option<bool>| {
+        // `met`: `None` for a row that informs and has no target; `base`:
+        // the baseline and the ratio to it.
+        let mut row = |name: &str,
+                       target: String,
+                       measured: String,
+                       met: Option<bool>,
+                       base: Option<(String, String)>| {
             let (shown, word) = match met {
                 Some(met) => (verdict(met), if met { "met" } else { "missed" }),
                 None => ("", "-"),
             };
             let _ = writeln!(s, "| {name} | {target} | {measured} | {shown} |");
+            let (baseline, ratio) = base.unwrap_or(("-".into(), "-".into()));
             let _ = writeln!(
                 machine,
-                "bench-row\t{name}\t{measured}\t-\t-\t{target}\t{word}"
+                "bench-row\t{name}\t{measured}\t{baseline}\t{ratio}\t{target}\t{word}"
             );
         };
         row(
@@ -583,6 +683,7 @@ impl Report<'_> {
             format!("≥ {TARGET_READS:.0}"),
             format!("{:.0}", r.rate()),
             Some(r.rate() >= TARGET_READS),
+            None,
         );
         row(
             "read latency p50 / p99",
@@ -593,12 +694,14 @@ impl Report<'_> {
                 r.percentile_ms(0.99)
             ),
             Some(r.percentile_ms(0.99) <= TARGET_P99_MS),
+            None,
         );
         row(
             "durable writes/s (PUT, spec changed)",
             format!("≥ {TARGET_WRITES:.0}"),
             format!("{:.0}", w.rate()),
             Some(w.rate() >= TARGET_WRITES),
+            None,
         );
         // At saturation, latency is queueing: connections / rate on
         // average (Little's law), whatever the agent does per write.
@@ -611,10 +714,16 @@ impl Report<'_> {
                 w.percentile_ms(0.99)
             ),
             None,
+            None,
         );
         let p = &self.paced;
+        let f = &self.floor;
         // Kept up: at least 99% of the schedule's requests answered.
         let kept_up = p.rate() >= TARGET_WRITES * 0.99 && p.errors == 0;
+        let floor_base = Some((
+            format!("write floor p99 {:.2} ms", f.percentile_ms(0.99)),
+            format!("{:.2}×", p.percentile_ms(0.99) / f.percentile_ms(0.99)),
+        ));
         row(
             &format!(
                 "durable writes paced at {TARGET_WRITES:.0}/s: rate, latency p50 / p99 (from the scheduled send)"
@@ -627,18 +736,47 @@ impl Report<'_> {
                 p.percentile_ms(0.99)
             ),
             Some(kept_up && p.percentile_ms(0.99) <= TARGET_P99_MS),
+            floor_base,
+        );
+        // The floor's own row: what the same load costs without the agent.
+        row(
+            &format!(
+                "… the write floor, same paced PUTs (mTLS, HTTP/2, JSON parsed, group fdatasync; no agent): rate, latency p50 / p99"
+            ),
+            "-".into(),
+            format!(
+                "{:.0}/s, {:.2} / {:.2} ms",
+                f.rate(),
+                f.percentile_ms(0.50),
+                f.percentile_ms(0.99)
+            ),
+            None,
+            None,
+        );
+        row(
+            "… CPU per paced write: the agent, the write floor",
+            "-".into(),
+            format!(
+                "{:.0} µs, {:.0} µs",
+                p.agent_cpu / p.requests.max(1) as f64 * 1e6,
+                f.agent_cpu / f.requests.max(1) as f64 * 1e6
+            ),
+            None,
+            None,
         );
         row(
             "RSS idle (after start)",
             format!("≤ {TARGET_RSS_IDLE_MB} MB"),
             format!("{:.1} MiB", self.rss_idle),
             Some(self.rss_idle <= TARGET_RSS_IDLE_MB),
+            None,
         );
         row(
             "RSS with 10k objects",
             format!("≤ {TARGET_RSS_LOADED_MB} MB"),
             format!("{:.1} MiB", self.rss_loaded),
             Some(self.rss_loaded <= TARGET_RSS_LOADED_MB),
+            None,
         );
         let _ = writeln!(s);
         let _ = writeln!(
@@ -668,7 +806,12 @@ impl Report<'_> {
                 c.seconds / c.commits * 1e3,
             );
         }
-        for (name, phase) in [("read", r), ("write", w), ("paced write", &self.paced)] {
+        for (name, phase) in [
+            ("read", r),
+            ("write", w),
+            ("paced write", &self.paced),
+            ("write floor", &self.floor),
+        ] {
             if let Some(e) = &phase.first_error {
                 let _ = writeln!(s, "\nFirst {name} error: {e}");
             }
@@ -705,13 +848,27 @@ async fn run(opts: &Options) -> BenchResult<String> {
         "agent-bench: reads, {} connections, {duration:?}",
         opts.connections
     );
-    let reads = run_phase(&agent, Load::Reads, opts.connections, duration, None).await?;
+    let reads = run_phase(
+        &agent.target(),
+        Load::Reads,
+        opts.connections,
+        duration,
+        None,
+    )
+    .await?;
     eprintln!(
         "agent-bench: writes, {} connections, {duration:?}",
         opts.connections
     );
     let before = CommitStats::read(&admin).await?;
-    let writes = run_phase(&agent, Load::Writes, opts.connections, duration, None).await?;
+    let writes = run_phase(
+        &agent.target(),
+        Load::Writes,
+        opts.connections,
+        duration,
+        None,
+    )
+    .await?;
     let commits = CommitStats::read(&admin).await?.since(&before);
     // The saturated phase leaves the controllers a backlog of status
     // writes: the paced phase starts once the agent is quiet again.
@@ -721,13 +878,25 @@ async fn run(opts: &Options) -> BenchResult<String> {
         opts.connections
     );
     let paced = run_phase(
-        &agent,
+        &agent.target(),
         Load::Writes,
         opts.connections,
         duration,
         Some(TARGET_WRITES),
     )
     .await?;
+    agent.stop();
+    eprintln!("agent-bench: agent stopped; the same paced writes against the write floor");
+    let floor = Floor::start(&agent.pki(""), agent.dir.path()).await?;
+    let floor_paced = run_phase(
+        &floor.target,
+        Load::Writes,
+        opts.connections,
+        duration,
+        Some(TARGET_WRITES),
+    )
+    .await?;
+    drop(floor);
 
     Ok(Report {
         opts,
@@ -740,6 +909,7 @@ async fn run(opts: &Options) -> BenchResult<String> {
         reads,
         writes,
         paced,
+        floor: floor_paced,
         commits,
     }
     .markdown())
@@ -784,6 +954,20 @@ impl CommitStats {
 }
 
 fn main() -> ExitCode {
+    // The write floor's process (started by `run`, see `Floor`).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, pki, port, dir] = args.as_slice()
+        && flag == "--serve-floor"
+    {
+        let served = port
+            .parse()
+            .map_err(|e| format!("--serve-floor port: {e}"))
+            .and_then(|port| floor::serve(Path::new(pki), port, Path::new(dir)));
+        if let Err(e) = served {
+            eprintln!("agent-bench: {e}");
+        }
+        return ExitCode::FAILURE;
+    }
     let opts = match Options::parse() {
         Ok(o) => o,
         Err(e) => {
