@@ -740,9 +740,8 @@ impl Report<'_> {
         );
         // The floor's own row: what the same load costs without the agent.
         row(
-            &format!(
-                "… the write floor, same paced PUTs (mTLS, HTTP/2, JSON parsed, group fdatasync; no agent): rate, latency p50 / p99"
-            ),
+            "… the write floor, same paced PUTs (mTLS, HTTP/2, JSON parsed, group fdatasync; \
+             no agent): rate, latency p50 / p99",
             "-".into(),
             format!(
                 "{:.0}/s, {:.2} / {:.2} ms",
