@@ -86,6 +86,19 @@ impl ObjectLookup for TxnLookup<'_, '_> {
             .collect()
     }
 
+    fn find(
+        &self,
+        kind: Kind,
+        tenant: Option<&str>,
+        pred: &mut dyn FnMut(&str, &Spec) -> bool,
+    ) -> Option<String> {
+        self.0
+            .list(kind, tenant)
+            .into_iter()
+            .find(|o| pred(&o.id, &o.spec))
+            .map(|o| o.id.clone())
+    }
+
     fn network_with_vni(&self, vni: u32, except: &str) -> Option<String> {
         self.0.network_with_vni(vni, except).map(|o| o.id.clone())
     }

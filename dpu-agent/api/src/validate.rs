@@ -818,6 +818,22 @@ pub trait ObjectLookup {
     /// its id.
     fn list(&self, kind: Kind, tenant: Option<&str>) -> Vec<(String, Spec)>;
 
+    /// The id of the first object of `kind` in `tenant` (all tenants when
+    /// `None`) for which `pred` holds, in [`ObjectLookup::list`]'s order.
+    /// The default scans `list`; a store overrides it to look at its
+    /// objects without copying them, since every network write asks.
+    fn find(
+        &self,
+        kind: Kind,
+        tenant: Option<&str>,
+        pred: &mut dyn FnMut(&str, &Spec) -> bool,
+    ) -> Option<String> {
+        self.list(kind, tenant)
+            .into_iter()
+            .find(|(id, spec)| pred(id, spec))
+            .map(|(id, _)| id)
+    }
+
     /// The id of a network other than `except` that uses `vni`. The default
     /// scans [`ObjectLookup::list`]; a store overrides it with something
     /// cheaper, since every network write asks.
@@ -1004,14 +1020,14 @@ pub fn validate_in_context(
 
 /// The CIDRs of a tenant's networks.
 fn tenant_networks(tenant: &str, objects: &dyn ObjectLookup) -> Vec<Ipv4Net> {
-    objects
-        .list(Kind::Network, Some(tenant))
-        .into_iter()
-        .filter_map(|(_, s)| match s {
-            Spec::Network(n) => Some(n.cidr.0),
-            _ => None,
-        })
-        .collect()
+    let mut cidrs = Vec::new();
+    objects.find(Kind::Network, Some(tenant), &mut |_, s| {
+        if let Spec::Network(n) = s {
+            cidrs.push(n.cidr.0);
+        }
+        false
+    });
+    cidrs
 }
 
 /// The VNI ranges of a tenant spec's grant; entries that do not parse are
@@ -1118,19 +1134,16 @@ fn check_network_vni(
             ),
         );
     }
-    for (other, spec) in objects.list(Kind::Tenant, None) {
-        if other == tenant {
-            continue;
-        }
-        if let Spec::Tenant(o) = spec
-            && vni_ranges(&o)
+    let granted_to_other = objects.find(Kind::Tenant, None, &mut |other, spec| {
+        other != tenant
+            && matches!(spec, Spec::Tenant(o) if vni_ranges(o)
                 .iter()
-                .any(|(lo, hi)| (*lo..=*hi).contains(&n.vni))
-        {
-            return unavailable();
-        }
+                .any(|(lo, hi)| (*lo..=*hi).contains(&n.vni)))
+    });
+    match granted_to_other {
+        Some(_) => unavailable(),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A tenant identity's function stays inside its grant: the PF, the VF
