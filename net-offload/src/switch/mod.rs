@@ -22,7 +22,7 @@
 pub mod plan;
 mod ports;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,11 +38,11 @@ use crate::ovsdb::{
 };
 use crate::pipeline::{
     self, Changes, CompiledPipeline, DesiredNetworking, FlowPlan, IncrementalPipeline, Owner,
-    OwnerKind,
+    OwnerKind, PortDesc,
 };
 use plan::{
-    BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, desired_ports,
-    plan_bridge, plan_meters, plan_ports, resolve_ofports,
+    BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, plan_bridge, plan_meters,
+    plan_ports_of, port_ofport, resolve_ofports, tunnel_ofports,
 };
 use ports::BridgePorts;
 
@@ -330,6 +330,7 @@ impl SwitchHandle {
             last_ok: None,
             replica_version: ovsdb.replica_changes(),
             replica_read: None,
+            bridge_ok_at: None,
             ticks: 0,
             datapath: None,
             datapath_reading: false,
@@ -421,14 +422,184 @@ fn bridge_plan(ovsdb: &OvsdbClient, config: &SwitchConfig) -> BridgePlan {
 }
 
 fn plan_all(observed: &Observed, input: &SwitchInput) -> (PortPlan, CompiledPipeline) {
-    let want_ports = desired_ports(&input.networking, &input.representors);
-    let ports = plan_ports(&want_ports, observed.ports.ports());
+    let ports = plan_ports_of(
+        &input.networking,
+        &input.representors,
+        observed.ports.ports(),
+    );
     let resolved = resolve_ofports(
         &input.networking,
         &input.representors,
         observed.ports.ofports(),
     );
     (ports, pipeline::compile(&resolved))
+}
+
+/// What the report says of one port.
+#[derive(Clone, Copy)]
+struct PortState<'a> {
+    ofport: Option<u32>,
+    flows: usize,
+    pending: Option<&'a str>,
+    datapath: Option<crate::unixctl::DatapathFlows>,
+}
+
+impl PortState<'_> {
+    fn is(&self, r: &PortReport) -> bool {
+        r.ofport == self.ofport
+            && r.flows == self.flows
+            && r.pending.as_deref() == self.pending
+            && r.datapath == self.datapath
+    }
+
+    fn report(&self) -> PortReport {
+        PortReport {
+            ofport: self.ofport,
+            flows: self.flows,
+            pending: self.pending.map(str::to_string),
+            datapath: self.datapath,
+        }
+    }
+}
+
+/// What the report says of port `p`: the ofport its flows match (none when
+/// `skipped` lists it: the pipeline's ports without flows, with why), its
+/// flows (`owner` is a scratch key, so the lookup copies nothing), why it
+/// has none, and what `datapath` (the datapath flows per representor, when
+/// known) says of its representor.
+fn port_state<'a>(
+    p: &PortDesc,
+    input: &SwitchInput,
+    ofports: &BTreeMap<String, u32>,
+    skipped: &'a BTreeMap<String, String>,
+    counts: &BTreeMap<Owner, usize>,
+    datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
+    owner: &mut Owner,
+) -> PortState<'a> {
+    let skip = skipped.get(&p.id);
+    let ofport = if skip.is_some() {
+        None
+    } else {
+        port_ofport(p, &input.representors, ofports)
+    };
+    let pending = skip.map(String::as_str).or_else(|| {
+        (!input.representors.contains_key(&p.id)).then_some("its function has no representor yet")
+    });
+    owner.id.clear();
+    owner.id.push_str(&p.id);
+    PortState {
+        ofport,
+        flows: counts.get(owner).copied().unwrap_or(0),
+        pending,
+        datapath: datapath.map(|found| {
+            input
+                .representors
+                .get(&p.id)
+                .and_then(|rep| found.get(rep))
+                .copied()
+                .unwrap_or_default()
+        }),
+    }
+}
+
+/// Every input port's report (see [`port_state`]), built anew.
+fn port_reports<'a>(
+    input: &'a SwitchInput,
+    ofports: &'a BTreeMap<String, u32>,
+    skipped: &'a BTreeMap<String, String>,
+    counts: &'a BTreeMap<Owner, usize>,
+    datapath: Option<&'a BTreeMap<String, crate::unixctl::DatapathFlows>>,
+) -> impl Iterator<Item = (String, PortReport)> + 'a {
+    let mut owner = Owner::new(OwnerKind::Port, String::new());
+    input.networking.ports.iter().map(move |p| {
+        let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
+        (p.id.clone(), s.report())
+    })
+}
+
+/// Makes `reports` what [`port_reports`] builds, in place: only the
+/// entries that differ are written (a pass that changed one port copies
+/// one port's report, not every port's).
+fn sync_port_reports(
+    reports: &mut BTreeMap<String, PortReport>,
+    input: &SwitchInput,
+    ofports: &BTreeMap<String, u32>,
+    skipped: &BTreeMap<String, String>,
+    counts: &BTreeMap<Owner, usize>,
+    datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
+) {
+    let mut owner = Owner::new(OwnerKind::Port, String::new());
+    for p in &input.networking.ports {
+        let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
+        match reports.get_mut(&p.id) {
+            Some(r) if s.is(r) => {}
+            Some(r) => *r = s.report(),
+            None => {
+                reports.insert(p.id.clone(), s.report());
+            }
+        }
+    }
+    // Every input port is in `reports` now: as many entries as ports of
+    // distinct ids means no other is.
+    let ports = &input.networking.ports;
+    let distinct = ports.windows(2).all(|w| w[0].id < w[1].id);
+    if !distinct || reports.len() != ports.len() {
+        let ids: BTreeSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();
+        reports.retain(|id, _| ids.contains(id.as_str()));
+    }
+}
+
+/// Makes `target` equal to `source`, writing only the entries that differ
+/// (one ordered walk of both, nothing copied that is already there).
+fn sync_map<K: Ord + Clone, V: PartialEq + Clone>(
+    target: &mut BTreeMap<K, V>,
+    source: &BTreeMap<K, V>,
+) {
+    let mut set: Vec<(&K, &V)> = Vec::new();
+    let mut remove: Vec<K> = Vec::new();
+    let mut old = target.iter().peekable();
+    let mut new = source.iter().peekable();
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => {
+                remove.push((*k).clone());
+                old.next();
+            }
+            (None, Some((k, v))) => {
+                set.push((k, v));
+                new.next();
+            }
+            (Some((ko, vo)), Some((kn, vn))) => match ko.cmp(kn) {
+                std::cmp::Ordering::Less => {
+                    remove.push((*ko).clone());
+                    old.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    set.push((kn, vn));
+                    new.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if vo != vn {
+                        set.push((kn, vn));
+                    }
+                    old.next();
+                    new.next();
+                }
+            },
+        }
+    }
+    for k in remove {
+        target.remove(&k);
+    }
+    for (k, v) in set {
+        match target.get_mut(k) {
+            Some(t) => *t = v.clone(),
+            None => {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 struct Reconciler {
@@ -451,6 +622,9 @@ struct Reconciler {
     replica_version: watch::Receiver<u64>,
     /// The generation the bridge's ports were last read at.
     replica_read: Option<u64>,
+    /// A generation at which the bridge row and `hw-offload` needed no
+    /// change (the plan is a function of the replica and the config).
+    bridge_ok_at: Option<u64>,
     /// Periodic passes since start; every [`FULL_DUMP_EVERY`]th dumps.
     ticks: u64,
     /// Datapath flows per input port name, from the last successful query
@@ -761,7 +935,16 @@ impl Reconciler {
                 db: format!("{:?}", self.config.db),
             });
         }
-        self.ensure_bridge().await?;
+        // The bridge row is planned again only when the replica moved
+        // since it last needed nothing (decoding it reads every port uuid).
+        let version = *self.replica_version.borrow();
+        if self.bridge_ok_at != Some(version) {
+            let plan = bridge_plan(&self.ovsdb, &self.config);
+            self.apply_bridge(&plan).await?;
+            if plan.is_empty() {
+                self.bridge_ok_at = Some(version);
+            }
+        }
         let ports_moved = self.refresh_ports()?;
         if !ports_moved
             && self.believed
@@ -775,8 +958,9 @@ impl Reconciler {
         }
         let port_plan = {
             let observed = self.observed.lock().expect("observed lock");
-            plan_ports(
-                &desired_ports(&input.networking, &input.representors),
+            plan_ports_of(
+                &input.networking,
+                &input.representors,
                 observed.ports.ports(),
             )
         };
@@ -792,16 +976,19 @@ impl Reconciler {
         }
         self.connect_openflow().await?;
         // The pipeline brought to the input, recompiling only the networks
-        // whose inputs changed (timed as `compile`).
-        let (changes, resolved) = {
+        // whose inputs changed (timed as `compile`); the input is read in
+        // place, each port with its representor's ofport.
+        let changes = {
             let mut observed = self.observed.lock().expect("observed lock");
-            let resolved = resolve_ofports(
+            let Observed {
+                pipeline, ports, ..
+            } = &mut *observed;
+            let ofports = ports.ofports();
+            pipeline.update_resolving(
                 &input.networking,
-                &input.representors,
-                observed.ports.ofports(),
-            );
-            let changes = observed.pipeline.update(&resolved);
-            (changes, resolved)
+                |p| port_ofport(p, &input.representors, ofports),
+                &tunnel_ofports(ofports),
+            )
         };
         // Believed (the switch holds exactly the last pass's flows): only
         // the changed networks' flows are diffed, each against its previous
@@ -816,7 +1003,7 @@ impl Reconciler {
             observed.flows = flows;
             observed.installed = false;
         }
-        let (flow_plan, meters, skipped, counts) = {
+        let (flow_plan, meters, skipped) = {
             let observed = self.observed.lock().expect("observed lock");
             let diffing = Instant::now();
             let plan = match &changed_segments {
@@ -831,51 +1018,39 @@ impl Reconciler {
                 plan,
                 observed.pipeline.meters(),
                 observed.pipeline.skipped_ports(),
-                observed.pipeline.flow_counts(),
             );
             drop(observed);
             self.timed(Phase::Diff, took);
             out
         };
         drop(changed_segments);
-        // Each port's ofport: the one its flows match, unless it got none.
-        self.report.ports = input
-            .networking
-            .ports
-            .iter()
-            .zip(&resolved.ports)
-            .map(|(p, r)| {
-                let skip = skipped.get(&p.id);
-                let ofport = if skip.is_some() { None } else { r.ofport };
-                let pending = skip.cloned().or_else(|| {
-                    (!input.representors.contains_key(&p.id))
-                        .then(|| "its function has no representor yet".to_string())
-                });
-                (
-                    p.id.clone(),
-                    PortReport {
-                        ofport,
-                        flows: 0,
-                        pending,
-                        datapath: None,
-                    },
-                )
-            })
-            .collect();
-        drop(resolved);
         let meter_plan = plan_meters(&meters, &self.meters);
-        self.apply_meters(&meter_plan).await?;
-        self.apply_flows(&flow_plan).await?;
-        self.remove_stale_meters(&meter_plan).await?;
-        for (id, port) in &mut self.report.ports {
-            port.flows = counts
-                .get(&Owner::new(OwnerKind::Port, id.clone()))
-                .copied()
-                .unwrap_or(0);
+        let applied = async {
+            self.apply_meters(&meter_plan).await?;
+            self.apply_flows(&flow_plan).await?;
+            self.remove_stale_meters(&meter_plan).await
         }
-        self.report.flows = counts;
-        self.apply_datapath(input);
+        .await;
         let mut observed = self.observed.lock().expect("observed lock");
+        let ofports = observed.ports.ofports();
+        if let Err(e) = applied {
+            // Each port's ofport and why it has none, without flows.
+            self.report.ports =
+                port_reports(input, ofports, &skipped, &BTreeMap::new(), None).collect();
+            return Err(e);
+        }
+        // Each port's ofport (the one its flows match, unless it got none),
+        // flows and datapath flows, written only where they changed.
+        let counts = observed.pipeline.owner_flows();
+        sync_port_reports(
+            &mut self.report.ports,
+            input,
+            ofports,
+            &skipped,
+            counts,
+            self.datapath.as_ref(),
+        );
+        sync_map(&mut self.report.flows, counts);
         // The switch now holds the pipeline's flows; the dump is dropped.
         observed.flows = Vec::new();
         observed.installed = true;
@@ -1174,6 +1349,130 @@ mod tests {
         r.phases[Pass::Periodic as usize][Phase::Bundle as usize].observe(Duration::from_millis(1));
         assert_eq!(r.phase(Pass::Periodic, Phase::Bundle).count(), 1);
         assert_eq!(r.phase(Pass::Change, Phase::Bundle).count(), 0);
+    }
+
+    mod in_place {
+        use super::*;
+        use crate::pipeline::{Encap, NetworkDesc, SecurityDesc};
+        use crate::unixctl::DatapathFlows;
+        use proptest::prelude::*;
+
+        /// Port ids, networks, representors, ofports, skipped ports, flow
+        /// counts and datapath flows drawn from small ranges, so that
+        /// successive states share, change and drop entries (ids may repeat
+        /// and come unsorted).
+        type PortGen = (u8, Option<u8>, Option<u16>, bool, u8, Option<u8>);
+
+        /// A pass's input, ofports, skipped ports, flow counts and datapath
+        /// flows.
+        type State = (
+            SwitchInput,
+            BTreeMap<String, u32>,
+            BTreeMap<String, String>,
+            BTreeMap<Owner, usize>,
+            Option<BTreeMap<String, DatapathFlows>>,
+        );
+
+        fn state(ports: &[PortGen], sort: bool, datapath: bool) -> State {
+            let mut input = SwitchInput::default();
+            input.networking.networks.push(NetworkDesc {
+                id: "n".into(),
+                tenant: "t".into(),
+                vni: 1,
+                encap: Encap::Vxlan,
+            });
+            let (mut ofports, mut skipped, mut counts) =
+                (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+            let mut found = BTreeMap::new();
+            for &(id, rep, ofport, skip, flows, dp) in ports {
+                let id = format!("p{id}");
+                input.networking.ports.push(PortDesc {
+                    id: id.clone(),
+                    tenant: "t".into(),
+                    network: "n".into(),
+                    mac: [2, 0, 0, 0, 0, 1],
+                    ips: vec![],
+                    security: SecurityDesc::default(),
+                    qos: None,
+                    ofport: None,
+                });
+                if let Some(rep) = rep {
+                    let rep = format!("rep{rep}");
+                    if let Some(o) = ofport {
+                        ofports.insert(rep.clone(), u32::from(o));
+                    }
+                    if let Some(dp) = dp {
+                        found.insert(
+                            rep.clone(),
+                            DatapathFlows {
+                                total: usize::from(dp),
+                                offloaded: usize::from(dp / 2),
+                            },
+                        );
+                    }
+                    input.representors.insert(id.clone(), rep);
+                }
+                if skip {
+                    skipped.insert(id.clone(), format!("why {flows}"));
+                }
+                if flows > 0 {
+                    counts.insert(Owner::new(OwnerKind::Port, id), usize::from(flows));
+                }
+            }
+            if sort {
+                input.networking.ports.sort_by(|a, b| a.id.cmp(&b.id));
+                input.networking.ports.dedup_by(|a, b| a.id == b.id);
+            }
+            (input, ofports, skipped, counts, datapath.then_some(found))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Updating the per-port report and the flow counts in place,
+            /// pass after pass, gives what building them anew gives.
+            #[test]
+            fn in_place_reports_equal_rebuilt_ones(
+                states in prop::collection::vec(
+                    (
+                        prop::collection::vec(
+                            (
+                                0u8..8,
+                                prop::option::weighted(0.8, 0u8..6),
+                                prop::option::weighted(0.8, 1u16..5),
+                                prop::bool::weighted(0.2),
+                                0u8..3,
+                                prop::option::of(0u8..4),
+                            ),
+                            0..10,
+                        ),
+                        prop::bool::weighted(0.8),
+                        any::<bool>(),
+                    ),
+                    1..8,
+                )
+            ) {
+                let mut reports = BTreeMap::new();
+                let mut flows = BTreeMap::new();
+                for (ports, sort, datapath) in &states {
+                    let (input, ofports, skipped, counts, found) = state(ports, *sort, *datapath);
+                    sync_port_reports(
+                        &mut reports,
+                        &input,
+                        &ofports,
+                        &skipped,
+                        &counts,
+                        found.as_ref(),
+                    );
+                    let whole: BTreeMap<String, PortReport> =
+                        port_reports(&input, &ofports, &skipped, &counts, found.as_ref())
+                            .collect();
+                    prop_assert_eq!(&reports, &whole);
+                    sync_map(&mut flows, &counts);
+                    prop_assert_eq!(&flows, &counts);
+                }
+            }
+        }
     }
 
     #[test]
