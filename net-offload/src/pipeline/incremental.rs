@@ -4,7 +4,7 @@
 //! The result is always what [`compile`] gives for the same desired state
 //! (README.md, "The agent's own share").
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::compile::{
     CompiledPipeline, NetworkInputs, OwnedFlow, Segment, compile, compile_segment,
@@ -284,6 +284,89 @@ impl IncrementalPipeline {
         } else {
             Changes::Segments(changed)
         }
+    }
+
+    /// [`IncrementalPipeline::update_resolving`] when `desired` and its
+    /// ports are those of the last update and only ofports may have moved:
+    /// those of the ports of `networks` and the tunnel ports of their
+    /// encapsulations. Only those networks are regrouped, compared and
+    /// (when they differ) recompiled; the others are not looked at but for
+    /// their cached ofports (still unique?). `None`, with nothing changed,
+    /// when only the whole update can tell: no update yet, the whole-state
+    /// compile in use, or ofports no longer unique.
+    pub fn update_networks(
+        &mut self,
+        desired: &DesiredNetworking,
+        networks: &BTreeSet<&str>,
+        ofport: impl Fn(&PortDesc) -> Option<u32>,
+        tunnels: &BTreeMap<Encap, u32>,
+    ) -> Option<Changes> {
+        if !self.started || self.whole.is_some() {
+            return None;
+        }
+        let mut groups: Vec<NetworkInputs<'_>> = Vec::with_capacity(networks.len());
+        for id in networks {
+            // Of two networks with one id the last wins, as in
+            // `group_by_network` (segments never have two: the update
+            // falls back to the whole compile).
+            let Some(n) = desired.networks.iter().rev().find(|n| n.id == *id) else {
+                continue;
+            };
+            let mut ports: Vec<&PortDesc> =
+                desired.ports.iter().filter(|p| p.network == *id).collect();
+            ports.sort_by(|a, b| a.id.cmp(&b.id));
+            let mut endpoints: Vec<&EndpointDesc> = desired
+                .endpoints
+                .iter()
+                .filter(|e| e.network == *id)
+                .collect();
+            endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+            groups.push(NetworkInputs {
+                network: n,
+                ports,
+                endpoints,
+                tunnel: tunnels.get(&n.encap).copied(),
+            });
+        }
+        if !groups
+            .iter()
+            .all(|g| self.segments.contains_key(g.network.id.as_str()))
+        {
+            // Not in the last update: not the same desired state.
+            return None;
+        }
+        // Ofports still unique: the cached ones of the other networks, the
+        // new ones of these.
+        let mut ofports: Vec<u32> = self
+            .segments
+            .iter()
+            .filter(|(id, _)| !networks.contains(id.as_str()))
+            .flat_map(|(_, c)| c.ports.iter().filter_map(|p| p.ofport))
+            .chain(
+                groups
+                    .iter()
+                    .flat_map(|g| g.ports.iter().filter_map(|p| ofport(p))),
+            )
+            .collect();
+        ofports.sort_unstable();
+        if ofports.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
+        let mut changed = BTreeMap::new();
+        for g in &groups {
+            let id = g.network.id.as_str();
+            let Some(c) = self.segments.get_mut(id) else {
+                continue;
+            };
+            if c.compiled_from(g, &ofport) {
+                continue;
+            }
+            let old = std::mem::replace(c, Cached::new(g, &ofport));
+            sub_counts(&mut self.counts, &old.counts);
+            add_counts(&mut self.counts, &c.counts);
+            changed.insert(id.to_string(), Some(old.segment));
+        }
+        Some(Changes::Segments(changed))
     }
 
     /// Every flow, as [`compile`] lists them.

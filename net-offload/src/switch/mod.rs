@@ -37,14 +37,14 @@ use crate::ovsdb::{
     VswitchError, vswitch_monitor,
 };
 use crate::pipeline::{
-    self, Changes, CompiledPipeline, DesiredNetworking, FlowPlan, IncrementalPipeline, Owner,
-    OwnerKind, PortDesc,
+    self, Changes, CompiledPipeline, DesiredNetworking, Encap, FlowPlan, IncrementalPipeline,
+    Owner, OwnerKind, PortDesc, Segment,
 };
 use plan::{
     BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, plan_bridge, plan_meters,
-    plan_ports_of, port_ofport, resolve_ofports, tunnel_ofports,
+    plan_ports_of, port_ofport, resolve_ofports, tunnel_ofports, tunnel_port_name,
 };
-use ports::BridgePorts;
+use ports::{BridgePorts, MovedOfports};
 
 /// `OFPMMFC_METER_EXISTS`.
 const METER_EXISTS: u16 = 1;
@@ -328,6 +328,8 @@ impl SwitchHandle {
             report_tx,
             believed: false,
             last_ok: None,
+            synced: None,
+            ports_planned: None,
             replica_version: ovsdb.replica_changes(),
             replica_read: None,
             bridge_ok_at: None,
@@ -351,10 +353,11 @@ impl SwitchHandle {
         }
     }
 
-    /// Hands over a new desired state (replacing any not yet processed).
+    /// Hands over a new desired state (replacing any not yet processed);
+    /// an `Arc` is handed over as it is, not copied.
     /// Nothing is changed on the switch before the first input (version ≥ 1).
-    pub fn set_input(&self, input: SwitchInput) {
-        self.input.send_replace(Arc::new(input));
+    pub fn set_input(&self, input: impl Into<Arc<SwitchInput>>) {
+        self.input.send_replace(input.into());
     }
 
     /// The version of the input last handed over.
@@ -528,8 +531,27 @@ fn sync_port_reports(
     counts: &BTreeMap<Owner, usize>,
     datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
 ) {
+    sync_port_reports_of(reports, input, ofports, skipped, counts, datapath, None);
+}
+
+/// [`sync_port_reports`], or with `only`, of the ports of those networks
+/// alone: when `reports` was synced to the same input (of distinct port
+/// ids) and only those networks' segments changed since, the other ports'
+/// reports are as they were.
+fn sync_port_reports_of(
+    reports: &mut BTreeMap<String, PortReport>,
+    input: &SwitchInput,
+    ofports: &BTreeMap<String, u32>,
+    skipped: &BTreeMap<String, String>,
+    counts: &BTreeMap<Owner, usize>,
+    datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
+    only: Option<&BTreeMap<String, Option<Segment>>>,
+) {
     let mut owner = Owner::new(OwnerKind::Port, String::new());
     for p in &input.networking.ports {
+        if only.is_some_and(|networks| !networks.contains_key(&p.network)) {
+            continue;
+        }
         let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
         match reports.get_mut(&p.id) {
             Some(r) if s.is(r) => {}
@@ -539,6 +561,10 @@ fn sync_port_reports(
             }
         }
     }
+    if only.is_some() {
+        // The same ports as before.
+        return;
+    }
     // Every input port is in `reports` now: as many entries as ports of
     // distinct ids means no other is.
     let ports = &input.networking.ports;
@@ -547,6 +573,65 @@ fn sync_port_reports(
         let ids: BTreeSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();
         reports.retain(|id, _| ids.contains(id.as_str()));
     }
+}
+
+/// Makes `target`'s entries of `owners` those of `counts` (none where
+/// `counts` has none); the other entries are left as they are.
+fn sync_owners<'a>(
+    target: &mut BTreeMap<Owner, usize>,
+    counts: &BTreeMap<Owner, usize>,
+    owners: impl Iterator<Item = &'a Owner>,
+) {
+    for o in owners {
+        match counts.get(o) {
+            Some(n) if target.get(o) == Some(n) => {}
+            Some(n) => {
+                target.insert(o.clone(), *n);
+            }
+            None => {
+                target.remove(o);
+            }
+        }
+    }
+}
+
+/// The networks whose segments may have changed when only the ofports of
+/// interfaces `names` moved: those of the ports whose representor is one
+/// of them, and those of the encapsulation of a tunnel port among them.
+fn networks_of_moved<'a>(input: &'a SwitchInput, names: &BTreeSet<String>) -> BTreeSet<&'a str> {
+    let mut networks = BTreeSet::new();
+    if names.is_empty() {
+        return networks;
+    }
+    for encap in [Encap::Vxlan, Encap::Geneve] {
+        if tunnel_port_name(encap).is_some_and(|t| names.contains(t)) {
+            networks.extend(
+                input
+                    .networking
+                    .networks
+                    .iter()
+                    .filter(|n| n.encap == encap)
+                    .map(|n| n.id.as_str()),
+            );
+        }
+    }
+    let ports: BTreeSet<&str> = input
+        .representors
+        .iter()
+        .filter(|(_, rep)| names.contains(rep.as_str()))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if !ports.is_empty() {
+        networks.extend(
+            input
+                .networking
+                .ports
+                .iter()
+                .filter(|p| ports.contains(p.id.as_str()))
+                .map(|p| p.network.as_str()),
+        );
+    }
+    networks
 }
 
 /// Makes `target` equal to `source`, writing only the entries that differ
@@ -618,6 +703,12 @@ struct Reconciler {
     believed: bool,
     /// The input version of the last successful pass.
     last_ok: Option<u64>,
+    /// The input the last successful pass brought the pipeline and the
+    /// report to (`None` after a failure: the next pass looks at all).
+    synced: Option<Arc<SwitchInput>>,
+    /// An input and [`BridgePorts::rows_version`] for which the port plan
+    /// was empty: it is not planned again until one of them changes.
+    ports_planned: Option<(Arc<SwitchInput>, u64)>,
     /// The OVSDB replica's generation (every applied update bumps it).
     replica_version: watch::Receiver<u64>,
     /// The generation the bridge's ports were last read at.
@@ -710,10 +801,8 @@ impl Reconciler {
                         // the input now current; no pass.
                         self.datapath_reading = false;
                         self.datapath = found;
-                        let before = self.report.ports.clone();
                         let current = input.borrow().clone();
-                        self.apply_datapath(&current);
-                        if before != self.report.ports {
+                        if self.apply_datapath(&current) {
                             self.report_tx.send_replace(Arc::new(self.report.clone()));
                         }
                         continue;
@@ -862,9 +951,12 @@ impl Reconciler {
         });
     }
 
-    fn apply_datapath(&mut self, input: &SwitchInput) {
+    /// Puts each port's datapath flows in the report; true when any
+    /// changed.
+    fn apply_datapath(&mut self, input: &SwitchInput) -> bool {
+        let mut changed = false;
         for (id, port) in &mut self.report.ports {
-            port.datapath = self.datapath.as_ref().map(|flows| {
+            let datapath = self.datapath.as_ref().map(|flows| {
                 input
                     .representors
                     .get(id)
@@ -872,7 +964,10 @@ impl Reconciler {
                     .copied()
                     .unwrap_or_default()
             });
+            changed |= port.datapath != datapath;
+            port.datapath = datapath;
         }
+        changed
     }
 
     /// For a periodic pass with nothing changed: true when the switch still
@@ -913,7 +1008,7 @@ impl Reconciler {
 
     /// One convergence pass, its wall time split into phases: what the
     /// I/O and the diff did not take is `compile`.
-    async fn converge(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
+    async fn converge(&mut self, input: &Arc<SwitchInput>) -> Result<(), SwitchError> {
         let started = Instant::now();
         self.pass_timed = Duration::ZERO;
         self.applied.clear();
@@ -929,7 +1024,9 @@ impl Reconciler {
         result
     }
 
-    async fn converge_timed(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
+    async fn converge_timed(&mut self, input: &Arc<SwitchInput>) -> Result<(), SwitchError> {
+        // Set again only when this pass succeeds.
+        let synced = self.synced.take();
         if !self.ovsdb.session().borrow().connected {
             return Err(SwitchError::OvsdbDown {
                 db: format!("{:?}", self.config.db),
@@ -954,16 +1051,29 @@ impl Reconciler {
             // Woken by an OVSDB change that moved nothing the plan reads
             // (the echo of our own insert, `cur_cfg`, a row of another
             // bridge): the last pass's result stands.
+            self.synced = synced;
             return Ok(());
         }
-        let port_plan = {
+        let (port_plan, rows) = {
             let observed = self.observed.lock().expect("observed lock");
-            plan_ports_of(
-                &input.networking,
-                &input.representors,
-                observed.ports.ports(),
-            )
+            let rows = observed.ports.rows_version();
+            let planned = self
+                .ports_planned
+                .as_ref()
+                .is_some_and(|(i, v)| Arc::ptr_eq(i, input) && *v == rows);
+            if planned {
+                // Nothing to add or remove for this input and these rows.
+                (PortPlan::default(), rows)
+            } else {
+                let plan = plan_ports_of(
+                    &input.networking,
+                    &input.representors,
+                    observed.ports.ports(),
+                );
+                (plan, rows)
+            }
         };
+        self.ports_planned = port_plan.is_empty().then(|| (input.clone(), rows));
         if !port_plan.is_empty() {
             self.apply_ports(&port_plan).await?;
             self.refresh_ports()?;
@@ -977,18 +1087,47 @@ impl Reconciler {
         self.connect_openflow().await?;
         // The pipeline brought to the input, recompiling only the networks
         // whose inputs changed (timed as `compile`); the input is read in
-        // place, each port with its representor's ofport.
-        let changes = {
+        // place, each port with its representor's ofport. When the input
+        // is the one the last successful pass reached and the replica can
+        // say which ofports moved, only the networks of those ports (and
+        // tunnels) are looked at, and only their ports' reports.
+        let (changes, only_moved) = {
             let mut observed = self.observed.lock().expect("observed lock");
             let Observed {
                 pipeline, ports, ..
             } = &mut *observed;
+            let moved = ports.take_moved();
             let ofports = ports.ofports();
-            pipeline.update_resolving(
-                &input.networking,
-                |p| port_ofport(p, &input.representors, ofports),
-                &tunnel_ofports(ofports),
-            )
+            let ofport = |p: &PortDesc| port_ofport(p, &input.representors, ofports);
+            let tunnels = tunnel_ofports(ofports);
+            let same_input = synced.as_ref().is_some_and(|s| Arc::ptr_eq(s, input));
+            let only_moved = match &moved {
+                MovedOfports::Names(names) if same_input => pipeline.update_networks(
+                    &input.networking,
+                    &networks_of_moved(input, names),
+                    ofport,
+                    &tunnels,
+                ),
+                _ => None,
+            };
+            match only_moved {
+                Some(changes) => (changes, true),
+                None => (
+                    pipeline.update_resolving(&input.networking, ofport, &tunnels),
+                    false,
+                ),
+            }
+        };
+        // Only the changed networks' ports can have a new report when the
+        // input is the same and its port ids are distinct (otherwise a
+        // port's report is that of the last of its id).
+        let report_only = match &changes {
+            Changes::Segments(segments)
+                if only_moved && input.networking.ports.windows(2).all(|w| w[0].id < w[1].id) =>
+            {
+                Some(segments.clone())
+            }
+            _ => None,
         };
         // Believed (the switch holds exactly the last pass's flows): only
         // the changed networks' flows are diffed, each against its previous
@@ -1042,19 +1181,52 @@ impl Reconciler {
         // Each port's ofport (the one its flows match, unless it got none),
         // flows and datapath flows, written only where they changed.
         let counts = observed.pipeline.owner_flows();
-        sync_port_reports(
-            &mut self.report.ports,
-            input,
-            ofports,
-            &skipped,
-            counts,
-            self.datapath.as_ref(),
+        match &report_only {
+            Some(networks) => {
+                sync_port_reports_of(
+                    &mut self.report.ports,
+                    input,
+                    ofports,
+                    &skipped,
+                    counts,
+                    self.datapath.as_ref(),
+                    Some(networks),
+                );
+                // Only the owners of those networks' flows, old and new.
+                let owners = networks
+                    .iter()
+                    .flat_map(|(id, old)| {
+                        old.iter()
+                            .chain(observed.pipeline.segment(id))
+                            .flat_map(|s| &s.flows)
+                    })
+                    .map(|f| &f.owner);
+                sync_owners(&mut self.report.flows, counts, owners);
+            }
+            None => {
+                sync_port_reports(
+                    &mut self.report.ports,
+                    input,
+                    ofports,
+                    &skipped,
+                    counts,
+                    self.datapath.as_ref(),
+                );
+                sync_map(&mut self.report.flows, counts);
+            }
+        }
+        // Tests check every pass against the whole computation.
+        debug_assert_eq!(
+            self.report.ports,
+            port_reports(input, ofports, &skipped, counts, self.datapath.as_ref()).collect(),
+            "per-port report written in place"
         );
-        sync_map(&mut self.report.flows, counts);
+        debug_assert_eq!(&self.report.flows, counts, "flow counts written in place");
         // The switch now holds the pipeline's flows; the dump is dropped.
         observed.flows = Vec::new();
         observed.installed = true;
         self.believed = self.openflow.is_some();
+        self.synced = Some(input.clone());
         Ok(())
     }
 
