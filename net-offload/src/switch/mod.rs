@@ -522,23 +522,11 @@ fn port_reports<'a>(
 
 /// Makes `reports` what [`port_reports`] builds, in place: only the
 /// entries that differ are written (a pass that changed one port copies
-/// one port's report, not every port's).
+/// one port's report, not every port's). With `only`, of the ports of
+/// those networks alone: when `reports` was synced to the same input (of
+/// distinct port ids) and only those networks' segments changed since,
+/// the other ports' reports are as they were.
 fn sync_port_reports(
-    reports: &mut BTreeMap<String, PortReport>,
-    input: &SwitchInput,
-    ofports: &BTreeMap<String, u32>,
-    skipped: &BTreeMap<String, String>,
-    counts: &BTreeMap<Owner, usize>,
-    datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
-) {
-    sync_port_reports_of(reports, input, ofports, skipped, counts, datapath, None);
-}
-
-/// [`sync_port_reports`], or with `only`, of the ports of those networks
-/// alone: when `reports` was synced to the same input (of distinct port
-/// ids) and only those networks' segments changed since, the other ports'
-/// reports are as they were.
-fn sync_port_reports_of(
     reports: &mut BTreeMap<String, PortReport>,
     input: &SwitchInput,
     ofports: &BTreeMap<String, u32>,
@@ -1181,17 +1169,17 @@ impl Reconciler {
         // Each port's ofport (the one its flows match, unless it got none),
         // flows and datapath flows, written only where they changed.
         let counts = observed.pipeline.owner_flows();
+        sync_port_reports(
+            &mut self.report.ports,
+            input,
+            ofports,
+            &skipped,
+            counts,
+            self.datapath.as_ref(),
+            report_only.as_ref(),
+        );
         match &report_only {
             Some(networks) => {
-                sync_port_reports_of(
-                    &mut self.report.ports,
-                    input,
-                    ofports,
-                    &skipped,
-                    counts,
-                    self.datapath.as_ref(),
-                    Some(networks),
-                );
                 // Only the owners of those networks' flows, old and new.
                 let owners = networks
                     .iter()
@@ -1203,17 +1191,7 @@ impl Reconciler {
                     .map(|f| &f.owner);
                 sync_owners(&mut self.report.flows, counts, owners);
             }
-            None => {
-                sync_port_reports(
-                    &mut self.report.ports,
-                    input,
-                    ofports,
-                    &skipped,
-                    counts,
-                    self.datapath.as_ref(),
-                );
-                sync_map(&mut self.report.flows, counts);
-            }
+            None => sync_map(&mut self.report.flows, counts),
         }
         // Tests check every pass against the whole computation.
         debug_assert_eq!(
@@ -1525,7 +1503,7 @@ mod tests {
 
     mod in_place {
         use super::*;
-        use crate::pipeline::{Encap, NetworkDesc, SecurityDesc};
+        use crate::pipeline::{Encap, NetworkDesc};
         use crate::unixctl::DatapathFlows;
         use proptest::prelude::*;
 
@@ -1558,16 +1536,7 @@ mod tests {
             let mut found = BTreeMap::new();
             for &(id, rep, ofport, skip, flows, dp) in ports {
                 let id = format!("p{id}");
-                input.networking.ports.push(PortDesc {
-                    id: id.clone(),
-                    tenant: "t".into(),
-                    network: "n".into(),
-                    mac: [2, 0, 0, 0, 0, 1],
-                    ips: vec![],
-                    security: SecurityDesc::default(),
-                    qos: None,
-                    ofport: None,
-                });
+                input.networking.ports.push(plan::tests::port_desc(&id));
                 if let Some(rep) = rep {
                     let rep = format!("rep{rep}");
                     if let Some(o) = ofport {
@@ -1635,6 +1604,7 @@ mod tests {
                         &skipped,
                         &counts,
                         found.as_ref(),
+                        None,
                     );
                     let whole: BTreeMap<String, PortReport> =
                         port_reports(&input, &ofports, &skipped, &counts, found.as_ref())

@@ -317,7 +317,19 @@ pub fn plan_ports<'a>(
         .filter(|p| !present.contains(p.name.as_str()))
         .cloned()
         .collect();
-    let remove = observed
+    PortPlan {
+        add,
+        remove: strays(observed, &wanted),
+    }
+}
+
+/// The names of the agent-owned ports (owner `port/` or `tunnel/`) of
+/// `observed` not in `wanted`, in `observed`'s order.
+fn strays<'a>(
+    observed: impl IntoIterator<Item = &'a PortRow>,
+    wanted: &BTreeSet<&str>,
+) -> Vec<String> {
+    observed
         .into_iter()
         .filter(|p| !wanted.contains(p.name.as_str()))
         .filter(|p| {
@@ -325,8 +337,7 @@ pub fn plan_ports<'a>(
                 .is_some_and(|o| o.starts_with("port/") || o.starts_with("tunnel/"))
         })
         .map(|p| p.name.clone())
-        .collect();
-    PortPlan { add, remove }
+        .collect()
 }
 
 /// [`plan_ports`] of [`desired_ports`], without building the spec of
@@ -368,18 +379,9 @@ pub fn plan_ports_of<'a>(
             }
         }
     }
-    let remove = observed
-        .into_iter()
-        .filter(|p| !wanted.contains(p.name.as_str()))
-        .filter(|p| {
-            owner_of(&p.external_ids)
-                .is_some_and(|o| o.starts_with("port/") || o.starts_with("tunnel/"))
-        })
-        .map(|p| p.name.clone())
-        .collect();
     PortPlan {
         add: add.into_values().collect(),
-        remove,
+        remove: strays(observed, &wanted),
     }
 }
 
@@ -438,7 +440,7 @@ pub fn tunnel_ofports(ofports: &BTreeMap<String, u32>) -> BTreeMap<Encap, u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ovsdb::{OWNER_KEY, Uuid};
     use crate::pipeline::{NetworkDesc, SecurityDesc};
@@ -456,6 +458,20 @@ mod tests {
         }
     }
 
+    /// Port `id` of network `n` (tenant `t`), with no IPs, rules or QoS.
+    pub(crate) fn port_desc(id: &str) -> PortDesc {
+        PortDesc {
+            id: id.into(),
+            tenant: "t".into(),
+            network: "n".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            ips: vec![],
+            security: SecurityDesc::default(),
+            qos: None,
+            ofport: None,
+        }
+    }
+
     fn desired() -> (DesiredNetworking, BTreeMap<String, String>) {
         let d = DesiredNetworking {
             networks: vec![NetworkDesc {
@@ -464,16 +480,7 @@ mod tests {
                 vni: 5,
                 encap: Encap::Vxlan,
             }],
-            ports: vec![PortDesc {
-                id: "p1".into(),
-                tenant: "t".into(),
-                network: "n".into(),
-                mac: [2, 0, 0, 0, 0, 1],
-                ips: vec![],
-                security: SecurityDesc::default(),
-                qos: None,
-                ofport: None,
-            }],
+            ports: vec![port_desc("p1")],
             ..Default::default()
         };
         (d, BTreeMap::from([("p1".to_string(), "rep1".to_string())]))
