@@ -48,8 +48,9 @@ const PENDING_RETRY: Duration = Duration::from_secs(1);
 /// OpenFlow) and, in the unit tests, by an in-memory fake that publishes
 /// the report each case builds.
 pub trait Switch: Send + Sync + std::fmt::Debug {
-    /// Hands over a new desired state (replacing any not yet processed).
-    fn set_input(&self, input: SwitchInput);
+    /// Hands over a new desired state (replacing any not yet processed),
+    /// shared rather than copied.
+    fn set_input(&self, input: Arc<SwitchInput>);
     /// The version of the input last handed over.
     fn input_version(&self) -> u64;
     /// The last report.
@@ -65,7 +66,7 @@ pub trait Switch: Send + Sync + std::fmt::Debug {
 }
 
 impl Switch for SwitchHandle {
-    fn set_input(&self, input: SwitchInput) {
+    fn set_input(&self, input: Arc<SwitchInput>) {
         SwitchHandle::set_input(self, input)
     }
 
@@ -106,7 +107,8 @@ pub struct NetworkBackend {
 #[derive(Debug, Default)]
 struct LastInput {
     inputs: Option<InputRevisions>,
-    input: SwitchInput,
+    /// Shared with the switch reconciler (handed over without a copy).
+    input: Arc<SwitchInput>,
     /// Time spent building the desired networking from the store (the
     /// `input` phase of `dpu_agent_switch_phase_seconds`).
     built: Durations,
@@ -192,11 +194,11 @@ impl NetworkBackend {
         let changed =
             networking != last.input.networking || representors != last.input.representors;
         if changed {
-            last.input = SwitchInput {
+            last.input = Arc::new(SwitchInput {
                 version: last.input.version + 1,
                 networking,
                 representors,
-            };
+            });
         }
         last.built.observe(started.elapsed());
         if changed {
@@ -698,9 +700,9 @@ mod tests {
     }
 
     impl Switch for FakeSwitch {
-        fn set_input(&self, input: SwitchInput) {
+        fn set_input(&self, input: Arc<SwitchInput>) {
             self.reports.send_replace(Arc::new((self.respond)(&input)));
-            self.inputs.lock().unwrap().push(input);
+            self.inputs.lock().unwrap().push((*input).clone());
         }
 
         fn input_version(&self) -> u64 {

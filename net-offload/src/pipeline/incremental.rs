@@ -4,7 +4,7 @@
 //! The result is always what [`compile`] gives for the same desired state
 //! (README.md, "The agent's own share").
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::compile::{
     CompiledPipeline, NetworkInputs, OwnedFlow, Segment, compile, compile_segment,
@@ -12,7 +12,7 @@ use super::compile::{
 };
 use super::cookie::Owner;
 use super::diff::{FlowPlan, plan_flows};
-use super::model::{DesiredNetworking, EndpointDesc, NetworkDesc, PortDesc};
+use super::model::{DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc};
 use crate::openflow::{Flow, Match, MeterMod};
 
 /// One network's segment and the inputs it was compiled from.
@@ -27,6 +27,67 @@ struct Cached {
     counts: Vec<(Owner, usize)>,
 }
 
+/// Adds `counts` to `total`.
+fn add_counts(total: &mut BTreeMap<Owner, usize>, counts: &[(Owner, usize)]) {
+    for (owner, n) in counts {
+        match total.get_mut(owner) {
+            Some(t) => *t += n,
+            None => {
+                total.insert(owner.clone(), *n);
+            }
+        }
+    }
+}
+
+/// Takes `counts` (added before) out of `total`; owners left with no flow
+/// are removed, as [`CompiledPipeline::flow_counts`] has none.
+fn sub_counts(total: &mut BTreeMap<Owner, usize>, counts: &[(Owner, usize)]) {
+    for (owner, n) in counts {
+        if let Some(t) = total.get_mut(owner) {
+            *t -= n;
+            if *t == 0 {
+                total.remove(owner);
+            }
+        }
+    }
+}
+
+/// Whether two ports are equal but for their ofport.
+fn same_but_ofport(a: &PortDesc, b: &PortDesc) -> bool {
+    let PortDesc {
+        id,
+        tenant,
+        network,
+        mac,
+        ips,
+        security,
+        qos,
+        ofport: _,
+    } = a;
+    *id == b.id
+        && *tenant == b.tenant
+        && *network == b.network
+        && *mac == b.mac
+        && *ips == b.ips
+        && *security == b.security
+        && *qos == b.qos
+}
+
+/// `desired` with each port's ofport `ofport(port)` and the tunnel ports'
+/// `tunnels` (a copy).
+pub fn resolved(
+    desired: &DesiredNetworking,
+    ofport: impl Fn(&PortDesc) -> Option<u32>,
+    tunnels: &BTreeMap<Encap, u32>,
+) -> DesiredNetworking {
+    let mut out = desired.clone();
+    for (p, o) in out.ports.iter_mut().zip(&desired.ports) {
+        p.ofport = ofport(o);
+    }
+    out.tunnel_ofports = tunnels.clone();
+    out
+}
+
 fn count_owners(flows: &[OwnedFlow]) -> Vec<(Owner, usize)> {
     let mut counts: Vec<(Owner, usize)> = Vec::new();
     for f in flows {
@@ -39,25 +100,45 @@ fn count_owners(flows: &[OwnedFlow]) -> Vec<(Owner, usize)> {
 }
 
 impl Cached {
-    fn new(g: &NetworkInputs<'_>) -> Self {
-        let segment = compile_segment(g.network, &g.ports, &g.endpoints, g.tunnel);
+    /// Compiles `g`, each port with the ofport `ofport` gives it (only this
+    /// network's ports are copied).
+    fn new(g: &NetworkInputs<'_>, ofport: &impl Fn(&PortDesc) -> Option<u32>) -> Self {
+        let ports: Vec<PortDesc> = g
+            .ports
+            .iter()
+            .map(|p| PortDesc {
+                ofport: ofport(p),
+                ..(*p).clone()
+            })
+            .collect();
+        let refs: Vec<&PortDesc> = ports.iter().collect();
+        let segment = compile_segment(g.network, &refs, &g.endpoints, g.tunnel);
         Cached {
             counts: count_owners(&segment.flows),
             network: g.network.clone(),
-            ports: g.ports.iter().map(|p| (*p).clone()).collect(),
+            ports,
             endpoints: g.endpoints.iter().map(|e| (*e).clone()).collect(),
             tunnel: g.tunnel,
             segment,
         }
     }
 
-    /// Whether `g` is what this segment was compiled from.
-    fn compiled_from(&self, g: &NetworkInputs<'_>) -> bool {
+    /// Whether `g`, each port with the ofport `ofport` gives it, is what
+    /// this segment was compiled from (compared in place, nothing copied).
+    fn compiled_from(
+        &self,
+        g: &NetworkInputs<'_>,
+        ofport: &impl Fn(&PortDesc) -> Option<u32>,
+    ) -> bool {
         self.tunnel == g.tunnel
             && self.network == *g.network
             && self.ports.len() == g.ports.len()
             && self.endpoints.len() == g.endpoints.len()
-            && self.ports.iter().zip(&g.ports).all(|(a, b)| a == *b)
+            && self
+                .ports
+                .iter()
+                .zip(&g.ports)
+                .all(|(a, b)| same_but_ofport(a, b) && a.ofport == ofport(b))
             && self
                 .endpoints
                 .iter()
@@ -90,6 +171,9 @@ pub struct IncrementalPipeline {
     /// one ofport): only an API bug sends that, and then the whole-state
     /// dedup decides, as [`compile`] does.
     whole: Option<CompiledPipeline>,
+    /// Flows per owner of the whole result, kept up to date as segments
+    /// come and go (so a pass does not count every owner again).
+    counts: BTreeMap<Owner, usize>,
     started: bool,
 }
 
@@ -98,6 +182,7 @@ pub struct IncrementalPipeline {
 fn segments_disjoint(
     desired: &DesiredNetworking,
     groups: &BTreeMap<&str, NetworkInputs<'_>>,
+    ofport: &impl Fn(&PortDesc) -> Option<u32>,
 ) -> bool {
     if groups.len() != desired.networks.len() {
         return false;
@@ -109,7 +194,7 @@ fn segments_disjoint(
     let mut ofports = HashSet::with_capacity(desired.ports.len());
     groups
         .values()
-        .flat_map(|g| g.ports.iter().filter_map(|p| p.ofport))
+        .flat_map(|g| g.ports.iter().filter_map(|p| ofport(p)))
         .all(|of| ofports.insert(of))
 }
 
@@ -121,11 +206,28 @@ impl IncrementalPipeline {
     /// Brings the pipeline to `desired`, recompiling only the networks whose
     /// inputs changed, and says which.
     pub fn update(&mut self, desired: &DesiredNetworking) -> Changes {
+        self.update_resolving(desired, |p| p.ofport, &desired.tunnel_ofports)
+    }
+
+    /// [`IncrementalPipeline::update`] to `desired` with each port's ofport
+    /// replaced by `ofport(port)` and the tunnel ports' by `tunnels`
+    /// ([`resolved`]), without copying `desired`: only the ports of the
+    /// networks that changed are copied (the common case; the whole-state
+    /// fallback copies everything).
+    pub fn update_resolving(
+        &mut self,
+        desired: &DesiredNetworking,
+        ofport: impl Fn(&PortDesc) -> Option<u32>,
+        tunnels: &BTreeMap<Encap, u32>,
+    ) -> Changes {
         if !self.started {
             self.skeleton = skeleton();
             self.skeleton_counts = count_owners(&self.skeleton);
         }
-        let (groups, orphans) = group_by_network(desired);
+        let (mut groups, orphans) = group_by_network(desired);
+        for g in groups.values_mut() {
+            g.tunnel = tunnels.get(&g.network.encap).copied();
+        }
         let mut orphaned = BTreeMap::new();
         for p in orphans {
             orphaned.insert(p.id.clone(), unknown_network(p));
@@ -133,12 +235,20 @@ impl IncrementalPipeline {
         self.orphans = orphaned;
         let all = !self.started || self.whole.is_some();
         self.started = true;
-        if !segments_disjoint(desired, &groups) {
-            self.whole = Some(compile(desired));
+        if !segments_disjoint(desired, &groups, &ofport) {
+            let whole = compile(&resolved(desired, &ofport, tunnels));
+            self.counts = whole.flow_counts();
+            self.whole = Some(whole);
             self.segments.clear();
             return Changes::All;
         }
-        self.whole = None;
+        if all {
+            // No segment yet (first update, or after the whole-state
+            // compile): the counts start from the skeleton's.
+            self.whole = None;
+            self.counts.clear();
+            add_counts(&mut self.counts, &self.skeleton_counts);
+        }
         let mut changed = BTreeMap::new();
         let gone: Vec<String> = self
             .segments
@@ -148,18 +258,23 @@ impl IncrementalPipeline {
             .collect();
         for id in gone {
             if let Some(c) = self.segments.remove(&id) {
+                sub_counts(&mut self.counts, &c.counts);
                 changed.insert(id, Some(c.segment));
             }
         }
         for (id, g) in &groups {
             match self.segments.get_mut(*id) {
-                Some(c) if c.compiled_from(g) => {}
+                Some(c) if c.compiled_from(g, &ofport) => {}
                 Some(c) => {
-                    let old = std::mem::replace(c, Cached::new(g));
+                    let old = std::mem::replace(c, Cached::new(g, &ofport));
+                    sub_counts(&mut self.counts, &old.counts);
+                    add_counts(&mut self.counts, &c.counts);
                     changed.insert(id.to_string(), Some(old.segment));
                 }
                 None => {
-                    self.segments.insert(id.to_string(), Cached::new(g));
+                    let c = Cached::new(g, &ofport);
+                    add_counts(&mut self.counts, &c.counts);
+                    self.segments.insert(id.to_string(), c);
                     changed.insert(id.to_string(), None);
                 }
             }
@@ -169,6 +284,89 @@ impl IncrementalPipeline {
         } else {
             Changes::Segments(changed)
         }
+    }
+
+    /// [`IncrementalPipeline::update_resolving`] when `desired` and its
+    /// ports are those of the last update and only ofports may have moved:
+    /// those of the ports of `networks` and the tunnel ports of their
+    /// encapsulations. Only those networks are regrouped, compared and
+    /// (when they differ) recompiled; the others are not looked at but for
+    /// their cached ofports (still unique?). `None`, with nothing changed,
+    /// when only the whole update can tell: no update yet, the whole-state
+    /// compile in use, or ofports no longer unique.
+    pub fn update_networks(
+        &mut self,
+        desired: &DesiredNetworking,
+        networks: &BTreeSet<&str>,
+        ofport: impl Fn(&PortDesc) -> Option<u32>,
+        tunnels: &BTreeMap<Encap, u32>,
+    ) -> Option<Changes> {
+        if !self.started || self.whole.is_some() {
+            return None;
+        }
+        let mut groups: Vec<NetworkInputs<'_>> = Vec::with_capacity(networks.len());
+        for id in networks {
+            // Of two networks with one id the last wins, as in
+            // `group_by_network` (segments never have two: the update
+            // falls back to the whole compile).
+            let Some(n) = desired.networks.iter().rev().find(|n| n.id == *id) else {
+                continue;
+            };
+            let mut ports: Vec<&PortDesc> =
+                desired.ports.iter().filter(|p| p.network == *id).collect();
+            ports.sort_by(|a, b| a.id.cmp(&b.id));
+            let mut endpoints: Vec<&EndpointDesc> = desired
+                .endpoints
+                .iter()
+                .filter(|e| e.network == *id)
+                .collect();
+            endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+            groups.push(NetworkInputs {
+                network: n,
+                ports,
+                endpoints,
+                tunnel: tunnels.get(&n.encap).copied(),
+            });
+        }
+        if !groups
+            .iter()
+            .all(|g| self.segments.contains_key(g.network.id.as_str()))
+        {
+            // Not in the last update: not the same desired state.
+            return None;
+        }
+        // Ofports still unique: the cached ones of the other networks, the
+        // new ones of these.
+        let mut ofports: Vec<u32> = self
+            .segments
+            .iter()
+            .filter(|(id, _)| !networks.contains(id.as_str()))
+            .flat_map(|(_, c)| c.ports.iter().filter_map(|p| p.ofport))
+            .chain(
+                groups
+                    .iter()
+                    .flat_map(|g| g.ports.iter().filter_map(|p| ofport(p))),
+            )
+            .collect();
+        ofports.sort_unstable();
+        if ofports.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
+        let mut changed = BTreeMap::new();
+        for g in &groups {
+            let id = g.network.id.as_str();
+            let Some(c) = self.segments.get_mut(id) else {
+                continue;
+            };
+            if c.compiled_from(g, &ofport) {
+                continue;
+            }
+            let old = std::mem::replace(c, Cached::new(g, &ofport));
+            sub_counts(&mut self.counts, &old.counts);
+            add_counts(&mut self.counts, &c.counts);
+            changed.insert(id.to_string(), Some(old.segment));
+        }
+        Some(Changes::Segments(changed))
     }
 
     /// Every flow, as [`compile`] lists them.
@@ -234,21 +432,16 @@ impl IncrementalPipeline {
     }
 
     /// Number of flows per owner, as [`CompiledPipeline::flow_counts`]
-    /// gives it (counted once per segment, when it is compiled).
+    /// gives it (a copy of [`IncrementalPipeline::owner_flows`]).
     pub fn flow_counts(&self) -> BTreeMap<Owner, usize> {
-        match &self.whole {
-            Some(w) => w.flow_counts(),
-            None => {
-                let mut counts = BTreeMap::new();
-                for (owner, n) in std::iter::once(&self.skeleton_counts)
-                    .chain(self.segments.values().map(|c| &c.counts))
-                    .flatten()
-                {
-                    *counts.entry(owner.clone()).or_insert(0) += n;
-                }
-                counts
-            }
-        }
+        self.counts.clone()
+    }
+
+    /// Number of flows per owner, as [`CompiledPipeline::flow_counts`]
+    /// gives it: kept up to date by each update (each segment counted when
+    /// it is compiled), not counted again.
+    pub fn owner_flows(&self) -> &BTreeMap<Owner, usize> {
+        &self.counts
     }
 
     /// The whole result, as [`compile`] would give it (a copy).

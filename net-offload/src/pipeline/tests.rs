@@ -691,6 +691,129 @@ mod incremental {
         }
     }
 
+    /// `desired` with its ofports hidden: each port's moved out of the
+    /// way (+1000, or 5000 for none, in some ports) and no tunnel ports, so
+    /// only [`unhide`] finds them.
+    fn hidden(d: &DesiredNetworking) -> DesiredNetworking {
+        let mut h = d.clone();
+        for (i, p) in h.ports.iter_mut().enumerate() {
+            p.ofport = match p.ofport {
+                Some(o) => Some(o + 1000),
+                None => (i % 2 == 0).then_some(5000),
+            };
+        }
+        h.tunnel_ofports.clear();
+        h
+    }
+
+    /// The ofport [`hidden`] moved out of the way.
+    fn unhide(p: &PortDesc) -> Option<u32> {
+        p.ofport.filter(|o| *o < 5000).map(|o| o - 1000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Resolving the ofports in place (`update_resolving`, only the
+        /// changed networks' ports copied) gives what `update` of the
+        /// resolved copy gives: the same changes, flows, meters, skipped
+        /// ports and flow counts (kept up to date per segment), after
+        /// every step.
+        #[test]
+        fn update_resolving_equals_update_of_resolved_copy(
+            states in prop::collection::vec(state(), 1..8)
+        ) {
+            let mut copy = IncrementalPipeline::new();
+            let mut in_place = IncrementalPipeline::new();
+            for (_, d) in &states {
+                let want = copy.update(d);
+                let h = hidden(d);
+                prop_assert_eq!(&resolved(&h, unhide, &d.tunnel_ofports), d);
+                let got = in_place.update_resolving(&h, unhide, &d.tunnel_ofports);
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(sorted(in_place.flows()), sorted(copy.flows()));
+                prop_assert_eq!(in_place.meters(), copy.meters());
+                prop_assert_eq!(in_place.skipped_ports(), copy.skipped_ports());
+                prop_assert_eq!(in_place.owner_flows(), &compile(d).flow_counts());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// When only ofports move (ports' and tunnels'), updating just the
+        /// networks whose ports or tunnel moved gives what the whole update
+        /// gives: the same changed segments, flows, meters, skipped ports
+        /// and flow counts, and a per-segment plan equal to the whole diff
+        /// (or `None`, and the whole update is used, when ofports collide).
+        #[test]
+        fn update_networks_equals_whole_update_when_only_ofports_move(
+            first in state(),
+            moves in prop::collection::vec(
+                (
+                    prop::collection::vec((0usize..10, prop::option::weighted(0.7, 1u32..14)), 0..4),
+                    prop::option::of(prop::option::of(20u32..22)),
+                ),
+                1..6,
+            )
+        ) {
+            let mut whole = IncrementalPipeline::new();
+            let mut only = IncrementalPipeline::new();
+            let mut d = first.1;
+            whole.update(&d);
+            only.update(&d);
+            for (ports, vxlan) in &moves {
+                let before = d.clone();
+                for &(i, o) in ports {
+                    if let Some(p) = d.ports.get_mut(i) {
+                        p.ofport = o;
+                    }
+                }
+                if let Some(t) = vxlan {
+                    match t {
+                        Some(t) => d.tunnel_ofports.insert(Encap::Vxlan, *t),
+                        None => d.tunnel_ofports.remove(&Encap::Vxlan),
+                    };
+                }
+                let mut networks: std::collections::BTreeSet<&str> = d
+                    .ports
+                    .iter()
+                    .zip(&before.ports)
+                    .filter(|(a, b)| a.ofport != b.ofport)
+                    .map(|(a, _)| a.network.as_str())
+                    .collect();
+                if d.tunnel_ofports != before.tunnel_ofports {
+                    networks.extend(
+                        d.networks
+                            .iter()
+                            .filter(|n| n.encap == Encap::Vxlan)
+                            .map(|n| n.id.as_str()),
+                    );
+                }
+                let installed: Vec<Flow> = whole.flows().map(|f| f.flow.clone()).collect();
+                let want = whole.update(&d);
+                let got = match only.update_networks(&d, &networks, |p| p.ofport, &d.tunnel_ofports) {
+                    Some(got) => {
+                        prop_assert_eq!(&got, &want);
+                        got
+                    }
+                    None => only.update(&d),
+                };
+                let compiled = compile(&d);
+                prop_assert_eq!(sorted(only.flows()), sorted(&compiled.flows));
+                prop_assert_eq!(only.meters(), compiled.meters.clone());
+                prop_assert_eq!(only.skipped_ports(), compiled.skipped_ports.clone());
+                prop_assert_eq!(only.owner_flows(), &compiled.flow_counts());
+                if let Changes::Segments(segs) = &got {
+                    let plan = only.plan_segments(segs);
+                    let all = plan_flows(compiled.flows.iter().map(|f| &f.flow), &installed);
+                    prop_assert_eq!(sorted_plan(&plan), sorted_plan(&all));
+                }
+            }
+        }
+    }
+
     /// A port moved to another network keeps its ofport, so its
     /// classification flow keeps its key: the per-segment plan modifies it
     /// (as the whole diff does) instead of deleting and re-adding it.

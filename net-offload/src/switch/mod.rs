@@ -22,7 +22,7 @@
 pub mod plan;
 mod ports;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,14 +37,14 @@ use crate::ovsdb::{
     VswitchError, vswitch_monitor,
 };
 use crate::pipeline::{
-    self, Changes, CompiledPipeline, DesiredNetworking, FlowPlan, IncrementalPipeline, Owner,
-    OwnerKind,
+    self, Changes, CompiledPipeline, DesiredNetworking, Encap, FlowPlan, IncrementalPipeline,
+    Owner, OwnerKind, PortDesc, Segment,
 };
 use plan::{
-    BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, desired_ports,
-    plan_bridge, plan_meters, plan_ports, resolve_ofports,
+    BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, plan_bridge, plan_meters,
+    plan_ports_of, port_ofport, resolve_ofports, tunnel_ofports, tunnel_port_name,
 };
-use ports::BridgePorts;
+use ports::{BridgePorts, MovedOfports};
 
 /// `OFPMMFC_METER_EXISTS`.
 const METER_EXISTS: u16 = 1;
@@ -328,8 +328,11 @@ impl SwitchHandle {
             report_tx,
             believed: false,
             last_ok: None,
+            synced: None,
+            ports_planned: None,
             replica_version: ovsdb.replica_changes(),
             replica_read: None,
+            bridge_ok_at: None,
             ticks: 0,
             datapath: None,
             datapath_reading: false,
@@ -350,10 +353,11 @@ impl SwitchHandle {
         }
     }
 
-    /// Hands over a new desired state (replacing any not yet processed).
+    /// Hands over a new desired state (replacing any not yet processed);
+    /// an `Arc` is handed over as it is, not copied.
     /// Nothing is changed on the switch before the first input (version ≥ 1).
-    pub fn set_input(&self, input: SwitchInput) {
-        self.input.send_replace(Arc::new(input));
+    pub fn set_input(&self, input: impl Into<Arc<SwitchInput>>) {
+        self.input.send_replace(input.into());
     }
 
     /// The version of the input last handed over.
@@ -421,14 +425,254 @@ fn bridge_plan(ovsdb: &OvsdbClient, config: &SwitchConfig) -> BridgePlan {
 }
 
 fn plan_all(observed: &Observed, input: &SwitchInput) -> (PortPlan, CompiledPipeline) {
-    let want_ports = desired_ports(&input.networking, &input.representors);
-    let ports = plan_ports(&want_ports, observed.ports.ports());
+    let ports = plan_ports_of(
+        &input.networking,
+        &input.representors,
+        observed.ports.ports(),
+    );
     let resolved = resolve_ofports(
         &input.networking,
         &input.representors,
         observed.ports.ofports(),
     );
     (ports, pipeline::compile(&resolved))
+}
+
+/// What the report says of one port.
+#[derive(Clone, Copy)]
+struct PortState<'a> {
+    ofport: Option<u32>,
+    flows: usize,
+    pending: Option<&'a str>,
+    datapath: Option<crate::unixctl::DatapathFlows>,
+}
+
+impl PortState<'_> {
+    fn is(&self, r: &PortReport) -> bool {
+        r.ofport == self.ofport
+            && r.flows == self.flows
+            && r.pending.as_deref() == self.pending
+            && r.datapath == self.datapath
+    }
+
+    fn report(&self) -> PortReport {
+        PortReport {
+            ofport: self.ofport,
+            flows: self.flows,
+            pending: self.pending.map(str::to_string),
+            datapath: self.datapath,
+        }
+    }
+}
+
+/// What the report says of port `p`: the ofport its flows match (none when
+/// `skipped` lists it: the pipeline's ports without flows, with why), its
+/// flows (`owner` is a scratch key, so the lookup copies nothing), why it
+/// has none, and what `datapath` (the datapath flows per representor, when
+/// known) says of its representor.
+fn port_state<'a>(
+    p: &PortDesc,
+    input: &SwitchInput,
+    ofports: &BTreeMap<String, u32>,
+    skipped: &'a BTreeMap<String, String>,
+    counts: &BTreeMap<Owner, usize>,
+    datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
+    owner: &mut Owner,
+) -> PortState<'a> {
+    let skip = skipped.get(&p.id);
+    let ofport = if skip.is_some() {
+        None
+    } else {
+        port_ofport(p, &input.representors, ofports)
+    };
+    let pending = skip.map(String::as_str).or_else(|| {
+        (!input.representors.contains_key(&p.id)).then_some("its function has no representor yet")
+    });
+    owner.id.clear();
+    owner.id.push_str(&p.id);
+    PortState {
+        ofport,
+        flows: counts.get(owner).copied().unwrap_or(0),
+        pending,
+        datapath: datapath.map(|found| {
+            input
+                .representors
+                .get(&p.id)
+                .and_then(|rep| found.get(rep))
+                .copied()
+                .unwrap_or_default()
+        }),
+    }
+}
+
+/// Every input port's report (see [`port_state`]), built anew.
+fn port_reports<'a>(
+    input: &'a SwitchInput,
+    ofports: &'a BTreeMap<String, u32>,
+    skipped: &'a BTreeMap<String, String>,
+    counts: &'a BTreeMap<Owner, usize>,
+    datapath: Option<&'a BTreeMap<String, crate::unixctl::DatapathFlows>>,
+) -> impl Iterator<Item = (String, PortReport)> + 'a {
+    let mut owner = Owner::new(OwnerKind::Port, String::new());
+    input.networking.ports.iter().map(move |p| {
+        let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
+        (p.id.clone(), s.report())
+    })
+}
+
+/// Makes `reports` what [`port_reports`] builds, in place: only the
+/// entries that differ are written (a pass that changed one port copies
+/// one port's report, not every port's). With `only`, of the ports of
+/// those networks alone: when `reports` was synced to the same input (of
+/// distinct port ids) and only those networks' segments changed since,
+/// the other ports' reports are as they were.
+fn sync_port_reports(
+    reports: &mut BTreeMap<String, PortReport>,
+    input: &SwitchInput,
+    ofports: &BTreeMap<String, u32>,
+    skipped: &BTreeMap<String, String>,
+    counts: &BTreeMap<Owner, usize>,
+    datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
+    only: Option<&BTreeMap<String, Option<Segment>>>,
+) {
+    let mut owner = Owner::new(OwnerKind::Port, String::new());
+    for p in &input.networking.ports {
+        if only.is_some_and(|networks| !networks.contains_key(&p.network)) {
+            continue;
+        }
+        let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
+        match reports.get_mut(&p.id) {
+            Some(r) if s.is(r) => {}
+            Some(r) => *r = s.report(),
+            None => {
+                reports.insert(p.id.clone(), s.report());
+            }
+        }
+    }
+    if only.is_some() {
+        // The same ports as before.
+        return;
+    }
+    // Every input port is in `reports` now: as many entries as ports of
+    // distinct ids means no other is.
+    let ports = &input.networking.ports;
+    let distinct = ports.windows(2).all(|w| w[0].id < w[1].id);
+    if !distinct || reports.len() != ports.len() {
+        let ids: BTreeSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();
+        reports.retain(|id, _| ids.contains(id.as_str()));
+    }
+}
+
+/// Makes `target`'s entries of `owners` those of `counts` (none where
+/// `counts` has none); the other entries are left as they are.
+fn sync_owners<'a>(
+    target: &mut BTreeMap<Owner, usize>,
+    counts: &BTreeMap<Owner, usize>,
+    owners: impl Iterator<Item = &'a Owner>,
+) {
+    for o in owners {
+        match counts.get(o) {
+            Some(n) if target.get(o) == Some(n) => {}
+            Some(n) => {
+                target.insert(o.clone(), *n);
+            }
+            None => {
+                target.remove(o);
+            }
+        }
+    }
+}
+
+/// The networks whose segments may have changed when only the ofports of
+/// interfaces `names` moved: those of the ports whose representor is one
+/// of them, and those of the encapsulation of a tunnel port among them.
+fn networks_of_moved<'a>(input: &'a SwitchInput, names: &BTreeSet<String>) -> BTreeSet<&'a str> {
+    let mut networks = BTreeSet::new();
+    if names.is_empty() {
+        return networks;
+    }
+    for encap in [Encap::Vxlan, Encap::Geneve] {
+        if tunnel_port_name(encap).is_some_and(|t| names.contains(t)) {
+            networks.extend(
+                input
+                    .networking
+                    .networks
+                    .iter()
+                    .filter(|n| n.encap == encap)
+                    .map(|n| n.id.as_str()),
+            );
+        }
+    }
+    let ports: BTreeSet<&str> = input
+        .representors
+        .iter()
+        .filter(|(_, rep)| names.contains(rep.as_str()))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if !ports.is_empty() {
+        networks.extend(
+            input
+                .networking
+                .ports
+                .iter()
+                .filter(|p| ports.contains(p.id.as_str()))
+                .map(|p| p.network.as_str()),
+        );
+    }
+    networks
+}
+
+/// Makes `target` equal to `source`, writing only the entries that differ
+/// (one ordered walk of both, nothing copied that is already there).
+fn sync_map<K: Ord + Clone, V: PartialEq + Clone>(
+    target: &mut BTreeMap<K, V>,
+    source: &BTreeMap<K, V>,
+) {
+    let mut set: Vec<(&K, &V)> = Vec::new();
+    let mut remove: Vec<K> = Vec::new();
+    let mut old = target.iter().peekable();
+    let mut new = source.iter().peekable();
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => {
+                remove.push((*k).clone());
+                old.next();
+            }
+            (None, Some((k, v))) => {
+                set.push((k, v));
+                new.next();
+            }
+            (Some((ko, vo)), Some((kn, vn))) => match ko.cmp(kn) {
+                std::cmp::Ordering::Less => {
+                    remove.push((*ko).clone());
+                    old.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    set.push((kn, vn));
+                    new.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if vo != vn {
+                        set.push((kn, vn));
+                    }
+                    old.next();
+                    new.next();
+                }
+            },
+        }
+    }
+    for k in remove {
+        target.remove(&k);
+    }
+    for (k, v) in set {
+        match target.get_mut(k) {
+            Some(t) => *t = v.clone(),
+            None => {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 struct Reconciler {
@@ -447,10 +691,19 @@ struct Reconciler {
     believed: bool,
     /// The input version of the last successful pass.
     last_ok: Option<u64>,
+    /// The input the last successful pass brought the pipeline and the
+    /// report to (`None` after a failure: the next pass looks at all).
+    synced: Option<Arc<SwitchInput>>,
+    /// An input and [`BridgePorts::rows_version`] for which the port plan
+    /// was empty: it is not planned again until one of them changes.
+    ports_planned: Option<(Arc<SwitchInput>, u64)>,
     /// The OVSDB replica's generation (every applied update bumps it).
     replica_version: watch::Receiver<u64>,
     /// The generation the bridge's ports were last read at.
     replica_read: Option<u64>,
+    /// A generation at which the bridge row and `hw-offload` needed no
+    /// change (the plan is a function of the replica and the config).
+    bridge_ok_at: Option<u64>,
     /// Periodic passes since start; every [`FULL_DUMP_EVERY`]th dumps.
     ticks: u64,
     /// Datapath flows per input port name, from the last successful query
@@ -536,10 +789,8 @@ impl Reconciler {
                         // the input now current; no pass.
                         self.datapath_reading = false;
                         self.datapath = found;
-                        let before = self.report.ports.clone();
                         let current = input.borrow().clone();
-                        self.apply_datapath(&current);
-                        if before != self.report.ports {
+                        if self.apply_datapath(&current) {
                             self.report_tx.send_replace(Arc::new(self.report.clone()));
                         }
                         continue;
@@ -688,9 +939,12 @@ impl Reconciler {
         });
     }
 
-    fn apply_datapath(&mut self, input: &SwitchInput) {
+    /// Puts each port's datapath flows in the report; true when any
+    /// changed.
+    fn apply_datapath(&mut self, input: &SwitchInput) -> bool {
+        let mut changed = false;
         for (id, port) in &mut self.report.ports {
-            port.datapath = self.datapath.as_ref().map(|flows| {
+            let datapath = self.datapath.as_ref().map(|flows| {
                 input
                     .representors
                     .get(id)
@@ -698,7 +952,10 @@ impl Reconciler {
                     .copied()
                     .unwrap_or_default()
             });
+            changed |= port.datapath != datapath;
+            port.datapath = datapath;
         }
+        changed
     }
 
     /// For a periodic pass with nothing changed: true when the switch still
@@ -739,7 +996,7 @@ impl Reconciler {
 
     /// One convergence pass, its wall time split into phases: what the
     /// I/O and the diff did not take is `compile`.
-    async fn converge(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
+    async fn converge(&mut self, input: &Arc<SwitchInput>) -> Result<(), SwitchError> {
         let started = Instant::now();
         self.pass_timed = Duration::ZERO;
         self.applied.clear();
@@ -755,13 +1012,24 @@ impl Reconciler {
         result
     }
 
-    async fn converge_timed(&mut self, input: &SwitchInput) -> Result<(), SwitchError> {
+    async fn converge_timed(&mut self, input: &Arc<SwitchInput>) -> Result<(), SwitchError> {
+        // Set again only when this pass succeeds.
+        let synced = self.synced.take();
         if !self.ovsdb.session().borrow().connected {
             return Err(SwitchError::OvsdbDown {
                 db: format!("{:?}", self.config.db),
             });
         }
-        self.ensure_bridge().await?;
+        // The bridge row is planned again only when the replica moved
+        // since it last needed nothing (decoding it reads every port uuid).
+        let version = *self.replica_version.borrow();
+        if self.bridge_ok_at != Some(version) {
+            let plan = bridge_plan(&self.ovsdb, &self.config);
+            self.apply_bridge(&plan).await?;
+            if plan.is_empty() {
+                self.bridge_ok_at = Some(version);
+            }
+        }
         let ports_moved = self.refresh_ports()?;
         if !ports_moved
             && self.believed
@@ -771,15 +1039,29 @@ impl Reconciler {
             // Woken by an OVSDB change that moved nothing the plan reads
             // (the echo of our own insert, `cur_cfg`, a row of another
             // bridge): the last pass's result stands.
+            self.synced = synced;
             return Ok(());
         }
-        let port_plan = {
+        let (port_plan, rows) = {
             let observed = self.observed.lock().expect("observed lock");
-            plan_ports(
-                &desired_ports(&input.networking, &input.representors),
-                observed.ports.ports(),
-            )
+            let rows = observed.ports.rows_version();
+            let planned = self
+                .ports_planned
+                .as_ref()
+                .is_some_and(|(i, v)| Arc::ptr_eq(i, input) && *v == rows);
+            if planned {
+                // Nothing to add or remove for this input and these rows.
+                (PortPlan::default(), rows)
+            } else {
+                let plan = plan_ports_of(
+                    &input.networking,
+                    &input.representors,
+                    observed.ports.ports(),
+                );
+                (plan, rows)
+            }
         };
+        self.ports_planned = port_plan.is_empty().then(|| (input.clone(), rows));
         if !port_plan.is_empty() {
             self.apply_ports(&port_plan).await?;
             self.refresh_ports()?;
@@ -792,16 +1074,48 @@ impl Reconciler {
         }
         self.connect_openflow().await?;
         // The pipeline brought to the input, recompiling only the networks
-        // whose inputs changed (timed as `compile`).
-        let (changes, resolved) = {
+        // whose inputs changed (timed as `compile`); the input is read in
+        // place, each port with its representor's ofport. When the input
+        // is the one the last successful pass reached and the replica can
+        // say which ofports moved, only the networks of those ports (and
+        // tunnels) are looked at, and only their ports' reports.
+        let (changes, only_moved) = {
             let mut observed = self.observed.lock().expect("observed lock");
-            let resolved = resolve_ofports(
-                &input.networking,
-                &input.representors,
-                observed.ports.ofports(),
-            );
-            let changes = observed.pipeline.update(&resolved);
-            (changes, resolved)
+            let Observed {
+                pipeline, ports, ..
+            } = &mut *observed;
+            let moved = ports.take_moved();
+            let ofports = ports.ofports();
+            let ofport = |p: &PortDesc| port_ofport(p, &input.representors, ofports);
+            let tunnels = tunnel_ofports(ofports);
+            let same_input = synced.as_ref().is_some_and(|s| Arc::ptr_eq(s, input));
+            let only_moved = match &moved {
+                MovedOfports::Names(names) if same_input => pipeline.update_networks(
+                    &input.networking,
+                    &networks_of_moved(input, names),
+                    ofport,
+                    &tunnels,
+                ),
+                _ => None,
+            };
+            match only_moved {
+                Some(changes) => (changes, true),
+                None => (
+                    pipeline.update_resolving(&input.networking, ofport, &tunnels),
+                    false,
+                ),
+            }
+        };
+        // Only the changed networks' ports can have a new report when the
+        // input is the same and its port ids are distinct (otherwise a
+        // port's report is that of the last of its id).
+        let report_only = match &changes {
+            Changes::Segments(segments)
+                if only_moved && input.networking.ports.windows(2).all(|w| w[0].id < w[1].id) =>
+            {
+                Some(segments.clone())
+            }
+            _ => None,
         };
         // Believed (the switch holds exactly the last pass's flows): only
         // the changed networks' flows are diffed, each against its previous
@@ -816,7 +1130,7 @@ impl Reconciler {
             observed.flows = flows;
             observed.installed = false;
         }
-        let (flow_plan, meters, skipped, counts) = {
+        let (flow_plan, meters, skipped) = {
             let observed = self.observed.lock().expect("observed lock");
             let diffing = Instant::now();
             let plan = match &changed_segments {
@@ -831,55 +1145,66 @@ impl Reconciler {
                 plan,
                 observed.pipeline.meters(),
                 observed.pipeline.skipped_ports(),
-                observed.pipeline.flow_counts(),
             );
             drop(observed);
             self.timed(Phase::Diff, took);
             out
         };
         drop(changed_segments);
-        // Each port's ofport: the one its flows match, unless it got none.
-        self.report.ports = input
-            .networking
-            .ports
-            .iter()
-            .zip(&resolved.ports)
-            .map(|(p, r)| {
-                let skip = skipped.get(&p.id);
-                let ofport = if skip.is_some() { None } else { r.ofport };
-                let pending = skip.cloned().or_else(|| {
-                    (!input.representors.contains_key(&p.id))
-                        .then(|| "its function has no representor yet".to_string())
-                });
-                (
-                    p.id.clone(),
-                    PortReport {
-                        ofport,
-                        flows: 0,
-                        pending,
-                        datapath: None,
-                    },
-                )
-            })
-            .collect();
-        drop(resolved);
         let meter_plan = plan_meters(&meters, &self.meters);
-        self.apply_meters(&meter_plan).await?;
-        self.apply_flows(&flow_plan).await?;
-        self.remove_stale_meters(&meter_plan).await?;
-        for (id, port) in &mut self.report.ports {
-            port.flows = counts
-                .get(&Owner::new(OwnerKind::Port, id.clone()))
-                .copied()
-                .unwrap_or(0);
+        let applied = async {
+            self.apply_meters(&meter_plan).await?;
+            self.apply_flows(&flow_plan).await?;
+            self.remove_stale_meters(&meter_plan).await
         }
-        self.report.flows = counts;
-        self.apply_datapath(input);
+        .await;
         let mut observed = self.observed.lock().expect("observed lock");
+        let ofports = observed.ports.ofports();
+        if let Err(e) = applied {
+            // Each port's ofport and why it has none, without flows.
+            self.report.ports =
+                port_reports(input, ofports, &skipped, &BTreeMap::new(), None).collect();
+            return Err(e);
+        }
+        // Each port's ofport (the one its flows match, unless it got none),
+        // flows and datapath flows, written only where they changed.
+        let counts = observed.pipeline.owner_flows();
+        sync_port_reports(
+            &mut self.report.ports,
+            input,
+            ofports,
+            &skipped,
+            counts,
+            self.datapath.as_ref(),
+            report_only.as_ref(),
+        );
+        match &report_only {
+            Some(networks) => {
+                // Only the owners of those networks' flows, old and new.
+                let owners = networks
+                    .iter()
+                    .flat_map(|(id, old)| {
+                        old.iter()
+                            .chain(observed.pipeline.segment(id))
+                            .flat_map(|s| &s.flows)
+                    })
+                    .map(|f| &f.owner);
+                sync_owners(&mut self.report.flows, counts, owners);
+            }
+            None => sync_map(&mut self.report.flows, counts),
+        }
+        // Tests check every pass against the whole computation.
+        debug_assert_eq!(
+            self.report.ports,
+            port_reports(input, ofports, &skipped, counts, self.datapath.as_ref()).collect(),
+            "per-port report written in place"
+        );
+        debug_assert_eq!(&self.report.flows, counts, "flow counts written in place");
         // The switch now holds the pipeline's flows; the dump is dropped.
         observed.flows = Vec::new();
         observed.installed = true;
         self.believed = self.openflow.is_some();
+        self.synced = Some(input.clone());
         Ok(())
     }
 
@@ -1174,6 +1499,122 @@ mod tests {
         r.phases[Pass::Periodic as usize][Phase::Bundle as usize].observe(Duration::from_millis(1));
         assert_eq!(r.phase(Pass::Periodic, Phase::Bundle).count(), 1);
         assert_eq!(r.phase(Pass::Change, Phase::Bundle).count(), 0);
+    }
+
+    mod in_place {
+        use super::*;
+        use crate::pipeline::{Encap, NetworkDesc};
+        use crate::unixctl::DatapathFlows;
+        use proptest::prelude::*;
+
+        /// Port ids, networks, representors, ofports, skipped ports, flow
+        /// counts and datapath flows drawn from small ranges, so that
+        /// successive states share, change and drop entries (ids may repeat
+        /// and come unsorted).
+        type PortGen = (u8, Option<u8>, Option<u16>, bool, u8, Option<u8>);
+
+        /// A pass's input, ofports, skipped ports, flow counts and datapath
+        /// flows.
+        type State = (
+            SwitchInput,
+            BTreeMap<String, u32>,
+            BTreeMap<String, String>,
+            BTreeMap<Owner, usize>,
+            Option<BTreeMap<String, DatapathFlows>>,
+        );
+
+        fn state(ports: &[PortGen], sort: bool, datapath: bool) -> State {
+            let mut input = SwitchInput::default();
+            input.networking.networks.push(NetworkDesc {
+                id: "n".into(),
+                tenant: "t".into(),
+                vni: 1,
+                encap: Encap::Vxlan,
+            });
+            let (mut ofports, mut skipped, mut counts) =
+                (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+            let mut found = BTreeMap::new();
+            for &(id, rep, ofport, skip, flows, dp) in ports {
+                let id = format!("p{id}");
+                input.networking.ports.push(plan::tests::port_desc(&id));
+                if let Some(rep) = rep {
+                    let rep = format!("rep{rep}");
+                    if let Some(o) = ofport {
+                        ofports.insert(rep.clone(), u32::from(o));
+                    }
+                    if let Some(dp) = dp {
+                        found.insert(
+                            rep.clone(),
+                            DatapathFlows {
+                                total: usize::from(dp),
+                                offloaded: usize::from(dp / 2),
+                            },
+                        );
+                    }
+                    input.representors.insert(id.clone(), rep);
+                }
+                if skip {
+                    skipped.insert(id.clone(), format!("why {flows}"));
+                }
+                if flows > 0 {
+                    counts.insert(Owner::new(OwnerKind::Port, id), usize::from(flows));
+                }
+            }
+            if sort {
+                input.networking.ports.sort_by(|a, b| a.id.cmp(&b.id));
+                input.networking.ports.dedup_by(|a, b| a.id == b.id);
+            }
+            (input, ofports, skipped, counts, datapath.then_some(found))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Updating the per-port report and the flow counts in place,
+            /// pass after pass, gives what building them anew gives.
+            #[test]
+            fn in_place_reports_equal_rebuilt_ones(
+                states in prop::collection::vec(
+                    (
+                        prop::collection::vec(
+                            (
+                                0u8..8,
+                                prop::option::weighted(0.8, 0u8..6),
+                                prop::option::weighted(0.8, 1u16..5),
+                                prop::bool::weighted(0.2),
+                                0u8..3,
+                                prop::option::of(0u8..4),
+                            ),
+                            0..10,
+                        ),
+                        prop::bool::weighted(0.8),
+                        any::<bool>(),
+                    ),
+                    1..8,
+                )
+            ) {
+                let mut reports = BTreeMap::new();
+                let mut flows = BTreeMap::new();
+                for (ports, sort, datapath) in &states {
+                    let (input, ofports, skipped, counts, found) = state(ports, *sort, *datapath);
+                    sync_port_reports(
+                        &mut reports,
+                        &input,
+                        &ofports,
+                        &skipped,
+                        &counts,
+                        found.as_ref(),
+                        None,
+                    );
+                    let whole: BTreeMap<String, PortReport> =
+                        port_reports(&input, &ofports, &skipped, &counts, found.as_ref())
+                            .collect();
+                    prop_assert_eq!(&reports, &whole);
+                    sync_map(&mut flows, &counts);
+                    prop_assert_eq!(&flows, &counts);
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::openflow::{MeterMod, meter_flags};
 use crate::ovsdb::{
     BridgeRow, BridgeSpec, InterfaceRow, OpenVswitchRow, PortRow, PortSpec, owner_of, owner_value,
 };
-use crate::pipeline::{DesiredNetworking, Encap, FlowPlan};
+use crate::pipeline::{self, DesiredNetworking, Encap, FlowPlan, PortDesc};
 
 /// The OpenFlow versions the agent's bridge speaks.
 pub const BRIDGE_PROTOCOLS: [&str; 2] = ["OpenFlow13", "OpenFlow14"];
@@ -317,7 +317,19 @@ pub fn plan_ports<'a>(
         .filter(|p| !present.contains(p.name.as_str()))
         .cloned()
         .collect();
-    let remove = observed
+    PortPlan {
+        add,
+        remove: strays(observed, &wanted),
+    }
+}
+
+/// The names of the agent-owned ports (owner `port/` or `tunnel/`) of
+/// `observed` not in `wanted`, in `observed`'s order.
+fn strays<'a>(
+    observed: impl IntoIterator<Item = &'a PortRow>,
+    wanted: &BTreeSet<&str>,
+) -> Vec<String> {
+    observed
         .into_iter()
         .filter(|p| !wanted.contains(p.name.as_str()))
         .filter(|p| {
@@ -325,8 +337,52 @@ pub fn plan_ports<'a>(
                 .is_some_and(|o| o.starts_with("port/") || o.starts_with("tunnel/"))
         })
         .map(|p| p.name.clone())
+        .collect()
+}
+
+/// [`plan_ports`] of [`desired_ports`], without building the spec of
+/// every desired port: only the missing ones get one (a pass where one
+/// port is new copies one port's spec, not every port's).
+pub fn plan_ports_of<'a>(
+    networking: &DesiredNetworking,
+    representors: &BTreeMap<String, String>,
+    observed: impl IntoIterator<Item = &'a PortRow> + Clone,
+) -> PortPlan {
+    let present: BTreeSet<&str> = observed
+        .clone()
+        .into_iter()
+        .map(|p| p.name.as_str())
         .collect();
-    PortPlan { add, remove }
+    let mut wanted: BTreeSet<&str> = BTreeSet::new();
+    let mut add: BTreeMap<&str, PortSpec> = BTreeMap::new();
+    for p in &networking.ports {
+        if let Some(dev) = representors.get(&p.id)
+            && wanted.insert(dev)
+            && !present.contains(dev.as_str())
+        {
+            add.insert(dev, PortSpec::system(dev, &owner_value("port", &p.id)));
+        }
+    }
+    let encaps: BTreeSet<Encap> = networking.networks.iter().map(|n| n.encap).collect();
+    for encap in encaps {
+        if let (Some(name), Some(kind)) = (tunnel_port_name(encap), encap.interface_type()) {
+            wanted.insert(name);
+            if present.contains(name) {
+                // A representor of that name is not added either: the
+                // tunnel's spec replaces it, and the name is there.
+                add.remove(name);
+            } else {
+                add.insert(
+                    name,
+                    PortSpec::flow_tunnel(name, kind, &owner_value("tunnel", kind)),
+                );
+            }
+        }
+    }
+    PortPlan {
+        add: add.into_values().collect(),
+        remove: strays(observed, &wanted),
+    }
 }
 
 /// `name → ofport` of the interfaces ovs-vswitchd opened (ofport > 0).
@@ -353,28 +409,41 @@ pub fn resolve_ofports(
     representors: &BTreeMap<String, String>,
     ofports: &BTreeMap<String, u32>,
 ) -> DesiredNetworking {
-    let mut out = networking.clone();
-    for p in &mut out.ports {
-        p.ofport = representors
-            .get(&p.id)
-            .and_then(|d| ofports.get(d))
-            .copied();
-    }
-    out.tunnel_ofports = [Encap::Vxlan, Encap::Geneve]
+    pipeline::resolved(
+        networking,
+        |p| port_ofport(p, representors, ofports),
+        &tunnel_ofports(ofports),
+    )
+}
+
+/// The ofport of port `p`: its representor's (see [`ofports`]).
+pub fn port_ofport(
+    p: &PortDesc,
+    representors: &BTreeMap<String, String>,
+    ofports: &BTreeMap<String, u32>,
+) -> Option<u32> {
+    representors
+        .get(&p.id)
+        .and_then(|d| ofports.get(d))
+        .copied()
+}
+
+/// The ofport of each encapsulation's flow-based tunnel port.
+pub fn tunnel_ofports(ofports: &BTreeMap<String, u32>) -> BTreeMap<Encap, u32> {
+    [Encap::Vxlan, Encap::Geneve]
         .into_iter()
         .filter_map(|e| {
             let name = tunnel_port_name(e)?;
             Some((e, *ofports.get(name)?))
         })
-        .collect();
-    out
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ovsdb::{OWNER_KEY, Uuid};
-    use crate::pipeline::{NetworkDesc, PortDesc, SecurityDesc};
+    use crate::pipeline::{NetworkDesc, SecurityDesc};
 
     fn row(name: &str, owner: Option<&str>) -> PortRow {
         PortRow {
@@ -389,6 +458,20 @@ mod tests {
         }
     }
 
+    /// Port `id` of network `n` (tenant `t`), with no IPs, rules or QoS.
+    pub(crate) fn port_desc(id: &str) -> PortDesc {
+        PortDesc {
+            id: id.into(),
+            tenant: "t".into(),
+            network: "n".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            ips: vec![],
+            security: SecurityDesc::default(),
+            qos: None,
+            ofport: None,
+        }
+    }
+
     fn desired() -> (DesiredNetworking, BTreeMap<String, String>) {
         let d = DesiredNetworking {
             networks: vec![NetworkDesc {
@@ -397,16 +480,7 @@ mod tests {
                 vni: 5,
                 encap: Encap::Vxlan,
             }],
-            ports: vec![PortDesc {
-                id: "p1".into(),
-                tenant: "t".into(),
-                network: "n".into(),
-                mac: [2, 0, 0, 0, 0, 1],
-                ips: vec![],
-                security: SecurityDesc::default(),
-                qos: None,
-                ofport: None,
-            }],
+            ports: vec![port_desc("p1")],
             ..Default::default()
         };
         (d, BTreeMap::from([("p1".to_string(), "rep1".to_string())]))
@@ -433,6 +507,57 @@ mod tests {
         // A representor already attached by someone else is used, not re-added.
         let plan = plan_ports(&want, &[row("rep1", None), row("dpu-vxlan", None)]);
         assert!(plan.is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Planning ports from the input in place gives what planning them
+        /// from every desired port's spec gives: ports (ids may repeat,
+        /// representors may be shared or named like a tunnel port),
+        /// networks of every encapsulation, and bridge ports present or
+        /// not, owned by the agent or by someone else.
+        #[test]
+        fn plan_ports_of_equals_plan_of_desired_ports(
+            ports in proptest::collection::vec((0u8..6, proptest::option::weighted(0.8, 0u8..7)), 0..10),
+            encaps in proptest::collection::vec(0u8..3, 0..3),
+            observed in proptest::collection::vec((0u8..9, 0u8..4), 0..10),
+        ) {
+            let names = |i: u8| match i {
+                6 => "dpu-vxlan".to_string(),
+                7 => "dpu-geneve".to_string(),
+                8 => "br-int".to_string(),
+                i => format!("rep{i}"),
+            };
+            let (mut d, _) = desired();
+            d.ports.clear();
+            d.networks.clear();
+            let mut reps = BTreeMap::new();
+            for (i, (id, rep)) in ports.iter().enumerate() {
+                let mut p = desired().0.ports[0].clone();
+                p.id = format!("p{id}");
+                if let Some(rep) = rep {
+                    reps.insert(p.id.clone(), names(*rep));
+                }
+                p.network = format!("n{i}");
+                d.ports.push(p);
+            }
+            for (i, e) in encaps.iter().enumerate() {
+                let mut n = desired().0.networks[0].clone();
+                n.id = format!("n{i}");
+                n.encap = [Encap::Vxlan, Encap::Geneve, Encap::Local][usize::from(*e)];
+                d.networks.push(n);
+            }
+            let owners = [None, Some("port/p1"), Some("tunnel/vxlan"), Some("bridge/br-int")];
+            let rows: Vec<PortRow> = observed
+                .iter()
+                .map(|(n, o)| row(&names(*n), owners[usize::from(*o)]))
+                .collect();
+            proptest::prop_assert_eq!(
+                plan_ports_of(&d, &reps, &rows),
+                plan_ports(&desired_ports(&d, &reps), &rows)
+            );
+        }
     }
 
     fn bridge_row(spec: &BridgeSpec) -> BridgeRow {

@@ -31,6 +31,21 @@ pub struct BridgePorts {
     /// Name → ofport, as [`ofports`] computes it over `ifaces` in uuid
     /// order (of two of one name, the greater uuid's).
     ofports: BTreeMap<String, u32>,
+    /// The names whose ofport changed since [`BridgePorts::take_moved`]
+    /// (`None`: any may have, after a full read).
+    moved_ofports: Option<BTreeSet<String>>,
+    /// Bumped whenever a Port row of the bridge changes (or a full read
+    /// replaces them): the port plan depends on nothing else of the bridge.
+    rows_version: u64,
+}
+
+/// What moved in a [`BridgePorts`] since it was last asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MovedOfports {
+    /// Any ofport may have moved (a full read happened).
+    Any,
+    /// Only these interfaces' ofports moved.
+    Names(BTreeSet<String>),
 }
 
 /// Staged changes of an incremental read: nothing is changed until every
@@ -46,6 +61,20 @@ impl BridgePorts {
     /// Interface name → ofport of the bridge's opened interfaces.
     pub fn ofports(&self) -> &BTreeMap<String, u32> {
         &self.ofports
+    }
+
+    /// The interfaces whose ofport moved since the last call (all of them,
+    /// as far as anyone can tell, after a full read or before any call).
+    pub fn take_moved(&mut self) -> MovedOfports {
+        match self.moved_ofports.replace(BTreeSet::new()) {
+            Some(names) => MovedOfports::Names(names),
+            None => MovedOfports::Any,
+        }
+    }
+
+    /// A number that changes whenever the bridge's Port rows do.
+    pub fn rows_version(&self) -> u64 {
+        self.rows_version
     }
 
     /// Reads the bridge `bridge`'s ports and their interfaces from the whole
@@ -89,6 +118,8 @@ impl BridgePorts {
             ofports: ofports(&ifaces),
             ifaces: ifaces.into_iter().map(|i| (i.uuid, i)).collect(),
             opened,
+            moved_ofports: None,
+            rows_version: 0,
         })
     }
 
@@ -96,7 +127,10 @@ impl BridgePorts {
     /// from the ones held before.
     pub fn replace(&mut self, read: BridgePorts) -> bool {
         let moved = self.ports != read.ports || self.ofports != read.ofports;
+        let rows_version = self.rows_version + 1;
         *self = read;
+        self.moved_ofports = None;
+        self.rows_version = rows_version;
         moved
     }
 
@@ -170,7 +204,10 @@ impl BridgePorts {
         }
         for (uuid, row) in ports {
             let old = self.ports.remove(&uuid);
-            moved |= old != row;
+            if old != row {
+                moved = true;
+                self.rows_version += 1;
+            }
             if let Some(row) = row {
                 self.ports.insert(uuid, row);
             }
@@ -212,10 +249,15 @@ impl BridgePorts {
                 self.opened.remove(&name);
             }
             let before = match now {
-                Some(n) => self.ofports.insert(name, n),
+                Some(n) => self.ofports.insert(name.clone(), n),
                 None => self.ofports.remove(&name),
             };
-            moved |= before != now;
+            if before != now {
+                moved = true;
+                if let Some(names) = &mut self.moved_ofports {
+                    names.insert(name);
+                }
+            }
         }
         self.cursor = cursor;
         Some(moved)
@@ -453,6 +495,10 @@ mod tests {
             replica.limit_change_log(log_max);
             let mut view = BridgePorts::default();
             let mut last: (Vec<PortRow>, BTreeMap<String, u32>) = Default::default();
+            // The ofports when the moved names were last taken, and the
+            // Port rows with their version at the last read.
+            let mut taken: BTreeMap<String, u32> = BTreeMap::new();
+            let mut rows: (u64, Vec<PortRow>) = (view.rows_version(), Vec::new());
             for (op, read_now) in steps {
                 if let Op::Resync = op {
                     replica = replica.clone();
@@ -470,6 +516,21 @@ mod tests {
                         prop_assert_eq!(got, Ok(want != last), "moved");
                         prop_assert_eq!(view.ports().cloned().collect::<Vec<_>>(), want.0.clone());
                         prop_assert_eq!(view.ofports(), &want.1);
+                        // Every name whose ofport moved since the last take
+                        // is listed (unless a full read says "any").
+                        if let MovedOfports::Names(names) = view.take_moved() {
+                            for name in taken.keys().chain(view.ofports().keys()) {
+                                if taken.get(name) != view.ofports().get(name) {
+                                    prop_assert!(names.contains(name), "{} not listed", name);
+                                }
+                            }
+                        }
+                        taken = view.ofports().clone();
+                        // Port rows that changed changed the version.
+                        if want.0 != rows.1 {
+                            prop_assert_ne!(view.rows_version(), rows.0);
+                        }
+                        rows = (view.rows_version(), want.0.clone());
                         last = want;
                     }
                     Err(e) => {
