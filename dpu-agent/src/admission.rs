@@ -5,7 +5,7 @@
 
 use dpu_api::object::{EventType, ObjectKey, Phase, Status, WriteOutcome};
 use dpu_api::spec::Spec;
-use dpu_api::validate::{self, ObjectLookup, Writer};
+use dpu_api::validate::{self, ObjectLookup, SpecTest, Writer};
 use dpu_api::{Kind, Problem, limits};
 use serde_json::Value;
 
@@ -86,12 +86,7 @@ impl ObjectLookup for TxnLookup<'_, '_> {
             .collect()
     }
 
-    fn find(
-        &self,
-        kind: Kind,
-        tenant: Option<&str>,
-        pred: &mut dyn FnMut(&str, &Spec) -> bool,
-    ) -> Option<String> {
+    fn find(&self, kind: Kind, tenant: Option<&str>, pred: &mut SpecTest) -> Option<String> {
         self.0
             .list(kind, tenant)
             .into_iter()

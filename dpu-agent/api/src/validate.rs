@@ -810,6 +810,9 @@ fn check_key_matches_certificate(cert_pem: &str, key_pem: &str) -> Check {
     Ok(())
 }
 
+/// A test of an object (its id and spec) for [`ObjectLookup::find`].
+pub type SpecTest<'p> = dyn FnMut(&str, &Spec) -> bool + 'p;
+
 /// Read-only view of the other stored objects, for checks that span objects.
 pub trait ObjectLookup {
     /// The tenant and spec of an object.
@@ -822,12 +825,7 @@ pub trait ObjectLookup {
     /// `None`) for which `pred` holds, in [`ObjectLookup::list`]'s order.
     /// The default scans `list`; a store overrides it to look at its
     /// objects without copying them, since every network write asks.
-    fn find(
-        &self,
-        kind: Kind,
-        tenant: Option<&str>,
-        pred: &mut dyn FnMut(&str, &Spec) -> bool,
-    ) -> Option<String> {
+    fn find(&self, kind: Kind, tenant: Option<&str>, pred: &mut SpecTest) -> Option<String> {
         self.list(kind, tenant)
             .into_iter()
             .find(|(id, spec)| pred(id, spec))
