@@ -334,6 +334,9 @@ impl SwitchHandle {
             replica_read: None,
             bridge_ok_at: None,
             ticks: 0,
+            full_check_at: Instant::now(),
+            full_check_took: Duration::ZERO,
+            full_check_running: false,
             datapath: None,
             datapath_reading: false,
             datapath_tx,
@@ -704,8 +707,16 @@ struct Reconciler {
     /// A generation at which the bridge row and `hw-offload` needed no
     /// change (the plan is a function of the replica and the config).
     bridge_ok_at: Option<u64>,
-    /// Periodic passes since start; every [`FULL_DUMP_EVERY`]th dumps.
+    /// Periodic passes since start (the datapath is read every
+    /// [`DATAPATH_EVERY`]th).
     ticks: u64,
+    /// When the last scheduled full check (a periodic pass that dumps and
+    /// compares every flow) ended, or when the reconciler started.
+    full_check_at: Instant,
+    /// How long that check's pass took.
+    full_check_took: Duration,
+    /// The running pass is a scheduled full check.
+    full_check_running: bool,
     /// Datapath flows per input port name, from the last successful query
     /// (every [`DATAPATH_EVERY`] periods); `None` while unknown.
     datapath: Option<BTreeMap<String, crate::unixctl::DatapathFlows>>,
@@ -739,8 +750,16 @@ const DATAPATH_EVERY: u64 = 4;
 
 /// A periodic pass with nothing changed only counts the agent's flows
 /// (`OFPMP_AGGREGATE`, one small reply); every this many periods it dumps
-/// them all and compares contents (a flow modified by hand keeps the count).
-const FULL_DUMP_EVERY: u64 = 20;
+/// them all and compares contents (a flow modified by hand keeps the count)
+/// — or less often, see [`FULL_CHECK_SHARE`].
+const FULL_DUMP_EVERY: u32 = 20;
+
+/// A scheduled full check starts no sooner than this many times its last
+/// pass's duration after that pass ended, so it takes at most about 1/20 of
+/// the reconciler's time however large the bridge or slow the cores (at
+/// 3000 ports on an emulated CPU one took longer than its 10 s period, and
+/// changes waited behind back-to-back dumps).
+const FULL_CHECK_SHARE: u32 = 20;
 
 /// Why a convergence pass stopped; the typed cause is the `#[source]`
 /// (printed as a chain by whoever shows it: the agent's status message).
@@ -874,7 +893,12 @@ impl Reconciler {
                     continue;
                 }
             }
+            let started = Instant::now();
             let result = self.converge(&current).await;
+            if std::mem::take(&mut self.full_check_running) {
+                self.full_check_at = Instant::now();
+                self.full_check_took = started.elapsed();
+            }
             if result.is_err() {
                 self.believed = false;
                 self.last_ok = None;
@@ -960,15 +984,18 @@ impl Reconciler {
 
     /// For a periodic pass with nothing changed: true when the switch still
     /// holds what the last pass installed, checked by the agent's flow count
-    /// (and, every [`FULL_DUMP_EVERY`] periods, not at all: the full pass
-    /// then dumps and compares every flow).
+    /// (and, when a full check is due, not at all: the full pass then dumps
+    /// and compares every flow).
     async fn in_sync(&mut self, input: &SwitchInput) -> bool {
         self.ticks += 1;
+        let full_check_due = self.full_check_at.elapsed()
+            >= (self.config.period * FULL_DUMP_EVERY).max(self.full_check_took * FULL_CHECK_SHARE);
         if !self.believed
             || self.last_ok != Some(input.version)
             || self.openflow.is_none()
-            || self.ticks.is_multiple_of(FULL_DUMP_EVERY)
+            || full_check_due
         {
+            self.full_check_running = full_check_due;
             self.believed = false;
             return false;
         }
