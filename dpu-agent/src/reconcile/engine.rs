@@ -37,8 +37,7 @@ use crate::store::{StoreError, StoredObject};
 /// How often every object is reconciled even without a change.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 
-/// Reconciles of a resync (or of retries and polls) whose status writes
-/// are committed together; a change's reconcile is committed at once.
+/// Reconciles whose status writes are committed together at the most.
 const FLUSH_EVERY: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -310,9 +309,10 @@ impl Engine {
     /// arrive meanwhile are taken between two reconciles and go before
     /// what is left, so a change never waits behind a whole resync (at
     /// thousands of objects on slow cores, a resync takes longer than its
-    /// period). Status writes are committed after each change's reconcile
-    /// and every [`FLUSH_EVERY`] others, in one commit each (or in the
-    /// group of a write that is committing anyway).
+    /// period). Status writes are committed when the changes due are done
+    /// (before the rest goes on), every [`FLUSH_EVERY`] reconciles and at
+    /// the end, in one commit each (or in the group of a write that is
+    /// committing anyway).
     async fn run_due(
         &self,
         queue: &mut Queue,
@@ -327,6 +327,7 @@ impl Engine {
         // Reconciled in this round: not again when reached in `rest`.
         let mut done = HashSet::new();
         let mut unflushed = 0usize;
+        let mut changes_unflushed = false;
         loop {
             loop {
                 match events.try_recv() {
@@ -338,20 +339,27 @@ impl Engine {
             }
             let key = match queue.take_changed_due(Instant::now()) {
                 Some(key) => key,
-                None => match rest.pop_front() {
-                    Some(key) if done.contains(&key) => continue,
-                    Some(key) => key,
-                    None => break,
-                },
+                None => {
+                    if changes_unflushed {
+                        // The changes' statuses before the rest.
+                        self.flush().await;
+                        (unflushed, changes_unflushed) = (0, false);
+                    }
+                    match rest.pop_front() {
+                        Some(key) if done.contains(&key) => continue,
+                        Some(key) => key,
+                        None => break,
+                    }
+                }
             };
             first_pass.remove(&key);
-            let change = queue.changed.contains_key(&key);
+            changes_unflushed |= queue.changed.contains_key(&key);
             done.insert(key.clone());
             self.process(queue, key).await;
             unflushed += 1;
-            if change || unflushed >= FLUSH_EVERY {
+            if unflushed >= FLUSH_EVERY {
                 self.flush().await;
-                unflushed = 0;
+                (unflushed, changes_unflushed) = (0, false);
             }
             if *shutdown.borrow() {
                 break;
