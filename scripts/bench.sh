@@ -8,10 +8,13 @@
 #                                 restart through the agent, TLS proxy vs
 #                                 stunnel4, host-stub scan and RSS
 #   scripts/bench.sh --storage    also the storage benchmark in the VM rig
+#   scripts/bench.sh --vm-net [PORTS]  also one port added and restart
+#                                 through the agent on the kernel datapath,
+#                                 in the VM rig (TCG guest; default 1000 ports)
 #   scripts/bench.sh --quick      shorter runs (fewer ports, seconds, rounds)
 #   scripts/bench.sh --only agent-bench,scan   only the benchmarks named
 #                                 (agent-bench, net_bench, net-agent-bench,
-#                                 tls_bench, scan, storage_bench)
+#                                 tls_bench, scan, storage_bench, vm-net-bench)
 #
 # Needs root (OVS sandboxes, network namespaces) and what scripts/setup.sh
 # installs, plus stunnel4 (installed here if missing). Each benchmark's own
@@ -26,14 +29,18 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 storage=false
+vm_net=""
 quick=false
 only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --storage) storage=true ;;
+    --vm-net)
+      vm_net=1000
+      if [[ ${2:-} =~ ^[0-9]+$ ]]; then vm_net=$2; shift; fi ;;
     --quick) quick=true ;;
     --only) only=",${2:?--only needs a list of benchmark names},"; shift ;;
-    *) echo "usage: scripts/bench.sh [--storage] [--quick] [--only NAME,...]" >&2; exit 2 ;;
+    *) echo "usage: scripts/bench.sh [--storage] [--vm-net [PORTS]] [--quick] [--only NAME,...]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -48,10 +55,12 @@ summary=$out/summary.md
 if $quick; then
   agent_args=(--connections 32 --seconds 3)
   net_agent_args=(--ports 300 --runs 20 --baseline-runs 5)
+  vm_net_args=(--runs 10 --baseline-runs 5)
   export TLS_BENCH_ROUNDS=1
 else
   agent_args=(--connections 32 --seconds 10)
   net_agent_args=(--ports 3000 --rules 27 --runs 50 --baseline-runs 20)  # ≥ 100k flows
+  vm_net_args=(--runs 20 --baseline-runs 10)  # a TCG guest: fewer runs
 fi
 
 echo "scripts/bench.sh: building release binaries"
@@ -98,6 +107,15 @@ if $storage || [[ $only == *",storage_bench,"* ]]; then
     --target x86_64-unknown-linux-musl --bin storage-bench
   run storage_bench "storage (VM rig)" \
     cargo bench --locked -q --profile dev -p dpu-tests --bench storage_bench
+fi
+if [ -n "$vm_net" ] || [[ $only == *",vm-net-bench,"* ]]; then
+  bash tests/vm/setup.sh > "$out/vm-setup.txt" 2>&1
+  # Static release builds for the guest (the agent's speed is measured).
+  CC_x86_64_unknown_linux_musl=gcc cargo build --locked --release -q \
+    --target x86_64-unknown-linux-musl -p dpu-tests --bin net-agent-bench -p dpu-agent --bin dpu-agent
+  cargo build --locked --release -q -p dpu-tests --bin vm-net-bench
+  run vm-net-bench "switch through the agent, kernel datapath (VM rig, TCG)" \
+    target/release/vm-net-bench --ports "${vm_net:-1000}" "${vm_net_args[@]}"
 fi
 
 {

@@ -413,10 +413,12 @@ impl Config {
                 .or(file.ovs.db)
                 .unwrap_or(default_db),
             bridge: file.ovs.bridge.unwrap_or_else(|| "br-int".to_string()),
-            datapath_type: file.ovs.datapath_type.unwrap_or_else(|| match mode {
-                Mode::Dev => "netdev".to_string(),
-                Mode::Run => "system".to_string(),
-            }),
+            datapath_type: env("DPU_AGENT_OVS_DATAPATH_TYPE")
+                .or(file.ovs.datapath_type)
+                .unwrap_or_else(|| match mode {
+                    Mode::Dev => "netdev".to_string(),
+                    Mode::Run => "system".to_string(),
+                }),
             hw_offload: file.ovs.hw_offload.unwrap_or(mode == Mode::Run),
         };
         let functions_backend = env_parse::<FunctionsBackend>(env, "DPU_AGENT_FUNCTIONS_BACKEND")?
@@ -606,6 +608,27 @@ mod tests {
         assert_eq!(c.functions_backend, FunctionsBackend::Veth);
         let bad = &[("DPU_AGENT_FUNCTIONS_BACKEND", "tap")];
         assert!(resolve(Mode::Run, FileConfig::default(), bad).is_err());
+    }
+
+    #[test]
+    fn datapath_type_defaults_by_mode_and_the_environment_overrides_the_file() {
+        let dev = resolve(Mode::Dev, FileConfig::default(), &[]).unwrap();
+        assert_eq!(dev.ovs.datapath_type, "netdev");
+        let run = resolve(Mode::Run, FileConfig::default(), &[]).unwrap();
+        assert_eq!(run.ovs.datapath_type, "system");
+        let env = &[("DPU_AGENT_OVS_DATAPATH_TYPE", "system")];
+        let c = resolve(Mode::Dev, FileConfig::default(), env).unwrap();
+        assert_eq!(c.ovs.datapath_type, "system");
+        let file = file_config("[ovs]\ndatapath_type = \"netdev\"");
+        assert_eq!(
+            resolve(Mode::Run, file.clone(), &[])
+                .unwrap()
+                .ovs
+                .datapath_type,
+            "netdev"
+        );
+        let c = resolve(Mode::Run, file, env).unwrap();
+        assert_eq!(c.ovs.datapath_type, "system");
     }
 
     #[test]

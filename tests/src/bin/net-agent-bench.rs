@@ -2,11 +2,25 @@
 //! real agent and a real Open vSwitch, as a markdown table. A benchmark, not
 //! a test: it asserts nothing about speed.
 //!
-//! Setup: a private OVS sandbox whose ovs-vswitchd runs with
-//! `--enable-dummy=override` (every `system` port is a dummy netdev, so ten
-//! thousand representors need no kernel devices), and `dpu-agent dev
-//! --no-ovs` on it with the `external` functions backend (representors named
-//! `pf0vfN`, nothing programmed). One tenant, `--ports` net functions and as
+//! Setup: a private OVS sandbox and `dpu-agent dev --no-ovs` on it with the
+//! `external` functions backend (representors named `pf0vfN`, nothing
+//! programmed). Its datapath (`--datapath`, named in the table and in every
+//! `bench-row`):
+//!
+//! - `netdev` (default): the userspace datapath, ovs-vswitchd with
+//!   `--enable-dummy=override` in a private network namespace (every
+//!   `system` port is a dummy netdev, so ten thousand representors need no
+//!   kernel devices). OVS 3.1's userspace datapath reconfigures every port
+//!   on each change, which dominates at thousands of ports.
+//! - `system`: the kernel datapath (the `openvswitch` module must be
+//!   loaded; the VM rig's guest has it, see `vm-net-bench`). ovs-vswitchd
+//!   runs in a named network namespace of the bench's own where every
+//!   representor and baseline port is a kernel `dummy` link (made with one
+//!   `ip -batch`), and the agent makes `br-int` with `datapath_type=system`
+//!   (`DPU_AGENT_OVS_DATAPATH_TYPE`). Deleting the namespace at the end
+//!   removes the links.
+//!
+//! Then: One tenant, `--ports` net functions and as
 //! many ports spread over networks of 100 ports each (`POST /v1/apply` in
 //! batches of 250, under the 1 MiB body limit with `--rules`), until every
 //! port is Ready and the switch converged (`dpu_agent_switch_converged` in
@@ -42,7 +56,7 @@
 //!
 //! ```text
 //! cargo build --release -p dpu-agent -p dpu-tests --bins
-//! target/release/net-agent-bench [--ports 10000] [--rules 0] [--runs 200] [--baseline-runs 20]
+//! target/release/net-agent-bench [--ports 10000] [--rules 0] [--runs 200] [--baseline-runs 20] [--datapath netdev|system]
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,6 +78,38 @@ type BenchResult<T> = Result<T, String>;
 const BRIDGE: &str = "br-int";
 const PORTS_PER_NETWORK: usize = 100;
 
+/// Which datapath ovs-vswitchd runs the bridge on (`--datapath`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Datapath {
+    /// Userspace (`netdev`), every port a dummy netdev of OVS's own.
+    Netdev,
+    /// The kernel's `openvswitch` module (`system`), every port a kernel
+    /// `dummy` link.
+    System,
+}
+
+impl Datapath {
+    /// The bridge's `datapath_type`.
+    fn name(self) -> &'static str {
+        match self {
+            Datapath::Netdev => "netdev",
+            Datapath::System => "system",
+        }
+    }
+
+    /// How the table names it.
+    fn describe(self) -> &'static str {
+        match self {
+            Datapath::Netdev => {
+                "userspace (`netdev`, ovs-vswitchd `--enable-dummy=override`: ports are OVS dummy netdevs)"
+            }
+            Datapath::System => {
+                "kernel (`system`, the openvswitch module: ports are kernel `dummy` links)"
+            }
+        }
+    }
+}
+
 struct Options {
     ports: usize,
     /// Ingress rules on every port (one TCP port each): more flows per
@@ -71,6 +117,7 @@ struct Options {
     rules: usize,
     runs: usize,
     baseline_runs: usize,
+    datapath: Datapath,
     agent: PathBuf,
 }
 
@@ -81,6 +128,7 @@ impl Options {
             rules: 0,
             runs: 200,
             baseline_runs: 20,
+            datapath: Datapath::Netdev,
             agent: std::env::current_exe()
                 .map_err(|e| e.to_string())?
                 .with_file_name("dpu-agent"),
@@ -96,6 +144,13 @@ impl Options {
                     o.baseline_runs = value()?
                         .parse()
                         .map_err(|e| format!("--baseline-runs: {e}"))?
+                }
+                "--datapath" => {
+                    o.datapath = match value()?.as_str() {
+                        "netdev" => Datapath::Netdev,
+                        "system" => Datapath::System,
+                        other => return Err(format!("--datapath: {other}: netdev or system")),
+                    }
                 }
                 "--agent" => o.agent = PathBuf::from(value()?),
                 other => return Err(format!("unknown argument {other}")),
@@ -118,6 +173,7 @@ struct Agent {
     state: PathBuf,
     db: PathBuf,
     http: SocketAddr,
+    datapath: Datapath,
     child: Option<Child>,
 }
 
@@ -137,6 +193,7 @@ impl Agent {
             .arg(self.http.to_string())
             .env("DPU_AGENT_OVS_DB", format!("unix:{}", self.db.display()))
             .env("DPU_AGENT_FUNCTIONS_BACKEND", "external")
+            .env("DPU_AGENT_OVS_DATAPATH_TYPE", self.datapath.name())
             .env("DPU_AGENT_LOG_LEVEL", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -456,10 +513,100 @@ fn vsctl(ovs: &OvsSandbox, args: &[&str]) -> BenchResult<()> {
     }
 }
 
+/// Runs `ip ARGS`, with `input` on its stdin (for `-batch -`).
+fn ip(args: &[&str], input: Option<String>) -> BenchResult<()> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ip: {e}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write as _;
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("ip {args:?}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The `system` datapath's network namespace (`/run/netns/<name>`):
+/// ovs-vswitchd runs there and every port it opens is a kernel `dummy`
+/// link in it. Deleted on drop, with its links.
+struct PortNetns {
+    name: String,
+}
+
+impl PortNetns {
+    /// A new namespace with a `dummy` link for each name (one `ip -batch`).
+    fn create(links: impl Iterator<Item = String>) -> BenchResult<PortNetns> {
+        let ns = PortNetns {
+            name: format!("netbench{}", std::process::id()),
+        };
+        ip(&["netns", "add", &ns.name], None)?;
+        let batch: String = links
+            .map(|l| format!("link add {l} type dummy\n"))
+            .collect();
+        ip(&["-n", &ns.name, "-batch", "-"], Some(batch))?;
+        Ok(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for PortNetns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name], None);
+    }
+}
+
 async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
+    let _ = writeln!(
+        table,
+        "| ovs-vswitchd's datapath (every row and baseline) | {} | the same | |",
+        o.datapath.describe(),
+    );
+    let dp = o.datapath.name();
+    let netns = match o.datapath {
+        Datapath::Netdev => None,
+        Datapath::System => {
+            let t = Instant::now();
+            let ns = PortNetns::create(
+                (0..o.ports + o.runs)
+                    .map(|k| format!("pf0vf{k}"))
+                    .chain((0..o.baseline_runs).map(|r| format!("base{r}"))),
+            )?;
+            eprintln!(
+                "setup: {} dummy links in netns {} in {:.1} s",
+                o.ports + o.runs + o.baseline_runs,
+                ns.name,
+                t.elapsed().as_secs_f64()
+            );
+            Some(ns)
+        }
+    };
     let ovs = OvsSandbox::start(SandboxConfig {
-        netns: Netns::Private,
-        dummy_netdevs: true,
+        netns: netns
+            .as_ref()
+            .map_or(Netns::Private, |ns| Netns::Path(ns.path())),
+        dummy_netdevs: o.datapath == Datapath::Netdev,
         ..SandboxConfig::new(dir.join("ovs"))
     })
     .await
@@ -469,6 +616,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
         state: dir.join("state"),
         db: ovs.db_socket(),
         http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        datapath: o.datapath,
         child: None,
     };
     agent.spawn()?;
@@ -507,20 +655,34 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
         .collect();
     apply(&c, ports).await?;
     let want = o.ports as f64;
-    wait_metrics(&c, Duration::from_secs(3600), "every port Ready", |m| {
+    let vswitchd = ovs.pid(Daemon::Vswitchd);
+    // Progress every 30 s (a long set-up, e.g. in the VM rig, says how far
+    // it got and at what cost to ovs-vswitchd).
+    let shown = std::cell::Cell::new(Instant::now());
+    wait_metrics(&c, Duration::from_secs(4 * 3600), "every port Ready", |m| {
+        if shown.get().elapsed() >= Duration::from_secs(30) {
+            shown.set(Instant::now());
+            eprintln!(
+                "setup: {} of {} ports Ready after {:.0} s, ovs-vswitchd CPU {:.1} s",
+                ready_ports(m),
+                o.ports,
+                t.elapsed().as_secs_f64(),
+                cpu_time(vswitchd).as_secs_f64()
+            );
+        }
         ready_ports(m) >= want && converged(m)
     })
     .await?;
     let m = c.metrics().await.map_err(|e| e.to_string())?;
     let flows = metric(&m, "dpu_agent_switch_flows").unwrap_or(0.0);
     eprintln!(
-        "setup: {} ports, {flows} flows in {:.1} s",
+        "setup: {} ports, {flows} flows in {:.1} s (ovs-vswitchd CPU {:.1} s)",
         o.ports,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        cpu_time(vswitchd).as_secs_f64()
     );
 
     // ovs-vswitchd's CPU with the agent running and nothing changing.
-    let vswitchd = ovs.pid(Daemon::Vswitchd);
     let idle_from = cpu_time(vswitchd);
     let idle_t = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -621,6 +783,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
         other.push(secs(total.as_secs_f64() - all - periodic));
     }
     lat.sort();
+    eprintln!("row 3: {} ports added", o.runs);
     let mut base = Vec::new();
     let mut base_cpu = Duration::ZERO;
     for r in 0..o.baseline_runs {
@@ -632,6 +795,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
         base_cpu += cpu_time(vswitchd).saturating_sub(vs0);
     }
     base.sort();
+    eprintln!("row 3: {} baseline ports added", o.baseline_runs);
     let base_window: Duration = base.iter().sum();
     let _ = writeln!(
         table,
@@ -655,14 +819,14 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
     sorted_share.sort();
     let share_p99 = percentile(&sorted_share, 0.99);
     println!(
-        "bench-row\tone port added, {} ports: 201 → Ready, p99\t{}\t{} (`ovs-vsctl add-port`)\t{:.2}×\t-\t-",
+        "bench-row\tone port added, {} ports, {dp} datapath: 201 → Ready, p99\t{}\t{} (`ovs-vsctl add-port`)\t{:.2}×\t-\t-",
         o.ports,
         ms(percentile(&lat, 0.99)),
         ms(percentile(&base, 0.99)),
         percentile(&lat, 0.99).as_secs_f64() / percentile(&base, 0.99).as_secs_f64().max(1e-9),
     );
     println!(
-        "bench-row\t… the agent's share of it, p99\t{}\t-\t-\tp99 ≤ 5 ms\t{}",
+        "bench-row\t… the agent's share of it ({dp} datapath), p99\t{}\t-\t-\tp99 ≤ 5 ms\t{}",
         ms(share_p99),
         if share_p99 <= Duration::from_millis(5) {
             "met"
@@ -801,7 +965,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
     );
     let restart_met = took <= Duration::from_secs(3) && mods == 0.0 && writes == 0.0;
     println!(
-        "bench-row\tagent restart, {} ports / {flows} flows: converged, flow_mods, OVSDB writes\t{:.2} s, {mods}, {writes}\t{:.2} s (one `ovs-ofctl dump-flows`)\t-\t≤ 3 s, 0, 0\t{}",
+        "bench-row\tagent restart, {} ports / {flows} flows, {dp} datapath: converged, flow_mods, OVSDB writes\t{:.2} s, {mods}, {writes}\t{:.2} s (one `ovs-ofctl dump-flows`)\t-\t≤ 3 s, 0, 0\t{}",
         o.ports + o.runs,
         took.as_secs_f64(),
         dump_took.as_secs_f64(),
@@ -835,6 +999,7 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
     );
     agent.kill();
     drop(ovs);
+    drop(netns);
     Ok(())
 }
 
