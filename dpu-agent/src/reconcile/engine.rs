@@ -39,6 +39,10 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 
 /// Reconciles whose status writes are committed together at the most.
 const FLUSH_EVERY: usize = 64;
+
+/// Keys that became due during a round reconciled in a row at the most
+/// before one of the round's own.
+const URGENT_RUN: usize = 8;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -202,13 +206,15 @@ impl Queue {
         self.due.values().min().copied()
     }
 
-    /// The first (in key order) key queued by a change that is due now.
-    fn take_changed_due(&mut self, now: Instant) -> Option<ObjectKey> {
+    /// A key due now: the first (in key order) one a change queued, else
+    /// the first other one (a retry, a poll, a requeue).
+    fn take_one_due(&mut self, now: Instant) -> Option<ObjectKey> {
         let key = self
             .changed
             .keys()
             .filter(|k| self.due.get(*k).is_some_and(|t| *t <= now))
-            .min()?
+            .min()
+            .or_else(|| self.due.iter().find(|(_, t)| **t <= now).map(|(k, _)| k))?
             .clone();
         self.due.remove(&key);
         Some(key)
@@ -305,9 +311,10 @@ impl Engine {
     }
 
     /// Reconciles every key due now. Keys a change queued go first; the
-    /// rest (a resync, retries, polls) follow in key order. Changes that
-    /// arrive meanwhile are taken between two reconciles and go before
-    /// what is left, so a change never waits behind a whole resync (at
+    /// rest (a resync, retries, polls) follow in key order. Keys that
+    /// become due meanwhile (changes first, then a port's poll for its
+    /// flows, retries) are taken between two reconciles and go before
+    /// what is left, so they never wait behind a whole resync (at
     /// thousands of objects on slow cores, a resync takes longer than its
     /// period). Status writes are committed when the changes due are done
     /// (before the rest goes on), every [`FLUSH_EVERY`] reconciles and at
@@ -328,6 +335,7 @@ impl Engine {
         let mut done = HashSet::new();
         let mut unflushed = 0usize;
         let mut changes_unflushed = false;
+        let mut urgent_run = 0usize;
         loop {
             loop {
                 match events.try_recv() {
@@ -337,7 +345,16 @@ impl Engine {
                     Err(_) => break,
                 }
             }
-            let key = match queue.take_changed_due(Instant::now()) {
+            // What became due since this round began (changes, polls,
+            // retries) goes first, but at most URGENT_RUN in a row while
+            // the round's own keys wait: they are not starved either.
+            let urgent = if urgent_run < URGENT_RUN || rest.is_empty() {
+                queue.take_one_due(Instant::now())
+            } else {
+                None
+            };
+            urgent_run = if urgent.is_some() { urgent_run + 1 } else { 0 };
+            let key = match urgent {
                 Some(key) => key,
                 None => {
                     if changes_unflushed {
@@ -708,10 +725,11 @@ mod tests {
         assert_eq!(q.count(), 1);
     }
 
-    /// A change that arrives while a long resync is being reconciled goes
-    /// before what is left of it; the resync still reconciles every key.
+    /// A change that arrives, and a poll that falls due, while a long
+    /// resync is being reconciled go before what is left of it; the resync
+    /// still reconciles every key once.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_change_goes_before_the_rest_of_a_resync() {
+    async fn changes_and_polls_go_before_the_rest_of_a_resync() {
         use dpu_api::object::WriteOutcome;
 
         use crate::reconcile::Reconciling;
@@ -760,8 +778,12 @@ mod tests {
         let mut events = store.subscribe();
         let (_stop, shutdown) = watch::channel(false);
         let mut first_pass = BTreeSet::new();
-        // The resync: all 61 networks (and the tenant) due at once.
+        // The resync: all 61 networks due at once; but `blue` polls (a
+        // requeue due 20 ms into the round).
         engine.enqueue_all(&mut queue);
+        let blue = ObjectKey::new(Kind::Network, "blue");
+        queue.due.remove(&blue);
+        queue.add(blue, Instant::now() + Duration::from_millis(20));
         let writer = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -778,15 +800,14 @@ mod tests {
             .run_due(&mut queue, &mut events, &mut first_pass, &shutdown)
             .await;
         let order = order.lock().unwrap().clone();
-        let at = order
-            .iter()
-            .position(|id| id == "late")
-            .expect("late reconciled");
-        assert!(
-            at < 30,
-            "the change waited behind the resync: reconciled {at}th of {}: {order:?}",
-            order.len()
-        );
+        for (id, what) in [("late", "the change"), ("blue", "the poll")] {
+            let at = order.iter().position(|o| o == id).expect("reconciled");
+            assert!(
+                at < 30,
+                "{what} waited behind the resync: reconciled {at}th of {}: {order:?}",
+                order.len()
+            );
+        }
         // Nothing of the resync was skipped, nothing reconciled twice.
         assert_eq!(order.len(), 62, "{order:?}");
         let late = store
