@@ -620,6 +620,47 @@ mod tests {
         (dir, engine, queue)
     }
 
+    /// A network controller that succeeds after `delay`, records the ids
+    /// it reconciled in order, and marks the generation observed.
+    #[derive(Default)]
+    struct Recording {
+        delay: Duration,
+        order: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Controller for Recording {
+        fn kind(&self) -> Kind {
+            Kind::Network
+        }
+        fn reconcile<'a>(
+            &'a self,
+            _ctx: &'a Context,
+            obj: &'a StoredObject,
+        ) -> crate::reconcile::Reconciling<'a> {
+            Box::pin(async move {
+                self.order.lock().unwrap().push(obj.id.clone());
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
+                let mut status = obj.status.clone();
+                status.observed_generation = obj.generation;
+                Ok(Outcome {
+                    status,
+                    finalized: false,
+                    requeue_after: None,
+                })
+            })
+        }
+        fn plan(
+            &self,
+            _: &Context,
+            _: &StoredObject,
+            _: dpu_api::object::WriteOutcome,
+        ) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
     #[test]
     fn reconciles_are_recorded_by_kind_outcome_and_reason() {
         let s = EngineStats::default();
@@ -675,34 +716,7 @@ mod tests {
     /// a metric, no series a caller can add).
     #[tokio::test(flavor = "current_thread")]
     async fn queue_wait_is_timed_from_the_change_event() {
-        use dpu_api::object::{EventType, WriteOutcome};
-
-        use crate::reconcile::Reconciling;
-
-        struct Succeeding;
-        impl Controller for Succeeding {
-            fn kind(&self) -> Kind {
-                Kind::Network
-            }
-            fn reconcile<'a>(
-                &'a self,
-                _ctx: &'a Context,
-                obj: &'a StoredObject,
-            ) -> Reconciling<'a> {
-                Box::pin(async {
-                    Ok(Outcome {
-                        status: obj.status.clone(),
-                        finalized: false,
-                        requeue_after: None,
-                    })
-                })
-            }
-            fn plan(&self, _: &Context, _: &StoredObject, _: WriteOutcome) -> Vec<String> {
-                Vec::new()
-            }
-        }
-
-        let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Succeeding));
+        let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Recording::default()));
         let key = ObjectKey::new(Kind::Network, "blue");
         engine.on_event(&mut queue, EventType::Added, key.clone(), "acme");
         // A status event queues nothing.
@@ -730,40 +744,12 @@ mod tests {
     /// still reconciles every key once.
     #[tokio::test(flavor = "current_thread")]
     async fn changes_and_polls_go_before_the_rest_of_a_resync() {
-        use dpu_api::object::WriteOutcome;
-
-        use crate::reconcile::Reconciling;
-
-        /// Takes 2 ms per network and records the order.
-        struct Slow(Arc<Mutex<Vec<String>>>);
-        impl Controller for Slow {
-            fn kind(&self) -> Kind {
-                Kind::Network
-            }
-            fn reconcile<'a>(
-                &'a self,
-                _ctx: &'a Context,
-                obj: &'a StoredObject,
-            ) -> Reconciling<'a> {
-                Box::pin(async move {
-                    self.0.lock().unwrap().push(obj.id.clone());
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    let mut status = obj.status.clone();
-                    status.observed_generation = obj.generation;
-                    Ok(Outcome {
-                        status,
-                        finalized: false,
-                        requeue_after: None,
-                    })
-                })
-            }
-            fn plan(&self, _: &Context, _: &StoredObject, _: WriteOutcome) -> Vec<String> {
-                Vec::new()
-            }
-        }
-
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Slow(order.clone())));
+        let slow = Recording {
+            delay: Duration::from_millis(2),
+            ..Recording::default()
+        };
+        let order = slow.order.clone();
+        let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(slow));
         let store = engine.ctx.store.clone();
         for i in 0..60 {
             crate::reconcile::testing::put(
