@@ -187,49 +187,98 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN.saturating_mul(factor).min(BACKOFF_MAX)
 }
 
+#[derive(Default)]
 struct Queue {
+    /// Key → when it is due.
     due: BTreeMap<ObjectKey, Instant>,
+    /// The same keys by time, then key: the next one due without a scan.
+    by_time: BTreeSet<(Instant, ObjectKey)>,
     failures: HashMap<ObjectKey, u32>,
     /// When a change event queued the key (the first not yet reconciled).
     changed: HashMap<ObjectKey, Instant>,
+    /// The keys in `due` that are in `changed`, in key order. A change is
+    /// due when its event came, so these are due now.
+    changed_due: BTreeSet<ObjectKey>,
 }
 
 impl Queue {
+    /// Queues `key` at `at`, or earlier if it is queued for earlier.
     fn add(&mut self, key: ObjectKey, at: Instant) {
-        let slot = self.due.entry(key).or_insert(at);
-        if at < *slot {
-            *slot = at;
+        match self.due.get_mut(&key) {
+            Some(slot) if *slot <= at => {}
+            Some(slot) => {
+                let was = std::mem::replace(slot, at);
+                self.by_time.remove(&(was, key.clone()));
+                self.by_time.insert((at, key));
+            }
+            None => {
+                if self.changed.contains_key(&key) {
+                    self.changed_due.insert(key.clone());
+                }
+                self.due.insert(key.clone(), at);
+                self.by_time.insert((at, key));
+            }
         }
+    }
+
+    /// Queues `key` now for a change (its spec, its existence).
+    fn change(&mut self, key: ObjectKey, now: Instant) {
+        self.changed.entry(key.clone()).or_insert(now);
+        if self.due.contains_key(&key) {
+            self.changed_due.insert(key.clone());
+        }
+        self.add(key, now);
+    }
+
+    /// Takes `key` out of the queue; when it was due.
+    fn remove(&mut self, key: &ObjectKey) -> Option<Instant> {
+        let at = self.due.remove(key)?;
+        self.by_time.remove(&(at, key.clone()));
+        self.changed_due.remove(key);
+        Some(at)
+    }
+
+    /// `key` is being reconciled: its change (if one queued it) is done;
+    /// when that change came.
+    fn take_changed(&mut self, key: &ObjectKey) -> Option<Instant> {
+        self.changed_due.remove(key);
+        self.changed.remove(key)
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.due.values().min().copied()
+        self.by_time.first().map(|(at, _)| *at)
     }
 
     /// A key due now: the first (in key order) one a change queued, else
-    /// the first other one (a retry, a poll, a requeue).
+    /// the one due the longest (a retry, a poll, a requeue).
     fn take_one_due(&mut self, now: Instant) -> Option<ObjectKey> {
         let key = self
-            .changed
-            .keys()
-            .filter(|k| self.due.get(*k).is_some_and(|t| *t <= now))
-            .min()
-            .or_else(|| self.due.iter().find(|(_, t)| **t <= now).map(|(k, _)| k))?
+            .changed_due
+            .iter()
+            .find(|k| self.due.get(*k).is_some_and(|t| *t <= now))
+            .or_else(|| {
+                self.by_time
+                    .first()
+                    .filter(|(at, _)| *at <= now)
+                    .map(|(_, k)| k)
+            })?
             .clone();
-        self.due.remove(&key);
+        self.remove(&key);
         Some(key)
     }
 
+    /// Every key due now, in key order.
     fn take_due(&mut self, now: Instant) -> Vec<ObjectKey> {
-        let ready: Vec<ObjectKey> = self
-            .due
+        let mut ready: Vec<ObjectKey> = self
+            .by_time
             .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(k, _)| k.clone())
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, k)| k.clone())
             .collect();
         for k in &ready {
-            self.due.remove(k);
+            self.remove(k);
         }
+        ready.sort_unstable();
         ready
     }
 }
@@ -260,11 +309,7 @@ impl Engine {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut events = self.ctx.store.subscribe();
-        let mut queue = Queue {
-            due: BTreeMap::new(),
-            failures: HashMap::new(),
-            changed: HashMap::new(),
-        };
+        let mut queue = Queue::default();
         self.enqueue_all(&mut queue);
         let mut resync = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
         // A resync that took longer than the period is not followed by a
@@ -400,13 +445,11 @@ impl Engine {
         // A changed spec resets the backoff: the new spec may well work.
         queue.failures.remove(&key);
         let kind = key.kind;
-        queue.changed.entry(key.clone()).or_insert(now);
-        queue.add(key, now);
+        queue.change(key, now);
         if !kind.is_tenant() {
             // The tenant counts what it owns.
             let tenant = ObjectKey::new(Kind::Tenant, tenant);
-            queue.changed.entry(tenant.clone()).or_insert(now);
-            queue.add(tenant, now);
+            queue.change(tenant, now);
         }
         if type_ == EventType::Deleted {
             // Deleting objects may have been waiting for this one to go.
@@ -423,7 +466,7 @@ impl Engine {
     }
 
     async fn process(&self, queue: &mut Queue, key: ObjectKey) {
-        if let Some(changed) = queue.changed.remove(&key) {
+        if let Some(changed) = queue.take_changed(&key) {
             self.stats
                 .queue_seconds
                 .observe([key.kind.path()], changed.elapsed().as_secs_f64());
@@ -612,12 +655,7 @@ mod tests {
             false,
         );
         let engine = Engine::new(ctx, Controllers::new(vec![controller]));
-        let queue = Queue {
-            due: BTreeMap::new(),
-            failures: HashMap::new(),
-            changed: HashMap::new(),
-        };
-        (dir, engine, queue)
+        (dir, engine, Queue::default())
     }
 
     /// A network controller that succeeds after `delay`, records the ids
@@ -710,6 +748,60 @@ mod tests {
         }
     }
 
+    /// The queue's indexes agree with its map after any mix of operations,
+    /// and a key is taken as before: changes first (in key order), then
+    /// the one due the longest.
+    #[test]
+    fn queue_indexes_agree_and_changes_go_first() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let key = |i: u64| ObjectKey::new(Kind::Network, format!("n{i}"));
+        let mut q = Queue::default();
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for step in 0..5000 {
+            let k = key(next(40));
+            match next(6) {
+                0 | 1 => q.add(k, at(next(100))),
+                2 => q.change(k, at(next(100))),
+                3 => {
+                    q.remove(&k);
+                }
+                4 => {
+                    q.take_changed(&k);
+                }
+                _ => {
+                    q.take_one_due(at(next(100)));
+                }
+            }
+            let by_time: BTreeSet<(Instant, ObjectKey)> =
+                q.due.iter().map(|(k, t)| (*t, k.clone())).collect();
+            assert_eq!(q.by_time, by_time, "step {step}");
+            let changed_due: BTreeSet<ObjectKey> = q
+                .due
+                .keys()
+                .filter(|k| q.changed.contains_key(*k))
+                .cloned()
+                .collect();
+            assert_eq!(q.changed_due, changed_due, "step {step}");
+        }
+        let mut q = Queue::default();
+        q.add(key(1), at(5));
+        q.add(key(2), at(1));
+        q.change(key(9), at(3));
+        q.change(key(8), at(4));
+        q.add(key(3), at(50));
+        let order: Vec<ObjectKey> = std::iter::from_fn(|| q.take_one_due(at(10))).collect();
+        assert_eq!(order, vec![key(8), key(9), key(2), key(1)]);
+        assert_eq!(q.next_due(), Some(at(50)));
+        assert_eq!(q.take_due(at(60)), vec![key(3)]);
+    }
+
     /// `dpu_agent_reconcile_queue_seconds`: a change event's key is timed
     /// from the event to its reconcile start; a resync is not. Its only
     /// label is the kind (TENANCY.md invariants 5 and 6: no tenant or id in
@@ -768,7 +860,7 @@ mod tests {
         // requeue due 20 ms into the round).
         engine.enqueue_all(&mut queue);
         let blue = ObjectKey::new(Kind::Network, "blue");
-        queue.due.remove(&blue);
+        queue.remove(&blue);
         queue.add(blue, Instant::now() + Duration::from_millis(20));
         let writer = store.clone();
         tokio::spawn(async move {

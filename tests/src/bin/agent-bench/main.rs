@@ -311,6 +311,17 @@ fn cpu_seconds(pid: u32) -> BenchResult<f64> {
     Ok((utime + stime) / hz)
 }
 
+/// Bytes a process has caused to be written to storage (`write_bytes` of
+/// `/proc/PID/io`): the pages it wrote, not the bytes it asked for.
+fn disk_write_bytes(pid: u32) -> BenchResult<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .map_err(|e| format!("/proc/{pid}/io: {e}"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no write_bytes in /proc/{pid}/io"))
+}
+
 /// Waits until the agent uses under 5% of a core over one second (the
 /// controllers have caught up with what was just written), at most `limit`.
 async fn wait_quiet(pid: u32, limit: Duration) -> BenchResult<Duration> {
@@ -434,6 +445,8 @@ struct PhaseResult {
     latencies: Vec<u32>,
     /// CPU of the server driven (the agent or the floor), in seconds.
     agent_cpu: f64,
+    /// Bytes the server driven wrote to storage during the phase.
+    disk_bytes: u64,
 }
 
 impl PhaseResult {
@@ -482,6 +495,7 @@ async fn run_phase(
     }
     let mtu_counter = Arc::new(AtomicU64::new(0));
     let cpu_before = cpu_seconds(target.pid)?;
+    let disk_before = disk_write_bytes(target.pid)?;
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + duration;
     let mut tasks = Vec::with_capacity(connections);
@@ -555,6 +569,7 @@ async fn run_phase(
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         agent_cpu: 0.0,
+        disk_bytes: 0,
     };
     for task in tasks {
         let (latencies, errors, first_error) = task.await.map_err(|e| format!("worker: {e}"))?;
@@ -570,6 +585,7 @@ async fn run_phase(
         None => start.elapsed(),
     };
     result.agent_cpu = cpu_seconds(target.pid)? - cpu_before;
+    result.disk_bytes = disk_write_bytes(target.pid)?.saturating_sub(disk_before);
     result.requests = result.latencies.len();
     result.latencies.sort_unstable();
     Ok(result)
@@ -759,6 +775,17 @@ impl Report<'_> {
                 "{:.0} µs, {:.0} µs",
                 p.agent_cpu / p.requests.max(1) as f64 * 1e6,
                 f.agent_cpu / f.requests.max(1) as f64 * 1e6
+            ),
+            None,
+            None,
+        );
+        row(
+            "… written to disk per paced write: the agent, the write floor",
+            "-".into(),
+            format!(
+                "{:.1} KiB, {:.1} KiB",
+                p.disk_bytes as f64 / p.requests.max(1) as f64 / 1024.0,
+                f.disk_bytes as f64 / f.requests.max(1) as f64 / 1024.0
             ),
             None,
             None,
