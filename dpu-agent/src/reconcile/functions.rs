@@ -310,7 +310,7 @@ fn no_slot_status(
 pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<TenantAddressing> {
     let port = ctx
         .store
-        .list(Kind::Port, Some(tenant))
+        .ports_of_function(tenant, function)
         .into_iter()
         .filter(|p| !p.deleting)
         .find_map(|p| match &p.spec {

@@ -310,6 +310,9 @@ struct State {
     /// Networks by VNI (unique on the DPU; admission checks it here
     /// instead of scanning every network).
     networks_by_vni: HashMap<u32, BTreeSet<String>>,
+    /// Ports by (tenant, the function their spec attaches): what a
+    /// function's reconcile reads without listing the tenant's ports.
+    ports_by_function: HashMap<(String, String), BTreeSet<String>>,
     hosts: BTreeMap<String, HostReport>,
     revision: u64,
     /// Per kind, the revision of the last committed write that changed an
@@ -350,6 +353,15 @@ impl State {
                     self.networks_by_vni.remove(&vni);
                 }
             }
+            if let Some(function) = port_function(old) {
+                let at = (old.tenant.clone(), function.to_string());
+                if let Some(ids) = self.ports_by_function.get_mut(&at) {
+                    ids.remove(&key.id);
+                    if ids.is_empty() {
+                        self.ports_by_function.remove(&at);
+                    }
+                }
+            }
         }
         if let Some(obj) = &obj {
             self.by_tenant
@@ -365,6 +377,12 @@ impl State {
             if let Some(vni) = network_vni(obj) {
                 self.networks_by_vni
                     .entry(vni)
+                    .or_default()
+                    .insert(key.id.clone());
+            }
+            if let Some(function) = port_function(obj) {
+                self.ports_by_function
+                    .entry((obj.tenant.clone(), function.to_string()))
                     .or_default()
                     .insert(key.id.clone());
             }
@@ -474,6 +492,11 @@ pub struct SlotClaims {
     /// The lowest id among the functions whose spec asks for the slot
     /// without holding it.
     pub first_asker: Option<String>,
+}
+
+/// The function a port object attaches.
+fn port_function(obj: &StoredObject) -> Option<&str> {
+    obj.spec.as_port().map(|p| p.function.as_str())
 }
 
 /// The VNI a network object carries.
@@ -1178,6 +1201,26 @@ impl Store {
             .collect()
     }
 
+    /// The ports of `tenant` that attach `function`, in id order (an
+    /// index: no walk over the tenant's other ports).
+    pub fn ports_of_function(&self, tenant: &str, function: &str) -> Vec<Arc<StoredObject>> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        state
+            .ports_by_function
+            .get(&(tenant.to_string(), function.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                state
+                    .objects
+                    .get(&ObjectKey::new(Kind::Port, id.clone()))
+                    .cloned()
+            })
+            .collect()
+    }
+
     /// Which functions other than `except` claim `slot` (a VF or an SF)
     /// of `pf` (from the PF index: no walk over the PF's functions).
     pub fn slot_claims(&self, pf: &str, slot: Slot, except: &str) -> SlotClaims {
@@ -1568,6 +1611,14 @@ mod tests {
         let function = |id: &str, tenant: &str, pf: &str| {
             obj(Kind::Function, id, tenant, json!({"type": "net", "pf": pf}))
         };
+        let port = |id: &str, tenant: &str, function: &str| {
+            obj(
+                Kind::Port,
+                id,
+                tenant,
+                json!({"network": "n", "function": function, "mac": "02:00:00:00:00:01"}),
+            )
+        };
         let check = |store: &Store| {
             let all = store.all();
             for pf in ["pf0", "pf1", "pf2"] {
@@ -1584,7 +1635,21 @@ mod tests {
                 assert_eq!(indexed, scanned, "{pf}");
             }
             for tenant in ["a", "b"] {
-                for kind in [Kind::Function, Kind::Tenant] {
+                for function in ["f0", "f1", "f2", "f3"] {
+                    let scanned: Vec<String> = all
+                        .iter()
+                        .filter(|o| o.tenant == tenant)
+                        .filter(|o| o.spec.as_port().is_some_and(|p| p.function == function))
+                        .map(|o| o.id.clone())
+                        .collect();
+                    let indexed: Vec<String> = store
+                        .ports_of_function(tenant, function)
+                        .iter()
+                        .map(|o| o.id.clone())
+                        .collect();
+                    assert_eq!(indexed, scanned, "ports of {tenant}/{function}");
+                }
+                for kind in [Kind::Function, Kind::Tenant, Kind::Port] {
                     let scanned: Vec<String> = all
                         .iter()
                         .filter(|o| o.kind() == kind && o.tenant == tenant)
@@ -1612,17 +1677,39 @@ mod tests {
                     })
                     .unwrap();
             }
+            // Ports: two on f0, one each on f2 and f3 (tenant b's f3 too).
+            for (id, tenant, f) in [
+                ("p0", "a", "f0"),
+                ("p1", "a", "f0"),
+                ("p2", "a", "f2"),
+                ("p3", "b", "f3"),
+            ] {
+                store
+                    .transact(|t| {
+                        t.put(port(id, tenant, f), EventType::Added);
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+            }
             check(&store);
-            // f0 moves to pf2, f1 goes, a tenant object joins.
+            // f0 moves to pf2, f1 goes, a tenant object joins; p1 moves to
+            // f2, p2 goes.
             store
                 .transact(|t| {
                     t.put(function("f0", "a", "pf2"), EventType::Modified);
                     t.remove(&ObjectKey::new(Kind::Function, "f1"));
                     t.put(obj(Kind::Tenant, "a", "a", json!({})), EventType::Added);
+                    t.put(port("p1", "a", "f2"), EventType::Modified);
+                    t.remove(&ObjectKey::new(Kind::Port, "p2"));
                     Ok::<_, StoreError>(())
                 })
                 .unwrap();
             check(&store);
+            assert_eq!(store.ports_of_function("a", "f2").len(), 1);
+            assert!(
+                store.ports_of_function("a", "f3").is_empty(),
+                "another tenant's"
+            );
             assert!(store.list(Kind::Function, Some("b")).len() == 1);
             assert!(store.functions_on_pf("pf0").is_empty());
         }
