@@ -310,7 +310,7 @@ fn no_slot_status(
 pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<TenantAddressing> {
     let port = ctx
         .store
-        .ports_of_function(tenant, function)
+        .attached_to_function(Kind::Port, tenant, function)
         .into_iter()
         .filter(|p| !p.deleting)
         .find_map(|p| match &p.spec {
@@ -713,7 +713,7 @@ pub fn refused_status(mut status: Status, slot: Slot, message: String) -> Status
 /// deleted), with its phase and host device.
 pub fn presenting_volume(ctx: &Context, tenant: &str, function: &str) -> Option<PresentingVolume> {
     ctx.store
-        .list(Kind::Volume, Some(tenant))
+        .attached_to_function(Kind::Volume, tenant, function)
         .into_iter()
         .filter(|v| !v.deleting)
         .find_map(|v| match &v.spec {

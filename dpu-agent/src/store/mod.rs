@@ -310,9 +310,10 @@ struct State {
     /// Networks by VNI (unique on the DPU; admission checks it here
     /// instead of scanning every network).
     networks_by_vni: HashMap<u32, BTreeSet<String>>,
-    /// Ports by (tenant, the function their spec attaches): what a
-    /// function's reconcile reads without listing the tenant's ports.
-    ports_by_function: HashMap<(String, String), BTreeSet<String>>,
+    /// Ports and volumes by (kind, tenant, the function their spec
+    /// attaches): what a function's reconcile reads without listing the
+    /// tenant's ports or volumes.
+    attached_by_function: HashMap<(Kind, String, String), BTreeSet<String>>,
     hosts: BTreeMap<String, HostReport>,
     revision: u64,
     /// Per kind, the revision of the last committed write that changed an
@@ -353,12 +354,12 @@ impl State {
                     self.networks_by_vni.remove(&vni);
                 }
             }
-            if let Some(function) = port_function(old) {
-                let at = (old.tenant.clone(), function.to_string());
-                if let Some(ids) = self.ports_by_function.get_mut(&at) {
+            if let Some(function) = attached_function(old) {
+                let at = (key.kind, old.tenant.clone(), function.to_string());
+                if let Some(ids) = self.attached_by_function.get_mut(&at) {
                     ids.remove(&key.id);
                     if ids.is_empty() {
-                        self.ports_by_function.remove(&at);
+                        self.attached_by_function.remove(&at);
                     }
                 }
             }
@@ -380,9 +381,9 @@ impl State {
                     .or_default()
                     .insert(key.id.clone());
             }
-            if let Some(function) = port_function(obj) {
-                self.ports_by_function
-                    .entry((obj.tenant.clone(), function.to_string()))
+            if let Some(function) = attached_function(obj) {
+                self.attached_by_function
+                    .entry((key.kind, obj.tenant.clone(), function.to_string()))
                     .or_default()
                     .insert(key.id.clone());
             }
@@ -495,8 +496,13 @@ pub struct SlotClaims {
 }
 
 /// The function a port object attaches.
-fn port_function(obj: &StoredObject) -> Option<&str> {
-    obj.spec.as_port().map(|p| p.function.as_str())
+/// The function a port or a volume attaches.
+fn attached_function(obj: &StoredObject) -> Option<&str> {
+    match &obj.spec {
+        Spec::Port(p) => Some(p.function.as_str()),
+        Spec::Volume(v) => Some(v.function.as_str()),
+        _ => None,
+    }
 }
 
 /// The VNI a network object carries.
@@ -1201,21 +1207,27 @@ impl Store {
             .collect()
     }
 
-    /// The ports of `tenant` that attach `function`, in id order (an
-    /// index: no walk over the tenant's other ports).
-    pub fn ports_of_function(&self, tenant: &str, function: &str) -> Vec<Arc<StoredObject>> {
+    /// The objects of `kind` (ports or volumes) of `tenant` that attach
+    /// `function`, in id order (an index: no walk over the tenant's other
+    /// ports or volumes). Empty for any other kind.
+    pub fn attached_to_function(
+        &self,
+        kind: Kind,
+        tenant: &str,
+        function: &str,
+    ) -> Vec<Arc<StoredObject>> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
         state
-            .ports_by_function
-            .get(&(tenant.to_string(), function.to_string()))
+            .attached_by_function
+            .get(&(kind, tenant.to_string(), function.to_string()))
             .into_iter()
             .flatten()
             .filter_map(|id| {
                 state
                     .objects
-                    .get(&ObjectKey::new(Kind::Port, id.clone()))
+                    .get(&ObjectKey::new(kind, id.clone()))
                     .cloned()
             })
             .collect()
@@ -1619,6 +1631,14 @@ mod tests {
                 json!({"network": "n", "function": function, "mac": "02:00:00:00:00:01"}),
             )
         };
+        let volume = |id: &str, tenant: &str, function: &str| {
+            obj(
+                Kind::Volume,
+                id,
+                tenant,
+                json!({"function": function, "source": {"local": {"size_mib": 1}}}),
+            )
+        };
         let check = |store: &Store| {
             let all = store.all();
             for pf in ["pf0", "pf1", "pf2"] {
@@ -1636,20 +1656,31 @@ mod tests {
             }
             for tenant in ["a", "b"] {
                 for function in ["f0", "f1", "f2", "f3"] {
-                    let scanned: Vec<String> = all
-                        .iter()
-                        .filter(|o| o.tenant == tenant)
-                        .filter(|o| o.spec.as_port().is_some_and(|p| p.function == function))
-                        .map(|o| o.id.clone())
-                        .collect();
-                    let indexed: Vec<String> = store
-                        .ports_of_function(tenant, function)
-                        .iter()
-                        .map(|o| o.id.clone())
-                        .collect();
-                    assert_eq!(indexed, scanned, "ports of {tenant}/{function}");
+                    for kind in [Kind::Port, Kind::Volume] {
+                        let scanned: Vec<String> = all
+                            .iter()
+                            .filter(|o| o.tenant == tenant && o.kind() == kind)
+                            .filter(|o| match &o.spec {
+                                Spec::Port(p) => p.function == function,
+                                Spec::Volume(v) => v.function == function,
+                                _ => false,
+                            })
+                            .map(|o| o.id.clone())
+                            .collect();
+                        let indexed: Vec<String> = store
+                            .attached_to_function(kind, tenant, function)
+                            .iter()
+                            .map(|o| o.id.clone())
+                            .collect();
+                        assert_eq!(indexed, scanned, "{kind:?} of {tenant}/{function}");
+                    }
+                    assert!(
+                        store
+                            .attached_to_function(Kind::Network, tenant, function)
+                            .is_empty()
+                    );
                 }
-                for kind in [Kind::Function, Kind::Tenant, Kind::Port] {
+                for kind in [Kind::Function, Kind::Tenant, Kind::Port, Kind::Volume] {
                     let scanned: Vec<String> = all
                         .iter()
                         .filter(|o| o.kind() == kind && o.tenant == tenant)
@@ -1677,7 +1708,8 @@ mod tests {
                     })
                     .unwrap();
             }
-            // Ports: two on f0, one each on f2 and f3 (tenant b's f3 too).
+            // Ports: two on f0, one each on f2 and f3 (tenant b's f3 too);
+            // volumes the same way, one port and one volume sharing an id.
             for (id, tenant, f) in [
                 ("p0", "a", "f0"),
                 ("p1", "a", "f0"),
@@ -1687,6 +1719,19 @@ mod tests {
                 store
                     .transact(|t| {
                         t.put(port(id, tenant, f), EventType::Added);
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+            }
+            for (id, tenant, f) in [
+                ("p0", "a", "f0"),
+                ("v1", "a", "f0"),
+                ("v2", "a", "f2"),
+                ("v3", "b", "f3"),
+            ] {
+                store
+                    .transact(|t| {
+                        t.put(volume(id, tenant, f), EventType::Added);
                         Ok::<_, StoreError>(())
                     })
                     .unwrap();
@@ -1701,13 +1746,23 @@ mod tests {
                     t.put(obj(Kind::Tenant, "a", "a", json!({})), EventType::Added);
                     t.put(port("p1", "a", "f2"), EventType::Modified);
                     t.remove(&ObjectKey::new(Kind::Port, "p2"));
+                    t.put(volume("v1", "a", "f2"), EventType::Modified);
+                    t.remove(&ObjectKey::new(Kind::Volume, "v2"));
                     Ok::<_, StoreError>(())
                 })
                 .unwrap();
             check(&store);
-            assert_eq!(store.ports_of_function("a", "f2").len(), 1);
+            assert_eq!(store.attached_to_function(Kind::Port, "a", "f2").len(), 1);
+            assert_eq!(store.attached_to_function(Kind::Volume, "a", "f2").len(), 1);
+            assert_eq!(store.attached_to_function(Kind::Volume, "a", "f0").len(), 1);
             assert!(
-                store.ports_of_function("a", "f3").is_empty(),
+                store.attached_to_function(Kind::Port, "a", "f3").is_empty(),
+                "another tenant's"
+            );
+            assert!(
+                store
+                    .attached_to_function(Kind::Volume, "a", "f3")
+                    .is_empty(),
                 "another tenant's"
             );
             assert!(store.list(Kind::Function, Some("b")).len() == 1);
