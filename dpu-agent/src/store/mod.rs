@@ -1697,41 +1697,31 @@ mod tests {
         };
         {
             let store = Store::open(dir.path()).unwrap();
-            for (i, (tenant, pf)) in [("a", "pf0"), ("b", "pf0"), ("a", "pf1"), ("b", "pf2")]
+            // One object a commit: functions f0..f3; ports two on f0, one
+            // each on f2 and f3 (tenant b's f3 too); volumes the same way,
+            // one port and one volume sharing an id.
+            let functions = [("a", "pf0"), ("b", "pf0"), ("a", "pf1"), ("b", "pf2")]
                 .into_iter()
                 .enumerate()
-            {
-                store
-                    .transact(|t| {
-                        t.put(function(&format!("f{i}"), tenant, pf), EventType::Added);
-                        Ok::<_, StoreError>(())
-                    })
-                    .unwrap();
-            }
-            // Ports: two on f0, one each on f2 and f3 (tenant b's f3 too);
-            // volumes the same way, one port and one volume sharing an id.
-            for (id, tenant, f) in [
+                .map(|(i, (tenant, pf))| function(&format!("f{i}"), tenant, pf));
+            let ports = [
                 ("p0", "a", "f0"),
                 ("p1", "a", "f0"),
                 ("p2", "a", "f2"),
                 ("p3", "b", "f3"),
-            ] {
-                store
-                    .transact(|t| {
-                        t.put(port(id, tenant, f), EventType::Added);
-                        Ok::<_, StoreError>(())
-                    })
-                    .unwrap();
-            }
-            for (id, tenant, f) in [
+            ]
+            .map(|(id, tenant, f)| port(id, tenant, f));
+            let volumes = [
                 ("p0", "a", "f0"),
                 ("v1", "a", "f0"),
                 ("v2", "a", "f2"),
                 ("v3", "b", "f3"),
-            ] {
+            ]
+            .map(|(id, tenant, f)| volume(id, tenant, f));
+            for o in functions.chain(ports).chain(volumes) {
                 store
                     .transact(|t| {
-                        t.put(volume(id, tenant, f), EventType::Added);
+                        t.put(o, EventType::Added);
                         Ok::<_, StoreError>(())
                     })
                     .unwrap();
