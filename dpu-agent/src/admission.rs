@@ -4,7 +4,7 @@
 //! nothing written.
 
 use dpu_api::object::{EventType, ObjectKey, Phase, Status, WriteOutcome};
-use dpu_api::spec::Spec;
+use dpu_api::spec::{RefField, Spec};
 use dpu_api::validate::{self, ObjectLookup, SpecTest, Writer};
 use dpu_api::{Kind, Problem, limits};
 use serde_json::Value;
@@ -92,6 +92,20 @@ impl ObjectLookup for TxnLookup<'_, '_> {
             .into_iter()
             .find(|o| pred(&o.id, &o.spec))
             .map(|o| o.id.clone())
+    }
+
+    fn referring(
+        &self,
+        kind: Kind,
+        tenant: &str,
+        field: RefField,
+        target: &str,
+    ) -> Vec<(String, Spec)> {
+        self.0
+            .referring(kind, tenant, field, target)
+            .into_iter()
+            .map(|o| (o.id.clone(), o.spec.clone()))
+            .collect()
     }
 
     fn network_with_vni(&self, vni: u32, except: &str) -> Option<String> {

@@ -287,6 +287,22 @@ pub struct PortQos {
     pub burst_kb: u32,
 }
 
+/// A spec field by which an object names another object of its tenant,
+/// as [`Spec::refers`] reads it: what the store indexes, so that "the
+/// ports on this network" or "the volumes on this function" cost what they
+/// find, not the tenant's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefField {
+    /// `spec.function` of a port or a volume.
+    Function,
+    /// `spec.network` of a port or an endpoint.
+    Network,
+}
+
+impl RefField {
+    pub const ALL: [RefField; 2] = [RefField::Function, RefField::Network];
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
@@ -644,6 +660,19 @@ impl Spec {
     pub fn as_network(&self) -> Option<&NetworkSpec> {
         match self {
             Spec::Network(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The id this spec names through `field`, if its kind has that field:
+    /// a port's and a volume's function, a port's and an endpoint's network
+    /// (always one of the same tenant's objects).
+    pub fn refers(&self, field: RefField) -> Option<&str> {
+        match (self, field) {
+            (Spec::Port(p), RefField::Function) => Some(&p.function),
+            (Spec::Volume(v), RefField::Function) => Some(&v.function),
+            (Spec::Port(p), RefField::Network) => Some(&p.network),
+            (Spec::Endpoint(e), RefField::Network) => Some(&e.network),
             _ => None,
         }
     }

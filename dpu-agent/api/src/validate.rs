@@ -832,6 +832,24 @@ pub trait ObjectLookup {
             .map(|(id, _)| id)
     }
 
+    /// Every object of `kind` in `tenant` whose spec names `target` through
+    /// `field` ([`Spec::refers`]), with its id, in [`ObjectLookup::list`]'s
+    /// order. The default filters `list`; a store answers from an index,
+    /// since every port, endpoint and volume write asks (a scan made the
+    /// admission of N ports cost N²).
+    fn referring(
+        &self,
+        kind: Kind,
+        tenant: &str,
+        field: RefField,
+        target: &str,
+    ) -> Vec<(String, Spec)> {
+        self.list(kind, Some(tenant))
+            .into_iter()
+            .filter(|(_, spec)| spec.refers(field) == Some(target))
+            .collect()
+    }
+
     /// The id of a network other than `except` that uses `vni`. The default
     /// scans [`ObjectLookup::list`]; a store overrides it with something
     /// cheaper, since every network write asks.
@@ -898,7 +916,9 @@ pub fn validate_in_context(
         Spec::Network(n) => check_network_vni(id, tenant, writer, n, grants, objects),
         Spec::Port(p) => {
             check_addresses_in_network(id, tenant, &p.network, &p.mac, &p.ips, objects)?;
-            for (other_id, other) in objects.list(Kind::Port, Some(tenant)) {
+            for (other_id, other) in
+                objects.referring(Kind::Port, tenant, RefField::Function, &p.function)
+            {
                 if let Spec::Port(o) = other
                     && other_id != id
                     && o.function == p.function
@@ -941,7 +961,9 @@ pub fn validate_in_context(
             // function's volumes on one controller. No nsid means 1. The
             // function is the tenant's own, so are the volumes on it.
             let nsid = v.nsid.unwrap_or(1);
-            for (other_id, other) in objects.list(Kind::Volume, Some(tenant)) {
+            for (other_id, other) in
+                objects.referring(Kind::Volume, tenant, RefField::Function, &v.function)
+            {
                 if let Spec::Volume(o) = other
                     && other_id != id
                     && o.function == v.function
@@ -1385,7 +1407,7 @@ fn check_addresses_in_network(
     let mine: std::collections::HashMap<Ipv4Addr, usize> =
         ips.iter().enumerate().map(|(i, ip)| (*ip, i)).collect();
     let peers = objects
-        .list(Kind::Port, Some(tenant))
+        .referring(Kind::Port, tenant, RefField::Network, network)
         .into_iter()
         .filter_map(|(oid, s)| match s {
             Spec::Port(p) if p.network == network => Some((Kind::Port, oid, p.mac, p.ips)),
@@ -1393,7 +1415,7 @@ fn check_addresses_in_network(
         })
         .chain(
             objects
-                .list(Kind::Endpoint, Some(tenant))
+                .referring(Kind::Endpoint, tenant, RefField::Network, network)
                 .into_iter()
                 .filter_map(|(oid, s)| match s {
                     Spec::Endpoint(e) if e.network == network => {

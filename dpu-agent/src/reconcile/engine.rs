@@ -956,6 +956,9 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Another test's thread may have registered these callsites first,
+        // with no subscriber, and cached "never" for them: ask again.
+        tracing::callsite::rebuild_interest_cache();
 
         let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Failing));
         for _ in 0..4 {

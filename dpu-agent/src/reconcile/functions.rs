@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, HostDevice, ObjectKey, Phase, Status, WriteOutcome};
 use dpu_api::report::{FunctionReport, RdmaReport};
-use dpu_api::spec::{Carve, FunctionSpec, FunctionType as ApiFunctionType, Slot, Spec};
+use dpu_api::spec::{Carve, FunctionSpec, FunctionType as ApiFunctionType, RefField, Slot, Spec};
 use net_offload::functions::{
     Applied, FunctionBackend, FunctionDesired, FunctionType, Mac, TenantAddressing, plan,
 };
@@ -310,7 +310,7 @@ fn no_slot_status(
 pub fn tenant_addressing(ctx: &Context, tenant: &str, function: &str) -> Option<TenantAddressing> {
     let port = ctx
         .store
-        .attached_to_function(Kind::Port, tenant, function)
+        .referring(Kind::Port, tenant, RefField::Function, function)
         .into_iter()
         .filter(|p| !p.deleting)
         .find_map(|p| match &p.spec {
@@ -713,7 +713,7 @@ pub fn refused_status(mut status: Status, slot: Slot, message: String) -> Status
 /// deleted), with its phase and host device.
 pub fn presenting_volume(ctx: &Context, tenant: &str, function: &str) -> Option<PresentingVolume> {
     ctx.store
-        .attached_to_function(Kind::Volume, tenant, function)
+        .referring(Kind::Volume, tenant, RefField::Function, function)
         .into_iter()
         .filter(|v| !v.deleting)
         .find_map(|v| match &v.spec {

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use dpu_api::object::{Event, EventType, HostReport, Object, ObjectKey, Status};
-use dpu_api::spec::{Carve, Slot};
+use dpu_api::spec::{Carve, RefField, Slot};
 use dpu_api::{Kind, Spec};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -310,10 +310,10 @@ struct State {
     /// Networks by VNI (unique on the DPU; admission checks it here
     /// instead of scanning every network).
     networks_by_vni: HashMap<u32, BTreeSet<String>>,
-    /// Ports and volumes by (kind, tenant, the function their spec
-    /// attaches): what a function's reconcile reads without listing the
-    /// tenant's ports or volumes.
-    attached_by_function: HashMap<(Kind, String, String), BTreeSet<String>>,
+    /// Ports, endpoints and volumes by (kind, tenant, the field and the id
+    /// their spec names: [`Spec::refers`]): a function's ports and volumes,
+    /// a network's ports and endpoints, without listing the tenant's.
+    refs: HashMap<RefKey, BTreeSet<String>>,
     hosts: BTreeMap<String, HostReport>,
     revision: u64,
     /// Per kind, the revision of the last committed write that changed an
@@ -354,12 +354,11 @@ impl State {
                     self.networks_by_vni.remove(&vni);
                 }
             }
-            if let Some(function) = attached_function(old) {
-                let at = (key.kind, old.tenant.clone(), function.to_string());
-                if let Some(ids) = self.attached_by_function.get_mut(&at) {
+            for at in ref_keys(key.kind, old) {
+                if let Some(ids) = self.refs.get_mut(&at) {
                     ids.remove(&key.id);
                     if ids.is_empty() {
-                        self.attached_by_function.remove(&at);
+                        self.refs.remove(&at);
                     }
                 }
             }
@@ -381,13 +380,25 @@ impl State {
                     .or_default()
                     .insert(key.id.clone());
             }
-            if let Some(function) = attached_function(obj) {
-                self.attached_by_function
-                    .entry((key.kind, obj.tenant.clone(), function.to_string()))
-                    .or_default()
-                    .insert(key.id.clone());
+            for at in ref_keys(key.kind, obj) {
+                self.refs.entry(at).or_default().insert(key.id.clone());
             }
         }
+    }
+
+    /// [`Store::referring`] over the committed objects, in id order.
+    fn referring<'s>(
+        &'s self,
+        kind: Kind,
+        tenant: &str,
+        field: RefField,
+        target: &str,
+    ) -> impl Iterator<Item = &'s Arc<StoredObject>> {
+        self.refs
+            .get(&(kind, tenant.to_string(), field, target.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.objects.get(&ObjectKey::new(kind, id.clone())))
     }
 
     fn count_of_tenant(&self, kind: Kind, tenant: &str) -> usize {
@@ -496,13 +507,16 @@ pub struct SlotClaims {
 }
 
 /// The function a port object attaches.
-/// The function a port or a volume attaches.
-fn attached_function(obj: &StoredObject) -> Option<&str> {
-    match &obj.spec {
-        Spec::Port(p) => Some(p.function.as_str()),
-        Spec::Volume(v) => Some(v.function.as_str()),
-        _ => None,
-    }
+/// A key of [`State::refs`]: kind, tenant, field, the id it names.
+type RefKey = (Kind, String, RefField, String);
+
+/// The [`State::refs`] keys of an object of `kind`: one per field its spec
+/// names another object by.
+fn ref_keys(kind: Kind, obj: &StoredObject) -> impl Iterator<Item = RefKey> + '_ {
+    RefField::ALL.into_iter().filter_map(move |field| {
+        let target = obj.spec.refers(field)?;
+        Some((kind, obj.tenant.clone(), field, target.to_string()))
+    })
 }
 
 /// The VNI a network object carries.
@@ -679,6 +693,40 @@ impl<'a> Txn<'a> {
             .filter_map(|k| self.state.objects.get(&k))
             .find(|o| has_vni(o))
             .cloned()
+    }
+
+    /// [`Store::referring`] as this transaction sees it (staged changes
+    /// included), in id order: the index, with the small staged layers
+    /// laid over it.
+    pub fn referring(
+        &self,
+        kind: Kind,
+        tenant: &str,
+        field: RefField,
+        target: &str,
+    ) -> Vec<Arc<StoredObject>> {
+        let mut out: BTreeMap<&str, &Arc<StoredObject>> = self
+            .state
+            .referring(kind, tenant, field, target)
+            .map(|o| (o.id.as_str(), o))
+            .collect();
+        // Oldest layer first: a newer one decides over it.
+        for layer in [self.layers[1], self.layers[0], &self.staged] {
+            for (k, v) in layer
+                .range(ObjectKey::new(kind, "")..)
+                .take_while(|(k, _)| k.kind == kind)
+            {
+                match v {
+                    Some(obj) if obj.tenant == tenant && obj.spec.refers(field) == Some(target) => {
+                        out.insert(k.id.as_str(), obj);
+                    }
+                    _ => {
+                        out.remove(k.id.as_str());
+                    }
+                }
+            }
+        }
+        out.into_values().cloned().collect()
     }
 
     /// Stages an object (created or changed), recording an event of `type_`.
@@ -1207,29 +1255,23 @@ impl Store {
             .collect()
     }
 
-    /// The objects of `kind` (ports or volumes) of `tenant` that attach
-    /// `function`, in id order (an index: no walk over the tenant's other
-    /// ports or volumes). Empty for any other kind.
-    pub fn attached_to_function(
+    /// The objects of `kind` of `tenant` whose spec names `target` through
+    /// `field` ([`Spec::refers`]: a function's ports or volumes, a
+    /// network's ports or endpoints), in id order, from an index: no walk
+    /// over the tenant's other objects. Empty for a kind without `field`.
+    pub fn referring(
         &self,
         kind: Kind,
         tenant: &str,
-        function: &str,
+        field: RefField,
+        target: &str,
     ) -> Vec<Arc<StoredObject>> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
         state
-            .attached_by_function
-            .get(&(kind, tenant.to_string(), function.to_string()))
-            .into_iter()
-            .flatten()
-            .filter_map(|id| {
-                state
-                    .objects
-                    .get(&ObjectKey::new(kind, id.clone()))
-                    .cloned()
-            })
+            .referring(kind, tenant, field, target)
+            .cloned()
             .collect()
     }
 
@@ -1623,12 +1665,12 @@ mod tests {
         let function = |id: &str, tenant: &str, pf: &str| {
             obj(Kind::Function, id, tenant, json!({"type": "net", "pf": pf}))
         };
-        let port = |id: &str, tenant: &str, function: &str| {
+        let port = |id: &str, tenant: &str, function: &str, network: &str| {
             obj(
                 Kind::Port,
                 id,
                 tenant,
-                json!({"network": "n", "function": function, "mac": "02:00:00:00:00:01"}),
+                json!({"network": network, "function": function, "mac": "02:00:00:00:00:01"}),
             )
         };
         let volume = |id: &str, tenant: &str, function: &str| {
@@ -1638,6 +1680,44 @@ mod tests {
                 tenant,
                 json!({"function": function, "source": {"local": {"size_mib": 1}}}),
             )
+        };
+        let endpoint = |id: &str, tenant: &str, network: &str| {
+            obj(
+                Kind::Endpoint,
+                id,
+                tenant,
+                json!({"network": network, "mac": "02:00:00:00:00:02", "vtep": "192.0.2.1"}),
+            )
+        };
+        type Referring<'r> = &'r dyn Fn(Kind, &str, RefField, &str) -> Vec<Arc<StoredObject>>;
+        const TARGETS: [&str; 6] = ["f0", "f1", "f2", "f3", "n0", "n1"];
+        const KINDS: [Kind; 4] = [Kind::Port, Kind::Volume, Kind::Endpoint, Kind::Network];
+        // Every reference index answer of a store or a transaction, against
+        // a filter of what it lists.
+        let refs_agree = |list: &dyn Fn(Kind, &str) -> Vec<Arc<StoredObject>>,
+                          referring: Referring<'_>,
+                          what: &str| {
+            for tenant in ["a", "b"] {
+                for kind in KINDS {
+                    for field in RefField::ALL {
+                        for target in TARGETS {
+                            let scanned: Vec<String> = list(kind, tenant)
+                                .iter()
+                                .filter(|o| o.spec.refers(field) == Some(target))
+                                .map(|o| o.id.clone())
+                                .collect();
+                            let indexed: Vec<String> = referring(kind, tenant, field, target)
+                                .iter()
+                                .map(|o| o.id.clone())
+                                .collect();
+                            assert_eq!(
+                                indexed, scanned,
+                                "{what}: {kind:?} of {tenant} by {field:?} = {target}"
+                            );
+                        }
+                    }
+                }
+            }
         };
         let check = |store: &Store| {
             let all = store.all();
@@ -1654,38 +1734,17 @@ mod tests {
                     .collect();
                 assert_eq!(indexed, scanned, "{pf}");
             }
+            let scan = |kind: Kind, tenant: &str| -> Vec<Arc<StoredObject>> {
+                all.iter()
+                    .filter(|o| o.kind() == kind && o.tenant == tenant)
+                    .cloned()
+                    .collect()
+            };
+            refs_agree(&scan, &|k, t, f, x| store.referring(k, t, f, x), "store");
             for tenant in ["a", "b"] {
-                for function in ["f0", "f1", "f2", "f3"] {
-                    for kind in [Kind::Port, Kind::Volume] {
-                        let scanned: Vec<String> = all
-                            .iter()
-                            .filter(|o| o.tenant == tenant && o.kind() == kind)
-                            .filter(|o| match &o.spec {
-                                Spec::Port(p) => p.function == function,
-                                Spec::Volume(v) => v.function == function,
-                                _ => false,
-                            })
-                            .map(|o| o.id.clone())
-                            .collect();
-                        let indexed: Vec<String> = store
-                            .attached_to_function(kind, tenant, function)
-                            .iter()
-                            .map(|o| o.id.clone())
-                            .collect();
-                        assert_eq!(indexed, scanned, "{kind:?} of {tenant}/{function}");
-                    }
-                    assert!(
-                        store
-                            .attached_to_function(Kind::Network, tenant, function)
-                            .is_empty()
-                    );
-                }
                 for kind in [Kind::Function, Kind::Tenant, Kind::Port, Kind::Volume] {
-                    let scanned: Vec<String> = all
-                        .iter()
-                        .filter(|o| o.kind() == kind && o.tenant == tenant)
-                        .map(|o| o.id.clone())
-                        .collect();
+                    let scanned: Vec<String> =
+                        scan(kind, tenant).iter().map(|o| o.id.clone()).collect();
                     let indexed: Vec<String> = store
                         .list(kind, Some(tenant))
                         .iter()
@@ -1699,18 +1758,18 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             // One object a commit: functions f0..f3; ports two on f0, one
             // each on f2 and f3 (tenant b's f3 too); volumes the same way,
-            // one port and one volume sharing an id.
+            // one port and one volume sharing an id; endpoints on n0, n1.
             let functions = [("a", "pf0"), ("b", "pf0"), ("a", "pf1"), ("b", "pf2")]
                 .into_iter()
                 .enumerate()
                 .map(|(i, (tenant, pf))| function(&format!("f{i}"), tenant, pf));
             let ports = [
-                ("p0", "a", "f0"),
-                ("p1", "a", "f0"),
-                ("p2", "a", "f2"),
-                ("p3", "b", "f3"),
+                ("p0", "a", "f0", "n0"),
+                ("p1", "a", "f0", "n1"),
+                ("p2", "a", "f2", "n0"),
+                ("p3", "b", "f3", "n0"),
             ]
-            .map(|(id, tenant, f)| port(id, tenant, f));
+            .map(|(id, tenant, f, n)| port(id, tenant, f, n));
             let volumes = [
                 ("p0", "a", "f0"),
                 ("v1", "a", "f0"),
@@ -1718,7 +1777,9 @@ mod tests {
                 ("v3", "b", "f3"),
             ]
             .map(|(id, tenant, f)| volume(id, tenant, f));
-            for o in functions.chain(ports).chain(volumes) {
+            let endpoints = [("e0", "a", "n0"), ("e1", "b", "n0"), ("p1", "a", "n1")]
+                .map(|(id, tenant, n)| endpoint(id, tenant, n));
+            for o in functions.chain(ports).chain(volumes).chain(endpoints) {
                 store
                     .transact(|t| {
                         t.put(o, EventType::Added);
@@ -1728,35 +1789,62 @@ mod tests {
             }
             check(&store);
             // f0 moves to pf2, f1 goes, a tenant object joins; p1 moves to
-            // f2, p2 goes.
+            // f2 and n0, p2 goes; v1 moves, v2 goes; e0 moves to n1.
             store
                 .transact(|t| {
                     t.put(function("f0", "a", "pf2"), EventType::Modified);
                     t.remove(&ObjectKey::new(Kind::Function, "f1"));
                     t.put(obj(Kind::Tenant, "a", "a", json!({})), EventType::Added);
-                    t.put(port("p1", "a", "f2"), EventType::Modified);
+                    t.put(port("p1", "a", "f2", "n0"), EventType::Modified);
                     t.remove(&ObjectKey::new(Kind::Port, "p2"));
                     t.put(volume("v1", "a", "f2"), EventType::Modified);
                     t.remove(&ObjectKey::new(Kind::Volume, "v2"));
+                    t.put(endpoint("e0", "a", "n1"), EventType::Modified);
                     Ok::<_, StoreError>(())
                 })
                 .unwrap();
             check(&store);
-            assert_eq!(store.attached_to_function(Kind::Port, "a", "f2").len(), 1);
-            assert_eq!(store.attached_to_function(Kind::Volume, "a", "f2").len(), 1);
-            assert_eq!(store.attached_to_function(Kind::Volume, "a", "f0").len(), 1);
-            assert!(
-                store.attached_to_function(Kind::Port, "a", "f3").is_empty(),
-                "another tenant's"
+            let ids = |found: Vec<Arc<StoredObject>>| -> Vec<String> {
+                found.iter().map(|o| o.id.clone()).collect()
+            };
+            let f = RefField::Function;
+            assert_eq!(ids(store.referring(Kind::Port, "a", f, "f2")), ["p1"]);
+            assert_eq!(ids(store.referring(Kind::Volume, "a", f, "f2")), ["v1"]);
+            assert_eq!(ids(store.referring(Kind::Volume, "a", f, "f0")), ["p0"]);
+            let n = RefField::Network;
+            assert_eq!(ids(store.referring(Kind::Port, "a", n, "n0")), ["p0", "p1"]);
+            assert_eq!(
+                ids(store.referring(Kind::Endpoint, "a", n, "n1")),
+                ["e0", "p1"]
             );
-            assert!(
-                store
-                    .attached_to_function(Kind::Volume, "a", "f3")
-                    .is_empty(),
-                "another tenant's"
-            );
+            for kind in KINDS {
+                assert!(
+                    store.referring(kind, "a", f, "f3").is_empty(),
+                    "another tenant's"
+                );
+            }
             assert!(store.list(Kind::Function, Some("b")).len() == 1);
             assert!(store.functions_on_pf("pf0").is_empty());
+            // A transaction sees its own staged changes in the index's
+            // answers, as in what it lists.
+            store
+                .dry_run(|t| {
+                    t.put(port("p9", "a", "f0", "n1"), EventType::Added);
+                    t.put(port("p1", "a", "f3", "n1"), EventType::Modified);
+                    t.remove(&ObjectKey::new(Kind::Port, "p0"));
+                    t.put(volume("v9", "b", "f0"), EventType::Added);
+                    t.remove(&ObjectKey::new(Kind::Endpoint, "e0"));
+                    t.put(endpoint("e9", "a", "n0"), EventType::Added);
+                    refs_agree(
+                        &|k, tenant| t.list(k, Some(tenant)),
+                        &|k, tenant, field, x| t.referring(k, tenant, field, x),
+                        "staged",
+                    );
+                    assert_eq!(ids(t.referring(Kind::Port, "a", n, "n1")), ["p1", "p9"]);
+                    assert!(t.referring(Kind::Port, "a", f, "f2").is_empty());
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
         }
         check(&Store::open(dir.path()).unwrap());
     }
