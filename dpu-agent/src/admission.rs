@@ -314,19 +314,18 @@ pub fn referrers(
         }
         return out;
     }
+    // Through the store's reference index: a network's or a function's
+    // referrers cost what they are, not the tenant's size.
+    let Some(field) = RefField::ALL.into_iter().find(|f| f.kind() == key.kind) else {
+        return out;
+    };
     for kind in [Kind::Port, Kind::Endpoint, Kind::Volume] {
         for o in txn
-            .list(kind, Some(tenant))
+            .referring(kind, tenant, field, &key.id)
             .into_iter()
             .filter(|o| counts(o))
         {
-            if o.spec
-                .references()
-                .iter()
-                .any(|(_, k, id)| *k == key.kind && *id == key.id)
-            {
-                out.push(o.key().to_string());
-            }
+            out.push(o.key().to_string());
         }
     }
     out

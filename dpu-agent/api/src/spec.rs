@@ -293,14 +293,31 @@ pub struct PortQos {
 /// find, not the tenant's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RefField {
-    /// `spec.function` of a port or a volume.
-    Function,
     /// `spec.network` of a port or an endpoint.
     Network,
+    /// `spec.function` of a port or a volume.
+    Function,
 }
 
 impl RefField {
-    pub const ALL: [RefField; 2] = [RefField::Function, RefField::Network];
+    /// In the order [`Spec::references`] lists them.
+    pub const ALL: [RefField; 2] = [RefField::Network, RefField::Function];
+
+    /// The field's name in a spec, as problems name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefField::Network => "spec.network",
+            RefField::Function => "spec.function",
+        }
+    }
+
+    /// The kind of object the field names.
+    pub fn kind(self) -> Kind {
+        match self {
+            RefField::Network => Kind::Network,
+            RefField::Function => Kind::Function,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -600,15 +617,10 @@ impl Spec {
     /// The objects this spec references by id, with the field that names
     /// each (all within the same tenant).
     pub fn references(&self) -> Vec<(&'static str, Kind, &str)> {
-        match self {
-            Spec::Port(p) => vec![
-                ("spec.network", Kind::Network, p.network.as_str()),
-                ("spec.function", Kind::Function, p.function.as_str()),
-            ],
-            Spec::Endpoint(e) => vec![("spec.network", Kind::Network, e.network.as_str())],
-            Spec::Volume(v) => vec![("spec.function", Kind::Function, v.function.as_str())],
-            _ => Vec::new(),
-        }
+        RefField::ALL
+            .into_iter()
+            .filter_map(|field| Some((field.name(), field.kind(), self.refers(field)?)))
+            .collect()
     }
 
     /// The write-only field `field` of this spec (see

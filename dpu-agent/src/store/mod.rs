@@ -641,10 +641,32 @@ impl<'a> Txn<'a> {
     /// The number of objects of `kind` (of one tenant, or all), staged
     /// changes included.
     pub fn count(&self, kind: Kind, tenant: Option<&str>) -> usize {
-        match tenant {
-            Some(t) if !self.stages(kind) => self.state.count_of_tenant(kind, t),
-            _ => self.list(kind, tenant).len(),
+        let Some(t) = tenant else {
+            return self.list(kind, tenant).len();
+        };
+        // The index's count, corrected by what the staged layers decide
+        // (newest first): no copy of the tenant's objects, whose count a
+        // quota check of every write in a batch asks.
+        let mut count = self.state.count_of_tenant(kind, t);
+        let mut decided: BTreeSet<&ObjectKey> = BTreeSet::new();
+        for layer in [&self.staged, self.layers[0], self.layers[1]] {
+            for (k, v) in layer
+                .range(ObjectKey::new(kind, "")..)
+                .take_while(|(k, _)| k.kind == kind)
+            {
+                if !decided.insert(k) {
+                    continue;
+                }
+                let was = self.state.objects.get(k).is_some_and(|o| o.tenant == t);
+                let is = v.as_ref().is_some_and(|o| o.tenant == t);
+                match (was, is) {
+                    (false, true) => count += 1,
+                    (true, false) => count -= 1,
+                    _ => {}
+                }
+            }
         }
+        count
     }
 
     /// Whether a change to an object of `kind` is staged here or waits to
@@ -1840,6 +1862,16 @@ mod tests {
                         &|k, tenant, field, x| t.referring(k, tenant, field, x),
                         "staged",
                     );
+                    for tenant in ["a", "b"] {
+                        for kind in [Kind::Port, Kind::Volume, Kind::Endpoint, Kind::Function] {
+                            assert_eq!(
+                                t.count(kind, Some(tenant)),
+                                t.list(kind, Some(tenant)).len(),
+                                "{kind:?} of {tenant}"
+                            );
+                        }
+                    }
+                    assert_eq!(t.count(Kind::Port, Some("a")), 2, "p1 and p9");
                     assert_eq!(ids(t.referring(Kind::Port, "a", n, "n1")), ["p1", "p9"]);
                     assert!(t.referring(Kind::Port, "a", f, "f2").is_empty());
                     Ok::<_, StoreError>(())
