@@ -75,8 +75,8 @@ pub struct Functions {
     /// presents them, their status follows the volume attached to them
     /// ([`emulated_status`]) instead of the functions backend.
     storage: StorageRole,
-    /// function id → (pf, VF or SF) handed out by this process.
-    slots: Mutex<HashMap<String, (String, Slot)>>,
+    /// The VFs and SFs handed out by this process.
+    slots: Mutex<Held>,
     last: Mutex<HashMap<String, LastApplied>>,
     last_sweep: Mutex<Option<Instant>>,
 }
@@ -120,10 +120,74 @@ impl Functions {
         Functions {
             backend,
             storage: StorageRole::None,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Held::default()),
             last: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(None),
         }
+    }
+}
+
+/// The VFs and SFs handed out by this process: by function, and by (slot
+/// space, slot), so that "who else holds this slot" does not walk every
+/// function (a walk per reconcile made a restart with 10 000 functions
+/// quadratic).
+#[derive(Debug, Default)]
+struct Held {
+    /// function id → (pf as its spec names it, slot).
+    by_id: HashMap<String, (String, Slot)>,
+    /// ([`pf_slot_space`], slot) → the functions holding it here.
+    by_slot: HashMap<(String, Slot), BTreeSet<String>>,
+}
+
+impl Held {
+    fn get(&self, id: &str) -> Option<&(String, Slot)> {
+        self.by_id.get(id)
+    }
+
+    fn insert(&mut self, id: &str, pf: &str, slot: Slot) {
+        if self.by_id.get(id) == Some(&(pf.to_string(), slot)) {
+            return;
+        }
+        self.remove(id);
+        self.by_id.insert(id.to_string(), (pf.to_string(), slot));
+        self.by_slot
+            .entry((pf_slot_space(pf), slot))
+            .or_default()
+            .insert(id.to_string());
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some((pf, slot)) = self.by_id.remove(id) else {
+            return;
+        };
+        let at = (pf_slot_space(&pf), slot);
+        if let Some(ids) = self.by_slot.get_mut(&at) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_slot.remove(&at);
+            }
+        }
+    }
+
+    /// A function other than `except` holding `slot` in slot space `space`.
+    fn holder(&self, space: &str, slot: Slot, except: &str) -> Option<String> {
+        self.by_slot
+            .get(&(space.to_string(), slot))?
+            .iter()
+            .find(|id| *id != except)
+            .cloned()
+    }
+
+    /// The numbers of `carve` that functions other than `except` hold in
+    /// slot space `space`.
+    fn taken(&self, space: &str, carve: Carve, except: &str) -> BTreeSet<u32> {
+        self.by_slot
+            .iter()
+            .filter(|((sp, slot), ids)| {
+                sp == space && slot.carve() == carve && ids.iter().any(|id| id != except)
+            })
+            .map(|((_, slot), _)| slot.number())
+            .collect()
     }
 }
 
@@ -161,7 +225,7 @@ pub fn lowest_free(taken: &BTreeSet<u32>) -> u32 {
 /// `Err` names the function already holding a requested slot.
 fn slot_for(
     ctx: &Context,
-    held: &HashMap<String, (String, Slot)>,
+    held: &Held,
     obj: &StoredObject,
     spec: &FunctionSpec,
 ) -> Result<Slot, SlotError> {
@@ -171,12 +235,7 @@ fn slot_for(
     // without holding them yet.
     // Slots are numbered per PF slot space: `pf0` and `c1pf0` may be one PF.
     let space = pf_slot_space(spec.pf.as_str());
-    let same_pf = |pf: &str| pf_slot_space(pf) == space;
-    let in_process = |slot: Slot| {
-        held.iter()
-            .find(|(id, (pf, s))| **id != obj.id && same_pf(pf) && *s == slot)
-            .map(|(id, _)| id.clone())
-    };
+    let in_process = |slot: Slot| held.holder(&space, slot, &obj.id);
     let own = spec
         .requested_slot()
         .or_else(|| status_slot(obj).filter(|s| s.carve() == carve))
@@ -202,11 +261,7 @@ fn slot_for(
         None => {
             // A tenant with a range in its grant draws from that range.
             let (lo, hi) = granted_range(ctx, &obj.tenant, carve).unwrap_or((0, u32::MAX - 1));
-            let taken_here: BTreeSet<u32> = held
-                .iter()
-                .filter(|(id, (pf, s))| **id != obj.id && same_pf(pf) && s.carve() == carve)
-                .map(|(_, (_, s))| s.number())
-                .collect();
+            let taken_here = held.taken(&space, carve, &obj.id);
             ctx.store
                 .lowest_unclaimed(&spec.pf, carve, (lo, hi), &obj.id, &taken_here)
                 .map(|n| Slot::new(carve, n))
@@ -451,7 +506,7 @@ impl Functions {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             match slot_for(ctx, &slots, obj, &spec) {
                 Ok(slot) => {
-                    slots.insert(obj.id.clone(), (spec.pf.to_string(), slot));
+                    slots.insert(&obj.id, spec.pf.as_str(), slot);
                     slot
                 }
                 Err(err) => {
@@ -884,8 +939,13 @@ impl Controller for Functions {
                 ))
             }
             WriteOutcome::Created | WriteOutcome::Updated => {
-                let held = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let slot = match slot_for(ctx, &held, obj, &spec) {
+                let slot = slot_for(
+                    ctx,
+                    &self.slots.lock().unwrap_or_else(|e| e.into_inner()),
+                    obj,
+                    &spec,
+                );
+                let slot = match slot {
                     Ok(slot) => slot,
                     Err(SlotError::InUse(_)) => {
                         return vec![format!(
@@ -992,6 +1052,66 @@ mod tests {
     };
     use serde_json::Value;
     use serde_json::json;
+
+    /// `Held`'s slot index answers as a walk over every held slot would,
+    /// after random inserts, moves and removals (PF spellings of one slot
+    /// space mixed).
+    #[test]
+    fn held_slots_index_agrees_with_a_walk() {
+        let mut held = Held::default();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let pfs = ["pf0", "pf00", "c1pf0", "pf1", "p0"];
+        for step in 0..4000 {
+            let id = format!("f{}", next(40));
+            match next(3) {
+                0 => held.remove(&id),
+                _ => {
+                    let n = next(6) as u32;
+                    let slot = if next(2) == 0 {
+                        Slot::Vf(n)
+                    } else {
+                        Slot::Sf(n)
+                    };
+                    held.insert(&id, pfs[next(5) as usize], slot);
+                }
+            }
+            for pf in pfs {
+                let space = pf_slot_space(pf);
+                let same = |other: &str| pf_slot_space(other) == space;
+                for n in 0..6 {
+                    for slot in [Slot::Vf(n), Slot::Sf(n)] {
+                        let walk: BTreeSet<&String> = held
+                            .by_id
+                            .iter()
+                            .filter(|(hid, (p, s))| **hid != id && same(p) && *s == slot)
+                            .map(|(hid, _)| hid)
+                            .collect();
+                        match held.holder(&space, slot, &id) {
+                            Some(h) => assert!(walk.contains(&h), "step {step}: {h}"),
+                            None => assert!(walk.is_empty(), "step {step}: {walk:?}"),
+                        }
+                    }
+                }
+                for carve in [Carve::Vf, Carve::Sf] {
+                    let walk: BTreeSet<u32> = held
+                        .by_id
+                        .iter()
+                        .filter(|(hid, (p, s))| **hid != id && same(p) && s.carve() == carve)
+                        .map(|(_, (_, s))| s.number())
+                        .collect();
+                    assert_eq!(held.taken(&space, carve, &id), walk, "step {step}");
+                }
+            }
+            let indexed: usize = held.by_slot.values().map(BTreeSet::len).sum();
+            assert_eq!(indexed, held.by_id.len(), "step {step}");
+        }
+    }
 
     #[test]
     fn lowest_free_fills_holes() {
