@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dpu_api::Kind;
-use dpu_api::object::{ConditionStatus, Event, EventType, ObjectKey, Phase};
+use dpu_api::object::{ConditionStatus, Event, EventType, Object, ObjectKey, Phase};
+use dpu_api::spec::RefField;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -340,7 +341,7 @@ impl Engine {
                     }
                 }
                 ev = events.recv() => match ev {
-                    Ok(ev) => self.on_event(&mut queue, ev.type_, ev.object.key(), &ev.object.tenant),
+                    Ok(ev) => self.on_event(&mut queue, ev.type_, &ev.object),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.enqueue_all(&mut queue),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -384,7 +385,7 @@ impl Engine {
         loop {
             loop {
                 match events.try_recv() {
-                    Ok(ev) => self.on_event(queue, ev.type_, ev.object.key(), &ev.object.tenant),
+                    Ok(ev) => self.on_event(queue, ev.type_, &ev.object),
                     Err(broadcast::error::TryRecvError::Lagged(_)) => self.enqueue_all(queue),
                     // Empty, or closed: the main loop sees that.
                     Err(_) => break,
@@ -437,30 +438,45 @@ impl Engine {
         }
     }
 
-    fn on_event(&self, queue: &mut Queue, type_: EventType, key: ObjectKey, tenant: &str) {
+    fn on_event(&self, queue: &mut Queue, type_: EventType, object: &Object) {
         if type_ == EventType::Status {
             return;
         }
         let now = Instant::now();
+        let key = object.key();
         // A changed spec resets the backoff: the new spec may well work.
         queue.failures.remove(&key);
         let kind = key.kind;
         queue.change(key, now);
         if !kind.is_tenant() {
-            // The tenant counts what it owns.
-            let tenant = ObjectKey::new(Kind::Tenant, tenant);
+            // The tenant counts what it owns (and, when it is being
+            // deleted, waits for it to go).
+            let tenant = ObjectKey::new(Kind::Tenant, &object.tenant);
             queue.change(tenant, now);
         }
         if type_ == EventType::Deleted {
-            // Deleting objects may have been waiting for this one to go.
-            for obj in self
-                .ctx
-                .store
-                .all()
-                .iter()
-                .filter(|o| o.deleting && o.tenant == tenant)
-            {
-                queue.add(obj.key(), now);
+            // A deleting network or function may have been waiting for
+            // this one to go: the objects its spec names (the only ones
+            // [`admission::referrers`] counts it against, beside its
+            // tenant), not a scan of the store.
+            for field in RefField::ALL {
+                let Some(id) = field
+                    .name()
+                    .strip_prefix("spec.")
+                    .and_then(|name| object.spec.get(name))
+                    .and_then(|v| v.as_str())
+                else {
+                    continue;
+                };
+                let target = ObjectKey::new(field.kind(), id);
+                if self
+                    .ctx
+                    .store
+                    .get(&target)
+                    .is_some_and(|t| t.deleting && t.tenant == object.tenant)
+                {
+                    queue.add(target, now);
+                }
             }
         }
     }
@@ -751,6 +767,68 @@ mod tests {
     /// The queue's indexes agree with its map after any mix of operations,
     /// and a key is taken as before: changes first (in key order), then
     /// the one due the longest.
+    /// A port's deletion wakes the deleting network its spec names (and
+    /// the tenant) at once, not on the 5 s retry; a deleting network the
+    /// port did not name, or one of another tenant, stays where it was.
+    #[test]
+    fn a_deletion_wakes_the_deleting_objects_it_named() {
+        use crate::reconcile::testing::put;
+        let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Recording::default()));
+        let store = &engine.ctx.store;
+        let net =
+            |vni: u32| serde_json::json!({"vni": vni, "cidr": "10.9.0.0/24", "encap": "vxlan"});
+        put(store, "acme", Kind::Network, "red", net(9), true);
+        put(store, "other", Kind::Network, "green", net(10), true);
+        put(
+            store,
+            "acme",
+            Kind::Function,
+            "f1",
+            serde_json::json!({"type": "net", "pf": "pf0", "mac": "02:00:00:00:00:0a"}),
+            true,
+        );
+        // Mark blue deleting as well.
+        let mut blue = crate::reconcile::testing::stored(store, Kind::Network, "blue");
+        blue.deleting = true;
+        store
+            .transact(|t| {
+                t.put(blue, EventType::Modified);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let port = Object {
+            kind: Kind::Port,
+            id: "p1".into(),
+            tenant: "acme".into(),
+            generation: 1,
+            spec: serde_json::json!({"network": "blue", "function": "f1", "mac": "02:00:00:00:00:01"}),
+            status: Default::default(),
+        };
+        engine.on_event(&mut queue, EventType::Deleted, &port);
+        let due: BTreeSet<ObjectKey> = queue.take_due(Instant::now()).into_iter().collect();
+        let want: BTreeSet<ObjectKey> = [
+            ObjectKey::new(Kind::Port, "p1"),
+            ObjectKey::new(Kind::Tenant, "acme"),
+            ObjectKey::new(Kind::Network, "blue"),
+            ObjectKey::new(Kind::Function, "f1"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(due, want);
+        // A port of another tenant naming `blue` wakes nothing of acme's.
+        let mut other = port.clone();
+        other.tenant = "other".into();
+        engine.on_event(&mut queue, EventType::Deleted, &other);
+        let due: BTreeSet<ObjectKey> = queue.take_due(Instant::now()).into_iter().collect();
+        let want: BTreeSet<ObjectKey> = [
+            ObjectKey::new(Kind::Port, "p1"),
+            ObjectKey::new(Kind::Tenant, "other"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(due, want);
+    }
+
     #[test]
     fn queue_indexes_agree_and_changes_go_first() {
         let t0 = Instant::now();
@@ -810,9 +888,10 @@ mod tests {
     async fn queue_wait_is_timed_from_the_change_event() {
         let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Recording::default()));
         let key = ObjectKey::new(Kind::Network, "blue");
-        engine.on_event(&mut queue, EventType::Added, key.clone(), "acme");
+        let blue = engine.ctx.store.get(&key).expect("blue").to_api();
+        engine.on_event(&mut queue, EventType::Added, &blue);
         // A status event queues nothing.
-        engine.on_event(&mut queue, EventType::Status, key.clone(), "acme");
+        engine.on_event(&mut queue, EventType::Status, &blue);
         tokio::time::sleep(Duration::from_millis(20)).await;
         engine.process(&mut queue, key.clone()).await;
         let q = engine.stats.queue_seconds.get(["networks"]).unwrap();
@@ -956,8 +1035,12 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        // Another test's thread may have registered these callsites first,
-        // with no subscriber, and cached "never" for them: ask again.
+        // With a single dispatcher registered, tracing-core asks only the
+        // registering thread's own dispatcher about a new callsite: another
+        // test's thread hitting the engine's span first (with none) would
+        // cache "never" for it. A second live dispatcher makes every
+        // registration ask all of them; then ask again for what was cached.
+        let _second = tracing::Dispatch::new(tracing_subscriber::registry());
         tracing::callsite::rebuild_interest_cache();
 
         let (_dir, engine, mut queue) = engine_with_blue_network(Arc::new(Failing));
