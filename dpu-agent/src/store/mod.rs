@@ -303,7 +303,9 @@ fn key_str(key: &ObjectKey) -> String {
 struct State {
     objects: BTreeMap<ObjectKey, Arc<StoredObject>>,
     /// Typed indexes over `objects`, changed with it ([`State::set`]).
-    by_tenant: HashMap<(Kind, String), BTreeSet<String>>,
+    /// Per kind and tenant, its objects by id (the objects themselves,
+    /// shared with `objects`: listing a tenant's copies no key).
+    by_tenant: HashMap<Kind, HashMap<String, BTreeMap<String, Arc<StoredObject>>>>,
     /// Functions by the PF their spec names, with who holds and who asks
     /// for which VF there.
     functions_by_pf: HashMap<String, PfFunctions>,
@@ -313,7 +315,7 @@ struct State {
     /// Ports, endpoints and volumes by (kind, tenant, the field and the id
     /// their spec names: [`Spec::refers`]): a function's ports and volumes,
     /// a network's ports and endpoints, without listing the tenant's.
-    refs: HashMap<RefKey, BTreeSet<String>>,
+    refs: HashMap<RefKey, BTreeMap<String, Arc<StoredObject>>>,
     hosts: BTreeMap<String, HostReport>,
     revision: u64,
     /// Per kind, the revision of the last committed write that changed an
@@ -331,11 +333,12 @@ impl State {
             None => self.objects.remove(key),
         };
         if let Some(old) = &old {
-            let tenant_key = (key.kind, old.tenant.clone());
-            if let Some(ids) = self.by_tenant.get_mut(&tenant_key) {
+            if let Some(tenants) = self.by_tenant.get_mut(&key.kind)
+                && let Some(ids) = tenants.get_mut(&old.tenant)
+            {
                 ids.remove(&key.id);
                 if ids.is_empty() {
-                    self.by_tenant.remove(&tenant_key);
+                    tenants.remove(&old.tenant);
                 }
             }
             if let Some(pf) = function_pf(old)
@@ -365,9 +368,11 @@ impl State {
         }
         if let Some(obj) = &obj {
             self.by_tenant
-                .entry((key.kind, obj.tenant.clone()))
+                .entry(key.kind)
                 .or_default()
-                .insert(key.id.clone());
+                .entry(obj.tenant.clone())
+                .or_default()
+                .insert(key.id.clone(), obj.clone());
             if let Some(pf) = function_pf(obj) {
                 self.functions_by_pf
                     .entry(pf)
@@ -381,7 +386,10 @@ impl State {
                     .insert(key.id.clone());
             }
             for at in ref_keys(key.kind, obj) {
-                self.refs.entry(at).or_default().insert(key.id.clone());
+                self.refs
+                    .entry(at)
+                    .or_default()
+                    .insert(key.id.clone(), obj.clone());
             }
         }
     }
@@ -397,23 +405,22 @@ impl State {
         self.refs
             .get(&(kind, tenant.to_string(), field, target.to_string()))
             .into_iter()
-            .flatten()
-            .filter_map(move |id| self.objects.get(&ObjectKey::new(kind, id.clone())))
+            .flat_map(BTreeMap::values)
+    }
+
+    /// A tenant's objects of `kind` by id.
+    fn tenant_map(&self, kind: Kind, tenant: &str) -> Option<&BTreeMap<String, Arc<StoredObject>>> {
+        self.by_tenant.get(&kind)?.get(tenant)
     }
 
     fn count_of_tenant(&self, kind: Kind, tenant: &str) -> usize {
-        self.by_tenant
-            .get(&(kind, tenant.to_string()))
-            .map_or(0, BTreeSet::len)
+        self.tenant_map(kind, tenant).map_or(0, BTreeMap::len)
     }
 
     fn of_tenant(&self, kind: Kind, tenant: &str) -> Vec<Arc<StoredObject>> {
-        self.by_tenant
-            .get(&(kind, tenant.to_string()))
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.objects.get(&ObjectKey::new(kind, id.clone())).cloned())
-            .collect()
+        self.tenant_map(kind, tenant)
+            .map(|ids| ids.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -623,19 +630,35 @@ impl<'a> Txn<'a> {
             // The common case: nothing of this kind waits to be committed.
             return committed;
         }
-        let mut out: BTreeMap<ObjectKey, Arc<StoredObject>> =
-            committed.into_iter().map(|v| (v.key(), v)).collect();
-        for layer in [self.layers[1], self.layers[0], &self.staged] {
-            for (k, v) in layer.iter().filter(|(k, _)| k.kind == kind) {
-                match v {
-                    Some(obj) => out.insert(k.clone(), obj.clone()),
-                    None => out.remove(k),
-                };
+        // What the layers decide for this kind, by id (the newest layer
+        // wins), merged in id order with the committed objects they do not
+        // decide: no copy of a key, no map of the committed ones.
+        let mut decided: BTreeMap<&str, Option<&Arc<StoredObject>>> = BTreeMap::new();
+        for layer in [&self.staged, self.layers[0], self.layers[1]] {
+            for (k, v) in layer
+                .range(ObjectKey::new(kind, "")..)
+                .take_while(|(k, _)| k.kind == kind)
+            {
+                decided.entry(k.id.as_str()).or_insert(v.as_ref());
             }
         }
-        out.into_values()
+        let mut staged = decided
+            .values()
+            .filter_map(|v| *v)
             .filter(|o| tenant.is_none_or(|t| o.tenant == t))
-            .collect()
+            .peekable();
+        let mut out = Vec::with_capacity(committed.len() + decided.len());
+        for o in committed {
+            if decided.contains_key(o.id.as_str()) {
+                continue;
+            }
+            while let Some(s) = staged.next_if(|s| s.id < o.id) {
+                out.push(s.clone());
+            }
+            out.push(o);
+        }
+        out.extend(staged.cloned());
+        out
     }
 
     /// The number of objects of `kind` (of one tenant, or all), staged
@@ -686,20 +709,22 @@ impl<'a> Txn<'a> {
     /// included), through the VNI index: the cost does not grow with the
     /// number of networks.
     pub fn network_with_vni(&self, vni: u32, except: &str) -> Option<Arc<StoredObject>> {
-        let has_vni = |o: &StoredObject| o.id != except && network_vni(o) == Some(vni);
-        // Staged layers are small; newest first, a key decided there hides
-        // older copies.
-        let mut decided: BTreeSet<&ObjectKey> = BTreeSet::new();
-        for layer in [&self.staged, self.layers[0], self.layers[1]] {
+        let has_vni = |o: &StoredObject| network_vni(o) == Some(vni) && o.id != except;
+        // Newest first; a copy counts only when no newer layer decides its
+        // key. The layers hold every write waiting for the disk (statuses
+        // too), so their networks are only compared by VNI, and looked up
+        // in the newer layers when they match.
+        let layers = [&self.staged, self.layers[0], self.layers[1]];
+        let hidden =
+            |newer: usize, k: &ObjectKey| layers[..newer].iter().any(|l| l.contains_key(k));
+        for (i, layer) in layers.iter().enumerate() {
             for (k, v) in layer
                 .range(ObjectKey::new(Kind::Network, "")..)
                 .take_while(|(k, _)| k.kind == Kind::Network)
             {
-                if !decided.insert(k) {
-                    continue;
-                }
                 if let Some(obj) = v
                     && has_vni(obj)
+                    && !hidden(i, k)
                 {
                     return Some(obj.clone());
                 }
@@ -711,7 +736,7 @@ impl<'a> Txn<'a> {
             .into_iter()
             .flatten()
             .map(|id| ObjectKey::new(Kind::Network, id.clone()))
-            .filter(|k| !decided.contains(k))
+            .filter(|k| !hidden(layers.len(), k))
             .filter_map(|k| self.state.objects.get(&k))
             .find(|o| has_vni(o))
             .cloned()
@@ -1879,6 +1904,83 @@ mod tests {
                 .unwrap();
         }
         check(&Store::open(dir.path()).unwrap());
+    }
+
+    /// A transaction's list and VNI lookup lay the writes waiting for the
+    /// disk (deferred, not yet flushed) and its own staged changes over the
+    /// committed objects, the newest deciding, in id order.
+    #[test]
+    fn txn_list_and_vni_lookup_see_waiting_and_staged_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let net = |id: &str, tenant: &str, vni: u32| {
+            obj(
+                Kind::Network,
+                id,
+                tenant,
+                json!({"vni": vni, "cidr": "10.0.0.0/24", "encap": "vxlan"}),
+            )
+        };
+        let key = |id: &str| ObjectKey::new(Kind::Network, id);
+        store
+            .transact(|t| {
+                for (id, tenant, vni) in [
+                    ("n1", "a", 1),
+                    ("n3", "a", 3),
+                    ("n5", "b", 5),
+                    ("n7", "a", 7),
+                ] {
+                    t.put(net(id, tenant, vni), EventType::Added);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        // Waiting for the disk: n3 to VNI 30, n7 gone, n4 and n2 new.
+        store
+            .transact_deferred(|t| {
+                t.put(net("n3", "a", 30), EventType::Modified);
+                t.remove(&key("n7"));
+                t.put(net("n4", "a", 4), EventType::Added);
+                t.put(net("n2", "b", 2), EventType::Added);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert!(store.get(&key("n4")).is_none(), "still waiting for the disk");
+        store
+            .dry_run(|t| {
+                t.put(net("n5", "b", 50), EventType::Modified);
+                t.put(net("n6", "a", 3), EventType::Added);
+                t.remove(&key("n4"));
+                let ids = |tenant: Option<&str>| -> Vec<String> {
+                    t.list(Kind::Network, tenant)
+                        .iter()
+                        .map(|o| o.id.clone())
+                        .collect()
+                };
+                assert_eq!(ids(Some("a")), ["n1", "n3", "n6"]);
+                assert_eq!(ids(Some("b")), ["n2", "n5"]);
+                assert_eq!(ids(None), ["n1", "n2", "n3", "n5", "n6"]);
+                let with =
+                    |vni: u32, except: &str| t.network_with_vni(vni, except).map(|o| o.id.clone());
+                assert_eq!(with(3, ""), Some("n6".into()), "n3 left VNI 3");
+                assert_eq!(with(3, "n6"), None);
+                assert_eq!(with(30, ""), Some("n3".into()));
+                assert_eq!(with(7, ""), None, "n7 is gone");
+                assert_eq!(with(4, ""), None, "n4 is gone again");
+                assert_eq!(with(5, ""), None, "n5 moved to 50");
+                assert_eq!(with(50, ""), Some("n5".into()));
+                assert_eq!(with(1, ""), Some("n1".into()));
+                assert_eq!(with(2, ""), Some("n2".into()));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        store.flush().unwrap();
+        let ids: Vec<String> = store
+            .list(Kind::Network, Some("a"))
+            .iter()
+            .map(|o| o.id.clone())
+            .collect();
+        assert_eq!(ids, ["n1", "n3", "n4"], "the dry run changed nothing");
     }
 
     /// The PF index answers VF allocation's questions as a walk over the
