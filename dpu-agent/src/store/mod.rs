@@ -1945,7 +1945,10 @@ mod tests {
                 Ok::<_, StoreError>(())
             })
             .unwrap();
-        assert!(store.get(&key("n4")).is_none(), "still waiting for the disk");
+        assert!(
+            store.get(&key("n4")).is_none(),
+            "still waiting for the disk"
+        );
         store
             .dry_run(|t| {
                 t.put(net("n5", "b", 50), EventType::Modified);
