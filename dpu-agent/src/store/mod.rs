@@ -50,6 +50,13 @@ const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 /// How many events watch can resume from; older ones are compacted away.
 pub const EVENT_LOG_LEN: u64 = 100_000;
 
+/// redb's page cache (reads and the write buffer). Its default, 1 GiB,
+/// let the cache grow with every page a commit touched: the agent's
+/// memory followed the file (objects and up to [`EVENT_LOG_LEN`] events),
+/// although nothing reads the file after the open but commits, which touch
+/// the few pages on their paths (the in-memory state answers every read).
+pub const STORE_CACHE_BYTES: usize = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store database error")]
@@ -886,7 +893,9 @@ impl Store {
         ensure_private_dir(dir)?;
         let key_path = dir.join("seal.key");
         let sealer = Sealer::load(&key_path)?;
-        let db = Database::create(dir.join("store.redb"))?;
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(dir.join("store.redb"))?;
         let mut state = State::default();
         {
             let w = db.begin_write()?;

@@ -14,7 +14,8 @@
 //! agent's saturation), then, once the agent is quiet, paced at the target
 //! 2000/s with latency from each request's scheduled send (see
 //! `run_phase`). RSS is the agent's
-//! `VmRSS` after start and after loading, once its CPU has gone quiet.
+//! `VmRSS` after start, after loading and after the write phases (each
+//! write adds an event to the store's log), once its CPU has gone quiet.
 //!
 //! The paced row's baseline, measured in the same run once the agent is
 //! stopped: the same paced PUTs against the write floor (`floor.rs`), a
@@ -635,6 +636,7 @@ struct Report<'a> {
     load_time: Duration,
     rss_idle: f64,
     rss_loaded: f64,
+    rss_written: f64,
     reads: PhaseResult,
     /// Closed loop: the agent's saturation.
     writes: PhaseResult,
@@ -804,6 +806,13 @@ impl Report<'_> {
             Some(self.rss_loaded <= TARGET_RSS_LOADED_MB),
             None,
         );
+        row(
+            "… after the write phases (same objects, a longer event log)",
+            format!("≤ {TARGET_RSS_LOADED_MB} MB"),
+            format!("{:.1} MiB", self.rss_written),
+            Some(self.rss_written <= TARGET_RSS_LOADED_MB),
+            None,
+        );
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -911,6 +920,8 @@ async fn run(opts: &Options) -> BenchResult<String> {
         Some(TARGET_WRITES),
     )
     .await?;
+    wait_quiet(agent.pid(), Duration::from_secs(120)).await?;
+    let rss_written = rss_mib(agent.pid())?;
     agent.stop();
     eprintln!("agent-bench: agent stopped; the same paced writes against the write floor");
     let floor = Floor::start(&agent.pki(""), agent.dir.path()).await?;
@@ -932,6 +943,7 @@ async fn run(opts: &Options) -> BenchResult<String> {
         load_time,
         rss_idle,
         rss_loaded,
+        rss_written,
         reads,
         writes,
         paced,
