@@ -764,12 +764,10 @@ mod tests {
         }
     }
 
-    /// The queue's indexes agree with its map after any mix of operations,
-    /// and a key is taken as before: changes first (in key order), then
-    /// the one due the longest.
-    /// A port's deletion wakes the deleting network its spec names (and
-    /// the tenant) at once, not on the 5 s retry; a deleting network the
-    /// port did not name, or one of another tenant, stays where it was.
+    /// A port's deletion wakes the deleting network and function its spec
+    /// names (and its tenant) at once, not on the 5 s retry; a deleting
+    /// network the port did not name, or one of another tenant, stays
+    /// where it was.
     #[test]
     fn a_deletion_wakes_the_deleting_objects_it_named() {
         use crate::reconcile::testing::put;
@@ -829,6 +827,9 @@ mod tests {
         assert_eq!(due, want);
     }
 
+    /// The queue's indexes agree with its map after any mix of operations,
+    /// and a key is taken as before: changes first (in key order), then
+    /// the one due the longest.
     #[test]
     fn queue_indexes_agree_and_changes_go_first() {
         let t0 = Instant::now();
