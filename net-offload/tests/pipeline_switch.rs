@@ -15,7 +15,9 @@ use net_offload::pipeline::{
     RuleDesc, RuleProtocol, SecurityDesc, is_agent_cookie,
 };
 use net_offload::sandbox::Daemon;
-use net_offload::switch::{Pass, Phase, SwitchConfig, SwitchHandle, SwitchInput, SwitchReport};
+use net_offload::switch::{
+    InputChange, Pass, Phase, SwitchConfig, SwitchHandle, SwitchInput, SwitchReport,
+};
 use rig::{BRIDGE, Rig};
 use tokio::sync::watch;
 
@@ -68,7 +70,26 @@ fn input(version: u64) -> SwitchInput {
             ("web".to_string(), "rep-web".to_string()),
             ("db".to_string(), "rep-db".to_string()),
         ]),
+        changed: None,
     }
+}
+
+/// `next`, saying which networks' inputs differ from `prev`'s (as the
+/// agent says it): passes after a successful one look only at those.
+fn changed_since(prev: &SwitchInput, mut next: SwitchInput) -> SwitchInput {
+    let mut sorted = next.clone();
+    sorted.networking.ports.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut before = prev.clone();
+    before.networking.ports.sort_by(|a, b| a.id.cmp(&b.id));
+    next.networking.ports.sort_by(|a, b| a.id.cmp(&b.id));
+    next.changed = sorted
+        .changed_networks(&before)
+        .map(|networks| InputChange {
+            since: prev.version,
+            networks,
+        });
+    assert!(next.changed.is_some(), "ids are distinct");
+    next
 }
 
 /// Representor stand-ins: internal ports `rep-web` and `rep-db` attached by
@@ -389,6 +410,7 @@ async fn plan_is_what_the_pass_executes() {
         });
         i
     };
+    let mut prev = None;
     for (version, rate, meter) in [
         (
             2,
@@ -402,7 +424,8 @@ async fn plan_is_what_the_pass_executes() {
         ),
         (4, None, format!("delete meter meter={ofport}")),
     ] {
-        let next = with_qos(version, rate);
+        let next = changed_since(&with_qos(version - 1, prev), with_qos(version, rate));
+        prev = rate;
         let plan = handle.plan(&next);
         assert!(
             plan.contains(&meter),

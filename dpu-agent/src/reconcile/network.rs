@@ -24,7 +24,8 @@ use net_offload::pipeline::{
     RuleDesc, RuleProtocol, SecurityDesc,
 };
 use net_offload::switch::{
-    Durations, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle, SwitchInput, SwitchReport,
+    Durations, InputChange, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle, SwitchInput,
+    SwitchReport,
 };
 use tokio::sync::watch;
 
@@ -191,14 +192,30 @@ impl NetworkBackend {
         let started = std::time::Instant::now();
         let (networking, representors) = desired_from_store(store, None);
         last.inputs = Some(revisions);
-        let changed =
-            networking != last.input.networking || representors != last.input.representors;
+        let mut next = SwitchInput {
+            version: last.input.version + 1,
+            networking,
+            representors,
+            changed: None,
+        };
+        // Which networks changed, so the switch looks only at those (the
+        // lists are in id order, so this is one walk; else compared whole).
+        let changed = match next.changed_networks(&last.input) {
+            Some(networks) if networks.is_empty() => false,
+            Some(networks) => {
+                next.changed = Some(InputChange {
+                    since: last.input.version,
+                    networks,
+                });
+                true
+            }
+            None => {
+                next.networking != last.input.networking
+                    || next.representors != last.input.representors
+            }
+        };
         if changed {
-            last.input = Arc::new(SwitchInput {
-                version: last.input.version + 1,
-                networking,
-                representors,
-            });
+            last.input = Arc::new(next);
         }
         last.built.observe(started.elapsed());
         if changed {
@@ -510,6 +527,7 @@ impl Controller for NetworkController {
             version: 0,
             networking,
             representors,
+            changed: None,
         });
         let cookie = format!("{:#x}", pipeline::cookie(owner_kind(self.kind), &obj.id));
         let owner = format!("{}/{}", owner_kind(self.kind).name(), obj.id);

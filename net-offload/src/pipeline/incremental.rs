@@ -88,6 +88,98 @@ pub fn resolved(
     out
 }
 
+/// The networks whose inputs differ between `old` and `new` (see
+/// [`IncrementalPipeline::update_networks`]): networks added, removed or
+/// changed, the networks (before and after) of ports and endpoints added,
+/// removed or changed, and every network of an encapsulation whose tunnel
+/// ofport moved. One ordered walk of each list; `None` when the ids of a
+/// list are not strictly ascending (then only a whole comparison can tell).
+pub fn changed_networks(
+    old: &DesiredNetworking,
+    new: &DesiredNetworking,
+) -> Option<BTreeSet<String>> {
+    let mut changed = BTreeSet::new();
+    walk_changed(
+        &old.networks,
+        &new.networks,
+        |n| &n.id,
+        |n| {
+            changed.insert(n.id.clone());
+        },
+    )?;
+    walk_changed(
+        &old.ports,
+        &new.ports,
+        |p| &p.id,
+        |p| {
+            changed.insert(p.network.clone());
+        },
+    )?;
+    walk_changed(
+        &old.endpoints,
+        &new.endpoints,
+        |e| &e.id,
+        |e| {
+            changed.insert(e.network.clone());
+        },
+    )?;
+    if old.tunnel_ofports != new.tunnel_ofports {
+        for n in old.networks.iter().chain(&new.networks) {
+            if old.tunnel_ofports.get(&n.encap) != new.tunnel_ofports.get(&n.encap) {
+                changed.insert(n.id.clone());
+            }
+        }
+    }
+    Some(changed)
+}
+
+/// Walks `old` and `new` (each in strictly ascending `id` order, else
+/// `None`) side by side and calls `changed` with both sides of every entry
+/// that is not in both or differs.
+pub(crate) fn walk_changed<T: PartialEq>(
+    old: &[T],
+    new: &[T],
+    id: impl Fn(&T) -> &String,
+    mut changed: impl FnMut(&T),
+) -> Option<()> {
+    let ascending = |v: &[T]| v.windows(2).all(|w| id(&w[0]) < id(&w[1]));
+    if !ascending(old) || !ascending(new) {
+        return None;
+    }
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return Some(()),
+            (Some(x), None) => {
+                changed(x);
+                a.next();
+            }
+            (None, Some(y)) => {
+                changed(y);
+                b.next();
+            }
+            (Some(x), Some(y)) => match id(x).cmp(id(y)) {
+                std::cmp::Ordering::Less => {
+                    changed(x);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changed(y);
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if x != y {
+                        changed(x);
+                        changed(y);
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
 fn count_owners(flows: &[OwnedFlow]) -> Vec<(Owner, usize)> {
     let mut counts: Vec<(Owner, usize)> = Vec::new();
     for f in flows {
@@ -164,8 +256,8 @@ pub struct IncrementalPipeline {
     skeleton: Vec<OwnedFlow>,
     skeleton_counts: Vec<(Owner, usize)>,
     segments: BTreeMap<String, Cached>,
-    /// Ports whose network is not known, with why.
-    orphans: BTreeMap<String, String>,
+    /// Ports whose network is not known: port id → (that network, why).
+    orphans: BTreeMap<String, (String, String)>,
     /// The whole-state result while the inputs break the uniqueness the
     /// segments rely on (two networks with one id or VNI, two ports with
     /// one ofport): only an API bug sends that, and then the whole-state
@@ -230,7 +322,7 @@ impl IncrementalPipeline {
         }
         let mut orphaned = BTreeMap::new();
         for p in orphans {
-            orphaned.insert(p.id.clone(), unknown_network(p));
+            orphaned.insert(p.id.clone(), (p.network.clone(), unknown_network(p)));
         }
         self.orphans = orphaned;
         let all = !self.started || self.whole.is_some();
@@ -286,14 +378,19 @@ impl IncrementalPipeline {
         }
     }
 
-    /// [`IncrementalPipeline::update_resolving`] when `desired` and its
-    /// ports are those of the last update and only ofports may have moved:
-    /// those of the ports of `networks` and the tunnel ports of their
-    /// encapsulations. Only those networks are regrouped, compared and
-    /// (when they differ) recompiled; the others are not looked at but for
-    /// their cached ofports (still unique?). `None`, with nothing changed,
-    /// when only the whole update can tell: no update yet, the whole-state
-    /// compile in use, or ofports no longer unique.
+    /// [`IncrementalPipeline::update_resolving`] when `desired` differs from
+    /// the desired state of the last update only in the inputs of
+    /// `networks`: those networks themselves (added, removed or changed),
+    /// the ports and endpoints whose network is or was one of them, those
+    /// ports' ofports, and the tunnel ofports of their encapsulations (a
+    /// tunnel that moved lists every network of its encapsulation). Only
+    /// those networks are regrouped, compared and (when they differ)
+    /// recompiled; of the others only the cached VNIs and ofports are read
+    /// (still unique?), and the ports and endpoints are walked once to find
+    /// those of `networks`. `None`, with nothing changed, when only the
+    /// whole update can tell: no update yet, the whole-state compile in
+    /// use, port ids not strictly ascending, or network ids, VNIs or
+    /// ofports no longer unique.
     pub fn update_networks(
         &mut self,
         desired: &DesiredNetworking,
@@ -304,37 +401,57 @@ impl IncrementalPipeline {
         if !self.started || self.whole.is_some() {
             return None;
         }
-        let mut groups: Vec<NetworkInputs<'_>> = Vec::with_capacity(networks.len());
-        for id in networks {
-            // Of two networks with one id the last wins, as in
-            // `group_by_network` (segments never have two: the update
-            // falls back to the whole compile).
-            let Some(n) = desired.networks.iter().rev().find(|n| n.id == *id) else {
-                continue;
-            };
-            let mut ports: Vec<&PortDesc> =
-                desired.ports.iter().filter(|p| p.network == *id).collect();
-            ports.sort_by(|a, b| a.id.cmp(&b.id));
-            let mut endpoints: Vec<&EndpointDesc> = desired
-                .endpoints
-                .iter()
-                .filter(|e| e.network == *id)
-                .collect();
-            endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-            groups.push(NetworkInputs {
-                network: n,
-                ports,
-                endpoints,
-                tunnel: tunnels.get(&n.encap).copied(),
-            });
+        // The listed networks that exist, each once.
+        let mut found: BTreeMap<&str, &NetworkDesc> = BTreeMap::new();
+        for n in &desired.networks {
+            if networks.contains(n.id.as_str()) && found.insert(n.id.as_str(), n).is_some() {
+                return None;
+            }
         }
-        if !groups
+        // Their ports (of a listed network that does not exist: orphans),
+        // in id order, as `group_by_network` sorts them.
+        let mut ports: BTreeMap<&str, Vec<&PortDesc>> =
+            networks.iter().map(|id| (*id, Vec::new())).collect();
+        let mut last: Option<&str> = None;
+        for p in &desired.ports {
+            if last.is_some_and(|l| l >= p.id.as_str()) {
+                return None;
+            }
+            last = Some(p.id.as_str());
+            if let Some(v) = ports.get_mut(p.network.as_str()) {
+                v.push(p);
+            }
+        }
+        let mut endpoints: BTreeMap<&str, Vec<&EndpointDesc>> = BTreeMap::new();
+        for e in &desired.endpoints {
+            if found.contains_key(e.network.as_str()) {
+                endpoints.entry(e.network.as_str()).or_default().push(e);
+            }
+        }
+        // VNIs still unique: the cached ones of the other networks, the
+        // listed ones'.
+        let mut vnis: HashSet<u32> = self
+            .segments
             .iter()
-            .all(|g| self.segments.contains_key(g.network.id.as_str()))
-        {
-            // Not in the last update: not the same desired state.
+            .filter(|(id, _)| !networks.contains(id.as_str()))
+            .map(|(_, c)| c.network.vni)
+            .collect();
+        if !found.values().all(|n| vnis.insert(n.vni)) {
             return None;
         }
+        let groups: Vec<NetworkInputs<'_>> = found
+            .iter()
+            .map(|(id, n)| {
+                let mut endpoints = endpoints.remove(id).unwrap_or_default();
+                endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+                NetworkInputs {
+                    network: n,
+                    ports: ports.remove(id).unwrap_or_default(),
+                    endpoints,
+                    tunnel: tunnels.get(&n.encap).copied(),
+                }
+            })
+            .collect();
         // Ofports still unique: the cached ones of the other networks, the
         // new ones of these.
         let mut ofports: Vec<u32> = self
@@ -352,19 +469,40 @@ impl IncrementalPipeline {
         if ofports.windows(2).any(|w| w[0] == w[1]) {
             return None;
         }
+        // What is left in `ports`: the ports of listed networks that do
+        // not exist.
+        self.orphans
+            .retain(|_, (network, _)| !networks.contains(network.as_str()));
+        for p in ports.into_values().flatten() {
+            self.orphans
+                .insert(p.id.clone(), (p.network.clone(), unknown_network(p)));
+        }
         let mut changed = BTreeMap::new();
+        for id in networks {
+            if !found.contains_key(id)
+                && let Some(c) = self.segments.remove(*id)
+            {
+                sub_counts(&mut self.counts, &c.counts);
+                changed.insert(id.to_string(), Some(c.segment));
+            }
+        }
         for g in &groups {
             let id = g.network.id.as_str();
-            let Some(c) = self.segments.get_mut(id) else {
-                continue;
-            };
-            if c.compiled_from(g, &ofport) {
-                continue;
+            match self.segments.get_mut(id) {
+                Some(c) if c.compiled_from(g, &ofport) => {}
+                Some(c) => {
+                    let old = std::mem::replace(c, Cached::new(g, &ofport));
+                    sub_counts(&mut self.counts, &old.counts);
+                    add_counts(&mut self.counts, &c.counts);
+                    changed.insert(id.to_string(), Some(old.segment));
+                }
+                None => {
+                    let c = Cached::new(g, &ofport);
+                    add_counts(&mut self.counts, &c.counts);
+                    self.segments.insert(id.to_string(), c);
+                    changed.insert(id.to_string(), None);
+                }
             }
-            let old = std::mem::replace(c, Cached::new(g, &ofport));
-            sub_counts(&mut self.counts, &old.counts);
-            add_counts(&mut self.counts, &c.counts);
-            changed.insert(id.to_string(), Some(old.segment));
         }
         Some(Changes::Segments(changed))
     }
@@ -425,7 +563,11 @@ impl IncrementalPipeline {
                 for c in self.segments.values() {
                     s.extend(c.segment.skipped_ports.clone());
                 }
-                s.extend(self.orphans.clone());
+                s.extend(
+                    self.orphans
+                        .iter()
+                        .map(|(id, (_, why))| (id.clone(), why.clone())),
+                );
                 s
             }
         }

@@ -20,7 +20,7 @@ pub use compile::{
 };
 pub use cookie::{AGENT_COOKIE, AGENT_COOKIE_MASK, Owner, OwnerKind, cookie, is_agent_cookie};
 pub use diff::{FlowPlan, plan_flows};
-pub use incremental::{Changes, IncrementalPipeline, resolved};
+pub use incremental::{Changes, IncrementalPipeline, changed_networks, resolved};
 pub use model::{
     DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, QosDesc, RuleDesc, RuleProtocol,
     SecurityDesc,

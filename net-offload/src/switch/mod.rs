@@ -38,7 +38,7 @@ use crate::ovsdb::{
 };
 use crate::pipeline::{
     self, Changes, CompiledPipeline, DesiredNetworking, Encap, FlowPlan, IncrementalPipeline,
-    Owner, OwnerKind, PortDesc, Segment,
+    Owner, OwnerKind, PortDesc,
 };
 use plan::{
     BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, plan_bridge, plan_meters,
@@ -74,6 +74,77 @@ pub struct SwitchInput {
     pub networking: DesiredNetworking,
     /// Port id → netdev name of its function's representor.
     pub representors: BTreeMap<String, String>,
+    /// Which networks' inputs alone differ from those of an earlier input
+    /// (`None`: not said, every network is compared).
+    pub changed: Option<InputChange>,
+}
+
+/// What differs between an input and input `since`: only the inputs of
+/// `networks` (see [`IncrementalPipeline::update_networks`]; a port's
+/// representor counts as one of its inputs). When the last successful
+/// pass reached input `since`, a pass looks only at those networks: it
+/// recompiles and diffs their segments and writes their ports' reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputChange {
+    pub since: u64,
+    pub networks: BTreeSet<String>,
+}
+
+impl SwitchInput {
+    /// The networks whose inputs differ between `old` and this input
+    /// ([`pipeline::changed_networks`], and the networks of the ports whose
+    /// representor changed): what [`InputChange::networks`] says. `None`
+    /// when ids are not strictly ascending (then only a whole comparison
+    /// can tell).
+    pub fn changed_networks(&self, old: &SwitchInput) -> Option<BTreeSet<String>> {
+        let mut changed = pipeline::changed_networks(&old.networking, &self.networking)?;
+        let network_of = |input: &SwitchInput, id: &str| {
+            let ports = &input.networking.ports;
+            ports
+                .binary_search_by(|p| p.id.as_str().cmp(id))
+                .ok()
+                .map(|i| ports[i].network.clone())
+        };
+        let mut note = |id: &str| {
+            changed.extend(network_of(old, id));
+            changed.extend(network_of(self, id));
+        };
+        let (mut a, mut b) = (
+            old.representors.iter().peekable(),
+            self.representors.iter().peekable(),
+        );
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((k, _)), None) => {
+                    note(k);
+                    a.next();
+                }
+                (None, Some((k, _))) => {
+                    note(k);
+                    b.next();
+                }
+                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        note(ka);
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        note(kb);
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if va != vb {
+                            note(ka);
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+        Some(changed)
+    }
 }
 
 /// Per-port result.
@@ -526,9 +597,10 @@ fn port_reports<'a>(
 /// Makes `reports` what [`port_reports`] builds, in place: only the
 /// entries that differ are written (a pass that changed one port copies
 /// one port's report, not every port's). With `only`, of the ports of
-/// those networks alone: when `reports` was synced to the same input (of
-/// distinct port ids) and only those networks' segments changed since,
-/// the other ports' reports are as they were.
+/// those networks alone: when `reports` was synced to an input that
+/// differs from this one (of distinct port ids) only in those networks'
+/// inputs and segments, the other ports' reports are as they were; the
+/// ports of those networks that left are the caller's to remove.
 fn sync_port_reports(
     reports: &mut BTreeMap<String, PortReport>,
     input: &SwitchInput,
@@ -536,11 +608,11 @@ fn sync_port_reports(
     skipped: &BTreeMap<String, String>,
     counts: &BTreeMap<Owner, usize>,
     datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
-    only: Option<&BTreeMap<String, Option<Segment>>>,
+    only: Option<&BTreeSet<String>>,
 ) {
     let mut owner = Owner::new(OwnerKind::Port, String::new());
     for p in &input.networking.ports {
-        if only.is_some_and(|networks| !networks.contains_key(&p.network)) {
+        if only.is_some_and(|networks| !networks.contains(&p.network)) {
             continue;
         }
         let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
@@ -553,7 +625,8 @@ fn sync_port_reports(
         }
     }
     if only.is_some() {
-        // The same ports as before.
+        // The same ports as before but for those of `only`'s networks,
+        // which the caller removes when they left.
         return;
     }
     // Every input port is in `reports` now: as many entries as ports of
@@ -1102,11 +1175,13 @@ impl Reconciler {
         self.connect_openflow().await?;
         // The pipeline brought to the input, recompiling only the networks
         // whose inputs changed (timed as `compile`); the input is read in
-        // place, each port with its representor's ofport. When the input
-        // is the one the last successful pass reached and the replica can
-        // say which ofports moved, only the networks of those ports (and
-        // tunnels) are looked at, and only their ports' reports.
-        let (changes, only_moved) = {
+        // place, each port with its representor's ofport. When the last
+        // successful pass reached this input, or the one this input says
+        // it differs from only in some networks ([`InputChange`]), and the
+        // replica can say which ofports moved, only those networks and the
+        // networks of the moved ports (and tunnels) are looked at, and only
+        // their ports' reports.
+        let (changes, only) = {
             let mut observed = self.observed.lock().expect("observed lock");
             let Observed {
                 pipeline, ports, ..
@@ -1115,42 +1190,54 @@ impl Reconciler {
             let ofports = ports.ofports();
             let ofport = |p: &PortDesc| port_ofport(p, &input.representors, ofports);
             let tunnels = tunnel_ofports(ofports);
-            let same_input = synced.as_ref().is_some_and(|s| Arc::ptr_eq(s, input));
-            let only_moved = match &moved {
-                MovedOfports::Names(names) if same_input => pipeline.update_networks(
-                    &input.networking,
-                    &networks_of_moved(input, names),
-                    ofport,
-                    &tunnels,
-                ),
+            let said: Option<BTreeSet<&str>> = match (&synced, &input.changed) {
+                (Some(s), _) if Arc::ptr_eq(s, input) => Some(BTreeSet::new()),
+                (Some(s), Some(c)) if c.since == s.version => {
+                    Some(c.networks.iter().map(String::as_str).collect())
+                }
                 _ => None,
             };
-            match only_moved {
-                Some(changes) => (changes, true),
+            let only = match (&moved, said) {
+                (MovedOfports::Names(names), Some(mut networks)) => {
+                    networks.extend(networks_of_moved(input, names));
+                    pipeline
+                        .update_networks(&input.networking, &networks, ofport, &tunnels)
+                        .map(|changes| {
+                            let networks: BTreeSet<String> =
+                                networks.into_iter().map(str::to_string).collect();
+                            (changes, networks)
+                        })
+                }
+                _ => None,
+            };
+            match only {
+                Some((changes, networks)) => (changes, Some(networks)),
                 None => (
                     pipeline.update_resolving(&input.networking, ofport, &tunnels),
-                    false,
+                    None,
                 ),
             }
         };
-        // Only the changed networks' ports can have a new report when the
-        // input is the same and its port ids are distinct (otherwise a
+        let segments = match changes {
+            Changes::Segments(segments) => Some(segments),
+            Changes::All => None,
+        };
+        // Only the ports of those networks and of the changed segments can
+        // have a new report when the port ids are distinct (otherwise a
         // port's report is that of the last of its id).
-        let report_only = match &changes {
-            Changes::Segments(segments)
-                if only_moved && input.networking.ports.windows(2).all(|w| w[0].id < w[1].id) =>
+        let report_only: Option<BTreeSet<String>> = match (&segments, only) {
+            (Some(segments), Some(mut networks))
+                if input.networking.ports.windows(2).all(|w| w[0].id < w[1].id) =>
             {
-                Some(segments.clone())
+                networks.extend(segments.keys().cloned());
+                Some(networks)
             }
             _ => None,
         };
         // Believed (the switch holds exactly the last pass's flows): only
         // the changed networks' flows are diffed, each against its previous
         // ones. Otherwise every flow against a fresh dump.
-        let changed_segments = match changes {
-            Changes::Segments(segments) if self.believed => Some(segments),
-            _ => None,
-        };
+        let changed_segments = segments.as_ref().filter(|_| self.believed);
         if changed_segments.is_none() {
             let flows = self.dump().await?;
             let mut observed = self.observed.lock().expect("observed lock");
@@ -1160,7 +1247,7 @@ impl Reconciler {
         let (flow_plan, meters, skipped) = {
             let observed = self.observed.lock().expect("observed lock");
             let diffing = Instant::now();
-            let plan = match &changed_segments {
+            let plan = match changed_segments {
                 Some(segments) => observed.pipeline.plan_segments(segments),
                 None => pipeline::plan_flows(
                     observed.pipeline.flows().map(|f| &f.flow),
@@ -1177,7 +1264,6 @@ impl Reconciler {
             self.timed(Phase::Diff, took);
             out
         };
-        drop(changed_segments);
         let meter_plan = plan_meters(&meters, &self.meters);
         let applied = async {
             self.apply_meters(&meter_plan).await?;
@@ -1205,10 +1291,23 @@ impl Reconciler {
             self.datapath.as_ref(),
             report_only.as_ref(),
         );
-        match &report_only {
-            Some(networks) => {
-                // Only the owners of those networks' flows, old and new.
-                let owners = networks
+        match (&report_only, &segments) {
+            (Some(networks), Some(segments)) => {
+                // The ports of those networks that left with the input
+                // this one counts from.
+                if let Some(old) = synced.as_ref().filter(|s| !Arc::ptr_eq(s, input)) {
+                    let now = &input.networking.ports;
+                    for p in old.networking.ports.iter() {
+                        if networks.contains(&p.network)
+                            && now.binary_search_by(|q| q.id.cmp(&p.id)).is_err()
+                        {
+                            self.report.ports.remove(&p.id);
+                        }
+                    }
+                }
+                // Only the owners of the changed segments' flows, old and
+                // new.
+                let owners = segments
                     .iter()
                     .flat_map(|(id, old)| {
                         old.iter()
@@ -1218,7 +1317,7 @@ impl Reconciler {
                     .map(|f| &f.owner);
                 sync_owners(&mut self.report.flows, counts, owners);
             }
-            None => sync_map(&mut self.report.flows, counts),
+            _ => sync_map(&mut self.report.flows, counts),
         }
         // Tests check every pass against the whole computation.
         debug_assert_eq!(
