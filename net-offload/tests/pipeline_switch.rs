@@ -356,7 +356,7 @@ async fn plan_is_what_the_pass_executes() {
     })
     .await;
     assert_eq!(
-        r.applied,
+        *r.applied,
         [
             format!(
                 "ovsdb: ensure Bridge {BRIDGE} datapath_type=netdev fail_mode=secure protocols=OpenFlow13,OpenFlow14 external_ids:dpu-agent/owner=bridge/{BRIDGE}"
@@ -444,7 +444,7 @@ async fn plan_is_what_the_pass_executes() {
             r.version == version && r.programmed
         })
         .await;
-        assert_eq!(r.applied, plan, "v{version}: executed differs from plan");
+        assert_eq!(*r.applied, plan, "v{version}: executed differs from plan");
         let meters = rig.ofctl("dump-meters", &[]);
         match rate {
             Some(rate) => assert!(

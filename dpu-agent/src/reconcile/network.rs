@@ -699,6 +699,7 @@ mod tests {
 
     use dpu_api::object::EventType;
     use net_offload::pipeline::OwnedFlow;
+    use net_offload::switch::OrdMap;
     use net_offload::switch::PortReport as SwitchPortReport;
     use net_offload::switch::plan::{
         BridgePlan, SwitchPlan, desired_ports, plan_meters, plan_ports, resolve_ofports,
@@ -811,7 +812,7 @@ mod tests {
             openflow_connected: true,
             programmed: true,
             ports,
-            flows,
+            flows: flows.into(),
             ..SwitchReport::default()
         }
     }
@@ -1064,8 +1065,8 @@ mod tests {
         SwitchReport {
             version: 3,
             programmed: true,
-            ports: [("p1".to_string(), port)].into(),
-            flows: [(owner, flows)].into(),
+            ports: OrdMap::unit("p1".to_string(), port),
+            flows: OrdMap::unit(owner, flows),
             ..SwitchReport::default()
         }
     }

@@ -46,6 +46,11 @@ use plan::{
 };
 use ports::{BridgePorts, MovedOfports};
 
+/// The persistent ordered map of [`SwitchReport`]'s `ports` and `flows`
+/// (re-exported so users need no dependency of their own): cloning it is
+/// O(1), and a change copies only the path to the entry it touches.
+pub use imbl::OrdMap;
+
 /// `OFPMMFC_METER_EXISTS`.
 const METER_EXISTS: u16 = 1;
 
@@ -159,7 +164,10 @@ pub struct PortReport {
     pub datapath: Option<crate::unixctl::DatapathFlows>,
 }
 
-/// What the last convergence reached.
+/// What the last convergence reached. Published after every pass as a
+/// clone whose size does not grow with the bridge: `ports` and `flows`
+/// share their unchanged entries with the reconciler's copy, `applied` is
+/// shared whole.
 #[derive(Debug, Clone, Default)]
 pub struct SwitchReport {
     /// The input version this report is about.
@@ -172,9 +180,9 @@ pub struct SwitchReport {
     /// The last failure, for the person on call (typed; the agent prints
     /// its chain into the network's status).
     pub error: Option<Arc<SwitchError>>,
-    pub ports: BTreeMap<String, PortReport>,
+    pub ports: OrdMap<String, PortReport>,
     /// Flows per owner as installed.
-    pub flows: BTreeMap<Owner, usize>,
+    pub flows: OrdMap<Owner, usize>,
     /// flow_mods sent since start (0 on a restart with nothing to change).
     pub flow_mods_sent: u64,
     /// Bundles committed since start.
@@ -190,7 +198,7 @@ pub struct SwitchReport {
     /// What the last pass that changed the switch sent, one line per
     /// operation in [`SwitchPlan::describe`]'s notation, each written once
     /// the switch accepted it (a failed pass lists what it got through).
-    pub applied: Vec<String>,
+    pub applied: Arc<Vec<String>>,
 }
 
 /// Why a pass ran: a change (input, OVSDB replica or session), or the
@@ -602,7 +610,7 @@ fn port_reports<'a>(
 /// inputs and segments, the other ports' reports are as they were; the
 /// ports of those networks that left are the caller's to remove.
 fn sync_port_reports(
-    reports: &mut BTreeMap<String, PortReport>,
+    reports: &mut OrdMap<String, PortReport>,
     input: &SwitchInput,
     ofports: &BTreeMap<String, u32>,
     skipped: &BTreeMap<String, String>,
@@ -616,10 +624,11 @@ fn sync_port_reports(
             continue;
         }
         let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
-        match reports.get_mut(&p.id) {
+        // Looked at before written: a write copies the entry's path even
+        // when the value stays the same.
+        match reports.get(&p.id) {
             Some(r) if s.is(r) => {}
-            Some(r) => *r = s.report(),
-            None => {
+            _ => {
                 reports.insert(p.id.clone(), s.report());
             }
         }
@@ -635,14 +644,21 @@ fn sync_port_reports(
     let distinct = ports.windows(2).all(|w| w[0].id < w[1].id);
     if !distinct || reports.len() != ports.len() {
         let ids: BTreeSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();
-        reports.retain(|id, _| ids.contains(id.as_str()));
+        let gone: Vec<String> = reports
+            .keys()
+            .filter(|id| !ids.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            reports.remove(&id);
+        }
     }
 }
 
 /// Makes `target`'s entries of `owners` those of `counts` (none where
 /// `counts` has none); the other entries are left as they are.
 fn sync_owners<'a>(
-    target: &mut BTreeMap<Owner, usize>,
+    target: &mut OrdMap<Owner, usize>,
     counts: &BTreeMap<Owner, usize>,
     owners: impl Iterator<Item = &'a Owner>,
 ) {
@@ -652,9 +668,11 @@ fn sync_owners<'a>(
             Some(n) => {
                 target.insert(o.clone(), *n);
             }
-            None => {
+            // Removing an absent key would still copy its path.
+            None if target.contains_key(o) => {
                 target.remove(o);
             }
+            None => {}
         }
     }
 }
@@ -701,7 +719,7 @@ fn networks_of_moved<'a>(input: &'a SwitchInput, names: &BTreeSet<String>) -> BT
 /// Makes `target` equal to `source`, writing only the entries that differ
 /// (one ordered walk of both, nothing copied that is already there).
 fn sync_map<K: Ord + Clone, V: PartialEq + Clone>(
-    target: &mut BTreeMap<K, V>,
+    target: &mut OrdMap<K, V>,
     source: &BTreeMap<K, V>,
 ) {
     let mut set: Vec<(&K, &V)> = Vec::new();
@@ -742,12 +760,7 @@ fn sync_map<K: Ord + Clone, V: PartialEq + Clone>(
         target.remove(&k);
     }
     for (k, v) in set {
-        match target.get_mut(k) {
-            Some(t) => *t = v.clone(),
-            None => {
-                target.insert(k.clone(), v.clone());
-            }
-        }
+        target.insert(k.clone(), v.clone());
     }
 }
 
@@ -1039,20 +1052,30 @@ impl Reconciler {
     /// Puts each port's datapath flows in the report; true when any
     /// changed.
     fn apply_datapath(&mut self, input: &SwitchInput) -> bool {
-        let mut changed = false;
-        for (id, port) in &mut self.report.ports {
-            let datapath = self.datapath.as_ref().map(|flows| {
-                input
-                    .representors
-                    .get(id)
-                    .and_then(|rep| flows.get(rep))
-                    .copied()
-                    .unwrap_or_default()
-            });
-            changed |= port.datapath != datapath;
-            port.datapath = datapath;
+        // Only the ports whose datapath flows changed are written (a write
+        // copies the entry's path in the shared map).
+        let changed: Vec<(String, Option<crate::unixctl::DatapathFlows>)> = self
+            .report
+            .ports
+            .iter()
+            .filter_map(|(id, port)| {
+                let datapath = self.datapath.as_ref().map(|flows| {
+                    input
+                        .representors
+                        .get(id)
+                        .and_then(|rep| flows.get(rep))
+                        .copied()
+                        .unwrap_or_default()
+                });
+                (port.datapath != datapath).then(|| (id.clone(), datapath))
+            })
+            .collect();
+        for (id, datapath) in &changed {
+            if let Some(port) = self.report.ports.get_mut(id) {
+                port.datapath = *datapath;
+            }
         }
-        changed
+        !changed.is_empty()
     }
 
     /// For a periodic pass with nothing changed: true when the switch still
@@ -1325,7 +1348,11 @@ impl Reconciler {
             port_reports(input, ofports, &skipped, counts, self.datapath.as_ref()).collect(),
             "per-port report written in place"
         );
-        debug_assert_eq!(&self.report.flows, counts, "flow counts written in place");
+        debug_assert_eq!(
+            self.report.flows,
+            OrdMap::from(counts),
+            "flow counts written in place"
+        );
         // The switch now holds the pipeline's flows; the dump is dropped.
         observed.flows = Vec::new();
         observed.installed = true;
@@ -1351,7 +1378,7 @@ impl Reconciler {
     /// What this pass sent, into the report, when it sent anything.
     fn publish_applied(&mut self) {
         if !self.applied.is_empty() {
-            self.report.applied = std::mem::take(&mut self.applied);
+            self.report.applied = Arc::new(std::mem::take(&mut self.applied));
         }
     }
 
@@ -1719,8 +1746,8 @@ mod tests {
                     1..8,
                 )
             ) {
-                let mut reports = BTreeMap::new();
-                let mut flows = BTreeMap::new();
+                let mut reports = OrdMap::new();
+                let mut flows = OrdMap::new();
                 for (ports, sort, datapath) in &states {
                     let (input, ofports, skipped, counts, found) = state(ports, *sort, *datapath);
                     sync_port_reports(
@@ -1732,12 +1759,12 @@ mod tests {
                         found.as_ref(),
                         None,
                     );
-                    let whole: BTreeMap<String, PortReport> =
+                    let whole: OrdMap<String, PortReport> =
                         port_reports(&input, &ofports, &skipped, &counts, found.as_ref())
                             .collect();
                     prop_assert_eq!(&reports, &whole);
                     sync_map(&mut flows, &counts);
-                    prop_assert_eq!(&flows, &counts);
+                    prop_assert_eq!(&flows, &OrdMap::from(&counts));
                 }
             }
         }
