@@ -42,7 +42,8 @@ use crate::pipeline::{
 };
 use plan::{
     BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, plan_bridge, plan_meters,
-    plan_ports_of, port_ofport, resolve_ofports, tunnel_ofports, tunnel_port_name,
+    plan_ports_changed, plan_ports_of, port_ofport, resolve_ofports, tunnel_ofports,
+    tunnel_port_name,
 };
 use ports::{BridgePorts, MovedOfports};
 
@@ -408,7 +409,7 @@ impl SwitchHandle {
             believed: false,
             last_ok: None,
             synced: None,
-            ports_planned: None,
+            port_base: None,
             replica_version: ovsdb.replica_changes(),
             replica_read: None,
             bridge_ok_at: None,
@@ -783,9 +784,10 @@ struct Reconciler {
     /// The input the last successful pass brought the pipeline and the
     /// report to (`None` after a failure: the next pass looks at all).
     synced: Option<Arc<SwitchInput>>,
-    /// An input and [`BridgePorts::rows_version`] for which the port plan
-    /// was empty: it is not planned again until one of them changes.
-    ports_planned: Option<(Arc<SwitchInput>, u64)>,
+    /// An input for which the port plan was empty, and the names of the
+    /// bridge's Port rows that changed since: a pass plans only the names
+    /// these and the input's [`InputChange`] can have touched.
+    port_base: Option<PortBase>,
     /// The OVSDB replica's generation (every applied update bumps it).
     replica_version: watch::Receiver<u64>,
     /// The generation the bridge's ports were last read at.
@@ -823,6 +825,13 @@ struct Reconciler {
     waiting_since: Option<Instant>,
     /// What the running pass sent so far (see [`SwitchReport::applied`]).
     applied: Vec<String>,
+}
+
+/// See [`Reconciler::port_base`].
+#[derive(Debug)]
+struct PortBase {
+    input: Arc<SwitchInput>,
+    names: BTreeSet<String>,
 }
 
 /// How long a port added to the bridge counts as waiting for its ofport.
@@ -1165,26 +1174,53 @@ impl Reconciler {
             self.synced = synced;
             return Ok(());
         }
-        let (port_plan, rows) = {
-            let observed = self.observed.lock().expect("observed lock");
-            let rows = observed.ports.rows_version();
-            let planned = self
-                .ports_planned
-                .as_ref()
-                .is_some_and(|(i, v)| Arc::ptr_eq(i, input) && *v == rows);
-            if planned {
-                // Nothing to add or remove for this input and these rows.
-                (PortPlan::default(), rows)
-            } else {
-                let plan = plan_ports_of(
-                    &input.networking,
-                    &input.representors,
-                    observed.ports.ports(),
-                );
-                (plan, rows)
+        let port_plan = {
+            let mut observed = self.observed.lock().expect("observed lock");
+            // The base stays valid while the Port rows can say which
+            // changed (no full read since).
+            match (observed.ports.take_changed_names(), &mut self.port_base) {
+                (Some(names), Some(base)) => base.names.extend(names),
+                _ => self.port_base = None,
+            }
+            let bridge = &observed.ports;
+            let since_base = self.port_base.as_ref().and_then(|base| {
+                let networks: BTreeSet<&str> = if Arc::ptr_eq(&base.input, input) {
+                    if base.names.is_empty() {
+                        // Nothing to add or remove for this input and rows.
+                        return Some(PortPlan::default());
+                    }
+                    BTreeSet::new()
+                } else {
+                    let change = input
+                        .changed
+                        .as_ref()
+                        .filter(|c| c.since == base.input.version)?;
+                    change.networks.iter().map(String::as_str).collect()
+                };
+                plan_ports_changed(
+                    (&input.networking, &input.representors),
+                    (&base.input.networking, &base.input.representors),
+                    &networks,
+                    &base.names,
+                    |name| bridge.ports_named(name).collect(),
+                )
+            });
+            let whole = || plan_ports_of(&input.networking, &input.representors, bridge.ports());
+            match since_base {
+                Some(plan) => {
+                    // Tests check every pass against the whole plan.
+                    debug_assert_eq!(plan, whole(), "port plan of the changed names");
+                    plan
+                }
+                None => whole(),
             }
         };
-        self.ports_planned = port_plan.is_empty().then(|| (input.clone(), rows));
+        if port_plan.is_empty() {
+            self.port_base = Some(PortBase {
+                input: input.clone(),
+                names: BTreeSet::new(),
+            });
+        }
         if !port_plan.is_empty() {
             self.apply_ports(&port_plan).await?;
             self.refresh_ports()?;

@@ -332,12 +332,104 @@ fn strays<'a>(
     observed
         .into_iter()
         .filter(|p| !wanted.contains(p.name.as_str()))
-        .filter(|p| {
-            owner_of(&p.external_ids)
-                .is_some_and(|o| o.starts_with("port/") || o.starts_with("tunnel/"))
-        })
+        .filter(|p| agent_owned(p))
         .map(|p| p.name.clone())
         .collect()
+}
+
+/// Whether the agent made port `p` (owner `port/` or `tunnel/`), so may
+/// remove it.
+fn agent_owned(p: &PortRow) -> bool {
+    owner_of(&p.external_ids).is_some_and(|o| o.starts_with("port/") || o.starts_with("tunnel/"))
+}
+
+/// A desired state and each port's representor, as the switch's input
+/// holds them.
+pub type PortInputs<'a> = (&'a DesiredNetworking, &'a BTreeMap<String, String>);
+
+/// [`plan_ports_of`] for `now`, when it was empty for `before` against
+/// the bridge's Port rows of some moment, and since then the inputs
+/// changed only in those of `networks` (see
+/// [`super::InputChange`]) and the Port rows only in those named `names`.
+/// Only those names are looked at: the representors of those networks'
+/// ports (before and now) and `names`; every other name is wanted and
+/// present as it was, so it needs nothing. `rows_named` gives the bridge's
+/// Port rows of a name in uuid order, `uuid` a row's uuid (removals are
+/// listed in uuid order, as [`plan_ports_of`] lists them). `None` when only
+/// the whole plan can tell: port or network ids not strictly ascending, a
+/// tunnel port's name among those looked at, or the encapsulations in use
+/// changed (a tunnel port to add or remove).
+pub fn plan_ports_changed<'a>(
+    now: PortInputs<'_>,
+    before: PortInputs<'_>,
+    networks: &BTreeSet<&str>,
+    names: &BTreeSet<String>,
+    rows_named: impl Fn(&str) -> Vec<&'a PortRow>,
+) -> Option<PortPlan> {
+    let ascending = |d: &DesiredNetworking| {
+        d.ports.windows(2).all(|w| w[0].id < w[1].id)
+            && d.networks.windows(2).all(|w| w[0].id < w[1].id)
+    };
+    if !ascending(now.0) || !ascending(before.0) {
+        return None;
+    }
+    // The encapsulations in use (hence the tunnel ports) are as they were
+    // unless one of `networks` came, went or changed encapsulation.
+    let network = |d: &DesiredNetworking, id: &str| {
+        d.networks
+            .binary_search_by(|n| n.id.as_str().cmp(id))
+            .ok()
+            .map(|i| d.networks[i].encap)
+    };
+    if networks
+        .iter()
+        .any(|id| network(now.0, id) != network(before.0, id))
+    {
+        let encaps = |d: &DesiredNetworking| -> BTreeSet<Encap> {
+            d.networks.iter().map(|n| n.encap).collect()
+        };
+        if encaps(now.0) != encaps(before.0) {
+            return None;
+        }
+    }
+    let mut look: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    for (d, reps) in [now, before] {
+        look.extend(
+            d.ports
+                .iter()
+                .filter(|p| networks.contains(p.network.as_str()))
+                .filter_map(|p| reps.get(&p.id).map(String::as_str)),
+        );
+    }
+    let tunnels = [Encap::Vxlan, Encap::Geneve].map(tunnel_port_name);
+    if look.iter().any(|n| tunnels.contains(&Some(*n))) {
+        return None;
+    }
+    let (desired, reps) = now;
+    let mut plan = PortPlan::default();
+    let mut remove: Vec<(&PortRow, &str)> = Vec::new();
+    for name in look {
+        // The first port (in id order) whose representor it is: the one
+        // `plan_ports_of` names as its owner.
+        let owner = reps.iter().find(|(id, rep)| {
+            rep.as_str() == name && desired.ports.binary_search_by(|p| p.id.cmp(id)).is_ok()
+        });
+        let rows = rows_named(name);
+        match owner {
+            Some((id, _)) if rows.is_empty() => plan
+                .add
+                .push(PortSpec::system(name, &owner_value("port", id))),
+            Some(_) => {}
+            None => remove.extend(
+                rows.into_iter()
+                    .filter(|p| agent_owned(p))
+                    .map(|p| (p, name)),
+            ),
+        }
+    }
+    remove.sort_by_key(|(p, _)| p.uuid);
+    plan.remove = remove.into_iter().map(|(_, n)| n.to_string()).collect();
+    Some(plan)
 }
 
 /// [`plan_ports`] of [`desired_ports`], without building the spec of
@@ -557,6 +649,160 @@ pub(crate) mod tests {
                 plan_ports_of(&d, &reps, &rows),
                 plan_ports(&desired_ports(&d, &reps), &rows)
             );
+        }
+    }
+
+    /// Generated inputs: ports `(id, network, representor)` and the
+    /// encapsulation of networks `n0`–`n2` (`None`: no such network), in
+    /// id order as the agent hands them over (of one id, the first kept).
+    type PortsGen = Vec<(u8, u8, Option<u8>)>;
+
+    fn gen_inputs(
+        ports: &PortsGen,
+        encaps: &[Option<u8>],
+        names: impl Fn(u8) -> String,
+    ) -> (DesiredNetworking, BTreeMap<String, String>) {
+        let mut d = DesiredNetworking::default();
+        let mut reps = BTreeMap::new();
+        for (i, e) in encaps.iter().enumerate() {
+            if let Some(e) = e {
+                let mut n = desired().0.networks[0].clone();
+                n.id = format!("n{i}");
+                n.encap = [Encap::Vxlan, Encap::Geneve, Encap::Local][usize::from(*e)];
+                d.networks.push(n);
+            }
+        }
+        let mut ports = ports.clone();
+        ports.sort_by_key(|p| p.0);
+        ports.dedup_by_key(|p| p.0);
+        for (id, net, rep) in ports {
+            let mut p = port_desc(&format!("p{id}"));
+            p.network = format!("n{net}");
+            if let Some(rep) = rep {
+                reps.insert(p.id.clone(), names(rep));
+            }
+            d.ports.push(p);
+        }
+        (d, reps)
+    }
+
+    fn ports_gen() -> impl proptest::strategy::Strategy<Value = PortsGen> {
+        proptest::collection::vec(
+            (0u8..8, 0u8..4, proptest::option::weighted(0.8, 0u8..16)),
+            0..8,
+        )
+    }
+
+    fn encaps_gen() -> impl proptest::strategy::Strategy<Value = Vec<Option<u8>>> {
+        proptest::collection::vec(proptest::option::weighted(0.8, 0u8..3), 3)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Planning only the names that can have changed gives what the
+        /// whole plan gives: from inputs and Port rows for which the plan
+        /// was empty, to other inputs (ports added, removed, moved between
+        /// networks, representors changed or shared, networks added or
+        /// removed, encapsulations changed) and rows changed by hand (added,
+        /// removed, owned by the agent or not, named like a tunnel port),
+        /// with the networks `SwitchInput::changed_networks` names and the
+        /// names of the rows that changed. `None` only where it says.
+        #[test]
+        fn plan_ports_changed_equals_the_whole_plan(
+            before in (ports_gen(), encaps_gen()),
+            port_edits in proptest::collection::vec(
+                (0usize..8, proptest::option::of((0u8..8, 0u8..4, proptest::option::weighted(0.8, 0u8..16)))),
+                0..3,
+            ),
+            encaps_now in proptest::option::weighted(0.2, encaps_gen()),
+            rows in proptest::collection::vec((0u8..16, 0u8..4), 0..8),
+            edits in proptest::collection::vec((proptest::bool::ANY, 0u8..17, 0u8..4), 0..3),
+        ) {
+            use proptest::prelude::*;
+            let names = |i: u8| match i {
+                14 => "dpu-vxlan".to_string(),
+                15 => "dpu-geneve".to_string(),
+                16 => "br-int".to_string(),
+                i => format!("rep{i}"),
+            };
+            // The inputs now: `before`'s with some ports replaced, removed
+            // or added, and sometimes other networks.
+            let mut now = (before.0.clone(), encaps_now.unwrap_or_else(|| before.1.clone()));
+            for (i, edit) in &port_edits {
+                match edit {
+                    Some(p) if *i < now.0.len() => now.0[*i] = *p,
+                    Some(p) => now.0.push(*p),
+                    None if *i < now.0.len() => {
+                        now.0.remove(*i);
+                    }
+                    None => {}
+                }
+            }
+            let owners = [None, Some("port/p1"), Some("tunnel/vxlan"), Some("bridge/br-int")];
+            let mut uuid = 0u128;
+            let mut make = |name: &str, owner: Option<&str>| {
+                uuid += 1;
+                PortRow { uuid: Uuid::from_u128(uuid), ..row(name, owner) }
+            };
+            let (d0, r0) = gen_inputs(&before.0, &before.1, names);
+            let (d1, r1) = gen_inputs(&now.0, &now.1, names);
+            // Rows for which the plan of `before` is empty: the generated
+            // ones with the plan applied.
+            let mut bridge: Vec<PortRow> = rows
+                .iter()
+                .map(|(n, o)| make(&names(*n), owners[usize::from(*o)]))
+                .collect();
+            let plan = plan_ports_of(&d0, &r0, &bridge);
+            bridge.retain(|p| !(plan.remove.contains(&p.name) && agent_owned(p)));
+            for a in &plan.add {
+                bridge.push(make(&a.name, Some(&a.owner)));
+            }
+            prop_assume!(plan_ports_of(&d0, &r0, &bridge).is_empty());
+            // Rows changed by hand since.
+            let mut changed: BTreeSet<String> = BTreeSet::new();
+            for (add, n, o) in &edits {
+                let name = names(*n);
+                if *add {
+                    bridge.push(make(&name, owners[usize::from(*o)]));
+                    changed.insert(name);
+                } else if let Some(i) = bridge.iter().position(|p| p.name == name) {
+                    bridge.remove(i);
+                    changed.insert(name);
+                }
+            }
+            let input = |d: &DesiredNetworking, r: &BTreeMap<String, String>| crate::switch::SwitchInput {
+                networking: d.clone(),
+                representors: r.clone(),
+                ..Default::default()
+            };
+            let networks = input(&d1, &r1).changed_networks(&input(&d0, &r0)).expect("ids ascending");
+            let networks: BTreeSet<&str> = networks.iter().map(String::as_str).collect();
+            let named = |name: &str| -> Vec<&PortRow> {
+                let mut v: Vec<&PortRow> = bridge.iter().filter(|p| p.name == name).collect();
+                v.sort_by_key(|p| p.uuid);
+                v
+            };
+            let mut sorted = bridge.clone();
+            sorted.sort_by_key(|p| p.uuid);
+            let whole = plan_ports_of(&d1, &r1, &sorted);
+            match plan_ports_changed((&d1, &r1), (&d0, &r0), &networks, &changed, named) {
+                Some(got) => prop_assert_eq!(got, whole),
+                None => {
+                    // Only for a tunnel name looked at or other encapsulations.
+                    let encaps = |d: &DesiredNetworking| -> BTreeSet<Encap> {
+                        d.networks.iter().map(|n| n.encap).collect()
+                    };
+                    let tunnel_looked_at = changed.iter().any(|n| n.starts_with("dpu-"))
+                        || [(&d0, &r0), (&d1, &r1)].iter().any(|(d, r)| {
+                            d.ports.iter().any(|p| {
+                                networks.contains(p.network.as_str())
+                                    && r.get(&p.id).is_some_and(|n| n.starts_with("dpu-"))
+                            })
+                        });
+                    prop_assert!(tunnel_looked_at || encaps(&d0) != encaps(&d1));
+                }
+            }
         }
     }
 

@@ -34,9 +34,12 @@ pub struct BridgePorts {
     /// The names whose ofport changed since [`BridgePorts::take_moved`]
     /// (`None`: any may have, after a full read).
     moved_ofports: Option<BTreeSet<String>>,
-    /// Bumped whenever a Port row of the bridge changes (or a full read
-    /// replaces them): the port plan depends on nothing else of the bridge.
-    rows_version: u64,
+    /// `ports`' uuids by name.
+    by_name: BTreeMap<String, BTreeSet<Uuid>>,
+    /// The names of the Port rows that changed (joined, left or changed,
+    /// before and after) since [`BridgePorts::take_changed_names`]
+    /// (`None`: any may have, after a full read).
+    changed_names: Option<BTreeSet<String>>,
 }
 
 /// What moved in a [`BridgePorts`] since it was last asked.
@@ -72,9 +75,19 @@ impl BridgePorts {
         }
     }
 
-    /// A number that changes whenever the bridge's Port rows do.
-    pub fn rows_version(&self) -> u64 {
-        self.rows_version
+    /// The bridge's Port rows named `name`, in uuid order.
+    pub fn ports_named(&self, name: &str) -> impl Iterator<Item = &PortRow> {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|uuid| self.ports.get(uuid))
+    }
+
+    /// The names of the Port rows that changed since the last call
+    /// (`None`: any may have, after a full read or before any call).
+    pub fn take_changed_names(&mut self) -> Option<BTreeSet<String>> {
+        self.changed_names.replace(BTreeSet::new())
     }
 
     /// Reads the bridge `bridge`'s ports and their interfaces from the whole
@@ -109,17 +122,22 @@ impl BridgePorts {
                 opened.entry(i.name.clone()).or_default().insert(i.uuid, n);
             }
         }
+        let mut by_name: BTreeMap<String, BTreeSet<Uuid>> = BTreeMap::new();
+        for p in ports.values() {
+            by_name.entry(p.name.clone()).or_default().insert(p.uuid);
+        }
         Ok(BridgePorts {
             cursor,
             bridge: Some(b.uuid),
             bridge_ports: b.ports,
             ports,
+            by_name,
+            changed_names: None,
             iface_refs,
             ofports: ofports(&ifaces),
             ifaces: ifaces.into_iter().map(|i| (i.uuid, i)).collect(),
             opened,
             moved_ofports: None,
-            rows_version: 0,
         })
     }
 
@@ -127,10 +145,8 @@ impl BridgePorts {
     /// from the ones held before.
     pub fn replace(&mut self, read: BridgePorts) -> bool {
         let moved = self.ports != read.ports || self.ofports != read.ofports;
-        let rows_version = self.rows_version + 1;
         *self = read;
         self.moved_ofports = None;
-        self.rows_version = rows_version;
         moved
     }
 
@@ -206,9 +222,25 @@ impl BridgePorts {
             let old = self.ports.remove(&uuid);
             if old != row {
                 moved = true;
-                self.rows_version += 1;
+                for name in old.iter().chain(&row).map(|p| &p.name) {
+                    if let Some(names) = &mut self.changed_names {
+                        names.insert(name.clone());
+                    }
+                }
+            }
+            if let Some(old) = &old
+                && let Some(uuids) = self.by_name.get_mut(&old.name)
+            {
+                uuids.remove(&uuid);
+                if uuids.is_empty() {
+                    self.by_name.remove(&old.name);
+                }
             }
             if let Some(row) = row {
+                self.by_name
+                    .entry(row.name.clone())
+                    .or_default()
+                    .insert(uuid);
                 self.ports.insert(uuid, row);
             }
         }
@@ -498,7 +530,7 @@ mod tests {
             // The ofports when the moved names were last taken, and the
             // Port rows with their version at the last read.
             let mut taken: BTreeMap<String, u32> = BTreeMap::new();
-            let mut rows: (u64, Vec<PortRow>) = (view.rows_version(), Vec::new());
+            let mut rows: Vec<PortRow> = Vec::new();
             for (op, read_now) in steps {
                 if let Op::Resync = op {
                     replica = replica.clone();
@@ -526,11 +558,29 @@ mod tests {
                             }
                         }
                         taken = view.ofports().clone();
-                        // Port rows that changed changed the version.
-                        if want.0 != rows.1 {
-                            prop_assert_ne!(view.rows_version(), rows.0);
+                        // The names of the Port rows that changed are
+                        // listed (unless a full read says "any").
+                        if let Some(names) = view.take_changed_names() {
+                            let by_uuid = |v: &[PortRow]| -> BTreeMap<Uuid, PortRow> {
+                                v.iter().map(|p| (p.uuid, p.clone())).collect()
+                            };
+                            let (a, b) = (by_uuid(&rows), by_uuid(&want.0));
+                            for uuid in a.keys().chain(b.keys()) {
+                                if a.get(uuid) != b.get(uuid) {
+                                    for p in a.get(uuid).into_iter().chain(b.get(uuid)) {
+                                        prop_assert!(names.contains(&p.name), "{} not listed", p.name);
+                                    }
+                                }
+                            }
                         }
-                        rows = (view.rows_version(), want.0.clone());
+                        // Rows by name are the rows of that name.
+                        for p in &want.0 {
+                            let named: Vec<&PortRow> = view.ports_named(&p.name).collect();
+                            let all: Vec<&PortRow> =
+                                want.0.iter().filter(|q| q.name == p.name).collect();
+                            prop_assert_eq!(named, all);
+                        }
+                        rows = want.0.clone();
                         last = want;
                     }
                     Err(e) => {
