@@ -800,18 +800,31 @@ mod incremental {
                     }
                     None => only.update(&d),
                 };
-                let compiled = compile(&d);
-                prop_assert_eq!(sorted(only.flows()), sorted(&compiled.flows));
-                prop_assert_eq!(only.meters(), compiled.meters.clone());
-                prop_assert_eq!(only.skipped_ports(), compiled.skipped_ports.clone());
-                prop_assert_eq!(only.owner_flows(), &compiled.flow_counts());
-                if let Changes::Segments(segs) = &got {
-                    let plan = only.plan_segments(segs);
-                    let all = plan_flows(compiled.flows.iter().map(|f| &f.flow), &installed);
-                    prop_assert_eq!(sorted_plan(&plan), sorted_plan(&all));
-                }
+                equals_whole(&only, &got, &d, &installed)?;
             }
         }
+    }
+
+    /// `only`, updated to `d` with `got` as its changes, is what the whole
+    /// compile of `d` gives (flows, meters, skipped ports, flow counts), and
+    /// its per-segment plan against `installed` is the whole diff.
+    fn equals_whole(
+        only: &IncrementalPipeline,
+        got: &Changes,
+        d: &DesiredNetworking,
+        installed: &[Flow],
+    ) -> Result<(), TestCaseError> {
+        let compiled = compile(d);
+        prop_assert_eq!(sorted(only.flows()), sorted(&compiled.flows));
+        prop_assert_eq!(only.meters(), compiled.meters.clone());
+        prop_assert_eq!(only.skipped_ports(), compiled.skipped_ports.clone());
+        prop_assert_eq!(only.owner_flows(), &compiled.flow_counts());
+        if let Changes::Segments(segs) = got {
+            let plan = only.plan_segments(segs);
+            let all = plan_flows(compiled.flows.iter().map(|f| &f.flow), installed);
+            prop_assert_eq!(sorted_plan(&plan), sorted_plan(&all));
+        }
+        Ok(())
     }
 
     /// `d` as the agent hands it over: networks, ports and endpoints in
@@ -863,18 +876,11 @@ mod incremental {
                     }
                     None => only.update(&d),
                 };
-                let compiled = compile(&d);
-                prop_assert_eq!(sorted(only.flows()), sorted(&compiled.flows));
-                prop_assert_eq!(only.meters(), compiled.meters.clone());
-                prop_assert_eq!(only.skipped_ports(), compiled.skipped_ports.clone());
-                prop_assert_eq!(only.owner_flows(), &compiled.flow_counts());
+                equals_whole(&only, &got, &d, &installed)?;
                 if let Changes::Segments(segs) = &got {
                     for id in segs.keys() {
                         prop_assert!(networks.contains(id), "{} changed but not named", id);
                     }
-                    let plan = only.plan_segments(segs);
-                    let all = plan_flows(compiled.flows.iter().map(|f| &f.flow), &installed);
-                    prop_assert_eq!(sorted_plan(&plan), sorted_plan(&all));
                 }
                 prev = d;
             }

@@ -115,40 +115,14 @@ impl SwitchInput {
             changed.extend(network_of(old, id));
             changed.extend(network_of(self, id));
         };
-        let (mut a, mut b) = (
-            old.representors.iter().peekable(),
-            self.representors.iter().peekable(),
-        );
-        loop {
-            match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some((k, _)), None) => {
-                    note(k);
-                    a.next();
-                }
-                (None, Some((k, _))) => {
-                    note(k);
-                    b.next();
-                }
-                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                    std::cmp::Ordering::Less => {
-                        note(ka);
-                        a.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        note(kb);
-                        b.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if va != vb {
-                            note(ka);
-                        }
-                        a.next();
-                        b.next();
-                    }
-                },
-            }
-        }
+        let before: Vec<(&String, &String)> = old.representors.iter().collect();
+        let now: Vec<(&String, &String)> = self.representors.iter().collect();
+        crate::pipeline::incremental::walk_changed(
+            &before,
+            &now,
+            |(id, _)| id,
+            |(id, _)| note(id),
+        )?;
         Some(changed)
     }
 }
