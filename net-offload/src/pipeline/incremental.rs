@@ -99,29 +99,16 @@ pub fn changed_networks(
     new: &DesiredNetworking,
 ) -> Option<BTreeSet<String>> {
     let mut changed = BTreeSet::new();
-    walk_changed(
-        &old.networks,
-        &new.networks,
-        |n| &n.id,
-        |n| {
-            changed.insert(n.id.clone());
-        },
-    )?;
-    walk_changed(
-        &old.ports,
-        &new.ports,
-        |p| &p.id,
-        |p| {
-            changed.insert(p.network.clone());
-        },
-    )?;
+    let mut note = |network: &String| {
+        changed.insert(network.clone());
+    };
+    walk_changed(&old.networks, &new.networks, |n| &n.id, |n| note(&n.id))?;
+    walk_changed(&old.ports, &new.ports, |p| &p.id, |p| note(&p.network))?;
     walk_changed(
         &old.endpoints,
         &new.endpoints,
         |e| &e.id,
-        |e| {
-            changed.insert(e.network.clone());
-        },
+        |e| note(&e.network),
     )?;
     if old.tunnel_ofports != new.tunnel_ofports {
         for n in old.networks.iter().chain(&new.networks) {
