@@ -291,10 +291,10 @@ fn desired_from_store(
             });
         }
     }
-    let functions: BTreeMap<String, Arc<StoredObject>> = list(Kind::Function)
-        .into_iter()
-        .map(|f| (f.id.clone(), f))
-        .collect();
+    // In id order (the store lists so, an overlay goes last): looked up
+    // by binary search, without a map of copied ids.
+    let mut functions = list(Kind::Function);
+    functions.sort_by(|a, b| a.id.cmp(&b.id));
     let mut representors = BTreeMap::new();
     for o in list(Kind::Port) {
         let Spec::Port(p) = &o.spec else {
@@ -302,8 +302,9 @@ fn desired_from_store(
         };
         let mac = p.mac.0;
         if let Some(rep) = functions
-            .get(&p.function)
-            .and_then(|f| f.status.facts.representor.as_deref())
+            .binary_search_by(|f| f.id.cmp(&p.function))
+            .ok()
+            .and_then(|i| functions[i].status.facts.representor.as_deref())
         {
             representors.insert(o.id.clone(), rep.to_string());
         }
