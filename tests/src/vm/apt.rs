@@ -268,11 +268,16 @@ impl PackageCache {
                 p.depends.join(" ")
             ));
         }
-        // Best effort: without it the next run asks apt again.
+        // Best effort: without it the next run asks apt again. Written
+        // beside and renamed, so a test process running at the same time
+        // never reads half a list.
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let _ = std::fs::write(&file, text);
+        let staged = file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&staged, text).is_ok() && std::fs::rename(&staged, &file).is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
         Ok(resolved)
     }
 
