@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The fuzz smoke CI runs: builds every fuzz target once (libFuzzer with
 # SanitizerCoverage, on the pinned stable toolchain, no nightly needed) and
-# runs each from its checked-in seeds for a bounded time. Fails on any
-# crash, timeout or out-of-memory; the crashing input is kept under
-# fuzz/target/smoke/<target>/artifacts/ and its path printed.
+# runs each from its checked-in seeds for a bounded time, two at a time
+# (FUZZ_JOBS). Fails on any crash, timeout or out-of-memory; the crashing
+# input is kept under fuzz/target/smoke/<target>/artifacts/ and its path
+# printed.
 #
 #   fuzz/smoke.sh                        every target, 10 s each
 #   FUZZ_SECONDS=300 fuzz/smoke.sh uevent   chosen targets, longer
@@ -39,10 +40,11 @@ cargo build --locked --release --target "$triple" "${bins[@]}"
 t1=$(date +%s)
 echo "fuzz smoke: built ${#targets[@]} targets in $((t1 - t0)) s"
 
-passed=0
-failed=0
-for t in "${targets[@]}"; do
-  work="target/smoke/$t"
+# Each target is one libFuzzer process on one core: FUZZ_JOBS (default 2,
+# this machine's cores) run at a time. Each writes its verdict to
+# target/smoke/<target>/verdict; a failure's log tail is printed at the end.
+run_one() {
+  local t=$1 work="target/smoke/$1" tmp
   rm -rf "$work"
   mkdir -p "$work/corpus" "$work/artifacts"
   # TMPDIR: sysfs_discover builds a file tree there for every input. On
@@ -54,22 +56,38 @@ for t in "${targets[@]}"; do
     tmp="$PWD/$work/tmp"
     mkdir -p "$tmp"
   fi
-  trap 'rm -rf "$tmp"' EXIT
+  # Runs in its own subshell: the trap removes this target's folder.
+  trap "rm -rf '$tmp'" EXIT
   if TMPDIR="$tmp" "target/$triple/release/$t" \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$work/artifacts/" -print_final_stats=1 \
       "$work/corpus" "seeds/$t" >"$work/log" 2>&1; then
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log")
     echo "fuzz smoke: $t ok (${execs:-?} executions in ${seconds} s)"
+    echo ok >"$work/verdict"
+  else
+    echo "fuzz smoke: $t FAILED" >&2
+    echo failed >"$work/verdict"
+  fi
+}
+jobs_max="${FUZZ_JOBS:-2}"
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+  ( run_one "$t" ) &
+done
+wait
+passed=0
+failed=0
+for t in "${targets[@]}"; do
+  work="target/smoke/$t"
+  if [ "$(cat "$work/verdict" 2>/dev/null)" = ok ]; then
     passed=$((passed + 1))
   else
     echo "fuzz smoke: $t FAILED; last lines of $work/log:" >&2
-    tail -n 40 "$work/log" >&2
+    tail -n 40 "$work/log" >&2 || true
     ls "$work"/artifacts/* >&2 2>/dev/null || true
     failed=$((failed + 1))
   fi
-  rm -rf "$tmp"
-  trap - EXIT
 done
 t2=$(date +%s)
 echo "fuzz smoke: ran in $((t2 - t1)) s"
