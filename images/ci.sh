@@ -48,6 +48,7 @@ fi
 echo "images/ci.sh: verify.sh rejects a changed artifact"
 rm -rf "$tampered" "$out/build2"
 
+# --workspace: the features of the workspace tests, whose build this reuses.
 DPU_IMAGE_DIR="$out/build1" bash scripts/must-run-tests.sh \
-    cargo test --locked -p dpu-tests --test image_boot -- --ignored --nocapture
+    cargo test --locked --workspace --test image_boot -- --ignored --nocapture
 echo "images/ci.sh: image stage took $(( $(date +%s) - start )) s"
