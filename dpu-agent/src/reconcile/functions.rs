@@ -1081,16 +1081,22 @@ mod tests {
                     held.insert(&id, pfs[next(5) as usize], slot);
                 }
             }
+            // The walk's view: every other holder with its slot space
+            // (computed once per step; the walk is the oracle, not fast).
+            let others: Vec<(&String, String, Slot)> = held
+                .by_id
+                .iter()
+                .filter(|(hid, _)| **hid != id)
+                .map(|(hid, (p, s))| (hid, pf_slot_space(p), *s))
+                .collect();
             for pf in pfs {
                 let space = pf_slot_space(pf);
-                let same = |other: &str| pf_slot_space(other) == space;
                 for n in 0..6 {
                     for slot in [Slot::Vf(n), Slot::Sf(n)] {
-                        let walk: BTreeSet<&String> = held
-                            .by_id
+                        let walk: BTreeSet<&String> = others
                             .iter()
-                            .filter(|(hid, (p, s))| **hid != id && same(p) && *s == slot)
-                            .map(|(hid, _)| hid)
+                            .filter(|(_, sp, s)| *sp == space && *s == slot)
+                            .map(|(hid, _, _)| *hid)
                             .collect();
                         match held.holder(&space, slot, &id) {
                             Some(h) => assert!(walk.contains(&h), "step {step}: {h}"),
@@ -1099,11 +1105,10 @@ mod tests {
                     }
                 }
                 for carve in [Carve::Vf, Carve::Sf] {
-                    let walk: BTreeSet<u32> = held
-                        .by_id
+                    let walk: BTreeSet<u32> = others
                         .iter()
-                        .filter(|(hid, (p, s))| **hid != id && same(p) && s.carve() == carve)
-                        .map(|(_, (_, s))| s.number())
+                        .filter(|(_, sp, s)| *sp == space && s.carve() == carve)
+                        .map(|(_, _, s)| s.number())
                         .collect();
                     assert_eq!(held.taken(&space, carve, &id), walk, "step {step}");
                 }
