@@ -41,7 +41,36 @@ if [ "$mode" = all ]; then
   cargo deny check licenses bans sources
 fi
 stage "workspace tests"
-cargo test --workspace --locked
+# Built once, then run in two lanes at once: the three longest test binaries
+# (the API surface against real agent processes) in one, every other test
+# target and the doc tests in the other. They wait on agents, Open vSwitch
+# and fsync more than they compute, so the second lane uses the idle core.
+cargo test --workspace --locked --no-run
+long=(agent_api api_conformance crash_points)
+mapfile -t others < <(cargo metadata --format-version 1 --no-deps --locked |
+  python3 -c '
+import json, sys
+long = set(sys.argv[1:])
+names = {t["name"] for p in json.load(sys.stdin)["packages"]
+         for t in p["targets"] if t["kind"] == ["test"]}
+print("\n".join(sorted(names - long)))' "${long[@]}")
+as_tests() { for t in "$@"; do printf -- '--test\n%s\n' "$t"; done; }
+lane() {
+  local name=$1
+  shift
+  "$@" 2>&1 | sed -u "s/^/[$name] /"
+}
+mapfile -t long_args < <(as_tests "${long[@]}")
+mapfile -t other_args < <(as_tests "${others[@]}")
+lane tests-a cargo test --workspace --locked "${long_args[@]}" &
+lane_a=$!
+{ lane tests-b cargo test --workspace --locked --lib --bins "${other_args[@]}" &&
+  lane tests-b cargo test --workspace --locked --doc; } &
+lane_b=$!
+failed=0
+wait "$lane_a" || failed=1
+wait "$lane_b" || failed=1
+[ "$failed" = 0 ] || { echo "workspace tests: a lane failed (lines prefixed [tests-a] / [tests-b] above)" >&2; exit 1; }
 stage "alert rules (promtool check rules, promtool test rules)"
 promtool check rules deploy/prometheus/dpu-agent.rules.yml
 promtool test rules deploy/prometheus/tests/*.test.yml
