@@ -1067,7 +1067,7 @@ mod tests {
             seed % n
         };
         let pfs = ["pf0", "pf00", "c1pf0", "pf1", "p0"];
-        for step in 0..4000 {
+        for step in 0..1500 {
             let id = format!("f{}", next(40));
             match next(3) {
                 0 => held.remove(&id),
