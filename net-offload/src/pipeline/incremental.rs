@@ -341,22 +341,8 @@ impl IncrementalPipeline {
                 changed.insert(id, Some(c.segment));
             }
         }
-        for (id, g) in &groups {
-            match self.segments.get_mut(*id) {
-                Some(c) if c.compiled_from(g, &ofport) => {}
-                Some(c) => {
-                    let old = std::mem::replace(c, Cached::new(g, &ofport));
-                    sub_counts(&mut self.counts, &old.counts);
-                    add_counts(&mut self.counts, &c.counts);
-                    changed.insert(id.to_string(), Some(old.segment));
-                }
-                None => {
-                    let c = Cached::new(g, &ofport);
-                    add_counts(&mut self.counts, &c.counts);
-                    self.segments.insert(id.to_string(), c);
-                    changed.insert(id.to_string(), None);
-                }
-            }
+        for g in groups.values() {
+            self.refresh_segment(g, &ofport, &mut changed);
         }
         if all {
             Changes::All
@@ -474,24 +460,37 @@ impl IncrementalPipeline {
             }
         }
         for g in &groups {
-            let id = g.network.id.as_str();
-            match self.segments.get_mut(id) {
-                Some(c) if c.compiled_from(g, &ofport) => {}
-                Some(c) => {
-                    let old = std::mem::replace(c, Cached::new(g, &ofport));
-                    sub_counts(&mut self.counts, &old.counts);
-                    add_counts(&mut self.counts, &c.counts);
-                    changed.insert(id.to_string(), Some(old.segment));
-                }
-                None => {
-                    let c = Cached::new(g, &ofport);
-                    add_counts(&mut self.counts, &c.counts);
-                    self.segments.insert(id.to_string(), c);
-                    changed.insert(id.to_string(), None);
-                }
-            }
+            self.refresh_segment(g, &ofport, &mut changed);
         }
         Some(Changes::Segments(changed))
+    }
+
+    /// Recompiles network `g`'s segment unless the cached one was compiled
+    /// from the same inputs; a recompiled or new segment is recorded in
+    /// `changed` with its previous segment (`None`: new) and the flow
+    /// counts follow.
+    fn refresh_segment(
+        &mut self,
+        g: &NetworkInputs<'_>,
+        ofport: &impl Fn(&PortDesc) -> Option<u32>,
+        changed: &mut BTreeMap<String, Option<Segment>>,
+    ) {
+        let id = g.network.id.as_str();
+        match self.segments.get_mut(id) {
+            Some(c) if c.compiled_from(g, ofport) => {}
+            Some(c) => {
+                let old = std::mem::replace(c, Cached::new(g, ofport));
+                sub_counts(&mut self.counts, &old.counts);
+                add_counts(&mut self.counts, &c.counts);
+                changed.insert(id.to_string(), Some(old.segment));
+            }
+            None => {
+                let c = Cached::new(g, ofport);
+                add_counts(&mut self.counts, &c.counts);
+                self.segments.insert(id.to_string(), c);
+                changed.insert(id.to_string(), None);
+            }
+        }
     }
 
     /// Every flow, as [`compile`] lists them.
