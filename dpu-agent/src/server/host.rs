@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use dpu_api::identity::Role;
 use dpu_api::object::{Event, EventType, HostInventory, HostReport, Inventory, ObjectList};
-use dpu_api::{Kind, Object, Problem};
+use dpu_api::{Kind, Object, Problem, Spec};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
@@ -140,7 +140,15 @@ pub struct AssignmentsQuery {
     pub host: Option<String>,
 }
 
-fn assigned_to(obj: &Object, host: &str) -> bool {
+/// Whether a function's typed spec places it on `host`.
+fn placed_on(spec: &Spec, host: &str) -> bool {
+    matches!(spec, Spec::Function(f) if f.host.as_deref() == Some(host))
+}
+
+/// [`placed_on`] for an object of the event stream. Events travel (and are
+/// logged and replayed) in their wire form, so the placement is read from
+/// the wire spec's `host` field, the same field the typed spec decodes.
+fn event_assigned_to(obj: &Object, host: &str) -> bool {
     obj.kind == Kind::Function && obj.spec.get("host").and_then(Value::as_str) == Some(host)
 }
 
@@ -159,8 +167,8 @@ pub async fn assignments(
         .store
         .list(Kind::Function, None)
         .iter()
+        .filter(|o| placed_on(&o.spec, &host))
         .map(|o| o.to_api())
-        .filter(|o| assigned_to(o, &host))
         .collect();
     if !watching {
         return Ok(json_with_revision(
@@ -195,7 +203,7 @@ pub async fn assignments(
             tokio::select! {
                 ev = live.recv() => match ev {
                     Ok(mut ev) if ev.object.kind == Kind::Function && ev.revision > revision => {
-                        let mine = assigned_to(&ev.object, &host) && ev.type_ != EventType::Deleted;
+                        let mine = event_assigned_to(&ev.object, &host) && ev.type_ != EventType::Deleted;
                         let was = known.contains(&ev.object.id);
                         if mine {
                             known.insert(ev.object.id.clone());
