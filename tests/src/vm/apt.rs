@@ -275,7 +275,12 @@ impl PackageCache {
             let _ = std::fs::create_dir_all(dir);
         }
         let staged = file.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&staged, text).is_ok() && std::fs::rename(&staged, &file).is_err() {
+        // A write that failed part way, or a rename that failed, leaves
+        // nothing behind.
+        if std::fs::write(&staged, text)
+            .and_then(|()| std::fs::rename(&staged, &file))
+            .is_err()
+        {
             let _ = std::fs::remove_file(&staged);
         }
         Ok(resolved)
