@@ -127,6 +127,7 @@ pub async fn run(
             trust_domain: cfg.trust_domain.clone(),
         }),
         shutdown: shutdown.clone(),
+        admission: Arc::new(tokio::sync::Semaphore::new(crate::server::ADMITTING_WRITES)),
     };
     let router = server::router(state);
 

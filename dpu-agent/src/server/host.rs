@@ -21,7 +21,7 @@ use super::AppState;
 use super::authz::{Caller, Operation, authorize};
 use super::body::{Body, QueryParams, json_with_revision, parse_json};
 use super::error::ApiError;
-use super::objects::blocking;
+use super::objects::admitting;
 use super::watch::ndjson;
 use crate::store::StoreError;
 
@@ -110,13 +110,14 @@ pub async fn put_inventory(
     };
     let store = state.store.clone();
     let r = report.clone();
-    let (_, rev) = blocking(move || {
-        store.transact(|txn| {
+    let (_, rev, durability) = admitting(&state, move || {
+        store.transact_staged(|txn| {
             txn.put_host(r);
             Ok::<_, StoreError>(())
         })
     })
     .await??;
+    durability.wait().await?;
     Ok(json_with_revision(StatusCode::OK, &report, rev))
 }
 

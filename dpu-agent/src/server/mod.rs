@@ -54,7 +54,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub info: Arc<AgentInfo>,
     pub shutdown: signal::Receiver<bool>,
+    /// Slots for writes in admission ([`objects::admitting`]).
+    pub admission: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many writes run admission at once, each on a blocking thread. They
+/// take the store's writer lock in turn, so more would only wait there, and
+/// every thread keeps its own allocator caches (BENCHMARKS.md, "Writers wait
+/// without a thread").
+pub const ADMITTING_WRITES: usize = 2;
 
 /// Every route, as (method, path): the router is built from this list's
 /// paths and a test checks each against the OpenAPI document.

@@ -72,6 +72,22 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
+/// [`blocking`] for a write's admission (and a plan's): waits for one of
+/// [`super::ADMITTING_WRITES`] slots first, so writers in flight queue as
+/// tasks, not as blocked threads.
+pub(crate) async fn admitting<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = state.admission.acquire().await.map_err(|_| {
+        ApiError(Problem::new(
+            503,
+            "the agent is shutting down; nothing was changed",
+        ))
+    })?;
+    blocking(f).await
+}
+
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get("if-match") else {
         return Ok(None);
@@ -136,16 +152,17 @@ pub async fn put(
         writer: writer(&caller),
         prechecked: false,
     };
-    let (admitted, rev) = blocking(move || {
+    let (admitted, rev, durability) = admitting(&state, move || {
         // The costly checks of the spec on its own run before the store's
         // writer lock (TENANCY.md invariant 6).
         req.precheck("")?;
-        store.transact(|txn| {
+        store.transact_staged(|txn| {
             check_existing_owner(txn, &caller, &ObjectKey::new(kind, req.id.clone()))?;
             Ok::<_, TxError>(admission::admit_put(txn, req, "")?)
         })
     })
     .await??;
+    durability.wait().await?;
     let obj = state.store.get(&admitted.key).map(|o| o.to_api());
     let status = if admitted.outcome == WriteOutcome::Created {
         StatusCode::CREATED
@@ -298,8 +315,8 @@ pub async fn delete(
     }
     let store = state.store.clone();
     let k = key.clone();
-    let (_, rev) = blocking(move || {
-        store.transact(|txn| {
+    let (_, rev, durability) = admitting(&state, move || {
+        store.transact_staged(|txn| {
             let Some(obj) = txn.get(&k).filter(|o| !hidden_from(&caller, &o.tenant)) else {
                 return Err(TxError::Problem(not_found(&k).0));
             };
@@ -315,6 +332,7 @@ pub async fn delete(
         })
     })
     .await??;
+    durability.wait().await?;
     let obj = state.store.get(&key).map(|o| o.to_api());
     Ok(json_with_revision(StatusCode::ACCEPTED, &obj, rev))
 }
@@ -442,11 +460,12 @@ pub async fn apply(
 ) -> Result<Response, ApiError> {
     let req: ApplyRequest = parse_json(&body)?;
     let store = state.store.clone();
-    let (admitted, revision) = blocking(move || {
+    let (admitted, revision, durability) = admitting(&state, move || {
         let parsed = prepare_apply(&caller, &req)?;
-        store.transact(|txn| admit_apply(txn, &caller, parsed, req.prune.as_ref()))
+        store.transact_staged(|txn| admit_apply(txn, &caller, parsed, req.prune.as_ref()))
     })
     .await??;
+    durability.wait().await?;
     let mut results: Vec<(usize, ApplyResult)> = admitted
         .into_iter()
         .map(|(a, i)| {
@@ -482,7 +501,7 @@ pub async fn plan(
     let controllers = state.controllers.clone();
     // Admission runs under the store's locks; controllers plan after they
     // are released (a controller's plan may read the store).
-    let (admitted, revision) = blocking(move || {
+    let (admitted, revision) = admitting(&state, move || {
         let parsed = prepare_apply(&caller, &req)?;
         store.dry_run(|txn| {
             let admitted = admit_apply(txn, &caller, parsed, req.prune.as_ref())?;

@@ -545,6 +545,14 @@ pub struct Store {
     state: RwLock<State>,
     writer: Mutex<Staging>,
     committer: Mutex<CommitLog>,
+    /// The last committed sequence number ([`CommitLog::done`]), for
+    /// writers that wait without a thread ([`Store::durable`]).
+    done: tokio::sync::watch::Sender<u64>,
+    /// Batches that failed, with why (kept for the waiters to read); written
+    /// by the committer before it moves `done`.
+    failed: Mutex<BTreeMap<u64, String>>,
+    /// Whether an async waiter is leading a commit ([`Store::durable`]).
+    leading: std::sync::atomic::AtomicBool,
     sealer: Sealer,
     events: broadcast::Sender<Event>,
     commit_seconds: HistogramVec<0>,
@@ -582,12 +590,42 @@ struct Staging {
     revision: u64,
 }
 
+/// A staged write's commit ([`Store::transact_staged`]): resolves once it
+/// is durable. Dropping it does not cancel the commit.
+#[derive(Debug)]
+#[must_use = "a staged write is not durable until Durable::wait returns"]
+pub struct Durable(Option<tokio::task::JoinHandle<Result<(), StoreError>>>);
+
+impl Durable {
+    /// Waits until the write is durable; the error of its group otherwise.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(wait) => wait.await.unwrap_or_else(|_| Err(interrupted())),
+        }
+    }
+}
+
+/// An async waiter's lead of the commits ([`Store::durable`]): on every way
+/// out, steps down and wakes the other waiters.
+struct Leading<'a>(&'a Store);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.leading.store(false, Ordering::Release);
+        self.0.done.send_modify(|_| {});
+    }
+}
+
+/// A commit wait cut short: the runtime is shutting down.
+fn interrupted() -> StoreError {
+    StoreError::BatchFailed("the commit was interrupted (the agent is shutting down)".into())
+}
+
 /// Which batches are done, under the commit lock.
 #[derive(Debug, Default)]
 struct CommitLog {
     done: u64,
-    /// Batches that failed, with why (kept for the waiters to read).
-    failed: BTreeMap<u64, String>,
 }
 
 /// A write in progress; see [`Store::transact`].
@@ -964,6 +1002,9 @@ impl Store {
             state: RwLock::new(state),
             writer: Mutex::new(staging),
             committer: Mutex::new(CommitLog::default()),
+            done: tokio::sync::watch::Sender::new(0),
+            failed: Mutex::default(),
+            leading: std::sync::atomic::AtomicBool::new(false),
             sealer,
             events: broadcast::channel(event_capacity).0,
             commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
@@ -1005,6 +1046,75 @@ impl Store {
             self.wait_durable(seq)?;
         }
         Ok((value, revision))
+    }
+
+    /// [`Store::transact`] for the API's writes, without a thread per
+    /// waiting write: `f` runs and its changes are staged now; the returned
+    /// [`Durable`] resolves once they are durable (or their group failed),
+    /// and the reply waits for it. Until then the write is neither visible
+    /// to readers nor durable, as with `transact`.
+    ///
+    /// The wait is a task of its own, started here: a caller that goes away
+    /// (a client that disconnects) still gets its staged write committed.
+    /// A waiter whose group no commit has taken yet leads the next group
+    /// commit on a blocking thread ([`Store::wait_durable`]); the others
+    /// wait for the committed sequence number to move. So 32 writers in
+    /// flight wait on one or two threads, not 32, and each thread keeps
+    /// allocator caches (dpu-agent/BENCHMARKS.md, "Writers wait without a
+    /// thread"). Outside a tokio runtime it waits here, like `transact`.
+    pub fn transact_staged<T, E>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64, Durable), E>
+    where
+        E: From<StoreError>,
+    {
+        let (value, seq, revision) = self.stage(f)?;
+        let Some(seq) = seq else {
+            return Ok((value, revision, Durable(None)));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let store = self.clone();
+                let wait = rt.spawn(async move { store.durable(seq).await });
+                Ok((value, revision, Durable(Some(wait))))
+            }
+            Err(_) => {
+                self.wait_durable(seq)?;
+                Ok((value, revision, Durable(None)))
+            }
+        }
+    }
+
+    /// Waits until group `seq` is durable or failed; see
+    /// [`Store::transact_staged`].
+    async fn durable(self: Arc<Self>, seq: u64) -> Result<(), StoreError> {
+        let mut done = self.done.subscribe();
+        loop {
+            if *done.borrow_and_update() >= seq {
+                return self.outcome(seq);
+            }
+            // One waiter at a time leads (commits on a thread that may
+            // block); the others wait for `done` to move, or for the leader
+            // to step down (it wakes them then, so one of them leads the
+            // group it did not take).
+            if self
+                .leading
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // The sender lives as long as `self`, so `changed` cannot
+                // fail here.
+                let _ = done.changed().await;
+                continue;
+            }
+            let _lead = Leading(&self);
+            let store = self.clone();
+            return match tokio::task::spawn_blocking(move || store.wait_durable(seq)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(interrupted()),
+            };
+        }
     }
 
     /// Runs `f` like [`Store::transact`] and returns as soon as its changes
@@ -1169,15 +1279,27 @@ impl Store {
                         .read()
                         .map_err(|_| StoreError::Poisoned)?
                         .revision;
-                    log.failed.insert(committing, why.clone());
-                    log.failed.insert(on_top, why);
+                    let mut failed = self.failed.lock().map_err(|_| StoreError::Poisoned)?;
+                    failed.insert(committing, why.clone());
+                    failed.insert(on_top, why);
                     log.done = on_top;
                     let keep_from = log.done.saturating_sub(1024);
-                    log.failed.retain(|s, _| *s >= keep_from);
+                    failed.retain(|s, _| *s >= keep_from);
                 }
             }
+            self.done.send_replace(log.done);
         }
-        match log.failed.get(&seq) {
+        self.outcome(seq)
+    }
+
+    /// How group `seq`, once done, ended.
+    fn outcome(&self, seq: u64) -> Result<(), StoreError> {
+        match self
+            .failed
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .get(&seq)
+        {
             Some(why) => Err(StoreError::BatchFailed(why.clone())),
             None => Ok(()),
         }
@@ -2204,6 +2326,111 @@ mod tests {
             events.iter().map(|e| e.revision).collect::<Vec<_>>(),
             (1..=400).collect::<Vec<u64>>()
         );
+    }
+
+    /// The API's path: 32 writers stage on a two-worker runtime and wait
+    /// without a thread each. Every write is durable when its wait returns,
+    /// none is lost or reordered, and more than one write shares a commit.
+    #[test]
+    fn staged_writers_wait_without_a_thread_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        {
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let revs = rt.block_on(async {
+                let writers: Vec<_> = (0..32)
+                    .map(|w| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            let mut revs = Vec::new();
+                            for i in 0..20 {
+                                let id = format!("w{w}-{i}");
+                                let s = store.clone();
+                                let key = ObjectKey::new(Kind::Tenant, id.clone());
+                                let (_, rev, durable) = tokio::task::spawn_blocking(move || {
+                                    s.transact_staged(|txn| {
+                                        txn.put(
+                                            obj(Kind::Tenant, &id, &id, json!({})),
+                                            EventType::Added,
+                                        );
+                                        Ok::<_, StoreError>(())
+                                    })
+                                })
+                                .await
+                                .unwrap()
+                                .unwrap();
+                                durable.wait().await.unwrap();
+                                // Answered only once durable: visible to plain reads.
+                                assert!(store.get(&key).is_some());
+                                revs.push(rev);
+                            }
+                            revs
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for w in writers {
+                    all.extend(w.await.unwrap());
+                }
+                all
+            });
+            let mut all = revs;
+            all.sort();
+            assert_eq!(all, (1..=640).collect::<Vec<u64>>());
+            let groups = store.commit_group_size.get([]).unwrap();
+            assert_eq!(groups.sum(), 640.0);
+            assert!(
+                groups.count() < 640,
+                "writes shared commits: {} commits for 640 writes",
+                groups.count()
+            );
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list(Kind::Tenant, None).len(), 640);
+    }
+
+    /// A writer that goes away after staging (a client that disconnects)
+    /// still gets its write committed: nobody else writes, and the write is
+    /// found after a reopen.
+    #[test]
+    fn a_dropped_wait_still_commits_the_staged_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        {
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            rt.block_on(async {
+                let (_, rev, durable) = store
+                    .transact_staged(|txn| {
+                        txn.put(
+                            obj(Kind::Tenant, "gone", "gone", json!({})),
+                            EventType::Added,
+                        );
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+                assert_eq!(rev, 1);
+                drop(durable);
+                let key = ObjectKey::new(Kind::Tenant, "gone".to_string());
+                for _ in 0..500 {
+                    if store.get(&key).is_some() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                panic!("the staged write was not committed after its wait was dropped");
+            });
+        }
+        drop(rt);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list(Kind::Tenant, None).len(), 1);
     }
 
     #[test]
