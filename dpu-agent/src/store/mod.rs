@@ -2328,17 +2328,22 @@ mod tests {
         );
     }
 
+    /// A runtime like the agent's on the 2-core machine.
+    fn two_workers() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// The API's path: 32 writers stage on a two-worker runtime and wait
     /// without a thread each. Every write is durable when its wait returns,
     /// none is lost or reordered, and more than one write shares a commit.
     #[test]
     fn staged_writers_wait_without_a_thread_and_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_workers();
         {
             let store = Arc::new(Store::open(dir.path()).unwrap());
             let revs = rt.block_on(async {
@@ -2399,11 +2404,7 @@ mod tests {
     #[test]
     fn a_dropped_wait_still_commits_the_staged_write() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_workers();
         {
             let store = Arc::new(Store::open(dir.path()).unwrap());
             rt.block_on(async {
