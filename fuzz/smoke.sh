@@ -83,8 +83,15 @@ for t in "${targets[@]}"; do
   if [ "$(cat "$work/verdict" 2>/dev/null)" = ok ]; then
     passed=$((passed + 1))
   else
-    echo "fuzz smoke: $t FAILED; last lines of $work/log:" >&2
-    tail -n 40 "$work/log" >&2 || true
+    # From the panic or libFuzzer's error on (the message comes before
+    # the stack, which alone can fill 40 lines); else the log's end.
+    if grep -qE "panicked at|ERROR: libFuzzer" "$work/log" 2>/dev/null; then
+      echo "fuzz smoke: $t FAILED; $work/log from the failure:" >&2
+      sed -n -E '/panicked at|ERROR: libFuzzer/,$p' "$work/log" | head -n 60 >&2
+    else
+      echo "fuzz smoke: $t FAILED; last lines of $work/log:" >&2
+      tail -n 40 "$work/log" >&2 || true
+    fi
     ls "$work"/artifacts/* >&2 2>/dev/null || true
     failed=$((failed + 1))
   fi
