@@ -54,7 +54,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub info: Arc<AgentInfo>,
     pub shutdown: signal::Receiver<bool>,
-    /// Slots for writes in admission ([`objects::admitting`]).
+    /// Slots for writes in admission (`objects::admitting`).
     pub admission: Arc<tokio::sync::Semaphore>,
 }
 

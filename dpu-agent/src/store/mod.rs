@@ -1057,7 +1057,7 @@ impl Store {
     /// The wait is a task of its own, started here: a caller that goes away
     /// (a client that disconnects) still gets its staged write committed.
     /// A waiter whose group no commit has taken yet leads the next group
-    /// commit on a blocking thread ([`Store::wait_durable`]); the others
+    /// commit on a blocking thread (`Store::wait_durable`); the others
     /// wait for the committed sequence number to move. So 32 writers in
     /// flight wait on one or two threads, not 32, and each thread keeps
     /// allocator caches (dpu-agent/BENCHMARKS.md, "Writers wait without a
