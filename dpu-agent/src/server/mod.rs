@@ -54,14 +54,16 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub info: Arc<AgentInfo>,
     pub shutdown: signal::Receiver<bool>,
-    /// Slots for writes in admission (`objects::admitting`).
+    /// Slots for the store half of admission (`objects::admitting`).
     pub admission: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many writes run admission at once, each on a blocking thread. They
-/// take the store's writer lock in turn, so more would only wait there, and
-/// every thread keeps its own allocator caches (BENCHMARKS.md, "Writers wait
-/// without a thread").
+/// How many writes (and plans) run the part of admission that needs the
+/// store at once, each on a blocking thread. That part holds the store's
+/// writer lock, so more would only wait there, and every thread keeps its
+/// own allocator caches (BENCHMARKS.md, "Writers wait without a thread").
+/// The checks of each spec on its own run before a slot is taken, so a
+/// large body holds no slot while it is checked (TENANCY.md invariant 6).
 pub const ADMITTING_WRITES: usize = 2;
 
 /// Every route, as (method, path): the router is built from this list's

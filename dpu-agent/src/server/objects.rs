@@ -72,9 +72,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
-/// [`blocking`] for a write's admission (and a plan's): waits for one of
-/// [`super::ADMITTING_WRITES`] slots first, so writers in flight queue as
-/// tasks, not as blocked threads.
+/// [`blocking`] for the store half of a write's admission (and a plan's):
+/// waits for one of [`super::ADMITTING_WRITES`] slots first, so writers in
+/// flight queue as tasks, not as blocked threads.
 pub(crate) async fn admitting<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce() -> T + Send + 'static,
@@ -152,10 +152,11 @@ pub async fn put(
         writer: writer(&caller),
         prechecked: false,
     };
+    // The checks of the spec on its own run before an admission slot and
+    // the store's writer lock are taken (TENANCY.md invariant 6), here like
+    // the body's parse: one spec, bounded by the body limit and the lists'.
+    req.precheck("")?;
     let (admitted, rev, durability) = admitting(&state, move || {
-        // The costly checks of the spec on its own run before the store's
-        // writer lock (TENANCY.md invariant 6).
-        req.precheck("")?;
         store.transact_staged(|txn| {
             check_existing_owner(txn, &caller, &ObjectKey::new(kind, req.id.clone()))?;
             Ok::<_, TxError>(admission::admit_put(txn, req, "")?)
@@ -337,6 +338,21 @@ pub async fn delete(
     Ok(json_with_revision(StatusCode::ACCEPTED, &obj, rev))
 }
 
+/// [`prepare_apply`] on a blocking thread of its own, before an admission
+/// slot is taken: a large body's checks hold no slot (TENANCY.md
+/// invariant 6).
+async fn prepared(
+    caller: Caller,
+    req: ApplyRequest,
+) -> Result<(Vec<(usize, PutRequest)>, ApplyRequest, Caller), ApiError> {
+    blocking(move || {
+        let parsed = prepare_apply(&caller, &req)?;
+        Ok::<_, Problem>((parsed, req, caller))
+    })
+    .await?
+    .map_err(ApiError)
+}
+
 /// The objects of an apply body as write requests, with the checks that
 /// need no store (kinds, duplicates, authorization, each spec on its own)
 /// done before the store's writer lock is taken.
@@ -460,8 +476,8 @@ pub async fn apply(
 ) -> Result<Response, ApiError> {
     let req: ApplyRequest = parse_json(&body)?;
     let store = state.store.clone();
+    let (parsed, req, caller) = prepared(caller, req).await?;
     let (admitted, revision, durability) = admitting(&state, move || {
-        let parsed = prepare_apply(&caller, &req)?;
         store.transact_staged(|txn| admit_apply(txn, &caller, parsed, req.prune.as_ref()))
     })
     .await??;
@@ -501,8 +517,8 @@ pub async fn plan(
     let controllers = state.controllers.clone();
     // Admission runs under the store's locks; controllers plan after they
     // are released (a controller's plan may read the store).
+    let (parsed, req, caller) = prepared(caller, req).await?;
     let (admitted, revision) = admitting(&state, move || {
-        let parsed = prepare_apply(&caller, &req)?;
         store.dry_run(|txn| {
             let admitted = admit_apply(txn, &caller, parsed, req.prune.as_ref())?;
             let admitted = admitted
