@@ -701,5 +701,8 @@ where
             c.upstream_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
+    // The session's socket is closed before it stops counting as active, so
+    // a reader who sees `active` fall also sees the kernel's TLS state gone.
+    drop(tls);
     c.active.fetch_sub(1, Ordering::Relaxed);
 }
