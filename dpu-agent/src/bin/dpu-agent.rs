@@ -193,10 +193,24 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The static build's allocator (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Threads for blocking work (store commits, namespace and devlink jobs,
+/// files). Each keeps its own allocator caches, so a burst that spawned
+/// many would keep their memory; one second idle and they exit. No blocking
+/// task waits for another one (namespace work runs on threads of its own),
+/// so the limit queues blocking work and cannot deadlock it.
+const BLOCKING_THREADS: usize = 4;
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .enable_all()
         .build()
     {
