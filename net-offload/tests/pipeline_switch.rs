@@ -7,6 +7,7 @@ mod rig;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use net_offload::openflow::{Flow, text::parse_dump_flows};
@@ -22,18 +23,20 @@ use rig::{BRIDGE, Rig};
 use tokio::sync::watch;
 
 fn input(version: u64) -> SwitchInput {
-    let port = |id: &str, last: u8, ingress: Vec<RuleDesc>| PortDesc {
-        id: id.into(),
-        tenant: "acme".into(),
-        network: "net-a".into(),
-        mac: [2, 0, 0, 0, 0, last],
-        ips: vec![Ipv4Addr::new(10, 0, 0, last)],
-        security: SecurityDesc {
-            ingress,
-            egress: None,
-        },
-        qos: None,
-        ofport: None,
+    let port = |id: &str, last: u8, ingress: Vec<RuleDesc>| {
+        Arc::new(PortDesc {
+            id: id.into(),
+            tenant: "acme".into(),
+            network: "net-a".into(),
+            mac: [2, 0, 0, 0, 0, last],
+            ips: vec![Ipv4Addr::new(10, 0, 0, last)],
+            security: SecurityDesc {
+                ingress,
+                egress: None,
+            },
+            qos: None,
+            ofport: None,
+        })
     };
     SwitchInput {
         version,
@@ -404,7 +407,7 @@ async fn plan_is_what_the_pass_executes() {
 
     let with_qos = |version, rate: Option<u32>| {
         let mut i = input(version);
-        i.networking.ports[0].qos = rate.map(|r| QosDesc {
+        Arc::make_mut(&mut i.networking.ports[0]).qos = rate.map(|r| QosDesc {
             max_rate_kbps: r,
             burst_kbits: r / 10,
         });

@@ -18,7 +18,7 @@ use std::time::Duration;
 use dpu_api::Kind;
 use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
 use dpu_api::report::{FlowsReport, PortReport};
-use dpu_api::spec::{Encap as ApiEncap, Protocol, SecurityRule, Spec};
+use dpu_api::spec::{Encap as ApiEncap, PortSpec, Protocol, SecurityRule, Spec};
 use net_offload::pipeline::{
     self, DesiredNetworking, Encap, EndpointDesc, NetworkDesc, OwnerKind, PortDesc, QosDesc,
     RuleDesc, RuleProtocol, SecurityDesc,
@@ -110,6 +110,8 @@ struct LastInput {
     inputs: Option<InputRevisions>,
     /// Shared with the switch reconciler (handed over without a copy).
     input: Arc<SwitchInput>,
+    /// The port objects `input` was built from, with their descriptions.
+    ports: PortCache,
     /// Time spent building the desired networking from the store (the
     /// `input` phase of `dpu_agent_switch_phase_seconds`).
     built: Durations,
@@ -190,7 +192,7 @@ impl NetworkBackend {
             return last.input.version;
         }
         let started = std::time::Instant::now();
-        let (networking, representors) = desired_from_store(store, None);
+        let (networking, representors) = desired_from_store(store, None, Some(&mut last.ports));
         last.inputs = Some(revisions);
         let mut next = SwitchInput {
             version: last.input.version + 1,
@@ -254,12 +256,75 @@ fn rule(r: &SecurityRule) -> RuleDesc {
 /// A change to apply on top of the store (for `plan`).
 type Overlay<'a> = Option<(&'a StoredObject, bool)>;
 
+/// The port objects of the last input built, in id order, each with the
+/// description built from it. The store's objects are immutable and shared,
+/// so an object still in the store as the same `Arc` has the same
+/// description: a rebuild after one port changed makes one description and
+/// shares the rest with the input before. The switch then compares, copies
+/// and frees the unchanged ports by pointer, without reading them.
+type PortCache = Vec<(Arc<StoredObject>, Arc<PortDesc>)>;
+
+fn port_desc(o: &StoredObject, p: &PortSpec) -> PortDesc {
+    let security = p.security.clone().unwrap_or_default();
+    PortDesc {
+        id: o.id.clone(),
+        tenant: o.tenant.clone(),
+        network: p.network.clone(),
+        mac: p.mac.0,
+        ips: p.ips.clone(),
+        security: SecurityDesc {
+            ingress: security.ingress.iter().map(rule).collect(),
+            egress: security.egress.map(|e| e.iter().map(rule).collect()),
+        },
+        qos: p.qos.as_ref().map(|q| QosDesc {
+            max_rate_kbps: q.max_rate_mbps.saturating_mul(1000),
+            burst_kbits: q.burst_kb.saturating_mul(8),
+        }),
+        ofport: None,
+    }
+}
+
+/// `o`'s description, shared with the one in `cache` (from index `*next`
+/// on, in id order) when `o` is the same object or describes the same.
+fn shared_port_desc(
+    cache: &PortCache,
+    next: &mut usize,
+    o: &Arc<StoredObject>,
+    p: &PortSpec,
+) -> Arc<PortDesc> {
+    while let Some((old, desc)) = cache.get(*next) {
+        if Arc::ptr_eq(old, o) {
+            *next += 1;
+            return desc.clone();
+        }
+        match old.id.cmp(&o.id) {
+            std::cmp::Ordering::Less => *next += 1,
+            std::cmp::Ordering::Equal => {
+                *next += 1;
+                // Another version of the object (its status moved, say):
+                // the old description if nothing it holds changed.
+                let built = port_desc(o, p);
+                return if **desc == built {
+                    desc.clone()
+                } else {
+                    Arc::new(built)
+                };
+            }
+            std::cmp::Ordering::Greater => break,
+        }
+    }
+    Arc::new(port_desc(o, p))
+}
+
 /// The desired networking (validated objects that are not being deleted) and
 /// each port's representor, from the store with an optional overlay object
-/// (replacing or, when the flag is true, removing the stored one).
+/// (replacing or, when the flag is true, removing the stored one). With
+/// `cache` (the input before, without an overlay) unchanged ports share
+/// their descriptions with it, and `cache` becomes this input's.
 fn desired_from_store(
     store: &Store,
     overlay: Overlay<'_>,
+    cache: Option<&mut PortCache>,
 ) -> (DesiredNetworking, BTreeMap<String, String>) {
     let list = |kind: Kind| -> Vec<Arc<StoredObject>> {
         let mut objs: Vec<Arc<StoredObject>> = store
@@ -296,11 +361,14 @@ fn desired_from_store(
     let mut functions = list(Kind::Function);
     functions.sort_by(|a, b| a.id.cmp(&b.id));
     let mut representors = BTreeMap::new();
+    let empty = PortCache::new();
+    let old = cache.as_deref().unwrap_or(&empty);
+    let mut next = 0;
+    let mut built = PortCache::new();
     for o in list(Kind::Port) {
         let Spec::Port(p) = &o.spec else {
             continue;
         };
-        let mac = p.mac.0;
         if let Some(rep) = functions
             .binary_search_by(|f| f.id.cmp(&p.function))
             .ok()
@@ -308,23 +376,14 @@ fn desired_from_store(
         {
             representors.insert(o.id.clone(), rep.to_string());
         }
-        let security = p.security.clone().unwrap_or_default();
-        d.ports.push(PortDesc {
-            id: o.id.clone(),
-            tenant: o.tenant.clone(),
-            network: p.network.clone(),
-            mac,
-            ips: p.ips.clone(),
-            security: SecurityDesc {
-                ingress: security.ingress.iter().map(rule).collect(),
-                egress: security.egress.map(|e| e.iter().map(rule).collect()),
-            },
-            qos: p.qos.as_ref().map(|q| QosDesc {
-                max_rate_kbps: q.max_rate_mbps.saturating_mul(1000),
-                burst_kbits: q.burst_kb.saturating_mul(8),
-            }),
-            ofport: None,
-        });
+        let desc = shared_port_desc(old, &mut next, &o, p);
+        d.ports.push(desc.clone());
+        if cache.is_some() {
+            built.push((o, desc));
+        }
+    }
+    if let Some(cache) = cache {
+        *cache = built;
     }
     for o in list(Kind::Endpoint) {
         let Spec::Endpoint(e) = &o.spec else {
@@ -523,7 +582,7 @@ impl Controller for NetworkController {
             return Vec::new();
         }
         let removed = outcome == WriteOutcome::Deleted;
-        let (networking, representors) = desired_from_store(&ctx.store, Some((obj, removed)));
+        let (networking, representors) = desired_from_store(&ctx.store, Some((obj, removed)), None);
         let all = self.backend.switch.plan(&SwitchInput {
             version: 0,
             networking,
@@ -698,7 +757,7 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    use dpu_api::object::EventType;
+    use dpu_api::object::{EventType, ObjectKey};
     use net_offload::pipeline::OwnedFlow;
     use net_offload::switch::OrdMap;
     use net_offload::switch::PortReport as SwitchPortReport;
@@ -1178,6 +1237,74 @@ mod tests {
         gone.deleting = true;
         let out = busy_status(&gone, &report);
         assert_eq!((out.status.phase, out.finalized), (Phase::Deleting, false));
+    }
+
+    /// A rebuild after one port's spec changed and another's status moved
+    /// shares every unchanged description with the input before (the same
+    /// allocation, so the switch compares and frees them by pointer),
+    /// including the port whose stored object is new but describes the
+    /// same; it makes a new one only for the changed spec, and it equals a
+    /// rebuild without the cache.
+    #[test]
+    fn a_rebuild_shares_the_unchanged_ports() {
+        let (_dir, ctx) = store();
+        let port = |n: u8| {
+            serde_json::json!({
+                "network": "blue", "function": "f2",
+                "mac": format!("02:00:00:00:00:0{n}"), "ips": [format!("10.7.0.{n}")]
+            })
+        };
+        testing::put(&ctx.store, "acme", Kind::Port, "p3", port(3), false);
+        let mut cache = PortCache::new();
+        let (before, _) = desired_from_store(&ctx.store, None, Some(&mut cache));
+        assert_eq!(before.ports.len(), 3);
+        assert_eq!(cache.len(), 3);
+
+        testing::put(&ctx.store, "acme", Kind::Port, "p2", port(9), false);
+        ctx.store
+            .transact(|t| {
+                let mut status = testing::stored(&ctx.store, Kind::Port, "p3").status;
+                status.phase = Phase::Ready;
+                t.set_status(&ObjectKey::new(Kind::Port, "p3"), status);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let (after, reps) = desired_from_store(&ctx.store, None, Some(&mut cache));
+        let ids: Vec<&str> = after.ports.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["p1", "p2", "p3"]);
+        assert!(
+            Arc::ptr_eq(&before.ports[0], &after.ports[0]),
+            "p1 unchanged"
+        );
+        assert!(
+            !Arc::ptr_eq(&before.ports[1], &after.ports[1]),
+            "p2 changed"
+        );
+        assert_eq!(after.ports[1].mac, [2, 0, 0, 0, 0, 9]);
+        assert!(
+            Arc::ptr_eq(&before.ports[2], &after.ports[2]),
+            "p3's status moved, its description did not"
+        );
+        let (whole, whole_reps) = desired_from_store(&ctx.store, None, None);
+        assert_eq!(after, whole);
+        assert_eq!(reps, whole_reps);
+
+        // A port removed and one added: the cache follows the store.
+        ctx.store
+            .transact(|t| {
+                t.remove(&ObjectKey::new(Kind::Port, "p1"));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        testing::put(&ctx.store, "acme", Kind::Port, "p0", port(5), false);
+        let (last, _) = desired_from_store(&ctx.store, None, Some(&mut cache));
+        let ids: Vec<&str> = last.ports.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["p0", "p2", "p3"]);
+        assert!(Arc::ptr_eq(&after.ports[1], &last.ports[1]));
+        assert!(Arc::ptr_eq(&after.ports[2], &last.ports[2]));
+        assert_eq!(last, desired_from_store(&ctx.store, None, None).0);
+        let cached: Vec<&str> = cache.iter().map(|(o, _)| o.id.as_str()).collect();
+        assert_eq!(cached, ["p0", "p2", "p3"]);
     }
 
     #[test]

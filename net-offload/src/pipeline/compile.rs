@@ -224,7 +224,7 @@ pub fn group_by_network(
         })
         .collect();
     let mut orphans = Vec::new();
-    for p in &desired.ports {
+    for p in desired.ports.iter().map(|p| &**p) {
         match groups.get_mut(p.network.as_str()) {
             Some(g) => g.ports.push(p),
             None => orphans.push(p),

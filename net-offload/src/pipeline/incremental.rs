@@ -5,6 +5,7 @@
 //! (README.md, "The agent's own share").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::compile::{
     CompiledPipeline, NetworkInputs, OwnedFlow, Segment, compile, compile_segment,
@@ -82,7 +83,7 @@ pub fn resolved(
 ) -> DesiredNetworking {
     let mut out = desired.clone();
     for (p, o) in out.ports.iter_mut().zip(&desired.ports) {
-        p.ofport = ofport(o);
+        Arc::make_mut(p).ofport = ofport(o);
     }
     out.tunnel_ofports = tunnels.clone();
     out

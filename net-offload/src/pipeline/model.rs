@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 /// Tunnel encapsulation of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,7 +101,10 @@ pub struct EndpointDesc {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DesiredNetworking {
     pub networks: Vec<NetworkDesc>,
-    pub ports: Vec<PortDesc>,
+    /// Shared, so that an input built from the one before keeps the ports
+    /// that did not change: cloned, compared (`Arc`'s `==` is a pointer
+    /// test first) and dropped without touching their contents.
+    pub ports: Vec<Arc<PortDesc>>,
     pub endpoints: Vec<EndpointDesc>,
     /// OpenFlow port number of the flow-based tunnel port per encapsulation.
     pub tunnel_ofports: BTreeMap<Encap, u32>,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use super::*;
 use crate::openflow::{Action, Field, Flow, Instructions, Match, mac};
@@ -41,10 +42,10 @@ fn two_tenants() -> DesiredNetworking {
             net("net-b", "globex", 200, Encap::Vxlan),
         ],
         ports: vec![
-            web,
-            port("db", "net-a", 2, Some(2)),
-            port("other", "net-b", 3, Some(3)),
-            port("late", "net-b", 4, None),
+            Arc::new(web),
+            Arc::new(port("db", "net-a", 2, Some(2))),
+            Arc::new(port("other", "net-b", 3, Some(3))),
+            Arc::new(port("late", "net-b", 4, None)),
         ],
         endpoints: vec![EndpointDesc {
             id: "remote".into(),
@@ -167,12 +168,15 @@ fn ingress_rule_opens_exactly_tcp_80() {
 #[test]
 fn port_range_and_cidr_rules() {
     let mut d = two_tenants();
-    d.ports[1].security.ingress.push(RuleDesc {
-        protocol: RuleProtocol::Udp,
-        cidr: Some((Ipv4Addr::new(10, 0, 0, 0), 24)),
-        ports: Some((1000, 2000)),
-    });
-    d.ports[1].security.egress = Some(vec![RuleDesc {
+    Arc::make_mut(&mut d.ports[1])
+        .security
+        .ingress
+        .push(RuleDesc {
+            protocol: RuleProtocol::Udp,
+            cidr: Some((Ipv4Addr::new(10, 0, 0, 0), 24)),
+            ports: Some((1000, 2000)),
+        });
+    Arc::make_mut(&mut d.ports[1]).security.egress = Some(vec![RuleDesc {
         protocol: RuleProtocol::Icmp,
         cidr: None,
         ports: None,
@@ -245,7 +249,7 @@ fn endpoints_go_through_the_tunnel() {
 #[test]
 fn qos_adds_a_meter_on_classification() {
     let mut d = two_tenants();
-    d.ports[1].qos = Some(QosDesc {
+    Arc::make_mut(&mut d.ports[1]).qos = Some(QosDesc {
         max_rate_kbps: 10_000,
         burst_kbits: 800,
     });
@@ -284,7 +288,7 @@ fn diff_adds_modifies_and_deletes_only_what_changed() {
     let before = compile(&two_tenants());
     let mut d = two_tenants();
     d.ports.retain(|p| p.id != "db");
-    d.ports[0].ofport = Some(11); // web moved to another representor
+    Arc::make_mut(&mut d.ports[0]).ofport = Some(11); // web moved to another representor
     let after = compile(&d);
     let plan = plan_flows(after.flows.iter().map(|f| &f.flow), &flows(&before));
     assert!(!plan.delete.is_empty());
@@ -596,7 +600,7 @@ mod incremental {
                 });
                 p.security.egress = Some(vec![]);
             }
-            d.ports.push(p);
+            d.ports.push(Arc::new(p));
         }
         for &(i, n, tenant, last, vtep) in endpoints {
             d.endpoints.push(EndpointDesc {
@@ -697,6 +701,7 @@ mod incremental {
     fn hidden(d: &DesiredNetworking) -> DesiredNetworking {
         let mut h = d.clone();
         for (i, p) in h.ports.iter_mut().enumerate() {
+            let p = Arc::make_mut(p);
             p.ofport = match p.ofport {
                 Some(o) => Some(o + 1000),
                 None => (i % 2 == 0).then_some(5000),
@@ -767,7 +772,7 @@ mod incremental {
                 let before = d.clone();
                 for &(i, o) in ports {
                     if let Some(p) = d.ports.get_mut(i) {
-                        p.ofport = o;
+                        Arc::make_mut(p).ofport = o;
                     }
                 }
                 if let Some(t) = vxlan {
@@ -898,7 +903,7 @@ mod incremental {
         let before = two_tenants();
         inc.update(&before);
         let mut after = before.clone();
-        after.ports[1].network = "net-b".into();
+        Arc::make_mut(&mut after.ports[1]).network = "net-b".into();
         let Changes::Segments(segs) = inc.update(&after) else {
             panic!("expected per-segment changes");
         };
@@ -928,7 +933,9 @@ mod incremental {
         };
         assert!(none.is_empty());
         let mut d = two_tenants();
-        d.ports[2].ips.push(Ipv4Addr::new(10, 0, 0, 33));
+        Arc::make_mut(&mut d.ports[2])
+            .ips
+            .push(Ipv4Addr::new(10, 0, 0, 33));
         let Changes::Segments(segs) = inc.update(&d) else {
             panic!("expected per-segment changes");
         };

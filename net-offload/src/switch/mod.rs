@@ -1699,7 +1699,10 @@ mod tests {
             let mut found = BTreeMap::new();
             for &(id, rep, ofport, skip, flows, dp) in ports {
                 let id = format!("p{id}");
-                input.networking.ports.push(plan::tests::port_desc(&id));
+                input
+                    .networking
+                    .ports
+                    .push(Arc::new(plan::tests::port_desc(&id)));
                 if let Some(rep) = rep {
                     let rep = format!("rep{rep}");
                     if let Some(o) = ofport {

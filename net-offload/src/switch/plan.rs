@@ -536,6 +536,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::ovsdb::{OWNER_KEY, Uuid};
     use crate::pipeline::{NetworkDesc, SecurityDesc};
+    use std::sync::Arc;
 
     fn row(name: &str, owner: Option<&str>) -> PortRow {
         PortRow {
@@ -572,7 +573,7 @@ pub(crate) mod tests {
                 vni: 5,
                 encap: Encap::Vxlan,
             }],
-            ports: vec![port_desc("p1")],
+            ports: vec![Arc::new(port_desc("p1"))],
             ..Default::default()
         };
         (d, BTreeMap::from([("p1".to_string(), "rep1".to_string())]))
@@ -626,13 +627,13 @@ pub(crate) mod tests {
             d.networks.clear();
             let mut reps = BTreeMap::new();
             for (i, (id, rep)) in ports.iter().enumerate() {
-                let mut p = desired().0.ports[0].clone();
+                let mut p = (*desired().0.ports[0]).clone();
                 p.id = format!("p{id}");
                 if let Some(rep) = rep {
                     reps.insert(p.id.clone(), names(*rep));
                 }
                 p.network = format!("n{i}");
-                d.ports.push(p);
+                d.ports.push(Arc::new(p));
             }
             for (i, e) in encaps.iter().enumerate() {
                 let mut n = desired().0.networks[0].clone();
@@ -681,7 +682,7 @@ pub(crate) mod tests {
             if let Some(rep) = rep {
                 reps.insert(p.id.clone(), names(rep));
             }
-            d.ports.push(p);
+            d.ports.push(Arc::new(p));
         }
         (d, reps)
     }
