@@ -1,7 +1,8 @@
 //! The network controllers (Network, Port, Endpoint) over ONE shared switch
 //! reconciler (`net_offload::switch`). Every reconcile of any of these kinds
 //! rebuilds the desired networking from the store (only when the store
-//! moved), hands it to the reconciler — which recomputes the whole flow set,
+//! moved, and sharing each unchanged port's description with the input
+//! before), hands it to the reconciler — which recomputes the whole flow set,
 //! debounced, and syncs the bridge in one bundle — and then reports status
 //! from the reconciler's last result: `Ready` with `Programmed=True` only
 //! when the switch acknowledged the flows of that input.
