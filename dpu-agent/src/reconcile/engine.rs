@@ -569,10 +569,10 @@ impl Engine {
         }
     }
 
-    /// Commits the status writes staged so far, off the async runtime.
+    /// Commits the status writes staged so far, on the store's threads.
     async fn flush(&self) {
         let store = self.ctx.store.clone();
-        match tokio::task::spawn_blocking(move || store.flush()).await {
+        match self.ctx.store.offload(move || store.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %crate::error_chain(&e), "cannot record status");

@@ -59,11 +59,12 @@ pub struct AppState {
 }
 
 /// How many writes (and plans) run the part of admission that needs the
-/// store at once, each on a blocking thread. That part holds the store's
-/// writer lock, so more would only wait there, and every thread keeps its
-/// own allocator caches (BENCHMARKS.md, "Writers wait without a thread").
-/// The checks of each spec on its own run before a slot is taken, so a
-/// large body holds no slot while it is checked (TENANCY.md invariant 6).
+/// store at once, each on one of the store's threads. That part holds the
+/// store's writer lock, so more would only wait there, and every thread
+/// keeps its own allocator caches (BENCHMARKS.md, "Writers wait without a
+/// thread"). The checks of each spec on its own run before a slot is taken,
+/// so a large body holds no slot while it is checked (TENANCY.md
+/// invariant 6).
 pub const ADMITTING_WRITES: usize = 2;
 
 /// Every route, as (method, path): the router is built from this list's

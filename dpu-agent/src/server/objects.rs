@@ -60,21 +60,21 @@ pub(crate) fn parse_kind(path: &str) -> Result<Kind, ApiError> {
     })
 }
 
-/// Runs a store write off the async runtime: commits fsync.
+/// Runs blocking work that is not the store's (a large body's checks, a
+/// plan's controllers) on tokio's blocking pool, off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError(Problem::new(
-            500,
-            "the write was interrupted; nothing was changed",
-        ))
-    })
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| interrupted())
 }
 
-/// [`blocking`] for the store half of a write's admission (and a plan's):
-/// waits for one of [`super::ADMITTING_WRITES`] slots first, so writers in
-/// flight queue as tasks, not as blocked threads.
+/// The store half of a write's admission (and a plan's), on the store's
+/// own threads ([`crate::store::threads`]), so that it never queues behind
+/// a backend's blocking jobs. It waits for one of
+/// [`super::ADMITTING_WRITES`] slots first, so writers in flight queue as
+/// tasks, not as blocked threads.
 pub(crate) async fn admitting<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce() -> T + Send + 'static,
@@ -85,7 +85,15 @@ pub(crate) async fn admitting<T: Send + 'static>(
             "the agent is shutting down; nothing was changed",
         ))
     })?;
-    blocking(f).await
+    state.store.offload(f).await.map_err(|_| interrupted())
+}
+
+/// A write whose blocking half did not run to its end.
+fn interrupted() -> ApiError {
+    ApiError(Problem::new(
+        500,
+        "the write was interrupted; nothing was changed",
+    ))
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {

@@ -26,7 +26,7 @@ use super::AppState;
 use super::authz::{Caller, Operation, authorize};
 use super::body::{QueryParams, label_param};
 use super::error::ApiError;
-use super::objects::{blocking, effective_tenant, parse_kind};
+use super::objects::{effective_tenant, parse_kind};
 
 /// Log events read per page while catching up.
 const PAGE: usize = 1000;
@@ -88,7 +88,11 @@ pub async fn watch(
     let live = state.store.subscribe();
     let since = q.since.unwrap_or_else(|| state.store.revision());
     let store = state.store.clone();
-    let first = blocking(move || store.events_since(since, PAGE)).await??;
+    let first = state
+        .store
+        .offload(move || store.events_since(since, PAGE))
+        .await
+        .map_err(|_| ApiError(Problem::new(503, "the agent is shutting down")))??;
     let first = first.map_err(|oldest| {
         ApiError(Problem::new(
             410,
@@ -115,7 +119,7 @@ pub async fn watch(
             }
             let s = store.clone();
             let from = last;
-            page = match tokio::task::spawn_blocking(move || s.events_since(from, PAGE)).await {
+            page = match store.offload(move || s.events_since(from, PAGE)).await {
                 Ok(Ok(Ok(p))) => p,
                 _ => return,
             };

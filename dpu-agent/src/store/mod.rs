@@ -24,6 +24,7 @@
 //! sealed ([`seal`]) before they reach either copy.
 
 pub mod seal;
+pub mod threads;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -41,6 +42,7 @@ use zeroize::Zeroizing;
 
 use crate::metrics::{self, COMMIT_BUCKETS, GROUP_SIZE_BUCKETS, HistogramVec};
 use seal::{SealError, Sealer};
+use threads::{Interrupted, Threads};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -558,6 +560,8 @@ pub struct Store {
     commit_seconds: HistogramVec<0>,
     commit_group_size: HistogramVec<0>,
     commit_failures: AtomicU64,
+    /// Where the blocking store work of async callers runs ([`threads`]).
+    threads: Threads,
 }
 
 /// Changes accepted but not yet durable.
@@ -1010,7 +1014,20 @@ impl Store {
             commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
             commit_group_size: HistogramVec::new(GROUP_SIZE_BUCKETS, []),
             commit_failures: AtomicU64::new(0),
+            threads: Threads::default(),
         }
+    }
+
+    /// Runs `f` on the store's own threads ([`threads`]) and resolves with
+    /// its value: for the blocking store work of async callers (a write's
+    /// admission, a flush, a page of events), which must not queue behind
+    /// the backends' jobs on tokio's blocking pool. The job runs even if
+    /// the future is dropped.
+    pub fn offload<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = Result<T, Interrupted>> + Send + 'static {
+        self.threads.run(f)
     }
 
     /// An in-memory copy of the committed objects with `changes` applied on
@@ -1057,7 +1074,7 @@ impl Store {
     /// The wait is a task of its own, started here: a caller that goes away
     /// (a client that disconnects) still gets its staged write committed.
     /// A waiter whose group no commit has taken yet leads the next group
-    /// commit on a blocking thread (`Store::wait_durable`); the others
+    /// commit on one of the store's threads (`Store::wait_durable`); the others
     /// wait for the committed sequence number to move. So 32 writers in
     /// flight wait on one or two threads, not 32, and each thread keeps
     /// allocator caches (dpu-agent/BENCHMARKS.md, "Writers wait without a
@@ -1110,7 +1127,7 @@ impl Store {
             }
             let _lead = Leading(&self);
             let store = self.clone();
-            return match tokio::task::spawn_blocking(move || store.wait_durable(seq)).await {
+            return match self.threads.run(move || store.wait_durable(seq)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(interrupted()),
             };
