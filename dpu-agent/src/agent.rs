@@ -128,6 +128,10 @@ pub async fn run(
         }),
         shutdown: shutdown.clone(),
         admission: Arc::new(tokio::sync::Semaphore::new(crate::server::ADMITTING_WRITES)),
+        admitters: Arc::new(crate::threads::Threads::new(
+            "admission",
+            crate::server::ADMITTING_WRITES,
+        )),
     };
     let router = server::router(state);
 

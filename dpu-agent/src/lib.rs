@@ -13,6 +13,7 @@ pub mod reconcile;
 pub mod sd_notify;
 pub mod server;
 pub mod store;
+pub mod threads;
 pub mod time;
 
 /// The project's one error-chain printer (`error: cause: cause`).

@@ -201,11 +201,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Threads of tokio's blocking pool: the backends' blocking jobs (configfs,
 /// NVMe/TCP connects, devlink and rtnetlink requests, files) and the checks
 /// of large request bodies. The store's work (admission, commits, event
-/// pages) has threads of its own (`store::threads`), so it never waits
-/// behind these. Each thread keeps its own allocator caches, so a burst that
-/// spawned many would keep their memory; one second idle and they exit. No
-/// blocking task waits for another one (namespace work runs on threads of
-/// its own), so the limit queues blocking work and cannot deadlock it.
+/// pages) has threads of its own (`dpu_agent::threads`), so it never waits
+/// behind these. Each thread keeps its own allocator caches, so a burst
+/// that spawned many would keep their memory; one second idle and they
+/// exit. No blocking task waits for another one (namespace work runs on
+/// threads of its own), so the limit queues blocking work and cannot
+/// deadlock it.
 const BLOCKING_THREADS: usize = 4;
 
 fn main() -> ExitCode {

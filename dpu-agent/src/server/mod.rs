@@ -56,10 +56,13 @@ pub struct AppState {
     pub shutdown: signal::Receiver<bool>,
     /// Slots for the store half of admission (`objects::admitting`).
     pub admission: Arc<tokio::sync::Semaphore>,
+    /// Where the store half of admission runs: [`ADMITTING_WRITES`]
+    /// threads of their own ([`crate::threads`]).
+    pub admitters: Arc<crate::threads::Threads>,
 }
 
 /// How many writes (and plans) run the part of admission that needs the
-/// store at once, each on one of the store's threads. That part holds the
+/// store at once, each on a thread of its own. That part holds the
 /// store's writer lock, so more would only wait there, and every thread
 /// keeps its own allocator caches (BENCHMARKS.md, "Writers wait without a
 /// thread"). The checks of each spec on its own run before a slot is taken,

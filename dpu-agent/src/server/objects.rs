@@ -70,9 +70,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|_| interrupted())
 }
 
-/// The store half of a write's admission (and a plan's), on the store's
-/// own threads ([`crate::store::threads`]), so that it never queues behind
-/// a backend's blocking jobs. It waits for one of
+/// The store half of a write's admission (and a plan's), on the admission
+/// threads ([`crate::threads`]), so that it never queues behind a backend's
+/// blocking jobs nor behind a commit. It waits for one of
 /// [`super::ADMITTING_WRITES`] slots first, so writers in flight queue as
 /// tasks, not as blocked threads.
 pub(crate) async fn admitting<T: Send + 'static>(
@@ -85,7 +85,7 @@ pub(crate) async fn admitting<T: Send + 'static>(
             "the agent is shutting down; nothing was changed",
         ))
     })?;
-    state.store.offload(f).await.map_err(|_| interrupted())
+    state.admitters.run(f).await.map_err(|_| interrupted())
 }
 
 /// A write whose blocking half did not run to its end.

@@ -24,7 +24,6 @@
 //! sealed ([`seal`]) before they reach either copy.
 
 pub mod seal;
-pub mod threads;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -41,8 +40,8 @@ use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
 use crate::metrics::{self, COMMIT_BUCKETS, GROUP_SIZE_BUCKETS, HistogramVec};
+use crate::threads::{Interrupted, Threads};
 use seal::{SealError, Sealer};
-use threads::{Interrupted, Threads};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -58,6 +57,11 @@ pub const EVENT_LOG_LEN: u64 = 100_000;
 /// although nothing reads the file after the open but commits, which touch
 /// the few pages on their paths (the in-memory state answers every read).
 pub const STORE_CACHE_BYTES: usize = 4 << 20;
+
+/// The store's threads ([`crate::threads`]): one group commit's leader, the
+/// engine's status flush (which waits for the commit lock) and a page of
+/// events at once.
+pub const STORE_THREADS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -560,7 +564,8 @@ pub struct Store {
     commit_seconds: HistogramVec<0>,
     commit_group_size: HistogramVec<0>,
     commit_failures: AtomicU64,
-    /// Where the blocking store work of async callers runs ([`threads`]).
+    /// Where the blocking store work of async callers runs
+    /// ([`STORE_THREADS`]).
     threads: Threads,
 }
 
@@ -1014,15 +1019,15 @@ impl Store {
             commit_seconds: HistogramVec::new(COMMIT_BUCKETS, []),
             commit_group_size: HistogramVec::new(GROUP_SIZE_BUCKETS, []),
             commit_failures: AtomicU64::new(0),
-            threads: Threads::default(),
+            threads: Threads::new("store", STORE_THREADS),
         }
     }
 
-    /// Runs `f` on the store's own threads ([`threads`]) and resolves with
-    /// its value: for the blocking store work of async callers (a write's
-    /// admission, a flush, a page of events), which must not queue behind
-    /// the backends' jobs on tokio's blocking pool. The job runs even if
-    /// the future is dropped.
+    /// Runs `f` on the store's own threads ([`STORE_THREADS`]) and resolves
+    /// with its value: for the blocking store work of async callers (a
+    /// flush, a page of events), which must not queue behind the backends'
+    /// jobs on tokio's blocking pool ([`crate::threads`]). The job runs even
+    /// if the future is dropped.
     pub fn offload<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
