@@ -116,7 +116,7 @@ pub async fn run(
     let controllers = crate::reconcile::volumes::with_configured(cfg, controllers);
     let engine = Engine::new(ctx, Controllers::new(controllers)).with_resync(cfg.resync);
     let state = AppState {
-        store,
+        store: store.clone(),
         controllers: engine.controllers(),
         engine: engine.stats(),
         metrics: Arc::new(Metrics::default().with_host_lease(cfg.host_lease)),
@@ -175,5 +175,16 @@ pub async fn run(
         }
     }
     let _ = engine_task.await;
+    // A write staged by a client that went away still commits with its
+    // group, on the store's threads, which do not hold up the runtime's
+    // exit: commit whatever is staged before returning.
+    let s = store.clone();
+    match store.offload(move || s.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %crate::error_chain(&e), "cannot commit the last staged writes")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot commit the last staged writes"),
+    }
     result
 }
