@@ -315,6 +315,10 @@ else
     for n in ha hb; do ip -n $n -s link show fn; ip -n $n neigh; done
     ip -s link show pf1vf0; ip -s link show pf1vf1
     tc -s filter show dev pf1vf0 ingress
+    # Upcalls: the datapath's lookups (hit, missed, lost) and the
+    # handler threads that should take the missed ones.
+    ovs-appctl dpctl/show
+    ovs-appctl upcall/show
     tail -n 60 /tmp/agent.log
     tail -n 40 /var/log/openvswitch/ovs-vswitchd.log
     set -e
