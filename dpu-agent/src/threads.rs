@@ -86,9 +86,9 @@ impl Threads {
 
     /// Runs `f` on one of the threads, inside the caller's tokio runtime if
     /// there is one; the future resolves with its value. The job runs even
-    /// when the future is dropped. Should no thread start
-    /// (the system is out of threads), the job runs on tokio's blocking pool
-    /// instead, or here outside a runtime.
+    /// when the future is dropped. Should no thread start (the system is
+    /// out of threads), the job runs on tokio's blocking pool instead, or
+    /// here outside a runtime.
     pub fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
