@@ -196,7 +196,8 @@ pub const KERNEL_DATAPATH_MODULES: [&str; 15] = [
 /// static `dpu-agent run` driven by `dpuctl` (see
 /// [`VmBuilder::fleet_agent`]): `set -e`, dpuctl's environment, and shell
 /// functions: `start_ovs` (a fresh conf.db, ovsdb-server and ovs-vswitchd
-/// on the kernel datapath's module), `start_agent [env ...]` (until the
+/// on the kernel datapath's module, not before 11 s of uptime: see the
+/// script), `start_agent [env ...]` (until the
 /// API answers, else the log and exit 1; its pid in `$AGENT`),
 /// `stop_agent` (SIGTERM and wait), `phase KIND ID` and `wait_phase KIND
 /// ID PHASE...` (2 min at most; prints `phase KIND ID <phase>`).
@@ -208,6 +209,12 @@ start_ovs() {
     ovsdb-server /etc/openvswitch/conf.db --remote=punix:/var/run/openvswitch/db.sock \
         --pidfile --detach --log-file
     ovs-vsctl --no-wait init
+    # Open vSwitch 3.1.0 does not count the CPUs in the first 10 s after
+    # boot (fixed upstream by b354cee2e, "ovs-thread: Fix cpus not read for
+    # the first 10s", in 3.1.1): a kernel datapath made then gets 0 upcall
+    # handlers, and it loses every upcall for good (`dpctl/show`: `lost`
+    # equals `missed`). Our guests boot faster than that.
+    while [ "$(cut -d. -f1 /proc/uptime)" -lt 11 ]; do sleep 0.2; done
     /usr/lib/openvswitch-switch/ovs-vswitchd --pidfile --detach --log-file
     ovs-vsctl --version | head -n 1
 }
