@@ -237,6 +237,9 @@ touch "$DPU_VM_OUT/seen-bound"
 until_ok '! ls /run/cdi/*.json >/dev/null 2>&1' 240
 until_ok '[ -e "$VF/driver" ]' 30
 echo "released driver=$(readlink -f "$VF/driver" | sed 's,.*/,,') override=$(cat "$VF/driver_override")"
+# The host assigns VF 5 (which re-creates every VF of the PF) only after
+# this: VF 1 must still be there to be read above.
+touch "$DPU_VM_OUT/seen-released"
 # The host waits for the release in the agent's inventory: stop the stub only
 # after it has reported once more since the release.
 until_ok '[ "$(sed -n "/released from vfio-pci/,\$p" "$DPU_VM_OUT/stub.log" | grep -c "inventory reported")" -ge 1 ]' 60
@@ -398,6 +401,12 @@ async fn igb_vfs_reported_live_and_vfio_attach_through_the_daemon() -> anyhow::R
         devices
             .into_iter()
             .find(|d| d.pci_address == vf1.pci_address && d.driver.as_deref() == Some("igbvf"))
+    })
+    .await;
+    // The guest reads VF 1's release in sysfs before VF 5 is assigned: the
+    // stub re-creates all the PF's VFs for it, VF 1 included.
+    poll("the guest saw VF 1 released", 120, async || {
+        vm.out_file("seen-released").map(|_| ())
     })
     .await;
 
