@@ -35,6 +35,7 @@ fn input(version: u64) -> SwitchInput {
                 egress: None,
             },
             qos: None,
+            representor: Some(format!("rep-{id}")),
             ofport: None,
         })
     };
@@ -69,10 +70,6 @@ fn input(version: u64) -> SwitchInput {
             }],
             tunnel_ofports: BTreeMap::new(),
         },
-        representors: BTreeMap::from([
-            ("web".to_string(), "rep-web".to_string()),
-            ("db".to_string(), "rep-db".to_string()),
-        ]),
         changed: None,
     }
 }

@@ -1,8 +1,10 @@
 //! The network controllers (Network, Port, Endpoint) over ONE shared switch
 //! reconciler (`net_offload::switch`). Every reconcile of any of these kinds
-//! rebuilds the desired networking from the store (only when the store
-//! moved, and sharing each unchanged port's description with the input
-//! before), hands it to the reconciler — which recomputes the whole flow set,
+//! brings the desired networking up to the store (only when the store
+//! moved: patched with the objects the store changed since, as
+//! [`Store::changes_since`] names them, and built from the whole lists only
+//! when the store no longer remembers them; unchanged ports share their
+//! descriptions with the input before), hands it to the reconciler — which recomputes the whole flow set,
 //! debounced, and syncs the bridge in one bundle — and then reports status
 //! from the reconciler's last result: `Ready` with `Programmed=True` only
 //! when the switch acknowledged the flows of that input.
@@ -11,13 +13,13 @@
 //! functions controller); until it exists the port is `Pending` and is looked
 //! at again every second.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dpu_api::Kind;
-use dpu_api::object::{ConditionStatus, Phase, WriteOutcome};
+use dpu_api::object::{ConditionStatus, ObjectKey, Phase, WriteOutcome};
 use dpu_api::report::{FlowsReport, PortReport};
 use dpu_api::spec::{Encap as ApiEncap, PortSpec, Protocol, SecurityRule, Spec};
 use net_offload::pipeline::{
@@ -111,8 +113,8 @@ struct LastInput {
     inputs: Option<InputRevisions>,
     /// Shared with the switch reconciler (handed over without a copy).
     input: Arc<SwitchInput>,
-    /// The port objects `input` was built from, with their descriptions.
-    ports: PortCache,
+    /// What `input` was built from (`None`: nothing built yet).
+    index: Option<Index>,
     /// Time spent building the desired networking from the store (the
     /// `input` phase of `dpu_agent_switch_phase_seconds`).
     built: Durations,
@@ -193,17 +195,34 @@ impl NetworkBackend {
             return last.input.version;
         }
         let started = std::time::Instant::now();
-        let (networking, representors) = desired_from_store(store, None, Some(&mut last.ports));
+        // Patched with the objects the store changed since the last build
+        // when it still knows which (it always does unless far behind),
+        // else built from the whole lists.
+        let patched = last.index.as_mut().and_then(|index| {
+            let (revision, keys) = store.changes_since(index.revision, &INPUT_KINDS)?;
+            Some(index.patch(store, revision, &keys))
+        });
+        if patched.is_none() {
+            last.index = Some(Index::build(store, None, last.index.as_ref()));
+        }
+        let networking = last.index.as_ref().expect("built above").networking();
         last.inputs = Some(revisions);
         let mut next = SwitchInput {
             version: last.input.version + 1,
             networking,
-            representors,
             changed: None,
         };
-        // Which networks changed, so the switch looks only at those (the
-        // lists are in id order, so this is one walk; else compared whole).
-        let changed = match next.changed_networks(&last.input) {
+        // Which networks changed, so the switch looks only at those: as
+        // the patch says, else from the lists (in id order: one walk; else
+        // compared whole).
+        if let Some(patched) = &patched {
+            debug_assert!(
+                next.changed_networks(&last.input)
+                    .is_some_and(|walked| walked.is_subset(patched)),
+                "the patch names every changed network"
+            );
+        }
+        let changed = match patched.or_else(|| next.changed_networks(&last.input)) {
             Some(networks) if networks.is_empty() => false,
             Some(networks) => {
                 next.changed = Some(InputChange {
@@ -212,10 +231,7 @@ impl NetworkBackend {
                 });
                 true
             }
-            None => {
-                next.networking != last.input.networking
-                    || next.representors != last.input.representors
-            }
+            None => next.networking != last.input.networking,
         };
         if changed {
             last.input = Arc::new(next);
@@ -257,15 +273,70 @@ fn rule(r: &SecurityRule) -> RuleDesc {
 /// A change to apply on top of the store (for `plan`).
 type Overlay<'a> = Option<(&'a StoredObject, bool)>;
 
-/// The port objects of the last input built, in id order, each with the
-/// description built from it. The store's objects are immutable and shared,
-/// so an object still in the store as the same `Arc` has the same
-/// description: a rebuild after one port changed makes one description and
-/// shares the rest with the input before. The switch then compares, copies
-/// and frees the unchanged ports by pointer, without reading them.
-type PortCache = Vec<(Arc<StoredObject>, Arc<PortDesc>)>;
+/// The desired networking as last built, by id, with what a change to one
+/// object needs to patch it: each port's stored object and function, the
+/// representor of each function and the ports that name each function.
+/// Built whole from the store's lists ([`Index::build`]), then moved by
+/// the store's changed keys ([`Index::patch`]). The store's objects are
+/// immutable and shared, so an object still in the store as the same `Arc`
+/// has the same description: a rebuild or patch after one port changed
+/// makes one description and shares the rest with the input before. The
+/// switch then compares, copies and frees the unchanged ports by pointer,
+/// without reading them.
+#[derive(Debug, Default, Clone)]
+struct Index {
+    /// The store revision whose objects this holds (every change up to it
+    /// applied).
+    revision: u64,
+    networks: BTreeMap<String, NetworkDesc>,
+    /// Port id → its stored object and description.
+    ports: BTreeMap<String, (Arc<StoredObject>, Arc<PortDesc>)>,
+    endpoints: BTreeMap<String, EndpointDesc>,
+    /// Function id → its representor, of the functions (not being deleted)
+    /// that have one.
+    representors: BTreeMap<String, String>,
+    /// Function id → the ids of the ports that name it.
+    ports_of: BTreeMap<String, BTreeSet<String>>,
+}
 
-fn port_desc(o: &StoredObject, p: &PortSpec) -> PortDesc {
+fn network_desc(o: &StoredObject) -> Option<NetworkDesc> {
+    let Spec::Network(n) = &o.spec else {
+        return None;
+    };
+    Some(NetworkDesc {
+        id: o.id.clone(),
+        tenant: o.tenant.clone(),
+        vni: n.vni,
+        encap: match n.encap {
+            ApiEncap::Vxlan => Encap::Vxlan,
+            ApiEncap::Geneve => Encap::Geneve,
+            ApiEncap::Local => Encap::Local,
+        },
+    })
+}
+
+fn endpoint_desc(o: &StoredObject) -> Option<EndpointDesc> {
+    let Spec::Endpoint(e) = &o.spec else {
+        return None;
+    };
+    Some(EndpointDesc {
+        id: o.id.clone(),
+        tenant: o.tenant.clone(),
+        network: e.network.clone(),
+        mac: e.mac.0,
+        ips: e.ips.clone(),
+        vtep: e.vtep,
+    })
+}
+
+fn port_spec(o: &StoredObject) -> Option<&PortSpec> {
+    match &o.spec {
+        Spec::Port(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn port_desc(o: &StoredObject, p: &PortSpec, representor: Option<&str>) -> PortDesc {
     let security = p.security.clone().unwrap_or_default();
     PortDesc {
         id: o.id.clone(),
@@ -281,129 +352,208 @@ fn port_desc(o: &StoredObject, p: &PortSpec) -> PortDesc {
             max_rate_kbps: q.max_rate_mbps.saturating_mul(1000),
             burst_kbits: q.burst_kb.saturating_mul(8),
         }),
+        representor: representor.map(str::to_string),
         ofport: None,
     }
 }
 
-/// `o`'s description, shared with the one in `cache` (from index `*next`
-/// on, in id order) when `o` is the same object or describes the same.
+/// `o`'s description with `representor`: `old`'s (the one built before)
+/// when `o` is the same object with the same representor, or describes
+/// the same.
 fn shared_port_desc(
-    cache: &PortCache,
-    next: &mut usize,
-    o: &Arc<StoredObject>,
+    old: Option<&(Arc<StoredObject>, Arc<PortDesc>)>,
+    o: &StoredObject,
     p: &PortSpec,
+    representor: Option<&str>,
 ) -> Arc<PortDesc> {
-    while let Some((old, desc)) = cache.get(*next) {
-        if Arc::ptr_eq(old, o) {
-            *next += 1;
-            return desc.clone();
+    match old {
+        Some((was, desc))
+            if std::ptr::eq(&**was, o) && desc.representor.as_deref() == representor =>
+        {
+            desc.clone()
         }
-        match old.id.cmp(&o.id) {
-            std::cmp::Ordering::Less => *next += 1,
-            std::cmp::Ordering::Equal => {
-                *next += 1;
-                // Another version of the object (its status moved, say):
-                // the old description if nothing it holds changed.
-                let built = port_desc(o, p);
-                return if **desc == built {
-                    desc.clone()
-                } else {
-                    Arc::new(built)
-                };
+        Some((_, desc)) => {
+            // Another version of the object (its status moved, say), or its
+            // function's representor moved: the old description if nothing
+            // it holds changed.
+            let built = port_desc(o, p, representor);
+            if **desc == built {
+                desc.clone()
+            } else {
+                Arc::new(built)
             }
-            std::cmp::Ordering::Greater => break,
         }
+        None => Arc::new(port_desc(o, p, representor)),
     }
-    Arc::new(port_desc(o, p))
 }
 
-/// The desired networking (validated objects that are not being deleted) and
-/// each port's representor, from the store with an optional overlay object
-/// (replacing or, when the flag is true, removing the stored one). With
-/// `cache` (the input before, without an overlay) unchanged ports share
-/// their descriptions with it, and `cache` becomes this input's.
-fn desired_from_store(
-    store: &Store,
-    overlay: Overlay<'_>,
-    cache: Option<&mut PortCache>,
-) -> (DesiredNetworking, BTreeMap<String, String>) {
-    let list = |kind: Kind| -> Vec<Arc<StoredObject>> {
-        let mut objs: Vec<Arc<StoredObject>> = store
-            .list(kind, None)
-            .into_iter()
-            .filter(|o| overlay.is_none_or(|(ov, _)| ov.kind() != kind || ov.id != o.id))
-            .collect();
-        if let Some((ov, removed)) = overlay
-            && ov.kind() == kind
-            && !removed
-        {
-            objs.push(Arc::new(ov.clone()));
-        }
-        objs.retain(|o| !o.deleting);
-        objs
-    };
-    let mut d = DesiredNetworking::default();
-    for o in list(Kind::Network) {
-        if let Spec::Network(n) = &o.spec {
-            d.networks.push(NetworkDesc {
-                id: o.id.clone(),
-                tenant: o.tenant.clone(),
-                vni: n.vni,
-                encap: match n.encap {
-                    ApiEncap::Vxlan => Encap::Vxlan,
-                    ApiEncap::Geneve => Encap::Geneve,
-                    ApiEncap::Local => Encap::Local,
-                },
-            });
-        }
-    }
-    // In id order (the store lists so, an overlay goes last): looked up
-    // by binary search, without a map of copied ids.
-    let mut functions = list(Kind::Function);
-    functions.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut representors = BTreeMap::new();
-    let empty = PortCache::new();
-    let old = cache.as_deref().unwrap_or(&empty);
-    let mut next = 0;
-    let mut built = PortCache::new();
-    for o in list(Kind::Port) {
-        let Spec::Port(p) = &o.spec else {
-            continue;
+/// The kinds the desired networking is derived from.
+const INPUT_KINDS: [Kind; 4] = [Kind::Network, Kind::Port, Kind::Endpoint, Kind::Function];
+
+impl Index {
+    /// The desired networking (validated objects that are not being
+    /// deleted), each port with its function's representor, from the store
+    /// with an optional overlay object (replacing or, when the flag is
+    /// true, removing the stored one). Unchanged ports share their
+    /// descriptions with `old`'s.
+    fn build(store: &Store, overlay: Overlay<'_>, old: Option<&Index>) -> Index {
+        let revision = store.revision();
+        let list = |kind: Kind| -> Vec<Arc<StoredObject>> {
+            let mut objs: Vec<Arc<StoredObject>> = store
+                .list(kind, None)
+                .into_iter()
+                .filter(|o| overlay.is_none_or(|(ov, _)| ov.kind() != kind || ov.id != o.id))
+                .collect();
+            if let Some((ov, removed)) = overlay
+                && ov.kind() == kind
+                && !removed
+            {
+                objs.push(Arc::new(ov.clone()));
+            }
+            objs.retain(|o| !o.deleting);
+            objs
         };
-        if let Some(rep) = functions
-            .binary_search_by(|f| f.id.cmp(&p.function))
-            .ok()
-            .and_then(|i| functions[i].status.facts.representor.as_deref())
-        {
-            representors.insert(o.id.clone(), rep.to_string());
-        }
-        let desc = shared_port_desc(old, &mut next, &o, p);
-        d.ports.push(desc.clone());
-        if cache.is_some() {
-            built.push((o, desc));
-        }
-    }
-    if let Some(cache) = cache {
-        *cache = built;
-    }
-    for o in list(Kind::Endpoint) {
-        let Spec::Endpoint(e) = &o.spec else {
-            continue;
+        let mut index = Index {
+            revision,
+            ..Index::default()
         };
-        let (mac, vtep) = (e.mac.0, e.vtep);
-        d.endpoints.push(EndpointDesc {
-            id: o.id.clone(),
-            tenant: o.tenant.clone(),
-            network: e.network.clone(),
-            mac,
-            ips: e.ips.clone(),
-            vtep,
-        });
+        for o in list(Kind::Network) {
+            index
+                .networks
+                .extend(network_desc(&o).map(|n| (o.id.clone(), n)));
+        }
+        for o in list(Kind::Function) {
+            if let Some(rep) = &o.status.facts.representor {
+                index.representors.insert(o.id.clone(), rep.clone());
+            }
+        }
+        for o in list(Kind::Port) {
+            let Some(p) = port_spec(&o) else {
+                continue;
+            };
+            let representor = index.representors.get(&p.function).map(String::as_str);
+            let was = old.and_then(|old| old.ports.get(&o.id));
+            let desc = shared_port_desc(was, &o, p, representor);
+            index
+                .ports_of
+                .entry(p.function.clone())
+                .or_default()
+                .insert(o.id.clone());
+            index.ports.insert(o.id.clone(), (o, desc));
+        }
+        for o in list(Kind::Endpoint) {
+            index
+                .endpoints
+                .extend(endpoint_desc(&o).map(|e| (o.id.clone(), e)));
+        }
+        index
     }
-    d.networks.sort_by(|a, b| a.id.cmp(&b.id));
-    d.ports.sort_by(|a, b| a.id.cmp(&b.id));
-    d.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-    (d, representors)
+
+    /// Applies the store's objects of `keys` (changed since this index's
+    /// revision) and moves it to `revision`. Returns the networks whose
+    /// inputs changed: those of the networks, ports and endpoints (before
+    /// and after) whose description changed, came or went, and of the
+    /// ports whose function's representor changed.
+    fn patch(&mut self, store: &Store, revision: u64, keys: &[ObjectKey]) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
+        for key in keys {
+            let obj = store.get(key).filter(|o| !o.deleting);
+            match key.kind {
+                Kind::Network => {
+                    let now = obj.as_deref().and_then(network_desc);
+                    if self.networks.get(&key.id) != now.as_ref() {
+                        changed.insert(key.id.clone());
+                        match now {
+                            Some(n) => self.networks.insert(key.id.clone(), n),
+                            None => self.networks.remove(&key.id),
+                        };
+                    }
+                }
+                Kind::Endpoint => {
+                    let now = obj.as_deref().and_then(endpoint_desc);
+                    let was = self.endpoints.get(&key.id);
+                    if was != now.as_ref() {
+                        changed.extend(was.map(|e| e.network.clone()));
+                        changed.extend(now.as_ref().map(|e| e.network.clone()));
+                        match now {
+                            Some(e) => self.endpoints.insert(key.id.clone(), e),
+                            None => self.endpoints.remove(&key.id),
+                        };
+                    }
+                }
+                Kind::Function => {
+                    let now = obj.and_then(|o| o.status.facts.representor.clone());
+                    if self.representors.get(&key.id) == now.as_ref() {
+                        continue;
+                    }
+                    for id in self.ports_of.get(&key.id).into_iter().flatten() {
+                        if let Some((o, desc)) = self.ports.get_mut(id)
+                            && let Some(p) = port_spec(o)
+                        {
+                            let built = port_desc(o, p, now.as_deref());
+                            if **desc != built {
+                                changed.insert(desc.network.clone());
+                                *desc = Arc::new(built);
+                            }
+                        }
+                    }
+                    match now {
+                        Some(rep) => self.representors.insert(key.id.clone(), rep),
+                        None => self.representors.remove(&key.id),
+                    };
+                }
+                Kind::Port => {
+                    let was = self.ports.remove(&key.id);
+                    if let Some(function) = was.as_ref().and_then(|(o, _)| port_spec(o)) {
+                        let function = &function.function;
+                        if let Some(ids) = self.ports_of.get_mut(function) {
+                            ids.remove(&key.id);
+                            if ids.is_empty() {
+                                self.ports_of.remove(function);
+                            }
+                        }
+                    }
+                    let now = obj.and_then(|o| {
+                        let p = port_spec(&o)?;
+                        let representor = self.representors.get(&p.function).map(String::as_str);
+                        let desc = shared_port_desc(was.as_ref(), &o, p, representor);
+                        self.ports_of
+                            .entry(p.function.clone())
+                            .or_default()
+                            .insert(key.id.clone());
+                        Some((o, desc))
+                    });
+                    let was = was.map(|(_, d)| d);
+                    if was.as_ref() != now.as_ref().map(|(_, d)| d) {
+                        changed.extend(was.map(|d| d.network.clone()));
+                        changed.extend(now.as_ref().map(|(_, d)| d.network.clone()));
+                    }
+                    if let Some(now) = now {
+                        self.ports.insert(key.id.clone(), now);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.revision = revision;
+        changed
+    }
+
+    /// The desired networking this holds, in id order.
+    fn networking(&self) -> DesiredNetworking {
+        DesiredNetworking {
+            networks: self.networks.values().cloned().collect(),
+            ports: self.ports.values().map(|(_, d)| d.clone()).collect(),
+            endpoints: self.endpoints.values().cloned().collect(),
+            ..DesiredNetworking::default()
+        }
+    }
+}
+
+/// The desired networking (see [`Index::build`]) from the store with an
+/// optional overlay object.
+fn desired_from_store(store: &Store, overlay: Overlay<'_>) -> DesiredNetworking {
+    Index::build(store, overlay, None).networking()
 }
 
 /// The controller of one kind over the shared backend.
@@ -583,11 +733,10 @@ impl Controller for NetworkController {
             return Vec::new();
         }
         let removed = outcome == WriteOutcome::Deleted;
-        let (networking, representors) = desired_from_store(&ctx.store, Some((obj, removed)), None);
+        let networking = desired_from_store(&ctx.store, Some((obj, removed)));
         let all = self.backend.switch.plan(&SwitchInput {
             version: 0,
             networking,
-            representors,
             changed: None,
         });
         let cookie = format!("{:#x}", pipeline::cookie(owner_kind(self.kind), &obj.id));
@@ -833,13 +982,15 @@ mod tests {
         net_offload::switch::plan::PortPlan,
         pipeline::CompiledPipeline,
     ) {
-        let ports = plan_ports(&desired_ports(&input.networking, &input.representors), &[]);
+        let ports = plan_ports(&desired_ports(&input.networking), &[]);
         let ofports: BTreeMap<String, u32> = input
-            .representors
-            .values()
+            .networking
+            .ports
+            .iter()
+            .filter_map(|p| p.representor.as_ref())
             .filter_map(|r| Some((r.clone(), ofport_of(r)?)))
             .collect();
-        let resolved = resolve_ofports(&input.networking, &input.representors, &ofports);
+        let resolved = resolve_ofports(&input.networking, &ofports);
         (ports, pipeline::compile(&resolved))
     }
 
@@ -854,7 +1005,7 @@ mod tests {
             .ports
             .iter()
             .map(|p| {
-                let rep = input.representors.get(&p.id);
+                let rep = p.representor.as_ref();
                 let report = SwitchPortReport {
                     ofport: rep.and_then(|r| ofport_of(r)),
                     flows: flows
@@ -961,10 +1112,13 @@ mod tests {
         assert!(report.flows > 0, "{report:?}");
         let input = inputs.lock().unwrap()[0].clone();
         assert_eq!(input.version, 1);
-        assert_eq!(
-            input.representors.get("p1").map(String::as_str),
-            Some("pf0vf1")
-        );
+        let p1 = input
+            .networking
+            .ports
+            .iter()
+            .find(|p| p.id == "p1")
+            .unwrap();
+        assert_eq!(p1.representor.as_deref(), Some("pf0vf1"));
         assert_eq!(input.networking.ports.len(), 2);
     }
 
@@ -1074,7 +1228,6 @@ mod tests {
         assert!(out.finalized);
         let input = inputs.lock().unwrap().last().unwrap().clone();
         assert!(input.networking.ports.iter().all(|p| p.id != "p1"));
-        assert!(!input.representors.contains_key("p1"));
     }
 
     /// `plan` shows only the object's own lines of the switch's plan: a
@@ -1240,12 +1393,12 @@ mod tests {
         assert_eq!((out.status.phase, out.finalized), (Phase::Deleting, false));
     }
 
-    /// A rebuild after one port's spec changed and another's status moved
-    /// shares every unchanged description with the input before (the same
-    /// allocation, so the switch compares and frees them by pointer),
-    /// including the port whose stored object is new but describes the
-    /// same; it makes a new one only for the changed spec, and it equals a
-    /// rebuild without the cache.
+    /// Builds and patches after one port's spec changed and another's
+    /// status moved share every unchanged description with the input
+    /// before (the same allocation, so the switch compares and frees them
+    /// by pointer), including the port whose stored object is new but
+    /// describes the same; they make a new one only for the changed spec
+    /// or representor, and they equal a build without the index before.
     #[test]
     fn a_rebuild_shares_the_unchanged_ports() {
         let (_dir, ctx) = store();
@@ -1256,10 +1409,9 @@ mod tests {
             })
         };
         testing::put(&ctx.store, "acme", Kind::Port, "p3", port(3), false);
-        let mut cache = PortCache::new();
-        let (before, _) = desired_from_store(&ctx.store, None, Some(&mut cache));
+        let first = Index::build(&ctx.store, None, None);
+        let before = first.networking();
         assert_eq!(before.ports.len(), 3);
-        assert_eq!(cache.len(), 3);
 
         testing::put(&ctx.store, "acme", Kind::Port, "p2", port(9), false);
         ctx.store
@@ -1270,42 +1422,190 @@ mod tests {
                 Ok::<_, StoreError>(())
             })
             .unwrap();
-        let (after, reps) = desired_from_store(&ctx.store, None, Some(&mut cache));
-        let ids: Vec<&str> = after.ports.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(ids, ["p1", "p2", "p3"]);
-        assert!(
-            Arc::ptr_eq(&before.ports[0], &after.ports[0]),
-            "p1 unchanged"
-        );
-        assert!(
-            !Arc::ptr_eq(&before.ports[1], &after.ports[1]),
-            "p2 changed"
-        );
-        assert_eq!(after.ports[1].mac, [2, 0, 0, 0, 0, 9]);
-        assert!(
-            Arc::ptr_eq(&before.ports[2], &after.ports[2]),
-            "p3's status moved, its description did not"
-        );
-        let (whole, whole_reps) = desired_from_store(&ctx.store, None, None);
-        assert_eq!(after, whole);
-        assert_eq!(reps, whole_reps);
+        for after in [Index::build(&ctx.store, None, Some(&first)).networking(), {
+            let (revision, keys) = ctx
+                .store
+                .changes_since(first.revision, &INPUT_KINDS)
+                .unwrap();
+            let mut index = first.clone();
+            let changed = index.patch(&ctx.store, revision, &keys);
+            assert_eq!(changed, BTreeSet::from(["blue".to_string()]));
+            index.networking()
+        }] {
+            let ids: Vec<&str> = after.ports.iter().map(|p| p.id.as_str()).collect();
+            assert_eq!(ids, ["p1", "p2", "p3"]);
+            assert!(
+                Arc::ptr_eq(&before.ports[0], &after.ports[0]),
+                "p1 unchanged"
+            );
+            assert!(
+                !Arc::ptr_eq(&before.ports[1], &after.ports[1]),
+                "p2 changed"
+            );
+            assert_eq!(after.ports[1].mac, [2, 0, 0, 0, 0, 9]);
+            assert!(
+                Arc::ptr_eq(&before.ports[2], &after.ports[2]),
+                "p3's status moved, its description did not"
+            );
+            assert_eq!(after, desired_from_store(&ctx.store, None));
+        }
+    }
 
-        // A port removed and one added: the cache follows the store.
-        ctx.store
-            .transact(|t| {
-                t.remove(&ObjectKey::new(Kind::Port, "p1"));
+    /// An index patched with the store's changed keys, write after write,
+    /// holds what a build from the whole lists holds, and names at least
+    /// every network the switch's walk of the two inputs finds changed;
+    /// writes that change no description (a port's status) name none.
+    #[test]
+    fn a_patch_equals_a_build() {
+        let (_dir, ctx) = store();
+        let s = &ctx.store;
+        let port = |function: &str, network: &str, n: u8| {
+            serde_json::json!({
+                "network": network, "function": function,
+                "mac": format!("02:00:00:00:01:0{n}"), "ips": [format!("10.7.1.{n}")]
+            })
+        };
+        let representor = |id: &str, rep: Option<&str>| {
+            s.transact(|t| {
+                let mut status = testing::stored(s, Kind::Function, id).status;
+                status.facts.representor = rep.map(str::to_string);
+                t.set_status(&ObjectKey::new(Kind::Function, id), status);
                 Ok::<_, StoreError>(())
             })
             .unwrap();
-        testing::put(&ctx.store, "acme", Kind::Port, "p0", port(5), false);
-        let (last, _) = desired_from_store(&ctx.store, None, Some(&mut cache));
-        let ids: Vec<&str> = last.ports.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(ids, ["p0", "p2", "p3"]);
-        assert!(Arc::ptr_eq(&after.ports[1], &last.ports[1]));
-        assert!(Arc::ptr_eq(&after.ports[2], &last.ports[2]));
-        assert_eq!(last, desired_from_store(&ctx.store, None, None).0);
-        let cached: Vec<&str> = cache.iter().map(|(o, _)| o.id.as_str()).collect();
-        assert_eq!(cached, ["p0", "p2", "p3"]);
+        };
+        let remove = |kind: Kind, id: &str| {
+            s.transact(|t| {
+                t.remove(&ObjectKey::new(kind, id));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        };
+        let network =
+            |vni: u32| serde_json::json!({"vni": vni, "cidr": "10.8.0.0/24", "encap": "vxlan"});
+        let mut index = Index::build(s, None, None);
+        let mut input = SwitchInput {
+            networking: index.networking(),
+            ..SwitchInput::default()
+        };
+        type Step<'a> = (&'static str, Box<dyn Fn() + 'a>);
+        let steps: Vec<Step> = vec![
+            (
+                "a port on f1",
+                Box::new(|| {
+                    testing::put(s, "acme", Kind::Port, "p5", port("f1", "blue", 5), false)
+                }),
+            ),
+            (
+                "f2 gets a representor",
+                Box::new(|| representor("f2", Some("pf0vf2"))),
+            ),
+            (
+                "a network",
+                Box::new(|| testing::put(s, "acme", Kind::Network, "red", network(77), false)),
+            ),
+            (
+                "a port moves to it",
+                Box::new(|| testing::put(s, "acme", Kind::Port, "p5", port("f1", "red", 5), false)),
+            ),
+            (
+                "f1 loses its representor",
+                Box::new(|| representor("f1", None)),
+            ),
+            (
+                "a port's status",
+                Box::new(|| {
+                    s.transact(|t| {
+                        let mut status = testing::stored(s, Kind::Port, "p1").status;
+                        status.phase = Phase::Ready;
+                        t.set_status(&ObjectKey::new(Kind::Port, "p1"), status);
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+                }),
+            ),
+            (
+                "a function being deleted",
+                Box::new(|| {
+                    let mut f = testing::stored(s, Kind::Function, "f2");
+                    f.deleting = true;
+                    testing::put_all(&ctx, [f]);
+                }),
+            ),
+            (
+                "a port being deleted",
+                Box::new(|| testing::put(s, "acme", Kind::Port, "p2", port("f2", "blue", 2), true)),
+            ),
+            ("a port removed", Box::new(|| remove(Kind::Port, "p1"))),
+            (
+                "a network removed",
+                Box::new(|| remove(Kind::Network, "red")),
+            ),
+        ];
+        for (what, step) in steps {
+            step();
+            let (revision, keys) = s.changes_since(index.revision, &INPUT_KINDS).expect(what);
+            let changed = index.patch(s, revision, &keys);
+            let now = SwitchInput {
+                networking: index.networking(),
+                ..SwitchInput::default()
+            };
+            assert_eq!(now.networking, desired_from_store(s, None), "{what}");
+            let walked = now.changed_networks(&input).expect("ids ascending");
+            assert!(walked.is_subset(&changed), "{what}: {walked:?} {changed:?}");
+            if what == "a port's status" {
+                assert!(changed.is_empty(), "{what}: {changed:?}");
+            } else {
+                assert!(!changed.is_empty(), "{what}");
+            }
+            input = now;
+        }
+    }
+
+    /// A store that forgot the changes since a revision says so, and so
+    /// does one opened after it; one that remembers names each changed key
+    /// once.
+    #[test]
+    fn changes_since_a_forgotten_revision_is_none() {
+        let (dir, ctx) = store();
+        let revision = ctx.store.revision();
+        assert_eq!(
+            ctx.store.changes_since(revision, &INPUT_KINDS),
+            Some((revision, Vec::new()))
+        );
+        let grey = |n: usize| {
+            testing::put(
+                &ctx.store,
+                "acme",
+                Kind::Network,
+                "grey",
+                serde_json::json!({"vni": 900 + n % 2, "cidr": "10.9.0.0/24", "encap": "vxlan"}),
+                false,
+            )
+        };
+        grey(0);
+        grey(1);
+        assert_eq!(
+            ctx.store.changes_since(revision, &INPUT_KINDS),
+            Some((revision + 2, vec![ObjectKey::new(Kind::Network, "grey")]))
+        );
+        assert_eq!(
+            ctx.store.changes_since(revision, &[Kind::Port]),
+            Some((revision + 2, Vec::new()))
+        );
+        for n in 0..crate::store::CHANGE_LOG {
+            grey(n);
+        }
+        assert_eq!(ctx.store.changes_since(revision, &INPUT_KINDS), None);
+        let now = ctx.store.revision();
+        assert!(ctx.store.changes_since(now - 1, &INPUT_KINDS).is_some());
+        drop(ctx);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.changes_since(now - 1, &INPUT_KINDS), None);
+        assert_eq!(
+            reopened.changes_since(now, &INPUT_KINDS),
+            Some((now, Vec::new()))
+        );
     }
 
     #[test]

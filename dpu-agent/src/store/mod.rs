@@ -336,7 +336,18 @@ struct State {
     spec_revisions: HashMap<Kind, u64>,
     /// ... and of the last one that changed only a status.
     status_revisions: HashMap<Kind, u64>,
+    /// The key of each object every committed write put or removed, with
+    /// the write's revision, oldest first; at most [`CHANGE_LOG`] (what
+    /// [`Store::changes_since`] reads).
+    changes: std::collections::VecDeque<(u64, ObjectKey)>,
+    /// The revision up to which `changes` may miss keys: that of the last
+    /// entry dropped, or of the store when it was opened.
+    changes_from: u64,
 }
+
+/// How many changed keys the store remembers for [`Store::changes_since`]:
+/// a reader further behind rebuilds what it derives from whole lists.
+pub const CHANGE_LOG: usize = 8192;
 
 impl State {
     /// Puts (`Some`) or removes (`None`) an object, keeping the indexes.
@@ -1000,7 +1011,9 @@ impl Store {
     }
 
     /// A store over `db` holding `state`, nothing staged.
-    fn assemble(db: Database, state: State, sealer: Sealer, event_capacity: usize) -> Store {
+    fn assemble(db: Database, mut state: State, sealer: Sealer, event_capacity: usize) -> Store {
+        state.changes.clear();
+        state.changes_from = state.revision;
         let staging = Staging {
             revision: state.revision,
             pending_seq: 1,
@@ -1274,6 +1287,12 @@ impl Store {
                         };
                         revisions.insert(key.kind, batch.revision);
                         state.set(key, obj.clone());
+                        state.changes.push_back((batch.revision, key.clone()));
+                    }
+                    while state.changes.len() > CHANGE_LOG {
+                        if let Some((revision, _)) = state.changes.pop_front() {
+                            state.changes_from = revision;
+                        }
                     }
                     for report in &batch.hosts {
                         state.hosts.insert(report.host.clone(), report.clone());
@@ -1557,6 +1576,30 @@ impl Store {
                 )
             })
             .unwrap_or((0, 0))
+    }
+
+    /// The keys of the objects of `kinds` that committed writes after
+    /// revision `since` put or removed (each once, in key order), and the
+    /// revision they bring a reader to; `None` when the store no longer
+    /// remembers every change since then ([`CHANGE_LOG`]), or was opened
+    /// after it. Lets a controller that derives state from whole kinds
+    /// apply only what changed: read the objects of these keys
+    /// ([`Store::get`]) after this call.
+    pub fn changes_since(&self, since: u64, kinds: &[Kind]) -> Option<(u64, Vec<ObjectKey>)> {
+        let state = self.state.read().ok()?;
+        if since < state.changes_from {
+            return None;
+        }
+        // The log is in revision order: walk back from the newest entry.
+        let keys: BTreeSet<&ObjectKey> = state
+            .changes
+            .iter()
+            .rev()
+            .take_while(|(revision, _)| *revision > since)
+            .map(|(_, key)| key)
+            .filter(|key| kinds.contains(&key.kind))
+            .collect();
+        Some((state.revision, keys.into_iter().cloned().collect()))
     }
 
     pub fn hosts(&self) -> Vec<HostReport> {

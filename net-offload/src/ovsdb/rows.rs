@@ -170,6 +170,19 @@ impl BridgeRow {
     ];
 
     pub fn from_row(uuid: Uuid, row: &Row) -> Result<Self, RowError> {
+        let mut b = Self::settings_from_row(uuid, row)?;
+        b.ports = Columns {
+            table: BRIDGE_TABLE,
+            uuid,
+            row,
+        }
+        .uuids("ports")?;
+        Ok(b)
+    }
+
+    /// The row without its `ports` column (left empty): the bridge's own
+    /// settings, without decoding a set as large as the bridge.
+    pub fn settings_from_row(uuid: Uuid, row: &Row) -> Result<Self, RowError> {
         let c = Columns {
             table: BRIDGE_TABLE,
             uuid,
@@ -181,7 +194,7 @@ impl BridgeRow {
             datapath_type: c.string("datapath_type")?,
             fail_mode: c.opt_string("fail_mode")?,
             protocols: c.strings("protocols")?,
-            ports: c.uuids("ports")?,
+            ports: BTreeSet::new(),
             other_config: c.map("other_config")?,
             external_ids: c.map("external_ids")?,
         })
@@ -298,10 +311,25 @@ impl Replica {
     pub fn bridge_by_name(&self, name: &str) -> Result<Option<BridgeRow>, RowError> {
         Ok(self.bridges()?.into_iter().find(|b| b.name == name))
     }
+
+    /// [`Replica::bridge_by_name`] without the bridge's `ports` (left
+    /// empty, see [`BridgeRow::settings_from_row`]). Every bridge row is
+    /// still decoded, so that a bad one fails as there.
+    pub fn bridge_settings_by_name(&self, name: &str) -> Result<Option<BridgeRow>, RowError> {
+        let mut found = None;
+        for (u, r) in self.table(BRIDGE_TABLE) {
+            let b = BridgeRow::settings_from_row(*u, r)?;
+            if found.is_none() && b.name == name {
+                found = Some(b);
+            }
+        }
+        Ok(found)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::atom::Atom;
     use super::*;
 
     fn row(pairs: &[(&str, Datum)]) -> Row {
@@ -334,6 +362,23 @@ mod tests {
 
         let bridge = BridgeRow::from_row(u, &row(&[("fail_mode", "secure".into())])).unwrap();
         assert_eq!(bridge.fail_mode.as_deref(), Some("secure"));
+
+        // The settings are the row but for its ports.
+        let ports = Datum::set([
+            Atom::Uuid(Uuid::from_u128(8)),
+            Atom::Uuid(Uuid::from_u128(9)),
+        ]);
+        let r = row(&[("name", "br-int".into()), ("ports", ports)]);
+        let whole = BridgeRow::from_row(u, &r).unwrap();
+        assert_eq!(whole.ports.len(), 2);
+        let settings = BridgeRow::settings_from_row(u, &r).unwrap();
+        assert_eq!(
+            settings,
+            BridgeRow {
+                ports: BTreeSet::new(),
+                ..whole
+            }
+        );
     }
 
     #[test]

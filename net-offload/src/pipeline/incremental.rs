@@ -53,7 +53,8 @@ fn sub_counts(total: &mut BTreeMap<Owner, usize>, counts: &[(Owner, usize)]) {
     }
 }
 
-/// Whether two ports are equal but for their ofport.
+/// Whether two ports are equal but for their ofport and representor (the
+/// flows match the ofport alone).
 fn same_but_ofport(a: &PortDesc, b: &PortDesc) -> bool {
     let PortDesc {
         id,
@@ -63,6 +64,7 @@ fn same_but_ofport(a: &PortDesc, b: &PortDesc) -> bool {
         ips,
         security,
         qos,
+        representor: _,
         ofport: _,
     } = a;
     *id == b.id

@@ -80,6 +80,10 @@ pub struct PortDesc {
     pub ips: Vec<Ipv4Addr>,
     pub security: SecurityDesc,
     pub qos: Option<QosDesc>,
+    /// The netdev of the port's function's representor: the bridge port
+    /// the switch makes for it; `None` while the function has none. The
+    /// compiler does not read it (the flows match `ofport`).
+    pub representor: Option<String>,
     /// OpenFlow port number of the function's representor on the bridge;
     /// `None` while the function or its representor is not there yet (the
     /// port then gets no flows).

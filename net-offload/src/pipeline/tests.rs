@@ -25,6 +25,7 @@ fn port(id: &str, network: &str, last: u8, ofport: Option<u32>) -> PortDesc {
         ips: vec![Ipv4Addr::new(10, 0, 0, last)],
         security: SecurityDesc::default(),
         qos: None,
+        representor: None,
         ofport,
     }
 }

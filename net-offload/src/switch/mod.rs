@@ -76,10 +76,9 @@ pub struct SwitchConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SwitchInput {
     pub version: u64,
-    /// Ports' `ofport` and `tunnel_ofports` are filled in by the reconciler.
+    /// Ports' `ofport` and `tunnel_ofports` are filled in by the reconciler
+    /// (each port's `representor` is the input's).
     pub networking: DesiredNetworking,
-    /// Port id → netdev name of its function's representor.
-    pub representors: BTreeMap<String, String>,
     /// Which networks' inputs alone differ from those of an earlier input
     /// (`None`: not said, every network is compared).
     pub changed: Option<InputChange>,
@@ -87,7 +86,7 @@ pub struct SwitchInput {
 
 /// What differs between an input and input `since`: only the inputs of
 /// `networks` (see [`IncrementalPipeline::update_networks`]; a port's
-/// representor counts as one of its inputs). When the last successful
+/// representor is one of its inputs). When the last successful
 /// pass reached input `since`, a pass looks only at those networks: it
 /// recompiles and diffs their segments and writes their ports' reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,32 +97,12 @@ pub struct InputChange {
 
 impl SwitchInput {
     /// The networks whose inputs differ between `old` and this input
-    /// ([`pipeline::changed_networks`], and the networks of the ports whose
-    /// representor changed): what [`InputChange::networks`] says. `None`
-    /// when ids are not strictly ascending (then only a whole comparison
-    /// can tell).
+    /// ([`pipeline::changed_networks`]: a port whose representor changed
+    /// is a changed port): what [`InputChange::networks`] says. `None` when
+    /// ids are not strictly ascending (then only a whole comparison can
+    /// tell).
     pub fn changed_networks(&self, old: &SwitchInput) -> Option<BTreeSet<String>> {
-        let mut changed = pipeline::changed_networks(&old.networking, &self.networking)?;
-        let network_of = |input: &SwitchInput, id: &str| {
-            let ports = &input.networking.ports;
-            ports
-                .binary_search_by(|p| p.id.as_str().cmp(id))
-                .ok()
-                .map(|i| ports[i].network.clone())
-        };
-        let mut note = |id: &str| {
-            changed.extend(network_of(old, id));
-            changed.extend(network_of(self, id));
-        };
-        let before: Vec<(&String, &String)> = old.representors.iter().collect();
-        let now: Vec<(&String, &String)> = self.representors.iter().collect();
-        crate::pipeline::incremental::walk_changed(
-            &before,
-            &now,
-            |(id, _)| id,
-            |(id, _)| note(id),
-        )?;
-        Some(changed)
+        pipeline::changed_networks(&old.networking, &self.networking)
     }
 }
 
@@ -170,6 +149,12 @@ pub struct SwitchReport {
     /// Where the reconciler's time went, by kind of pass and [`Phase`]
     /// (`[pass][phase]`, see [`Pass::ALL`] and [`Phase::ALL`]).
     pub phases: [[Durations; Phase::ALL.len()]; Pass::ALL.len()],
+    /// The CPU time of the same (the thread's, [`thread_cpu`]), for the
+    /// phases that compute without I/O: `compile` (the pass's parts
+    /// between its I/O) and `diff`. Unlike their wall time it leaves out
+    /// the time the thread waited for a core, which on a DPU's few cores
+    /// busy with ovs-vswitchd can be most of it.
+    pub cpu: [[Durations; Phase::ALL.len()]; Pass::ALL.len()],
     /// What the last pass that changed the switch sent, one line per
     /// operation in [`SwitchPlan::describe`]'s notation, each written once
     /// the switch accepted it (a failed pass lists what it got through).
@@ -270,6 +255,30 @@ impl SwitchReport {
     pub fn phase(&self, pass: Pass, phase: Phase) -> &Durations {
         &self.phases[pass as usize][phase as usize]
     }
+
+    /// The CPU time of `phase` in passes of kind `pass` (see
+    /// [`SwitchReport::cpu`]).
+    pub fn phase_cpu(&self, pass: Pass, phase: Phase) -> &Durations {
+        &self.cpu[pass as usize][phase as usize]
+    }
+}
+
+/// The CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`);
+/// zero where it cannot be read. The difference of two readings is the
+/// CPU a stretch of code without `.await` took.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Upper bounds in seconds of [`Durations`]' buckets: an OVSDB transaction or
@@ -396,6 +405,7 @@ impl SwitchHandle {
             datapath_tx,
             pass: Pass::Change,
             pass_timed: Duration::ZERO,
+            pass_cpu: Duration::ZERO,
             awaiting_ofport: BTreeMap::new(),
             waiting_since: None,
             applied: Vec::new(),
@@ -465,11 +475,12 @@ impl SwitchHandle {
     }
 }
 
-/// [`plan_bridge`] over the replica's bridge and root rows.
+/// [`plan_bridge`] over the replica's bridge (without its ports, which it
+/// does not read) and root rows.
 fn bridge_plan(ovsdb: &OvsdbClient, config: &SwitchConfig) -> BridgePlan {
     let (bridge, root) = ovsdb.read_replica(|r| {
         (
-            r.bridge_by_name(&config.bridge).ok().flatten(),
+            r.bridge_settings_by_name(&config.bridge).ok().flatten(),
             r.open_vswitch().ok().flatten(),
         )
     });
@@ -482,16 +493,8 @@ fn bridge_plan(ovsdb: &OvsdbClient, config: &SwitchConfig) -> BridgePlan {
 }
 
 fn plan_all(observed: &Observed, input: &SwitchInput) -> (PortPlan, CompiledPipeline) {
-    let ports = plan_ports_of(
-        &input.networking,
-        &input.representors,
-        observed.ports.ports(),
-    );
-    let resolved = resolve_ofports(
-        &input.networking,
-        &input.representors,
-        observed.ports.ofports(),
-    );
+    let ports = plan_ports_of(&input.networking, observed.ports.ports());
+    let resolved = resolve_ofports(&input.networking, observed.ports.ofports());
     (ports, pipeline::compile(&resolved))
 }
 
@@ -529,7 +532,6 @@ impl PortState<'_> {
 /// known) says of its representor.
 fn port_state<'a>(
     p: &PortDesc,
-    input: &SwitchInput,
     ofports: &BTreeMap<String, u32>,
     skipped: &'a BTreeMap<String, String>,
     counts: &BTreeMap<Owner, usize>,
@@ -540,10 +542,12 @@ fn port_state<'a>(
     let ofport = if skip.is_some() {
         None
     } else {
-        port_ofport(p, &input.representors, ofports)
+        port_ofport(p, ofports)
     };
     let pending = skip.map(String::as_str).or_else(|| {
-        (!input.representors.contains_key(&p.id)).then_some("its function has no representor yet")
+        p.representor
+            .is_none()
+            .then_some("its function has no representor yet")
     });
     owner.id.clear();
     owner.id.push_str(&p.id);
@@ -552,9 +556,8 @@ fn port_state<'a>(
         flows: counts.get(owner).copied().unwrap_or(0),
         pending,
         datapath: datapath.map(|found| {
-            input
-                .representors
-                .get(&p.id)
+            p.representor
+                .as_ref()
                 .and_then(|rep| found.get(rep))
                 .copied()
                 .unwrap_or_default()
@@ -572,7 +575,7 @@ fn port_reports<'a>(
 ) -> impl Iterator<Item = (String, PortReport)> + 'a {
     let mut owner = Owner::new(OwnerKind::Port, String::new());
     input.networking.ports.iter().map(move |p| {
-        let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
+        let s = port_state(p, ofports, skipped, counts, datapath, &mut owner);
         (p.id.clone(), s.report())
     })
 }
@@ -598,7 +601,7 @@ fn sync_port_reports(
         if only.is_some_and(|networks| !networks.contains(&p.network)) {
             continue;
         }
-        let s = port_state(p, input, ofports, skipped, counts, datapath, &mut owner);
+        let s = port_state(p, ofports, skipped, counts, datapath, &mut owner);
         // Looked at before written: a write copies the entry's path even
         // when the value stays the same.
         match reports.get(&p.id) {
@@ -672,22 +675,14 @@ fn networks_of_moved<'a>(input: &'a SwitchInput, names: &BTreeSet<String>) -> BT
             );
         }
     }
-    let ports: BTreeSet<&str> = input
-        .representors
-        .iter()
-        .filter(|(_, rep)| names.contains(rep.as_str()))
-        .map(|(id, _)| id.as_str())
-        .collect();
-    if !ports.is_empty() {
-        networks.extend(
-            input
-                .networking
-                .ports
-                .iter()
-                .filter(|p| ports.contains(p.id.as_str()))
-                .map(|p| p.network.as_str()),
-        );
-    }
+    networks.extend(
+        input
+            .networking
+            .ports
+            .iter()
+            .filter(|p| p.representor.as_ref().is_some_and(|r| names.contains(r)))
+            .map(|p| p.network.as_str()),
+    );
     networks
 }
 
@@ -791,6 +786,8 @@ struct Reconciler {
     pass: Pass,
     /// Time of the running convergence pass already put in a phase.
     pass_timed: Duration,
+    /// CPU time of the running pass's `compile` parts so far.
+    pass_cpu: Duration,
     /// Ports this reconciler added that have no ofport yet, with when
     /// (given up after [`OFPORT_WAIT_MAX`]: a port ovs-vswitchd cannot open
     /// never gets one).
@@ -1037,20 +1034,20 @@ impl Reconciler {
     fn apply_datapath(&mut self, input: &SwitchInput) -> bool {
         // Only the ports whose datapath flows changed are written (a write
         // copies the entry's path in the shared map).
-        let changed: Vec<(String, Option<crate::unixctl::DatapathFlows>)> = self
-            .report
+        let changed: Vec<(String, Option<crate::unixctl::DatapathFlows>)> = input
+            .networking
             .ports
             .iter()
-            .filter_map(|(id, port)| {
+            .filter_map(|p| {
+                let port = self.report.ports.get(&p.id)?;
                 let datapath = self.datapath.as_ref().map(|flows| {
-                    input
-                        .representors
-                        .get(id)
+                    p.representor
+                        .as_ref()
                         .and_then(|rep| flows.get(rep))
                         .copied()
                         .unwrap_or_default()
                 });
-                (port.datapath != datapath).then(|| (id.clone(), datapath))
+                (port.datapath != datapath).then(|| (p.id.clone(), datapath))
             })
             .collect();
         for (id, datapath) in &changed {
@@ -1100,16 +1097,24 @@ impl Reconciler {
         self.pass_timed += took;
     }
 
+    /// Adds the CPU time since `from` (a [`thread_cpu`] reading on this
+    /// thread, with no `.await` since) to the running pass's `compile`.
+    fn compile_cpu(&mut self, from: Duration) {
+        self.pass_cpu += thread_cpu().saturating_sub(from);
+    }
+
     /// One convergence pass, its wall time split into phases: what the
     /// I/O and the diff did not take is `compile`.
     async fn converge(&mut self, input: &Arc<SwitchInput>) -> Result<(), SwitchError> {
         let started = Instant::now();
         self.pass_timed = Duration::ZERO;
+        self.pass_cpu = Duration::ZERO;
         self.applied.clear();
         let result = self.converge_timed(input).await;
         self.publish_applied();
         let rest = started.elapsed().saturating_sub(self.pass_timed);
         self.timed(Phase::Compile, rest);
+        self.report.cpu[self.pass as usize][Phase::Compile as usize].observe(self.pass_cpu);
         // Ports added but not opened yet: the time until the next pass is
         // ovs-vswitchd's.
         if !self.awaiting_ofport.is_empty() {
@@ -1127,10 +1132,12 @@ impl Reconciler {
             });
         }
         // The bridge row is planned again only when the replica moved
-        // since it last needed nothing (decoding it reads every port uuid).
+        // since it last needed nothing.
         let version = *self.replica_version.borrow();
         if self.bridge_ok_at != Some(version) {
+            let cpu = thread_cpu();
             let plan = bridge_plan(&self.ovsdb, &self.config);
+            self.compile_cpu(cpu);
             self.apply_bridge(&plan).await?;
             if plan.is_empty() {
                 self.bridge_ok_at = Some(version);
@@ -1148,6 +1155,7 @@ impl Reconciler {
             self.synced = synced;
             return Ok(());
         }
+        let cpu = thread_cpu();
         let port_plan = {
             let mut observed = self.observed.lock().expect("observed lock");
             // The base stays valid while the Port rows can say which
@@ -1172,14 +1180,14 @@ impl Reconciler {
                     change.networks.iter().map(String::as_str).collect()
                 };
                 plan_ports_changed(
-                    (&input.networking, &input.representors),
-                    (&base.input.networking, &base.input.representors),
+                    &input.networking,
+                    &base.input.networking,
                     &networks,
                     &base.names,
                     |name| bridge.ports_named(name).collect(),
                 )
             });
-            let whole = || plan_ports_of(&input.networking, &input.representors, bridge.ports());
+            let whole = || plan_ports_of(&input.networking, bridge.ports());
             match since_base {
                 Some(plan) => {
                     // Tests check every pass against the whole plan.
@@ -1195,6 +1203,7 @@ impl Reconciler {
                 names: BTreeSet::new(),
             });
         }
+        self.compile_cpu(cpu);
         if !port_plan.is_empty() {
             self.apply_ports(&port_plan).await?;
             self.refresh_ports()?;
@@ -1206,6 +1215,7 @@ impl Reconciler {
             });
         }
         self.connect_openflow().await?;
+        let cpu = thread_cpu();
         // The pipeline brought to the input, recompiling only the networks
         // whose inputs changed (timed as `compile`); the input is read in
         // place, each port with its representor's ofport. When the last
@@ -1221,7 +1231,7 @@ impl Reconciler {
             } = &mut *observed;
             let moved = ports.take_moved();
             let ofports = ports.ofports();
-            let ofport = |p: &PortDesc| port_ofport(p, &input.representors, ofports);
+            let ofport = |p: &PortDesc| port_ofport(p, ofports);
             let tunnels = tunnel_ofports(ofports);
             let said: Option<BTreeSet<&str>> = match (&synced, &input.changed) {
                 (Some(s), _) if Arc::ptr_eq(s, input) => Some(BTreeSet::new()),
@@ -1271,6 +1281,7 @@ impl Reconciler {
         // the changed networks' flows are diffed, each against its previous
         // ones. Otherwise every flow against a fresh dump.
         let changed_segments = segments.as_ref().filter(|_| self.believed);
+        self.compile_cpu(cpu);
         if changed_segments.is_none() {
             let flows = self.dump().await?;
             let mut observed = self.observed.lock().expect("observed lock");
@@ -1280,6 +1291,7 @@ impl Reconciler {
         let (flow_plan, meters, skipped) = {
             let observed = self.observed.lock().expect("observed lock");
             let diffing = Instant::now();
+            let cpu = thread_cpu();
             let plan = match changed_segments {
                 Some(segments) => observed.pipeline.plan_segments(segments),
                 None => pipeline::plan_flows(
@@ -1294,10 +1306,14 @@ impl Reconciler {
                 observed.pipeline.skipped_ports(),
             );
             drop(observed);
+            let cpu = thread_cpu().saturating_sub(cpu);
             self.timed(Phase::Diff, took);
+            self.report.cpu[self.pass as usize][Phase::Diff as usize].observe(cpu);
             out
         };
+        let cpu = thread_cpu();
         let meter_plan = plan_meters(&meters, &self.meters);
+        self.compile_cpu(cpu);
         let applied = async {
             self.apply_meters(&meter_plan).await?;
             self.apply_flows(&flow_plan).await?;
@@ -1312,6 +1328,7 @@ impl Reconciler {
                 port_reports(input, ofports, &skipped, &BTreeMap::new(), None).collect();
             return Err(e);
         }
+        let cpu = thread_cpu();
         // Each port's ofport (the one its flows match, unless it got none),
         // flows and datapath flows, written only where they changed.
         let counts = observed.pipeline.owner_flows();
@@ -1366,8 +1383,12 @@ impl Reconciler {
         // The switch now holds the pipeline's flows; the dump is dropped.
         observed.flows = Vec::new();
         observed.installed = true;
+        drop(observed);
         self.believed = self.openflow.is_some();
+        // The input before is dropped here, in the pass.
         self.synced = Some(input.clone());
+        drop(synced);
+        self.compile_cpu(cpu);
         Ok(())
     }
 
@@ -1699,10 +1720,7 @@ mod tests {
             let mut found = BTreeMap::new();
             for &(id, rep, ofport, skip, flows, dp) in ports {
                 let id = format!("p{id}");
-                input
-                    .networking
-                    .ports
-                    .push(Arc::new(plan::tests::port_desc(&id)));
+                let mut port = plan::tests::port_desc(&id);
                 if let Some(rep) = rep {
                     let rep = format!("rep{rep}");
                     if let Some(o) = ofport {
@@ -1717,8 +1735,9 @@ mod tests {
                             },
                         );
                     }
-                    input.representors.insert(id.clone(), rep);
+                    port.representor = Some(rep);
                 }
+                input.networking.ports.push(Arc::new(port));
                 if skip {
                     skipped.insert(id.clone(), format!("why {flows}"));
                 }

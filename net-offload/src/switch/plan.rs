@@ -224,13 +224,10 @@ pub fn tunnel_port_name(encap: Encap) -> Option<&'static str> {
 /// The ports the agent wants on the bridge: one system port per representor
 /// (owner `port/<id>`) and one flow-based tunnel port per encapsulation in
 /// use (owner `tunnel/<type>`).
-pub fn desired_ports(
-    networking: &DesiredNetworking,
-    representors: &BTreeMap<String, String>,
-) -> Vec<PortSpec> {
+pub fn desired_ports(networking: &DesiredNetworking) -> Vec<PortSpec> {
     let mut out: BTreeMap<String, PortSpec> = BTreeMap::new();
     for p in &networking.ports {
-        if let Some(dev) = representors.get(&p.id) {
+        if let Some(dev) = &p.representor {
             out.entry(dev.clone())
                 .or_insert_with(|| PortSpec::system(dev, &owner_value("port", &p.id)));
         }
@@ -343,10 +340,6 @@ fn agent_owned(p: &PortRow) -> bool {
     owner_of(&p.external_ids).is_some_and(|o| o.starts_with("port/") || o.starts_with("tunnel/"))
 }
 
-/// A desired state and each port's representor, as the switch's input
-/// holds them.
-pub type PortInputs<'a> = (&'a DesiredNetworking, &'a BTreeMap<String, String>);
-
 /// [`plan_ports_of`] for `now`, when it was empty for `before` against
 /// the bridge's Port rows of some moment, and since then the inputs
 /// changed only in those of `networks` (see
@@ -360,8 +353,8 @@ pub type PortInputs<'a> = (&'a DesiredNetworking, &'a BTreeMap<String, String>);
 /// tunnel port's name among those looked at, or the encapsulations in use
 /// changed (a tunnel port to add or remove).
 pub fn plan_ports_changed<'a>(
-    now: PortInputs<'_>,
-    before: PortInputs<'_>,
+    now: &DesiredNetworking,
+    before: &DesiredNetworking,
     networks: &BTreeSet<&str>,
     names: &BTreeSet<String>,
     rows_named: impl Fn(&str) -> Vec<&'a PortRow>,
@@ -370,7 +363,7 @@ pub fn plan_ports_changed<'a>(
         d.ports.windows(2).all(|w| w[0].id < w[1].id)
             && d.networks.windows(2).all(|w| w[0].id < w[1].id)
     };
-    if !ascending(now.0) || !ascending(before.0) {
+    if !ascending(now) || !ascending(before) {
         return None;
     }
     // The encapsulations in use (hence the tunnel ports) are as they were
@@ -383,42 +376,42 @@ pub fn plan_ports_changed<'a>(
     };
     if networks
         .iter()
-        .any(|id| network(now.0, id) != network(before.0, id))
+        .any(|id| network(now, id) != network(before, id))
     {
         let encaps = |d: &DesiredNetworking| -> BTreeSet<Encap> {
             d.networks.iter().map(|n| n.encap).collect()
         };
-        if encaps(now.0) != encaps(before.0) {
+        if encaps(now) != encaps(before) {
             return None;
         }
     }
     let mut look: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    for (d, reps) in [now, before] {
+    for d in [now, before] {
         look.extend(
             d.ports
                 .iter()
                 .filter(|p| networks.contains(p.network.as_str()))
-                .filter_map(|p| reps.get(&p.id).map(String::as_str)),
+                .filter_map(|p| p.representor.as_deref()),
         );
     }
     let tunnels = [Encap::Vxlan, Encap::Geneve].map(tunnel_port_name);
     if look.iter().any(|n| tunnels.contains(&Some(*n))) {
         return None;
     }
-    let (desired, reps) = now;
     let mut plan = PortPlan::default();
     let mut remove: Vec<(&PortRow, &str)> = Vec::new();
     for name in look {
         // The first port (in id order) whose representor it is: the one
         // `plan_ports_of` names as its owner.
-        let owner = reps.iter().find(|(id, rep)| {
-            rep.as_str() == name && desired.ports.binary_search_by(|p| p.id.cmp(id)).is_ok()
-        });
+        let owner = now
+            .ports
+            .iter()
+            .find(|p| p.representor.as_deref() == Some(name));
         let rows = rows_named(name);
         match owner {
-            Some((id, _)) if rows.is_empty() => plan
+            Some(p) if rows.is_empty() => plan
                 .add
-                .push(PortSpec::system(name, &owner_value("port", id))),
+                .push(PortSpec::system(name, &owner_value("port", &p.id))),
             Some(_) => {}
             None => remove.extend(
                 rows.into_iter()
@@ -437,7 +430,6 @@ pub fn plan_ports_changed<'a>(
 /// port is new copies one port's spec, not every port's).
 pub fn plan_ports_of<'a>(
     networking: &DesiredNetworking,
-    representors: &BTreeMap<String, String>,
     observed: impl IntoIterator<Item = &'a PortRow> + Clone,
 ) -> PortPlan {
     let present: BTreeSet<&str> = observed
@@ -448,7 +440,7 @@ pub fn plan_ports_of<'a>(
     let mut wanted: BTreeSet<&str> = BTreeSet::new();
     let mut add: BTreeMap<&str, PortSpec> = BTreeMap::new();
     for p in &networking.ports {
-        if let Some(dev) = representors.get(&p.id)
+        if let Some(dev) = &p.representor
             && wanted.insert(dev)
             && !present.contains(dev.as_str())
         {
@@ -498,24 +490,19 @@ pub fn opened_ofport(interface: &InterfaceRow) -> Option<u32> {
 /// Fills in the ofports of ports (from their representors) and tunnels.
 pub fn resolve_ofports(
     networking: &DesiredNetworking,
-    representors: &BTreeMap<String, String>,
     ofports: &BTreeMap<String, u32>,
 ) -> DesiredNetworking {
     pipeline::resolved(
         networking,
-        |p| port_ofport(p, representors, ofports),
+        |p| port_ofport(p, ofports),
         &tunnel_ofports(ofports),
     )
 }
 
 /// The ofport of port `p`: its representor's (see [`ofports`]).
-pub fn port_ofport(
-    p: &PortDesc,
-    representors: &BTreeMap<String, String>,
-    ofports: &BTreeMap<String, u32>,
-) -> Option<u32> {
-    representors
-        .get(&p.id)
+pub fn port_ofport(p: &PortDesc, ofports: &BTreeMap<String, u32>) -> Option<u32> {
+    p.representor
+        .as_deref()
         .and_then(|d| ofports.get(d))
         .copied()
 }
@@ -561,28 +548,31 @@ pub(crate) mod tests {
             ips: vec![],
             security: SecurityDesc::default(),
             qos: None,
+            representor: None,
             ofport: None,
         }
     }
 
-    fn desired() -> (DesiredNetworking, BTreeMap<String, String>) {
-        let d = DesiredNetworking {
+    fn desired() -> DesiredNetworking {
+        DesiredNetworking {
             networks: vec![NetworkDesc {
                 id: "n".into(),
                 tenant: "t".into(),
                 vni: 5,
                 encap: Encap::Vxlan,
             }],
-            ports: vec![Arc::new(port_desc("p1"))],
+            ports: vec![Arc::new(PortDesc {
+                representor: Some("rep1".into()),
+                ..port_desc("p1")
+            })],
             ..Default::default()
-        };
-        (d, BTreeMap::from([("p1".to_string(), "rep1".to_string())]))
+        }
     }
 
     #[test]
     fn adds_missing_removes_only_owned_strays() {
-        let (d, reps) = desired();
-        let want = desired_ports(&d, &reps);
+        let d = desired();
+        let want = desired_ports(&d);
         let names: Vec<_> = want.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["dpu-vxlan", "rep1"]);
         let observed = vec![
@@ -622,21 +612,18 @@ pub(crate) mod tests {
                 8 => "br-int".to_string(),
                 i => format!("rep{i}"),
             };
-            let (mut d, _) = desired();
+            let mut d = desired();
             d.ports.clear();
             d.networks.clear();
-            let mut reps = BTreeMap::new();
             for (i, (id, rep)) in ports.iter().enumerate() {
-                let mut p = (*desired().0.ports[0]).clone();
+                let mut p = (*desired().ports[0]).clone();
                 p.id = format!("p{id}");
-                if let Some(rep) = rep {
-                    reps.insert(p.id.clone(), names(*rep));
-                }
+                p.representor = rep.map(names);
                 p.network = format!("n{i}");
                 d.ports.push(Arc::new(p));
             }
             for (i, e) in encaps.iter().enumerate() {
-                let mut n = desired().0.networks[0].clone();
+                let mut n = desired().networks[0].clone();
                 n.id = format!("n{i}");
                 n.encap = [Encap::Vxlan, Encap::Geneve, Encap::Local][usize::from(*e)];
                 d.networks.push(n);
@@ -647,8 +634,8 @@ pub(crate) mod tests {
                 .map(|(n, o)| row(&names(*n), owners[usize::from(*o)]))
                 .collect();
             proptest::prop_assert_eq!(
-                plan_ports_of(&d, &reps, &rows),
-                plan_ports(&desired_ports(&d, &reps), &rows)
+                plan_ports_of(&d, &rows),
+                plan_ports(&desired_ports(&d), &rows)
             );
         }
     }
@@ -662,12 +649,11 @@ pub(crate) mod tests {
         ports: &PortsGen,
         encaps: &[Option<u8>],
         names: impl Fn(u8) -> String,
-    ) -> (DesiredNetworking, BTreeMap<String, String>) {
+    ) -> DesiredNetworking {
         let mut d = DesiredNetworking::default();
-        let mut reps = BTreeMap::new();
         for (i, e) in encaps.iter().enumerate() {
             if let Some(e) = e {
-                let mut n = desired().0.networks[0].clone();
+                let mut n = desired().networks[0].clone();
                 n.id = format!("n{i}");
                 n.encap = [Encap::Vxlan, Encap::Geneve, Encap::Local][usize::from(*e)];
                 d.networks.push(n);
@@ -679,12 +665,10 @@ pub(crate) mod tests {
         for (id, net, rep) in ports {
             let mut p = port_desc(&format!("p{id}"));
             p.network = format!("n{net}");
-            if let Some(rep) = rep {
-                reps.insert(p.id.clone(), names(rep));
-            }
+            p.representor = rep.map(&names);
             d.ports.push(Arc::new(p));
         }
-        (d, reps)
+        d
     }
 
     fn ports_gen() -> impl proptest::strategy::Strategy<Value = PortsGen> {
@@ -746,20 +730,20 @@ pub(crate) mod tests {
                 uuid += 1;
                 PortRow { uuid: Uuid::from_u128(uuid), ..row(name, owner) }
             };
-            let (d0, r0) = gen_inputs(&before.0, &before.1, names);
-            let (d1, r1) = gen_inputs(&now.0, &now.1, names);
+            let d0 = gen_inputs(&before.0, &before.1, names);
+            let d1 = gen_inputs(&now.0, &now.1, names);
             // Rows for which the plan of `before` is empty: the generated
             // ones with the plan applied.
             let mut bridge: Vec<PortRow> = rows
                 .iter()
                 .map(|(n, o)| make(&names(*n), owners[usize::from(*o)]))
                 .collect();
-            let plan = plan_ports_of(&d0, &r0, &bridge);
+            let plan = plan_ports_of(&d0, &bridge);
             bridge.retain(|p| !(plan.remove.contains(&p.name) && agent_owned(p)));
             for a in &plan.add {
                 bridge.push(make(&a.name, Some(&a.owner)));
             }
-            prop_assume!(plan_ports_of(&d0, &r0, &bridge).is_empty());
+            prop_assume!(plan_ports_of(&d0, &bridge).is_empty());
             // Rows changed by hand since.
             let mut changed: BTreeSet<String> = BTreeSet::new();
             for (add, n, o) in &edits {
@@ -772,12 +756,11 @@ pub(crate) mod tests {
                     changed.insert(name);
                 }
             }
-            let input = |d: &DesiredNetworking, r: &BTreeMap<String, String>| crate::switch::SwitchInput {
+            let input = |d: &DesiredNetworking| crate::switch::SwitchInput {
                 networking: d.clone(),
-                representors: r.clone(),
                 ..Default::default()
             };
-            let networks = input(&d1, &r1).changed_networks(&input(&d0, &r0)).expect("ids ascending");
+            let networks = input(&d1).changed_networks(&input(&d0)).expect("ids ascending");
             let networks: BTreeSet<&str> = networks.iter().map(String::as_str).collect();
             let named = |name: &str| -> Vec<&PortRow> {
                 let mut v: Vec<&PortRow> = bridge.iter().filter(|p| p.name == name).collect();
@@ -786,8 +769,8 @@ pub(crate) mod tests {
             };
             let mut sorted = bridge.clone();
             sorted.sort_by_key(|p| p.uuid);
-            let whole = plan_ports_of(&d1, &r1, &sorted);
-            match plan_ports_changed((&d1, &r1), (&d0, &r0), &networks, &changed, named) {
+            let whole = plan_ports_of(&d1, &sorted);
+            match plan_ports_changed(&d1, &d0, &networks, &changed, named) {
                 Some(got) => prop_assert_eq!(got, whole),
                 None => {
                     // Only for a tunnel name looked at or other encapsulations.
@@ -795,10 +778,10 @@ pub(crate) mod tests {
                         d.networks.iter().map(|n| n.encap).collect()
                     };
                     let tunnel_looked_at = changed.iter().any(|n| n.starts_with("dpu-"))
-                        || [(&d0, &r0), (&d1, &r1)].iter().any(|(d, r)| {
+                        || [&d0, &d1].iter().any(|d| {
                             d.ports.iter().any(|p| {
                                 networks.contains(p.network.as_str())
-                                    && r.get(&p.id).is_some_and(|n| n.starts_with("dpu-"))
+                                    && p.representor.as_ref().is_some_and(|n| n.starts_with("dpu-"))
                             })
                         });
                     prop_assert!(tunnel_looked_at || encaps(&d0) != encaps(&d1));
@@ -907,12 +890,12 @@ pub(crate) mod tests {
 
     #[test]
     fn resolves_ofports() {
-        let (d, reps) = desired();
+        let d = desired();
         let ofp = BTreeMap::from([("rep1".to_string(), 4), ("dpu-vxlan".to_string(), 9)]);
-        let r = resolve_ofports(&d, &reps, &ofp);
+        let r = resolve_ofports(&d, &ofp);
         assert_eq!(r.ports[0].ofport, Some(4));
         assert_eq!(r.tunnel_ofports.get(&Encap::Vxlan), Some(&9));
-        let r = resolve_ofports(&d, &reps, &BTreeMap::new());
+        let r = resolve_ofports(&d, &BTreeMap::new());
         assert_eq!(r.ports[0].ofport, None);
     }
 }
