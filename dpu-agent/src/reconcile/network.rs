@@ -28,7 +28,7 @@ use net_offload::pipeline::{
 };
 use net_offload::switch::{
     Durations, InputChange, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle, SwitchInput,
-    SwitchReport,
+    SwitchReport, thread_cpu,
 };
 use tokio::sync::watch;
 
@@ -116,8 +116,10 @@ struct LastInput {
     /// What `input` was built from (`None`: nothing built yet).
     index: Option<Index>,
     /// Time spent building the desired networking from the store (the
-    /// `input` phase of `dpu_agent_switch_phase_seconds`).
+    /// `input` phase of `dpu_agent_switch_phase_seconds`), and the CPU time
+    /// of it (of `dpu_agent_switch_phase_cpu_seconds`).
     built: Durations,
+    built_cpu: Durations,
 }
 
 /// The store revisions the desired networking is derived from: the specs of
@@ -195,6 +197,7 @@ impl NetworkBackend {
             return last.input.version;
         }
         let started = std::time::Instant::now();
+        let cpu = thread_cpu();
         // Patched with the objects the store changed since the last build
         // when it still knows which (it always does unless far behind),
         // else built from the whole lists.
@@ -237,6 +240,7 @@ impl NetworkBackend {
             last.input = Arc::new(next);
         }
         last.built.observe(started.elapsed());
+        last.built_cpu.observe(thread_cpu().saturating_sub(cpu));
         if changed {
             self.switch.set_input(last.input.clone());
         }
@@ -849,6 +853,33 @@ impl Controller for NetworkController {
                 SwitchPhase::ALL
                     .into_iter()
                     .map(move |phase| (pass, phase.as_str(), report.phase(pass, phase)))
+            }),
+        );
+        for (pass, phase, d) in series {
+            Histogram::from_parts(DURATION_BUCKETS, &d.counts, nanos(d)).render(
+                out,
+                name,
+                &[("pass", pass.as_str()), ("phase", phase)],
+            );
+        }
+        let name = "dpu_agent_switch_phase_cpu_seconds";
+        crate::metrics::header(
+            out,
+            name,
+            "histogram",
+            "The CPU time of the phases that compute without I/O (input, compile, diff), by pass: their wall time without the waits for a core.",
+        );
+        let built_cpu = self
+            .backend
+            .last
+            .lock()
+            .map(|l| l.built_cpu.clone())
+            .unwrap_or_default();
+        let series = std::iter::once((Pass::Change, "input", &built_cpu)).chain(
+            Pass::ALL.into_iter().flat_map(|pass| {
+                [SwitchPhase::Compile, SwitchPhase::Diff]
+                    .into_iter()
+                    .map(move |phase| (pass, phase.as_str(), report.phase_cpu(pass, phase)))
             }),
         );
         for (pass, phase, d) in series {

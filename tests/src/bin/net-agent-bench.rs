@@ -419,6 +419,23 @@ const PHASES: &[(&str, &str, bool)] = &[
     ),
 ];
 
+/// The phases of row 3 that compute without I/O, by their CPU time (the
+/// agent thread's, without its waits for a core): label and sample.
+const CPU_PHASES: &[(&str, &str)] = &[
+    (
+        "input",
+        "dpu_agent_switch_phase_cpu_seconds_sum{pass=\"change\",phase=\"input\"}",
+    ),
+    (
+        "compile",
+        "dpu_agent_switch_phase_cpu_seconds_sum{pass=\"change\",phase=\"compile\"}",
+    ),
+    (
+        "diff",
+        "dpu_agent_switch_phase_cpu_seconds_sum{pass=\"change\",phase=\"diff\"}",
+    ),
+];
+
 /// Phases that are round trips to the switch (their wall time includes
 /// ovs-vswitchd's or ovsdb-server's work).
 const ROUND_TRIPS: &[&str] = &[
@@ -494,6 +511,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn p50_p99_us(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "p50 {} / p99 {}",
+        us(percentile(&v, 0.5)),
+        us(percentile(&v, 0.99))
+    )
 }
 
 fn vsctl(ovs: &OvsSandbox, args: &[&str]) -> BenchResult<()> {
@@ -704,6 +734,8 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
     let mut lat = Vec::with_capacity(o.runs);
     let mut whole = Vec::with_capacity(o.runs);
     let mut phases: Vec<Vec<Duration>> = vec![Vec::with_capacity(o.runs); PHASES.len()];
+    let mut cpu_phases: Vec<Vec<Duration>> = vec![Vec::with_capacity(o.runs); CPU_PHASES.len()];
+    let mut computing = Vec::with_capacity(o.runs);
     let (mut share, mut share_local, mut other) = (Vec::new(), Vec::new(), Vec::new());
     let (mut passes, mut planned) = (Vec::with_capacity(o.runs), Vec::with_capacity(o.runs));
     let (mut periodic_runs, mut periodic_lat) = (0, Vec::with_capacity(o.runs));
@@ -760,6 +792,13 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
                 }
             }
         }
+        let mut cpu = 0.0;
+        for (i, (_, name)) in CPU_PHASES.iter().enumerate() {
+            let d = delta(name);
+            cpu_phases[i].push(secs(d));
+            cpu += d;
+        }
+        computing.push(secs(cpu));
         passes.push(delta(
             "dpu_agent_switch_phase_seconds_count{pass=\"change\",phase=\"compile\"}",
         ));
@@ -857,6 +896,23 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
             p50_p99(phases[i].clone()),
         );
     }
+    let _ = writeln!(
+        table,
+        "| … the CPU time of input + compile + diff (the agent thread's, without its waits for a core; per phase: {}) | {} | | the same at any number of other ports |",
+        CPU_PHASES
+            .iter()
+            .zip(&cpu_phases)
+            .map(|((label, _), v)| format!("{label} {}", p50_p99_us(v.clone())))
+            .collect::<Vec<_>>()
+            .join(", "),
+        p50_p99_us(computing.clone()),
+    );
+    computing.sort();
+    println!(
+        "bench-row\t… its input + compile + diff CPU ({dp} datapath, {} ports), p50\t{}\t-\t-\tthe same at any number of ports (compare runs)\t-",
+        o.ports,
+        us(percentile(&computing, 0.5)),
+    );
     let _ = writeln!(
         table,
         "| … periodic passes that fell into the run (one task: the change waits for them), in {periodic_runs} of {} runs | {} | by phase over all runs: {} | |",
