@@ -70,6 +70,7 @@ fn input(version: u64) -> SwitchInput {
             }],
             tunnel_ofports: BTreeMap::new(),
         },
+        by_network: None,
         changed: None,
     }
 }

@@ -23,8 +23,8 @@ use dpu_api::object::{ConditionStatus, ObjectKey, Phase, WriteOutcome};
 use dpu_api::report::{FlowsReport, PortReport};
 use dpu_api::spec::{Encap as ApiEncap, PortSpec, Protocol, SecurityRule, Spec};
 use net_offload::pipeline::{
-    self, DesiredNetworking, Encap, EndpointDesc, NetworkDesc, OwnerKind, PortDesc, QosDesc,
-    RuleDesc, RuleProtocol, SecurityDesc,
+    self, DesiredNetworking, Encap, EndpointDesc, NetworkDesc, OwnerKind, PortDesc, PortsByNetwork,
+    QosDesc, RuleDesc, RuleProtocol, SecurityDesc,
 };
 use net_offload::switch::{
     Durations, InputChange, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle, SwitchInput,
@@ -208,11 +208,13 @@ impl NetworkBackend {
         if patched.is_none() {
             last.index = Some(Index::build(store, None, last.index.as_ref()));
         }
-        let networking = last.index.as_ref().expect("built above").networking();
+        let index = last.index.as_ref().expect("built above");
+        let (networking, by_network) = (index.networking(), index.by_network());
         last.inputs = Some(revisions);
         let mut next = SwitchInput {
             version: last.input.version + 1,
             networking,
+            by_network: Some(by_network),
             changed: None,
         };
         // Which networks changed, so the switch looks only at those: as
@@ -301,6 +303,11 @@ struct Index {
     representors: BTreeMap<String, String>,
     /// Function id → the ids of the ports that name it.
     ports_of: BTreeMap<String, BTreeSet<String>>,
+    /// Network id → the ids of the ports that name it ...
+    ports_in: BTreeMap<String, BTreeSet<String>>,
+    /// ... and their descriptions, as the switch reads them
+    /// ([`SwitchInput::by_network`]).
+    by_network: PortsByNetwork,
 }
 
 fn network_desc(o: &StoredObject) -> Option<NetworkDesc> {
@@ -443,8 +450,15 @@ impl Index {
                 .entry(p.function.clone())
                 .or_default()
                 .insert(o.id.clone());
+            index
+                .ports_in
+                .entry(p.network.clone())
+                .or_default()
+                .insert(o.id.clone());
             index.ports.insert(o.id.clone(), (o, desc));
         }
+        let networks: Vec<String> = index.ports_in.keys().cloned().collect();
+        index.regroup(networks.iter());
         for o in list(Kind::Endpoint) {
             index
                 .endpoints
@@ -508,12 +522,16 @@ impl Index {
                 }
                 Kind::Port => {
                     let was = self.ports.remove(&key.id);
-                    if let Some(function) = was.as_ref().and_then(|(o, _)| port_spec(o)) {
-                        let function = &function.function;
-                        if let Some(ids) = self.ports_of.get_mut(function) {
-                            ids.remove(&key.id);
-                            if ids.is_empty() {
-                                self.ports_of.remove(function);
+                    if let Some(p) = was.as_ref().and_then(|(o, _)| port_spec(o)) {
+                        for (map, at) in [
+                            (&mut self.ports_of, &p.function),
+                            (&mut self.ports_in, &p.network),
+                        ] {
+                            if let Some(ids) = map.get_mut(at) {
+                                ids.remove(&key.id);
+                                if ids.is_empty() {
+                                    map.remove(at);
+                                }
                             }
                         }
                     }
@@ -521,10 +539,12 @@ impl Index {
                         let p = port_spec(&o)?;
                         let representor = self.representors.get(&p.function).map(String::as_str);
                         let desc = shared_port_desc(was.as_ref(), &o, p, representor);
-                        self.ports_of
-                            .entry(p.function.clone())
-                            .or_default()
-                            .insert(key.id.clone());
+                        for (map, at) in [
+                            (&mut self.ports_of, &p.function),
+                            (&mut self.ports_in, &p.network),
+                        ] {
+                            map.entry(at.clone()).or_default().insert(key.id.clone());
+                        }
                         Some((o, desc))
                     });
                     let was = was.map(|(_, d)| d);
@@ -539,8 +559,32 @@ impl Index {
                 _ => {}
             }
         }
+        self.regroup(changed.iter());
         self.revision = revision;
         changed
+    }
+
+    /// Makes `by_network`'s entries of `networks` their ports' descriptions.
+    fn regroup<'a>(&mut self, networks: impl Iterator<Item = &'a String>) {
+        for n in networks {
+            match self.ports_in.get(n) {
+                Some(ids) => {
+                    let ports: Vec<Arc<PortDesc>> = ids
+                        .iter()
+                        .filter_map(|id| self.ports.get(id).map(|(_, d)| d.clone()))
+                        .collect();
+                    self.by_network.insert(n.clone(), ports.into());
+                }
+                None => {
+                    self.by_network.remove(n);
+                }
+            }
+        }
+    }
+
+    /// Its ports by network, shared with the index (a copy of the map).
+    fn by_network(&self) -> Arc<PortsByNetwork> {
+        Arc::new(self.by_network.clone())
     }
 
     /// The desired networking this holds, in id order.
@@ -741,6 +785,7 @@ impl Controller for NetworkController {
         let all = self.backend.switch.plan(&SwitchInput {
             version: 0,
             networking,
+            by_network: None,
             changed: None,
         });
         let cookie = format!("{:#x}", pipeline::cookie(owner_kind(self.kind), &obj.id));
@@ -1582,6 +1627,11 @@ mod tests {
                 ..SwitchInput::default()
             };
             assert_eq!(now.networking, desired_from_store(s, None), "{what}");
+            assert_eq!(
+                index.by_network,
+                Index::build(s, None, None).by_network,
+                "{what}"
+            );
             let walked = now.changed_networks(&input).expect("ids ascending");
             assert!(walked.is_subset(&changed), "{what}: {walked:?} {changed:?}");
             if what == "a port's status" {

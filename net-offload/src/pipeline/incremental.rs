@@ -13,7 +13,7 @@ use super::compile::{
 };
 use super::cookie::Owner;
 use super::diff::{FlowPlan, plan_flows};
-use super::model::{DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc};
+use super::model::{DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, PortsByNetwork};
 use crate::openflow::{Flow, Match, MeterMod};
 
 /// One network's segment and the inputs it was compiled from.
@@ -256,7 +256,25 @@ pub struct IncrementalPipeline {
     /// Flows per owner of the whole result, kept up to date as segments
     /// come and go (so a pass does not count every owner again).
     counts: BTreeMap<Owner, usize>,
+    /// How many ports of the cached segments have each ofport, kept up to
+    /// date with them (so an update of some networks checks its ofports
+    /// without collecting every other network's).
+    ofports: BTreeMap<u32, usize>,
     started: bool,
+}
+
+/// Adds (`add`) or takes out the ofports of `c`'s ports to or from `counts`.
+fn count_ofports(counts: &mut BTreeMap<u32, usize>, c: &Cached, add: bool) {
+    for of in c.ports.iter().filter_map(|p| p.ofport) {
+        if add {
+            *counts.entry(of).or_default() += 1;
+        } else if let Some(n) = counts.get_mut(&of) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&of);
+            }
+        }
+    }
 }
 
 /// Whether no flow key of one segment can be another's: network ids and
@@ -322,6 +340,7 @@ impl IncrementalPipeline {
             self.counts = whole.flow_counts();
             self.whole = Some(whole);
             self.segments.clear();
+            self.ofports.clear();
             return Changes::All;
         }
         if all {
@@ -340,6 +359,7 @@ impl IncrementalPipeline {
             .collect();
         for id in gone {
             if let Some(c) = self.segments.remove(&id) {
+                count_ofports(&mut self.ofports, &c, false);
                 sub_counts(&mut self.counts, &c.counts);
                 changed.insert(id, Some(c.segment));
             }
@@ -361,15 +381,18 @@ impl IncrementalPipeline {
     /// ports' ofports, and the tunnel ofports of their encapsulations (a
     /// tunnel that moved lists every network of its encapsulation). Only
     /// those networks are regrouped, compared and (when they differ)
-    /// recompiled; of the others only the cached VNIs and ofports are read
-    /// (still unique?), and the ports and endpoints are walked once to find
-    /// those of `networks`. `None`, with nothing changed, when only the
-    /// whole update can tell: no update yet, the whole-state compile in
-    /// use, port ids not strictly ascending, or network ids, VNIs or
-    /// ofports no longer unique.
+    /// recompiled; of the others only the cached VNIs are read (still
+    /// unique?; the cached ofports are counted as segments come and go),
+    /// and the endpoints are walked once to find those of `networks`; the
+    /// ports too, unless `by_network` gives `desired`'s ports by network
+    /// (whose maker promises their ids strictly ascending). `None`, with
+    /// nothing changed, when only the whole update can tell: no update yet,
+    /// the whole-state compile in use, port ids not strictly ascending, or
+    /// network ids, VNIs or ofports no longer unique.
     pub fn update_networks(
         &mut self,
         desired: &DesiredNetworking,
+        by_network: Option<&PortsByNetwork>,
         networks: &BTreeSet<&str>,
         ofport: impl Fn(&PortDesc) -> Option<u32>,
         tunnels: &BTreeMap<Encap, u32>,
@@ -388,14 +411,28 @@ impl IncrementalPipeline {
         // in id order, as `group_by_network` sorts them.
         let mut ports: BTreeMap<&str, Vec<&PortDesc>> =
             networks.iter().map(|id| (*id, Vec::new())).collect();
-        let mut last: Option<&str> = None;
-        for p in &desired.ports {
-            if last.is_some_and(|l| l >= p.id.as_str()) {
-                return None;
+        match by_network {
+            Some(by_network) => {
+                for (id, v) in ports.iter_mut() {
+                    v.extend(
+                        by_network
+                            .get(*id)
+                            .into_iter()
+                            .flat_map(|g| g.iter().map(|p| &**p)),
+                    );
+                }
             }
-            last = Some(p.id.as_str());
-            if let Some(v) = ports.get_mut(p.network.as_str()) {
-                v.push(p);
+            None => {
+                let mut last: Option<&str> = None;
+                for p in &desired.ports {
+                    if last.is_some_and(|l| l >= p.id.as_str()) {
+                        return None;
+                    }
+                    last = Some(p.id.as_str());
+                    if let Some(v) = ports.get_mut(p.network.as_str()) {
+                        v.push(p);
+                    }
+                }
             }
         }
         let mut endpoints: BTreeMap<&str, Vec<&EndpointDesc>> = BTreeMap::new();
@@ -428,22 +465,24 @@ impl IncrementalPipeline {
                 }
             })
             .collect();
-        // Ofports still unique: the cached ones of the other networks, the
-        // new ones of these.
-        let mut ofports: Vec<u32> = self
-            .segments
+        // Ofports still unique: the new ones of these networks, among
+        // themselves and against the cached ones of the other networks
+        // (all cached ones but these networks' own).
+        let mut leaving: BTreeMap<u32, usize> = BTreeMap::new();
+        for id in networks {
+            if let Some(c) = self.segments.get(*id) {
+                count_ofports(&mut leaving, c, true);
+            }
+        }
+        let mut new = HashSet::new();
+        for of in groups
             .iter()
-            .filter(|(id, _)| !networks.contains(id.as_str()))
-            .flat_map(|(_, c)| c.ports.iter().filter_map(|p| p.ofport))
-            .chain(
-                groups
-                    .iter()
-                    .flat_map(|g| g.ports.iter().filter_map(|p| ofport(p))),
-            )
-            .collect();
-        ofports.sort_unstable();
-        if ofports.windows(2).any(|w| w[0] == w[1]) {
-            return None;
+            .flat_map(|g| g.ports.iter().filter_map(|p| ofport(p)))
+        {
+            let cached = self.ofports.get(&of).copied().unwrap_or(0);
+            if !new.insert(of) || cached > leaving.get(&of).copied().unwrap_or(0) {
+                return None;
+            }
         }
         // What is left in `ports`: the ports of listed networks that do
         // not exist.
@@ -458,6 +497,7 @@ impl IncrementalPipeline {
             if !found.contains_key(id)
                 && let Some(c) = self.segments.remove(*id)
             {
+                count_ofports(&mut self.ofports, &c, false);
                 sub_counts(&mut self.counts, &c.counts);
                 changed.insert(id.to_string(), Some(c.segment));
             }
@@ -483,12 +523,15 @@ impl IncrementalPipeline {
             Some(c) if c.compiled_from(g, ofport) => {}
             Some(c) => {
                 let old = std::mem::replace(c, Cached::new(g, ofport));
+                count_ofports(&mut self.ofports, &old, false);
+                count_ofports(&mut self.ofports, c, true);
                 sub_counts(&mut self.counts, &old.counts);
                 add_counts(&mut self.counts, &c.counts);
                 changed.insert(id.to_string(), Some(old.segment));
             }
             None => {
                 let c = Cached::new(g, ofport);
+                count_ofports(&mut self.ofports, &c, true);
                 add_counts(&mut self.counts, &c.counts);
                 self.segments.insert(id.to_string(), c);
                 changed.insert(id.to_string(), None);

@@ -22,8 +22,8 @@ pub use cookie::{AGENT_COOKIE, AGENT_COOKIE_MASK, Owner, OwnerKind, cookie, is_a
 pub use diff::{FlowPlan, plan_flows};
 pub use incremental::{Changes, IncrementalPipeline, changed_networks, resolved};
 pub use model::{
-    DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, QosDesc, RuleDesc, RuleProtocol,
-    SecurityDesc,
+    DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, PortsByNetwork, QosDesc,
+    RuleDesc, RuleProtocol, SecurityDesc,
 };
 
 #[cfg(test)]

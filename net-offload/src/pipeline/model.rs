@@ -101,6 +101,11 @@ pub struct EndpointDesc {
     pub vtep: Ipv4Addr,
 }
 
+/// The ports of each network, in id order: a [`DesiredNetworking`]'s
+/// ports grouped by the network they name (whether it exists or not), each
+/// group shared so that a copy of the map copies no port list.
+pub type PortsByNetwork = BTreeMap<String, Arc<[Arc<PortDesc>]>>;
+
 /// Everything the compiler needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DesiredNetworking {

@@ -799,7 +799,7 @@ mod incremental {
                 }
                 let installed: Vec<Flow> = whole.flows().map(|f| f.flow.clone()).collect();
                 let want = whole.update(&d);
-                let got = match only.update_networks(&d, &networks, |p| p.ofport, &d.tunnel_ofports) {
+                let got = match only.update_networks(&d, None, &networks, |p| p.ofport, &d.tunnel_ofports) {
                     Some(got) => {
                         prop_assert_eq!(&got, &want);
                         got
@@ -809,6 +809,15 @@ mod incremental {
                 equals_whole(&only, &got, &d, &installed)?;
             }
         }
+    }
+
+    /// `d`'s ports grouped by network, in id order.
+    fn by_network(d: &DesiredNetworking) -> crate::pipeline::PortsByNetwork {
+        let mut groups: BTreeMap<String, Vec<Arc<PortDesc>>> = BTreeMap::new();
+        for p in &d.ports {
+            groups.entry(p.network.clone()).or_default().push(p.clone());
+        }
+        groups.into_iter().map(|(n, v)| (n, v.into())).collect()
     }
 
     /// `only`, updated to `d` with `got` as its changes, is what the whole
@@ -874,7 +883,10 @@ mod incremental {
                 let names: std::collections::BTreeSet<&str> =
                     networks.iter().map(String::as_str).collect();
                 total += 1;
-                let got = match only.update_networks(&d, &names, |p| p.ofport, &d.tunnel_ofports) {
+                // Every other update with the ports by network, as the
+                // agent gives them.
+                let by = (total % 2 == 0).then(|| by_network(&d));
+                let got = match only.update_networks(&d, by.as_ref(), &names, |p| p.ofport, &d.tunnel_ofports) {
                     Some(got) => {
                         used += 1;
                         prop_assert_eq!(&got, &want);

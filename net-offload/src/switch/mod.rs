@@ -38,7 +38,7 @@ use crate::ovsdb::{
 };
 use crate::pipeline::{
     self, Changes, CompiledPipeline, DesiredNetworking, Encap, FlowPlan, IncrementalPipeline,
-    Owner, OwnerKind, PortDesc,
+    Owner, OwnerKind, PortDesc, PortsByNetwork,
 };
 use plan::{
     BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, plan_bridge, plan_meters,
@@ -79,6 +79,11 @@ pub struct SwitchInput {
     /// Ports' `ofport` and `tunnel_ofports` are filled in by the reconciler
     /// (each port's `representor` is the input's).
     pub networking: DesiredNetworking,
+    /// `networking`'s ports by network, when the maker of the input keeps
+    /// them so (the agent does; it then promises the port ids strictly
+    /// ascending): a pass that looks at some networks reads their ports
+    /// alone. `None`: found by walking every port.
+    pub by_network: Option<Arc<PortsByNetwork>>,
     /// Which networks' inputs alone differ from those of an earlier input
     /// (`None`: not said, every network is compared).
     pub changed: Option<InputChange>,
@@ -103,6 +108,54 @@ impl SwitchInput {
     /// tell).
     pub fn changed_networks(&self, old: &SwitchInput) -> Option<BTreeSet<String>> {
         pipeline::changed_networks(&old.networking, &self.networking)
+    }
+
+    /// Whether the port ids are strictly ascending: promised with
+    /// `by_network`, else walked.
+    pub fn ids_ascending(&self) -> bool {
+        self.by_network.is_some() || self.networking.ports.windows(2).all(|w| w[0].id < w[1].id)
+    }
+
+    /// The ports of `networks`: those `by_network` lists, else every port
+    /// whose network is one of them (in input order).
+    pub fn ports_in<'a, S: std::borrow::Borrow<str> + Ord>(
+        &'a self,
+        networks: &'a BTreeSet<S>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<PortDesc>> + 'a> {
+        match &self.by_network {
+            Some(by) => Box::new(
+                networks
+                    .iter()
+                    .filter_map(|n| by.get(n.borrow()))
+                    .flat_map(|ports| ports.iter()),
+            ),
+            None => Box::new(
+                self.networking
+                    .ports
+                    .iter()
+                    .filter(|p| networks.contains(p.network.as_str())),
+            ),
+        }
+    }
+
+    /// Whether `by_network` (when given) holds `networking`'s ports, by
+    /// network in id order, and those ids are strictly ascending: what its
+    /// maker promises (checked in debug builds).
+    fn by_network_holds(&self) -> bool {
+        let Some(by) = &self.by_network else {
+            return true;
+        };
+        let mut grouped: BTreeMap<&str, Vec<&Arc<PortDesc>>> = BTreeMap::new();
+        for p in &self.networking.ports {
+            grouped.entry(p.network.as_str()).or_default().push(p);
+        }
+        self.networking.ports.windows(2).all(|w| w[0].id < w[1].id)
+            && grouped.len() == by.len()
+            && grouped.iter().all(|(n, ports)| {
+                by.get(*n).is_some_and(|b| {
+                    b.len() == ports.len() && b.iter().zip(ports).all(|(a, b)| Arc::ptr_eq(a, b))
+                })
+            })
     }
 }
 
@@ -597,10 +650,11 @@ fn sync_port_reports(
     only: Option<&BTreeSet<String>>,
 ) {
     let mut owner = Owner::new(OwnerKind::Port, String::new());
-    for p in &input.networking.ports {
-        if only.is_some_and(|networks| !networks.contains(&p.network)) {
-            continue;
-        }
+    let ports = match only {
+        Some(networks) => input.ports_in(networks),
+        None => Box::new(input.networking.ports.iter()),
+    };
+    for p in ports {
         let s = port_state(p, ofports, skipped, counts, datapath, &mut owner);
         // Looked at before written: a write copies the entry's path even
         // when the value stays the same.
@@ -640,7 +694,13 @@ fn sync_owners<'a>(
     counts: &BTreeMap<Owner, usize>,
     owners: impl Iterator<Item = &'a Owner>,
 ) {
+    // A segment's flows come grouped by owner: each run looked at once.
+    let mut last: Option<&Owner> = None;
     for o in owners {
+        if last == Some(o) {
+            continue;
+        }
+        last = Some(o);
         match counts.get(o) {
             Some(n) if target.get(o) == Some(n) => {}
             Some(n) => {
@@ -1124,6 +1184,7 @@ impl Reconciler {
     }
 
     async fn converge_timed(&mut self, input: &Arc<SwitchInput>) -> Result<(), SwitchError> {
+        debug_assert!(input.by_network_holds(), "by_network as promised");
         // Set again only when this pass succeeds.
         let synced = self.synced.take();
         if !self.ovsdb.session().borrow().connected {
@@ -1179,13 +1240,9 @@ impl Reconciler {
                         .filter(|c| c.since == base.input.version)?;
                     change.networks.iter().map(String::as_str).collect()
                 };
-                plan_ports_changed(
-                    &input.networking,
-                    &base.input.networking,
-                    &networks,
-                    &base.names,
-                    |name| bridge.ports_named(name).collect(),
-                )
+                plan_ports_changed(input, &base.input, &networks, &base.names, |name| {
+                    bridge.ports_named(name).collect()
+                })
             });
             let whole = || plan_ports_of(&input.networking, bridge.ports());
             match since_base {
@@ -1244,7 +1301,13 @@ impl Reconciler {
                 (MovedOfports::Names(names), Some(mut networks)) => {
                     networks.extend(networks_of_moved(input, names));
                     pipeline
-                        .update_networks(&input.networking, &networks, ofport, &tunnels)
+                        .update_networks(
+                            &input.networking,
+                            input.by_network.as_deref(),
+                            &networks,
+                            ofport,
+                            &tunnels,
+                        )
                         .map(|changes| {
                             let networks: BTreeSet<String> =
                                 networks.into_iter().map(str::to_string).collect();
@@ -1269,9 +1332,7 @@ impl Reconciler {
         // have a new report when the port ids are distinct (otherwise a
         // port's report is that of the last of its id).
         let report_only: Option<BTreeSet<String>> = match (&segments, only) {
-            (Some(segments), Some(mut networks))
-                if input.networking.ports.windows(2).all(|w| w[0].id < w[1].id) =>
-            {
+            (Some(segments), Some(mut networks)) if input.ids_ascending() => {
                 networks.extend(segments.keys().cloned());
                 Some(networks)
             }
@@ -1347,10 +1408,8 @@ impl Reconciler {
                 // this one counts from.
                 if let Some(old) = synced.as_ref().filter(|s| !Arc::ptr_eq(s, input)) {
                     let now = &input.networking.ports;
-                    for p in old.networking.ports.iter() {
-                        if networks.contains(&p.network)
-                            && now.binary_search_by(|q| q.id.cmp(&p.id)).is_err()
-                        {
+                    for p in old.ports_in(networks) {
+                        if now.binary_search_by(|q| q.id.cmp(&p.id)).is_err() {
                             self.report.ports.remove(&p.id);
                         }
                     }

@@ -353,19 +353,20 @@ fn agent_owned(p: &PortRow) -> bool {
 /// tunnel port's name among those looked at, or the encapsulations in use
 /// changed (a tunnel port to add or remove).
 pub fn plan_ports_changed<'a>(
-    now: &DesiredNetworking,
-    before: &DesiredNetworking,
+    now: &super::SwitchInput,
+    before: &super::SwitchInput,
     networks: &BTreeSet<&str>,
     names: &BTreeSet<String>,
     rows_named: impl Fn(&str) -> Vec<&'a PortRow>,
 ) -> Option<PortPlan> {
-    let ascending = |d: &DesiredNetworking| {
-        d.ports.windows(2).all(|w| w[0].id < w[1].id)
-            && d.networks.windows(2).all(|w| w[0].id < w[1].id)
+    let ascending = |i: &super::SwitchInput| {
+        i.ids_ascending() && i.networking.networks.windows(2).all(|w| w[0].id < w[1].id)
     };
     if !ascending(now) || !ascending(before) {
         return None;
     }
+    let (now_inputs, before_inputs) = (now, before);
+    let (now, before) = (&now.networking, &before.networking);
     // The encapsulations in use (hence the tunnel ports) are as they were
     // unless one of `networks` came, went or changed encapsulation.
     let network = |d: &DesiredNetworking, id: &str| {
@@ -386,11 +387,10 @@ pub fn plan_ports_changed<'a>(
         }
     }
     let mut look: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    for d in [now, before] {
+    for input in [now_inputs, before_inputs] {
         look.extend(
-            d.ports
-                .iter()
-                .filter(|p| networks.contains(p.network.as_str()))
+            input
+                .ports_in(networks)
                 .filter_map(|p| p.representor.as_deref()),
         );
     }
@@ -770,7 +770,26 @@ pub(crate) mod tests {
             let mut sorted = bridge.clone();
             sorted.sort_by_key(|p| p.uuid);
             let whole = plan_ports_of(&d1, &sorted);
-            match plan_ports_changed(&d1, &d0, &networks, &changed, named) {
+            // With the ports by network (as the agent gives them) and without.
+            let by_network = |d: &DesiredNetworking| {
+                let mut groups: BTreeMap<String, Vec<Arc<PortDesc>>> = BTreeMap::new();
+                for p in &d.ports {
+                    groups.entry(p.network.clone()).or_default().push(p.clone());
+                }
+                let by: crate::pipeline::PortsByNetwork =
+                    groups.into_iter().map(|(n, v)| (n, v.into())).collect();
+                crate::switch::SwitchInput {
+                    networking: d.clone(),
+                    by_network: Some(Arc::new(by)),
+                    ..Default::default()
+                }
+            };
+            let got = plan_ports_changed(&input(&d1), &input(&d0), &networks, &changed, named);
+            prop_assert_eq!(
+                &got,
+                &plan_ports_changed(&by_network(&d1), &by_network(&d0), &networks, &changed, named)
+            );
+            match got {
                 Some(got) => prop_assert_eq!(got, whole),
                 None => {
                     // Only for a tunnel name looked at or other encapsulations.
