@@ -71,6 +71,7 @@ fn input(version: u64) -> SwitchInput {
             tunnel_ofports: BTreeMap::new(),
         },
         by_network: None,
+        by_representor: Default::default(),
         changed: None,
     }
 }

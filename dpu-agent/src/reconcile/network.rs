@@ -27,8 +27,8 @@ use net_offload::pipeline::{
     QosDesc, RuleDesc, RuleProtocol, SecurityDesc,
 };
 use net_offload::switch::{
-    Durations, InputChange, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle, SwitchInput,
-    SwitchReport, thread_cpu,
+    Durations, InputChange, OrdSet, Pass, Phase as SwitchPhase, SwitchConfig, SwitchHandle,
+    SwitchInput, SwitchReport, thread_cpu,
 };
 use tokio::sync::watch;
 
@@ -209,12 +209,17 @@ impl NetworkBackend {
             last.index = Some(Index::build(store, None, last.index.as_ref()));
         }
         let index = last.index.as_ref().expect("built above");
-        let (networking, by_network) = (index.networking(), index.by_network());
+        let (networking, by_network, by_representor) = (
+            index.networking(),
+            index.by_network(),
+            index.by_representor.clone(),
+        );
         last.inputs = Some(revisions);
         let mut next = SwitchInput {
             version: last.input.version + 1,
             networking,
             by_network: Some(by_network),
+            by_representor,
             changed: None,
         };
         // Which networks changed, so the switch looks only at those: as
@@ -308,6 +313,9 @@ struct Index {
     /// ... and their descriptions, as the switch reads them
     /// ([`SwitchInput::by_network`]).
     by_network: PortsByNetwork,
+    /// `(representor, port id)` of the ports that have one
+    /// ([`SwitchInput::by_representor`]).
+    by_representor: OrdSet<(String, String)>,
 }
 
 fn network_desc(o: &StoredObject) -> Option<NetworkDesc> {
@@ -398,6 +406,21 @@ fn shared_port_desc(
     }
 }
 
+/// Takes port `was`'s `(representor, id)` out of `set` and puts `now`'s in.
+fn represent(
+    set: &mut OrdSet<(String, String)>,
+    was: Option<&Arc<PortDesc>>,
+    now: Option<&Arc<PortDesc>>,
+) {
+    let entry = |p: &Arc<PortDesc>| Some((p.representor.clone()?, p.id.clone()));
+    if let Some(e) = was.and_then(entry) {
+        set.remove(&e);
+    }
+    if let Some(e) = now.and_then(entry) {
+        set.insert(e);
+    }
+}
+
 /// The kinds the desired networking is derived from.
 const INPUT_KINDS: [Kind; 4] = [Kind::Network, Kind::Port, Kind::Endpoint, Kind::Function];
 
@@ -455,6 +478,7 @@ impl Index {
                 .entry(p.network.clone())
                 .or_default()
                 .insert(o.id.clone());
+            index.represent(None, Some(&desc));
             index.ports.insert(o.id.clone(), (o, desc));
         }
         let networks: Vec<String> = index.ports_in.keys().cloned().collect();
@@ -511,7 +535,9 @@ impl Index {
                             let built = port_desc(o, p, now.as_deref());
                             if **desc != built {
                                 changed.insert(desc.network.clone());
-                                *desc = Arc::new(built);
+                                let built = Arc::new(built);
+                                represent(&mut self.by_representor, Some(desc), Some(&built));
+                                *desc = built;
                             }
                         }
                     }
@@ -522,6 +548,7 @@ impl Index {
                 }
                 Kind::Port => {
                     let was = self.ports.remove(&key.id);
+                    self.represent(was.as_ref().map(|(_, d)| d), None);
                     if let Some(p) = was.as_ref().and_then(|(o, _)| port_spec(o)) {
                         for (map, at) in [
                             (&mut self.ports_of, &p.function),
@@ -553,6 +580,7 @@ impl Index {
                         changed.extend(now.as_ref().map(|(_, d)| d.network.clone()));
                     }
                     if let Some(now) = now {
+                        self.represent(None, Some(&now.1));
                         self.ports.insert(key.id.clone(), now);
                     }
                 }
@@ -562,6 +590,12 @@ impl Index {
         self.regroup(changed.iter());
         self.revision = revision;
         changed
+    }
+
+    /// Takes port `was`'s representor out of `by_representor` and puts
+    /// `now`'s in.
+    fn represent(&mut self, was: Option<&Arc<PortDesc>>, now: Option<&Arc<PortDesc>>) {
+        represent(&mut self.by_representor, was, now);
     }
 
     /// Makes `by_network`'s entries of `networks` their ports' descriptions.
@@ -786,6 +820,7 @@ impl Controller for NetworkController {
             version: 0,
             networking,
             by_network: None,
+            by_representor: Default::default(),
             changed: None,
         });
         let cookie = format!("{:#x}", pipeline::cookie(owner_kind(self.kind), &obj.id));
@@ -1627,11 +1662,9 @@ mod tests {
                 ..SwitchInput::default()
             };
             assert_eq!(now.networking, desired_from_store(s, None), "{what}");
-            assert_eq!(
-                index.by_network,
-                Index::build(s, None, None).by_network,
-                "{what}"
-            );
+            let built = Index::build(s, None, None);
+            assert_eq!(index.by_network, built.by_network, "{what}");
+            assert_eq!(index.by_representor, built.by_representor, "{what}");
             let walked = now.changed_networks(&input).expect("ids ascending");
             assert!(walked.is_subset(&changed), "{what}: {walked:?} {changed:?}");
             if what == "a port's status" {

@@ -50,7 +50,7 @@ use ports::{BridgePorts, MovedOfports};
 /// The persistent ordered map of [`SwitchReport`]'s `ports` and `flows`
 /// (re-exported so users need no dependency of their own): cloning it is
 /// O(1), and a change copies only the path to the entry it touches.
-pub use imbl::OrdMap;
+pub use imbl::{OrdMap, OrdSet};
 
 /// `OFPMMFC_METER_EXISTS`.
 const METER_EXISTS: u16 = 1;
@@ -84,6 +84,11 @@ pub struct SwitchInput {
     /// ascending): a pass that looks at some networks reads their ports
     /// alone. `None`: found by walking every port.
     pub by_network: Option<Arc<PortsByNetwork>>,
+    /// With `by_network`: `(representor, port id)` of every port that has
+    /// a representor (a persistent set: its maker keeps it and hands over
+    /// a copy in constant time), so that a pass finds the ports of a
+    /// representor without walking every port.
+    pub by_representor: OrdSet<(String, String)>,
     /// Which networks' inputs alone differ from those of an earlier input
     /// (`None`: not said, every network is compared).
     pub changed: Option<InputChange>,
@@ -138,13 +143,52 @@ impl SwitchInput {
         }
     }
 
+    /// The ports whose representor is `name`, in id order: from
+    /// `by_representor` with `by_network`, else by walking every port.
+    pub fn ports_of_representor<'a>(
+        &'a self,
+        name: &str,
+    ) -> Box<dyn Iterator<Item = &'a Arc<PortDesc>> + 'a> {
+        let name = name.to_string();
+        if self.by_network.is_none() {
+            return Box::new(
+                self.networking
+                    .ports
+                    .iter()
+                    .filter(move |p| p.representor.as_ref() == Some(&name)),
+            );
+        }
+        let ports = &self.networking.ports;
+        Box::new(
+            self.by_representor
+                .range((name.clone(), String::new())..)
+                .take_while(move |(r, _)| *r == name)
+                .filter_map(move |(_, id)| {
+                    ports
+                        .binary_search_by(|p| p.id.as_str().cmp(id))
+                        .ok()
+                        .map(|i| &ports[i])
+                }),
+        )
+    }
+
     /// Whether `by_network` (when given) holds `networking`'s ports, by
-    /// network in id order, and those ids are strictly ascending: what its
-    /// maker promises (checked in debug builds).
+    /// network in id order, those ids are strictly ascending, and
+    /// `by_representor` holds their representors: what its maker promises
+    /// (checked in debug builds).
     fn by_network_holds(&self) -> bool {
         let Some(by) = &self.by_network else {
             return true;
         };
+        let representors: OrdSet<(String, String)> = self
+            .networking
+            .ports
+            .iter()
+            .filter_map(|p| Some((p.representor.clone()?, p.id.clone())))
+            .collect();
+        if representors != self.by_representor {
+            return false;
+        }
         let mut grouped: BTreeMap<&str, Vec<&Arc<PortDesc>>> = BTreeMap::new();
         for p in &self.networking.ports {
             grouped.entry(p.network.as_str()).or_default().push(p);
@@ -735,14 +779,9 @@ fn networks_of_moved<'a>(input: &'a SwitchInput, names: &BTreeSet<String>) -> BT
             );
         }
     }
-    networks.extend(
-        input
-            .networking
-            .ports
-            .iter()
-            .filter(|p| p.representor.as_ref().is_some_and(|r| names.contains(r)))
-            .map(|p| p.network.as_str()),
-    );
+    for name in names {
+        networks.extend(input.ports_of_representor(name).map(|p| p.network.as_str()));
+    }
     networks
 }
 

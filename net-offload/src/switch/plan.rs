@@ -403,10 +403,7 @@ pub fn plan_ports_changed<'a>(
     for name in look {
         // The first port (in id order) whose representor it is: the one
         // `plan_ports_of` names as its owner.
-        let owner = now
-            .ports
-            .iter()
-            .find(|p| p.representor.as_deref() == Some(name));
+        let owner = now_inputs.ports_of_representor(name).next();
         let rows = rows_named(name);
         match owner {
             Some(p) if rows.is_empty() => plan
@@ -781,6 +778,11 @@ pub(crate) mod tests {
                 crate::switch::SwitchInput {
                     networking: d.clone(),
                     by_network: Some(Arc::new(by)),
+                    by_representor: d
+                        .ports
+                        .iter()
+                        .filter_map(|p| Some((p.representor.clone()?, p.id.clone())))
+                        .collect(),
                     ..Default::default()
                 }
             };
