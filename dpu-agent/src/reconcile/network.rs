@@ -914,61 +914,56 @@ impl Controller for NetworkController {
             "dpu_agent_switch_ovsdb_transaction_duration_seconds",
             "Time one OVSDB transaction of the switch reconciler took.",
         );
-        let name = "dpu_agent_switch_phase_seconds";
-        crate::metrics::header(
+        let (built, built_cpu) = self
+            .backend
+            .last
+            .lock()
+            .map(|l| (l.built.clone(), l.built_cpu.clone()))
+            .unwrap_or_default();
+        phase_family(
             out,
-            name,
-            "histogram",
+            "dpu_agent_switch_phase_seconds",
             "Where the network controllers' and the switch reconciler's time went, by pass (change, periodic) and phase.",
+            &built,
+            &SwitchPhase::ALL,
+            |pass, phase| r.phase(pass, phase),
         );
-        let built = self
-            .backend
-            .last
-            .lock()
-            .map(|l| l.built.clone())
-            .unwrap_or_default();
-        let report: &SwitchReport = &r;
-        let series = std::iter::once((Pass::Change, "input", &built)).chain(
-            Pass::ALL.into_iter().flat_map(|pass| {
-                SwitchPhase::ALL
-                    .into_iter()
-                    .map(move |phase| (pass, phase.as_str(), report.phase(pass, phase)))
-            }),
-        );
-        for (pass, phase, d) in series {
-            Histogram::from_parts(DURATION_BUCKETS, &d.counts, nanos(d)).render(
-                out,
-                name,
-                &[("pass", pass.as_str()), ("phase", phase)],
-            );
-        }
-        let name = "dpu_agent_switch_phase_cpu_seconds";
-        crate::metrics::header(
+        phase_family(
             out,
-            name,
-            "histogram",
+            "dpu_agent_switch_phase_cpu_seconds",
             "The CPU time of the phases that compute without I/O (input, compile, diff), by pass: their wall time without the waits for a core.",
+            &built_cpu,
+            &[SwitchPhase::Compile, SwitchPhase::Diff],
+            |pass, phase| r.phase_cpu(pass, phase),
         );
-        let built_cpu = self
-            .backend
-            .last
-            .lock()
-            .map(|l| l.built_cpu.clone())
-            .unwrap_or_default();
-        let series = std::iter::once((Pass::Change, "input", &built_cpu)).chain(
-            Pass::ALL.into_iter().flat_map(|pass| {
-                [SwitchPhase::Compile, SwitchPhase::Diff]
-                    .into_iter()
-                    .map(move |phase| (pass, phase.as_str(), report.phase_cpu(pass, phase)))
-            }),
-        );
-        for (pass, phase, d) in series {
-            Histogram::from_parts(DURATION_BUCKETS, &d.counts, nanos(d)).render(
-                out,
-                name,
-                &[("pass", pass.as_str()), ("phase", phase)],
-            );
-        }
+    }
+}
+
+/// One histogram family of phases: the input phase (`input`, change
+/// passes) and `phases` of the switch's passes of either kind, as `of`
+/// gives them.
+fn phase_family<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    input: &'a Durations,
+    phases: &[SwitchPhase],
+    of: impl Fn(Pass, SwitchPhase) -> &'a Durations,
+) {
+    crate::metrics::header(out, name, "histogram", help);
+    let series = std::iter::once((Pass::Change, "input", input)).chain(
+        Pass::ALL
+            .into_iter()
+            .flat_map(|pass| phases.iter().map(move |phase| (pass, *phase)))
+            .map(|(pass, phase)| (pass, phase.as_str(), of(pass, phase))),
+    );
+    for (pass, phase, d) in series {
+        crate::metrics::Histogram::from_parts(
+            net_offload::switch::DURATION_BUCKETS,
+            &d.counts,
+            d.sum_nanos as f64 / 1e9,
+        )
+        .render(out, name, &[("pass", pass.as_str()), ("phase", phase)]);
     }
 }
 
@@ -1194,6 +1189,49 @@ mod tests {
         };
         let backend = NetworkBackend::over(Box::new(fake), watch::channel(false).0);
         (NetworkController { kind, backend }, inputs)
+    }
+
+    /// The phase families: wall time of every phase, CPU time of input,
+    /// compile and diff, each series once, for both kinds of pass; the
+    /// input's after a reconcile built it.
+    #[tokio::test]
+    async fn metrics_have_the_phases_by_wall_and_cpu_time() {
+        let (_dir, ctx) = store();
+        let (c, _) = controller(Kind::Network, converged);
+        c.reconcile(&ctx, &get(&ctx, Kind::Network, "blue"))
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.metrics(&mut out);
+        let count = |needle: &str| out.lines().filter(|l| l.starts_with(needle)).count();
+        for name in [
+            "dpu_agent_switch_phase_seconds",
+            "dpu_agent_switch_phase_cpu_seconds",
+        ] {
+            assert_eq!(count(&format!("# TYPE {name} histogram")), 1, "{out}");
+            assert_eq!(
+                count(&format!(
+                    "{name}_count{{pass=\"change\",phase=\"input\"}} 1"
+                )),
+                1,
+                "{out}"
+            );
+            for pass in ["change", "periodic"] {
+                for phase in ["compile", "diff"] {
+                    let series = format!("{name}_sum{{pass=\"{pass}\",phase=\"{phase}\"}}");
+                    assert_eq!(count(&series), 1, "{series}\n{out}");
+                }
+            }
+        }
+        assert_eq!(
+            count("dpu_agent_switch_phase_cpu_seconds_sum{pass=\"change\",phase=\"bundle\"}"),
+            0,
+            "no CPU time of I/O"
+        );
+        assert_eq!(
+            count("dpu_agent_switch_phase_seconds_sum{pass=\"change\",phase=\"bundle\"}"),
+            1
+        );
     }
 
     fn get(ctx: &Context, kind: Kind, id: &str) -> StoredObject {
