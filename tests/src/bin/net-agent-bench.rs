@@ -475,12 +475,17 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-fn p50_p99(mut v: Vec<Duration>) -> String {
+fn p50_p99(v: Vec<Duration>) -> String {
+    p50_p99_in(v, ms)
+}
+
+/// p50 and p99 of `v`, each written by `unit`.
+fn p50_p99_in(mut v: Vec<Duration>, unit: fn(Duration) -> String) -> String {
     v.sort();
     format!(
         "p50 {} / p99 {}",
-        ms(percentile(&v, 0.5)),
-        ms(percentile(&v, 0.99))
+        unit(percentile(&v, 0.5)),
+        unit(percentile(&v, 0.99))
     )
 }
 
@@ -515,15 +520,6 @@ fn ms(d: Duration) -> String {
 
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
-fn p50_p99_us(mut v: Vec<Duration>) -> String {
-    v.sort();
-    format!(
-        "p50 {} / p99 {}",
-        us(percentile(&v, 0.5)),
-        us(percentile(&v, 0.99))
-    )
 }
 
 fn vsctl(ovs: &OvsSandbox, args: &[&str]) -> BenchResult<()> {
@@ -902,10 +898,10 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
         CPU_PHASES
             .iter()
             .zip(&cpu_phases)
-            .map(|((label, _), v)| format!("{label} {}", p50_p99_us(v.clone())))
+            .map(|((label, _), v)| format!("{label} {}", p50_p99_in(v.clone(), us)))
             .collect::<Vec<_>>()
             .join(", "),
-        p50_p99_us(computing.clone()),
+        p50_p99_in(computing.clone(), us),
     );
     computing.sort();
     println!(
