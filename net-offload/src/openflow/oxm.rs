@@ -383,7 +383,15 @@ impl Match {
         };
         match pos {
             Ok(i) => self.fields[i] = fm,
-            Err(i) => self.fields.insert(i, fm),
+            Err(i) => {
+                let len = self.fields.len();
+                if len == self.fields.capacity() && len < 8 {
+                    // Room for a usual match at once (also in a copy,
+                    // which has no room to spare), not grown 4, then 8.
+                    self.fields.reserve_exact(8 - len);
+                }
+                self.fields.insert(i, fm)
+            }
         }
     }
 

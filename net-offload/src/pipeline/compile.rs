@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
+use super::FlowKeyHasher;
 use super::cookie::{Owner, OwnerKind};
 use super::model::{
     DesiredNetworking, Encap, EndpointDesc, NetworkDesc, PortDesc, RuleDesc, RuleProtocol,
@@ -95,14 +96,19 @@ pub fn meter_id(ofport: u32) -> u32 {
 
 struct Builder {
     flows: Vec<OwnedFlow>,
-    seen: HashSet<(u8, u16, Match)>,
+    seen: HashSet<(u8, u16, Match), FlowKeyHasher>,
 }
 
 impl Builder {
     fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// A builder with room for about `flows` flows (grown as needed).
+    fn with_capacity(flows: usize) -> Self {
         Builder {
-            flows: Vec::new(),
-            seen: HashSet::new(),
+            flows: Vec::with_capacity(flows),
+            seen: HashSet::with_capacity_and_hasher(flows, FlowKeyHasher::default()),
         }
     }
 
@@ -316,7 +322,14 @@ pub fn compile_segment(
     endpoints: &[&EndpointDesc],
     tunnel: Option<u32>,
 ) -> Segment {
-    let mut b = Builder::new();
+    // Room for each port's flows (a few each and one per rule, more for a
+    // rule with a port range) and each endpoint's: one allocation, not a
+    // dozen as the lists double.
+    let rules: usize = ports
+        .iter()
+        .map(|p| p.security.ingress.len() + p.security.egress.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut b = Builder::with_capacity(8 * (ports.len() + endpoints.len()) + rules + 8);
     let mut meters = BTreeMap::new();
     let mut skipped = BTreeMap::new();
     let tunnel = tunnel.filter(|_| net.encap != Encap::Local);

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use super::FlowKeyHasher;
 use super::cookie::is_agent_cookie;
 use crate::openflow::{Flow, FlowMod, Match};
 
@@ -67,9 +68,10 @@ fn key(f: &Flow) -> Key<'_> {
 
 /// Plans the changes that turn `observed` into `desired`.
 pub fn plan_flows<'a>(desired: impl IntoIterator<Item = &'a Flow>, observed: &[Flow]) -> FlowPlan {
-    let observed_by_key: HashMap<Key<'_>, &Flow> = observed.iter().map(|f| (key(f), f)).collect();
+    let observed_by_key: HashMap<Key<'_>, &Flow, FlowKeyHasher> =
+        observed.iter().map(|f| (key(f), f)).collect();
     let mut plan = FlowPlan::default();
-    let mut wanted: HashMap<Key<'_>, ()> = HashMap::new();
+    let mut wanted: HashMap<Key<'_>, (), FlowKeyHasher> = HashMap::default();
     for d in desired {
         wanted.insert(key(d), ());
         match observed_by_key.get(&key(d)) {

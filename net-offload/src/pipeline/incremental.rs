@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use super::FlowKeyHasher;
 use super::compile::{
     CompiledPipeline, NetworkInputs, OwnedFlow, Segment, compile, compile_segment,
     group_by_network, skeleton, unknown_network,
@@ -260,6 +261,9 @@ pub struct IncrementalPipeline {
     /// date with them (so an update of some networks checks its ofports
     /// without collecting every other network's).
     ofports: BTreeMap<u32, usize>,
+    /// Every meter of the cached segments, kept up to date as they come
+    /// and go (meter ids are ofports, unique while the segments are used).
+    meters: BTreeMap<u32, MeterMod>,
     started: bool,
 }
 
@@ -341,6 +345,7 @@ impl IncrementalPipeline {
             self.whole = Some(whole);
             self.segments.clear();
             self.ofports.clear();
+            self.meters.clear();
             return Changes::All;
         }
         if all {
@@ -367,6 +372,10 @@ impl IncrementalPipeline {
         for g in groups.values() {
             self.refresh_segment(g, &ofport, &mut changed);
         }
+        if all {
+            self.meters.clear();
+        }
+        self.patch_meters(&changed);
         if all {
             Changes::All
         } else {
@@ -505,6 +514,7 @@ impl IncrementalPipeline {
         for g in &groups {
             self.refresh_segment(g, &ofport, &mut changed);
         }
+        self.patch_meters(&changed);
         Some(Changes::Segments(changed))
     }
 
@@ -535,6 +545,27 @@ impl IncrementalPipeline {
                 add_counts(&mut self.counts, &c.counts);
                 self.segments.insert(id.to_string(), c);
                 changed.insert(id.to_string(), None);
+            }
+        }
+    }
+
+    /// Brings `meters` to the segments after the segments `changed` lists
+    /// changed (each with its previous segment): first every previous
+    /// segment's meters out, then every current one's in, so that a meter
+    /// that moved from one changed segment to another stays. Exact while
+    /// meter ids are unique among the segments before and after (their
+    /// ofports are: see [`segments_disjoint`]); unchanged segments' meters
+    /// are not looked at.
+    fn patch_meters(&mut self, changed: &BTreeMap<String, Option<Segment>>) {
+        for old in changed.values().flatten() {
+            for id in old.meters.keys() {
+                self.meters.remove(id);
+            }
+        }
+        for id in changed.keys() {
+            if let Some(c) = self.segments.get(id) {
+                self.meters
+                    .extend(c.segment.meters.iter().map(|(k, v)| (*k, v.clone())));
             }
         }
     }
@@ -572,18 +603,46 @@ impl IncrementalPipeline {
         self.segments.get(id).map(|c| &c.segment)
     }
 
-    /// Every meter.
-    pub fn meters(&self) -> BTreeMap<u32, MeterMod> {
+    /// Every meter (kept up to date by each update, not gathered again).
+    pub fn meters(&self) -> &BTreeMap<u32, MeterMod> {
         match &self.whole {
-            Some(w) => w.meters.clone(),
-            None => {
-                let mut m = BTreeMap::new();
-                for c in self.segments.values() {
-                    m.extend(c.segment.meters.iter().map(|(k, v)| (*k, v.clone())));
-                }
-                m
-            }
+            Some(w) => &w.meters,
+            None => &self.meters,
         }
+    }
+
+    /// The meter ids of the segments `changes` lists, before and now: the
+    /// only ones whose meter an update that gave `changes` can have
+    /// changed.
+    pub fn meter_ids_of(&self, changes: &BTreeMap<String, Option<Segment>>) -> BTreeSet<u32> {
+        changes
+            .iter()
+            .flat_map(|(id, old)| old.iter().chain(self.segment(id)))
+            .flat_map(|s| s.meters.keys().copied())
+            .collect()
+    }
+
+    /// Why port `p` got no flows, if it got none: what
+    /// [`IncrementalPipeline::skipped_ports`] says of its id, found in its
+    /// network's segment (or among the ports of unknown networks) without
+    /// gathering every segment's. For a port whose id another port of
+    /// another network shares (an input the API never makes), this port's
+    /// own reason.
+    pub fn skipped_port(&self, p: &PortDesc) -> Option<&str> {
+        match &self.whole {
+            Some(w) => w.skipped_ports.get(&p.id),
+            None => self
+                .orphans
+                .get(&p.id)
+                .filter(|(network, _)| *network == p.network)
+                .map(|(_, why)| why)
+                .or_else(|| {
+                    self.segments
+                        .get(&p.network)
+                        .and_then(|c| c.segment.skipped_ports.get(&p.id))
+                }),
+        }
+        .map(String::as_str)
     }
 
     /// Every port that got no flows, with why.
@@ -622,7 +681,7 @@ impl IncrementalPipeline {
     pub fn compiled(&self) -> CompiledPipeline {
         CompiledPipeline {
             flows: self.flows().cloned().collect(),
-            meters: self.meters(),
+            meters: self.meters().clone(),
             skipped_ports: self.skipped_ports(),
         }
     }
@@ -647,7 +706,7 @@ impl IncrementalPipeline {
             plan.modify.extend(p.modify);
             plan.delete.extend(p.delete);
         }
-        let mut deleted: HashMap<(u8, u16, Match), Flow> = plan
+        let mut deleted: HashMap<(u8, u16, Match), Flow, FlowKeyHasher> = plan
             .delete
             .drain(..)
             .map(|f| ((f.table, f.priority, f.matches.clone()), f))

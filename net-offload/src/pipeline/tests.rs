@@ -546,7 +546,9 @@ fn endpoint_of_another_tenant_or_without_vtep_admits_nothing() {
 
 mod incremental {
     use super::*;
+    use crate::switch::plan::{plan_meters, plan_meters_of};
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     type NetGen = (usize, u32, u8, u8);
     type PortGen = (usize, usize, u8, Option<u32>, bool, bool);
@@ -673,27 +675,51 @@ mod incremental {
         ) {
             let mut inc = IncrementalPipeline::new();
             let mut installed: Vec<Flow> = Vec::new();
+            let mut meters_installed = BTreeMap::new();
             for (valid, d) in &states {
                 let whole = compile(d);
                 let changes = inc.update(d);
                 prop_assert_eq!(sorted(inc.flows()), sorted(&whole.flows));
                 prop_assert_eq!(inc.flow_count(), whole.flows.len());
-                prop_assert_eq!(&inc.meters(), &whole.meters);
+                prop_assert_eq!(inc.meters(), &whole.meters);
                 prop_assert_eq!(&inc.skipped_ports(), &whole.skipped_ports);
+                skipped_port_says(&inc, d, &whole.skipped_ports)?;
                 prop_assert_eq!(inc.flow_counts(), whole.flow_counts());
                 let want = plan_flows(whole.flows.iter().map(|f| &f.flow), &installed);
                 match &changes {
                     Changes::Segments(segs) => {
                         let got = inc.plan_segments(segs);
                         prop_assert_eq!(sorted_plan(&got), sorted_plan(&want));
+                        let ids = inc.meter_ids_of(segs);
+                        prop_assert_eq!(
+                            plan_meters_of(inc.meters(), &meters_installed, &ids),
+                            plan_meters(&whole.meters, &meters_installed)
+                        );
                     }
                     Changes::All => prop_assert!(
                         !valid || installed.is_empty() || states.iter().any(|(v, _)| !v)
                     ),
                 }
                 installed = whole.flows.iter().map(|f| f.flow.clone()).collect();
+                meters_installed = whole.meters.clone();
             }
         }
+    }
+
+    /// `inc.skipped_port` says of each port of `d` what `skipped` (the
+    /// whole compile's) says of its id, when the port ids are distinct.
+    fn skipped_port_says(
+        inc: &IncrementalPipeline,
+        d: &DesiredNetworking,
+        skipped: &BTreeMap<String, String>,
+    ) -> Result<(), TestCaseError> {
+        let ids: BTreeSet<&str> = d.ports.iter().map(|p| p.id.as_str()).collect();
+        if ids.len() == d.ports.len() {
+            for p in &d.ports {
+                prop_assert_eq!(inc.skipped_port(p), skipped.get(&p.id).map(String::as_str));
+            }
+        }
+        Ok(())
     }
 
     /// `desired` with its ofports hidden: each port's moved out of the
@@ -831,8 +857,9 @@ mod incremental {
     ) -> Result<(), TestCaseError> {
         let compiled = compile(d);
         prop_assert_eq!(sorted(only.flows()), sorted(&compiled.flows));
-        prop_assert_eq!(only.meters(), compiled.meters.clone());
+        prop_assert_eq!(only.meters(), &compiled.meters);
         prop_assert_eq!(only.skipped_ports(), compiled.skipped_ports.clone());
+        skipped_port_says(only, d, &compiled.skipped_ports)?;
         prop_assert_eq!(only.owner_flows(), &compiled.flow_counts());
         if let Changes::Segments(segs) = got {
             let plan = only.plan_segments(segs);

@@ -42,8 +42,8 @@ use crate::pipeline::{
 };
 use plan::{
     BridgePlan, MeterPlan, MeterText, PortPlan, SwitchPlan, bridge_spec, plan_bridge, plan_meters,
-    plan_ports_changed, plan_ports_of, port_ofport, resolve_ofports, tunnel_ofports,
-    tunnel_port_name,
+    plan_meters_of, plan_ports_changed, plan_ports_of, port_ofport, resolve_ofports,
+    tunnel_ofports, tunnel_port_name,
 };
 use ports::{BridgePorts, MovedOfports};
 
@@ -622,26 +622,44 @@ impl PortState<'_> {
     }
 }
 
+/// The pipeline's ports that got no flows, with why: a map by port id, or
+/// the pipeline itself (which finds a port in its network's segment).
+trait Skipped {
+    fn skipped(&self, p: &PortDesc) -> Option<&str>;
+}
+
+impl Skipped for BTreeMap<String, String> {
+    fn skipped(&self, p: &PortDesc) -> Option<&str> {
+        self.get(&p.id).map(String::as_str)
+    }
+}
+
+impl Skipped for IncrementalPipeline {
+    fn skipped(&self, p: &PortDesc) -> Option<&str> {
+        self.skipped_port(p)
+    }
+}
+
 /// What the report says of port `p`: the ofport its flows match (none when
-/// `skipped` lists it: the pipeline's ports without flows, with why), its
+/// `skipped` names it: the pipeline's ports without flows, with why), its
 /// flows (`owner` is a scratch key, so the lookup copies nothing), why it
 /// has none, and what `datapath` (the datapath flows per representor, when
 /// known) says of its representor.
 fn port_state<'a>(
     p: &PortDesc,
     ofports: &BTreeMap<String, u32>,
-    skipped: &'a BTreeMap<String, String>,
+    skipped: &'a impl Skipped,
     counts: &BTreeMap<Owner, usize>,
     datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
     owner: &mut Owner,
 ) -> PortState<'a> {
-    let skip = skipped.get(&p.id);
+    let skip = skipped.skipped(p);
     let ofport = if skip.is_some() {
         None
     } else {
         port_ofport(p, ofports)
     };
-    let pending = skip.map(String::as_str).or_else(|| {
+    let pending = skip.or_else(|| {
         p.representor
             .is_none()
             .then_some("its function has no representor yet")
@@ -666,7 +684,7 @@ fn port_state<'a>(
 fn port_reports<'a>(
     input: &'a SwitchInput,
     ofports: &'a BTreeMap<String, u32>,
-    skipped: &'a BTreeMap<String, String>,
+    skipped: &'a impl Skipped,
     counts: &'a BTreeMap<Owner, usize>,
     datapath: Option<&'a BTreeMap<String, crate::unixctl::DatapathFlows>>,
 ) -> impl Iterator<Item = (String, PortReport)> + 'a {
@@ -688,7 +706,7 @@ fn sync_port_reports(
     reports: &mut OrdMap<String, PortReport>,
     input: &SwitchInput,
     ofports: &BTreeMap<String, u32>,
-    skipped: &BTreeMap<String, String>,
+    skipped: &impl Skipped,
     counts: &BTreeMap<Owner, usize>,
     datapath: Option<&BTreeMap<String, crate::unixctl::DatapathFlows>>,
     only: Option<&BTreeSet<String>>,
@@ -1388,7 +1406,7 @@ impl Reconciler {
             observed.flows = flows;
             observed.installed = false;
         }
-        let (flow_plan, meters, skipped) = {
+        let (flow_plan, meter_plan) = {
             let observed = self.observed.lock().expect("observed lock");
             let diffing = Instant::now();
             let cpu = thread_cpu();
@@ -1400,20 +1418,25 @@ impl Reconciler {
                 ),
             };
             let took = diffing.elapsed();
-            let out = (
-                plan,
-                observed.pipeline.meters(),
-                observed.pipeline.skipped_ports(),
-            );
+            // Believed, the switch holds the last pass's meters: only the
+            // changed segments' meter ids can need a change.
+            let meters = observed.pipeline.meters();
+            let meter_plan = match changed_segments {
+                Some(segments) => {
+                    let ids = observed.pipeline.meter_ids_of(segments);
+                    let plan = plan_meters_of(meters, &self.meters, &ids);
+                    // Tests check every pass against the whole plan.
+                    debug_assert_eq!(plan, plan_meters(meters, &self.meters), "meter plan");
+                    plan
+                }
+                None => plan_meters(meters, &self.meters),
+            };
             drop(observed);
             let cpu = thread_cpu().saturating_sub(cpu);
             self.timed(Phase::Diff, took);
             self.report.cpu[self.pass as usize][Phase::Diff as usize].observe(cpu);
-            out
+            (plan, meter_plan)
         };
-        let cpu = thread_cpu();
-        let meter_plan = plan_meters(&meters, &self.meters);
-        self.compile_cpu(cpu);
         let applied = async {
             self.apply_meters(&meter_plan).await?;
             self.apply_flows(&flow_plan).await?;
@@ -1422,10 +1445,11 @@ impl Reconciler {
         .await;
         let mut observed = self.observed.lock().expect("observed lock");
         let ofports = observed.ports.ofports();
+        let skipped = &observed.pipeline;
         if let Err(e) = applied {
             // Each port's ofport and why it has none, without flows.
             self.report.ports =
-                port_reports(input, ofports, &skipped, &BTreeMap::new(), None).collect();
+                port_reports(input, ofports, skipped, &BTreeMap::new(), None).collect();
             return Err(e);
         }
         let cpu = thread_cpu();
@@ -1436,7 +1460,7 @@ impl Reconciler {
             &mut self.report.ports,
             input,
             ofports,
-            &skipped,
+            skipped,
             counts,
             self.datapath.as_ref(),
             report_only.as_ref(),
@@ -1470,7 +1494,7 @@ impl Reconciler {
         // Tests check every pass against the whole computation.
         debug_assert_eq!(
             self.report.ports,
-            port_reports(input, ofports, &skipped, counts, self.datapath.as_ref()).collect(),
+            port_reports(input, ofports, skipped, counts, self.datapath.as_ref()).collect(),
             "per-port report written in place"
         );
         debug_assert_eq!(

@@ -174,6 +174,24 @@ pub fn plan_meters(
     }
 }
 
+/// [`plan_meters`] of the meter ids `ids` alone: the whole plan when every
+/// other id's meter is the same in `desired` and `installed`.
+pub fn plan_meters_of(
+    desired: &BTreeMap<u32, MeterMod>,
+    installed: &BTreeMap<u32, MeterMod>,
+    ids: &BTreeSet<u32>,
+) -> MeterPlan {
+    let mut plan = MeterPlan::default();
+    for id in ids {
+        match (desired.get(id), installed.get(id)) {
+            (Some(d), i) if i != Some(d) => plan.set.push(d.clone()),
+            (None, Some(_)) => plan.delete.push(*id),
+            _ => {}
+        }
+    }
+    plan
+}
+
 /// Everything one convergence pass changes, in the order it is applied:
 /// bridge and `hw-offload`, ports, meters set, flows (one bundle), meters
 /// deleted. Ports that get no flows yet are listed with why.
