@@ -4,21 +4,24 @@
 # ratio to it, met / missed. Benchmarks are not tests: CI does not run this,
 # and nothing here fails on a missed target.
 #
-#   scripts/bench.sh              API, flows and ports, one port added and
-#                                 restart through the agent, TLS proxy vs
-#                                 stunnel4, host-stub scan and RSS
+#   scripts/bench.sh              API, flows and ports, the pipeline's cost
+#                                 of one port added at 1k, 3k and 10k ports,
+#                                 one port added and restart through the
+#                                 agent, TLS proxy vs stunnel4, host-stub
+#                                 scan and RSS
 #   scripts/bench.sh --storage    also the storage benchmark in the VM rig
 #   scripts/bench.sh --vm-net [PORTS]  also one port added and restart
 #                                 through the agent on the kernel datapath,
 #                                 in the VM rig (TCG guest; default 1000 ports)
 #   scripts/bench.sh --quick      shorter runs (fewer ports, seconds, rounds)
 #   scripts/bench.sh --only agent-bench,scan   only the benchmarks named
-#                                 (agent-bench, net_bench, net-agent-bench,
-#                                 tls_bench, scan, storage_bench, vm-net-bench)
+#                                 (agent-bench, net_bench, pipeline_bench,
+#                                 net-agent-bench, tls_bench, scan,
+#                                 storage_bench, vm-net-bench)
 #
 # Needs root (OVS sandboxes, network namespaces) and what scripts/setup.sh
-# installs, plus stunnel4 (installed here if missing). Each benchmark's own
-# output is kept in target/bench/<name>.txt, the table in
+# installs, plus stunnel4 and valgrind (installed here if missing). Each
+# benchmark's own output is kept in target/bench/<name>.txt, the table in
 # target/bench/summary.md.
 #
 # The rows come from `bench-row` lines each benchmark prints after its own
@@ -46,6 +49,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "scripts/bench.sh: needs root (OVS sandboxes, namespaces)" >&2; exit 2; }
 command -v stunnel4 >/dev/null || apt-get install -y -qq stunnel4 >/dev/null
+command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 
 out=target/bench
 mkdir -p "$out"
@@ -96,6 +100,10 @@ run() {
 run agent-bench "API (agent-bench)" target/release/agent-bench "${agent_args[@]}"
 run net_bench "switch: flows and ports (net_bench)" \
   cargo bench --locked -q -p net-offload --bench net_bench
+pipeline_args=(--instructions)
+$quick && pipeline_args+=(--quick)
+run pipeline_bench "switch pipeline, in-process (pipeline_bench)" \
+  cargo bench --locked -q -p net-offload --bench pipeline_bench -- "${pipeline_args[@]}"
 run net-agent-bench "switch through the agent (net-agent-bench)" \
   target/release/net-agent-bench "${net_agent_args[@]}"
 run tls_bench "TLS proxy (tls_bench)" cargo bench --locked -q -p dpu-crypto --bench tls_bench
