@@ -16,6 +16,13 @@ use dpu_api::client::Client;
 use dpu_api::identity::Role;
 use dpu_pki::Ca;
 
+/// The value of sample `name` (with its labels, as the agent writes
+/// them: `family{a="x"}`) in the text of `/metrics`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The target profile directory of the running test (`target/debug`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
 use dpu_api::client::Client;
-use dpu_tests::agent::{AgentProcess, binary, dev_switch_ports};
+use dpu_tests::agent::{AgentProcess, binary, dev_switch_ports, metric};
 use dpu_tests::fixtures::put_ok;
 use net_common::{duration_of, flow_identity};
 use net_offload::sandbox::{Daemon, OvsSandbox, SandboxConfig, SandboxError, running_in};
@@ -59,13 +59,6 @@ fn flows(state: &Path) -> Vec<(String, f64)> {
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Restarts `agent` and waits until it converged, having written no flow

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
+use dpu_tests::agent::metric;
 use dpu_tests::fixtures::put_net_function_and_port;
 use net_common::*;
 use net_offload::sandbox::Netns;
@@ -225,6 +226,50 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     );
     assert!(dp.contains(&format!("in_port({rep})")), "{dp}");
     assert!(!dp.contains("offloaded:yes"), "{dp}");
+
+    // The datapath's lookups in /metrics: the pings' first packets missed
+    // (upcalls to ovs-vswitchd), none lost. `ovs-appctl dpctl/show`,
+    // read after the agent's read, witnesses the counters: they only grow.
+    let sample = |result: &str| {
+        format!(
+            "dpu_agent_switch_datapath_lookups_total{{datapath=\"netdev@ovs-netdev\",result=\"{result}\"}}"
+        )
+    };
+    let t = Instant::now();
+    let metrics = loop {
+        let m = c.metrics().await.map_err(|e| e.to_string())?;
+        if metric(&m, &sample("missed")).is_some_and(|v| v > 0.0) {
+            break m;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            return Err(format!("no datapath lookups in /metrics:\n{m}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let show = run(
+        "ovs-appctl",
+        &["-t", &ctl.display().to_string(), "dpctl/show"],
+    );
+    let witness = show
+        .lines()
+        .skip_while(|l| l.trim() != "netdev@ovs-netdev:")
+        .find_map(|l| l.trim().strip_prefix("lookups: "))
+        .ok_or_else(|| format!("no lookups line in dpctl/show:\n{show}"))?;
+    let said: std::collections::BTreeMap<&str, f64> = witness
+        .split_whitespace()
+        .filter_map(|w| w.split_once(':'))
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect();
+    for result in ["hit", "missed", "lost"] {
+        let ours = metric(&metrics, &sample(result))
+            .ok_or_else(|| format!("no {result} sample:\n{metrics}"))?;
+        let theirs = said.get(result).copied().unwrap_or(-1.0);
+        assert!(
+            ours <= theirs,
+            "{result}: agent {ours}, dpctl/show after it {theirs}\n{show}"
+        );
+    }
+    assert_eq!(metric(&metrics, &sample("lost")), Some(0.0), "{metrics}");
 
     // Across tenants: no ARP answer, and not even with the MAC known.
     assert!(!ping(&ns(&a1), &[], "10.10.0.3"), "acme reached globex");

@@ -891,6 +891,24 @@ impl Controller for NetworkController {
             "1 when the switch acknowledged every flow of the latest desired state.",
             u64::from(r.programmed && r.version == wanted && wanted > 0),
         );
+        // Per datapath: a nonzero `lost` rate means packets that needed
+        // ovs-vswitchd (first packets of new flows) are dropped.
+        crate::metrics::header(
+            out,
+            "dpu_agent_switch_datapath_lookups_total",
+            "counter",
+            "Packets each datapath looked up, by result: hit (a datapath flow matched), missed (sent up to ovs-vswitchd), lost (needed ovs-vswitchd and dropped). Counted by the datapath since it was created.",
+        );
+        for d in r.datapaths.iter() {
+            for (result, n) in [("hit", d.hit), ("missed", d.missed), ("lost", d.lost)] {
+                crate::metrics::sample(
+                    out,
+                    "dpu_agent_switch_datapath_lookups_total",
+                    &[("datapath", &d.datapath), ("result", result)],
+                    n,
+                );
+            }
+        }
         use crate::metrics::Histogram;
         use net_offload::switch::DURATION_BUCKETS;
         let nanos = |d: &net_offload::switch::Durations| d.sum_nanos as f64 / 1e9;

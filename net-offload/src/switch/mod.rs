@@ -252,6 +252,11 @@ pub struct SwitchReport {
     /// the time the thread waited for a core, which on a DPU's few cores
     /// busy with ovs-vswitchd can be most of it.
     pub cpu: [[Durations; Phase::ALL.len()]; Pass::ALL.len()],
+    /// Each datapath's lookup counters (hit, missed, lost) as ovs-vswitchd
+    /// last reported them (`dpctl/show`, read with the datapath flows; empty
+    /// while unknown): `lost` counts the packets that needed ovs-vswitchd
+    /// and never reached it.
+    pub datapaths: Arc<Vec<crate::unixctl::DatapathLookups>>,
     /// What the last pass that changed the switch sent, one line per
     /// operation in [`SwitchPlan::describe`]'s notation, each written once
     /// the switch accepted it (a failed pass lists what it got through).
@@ -925,8 +930,14 @@ struct PortBase {
 /// How long a port added to the bridge counts as waiting for its ofport.
 const OFPORT_WAIT_MAX: Duration = Duration::from_secs(10);
 
-/// The datapath flows per input port, or `None` when they could not be read.
-type DatapathRead = Option<BTreeMap<String, crate::unixctl::DatapathFlows>>;
+/// One read of the datapath over unixctl.
+struct DatapathRead {
+    /// The datapath flows per input port, or `None` when they could not be
+    /// read.
+    flows: Option<BTreeMap<String, crate::unixctl::DatapathFlows>>,
+    /// Each datapath's lookup counters (empty when they could not be read).
+    lookups: Vec<crate::unixctl::DatapathLookups>,
+}
 
 /// Datapath flows are read every this many periods (2 s).
 const DATAPATH_EVERY: u64 = 4;
@@ -990,9 +1001,13 @@ impl Reconciler {
                         // A datapath read ended: fold it into the report of
                         // the input now current; no pass.
                         self.datapath_reading = false;
-                        self.datapath = found;
+                        self.datapath = found.flows;
                         let current = input.borrow().clone();
-                        if self.apply_datapath(&current) {
+                        let lookups_moved = *self.report.datapaths != found.lookups;
+                        if lookups_moved {
+                            self.report.datapaths = Arc::new(found.lookups);
+                        }
+                        if self.apply_datapath(&current) || lookups_moved {
                             self.report_tx.send_replace(Arc::new(self.report.clone()));
                         }
                         continue;
@@ -1129,18 +1144,33 @@ impl Reconciler {
         let rundir = rundir.clone();
         let tx = self.datapath_tx.clone();
         tokio::spawn(async move {
+            let not_read = |what: &'static str| {
+                move |e: crate::unixctl::UnixctlError| {
+                    tracing::debug!(
+                        error = &e as &dyn std::error::Error,
+                        detail = ?e,
+                        "{what} not read"
+                    )
+                }
+            };
             let found = match crate::unixctl::vswitchd_socket(&rundir) {
-                Some(socket) => crate::unixctl::datapath_flows(&socket, Duration::from_secs(2))
-                    .await
-                    .map_err(|e| {
-                        tracing::debug!(
-                            error = &e as &dyn std::error::Error,
-                            detail = ?e,
-                            "datapath flows not read"
-                        )
-                    })
-                    .ok(),
-                None => None,
+                Some(socket) => {
+                    let timeout = Duration::from_secs(2);
+                    DatapathRead {
+                        flows: crate::unixctl::datapath_flows(&socket, timeout)
+                            .await
+                            .map_err(not_read("datapath flows"))
+                            .ok(),
+                        lookups: crate::unixctl::datapath_lookups(&socket, timeout)
+                            .await
+                            .map_err(not_read("datapath lookups"))
+                            .unwrap_or_default(),
+                    }
+                }
+                None => DatapathRead {
+                    flows: None,
+                    lookups: Vec::new(),
+                },
             };
             let _ = tx.send(found).await;
         });

@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 use dpu_api::Kind;
 use dpu_api::client::{Client, WatchFilter};
 use dpu_api::object::{ApplyRequest, ObjectWrite};
+use dpu_tests::agent::metric;
 use futures_util::StreamExt;
 use net_offload::sandbox::{Daemon, Netns, OvsSandbox, SandboxConfig};
 use serde_json::{Value, json};
@@ -224,12 +225,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A sample value of `/metrics`, e.g. `dpu_agent_switch_converged`.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 async fn wait_metrics(
