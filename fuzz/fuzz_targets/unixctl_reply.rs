@@ -1,11 +1,11 @@
 //! Arbitrary bytes from ovs-vswitchd's control socket must never panic the
-//! unixctl client: the shared framer, the reply decoding, and the count of datapath
-//! flows per port in the result text.
+//! unixctl client: the shared framer, the reply decoding, the count of datapath
+//! flows per port and each datapath's lookups in the result text.
 #![no_main]
 
 use dpu_jsonrpc::Framer;
 use libfuzzer_sys::fuzz_target;
-use net_offload::unixctl::{decode_reply, parse_datapath_flows};
+use net_offload::unixctl::{decode_reply, parse_datapath_flows, parse_datapath_show};
 
 fuzz_target!(|data: &[u8]| {
     let mut framer = Framer::objects(64 * 1024);
@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
         for (port, flows) in parse_datapath_flows(&text) {
             assert!(!port.contains(')'));
             assert!(flows.offloaded <= flows.total);
+        }
+        for d in parse_datapath_show(&text) {
+            assert!(d.datapath.contains('@'));
         }
     }
 });
