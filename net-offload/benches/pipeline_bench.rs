@@ -94,6 +94,16 @@ fn desired(ports: usize) -> (DesiredNetworking, PortsByNetwork) {
     (d, by_network)
 }
 
+/// Run `r`'s new port of network `n`: its id sorts last in the network,
+/// its ofport is new on the bridge.
+fn new_port(n: usize, r: usize) -> Arc<PortDesc> {
+    let mut extra = (*port(n * PORTS_PER_NETWORK)).clone();
+    extra.id = format!("p{:07}x{r}", n * PORTS_PER_NETWORK + PORTS_PER_NETWORK - 1);
+    extra.ofport = Some(60_000);
+    extra.mac[5] = 2;
+    Arc::new(extra)
+}
+
 /// `d` and `by_network` with port `extra` (of network `net`) added.
 fn with_port(
     d: &DesiredNetworking,
@@ -129,13 +139,7 @@ fn incremental(ports: usize, runs: usize) -> Vec<Run> {
     for r in 0..runs {
         let n = r % nets;
         let net = network(n).id;
-        // A new port of network n: its id sorts last in the network, its
-        // ofport is new on the bridge.
-        let mut extra = (*port(n * PORTS_PER_NETWORK)).clone();
-        extra.id = format!("p{:07}x{r}", n * PORTS_PER_NETWORK + PORTS_PER_NETWORK - 1);
-        extra.ofport = Some(60_000);
-        extra.mac[5] = 2;
-        let (added, added_by) = with_port(&d, &by_network, &net, Arc::new(extra));
+        let (added, added_by) = with_port(&d, &by_network, &net, new_port(n, r));
         let only = BTreeSet::from([net.as_str()]);
 
         let (run, plan, meter_plan) = one_port_added(&mut inc, &added, &added_by, &only, &meters);
@@ -200,17 +204,14 @@ fn one_port_added(
 /// installed one) of the same change, `runs` times.
 fn whole(ports: usize, runs: usize) -> Vec<Run> {
     let (d, by_network) = desired(ports);
-    let installed: Vec<Flow> = compile(&d).flows.into_iter().map(|f| f.flow).collect();
-    let installed_meters = compile(&d).meters;
+    let before = compile(&d);
+    let installed: Vec<Flow> = before.flows.into_iter().map(|f| f.flow).collect();
+    let installed_meters = before.meters;
     let mut out = Vec::with_capacity(runs);
     for r in 0..runs {
         let n = r % d.networks.len();
         let net = network(n).id;
-        let mut extra = (*port(n * PORTS_PER_NETWORK)).clone();
-        extra.id = format!("p{:07}x{r}", n * PORTS_PER_NETWORK + PORTS_PER_NETWORK - 1);
-        extra.ofport = Some(60_000);
-        extra.mac[5] = 2;
-        let (added, _) = with_port(&d, &by_network, &net, Arc::new(extra));
+        let (added, _) = with_port(&d, &by_network, &net, new_port(n, r));
         let cpu = thread_cpu();
         let c = compile(&added);
         let compiled = thread_cpu();
