@@ -67,28 +67,38 @@ fn key(f: &Flow) -> Key<'_> {
 }
 
 /// Plans the changes that turn `observed` into `desired`.
+///
+/// One hash of each observed flow's key (into the index) and one of each
+/// desired flow's (its lookup); an observed flow is marked when a desired
+/// flow finds it, so the deletes need no second map.
 pub fn plan_flows<'a>(desired: impl IntoIterator<Item = &'a Flow>, observed: &[Flow]) -> FlowPlan {
-    let observed_by_key: HashMap<Key<'_>, &Flow, FlowKeyHasher> =
-        observed.iter().map(|f| (key(f), f)).collect();
+    let mut observed_by_key: HashMap<Key<'_>, usize, FlowKeyHasher> =
+        HashMap::with_capacity_and_hasher(observed.len(), FlowKeyHasher::default());
+    for (i, f) in observed.iter().enumerate() {
+        observed_by_key.insert(key(f), i);
+    }
+    let mut wanted = vec![false; observed.len()];
     let mut plan = FlowPlan::default();
-    let mut wanted: HashMap<Key<'_>, (), FlowKeyHasher> = HashMap::default();
     for d in desired {
-        wanted.insert(key(d), ());
-        match observed_by_key.get(&key(d)) {
-            None => plan.add.push(d.clone()),
-            Some(o) if o.cookie != d.cookie => plan.add.push(d.clone()),
-            Some(o)
-                if o.instructions != d.instructions
-                    || o.idle_timeout != d.idle_timeout
-                    || o.hard_timeout != d.hard_timeout =>
-            {
-                plan.modify.push(d.clone())
-            }
-            Some(_) => {}
+        let Some(&i) = observed_by_key.get(&key(d)) else {
+            plan.add.push(d.clone());
+            continue;
+        };
+        wanted[i] = true;
+        let o = &observed[i];
+        if o.cookie != d.cookie {
+            plan.add.push(d.clone());
+        } else if o.instructions != d.instructions
+            || o.idle_timeout != d.idle_timeout
+            || o.hard_timeout != d.hard_timeout
+        {
+            plan.modify.push(d.clone());
         }
     }
-    for o in observed {
-        if is_agent_cookie(o.cookie) && !wanted.contains_key(&key(o)) {
+    for (i, o) in observed.iter().enumerate() {
+        // A key dumped twice (never from a switch) is indexed at its last
+        // flow, which a desired flow of that key marked.
+        if is_agent_cookie(o.cookie) && !wanted[i] && !wanted[observed_by_key[&key(o)]] {
             plan.delete.push(o.clone());
         }
     }

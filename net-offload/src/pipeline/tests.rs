@@ -321,6 +321,20 @@ fn diff_adds_modifies_and_deletes_only_what_changed() {
     assert_eq!(state, want);
 }
 
+/// A key dumped twice (a switch never does): kept when desired, both
+/// deleted when not, as a diff by key set would.
+#[test]
+fn diff_of_a_key_dumped_twice() {
+    let c = compile(&two_tenants());
+    let mut observed = flows(&c);
+    observed.push(observed[0].clone());
+    let plan = plan_flows(c.flows.iter().map(|f| &f.flow), &observed);
+    assert!(plan.is_empty(), "{:?}", plan.describe());
+    let plan = plan_flows(c.flows.iter().skip(1).map(|f| &f.flow), &observed);
+    assert!(plan.add.is_empty() && plan.modify.is_empty());
+    assert_eq!(plan.delete, vec![observed[0].clone(), observed[0].clone()]);
+}
+
 #[test]
 fn diff_modifies_changed_actions_and_replaces_foreign_cookie() {
     let c = compile(&two_tenants());
