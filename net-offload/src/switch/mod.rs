@@ -978,6 +978,62 @@ pub enum SwitchError {
     OpenFlow(#[from] OpenFlowError),
 }
 
+/// Brings the pipeline to `input` (the compile of a pass), recompiling
+/// only the networks whose inputs changed. The input is read in place,
+/// each port with its representor's ofport. When `synced` (the input the
+/// last successful pass reached) is this input, or the one this input
+/// says it differs from only in some networks ([`InputChange`]), and the
+/// replica can say which ofports moved, only those networks and the
+/// networks of the moved ports (and tunnels) are looked at: they are
+/// returned with the changes, for the ports' reports.
+fn compile_pass(
+    observed: &Mutex<Observed>,
+    input: &SwitchInput,
+    synced: Option<&Arc<SwitchInput>>,
+) -> (Changes, Option<BTreeSet<String>>) {
+    let mut observed = observed.lock().expect("observed lock");
+    let Observed {
+        pipeline, ports, ..
+    } = &mut *observed;
+    let moved = ports.take_moved();
+    let ofports = ports.ofports();
+    let ofport = |p: &PortDesc| port_ofport(p, ofports);
+    let tunnels = tunnel_ofports(ofports);
+    let said: Option<BTreeSet<&str>> = match (synced, &input.changed) {
+        (Some(s), _) if std::ptr::eq(&**s, input) => Some(BTreeSet::new()),
+        (Some(s), Some(c)) if c.since == s.version => {
+            Some(c.networks.iter().map(String::as_str).collect())
+        }
+        _ => None,
+    };
+    let only = match (&moved, said) {
+        (MovedOfports::Names(names), Some(mut networks)) => {
+            networks.extend(networks_of_moved(input, names));
+            pipeline
+                .update_networks(
+                    &input.networking,
+                    input.by_network.as_deref(),
+                    &networks,
+                    ofport,
+                    &tunnels,
+                )
+                .map(|changes| {
+                    let networks: BTreeSet<String> =
+                        networks.into_iter().map(str::to_string).collect();
+                    (changes, networks)
+                })
+        }
+        _ => None,
+    };
+    match only {
+        Some((changes, networks)) => (changes, Some(networks)),
+        None => (
+            pipeline.update_resolving(&input.networking, ofport, &tunnels),
+            None,
+        ),
+    }
+}
+
 impl Reconciler {
     async fn run(
         mut self,
@@ -1381,57 +1437,39 @@ impl Reconciler {
             });
         }
         self.connect_openflow().await?;
-        let cpu = thread_cpu();
-        // The pipeline brought to the input, recompiling only the networks
-        // whose inputs changed (timed as `compile`); the input is read in
-        // place, each port with its representor's ofport. When the last
-        // successful pass reached this input, or the one this input says
-        // it differs from only in some networks ([`InputChange`]), and the
-        // replica can say which ofports moved, only those networks and the
-        // networks of the moved ports (and tunnels) are looked at, and only
-        // their ports' reports.
-        let (changes, only) = {
-            let mut observed = self.observed.lock().expect("observed lock");
-            let Observed {
-                pipeline, ports, ..
-            } = &mut *observed;
-            let moved = ports.take_moved();
-            let ofports = ports.ofports();
-            let ofport = |p: &PortDesc| port_ofport(p, ofports);
-            let tunnels = tunnel_ofports(ofports);
-            let said: Option<BTreeSet<&str>> = match (&synced, &input.changed) {
-                (Some(s), _) if Arc::ptr_eq(s, input) => Some(BTreeSet::new()),
-                (Some(s), Some(c)) if c.since == s.version => {
-                    Some(c.networks.iter().map(String::as_str).collect())
-                }
-                _ => None,
+        // The pipeline brought to the input (timed as `compile`). When the
+        // switch's flows are to be dumped (not believed), the compile runs
+        // on a blocking thread while the dump is read, and its CPU time is
+        // that thread's.
+        let mut dumped = None;
+        let (changes, only) = if self.believed {
+            let cpu = thread_cpu();
+            let compiled = compile_pass(&self.observed, input, synced.as_ref());
+            self.compile_cpu(cpu);
+            compiled
+        } else {
+            let compiling = {
+                let (observed, input, synced) =
+                    (self.observed.clone(), input.clone(), synced.clone());
+                tokio::task::spawn_blocking(move || {
+                    let cpu = thread_cpu();
+                    let compiled = compile_pass(&observed, &input, synced.as_ref());
+                    (compiled, thread_cpu().saturating_sub(cpu))
+                })
             };
-            let only = match (&moved, said) {
-                (MovedOfports::Names(names), Some(mut networks)) => {
-                    networks.extend(networks_of_moved(input, names));
-                    pipeline
-                        .update_networks(
-                            &input.networking,
-                            input.by_network.as_deref(),
-                            &networks,
-                            ofport,
-                            &tunnels,
-                        )
-                        .map(|changes| {
-                            let networks: BTreeSet<String> =
-                                networks.into_iter().map(str::to_string).collect();
-                            (changes, networks)
-                        })
+            dumped = Some(self.dump().await);
+            let (compiled, cpu) = match compiling.await {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Not started (the runtime is shutting down): here, then.
+                Err(_) => {
+                    let cpu = thread_cpu();
+                    let compiled = compile_pass(&self.observed, input, synced.as_ref());
+                    (compiled, thread_cpu().saturating_sub(cpu))
                 }
-                _ => None,
             };
-            match only {
-                Some((changes, networks)) => (changes, Some(networks)),
-                None => (
-                    pipeline.update_resolving(&input.networking, ofport, &tunnels),
-                    None,
-                ),
-            }
+            self.pass_cpu += cpu;
+            compiled
         };
         let segments = match changes {
             Changes::Segments(segments) => Some(segments),
@@ -1451,9 +1489,11 @@ impl Reconciler {
         // the changed networks' flows are diffed, each against its previous
         // ones. Otherwise every flow against a fresh dump.
         let changed_segments = segments.as_ref().filter(|_| self.believed);
-        self.compile_cpu(cpu);
         if changed_segments.is_none() {
-            let flows = self.dump().await?;
+            let flows = match dumped {
+                Some(flows) => flows?,
+                None => self.dump().await?,
+            };
             let mut observed = self.observed.lock().expect("observed lock");
             observed.flows = flows;
             observed.installed = false;
