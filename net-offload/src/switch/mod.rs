@@ -488,6 +488,7 @@ impl SwitchHandle {
             config: config.clone(),
             ovsdb: ovsdb.clone(),
             openflow: None,
+            prefetch: None,
             meters: BTreeMap::new(),
             observed: observed.clone(),
             report: SwitchReport::default(),
@@ -857,10 +858,38 @@ fn sync_map<K: Ord + Clone, V: PartialEq + Clone>(
     }
 }
 
+/// The dump of a new OpenFlow connection, read while the agent starts (the
+/// store, the engine's first input): a restart's first pass, which must
+/// compare every flow, then starts from it. The flows can only have been
+/// changed since by someone else, which the periodic checks find as they
+/// find a change made just after any dump. Aborted when dropped.
+struct Prefetch(tokio::task::JoinHandle<(OpenFlowClient, Result<Vec<Flow>, OpenFlowError>)>);
+
+impl Prefetch {
+    fn start(mut client: OpenFlowClient) -> Prefetch {
+        Prefetch(tokio::spawn(async move {
+            let dumped = client
+                .dump_flows(&FlowStatsRequest::new(None, 0, 0))
+                .await
+                .map(|entries| entries.into_iter().map(|e| e.flow).collect());
+            (client, dumped)
+        }))
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Reconciler {
     config: Arc<SwitchConfig>,
     ovsdb: OvsdbClient,
     openflow: Option<OpenFlowClient>,
+    /// A dump of a new OpenFlow connection taken before the first input
+    /// (the connection is in it until the first pass takes its result).
+    prefetch: Option<Prefetch>,
     /// Meters installed over the current OpenFlow connection.
     meters: BTreeMap<u32, MeterMod>,
     observed: Arc<Mutex<Observed>>,
@@ -1124,8 +1153,13 @@ impl Reconciler {
                 // agent's readiness says whether the switch is reachable
                 // even while no network exists.
                 let result = self.connect().await;
+                if !self.believed
+                    && let Some(client) = self.openflow.take()
+                {
+                    self.prefetch = Some(Prefetch::start(client));
+                }
                 self.report.ovsdb_connected = self.ovsdb.session().borrow().connected;
-                self.report.openflow_connected = self.openflow.is_some();
+                self.report.openflow_connected = self.openflow_connected();
                 if let Err(e) = result {
                     let key = format!("{e:?}");
                     if last_error.as_deref() != Some(key.as_str()) {
@@ -1183,7 +1217,7 @@ impl Reconciler {
             }
             self.report.version = current.version;
             self.report.ovsdb_connected = self.ovsdb.session().borrow().connected;
-            self.report.openflow_connected = self.openflow.is_some();
+            self.report.openflow_connected = self.openflow_connected();
             match result {
                 Ok(()) => {
                     self.report.programmed = true;
@@ -1457,7 +1491,10 @@ impl Reconciler {
                     (compiled, thread_cpu().saturating_sub(cpu))
                 })
             };
-            dumped = Some(self.dump().await);
+            dumped = Some(match self.prefetch.take() {
+                Some(prefetch) => self.prefetched(prefetch).await,
+                None => self.dump().await,
+            });
             let (compiled, cpu) = match compiling.await {
                 Ok(done) => done,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -1606,9 +1643,13 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The bridge and the OpenFlow connection, nothing else.
+    /// The bridge and the OpenFlow connection, nothing else. The OpenFlow
+    /// connection is tried even before OVSDB answers: a restarting agent's
+    /// bridge is there, and its flows are read while the replica is.
     async fn connect(&mut self) -> Result<(), SwitchError> {
         if !self.ovsdb.session().borrow().connected {
+            // Its failure (no bridge yet) is the next pass's to report.
+            let _ = self.connect_openflow().await;
             return Err(SwitchError::OvsdbDown {
                 db: format!("{:?}", self.config.db),
             });
@@ -1741,8 +1782,12 @@ impl Reconciler {
         Ok(())
     }
 
+    fn openflow_connected(&self) -> bool {
+        self.openflow.is_some() || self.prefetch.is_some()
+    }
+
     async fn connect_openflow(&mut self) -> Result<(), SwitchError> {
-        if self.openflow.is_some() {
+        if self.openflow_connected() {
             return Ok(());
         }
         match OpenFlowClient::connect_unix(&self.config.mgmt_socket).await {
@@ -1782,6 +1827,27 @@ impl Reconciler {
             self.believed = false;
         }
         result
+    }
+
+    /// The prefetched dump, its connection back in place (dropped, as
+    /// [`Self::of`] drops it, when the dump failed); the wait is the pass's
+    /// `dump`.
+    async fn prefetched(&mut self, mut prefetch: Prefetch) -> Result<Vec<Flow>, SwitchError> {
+        let started = Instant::now();
+        let joined = (&mut prefetch.0).await;
+        self.timed(Phase::Dump, started.elapsed());
+        match joined {
+            Ok((client, Ok(flows))) => {
+                self.openflow = Some(client);
+                Ok(flows)
+            }
+            Ok((_, Err(e))) => Err(e.into()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(OpenFlowError::Closed {
+                endpoint: self.config.mgmt_socket.display().to_string(),
+            }
+            .into()),
+        }
     }
 
     async fn dump(&mut self) -> Result<Vec<Flow>, SwitchError> {
