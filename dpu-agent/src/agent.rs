@@ -94,16 +94,10 @@ pub async fn run(
     controllers: Vec<Arc<dyn Controller>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let store = Arc::new(
-        Store::open(&cfg.state_dir).map_err(|source| AgentError::Store {
-            dir: cfg.state_dir.display().to_string(),
-            source,
-        })?,
-    );
-    tracing::info!(state_dir = %cfg.state_dir.display(), revision = store.revision(), objects = store.all().len(), "store opened");
-    let ctx = Context {
-        store: store.clone(),
-    };
+    // The backends first: the switch connects to Open vSwitch and reads
+    // its replica while the store is read (about as long, at thousands
+    // of ports). Before its first input it changes nothing but the
+    // bridge row.
     // A dev switch in a namespace of its own gets its representors there.
     let controllers = with_switch_netns(cfg, controllers);
     // The functions controller depends on the configured backend.
@@ -114,6 +108,16 @@ pub async fn run(
     let controllers = crate::reconcile::network::with_configured(cfg, controllers);
     // Volumes go to the configured block backend (none, nvmet or SPDK).
     let controllers = crate::reconcile::volumes::with_configured(cfg, controllers);
+    let store = Arc::new(
+        Store::open(&cfg.state_dir).map_err(|source| AgentError::Store {
+            dir: cfg.state_dir.display().to_string(),
+            source,
+        })?,
+    );
+    tracing::info!(state_dir = %cfg.state_dir.display(), revision = store.revision(), objects = store.all().len(), "store opened");
+    let ctx = Context {
+        store: store.clone(),
+    };
     let engine = Engine::new(ctx, Controllers::new(controllers)).with_resync(cfg.resync);
     let state = AppState {
         store: store.clone(),
