@@ -16,7 +16,7 @@
 //! cargo build --locked --release --target x86_64-unknown-linux-musl \
 //!     -p dpu-tests --bin net-agent-bench -p dpu-agent --bin dpu-agent
 //! cargo build --locked --release -p dpu-tests --bin vm-net-bench
-//! target/release/vm-net-bench [--ports 1000] [--rules 0] [--runs 20] [--baseline-runs 10] \
+//! target/release/vm-net-bench [--ports 1000] [--rules 0] [--runs 20] [--baseline-runs 10] [--restarts 1] \
 //!     [--memory-mib 4096] [--cpus 2] [--timeout-minutes 120] [--bin-dir DIR]
 //! ```
 //!
@@ -31,7 +31,7 @@ use dpu_tests::vm::Vm;
 
 struct Options {
     /// Passed on to `net-agent-bench`: `--ports`, `--rules`, `--runs`,
-    /// `--baseline-runs`.
+    /// `--baseline-runs`, `--restarts`.
     bench_args: Vec<String>,
     memory_mib: u32,
     cpus: u32,
@@ -61,6 +61,8 @@ impl Options {
             ("--rules", "0".into()),
             ("--runs", "20".into()),
             ("--baseline-runs", "10".into()),
+            // One: a restart in the TCG guest takes seconds to a minute.
+            ("--restarts", "1".into()),
         ];
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
