@@ -332,6 +332,15 @@ proptest! {
     }
 
     #[test]
+    fn spec_survives_the_stores_reading(spec in any_spec()) {
+        // As the store reads a row: typed straight from the text.
+        let text = serde_json::to_string(&spec.to_value()).unwrap();
+        let back = Spec::parse_stored(spec.kind(), &text)
+            .map_err(|e| TestCaseError::fail(format!("{e} in {text}")))?;
+        prop_assert_eq!(back, spec);
+    }
+
+    #[test]
     fn a_spec_parses_only_as_its_own_kind_or_fails_cleanly(spec in any_spec()) {
         // Parsing as another kind may fail but must not panic.
         let value = spec.to_value();

@@ -155,6 +155,21 @@ pub struct StoredObject {
     pub deleting: bool,
 }
 
+/// A stored object's record as read at open: its spec left as JSON text,
+/// typed from it once ([`StoredObject::from_row`]).
+#[derive(Deserialize)]
+struct RecordRow<'a> {
+    kind: Kind,
+    id: String,
+    tenant: String,
+    generation: u64,
+    #[serde(borrow)]
+    spec: &'a serde_json::value::RawValue,
+    status: Status,
+    #[serde(default)]
+    deleting: bool,
+}
+
 /// A stored object's record in the database.
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -233,6 +248,50 @@ impl StoredObject {
 
     /// Decodes a database record: the sealed values are taken out, the rest
     /// is parsed as the kind's spec.
+    /// The object of a row read at open. A kind without write-only fields
+    /// has its spec typed straight from the row's text; one with them goes
+    /// through [`Self::from_record`], which takes their sealed values out.
+    fn from_row(row: RecordRow<'_>) -> Result<StoredObject, StoreError> {
+        let RecordRow {
+            kind,
+            id,
+            tenant,
+            generation,
+            spec,
+            status,
+            deleting,
+        } = row;
+        if !kind.secret_fields().is_empty() {
+            let spec = serde_json::from_str(spec.get()).map_err(|source| StoreError::Corrupt {
+                key: format!("{}/{id}", kind.path()),
+                source,
+            })?;
+            return Self::from_record(Record {
+                kind,
+                id,
+                tenant,
+                generation,
+                spec,
+                status,
+                deleting,
+            });
+        }
+        let spec =
+            Spec::parse_stored(kind, spec.get()).map_err(|source| StoreError::Undecodable {
+                key: format!("{}/{id}", kind.path()),
+                source,
+            })?;
+        Ok(StoredObject {
+            id,
+            tenant,
+            generation,
+            spec,
+            sealed: BTreeMap::new(),
+            status,
+            deleting,
+        })
+    }
+
     fn from_record(record: Record) -> Result<StoredObject, StoreError> {
         let Record {
             kind,
@@ -968,8 +1027,13 @@ impl Store {
             let r = db.begin_read()?;
             for row in r.open_table(OBJECTS)?.iter()? {
                 let (k, v) = row?;
-                let record: Record = decode_row(v.value(), || k.value().to_string())?;
-                let obj = StoredObject::from_record(record)?;
+                let value = v.value();
+                let row: RecordRow<'_> =
+                    serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
+                        key: k.value().to_string(),
+                        source,
+                    })?;
+                let obj = StoredObject::from_row(row)?;
                 state.set(&obj.key(), Some(Arc::new(obj)));
             }
             for row in r.open_table(HOSTS)?.iter()? {
