@@ -996,11 +996,12 @@ async fn bench(o: &Options, dir: &Path, table: &mut String) -> BenchResult<()> {
             .success();
         let dump_took = t.elapsed();
         eprintln!(
-            "row 4: restart {}: {:.2} s, vswitchd CPU {}, agent CPU {}, {mods} flow_mods, {writes} OVSDB writes",
+            "row 4: restart {}: {:.2} s, vswitchd CPU {}, agent CPU {}, {mods} flow_mods, {writes} OVSDB writes, store revision after it {:.0}",
             restarts.len() + 1,
             took.as_secs_f64(),
             ms(switch_cpu),
-            ms(agent_cpu)
+            ms(agent_cpu),
+            metric(&m, "dpu_agent_store_revision").unwrap_or(f64::NAN),
         );
         restarts.push(Restart {
             took,
