@@ -246,11 +246,10 @@ impl StoredObject {
         }
     }
 
-    /// Decodes a database record: the sealed values are taken out, the rest
-    /// is parsed as the kind's spec.
-    /// The object of a row read at open. A kind without write-only fields
-    /// has its spec typed straight from the row's text; one with them goes
-    /// through [`Self::from_record`], which takes their sealed values out.
+    /// Decodes a row read at open. A kind without write-only fields has its
+    /// spec typed straight from the row's text; for one with them the
+    /// sealed values are taken out first and the rest is parsed as the
+    /// kind's spec.
     fn from_row(row: RecordRow<'_>) -> Result<StoredObject, StoreError> {
         let RecordRow {
             kind,
@@ -261,61 +260,25 @@ impl StoredObject {
             status,
             deleting,
         } = row;
-        if !kind.secret_fields().is_empty() {
-            let spec = serde_json::from_str(spec.get()).map_err(|source| StoreError::Corrupt {
-                key: format!("{}/{id}", kind.path()),
-                source,
-            })?;
-            return Self::from_record(Record {
-                kind,
-                id,
-                tenant,
-                generation,
-                spec,
-                status,
-                deleting,
-            });
-        }
-        let spec =
-            Spec::parse_stored(kind, spec.get()).map_err(|source| StoreError::Undecodable {
-                key: format!("{}/{id}", kind.path()),
-                source,
-            })?;
-        Ok(StoredObject {
-            id,
-            tenant,
-            generation,
-            spec,
-            sealed: BTreeMap::new(),
-            status,
-            deleting,
-        })
-    }
-
-    fn from_record(record: Record) -> Result<StoredObject, StoreError> {
-        let Record {
-            kind,
-            id,
-            tenant,
-            generation,
-            mut spec,
-            status,
-            deleting,
-        } = record;
+        let key = || format!("{}/{id}", kind.path());
+        let undecodable = |source| StoreError::Undecodable { key: key(), source };
         let mut sealed = BTreeMap::new();
-        if let Value::Object(map) = &mut spec {
-            for field in kind.secret_fields() {
-                if let Some(v) = map.get_mut(*field)
-                    && Sealer::is_sealed(v)
-                {
-                    sealed.insert(*field, std::mem::replace(v, Value::String(String::new())));
+        let spec = if kind.secret_fields().is_empty() {
+            Spec::parse_stored(kind, spec.get()).map_err(undecodable)?
+        } else {
+            let mut spec: Value = serde_json::from_str(spec.get())
+                .map_err(|source| StoreError::Corrupt { key: key(), source })?;
+            if let Value::Object(map) = &mut spec {
+                for field in kind.secret_fields() {
+                    if let Some(v) = map.get_mut(*field)
+                        && Sealer::is_sealed(v)
+                    {
+                        sealed.insert(*field, std::mem::replace(v, Value::String(String::new())));
+                    }
                 }
             }
-        }
-        let spec = Spec::parse(kind, &spec).map_err(|source| StoreError::Undecodable {
-            key: format!("{}/{id}", kind.path()),
-            source,
-        })?;
+            Spec::parse(kind, &spec).map_err(undecodable)?
+        };
         Ok(StoredObject {
             id,
             tenant,
