@@ -862,8 +862,16 @@ fn sync_map<K: Ord + Clone, V: PartialEq + Clone>(
 /// store, the engine's first input): a restart's first pass, which must
 /// compare every flow, then starts from it. The flows can only have been
 /// changed since by someone else, which the periodic checks find as they
-/// find a change made just after any dump. Aborted when dropped.
-struct Prefetch(tokio::task::JoinHandle<(OpenFlowClient, Result<Vec<Flow>, OpenFlowError>)>);
+/// find a change made just after any dump; and a dump older than
+/// [`PREFETCH_FRESH`] when the first pass comes is read again. Aborted when
+/// dropped.
+struct Prefetch(
+    tokio::task::JoinHandle<(OpenFlowClient, Result<Vec<Flow>, OpenFlowError>, Instant)>,
+);
+
+/// How old a prefetched dump may be for the first pass to use it (the
+/// store and the replica of thousands of ports load in well under it).
+const PREFETCH_FRESH: Duration = Duration::from_secs(2);
 
 impl Prefetch {
     fn start(mut client: OpenFlowClient) -> Prefetch {
@@ -872,7 +880,7 @@ impl Prefetch {
                 .dump_flows(&FlowStatsRequest::new(None, 0, 0))
                 .await
                 .map(|entries| entries.into_iter().map(|e| e.flow).collect());
-            (client, dumped)
+            (client, dumped, Instant::now())
         }))
     }
 }
@@ -1837,11 +1845,15 @@ impl Reconciler {
         let joined = (&mut prefetch.0).await;
         self.timed(Phase::Dump, started.elapsed());
         match joined {
-            Ok((client, Ok(flows))) => {
+            Ok((client, Ok(flows), at)) => {
                 self.openflow = Some(client);
+                if at.elapsed() > PREFETCH_FRESH {
+                    drop(flows);
+                    return self.dump().await;
+                }
                 Ok(flows)
             }
-            Ok((_, Err(e))) => Err(e.into()),
+            Ok((_, Err(e), _)) => Err(e.into()),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(OpenFlowError::Closed {
                 endpoint: self.config.mgmt_socket.display().to_string(),
