@@ -322,6 +322,39 @@ async fn converges_is_idempotent_and_repairs_drift() {
     let left: usize = r.flows.values().sum();
     wait_flows(&rig, left, Duration::from_secs(2), "db's flows deleted").await;
     let _ = stop_tx.send(true);
+
+    // An agent started while ovsdb-server is not answering yet (its first
+    // session is being set up, as on a restart beside a slow one): its
+    // input gets no failed report within the first-session grace, only the
+    // programmed one once OVSDB answers. (A failed report would turn every
+    // network Degraded and back: a status write per object.)
+    rig.sandbox.stop_daemon(Daemon::OvsdbServer).await.unwrap();
+    let (stop3_tx, stop3) = watch::channel(false);
+    let third = SwitchHandle::spawn(config.clone(), stop3);
+    let mut reports = third.subscribe();
+    let mut v3 = input(3);
+    v3.networking.ports.retain(|p| p.id != "db");
+    third.set_input(v3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.sandbox.start_daemon(Daemon::OvsdbServer).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reports.borrow_and_update().clone();
+        assert!(
+            r.version == 0 || r.programmed,
+            "a failed report during the first-session grace: {:?}",
+            r.error
+        );
+        if r.version == 3 {
+            break;
+        }
+        tokio::time::timeout_at(deadline, reports.changed())
+            .await
+            .expect("the third reconciler programmed v3 within 10 s")
+            .unwrap();
+    }
+    assert_eq!(third.report().flow_mods_sent, 0);
+    let _ = stop3_tx.send(true);
 }
 
 /// The plan shown is what a pass executes: for each change, the lines

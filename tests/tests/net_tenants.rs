@@ -16,8 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpu_api::Kind;
+use dpu_api::client::WatchFilter;
 use dpu_tests::agent::metric;
 use dpu_tests::fixtures::put_net_function_and_port;
+use futures_util::StreamExt;
 use net_common::*;
 use net_offload::sandbox::Netns;
 use serde_json::json;
@@ -104,7 +106,7 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     let [a1, a2, b1] = ids;
     let Switch { dir, ovs } = private_switch("nt", Netns::Path(ns_path.into())).await;
     // Ports are re-reconciled every 2 s, so their datapath status is fresh.
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         &dir.path().join("state"),
         &ovs.db_socket(),
         &[("DPU_AGENT_RESYNC_SECONDS", "2")],
@@ -331,6 +333,50 @@ async fn body(ns_path: String, ids: [String; 3]) -> Result<(), String> {
     );
     // Inside a1's own namespace both listen (the switch, not the host, refused 81).
     assert!(tcp_connects(&ns(&a1), "127.0.0.1", 81));
+
+    // A restart (kill -9) changes no status: no object is reported
+    // anything but Ready while the restarted agent's OVSDB client is still
+    // connecting, and a port's datapath figures are not rewritten as
+    // unknown before the restarted switch has read the datapath. Every
+    // status written since then is Ready and a1's still has its figures
+    // (the first read comes within 2 s, resyncs every 2 s after it).
+    let since = c
+        .list(Kind::Port, None)
+        .await
+        .map_err(|e| e.to_string())?
+        .revision;
+    agent.restart().await;
+    agent
+        .wait_ready(Kind::Port, &a1, Duration::from_secs(15))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut events = c
+        .watch(
+            since,
+            &WatchFilter {
+                follow: false,
+                ..WatchFilter::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| e.to_string())?;
+        let status = &event.object.status;
+        assert_eq!(
+            status.phase,
+            dpu_api::Phase::Ready,
+            "a status other than Ready after the restart: {event:?}"
+        );
+        if event.object.kind == Kind::Port && event.object.id == a1 {
+            assert!(
+                ["datapath_flows", "offloaded_flows", "offloaded"]
+                    .iter()
+                    .all(|f| status.fields.contains_key(*f)),
+                "a1's datapath figures dropped after the restart: {event:?}"
+            );
+        }
+    }
 
     drop(agent);
     drop(ovs);

@@ -710,14 +710,25 @@ fn status_for(
         let port = report.ports.get(&obj.id).cloned().unwrap_or_default();
         // What the datapath says of the flows entering from this port
         // (read over unixctl every 2 s, written at the port's reconcile).
+        // Before the switch's first read since the agent started, the
+        // stored figures stand: a restart does not rewrite every port as
+        // unknown (a write, and an event to every watcher, per port).
+        let datapath = if report.datapath_read {
+            PortReport {
+                datapath_flows: port.datapath.map(|dp| dp.total as u64),
+                offloaded_flows: port.datapath.map(|dp| dp.offloaded as u64),
+                offloaded: port
+                    .datapath
+                    .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
+                ..PortReport::default()
+            }
+        } else {
+            obj.status.report::<PortReport>()
+        };
         status.set_report(&PortReport {
             flows,
             ofport: port.ofport,
-            datapath_flows: port.datapath.map(|dp| dp.total as u64),
-            offloaded_flows: port.datapath.map(|dp| dp.offloaded as u64),
-            offloaded: port
-                .datapath
-                .map(|dp| dp.total > 0 && dp.offloaded == dp.total),
+            ..datapath
         });
         if let Some(why) = port.pending {
             set_programmed(
@@ -1448,6 +1459,7 @@ mod tests {
             programmed: true,
             ports: OrdMap::unit("p1".to_string(), port),
             flows: OrdMap::unit(owner, flows),
+            datapath_read: true,
             ..SwitchReport::default()
         }
     }
@@ -1496,6 +1508,74 @@ mod tests {
                 offloaded_flows: Some(4),
                 offloaded: Some(true),
             }
+        );
+    }
+
+    /// Status derivation (pure): before the switch's first datapath read
+    /// since start (a restarted agent), a port keeps the datapath figures
+    /// its stored status has, so its status is unchanged and not rewritten;
+    /// once a read ended, what it found stands, unknown included.
+    #[test]
+    fn datapath_figures_survive_a_restart_until_the_first_read() {
+        let owner = pipeline::Owner::new(OwnerKind::Port, "p1");
+        let port = SwitchPortReport {
+            ofport: Some(7),
+            flows: 9,
+            pending: None,
+            datapath: Some(net_offload::unixctl::DatapathFlows {
+                total: 3,
+                offloaded: 0,
+            }),
+        };
+        let mut before = p1();
+        before.status = status_for(
+            Kind::Port,
+            &before,
+            &report_with(owner.clone(), 9, port.clone()),
+        )
+        .unwrap()
+        .status;
+        assert_eq!(before.status.report::<PortReport>().datapath_flows, Some(3));
+
+        // Restarted: the switch reprogrammed (nothing to change) but has
+        // not read the datapath yet.
+        let restarted = SwitchReport {
+            datapath_read: false,
+            ..report_with(
+                owner.clone(),
+                9,
+                SwitchPortReport {
+                    datapath: None,
+                    ..port.clone()
+                },
+            )
+        };
+        let out = status_for(Kind::Port, &before, &restarted).unwrap();
+        assert_eq!(
+            out.status, before.status,
+            "nothing to write after a restart"
+        );
+
+        // A read that could not say: unknown, and written as such.
+        let unknown = report_with(
+            owner,
+            9,
+            SwitchPortReport {
+                datapath: None,
+                ..port
+            },
+        );
+        let out = status_for(Kind::Port, &before, &unknown).unwrap();
+        let r = out.status.report::<PortReport>();
+        assert_eq!(
+            (
+                r.datapath_flows,
+                r.offloaded_flows,
+                r.offloaded,
+                r.flows,
+                r.ofport
+            ),
+            (None, None, None, 9, Some(7))
         );
     }
 

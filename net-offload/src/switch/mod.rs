@@ -257,6 +257,12 @@ pub struct SwitchReport {
     /// while unknown): `lost` counts the packets that needed ovs-vswitchd
     /// and never reached it.
     pub datapaths: Arc<Vec<crate::unixctl::DatapathLookups>>,
+    /// True once a read of the datapath has ended since the switch task
+    /// started (whether or not it could read the flows). Until then each
+    /// port's `datapath` is `None` for want of a read, not because the
+    /// datapath could not say: a restarted agent keeps what it last
+    /// reported rather than rewriting every port's status as unknown.
+    pub datapath_read: bool,
     /// What the last pass that changed the switch sent, one line per
     /// operation in [`SwitchPlan::describe`]'s notation, each written once
     /// the switch accepted it (a failed pass lists what it got through).
@@ -513,6 +519,7 @@ impl SwitchHandle {
             awaiting_ofport: BTreeMap::new(),
             waiting_since: None,
             applied: Vec::new(),
+            started: Instant::now(),
         };
         tokio::spawn(task.run(input_rx, shutdown, datapath_rx));
         SwitchHandle {
@@ -956,6 +963,9 @@ struct Reconciler {
     waiting_since: Option<Instant>,
     /// What the running pass sent so far (see [`SwitchReport::applied`]).
     applied: Vec<String>,
+    /// When the task started: a pass in its first [`FIRST_SESSION_GRACE`]
+    /// waits for OVSDB's first session instead of reporting it down.
+    started: Instant,
 }
 
 /// See [`Reconciler::port_base`].
@@ -970,6 +980,13 @@ const DEBOUNCE: Duration = Duration::from_millis(2);
 
 /// ... when the change came this soon after the last pass ended.
 const BURST: Duration = Duration::from_millis(20);
+
+/// How long after start a pass waits for OVSDB's first session rather than
+/// report the switch down. A restarted agent's first pass starts while its
+/// OVSDB client is still connecting (the flows are prefetched meanwhile);
+/// failing it would turn every network `Degraded` for those milliseconds,
+/// a status write and an event per object, and back again at the next pass.
+const FIRST_SESSION_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a port added to the bridge counts as waiting for its ofport.
 const OFPORT_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -1112,11 +1129,13 @@ impl Reconciler {
                         self.datapath_reading = false;
                         self.datapath = found.flows;
                         let current = input.borrow().clone();
+                        let first_read = !self.report.datapath_read;
+                        self.report.datapath_read = true;
                         let lookups_moved = *self.report.datapaths != found.lookups;
                         if lookups_moved {
                             self.report.datapaths = Arc::new(found.lookups);
                         }
-                        if self.apply_datapath(&current) || lookups_moved {
+                        if self.apply_datapath(&current) || lookups_moved || first_read {
                             self.report_tx.send_replace(Arc::new(self.report.clone()));
                         }
                         continue;
@@ -1394,7 +1413,14 @@ impl Reconciler {
         debug_assert!(input.by_network_holds(), "by_network as promised");
         // Set again only when this pass succeeds.
         let synced = self.synced.take();
-        if !self.ovsdb.session().borrow().connected {
+        let mut session = self.ovsdb.session();
+        let first = session.borrow().epoch == 0;
+        if first && let Some(left) = FIRST_SESSION_GRACE.checked_sub(self.started.elapsed()) {
+            // Not yet connected since start: no verdict before the first
+            // session (or the grace) ends.
+            let _ = tokio::time::timeout(left, session.wait_for(|s| s.connected)).await;
+        }
+        if !session.borrow().connected {
             return Err(SwitchError::OvsdbDown {
                 db: format!("{:?}", self.config.db),
             });
