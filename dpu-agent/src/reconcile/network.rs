@@ -188,6 +188,17 @@ impl NetworkBackend {
         })
     }
 
+    /// Whether port `id` had its function's representor in the last input
+    /// handed to the reconciler (a port without one waits for its
+    /// function's reconcile, not for the switch).
+    fn has_representor(&self, id: &str) -> bool {
+        let last = self.last.lock().expect("network input lock");
+        last.index
+            .as_ref()
+            .and_then(|index| index.ports.get(id))
+            .is_some_and(|(_, desc)| desc.representor.is_some())
+    }
+
     /// Hands the store's current networking to the reconciler if it changed;
     /// returns the input version to wait for.
     fn sync(&self, store: &Store) -> u64 {
@@ -812,7 +823,14 @@ impl Controller for NetworkController {
             if report.version < version {
                 return Ok(busy_status(obj, &report));
             }
-            let report = if self.kind == Kind::Port && !obj.deleting {
+            // A port whose function has no representor yet is not waited
+            // for: its function's reconcile, which names the representor,
+            // may be queued behind it in the engine (ports applied with
+            // their functions waited 1 s each, one at a time).
+            let report = if self.kind == Kind::Port
+                && !obj.deleting
+                && self.backend.has_representor(&obj.id)
+            {
                 self.without_pending(&obj.id, version, report).await
             } else {
                 report
@@ -1334,15 +1352,25 @@ mod tests {
     }
 
     /// A port whose function has no representor yet is Pending with
-    /// `RepresentorMissing`, looked at again a second later.
-    #[tokio::test]
+    /// `RepresentorMissing`, looked at again a second later, and its
+    /// reconcile does not wait for the switch to program it (the engine
+    /// works one object at a time, and the function that would name the
+    /// representor may be queued behind the port): on the paused clock no
+    /// time passes.
+    #[tokio::test(start_paused = true)]
     async fn port_without_representor_is_pending() {
         let (_dir, ctx) = store();
         let (c, _) = controller(Kind::Port, converged);
+        let started = tokio::time::Instant::now();
         let out = c
             .reconcile(&ctx, &get(&ctx, Kind::Port, "p2"))
             .await
             .unwrap();
+        assert!(
+            started.elapsed() < PENDING_RETRY,
+            "waited {:?} for a port without representor",
+            started.elapsed()
+        );
         assert_eq!(out.status.phase, Phase::Pending);
         assert_eq!(programmed(&out).status, ConditionStatus::False);
         assert_eq!(programmed(&out).reason, Reason::RepresentorMissing.as_str());
