@@ -1503,20 +1503,23 @@ mod tests {
         )
     }
 
+    /// Port `p1`'s report from a switch that programmed it: ofport 7, 9
+    /// flows, and `total` datapath flows of which `offloaded` offloaded.
+    fn programmed_port(total: usize, offloaded: usize) -> SwitchPortReport {
+        SwitchPortReport {
+            ofport: Some(7),
+            flows: 9,
+            pending: None,
+            datapath: Some(net_offload::unixctl::DatapathFlows { total, offloaded }),
+        }
+    }
+
     /// Status derivation (pure): a programmed port is Ready with its flows,
     /// ofport and datapath counts in the typed report; all datapath flows in
     /// hardware is `offloaded`.
     #[test]
     fn status_of_a_programmed_port() {
-        let port = SwitchPortReport {
-            ofport: Some(7),
-            flows: 9,
-            pending: None,
-            datapath: Some(net_offload::unixctl::DatapathFlows {
-                total: 4,
-                offloaded: 4,
-            }),
-        };
+        let port = programmed_port(4, 4);
         let owner = pipeline::Owner::new(OwnerKind::Port, "p1");
         let out = status_for(Kind::Port, &p1(), &report_with(owner, 9, port)).unwrap();
         assert_eq!(out.status.phase, Phase::Ready);
@@ -1546,15 +1549,7 @@ mod tests {
     #[test]
     fn datapath_figures_survive_a_restart_until_the_first_read() {
         let owner = pipeline::Owner::new(OwnerKind::Port, "p1");
-        let port = SwitchPortReport {
-            ofport: Some(7),
-            flows: 9,
-            pending: None,
-            datapath: Some(net_offload::unixctl::DatapathFlows {
-                total: 3,
-                offloaded: 0,
-            }),
-        };
+        let port = programmed_port(3, 0);
         let mut before = p1();
         before.status = status_for(
             Kind::Port,
